@@ -1,0 +1,29 @@
+"""mmreward: reward models of every modality on fused kernels.
+
+`import mmreward` is light: it imports torch and nothing else heavy. Sub-packages load on first use:
+
+    import mmreward
+    mmreward.ops.pairwise_loss(r_chosen, r_rejected)   # fused ops (C++ / CUDA / Triton / reference)
+    mmreward.text, mmreward.vision, mmreward.robotics  # domain packages (optional dependencies)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("ops", "core", "text", "vision", "robotics", "env_report", "cli")
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import core, ops, robotics, text, vision  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'mmreward' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))

@@ -1,0 +1,152 @@
+"""Backend selection for mmreward ops.
+
+Every public op resolves, per call, to one of four implementations:
+
+* ``reference`` – pure PyTorch (``mmreward.ops.reference``); the test oracle and the fallback.
+* ``cpp``       – C++/OpenMP kernels in the compiled extension ``mmreward._C`` (CPU tensors).
+* ``cuda``      – CUDA kernels in the same extension (CUDA tensors, when built with CUDA).
+* ``triton``    – Triton kernels (``mmreward.ops.triton``); CUDA tensors, or CPU tensors when
+  ``TRITON_INTERPRET=1`` is set *before* the kernels are defined (tests do this).
+
+Default: CUDA tensor -> triton, else cuda; CPU tensor -> cpp; extension missing -> reference
+with one warning. ``MMREWARD_BACKEND=reference|cpp|cuda|triton`` (or the :func:`use_backend`
+context manager) forces one; a forced backend that cannot run the call is an error, never a
+silent fallback.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import threading
+import warnings
+from typing import Iterator, Optional
+
+import torch
+
+BACKENDS = ("reference", "cpp", "cuda", "triton")
+ENV_VAR = "MMREWARD_BACKEND"
+
+_local = threading.local()
+_warned_fallback = False
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested explicitly but cannot run this call."""
+
+
+@functools.lru_cache(maxsize=None)
+def extension_error() -> Optional[str]:
+    """Why ``mmreward._C`` could not be imported (None if it is loaded)."""
+    if os.environ.get("MMREWARD_SKIP_EXT") == "1" and importlib.util.find_spec("mmreward._C") is None:
+        return "mmreward was installed with MMREWARD_SKIP_EXT=1 (pure Python)"
+    try:
+        import mmreward._C  # noqa: F401  (registers torch.ops.mmreward.*)
+    except ImportError as e:  # not built, or built against another torch
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def extension_loaded() -> bool:
+    return extension_error() is None
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """True if ``torch.ops.mmreward.<op>`` has a kernel for ``device_type`` ('cpu' | 'cuda')."""
+    if not extension_loaded():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    name = f"mmreward::{op}"
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+    except RuntimeError:  # op not defined at all
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _requested() -> Optional[str]:
+    forced = getattr(_local, "forced", None)
+    if forced is None:
+        forced = os.environ.get(ENV_VAR) or None
+    if forced is not None and forced not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={forced!r} is not one of {BACKENDS}")
+    return forced
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Force a backend inside a ``with`` block (``None`` restores automatic choice)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
+    prev = getattr(_local, "forced", None)
+    _local.forced = name
+    try:
+        yield
+    finally:
+        _local.forced = prev
+
+
+def why_unavailable(backend: str, op: str, device_type: str) -> Optional[str]:
+    """None if ``backend`` can run ``op`` on ``device_type`` tensors, else the reason."""
+    if backend == "reference":
+        return None
+    if backend in ("cpp", "cuda"):
+        want = "cpu" if backend == "cpp" else "cuda"
+        if device_type != want:
+            return f"backend {backend!r} runs on {want} tensors, got {device_type} tensors"
+        if not extension_loaded():
+            return f"the compiled extension is not available ({extension_error()})"
+        if not has_kernel(op, device_type):
+            return f"mmreward._C has no {want.upper()} kernel for {op!r} (built without it?)"
+        return None
+    if backend == "triton":
+        if not triton_installed():
+            return "triton is not installed (pip install triton)"
+        if device_type == "cuda" or (device_type == "cpu" and triton_interpret()):
+            return None
+        return "triton runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before import)"
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def available_backends(op: str, device_type: str) -> list[str]:
+    return [b for b in BACKENDS if why_unavailable(b, op, device_type) is None]
+
+
+def select(op: str, device: torch.device) -> str:
+    """Pick the backend for one call of ``op`` on tensors living on ``device``."""
+    global _warned_fallback
+    device_type = device.type
+    forced = _requested()
+    if forced is not None:
+        reason = why_unavailable(forced, op, device_type)
+        if reason is not None:
+            raise BackendUnavailableError(f"{op}: backend {forced!r} requested but unavailable: {reason}")
+        return forced
+    if device_type == "cuda":
+        order = ("triton", "cuda") if triton_installed() else ("cuda",)
+    elif device_type == "cpu":
+        order = ("cpp",)
+    else:
+        order = ()
+    for b in order:
+        if why_unavailable(b, op, device_type) is None:
+            return b
+    if not _warned_fallback and device_type in ("cpu", "cuda"):
+        _warned_fallback = True
+        reason = why_unavailable(order[0], op, device_type) if order else "no kernel for this device"
+        warnings.warn(
+            f"mmreward: using the pure-PyTorch reference ops ({reason}). "
+            "Results are identical but slower; see `python -m mmreward.env_report`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "reference"

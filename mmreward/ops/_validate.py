@@ -1,0 +1,102 @@
+"""Input checks shared by all ops: clear errors, raised before any kernel runs.
+
+Shape / dtype / device checks are always on. Finiteness checks (NaN / inf) read the tensor once
+and synchronise on CUDA, so they run only on small (per-pair / per-step sized) tensors, and can be
+switched off with ``MMREWARD_CHECK_FINITE=0`` or :func:`set_check_finite`. They are skipped while
+``torch.compile`` traces (data-dependent checks would break the graph).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_check_finite = os.environ.get("MMREWARD_CHECK_FINITE", "1") != "0"
+
+
+def set_check_finite(enabled: bool) -> None:
+    """Turn NaN / inf input checks on or off globally."""
+    global _check_finite
+    _check_finite = bool(enabled)
+
+
+def check_finite_enabled() -> bool:
+    if not _check_finite:
+        return False
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+        return False
+    return True
+
+
+def _where(op: str, name: str) -> str:
+    return f"{op}: `{name}`"
+
+
+def check_tensor(op: str, name: str, t, *, ndim: Optional[Sequence[int]] = None, floating: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{_where(op, name)} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{_where(op, name)} must be float32/bfloat16/float16/float64, got {t.dtype}")
+    if ndim is not None and t.dim() not in ndim:
+        want = " or ".join(f"{d}-D" for d in ndim)
+        raise ValueError(f"{_where(op, name)} must be {want}, got shape {tuple(t.shape)}")
+
+
+def check_int_tensor(op: str, name: str, t, *, ndim: Optional[Sequence[int]] = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{_where(op, name)} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{_where(op, name)} must be an integer tensor, got {t.dtype}")
+    if ndim is not None and t.dim() not in ndim:
+        want = " or ".join(f"{d}-D" for d in ndim)
+        raise ValueError(f"{_where(op, name)} must be {want}, got shape {tuple(t.shape)}")
+
+
+def check_same_shape(op: str, **tensors: torch.Tensor) -> None:
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    (n0, t0), rest = items[0], items[1:]
+    for n, t in rest:
+        if t.shape != t0.shape:
+            raise ValueError(f"{op}: `{n}` has shape {tuple(t.shape)} but `{n0}` has {tuple(t0.shape)}")
+
+
+def check_same_device(op: str, **tensors: Optional[torch.Tensor]) -> torch.device:
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    n0, t0 = items[0]
+    for n, t in items[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{op}: `{n}` is on {t.device} but `{n0}` is on {t0.device}")
+    return t0.device
+
+
+def check_nonempty(op: str, name: str, t: torch.Tensor, dim: int = 0) -> None:
+    if t.dim() == 0 or t.shape[dim] == 0:
+        raise ValueError(f"{op}: `{name}` is empty (shape {tuple(t.shape)}); nothing to compute a loss over")
+
+
+def check_finite(op: str, tensors: Iterable[tuple[str, Optional[torch.Tensor]]]) -> None:
+    if not check_finite_enabled():
+        return
+    for name, t in tensors:
+        if t is None or not t.is_floating_point() or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            n_nan = int(torch.isnan(t).sum())
+            n_inf = int(torch.isinf(t).sum())
+            raise ValueError(
+                f"{op}: `{name}` has {n_nan} NaN and {n_inf} inf values (of {t.numel()}); "
+                "fix the upstream computation (set MMREWARD_CHECK_FINITE=0 to skip this check)"
+            )
+
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def reduction_code(op: str, reduction: str) -> int:
+    try:
+        return REDUCTIONS[reduction]
+    except KeyError:
+        raise ValueError(f"{op}: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}") from None

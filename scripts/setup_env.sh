@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install mmreward into it, building the C++ extension.
+#   MMREWARD_EXTRAS=dev,text  choose extras (default: dev)
+#   MMREWARD_VENV=path        venv location (default: .venv in the repository)
+# torch==2.13.0 is installed first, on its own: a bare `torch` requirement would pull a multi-GB
+# CUDA build on machines whose local wheel is the CPU one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MMREWARD_VENV:-.venv}
+EXTRAS=${MMREWARD_EXTRAS:-dev}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+$PIP install "torch==2.13.0"
+$PIP install "setuptools>=64" wheel ninja
+echo "[setup] installing mmreward[$EXTRAS] (builds mmreward._C)"
+# --no-build-isolation: compile against the torch installed above.
+$PIP install --no-build-isolation -e ".[$EXTRAS]"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The full test suite: sets up .venv (see setup_env.sh), then runs pytest.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k pairwise -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev} bash scripts/setup_env.sh
+VENV=${MMREWARD_VENV:-.venv}
+"$VENV/bin/python" -m mmreward.env_report
+set +e
+"$VENV/bin/python" -m pytest -q -ra "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "[test] pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

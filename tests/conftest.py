@@ -1,0 +1,33 @@
+"""Test setup. TRITON_INTERPRET must be set before any Triton kernel is defined, so Triton kernels
+run on CPU tensors when there is no GPU (set here, before mmreward.ops.triton is imported)."""
+import os
+
+try:  # decide before triton is imported anywhere
+    import torch
+
+    _has_cuda = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _has_cuda = False
+if not _has_cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from mmreward.ops import _backend  # noqa: E402
+
+
+def backends_for(op: str, device_type: str = "cpu"):
+    """pytest params for every backend that can run `op` here; unavailable ones skip with the reason."""
+    params = []
+    for b in _backend.BACKENDS:
+        reason = _backend.why_unavailable(b, op, device_type)
+        marks = [pytest.mark.skip(reason=f"{b}: {reason}")] if reason else []
+        params.append(pytest.param(b, marks=marks, id=b))
+    return params
+
+
+@pytest.fixture
+def force_backend():
+    """`with force_backend(name):` runs the ops under one backend."""
+    return _backend.use_backend
