@@ -3,6 +3,7 @@
     pip install --no-build-isolation .          # or -e . for development
     MMREWARD_SKIP_EXT=1 pip install .           # pure Python: reference ops only
     MMREWARD_NO_CUDA=1                          # CPU kernels only, even with a CUDA torch
+    MMREWARD_CPU_ARCH=native|<march>|none       # -march for the C++ kernels (default: native)
 
 `--no-build-isolation` lets the build use the torch already installed (an isolated build would
 fetch another torch and compile against the wrong ABI).
@@ -42,6 +43,12 @@ def extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/bindings.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"]
+    # The extension is compiled on the machine that runs it, so tune for its CPU by default
+    # (AVX2 / AVX-512 vectorisation of the streaming kernels). MMREWARD_CPU_ARCH=x86-64-v2 (or any
+    # -march value) for a portable build; MMREWARD_CPU_ARCH=none adds no -march flag.
+    arch = os.environ.get("MMREWARD_CPU_ARCH", "native")
+    if arch != "none":
+        cxx.append(f"-march={arch}")
     macros = []
     with_cuda = (
         torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("MMREWARD_NO_CUDA") != "1"
