@@ -9,7 +9,7 @@ import platform
 import sys
 
 OPTIONAL = ("numpy", "triton", "transformers", "tokenizers", "datasets", "diffusers", "safetensors",
-            "gymnasium", "mujoco", "metaworld", "gymnasium_robotics", "opencv-python", "tensorboard",
+            "gymnasium", "mujoco", "metaworld", "gymnasium-robotics", "opencv-python", "tensorboard",
             "matplotlib", "ninja")
 
 
@@ -46,7 +46,7 @@ def collect() -> dict:
         ops = sorted(
             name.split("::", 1)[1]
             for name in torch._C._dispatch_get_all_op_names()
-            if name.startswith("mmreward::")
+            if name.startswith("mmreward::") and name != "mmreward::ext_info"
         )
         report["extension"]["ops"] = {
             op: [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(f"mmreward::{op}", k)]

@@ -1,0 +1,64 @@
+"""`mmreward` command line. Each subcommand is a thin front for the Python API a user would call,
+imported only when that subcommand runs (so `mmreward --help` stays fast and light).
+
+Domain packages add their command trees here as they land (`mmreward text …`, `mmreward robotics …`).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# name -> (module, function taking argv, one-line help)
+COMMANDS = {
+    "env": ("mmreward.env_report", "main", "versions of python / torch / CUDA / triton … and the live op backends"),
+    "ops": ("mmreward.cli", "ops_main", "list the fused ops and which backends can run them here"),
+}
+
+
+def ops_main(argv: Optional[Sequence[str]] = None) -> int:
+    import torch
+
+    from mmreward.ops import _backend
+
+    parser = argparse.ArgumentParser(prog="mmreward ops", description="fused ops and their backends")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args(argv)
+    names = sorted(
+        n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
+        if n.startswith("mmreward::") and not n.endswith("ext_info")
+    )
+    if not names:
+        why = _backend.extension_error() or "the extension defines no ops"
+        print(f"no compiled ops ({why}); every op runs on the reference backend")
+        return 0
+    width = max(len(n) for n in names)
+    for n in names:
+        print(f"{n:<{width}}  {', '.join(_backend.available_backends(n, args.device))}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mmreward <command> [options]\n\ncommands:")
+        for name, (_, _, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        print("\n`mmreward <command> --help` for a command's options.")
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from mmreward import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mmreward: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
