@@ -1,0 +1,135 @@
+"""Metric logging for every trainer: CSV (always), TensorBoard (when installed), a compact console line.
+
+    log = MetricLogger("runs/exp1", tensorboard=True)
+    log.log(step=10, train_loss=0.52, lr=1e-4)      # one row; new keys extend the CSV header
+    log.close()
+
+The CSV is re-written with the full header when a new metric appears, so it always parses with
+one header row; on resume (`MetricLogger(..., resume_step=k)`) rows after step k are dropped, so a
+resumed run continues the same file without duplicate steps.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Any, Optional
+
+from .checkpoint import atomic_write_text
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+class MetricLogger:
+    def __init__(self, folder: str, *, filename: str = "metrics.csv", tensorboard: bool = True,
+                 resume_step: Optional[int] = None, console_every: int = 1, quiet: bool = False):
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, filename)
+        self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = ["step"]
+        if resume_step is not None and os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or ["step"])
+                self.rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+            self._rewrite()
+        elif os.path.exists(self.path):
+            os.unlink(self.path)
+        self.console_every = max(1, console_every)
+        self.quiet = quiet
+        self._n = 0
+        self._t0 = time.time()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard not installed: CSV only
+                self._tb = None
+            else:
+                self._tb = SummaryWriter(log_dir=os.path.join(folder, "tb"), purge_step=resume_step)
+
+    def _rewrite(self) -> None:
+        lines = [",".join(self.columns)]
+        for r in self.rows:
+            lines.append(",".join(str(r.get(c, "")) for c in self.columns))
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def log(self, step: int, **metrics: Any) -> None:
+        row = {"step": int(step)}
+        for k, v in metrics.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            row[k] = v
+        new_cols = [k for k in row if k not in self.columns]
+        self.rows.append(row)
+        if new_cols:
+            self.columns.extend(new_cols)
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, int(step))
+        self._n += 1
+        if not self.quiet and self._n % self.console_every == 0:
+            elapsed = time.time() - self._t0
+            body = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step")
+            print(f"[{elapsed:7.1f}s] step {step}: {body}", flush=True)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric, skipping rows without it."""
+        xs, ys = [], []
+        for r in self.rows:
+            v = r.get(key, "")
+            if v != "" and v is not None:
+                xs.append(int(float(r["step"])))
+                ys.append(float(v))
+        return xs, ys
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> "MetricLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def plot_curves(path: str, curves: dict[str, tuple[list, list]], *, title: str = "", xlabel: str = "step",
+                ylabel: str = "") -> str:
+    """Save a PNG with one line per named curve (matplotlib imported lazily, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
