@@ -1,0 +1,47 @@
+"""mmreward.robotics — Diffusion Reward (Huang et al., ECCV 2024) and visual RL for robot
+manipulation.
+
+Data layer:
+
+* :mod:`.envs` — Meta-World v3 and Adroit tasks as pixel environments (one camera, frames the right
+  way up, action repeat); scripted Meta-World experts;
+* :mod:`.collect` — expert / noisy-expert / random episode collection and video import
+  (``mmreward robotics collect`` / ``import-videos``);
+* :mod:`.data` — episode files + manifest, :class:`EpisodeDataset` frame windows, video I/O.
+
+Importing this package loads no simulator, OpenCV or plotting library; names below resolve lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "collect_episodes": "mmreward.robotics.collect",
+    "import_videos": "mmreward.robotics.collect",
+    "CollectConfig": "mmreward.robotics.collect",
+    "CollectSummary": "mmreward.robotics.collect",
+    "make_env": "mmreward.robotics.envs",
+    "list_tasks": "mmreward.robotics.envs",
+    "Episode": "mmreward.robotics.data.episodes",
+    "EpisodeDataset": "mmreward.robotics.data.episodes",
+    "EpisodeFileError": "mmreward.robotics.data.episodes",
+    "load_episode": "mmreward.robotics.data.episodes",
+    "save_episode": "mmreward.robotics.data.episodes",
+    "read_manifest": "mmreward.robotics.data.episodes",
+    "load_frames": "mmreward.robotics.data.video",
+    "VideoError": "mmreward.robotics.data.video",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmreward.robotics' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

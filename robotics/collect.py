@@ -1,0 +1,251 @@
+"""Collect pixel episodes: Meta-World scripted experts, noisy experts and random policies, plus
+imported demonstration videos — all into one episode-folder format (see
+:mod:`mmreward.robotics.data.episodes`).
+
+Policies:
+
+* ``expert``: the task's scripted policy from ``metaworld.policies``;
+* ``noisy``: the expert's action plus Gaussian noise of standard deviation ``noise``, clipped to the
+  action space (``noise`` in {0, 0.3, 0.6, 1.0} gives the reward-evaluation ladder);
+* ``random``: actions uniform over the action space.
+
+Determinism: episode ``i`` of a task uses environment seed ``seed + i`` (which fixes the object /
+goal placement) and a policy-noise generator seeded from ``(seed, i, task)``; the same arguments
+give identical files.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .data.episodes import Episode, episode_entry, save_episode, update_manifest
+
+POLICIES = ("expert", "noisy", "random")
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class CollectConfig:
+    """Arguments of :func:`collect_episodes`; the CLI's options are generated from these fields."""
+
+    tasks: list = _help("task ids, e.g. door-open-v3,drawer-open-v3 (Meta-World) or adroit-door (random only)",
+                        default_factory=lambda: ["door-open-v3"])
+    out: str = _help("output folder (episode .npz files + manifest.json)", default="episodes")
+    episodes: int = _help("episodes per task", default=10)
+    policy: str = _help("expert | noisy | random", default="expert")
+    noise: float = _help("std of the Gaussian noise added to expert actions (policy noisy)", default=0.0)
+    size: int = _help("frame height and width in pixels", default=64)
+    camera: Optional[str] = _help("camera name (default: corner for Meta-World, vil_camera for Adroit)", default=None)
+    action_repeat: int = _help("environment steps per agent step (one frame per agent step)", default=2)
+    seed: int = _help("base seed: episode i uses seed + i", default=0)
+    max_steps: Optional[int] = _help("cap on agent steps per episode (default: the task's time limit / "
+                                     "action_repeat)", default=None)
+    flip: str = _help("frame orientation fix: auto | none | vertical | horizontal | rot180", default="auto")
+    progress: bool = _help("show a progress bar", default=True)
+
+
+@dataclass
+class CollectSummary:
+    out: str
+    episodes: int
+    successes: int
+    frames: int
+    seconds: float
+    per_task: dict
+    labelled: bool = True
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else float("nan")
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+    def lines(self) -> list[str]:
+        rate = f"success rate {self.success_rate:.2f}" if self.labelled else "unlabelled (no rewards / success)"
+        out = [f"{self.episodes} episodes, {rate}, {self.frames} frames, "
+               f"{self.seconds:.1f} s ({self.frames_per_second:.1f} frames/s) -> {self.out}"]
+        for task, (n, s) in self.per_task.items():
+            out.append(f"  {task}: {s}/{n} successful" if self.labelled else f"  {task}: {n} episodes")
+        return out
+
+
+def policy_tag(policy: str, noise: float) -> str:
+    return f"noisy{noise:g}" if policy == "noisy" else policy
+
+
+def episode_file(task: str, policy: str, noise: float, seed: int, index: int) -> str:
+    return f"{task}_{policy_tag(policy, noise)}_seed{seed}_{index:04d}.npz"
+
+
+def _policy_rng(seed: int, index: int, task: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), zlib.crc32(task.encode())])
+
+
+def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Generator) -> Episode:
+    """One episode in ``env`` (a :class:`~mmreward.robotics.envs.PixelEnv`), reset with ``seed``."""
+    low = np.asarray(env.action_space.low, dtype=np.float32)
+    high = np.asarray(env.action_space.high, dtype=np.float32)
+    obs, frame = env.reset(seed=seed)
+    frames, actions, rewards, success = [frame], [], [], []
+    while True:
+        if policy == "random":
+            action = rng.uniform(low, high).astype(np.float32)
+        else:
+            action = env.expert_action(obs)
+            if policy == "noisy" and noise > 0:
+                action = action + noise * rng.standard_normal(action.shape).astype(np.float32)
+            action = np.clip(action, low, high).astype(np.float32)
+        step = env.step(action)
+        obs = step.obs
+        frames.append(step.frame)
+        actions.append(action)
+        rewards.append(step.reward)
+        success.append(step.success)
+        if step.done:
+            break
+    return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
+                   success=np.asarray(success, bool))
+
+
+def _check(policy: str, noise: float, episodes: int, seed: int) -> None:
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite value >= 0, got {noise}")
+    if policy != "noisy" and noise != 0:
+        raise ValueError(f"noise={noise} only applies to --policy noisy (got policy {policy!r})")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+
+
+def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = "episodes", *, episodes: int = 10,
+                     policy: str = "expert", noise: float = 0.0, size: Any = 64, camera: Optional[str] = None,
+                     action_repeat: int = 2, seed: int = 0, max_steps: Optional[int] = None, flip: str = "auto",
+                     progress: bool = True) -> CollectSummary:
+    """Collect ``episodes`` episodes per task into ``out`` and update its manifest.
+
+    Each episode file is written atomically as soon as it is finished and the manifest is updated
+    after each task, so an interrupted run keeps everything it finished. Returns a summary (episodes,
+    successes, frames, seconds, per-task successes).
+    """
+    from .envs import make_env, resolve_task, suite_of
+
+    if isinstance(tasks, str):
+        tasks = [t for t in re.split(r"[,\s]+", tasks) if t]
+    _check(policy, float(noise), int(episodes), int(seed))
+    resolved = [resolve_task(t) for t in tasks]  # unknown ids fail before any work
+    if not resolved:
+        raise ValueError("no tasks given")
+    for task in resolved:
+        if policy != "random" and suite_of(task) == "adroit":
+            raise ValueError(f"no scripted expert ships for {task}; use --policy random, or import your "
+                             "demonstration videos with `mmreward robotics import-videos`")
+    from tqdm.auto import tqdm
+
+    os.makedirs(out, exist_ok=True)
+    total_frames, total_success, per_task = 0, 0, {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(resolved) * episodes, desc="collect", unit="ep", disable=not progress)
+    try:
+        for task in resolved:
+            entries, wins = [], 0
+            env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=seed,
+                           max_steps=max_steps, flip=flip)
+            try:
+                for i in range(episodes):
+                    ep_seed = seed + i
+                    ep = run_episode(env, policy=policy, noise=float(noise), seed=ep_seed,
+                                     rng=_policy_rng(seed, i, task))
+                    name = episode_file(task, policy, float(noise), seed, i)
+                    save_episode(os.path.join(out, name), ep)
+                    entries.append(episode_entry(
+                        name, ep, task=task, suite=env.suite, policy=policy, noise=float(noise), seed=ep_seed,
+                        base_seed=seed, index=i, camera=env.camera, flip=env.flip, action_repeat=env.action_repeat,
+                    ))
+                    wins += int(ep.succeeded)
+                    total_frames += ep.frames.shape[0]
+                    bar.update(1)
+                    bar.set_postfix(task=task, success=f"{wins}/{i + 1}")
+            finally:
+                env.close()
+                if entries:
+                    update_manifest(out, entries)
+            per_task[task] = (episodes, wins)
+            total_success += wins
+    finally:
+        bar.close()
+    return CollectSummary(out=out, episodes=len(resolved) * episodes, successes=total_success, frames=total_frames,
+                          seconds=time.perf_counter() - start, per_task=per_task)
+
+
+def collect(config: CollectConfig) -> CollectSummary:
+    """:func:`collect_episodes` from a :class:`CollectConfig`."""
+    return collect_episodes(**asdict(config))
+
+
+def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64, stride: int = 1,
+                  policy: str = "demo", progress: bool = True) -> CollectSummary:
+    """Store videos / frame folders as unlabelled episodes of ``task`` in ``out`` (one file each,
+    named ``<task>_<policy>_<source name>.npz``) and add them to the manifest.
+
+    ``sources`` may name videos, frame folders, or parent folders of those (see
+    :func:`mmreward.robotics.data.video.expand_sources`). ``task`` is any label (a known task id is
+    canonicalised). ``stride`` keeps every n-th frame.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.video import expand_sources, load_frames
+    from .envs import resolve_task
+
+    try:
+        task = resolve_task(task)
+    except (ValueError, ImportError):
+        pass  # free-form labels are fine for user videos
+    paths = expand_sources(list(sources))
+    if not paths:
+        raise ValueError("no videos or frame folders given")
+    os.makedirs(out, exist_ok=True)
+    from .envs.base import parse_size
+
+    hw = parse_size(size)
+    policy = re.sub(r"[^A-Za-z0-9._-]+", "-", policy) or "demo"
+    start, entries, frames = time.perf_counter(), [], 0
+    used = set()
+    for path in tqdm(paths, desc="import", unit="video", disable=not progress):
+        video = load_frames(path, size=hw, stride=stride)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
+        name = f"{task}_{policy}_{stem}.npz"
+        k = 1
+        while name in used:
+            k += 1
+            name = f"{task}_{policy}_{stem}-{k}.npz"
+        used.add(name)
+        steps = video.shape[0] - 1
+        ep = Episode(frames=video, actions=np.zeros((steps, 0), np.float32), rewards=np.full(steps, np.nan, np.float32),
+                     success=np.zeros(steps, bool), labelled=False)
+        save_episode(os.path.join(out, name), ep)
+        entries.append(episode_entry(name, ep, task=task, suite="video", policy=policy, noise=0.0, seed=None,
+                                     camera=None, action_repeat=None, stride=stride,
+                                     source=os.path.abspath(path)))
+        frames += video.shape[0]
+    update_manifest(out, entries)
+    return CollectSummary(out=out, episodes=len(entries), successes=0, frames=frames,
+                          seconds=time.perf_counter() - start, per_task={task: (len(entries), 0)},
+                          labelled=False)
+
+
+def config_fields() -> list:
+    return list(fields(CollectConfig))

@@ -1,0 +1,251 @@
+"""Episodes on disk: one compressed ``.npz`` per episode plus a JSON manifest per folder.
+
+Episode file (``np.savez_compressed``, written atomically, loaded with ``allow_pickle=False``):
+
+=============  ==================  =====================================================
+key            dtype / shape       meaning
+=============  ==================  =====================================================
+``frames``     uint8 [T, H, W, 3]  frame after reset, then one after every agent step
+``actions``    float32 [T-1, A]    action of each step (A = 0 for imported videos)
+``rewards``    float32 [T-1]       environment reward summed over the action repeat
+                                   (NaN for imported videos)
+``success``    bool [T-1]          the task's success flag during each step
+``labelled``   bool []             False when actions / rewards / success are unknown
+=============  ==================  =====================================================
+
+Manifest (``manifest.json``): ``{"format_version": 1, "episodes": [entry, ...]}`` with one entry
+per file: ``file, task, suite, policy, noise, seed, camera, size [H, W], action_repeat, length
+(steps), frames, success, return, labelled`` (and ``source`` for imported videos). Entries are
+keyed by ``file``: collecting into the same folder again replaces entries of rewritten files and
+keeps the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from mmreward.core.checkpoint import atomic_write, atomic_write_text
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+KEYS = ("frames", "actions", "rewards", "success", "labelled")
+
+
+class EpisodeFileError(RuntimeError):
+    """An episode file or manifest is missing, truncated, corrupt or malformed."""
+
+
+@dataclass
+class Episode:
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    success: np.ndarray
+    labelled: bool = True
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.frames = np.asarray(self.frames)
+        self.actions = np.asarray(self.actions, dtype=np.float32)
+        self.rewards = np.asarray(self.rewards, dtype=np.float32)
+        self.success = np.asarray(self.success, dtype=bool)
+        self.labelled = bool(self.labelled)
+        problem = validate_arrays(self.frames, self.actions, self.rewards, self.success)
+        if problem:
+            raise ValueError(f"invalid episode: {problem}")
+
+    @property
+    def length(self) -> int:
+        """Number of agent steps (``T - 1``)."""
+        return int(self.frames.shape[0]) - 1
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.success.any())
+
+    @property
+    def total_reward(self) -> float:
+        return float(self.rewards.sum()) if self.labelled else float("nan")
+
+
+def validate_arrays(frames, actions, rewards, success) -> Optional[str]:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        return f"frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {list(frames.shape)}"
+    steps = frames.shape[0] - 1
+    if actions.ndim != 2 or actions.shape[0] != steps:
+        return f"actions must be [T-1={steps}, A], got {list(actions.shape)}"
+    if rewards.shape != (steps,):
+        return f"rewards must be [T-1={steps}], got {list(rewards.shape)}"
+    if success.shape != (steps,):
+        return f"success must be [T-1={steps}], got {list(success.shape)}"
+    return None
+
+
+def save_episode(path: str, episode: Episode) -> int:
+    """Write ``episode`` to ``path`` atomically; returns the file size in bytes."""
+    arrays = dict(frames=episode.frames, actions=episode.actions, rewards=episode.rewards,
+                  success=episode.success, labelled=np.asarray(episode.labelled))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a path
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+    return os.path.getsize(path)
+
+
+def load_episode(path: str) -> Episode:
+    """Read an episode file; never unpickles. Missing / corrupt / malformed files raise
+    :class:`EpisodeFileError` naming the file."""
+    if not os.path.isfile(path):
+        raise EpisodeFileError(f"missing episode file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in KEYS if k not in z.files]
+            if missing:
+                raise EpisodeFileError(f"episode file {path} lacks {', '.join(missing)} (not an mmreward episode?)")
+            data = {k: z[k] for k in KEYS}
+    except EpisodeFileError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise EpisodeFileError(f"corrupt or unreadable episode file {path}: {type(e).__name__}: {e}") from e
+    problem = validate_arrays(data["frames"], data["actions"], data["rewards"], data["success"])
+    if problem:
+        raise EpisodeFileError(f"malformed episode file {path}: {problem}")
+    return Episode(frames=data["frames"], actions=data["actions"], rewards=data["rewards"], success=data["success"],
+                   labelled=bool(data["labelled"]))
+
+
+# --------------------------------------------------------------------------- manifest
+def manifest_path(folder: str) -> str:
+    return os.path.join(folder, MANIFEST_NAME)
+
+
+def read_manifest(folder: str) -> list[dict]:
+    """The manifest's episode entries (a folder without a manifest raises EpisodeFileError)."""
+    path = manifest_path(folder)
+    if not os.path.isfile(path):
+        raise EpisodeFileError(f"no {MANIFEST_NAME} in {folder} (not an episode folder?)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EpisodeFileError(f"corrupt manifest {path}: {e}") from e
+    if not isinstance(body, dict) or not isinstance(body.get("episodes"), list):
+        raise EpisodeFileError(f"manifest {path} must be an object with an 'episodes' list")
+    if body.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise EpisodeFileError(f"manifest {path} has format_version {body['format_version']}; "
+                               f"this mmreward reads up to {FORMAT_VERSION}")
+    for i, entry in enumerate(body["episodes"]):
+        if not isinstance(entry, dict) or "file" not in entry or "task" not in entry or "frames" not in entry:
+            raise EpisodeFileError(f"manifest {path}: episode entry {i} lacks file / task / frames")
+    return body["episodes"]
+
+
+def write_manifest(folder: str, entries: Sequence[dict]) -> None:
+    body = {"format_version": FORMAT_VERSION, "episodes": list(entries)}
+    atomic_write_text(manifest_path(folder), json.dumps(body, indent=1, sort_keys=True) + "\n")
+
+
+def update_manifest(folder: str, entries: Iterable[dict]) -> list[dict]:
+    """Add ``entries`` to the folder's manifest, replacing entries with the same ``file``."""
+    merged: "OrderedDict[str, dict]" = OrderedDict()
+    if os.path.isfile(manifest_path(folder)):
+        for e in read_manifest(folder):
+            merged[e["file"]] = e
+    for e in entries:
+        merged[e["file"]] = e
+    out = list(merged.values())
+    write_manifest(folder, out)
+    return out
+
+
+def episode_entry(file: str, episode: Episode, **meta: Any) -> dict:
+    """A manifest entry for ``episode`` stored as ``file`` (relative to the folder)."""
+    entry = dict(meta)
+    entry.update(
+        file=file,
+        length=episode.length,
+        frames=int(episode.frames.shape[0]),
+        size=[int(episode.frames.shape[1]), int(episode.frames.shape[2])],
+        success=episode.succeeded if episode.labelled else None,
+        labelled=episode.labelled,
+    )
+    entry["return"] = round(episode.total_reward, 6) if episode.labelled else None
+    return entry
+
+
+# --------------------------------------------------------------------------- dataset
+class EpisodeDataset:
+    """Frame windows from an episode folder, for video-model training.
+
+    Item ``i`` is a dict with ``frames`` uint8 ``[n_history + 1, H, W, 3]`` (``n_history`` context
+    frames followed by the target frame, ``skip`` frames apart), ``task`` (str), ``episode`` (its
+    index in :attr:`entries`) and ``start`` (the first frame's index in that episode).
+
+    ``tasks`` / ``policies`` keep only episodes whose task / policy kind is listed. Episodes load
+    lazily on first use and the ``cache_size`` most recently used stay in memory. Windows come from
+    the manifest's frame counts, so building the index reads no episode file. Works as a
+    ``torch.utils.data.Dataset`` (it has ``__len__`` / ``__getitem__``).
+    """
+
+    def __init__(self, folder: str, *, n_history: int = 1, skip: int = 1, tasks: Optional[Sequence[str]] = None,
+                 policies: Optional[Sequence[str]] = None, cache_size: int = 16):
+        if n_history < 0 or skip < 1:
+            raise ValueError(f"need n_history >= 0 and skip >= 1, got {n_history}, {skip}")
+        self.folder = folder
+        self.n_history, self.skip, self.cache_size = int(n_history), int(skip), int(cache_size)
+        entries = read_manifest(folder)
+        if tasks is not None:
+            tasks = set(tasks)
+            entries = [e for e in entries if e["task"] in tasks]
+        if policies is not None:
+            policies = set(policies)
+            entries = [e for e in entries if e.get("policy") in policies]
+        sizes = {tuple(e.get("size") or ()) for e in entries}
+        if len(sizes) > 1:
+            raise ValueError(f"episodes in {folder} have different frame sizes {sorted(sizes)}; filter by task "
+                             "or collect them in separate folders")
+        self.entries = entries
+        span = self.n_history * self.skip + 1
+        self._index: list[tuple[int, int]] = []
+        for ei, e in enumerate(entries):
+            for start in range(0, int(e["frames"]) - span + 1):
+                self._index.append((ei, start))
+        self._cache: "OrderedDict[int, Episode]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def episode(self, i: int) -> Episode:
+        """Episode ``i`` of :attr:`entries` (loaded lazily, cached), checked against its entry."""
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        entry = self.entries[i]
+        path = os.path.join(self.folder, entry["file"])
+        ep = load_episode(path)
+        if ep.frames.shape[0] != int(entry["frames"]):
+            raise EpisodeFileError(f"{path} has {ep.frames.shape[0]} frames but the manifest says {entry['frames']}")
+        ep.meta = dict(entry)
+        self._cache[i] = ep
+        while len(self._cache) > max(self.cache_size, 1):
+            self._cache.popitem(last=False)
+        return ep
+
+    def __getitem__(self, i: int) -> dict:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
+        ei, start = self._index[i]
+        frames = self.episode(ei).frames[start:start + self.n_history * self.skip + 1:self.skip]
+        return {"frames": np.ascontiguousarray(frames), "task": self.entries[ei]["task"], "episode": ei,
+                "start": start}

@@ -1,0 +1,198 @@
+"""User videos and frame folders <-> uint8 ``[T, H, W, 3]`` RGB frame arrays (OpenCV).
+
+Readable sources:
+
+* video files: ``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.gif`` (OpenCV's decoders);
+* frame folders: ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` files, ordered by name with digit runs
+  compared as numbers (``f2.png`` < ``f10.png``); other files are ignored.
+
+With ``size`` set, each frame is center-cropped to the target aspect ratio and resized (area
+interpolation when shrinking). Unreadable or empty sources raise :class:`VideoError` naming the path.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class VideoError(RuntimeError):
+    """A video or frame folder that cannot be read."""
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(f"video I/O needs OpenCV: pip install opencv-python ({e})") from e
+    return cv2
+
+
+def natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+
+
+def _target(size: Any) -> Optional[tuple[int, int]]:
+    if size is None:
+        return None
+    from ..envs.base import parse_size
+
+    return parse_size(size)
+
+
+def resize_frame(frame: np.ndarray, size: Any) -> np.ndarray:
+    """Center-crop ``frame`` [H, W, 3] to the aspect ratio of ``size`` and resize to it."""
+    cv2 = _cv2()
+    th, tw = _target(size)
+    h, w = frame.shape[:2]
+    if (h, w) == (th, tw):
+        return frame
+    # crop the longer side so that h / w == th / tw
+    if h * tw > w * th:
+        ch = max(1, round(w * th / tw))
+        top = (h - ch) // 2
+        frame = frame[top:top + ch]
+    elif h * tw < w * th:
+        cw = max(1, round(h * tw / th))
+        left = (w - cw) // 2
+        frame = frame[:, left:left + cw]
+    shrink = frame.shape[0] > th or frame.shape[1] > tw
+    out = cv2.resize(np.ascontiguousarray(frame), (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out
+
+
+def _finish(frames: list, size: Any, stride: int, what: str) -> np.ndarray:
+    if not frames:
+        raise VideoError(f"{what}: no frames could be decoded (empty, corrupt or unsupported)")
+    frames = frames[::stride]
+    if size is not None:
+        frames = [resize_frame(f, size) for f in frames]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise VideoError(f"{what}: frames have different sizes {sorted(shapes)}; pass size= to resize them")
+    return np.ascontiguousarray(np.stack(frames), dtype=np.uint8)
+
+
+def read_video(path: str, size: Any = None, stride: int = 1) -> np.ndarray:
+    """All frames of a video file as uint8 RGB ``[T, H, W, 3]`` (every ``stride``-th frame)."""
+    cv2 = _cv2()
+    if not os.path.isfile(path):
+        raise VideoError(f"missing video file {path}")
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise VideoError(f"cannot open video {path} (corrupt, truncated or an unsupported format)")
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+            elif frame.shape[2] == 4:
+                frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+            else:
+                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            frames.append(frame)
+    finally:
+        cap.release()
+    return _finish(frames, size, stride, f"video {path}")
+
+
+def frame_files(folder: str) -> list[str]:
+    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS)), key=natural_key)
+    return [os.path.join(folder, n) for n in names]
+
+
+def read_frame_folder(folder: str, size: Any = None, stride: int = 1) -> np.ndarray:
+    """Image files of ``folder`` in natural name order as uint8 RGB ``[T, H, W, 3]``."""
+    cv2 = _cv2()
+    if not os.path.isdir(folder):
+        raise VideoError(f"missing frame folder {folder}")
+    files = frame_files(folder)
+    if not files:
+        raise VideoError(f"frame folder {folder} holds no {'/'.join(IMAGE_EXTS)} images")
+    frames = []
+    for path in files[::stride]:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise VideoError(f"cannot read image {path} (corrupt or unsupported)")
+        frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return _finish(frames, size, 1, f"frame folder {folder}")
+
+
+def load_frames(source: str, size: Any = None, stride: int = 1) -> np.ndarray:
+    """A video file or a frame folder -> uint8 RGB ``[T, H, W, 3]``."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if os.path.isdir(source):
+        return read_frame_folder(source, size, stride)
+    if not os.path.exists(source):
+        raise VideoError(f"missing video or frame folder {source}")
+    if not source.lower().endswith(VIDEO_EXTS):
+        raise VideoError(f"{source} is neither a frame folder nor a video ({', '.join(VIDEO_EXTS)})")
+    return read_video(source, size, stride)
+
+
+def expand_sources(sources: Sequence[str]) -> list[str]:
+    """Videos and frame folders named in ``sources``; a folder holding no images itself stands for
+    its videos and sub-folders (each one episode, in natural name order)."""
+    out: list[str] = []
+    for src in sources:
+        if os.path.isdir(src) and not frame_files(src):
+            kids = sorted(os.listdir(src), key=natural_key)
+            found = [os.path.join(src, k) for k in kids
+                     if k.lower().endswith(VIDEO_EXTS) or os.path.isdir(os.path.join(src, k))]
+            if not found:
+                raise VideoError(f"{src} holds no videos, frame folders or images")
+            out.extend(found)
+        else:
+            out.append(src)
+    return out
+
+
+def write_video(path: str, frames: np.ndarray, fps: float = 10.0) -> None:
+    """Write uint8 RGB ``[T, H, W, 3]`` frames as an mp4 (``mp4v``) / avi (``MJPG``) file, atomically
+    (to a temporary name in the same folder, then renamed)."""
+    cv2 = _cv2()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames must be non-empty uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    ext = os.path.splitext(path)[1].lower()
+    fourcc = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "mp4v"}.get(ext)
+    if fourcc is None:
+        raise ValueError(f"write_video writes .mp4 / .avi / .mov / .mkv, not {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp{ext}")
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
+    try:
+        if not writer.isOpened():
+            raise VideoError(f"OpenCV cannot write {ext} video here (codec {fourcc} unavailable)")
+        for f in frames:
+            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        writer.release()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_frame_folder(folder: str, frames: np.ndarray, ext: str = "png") -> list[str]:
+    """Write frames as ``000000.png``, ``000001.png`` … (lossless for png)."""
+    cv2 = _cv2()
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, f in enumerate(np.asarray(frames)):
+        path = os.path.join(folder, f"{i:06d}.{ext}")
+        if not cv2.imwrite(path, cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2BGR)):
+            raise VideoError(f"cannot write {path}")
+        paths.append(path)
+    return paths

@@ -1,0 +1,68 @@
+"""Pixel environments: Meta-World v3 (:mod:`.metaworld`) and Adroit (:mod:`.adroit`), one interface.
+
+Importing this package loads no simulator; each suite imports mujoco / gymnasium when an
+environment is built.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .base import FLIPS, PixelEnv, Step, apply_flip, auto_flip, setup_mujoco_gl
+
+__all__ = ["FLIPS", "PixelEnv", "Step", "apply_flip", "auto_flip", "setup_mujoco_gl", "make_env", "resolve_task",
+           "suite_of", "list_tasks", "UnknownTaskError"]
+
+
+def __getattr__(name: str):
+    if name == "UnknownTaskError":
+        from .metaworld import UnknownTaskError
+
+        return UnknownTaskError
+    raise AttributeError(name)
+
+
+def suite_of(task: str) -> str:
+    from .adroit import is_adroit
+
+    return "adroit" if is_adroit(task) else "metaworld"
+
+
+def resolve_task(task: str) -> str:
+    """Canonical task id in its suite (``door-open`` -> ``door-open-v3``, ``AdroitHandDoor-v1`` ->
+    ``adroit-door``); unknown ids raise ``UnknownTaskError`` with the close matches."""
+    if suite_of(task) == "adroit":
+        from .adroit import resolve_task as adroit_resolve
+
+        return adroit_resolve(task)
+    from .metaworld import resolve_task as mw_resolve
+
+    return mw_resolve(task)
+
+
+def list_tasks() -> dict[str, list[str]]:
+    """``{"metaworld": [...], "adroit": [...]}`` (a suite whose package is missing lists nothing)."""
+    from . import adroit
+
+    out: dict[str, list[str]] = {}
+    try:
+        from .metaworld import task_names
+
+        out["metaworld"] = task_names()
+    except ImportError:
+        out["metaworld"] = []
+    out["adroit"] = adroit.task_names()
+    return out
+
+
+def make_env(task: str, *, size: Any = 64, camera: Optional[str] = None, action_repeat: int = 1, seed: int = 0,
+             max_steps: Optional[int] = None, flip: str = "auto") -> PixelEnv:
+    """Build the pixel environment for ``task`` (Meta-World id like ``door-open-v3`` or Adroit id
+    like ``adroit-door``). Close it (or use it as a context manager) to free the EGL context."""
+    kw = dict(size=size, camera=camera, action_repeat=action_repeat, seed=seed, max_steps=max_steps, flip=flip)
+    if suite_of(task) == "adroit":
+        from .adroit import AdroitEnv
+
+        return AdroitEnv(task, **kw)
+    from .metaworld import MetaWorldEnv
+
+    return MetaWorldEnv(task, **kw)

@@ -1,0 +1,226 @@
+"""Pieces every pixel environment shares: offscreen MuJoCo set-up, camera checks, frame orientation
+and the action-repeat step loop.
+
+Frames leave this module as uint8 ``[H, W, 3]`` arrays, the right way up.
+
+Orientation. Gymnasium's MuJoCo renderer already turns OpenGL's bottom-up buffer into a top-down
+image, so a camera whose own "up" axis points up gives an upright frame. Meta-World's ``corner*``
+cameras are defined with their up axis pointing *down* (they were tuned for mujoco-py, which returned
+the raw bottom-up buffer), so their frames come out upside down. ``flip="auto"`` looks at the camera's
+orientation in the world after the first reset: when its image-up axis has a negative world-z
+component the frame is rotated by 180° (the physically correct view: what stands on the left of the
+robot stays on the left). ``"vertical"`` reproduces the mirrored view mujoco-py users got;
+``"none"``, ``"horizontal"`` and ``"rot180"`` force one transform.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+FLIPS = ("auto", "none", "vertical", "horizontal", "rot180")
+
+
+def setup_mujoco_gl(default: str = "egl") -> str:
+    """Pick the offscreen GL backend before mujoco is imported: ``MUJOCO_GL=egl`` unless the user set
+    ``MUJOCO_GL`` already (then theirs is kept). Returns the backend in force. Also sets
+    ``PYOPENGL_PLATFORM`` to match, as PyOpenGL reads it when mujoco creates the context."""
+    backend = os.environ.setdefault("MUJOCO_GL", default)
+    if backend in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    return backend
+
+
+def offscreen_render_problem() -> Optional[str]:
+    """``None`` when MuJoCo can render offscreen here, else why not (missing package, no EGL / OSMesa
+    library, no GL device). Renders an empty 8×8 scene with the backend :func:`setup_mujoco_gl` picks."""
+    backend = setup_mujoco_gl()
+    try:
+        import mujoco
+    except ImportError as e:
+        return f"mujoco is not installed ({e})"
+    try:
+        model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='0.1'/></worldbody></mujoco>")
+        renderer = mujoco.Renderer(model, 8, 8)
+        try:
+            renderer.update_scene(mujoco.MjData(model))
+            renderer.render()
+        finally:
+            renderer.close()
+    except Exception as e:  # the GL layer raises many types (ImportError, RuntimeError, GLError …)
+        return f"MuJoCo offscreen rendering with MUJOCO_GL={backend} fails here: {type(e).__name__}: {e}"
+    return None
+
+
+def speed_up_offscreen(model: Any) -> None:
+    """No shadows and no multisampling: 6-10x faster offscreen rendering of small frames. Must run
+    before the first render (the GL context reads these when it is created)."""
+    model.vis.quality.shadowsize = 0
+    model.vis.quality.offsamples = 0
+
+
+def camera_names(model: Any) -> list[str]:
+    import mujoco
+
+    return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+
+
+def check_camera(model: Any, camera: str, where: str) -> int:
+    """The id of ``camera`` in ``model``; a clear error listing the model's cameras otherwise (MuJoCo
+    itself silently falls back to a free camera for unknown names)."""
+    names = camera_names(model)
+    if camera not in names:
+        close = difflib.get_close_matches(camera, names, n=3, cutoff=0.3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown camera {camera!r} for {where}: choose from {', '.join(names)}{hint}")
+    return names.index(camera)
+
+
+def auto_flip(data: Any, camera_id: int) -> str:
+    """``"rot180"`` when the camera's image-up axis points down in the world, else ``"none"``.
+
+    ``data.cam_xmat`` holds the camera frame's axes as columns (x right, y up, z backwards, in world
+    coordinates); it is valid after ``mj_forward`` (any reset)."""
+    up = np.asarray(data.cam_xmat[camera_id]).reshape(3, 3)[:, 1]
+    return "rot180" if up[2] < 0 else "none"
+
+
+def apply_flip(frame: np.ndarray, flip: str) -> np.ndarray:
+    if flip == "none":
+        out = frame
+    elif flip == "vertical":
+        out = frame[::-1]
+    elif flip == "horizontal":
+        out = frame[:, ::-1]
+    elif flip == "rot180":
+        out = frame[::-1, ::-1]
+    else:
+        raise ValueError(f"unknown flip {flip!r}; choose from {', '.join(FLIPS)}")
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def parse_size(size: Any) -> tuple[int, int]:
+    """``64`` or ``(height, width)`` -> ``(height, width)``; positive integers only."""
+    if isinstance(size, (int, np.integer)):
+        h = w = int(size)
+    else:
+        h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"frame size must be positive, got {size!r}")
+    return h, w
+
+
+@dataclass
+class Step:
+    """One agent step (after action repeat): observation, frame, summed reward, success during the
+    repeated steps, and whether the episode ended (time limit or termination)."""
+
+    obs: np.ndarray
+    frame: np.ndarray
+    reward: float
+    success: bool
+    done: bool
+
+
+class PixelEnv:
+    """A Gymnasium MuJoCo environment seen through one camera, with action repeat.
+
+    Subclasses build ``self.env`` (a Gymnasium env with ``render_mode="rgb_array"``) and implement
+    :meth:`_reseed`; this class handles frames, action repeat and the step budget.
+    ``max_steps`` counts agent steps (each one ``action_repeat`` environment steps).
+    """
+
+    suite = "?"
+    env: Any
+    task: str
+    camera: str
+
+    def __init__(self, *, size: Any, action_repeat: int, flip: str, max_steps: Optional[int], env_steps: int):
+        if action_repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+        if flip not in FLIPS:
+            raise ValueError(f"unknown flip {flip!r}; choose from {', '.join(FLIPS)}")
+        self.size = parse_size(size)
+        self.action_repeat = int(action_repeat)
+        self.flip_request = flip
+        self.flip: Optional[str] = None if flip == "auto" else flip
+        self.max_env_steps = int(env_steps)
+        limit = self.max_env_steps // self.action_repeat
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.max_steps = limit if max_steps is None else min(int(max_steps), limit)
+        self._t = 0
+        self._camera_id = -1
+
+    # -------------------------------------------------------------- set-up shared by subclasses
+    def _prepare_render(self) -> None:
+        u = self.env.unwrapped
+        self._camera_id = check_camera(u.model, self.camera, f"{self.suite} task {self.task}")
+        speed_up_offscreen(u.model)
+
+    # -------------------------------------------------------------- public API
+    @property
+    def action_space(self):
+        return self.env.action_space
+
+    @property
+    def action_dim(self) -> int:
+        return int(np.prod(self.env.action_space.shape))
+
+    def _reseed(self, seed: int) -> tuple[np.ndarray, dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reset to the initial state defined by ``seed``; returns ``(obs, frame)``."""
+        obs, _ = self._reseed(int(seed))
+        self._t = 0
+        if self.flip is None:
+            self.flip = auto_flip(self.env.unwrapped.data, self._camera_id)
+        return obs, self.render()
+
+    def raw_render(self) -> np.ndarray:
+        """The renderer's frame before any orientation fix."""
+        frame = self.env.render()
+        if frame is None or frame.shape[:2] != self.size:
+            raise RuntimeError(f"renderer returned {None if frame is None else frame.shape}, expected {self.size}")
+        return frame
+
+    def render(self) -> np.ndarray:
+        return apply_flip(self.raw_render(), self.flip or "none")
+
+    def step(self, action: np.ndarray) -> Step:
+        if self._t >= self.max_steps:
+            raise RuntimeError(f"episode already has {self.max_steps} steps; call reset()")
+        action = np.asarray(action, dtype=np.float32)
+        total, success, done = 0.0, False, False
+        for _ in range(self.action_repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            success = success or bool(info.get("success", False))
+            if terminated or truncated:
+                done = True
+                break
+        self._t += 1
+        done = done or self._t >= self.max_steps
+        return Step(obs=obs, frame=self.render(), reward=total, success=success, done=done)
+
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"no scripted expert ships for {self.suite} task {self.task}")
+
+    @property
+    def has_expert(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        env, self.env = getattr(self, "env", None), None
+        if env is not None:
+            env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,146 @@
+"""Episode files, manifests and EpisodeDataset windows (numpy only: no simulator needed)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mmreward.robotics.data.episodes import (
+    Episode,
+    EpisodeDataset,
+    EpisodeFileError,
+    episode_entry,
+    load_episode,
+    read_manifest,
+    save_episode,
+    update_manifest,
+)
+
+
+def make_episode(steps, seed=0, size=8, action_dim=4):
+    rng = np.random.default_rng(seed)
+    return Episode(
+        frames=rng.integers(0, 256, (steps + 1, size, size, 3), dtype=np.uint8),
+        actions=rng.uniform(-1, 1, (steps, action_dim)).astype(np.float32),
+        rewards=rng.uniform(0, 1, steps).astype(np.float32),
+        success=np.arange(steps) >= steps - 2,
+    )
+
+
+def write_folder(folder, specs):
+    """specs: list of (task, policy, steps)."""
+    entries = []
+    for i, (task, policy, steps) in enumerate(specs):
+        ep = make_episode(steps, seed=i)
+        name = f"{task}_{policy}_{i}.npz"
+        save_episode(os.path.join(folder, name), ep)
+        entries.append(episode_entry(name, ep, task=task, policy=policy, noise=0.0, seed=i))
+    update_manifest(str(folder), entries)
+    return entries
+
+
+def test_save_load_roundtrip_exact(tmp_path):
+    ep = make_episode(5)
+    path = tmp_path / "ep.npz"
+    save_episode(str(path), ep)
+    back = load_episode(str(path))
+    for key in ("frames", "actions", "rewards", "success"):
+        a, b = getattr(ep, key), getattr(back, key)
+        assert a.dtype == b.dtype and np.array_equal(a, b), key
+    assert back.labelled and back.length == 5 and back.succeeded
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # atomic write left no temp file
+
+
+def test_episode_validates_shapes():
+    with pytest.raises(ValueError, match="actions must be"):
+        Episode(frames=np.zeros((3, 4, 4, 3), np.uint8), actions=np.zeros((3, 2)), rewards=np.zeros(2),
+                success=np.zeros(2, bool))
+    with pytest.raises(ValueError, match="uint8"):
+        Episode(frames=np.zeros((3, 4, 4, 3), np.float32), actions=np.zeros((2, 2)), rewards=np.zeros(2),
+                success=np.zeros(2, bool))
+
+
+def test_corrupt_missing_and_foreign_files_name_the_file(tmp_path):
+    good = tmp_path / "good.npz"
+    save_episode(str(good), make_episode(4))
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all" * 10)
+    for path in (trunc, garbage):
+        with pytest.raises(EpisodeFileError, match=str(path.name)):
+            load_episode(str(path))
+    with pytest.raises(EpisodeFileError, match="missing episode file .*nope.npz"):
+        load_episode(str(tmp_path / "nope.npz"))
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.arange(3))
+    with pytest.raises(EpisodeFileError, match="foreign.npz lacks"):
+        load_episode(str(foreign))
+    # object arrays need pickle: refused, and reported as corrupt with the name
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, frames=np.array([{"a": 1}], dtype=object), actions=np.zeros((0, 1)), rewards=np.zeros(0),
+             success=np.zeros(0, bool), labelled=np.array(True))
+    with pytest.raises(EpisodeFileError, match="pickled.npz"):
+        load_episode(str(pickled))
+
+
+def test_manifest_update_replaces_by_file_and_reports_corruption(tmp_path):
+    write_folder(tmp_path, [("a", "expert", 4), ("b", "random", 3)])
+    entries = read_manifest(str(tmp_path))
+    assert [e["file"] for e in entries] == ["a_expert_0.npz", "b_random_1.npz"]
+    assert entries[0]["frames"] == 5 and entries[0]["length"] == 4 and entries[0]["size"] == [8, 8]
+    assert entries[0]["success"] is True and entries[0]["return"] == pytest.approx(
+        float(make_episode(4, seed=0).rewards.sum()), rel=1e-5)
+    update_manifest(str(tmp_path), [dict(entries[0], task="a2")])
+    assert [e["task"] for e in read_manifest(str(tmp_path))] == ["a2", "b"]
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(EpisodeFileError, match="corrupt manifest"):
+        read_manifest(str(tmp_path))
+    with pytest.raises(EpisodeFileError, match="no manifest.json"):
+        read_manifest(str(tmp_path / "empty"))
+
+
+def test_dataset_windows_filters_and_lazy_loading(tmp_path):
+    write_folder(tmp_path, [("a", "expert", 6), ("b", "random", 4), ("a", "noisy", 2)])
+    ds = EpisodeDataset(str(tmp_path), n_history=2)
+    # span 3 -> windows per episode = frames - 2 = 5, 3, 1
+    assert len(ds) == 5 + 3 + 1
+    assert not ds._cache  # nothing loaded yet
+    item = ds[6]
+    assert item["task"] == "b" and item["episode"] == 1 and item["start"] == 1
+    ep_b = load_episode(str(tmp_path / "b_random_1.npz"))
+    assert item["frames"].shape == (3, 8, 8, 3) and item["frames"].dtype == np.uint8
+    assert np.array_equal(item["frames"], ep_b.frames[1:4])
+    assert list(ds._cache) == [1]
+    assert np.array_equal(ds[-1]["frames"], load_episode(str(tmp_path / "a_noisy_2.npz")).frames[0:3])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+    skip = EpisodeDataset(str(tmp_path), n_history=1, skip=2, tasks=["a"])
+    assert len(skip) == (7 - 2) + (3 - 2)
+    first = load_episode(str(tmp_path / "a_expert_0.npz")).frames
+    assert np.array_equal(skip[0]["frames"], first[[0, 2]])
+    assert {e["policy"] for e in EpisodeDataset(str(tmp_path), policies=["expert", "noisy"]).entries} == {"expert", "noisy"}
+    assert len(EpisodeDataset(str(tmp_path), tasks=["zzz"])) == 0
+
+    small = EpisodeDataset(str(tmp_path), n_history=0, cache_size=1)
+    small[0], small[len(small) - 1]
+    assert len(small._cache) == 1
+
+
+def test_dataset_reports_missing_episode_file(tmp_path):
+    write_folder(tmp_path, [("a", "expert", 3)])
+    os.remove(tmp_path / "a_expert_0.npz")
+    ds = EpisodeDataset(str(tmp_path))
+    with pytest.raises(EpisodeFileError, match="a_expert_0.npz"):
+        ds[0]
+
+
+def test_dataset_checks_frame_count_against_manifest(tmp_path):
+    write_folder(tmp_path, [("a", "expert", 3)])
+    body = json.loads((tmp_path / "manifest.json").read_text())
+    body["episodes"][0]["frames"] = 9
+    (tmp_path / "manifest.json").write_text(json.dumps(body))
+    with pytest.raises(EpisodeFileError, match="manifest says 9"):
+        EpisodeDataset(str(tmp_path))[0]

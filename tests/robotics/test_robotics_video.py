@@ -1,0 +1,118 @@
+"""Videos and frame folders -> episode frames; import into an episode folder."""
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python) is not installed: video I/O needs it")
+
+from mmreward.robotics.collect import import_videos  # noqa: E402
+from mmreward.robotics.data.episodes import EpisodeDataset, load_episode, read_manifest  # noqa: E402
+from mmreward.robotics.data.video import (  # noqa: E402
+    VideoError,
+    load_frames,
+    resize_frame,
+    write_frame_folder,
+    write_video,
+)
+
+
+def smooth_frames(t=6, h=48, w=64):
+    """Smooth colour gradients that move over time (survive lossy mp4 coding well)."""
+    y, x = np.mgrid[0:h, 0:w]
+    frames = []
+    for i in range(t):
+        r = (x * 255 / (w - 1) + i * 10) % 256
+        g = y * 255 / (h - 1)
+        b = np.full_like(r, 40 * i % 256)
+        frames.append(np.stack([r, g, b], -1))
+    return np.asarray(frames, dtype=np.uint8)
+
+
+def test_frame_folder_roundtrip_is_exact_and_natural_sorted(tmp_path):
+    frames = smooth_frames(t=12)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    # names that sort wrongly as plain strings: f2 must come before f10
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("ignored")
+    back = load_frames(str(folder))
+    assert back.dtype == np.uint8 and np.array_equal(back, frames)
+    assert np.array_equal(load_frames(str(folder), stride=3), frames[::3])
+
+
+def test_mp4_roundtrip_close_and_resized(tmp_path):
+    frames = smooth_frames()
+    path = tmp_path / "clip.mp4"
+    write_video(str(path), frames, fps=10)
+    back = load_frames(str(path))
+    assert back.shape == frames.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - frames).mean() < 8  # lossy codec, same picture
+    # channel order: red ramps along x, green along y
+    assert back[0, :, -1, 0].mean() > back[0, :, 0, 0].mean() + 100
+    small = load_frames(str(path), size=32)
+    assert small.shape == (6, 32, 32, 3)
+    ref = np.stack([resize_frame(f, 32) for f in frames])
+    assert np.abs(small.astype(int) - ref).mean() < 8
+
+
+def test_resize_center_crops_to_aspect():
+    frame = np.zeros((40, 80, 3), np.uint8)
+    frame[:, 20:60] = 255  # the centre square is white, the sides black
+    out = resize_frame(frame, 10)
+    assert out.shape == (10, 10, 3) and out.min() == 255
+
+
+def test_gif_is_read(tmp_path):
+    frames = smooth_frames(t=4, h=16, w=16)
+    path = str(tmp_path / "clip.gif")
+    if not cv2.imwriteanimation(path, _animation(frames)):
+        pytest.skip("this OpenCV build cannot write GIF")
+    back = load_frames(path)
+    assert back.shape == frames.shape  # GIF palette quantises colours: compare shape + rough content
+    assert np.abs(back.astype(int) - frames).mean() < 20
+
+
+def _animation(frames):
+    anim = cv2.Animation()
+    anim.frames = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
+    anim.durations = [100] * len(frames)
+    return anim
+
+
+def test_corrupt_and_missing_sources_name_the_path(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00garbage" * 200)
+    with pytest.raises(VideoError, match="broken.mp4"):
+        load_frames(str(bad))
+    with pytest.raises(VideoError, match="missing .*nothing.mp4"):
+        load_frames(str(tmp_path / "nothing.mp4"))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "000.png").write_bytes(b"not a png")
+    with pytest.raises(VideoError, match="000.png"):
+        load_frames(str(folder))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoError, match="empty"):
+        load_frames(str(tmp_path / "empty"))
+    (tmp_path / "clip.txt").write_text("x")
+    with pytest.raises(VideoError, match="neither a frame folder nor a video"):
+        load_frames(str(tmp_path / "clip.txt"))
+
+
+def test_import_videos_into_episode_folder(tmp_path):
+    src = tmp_path / "demos"
+    frames = smooth_frames(t=7)
+    write_video(str(src / "episode_000.mp4"), frames)
+    write_frame_folder(str(src / "episode_001"), frames[:5])
+    out = tmp_path / "out"
+    summary = import_videos([str(src)], str(out), task="adroit-door", size=16, progress=False)
+    assert summary.episodes == 2 and summary.frames == 7 + 5 and not summary.labelled
+    entries = read_manifest(str(out))
+    assert [e["file"] for e in entries] == ["adroit-door_demo_episode_000.npz", "adroit-door_demo_episode_001.npz"]
+    assert entries[1]["labelled"] is False and entries[1]["success"] is None and entries[1]["policy"] == "demo"
+    ep = load_episode(str(out / entries[1]["file"]))
+    assert ep.frames.shape == (5, 16, 16, 3) and ep.actions.shape == (4, 0) and np.isnan(ep.rewards).all()
+    assert np.array_equal(ep.frames, np.stack([resize_frame(f, 16) for f in frames[:5]]))
+    ds = EpisodeDataset(str(out), n_history=3, policies=["demo"])
+    assert len(ds) == (7 - 3) + (5 - 3) and ds[0]["frames"].shape == (4, 16, 16, 3)
