@@ -9,6 +9,15 @@ cd "$(dirname "$0")/.."
 VENV=${MMREWARD_VENV:-.venv}
 EXTRAS=${MMREWARD_EXTRAS:-dev}
 PY=${PYTHON:-python3}
+# Offscreen MuJoCo rendering (robotics extra) needs EGL + Mesa from the system.
+if [[ ",$EXTRAS," == *",robotics,"* ]] && ! ldconfig -p | grep -q "libEGL.so.1"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing EGL/Mesa for offscreen rendering"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1 >/dev/null
+  else
+    echo "[setup] warning: libEGL.so.1 not found; install libegl1 libegl-mesa0 libgl1 for MuJoCo rendering" >&2
+  fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"
