@@ -150,3 +150,34 @@ def select(op: str, device: torch.device) -> str:
             stacklevel=3,
         )
     return "reference"
+
+
+def _assume_constant_result(fn):
+    """What `torch.compiler.assume_constant_result` does, without importing torch._dynamo (which
+    imports triton) when mmreward.ops is imported: torch.compile evaluates `fn` once while tracing
+    and bakes its result into the graph."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
+def _select_at_trace(op: str, device_type: str, device_index: int) -> str:
+    return select(op, torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type))
+
+
+_SELECTED: dict = {}
+
+
+def select_cached(op: str, device: torch.device) -> str:
+    """:func:`select` for the ops' hot path. Eagerly, the choice is cached per (op, device type,
+    forced backend, TRITON_INTERPRET) — what it depends on does not change while the process runs,
+    and the kernel look-ups cost ~30 µs a call. Under torch.compile it is evaluated once at trace
+    time and baked into the graph."""
+    if torch.compiler.is_compiling():
+        return _select_at_trace(op, device.type, -1 if device.index is None else device.index)
+    key = (op, device.type, _requested(), triton_interpret())
+    backend = _SELECTED.get(key)
+    if backend is None:
+        backend = select(op, device)  # raises BackendUnavailableError: never cached
+        _SELECTED[key] = backend
+    return backend

@@ -1,0 +1,702 @@
+// Pairwise reward losses: schemas and C++/OpenMP CPU kernels.
+//
+//   pairwise_loss                 Bradley–Terry / margin / label smoothing / centering / ties,
+//                                 + accuracy; optionally the (reduction-scaled) grads in the same pass
+//   listwise_loss                 all ordered pairs of ranked rows, no [B, K, K]
+//   reward_head_pairwise_loss     r = h·w + b fused with the pairwise loss; optionally all grads in
+//                                 the forward pass (one pass over h)
+// and their `_backward` ops (recompute; used for reduction="none" and by autograd generally).
+//
+// Determinism: work is split into chunks whose boundaries depend only on the problem size (never
+// on the thread count); each chunk writes its partial sums, which are combined in chunk order.
+// Accumulation: float for fp32/bf16/fp16 inputs (at::opmath_type), double for double; partial sums
+// of chunks are combined in double.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "mmreward/math.h"
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <type_traits>
+
+namespace mmreward {
+namespace {
+
+constexpr int64_t kPairChunk = 16384;  // pairs per chunk (pairwise_loss)
+constexpr int64_t kTile = 256;         // pairs per vectorised tile inside a chunk
+constexpr int64_t kLanes = 16;         // independent partial sums (vectorisable reduction)
+constexpr int64_t kListChunk = 256;    // rows per chunk (listwise_loss)
+constexpr int64_t kHeadChunks = 64;    // max row chunks (reward head; fixed => deterministic)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// [B, H]-sized gradient buffers are written once, right after allocation: ask for transparent huge
+// pages (Linux, THP "madvise" mode) so the first touch costs one fault per 2 MiB instead of per
+// 4 KiB. Only the 2 MiB-aligned interior is advised; a no-op elsewhere or when it fails.
+// MMREWARD_CPU_HUGEPAGES=0 turns it off.
+at::Tensor empty_for_streaming_write(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  at::Tensor t = at::empty(sizes, opts);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t bytes = t.nbytes();
+  static const bool enabled = [] {
+    const char* e = std::getenv("MMREWARD_CPU_HUGEPAGES");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  if (enabled && bytes >= 4 * kHuge) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(t.mutable_data_ptr());
+    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + bytes) & ~(kHuge - 1);
+    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  }
+#endif
+  return t;
+}
+
+template <typename acc_t>
+acc_t lane_sum(const acc_t* v, int64_t n) {
+  // Sum of v[0..n) with kLanes fixed partial sums (n is padded with zeros to a multiple of kLanes).
+  acc_t lanes[kLanes] = {};
+  for (int64_t i = 0; i < n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[i + l];
+  }
+  for (int64_t w = kLanes / 2; w > 0; w /= 2) {
+    for (int64_t l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+  }
+  return lanes[0];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Checks
+// ------------------------------------------------------------------------------------------------
+void check_pair_args(const char* op, const at::Tensor& rc, const at::Tensor& rr, const std::optional<at::Tensor>& margin,
+                     const std::optional<at::Tensor>& tie, int64_t reduction) {
+  TORCH_CHECK(rc.dim() == 1 && rr.dim() == 1, op, ": r_chosen / r_rejected must be 1-D");
+  TORCH_CHECK(rc.sizes() == rr.sizes(), op, ": r_chosen and r_rejected shapes differ");
+  TORCH_CHECK(rc.scalar_type() == rr.scalar_type(), op, ": r_chosen and r_rejected dtypes differ");
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": bad reduction code ", reduction);
+  const auto acc = rc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (margin.has_value()) {
+    TORCH_CHECK(margin->sizes() == rc.sizes(), op, ": margin must have shape [B]");
+    TORCH_CHECK(margin->scalar_type() == acc, op, ": margin must be ", acc, " (the accumulation dtype)");
+  }
+  if (tie.has_value()) {
+    TORCH_CHECK(tie->sizes() == rc.sizes(), op, ": tie must have shape [B]");
+    TORCH_CHECK(tie->scalar_type() == at::kBool, op, ": tie must be bool");
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// pairwise_loss
+// ------------------------------------------------------------------------------------------------
+// Per-pair work shared by pairwise_loss and its backward: loss_i and the d loss_i / d r_c,
+// d loss_i / d r_r, each multiplied by `s` (the upstream gradient of that pair).
+template <typename acc_t>
+struct PairMath {
+  acc_t p;   // target probability of non-tie pairs (1 - eps/2)
+  acc_t c2;  // 2 * center_coef
+  acc_t cc;  // center_coef
+  inline void operator()(acc_t rc, acc_t rr, acc_t m, bool tie, acc_t s, acc_t& loss, acc_t& gc, acc_t& gr) const {
+    acc_t delta = rc - rr;
+    acc_t z = tie ? delta : delta - m;
+    acc_t pp = tie ? acc_t(0.5) : p;
+    acc_t l, dz;
+    soft_logistic(z, pp, l, dz);
+    acc_t sum = rc + rr;
+    loss = l + cc * sum * sum;
+    acc_t cen = s * c2 * sum;
+    gc = s * dz + cen;
+    gr = cen - s * dz;
+  }
+};
+
+template <typename scalar_t>
+void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const std::optional<at::Tensor>& margin,
+                         const std::optional<at::Tensor>& tie, double eps, double center, int64_t reduction,
+                         bool need_grad, at::Tensor& loss_out, at::Tensor& acc_out, at::Tensor& gc_t, at::Tensor& gr_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = rc_t.size(0);
+  const scalar_t* rc = rc_t.const_data_ptr<scalar_t>();
+  const scalar_t* rr = rr_t.const_data_ptr<scalar_t>();
+  const acc_t* m = margin.has_value() ? margin->const_data_ptr<acc_t>() : nullptr;
+  const bool* tp = tie.has_value() ? tie->const_data_ptr<bool>() : nullptr;
+  acc_t* per = reduction == kNone ? loss_out.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* gc = need_grad ? gc_t.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* gr = need_grad ? gr_t.mutable_data_ptr<acc_t>() : nullptr;
+  const PairMath<acc_t> pm{acc_t(1.0 - eps / 2.0), acc_t(2.0 * center), acc_t(center)};
+  const acc_t s = reduction == kMean ? acc_t(1.0 / static_cast<double>(B)) : acc_t(1);
+
+  const int64_t nchunk = ceil_div(B, kPairChunk);
+  std::vector<double> part_loss(nchunk, 0.0);
+  std::vector<int64_t> part_win(nchunk, 0), part_cnt(nchunk, 0);
+  // The tile loop is instantiated per option set so that its body is straight-line code and
+  // vectorises (soft_logistic is branch-free).
+  auto tile = [&](auto has_m, auto has_t, auto store_per, auto store_grad, int64_t t0, int64_t n, acc_t* lbuf,
+                  int64_t& win, int64_t& cnt) {
+    int64_t w = 0, k_cnt = 0;
+    // local copies: stores through the float outputs must not force reloads of these
+    const PairMath<acc_t> pml = pm;
+    const acc_t sl = s;
+    const scalar_t* __restrict__ rcl = rc;
+    const scalar_t* __restrict__ rrl = rr;
+    const acc_t* __restrict__ ml = m;
+    const bool* __restrict__ tl = tp;
+    acc_t* __restrict__ perl = per;
+    acc_t* __restrict__ gcl = gc;
+    acc_t* __restrict__ grl = gr;
+    acc_t* __restrict__ lb = lbuf;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = t0 + k;
+      const acc_t a = static_cast<acc_t>(rcl[i]), b = static_cast<acc_t>(rrl[i]);
+      bool ti = false;
+      if constexpr (decltype(has_t)::value) ti = tl[i];
+      acc_t mi = acc_t(0);
+      if constexpr (decltype(has_m)::value) mi = ml[i];
+      acc_t l, g1, g2;
+      pml(a, b, mi, ti, sl, l, g1, g2);
+      lb[k] = l;
+      if constexpr (decltype(store_per)::value) perl[i] = l;
+      if constexpr (decltype(store_grad)::value) {
+        gcl[i] = g1;
+        grl[i] = g2;
+      }
+      w += (!ti && a > b) ? 1 : 0;
+      k_cnt += ti ? 0 : 1;
+    }
+    win += w;
+    cnt += k_cnt;
+  };
+  using T_ = std::true_type;
+  using F_ = std::false_type;
+  auto run_tile = [&](int64_t t0, int64_t n, acc_t* lbuf, int64_t& win, int64_t& cnt) {
+    const int code = (m ? 1 : 0) | (tp ? 2 : 0) | (per ? 4 : 0) | (gc ? 8 : 0);
+    switch (code) {
+#define MMR_CASE(C, A, B_, C_, D)                          \
+  case C:                                                  \
+    tile(A{}, B_{}, C_{}, D{}, t0, n, lbuf, win, cnt);     \
+    break;
+      MMR_CASE(0, F_, F_, F_, F_) MMR_CASE(1, T_, F_, F_, F_) MMR_CASE(2, F_, T_, F_, F_) MMR_CASE(3, T_, T_, F_, F_)
+      MMR_CASE(4, F_, F_, T_, F_) MMR_CASE(5, T_, F_, T_, F_) MMR_CASE(6, F_, T_, T_, F_) MMR_CASE(7, T_, T_, T_, F_)
+      MMR_CASE(8, F_, F_, F_, T_) MMR_CASE(9, T_, F_, F_, T_) MMR_CASE(10, F_, T_, F_, T_) MMR_CASE(11, T_, T_, F_, T_)
+      MMR_CASE(12, F_, F_, T_, T_) MMR_CASE(13, T_, F_, T_, T_) MMR_CASE(14, F_, T_, T_, T_) MMR_CASE(15, T_, T_, T_, T_)
+#undef MMR_CASE
+    }
+  };
+  at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
+    alignas(64) acc_t lbuf[kTile];
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t lo = c * kPairChunk, hi = std::min(B, lo + kPairChunk);
+      double chunk_loss = 0.0;
+      int64_t win = 0, cnt = 0;
+      for (int64_t t0 = lo; t0 < hi; t0 += kTile) {
+        const int64_t n = std::min(kTile, hi - t0);
+        run_tile(t0, n, lbuf, win, cnt);
+        if (!per) {
+          const int64_t np = ceil_div(n, kLanes) * kLanes;
+          for (int64_t k = n; k < np; ++k) lbuf[k] = acc_t(0);
+          chunk_loss += static_cast<double>(lane_sum(lbuf, np));
+        }
+      }
+      part_loss[c] = chunk_loss;
+      part_win[c] = win;
+      part_cnt[c] = cnt;
+    }
+  });
+  double total = 0.0;
+  int64_t win = 0, cnt = 0;
+  for (int64_t c = 0; c < nchunk; ++c) {
+    total += part_loss[c];
+    win += part_win[c];
+    cnt += part_cnt[c];
+  }
+  if (reduction != kNone) {
+    loss_out.fill_(reduction == kMean ? total / static_cast<double>(B) : total);
+  }
+  acc_out.fill_(cnt > 0 ? static_cast<double>(win) / static_cast<double>(cnt) : 0.0);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_loss_cpu(
+    const at::Tensor& r_chosen, const at::Tensor& r_rejected, const std::optional<at::Tensor>& margin,
+    const std::optional<at::Tensor>& tie, double label_smoothing, double center_coef, int64_t reduction,
+    bool need_grad) {
+  check_pair_args("pairwise_loss", r_chosen, r_rejected, margin, tie, reduction);
+  TORCH_CHECK(!(need_grad && reduction == kNone), "pairwise_loss: need_grad requires reduction mean or sum");
+  const auto rc = r_chosen.contiguous(), rr = r_rejected.contiguous();
+  const auto m = margin.has_value() ? std::optional<at::Tensor>(margin->contiguous()) : std::nullopt;
+  const auto t = tie.has_value() ? std::optional<at::Tensor>(tie->contiguous()) : std::nullopt;
+  const int64_t B = rc.size(0);
+  const auto acc_dt = rc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto opts = rc.options().dtype(acc_dt);
+  at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
+  at::Tensor acc = at::empty({}, rc.options().dtype(at::kFloat));
+  at::Tensor gc = at::empty({need_grad ? B : 0}, opts);
+  at::Tensor gr = at::empty({need_grad ? B : 0}, opts);
+  if (B == 0) {
+    loss.fill_(0);
+    acc.fill_(0);
+    return {loss, acc, gc, gr};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rc.scalar_type(), "pairwise_loss_cpu", [&] {
+    pairwise_fwd_kernel<scalar_t>(rc, rr, m, t, label_smoothing, center_coef, reduction, need_grad, loss, acc, gc, gr);
+  });
+  return {loss, acc, gc, gr};
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_loss_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& r_chosen, const at::Tensor& r_rejected,
+    const std::optional<at::Tensor>& margin, const std::optional<at::Tensor>& tie, double label_smoothing,
+    double center_coef, int64_t reduction) {
+  check_pair_args("pairwise_loss_backward", r_chosen, r_rejected, margin, tie, reduction);
+  const auto rc = r_chosen.contiguous(), rr = r_rejected.contiguous();
+  const int64_t B = rc.size(0);
+  TORCH_CHECK(reduction == kNone ? (grad.dim() == 1 && grad.size(0) == B) : grad.numel() == 1,
+              "pairwise_loss_backward: grad has shape ", grad.sizes(), ", expected ",
+              reduction == kNone ? "[B]" : "[] (a scalar)");
+  const auto acc_dt = rc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto g = grad.to(acc_dt).contiguous();
+  const auto m = margin.has_value() ? std::optional<at::Tensor>(margin->contiguous()) : std::nullopt;
+  const auto t = tie.has_value() ? std::optional<at::Tensor>(tie->contiguous()) : std::nullopt;
+  at::Tensor gc = at::empty_like(rc), gr = at::empty_like(rr);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rc.scalar_type(), "pairwise_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* a_p = rc.const_data_ptr<scalar_t>();
+    const scalar_t* b_p = rr.const_data_ptr<scalar_t>();
+    const acc_t* m_p = m.has_value() ? m->const_data_ptr<acc_t>() : nullptr;
+    const bool* t_p = t.has_value() ? t->const_data_ptr<bool>() : nullptr;
+    const acc_t* g_p = g.const_data_ptr<acc_t>();
+    scalar_t* gc_p = gc.mutable_data_ptr<scalar_t>();
+    scalar_t* gr_p = gr.mutable_data_ptr<scalar_t>();
+    const PairMath<acc_t> pm{acc_t(1.0 - label_smoothing / 2.0), acc_t(2.0 * center_coef), acc_t(center_coef)};
+    const bool per_pair = reduction == kNone;
+    const acc_t s0 = g_p[0] * (reduction == kMean ? acc_t(1.0 / static_cast<double>(B)) : acc_t(1));
+    at::parallel_for(0, B, 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        acc_t l, g1, g2;
+        pm(static_cast<acc_t>(a_p[i]), static_cast<acc_t>(b_p[i]), m_p ? m_p[i] : acc_t(0), t_p ? t_p[i] : false,
+           per_pair ? g_p[i] : s0, l, g1, g2);
+        gc_p[i] = static_cast<scalar_t>(g1);
+        gr_p[i] = static_cast<scalar_t>(g2);
+      }
+    });
+  });
+  return {gc, gr};
+}
+
+// ------------------------------------------------------------------------------------------------
+// listwise_loss
+// ------------------------------------------------------------------------------------------------
+void check_list_args(const char* op, const at::Tensor& rewards, const at::Tensor& ranks, int64_t reduction) {
+  TORCH_CHECK(rewards.dim() == 2, op, ": rewards must be 2-D [B, K]");
+  TORCH_CHECK(ranks.sizes() == rewards.sizes(), op, ": ranks must have the shape of rewards");
+  TORCH_CHECK(ranks.scalar_type() == at::kLong, op, ": ranks must be int64");
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": bad reduction code ", reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor> listwise_loss_cpu(const at::Tensor& rewards_in, const at::Tensor& ranks_in,
+                                                     int64_t reduction) {
+  check_list_args("listwise_loss", rewards_in, ranks_in, reduction);
+  const auto rewards = rewards_in.contiguous();
+  const auto ranks = ranks_in.contiguous();
+  const int64_t B = rewards.size(0), K = rewards.size(1);
+  const auto acc_dt = rewards.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto opts = rewards.options().dtype(acc_dt);
+  at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
+  at::Tensor counts = at::empty({B}, rewards.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rewards.scalar_type(), "listwise_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* r = rewards.const_data_ptr<scalar_t>();
+    const int64_t* rk = ranks.const_data_ptr<int64_t>();
+    int64_t* cnt_p = counts.mutable_data_ptr<int64_t>();
+    acc_t* per = reduction == kNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
+    const int64_t nchunk = ceil_div(B, kListChunk);
+    std::vector<double> part(nchunk, 0.0);
+    at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<acc_t> rv(K);
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t lo = c * kListChunk, hi = std::min(B, lo + kListChunk);
+        double chunk = 0.0;
+        for (int64_t b = lo; b < hi; ++b) {
+          const scalar_t* rb = r + b * K;
+          const int64_t* kb = rk + b * K;
+          for (int64_t i = 0; i < K; ++i) rv[i] = static_cast<acc_t>(rb[i]);
+          acc_t row = 0;
+          int64_t n = 0;
+          for (int64_t i = 0; i < K; ++i) {
+            if (kb[i] < 0) continue;
+            for (int64_t j = 0; j < K; ++j) {
+              if (kb[j] < 0 || !(kb[i] < kb[j])) continue;
+              acc_t l, dz;
+              soft_logistic(rv[i] - rv[j], acc_t(1), l, dz);
+              row += l;
+              ++n;
+            }
+          }
+          cnt_p[b] = n;
+          if (per) per[b] = n > 0 ? row / static_cast<acc_t>(n) : acc_t(0);
+          chunk += static_cast<double>(row);
+        }
+        part[c] = chunk;
+      }
+    });
+    if (reduction != kNone) {
+      double total = 0.0;
+      for (int64_t c = 0; c < nchunk; ++c) total += part[c];
+      int64_t npairs = 0;
+      for (int64_t b = 0; b < B; ++b) npairs += cnt_p[b];
+      if (reduction == kMean) total = npairs > 0 ? total / static_cast<double>(npairs) : 0.0;
+      loss.fill_(total);
+    }
+  });
+  return {loss, counts};
+}
+
+at::Tensor listwise_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& rewards_in, const at::Tensor& ranks_in,
+                                      const at::Tensor& pair_counts, int64_t reduction) {
+  check_list_args("listwise_loss_backward", rewards_in, ranks_in, reduction);
+  const auto rewards = rewards_in.contiguous();
+  const auto ranks = ranks_in.contiguous();
+  const int64_t B = rewards.size(0), K = rewards.size(1);
+  TORCH_CHECK(pair_counts.dim() == 1 && pair_counts.size(0) == B && pair_counts.scalar_type() == at::kLong,
+              "listwise_loss_backward: pair_counts must be int64 [B]");
+  TORCH_CHECK(reduction == kNone ? (grad.dim() == 1 && grad.size(0) == B) : grad.numel() == 1,
+              "listwise_loss_backward: bad grad shape ", grad.sizes());
+  const auto acc_dt = rewards.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto g = grad.to(acc_dt).contiguous();
+  const auto cnts = pair_counts.contiguous();
+  at::Tensor out = at::empty_like(rewards);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rewards.scalar_type(), "listwise_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* r = rewards.const_data_ptr<scalar_t>();
+    const int64_t* rk = ranks.const_data_ptr<int64_t>();
+    const int64_t* cnt_p = cnts.const_data_ptr<int64_t>();
+    const acc_t* g_p = g.const_data_ptr<acc_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    acc_t s_all = 0;
+    if (reduction != kNone) {
+      int64_t npairs = 0;
+      for (int64_t b = 0; b < B; ++b) npairs += cnt_p[b];
+      s_all = reduction == kSum ? g_p[0] : (npairs > 0 ? g_p[0] / static_cast<acc_t>(npairs) : acc_t(0));
+    }
+    at::parallel_for(0, B, kListChunk, [&](int64_t lo, int64_t hi) {
+      std::vector<acc_t> rv(K), gv(K);
+      for (int64_t b = lo; b < hi; ++b) {
+        const scalar_t* rb = r + b * K;
+        const int64_t* kb = rk + b * K;
+        const acc_t s = reduction == kNone ? (cnt_p[b] > 0 ? g_p[b] / static_cast<acc_t>(cnt_p[b]) : acc_t(0)) : s_all;
+        for (int64_t i = 0; i < K; ++i) {
+          rv[i] = static_cast<acc_t>(rb[i]);
+          gv[i] = 0;
+        }
+        for (int64_t i = 0; i < K; ++i) {
+          if (kb[i] < 0) continue;
+          for (int64_t j = 0; j < K; ++j) {
+            if (kb[j] < 0 || !(kb[i] < kb[j])) continue;
+            acc_t l, dz;
+            soft_logistic(rv[i] - rv[j], acc_t(1), l, dz);
+            gv[i] += dz;
+            gv[j] -= dz;
+          }
+        }
+        for (int64_t i = 0; i < K; ++i) o[b * K + i] = static_cast<scalar_t>(s * gv[i]);
+      }
+    });
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// reward_head_pairwise_loss
+// ------------------------------------------------------------------------------------------------
+constexpr int64_t kDotLanes = 32;
+
+template <typename scalar_t, typename acc_t>
+inline acc_t dot_row(const scalar_t* x, const acc_t* w, int64_t H) {
+  acc_t acc[kDotLanes] = {};
+  int64_t j = 0;
+  for (; j + kDotLanes <= H; j += kDotLanes) {
+    for (int64_t l = 0; l < kDotLanes; ++l) acc[l] += static_cast<acc_t>(x[j + l]) * w[j + l];
+  }
+  for (int64_t l = 0; j < H; ++j, ++l) acc[l] += static_cast<acc_t>(x[j]) * w[j];
+  for (int64_t wdt = kDotLanes / 2; wdt > 0; wdt /= 2) {
+    for (int64_t l = 0; l < wdt; ++l) acc[l] += acc[l + wdt];
+  }
+  return acc[0];
+}
+
+// Gradients of one row pair: grad_h rows = coef·w (if oc), grad_w partial += coef_c·h_c + coef_r·h_r
+// (if gw). Restrict-qualified and branch-free inside the loops so they vectorise.
+template <typename scalar_t, typename acc_t>
+inline void row_grads(const scalar_t* __restrict__ xc, const scalar_t* __restrict__ xr, const acc_t* __restrict__ w,
+                      acc_t cc, acc_t cr, scalar_t* __restrict__ oc, scalar_t* __restrict__ orr,
+                      acc_t* __restrict__ gw, int64_t H) {
+  if (oc != nullptr && gw != nullptr) {
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+      // The [B, H] grads are written once and not read back soon: non-temporal stores skip the
+      // read-for-ownership of every output line. Same arithmetic (and rounding) as the loop below.
+      if ((reinterpret_cast<uintptr_t>(oc) & 63) == (reinterpret_cast<uintptr_t>(orr) & 63) && H >= 64) {
+        for (; j < H && (reinterpret_cast<uintptr_t>(oc + j) & 63) != 0; ++j) {
+          const acc_t wj = w[j];
+          oc[j] = cc * wj;
+          orr[j] = cr * wj;
+          gw[j] += cc * xc[j] + cr * xr[j];
+        }
+        const __m512 vc = _mm512_set1_ps(cc), vr = _mm512_set1_ps(cr);
+        for (; j + 16 <= H; j += 16) {
+          const __m512 wv = _mm512_loadu_ps(w + j);
+          _mm512_stream_ps(oc + j, _mm512_mul_ps(vc, wv));
+          _mm512_stream_ps(orr + j, _mm512_mul_ps(vr, wv));
+          const __m512 t = _mm512_add_ps(_mm512_mul_ps(vc, _mm512_loadu_ps(xc + j)),
+                                         _mm512_mul_ps(vr, _mm512_loadu_ps(xr + j)));
+          _mm512_storeu_ps(gw + j, _mm512_add_ps(_mm512_loadu_ps(gw + j), t));
+        }
+      }
+    }
+#endif
+    for (; j < H; ++j) {
+      const acc_t wj = w[j];
+      oc[j] = static_cast<scalar_t>(cc * wj);
+      orr[j] = static_cast<scalar_t>(cr * wj);
+      gw[j] += cc * static_cast<acc_t>(xc[j]) + cr * static_cast<acc_t>(xr[j]);
+    }
+  } else if (oc != nullptr) {
+    for (int64_t j = 0; j < H; ++j) {
+      oc[j] = static_cast<scalar_t>(cc * w[j]);
+      orr[j] = static_cast<scalar_t>(cr * w[j]);
+    }
+  } else if (gw != nullptr) {
+    for (int64_t j = 0; j < H; ++j) gw[j] += cc * static_cast<acc_t>(xc[j]) + cr * static_cast<acc_t>(xr[j]);
+  }
+}
+
+void check_head_args(const char* op, const at::Tensor& hc, const at::Tensor& hr, const at::Tensor& w,
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& margin,
+                     const std::optional<at::Tensor>& tie, int64_t reduction) {
+  TORCH_CHECK(hc.dim() == 2 && hr.dim() == 2, op, ": h_chosen / h_rejected must be 2-D [B, H]");
+  TORCH_CHECK(hc.sizes() == hr.sizes(), op, ": h_chosen and h_rejected shapes differ");
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == hc.size(1), op, ": weight must be [H]");
+  TORCH_CHECK(hc.scalar_type() == hr.scalar_type() && hc.scalar_type() == w.scalar_type(), op,
+              ": h_chosen, h_rejected and weight must share a dtype");
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": bad reduction code ", reduction);
+  const auto acc = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->numel() == 1 && bias->dim() == 0, op, ": bias must be a 0-d tensor");
+    TORCH_CHECK(bias->scalar_type() == acc, op, ": bias must be ", acc, " (the accumulation dtype)");
+  }
+  const int64_t B = hc.size(0);
+  if (margin.has_value()) {
+    TORCH_CHECK(margin->dim() == 1 && margin->size(0) == B, op, ": margin must have shape [B]");
+    TORCH_CHECK(margin->scalar_type() == acc, op, ": margin must be ", acc, " (the accumulation dtype)");
+  }
+  if (tie.has_value()) {
+    TORCH_CHECK(tie->dim() == 1 && tie->size(0) == B && tie->scalar_type() == at::kBool, op,
+                ": tie must be bool [B]");
+  }
+}
+
+// One pass over the rows: rewards, loss, accuracy and (optionally) all gradients.
+// grad_mode: 0 = forward without grads; 1 = grads with per-pair upstream `g_pair` (nullable, then
+// the scalar `g_scalar` times the reduction scale).
+template <typename scalar_t>
+void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tensor& w_t,
+                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& margin,
+                 const std::optional<at::Tensor>& tie, double eps, double center, int64_t reduction,
+                 bool grad_h, bool grad_wb, const at::opmath_type<scalar_t>* g_pair, at::opmath_type<scalar_t> g_scalar,
+                 at::Tensor* loss_out, at::Tensor* acc_out, at::Tensor& ghc_t, at::Tensor& ghr_t, at::Tensor& gw_t,
+                 at::Tensor& gb_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = hc_t.size(0), H = hc_t.size(1);
+  const scalar_t* hc = hc_t.const_data_ptr<scalar_t>();
+  const scalar_t* hr = hr_t.const_data_ptr<scalar_t>();
+  const acc_t bval = bias.has_value() ? bias->const_data_ptr<acc_t>()[0] : acc_t(0);
+  const acc_t* m = margin.has_value() ? margin->const_data_ptr<acc_t>() : nullptr;
+  const bool* tp = tie.has_value() ? tie->const_data_ptr<bool>() : nullptr;
+  // weight in the accumulation dtype, once
+  std::vector<acc_t> wf(H);
+  {
+    const scalar_t* wp = w_t.const_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < H; ++j) wf[j] = static_cast<acc_t>(wp[j]);
+  }
+  const acc_t* w = wf.data();
+  scalar_t* ghc = grad_h ? ghc_t.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* ghr = grad_h ? ghr_t.mutable_data_ptr<scalar_t>() : nullptr;
+  acc_t* per = (loss_out && reduction == kNone) ? loss_out->mutable_data_ptr<acc_t>() : nullptr;
+  const PairMath<acc_t> pm{acc_t(1.0 - eps / 2.0), acc_t(2.0 * center), acc_t(center)};
+  const acc_t s_red = g_scalar * (reduction == kMean ? acc_t(1.0 / static_cast<double>(B)) : acc_t(1));
+  const bool any_grad = grad_h || grad_wb;
+
+  const int64_t nchunk = std::min<int64_t>(ceil_div(B, 16), kHeadChunks);  // >= 16 rows per chunk
+  const int64_t rows = ceil_div(B, nchunk);
+  std::vector<double> part_loss(nchunk, 0.0), part_gb(nchunk, 0.0);
+  std::vector<int64_t> part_win(nchunk, 0), part_cnt(nchunk, 0);
+  std::vector<acc_t> part_gw(grad_wb ? nchunk * H : 0);
+  at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t lo = c * rows, hi = std::min(B, lo + rows);
+      acc_t* gw = grad_wb ? part_gw.data() + c * H : nullptr;
+      if (gw) std::fill(gw, gw + H, acc_t(0));
+      double lsum = 0.0, gbsum = 0.0;
+      int64_t win = 0, cnt = 0;
+      for (int64_t i = lo; i < hi; ++i) {
+        const scalar_t* xc = hc + i * H;
+        const scalar_t* xr = hr + i * H;
+        const acc_t a = dot_row(xc, w, H) + bval;
+        const acc_t b = dot_row(xr, w, H) + bval;
+        const bool ti = tp ? tp[i] : false;
+        acc_t l, cc, cr;
+        pm(a, b, m ? m[i] : acc_t(0), ti, g_pair ? g_pair[i] : s_red, l, cc, cr);
+        lsum += static_cast<double>(l);
+        if (per) per[i] = l;
+        win += (!ti && a > b) ? 1 : 0;
+        cnt += ti ? 0 : 1;
+        if (!any_grad) continue;
+        gbsum += static_cast<double>(cc + cr);
+        row_grads(xc, xr, w, cc, cr, grad_h ? ghc + i * H : nullptr, grad_h ? ghr + i * H : nullptr, gw, H);
+      }
+#if defined(__AVX512F__)
+      _mm_sfence();  // order the non-temporal grad stores
+#endif
+      part_loss[c] = lsum;
+      part_gb[c] = gbsum;
+      part_win[c] = win;
+      part_cnt[c] = cnt;
+    }
+  });
+  double total = 0.0, gb = 0.0;
+  int64_t win = 0, cnt = 0;
+  for (int64_t c = 0; c < nchunk; ++c) {
+    total += part_loss[c];
+    gb += part_gb[c];
+    win += part_win[c];
+    cnt += part_cnt[c];
+  }
+  if (loss_out && reduction != kNone) loss_out->fill_(reduction == kMean ? total / static_cast<double>(B) : total);
+  if (acc_out) acc_out->fill_(cnt > 0 ? static_cast<double>(win) / static_cast<double>(cnt) : 0.0);
+  if (grad_wb) {
+    scalar_t* gwo = gw_t.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, H, 1024, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        acc_t s = 0;
+        for (int64_t c = 0; c < nchunk; ++c) s += part_gw[c * H + j];
+        gwo[j] = static_cast<scalar_t>(s);
+      }
+    });
+    gb_t.fill_(gb);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_head_pairwise_loss_cpu(
+    const at::Tensor& h_chosen, const at::Tensor& h_rejected, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& margin,
+    const std::optional<at::Tensor>& tie, double label_smoothing, double center_coef, int64_t reduction, bool grad_h,
+    bool grad_wb) {
+  check_head_args("reward_head_pairwise_loss", h_chosen, h_rejected, weight, bias, margin, tie, reduction);
+  TORCH_CHECK(!((grad_h || grad_wb) && reduction == kNone),
+              "reward_head_pairwise_loss: grads in the forward need reduction mean or sum");
+  const auto hc = h_chosen.contiguous(), hr = h_rejected.contiguous(), w = weight.contiguous();
+  const int64_t B = hc.size(0), H = hc.size(1);
+  const auto acc_dt = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto opts = hc.options().dtype(acc_dt);
+  at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
+  at::Tensor acc = at::empty({}, hc.options().dtype(at::kFloat));
+  at::Tensor ghc = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor ghr = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor gw = grad_wb ? at::empty({H}, w.options()) : at::empty({0}, w.options());
+  at::Tensor gb = grad_wb ? at::empty({}, opts) : at::empty({0}, opts);
+  if (B == 0) {
+    loss.fill_(0);
+    acc.fill_(0);
+    if (grad_wb) { gw.zero_(); gb.zero_(); }
+    return {loss, acc, ghc, ghr, gw, gb};
+  }
+  const auto m = margin.has_value() ? std::optional<at::Tensor>(margin->contiguous()) : std::nullopt;
+  const auto t = tie.has_value() ? std::optional<at::Tensor>(tie->contiguous()) : std::nullopt;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hc.scalar_type(), "reward_head_pairwise_loss_cpu", [&] {
+    head_kernel<scalar_t>(hc, hr, w, bias, m, t, label_smoothing, center_coef, reduction, grad_h, grad_wb, nullptr,
+                          at::opmath_type<scalar_t>(1), &loss, &acc, ghc, ghr, gw, gb);
+  });
+  return {loss, acc, ghc, ghr, gw, gb};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_head_pairwise_loss_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& h_chosen, const at::Tensor& h_rejected, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& margin,
+    const std::optional<at::Tensor>& tie, double label_smoothing, double center_coef, int64_t reduction, bool grad_h,
+    bool grad_wb) {
+  check_head_args("reward_head_pairwise_loss_backward", h_chosen, h_rejected, weight, bias, margin, tie, reduction);
+  const auto hc = h_chosen.contiguous(), hr = h_rejected.contiguous(), w = weight.contiguous();
+  const int64_t B = hc.size(0), H = hc.size(1);
+  TORCH_CHECK(reduction == kNone ? (grad.dim() == 1 && grad.size(0) == B) : grad.numel() == 1,
+              "reward_head_pairwise_loss_backward: bad grad shape ", grad.sizes());
+  const auto acc_dt = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto opts = hc.options().dtype(acc_dt);
+  const auto g = grad.to(acc_dt).contiguous();
+  at::Tensor ghc = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor ghr = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor gw = grad_wb ? at::empty({H}, w.options()) : at::empty({0}, w.options());
+  at::Tensor gb = grad_wb ? at::empty({}, opts) : at::empty({0}, opts);
+  if (B == 0 || !(grad_h || grad_wb)) {
+    if (grad_wb) { gw.zero_(); gb.zero_(); }
+    return {ghc, ghr, gw, gb};
+  }
+  const auto m = margin.has_value() ? std::optional<at::Tensor>(margin->contiguous()) : std::nullopt;
+  const auto t = tie.has_value() ? std::optional<at::Tensor>(tie->contiguous()) : std::nullopt;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hc.scalar_type(), "reward_head_pairwise_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* gp = g.const_data_ptr<acc_t>();
+    head_kernel<scalar_t>(hc, hr, w, bias, m, t, label_smoothing, center_coef, reduction, grad_h, grad_wb,
+                          reduction == kNone ? gp : nullptr, reduction == kNone ? acc_t(1) : gp[0], nullptr, nullptr,
+                          ghc, ghr, gw, gb);
+  });
+  return {ghc, ghr, gw, gb};
+}
+
+}  // namespace
+}  // namespace mmreward
+
+TORCH_LIBRARY_FRAGMENT(mmreward, m) {
+  m.def(
+      "pairwise_loss(Tensor r_chosen, Tensor r_rejected, Tensor? margin, Tensor? tie, float label_smoothing, "
+      "float center_coef, int reduction, bool need_grad) -> (Tensor loss, Tensor accuracy, Tensor grad_chosen, "
+      "Tensor grad_rejected)");
+  m.def(
+      "pairwise_loss_backward(Tensor grad, Tensor r_chosen, Tensor r_rejected, Tensor? margin, Tensor? tie, "
+      "float label_smoothing, float center_coef, int reduction) -> (Tensor grad_chosen, Tensor grad_rejected)");
+  m.def("listwise_loss(Tensor rewards, Tensor ranks, int reduction) -> (Tensor loss, Tensor pair_counts)");
+  m.def(
+      "listwise_loss_backward(Tensor grad, Tensor rewards, Tensor ranks, Tensor pair_counts, int reduction) -> "
+      "Tensor");
+  m.def(
+      "reward_head_pairwise_loss(Tensor h_chosen, Tensor h_rejected, Tensor weight, Tensor? bias, Tensor? margin, "
+      "Tensor? tie, float label_smoothing, float center_coef, int reduction, bool grad_h, bool grad_wb) -> "
+      "(Tensor loss, Tensor accuracy, Tensor grad_h_chosen, Tensor grad_h_rejected, Tensor grad_weight, "
+      "Tensor grad_bias)");
+  m.def(
+      "reward_head_pairwise_loss_backward(Tensor grad, Tensor h_chosen, Tensor h_rejected, Tensor weight, "
+      "Tensor? bias, Tensor? margin, Tensor? tie, float label_smoothing, float center_coef, int reduction, "
+      "bool grad_h, bool grad_wb) -> (Tensor grad_h_chosen, Tensor grad_h_rejected, Tensor grad_weight, "
+      "Tensor grad_bias)");
+}
+
+TORCH_LIBRARY_IMPL(mmreward, CPU, m) {
+  m.impl("pairwise_loss", &mmreward::pairwise_loss_cpu);
+  m.impl("pairwise_loss_backward", &mmreward::pairwise_loss_backward_cpu);
+  m.impl("listwise_loss", &mmreward::listwise_loss_cpu);
+  m.impl("listwise_loss_backward", &mmreward::listwise_loss_backward_cpu);
+  m.impl("reward_head_pairwise_loss", &mmreward::reward_head_pairwise_loss_cpu);
+  m.impl("reward_head_pairwise_loss_backward", &mmreward::reward_head_pairwise_loss_backward_cpu);
+}
