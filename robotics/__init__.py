@@ -9,6 +9,12 @@ Data layer:
   (``mmreward robotics collect`` / ``import-videos``);
 * :mod:`.data` — episode files + manifest, :class:`EpisodeDataset` frame windows, video I/O.
 
+Models:
+
+* :mod:`.codec` — the VQGAN frame codec (64×64 frames ↔ 8×8 tokens), :func:`train_vqgan`;
+* :mod:`.video` — conditional VQ-Diffusion over tokens, :func:`train_video_model`;
+* :mod:`.reward` — :class:`DiffusionReward` (conditional-entropy reward) and the :class:`RND` bonus.
+
 Importing this package loads no simulator, OpenCV or plotting library; names below resolve lazily.
 """
 from __future__ import annotations
@@ -30,6 +36,21 @@ _LAZY = {
     "read_manifest": "mmreward.robotics.data.episodes",
     "load_frames": "mmreward.robotics.data.video",
     "VideoError": "mmreward.robotics.data.video",
+    # models: VQGAN codec, conditional VQ-Diffusion, Diffusion Reward + RND
+    "VQGAN": "mmreward.robotics.codec.vqgan",
+    "VQGANConfig": "mmreward.robotics.codec.vqgan",
+    "VQGANTrainConfig": "mmreward.robotics.codec.vqgan",
+    "train_vqgan": "mmreward.robotics.codec.vqgan",
+    "evaluate_vqgan": "mmreward.robotics.codec.vqgan",
+    "ConditionalVQDiffusion": "mmreward.robotics.video.vq_diffusion",
+    "VQDiffusionConfig": "mmreward.robotics.video.vq_diffusion",
+    "VideoTrainConfig": "mmreward.robotics.video.vq_diffusion",
+    "train_video_model": "mmreward.robotics.video.vq_diffusion",
+    "token_windows": "mmreward.robotics.video.vq_diffusion",
+    "DiffusionReward": "mmreward.robotics.reward.diffusion_reward",
+    "DiffusionRewardConfig": "mmreward.robotics.reward.diffusion_reward",
+    "RND": "mmreward.robotics.reward.rnd",
+    "RNDConfig": "mmreward.robotics.reward.rnd",
 }
 
 __all__ = sorted(_LAZY)

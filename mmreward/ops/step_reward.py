@@ -209,7 +209,7 @@ class _RefOps:
 
 
 def _ops(op: str, device: torch.device):
-    backend = _backend.select(op, device)
+    backend = _backend.select_cached(op, device)
     if backend == "reference":
         return _RefOps
     if backend == "triton":

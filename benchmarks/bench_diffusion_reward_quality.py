@@ -1,0 +1,449 @@
+"""Reward-quality benchmark of Diffusion Reward on Meta-World (and the run that makes the shipped
+default checkpoint).
+
+1. **Data.** Scripted-expert episodes of the training tasks (seeds 0…); held-out evaluation
+   episodes (seeds 1000…) of the training tasks and of one task left out of training: noisy experts
+   with action-noise σ ∈ {0, 0.3, 0.6, 1.0} and uniform-random policies. 64×64 frames, ``corner``
+   camera, action repeat 2, ``--max-steps`` agent steps per episode.
+2. **Models.** A small VQGAN and conditional VQ-Diffusion trained on the expert frames only, the
+   expert statistics fitted on the same episodes → :class:`DiffusionReward` (no RND, no success
+   bonus: only the learned term is judged).
+3. **Scores.** Episode score = mean per-frame reward. Per task:
+
+   * Spearman ρ between episode score and σ over the four noisy-expert groups (random excluded);
+     goal: mean ≤ −0.6 over training tasks, no task above −0.3;
+   * success ROC-AUC: how well the score separates successful from failed noisy-expert episodes
+     (goal: mean ≥ 0.8; undefined where all episodes succeed or all fail);
+   * expert-vs-random ROC-AUC (σ = 0 episodes against random ones);
+   * the same on the held-out task.
+
+   Two training-free baselines get the same scores: ``frame_diff`` (minus the mean absolute
+   difference of consecutive frames, i.e. smooth motion scores high) and ``nn_expert`` (minus the
+   distance of each frame to its nearest training-expert frame, 32×32 average-pooled pixels).
+4. **Outputs.** ``--json`` (default ``benchmarks/results/diffusion_reward_quality.json``), a PNG of
+   per-step reward curves (expert / noisy / random), the trained model in ``WORK/reward`` and, with
+   ``--save-pretrained DIR``, a copy there (the shipped checkpoint: ``scripts/make_default_checkpoint.sh``).
+
+Every stage caches its output in ``--work`` (collected episodes, the codec / video runs — which
+resume —, rewards), so an interrupted run continues where it stopped.
+
+    python benchmarks/bench_diffusion_reward_quality.py                 # ~30 min on 2 CPU cores
+    python benchmarks/bench_diffusion_reward_quality.py --quick         # minutes: tiny everything
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+NOISES = (0.0, 0.3, 0.6, 1.0)
+
+
+# ----------------------------------------------------------------------------- statistics
+def rankdata(x) -> np.ndarray:
+    """Average ranks (1-based), ties share their mean rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x, y) -> float:
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def roc_auc(scores, labels) -> float:
+    """P(score of a positive > score of a negative), ties counted ½ (NaN without both classes)."""
+    s, lab = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    npos, nneg = int(lab.sum()), int((~lab).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[lab].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def nanmean(xs) -> float:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+# ----------------------------------------------------------------------------- data
+def _collect_job(job: dict) -> str:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+
+    torch.set_num_threads(1)
+    from mmreward.robotics.collect import collect_episodes
+    from mmreward.robotics.data.episodes import read_manifest
+
+    out = job["out"]
+    try:
+        if len(read_manifest(out)) >= job["episodes"]:
+            return out
+    except Exception:
+        pass
+    collect_episodes([job["task"]], out, episodes=job["episodes"], policy=job["policy"], noise=job["noise"],
+                     size=job["size"], action_repeat=job["action_repeat"], seed=job["seed"],
+                     max_steps=job["max_steps"], progress=False)
+    return out
+
+
+def collect_all(args, work: str) -> dict:
+    jobs = []
+    common = dict(size=args.size, action_repeat=args.action_repeat, max_steps=args.max_steps)
+    for task in args.train_tasks:
+        jobs.append(dict(kind="train", task=task, policy="expert", noise=0.0, episodes=args.train_episodes,
+                         seed=0, out=os.path.join(work, "data", "train", task), **common))
+    for task in args.train_tasks + args.heldout_tasks:
+        for noise in NOISES:
+            jobs.append(dict(kind="eval", task=task, policy="noisy", noise=noise, episodes=args.eval_episodes,
+                             seed=1000, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}"), **common))
+        jobs.append(dict(kind="eval", task=task, policy="random", noise=0.0, episodes=args.eval_episodes, seed=1000,
+                         out=os.path.join(work, "data", "eval", f"{task}_random"), **common))
+    t0 = time.perf_counter()
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
+            list(ex.map(_collect_job, jobs))
+    else:
+        for j in jobs:
+            _collect_job(j)
+    print(f"[data] {len(jobs)} collection jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return {"jobs": jobs, "seconds": time.perf_counter() - t0}
+
+
+def load_jobs(jobs: list, kind: str) -> list[dict]:
+    from mmreward.robotics.cli import load_episode_folder
+
+    out = []
+    for j in jobs:
+        if j["kind"] != kind:
+            continue
+        for entry, ep in load_episode_folder(j["out"], None, ["all"]):
+            out.append({"task": j["task"], "policy": j["policy"], "noise": j["noise"], "file": entry["file"],
+                        "path": os.path.join(j["out"], entry["file"]),
+                        "frames": ep.frames, "success": bool(ep.success.any()), "env_return": float(ep.rewards.sum())})
+    return out
+
+
+def _score_job(job) -> dict:
+    """Diffusion Rewards of episode files with the saved models (one process, one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from mmreward.robotics.data.episodes import load_episode
+    from mmreward.robotics.reward.diffusion_reward import DiffusionReward
+
+    folders, paths = job
+    models = {est: DiffusionReward.from_pretrained(f) for est, f in folders.items()}
+    out = {}
+    for path in paths:
+        fr = torch.from_numpy(load_episode(path).frames)
+        out[path] = {est: m(fr).numpy() for est, m in models.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------- baselines
+def frame_diff_rewards(frames: np.ndarray) -> np.ndarray:
+    """−mean |f_t − f_{t−1}| per frame (frame 0 gets frame 1's value)."""
+    f = frames.astype(np.float32) / 255.0
+    d = np.abs(f[1:] - f[:-1]).mean(axis=(1, 2, 3))
+    return -np.concatenate([d[:1], d]) if len(d) else np.zeros(1)
+
+
+def _pool32(frames: np.ndarray):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    return F.avg_pool2d(x, 2).flatten(1)
+
+
+class NearestExpert:
+    """−distance to the nearest reference (training-expert) frame, 32×32 average-pooled pixels."""
+
+    def __init__(self, expert_frames: list):
+        import torch
+
+        self.ref = torch.cat([_pool32(f) for f in expert_frames])
+        self.ref_sq = self.ref.pow(2).sum(1)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        import torch
+
+        q = _pool32(frames)
+        d2 = q.pow(2).sum(1, keepdim=True) - 2 * q @ self.ref.t() + self.ref_sq[None]
+        return -torch.sqrt(d2.min(1).values.clamp_min(0)).numpy() / math.sqrt(q.shape[1])
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_task(eps: list[dict], key: str) -> dict:
+    noisy = [e for e in eps if e["policy"] == "noisy"]
+    rand = [e for e in eps if e["policy"] == "random"]
+    expert = [e for e in noisy if e["noise"] == 0.0]
+    s = lambda es: [float(np.mean(e[key])) for e in es]
+    group_means = {f"noisy{n:g}": float(np.mean(s([e for e in noisy if e["noise"] == n]))) for n in NOISES}
+    group_means["random"] = float(np.mean(s(rand))) if rand else float("nan")
+    return {
+        "spearman_noise": spearman(s(noisy), [e["noise"] for e in noisy]),
+        "success_auc": roc_auc(s(noisy), [e["success"] for e in noisy]),
+        "expert_vs_random_auc": roc_auc(s(expert) + s(rand), [True] * len(expert) + [False] * len(rand)),
+        "success_rate": float(np.mean([e["success"] for e in noisy])),
+        "group_mean_score": group_means,
+    }
+
+
+def summarise(per_task: dict, tasks: list) -> dict:
+    rows = [per_task[t] for t in tasks if t in per_task]
+    return {
+        "spearman_noise_mean": nanmean([r["spearman_noise"] for r in rows]),
+        "spearman_noise_max": float(np.nanmax([r["spearman_noise"] for r in rows])) if rows else float("nan"),
+        "success_auc_mean": nanmean([r["success_auc"] for r in rows]),
+        "expert_vs_random_auc_mean": nanmean([r["expert_vs_random_auc"] for r in rows]),
+    }
+
+
+def plot_rewards(path: str, eps: list[dict], task: str, methods: list) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("expert", lambda e: e["policy"] == "noisy" and e["noise"] == 0.0)]
+    groups += [(f"noisy σ={n:g}", (lambda n: lambda e: e["policy"] == "noisy" and e["noise"] == n)(n)) for n in NOISES[1:]]
+    groups += [("random", lambda e: e["policy"] == "random")]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.8), dpi=110, squeeze=False)
+    colors = ["tab:green", "tab:olive", "tab:orange", "tab:red", "tab:gray"]
+    for ax, (key, title) in zip(axes[0], methods):
+        for (name, pred), c in zip(groups, colors):
+            rs = [np.asarray(e[key]) for e in eps if e["task"] == task and pred(e)]
+            if not rs:
+                continue
+            n = min(len(r) for r in rs)
+            m = np.mean([r[:n] for r in rs], 0)
+            k = 5
+            sm = np.convolve(m, np.ones(k) / k, mode="valid") if n > k else m
+            ax.plot(np.arange(len(sm)) + (k - 1) / 2 if n > k else np.arange(n), sm, color=c, label=name)
+        ax.set_title(f"{title} — {task}")
+        ax.set_xlabel("frame")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("reward (mean over episodes, 5-frame smoothing)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="runs/diffusion_reward_quality", help="cache folder for data, runs, rewards")
+    ap.add_argument("--json", default="benchmarks/results/diffusion_reward_quality.json")
+    ap.add_argument("--plot", default="benchmarks/results/diffusion_reward_quality.png")
+    ap.add_argument("--save-pretrained", default=None, help="copy the trained reward model here")
+    ap.add_argument("--train-tasks", default="door-open-v3,drawer-open-v3,button-press-v3,window-open-v3")
+    ap.add_argument("--heldout-tasks", default="drawer-close-v3")
+    ap.add_argument("--train-episodes", type=int, default=16)
+    ap.add_argument("--eval-episodes", type=int, default=8, help="per task and policy group")
+    ap.add_argument("--max-steps", type=int, default=70, help="agent steps per episode")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--action-repeat", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="collection / scoring processes")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training / scoring")
+    ap.add_argument("--codec-steps", type=int, default=600)
+    ap.add_argument("--codec-batch", type=int, default=16)
+    ap.add_argument("--codec-channels", default="16,32,64,64")
+    ap.add_argument("--num-codes", type=int, default=128)
+    ap.add_argument("--video-steps", type=int, default=1500)
+    ap.add_argument("--video-batch", type=int, default=32)
+    ap.add_argument("--video-dim", type=int, default=96)
+    ap.add_argument("--video-depth", type=int, default=2)
+    ap.add_argument("--video-heads", type=int, default=4)
+    ap.add_argument("--estimator", default="vlb", choices=("vlb", "x0_entropy"),
+                    help="entropy estimator of the saved model")
+    ap.add_argument("--also-estimator", default="x0_entropy",
+                    help="also score with this estimator (same models; '' to skip)")
+    ap.add_argument("--reward-batch", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    args = ap.parse_args(argv)
+    args.train_tasks = [t for t in args.train_tasks.split(",") if t]
+    args.heldout_tasks = [t for t in args.heldout_tasks.split(",") if t]
+    if args.quick:
+        args.train_tasks, args.heldout_tasks = args.train_tasks[:2], args.heldout_tasks[:1]
+        args.train_episodes, args.eval_episodes, args.max_steps = 2, 2, 12
+        args.codec_steps, args.video_steps, args.video_dim, args.video_depth = 20, 20, 32, 1
+        args.work = args.work.rstrip("/") + "_quick"
+        args.json = args.json.replace(".json", "_quick.json")
+        args.plot = args.plot.replace(".png", "_quick.png")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = args.work
+    os.makedirs(work, exist_ok=True)
+    timings = {}
+    t_all = time.perf_counter()
+
+    # 1. data
+    data = collect_all(args, work)
+    timings["collect_s"] = data["seconds"]
+    train_eps = load_jobs(data["jobs"], "train")
+    eval_eps = load_jobs(data["jobs"], "eval")
+    train_frames = [e["frames"] for e in train_eps]
+    print(f"[data] train: {len(train_eps)} expert episodes ({sum(len(f) for f in train_frames)} frames, "
+          f"success {np.mean([e['success'] for e in train_eps]):.2f}); eval: {len(eval_eps)} episodes", flush=True)
+
+    # 2. models (same functions the CLI calls; both runs resume from their train_state)
+    from mmreward.robotics.cli import build_reward_model
+    from mmreward.robotics.codec.vqgan import VQGANConfig, evaluate_vqgan, train_vqgan
+    from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
+    from mmreward.robotics.video.vq_diffusion import VQDiffusionConfig, train_video_model
+
+    t0 = time.perf_counter()
+    ch = tuple(int(c) for c in args.codec_channels.split(","))
+    ccfg = VQGANConfig(image_size=args.size, channels=ch, num_codes=args.num_codes)
+    codec = train_vqgan(train_frames, ccfg, os.path.join(work, "codec"), steps=args.codec_steps,
+                        batch_size=args.codec_batch, ckpt_every=200)
+    timings["codec_train_s"] = time.perf_counter() - t0
+    codec_metrics = evaluate_vqgan(codec, train_frames[:8])
+    print(f"[codec] {timings['codec_train_s']:.0f} s: {codec_metrics}", flush=True)
+    t0 = time.perf_counter()
+    s = codec.config.latent_size
+    vcfg = VQDiffusionConfig(num_codes=args.num_codes, token_shape=(s, s), dim=args.video_dim, depth=args.video_depth,
+                             heads=args.video_heads, context_dim=args.video_dim)
+    video = train_video_model(train_frames, vcfg, os.path.join(work, "video"), codec=codec, steps=args.video_steps,
+                              batch_size=args.video_batch, warmup_steps=min(200, args.video_steps // 10),
+                              ckpt_every=250)
+    timings["video_train_s"] = time.perf_counter() - t0
+    print(f"[video] {timings['video_train_s']:.0f} s", flush=True)
+
+    # 3. rewards
+    t0 = time.perf_counter()
+    estimators = [args.estimator] + ([args.also_estimator] if args.also_estimator and
+                                     args.also_estimator != args.estimator else [])
+    models = {}
+    for est in estimators:
+        rcfg = DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch)
+        out = os.path.join(work, "reward" if est == args.estimator else f"reward_{est}")
+        if os.path.isfile(os.path.join(out, "config.json")):
+            models[est] = DiffusionReward.from_pretrained(out)
+            stats = dict(zip(("mean", "std", "frames"), models[est].statistics.tolist()))
+        else:
+            models[est], stats = build_reward_model(codec, video, train_frames, rcfg, None, out)
+        print(f"[stats] {est}: {stats}", flush=True)
+    timings["fit_stats_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    nn_ref = NearestExpert(train_frames)
+    methods = [(f"dr_{est}", f"Diffusion Reward ({est})") for est in estimators]
+    methods += [("frame_diff", "−|frame difference|"), ("nn_expert", "−NN distance to expert frames")]
+    folders = {est: os.path.join(work, "reward" if est == args.estimator else f"reward_{est}") for est in estimators}
+    jobs = [(folders, [(e["path"]) for e in eval_eps[i::args.workers]]) for i in range(args.workers)]
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
+            parts = list(ex.map(_score_job, jobs))
+    else:
+        parts = [_score_job(jobs[0])]
+    scored = {}
+    for part in parts:
+        scored.update(part)
+    for e in eval_eps:
+        for est in estimators:
+            e[f"dr_{est}"] = scored[e["path"]][est]
+        e["frame_diff"] = frame_diff_rewards(e["frames"])
+        e["nn_expert"] = nn_ref(e["frames"])
+    timings["score_s"] = time.perf_counter() - t0
+
+    # 4. metrics
+    tasks = args.train_tasks + args.heldout_tasks
+    results = {}
+    for key, title in methods:
+        per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key) for t in tasks}
+        results[key] = {"title": title, "per_task": per_task,
+                        "train_tasks": summarise(per_task, args.train_tasks),
+                        "heldout_tasks": summarise(per_task, args.heldout_tasks)}
+    main_key = f"dr_{args.estimator}"
+    tr = results[main_key]["train_tasks"]
+    goals = {
+        "spearman_mean_le_-0.6": tr["spearman_noise_mean"] <= -0.6,
+        "no_task_spearman_above_-0.3": tr["spearman_noise_max"] <= -0.3,
+        "success_auc_mean_ge_0.8": tr["success_auc_mean"] >= 0.8,
+    }
+    beats = {}
+    for b in ("frame_diff", "nn_expert"):
+        bt = results[b]["train_tasks"]
+        beats[b] = {"spearman": tr["spearman_noise_mean"] < bt["spearman_noise_mean"],
+                    "success_auc": tr["success_auc_mean"] > bt["success_auc_mean"],
+                    "expert_vs_random_auc": tr["expert_vs_random_auc_mean"] > bt["expert_vs_random_auc_mean"]}
+    timings["total_s"] = time.perf_counter() - t_all
+
+    os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
+    plot_rewards(args.plot, eval_eps, args.train_tasks[0], [methods[0], methods[-2], methods[-1]])
+    if args.save_pretrained:
+        src = os.path.join(work, "reward")
+        if os.path.exists(args.save_pretrained):
+            shutil.rmtree(args.save_pretrained)
+        shutil.copytree(src, args.save_pretrained)
+        print(f"[save] {src} -> {args.save_pretrained}")
+    report = {
+        "benchmark": "diffusion_reward_quality", "quick": args.quick,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "setup": {k: getattr(args, k) for k in ("train_tasks", "heldout_tasks", "train_episodes", "eval_episodes",
+                                                "max_steps", "size", "action_repeat", "codec_steps", "codec_batch",
+                                                "codec_channels", "num_codes", "video_steps", "video_batch",
+                                                "video_dim", "video_depth", "video_heads", "estimator")},
+        "noises": list(NOISES), "codec_metrics": codec_metrics,
+        "statistics": {est: dict(zip(("mean", "std", "frames"), m.statistics.tolist())) for est, m in models.items()},
+        "results": results, "goals": goals, "beats_baselines": beats, "timings": timings,
+        "episodes": [{k: (v if not isinstance(v, np.ndarray) else None) for k, v in e.items()
+                      if k in ("task", "policy", "noise", "file", "success", "env_return")}
+                     | {m: float(np.mean(e[m])) for m, _ in methods} for e in eval_eps],
+    }
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    print_table(results, methods, args)
+    print("goals (training tasks, %s):" % main_key, json.dumps(goals), "| beats baselines:", json.dumps(beats))
+    print(f"timings: {json.dumps({k: round(v) for k, v in timings.items()})}")
+    print(f"-> {args.json}, {args.plot}")
+    return 0
+
+
+def print_table(results: dict, methods: list, args) -> None:
+    tasks = args.train_tasks + args.heldout_tasks
+    f = lambda x: "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:6.2f}"
+    print(f"\n{'method':<22} {'task':<24} {'ρ(σ)':>6} {'succAUC':>7} {'exp>rnd':>7} {'succ%':>6}")
+    for key, _ in methods:
+        for t in tasks:
+            r = results[key]["per_task"][t]
+            tag = t + (" (held out)" if t in args.heldout_tasks else "")
+            print(f"{key:<22} {tag:<24} {f(r['spearman_noise'])} {f(r['success_auc']):>7} "
+                  f"{f(r['expert_vs_random_auc']):>7} {f(r['success_rate']):>6}")
+        s = results[key]["train_tasks"]
+        print(f"{key:<22} {'MEAN (train tasks)':<24} {f(s['spearman_noise_mean'])} {f(s['success_auc_mean']):>7} "
+              f"{f(s['expert_vs_random_auc_mean']):>7}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Speed of the Diffusion Reward for one episode, end to end (uint8 frames in → rewards out), with
+the paper-sized models (``VQGANConfig.paper()``, ``VQDiffusionConfig.paper()``; random weights),
+against an eager path written the way the official code computes it, on the same weights.
+
+**Official-style path** (Diffusion Reward's ``calc_vlb`` entropy branch on VQ-Diffusion's
+``DiffusionTransformer``), per episode of T frames and T windows:
+
+* every window's frames go through the VQGAN (each frame is encoded once per window it appears in:
+  the history windows of frames i−1, i are built from frames, as when rewards are computed for
+  sampled transitions);
+* each of the 11 denoising calls re-embeds the history tokens and recomputes every block's
+  cross-attention keys / values (no cache), with plain ``softmax(QKᵀ/√d)V`` attention (VQ-Diffusion's
+  ``FullAttention`` / ``CrossAttention``);
+* ``log_softmax`` of the logits in float64 (``predict_start``), channel-first ``[B, K+1, L]``
+  log-space arithmetic: ``q_posterior`` with ``q_pred`` / ``q_pred_one_timestep`` and
+  ``log_add_exp`` (the fast chain reuses the one-step posterior at ``t − skip``), Gumbel sampling
+  to a log-one-hot, and the bound's ``multinomial_kl`` / decoder log-likelihood in float64.
+
+**Ours** (:class:`mmreward.robotics.reward.DiffusionReward`): each frame encoded once; history
+embedded and cross-attention K/V projected once per window batch (:class:`ContextCache`);
+``scaled_dot_product_attention``; float32 channel-last arithmetic with the exact skip-step posterior
+and fused KL / log-categorical ops.
+
+Both paths are timed in the same process, interleaved, median of ``--repeats``; the breakdown
+(VQGAN encoding / transformer calls incl. history encoding / diffusion arithmetic) comes from an
+instrumented run of each.
+
+    python benchmarks/bench_diffusion_reward_speed.py                   # T = 100 (a few minutes)
+    python benchmarks/bench_diffusion_reward_speed.py --quick           # T = 12, 1 repeat
+    python benchmarks/bench_diffusion_reward_speed.py --json benchmarks/results/diffusion_reward_speed_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmreward.robotics.codec.vqgan import VQGAN, VQGANConfig
+from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
+from mmreward.robotics.video import diffusion_math as dm
+from mmreward.robotics.video.vq_diffusion import ConditionalVQDiffusion, VQDiffusionConfig, sinusoidal, window_indices
+
+
+# ----------------------------------------------------------------------------- timers
+class Timer:
+    def __init__(self):
+        self.t = {}
+
+    @contextmanager
+    def __call__(self, key):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
+
+
+class _NullTimer:
+    @contextmanager
+    def __call__(self, key):
+        yield
+
+
+NULL = _NullTimer()
+
+
+# ----------------------------------------------------------------------------- official-style path
+def alpha_schedule(time_step, N, att_1=0.99999, att_T=0.000009, ctt_1=0.000009, ctt_T=0.99999):
+    """VQ-Diffusion's ``alpha_schedule`` (per-step a_t, b_t, c_t and cumulative ones)."""
+    att = np.arange(0, time_step) / (time_step - 1) * (att_T - att_1) + att_1
+    att = np.concatenate(([1], att))
+    at = att[1:] / att[:-1]
+    ctt = np.arange(0, time_step) / (time_step - 1) * (ctt_T - ctt_1) + ctt_1
+    ctt = np.concatenate(([0], ctt))
+    one_minus_ctt = 1 - ctt
+    one_minus_ct = one_minus_ctt[1:] / one_minus_ctt[:-1]
+    ct = 1 - one_minus_ct
+    bt = (1 - at - ct) / N
+    att = np.concatenate((att[1:], [1]))
+    ctt = np.concatenate((ctt[1:], [0]))
+    btt = (1 - att - ctt) / N
+    return at, bt, ct, att, btt, ctt
+
+
+def log_add_exp(a, b):
+    maximum = torch.max(a, b)
+    return maximum + torch.log(torch.exp(a - maximum) + torch.exp(b - maximum))
+
+
+def log_1_min_a(a):
+    return torch.log(1 - a.exp() + 1e-40)
+
+
+def index_to_log_onehot(x, num_classes):
+    x_onehot = F.one_hot(x, num_classes).permute(0, 2, 1)
+    return torch.log(x_onehot.float().clamp(min=1e-30))
+
+
+def log_onehot_to_index(log_x):
+    return log_x.argmax(1)
+
+
+class OfficialEager:
+    """The official computation on our weights (see the module docstring)."""
+
+    def __init__(self, reward: DiffusionReward):
+        self.codec, self.video = reward.codec, reward.video
+        cfg = self.video.config
+        self.cfg = cfg
+        self.num_classes = cfg.num_codes + 1
+        self.num_timesteps = cfg.num_steps
+        self.L = cfg.tokens_per_frame
+        self.skip_step = reward.config.skip_step
+        at, bt, ct, att, btt, ctt = alpha_schedule(cfg.num_steps, N=cfg.num_codes, att_1=cfg.att_1, att_T=cfg.att_T,
+                                                   ctt_1=cfg.ctt_1, ctt_T=cfg.ctt_T)
+        f64 = lambda a: torch.tensor(a.astype("float64"))
+        log_at, log_bt, log_ct = torch.log(f64(at)), torch.log(f64(bt)), torch.log(f64(ct))
+        log_cumprod_at, log_cumprod_bt, log_cumprod_ct = torch.log(f64(att)), torch.log(f64(btt)), torch.log(f64(ctt))
+        self.log_at, self.log_bt, self.log_ct = log_at.float(), log_bt.float(), log_ct.float()
+        self.log_cumprod_at, self.log_cumprod_bt = log_cumprod_at.float(), log_cumprod_bt.float()
+        self.log_cumprod_ct = log_cumprod_ct.float()
+        self.log_1_min_ct = log_1_min_a(log_ct).float()
+        self.log_1_min_cumprod_ct = log_1_min_a(log_cumprod_ct).float()
+
+    # -- VQ-Diffusion arithmetic, channel-first [B, C, L]
+    @staticmethod
+    def extract(a, t, x_shape):
+        b = t.shape[0]
+        out = a.gather(-1, t)
+        return out.reshape(b, *((1,) * (len(x_shape) - 1)))
+
+    def q_pred_one_timestep(self, log_x_t, t):
+        log_at = self.extract(self.log_at, t, log_x_t.shape)
+        log_bt = self.extract(self.log_bt, t, log_x_t.shape)
+        log_ct = self.extract(self.log_ct, t, log_x_t.shape)
+        log_1_min_ct = self.extract(self.log_1_min_ct, t, log_x_t.shape)
+        return torch.cat([log_add_exp(log_x_t[:, :-1, :] + log_at, log_bt),
+                          log_add_exp(log_x_t[:, -1:, :] + log_1_min_ct, log_ct)], dim=1)
+
+    def q_pred(self, log_x_start, t):
+        t = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
+        log_cumprod_at = self.extract(self.log_cumprod_at, t, log_x_start.shape)
+        log_cumprod_bt = self.extract(self.log_cumprod_bt, t, log_x_start.shape)
+        log_cumprod_ct = self.extract(self.log_cumprod_ct, t, log_x_start.shape)
+        log_1_min_cumprod_ct = self.extract(self.log_1_min_cumprod_ct, t, log_x_start.shape)
+        return torch.cat([log_add_exp(log_x_start[:, :-1, :] + log_cumprod_at, log_cumprod_bt),
+                          log_add_exp(log_x_start[:, -1:, :] + log_1_min_cumprod_ct, log_cumprod_ct)], dim=1)
+
+    def q_posterior(self, log_x_start, log_x_t, t):
+        batch_size = log_x_start.size()[0]
+        onehot_x_t = log_onehot_to_index(log_x_t)
+        mask = (onehot_x_t == self.num_classes - 1).unsqueeze(1)
+        log_one_vector = torch.zeros(batch_size, 1, 1).type_as(log_x_t)
+        log_zero_vector = torch.log(log_one_vector + 1.0e-30).expand(-1, -1, self.L)
+        log_qt = self.q_pred(log_x_t, t)
+        log_qt = log_qt[:, :-1, :]
+        log_cumprod_ct = self.extract(self.log_cumprod_ct, t, log_x_start.shape)
+        ct_cumprod_vector = log_cumprod_ct.expand(-1, self.num_classes - 1, -1)
+        log_qt = (~mask) * log_qt + mask * ct_cumprod_vector
+        log_qt_one_timestep = self.q_pred_one_timestep(log_x_t, t)
+        log_qt_one_timestep = torch.cat((log_qt_one_timestep[:, :-1, :], log_zero_vector), dim=1)
+        log_ct = self.extract(self.log_ct, t, log_x_start.shape)
+        ct_vector = log_ct.expand(-1, self.num_classes - 1, -1)
+        ct_vector = torch.cat((ct_vector, log_one_vector), dim=1)
+        log_qt_one_timestep = (~mask) * log_qt_one_timestep + mask * ct_vector
+        q = log_x_start[:, :-1, :] - log_qt
+        q = torch.cat((q, log_zero_vector), dim=1)
+        q_log_sum_exp = torch.logsumexp(q, dim=1, keepdim=True)
+        q = q - q_log_sum_exp
+        log_EV = self.q_pred(q, t - 1) + log_qt_one_timestep + q_log_sum_exp
+        return torch.clamp(log_EV, -70, 0)
+
+    @staticmethod
+    def multinomial_kl(log_prob1, log_prob2):  # float64, as in the benchmark brief
+        log_prob1, log_prob2 = log_prob1.double(), log_prob2.double()
+        return (log_prob1.exp() * (log_prob1 - log_prob2)).sum(dim=1)
+
+    def log_sample_categorical(self, logits, generator):
+        uniform = torch.rand(logits.shape, generator=generator)
+        gumbel_noise = -torch.log(-torch.log(uniform + 1e-30) + 1e-30)
+        sample = (gumbel_noise + logits).argmax(dim=1)
+        return index_to_log_onehot(sample, self.num_classes)
+
+    # -- network: per call, history re-embedded + K/V recomputed, plain attention
+    @staticmethod
+    def _attn(q, k, v):
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        return att.softmax(dim=-1) @ v
+
+    def _block(self, blk, x, temb, ctx_emb):
+        B, N, D = x.shape
+        q, k, v = (blk._split(t) for t in blk.qkv(blk.ln1(x, temb)).chunk(3, dim=-1))
+        x = x + blk.proj1(self._attn(q, k, v).transpose(1, 2).reshape(B, N, D))
+        q = blk._split(blk.q(blk.ln2(x, temb)))
+        k, v = blk.context_kv(ctx_emb)
+        x = x + blk.proj2(self._attn(q, k, v).transpose(1, 2).reshape(B, N, D))
+        return x + blk.mlp(blk.ln3(x))
+
+    def transformer(self, x_t, hist, t):
+        v = self.video
+        B, H, L = hist.shape
+        e = v.ctx_tok(hist) + v.ctx_pos[None, None] + v.ctx_time[None, :, None]
+        ctx_emb = v.ctx_norm(e.reshape(B, H * L, -1))
+        temb = v.t_emb(sinusoidal(t + 1, self.cfg.dim))  # official timestep t = our level t + 1
+        h = v.tok_emb(x_t) + v.pos_emb[None]
+        for blk in v.blocks:
+            h = self._block(blk, h, temb, ctx_emb)
+        return v.to_logits(v.out_norm(h)).permute(0, 2, 1)  # [B, K, L] like VQ-Diffusion
+
+    def predict_start(self, log_x_t, hist, t, tm):
+        x_t = log_onehot_to_index(log_x_t)
+        with tm("transformer"):
+            out = self.transformer(x_t, hist, t)
+        log_pred = F.log_softmax(out.double(), dim=1).float()
+        zero_vector = torch.zeros(log_x_t.size(0), 1, self.L).type_as(log_x_t) - 70
+        return torch.clamp(torch.cat((log_pred, zero_vector), dim=1), -70, 0)
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor, tm=NULL, seed: int = 0) -> torch.Tensor:
+        T = frames.shape[0]
+        H = self.cfg.num_history
+        idx = window_indices(T, torch.arange(T), H, self.cfg.frame_skip)  # [T, H] frames of each window
+        with tm("vqgan"):
+            hist = self.codec.encode(frames[idx.flatten()]).view(T, H, -1)  # every window encodes its frames
+        gen = torch.Generator().manual_seed(seed)
+        b = T
+        diffusion_list = list(range(self.num_timesteps - 1, -1, -1 - self.skip_step))
+        if diffusion_list[-1] != 0:
+            diffusion_list.append(0)
+        zero_logits = torch.zeros((b, self.num_classes - 1, self.L))
+        one_logits = torch.ones((b, 1, self.L))
+        log_z = torch.log(torch.cat((zero_logits, one_logits), dim=1))
+        model_log_probs, log_zs, ts = [], [], []
+        for diffusion_index in diffusion_list:
+            t = torch.full((b,), diffusion_index, dtype=torch.long)
+            log_x_recon = self.predict_start(log_z, hist, t, tm)
+            with tm("arithmetic"):
+                log_zs.append(log_z)
+                tt = t - self.skip_step if diffusion_index > self.skip_step else t
+                model_log_prob = self.q_posterior(log_x_start=log_x_recon, log_x_t=log_z, t=tt)
+                ts.append(tt)
+                model_log_probs.append(model_log_prob)
+                log_z = self.log_sample_categorical(model_log_prob, gen)
+        with tm("arithmetic"):
+            x_start = log_onehot_to_index(log_z)
+            log_x_start = index_to_log_onehot(x_start, self.num_classes)
+            vlb = []
+            for i, model_log_prob in enumerate(model_log_probs[:-1]):
+                log_true_prob = self.q_posterior(log_x_start=log_x_start, log_x_t=log_zs[i], t=ts[i])
+                vlb.append(-self.multinomial_kl(log_true_prob, model_log_prob).sum(1, keepdim=True))
+            log_probs = model_log_probs[-1].permute(0, 2, 1).double()
+            target = F.one_hot(x_start, num_classes=self.num_classes)
+            rewards = (log_probs * target).sum(-1).sum(-1) + torch.cat(vlb, dim=1).sum(dim=1)
+        return rewards.float()
+
+
+# ----------------------------------------------------------------------------- ours, instrumented
+@torch.no_grad()
+def ours_instrumented(reward: DiffusionReward, frames: torch.Tensor, tm: Timer) -> torch.Tensor:
+    """``reward.raw_reward(frames)`` with the time split into VQGAN / transformer (incl. the history
+    encoding) / arithmetic; the video model's forward is timed through a patched instance method."""
+    video = reward.video
+    fwd = video.forward
+
+    def timed_forward(*a, **k):
+        with tm("transformer"):
+            return fwd(*a, **k)
+
+    enc = video.encode_context
+
+    def timed_encode(*a, **k):
+        with tm("transformer"):
+            return enc(*a, **k)
+
+    video.forward, video.encode_context = timed_forward, timed_encode
+    try:
+        with tm("vqgan"):
+            tok = reward.tokenize(frames)
+        with tm("chain"):
+            raw = reward.raw_reward_tokens(tok)
+    finally:
+        del video.forward, video.encode_context
+    tm.t["arithmetic"] = tm.t.pop("chain") - tm.t.get("transformer", 0.0)
+    return reward.combine(raw, frames)
+
+
+def median_time(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), ts
+
+
+def synthetic_episode(T: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A smooth moving-blob video (uint8 [T, size, size, 3]); content does not change the cost."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = g.integers(40, 200, (1, 1, 3))
+    frames = []
+    for t in range(T):
+        cx, cy = size / 2 + size / 4 * math.cos(t / 9), size / 2 + size / 4 * math.sin(t / 7)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 40.0)[..., None]
+        frames.append(np.clip(base + 120 * blob + g.normal(0, 3, (size, size, 3)), 0, 255))
+    return torch.from_numpy(np.stack(frames).astype(np.uint8))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Diffusion Reward speed: ours vs the official eager computation")
+    ap.add_argument("--frames", type=int, default=100, help="episode length T")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--quick", action="store_true", help="T = 12, 1 repeat (smoke run)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.frames, args.repeats = 12, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    codec = VQGAN(VQGANConfig.paper()).eval()
+    video = ConditionalVQDiffusion(VQDiffusionConfig.paper()).eval()
+    reward = DiffusionReward(codec, video, DiffusionRewardConfig(batch_size=max(args.frames, 1)))
+    reward.statistics.copy_(torch.tensor([-300.0, 30.0, 1.0], dtype=torch.float64))
+    official = OfficialEager(reward)
+    frames = synthetic_episode(args.frames)
+    T = args.frames
+    print(f"paper-sized models: VQGAN {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M params, "
+          f"VQ-Diffusion {sum(p.numel() for p in video.parameters()) / 1e6:.1f} M params; T = {T} frames, "
+          f"{len(video.schedule.fast_levels(reward.config.skip_step))} denoising calls, "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+    # sanity: the official-style network path computes the same logits as ours (same weights)
+    with torch.no_grad():
+        tok = reward.tokenize(frames[:4])
+        hist = tok[window_indices(4, torch.arange(4), 2)]
+        x = torch.randint(0, video.num_codes + 1, (4, video.config.tokens_per_frame))
+        a = video(x, 50, video.encode_context(hist))
+        b = official.transformer(x, hist, torch.full((4,), 49)).permute(0, 2, 1)
+        logits_diff = float((a - b).abs().max())
+    print(f"check: max |logits ours − official-style| = {logits_diff:.2e}", flush=True)
+
+    # instrumented breakdowns (also the warm-up)
+    tm_o, tm_u = Timer(), Timer()
+    r_off = official(frames, tm_o)
+    r_our = ours_instrumented(reward, frames, tm_u)
+    assert r_off.shape == r_our.shape == (T,) and torch.isfinite(r_off).all() and torch.isfinite(r_our).all()
+    # end-to-end, interleaved
+    t_off, t_our = [], []
+    for _ in range(args.repeats):
+        t_off.append(median_time(lambda: official(frames), 1)[0])
+        t_our.append(median_time(lambda: reward(frames), 1)[0])
+    mo, mu = statistics.median(t_off), statistics.median(t_our)
+    ratio = mo / mu
+    keys = ("vqgan", "transformer", "arithmetic")
+    names = {"vqgan": "VQGAN encoding", "transformer": "transformer calls (+ history enc.)",
+             "arithmetic": "diffusion arithmetic"}
+    tot_o, tot_u = sum(tm_o.t.get(k, 0) for k in keys), sum(tm_u.t.get(k, 0) for k in keys)
+    print(f"\n{'':<36} {'official eager':>16} {'ours':>16} {'speed-up':>9}")
+    for k in keys:
+        o, u = tm_o.t.get(k, 0.0), tm_u.t.get(k, 0.0)
+        print(f"{names[k]:<36} {o:>9.2f} s {100 * o / tot_o:3.0f}% {u:>9.2f} s {100 * u / tot_u:3.0f}% "
+              f"{o / u if u > 0 else float('inf'):>8.1f}x")
+    print(f"{'end to end (median of ' + str(args.repeats) + ')':<36} {mo:>9.2f} s      {mu:>9.2f} s      {ratio:>8.2f}x")
+    print(f"per frame: official {1000 * mo / T:.0f} ms, ours {1000 * mu / T:.0f} ms")
+    out = {
+        "benchmark": "diffusion_reward_speed", "frames": T, "repeats": args.repeats, "quick": args.quick,
+        "threads": torch.get_num_threads(), "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                                        "torch": torch.__version__},
+        "models": {"vqgan": "VQGANConfig.paper()", "video": "VQDiffusionConfig.paper()", "weights": "random (seed 0)"},
+        "official_eager_s": mo, "ours_s": mu, "speedup": ratio, "official_runs_s": t_off, "ours_runs_s": t_our,
+        "breakdown_official_s": {k: tm_o.t.get(k, 0.0) for k in keys},
+        "breakdown_ours_s": {k: tm_u.t.get(k, 0.0) for k in keys},
+        "check_max_logit_diff": logits_diff,
+    }
+    if args.json:
+        import os
+
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"-> {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

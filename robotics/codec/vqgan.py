@@ -1,0 +1,480 @@
+"""VQGAN frame codec of Diffusion Reward: 64×64 RGB frames ↔ an 8×8 grid of codebook tokens.
+
+* Encoder / decoder: conv + residual blocks (GroupNorm, SiLU), ``len(channels) − 1`` stride-2
+  downsamplings (64 → 8 with 4 levels), an optional self-attention block at the bottleneck.
+* Vector quantiser: nearest code in a ``num_codes × latent_dim`` codebook, either an EMA codebook
+  (``quantizer="ema"``, commitment ``β·‖z − sg(e)‖²``) or straight-through with codebook +
+  commitment losses (``"st"``, ``‖sg(z) − e‖² + β‖z − sg(e)‖²``, β = 0.25; the official MiniVQGAN
+  is straight-through too but weighs the two terms the other way round, commitment 1 and codebook
+  β); codes whose usage falls far below uniform can be restarted on encoder outputs.
+* Losses (:func:`train_vqgan`): L1 (+ optional MSE) reconstruction + quantiser loss, optional hinge
+  PatchGAN adversarial term with the adaptive weight of taming-transformers (from ``disc_start``),
+  and a perceptual term only when the caller passes a perceptual network (nothing is downloaded).
+
+Pixel conventions: uint8 ``[T, H, W, 3]`` (0..255) or float ``[T, 3, H, W]`` in ``[0, 1]`` in;
+tokens ``[T, h, w]`` (int64); :meth:`VQGAN.decode` gives float ``[T, 3, H, W]`` in ``[0, 1]``
+(``uint8=True`` → uint8 ``[T, H, W, 3]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.logging import MetricLogger
+from mmreward.core.train import rng_state, seed_everything, set_rng_state
+
+from ..training import (
+    check_frames_uint8,
+    config_from_dict,
+    config_to_dict,
+    frame_pool,
+    load_training_state,
+    progress,
+    save_training_state,
+)
+
+MODEL_TYPE = "vqgan"
+
+
+@dataclass
+class VQGANConfig:
+    """Sizes of the VQGAN. Defaults are small (CPU); :meth:`paper` gives the official sizes."""
+
+    image_size: int = 64  # frame height = width in pixels
+    channels: tuple = (32, 32, 64, 64)  # width per resolution level; len - 1 downsamplings
+    num_res_blocks: int = 1  # residual blocks per level
+    attention: bool = False  # self-attention block at the bottleneck
+    latent_dim: int = 32  # code vector size
+    num_codes: int = 128  # codebook entries K
+    beta: float = 0.25  # commitment weight
+    quantizer: str = "ema"  # 'ema' (EMA codebook) or 'st' (straight-through + codebook loss)
+    ema_decay: float = 0.99  # decay of the EMA codebook and of the usage statistics
+    dead_code_threshold: float = 0.03  # restart codes used less than this × uniform usage (0 = never)
+
+    @classmethod
+    def paper(cls, **overrides) -> "VQGANConfig":
+        """Official sizes: channels (128, 128, 256, 256), 2 res blocks, attention, 64-d codes,
+        1024 codes, straight-through quantiser with β = 0.25."""
+        base = dict(channels=(128, 128, 256, 256), num_res_blocks=2, attention=True, latent_dim=64,
+                    num_codes=1024, quantizer="st")
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.channels) - 1)
+
+    def validate(self) -> None:
+        if self.quantizer not in ("ema", "st"):
+            raise ValueError(f"quantizer must be 'ema' or 'st', got {self.quantizer!r}")
+        if len(self.channels) < 1 or self.image_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels) - 1}")
+        if self.num_codes < 2 or self.latent_dim < 1:
+            raise ValueError("num_codes >= 2 and latent_dim >= 1 are required")
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, ch), ch, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+                                  _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.body(x)
+
+
+class AttnBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = _norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)
+        a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.out(a.transpose(1, 2).reshape(B, C, H, W))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        ch = list(cfg.channels)
+        layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
+        cin = ch[0]
+        for i, c in enumerate(ch):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(cin, c))
+                cin = c
+            if i < len(ch) - 1:
+                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        layers += [ResBlock(cin, cin)] + ([AttnBlock(cin)] if cfg.attention else []) + [ResBlock(cin, cin)]
+        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, cfg.latent_dim, 3, padding=1),
+                   nn.Conv2d(cfg.latent_dim, cfg.latent_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        ch = list(cfg.channels)[::-1]
+        cin = ch[0]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, cfg.latent_dim, 1),
+                                   nn.Conv2d(cfg.latent_dim, cin, 3, padding=1), ResBlock(cin, cin)]
+        layers += ([AttnBlock(cin)] if cfg.attention else []) + [ResBlock(cin, cin)]
+        for i, c in enumerate(ch):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(cin, c))
+                cin = c
+            if i < len(ch) - 1:
+                layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.net[-1].weight
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantiser with EMA or straight-through codebook updates, usage statistics and
+    dead-code restarts."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        K, D = cfg.num_codes, cfg.latent_dim
+        self.K, self.D, self.beta, self.mode, self.decay = K, D, cfg.beta, cfg.quantizer, cfg.ema_decay
+        self.threshold = cfg.dead_code_threshold
+        self.embedding = nn.Parameter(torch.randn(K, D) / math.sqrt(D), requires_grad=cfg.quantizer == "st")
+        self.register_buffer("usage", torch.full((K,), 1.0 / K))  # EMA of code frequencies
+        if self.mode == "ema":
+            self.register_buffer("ema_count", torch.ones(K))
+            self.register_buffer("ema_sum", self.embedding.detach().clone())
+        self._last_z: Optional[torch.Tensor] = None
+
+    def codes(self, z_flat: torch.Tensor) -> torch.Tensor:
+        e = self.embedding
+        d = z_flat.pow(2).sum(1, keepdim=True) - 2 * z_flat @ e.t() + e.pow(2).sum(1)[None]
+        return d.argmin(1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z`` ``[B, D, h, w]`` → ``(z_q straight-through, quantiser loss, tokens [B, h, w])``."""
+        B, D, h, w = z.shape
+        zf = z.permute(0, 2, 3, 1).reshape(-1, D)
+        idx = self.codes(zf.detach())
+        zq = self.embedding[idx]
+        if self.training:
+            with torch.no_grad():
+                onehot = F.one_hot(idx, self.K).type_as(zf)
+                counts = onehot.sum(0)
+                self.usage.mul_(self.decay).add_(counts / counts.sum(), alpha=1 - self.decay)
+                if self.mode == "ema":
+                    self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+                    self.ema_sum.mul_(self.decay).add_(onehot.t() @ zf.detach(), alpha=1 - self.decay)
+                    n = self.ema_count.sum()
+                    count = (self.ema_count + 1e-5) / (n + self.K * 1e-5) * n
+                    self.embedding.data.copy_(self.ema_sum / count[:, None])
+                self._last_z = zf.detach()
+        if self.mode == "ema":
+            loss = self.beta * F.mse_loss(zf, zq.detach())
+        else:
+            loss = F.mse_loss(zq, zf.detach()) + self.beta * F.mse_loss(zf, zq.detach())
+        zq = zf + (zq - zf).detach()
+        return zq.view(B, h, w, D).permute(0, 3, 1, 2), loss, idx.view(B, h, w)
+
+    @torch.no_grad()
+    def restart_dead_codes(self) -> int:
+        """Move codes whose usage is below ``threshold / K`` onto random encoder outputs of the last
+        training batch; returns how many were restarted."""
+        if self.threshold <= 0 or self._last_z is None:
+            return 0
+        dead = (self.usage < self.threshold / self.K).nonzero().flatten()
+        if dead.numel() == 0:
+            return 0
+        z = self._last_z
+        pick = z[torch.randint(0, z.shape[0], (dead.numel(),), device=z.device)]
+        self.embedding.data[dead] = pick
+        self.usage[dead] = 1.0 / self.K
+        if self.mode == "ema":
+            self.ema_count[dead] = 1.0
+            self.ema_sum[dead] = pick
+        return int(dead.numel())
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN discriminator (pix2pix / taming-transformers layout) giving a map of real/fake logits."""
+
+    def __init__(self, channels: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = channels
+        for i in range(1, n_layers + 1):
+            c_out = channels * min(2 ** i, 8)
+            layers += [nn.Conv2d(c, c_out, 4, 2 if i < n_layers else 1, 1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.LeakyReLU(0.2)]
+            c = c_out
+        layers.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def frames_to_float(frames: torch.Tensor, image_size: Optional[int] = None) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` or float ``[T, 3, H, W]`` in [0, 1] → float ``[T, 3, H, W]`` in [−1, 1]."""
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+    if frames.dtype == torch.uint8:
+        check_frames_uint8(frames, "frames", image_size)
+        return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if frames.is_floating_point():
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"float frames must be [T, 3, H, W] in [0, 1], got shape {list(frames.shape)}")
+        if image_size is not None and tuple(frames.shape[2:]) != (image_size, image_size):
+            raise ValueError(f"frames must be {image_size}x{image_size}, got {frames.shape[2]}x{frames.shape[3]}")
+        return frames.float() * 2.0 - 1.0
+    raise TypeError(f"frames must be uint8 [T, H, W, 3] or float [T, 3, H, W], got {frames.dtype}")
+
+
+class VQGAN(nn.Module):
+    """Encoder → vector quantiser → decoder. :meth:`encode` / :meth:`decode` map frames ↔ tokens."""
+
+    def __init__(self, config: Optional[VQGANConfig] = None):
+        super().__init__()
+        cfg = config or VQGANConfig()
+        cfg.validate()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = VectorQuantizer(cfg)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.last_layer.device
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` float ``[B, 3, H, W]`` in [−1, 1] → ``(reconstruction in [−1, 1], quantiser loss, tokens)``."""
+        zq, qloss, idx = self.quantizer(self.encoder(x))
+        return self.decoder(zq), qloss, idx
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Frames (uint8 ``[T, H, W, 3]`` or float ``[T, 3, H, W]`` in [0, 1]) → tokens ``[T, h, w]``."""
+        x = frames_to_float(frames, self.config.image_size)
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            z = self.encoder(x[i:i + batch_size].to(self.device))
+            B, D, h, w = z.shape
+            out.append(self.quantizer.codes(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, uint8: bool = False, batch_size: int = 256) -> torch.Tensor:
+        """Tokens ``[T, h, w]`` → float ``[T, 3, H, W]`` in [0, 1] (or uint8 ``[T, H, W, 3]``)."""
+        s = self.config.latent_size
+        if tokens.dim() == 2 and tokens.shape[1] == s * s:
+            tokens = tokens.view(-1, s, s)
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != (s, s):
+            raise ValueError(f"tokens must be [T, {s}, {s}], got {list(tokens.shape)}")
+        if tokens.is_floating_point() or int(tokens.min()) < 0 or int(tokens.max()) >= self.config.num_codes:
+            raise ValueError(f"tokens must be integer ids in [0, {self.config.num_codes})")
+        out = []
+        for i in range(0, tokens.shape[0], batch_size):
+            zq = self.quantizer.embedding[tokens[i:i + batch_size].to(self.device)].permute(0, 3, 1, 2)
+            out.append(((self.decoder(zq) + 1) / 2).clamp(0, 1))
+        x = torch.cat(out)
+        if uint8:
+            return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return x
+
+    def save_pretrained(self, folder: str) -> None:
+        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu") -> "VQGAN":
+        sd, cfg = load_model(folder, device)
+        if cfg.get("model_type") != MODEL_TYPE:
+            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
+        model = cls(config_from_dict(VQGANConfig, cfg["config"], MODEL_TYPE))
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
+        return model.to(device).eval()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) per frame of two float ``[T, 3, H, W]`` tensors in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def evaluate_vqgan(model: VQGAN, frames: Any, batch_size: int = 128) -> dict[str, float]:
+    """Reconstruction and codebook metrics on frames (any input :func:`~..training.frame_pool`
+    takes): ``psnr`` (dB, mean over frames), ``l1`` (mean |error| in [0, 1] units),
+    ``perplexity`` (exp of the entropy of code frequencies), ``code_usage`` (fraction of codes used)."""
+    pool = frame_pool(frames)
+    was = model.training
+    model.eval()
+    counts = torch.zeros(model.config.num_codes)
+    ps, l1s = [], []
+    for i in range(0, pool.shape[0], batch_size):
+        x = pool[i:i + batch_size]
+        tok = model.encode(x)
+        rec = model.decode(tok).cpu()
+        ref = x.permute(0, 3, 1, 2).float() / 255.0
+        ps.append(psnr(rec, ref))
+        l1s.append((rec - ref).abs().flatten(1).mean(1))
+        counts += torch.bincount(tok.flatten().cpu(), minlength=model.config.num_codes).float()
+    model.train(was)
+    p = counts / counts.sum()
+    ent = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"psnr": float(torch.cat(ps).mean()), "l1": float(torch.cat(l1s).mean()),
+            "perplexity": float(ent.exp()), "code_usage": float((counts > 0).float().mean())}
+
+
+@dataclass
+class VQGANTrainConfig:
+    """Optimisation settings of :func:`train_vqgan` (official: Adam lr 1e-4, β=(0.5, 0.9), batch 32,
+    disc from step 1000 with factor 0.1, perceptual 0.1)."""
+
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 32  # frames per step
+    lr: float = 1e-4  # Adam learning rate (generator and discriminator)
+    betas: tuple = (0.5, 0.9)  # Adam betas
+    l1_weight: float = 1.0  # L1 reconstruction weight
+    mse_weight: float = 0.0  # optional MSE reconstruction weight
+    perceptual_weight: float = 0.1  # used only when a perceptual_fn is given
+    disc_weight: float = 0.0  # adversarial weight (0 = no discriminator; official 0.1)
+    disc_start: int = 1000  # step at which the adversarial term starts
+    disc_channels: int = 64  # PatchGAN base width
+    restart_every: int = 100  # dead-code restart interval (0 = off)
+    seed: int = 0  # seed for init and batches
+    log_every: int = 10  # CSV / console logging interval
+    ckpt_every: int = 500  # resumable training-state interval (0 = only at the end)
+
+
+def _adaptive_weight(rec: torch.Tensor, g: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    gr = torch.autograd.grad(rec, last, retain_graph=True)[0]
+    gg = torch.autograd.grad(g, last, retain_graph=True)[0]
+    return (gr.norm() / (gg.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def train_vqgan(frames: Any, config: Optional[VQGANConfig] = None, out_dir: str = "vqgan",
+                train: Optional[VQGANTrainConfig] = None, *, perceptual_fn: Optional[Callable] = None,
+                resume: bool = True, stop_at: Optional[int] = None, progress_bar: bool = True, device: str = "cpu",
+                quiet: bool = True, **overrides: Any) -> VQGAN:
+    """Train a VQGAN on frames (uint8 ``[N, T, H, W, 3]`` / ``[M, H, W, 3]`` or a list of episodes);
+    returns the model (also saved to ``out_dir/model``). ``perceptual_fn(x, y) -> loss`` takes
+    float ``[B, 3, H, W]`` in [−1, 1] (e.g. an LPIPS module the user loaded). ``overrides`` set
+    :class:`VQGANTrainConfig` fields. Exact resume from ``out_dir/train_state.*`` (``stop_at`` ends
+    this call after that many total steps; call again with the same arguments to continue); metrics
+    (loss terms, batch PSNR, perplexity, restarts) in ``out_dir/metrics.csv``."""
+    cfg = config or VQGANConfig()
+    tc = dataclasses.replace(train or VQGANTrainConfig(), **overrides)
+    pool = frame_pool(frames)
+    check_frames_uint8(pool, "frames", cfg.image_size)
+    os.makedirs(out_dir, exist_ok=True)
+    seed_everything(tc.seed)
+    model = VQGAN(cfg).to(device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=tuple(tc.betas))
+    disc = opt_d = None
+    if tc.disc_weight > 0:
+        disc = PatchDiscriminator(tc.disc_channels).to(device)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=tc.lr, betas=tuple(tc.betas))
+    step = 0
+    state = load_training_state(out_dir) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if disc is not None:
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["disc_optimizer"])
+        step = int(state["step"])
+        set_rng_state(state["rng"])
+        model.quantizer._last_z = state.get("last_z")
+    log = MetricLogger(out_dir, resume_step=step if state is not None else None, tensorboard=False, quiet=quiet)
+
+    def checkpoint() -> None:
+        st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng_state(),
+              "train_config": config_to_dict(tc)}
+        if model.quantizer._last_z is not None:
+            st["last_z"] = model.quantizer._last_z
+        if disc is not None:
+            st["disc"], st["disc_optimizer"] = disc.state_dict(), opt_d.state_dict()
+        save_training_state(out_dir, st)
+
+    model.train()
+    bar = progress(tc.steps, step, "vqgan", progress_bar)
+    end = tc.steps if stop_at is None else min(tc.steps, int(stop_at))
+    while step < end:
+        idx = torch.randint(0, pool.shape[0], (min(tc.batch_size, pool.shape[0]),))
+        x = frames_to_float(pool[idx]).to(device)
+        rec, qloss, tok = model(x)
+        rec_loss = tc.l1_weight * (x - rec).abs().mean()
+        if tc.mse_weight:
+            rec_loss = rec_loss + tc.mse_weight * (x - rec).pow(2).mean()
+        if perceptual_fn is not None and tc.perceptual_weight:
+            rec_loss = rec_loss + tc.perceptual_weight * perceptual_fn(x, rec).mean()
+        loss = rec_loss + qloss
+        metrics = {}
+        use_gan = disc is not None and step >= tc.disc_start
+        if use_gan:
+            g_loss = -disc(rec).mean()
+            lam = _adaptive_weight(rec_loss, g_loss, model.decoder.last_layer)
+            loss = loss + tc.disc_weight * lam * g_loss
+            metrics.update(g_loss=float(g_loss.detach()), adaptive_weight=float(lam))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if use_gan:
+            d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
+            opt_d.zero_grad(set_to_none=True)
+            (tc.disc_weight * d_loss).backward()
+            opt_d.step()
+            metrics["d_loss"] = float(d_loss.detach())
+        step += 1
+        restarted = model.quantizer.restart_dead_codes() if tc.restart_every and step % tc.restart_every == 0 else 0
+        bar.update(1)
+        if step % tc.log_every == 0 or step == tc.steps:
+            with torch.no_grad():
+                ps = float(psnr((rec + 1) / 2, (x + 1) / 2).mean())
+                u = model.quantizer.usage
+                perp = float(torch.exp(-(u * u.clamp_min(1e-12).log()).sum()))
+            log.log(step, loss=float(loss.detach()), rec_loss=float(rec_loss.detach()),
+                    q_loss=float(qloss.detach()), psnr=ps,
+                    perplexity=perp, restarted=restarted, **metrics)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", psnr=f"{ps:.1f}")
+        if tc.ckpt_every and step % tc.ckpt_every == 0 and step < end:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    log.close()
+    model.eval()
+    model.save_pretrained(os.path.join(out_dir, "model"))
+    return model
+
+
+__all__ = ["VQGANConfig", "VQGANTrainConfig", "VQGAN", "VectorQuantizer", "PatchDiscriminator", "evaluate_vqgan",
+           "train_vqgan", "frames_to_float", "psnr"]

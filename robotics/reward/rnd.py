@@ -1,0 +1,149 @@
+"""Random Network Distillation (Burda et al., 2019) novelty bonus on frames, as Diffusion Reward
+mixes it in: a frozen random conv net (target) and a trained one (predictor); the novelty of a frame
+is ``½‖target(x) − predictor(x)‖²`` (the official reward), divided by a running standard deviation
+of the novelties seen by :meth:`RND.update` so its scale stays comparable to the z-scored
+conditional-entropy reward.
+
+Layout (official, for 64 or 84 px): conv 6×6/3 → conv 4×4/2 → conv 3×3/1 (LeakyReLU), then linear
+layers (predictor: 3 with ReLU, target: 1); orthogonal init with gain √2; input ``x/255 − 0.5``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+
+from ..training import check_frames_uint8, config_from_dict, config_to_dict
+
+MODEL_TYPE = "rnd"
+
+
+@dataclass
+class RNDConfig:
+    """Sizes of the RND nets. Defaults are small; :meth:`paper` gives the official widths."""
+
+    image_size: int = 64  # frame height = width in pixels
+    channels: tuple = (16, 32, 32)  # widths of the three conv layers
+    feature_dim: int = 128  # output feature size of both nets
+    hidden_dim: int = 128  # hidden width of the predictor's MLP head
+    lr: float = 1e-4  # Adam learning rate of the predictor
+    normalize: bool = True  # divide the novelty by its running std
+
+    @classmethod
+    def paper(cls, **overrides) -> "RNDConfig":
+        base = dict(channels=(32, 64, 64), feature_dim=512, hidden_dim=512)
+        base.update(overrides)
+        return cls(**base)
+
+
+def _trunk(cfg: RNDConfig) -> tuple[nn.Sequential, int]:
+    c1, c2, c3 = cfg.channels
+    net = nn.Sequential(nn.Conv2d(3, c1, 6, 3), nn.LeakyReLU(), nn.Conv2d(c1, c2, 4, 2), nn.LeakyReLU(),
+                        nn.Conv2d(c2, c3, 3, 1), nn.LeakyReLU(), nn.Flatten())
+    try:
+        with torch.no_grad():
+            n = net(torch.zeros(1, 3, cfg.image_size, cfg.image_size)).shape[1]
+    except RuntimeError as e:
+        raise ValueError(f"RND needs frames of at least 30x30 pixels, got image_size={cfg.image_size}") from e
+    return net, n
+
+
+class RND(nn.Module):
+    """``RND(frames) -> novelty [T]`` (normalised); :meth:`update` trains the predictor online."""
+
+    def __init__(self, config: Optional[RNDConfig] = None):
+        super().__init__()
+        cfg = config or RNDConfig()
+        self.config = cfg
+        trunk, n = _trunk(cfg)
+        self.predictor = nn.Sequential(trunk, nn.Linear(n, cfg.hidden_dim), nn.ReLU(),
+                                       nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(),
+                                       nn.Linear(cfg.hidden_dim, cfg.feature_dim))
+        trunk_t, _ = _trunk(cfg)
+        self.target = nn.Sequential(trunk_t, nn.Linear(n, cfg.feature_dim))
+        for mod in self.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(mod.weight, math.sqrt(2))
+                nn.init.zeros_(mod.bias)
+        self.target.requires_grad_(False)
+        # running statistics of the raw novelty (parallel Welford): count, mean, M2
+        self.register_buffer("stat", torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64))
+        self._opt: Optional[torch.optim.Optimizer] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor[-1].weight.device
+
+    def _input(self, frames: torch.Tensor) -> torch.Tensor:
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
+            raise TypeError("RND takes uint8 frames [T, H, W, 3]")
+        check_frames_uint8(frames, "frames", self.config.image_size)
+        return frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+
+    def raw_novelty(self, frames: torch.Tensor) -> torch.Tensor:
+        """``½‖target − predictor‖²`` per frame, ``[T]`` (differentiable w.r.t. the predictor)."""
+        x = self._input(frames)
+        with torch.no_grad():
+            t = self.target(x)
+        return 0.5 * (t - self.predictor(x)).pow(2).sum(1)
+
+    @property
+    def running_std(self) -> float:
+        n, _, m2 = self.stat.tolist()
+        return math.sqrt(m2 / n) if n > 1 else 1.0
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Novelty per frame ``[T]``, divided by the running std when ``normalize``."""
+        r = self.raw_novelty(frames)
+        return r / (self.running_std + 1e-8) if self.config.normalize else r
+
+    def _update_stats(self, r: torch.Tensor) -> None:
+        x = r.detach().double().cpu()
+        n_b, mean_b = x.numel(), float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n, mean, m2 = self.stat.tolist()
+        tot = n + n_b
+        delta = mean_b - mean
+        self.stat.copy_(torch.tensor([tot, mean + delta * n_b / tot, m2 + m2_b + delta ** 2 * n * n_b / tot],
+                                     dtype=torch.float64))
+
+    def update(self, frames: torch.Tensor) -> dict[str, float]:
+        """One predictor step (MSE to the target features) on a batch of frames; updates the
+        novelty statistics with the batch's pre-update novelties."""
+        if self._opt is None:
+            self._opt = torch.optim.Adam(self.predictor.parameters(), lr=self.config.lr)
+        x = self._input(frames)
+        with torch.no_grad():
+            t = self.target(x)
+        p = self.predictor(x)
+        self._update_stats(0.5 * (t - p).detach().pow(2).sum(1))
+        loss = F.mse_loss(p, t)
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._opt.step()
+        return {"rnd_loss": float(loss.detach()), "rnd_std": self.running_std}
+
+    def save_pretrained(self, folder: str) -> None:
+        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu") -> "RND":
+        sd, cfg = load_model(folder, device)
+        if cfg.get("model_type") != MODEL_TYPE:
+            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
+        model = cls(config_from_dict(RNDConfig, cfg["config"], MODEL_TYPE))
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
+        return model.to(device)
+
+
+__all__ = ["RND", "RNDConfig"]

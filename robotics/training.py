@@ -1,0 +1,153 @@
+"""Pieces shared by the Diffusion Reward trainers (VQGAN, VQ-Diffusion, RND): input coercion of
+frame data, dataclass-config round trips, EMA weights and resumable training states.
+
+Frame data is accepted in the shapes users already have, so the trainers do not depend on the data
+layer's API: a uint8 tensor / array ``[N, T, H, W, 3]`` (episodes) or ``[M, H, W, 3]`` (frames),
+or a list of episodes (each ``[T, H, W, 3]`` uint8, or an object with a ``.frames`` attribute).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from mmreward.core.checkpoint import CheckpointError, load_state, save_state
+
+FrameData = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+
+
+def _as_uint8_tensor(x: Any, what: str) -> torch.Tensor:
+    if hasattr(x, "frames") and not isinstance(x, (torch.Tensor, np.ndarray)):
+        x = x.frames
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a uint8 tensor / array, got {type(x).__name__}")
+    if x.dtype != torch.uint8:
+        raise TypeError(f"{what} must be uint8 (pixel values 0..255), got {x.dtype}")
+    return x
+
+
+def check_frames_uint8(frames: torch.Tensor, what: str = "frames", size: Optional[int] = None) -> None:
+    """Raise a clear error unless ``frames`` is uint8 ``[T, H, W, 3]`` (H = W = ``size`` if given)."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{what} must be uint8 [T, H, W, 3], got shape {list(frames.shape)}")
+    if size is not None and (frames.shape[1] != size or frames.shape[2] != size):
+        raise ValueError(f"{what} must be {size}x{size} pixels, got {frames.shape[1]}x{frames.shape[2]}")
+    if frames.shape[0] == 0:
+        raise ValueError(f"{what} is empty (T = 0)")
+
+
+def episodes_from(data: FrameData) -> list[torch.Tensor]:
+    """A list of uint8 ``[T, H, W, 3]`` episodes from any accepted input."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        t = _as_uint8_tensor(data, "frames")
+        if t.dim() == 5:
+            eps = list(t.unbind(0))
+        elif t.dim() == 4:
+            eps = [t]
+        else:
+            raise ValueError(f"frames must be [N, T, H, W, 3] or [T, H, W, 3], got shape {list(t.shape)}")
+    elif isinstance(data, Iterable):
+        eps = [_as_uint8_tensor(e, f"episode {i}") for i, e in enumerate(data)]
+    else:
+        raise TypeError(f"expected frames (tensor / array / list of episodes), got {type(data).__name__}")
+    if not eps:
+        raise ValueError("no episodes given")
+    for i, e in enumerate(eps):
+        check_frames_uint8(e, f"episode {i}")
+    return eps
+
+
+def frame_pool(data: FrameData) -> torch.Tensor:
+    """All frames of ``data`` as one uint8 ``[M, H, W, 3]`` tensor."""
+    eps = episodes_from(data)
+    shapes = {tuple(e.shape[1:]) for e in eps}
+    if len(shapes) != 1:
+        raise ValueError(f"episodes have different frame shapes: {sorted(shapes)}")
+    return torch.cat([e.contiguous() for e in eps], 0)
+
+
+# ------------------------------------------------------------------ configs
+def config_to_dict(cfg: Any) -> dict:
+    out = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def config_from_dict(cls: type, data: dict, what: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise CheckpointError(f"{what} config has unknown fields {unknown} (from another version?)")
+    kw = {}
+    for k, v in data.items():
+        default = names[k].default
+        kw[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
+    return cls(**kw)
+
+
+# ------------------------------------------------------------------ EMA
+class EMA:
+    """Exponential moving average of a module's floating-point parameters and buffers,
+    updated every ``update_every`` calls of :meth:`update` (VQ-Diffusion: decay 0.99 every 25).
+    The k-th update uses ``min(decay, (1 + k) / (10 + k))`` so short runs are not stuck near the
+    initial weights."""
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.99, update_every: int = 1):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.update_every = max(1, int(update_every))
+        self.calls = 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.calls += 1
+        if self.calls % self.update_every:
+            return
+        k_upd = self.calls // self.update_every - 1
+        decay = min(self.decay, (1.0 + k_upd) / (10.0 + k_upd))
+        for k, v in module.state_dict().items():
+            s = self.shadow[k]
+            if v.is_floating_point():
+                s.mul_(decay).add_(v.detach(), alpha=1.0 - decay)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        module.load_state_dict(self.shadow)
+
+
+# ------------------------------------------------------------------ resumable states
+STATE_NAME = "train_state"
+
+
+def save_training_state(out_dir: str, state: dict) -> None:
+    """Atomic ``<out_dir>/train_state.{safetensors,json}`` (see :func:`mmreward.core.checkpoint.save_state`)."""
+    save_state(os.path.join(out_dir, STATE_NAME), state)
+
+
+def load_training_state(out_dir: str) -> Optional[dict]:
+    """The state saved by :func:`save_training_state`, or None when there is none."""
+    prefix = os.path.join(out_dir, STATE_NAME)
+    if not os.path.exists(prefix + ".json"):
+        return None
+    return load_state(prefix)
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)

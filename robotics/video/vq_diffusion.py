@@ -1,0 +1,555 @@
+"""Conditional VQ-Diffusion over VQGAN tokens: the video model of Diffusion Reward.
+
+The model predicts the tokens of the next frame (``L`` = 64 tokens, ``K`` codes + a mask class)
+given the tokens of the ``num_history`` previous frames. Its pieces:
+
+* **Forward process** (:mod:`.diffusion_math`): VQ-Diffusion's ``alpha1`` mask-and-replace schedule
+  with the official values, which is absorbing (mask-only) up to a 1e-6 uniform floor; ``T`` = 100.
+* **Denoiser**: a transformer over the L content tokens (token + learned position embeddings);
+  each block = AdaLN(timestep) → self-attention, AdaLN(timestep) → cross-attention to the history
+  tokens, LayerNorm → MLP. Unlike the official model, the history tokens get learned **spatial**
+  (token position) and **temporal** (which history frame) embeddings before the cross-attention.
+  The network outputs logits over the K codes for x0 (x0-parametrisation).
+* **Context cache**: :meth:`ConditionalVQDiffusion.encode_context` embeds the history once and
+  projects every block's cross-attention keys / values; all denoising calls of a chain reuse them.
+* **Loss**: variational-bound KL between ``q(x_{t-1} | x_t, x0)`` and ``p_θ(x_{t-1} | x_t)``
+  (log space, log-probs clamped to [−70, 0]), decoder NLL at t = 0, timesteps importance-sampled
+  from the history of squared losses (uniform until every t was seen 10 times), plus an auxiliary
+  x0 cross-entropy (weight ``aux_weight``, optionally ``(2 − t/T)``-scaled as VQ-Diffusion does).
+* **Chains**: full ancestral sampling (``skip_step=0``, T calls) or the fast chain (levels
+  T, T−1−s, …, 1, then clean; skip 9 → 11 calls). Every transition uses the exact multi-step
+  posterior ``q(x_m | x_n, x0)``; the official code approximates a skip by the one-step posterior
+  at a shifted timestep.
+
+Reward estimators (used by :mod:`mmreward.robotics.reward.diffusion_reward`):
+
+* :meth:`~ConditionalVQDiffusion.entropy_reward` — ``estimator="vlb"`` is the official one: run the
+  fast chain from all-mask with Gumbel sampling, take the final sample x̂0, and return its
+  one-sample variational bound along that same chain, ``Σ −KL(q(x_m|x_n, x̂0) ‖ p_θ(x_m|x_n)) +
+  log p_θ(x̂0 | x_1)`` (≈ log p(x̂0) ≈ −H). ``estimator="x0_entropy"`` is a lower-variance
+  alternative: ``−Σ_steps Σ_{masked tokens} w · H(p_θ(x0 | x_n))`` with ``w = (γ̄_n − γ̄_m)/γ̄_n``
+  the chance a masked token is revealed at that step (a chain-rule decomposition of the entropy).
+* :meth:`~ConditionalVQDiffusion.elbo` — likelihood of an observed frame: the same bound with the
+  observed x0, the chain sampled from the true posterior ``q(x_m | x_n, x0)`` (a proper bound; the
+  official likelihood mode samples from p_θ instead and averages the terms instead of summing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.logging import MetricLogger
+from mmreward.core.train import rng_state, seed_everything, set_rng_state, warmup_cosine
+
+from ..training import EMA, config_from_dict, config_to_dict, load_training_state, progress, save_training_state
+from . import diffusion_math as dm
+
+MODEL_TYPE = "vq_diffusion"
+
+
+@dataclass
+class VQDiffusionConfig:
+    """Sizes of the conditional VQ-Diffusion model. Defaults are small (CPU); see :meth:`paper`."""
+
+    num_codes: int = 128  # K: codebook size of the VQGAN whose tokens are modelled
+    token_shape: tuple = (8, 8)  # token grid of one frame (L = h * w tokens)
+    num_history: int = 2  # history frames the next frame is conditioned on
+    frame_skip: int = 1  # stride between history frames (and to the predicted frame)
+    num_steps: int = 100  # T: diffusion steps
+    att_1: float = 0.99999  # ᾱ at the first level (schedule 'alpha1')
+    att_T: float = 0.000009  # ᾱ at the last level
+    ctt_1: float = 0.000009  # γ̄ (mask probability) at the first level
+    ctt_T: float = 0.99999  # γ̄ at the last level
+    dim: int = 64  # transformer width
+    depth: int = 2  # transformer blocks
+    heads: int = 4  # attention heads (dim must divide by it)
+    mlp_ratio: int = 2  # MLP hidden width = mlp_ratio * dim
+    context_dim: int = 64  # width of the history-token embeddings (keys / values input)
+    dropout: float = 0.0  # attention / residual dropout
+    aux_weight: float = 1e-3  # weight of the auxiliary x0 cross-entropy
+    adaptive_aux: bool = True  # scale the auxiliary term by (2 - t/T) as VQ-Diffusion does
+    mask_weight: tuple = (1.0, 1.0)  # loss weights of masked / unmasked tokens
+
+    @classmethod
+    def paper(cls, **overrides) -> "VQDiffusionConfig":
+        """The official Meta-World / Adroit sizes (K = 1024, 16 blocks of width 128, 16 heads,
+        history embedding width 1024, aux weight 1e-3 adaptive)."""
+        base = dict(num_codes=1024, dim=128, depth=16, heads=16, mlp_ratio=2, context_dim=1024)
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.token_shape[0]) * int(self.token_shape[1])
+
+    def validate(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.num_codes < 2 or self.num_history < 1 or self.frame_skip < 1 or self.depth < 1:
+            raise ValueError("num_codes >= 2, num_history >= 1, frame_skip >= 1 and depth >= 1 are required")
+
+
+# ------------------------------------------------------------------ network
+def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = t.float()[:, None] * freqs[None]
+    emb = torch.cat([ang.sin(), ang.cos()], -1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class AdaLayerNorm(nn.Module):
+    """LayerNorm whose scale / shift come from the timestep embedding."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.proj = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(F.silu(temb)).unsqueeze(1).chunk(2, dim=-1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: VQDiffusionConfig):
+        super().__init__()
+        d, self.heads = cfg.dim, cfg.heads
+        self.ln1 = AdaLayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj1 = nn.Linear(d, d)
+        self.ln2 = AdaLayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(cfg.context_dim, 2 * d)
+        self.proj2 = nn.Linear(d, d)
+        self.ln3 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.p = cfg.dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        return x.view(B, N, self.heads, D // self.heads).transpose(1, 2)
+
+    def context_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv(ctx).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x, temb, kv):
+        B, N, D = x.shape
+        p = self.p if self.training else 0.0
+        q, k, v = (self._split(t) for t in self.qkv(self.ln1(x, temb)).chunk(3, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        x = x + self.drop(self.proj1(a.transpose(1, 2).reshape(B, N, D)))
+        q = self._split(self.q(self.ln2(x, temb)))
+        a = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=p)
+        x = x + self.drop(self.proj2(a.transpose(1, 2).reshape(B, N, D)))
+        return x + self.drop(self.mlp(self.ln3(x)))
+
+
+@dataclass
+class ContextCache:
+    """Per-block cross-attention keys / values of a batch of histories (``[B, heads, H*L, d]``).
+    Build with :meth:`ConditionalVQDiffusion.encode_context`; reuse across denoising calls."""
+
+    kv: list = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv[0][0].shape[0]
+
+    def select(self, idx: Union[torch.Tensor, slice]) -> "ContextCache":
+        return ContextCache([(k[idx], v[idx]) for k, v in self.kv])
+
+    def repeat(self, n: int) -> "ContextCache":
+        return ContextCache([(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv])
+
+
+class ConditionalVQDiffusion(nn.Module):
+    """Discrete diffusion over the next frame's tokens, conditioned on history-frame tokens."""
+
+    def __init__(self, config: Optional[VQDiffusionConfig] = None):
+        super().__init__()
+        cfg = config or VQDiffusionConfig()
+        cfg.validate()
+        self.config = cfg
+        K, L, H = cfg.num_codes, cfg.tokens_per_frame, cfg.num_history
+        self.schedule = dm.DiffusionSchedule(K, cfg.num_steps, cfg.att_1, cfg.att_T, cfg.ctt_1, cfg.ctt_T)
+        self.tok_emb = nn.Embedding(K + 1, cfg.dim)
+        self.pos_emb = nn.Parameter(torch.randn(L, cfg.dim) * 0.02)
+        self.t_emb = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.ctx_tok = nn.Embedding(K, cfg.context_dim)
+        self.ctx_pos = nn.Parameter(torch.randn(L, cfg.context_dim) * 0.02)
+        self.ctx_time = nn.Parameter(torch.randn(H, cfg.context_dim) * 0.02)
+        self.ctx_norm = nn.LayerNorm(cfg.context_dim)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.out_norm = nn.LayerNorm(cfg.dim)
+        self.to_logits = nn.Linear(cfg.dim, K)
+        # importance sampling of t (VQ-Diffusion): EMA of squared per-t losses and visit counts
+        self.register_buffer("Lt_history", torch.zeros(cfg.num_steps))
+        self.register_buffer("Lt_count", torch.zeros(cfg.num_steps))
+
+    # -------------------------------------------------------------- inputs
+    @property
+    def num_codes(self) -> int:
+        return self.config.num_codes
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.num_codes
+
+    @property
+    def device(self) -> torch.device:
+        return self.to_logits.weight.device
+
+    def flatten_tokens(self, x: torch.Tensor, name: str, lead: int) -> torch.Tensor:
+        """``[*lead_dims, h, w]`` or ``[*lead_dims, L]`` integer tokens → ``[*lead_dims, L]``."""
+        if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer token tensor, got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        L = self.config.tokens_per_frame
+        if x.dim() == lead + 2 and tuple(x.shape[-2:]) == tuple(self.config.token_shape):
+            x = x.flatten(-2)
+        if x.dim() != lead + 1 or x.shape[-1] != L:
+            raise ValueError(f"{name} must have shape [..., {L}] or [..., {self.config.token_shape[0]}, "
+                             f"{self.config.token_shape[1]}] with {lead} leading dims, got {list(x.shape)}")
+        return x.long().to(self.device)
+
+    def check_token_range(self, x: torch.Tensor, name: str, allow_mask: bool = False) -> None:
+        hi = self.num_codes + (1 if allow_mask else 0)
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= hi):
+            raise ValueError(f"{name} has token ids outside [0, {hi})")
+
+    # -------------------------------------------------------------- network
+    def encode_context(self, history: torch.Tensor) -> ContextCache:
+        """Embed history tokens ``[B, H, L]`` (or ``[B, H, h, w]``) once and return every block's
+        cross-attention keys / values."""
+        h = self.flatten_tokens(history, "history", 2)
+        if h.shape[1] != self.config.num_history:
+            raise ValueError(f"history must hold {self.config.num_history} frames, got {h.shape[1]}")
+        self.check_token_range(h, "history")
+        B, H, L = h.shape
+        e = self.ctx_tok(h) + self.ctx_pos[None, None] + self.ctx_time[None, :, None]
+        e = self.ctx_norm(e.reshape(B, H * L, -1))
+        return ContextCache([blk.context_kv(e) for blk in self.blocks])
+
+    def forward(self, x_t: torch.Tensor, level: Union[torch.Tensor, int],
+                context: Union[ContextCache, torch.Tensor]) -> torch.Tensor:
+        """Logits over the K codes of x0, ``[B, L, K]``, for tokens ``x_t`` ``[B, L]`` (mask id = K)
+        at noise levels ``level`` (``[B]`` or int, 1..T) given a :class:`ContextCache` or history tokens."""
+        x = self.flatten_tokens(x_t, "x_t", 1)
+        if not isinstance(context, ContextCache):
+            context = self.encode_context(context)
+        B = x.shape[0]
+        if context.batch_size != B:
+            raise ValueError(f"context has batch {context.batch_size} but x_t has {B}")
+        level = dm._levels(level, B, x.device)
+        temb = self.t_emb(sinusoidal(level, self.config.dim))
+        hdn = self.tok_emb(x) + self.pos_emb[None]
+        for blk, kv in zip(self.blocks, context.kv):
+            hdn = blk(hdn, temb, kv)
+        return self.to_logits(self.out_norm(hdn)).float()
+
+    def step(self, x_t: torch.Tensor, n, m, context: ContextCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reverse step: ``(log p_θ(x_m | x_n) [B, L, K+1], x0 logits [B, L, K])``."""
+        logits = self(x_t, n, context)
+        return dm.posterior(self.schedule, dm.log_x0_from_logits(logits), x_t, n, m), logits
+
+    # -------------------------------------------------------------- training
+    def sample_time(self, B: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timestep indices ``t`` in ``[0, T)`` and their probabilities: importance sampling with
+        ``p_t ∝ sqrt(E[L_t²])`` once every t was seen more than 10 times, uniform before."""
+        T = self.config.num_steps
+        if bool((self.Lt_count > 10).all()):
+            w = torch.sqrt(self.Lt_history + 1e-10) + 1e-4
+            w[0] = w[1]
+            pt_all = w / w.sum()
+            t = torch.multinomial(pt_all, B, replacement=True, generator=generator)
+            return t, pt_all[t]
+        t = torch.randint(0, T, (B,), device=self.Lt_history.device, generator=generator)
+        return t, torch.full((B,), 1.0 / T, device=t.device)
+
+    def loss(self, target: torch.Tensor, history: torch.Tensor, generator: Optional[torch.Generator] = None,
+             update_history: bool = True) -> dict[str, torch.Tensor]:
+        """Training loss on next-frame tokens ``target`` ``[B, L]`` given ``history`` ``[B, H, L]``.
+        Returns ``loss`` (scalar, to minimise), ``vb`` (mean per-token variational term) and ``aux``."""
+        cfg = self.config
+        x0 = self.flatten_tokens(target, "target", 1)
+        self.check_token_range(x0, "target")
+        ctx = self.encode_context(history)
+        B, L = x0.shape
+        t, pt = self.sample_time(B, generator)
+        t, pt = t.to(x0.device), pt.to(x0.device)
+        n = t + 1
+        x_t = dm.q_sample(self.schedule, x0, n, generator)
+        logits = self(x_t, n, ctx)
+        log_x0 = dm.log_x0_from_logits(logits)
+        log_model = dm.posterior(self.schedule, log_x0, x_t, n, n - 1)
+        log_true = dm.posterior(self.schedule, dm.log_onehot(x0, cfg.num_codes + 1), x_t, n, n - 1)
+        masked = (x_t == self.mask_id).float()
+        wtok = masked * cfg.mask_weight[0] + (1 - masked) * cfg.mask_weight[1]
+        kl = (dm.kl(log_true, log_model) * wtok).sum(1)
+        dec_nll = -dm.decoder_log_likelihood(x0, log_model).sum(1)
+        first = (t == 0).float()
+        vb = first * dec_nll + (1 - first) * kl
+        if update_history and self.training:
+            with torch.no_grad():
+                lt2 = vb.detach().pow(2)
+                new = 0.1 * lt2 + 0.9 * self.Lt_history.gather(0, t)
+                self.Lt_history.scatter_(0, t, new)
+                self.Lt_count.scatter_add_(0, t, torch.ones_like(lt2))
+        loss = vb / pt
+        aux = (dm.cross_entropy(logits, x0) * wtok).sum(1)
+        if cfg.aux_weight:
+            aux_t = first * dec_nll + (1 - first) * aux
+            scale = (1 - t.float() / cfg.num_steps) + 1.0 if cfg.adaptive_aux else 1.0
+            loss = loss + scale * cfg.aux_weight * aux_t / pt
+        return {"loss": loss.sum() / (B * L), "vb": vb.mean() / L, "aux": aux.mean() / L}
+
+    # -------------------------------------------------------------- chains
+    def _all_mask(self, B: int) -> torch.Tensor:
+        return torch.full((B, self.config.tokens_per_frame), self.mask_id, dtype=torch.long, device=self.device)
+
+    def _pairs(self, skip_step: int) -> list[tuple[int, int]]:
+        lv = self.schedule.fast_levels(skip_step)
+        return list(zip(lv, lv[1:] + [0]))
+
+    @torch.no_grad()
+    def sample(self, history: Union[torch.Tensor, ContextCache], skip_step: int = 0, noise: bool = True,
+               noise_scale: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Sample next-frame tokens ``[B, L]``: ``skip_step=0`` runs all T steps, ``skip_step=s``
+        the fast chain (T, T−1−s, …, 1, clean)."""
+        ctx = history if isinstance(history, ContextCache) else self.encode_context(history)
+        x = self._all_mask(ctx.batch_size)
+        for n, m in self._pairs(skip_step):
+            lp, _ = self.step(x, n, m, ctx)
+            x = dm.log_sample(lp, noise, noise_scale, generator)
+        return x
+
+    @torch.no_grad()
+    def entropy_reward(self, history: Union[torch.Tensor, ContextCache], skip_step: int = 9,
+                       estimator: str = "vlb", num_samples: int = 1, noise: bool = True, noise_scale: float = 1.0,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Negative conditional entropy of the next frame (nats, summed over its L tokens), ``[B]``.
+        See the module docstring for the ``"vlb"`` (official) and ``"x0_entropy"`` estimators."""
+        if estimator not in ("vlb", "x0_entropy"):
+            raise ValueError(f"estimator must be 'vlb' or 'x0_entropy', got {estimator!r}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        ctx = history if isinstance(history, ContextCache) else self.encode_context(history)
+        B = ctx.batch_size
+        pairs = self._pairs(skip_step)
+        total = torch.zeros(B, device=self.device)
+        for _ in range(num_samples):
+            x = self._all_mask(B)
+            if estimator == "x0_entropy":
+                for n, m in pairs:
+                    lp, logits = self.step(x, n, m, ctx)
+                    w = float(dm.reveal_weight(self.schedule, n, m))
+                    total -= w * dm.entropy(logits, mask=x == self.mask_id).sum(1)
+                    x = dm.log_sample(lp, noise, noise_scale, generator)
+                continue
+            xs, lps = [], []
+            for n, m in pairs:
+                lp, _ = self.step(x, n, m, ctx)
+                xs.append(x)
+                lps.append(lp)
+                x = dm.log_sample(lp, noise, noise_scale, generator)
+            x0 = x
+            log_x0 = dm.log_onehot(x0, self.num_codes + 1)
+            r = dm.decoder_log_likelihood(x0, lps[-1]).sum(1)
+            for (n, m), xt, lp in zip(pairs[:-1], xs[:-1], lps[:-1]):
+                r -= dm.kl(dm.posterior(self.schedule, log_x0, xt, n, m), lp).sum(1)
+            total += r
+        return total / num_samples
+
+    @torch.no_grad()
+    def elbo(self, target: torch.Tensor, history: Union[torch.Tensor, ContextCache], skip_step: int = 9,
+             num_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Variational lower bound on ``log p(target | history)`` (nats per frame) along the fast
+        chain, ``[B]``: ``−Σ KL(q(x_m|x_n, x0) ‖ p_θ(x_m|x_n)) + log p_θ(x0 | x_1)``, with the chain
+        drawn from the true posterior (the prior term KL(q(x_T|x0) ‖ all-mask) ≈ 0 is dropped)."""
+        x0 = self.flatten_tokens(target, "target", 1)
+        self.check_token_range(x0, "target")
+        ctx = history if isinstance(history, ContextCache) else self.encode_context(history)
+        if ctx.batch_size != x0.shape[0]:
+            raise ValueError(f"target has batch {x0.shape[0]} but history has {ctx.batch_size}")
+        log_x0 = dm.log_onehot(x0, self.num_codes + 1)
+        total = torch.zeros(x0.shape[0], device=self.device)
+        for _ in range(num_samples):
+            x = self._all_mask(x0.shape[0])
+            for n, m in self._pairs(skip_step):
+                lp, _ = self.step(x, n, m, ctx)
+                if m == 0:
+                    total += dm.decoder_log_likelihood(x0, lp).sum(1)
+                else:
+                    lq = dm.posterior(self.schedule, log_x0, x, n, m)
+                    total -= dm.kl(lq, lp).sum(1)
+                    x = dm.log_sample(lq, True, 1.0, generator)
+        return total / num_samples
+
+    # -------------------------------------------------------------- persistence
+    def save_pretrained(self, folder: str, state_dict: Optional[dict] = None) -> None:
+        """``config.json`` + ``model.safetensors`` (``state_dict`` overrides the live weights,
+        e.g. EMA weights)."""
+        save_model(folder, state_dict if state_dict is not None else self.state_dict(),
+                   {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu") -> "ConditionalVQDiffusion":
+        sd, cfg = load_model(folder, device)
+        if cfg.get("model_type") != MODEL_TYPE:
+            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
+        model = cls(config_from_dict(VQDiffusionConfig, cfg["config"], MODEL_TYPE))
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
+        return model.to(device).eval()
+
+
+# ------------------------------------------------------------------ windows + training
+def window_indices(num_frames: int, ends: torch.Tensor, num_history: int, frame_skip: int = 1) -> torch.Tensor:
+    """History frame indices ``[len(ends), H]`` of windows whose last history frame is ``ends``:
+    ``end − (H−1−h)·skip`` for h = 0..H−1, clamped at 0 (frames before the episode repeat frame 0)."""
+    offs = torch.arange(num_history - 1, -1, -1, device=ends.device) * frame_skip
+    return (ends[:, None] - offs[None]).clamp(0, num_frames - 1)
+
+
+def token_windows(episodes: Sequence[torch.Tensor], num_history: int = 2, frame_skip: int = 1,
+                  pad_start: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training pairs from token episodes (each ``[T, h, w]`` or ``[T, L]``): ``history [N, H, L]``
+    and ``target [N, L]``. Target frame j's history is frames ``j − skip·(H..1)``; with
+    ``pad_start`` frames before the episode start repeat frame 0 (as at reward time) and every
+    j ≥ 1 is a target, otherwise only j ≥ H·skip."""
+    hs, ts = [], []
+    for i, ep in enumerate(episodes):
+        ep = torch.as_tensor(ep)
+        ep = ep.flatten(1) if ep.dim() == 3 else ep
+        if ep.dim() != 2:
+            raise ValueError(f"token episode {i} must be [T, h, w] or [T, L], got {list(ep.shape)}")
+        T = ep.shape[0]
+        first = 1 if pad_start else num_history * frame_skip
+        if T <= first:
+            continue
+        j = torch.arange(first, T)
+        idx = window_indices(T, j - frame_skip, num_history, frame_skip)
+        hs.append(ep[idx])
+        ts.append(ep[j])
+    if not hs:
+        raise ValueError("no episode is long enough to make a training window")
+    return torch.cat(hs).long(), torch.cat(ts).long()
+
+
+@dataclass
+class VideoTrainConfig:
+    """Optimisation settings of :func:`train_video_model` (official: AdamW β=(0.9, 0.96), wd 4.5e-2,
+    peak lr 4.5e-4 after 5000 warmup steps, grad-norm clip 0.5, EMA 0.99 every 25 steps)."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # windows per step
+    lr: float = 4.5e-4  # peak learning rate
+    warmup_steps: int = 100  # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1  # final lr / peak lr
+    weight_decay: float = 4.5e-2  # AdamW weight decay
+    betas: tuple = (0.9, 0.96)  # AdamW betas
+    grad_clip: float = 0.5  # max grad norm (0 = off)
+    ema_decay: float = 0.99  # EMA decay of the saved weights
+    ema_every: int = 25  # EMA update interval (steps)
+    seed: int = 0  # seed for init, batches and noise
+    log_every: int = 10  # CSV / console logging interval
+    ckpt_every: int = 200  # resumable training-state interval (0 = only at the end)
+
+
+def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out_dir: str = "vq_diffusion",
+                      train: Optional[VideoTrainConfig] = None, *, codec: Any = None, resume: bool = True,
+                      stop_at: Optional[int] = None, progress_bar: bool = True, device: str = "cpu", quiet: bool = True,
+                      **overrides: Any) -> ConditionalVQDiffusion:
+    """Train the conditional VQ-Diffusion model; returns it with EMA weights (saved in
+    ``out_dir/model``). ``data``: ``(history [N, H, L], target [N, L])`` token windows, a list of
+    token episodes, or uint8 frame episodes together with ``codec`` (a VQGAN, used to tokenise).
+    ``overrides`` set :class:`VideoTrainConfig` fields (e.g. ``steps=50``). Resumes exactly from
+    ``out_dir/train_state.*`` when present and ``resume``; ``stop_at`` ends this call after that many
+    total steps (a time-limited job: call again with the same arguments to continue the same run);
+    logs to ``out_dir/metrics.csv``."""
+    cfg = config or VQDiffusionConfig()
+    tc = dataclasses.replace(train or VideoTrainConfig(), **overrides)
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
+        history, target = data
+    else:
+        if codec is not None:
+            from ..training import episodes_from
+
+            episodes = [codec.encode(ep) for ep in episodes_from(data)]
+        else:
+            episodes = list(data)
+        history, target = token_windows(episodes, cfg.num_history, cfg.frame_skip)
+    history = history.flatten(2) if history.dim() == 4 else history
+    target = target.flatten(1) if target.dim() == 3 else target
+    N = target.shape[0]
+    if history.shape[0] != N:
+        raise ValueError(f"history has {history.shape[0]} windows but target has {N}")
+    os.makedirs(out_dir, exist_ok=True)
+    seed_everything(tc.seed)
+    model = ConditionalVQDiffusion(cfg).to(device)
+    ema = EMA(model, tc.ema_decay, tc.ema_every)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
+        s, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
+    step = 0
+    state = load_training_state(out_dir) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+        step = int(state["step"])
+        set_rng_state(state["rng"])
+    log = MetricLogger(out_dir, resume_step=step if state is not None else None, tensorboard=False, quiet=quiet)
+
+    def checkpoint() -> None:
+        save_training_state(out_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict(), "ema": ema.state_dict(), "step": step,
+                                      "rng": rng_state(), "train_config": config_to_dict(tc)})
+
+    model.train()
+    bar = progress(tc.steps, step, "vq-diffusion", progress_bar)
+    end = tc.steps if stop_at is None else min(tc.steps, int(stop_at))
+    while step < end:
+        idx = torch.randint(0, N, (min(tc.batch_size, N),))
+        out = model.loss(target[idx].to(device), history[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        opt.step()
+        sched.step()
+        ema.update(model)
+        step += 1
+        bar.update(1)
+        if step % tc.log_every == 0 or step == tc.steps:
+            log.log(step, loss=float(out["loss"].detach()), vb=float(out["vb"].detach()),
+                    aux=float(out["aux"].detach()),
+                    grad_norm=float(gn), lr=sched.get_last_lr()[0])
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
+        if tc.ckpt_every and step % tc.ckpt_every == 0 and step < end:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    log.close()
+    model.eval()
+    if ema.calls >= ema.update_every:
+        ema.copy_to(model)
+    model.save_pretrained(os.path.join(out_dir, "model"))
+    return model
+
+
+__all__ = ["VQDiffusionConfig", "VideoTrainConfig", "ConditionalVQDiffusion", "ContextCache", "token_windows",
+           "window_indices", "train_video_model"]

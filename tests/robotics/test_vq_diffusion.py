@@ -1,0 +1,264 @@
+"""Conditional VQ-Diffusion: transition / posterior math against brute force, shapes, the context
+cache, chains, a learning check, persistence, exact resume and input errors (tiny sizes, CPU)."""
+import json
+import os
+
+import pytest
+import torch
+
+from mmreward.core.checkpoint import CheckpointError
+from mmreward.robotics.video import (
+    ConditionalVQDiffusion,
+    ContextCache,
+    VQDiffusionConfig,
+    token_windows,
+    train_video_model,
+    window_indices,
+)
+from mmreward.robotics.video import diffusion_math as dm
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is far faster than contended OpenMP threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = dict(num_codes=8, token_shape=(2, 3), num_steps=12, dim=16, depth=1, heads=2, context_dim=16)
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return ConditionalVQDiffusion(VQDiffusionConfig(**{**TINY, **kw})).eval()
+
+
+# ------------------------------------------------------------------ math vs brute force
+def _matrix(a, b, c, K):
+    """Row-stochastic [C, C] transition: code → same code a + b, other code b, mask c; mask → mask."""
+    C = K + 1
+    Q = torch.zeros(C, C, dtype=torch.float64)
+    Q[:K, :K] = b
+    Q[:K, :K] += torch.eye(K, dtype=torch.float64) * a
+    Q[:K, K] = c
+    Q[K, K] = 1.0
+    return Q
+
+
+def _matrices(s, m, n):
+    e = lambda x: float(x.double().exp())  # noqa: E731
+    K = s.num_codes
+    Qm = _matrix(e(s.log_cum_a[m]), e(s.log_cum_b[m]), e(s.log_cum_c[m]), K) if m > 0 else torch.eye(K + 1).double()
+    Qn = _matrix(e(s.log_cum_a[n]), e(s.log_cum_b[n]), e(s.log_cum_c[n]), K)
+    Qmn = _matrix(e(s.log_tr_a[m, n]), e(s.log_tr_b[m, n]), e(s.log_tr_c[m, n]), K)
+    return Qm, Qn, Qmn
+
+
+# a schedule with plenty of uniform noise, so every branch of the posterior matters
+NOISY = dict(att_1=0.9, att_T=0.1, ctt_1=0.05, ctt_T=0.8)
+
+
+@pytest.mark.parametrize("m,n", [(0, 1), (2, 3), (1, 5), (0, 6), (3, 6)])
+def test_posterior_matches_bayes_rule(m, n):
+    K = 3
+    s = dm.DiffusionSchedule(K, 6, **NOISY)
+    Qm, Qn, Qmn = _matrices(s, m, n)
+    torch.testing.assert_close(Qm @ Qmn, Qn, atol=1e-6, rtol=0)  # multi-step transition composes
+    g = torch.Generator().manual_seed(m * 10 + n)
+    p = torch.randn(2, 4, K, generator=g).log_softmax(-1)
+    log_x0 = torch.cat([p, torch.full((2, 4, 1), dm.LOG_MIN)], -1)
+    x_t = torch.tensor([[0, 1, 2, 3], [3, 3, 1, 0]])  # 3 = mask
+    got = dm.posterior(s, log_x0, x_t, n, m).double().exp()
+    ref = torch.zeros(2, 4, K + 1, dtype=torch.float64)
+    for b in range(2):
+        for tok in range(4):
+            v = x_t[b, tok]
+            for j in range(K + 1):  # Σ_x0 p(x0) q(x_n = v | x_m = j) q(x_m = j | x0) / q(x_n = v | x0)
+                ref[b, tok, j] = sum(p[b, tok, x0].double().exp() * Qmn[j, v] * Qm[x0, j] / Qn[x0, v]
+                                     for x0 in range(K))
+    torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(ref.sum(-1), torch.ones(2, 4, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_true_posterior_and_kl_match_brute_force():
+    K, m, n = 3, 2, 4
+    s = dm.DiffusionSchedule(K, 6, **NOISY)
+    Qm, Qn, Qmn = _matrices(s, m, n)
+    x0 = torch.tensor([[0, 2, 1]])
+    x_t = torch.tensor([[0, 3, 2]])
+    lq = dm.posterior(s, dm.log_onehot(x0, K + 1), x_t, n, m)
+    for tok in range(3):
+        a, v = int(x0[0, tok]), int(x_t[0, tok])
+        ref = Qmn[:, v] * Qm[a, :] / Qn[a, v]  # q(x_m | x_n = v, x0 = a)
+        torch.testing.assert_close(lq[0, tok].double().exp(), ref, atol=2e-6, rtol=1e-4)
+    lp = torch.randn(1, 3, K + 1).log_softmax(-1)
+    ref_kl = (lq.exp() * (lq - lp)).sum(-1)
+    torch.testing.assert_close(dm.kl(lq, lp), ref_kl, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dm.decoder_log_likelihood(x0, lp), lp.gather(-1, x0[..., None])[..., 0],
+                               atol=1e-5, rtol=1e-5)
+    logits = torch.randn(1, 3, K)
+    torch.testing.assert_close(dm.entropy(logits), -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_official_schedule_and_fast_chain():
+    s = dm.DiffusionSchedule(1024, 100)
+    a, c = s.log_cum_a.double().exp(), s.log_cum_c.double().exp()
+    assert abs(float(a[1]) - 0.99999) < 1e-6 and abs(float(c[100]) - 0.99999) < 1e-6
+    assert float((1 - a[1:] - c[1:]).abs().max()) < 2e-6  # absorbing up to a 1e-6 uniform floor
+    levels = s.fast_levels(9)
+    assert levels == [100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 1] and len(levels) == 11
+    assert s.fast_levels(0) == list(range(100, 0, -1))
+    assert float(dm.reveal_weight(s, 10, 0)) == pytest.approx(1.0)
+
+
+def test_q_sample_marginals():
+    s = dm.DiffusionSchedule(4, 10, **NOISY)
+    x0 = torch.zeros(1, 40000, dtype=torch.long)
+    xt = dm.q_sample(s, x0, 5, torch.Generator().manual_seed(0))
+    freq = torch.bincount(xt.flatten(), minlength=5).double() / xt.numel()
+    ref = _matrices(s, 0, 5)[1][0]
+    torch.testing.assert_close(freq, ref, atol=0.01, rtol=0)
+
+
+# ------------------------------------------------------------------ network
+def test_shapes_and_context_cache():
+    model = tiny_model()
+    hist = torch.randint(0, 8, (3, 2, 2, 3))
+    x_t = torch.randint(0, 9, (3, 6))
+    ctx = model.encode_context(hist)
+    assert isinstance(ctx, ContextCache) and ctx.batch_size == 3 and len(ctx.kv) == 1
+    logits = model(x_t, torch.tensor([1, 5, 12]), ctx)
+    assert logits.shape == (3, 6, 8)
+    torch.testing.assert_close(model(x_t, torch.tensor([1, 5, 12]), hist), logits)
+    torch.testing.assert_close(model(x_t[1:], torch.tensor([5, 12]), ctx.select(slice(1, 3))), logits[1:])
+    with torch.no_grad():
+        lp, lg = model.step(x_t, 12, 4, ctx)
+    assert lp.shape == (3, 6, 9) and float(lp.max()) <= 0 and float(lp.min()) >= dm.LOG_MIN
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, 6), atol=1e-4, rtol=0)
+    out = model.loss(torch.randint(0, 8, (3, 6)), hist)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+
+
+def test_chains_shapes_and_determinism():
+    model = tiny_model()
+    hist = torch.randint(0, 8, (4, 2, 6))
+    for skip in (0, 3):
+        x = model.sample(hist, skip_step=skip, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (4, 6) and int(x.max()) < 8 and int(x.min()) >= 0  # no mask left
+    for est in ("vlb", "x0_entropy"):
+        r1 = model.entropy_reward(hist, 3, est, generator=torch.Generator().manual_seed(1))
+        r2 = model.entropy_reward(hist, 3, est, generator=torch.Generator().manual_seed(1))
+        assert r1.shape == (4,) and torch.isfinite(r1).all() and torch.equal(r1, r2)
+        assert float(r1.max()) <= 1e-3  # −entropy / a log-likelihood bound is <= 0
+    e = model.elbo(torch.randint(0, 8, (4, 6)), hist, skip_step=3, generator=torch.Generator().manual_seed(0))
+    assert e.shape == (4,) and float(e.max()) <= 1e-3
+    # the analytic estimator is an entropy: between −L·log K and 0
+    r = model.entropy_reward(hist, 3, "x0_entropy", num_samples=2, generator=torch.Generator().manual_seed(0))
+    assert float(r.min()) >= -6 * torch.log(torch.tensor(8.0)).item() - 1e-3
+
+
+def test_token_windows_pad_with_frame_zero():
+    ep = torch.arange(5)[:, None].repeat(1, 6)  # frame j has all tokens = j
+    hist, tgt = token_windows([ep], num_history=2)
+    assert hist[:, :, 0].tolist() == [[0, 0], [0, 1], [1, 2], [2, 3]]
+    assert tgt[:, 0].tolist() == [1, 2, 3, 4]
+    hist, tgt = token_windows([ep], num_history=2, pad_start=False)
+    assert hist[:, :, 0].tolist() == [[0, 1], [1, 2], [2, 3]]
+    assert window_indices(5, torch.tensor([0, 3]), 2, frame_skip=2).tolist() == [[0, 0], [1, 3]]
+
+
+# ------------------------------------------------------------------ learning
+@pytest.mark.learning
+def test_training_raises_likelihood_on_a_fixed_batch(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    eps = []
+    for _ in range(8):  # next frame = previous frame + 1 (mod 8), uniform frames
+        c = int(torch.randint(0, 8, (1,), generator=g))
+        eps.append(torch.stack([torch.full((6,), (c + j) % 8) for j in range(5)]))
+    hist, tgt = token_windows(eps)
+    cfg = VQDiffusionConfig(**TINY)
+    torch.manual_seed(0)
+    before = ConditionalVQDiffusion(cfg).eval()
+
+    def nll(m):
+        return -float(m.elbo(tgt, hist, skip_step=2, generator=torch.Generator().manual_seed(0)).mean())
+
+    nll0 = nll(before)
+    model = train_video_model((hist, tgt), cfg, str(tmp_path), steps=60, batch_size=16, lr=5e-3, warmup_steps=2,
+                              ema_every=1, progress_bar=False)
+    assert nll(model) < 0.6 * nll0
+    rows = open(tmp_path / "metrics.csv").read().strip().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 1 + 6
+    assert os.path.exists(tmp_path / "model" / "model.safetensors")
+
+
+# ------------------------------------------------------------------ persistence / resume / errors
+def test_save_load_roundtrip_and_corrupt_checkpoints(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = ConditionalVQDiffusion.from_pretrained(str(tmp_path / "m"))
+    hist = torch.randint(0, 8, (2, 2, 6))
+    x_t = torch.randint(0, 9, (2, 6))
+    torch.testing.assert_close(loaded(x_t, 3, hist), model(x_t, 3, hist), rtol=0, atol=0)
+    assert loaded.config == model.config
+    with open(tmp_path / "m" / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointError, match="truncated|corrupt"):
+        ConditionalVQDiffusion.from_pretrained(str(tmp_path / "m"))
+    model.save_pretrained(str(tmp_path / "m2"))
+    cfg = json.loads(open(tmp_path / "m2" / "config.json").read())
+    cfg["config"]["bogus"] = 1
+    open(tmp_path / "m2" / "config.json", "w").write(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown fields"):
+        ConditionalVQDiffusion.from_pretrained(str(tmp_path / "m2"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ConditionalVQDiffusion.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_exact_resume(tmp_path):
+    hist, tgt = torch.randint(0, 8, (10, 2, 6)), torch.randint(0, 8, (10, 6))
+    cfg = VQDiffusionConfig(**TINY)
+    kw = dict(batch_size=4, lr=1e-3, warmup_steps=1, ema_every=1, progress_bar=False, log_every=1)
+    full = train_video_model((hist, tgt), cfg, str(tmp_path / "a"), steps=4, **kw)
+    train_video_model((hist, tgt), cfg, str(tmp_path / "b"), steps=4, stop_at=2, **kw)
+    resumed = train_video_model((hist, tgt), cfg, str(tmp_path / "b"), steps=4, **kw)
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert open(tmp_path / "a" / "metrics.csv").read() == open(tmp_path / "b" / "metrics.csv").read()
+
+
+def test_input_errors():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="integer token"):
+        model.encode_context(torch.zeros(2, 2, 6))
+    with pytest.raises(ValueError, match="2 frames"):
+        model.encode_context(torch.zeros(2, 3, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape"):
+        model.encode_context(torch.zeros(2, 2, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside"):
+        model.encode_context(torch.full((2, 2, 6), 8))
+    with pytest.raises(ValueError, match="batch"):
+        model.elbo(torch.zeros(3, 6, dtype=torch.long), torch.zeros(2, 2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="estimator"):
+        model.entropy_reward(torch.zeros(1, 2, 6, dtype=torch.long), estimator="nope")
+    with pytest.raises(ValueError, match="divisible"):
+        VQDiffusionConfig(dim=10, heads=4).validate()
+    with pytest.raises(ValueError, match="m < n"):
+        dm.posterior(model.schedule, torch.zeros(1, 6, 9), torch.zeros(1, 6, dtype=torch.long), 3, 3)
+
+
+def test_paper_preset_builds_and_runs():
+    cfg = VQDiffusionConfig.paper()
+    assert (cfg.num_codes, cfg.tokens_per_frame, cfg.depth, cfg.dim, cfg.heads, cfg.context_dim) == (
+        1024, 64, 16, 128, 16, 1024)
+    torch.manual_seed(0)
+    model = ConditionalVQDiffusion(cfg).eval()
+    hist = torch.randint(0, 1024, (1, 2, 8, 8))
+    with torch.no_grad():
+        assert model(torch.full((1, 64), 1024), 100, hist).shape == (1, 64, 1024)
+    assert len(model.schedule.fast_levels(9)) == 11
