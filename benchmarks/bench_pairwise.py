@@ -15,6 +15,13 @@ peak resident-set growth above the inputs during one (post-warm-up) iteration, s
 cases show ~0); on GPU, torch.cuda.max_memory_allocated above the inputs. `GB/s`: the bytes the
 fused op must move (inputs read once, grads written once) over the time; on GPU also as a fraction
 of the bandwidth measured by a device-to-device copy.
+
+Huge pages (CPU): mmreward's C++ kernels madvise their [B, H] grad buffers for transparent huge pages
+unless MMREWARD_CPU_HUGEPAGES=0; PyTorch's own allocator does so only with THP_MEM_ALLOC_ENABLE=1.
+So that every implementation gets the same treatment, the benchmark sets both in every worker:
+`--hugepages on` (default; or MMREWARD_CPU_HUGEPAGES unset / != 0): MMREWARD_CPU_HUGEPAGES=1 and
+THP_MEM_ALLOC_ENABLE=1 for all; `--hugepages off` (or MMREWARD_CPU_HUGEPAGES=0): both 0 for all.
+The setting used is printed and saved in the JSON.
 """
 from __future__ import annotations
 
@@ -231,15 +238,33 @@ def run_worker(args) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def hugepage_env(setting: str) -> dict:
+    """Environment giving eager PyTorch and mmreward the same transparent-huge-page treatment."""
+    env = dict(os.environ)
+    on = setting == "on"
+    env["MMREWARD_CPU_HUGEPAGES"] = "1" if on else "0"
+    env["THP_MEM_ALLOC_ENABLE"] = "1" if on else "0"
+    return env
+
+
 def run_subprocess(case: dict, impl: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(case), "--impl", impl,
            "--device", args.device, "--dtype", args.dtype, "--min-time", str(args.min_time),
            "--max-reps", str(args.max_reps)] + (["--threads", str(args.threads)] if args.threads else [])
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=hugepage_env(args.hugepages))
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"case": case, "impl": impl, "error": (p.stderr or p.stdout).strip().splitlines()[-1:]}
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:  # noqa: PTH123
+            txt = f.read()
+        return txt[txt.index("[") + 1:txt.index("]")]
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def fmt_bytes(n: int) -> str:
@@ -274,11 +299,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads in every worker (e.g. 1 on a shared, oversubscribed machine)")
     ap.add_argument("--only", default=None, help="run only cases whose kind is this (loss|head|listwise)")
+    ap.add_argument("--impls", default=None,
+                    help="comma-separated subset of implementations to run (e.g. eager,cpp: skips torch.compile)")
+    ap.add_argument("--hugepages", choices=["on", "off"], default=None,
+                    help="transparent huge pages for every implementation's allocations (default: on unless "
+                         "MMREWARD_CPU_HUGEPAGES=0); eager and mmreward always get the same setting")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hugepages is None:
+        args.hugepages = "off" if os.environ.get("MMREWARD_CPU_HUGEPAGES") == "0" else "on"
     if args.worker:
         return run_worker(args)
+    # in-process runs (--quick) and the parent: same setting (read lazily by c10 and by mmreward)
+    os.environ.update({k: hugepage_env(args.hugepages)[k] for k in ("MMREWARD_CPU_HUGEPAGES", "THP_MEM_ALLOC_ENABLE")})
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -288,9 +322,17 @@ def main() -> None:
     if args.only:
         cases = [c for c in cases if c["kind"] == args.only]
     impls = impls_for(args.device, args.quick)
+    if args.impls:
+        wanted = [i.strip() for i in args.impls.split(",") if i.strip()]
+        impls = [i for i in wanted if i in impls] or impls
     dtype = getattr(torch, args.dtype)
     print(f"device={args.device} dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"extension={'loaded' if _backend.extension_loaded() else _backend.extension_error()}")
+    if args.device == "cpu":
+        print(f"huge pages: {args.hugepages} for all implementations "
+              f"(MMREWARD_CPU_HUGEPAGES={os.environ['MMREWARD_CPU_HUGEPAGES']}, "
+              f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}; "
+              f"system THP mode: {_thp_mode()})")
     results = []
     for case in cases:
         for impl in impls:
@@ -312,7 +354,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:  # noqa: PTH123
             json.dump({"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "copy_bandwidth_Bps": bw, "results": results}, f, indent=1)
+                       "threads": torch.get_num_threads(), "copy_bandwidth_Bps": bw, "hugepages": args.hugepages,
+                       "results": results}, f, indent=1)
         print(f"saved {args.json}")
 
 

@@ -31,7 +31,22 @@ def setup_mujoco_gl(default: str = "egl") -> str:
     backend = os.environ.setdefault("MUJOCO_GL", default)
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+        _load_triton_before_mesa()
     return backend
+
+
+def _load_triton_before_mesa() -> None:
+    """Software GL (Mesa llvmpipe, used by EGL / OSMesa without a GPU) loads its own LLVM; if triton's
+    bundled LLVM is loaded *after* it (e.g. by a later torch.compile, which imports triton), the
+    process segfaults. Loading triton first, when it is installed, avoids the clash."""
+    import importlib.util
+    import sys
+
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton install must not stop rendering
+            pass
 
 
 def offscreen_render_problem() -> Optional[str]:
