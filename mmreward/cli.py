@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 COMMANDS = {
     "env": ("mmreward.env_report", "main", "versions of python / torch / CUDA / triton … and the live op backends"),
     "ops": ("mmreward.cli", "ops_main", "list the fused ops and which backends can run them here"),
-    "robotics": ("mmreward.robotics.cli", "main", "robot-learning data: collect Meta-World / Adroit episodes, import videos"),
+    "robotics": ("mmreward.robotics.cli", "main", "Diffusion Reward: collect episodes, train-codec, train-video, fit-stats, reward"),
 }
 
 

@@ -51,6 +51,10 @@ _LAZY = {
     "DiffusionRewardConfig": "mmreward.robotics.reward.diffusion_reward",
     "RND": "mmreward.robotics.reward.rnd",
     "RNDConfig": "mmreward.robotics.reward.rnd",
+    "DiffusionRewardWrapper": "mmreward.robotics.wrappers",
+    "MetaWorldPixelEnv": "mmreward.robotics.wrappers",
+    "relabel_episode": "mmreward.robotics.wrappers",
+    "load_pretrained": "mmreward.robotics.pretrained",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,46 @@
+"""Diffusion Reward checkpoints shipped with mmreward.
+
+``metaworld-64`` (the default): a small VQGAN + conditional VQ-Diffusion trained on scripted-expert
+videos of four Meta-World v3 tasks (door-open, drawer-open, button-press, window-open; 64×64 frames,
+``corner`` camera, action repeat 2), with the expert statistics of its entropy reward. How it was
+made: ``scripts/make_default_checkpoint.sh``; how well it ranks episodes:
+``benchmarks/results/diffusion_reward_quality.json`` and ``docs/diffusion_reward.md``.
+
+    from mmreward.robotics.pretrained import load_pretrained
+    reward = load_pretrained()            # DiffusionReward, eval mode, on CPU
+    r = reward(frames)                    # uint8 [T, 64, 64, 3] -> [T]
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+DEFAULT = "metaworld-64"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def available() -> list[str]:
+    """Names of the shipped checkpoints (folders holding a ``config.json``)."""
+    return sorted(d for d in os.listdir(HERE) if os.path.isfile(os.path.join(HERE, d, "config.json")))
+
+
+def pretrained_path(name: Optional[str] = None) -> str:
+    """Folder of the shipped checkpoint ``name`` (default :data:`DEFAULT`)."""
+    name = name or DEFAULT
+    path = os.path.join(HERE, name)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        have = available()
+        raise FileNotFoundError(f"no shipped Diffusion Reward checkpoint {name!r} in {HERE} "
+                                f"(shipped: {', '.join(have) if have else 'none'}); "
+                                "train one with `mmreward robotics train-codec` / `train-video`")
+    return path
+
+
+def load_pretrained(name: Optional[str] = None, device: str = "cpu"):
+    """The shipped :class:`~mmreward.robotics.reward.DiffusionReward` ``name`` (default :data:`DEFAULT`)."""
+    from ..reward.diffusion_reward import DiffusionReward
+
+    return DiffusionReward.from_pretrained(pretrained_path(name), device)
+
+
+__all__ = ["DEFAULT", "available", "pretrained_path", "load_pretrained"]

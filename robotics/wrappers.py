@@ -1,0 +1,204 @@
+"""Gymnasium integration: Meta-World pixel environments as ``gymnasium.Env`` and a wrapper that
+adds the Diffusion Reward.
+
+* :class:`MetaWorldPixelEnv` — a ``gymnasium.Env`` around :class:`~mmreward.robotics.envs.PixelEnv`
+  (the data layer's Meta-World environment, which is a plain class): observations are the uint8
+  ``[H, W, 3]`` frames (the proprioceptive state is in ``info["state"]``), ``Box`` spaces, seeding
+  through ``reset(seed=...)``, ``truncated`` at the step budget, ``info["success"]``. Importing this
+  module registers one id per Meta-World v3 task::
+
+      import gymnasium as gym
+      env = gym.make("mmreward.robotics.wrappers:mmreward/MetaWorld-door-open-v3")   # imports + makes
+      env = gym.make("mmreward/MetaWorld-door-open-v3", size=64, action_repeat=2)    # once imported
+
+* :class:`DiffusionRewardWrapper` — replaces (or adds to) the environment reward with the learned
+  reward of the newest frame, computed online from a rolling history of frame tokens (each frame is
+  tokenised once, when it arrives). The reward of step t is the reward of the frame observed after
+  action t, exactly the window :meth:`DiffusionReward.__call__` uses for that frame, so
+  :func:`relabel_episode` (the paper's way: a whole finished episode in one batch) gives the same
+  numbers up to the chain's random draws (identical with ``noise=False``).
+
+Importing this module loads gymnasium (and Meta-World, to list the task ids); ``mmreward.robotics``
+itself never imports it.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+ENV_ID_PREFIX = "mmreward/MetaWorld-"
+
+
+class MetaWorldPixelEnv(gym.Env):
+    """One Meta-World v3 task as a pixel ``gymnasium.Env`` (frames as observations).
+
+    Arguments are those of :func:`mmreward.robotics.envs.make_env`. ``reset(seed=s)`` fixes the task
+    variant (object / goal placement) exactly like ``collect --seed s``; ``reset()`` without a seed
+    draws the next variant from the env's own generator."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 40}
+
+    def __init__(self, task: str = "door-open-v3", *, size: Any = 64, camera: Optional[str] = None,
+                 action_repeat: int = 2, max_steps: Optional[int] = None, flip: str = "auto",
+                 render_mode: Optional[str] = "rgb_array"):
+        from .envs import make_env
+
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self._env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=0,
+                             max_steps=max_steps, flip=flip)
+        self.task = self._env.task
+        h, w = self._env.size
+        self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
+        a = self._env.action_space
+        self.action_space = spaces.Box(np.asarray(a.low, np.float32), np.asarray(a.high, np.float32), dtype=np.float32)
+        self.render_mode = render_mode
+        self.max_steps = self._env.max_steps
+        self._frame: Optional[np.ndarray] = None
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        ep_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2 ** 31 - 1))
+        state, frame = self._env.reset(seed=ep_seed)
+        self._frame = frame
+        return frame.copy(), {"state": np.asarray(state), "seed": ep_seed, "success": False}
+
+    def step(self, action):
+        if self._frame is None:
+            raise RuntimeError("call reset() before step()")
+        st = self._env.step(np.asarray(action, dtype=np.float32))
+        self._frame = st.frame
+        info = {"state": np.asarray(st.obs), "success": bool(st.success)}
+        return st.frame.copy(), float(st.reward), False, bool(st.done), info
+
+    def render(self):
+        if self.render_mode is None:
+            return None
+        return None if self._frame is None else self._frame.copy()
+
+    def close(self):
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.close()
+            self._env = None
+
+
+def env_id(task: str) -> str:
+    """The gymnasium id of a Meta-World task: ``door-open-v3`` → ``mmreward/MetaWorld-door-open-v3``."""
+    return ENV_ID_PREFIX + task
+
+
+def register_envs() -> list[str]:
+    """Register ``mmreward/MetaWorld-<task>`` for every Meta-World v3 task (idempotent); returns
+    the ids (none when Meta-World is not installed)."""
+    try:
+        from .envs.metaworld import task_names
+
+        tasks = task_names()
+    except ImportError:
+        return []
+    ids = []
+    for task in tasks:
+        i = env_id(task)
+        if i not in gym.registry:
+            gym.register(i, entry_point="mmreward.robotics.wrappers:MetaWorldPixelEnv", kwargs={"task": task})
+        ids.append(i)
+    return ids
+
+
+# ----------------------------------------------------------------------------- reward
+def _frame_of(obs: Any, env: gym.Env, frame_fn: Optional[Callable]) -> np.ndarray:
+    if frame_fn is not None:
+        return np.asarray(frame_fn(obs, env))
+    if isinstance(obs, np.ndarray) and obs.ndim == 3 and obs.shape[-1] == 3 and obs.dtype == np.uint8:
+        return obs
+    frame = env.render()
+    if frame is None:
+        raise ValueError("observations are not uint8 [H, W, 3] frames and env.render() returned None: pass "
+                         "frame_fn=lambda obs, env: <uint8 frame> or make the env with render_mode='rgb_array'")
+    return np.asarray(frame)
+
+
+class DiffusionRewardWrapper(gym.Wrapper):
+    """Adds the Diffusion Reward of each new frame to a gymnasium environment.
+
+    ``reward_model``: a :class:`~mmreward.robotics.reward.DiffusionReward` (e.g.
+    :func:`mmreward.robotics.pretrained.load_pretrained`). Frames come from the observation when it
+    is a uint8 ``[H, W, 3]`` image, else from ``env.render()``, or from ``frame_fn(obs, env)``.
+
+    ``mode="replace"`` returns the learned reward, ``"add"`` returns
+    ``env_reward_scale · env reward + learned reward``. ``use_success`` adds ``info["success"]`` as
+    the sparse term (the model's ``use_sparse`` must be on). ``info`` gains ``diffusion_reward`` and
+    ``env_reward``. Cost per step: one VQGAN encoding of the new frame and one fast chain (11 calls of
+    the video model) for one window."""
+
+    def __init__(self, env: gym.Env, reward_model, *, mode: str = "replace", env_reward_scale: float = 1.0,
+                 use_success: bool = False, frame_fn: Optional[Callable] = None):
+        super().__init__(env)
+        if mode not in ("replace", "add"):
+            raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
+        self.reward_model = reward_model.eval()
+        self.mode, self.env_reward_scale, self.use_success = mode, float(env_reward_scale), bool(use_success)
+        self.frame_fn = frame_fn
+        vcfg = reward_model.video.config
+        self._span = vcfg.num_history * vcfg.frame_skip + 1  # frames a window can reach back
+        self._tokens: deque = deque(maxlen=self._span)
+        self._frames: deque = deque(maxlen=self._span)
+        self._t = 0
+
+    def _push(self, frame: np.ndarray) -> None:
+        f = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.uint8))[None]
+        self._tokens.append(self.reward_model.tokenize(f.to(self.reward_model.device))[0])
+        self._frames.append(f)
+
+    @torch.no_grad()
+    def current_reward(self, success: Optional[bool] = None) -> float:
+        """Reward of the newest frame given the frames before it in this episode."""
+        tok = torch.stack(list(self._tokens))
+        raw = self.reward_model.raw_reward_windows(tok, torch.tensor([tok.shape[0] - 1]))
+        s = None if success is None else torch.tensor([float(success)])
+        return float(self.reward_model.combine(raw, self._frames[-1], s)[0])
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._tokens.clear()
+        self._frames.clear()
+        self._push(_frame_of(obs, self.env, self.frame_fn))
+        self._t = 0
+        return obs, info
+
+    def step(self, action):
+        obs, env_reward, terminated, truncated, info = self.env.step(action)
+        self._push(_frame_of(obs, self.env, self.frame_fn))
+        self._t += 1
+        success = bool(info.get("success", False)) if self.use_success else None
+        r = self.current_reward(success)
+        info = dict(info)
+        info["diffusion_reward"], info["env_reward"] = r, float(env_reward)
+        reward = r if self.mode == "replace" else self.env_reward_scale * float(env_reward) + r
+        return obs, reward, terminated, truncated, info
+
+
+@torch.no_grad()
+def relabel_episode(reward_model, frames, success=None) -> np.ndarray:
+    """Rewards of a finished episode's transitions in one batch (the paper's relabelling):
+    ``frames`` uint8 ``[T+1, H, W, 3]`` (the reset frame, then one per step) → ``[T]`` float32,
+    reward t for the frame after action t — what :class:`DiffusionRewardWrapper` returns at step t.
+    ``success`` (``[T]``, per transition) adds the sparse term."""
+    f = torch.as_tensor(np.ascontiguousarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+    s = None
+    if success is not None:
+        s = torch.cat([torch.zeros(1), torch.as_tensor(np.asarray(success), dtype=torch.float32).flatten()])
+    r = reward_model(f.to(reward_model.device), success=s)
+    return r[1:].cpu().numpy().astype(np.float32)
+
+
+register_envs()
+
+__all__ = ["MetaWorldPixelEnv", "DiffusionRewardWrapper", "relabel_episode", "register_envs", "env_id",
+           "ENV_ID_PREFIX"]

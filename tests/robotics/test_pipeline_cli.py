@@ -1,0 +1,211 @@
+"""`mmreward robotics train-codec | train-video | fit-stats | reward`: the Diffusion Reward pipeline
+from the command line (tiny models, a few optimizer steps), save → load, resume, and the shipped
+checkpoint."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mmreward.robotics.cli import main, model_dir
+from mmreward.robotics.data.episodes import Episode, episode_entry, load_episode, save_episode, update_manifest
+from mmreward.robotics.reward import DiffusionReward
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CODEC = ["--set", "channels=8,8,8,8", "--set", "latent_dim=8", "--set", "num_codes=16"]
+VIDEO = ["--set", "dim=16", "--set", "depth=1", "--set", "heads=2", "--set", "context_dim=16", "--set", "num_steps=10",
+         "--skip-step", "4"]
+QUIET = ["--no-progress", "--threads", "1"]
+
+
+def synthetic_folder(folder, n=2, T=6, size=32, policy="expert"):
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n):
+        base = rng.integers(0, 256, (1, size, size, 3))
+        frames = np.clip(base + rng.integers(-20, 20, (T, size, size, 3)), 0, 255).astype(np.uint8)
+        ep = Episode(frames=frames, actions=np.zeros((T - 1, 4), np.float32), rewards=np.zeros(T - 1, np.float32),
+                     success=np.arange(T - 1) >= T - 3)
+        name = f"{policy}_{i}.npz"
+        save_episode(os.path.join(folder, name), ep)
+        entries.append(episode_entry(name, ep, task="synthetic", policy=policy, noise=0.0, seed=i))
+    update_manifest(folder, entries)
+    return folder
+
+
+def train_tiny(data, tmp, extra_video=()):
+    codec, video = str(tmp / "codec"), str(tmp / "video")
+    assert main(["train-codec", "--data", data, "--out", codec, "--steps", "3", "--batch-size", "4", *CODEC, *QUIET]) == 0
+    assert main(["train-video", "--data", data, "--codec", codec, "--out", video, "--steps", "3", "--batch-size", "4",
+                 *VIDEO, *extra_video, *QUIET]) == 0
+    return codec, video
+
+
+def test_pipeline_synthetic_end_to_end(tmp_path, capsys):
+    data = synthetic_folder(str(tmp_path / "data"))
+    synthetic_folder(data, n=1, policy="random")
+    codec, video = train_tiny(data, tmp_path)
+    out = capsys.readouterr().out
+    assert "train-codec: 2 episodes, 12 frames" in out  # the random episode is not trained on
+    assert "PSNR" in out and "expert statistics over 12 frames" in out
+    for f in ("metrics.csv", "train_state.json", "model/config.json"):
+        assert os.path.exists(os.path.join(codec, f)) and os.path.exists(os.path.join(video, f))
+    reward_dir = os.path.join(video, "reward")
+    assert model_dir(video, "diffusion_reward") == reward_dir
+
+    per_step, png = str(tmp_path / "r.csv"), str(tmp_path / "r.png")
+    assert main(["reward", "--model", video, data, "--json", "--out", per_step, "--plot", png, *QUIET]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [e["policy"] for e in doc["episodes"]] == ["expert", "expert", "random"]
+    assert os.path.getsize(png) > 1000
+    rows = open(per_step).read().splitlines()
+    assert rows[0] == "episode,frame,reward" and len(rows) == 1 + 3 * 6
+
+    # save -> load gives identical rewards, through the CLI and through the Python API
+    model = DiffusionReward.from_pretrained(reward_dir)
+    for e in doc["episodes"]:
+        r = model(torch.from_numpy(load_episode(e["path"]).frames))
+        assert r.tolist() == e["rewards"]
+        assert e["total"] == pytest.approx(float(r.sum())) and e["mean"] == pytest.approx(float(r.mean()))
+    model.save_pretrained(str(tmp_path / "copy"))
+    again = DiffusionReward.from_pretrained(str(tmp_path / "copy"))
+    fr = torch.from_numpy(load_episode(doc["episodes"][0]["path"]).frames)
+    assert torch.equal(again(fr), model(fr))
+
+    # text table; --success adds the sparse term on frames after a successful step
+    assert main(["reward", "--model", reward_dir, os.path.join(data, "expert_0.npz"), *QUIET]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["episode", "frames", "total", "mean"] and "expert_0" in table
+    assert main(["reward", "--model", reward_dir, os.path.join(data, "expert_0.npz"), "--success", "--json",
+                 *QUIET]) == 0
+    with_success = json.loads(capsys.readouterr().out)["episodes"][0]["rewards"]
+    base = doc["episodes"][0]["rewards"]
+    assert np.allclose(np.array(with_success) - np.array(base), [0, 0, 0, 0, 1, 1], atol=1e-5)
+
+
+def test_fit_stats_command_matches_train_video(tmp_path, capsys):
+    data = synthetic_folder(str(tmp_path / "data"))
+    codec, video = train_tiny(data, tmp_path)
+    out = str(tmp_path / "combined")
+    assert main(["fit-stats", "--data", data, "--codec", codec, "--video", video, "--out", out, "--skip-step", "4",
+                 *QUIET]) == 0
+    a = DiffusionReward.from_pretrained(out)
+    b = DiffusionReward.from_pretrained(os.path.join(video, "reward"))
+    assert torch.equal(a.statistics, b.statistics)
+    fr = torch.from_numpy(load_episode(os.path.join(data, "expert_1.npz")).frames)
+    assert torch.equal(a(fr), b(fr))
+
+
+def test_resume_and_errors(tmp_path, capsys):
+    data = synthetic_folder(str(tmp_path / "data"))
+    codec = str(tmp_path / "codec")
+    args = ["train-codec", "--data", data, "--out", codec, "--batch-size", "4", *CODEC, *QUIET]
+    assert main(args + ["--steps", "4", "--stop-at", "2"]) == 0
+    assert main(args + ["--steps", "4"]) == 2  # a training state exists: --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--steps", "4", "--resume"]) == 0
+    rows = open(os.path.join(codec, "metrics.csv")).read().splitlines()
+    assert rows[-1].startswith("4,")
+    assert main(args + ["--steps", "2", "--overwrite"]) == 0
+
+    video = str(tmp_path / "video")
+    assert main(["train-video", "--data", data, "--codec", codec, "--out", video, "--steps", "4", "--stop-at", "2",
+                 *VIDEO, *QUIET]) == 0
+    assert "expert statistics not fitted" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(video, "reward"))
+
+    assert main(["train-codec", "--data", data, "--out", str(tmp_path / "x"), "--policies", "noisy", *QUIET]) == 2
+    assert "no episodes" in capsys.readouterr().err
+    assert main(["train-codec", "--data", data, "--out", str(tmp_path / "x"), "--set", "nope=1", *QUIET]) == 2
+    assert "no field 'nope'" in capsys.readouterr().err
+    assert main(["reward", "--model", codec, os.path.join(data, "expert_0.npz"), *QUIET]) == 2
+    assert "diffusion_reward" in capsys.readouterr().err
+
+
+def test_help_lists_model_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("train-codec", "train-video", "fit-stats", "reward"):
+        assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["train-video", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--codec", "--steps", "--warmup-steps", "--size", "--resume", "--reward-type", "--reward-batch-size",
+                 "--entropy-estimator", "--rnd"):
+        assert flag in out
+
+
+def _shipped():
+    from mmreward.robotics.pretrained import available
+
+    return available()
+
+
+@pytest.mark.skipif(not _shipped(), reason="no shipped checkpoint")
+def test_reward_uses_shipped_checkpoint_by_default(tmp_path, capsys):
+    from mmreward.robotics.pretrained import load_pretrained
+
+    data = synthetic_folder(str(tmp_path / "data"), n=1, T=5, size=64)
+    assert main(["reward", data, "--json", *QUIET]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"].endswith("metaworld-64")
+    r = load_pretrained()(torch.from_numpy(load_episode(doc["episodes"][0]["path"]).frames))
+    assert r.tolist() == doc["episodes"][0]["rewards"]
+
+
+_missing = [m for m in ("mujoco", "metaworld", "gymnasium") if importlib.util.find_spec(m) is None]
+
+
+def _sim_problem():
+    if _missing:
+        return f"robotics extra not installed (missing {', '.join(_missing)})"
+    from mmreward.robotics.envs.base import offscreen_render_problem
+
+    return offscreen_render_problem()
+
+
+needs_sim = pytest.mark.skipif(_sim_problem() is not None, reason=str(_sim_problem()))
+
+
+@needs_sim
+def test_pipeline_on_collected_episodes(tmp_path, capsys):
+    data = str(tmp_path / "mw")
+    assert main(["collect", "--tasks", "door-open-v3", "--episodes", "2", "--policy", "expert", "--size", "32",
+                 "--max-steps", "5", "--out", data, "--no-progress"]) == 0
+    codec, video = train_tiny(data, tmp_path)
+    capsys.readouterr()
+    assert main(["reward", "--model", video, data, "--json", *QUIET]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [e["frames"] for e in doc["episodes"]] == [6, 6]
+    assert all(e["task"] == "door-open-v3" for e in doc["episodes"])
+    model = DiffusionReward.from_pretrained(os.path.join(video, "reward"))
+    for e in doc["episodes"]:
+        assert model(torch.from_numpy(load_episode(e["path"]).frames)).tolist() == e["rewards"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="opencv not installed")
+def test_reward_scores_frame_folders_resized(tmp_path, capsys):
+    import cv2
+
+    data = synthetic_folder(str(tmp_path / "data"))
+    codec, video = train_tiny(data, tmp_path)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        cv2.imwrite(str(clip / f"{i}.png"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    capsys.readouterr()
+    assert main(["reward", "--model", video, str(clip), "--json", *QUIET]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["episodes"][0]["name"] == "clip" and doc["episodes"][0]["frames"] == 4
