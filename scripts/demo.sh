@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: set up .venv and build the kernels, print the environment
-# report, then run every op family's benchmark in smoke mode (side-by-side ratios vs eager PyTorch).
-# Grows with each capability; stays a few minutes on a 2-core CPU.
+# The main job on embedded defaults, a few minutes on a 2-core CPU:
+#   1. set up .venv (torch 2.13.0, mmreward + C++ kernels, robotics extra), print the environment report;
+#   2. every op family's benchmark in smoke mode (side-by-side ratios vs eager PyTorch);
+#   3. Diffusion Reward end to end on Meta-World: collect expert and random door-open episodes,
+#      score them with the shipped checkpoint (robotics/pretrained/metaworld-64), plot per-step rewards;
+#   4. the Diffusion Reward speed benchmark in smoke mode (ours vs the official computation).
+# Outputs go to runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-PY=${MMREWARD_VENV:-.venv}/bin/python
+MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics} bash scripts/setup_env.sh
+BIN=${MMREWARD_VENV:-.venv}/bin
+OUT=runs/demo
+mkdir -p "$OUT"
 echo; echo "== environment =="
-"$PY" -m mmreward.env_report
-for bench in benchmarks/bench_*.py; do
-  echo; echo "== $bench --quick =="
-  "$PY" "$bench" --quick
+"$BIN/python" -m mmreward.env_report
+for bench in pairwise step_reward codebook; do
+  echo; echo "== benchmarks/bench_$bench.py --quick =="
+  "$BIN/python" "benchmarks/bench_$bench.py" --quick
 done
+echo; echo "== Diffusion Reward: collect door-open-v3 episodes (expert, random) =="
+rm -rf "$OUT/episodes"
+"$BIN/mmreward" robotics collect --tasks door-open-v3 --episodes 2 --policy expert --max-steps 70 --out "$OUT/episodes" --seed 100
+"$BIN/mmreward" robotics collect --tasks door-open-v3 --episodes 2 --policy random --max-steps 70 --out "$OUT/episodes" --seed 200
+echo; echo "== Diffusion Reward: score them with the shipped checkpoint =="
+"$BIN/mmreward" robotics reward "$OUT"/episodes/*.npz --plot "$OUT/rewards.png" --out "$OUT/rewards.json"
+echo; echo "== benchmarks/bench_diffusion_reward_speed.py --quick =="
+"$BIN/python" benchmarks/bench_diffusion_reward_speed.py --quick
+echo; echo "demo outputs in $OUT/"
