@@ -7,14 +7,14 @@ or a list of episodes (each ``[T, H, W, 3]`` uint8, or an object with a ``.frame
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from mmreward.core.checkpoint import CheckpointError, load_state, save_state
+from mmreward.core.checkpoint import load_state, save_state
+from mmreward.core.pretrained import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 
 FrameData = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 
@@ -72,23 +72,6 @@ def frame_pool(data: FrameData) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ configs
-def config_to_dict(cfg: Any) -> dict:
-    out = dataclasses.asdict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
-
-
-def config_from_dict(cls: type, data: dict, what: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise CheckpointError(f"{what} config has unknown fields {unknown} (from another version?)")
-    kw = {}
-    for k, v in data.items():
-        default = names[k].default
-        kw[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
-    return cls(**kw)
-
-
 # ------------------------------------------------------------------ EMA
 class EMA:
     """Exponential moving average of a module's floating-point parameters and buffers,

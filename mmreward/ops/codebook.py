@@ -36,7 +36,7 @@ finite log-probabilities: clamp them as VQ-Diffusion does (``[−70, 0]``).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 

@@ -27,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.pretrained import PretrainedMixin
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
 
 from ..training import (
     check_frames_uint8,
-    config_from_dict,
     config_to_dict,
     frame_pool,
     load_training_state,
@@ -256,8 +255,10 @@ def frames_to_float(frames: torch.Tensor, image_size: Optional[int] = None) -> t
     raise TypeError(f"frames must be uint8 [T, H, W, 3] or float [T, 3, H, W], got {frames.dtype}")
 
 
-class VQGAN(nn.Module):
+class VQGAN(PretrainedMixin, nn.Module):
     """Encoder → vector quantiser → decoder. :meth:`encode` / :meth:`decode` map frames ↔ tokens."""
+    model_type = MODEL_TYPE
+    config_class = VQGANConfig
 
     def __init__(self, config: Optional[VQGANConfig] = None):
         super().__init__()
@@ -306,22 +307,6 @@ class VQGAN(nn.Module):
         if uint8:
             return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         return x
-
-    def save_pretrained(self, folder: str) -> None:
-        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
-
-    @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "VQGAN":
-        sd, cfg = load_model(folder, device)
-        if cfg.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
-        model = cls(config_from_dict(VQGANConfig, cfg["config"], MODEL_TYPE))
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
-
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) per frame of two float ``[T, 3, H, W]`` tensors in [0, 1]."""

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.pretrained import PretrainedMixin
 
-from ..training import check_frames_uint8, config_from_dict, config_to_dict
+from ..training import check_frames_uint8
 
 MODEL_TYPE = "rnd"
 
@@ -54,8 +54,11 @@ def _trunk(cfg: RNDConfig) -> tuple[nn.Sequential, int]:
     return net, n
 
 
-class RND(nn.Module):
+class RND(PretrainedMixin, nn.Module):
     """``RND(frames) -> novelty [T]`` (normalised); :meth:`update` trains the predictor online."""
+    model_type = MODEL_TYPE
+    config_class = RNDConfig
+    eval_after_load = False
 
     def __init__(self, config: Optional[RNDConfig] = None):
         super().__init__()
@@ -129,21 +132,5 @@ class RND(nn.Module):
         loss.backward()
         self._opt.step()
         return {"rnd_loss": float(loss.detach()), "rnd_std": self.running_std}
-
-    def save_pretrained(self, folder: str) -> None:
-        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
-
-    @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "RND":
-        sd, cfg = load_model(folder, device)
-        if cfg.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
-        model = cls(config_from_dict(RNDConfig, cfg["config"], MODEL_TYPE))
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device)
-
 
 __all__ = ["RND", "RNDConfig"]

@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.pretrained import PretrainedMixin
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state, warmup_cosine
 
-from ..training import EMA, config_from_dict, config_to_dict, load_training_state, progress, save_training_state
+from ..training import EMA, config_to_dict, load_training_state, progress, save_training_state
 from . import diffusion_math as dm
 
 MODEL_TYPE = "vq_diffusion"
@@ -173,8 +173,10 @@ class ContextCache:
         return ContextCache([(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv])
 
 
-class ConditionalVQDiffusion(nn.Module):
+class ConditionalVQDiffusion(PretrainedMixin, nn.Module):
     """Discrete diffusion over the next frame's tokens, conditioned on history-frame tokens."""
+    model_type = MODEL_TYPE
+    config_class = VQDiffusionConfig
 
     def __init__(self, config: Optional[VQDiffusionConfig] = None):
         super().__init__()
@@ -397,25 +399,6 @@ class ConditionalVQDiffusion(nn.Module):
         return total / num_samples
 
     # -------------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str, state_dict: Optional[dict] = None) -> None:
-        """``config.json`` + ``model.safetensors`` (``state_dict`` overrides the live weights,
-        e.g. EMA weights)."""
-        save_model(folder, state_dict if state_dict is not None else self.state_dict(),
-                   {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
-
-    @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "ConditionalVQDiffusion":
-        sd, cfg = load_model(folder, device)
-        if cfg.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
-        model = cls(config_from_dict(VQDiffusionConfig, cfg["config"], MODEL_TYPE))
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
-
-
 # ------------------------------------------------------------------ windows + training
 def window_indices(num_frames: int, ends: torch.Tensor, num_history: int, frame_skip: int = 1) -> torch.Tensor:
     """History frame indices ``[len(ends), H]`` of windows whose last history frame is ``ends``:
