@@ -404,15 +404,6 @@ def register_fake_and_autograd(ns: str) -> None:
         torch.library.register_fake(f"{ns}::{name}", fake)
 
 
-def _cpp_ops_defined() -> bool:
-    if not _backend.extension_loaded():
-        return False
-    try:
-        torch.ops.mmreward.codebook_entropy  # noqa: B018  (defined by csrc/cpu/codebook.cpp)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-if _cpp_ops_defined():
+# The C++ schemas exist only when mmreward._C is loaded (csrc/cpu/codebook.cpp defines them).
+if _backend.has_kernel("codebook_entropy", "cpu"):
     register_fake_and_autograd("mmreward")

@@ -529,15 +529,6 @@ def register_fake_and_autograd(ns: str) -> None:
         torch.library.register_fake(f"{ns}::{name}", fake)
 
 
-def _cpp_ops_defined() -> bool:
-    if not _backend.extension_loaded():
-        return False
-    try:
-        torch.ops.mmreward.pairwise_loss  # noqa: B018  (defined by csrc/cpu/pairwise.cpp)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-if _cpp_ops_defined():
+# The C++ schemas exist only when mmreward._C is loaded (csrc/cpu/pairwise.cpp defines them).
+if _backend.has_kernel("pairwise_loss", "cpu"):
     register_fake_and_autograd("mmreward")
