@@ -15,6 +15,12 @@ Models:
 * :mod:`.video` — conditional VQ-Diffusion over tokens, :func:`train_video_model`;
 * :mod:`.reward` — :class:`DiffusionReward` (conditional-entropy reward) and the :class:`RND` bonus.
 
+Visual RL:
+
+* :mod:`.rl` — DrQ-v2 (:class:`DrQV2Agent`), an episode replay buffer that relabels finished episodes
+  with the chosen reward source, and the :class:`Workspace` / :func:`train_rl` loop
+  (``mmreward robotics train-rl``).
+
 Importing this package loads no simulator, OpenCV or plotting library; names below resolve lazily.
 """
 from __future__ import annotations
@@ -53,6 +59,14 @@ _LAZY = {
     "RNDConfig": "mmreward.robotics.reward.rnd",
     "DiffusionRewardWrapper": "mmreward.robotics.wrappers",
     "MetaWorldPixelEnv": "mmreward.robotics.wrappers",
+    "PixelGymEnv": "mmreward.robotics.wrappers",
+    # visual RL: DrQ-v2 with learned rewards
+    "DrQV2Agent": "mmreward.robotics.rl.drqv2",
+    "DrQV2Config": "mmreward.robotics.rl.drqv2",
+    "RLConfig": "mmreward.robotics.rl.workspace",
+    "Workspace": "mmreward.robotics.rl.workspace",
+    "train_rl": "mmreward.robotics.rl.workspace",
+    "make_reward_source": "mmreward.robotics.rl.rewards",
     "relabel_episode": "mmreward.robotics.wrappers",
     "load_pretrained": "mmreward.robotics.pretrained",
 }

@@ -1,15 +1,17 @@
 """Gymnasium integration: Meta-World pixel environments as ``gymnasium.Env`` and a wrapper that
 adds the Diffusion Reward.
 
-* :class:`MetaWorldPixelEnv` — a ``gymnasium.Env`` around :class:`~mmreward.robotics.envs.PixelEnv`
-  (the data layer's Meta-World environment, which is a plain class): observations are the uint8
-  ``[H, W, 3]`` frames (the proprioceptive state is in ``info["state"]``), ``Box`` spaces, seeding
-  through ``reset(seed=...)``, ``truncated`` at the step budget, ``info["success"]``. Importing this
-  module registers one id per Meta-World v3 task::
+* :class:`PixelGymEnv` (alias :class:`MetaWorldPixelEnv`) — a ``gymnasium.Env`` around
+  :class:`~mmreward.robotics.envs.PixelEnv` (the data layer's Meta-World / Adroit environment, a
+  plain class): observations are the uint8 ``[H, W, 3]`` frames (``[k, H, W, 3]`` with
+  ``frame_stack=k``; the proprioceptive state is in ``info["state"]``), ``Box`` spaces, action
+  repeat, seeding through ``reset(seed=...)``, ``truncated`` at the time limit, ``info["success"]``.
+  Importing this module registers one id per Meta-World v3 task and per Adroit task::
 
       import gymnasium as gym
       env = gym.make("mmreward.robotics.wrappers:mmreward/MetaWorld-door-open-v3")   # imports + makes
       env = gym.make("mmreward/MetaWorld-door-open-v3", size=64, action_repeat=2)    # once imported
+      env = gym.make("mmreward/Adroit-door", frame_stack=3)
 
 * :class:`DiffusionRewardWrapper` — replaces (or adds to) the environment reward with the learned
   reward of the newest frame, computed online from a rolling history of frame tokens (each frame is
@@ -32,49 +34,61 @@ import torch
 from gymnasium import spaces
 
 ENV_ID_PREFIX = "mmreward/MetaWorld-"
+ADROIT_ID_PREFIX = "mmreward/Adroit-"
 
 
-class MetaWorldPixelEnv(gym.Env):
-    """One Meta-World v3 task as a pixel ``gymnasium.Env`` (frames as observations).
+class PixelGymEnv(gym.Env):
+    """One Meta-World v3 or Adroit task as a pixel ``gymnasium.Env`` (frames as observations).
 
-    Arguments are those of :func:`mmreward.robotics.envs.make_env`. ``reset(seed=s)`` fixes the task
-    variant (object / goal placement) exactly like ``collect --seed s``; ``reset()`` without a seed
-    draws the next variant from the env's own generator."""
+    Arguments are those of :func:`mmreward.robotics.envs.make_env`, plus ``frame_stack`` (k > 1 gives
+    observations ``[k, H, W, 3]``, oldest first, the reset frame repeated at the start).
+    ``reset(seed=s)`` fixes the task variant (object / goal placement) exactly like
+    ``collect --seed s``; ``reset()`` without a seed draws the next variant from the env's own generator."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 40}
 
     def __init__(self, task: str = "door-open-v3", *, size: Any = 64, camera: Optional[str] = None,
                  action_repeat: int = 2, max_steps: Optional[int] = None, flip: str = "auto",
-                 render_mode: Optional[str] = "rgb_array"):
+                 frame_stack: int = 1, render_mode: Optional[str] = "rgb_array"):
         from .envs import make_env
 
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        if frame_stack < 1:
+            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
         self._env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=0,
                              max_steps=max_steps, flip=flip)
         self.task = self._env.task
+        self.frame_stack = int(frame_stack)
         h, w = self._env.size
-        self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
+        shape = (h, w, 3) if frame_stack == 1 else (frame_stack, h, w, 3)
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
         a = self._env.action_space
         self.action_space = spaces.Box(np.asarray(a.low, np.float32), np.asarray(a.high, np.float32), dtype=np.float32)
         self.render_mode = render_mode
         self.max_steps = self._env.max_steps
         self._frame: Optional[np.ndarray] = None
+        self._stack: deque = deque(maxlen=self.frame_stack)
+
+    def _obs(self) -> np.ndarray:
+        return self._frame.copy() if self.frame_stack == 1 else np.stack(self._stack)
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
         ep_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2 ** 31 - 1))
         state, frame = self._env.reset(seed=ep_seed)
         self._frame = frame
-        return frame.copy(), {"state": np.asarray(state), "seed": ep_seed, "success": False}
+        self._stack.extend([frame] * self.frame_stack)
+        return self._obs(), {"state": np.asarray(state), "seed": ep_seed, "success": False}
 
     def step(self, action):
         if self._frame is None:
             raise RuntimeError("call reset() before step()")
         st = self._env.step(np.asarray(action, dtype=np.float32))
         self._frame = st.frame
+        self._stack.append(st.frame)
         info = {"state": np.asarray(st.obs), "success": bool(st.success)}
-        return st.frame.copy(), float(st.reward), False, bool(st.done), info
+        return self._obs(), float(st.reward), False, bool(st.done), info
 
     def render(self):
         if self.render_mode is None:
@@ -88,25 +102,33 @@ class MetaWorldPixelEnv(gym.Env):
             self._env = None
 
 
+MetaWorldPixelEnv = PixelGymEnv  # the name this class had before Adroit was added
+
+
 def env_id(task: str) -> str:
-    """The gymnasium id of a Meta-World task: ``door-open-v3`` → ``mmreward/MetaWorld-door-open-v3``."""
+    """The gymnasium id of a task: ``door-open-v3`` → ``mmreward/MetaWorld-door-open-v3``,
+    ``adroit-door`` → ``mmreward/Adroit-door``."""
+    if task.startswith("adroit-"):
+        return ADROIT_ID_PREFIX + task[len("adroit-"):]
     return ENV_ID_PREFIX + task
 
 
 def register_envs() -> list[str]:
-    """Register ``mmreward/MetaWorld-<task>`` for every Meta-World v3 task (idempotent); returns
-    the ids (none when Meta-World is not installed)."""
+    """Register ``mmreward/MetaWorld-<task>`` for every Meta-World v3 task and ``mmreward/Adroit-<task>``
+    for the four Adroit tasks (idempotent); returns the ids (Meta-World's only when it is installed)."""
+    from .envs.adroit import task_names as adroit_tasks
+
     try:
         from .envs.metaworld import task_names
 
         tasks = task_names()
     except ImportError:
-        return []
+        tasks = []
     ids = []
-    for task in tasks:
+    for task in tasks + adroit_tasks():
         i = env_id(task)
         if i not in gym.registry:
-            gym.register(i, entry_point="mmreward.robotics.wrappers:MetaWorldPixelEnv", kwargs={"task": task})
+            gym.register(i, entry_point="mmreward.robotics.wrappers:PixelGymEnv", kwargs={"task": task})
         ids.append(i)
     return ids
 
@@ -200,5 +222,5 @@ def relabel_episode(reward_model, frames, success=None) -> np.ndarray:
 
 register_envs()
 
-__all__ = ["MetaWorldPixelEnv", "DiffusionRewardWrapper", "relabel_episode", "register_envs", "env_id",
-           "ENV_ID_PREFIX"]
+__all__ = ["PixelGymEnv", "MetaWorldPixelEnv", "DiffusionRewardWrapper", "relabel_episode", "register_envs", "env_id",
+           "ENV_ID_PREFIX", "ADROIT_ID_PREFIX"]

@@ -1,0 +1,227 @@
+"""DrQ-v2 (Yarats et al., 2021): data-augmented actor-critic for pixel observations.
+
+Pieces, as in the paper: a conv encoder shared by actor and critic (trained by the critic loss
+only), random-shift augmentation (replicate-pad 4 px, random crop back), a deterministic actor whose
+exploration noise follows a linear std schedule and is clipped, a double-Q critic trained on n-step
+returns with a slowly moving (EMA) target, and uniform random actions for the first
+``num_expl_steps`` agent steps. Hyper-parameters default to the Diffusion Reward paper's RL config.
+
+Observations are uint8 ``[C·stack, H, W]``; actions live in ``[-1, 1]^A``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class DrQV2Config:
+    """Agent hyper-parameters (defaults: the Diffusion Reward paper's DrQ-v2 settings)."""
+
+    lr: float = _help("Adam learning rate of encoder, actor and critic", default=1e-4)
+    feature_dim: int = _help("width of the LayerNorm-tanh trunk after the encoder", default=50)
+    hidden_dim: int = _help("width of the actor / critic MLPs", default=1024)
+    critic_target_tau: float = _help("EMA rate of the target critic", default=0.01)
+    num_expl_steps: int = _help("agent steps with uniform random actions at the start", default=2000)
+    stddev_schedule: str = _help("exploration std: a number or 'linear(init,final,steps)' over agent steps",
+                                 default="linear(1.0,0.1,500000)")
+    stddev_clip: float = _help("clip of the exploration noise in the target / actor updates", default=0.3)
+    discount: float = _help("per-step discount γ (the n-step return uses γ^n)", default=0.99)
+    augment_pad: int = _help("random-shift augmentation padding in pixels (0 turns it off)", default=4)
+
+    def validate(self) -> None:
+        schedule(self.stddev_schedule, 0)  # raises on a malformed schedule
+        if not 0.0 < self.critic_target_tau <= 1.0:
+            raise ValueError(f"critic_target_tau must be in (0, 1], got {self.critic_target_tau}")
+        if self.feature_dim < 1 or self.hidden_dim < 1 or self.lr <= 0 or self.augment_pad < 0:
+            raise ValueError("feature_dim, hidden_dim, lr must be positive and augment_pad >= 0")
+
+
+def schedule(spec: str | float, step: int) -> float:
+    """``0.2`` (constant) or ``linear(init, final, duration)`` evaluated at ``step``."""
+    try:
+        return float(spec)
+    except (TypeError, ValueError):
+        pass
+    m = re.fullmatch(r"\s*linear\(\s*([^,]+),\s*([^,]+),\s*([^,)]+)\)\s*", str(spec))
+    if not m:
+        raise ValueError(f"unknown schedule {spec!r}: use a number or 'linear(init,final,duration)'")
+    init, final, duration = (float(g) for g in m.groups())
+    mix = min(max(step / max(duration, 1.0), 0.0), 1.0)
+    return (1.0 - mix) * init + mix * final
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Replicate-pad by ``pad`` and crop back at a random integer offset per image. ``x`` float
+    ``[B, C, H, W]``. Integer shifts make this exactly the crop DrQ-v2's bilinear grid_sample computes."""
+    if pad == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (B, C, H+2p, W+2p)
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=x.device)
+    rows = off[:, :1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = off[:, 1:] + torch.arange(w, device=x.device)  # (B, W)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _orthogonal_init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.orthogonal_(m.weight.data)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.orthogonal_(m.weight.data, nn.init.calculate_gain("relu"))
+        nn.init.zeros_(m.bias)
+
+
+class Encoder(nn.Module):
+    """4 conv layers (32 channels, 3×3, first with stride 2) on pixels scaled to [-0.5, 0.5]."""
+
+    def __init__(self, obs_shape: tuple[int, int, int]):
+        super().__init__()
+        c, h, w = obs_shape
+        self.convnet = nn.Sequential(
+            nn.Conv2d(c, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+        )
+        with torch.no_grad():
+            self.repr_dim = int(self.convnet(torch.zeros(1, c, h, w)).numel())
+        self.apply(_orthogonal_init)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) float 0..255 -> (B, repr_dim)
+        return self.convnet(obs / 255.0 - 0.5).flatten(1)
+
+
+class Actor(nn.Module):
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+        self.policy = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim),
+                                    nn.ReLU(), nn.Linear(hidden_dim, action_dim))
+        self.apply(_orthogonal_init)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, repr) -> mean action (B, A) in [-1, 1]
+        return torch.tanh(self.policy(self.trunk(h)))
+
+
+class Critic(nn.Module):
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+        def q():
+            return nn.Sequential(nn.Linear(feature_dim + action_dim, hidden_dim), nn.ReLU(),
+                                 nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
+
+        self.q1, self.q2 = q(), q()
+        self.apply(_orthogonal_init)
+
+    def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([self.trunk(h), action], dim=-1)
+        return self.q1(x), self.q2(x)  # (B, 1) each
+
+
+def clipped_noise_action(mu: torch.Tensor, std: float, clip: Optional[float]) -> torch.Tensor:
+    """DrQ-v2's truncated normal sample: ``mu + clip(ε·std)`` clamped to (−1, 1); the gradient flows to
+    ``mu`` straight through the clamp (as in the reference TruncatedNormal)."""
+    eps = torch.randn_like(mu) * std
+    if clip is not None:
+        eps = eps.clamp(-clip, clip)
+    x = mu + eps
+    clamped = x.clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+    return x - x.detach() + clamped.detach()
+
+
+class DrQV2Agent(nn.Module):
+    """Encoder + actor + double-Q critic (+ target). ``act`` picks actions; ``update`` does one
+    gradient step of critic (and encoder) then actor, and returns a metric dict."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, config: Optional[DrQV2Config] = None):
+        super().__init__()
+        self.config = config or DrQV2Config()
+        self.config.validate()
+        self.obs_shape, self.action_dim = tuple(int(s) for s in obs_shape), int(action_dim)
+        c = self.config
+        self.encoder = Encoder(self.obs_shape)
+        self.actor = Actor(self.encoder.repr_dim, action_dim, c.feature_dim, c.hidden_dim)
+        self.critic = Critic(self.encoder.repr_dim, action_dim, c.feature_dim, c.hidden_dim)
+        self.critic_target = Critic(self.encoder.repr_dim, action_dim, c.feature_dim, c.hidden_dim)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=c.lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.lr)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"encoder": self.encoder_opt, "actor": self.actor_opt, "critic": self.critic_opt}
+
+    @torch.no_grad()
+    def act(self, obs, step: int, eval_mode: bool) -> torch.Tensor:
+        """Action for one uint8 observation ``[C, H, W]``: the mean in eval mode; uniform random
+        during the first ``num_expl_steps`` steps; else the mean plus scheduled Gaussian noise."""
+        obs = torch.as_tensor(obs, device=self.device)
+        if obs.shape != self.obs_shape:
+            raise ValueError(f"observation shape {tuple(obs.shape)} does not match the agent's {self.obs_shape}")
+        mu = self.actor(self.encoder(obs.float()[None]))[0]
+        if eval_mode:
+            return mu.cpu()
+        if step < self.config.num_expl_steps:
+            return (torch.rand(self.action_dim) * 2.0 - 1.0)
+        return clipped_noise_action(mu, schedule(self.config.stddev_schedule, step), None).cpu()
+
+    def update(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One update on a replay batch: ``obs`` / ``next_obs`` uint8 ``[B, C, H, W]``, ``action``
+        ``[B, A]``, ``reward`` and ``discount`` ``[B]`` (n-step sum and γ^n)."""
+        c, dev = self.config, self.device
+        obs = random_shift(batch["obs"].to(dev).float(), c.augment_pad)
+        next_obs = random_shift(batch["next_obs"].to(dev).float(), c.augment_pad)
+        action = batch["action"].to(dev)
+        reward, discount = batch["reward"].to(dev)[:, None], batch["discount"].to(dev)[:, None]
+        h = self.encoder(obs)
+        with torch.no_grad():
+            next_h = self.encoder(next_obs)
+        std = schedule(c.stddev_schedule, step)
+        metrics = self._update_critic(h, action, reward, discount, next_h, std)
+        metrics.update(self._update_actor(h.detach(), std))
+        with torch.no_grad():  # target EMA
+            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+                tp.lerp_(p, c.critic_target_tau)
+        metrics["batch_reward"] = float(reward.mean())
+        return metrics
+
+    def _update_critic(self, h, action, reward, discount, next_h, std) -> dict[str, float]:
+        with torch.no_grad():
+            next_action = clipped_noise_action(self.actor(next_h), std, self.config.stddev_clip)
+            tq1, tq2 = self.critic_target(next_h, next_action)
+            target_q = reward + discount * torch.min(tq1, tq2)
+        q1, q2 = self.critic(h, action)
+        loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        self.encoder_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        self.encoder_opt.step()
+        return {"critic_loss": float(loss.detach()), "critic_q1": float(q1.detach().mean()), "critic_target_q": float(target_q.mean())}
+
+    def _update_actor(self, h, std) -> dict[str, float]:
+        action = clipped_noise_action(self.actor(h), std, self.config.stddev_clip)
+        q1, q2 = self.critic(h, action)
+        loss = -torch.min(q1, q2).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        return {"actor_loss": float(loss.detach()), "actor_std": float(std)}

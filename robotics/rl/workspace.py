@@ -1,0 +1,277 @@
+"""The visual-RL workspace: one object owns the environments, the DrQ-v2 agent, the replay buffer,
+the reward source and the logs (the drqv2 code base's layout).
+
+    from mmreward.robotics.rl import RLConfig, train_rl
+    summary = train_rl(RLConfig(task="metaworld/drawer-open-v3", reward="diffusion", out="runs/rl"))
+
+Frames count environment steps (agent steps × action repeat), as in DrQ-v2. Episodes are relabelled
+by the reward source when they end, then stored. Evaluation (deterministic actions, ``success`` =
+any step succeeds) runs before training, every ``eval_every_frames`` and at the end; its first
+episode is written as an mp4 with the training reward drawn on it. Snapshots are taken at episode
+boundaries (atomically) and a resumed run continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from mmreward.core.checkpoint import load_state, save_state
+from mmreward.core.logging import MetricLogger
+from mmreward.core.train import rng_state, seed_everything, set_rng_state
+
+from .drqv2 import DrQV2Agent, DrQV2Config
+from .recording import plot_learning_curves, write_eval_video
+from .replay import EpisodeRecord, ReplayBuffer, stack_frames
+from .rewards import make_reward_source
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class RLConfig:
+    """A training run (defaults: the Diffusion Reward paper's settings; sizes for a GPU)."""
+
+    task: str = _help("'metaworld/<task>' (e.g. metaworld/drawer-open-v3) or 'adroit/<door|hammer|pen|relocate>'",
+                      default="metaworld/drawer-open-v3")
+    reward: str = _help("sparse | dense | diffusion | diffusion-likelihood | viper | rnd", default="diffusion")
+    checkpoint: Optional[str] = _help("Diffusion Reward folder (default: the shipped metaworld-64)", default=None)
+    expert_data: Optional[str] = _help("expert episode folder for reward statistics a checkpoint lacks", default=None)
+    out: str = _help("output folder (logs, snapshots, videos, curves)", default="runs/rl")
+    seed: int = _help("seed of the agent, replay sampling and environment variants", default=1)
+    device: str = _help("torch device", default="cpu")
+    num_train_frames: int = _help("environment frames to train for", default=1_000_000)
+    num_seed_frames: int = _help("frames collected before the first update", default=4000)
+    eval_every_frames: int = _help("frames between evaluations", default=20_000)
+    num_eval_episodes: int = _help("episodes per evaluation", default=10)
+    snapshot_every_frames: int = _help("frames between snapshots (0: only at the end)", default=20_000)
+    save_video: bool = _help("write the first evaluation episode as an annotated mp4", default=True)
+    resume: bool = _help("continue from <out>/snapshot when it exists", default=True)
+    size: int = _help("frame height = width in pixels", default=64)
+    camera: Optional[str] = _help("camera name (default: the suite's default camera)", default=None)
+    action_repeat: int = _help("environment steps per agent action", default=2)
+    frame_stack: int = _help("frames stacked into one observation", default=1)
+    episode_steps: Optional[int] = _help("agent steps per episode (default: the task's time limit)", default=None)
+    replay_buffer_size: int = _help("transitions kept in the replay buffer", default=1_000_000)
+    nstep: int = _help("n of the n-step return", default=3)
+    batch_size: int = _help("replay batch size", default=256)
+    update_every_steps: int = _help("agent steps between updates", default=2)
+    rnd_update_interval: int = _help("agent steps between RND predictor updates", default=100)
+    tensorboard: bool = _help("also log to TensorBoard", default=True)
+    quiet: bool = _help("no console line per episode", default=False)
+
+    def validate(self) -> None:
+        for name in ("num_train_frames", "num_eval_episodes", "size", "action_repeat", "frame_stack", "nstep",
+                     "batch_size", "update_every_steps", "replay_buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_seed_frames", "eval_every_frames", "snapshot_every_frames", "rnd_update_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def parse_task(task: str) -> str:
+    """``metaworld/door-open-v3`` → ``door-open-v3``; ``adroit/door`` → ``adroit-door``; ids without a
+    suite prefix pass through (unknown ids raise the env layer's error with close matches)."""
+    from ..envs import resolve_task
+
+    suite, _, name = task.partition("/")
+    if not name:
+        return resolve_task(task)
+    if suite == "metaworld":
+        return resolve_task(name)
+    if suite == "adroit":
+        return resolve_task(name if name.startswith("adroit") or name.startswith("Adroit") else f"adroit-{name}")
+    raise ValueError(f"unknown suite {suite!r} in task {task!r}: use metaworld/<task> or adroit/<task>")
+
+
+class Workspace:
+    def __init__(self, config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None):
+        from ..envs import make_env
+
+        config.validate()
+        self.cfg, self.agent_cfg = config, agent_config or DrQV2Config()
+        seed_everything(config.seed)
+        self.task = parse_task(config.task)
+        env_kw = dict(size=config.size, camera=config.camera, action_repeat=config.action_repeat,
+                      max_steps=config.episode_steps)
+        self.train_env = make_env(self.task, seed=config.seed, **env_kw)
+        self.eval_env = make_env(self.task, seed=config.seed, **env_kw)
+        space = self.train_env.action_space
+        self._low, self._high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+        obs_shape = (3 * config.frame_stack, config.size, config.size)
+        self.agent = DrQV2Agent(obs_shape, self.train_env.action_dim, self.agent_cfg).to(config.device)
+        self.replay = ReplayBuffer(config.replay_buffer_size, frame_stack=config.frame_stack, nstep=config.nstep,
+                                   discount=self.agent_cfg.discount, seed=config.seed)
+        self.reward = make_reward_source(
+            reward if reward is not None else config.reward, task=self.task, checkpoint=config.checkpoint,
+            device=config.device, size=config.size, action_repeat=config.action_repeat,
+            expert_data=config.expert_data, max_steps=config.episode_steps,
+            rnd_update_interval=config.rnd_update_interval)
+        self.global_step = self.global_episode = 0
+        self.last_eval_frame = self.last_snapshot_frame = None
+        self.train_time = 0.0
+        os.makedirs(config.out, exist_ok=True)
+        self.snapshot_prefix = os.path.join(config.out, "snapshot")
+        resumed = config.resume and os.path.exists(self.snapshot_prefix + ".json")
+        if resumed:
+            self.load_snapshot()
+        start = self.global_frame if resumed else None
+        log_kw = dict(tensorboard=config.tensorboard, resume_step=start, quiet=True)
+        self.train_log = MetricLogger(config.out, filename="train.csv", **log_kw)
+        self.eval_log = MetricLogger(os.path.join(config.out, "eval"), filename="eval.csv", **log_kw)
+
+    @property
+    def global_frame(self) -> int:
+        return self.global_step * self.cfg.action_repeat
+
+    def _env_action(self, action: torch.Tensor) -> np.ndarray:  # [-1, 1]^A -> the env's box
+        a = action.numpy().astype(np.float32)
+        return self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+
+    def _episode_seed(self, index: int, eval_mode: bool) -> int:
+        return (1_000_003 * self.cfg.seed + index + (500_000_000 if eval_mode else 0)) % (2 ** 31 - 1)
+
+    def run_episode(self, env, seed: int, eval_mode: bool, on_step=None) -> EpisodeRecord:
+        _, frame = env.reset(seed=seed)
+        frames, actions, env_rewards, success = [frame], [], [], []
+        while True:
+            obs = stack_frames(frames, len(frames) - 1, self.cfg.frame_stack)
+            action = self.agent.act(obs, self.global_step, eval_mode=eval_mode)
+            if on_step is not None:
+                on_step()
+            st = env.step(self._env_action(action))
+            frames.append(st.frame)
+            actions.append(action.numpy().astype(np.float32))
+            env_rewards.append(st.reward)
+            success.append(st.success)
+            if not eval_mode:
+                self.global_step += 1
+            if st.done:
+                break
+        n = len(actions)
+        return EpisodeRecord(frames=np.stack(frames), actions=np.stack(actions), rewards=np.zeros(n, np.float32),
+                             env_rewards=np.asarray(env_rewards, np.float32), success=np.asarray(success, bool))
+
+    def _train_step_hook(self) -> None:
+        """Runs before each environment step of a training episode: agent and RND updates."""
+        cfg, step = self.cfg, self.global_step
+        if self.global_frame >= cfg.num_seed_frames and step % cfg.update_every_steps == 0 and self.replay.can_sample():
+            self._last_metrics.update(self.agent.update(self.replay.sample(cfg.batch_size), step))
+        iv = self.reward.update_interval
+        if iv and step % iv == 0 and len(self.replay.episodes):
+            self._last_metrics.update(self.reward.update(self.replay.sample_frames(cfg.batch_size)))
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.time()
+        successes, returns = [], []
+        for i in range(cfg.num_eval_episodes):
+            ep = self.run_episode(self.eval_env, self._episode_seed(i, True), eval_mode=True)
+            successes.append(float(ep.success.any()))
+            returns.append(float(ep.env_rewards.sum()))
+            if i == 0 and cfg.save_video:
+                r = self.reward(ep.frames, ep.env_rewards, ep.success)
+                path = os.path.join(cfg.out, "eval_videos", f"frame_{self.global_frame:09d}.mp4")
+                write_eval_video(path, ep.frames, r, ep.success, label=self.reward.name)
+        out = {"success_rate": float(np.mean(successes)), "episode_return": float(np.mean(returns)),
+               "eval_seconds": time.time() - t0}
+        self.eval_log.log(self.global_frame, episode=self.global_episode, **out)
+        self.last_eval_frame = self.global_frame
+        if not cfg.quiet:
+            print(f"[eval] frame {self.global_frame}: success {out['success_rate']:.2f} "
+                  f"return {out['episode_return']:.1f} ({out['eval_seconds']:.1f}s)", flush=True)
+        return out
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.last_eval_frame is None:
+            self.evaluate()
+        self._last_metrics: dict[str, float] = {}
+        while self.global_frame < cfg.num_train_frames:
+            t0 = time.time()
+            ep = self.run_episode(self.train_env, self._episode_seed(self.global_episode, False), eval_mode=False,
+                                  on_step=self._train_step_hook)
+            t_env = time.time() - t0
+            ep.rewards = np.asarray(self.reward(ep.frames, ep.env_rewards, ep.success), np.float32)
+            self.replay.add(ep)
+            self.global_episode += 1
+            dt = time.time() - t0
+            self.train_time += dt
+            row = {"episode": self.global_episode, "episode_reward": float(ep.rewards.sum()),
+                   "episode_env_return": float(ep.env_rewards.sum()), "episode_success": float(ep.success.any()),
+                   "fps": len(ep) * cfg.action_repeat / dt, "relabel_seconds": dt - t_env,
+                   "buffer_transitions": len(self.replay), "buffer_mb": self.replay.nbytes() / 2 ** 20,
+                   **self._last_metrics}
+            self.train_log.log(self.global_frame, **row)
+            if not cfg.quiet:
+                print(f"[train] frame {self.global_frame:>8} ep {self.global_episode:>4} | reward {row['episode_reward']:8.2f}"
+                      f" | env {row['episode_env_return']:7.1f} | success {int(row['episode_success'])} | "
+                      f"{row['fps']:5.1f} fps | buffer {len(self.replay)} ({row['buffer_mb']:.0f} MB)", flush=True)
+            if self.global_frame - self.last_eval_frame >= cfg.eval_every_frames or self.global_frame >= cfg.num_train_frames:
+                self.evaluate()
+            last_snap = self.last_snapshot_frame or 0
+            if self.global_frame >= cfg.num_train_frames or (
+                    cfg.snapshot_every_frames and self.global_frame - last_snap >= cfg.snapshot_every_frames):
+                self.save_snapshot()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        frames, succ = self.eval_log.series("success_rate")
+        _, ret = self.eval_log.series("episode_return")
+        plot_learning_curves(os.path.join(self.cfg.out, "curves.png"),
+                             {self.cfg.reward: {"frames": frames, "success_rate": succ, "episode_return": ret}},
+                             title=f"{self.task} · reward: {self.cfg.reward}")
+        self.train_log.close()
+        self.eval_log.close()
+        return {"frames": self.global_frame, "episodes": self.global_episode, "eval_frames": frames,
+                "success_rate": succ, "episode_return": ret, "train_seconds": self.train_time,
+                "fps": self.global_frame / self.train_time if self.train_time else float("nan")}
+
+    # ------------------------------------------------------------------ snapshots
+    def save_snapshot(self) -> None:
+        self.last_snapshot_frame = self.global_frame
+        save_state(self.snapshot_prefix, {
+            "config": asdict(self.cfg), "agent_config": asdict(self.agent_cfg),
+            "agent": {k: v.detach().clone() for k, v in self.agent.state_dict().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.agent.optimizers().items()},
+            "replay": self.replay.state(), "reward": self.reward.state(), "rng": rng_state(),
+            "counters": {"step": self.global_step, "episode": self.global_episode,
+                         "last_eval_frame": self.last_eval_frame, "last_snapshot_frame": self.last_snapshot_frame,
+                         "train_time": self.train_time},
+        })
+
+    def load_snapshot(self) -> None:
+        st = load_state(self.snapshot_prefix)
+        if st["agent_config"] != asdict(self.agent_cfg):
+            raise ValueError(f"{self.snapshot_prefix} was written with other agent settings; use another --out "
+                             "or --no-resume")
+        self.agent.load_state_dict(st["agent"])
+        for k, o in self.agent.optimizers().items():
+            o.load_state_dict(st["optimizers"][k])
+        self.replay.load(st["replay"])
+        self.reward.load(st["reward"])
+        set_rng_state(st["rng"])
+        c = st["counters"]
+        self.global_step, self.global_episode = c["step"], c["episode"]
+        self.last_eval_frame, self.last_snapshot_frame, self.train_time = (
+            c["last_eval_frame"], c["last_snapshot_frame"], c["train_time"])
+
+    def close(self) -> None:
+        for env in (self.train_env, self.eval_env):
+            env.close()
+
+
+def train_rl(config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None) -> dict[str, Any]:
+    """Train DrQ-v2 with the chosen reward; returns a summary (evaluation curve, frames/s)."""
+    ws = Workspace(config, agent_config, reward)
+    try:
+        return ws.train()
+    finally:
+        ws.close()

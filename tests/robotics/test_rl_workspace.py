@@ -1,0 +1,156 @@
+"""The visual-RL workspace on real Meta-World: a smoke run with the shipped Diffusion Reward that
+trains, evaluates, writes a video, snapshots and resumes; exact resume; reward sources; gym ids."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("metaworld")
+from mmreward.robotics.envs.base import offscreen_render_problem  # noqa: E402
+
+_why = offscreen_render_problem()
+pytestmark = pytest.mark.skipif(_why is not None, reason=f"no offscreen rendering: {_why}")
+
+from mmreward.robotics.rl import DrQV2Config, RLConfig, Workspace, make_reward_source, parse_task, train_rl  # noqa: E402
+
+TINY_AGENT = dict(hidden_dim=32, feature_dim=16, num_expl_steps=20)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(out, **kw):
+    base = dict(task="metaworld/door-open-v3", reward="sparse", out=str(out), num_train_frames=80,
+                num_seed_frames=20, eval_every_frames=1000, num_eval_episodes=1, episode_steps=20, batch_size=8,
+                snapshot_every_frames=0, save_video=False, tensorboard=False, quiet=True, size=32)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def _weights(out):
+    from mmreward.core.checkpoint import load_state
+
+    return load_state(os.path.join(out, "snapshot"))["agent"]
+
+
+def test_exact_resume_and_same_seed_same_evaluation(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    full = train_rl(_cfg(a), DrQV2Config(**TINY_AGENT))
+    half = train_rl(_cfg(b, num_train_frames=40), DrQV2Config(**TINY_AGENT))
+    assert half["frames"] == 40
+    rest = train_rl(_cfg(b), DrQV2Config(**TINY_AGENT))  # resumes from b/snapshot
+    assert rest["frames"] == full["frames"] == 80 and rest["episodes"] == 2
+    wa, wb = _weights(a), _weights(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    assert full["episode_return"][0] == rest["episode_return"][0]  # same seed, same first evaluation
+    # the resumed run's logs continue the first half's rows
+    rows = open(b / "train.csv").read().strip().splitlines()
+    assert len(rows) == 1 + 2 and rows[1].split(",")[0] == "40" and rows[2].split(",")[0] == "80"
+
+
+def test_smoke_run_with_the_shipped_diffusion_reward(tmp_path):
+    """A few hundred frames: trains (updates happen), evaluates, writes an annotated mp4 and the
+    learning curves, snapshots, and continues from the snapshot when asked for more frames."""
+    out = tmp_path / "dr"
+    cfg = _cfg(out, reward="diffusion", size=64, num_train_frames=80, eval_every_frames=40, save_video=True,
+               tensorboard=True, rnd_update_interval=10)
+    s = train_rl(cfg, DrQV2Config(**TINY_AGENT))
+    assert s["frames"] == 80 and s["eval_frames"] == [0, 40, 80]
+    rows = [r.split(",") for r in open(out / "train.csv").read().splitlines()]
+    head = rows[0]
+    assert "critic_loss" in head and "rnd_loss" in head and "buffer_mb" in head
+    rewards = [float(r[head.index("episode_reward")]) for r in rows[1:]]
+    assert all(np.isfinite(rewards)) and len(set(rewards)) == len(rewards)  # learned, episode-specific
+    videos = sorted(os.listdir(out / "eval_videos"))
+    assert len(videos) == 3 and os.path.getsize(out / "eval_videos" / videos[0]) > 1000
+    from mmreward.robotics.data.video import read_video
+
+    v = read_video(str(out / "eval_videos" / videos[0]))
+    assert v.shape == (21, 168, 128, 3)  # 20 steps + reset frame, 2x frames + reward strip
+    assert (out / "curves.png").stat().st_size > 5000 and os.path.isdir(out / "tb")
+    s2 = train_rl(_cfg(out, reward="diffusion", size=64, num_train_frames=120, eval_every_frames=40,
+                       tensorboard=False, rnd_update_interval=10), DrQV2Config(**TINY_AGENT))
+    assert s2["frames"] == 120 and s2["episodes"] == 3 and s2["eval_frames"] == [0, 40, 80, 120]
+
+
+def test_snapshot_from_other_agent_settings_is_refused(tmp_path):
+    train_rl(_cfg(tmp_path, num_train_frames=40), DrQV2Config(**TINY_AGENT))
+    with pytest.raises(ValueError, match="other agent settings"):
+        Workspace(_cfg(tmp_path), DrQV2Config(**{**TINY_AGENT, "hidden_dim": 64}))
+
+
+def test_reward_sources(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (11, 64, 64, 3), dtype=np.uint8)
+    env_r, succ = np.linspace(0, 1, 10).astype(np.float32), np.array([0] * 7 + [1] * 3, bool)
+    np.testing.assert_array_equal(make_reward_source("sparse")(frames, env_r, succ), succ.astype(np.float32))
+    np.testing.assert_array_equal(make_reward_source("dense")(frames, env_r, succ), env_r)
+    cal = make_reward_source(lambda f: np.arange(len(f), dtype=np.float32))
+    np.testing.assert_array_equal(cal(frames, env_r, succ), np.arange(1, 11, dtype=np.float32))
+    with pytest.raises(ValueError, match="returned 3 values"):
+        make_reward_source(lambda f: np.zeros(3))(frames, env_r, succ)
+    with pytest.raises(ValueError, match="unknown reward source"):
+        make_reward_source("dreamer")
+    with pytest.raises(ValueError, match="64x64 frames"):
+        make_reward_source("diffusion", size=32)
+    rnd = make_reward_source("rnd")
+    r = rnd(frames, env_r, succ)
+    assert r.shape == (10,) and np.isfinite(r).all() and rnd.update_interval == 100
+    assert "rnd_loss" in rnd.update(torch.from_numpy(frames))
+    # likelihood mode: the shipped checkpoint only has entropy statistics -> fitted on scripted experts
+    viper = make_reward_source("viper", task="door-open-v3", max_steps=6, stats_episodes=2)
+    assert viper.model.config.reward_type == "likelihood" and viper.model.config.expl_scale == 0.5
+    assert int(viper.model.statistics[2]) == 2 * 7
+    rv = viper(frames, env_r, succ)
+    assert rv.shape == (10,) and np.isfinite(rv).all()
+
+
+def test_task_ids_and_errors(tmp_path):
+    assert parse_task("metaworld/drawer-open-v3") == "drawer-open-v3"
+    assert parse_task("adroit/door") == "adroit-door"
+    assert parse_task("door-open") == "door-open-v3"
+    with pytest.raises(ValueError, match="unknown suite"):
+        parse_task("dmc/walker-walk")
+    with pytest.raises(ValueError, match="unknown Meta-World task"):
+        parse_task("metaworld/door-opne-v9")
+    with pytest.raises(ValueError, match="num_train_frames"):
+        RLConfig(num_train_frames=0).validate()
+
+
+def test_gym_ids_for_adroit_and_frame_stack():
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import mmreward.robotics.wrappers  # noqa: F401  (registers the ids)
+
+    env = gym.make("mmreward/MetaWorld-drawer-open-v3", size=32, max_steps=5, frame_stack=3)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (3, 32, 32, 3) and (obs[0] == obs[2]).all()
+    obs, *_ = env.step(env.action_space.sample())
+    assert not (obs[1] == obs[2]).all()
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+    env = gym.make("mmreward/Adroit-door", size=32, max_steps=3)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (32, 32, 3)
+    env.close()
+
+
+def test_cli_train_rl(tmp_path, capsys):
+    from mmreward.robotics.cli import main
+
+    rc = main(["train-rl", "--task", "metaworld/door-open-v3", "--reward", "sparse", "--out", str(tmp_path),
+               "--num-train-frames", "40", "--num-seed-frames", "20", "--episode-steps", "20", "--size", "32",
+               "--batch-size", "8", "--num-eval-episodes", "1", "--hidden-dim", "32", "--no-save-video",
+               "--no-tensorboard", "--quiet", "--threads", "1"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 40 and len(summary["success_rate"]) == 2
+    assert main(["train-rl", "--task", "metaworld/nope-v3", "--out", str(tmp_path / "x")]) == 2
