@@ -4,7 +4,9 @@
 #   2. every op family's benchmark in smoke mode (side-by-side ratios vs eager PyTorch);
 #   3. Diffusion Reward end to end on Meta-World: collect expert and random door-open episodes,
 #      score them with the shipped checkpoint (robotics/pretrained/metaworld-64), plot per-step rewards;
-#   4. the Diffusion Reward speed benchmark in smoke mode (ours vs the official computation).
+#   4. the Diffusion Reward speed benchmark in smoke mode (ours vs the official computation);
+#   5. DrQ-v2 from pixels with the shipped Diffusion Reward (a short run: trains, evaluates, writes an
+#      annotated evaluation video, learning curves and a snapshot), and the RL loop's throughput.
 # Outputs go to runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +28,11 @@ echo; echo "== Diffusion Reward: score them with the shipped checkpoint =="
 "$BIN/mmreward" robotics reward "$OUT"/episodes/*.npz --plot "$OUT/rewards.png" --out "$OUT/rewards.json"
 echo; echo "== benchmarks/bench_diffusion_reward_speed.py --quick =="
 "$BIN/python" benchmarks/bench_diffusion_reward_speed.py --quick
+echo; echo "== DrQ-v2 with the learned reward (short run; paper-scale runs need a GPU) =="
+rm -rf "$OUT/rl"
+"$BIN/mmreward" robotics train-rl --task metaworld/door-open-v3 --reward diffusion --out "$OUT/rl" \
+  --num-train-frames 400 --num-seed-frames 200 --episode-steps 50 --eval-every-frames 200 --num-eval-episodes 1 \
+  --batch-size 32 --hidden-dim 256 --threads 2
+echo; echo "== benchmarks/bench_rl_throughput.py --quick =="
+"$BIN/python" benchmarks/bench_rl_throughput.py --quick
 echo; echo "demo outputs in $OUT/"
