@@ -1,0 +1,42 @@
+"""Text reward models (`mmreward.text`): scalar RMs on any transformers backbone, preference data,
+pairwise training on the fused ops, recipes and evaluation harnesses.
+
+`import mmreward.text` is light: transformers is imported when a model is built or loaded.
+
+    from mmreward.text import RewardModel, RewardTrainConfig, train_reward_model, load_preference_pairs
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "RewardModel": "reward_model",
+    "PreferencePair": "data",
+    "PairCollator": "data",
+    "load_preference_pairs": "data",
+    "pair_from_row": "data",
+    "render": "data",
+    "RewardTrainConfig": "train",
+    "train_reward_model": "train",
+    "evaluate_pairs": "train",
+}
+_SUBMODULES = ("reward_model", "data", "train", "cli", "recipes", "eval", "prm", "generative")
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import PairCollator, PreferencePair, load_preference_pairs, pair_from_row, render  # noqa: F401
+    from .reward_model import RewardModel  # noqa: F401
+    from .train import RewardTrainConfig, evaluate_pairs, train_reward_model  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'mmreward.text' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS) + list(_SUBMODULES))

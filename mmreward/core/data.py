@@ -1,0 +1,138 @@
+"""Record readers shared by the domain packages: JSON, JSONL and saved ``datasets`` datasets (or an
+in-memory list of dicts) → a list of dicts, with errors that name the file, row and line.
+
+    rows = read_records("pairs.jsonl")                 # [{...}, {...}, ...]
+    rows = read_records("data/train_ds", split="train")  # datasets.save_to_disk folder
+
+Accepted layouts:
+
+* ``.jsonl`` / ``.ndjson``: one JSON object per line (blank lines skipped).
+* ``.json``: a list of objects, or an object holding one under a key ``data`` / ``rows`` /
+  ``examples`` / ``train`` (or ``split=``), or — when the whole file does not parse — JSON lines.
+* a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (a
+  ``DatasetDict`` needs ``split=`` unless it has exactly one split; ``datasets`` imported lazily).
+
+Row indices in errors are 0-based positions in the returned list; JSONL errors also give the
+1-based line number.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Optional, Union
+
+RecordSource = Union[str, os.PathLike, Iterable[dict]]
+
+_LIST_KEYS = ("data", "rows", "examples", "train")
+
+
+class DataError(ValueError):
+    """Input data is unreadable or a row is malformed (the message names the row and field)."""
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {lineno} (row {len(rows)}) is not valid JSON: {e.msg}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {lineno} (row {len(rows)}) must be a JSON object, "
+                                f"got {type(obj).__name__}")
+            rows.append(obj)
+    return rows
+
+
+def _read_json(path: str, split: Optional[str]) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if text.lstrip().startswith("{") and "\n" in text.strip():
+            try:
+                return _read_jsonl(path)  # JSON lines saved with a .json name
+            except DataError:
+                pass
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    if isinstance(obj, dict):
+        keys = [split] if split else list(_LIST_KEYS)
+        for k in keys:
+            if isinstance(obj.get(k), list):
+                obj = obj[k]
+                break
+        else:
+            raise DataError(f"{path}: expected a list of objects (or an object with a list under "
+                            f"{' / '.join(repr(k) for k in keys)}), got an object with keys {sorted(obj)[:8]}")
+    if not isinstance(obj, list):
+        raise DataError(f"{path}: expected a list of objects, got {type(obj).__name__}")
+    for i, r in enumerate(obj):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: row {i} must be a JSON object, got {type(r).__name__}")
+    return obj
+
+
+def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"{path} is a folder: reading a saved dataset needs the `datasets` package ({e})") from None
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as e:  # datasets raises FileNotFoundError / ValueError for non-dataset folders
+        raise DataError(f"{path}: not a dataset saved with `save_to_disk`: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds.keys())
+        if split is None:
+            if len(names) != 1:
+                raise DataError(f"{path} holds splits {names}: choose one with split=...")
+            split = names[0]
+        if split not in ds:
+            raise DataError(f"{path} has no split {split!r}; it has {names}")
+        ds = ds[split]
+    return [dict(r) for r in ds]
+
+
+def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[dict]:
+    """Rows of ``source`` (a path to .json / .jsonl / a saved dataset folder, or an iterable of dicts)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            return _read_saved_dataset(path, split)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"data file {path!r} does not exist")
+        if path.endswith((".jsonl", ".ndjson", ".jsonl.txt")):
+            return _read_jsonl(path)
+        if path.endswith(".json"):
+            return _read_json(path, split)
+        raise DataError(f"{path}: unknown data format (expected .json, .jsonl or a saved `datasets` folder)")
+    if isinstance(source, dict):
+        raise TypeError("expected a list of dicts or a path, got a single dict")
+    if hasattr(source, "column_names") and hasattr(source, "__getitem__"):  # an in-memory datasets.Dataset
+        return [dict(r) for r in source]
+    try:
+        rows = list(source)
+    except TypeError:
+        raise TypeError(f"expected a path or a list of dicts, got {type(source).__name__}") from None
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise DataError(f"row {i} must be a dict, got {type(r).__name__}")
+    return rows
+
+
+def require_fields(row: dict, index: int, fields: Iterable[str], where: str = "") -> None:
+    """Raise ``DataError`` naming the row and the first missing field."""
+    for name in fields:
+        if name not in row or row[name] is None:
+            have = ", ".join(sorted(map(str, row))[:10]) or "none"
+            raise DataError(f"{where}row {index}: missing field {name!r} (fields present: {have})")
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """Short repr for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

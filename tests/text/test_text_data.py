@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+from mmreward.core.data import DataError, read_records
+from mmreward.text.data import PairCollator, PreferencePair, load_preference_pairs, pair_from_row, render
+
+ROWS = [
+    {"prompt": "what is two plus three", "chosen": "five", "rejected": "six", "margin": 2, "category": "math"},
+    {"prompt": [{"role": "user", "content": "a"}], "chosen": [{"role": "assistant", "content": "b"}],
+     "rejected": [{"role": "assistant", "content": "c d"}]},
+    {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],  # implicit prompt
+     "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}], "tie": True},
+    {"prompt": "x", "chosen": "y", "rejected": "z", "target": 0.5},
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def check_parsed(pairs):
+    assert len(pairs) == 4 and all(isinstance(p, PreferencePair) for p in pairs)
+    assert pairs[0].margin == 2.0 and pairs[0].meta == {"category": "math"} and not pairs[0].tie
+    assert pairs[1].prompt == [{"role": "user", "content": "a"}] and pairs[1].margin is None
+    assert pairs[2].prompt is None and pairs[2].tie
+    assert pairs[3].tie
+
+
+def test_formats_from_list_json_jsonl_and_saved_dataset(tmp_path):
+    check_parsed(load_preference_pairs(ROWS))
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n\n")
+    check_parsed(load_preference_pairs(str(tmp_path / "p.jsonl")))
+    (tmp_path / "p.json").write_text(json.dumps(ROWS))
+    check_parsed(load_preference_pairs(str(tmp_path / "p.json")))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": ROWS}))
+    check_parsed(load_preference_pairs(str(tmp_path / "wrapped.json")))
+    datasets = pytest.importorskip("datasets")
+    flat = [{"prompt": "p", "chosen": "c", "rejected": "r", "margin": 1.0}, {"prompt": "q", "chosen": "c2", "rejected": "r2", "margin": 0.5}]
+    datasets.Dataset.from_list(flat).save_to_disk(str(tmp_path / "ds"))
+    pairs = load_preference_pairs(str(tmp_path / "ds"))
+    assert [(p.prompt, p.chosen, p.margin) for p in pairs] == [("p", "c", 1.0), ("q", "c2", 0.5)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(flat), "test": datasets.Dataset.from_list(flat[:1])}) \
+        .save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match="choose one with split"):
+        read_records(str(tmp_path / "dd"))
+    assert len(load_preference_pairs(str(tmp_path / "dd"), split="test")) == 1
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "rejected": "r"}, "row 0: missing field 'chosen'"),
+    ({"prompt": "p", "chosen": 5, "rejected": "r"}, "row 0: field 'chosen' must be a string or a list of messages"),
+    ({"prompt": "p", "chosen": "", "rejected": "r"}, "row 0: field 'chosen' is an empty string"),
+    ({"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant"}]}, r"row 0: field 'rejected'\[0\] needs string"),
+    ({"prompt": "p", "chosen": "c", "rejected": []}, "row 0: field 'rejected' is an empty message list"),
+    ({"prompt": 3, "chosen": "c", "rejected": "r"}, "row 0: field 'prompt'"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "margin": float("nan")}, "row 0: field 'margin' must be a finite"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "margin": "1"}, "row 0: field 'margin'"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "tie": "yes"}, "row 0: field 'tie'"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "target": 0.3}, "row 0: field 'target'"),
+    ("text", "row 0: expected a dict"),
+])
+def test_invalid_rows_name_row_and_field(row, message):
+    with pytest.raises(ValueError, match=message):
+        pair_from_row(row, 0)
+
+
+def test_file_errors_name_file_row_and_line(tmp_path):
+    good = json.dumps(ROWS[0])
+    (tmp_path / "bad.jsonl").write_text(good + "\n\n" + "{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: line 3 \(row 1\) is not valid JSON"):
+        load_preference_pairs(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "badrow.jsonl").write_text(good + "\n" + json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
+    with pytest.raises(DataError, match="badrow.jsonl: row 1: missing field 'rejected'"):
+        load_preference_pairs(str(tmp_path / "badrow.jsonl"))
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(DataError, match="line 1 .* must be a JSON object"):
+        read_records(str(tmp_path / "list.jsonl"))
+    (tmp_path / "obj.json").write_text(json.dumps({"foo": 1}))
+    with pytest.raises(DataError, match="expected a list of objects"):
+        read_records(str(tmp_path / "obj.json"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no preference pairs"):
+        load_preference_pairs(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(FileNotFoundError):
+        read_records(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unknown data format"):
+        read_records(str(tmp_path / "x.csv"))
+    with pytest.raises(DataError, match="not a dataset saved"):
+        read_records(str(tmp_path))
+
+
+class SpaceTokenizer:
+    """Minimal tokenizer: one id per whitespace word, [1] prepended as a BOS, no chat template."""
+    pad_token_id = 0
+    model_max_length = 100
+
+    def __init__(self):
+        self.vocab = {}
+
+    def __call__(self, texts, add_special_tokens=True):
+        ids = [[self.vocab.setdefault(w, len(self.vocab) + 2) for w in t.split()] for t in texts]
+        return {"input_ids": [([1] if add_special_tokens else []) + i for i in ids]}
+
+
+def test_collate_concatenates_chosen_then_rejected():
+    tok = SpaceTokenizer()
+    pairs = load_preference_pairs(ROWS)
+    batch = PairCollator(tok)(pairs)
+    assert batch["input_ids"].shape[0] == 8 and batch["attention_mask"].shape == batch["input_ids"].shape
+    lengths = batch["attention_mask"].sum(1).tolist()
+    # chosen rows 0-3 then rejected rows 4-7; "prompt\n\nresponse" / message contents joined
+    assert lengths == [1 + 5 + 1, 1 + 2, 1 + 2, 1 + 2, 1 + 5 + 1, 1 + 3, 1 + 2, 1 + 2]
+    assert batch["margin"].tolist() == [2.0, 0.0, 0.0, 0.0] and batch["tie"].tolist() == [False, False, True, True]
+    plain = PairCollator(tok)(load_preference_pairs([{"prompt": "p", "chosen": "c", "rejected": "r"}]))
+    assert plain["margin"] is None and plain["tie"] is None
+    assert render(tok, "p q", "r") == ("p q\n\nr", True)
+    with pytest.warns(UserWarning, match="truncated 2 of 8"):
+        short = PairCollator(tok, max_length=4)(pairs)
+    assert short["input_ids"].shape[1] == 4

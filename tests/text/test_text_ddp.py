@@ -1,0 +1,90 @@
+"""DDP: `torchrun --nproc_per_node 2 -m mmreward.cli text train ...` (gloo on CPU) gives the same
+weights as one process training on the same global batch."""
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="mmreward.text needs transformers")
+import torch.distributed as dist  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+from transformers import BertConfig, PreTrainedTokenizerFast  # noqa: E402
+
+from mmreward.text import RewardModel  # noqa: E402
+from mmreward.text.cli import main  # noqa: E402
+
+KEYWORDS = [f"w{i}" for i in range(8)]
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_rm_folder(folder):
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "say": 4}
+    for w in KEYWORDS:
+        vocab.setdefault(w, len(vocab))
+    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]", model_max_length=16)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                     max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    RewardModel.from_backbone(cfg, tokenizer=tok).save_pretrained(str(folder))
+
+
+def write_pairs(path, n, seed):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            k, a, b, other = rng.sample(KEYWORDS, 4)
+            # different lengths, so the two ranks pad their micro-batches differently
+            chosen = " ".join([a, k] + [b] * rng.randrange(3))
+            f.write(json.dumps({"prompt": f"say {k}", "chosen": chosen, "rejected": f"{a} {other}"}) + "\n")
+
+
+def test_torchrun_two_processes_match_single_process(tmp_path):
+    tiny_rm_folder(tmp_path / "init")
+    write_pairs(tmp_path / "train.jsonl", 40, 0)
+    common = ["--data", str(tmp_path / "train.jsonl"), "--init", str(tmp_path / "init"), "--max-steps", "4",
+              "--grad-accum-steps", "2", "--lr", "1e-3", "--center-coef", "0.01", "--warmup-steps", "1", "--no-progress", "--no-tensorboard",
+              "--no-plot", "--log-every", "0"]
+    # centering gives the head bias a real gradient: under pure BT its gradient is exactly 0 and
+    # Adam would amplify the float noise of a different summation order into lr-sized steps
+    # one process, micro-batch 8 == two processes x micro-batch 4 (global batch 16 per optimizer step)
+    assert main(["train", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "single")]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mmreward.cli", "text", "train", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "ddp"),
+           "--fused-head"]  # the head's params are used outside DDP's forward here: must still sync
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("saved reward model") == 1  # rank 0 only
+    single = load_file(str(tmp_path / "single" / "model.safetensors"))
+    ddp = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    init = load_file(str(tmp_path / "init" / "model.safetensors"))
+    assert single.keys() == ddp.keys()
+    moved = max((single[k] - init[k]).abs().max().item() for k in single)
+    assert moved > 1e-3  # it trained
+    print(f"DDP vs single process: max |dw| = {max((ddp[k] - single[k]).abs().max().item() for k in single):.2e}")
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4, msg=k)
+    rows = [list(csv.DictReader(open(tmp_path / d / "metrics.csv"))) for d in ("single", "ddp")]
+    assert [r["step"] for r in rows[1]] == ["1", "2", "3", "4"]
+    for a, b in zip(*rows):  # losses are averaged over ranks: the same global mean
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
