@@ -1,0 +1,145 @@
+"""WARM: weight averaging of reward models fine-tuned from one init — learning test, init / key
+checks, weights, and the `mmreward text merge` CLI."""
+import copy
+import json
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from mmreward.text.recipes.cli import merge_main
+from mmreward.text.recipes.warm import (
+    WARMInitError,
+    average_state_dicts,
+    init_distances,
+    warm_average,
+)
+
+WORDS = [f"w{i}" for i in range(8)] + ["q"]  # w0-w3 are worth +1, w4-w7 are worth -1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
+                                                cls_token="[CLS]", sep_token="[SEP]")
+
+
+def tiny_rm(seed):
+    from mmreward.text.reward_model import RewardModel
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=len(WORDS) + 4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32)
+    return RewardModel.from_backbone(cfg, tokenizer=tokenizer())
+
+
+def value_pairs(n, rng):
+    """Responses are 2-5 words; the one with the larger total worth (+1 for w0-w3, -1 for w4-w7) is chosen."""
+    rows = []
+    while len(rows) < n:
+        a, b = ([rng.randrange(8) for _ in range(rng.randint(2, 5))] for _ in range(2))
+        va, vb = (sum(1 if t < 4 else -1 for t in x) for x in (a, b))
+        if va == vb:
+            continue
+        if va < vb:
+            a, b = b, a
+        rows.append({"prompt": "q", "chosen": " ".join(f"w{t}" for t in a), "rejected": " ".join(f"w{t}" for t in b)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    """Three RMs fine-tuned from one init with different seeds (data order) and data subsets."""
+    from mmreward.text.train import RewardTrainConfig, evaluate_pairs, train_reward_model
+
+    root = tmp_path_factory.mktemp("warm")
+    rng = random.Random(0)
+    data, test = value_pairs(96, rng), value_pairs(300, rng)
+    init = tiny_rm(0)
+    out = []
+    for m in range(3):
+        rm = copy.deepcopy(init)
+        tc = RewardTrainConfig(output_dir=str(root / f"run{m}"), max_steps=30, batch_size=16, lr=2e-3, warmup_steps=5,
+                               seed=m, progress=False, tensorboard=False, plot=False, resume=False, log_every=0)
+        train_reward_model(rm, data[m * 16:m * 16 + 64], None, tc)
+        rm.save_pretrained(str(root / f"rm{m}"))
+        out.append((rm, str(root / f"rm{m}"), evaluate_pairs(rm, test)["accuracy"]))
+    return out, test, root
+
+
+@pytest.mark.learning
+def test_warm_average_at_least_mean_of_members(members):
+    from mmreward.text.train import evaluate_pairs
+
+    ms, test, _ = members
+    accs = [a for _, _, a in ms]
+    assert max(init_distances([m.state_dict() for m, _, _ in ms])) < 0.8  # ~0.4-0.45 here
+    merged = warm_average([m for m, _, _ in ms])
+    acc = evaluate_pairs(merged, test)["accuracy"]
+    assert sum(accs) / 3 > 0.65, accs  # the members learned something (chance: 0.5)
+    # init seeds 0 / 1 / 2 gave members (.74 .77 .79) → .79, (.81 .83 .79) → .82, (.79 .77 .75) → .80
+    assert acc >= sum(accs) / 3, (acc, accs)
+    # the members are untouched and the merge is their parameter mean
+    k = "head.weight"
+    assert torch.allclose(merged.state_dict()[k], sum(m.state_dict()[k] for m, _, _ in ms) / 3, atol=1e-6)
+
+
+def test_weighted_average_and_checks():
+    a, b = {"w": torch.tensor([0.0, 4.0]), "i": torch.tensor([1, 2])}, {"w": torch.tensor([2.0, 0.0]), "i": torch.tensor([1, 2])}
+    avg = average_state_dicts([a, b], [3, 1], check_init=False)
+    assert torch.allclose(avg["w"], torch.tensor([0.5, 3.0])) and torch.equal(avg["i"], a["i"])
+    with pytest.raises(ValueError, match="2 weights for 3 models|got 2 weights"):
+        average_state_dicts([a, b, a], [1, 1])
+    with pytest.raises(ValueError, match="weights must be"):
+        average_state_dicts([a, b], [1, -1])
+    with pytest.raises(WARMInitError, match="shape"):
+        average_state_dicts([a, {"w": torch.zeros(3), "i": a["i"]}])
+    with pytest.raises(WARMInitError, match="missing"):
+        average_state_dicts([a, {"w": a["w"]}])
+    with pytest.raises(WARMInitError, match="non-float buffer `i`"):
+        average_state_dicts([a, {"w": a["w"], "i": torch.tensor([1, 3])}])
+    with pytest.raises(WARMInitError, match="NaN"):
+        average_state_dicts([a, {"w": torch.tensor([float("nan"), 0.0]), "i": a["i"]}])
+
+
+def test_different_inits_are_refused():
+    x, y = tiny_rm(0), tiny_rm(1)
+    d = init_distances([x.state_dict(), y.state_dict()])[1]
+    assert 1.2 < d < 1.6  # independent inits: ~sqrt(2)
+    with pytest.raises(WARMInitError, match="fine-tuned from one init"):
+        warm_average([x, y])
+    warm_average([x, y], check_init=False)  # explicit opt-out works
+
+
+def test_merge_cli(members, capsys):
+    from mmreward.text.reward_model import RewardModel
+
+    ms, _, root = members
+    out = str(root / "merged")
+    assert merge_main([p for _, p, _ in ms] + ["--weights", "1", "1", "2", "--out", out]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == out
+    merged = RewardModel.from_pretrained(out)
+    want = warm_average([m for m, _, _ in ms], [0.25, 0.25, 0.5])
+    p, r = ["q", "q"], ["w1 w2", "w5 w0 w7"]
+    assert torch.allclose(merged.score(p, r), want.score(p, r), atol=1e-5)
+    other = str(root / "other")
+    tiny_rm(5).save_pretrained(other)
+    assert merge_main([ms[0][1], other, "--out", str(root / "bad")]) == 2
+    assert "one init" in capsys.readouterr().err and not os.path.exists(root / "bad")
+    assert merge_main([ms[0][1], "--out", out]) == 2

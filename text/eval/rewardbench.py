@@ -1,0 +1,202 @@
+"""RewardBench-format evaluation: per-subset accuracy, section scores and the overall score.
+
+Data: rows with ``prompt``, ``chosen``, ``rejected`` (strings) and ``subset`` (the RewardBench
+subset name, e.g. ``alpacaeval-easy``), from a JSON list, JSONL, parquet or a folder written by
+``datasets.Dataset.save_to_disk`` — the layout of ``allenai/reward-bench``'s ``filtered`` split.
+
+Scores follow RewardBench (``rewardbench.utils.calculate_scores_per_section``): a pair is correct
+when ``score(chosen) > score(rejected)`` (a tie is wrong); a section's score is the mean of its
+subsets' accuracies weighted by RewardBench's example counts (``math-prm`` is up-weighted to 984 so
+math and code weigh the same in Reasoning); ``overall`` is the mean of the sections present.
+Subsets outside the four sections are reported per subset only.
+
+Any scorer works: a callable ``(prompts, responses) -> Tensor[N]`` or an object with such a
+``score`` method (``mmreward.text.RewardModel``, a generative judge wrapper, ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .bias import bias_probe
+
+Scorer = Callable[[list, list], torch.Tensor]
+
+# rewardbench/constants.py (v0.1): examples per subset, and the sections built from them.
+EXAMPLE_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95,
+    "mt-bench-easy": 28, "mt-bench-med": 40, "mt-bench-hard": 37,
+    "math-prm": 984,  # 447 real examples, up-weighted so math counts as much as the six hep-* sets
+    "refusals-dangerous": 100, "refusals-offensive": 100,
+    "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136,
+    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+}
+SECTIONS = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}
+
+
+# --------------------------------------------------------------------------- scoring
+def as_scorer(model: Any) -> Scorer:
+    """A ``(prompts, responses) -> Tensor`` callable from a scorer object (``.score``) or a callable."""
+    if hasattr(model, "score") and callable(model.score):
+        return model.score
+    if callable(model):
+        return model
+    raise TypeError(f"expected a callable scorer or an object with .score(prompts, responses), got {type(model).__name__}")
+
+
+def _key(x: Any) -> str:
+    """Hashable identity of a text or a message list (conversational rows)."""
+    return x if isinstance(x, str) else json.dumps(x, sort_keys=True, default=str)
+
+
+def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
+                    progress: bool = False) -> torch.Tensor:
+    """Score every (prompt, response) once, in chunks of ``batch_size``; returns float32 [N] on CPU.
+
+    Duplicate (prompt, response) pairs (RM-Bench and RRM data repeat them) are scored once. The
+    scorer's output is checked: one finite number per input, else ValueError."""
+    fn = as_scorer(scorer)
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    index: dict[tuple[str, str], int] = {}
+    unique: list[tuple[Any, Any]] = []  # first occurrence of each distinct (prompt, response)
+    where = []
+    for p, r in zip(prompts, responses):
+        key = (_key(p), _key(r))
+        if key not in index:
+            index[key] = len(unique)
+            unique.append((p, r))
+        where.append(index[key])
+    out = torch.empty(len(unique), dtype=torch.float32)
+    chunks = range(0, len(unique), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="scoring", unit="batch")
+    for s in chunks:
+        part = unique[s:s + batch_size]
+        got = fn([p for p, _ in part], [r for _, r in part])
+        got = torch.as_tensor(got).detach().to("cpu", torch.float32).reshape(-1)
+        if got.numel() != len(part):
+            raise ValueError(f"scorer returned {got.numel()} scores for {len(part)} inputs (expected Tensor[N])")
+        if not torch.isfinite(got).all():
+            bad = int((~torch.isfinite(got)).nonzero()[0, 0]) + s
+            raise ValueError(f"scorer returned a non-finite score for input {bad}: {str(unique[bad][1])[:60]!r}")
+        out[s:s + len(part)] = got
+    return out[torch.tensor(where, dtype=torch.long)] if where else out
+
+
+# --------------------------------------------------------------------------- data
+def read_rows(path: str) -> list[dict]:
+    """Rows from ``.json`` (a list), ``.jsonl``, ``.parquet`` or a ``datasets.save_to_disk`` folder."""
+    if os.path.isdir(path):
+        import datasets
+
+        return [dict(r) for r in datasets.load_from_disk(path)]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.endswith(".parquet"):
+        import datasets
+
+        return [dict(r) for r in datasets.Dataset.from_parquet(path)]
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            rows = []
+            for i, line in enumerate(f):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from e
+            return rows
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a JSON list of rows, got {type(data).__name__}")
+    return data
+
+
+def load_rewardbench(path: str) -> list[dict]:
+    """RewardBench rows (``prompt``, ``chosen``, ``rejected``, ``subset``), validated row by row."""
+    rows = read_rows(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: row {i} is a {type(r).__name__}, expected an object")
+        for k in ("prompt", "chosen", "rejected", "subset"):
+            if not isinstance(r.get(k), str):
+                raise ValueError(f"{path}: row {i}: `{k}` must be a string, got {type(r.get(k)).__name__}")
+    return rows
+
+
+# --------------------------------------------------------------------------- scores
+def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float]:
+    """RewardBench section scores (example-count-weighted subset accuracies) and ``overall``."""
+    out = {}
+    for section, subsets in SECTIONS.items():
+        present = [s for s in subsets if s in subset_accuracy]
+        if present:
+            w = sum(EXAMPLE_COUNTS[s] for s in present)
+            out[section] = sum(subset_accuracy[s] * EXAMPLE_COUNTS[s] for s in present) / w
+    if out:
+        out["overall"] = sum(out.values()) / len(out)
+    return out
+
+
+def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 64, progress: bool = False) -> dict:
+    """Per-subset accuracy (``subset`` key, default ``all``), sections, overall and the bias probe."""
+    if not rows:
+        raise ValueError("evaluate_pairs: no rows to evaluate")
+    n = len(rows)
+    prompts = [r["prompt"] for r in rows] * 2
+    responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    s = score_responses(scorer, prompts, responses, batch_size=batch_size, progress=progress)
+    correct = (s[:n] > s[n:]).tolist()
+    per_subset: dict[str, list[bool]] = {}
+    for r, ok in zip(rows, correct):
+        per_subset.setdefault(r.get("subset", "all"), []).append(ok)
+    subsets = {k: sum(v) / len(v) for k, v in sorted(per_subset.items())}
+    result = {
+        "num_pairs": n,
+        "accuracy": sum(correct) / n,
+        "subsets": subsets,
+        "subset_counts": {k: len(v) for k, v in sorted(per_subset.items())},
+        "sections": section_scores(subsets),
+        "bias": bias_probe([r["chosen"] for r in rows], [r["rejected"] for r in rows], correct),
+        "scores_chosen": s[:n].tolist(),
+        "scores_rejected": s[n:].tolist(),
+    }
+    return result
+
+
+def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 64, progress: bool = False) -> dict:
+    """RewardBench evaluation of ``scorer`` on ``data`` (a path or a list of rows)."""
+    rows = load_rewardbench(data) if isinstance(data, str) else list(data)
+    return evaluate_pairs(scorer, rows, batch_size=batch_size, progress=progress)
+
+
+def format_rewardbench(result: dict) -> list[str]:
+    lines = [f"pairs {result['num_pairs']}  accuracy {result['accuracy']:.1%}"]
+    for k, v in result["subsets"].items():
+        lines.append(f"  {k:<24} {v:6.1%}  (n={result['subset_counts'][k]})")
+    for k, v in result["sections"].items():
+        lines.append(f"{k:<12} {v:6.1%}" if not math.isnan(v) else f"{k:<12} n/a")
+    return lines

@@ -1,0 +1,145 @@
+"""RM-Bench evaluation (Liu et al., 2024): style-controlled chosen / rejected triples.
+
+Each item has one prompt, three chosen and three rejected responses in the styles
+``[concise, detailed plain, detailed markdown]``. Comparing every chosen with every rejected gives a
+3×3 accuracy matrix ``M[i, j] = P(score(chosen_i) > score(rejected_j))`` (rows: chosen style,
+columns: rejected style), summarised as in the official ``compute_accuracy``:
+
+* **hard**   — mean of the upper-right triangle (i < j: chosen less styled than rejected);
+* **normal** — mean of the diagonal (same style);
+* **easy**   — mean of the lower-left triangle (i > j: chosen more styled than rejected).
+
+Reported per domain (``chat``, ``code``, ``math``, ``safety-refuse``, ``safety-response`` — the
+item's ``domain`` field, else the file name) and ``overall`` = mean over domains of each figure
+(``avg`` = mean of easy / normal / hard), the paper's domain-averaged numbers. With
+``merge_safety`` the two safety files are pooled into one ``safety`` domain, as in the paper's table.
+
+Data: the official JSON files (a list of ``{id, prompt, chosen: [3], rejected: [3], ...}``), one
+per domain, e.g. ``/work/shared/data/rm-bench/{chat,code,safety-refuse,safety-response}.json``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .bias import bias_probe
+from .rewardbench import read_rows, score_responses
+
+STYLES = ("concise", "detailed_plain", "detailed_markdown")
+DOMAINS = ("chat", "math", "code", "safety-refuse", "safety-response")
+
+
+def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dict]:
+    """Items from one RM-Bench file or a folder of ``<domain>.json`` files, each tagged with ``domain``.
+
+    ``domains`` keeps only those domains (error if one is asked for but absent)."""
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no RM-Bench .json files")
+        paths = [os.path.join(path, f) for f in files]
+    else:
+        paths = [path]
+    items = []
+    for p in paths:
+        stem = os.path.basename(p).split(".")[0]
+        for i, row in enumerate(read_rows(p)):
+            items.append(_check_item(row, f"{p}: row {i}", stem))
+    if domains is not None:
+        have = {it["domain"] for it in items}
+        missing = sorted(set(domains) - have)
+        if missing:
+            raise ValueError(f"domains {missing} not in {path} (it has {sorted(have)})")
+        items = [it for it in items if it["domain"] in set(domains)]
+    if not items:
+        raise ValueError(f"{path} holds no RM-Bench items")
+    return items
+
+
+def _check_item(row: Any, where: str, default_domain: str) -> dict:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
+    if not isinstance(row.get("prompt"), str):
+        raise ValueError(f"{where}: `prompt` must be a string")
+    for k in ("chosen", "rejected"):
+        v = row.get(k)
+        if not isinstance(v, list) or len(v) != len(STYLES) or not all(isinstance(x, str) for x in v):
+            raise ValueError(f"{where}: `{k}` must be a list of {len(STYLES)} strings (one per style {STYLES})")
+    out = dict(row)
+    out["domain"] = str(row.get("domain") or default_domain)
+    return out
+
+
+def accuracy_matrix(scores_chosen: torch.Tensor, scores_rejected: torch.Tensor) -> torch.Tensor:
+    """``M[i, j]`` = fraction of items with chosen style i scored above rejected style j. Inputs [N, 3]."""
+    for name, t in (("scores_chosen", scores_chosen), ("scores_rejected", scores_rejected)):
+        if t.dim() != 2 or t.shape[1] != len(STYLES) or t.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (N, {len(STYLES)}) with N > 0, got {tuple(t.shape)}")
+    if scores_chosen.shape != scores_rejected.shape:
+        raise ValueError(f"scores_chosen {tuple(scores_chosen.shape)} and scores_rejected "
+                         f"{tuple(scores_rejected.shape)} differ in shape")
+    wins = scores_chosen[:, :, None] > scores_rejected[:, None, :]  # (N, 3, 3)
+    return wins.double().mean(0)
+
+
+def summarize_matrix(m: torch.Tensor) -> dict:
+    """easy / normal / hard / avg from a 3×3 accuracy matrix (official RM-Bench definition)."""
+    k = m.shape[0]
+    hard = torch.triu(m, 1).sum().item() / (k * (k - 1) / 2)
+    easy = torch.tril(m, -1).sum().item() / (k * (k - 1) / 2)
+    normal = torch.diagonal(m).mean().item()
+    return {"easy": easy, "normal": normal, "hard": hard, "avg": (easy + normal + hard) / 3}
+
+
+def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 64, merge_safety: bool = False,
+                     domains: Optional[Sequence[str]] = None, progress: bool = False) -> dict:
+    """RM-Bench accuracy of ``scorer`` on ``data`` (a file / folder path or a list of items).
+
+    Returns ``{"domains": {d: {matrix, easy, normal, hard, avg, n}}, "overall": {easy, normal, hard,
+    avg}, "bias": bias probe over all 9 pairs per item, "num_items": N}``."""
+    if isinstance(data, str):
+        items = load_rmbench(data, domains)
+    else:
+        items = [_check_item(it, f"item {i}", "all") for i, it in enumerate(data)]
+        if domains is not None:
+            items = [it for it in items if it["domain"] in set(domains)]
+        if not items:
+            raise ValueError("evaluate_rmbench: no items to evaluate")
+    k = len(STYLES)
+    prompts = [it["prompt"] for it in items for _ in range(2 * k)]
+    responses = [r for it in items for r in list(it["chosen"]) + list(it["rejected"])]
+    s = score_responses(scorer, prompts, responses, batch_size=batch_size, progress=progress)
+    s = s.view(len(items), 2, k)
+    sc, sr = s[:, 0], s[:, 1]  # (N, 3) each
+
+    def domain_of(it: dict) -> str:
+        return "safety" if merge_safety and it["domain"].startswith("safety") else it["domain"]
+
+    names = sorted({domain_of(it) for it in items}, key=lambda d: (DOMAINS.index(d) if d in DOMAINS else 99, d))
+    per_domain = {}
+    for d in names:
+        idx = torch.tensor([i for i, it in enumerate(items) if domain_of(it) == d])
+        m = accuracy_matrix(sc[idx], sr[idx])
+        per_domain[d] = {"matrix": m.tolist(), **summarize_matrix(m), "n": len(idx)}
+    overall = {key: sum(v[key] for v in per_domain.values()) / len(per_domain)
+               for key in ("easy", "normal", "hard", "avg")}
+    # bias probe over all 9 (chosen_i, rejected_j) comparisons of every item
+    pc, pr, ok = [], [], []
+    for n, it in enumerate(items):
+        for i in range(k):
+            for j in range(k):
+                pc.append(it["chosen"][i])
+                pr.append(it["rejected"][j])
+                ok.append(bool(sc[n, i] > sr[n, j]))
+    return {"num_items": len(items), "domains": per_domain, "overall": overall, "bias": bias_probe(pc, pr, ok),
+            "scores_chosen": sc.tolist(), "scores_rejected": sr.tolist()}
+
+
+def format_rmbench(result: dict) -> list[str]:
+    lines = [f"{'domain':<16} {'n':>5} {'easy':>7} {'normal':>7} {'hard':>7} {'avg':>7}"]
+    rows = list(result["domains"].items()) + [("overall", {**result["overall"], "n": result["num_items"]})]
+    for d, v in rows:
+        lines.append(f"{d:<16} {v['n']:>5} {v['easy']:7.1%} {v['normal']:7.1%} {v['hard']:7.1%} {v['avg']:7.1%}")
+    return lines

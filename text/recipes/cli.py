@@ -1,0 +1,66 @@
+"""``mmreward text merge`` — WARM: average reward models fine-tuned from one init.
+
+    mmreward text merge runs/rm_s0 runs/rm_s1 runs/rm_s2 --out runs/rm_warm
+    mmreward text merge runs/rm_s0 runs/rm_s1 --weights 0.7 0.3 --out runs/rm_warm [--no-check-init]
+
+Options map one to one onto :class:`MergeConfig`; :func:`merge` is the same code path from Python.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+
+@dataclass
+class MergeConfig:
+    members: list = field(default_factory=list, metadata={"help": "reward model folders to average (>= 2)"})
+    out: str = field(default="", metadata={"help": "folder for the averaged model"})
+    weights: Optional[list] = field(default=None, metadata={"help": "one non-negative weight per model (normalised; default uniform)"})
+    check_init: bool = field(default=True, metadata={"help": "refuse members that were not fine-tuned from one init"})
+    max_init_distance: float = field(default=0.8, metadata={"help": "largest relative L2 distance to member 0 accepted as one init"})
+
+
+def merge(config: MergeConfig):
+    """Average ``config.members`` (WARM) and save the result to ``config.out``; returns the model."""
+    from .warm import warm_average
+
+    if len(config.members) < 2:
+        raise ValueError(f"merge needs at least 2 model folders, got {len(config.members)}")
+    if not config.out:
+        raise ValueError("merge needs an output folder (--out)")
+    model = warm_average(list(config.members), config.weights, check_init=config.check_init,
+                         max_init_distance=config.max_init_distance)
+    model.save_pretrained(config.out)
+    return model
+
+
+def merge_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmreward text merge",
+                                     description="WARM: weight-average reward models fine-tuned from one init")
+    parser.add_argument("members", nargs="+", help=MergeConfig.__dataclass_fields__["members"].metadata["help"])
+    parser.add_argument("--out", required=True, help=MergeConfig.__dataclass_fields__["out"].metadata["help"])
+    parser.add_argument("--weights", type=float, nargs="+", default=None,
+                        help=MergeConfig.__dataclass_fields__["weights"].metadata["help"])
+    parser.add_argument("--check-init", action=argparse.BooleanOptionalAction, default=True,
+                        help=MergeConfig.__dataclass_fields__["check_init"].metadata["help"])
+    parser.add_argument("--max-init-distance", type=float, default=0.8,
+                        help=MergeConfig.__dataclass_fields__["max_init_distance"].metadata["help"])
+    args = parser.parse_args(argv)
+    config = MergeConfig(members=args.members, out=args.out, weights=args.weights, check_init=args.check_init,
+                         max_init_distance=args.max_init_distance)
+    from mmreward.core.checkpoint import CheckpointError
+
+    try:
+        merge(config)
+    except (ValueError, TypeError, CheckpointError) as e:
+        print(f"mmreward text merge: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": config.out, "members": config.members, "weights": config.weights}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(merge_main())

@@ -1,0 +1,123 @@
+"""RRM data augmentation (Liu et al., 2024, "RRM: Robust Reward Model Training Mitigates Reward Hacking").
+
+A reward model trained on ``(x, y^w ≻ y^l)`` can learn artifacts that do not depend on the prompt
+(length, format). RRM adds, for every example i and two other examples j, k drawn at random:
+
+* 8 **non-contextual triplets** — each response of i (``y_i^w`` and ``y_i^l``) preferred over each
+  foreign response ``y_j^w, y_j^l, y_k^w, y_k^l``, all with prompt ``x_i``: any response to the
+  prompt beats one that answers another prompt, whatever their length or format;
+* 6 **tie pairs** among the 4 foreign responses (every unordered pair), prompt ``x_i``, target ½:
+  two responses that both ignore the prompt are equally good, so their artifacts must not matter.
+
+Ties are trained with the pairwise op's ``tie`` flag (loss −½·log σ(Δ) − ½·log σ(−Δ)); rows carry
+``tie: True`` and ``rrm: "tie"`` (``"triplet"`` / ``"original"`` for the others). The optional
+filter (:func:`filter_augmented`) drops augmented rows the current RM already gets right within a
+threshold: a triplet when its margin ``r(chosen) − r(rejected) > threshold``, a tie when
+``|r(a) − r(b)| < threshold``; original pairs are always kept.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class RRMConfig:
+    seed: int = field(default=0, metadata={"help": "seed for drawing the two foreign examples j, k of each example"})
+    include_original: bool = field(default=True, metadata={"help": "keep the original pairs in the output"})
+    triplets: bool = field(default=True, metadata={"help": "add the 8 non-contextual triplets per example"})
+    ties: bool = field(default=True, metadata={"help": "add the 6 tie pairs (target 0.5) per example"})
+    filter_threshold: Optional[float] = field(default=None, metadata={"help": "drop augmented rows the RM already gets right by this margin (None: keep all)"})
+
+
+def _check(pairs: Sequence[dict]) -> None:
+    if not isinstance(pairs, (list, tuple)):
+        raise TypeError(f"rrm_augment: pairs must be a list of dicts, got {type(pairs).__name__}")
+    if len(pairs) < 3:
+        raise ValueError(f"rrm_augment: needs at least 3 pairs (each example draws two others), got {len(pairs)}")
+    for i, p in enumerate(pairs):
+        if not isinstance(p, dict):
+            raise TypeError(f"rrm_augment: row {i} is a {type(p).__name__}, expected a dict")
+        for k in ("prompt", "chosen", "rejected"):
+            if k not in p:
+                raise ValueError(f"rrm_augment: row {i} has no `{k}`")
+        if p.get("tie"):
+            raise ValueError(f"rrm_augment: row {i} is already a tie; augment the original preference data")
+
+
+def rrm_augment(pairs: Sequence[dict], config: Optional[RRMConfig] = None) -> list[dict]:
+    """Original pairs (optional) + 8 triplets + 6 ties per example, seeded (see module docstring).
+
+    Output rows: ``{prompt, chosen, rejected, tie, rrm}`` (plus ``margin`` on original rows that
+    had one). Responses may be strings or message lists; they are copied, not parsed."""
+    cfg = config or RRMConfig()
+    _check(pairs)
+    rng = random.Random(cfg.seed)
+    n = len(pairs)
+    out: list[dict] = []
+    for i, p in enumerate(pairs):
+        if cfg.include_original:
+            row = {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "tie": False, "rrm": "original"}
+            if p.get("margin") is not None:
+                row["margin"] = p["margin"]
+            out.append(row)
+        j, k = rng.sample([x for x in range(n) if x != i], 2) if n < 64 else _two_others(rng, n, i)
+        foreign = [pairs[j]["chosen"], pairs[j]["rejected"], pairs[k]["chosen"], pairs[k]["rejected"]]
+        if cfg.triplets:
+            for own in (p["chosen"], p["rejected"]):
+                for f in foreign:
+                    out.append({"prompt": p["prompt"], "chosen": own, "rejected": f, "tie": False, "rrm": "triplet"})
+        if cfg.ties:
+            for a, b in combinations(foreign, 2):
+                out.append({"prompt": p["prompt"], "chosen": a, "rejected": b, "tie": True, "rrm": "tie"})
+    return out
+
+
+def _two_others(rng: random.Random, n: int, i: int) -> list[int]:
+    """Two distinct indices != i without building the n-element candidate list."""
+    while True:
+        j, k = rng.randrange(n), rng.randrange(n)
+        if len({i, j, k}) == 3:
+            return [j, k]
+
+
+def filter_augmented(rows: Sequence[dict], scorer: Any, threshold: float, *, batch_size: int = 64) -> list[dict]:
+    """Drop augmented rows the RM (``scorer``) already gets right within ``threshold`` (module docstring)."""
+    from mmreward.text.eval.rewardbench import score_responses
+
+    if threshold < 0:
+        raise ValueError(f"filter_augmented: threshold must be >= 0, got {threshold}")
+    aug = [i for i, r in enumerate(rows) if r.get("rrm") in ("triplet", "tie")]
+    if not aug:
+        return list(rows)
+    prompts = [rows[i]["prompt"] for i in aug] * 2
+    resp = [rows[i]["chosen"] for i in aug] + [rows[i]["rejected"] for i in aug]
+    s = score_responses(scorer, prompts, resp, batch_size=batch_size)
+    delta = (s[:len(aug)] - s[len(aug):]).tolist()
+    drop = set()
+    for i, d in zip(aug, delta):
+        solved = abs(d) < threshold if rows[i]["tie"] else d > threshold
+        if solved:
+            drop.add(i)
+    return [r for i, r in enumerate(rows) if i not in drop]
+
+
+def rrm_dataset(pairs: Sequence[dict], config: Optional[RRMConfig] = None, scorer: Any = None) -> list[dict]:
+    """:func:`rrm_augment`, then :func:`filter_augmented` when ``config.filter_threshold`` and a
+    ``scorer`` (the current RM) are given."""
+    cfg = config or RRMConfig()
+    rows = rrm_augment(pairs, cfg)
+    if cfg.filter_threshold is not None:
+        if scorer is None:
+            raise ValueError("rrm_dataset: filter_threshold is set but no scorer (current RM) was given")
+        rows = filter_augmented(rows, scorer, cfg.filter_threshold)
+    return rows
+
+
+def tie_mask(rows: Sequence[dict]) -> torch.Tensor:
+    """Bool [N] tie flags of ``rows`` (for ``mmreward.ops.pairwise_loss(..., tie=...)``)."""
+    return torch.tensor([bool(r.get("tie", False)) for r in rows], dtype=torch.bool)
