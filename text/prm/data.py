@@ -1,0 +1,246 @@
+"""Stepwise PRM data: readers for the common formats → :class:`StepExample`, and batch collation.
+
+Formats (``format="auto"`` picks by the fields of each row):
+
+* **trl** — TRL stepwise: ``{"prompt": str, "completions": [str, ...], "labels": [bool | float, ...]}``;
+  floats are soft (Monte-Carlo) labels in [0, 1].
+* **math_shepherd** — ``{"input": "problem … step 1 ки\\nstep 2 ки", "label": "… step 1 +\\nstep 2 -"}``:
+  the step tag ``ки`` ends every step of ``input``; ``label`` is the same text with each tag replaced
+  by ``+`` (good) or ``-`` (bad). The problem is the text before ``Step 1`` (or before the first line
+  break of the first segment).
+* **prm800k** — ratings −1 / 0 / +1: flat ``{"problem", "steps": [{"text", "rating"}, ...]}`` or the
+  released nested layout ``{"question": {"problem"}, "label": {"steps": [{"completions": [{"text",
+  "rating"}], "chosen_completion": i}]}}``. Neutral (0) steps are ignored, good or bad (``neutral=``).
+* **ppm** — rStar-Math pairs (from :func:`~mmreward.text.prm.labels.ppm_pairs`):
+  ``{"prompt", "prefix": [...], "chosen", "rejected", "group"}``.
+
+Errors (``DataError``, a ``ValueError``) name the row and the problem.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mmreward.core.data import DataError, describe, read_records
+
+__all__ = ["StepExample", "PairExample", "read_step_examples", "read_pair_examples", "parse_row",
+           "StepCollator", "PairCollator", "IGNORE"]
+
+IGNORE = -100.0  # label of a step that takes no part in the loss (neutral)
+FORMATS = ("auto", "trl", "math_shepherd", "prm800k")
+
+
+@dataclass
+class StepExample:
+    problem: str
+    steps: list[str]
+    labels: list[float]  # [0, 1] (hard or soft) or IGNORE
+    first_error: int = -2  # ProcessBench label when known (−1: all right), −2: unknown
+
+
+@dataclass
+class PairExample:
+    problem: str
+    prefix: list[str]
+    chosen: str
+    rejected: str
+    group: int = 0
+
+
+def _label(v: Any, where: str) -> float:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        f = float(v)
+        if f == IGNORE:
+            return IGNORE
+        if math.isnan(f) or not 0.0 <= f <= 1.0:
+            raise DataError(f"{where}: label {describe(v)} must be a bool or a float in [0, 1]")
+        return f
+    if v is None:
+        return IGNORE
+    raise DataError(f"{where}: label {describe(v)} must be a bool or a float in [0, 1]")
+
+
+def _steps(v: Any, where: str) -> list[str]:
+    if not isinstance(v, (list, tuple)) or not v:
+        raise DataError(f"{where}: steps must be a non-empty list of strings, got {describe(v)}")
+    for k, s in enumerate(v):
+        if not isinstance(s, str):
+            raise DataError(f"{where}: step {k} must be a string, got {describe(s)}")
+    return list(v)
+
+
+def _first_error(labels: list[float]) -> int:
+    for k, y in enumerate(labels):
+        if y != IGNORE and y < 0.5:
+            return k
+    return -1
+
+
+def _from_trl(row: dict, where: str) -> StepExample:
+    for name in ("prompt", "completions", "labels"):
+        if name not in row:
+            raise DataError(f"{where}: missing field {name!r} (TRL stepwise rows need prompt, completions, labels)")
+    if not isinstance(row["prompt"], str):
+        raise DataError(f"{where}: prompt must be a string, got {describe(row['prompt'])}")
+    steps = _steps(row["completions"], where)
+    if not isinstance(row["labels"], (list, tuple)) or len(row["labels"]) != len(steps):
+        raise DataError(f"{where}: {len(steps)} completions but labels is {describe(row['labels'])}")
+    labels = [_label(v, f"{where}, step {k}") for k, v in enumerate(row["labels"])]
+    fe = row.get("first_error")
+    return StepExample(row["prompt"], steps, labels, int(fe) if isinstance(fe, int) else _first_error(labels))
+
+
+def _from_math_shepherd(row: dict, where: str, tag: str = "ки") -> StepExample:
+    text, label = row.get("input"), row.get("label")
+    if not isinstance(text, str) or not isinstance(label, str):
+        raise DataError(f"{where}: Math-Shepherd rows need string fields 'input' and 'label'")
+    parts = text.split(tag)
+    if len(parts) < 2:
+        raise DataError(f"{where}: no step tag {tag!r} in input")
+    labels, shift, pos = [], 0, 0
+    for k in range(len(parts) - 1):  # the k-th tag sits at pos in input, pos - shift in label
+        pos += len(parts[k])
+        j = pos - shift
+        ch = label[j] if j < len(label) else ""
+        if ch not in "+-" or not ch:
+            raise DataError(f"{where}: step {k}: label text has {describe(ch)} where input has the tag (want + or -)")
+        labels.append(1.0 if ch == "+" else 0.0)
+        pos += len(tag)
+        shift += len(tag) - 1
+    segs = [p.strip() for p in parts[:-1]]
+    m = re.search(r"Step 1\s*:", parts[0])
+    if m:
+        problem, segs[0] = parts[0][: m.start()].strip(), parts[0][m.start():].strip()
+    elif "\n" in parts[0].strip():
+        head, _, first = parts[0].strip().rpartition("\n")
+        problem, segs[0] = head.strip(), first.strip()
+    else:
+        problem = ""
+    return StepExample(problem, segs, labels, _first_error(labels))
+
+
+def _from_prm800k(row: dict, where: str, neutral: str) -> StepExample:
+    rating_map = {1: 1.0, -1: 0.0, 0: {"ignore": IGNORE, "good": 1.0, "bad": 0.0}[neutral]}
+    if "question" in row and isinstance(row.get("label"), dict):  # released PRM800K layout
+        problem = (row["question"] or {}).get("problem") if isinstance(row["question"], dict) else None
+        raw = []
+        for k, st in enumerate(row["label"].get("steps") or []):
+            comps = st.get("completions") or []
+            i = st.get("chosen_completion")
+            i = i if isinstance(i, int) and 0 <= i < len(comps) else 0
+            if not comps:
+                raise DataError(f"{where}: step {k} has no completions")
+            raw.append(comps[i])
+    else:
+        problem, raw = row.get("problem"), row.get("steps")
+    if not isinstance(problem, str):
+        raise DataError(f"{where}: PRM800K rows need a problem string")
+    if not isinstance(raw, list) or not raw:
+        raise DataError(f"{where}: PRM800K rows need a non-empty list of steps")
+    steps, labels = [], []
+    for k, st in enumerate(raw):
+        if not isinstance(st, dict) or not isinstance(st.get("text"), str):
+            raise DataError(f"{where}: step {k} must be an object with a 'text' string")
+        r = st.get("rating")
+        if r not in rating_map or isinstance(r, bool):
+            raise DataError(f"{where}: step {k}: rating {describe(r)} must be -1, 0 or 1")
+        steps.append(st["text"])
+        labels.append(rating_map[r])
+    return StepExample(problem, steps, labels, _first_error(labels))
+
+
+def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignore", tag: str = "ки") -> StepExample:
+    """One record → :class:`StepExample` (``format``: auto | trl | math_shepherd | prm800k)."""
+    where = f"row {index}"
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if neutral not in ("ignore", "good", "bad"):
+        raise ValueError(f"neutral must be ignore | good | bad, got {neutral!r}")
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: must be an object, got {describe(row)}")
+    if format == "auto":
+        if "completions" in row:
+            format = "trl"
+        elif "input" in row and "label" in row:
+            format = "math_shepherd"
+        elif "steps" in row or "question" in row:
+            format = "prm800k"
+        else:
+            raise DataError(f"{where}: unknown stepwise format (fields {sorted(row)[:8]}); expected TRL "
+                            "(prompt, completions, labels), Math-Shepherd (input, label) or PRM800K (problem, steps)")
+    if format == "trl":
+        return _from_trl(row, where)
+    if format == "math_shepherd":
+        return _from_math_shepherd(row, where, tag)
+    return _from_prm800k(row, where, neutral)
+
+
+def read_step_examples(source, format: str = "auto", neutral: str = "ignore", split: Optional[str] = None) -> list[StepExample]:
+    """Read a JSON / JSONL file, a saved ``datasets`` folder or a list of dicts."""
+    rows = read_records(source, split=split)
+    if not rows:
+        raise DataError(f"{source if isinstance(source, str) else 'data'}: no rows")
+    # MCTS self-training exports mix {"type": "trace"} and {"type": "pair"} rows: take the traces
+    return [parse_row(r, i, format, neutral) for i, r in enumerate(rows) if not (isinstance(r, dict) and r.get("type") == "pair")]
+
+
+def read_pair_examples(source, split: Optional[str] = None) -> list[PairExample]:
+    rows = read_records(source, split=split)
+    out = []
+    for i, r in enumerate(rows):
+        if isinstance(r, dict) and r.get("type", "pair") != "pair":  # traces of a self-training export
+            continue
+        for name in ("prompt", "chosen", "rejected"):
+            if not isinstance(r.get(name), str):
+                raise DataError(f"row {i}: PPM pair rows need a string {name!r}")
+        prefix = r.get("prefix", [])
+        if not isinstance(prefix, list) or not all(isinstance(s, str) for s in prefix):
+            raise DataError(f"row {i}: prefix must be a list of strings")
+        out.append(PairExample(r["prompt"], prefix, r["chosen"], r["rejected"], int(r.get("group", i))))
+    if not out:
+        raise DataError("no PPM pairs")
+    return out
+
+
+class StepCollator:
+    """StepExamples → ``model.encode`` batch + ``labels`` (S,) (steps past ``max_length`` dropped)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, examples: Sequence[StepExample]) -> dict[str, torch.Tensor]:
+        batch = self.model.encode([e.problem for e in examples], [e.steps for e in examples], truncate=True)
+        labels = [y for e, n in zip(examples, batch["lengths"].tolist()) for y in e.labels[:n]]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32)
+        return batch
+
+
+class PairCollator:
+    """PairExamples → one sequence per (prefix + step): chosen at even rows, rejected at odd rows.
+    Only each sequence's last step is scored (``step_mask`` keeps that tag only)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
+        problems, steps = [], []
+        for e in examples:
+            for s in (e.chosen, e.rejected):
+                problems.append(e.problem)
+                steps.append(e.prefix + [s])
+        batch = self.model.encode(problems, steps)
+        mask = batch["step_mask"]
+        last = mask.long().cumsum(1) == mask.sum(1, keepdim=True)  # tags from the last one on
+        batch["step_mask"] = mask & last
+        batch["lengths"] = batch["step_mask"].sum(1)
+        n = len(examples)
+        batch["pos_index"] = torch.arange(0, 2 * n, 2)
+        batch["neg_index"] = torch.arange(1, 2 * n, 2)
+        batch["pair_group"] = torch.tensor([e.group for e in examples], dtype=torch.long)
+        return batch

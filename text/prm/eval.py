@@ -1,0 +1,90 @@
+"""PRM evaluation: the ProcessBench protocol and step-level macro-F1.
+
+ProcessBench (Zheng et al. 2024): each sample has a label = index of its first wrong step, or −1
+when the whole solution is right. A PRM predicts the first step whose score falls below a threshold
+(−1 if none). Accuracy is measured separately on erroneous and on fully correct samples, and F1 is
+their harmonic mean. :func:`processbench_sweep` also reports the best threshold — choose it on a
+validation split and report the held-out F1 at that threshold, not the sweep's maximum on test.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from mmreward.ops import first_below
+
+__all__ = ["processbench_f1", "predict_first_error", "processbench_sweep", "step_macro_f1", "DEFAULT_THRESHOLDS"]
+
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
+
+
+def processbench_f1(pred: Sequence[int], label: Sequence[int]) -> dict[str, float]:
+    """``acc_error`` (exact first-error match on erroneous samples), ``acc_correct`` (−1 predicted on
+    correct samples), ``f1`` = their harmonic mean. A side with no samples counts as accuracy 0."""
+    if len(pred) != len(label):
+        raise ValueError(f"pred ({len(pred)}) and label ({len(label)}) have different lengths")
+    if not label:
+        raise ValueError("processbench_f1: no samples")
+    err = [(p, y) for p, y in zip(pred, label) if y >= 0]
+    ok = [(p, y) for p, y in zip(pred, label) if y < 0]
+    acc_e = sum(p == y for p, y in err) / len(err) if err else 0.0
+    acc_c = sum(p < 0 for p, _ in ok) / len(ok) if ok else 0.0
+    f1 = 2 * acc_e * acc_c / (acc_e + acc_c) if acc_e + acc_c > 0 else 0.0
+    return {"acc_error": acc_e, "acc_correct": acc_c, "f1": f1, "n_error": len(err), "n_correct": len(ok)}
+
+
+def _pack(step_scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    for i, s in enumerate(step_scores):
+        if not isinstance(s, torch.Tensor) or s.dim() != 1:
+            raise ValueError(f"sample {i}: step scores must be a 1-D tensor, got {getattr(s, 'shape', type(s))}")
+    values = torch.cat([s.detach().float().cpu() for s in step_scores]) if step_scores else torch.zeros(0)
+    lengths = torch.tensor([s.numel() for s in step_scores], dtype=torch.long)
+    return values, lengths
+
+
+def predict_first_error(step_scores: Sequence[torch.Tensor], threshold: float = 0.5) -> list[int]:
+    """First step with score < ``threshold`` per sample (−1 if none), via the ``first_below`` op."""
+    values, lengths = _pack(step_scores)
+    return first_below(values, lengths, threshold=threshold).tolist()
+
+
+def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int],
+                       thresholds: Optional[Sequence[float]] = None) -> dict:
+    """F1 at every threshold; ``best`` = the threshold with the highest F1 and its metrics."""
+    thresholds = tuple(thresholds or DEFAULT_THRESHOLDS)
+    if len(step_scores) != len(labels):
+        raise ValueError(f"{len(step_scores)} score lists but {len(labels)} labels")
+    for i, (s, y) in enumerate(zip(step_scores, labels)):
+        if y >= s.numel():
+            raise ValueError(f"sample {i}: first-error label {y} but only {s.numel()} steps")
+    sweep = {t: processbench_f1(predict_first_error(step_scores, t), labels) for t in thresholds}
+    best_t = max(thresholds, key=lambda t: sweep[t]["f1"])
+    return {"sweep": {str(t): m for t, m in sweep.items()}, "best_threshold": best_t, "best": sweep[best_t]}
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def step_macro_f1(scores: Sequence[float] | torch.Tensor, labels: Sequence[float] | torch.Tensor,
+                  threshold: float = 0.5) -> dict[str, float]:
+    """Step-level macro-F1: mean of the F1 on correct steps (positive = good) and the F1 on wrong
+    steps (positive = bad). Labels: 1/True good, 0/False bad, −100 or None neutral (ignored); soft
+    labels are rounded at 0.5. A step is predicted good when its score ≥ ``threshold``."""
+    s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+    y = torch.as_tensor([-100.0 if v is None else float(v) for v in labels], dtype=torch.float64).reshape(-1)
+    if s.numel() != y.numel():
+        raise ValueError(f"{s.numel()} scores but {y.numel()} labels")
+    if torch.isnan(s).any() or torch.isnan(y).any():
+        raise ValueError("step_macro_f1: NaN in scores or labels")
+    keep = y != -100
+    if not bool(keep.any()):
+        raise ValueError("step_macro_f1: every step is neutral / ignored")
+    pred, true = (s[keep] >= threshold), (y[keep] >= 0.5)
+    tp_g, fp_g = int((pred & true).sum()), int((pred & ~true).sum())
+    fn_g, tp_b = int((~pred & true).sum()), int((~pred & ~true).sum())
+    f1_good = _f1(tp_g, fp_g, fn_g)
+    f1_bad = _f1(tp_b, fn_g, fp_g)  # for the bad class, false positives are missed good steps
+    return {"f1_good": f1_good, "f1_bad": f1_bad, "macro_f1": (f1_good + f1_bad) / 2,
+            "accuracy": float((pred == true).double().mean())}

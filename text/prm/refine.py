@@ -1,0 +1,97 @@
+"""PRM rewards for RL (PPO / GRPO), refined against reward hacking (Gao et al. 2024, "On Designing
+Effective RL Reward at Training Time for LLM Reasoning").
+
+Raw PRM step rewards invite the policy to pad solutions with many "good-looking" steps. The two
+refinements bound what a trajectory can collect:
+
+* **Clip** (``clip=η``): ``r̃_k = min(r_k − η, 0)`` — every step costs, at best nothing;
+* **Delta** (``delta=True``): ``r̃_k = r_k − r_{k+1}`` (last step keeps ``r_K``) — the return
+  telescopes to ``r_1``, so adding steps cannot raise it.
+
+Both go through :func:`mmreward.ops.refine_process_rewards`, which also returns the discounted
+returns-to-go ``G_k``. An optional outcome reward (e.g. answer correctness) is added to the last
+step before refinement-free return accumulation, as the paper combines them.
+
+    reward_fn = ProcessRewardFunction(prm, clip=0.5)
+    out = reward_fn(problem, steps)        # {"step_rewards": Tensor[K], "returns": Tensor[K], "reward": float}
+    rewards = reward_fn.batch(problems, step_lists)   # GRPO: one scalar per trajectory
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from mmreward.ops import refine_process_rewards
+
+__all__ = ["RefineConfig", "ProcessRewardFunction"]
+
+
+@dataclass
+class RefineConfig:
+    clip: Optional[float] = field(default=None, metadata={"help": "Clip refinement: r̃ = min(r − η, 0) (None: off)"})
+    delta: bool = field(default=False, metadata={"help": "Delta refinement: r̃_k = r_k − r_{k+1}, last step keeps r_K"})
+    gamma: float = field(default=1.0, metadata={"help": "discount of the returns-to-go"})
+    outcome_weight: float = field(default=0.0, metadata={"help": "weight of the outcome reward added at the last step"})
+
+    def __post_init__(self):
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+
+
+class ProcessRewardFunction:
+    """Per-trajectory reward function for PPO / GRPO trainers.
+
+    ``prm``: a ProcessRewardModel (anything with ``score_batch(problems, step_lists)``) or a callable
+    returning per-step scores ``Tensor[K]`` for ``(problem, steps)``. ``outcome_fn(problem, steps)``
+    (optional) returns a float outcome reward."""
+
+    def __init__(self, prm, config: Optional[RefineConfig] = None, outcome_fn: Optional[Callable] = None, **kw):
+        self.prm = prm
+        self.config = config or RefineConfig(**kw)
+        self.outcome_fn = outcome_fn
+        if self.config.outcome_weight and outcome_fn is None:
+            raise ValueError("outcome_weight > 0 needs an outcome_fn")
+
+    def _scores(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        if hasattr(self.prm, "score_batch"):
+            return self.prm.score_batch(list(problems), [list(s) for s in steps])
+        out = []
+        for i, (p, s) in enumerate(zip(problems, steps)):
+            r = torch.as_tensor(self.prm(p, list(s)), dtype=torch.float32).reshape(-1)
+            if r.numel() != len(s):
+                raise ValueError(f"trajectory {i}: the PRM returned {r.numel()} scores for {len(s)} steps")
+            out.append(r)
+        return out
+
+    def batch(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> list[dict]:
+        """One ``{"step_rewards", "returns", "reward"}`` per trajectory; ``reward`` = ``G_0`` (the
+        whole trajectory's refined return, what GRPO normalises within a group)."""
+        if len(problems) != len(steps):
+            raise ValueError(f"{len(problems)} problems but {len(steps)} trajectories")
+        for i, s in enumerate(steps):
+            if not s:
+                raise ValueError(f"trajectory {i} has no steps")
+        scores = self._scores(problems, steps)
+        lengths = torch.tensor([s.numel() for s in scores])
+        cfg = self.config
+        refined, returns = refine_process_rewards(torch.cat(scores).float(), lengths, clip=cfg.clip, delta=cfg.delta,
+                                                  gamma=cfg.gamma)
+        out = []
+        for i, (r, g) in enumerate(zip(refined.split(lengths.tolist()), returns.split(lengths.tolist()))):
+            r, g = r.clone(), g.clone()
+            if cfg.outcome_weight:
+                o = cfg.outcome_weight * float(self.outcome_fn(problems[i], list(steps[i])))
+                r[-1] += o
+                K = r.numel()  # the outcome reaches step k discounted by γ^(K−1−k)
+                g += o * cfg.gamma ** torch.arange(K - 1, -1, -1, dtype=g.dtype)
+            out.append({"step_rewards": r, "returns": g, "reward": float(g[0])})
+        return out
+
+    def __call__(self, problem: str, steps: Sequence[str]) -> dict:
+        return self.batch([problem], [steps])[0]
+
+    def rewards(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> torch.Tensor:
+        """``Tensor[N]`` of trajectory rewards (GRPO's per-sample scalar)."""
+        return torch.tensor([d["reward"] for d in self.batch(problems, steps)])

@@ -1,0 +1,330 @@
+"""PRM-guided search over reasoning steps: MCTS (rStar-Math / ReST-MCTS*) and Best-of-N.
+
+* **policy** — any callable ``policy(problem, steps) -> next step`` (e.g.
+  :class:`~mmreward.text.prm.synthetic.NoisyStepPolicy`) or :class:`HFStepPolicy` (a causal LM
+  generating one step);
+* **evaluator** — a :class:`~mmreward.text.prm.model.ProcessRewardModel` (the last step's score) or
+  any callable ``evaluator(problem, steps) -> float`` in [0, 1];
+* **task** — ``is_terminal(problem, steps)`` and, for oracle rewards / self-training data,
+  ``is_correct(problem, steps)``.
+
+Values live in [−1, 1]: an evaluator score p becomes ``2p − 1``; a terminal leaf gets ±1 from the
+answer checker (``terminal_reward="oracle"``, for generating training data) or the minimum of its
+path's step values (``"evaluator"``, oracle-free). The budget counts generated steps (expansions and
+rollouts), the unit Best-of-N is charged in too, so the two compare at equal generation cost.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from mmreward.core.checkpoint import atomic_write_text
+
+from .labels import SearchTree, TreeNode, ppm_pairs, rollout, tree_value_targets
+
+__all__ = ["MCTSConfig", "MCTS", "SearchResult", "best_of_n_search", "compare_search", "HFStepPolicy", "self_training_records",
+           "write_jsonl"]
+
+
+@dataclass
+class MCTSConfig:
+    c_uct: float = field(default=2.0, metadata={"help": "UCT exploration constant (rStar-Math 2, ReST-MCTS* 0.4)"})
+    expansion_width: int = field(default=3, metadata={"help": "candidate next steps generated per expansion"})
+    budget_steps: int = field(default=32, metadata={"help": "total generated steps (expansions + rollouts)"})
+    rollout_weight: float = field(default=0.0, metadata={"help": "α: node value = (1−α)·evaluator + α·rollout outcome (0: no rollouts)"})
+    terminal_reward: str = field(default="evaluator", metadata={"help": "evaluator (oracle-free: min step value of the path) | oracle (±1 from is_correct)"})
+    widen_below: Optional[float] = field(default=None, metadata={"help": "re-expand a node whose children all have Q below this (progressive widening; None: never)"})
+    max_children: int = field(default=9, metadata={"help": "most children a node gets through re-expansion"})
+    max_depth: int = field(default=64, metadata={"help": "a node this deep counts as terminal"})
+    max_iterations: int = field(default=10000, metadata={"help": "safety cap on select/expand/backup rounds"})
+
+    def __post_init__(self):
+        if self.c_uct < 0:
+            raise ValueError(f"c_uct must be >= 0, got {self.c_uct}")
+        if self.expansion_width < 1 or self.budget_steps < 1 or self.max_depth < 1:
+            raise ValueError("expansion_width, budget_steps and max_depth must be >= 1")
+        if not 0.0 <= self.rollout_weight <= 1.0:
+            raise ValueError(f"rollout_weight must be in [0, 1], got {self.rollout_weight}")
+        if self.terminal_reward not in ("evaluator", "oracle"):
+            raise ValueError(f"terminal_reward must be 'evaluator' or 'oracle', got {self.terminal_reward!r}")
+
+
+@dataclass
+class SearchResult:
+    steps: Optional[list[str]]  # the chosen solution (None: no complete solution within the budget)
+    score: float  # its value in [-1, 1]
+    generated_steps: int
+    tree: Optional[SearchTree] = None
+    candidates: list[tuple[list[str], float]] = field(default_factory=list)  # every complete solution seen
+
+
+def _as_evaluator(evaluator) -> Callable[[str, list[list[str]]], list[float]]:
+    """→ batched ``(problem, [steps, ...]) -> [score of the last step, ...]`` in [0, 1]."""
+    if hasattr(evaluator, "score_batch"):
+        def batched(problem, traces):
+            return [float(s[-1]) for s in evaluator.score_batch([problem] * len(traces), traces)]
+        return batched
+    if callable(evaluator):
+        return lambda problem, traces: [float(evaluator(problem, t)) for t in traces]
+    raise TypeError(f"evaluator must be a ProcessRewardModel or a callable, got {type(evaluator).__name__}")
+
+
+def _check_score(p: float, problem: str) -> float:
+    if not (p == p) or p < 0.0 or p > 1.0:
+        raise ValueError(f"evaluator returned {p} for problem {problem!r}; scores must be in [0, 1]")
+    return 2.0 * p - 1.0
+
+
+class MCTS:
+    def __init__(self, policy: Callable, evaluator, is_terminal: Callable, config: Optional[MCTSConfig] = None,
+                 is_correct: Optional[Callable] = None):
+        if not callable(policy):
+            raise TypeError(f"policy must be callable, got {type(policy).__name__}")
+        self.policy, self.evaluate, self.is_terminal = policy, _as_evaluator(evaluator), is_terminal
+        self.config = config or MCTSConfig()
+        self.is_correct = is_correct
+        if self.config.terminal_reward == "oracle" and is_correct is None:
+            raise ValueError("terminal_reward='oracle' needs is_correct")
+
+    # -- pieces
+    def _terminal(self, problem: str, steps: list[str]) -> bool:
+        return len(steps) >= self.config.max_depth or bool(self.is_terminal(problem, steps))
+
+    def _leaf_value(self, problem: str, steps: list[str], path_values: list[float]) -> float:
+        if self.config.terminal_reward == "oracle":
+            return 1.0 if self.is_correct(problem, steps) else -1.0
+        return min(path_values)
+
+    def _path_values(self, tree: SearchTree, node_id: int) -> list[float]:
+        out = []
+        while node_id > 0:
+            out.append(tree.nodes[node_id].prior)
+            node_id = tree.nodes[node_id].parent
+        return out[::-1]
+
+    def _select(self, tree: SearchTree, exhausted: set[int]) -> TreeNode:
+        node, cfg = tree.root, self.config
+        while node.children and not node.terminal:
+            kids = [tree.nodes[c] for c in node.children if c not in exhausted]
+            if (cfg.widen_below is not None and len(node.children) < cfg.max_children and node.id not in self._widened_out
+                    and max(tree.nodes[c].q for c in node.children) < cfg.widen_below):
+                return node  # every candidate so far looks wrong: draw more (progressive widening)
+            log_n = math.log(node.visits + 1)
+            node = max(kids, key=lambda k: k.q + self.config.c_uct * math.sqrt(log_n / (1 + k.visits)))
+        return node
+
+    def _mark_exhausted(self, tree: SearchTree, node: TreeNode, exhausted: set[int]) -> None:
+        while node is not None and (node.terminal or (node.children and all(c in exhausted for c in node.children))):
+            exhausted.add(node.id)
+            node = tree.nodes[node.parent] if node.parent >= 0 else None
+
+    @staticmethod
+    def _backup(tree: SearchTree, node_id: int, value: float) -> None:
+        while node_id >= 0:
+            n = tree.nodes[node_id]
+            n.visits += 1
+            n.value_sum += value
+            node_id = n.parent
+
+    # -- the search
+    def search(self, problem: str) -> SearchResult:
+        cfg = self.config
+        tree = SearchTree(problem)
+        exhausted: set[int] = set()
+        self._widened_out: set[int] = set()  # nodes whose re-expansion drew nothing new
+        generated = 0
+        candidates: list[tuple[list[str], float]] = []
+        for _ in range(cfg.max_iterations):
+            if generated >= cfg.budget_steps or 0 in exhausted:
+                break
+            leaf = self._select(tree, exhausted)
+            if leaf.terminal:  # all of its siblings' subtrees are exhausted too: re-back it up
+                self._backup(tree, leaf.id, leaf.q)
+                self._mark_exhausted(tree, leaf, exhausted)
+                continue
+            prefix = tree.steps(leaf.id)
+            new_steps: list[str] = []
+            known = {tree.nodes[c].step for c in leaf.children}
+            for _ in range(min(cfg.expansion_width, cfg.max_children - len(leaf.children))):
+                if generated >= cfg.budget_steps:
+                    break
+                step = self.policy(problem, prefix)
+                generated += 1
+                if not isinstance(step, str):
+                    raise TypeError(f"policy must return the next step as a str, got {type(step).__name__}")
+                if step not in new_steps and step not in known:  # identical candidates add nothing
+                    new_steps.append(step)
+            if not new_steps:
+                if leaf.children:  # widening drew only known steps: stop widening this node
+                    self._widened_out.add(leaf.id)
+                    continue
+                break
+            scores = self.evaluate(problem, [prefix + [s] for s in new_steps])
+            parent_values = self._path_values(tree, leaf.id)
+            for step, p in zip(new_steps, scores):
+                v = _check_score(p, problem)
+                steps = prefix + [step]
+                terminal = self._terminal(problem, steps)
+                child = tree.add(leaf.id, step, v, terminal)
+                if terminal:
+                    value = self._leaf_value(problem, steps, parent_values + [v])
+                    candidates.append((steps, value))
+                else:
+                    value = v
+                    if cfg.rollout_weight > 0 and generated < cfg.budget_steps:
+                        value, generated = self._rollout_value(problem, steps, parent_values + [v], v, generated, candidates)
+                if self.is_correct is not None and terminal:
+                    child.correct = bool(self.is_correct(problem, steps))
+                self._backup(tree, child.id, value)
+                if terminal:
+                    self._mark_exhausted(tree, child, exhausted)
+        best = max(candidates, key=lambda c: c[1], default=None)
+        return SearchResult(best[0] if best else None, best[1] if best else -1.0, generated, tree, candidates)
+
+    def _rollout_value(self, problem, steps, path_values, v, generated, candidates):
+        """Complete ``steps`` with the policy (within the budget) and mix its outcome into ``v``."""
+        trace = list(steps)
+        while not self._terminal(problem, trace) and generated < self.config.budget_steps:
+            trace.append(self.policy(problem, trace))
+            generated += 1
+        if not self._terminal(problem, trace):
+            return v, generated
+        extra = len(trace) - len(steps)
+        vals = path_values + ([_check_score(p, problem) for p in self._score_trace(problem, trace)[-extra:]] if extra else [])
+        outcome = self._leaf_value(problem, trace, vals)
+        candidates.append((trace, outcome))
+        a = self.config.rollout_weight
+        return (1 - a) * v + a * outcome, generated
+
+    def _score_trace(self, problem, trace):
+        return self.evaluate(problem, [trace[: k + 1] for k in range(len(trace))])
+
+
+def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: Callable, reduce: str = "min",
+                     max_depth: int = 64) -> SearchResult:
+    """Sample ``n`` complete solutions and keep the one with the best aggregated PRM score
+    (``reduce``: min / prod / last / mean). ``prm``: a ProcessRewardModel or a step evaluator
+    callable (scored prefix by prefix)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    traces = [rollout(policy, problem, [], is_terminal, max_depth) for _ in range(n)]
+    generated = sum(len(t) for t in traces)
+    if hasattr(prm, "aggregate"):
+        agg = prm.aggregate(problem, traces, reduce).tolist()
+    else:
+        from mmreward.ops import segment_reduce
+
+        ev = _as_evaluator(prm)
+        per = [torch.tensor(ev(problem, [t[: k + 1] for k in range(len(t))])) for t in traces]
+        agg = segment_reduce(torch.cat(per), torch.tensor([len(t) for t in traces]), reduce=reduce).tolist()
+    i = max(range(n), key=lambda j: agg[j])
+    return SearchResult(traces[i], 2 * agg[i] - 1, generated, None, [(t, 2 * a - 1) for t, a in zip(traces, agg)])
+
+
+class HFStepPolicy:
+    """A Hugging Face causal LM as a step policy: prompt = ``problem ⏎ step₁ ⏎ … ⏎``; samples until
+    ``separator`` (or ``max_new_tokens``) and returns the text before it."""
+
+    def __init__(self, model, tokenizer, separator: str = "\n", max_new_tokens: int = 64, temperature: float = 0.7,
+                 seed: int = 0):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.model, self.tokenizer, self.separator = model, tokenizer, separator
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, problem: str, steps: Sequence[str]) -> str:
+        text = self.separator.join([problem, *steps]) + self.separator
+        ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.model.device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        kw: dict[str, Any] = {"do_sample": self.temperature > 0, "max_new_tokens": self.max_new_tokens,
+                              "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+        if self.temperature > 0:
+            kw["temperature"] = self.temperature
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        new = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return new.split(self.separator, 1)[0].strip() if self.separator in new else new.strip()
+
+
+def self_training_records(result: SearchResult) -> dict[str, list[dict]]:
+    """Self-training data from a searched tree whose leaves were checked (``is_correct`` given):
+    ``traces`` — TRL-stepwise rows (one per complete leaf) whose float labels are ReST-MCTS* value
+    targets (train with ``objective="mse"``); ``pairs`` — rStar-Math PPM pairs (``objective="ppm"``)."""
+    tree = result.tree
+    if tree is None:
+        raise ValueError("self_training_records needs an MCTS result (with a tree)")
+    if tree.leaves() and not any(n.correct is not None for n in tree.leaves()):
+        raise ValueError("the tree's leaves were not checked: run MCTS with is_correct=...")
+    values = tree_value_targets(tree)
+    traces = []
+    for leaf in tree.leaves():
+        path, node_id = [], leaf.id
+        while node_id > 0:
+            path.append(node_id)
+            node_id = tree.nodes[node_id].parent
+        path.reverse()
+        if all(i in values for i in path):
+            traces.append({"prompt": tree.problem, "completions": [tree.nodes[i].step for i in path],
+                           "labels": [round(values[i], 6) for i in path], "correct": leaf.correct})
+    return {"traces": traces, "pairs": ppm_pairs(tree)}
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+    """Atomically write ``rows`` as JSON lines."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def compare_search(evaluator, n_problems: int = 100, num_steps: int = 4, error_rate: float = 0.3,
+                   config: Optional[MCTSConfig] = None, method: str = "both", seed: int = 0, reduce: str = "min",
+                   export: Optional[str] = None, max_value: int = 9) -> dict:
+    """PRM-guided MCTS vs Best-of-N on held-out synthetic chains with a :class:`NoisyStepPolicy`,
+    at the same budget of generated steps (Best-of-N: ``budget_steps // num_steps`` samples).
+    Success = the chosen solution's final answer is right (checked after the search; the search
+    itself never sees the answer unless ``terminal_reward="oracle"``). ``export``: JSONL of MCTS
+    self-training records (one ``{"type": "trace" | "pair", ...}`` per line). ``max_value``: the
+    problems' value range (as in :func:`~mmreward.text.prm.synthetic.make_problem`)."""
+    from .synthetic import ArithmeticTask, NoisyStepPolicy, make_problems
+
+    if method not in ("mcts", "best-of-n", "both"):
+        raise ValueError(f"method must be mcts | best-of-n | both, got {method!r}")
+    config = config or MCTSConfig()
+    n_bon = config.budget_steps // num_steps
+    if n_bon < 1:
+        raise ValueError(f"budget_steps={config.budget_steps} is below one full solution ({num_steps} steps)")
+    task = ArithmeticTask()
+    problems = [p.text for p in make_problems(n_problems, seed=10_000 + seed, num_steps=num_steps, max_value=max_value)]
+    out: dict = {"problems": n_problems, "budget_steps": config.budget_steps, "policy_error_rate": error_rate,
+                 "policy_solve_rate": (1 - error_rate) ** num_steps}
+    records: list[dict] = []
+    if method in ("mcts", "both"):
+        policy = NoisyStepPolicy(error_rate, seed=seed, max_value=max_value)
+        mcts = MCTS(policy, evaluator, task.is_terminal, config, is_correct=task.is_correct if export else None)
+        wins, used = 0, 0
+        for p in problems:
+            r = mcts.search(p)
+            wins += r.steps is not None and task.is_correct(p, r.steps)
+            used += r.generated_steps
+            if export:
+                st = self_training_records(r)
+                records += [{"type": "trace", **t} for t in st["traces"]] + [{"type": "pair", **q} for q in st["pairs"]]
+        out["mcts_success"] = wins / n_problems
+        out["mcts_mean_generated_steps"] = used / n_problems
+    if method in ("best-of-n", "both"):
+        policy = NoisyStepPolicy(error_rate, seed=seed + 1, max_value=max_value)
+        wins, used = 0, 0
+        for p in problems:
+            r = best_of_n_search(p, policy, evaluator, n_bon, task.is_terminal, reduce)
+            wins += task.is_correct(p, r.steps)
+            used += r.generated_steps
+        out["best_of_n"] = n_bon
+        out["best_of_n_success"] = wins / n_problems
+        out["best_of_n_mean_generated_steps"] = used / n_problems
+    if export:
+        write_jsonl(export, records)
+        out["exported_records"] = len(records)
+    return out
