@@ -21,6 +21,16 @@ _EXPORTS = {
     "RewardTrainConfig": "train",
     "train_reward_model": "train",
     "evaluate_pairs": "train",
+    # process reward models and PRM-guided search
+    "ProcessRewardModel": "prm.model",
+    "PRMConfig": "prm.model",
+    "PRMTrainConfig": "prm.train",
+    "train_prm": "prm.train",
+    "evaluate_prm": "prm.train",
+    "MCTS": "prm.search",
+    "MCTSConfig": "prm.search",
+    "best_of_n_search": "prm.search",
+    "ProcessRewardFunction": "prm.refine",
 }
 _SUBMODULES = ("reward_model", "data", "train", "cli", "recipes", "eval", "prm", "generative")
 
