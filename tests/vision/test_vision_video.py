@@ -1,0 +1,110 @@
+"""Video scoring: mp4 / gif / frame folders, aggregates (mean / min / trend), plot, bad files."""
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python) is not installed: video I/O needs it")
+
+from mmreward.vision.video import (
+    VideoReadError,
+    aggregate,
+    plot_video_score,
+    read_frames,
+    score_video,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def reddening_frames(t=10, h=32, w=32):
+    """Frames that get redder over time (smooth, so lossy mp4 keeps the trend)."""
+    frames = np.zeros((t, h, w, 3), np.uint8)
+    for i in range(t):
+        frames[i, ..., 0] = 20 + 20 * i
+        frames[i, ..., 1] = 60
+        frames[i, ..., 2] = 60
+    return frames
+
+
+def redness(prompts, x):  # a known scorer: mean red minus mean green / blue
+    assert len(prompts) == len(x)
+    return x[:, 0].mean((1, 2)) - x[:, 1:].mean((1, 2, 3))
+
+
+def write_mp4(path, frames, fps=8):
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
+    for f in frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+
+
+def test_trend_mean_min_from_an_array():
+    frames = reddening_frames()
+    res = score_video(redness, "something red", frames)
+    expected = (20 + 20 * np.arange(10) - 60) / 255
+    np.testing.assert_allclose(res.scores, expected, atol=1e-5)
+    assert res.trend == pytest.approx(20 / 255, rel=1e-4)
+    assert res.mean == pytest.approx(expected.mean(), abs=1e-5) and res.min == pytest.approx(expected[0], abs=1e-5)
+    stride = score_video(redness, "something red", frames, stride=3)
+    assert stride.frame_indices == [0, 3, 6, 9] and stride.trend == pytest.approx(20 / 255, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "gif", "folder"])
+def test_reads_mp4_gif_and_frame_folders(kind, tmp_path):
+    from PIL import Image
+
+    frames = reddening_frames()
+    if kind == "mp4":
+        path = tmp_path / "clip.mp4"
+        write_mp4(path, frames)
+    elif kind == "gif":
+        path = tmp_path / "clip.gif"
+        Image.fromarray(frames[0]).save(path, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]],
+                                        duration=125, loop=0)
+    else:
+        path = tmp_path / "frames"
+        path.mkdir()
+        for i, f in enumerate(frames):  # f2 must sort before f10
+            Image.fromarray(f).save(path / f"f{i}.png")
+    back, fps = read_frames(str(path))
+    assert back.shape == frames.shape
+    assert np.abs(back.astype(int) - frames).mean() < 6  # mp4 / gif are lossy
+    if kind != "folder":
+        assert fps == pytest.approx(8, rel=0.05)
+    res = score_video(redness, "red", str(path), max_frames=8)
+    assert len(res.scores) == 8 and res.trend > 0.05
+    if kind != "folder":
+        assert res.trend_per_second == pytest.approx(res.trend * fps)
+
+
+def test_plot_is_written(tmp_path):
+    res = aggregate("a prompt", np.array([0.1, 0.3, 0.2, 0.5]), np.arange(4), fps=4.0)
+    out = plot_video_score(res, str(tmp_path / "score.png"))
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_videos_give_clear_errors(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
+    with pytest.raises(VideoReadError, match="broken.mp4"):
+        read_frames(str(bad))
+    with pytest.raises(VideoReadError, match="does not exist"):
+        read_frames(str(tmp_path / "missing.mp4"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoReadError, match="no image files"):
+        read_frames(str(tmp_path / "empty"))
+    gif = tmp_path / "bad.gif"
+    gif.write_bytes(b"GIF89a garbage")
+    with pytest.raises(VideoReadError, match="bad.gif"):
+        read_frames(str(gif))
+    with pytest.raises(ValueError, match="uint8"):
+        score_video(redness, "red", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="prompt"):
+        score_video(redness, "", reddening_frames())

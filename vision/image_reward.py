@@ -1,0 +1,362 @@
+"""ImageReward-style image-text scorer: a vision-language backbone + ImageReward's MLP head.
+
+Backbones:
+
+* ``hf`` — any transformers dual encoder with ``get_text_features`` / ``get_image_features``
+  (``CLIPModel``, ``SiglipModel``, ``BlipModel``, ``AlignModel`` …), built from a config or loaded
+  from a local folder, with its tokenizer.
+* ``conv`` — a small built-in conv image encoder + bag-of-words text encoder (:class:`ConvTextConfig`),
+  for CPU demos and tests (learns the synthetic shapes task from scratch in seconds); its word
+  vocabulary lives in the config.
+
+Fusion (ImageReward's BLIP feeds the cross-attended [CLS] feature to the head; a dual encoder has two
+separate embeddings, so they are fused first): ``product`` = D·(t̂ ⊙ î) of the L2-normalised text
+and image embeddings — the head sees one feature per embedding dimension whose mean is the cosine
+similarity (the CLIP score), scaled by D so features are O(1) for the head's small init —
+or ``product_concat`` = [D·(t̂ ⊙ î), t̂·√D, î·√D] (3D inputs; lets the head use text-only / image-only
+evidence such as aesthetics). The head is ImageReward's: Linear(D→1024) → Dropout(0.2) →
+Linear(1024→128) → Dropout(0.2) → Linear(128→64) → Dropout(0.1) → Linear(64→16) → Linear(16→1),
+initialised N(0, 1/(D+1)) as in the official code; its first dim follows the fused width.
+
+The score is ``(raw − mean) / std`` with ``mean`` / ``std`` buffers saved with the model
+(:meth:`ImageRewardModel.fit_normalization`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.pretrained import config_from_dict, config_to_dict
+
+from .images import ImagesT, as_image_list, preprocess
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MODEL_TYPE = "image_reward"
+
+
+@dataclass
+class ImageRewardConfig:
+    backbone: str = field(default="hf", metadata={"help": "hf (transformers dual encoder) | conv (built-in)"})
+    backbone_config: dict = field(default_factory=dict, metadata={
+        "help": "conv: ConvTextConfig fields; hf: {'class': transformers class name} (its config is backbone/)"})
+    fusion: str = field(default="product", metadata={"help": "product | product_concat (see module docstring)"})
+    head_hidden: tuple = field(default=(1024, 128, 64, 16), metadata={"help": "ImageReward MLP hidden widths"})
+    head_dropout: tuple = field(default=(0.2, 0.2, 0.1), metadata={"help": "dropout after the first hidden layers"})
+    image_size: int = field(default=224, metadata={"help": "square input size of the image encoder"})
+    image_mean: tuple = field(default=CLIP_MEAN, metadata={"help": "per-channel mean for normalisation"})
+    image_std: tuple = field(default=CLIP_STD, metadata={"help": "per-channel std for normalisation"})
+    max_text_length: int = field(default=77, metadata={"help": "prompts longer than this (tokens) are truncated"})
+
+
+@dataclass
+class ConvTextConfig:
+    vocab: list = field(default_factory=list, metadata={"help": "words of the bag-of-words text encoder"})
+    embed_dim: int = field(default=64, metadata={"help": "width of the text / image embeddings"})
+    channels: tuple = field(default=(16, 32, 64), metadata={"help": "conv widths, each stage halves the size"})
+    pool: int = field(default=4, metadata={"help": "final feature map side (keeps where things are)"})
+
+
+def _warn_truncated(lengths: Sequence[int], limit: int) -> None:
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if long:
+        warnings.warn(f"{len(long)} prompt(s) (first: #{long[0]}, {lengths[long[0]]} tokens) exceed the text "
+                      f"encoder's limit of {limit} tokens and were truncated", stacklevel=4)
+
+
+class ConvTextBackbone(nn.Module):
+    """Built-in dual encoder: conv stack -> mean / max / small spatial map -> MLP; words -> summed embeddings."""
+
+    def __init__(self, config: ConvTextConfig, max_text_length: int):
+        super().__init__()
+        if not config.vocab:
+            raise ValueError("ConvTextConfig.vocab is empty: give the words prompts may use")
+        if not config.channels or any(c < 4 or c % 4 for c in config.channels):
+            raise ValueError(f"ConvTextConfig.channels must be multiples of 4 (GroupNorm(4, c)), got {config.channels}")
+        self.config, self.max_text_length = config, max_text_length
+        self.word_ids = {w: i + 2 for i, w in enumerate(config.vocab)}  # 0 = pad, 1 = unknown word
+        d = config.embed_dim
+        layers, c_in = [], 3
+        for c in config.channels:
+            # full-resolution 3x3 conv first (shape cues are a few pixels), then a strided one
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(4, c), nn.GELU(),
+                       nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GroupNorm(4, c), nn.GELU()]
+            c_in = c
+        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(config.pool))  # (B, C, P, P)
+        # "what" from position-free pooling (mean ~ how much, max ~ whether), "where" from a small map
+        self.where = nn.Conv2d(c_in, 4, 1)
+        self.image_proj = nn.Sequential(nn.Linear(2 * c_in + 4 * config.pool**2, d), nn.GELU(), nn.Linear(d, d))
+        # text = the sum of the prompt's word embeddings (N(0, 1) init). Summing (not averaging, no
+        # MLP) keeps prompts that differ in one word far apart from the start; with weakly separated
+        # prompts, text-image matching learned from scratch sits at a saddle for hundreds of steps.
+        self.word_embedding = nn.Embedding(len(config.vocab) + 2, d, padding_idx=0)
+        self.width = d
+
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        words = [re.findall(r"[a-z0-9]+", p.lower()) for p in prompts]
+        _warn_truncated([len(w) for w in words], self.max_text_length)
+        words = [w[: self.max_text_length] or ["<empty>"] for w in words]
+        n = max(len(w) for w in words)
+        ids = torch.zeros(len(words), n, dtype=torch.long)
+        for i, ws in enumerate(words):
+            ids[i, : len(ws)] = torch.tensor([self.word_ids.get(w, 1) for w in ws])
+        return {"input_ids": ids, "attention_mask": ids > 0}  # an empty prompt is one unknown word
+
+    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        e = self.word_embedding(tokens["input_ids"])  # (N, L, D)
+        return (e * tokens["attention_mask"].unsqueeze(-1).to(e.dtype)).sum(1)  # (N, D)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        f = self.conv(pixel_values)  # (B, C, P, P)
+        feats = torch.cat([f.mean((2, 3)), f.amax((2, 3)), self.where(f).flatten(1)], dim=1)
+        return self.image_proj(feats)  # (B, D)
+
+
+class HFDualEncoder(nn.Module):
+    """A transformers dual encoder (CLIP / SigLIP / BLIP / ALIGN …) and its tokenizer."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_text_length: int):
+        super().__init__()
+        if tokenizer is None:
+            raise ValueError("an hf backbone needs a tokenizer (pass tokenizer=...)")
+        if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+            raise TypeError(f"{type(model).__name__} is not a dual encoder (no get_text_features / get_image_features)")
+        self.model, self.tokenizer = model, tokenizer
+        cfg = model.config
+        self.width = getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size
+        limit = getattr(cfg.text_config, "max_position_embeddings", max_text_length)
+        self.max_text_length = min(max_text_length, limit)
+
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        full = self.tokenizer(list(prompts))["input_ids"]
+        _warn_truncated([len(x) for x in full], self.max_text_length)
+        tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_text_length,
+                             return_tensors="pt")
+        return {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+
+    @staticmethod
+    def _features(out: Any) -> torch.Tensor:  # transformers 4 returns a tensor, 5 an output object
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._features(self.model.get_text_features(**tokens))
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model.get_image_features(pixel_values=pixel_values))
+
+
+def imagereward_head(in_dim: int, hidden: Sequence[int], dropout: Sequence[float]) -> nn.Sequential:
+    layers, d = [], in_dim
+    for i, h in enumerate(hidden):
+        layers.append(nn.Linear(d, h))
+        if i < len(dropout) and dropout[i] > 0:
+            layers.append(nn.Dropout(dropout[i]))
+        d = h
+    layers.append(nn.Linear(d, 1))
+    for m in layers:  # the official init: every weight N(0, 1/(input_size+1)), zero bias
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=1.0 / (in_dim + 1))
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
+class ImageRewardModel(nn.Module):
+    """``score(prompts, images) -> Tensor[B]``; see the module docstring."""
+
+    def __init__(self, config: ImageRewardConfig, backbone: Optional[nn.Module] = None):
+        super().__init__()
+        if config.fusion not in ("product", "product_concat"):
+            raise ValueError(f"fusion must be 'product' or 'product_concat', got {config.fusion!r}")
+        self.config = config
+        if backbone is None:
+            if config.backbone != "conv":
+                raise ValueError("an hf ImageRewardModel is built with from_backbone(...) or from_pretrained(...)")
+            backbone = ConvTextBackbone(config_from_dict(ConvTextConfig, config.backbone_config, "conv backbone"),
+                                        config.max_text_length)
+        self.backbone = backbone
+        width = backbone.width * (3 if config.fusion == "product_concat" else 1)
+        self.head = imagereward_head(width, config.head_hidden, config.head_dropout)
+        self.register_buffer("reward_mean", torch.zeros(()))
+        self.register_buffer("reward_std", torch.ones(()))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, backbone: Union[str, Any], tokenizer: Any = None, **overrides) -> "ImageRewardModel":
+        """A fresh head on a backbone: a :class:`ConvTextConfig`, a transformers config (e.g.
+        ``CLIPConfig``; random weights) or a local model folder (weights, tokenizer and image
+        preprocessing read from it). ``overrides`` set :class:`ImageRewardConfig` fields."""
+        if isinstance(backbone, ConvTextConfig):
+            cfg = ImageRewardConfig(backbone="conv", backbone_config=config_to_dict(backbone),
+                                    image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), image_size=32)
+            return cls(dataclasses.replace(cfg, **overrides))
+        import transformers
+
+        if isinstance(backbone, (str, os.PathLike)):
+            path = os.fspath(backbone)
+            model = transformers.AutoModel.from_pretrained(path)
+            tokenizer = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(path)
+            pre = _read_preprocessor(path)
+        elif isinstance(backbone, transformers.PretrainedConfig):
+            model, pre = transformers.AutoModel.from_config(backbone), {}
+        else:
+            raise TypeError(f"backbone must be a ConvTextConfig, a transformers config or a path, got {type(backbone).__name__}")
+        image_size = pre.pop("image_size", None) or model.config.vision_config.image_size
+        cfg = ImageRewardConfig(backbone="hf", backbone_config={"class": type(model).__name__},
+                                image_size=int(image_size), **pre)
+        cfg = dataclasses.replace(cfg, **overrides)
+        return cls(cfg, HFDualEncoder(model, tokenizer, cfg.max_text_length))
+
+    def save_pretrained(self, folder: str) -> None:
+        """``config.json`` + ``model.safetensors`` (+ ``backbone/config.json`` and ``tokenizer/`` for hf)."""
+        if self.config.backbone == "hf":  # written first: config.json, written last, marks a complete save
+            self.backbone.model.config.save_pretrained(os.path.join(folder, "backbone"))
+            self.backbone.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu") -> "ImageRewardModel":
+        state, meta = load_model(folder, device)
+        if meta.get("model_type") != MODEL_TYPE:
+            raise CheckpointError(f"{folder} holds a {meta.get('model_type')!r} model, not {MODEL_TYPE!r}")
+        cfg = config_from_dict(ImageRewardConfig, meta.get("config", {}), MODEL_TYPE)
+        backbone = None
+        if cfg.backbone == "hf":
+            import transformers
+
+            bcfg = transformers.AutoConfig.from_pretrained(os.path.join(folder, "backbone"))
+            model_cls = getattr(transformers, cfg.backbone_config.get("class", ""), None)
+            if model_cls is None:
+                raise CheckpointError(f"unknown transformers class {cfg.backbone_config.get('class')!r} in {folder}")
+            tok = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
+            backbone = HFDualEncoder(model_cls(bcfg), tok, cfg.max_text_length)
+        model = cls(cfg, backbone)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
+        return model.to(device).eval()
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def device(self) -> torch.device:
+        return self.reward_mean.device
+
+    def pixel_values(self, images: ImagesT) -> torch.Tensor:
+        """Images -> normalised [B, 3, S, S] on the model's device (differentiable)."""
+        dtype = next(self.head.parameters()).dtype  # e.g. a bf16 model gets bf16 pixels
+        imgs = [t.to(self.device, dtype) for t in as_image_list(images)]
+        c = self.config
+        return preprocess(imgs, c.image_size, c.image_mean, c.image_std)
+
+    def forward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) rewards [B] of ``pixel_values`` [B, 3, S, S] against ``prompts`` (len B)."""
+        unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once (rank(): one prompt)
+        index = torch.tensor([unique.index(p) for p in prompts], device=pixel_values.device)
+        tokens = {k: v.to(pixel_values.device) for k, v in self.backbone.tokenize(unique).items()}
+        t = F.normalize(self.backbone.encode_text(tokens), dim=-1)[index]  # (B, D)
+        i = F.normalize(self.backbone.encode_image(pixel_values), dim=-1)  # (B, D)
+        d = t.shape[-1]
+        fused = t * i * d
+        if self.config.fusion == "product_concat":
+            fused = torch.cat([fused, t * d**0.5, i * d**0.5], dim=-1)
+        return self.head(fused).squeeze(-1)
+
+    def score(self, prompts: Union[str, Sequence[str]], images: ImagesT, normalize: bool = True) -> torch.Tensor:
+        """Rewards [B] of B images; one prompt for all images or one per image. Differentiable in the
+        images when they are a float tensor (wrap in ``torch.no_grad()`` for plain scoring)."""
+        pixels = self.pixel_values(images)
+        prompts = broadcast_prompts(prompts, pixels.shape[0])
+        raw = self(prompts, pixels)
+        return (raw - self.reward_mean) / self.reward_std if normalize else raw
+
+    @torch.no_grad()
+    def rank(self, prompt: str, images: ImagesT) -> tuple[list[int], torch.Tensor]:
+        """``(ranking, scores)``: image indices best first, and the scores [B] in input order."""
+        was = self.training
+        self.eval()
+        try:
+            scores = self.score(prompt, images)
+        finally:
+            self.train(was)
+        return torch.argsort(scores, descending=True, stable=True).tolist(), scores
+
+    @torch.no_grad()
+    def fit_normalization(self, prompts: Union[str, Sequence[str]], images: ImagesT, batch_size: int = 64) -> tuple[float, float]:
+        """Set the stored mean / std to those of the raw scores of these (prompt, image) pairs."""
+        imgs = as_image_list(images)
+        if len(imgs) < 2:
+            raise ValueError("fit_normalization needs at least 2 images")
+        prompts = broadcast_prompts(prompts, len(imgs))
+        was = self.training
+        self.eval()
+        raw = torch.cat([self.score(prompts[s:s + batch_size], imgs[s:s + batch_size], normalize=False)
+                         for s in range(0, len(imgs), batch_size)])
+        self.train(was)
+        std = float(raw.std())
+        if not std > 0:
+            raise ValueError("raw scores are all equal: cannot normalise")
+        self.reward_mean.fill_(float(raw.mean()))
+        self.reward_std.fill_(std)
+        return float(raw.mean()), std
+
+
+def broadcast_prompts(prompts: Union[str, Sequence[str]], n: int) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts] * n
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a string or a non-empty list of strings")
+    if len(prompts) == 1:
+        return prompts * n
+    if len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts for {n} images: give one prompt or one per image")
+    return prompts
+
+
+def _read_preprocessor(path: str) -> dict:
+    """image_size / mean / std from a model folder's preprocessor_config.json (CLIP / SigLIP / BLIP)."""
+    f = os.path.join(path, "preprocessor_config.json")
+    if not os.path.exists(f):
+        return {}
+    with open(f, encoding="utf-8") as fh:
+        d = json.load(fh)
+    out = {}
+    if "image_mean" in d:
+        out["image_mean"], out["image_std"] = tuple(d["image_mean"]), tuple(d["image_std"])
+    size = d.get("crop_size") or d.get("size")
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge")
+    if size:
+        out["image_size"] = int(size)
+    return out
+
+
+def word_tokenizer(words: Sequence[str], max_length: int = 32):
+    """A word-level ``PreTrainedTokenizerFast`` over ``words`` (trained in-process, no downloads) for
+    tiny CLIP-style text encoders. It appends ``<eos>``, whose id is the last one, so both of CLIP's
+    pooling rules (argmax id / first eos) pick it: set ``text_config.eos_token_id = len(vocab) - 1``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1}
+    for w in words:
+        vocab.setdefault(w.lower(), len(vocab))
+    vocab["<eos>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    from tokenizers import normalizers
+
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", vocab["<eos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>",
+                                   model_max_length=max_length)

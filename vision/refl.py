@@ -1,0 +1,162 @@
+"""ReFL (reward feedback learning, ImageReward §4) for diffusers text-to-image parts.
+
+Each training step, for a batch of prompts (as ImageReward's ``refl.py``):
+
+1. set the scheduler to T = ``num_inference_steps`` (40) steps and draw t uniformly from
+   [``min_step``, ``max_step``] = [30, 39] — an index into the 40-step loop;
+2. run the loop from pure noise up to index t **without gradient**;
+3. at index t, run the UNet **with gradient**, take the predicted x0 (the scheduler's
+   ``pred_original_sample``, or x0 from ᾱ_t and the prediction type), decode it with the VAE
+   (gradient flows through the frozen VAE), map to [0, 1] and score it;
+4. loss = mean(ReLU(λ − r)) · scale (λ = 2, scale = 1e-3 by default).
+
+Only the UNet trains (text encoder and VAE are frozen). Any differentiable scorer
+``scorer(prompts, images[B, 3, H, W] in [0, 1]) -> Tensor[B]`` works, e.g.
+``lambda p, x: image_reward_model.score(p, x)``. Training runs on the core Trainer (logs, snapshots
+of the UNet, exact resume); :func:`sample` / :func:`mean_reward` evaluate with the full T-step loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ScorerT = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ReFLConfig:
+    num_inference_steps: int = field(default=40, metadata={"help": "T: denoising steps of the sampling loop"})
+    min_step: int = field(default=30, metadata={"help": "smallest loop index t at which the gradient is taken"})
+    max_step: int = field(default=39, metadata={"help": "largest loop index t (inclusive)"})
+    reward_threshold: float = field(default=2.0, metadata={"help": "λ in ReLU(λ − r)"})
+    grad_scale: float = field(default=1e-3, metadata={"help": "the loss is multiplied by this"})
+    guidance_scale: float = field(default=1.0, metadata={"help": "classifier-free guidance (1: off, as ImageReward's ReFL)"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_inference_steps:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 0 <= self.min_step <= self.max_step < self.num_inference_steps:
+            raise ValueError(f"need 0 <= min_step <= max_step < num_inference_steps, got "
+                             f"{self.min_step}, {self.max_step}, {self.num_inference_steps}")
+
+
+class DiffusionParts(nn.Module):
+    """The pieces of a diffusers text-to-image pipeline ReFL needs (``from_pipeline(pipe)`` takes them
+    from any StableDiffusion-like pipeline). Only ``unet`` is trainable."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any):
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        for m in (vae, text_encoder):
+            m.requires_grad_(False).eval()
+        self.vae_scale = getattr(vae.config, "scaling_factor", 1.0)
+        self.latent_size = unet.config.sample_size
+        self.latent_channels = unet.config.in_channels
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> "DiffusionParts":
+        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        device = next(self.unet.parameters()).device
+        return self.text_encoder(tok["input_ids"].to(device))[0]  # (B, L, C)
+
+    def noise(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        device = next(self.unet.parameters()).device
+        shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
+        x = torch.randn(shape, generator=generator, device="cpu").to(device)
+        return x * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    def _eps(self, unet: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+             uncond: Optional[torch.Tensor], guidance: float) -> torch.Tensor:
+        x = self.scheduler.scale_model_input(latents, t)
+        if uncond is None or guidance == 1.0:
+            return unet(x, t, encoder_hidden_states=cond).sample
+        out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        e_u, e_c = out.chunk(2)
+        return e_u + guidance * (e_c - e_u)
+
+    def _x0(self, out: Any, pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        x0 = getattr(out, "pred_original_sample", None)
+        if x0 is not None:
+            return x0
+        a = self.scheduler.alphas_cumprod.to(latents.device)[t].view(-1, 1, 1, 1)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (latents - (1 - a).sqrt() * pred) / a.sqrt()
+        if kind == "v_prediction":
+            return a.sqrt() * latents - (1 - a).sqrt() * pred
+        return pred  # "sample"
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images [B, 3, H, W] in [0, 1] (differentiable; clamped as in ImageReward)."""
+        img = self.vae.decode(latents / self.vae_scale).sample
+        return (img / 2 + 0.5).clamp(0, 1)
+
+    def run(self, unet: nn.Module, prompts: Sequence[str], config: ReFLConfig, stop_at: Optional[int] = None,
+            generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The T-step loop. ``stop_at=None``: full no-grad sampling -> images. ``stop_at=t``: steps
+        before t without gradient, then the UNet with gradient at t -> decoded predicted x0."""
+        cond = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([""] * len(prompts)) if config.guidance_scale != 1.0 else None
+        self.scheduler.set_timesteps(config.num_inference_steps, device=cond.device)
+        latents = self.noise(len(prompts), generator)
+        steps = self.scheduler.timesteps
+        for i, t in enumerate(steps):
+            if stop_at is not None and i == stop_at:
+                pred = self._eps(unet, latents, t, cond, uncond, config.guidance_scale)  # with gradient
+                out = self.scheduler.step(pred, t, latents)
+                return self.decode(self._x0(out, pred, t, latents))
+            with torch.no_grad():
+                pred = self._eps(unet, latents, t, cond, uncond, config.guidance_scale)
+                latents = self.scheduler.step(pred, t, latents).prev_sample
+        with torch.no_grad():
+            return self.decode(latents)
+
+
+def refl_loss(parts: DiffusionParts, scorer: ScorerT, config: ReFLConfig):
+    """``loss_fn(unet, prompts) -> (loss, metrics)`` for :class:`mmreward.core.trainer.Trainer`; t is
+    drawn from torch's global RNG (which the Trainer seeds and snapshots, so resume is exact)."""
+
+    def loss_fn(unet: nn.Module, prompts: list) -> tuple[torch.Tensor, dict]:
+        t = int(torch.randint(config.min_step, config.max_step + 1, ()))
+        images = parts.run(unet, prompts, config, stop_at=t)  # (B, 3, H, W)
+        r = scorer(list(prompts), images)
+        if r.shape != (len(prompts),):
+            raise ValueError(f"scorer returned shape {tuple(r.shape)}, expected ({len(prompts)},)")
+        loss = F.relu(config.reward_threshold - r).mean() * config.grad_scale
+        return loss, {"reward": float(r.detach().mean()), "t_index": float(t)}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def sample(parts: DiffusionParts, prompts: Sequence[str], config: ReFLConfig, seed: int = 0) -> torch.Tensor:
+    """Full T-step sampling from fixed noise (seeded) -> images [B, 3, H, W] in [0, 1]."""
+    return parts.run(parts.unet, list(prompts), config, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def mean_reward(parts: DiffusionParts, scorer: ScorerT, prompts: Sequence[str], config: ReFLConfig,
+                seed: int = 0) -> float:
+    return float(scorer(list(prompts), sample(parts, prompts, config, seed)).mean())
+
+
+def train_refl(parts: DiffusionParts, scorer: ScorerT, prompts: Sequence[str], config: ReFLConfig, train_config):
+    """ReFL fine-tuning of ``parts.unet`` on ``prompts`` with the core Trainer (``train_config`` is a
+    :class:`mmreward.core.trainer.TrainConfig`). Returns the per-step history; save the UNet with
+    ``parts.unet.save_pretrained(folder)`` (diffusers, safetensors)."""
+    from mmreward.core.trainer import Trainer
+
+    if not prompts:
+        raise ValueError("prompts is empty")
+    trainer = Trainer(parts.unet, train_config, list(prompts), lambda batch: list(batch), refl_loss(parts, scorer, config))
+    return trainer.fit()

@@ -1,0 +1,229 @@
+"""Train an image scorer on ranked image sets (ImageReward's listwise loss) on the core Trainer.
+
+Data: the synthetic shapes generator (:mod:`mmreward.vision.synthetic`) or a JSONL file whose rows
+are ``{"prompt": str, "images": [path, ...], "ranks": [int, ...]}`` (paths relative to the file;
+rank 0 = best; equal ranks form no pair; sets may have different sizes, padded with rank −1).
+
+Loss: ``listwise`` — :func:`mmreward.ops.listwise_loss` over every pair of a set (ImageReward);
+``pairwise`` — the same pairs through :func:`mmreward.ops.pairwise_loss` (adds label smoothing).
+Logs, snapshots, resume and curves come from :class:`mmreward.core.trainer.Trainer`; the trained
+scorer is written to ``<output_dir>/model`` in ``from_pretrained`` form.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mmreward.core.checkpoint import atomic_write_text
+from mmreward.core.train import seed_everything
+from mmreward.core.trainer import TrainConfig, Trainer
+from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
+
+from . import synthetic
+from .image_reward import ConvTextConfig, ImageRewardModel, word_tokenizer
+from .images import as_image_list, preprocess
+
+LOSSES = ("listwise", "pairwise")
+
+
+@dataclass
+class ImageRewardTrainConfig:
+    data: str = field(default="synthetic", metadata={"help": "'synthetic' or a JSONL of {prompt, images, ranks}"})
+    eval_data: str = field(default="", metadata={"help": "held-out JSONL (synthetic: sets drawn with data_seed+1)"})
+    n_train: int = field(default=2000, metadata={"help": "synthetic: number of training sets"})
+    n_eval: int = field(default=200, metadata={"help": "synthetic: number of held-out sets"})
+    set_size: int = field(default=4, metadata={"help": "synthetic: images per ranked set (2..5)"})
+    image_size: int = field(default=32, metadata={"help": "synthetic: rendered image side in pixels"})
+    data_seed: int = field(default=0, metadata={"help": "synthetic: generator seed"})
+    backbone: str = field(default="conv", metadata={
+        "help": "conv | clip-tiny (random tiny CLIP + word tokenizer) | a transformers model folder | an ImageReward folder"})
+    embed_dim: int = field(default=64, metadata={"help": "conv / clip-tiny: embedding width"})
+    fusion: str = field(default="product", metadata={"help": "product | product_concat"})
+    head_dropout: bool = field(default=True, metadata={
+        "help": "new heads: ImageReward's dropout (0.2, 0.2, 0.1); --no-head-dropout for small from-scratch models"})
+    loss: str = field(default="listwise", metadata={"help": "listwise (fused listwise op) | pairwise (fused pairwise op)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "pairwise loss only: label smoothing"})
+    normalize_on: int = field(default=256, metadata={"help": "fit the score mean/std on this many training images (0: skip)"})
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+
+@dataclass
+class RankedExample:
+    prompt: str
+    images: Any  # uint8 [K, H, W, 3] array, list of paths, or float [K, 3, H, W]
+    ranks: np.ndarray  # (K,)
+
+
+def read_jsonl(path: str) -> list[RankedExample]:
+    """Rows ``{"prompt", "images": [paths], "ranks"}``; a bad row raises ValueError naming its line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path!r} does not exist")
+    base, out = os.path.dirname(os.path.abspath(path)), []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected an object with prompt / images / ranks")
+            prompt, images, ranks = row.get("prompt"), row.get("images"), row.get("ranks")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{path}:{n}: 'prompt' must be a non-empty string")
+            if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) for p in images):
+                raise ValueError(f"{path}:{n}: 'images' must be a list of >= 2 paths")
+            if not isinstance(ranks, list) or len(ranks) != len(images) or \
+                    not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
+                raise ValueError(f"{path}:{n}: 'ranks' must be {len(images)} integers >= 0 (one per image)")
+            paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                raise ValueError(f"{path}:{n}: image file {missing[0]!r} does not exist")
+            out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64)))
+    if not out:
+        raise ValueError(f"{path} holds no rows")
+    return out
+
+
+def synthetic_examples(n: int, set_size: int, image_size: int, seed: int) -> list[RankedExample]:
+    return [RankedExample(s.prompt, s.images, s.ranks) for s in synthetic.ranked_sets(n, set_size, image_size, seed)]
+
+
+def make_collate(model: ImageRewardModel):
+    """examples -> {"prompts": [B*K], "pixel_values": (B*K, 3, S, S), "ranks": (B, K)}; short sets are
+    padded with zero images of rank −1 (ignored by the losses)."""
+    c = model.config
+
+    def collate(examples: Sequence[RankedExample]) -> dict:
+        k = max(len(e.ranks) for e in examples)
+        ranks = torch.full((len(examples), k), -1, dtype=torch.long)
+        pixels, prompts = [], []
+        for b, e in enumerate(examples):
+            pv = preprocess(as_image_list(e.images), c.image_size, c.image_mean, c.image_std)  # (k_b, 3, S, S)
+            pixels.append(torch.cat([pv, pv.new_zeros(k - len(pv), *pv.shape[1:])]))
+            ranks[b, : len(e.ranks)] = torch.as_tensor(e.ranks)
+            prompts += [e.prompt] * k
+        return {"prompts": prompts, "pixel_values": torch.cat(pixels), "ranks": ranks}
+
+    return collate
+
+
+def _pairs(ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, better, worse) index triples of every pair 0 <= rank_i < rank_j in each row."""
+    valid = ranks >= 0
+    better = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)  # (B, K, K)
+    return better.nonzero(as_tuple=True)
+
+
+def ranked_loss(loss: str = "listwise", label_smoothing: float = 0.0):
+    """``loss_fn(model, batch) -> (loss, {"accuracy": pairwise accuracy of the batch})`` for the Trainer."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+    def loss_fn(model, batch):
+        ranks = batch["ranks"]
+        r = model(batch["prompts"], batch["pixel_values"]).view(ranks.shape)  # (B, K)
+        b, i, j = _pairs(ranks)
+        if loss == "listwise":
+            value = listwise_loss(r, ranks)
+            acc = (r[b, i] > r[b, j]).float().mean() if len(b) else torch.zeros(())
+        else:
+            if not len(b):
+                raise ValueError("this batch has no ranked pair (all ranks equal?)")
+            value, acc = pairwise_loss_and_accuracy(r[b, i], r[b, j], label_smoothing=label_smoothing)
+        return value, {"accuracy": float(acc)}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def evaluate(model: ImageRewardModel, examples: Sequence[RankedExample], batch_size: int = 32) -> dict[str, float]:
+    """Held-out pairwise accuracy (strict, over every ranked pair) and top-1 accuracy (the best-ranked
+    image gets the highest score)."""
+    was = model.training
+    model.eval()
+    collate, correct, pairs, top1 = make_collate(model), 0, 0, 0
+    for s in range(0, len(examples), batch_size):
+        batch = collate(examples[s:s + batch_size])
+        ranks = batch["ranks"].to(model.device)
+        r = model(batch["prompts"], batch["pixel_values"].to(model.device)).view(ranks.shape)
+        b, i, j = _pairs(ranks)
+        correct += int((r[b, i] > r[b, j]).sum())
+        pairs += len(b)
+        masked = r.masked_fill(ranks < 0, float("-inf"))
+        best = ranks.masked_fill(ranks < 0, 1 << 30).min(1, keepdim=True).values
+        top1 += int((ranks.gather(1, masked.argmax(1, keepdim=True)) == best).sum())
+    model.train(was)
+    return {"pairwise_accuracy": correct / max(pairs, 1), "top1_accuracy": top1 / len(examples)}
+
+
+def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRewardModel:
+    """A fresh scorer for ``cfg.backbone`` (``prompts`` give the word vocabulary of conv / clip-tiny)."""
+    import re
+
+    words = sorted({w for p in prompts for w in re.findall(r"[a-z0-9]+", p.lower())} | set(synthetic.vocabulary()))
+    head = {"fusion": cfg.fusion} if cfg.head_dropout else {"fusion": cfg.fusion, "head_dropout": ()}
+    if cfg.backbone == "conv":
+        return ImageRewardModel.from_backbone(ConvTextConfig(vocab=words, embed_dim=cfg.embed_dim),
+                                              image_size=cfg.image_size, **head)
+    if cfg.backbone == "clip-tiny":
+        return ImageRewardModel.from_backbone(tiny_clip_config(len(words) + 3, cfg.embed_dim, cfg.image_size),
+                                              tokenizer=word_tokenizer(words), max_text_length=32, **head)
+    if os.path.isfile(os.path.join(cfg.backbone, "config.json")):
+        with open(os.path.join(cfg.backbone, "config.json"), encoding="utf-8") as f:
+            if json.load(f).get("model_type") == "image_reward":  # fine-tune an existing scorer
+                return ImageRewardModel.from_pretrained(cfg.backbone).train()
+        return ImageRewardModel.from_backbone(cfg.backbone, **head)
+    raise ValueError(f"backbone must be conv, clip-tiny or a model folder, got {cfg.backbone!r}")
+
+
+def tiny_clip_config(vocab_size: int, width: int = 32, image_size: int = 32, patch_size: int = 8, layers: int = 2):
+    """A small random CLIPConfig for a :func:`word_tokenizer` vocabulary (eos = the last id)."""
+    from transformers import CLIPConfig
+
+    heads = max(1, width // 16)
+    text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                num_attention_heads=heads, max_position_embeddings=32, eos_token_id=vocab_size - 1,
+                bos_token_id=vocab_size - 1, pad_token_id=0)
+    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=heads,
+                  image_size=image_size, patch_size=patch_size)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)
+
+
+def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
+                       model: Optional[ImageRewardModel] = None) -> tuple[ImageRewardModel, list[dict]]:
+    """Train (or continue training) a scorer; returns ``(model, history)``. The final eval metrics are in
+    ``history[-1]`` (``eval_pairwise_accuracy``, ``eval_top1_accuracy``)."""
+    if cfg.data == "synthetic":
+        train = synthetic_examples(cfg.n_train, cfg.set_size, cfg.image_size, cfg.data_seed)
+        held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1)
+    else:
+        train = read_jsonl(cfg.data)
+        held = read_jsonl(cfg.eval_data) if cfg.eval_data else []
+    if model is None:  # initialised from the run's seed: the same command gives the same model
+        seed_everything(train_cfg.seed)
+        model = build_model(cfg, [e.prompt for e in train + held])
+    model.train()
+    if int(os.environ.get("RANK", "0")) == 0:  # what data / model this run used, next to the Trainer's config
+        atomic_write_text(os.path.join(train_cfg.output_dir, "image_reward_train_config.json"),
+                          json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    trainer = Trainer(model, train_cfg, train, make_collate(model), ranked_loss(cfg.loss, cfg.label_smoothing),
+                      eval_fn=(lambda m: evaluate(m, held)) if held else None)
+    history = trainer.fit()
+    if cfg.normalize_on > 0:
+        flat = [(e.prompt, img) for e in train for img in as_image_list(e.images)][: cfg.normalize_on]
+        model.fit_normalization([p for p, _ in flat], [i for _, i in flat])
+    if trainer.is_main:
+        model.save_pretrained(os.path.join(train_cfg.output_dir, "model"))
+    return model.eval(), history
