@@ -279,8 +279,9 @@ def main(argv=None) -> int:
     ap.add_argument("--video-dim", type=int, default=96)
     ap.add_argument("--video-depth", type=int, default=2)
     ap.add_argument("--video-heads", type=int, default=4)
-    ap.add_argument("--estimator", default="vlb", choices=("vlb", "x0_entropy"),
-                    help="entropy estimator of the saved model")
+    ap.add_argument("--estimator", default="vlb", choices=("vlb", "x0_entropy", "likelihood"),
+                    help="entropy estimator of the saved model ('likelihood': likelihood mode, the bound on "
+                         "log p of the observed frame)")
     ap.add_argument("--also-estimator", default="x0_entropy",
                     help="also score with this estimator (same models; '' to skip)")
     ap.add_argument("--reward-batch", type=int, default=128)
@@ -342,7 +343,8 @@ def main(argv=None) -> int:
                                      args.also_estimator != args.estimator else [])
     models = {}
     for est in estimators:
-        rcfg = DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch)
+        rcfg = (DiffusionRewardConfig(reward_type="likelihood", batch_size=args.reward_batch) if est == "likelihood"
+                else DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch))
         out = os.path.join(work, "reward" if est == args.estimator else f"reward_{est}")
         if os.path.isfile(os.path.join(out, "config.json")):
             models[est] = DiffusionReward.from_pretrained(out)
