@@ -17,7 +17,7 @@ COMMANDS = {
     "robotics": ("mmreward.robotics.cli", "main", "Diffusion Reward + DrQ-v2: collect, train-codec, train-video, reward, train-rl"),
     "text": ("mmreward.text.cli", "main", "text reward models: train, score, eval, merge (WARM)"),
     "prm": ("mmreward.text.prm.cli", "main", "process reward models: train, score steps, PRM-guided search"),
-    "vision": ("mmreward.vision.cli", "main", "vision reward models: train image scorers / VLM RMs, ReFL"),
+    "vision": ("mmreward.vision.cli", "main", "vision reward models: train image scorers (mmreward vision train)"),
     "score": ("mmreward.vision.cli", "score_main", "score images against a prompt (ImageReward-style)"),
     "score-video": ("mmreward.vision.cli", "score_video_main", "score a video's frames against a prompt"),
 }
