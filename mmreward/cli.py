@@ -15,7 +15,7 @@ COMMANDS = {
     "env": ("mmreward.env_report", "main", "versions of python / torch / CUDA / triton … and the live op backends"),
     "ops": ("mmreward.cli", "ops_main", "list the fused ops and which backends can run them here"),
     "robotics": ("mmreward.robotics.cli", "main", "Diffusion Reward + DrQ-v2: collect, train-codec, train-video, reward, train-rl"),
-    "text": ("mmreward.text.cli", "main", "text reward models: train, score, eval, merge (WARM)"),
+    "text": ("mmreward.text.cli", "main", "text reward models: train, score, eval, merge (WARM), judge (generative RMs)"),
     "prm": ("mmreward.text.prm.cli", "main", "process reward models: train, score steps, PRM-guided search"),
     "vision": ("mmreward.vision.cli", "main", "vision reward models: train image scorers (mmreward vision train)"),
     "score": ("mmreward.vision.cli", "score_main", "score images against a prompt (ImageReward-style)"),

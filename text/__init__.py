@@ -31,6 +31,15 @@ _EXPORTS = {
     "MCTSConfig": "prm.search",
     "best_of_n_search": "prm.search",
     "ProcessRewardFunction": "prm.refine",
+    # generative judges
+    "JudgeRunner": "generative",
+    "JudgeConfig": "generative",
+    "GenRM": "generative",
+    "GRAM": "generative",
+    "RMR1Judge": "generative",
+    "GRMJudge": "generative",
+    "RewardAnythingJudge": "generative",
+    "CriticRM": "generative",
 }
 _SUBMODULES = ("reward_model", "data", "train", "cli", "recipes", "eval", "prm", "generative")
 

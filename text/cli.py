@@ -1,4 +1,4 @@
-"""`mmreward text …`: train | score | eval | merge. Each subcommand calls the Python API.
+"""`mmreward text …`: train | score | eval | merge | judge. Each subcommand calls the Python API.
 
     mmreward text train --data train.jsonl --backbone path/or/hub-id --output-dir runs/rm --max-steps 500
     mmreward text score --model runs/rm --data inputs.jsonl [--json]
@@ -218,6 +218,8 @@ COMMANDS = {
     "score": ("score prompt / response rows with a reward model", None),
     "eval": ("RewardBench / RM-Bench / bias-probe evaluation", ("mmreward.text.eval.cli", "main")),
     "merge": ("WARM: average reward models fine-tuned from one init", ("mmreward.text.recipes.cli", "merge_main")),
+    "judge": ("generative judges (GenRM, GRAM, RM-R1, DeepSeek-GRM, RewardAnything, Critic-RM)",
+              ("mmreward.text.generative.cli", "main")),
 }
 
 

@@ -1,0 +1,179 @@
+"""DeepSeek-GRM / SPCT (voting, rule reward, meta-RM) and Critic-RM (filter, schedule, joint training)."""
+import os
+import random
+
+import pytest
+import torch
+
+from mmreward.core.checkpoint import CheckpointError
+from mmreward.text.generative.critic_rm import (
+    CriticRM, CriticRMConfig, consistency_filter, critique_weight, sample_critiques,
+)
+from mmreward.text.generative.grm import (
+    GRMConfig, GRMJudge, grm_messages, meta_rm_batch, meta_rm_loss, spct_rule_reward, vote,
+)
+from mmreward.text.generative.heads import ScalarHeadLM
+from mmreward.text.generative.runner import JudgeConfig, JudgeRunner
+from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+GOOD, BAD = "good fine great nice".split(), "bad poor awful weak".split()
+VOCAB = (" ".join(GOOD + BAD) + " q [Query] [Response 1] [End of Response 1] [Response 2] [End of Response 2] "
+         "Final Scores : \\boxed{2, 8} 1 3 4 5 6 7 9 10 Score critique strong answer judge Critique the response")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer([VOCAB])
+
+
+# ------------------------------------------------------------------------------ GRM pure pieces
+def test_vote_and_rule_reward_by_hand():
+    v = vote([[7, 3], None, [2, 9], [6, 6]], 2)
+    assert v.tolist() == [15.0, 18.0]
+    assert vote([[7, 3], [2, 9]], 2, keep=[True, False]).tolist() == [7.0, 3.0]  # meta-RM filter
+    assert vote([None, None], 3).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="2 scores for 3"):
+        vote([[1, 2]], 3)
+    assert spct_rule_reward([7, 3], best=0) == 1.0
+    assert spct_rule_reward([7, 7], best=0) == -1.0  # a tie does not single out the best
+    assert spct_rule_reward([2, 9, 4], best=1) == 1.0
+    assert spct_rule_reward(None, best=0) == -1.0
+    assert spct_rule_reward([6], label_score=6) == 1.0 and spct_rule_reward([5], label_score=6) == -1.0
+    with pytest.raises(ValueError, match="best"):
+        spct_rule_reward([1, 2], best=5)
+
+
+def test_grm_judge_plumbing(tok):
+    m = grm_messages("q", ["good", "bad"])
+    assert "[Response 2]\nbad" in m[1]["content"] and "boxed" in m[0]["content"]
+    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2)
+    j = GRMJudge(model, tok, GRMConfig(instructions="judge", num_samples=3, max_new_tokens=6))
+    lists = j.judge_lists(["q", "q", "q"], [["good", "bad"], ["fine"], ["bad", "nice"]])
+    assert [x.shape for x in lists] == [(2,), (1,), (2,)]
+    assert [r[0].row for r in j.last_results] == [0, 1, 2] and all(len(r) == 3 for r in j.last_results)
+    assert j.metrics()["n"] == 9
+    with pytest.raises(ValueError, match="meta_rm"):
+        GRMJudge(model, tok, GRMConfig(num_samples=4, k_meta=2))
+
+
+def judgements(n, seed):
+    """(messages, judgement text, correct): Response 1 is always the 'good' one (exact label: the judgement's
+    verdict is right iff it scores Response 1 strictly higher); scores are two distinct integers in 2..9."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        resp = [" ".join(rng.choices(GOOD, k=2)), " ".join(rng.choices(BAD, k=2))]
+        s = rng.sample(range(2, 10), 2)
+        rows.append((grm_messages("q", resp, "judge"), f"Final Scores : \\boxed{{{s[0]}, {s[1]}}}", float(s[0] > s[1])))
+    return rows
+
+
+def test_meta_rm_training_reduces_held_out_loss(tok, tmp_path):
+    torch.manual_seed(0)
+    meta = ScalarHeadLM(tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=1))
+    train, test = judgements(256, 0), judgements(64, 1)
+
+    def batch(rows):
+        return meta_rm_batch(tok, [r[0] for r in rows], [r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+
+    tb, ty = batch(test)
+    with torch.no_grad():
+        before, _ = meta_rm_loss(meta, tb, ty)
+    opt = torch.optim.AdamW(meta.parameters(), lr=3e-3)
+    for step in range(100):
+        b, y = batch(train[(step * 32) % 256:(step * 32) % 256 + 32])
+        loss, _ = meta_rm_loss(meta, b, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after, m = meta_rm_loss(meta, tb, ty)
+        ref = torch.nn.functional.binary_cross_entropy_with_logits(meta(tb["input_ids"], tb["attention_mask"]), ty)
+    print(f"meta-RM held-out BCE {float(before):.3f} -> {float(after):.3f}, accuracy {m['accuracy']:.2f}")
+    assert float(after) == pytest.approx(float(ref), rel=1e-4)  # the fused op is plain BCE on the head logit
+    assert float(after) < 0.7 * float(before) and m["accuracy"] >= 0.8
+    # top-k_meta filtering keeps the judgements the meta-RM trusts
+    j = GRMJudge(meta.backbone, tok, GRMConfig(num_samples=4, k_meta=2, max_new_tokens=4), meta_rm=meta)
+    keep = j._meta_keep(test[0][0], ["Final Scores : \\boxed{2, 8}", "Final Scores : \\boxed{8, 2}"] * 2)
+    assert sum(keep) == 2
+    meta.save_pretrained(str(tmp_path / "meta"))
+    again = ScalarHeadLM.from_pretrained(str(tmp_path / "meta"))
+    with torch.no_grad():
+        ids, mask = tb["input_ids"], tb["attention_mask"]
+        assert torch.allclose(again(ids, mask), meta(ids, mask), atol=1e-5)
+    with open(os.path.join(tmp_path, "meta", "head", "model.safetensors"), "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises((CheckpointError, ValueError)):
+        ScalarHeadLM.from_pretrained(str(tmp_path / "meta"))
+
+
+# ------------------------------------------------------------------------------ Critic-RM
+def test_filter_and_schedule_by_hand():
+    # chosen critiques [8, 3, None], rejected [2, 6]: mean chosen 5.5, mean rejected 4
+    assert consistency_filter([8, 3, None], [2, 6]) == ([0], [0])
+    assert consistency_filter([None], [2]) == ([], [])
+    assert consistency_filter([1, 2], [8, 9]) == ([], [])  # nothing consistent → pair dropped
+    assert critique_weight(0, 11) == pytest.approx(0.9) and critique_weight(10, 11) == pytest.approx(0.1)
+    assert critique_weight(5, 11, start=1.0, end=0.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        critique_weight(0, 0)
+
+
+def critic_rows(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        c, r = " ".join(rng.choices(GOOD, k=2)), " ".join(rng.choices(BAD, k=2))
+        out.append(("q", c, r, f"strong answer Score : {rng.choice([7, 8, 9])}", f"weak answer Score : {rng.choice([2, 3, 4])}"))
+    return out
+
+
+def test_critic_rm_joint_training_reduces_held_out_loss(tok):
+    torch.manual_seed(0)
+    crm = CriticRM(ScalarHeadLM(tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=2)), tok,
+                   CriticRMConfig(request="Critique the response", num_critiques=2, max_new_tokens=5))
+    train, test = critic_rows(192, 0), critic_rows(48, 1)
+
+    def batches(rows):
+        p, c, r, cc, cr = map(list, zip(*rows))
+        return crm.batch(p, c, cc), crm.batch(p, r, cr)
+
+    tc, tr = batches(test)
+    total = 60
+    with torch.no_grad():
+        before, mb = crm.loss(tc, tr, step=total - 1, total_steps=total)
+    opt = torch.optim.AdamW(crm.model.parameters(), lr=3e-3)
+    lams = []
+    for step in range(total):
+        bc, br = batches(train[(step * 16) % 192:(step * 16) % 192 + 16])
+        loss, m = crm.loss(bc, br, step=step, total_steps=total)
+        lams.append(m["lambda"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after, ma = crm.loss(tc, tr, step=total - 1, total_steps=total)
+    print(f"Critic-RM held-out joint loss {float(before):.3f} -> {float(after):.3f} "
+          f"(critique LM {mb['loss_critique']:.2f} -> {ma['loss_critique']:.2f}, BT {mb['loss_bt']:.3f} -> "
+          f"{ma['loss_bt']:.3f}), pair accuracy {ma['accuracy']:.2f}")
+    assert lams[0] == pytest.approx(0.9) and lams[-1] == pytest.approx(0.1) and lams == sorted(lams, reverse=True)
+    assert float(after) < 0.5 * float(before)
+    assert ma["loss_critique"] < mb["loss_critique"] and ma["loss_bt"] < mb["loss_bt"] and ma["accuracy"] >= 0.9
+    p, c, r, cc, cr = map(list, zip(*test[:8]))
+    assert (crm.score(p, c, cc) > crm.score(p, r, cr)).float().mean() >= 0.9
+    sc = crm.score(p[:2], c[:2])  # generates its own (greedy) critiques first
+    assert sc.shape == (2,) and torch.isfinite(sc).all()
+    crit = sample_critiques(JudgeRunner(crm.model.backbone, tok, JudgeConfig(max_new_tokens=6, num_samples=2, do_sample=True)),
+                            p[:2], c[:2], "Critique the response")
+    assert len(crit) == 2 and all(len(row) == 2 for row in crit)
+    with pytest.raises(TypeError, match="ScalarHeadLM"):
+        CriticRM(crm.model.backbone, tok)

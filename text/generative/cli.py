@@ -1,0 +1,123 @@
+"""Run a generative judge over preference pairs from the command line (same code path as the Python API).
+
+    python -m mmreward.text.generative.cli rm_r1 --model path/to/causal-lm --data pairs.jsonl --limit 8 \\
+        --max-new-tokens 256 --output verdicts.json
+    python -m mmreward.text.generative.cli genrm --model folder --gguf-file model.Q4_1.gguf --data rm-bench/chat.json
+
+The first argument is the method (genrm, gram, rm_r1, grm, reward_anything, critic_rm); the method's
+flags map one to one onto its config dataclass (``--max-new-tokens`` → ``RMR1Config.max_new_tokens``).
+Rows are ``{prompt, chosen, rejected}`` (.json / .jsonl / .parquet / saved datasets folder); RM-Bench
+items (lists of 3 responses) use their first, concise, style. ``critic_rm`` needs a ``ScalarHeadLM``
+folder as ``--model``. Output: accuracy (ties / no verdict ½), order-swapped accuracies and
+swap-consistency, parse metrics where the judge generates, and per-row P(chosen ≻ rejected).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+METHODS = {  # method -> (module, judge class, config class)
+    "genrm": ("genrm", "GenRM", "GenRMConfig"),
+    "gram": ("gram", "GRAM", "GRAMConfig"),
+    "rm_r1": ("rm_r1", "RMR1Judge", "RMR1Config"),
+    "grm": ("grm", "GRMJudge", "GRMConfig"),
+    "reward_anything": ("reward_anything", "RewardAnythingJudge", "RewardAnythingConfig"),
+    "critic_rm": ("critic_rm", "CriticRM", "CriticRMConfig"),
+}
+
+
+def load_rows(path: str, limit: int = 0) -> list[dict]:
+    from ..eval.rewardbench import read_rows
+
+    rows = []
+    for i, r in enumerate(read_rows(path)):
+        if not isinstance(r, dict) or not all(k in r for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"{path}: row {i} needs 'prompt', 'chosen', 'rejected'")
+        c, j = r["chosen"], r["rejected"]
+        c, j = (c[0] if isinstance(c, list) and c else c), (j[0] if isinstance(j, list) and j else j)
+        if not all(isinstance(x, str) for x in (r["prompt"], c, j)):
+            raise ValueError(f"{path}: row {i}: prompt / chosen / rejected must be text")
+        rows.append({"prompt": r["prompt"], "chosen": c, "rejected": j})
+        if limit and len(rows) == limit:
+            break
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if method == "critic_rm":
+        from .heads import ScalarHeadLM
+
+        m = ScalarHeadLM.from_pretrained(model, device=device)
+        return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"))
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoModelForCausalLM.from_pretrained(model, **kw).to(device).eval(), AutoTokenizer.from_pretrained(model, **kw)
+
+
+def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dict], swap: bool = True) -> dict:
+    """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python)."""
+    from .position import evaluate_pairs_with_judge
+
+    mod, cls, _ = METHODS[method]
+    judge = getattr(importlib.import_module(f"{__package__}.{mod}"), cls)(model, tokenizer, config)
+    per_row = []
+
+    def recording(prompts, first, second):
+        p = judge.judge(prompts, first, second)
+        per_row.append(p.double().tolist())
+        return p
+
+    out = evaluate_pairs_with_judge(recording, rows, swap=swap)
+    if hasattr(judge, "metrics"):
+        out["parse"] = judge.metrics()
+    p = per_row[0]
+    n = len(rows)
+    out["p_chosen_first"] = p[:n]
+    if swap:
+        out["p_chosen_second"] = [1.0 - x for x in p[n:]]
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..cli import add_config_flags, config_from_args
+
+    ap = argparse.ArgumentParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="method", required=True)
+    for name, (mod, _, cfg) in METHODS.items():
+        p = sub.add_parser(name, help=f"{name} judge")
+        p.add_argument("--model", required=True, help="causal LM folder (critic_rm: ScalarHeadLM folder)")
+        p.add_argument("--gguf-file", help="GGUF file name inside --model")
+        p.add_argument("--data", required=True, help="preference rows {prompt, chosen, rejected}")
+        p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
+        p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
+        p.add_argument("--device", default="cpu", help="torch device")
+        p.add_argument("--output", help="write the result JSON here")
+        add_config_flags(p, getattr(importlib.import_module(f"{__package__}.{mod}"), cfg))
+    args = ap.parse_args(argv)
+    mod, _, cfg = METHODS[args.method]
+    config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
+    try:
+        rows = load_rows(args.data, args.limit)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model, tok = load_model(args.method, args.model, args.gguf_file, args.device)
+    res = run(args.method, config, model, tok, rows, swap=args.swap)
+    summary = {k: v for k, v in res.items() if not k.startswith("p_")}
+    print(json.dumps(summary, indent=1))
+    if args.output:
+        from mmreward.core.checkpoint import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps({"method": args.method, **res}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Critic-RM (Yu et al., 2024, "Self-Generated Critiques Boost Reward Modeling for Language Models").
+
+1. sample k critiques per response, each ending with ``Score: x`` (1–10) (:func:`sample_critiques`);
+2. consistency filter: keep the chosen response's critiques that score it above the mean score the
+   rejected response got, and the rejected one's critiques that score it below the chosen's mean; a pair
+   with no consistent critique on either side is dropped (:func:`consistency_filter`);
+3. joint fine-tuning on (x, y, critique): ``λ(t)·L_critique-LM + (1 − λ(t))·L_BT`` where the reward is a
+   scalar head on the last token after the critique and ``λ(t)`` moves linearly from ``lam_start`` to
+   ``lam_end`` (critique first, then reward) (:func:`critique_weight`, :meth:`CriticRM.loss`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mmreward.ops import reward_head_pairwise_loss_and_accuracy
+
+from .heads import ScalarHeadLM, last_token_hidden
+from .parsing import parse_score
+from .position import judge_from_scores
+from .runner import JudgeConfig, JudgeRunner
+from .sft import IGNORE, concat_batches, sft_batch
+
+__all__ = ["CriticRMConfig", "CriticRM", "critique_messages", "sample_critiques", "consistency_filter",
+           "critique_weight", "CRITIQUE_REQUEST"]
+
+CRITIQUE_REQUEST = "Critique the response above: point out its strengths and flaws, then end with 'Score: x' (1-10)."
+
+
+@dataclass
+class CriticRMConfig:
+    request: str = field(default=CRITIQUE_REQUEST, metadata={"help": "critique instruction after (x, y)"})
+    num_critiques: int = field(default=4, metadata={"help": "k sampled critiques per response"})
+    max_new_tokens: int = field(default=256, metadata={"help": "critique length limit"})
+    temperature: float = field(default=0.8, metadata={"help": "critique sampling temperature"})
+    lam_start: float = field(default=0.9, metadata={"help": "critique-LM weight λ at step 0"})
+    lam_end: float = field(default=0.1, metadata={"help": "critique-LM weight λ at the last step"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+def critique_messages(prompt: str, response: str, request: str = CRITIQUE_REQUEST) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
+            {"role": "user", "content": request}]
+
+
+def sample_critiques(runner: JudgeRunner, prompts: Sequence[str], responses: Sequence[str],
+                     request: str = CRITIQUE_REQUEST) -> list[list[tuple[str, Optional[float]]]]:
+    """``[N][k]`` (critique text, parsed score or None) with the runner's sampling settings."""
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError("sample_critiques: prompts and responses must be non-empty and equally long")
+    res = runner.run([critique_messages(p, r, request) for p, r in zip(prompts, responses)], parse_score)
+    return [[(r.text, r.value if r.ok else None) for r in row] for row in res]
+
+
+def consistency_filter(scores_chosen: Sequence[Optional[float]], scores_rejected: Sequence[Optional[float]]
+                       ) -> tuple[list[int], list[int]]:
+    """Indices of the consistent critiques of the chosen and of the rejected response (see module doc)."""
+    c = [s for s in scores_chosen if s is not None]
+    r = [s for s in scores_rejected if s is not None]
+    if not c or not r:
+        return [], []
+    mc, mr = sum(c) / len(c), sum(r) / len(r)
+    keep_c = [i for i, s in enumerate(scores_chosen) if s is not None and s > mr]
+    keep_r = [i for i, s in enumerate(scores_rejected) if s is not None and s < mc]
+    if not keep_c or not keep_r:
+        return [], []
+    return keep_c, keep_r
+
+
+def critique_weight(step: int, total_steps: int, start: float = 0.9, end: float = 0.1) -> float:
+    """λ(t): linear from ``start`` at step 0 to ``end`` at ``total_steps − 1``."""
+    if total_steps < 1 or step < 0:
+        raise ValueError(f"critique_weight: need step >= 0 and total_steps >= 1, got {step}, {total_steps}")
+    if not (0 <= start <= 1 and 0 <= end <= 1):
+        raise ValueError("critique_weight: start and end must be in [0, 1]")
+    t = min(step / max(1, total_steps - 1), 1.0)
+    return start + (end - start) * t
+
+
+class CriticRM:
+    """A critique-generating LM with a reward head (``ScalarHeadLM``) and its joint loss."""
+
+    def __init__(self, model: ScalarHeadLM, tokenizer: Any, config: Optional[CriticRMConfig] = None):
+        if not isinstance(model, ScalarHeadLM):
+            raise TypeError("CriticRM needs a ScalarHeadLM (wrap the causal LM: ScalarHeadLM(lm))")
+        self.model, self.tokenizer = model, tokenizer
+        self.config = c = config or CriticRMConfig()
+        self.runner = JudgeRunner(model.backbone, tokenizer, JudgeConfig(
+            max_new_tokens=c.max_new_tokens, num_samples=c.num_critiques, do_sample=c.num_critiques > 1,
+            temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
+
+    def batch(self, prompts: Sequence[str], responses: Sequence[str], critiques: Sequence[str]) -> dict:
+        """(x, y, request) → critique SFT batch; the reward is read after the critique's eos."""
+        if not (len(prompts) == len(responses) == len(critiques)):
+            raise ValueError("CriticRM.batch: prompts / responses / critiques differ in length")
+        msgs = [critique_messages(p, r, self.config.request) for p, r in zip(prompts, responses)]
+        return sft_batch(self.tokenizer, msgs, list(critiques))
+
+    def loss(self, chosen: dict, rejected: dict, step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
+        """``λ(t)·LM(critiques) + (1 − λ(t))·BT(r_chosen, r_rejected)`` in one forward over both batches."""
+        c = self.config
+        lam = critique_weight(step, total_steps, c.lam_start, c.lam_end)
+        n = chosen["input_ids"].shape[0]
+        if rejected["input_ids"].shape[0] != n:
+            raise ValueError("CriticRM.loss: chosen and rejected batches differ in size")
+        both = concat_batches(chosen, rejected, pad_id=self.tokenizer.pad_token_id or 0)
+        dev = next(self.model.parameters()).device
+        both = {k: v.to(dev) for k, v in both.items()}
+        out = self.model.backbone(input_ids=both["input_ids"], attention_mask=both["attention_mask"],
+                                  output_hidden_states=True)
+        logits, tgt = out.logits[:, :-1].float(), both["labels"][:, 1:]  # (2B, T-1, V), (2B, T-1)
+        lm = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE)
+        h = last_token_hidden(out.hidden_states[-1], both["attention_mask"])  # (2B, H)
+        bt, acc = reward_head_pairwise_loss_and_accuracy(h[:n], h[n:], self.model.head.weight, self.model.head.bias)
+        loss = lam * lm + (1 - lam) * bt
+        return loss, {"lambda": lam, "loss_critique": float(lm.detach()), "loss_bt": float(bt.detach()),
+                      "accuracy": float(acc)}
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str],
+              critiques: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """(N,) reward after a critique (greedy-generated when not given)."""
+        if critiques is None:
+            greedy = JudgeRunner(self.model.backbone, self.tokenizer, JudgeConfig(
+                max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size))
+            critiques = [t[0] for t in greedy.generate(
+                [critique_messages(p, r, self.config.request) for p, r in zip(prompts, responses)])]
+        b = self.batch(prompts, responses, critiques)
+        was = self.model.training
+        self.model.eval()
+        try:
+            dev = next(self.model.parameters()).device
+            return self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev)).float()
+        finally:
+            self.model.train(was)
+
+    __call__ = score
+
+    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the two rewards."""
+        return judge_from_scores(self.score)(prompts, first, second)

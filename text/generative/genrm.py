@@ -1,0 +1,134 @@
+"""GenRM (Zhang et al., 2024, "Generative Verifiers: Reward Modeling as Next-Token Prediction").
+
+* direct verifier: reward = P("Yes" | x, y, "Is the answer correct (Yes/No)?"), read from the
+  next-token distribution renormalised over {Yes, No};
+* GenRM-CoT: sample K verification rationales, append the question after each, reward = mean
+  P(Yes) over the K rationales; the majority vote of the K verdicts is returned too;
+* training: ``L = SFT(verification data) + λ · SFT(correct solutions)`` (:func:`genrm_loss`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .parsing import parse_yes_no
+from .position import judge_from_scores
+from .runner import JudgeConfig, JudgeRunner
+from .sft import concat_batches, lm_loss, sft_batch
+
+__all__ = ["GenRMConfig", "GenRM", "genrm_loss", "calibration"]
+
+
+@dataclass
+class GenRMConfig:
+    question: str = field(default="Is the answer correct (Yes/No)?", metadata={"help": "verification question after x, y"})
+    yes: str = field(default="Yes", metadata={"help": "positive verdict token"})
+    no: str = field(default="No", metadata={"help": "negative verdict token"})
+    cot_instruction: str = field(default="Let's verify step by step.", metadata={"help": "CoT: asks for a rationale first"})
+    num_rationales: int = field(default=4, metadata={"help": "K sampled rationales for GenRM-CoT"})
+    max_new_tokens: int = field(default=128, metadata={"help": "rationale length limit"})
+    temperature: float = field(default=0.7, metadata={"help": "rationale sampling temperature"})
+    lam: float = field(default=1.0, metadata={"help": "λ: weight of the SFT loss on correct solutions"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per forward / generate call"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+def _pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        raise ValueError("empty input")
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not isinstance(p, str) or not isinstance(r, str):
+            raise TypeError(f"row {i}: prompt and response must be str, got {type(p).__name__}, {type(r).__name__}")
+
+
+class GenRM:
+    """A generative verifier over a causal LM with a chat template."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: Optional[GenRMConfig] = None):
+        self.config = config or GenRMConfig()
+        self.model, self.tokenizer = model, tokenizer
+        self.runner = JudgeRunner(model, tokenizer, JudgeConfig(batch_size=self.config.batch_size))
+
+    def messages(self, prompt: str, response: str, cot: bool = False) -> list[dict]:
+        # x and y as a user / assistant exchange, then the question: the verdict is read right where the
+        # model's own solution knowledge lives (GenRM unifies generation and verification)
+        q = self.config.cot_instruction if cot else self.config.question
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
+                {"role": "user", "content": q}]
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """(N,) P(Yes) of the direct verifier — the scalar RM interface."""
+        _pairs(prompts, responses)
+        msgs = [self.messages(p, r) for p, r in zip(prompts, responses)]
+        return self.runner.choice_probs(msgs, [self.config.yes, self.config.no])[:, 0]
+
+    __call__ = score
+
+    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the two rewards."""
+        return judge_from_scores(self.score)(prompts, first, second)
+
+    def score_cot(self, prompts: Sequence[str], responses: Sequence[str], k: Optional[int] = None) -> dict:
+        """GenRM-CoT: ``{"reward": (N,) mean P(Yes), "majority": (N,) bool, "p_yes": (N, K), "rationales": [N][K],
+        "parse_rate": fraction of rationales that state a Yes/No themselves}``."""
+        _pairs(prompts, responses)
+        c = self.config
+        k = k or c.num_rationales
+        gen = JudgeRunner(self.model, self.tokenizer, JudgeConfig(
+            max_new_tokens=c.max_new_tokens, num_samples=k, do_sample=k > 1, temperature=c.temperature,
+            batch_size=c.batch_size, seed=c.seed))
+        msgs = [self.messages(p, r, cot=True) for p, r in zip(prompts, responses)]
+        rats = gen.generate(msgs)  # [N][K]
+        # after each rationale the model answers the verification question: continue the assistant turn
+        follow = [gen.render(m) + f"{r}\n{c.question} " for m, rs in zip(msgs, rats) for r in rs]
+        p = self.runner.choice_probs(follow, [c.yes, c.no])[:, 0].view(len(msgs), k)  # (N, K)
+        stated = [parse_yes_no(r).ok for rs in rats for r in rs]
+        return {"reward": p.mean(1), "majority": (p > 0.5).float().mean(1) > 0.5, "p_yes": p,
+                "rationales": rats, "parse_rate": sum(stated) / len(stated)}
+
+
+def genrm_loss(model: Any, verification: dict, solutions: Optional[dict] = None,
+               lam: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """``SFT(verification) + λ·SFT(solutions)``; both are :func:`sft_batch` outputs (verification targets
+    are the Yes / No verdicts, optionally preceded by a rationale; solutions are correct answers).
+    Each SFT term is the mean over its rows of the per-row token-mean NLL; both go through one forward."""
+    if solutions is None or not lam:
+        v = lm_loss(model, verification, reduction="none")  # (Bv,)
+        return v.mean(), {"loss_verify": float(v.detach().mean())}
+    both = concat_batches(verification, solutions)
+    nv = verification["input_ids"].shape[0]
+    rows = lm_loss(model, both, reduction="none")  # (Bv + Bs,)
+    v, s = rows[:nv].mean(), rows[nv:].mean()
+    return v + lam * s, {"loss_verify": float(v.detach()), "loss_solution": float(s.detach())}
+
+
+def verification_batch(genrm: GenRM, prompts: Sequence[str], responses: Sequence[str], correct: Sequence[bool]) -> dict:
+    """SFT batch teaching the verdict: (x, y, question) → Yes / No."""
+    _pairs(prompts, responses)
+    c = genrm.config
+    msgs = [genrm.messages(p, r) for p, r in zip(prompts, responses)]
+    return sft_batch(genrm.tokenizer, msgs, [c.yes if ok else c.no for ok in correct])
+
+
+def calibration(p_yes: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> dict:
+    """Expected calibration error of P(Yes) against 0/1 labels, with the reliability bins
+    (``[lo, hi, count, mean_p, frac_positive]`` for each non-empty bin) and the Brier score."""
+    p = p_yes.detach().double().flatten()
+    y = labels.detach().double().flatten()
+    if p.numel() != y.numel() or p.numel() == 0:
+        raise ValueError(f"calibration: {p.numel()} probabilities vs {y.numel()} labels")
+    if torch.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ValueError("calibration: probabilities must be in [0, 1]")
+    idx = (p * bins).long().clamp(max=bins - 1)
+    ece, table = 0.0, []
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            conf, acc = float(p[m].mean()), float(y[m].mean())
+            ece += m.sum().item() / p.numel() * abs(conf - acc)
+            table.append([b / bins, (b + 1) / bins, int(m.sum()), conf, acc])
+    return {"ece": ece, "brier": float(((p - y) ** 2).mean()), "bins": table}

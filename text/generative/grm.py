@@ -1,0 +1,164 @@
+"""DeepSeek-GRM / SPCT (Liu et al., 2025, "Inference-Time Scaling for Generalist Reward Modeling").
+
+* pointwise generative RM: the judge writes principles, critiques each response against them and ends
+  with integer scores 1–10, one per response (``Final Scores: \\boxed{s_1, …, s_n}``);
+* voting@k: k sampled judgements, the scores of the valid ones are summed per response;
+* meta-RM: a scalar classifier on (query, responses, judgement) trained with BCE on whether that
+  judgement's verdict was right; at inference only the top-k_meta judgements by meta score vote;
+* the SPCT rule reward for RL: +1 when the scores single out the ground-truth best response
+  (n ≥ 2: the best one's score is strictly above all others; n = 1: the score equals the label), else −1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mmreward.ops import step_bce_loss
+
+from .heads import ScalarHeadLM
+from .parsing import parse_scores
+from .runner import JudgeConfig, JudgeRunner, parse_metrics
+from .sft import sft_batch
+
+__all__ = ["GRMConfig", "GRMJudge", "grm_messages", "vote", "spct_rule_reward", "meta_rm_loss", "meta_rm_batch",
+           "GRM_INSTRUCTIONS"]
+
+GRM_INSTRUCTIONS = (
+    "You are a skilled judge. First write the principles that matter for this query, each with a weight. "
+    "Then critique every response against the principles. Finally rate each response with an integer "
+    "from 1 to 10 and end with: Final Scores: \\boxed{score_1, score_2, ...} (one score per response, in order)."
+)
+
+
+@dataclass
+class GRMConfig:
+    instructions: str = field(default=GRM_INSTRUCTIONS, metadata={"help": "principles + critique instructions"})
+    num_samples: int = field(default=1, metadata={"help": "k sampled judgements for voting@k"})
+    k_meta: int = field(default=0, metadata={"help": "keep the top k_meta judgements by meta-RM score (0: keep all)"})
+    max_new_tokens: int = field(default=512, metadata={"help": "judgement length limit"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature when k > 1"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+def grm_messages(prompt: str, responses: Sequence[str], instructions: str = GRM_INSTRUCTIONS) -> list[dict]:
+    if not responses:
+        raise ValueError("grm_messages: no responses")
+    body = "\n\n".join(f"[Response {i + 1}]\n{r}\n[End of Response {i + 1}]" for i, r in enumerate(responses))
+    return [{"role": "system", "content": instructions}, {"role": "user", "content": f"[Query]\n{prompt}\n\n{body}"}]
+
+
+def vote(score_lists: Sequence[Optional[Sequence[int]]], n: int, keep: Optional[Sequence[bool]] = None) -> torch.Tensor:
+    """voting@k: (n,) sum of the valid score lists (``None`` = no verdict, ``keep`` = meta-RM filter).
+    All-invalid gives zeros (every response tied)."""
+    total = torch.zeros(n, dtype=torch.float64)
+    for i, s in enumerate(score_lists):
+        if s is None or (keep is not None and not keep[i]):
+            continue
+        if len(s) != n:
+            raise ValueError(f"score list {i} has {len(s)} scores for {n} responses")
+        total += torch.tensor([float(x) for x in s], dtype=torch.float64)
+    return total
+
+
+def spct_rule_reward(scores: Optional[Sequence[float]], best: Optional[int] = None,
+                     label_score: Optional[float] = None) -> float:
+    """SPCT's rule reward. n ≥ 2: +1 iff ``scores[best]`` is strictly the highest; n = 1: +1 iff the
+    score equals ``label_score``. Unparsed (``None``) → −1."""
+    if scores is None:
+        return -1.0
+    n = len(scores)
+    if n == 0:
+        raise ValueError("spct_rule_reward: empty scores")
+    if n == 1:
+        if label_score is None:
+            raise ValueError("spct_rule_reward: a single response needs label_score")
+        return 1.0 if float(scores[0]) == float(label_score) else -1.0
+    if best is None or not 0 <= best < n:
+        raise ValueError(f"spct_rule_reward: best must index one of the {n} responses, got {best!r}")
+    return 1.0 if all(scores[best] > s for j, s in enumerate(scores) if j != best) else -1.0
+
+
+class GRMJudge:
+    """Pointwise GRM with voting@k and an optional meta-RM filter (``meta_rm``: a ScalarHeadLM)."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: Optional[GRMConfig] = None,
+                 meta_rm: Optional[ScalarHeadLM] = None):
+        self.config = c = config or GRMConfig()
+        if c.k_meta < 0 or c.k_meta > c.num_samples:
+            raise ValueError(f"k_meta must be in [0, num_samples={c.num_samples}], got {c.k_meta}")
+        if c.k_meta and meta_rm is None:
+            raise ValueError("k_meta > 0 needs a meta_rm")
+        self.tokenizer, self.meta_rm = tokenizer, meta_rm
+        self.runner = JudgeRunner(model, tokenizer, JudgeConfig(
+            max_new_tokens=c.max_new_tokens, num_samples=c.num_samples, do_sample=c.num_samples > 1,
+            temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
+        self.last_results: list = []
+
+    def judge_lists(self, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Per query, the (n,) voted scores of its responses."""
+        if len(prompts) != len(responses) or not prompts:
+            raise ValueError("GRMJudge: prompts and responses must be non-empty and equally long")
+        msgs = [grm_messages(p, rs, self.config.instructions) for p, rs in zip(prompts, responses)]
+        res: list = [None] * len(msgs)
+        for n in sorted({len(rs) for rs in responses}):  # one batched run per response count n
+            idx = [i for i, rs in enumerate(responses) if len(rs) == n]
+            for i, row in zip(idx, self.runner.run([msgs[i] for i in idx], lambda t, n=n: parse_scores(t, n))):
+                for r in row:
+                    r.row = i
+                res[i] = row
+        self.last_results = res
+        out = []
+        for m, rs, row in zip(msgs, responses, res):
+            keep = None
+            if self.config.k_meta:
+                keep = self._meta_keep(m, [r.text for r in row])
+            out.append(vote([r.value if r.ok else None for r in row], len(rs), keep))
+        return out
+
+    @torch.no_grad()
+    def _meta_keep(self, messages: list[dict], texts: list[str]) -> list[bool]:
+        batch = meta_rm_batch(self.tokenizer, [messages] * len(texts), texts)
+        dev = next(self.meta_rm.parameters()).device
+        s = self.meta_rm(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (k,)
+        top = set(torch.topk(s, self.config.k_meta).indices.tolist())
+        return [i in top for i in range(len(texts))]
+
+    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the voted scores (½ on ties or no verdict)."""
+        v = self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])
+        return torch.tensor([1.0 if s[0] > s[1] else 0.0 if s[0] < s[1] else 0.5 for s in v], dtype=torch.float64)
+
+    __call__ = judge
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Scalar view: each response judged alone, (N,) voted score (mean over valid samples; 0 if none)."""
+        v = self.judge_lists(prompts, [[r] for r in responses])
+        n_ok = torch.tensor([max(1, sum(r.ok for r in row)) for row in self.last_results], dtype=torch.float64)
+        return torch.stack([x[0] for x in v]) / n_ok
+
+    def metrics(self) -> dict:
+        return parse_metrics(self.last_results)
+
+
+def meta_rm_batch(tokenizer: Any, messages: Sequence[list[dict]], judgements: Sequence[str], **kw) -> dict:
+    """Right-padded (query + responses, judgement) sequences for the meta-RM (labels unused)."""
+    return sft_batch(tokenizer, messages, list(judgements), add_eos=True, **kw)
+
+
+def meta_rm_loss(meta: ScalarHeadLM, batch: dict, correct: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """BCE of the meta-RM's logit against ``correct`` (B,) in [0, 1] (1: the judgement's verdict was right),
+    through the fused ``step_bce_loss`` on the last-token hidden states with the head's row."""
+    dev = next(meta.parameters()).device
+    h, _ = meta.hidden(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (B, H)
+    y = correct.to(device=dev, dtype=torch.float32)
+    if y.shape != (h.shape[0],):
+        raise ValueError(f"correct must have shape ({h.shape[0]},), got {tuple(y.shape)}")
+    w_bad = torch.zeros_like(meta.head.weight[0])  # one-logit head: p = σ(h·w + b)
+    loss = step_bce_loss(h, meta.head.weight[0], w_bad, y, b_good=meta.head.bias[0],
+                         step_mask=torch.ones(h.shape[0], dtype=torch.bool, device=dev))
+    with torch.no_grad():
+        acc = ((meta.head(h).squeeze(-1) > 0).float() == (y > 0.5).float()).float().mean()
+    return loss, {"accuracy": float(acc)}

@@ -1,0 +1,77 @@
+"""A causal LM with a scalar head on the last real token — the meta-RM (DeepSeek-GRM) and the
+Critic-RM reward head share it. Saved as ``backbone/`` (transformers format) + ``head/``
+(safetensors + JSON via :mod:`mmreward.core.checkpoint`)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from mmreward.core.checkpoint import load_model, save_model
+
+__all__ = ["ScalarHeadLM", "last_token_hidden", "last_token_logits"]
+
+
+def _lengths(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (B, T), got {tuple(mask.shape)}")
+    lens = mask.long().sum(1)
+    if (lens == 0).any():
+        raise ValueError(f"row {int((lens == 0).nonzero()[0])} of the batch is empty (all padding)")
+    return lens
+
+
+def last_token_hidden(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) hidden state of each row's last real token in a right-padded (B, T, H) batch."""
+    lens = _lengths(mask)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), lens.to(hidden.device) - 1]
+
+
+def last_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_ids: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits of ``token_ids`` as the next token after each row of a *left*-padded batch
+    (position ids skip the pads; only the final position's logits are computed)."""
+    _lengths(attention_mask)
+    pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, logits_to_keep=1)
+    return out.logits[:, -1, token_ids].float()
+
+
+class ScalarHeadLM(nn.Module):
+    """``backbone`` (a transformers causal LM) + ``head`` = Linear(H, 1) on the last real token."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        h = backbone.config.hidden_size
+        self.head = nn.Linear(h, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / h ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """``(last-token hidden (B, H), LM logits or None)``; one forward serves the reward and the LM loss."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return last_token_hidden(out.hidden_states[-1], attention_mask), out.logits
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) scalar logits."""
+        h, _ = self.hidden(input_ids, attention_mask)
+        return self.head(h).squeeze(-1)
+
+    def save_pretrained(self, folder: str) -> None:
+        self.backbone.save_pretrained(os.path.join(folder, "backbone"))
+        save_model(os.path.join(folder, "head"), {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                   {"kind": "ScalarHeadLM", "hidden_size": self.head.in_features})
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu") -> "ScalarHeadLM":
+        from transformers import AutoModelForCausalLM
+
+        state, cfg = load_model(os.path.join(folder, "head"), device=device)
+        if cfg.get("kind") != "ScalarHeadLM":
+            raise ValueError(f"{folder}/head is not a ScalarHeadLM checkpoint (kind={cfg.get('kind')!r})")
+        m = cls(AutoModelForCausalLM.from_pretrained(os.path.join(folder, "backbone")).to(device))
+        m.head.load_state_dict(state)
+        return m

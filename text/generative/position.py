@@ -1,0 +1,121 @@
+"""Position-bias control for pairwise judges: run both orders, average, measure consistency, and
+turn pairwise verdicts into RewardBench / RM-Bench figures.
+
+A *pairwise judge* here is any callable ``judge(prompts, first, second) -> Tensor[N]`` giving
+P(first ≻ second) in [0, 1], with 0.5 meaning a tie or no verdict.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+PairJudge = Callable[[Sequence[str], Sequence[str], Sequence[str]], torch.Tensor]
+
+__all__ = ["judge_from_scores", "order_averaged", "both_orders", "swap_consistency", "verdict_prob", "pairwise_judge_accuracy",
+           "evaluate_pairs_with_judge", "rmbench_with_judge"]
+
+
+def _check_p(name: str, p: torch.Tensor) -> torch.Tensor:
+    if not isinstance(p, torch.Tensor) or p.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor, got {getattr(p, 'shape', type(p).__name__)}")
+    if torch.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+    return p.double()
+
+
+def order_averaged(p_ab: torch.Tensor, p_ba: torch.Tensor) -> torch.Tensor:
+    """P(a ≻ b) averaged over both presentations: ½·(P(first ≻ | a, b) + 1 − P(first ≻ | b, a))."""
+    p_ab, p_ba = _check_p("p_ab", p_ab), _check_p("p_ba", p_ba)
+    if p_ab.shape != p_ba.shape:
+        raise ValueError(f"p_ab {tuple(p_ab.shape)} and p_ba {tuple(p_ba.shape)} differ in shape")
+    return 0.5 * (p_ab + 1.0 - p_ba)
+
+
+def swap_consistency(p_ab: torch.Tensor, p_ba: torch.Tensor) -> float:
+    """Fraction of pairs whose decisive verdict names the same response in both orders
+    (a tie / no verdict in either order counts as inconsistent)."""
+    p_ab, p_ba = _check_p("p_ab", p_ab), _check_p("p_ba", p_ba)
+    if p_ab.numel() == 0 or p_ab.shape != p_ba.shape:
+        raise ValueError("swap_consistency: need two non-empty tensors of the same shape")
+    same = ((p_ab > 0.5) & (p_ba < 0.5)) | ((p_ab < 0.5) & (p_ba > 0.5))
+    return float(same.double().mean())
+
+
+def both_orders(judge: PairJudge, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
+    """Run ``judge`` on (a, b) and (b, a) in one call; ``{"p": order-averaged P(a ≻ b), "p_ab", "p_ba",
+    "consistency"}``."""
+    n = len(prompts)
+    if not (n == len(a) == len(b)) or n == 0:
+        raise ValueError(f"both_orders: prompts / a / b must be non-empty and equally long ({n}, {len(a)}, {len(b)})")
+    p = judge(list(prompts) * 2, list(a) + list(b), list(b) + list(a))
+    p_ab, p_ba = p[:n], p[n:]
+    return {"p": order_averaged(p_ab, p_ba), "p_ab": p_ab, "p_ba": p_ba, "consistency": swap_consistency(p_ab, p_ba)}
+
+
+def judge_from_scores(score: Callable[[Sequence[str], Sequence[str]], torch.Tensor]) -> PairJudge:
+    """A pairwise judge from a pointwise scorer: P(first ≻ second) = 1 / ½ / 0 by comparing the two scores."""
+    def judge(prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        n = len(prompts)
+        if not (n == len(first) == len(second)) or n == 0:
+            raise ValueError(f"judge: prompts / first / second must be non-empty and equally long "
+                             f"({n}, {len(first)}, {len(second)})")
+        s = score(list(prompts) * 2, list(first) + list(second)).detach().double().cpu()
+        return (s[:n] > s[n:]).double() + 0.5 * (s[:n] == s[n:]).double()
+    return judge
+
+
+def verdict_prob(verdicts: Sequence[Optional[str]]) -> torch.Tensor:
+    """Letters ``"A"`` / ``"B"`` / ``None`` (no verdict) → P(first ≻ second) = 1 / 0 / 0.5."""
+    m = {"A": 1.0, "B": 0.0, None: 0.5}
+    bad = [v for v in verdicts if v not in m]
+    if bad:
+        raise ValueError(f"verdicts must be 'A', 'B' or None, got {bad[0]!r}")
+    return torch.tensor([m[v] for v in verdicts], dtype=torch.float64)
+
+
+def pairwise_judge_accuracy(p_chosen_first: torch.Tensor) -> float:
+    """Accuracy with chosen presented as ``a``: wins count 1, ties / no verdicts ½ (RewardBench's tie rule)."""
+    p = _check_p("p", p_chosen_first)
+    return float(((p > 0.5).double() + 0.5 * (p == 0.5).double()).mean())
+
+
+def evaluate_pairs_with_judge(judge: PairJudge, rows: Sequence[dict], swap: bool = True) -> dict:
+    """Pairwise accuracy of a judge on ``{prompt, chosen, rejected}`` rows (a generative verdict counts as a
+    pairwise comparison), order-averaged when ``swap``; with the swap-consistency."""
+    if not rows:
+        raise ValueError("evaluate_pairs_with_judge: no rows")
+    for i, r in enumerate(rows):
+        if not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"row {i}: needs str 'prompt', 'chosen', 'rejected'")
+    prompts = [r["prompt"] for r in rows]
+    ch, rj = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    if not swap:
+        p = judge(prompts, ch, rj)
+        return {"accuracy": pairwise_judge_accuracy(p), "n": len(rows)}
+    out = both_orders(judge, prompts, ch, rj)
+    return {"accuracy": pairwise_judge_accuracy(out["p"]), "accuracy_chosen_first": pairwise_judge_accuracy(out["p_ab"]),
+            "accuracy_chosen_second": pairwise_judge_accuracy(1 - out["p_ba"]), "consistency": out["consistency"],
+            "n": len(rows)}
+
+
+def rmbench_with_judge(judge: PairJudge, items: Sequence[dict], swap: bool = True) -> dict:
+    """RM-Bench easy / normal / hard for a pairwise judge: M[i, j] = mean credit of chosen style i against
+    rejected style j (win 1, tie ½), summarised as :func:`mmreward.text.eval.rmbench.summarize_matrix`."""
+    from ..eval.rmbench import summarize_matrix
+
+    if not items:
+        raise ValueError("rmbench_with_judge: no items")
+    prompts, ca, rb = [], [], []  # 9 cells per item, chosen style i major
+    for n, it in enumerate(items):
+        if len(it.get("chosen", [])) != 3 or len(it.get("rejected", [])) != 3:
+            raise ValueError(f"item {n}: RM-Bench items need 3 chosen and 3 rejected responses")
+        for i in range(3):
+            for j in range(3):
+                prompts.append(it["prompt"])
+                ca.append(it["chosen"][i])
+                rb.append(it["rejected"][j])
+    p = both_orders(judge, prompts, ca, rb)["p"] if swap else judge(prompts, ca, rb).double()
+    credit = (p > 0.5).double() + 0.5 * (p == 0.5).double()
+    m = credit.view(len(items), 9).mean(0).view(3, 3)
+    return {"matrix": m.tolist(), **summarize_matrix(m)}

@@ -1,0 +1,202 @@
+"""Judge runner over any Hugging Face causal LM with a chat template.
+
+    runner = JudgeRunner(model, tokenizer, JudgeConfig(max_new_tokens=256, num_samples=4, do_sample=True))
+    results = runner.run(messages, parse_ab)        # [N][k] JudgeResult (text + parsed value / reason)
+    parse_metrics(results)                          # {"parse_rate": ..., "reasons": {...}}
+    runner.choice_probs(messages, ["Yes", "No"])    # (N, 2) next-token probabilities, renormalised
+
+Prompts are either strings (already rendered) or chat message lists ``[{"role", "content"}, ...]``
+rendered with the tokenizer's chat template (generation prompt appended). Batches are left-padded
+(decoder-only generation). Sampling is deterministic: each batch is generated under
+``torch.manual_seed(seed + first_row_index)`` inside a forked RNG, so a fixed (seed, batch_size)
+reproduces the same texts and the global RNG is left untouched.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from .heads import last_token_logits
+from .parsing import Parsed
+
+Prompt = Union[str, Sequence[dict]]
+
+__all__ = ["JudgeConfig", "JudgeResult", "JudgeRunner", "parse_metrics", "render_prompt"]
+
+
+@dataclass
+class JudgeConfig:
+    max_new_tokens: int = field(default=256, metadata={"help": "generation limit per sample"})
+    num_samples: int = field(default=1, metadata={"help": "k generations per prompt (k > 1 needs do_sample)"})
+    do_sample: bool = field(default=False, metadata={"help": "sample (True) or greedy decoding (False)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate() call"})
+    seed: int = field(default=0, metadata={"help": "base seed; batch b is sampled under seed + its first row index"})
+    max_prompt_tokens: Optional[int] = field(
+        default=None, metadata={"help": "error if a rendered prompt is longer (None: no limit)"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "num_samples", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"JudgeConfig.{name} must be a positive int, got {v!r}")
+        if self.num_samples > 1 and not self.do_sample:
+            raise ValueError("JudgeConfig: num_samples > 1 needs do_sample=True (greedy samples are identical)")
+        if not self.temperature > 0:
+            raise ValueError(f"JudgeConfig.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"JudgeConfig.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class JudgeResult:
+    """One generation: raw ``text`` and its parse (``value`` or the "no verdict" ``reason``)."""
+    row: int
+    sample: int
+    text: str
+    value: Any = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt") -> str:
+    """A chat message list through the chat template (generation prompt added); strings pass through."""
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, (list, tuple)) or not prompt or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in prompt
+    ):
+        raise TypeError(f"{where}: expected a str or a non-empty list of {{'role', 'content'}} dicts")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("tokenizer has no chat_template: set tokenizer.chat_template or pass rendered strings")
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def parse_metrics(results: Sequence[Sequence[JudgeResult]]) -> dict:
+    """Parse rate over all generations and the count of each no-verdict reason."""
+    flat = [r for row in results for r in row]
+    n_ok = sum(r.ok for r in flat)
+    return {"n": len(flat), "n_parsed": n_ok, "parse_rate": n_ok / len(flat) if flat else 0.0,
+            "reasons": dict(Counter(r.reason for r in flat if not r.ok))}
+
+
+class JudgeRunner:
+    """Batched generation + parsing over ``model`` (a transformers causal LM) and its ``tokenizer``."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: Optional[JudgeConfig] = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or JudgeConfig()
+        if tokenizer.pad_token_id is None:  # decoder-only tokenizers often lack one; pads are masked anyway
+            if tokenizer.eos_token is None:
+                raise ValueError("tokenizer has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees for ``prompt`` (chat template applied)."""
+        return render_prompt(self.tokenizer, prompt)
+
+    def _check_prompts(self, prompts: Sequence[Prompt]) -> list[str]:
+        if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
+            raise TypeError("prompts must be a list of str or of chat message lists")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty")
+        return [render_prompt(self.tokenizer, p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+
+    def encode(self, texts: Sequence[str]) -> dict:
+        """Left-padded batch (``input_ids``, ``attention_mask``), special tokens as rendered by the template."""
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            self.tokenizer.padding_side = side
+        lim = self.config.max_prompt_tokens
+        if lim is not None:
+            lens = enc["attention_mask"].sum(1)
+            if int(lens.max()) > lim:
+                i = int(lens.argmax())
+                raise ValueError(f"prompt {i} has {int(lens[i])} tokens > max_prompt_tokens={lim}")
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt]) -> list[list[str]]:
+        """``[N][k]`` generated continuations (prompt stripped, special tokens removed)."""
+        texts = self._check_prompts(prompts)
+        cfg, out = self.config, []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(texts), cfg.batch_size):
+                enc = self.encode(texts[start:start + cfg.batch_size])
+                kw: dict = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                num_return_sequences=cfg.num_samples, pad_token_id=self.tokenizer.pad_token_id)
+                if cfg.do_sample:
+                    kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+                else:
+                    kw.update(temperature=None, top_p=None, top_k=None)
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(cfg.seed + start)
+                    seqs = self.model.generate(**enc, **kw)  # (b·k, T_prompt + T_new)
+                new = seqs[:, enc["input_ids"].shape[1]:]
+                dec = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                k = cfg.num_samples
+                out.extend(dec[i * k:(i + 1) * k] for i in range(len(dec) // k))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def run(self, prompts: Sequence[Prompt], parser: Callable[[str], Parsed]) -> list[list[JudgeResult]]:
+        """Generate and parse; a parser exception becomes a no-verdict reason instead of a crash."""
+        results = []
+        for i, samples in enumerate(self.generate(prompts)):
+            row = []
+            for j, text in enumerate(samples):
+                try:
+                    p = parser(text)
+                except Exception as e:  # a buggy custom parser must not lose the batch
+                    p = Parsed.fail(f"parser error: {type(e).__name__}: {e}")
+                row.append(JudgeResult(i, j, text, p.value, p.reason))
+            results.append(row)
+        return results
+
+    def token_ids(self, words: Sequence[str]) -> list[int]:
+        """One token id per word (the first token of its encoding; leading-space variants are not tried)."""
+        ids = []
+        for w in words:
+            t = self.tokenizer.encode(w, add_special_tokens=False)
+            if not t:
+                raise ValueError(f"word {w!r} encodes to no token")
+            ids.append(t[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"words {list(words)} share a first token: {ids}")
+        return ids
+
+    @torch.no_grad()
+    def choice_probs(self, prompts: Sequence[Prompt], words: Sequence[str], suffix: str = "") -> torch.Tensor:
+        """``(N, C)`` next-token probabilities of ``words`` after each rendered prompt (+ ``suffix``),
+        renormalised over the C choices (GenRM's P(Yes), GRAM's P(A))."""
+        texts = [t + suffix for t in self._check_prompts(prompts)]
+        ids = torch.tensor(self.token_ids(words), device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        try:
+            for s in range(0, len(texts), self.config.batch_size):
+                enc = self.encode(texts[s:s + self.config.batch_size])
+                logits = last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], ids)  # (b, C)
+                out.append(torch.softmax(logits, dim=-1))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out)
