@@ -31,3 +31,17 @@ def backends_for(op: str, device_type: str = "cpu"):
 def force_backend():
     """`with force_backend(name):` runs the ops under one backend."""
     return _backend.use_backend
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_outside_ops(request):
+    """Model / trainer / env tests run tiny tensors, for which one intra-op thread is far faster
+    than contended OpenMP threads (15–25× on a shared 2-core VM). The op tests keep the default so
+    the kernels' multi-threaded paths stay covered."""
+    if os.sep + "ops" + os.sep in str(request.node.path):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

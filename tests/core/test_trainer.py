@@ -8,14 +8,6 @@ from torch import nn
 from mmreward.core.trainer import Trainer, TrainConfig, snapshot_dirs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_data(n=64, seed=0):
     """y = x · w_true (exact labels)."""
     g = torch.Generator().manual_seed(seed)

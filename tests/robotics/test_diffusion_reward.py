@@ -12,15 +12,6 @@ from mmreward.robotics.reward import RND, DiffusionReward, DiffusionRewardConfig
 from mmreward.robotics.video import ConditionalVQDiffusion, VQDiffusionConfig, token_windows, train_video_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 K = 16
 CODEC = dict(image_size=32, channels=(8, 8, 8, 8), latent_dim=8, num_codes=K)
 VIDEO = dict(num_codes=K, token_shape=(4, 4), num_steps=20, dim=32, depth=1, heads=2, context_dim=32)

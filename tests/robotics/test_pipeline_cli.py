@@ -14,14 +14,6 @@ from mmreward.robotics.data.episodes import Episode, episode_entry, load_episode
 from mmreward.robotics.reward import DiffusionReward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CODEC = ["--set", "channels=8,8,8,8", "--set", "latent_dim=8", "--set", "num_codes=16"]
 VIDEO = ["--set", "dim=16", "--set", "depth=1", "--set", "heads=2", "--set", "context_dim=16", "--set", "num_steps=10",
          "--skip-step", "4"]

@@ -12,14 +12,6 @@ from mmreward.robotics.video import diffusion_math as dm
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs(K, B=6, L=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     soft = dm.log_x0_from_logits(torch.randn(B, L, K, generator=g) * 4)

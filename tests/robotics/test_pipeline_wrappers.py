@@ -23,14 +23,6 @@ def _sim_problem():
 pytestmark = pytest.mark.skipif(_sim_problem() is not None, reason=str(_sim_problem()))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_reward(size=32, **cfg):
     from mmreward.robotics.codec import VQGAN, VQGANConfig
     from mmreward.robotics.reward import RND, DiffusionReward, DiffusionRewardConfig, RNDConfig

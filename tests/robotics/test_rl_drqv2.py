@@ -8,14 +8,6 @@ from mmreward.robotics.rl.drqv2 import DrQV2Agent, DrQV2Config, clipped_noise_ac
 from mmreward.robotics.rl.replay import EpisodeRecord, ReplayBuffer, stack_frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_schedule():
     assert schedule("0.2", 123) == pytest.approx(0.2)
     assert schedule("linear(1.0,0.1,100)", 0) == pytest.approx(1.0)

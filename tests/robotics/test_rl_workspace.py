@@ -18,14 +18,6 @@ from mmreward.robotics.rl import DrQV2Config, RLConfig, Workspace, make_reward_s
 TINY_AGENT = dict(hidden_dim=32, feature_dim=16, num_expl_steps=20)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(out, **kw):
     base = dict(task="metaworld/door-open-v3", reward="sparse", out=str(out), num_train_frames=80,
                 num_seed_frames=20, eval_every_frames=1000, num_eval_episodes=1, episode_steps=20, batch_size=8,

@@ -19,15 +19,6 @@ from mmreward.robotics.video import diffusion_math as dm
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(num_codes=8, token_shape=(2, 3), num_steps=12, dim=16, depth=1, heads=2, context_dim=16)
 
 

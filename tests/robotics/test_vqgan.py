@@ -14,15 +14,6 @@ from mmreward.robotics.codec import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(image_size=32, channels=(8, 8, 16), latent_dim=8, num_codes=16)
 
 

@@ -17,14 +17,6 @@ from mmreward.text.eval.rmbench import accuracy_matrix, evaluate_rmbench, load_r
 RMBENCH = "/work/shared/data/rm-bench"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def length_scorer(prompts, responses):
     return torch.tensor([float(len(r)) for r in responses])
 

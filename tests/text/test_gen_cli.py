@@ -9,14 +9,6 @@ from mmreward.text.generative.heads import ScalarHeadLM
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")

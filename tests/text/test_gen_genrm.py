@@ -12,14 +12,6 @@ from mmreward.text.generative.sft import lm_loss, sft_batch
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_calibration_by_hand():
     p = torch.tensor([0.05, 0.15, 0.95, 0.85])
     y = torch.tensor([0.0, 1.0, 1.0, 1.0])

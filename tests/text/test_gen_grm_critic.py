@@ -17,14 +17,6 @@ from mmreward.text.generative.runner import JudgeConfig, JudgeRunner
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 GOOD, BAD = "good fine great nice".split(), "bad poor awful weak".split()
 VOCAB = (" ".join(GOOD + BAD) + " q [Query] [Response 1] [End of Response 1] [Response 2] [End of Response 2] "
          "Final Scores : \\boxed{2, 8} 1 3 4 5 6 7 9 10 Score critique strong answer judge Critique the response")

@@ -9,14 +9,6 @@ from mmreward.text.generative.sft import lm_loss
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 WORDS = "good bad fine poor great awful nice weak solid broken clear vague".split()
 GOOD, BAD = WORDS[0::2], WORDS[1::2]
 

@@ -11,14 +11,6 @@ from mmreward.text.generative.parsing import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # noise that cannot itself contain a verdict
 noise = st.text(alphabet=st.characters(blacklist_characters="[]{}<>\\yYnNeEsSoO0123456789"), max_size=80)
 FUZZ = settings(max_examples=150, deadline=None)

@@ -11,14 +11,6 @@ from mmreward.text.generative.reward_anything import (
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_build_input_masks_and_shuffles_deterministically():
     resp = ["first answer", "second answer", "third answer", "fourth answer"]
     text, names = build_input("be concise", "q?", resp, seed=3)

@@ -12,14 +12,6 @@ from mmreward.text.generative.sft import lm_loss, sft_batch
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CORPUS = ["which is better ? [[A]] [[B]] Yes No <answer> </answer> is it right the cat sat on a mat"]
 
 

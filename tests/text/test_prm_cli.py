@@ -13,14 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mmreward.text.prm.cli import main  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_import_is_light():
     code = ("import sys, mmreward.text.prm, mmreward.text.prm.synthetic, mmreward.text.prm.labels, "
             "mmreward.text.prm.eval; print(any(m.startswith('transformers') for m in sys.modules))")

@@ -14,14 +14,6 @@ from mmreward.text.prm.synthetic import (ArithmeticTask, NoisyStepJudge, NoisySt
                                          make_problems, parse_problem, parse_step, solve, step_labels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- synthetic data
 def test_synthetic_chains_are_exactly_labelled():
     p = parse_problem("3 +4 -2 +5")

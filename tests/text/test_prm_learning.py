@@ -15,14 +15,6 @@ from mmreward.text.prm.synthetic import NoisyStepJudge, char_tokenizer, make_dat
 from mmreward.text.prm.train import PRMTrainConfig, evaluate_prm, train_prm  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny Llama PRM (lm head) trained with Math-Shepherd labels (steps after the first error bad)."""

@@ -16,14 +16,6 @@ from mmreward.text.prm.synthetic import char_tokenizer, tiny_llama  # noqa: E402
 PROBLEM, STEPS = "3 +4 -2", ["3+4=7", "7-2=5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def llama():
     tok = char_tokenizer("char")
@@ -210,3 +202,32 @@ def test_training_resumes_exactly(llama, tmp_path):
     assert [r["loss"] for r in h_res] == pytest.approx([r["loss"] for r in h_full])
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_trainable_layers_freezes_the_lower_backbone(llama, tmp_path):
+    """trainable_layers=1: only the top block, the final norm and the label rows change in training;
+    embeddings and the lower block stay bit-identical, and the loss still goes down."""
+    from mmreward.text.prm.synthetic import make_dataset
+    from mmreward.text.prm.train import PRMTrainConfig, train_prm
+
+    lm, tok = llama
+    rows = read_step_examples(make_dataset(64, seed=0, max_value=5))
+    prm = ProcessRewardModel.from_backbone(tiny_llama(tok, hidden=32, layers=2, heads=2, seed=3), tok, max_length=96)
+    before = {k: v.clone() for k, v in prm.state_dict().items()}
+    cfg = PRMTrainConfig(output_dir=str(tmp_path), max_steps=12, batch_size=16, lr=3e-3, progress=False,
+                         tensorboard=False, plot=False, log_every=0, trainable_layers=1)
+    hist = train_prm(prm, rows, cfg)
+    after = prm.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("backbone.layers.1.", "backbone.norm.", "label_")) for k in changed), changed
+    assert {"label_rows", "backbone.norm.weight"} <= changed
+    assert not any(k.startswith(("backbone.embed_tokens", "backbone.layers.0.")) for k in changed)
+    assert min(r["loss"] for r in hist[-3:]) < hist[0]["loss"]
+    n_all = prm.freeze_backbone(-1)
+    assert n_all == sum(p.numel() for p in prm.parameters()) and all(p.requires_grad for p in prm.parameters())
+    with pytest.raises(ValueError, match="trainable_layers=3"):
+        prm.freeze_backbone(3)
+    with pytest.raises(ValueError, match="trainable_layers"):
+        prm.freeze_backbone(-2)
+    with pytest.raises(ValueError, match="trainable_layers"):
+        PRMTrainConfig(output_dir=str(tmp_path), trainable_layers=-5)

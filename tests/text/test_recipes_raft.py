@@ -13,14 +13,6 @@ from mmreward.text.recipes.raft import RaftConfig, raft, select_samples
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 

@@ -14,14 +14,6 @@ NT = 4  # topics / answers in the synthetic task
 WORDS = [f"t{i}" for i in range(NT)] + [f"a{i}" for i in range(NT)] + ["x", "q"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def pairs(n):
     return [{"prompt": f"p{i}", "chosen": f"w{i}", "rejected": f"l{i}", "margin": 1.0} for i in range(n)]
 

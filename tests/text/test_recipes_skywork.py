@@ -12,14 +12,6 @@ from mmreward.text.recipes.skywork import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def value_scorer(prompts, responses):
     """Reward = the number written in the response ("v3" → 3)."""
     return torch.tensor([float(r.split("v")[1]) for r in responses])

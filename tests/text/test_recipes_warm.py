@@ -22,14 +22,6 @@ from mmreward.text.recipes.warm import (
 WORDS = [f"w{i}" for i in range(8)] + ["q"]  # w0-w3 are worth +1, w4-w7 are worth -1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
 

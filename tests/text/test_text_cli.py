@@ -16,14 +16,6 @@ from mmreward.text.cli import main  # noqa: E402
 KEYWORDS = [f"w{i}" for i in range(8)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def save_tokenizer(folder):
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "say": 4}
     for w in KEYWORDS:

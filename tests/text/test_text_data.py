@@ -16,14 +16,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def check_parsed(pairs):
     assert len(pairs) == 4 and all(isinstance(p, PreferencePair) for p in pairs)
     assert pairs[0].margin == 2.0 and pairs[0].meta == {"category": "math"} and not pairs[0].tie

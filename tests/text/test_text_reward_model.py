@@ -14,14 +14,6 @@ from mmreward.text.data import encode, pad_batch  # noqa: E402
 WORDS = "user assistant what is the answer to two plus three five six seven a b c d".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def word_tokenizer(chat_template=None):
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
     for w in WORDS:

@@ -16,14 +16,6 @@ from mmreward.text.train import pairwise_loss_fn  # noqa: E402
 KEYWORDS = [f"w{i}" for i in range(16)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def word_tokenizer():
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "say": 4}
     for w in KEYWORDS:

@@ -21,14 +21,6 @@ from mmreward.vision.train import tiny_clip_config
 from mmreward.core.checkpoint import CheckpointError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def clip_model():
     torch.manual_seed(0)

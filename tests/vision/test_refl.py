@@ -21,14 +21,6 @@ from mmreward.core.trainer import TrainConfig
 PROMPTS = ["a red circle", "a blue square", "a green circle", "a red square"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_parts(seed=0) -> DiffusionParts:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

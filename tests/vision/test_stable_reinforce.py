@@ -19,14 +19,6 @@ from mmreward.vision.stable_reinforce import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------ advantage filter
 def test_filter_drops_nan_large_and_three_sigma_outliers_by_hand():
     a = torch.tensor([0.0] * 10 + [5.0, float("nan"), 20.0, -float("inf")])

@@ -9,14 +9,6 @@ from mmreward.vision import synthetic as S
 from mmreward.cli import main as mmreward_main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 QUIET = ["--no-progress", "--no-tensorboard", "--no-plot", "--log-every", "0"]
 
 

@@ -19,14 +19,6 @@ from mmreward.vision.train import (
 from mmreward.core.trainer import TrainConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def quiet(output_dir, **kw):
     return TrainConfig(output_dir=str(output_dir), progress=False, tensorboard=False, plot=False, log_every=0, **kw)
 

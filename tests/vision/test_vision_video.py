@@ -14,14 +14,6 @@ from mmreward.vision.video import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reddening_frames(t=10, h=32, w=32):
     """Frames that get redder over time (smooth, so lossy mp4 keeps the trend)."""
     frames = np.zeros((t, h, w, 3), np.uint8)

@@ -18,15 +18,6 @@ from mmreward.vision.visual_prm import (
 from mmreward.vision.vlm_rm import VLMRewardConfig, VLMRewardModel, train_vlm_reward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is far faster than contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def quiet(tmp, **kw):
     return TrainConfig(output_dir=str(tmp), batch_size=8, warmup_steps=5, progress=False, log_every=0,
                        tensorboard=False, plot=False, resume=False, **kw)
