@@ -34,32 +34,13 @@ from collections import Counter
 from dataclasses import MISSING, fields
 from typing import Optional, Sequence
 
-
-def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
-    hints = typing.get_type_hints(config_cls)
-    for f in fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
-        t = hints[f.name]
-        t = next((a for a in typing.get_args(t) if a is not type(None)), t)  # Optional[X] -> X
-        if t is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif t is list:
-            parser.add_argument(flag, type=lambda s: [x for x in s.replace(" ", ",").split(",") if x],
-                                default=default, help=help_text + f" (default: {','.join(default)})")
-        else:
-            kw = {"choices": ("expert", "noisy", "random")} if f.name == "policy" else {}
-            if f.name == "flip":
-                kw = {"choices": ("auto", "none", "vertical", "horizontal", "rot180")}
-            shown = "" if default is None else f" (default: {default})"
-            parser.add_argument(flag, type=t, default=default, help=help_text + shown, **kw)
+from mmreward.core.cli_config import add_config_options, config_from_args
 
 
 def _collect(args: argparse.Namespace) -> int:
     from mmreward.robotics.collect import CollectConfig, collect
 
-    config = CollectConfig(**{f.name: getattr(args, f.name) for f in fields(CollectConfig)})
+    config = config_from_args(CollectConfig, args)
     summary = collect(config)
     print("\n".join(summary.lines()))
     return 0
@@ -520,6 +501,7 @@ def _add_model_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from mmreward.robotics.collect import CollectConfig
+    from mmreward.robotics.envs.base import FLIPS
 
     parser = argparse.ArgumentParser(prog="mmreward robotics", description="robot-learning data (collect, import, inspect), Diffusion Reward models (train, score) "
                                      "and visual RL with learned rewards (train-rl)")
@@ -527,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="collect expert / noisy / random episodes (Meta-World, Adroit)",
                        description="Collect rendered episodes into an episode folder (npz files + manifest.json).")
-    _add_config_options(p, CollectConfig)
+    add_config_options(p, CollectConfig, choices={"policy": ("expert", "noisy", "random"), "flip": FLIPS})
     p.set_defaults(run=_collect)
 
     p = sub.add_parser("import-videos", help="store videos / frame folders as episodes (e.g. Adroit demos)")
@@ -556,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="DrQ-v2 in Meta-World / Adroit with the chosen reward source; logs (CSV + "
                                    "TensorBoard), evaluation videos, learning curves and snapshots go to --out. "
                                    "A run whose --out holds a snapshot continues from it (--no-resume: start again).")
-    _add_config_options(p.add_argument_group("run (RLConfig)"), RLConfig)
-    _add_config_options(p.add_argument_group("agent (DrQV2Config)"), DrQV2Config)
+    add_config_options(p.add_argument_group("run (RLConfig)"), RLConfig)
+    add_config_options(p.add_argument_group("agent (DrQV2Config)"), DrQV2Config)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_train_rl)
     return parser
@@ -568,8 +550,7 @@ def _train_rl(args: argparse.Namespace) -> int:
     from mmreward.robotics.rl.workspace import RLConfig, train_rl
 
     _setup_torch(args)
-    config = RLConfig(**{f.name: getattr(args, f.name) for f in fields(RLConfig)})
-    agent = DrQV2Config(**{f.name: getattr(args, f.name) for f in fields(DrQV2Config)})
+    config, agent = config_from_args(RLConfig, args), config_from_args(DrQV2Config, args)
     summary = train_rl(config, agent)
     print(json.dumps({k: summary[k] for k in ("frames", "episodes", "success_rate", "episode_return", "fps")}))
     return 0

@@ -12,47 +12,15 @@ trained model is saved in ``from_pretrained`` form into ``--output-dir`` (next t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
 import sys
-import typing
 from typing import Any, Optional, Sequence
 
+from mmreward.core.cli_config import add_config_options, config_from_args
+
 from .train import RewardTrainConfig
-
-
-# ------------------------------------------------------------------ dataclass <-> argparse
-def _optional(kind: type):
-    def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per dataclass field; the help is the field's metadata help."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-        if hint is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-            continue
-        args = typing.get_args(hint)
-        if typing.get_origin(hint) is typing.Union and type(None) in args:
-            kind = next(a for a in args if a is not type(None))
-            parser.add_argument(flag, dest=f.name, type=_optional(kind), default=f.default, metavar=kind.__name__.upper(),
-                                help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=hint, default=f.default, help=help_text)
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 # ------------------------------------------------------------------ train
@@ -72,7 +40,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     src.add_argument("--backbone-config", help="transformers config JSON (with model_type): random init, needs --tokenizer")
     src.add_argument("--init", help="reward-model folder to continue from (ours or a 1-label sequence classifier)")
     p.add_argument("--tokenizer", help="tokenizer path / hub id (default: the backbone's / init folder's)")
-    add_config_flags(p, RewardTrainConfig)
+    add_config_options(p, RewardTrainConfig)
     args = p.parse_args(argv)
     cfg = config_from_args(RewardTrainConfig, args)
 

@@ -15,34 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from typing import Optional, Sequence
 
-
-def _optional_float(s: str) -> Optional[float]:
-    return None if s.lower() in ("none", "null", "") else float(s)
-
-
-def add_config_options(parser: argparse.ArgumentParser, config_cls, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per dataclass field (help from the field's metadata)."""
-    hints = typing.get_type_hints(config_cls)
-    for f in fields(config_cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        t = hints[f.name]
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        optional = len(args) == 1 and type(None) in typing.get_args(t)
-        t = args[0] if optional else t
-        help_text = f.metadata.get("help", "") + ("" if default in (None, "") else f" (default: {default})")
-        if t is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif optional and t is float:
-            parser.add_argument(flag, type=_optional_float, default=default, help=help_text + "; 'none' to disable")
-        else:
-            parser.add_argument(flag, type=t, default=default, help=help_text)
+from mmreward.core.cli_config import add_config_options
 
 
 def _load_scorer(path: str):

@@ -12,10 +12,11 @@ import argparse
 import json
 import os
 import sys
-import typing
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Sequence
+
+from mmreward.core.cli_config import add_config_options
 
 BENCHMARKS = ("rm-bench", "rewardbench")
 
@@ -82,23 +83,6 @@ def run_eval(config: EvalConfig, scorer=None) -> dict:
     if config.limit:
         rows = rows[:config.limit]
     return evaluate_rewardbench(scorer, rows, batch_size=config.batch_size, progress=config.progress)
-
-
-def add_config_options(parser: argparse.ArgumentParser, config_cls, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per dataclass field (bools get ``--x / --no-x``)."""
-    hints = typing.get_type_hints(config_cls)
-    for f in fields(config_cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        t = hints[f.name]
-        t = next((a for a in typing.get_args(t) if a is not type(None)), t)  # Optional[X] -> X
-        help_text = f.metadata.get("help", "")
-        if t is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(flag, type=t, default=default, help=help_text + (f" (default: {default})" if default not in ("", None) else ""))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

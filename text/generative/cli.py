@@ -86,7 +86,7 @@ def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dic
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..cli import add_config_flags, config_from_args
+    from mmreward.core.cli_config import add_config_options, config_from_args
 
     ap = argparse.ArgumentParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="method", required=True)
@@ -99,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
         p.add_argument("--device", default="cpu", help="torch device")
         p.add_argument("--output", help="write the result JSON here")
-        add_config_flags(p, getattr(importlib.import_module(f"{__package__}.{mod}"), cfg))
+        add_config_options(p, getattr(importlib.import_module(f"{__package__}.{mod}"), cfg))
     args = ap.parse_args(argv)
     mod, _, cfg = METHODS[args.method]
     config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)

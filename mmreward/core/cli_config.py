@@ -1,0 +1,73 @@
+"""Dataclass configs ↔ argparse: one ``--flag`` per field, so every CLI maps 1:1 onto the config the
+Python API takes (cleanrl style). Help comes from the field's ``metadata["help"]``.
+
+    add_config_options(parser, TrainConfig)              # --max-steps, --lr, --progress/--no-progress …
+    config = config_from_args(TrainConfig, parser.parse_args())
+
+Types: ``bool`` → ``--x / --no-x``; ``Optional[X]`` → X, or ``none`` / ``null`` for None; ``list`` →
+comma-separated strings; ``tuple`` → comma-separated numbers; anything else is called on the text.
+"""
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING, fields
+from typing import Any, Mapping, Optional, Sequence
+
+
+def _split(text: str) -> list[str]:
+    return [x for x in text.replace(" ", ",").split(",") if x]
+
+
+def _numbers(text: str) -> tuple:
+    return tuple(int(x) if x.lstrip("-").isdigit() else float(x) for x in _split(text))
+
+
+def _or_none(kind: type):
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its errors
+    return parse
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, skip: Sequence[str] = (),
+                       choices: Optional[Mapping[str, Sequence[Any]]] = None) -> None:
+    """Add one ``--field-name`` option per field of ``config_cls`` (``parser`` may be an argument group)."""
+    hints = typing.get_type_hints(config_cls)
+    for f in fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = type(None) in typing.get_args(hint) and len(args) == 1
+        kind = args[0] if optional else hint
+        shown = "" if default in (None, "") else f" (default: {','.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+        help_text = f.metadata.get("help", "") + shown
+        kw: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if kind is list or typing.get_origin(kind) is list:
+            kw["type"] = _split
+        elif kind is tuple or typing.get_origin(kind) is tuple:
+            kw["type"] = _numbers
+        else:
+            kw["type"] = _or_none(kind) if optional else kind
+            if optional:
+                kw["help"] += "; 'none' for none"
+        if choices and f.name in choices:
+            kw["choices"] = tuple(choices[f.name])
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace, *, skip: Sequence[str] = (), **extra: Any) -> Any:
+    """The ``config_cls`` instance that :func:`add_config_options`' flags describe (plus ``extra``)."""
+    kw = {f.name: getattr(args, f.name) for f in fields(config_cls) if f.name not in skip and hasattr(args, f.name)}
+    kw.update(extra)
+    return config_cls(**kw)
+
+
+__all__ = ["add_config_options", "config_from_args"]
