@@ -124,6 +124,40 @@ class ProcessRewardModel(nn.Module):
                     prm.label_bias.copy_(out.bias[[prm.good_id, prm.bad_id]])
         return prm
 
+    def decoder_layers(self) -> nn.ModuleList:
+        """The backbone's stack of transformer blocks (Llama/Qwen ``layers``, BERT ``encoder.layer``, GPT-2 ``h``)."""
+        for path in ("layers", "encoder.layer", "h", "decoder.layers"):
+            mod = self.backbone
+            for name in path.split("."):
+                mod = getattr(mod, name, None)
+            if isinstance(mod, nn.ModuleList):
+                return mod
+        raise ValueError(f"cannot find the transformer blocks of {type(self.backbone).__name__}")
+
+    def freeze_backbone(self, trainable_layers: int) -> int:
+        """Train only the last ``trainable_layers`` blocks, the final norm and the head: embeddings
+        and lower blocks get ``requires_grad=False`` (no backward through them, so a step costs a
+        forward plus the top blocks' backward). ``-1`` unfreezes everything. Returns the number of
+        trainable parameters."""
+        if not isinstance(trainable_layers, int) or isinstance(trainable_layers, bool) or trainable_layers < -1:
+            raise ValueError(f"trainable_layers must be an int >= -1 (-1 = all), got {trainable_layers!r}")
+        for p in self.parameters():
+            p.requires_grad_(trainable_layers == -1)
+        if trainable_layers != -1:
+            layers = self.decoder_layers()
+            if trainable_layers > len(layers):
+                raise ValueError(f"trainable_layers={trainable_layers} but the backbone has {len(layers)} blocks")
+            keep = [layers[i] for i in range(len(layers) - trainable_layers, len(layers))]
+            norm = getattr(self.backbone, "norm", None)  # causal LMs' final norm sits after the last block
+            keep += [norm] if isinstance(norm, nn.Module) else []
+            for mod in keep:
+                for p in mod.parameters():
+                    p.requires_grad_(True)
+            head = (self.label_rows, self.label_bias) if self.config.head == "lm" else (self.value_weight, self.value_bias)
+            for p in head:
+                p.requires_grad_(True)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def save_pretrained(self, folder: str) -> None:
         """``config.json`` + ``model.safetensors`` (atomic, via core.checkpoint) + ``tokenizer/``."""
         os.makedirs(folder, exist_ok=True)

@@ -34,6 +34,7 @@ class PRMTrainConfig(TrainConfig):
     objective: str = field(default="bce", metadata={"help": "bce (step labels) | mse (value targets) | ppm (step pairs)"})
     eval_threshold: float = field(default=0.5, metadata={"help": "ProcessBench threshold for the eval F1 (first step below it = error)"})
     eval_batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating"})
+    trainable_layers: int = field(default=-1, metadata={"help": "train only the last N backbone blocks + final norm + head (-1: all)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +42,8 @@ class PRMTrainConfig(TrainConfig):
             raise ValueError(f"PRMTrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.eval_threshold <= 1.0:
             raise ValueError(f"PRMTrainConfig.eval_threshold must be in [0, 1], got {self.eval_threshold}")
+        if not isinstance(self.trainable_layers, int) or self.trainable_layers < -1:
+            raise ValueError(f"PRMTrainConfig.trainable_layers must be an int >= -1 (-1 = all), got {self.trainable_layers!r}")
 
 
 def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
@@ -92,6 +95,8 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
         for i, e in enumerate(train_examples):
             if any(y != -100 and not 0.0 <= y <= 1.0 for y in e.labels):
                 raise ValueError(f"train example {i}: bce labels must be in [0, 1] (or -100), got {e.labels}")
+    if config.trainable_layers != -1:
+        model.freeze_backbone(config.trainable_layers)
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
     objective = config.objective
 
