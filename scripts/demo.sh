@@ -6,11 +6,14 @@
 #      score them with the shipped checkpoint (robotics/pretrained/metaworld-64), plot per-step rewards;
 #   4. the Diffusion Reward speed benchmark in smoke mode (ours vs the official computation);
 #   5. DrQ-v2 from pixels with the shipped Diffusion Reward (a short run: trains, evaluates, writes an
-#      annotated evaluation video, learning curves and a snapshot), and the RL loop's throughput.
+#      annotated evaluation video, learning curves and a snapshot), and the RL loop's throughput;
+#   6. vision: an ImageReward-style scorer trained from scratch on rendered shapes, then `mmreward score`;
+#   7. text: the real pretrained MiniLM fine-tuned as a reward model on RM-Bench (held-out prompts),
+#      when ../shared/data/rm-bench is present.
 # Outputs go to runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics} bash scripts/setup_env.sh
+MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics,text,vision} bash scripts/setup_env.sh
 BIN=${MMREWARD_VENV:-.venv}/bin
 OUT=runs/demo
 mkdir -p "$OUT"
@@ -35,4 +38,21 @@ rm -rf "$OUT/rl"
   --batch-size 32 --hidden-dim 256 --threads 2
 echo; echo "== benchmarks/bench_rl_throughput.py --quick =="
 "$BIN/python" benchmarks/bench_rl_throughput.py --quick
+echo; echo "== vision: train a scorer on rendered shapes (exact labels), then score two images =="
+rm -rf "$OUT/vision"
+OMP_NUM_THREADS=1 "$BIN/mmreward" vision train --data synthetic --n-train 6400 --embed-dim 32 --no-head-dropout \
+  --output-dir "$OUT/vision/run" --max-steps 400 --batch-size 16 --lr 4e-3 --warmup-steps 20 --no-progress --log-every 100
+"$BIN/python" - "$OUT/vision" <<'PY'
+import sys, numpy as np
+from PIL import Image
+from mmreward.vision.synthetic import Scene, render
+out = sys.argv[1]
+Image.fromarray(render(Scene("red", "circle", 2, "left"), rng=np.random.default_rng(0))).save(f"{out}/match.png")
+Image.fromarray(render(Scene("blue", "square", 1, "right"), rng=np.random.default_rng(0))).save(f"{out}/other.png")
+PY
+"$BIN/mmreward" score --model "$OUT/vision/run/model" --prompt "two red circles on the left" "$OUT/vision/match.png" "$OUT/vision/other.png"
+if [ -d ../shared/data/rm-bench ]; then
+  echo; echo "== text: pretrained MiniLM reward model on RM-Bench, held-out prompts (short run) =="
+  "$BIN/python" benchmarks/bench_text_rm_minilm.py --steps 20 --out "$OUT/text_rm_minilm.json"
+fi
 echo; echo "demo outputs in $OUT/"
