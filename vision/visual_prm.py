@@ -22,12 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
-from mmreward.core.pretrained import config_from_dict, config_to_dict
-
 from . import vlm_data as D
 
-PROCESSOR_DIR = "processor"
 REDUCTIONS = ("mean", "min", "max")
 
 
@@ -49,7 +45,7 @@ class VisualPRMConfig:
             raise ValueError("VisualPRMConfig: good_token and bad_token must differ")
 
 
-class VisualPRM(nn.Module):
+class VisualPRM(D.VLMPretrainedMixin, nn.Module):
     model_type = "visual_prm"
 
     def __init__(self, config: VisualPRMConfig, backbone: Any, processor: Any = None):
@@ -184,26 +180,8 @@ class VisualPRM(nn.Module):
         scores = self.score([{"images": images, "question": question, "steps": list(c)} for c in candidates], reduce)
         return int(scores.argmax()), scores
 
-    # -------------------------------------------------------------- save / load
-    def save_pretrained(self, folder: str) -> None:
-        save_model(folder, self.state_dict(), {"model_type": self.model_type, "config": config_to_dict(self.config),
-                                               "backbone_config": self.backbone.config.to_dict()})
-        D.save_processor(self.processor, os.path.join(folder, PROCESSOR_DIR))
 
-    @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "VisualPRM":
-        state, cfg = load_model(folder, device)
-        if cfg.get("model_type") != cls.model_type:
-            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {cls.model_type!r}")
-        if not isinstance(cfg.get("backbone_config"), dict):
-            raise CheckpointError(f"{folder}/config.json has no backbone_config")
-        model = cls(config_from_dict(VisualPRMConfig, cfg.get("config", {}), cls.model_type),
-                    D.backbone_from_dict(cfg["backbone_config"]), D.load_processor(os.path.join(folder, PROCESSOR_DIR)))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
+VisualPRM.config_class = VisualPRMConfig
 
 
 def _with_lm_head(path):

@@ -348,3 +348,43 @@ def colour_step_rows(n: int, seed: int, max_steps: int = 3, size: int = 56,
         rows.append({"images": [colour_image(c, rng, size)], "question": "what colour is the image",
                      "steps": steps, "labels": labels})
     return rows
+
+
+# ------------------------------------------------------------------ save / load shared by the VLM models
+PROCESSOR_DIR = "processor"
+
+
+class VLMPretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for a VLM model built as ``cls(config, backbone,
+    processor)``: ``config.json`` (``model_type``, our dataclass config, the backbone's transformers
+    config) + ``model.safetensors`` + ``processor/`` (tokenizer / image-processor JSON). Subclasses set
+    ``model_type`` and ``config_class``."""
+
+    model_type: str
+    config_class: type
+
+    def save_pretrained(self, folder: str) -> None:
+        from mmreward.core.checkpoint import save_model
+        from mmreward.core.pretrained import config_to_dict
+
+        save_model(folder, self.state_dict(), {"model_type": self.model_type, "config": config_to_dict(self.config),
+                                               "backbone_config": self.backbone.config.to_dict()})
+        save_processor(self.processor, os.path.join(folder, PROCESSOR_DIR))
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu"):
+        from mmreward.core.checkpoint import CheckpointError, load_model
+        from mmreward.core.pretrained import config_from_dict
+
+        state, cfg = load_model(folder, device)
+        if cfg.get("model_type") != cls.model_type:
+            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {cls.model_type!r}")
+        if not isinstance(cfg.get("backbone_config"), dict):
+            raise CheckpointError(f"{folder}/config.json has no backbone_config")
+        model = cls(config_from_dict(cls.config_class, cfg.get("config", {}), cls.model_type),
+                    backbone_from_dict(cfg["backbone_config"]), load_processor(os.path.join(folder, PROCESSOR_DIR)))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
+        return model.to(device).eval()

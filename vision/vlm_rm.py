@@ -16,19 +16,13 @@ the images go at the start of the first user turn) with the fused Bradley–Terr
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
-from mmreward.core.pretrained import config_from_dict, config_to_dict
-
 from . import vlm_data as D
-
-PROCESSOR_DIR = "processor"
 
 
 @dataclass
@@ -39,7 +33,7 @@ class VLMRewardConfig:
     score_batch_size: int = field(default=16, metadata={"help": "conversations per forward in score()"})
 
 
-class VLMRewardModel(nn.Module):
+class VLMRewardModel(D.VLMPretrainedMixin, nn.Module):
     model_type = "vlm_reward"
 
     def __init__(self, config: VLMRewardConfig, backbone: Any, processor: Any = None):
@@ -95,29 +89,6 @@ class VLMRewardModel(nn.Module):
             out.append(self(**{k: v.to(dev) for k, v in enc.items()}).cpu())
         self.train(was)
         return torch.cat(out)
-
-    # -------------------------------------------------------------- save / load
-    def save_pretrained(self, folder: str) -> None:
-        """``config.json`` (our config + the backbone's transformers config) + ``model.safetensors`` +
-        ``processor/`` (tokenizer / image-processor JSON)."""
-        save_model(folder, self.state_dict(), {"model_type": self.model_type, "config": config_to_dict(self.config),
-                                               "backbone_config": self.backbone.config.to_dict()})
-        D.save_processor(self.processor, os.path.join(folder, PROCESSOR_DIR))
-
-    @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "VLMRewardModel":
-        state, cfg = load_model(folder, device)
-        if cfg.get("model_type") != cls.model_type:
-            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {cls.model_type!r}")
-        if not isinstance(cfg.get("backbone_config"), dict):
-            raise CheckpointError(f"{folder}/config.json has no backbone_config")
-        model = cls(config_from_dict(cls.config_class, cfg.get("config", {}), cls.model_type),
-                    D.backbone_from_dict(cfg["backbone_config"]), D.load_processor(os.path.join(folder, PROCESSOR_DIR)))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
 
 
 VLMRewardModel.config_class = VLMRewardConfig
