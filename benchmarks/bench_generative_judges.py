@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from mmreward.text.eval.rmbench import default_rmbench_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mmreward.text.generative.critic_rm import CriticRMConfig, consistency_filter, sample_critiques  # noqa: E402
@@ -39,7 +41,7 @@ from mmreward.text.generative.parsing import RankingParse  # noqa: E402
 from mmreward.text.generative.rm_r1 import RMR1Config, RMR1Judge  # noqa: E402
 from mmreward.text.generative.runner import JudgeConfig, JudgeRunner  # noqa: E402
 
-DATA = "/work/shared/data/rm-bench/chat.json"
+DATA = os.path.join(default_rmbench_dir(), "chat.json")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

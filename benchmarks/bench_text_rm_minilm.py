@@ -30,7 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-RMBENCH = os.environ.get("MMREWARD_RM_BENCH", "/work/shared/data/rm-bench")
+from mmreward.text.eval.rmbench import default_rmbench_dir
+
+RMBENCH = default_rmbench_dir()
 
 
 def cut_words(text: str, n: int) -> str:

@@ -9,7 +9,7 @@
 #      annotated evaluation video, learning curves and a snapshot), and the RL loop's throughput;
 #   6. vision: an ImageReward-style scorer trained from scratch on rendered shapes, then `mmreward score`;
 #   7. text: the real pretrained MiniLM fine-tuned as a reward model on RM-Bench (held-out prompts),
-#      when ../shared/data/rm-bench is present.
+#      when the RM-Bench files are present ($MMREWARD_RM_BENCH, ../shared/data/rm-bench).
 # Outputs go to runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,8 +51,11 @@ Image.fromarray(render(Scene("red", "circle", 2, "left"), rng=np.random.default_
 Image.fromarray(render(Scene("blue", "square", 1, "right"), rng=np.random.default_rng(0))).save(f"{out}/other.png")
 PY
 "$BIN/mmreward" score --model "$OUT/vision/run/model" --prompt "two red circles on the left" "$OUT/vision/match.png" "$OUT/vision/other.png"
-if [ -d ../shared/data/rm-bench ]; then
+RMB=$("$BIN/python" -c "from mmreward.text.eval.rmbench import default_rmbench_dir as d; print(d())")
+if [ -d "$RMB" ]; then
   echo; echo "== text: pretrained MiniLM reward model on RM-Bench, held-out prompts (short run) =="
-  "$BIN/python" benchmarks/bench_text_rm_minilm.py --steps 20 --out "$OUT/text_rm_minilm.json"
+  "$BIN/python" benchmarks/bench_text_rm_minilm.py --data "$RMB" --steps 20 --out "$OUT/text_rm_minilm.json"
+else
+  echo; echo "(text RM demo skipped: no RM-Bench files at $RMB; set MMREWARD_RM_BENCH)"
 fi
 echo; echo "demo outputs in $OUT/"

@@ -12,9 +12,10 @@ from mmreward.text.eval.rewardbench import (
     score_responses,
     section_scores,
 )
-from mmreward.text.eval.rmbench import accuracy_matrix, evaluate_rmbench, load_rmbench, summarize_matrix
+from mmreward.text.eval.rmbench import (accuracy_matrix, default_rmbench_dir, evaluate_rmbench, load_rmbench,
+                                        summarize_matrix)
 
-RMBENCH = "/work/shared/data/rm-bench"
+RMBENCH = default_rmbench_dir()
 
 
 def length_scorer(prompts, responses):

@@ -31,6 +31,17 @@ STYLES = ("concise", "detailed_plain", "detailed_markdown")
 DOMAINS = ("chat", "math", "code", "safety-refuse", "safety-response")
 
 
+
+def default_rmbench_dir() -> str:
+    """Where the RM-Bench files are looked for: ``$MMREWARD_RM_BENCH``, else ``shared/data/rm-bench``
+    next to the repository (the project's shared folder), else ``/work/shared/data/rm-bench``. The
+    first that exists wins; the last candidate is returned when none does (callers skip / error)."""
+    env = os.environ.get("MMREWARD_RM_BENCH")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cands = ([env] if env else []) + [os.path.join(os.path.dirname(repo), "shared", "data", "rm-bench"),
+                                      "/work/shared/data/rm-bench"]
+    return next((c for c in cands if os.path.isdir(c)), cands[-1])
+
 def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dict]:
     """Items from one RM-Bench file or a folder of ``<domain>.json`` files, each tagged with ``domain``.
 
