@@ -139,8 +139,13 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
 def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Optional[str] = None,
                        device: str = "cpu", size: int = 64, action_repeat: int = 2,
                        expert_data: Optional[str] = None, stats_episodes: int = 3,
-                       max_steps: Optional[int] = None, rnd_update_interval: int = 100) -> RewardSource:
-    """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source)."""
+                       max_steps: Optional[int] = None, rnd_update_interval: int = 100,
+                       expl_scale: Optional[float] = None) -> RewardSource:
+    """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
+    ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
+    0.95 as in the paper, for ``diffusion`` / ``diffusion-likelihood``; 0.5 for ``viper``)."""
+    if expl_scale is not None and not 0.0 <= float(expl_scale) <= 1.0:
+        raise ValueError(f"expl_scale must be in [0, 1], got {expl_scale}")
     if isinstance(spec, RewardSource):
         return spec
     if callable(spec):
@@ -173,6 +178,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     want = "entropy" if spec == "diffusion" else "likelihood"
     if spec == "viper":
         cfg.expl_scale = 0.5
+    if expl_scale is not None:
+        cfg.expl_scale = float(expl_scale)
     if cfg.reward_type != want or int(model.statistics[2]) == 0:
         cfg.reward_type = want
         model.fit_statistics(_expert_frames(task, expert_data, size, action_repeat, stats_episodes, max_steps))

@@ -63,6 +63,8 @@ class RLConfig:
     batch_size: int = _help("replay batch size", default=256)
     update_every_steps: int = _help("agent steps between updates", default=2)
     rnd_update_interval: int = _help("agent steps between RND predictor updates", default=100)
+    expl_scale: Optional[float] = _help("α, the RND weight of learned rewards (default: 0.95 diffusion, 0.5 viper)",
+                                        default=None)
     tensorboard: bool = _help("also log to TensorBoard", default=True)
     quiet: bool = _help("no console line per episode", default=False)
 
@@ -113,7 +115,7 @@ class Workspace:
             reward if reward is not None else config.reward, task=self.task, checkpoint=config.checkpoint,
             device=config.device, size=config.size, action_repeat=config.action_repeat,
             expert_data=config.expert_data, max_steps=config.episode_steps,
-            rnd_update_interval=config.rnd_update_interval)
+            rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale)
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0

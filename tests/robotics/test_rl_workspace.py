@@ -96,12 +96,20 @@ def test_reward_sources(tmp_path):
     r = rnd(frames, env_r, succ)
     assert r.shape == (10,) and np.isfinite(r).all() and rnd.update_interval == 100
     assert "rnd_loss" in rnd.update(torch.from_numpy(frames))
-    # likelihood mode: the shipped checkpoint only has entropy statistics -> fitted on scripted experts
+    # a mode the shipped checkpoint has no statistics for gets them fitted on scripted experts
+    from mmreward.robotics.pretrained import load_pretrained
+
+    shipped = load_pretrained().config.reward_type
+    other = "diffusion" if shipped == "likelihood" else "viper"
+    src = make_reward_source(other, task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.3)
+    assert src.model.config.reward_type != shipped and src.model.config.expl_scale == 0.3
+    assert int(src.model.statistics[2]) == 2 * 7
+    rv = src(frames, env_r, succ)
+    assert rv.shape == (10,) and np.isfinite(rv).all()
     viper = make_reward_source("viper", task="door-open-v3", max_steps=6, stats_episodes=2)
     assert viper.model.config.reward_type == "likelihood" and viper.model.config.expl_scale == 0.5
-    assert int(viper.model.statistics[2]) == 2 * 7
-    rv = viper(frames, env_r, succ)
-    assert rv.shape == (10,) and np.isfinite(rv).all()
+    with pytest.raises(ValueError, match="expl_scale"):
+        make_reward_source("diffusion", expl_scale=1.5)
 
 
 def test_task_ids_and_errors(tmp_path):
