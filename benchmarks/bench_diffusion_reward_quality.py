@@ -263,26 +263,26 @@ def main(argv=None) -> int:
     ap.add_argument("--save-pretrained", default=None, help="copy the trained reward model here")
     ap.add_argument("--train-tasks", default="door-open-v3,drawer-open-v3,button-press-v3,window-open-v3")
     ap.add_argument("--heldout-tasks", default="drawer-close-v3")
-    ap.add_argument("--train-episodes", type=int, default=16)
+    ap.add_argument("--train-episodes", type=int, default=40, help="expert episodes per training task")
     ap.add_argument("--eval-episodes", type=int, default=8, help="per task and policy group")
     ap.add_argument("--max-steps", type=int, default=70, help="agent steps per episode")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--action-repeat", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="collection / scoring processes")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training / scoring")
-    ap.add_argument("--codec-steps", type=int, default=600)
+    ap.add_argument("--codec-steps", type=int, default=400)
     ap.add_argument("--codec-batch", type=int, default=16)
     ap.add_argument("--codec-channels", default="16,32,64,64")
     ap.add_argument("--num-codes", type=int, default=128)
-    ap.add_argument("--video-steps", type=int, default=1500)
+    ap.add_argument("--video-steps", type=int, default=12000)
     ap.add_argument("--video-batch", type=int, default=32)
     ap.add_argument("--video-dim", type=int, default=96)
     ap.add_argument("--video-depth", type=int, default=2)
     ap.add_argument("--video-heads", type=int, default=4)
-    ap.add_argument("--estimator", default="vlb", choices=("vlb", "x0_entropy", "likelihood"),
+    ap.add_argument("--estimator", default="likelihood", choices=("vlb", "x0_entropy", "likelihood"),
                     help="entropy estimator of the saved model ('likelihood': likelihood mode, the bound on "
                          "log p of the observed frame)")
-    ap.add_argument("--also-estimator", default="x0_entropy",
+    ap.add_argument("--also-estimator", default="vlb",
                     help="also score with this estimator (same models; '' to skip)")
     ap.add_argument("--reward-batch", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")

@@ -37,6 +37,8 @@ def run_cmd(args, reward: str, out: str) -> list[str]:
         cmd += ["--batch-size", "64", "--hidden-dim", "256", "--stddev-schedule", f"linear(1.0,0.1,{int(steps * 0.8)})"]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.episode_steps:
+        cmd += ["--episode-steps", str(args.episode_steps)]
     if args.expl_scale is not None:
         cmd += ["--expl-scale", str(args.expl_scale)]
     return cmd
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--checkpoint", default=None, help="Diffusion Reward folder (default: shipped)")
+    p.add_argument("--episode-steps", type=int, default=None,
+                   help="agent steps per episode (default: the task's time limit, 250 at action repeat 2)")
     p.add_argument("--expl-scale", type=float, default=None,
                    help="α, the RND weight of learned rewards (default: the source's, 0.95 for diffusion)")
     p.add_argument("--paper", action="store_true", help="paper-sized agent (batch 256, hidden 1024)")
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "rl_learning", "task": args.task, "frames": args.frames, "seed": args.seed,
         "preset": "paper" if args.paper else "cpu (batch 64, hidden 256)", "expl_scale": args.expl_scale,
+        "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
         "checkpoint": args.checkpoint or "shipped metaworld-64",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},
         "wall_seconds": time.time() - t0,
