@@ -21,7 +21,8 @@ default checkpoint).
    difference of consecutive frames, i.e. smooth motion scores high) and ``nn_expert`` (minus the
    distance of each frame to its nearest training-expert frame, 32×32 average-pooled pixels).
 4. **Outputs.** ``--json`` (default ``benchmarks/results/diffusion_reward_quality.json``), a PNG of
-   per-step reward curves (expert / noisy / random), the trained model in ``WORK/reward`` and, with
+   per-step reward curves (expert / noisy / random), the trained reward models in
+   ``WORK/reward_<estimator>`` and, with
    ``--save-pretrained DIR``, a copy there (the shipped checkpoint: ``scripts/make_default_checkpoint.sh``).
 
 Every stage caches its output in ``--work`` (collected episodes, the codec / video runs — which
@@ -279,9 +280,9 @@ def main(argv=None) -> int:
     ap.add_argument("--video-dim", type=int, default=96)
     ap.add_argument("--video-depth", type=int, default=2)
     ap.add_argument("--video-heads", type=int, default=4)
-    ap.add_argument("--estimator", default="likelihood", choices=("vlb", "x0_entropy", "likelihood"),
-                    help="entropy estimator of the saved model ('likelihood': likelihood mode, the bound on "
-                         "log p of the observed frame)")
+    ap.add_argument("--estimator", default="likelihood", choices=("vlb", "x0_entropy", "likelihood", "relative_likelihood"),
+                    help="reward of the saved model: an entropy estimator ('vlb', 'x0_entropy'), 'likelihood' "
+                         "(the bound on log p of the observed frame) or 'relative_likelihood' (that + the entropy)")
     ap.add_argument("--also-estimator", default="vlb",
                     help="also score with this estimator (same models; '' to skip)")
     ap.add_argument("--reward-batch", type=int, default=128)
@@ -343,11 +344,17 @@ def main(argv=None) -> int:
                                      args.also_estimator != args.estimator else [])
     models = {}
     for est in estimators:
-        rcfg = (DiffusionRewardConfig(reward_type="likelihood", batch_size=args.reward_batch) if est == "likelihood"
-                else DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch))
-        out = os.path.join(work, "reward" if est == args.estimator else f"reward_{est}")
-        if os.path.isfile(os.path.join(out, "config.json")):
-            models[est] = DiffusionReward.from_pretrained(out)
+        if est == "likelihood":
+            rcfg = DiffusionRewardConfig(reward_type=est, batch_size=args.reward_batch)
+        elif est == "relative_likelihood":  # + the lower-variance x0 entropy estimator
+            rcfg = DiffusionRewardConfig(reward_type=est, entropy_estimator="x0_entropy", batch_size=args.reward_batch)
+        else:
+            rcfg = DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch)
+        out = os.path.join(work, f"reward_{est}")
+        cached = DiffusionReward.from_pretrained(out) if os.path.isfile(os.path.join(out, "config.json")) else None
+        if cached is not None and (cached.config.reward_type, cached.config.entropy_estimator) == (
+                rcfg.reward_type, rcfg.entropy_estimator):
+            models[est] = cached
             stats = dict(zip(("mean", "std", "frames"), models[est].statistics.tolist()))
         else:
             models[est], stats = build_reward_model(codec, video, train_frames, rcfg, None, out)
@@ -358,7 +365,7 @@ def main(argv=None) -> int:
     nn_ref = NearestExpert(train_frames)
     methods = [(f"dr_{est}", f"Diffusion Reward ({est})") for est in estimators]
     methods += [("frame_diff", "−|frame difference|"), ("nn_expert", "−NN distance to expert frames")]
-    folders = {est: os.path.join(work, "reward" if est == args.estimator else f"reward_{est}") for est in estimators}
+    folders = {est: os.path.join(work, f"reward_{est}") for est in estimators}
     jobs = [(folders, [(e["path"]) for e in eval_eps[i::args.workers]]) for i in range(args.workers)]
     if args.workers > 1:
         import multiprocessing as mp
@@ -403,7 +410,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
     plot_rewards(args.plot, eval_eps, args.train_tasks[0], [methods[0], methods[-2], methods[-1]])
     if args.save_pretrained:
-        src = os.path.join(work, "reward")
+        src = folders[args.estimator]
         if os.path.exists(args.save_pretrained):
             shutil.rmtree(args.save_pretrained)
         shutil.copytree(src, args.save_pretrained)

@@ -9,8 +9,12 @@ frame under a conditional VQ-Diffusion model of expert videos.
    ``i − skip·(H−1), …, i`` (official: H = 2, skip = 1, so frames i−1 and i). In ``"likelihood"``
    mode it is the variational bound on ``log p(frame i | frames i − skip·H, …, i − skip)``. History
    frames before the episode start repeat frame 0 (so frame 0's entropy window is [0, 0]; in
-   likelihood mode frames 0 and 1 are both scored with the history [0, 0]). The windows only index
-   the token tensor: nothing is encoded twice;
+   likelihood mode frames 0 and 1 are both scored with the history [0, 0]). ``"relative_likelihood"``
+   is the likelihood bound of frame i minus its expectation under the model, i.e. plus the model's
+   entropy for that same window (``entropy_estimator``): ``log p(x_i) + H(p(· | history))``. It asks
+   "is this frame likelier than what the expert model expects here?", so moments that are inherently
+   hard to predict (fast expert motion) are not penalised for being hard. It costs two chains per
+   frame. The windows only index the token tensor: nothing is encoded twice;
 3. windows go through the video model in batches of ``batch_size``; each batch's history is
    embedded once (:class:`~mmreward.robotics.video.ContextCache`) and reused by the 11 denoising
    calls of the fast chain (T = 100, ``skip_step`` = 9);
@@ -42,13 +46,14 @@ from ..video.vq_diffusion import ConditionalVQDiffusion, window_indices
 from .rnd import RND
 
 MODEL_TYPE = "diffusion_reward"
+REWARD_TYPES = ("entropy", "likelihood", "relative_likelihood")
 
 
 @dataclass
 class DiffusionRewardConfig:
     """How rewards are computed from the codec + video model (official values as defaults)."""
 
-    reward_type: str = "entropy"  # 'entropy' (−H of the next frame) or 'likelihood' (bound on log p of the frame)
+    reward_type: str = "entropy"  # 'entropy' (−H of next frame), 'likelihood' (log p bound), 'relative_likelihood' (+H)
     entropy_estimator: str = "vlb"  # 'vlb' (official one-sample bound of a model sample) or 'x0_entropy'
     skip_step: int = 9  # fast chain stride: T=100, skip 9 → 11 denoising calls
     num_samples: int = 1  # chains averaged per window
@@ -61,8 +66,8 @@ class DiffusionRewardConfig:
     seed: Optional[int] = 0  # seed of the chain noise per call (None: global RNG)
 
     def validate(self) -> None:
-        if self.reward_type not in ("entropy", "likelihood"):
-            raise ValueError(f"reward_type must be 'entropy' or 'likelihood', got {self.reward_type!r}")
+        if self.reward_type not in REWARD_TYPES:
+            raise ValueError(f"reward_type must be one of {', '.join(REWARD_TYPES)}, got {self.reward_type!r}")
         if self.entropy_estimator not in ("vlb", "x0_entropy"):
             raise ValueError(f"entropy_estimator must be 'vlb' or 'x0_entropy', got {self.entropy_estimator!r}")
         if not 0.0 <= self.expl_scale <= 1.0:
@@ -118,7 +123,8 @@ class DiffusionReward(nn.Module):
     @torch.no_grad()
     def raw_reward(self, frames: torch.Tensor) -> torch.Tensor:
         """Un-normalised reward ``[T]`` (nats per frame): −conditional entropy of the next frame
-        (``"entropy"``) or the bound on the frame's log-likelihood (``"likelihood"``)."""
+        (``"entropy"``), the bound on the frame's log-likelihood (``"likelihood"``), or that bound
+        plus the entropy of the same prediction (``"relative_likelihood"``)."""
         return self.raw_reward_tokens(self.tokenize(frames))
 
     @torch.no_grad()
@@ -154,6 +160,9 @@ class DiffusionReward(nn.Module):
                                               cfg.noise, cfg.noise_scale, gen)
             else:
                 r = self.video.elbo(target[i:i + cfg.batch_size], ctx, cfg.skip_step, cfg.num_samples, gen)
+                if cfg.reward_type == "relative_likelihood":  # log p(x) − E_p[log p] = log p(x) + H
+                    r = r - self.video.entropy_reward(ctx, cfg.skip_step, cfg.entropy_estimator, cfg.num_samples,
+                                                      cfg.noise, cfg.noise_scale, gen)
             out.append(r)
         if not out:
             return torch.zeros(0, device=tok.device)
@@ -236,4 +245,4 @@ class DiffusionReward(nn.Module):
         return model.to(device)
 
 
-__all__ = ["DiffusionReward", "DiffusionRewardConfig"]
+__all__ = ["DiffusionReward", "DiffusionRewardConfig", "REWARD_TYPES"]

@@ -29,7 +29,8 @@ def frames(T, seed=0):
     return torch.randint(0, 256, (T, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("mode,est", [("entropy", "vlb"), ("entropy", "x0_entropy"), ("likelihood", "vlb")])
+@pytest.mark.parametrize("mode,est", [("entropy", "vlb"), ("entropy", "x0_entropy"), ("likelihood", "vlb"),
+                                      ("relative_likelihood", "x0_entropy")])
 def test_reward_shape_and_finiteness(mode, est):
     dr = make_reward(reward_type=mode, entropy_estimator=est, batch_size=3)
     stats = dr.fit_statistics([frames(5, 1), frames(4, 2)])
@@ -37,8 +38,28 @@ def test_reward_shape_and_finiteness(mode, est):
     r = dr(frames(7))
     assert r.shape == (7,) and r.dtype == torch.float32 and torch.isfinite(r).all()
     raw = dr.raw_reward(frames(7))
-    assert float(raw.max()) <= 1e-3  # −entropy and log-likelihood bounds are <= 0
+    if mode != "relative_likelihood":
+        assert float(raw.max()) <= 1e-3  # −entropy and log-likelihood bounds are <= 0
     assert torch.equal(dr(frames(7)), r)  # seeded chain noise: same frames, same rewards
+
+
+def test_relative_likelihood_is_likelihood_plus_entropy_of_the_same_window():
+    """relative = elbo(frame i | history before i) − entropy_reward(same history), one generator
+    drawn in that order; the likelihood part equals likelihood mode's reward."""
+    from mmreward.robotics.video import window_indices
+
+    dr = make_reward(reward_type="relative_likelihood", entropy_estimator="x0_entropy", batch_size=16, use_std=False)
+    tok = dr.tokenize(frames(6))
+    rel = dr.raw_reward_tokens(tok)
+    hist = tok[window_indices(6, torch.arange(6) - 1, 2, 1)]
+    g = torch.Generator().manual_seed(0)
+    ctx = dr.video.encode_context(hist)
+    ll = dr.video.elbo(tok, ctx, 4, 1, g)
+    neg_h = dr.video.entropy_reward(ctx, 4, "x0_entropy", 1, True, 1.0, g)
+    torch.testing.assert_close(rel, ll - neg_h)
+    assert bool((neg_h < 0).all())  # so relative > likelihood
+    dr.config.reward_type = "likelihood"
+    torch.testing.assert_close(dr.raw_reward_tokens(tok), ll)
 
 
 def test_windows_pad_with_frame_zero_and_frames_are_encoded_once():
