@@ -33,7 +33,7 @@ echo; echo "== benchmarks/bench_diffusion_reward_speed.py --quick =="
 "$BIN/python" benchmarks/bench_diffusion_reward_speed.py --quick
 echo; echo "== DrQ-v2 with the learned reward (short run; paper-scale runs need a GPU) =="
 rm -rf "$OUT/rl"
-"$BIN/mmreward" robotics train-rl --task metaworld/door-open-v3 --reward diffusion-likelihood --out "$OUT/rl" \
+"$BIN/mmreward" robotics train-rl --task metaworld/door-open-v3 --reward diffusion-relative --out "$OUT/rl" \
   --num-train-frames 400 --num-seed-frames 200 --episode-steps 50 --eval-every-frames 200 --num-eval-episodes 1 \
   --batch-size 32 --hidden-dim 256 --threads 2
 echo; echo "== benchmarks/bench_rl_throughput.py --quick =="

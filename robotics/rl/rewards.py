@@ -9,6 +9,8 @@ Some also learn online (``update(frames)`` on replay frames every ``update_inter
 ``dense``                  the environment's own shaped reward (Meta-World's hand-designed reward)
 ``diffusion``              Diffusion Reward, entropy mode: (1−α)·z(−H) + α·RND + success (α = 0.95)
 ``diffusion-likelihood``   the same mixing with the likelihood bound of the observed frame
+``diffusion-relative``     the same mixing with the relative likelihood (bound + entropy of the same
+                           prediction; the shipped checkpoint's mode)
 ``viper``                  VIPER-style: z(log-likelihood bound of the frame under the expert video
                            model) mixed with RND at α = 0.5 (the official VIPER config's weight) +
                            success. Uses our conditional VQ-Diffusion in place of VIPER's VideoGPT.
@@ -27,7 +29,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "viper", "rnd")
+REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "diffusion-relative", "viper", "rnd")
+_REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood"}  # others: likelihood
 
 
 class RewardSource:
@@ -175,12 +178,14 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     if spec == "rnd":
         cfg.use_std, cfg.expl_scale = False, 1.0
         return _RNDOnly(model, rnd_update_interval)
-    want = "entropy" if spec == "diffusion" else "likelihood"
+    want = _REWARD_TYPE.get(spec, "likelihood")
     if spec == "viper":
         cfg.expl_scale = 0.5
     if expl_scale is not None:
         cfg.expl_scale = float(expl_scale)
     if cfg.reward_type != want or int(model.statistics[2]) == 0:
+        if want == "relative_likelihood" and cfg.reward_type != want:
+            cfg.entropy_estimator = "x0_entropy"  # the lower-variance entropy term
         cfg.reward_type = want
         model.fit_statistics(_expert_frames(task, expert_data, size, action_repeat, stats_episodes, max_steps))
     return LearnedReward(model, spec, rnd_update_interval)

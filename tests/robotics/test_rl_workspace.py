@@ -99,7 +99,12 @@ def test_reward_sources(tmp_path):
     # a mode the shipped checkpoint has no statistics for gets them fitted on scripted experts
     from mmreward.robotics.pretrained import load_pretrained
 
-    shipped = load_pretrained().config.reward_type
+    shipped_model = load_pretrained()
+    shipped = shipped_model.config.reward_type
+    own = {"entropy": "diffusion", "likelihood": "diffusion-likelihood", "relative_likelihood": "diffusion-relative"}
+    same = make_reward_source(own[shipped])  # the shipped mode keeps the shipped statistics
+    assert same.model.config.reward_type == shipped
+    assert torch.equal(same.model.statistics, shipped_model.statistics)
     other = "diffusion" if shipped == "likelihood" else "viper"
     src = make_reward_source(other, task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.3)
     assert src.model.config.reward_type != shipped and src.model.config.expl_scale == 0.3
