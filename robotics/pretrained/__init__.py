@@ -2,9 +2,9 @@
 
 ``metaworld-64`` (the default): a small VQGAN + conditional VQ-Diffusion trained on scripted-expert
 videos of four Meta-World v3 tasks (door-open, drawer-open, button-press, window-open; 64×64 frames,
-``corner`` camera, action repeat 2), with the expert statistics of its entropy reward. How it was
-made: ``scripts/make_default_checkpoint.sh``; how well it ranks episodes:
-``benchmarks/results/diffusion_reward_quality.json`` and ``docs/diffusion_reward.md``.
+``corner`` camera, action repeat 2; 40 episodes per task), in relative-likelihood mode with its
+expert statistics. How it was made: ``scripts/make_default_checkpoint.sh``; how well it ranks
+episodes: ``benchmarks/results/diffusion_reward_quality_relative.json`` and ``docs/diffusion_reward.md``.
 
     from mmreward.robotics.pretrained import load_pretrained
     reward = load_pretrained()            # DiffusionReward, eval mode, on CPU
