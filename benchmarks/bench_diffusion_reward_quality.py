@@ -28,7 +28,7 @@ default checkpoint).
 Every stage caches its output in ``--work`` (collected episodes, the codec / video runs — which
 resume —, rewards), so an interrupted run continues where it stopped.
 
-    python benchmarks/bench_diffusion_reward_quality.py                 # ~30 min on 2 CPU cores
+    python benchmarks/bench_diffusion_reward_quality.py                 # ~23 min on 2 CPU cores
     python benchmarks/bench_diffusion_reward_quality.py --quick         # minutes: tiny everything
 """
 from __future__ import annotations
