@@ -22,6 +22,13 @@ So that every implementation gets the same treatment, the benchmark sets both in
 `--hugepages on` (default; or MMREWARD_CPU_HUGEPAGES unset / != 0): MMREWARD_CPU_HUGEPAGES=1 and
 THP_MEM_ALLOC_ENABLE=1 for all; `--hugepages off` (or MMREWARD_CPU_HUGEPAGES=0): both 0 for all.
 The setting used is printed and saved in the JSON.
+
+Buffer cache (CPU): mmreward's C++ kernels take their large [B, H] grad buffers from a small cache of
+buffers nothing references any more (like the CUDA caching allocator), so a training loop does not
+pay the kernel's zero-fill of fresh pages every step; eager PyTorch's CPU allocator returns such
+blocks to the OS and re-faults them every step. `--buffer-cache off` (MMREWARD_CPU_BUFFER_CACHE_MB=0)
+measures mmreward without it. Peak memory of the measured iteration starts from an emptied cache,
+so it includes the cached grads.
 """
 from __future__ import annotations
 
@@ -212,6 +219,7 @@ def measure(case: dict, impl: str, device: str, dtype: torch.dtype, min_time: fl
             sync()
             peak = torch.cuda.max_memory_allocated() - base
         else:
+            _release_cpu_buffers()  # the cached grads count as this iteration's memory
             with RssSampler() as s:
                 step(clear_grads=False)
             peak = s.peak - s.base
@@ -230,6 +238,13 @@ def measure(case: dict, impl: str, device: str, dtype: torch.dtype, min_time: fl
     }
 
 
+def _release_cpu_buffers() -> None:
+    from mmreward.ops import _backend
+
+    if _backend.extension_loaded():
+        torch.ops.mmreward.release_cpu_buffers()
+
+
 def run_worker(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,12 +253,17 @@ def run_worker(args) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def hugepage_env(setting: str) -> dict:
-    """Environment giving eager PyTorch and mmreward the same transparent-huge-page treatment."""
+def hugepage_env(setting: str, buffer_cache: str = "on") -> dict:
+    """Environment giving eager PyTorch and mmreward the same transparent-huge-page treatment, and
+    mmreward's CPU buffer cache on (its default) or off."""
     env = dict(os.environ)
     on = setting == "on"
     env["MMREWARD_CPU_HUGEPAGES"] = "1" if on else "0"
     env["THP_MEM_ALLOC_ENABLE"] = "1" if on else "0"
+    if buffer_cache == "off":
+        env["MMREWARD_CPU_BUFFER_CACHE_MB"] = "0"
+    else:
+        env.pop("MMREWARD_CPU_BUFFER_CACHE_MB", None)
     return env
 
 
@@ -251,7 +271,7 @@ def run_subprocess(case: dict, impl: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(case), "--impl", impl,
            "--device", args.device, "--dtype", args.dtype, "--min-time", str(args.min_time),
            "--max-reps", str(args.max_reps)] + (["--threads", str(args.threads)] if args.threads else [])
-    p = subprocess.run(cmd, capture_output=True, text=True, env=hugepage_env(args.hugepages))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=hugepage_env(args.hugepages, args.buffer_cache))
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -304,6 +324,8 @@ def main() -> None:
     ap.add_argument("--hugepages", choices=["on", "off"], default=None,
                     help="transparent huge pages for every implementation's allocations (default: on unless "
                          "MMREWARD_CPU_HUGEPAGES=0); eager and mmreward always get the same setting")
+    ap.add_argument("--buffer-cache", choices=["on", "off"], default="on",
+                    help="mmreward's CPU cache of large grad buffers (default on, as in the library)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -312,7 +334,10 @@ def main() -> None:
     if args.worker:
         return run_worker(args)
     # in-process runs (--quick) and the parent: same setting (read lazily by c10 and by mmreward)
-    os.environ.update({k: hugepage_env(args.hugepages)[k] for k in ("MMREWARD_CPU_HUGEPAGES", "THP_MEM_ALLOC_ENABLE")})
+    env = hugepage_env(args.hugepages, args.buffer_cache)
+    os.environ.update({k: env[k] for k in ("MMREWARD_CPU_HUGEPAGES", "THP_MEM_ALLOC_ENABLE")})
+    if args.buffer_cache == "off":
+        os.environ["MMREWARD_CPU_BUFFER_CACHE_MB"] = "0"
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -332,7 +357,7 @@ def main() -> None:
         print(f"huge pages: {args.hugepages} for all implementations "
               f"(MMREWARD_CPU_HUGEPAGES={os.environ['MMREWARD_CPU_HUGEPAGES']}, "
               f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}; "
-              f"system THP mode: {_thp_mode()})")
+              f"system THP mode: {_thp_mode()}); mmreward CPU buffer cache: {args.buffer_cache}")
     results = []
     for case in cases:
         for impl in impls:
@@ -355,6 +380,7 @@ def main() -> None:
         with open(args.json, "w") as f:  # noqa: PTH123
             json.dump({"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "copy_bandwidth_Bps": bw, "hugepages": args.hugepages,
+                       "buffer_cache": args.buffer_cache,
                        "results": results}, f, indent=1)
         print(f"saved {args.json}")
 

@@ -33,7 +33,7 @@ def ops_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     names = sorted(
         n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
-        if n.startswith("mmreward::") and not n.endswith("ext_info")
+        if n.startswith("mmreward::") and n.split("::", 1)[1] not in _backend.UTILITY_OPS
     )
     if not names:
         why = _backend.extension_error() or "the extension defines no ops"

@@ -38,7 +38,7 @@ def collect() -> dict:
         "torch_threads": torch.get_num_threads(),
         "packages": {name: _version(name) for name in OPTIONAL},
         "extension": {"loaded": _backend.extension_loaded(), "error": _backend.extension_error()},
-        "env": {k: os.environ.get(k) for k in ("MMREWARD_BACKEND", "TRITON_INTERPRET", "MMREWARD_CHECK_FINITE")},
+        "env": {k: os.environ.get(k) for k in ("MMREWARD_BACKEND", "TRITON_INTERPRET", "MMREWARD_CHECK_FINITE", "MMREWARD_CPU_BUFFER_CACHE_MB")},
     }
     if _backend.extension_loaded():
         info = torch.ops.mmreward.ext_info()
@@ -46,7 +46,7 @@ def collect() -> dict:
         ops = sorted(
             name.split("::", 1)[1]
             for name in torch._C._dispatch_get_all_op_names()
-            if name.startswith("mmreward::") and name != "mmreward::ext_info"
+            if name.startswith("mmreward::") and name.split("::", 1)[1] not in _backend.UTILITY_OPS
         )
         report["extension"]["ops"] = {
             op: [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(f"mmreward::{op}", k)]

@@ -23,11 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "mmreward/buffer_cache.h"
 #include "mmreward/math.h"
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -43,28 +41,6 @@ constexpr int64_t kListChunk = 256;    // rows per chunk (listwise_loss)
 constexpr int64_t kHeadChunks = 64;    // max row chunks (reward head; fixed => deterministic)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// [B, H]-sized gradient buffers are written once, right after allocation: ask for transparent huge
-// pages (Linux, THP "madvise" mode) so the first touch costs one fault per 2 MiB instead of per
-// 4 KiB. Only the 2 MiB-aligned interior is advised; a no-op elsewhere or when it fails.
-// MMREWARD_CPU_HUGEPAGES=0 turns it off.
-at::Tensor empty_for_streaming_write(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  at::Tensor t = at::empty(sizes, opts);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const size_t bytes = t.nbytes();
-  static const bool enabled = [] {
-    const char* e = std::getenv("MMREWARD_CPU_HUGEPAGES");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  if (enabled && bytes >= 4 * kHuge) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.mutable_data_ptr());
-    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + bytes) & ~(kHuge - 1);
-    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
 
 template <typename acc_t>
 acc_t lane_sum(const acc_t* v, int64_t n) {
@@ -663,8 +639,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto opts = hc.options().dtype(acc_dt);
   at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
   at::Tensor acc = at::empty({}, hc.options().dtype(at::kFloat));
-  at::Tensor ghc = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
-  at::Tensor ghr = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor ghc = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor ghr = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
   at::Tensor gw = grad_wb ? at::empty({H}, w.options()) : at::empty({0}, w.options());
   at::Tensor gb = grad_wb ? at::empty({}, opts) : at::empty({0}, opts);
   if (B == 0) {
@@ -695,8 +671,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_head_pairwise_
   const auto acc_dt = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto opts = hc.options().dtype(acc_dt);
   const auto g = grad.to(acc_dt).contiguous();
-  at::Tensor ghc = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
-  at::Tensor ghr = grad_h ? empty_for_streaming_write({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor ghc = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
+  at::Tensor ghr = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
   at::Tensor gw = grad_wb ? at::empty({H}, w.options()) : at::empty({0}, w.options());
   at::Tensor gb = grad_wb ? at::empty({}, opts) : at::empty({0}, opts);
   if (B == 0 || !(grad_h || grad_wb)) {

@@ -6,6 +6,8 @@ from ._backend import (  # noqa: F401
     BACKENDS,
     BackendUnavailableError,
     available_backends,
+    cpu_cache_bytes,
+    empty_cpu_cache,
     extension_error,
     extension_loaded,
     use_backend,

@@ -52,6 +52,23 @@ def extension_loaded() -> bool:
     return extension_error() is None
 
 
+# Ops of the compiled library that are utilities, not tensor ops with backends.
+UTILITY_OPS = ("ext_info", "release_cpu_buffers", "cached_cpu_buffer_bytes")
+
+
+def empty_cpu_cache() -> int:
+    """Free the C++ kernels' cached large CPU output buffers that nothing references any more;
+    returns the bytes freed (0 without the extension). The kernels keep buffers such as the fused
+    reward head's ``[B, H]`` grads for reuse, like the CUDA caching allocator; cap them with
+    ``MMREWARD_CPU_BUFFER_CACHE_MB`` (default 4096, 0 = off)."""
+    return int(torch.ops.mmreward.release_cpu_buffers()) if extension_loaded() else 0
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes held by the C++ kernels' CPU buffer cache (buffers in use included)."""
+    return int(torch.ops.mmreward.cached_cpu_buffer_bytes()) if extension_loaded() else 0
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """True if ``torch.ops.mmreward.<op>`` has a kernel for ``device_type`` ('cpu' | 'cuda')."""
     if not extension_loaded():
