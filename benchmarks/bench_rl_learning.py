@@ -41,6 +41,8 @@ def run_cmd(args, reward: str, out: str) -> list[str]:
         cmd += ["--episode-steps", str(args.episode_steps)]
     if args.expl_scale is not None:
         cmd += ["--expl-scale", str(args.expl_scale)]
+    if args.reward_clip is not None:
+        cmd += ["--reward-clip", str(args.reward_clip)]
     return cmd
 
 
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
                    help="agent steps per episode (default: the task's time limit, 250 at action repeat 2)")
     p.add_argument("--expl-scale", type=float, default=None,
                    help="α, the RND weight of learned rewards (default: the source's, 0.95 for diffusion)")
+    p.add_argument("--reward-clip", type=float, default=None,
+                   help="lower bound on the learned reward's standardised term (default: none)")
     p.add_argument("--paper", action="store_true", help="paper-sized agent (batch 256, hidden 1024)")
     p.add_argument("--sequential", action="store_true", help="one run after the other instead of in parallel")
     p.add_argument("--out", default="runs/bench_rl")
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "rl_learning", "task": args.task, "frames": args.frames, "seed": args.seed,
         "preset": "paper" if args.paper else "cpu (batch 64, hidden 256)", "expl_scale": args.expl_scale,
-        "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
+        "reward_clip": args.reward_clip, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
         "checkpoint": args.checkpoint or "shipped metaworld-64",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},
         "wall_seconds": time.time() - t0,

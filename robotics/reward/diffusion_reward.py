@@ -60,6 +60,7 @@ class DiffusionRewardConfig:
     noise: bool = True  # Gumbel noise when sampling the chain (False: argmax)
     noise_scale: float = 1.0  # scale of the Gumbel noise
     use_std: bool = True  # z-score the raw reward with the expert statistics
+    clip_min: Optional[float] = None  # lower bound on z(raw) (None: unbounded); tames the likelihood modes' long lower tail
     expl_scale: float = 0.95  # α: weight of the RND bonus, (1 − α) for the diffusion reward
     use_sparse: bool = True  # add the success reward passed as `success=`
     batch_size: int = 64  # windows per video-model batch
@@ -72,6 +73,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"entropy_estimator must be 'vlb' or 'x0_entropy', got {self.entropy_estimator!r}")
         if not 0.0 <= self.expl_scale <= 1.0:
             raise ValueError(f"expl_scale must be in [0, 1], got {self.expl_scale}")
+        if self.clip_min is not None and not math.isfinite(self.clip_min):
+            raise ValueError(f"clip_min must be a finite number or None, got {self.clip_min}")
         if self.batch_size < 1 or self.skip_step < 0 or self.num_samples < 1:
             raise ValueError("batch_size >= 1, skip_step >= 0 and num_samples >= 1 are required")
 
@@ -197,8 +200,11 @@ class DiffusionReward(nn.Module):
     @torch.no_grad()
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
-        used by RND only): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) + r_sparse`` without RND)."""
+        used by RND only): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) + r_sparse`` without RND),
+        with z(raw) bounded below by ``clip_min`` when set."""
         z = self.standardize(raw)
+        if self.config.clip_min is not None:
+            z = z.clamp_min(self.config.clip_min)
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()

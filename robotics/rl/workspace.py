@@ -65,6 +65,8 @@ class RLConfig:
     rnd_update_interval: int = _help("agent steps between RND predictor updates", default=100)
     expl_scale: Optional[float] = _help("α, the RND weight of learned rewards (default: 0.95 diffusion, 0.5 viper)",
                                         default=None)
+    reward_clip: Optional[float] = _help("lower bound on the learned reward's standardised term (default: none; "
+                                         "the likelihood modes have a long lower tail)", default=None)
     tensorboard: bool = _help("also log to TensorBoard", default=True)
     quiet: bool = _help("no console line per episode", default=False)
 
@@ -115,7 +117,8 @@ class Workspace:
             reward if reward is not None else config.reward, task=self.task, checkpoint=config.checkpoint,
             device=config.device, size=config.size, action_repeat=config.action_repeat,
             expert_data=config.expert_data, max_steps=config.episode_steps,
-            rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale)
+            rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale,
+            reward_clip=config.reward_clip)
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0

@@ -101,6 +101,11 @@ def test_statistics_and_mixing_rule():
     torch.testing.assert_close(no_rnd(ep), dr.standardize(dr.raw_reward(ep)))  # r = z (+ sparse) without RND
     with pytest.raises(ValueError, match="one value per frame"):
         dr(ep, success=torch.ones(3))
+    # clip_min bounds the standardised term below, before mixing
+    no_rnd.config.clip_min = -0.25
+    torch.testing.assert_close(no_rnd(ep), dr.standardize(dr.raw_reward(ep)).clamp_min(-0.25))
+    with pytest.raises(ValueError, match="clip_min"):
+        DiffusionRewardConfig(clip_min=float("inf")).validate()
 
 
 def test_rnd_learns_and_normalises():

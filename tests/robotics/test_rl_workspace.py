@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from mmreward.robotics.envs.base import offscreen_render_problem, setup_mujoco_gl  # noqa: E402
+
+setup_mujoco_gl()  # before metaworld imports mujoco (when this file runs alone)
 pytest.importorskip("metaworld")
-from mmreward.robotics.envs.base import offscreen_render_problem  # noqa: E402
 
 _why = offscreen_render_problem()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"no offscreen rendering: {_why}")
@@ -105,6 +107,12 @@ def test_reward_sources(tmp_path):
     same = make_reward_source(own[shipped])  # the shipped mode keeps the shipped statistics
     assert same.model.config.reward_type == shipped
     assert torch.equal(same.model.statistics, shipped_model.statistics)
+    clipped = make_reward_source(own[shipped], expl_scale=0.0, reward_clip=-0.5)
+    unclipped = make_reward_source(own[shipped], expl_scale=0.0)
+    rc, ru = clipped(frames, env_r, succ), unclipped(frames, env_r, np.zeros_like(succ))
+    assert rc.min() >= -0.5 - 1e-6 and ru.min() < -0.5  # random frames: the unclipped reward goes lower
+    with pytest.raises(ValueError, match="clip_min"):
+        make_reward_source(own[shipped], reward_clip=float("nan"))
     other = "diffusion" if shipped == "likelihood" else "viper"
     src = make_reward_source(other, task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.3)
     assert src.model.config.reward_type != shipped and src.model.config.expl_scale == 0.3
