@@ -60,9 +60,17 @@ def atomic_write_text(path: str, text: str) -> None:
 def _save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> int:
     from safetensors.torch import save_file
 
-    # safetensors refuses shared / non-contiguous storage; clone views so any state dict saves.
-    clean = {k: v.detach().to("cpu").contiguous().clone() if v.is_cuda or not v.is_contiguous() or v._base is not None
-             else v.detach() for k, v in tensors.items()}
+    # safetensors refuses shared / non-contiguous storage; clone views and every tensor whose memory an
+    # earlier one already uses (e.g. two from_numpy of one array) so any state saves.
+    clean, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach()
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        shared = ptr is not None and ptr in seen
+        if ptr is not None:
+            seen.add(ptr)
+        clean[k] = (v.to("cpu").contiguous().clone() if v.is_cuda or not v.is_contiguous() or v._base is not None
+                    or shared else v)
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
     return os.path.getsize(path)
 

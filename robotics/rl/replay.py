@@ -59,6 +59,10 @@ class ReplayBuffer:
 
     def add(self, episode: EpisodeRecord) -> None:
         episode.validate()
+        # a reward source may hand back the env's own array (the dense reward does): keep each field
+        # in its own memory, so snapshots (safetensors refuses shared tensors) and later edits stay separate
+        if np.shares_memory(episode.rewards, episode.env_rewards):
+            episode.rewards = episode.rewards.copy()
         if self.episodes and episode.frames.shape[1:] != self.episodes[0].frames.shape[1:]:
             raise ValueError(f"frame size {episode.frames.shape[1:]} differs from the buffer's "
                              f"{self.episodes[0].frames.shape[1:]}")

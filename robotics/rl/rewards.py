@@ -61,7 +61,7 @@ class DenseReward(RewardSource):
     name = "dense"
 
     def __call__(self, frames, env_rewards, success):
-        return np.asarray(env_rewards, dtype=np.float32)
+        return np.array(env_rewards, dtype=np.float32)  # a copy: never the caller's array
 
 
 class CallableReward(RewardSource):

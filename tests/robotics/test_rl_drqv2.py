@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmreward.core.checkpoint import load_state, save_state
 from mmreward.robotics.rl.drqv2 import DrQV2Agent, DrQV2Config, clipped_noise_action, random_shift, schedule
 from mmreward.robotics.rl.replay import EpisodeRecord, ReplayBuffer, stack_frames
 
@@ -76,7 +77,7 @@ def test_replay_nstep_targets_and_stacks():
     torch.testing.assert_close(batch["discount"], torch.full((64,), 0.125))
 
 
-def test_replay_capacity_memory_and_errors():
+def test_replay_capacity_memory_and_errors(tmp_path):
     rb = ReplayBuffer(25, nstep=3)
     with pytest.raises(RuntimeError, match="no episode"):
         rb.sample(4)
@@ -91,10 +92,24 @@ def test_replay_capacity_memory_and_errors():
     with pytest.raises(ValueError, match="frames must be uint8"):
         rb.add(EpisodeRecord(np.zeros((5, 8, 8, 3), np.float32), np.zeros((4, 2), np.float32), np.zeros(4, np.float32),
                              np.zeros(4, np.float32), np.zeros(4, bool)))
+    shared = _episode(6, seed=9)
+    shared.rewards = shared.env_rewards  # what a reward source returning the env's array gives
+    rb.add(shared)
+    assert not np.shares_memory(rb.episodes[-1].rewards, rb.episodes[-1].env_rewards)
     st = rb.state()
     rb2 = ReplayBuffer(25, nstep=3)
     rb2.load(st)
     torch.testing.assert_close(rb.sample(8), rb2.sample(8))
+    save_state(str(tmp_path / "snap"), st)  # a snapshot of it saves and loads
+    rb3 = ReplayBuffer(25, nstep=3)
+    rb3.load(load_state(str(tmp_path / "snap")))
+    rb2.rng = np.random.default_rng(0)
+    rb3.rng = np.random.default_rng(0)
+    torch.testing.assert_close(rb2.sample(8), rb3.sample(8))
+    arr = np.arange(5, dtype=np.float32)  # the checkpoint layer itself copes with aliased arrays too
+    save_state(str(tmp_path / "alias"), {"a": arr, "b": arr, "c": arr[1:]})
+    back = load_state(str(tmp_path / "alias"))
+    assert np.array_equal(np.asarray(back["b"]), arr) and np.array_equal(np.asarray(back["c"]), arr[1:])
     assert stack_frames(_episode(3).frames, 0, 2).shape == (6, 8, 8)
 
 
