@@ -38,7 +38,8 @@ def collect() -> dict:
         "torch_threads": torch.get_num_threads(),
         "packages": {name: _version(name) for name in OPTIONAL},
         "extension": {"loaded": _backend.extension_loaded(), "error": _backend.extension_error()},
-        "env": {k: os.environ.get(k) for k in ("MMREWARD_BACKEND", "TRITON_INTERPRET", "MMREWARD_CHECK_FINITE", "MMREWARD_CPU_BUFFER_CACHE_MB")},
+        "env": {k: os.environ.get(k) for k in ("MMREWARD_BACKEND", "TRITON_INTERPRET", "MMREWARD_CHECK_FINITE",
+                                               "MMREWARD_CPU_BUFFER_CACHE_MB")},
     }
     if _backend.extension_loaded():
         info = torch.ops.mmreward.ext_info()
