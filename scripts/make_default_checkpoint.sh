@@ -4,8 +4,9 @@
 # and its quality report benchmarks/results/diffusion_reward_quality.{json,png}.
 #
 # This is the exact command that produced the shipped files (about 1 h on 2 CPU cores alone, estimated
-# from the measured stage rates: data + codec + 30 000 video steps ≈ 35 min, statistics and scoring the rest; every stage is cached under
-# runs/diffusion_reward_quality, so an interrupted run continues). Collection is deterministic per
+# from the measured stage rates: data + codec + 30 000 video steps ≈ 35 min, statistics and scoring
+# the rest; every stage is cached under runs/diffusion_reward_quality, so an interrupted run
+# continues). Collection is deterministic per
 # seed; training uses fixed seeds, but CPU float reductions can differ between machines, so a rebuild
 # elsewhere gives a close, not bit-identical, model.
 #
