@@ -15,7 +15,11 @@ default checkpoint).
    * success ROC-AUC: how well the score separates successful from failed noisy-expert episodes
      (goal: mean ≥ 0.8; undefined where all episodes succeed or all fail);
    * expert-vs-random ROC-AUC (σ = 0 episodes against random ones);
-   * the same on the held-out task.
+   * the same on the held-out task;
+   * progress ρ (a diagnostic, not an issue goal): ``--probe-seeds`` scenes per task where the
+     scripted expert acts for k ∈ {0, 10, 20, 30, 45, 70} steps and the arm then holds still;
+     Spearman ρ between k and the episode score. RL needs it > 0 (going further must pay more than
+     stopping early); a per-frame plausibility score can rank every k alike.
 
    Two training-free baselines get the same scores: ``frame_diff`` (minus the mean absolute
    difference of consecutive frames, i.e. smooth motion scores high) and ``nn_expert`` (minus the
@@ -108,6 +112,49 @@ def _collect_job(job: dict) -> str:
     return out
 
 
+HOLD_STEPS = (0, 10, 20, 30, 45, 70)
+
+
+def _probe_job(job: dict) -> str:
+    """Progress-probe episodes: the scripted expert for k agent steps, then zero actions (the arm
+    holds still) to ``max_steps``; one file per (k, seed) in ``job["out"]``."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+
+    torch.set_num_threads(1)
+    from mmreward.robotics.data.episodes import Episode, save_episode
+    from mmreward.robotics.envs import make_env
+
+    out = job["out"]
+    names = [f"hold{k}_seed{s}.npz" for s in job["seeds"] for k in HOLD_STEPS]
+    if all(os.path.isfile(os.path.join(out, n)) for n in names):
+        return out
+    os.makedirs(out, exist_ok=True)
+    env = make_env(job["task"], size=job["size"], action_repeat=job["action_repeat"], seed=job["seeds"][0],
+                   max_steps=job["max_steps"])
+    try:
+        low, high = env.action_space.low, env.action_space.high
+        for seed in job["seeds"]:
+            for k in HOLD_STEPS:
+                obs, frame = env.reset(seed=seed)
+                frames, actions, rewards, success = [frame], [], [], []
+                for t in range(job["max_steps"]):
+                    a = env.expert_action(obs) if t < k else np.zeros(env.action_space.shape, np.float32)
+                    a = np.clip(a, low, high).astype(np.float32)
+                    step = env.step(a)
+                    obs = step.obs
+                    frames.append(step.frame), actions.append(a), rewards.append(step.reward)
+                    success.append(step.success)
+                    if step.done:
+                        break
+                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"),
+                             Episode(frames=np.stack(frames), actions=np.stack(actions),
+                                     rewards=np.asarray(rewards, np.float32), success=np.asarray(success, bool)))
+    finally:
+        env.close()
+    return out
+
+
 def collect_all(args, work: str) -> dict:
     jobs = []
     common = dict(size=args.size, action_repeat=args.action_repeat, max_steps=args.max_steps)
@@ -120,17 +167,23 @@ def collect_all(args, work: str) -> dict:
                              seed=1000, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}"), **common))
         jobs.append(dict(kind="eval", task=task, policy="random", noise=0.0, episodes=args.eval_episodes, seed=1000,
                          out=os.path.join(work, "data", "eval", f"{task}_random"), **common))
+    probe_jobs = [dict(kind="probe", task=task, seeds=list(range(2000, 2000 + args.probe_seeds)),
+                       out=os.path.join(work, "data", "probe", task), **common)
+                  for task in args.train_tasks + args.heldout_tasks] if args.probe_seeds > 0 else []
     t0 = time.perf_counter()
     if args.workers > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
             list(ex.map(_collect_job, jobs))
+            list(ex.map(_probe_job, probe_jobs))
     else:
         for j in jobs:
             _collect_job(j)
+        for j in probe_jobs:
+            _probe_job(j)
     print(f"[data] {len(jobs)} collection jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"jobs": jobs, "seconds": time.perf_counter() - t0}
+    return {"jobs": jobs, "probe_jobs": probe_jobs, "seconds": time.perf_counter() - t0}
 
 
 def load_jobs(jobs: list, kind: str) -> list[dict]:
@@ -144,6 +197,21 @@ def load_jobs(jobs: list, kind: str) -> list[dict]:
             out.append({"task": j["task"], "policy": j["policy"], "noise": j["noise"], "file": entry["file"],
                         "path": os.path.join(j["out"], entry["file"]),
                         "frames": ep.frames, "success": bool(ep.success.any()), "env_return": float(ep.rewards.sum())})
+    return out
+
+
+def load_probes(jobs: list) -> list[dict]:
+    from mmreward.robotics.data.episodes import load_episode
+
+    out = []
+    for j in jobs:
+        for seed in j["seeds"]:
+            for k in HOLD_STEPS:
+                path = os.path.join(j["out"], f"hold{k}_seed{seed}.npz")
+                ep = load_episode(path)
+                out.append({"task": j["task"], "policy": "hold", "hold_after": k, "seed": seed, "path": path,
+                            "frames": ep.frames, "success": bool(ep.success.any()),
+                            "env_return": float(ep.rewards.sum())})
     return out
 
 
@@ -214,10 +282,20 @@ def score_task(eps: list[dict], key: str) -> dict:
     }
 
 
+def score_progress(probes: list[dict], key: str) -> dict:
+    """Spearman ρ between the episode score and k over the progress probes (expert for k steps, then
+    holding still): does the reward pay more for getting further, or as much for holding still early?
+    A reward that shapes RL towards the task needs ρ > 0; per-frame plausibility scores can have ρ ≈ 0."""
+    if not probes:
+        return {"progress_spearman": float("nan")}
+    return {"progress_spearman": spearman([float(np.mean(e[key])) for e in probes], [e["hold_after"] for e in probes])}
+
+
 def summarise(per_task: dict, tasks: list) -> dict:
     rows = [per_task[t] for t in tasks if t in per_task]
     return {
         "spearman_noise_mean": nanmean([r["spearman_noise"] for r in rows]),
+        "progress_spearman_mean": nanmean([r.get("progress_spearman") for r in rows]),
         "spearman_noise_max": float(np.nanmax([r["spearman_noise"] for r in rows])) if rows else float("nan"),
         "success_auc_mean": nanmean([r["success_auc"] for r in rows]),
         "expert_vs_random_auc_mean": nanmean([r["expert_vs_random_auc"] for r in rows]),
@@ -288,13 +366,15 @@ def main(argv=None) -> int:
     ap.add_argument("--also-estimator", default="vlb",
                     help="also score with this estimator (same models; '' to skip)")
     ap.add_argument("--reward-batch", type=int, default=128)
+    ap.add_argument("--probe-seeds", type=int, default=2,
+                    help="progress-probe scenes per task (expert for k steps, then holding still; 0: skip)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     args = ap.parse_args(argv)
     args.train_tasks = [t for t in args.train_tasks.split(",") if t]
     args.heldout_tasks = [t for t in args.heldout_tasks.split(",") if t]
     if args.quick:
         args.train_tasks, args.heldout_tasks = args.train_tasks[:2], args.heldout_tasks[:1]
-        args.train_episodes, args.eval_episodes, args.max_steps = 2, 2, 12
+        args.train_episodes, args.eval_episodes, args.max_steps, args.probe_seeds = 2, 2, 12, 1
         args.codec_steps, args.video_steps, args.video_dim, args.video_depth = 20, 20, 32, 1
         args.work = args.work.rstrip("/") + "_quick"
         args.json = args.json.replace(".json", "_quick.json")
@@ -312,6 +392,7 @@ def main(argv=None) -> int:
     timings["collect_s"] = data["seconds"]
     train_eps = load_jobs(data["jobs"], "train")
     eval_eps = load_jobs(data["jobs"], "eval")
+    probe_eps = load_probes(data["probe_jobs"])
     train_frames = [e["frames"] for e in train_eps]
     print(f"[data] train: {len(train_eps)} expert episodes ({sum(len(f) for f in train_frames)} frames, "
           f"success {np.mean([e['success'] for e in train_eps]):.2f}); eval: {len(eval_eps)} episodes", flush=True)
@@ -369,7 +450,8 @@ def main(argv=None) -> int:
     methods = [(f"dr_{est}", f"Diffusion Reward ({est})") for est in estimators]
     methods += [("frame_diff", "−|frame difference|"), ("nn_expert", "−NN distance to expert frames")]
     folders = {est: os.path.join(work, f"reward_{est}") for est in estimators}
-    jobs = [(folders, [(e["path"]) for e in eval_eps[i::args.workers]]) for i in range(args.workers)]
+    scored_eps = eval_eps + probe_eps
+    jobs = [(folders, [(e["path"]) for e in scored_eps[i::args.workers]]) for i in range(args.workers)]
     if args.workers > 1:
         import multiprocessing as mp
 
@@ -380,7 +462,7 @@ def main(argv=None) -> int:
     scored = {}
     for part in parts:
         scored.update(part)
-    for e in eval_eps:
+    for e in scored_eps:
         for est in estimators:
             e[f"dr_{est}"] = scored[e["path"]][est]
         e["frame_diff"] = frame_diff_rewards(e["frames"])
@@ -391,7 +473,8 @@ def main(argv=None) -> int:
     tasks = args.train_tasks + args.heldout_tasks
     results = {}
     for key, title in methods:
-        per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key) for t in tasks}
+        per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key)
+                    | score_progress([e for e in probe_eps if e["task"] == t], key) for t in tasks}
         results[key] = {"title": title, "per_task": per_task,
                         "train_tasks": summarise(per_task, args.train_tasks),
                         "heldout_tasks": summarise(per_task, args.heldout_tasks)}
@@ -432,6 +515,8 @@ def main(argv=None) -> int:
         "episodes": [{k: (v if not isinstance(v, np.ndarray) else None) for k, v in e.items()
                       if k in ("task", "policy", "noise", "file", "success", "env_return")}
                      | {m: float(np.mean(e[m])) for m, _ in methods} for e in eval_eps],
+        "probe_episodes": [{k: e[k] for k in ("task", "hold_after", "seed", "success", "env_return")}
+                           | {m: float(np.mean(e[m])) for m, _ in methods} for e in probe_eps],
     }
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
@@ -446,16 +531,16 @@ def main(argv=None) -> int:
 def print_table(results: dict, methods: list, args) -> None:
     tasks = args.train_tasks + args.heldout_tasks
     f = lambda x: "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:6.2f}"
-    print(f"\n{'method':<22} {'task':<24} {'ρ(σ)':>6} {'succAUC':>7} {'exp>rnd':>7} {'succ%':>6}")
+    print(f"\n{'method':<22} {'task':<24} {'ρ(σ)':>6} {'succAUC':>7} {'exp>rnd':>7} {'succ%':>6} {'ρ(k)':>6}")
     for key, _ in methods:
         for t in tasks:
             r = results[key]["per_task"][t]
             tag = t + (" (held out)" if t in args.heldout_tasks else "")
             print(f"{key:<22} {tag:<24} {f(r['spearman_noise'])} {f(r['success_auc']):>7} "
-                  f"{f(r['expert_vs_random_auc']):>7} {f(r['success_rate']):>6}")
+                  f"{f(r['expert_vs_random_auc']):>7} {f(r['success_rate']):>6} {f(r.get('progress_spearman'))}")
         s = results[key]["train_tasks"]
         print(f"{key:<22} {'MEAN (train tasks)':<24} {f(s['spearman_noise_mean'])} {f(s['success_auc_mean']):>7} "
-              f"{f(s['expert_vs_random_auc_mean']):>7}")
+              f"{f(s['expert_vs_random_auc_mean']):>7} {'':>6} {f(s['progress_spearman_mean'])}")
 
 
 if __name__ == "__main__":

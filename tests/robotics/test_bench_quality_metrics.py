@@ -1,0 +1,70 @@
+"""The reward-quality benchmark's metrics (Spearman, ROC-AUC, progress ρ) against values worked out by
+hand, and its progress-probe episodes (expert for k steps, then holding still) on a real Meta-World env."""
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_dr_quality", os.path.join(
+        ROOT, "benchmarks", "bench_diffusion_reward_quality.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rank_metrics_exact():
+    b = _bench()
+    np.testing.assert_array_equal(b.rankdata([3.0, 1.0, 3.0, 2.0]), [3.5, 1.0, 3.5, 2.0])
+    assert b.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert b.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(b.spearman([1, 1, 1], [1, 2, 3]))  # constant scores: undefined, not 0
+    # positives 0.9, 0.4; negatives 0.5, 0.1: 3 of 4 pairs ordered -> 0.75
+    assert b.roc_auc([0.9, 0.4, 0.5, 0.1], [True, True, False, False]) == pytest.approx(0.75)
+    assert b.roc_auc([0.5, 0.5], [True, False]) == pytest.approx(0.5)  # ties count 1/2
+    assert math.isnan(b.roc_auc([1.0, 2.0], [True, True]))
+
+
+def test_progress_spearman_rewards_getting_further():
+    b = _bench()
+    ks = list(b.HOLD_STEPS) * 2
+    rising = [{"hold_after": k, "r": np.full(5, k / 10.0)} for k in ks]
+    flat_late = [{"hold_after": k, "r": np.full(5, -abs(k - 10) / 10.0)} for k in ks]  # best at k = 10
+    assert b.score_progress(rising, "r")["progress_spearman"] == pytest.approx(1.0)
+    assert b.score_progress(flat_late, "r")["progress_spearman"] < 0
+    assert math.isnan(b.score_progress([], "r")["progress_spearman"])
+    s = b.summarise({"a": {"spearman_noise": -0.5, "success_auc": 0.7, "expert_vs_random_auc": 1.0,
+                           "progress_spearman": 0.4},
+                     "b": {"spearman_noise": -0.7, "success_auc": float("nan"), "expert_vs_random_auc": 0.9,
+                           "progress_spearman": 0.2}}, ["a", "b"])
+    assert s["progress_spearman_mean"] == pytest.approx(0.3)
+    assert s["success_auc_mean"] == pytest.approx(0.7)  # NaN tasks are left out of the mean
+
+
+def test_probe_episodes_hold_still(tmp_path):
+    pytest.importorskip("metaworld")
+    from mmreward.robotics.envs.base import setup_mujoco_gl
+
+    setup_mujoco_gl()
+    b = _bench()
+    job = dict(kind="probe", task="drawer-open-v3", seeds=[2000], out=str(tmp_path / "probe"), size=32,
+               action_repeat=2, max_steps=16)
+    b._probe_job(job)
+    eps = {e["hold_after"]: e for e in b.load_probes([job])}
+    assert sorted(eps) == sorted(b.HOLD_STEPS)
+    for k, e in eps.items():
+        assert e["frames"].shape == (17, 32, 32, 3)
+    # k = 0: the arm never moves, so the last frames are (nearly) identical; the full expert moves
+    still = np.abs(eps[0]["frames"][-1].astype(int) - eps[0]["frames"][-2]).mean()
+    moving = np.abs(eps[70]["frames"][6].astype(int) - eps[70]["frames"][5]).mean()
+    assert still < 0.5 < moving
+    # k = 10: the first 10 steps are the expert's, the rest hold: same frames as the full expert up to 10
+    np.testing.assert_array_equal(eps[10]["frames"][:11], eps[70]["frames"][:11])
+    assert np.abs(eps[10]["frames"][-1].astype(int) - eps[10]["frames"][-2]).mean() < 0.5
+    b._probe_job(job)  # cached: no new files
+    assert len(os.listdir(job["out"])) == len(b.HOLD_STEPS)
