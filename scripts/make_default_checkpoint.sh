@@ -5,7 +5,7 @@
 #
 # This is the exact command that produced the shipped files (about 1 h on 2 CPU cores alone, estimated
 # from the measured stage rates: data + codec + 30 000 video steps ≈ 35 min, statistics and scoring
-# the rest; every stage is cached under runs/diffusion_reward_quality, so an interrupted run
+# the rest; every stage is cached under runs/diffusion_reward_quality_skip2, so an interrupted run
 # continues). Collection is deterministic per
 # seed; training uses fixed seeds, but CPU float reductions can differ between machines, so a rebuild
 # elsewhere gives a close, not bit-identical, model.
@@ -17,17 +17,17 @@
 #       --set channels=16,32,64,64 --set num_codes=128
 #   mmreward robotics train-video --data data/mw --codec runs/codec --out runs/video --steps 30000 \
 #       --batch-size 32 --warmup-steps 200 --set dim=96 --set depth=2 --set heads=4 --set context_dim=96 \
-#       --reward-type relative_likelihood --entropy-estimator x0_entropy --reward-batch-size 128
+#       --set frame_skip=2 --reward-type relative_likelihood --entropy-estimator x0_entropy --reward-batch-size 128
 #       # ^ writes runs/video/reward (statistics fitted on data/mw)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-COMMON=(--work runs/diffusion_reward_quality
+COMMON=(--work runs/diffusion_reward_quality_skip2
     --train-tasks door-open-v3,drawer-open-v3,button-press-v3,window-open-v3
     --heldout-tasks drawer-close-v3
     --train-episodes 40 --eval-episodes 8 --max-steps 70 --size 64 --action-repeat 2
     --codec-steps 400 --codec-batch 16 --codec-channels 16,32,64,64 --num-codes 128
-    --video-steps 30000 --video-batch 32 --video-dim 96 --video-depth 2 --video-heads 4)
+    --video-steps 30000 --video-batch 32 --video-dim 96 --video-depth 2 --video-heads 4 --video-frame-skip 2)
 # 1. data, codec, video model; likelihood and entropy (vlb) rewards scored
 "$PY" benchmarks/bench_diffusion_reward_quality.py "${COMMON[@]}" \
     --estimator likelihood --also-estimator vlb --workers 2 --threads 2 \
