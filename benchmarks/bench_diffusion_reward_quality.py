@@ -143,7 +143,9 @@ def _probe_job(job: dict) -> str:
                     a = np.clip(a, low, high).astype(np.float32)
                     step = env.step(a)
                     obs = step.obs
-                    frames.append(step.frame), actions.append(a), rewards.append(step.reward)
+                    frames.append(step.frame)
+                    actions.append(a)
+                    rewards.append(step.reward)
                     success.append(step.success)
                     if step.done:
                         break
@@ -182,7 +184,7 @@ def collect_all(args, work: str) -> dict:
             _collect_job(j)
         for j in probe_jobs:
             _probe_job(j)
-    print(f"[data] {len(jobs)} collection jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"[data] {len(jobs)} collection + {len(probe_jobs)} probe jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
     return {"jobs": jobs, "probe_jobs": probe_jobs, "seconds": time.perf_counter() - t0}
 
 
