@@ -90,6 +90,9 @@ def main(argv=None) -> int:
     p.add_argument("--sequential", action="store_true", help="one run after the other instead of in parallel")
     p.add_argument("--out", default="runs/bench_rl")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--also", default="",
+                   help="more finished runs to draw and report, as LABEL=FOLDER pairs separated by commas "
+                        "(e.g. runs with other α / clip settings in their own --out folders)")
     p.add_argument("--json", default=os.path.join(HERE, "results", "rl_learning.json"))
     args = p.parse_args(argv)
     rewards = [r for r in args.rewards.split(",") if r]
@@ -109,6 +112,12 @@ def main(argv=None) -> int:
             if proc.wait() != 0:
                 print(f"run {r} failed (exit {proc.returncode}); see {folders[r]}.log", file=sys.stderr)
             log.close()
+    for pair in (x for x in args.also.split(",") if x):
+        label, sep, folder = pair.partition("=")
+        if not sep or not os.path.isfile(os.path.join(folder, "eval", "eval.csv")):
+            p.error(f"--also expects LABEL=FOLDER with FOLDER/eval/eval.csv, got {pair!r}")
+        rewards.append(label)
+        folders[label] = folder
     runs = {r: read_eval(folders[r]) for r in rewards}
     from mmreward.robotics.rl.recording import plot_learning_curves
 
@@ -121,7 +130,7 @@ def main(argv=None) -> int:
         "checkpoint": args.checkpoint or "shipped metaworld-64",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},
         "wall_seconds": time.time() - t0,
-        "runs": {r: {**runs[r], "mean_train_fps": read_fps(folders[r])} for r in rewards},
+        "runs": {r: {**runs[r], "mean_train_fps": read_fps(folders[r]), "folder": folders[r]} for r in rewards},
         "plot": png,
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

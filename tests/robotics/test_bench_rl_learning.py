@@ -1,0 +1,47 @@
+"""The RL learning benchmark's report path: redraw (``--plot-only``) from finished runs' eval CSVs,
+including runs kept in other folders (``--also LABEL=FOLDER``), and reject a pair it cannot read."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_rl_learning", os.path.join(ROOT, "benchmarks", "bench_rl_learning.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_eval(folder, rows):
+    os.makedirs(os.path.join(folder, "eval"))
+    with open(os.path.join(folder, "eval", "eval.csv"), "w") as f:
+        f.write("step,episode,success_rate,episode_return,eval_seconds\n")
+        for step, succ, ret in rows:
+            f.write(f"{step},0,{succ},{ret},1.0\n")
+
+
+def test_plot_only_reports_runs_from_other_folders(tmp_path):
+    pytest.importorskip("matplotlib")
+    b = _bench()
+    _write_eval(tmp_path / "out" / "sparse", [(0, 0.0, 44.0), (5000, 0.4, 91.0)])
+    _write_eval(tmp_path / "other" / "run", [(0, 0.0, 44.0), (5000, 0.0, 15.5), (10000, 0.2, 30.0)])
+    out_json = tmp_path / "r.json"
+    assert b.main(["--plot-only", "--rewards", "sparse", "--out", str(tmp_path / "out"), "--json", str(out_json),
+                   "--also", f"dr clip -2={tmp_path / 'other' / 'run'}"]) == 0
+    res = json.loads(out_json.read_text())
+    assert res["runs"]["sparse"]["success_rate"] == [0.0, 0.4]
+    assert res["runs"]["dr clip -2"]["frames"] == [0, 5000, 10000]
+    assert res["runs"]["dr clip -2"]["episode_return"] == [44.0, 15.5, 30.0]
+    assert os.path.isfile(res["plot"])
+
+
+def test_also_rejects_a_folder_without_eval_csv(tmp_path):
+    b = _bench()
+    _write_eval(tmp_path / "out" / "sparse", [(0, 0.0, 44.0)])
+    with pytest.raises(SystemExit):
+        b.main(["--plot-only", "--rewards", "sparse", "--out", str(tmp_path / "out"),
+                "--json", str(tmp_path / "r.json"), "--also", f"x={tmp_path / 'missing'}"])
