@@ -113,7 +113,7 @@ def main(argv=None) -> int:
                 print(f"run {r} failed (exit {proc.returncode}); see {folders[r]}.log", file=sys.stderr)
             log.close()
     for pair in (x for x in args.also.split(",") if x):
-        label, sep, folder = pair.partition("=")
+        label, sep, folder = pair.rpartition("=")  # labels may hold "=" (α=0), folders rarely do
         if not sep or not os.path.isfile(os.path.join(folder, "eval", "eval.csv")):
             p.error(f"--also expects LABEL=FOLDER with FOLDER/eval/eval.csv, got {pair!r}")
         rewards.append(label)

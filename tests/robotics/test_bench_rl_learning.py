@@ -31,11 +31,11 @@ def test_plot_only_reports_runs_from_other_folders(tmp_path):
     _write_eval(tmp_path / "other" / "run", [(0, 0.0, 44.0), (5000, 0.0, 15.5), (10000, 0.2, 30.0)])
     out_json = tmp_path / "r.json"
     assert b.main(["--plot-only", "--rewards", "sparse", "--out", str(tmp_path / "out"), "--json", str(out_json),
-                   "--also", f"dr clip -2={tmp_path / 'other' / 'run'}"]) == 0
+                   "--also", f"dr a=0 clip -2={tmp_path / 'other' / 'run'}"]) == 0
     res = json.loads(out_json.read_text())
     assert res["runs"]["sparse"]["success_rate"] == [0.0, 0.4]
-    assert res["runs"]["dr clip -2"]["frames"] == [0, 5000, 10000]
-    assert res["runs"]["dr clip -2"]["episode_return"] == [44.0, 15.5, 30.0]
+    assert res["runs"]["dr a=0 clip -2"]["frames"] == [0, 5000, 10000]
+    assert res["runs"]["dr a=0 clip -2"]["episode_return"] == [44.0, 15.5, 30.0]
     assert os.path.isfile(res["plot"])
 
 
