@@ -97,6 +97,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rewards = [r for r in args.rewards.split(",") if r]
     folders = {r: os.path.join(args.out, r.replace("/", "_")) for r in rewards}
+    also = {}  # checked before any run starts: a typo should not surface hours later
+    for pair in (x for x in args.also.split(",") if x):
+        label, sep, folder = pair.rpartition("=")  # labels may hold "=" (α=0), folders rarely do
+        if not sep or not os.path.isfile(os.path.join(folder, "eval", "eval.csv")):
+            p.error(f"--also expects LABEL=FOLDER with FOLDER/eval/eval.csv, got {pair!r}")
+        also[label] = folder
     t0 = time.time()
     if not args.plot_only:
         env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
@@ -112,12 +118,8 @@ def main(argv=None) -> int:
             if proc.wait() != 0:
                 print(f"run {r} failed (exit {proc.returncode}); see {folders[r]}.log", file=sys.stderr)
             log.close()
-    for pair in (x for x in args.also.split(",") if x):
-        label, sep, folder = pair.rpartition("=")  # labels may hold "=" (α=0), folders rarely do
-        if not sep or not os.path.isfile(os.path.join(folder, "eval", "eval.csv")):
-            p.error(f"--also expects LABEL=FOLDER with FOLDER/eval/eval.csv, got {pair!r}")
-        rewards.append(label)
-        folders[label] = folder
+    rewards += list(also)
+    folders.update(also)
     runs = {r: read_eval(folders[r]) for r in rewards}
     from mmreward.robotics.rl.recording import plot_learning_curves
 
