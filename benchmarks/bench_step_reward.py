@@ -18,6 +18,11 @@ against eager per-sequence Python loops.
     python benchmarks/bench_step_reward.py --tokens 4096 --vocab 32768
     python benchmarks/bench_step_reward.py --quick          # seconds
     python benchmarks/bench_step_reward.py --json out.json
+    python benchmarks/bench_step_reward.py --device cuda    # GPU: fused under the `cuda` and `triton` backends
+
+On a GPU, peak memory is ``torch.cuda.max_memory_allocated`` above the allocated inputs, every timed
+run is bracketed by ``torch.cuda.synchronize()``, and the segment-op timings are skipped (their
+baseline is a per-sequence Python loop, a CPU-side computation).
 """
 from __future__ import annotations
 
@@ -50,25 +55,32 @@ def _maxrss_mb() -> float:
 
 def worker(args) -> dict:
     """One mode in this (fresh) process: allocate inputs, then time `repeats` runs."""
+    import contextlib
+
     import mmreward.ops as ops
+    from mmreward.ops import _backend
 
     torch.manual_seed(0)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     N, V, H, S = args.tokens, args.vocab, args.hidden, args.steps
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     good, bad = 10, V - 7  # e.g. the "+" / "-" label tokens
     # inputs are filled in place (no temporaries), so the RSS after allocation is also the peak so far
-    h = torch.empty(N, H, dtype=dtype).normal_(0.0, 0.5).requires_grad_()
-    idx = torch.randperm(N)[:S].sort().values
+    h = torch.empty(N, H, dtype=dtype, device=dev).normal_(0.0, 0.5).requires_grad_()
+    idx = torch.randperm(N)[:S].sort().values.to(dev)
     labels = torch.rand(S)  # soft Monte-Carlo labels
     labels[torch.rand(S) < 0.1] = -100
+    labels = labels.to(dev)
     valid = labels != -100
     mode = args.worker
     if mode.startswith("full"):
-        lm_head = torch.nn.Linear(H, V, bias=False, dtype=dtype)  # trainable, as in PRM fine-tuning
+        lm_head = torch.nn.Linear(H, V, bias=False, dtype=dtype, device=dev)  # trainable, as in PRM fine-tuning
         torch.nn.init.normal_(lm_head.weight, std=H**-0.5)
     else:
-        w_good = torch.empty(H, dtype=dtype).normal_(0.0, H**-0.5).requires_grad_()
-        w_bad = torch.empty(H, dtype=dtype).normal_(0.0, H**-0.5).requires_grad_()
+        w_good = torch.empty(H, dtype=dtype, device=dev).normal_(0.0, H**-0.5).requires_grad_()
+        w_bad = torch.empty(H, dtype=dtype, device=dev).normal_(0.0, H**-0.5).requires_grad_()
 
     def full_train():
         logits = lm_head(h)  # (N, V)
@@ -100,6 +112,11 @@ def worker(args) -> dict:
     base_rss = _rss_mb()
     base_max = _maxrss_mb()
     base = max(base_rss, base_max)
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base_alloc = torch.cuda.memory_allocated()
+    use = (lambda: _backend.use_backend(args.backend)) if args.backend else contextlib.nullcontext
     repeats = args.baseline_repeats if mode.startswith("full") else args.repeats
     warmup = 0 if mode.startswith("full") and repeats == 1 else 1
     times = []
@@ -110,23 +127,33 @@ def worker(args) -> dict:
             lm_head.zero_grad(set_to_none=True)
         else:
             w_good.grad = w_bad.grad = None
+        sync()
         t0 = time.perf_counter()
-        out = fn()
+        with use():
+            out = fn()
+        sync()
         t1 = time.perf_counter()
         if i >= warmup:
             times.append(t1 - t0)
         del out
+    if cuda:
+        peak, inputs = (torch.cuda.max_memory_allocated() - base_alloc) / 2**20, base_alloc / 2**20
+    else:
+        peak, inputs = max(_maxrss_mb() - base, 0.0), base
     return {
         "mode": mode,
+        "backend": args.backend,
+        "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
         "median_s": statistics.median(times),
         "times_s": times,
-        "peak_growth_mb": max(_maxrss_mb() - base, 0.0),
-        "inputs_rss_mb": base,
+        "peak_growth_mb": peak,
+        "inputs_mb": inputs,
     }
 
 
-def run_worker(mode: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--tokens", str(args.tokens),
+def run_worker(mode: str, args, backend: str | None = None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--device", args.device,
+           *(["--backend", backend] if backend else []), "--tokens", str(args.tokens),
            "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--steps", str(args.steps),
            "--repeats", str(args.repeats), "--baseline-repeats", str(args.baseline_repeats), "--dtype", args.dtype]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -230,6 +257,9 @@ def main():
     ap.add_argument("--segments-only", action="store_true", help="only the segment_reduce / refine timings")
     ap.add_argument("--quick", action="store_true", help="small sizes, seconds-long smoke run")
     ap.add_argument("--json", help="save the results here")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--backend", default=None, choices=("cpp", "cuda", "triton"),
+                    help="force the fused ops' backend (default: the device's default)")
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -239,16 +269,25 @@ def main():
         print(json.dumps(worker(args)))
         return
 
+    on_gpu = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"# step-reward benchmark: N={args.tokens} tokens, V={args.vocab}, H={args.hidden}, S={args.steps} steps, "
-          f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{args.dtype}, torch {torch.__version__}, {where}")
     print(f"# full logits would be {args.tokens * args.vocab * 4 / 2**30:.2f} GiB fp32; "
           f"fused reads {args.steps}x{args.hidden} rows")
-    results = {} if args.segments_only else {m: run_worker(m, args) for m in MODES}
+    # fused variants: the forced backends on a GPU (both kernels), the device default on CPU
+    backends = [args.backend] if args.backend else (["cuda", "triton"] if on_gpu else [None])
+    results = {}
+    if not args.segments_only:
+        for m in MODES:
+            for b in (backends if m.startswith("fused") else [None]):
+                results[m + (f"[{b}]" if b else "")] = run_worker(m, args, b)
     table = []
-    for what in () if args.segments_only else ("train", "score"):
-        full, fused = results[f"full_{what}"], results[f"fused_{what}"]
+    cases = [] if args.segments_only else [(w, b) for w in ("train", "score") for b in backends]
+    for what, b in cases:
+        full, fused = results[f"full_{what}"], results[f"fused_{what}" + (f"[{b}]" if b else "")]
         row = {
-            "what": "loss fwd+bwd" if what == "train" else "scoring fwd",
+            "what": ("loss fwd+bwd" if what == "train" else "scoring fwd") + (f" ({b})" if b else ""),
             "full_s": full["median_s"], "fused_s": fused["median_s"],
             "speedup": full["median_s"] / fused["median_s"],
             "full_peak_mb": full["peak_growth_mb"], "fused_peak_mb": fused["peak_growth_mb"],
@@ -260,7 +299,7 @@ def main():
     if table:
         print_table(table, args)
     seg = []
-    if not args.skip_segments:
+    if not args.skip_segments and not on_gpu:
         seg = bench_segments(args)
         print("\n| op | sequences / steps | fused | eager per-sequence loop | speedup |")
         print("|---|---|---|---|---|")

@@ -17,11 +17,20 @@ import pytest  # noqa: E402
 from mmreward.ops import _backend  # noqa: E402
 
 
-def backends_for(op: str, device_type: str = "cpu"):
-    """pytest params for every backend that can run `op` here; unavailable ones skip with the reason."""
+def backends_for(op: str, device_type: str | None = None):
+    """pytest params for every backend of `op`; those that cannot run here skip with the reason.
+    Each backend is tested on the device it runs on here (`helpers.device_for`): the C++ and
+    reference ops on CPU tensors, the CUDA kernels on the GPU, Triton on the GPU when there is one
+    and in the interpreter on CPU tensors otherwise."""
+    from helpers import device_for
+
     params = []
     for b in _backend.BACKENDS:
-        reason = _backend.why_unavailable(b, op, device_type)
+        dev = device_type or device_for(b)
+        if dev == "cuda" and not torch.cuda.is_available():
+            reason = "no CUDA GPU on this machine"
+        else:
+            reason = _backend.why_unavailable(b, op, dev)
         marks = [pytest.mark.skip(reason=f"{b}: {reason}")] if reason else []
         params.append(pytest.param(b, marks=marks, id=b))
     return params

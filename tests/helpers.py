@@ -16,3 +16,33 @@ def assert_close(actual, expected, dtype, *, scale=1.0, msg=""):
     torch.testing.assert_close(
         actual.double(), expected.double(), atol=tol["atol"] * scale, rtol=tol["rtol"] * scale, msg=msg or None
     )
+
+
+def device_for(backend: str) -> str:
+    """The device whose tensors `backend` is tested on here: CUDA kernels on the GPU, Triton on the
+    GPU when there is one (else in the interpreter, TRITON_INTERPRET=1, on CPU tensors), the C++ and
+    reference ops on CPU tensors."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def to_device(tree, device):
+    """Every tensor in a nested structure of lists / tuples / dicts moved to `device`. `.to()` is
+    differentiable, so gradients still reach CPU leaves that require grad."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tree)
+
+
+def call_on(backend: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs) under `backend`, on the device that backend runs on (inputs moved there,
+    tensor outputs moved back to the CPU). Tests write inputs and expectations on the CPU once and
+    run every backend through this, so the CUDA and Triton-on-GPU parametrisations run the same
+    checks as the CPU ones."""
+    from mmreward.ops import _backend
+
+    dev = device_for(backend)
+    with _backend.use_backend(backend):
+        out = fn(*to_device(args, dev), **to_device(kwargs, dev))
+    return to_device(out, "cpu")

@@ -1,7 +1,12 @@
 """VQ-codebook ops (entropy, NLL, categorical KL, log-categorical, frame_reduce): every backend
 against the reference (forward + gradients), fp32 / bf16 / fp64, both layouts and non-contiguous
 views, masks and reductions, odd shapes (K = 1, 7, 1024, 1025; L = 1, 63), clamped log-probs,
-logits of ±1e4, input errors, opcheck on the C++ / Triton ops, gradcheck in float64."""
+logits of ±1e4, input errors, opcheck on the C++ / CUDA / Triton ops, gradcheck in float64.
+
+Every backend runs on the device it runs on here (`helpers.device_for`): inputs and expectations
+are made on the CPU, moved to that device for the call (`helpers.call_on`) and the results moved
+back, so gradients still land on CPU leaves; non-contiguous layouts are built on the device itself.
+The reference runs stay on the CPU."""
 import pytest
 import torch
 
@@ -10,12 +15,13 @@ from mmreward.ops import codebook as cb
 from mmreward.ops.reference import codebook as ref
 
 from conftest import backends_for
-from helpers import assert_close
+from helpers import assert_close, call_on, device_for, to_device
 
 OPS = ("entropy", "nll", "kl", "logcat")
 SHAPES = [(1, 1, 1), (3, 63, 7), (1, 16, 1024), (2, 17, 1025), (3, 1, 7), (2, 40, 33), (2, 100, 9)]
-# the Triton interpreter is slow on CPU: a subset for it
-TRITON_SHAPES = [(1, 1, 1), (3, 63, 7), (2, 17, 1025), (2, 40, 33)]
+# Triton on a GPU: every shape; the Triton interpreter (no GPU) is slow on CPU: a subset for it
+TRITON_DEVICE = device_for("triton")
+TRITON_SHAPES = SHAPES if TRITON_DEVICE == "cuda" else [(1, 1, 1), (3, 63, 7), (2, 17, 1025), (2, 40, 33)]
 
 
 def _public(op):
@@ -27,41 +33,51 @@ def _public(op):
     }[op]
 
 
-def _place(x, layout, dtype):
-    """Put the logical tensor x ([B, L, K] or [B, K, L]) in the requested memory layout."""
+def _place(x, layout):
+    """The logical tensor x ([B, L, K] or [B, K, L]) in the requested memory layout, on x's device
+    and in x's dtype (built there, not copied from another device, which could drop the strides);
+    differentiable, so gradients reach x."""
     if layout == "contig":
-        return x.to(dtype).contiguous()
+        return x.contiguous()
     if layout == "transposed":  # the other layout's memory, viewed: the kernels read through strides
-        return x.transpose(1, 2).contiguous().to(dtype).transpose(1, 2)
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
     if layout == "strided":  # every other element of the last dim and a batch slice: no unit stride
-        big = torch.zeros((x.shape[0] + 1, x.shape[1], 2 * x.shape[2]), dtype=dtype)
-        big[1:, :, ::2] = x.to(dtype)
+        big = x.new_zeros((x.shape[0] + 1, x.shape[1], 2 * x.shape[2]))
+        big[1:, :, ::2] = x
         return big[1:, :, ::2]
     raise AssertionError(layout)
 
 
-def _inputs(op, B, L, K, cd, layout, dtype, *, scale=2.0, seed=0):
+def _inputs(op, B, L, K, cd, dtype, *, scale=2.0, seed=0):
+    """Logical inputs, contiguous CPU tensors in `dtype` (random numbers from a CPU generator)."""
     g = torch.Generator().manual_seed(seed)
     shape = (B, K, L) if cd == 1 else (B, L, K)
     kd = 1 if cd == 1 else 2
     if op in ("entropy", "nll"):
-        x = _place(torch.randn(shape, generator=g, dtype=torch.float64) * scale, layout, dtype)
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
         if op == "entropy":
             return (x,)
         return (x, torch.randint(0, K, (B, L), generator=g))
     # log-space distributions along the class dim, clamped like VQ-Diffusion
     a, b = (torch.log_softmax(torch.randn(shape, generator=g, dtype=torch.float64) * scale, kd).clamp(-70, 0)
             for _ in range(2))
-    return (_place(a, layout, dtype), _place(b, layout, dtype))
+    return (a.to(dtype), b.to(dtype))
 
 
-def _run(op, backend, inputs, cd, mask, reduction):
-    with _backend.use_backend(backend):
-        if op == "nll":
-            return _public(op)(inputs[0], inputs[1], class_dim=cd, mask=mask, reduction=reduction)
-        if op == "entropy":
-            return _public(op)(inputs[0], class_dim=cd, mask=mask, reduction=reduction)
-        return _public(op)(inputs[0], inputs[1], class_dim=cd, mask=mask, reduction=reduction)
+def _run(op, backend, inputs, cd, mask, reduction, layout="contig"):
+    """`op` under `backend` on the device it runs on (helpers.call_on): the CPU inputs and mask
+    are moved there, the differentiable inputs put in `layout` on that device, and the result comes
+    back to the CPU (gradients flow back to the CPU tensors)."""
+    n = 1 if op in ("entropy", "nll") else 2
+    dev = device_for(backend)
+
+    def fn(*args, mask):
+        assert all(a.device.type == dev for a in args) and (mask is None or mask.device.type == dev)
+        xs = [_place(x, layout) for x in args[:n]]
+        assert layout == "contig" or not any(x.is_contiguous() for x in xs), layout
+        return _public(op)(*xs, *args[n:], class_dim=cd, mask=mask, reduction=reduction)
+
+    return call_on(backend, fn, *inputs, mask=mask)
 
 
 def _diff_inputs(op, inputs):
@@ -69,7 +85,7 @@ def _diff_inputs(op, inputs):
 
 
 def _check_against_reference(op, backend, B, L, K, cd, layout, dtype, mask_kind, reduction, seed=0):
-    inputs = _inputs(op, B, L, K, cd, layout, dtype, seed=seed)
+    inputs = _inputs(op, B, L, K, cd, dtype, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     mask = None
     if mask_kind == "mask":
@@ -79,8 +95,9 @@ def _check_against_reference(op, backend, B, L, K, cd, layout, dtype, mask_kind,
     diff = _diff_inputs(op, inputs)
     xs = [x.detach().clone().requires_grad_(True) for x in diff]
     xr = [x.detach().clone().requires_grad_(True) for x in diff]
-    out = _run(op, backend, tuple(xs) + tuple(inputs[len(diff):]), cd, mask, reduction)
-    exp = _run(op, "reference", tuple(xr) + tuple(inputs[len(diff):]), cd, mask, reduction)
+    out = _run(op, backend, tuple(xs) + tuple(inputs[len(diff):]), cd, mask, reduction, layout)
+    exp = _run(op, "reference", tuple(xr) + tuple(inputs[len(diff):]), cd, mask, reduction, layout)
+    assert out.device.type == exp.device.type == "cpu"
     assert out.shape == exp.shape and out.dtype == exp.dtype == ref.acc_dtype(dtype)
     scale = 1.0 if reduction == "none" else max(1.0, L ** 0.5)
     tol_dt = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype  # fp32 accumulation
@@ -102,7 +119,7 @@ def _check_against_reference(op, backend, B, L, K, cd, layout, dtype, mask_kind,
 @pytest.mark.parametrize("cd", [-1, 1])
 def test_matches_reference_fp32(backend, op, shape, cd):
     if backend == "triton" and shape not in TRITON_SHAPES:
-        pytest.skip("triton interpreter: subset of shapes")
+        pytest.skip("triton interpreter: subset of shapes")  # never on a GPU: TRITON_SHAPES = SHAPES
     _check_against_reference(op, backend, *shape, cd, "contig", torch.float32, "none", "none")
 
 
@@ -134,7 +151,7 @@ def test_dtypes(backend, op, dtype, cd):
 @pytest.mark.parametrize("cd", [-1, 1])
 def test_vq_diffusion_sizes(backend, cd):
     """K = 1024 entropy / NLL and K + 1 = 1025 KL at Diffusion Reward's L = 64."""
-    if backend == "triton":
+    if backend == "triton" and TRITON_DEVICE == "cpu":
         pytest.skip("covered by smaller shapes under the interpreter")
     for op, K in (("entropy", 1024), ("nll", 1024), ("kl", 1025), ("logcat", 1025)):
         _check_against_reference(op, backend, 2, 64, K, cd, "contig", torch.float32, "mask", "sum", seed=11)
@@ -157,10 +174,8 @@ def test_extreme_logits_finite(backend, cd):
         xr = zz.to(dtype).requires_grad_(True)
         for op, args in (("entropy", ()), ("nll", (t,))):
             fn = _public(op)
-            with _backend.use_backend(backend):
-                out = fn(x, *args, class_dim=cd, reduction="none")
-            with _backend.use_backend("reference"):
-                exp = fn(xr, *args, class_dim=cd, reduction="none")
+            out = call_on(backend, fn, x, *args, class_dim=cd, reduction="none")
+            exp = call_on("reference", fn, xr, *args, class_dim=cd, reduction="none")
             assert torch.isfinite(out).all()
             assert_close(out, exp, dtype, scale=10)
             (g,) = torch.autograd.grad(out.sum(), x)
@@ -174,10 +189,8 @@ def test_extreme_logits_finite(backend, cd):
     if cd == 1:
         a, b = a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous()
     for op in ("kl", "logcat"):
-        with _backend.use_backend(backend):
-            out = _public(op)(a, b, class_dim=cd, reduction="none")
-        with _backend.use_backend("reference"):
-            exp = _public(op)(a, b, class_dim=cd, reduction="none")
+        out = call_on(backend, _public(op), a, b, class_dim=cd, reduction="none")
+        exp = call_on("reference", _public(op), a, b, class_dim=cd, reduction="none")
         assert torch.isfinite(out).all()
         assert_close(out, exp, torch.float32, scale=10)
 
@@ -186,8 +199,7 @@ def test_extreme_logits_finite(backend, cd):
 def test_nan_propagates(backend):
     z = torch.randn(2, 4, 9)
     z[1, 2, 5] = float("nan")
-    with _backend.use_backend(backend):
-        out = cb.codebook_entropy(z, reduction="none")
+    out = call_on(backend, cb.codebook_entropy, z, reduction="none")
     assert torch.isnan(out[1, 2]) and torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all()
 
 
@@ -277,15 +289,20 @@ def test_cpp_op_errors():
 # ------------------------------------------------------------------------------------------------
 # opcheck / gradcheck
 # ------------------------------------------------------------------------------------------------
-def _op_samples(cd, dtype=torch.float32):
+def _op_samples(cd, dtype=torch.float32, device="cpu"):
     B, L, K = 2, 18, 9
     shape = (B, K, L) if cd == 1 else (B, L, K)
     kd = 1 if cd == 1 else 2
-    z = torch.randn(shape, dtype=dtype, requires_grad=True)
+    z = torch.randn(shape, dtype=dtype)
     t = torch.randint(0, K, (B, L))
     m = torch.rand(B, L) > 0.3
-    a = torch.log_softmax(torch.randn(shape, dtype=dtype), kd).requires_grad_(True)
-    b = torch.log_softmax(torch.randn(shape, dtype=dtype), kd).requires_grad_(True)
+    a = torch.log_softmax(torch.randn(shape, dtype=dtype), kd)
+    b = torch.log_softmax(torch.randn(shape, dtype=dtype), kd)
+    # made on the CPU, moved, and only then marked requires_grad: leaves on `device` (opcheck clones
+    # its inputs under no_grad, which keeps requires_grad for leaves only)
+    z, t, m, a, b = to_device((z, t, m, a, b), device)
+    for x in (z, a, b):
+        x.requires_grad_(True)
     return [
         ("codebook_entropy", (z, cd, None)),
         ("codebook_entropy", (z, cd, m)),
@@ -295,22 +312,30 @@ def _op_samples(cd, dtype=torch.float32):
     ]
 
 
-def _opcheck_namespace(ns):
+def _opcheck_namespace(ns, device):
     for cd in (2, 1):
-        for name, args in _op_samples(cd):
+        for name, args in _op_samples(cd, device=device):
+            assert all(a.device.type == device for a in args if isinstance(a, torch.Tensor))
             torch.library.opcheck(getattr(getattr(torch.ops, ns), name), args)
 
 
 @pytest.mark.skipif(not _backend.has_kernel("codebook_entropy", "cpu"), reason="no C++ kernels")
 def test_opcheck_cpp():
-    _opcheck_namespace("mmreward")
+    _opcheck_namespace("mmreward", "cpu")
 
 
-@pytest.mark.skipif(_backend.why_unavailable("triton", "codebook_entropy", "cpu") is not None, reason="no triton")
+@pytest.mark.skipif(not torch.cuda.is_available() or not _backend.has_kernel("codebook_entropy", "cuda"),
+                    reason="needs a CUDA GPU and the CUDA kernels")
+def test_opcheck_cuda():
+    _opcheck_namespace("mmreward", "cuda")
+
+
+@pytest.mark.skipif(_backend.why_unavailable("triton", "codebook_entropy", TRITON_DEVICE) is not None,
+                    reason=f"no triton on {TRITON_DEVICE}")
 def test_opcheck_triton():
     from mmreward.ops.triton import codebook  # noqa: F401  (defines torch.ops.mmreward_triton.*)
 
-    _opcheck_namespace("mmreward_triton")
+    _opcheck_namespace("mmreward_triton", TRITON_DEVICE)
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=pytest.mark.skipif(

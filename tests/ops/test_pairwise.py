@@ -5,16 +5,18 @@ import math
 import pytest
 import torch
 from conftest import backends_for
-from helpers import assert_close
+from helpers import assert_close, call_on, device_for
 
 from mmreward import ops
 from mmreward.ops import BackendUnavailableError, _backend
 
 ALL = ("reference", "cpp", "cuda", "triton")
 CPP_OK = _backend.why_unavailable("cpp", "pairwise_loss", "cpu") is None
-TRITON_OK = _backend.why_unavailable("triton", "pairwise_loss", "cpu") is None
+TRITON_OK = _backend.why_unavailable("triton", "pairwise_loss", device_for("triton")) is None
+CUDA_OK = torch.cuda.is_available() and _backend.has_kernel("pairwise_loss", "cuda")
 needs_cpp = pytest.mark.skipif(not CPP_OK, reason="C++ extension with the pairwise ops not built")
-needs_triton = pytest.mark.skipif(not TRITON_OK, reason="triton (TRITON_INTERPRET=1) not available")
+needs_triton = pytest.mark.skipif(not TRITON_OK, reason="triton (on a GPU, or TRITON_INTERPRET=1) not available")
+needs_cuda = pytest.mark.skipif(not CUDA_OK, reason="no CUDA GPU, or mmreward._C built without CUDA")
 
 OPTIONS = {
     "plain": {},
@@ -41,8 +43,7 @@ def _options(name, B, seed=0):
 def _run(backend, fn, tensors, grad_of, seed=1, **kw):
     """Run fn under `backend`; returns (output, grads of tensors listed in grad_of)."""
     xs = [t.detach().clone().requires_grad_(i in grad_of) for i, t in enumerate(tensors)]
-    with _backend.use_backend(backend):
-        out = fn(*xs, **kw)
+    out = call_on(backend, fn, *xs, **kw)
     if isinstance(out, tuple):
         out = out[0]
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
@@ -76,15 +77,14 @@ def test_pairwise_matches_reference(backend, reduction, option, dtype):
         kw = _options(option, B)
         _compare(backend, ops.pairwise_loss, [rc, rr], [0, 1], dtype, reduction=reduction,
                  scale=8.0 if reduction == "sum" else 1.0, **kw)
-        with _backend.use_backend(backend):
-            loss, acc = ops.pairwise_loss_and_accuracy(rc, rr, reduction=reduction, **kw)
+        loss, acc = call_on(backend, ops.pairwise_loss_and_accuracy, rc, rr, reduction=reduction, **kw)
         assert acc.dtype == torch.float32 and acc.dim() == 0 and not acc.requires_grad
         assert acc.item() == pytest.approx(ops.pairwise_accuracy(rc, rr, kw.get("tie")).item())
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("backend", ["cpp", "triton", "cuda"])
 def test_pairwise_large_batch(backend):
-    if backend == "cpp" and not CPP_OK or backend == "triton" and not TRITON_OK:
+    if not {"cpp": CPP_OK, "triton": TRITON_OK, "cuda": CUDA_OK}[backend]:
         pytest.skip(f"{backend} unavailable")
     B = 1_000_003
     g = torch.Generator().manual_seed(0)
@@ -92,7 +92,7 @@ def test_pairwise_large_batch(backend):
     kw = dict(margin=torch.rand(B, generator=g), tie=torch.rand(B, generator=g) < 0.1, center_coef=0.01,
               label_smoothing=0.05)
     _compare(backend, ops.pairwise_loss, [rc, rr], [0, 1], torch.float32, **kw)
-    if backend == "cpp":  # reduction none + recompute backward at the large size too
+    if backend in ("cpp", "cuda"):  # reduction none + recompute backward at the large size too
         _compare(backend, ops.pairwise_loss, [rc, rr], [0, 1], torch.float32, reduction="none", **kw)
 
 
@@ -100,10 +100,9 @@ def test_pairwise_large_batch(backend):
 def test_pairwise_margin_forms(backend):
     B = 5
     rc, rr = torch.randn(B), torch.randn(B)
-    with _backend.use_backend(backend):
-        a = ops.pairwise_loss(rc, rr, margin=0.5)
-        b = ops.pairwise_loss(rc, rr, margin=torch.tensor(0.5))
-        c = ops.pairwise_loss(rc, rr, margin=torch.full((B,), 0.5, dtype=torch.float64))
+    a = call_on(backend, ops.pairwise_loss, rc, rr, margin=0.5)
+    b = call_on(backend, ops.pairwise_loss, rc, rr, margin=torch.tensor(0.5))
+    c = call_on(backend, ops.pairwise_loss, rc, rr, margin=torch.full((B,), 0.5, dtype=torch.float64))
     expected = -torch.nn.functional.logsigmoid(rc - rr - 0.5).mean()
     for x in (a, b, c):
         assert_close(x, expected, torch.float32)
@@ -113,8 +112,7 @@ def test_pairwise_margin_forms(backend):
 def test_pairwise_all_ties_accuracy_zero(backend):
     rc, rr = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0])
     tie = torch.tensor([True, True])
-    with _backend.use_backend(backend):
-        loss, acc = ops.pairwise_loss_and_accuracy(rc, rr, tie=tie)
+    loss, acc = call_on(backend, ops.pairwise_loss_and_accuracy, rc, rr, tie=tie)
     assert acc.item() == 0.0
     d = rc - rr
     expected = (-0.5 * torch.nn.functional.logsigmoid(d) - 0.5 * torch.nn.functional.logsigmoid(-d)).mean()
@@ -130,8 +128,7 @@ def test_pairwise_stable_large_delta(backend, dtype):
     tie = torch.tensor([False, False, True, False])
     for kw, p in (({}, 1.0), ({"label_smoothing": eps}, 1 - eps / 2)):
         xs = [rc.clone().requires_grad_(), rr.clone().requires_grad_()]
-        with _backend.use_backend(backend):
-            loss = ops.pairwise_loss(*xs, tie=tie, reduction="sum", **kw)
+        loss = call_on(backend, ops.pairwise_loss, *xs, tie=tie, reduction="sum", **kw)
         loss.backward()
         d = (rc.double() - rr.double())
         pp = torch.where(tie, torch.tensor(0.5, dtype=torch.float64), torch.tensor(p, dtype=torch.float64))
@@ -174,16 +171,14 @@ def test_listwise_matches_reference(backend, reduction, K, dtype):
 def test_listwise_no_pairs_and_semantics(backend):
     rewards = torch.tensor([[1.0, 2.0, 0.5], [3.0, 1.0, 0.0]], requires_grad=True)
     ranks = torch.tensor([[0, 1, -1], [2, 2, 2]], dtype=torch.int32)
-    with _backend.use_backend(backend):
-        per = ops.listwise_loss(rewards, ranks, reduction="none")
-        mean = ops.listwise_loss(rewards, ranks)
+    per = call_on(backend, ops.listwise_loss, rewards, ranks, reduction="none")
+    mean = call_on(backend, ops.listwise_loss, rewards, ranks)
     assert_close(per.detach(), torch.tensor([-math.log(torch.sigmoid(torch.tensor(-1.0)).item()), 0.0]), torch.float32)
     assert_close(mean.detach(), per[0].detach(), torch.float32)
     mean.backward()
     assert rewards.grad[1].abs().sum() == 0 and rewards.grad[0, 2] == 0
     nopairs = torch.tensor([[0, 0]])
-    with _backend.use_backend(backend):
-        z = ops.listwise_loss(torch.randn(1, 2), nopairs)
+    z = call_on(backend, ops.listwise_loss, torch.randn(1, 2), nopairs)
     assert z.item() == 0.0
 
 
@@ -227,8 +222,7 @@ def test_head_partial_grads_and_no_bias(backend, grad_of):
 def test_head_linear_layout_and_accuracy(backend):
     hc, hr, _, _ = _head_inputs(6, 16, torch.float32, seed=4)
     lin = torch.nn.Linear(16, 1)
-    with _backend.use_backend(backend):
-        loss, acc = ops.reward_head_pairwise_loss_and_accuracy(hc, hr, lin.weight, lin.bias)
+    loss, acc = call_on(backend, ops.reward_head_pairwise_loss_and_accuracy, hc, hr, lin.weight, lin.bias)
     loss.backward()
     rc, rr = lin(hc).squeeze(-1), lin(hr).squeeze(-1)
     ref = -torch.nn.functional.logsigmoid(rc - rr).mean()
@@ -249,8 +243,7 @@ def test_head_stable_large_delta(backend):
     w = torch.zeros(H)
     w[0] = 1.0
     xs = [hc.clone().requires_grad_(), hr.clone().requires_grad_(), w.clone().requires_grad_()]
-    with _backend.use_backend(backend):
-        loss = ops.reward_head_pairwise_loss(*xs, reduction="sum")
+    loss = call_on(backend, ops.reward_head_pairwise_loss, *xs, reduction="sum")
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(x.grad).all() for x in xs)
     torch.testing.assert_close(loss.double(), torch.tensor(1e4, dtype=torch.float64))
@@ -375,9 +368,24 @@ def _op_samples(B=5, K=4, H=6, dtype=torch.float32):
     return samples
 
 
+def _samples_on(samples, device):
+    """Op samples with every tensor moved to `device` as a fresh leaf (requires_grad kept)."""
+    from torch.utils._pytree import tree_map
+
+    move = lambda x: x.detach().to(device).requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x  # noqa: E731
+    return [(name, tree_map(move, args)) for name, args in samples]
+
+
 @needs_cpp
 def test_opcheck_cpp():
     for name, args in _op_samples():
+        torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
+
+
+@needs_cuda
+@needs_cpp
+def test_opcheck_cuda():
+    for name, args in _samples_on(_op_samples(), "cuda"):
         torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
 
 
@@ -385,7 +393,7 @@ def test_opcheck_cpp():
 def test_opcheck_triton():
     from mmreward.ops.triton import pairwise as tri
 
-    for name, args in _op_samples(B=3, K=3, H=5):
+    for name, args in _samples_on(_op_samples(B=3, K=3, H=5), device_for("triton")):
         if name == "listwise_loss_backward":
             args = (args[0], args[1], args[2], tri.ops.listwise_loss(args[1], args[2], args[4])[1], args[4])
         torch.library.opcheck(getattr(tri.ops, name).default, args,

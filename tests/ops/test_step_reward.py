@@ -1,23 +1,32 @@
 """PRM step-reward ops: every backend against the reference (forward + grads, fp32 / bf16), layouts
 (batched mask, packed index, (b, t) pairs), odd shapes, equality with the full-vocabulary path,
 segment reductions / first_below / refinement against per-sequence Python loops, input errors,
-opcheck (C++ and Triton), gradcheck in float64 (reference and C++)."""
+opcheck (C++, CUDA and Triton), gradcheck in float64 (reference and C++).
+
+Every backend runs on the device it runs on here (`helpers.device_for`: C++ and reference on CPU
+tensors, CUDA on the GPU, Triton on the GPU when there is one, else interpreted on CPU tensors):
+inputs and expectations are built on the CPU, `helpers.call_on` moves the inputs (keyword tensors
+included) to the backend's device and the outputs back, and gradients reach the CPU leaves through
+the differentiable `.to`. So anything a function run on a backend needs as a tensor goes in as an
+argument or keyword, never through a closure (only the CPU-only tests below may capture tensors)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import backends_for
-from helpers import assert_close
+from helpers import assert_close, call_on, device_for, to_device
 
 from mmreward import ops
 from mmreward.ops import _backend
 from mmreward.ops import step_reward as sr
 
 CPP_OK = _backend.why_unavailable("cpp", "step_head", "cpu") is None
-TRITON_OK = _backend.why_unavailable("triton", "step_head", "cpu") is None
+TRITON_OK = _backend.why_unavailable("triton", "step_head", device_for("triton")) is None
+CUDA_OK = torch.cuda.is_available() and _backend.has_kernel("step_head", "cuda")
 needs_cpp = pytest.mark.skipif(not CPP_OK, reason="C++ extension with the step-reward ops not built")
-needs_triton = pytest.mark.skipif(not TRITON_OK, reason="triton (TRITON_INTERPRET=1) not available")
+needs_triton = pytest.mark.skipif(not TRITON_OK, reason="triton (on a GPU, or TRITON_INTERPRET=1) not available")
+needs_cuda = pytest.mark.skipif(not CUDA_OK, reason="no CUDA GPU, or mmreward._C built without the CUDA step ops")
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
 
@@ -26,11 +35,11 @@ def _gen(seed):
 
 
 def _run(backend, fn, tensors, grad_of, seed=1, **kw):
-    """Run fn under `backend`; returns (output, grads of the tensors listed in grad_of)."""
+    """fn(*tensors, **kw) under `backend`, on its device (`kw` tensors moved there too); returns the
+    output (on the CPU) and the grads of the (CPU leaf) tensors listed in grad_of."""
     xs = [t.detach().clone().requires_grad_(i in grad_of) if isinstance(t, torch.Tensor) and t.is_floating_point()
           else t for i, t in enumerate(tensors)]
-    with _backend.use_backend(backend):
-        out = fn(*xs, **kw)
+    out = call_on(backend, fn, *xs, **kw)
     if grad_of:
         g = torch.randn(out.shape, generator=_gen(seed), dtype=out.dtype)
         (out * g).sum().backward()
@@ -104,11 +113,12 @@ def test_step_scores_matches_reference(backend, layout, shape, dtype):
     wg, wb = _rows(H, dtype, seed=H + 1)
     bg, bb = torch.tensor(0.3), torch.tensor(-0.2)
 
-    def fn(h, wg, wb, bg, bb):
+    def fn(h, wg, wb, bg, bb, **steps):
         return ops.step_scores(h, wg, wb, b_good=bg, b_bad=bb, **steps)
 
-    _compare(backend, fn, [hidden, wg, wb, bg, bb], [0, 1, 2, 3, 4], dtype, scale=2.0)
-    _compare(backend, lambda h, w, b: ops.step_logits(h, w, b, **steps), [hidden, wg, wb], [0, 1, 2], dtype, scale=2.0)
+    _compare(backend, fn, [hidden, wg, wb, bg, bb], [0, 1, 2, 3, 4], dtype, scale=2.0, **steps)
+    _compare(backend, lambda h, w, b, **st: ops.step_logits(h, w, b, **st), [hidden, wg, wb], [0, 1, 2], dtype,
+             scale=2.0, **steps)
 
 
 @pytest.mark.parametrize("backend", backends_for("step_head"))
@@ -123,11 +133,11 @@ def test_step_bce_matches_reference(backend, layout, reduction, soft, dtype):
     wg, wb = _rows(H, dtype, seed=8)
     y = _labels(S, 9, soft)
 
-    def fn(h, wg, wb, bg):
-        return ops.step_bce_loss(h, wg, wb, y, b_good=bg, reduction=reduction, **steps)
+    def fn(h, wg, wb, bg, *, labels, **steps):
+        return ops.step_bce_loss(h, wg, wb, labels, b_good=bg, reduction=reduction, **steps)
 
     out, _ = _compare(backend, fn, [hidden, wg, wb, torch.tensor(0.1)], [0, 1, 2, 3], dtype,
-                      scale=4.0 if reduction == "sum" else 1.0)
+                      scale=4.0 if reduction == "sum" else 1.0, labels=y, **steps)
     if reduction == "none":
         assert out.shape == (S,) and bool((out[y == -100] == 0).all())
 
@@ -140,27 +150,25 @@ def test_per_position_labels_and_hidden_without_grad(backend):
     pos_labels = torch.full((B, T), -100.0)
     pos_labels[steps["step_mask"]] = _labels(int(steps["step_mask"].sum()), 5, soft=True, ignore=False)
     per_step = pos_labels[steps["step_mask"]]
-    with _backend.use_backend(backend):
-        a = ops.step_bce_loss(hidden, wg, wb, pos_labels, **steps)
-        b = ops.step_bce_loss(hidden, wg, wb, per_step, **steps)
+    a = call_on(backend, ops.step_bce_loss, hidden, wg, wb, pos_labels, **steps)
+    b = call_on(backend, ops.step_bce_loss, hidden, wg, wb, per_step, **steps)
     assert_close(a, b, torch.float32)
     # frozen backbone: only the head rows need gradients (no (N, H) gradient is built)
-    _compare(backend, lambda wg, wb: ops.step_bce_loss(hidden, wg, wb, per_step, **steps), [wg, wb], [0, 1],
-             torch.float32)
+    _compare(backend, lambda wg, wb, *, h, y, **st: ops.step_bce_loss(h, wg, wb, y, **st), [wg, wb], [0, 1],
+             torch.float32, h=hidden, y=per_step, **steps)
 
 
 @pytest.mark.parametrize("backend", backends_for("step_head"))
 def test_no_steps_and_bool_labels(backend):
     h = torch.randn(2, 4, 6, requires_grad=True)
     w = torch.randn(6, requires_grad=True)
-    with _backend.use_backend(backend):
-        p = ops.step_scores(h, w, w * 0.5, step_mask=torch.zeros(2, 4, dtype=torch.bool))
-        assert p.shape == (0,)
-        p.sum().backward()
-        assert float(h.grad.abs().sum()) == 0.0
-        m = torch.tensor([[True, False, True, False], [False, False, False, True]])
-        a = ops.step_bce_loss(h, w, w * 0.5, torch.tensor([True, False, True]), step_mask=m)
-        b = ops.step_bce_loss(h, w, w * 0.5, torch.tensor([1.0, 0.0, 1.0]), step_mask=m)
+    p = call_on(backend, ops.step_scores, h, w, w * 0.5, step_mask=torch.zeros(2, 4, dtype=torch.bool))
+    assert p.shape == (0,)
+    p.sum().backward()
+    assert h.grad is not None and float(h.grad.abs().sum()) == 0.0
+    m = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    a = call_on(backend, ops.step_bce_loss, h, w, w * 0.5, torch.tensor([True, False, True]), step_mask=m)
+    b = call_on(backend, ops.step_bce_loss, h, w, w * 0.5, torch.tensor([1.0, 0.0, 1.0]), step_mask=m)
     assert_close(a, b, torch.float32)
 
 
@@ -169,9 +177,8 @@ def test_all_ignored_gives_zero_loss(backend):
     hidden, steps = _layout("mask", 2, 5, 8, torch.float32, seed=1, p=0.9)
     S = int(steps["step_mask"].sum())
     wg, wb = [t.requires_grad_() for t in _rows(8, torch.float32, seed=2)]
-    with _backend.use_backend(backend):
-        loss = ops.step_bce_loss(hidden, wg, wb, torch.full((S,), -100.0), **steps)
-        loss.backward()
+    loss = call_on(backend, ops.step_bce_loss, hidden, wg, wb, torch.full((S,), -100.0), **steps)
+    loss.backward()
     assert float(loss.detach()) == 0.0 and float(wg.grad.abs().sum()) == 0.0
 
 
@@ -184,8 +191,8 @@ def test_large_hidden_and_duplicate_steps(backend):
     idx = torch.tensor([5, 0, 5, 2])
     wg, wb = _rows(H, torch.float32, seed=12)
     y = torch.tensor([1.0, 0.0, 0.7, -100.0])
-    _compare(backend, lambda h, a, b: ops.step_bce_loss(h, a, b, y, step_index=idx), [hidden, wg, wb], [0, 1, 2],
-             torch.float32)
+    _compare(backend, lambda h, a, b, *, y, idx: ops.step_bce_loss(h, a, b, y, step_index=idx), [hidden, wg, wb],
+             [0, 1, 2], torch.float32, y=y, idx=idx)
 
 
 @pytest.mark.parametrize("backend", backends_for("step_head"))
@@ -213,9 +220,8 @@ def test_two_token_equals_full_logits_path(backend, soft):
 
     h2 = hidden.clone().requires_grad_()
     rows = [t.clone().requires_grad_() for t in (W[good], W[bad], bvec[good], bvec[bad])]
-    with _backend.use_backend(backend):
-        p = ops.step_scores(h2, rows[0], rows[1], b_good=rows[2], b_bad=rows[3], step_mask=mask)
-        loss = ops.step_bce_loss(h2, rows[0], rows[1], y, b_good=rows[2], b_bad=rows[3], step_mask=mask)
+    p = call_on(backend, ops.step_scores, h2, rows[0], rows[1], b_good=rows[2], b_bad=rows[3], step_mask=mask)
+    loss = call_on(backend, ops.step_bce_loss, h2, rows[0], rows[1], y, b_good=rows[2], b_bad=rows[3], step_mask=mask)
     loss.backward()
     f32 = torch.float32
     assert_close(p, p_full, f32)
@@ -240,9 +246,13 @@ def test_value_loss_matches_reference(backend, layout, reduction, dtype):
     (w,) = _rows(29, dtype, seed=32, n=1)
     t = torch.rand(S, generator=_gen(33))
     t[::4] = -100
-    _compare(backend, lambda h, w, b: ops.step_value_loss(h, w, t, b, reduction=reduction, **steps),
-             [hidden, w, torch.tensor(0.2)], [0, 1, 2], dtype, scale=4.0 if reduction == "sum" else 1.0)
-    _compare(backend, lambda h, w: ops.step_values(h, w, 0.5, **steps), [hidden, w], [0, 1], dtype)
+
+    def loss(h, w, b, *, targets, **steps):
+        return ops.step_value_loss(h, w, targets, b, reduction=reduction, **steps)
+
+    _compare(backend, loss, [hidden, w, torch.tensor(0.2)], [0, 1, 2], dtype, scale=4.0 if reduction == "sum" else 1.0,
+             targets=t, **steps)
+    _compare(backend, lambda h, w, **st: ops.step_values(h, w, 0.5, **st), [hidden, w], [0, 1], dtype, **steps)
 
 
 def _ppm_loop(r, group, polarity):
@@ -270,13 +280,13 @@ def test_pair_loss_matches_reference(backend, reduction, dtype):
     g = _gen(43)
     group = torch.randint(-1, 3, (S,), generator=g)
     pol = torch.rand(S, generator=g) < 0.5
-    _compare(backend, lambda h, w, b: ops.step_pair_loss(h, w, b, step_group=group, step_polarity=pol,
-                                                         reduction=reduction, **steps),
-             [hidden, w, torch.tensor(0.0)], [0, 1], dtype, scale=4.0 if reduction == "sum" else 1.0)
+    _compare(backend, lambda h, w, b, **kw: ops.step_pair_loss(h, w, b, reduction=reduction, **kw),
+             [hidden, w, torch.tensor(0.0)], [0, 1], dtype, scale=4.0 if reduction == "sum" else 1.0,
+             step_group=group, step_polarity=pol, **steps)
     pos, neg, pg = ops.pairs_from_groups(group, pol)
-    _compare(backend, lambda h, w: ops.step_pair_loss(h, w, pos_index=pos, neg_index=neg, pair_group=pg,
-                                                      reduction=reduction, **steps),
-             [hidden, w], [0, 1], dtype, scale=4.0 if reduction == "sum" else 1.0)
+    _compare(backend, lambda h, w, **kw: ops.step_pair_loss(h, w, reduction=reduction, **kw),
+             [hidden, w], [0, 1], dtype, scale=4.0 if reduction == "sum" else 1.0,
+             pos_index=pos, neg_index=neg, pair_group=pg, **steps)
 
 
 @pytest.mark.parametrize("backend", backends_for("step_head"))
@@ -287,9 +297,8 @@ def test_pair_loss_equals_rstar_formula(backend):
     g = _gen(53)
     group = torch.randint(0, 4, (S,), generator=g)
     pol = torch.rand(S, generator=g) < 0.4
-    with _backend.use_backend(backend):
-        loss = ops.step_pair_loss(hidden, w, 0.1, step_group=group, step_polarity=pol, **steps)
-        r = ops.step_values(hidden, w, 0.1, **steps)
+    loss = call_on(backend, ops.step_pair_loss, hidden, w, 0.1, step_group=group, step_polarity=pol, **steps)
+    r = call_on(backend, ops.step_values, hidden, w, 0.1, **steps)
     assert_close(loss, _ppm_loop(r, group, pol), torch.float32)
 
 
@@ -320,16 +329,15 @@ def test_segment_reduce_matches_reference(backend, reduce, dtype):
     S = int(lengths.sum())
     x = (torch.rand(S, generator=_gen(61)) * 0.9 + 0.05).to(dtype)
     grad_of = [] if reduce == "logprod" and dtype == torch.bfloat16 else [0]
-    out, _ = _compare(backend, lambda v: ops.segment_reduce(v, lengths, reduce=reduce), [x], grad_of, dtype,
-                      scale=4.0)
+    out, _ = _compare(backend, lambda v, lengths: ops.segment_reduce(v, lengths, reduce=reduce), [x], grad_of, dtype,
+                      scale=4.0, lengths=lengths)
     assert_close(out, _seg_loop(x, LENGTHS, reduce), dtype, scale=4.0)
     # padded (B, K) + mask gives the same
     padded = ops.unpack_steps(x, lengths, fill=float("nan"))
     mask = torch.arange(padded.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    with _backend.use_backend(backend):
-        out2 = ops.segment_reduce(padded.nan_to_num(0.5), mask=mask, reduce=reduce)
-        out3 = ops.segment_reduce(x, offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-                                  reduce=reduce)
+    out2 = call_on(backend, ops.segment_reduce, padded.nan_to_num(0.5), mask=mask, reduce=reduce)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    out3 = call_on(backend, ops.segment_reduce, x, offsets=offsets, reduce=reduce)
     assert torch.equal(out, out2) and torch.equal(out, out3)
 
 
@@ -338,10 +346,9 @@ def test_segment_reduce_matches_reference(backend, reduce, dtype):
 def test_segment_prod_with_zeros_and_empty_value(backend):
     x = torch.tensor([0.5, 0.0, 0.25, 0.0, 0.0, 0.9, 0.8])
     lengths = torch.tensor([3, 0, 2, 2])
-    _compare(backend, lambda v: ops.segment_reduce(v, lengths, reduce="prod", empty_value=0.7), [x], [0],
-             torch.float32)
-    with _backend.use_backend(backend):
-        m = ops.segment_reduce(x, lengths, reduce="min", empty_value=-1.0)
+    _compare(backend, lambda v, lengths: ops.segment_reduce(v, lengths, reduce="prod", empty_value=0.7), [x], [0],
+             torch.float32, lengths=lengths)
+    m = call_on(backend, ops.segment_reduce, x, lengths, reduce="min", empty_value=-1.0)
     assert m[1].item() == -1.0
 
 
@@ -351,8 +358,7 @@ def test_first_below(backend, dtype):
     lengths = torch.tensor(LENGTHS)
     x = torch.rand(int(lengths.sum()), generator=_gen(71)).to(dtype)
     for thr in (0.0, 0.2, 0.5, 1.1):
-        with _backend.use_backend(backend):
-            out = ops.first_below(x, lengths, threshold=thr)
+        out = call_on(backend, ops.first_below, x, lengths, threshold=thr)
         exp, s = [], 0
         for n in LENGTHS:
             hits = [i for i in range(n) if float(x[s + i]) < thr]
@@ -387,8 +393,7 @@ def test_refine_process_rewards(backend, clip, delta, dtype):
     lengths = torch.tensor(LENGTHS)
     r = torch.rand(int(lengths.sum()), generator=_gen(81)).to(dtype)
     for gamma in (1.0, 0.9):
-        with _backend.use_backend(backend):
-            refined, returns = ops.refine_process_rewards(r, lengths, clip=clip, delta=delta, gamma=gamma)
+        refined, returns = call_on(backend, ops.refine_process_rewards, r, lengths, clip=clip, delta=delta, gamma=gamma)
         e_ref, e_ret = _refine_loop(r.double(), LENGTHS, clip, delta, gamma)
         tol = torch.float64 if dtype == torch.float64 else torch.float32
         assert_close(refined, e_ref, tol, scale=2.0)
@@ -519,11 +524,27 @@ def test_opcheck_cpp(dtype):
         torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
 
 
+def _samples_on(device, dtype=torch.float32):
+    """_op_samples(dtype) with every tensor moved to `device` as a fresh leaf (requires_grad kept)."""
+    def leaf(x):
+        return x.detach().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+
+    return [(name, tuple(leaf(a) for a in to_device(args, device))) for name, args in _op_samples(dtype)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_opcheck_cuda(dtype):
+    for name, args in _samples_on("cuda", dtype):
+        assert _backend.has_kernel(name, "cuda"), f"mmreward._C has no CUDA kernel for {name}"
+        torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
+
+
 @needs_triton
 def test_opcheck_triton():
     from mmreward.ops.triton import step_reward as tri  # noqa: F401
 
-    for name, args in _op_samples():
+    for name, args in _samples_on(device_for("triton")):
         torch.library.opcheck(getattr(torch.ops.mmreward_triton, name).default, args)
 
 
