@@ -23,11 +23,19 @@ and fused KL / log-categorical ops.
 
 Both paths are timed in the same process, interleaved, median of ``--repeats``; the breakdown
 (VQGAN encoding / transformer calls incl. history encoding / diffusion arithmetic) comes from an
-instrumented run of each.
+instrumented run of each (which is also the warm-up).
+
+``--device cuda``: the models are moved to the GPU and the episode's uint8 frames are put on the
+GPU before timing (as a user with GPU frames would), so the timed runs go from device frames to
+device rewards; every tensor the official-style path makes (schedules, all-mask start, timesteps,
+Gumbel noise from a device ``torch.Generator``) lives on the GPU too. Every clock read (the end to
+end times and the breakdown) is preceded by ``torch.cuda.synchronize()``; the breakdown's extra
+synchronisations make it slightly slower than the end-to-end runs.
 
     python benchmarks/bench_diffusion_reward_speed.py                   # T = 100 (a few minutes)
     python benchmarks/bench_diffusion_reward_speed.py --quick           # T = 12, 1 repeat
     python benchmarks/bench_diffusion_reward_speed.py --json benchmarks/results/diffusion_reward_speed_cpu.json
+    python benchmarks/bench_diffusion_reward_speed.py --device cuda --json benchmarks/results/diffusion_reward_speed_cuda.json
 """
 from __future__ import annotations
 
@@ -50,16 +58,28 @@ from mmreward.robotics.video.vq_diffusion import ConditionalVQDiffusion, VQDiffu
 
 
 # ----------------------------------------------------------------------------- timers
+def sync(device) -> None:
+    """Wait for the device's queued kernels (CUDA), so that a clock read after it measures them."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Timer:
-    def __init__(self):
+    """Accumulated wall time per key; on a CUDA ``device`` synchronised before each clock read."""
+
+    def __init__(self, device="cpu"):
         self.t = {}
+        self.device = torch.device(device)
 
     @contextmanager
     def __call__(self, key):
+        sync(self.device)
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            sync(self.device)
             self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
 
 
@@ -119,6 +139,7 @@ class OfficialEager:
         self.num_timesteps = cfg.num_steps
         self.L = cfg.tokens_per_frame
         self.skip_step = reward.config.skip_step
+        self.device = dev = reward.device
         at, bt, ct, att, btt, ctt = alpha_schedule(cfg.num_steps, N=cfg.num_codes, att_1=cfg.att_1, att_T=cfg.att_T,
                                                    ctt_1=cfg.ctt_1, ctt_T=cfg.ctt_T)
         f64 = lambda a: torch.tensor(a.astype("float64"))
@@ -129,6 +150,10 @@ class OfficialEager:
         self.log_cumprod_ct = log_cumprod_ct.float()
         self.log_1_min_ct = log_1_min_a(log_ct).float()
         self.log_1_min_cumprod_ct = log_1_min_a(log_cumprod_ct).float()
+        # VQ-Diffusion registers these as buffers (computed on the CPU), so model.to(device) moves them
+        for name in ("log_at", "log_bt", "log_ct", "log_cumprod_at", "log_cumprod_bt", "log_cumprod_ct",
+                     "log_1_min_ct", "log_1_min_cumprod_ct"):
+            setattr(self, name, getattr(self, name).to(dev))
 
     # -- VQ-Diffusion arithmetic, channel-first [B, C, L]
     @staticmethod
@@ -158,7 +183,7 @@ class OfficialEager:
         batch_size = log_x_start.size()[0]
         onehot_x_t = log_onehot_to_index(log_x_t)
         mask = (onehot_x_t == self.num_classes - 1).unsqueeze(1)
-        log_one_vector = torch.zeros(batch_size, 1, 1).type_as(log_x_t)
+        log_one_vector = torch.zeros(batch_size, 1, 1, device=log_x_t.device).type_as(log_x_t)
         log_zero_vector = torch.log(log_one_vector + 1.0e-30).expand(-1, -1, self.L)
         log_qt = self.q_pred(log_x_t, t)
         log_qt = log_qt[:, :-1, :]
@@ -184,7 +209,7 @@ class OfficialEager:
         return (log_prob1.exp() * (log_prob1 - log_prob2)).sum(dim=1)
 
     def log_sample_categorical(self, logits, generator):
-        uniform = torch.rand(logits.shape, generator=generator)
+        uniform = torch.rand(logits.shape, device=logits.device, generator=generator)
         gumbel_noise = -torch.log(-torch.log(uniform + 1e-30) + 1e-30)
         sample = (gumbel_noise + logits).argmax(dim=1)
         return index_to_log_onehot(sample, self.num_classes)
@@ -220,27 +245,29 @@ class OfficialEager:
         with tm("transformer"):
             out = self.transformer(x_t, hist, t)
         log_pred = F.log_softmax(out.double(), dim=1).float()
-        zero_vector = torch.zeros(log_x_t.size(0), 1, self.L).type_as(log_x_t) - 70
+        zero_vector = torch.zeros(log_x_t.size(0), 1, self.L, device=log_x_t.device).type_as(log_x_t) - 70
         return torch.clamp(torch.cat((log_pred, zero_vector), dim=1), -70, 0)
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, tm=NULL, seed: int = 0) -> torch.Tensor:
         T = frames.shape[0]
         H = self.cfg.num_history
-        idx = window_indices(T, torch.arange(T), H, self.cfg.frame_skip)  # [T, H] frames of each window
+        dev = self.device
+        # [T, H] frames of each window (indices on the frames' device)
+        idx = window_indices(T, torch.arange(T, device=frames.device), H, self.cfg.frame_skip)
         with tm("vqgan"):
             hist = self.codec.encode(frames[idx.flatten()]).view(T, H, -1)  # every window encodes its frames
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=dev).manual_seed(seed)
         b = T
         diffusion_list = list(range(self.num_timesteps - 1, -1, -1 - self.skip_step))
         if diffusion_list[-1] != 0:
             diffusion_list.append(0)
-        zero_logits = torch.zeros((b, self.num_classes - 1, self.L))
-        one_logits = torch.ones((b, 1, self.L))
+        zero_logits = torch.zeros((b, self.num_classes - 1, self.L), device=dev)
+        one_logits = torch.ones((b, 1, self.L), device=dev)
         log_z = torch.log(torch.cat((zero_logits, one_logits), dim=1))
         model_log_probs, log_zs, ts = [], [], []
         for diffusion_index in diffusion_list:
-            t = torch.full((b,), diffusion_index, dtype=torch.long)
+            t = torch.full((b,), diffusion_index, device=dev, dtype=torch.long)
             log_x_recon = self.predict_start(log_z, hist, t, tm)
             with tm("arithmetic"):
                 log_zs.append(log_z)
@@ -292,11 +319,13 @@ def ours_instrumented(reward: DiffusionReward, frames: torch.Tensor, tm: Timer) 
     return reward.combine(raw, frames)
 
 
-def median_time(fn, repeats):
+def median_time(fn, repeats, device="cpu"):
     ts = []
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         fn()
+        sync(device)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts), ts
 
@@ -321,61 +350,83 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="T = 12, 1 repeat (smoke run)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda' (models and frames on the GPU)")
     args = ap.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = 12, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    codec = VQGAN(VQGANConfig.paper()).eval()
-    video = ConditionalVQDiffusion(VQDiffusionConfig.paper()).eval()
-    reward = DiffusionReward(codec, video, DiffusionRewardConfig(batch_size=max(args.frames, 1)))
-    reward.statistics.copy_(torch.tensor([-300.0, 30.0, 1.0], dtype=torch.float64))
+    dev = torch.device(args.device)
+    if dev.type not in ("cpu", "cuda"):
+        ap.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch.cuda.is_available() is False")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+        device_name = torch.cuda.get_device_name(dev)
+    else:
+        device_name = platform.processor() or platform.machine()
+    torch.manual_seed(0)  # models are built on the CPU (same weights on every device), then moved
+    codec = VQGAN(VQGANConfig.paper()).eval().to(dev)
+    video = ConditionalVQDiffusion(VQDiffusionConfig.paper()).eval().to(dev)
+    reward = DiffusionReward(codec, video, DiffusionRewardConfig(batch_size=max(args.frames, 1))).to(dev)
+    reward.statistics.copy_(torch.tensor([-300.0, 30.0, 1.0], dtype=torch.float64, device=dev))
     official = OfficialEager(reward)
-    frames = synthetic_episode(args.frames)
+    frames = synthetic_episode(args.frames).to(dev)  # uint8 frames on the device before any timing
     T = args.frames
     print(f"paper-sized models: VQGAN {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M params, "
           f"VQ-Diffusion {sum(p.numel() for p in video.parameters()) / 1e6:.1f} M params; T = {T} frames, "
           f"{len(video.schedule.fast_levels(reward.config.skip_step))} denoising calls, "
-          f"{torch.get_num_threads()} threads", flush=True)
+          f"{torch.get_num_threads()} threads; device {dev} ({device_name})", flush=True)
 
     # sanity: the official-style network path computes the same logits as ours (same weights)
     with torch.no_grad():
         tok = reward.tokenize(frames[:4])
-        hist = tok[window_indices(4, torch.arange(4), 2)]
-        x = torch.randint(0, video.num_codes + 1, (4, video.config.tokens_per_frame))
+        hist = tok[window_indices(4, torch.arange(4, device=tok.device), 2)]
+        x = torch.randint(0, video.num_codes + 1, (4, video.config.tokens_per_frame), device=dev)
         a = video(x, 50, video.encode_context(hist))
-        b = official.transformer(x, hist, torch.full((4,), 49)).permute(0, 2, 1)
+        b = official.transformer(x, hist, torch.full((4,), 49, device=dev)).permute(0, 2, 1)
         logits_diff = float((a - b).abs().max())
     print(f"check: max |logits ours − official-style| = {logits_diff:.2e}", flush=True)
 
     # instrumented breakdowns (also the warm-up)
-    tm_o, tm_u = Timer(), Timer()
+    tm_o, tm_u = Timer(dev), Timer(dev)
     r_off = official(frames, tm_o)
     r_our = ours_instrumented(reward, frames, tm_u)
     assert r_off.shape == r_our.shape == (T,) and torch.isfinite(r_off).all() and torch.isfinite(r_our).all()
     # end-to-end, interleaved
     t_off, t_our = [], []
     for _ in range(args.repeats):
-        t_off.append(median_time(lambda: official(frames), 1)[0])
-        t_our.append(median_time(lambda: reward(frames), 1)[0])
+        t_off.append(median_time(lambda: official(frames), 1, dev)[0])
+        t_our.append(median_time(lambda: reward(frames), 1, dev)[0])
     mo, mu = statistics.median(t_off), statistics.median(t_our)
     ratio = mo / mu
     keys = ("vqgan", "transformer", "arithmetic")
     names = {"vqgan": "VQGAN encoding", "transformer": "transformer calls (+ history enc.)",
              "arithmetic": "diffusion arithmetic"}
     tot_o, tot_u = sum(tm_o.t.get(k, 0) for k in keys), sum(tm_u.t.get(k, 0) for k in keys)
+    # seconds on the CPU; milliseconds on a GPU, where a whole episode takes a fraction of a second
+    fmt = (lambda x: f"{x:>9.2f} s") if dev.type == "cpu" else (lambda x: f"{1000 * x:>8.1f} ms")
+    pf = ".0f" if dev.type == "cpu" else ".2f"
     print(f"\n{'':<36} {'official eager':>16} {'ours':>16} {'speed-up':>9}")
     for k in keys:
         o, u = tm_o.t.get(k, 0.0), tm_u.t.get(k, 0.0)
-        print(f"{names[k]:<36} {o:>9.2f} s {100 * o / tot_o:3.0f}% {u:>9.2f} s {100 * u / tot_u:3.0f}% "
+        print(f"{names[k]:<36} {fmt(o)} {100 * o / tot_o:3.0f}% {fmt(u)} {100 * u / tot_u:3.0f}% "
               f"{o / u if u > 0 else float('inf'):>8.1f}x")
-    print(f"{'end to end (median of ' + str(args.repeats) + ')':<36} {mo:>9.2f} s      {mu:>9.2f} s      {ratio:>8.2f}x")
-    print(f"per frame: official {1000 * mo / T:.0f} ms, ours {1000 * mu / T:.0f} ms")
+    print(f"{'end to end (median of ' + str(args.repeats) + ')':<36} {fmt(mo)}      {fmt(mu)}      {ratio:>8.2f}x")
+    print(f"per frame: official {1000 * mo / T:{pf}} ms, ours {1000 * mu / T:{pf}} ms")
+    cuda_info = {}
+    if dev.type == "cuda":
+        cuda_info = {"cuda": torch.version.cuda, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                     "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+                     "max_memory_allocated_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30}
     out = {
         "benchmark": "diffusion_reward_speed", "frames": T, "repeats": args.repeats, "quick": args.quick,
-        "threads": torch.get_num_threads(), "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                                        "torch": torch.__version__},
+        "threads": torch.get_num_threads(), "device": str(dev),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+                    "device": str(dev), "device_name": device_name, **cuda_info},
         "models": {"vqgan": "VQGANConfig.paper()", "video": "VQDiffusionConfig.paper()", "weights": "random (seed 0)"},
         "official_eager_s": mo, "ours_s": mu, "speedup": ratio, "official_runs_s": t_off, "ours_runs_s": t_our,
         "breakdown_official_s": {k: tm_o.t.get(k, 0.0) for k in keys},

@@ -23,7 +23,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 nvcc --version | tail -1
 
 stamp "build (pip install -e ., CUDA + C++ kernels)"
-timeout "${BUILD_S:-240}" $PY -m pip install --no-build-isolation --no-deps --no-index -v -e . >"$OUT/build.log" 2>&1
+timeout "${BUILD_S:-200}" $PY -m pip install --no-build-isolation --no-deps --no-index -v -e . >"$OUT/build.log" 2>&1
 rc=$?
 stamp "build rc=$rc"
 if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit 1; fi
@@ -32,24 +32,28 @@ $PY -m mmreward.env_report || true
 
 stamp "op tests on the GPU"
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-timeout "${TESTS_S:-200}" $PY -m pytest tests/ops tests/test_backend.py -q -p no:cacheprovider $XDIST -rfEs \
+timeout "${TESTS_S:-180}" $PY -m pytest tests/ops tests/test_backend.py -q -p no:cacheprovider $XDIST -rfEs \
   --durations=10 >"$OUT/tests.log" 2>&1
 stamp "tests rc=$?"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
 grep -c "^SKIPPED" "$OUT/tests.log" | sed 's/^/skipped lines: /'
 
+# benchmarks, most informative first; the command's own time limit may cut the last ones
 {
-  stamp "bench_pairwise"
-  timeout "${PAIRWISE_S:-150}" $PY benchmarks/bench_pairwise.py --device cuda --min-time 0.3 \
-    --impls eager,cuda,triton,compile --json "$OUT/bench_pairwise_cuda.json"
+  stamp "bench_pairwise (eager vs the CUDA and Triton kernels)"
+  timeout "${PAIRWISE_S:-90}" $PY benchmarks/bench_pairwise.py --device cuda --min-time 0.3 \
+    --impls eager,cuda,triton --json "$OUT/bench_pairwise_cuda.json"
   stamp "bench_codebook"
   timeout "${CODEBOOK_S:-60}" $PY benchmarks/bench_codebook.py --device cuda --json "$OUT/bench_codebook_cuda.json"
   stamp "bench_step_reward"
   timeout "${STEP_S:-60}" $PY benchmarks/bench_step_reward.py --device cuda --repeats 10 --baseline-repeats 3 \
     --json "$OUT/bench_step_reward_cuda.json"
   stamp "bench_diffusion_reward_speed"
-  timeout "${DR_S:-80}" $PY benchmarks/bench_diffusion_reward_speed.py --device cuda \
+  timeout "${DR_S:-80}" $PY benchmarks/bench_diffusion_reward_speed.py --device cuda --repeats 10 \
     --json "$OUT/bench_diffusion_reward_speed_cuda.json"
+  stamp "bench_pairwise (eager vs torch.compile)"
+  timeout "${COMPILE_S:-120}" $PY benchmarks/bench_pairwise.py --device cuda --min-time 0.3 \
+    --impls eager,compile --json "$OUT/bench_pairwise_compile_cuda.json"
   stamp "done"
 } 2>&1 | tee "$OUT/bench.log"
