@@ -26,7 +26,20 @@ stamp "build (pip install -e ., CUDA + C++ kernels)"
 timeout "${BUILD_S:-200}" $PY -m pip install --no-build-isolation --no-deps --no-index -v -e . >"$OUT/build.log" 2>&1
 rc=$?
 stamp "build rc=$rc"
-if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit 1; fi
+if [ $rc -ne 0 ] && grep -q "license" "$OUT/build.log"; then
+  # setuptools < 77 cannot read a PEP 639 license string: retry with the table form
+  stamp "retrying with license = {text = ...} (older setuptools)"
+  sed -i 's/^license = "\(.*\)"/license = {text = "\1"}/' pyproject.toml
+  timeout "${BUILD_S:-200}" $PY -m pip install --no-build-isolation --no-deps --no-index -v -e . >>"$OUT/build.log" 2>&1
+  rc=$?
+fi
+if [ $rc -ne 0 ]; then
+  # last resort: build the extension in place and import the source tree
+  stamp "pip failed (rc=$rc); building in place"
+  tail -30 "$OUT/build.log"
+  timeout "${BUILD_S:-200}" $PY setup.py build_ext --inplace >>"$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
 $PY -c "import torch, mmreward._C; print(torch.ops.mmreward.ext_info())" || exit 1
 $PY -m mmreward.env_report || true
 
