@@ -1,0 +1,147 @@
+"""Across-seed summary of RL learning runs saved by ``bench_rl_learning.py`` (one JSON per seed).
+
+One learning curve per seed says little at a CPU budget: whether an agent stumbles on the success
+early is luck. This script groups the same setting across seeds and reports, per evaluation frame,
+the mean eval success rate and return over seeds (only frames every seed reached), plus per-setting
+totals: seeds with any eval success, mean first frame of an eval success, mean area under the
+success curve (success-rate × frames, normalised by the common span), and the final eval.
+
+    python benchmarks/summarize_rl_seeds.py \\
+        --json benchmarks/results/rl_learning_cpu_button_press.json \\
+               benchmarks/results/rl_learning_cpu_button_press_seed2.json \\
+        --group "sparse::sparse" \\
+        --group "Diffusion Reward (α 0.95)::DR α=0.95 (paper)|diffusion-relative" \\
+        --out benchmarks/results/rl_learning_cpu_button_press_seeds.png
+
+``--group LABEL::KEY1|KEY2…``: the runs named KEY1 (or KEY2, … — the first one present) in each
+JSON form the setting LABEL; a JSON holding none of the keys is skipped for that setting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_group(spec: str) -> tuple[str, list[str]]:
+    label, sep, keys = spec.partition("::")
+    if not sep or not label or not keys:
+        raise ValueError(f"--group expects LABEL::KEY1|KEY2…, got {spec!r}")
+    return label, [k for k in keys.split("|") if k]
+
+
+def collect(jsons: list[dict], names: list[str], keys: list[str]) -> list[dict]:
+    """One run per JSON holding one of `keys` (first match), tagged with its seed and file."""
+    runs = []
+    for d, name in zip(jsons, names):
+        key = next((k for k in keys if k in d.get("runs", {})), None)
+        if key is not None:
+            runs.append({**d["runs"][key], "seed": d.get("seed"), "file": name, "key": key})
+    return runs
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean success / return over seeds at the frames every run evaluated, and per-run totals."""
+    if not runs:
+        raise ValueError("no runs to summarise")
+    common = sorted(set.intersection(*(set(r["frames"]) for r in runs)))
+    if len(common) < 2:
+        raise ValueError("the runs share fewer than two evaluation frames")
+    at = lambda r, key: [r[key][r["frames"].index(f)] for f in common]  # noqa: E731
+    succ = [at(r, "success_rate") for r in runs]
+    ret = [at(r, "episode_return") for r in runs]
+    n = len(runs)
+    span = common[-1] - common[0]
+
+    def auc(s):  # trapezoid over the common frames, / span: 1.0 = always succeeding
+        return sum((a + b) / 2 * (f1 - f0) for a, b, f0, f1 in zip(s, s[1:], common, common[1:])) / span
+
+    firsts = [next((f for f, v in zip(common, s) if v > 0), None) for s in succ]
+    reached = [f for f in firsts if f is not None]
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "frames": common,
+        "mean_success": [sum(col) / n for col in zip(*succ)],
+        "mean_return": [sum(col) / n for col in zip(*ret)],
+        "per_seed_success": succ,
+        "per_seed_return": ret,
+        "seeds_with_success": len(reached),
+        "mean_first_success_frame": sum(reached) / len(reached) if reached else None,
+        "mean_success_auc": sum(auc(s) for s in succ) / n,
+        "final_mean_success": sum(s[-1] for s in succ) / n,
+        "max_mean_success": max(sum(col) / n for col in zip(*succ)),
+    }
+
+
+def plot(path: str, summaries: dict[str, dict], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for i, (label, s) in enumerate(summaries.items()):
+        color = f"C{i}"
+        for ax, mean, per in ((axes[0], s["mean_success"], s["per_seed_success"]),
+                              (axes[1], s["mean_return"], s["per_seed_return"])):
+            for y in per:  # thin: each seed
+                ax.plot(s["frames"], y, color=color, alpha=0.25, linewidth=1)
+            ax.plot(s["frames"], mean, color=color, marker="o", markersize=3, linewidth=2,
+                    label=f"{label} (mean of {len(per)} seeds)")
+    for ax, lab in zip(axes, ("eval success rate", "eval return (env reward)")):
+        ax.set_xlabel("environment frames")
+        ax.set_ylabel(lab)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", nargs="+", required=True, help="bench_rl_learning.py result files, one per seed")
+    p.add_argument("--group", action="append", required=True, help="LABEL::KEY1|KEY2… (repeatable)")
+    p.add_argument("--out", default=None, help="PNG of mean curves (thin lines: single seeds)")
+    p.add_argument("--save", default=None, help="write the summary as JSON here")
+    args = p.parse_args(argv)
+    try:
+        groups = [parse_group(g) for g in args.group]
+    except ValueError as e:
+        p.error(str(e))
+    jsons = []
+    for path in args.json:
+        with open(path) as f:
+            jsons.append(json.load(f))
+    task = jsons[0].get("task", "?")
+    summaries = {}
+    for label, keys in groups:
+        runs = collect(jsons, args.json, keys)
+        if not runs:
+            p.error(f"no run named {' or '.join(keys)} in any of the JSON files")
+        summaries[label] = summarize(runs)
+    for label, s in summaries.items():
+        first = s["mean_first_success_frame"]
+        print(f"{label}: seeds {s['seeds']}; eval success in {s['seeds_with_success']}/{len(s['seeds'])} seeds"
+              f"{f' (first at {first:.0f} frames on average)' if first is not None else ''}; "
+              f"success AUC {s['mean_success_auc']:.3f}; final {s['final_mean_success']:.2f}")
+        print("   frames: " + "  ".join(f"{f // 1000}k:{a:.2f}/{b:.0f}"
+                                        for f, a, b in zip(s["frames"], s["mean_success"], s["mean_return"])))
+    if args.out:
+        print(f"plot: {plot(args.out, summaries, f'DrQ-v2 on {task}: mean over seeds')}")
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump({"task": task, "files": args.json, "groups": dict(groups), "summary": summaries}, f, indent=1)
+        print(f"json: {args.save}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

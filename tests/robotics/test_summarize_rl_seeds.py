@@ -1,0 +1,55 @@
+"""The across-seed RL summary: means over the frames every seed evaluated, first-success frames,
+success AUC, key fallbacks between files, and a clear error for a group no file holds."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _mod():
+    spec = importlib.util.spec_from_file_location("summarize_rl_seeds", os.path.join(ROOT, "benchmarks", "summarize_rl_seeds.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(path, seed, runs):
+    path.write_text(json.dumps({"task": "metaworld/button-press-v3", "seed": seed, "runs": runs}))
+    return str(path)
+
+
+def test_means_over_common_frames_and_key_fallback(tmp_path):
+    m = _mod()
+    a = _result(tmp_path / "s1.json", 1, {
+        "sparse": {"frames": [0, 10, 20, 30], "success_rate": [0.0, 0.0, 0.4, 1.0], "episode_return": [1, 2, 3, 4]},
+        "DR paper": {"frames": [0, 10, 20, 30], "success_rate": [0.0, 0.8, 0.0, 0.0], "episode_return": [1, 1, 1, 1]},
+    })
+    b = _result(tmp_path / "s2.json", 2, {  # shorter run, other key for the DR setting
+        "sparse": {"frames": [0, 10, 20], "success_rate": [0.0, 0.0, 0.0], "episode_return": [3, 4, 5]},
+        "diffusion-relative": {"frames": [0, 10, 20], "success_rate": [0.0, 0.2, 0.6], "episode_return": [5, 5, 5]},
+    })
+    out = tmp_path / "sum.json"
+    assert m.main(["--json", a, b, "--group", "sparse::sparse", "--group", "DR::DR paper|diffusion-relative",
+                   "--save", str(out)]) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert s["sparse"]["frames"] == [0, 10, 20]  # 30 only in seed 1
+    assert s["sparse"]["mean_success"] == pytest.approx([0.0, 0.0, 0.2])
+    assert s["sparse"]["mean_return"] == pytest.approx([2.0, 3.0, 4.0])
+    assert s["sparse"]["seeds_with_success"] == 1 and s["sparse"]["mean_first_success_frame"] == 20
+    assert s["DR"]["seeds"] == [1, 2]
+    assert s["DR"]["mean_success"] == pytest.approx([0.0, 0.5, 0.3])
+    assert s["DR"]["mean_first_success_frame"] == 10
+    # trapezoid AUC over [0, 20] / 20: seed 1 (0.8·10/2 + 0.8·10/2)/20 = 0.4, seed 2 (0.1·10 + 0.4·10)/20 = 0.25
+    assert s["DR"]["mean_success_auc"] == pytest.approx((0.4 + 0.25) / 2)
+
+
+def test_errors(tmp_path):
+    m = _mod()
+    a = _result(tmp_path / "s1.json", 1, {"sparse": {"frames": [0, 10], "success_rate": [0, 0], "episode_return": [0, 0]}})
+    with pytest.raises(SystemExit):
+        m.main(["--json", a, "--group", "DR::missing"])
+    with pytest.raises(SystemExit):
+        m.main(["--json", a, "--group", "no separator"])
