@@ -18,6 +18,7 @@ from .. import step_reward as _api
 
 NS = "mmreward_triton"
 IGNORE = -100.0
+_IGNORE = tl.constexpr(IGNORE)  # what kernels read: compiled @triton.jit code sees only constexpr globals
 
 
 def _acc_tl(dtype: torch.dtype):
@@ -62,7 +63,7 @@ def _head_fwd_kernel(
     tl.store(z_ptr + s, z)
     if KIND != 0:
         y = tl.load(tgt_ptr + s).to(ACC)
-        valid = y != IGNORE
+        valid = y != _IGNORE
         if KIND == 1:  # BCE with logits: softplus(z) - y z
             loss = tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))) - y * z
         else:  # MSE
