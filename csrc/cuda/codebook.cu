@@ -63,9 +63,10 @@ __device__ __forceinline__ void st_push(St<A>& a, A x) {
   if (x == neg_inf<A>()) return;  // zero-probability code
   if (x > a.m) {
     if (a.m == neg_inf<A>()) {
+      // s, t are 0 here unless a NaN code came first (NaN > -inf is false, so it took the else
+      // branch and made them NaN): add instead of resetting, so the NaN propagates
       a.m = x;
-      a.s = 1;
-      a.t = 0;
+      a.s += A(1);
       return;
     }
     const A d = x - a.m, sc = exp_(-d);

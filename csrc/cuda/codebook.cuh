@@ -10,10 +10,13 @@
 
 #include <cstdint>
 
+#include "dtype.cuh"
+
 namespace mmreward {
 namespace codebook_cuda {
 
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+using DType = ::mmreward::cuda::DType;
+
 
 struct Strided {
   const void* p;

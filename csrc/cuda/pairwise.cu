@@ -368,7 +368,9 @@ cudaError_t head_typed(const void* hc, const void* hr, const void* w, const void
   A* gw_part = reinterpret_cast<A*>(static_cast<char*>(ws) + 32 * nblk);
   const bool grad_wb = gw != nullptr;
   const size_t gw_bytes = static_cast<size_t>(H) * sizeof(A);
-  const bool smem_gw = grad_wb && gw_bytes <= kMaxSmemGw;
+  // dynamic + static shared memory (abuf: kWarps accumulators) must fit the 48 KB a block gets
+  // without opting in to more
+  const bool smem_gw = grad_wb && gw_bytes + kWarps * sizeof(A) <= kMaxSmemGw;
   const A scale = reduction == kMean ? A(1.0 / static_cast<double>(B)) : A(1);
   head_kernel<T><<<static_cast<unsigned>(nblk), kThreads, smem_gw ? gw_bytes : 0, st>>>(
       static_cast<const T*>(hc), static_cast<const T*>(hr), static_cast<const T*>(w), static_cast<const A*>(bias),
@@ -377,7 +379,7 @@ cudaError_t head_typed(const void* hc, const void* hr, const void* w, const void
       gw_part, P);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  if (grad_wb) {
+  if (grad_wb && H > 0) {  // H = 0: no weight grad, but the bias grad still comes from finalize below
     const int64_t gblk = ceil_div(H, kThreads) < 4096 ? ceil_div(H, kThreads) : 4096;
     head_gw_kernel<T><<<static_cast<unsigned>(gblk), kThreads, 0, st>>>(gw_part, nblk, H, static_cast<T*>(gw));
     err = cudaGetLastError();
@@ -478,7 +480,7 @@ cudaError_t head_launch(DType dt, const void* hc, const void* hr, const void* w,
                         const bool* tie, const void* g, bool g_per_pair, int64_t B, int64_t H, double eps,
                         double center, int reduction, void* loss, bool store_per_pair, float* accuracy, void* ghc,
                         void* ghr, void* gw, void* gb, void* ws, cudaStream_t st) {
-  if (B <= 0 || H <= 0) return cudaErrorInvalidValue;
+  if (B <= 0 || H < 0) return cudaErrorInvalidValue;
 #define MMR_HEAD(T) \
   head_typed<T>(hc, hr, w, bias, m, tie, g, g_per_pair, B, H, eps, center, reduction, loss, store_per_pair, accuracy, ghc, ghr, gw, gb, ws, st)
   switch (dt) {

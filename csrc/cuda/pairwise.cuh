@@ -14,10 +14,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "dtype.cuh"
+
 namespace mmreward {
 namespace cuda {
 
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
 // ---- pairwise_loss --------------------------------------------------------------------------------
 size_t pairwise_workspace_bytes(int64_t B);

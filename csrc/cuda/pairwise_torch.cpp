@@ -245,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
   at::Tensor acc = at::empty({}, hc.options().dtype(at::kFloat));
   auto [ghc, ghr, gw, gb] = head_grads_alloc(hc, w, grad_h, grad_wb);
-  if (B == 0 || H == 0) {
+  if (B == 0) {  // H = 0 still has a loss: the bias alone scores both responses
     loss.zero_();
     acc.zero_();
     if (grad_h) { ghc.zero_(); ghr.zero_(); }
@@ -281,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_head_pairwise_
               ": bad grad shape ", grad.sizes());
   const auto g = grad.to(acc_of(hc.scalar_type())).contiguous();
   auto [ghc, ghr, gw, gb] = head_grads_alloc(hc, w, grad_h, grad_wb);
-  if (B == 0 || H == 0 || !(grad_h || grad_wb)) {
+  if (B == 0 || !(grad_h || grad_wb)) {
     if (grad_h) { ghc.zero_(); ghr.zero_(); }
     if (grad_wb) { gw.zero_(); gb.zero_(); }
     return {ghc, ghr, gw, gb};

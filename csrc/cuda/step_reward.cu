@@ -78,14 +78,16 @@ __global__ void head_fwd_kernel(const T* __restrict__ hidden, const int64_t* __r
 template <typename A>
 __global__ void loss_reduce_kernel(const A* loss, const A* target, int64_t S, int reduction, A* out) {
   __shared__ A sh[kThreads];
-  A sum = A(0), cnt = A(0);
+  __shared__ unsigned long long shc[kThreads];
+  A sum = A(0);
+  unsigned long long cnt = 0;  // integer count: a float one is exact only up to 2^24 steps
   for (int64_t s = threadIdx.x; s < S; s += kThreads) {
     sum += loss[s];
-    cnt += ignored(target[s]) ? A(0) : A(1);
+    cnt += ignored(target[s]) ? 0 : 1;
   }
   sum = block_sum(sum, sh);
-  cnt = block_sum(cnt, sh);
-  if (threadIdx.x == 0) out[0] = reduction == 1 ? (cnt > A(0) ? sum / cnt : A(0)) : sum;
+  cnt = block_sum(cnt, shc);
+  if (threadIdx.x == 0) out[0] = reduction == 1 ? (cnt > 0 ? sum / static_cast<A>(cnt) : A(0)) : sum;
 }
 
 template <typename A>
@@ -94,10 +96,11 @@ __global__ void grad_z_kernel(const A* grad_out, const A* z, const A* target, in
   __shared__ A sh[kThreads];
   A scale = A(1);
   if (kind != 0 && reduction == 1) {
-    A cnt = A(0);
-    for (int64_t s = threadIdx.x; s < S; s += kThreads) cnt += ignored(target[s]) ? A(0) : A(1);
-    cnt = block_sum(cnt, sh);
-    scale = cnt > A(0) ? A(1) / cnt : A(0);
+    __shared__ unsigned long long shc[kThreads];
+    unsigned long long cnt = 0;  // integer count, as in loss_reduce_kernel
+    for (int64_t s = threadIdx.x; s < S; s += kThreads) cnt += ignored(target[s]) ? 0 : 1;
+    cnt = block_sum(cnt, shc);
+    scale = cnt > 0 ? A(1) / static_cast<A>(cnt) : A(0);
   }
   A part = A(0);
   for (int64_t s = threadIdx.x; s < S; s += kThreads) {
@@ -285,9 +288,9 @@ int blocks_for(int64_t n, int threads) { return static_cast<int>((n + threads - 
 template <typename F>
 cudaError_t dispatch(DType dt, F&& f) {
   switch (dt) {
-    case DType::kFloat: f(static_cast<float*>(nullptr)); break;
-    case DType::kDouble: f(static_cast<double*>(nullptr)); break;
-    case DType::kHalf: f(static_cast<__half*>(nullptr)); break;
+    case DType::kFloat32: f(static_cast<float*>(nullptr)); break;
+    case DType::kFloat64: f(static_cast<double*>(nullptr)); break;
+    case DType::kFloat16: f(static_cast<__half*>(nullptr)); break;
     case DType::kBFloat16: f(static_cast<__nv_bfloat16*>(nullptr)); break;
     default: return cudaErrorInvalidValue;
   }
@@ -296,8 +299,8 @@ cudaError_t dispatch(DType dt, F&& f) {
 template <typename F>
 cudaError_t dispatch_acc(DType acc, F&& f) {
   switch (acc) {
-    case DType::kFloat: f(static_cast<float*>(nullptr)); break;
-    case DType::kDouble: f(static_cast<double*>(nullptr)); break;
+    case DType::kFloat32: f(static_cast<float*>(nullptr)); break;
+    case DType::kFloat64: f(static_cast<double*>(nullptr)); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

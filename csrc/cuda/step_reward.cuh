@@ -12,10 +12,11 @@
 
 #include <cstdint>
 
+#include "dtype.cuh"
+
 namespace mmreward {
 namespace cuda {
 
-enum class DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
 
 // z_s = hidden[index_s]·(w − w_neg) + bias; kind 1/2 also writes per-step BCE / MSE loss (0 at −100).
 cudaError_t step_head_forward(DType dt, const void* hidden, const int64_t* index, const void* w, const void* w_neg,

@@ -15,15 +15,15 @@ using cuda::DType;
 
 DType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return DType::kFloat;
-    case at::kDouble: return DType::kDouble;
-    case at::kHalf: return DType::kHalf;
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
     default: TORCH_CHECK(false, "mmreward step ops: unsupported dtype ", t.scalar_type());
   }
 }
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-DType acc_of(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? DType::kDouble : DType::kFloat; }
+DType acc_of(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? DType::kFloat64 : DType::kFloat32; }
 
 void check_cuda(const at::Tensor& t, const char* name, const at::Tensor& ref) {
   TORCH_CHECK(t.is_cuda() && t.device() == ref.device(), "mmreward step ops: `", name, "` must be on ", ref.device());
@@ -80,7 +80,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_head_backward_cuda(
   auto grad_out = grad_out_.to(acc).contiguous();
   std::optional<at::Tensor> w_neg, target;
   if (w_neg_.has_value()) w_neg = w_neg_->contiguous();
-  if (kind != 0) target = target_->contiguous();
+  if (kind != 0) {
+    TORCH_CHECK(target_.has_value(), "step_head_backward: a loss kind needs `target`");
+    target = target_->contiguous();
+  }
   const int64_t N = hidden.size(0), H = hidden.size(1), S = index.size(0);
   auto gz = at::empty({S}, z.options());
   auto gb = at::empty({}, z.options());
@@ -102,6 +105,9 @@ at::Tensor step_pair_loss_cuda(const at::Tensor& r_, const at::Tensor& pos_, con
                                const std::optional<at::Tensor>& weight_, bool reduce) {
   TORCH_CHECK(r_.scalar_type() == at::kFloat || r_.scalar_type() == at::kDouble, "step_pair_loss: `r` must be fp32/fp64");
   c10::cuda::CUDAGuard guard(r_.device());
+  check_cuda(pos_, "pos", r_);
+  check_cuda(neg_, "neg", r_);
+  if (weight_.has_value()) check_cuda(*weight_, "weight", r_);
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto r = r_.contiguous(), pos = pos_.contiguous(), neg = neg_.contiguous();
   std::optional<at::Tensor> weight;
@@ -120,6 +126,10 @@ at::Tensor step_pair_loss_backward_cuda(const at::Tensor& grad_, const at::Tenso
                                         const at::Tensor& neg_, const std::optional<at::Tensor>& weight_,
                                         bool reduce) {
   c10::cuda::CUDAGuard guard(r_.device());
+  check_cuda(grad_, "grad", r_);
+  check_cuda(pos_, "pos", r_);
+  check_cuda(neg_, "neg", r_);
+  if (weight_.has_value()) check_cuda(*weight_, "weight", r_);
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto r = r_.contiguous(), pos = pos_.contiguous(), neg = neg_.contiguous();
   auto grad = grad_.to(r.scalar_type()).contiguous();

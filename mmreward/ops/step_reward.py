@@ -528,6 +528,9 @@ def step_pair_loss(
             grp = torch.zeros_like(pos)
     if pos.numel() == 0:
         raise ValueError(f"{op}: no (positive, negative) step pairs; nothing to compute a loss over")
+    # pairs / groups often come from a CPU data loader while hidden is on the GPU: the kernels index
+    # on hidden's device
+    pos, neg, grp = pos.to(hidden.device), neg.to(hidden.device), grp.to(hidden.device)
     acc = _acc(hidden.dtype)
     weights = None
     if red != 0:

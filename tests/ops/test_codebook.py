@@ -203,6 +203,21 @@ def test_nan_propagates(backend):
     assert torch.isnan(out[1, 2]) and torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all()
 
 
+@pytest.mark.parametrize("backend", backends_for("codebook_entropy"))
+@pytest.mark.parametrize("cd", [-1, 1])
+@pytest.mark.parametrize("K,at", [(64, 3), (64, 0), (1024, 3)])
+def test_nan_among_the_first_codes_propagates(backend, cd, K, at):
+    """A NaN read before any finite code (the first codes of a lane / thread) must not be dropped
+    when a finite code arrives (a CUDA online-softmax bug caught in review)."""
+    z = torch.randn(2, 4, K)
+    z[1, 2, at] = float("nan")
+    z = z.transpose(1, 2).contiguous() if cd == 1 else z
+    t = torch.zeros(2, 4, dtype=torch.long)
+    for fn, args in ((cb.codebook_entropy, ()), (cb.codebook_nll, (t,))):
+        out = call_on(backend, fn, z, *args, class_dim=cd, reduction="none")
+        assert torch.isnan(out[1, 2]) and torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all(), fn
+
+
 # ------------------------------------------------------------------------------------------------
 # frame_reduce and public-API semantics
 # ------------------------------------------------------------------------------------------------

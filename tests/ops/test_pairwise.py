@@ -219,6 +219,19 @@ def test_head_partial_grads_and_no_bias(backend, grad_of):
 
 
 @pytest.mark.parametrize("backend", backends_for("reward_head_pairwise_loss"))
+@pytest.mark.parametrize("H", [0, 12288, 12289], ids=lambda h: f"H{h}")
+def test_head_edge_widths(backend, H):
+    """H = 0 (the bias alone scores both responses: loss and bias grad still non-trivial) and the
+    widths around the CUDA kernel's shared-memory limit for the weight-grad partials (12288 fp32
+    values + the kernel's static shared memory overflowed 48 KB before a fix found in review)."""
+    B = 3
+    hc, hr, w, _ = _head_inputs(B, H, torch.float32, seed=H)
+    b = torch.tensor(0.25)
+    kw = dict(margin=torch.tensor([0.5, 0.0, 1.0]), center_coef=0.01)
+    _compare(backend, _head_fn, [hc, hr, w, b], [0, 1, 2, 3] if H else [2, 3], torch.float32, **kw)
+
+
+@pytest.mark.parametrize("backend", backends_for("reward_head_pairwise_loss"))
 def test_head_linear_layout_and_accuracy(backend):
     hc, hr, _, _ = _head_inputs(6, 16, torch.float32, seed=4)
     lin = torch.nn.Linear(16, 1)

@@ -302,6 +302,26 @@ def test_pair_loss_equals_rstar_formula(backend):
     assert_close(loss, _ppm_loop(r, group, pol), torch.float32)
 
 
+@pytest.mark.parametrize("backend", backends_for("step_head"))
+def test_pair_loss_with_cpu_pairs_and_hidden_on_the_device(backend):
+    """Pairs and groups from a CPU data loader with hidden states on the backend's device (the GPU
+    for cuda / triton there): the op moves them, rather than handing host pointers to a kernel."""
+    hidden, steps = _layout("packed_mask", 3, 20, 15, torch.float32, seed=61, p=0.7)
+    S = sr.step_positions(hidden.shape, **steps).numel()
+    (w,) = _rows(15, torch.float32, seed=62, n=1)
+    g = _gen(63)
+    pos, neg = torch.randint(0, S, (9,), generator=g), torch.randint(0, S, (9,), generator=g)
+    grp = torch.randint(0, 3, (9,), generator=g)
+    dev = device_for(backend)
+    with _backend.use_backend(backend):
+        got = ops.step_pair_loss(hidden.to(dev), w.to(dev), 0.1, pos_index=pos, neg_index=neg, pair_group=grp,
+                                 step_mask=steps["step_mask"].to(dev))
+    exp = call_on("reference", ops.step_pair_loss, hidden, w, 0.1, pos_index=pos, neg_index=neg, pair_group=grp,
+                  **steps)
+    assert got.device.type == dev
+    assert_close(got.cpu(), exp, torch.float32)
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. segment reductions, first_below; 4. refinement
 # ------------------------------------------------------------------------------------------------
