@@ -88,3 +88,8 @@ def test_pure_python_install(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target), "MMREWARD_SKIP_EXT": "1"}
     out = _run([sys.executable, "-W", "ignore", "-c", code], env=env, cwd=tmp_path)
     assert out.strip().endswith("reference")
+
+
+def test_gpu_check_script_parses():
+    """scripts/gpu_check.sh runs only on a lent GPU machine, once: at least keep it valid bash."""
+    _run(["bash", "-n", os.path.join(ROOT, "scripts", "gpu_check.sh")])
