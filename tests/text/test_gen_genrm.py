@@ -114,9 +114,14 @@ def test_tiny_genrm_learns_addition_verification():
     assert acc0 < 0.75
     assert acc >= 0.9
     assert cal["ece"] < 0.2
-    # the same verifier as a pairwise judge (correct vs wrong answer to a held-out problem), both orders
-    rows = [{"prompt": f"{a} + {b} =", "chosen": str(a + b), "rejected": str((a + b + 1) % 19)}
-            for a, b, _, ok in test if ok]
+    # the same verifier as a pairwise judge, both orders: the correct answer to a held-out problem vs
+    # each of its 18 wrong answers (360 pairs), and the hardest subset, off by one (20 pairs; one
+    # pair is 5 points there, so its bar is lower: 17/20 with transformers 5.24, chance is 10/20)
+    rows = [{"prompt": f"{a} + {b} =", "chosen": str(a + b), "rejected": str(c)}
+            for a, b, _, ok in test if ok for c in range(19) if c != a + b]
     res = evaluate_pairs_with_judge(g.judge, rows)
-    print(f"GenRM as pairwise judge: accuracy {res['accuracy']:.3f}, swap consistency {res['consistency']:.3f}")
+    hard = evaluate_pairs_with_judge(g.judge, [r for r in rows if int(r["rejected"]) == int(r["chosen"]) + 1])
+    print(f"GenRM as pairwise judge: accuracy {res['accuracy']:.3f} ({len(rows)} pairs; off by one "
+          f"{hard['accuracy']:.3f}), swap consistency {res['consistency']:.3f}")
     assert res["accuracy"] >= 0.9 and res["consistency"] == 1.0  # pointwise scores cannot depend on order
+    assert hard["accuracy"] >= 0.75
