@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -89,20 +88,9 @@ def plot(path: str, summaries: dict[str, dict], title: str) -> str:
                 ax.plot(s["frames"], y, color=color, alpha=0.25, linewidth=1)
             ax.plot(s["frames"], mean, color=color, marker="o", markersize=3, linewidth=2,
                     label=f"{label} (mean of {len(per)} seeds)")
-    for ax, lab in zip(axes, ("eval success rate", "eval return (env reward)")):
-        ax.set_xlabel("environment frames")
-        ax.set_ylabel(lab)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(-0.05, 1.05)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from mmreward.robotics.rl.recording import save_learning_figure
+
+    return save_learning_figure(fig, axes, path, title=title, legend_size=8)
 
 
 def main(argv=None) -> int:

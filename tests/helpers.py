@@ -46,3 +46,17 @@ def call_on(backend: str, fn, *args, **kwargs):
     with _backend.use_backend(backend):
         out = fn(*to_device(args, dev), **to_device(kwargs, dev))
     return to_device(out, "cpu")
+
+
+def load_script(relpath: str):
+    """A repository script (e.g. ``benchmarks/bench_rl_learning.py``) imported as a module, so tests
+    can call its functions and ``main(argv)``."""
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = os.path.splitext(os.path.basename(relpath))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, relpath))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -58,13 +58,20 @@ def plot_learning_curves(path: str, runs: dict[str, dict[str, Sequence[float]]],
     for name, run in runs.items():
         for ax, key in zip(axes, ("success_rate", "episode_return")):
             ax.plot(run["frames"], run[key], label=name, marker="o", markersize=3)
+    return save_learning_figure(fig, axes, path, title=title, legend=len(runs) > 1)
+
+
+def save_learning_figure(fig, axes, path: str, *, title: str = "", legend: bool = True, legend_size=None) -> str:
+    """Label a (success rate, return) pair of axes against frames and write the figure atomically."""
+    import matplotlib.pyplot as plt
+
     for ax, lab in zip(axes, ("eval success rate", "eval return (env reward)")):
         ax.set_xlabel("environment frames")
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.05, 1.05)
-    if len(runs) > 1:
-        axes[0].legend()
+    if legend:
+        axes[0].legend(fontsize=legend_size)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

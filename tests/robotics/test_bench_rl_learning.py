@@ -1,19 +1,14 @@
 """The RL learning benchmark's report path: redraw (``--plot-only``) from finished runs' eval CSVs,
 including runs kept in other folders (``--also LABEL=FOLDER``), and reject a pair it cannot read."""
-import importlib.util
 import json
 import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rl_learning", os.path.join(ROOT, "benchmarks", "bench_rl_learning.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_rl_learning.py")
 
 
 def _write_eval(folder, rows):

@@ -1,19 +1,13 @@
 """The across-seed RL summary: means over the frames every seed evaluated, first-success frames,
 success AUC, key fallbacks between files, and a clear error for a group no file holds."""
-import importlib.util
 import json
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import load_script
 
 
 def _mod():
-    spec = importlib.util.spec_from_file_location("summarize_rl_seeds", os.path.join(ROOT, "benchmarks", "summarize_rl_seeds.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/summarize_rl_seeds.py")
 
 
 def _result(path, seed, runs):
