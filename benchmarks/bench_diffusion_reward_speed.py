@@ -424,7 +424,7 @@ def main(argv=None) -> int:
                      "max_memory_allocated_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30}
     out = {
         "benchmark": "diffusion_reward_speed", "frames": T, "repeats": args.repeats, "quick": args.quick,
-        "threads": torch.get_num_threads(), "device": str(dev),
+        "threads": torch.get_num_threads(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "device": str(dev), "device_name": device_name, **cuda_info},
         "models": {"vqgan": "VQGANConfig.paper()", "video": "VQDiffusionConfig.paper()", "weights": "random (seed 0)"},

@@ -60,3 +60,15 @@ def load_script(relpath: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def samples_on(samples, device):
+    """`[(op_name, args), ...]` opcheck samples with every tensor moved to `device` as a fresh leaf
+    that keeps its requires_grad (opcheck clones inputs under no_grad, which keeps requires_grad for
+    leaves only)."""
+    from torch.utils._pytree import tree_map
+
+    def leaf(x):
+        return x.detach().to(device).requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+
+    return [(name, tree_map(leaf, args)) for name, args in samples]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from conftest import backends_for
-from helpers import assert_close, call_on, device_for
+from helpers import assert_close, call_on, device_for, samples_on
 
 from mmreward import ops
 from mmreward.ops import BackendUnavailableError, _backend
@@ -381,14 +381,6 @@ def _op_samples(B=5, K=4, H=6, dtype=torch.float32):
     return samples
 
 
-def _samples_on(samples, device):
-    """Op samples with every tensor moved to `device` as a fresh leaf (requires_grad kept)."""
-    from torch.utils._pytree import tree_map
-
-    move = lambda x: x.detach().to(device).requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x  # noqa: E731
-    return [(name, tree_map(move, args)) for name, args in samples]
-
-
 @needs_cpp
 def test_opcheck_cpp():
     for name, args in _op_samples():
@@ -398,7 +390,7 @@ def test_opcheck_cpp():
 @needs_cuda
 @needs_cpp
 def test_opcheck_cuda():
-    for name, args in _samples_on(_op_samples(), "cuda"):
+    for name, args in samples_on(_op_samples(), "cuda"):
         torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
 
 
@@ -406,7 +398,7 @@ def test_opcheck_cuda():
 def test_opcheck_triton():
     from mmreward.ops.triton import pairwise as tri
 
-    for name, args in _samples_on(_op_samples(B=3, K=3, H=5), device_for("triton")):
+    for name, args in samples_on(_op_samples(B=3, K=3, H=5), device_for("triton")):
         if name == "listwise_loss_backward":
             args = (args[0], args[1], args[2], tri.ops.listwise_loss(args[1], args[2], args[4])[1], args[4])
         torch.library.opcheck(getattr(tri.ops, name).default, args,

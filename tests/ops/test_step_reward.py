@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import backends_for
-from helpers import assert_close, call_on, device_for, to_device
+from helpers import assert_close, call_on, device_for, samples_on
 
 from mmreward import ops
 from mmreward.ops import _backend
@@ -544,18 +544,10 @@ def test_opcheck_cpp(dtype):
         torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
 
 
-def _samples_on(device, dtype=torch.float32):
-    """_op_samples(dtype) with every tensor moved to `device` as a fresh leaf (requires_grad kept)."""
-    def leaf(x):
-        return x.detach().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
-
-    return [(name, tuple(leaf(a) for a in to_device(args, device))) for name, args in _op_samples(dtype)]
-
-
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_opcheck_cuda(dtype):
-    for name, args in _samples_on("cuda", dtype):
+    for name, args in samples_on(_op_samples(dtype), "cuda"):
         assert _backend.has_kernel(name, "cuda"), f"mmreward._C has no CUDA kernel for {name}"
         torch.library.opcheck(getattr(torch.ops.mmreward, name).default, args)
 
@@ -564,7 +556,7 @@ def test_opcheck_cuda(dtype):
 def test_opcheck_triton():
     from mmreward.ops.triton import step_reward as tri  # noqa: F401
 
-    for name, args in _samples_on(device_for("triton")):
+    for name, args in samples_on(_op_samples(), device_for("triton")):
         torch.library.opcheck(getattr(torch.ops.mmreward_triton, name).default, args)
 
 
