@@ -341,7 +341,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/diffusion_reward_quality", help="cache folder for data, runs, rewards")
     ap.add_argument("--json", default="benchmarks/results/diffusion_reward_quality.json")
     ap.add_argument("--plot", default="benchmarks/results/diffusion_reward_quality.png")
-    ap.add_argument("--save-pretrained", default=None, help="copy the trained reward model here")
+    ap.add_argument("--save-pretrained", default=None,
+                    help="copy the trained reward model here (with the progress ranker attached, if trained)")
     ap.add_argument("--train-tasks", default="door-open-v3,drawer-open-v3,button-press-v3,window-open-v3")
     ap.add_argument("--heldout-tasks", default="drawer-close-v3")
     ap.add_argument("--train-episodes", type=int, default=40, help="expert episodes per training task")
@@ -370,6 +371,12 @@ def main(argv=None) -> int:
     ap.add_argument("--reward-batch", type=int, default=128)
     ap.add_argument("--probe-seeds", type=int, default=2,
                     help="progress-probe scenes per task (expert for k steps, then holding still; 0: skip)")
+    ap.add_argument("--pretrained", default=None,
+                    help="score this saved DiffusionReward (its codec + video model) instead of training new ones")
+    ap.add_argument("--progress-steps", type=int, default=0,
+                    help="also train a progress ranker on the expert frames for this many steps (0: skip) and score "
+                         "it alone and added to the Diffusion Reward term (β = --progress-scale)")
+    ap.add_argument("--progress-scale", type=float, default=1.0, help="β of the progress ranker's z-score")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     args = ap.parse_args(argv)
     args.train_tasks = [t for t in args.train_tasks.split(",") if t]
@@ -406,23 +413,45 @@ def main(argv=None) -> int:
     from mmreward.robotics.video.vq_diffusion import VQDiffusionConfig, train_video_model
 
     t0 = time.perf_counter()
-    ch = tuple(int(c) for c in args.codec_channels.split(","))
-    ccfg = VQGANConfig(image_size=args.size, channels=ch, num_codes=args.num_codes)
-    codec = train_vqgan(train_frames, ccfg, os.path.join(work, "codec"), steps=args.codec_steps,
-                        batch_size=args.codec_batch, ckpt_every=200)
-    timings["codec_train_s"] = time.perf_counter() - t0
+    pretrained = DiffusionReward.from_pretrained(args.pretrained) if args.pretrained else None
+    if pretrained is not None:  # score a saved model: its codec and video model, no training
+        pretrained.set_progress(None)  # its own ranker, if any, is not scored: --progress-steps trains one
+        codec, video = pretrained.codec, pretrained.video
+        print(f"[pretrained] {args.pretrained}: reward_type {pretrained.config.reward_type}", flush=True)
+    else:
+        ch = tuple(int(c) for c in args.codec_channels.split(","))
+        ccfg = VQGANConfig(image_size=args.size, channels=ch, num_codes=args.num_codes)
+        codec = train_vqgan(train_frames, ccfg, os.path.join(work, "codec"), steps=args.codec_steps,
+                            batch_size=args.codec_batch, ckpt_every=200)
+        timings["codec_train_s"] = time.perf_counter() - t0
     codec_metrics = evaluate_vqgan(codec, train_frames[:8])
-    print(f"[codec] {timings['codec_train_s']:.0f} s: {codec_metrics}", flush=True)
-    t0 = time.perf_counter()
-    s = codec.config.latent_size
-    vcfg = VQDiffusionConfig(num_codes=args.num_codes, token_shape=(s, s), dim=args.video_dim, depth=args.video_depth,
-                             heads=args.video_heads, context_dim=args.video_dim,
-                             frame_skip=args.video_frame_skip)
-    video = train_video_model(train_frames, vcfg, os.path.join(work, "video"), codec=codec, steps=args.video_steps,
-                              batch_size=args.video_batch, warmup_steps=min(200, args.video_steps // 10),
-                              ckpt_every=250)
-    timings["video_train_s"] = time.perf_counter() - t0
-    print(f"[video] {timings['video_train_s']:.0f} s", flush=True)
+    print(f"[codec] {time.perf_counter() - t0:.0f} s: {codec_metrics}", flush=True)
+    if pretrained is None:
+        t0 = time.perf_counter()
+        s = codec.config.latent_size
+        vcfg = VQDiffusionConfig(num_codes=args.num_codes, token_shape=(s, s), dim=args.video_dim,
+                                 depth=args.video_depth, heads=args.video_heads, context_dim=args.video_dim,
+                                 frame_skip=args.video_frame_skip)
+        video = train_video_model(train_frames, vcfg, os.path.join(work, "video"), codec=codec,
+                                  steps=args.video_steps, batch_size=args.video_batch,
+                                  warmup_steps=min(200, args.video_steps // 10), ckpt_every=250)
+        timings["video_train_s"] = time.perf_counter() - t0
+        print(f"[video] {timings['video_train_s']:.0f} s", flush=True)
+    ranker = None
+    if args.progress_steps > 0:
+        from mmreward.robotics.reward.progress import ProgressConfig, ProgressModel, train_progress
+
+        t0 = time.perf_counter()
+        pdir = os.path.join(work, f"progress_{args.progress_steps}")
+        if os.path.isfile(os.path.join(pdir, "model.safetensors")):
+            ranker = ProgressModel.from_pretrained(pdir)
+            pmetrics = json.load(open(os.path.join(pdir, "metrics.json")))
+        else:
+            torch.manual_seed(0)
+            ranker, pmetrics = train_progress(train_frames, ProgressConfig(image_size=args.size), pdir,
+                                              steps=args.progress_steps)
+        timings["progress_train_s"] = time.perf_counter() - t0
+        print(f"[progress] {pmetrics}", flush=True)
 
     # 3. rewards
     t0 = time.perf_counter()
@@ -438,6 +467,12 @@ def main(argv=None) -> int:
             rcfg = DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch)
         out = os.path.join(work, f"reward_{est}")
         cached = DiffusionReward.from_pretrained(out) if os.path.isfile(os.path.join(out, "config.json")) else None
+        if cached is None and pretrained is not None and int(pretrained.statistics[2]) > 0 and (
+                pretrained.config.reward_type, pretrained.config.entropy_estimator) == (
+                rcfg.reward_type, rcfg.entropy_estimator):  # the saved model's own statistics
+            pretrained.config.batch_size = rcfg.batch_size
+            pretrained.save_pretrained(out)
+            cached = DiffusionReward.from_pretrained(out)
         if cached is not None and (cached.config.reward_type, cached.config.entropy_estimator) == (
                 rcfg.reward_type, rcfg.entropy_estimator):
             models[est] = cached
@@ -450,6 +485,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     nn_ref = NearestExpert(train_frames)
     methods = [(f"dr_{est}", f"Diffusion Reward ({est})") for est in estimators]
+    if ranker is not None:
+        methods += [(f"dr_{args.estimator}+progress", f"Diffusion Reward ({args.estimator}) + {args.progress_scale:g}·progress"),
+                    ("progress", "progress ranker")]
     methods += [("frame_diff", "−|frame difference|"), ("nn_expert", "−NN distance to expert frames")]
     folders = {est: os.path.join(work, f"reward_{est}") for est in estimators}
     scored_eps = eval_eps + probe_eps
@@ -467,6 +505,10 @@ def main(argv=None) -> int:
     for e in scored_eps:
         for est in estimators:
             e[f"dr_{est}"] = scored[e["path"]][est]
+        if ranker is not None:  # the same sum DiffusionReward.combine forms (no RND, no clip here)
+            e["progress"] = ranker(torch.from_numpy(e["frames"])).numpy()
+            # dr_<est> is already z(raw): the saved models have no RND and no clip
+            e[f"dr_{args.estimator}+progress"] = e[f"dr_{args.estimator}"] + args.progress_scale * e["progress"]
         e["frame_diff"] = frame_diff_rewards(e["frames"])
         e["nn_expert"] = nn_ref(e["frames"])
     timings["score_s"] = time.perf_counter() - t0
@@ -481,28 +523,41 @@ def main(argv=None) -> int:
                         "train_tasks": summarise(per_task, args.train_tasks),
                         "heldout_tasks": summarise(per_task, args.heldout_tasks)}
     main_key = f"dr_{args.estimator}"
-    tr = results[main_key]["train_tasks"]
-    goals = {
-        "spearman_mean_le_-0.6": tr["spearman_noise_mean"] <= -0.6,
-        "no_task_spearman_above_-0.3": tr["spearman_noise_max"] <= -0.3,
-        "success_auc_mean_ge_0.8": tr["success_auc_mean"] >= 0.8,
-    }
-    beats = {}
-    for b in ("frame_diff", "nn_expert"):
-        bt = results[b]["train_tasks"]
-        beats[b] = {"spearman": tr["spearman_noise_mean"] < bt["spearman_noise_mean"],
-                    "success_auc": tr["success_auc_mean"] > bt["success_auc_mean"],
-                    "expert_vs_random_auc": tr["expert_vs_random_auc_mean"] > bt["expert_vs_random_auc_mean"]}
+    goal_keys = [main_key] + ([f"{main_key}+progress"] if ranker is not None else [])
+    goals, beats = {}, {}
+    for key in goal_keys:  # the goals and baseline comparison, for each learned reward
+        tr = results[key]["train_tasks"]
+        goals[key] = {
+            "spearman_mean_le_-0.6": tr["spearman_noise_mean"] <= -0.6,
+            "no_task_spearman_above_-0.3": tr["spearman_noise_max"] <= -0.3,
+            "success_auc_mean_ge_0.8": tr["success_auc_mean"] >= 0.8,
+        }
+        beats[key] = {}
+        for b in ("frame_diff", "nn_expert"):
+            bt = results[b]["train_tasks"]
+            beats[key][b] = {"spearman": tr["spearman_noise_mean"] < bt["spearman_noise_mean"],
+                             "success_auc": tr["success_auc_mean"] > bt["success_auc_mean"],
+                             "expert_vs_random_auc": tr["expert_vs_random_auc_mean"] > bt["expert_vs_random_auc_mean"]}
     timings["total_s"] = time.perf_counter() - t_all
 
     os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
     plot_rewards(args.plot, eval_eps, args.train_tasks[0], [methods[0], methods[-2], methods[-1]])
     if args.save_pretrained:
         src = folders[args.estimator]
+        tmp = args.save_pretrained.rstrip("/") + ".tmp"  # built aside, then swapped in
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        if ranker is not None:  # the saved reward model with the ranker attached (β = --progress-scale)
+            saved = DiffusionReward.from_pretrained(src)
+            saved.set_progress(ranker)
+            saved.config.progress_scale = args.progress_scale
+            saved.save_pretrained(tmp)
+        else:
+            shutil.copytree(src, tmp)
         if os.path.exists(args.save_pretrained):
             shutil.rmtree(args.save_pretrained)
-        shutil.copytree(src, args.save_pretrained)
-        print(f"[save] {src} -> {args.save_pretrained}")
+        os.replace(tmp, args.save_pretrained)
+        print(f"[save] {src}{' + progress ranker' if ranker is not None else ''} -> {args.save_pretrained}")
     report = {
         "benchmark": "diffusion_reward_quality", "quick": args.quick,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
@@ -524,7 +579,8 @@ def main(argv=None) -> int:
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print_table(results, methods, args)
-    print("goals (training tasks, %s):" % main_key, json.dumps(goals), "| beats baselines:", json.dumps(beats))
+    for key in goal_keys:
+        print(f"goals (training tasks, {key}):", json.dumps(goals[key]), "| beats baselines:", json.dumps(beats[key]))
     print(f"timings: {json.dumps({k: round(v) for k, v in timings.items()})}")
     print(f"-> {args.json}, {args.plot}")
     return 0

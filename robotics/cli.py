@@ -237,7 +237,11 @@ def _train_codec(args: argparse.Namespace) -> int:
 
 
 def _load_training_episodes(args: argparse.Namespace) -> list:
-    return load_episode_folder(args.data, args.tasks, args.policies)
+    """``--data``: one episode folder, or several separated by commas (their episodes in that order)."""
+    folders = [f for f in args.data.split(",") if f]
+    if not folders:
+        raise ValueError("--data names no episode folder")
+    return [item for f in folders for item in load_episode_folder(f, args.tasks, args.policies)]
 
 
 def _reward_parts(args: argparse.Namespace):
@@ -306,6 +310,37 @@ def _fit_stats(args: argparse.Namespace) -> int:
     _, stats = build_reward_model(codec, video, frames, rcfg, rnd, args.out)
     print(f"expert statistics over {stats['frames']} frames: mean {stats['mean']:.4f}, std {stats['std']:.4f}")
     print(f"saved Diffusion Reward model {args.out}")
+    return 0
+
+
+def _train_progress(args: argparse.Namespace) -> int:
+    _setup_torch(args)
+    import torch
+
+    from .reward.progress import ProgressConfig, train_progress
+
+    frames = _frames_of(_load_training_episodes(args))
+    cfg = ProgressConfig(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, ProgressConfig)})
+    reward = None
+    if args.attach:  # loaded (and checked) before training
+        from .pretrained import load_pretrained
+        from .reward.diffusion_reward import DiffusionReward
+
+        reward = load_pretrained() if args.attach == "default" else DiffusionReward.from_pretrained(args.attach)
+    print(f"train-progress: {len(frames)} expert episodes, ranker of frame order ({args.steps} steps) -> {args.out}")
+    torch.manual_seed(args.seed)
+    model, m = train_progress(frames, cfg, args.out, steps=args.steps, seed=args.seed, show_progress=args.progress)
+    val = (f", held-out pair accuracy {m['val_pair_acc']:.3f}, score-vs-time ρ {m['val_time_spearman']:.3f} "
+           f"({m['val_episodes']} episodes)" if "val_pair_acc" in m else "")
+    print(f"saved {args.out}: train pair accuracy {m['train_pair_acc']:.3f}{val}; {m['seconds']:.0f} s")
+    if reward is not None:
+        reward.to(model.device).set_progress(model)
+        reward.config.progress_scale = float(args.progress_scale)
+        reward.config.validate()
+        out = args.attach_out or os.path.join(args.out, "reward")
+        reward.save_pretrained(out)
+        print(f"saved Diffusion Reward + progress (β = {args.progress_scale:g}) {out} "
+              f"(use: mmreward robotics reward --model {out} ...)")
     return 0
 
 
@@ -384,6 +419,8 @@ def _reward(args: argparse.Namespace) -> int:
         model.config.batch_size = int(args.batch_size)
     if args.seed is not None:
         model.config.seed = int(args.seed)
+    if args.no_ranker:
+        model.set_progress(None)
     items = reward_inputs(args.inputs, model.codec.config.image_size, args.tasks, args.policies)
     from tqdm.auto import tqdm
 
@@ -404,7 +441,7 @@ def _reward(args: argparse.Namespace) -> int:
         plot_curves(args.plot, curves, title=f"Diffusion Reward ({os.path.basename(os.path.normpath(folder))})",
                     xlabel="frame", ylabel="reward")
     if args.json:
-        print(json.dumps({"model": folder, "episodes": results}))
+        print(json.dumps({"model": folder, "progress_ranker": model.progress is not None, "episodes": results}))
         return 0
     width = max(8, min(48, max(len(r["name"]) for r in results)))
     print(f"{'episode':<{width}} {'frames':>6} {'total':>10} {'mean':>9}")
@@ -419,7 +456,8 @@ def _reward(args: argparse.Namespace) -> int:
 
 def _add_common(p: argparse.ArgumentParser, data: bool = True, policies_default: str = "expert,demo") -> None:
     if data:
-        p.add_argument("--data", required=True, help="episode folder (manifest.json + episode files)")
+        p.add_argument("--data", required=True,
+                       help="episode folder (manifest.json + episode files); several: comma-separated")
     p.add_argument("--tasks", type=_split_list, default=None, help="keep only these tasks (default: all)")
     p.add_argument("--policies", type=_split_list, default=_split_list(policies_default),
                    help=f"keep only these policy kinds; 'all' keeps every episode (default: {policies_default})")
@@ -484,6 +522,22 @@ def _add_model_commands(sub) -> None:
     _add_reward_options(p)
     p.set_defaults(run=_fit_stats)
 
+    p = sub.add_parser("train-progress", help="train a progress ranker on expert frame order (+ attach it)",
+                       description="Train a ranker that scores later frames of expert episodes above earlier ones "
+                                   "(robotics/reward/progress.py) and, with --attach, save a Diffusion Reward model "
+                                   "whose learned term adds β times the ranker's z-score.")
+    _add_common(p)
+    p.add_argument("--out", required=True, help="ranker folder (config.json + model.safetensors + metrics.json)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of pair sampling and initialisation (default: 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ProgressConfig field, e.g. --set min_gap=5 (repeatable)")
+    p.add_argument("--attach", default=None, metavar="REWARD_DIR",
+                   help="DiffusionReward folder ('default': the shipped model) to save with the ranker attached")
+    p.add_argument("--attach-out", default=None, help="where to save it (default: OUT/reward)")
+    p.add_argument("--progress-scale", type=float, default=1.0, help="β of the ranker's z-score (default: 1)")
+    p.set_defaults(run=_train_progress)
+
     p = sub.add_parser("reward", help="per-frame Diffusion Rewards of episodes or videos",
                        description="Score episode files (.npz), episode folders, videos or frame folders with a "
                                    "DiffusionReward model; prints total and mean reward per episode.")
@@ -495,6 +549,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--success", action="store_true", help="add the episodes' success flags (sparse reward)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per video-model batch")
     p.add_argument("--seed", type=int, default=None, help="chain-noise seed (default: the model's)")
+    p.add_argument("--no-ranker", action="store_true",
+                   help="ignore the model's progress ranker, if any (the paper's rule: likelihood term only)")
     _add_common(p, data=False, policies_default="all")
     p.set_defaults(run=_reward)
 

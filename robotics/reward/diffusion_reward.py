@@ -24,6 +24,11 @@ frame under a conditional VQ-Diffusion model of expert videos.
    novelty of frame i normalised by its running std, and ``r_sparse`` the success indicator the
    caller passes (``success=``). Without an RND module, ``r = z(r_ce) + r_sparse``.
 
+   Optional (not in the paper): a :class:`~mmreward.robotics.reward.progress.ProgressModel`, a
+   ranker of expert frame order, adds ``β·z(progress)`` to the learned term (β = ``progress_scale``):
+   ``r = (1 − α)·(z(r_ce) + β·z(progress)) + α·r_RND + r_sparse``. The likelihood terms score
+   plausibility, so holding still is paid like progress; the ranker pays for getting further.
+
 For RL, pass the frames observed *after* each action (next observations), so reward i belongs to
 transition i. The chains' Gumbel noise comes from a generator seeded with ``seed`` per call, so the
 same frames always get the same rewards (``seed=None`` draws from the global RNG instead).
@@ -43,6 +48,7 @@ from mmreward.core.checkpoint import CheckpointError, load_model, save_model
 from ..codec.vqgan import VQGAN
 from ..training import check_frames_uint8, config_from_dict, config_to_dict, episodes_from
 from ..video.vq_diffusion import ConditionalVQDiffusion, window_indices
+from .progress import ProgressModel
 from .rnd import RND
 
 MODEL_TYPE = "diffusion_reward"
@@ -62,6 +68,7 @@ class DiffusionRewardConfig:
     use_std: bool = True  # z-score the raw reward with the expert statistics
     clip_min: Optional[float] = None  # lower bound on z(raw) (None: unbounded); tames the likelihood modes' long lower tail
     expl_scale: float = 0.95  # α: weight of the RND bonus, (1 − α) for the diffusion reward
+    progress_scale: float = 1.0  # β: weight of the progress ranker's z-score (only with a progress model)
     use_sparse: bool = True  # add the success reward passed as `success=`
     batch_size: int = 64  # windows per video-model batch
     seed: Optional[int] = 0  # seed of the chain noise per call (None: global RNG)
@@ -73,6 +80,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"entropy_estimator must be 'vlb' or 'x0_entropy', got {self.entropy_estimator!r}")
         if not 0.0 <= self.expl_scale <= 1.0:
             raise ValueError(f"expl_scale must be in [0, 1], got {self.expl_scale}")
+        if not math.isfinite(self.progress_scale):
+            raise ValueError(f"progress_scale must be a finite number, got {self.progress_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
             raise ValueError(f"clip_min must be a finite number or None, got {self.clip_min}")
         if self.batch_size < 1 or self.skip_step < 0 or self.num_samples < 1:
@@ -81,10 +90,11 @@ class DiffusionRewardConfig:
 
 class DiffusionReward(nn.Module):
     """VQGAN + conditional VQ-Diffusion (+ optional RND) → per-frame rewards. The codec and video
-    model are put in eval mode and frozen (``requires_grad=False``); the RND predictor stays trainable."""
+    model are put in eval mode and frozen (``requires_grad=False``); the RND predictor stays trainable.
+    ``progress`` (optional) is a trained :class:`ProgressModel` with fitted statistics, frozen too."""
 
     def __init__(self, codec: VQGAN, video: ConditionalVQDiffusion, config: Optional[DiffusionRewardConfig] = None,
-                 rnd: Optional[RND] = None):
+                 rnd: Optional[RND] = None, progress: Optional[ProgressModel] = None):
         super().__init__()
         cfg = config or DiffusionRewardConfig()
         cfg.validate()
@@ -99,6 +109,8 @@ class DiffusionReward(nn.Module):
         self.codec = codec.eval()
         self.video = video.eval()
         self.rnd = rnd
+        self.progress = None
+        self.set_progress(progress)
         for p in list(codec.parameters()) + list(video.parameters()):
             p.requires_grad_(False)
         # expert statistics of the raw reward: mean, std, number of frames (0 = not fitted)
@@ -107,6 +119,19 @@ class DiffusionReward(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.video.device
+
+    def set_progress(self, progress: Optional[ProgressModel]) -> None:
+        """Attach (or with ``None`` detach) a progress ranker; it must have expert statistics."""
+        if progress is not None:
+            if not isinstance(progress, ProgressModel):
+                raise TypeError(f"progress must be a ProgressModel, got {type(progress).__name__}")
+            if progress.config.image_size != self.codec.config.image_size:
+                raise ValueError(f"the progress model takes {progress.config.image_size}px frames, the codec "
+                                 f"{self.codec.config.image_size}px")
+            if int(progress.statistics[2]) == 0:
+                raise ValueError("the progress model has no expert statistics: call its fit_statistics first")
+            progress.eval().requires_grad_(False)
+        self.progress = progress
 
     # -------------------------------------------------------------- raw reward
     def _generator(self) -> Optional[torch.Generator]:
@@ -200,11 +225,14 @@ class DiffusionReward(nn.Module):
     @torch.no_grad()
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
-        used by RND only): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) + r_sparse`` without RND),
-        with z(raw) bounded below by ``clip_min`` when set."""
+        used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
+        r_sparse`` without RND), with z(raw) bounded below by ``clip_min`` when set and
+        ``β·z(progress)`` added to it when a progress model is attached."""
         z = self.standardize(raw)
         if self.config.clip_min is not None:
             z = z.clamp_min(self.config.clip_min)
+        if self.progress is not None:
+            z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()
@@ -231,9 +259,12 @@ class DiffusionReward(nn.Module):
         self.video.save_pretrained(os.path.join(folder, "video"))
         if self.rnd is not None:
             self.rnd.save_pretrained(os.path.join(folder, "rnd"))
+        if self.progress is not None:
+            self.progress.save_pretrained(os.path.join(folder, "progress"))
         mean, std, n = self.statistics.tolist()
         save_model(folder, {"statistics": self.statistics.clone()},
                    {"model_type": MODEL_TYPE, "config": config_to_dict(self.config), "has_rnd": self.rnd is not None,
+                    "has_progress": self.progress is not None,
                     "statistics": {"mean": mean, "std": std, "frames": int(n)}})
 
     @classmethod
@@ -246,7 +277,8 @@ class DiffusionReward(nn.Module):
         codec = VQGAN.from_pretrained(os.path.join(folder, "codec"), device)
         video = ConditionalVQDiffusion.from_pretrained(os.path.join(folder, "video"), device)
         rnd = RND.from_pretrained(os.path.join(folder, "rnd"), device) if cfg.get("has_rnd") else None
-        model = cls(codec, video, config_from_dict(DiffusionRewardConfig, cfg["config"], MODEL_TYPE), rnd)
+        prog = ProgressModel.from_pretrained(os.path.join(folder, "progress"), device) if cfg.get("has_progress") else None
+        model = cls(codec, video, config_from_dict(DiffusionRewardConfig, cfg["config"], MODEL_TYPE), rnd, prog)
         model.statistics.copy_(sd["statistics"].double())
         return model.to(device)
 

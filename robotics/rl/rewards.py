@@ -11,6 +11,9 @@ Some also learn online (``update(frames)`` on replay frames every ``update_inter
 ``diffusion-likelihood``   the same mixing with the likelihood bound of the observed frame
 ``diffusion-relative``     the same mixing with the relative likelihood (bound + entropy of the same
                            prediction; the shipped checkpoint's mode)
+``diffusion-progress``     ``diffusion-relative`` plus β·z(progress) from the checkpoint's progress
+                           ranker (:mod:`mmreward.robotics.reward.progress`; not in the paper): pays
+                           for getting further through the task, not only for plausible frames
 ``viper``                  VIPER-style: z(log-likelihood bound of the frame under the expert video
                            model) mixed with RND at α = 0.5 (the official VIPER config's weight) +
                            success. Uses our conditional VQ-Diffusion in place of VIPER's VideoGPT.
@@ -18,7 +21,8 @@ Some also learn online (``update(frames)`` on replay frames every ``update_inter
 callable                   any ``frames [T+1, H, W, 3] uint8 -> rewards [T+1] or [T]``
 =========================  =========================================================================
 
-The learned sources add the success reward like the paper (``use_sparse``). Missing expert statistics
+The learned sources add the success reward like the paper (``use_sparse``); all but
+``diffusion-progress`` ignore a progress ranker the checkpoint may hold (the paper's rule). Missing expert statistics
 for the chosen mode (e.g. likelihood with a checkpoint fitted for entropy) are fitted on expert
 episodes: ``expert_data`` (an episode folder), else a few scripted-expert episodes collected here.
 """
@@ -29,8 +33,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "diffusion-relative", "viper", "rnd")
-_REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood"}  # others: likelihood
+REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "diffusion-relative", "diffusion-progress",
+                  "viper", "rnd")
+_REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood",
+                "diffusion-progress": "relative_likelihood"}  # others: likelihood
 
 
 class RewardSource:
@@ -174,6 +180,13 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         raise ValueError(f"the reward model takes {image}x{image} frames but the environment renders {size}x{size}: "
                          f"use --size {image} or a checkpoint trained at {size}")
     cfg = model.config
+    if spec == "diffusion-progress":
+        if model.progress is None:
+            raise ValueError(f"reward 'diffusion-progress' needs a checkpoint with a progress ranker; "
+                             f"{checkpoint or 'the shipped model'} has none (add one with `mmreward robotics "
+                             "train-progress --attach ...`)")
+    else:
+        model.set_progress(None)
     if model.rnd is None:
         model.rnd = RND(RNDConfig(image_size=image)).to(device)
     if spec == "rnd":
@@ -205,4 +218,4 @@ class _RNDOnly(LearnedReward):
 
 
 __all__ = ["REWARD_SOURCES", "RewardSource", "SparseReward", "DenseReward", "CallableReward", "LearnedReward",
-           "make_reward_source", "Sequence"]
+           "make_reward_source"]

@@ -1,0 +1,171 @@
+"""Progress ranker (robotics/reward/progress.py): it learns time order from synthetic videos whose
+progress is exact, its statistics calibrate to the expert scale, it round-trips through
+save / load, and it mixes into DiffusionReward."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mmreward.robotics.reward.progress import ProgressConfig, ProgressModel, pair_accuracy, train_progress
+
+SIZE = 32
+
+
+def sliding_square(start: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A video [T, 32, 32, 3] of a bright 6×6 square moving right one pixel per frame from column
+    ``start`` on a noisy background: progress is exactly the square's column."""
+    frames = rng.integers(0, 40, (length, SIZE, SIZE, 3)).astype(np.uint8)
+    row = int(rng.integers(4, SIZE - 10))
+    for t in range(length):
+        c = start + t
+        frames[t, row:row + 6, c:c + 6] = 230
+    return frames
+
+
+def videos(n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [sliding_square(int(rng.integers(0, 4)), 22, rng) for _ in range(n)]
+
+
+SMALL = dict(image_size=SIZE, channels=(8, 16, 16), hidden_dim=32, min_gap=2, batch_size=32, lr=2e-3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("progress"))
+    torch.manual_seed(0)
+    model, metrics = train_progress(videos(12, 0), ProgressConfig(**SMALL), out, steps=150, show_progress=False)
+    return model, metrics, out
+
+
+def test_ranker_learns_time_order_on_held_out_videos(trained):
+    model, metrics, _ = trained
+    held_out = [torch.from_numpy(v) for v in videos(6, 99)]
+    acc = pair_accuracy(model, held_out, min_gap=2)
+    assert acc >= 0.9, (acc, metrics)
+    assert metrics["val_pair_acc"] >= 0.85, metrics
+    assert metrics["val_time_spearman"] >= 0.8, metrics
+    # calibrated scale: first frames ≈ 0, last frames ≈ 1
+    p = torch.stack([model.progress(v) for v in held_out])  # (6, T)
+    assert abs(float(p[:, 0].mean())) < 0.25 and abs(float(p[:, -1].mean()) - 1) < 0.25, p[:, [0, -1]]
+    z = torch.cat([model(v) for v in held_out])
+    assert abs(float(z.mean())) < 0.5 and 0.5 < float(z.std()) < 1.5
+
+
+def test_save_load_gives_identical_scores(trained):
+    model, metrics, out = trained
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))
+    assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 150
+    loaded = ProgressModel.from_pretrained(out)
+    v = torch.from_numpy(videos(1, 5)[0])
+    assert torch.equal(loaded(v), model(v))
+    assert torch.equal(loaded.statistics, model.statistics)
+
+
+def test_bad_input_errors():
+    m = ProgressModel(ProgressConfig(**SMALL))
+    with pytest.raises(TypeError, match="uint8"):
+        m.raw_score(torch.zeros(3, SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match="32x32"):
+        m.raw_score(torch.zeros(3, 16, 16, 3, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="fit_statistics"):
+        m(torch.zeros(3, SIZE, SIZE, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="min_gap"):
+        train_progress([np.zeros((2, SIZE, SIZE, 3), np.uint8)], ProgressConfig(**SMALL), steps=1, show_progress=False)
+    with pytest.raises(ValueError, match="divisible"):
+        ProgressConfig(image_size=30, channels=(8, 8)).validate()
+
+
+def test_untrained_statistics_refuse_a_ranker_that_has_not_learned():
+    m = ProgressModel(ProgressConfig(**SMALL))
+    # every frame identical → last frames cannot score above first frames
+    with pytest.raises(ValueError, match="not learned"):
+        m.fit_statistics([np.zeros((5, SIZE, SIZE, 3), np.uint8)])
+
+
+def test_diffusion_reward_adds_the_progress_term_and_saves_it(trained, tmp_path):
+    from test_diffusion_reward import make_reward
+
+    ranker = trained[0]
+    dr = make_reward(rnd=True, progress_scale=2.0)
+    ep = torch.from_numpy(videos(1, 7)[0][:9])
+    dr.fit_statistics([ep])
+    dr.update_rnd(ep)
+    base = dr(ep, success=torch.zeros(9))
+    dr.set_progress(ranker)
+    a = dr.config.expl_scale
+    torch.testing.assert_close(dr(ep, success=torch.zeros(9)), base + (1 - a) * 2.0 * ranker(ep))
+    dr.save_pretrained(str(tmp_path / "dr"))
+    assert json.load(open(tmp_path / "dr" / "config.json"))["has_progress"] is True
+    loaded = type(dr).from_pretrained(str(tmp_path / "dr"))
+    assert torch.equal(loaded(ep, success=torch.zeros(9)), dr(ep, success=torch.zeros(9)))
+    assert torch.equal(loaded.progress.statistics, ranker.statistics)
+    with pytest.raises(ValueError, match="no expert statistics"):
+        dr.set_progress(ProgressModel(ProgressConfig(**SMALL)))
+    with pytest.raises(TypeError, match="ProgressModel"):
+        dr.set_progress(object())
+    with pytest.raises(ValueError, match="progress_scale"):
+        type(dr.config)(progress_scale=float("nan")).validate()
+
+
+def test_rl_sources_keep_the_paper_rule_unless_asked(trained, tmp_path):
+    from test_diffusion_reward import make_reward
+
+    from mmreward.robotics.rl.rewards import make_reward_source
+
+    dr = make_reward(rnd=False, reward_type="relative_likelihood", entropy_estimator="x0_entropy")
+    dr.fit_statistics([torch.from_numpy(videos(1, 3)[0])])
+    dr.save_pretrained(str(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="train-progress"):
+        make_reward_source("diffusion-progress", checkpoint=str(tmp_path / "plain"), size=SIZE)
+    dr.set_progress(trained[0])
+    dr.save_pretrained(str(tmp_path / "with"))
+    src = make_reward_source("diffusion-progress", checkpoint=str(tmp_path / "with"), size=SIZE)
+    assert src.model.progress is not None
+    paper = make_reward_source("diffusion-relative", checkpoint=str(tmp_path / "with"), size=SIZE)
+    assert paper.model.progress is None
+
+
+def _square_folder(folder, seed, n=4):
+    from mmreward.robotics.data.episodes import Episode, episode_entry, save_episode, update_manifest
+
+    entries = []
+    for i, frames in enumerate(videos(n, seed)):
+        T = len(frames)
+        ep = Episode(frames=frames, actions=np.zeros((T - 1, 4), np.float32), rewards=np.zeros(T - 1, np.float32),
+                     success=np.zeros(T - 1, bool))
+        save_episode(os.path.join(folder, f"e{i}.npz"), ep)
+        entries.append(episode_entry(f"e{i}.npz", ep, task="square", policy="expert", noise=0.0, seed=i))
+    update_manifest(folder, entries)
+    return folder
+
+
+def test_cli_train_progress_attaches_the_ranker(tmp_path, capsys):
+    from test_pipeline_cli import QUIET, train_tiny
+
+    from mmreward.robotics.cli import main
+
+    a, b = _square_folder(str(tmp_path / "a"), 0), _square_folder(str(tmp_path / "b"), 1)
+    _, video = train_tiny(a, tmp_path)
+    capsys.readouterr()
+    ranker = str(tmp_path / "ranker")
+    assert main(["train-progress", "--data", f"{a},{b}", "--out", ranker, "--steps", "120", "--attach",
+                 os.path.join(video, "reward"), "--progress-scale", "0.5", "--set", "channels=8,16,16",
+                 "--set", "hidden_dim=32", "--set", "min_gap=2", "--set", "lr=0.002", *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert "train-progress: 8 expert episodes" in out and "held-out pair accuracy" in out
+    m = json.load(open(os.path.join(ranker, "metrics.json")))
+    assert m["train_episodes"] + m["val_episodes"] == 8
+    model = ProgressModel.from_pretrained(ranker)
+    assert pair_accuracy(model, [torch.from_numpy(v) for v in videos(4, 50)], min_gap=2) >= 0.85
+    ep = os.path.join(a, "e0.npz")
+    assert main(["reward", "--model", os.path.join(ranker, "reward"), ep, "--json", *QUIET]) == 0
+    with_ranker = json.loads(capsys.readouterr().out)
+    assert main(["reward", "--model", os.path.join(ranker, "reward"), ep, "--json", "--no-ranker", *QUIET]) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert with_ranker["progress_ranker"] and not without["progress_ranker"]
+    frames = torch.from_numpy(videos(4, 0)[0])
+    diff = np.array(with_ranker["episodes"][0]["rewards"]) - np.array(without["episodes"][0]["rewards"])
+    np.testing.assert_allclose(diff, 0.5 * model(frames).numpy(), atol=1e-4)
