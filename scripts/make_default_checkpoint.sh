@@ -39,3 +39,14 @@ COMMON=(--work runs/diffusion_reward_quality_skip2
     --json benchmarks/results/diffusion_reward_quality_relative.json \
     --plot benchmarks/results/diffusion_reward_quality_relative.png \
     --save-pretrained robotics/pretrained/metaworld-64 "$@"
+# 3. a progress ranker of expert frame order (2000 steps on the same 160 expert episodes), scored alone
+#    and added to the relative likelihood (β = 1), attached to the shipped model (its progress/ folder).
+#    The shipped ranker was made with --work runs/drq_progress (data re-collected from the same seeds)
+#    and is cached there as progress_2000; the CLI equivalent is
+#      mmreward robotics train-progress --data data/mw --out runs/progress --steps 2000 --attach runs/video/reward
+"$PY" benchmarks/bench_diffusion_reward_quality.py "${COMMON[@]}" \
+    --pretrained robotics/pretrained/metaworld-64 --progress-steps 2000 --progress-scale 1 \
+    --estimator relative_likelihood --also-estimator '' --workers 2 --threads 2 \
+    --json benchmarks/results/diffusion_reward_quality_progress.json \
+    --plot benchmarks/results/diffusion_reward_quality_progress.png \
+    --save-pretrained robotics/pretrained/metaworld-64 "$@"

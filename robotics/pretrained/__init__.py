@@ -3,8 +3,10 @@
 ``metaworld-64`` (the default): a small VQGAN + conditional VQ-Diffusion trained on scripted-expert
 videos of four Meta-World v3 tasks (door-open, drawer-open, button-press, window-open; 64×64 frames,
 ``corner`` camera, action repeat 2; 40 episodes per task), in relative-likelihood mode with its
-expert statistics. How it was made: ``scripts/make_default_checkpoint.sh``; how well it ranks
-episodes: ``benchmarks/results/diffusion_reward_quality_relative.json`` and ``docs/diffusion_reward.md``.
+expert statistics, plus a ranker of expert frame order (``progress/``) whose z-score is added to the
+learned term (β = 1; ``reward.set_progress(None)`` gives the paper's rule). How it was made:
+``scripts/make_default_checkpoint.sh``; how well it ranks episodes:
+``benchmarks/results/diffusion_reward_quality_progress.json`` and ``docs/diffusion_reward.md``.
 
     from mmreward.robotics.pretrained import load_pretrained
     reward = load_pretrained()            # DiffusionReward, eval mode, on CPU
