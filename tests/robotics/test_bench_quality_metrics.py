@@ -68,3 +68,33 @@ def test_probe_episodes_hold_still(tmp_path):
     assert np.abs(eps[10]["frames"][-1].astype(int) - eps[10]["frames"][-2]).mean() < 0.5
     b._probe_job(job)  # cached: no new files
     assert len(os.listdir(job["out"])) == len(b.HOLD_STEPS)
+
+
+def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
+    """The whole benchmark at --quick sizes (real Meta-World episodes, ~2 min): both learned rewards
+    get goals and baseline comparisons, and --save-pretrained writes the model with its ranker."""
+    pytest.importorskip("metaworld")
+    import json
+
+    import torch
+
+    from mmreward.robotics.envs.base import setup_mujoco_gl
+    from mmreward.robotics.reward import DiffusionReward
+
+    setup_mujoco_gl()
+    b = _bench()
+    saved, js = str(tmp_path / "saved"), str(tmp_path / "q.json")
+    assert b.main(["--quick", "--work", str(tmp_path / "work"), "--json", js, "--plot", str(tmp_path / "q.png"),
+                   "--workers", "1", "--threads", "1", "--estimator", "relative_likelihood", "--also-estimator", "",
+                   "--progress-steps", "60", "--save-pretrained", saved]) == 0
+    doc = json.load(open(js.replace(".json", "_quick.json")))
+    keys = {"dr_relative_likelihood", "dr_relative_likelihood+progress"}
+    assert set(doc["goals"]) == keys and set(doc["beats_baselines"]) == keys
+    assert {"progress", "frame_diff", "nn_expert"} <= set(doc["results"])
+    ep = doc["episodes"][0]
+    # the combined score is the sum of the two standardised terms (β = 1), episode means included
+    assert ep["dr_relative_likelihood+progress"] == pytest.approx(ep["dr_relative_likelihood"] + ep["progress"], abs=1e-4)
+    model = DiffusionReward.from_pretrained(saved)
+    assert model.progress is not None and model.config.progress_scale == 1.0
+    frames = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    assert torch.isfinite(model(frames)).all()
