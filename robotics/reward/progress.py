@@ -156,7 +156,10 @@ def _sample_pairs(lengths: np.ndarray, n: int, min_gap: int, rng: np.random.Gene
 def pair_accuracy(model: ProgressModel, episodes: list[torch.Tensor], min_gap: int, n: int = 512,
                   seed: int = 1) -> float:
     """Fraction of random (earlier, later ≥ ``min_gap`` apart) frame pairs of ``episodes`` ranked right."""
-    pairs = _sample_pairs(np.array([len(e) for e in episodes]), n, min_gap, np.random.default_rng(seed))
+    lengths = np.array([len(e) for e in episodes])
+    if not (lengths > min_gap).any():
+        raise ValueError(f"no episode is longer than min_gap={min_gap} frames: no pairs to rank")
+    pairs = _sample_pairs(lengths, n, min_gap, np.random.default_rng(seed))
     scores = [model.raw_score(e) for e in episodes]
     early = torch.stack([scores[e][i] for e, i, _ in pairs])
     late = torch.stack([scores[e][j] for e, _, j in pairs])
@@ -218,7 +221,7 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     l, a = np.mean(hist[-min(len(hist), 100):], 0) if hist else (float("nan"), float("nan"))
     metrics = {"steps": steps, "train_loss": float(l), "train_pair_acc": float(a),
                "seconds": time.perf_counter() - t0, "train_episodes": len(train), "val_episodes": len(val)}
-    if val:
+    if any(len(e) > cfg.min_gap for e in val):
         metrics["val_pair_acc"] = pair_accuracy(model, val, cfg.min_gap)
         metrics["val_time_spearman"] = float(np.mean([_spearman_time(model.raw_score(e)) for e in val]))
     metrics.update({f"stat_{k}": v for k, v in model.fit_statistics(eps).items()})
