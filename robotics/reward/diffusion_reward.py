@@ -66,7 +66,7 @@ class DiffusionRewardConfig:
     noise: bool = True  # Gumbel noise when sampling the chain (False: argmax)
     noise_scale: float = 1.0  # scale of the Gumbel noise
     use_std: bool = True  # z-score the raw reward with the expert statistics
-    clip_min: Optional[float] = None  # lower bound on z(raw) (None: unbounded); tames the likelihood modes' long lower tail
+    clip_min: Optional[float] = None  # lower bound on the learned term z(raw) [+ β·z(progress)] (None: unbounded)
     expl_scale: float = 0.95  # α: weight of the RND bonus, (1 − α) for the diffusion reward
     progress_scale: float = 1.0  # β: weight of the progress ranker's z-score (only with a progress model)
     use_sparse: bool = True  # add the success reward passed as `success=`
@@ -226,13 +226,13 @@ class DiffusionReward(nn.Module):
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
-        r_sparse`` without RND), with z(raw) bounded below by ``clip_min`` when set and
-        ``β·z(progress)`` added to it when a progress model is attached."""
+        r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
+        attached, and that learned term bounded below by ``clip_min`` when set."""
         z = self.standardize(raw)
-        if self.config.clip_min is not None:
-            z = z.clamp_min(self.config.clip_min)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
+        if self.config.clip_min is not None:  # after the progress term: far-off frames cannot profit from it
+            z = z.clamp_min(self.config.clip_min)
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()

@@ -169,3 +169,15 @@ def test_cli_train_progress_attaches_the_ranker(tmp_path, capsys):
     frames = torch.from_numpy(videos(4, 0)[0])
     diff = np.array(with_ranker["episodes"][0]["rewards"]) - np.array(without["episodes"][0]["rewards"])
     np.testing.assert_allclose(diff, 0.5 * model(frames).numpy(), atol=1e-4)
+
+
+def test_clip_bounds_the_sum_so_far_off_frames_cannot_profit_from_progress(trained):
+    from test_diffusion_reward import make_reward
+
+    ranker = trained[0]
+    dr = make_reward(rnd=False, clip_min=-0.5)
+    ep = torch.from_numpy(videos(1, 7)[0][:9])
+    dr.fit_statistics([ep])
+    dr.set_progress(ranker)
+    z = dr.standardize(dr.raw_reward(ep)) + dr.config.progress_scale * ranker(ep)
+    torch.testing.assert_close(dr(ep), z.clamp_min(-0.5))
