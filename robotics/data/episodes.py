@@ -88,10 +88,16 @@ def validate_arrays(frames, actions, rewards, success) -> Optional[str]:
     return None
 
 
-def save_episode(path: str, episode: Episode) -> int:
-    """Write ``episode`` to ``path`` atomically; returns the file size in bytes."""
+def save_episode(path: str, episode: Episode, extra: Optional[dict[str, np.ndarray]] = None) -> int:
+    """Write ``episode`` to ``path`` atomically; returns the file size in bytes. ``extra`` arrays are
+    stored under their own keys (e.g. the replay buffer's training rewards); readers that do not ask
+    for them ignore them."""
     arrays = dict(frames=episode.frames, actions=episode.actions, rewards=episode.rewards,
                   success=episode.success, labelled=np.asarray(episode.labelled))
+    clash = set(extra or ()) & set(arrays)
+    if clash:
+        raise ValueError(f"extra arrays may not reuse the episode keys {sorted(clash)}")
+    arrays.update({k: np.asarray(v) for k, v in (extra or {}).items()})
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a path
@@ -101,17 +107,19 @@ def save_episode(path: str, episode: Episode) -> int:
     return os.path.getsize(path)
 
 
-def load_episode(path: str) -> Episode:
+def load_episode(path: str, extra: Sequence[str] = ()):
     """Read an episode file; never unpickles. Missing / corrupt / malformed files raise
-    :class:`EpisodeFileError` naming the file."""
+    :class:`EpisodeFileError` naming the file. With ``extra`` keys, returns ``(episode, {key: array})``
+    and a missing extra key is an error too."""
     if not os.path.isfile(path):
         raise EpisodeFileError(f"missing episode file {path}")
+    keys = KEYS + tuple(extra)
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in KEYS if k not in z.files]
+            missing = [k for k in keys if k not in z.files]
             if missing:
                 raise EpisodeFileError(f"episode file {path} lacks {', '.join(missing)} (not an mmreward episode?)")
-            data = {k: z[k] for k in KEYS}
+            data = {k: z[k] for k in keys}
     except EpisodeFileError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
@@ -119,8 +127,15 @@ def load_episode(path: str) -> Episode:
     problem = validate_arrays(data["frames"], data["actions"], data["rewards"], data["success"])
     if problem:
         raise EpisodeFileError(f"malformed episode file {path}: {problem}")
-    return Episode(frames=data["frames"], actions=data["actions"], rewards=data["rewards"], success=data["success"],
-                   labelled=bool(data["labelled"]))
+    episode = Episode(frames=data["frames"], actions=data["actions"], rewards=data["rewards"], success=data["success"],
+                      labelled=bool(data["labelled"]))
+    if not extra:
+        return episode
+    for k in extra:
+        if data[k].shape[:1] != (episode.length,):
+            raise EpisodeFileError(f"malformed episode file {path}: {k} must have {episode.length} rows, "
+                                   f"got shape {list(data[k].shape)}")
+    return episode, {k: data[k] for k in extra}
 
 
 # --------------------------------------------------------------------------- manifest

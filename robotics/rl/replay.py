@@ -10,12 +10,25 @@ A sampled item is the DrQ-v2 n-step transition at step t: ``obs`` = frames t−k
 (frames before the episode start repeat frame 0), ``action`` a_t, ``reward`` = Σ_{i<n} γ^i r_{t+i},
 ``discount`` = γ^n (Meta-World / Adroit episodes end by time limit only, so no terminal masking),
 ``next_obs`` = the stack ending at frame t+n. Only t ≤ T−n is sampled.
+
+With ``store_dir`` set, each episode is also written once, when it is added, to
+``store_dir/episode_<serial>.npz`` (the collected-episode format of ``mmreward.robotics.data``, plus
+the training rewards). A snapshot then records only which serials are live, not the frames: at the
+paper's 1M-transition buffer a snapshot that carried the buffer would rewrite ~12 GB each time.
+Evicted episodes' files are deleted by :meth:`ReplayBuffer.prune_store`, which the workspace calls
+only after the snapshot that no longer lists them is safely on disk.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import torch
+
+from mmreward.core.checkpoint import CheckpointError
 
 
 @dataclass
@@ -46,13 +59,16 @@ class EpisodeRecord:
 
 class ReplayBuffer:
     def __init__(self, capacity: int, *, frame_stack: int = 1, nstep: int = 3, discount: float = 0.99,
-                 seed: int = 0):
+                 seed: int = 0, store_dir: Optional[str] = None):
         if capacity < 1 or frame_stack < 1 or nstep < 1 or not 0.0 <= discount <= 1.0:
             raise ValueError("capacity, frame_stack, nstep must be >= 1 and discount in [0, 1]")
         self.capacity, self.frame_stack, self.nstep, self.discount = int(capacity), int(frame_stack), int(nstep), discount
         self.episodes: list[EpisodeRecord] = []
         self.num_transitions = 0
         self.rng = np.random.default_rng(seed)
+        self.store_dir = store_dir
+        # episodes[i] has serial first_serial + i: serials grow by one per add and eviction drops the oldest
+        self.first_serial = self.next_serial = 0
 
     def __len__(self) -> int:
         return self.num_transitions
@@ -66,10 +82,22 @@ class ReplayBuffer:
         if self.episodes and episode.frames.shape[1:] != self.episodes[0].frames.shape[1:]:
             raise ValueError(f"frame size {episode.frames.shape[1:]} differs from the buffer's "
                              f"{self.episodes[0].frames.shape[1:]}")
+        if self.store_dir is not None:
+            save_replay_episode(self.episode_path(self.next_serial), episode)
+        self._append(episode)
+
+    def _append(self, episode: EpisodeRecord) -> None:
         self.episodes.append(episode)
+        self.next_serial += 1
         self.num_transitions += len(episode)
         while self.num_transitions > self.capacity and len(self.episodes) > 1:
             self.num_transitions -= len(self.episodes.pop(0))
+            self.first_serial += 1
+
+    def episode_path(self, serial: int) -> str:
+        if self.store_dir is None:
+            raise RuntimeError("this replay buffer has no store_dir")
+        return os.path.join(self.store_dir, f"episode_{serial:07d}.npz")
 
     def nbytes(self) -> int:
         """Bytes held by the stored episodes (frames dominate)."""
@@ -112,6 +140,11 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ snapshots
     def state(self) -> dict:
+        """The buffer for a snapshot: with a store, the live serials only (the episode files hold the
+        data); without one, every episode's arrays."""
+        if self.store_dir is not None:
+            return {"store": {"first_serial": self.first_serial, "next_serial": self.next_serial},
+                    "rng": self.rng.bit_generator.state}
         return {
             "episodes": [{"frames": e.frames, "actions": e.actions, "rewards": e.rewards,
                           "env_rewards": e.env_rewards, "success": e.success} for e in self.episodes],
@@ -120,9 +153,62 @@ class ReplayBuffer:
 
     def load(self, state: dict) -> None:
         self.episodes, self.num_transitions = [], 0
-        for e in state["episodes"]:
-            self.add(EpisodeRecord(**{k: np.asarray(v) for k, v in e.items()}))
+        if "store" in state:
+            if self.store_dir is None:
+                raise CheckpointError("this snapshot keeps its replay episodes in a store folder; "
+                                      "give the buffer a store_dir")
+            first, nxt = int(state["store"]["first_serial"]), int(state["store"]["next_serial"])
+            self.first_serial = self.next_serial = first
+            for serial in range(first, nxt):
+                self._append(load_replay_episode(self.episode_path(serial)))
+        else:
+            self.first_serial = self.next_serial = 0
+            for e in state["episodes"]:
+                self.add(EpisodeRecord(**{k: np.asarray(v) for k, v in e.items()}))
         self.rng.bit_generator.state = state["rng"]
+
+    def prune_store(self) -> int:
+        """Delete store files of episodes that are not live (evicted ones, and any written after the
+        snapshot a run resumed from); returns how many were deleted. Call after saving a snapshot."""
+        if self.store_dir is None or not os.path.isdir(self.store_dir):
+            return 0
+        removed = 0
+        for name in os.listdir(self.store_dir):
+            m = _EPISODE_FILE.fullmatch(name)
+            if m and not self.first_serial <= int(m.group(1)) < self.next_serial:
+                os.unlink(os.path.join(self.store_dir, name))
+                removed += 1
+        return removed
+
+
+_EPISODE_FILE = re.compile(r"episode_(\d+)\.npz")
+
+
+def save_replay_episode(path: str, episode: EpisodeRecord) -> None:
+    """One replay episode as a collected-episode file (``load_episode`` reads it: frames, actions, the
+    env's rewards, success) plus ``train_rewards``, the relabelled rewards the agent learns from."""
+    from ..data.episodes import Episode, save_episode
+
+    save_episode(path, Episode(frames=episode.frames, actions=episode.actions, rewards=episode.env_rewards,
+                               success=episode.success, labelled=True),
+                 extra={"train_rewards": episode.rewards})
+
+
+def load_replay_episode(path: str) -> EpisodeRecord:
+    from ..data.episodes import EpisodeFileError, load_episode
+
+    try:
+        ep, extra = load_episode(path, extra=("train_rewards",))
+    except EpisodeFileError as e:
+        raise CheckpointError(f"replay store: {e}") from e
+    record = EpisodeRecord(frames=ep.frames, actions=ep.actions.astype(np.float32),
+                           rewards=extra["train_rewards"].astype(np.float32),
+                           env_rewards=ep.rewards.astype(np.float32), success=ep.success.astype(bool))
+    try:
+        record.validate()
+    except ValueError as e:
+        raise CheckpointError(f"replay store: malformed episode file {path}: {e}") from e
+    return record
 
 
 def stack_frames(frames: np.ndarray, t: int, k: int) -> np.ndarray:

@@ -111,8 +111,10 @@ class Workspace:
         self._low, self._high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
         obs_shape = (3 * config.frame_stack, config.size, config.size)
         self.agent = DrQV2Agent(obs_shape, self.train_env.action_dim, self.agent_cfg).to(config.device)
+        # each finished episode goes to <out>/replay once; snapshots list the live ones instead of carrying them
         self.replay = ReplayBuffer(config.replay_buffer_size, frame_stack=config.frame_stack, nstep=config.nstep,
-                                   discount=self.agent_cfg.discount, seed=config.seed)
+                                   discount=self.agent_cfg.discount, seed=config.seed,
+                                   store_dir=os.path.join(config.out, "replay"))
         self.reward = make_reward_source(
             reward if reward is not None else config.reward, task=self.task, checkpoint=config.checkpoint,
             device=config.device, size=config.size, action_repeat=config.action_repeat,
@@ -251,6 +253,7 @@ class Workspace:
                          "last_eval_frame": self.last_eval_frame, "last_snapshot_frame": self.last_snapshot_frame,
                          "train_time": self.train_time},
         })
+        self.replay.prune_store()  # only now: the snapshot on disk no longer lists the evicted episodes
 
     def load_snapshot(self) -> None:
         st = load_state(self.snapshot_prefix)

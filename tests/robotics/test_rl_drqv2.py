@@ -113,6 +113,56 @@ def test_replay_capacity_memory_and_errors(tmp_path):
     assert stack_frames(_episode(3).frames, 0, 2).shape == (6, 8, 8)
 
 
+def test_replay_store_writes_each_episode_once_and_snapshots_only_serials(tmp_path):
+    store = tmp_path / "replay"
+    rb = ReplayBuffer(25, nstep=3, store_dir=str(store), seed=3)
+    eps = [_episode(10, seed=s, reward=np.full(10, s, np.float32)) for s in range(4)]
+    for e in eps:
+        rb.add(e)
+    assert (rb.first_serial, rb.next_serial, len(rb.episodes)) == (2, 4, 2)  # two oldest evicted
+    assert sorted(p.name for p in store.iterdir()) == [f"episode_{i:07d}.npz" for i in range(4)]
+    st = rb.state()
+    save_state(str(tmp_path / "snap"), st)
+    assert (tmp_path / "snap.safetensors").stat().st_size < 1000  # no frames in the snapshot
+    assert rb.prune_store() == 2 and sorted(p.name for p in store.iterdir()) == [
+        "episode_0000002.npz", "episode_0000003.npz"]
+    # the files are ordinary episode files (env rewards as rewards) with the training rewards beside
+    from mmreward.robotics.data.episodes import load_episode
+
+    ep = load_episode(str(store / "episode_0000003.npz"))
+    assert np.array_equal(ep.frames, eps[3].frames) and ep.labelled
+    rb2 = ReplayBuffer(25, nstep=3, store_dir=str(store))
+    rb2.load(load_state(str(tmp_path / "snap")))
+    assert (rb2.first_serial, rb2.next_serial, len(rb2)) == (2, 4, 20)
+    for a, b in zip(rb.episodes, rb2.episodes):
+        for k in ("frames", "actions", "rewards", "env_rewards", "success"):
+            assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    torch.testing.assert_close(rb.sample(16), rb2.sample(16))  # same data and rng state
+    rb2.add(_episode(10, seed=7))  # continues the serials after a resume
+    assert (store / "episode_0000004.npz").exists() and rb2.first_serial == 3
+    # an episode written after the snapshot (a crash before the next one) is pruned when not live
+    rb3 = ReplayBuffer(25, nstep=3, store_dir=str(store))
+    rb3.load(load_state(str(tmp_path / "snap")))
+    assert rb3.prune_store() == 1 and not (store / "episode_0000004.npz").exists()
+    # damaged store: clear errors, nothing half-loaded silently
+    from mmreward.core.checkpoint import CheckpointError
+
+    (store / "episode_0000003.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="episode_0000003.npz"):
+        ReplayBuffer(25, nstep=3, store_dir=str(store)).load(st)
+    (store / "episode_0000002.npz").unlink()
+    with pytest.raises(CheckpointError, match="missing episode file .*episode_0000002"):
+        ReplayBuffer(25, nstep=3, store_dir=str(store)).load(st)
+    with pytest.raises(CheckpointError, match="store_dir"):
+        ReplayBuffer(25, nstep=3).load(st)
+    # a snapshot that carries its episodes (no store) migrates into a store on load
+    inline = ReplayBuffer(25, nstep=3)
+    inline.add(eps[0])
+    migrated = ReplayBuffer(25, nstep=3, store_dir=str(tmp_path / "new"))
+    migrated.load(inline.state())
+    assert (tmp_path / "new" / "episode_0000000.npz").exists() and migrated.next_serial == 1
+
+
 def _target_frames(targets, size=16):
     """A bright column at x = target position (targets in [-1, 1]) on a dark image."""
     frames = np.zeros((len(targets), size, size, 3), np.uint8)

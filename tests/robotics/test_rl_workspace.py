@@ -45,6 +45,11 @@ def test_exact_resume_and_same_seed_same_evaluation(tmp_path):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
     assert full["episode_return"][0] == rest["episode_return"][0]  # same seed, same first evaluation
+    # the episodes live in <out>/replay, each written once; the snapshot lists them without frames
+    assert sorted(os.listdir(b / "replay")) == ["episode_0000000.npz", "episode_0000001.npz"]
+    from mmreward.core.checkpoint import load_state
+
+    assert set(load_state(os.path.join(b, "snapshot"))["replay"]) == {"store", "rng"}
     # the resumed run's logs continue the first half's rows
     rows = open(b / "train.csv").read().strip().splitlines()
     assert len(rows) == 1 + 2 and rows[1].split(",")[0] == "40" and rows[2].split(",")[0] == "80"
