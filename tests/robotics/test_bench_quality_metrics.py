@@ -30,6 +30,47 @@ def test_rank_metrics_exact():
     assert math.isnan(b.roc_auc([1.0, 2.0], [True, True]))
 
 
+def test_progress_scale_selection_uses_validation_episodes_only(tmp_path):
+    """Synthetic per-episode scores with a known answer: the video-model score orders the noise groups
+    but barely tells success within a group, the progress score is exactly the success flag. β = 0
+    misses the success-AUC goal (0.625); any β ≥ 1 ranks every success above every failure, so β = 1
+    and 3 tie and the smaller is chosen. The test split's figures come only from episodes 2 and 3."""
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import select_progress_scale as sel
+    finally:
+        sys.path.pop(0)
+    eps = []
+    for task in ("a-v3", "b-v3", "held-v3"):
+        for noise in (0.0, 0.3, 0.6, 1.0):
+            for i in range(4):
+                success = i in (0, 2)  # one success and one failure per group in each split
+                eps.append({"task": task, "policy": "noisy", "noise": noise, "file": f"{task}_n{noise}_{i:04d}.npz",
+                            "success": success, "learned": -noise - 0.01 * i, "prog": float(success),
+                            "frame_diff": 0.0, "nn": -noise})
+        for i in range(4):
+            eps.append({"task": task, "policy": "random", "noise": 0.0, "file": f"{task}_random_{i:04d}.npz",
+                        "success": False, "learned": -5.0, "prog": 0.0, "frame_diff": 0.0, "nn": -5.0})
+    src = tmp_path / "bench.json"
+    src.write_text(json.dumps({"setup": {"train_tasks": ["a-v3", "b-v3"], "heldout_tasks": ["held-v3"]},
+                               "episodes": eps}))
+    out = tmp_path / "sel.json"
+    assert sel.main(["--json", str(src), "--learned", "learned", "--progress", "prog", "--baseline", "nn",
+                     "--grid", "0,1,3", "--val-episodes", "2", "--bootstrap", "20", "--save", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert not sel.meets_goals(res["validation_sweep"]["0"]) and res["chosen_beta"] == 1.0
+    test = res["test"]["combined_beta1"]["train_tasks"]
+    # test split: per group one success (i = 2) and one failure (i = 3) -> progress tells them apart
+    assert test["success_auc_mean"] == pytest.approx(1.0)
+    assert res["test"]["nn"]["train_tasks"]["success_auc_mean"] == pytest.approx(0.5)
+    assert res["bootstrap_vs_baseline"]["combined_beta1"]["success_auc_mean"]["p_better"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit, match="empty split"):
+        sel.main(["--json", str(src), "--learned", "learned", "--progress", "prog", "--val-episodes", "9"])
+
+
 def test_progress_spearman_rewards_getting_further():
     b = _bench()
     ks = list(b.HOLD_STEPS) * 2
