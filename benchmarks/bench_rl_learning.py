@@ -28,7 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run_cmd(args, reward: str, out: str) -> list[str]:
-    steps = args.frames // 2
+    # the CPU preset's exploration noise decays over 80 % of the run; --schedule-frames keeps the
+    # horizon of an earlier run so that it can be continued with a larger --frames
+    steps = (args.schedule_frames or args.frames) // 2
     cmd = [sys.executable, "-m", "mmreward.cli", "robotics", "train-rl", "--task", args.task, "--reward", reward,
            "--out", out, "--seed", str(args.seed), "--num-train-frames", str(args.frames),
            "--eval-every-frames", str(args.eval_every), "--num-eval-episodes", str(args.eval_episodes),
@@ -74,6 +76,9 @@ def main(argv=None) -> int:
     p.add_argument("--task", default="metaworld/door-open-v3")
     p.add_argument("--rewards", default="diffusion,sparse", help="comma-separated reward sources to compare")
     p.add_argument("--frames", type=int, default=24_000)
+    p.add_argument("--schedule-frames", type=int, default=None,
+                   help="frames the CPU preset's noise schedule is laid out for (default: --frames); give the "
+                        "first run's --frames to continue its snapshot to more frames")
     p.add_argument("--eval-every", type=int, default=4000)
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
@@ -127,6 +132,7 @@ def main(argv=None) -> int:
                                title=f"DrQ-v2 on {args.task}: reward sources at equal frames")
     result = {
         "benchmark": "rl_learning", "task": args.task, "frames": args.frames, "seed": args.seed,
+        "schedule_frames": args.schedule_frames or args.frames,
         "preset": "paper" if args.paper else "cpu (batch 64, hidden 256)", "expl_scale": args.expl_scale,
         "reward_clip": args.reward_clip, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
         "checkpoint": args.checkpoint or "shipped metaworld-64",
