@@ -1,4 +1,5 @@
-"""``mmreward score``, ``mmreward score-video`` and ``mmreward vision train``.
+"""``mmreward score``, ``mmreward score-video`` and ``mmreward vision train`` (the VLM reward model /
+VisualPRM commands live in :mod:`mmreward.vision.vlm_cli`).
 
     mmreward vision train --data synthetic --n-train 6400 --no-head-dropout --output-dir runs/shapes \\
         --max-steps 400 --lr 4e-3 --batch-size 16 --warmup-steps 20
@@ -122,7 +123,14 @@ def _train(argv: Sequence[str]) -> int:
     return 0
 
 
+def _vlm_commands() -> dict:
+    from mmreward.vision.vlm_cli import SUBCOMMANDS as VLM
+
+    return VLM
+
+
 SUBCOMMANDS = {"train": (_train, "train an image scorer (synthetic shapes or a JSONL of ranked image sets)")}
+SUBCOMMANDS.update(_vlm_commands())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -130,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmreward vision <command> [options]\n\ncommands:")
         for name, (_, text) in SUBCOMMANDS.items():
-            print(f"  {name:<8} {text}")
+            print(f"  {name:<16} {text}")
         print("\nalso: `mmreward score …` (images) and `mmreward score-video …` (videos)")
         return 0 if argv else 2
     if argv[0] not in SUBCOMMANDS:
