@@ -80,6 +80,16 @@ def test_smoke_run_with_the_shipped_diffusion_reward(tmp_path):
     assert s2["frames"] == 120 and s2["episodes"] == 3 and s2["eval_frames"] == [0, 40, 80, 120]
 
 
+def test_a_fresh_run_in_a_used_folder_drops_the_old_snapshot_and_episodes(tmp_path):
+    train_rl(_cfg(tmp_path, num_train_frames=80), DrQV2Config(**TINY_AGENT))
+    assert len(os.listdir(tmp_path / "replay")) == 2
+    ws = Workspace(_cfg(tmp_path, resume=False), DrQV2Config(**TINY_AGENT))
+    try:  # before the new run writes anything, the old run's state is gone, not half-overwritten later
+        assert not (tmp_path / "snapshot.json").exists() and os.listdir(tmp_path / "replay") == []
+    finally:
+        ws.close()
+
+
 def test_snapshot_from_other_agent_settings_is_refused(tmp_path):
     train_rl(_cfg(tmp_path, num_train_frames=40), DrQV2Config(**TINY_AGENT))
     with pytest.raises(ValueError, match="other agent settings"):
