@@ -15,10 +15,16 @@ success curve (success-rate × frames, normalised by the common span), and the f
 
 ``--group LABEL::KEY1|KEY2…``: the runs named KEY1 (or KEY2, … — the first one present) in each
 JSON form the setting LABEL; a JSON holding none of the keys is skipped for that setting.
+
+With two or more groups, each later group is compared with the first, seed by seed (the same seed
+gives both settings the same environment seeds), on success AUC, final success, return AUC (mean
+return over the common span) and final return: mean paired difference and the two-sided p-value of
+an exact sign-flip permutation test (all 2^n sign patterns; n ≤ 16 seeds).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 
@@ -54,7 +60,7 @@ def summarize(runs: list[dict]) -> dict:
     span = common[-1] - common[0]
 
     def auc(s):  # trapezoid over the common frames, / span: 1.0 = always succeeding
-        return sum((a + b) / 2 * (f1 - f0) for a, b, f0, f1 in zip(s, s[1:], common, common[1:])) / span
+        return trapezoid_mean(common, s)
 
     firsts = [next((f for f, v in zip(common, s) if v > 0), None) for s in succ]
     reached = [f for f in firsts if f is not None]
@@ -70,7 +76,38 @@ def summarize(runs: list[dict]) -> dict:
         "mean_success_auc": sum(auc(s) for s in succ) / n,
         "final_mean_success": sum(s[-1] for s in succ) / n,
         "max_mean_success": max(sum(col) / n for col in zip(*succ)),
+        "per_seed_metrics": {r["seed"]: {"success_auc": auc(s), "final_success": s[-1],
+                                         "return_auc": trapezoid_mean(common, ret_s), "final_return": ret_s[-1]}
+                             for r, s, ret_s in zip(runs, succ, ret)},
     }
+
+
+def trapezoid_mean(frames: list, values: list) -> float:
+    """Mean of a piecewise-linear curve over [frames[0], frames[-1]]."""
+    span = frames[-1] - frames[0]
+    return sum((a + b) / 2 * (f1 - f0) for a, b, f0, f1 in zip(values, values[1:], frames, frames[1:])) / span
+
+
+def sign_flip_p(diffs: list[float]) -> float:
+    """Two-sided exact p-value of a paired sign-flip permutation test of mean(diffs) = 0."""
+    if not diffs:
+        return float("nan")
+    if len(diffs) > 16:
+        raise ValueError("the exact sign-flip test enumerates 2^n patterns: use at most 16 seeds")
+    observed = abs(sum(diffs)) - 1e-12
+    hits = sum(abs(sum(d * s for d, s in zip(diffs, signs))) >= observed
+               for signs in itertools.product((1, -1), repeat=len(diffs)))
+    return hits / 2 ** len(diffs)
+
+
+def compare(base: dict, other: dict) -> dict:
+    """Paired differences other − base over the seeds both settings ran, per seed-level metric."""
+    seeds = [s for s in other["per_seed_metrics"] if s in base["per_seed_metrics"]]
+    out = {"seeds": seeds}
+    for metric in ("success_auc", "final_success", "return_auc", "final_return"):
+        d = [other["per_seed_metrics"][s][metric] - base["per_seed_metrics"][s][metric] for s in seeds]
+        out[metric] = {"diffs": d, "mean_diff": sum(d) / len(d) if d else float("nan"), "p_two_sided": sign_flip_p(d)}
+    return out
 
 
 def plot(path: str, summaries: dict[str, dict], title: str) -> str:
@@ -122,11 +159,20 @@ def main(argv=None) -> int:
               f"success AUC {s['mean_success_auc']:.3f}; final {s['final_mean_success']:.2f}")
         print("   frames: " + "  ".join(f"{f // 1000}k:{a:.2f}/{b:.0f}"
                                         for f, a, b in zip(s["frames"], s["mean_success"], s["mean_return"])))
+    labels = list(summaries)
+    comparisons = {}
+    for label in labels[1:]:
+        c = comparisons[f"{label} vs {labels[0]}"] = compare(summaries[labels[0]], summaries[label])
+        print(f"{label} − {labels[0]}, paired over seeds {c['seeds']}: " + "; ".join(
+            f"{m} {c[m]['mean_diff']:+.3f} (p {c[m]['p_two_sided']:.2f})"
+            for m in ("success_auc", "final_success", "return_auc", "final_return")))
     if args.out:
         print(f"plot: {plot(args.out, summaries, f'DrQ-v2 on {task}: mean over seeds')}")
     if args.save:
-        with open(args.save, "w") as f:
-            json.dump({"task": task, "files": args.json, "groups": dict(groups), "summary": summaries}, f, indent=1)
+        from mmreward.core.checkpoint import atomic_write_text
+
+        atomic_write_text(args.save, json.dumps({"task": task, "files": args.json, "groups": dict(groups),
+                                                 "summary": summaries, "paired": comparisons}, indent=1))
         print(f"json: {args.save}")
     return 0
 

@@ -40,6 +40,27 @@ def test_means_over_common_frames_and_key_fallback(tmp_path):
     assert s["DR"]["mean_success_auc"] == pytest.approx((0.4 + 0.25) / 2)
 
 
+def test_paired_sign_flip_comparison(tmp_path):
+    m = _mod()
+    assert m.sign_flip_p([1.0, 1.0, 1.0]) == pytest.approx(2 / 8)  # only all-plus / all-minus reach |3|
+    assert m.sign_flip_p([1.0, -1.0]) == pytest.approx(1.0)
+    assert m.sign_flip_p([2.0, 1.0, 1.0, 1.0]) == pytest.approx(2 / 16)  # any flip lowers |sum| = 5
+    files = []
+    for seed, (base_ret, other_ret) in enumerate([(10, 20), (30, 35), (5, 5)], start=1):
+        files.append(_result(tmp_path / f"s{seed}.json", seed, {
+            "sparse": {"frames": [0, 10], "success_rate": [0.0, 0.0], "episode_return": [0, base_ret]},
+            "DR": {"frames": [0, 10], "success_rate": [0.0, 0.2 * seed], "episode_return": [0, other_ret]}}))
+    out = tmp_path / "sum.json"
+    assert m.main(["--json", *files, "--group", "sparse::sparse", "--group", "DR::DR", "--save", str(out)]) == 0
+    c = json.loads(out.read_text())["paired"]["DR vs sparse"]
+    assert c["seeds"] == [1, 2, 3]
+    assert c["final_return"]["diffs"] == [10, 5, 0] and c["final_return"]["mean_diff"] == pytest.approx(5.0)
+    assert c["return_auc"]["diffs"] == pytest.approx([5.0, 2.5, 0.0])  # mean of a line from 0 to the final value
+    # diffs (10, 5, 0): sign patterns with |sum| ≥ 15 are (+,+,±) and (−,−,±): 4 of 8
+    assert c["final_return"]["p_two_sided"] == pytest.approx(0.5)
+    assert c["final_success"]["diffs"] == pytest.approx([0.2, 0.4, 0.6])
+
+
 def test_errors(tmp_path):
     m = _mod()
     a = _result(tmp_path / "s1.json", 1, {"sparse": {"frames": [0, 10], "success_rate": [0, 0], "episode_return": [0, 0]}})
