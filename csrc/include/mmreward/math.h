@@ -34,8 +34,6 @@ MMR_HD double sigmoid(double x) {
 // Reduction codes shared with mmreward/ops/_validate.py::REDUCTIONS.
 enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 
-}  // namespace mmreward
-
 // ---- Soft-target logistic loss (pairwise reward losses) -----------------------------------------
 // loss(z, p) = -p·log σ(z) - (1-p)·log σ(-z) = softplus(-z) + (1-p)·z,  d loss / dz = σ(z) - p.
 // The float versions are branch-free (selects only) with their own exp / log1p polynomials, so
@@ -92,7 +90,6 @@ MMR_HD void soft_logistic(double z, double p, double& loss, double& dz) {
 }
 
 // softplus(x) = log(1 + exp(x)) without overflow; BCE-with-logits is softplus(z) - y*z.
-namespace mmreward {
 MMR_HD float softplus(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
 MMR_HD double softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }
 }  // namespace mmreward
