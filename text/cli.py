@@ -1,4 +1,4 @@
-"""`mmreward text …`: train | score | eval | merge | judge. Each subcommand calls the Python API.
+"""`mmreward text …`: train | score | eval | merge | judge | train-genrm. Each subcommand calls the Python API.
 
     mmreward text train --data train.jsonl --backbone path/or/hub-id --output-dir runs/rm --max-steps 500
     mmreward text score --model runs/rm --data inputs.jsonl [--json]
@@ -188,6 +188,7 @@ COMMANDS = {
     "merge": ("WARM: average reward models fine-tuned from one init", ("mmreward.text.recipes.cli", "merge_main")),
     "judge": ("generative judges (GenRM, GRAM, RM-R1, DeepSeek-GRM, RewardAnything, Critic-RM)",
               ("mmreward.text.generative.cli", "main")),
+    "train-genrm": ("fine-tune a causal LM as a GenRM verifier", ("mmreward.text.generative.cli", "train_genrm_main")),
 }
 
 
@@ -196,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmreward text <command> [options]\n\ncommands:")
         for name, (help_text, _) in COMMANDS.items():
-            print(f"  {name:<8} {help_text}")
+            print(f"  {name:<12} {help_text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "train":

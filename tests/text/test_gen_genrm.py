@@ -125,3 +125,90 @@ def test_tiny_genrm_learns_addition_verification():
           f"{hard['accuracy']:.3f}), swap consistency {res['consistency']:.3f}")
     assert res["accuracy"] >= 0.9 and res["consistency"] == 1.0  # pointwise scores cannot depend on order
     assert hard["accuracy"] >= 0.75
+
+
+def _rows(items):
+    return [{"prompt": f"{a} + {b} =", "response": str(c), "correct": ok} for a, b, c, ok in items]
+
+
+def test_train_genrm_with_the_core_trainer_learns_and_resumes(tmp_path):
+    """The same exact task through train_genrm (core Trainer: balanced classes, λ·SFT on the solutions of
+    all 100 problems, CSV, snapshots): held-out verdict accuracy must reach the plain loop's bar."""
+    from mmreward.core.trainer import TrainConfig
+    from mmreward.text.generative.genrm import evaluate_genrm, train_genrm
+
+    torch.manual_seed(0)
+    train, test = addition_task()
+    tok = word_tokenizer([" ".join(str(i) for i in range(19)) + " + = correct? Yes No"])
+    model = tiny_llama(len(tok), hidden=64, layers=2, heads=4, seed=0)
+    g = GenRM(model, tok, GenRMConfig(question="correct?", batch_size=64))
+    sols = [{"prompt": f"{a} + {b} =", "response": str(a + b)} for a in range(10) for b in range(10)]
+    cfg = dict(output_dir=str(tmp_path / "genrm"), batch_size=32, lr=3e-3, max_steps=600, progress=False, log_every=0,
+               tensorboard=False, plot=False, eval_every=0)
+    before = evaluate_genrm(g, _rows(test))
+    t0 = time.time()
+    hist = train_genrm(g, _rows(train), TrainConfig(**cfg), eval_rows=_rows(test), solutions=sols)
+    after = evaluate_genrm(g, _rows(test))
+    print(f"train_genrm: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
+          f"ECE {after['ece']:.3f}, {time.time() - t0:.1f}s")
+    assert before["accuracy"] < 0.75
+    assert after["accuracy"] >= 0.9 and after["ece"] < 0.2, after
+    assert hist[-1]["eval_accuracy"] == pytest.approx(after["accuracy"])
+    assert {"loss_verify", "loss_solution"} <= set(hist[-1])
+    assert (tmp_path / "genrm" / "metrics.csv").exists()
+    # asking for more steps continues from the snapshot instead of starting again
+    more = train_genrm(g, _rows(train), TrainConfig(**{**cfg, "max_steps": 602}), solutions=sols)
+    assert [h["step"] for h in more[-2:]] == [601, 602] and len(more) == 602
+
+
+def test_train_genrm_rejects_bad_rows(tmp_path):
+    from mmreward.core.trainer import TrainConfig
+    from mmreward.text.generative.genrm import train_genrm
+
+    tok = word_tokenizer(["1 + 2 = 3 correct? Yes No"])
+    g = GenRM(tiny_llama(len(tok), hidden=16, layers=1, heads=2), tok, GenRMConfig(question="correct?"))
+    cfg = TrainConfig(output_dir=str(tmp_path), max_steps=1, progress=False, tensorboard=False, plot=False)
+    with pytest.raises(ValueError, match="row 0: needs 'prompt', 'response' and 'correct'"):
+        train_genrm(g, [{"prompt": "1 + 2 =", "response": "3"}], cfg)
+    with pytest.raises(ValueError, match="'correct' must be true / false"):
+        train_genrm(g, [{"prompt": "1 + 2 =", "response": "3", "correct": "yes"}], cfg)
+    with pytest.raises(ValueError, match="no solution to learn"):
+        train_genrm(g, [{"prompt": "1 + 2 =", "response": "4", "correct": False}], cfg)
+    with pytest.raises(ValueError, match="no rows"):
+        train_genrm(g, [], cfg)
+
+
+def test_train_genrm_cli_learns_and_saves_a_loadable_model(tmp_path, capsys):
+    """`mmreward text train-genrm` on JSONL files and a local model folder (the path a user takes)."""
+    import json
+
+    from mmreward.cli import main as mmreward_main
+
+    train, test = addition_task()
+    tok = word_tokenizer([" ".join(str(i) for i in range(19)) + " + = correct? Yes No"])
+    tiny_llama(len(tok), hidden=64, layers=2, heads=4, seed=0).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    for name, rows in (("train", _rows(train)), ("test", _rows(test))):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "sols.jsonl").write_text("".join(json.dumps({"prompt": f"{a} + {b} =", "response": str(a + b)}) + "\n"
+                                                 for a in range(10) for b in range(10)))
+    rc = mmreward_main(["text", "train-genrm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "train.jsonl"),
+                        "--eval-data", str(tmp_path / "test.jsonl"), "--solutions", str(tmp_path / "sols.jsonl"),
+                        "--question", "correct?", "--output-dir", str(tmp_path / "run"), "--batch-size", "32",
+                        "--lr", "3e-3", "--max-steps", "600", "--no-progress", "--no-tensorboard", "--no-plot",
+                        "--log-every", "0"])
+    assert rc == 0
+    s = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1])
+    assert s["eval_accuracy_before"] < 0.75 and s["eval_accuracy"] >= 0.9, s
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmreward.text.generative.genrm import evaluate_genrm
+
+    g = GenRM(AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model"),
+              AutoTokenizer.from_pretrained(tmp_path / "run" / "model"), GenRMConfig(question="correct?"))
+    assert evaluate_genrm(g, _rows(test))["accuracy"] == pytest.approx(s["eval_accuracy"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "1 + 2 =", "response": "3"}) + "\n")
+    assert mmreward_main(["text", "train-genrm", "--model", str(tmp_path / "base"), "--data", str(bad),
+                          "--output-dir", str(tmp_path / "bad_run"), "--no-progress"]) == 2
+    assert "needs 'prompt', 'response' and 'correct'" in capsys.readouterr().err

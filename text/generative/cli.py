@@ -119,5 +119,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mmreward text train-genrm``: fine-tune a causal LM as a GenRM verifier with :func:`train_genrm`."""
+    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.data import read_records
+    from mmreward.core.trainer import TrainConfig
+
+    from .genrm import GenRM, GenRMConfig, evaluate_genrm, train_genrm
+
+    ap = argparse.ArgumentParser(prog="mmreward text train-genrm",
+                                 description="fine-tune a causal LM as a GenRM verifier (Yes / No + λ·SFT on solutions)")
+    ap.add_argument("--model", required=True, help="causal LM folder (or hub id) with a chat template")
+    ap.add_argument("--gguf-file", help="GGUF file name inside --model")
+    ap.add_argument("--data", required=True, help="verification rows {prompt, response, correct} (.jsonl / .json)")
+    ap.add_argument("--eval-data", help="held-out verification rows: accuracy / ECE / Brier")
+    ap.add_argument("--solutions", help="rows {prompt, response} of correct answers for the λ term "
+                                        "(default: the correct rows of --data)")
+    ap.add_argument("--no-balance", dest="balance", action="store_false",
+                    help="do not repeat the rarer verdict to balance Yes / No")
+    ap.add_argument("--device", default="cpu", help="torch device")
+    # GenRMConfig's batch_size / seed are for scoring and sampling; here the training ones apply
+    add_config_options(ap.add_argument_group("GenRM"), GenRMConfig, skip=("batch_size", "seed"))
+    add_config_options(ap.add_argument_group("training"), TrainConfig)
+    args = ap.parse_args(argv)
+    try:
+        rows = read_records(args.data)
+        eval_rows = read_records(args.eval_data) if args.eval_data else None
+        sols = read_records(args.solutions) if args.solutions else None
+        config = config_from_args(GenRMConfig, args, skip=("batch_size", "seed"))
+        tcfg = config_from_args(TrainConfig, args)
+        model, tok = load_model("genrm", args.model, args.gguf_file, args.device)
+        genrm = GenRM(model, tok, config)
+        before = evaluate_genrm(genrm, eval_rows) if eval_rows else None
+        hist = train_genrm(genrm, rows, tcfg, eval_rows=eval_rows, solutions=sols, balance=args.balance)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"mmreward text train-genrm: {e}", file=sys.stderr)
+        return 2
+    folder = os.path.join(tcfg.output_dir, "model")
+    model.save_pretrained(folder)  # transformers' own format (safetensors); the tokenizer beside it
+    tok.save_pretrained(folder)
+    last = hist[-1] if hist else {}
+    summary = {"step": last.get("step"), "loss": last.get("loss")}
+    if before is not None:
+        summary |= {f"eval_{k}_before": v for k, v in before.items()}
+        summary |= {k: v for k, v in last.items() if k.startswith("eval_")}
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    print(f"model: {folder}")
+    return 0
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

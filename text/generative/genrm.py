@@ -4,7 +4,8 @@
   next-token distribution renormalised over {Yes, No};
 * GenRM-CoT: sample K verification rationales, append the question after each, reward = mean
   P(Yes) over the K rationales; the majority vote of the K verdicts is returned too;
-* training: ``L = SFT(verification data) + λ · SFT(correct solutions)`` (:func:`genrm_loss`).
+* training: ``L = SFT(verification data) + λ · SFT(correct solutions)`` (:func:`genrm_loss`), run by the
+  shared core Trainer in :func:`train_genrm` (snapshots, exact resume, CSV / TensorBoard, curves).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .position import judge_from_scores
 from .runner import JudgeConfig, JudgeRunner
 from .sft import concat_batches, lm_loss, sft_batch
 
-__all__ = ["GenRMConfig", "GenRM", "genrm_loss", "calibration"]
+__all__ = ["GenRMConfig", "GenRM", "genrm_loss", "calibration", "train_genrm", "evaluate_genrm"]
 
 
 @dataclass
@@ -132,3 +133,90 @@ def calibration(p_yes: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> di
             ece += m.sum().item() / p.numel() * abs(conf - acc)
             table.append([b / bins, (b + 1) / bins, int(m.sum()), conf, acc])
     return {"ece": ece, "brier": float(((p - y) ** 2).mean()), "bins": table}
+
+
+# ------------------------------------------------------------------ training with the core Trainer
+def _verification_rows(rows: Sequence[Any], what: str) -> list[dict]:
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not {"prompt", "response", "correct"} <= set(r):
+            raise ValueError(f"{what} row {i}: needs 'prompt', 'response' and 'correct', got "
+                             f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
+        if not isinstance(r["correct"], (bool, int)) or r["correct"] not in (0, 1):
+            raise ValueError(f"{what} row {i}: 'correct' must be true / false, got {r['correct']!r}")
+        out.append({"prompt": r["prompt"], "response": r["response"], "correct": bool(r["correct"])})
+    if not out:
+        raise ValueError(f"{what}: no rows")
+    _pairs([r["prompt"] for r in out], [r["response"] for r in out])
+    return out
+
+
+class _GenRMModule(torch.nn.Module):
+    """The causal LM seen by the Trainer (it needs an nn.Module); GenRM's batches go straight to it."""
+
+    def __init__(self, lm: Any):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, **kw):
+        return self.lm(**kw)
+
+
+def evaluate_genrm(genrm: GenRM, rows: Sequence[dict]) -> dict:
+    """Direct-verifier metrics on labelled rows: accuracy of P(Yes) > ½, ECE and Brier score."""
+    rows = _verification_rows(rows, "evaluate_genrm")
+    was = genrm.model.training
+    genrm.model.eval()
+    with torch.no_grad():
+        p = genrm.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    genrm.model.train(was)
+    y = torch.tensor([float(r["correct"]) for r in rows])
+    cal = calibration(p, y)
+    return {"accuracy": float(((p > 0.5).float() == y).float().mean()), "ece": cal["ece"], "brier": cal["brier"]}
+
+
+def train_genrm(genrm: GenRM, rows: Sequence[dict], config: Any, eval_rows: Optional[Sequence[dict]] = None,
+                solutions: Optional[Sequence[dict]] = None, balance: bool = True) -> list[dict]:
+    """Train the verifier with :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``).
+
+    ``rows``: ``{"prompt", "response", "correct": bool}``. Each micro-batch of ``config.batch_size`` rows
+    is one verification SFT batch; with ``genrm.config.lam`` > 0 it is joined by as many rows drawn
+    at random from ``solutions`` (``{"prompt", "response"}``, correct answers to learn to produce;
+    default: the correct rows of ``rows``). ``balance`` repeats the rarer verdict so both appear
+    equally often per epoch (verification data is usually mostly wrong answers). Returns the
+    Trainer's per-step history (``eval_accuracy`` / ``eval_ece`` / ``eval_brier`` with ``eval_rows``).
+    The LM is trained in place; save it with its own ``save_pretrained``."""
+    from mmreward.core.trainer import Trainer
+
+    rows = _verification_rows(rows, "train_genrm")
+    eval_rows = _verification_rows(eval_rows, "train_genrm eval") if eval_rows else None
+    sols = [{"prompt": r["prompt"], "response": r["response"]} for r in (solutions if solutions is not None else
+                                                                       [r for r in rows if r["correct"]])]
+    for i, r in enumerate(sols):
+        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+            raise ValueError(f"train_genrm solutions row {i}: needs str 'prompt' and 'response'")
+    lam = genrm.config.lam
+    if lam and not sols:
+        raise ValueError("train_genrm: lam > 0 but there is no solution to learn (no correct row, no solutions=)")
+    data = rows
+    if balance:
+        pos, neg = [r for r in rows if r["correct"]], [r for r in rows if not r["correct"]]
+        if pos and neg:  # repeat the rarer class (whole copies, then the first rows again) up to the larger
+            small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+            data = big + (small * (len(big) // len(small)) + small[:len(big) % len(small)])
+
+    def collate(batch: Sequence[dict]) -> dict:
+        out = {"verification": verification_batch(genrm, [r["prompt"] for r in batch], [r["response"] for r in batch],
+                                                  [r["correct"] for r in batch])}
+        if lam:
+            idx = torch.randint(0, len(sols), (len(batch),)).tolist()  # the Trainer snapshots this RNG
+            out["solutions"] = sft_batch(genrm.tokenizer, [[{"role": "user", "content": sols[i]["prompt"]}] for i in idx],
+                                         [sols[i]["response"] for i in idx])
+        return out
+
+    def loss_fn(module: torch.nn.Module, batch: dict):
+        return genrm_loss(module, batch["verification"], batch.get("solutions"), lam=lam)
+
+    module = _GenRMModule(genrm.model)
+    eval_fn = (lambda _m: evaluate_genrm(genrm, eval_rows)) if eval_rows else None
+    return Trainer(module, config, data, collate, loss_fn, eval_fn=eval_fn).fit()
