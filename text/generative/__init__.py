@@ -25,6 +25,7 @@ _EXPORTS = {
     "GenRM": "genrm", "GenRMConfig": "genrm", "genrm_loss": "genrm", "verification_batch": "genrm",
     "calibration": "genrm", "train_genrm": "genrm", "evaluate_genrm": "genrm",
     "GRAM": "gram", "GRAMConfig": "gram", "stage1_batch": "gram", "gram_stage2_loss": "gram",
+    "train_gram": "gram", "evaluate_gram": "gram",
     "RMR1Judge": "rm_r1", "RMR1Config": "rm_r1", "rm_r1_reward": "rm_r1", "chain_of_rubrics_messages": "rm_r1",
     "GRMJudge": "grm", "GRMConfig": "grm", "vote": "grm", "spct_rule_reward": "grm", "meta_rm_loss": "grm",
     "meta_rm_batch": "grm", "grm_messages": "grm",

@@ -151,17 +151,6 @@ def _verification_rows(rows: Sequence[Any], what: str) -> list[dict]:
     return out
 
 
-class _GenRMModule(torch.nn.Module):
-    """The causal LM seen by the Trainer (it needs an nn.Module); GenRM's batches go straight to it."""
-
-    def __init__(self, lm: Any):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, **kw):
-        return self.lm(**kw)
-
-
 def evaluate_genrm(genrm: GenRM, rows: Sequence[dict]) -> dict:
     """Direct-verifier metrics on labelled rows: accuracy of P(Yes) > ½, ECE and Brier score."""
     rows = _verification_rows(rows, "evaluate_genrm")
@@ -217,6 +206,5 @@ def train_genrm(genrm: GenRM, rows: Sequence[dict], config: Any, eval_rows: Opti
     def loss_fn(module: torch.nn.Module, batch: dict):
         return genrm_loss(module, batch["verification"], batch.get("solutions"), lam=lam)
 
-    module = _GenRMModule(genrm.model)
     eval_fn = (lambda _m: evaluate_genrm(genrm, eval_rows)) if eval_rows else None
-    return Trainer(module, config, data, collate, loss_fn, eval_fn=eval_fn).fit()
+    return Trainer(genrm.model, config, data, collate, loss_fn, eval_fn=eval_fn).fit()

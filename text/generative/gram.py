@@ -6,7 +6,8 @@
   token logits are the pair's rewards and the loss is the label-smoothed pairwise loss
   (``mmreward.ops.pairwise_loss(z_chosen, z_rejected, label_smoothing=ε)``; the paper shows label
   smoothing on this two-way softmax is a regularised Bradley–Terry objective);
-* scoring — P(A) from the two-token softmax, averaged over both presentation orders.
+* scoring — P(A) from the two-token softmax, averaged over both presentation orders;
+* :func:`train_gram` runs either stage on the shared core Trainer (snapshots, exact resume, logs).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .position import both_orders
 from .runner import JudgeConfig, JudgeRunner
 from .sft import sft_batch
 
-__all__ = ["GRAMConfig", "GRAM", "stage1_batch", "gram_stage2_loss"]
+__all__ = ["GRAMConfig", "GRAM", "stage1_batch", "gram_stage2_loss", "train_gram", "evaluate_gram"]
 
 
 @dataclass
@@ -94,9 +95,79 @@ def gram_stage2_loss(gram: GRAM, prompts: Sequence[str], chosen: Sequence[str], 
         raise ValueError(f"chosen_first has {len(chosen_first)} entries for {len(prompts)} pairs")
     first = [c if f else r for c, r, f in zip(chosen, rejected, chosen_first)]
     second = [r if f else c for c, r, f in zip(chosen, rejected, chosen_first)]
-    z = gram.logits(prompts, first, second)  # (B, 2)
-    cf = torch.tensor(list(chosen_first), dtype=torch.bool, device=z.device)
+    return _stage2_loss(gram.logits(prompts, first, second), chosen_first, gram.config.label_smoothing)
+
+
+def _stage2_loss(z: torch.Tensor, chosen_first: Any, label_smoothing: float) -> tuple[torch.Tensor, dict]:
+    """``z`` (B, 2) A / B logits → the smoothed pairwise loss with the chosen response's token as r_chosen."""
+    cf = torch.as_tensor(chosen_first, dtype=torch.bool, device=z.device)
     z_c = torch.where(cf, z[:, 0], z[:, 1])
     z_r = torch.where(cf, z[:, 1], z[:, 0])
-    loss, acc = pairwise_loss_and_accuracy(z_c, z_r, label_smoothing=gram.config.label_smoothing)
+    loss, acc = pairwise_loss_and_accuracy(z_c, z_r, label_smoothing=label_smoothing)
     return loss, {"accuracy": float(acc)}
+
+
+# ------------------------------------------------------------------ training with the core Trainer
+def _pair_rows(rows: Sequence[Any], what: str) -> list[dict]:
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"{what} row {i}: needs str 'prompt', 'chosen' and 'rejected'")
+        out.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
+    if not out:
+        raise ValueError(f"{what}: no rows")
+    return out
+
+
+def evaluate_gram(gram: GRAM, rows: Sequence[dict]) -> dict:
+    """Stage-2 judge metrics: order-averaged accuracy (P(chosen ≻ rejected) > ½), swap consistency, and
+    the stage-1 pair-SFT loss of the rows (shown chosen first)."""
+    from .sft import lm_loss
+
+    rows = _pair_rows(rows, "evaluate_gram")
+    p, c, r = ([x[k] for x in rows] for k in ("prompt", "chosen", "rejected"))
+    res = gram.score_pair(p, c, r)
+    was = gram.model.training
+    gram.model.eval()
+    with torch.no_grad():
+        sft = float(lm_loss(gram.model, stage1_batch(gram.tokenizer, p, c, r)))
+    gram.model.train(was)
+    return {"accuracy": float((res["p"] > 0.5).double().mean()), "consistency": float(res["consistency"]),
+            "stage1_loss": sft}
+
+
+def train_gram(gram: GRAM, rows: Sequence[dict], config: Any, stage: int = 2,
+               eval_rows: Optional[Sequence[dict]] = None) -> list[dict]:
+    """Run GRAM's stage 1 (pair SFT: prompt → both responses, order drawn at random per row, labels
+    unused) or stage 2 (the A / B judge, each pair shown in a random order) with
+    :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``) on ``{"prompt", "chosen",
+    "rejected"}`` rows. Returns the Trainer's history (``eval_*`` from :func:`evaluate_gram`)."""
+    from mmreward.core.trainer import Trainer
+
+    from .heads import last_token_logits
+    from .sft import lm_loss
+
+    if stage not in (1, 2):
+        raise ValueError(f"train_gram: stage must be 1 or 2, got {stage!r}")
+    rows = _pair_rows(rows, "train_gram")
+    eval_rows = _pair_rows(eval_rows, "train_gram eval") if eval_rows else None
+
+    def collate(batch: Sequence[dict]) -> dict:
+        first_is_chosen = (torch.rand(len(batch)) < 0.5).tolist()  # the Trainer snapshots this RNG
+        p = [r["prompt"] for r in batch]
+        a = [r["chosen"] if f else r["rejected"] for r, f in zip(batch, first_is_chosen)]
+        b = [r["rejected"] if f else r["chosen"] for r, f in zip(batch, first_is_chosen)]
+        if stage == 1:
+            return stage1_batch(gram.tokenizer, p, a, b)
+        return {**gram._encode(p, a, b), "chosen_first": torch.tensor(first_is_chosen)}
+
+    def loss_fn(module: torch.nn.Module, batch: dict):
+        if stage == 1:
+            loss = lm_loss(module, batch)
+            return loss, {"stage1_loss": float(loss.detach())}
+        z = last_token_logits(module, batch["input_ids"], batch["attention_mask"],
+                              gram.ab_ids.to(batch["input_ids"].device))  # (B, 2) through the module (DDP)
+        return _stage2_loss(z, batch["chosen_first"], gram.config.label_smoothing)
+
+    eval_fn = (lambda _m: evaluate_gram(gram, eval_rows)) if eval_rows else None
+    return Trainer(gram.model, config, rows, collate, loss_fn, eval_fn=eval_fn).fit()
