@@ -169,3 +169,52 @@ def test_critic_rm_joint_training_reduces_held_out_loss(tok):
     assert len(crit) == 2 and all(len(row) == 2 for row in crit)
     with pytest.raises(TypeError, match="ScalarHeadLM"):
         CriticRM(crm.model.backbone, tok)
+
+
+def _critique_dicts(rows):
+    keys = ("prompt", "chosen", "rejected", "critique_chosen", "critique_rejected")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def test_train_critic_rm_on_the_core_trainer(tok, tmp_path):
+    """Step 3 through train_critic_rm: λ(t) follows the Trainer's optimizer step 0.9 → 0.1, the held-out
+    joint loss halves and the reward head ranks the held-out pairs."""
+    from mmreward.core.trainer import TrainConfig
+    from mmreward.text.generative.critic_rm import evaluate_critic_rm, train_critic_rm
+
+    torch.manual_seed(0)
+    crm = CriticRM(ScalarHeadLM(tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=2)), tok,
+                   CriticRMConfig(request="Critique the response", num_critiques=2, max_new_tokens=5))
+    train, test = _critique_dicts(critic_rows(192, 0)), _critique_dicts(critic_rows(48, 1))
+    before = evaluate_critic_rm(crm, test)
+    hist = train_critic_rm(crm, train, TrainConfig(output_dir=str(tmp_path), batch_size=16, lr=3e-3, max_steps=60,
+                                                   progress=False, log_every=0, tensorboard=False, plot=False),
+                           eval_rows=test)
+    after = evaluate_critic_rm(crm, test)
+    lams = [h["lambda"] for h in hist]
+    print(f"train_critic_rm: held-out joint loss {before['loss']:.3f} -> {after['loss']:.3f}, "
+          f"pair accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}")
+    assert lams[0] == pytest.approx(0.9) and lams[-1] == pytest.approx(0.1) and lams == sorted(lams, reverse=True)
+    assert after["loss"] < 0.5 * before["loss"] and after["accuracy"] >= 0.9, (before, after)
+    assert hist[-1]["eval_accuracy"] == pytest.approx(after["accuracy"])
+    with pytest.raises(ValueError, match="row 0: needs str"):
+        train_critic_rm(crm, [{"prompt": "q"}], TrainConfig(output_dir=str(tmp_path / "x"), max_steps=1))
+
+
+def test_build_critique_rows_filters_and_pairs(tok, monkeypatch):
+    import mmreward.text.generative.critic_rm as C
+
+    crm = CriticRM(ScalarHeadLM(tiny_llama(len(tok), hidden=16, layers=1, heads=2)), tok, CriticRMConfig(num_critiques=3))
+    scripted = {  # response -> its sampled critiques (text, parsed score)
+        "good fine": [("c8", 8.0), ("c3", 3.0), ("junk", None)], "bad poor": [("r2", 2.0), ("r6", 6.0), ("r1", 1.0)],
+        "nice": [("n1", 1.0), ("n2", 2.0), ("n3", 3.0)], "weak": [("w9", 9.0), ("w8", 8.0), ("w7", 7.0)],
+    }
+    monkeypatch.setattr(C, "sample_critiques", lambda runner, p, responses, request: [scripted[r] for r in responses])
+    rows, stats = C.build_critique_rows(crm, [{"prompt": "q", "chosen": "good fine", "rejected": "bad poor"},
+                                              {"prompt": "q", "chosen": "nice", "rejected": "weak"}])
+    # pair 1: chosen mean 5.5, rejected mean 3 → keep chosen [c8], rejected [r2, r1] → 2 rows (c8 reused)
+    # pair 2: every chosen score is below the rejected mean → dropped
+    assert [(r["critique_chosen"], r["critique_rejected"]) for r in rows] == [("c8", "r2"), ("c8", "r1")]
+    assert stats == {"pairs": 2, "pairs_dropped": 1, "rows": 2, "parse_rate": pytest.approx(11 / 12)}
+    with pytest.raises(ValueError, match="pair 0 needs"):
+        C.build_critique_rows(crm, [{"prompt": "q"}])

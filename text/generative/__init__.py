@@ -32,7 +32,8 @@ _EXPORTS = {
     "RewardAnythingJudge": "reward_anything", "RewardAnythingConfig": "reward_anything",
     "build_input": "reward_anything", "accuracy_reward": "reward_anything", "format_reward": "reward_anything",
     "CriticRM": "critic_rm", "CriticRMConfig": "critic_rm", "sample_critiques": "critic_rm",
-    "consistency_filter": "critic_rm", "critique_weight": "critic_rm",
+    "consistency_filter": "critic_rm", "critique_weight": "critic_rm", "build_critique_rows": "critic_rm",
+    "train_critic_rm": "critic_rm", "evaluate_critic_rm": "critic_rm",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -24,7 +24,7 @@ from .runner import JudgeConfig, JudgeRunner
 from .sft import IGNORE, concat_batches, sft_batch
 
 __all__ = ["CriticRMConfig", "CriticRM", "critique_messages", "sample_critiques", "consistency_filter",
-           "critique_weight", "CRITIQUE_REQUEST"]
+           "critique_weight", "CRITIQUE_REQUEST", "build_critique_rows", "train_critic_rm", "evaluate_critic_rm"]
 
 CRITIQUE_REQUEST = "Critique the response above: point out its strengths and flaws, then end with 'Score: x' (1-10)."
 
@@ -142,3 +142,83 @@ class CriticRM:
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the two rewards."""
         return judge_from_scores(self.score)(prompts, first, second)
+
+
+# ------------------------------------------------------------------ data + training with the core Trainer
+CRITIQUE_KEYS = ("prompt", "chosen", "rejected", "critique_chosen", "critique_rejected")
+
+
+def build_critique_rows(crm: CriticRM, pairs: Sequence[dict]) -> tuple[list[dict], dict]:
+    """Steps 1–2 over ``{"prompt", "chosen", "rejected"}`` pairs: sample ``num_critiques`` critiques of
+    each response, keep the consistent ones, and pair the kept chosen / rejected critiques cyclically
+    (every kept critique is used once). Returns the training rows (:data:`CRITIQUE_KEYS`) and counts."""
+    for i, r in enumerate(pairs):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"build_critique_rows: pair {i} needs str 'prompt', 'chosen' and 'rejected'")
+    if not pairs:
+        raise ValueError("build_critique_rows: no pairs")
+    p = [r["prompt"] for r in pairs]
+    crit_c = sample_critiques(crm.runner, p, [r["chosen"] for r in pairs], crm.config.request)
+    crit_r = sample_critiques(crm.runner, p, [r["rejected"] for r in pairs], crm.config.request)
+    rows, parsed, dropped = [], 0, 0
+    for pair, cc, cr in zip(pairs, crit_c, crit_r):
+        parsed += sum(s is not None for _, s in cc + cr)
+        kc, kr = consistency_filter([s for _, s in cc], [s for _, s in cr])
+        if not kc:
+            dropped += 1
+            continue
+        for j in range(max(len(kc), len(kr))):
+            rows.append({**{k: pair[k] for k in ("prompt", "chosen", "rejected")},
+                         "critique_chosen": cc[kc[j % len(kc)]][0], "critique_rejected": cr[kr[j % len(kr)]][0]})
+    k = crm.config.num_critiques
+    return rows, {"pairs": len(pairs), "pairs_dropped": dropped, "rows": len(rows),
+                  "parse_rate": parsed / (2 * k * len(pairs))}
+
+
+def _critique_rows(rows: Sequence[Any], what: str) -> list[dict]:
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in CRITIQUE_KEYS):
+            raise ValueError(f"{what} row {i}: needs str {', '.join(repr(k) for k in CRITIQUE_KEYS)}")
+    if not rows:
+        raise ValueError(f"{what}: no rows")
+    return list(rows)
+
+
+def _pair_batches(crm: CriticRM, rows: Sequence[dict]) -> dict:
+    p = [r["prompt"] for r in rows]
+    return {"chosen": crm.batch(p, [r["chosen"] for r in rows], [r["critique_chosen"] for r in rows]),
+            "rejected": crm.batch(p, [r["rejected"] for r in rows], [r["critique_rejected"] for r in rows])}
+
+
+def evaluate_critic_rm(crm: CriticRM, rows: Sequence[dict], lam: Optional[float] = None) -> dict:
+    """Held-out joint loss (at ``lam``, default ``lam_end``), critique LM loss, BT loss and pair accuracy."""
+    rows = _critique_rows(rows, "evaluate_critic_rm")
+    c = crm.config
+    b = _pair_batches(crm, rows)
+    was = crm.model.training
+    crm.model.eval()
+    with torch.no_grad():  # only the two components are used: the joint loss is recombined at `lam` below
+        _, m = crm.loss(b["chosen"], b["rejected"], step=0, total_steps=1)
+    crm.model.train(was)
+    lam = c.lam_end if lam is None else lam
+    joint = lam * m["loss_critique"] + (1 - lam) * m["loss_bt"]
+    return {"loss": joint, "loss_critique": m["loss_critique"], "loss_bt": m["loss_bt"], "accuracy": m["accuracy"]}
+
+
+def train_critic_rm(crm: CriticRM, rows: Sequence[dict], config: Any,
+                    eval_rows: Optional[Sequence[dict]] = None) -> list[dict]:
+    """Step 3 with :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``) on rows of
+    :data:`CRITIQUE_KEYS`; λ(t) runs from ``lam_start`` to ``lam_end`` over ``config.max_steps`` optimizer
+    steps. Returns the Trainer's history (``eval_*`` from :func:`evaluate_critic_rm`)."""
+    from mmreward.core.trainer import Trainer
+
+    rows = _critique_rows(rows, "train_critic_rm")
+    eval_rows = _critique_rows(eval_rows, "train_critic_rm eval") if eval_rows else None
+    trainer: list = []  # filled below: loss_fn reads the optimizer step the Trainer is on
+
+    def loss_fn(_module: torch.nn.Module, batch: dict):
+        return crm.loss(batch["chosen"], batch["rejected"], step=trainer[0].step, total_steps=config.max_steps)
+
+    eval_fn = (lambda _m: evaluate_critic_rm(crm, eval_rows)) if eval_rows else None
+    trainer.append(Trainer(crm.model, config, rows, lambda b: _pair_batches(crm, b), loss_fn, eval_fn=eval_fn))
+    return trainer[0].fit()
