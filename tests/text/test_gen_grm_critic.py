@@ -218,3 +218,24 @@ def test_build_critique_rows_filters_and_pairs(tok, monkeypatch):
     assert stats == {"pairs": 2, "pairs_dropped": 1, "rows": 2, "parse_rate": pytest.approx(11 / 12)}
     with pytest.raises(ValueError, match="pair 0 needs"):
         C.build_critique_rows(crm, [{"prompt": "q"}])
+
+
+def test_train_meta_rm_on_the_core_trainer(tok, tmp_path):
+    from mmreward.core.trainer import TrainConfig
+    from mmreward.text.generative.grm import train_meta_rm
+
+    torch.manual_seed(0)
+    meta = ScalarHeadLM(tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=1))
+    as_dicts = lambda rows: [{"messages": m, "judgement": j, "correct": c} for m, j, c in rows]  # noqa: E731
+    train, test = as_dicts(judgements(256, 0)), as_dicts(judgements(64, 1))
+    cfg = TrainConfig(output_dir=str(tmp_path), batch_size=32, lr=3e-3, max_steps=100, progress=False, log_every=0,
+                      tensorboard=False, plot=False, eval_every=100)
+    with torch.no_grad():
+        before, _ = meta_rm_loss(meta, meta_rm_batch(tok, [r["messages"] for r in test], [r["judgement"] for r in test]),
+                                 torch.tensor([r["correct"] for r in test]))
+    hist = train_meta_rm(meta, tok, train, cfg, eval_rows=test)
+    print(f"train_meta_rm: held-out BCE {float(before):.3f} -> {hist[-1]['eval_loss']:.3f}, "
+          f"accuracy {hist[-1]['eval_accuracy']:.2f}")
+    assert hist[-1]["eval_loss"] < 0.7 * float(before) and hist[-1]["eval_accuracy"] >= 0.8
+    with pytest.raises(ValueError, match="row 0: needs 'messages'"):
+        train_meta_rm(meta, tok, [{"messages": [], "judgement": "x", "correct": 2.0}], cfg)

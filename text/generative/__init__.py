@@ -28,7 +28,7 @@ _EXPORTS = {
     "train_gram": "gram", "evaluate_gram": "gram",
     "RMR1Judge": "rm_r1", "RMR1Config": "rm_r1", "rm_r1_reward": "rm_r1", "chain_of_rubrics_messages": "rm_r1",
     "GRMJudge": "grm", "GRMConfig": "grm", "vote": "grm", "spct_rule_reward": "grm", "meta_rm_loss": "grm",
-    "meta_rm_batch": "grm", "grm_messages": "grm",
+    "meta_rm_batch": "grm", "grm_messages": "grm", "train_meta_rm": "grm",
     "RewardAnythingJudge": "reward_anything", "RewardAnythingConfig": "reward_anything",
     "build_input": "reward_anything", "accuracy_reward": "reward_anything", "format_reward": "reward_anything",
     "CriticRM": "critic_rm", "CriticRMConfig": "critic_rm", "sample_critiques": "critic_rm",

@@ -23,7 +23,7 @@ from .runner import JudgeConfig, JudgeRunner, parse_metrics
 from .sft import sft_batch
 
 __all__ = ["GRMConfig", "GRMJudge", "grm_messages", "vote", "spct_rule_reward", "meta_rm_loss", "meta_rm_batch",
-           "GRM_INSTRUCTIONS"]
+           "GRM_INSTRUCTIONS", "train_meta_rm"]
 
 GRM_INSTRUCTIONS = (
     "You are a skilled judge. First write the principles that matter for this query, each with a weight. "
@@ -162,3 +162,41 @@ def meta_rm_loss(meta: ScalarHeadLM, batch: dict, correct: torch.Tensor) -> tupl
     with torch.no_grad():
         acc = ((meta.head(h).squeeze(-1) > 0).float() == (y > 0.5).float()).float().mean()
     return loss, {"accuracy": float(acc)}
+
+
+def train_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict], config: Any,
+                  eval_rows: Optional[Sequence[dict]] = None) -> list[dict]:
+    """Train the meta-RM with :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``) on
+    rows ``{"messages": the judge's input (chat), "judgement": its output, "correct": 0 … 1}``. Returns
+    the Trainer's history (``eval_loss`` / ``eval_accuracy`` with ``eval_rows``)."""
+    from mmreward.core.trainer import Trainer
+
+    def check(rs: Sequence[Any], what: str) -> list[dict]:
+        for i, r in enumerate(rs):
+            ok = isinstance(r, dict) and isinstance(r.get("messages"), list) and isinstance(r.get("judgement"), str)
+            if not ok or not isinstance(r.get("correct"), (int, float)) or not 0.0 <= float(r["correct"]) <= 1.0:
+                raise ValueError(f"{what} row {i}: needs 'messages' (list), 'judgement' (str), 'correct' in [0, 1]")
+        if not rs:
+            raise ValueError(f"{what}: no rows")
+        return list(rs)
+
+    rows = check(rows, "train_meta_rm")
+    eval_rows = check(eval_rows, "train_meta_rm eval") if eval_rows else None
+
+    def collate(batch: Sequence[dict]) -> dict:
+        return {"batch": meta_rm_batch(tokenizer, [r["messages"] for r in batch], [r["judgement"] for r in batch]),
+                "correct": torch.tensor([float(r["correct"]) for r in batch])}
+
+    def loss_fn(module: torch.nn.Module, b: dict):
+        return meta_rm_loss(getattr(module, "module", module), b["batch"], b["correct"])
+
+    def eval_fn(_m) -> dict:
+        was = meta.training
+        meta.eval()
+        with torch.no_grad():
+            b = collate(eval_rows)
+            loss, m = meta_rm_loss(meta, b["batch"], b["correct"])
+        meta.train(was)
+        return {"loss": float(loss), "accuracy": m["accuracy"]}
+
+    return Trainer(meta, config, rows, collate, loss_fn, eval_fn=eval_fn if eval_rows else None).fit()
