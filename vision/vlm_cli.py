@@ -24,7 +24,7 @@ import sys
 from dataclasses import fields
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options
+from mmreward.core.cli_config import add_config_options, print_training_summary
 
 KINDS = {"vlm-rm": "preference", "visual-prm": "steps"}
 
@@ -122,13 +122,7 @@ def _train(argv: Sequence[str], model_kind: str) -> int:
         return 2
     folder = os.path.join(tcfg.output_dir, "model")
     model.save_pretrained(folder)
-    last = history[-1] if history else {}
-    shown = {"step": last.get("step"), "loss": last.get("loss")}
-    if before is not None:
-        shown |= {f"eval_{k}_before": v for k, v in before.items()}
-        shown |= {k: v for k, v in last.items() if k.startswith("eval_")}
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}))
-    print(f"model: {folder}")
+    print_training_summary(history, before, folder)
     return 0
 
 

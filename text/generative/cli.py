@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-genrm``: fine-tune a causal LM as a GenRM verifier with :func:`train_genrm`."""
-    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
@@ -158,13 +158,7 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     folder = os.path.join(tcfg.output_dir, "model")
     model.save_pretrained(folder)  # transformers' own format (safetensors); the tokenizer beside it
     tok.save_pretrained(folder)
-    last = hist[-1] if hist else {}
-    summary = {"step": last.get("step"), "loss": last.get("loss")}
-    if before is not None:
-        summary |= {f"eval_{k}_before": v for k, v in before.items()}
-        summary |= {k: v for k, v in last.items() if k.startswith("eval_")}
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
-    print(f"model: {folder}")
+    print_training_summary(hist, before, folder)
     return 0
 
 
