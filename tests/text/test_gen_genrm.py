@@ -176,6 +176,8 @@ def test_train_genrm_rejects_bad_rows(tmp_path):
         train_genrm(g, [{"prompt": "1 + 2 =", "response": "4", "correct": False}], cfg)
     with pytest.raises(ValueError, match="no rows"):
         train_genrm(g, [], cfg)
+    with pytest.raises(ValueError, match="solutions row 0: needs str 'prompt' and 'response'"):
+        train_genrm(g, [{"prompt": "1 + 2 =", "response": "3", "correct": True}], cfg, solutions=[{"answer": "3"}])
 
 
 def test_train_genrm_cli_learns_and_saves_a_loadable_model(tmp_path, capsys):

@@ -179,11 +179,11 @@ def train_genrm(genrm: GenRM, rows: Sequence[dict], config: Any, eval_rows: Opti
 
     rows = _verification_rows(rows, "train_genrm")
     eval_rows = _verification_rows(eval_rows, "train_genrm eval") if eval_rows else None
-    sols = [{"prompt": r["prompt"], "response": r["response"]} for r in (solutions if solutions is not None else
-                                                                       [r for r in rows if r["correct"]])]
-    for i, r in enumerate(sols):
-        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+    src = solutions if solutions is not None else [r for r in rows if r["correct"]]
+    for i, r in enumerate(src):
+        if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
             raise ValueError(f"train_genrm solutions row {i}: needs str 'prompt' and 'response'")
+    sols = [{"prompt": r["prompt"], "response": r["response"]} for r in src]
     lam = genrm.config.lam
     if lam and not sols:
         raise ValueError("train_genrm: lam > 0 but there is no solution to learn (no correct row, no solutions=)")
