@@ -96,7 +96,8 @@ def _train(argv: Sequence[str], model_kind: str) -> int:
     parser.add_argument("--eval-data", default=None, help="held-out rows (default with synthetic: 64 fresh rows)")
     parser.add_argument("--n-train", type=int, default=256, help="rows of synthetic data")
     parser.add_argument("--backbone", default="tiny",
-                        help="local transformers VLM folder (with its processor) or 'tiny' (a small Qwen2-VL from a config)")
+                        help="local transformers VLM folder (with its processor), a train-vlm-rm / train-visual-prm "
+                             "model folder (starts from its fine-tuned backbone), or 'tiny' (a small Qwen2-VL)")
     add_config_options(parser.add_argument_group("model"), Config)
     add_config_options(parser.add_argument_group("training"), TrainConfig)
     args = vars(parser.parse_args(argv))
