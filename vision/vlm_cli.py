@@ -21,10 +21,9 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options, print_training_summary
+from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
 
 KINDS = {"vlm-rm": "preference", "visual-prm": "steps"}
 
@@ -100,7 +99,8 @@ def _train(argv: Sequence[str], model_kind: str) -> int:
                              "model folder (starts from its fine-tuned backbone), or 'tiny' (a small Qwen2-VL)")
     add_config_options(parser.add_argument_group("model"), Config)
     add_config_options(parser.add_argument_group("training"), TrainConfig)
-    args = vars(parser.parse_args(argv))
+    ns = parser.parse_args(argv)
+    args = vars(ns)
     try:
         kind = KINDS[model_kind]
         synthetic = args["data"] == "synthetic"
@@ -109,8 +109,7 @@ def _train(argv: Sequence[str], model_kind: str) -> int:
             eval_rows = read_rows(args["eval_data"], "--eval-data")
         else:
             eval_rows = _synthetic(kind, 64, args["seed"] + 1) if synthetic else None
-        cfg = Config(**{f.name: args[f.name] for f in fields(Config)})
-        tcfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig)})
+        cfg, tcfg = config_from_args(Config, ns), config_from_args(TrainConfig, ns)
         backbone, processor = _backbone(args["backbone"])
         import torch
 

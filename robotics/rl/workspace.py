@@ -129,14 +129,14 @@ class Workspace:
         resumed = config.resume and os.path.exists(self.snapshot_prefix + ".json")
         if resumed:
             self.load_snapshot()
-            self.replay.prune_store()  # episodes written after that snapshot will be written again
         else:
             # a fresh run in a used folder: an old snapshot would otherwise point at episode files this
             # run overwrites, and resuming from it after a crash would mix the two runs
             for suffix in (".json", ".safetensors"):
                 if os.path.exists(self.snapshot_prefix + suffix):
                     os.unlink(self.snapshot_prefix + suffix)
-            self.replay.prune_store()  # nothing is live yet: removes the old run's episode files
+        # drop files of episodes that are not live: written after the snapshot resumed from, or the old run's
+        self.replay.prune_store()
         start = self.global_frame if resumed else None
         log_kw = dict(tensorboard=config.tensorboard, resume_step=start, quiet=True)
         self.train_log = MetricLogger(config.out, filename="train.csv", **log_kw)
