@@ -45,6 +45,8 @@ def run_cmd(args, reward: str, out: str) -> list[str]:
         cmd += ["--expl-scale", str(args.expl_scale)]
     if args.reward_clip is not None:
         cmd += ["--reward-clip", str(args.reward_clip)]
+    if args.success_scale is not None:
+        cmd += ["--success-scale", str(args.success_scale)]
     return cmd
 
 
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
                    help="α, the RND weight of learned rewards (default: the source's, 0.95 for diffusion)")
     p.add_argument("--reward-clip", type=float, default=None,
                    help="lower bound on the learned reward's standardised term (default: none)")
+    p.add_argument("--success-scale", type=float, default=None,
+                   help="weight of the success reward the learned sources add (default: 1, the paper's)")
     p.add_argument("--paper", action="store_true", help="paper-sized agent (batch 256, hidden 1024)")
     p.add_argument("--sequential", action="store_true", help="one run after the other instead of in parallel")
     p.add_argument("--out", default="runs/bench_rl")
@@ -134,7 +138,7 @@ def main(argv=None) -> int:
         "benchmark": "rl_learning", "task": args.task, "frames": args.frames, "seed": args.seed,
         "schedule_frames": args.schedule_frames or args.frames,
         "preset": "paper" if args.paper else "cpu (batch 64, hidden 256)", "expl_scale": args.expl_scale,
-        "reward_clip": args.reward_clip, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
+        "reward_clip": args.reward_clip, "success_scale": args.success_scale, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
         "checkpoint": args.checkpoint or "shipped metaworld-64",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},
         "wall_seconds": time.time() - t0,

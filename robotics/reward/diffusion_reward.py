@@ -70,6 +70,7 @@ class DiffusionRewardConfig:
     expl_scale: float = 0.95  # α: weight of the RND bonus, (1 − α) for the diffusion reward
     progress_scale: float = 1.0  # β: weight of the progress ranker's z-score (only with a progress model)
     use_sparse: bool = True  # add the success reward passed as `success=`
+    success_scale: float = 1.0  # weight of that success reward (official 1)
     batch_size: int = 64  # windows per video-model batch
     seed: Optional[int] = 0  # seed of the chain noise per call (None: global RNG)
 
@@ -82,6 +83,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"expl_scale must be in [0, 1], got {self.expl_scale}")
         if not math.isfinite(self.progress_scale):
             raise ValueError(f"progress_scale must be a finite number, got {self.progress_scale}")
+        if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
+            raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
             raise ValueError(f"clip_min must be a finite number or None, got {self.clip_min}")
         if self.batch_size < 1 or self.skip_step < 0 or self.num_samples < 1:
@@ -242,7 +245,7 @@ class DiffusionReward(nn.Module):
             s = torch.as_tensor(success, device=r.device).float().flatten()
             if s.shape != r.shape:
                 raise ValueError(f"success must have one value per frame ({r.shape[0]}), got {list(s.shape)}")
-            r = r + s
+            r = r + self.config.success_scale * s
         return r
 
     score = forward

@@ -149,11 +149,13 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        device: str = "cpu", size: int = 64, action_repeat: int = 2,
                        expert_data: Optional[str] = None, stats_episodes: int = 3,
                        max_steps: Optional[int] = None, rnd_update_interval: int = 100,
-                       expl_scale: Optional[float] = None, reward_clip: Optional[float] = None) -> RewardSource:
+                       expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
+                       success_scale: Optional[float] = None) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
     0.95 as in the paper, for ``diffusion`` / ``diffusion-likelihood``; 0.5 for ``viper``);
-    ``reward_clip`` bounds their standardised term below (``DiffusionRewardConfig.clip_min``)."""
+    ``reward_clip`` bounds their standardised term below (``DiffusionRewardConfig.clip_min``);
+    ``success_scale`` weights the success reward they add (default 1, the paper's)."""
     if expl_scale is not None and not 0.0 <= float(expl_scale) <= 1.0:
         raise ValueError(f"expl_scale must be in [0, 1], got {expl_scale}")
     if isinstance(spec, RewardSource):
@@ -199,7 +201,9 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         cfg.expl_scale = float(expl_scale)
     if reward_clip is not None:
         cfg.clip_min = float(reward_clip)
-        cfg.validate()
+    if success_scale is not None:
+        cfg.success_scale = float(success_scale)
+    cfg.validate()
     if cfg.reward_type != want or int(model.statistics[2]) == 0:
         if want == "relative_likelihood" and cfg.reward_type != want:
             cfg.entropy_estimator = "x0_entropy"  # the lower-variance entropy term
@@ -214,7 +218,8 @@ class _RNDOnly(LearnedReward):
     def __call__(self, frames, env_rewards, success):
         f = torch.as_tensor(np.ascontiguousarray(frames[1:])).to(self.model.device)
         r = self.model.rnd(f).float().cpu().numpy()
-        return (r + np.asarray(success, dtype=np.float32)).astype(np.float32)
+        s = self.model.config.success_scale * np.asarray(success, dtype=np.float32)
+        return (r + s).astype(np.float32)
 
 
 __all__ = ["REWARD_SOURCES", "RewardSource", "SparseReward", "DenseReward", "CallableReward", "LearnedReward",

@@ -48,10 +48,15 @@ def test_schedule_frames_keeps_the_noise_horizon_when_a_run_is_continued():
     b = _bench()
     args = types.SimpleNamespace(task="metaworld/button-press-v3", seed=1, frames=40000, eval_every=5000,
                                  eval_episodes=5, threads=2, device="cpu", paper=False, checkpoint=None,
-                                 episode_steps=100, expl_scale=None, reward_clip=None, schedule_frames=None)
+                                 episode_steps=100, expl_scale=None, reward_clip=None, schedule_frames=None,
+                                 success_scale=None)
     cmd = b.run_cmd(args, "sparse", "out")
+    assert "--success-scale" not in cmd
     assert cmd[cmd.index("--stddev-schedule") + 1] == "linear(1.0,0.1,16000)"  # 80 % of 20k agent steps
     args.schedule_frames = 30000  # continuing a 30k-frame run: its schedule, not a new one
     cmd = b.run_cmd(args, "sparse", "out")
     assert cmd[cmd.index("--stddev-schedule") + 1] == "linear(1.0,0.1,12000)"
     assert cmd[cmd.index("--num-train-frames") + 1] == "40000"
+    args.success_scale = 10.0
+    cmd = b.run_cmd(args, "diffusion-progress", "out")
+    assert cmd[cmd.index("--success-scale") + 1] == "10.0"

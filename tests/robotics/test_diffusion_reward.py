@@ -106,6 +106,12 @@ def test_statistics_and_mixing_rule():
     torch.testing.assert_close(no_rnd(ep), dr.standardize(dr.raw_reward(ep)).clamp_min(-0.25))
     with pytest.raises(ValueError, match="clip_min"):
         DiffusionRewardConfig(clip_min=float("inf")).validate()
+    # success_scale weights the sparse term only
+    no_rnd.config.success_scale = 10.0
+    torch.testing.assert_close(no_rnd(ep, success=success), no_rnd(ep) + 10.0 * success.float())
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="success_scale"):
+            DiffusionRewardConfig(success_scale=bad).validate()
 
 
 def test_rnd_learns_and_normalises():

@@ -128,6 +128,10 @@ def test_reward_sources(tmp_path):
     assert rc.min() >= -0.5 - 1e-6 and ru.min() < -0.5  # random frames: the unclipped reward goes lower
     with pytest.raises(ValueError, match="clip_min"):
         make_reward_source(own[shipped], reward_clip=float("nan"))
+    weighted = make_reward_source(own[shipped], expl_scale=0.0, reward_clip=-0.5, success_scale=10.0)
+    np.testing.assert_allclose(weighted(frames, env_r, succ), rc + 9.0 * succ.astype(np.float32), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="success_scale"):
+        make_reward_source(own[shipped], success_scale=-2.0)
     other = "diffusion" if shipped == "likelihood" else "viper"
     src = make_reward_source(other, task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.3)
     assert src.model.config.reward_type != shipped and src.model.config.expl_scale == 0.3
