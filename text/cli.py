@@ -1,4 +1,4 @@
-"""`mmreward text …`: train | score | eval | merge | judge | train-genrm. Each subcommand calls the Python API.
+"""`mmreward text …`: train | score | eval | merge | judge | train-genrm | train-gram | train-critic-rm. Each subcommand calls the Python API.
 
     mmreward text train --data train.jsonl --backbone path/or/hub-id --output-dir runs/rm --max-steps 500
     mmreward text score --model runs/rm --data inputs.jsonl [--json]
@@ -189,6 +189,9 @@ COMMANDS = {
     "judge": ("generative judges (GenRM, GRAM, RM-R1, DeepSeek-GRM, RewardAnything, Critic-RM)",
               ("mmreward.text.generative.cli", "main")),
     "train-genrm": ("fine-tune a causal LM as a GenRM verifier", ("mmreward.text.generative.cli", "train_genrm_main")),
+    "train-gram": ("GRAM: pair SFT (stage 1) / A-B judge (stage 2)", ("mmreward.text.generative.cli", "train_gram_main")),
+    "train-critic-rm": ("Critic-RM: self-critiques + joint critique / reward training",
+                        ("mmreward.text.generative.cli", "train_critic_rm_main")),
 }
 
 
@@ -197,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmreward text <command> [options]\n\ncommands:")
         for name, (help_text, _) in COMMANDS.items():
-            print(f"  {name:<12} {help_text}")
+            print(f"  {name:<16} {help_text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "train":

@@ -239,3 +239,41 @@ def test_train_meta_rm_on_the_core_trainer(tok, tmp_path):
     assert hist[-1]["eval_loss"] < 0.7 * float(before) and hist[-1]["eval_accuracy"] >= 0.8
     with pytest.raises(ValueError, match="row 0: needs 'messages'"):
         train_meta_rm(meta, tok, [{"messages": [], "judgement": "x", "correct": 2.0}], cfg)
+
+
+def test_train_critic_rm_cli_learns_saves_and_explains_an_empty_filter(tok, tmp_path, capsys):
+    """`mmreward text train-critic-rm` on rows with critiques (a causal-LM folder gets a new head), the saved
+    ScalarHeadLM reloads with the same held-out figures, and pairs whose sampled critiques never parse
+    stop with a clear error instead of training on nothing."""
+    import json
+
+    from mmreward.cli import main as mmreward_main
+    from mmreward.text.generative.critic_rm import evaluate_critic_rm
+
+    tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=2).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    test = _critique_dicts(critic_rows(48, 1))
+    for name, rows in (("train", _critique_dicts(critic_rows(192, 0))), ("test", test)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc = mmreward_main(["text", "train-critic-rm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "train.jsonl"),
+                        "--eval-data", str(tmp_path / "test.jsonl"), "--request", "Critique the response",
+                        "--output-dir", str(tmp_path / "run"), "--batch-size", "16", "--lr", "3e-3", "--max-steps", "60",
+                        "--no-progress", "--no-tensorboard", "--no-plot", "--log-every", "0"])
+    assert rc == 0
+    s = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1])
+    with capsys.disabled():  # the figures, outside the captured CLI output
+        print(f"train-critic-rm CLI: held-out joint loss {s['eval_loss_before']:.3f} -> {s['eval_loss']:.3f}, "
+              f"pair accuracy {s['eval_accuracy_before']:.2f} -> {s['eval_accuracy']:.2f}")
+    assert s["eval_loss"] < 0.5 * s["eval_loss_before"] and s["eval_accuracy"] >= 0.9, s
+    saved = CriticRM(ScalarHeadLM.from_pretrained(str(tmp_path / "run" / "model")), tok,
+                     CriticRMConfig(request="Critique the response"))
+    assert evaluate_critic_rm(saved, test)["accuracy"] == pytest.approx(s["eval_accuracy"])
+    # plain pairs: critiques are sampled from the untrained model, none ends with a parsable score
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": "q", "chosen": c, "rejected": r}) + "\n"
+                                                  for c, r in (("good fine", "bad poor"), ("nice", "weak"))))
+    rc = mmreward_main(["text", "train-critic-rm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "pairs.jsonl"),
+                        "--num-critiques", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "run2"),
+                        "--max-steps", "1", "--no-progress", "--no-tensorboard", "--no-plot"])
+    out = capsys.readouterr()
+    assert rc == 2 and "no pair kept a consistent critique" in out.err, out
+    assert not (tmp_path / "run2" / "model").exists()

@@ -146,3 +146,44 @@ def test_train_gram_both_stages_on_the_core_trainer(tok, tmp_path):
         train_gram(gram, train, TrainConfig(output_dir=str(tmp_path / "x"), max_steps=1, **quiet), stage=3)
     with pytest.raises(ValueError, match="row 0: needs str 'prompt', 'chosen' and 'rejected'"):
         train_gram(gram, [{"prompt": "q0", "chosen": "good"}], TrainConfig(output_dir=str(tmp_path / "x"), **quiet))
+
+
+def test_train_gram_cli_stage1_then_stage2_learns_and_saves(tok, tmp_path, capsys):
+    """`mmreward text train-gram`: stage 1 into a folder, stage 2 from that folder, through JSONL files."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from mmreward.cli import main as mmreward_main
+    from mmreward.text.generative.gram import evaluate_gram
+
+    tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=3).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    test = _pair_rows(pref_data(40, 1))
+    for name, rows in (("train", _pair_rows(pref_data(256, 0))), ("test", test)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--data", str(tmp_path / "train.jsonl"), "--eval-data", str(tmp_path / "test.jsonl"), "--batch-size", "16",
+              "--lr", "3e-3", "--label-smoothing", "0.1", "--no-progress", "--no-tensorboard", "--no-plot",
+              "--log-every", "0"]
+
+    def summary():
+        return json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1])
+
+    assert mmreward_main(["text", "train-gram", "--model", str(tmp_path / "base"), "--stage", "1", "--max-steps", "30",
+                          "--output-dir", str(tmp_path / "s1"), *common]) == 0
+    s1 = summary()
+    assert s1["eval_stage1_loss"] < 0.6 * s1["eval_stage1_loss_before"], s1
+    assert mmreward_main(["text", "train-gram", "--model", str(tmp_path / "s1" / "model"), "--stage", "2",
+                          "--max-steps", "60", "--output-dir", str(tmp_path / "s2"), *common]) == 0
+    s2 = summary()
+    with capsys.disabled():  # the figures, outside the captured CLI output
+        print(f"train-gram CLI: stage-1 loss {s1['eval_stage1_loss_before']:.3f} -> {s1['eval_stage1_loss']:.3f}; "
+              f"judge accuracy {s2['eval_accuracy_before']:.2f} -> {s2['eval_accuracy']:.2f}")
+    assert s2["eval_accuracy"] >= 0.95 and s2["eval_consistency"] >= 0.9, s2
+    saved = GRAM(AutoModelForCausalLM.from_pretrained(tmp_path / "s2" / "model"), tok, GRAMConfig(batch_size=32))
+    assert evaluate_gram(saved, test)["accuracy"] == pytest.approx(s2["eval_accuracy"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q0", "chosen": "good"}) + "\n")
+    assert mmreward_main(["text", "train-gram", "--model", str(tmp_path / "base"), "--data", str(bad),
+                          "--output-dir", str(tmp_path / "bad_run"), "--no-progress"]) == 2
+    assert "row 0 needs 'prompt', 'chosen', 'rejected'" in capsys.readouterr().err

@@ -156,8 +156,113 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mmreward text train-genrm: {e}", file=sys.stderr)
         return 2
     folder = os.path.join(tcfg.output_dir, "model")
+    _save_causal_lm(model, tok, folder)
+    print_training_summary(hist, before, folder)
+    return 0
+
+
+def _save_causal_lm(model: Any, tok: Any, folder: str) -> None:
     model.save_pretrained(folder)  # transformers' own format (safetensors); the tokenizer beside it
     tok.save_pretrained(folder)
+
+
+def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mmreward text train-gram``: GRAM stage 1 (pair SFT) or stage 2 (the A / B judge) with :func:`train_gram`."""
+    from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
+    from mmreward.core.trainer import TrainConfig
+
+    from .gram import GRAM, GRAMConfig, evaluate_gram, train_gram
+
+    ap = argparse.ArgumentParser(prog="mmreward text train-gram",
+                                 description="GRAM: stage 1 pair SFT, then stage 2 the A / B judge (run stage 2 on "
+                                             "stage 1's model folder)")
+    ap.add_argument("--model", required=True, help="causal LM folder (or hub id) with a chat template")
+    ap.add_argument("--gguf-file", help="GGUF file name inside --model")
+    ap.add_argument("--data", required=True, help="preference rows {prompt, chosen, rejected}")
+    ap.add_argument("--eval-data", help="held-out preference rows: stage-1 loss, accuracy, swap consistency")
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=2, help="1: pair SFT (labels unused); 2: judge")
+    ap.add_argument("--device", default="cpu", help="torch device")
+    add_config_options(ap.add_argument_group("GRAM"), GRAMConfig, skip=("batch_size",))
+    add_config_options(ap.add_argument_group("training"), TrainConfig)
+    args = ap.parse_args(argv)
+    try:
+        rows = load_rows(args.data)
+        eval_rows = load_rows(args.eval_data) if args.eval_data else None
+        config = config_from_args(GRAMConfig, args, skip=("batch_size",))
+        tcfg = config_from_args(TrainConfig, args)
+        model, tok = load_model("gram", args.model, args.gguf_file, args.device)
+        gram = GRAM(model, tok, config)
+        before = evaluate_gram(gram, eval_rows) if eval_rows else None
+        hist = train_gram(gram, rows, tcfg, stage=args.stage, eval_rows=eval_rows)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"mmreward text train-gram: {e}", file=sys.stderr)
+        return 2
+    folder = os.path.join(tcfg.output_dir, "model")
+    _save_causal_lm(model, tok, folder)
+    print_training_summary(hist, before, folder)
+    return 0
+
+
+def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mmreward text train-critic-rm``: Critic-RM steps 1–3 — sample and filter critiques of preference
+    pairs (or take rows that already carry them), then joint critique-LM + reward-head training."""
+    from mmreward.core.checkpoint import atomic_write_text
+    from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
+    from mmreward.core.data import read_records
+    from mmreward.core.trainer import TrainConfig
+
+    from .critic_rm import CRITIQUE_KEYS, CriticRM, CriticRMConfig, build_critique_rows, evaluate_critic_rm, \
+        train_critic_rm
+    from .heads import ScalarHeadLM
+
+    ap = argparse.ArgumentParser(prog="mmreward text train-critic-rm",
+                                 description="Critic-RM: self-generated critiques, consistency filter, joint "
+                                             "critique-LM + Bradley-Terry training of a reward head")
+    ap.add_argument("--model", required=True,
+                    help="causal LM folder (a new reward head is added) or a saved ScalarHeadLM folder")
+    ap.add_argument("--gguf-file", help="GGUF file name inside --model (causal LM only)")
+    ap.add_argument("--data", required=True,
+                    help=f"rows {{prompt, chosen, rejected}} (critiques are sampled and filtered here) or rows that "
+                         f"also carry critique_chosen / critique_rejected")
+    ap.add_argument("--eval-data", help="held-out rows with critiques: joint loss, critique LM loss, pair accuracy")
+    ap.add_argument("--device", default="cpu", help="torch device")
+    # CriticRMConfig's batch_size is for generation; its sampling seed follows the training --seed
+    add_config_options(ap.add_argument_group("Critic-RM"), CriticRMConfig, skip=("batch_size", "seed"))
+    add_config_options(ap.add_argument_group("training"), TrainConfig)
+    args = ap.parse_args(argv)
+    try:
+        tcfg = config_from_args(TrainConfig, args)
+        config = config_from_args(CriticRMConfig, args, skip=("batch_size", "seed"))
+        config.seed = tcfg.seed
+        rows = read_records(args.data)
+        eval_rows = read_records(args.eval_data) if args.eval_data else None
+        if os.path.exists(os.path.join(args.model, "backbone")):
+            model, tok = load_model("critic_rm", args.model, None, args.device)
+        else:
+            import torch
+
+            lm, tok = load_model("genrm", args.model, args.gguf_file, args.device)
+            torch.manual_seed(tcfg.seed)  # the new head's initialisation follows --seed
+            model = ScalarHeadLM(lm).to(args.device)
+        crm = CriticRM(model, tok, config)
+        if rows and not all(isinstance(r, dict) and all(k in r for k in CRITIQUE_KEYS) for r in rows):
+            rows, counts = build_critique_rows(crm, rows)
+            print(json.dumps({"critiques": counts}))
+            if not rows:
+                raise ValueError(f"no pair kept a consistent critique ({counts['parse_rate']:.0%} of the critiques "
+                                 "parsed a 'Score: x'): sample more (--num-critiques) or start from a model that follows "
+                                 "the critique request")
+            os.makedirs(tcfg.output_dir, exist_ok=True)
+            atomic_write_text(os.path.join(tcfg.output_dir, "critique_rows.jsonl"),
+                              "".join(json.dumps(r) + "\n" for r in rows))
+        before = evaluate_critic_rm(crm, eval_rows) if eval_rows else None
+        hist = train_critic_rm(crm, rows, tcfg, eval_rows=eval_rows)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"mmreward text train-critic-rm: {e}", file=sys.stderr)
+        return 2
+    folder = os.path.join(tcfg.output_dir, "model")
+    model.save_pretrained(folder)  # backbone/ (safetensors) + the head
+    tok.save_pretrained(os.path.join(folder, "backbone"))
     print_training_summary(hist, before, folder)
     return 0
 
