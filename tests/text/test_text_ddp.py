@@ -80,3 +80,40 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert [r["step"] for r in rows[1]] == ["1", "2", "3", "4"]
     for a, b in zip(*rows):  # losses are averaged over ranks: the same global mean
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
+
+
+def test_torchrun_critic_rm_matches_single_process(tmp_path):
+    """`text train-critic-rm` under torchrun runs its joint forward through the DDP wrapper: with λ = 0 (a
+    pure Bradley–Terry loss, a mean over pairs) two processes × 4 pairs give one process × 8's weights."""
+    from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
+
+    good, bad = "good fine great nice".split(), "bad poor awful weak".split()
+    tok = word_tokenizer([" ".join(good + bad) + " q strong weak answer Score : 2 3 8 9 Critique the response"])
+    tiny_llama(len(tok), hidden=32, layers=1, heads=2, seed=1).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    rng = random.Random(0)
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for _ in range(32):
+            f.write(json.dumps({"prompt": "q", "chosen": " ".join(rng.choices(good, k=rng.randrange(1, 4))),
+                                "rejected": " ".join(rng.choices(bad, k=2)), "critique_chosen": "strong answer Score : 8",
+                                "critique_rejected": "weak answer Score : " + rng.choice("23")}) + "\n")
+    common = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "train.jsonl"), "--request",
+              "Critique the response", "--lam-start", "0", "--lam-end", "0", "--max-steps", "3", "--lr", "1e-3",
+              "--warmup-steps", "1", "--no-progress", "--no-tensorboard", "--no-plot", "--log-every", "0"]
+    assert main(["train-critic-rm", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "single")]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mmreward.cli",
+           "text", "train-critic-rm", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    init = load_file(str(tmp_path / "base" / "model.safetensors"))
+    for part in ("backbone/model.safetensors", "head/model.safetensors"):
+        single, ddp = load_file(str(tmp_path / "single" / "model" / part)), load_file(str(tmp_path / "ddp" / "model" / part))
+        assert single.keys() == ddp.keys()
+        for k in single:
+            torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4, msg=f"{part}: {k}")
+    moved = max((single_w - init[k]).abs().max().item()
+                for k, single_w in load_file(str(tmp_path / "single" / "model" / "backbone/model.safetensors")).items()
+                if k in init)
+    assert moved > 1e-4  # the backbone trained

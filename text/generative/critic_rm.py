@@ -17,7 +17,7 @@ import torch
 
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
-from .heads import ScalarHeadLM, last_token_hidden
+from .heads import ScalarHeadLM
 from .parsing import parse_score
 from .position import judge_from_scores
 from .runner import JudgeConfig, JudgeRunner
@@ -99,8 +99,10 @@ class CriticRM:
         msgs = [critique_messages(p, r, self.config.request) for p, r in zip(prompts, responses)]
         return sft_batch(self.tokenizer, msgs, list(critiques))
 
-    def loss(self, chosen: dict, rejected: dict, step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
-        """``λ(t)·LM(critiques) + (1 − λ(t))·BT(r_chosen, r_rejected)`` in one forward over both batches."""
+    def loss(self, chosen: dict, rejected: dict, step: int, total_steps: int,
+             module: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, dict]:
+        """``λ(t)·LM(critiques) + (1 − λ(t))·BT(r_chosen, r_rejected)`` in one forward over both batches,
+        run through ``module`` (default ``self.model``; the Trainer passes its DDP wrapper)."""
         c = self.config
         lam = critique_weight(step, total_steps, c.lam_start, c.lam_end)
         n = chosen["input_ids"].shape[0]
@@ -109,11 +111,9 @@ class CriticRM:
         both = concat_batches(chosen, rejected, pad_id=self.tokenizer.pad_token_id or 0)
         dev = next(self.model.parameters()).device
         both = {k: v.to(dev) for k, v in both.items()}
-        out = self.model.backbone(input_ids=both["input_ids"], attention_mask=both["attention_mask"],
-                                  output_hidden_states=True)
-        logits, tgt = out.logits[:, :-1].float(), both["labels"][:, 1:]  # (2B, T-1, V), (2B, T-1)
+        h, logits = (module or self.model)(both["input_ids"], both["attention_mask"], return_hidden=True)  # (2B, H)
+        logits, tgt = logits[:, :-1].float(), both["labels"][:, 1:]  # (2B, T-1, V), (2B, T-1)
         lm = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE)
-        h = last_token_hidden(out.hidden_states[-1], both["attention_mask"])  # (2B, H)
         bt, acc = reward_head_pairwise_loss_and_accuracy(h[:n], h[n:], self.model.head.weight, self.model.head.bias)
         loss = lam * lm + (1 - lam) * bt
         return loss, {"lambda": lam, "loss_critique": float(lm.detach()), "loss_bt": float(bt.detach()),
@@ -216,8 +216,9 @@ def train_critic_rm(crm: CriticRM, rows: Sequence[dict], config: Any,
     eval_rows = _critique_rows(eval_rows, "train_critic_rm eval") if eval_rows else None
     trainer: list = []  # filled below: loss_fn reads the optimizer step the Trainer is on
 
-    def loss_fn(_module: torch.nn.Module, batch: dict):
-        return crm.loss(batch["chosen"], batch["rejected"], step=trainer[0].step, total_steps=config.max_steps)
+    def loss_fn(module: torch.nn.Module, batch: dict):
+        return crm.loss(batch["chosen"], batch["rejected"], step=trainer[0].step, total_steps=config.max_steps,
+                        module=module)
 
     eval_fn = (lambda _m: evaluate_critic_rm(crm, eval_rows)) if eval_rows else None
     trainer.append(Trainer(crm.model, config, rows, lambda b: _pair_batches(crm, b), loss_fn, eval_fn=eval_fn))

@@ -148,11 +148,13 @@ def meta_rm_batch(tokenizer: Any, messages: Sequence[list[dict]], judgements: Se
     return sft_batch(tokenizer, messages, list(judgements), add_eos=True, **kw)
 
 
-def meta_rm_loss(meta: ScalarHeadLM, batch: dict, correct: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def meta_rm_loss(meta: ScalarHeadLM, batch: dict, correct: torch.Tensor,
+                 module: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, dict]:
     """BCE of the meta-RM's logit against ``correct`` (B,) in [0, 1] (1: the judgement's verdict was right),
-    through the fused ``step_bce_loss`` on the last-token hidden states with the head's row."""
+    through the fused ``step_bce_loss`` on the last-token hidden states with the head's row. The forward
+    runs through ``module`` (default ``meta``; the Trainer passes its DDP wrapper so gradients sync)."""
     dev = next(meta.parameters()).device
-    h, _ = meta.hidden(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (B, H)
+    h, _ = (module or meta)(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), return_hidden=True)  # (B, H)
     y = correct.to(device=dev, dtype=torch.float32)
     if y.shape != (h.shape[0],):
         raise ValueError(f"correct must have shape ({h.shape[0]},), got {tuple(y.shape)}")
@@ -188,7 +190,7 @@ def train_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict], conf
                 "correct": torch.tensor([float(r["correct"]) for r in batch])}
 
     def loss_fn(module: torch.nn.Module, b: dict):
-        return meta_rm_loss(getattr(module, "module", module), b["batch"], b["correct"])
+        return meta_rm_loss(meta, b["batch"], b["correct"], module=module)
 
     def eval_fn(_m) -> dict:
         was = meta.training

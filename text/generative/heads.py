@@ -55,10 +55,11 @@ class ScalarHeadLM(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return last_token_hidden(out.hidden_states[-1], attention_mask), out.logits
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) scalar logits."""
-        h, _ = self.hidden(input_ids, attention_mask)
-        return self.head(h).squeeze(-1)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False):
+        """(B,) scalar logits; ``return_hidden``: :meth:`hidden`'s ``(h (B, H), LM logits)`` instead, so that a
+        joint loss still runs its forward through this module (and a DDP wrapper around it)."""
+        h, logits = self.hidden(input_ids, attention_mask)
+        return (h, logits) if return_hidden else self.head(h).squeeze(-1)
 
     def save_pretrained(self, folder: str) -> None:
         self.backbone.save_pretrained(os.path.join(folder, "backbone"))
