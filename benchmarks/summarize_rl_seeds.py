@@ -14,7 +14,8 @@ success curve (success-rate × frames, normalised by the common span), and the f
         --out benchmarks/results/rl_learning_cpu_button_press_seeds.png
 
 ``--group LABEL::KEY1|KEY2…``: the runs named KEY1 (or KEY2, … — the first one present) in each
-JSON form the setting LABEL; a JSON holding none of the keys is skipped for that setting.
+JSON form the setting LABEL; a JSON holding none of the keys is skipped for that setting. ``KEY@TEXT``
+takes run KEY only from files whose name contains TEXT.
 
 With two or more groups, each later group is compared with the first, seed by seed (the same seed
 gives both settings the same environment seeds), on success AUC, final success, return AUC (mean
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 
 
@@ -40,10 +42,18 @@ def collect(jsons: list[dict], names: list[str], keys: list[str]) -> list[dict]:
     """One run per JSON holding one of `keys` (first match), tagged with its seed and file."""
     runs = []
     for d, name in zip(jsons, names):
-        key = next((k for k in keys if k in d.get("runs", {})), None)
+        key = next((k for k in keys if key_matches(k, d, name)), None)
         if key is not None:
-            runs.append({**d["runs"][key], "seed": d.get("seed"), "file": name, "key": key})
+            run = key.partition("@")[0]
+            runs.append({**d["runs"][run], "seed": d.get("seed"), "file": name, "key": run})
     return runs
+
+
+def key_matches(key: str, d: dict, name: str) -> bool:
+    """``KEY`` matches a JSON holding run KEY; ``KEY@TEXT`` only when the file name also contains TEXT
+    (two settings of one reward source, e.g. different --success-scale, saved under the same run key)."""
+    run, _, text = key.partition("@")
+    return run in d.get("runs", {}) and text in os.path.basename(name)
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -38,6 +38,14 @@ def test_means_over_common_frames_and_key_fallback(tmp_path):
     assert s["DR"]["mean_first_success_frame"] == 10
     # trapezoid AUC over [0, 20] / 20: seed 1 (0.8·10/2 + 0.8·10/2)/20 = 0.4, seed 2 (0.1·10 + 0.4·10)/20 = 0.25
     assert s["DR"]["mean_success_auc"] == pytest.approx((0.4 + 0.25) / 2)
+    # KEY@TEXT: one run key, two settings told apart by the file name
+    c = _result(tmp_path / "s1_scale10.json", 1, {
+        "diffusion-relative": {"frames": [0, 10, 20], "success_rate": [0.0, 1.0, 1.0], "episode_return": [9, 9, 9]}})
+    assert m.main(["--json", a, b, c, "--group", "DR::DR paper|diffusion-relative@s2",
+                   "--group", "DR x10::diffusion-relative@scale10", "--save", str(out)]) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert s["DR"]["seeds"] == [1, 2] and s["DR x10"]["seeds"] == [1]
+    assert s["DR x10"]["mean_success"] == pytest.approx([0.0, 1.0, 1.0])
 
 
 def test_paired_sign_flip_comparison(tmp_path):
