@@ -268,6 +268,16 @@ def test_train_critic_rm_cli_learns_saves_and_explains_an_empty_filter(tok, tmp_
     saved = CriticRM(ScalarHeadLM.from_pretrained(str(tmp_path / "run" / "model")), tok,
                      CriticRMConfig(request="Critique the response"))
     assert evaluate_critic_rm(saved, test)["accuracy"] == pytest.approx(s["eval_accuracy"])
+    # the saved folder is what `text judge critic_rm` reads: it writes its own (greedy) critiques and ranks
+    (tmp_path / "pairs_test.jsonl").write_text("".join(
+        json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in test[:16]))
+    assert mmreward_main(["text", "judge", "critic_rm", "--model", str(tmp_path / "run" / "model"), "--data",
+                          str(tmp_path / "pairs_test.jsonl"), "--request", "Critique the response",
+                          "--max-new-tokens", "6", "--output", str(tmp_path / "verdicts.json")]) == 0
+    capsys.readouterr()
+    verdicts = json.loads((tmp_path / "verdicts.json").read_text())
+    assert verdicts["method"] == "critic_rm" and len(verdicts["p_chosen_first"]) == 16
+    assert verdicts["accuracy"] >= 0.9, verdicts
     # plain pairs: critiques are sampled from the untrained model, none ends with a parsable score
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": "q", "chosen": c, "rejected": r}) + "\n"
                                                   for c, r in (("good fine", "bad poor"), ("nice", "weak"))))
