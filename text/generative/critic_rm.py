@@ -111,7 +111,8 @@ class CriticRM:
         both = concat_batches(chosen, rejected, pad_id=self.tokenizer.pad_token_id or 0)
         dev = next(self.model.parameters()).device
         both = {k: v.to(dev) for k, v in both.items()}
-        h, logits = (module or self.model)(both["input_ids"], both["attention_mask"], return_hidden=True)  # (2B, H)
+        fwd = self.model if module is None else module
+        h, logits = fwd(both["input_ids"], both["attention_mask"], return_hidden=True)  # (2B, H), (2B, T, V)
         logits, tgt = logits[:, :-1].float(), both["labels"][:, 1:]  # (2B, T-1, V), (2B, T-1)
         lm = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE)
         bt, acc = reward_head_pairwise_loss_and_accuracy(h[:n], h[n:], self.model.head.weight, self.model.head.bias)

@@ -154,7 +154,8 @@ def meta_rm_loss(meta: ScalarHeadLM, batch: dict, correct: torch.Tensor,
     through the fused ``step_bce_loss`` on the last-token hidden states with the head's row. The forward
     runs through ``module`` (default ``meta``; the Trainer passes its DDP wrapper so gradients sync)."""
     dev = next(meta.parameters()).device
-    h, _ = (module or meta)(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), return_hidden=True)  # (B, H)
+    fwd = meta if module is None else module
+    h, _ = fwd(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), return_hidden=True)  # (B, H)
     y = correct.to(device=dev, dtype=torch.float32)
     if y.shape != (h.shape[0],):
         raise ValueError(f"correct must have shape ({h.shape[0]},), got {tuple(y.shape)}")
