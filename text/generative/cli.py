@@ -18,7 +18,7 @@ import importlib
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 METHODS = {  # method -> (module, judge class, config class)
     "genrm": ("genrm", "GenRM", "GenRMConfig"),
@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-genrm``: fine-tune a causal LM as a GenRM verifier with :func:`train_genrm`."""
-    from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
+    from mmreward.core.cli_config import add_config_options, config_from_args
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
@@ -142,7 +142,8 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     add_config_options(ap.add_argument_group("GenRM"), GenRMConfig, skip=("batch_size", "seed"))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
     args = ap.parse_args(argv)
-    try:
+
+    def work():
         rows = read_records(args.data)
         eval_rows = read_records(args.eval_data) if args.eval_data else None
         sols = read_records(args.solutions) if args.solutions else None
@@ -152,11 +153,23 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
         genrm = GenRM(model, tok, config)
         before = evaluate_genrm(genrm, eval_rows) if eval_rows else None
         hist = train_genrm(genrm, rows, tcfg, eval_rows=eval_rows, solutions=sols, balance=args.balance)
+        return hist, before, tcfg.output_dir, lambda folder: _save_causal_lm(model, tok, folder)
+
+    return _run_training("mmreward text train-genrm", work)
+
+
+def _run_training(prog: str, work: Callable[[], tuple]) -> int:
+    """The tail every ``train-*`` command shares: ``work()`` → ``(history, held-out figures before or None,
+    output dir, save(folder))``; bad input → one line on stderr and exit code 2, nothing saved."""
+    from mmreward.core.cli_config import print_training_summary
+
+    try:
+        hist, before, output_dir, save = work()
     except (OSError, ValueError, TypeError) as e:
-        print(f"mmreward text train-genrm: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    folder = os.path.join(tcfg.output_dir, "model")
-    _save_causal_lm(model, tok, folder)
+    folder = os.path.join(output_dir, "model")
+    save(folder)
     print_training_summary(hist, before, folder)
     return 0
 
@@ -168,7 +181,7 @@ def _save_causal_lm(model: Any, tok: Any, folder: str) -> None:
 
 def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-gram``: GRAM stage 1 (pair SFT) or stage 2 (the A / B judge) with :func:`train_gram`."""
-    from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
+    from mmreward.core.cli_config import add_config_options, config_from_args
     from mmreward.core.trainer import TrainConfig
 
     from .gram import GRAM, GRAMConfig, evaluate_gram, train_gram
@@ -185,7 +198,8 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
     add_config_options(ap.add_argument_group("GRAM"), GRAMConfig, skip=("batch_size",))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
     args = ap.parse_args(argv)
-    try:
+
+    def work():
         rows = load_rows(args.data)
         eval_rows = load_rows(args.eval_data) if args.eval_data else None
         config = config_from_args(GRAMConfig, args, skip=("batch_size",))
@@ -194,20 +208,16 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
         gram = GRAM(model, tok, config)
         before = evaluate_gram(gram, eval_rows) if eval_rows else None
         hist = train_gram(gram, rows, tcfg, stage=args.stage, eval_rows=eval_rows)
-    except (OSError, ValueError, TypeError) as e:
-        print(f"mmreward text train-gram: {e}", file=sys.stderr)
-        return 2
-    folder = os.path.join(tcfg.output_dir, "model")
-    _save_causal_lm(model, tok, folder)
-    print_training_summary(hist, before, folder)
-    return 0
+        return hist, before, tcfg.output_dir, lambda folder: _save_causal_lm(model, tok, folder)
+
+    return _run_training("mmreward text train-gram", work)
 
 
 def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-critic-rm``: Critic-RM steps 1–3 — sample and filter critiques of preference
     pairs (or take rows that already carry them), then joint critique-LM + reward-head training."""
     from mmreward.core.checkpoint import atomic_write_text
-    from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
+    from mmreward.core.cli_config import add_config_options, config_from_args
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
@@ -222,15 +232,16 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
                     help="causal LM folder (a new reward head is added) or a saved ScalarHeadLM folder")
     ap.add_argument("--gguf-file", help="GGUF file name inside --model (causal LM only)")
     ap.add_argument("--data", required=True,
-                    help=f"rows {{prompt, chosen, rejected}} (critiques are sampled and filtered here) or rows that "
-                         f"also carry critique_chosen / critique_rejected")
+                    help="rows {prompt, chosen, rejected} (critiques are sampled and filtered here) or rows that "
+                         "also carry critique_chosen / critique_rejected")
     ap.add_argument("--eval-data", help="held-out rows with critiques: joint loss, critique LM loss, pair accuracy")
     ap.add_argument("--device", default="cpu", help="torch device")
     # CriticRMConfig's batch_size is for generation; its sampling seed follows the training --seed
     add_config_options(ap.add_argument_group("Critic-RM"), CriticRMConfig, skip=("batch_size", "seed"))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
     args = ap.parse_args(argv)
-    try:
+
+    def work():
         tcfg = config_from_args(TrainConfig, args)
         config = config_from_args(CriticRMConfig, args, skip=("batch_size", "seed"))
         config.seed = tcfg.seed
@@ -257,14 +268,14 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
                               "".join(json.dumps(r) + "\n" for r in rows))
         before = evaluate_critic_rm(crm, eval_rows) if eval_rows else None
         hist = train_critic_rm(crm, rows, tcfg, eval_rows=eval_rows)
-    except (OSError, ValueError, TypeError) as e:
-        print(f"mmreward text train-critic-rm: {e}", file=sys.stderr)
-        return 2
-    folder = os.path.join(tcfg.output_dir, "model")
-    model.save_pretrained(folder)  # backbone/ (safetensors) + the head
-    tok.save_pretrained(os.path.join(folder, "backbone"))
-    print_training_summary(hist, before, folder)
-    return 0
+
+        def save(folder: str) -> None:
+            model.save_pretrained(folder)  # backbone/ (safetensors) + the head
+            tok.save_pretrained(os.path.join(folder, "backbone"))
+
+        return hist, before, tcfg.output_dir, save
+
+    return _run_training("mmreward text train-critic-rm", work)
 
 
 if __name__ == "__main__":
