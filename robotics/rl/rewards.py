@@ -21,7 +21,9 @@ Some also learn online (``update(frames)`` on replay frames every ``update_inter
 callable                   any ``frames [T+1, H, W, 3] uint8 -> rewards [T+1] or [T]``
 =========================  =========================================================================
 
-The learned sources add the success reward like the paper (``use_sparse``); all but
+The learned sources add the success reward like the paper (``use_sparse``, weighted by
+``success_scale``); with ``shaping="potential"`` they pay their reward as a potential instead
+(``γ·Φ(next frame) − Φ(frame)``, not in the paper), which cannot change which policy is optimal. All but
 ``diffusion-progress`` ignore a progress ranker the checkpoint may hold (the paper's rule). Missing expert statistics
 for the chosen mode (e.g. likelihood with a checkpoint fitted for entropy) are fitted on expert
 episodes: ``expert_data`` (an episode folder), else a few scripted-expert episodes collected here.
@@ -35,6 +37,7 @@ import torch
 
 REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "diffusion-relative", "diffusion-progress",
                   "viper", "rnd")
+SHAPINGS = ("none", "potential")
 _REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood",
                 "diffusion-progress": "relative_likelihood"}  # others: likelihood
 
@@ -95,15 +98,25 @@ class LearnedReward(RewardSource):
     """A :class:`~mmreward.robotics.reward.DiffusionReward` (any mode, optional RND) relabelling
     whole episodes; its RND predictor, when present, trains online on replay frames."""
 
-    def __init__(self, model, name: str, update_interval: int = 100):
+    def __init__(self, model, name: str, update_interval: int = 100, shaping: str = "none", discount: float = 0.99):
         self.model, self.name = model.eval(), name
         self.update_interval = update_interval if model.rnd is not None else 0
+        self.shaping, self.discount = shaping, float(discount)
 
     def __call__(self, frames, env_rewards, success):
         from ..wrappers import relabel_episode
 
-        r = relabel_episode(self.model, frames, np.asarray(success) if self.model.config.use_sparse else None)
-        return r
+        use_sparse = self.model.config.use_sparse
+        if self.shaping == "none":
+            return relabel_episode(self.model, frames, np.asarray(success) if use_sparse else None)
+        # potential-based shaping (Ng et al. 1999): Φ = the learned reward of a frame; a transition pays
+        # γ·Φ(next) − Φ(frame) + success, which leaves the optimal policy that of the success reward alone
+        with torch.no_grad():
+            phi = self.model(torch.as_tensor(np.ascontiguousarray(frames)).to(self.model.device)).float().cpu()
+        r = (self.discount * phi[1:] - phi[:-1]).numpy()  # [T]
+        if use_sparse:
+            r = r + self.model.config.success_scale * np.asarray(success, dtype=np.float32)
+        return r.astype(np.float32)
 
     def update(self, frames: torch.Tensor) -> dict[str, float]:
         return self.model.update_rnd(frames.to(self.model.device))
@@ -150,12 +163,21 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        expert_data: Optional[str] = None, stats_episodes: int = 3,
                        max_steps: Optional[int] = None, rnd_update_interval: int = 100,
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
-                       success_scale: Optional[float] = None) -> RewardSource:
+                       success_scale: Optional[float] = None, shaping: str = "none",
+                       discount: float = 0.99) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
     0.95 as in the paper, for ``diffusion`` / ``diffusion-likelihood``; 0.5 for ``viper``);
     ``reward_clip`` bounds their standardised term below (``DiffusionRewardConfig.clip_min``);
-    ``success_scale`` weights the success reward they add (default 1, the paper's)."""
+    ``success_scale`` weights the success reward they add (default 1, the paper's). ``shaping="potential"``
+    pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
+    γ = ``discount`` (the agent's), so that the optimal policy is the success reward's."""
+    if shaping not in SHAPINGS:
+        raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
+    if shaping != "none" and (isinstance(spec, RewardSource) or callable(spec) or spec in ("sparse", "dense")):
+        raise ValueError(f"shaping={shaping!r} applies to the learned reward sources, not to {spec!r}")
+    if not 0.0 < float(discount) <= 1.0:
+        raise ValueError(f"discount must be in (0, 1], got {discount}")
     if expl_scale is not None and not 0.0 <= float(expl_scale) <= 1.0:
         raise ValueError(f"expl_scale must be in [0, 1], got {expl_scale}")
     if isinstance(spec, RewardSource):
@@ -192,6 +214,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     if model.rnd is None:
         model.rnd = RND(RNDConfig(image_size=image)).to(device)
     if spec == "rnd":
+        if shaping != "none":
+            raise ValueError("shaping applies to the video-model rewards, not to 'rnd'")
         cfg.use_std, cfg.expl_scale = False, 1.0
         return _RNDOnly(model, rnd_update_interval)
     want = _REWARD_TYPE.get(spec, "likelihood")
@@ -209,7 +233,7 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
             cfg.entropy_estimator = "x0_entropy"  # the lower-variance entropy term
         cfg.reward_type = want
         model.fit_statistics(_expert_frames(task, expert_data, size, action_repeat, stats_episodes, max_steps))
-    return LearnedReward(model, spec, rnd_update_interval)
+    return LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
 
 
 class _RNDOnly(LearnedReward):
@@ -222,5 +246,5 @@ class _RNDOnly(LearnedReward):
         return (r + s).astype(np.float32)
 
 
-__all__ = ["REWARD_SOURCES", "RewardSource", "SparseReward", "DenseReward", "CallableReward", "LearnedReward",
+__all__ = ["REWARD_SOURCES", "SHAPINGS", "RewardSource", "SparseReward", "DenseReward", "CallableReward", "LearnedReward",
            "make_reward_source"]

@@ -59,4 +59,7 @@ def test_schedule_frames_keeps_the_noise_horizon_when_a_run_is_continued():
     assert cmd[cmd.index("--num-train-frames") + 1] == "40000"
     args.success_scale = 10.0
     cmd = b.run_cmd(args, "diffusion-progress", "out")
-    assert cmd[cmd.index("--success-scale") + 1] == "10.0"
+    assert cmd[cmd.index("--success-scale") + 1] == "10.0" and "--reward-shaping" not in cmd
+    args.shaping = "potential"
+    cmd = b.run_cmd(args, "diffusion-progress", "out")
+    assert cmd[cmd.index("--reward-shaping") + 1] == "potential"

@@ -132,6 +132,18 @@ def test_reward_sources(tmp_path):
     np.testing.assert_allclose(weighted(frames, env_r, succ), rc + 9.0 * succ.astype(np.float32), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="success_scale"):
         make_reward_source(own[shipped], success_scale=-2.0)
+    # potential-based shaping: γ·Φ(next) − Φ(frame) + success with Φ the learned reward of each frame
+    shaped = make_reward_source(own[shipped], expl_scale=0.0, reward_clip=-0.5, shaping="potential", discount=0.9)
+    phi = shaped.model(torch.from_numpy(frames)).float().numpy()  # [T+1]
+    rs = shaped(frames, env_r, succ)
+    np.testing.assert_allclose(rs, 0.9 * phi[1:] - phi[:-1] + succ, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rc, phi[1:] + succ, rtol=1e-5, atol=1e-5)  # the unshaped source pays Φ(next)
+    disc = 0.9 ** np.arange(len(rs))  # the discounted shaping sum telescopes to γ^T Φ_T − Φ_0
+    assert float(((rs - succ) * disc).sum()) == pytest.approx(0.9 ** len(rs) * phi[-1] - phi[0], abs=1e-4)
+    with pytest.raises(ValueError, match="shaping must be one of"):
+        make_reward_source(own[shipped], shaping="telescoping")
+    with pytest.raises(ValueError, match="applies to the learned reward sources"):
+        make_reward_source("sparse", shaping="potential")
     other = "diffusion" if shipped == "likelihood" else "viper"
     src = make_reward_source(other, task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.3)
     assert src.model.config.reward_type != shipped and src.model.config.expl_scale == 0.3
