@@ -1,4 +1,4 @@
-"""`mmreward text …`: train | score | eval | merge | judge | train-genrm | train-gram | train-critic-rm. Each subcommand calls the Python API.
+"""`mmreward text …`: train | score | eval | merge | judge | train-genrm | train-gram | train-critic-rm | train-meta-rm. Each subcommand calls the Python API.
 
     mmreward text train --data train.jsonl --backbone path/or/hub-id --output-dir runs/rm --max-steps 500
     mmreward text score --model runs/rm --data inputs.jsonl [--json]
@@ -192,6 +192,8 @@ COMMANDS = {
     "train-gram": ("GRAM: pair SFT (stage 1) / A-B judge (stage 2)", ("mmreward.text.generative.cli", "train_gram_main")),
     "train-critic-rm": ("Critic-RM: self-critiques + joint critique / reward training",
                         ("mmreward.text.generative.cli", "train_critic_rm_main")),
+    "train-meta-rm": ("DeepSeek-GRM meta-RM: which sampled judgements to trust",
+                      ("mmreward.text.generative.cli", "train_meta_rm_main")),
 }
 
 

@@ -267,7 +267,7 @@ def test_train_critic_rm_cli_learns_saves_and_explains_an_empty_filter(tok, tmp_
     assert s["eval_loss"] < 0.5 * s["eval_loss_before"] and s["eval_accuracy"] >= 0.9, s
     saved = CriticRM(ScalarHeadLM.from_pretrained(str(tmp_path / "run" / "model")), tok,
                      CriticRMConfig(request="Critique the response"))
-    assert evaluate_critic_rm(saved, test)["accuracy"] == pytest.approx(s["eval_accuracy"])
+    assert evaluate_critic_rm(saved, test)["accuracy"] == pytest.approx(s["eval_accuracy"], abs=1e-4)
     # the saved folder is what `text judge critic_rm` reads: it writes its own (greedy) critiques and ranks
     (tmp_path / "pairs_test.jsonl").write_text("".join(
         json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in test[:16]))
@@ -286,4 +286,81 @@ def test_train_critic_rm_cli_learns_saves_and_explains_an_empty_filter(tok, tmp_
                         "--max-steps", "1", "--no-progress", "--no-tensorboard", "--no-plot"])
     out = capsys.readouterr()
     assert rc == 2 and "no pair kept a consistent critique" in out.err, out
+    assert not (tmp_path / "run2" / "model").exists()
+
+
+def test_build_meta_rm_rows_labels_by_verdict_and_alternates_position(tok):
+    from mmreward.text.generative.grm import build_meta_rm_rows
+    from mmreward.text.generative.runner import JudgeResult
+
+    j = GRMJudge(tiny_llama(len(tok), hidden=16, layers=1, heads=2), tok, GRMConfig(instructions="judge", num_samples=3))
+    scripted = {  # first response shown -> its 3 sampled judgements
+        "good fine": ["Final Scores: \\boxed{8, 2}", "Final Scores: \\boxed{3, 3}", "junk"],   # chosen first
+        "weak": ["Final Scores: \\boxed{8, 2}", "Final Scores: \\boxed{1, 9}", "Final Scores: \\boxed{2, 7}"],  # chosen 2nd
+    }
+
+    def fake_run(msgs, parse):
+        out = []
+        for i, m in enumerate(msgs):
+            first = m[1]["content"].split("[Response 1]\n")[1].split("\n")[0]
+            out.append([JudgeResult(i, s, t, parse(t).value, parse(t).reason) for s, t in enumerate(scripted[first])])
+        return out
+
+    j.runner.run = fake_run
+    rows, counts = build_meta_rm_rows(j, [{"prompt": "q", "chosen": "good fine", "rejected": "bad poor"},
+                                          {"prompt": "q", "chosen": "nice", "rejected": "weak"}])
+    # pair 0: 8 > 2 right, a tie is wrong, unparsable is wrong; pair 1 shows the chosen response second
+    assert [r["correct"] for r in rows] == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert rows[3]["messages"] == grm_messages("q", ["weak", "nice"], "judge") and rows[4]["judgement"].endswith("{1, 9}")
+    assert counts == {"pairs": 2, "rows": 6, "parse_rate": pytest.approx(5 / 6), "correct_rate": pytest.approx(0.5)}
+    with pytest.raises(ValueError, match="pair 0 needs"):
+        build_meta_rm_rows(j, [{"prompt": "q", "chosen": "x"}])
+
+
+def test_train_meta_rm_cli_learns_and_the_grm_judge_reads_it(tok, tmp_path, capsys):
+    """`mmreward text train-meta-rm` on labelled judgements (exact labels: right iff Response 1, the good one,
+    scores higher) learns; the saved folder reloads with the same held-out figures and is what
+    `text judge grm --meta-rm` takes; a judge whose judgements never parse stops with a clear error."""
+    import json
+
+    from mmreward.cli import main as mmreward_main
+    from mmreward.text.generative.cli import load_meta_rm
+    from mmreward.text.generative.grm import evaluate_meta_rm
+
+    tiny_llama(len(tok), hidden=48, layers=2, heads=4, seed=1).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    as_dicts = lambda rows: [{"messages": m, "judgement": j, "correct": c} for m, j, c in rows]  # noqa: E731
+    test = as_dicts(judgements(64, 1))
+    for name, rows in (("train", as_dicts(judgements(256, 0))), ("test", test)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--no-progress", "--no-tensorboard", "--no-plot", "--log-every", "0"]
+    rc = mmreward_main(["text", "train-meta-rm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "train.jsonl"),
+                        "--eval-data", str(tmp_path / "test.jsonl"), "--output-dir", str(tmp_path / "run"),
+                        "--batch-size", "32", "--lr", "3e-3", "--max-steps", "100", "--eval-every", "100", *common])
+    assert rc == 0
+    s = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1])
+    with capsys.disabled():
+        print(f"train-meta-rm CLI: held-out BCE {s['eval_loss_before']:.3f} -> {s['eval_loss']:.3f}, "
+              f"accuracy {s['eval_accuracy_before']:.2f} -> {s['eval_accuracy']:.2f}")
+    assert s["eval_loss"] < 0.7 * s["eval_loss_before"] and s["eval_accuracy"] >= 0.8, s
+    folder = str(tmp_path / "run" / "model")
+    assert evaluate_meta_rm(load_meta_rm(folder, tok), tok, test)["accuracy"] == pytest.approx(s["eval_accuracy"], abs=1e-4)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        load_meta_rm(folder, word_tokenizer(["some other words"]))
+    # the GRM judge with the meta-RM: 2 samples per pair, the better one by meta score votes
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": "q", "chosen": c, "rejected": r}) + "\n"
+                                                  for c, r in (("good fine", "bad poor"), ("nice", "weak"))))
+    judge = ["text", "judge", "grm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "pairs.jsonl"),
+             "--num-samples", "2", "--k-meta", "1", "--max-new-tokens", "6"]
+    assert mmreward_main([*judge, "--meta-rm", folder, "--output", str(tmp_path / "v.json")]) == 0
+    assert len(json.loads((tmp_path / "v.json").read_text())["p_chosen_first"]) == 2
+    capsys.readouterr()
+    assert mmreward_main([*judge, "--meta-rm", str(tmp_path)]) == 2
+    assert "not a meta-RM folder" in capsys.readouterr().err
+    # plain pairs judged by the untrained base: nothing parses, so every label would be 0
+    rc = mmreward_main(["text", "train-meta-rm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "pairs.jsonl"),
+                        "--num-samples", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "run2"),
+                        "--max-steps", "1", *common])
+    out = capsys.readouterr()
+    assert rc == 2 and "every sampled judgement was wrong" in out.err, out
     assert not (tmp_path / "run2" / "model").exists()

@@ -61,12 +61,33 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
     return AutoModelForCausalLM.from_pretrained(model, **kw).to(device).eval(), AutoTokenizer.from_pretrained(model, **kw)
 
 
-def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dict], swap: bool = True) -> dict:
-    """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python)."""
+def _same_vocab(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def load_meta_rm(folder: str, judge_tokenizer: Any, device: str = "cpu") -> Any:
+    """A meta-RM (``ScalarHeadLM`` folder). It reads the judge's tokens, so its tokenizer must be the judge's."""
+    from transformers import AutoTokenizer
+
+    from .heads import ScalarHeadLM
+
+    if not os.path.isdir(os.path.join(folder, "backbone")):
+        raise ValueError(f"{folder}: not a meta-RM folder (no backbone/); train one with `mmreward text train-meta-rm`")
+    if not _same_vocab(AutoTokenizer.from_pretrained(os.path.join(folder, "backbone")), judge_tokenizer):
+        raise ValueError(f"{folder}: the meta-RM was trained with another tokenizer than the judge's")
+    return ScalarHeadLM.from_pretrained(folder, device=device).eval()
+
+
+def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dict], swap: bool = True,
+        meta_rm: Any = None) -> dict:
+    """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python; ``meta_rm``: grm only)."""
     from .position import evaluate_pairs_with_judge
 
     mod, cls, _ = METHODS[method]
-    judge = getattr(importlib.import_module(f"{__package__}.{mod}"), cls)(model, tokenizer, config)
+    extra = {"meta_rm": meta_rm} if meta_rm is not None else {}
+    if extra and method != "grm":
+        raise ValueError(f"meta_rm is for the grm judge, not {method}")
+    judge = getattr(importlib.import_module(f"{__package__}.{mod}"), cls)(model, tokenizer, config, **extra)
     per_row = []
 
     def recording(prompts, first, second):
@@ -99,17 +120,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
         p.add_argument("--device", default="cpu", help="torch device")
         p.add_argument("--output", help="write the result JSON here")
+        if name == "grm":
+            p.add_argument("--meta-rm", help="meta-RM folder from `mmreward text train-meta-rm` (with --k-meta)")
         add_config_options(p, getattr(importlib.import_module(f"{__package__}.{mod}"), cfg))
     args = ap.parse_args(argv)
     mod, _, cfg = METHODS[args.method]
     config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
     try:
         rows = load_rows(args.data, args.limit)
+        model, tok = load_model(args.method, args.model, args.gguf_file, args.device)
+        meta = load_meta_rm(args.meta_rm, tok, args.device) if getattr(args, "meta_rm", None) else None
+        res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model, tok = load_model(args.method, args.model, args.gguf_file, args.device)
-    res = run(args.method, config, model, tok, rows, swap=args.swap)
     summary = {k: v for k, v in res.items() if not k.startswith("p_")}
     print(json.dumps(summary, indent=1))
     if args.output:
@@ -276,6 +300,94 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         return hist, before, tcfg.output_dir, save
 
     return _run_training("mmreward text train-critic-rm", work)
+
+
+def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mmreward text train-meta-rm``: the DeepSeek-GRM meta-RM — sample GRM judgements of preference pairs
+    (or take rows that already carry them), label each by whether its verdict was right, and train a
+    scalar head with BCE (:func:`train_meta_rm`). ``text judge grm --meta-rm FOLDER --k-meta K`` uses it."""
+    from mmreward.core.checkpoint import atomic_write_text
+    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.data import read_records
+    from mmreward.core.trainer import TrainConfig
+
+    from .grm import GRMConfig, GRMJudge, build_meta_rm_rows, evaluate_meta_rm, train_meta_rm
+    from .heads import ScalarHeadLM
+
+    ap = argparse.ArgumentParser(prog="mmreward text train-meta-rm",
+                                 description="DeepSeek-GRM meta-RM: BCE on whether each sampled judgement was right")
+    ap.add_argument("--model", required=True,
+                    help="meta-RM backbone: causal LM folder (a new head is added) or a saved meta-RM folder")
+    ap.add_argument("--gguf-file", help="GGUF file name inside --model (causal LM only)")
+    ap.add_argument("--judge-model", help="the GRM judge that samples judgements of pairs (default: --model); "
+                                          "it must use --model's tokenizer")
+    ap.add_argument("--judge-gguf-file", help="GGUF file name inside --judge-model")
+    ap.add_argument("--data", required=True, help="pairs {prompt, chosen, rejected} (judged here) or rows "
+                                                  "{messages, judgement, correct}")
+    ap.add_argument("--eval-data", help="held-out pairs or rows, as --data: BCE and accuracy")
+    ap.add_argument("--device", default="cpu", help="torch device")
+    # GRMConfig's batch_size is for generation and k_meta for inference; its sampling seed follows --seed
+    add_config_options(ap.add_argument_group("GRM judge (sampling)"), GRMConfig, skip=("batch_size", "seed", "k_meta"))
+    add_config_options(ap.add_argument_group("training"), TrainConfig)
+    args = ap.parse_args(argv)
+
+    def work():
+        import torch
+
+        tcfg = config_from_args(TrainConfig, args)
+        gcfg = config_from_args(GRMConfig, args, skip=("batch_size", "seed", "k_meta"))
+        gcfg.seed = tcfg.seed
+        if os.path.exists(os.path.join(args.model, "backbone")):
+            meta, tok = load_model("critic_rm", args.model, None, args.device)
+            base = None
+        else:
+            base, tok = load_model("genrm", args.model, args.gguf_file, args.device)
+            torch.manual_seed(tcfg.seed)  # the new head's initialisation follows --seed
+            meta = ScalarHeadLM(base).to(args.device)
+        judge = None
+
+        def meta_rows(path: str, what: str) -> list[dict]:
+            nonlocal judge
+            rows = read_records(path)
+            if rows and all(isinstance(r, dict) and {"messages", "judgement", "correct"} <= r.keys() for r in rows):
+                return rows
+            if judge is None:
+                if args.judge_model:
+                    jm, jt = load_model("grm", args.judge_model, args.judge_gguf_file, args.device)
+                    if not _same_vocab(jt, tok):
+                        raise ValueError(f"--judge-model {args.judge_model}: its tokenizer differs from --model's; the "
+                                         "meta-RM reads the judge's tokens, so give it the judge's tokenizer")
+                elif base is not None:
+                    jm, jt = base, tok
+                else:
+                    raise ValueError("--model is a meta-RM folder: give --judge-model to judge the pairs")
+                judge = GRMJudge(jm, jt, gcfg)
+            was = meta.training
+            meta.eval()  # the judge may share the meta-RM's backbone: sample without dropout
+            rows, counts = build_meta_rm_rows(judge, rows)
+            meta.train(was)
+            print(json.dumps({what: counts}))
+            if counts["correct_rate"] in (0.0, 1.0):
+                raise ValueError(f"{path}: every sampled judgement was {'right' if counts['correct_rate'] else 'wrong'} "
+                                 f"(parse rate {counts['parse_rate']:.0%}); the meta-RM needs both kinds: sample more "
+                                 "(--num-samples, --temperature) or use harder / easier pairs")
+            os.makedirs(tcfg.output_dir, exist_ok=True)
+            atomic_write_text(os.path.join(tcfg.output_dir, f"{what}_meta_rows.jsonl"),
+                              "".join(json.dumps(r) + "\n" for r in rows))
+            return rows
+
+        rows = meta_rows(args.data, "train")
+        eval_rows = meta_rows(args.eval_data, "eval") if args.eval_data else None
+        before = evaluate_meta_rm(meta, tok, eval_rows) if eval_rows else None
+        hist = train_meta_rm(meta, tok, rows, tcfg, eval_rows=eval_rows)
+
+        def save(folder: str) -> None:
+            meta.save_pretrained(folder)  # backbone/ (safetensors) + the head
+            tok.save_pretrained(os.path.join(folder, "backbone"))
+
+        return hist, before, tcfg.output_dir, save
+
+    return _run_training("mmreward text train-meta-rm", work)
 
 
 if __name__ == "__main__":

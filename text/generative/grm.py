@@ -23,7 +23,8 @@ from .runner import JudgeConfig, JudgeRunner, parse_metrics
 from .sft import sft_batch
 
 __all__ = ["GRMConfig", "GRMJudge", "grm_messages", "vote", "spct_rule_reward", "meta_rm_loss", "meta_rm_batch",
-           "GRM_INSTRUCTIONS", "train_meta_rm"]
+           "GRM_INSTRUCTIONS", "train_meta_rm", "build_meta_rm_rows",
+           "evaluate_meta_rm"]
 
 GRM_INSTRUCTIONS = (
     "You are a skilled judge. First write the principles that matter for this query, each with a weight. "
@@ -167,6 +168,32 @@ def meta_rm_loss(meta: ScalarHeadLM, batch: dict, correct: torch.Tensor,
     return loss, {"accuracy": float(acc)}
 
 
+def build_meta_rm_rows(judge: GRMJudge, pairs: Sequence[dict]) -> tuple[list[dict], dict]:
+    """Meta-RM training rows from ``{"prompt", "chosen", "rejected"}`` pairs: ``judge`` samples its
+    ``num_samples`` judgements of each pair, and each judgement becomes ``{"messages", "judgement",
+    "correct"}`` with correct = 1 iff its scores put the chosen response strictly above the rejected one
+    (unparsable or tied: 0). The chosen response is shown first in even pairs and second in odd ones, so
+    the label is not the position. Returns the rows and counts (pairs, rows, parse rate, correct rate)."""
+    for i, r in enumerate(pairs):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"build_meta_rm_rows: pair {i} needs str 'prompt', 'chosen' and 'rejected'")
+    if not pairs:
+        raise ValueError("build_meta_rm_rows: no pairs")
+    shown = [[r["chosen"], r["rejected"]] if i % 2 == 0 else [r["rejected"], r["chosen"]] for i, r in enumerate(pairs)]
+    judge.judge_lists([r["prompt"] for r in pairs], shown)
+    rows = []
+    for i, (r, resp, samples) in enumerate(zip(pairs, shown, judge.last_results)):
+        messages = grm_messages(r["prompt"], resp, judge.config.instructions)
+        c = i % 2  # index of the chosen response in `resp`
+        for s in samples:
+            right = s.ok and s.value[c] > s.value[1 - c]
+            rows.append({"messages": messages, "judgement": s.text, "correct": float(right)})
+    flat = [s for row in judge.last_results for s in row]
+    counts = {"pairs": len(pairs), "rows": len(rows), "parse_rate": sum(s.ok for s in flat) / len(flat),
+              "correct_rate": sum(r["correct"] for r in rows) / len(rows)}
+    return rows, counts
+
+
 def train_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict], config: Any,
                   eval_rows: Optional[Sequence[dict]] = None) -> list[dict]:
     """Train the meta-RM with :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``) on
@@ -193,13 +220,16 @@ def train_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict], conf
     def loss_fn(module: torch.nn.Module, b: dict):
         return meta_rm_loss(meta, b["batch"], b["correct"], module=module)
 
-    def eval_fn(_m) -> dict:
-        was = meta.training
-        meta.eval()
-        with torch.no_grad():
-            b = collate(eval_rows)
-            loss, m = meta_rm_loss(meta, b["batch"], b["correct"])
-        meta.train(was)
-        return {"loss": float(loss), "accuracy": m["accuracy"]}
+    return Trainer(meta, config, rows, collate, loss_fn,
+                   eval_fn=(lambda _m: evaluate_meta_rm(meta, tokenizer, eval_rows)) if eval_rows else None).fit()
 
-    return Trainer(meta, config, rows, collate, loss_fn, eval_fn=eval_fn if eval_rows else None).fit()
+
+def evaluate_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict]) -> dict:
+    """Held-out BCE and accuracy of the meta-RM on ``{"messages", "judgement", "correct"}`` rows (one batch)."""
+    was = meta.training
+    meta.eval()
+    with torch.no_grad():
+        b = meta_rm_batch(tokenizer, [r["messages"] for r in rows], [r["judgement"] for r in rows])
+        loss, m = meta_rm_loss(meta, b, torch.tensor([float(r["correct"]) for r in rows]))
+    meta.train(was)
+    return {"loss": float(loss), "accuracy": m["accuracy"]}
