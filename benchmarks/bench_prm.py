@@ -89,78 +89,6 @@ def held_out_split(seed: int, n: int, num_steps: int, exclude: set) -> list:
     return read_step_examples(rows[:n])
 
 
-class _StopForward(Exception):
-    pass
-
-
-def train_top_blocks_cached(prm, train, trainable_layers: int, steps: int, batch_size: int, lr: float,
-                            warmup: int = 30, seed: int = 0) -> list[float]:
-    """Same objective as ``train_prm(..., trainable_layers=k)``, but the frozen part runs once per
-    chain: the input of block ``L-k`` is cached for every training chain, then the top ``k`` blocks
-    (+ final norm + label rows) train for several epochs on the cache through ``prm.forward``
-    (``step_bce_loss``). Evaluation afterwards uses the whole, unmodified model."""
-    from mmreward.core.train import warmup_cosine_scheduler
-    from mmreward.text.prm.data import StepCollator
-
-    full = prm.backbone.layers
-    L, k = len(full), trainable_layers
-    prm.freeze_backbone(k)
-    prm.eval()  # no dropout in SmolLM2; eval only silences training-mode code paths
-    collate = StepCollator(prm)
-    cache, grabbed = [], {}
-
-    def grab(_mod, args, kwargs):  # the residual stream entering block L-k: (B, T, H)
-        grabbed["h"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        raise _StopForward
-
-    hook = full[L - k].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for i in range(0, len(train), 32):
-                b = collate(train[i: i + 32])
-                try:
-                    prm.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
-                except _StopForward:
-                    pass
-                for r in range(b["input_ids"].shape[0]):
-                    n = int(b["attention_mask"][r].sum())
-                    cache.append(grabbed["h"][r, :n].clone())  # (T_r, H)
-    finally:
-        hook.remove()
-    prm.backbone.layers = torch.nn.ModuleList(full[L - k:])  # the top k blocks read the cached stream
-    prm.hidden_states = lambda h, am: prm.backbone(inputs_embeds=h, attention_mask=am, use_cache=False).last_hidden_state
-    opt = torch.optim.AdamW([p for p in prm.parameters() if p.requires_grad], lr=lr)
-    sched = warmup_cosine_scheduler(opt, warmup_steps=warmup, total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
-    order, losses = torch.randperm(len(train), generator=g).tolist(), []
-    prm.train()
-    try:
-        for step in range(steps):
-            if len(order) < batch_size:
-                order += torch.randperm(len(train), generator=g).tolist()
-            idx, order = order[:batch_size], order[batch_size:]
-            b = collate([train[i] for i in idx])
-            B, T = b["input_ids"].shape
-            h = torch.zeros(B, T, cache[0].shape[-1])
-            for r, i in enumerate(idx):
-                h[r, : cache[i].shape[0]] = cache[i]
-            loss = prm(input_ids=h, attention_mask=b["attention_mask"], step_mask=b["step_mask"], objective="bce",
-                       labels=b["labels"])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in prm.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if step % 50 == 0 or step == steps - 1:
-                print(f"  step {step}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
-    finally:
-        del prm.hidden_states
-        prm.backbone.layers = full
-        prm.eval()
-    return losses
-
-
 def smollm(steps: int, n_train: int, lr: float = 3e-4, trainable_layers: int = 4, batch_size: int = 16,
            num_steps: int = 4, cache_epochs: int = 0) -> dict:
     """SmolLM2-135M-Instruct PRM, lm head (P(good) from its own "+" / "-" LM-head rows). Only the last
@@ -195,12 +123,9 @@ def smollm(steps: int, n_train: int, lr: float = 3e-4, trainable_layers: int = 4
     zero_shot = evaluate_prm(prm, test, 0.5)  # the untrained two-token head, for reference
     cfg = PRMTrainConfig(output_dir=tempfile.mkdtemp(prefix="bench_prm_smol_"), max_steps=steps, batch_size=batch_size,
                          lr=lr, warmup_steps=30, progress=False, tensorboard=False, plot=False, log_every=50,
-                         trainable_layers=trainable_layers)
+                         trainable_layers=trainable_layers, cache_frozen=bool(cache_epochs))
     t0 = time.perf_counter()
-    if cache_epochs:
-        final = train_top_blocks_cached(prm, train, trainable_layers, steps, batch_size, lr)[-1]
-    else:
-        final = train_prm(prm, train, cfg)[-1]["loss"]
+    final = train_prm(prm, train, cfg)[-1]["loss"]
     secs = time.perf_counter() - t0
     n_layers = len(prm.decoder_layers())
     return {"backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32)", "load_seconds": round(load, 1),

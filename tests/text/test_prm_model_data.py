@@ -231,3 +231,40 @@ def test_trainable_layers_freezes_the_lower_backbone(llama, tmp_path):
         prm.freeze_backbone(-2)
     with pytest.raises(ValueError, match="trainable_layers"):
         PRMTrainConfig(output_dir=str(tmp_path), trainable_layers=-5)
+
+
+def test_cache_frozen_trains_exactly_like_the_uncached_model(llama, tmp_path):
+    """cache_frozen: the frozen blocks' output computed once per example gives the same losses and the same
+    trained weights as recomputing it every step (bce on an lm head, ppm on a value head); settings that
+    cannot be cached, or a backbone for which the cut forward is not exact, are refused."""
+    from mmreward.text.prm.data import read_pair_examples
+    from mmreward.text.prm.synthetic import make_dataset, make_pairs
+    from mmreward.text.prm.train import CachedPrefixCollator, PRMTrainConfig, train_prm
+
+    _, tok = llama
+    cases = (("lm", "bce", read_step_examples(make_dataset(48, seed=0, max_value=5))),
+             ("value", "ppm", read_pair_examples(make_pairs(48, seed=0, max_value=5))))
+    for head, objective, rows in cases:
+        runs = []
+        for cache in (False, True):
+            prm = ProcessRewardModel.from_backbone(tiny_llama(tok, hidden=32, layers=3, heads=2, seed=3), tok,
+                                                   head=head, max_length=96)
+            cfg = PRMTrainConfig(output_dir=str(tmp_path / f"{objective}{cache}"), objective=objective, max_steps=8,
+                                 batch_size=16, lr=3e-3, progress=False, tensorboard=False, plot=False, log_every=0,
+                                 trainable_layers=2, cache_frozen=cache)
+            runs.append((prm, train_prm(prm, rows, cfg)))
+        (plain, h_plain), (cached, h_cached) = runs
+        assert [r["loss"] for r in h_cached] == pytest.approx([r["loss"] for r in h_plain], rel=1e-4), objective
+        if objective == "bce":  # (8 steps are too few for ppm to move off log 2)
+            assert min(r["loss"] for r in h_cached[-3:]) < h_cached[0]["loss"]
+        for (k, a), (_, b) in zip(plain.state_dict().items(), cached.state_dict().items()):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=k)
+    with pytest.raises(ValueError, match="cache_frozen needs trainable_layers"):
+        PRMTrainConfig(output_dir=str(tmp_path), cache_frozen=True)
+    prm = ProcessRewardModel.from_backbone(tiny_llama(tok, hidden=32, layers=2, heads=2, seed=3), tok, max_length=96)
+    rows = read_step_examples(make_dataset(8, seed=0, max_value=5))
+    with pytest.raises(ValueError, match="1 <= trainable_layers < 2"):
+        CachedPrefixCollator(prm, rows, StepCollator(prm), 2)
+    bert = ProcessRewardModel.from_backbone(_bert(tok), tok, head="value", max_length=96)
+    with pytest.raises(ValueError, match="BertModel gives other hidden states"):  # inputs_embeds get positions added
+        CachedPrefixCollator(bert, rows, StepCollator(bert), 1)

@@ -54,6 +54,10 @@ class PRMConfig:
             raise ValueError("PRMConfig.step_tag must not be empty")
 
 
+class _StopForward(Exception):
+    """Ends a backbone forward once the wanted block input has been grabbed."""
+
+
 def _single_token(tokenizer, text: str, what: str) -> int:
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
@@ -124,15 +128,21 @@ class ProcessRewardModel(nn.Module):
                     prm.label_bias.copy_(out.bias[[prm.good_id, prm.bad_id]])
         return prm
 
+    def _decoder_slot(self) -> tuple[nn.Module, str, nn.ModuleList]:
+        """(module holding the blocks, its attribute name, the blocks)."""
+        for path in ("layers", "encoder.layer", "h", "decoder.layers"):
+            *parents, last = path.split(".")
+            owner = self.backbone
+            for name in parents:
+                owner = getattr(owner, name, None)
+            mod = getattr(owner, last, None)
+            if isinstance(mod, nn.ModuleList):
+                return owner, last, mod
+        raise ValueError(f"cannot find the transformer blocks of {type(self.backbone).__name__}")
+
     def decoder_layers(self) -> nn.ModuleList:
         """The backbone's stack of transformer blocks (Llama/Qwen ``layers``, BERT ``encoder.layer``, GPT-2 ``h``)."""
-        for path in ("layers", "encoder.layer", "h", "decoder.layers"):
-            mod = self.backbone
-            for name in path.split("."):
-                mod = getattr(mod, name, None)
-            if isinstance(mod, nn.ModuleList):
-                return mod
-        raise ValueError(f"cannot find the transformer blocks of {type(self.backbone).__name__}")
+        return self._decoder_slot()[2]
 
     def freeze_backbone(self, trainable_layers: int) -> int:
         """Train only the last ``trainable_layers`` blocks, the final norm and the head: embeddings
@@ -237,6 +247,44 @@ class ProcessRewardModel(nn.Module):
         out = self.backbone(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
         return out.last_hidden_state
 
+    @torch.no_grad()
+    def prefix_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_block: int) -> torch.Tensor:
+        """``(B, T, H)``: the residual stream entering block ``first_block``; the blocks from there on do not run.
+        With the blocks below frozen this is a constant per input, so it can be computed once and cached
+        (``PRMTrainConfig.cache_frozen``); :meth:`forward` takes it back as ``prefix_states``."""
+        layers = self.decoder_layers()
+        if not 0 < first_block < len(layers):
+            raise ValueError(f"first_block must be in [1, {len(layers) - 1}], got {first_block}")
+        grabbed: dict = {}
+
+        def grab(_mod, args, kwargs):
+            grabbed["h"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            raise _StopForward
+
+        hook = layers[first_block].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.hidden_states(input_ids, attention_mask)
+        except _StopForward:
+            pass
+        finally:
+            hook.remove()
+        if "h" not in grabbed:
+            raise ValueError(f"{type(self.backbone).__name__} never ran block {first_block}")
+        return grabbed["h"]
+
+    def top_hidden_states(self, prefix: torch.Tensor, attention_mask: torch.Tensor, first_block: int) -> torch.Tensor:
+        """``(B, T, H)`` final hidden states computed from :meth:`prefix_states` by blocks ``first_block`` …
+        only: the backbone runs with ``inputs_embeds=prefix`` and its block list cut to those blocks for the
+        call. That is exact for decoders that feed ``inputs_embeds`` straight to the first block (Llama, Qwen,
+        Mistral, SmolLM2); ``train_prm`` checks it on the first batch before training on a cache."""
+        owner, name, layers = self._decoder_slot()
+        setattr(owner, name, nn.ModuleList(list(layers)[first_block:]))
+        try:
+            out = self.backbone(inputs_embeds=prefix.to(self.device), attention_mask=attention_mask.to(self.device))
+        finally:
+            setattr(owner, name, layers)
+        return out.last_hidden_state
+
     def head_row(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The single (H,) row and bias whose dot product with a step's hidden state is its logit."""
         if self.config.head == "lm":
@@ -253,13 +301,19 @@ class ProcessRewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, step_mask: torch.Tensor,
                 objective: Optional[str] = None, labels: Optional[torch.Tensor] = None,
                 pos_index: Optional[torch.Tensor] = None, neg_index: Optional[torch.Tensor] = None,
-                pair_group: Optional[torch.Tensor] = None, **_) -> torch.Tensor:
+                pair_group: Optional[torch.Tensor] = None, prefix_states: Optional[torch.Tensor] = None,
+                prefix_from: int = 0, **_) -> torch.Tensor:
         """``objective=None``: per-step scores ``(S,)`` in row-major step order (P(good) unless
         ``score='identity'``). Otherwise the mean training loss through the fused step ops:
         ``"bce"`` (``labels`` (S,) hard / soft / −100), ``"mse"`` (value targets in ``labels``),
         ``"ppm"`` (pairwise −log σ(r_pos − r_neg) over ``pos_index``/``neg_index``, weighted
-        1/(n_pos·n_neg) per ``pair_group``). The loss lives here so DDP sees it in ``forward``."""
-        hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        1/(n_pos·n_neg) per ``pair_group``). The loss lives here so DDP sees it in ``forward``.
+        ``prefix_states`` (B, T, H): cached input of block ``prefix_from`` (see :meth:`prefix_states`);
+        only the blocks from there on run."""
+        if prefix_states is not None:
+            hidden = self.top_hidden_states(prefix_states, attention_mask, prefix_from)  # (B, T, H)
+        else:
+            hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
         step_mask = step_mask.to(hidden.device)
         lm = self.config.head == "lm"
         if objective is None:

@@ -24,7 +24,7 @@ from mmreward.core.trainer import TrainConfig, Trainer
 from .data import PairCollator, PairExample, StepCollator, StepExample
 from .eval import processbench_f1, predict_first_error, processbench_sweep, step_macro_f1
 
-__all__ = ["PRMTrainConfig", "train_prm", "evaluate_prm", "OBJECTIVES"]
+__all__ = ["PRMTrainConfig", "train_prm", "evaluate_prm", "OBJECTIVES", "CachedPrefixCollator"]
 
 OBJECTIVES = ("bce", "mse", "ppm")
 
@@ -35,6 +35,9 @@ class PRMTrainConfig(TrainConfig):
     eval_threshold: float = field(default=0.5, metadata={"help": "ProcessBench threshold for the eval F1 (first step below it = error)"})
     eval_batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating"})
     trainable_layers: int = field(default=-1, metadata={"help": "train only the last N backbone blocks + final norm + head (-1: all)"})
+    cache_frozen: bool = field(default=False, metadata={
+        "help": "with trainable_layers: run the frozen blocks once per example and train the top blocks on their "
+                "cached output (RAM: tokens x hidden x 4 bytes per example)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +47,8 @@ class PRMTrainConfig(TrainConfig):
             raise ValueError(f"PRMTrainConfig.eval_threshold must be in [0, 1], got {self.eval_threshold}")
         if not isinstance(self.trainable_layers, int) or self.trainable_layers < -1:
             raise ValueError(f"PRMTrainConfig.trainable_layers must be an int >= -1 (-1 = all), got {self.trainable_layers!r}")
+        if self.cache_frozen and self.trainable_layers < 1:
+            raise ValueError("PRMTrainConfig.cache_frozen needs trainable_layers >= 1 (the blocks below them are cached)")
 
 
 def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
@@ -99,6 +104,11 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
         model.freeze_backbone(config.trainable_layers)
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
     objective = config.objective
+    dataset: list = list(train_examples)
+    if config.cache_frozen:
+        collate = CachedPrefixCollator(model, dataset, collate, config.trainable_layers, config.eval_batch_size,
+                                       verbose=config.progress or config.log_every > 0)
+        dataset = list(range(len(dataset)))  # the collator looks examples and their cached states up by index
 
     def loss_fn(m, batch):
         return m(**batch, objective=objective), {}
@@ -109,5 +119,62 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
             eval_fn = lambda m: _pair_accuracy(m, eval_examples, config.eval_batch_size)  # noqa: E731
         else:
             eval_fn = lambda m: evaluate_prm(m, eval_examples, config.eval_threshold, config.eval_batch_size)  # noqa: E731
-    trainer = Trainer(model, config, list(train_examples), collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer)
+    trainer = Trainer(model, config, dataset, collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer)
     return trainer.fit()
+
+
+class CachedPrefixCollator:
+    """Training batches whose frozen part is precomputed. At construction the backbone runs once (no grad,
+    eval mode) over every example up to the first trainable block and keeps each sequence's states (on
+    the CPU, the model's dtype); a batch of example indices then collates as usual plus ``prefix_states``
+    (B, T, H), so ``model.forward`` runs only the top ``trainable_layers`` blocks. The loss and gradients
+    equal those of the uncached model when the frozen blocks have no dropout (checked on the first chunk:
+    a backbone for which the cut forward is not exact is refused)."""
+
+    def __init__(self, model, examples: Sequence, collate, trainable_layers: int, batch_size: int = 32,
+                 verbose: bool = False):
+        n_blocks = len(model.decoder_layers())
+        if not 1 <= trainable_layers < n_blocks:
+            raise ValueError(f"cache_frozen needs 1 <= trainable_layers < {n_blocks} (the backbone's blocks), "
+                             f"got {trainable_layers}")
+        self.examples, self.collate, self.first = examples, collate, n_blocks - trainable_layers
+        self.cache: list[list[torch.Tensor]] = []  # per example: one (T_r, H) tensor per collated row
+        was = model.training
+        model.eval()
+        try:
+            for i in range(0, len(examples), batch_size):
+                b = collate(examples[i: i + batch_size])
+                h = model.prefix_states(b["input_ids"], b["attention_mask"], self.first).cpu()  # (R, T, H)
+                lengths = b["attention_mask"].sum(1).tolist()
+                rows = [h[r, : lengths[r]].clone() for r in range(h.shape[0])]
+                per = len(rows) // len(examples[i: i + batch_size])  # 1 (steps) or 2 (ppm pairs)
+                self.cache += [rows[j: j + per] for j in range(0, len(rows), per)]
+                if i == 0:
+                    self._check(model, b)
+        finally:
+            model.train(was)
+        self.nbytes = sum(t.numel() * t.element_size() for rows in self.cache for t in rows)
+        if verbose:
+            print(f"cache_frozen: states entering block {self.first} of {n_blocks} cached for {len(examples)} "
+                  f"examples ({self.nbytes / 2 ** 20:.1f} MiB)")
+
+    def _check(self, model, batch: dict) -> None:
+        with torch.no_grad():
+            full = model.hidden_states(batch["input_ids"], batch["attention_mask"]).float()
+            cut = model.top_hidden_states(self(range(len(self.cache)))["prefix_states"], batch["attention_mask"],
+                                          self.first).float()
+        keep = batch["attention_mask"].to(full.device).bool()
+        err = float((full - cut)[keep].abs().max())
+        if not err <= 1e-3 * (1.0 + float(full[keep].abs().max())):
+            raise ValueError(f"cache_frozen: {type(model.backbone).__name__} gives other hidden states when its top "
+                             f"blocks run on cached inputs (max difference {err:.3g}); train without cache_frozen")
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = self.collate([self.examples[i] for i in indices])
+        rows = [t for i in indices for t in self.cache[i]]
+        prefix = rows[0].new_zeros(len(rows), batch["input_ids"].shape[1], rows[0].shape[-1])  # (R, T, H)
+        for r, t in enumerate(rows):
+            prefix[r, : t.shape[0]] = t
+        batch["prefix_states"], batch["prefix_from"] = prefix, self.first
+        return batch
+
