@@ -161,8 +161,8 @@ class CachedPrefixCollator:
     def _check(self, model, batch: dict) -> None:
         with torch.no_grad():
             full = model.hidden_states(batch["input_ids"], batch["attention_mask"]).float()
-            cut = model.top_hidden_states(self(range(len(self.cache)))["prefix_states"], batch["attention_mask"],
-                                          self.first).float()
+            cached = self(range(len(self.cache)))["prefix_states"]  # only the first chunk is cached yet: `batch`
+            cut = model.top_hidden_states(cached, batch["attention_mask"], self.first).float()
         keep = batch["attention_mask"].to(full.device).bool()
         err = float((full - cut)[keep].abs().max())
         if not err <= 1e-3 * (1.0 + float(full[keep].abs().max())):
