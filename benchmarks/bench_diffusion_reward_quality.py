@@ -363,6 +363,7 @@ def main(argv=None) -> int:
     ap.add_argument("--video-heads", type=int, default=4)
     ap.add_argument("--video-frame-skip", type=int, default=1,
                     help="frames between the video model's history frames and the target (official: 1)")
+    ap.add_argument("--video-history", type=int, default=2, help="history frames the video model conditions on (official: 2)")
     ap.add_argument("--estimator", default="likelihood", choices=("vlb", "x0_entropy", "likelihood", "relative_likelihood"),
                     help="reward of the saved model: an entropy estimator ('vlb', 'x0_entropy'), 'likelihood' "
                          "(the bound on log p of the observed frame) or 'relative_likelihood' (that + the entropy)")
@@ -431,7 +432,7 @@ def main(argv=None) -> int:
         s = codec.config.latent_size
         vcfg = VQDiffusionConfig(num_codes=args.num_codes, token_shape=(s, s), dim=args.video_dim,
                                  depth=args.video_depth, heads=args.video_heads, context_dim=args.video_dim,
-                                 frame_skip=args.video_frame_skip)
+                                 frame_skip=args.video_frame_skip, num_history=args.video_history)
         video = train_video_model(train_frames, vcfg, os.path.join(work, "video"), codec=codec,
                                   steps=args.video_steps, batch_size=args.video_batch,
                                   warmup_steps=min(200, args.video_steps // 10), ckpt_every=250)
@@ -564,7 +565,7 @@ def main(argv=None) -> int:
         "setup": {k: getattr(args, k) for k in ("train_tasks", "heldout_tasks", "train_episodes", "eval_episodes",
                                                 "max_steps", "size", "action_repeat", "codec_steps", "codec_batch",
                                                 "codec_channels", "num_codes", "video_steps", "video_batch",
-                                                "video_dim", "video_depth", "video_heads", "video_frame_skip",
+                                                "video_dim", "video_depth", "video_heads", "video_frame_skip", "video_history",
                                                 "estimator")},
         "noises": list(NOISES), "codec_metrics": codec_metrics,
         "statistics": {est: dict(zip(("mean", "std", "frames"), m.statistics.tolist())) for est, m in models.items()},
