@@ -2,7 +2,7 @@
 default checkpoint).
 
 1. **Data.** Scripted-expert episodes of the training tasks (seeds 0…); held-out evaluation
-   episodes (seeds 1000…) of the training tasks and of one task left out of training: noisy experts
+   episodes (seeds 1000…, or ``--eval-seed``) of the training tasks and of one task left out of training: noisy experts
    with action-noise σ ∈ {0, 0.3, 0.6, 1.0} and uniform-random policies. 64×64 frames, ``corner``
    camera, action repeat 2, ``--max-steps`` agent steps per episode.
 2. **Models.** A small VQGAN and conditional VQ-Diffusion trained on the expert frames only, the
@@ -163,12 +163,13 @@ def collect_all(args, work: str) -> dict:
     for task in args.train_tasks:
         jobs.append(dict(kind="train", task=task, policy="expert", noise=0.0, episodes=args.train_episodes,
                          seed=0, out=os.path.join(work, "data", "train", task), **common))
+    seed, tag = args.eval_seed, ("" if args.eval_seed == 1000 else f"_seed{args.eval_seed}")  # a fresh eval set
     for task in args.train_tasks + args.heldout_tasks:
         for noise in NOISES:
             jobs.append(dict(kind="eval", task=task, policy="noisy", noise=noise, episodes=args.eval_episodes,
-                             seed=1000, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}"), **common))
-        jobs.append(dict(kind="eval", task=task, policy="random", noise=0.0, episodes=args.eval_episodes, seed=1000,
-                         out=os.path.join(work, "data", "eval", f"{task}_random"), **common))
+                             seed=seed, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}{tag}"), **common))
+        jobs.append(dict(kind="eval", task=task, policy="random", noise=0.0, episodes=args.eval_episodes, seed=seed,
+                         out=os.path.join(work, "data", "eval", f"{task}_random{tag}"), **common))
     probe_jobs = [dict(kind="probe", task=task, seeds=list(range(2000, 2000 + args.probe_seeds)),
                        out=os.path.join(work, "data", "probe", task), **common)
                   for task in args.train_tasks + args.heldout_tasks] if args.probe_seeds > 0 else []
@@ -347,6 +348,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-tasks", default="drawer-close-v3")
     ap.add_argument("--train-episodes", type=int, default=40, help="expert episodes per training task")
     ap.add_argument("--eval-episodes", type=int, default=8, help="per task and policy group")
+    ap.add_argument("--eval-seed", type=int, default=1000,
+                    help="first scene seed of the evaluation episodes (1000; another value gives a fresh, disjoint set)")
     ap.add_argument("--max-steps", type=int, default=70, help="agent steps per episode")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--action-repeat", type=int, default=2)
@@ -562,7 +565,7 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "diffusion_reward_quality", "quick": args.quick,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
-        "setup": {k: getattr(args, k) for k in ("train_tasks", "heldout_tasks", "train_episodes", "eval_episodes",
+        "setup": {k: getattr(args, k) for k in ("train_tasks", "heldout_tasks", "train_episodes", "eval_episodes", "eval_seed",
                                                 "max_steps", "size", "action_repeat", "codec_steps", "codec_batch",
                                                 "codec_channels", "num_codes", "video_steps", "video_batch",
                                                 "video_dim", "video_depth", "video_heads", "video_frame_skip", "video_history",
