@@ -71,6 +71,56 @@ def test_progress_scale_selection_uses_validation_episodes_only(tmp_path):
         sel.main(["--json", str(src), "--learned", "learned", "--progress", "prog", "--val-episodes", "9"])
 
 
+def test_pooled_comparison_averages_sets_and_refuses_overlap(tmp_path):
+    """Two evaluation sets with known per-set Spearman ρ: in set A the learned score orders the four
+    noise groups perfectly (ρ = −0.976 with 2 episodes per group: the σ ties cap it) and the
+    baseline is reversed within groups only; in set B the learned score is anti-ordered. The pooled ρ
+    is the mean of the two sets' figures, the bootstrap sees both, and a set given twice is refused."""
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import compare_reward_runs as cmp
+    finally:
+        sys.path.pop(0)
+
+    def write(name, seed, sign):
+        eps = []
+        for task in ("a-v3", "held-v3"):
+            for noise in (0.0, 0.3, 0.6, 1.0):
+                for i in range(2):
+                    eps.append({"task": task, "policy": "noisy", "noise": noise, "file": f"{task}_n{noise}_seed{seed}_{i:04d}.npz",
+                                "success": i == 0, "env_return": 1.0, "learned": sign * -noise + 0.01 * (i == 0),
+                                "nn": -noise + 0.01 * i})
+            for i in range(2):
+                eps.append({"task": task, "policy": "random", "noise": 0.0, "file": f"{task}_random_seed{seed}_{i:04d}.npz",
+                            "success": False, "env_return": 0.0, "learned": -5.0, "nn": -5.0})
+        p = tmp_path / name
+        p.write_text(json.dumps({"setup": {"train_tasks": ["a-v3"], "heldout_tasks": ["held-v3"], "eval_seed": seed},
+                                 "episodes": eps}))
+        return str(p)
+
+    a, b = write("a.json", 1000, 1.0), write("b.json", 3000, -1.0)
+    out = tmp_path / "pooled.json"
+    assert cmp.main([a, b, "--baseline", "nn", "--bootstrap", "10", "--save", str(out)]) == 0
+    res = json.loads(out.read_text())
+    per_set = res["pooled"]["learned"]["spearman_noise_mean_per_set"]
+    assert per_set[0] == pytest.approx(-0.976, abs=1e-3) and per_set[1] == pytest.approx(0.976, abs=1e-3)
+    assert res["pooled"]["learned"]["train_tasks"]["spearman_noise_mean"] == pytest.approx(0.0, abs=1e-9)
+    # success: the learned score puts each group's success first in both sets; nn puts it last
+    assert res["pooled"]["learned"]["train_tasks"]["success_auc_mean"] > res["pooled"]["nn"]["train_tasks"]["success_auc_mean"]
+    assert res["bootstrap_vs_baseline"]["learned"]["train_tasks/spearman_noise_mean"]["p_better"] == 0.0
+    # index ranges select episodes; an empty range and a repeated set are refused
+    assert cmp.main([a + "@1:", b + "@:1", "--baseline", "nn", "--bootstrap", "0"]) == 0
+    with pytest.raises(SystemExit, match="no episodes"):
+        cmp.main([a + "@5:", "--baseline", "nn", "--bootstrap", "0"])
+    with pytest.raises(SystemExit, match="disjoint"):
+        cmp.main([a, a, "--baseline", "nn", "--bootstrap", "0"])
+    with pytest.raises(SystemExit, match="not scored"):
+        cmp.main([a, "--methods", "missing", "--baseline", "nn", "--bootstrap", "0"])
+
+
 def test_progress_spearman_rewards_getting_further():
     b = _bench()
     ks = list(b.HOLD_STEPS) * 2

@@ -1,0 +1,150 @@
+"""Pool several quality-benchmark evaluations of the same rewards and compare them to a baseline.
+
+One ``bench_diffusion_reward_quality.py`` run scores 8 episodes per (task, noise level); with so few,
+a reward's mean Spearman ρ(σ) moves by ±0.1 between evaluation sets, more than most differences
+between models. This script takes several *independent* evaluation sets (different scene seeds, or
+disjoint episode-index ranges of one run), computes every figure within each set — exactly as the
+benchmark does — and averages over the sets. A paired bootstrap (episodes resampled within each set ×
+task × group; every method scored on the same resample) gives intervals of the difference to a
+baseline.
+
+    python benchmarks/compare_reward_runs.py \\
+        benchmarks/results/diffusion_reward_quality_progress.json \\
+        benchmarks/results/diffusion_reward_quality_progress_eval16.json@8: \\
+        benchmarks/results/diffusion_reward_quality_fresh3000.json \\
+        --save benchmarks/results/diffusion_reward_pooled.json
+
+``PATH@LO:HI`` keeps episodes whose index within their group (the file name's ``_NNNN.npz``) is in
+[LO, HI); the sets must not share episodes (the script refuses repeated files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_diffusion_reward_quality import score_task, summarise  # noqa: E402
+from select_progress_scale import METRICS, episode_index  # noqa: E402
+
+
+def load_set(spec: str) -> dict:
+    path, _, rng = spec.partition("@")
+    src = json.load(open(path))
+    lo, hi = 0, 1 << 30
+    if rng:
+        a, _, b = rng.partition(":")
+        lo, hi = int(a or 0), int(b or 1 << 30)
+    eps = [e for e in src["episodes"] if lo <= episode_index(e) < hi]
+    if not eps:
+        raise SystemExit(f"{spec}: no episodes in index range [{lo}, {hi})")
+    seed = src["setup"].get("eval_seed", 1000)
+    return {"spec": spec, "episodes": eps, "train_tasks": src["setup"]["train_tasks"],
+            "heldout_tasks": src["setup"]["heldout_tasks"],
+            "files": {f"seed{seed}/{e['task']}/{e['file']}" for e in eps}}
+
+
+def set_summary(episodes: list[dict], key: str, tasks: list[str]) -> dict:
+    per_task = {t: score_task([e for e in episodes if e["task"] == t], key) for t in tasks}
+    return summarise(per_task, tasks)
+
+
+def pooled(sets: list[dict], key: str, which: str) -> dict:
+    """Mean over evaluation sets of each summary metric (NaN-free sets only, e.g. success AUC)."""
+    rows = [set_summary(s["episodes"], key, s[which]) for s in sets if s[which]]
+    with warnings.catch_warnings():  # a metric undefined in every set (no failures anywhere) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {m: float(np.nanmean([r[m] for r in rows])) for m in METRICS} if rows else {}
+
+
+def resample(sets: list[dict], rng: np.random.Generator) -> list[dict]:
+    out = []
+    for s in sets:
+        cells: dict[tuple, list[dict]] = {}
+        for e in s["episodes"]:
+            cells.setdefault((e["task"], e["policy"], e["noise"]), []).append(e)
+        out.append({**s, "episodes": [c[i] for c in cells.values() for i in rng.integers(0, len(c), len(c))]})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sets", nargs="+", help="quality-benchmark JSONs, each optionally PATH@LO:HI (episode index range)")
+    ap.add_argument("--methods", default="", help="episode-score keys to report (default: every key the sets share)")
+    ap.add_argument("--baseline", default="nn_expert", help="method the bootstrap compares against")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default="", help="write the pooled figures and intervals here (JSON)")
+    args = ap.parse_args(argv)
+
+    sets = [load_set(s) for s in args.sets]
+    seen: set = set()
+    for s in sets:
+        if seen & s["files"]:
+            raise SystemExit(f"{s['spec']} repeats episodes of an earlier set: the sets must be disjoint")
+        seen |= s["files"]
+    shared = set.intersection(*[set(s["episodes"][0]) for s in sets])
+    known = [k for k in sets[0]["episodes"][0] if k in shared and isinstance(sets[0]["episodes"][0][k], float)
+             and k not in ("noise", "env_return")]
+    methods = [m for m in args.methods.split(",") if m] or known
+    missing = [m for m in methods + [args.baseline] if m not in shared]
+    if missing:
+        raise SystemExit(f"methods {missing} are not scored in every set (shared keys: {sorted(known)})")
+
+    n_eps = sum(len(s["episodes"]) for s in sets)
+    print(f"{len(sets)} evaluation sets, {n_eps} episodes: " + ", ".join(f"{s['spec']} ({len(s['episodes'])})" for s in sets))
+    print(f"{'method':<34} {'ρ mean':>7} {'worst':>7} {'succ AUC':>9} {'exp/rnd':>8} {'held-out ρ':>11} {'held-out e/r':>13}")
+    report = {}
+    for m in methods:
+        tr, ho = pooled(sets, m, "train_tasks"), pooled(sets, m, "heldout_tasks")
+        per_set = [set_summary(s["episodes"], m, s["train_tasks"])["spearman_noise_mean"] for s in sets]
+        report[m] = {"train_tasks": tr, "heldout_tasks": ho, "spearman_noise_mean_per_set": per_set}
+        print(f"{m:<34} {tr['spearman_noise_mean']:7.3f} {tr['spearman_noise_max']:7.3f} {tr['success_auc_mean']:9.3f} "
+              f"{tr['expert_vs_random_auc_mean']:8.3f} {ho.get('spearman_noise_mean', np.nan):11.3f} "
+              f"{ho.get('expert_vs_random_auc_mean', np.nan):13.3f}   per set ρ " + " ".join(f"{r:.3f}" for r in per_set))
+
+    boot = {}
+    if args.bootstrap > 0:
+        rng = np.random.default_rng(args.seed)
+        others = [m for m in methods if m != args.baseline]
+        diffs = {m: {f"{w}/{x}": [] for w in ("train_tasks", "heldout_tasks") for x in METRICS} for m in others}
+        for _ in range(args.bootstrap):
+            sample = resample(sets, rng)
+            base = {w: pooled(sample, args.baseline, w) for w in ("train_tasks", "heldout_tasks")}
+            for m in others:
+                for w in ("train_tasks", "heldout_tasks"):
+                    cur = pooled(sample, m, w)
+                    for x in METRICS:
+                        if x in cur:
+                            diffs[m][f"{w}/{x}"].append(cur[x] - base[w][x])
+        print(f"\nmethod − {args.baseline} (95% paired bootstrap, {args.bootstrap} resamples; P(better))")
+        for m in others:
+            boot[m] = {}
+            for name, d in diffs[m].items():
+                d = np.asarray(d, np.float64)
+                d = d[np.isfinite(d)]
+                if not len(d):
+                    continue
+                better = d < 0 if "spearman" in name else d > 0  # lower ρ(σ) is better, higher AUC is
+                boot[m][name] = {"mean": float(d.mean()), "low": float(np.quantile(d, 0.025)),
+                                 "high": float(np.quantile(d, 0.975)), "p_better": float(better.mean())}
+            line = "  ".join(f"{n.split('/')[0][:5]}:{n.split('/')[1].replace('_mean', '')} "
+                             f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] {v['p_better']:.2f}"
+                             for n, v in boot[m].items() if not n.endswith("spearman_noise_max"))
+            print(f"{m}:\n  {line}")
+    if args.save:
+        from mmreward.core.checkpoint import atomic_write_text
+
+        atomic_write_text(args.save, json.dumps({"sets": [s["spec"] for s in sets], "episodes": n_eps,
+                                                 "baseline": args.baseline, "pooled": report,
+                                                 "bootstrap_vs_baseline": boot}, indent=1) + "\n")
+        print(f"json: {args.save}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
