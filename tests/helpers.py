@@ -72,3 +72,22 @@ def samples_on(samples, device):
         return x.detach().to(device).requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
 
     return [(name, tree_map(leaf, args)) for name, args in samples]
+
+
+def word_tokenizer(words, *, model_max_length: int, chat_template=None):
+    """A tiny BERT-style word-level tokenizer ("[CLS] words [SEP]", whitespace split) for text tests:
+    ids 0–3 are [PAD] [UNK] [CLS] [SEP], then `words` in order (repeats ignored)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]", model_max_length=model_max_length)
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok

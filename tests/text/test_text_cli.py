@@ -7,8 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers", reason="mmreward.text needs transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
+from helpers import word_tokenizer  # noqa: E402
 
 from mmreward.text import RewardModel  # noqa: E402
 from mmreward.text.cli import main  # noqa: E402
@@ -17,14 +16,7 @@ KEYWORDS = [f"w{i}" for i in range(8)]
 
 
 def save_tokenizer(folder):
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "say": 4}
-    for w in KEYWORDS:
-        vocab.setdefault(w, len(vocab))
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                            sep_token="[SEP]", model_max_length=32).save_pretrained(str(folder))
+    word_tokenizer(["say"] + KEYWORDS, model_max_length=32).save_pretrained(str(folder))
 
 
 def write_pairs(path, n, seed):

@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("transformers", reason="mmreward.text needs transformers")
 import torch.distributed as dist  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
-from transformers import BertConfig, PreTrainedTokenizerFast  # noqa: E402
+from helpers import word_tokenizer  # noqa: E402
+from transformers import BertConfig  # noqa: E402
 
 from mmreward.text import RewardModel  # noqa: E402
 from mmreward.text.cli import main  # noqa: E402
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 
 def tiny_rm_folder(folder):
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "say": 4}
-    for w in KEYWORDS:
-        vocab.setdefault(w, len(vocab))
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                  sep_token="[SEP]", model_max_length=16)
+    tok = word_tokenizer(["say"] + KEYWORDS, model_max_length=16)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                      max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers", reason="mmreward.text needs transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
-from transformers import BertConfig, LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast  # noqa: E402
+from helpers import word_tokenizer as _word_tokenizer  # noqa: E402
+from transformers import BertConfig, LlamaConfig, LlamaForSequenceClassification  # noqa: E402
 
 from mmreward.core.checkpoint import CheckpointError  # noqa: E402
 from mmreward.text import RewardModel  # noqa: E402
@@ -15,17 +15,7 @@ WORDS = "user assistant what is the answer to two plus three five six seven a b 
 
 
 def word_tokenizer(chat_template=None):
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                  sep_token="[SEP]", model_max_length=64)
-    if chat_template:
-        tok.chat_template = chat_template
-    return tok
+    return _word_tokenizer(WORDS, model_max_length=64, chat_template=chat_template)
 
 
 def llama_config(**kw):

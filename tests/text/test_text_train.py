@@ -5,8 +5,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers", reason="mmreward.text needs transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
-from transformers import BertConfig, PreTrainedTokenizerFast  # noqa: E402
+from helpers import word_tokenizer as _word_tokenizer  # noqa: E402
+from transformers import BertConfig  # noqa: E402
 
 from mmreward.ops import pairwise_loss  # noqa: E402
 from mmreward.text import RewardModel, RewardTrainConfig, evaluate_pairs, load_preference_pairs, train_reward_model  # noqa: E402
@@ -17,14 +17,7 @@ KEYWORDS = [f"w{i}" for i in range(16)]
 
 
 def word_tokenizer():
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "say": 4}
-    for w in KEYWORDS:
-        vocab.setdefault(w, len(vocab))
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_max_length=32)
+    return _word_tokenizer(["say"] + KEYWORDS, model_max_length=32)
 
 
 def keyword_pairs(n, seed):
