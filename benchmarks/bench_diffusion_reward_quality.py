@@ -337,6 +337,16 @@ def plot_rewards(path: str, eps: list[dict], task: str, methods: list) -> None:
 
 
 # ----------------------------------------------------------------------------- main
+def pretrained_setup(path, codec, video) -> dict:
+    """With --pretrained, the scored model's own sizes replace the (unused) training flags in the report."""
+    if not path:
+        return {}
+    v, c = video.config, codec.config
+    return {"pretrained": path, "codec_channels": ",".join(map(str, c.channels)), "num_codes": c.num_codes,
+            "video_dim": v.dim, "video_depth": v.depth, "video_heads": v.heads, "video_frame_skip": v.frame_skip,
+            "video_history": v.num_history, "codec_steps": None, "video_steps": None}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/diffusion_reward_quality", help="cache folder for data, runs, rewards")
@@ -569,7 +579,7 @@ def main(argv=None) -> int:
                                                 "max_steps", "size", "action_repeat", "codec_steps", "codec_batch",
                                                 "codec_channels", "num_codes", "video_steps", "video_batch",
                                                 "video_dim", "video_depth", "video_heads", "video_frame_skip", "video_history",
-                                                "estimator")},
+                                                "estimator")} | pretrained_setup(args.pretrained, codec, video),
         "noises": list(NOISES), "codec_metrics": codec_metrics,
         "statistics": {est: dict(zip(("mean", "std", "frames"), m.statistics.tolist())) for est, m in models.items()},
         "results": results, "goals": goals, "beats_baselines": beats, "timings": timings,

@@ -2,11 +2,15 @@
 
 ``metaworld-64`` (the default): a small VQGAN + conditional VQ-Diffusion trained on scripted-expert
 videos of four Meta-World v3 tasks (door-open, drawer-open, button-press, window-open; 64×64 frames,
-``corner`` camera, action repeat 2; 40 episodes per task), in relative-likelihood mode with its
+``corner`` camera, action repeat 2; 80 episodes per task), in relative-likelihood mode with its
 expert statistics, plus a ranker of expert frame order (``progress/``) whose z-score is added to the
 learned term (β = 1; ``reward.set_progress(None)`` gives the paper's rule). How it was made:
 ``scripts/make_default_checkpoint.sh``; how well it ranks episodes:
-``benchmarks/results/diffusion_reward_quality_progress.json`` and ``docs/diffusion_reward.md``.
+``benchmarks/results/diffusion_reward_pooled_scale80.json`` and ``docs/diffusion_reward.md``.
+
+``metaworld-64-v1``: the previous default (40 episodes per task, 30 000 video steps;
+``scripts/make_checkpoint_metaworld64_v1.sh``), kept because every RL run in ``docs/visual_rl.md``
+used it (``checkpoint=pretrained_path("metaworld-64-v1")`` reproduces them).
 
     from mmreward.robotics.pretrained import load_pretrained
     reward = load_pretrained()            # DiffusionReward, eval mode, on CPU

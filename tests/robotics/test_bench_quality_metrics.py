@@ -189,3 +189,13 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
     assert model.progress is not None and model.config.progress_scale == 1.0
     frames = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
     assert torch.isfinite(model(frames)).all()
+    # scoring the saved model again (--pretrained) reproduces its figures and reports its own sizes
+    js2 = str(tmp_path / "p.json")
+    assert b.main(["--quick", "--work", str(tmp_path / "work"), "--json", js2, "--plot", str(tmp_path / "p.png"),
+                   "--workers", "1", "--threads", "1", "--estimator", "relative_likelihood", "--also-estimator", "",
+                   "--progress-steps", "60", "--pretrained", saved, "--video-history", "5"]) == 0
+    doc2 = json.load(open(js2.replace(".json", "_quick.json")))
+    assert doc2["setup"]["pretrained"] == saved
+    assert doc2["setup"]["video_history"] == model.video.config.num_history != 5
+    scores = lambda d: {(e["task"], e["file"]): e["dr_relative_likelihood"] for e in d["episodes"]}  # noqa: E731
+    assert len(scores(doc)) == len(doc["episodes"]) and scores(doc2) == pytest.approx(scores(doc), abs=1e-5)
