@@ -16,6 +16,13 @@ baseline.
 
 ``PATH@LO:HI`` keeps episodes whose index within their group (the file name's ``_NNNN.npz``) is in
 [LO, HI); the sets must not share episodes (the script refuses repeated files).
+
+Two models scored on the *same* episodes (same eval seeds, e.g. a new checkpoint against the previous
+one) are compared with ``--merge PREFIX=SPEC,SPEC,...``: one spec per positional set, in order, each
+holding exactly that set's episodes; its scores join as ``PREFIX:method`` and can be the baseline:
+
+    python benchmarks/compare_reward_runs.py NEW_A.json NEW_B.json@8: NEW_C.json \
+        --merge v1=OLD_A.json,OLD_B.json@8:,OLD_C.json --baseline v1:dr_relative_likelihood+progress
 """
 from __future__ import annotations
 
@@ -48,6 +55,25 @@ def load_set(spec: str) -> dict:
             "files": {f"seed{seed}/{e['task']}/{e['file']}" for e in eps}}
 
 
+def merge_scores(sets: list[dict], merge: str) -> None:
+    """Add the scores of another run of the same episodes to each set, as ``PREFIX:method``."""
+    prefix, _, specs = merge.partition("=")
+    specs = [x for x in specs.split(",") if x]
+    if not prefix or len(specs) != len(sets):
+        raise SystemExit(f"--merge needs PREFIX=SPEC,... with one spec per set ({len(sets)}), got {merge!r}")
+    for s, spec in zip(sets, specs):
+        other = load_set(spec)
+        if other["files"] != s["files"]:
+            raise SystemExit(f"--merge {spec} does not hold the same episodes as {s['spec']} "
+                             f"({len(other['files'] ^ s['files'])} differ)")
+        by_file = {(e["task"], e["file"]): e for e in other["episodes"]}
+        for e in s["episodes"]:
+            o = by_file[(e["task"], e["file"])]
+            if (o["policy"], o["noise"], o["success"], o["env_return"]) != (e["policy"], e["noise"], e["success"], e["env_return"]):
+                raise SystemExit(f"--merge {spec}: {e['task']}/{e['file']} differs from {s['spec']}'s episode of that name")
+            e.update({f"{prefix}:{k}": v for k, v in o.items() if isinstance(v, float) and k not in ("noise", "env_return")})
+
+
 def set_summary(episodes: list[dict], key: str, tasks: list[str]) -> dict:
     per_task = {t: score_task([e for e in episodes if e["task"] == t], key) for t in tasks}
     return summarise(per_task, tasks)
@@ -78,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default="nn_expert", help="method the bootstrap compares against")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", default="", help="PREFIX=SPEC,...: another run's scores of the same episodes, "
+                    "one spec per set in order, joined as PREFIX:method")
     ap.add_argument("--save", default="", help="write the pooled figures and intervals here (JSON)")
     args = ap.parse_args(argv)
 
@@ -87,6 +115,8 @@ def main(argv=None) -> int:
         if seen & s["files"]:
             raise SystemExit(f"{s['spec']} repeats episodes of an earlier set: the sets must be disjoint")
         seen |= s["files"]
+    if args.merge:
+        merge_scores(sets, args.merge)
     shared = set.intersection(*[set(s["episodes"][0]) for s in sets])
     known = [k for k in sets[0]["episodes"][0] if k in shared and isinstance(sets[0]["episodes"][0][k], float)
              and k not in ("noise", "env_return")]
@@ -139,7 +169,7 @@ def main(argv=None) -> int:
     if args.save:
         from mmreward.core.checkpoint import atomic_write_text
 
-        atomic_write_text(args.save, json.dumps({"sets": [s["spec"] for s in sets], "episodes": n_eps,
+        atomic_write_text(args.save, json.dumps({"sets": [s["spec"] for s in sets], "merge": args.merge, "episodes": n_eps,
                                                  "baseline": args.baseline, "pooled": report,
                                                  "bootstrap_vs_baseline": boot}, indent=1) + "\n")
         print(f"json: {args.save}")

@@ -119,6 +119,19 @@ def test_pooled_comparison_averages_sets_and_refuses_overlap(tmp_path):
         cmp.main([a, a, "--baseline", "nn", "--bootstrap", "0"])
     with pytest.raises(SystemExit, match="not scored"):
         cmp.main([a, "--methods", "missing", "--baseline", "nn", "--bootstrap", "0"])
+    # --merge: another run of the same episodes joins as PREFIX:method and can be the baseline
+    a2 = write("a2.json", 1000, -1.0)  # same episodes as a, anti-ordered learned score
+    out2 = tmp_path / "merged.json"
+    assert cmp.main([a, "--merge", f"old={a2}", "--methods", "learned", "--baseline", "old:learned",
+                     "--bootstrap", "10", "--save", str(out2)]) == 0
+    res2 = json.loads(out2.read_text())
+    assert res2["pooled"]["learned"]["spearman_noise_mean_per_set"][0] == pytest.approx(-0.976, abs=1e-3)
+    diff = res2["bootstrap_vs_baseline"]["learned"]["train_tasks/spearman_noise_mean"]  # ≈ −0.976 − 0.976
+    assert diff["high"] < -1.5 and diff["p_better"] == 1.0
+    with pytest.raises(SystemExit, match="same episodes"):
+        cmp.main([a, "--merge", f"old={b}", "--baseline", "nn", "--bootstrap", "0"])
+    with pytest.raises(SystemExit, match="one spec per set"):
+        cmp.main([a, b, "--merge", f"old={a2}", "--baseline", "nn", "--bootstrap", "0"])
 
 
 def test_progress_spearman_rewards_getting_further():
