@@ -47,3 +47,12 @@ R=benchmarks/results/diffusion_reward_quality_scale80_24k
 # 4. pooled over the three sets, paired bootstrap against the nearest-neighbour baseline
 "$PY" benchmarks/compare_reward_runs.py "$R.json" "${R}_eval16.json@8:" "${R}_fresh3000.json" \
     --save benchmarks/results/diffusion_reward_pooled_scale80.json
+# 5. against the previous default on the same 600 episodes (its runs: scripts/make_checkpoint_metaworld64_v1.sh
+#    and the fresh-seed run docs/diffusion_reward.md describes)
+P=benchmarks/results/diffusion_reward_quality
+if [ -f "${P}_progress.json" ] && [ -f "${P}_progress_eval16.json" ] && [ -f "${P}_fresh3000.json" ]; then
+  "$PY" benchmarks/compare_reward_runs.py "$R.json" "${R}_eval16.json@8:" "${R}_fresh3000.json" \
+      --merge "v1=${P}_progress.json,${P}_progress_eval16.json@8:,${P}_fresh3000.json" \
+      --methods dr_relative_likelihood+progress,dr_relative_likelihood,nn_expert,v1:dr_relative_likelihood,v1:nn_expert,v1:dr_relative_likelihood+progress \
+      --baseline v1:dr_relative_likelihood+progress --save benchmarks/results/diffusion_reward_pooled_scale80_vs_v1.json
+fi
