@@ -7,7 +7,7 @@
 # runs/scale80 and step 2 saved to runs/scale80_ship, copied here). Step 1 took 45–51 min on
 # 2 CPU cores alone (collection 270–283 s, codec 90–100 s, video model 1619–1851 s, ranker 192–223 s,
 # expert statistics 326–360 s, scoring 218–236 s); steps 2 and 3 reuse its cached data and models
-# (runs/diffusion_reward_default) and take ≈ 8 and ≈ 15 min. The same seeds rebuilt the model bit for bit on
+# (runs/diffusion_reward_default) and took 6 and 11 min (354 s / 650 s in their reports). The same seeds rebuilt the model bit for bit on
 # this VM; CPU float reductions can differ between machines, so elsewhere a rebuild is close, not identical.
 #
 # The same pipeline from the CLI (one code path with the Python API), for your own data:

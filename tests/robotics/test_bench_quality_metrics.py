@@ -210,5 +210,7 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
     doc2 = json.load(open(js2.replace(".json", "_quick.json")))
     assert doc2["setup"]["pretrained"] == saved
     assert doc2["setup"]["video_history"] == model.video.config.num_history != 5
-    scores = lambda d: {(e["task"], e["file"]): e["dr_relative_likelihood"] for e in d["episodes"]}  # noqa: E731
+    def scores(d):
+        return {(e["task"], e["file"]): e["dr_relative_likelihood"] for e in d["episodes"]}
+
     assert len(scores(doc)) == len(doc["episodes"]) and scores(doc2) == pytest.approx(scores(doc), abs=1e-5)
