@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from mmreward.core.cli_config import CLIParser
+
 # name -> (module, function taking argv, one-line help)
 COMMANDS = {
     "env": ("mmreward.env_report", "main", "versions of python / torch / CUDA / triton … and the live op backends"),
@@ -28,7 +30,7 @@ def ops_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from mmreward.ops import _backend
 
-    parser = argparse.ArgumentParser(prog="mmreward ops", description="fused ops and their backends")
+    parser = CLIParser(prog="mmreward ops", description="fused ops and their backends")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
     names = sorted(
@@ -60,10 +62,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"mmreward: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"mmreward: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    from mmreward.core.cli_config import run_cli
+
+    return run_cli(f"mmreward {name}", lambda a: getattr(importlib.import_module(module), func)(a), rest)
 
 
 if __name__ == "__main__":

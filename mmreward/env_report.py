@@ -8,6 +8,8 @@ import os
 import platform
 import sys
 
+from mmreward.core.cli_config import CLIParser
+
 OPTIONAL = ("numpy", "triton", "transformers", "tokenizers", "datasets", "diffusers", "safetensors",
             "gymnasium", "mujoco", "metaworld", "gymnasium-robotics", "opencv-python", "tensorboard",
             "matplotlib", "ninja")
@@ -94,7 +96,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmreward.env_report", description=__doc__)
+    parser = CLIParser(prog="python -m mmreward.env_report", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     args = parser.parse_args(argv)
     report = collect()

@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import MISSING, fields
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options, config_from_args
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mmreward.robotics.collect import CollectConfig
     from mmreward.robotics.envs.base import FLIPS
 
-    parser = argparse.ArgumentParser(prog="mmreward robotics", description="robot-learning data (collect, import, inspect), Diffusion Reward models (train, score) "
+    parser = CLIParser(prog="mmreward robotics", description="robot-learning data (collect, import, inspect), Diffusion Reward models (train, score) "
                                      "and visual RL with learned rewards (train-rl)")
     sub = parser.add_subparsers(dest="command", required=True)
 

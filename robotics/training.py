@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mmreward.core.checkpoint import load_state, save_state
-from mmreward.core.pretrained import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
+from mmreward.core.model import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 
 FrameData = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 

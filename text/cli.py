@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options, config_from_args
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
 
 from .train import RewardTrainConfig
 
@@ -31,7 +31,7 @@ def _is_main_process() -> bool:
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
+    p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
     p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / saved datasets folder (TRL preference format)")
     p.add_argument("--eval-data", help="held-out pairs: accuracy every --eval-every steps and at the end")
     p.add_argument("--split", help="split of a saved DatasetDict for --data / --eval-data")
@@ -121,7 +121,7 @@ def _score_items(rows: list[dict]) -> tuple[list, list, list[tuple[int, str]]]:
 
 
 def score_main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="mmreward text score", description="score prompt / response pairs with a reward model")
+    p = CLIParser(prog="mmreward text score", description="score prompt / response pairs with a reward model")
     p.add_argument("--model", required=True, help="reward-model folder (save_pretrained output or a 1-label classifier)")
     p.add_argument("--data", required=True, help=".json / .jsonl rows: prompt + response | prompt + chosen + rejected | "
                                                  "messages | text")

@@ -19,7 +19,7 @@ import sys
 from dataclasses import fields
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options
+from mmreward.core.cli_config import CLIParser, add_config_options
 
 
 def _load_scorer(path: str):
@@ -34,7 +34,7 @@ def _load_scorer(path: str):
 
 
 def score_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmreward score", description="score images against a prompt")
+    parser = CLIParser(prog="mmreward score", description="score images against a prompt")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--model", required=True, help="ImageReward model folder (save_pretrained output)")
     parser.add_argument("--prompt", required=True, help="the text the images should match")
@@ -68,7 +68,7 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmreward score-video", description="score a video's frames against a prompt")
+    parser = CLIParser(prog="mmreward score-video", description="score a video's frames against a prompt")
     parser.add_argument("video", help="mp4 / gif / … file or a folder of frames")
     parser.add_argument("--model", required=True, help="ImageReward model folder (save_pretrained output)")
     parser.add_argument("--prompt", required=True, help="the text the video should match")
@@ -104,7 +104,7 @@ def _train(argv: Sequence[str]) -> int:
 
     from mmreward.core.trainer import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="mmreward vision train",
+    parser = CLIParser(prog="mmreward vision train",
                                      description="train an ImageReward-style scorer on ranked image sets")
     add_config_options(parser, ImageRewardTrainConfig)
     add_config_options(parser, TrainConfig)

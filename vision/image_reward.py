@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmreward.core.checkpoint import CheckpointError, load_model, save_model
-from mmreward.core.pretrained import config_from_dict, config_to_dict
+from mmreward.core.model import config_from_dict, config_to_dict
 
 from .images import ImagesT, as_image_list, preprocess
 

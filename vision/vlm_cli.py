@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options, config_from_args, print_training_summary
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, print_training_summary
 
 KINDS = {"vlm-rm": "preference", "visual-prm": "steps"}
 
@@ -90,7 +90,7 @@ def _train(argv: Sequence[str], model_kind: str) -> int:
         from mmreward.vision.visual_prm import VisualPRMConfig as Config, VisualPRM as Model
         from mmreward.vision.visual_prm import evaluate_steps as evaluate, train_visual_prm as train
     prog = f"mmreward vision train-{model_kind}"
-    parser = argparse.ArgumentParser(prog=prog, description=f"train a {Model.__name__} on JSONL rows")
+    parser = CLIParser(prog=prog, description=f"train a {Model.__name__} on JSONL rows")
     parser.add_argument("--data", required=True, help="training rows (.jsonl / .json) or 'synthetic' (colour rows)")
     parser.add_argument("--eval-data", default=None, help="held-out rows (default with synthetic: 64 fresh rows)")
     parser.add_argument("--n-train", type=int, default=256, help="rows of synthetic data")
@@ -146,7 +146,7 @@ def _load_any(path: str, what: str = "--model"):
 def _score(argv: Sequence[str]) -> int:
     import torch
 
-    parser = argparse.ArgumentParser(prog="mmreward vision score-vlm",
+    parser = CLIParser(prog="mmreward vision score-vlm",
                                      description="score JSONL rows with a trained VLM reward model or VisualPRM")
     parser.add_argument("--model", required=True, help="a train-vlm-rm / train-visual-prm model folder")
     parser.add_argument("--data", required=True,
@@ -196,7 +196,7 @@ def _score(argv: Sequence[str]) -> int:
 
 
 def _colour_data(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mmreward vision colour-data",
+    parser = CLIParser(prog="mmreward vision colour-data",
                                      description="write exactly-labelled colour rows (PNG images + rows.jsonl)")
     parser.add_argument("--out", required=True, help="folder for the images and rows.jsonl")
     parser.add_argument("--kind", choices=("preference", "steps"), default="preference",

@@ -365,7 +365,7 @@ class VLMPretrainedMixin:
 
     def save_pretrained(self, folder: str) -> None:
         from mmreward.core.checkpoint import save_model
-        from mmreward.core.pretrained import config_to_dict
+        from mmreward.core.model import config_to_dict
 
         save_model(folder, self.state_dict(), {"model_type": self.model_type, "config": config_to_dict(self.config),
                                                "backbone_config": self.backbone.config.to_dict()})
@@ -374,7 +374,7 @@ class VLMPretrainedMixin:
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "cpu"):
         from mmreward.core.checkpoint import CheckpointError, load_model
-        from mmreward.core.pretrained import config_from_dict
+        from mmreward.core.model import config_from_dict
 
         state, cfg = load_model(folder, device)
         if cfg.get("model_type") != cls.model_type:

@@ -1,7 +1,11 @@
 """Core pieces shared by the domain packages (imports flow down only: domains → core → ops):
 
-* ``checkpoint`` — atomic safetensors + JSON model folders and exact-resume training states;
-* ``pretrained`` — ``save_pretrained`` / ``from_pretrained`` for dataclass-config modules;
+* ``model`` — the one model contract: ``RewardScorer`` (``score`` / ``score_parts`` /
+  ``save_pretrained`` / ``from_pretrained``) and ``Pretrained`` for sub-models;
+* ``inputs`` — the documented input of ``score`` per modality (``TextPair``, ``StepSolution``, …);
+* ``folders`` — atomic files and folders (swap into place, manifest with sizes + SHA-256, umask);
+* ``checkpoint`` — safetensors + JSON tensors and exact-resume training states;
+* ``device`` — ``--device`` / dtype requests checked against this torch build;
 * ``trainer`` — the shared training loop (``Trainer`` / ``TrainConfig``: accumulation, autocast,
   DDP, evaluation, snapshots with exact resume, logs, curves);
 * ``train`` — seeding, RNG capture, warmup + cosine schedules;

@@ -16,45 +16,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+
+from .folders import CheckpointError, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, corrupt or does not match what is being loaded."""
-
-
 # --------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then atomically move ``tmp_path`` to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+# (core.folders: temporary name in the same folder, fsync, umask permissions, rename; orphans of killed
+# writers are removed by the next write to the same target)
 
 
 def _save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> int:

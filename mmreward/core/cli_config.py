@@ -6,13 +6,75 @@ Python API takes (cleanrl style). Help comes from the field's ``metadata["help"]
 
 Types: ``bool`` → ``--x / --no-x``; ``Optional[X]`` → X, or ``none`` / ``null`` for None; ``list`` →
 comma-separated strings; ``tuple`` → comma-separated numbers; anything else is called on the text.
+
+Flag names are the same in every command: a field's flag is ``--field-name`` unless
+:data:`FLAG_NAMES` (or the field's ``metadata["flag"]``) says otherwise — ``output_dir`` is ``--out``
+everywhere; the long spelling stays accepted, hidden from ``--help``.
+
+Errors: :class:`CLIParser` reports a bad option in one line (``prog: error: …``, exit 2) and
+:func:`run_cli` turns any exception a command raises into one line on stderr — exit 2 for user
+errors (bad data, paths, devices, checkpoints), 1 for anything else — with the traceback only when
+``MMREWARD_DEBUG=1``.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import typing
 from dataclasses import MISSING, fields
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+# field name -> the flag every command uses for it
+FLAG_NAMES = {"output_dir": "--out", "out_dir": "--out"}
+
+
+class CLIParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line: ``prog: error: message (see prog --help)``."""
+
+    def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _user_error_types() -> tuple[type, ...]:
+    from .data import DataError
+    from .device import DeviceError
+    from .folders import CheckpointError
+
+    return (DataError, CheckpointError, DeviceError, ValueError, TypeError, LookupError, OSError, ImportError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        text = f"missing key {e.args[0]!r}"
+    if isinstance(e, (ImportError, OSError)) and not isinstance(e, FileNotFoundError) and type(e).__name__ not in text:
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= 2000 else text[:2000] + " …"
+
+
+def run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequence[str]) -> int:
+    """Run ``main(argv)``; exceptions become one line on stderr (see the module docstring)."""
+    try:
+        return int(main(list(argv)) or 0)
+    except SystemExit as e:  # argparse / explicit exits keep their status
+        code = e.code
+        if isinstance(code, str):
+            print(code if code.startswith(prog.split()[0]) else f"{prog}: error: {code}", file=sys.stderr)
+            return 2
+        return int(code or 0)
+    except KeyboardInterrupt:
+        if os.environ.get("MMREWARD_DEBUG") == "1":
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, never a traceback
+        if os.environ.get("MMREWARD_DEBUG") == "1":
+            raise
+        user = isinstance(e, _user_error_types())
+        hint = "" if user else " (unexpected error: MMREWARD_DEBUG=1 shows the traceback)"
+        print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return 2 if user else 1
 
 
 def _split(text: str) -> list[str]:
@@ -38,7 +100,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, ski
     for f in fields(config_cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        long_flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or FLAG_NAMES.get(f.name, long_flag)
         default = f.default if f.default is not MISSING else f.default_factory()
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -50,6 +113,9 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, ski
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
+        if flag != long_flag:  # the long spelling still works, hidden from --help
+            parser.add_argument(long_flag, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                                type=_or_none(kind) if optional else kind)
         if kind is list or typing.get_origin(kind) is list:
             kw["type"] = _split
         elif kind is tuple or typing.get_origin(kind) is tuple:
@@ -85,4 +151,4 @@ def print_training_summary(history: Sequence[Mapping[str, Any]], before: Optiona
     print(f"model: {model_folder}")
 
 
-__all__ = ["add_config_options", "config_from_args", "print_training_summary"]
+__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "config_from_args", "print_training_summary", "run_cli"]

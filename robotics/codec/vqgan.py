@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.pretrained import PretrainedMixin
+from mmreward.core.model import Pretrained
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
 
@@ -255,7 +255,7 @@ def frames_to_float(frames: torch.Tensor, image_size: Optional[int] = None) -> t
     raise TypeError(f"frames must be uint8 [T, H, W, 3] or float [T, 3, H, W], got {frames.dtype}")
 
 
-class VQGAN(PretrainedMixin, nn.Module):
+class VQGAN(Pretrained, nn.Module):
     """Encoder → vector quantiser → decoder. :meth:`encode` / :meth:`decode` map frames ↔ tokens."""
     model_type = MODEL_TYPE
     config_class = VQGANConfig

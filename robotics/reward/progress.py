@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mmreward.core.checkpoint import save_model
-from mmreward.core.pretrained import PretrainedMixin
+from mmreward.core.model import Pretrained
 
 from ..training import check_frames_uint8, config_to_dict, episodes_from, progress as progress_bar
 
@@ -59,7 +59,7 @@ class ProgressConfig:
             raise ValueError("min_gap >= 1, batch_size >= 1 and augment_pad >= 0 are required")
 
 
-class ProgressModel(PretrainedMixin, nn.Module):
+class ProgressModel(Pretrained, nn.Module):
     """Conv net: frame → scalar progress score (higher = later in an expert episode)."""
 
     model_type = MODEL_TYPE

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.pretrained import PretrainedMixin
+from mmreward.core.model import Pretrained
 
 from ..training import check_frames_uint8
 
@@ -54,7 +54,7 @@ def _trunk(cfg: RNDConfig) -> tuple[nn.Sequential, int]:
     return net, n
 
 
-class RND(PretrainedMixin, nn.Module):
+class RND(Pretrained, nn.Module):
     """``RND(frames) -> novelty [T]`` (normalised); :meth:`update` trains the predictor online."""
     model_type = MODEL_TYPE
     config_class = RNDConfig

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.pretrained import PretrainedMixin
+from mmreward.core.model import Pretrained
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state, warmup_cosine
 
@@ -173,7 +173,7 @@ class ContextCache:
         return ContextCache([(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv])
 
 
-class ConditionalVQDiffusion(PretrainedMixin, nn.Module):
+class ConditionalVQDiffusion(Pretrained, nn.Module):
     """Discrete diffusion over the next frame's tokens, conditioned on history-frame tokens."""
     model_type = MODEL_TYPE
     config_class = VQDiffusionConfig

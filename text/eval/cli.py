@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import add_config_options
+from mmreward.core.cli_config import CLIParser, add_config_options
 
 BENCHMARKS = ("rm-bench", "rewardbench")
 
@@ -90,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .rewardbench import format_rewardbench
     from .rmbench import format_rmbench
 
-    parser = argparse.ArgumentParser(prog="mmreward text eval", description="evaluate a reward model on RM-Bench / RewardBench")
+    parser = CLIParser(prog="mmreward text eval", description="evaluate a reward model on RM-Bench / RewardBench")
     add_config_options(parser, EvalConfig)
     args = parser.parse_args(argv)
     try:

@@ -107,9 +107,9 @@ def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dic
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
 
-    ap = argparse.ArgumentParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
+    ap = CLIParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="method", required=True)
     for name, (mod, _, cfg) in METHODS.items():
         p = sub.add_parser(name, help=f"{name} judge")
@@ -151,7 +151,7 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .genrm import GenRM, GenRMConfig, evaluate_genrm, train_genrm
 
-    ap = argparse.ArgumentParser(prog="mmreward text train-genrm",
+    ap = CLIParser(prog="mmreward text train-genrm",
                                  description="fine-tune a causal LM as a GenRM verifier (Yes / No + λ·SFT on solutions)")
     ap.add_argument("--model", required=True, help="causal LM folder (or hub id) with a chat template")
     ap.add_argument("--gguf-file", help="GGUF file name inside --model")
@@ -210,7 +210,7 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .gram import GRAM, GRAMConfig, evaluate_gram, train_gram
 
-    ap = argparse.ArgumentParser(prog="mmreward text train-gram",
+    ap = CLIParser(prog="mmreward text train-gram",
                                  description="GRAM: stage 1 pair SFT, then stage 2 the A / B judge (run stage 2 on "
                                              "stage 1's model folder)")
     ap.add_argument("--model", required=True, help="causal LM folder (or hub id) with a chat template")
@@ -249,7 +249,7 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         train_critic_rm
     from .heads import ScalarHeadLM
 
-    ap = argparse.ArgumentParser(prog="mmreward text train-critic-rm",
+    ap = CLIParser(prog="mmreward text train-critic-rm",
                                  description="Critic-RM: self-generated critiques, consistency filter, joint "
                                              "critique-LM + Bradley-Terry training of a reward head")
     ap.add_argument("--model", required=True,
@@ -314,7 +314,7 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     from .grm import GRMConfig, GRMJudge, build_meta_rm_rows, evaluate_meta_rm, train_meta_rm
     from .heads import ScalarHeadLM
 
-    ap = argparse.ArgumentParser(prog="mmreward text train-meta-rm",
+    ap = CLIParser(prog="mmreward text train-meta-rm",
                                  description="DeepSeek-GRM meta-RM: BCE on whether each sampled judgement was right")
     ap.add_argument("--model", required=True,
                     help="meta-RM backbone: causal LM folder (a new head is added) or a saved meta-RM folder")

@@ -22,6 +22,8 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Optional, Sequence
 
+from mmreward.core.cli_config import CLIParser
+
 MODEL_OPTIONS = ("head", "step_tag", "step_separator", "good_token", "bad_token", "score", "max_length")
 
 
@@ -164,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .search import MCTSConfig
     from .train import PRMTrainConfig
 
-    parser = argparse.ArgumentParser(prog="mmreward prm", description="process reward models")
+    parser = CLIParser(prog="mmreward prm", description="process reward models")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a PRM (bce / mse / ppm) and save it to OUTPUT_DIR/model")

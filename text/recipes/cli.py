@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from mmreward.core.cli_config import CLIParser
+
 
 @dataclass
 class MergeConfig:
@@ -38,7 +40,7 @@ def merge(config: MergeConfig):
 
 
 def merge_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmreward text merge",
+    parser = CLIParser(prog="mmreward text merge",
                                      description="WARM: weight-average reward models fine-tuned from one init")
     parser.add_argument("members", nargs="+", help=MergeConfig.__dataclass_fields__["members"].metadata["help"])
     parser.add_argument("--out", required=True, help=MergeConfig.__dataclass_fields__["out"].metadata["help"])

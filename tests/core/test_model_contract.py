@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmreward.core.checkpoint import CheckpointError
-from mmreward.core.pretrained import PretrainedMixin
+from mmreward.core.model import Pretrained
 
 
 @dataclass
@@ -13,7 +13,7 @@ class TinyConfig:
     dims: tuple = (2, 2)
 
 
-class Tiny(PretrainedMixin, torch.nn.Module):
+class Tiny(Pretrained, torch.nn.Module):
     model_type = "tiny"
     config_class = TinyConfig
 
@@ -37,7 +37,7 @@ def test_roundtrip_keeps_weights_config_and_eval_mode(tmp_path):
 
 def test_wrong_model_type_and_mismatched_weights_are_clear_errors(tmp_path):
     Tiny().save_pretrained(str(tmp_path / "a"))
-    with pytest.raises(CheckpointError, match="holds a 'tiny' model, not 'other'"):
+    with pytest.raises(CheckpointError, match="holds a 'tiny' model, not a 'other' one"):
         Other.from_pretrained(str(tmp_path / "a"))
     m = Tiny(TinyConfig(width=4))
     m.save_pretrained(str(tmp_path / "b"), state_dict={"lin.weight": torch.zeros(1, 9), "lin.bias": torch.zeros(1)})

@@ -1,0 +1,55 @@
+"""``--device`` / ``dtype=`` requests checked against what this torch build and machine can do."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device or dtype request that cannot be met here (the message says why and what to use)."""
+
+
+def resolve_device(spec: Union[None, str, torch.device] = "cpu") -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` / None (CUDA when usable, else CPU) → a device
+    this process can use, or :class:`DeviceError` naming the problem."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = spec if isinstance(spec, torch.device) else torch.device(str(spec).strip())
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"unknown device {spec!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise DeviceError(f"device {spec!r} requested, but this torch build ({torch.__version__}) has no CUDA "
+                              "support: use --device cpu, or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {spec!r} requested, but no CUDA GPU is visible to this process "
+                              "(check CUDA_VISIBLE_DEVICES / the driver): use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {spec!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError(f"device {spec!r} requested, but MPS is not available here: use --device cpu")
+    elif dev.type not in ("cpu", "meta"):
+        raise DeviceError(f"device type {dev.type!r} is not supported: use cpu or cuda")
+    return dev
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(spec: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    """``None`` (keep the saved dtype), a ``torch.dtype`` or a name (fp32 / bf16 / fp16)."""
+    if spec is None or isinstance(spec, torch.dtype):
+        if isinstance(spec, torch.dtype) and not spec.is_floating_point:
+            raise DeviceError(f"dtype must be a floating-point type, got {spec}")
+        return spec
+    key = str(spec).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise DeviceError(f"unknown dtype {spec!r}: use fp32, bf16 or fp16")
+    return _DTYPES[key]
+
+
+__all__ = ["DeviceError", "resolve_device", "resolve_dtype"]

@@ -1,0 +1,286 @@
+"""The documented inputs of ``score``: one small dataclass per modality, the same everywhere.
+
+=================  =====================================================  ==================================
+input              fields                                                 scored by
+=================  =====================================================  ==================================
+``TextPair``       ``prompt`` (str / messages / None), ``response``       text RMs, GenRM, GRM, Critic-RM, …
+``Comparison``     ``prompt``, ``first``, ``second``                      pairwise judges: P(first ≻ second)
+``StepSolution``   ``problem``, ``steps`` (list of str)                   PRMs (per-step scores)
+``ImagePrompt``    ``prompt``, ``image`` (path / PIL / array / tensor)     image scorers
+``VideoPrompt``    ``prompt``, ``video`` (path / uint8 ``[T, H, W, 3]``)  image scorers over frames
+``Conversation``   ``messages`` (chat turns), ``images`` (list)            VLM reward models
+``VisualSteps``    ``question``, ``steps``, ``images``                     VisualPRM (per-step scores)
+``Episode``        ``frames`` (path / uint8 ``[T, H, W, 3]``), ``success``  Diffusion Reward, ranker, RND
+=================  =====================================================  ==================================
+
+Every ``score`` takes a list of these (or of dicts with the same field names, as JSON rows and the
+server send them) and returns ``Tensor[N]``, one float per input. Inputs made of parts (steps,
+frames) also have ``score_parts`` → one ``Tensor[K_i]`` per input.
+
+``from_record`` builds an input from a JSON row and names the row and field on bad input. Images
+and videos stay as given (a path, bytes, an array …): decoding belongs to the model that reads them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Sequence, Union
+
+from .data import DataError, describe
+
+Messages = list
+TextLike = Union[str, list]
+
+
+def _text(value: Any, where: str, *, allow_empty: bool = False, messages: bool = True) -> TextLike:
+    if isinstance(value, str):
+        if not value and not allow_empty:
+            raise DataError(f"{where} is an empty string")
+        return value
+    if messages and isinstance(value, (list, tuple)):
+        if not value:
+            raise DataError(f"{where} is an empty message list")
+        for j, m in enumerate(value):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}[{j}] must be a message {{'role': str, 'content': str}}, got {describe(m)}")
+        return [dict(m) for m in value]
+    kinds = "a string or a list of messages" if messages else "a string"
+    raise DataError(f"{where} must be {kinds}, got {describe(value)}")
+
+
+def _field(row: dict, names: Sequence[str], where: str, required: bool = True) -> Any:
+    for n in names:
+        if n in row and row[n] is not None:
+            return row[n]
+    if required:
+        present = [n for n in names if n in row]
+        if present:
+            raise DataError(f"{where}: field {present[0]!r} is null")
+        raise DataError(f"{where}: missing field {names[0]!r} (fields present: {sorted(map(str, row))[:12]})")
+    return None
+
+
+def _steps(value: Any, where: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DataError(f"{where}: field 'steps' must be a non-empty list of strings, got {describe(value)}")
+    out = []
+    for k, s in enumerate(value):
+        if isinstance(s, dict):  # {"text": ...} step objects (PRM800K-style rows)
+            s = s.get("text", s.get("content"))
+        if not isinstance(s, str):
+            raise DataError(f"{where}: step {k} must be a string (or an object with a 'text' string), got {describe(s)}")
+        out.append(s)
+    return out
+
+
+def _images(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class ScoreInput:
+    """Base of the input dataclasses: ``from_record`` (JSON rows) and the keys that identify them."""
+
+    required: ClassVar[tuple[str, ...]] = ()  # a dict with these keys (or their aliases) is this input
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row"):
+        raise NotImplementedError
+
+    @classmethod
+    def matches(cls, row: dict) -> bool:
+        return all(any(a in row for a in alts.split("|")) for alts in cls.required)
+
+
+@dataclass
+class TextPair(ScoreInput):
+    """A response to a prompt (``prompt=None``: ``response`` is a whole text / conversation)."""
+
+    prompt: Optional[TextLike]
+    response: TextLike
+    required: ClassVar = ("response|messages|text",)
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "TextPair":
+        _need_dict(row, where)
+        if "response" in row:
+            prompt = row.get("prompt")
+            prompt = None if prompt is None else _text(prompt, f"{where}: field 'prompt'", allow_empty=True)
+            return cls(prompt, _text(_field(row, ("response",), where), f"{where}: field 'response'", allow_empty=True))
+        if "messages" in row or "text" in row:
+            key = "messages" if "messages" in row else "text"
+            return cls(None, _text(_field(row, (key,), where), f"{where}: field {key!r}"))
+        raise DataError(f"{where}: needs 'response' (with 'prompt'), 'messages' or 'text' "
+                        f"(fields present: {sorted(map(str, row))[:12]})")
+
+
+@dataclass
+class Comparison(ScoreInput):
+    """Two responses to one prompt; a pairwise judge scores P(first ≻ second)."""
+
+    prompt: TextLike
+    first: TextLike
+    second: TextLike
+    required: ClassVar = ("prompt", "first|chosen|response_a", "second|rejected|response_b")
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "Comparison":
+        _need_dict(row, where)
+        p = _text(_field(row, ("prompt",), where), f"{where}: field 'prompt'", allow_empty=True)
+        a = _field(row, ("first", "response_a", "chosen"), where)
+        b = _field(row, ("second", "response_b", "rejected"), where)
+        return cls(p, _text(a, f"{where}: first response", allow_empty=True),
+                   _text(b, f"{where}: second response", allow_empty=True))
+
+
+@dataclass
+class StepSolution(ScoreInput):
+    """A problem and the steps of one solution; a PRM scores every step."""
+
+    problem: str
+    steps: list
+    required: ClassVar = ("problem|prompt|question", "steps")
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "StepSolution":
+        _need_dict(row, where)
+        problem = _text(_field(row, ("problem", "prompt", "question"), where), f"{where}: field 'problem'",
+                        allow_empty=True, messages=False)
+        return cls(problem, _steps(_field(row, ("steps", "completions"), where), where))
+
+
+@dataclass
+class ImagePrompt(ScoreInput):
+    """An image and the text it should match."""
+
+    prompt: str
+    image: Any
+    required: ClassVar = ("image",)
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "ImagePrompt":
+        _need_dict(row, where)
+        prompt = row.get("prompt", "")
+        return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
+                         messages=False), _field(row, ("image",), where))
+
+
+@dataclass
+class VideoPrompt(ScoreInput):
+    """A video (file, frame folder or uint8 ``[T, H, W, 3]``) and the text it should match."""
+
+    prompt: str
+    video: Any
+    required: ClassVar = ("video",)
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "VideoPrompt":
+        _need_dict(row, where)
+        prompt = row.get("prompt", "")
+        return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
+                         messages=False), _field(row, ("video", "frames"), where))
+
+
+@dataclass
+class Conversation(ScoreInput):
+    """A chat (user / assistant turns) with its images; a VLM RM scores the last assistant turn."""
+
+    messages: list
+    images: list = field(default_factory=list)
+    required: ClassVar = ("messages|conversations",)
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "Conversation":
+        _need_dict(row, where)
+        msgs = _field(row, ("messages", "conversations"), where)
+        if not isinstance(msgs, (list, tuple)) or not msgs:
+            raise DataError(f"{where}: field 'messages' must be a non-empty list of turns, got {describe(msgs)}")
+        return cls(list(msgs), _images(row.get("images", row.get("image")), where))
+
+
+@dataclass
+class VisualSteps(ScoreInput):
+    """A question about images and the steps of one answer; VisualPRM scores every step."""
+
+    question: str
+    steps: list
+    images: list = field(default_factory=list)
+    required: ClassVar = ("question", "steps", "images|image")
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "VisualSteps":
+        _need_dict(row, where)
+        q = _text(_field(row, ("question", "prompt"), where), f"{where}: field 'question'", messages=False)
+        return cls(q, _steps(_field(row, ("steps",), where), where), _images(row.get("images", row.get("image")), where))
+
+
+@dataclass
+class Episode(ScoreInput):
+    """Frames of one robot episode (uint8 ``[T, H, W, 3]``, an episode / video file) and optionally
+    the per-frame success flags the reward adds."""
+
+    frames: Any
+    success: Optional[Any] = None
+    required: ClassVar = ("frames|episode|video",)
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "Episode":
+        _need_dict(row, where)
+        success = row.get("success")
+        if success is not None:
+            if not isinstance(success, (list, tuple)) or not all(
+                    isinstance(s, (bool, int, float)) and math.isfinite(float(s)) for s in success):
+                raise DataError(f"{where}: field 'success' must be a list of finite numbers, got {describe(success)}")
+        return cls(_field(row, ("frames", "episode", "video"), where), success)
+
+
+INPUT_TYPES: dict[str, type] = {
+    "text": TextPair, "comparison": Comparison, "steps": StepSolution, "image": ImagePrompt, "video": VideoPrompt,
+    "conversation": Conversation, "visual_steps": VisualSteps, "episode": Episode,
+}
+
+
+def _need_dict(row: Any, where: str) -> None:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {describe(row)}")
+
+
+def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str = "score") -> list:
+    """A list of input dataclasses from a list of instances, dicts (JSON rows) or tuples (the
+    dataclass fields in order). A dict becomes the first of ``input_types`` whose keys it has."""
+    types = tuple(input_types) if isinstance(input_types, (list, tuple)) else (input_types,)
+    if isinstance(inputs, (str, bytes, dict)) or isinstance(inputs, ScoreInput) or not isinstance(inputs, Sequence):
+        raise TypeError(f"{what} takes a list of inputs ({' / '.join(t.__name__ for t in types)}), "
+                        f"got {type(inputs).__name__}")
+    out = []
+    for i, item in enumerate(inputs):
+        where = f"input {i}"
+        if isinstance(item, types):
+            out.append(item)
+        elif isinstance(item, ScoreInput):
+            raise TypeError(f"{where} is a {type(item).__name__}; this model scores "
+                            f"{' / '.join(t.__name__ for t in types)}")
+        elif isinstance(item, dict):
+            kind = next((t for t in types if t.matches(item)), types[0])
+            out.append(kind.from_record(item, where))
+        elif isinstance(item, tuple):
+            kind = types[0]
+            try:
+                out.append(kind(*item))
+            except TypeError as e:
+                names = [f.name for f in dataclasses.fields(kind)]
+                raise TypeError(f"{where}: a tuple must hold {kind.__name__}'s fields {names}: {e}") from None
+        else:
+            raise TypeError(f"{where} must be a {' / '.join(t.__name__ for t in types)} or a dict, "
+                            f"got {type(item).__name__}")
+    if not out:
+        raise ValueError(f"{what} got no inputs")
+    return out
+
+
+__all__ = ["ScoreInput", "TextPair", "Comparison", "StepSolution", "ImagePrompt", "VideoPrompt", "Conversation",
+           "VisualSteps", "Episode", "INPUT_TYPES", "as_inputs"]

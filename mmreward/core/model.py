@@ -1,0 +1,256 @@
+"""The one model contract: every mmreward reward model is a :class:`RewardScorer`.
+
+    model.score(inputs, batch_size=16) -> Tensor[N]     # one float per input (float32, CPU)
+    model.score_parts(inputs) -> list[Tensor[K_i]]      # per step / per frame, where inputs have parts
+    model.save_pretrained(folder)                       # atomic: the whole folder or nothing
+    Model.from_pretrained(folder, device="cpu", dtype=None)
+    mmreward.load(folder)                               # the right class from config.json alone
+
+Inputs are the dataclasses of :mod:`mmreward.core.inputs` (or dicts with their field names).
+
+A saved folder holds ``config.json`` — ``{"model_type": ..., "config": {the dataclass config},
+...}`` — the weights as ``model.safetensors`` and whatever else the model needs to score
+(tokenizer, processor, normalisation statistics, sub-models), plus ``manifest.json`` (size and
+SHA-256 of every file). It is written as a hidden sibling folder and swapped into place
+(:func:`mmreward.core.folders.atomic_folder`), so a crash at any point leaves either the old folder
+or the new one. Loading checks the manifest (sizes always; SHA-256 with
+``MMREWARD_VERIFY_CHECKSUMS=1``) and never unpickles anything.
+
+A subclass sets ``model_type``, ``input_types`` (first = the main one) and ``config_class``, keeps its
+dataclass config as ``self.config``, and implements:
+
+* ``_score(items, batch_size) -> Tensor[N]`` (and ``_score_parts`` for step / frame inputs);
+* ``_save(folder) -> dict`` — write weights and assets into ``folder`` (a fresh temporary folder);
+  the returned dict is merged into ``config.json`` (default: ``model.safetensors`` of the state dict);
+* ``_load(folder, body, device) -> model`` — rebuild from a folder and its ``config.json`` body
+  (default: ``cls(config)`` + the state dict, strictly).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar, Optional, Sequence, Union
+
+import torch
+
+from .checkpoint import _load_tensors, _save_tensors
+from .device import resolve_device, resolve_dtype
+from .folders import CheckpointError, atomic_folder, verify_folder
+from .inputs import as_inputs
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 2
+
+
+# ------------------------------------------------------------------ dataclass configs <-> JSON
+def config_to_dict(cfg: Any) -> dict:
+    out = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def config_from_dict(cls: type, data: dict, what: str) -> Any:
+    """Rebuild a dataclass config; unknown fields are an error (a checkpoint from another version)."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} config must be a JSON object, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise CheckpointError(f"{what} config has unknown fields {unknown} (from another version?)")
+    kw = {}
+    for k, v in data.items():
+        default = names[k].default
+        kw[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{what} config is invalid: {e}") from e
+
+
+# ------------------------------------------------------------------ folder pieces
+def read_config(folder: str) -> dict:
+    """``config.json`` of a model folder as a dict (CheckpointError naming the file otherwise)."""
+    path = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}: not a saved model folder")
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt {path}: {e}") from e
+    if not isinstance(body, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(body).__name__}")
+    return body
+
+
+def write_config(folder: str, body: dict) -> None:
+    with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    raise TypeError(f"cannot write a {type(v).__name__} into config.json")
+
+
+def save_weights(folder: str, state_dict: dict[str, torch.Tensor], name: str = WEIGHTS_NAME) -> None:
+    """``state_dict`` as safetensors (tied / shared tensors cloned) at ``folder/name``."""
+    os.makedirs(folder, exist_ok=True)
+    _save_tensors(os.path.join(folder, name), {k: v for k, v in state_dict.items()}, metadata={"format": "pt"})
+
+
+def load_weights(folder: str, device: Union[str, torch.device] = "cpu", name: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
+    return _load_tensors(os.path.join(folder, name), str(device))
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
+    """``load_state_dict`` whose mismatch error names the folder and the missing / unexpected keys."""
+    missing, unexpected = [], []
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[:4]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:4]}")
+        raise CheckpointError(f"weights in {folder} do not match its config: {'; '.join(parts)}")
+    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(f"weights in {folder} do not match its config: {k} has shape {got}, the model "
+                              f"expects {want} ({len(bad)} tensor(s) differ)")
+    module.load_state_dict(state)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
+# ------------------------------------------------------------------ the contract
+class Pretrained:
+    """``save_pretrained`` / ``from_pretrained`` for a model built from one dataclass config held as
+    ``self.config`` (sub-models such as a VQGAN codec use this alone; reward models use
+    :class:`RewardScorer`, which adds ``score``)."""
+
+    model_type: ClassVar[str] = ""
+    config_class: ClassVar[Optional[type]] = None
+    legacy_model_types: ClassVar[tuple[str, ...]] = ()  # older model_type names this class also reads
+    eval_after_load: ClassVar[bool] = True
+
+    def config_dict(self) -> dict:
+        cfg = getattr(self, "config", None)
+        return config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else {}
+
+    def save_pretrained(self, folder: Union[str, os.PathLike],
+                        state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """Write the whole model folder atomically (see the module docstring). ``state_dict``
+        overrides the live weights (e.g. EMA weights)."""
+        if not self.model_type:
+            raise TypeError(f"{type(self).__name__} has no model_type")
+        with atomic_folder(os.fspath(folder)) as tmp:
+            extra = self._save(tmp, state_dict) or {}
+            body = {"model_type": self.model_type, "format_version": FORMAT_VERSION, "config": self.config_dict()}
+            body.update(extra)
+            try:
+                import mmreward
+
+                body.setdefault("mmreward_version", mmreward.__version__)
+            except ImportError:  # pragma: no cover
+                pass
+            write_config(tmp, body)
+
+    def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> Optional[dict]:
+        save_weights(folder, state_dict if state_dict is not None else self.state_dict())
+        return None
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,
+                        dtype: Union[None, str, torch.dtype] = None, **kwargs: Any):
+        """Load a folder saved by :meth:`save_pretrained` onto ``device`` (optionally cast to ``dtype``),
+        in eval mode."""
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"model folder {folder!r} does not exist")
+        dev, dt = resolve_device(device), resolve_dtype(dtype)
+        verify_folder(folder)
+        body = read_config(folder)
+        found = body.get("model_type")
+        if found not in (cls.model_type, *cls.legacy_model_types):
+            raise CheckpointError(f"{folder} holds a {found!r} model, not a {cls.model_type!r} one "
+                                  f"(mmreward.load picks the right class)")
+        check_weights_size(folder, body)
+        model = cls._load(folder, body, dev, **kwargs)
+        return finish_loading(model, dev, dt, cls.eval_after_load)
+
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any):
+        if cls.config_class is None:
+            raise TypeError(f"{cls.__name__} must set config_class or override _load")
+        model = cls(config_from_dict(cls.config_class, body.get("config", {}), cls.model_type), **kwargs)
+        load_state_strict(model, load_weights(folder, "cpu"), folder)
+        return model
+
+
+class RewardScorer(Pretrained):
+    """A reward model: :class:`Pretrained` + ``score`` / ``score_parts`` on the documented inputs."""
+
+    input_types: ClassVar[tuple] = ()
+    default_batch_size: ClassVar[int] = 16
+
+    def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
+        """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
+        items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
+        out = self._score(items, check_batch_size(batch_size or self.default_batch_size))
+        if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
+            raise RuntimeError(f"{type(self).__name__}._score returned {getattr(out, 'shape', type(out))} "
+                               f"for {len(items)} inputs")
+        return out
+
+    def score_parts(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> list[torch.Tensor]:
+        """One ``Tensor[K_i]`` per input: the score of each step / frame."""
+        items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
+        return self._score_parts(items, check_batch_size(batch_size or self.default_batch_size))
+
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _score")
+
+    def _score_parts(self, items: list, batch_size: int) -> list[torch.Tensor]:
+        raise TypeError(f"{type(self).__name__} scores whole inputs: it has no per-step or per-frame scores")
+
+    @classmethod
+    def has_parts(cls) -> bool:
+        return cls._score_parts is not RewardScorer._score_parts
+
+
+def check_weights_size(folder: str, body: dict) -> None:
+    """Folders saved by mmreward 0.1 record their weights' byte size in ``config.json``."""
+    info = body.get("_mmreward")
+    weights = os.path.join(folder, WEIGHTS_NAME)
+    if isinstance(info, dict) and "weights_bytes" in info and os.path.exists(weights) \
+            and os.path.getsize(weights) != info["weights_bytes"]:
+        raise CheckpointError(f"{weights} has {os.path.getsize(weights)} bytes but config.json expects "
+                              f"{info['weights_bytes']}: truncated or from another save")
+
+
+def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype], eval_mode: bool = True) -> Any:
+    """Move a freshly loaded model to ``device`` / ``dtype`` and (by default) put it in eval mode."""
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device)
+        if dtype is not None:
+            model = model.to(dtype)
+        if eval_mode:
+            model.eval()
+    return model
+
+
+__all__ = ["Pretrained", "RewardScorer", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
+           "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading"]

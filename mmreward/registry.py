@@ -1,0 +1,163 @@
+"""``mmreward.load(folder)``: the right reward model for whatever a folder holds.
+
+Two tables, both filled with ``"module:attribute"`` strings so that nothing heavy is imported until
+a model of that kind is loaded:
+
+* **model types** — ``config.json``'s ``model_type`` (written by every ``save_pretrained``) → class;
+* **layouts** — published checkpoints in their own formats (a transformers sequence classifier,
+  ImageReward's ``ImageReward.pt`` + ``med_config.json``, …): a ``detect(folder, config)``
+  predicate and a ``load(folder, device=..., dtype=...)`` function, tried in order when
+  ``model_type`` is not one of ours.
+
+    import mmreward
+    rm = mmreward.load("runs/rm")                  # a folder, a run folder (its model/), a shipped name
+    rm.score([{"prompt": "2+2?", "response": "4"}])
+
+Register your own with :func:`register_model` / :func:`register_layout`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+MODEL_TYPES: dict[str, str] = {
+    # text
+    "text_reward_model": "mmreward.text.reward_model:RewardModel",
+    "process_reward_model": "mmreward.text.prm.model:ProcessRewardModel",
+    # vision
+    "image_reward": "mmreward.vision.image_reward:ImageRewardModel",
+    "vlm_reward": "mmreward.vision.vlm_rm:VLMRewardModel",
+    "visual_prm": "mmreward.vision.visual_prm:VisualPRM",
+    # robotics
+    "diffusion_reward": "mmreward.robotics.reward.diffusion_reward:DiffusionReward",
+    "progress_ranker": "mmreward.robotics.reward.progress:ProgressModel",
+    "rnd": "mmreward.robotics.reward.rnd:RND",
+}
+
+
+@dataclass
+class Layout:
+    name: str
+    detect: str  # "module:function"(folder, config dict or None) -> bool
+    load: str  # "module:function"(folder, *, device, dtype) -> model
+    description: str = ""
+
+
+LAYOUTS: list[Layout] = [
+    Layout("mmreward-text-rm-v1", "mmreward.text.reward_model:is_legacy_folder",
+           "mmreward.text.reward_model:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
+    Layout("transformers-sequence-classifier", "mmreward.text.reward_model:is_sequence_classifier",
+           "mmreward.text.reward_model:load_sequence_classifier",
+           "a transformers *ForSequenceClassification reward model with one label (Skywork-Reward, TRL)"),
+]
+
+
+class LoadError(ValueError):
+    """``mmreward.load`` does not know what the folder holds (the message lists what it knows)."""
+
+
+def register_model(model_type: str, target: Union[str, type]) -> None:
+    """Make ``mmreward.load`` open folders whose config.json says ``model_type`` with ``target``
+    (a class with ``from_pretrained``, or its ``"module:Class"`` path)."""
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError("model_type must be a non-empty string")
+    MODEL_TYPES[model_type] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def register_layout(name: str, detect: str, load: str, description: str = "", first: bool = False) -> None:
+    """Add a published-checkpoint layout (``detect`` / ``load`` as ``"module:function"`` paths)."""
+    layout = Layout(name, detect, load, description)
+    LAYOUTS[:] = [x for x in LAYOUTS if x.name != name]
+    LAYOUTS.insert(0, layout) if first else LAYOUTS.append(layout)
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def model_class(model_type: str) -> type:
+    """The class registered for ``model_type``."""
+    if model_type not in MODEL_TYPES:
+        raise LoadError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
+    return _resolve(MODEL_TYPES[model_type])
+
+
+def _shipped(name: str) -> Optional[str]:
+    """Folder of a checkpoint shipped inside the package (e.g. ``metaworld-64``), if any."""
+    if os.sep in name or "/" in name:
+        return None
+    try:
+        spec = importlib.util.find_spec("mmreward.robotics.pretrained")
+    except (ImportError, ValueError):
+        return None
+    if not spec or not spec.submodule_search_locations:
+        return None
+    here = os.path.join(list(spec.submodule_search_locations)[0], name)
+    return here if os.path.isfile(os.path.join(here, "config.json")) else None
+
+
+def resolve_folder(path: Union[str, os.PathLike]) -> str:
+    """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
+    checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files)."""
+    from mmreward.core.folders import CheckpointError, recover_folder
+
+    path = os.fspath(path)
+    recover_folder(path)
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model", "config.json")):
+            return os.path.join(path, "model")  # a training run's output folder
+        return path
+    shipped = _shipped(path)
+    if shipped:
+        return shipped
+    if os.path.exists(path):
+        raise CheckpointError(f"{path!r} is a file, not a model folder")
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise CheckpointError(f"model folder {path!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
+                                                       "*.tiktoken"])
+    except Exception as e:  # offline, unknown repo, no network, huggingface_hub missing
+        raise CheckpointError(f"{path!r} is not a local folder and could not be fetched from the hub: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def detect(folder: str) -> tuple[str, Callable[..., Any]]:
+    """``(what, loader)`` for a local folder: ``loader(folder, device=..., dtype=...)``."""
+    from mmreward.core.model import read_config
+
+    config: Optional[dict] = None
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        config = read_config(folder)
+        mt = config.get("model_type")
+        if isinstance(mt, str) and mt in MODEL_TYPES:
+            cls = model_class(mt)
+            return mt, cls.from_pretrained
+    for layout in LAYOUTS:
+        if _resolve(layout.detect)(folder, config):
+            return layout.name, _resolve(layout.load)
+    what = f"model_type {config.get('model_type')!r}" if config else "no config.json"
+    raise LoadError(f"{folder}: cannot tell which reward model this is ({what}); mmreward reads its own "
+                    f"model types ({', '.join(sorted(MODEL_TYPES))}) and the published layouts "
+                    f"{', '.join(x.name for x in LAYOUTS)}")
+
+
+def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = None, **kwargs: Any) -> Any:
+    """The reward model saved at ``path`` (see :func:`resolve_folder`), on ``device``, in eval mode."""
+    folder = resolve_folder(path)
+    _, loader = detect(folder)
+    return loader(folder, device=device, dtype=dtype, **kwargs)
+
+
+__all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "register_layout",
+           "register_model", "resolve_folder"]
