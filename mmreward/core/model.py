@@ -185,7 +185,7 @@ class Pretrained:
         body = read_config(folder)
         found = body.get("model_type")
         if found not in (cls.model_type, *cls.legacy_model_types):
-            raise CheckpointError(f"{folder} holds a {found!r} model, not a {cls.model_type!r} one "
+            raise CheckpointError(f"{folder} holds a {found!r} model, not {cls.model_type!r} "
                                   f"(mmreward.load picks the right class)")
         check_weights_size(folder, body)
         model = cls._load(folder, body, dev, **kwargs)

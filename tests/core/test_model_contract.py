@@ -37,7 +37,7 @@ def test_roundtrip_keeps_weights_config_and_eval_mode(tmp_path):
 
 def test_wrong_model_type_and_mismatched_weights_are_clear_errors(tmp_path):
     Tiny().save_pretrained(str(tmp_path / "a"))
-    with pytest.raises(CheckpointError, match="holds a 'tiny' model, not a 'other' one"):
+    with pytest.raises(CheckpointError, match="holds a 'tiny' model, not 'other'"):
         Other.from_pretrained(str(tmp_path / "a"))
     m = Tiny(TinyConfig(width=4))
     m.save_pretrained(str(tmp_path / "b"), state_dict={"lin.weight": torch.zeros(1, 9), "lin.bias": torch.zeros(1)})
