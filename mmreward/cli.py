@@ -22,6 +22,7 @@ COMMANDS = {
     "vision": ("mmreward.vision.cli", "main", "vision reward models: train image scorers (mmreward vision train)"),
     "score": ("mmreward.vision.cli", "score_main", "score images against a prompt (ImageReward-style)"),
     "score-video": ("mmreward.vision.cli", "score_video_main", "score a video's frames against a prompt"),
+    "serve": ("mmreward.serve.cli", "main", "serve any reward model over HTTP with dynamic batching (OpenRLHF / TRL)"),
 }
 
 
