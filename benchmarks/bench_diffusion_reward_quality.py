@@ -190,7 +190,7 @@ def collect_all(args, work: str) -> dict:
 
 
 def load_jobs(jobs: list, kind: str) -> list[dict]:
-    from mmreward.robotics.cli import load_episode_folder
+    from mmreward.robotics.data.episodes import load_episode_folder
 
     out = []
     for j in jobs:
@@ -420,8 +420,7 @@ def main(argv=None) -> int:
     print(f"[data] train: {len(train_eps)} expert episodes ({sum(len(f) for f in train_frames)} frames, "
           f"success {np.mean([e['success'] for e in train_eps]):.2f}); eval: {len(eval_eps)} episodes", flush=True)
 
-    # 2. models (same functions the CLI calls; both runs resume from their train_state)
-    from mmreward.robotics.cli import build_reward_model
+    # 2. models (same functions the CLI calls; each run resumes from its newest snapshot)
     from mmreward.robotics.codec.vqgan import VQGANConfig, evaluate_vqgan, train_vqgan
     from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
     from mmreward.robotics.video.vq_diffusion import VQDiffusionConfig, train_video_model
@@ -457,8 +456,8 @@ def main(argv=None) -> int:
 
         t0 = time.perf_counter()
         pdir = os.path.join(work, f"progress_{args.progress_steps}")
-        if os.path.isfile(os.path.join(pdir, "model.safetensors")):
-            ranker = ProgressModel.from_pretrained(pdir)
+        if os.path.isfile(os.path.join(pdir, "model", "model.safetensors")):
+            ranker = ProgressModel.from_pretrained(os.path.join(pdir, "model"))
             pmetrics = json.load(open(os.path.join(pdir, "metrics.json")))
         else:
             torch.manual_seed(0)
@@ -492,7 +491,9 @@ def main(argv=None) -> int:
             models[est] = cached
             stats = dict(zip(("mean", "std", "frames"), models[est].statistics.tolist()))
         else:
-            models[est], stats = build_reward_model(codec, video, train_frames, rcfg, None, out)
+            models[est] = DiffusionReward(codec, video, rcfg)
+            stats = models[est].fit_statistics(train_frames)
+            models[est].save_pretrained(out)
         print(f"[stats] {est}: {stats}", flush=True)
     timings["fit_stats_s"] = time.perf_counter() - t0
 

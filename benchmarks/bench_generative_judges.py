@@ -13,6 +13,11 @@ the instruct model's own A/B next-token probabilities, Critic-RM from its critiq
 
     python benchmarks/bench_generative_judges.py                    # ~10 min on a 2-core VM CPU
     python benchmarks/bench_generative_judges.py --items 4 --max-new-tokens 96 --json /tmp/x.json
+    python benchmarks/bench_generative_judges.py --template paper  # the published prompts (GRAM, RM-R1, RewardAnything)
+
+GenRM, GRAM and RM-R1 are also saved with ``save_pretrained`` and reopened with ``mmreward.load``: the
+same class and bit-identical weights, scores within 1e-5 (``roundtrip`` in the JSON: the largest score
+difference, folder size, save / load seconds).
 """
 from __future__ import annotations
 
@@ -25,13 +30,16 @@ import time
 
 import torch
 
+import mmreward
+from mmreward.core.inputs import Comparison
 from mmreward.text.eval.rmbench import default_rmbench_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from mmreward.text.generative.base import text_pairs  # noqa: E402
 from mmreward.text.generative.critic_rm import CriticRMConfig, consistency_filter, sample_critiques  # noqa: E402
 from mmreward.text.generative.genrm import GenRM, GenRMConfig  # noqa: E402
-from mmreward.text.generative.gram import GRAM  # noqa: E402
+from mmreward.text.generative.gram import GRAM, GRAMConfig  # noqa: E402
 from mmreward.text.generative.grm import GRMConfig, GRMJudge  # noqa: E402
 from mmreward.text.generative.position import evaluate_pairs_with_judge  # noqa: E402
 from mmreward.text.generative.reward_anything import (  # noqa: E402
@@ -65,12 +73,41 @@ def excerpt(text: str, n: int = 240) -> str:
     return text[:n] + ("…" if len(text) > n else "")
 
 
+def roundtrip(judge, inputs, folder: str) -> dict:
+    """Save ``judge``, reopen it with ``mmreward.load``: the same class, bit-identical LM weights, and
+    scores equal up to float rounding (the reopened weights are memory-mapped from safetensors, and
+    BLAS may pick other kernels for them than for the GGUF-converted ones: last-bit differences)."""
+    import shutil
+
+    want = judge.score(inputs)
+    t0 = time.time()
+    judge.save_pretrained(folder)
+    t1 = time.time()
+    loaded = mmreward.load(folder)
+    t2 = time.time()
+    got = loaded.score(inputs)
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
+    shutil.rmtree(folder, ignore_errors=True)
+    mine, theirs = judge.causal_lm.state_dict(), loaded.causal_lm.state_dict()
+    same_weights = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine)
+    diff = float((want - got).abs().max())
+    if type(loaded) is not type(judge) or not same_weights or diff > 1e-5:
+        raise SystemExit(f"{type(judge).__name__}: mmreward.load gave {type(loaded).__name__}, same weights "
+                         f"{same_weights}, scores {got.tolist()} instead of {want.tolist()}")
+    return {"same_weights": True, "max_abs_score_diff": diff, "folder_mb": round(size / 2 ** 20, 1),
+            "save_s": round(t1 - t0, 1), "load_s": round(t2 - t1, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=8, help="RM-Bench chat items")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="generation limit of the long-form judges")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core VM)")
     ap.add_argument("--json", default="benchmarks/results/generative_judges.json", help="output file")
+    ap.add_argument("--template", default="mmreward", choices=("mmreward", "paper"),
+                    help="prompt protocol of GRAM, RM-R1 and RewardAnything")
+    ap.add_argument("--roundtrip-dir", default="/tmp/mmreward_bench_roundtrip",
+                    help="scratch folder for the save_pretrained / mmreward.load check")
     args = ap.parse_args()
     if not os.path.exists(DATA):
         raise SystemExit(f"RM-Bench data missing: {DATA}")
@@ -83,7 +120,7 @@ def main() -> None:
 
     t0 = time.time()
     model, tok = load_smollm2()
-    out = {"model": f"SmolLM2-135M-Instruct ({GGUF}, de-quantised fp32)",
+    out = {"model": f"SmolLM2-135M-Instruct ({GGUF}, de-quantised fp32)", "template": args.template,
            "data": f"{DATA} first {len(items)} items, concise style",
            "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s) "
                       "(2-core VM CPU shared with other jobs)",
@@ -98,9 +135,10 @@ def main() -> None:
     # GenRM, direct P(Yes) (no generation: parse rate is 1 by construction)
     t = time.time()
     g = GenRM(model, tok, GenRMConfig(batch_size=8))
-    sc, sr = g.score(prompts, chosen), g.score(prompts, rejected)
+    sc, sr = g.score(text_pairs(prompts, chosen)), g.score(text_pairs(prompts, rejected))
     record("genrm_direct", {"accuracy": pointwise_accuracy(sc, sr), "parse_rate": 1.0,
-                            "mean_p_yes_chosen": float(sc.mean()), "mean_p_yes_rejected": float(sr.mean())}, t)
+                            "mean_p_yes_chosen": float(sc.mean()), "mean_p_yes_rejected": float(sr.mean()),
+                            "roundtrip": roundtrip(g, text_pairs(prompts[:2], chosen[:2]), args.roundtrip_dir)}, t)
 
     # GenRM-CoT: K = 2 rationales of 64 tokens, reward = mean P(Yes) after each
     t = time.time()
@@ -114,21 +152,24 @@ def main() -> None:
 
     # GRAM-style A/B token judge (the instruct model's own logits; order-averaged)
     t = time.time()
-    gram = GRAM(model, tok)
+    gram = GRAM(model, tok, GRAMConfig(template=args.template))
     res = evaluate_pairs_with_judge(gram.judge, rows)
     res["parse_rate"] = 1.0
+    res["roundtrip"] = roundtrip(gram, [Comparison(p, c, r) for p, c, r in zip(prompts[:2], chosen, rejected)],
+                                 args.roundtrip_dir)
     record("gram_ab_tokens", res, t)
 
     # RM-R1 chain-of-rubrics, both orders in one batch. Strict: parsed verdicts only (½ otherwise);
     # forced: where nothing parsed, "<answer>[[" is appended to the model's own output and P(A) vs P(B) read.
     t = time.time()
-    j = RMR1Judge(model, tok, RMR1Config(max_new_tokens=T, batch_size=16, forced_verdict=True))
+    j = RMR1Judge(model, tok, RMR1Config(template=args.template, max_new_tokens=T, batch_size=16, forced_verdict=True))
     forced = evaluate_pairs_with_judge(j.judge, rows)
     res = evaluate_pairs_with_judge(lambda *_: j.last_strict, rows)
     m = j.metrics()
     res.update(parse_rate=m["parse_rate"], no_verdict_reasons=m["reasons"], example=excerpt(j.last_results[0][0].text),
                forced_verdict={k: v for k, v in forced.items() if k != "n"},
                forced_rows=int(j.last_forced.sum()))
+    res["roundtrip"] = roundtrip(j, [Comparison(prompts[0], chosen[0], rejected[0])], args.roundtrip_dir)
     record("rm_r1", res, t)
 
     # DeepSeek-GRM: principles + critiques + \boxed{s1, s2}
@@ -141,7 +182,7 @@ def main() -> None:
 
     # RewardAnything: JSON in / out with masked shuffled names
     t = time.time()
-    j = RewardAnythingJudge(model, tok, RewardAnythingConfig(max_new_tokens=T, batch_size=16))
+    j = RewardAnythingJudge(model, tok, RewardAnythingConfig(template=args.template, max_new_tokens=T, batch_size=16))
     res = evaluate_pairs_with_judge(j.judge, rows)
     m = j.metrics()
     res.update(parse_rate=m["parse_rate"], no_verdict_reasons=m["reasons"], format_reward=m["format_reward"],

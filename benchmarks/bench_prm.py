@@ -35,12 +35,12 @@ from mmreward.text.prm.eval import processbench_sweep  # noqa: E402
 from mmreward.text.prm.model import ProcessRewardModel  # noqa: E402
 from mmreward.text.prm.search import MCTSConfig, compare_search  # noqa: E402
 from mmreward.text.prm.synthetic import NoisyStepJudge, char_tokenizer, make_dataset, tiny_llama  # noqa: E402
-from mmreward.text.prm.train import PRMTrainConfig, evaluate_prm, train_prm  # noqa: E402
+from mmreward.text.prm.train import PRMTrainConfig, evaluate_prm, solutions, train_prm  # noqa: E402
 
 
 def held_out_f1(prm, val, test) -> dict:
     """Choose the threshold on ``val``, report ``test`` at 0.5 and at that threshold."""
-    vs = prm.score_batch([e.problem for e in val], [e.steps for e in val])
+    vs = prm.score_parts(solutions(val))
     t = processbench_sweep(vs, [e.first_error for e in val])["best_threshold"]
     at_half = evaluate_prm(prm, test, 0.5)
     at_t = evaluate_prm(prm, test, t)

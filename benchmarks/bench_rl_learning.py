@@ -38,13 +38,13 @@ def run_cmd(args, reward: str, out: str) -> list[str]:
     if not args.paper:
         cmd += ["--batch-size", "64", "--hidden-dim", "256", "--stddev-schedule", f"linear(1.0,0.1,{int(steps * 0.8)})"]
     if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
+        cmd += ["--model", args.checkpoint]
     if args.episode_steps:
         cmd += ["--episode-steps", str(args.episode_steps)]
     if args.expl_scale is not None:
         cmd += ["--expl-scale", str(args.expl_scale)]
     if args.reward_clip is not None:
-        cmd += ["--reward-clip", str(args.reward_clip)]
+        cmd += ["--clip-min", str(args.reward_clip)]
     if args.success_scale is not None:
         cmd += ["--success-scale", str(args.success_scale)]
     if getattr(args, "shaping", "none") != "none":

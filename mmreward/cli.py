@@ -1,11 +1,10 @@
 """`mmreward` command line. Each subcommand is a thin front for the Python API a user would call,
 imported only when that subcommand runs (so `mmreward --help` stays fast and light).
 
-Domain packages add their command trees here as they land (`mmreward text …`, `mmreward robotics …`).
+Every command runs inside `core.cli_config.run_cli`: a user error is one line on stderr and exit 2.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from typing import Optional, Sequence
@@ -16,11 +15,11 @@ from mmreward.core.cli_config import CLIParser
 COMMANDS = {
     "env": ("mmreward.env_report", "main", "versions of python / torch / CUDA / triton … and the live op backends"),
     "ops": ("mmreward.cli", "ops_main", "list the fused ops and which backends can run them here"),
-    "robotics": ("mmreward.robotics.cli", "main", "Diffusion Reward + DrQ-v2: collect, train-codec, train-video, reward, train-rl"),
+    "robotics": ("mmreward.robotics.cli", "main", "Diffusion Reward + DrQ-v2: collect, train-codec, train-video, train-progress, score, train-rl"),
     "text": ("mmreward.text.cli", "main", "text reward models: train, score, eval, merge (WARM), judge (generative RMs)"),
     "prm": ("mmreward.text.prm.cli", "main", "process reward models: train, score steps, PRM-guided search"),
-    "vision": ("mmreward.vision.cli", "main", "vision reward models: train image scorers (mmreward vision train)"),
-    "score": ("mmreward.vision.cli", "score_main", "score images against a prompt (ImageReward-style)"),
+    "vision": ("mmreward.vision.cli", "main", "vision reward models: train | train-vlm-rm | train-visual-prm | eval | colour-data"),
+    "score": ("mmreward.score_cli", "main", "score inputs (rows, images, videos, episodes) with any reward model folder"),
     "score-video": ("mmreward.vision.cli", "score_video_main", "score a video's frames against a prompt"),
     "serve": ("mmreward.serve.cli", "main", "serve any reward model over HTTP with dynamic batching (OpenRLHF / TRL)"),
 }
@@ -32,8 +31,11 @@ def ops_main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.ops import _backend
 
     parser = CLIParser(prog="mmreward ops", description="fused ops and their backends")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: which device's backends to list")
     args = parser.parse_args(argv)
+    from mmreward.core.device import resolve_device
+
+    device = resolve_device(args.device).type  # a CUDA request on a machine without one is an error, not a list
     names = sorted(
         n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
         if n.startswith("mmreward::") and n.split("::", 1)[1] not in _backend.UTILITY_OPS
@@ -44,7 +46,7 @@ def ops_main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     width = max(len(n) for n in names)
     for n in names:
-        print(f"{n:<{width}}  {', '.join(_backend.available_backends(n, args.device))}")
+        print(f"{n:<{width}}  {', '.join(_backend.available_backends(n, device))}")
     return 0
 
 

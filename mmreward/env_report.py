@@ -1,7 +1,6 @@
 """`python -m mmreward.env_report`: versions and live backends — the first thing a bug report needs."""
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os

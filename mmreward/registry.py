@@ -27,10 +27,20 @@ MODEL_TYPES: dict[str, str] = {
     # text
     "text_reward_model": "mmreward.text.reward_model:RewardModel",
     "process_reward_model": "mmreward.text.prm.model:ProcessRewardModel",
+    # text: generative judges
+    "genrm": "mmreward.text.generative.genrm:GenRM",
+    "gram": "mmreward.text.generative.gram:GRAM",
+    "rm_r1": "mmreward.text.generative.rm_r1:RMR1Judge",
+    "grm": "mmreward.text.generative.grm:GRMJudge",
+    "reward_anything": "mmreward.text.generative.reward_anything:RewardAnythingJudge",
+    "critic_rm": "mmreward.text.generative.critic_rm:CriticRM",
     # vision
     "image_reward": "mmreward.vision.image_reward:ImageRewardModel",
     "vlm_reward": "mmreward.vision.vlm_rm:VLMRewardModel",
     "visual_prm": "mmreward.vision.visual_prm:VisualPRM",
+    "qwen_vl_reward": "mmreward.vision.published.skywork_vl:QwenVLRewardModel",
+    "clip_scorer": "mmreward.vision.published.clip_scorers:CLIPScorer",
+    "imagereward_blip": "mmreward.vision.published.imagereward:BLIPImageReward",
     # robotics
     "diffusion_reward": "mmreward.robotics.reward.diffusion_reward:DiffusionReward",
     "progress_ranker": "mmreward.robotics.reward.progress:ProgressModel",
@@ -47,11 +57,35 @@ class Layout:
 
 
 LAYOUTS: list[Layout] = [
-    Layout("mmreward-text-rm-v1", "mmreward.text.reward_model:is_legacy_folder",
-           "mmreward.text.reward_model:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
-    Layout("transformers-sequence-classifier", "mmreward.text.reward_model:is_sequence_classifier",
-           "mmreward.text.reward_model:load_sequence_classifier",
-           "a transformers *ForSequenceClassification reward model with one label (Skywork-Reward, TRL)"),
+    Layout("qwen2.5-math-prm", "mmreward.text.prm.published:is_qwen_prm", "mmreward.text.prm.published:load_qwen_prm",
+           "Qwen2.5-Math-PRM (Qwen2ForProcessRewardModel: <extra_0> step tags, 2-class head)"),
+    Layout("skywork-o1-open-prm", "mmreward.text.prm.published:is_skywork_prm",
+           "mmreward.text.prm.published:load_skywork_prm", "Skywork-o1-Open-PRM (Qwen2ForPrmModel: value head v_head)"),
+    Layout("math-shepherd", "mmreward.text.prm.published:is_math_shepherd",
+           "mmreward.text.prm.published:load_math_shepherd",
+           "Math-Shepherd PRM (a causal LM named math-shepherd: P(+) vs P(-) at each 'ки' tag)"),
+    Layout("mmreward-text-rm-v1", "mmreward.text.layouts:is_legacy_folder",
+           "mmreward.text.layouts:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
+    Layout("transformers-sequence-classifier", "mmreward.text.layouts:is_sequence_classifier",
+           "mmreward.text.layouts:load_sequence_classifier",
+           "a transformers *ForSequenceClassification reward model with one label (Skywork-Reward, OpenAssistant DeBERTa, TRL)"),
+    Layout("skywork-vl-reward", "mmreward.vision.published.skywork_vl:is_skywork_vl",
+           "mmreward.vision.published.skywork_vl:load_skywork_vl",
+           "Skywork-VL-Reward: a Qwen2-VL / Qwen2.5-VL folder + value_head.safetensors (TRL value head)"),
+    Layout("imagereward", "mmreward.vision.published.imagereward:is_imagereward",
+           "mmreward.vision.published.imagereward:load_imagereward",
+           "ImageReward v1.0: ImageReward.pt (BLIP ViT + BERT cross-attention + MLP) + med_config.json"),
+    Layout("hpsv2", "mmreward.vision.published.clip_scorers:is_hpsv2", "mmreward.vision.published.clip_scorers:load_hpsv2",
+           "HPSv2 / HPSv2.1: HPS_v2*.pt (open_clip ViT-H-14 state dict)"),
+    Layout("open-clip", "mmreward.vision.published.clip_scorers:is_open_clip",
+           "mmreward.vision.published.clip_scorers:load_open_clip",
+           "an open_clip folder (open_clip_config.json + weights) scored as CLIP score"),
+    Layout("transformers-clip", "mmreward.vision.published.clip_scorers:is_hf_clip",
+           "mmreward.vision.published.clip_scorers:load_hf_clip",
+           "a transformers CLIPModel folder: PickScore (by name) or CLIP score"),
+    Layout("remote-code-vlm", "mmreward.vision.published.remote_code:is_remote_code_vlm",
+           "mmreward.vision.published.remote_code:refuse_remote_code_vlm",
+           "VisualPRM / IXC-2.5-Reward: refused with the reason (their code ships in the checkpoint)"),
 ]
 
 

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -50,6 +50,19 @@ class CollectConfig:
     max_steps: Optional[int] = _help("cap on agent steps per episode (default: the task's time limit / "
                                      "action_repeat)", default=None)
     flip: str = _help("frame orientation fix: auto | none | vertical | horizontal | rot180", default="auto")
+    progress: bool = _help("show a progress bar", default=True)
+
+
+@dataclass
+class ImportConfig:
+    """Arguments of :func:`import_videos` besides the sources; the CLI's options are generated from these fields."""
+
+    task: str = _help("task id / label for these episodes, e.g. adroit-door (known ids are canonicalised)",
+                      default="demo")
+    out: str = _help("output episode folder", default="episodes")
+    size: int = _help("frame height and width in pixels", default=64)
+    stride: int = _help("keep every n-th frame (e.g. 2 to match an action repeat of 2)", default=1)
+    policy: str = _help("policy label stored in the manifest", default="demo")
     progress: bool = _help("show a progress bar", default=True)
 
 
@@ -199,11 +212,22 @@ def collect(config: CollectConfig) -> CollectSummary:
 def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64, stride: int = 1,
                   policy: str = "demo", progress: bool = True) -> CollectSummary:
     """Store videos / frame folders as unlabelled episodes of ``task`` in ``out`` (one file each,
-    named ``<task>_<policy>_<source name>.npz``) and add them to the manifest.
+    named ``<task>_<policy>_<source name>.npz``) and add them to the manifest (``policy`` label,
+    ``labelled: false``: videos carry no actions, rewards or success flags, so those arrays are stored
+    with zero action dimensions and NaN rewards).
 
-    ``sources`` may name videos, frame folders, or parent folders of those (see
-    :func:`mmreward.robotics.data.video.expand_sources`). ``task`` is any label (a known task id is
-    canonicalised). ``stride`` keeps every n-th frame.
+    ``sources``: any mix of video files (``.mp4`` / ``.avi`` / ``.mov`` / ``.mkv`` / ``.webm`` /
+    ``.gif``), frame folders (one per episode; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` frames in
+    natural name order, ``frame_2.png`` before ``frame_10.png``) and parent folders of those (one
+    episode each, in name order), e.g. your Adroit demonstrations::
+
+        demos/adroit-door/
+          episode_000.mp4
+          episode_001/        # a frame folder
+            000.png 001.png ...
+
+    Frames are center-cropped to the target aspect ratio and resized to ``size``. ``task`` is any
+    label (a known task id is canonicalised). ``stride`` keeps every n-th frame.
     """
     from tqdm.auto import tqdm
 
@@ -246,6 +270,3 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
                           seconds=time.perf_counter() - start, per_task={task: (len(entries), 0)},
                           labelled=False)
 
-
-def config_fields() -> list:
-    return list(fields(CollectConfig))

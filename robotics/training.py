@@ -1,5 +1,6 @@
-"""Pieces shared by the Diffusion Reward trainers (VQGAN, VQ-Diffusion, RND): input coercion of
-frame data, dataclass-config round trips, EMA weights and resumable training states.
+"""Pieces shared by the Diffusion Reward trainers (VQGAN, VQ-Diffusion, progress ranker): input
+coercion of frame data, dataclass-config round trips, EMA weights, and the settings of the core
+training loop (:class:`mmreward.core.trainer.Trainer`) they all run on.
 
 Frame data is accepted in the shapes users already have, so the trainers do not depend on the data
 layer's API: a uint8 tensor / array ``[N, T, H, W, 3]`` (episodes) or ``[M, H, W, 3]`` (frames),
@@ -7,14 +8,13 @@ or a list of episodes (each ``[T, H, W, 3]`` uint8, or an object with a ``.frame
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from mmreward.core.checkpoint import load_state, save_state
 from mmreward.core.model import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
+from mmreward.core.trainer import TrainConfig
 
 FrameData = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 
@@ -71,7 +71,6 @@ def frame_pool(data: FrameData) -> torch.Tensor:
     return torch.cat([e.contiguous() for e in eps], 0)
 
 
-# ------------------------------------------------------------------ configs
 # ------------------------------------------------------------------ EMA
 class EMA:
     """Exponential moving average of a module's floating-point parameters and buffers,
@@ -113,24 +112,12 @@ class EMA:
         module.load_state_dict(self.shadow)
 
 
-# ------------------------------------------------------------------ resumable states
-STATE_NAME = "train_state"
-
-
-def save_training_state(out_dir: str, state: dict) -> None:
-    """Atomic ``<out_dir>/train_state.{safetensors,json}`` (see :func:`mmreward.core.checkpoint.save_state`)."""
-    save_state(os.path.join(out_dir, STATE_NAME), state)
-
-
-def load_training_state(out_dir: str) -> Optional[dict]:
-    """The state saved by :func:`save_training_state`, or None when there is none."""
-    prefix = os.path.join(out_dir, STATE_NAME)
-    if not os.path.exists(prefix + ".json"):
-        return None
-    return load_state(prefix)
-
-
-def progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+# ------------------------------------------------------------------ the core loop's settings
+def loop_config(out_dir: str, *, steps: int, batch_size: int, seed: int, log_every: int, save_every: int,
+                resume: bool, overwrite: bool, progress_bar: bool, quiet: bool) -> TrainConfig:
+    """The :class:`TrainConfig` of a robotics trainer's run (its own config keeps the optimisation
+    settings; the core loop owns logging, snapshots, resume and the final ``model/``)."""
+    console = progress_bar or not quiet
+    return TrainConfig(output_dir=out_dir, max_steps=steps, batch_size=batch_size, seed=seed, save_every=save_every,
+                       log_every=log_every if console else 0, progress=progress_bar, resume=resume,
+                       overwrite=overwrite, tensorboard=True, plot=True)

@@ -28,7 +28,7 @@ rm -rf "$OUT/episodes"
 "$BIN/mmreward" robotics collect --tasks door-open-v3 --episodes 2 --policy expert --max-steps 70 --out "$OUT/episodes" --seed 100
 "$BIN/mmreward" robotics collect --tasks door-open-v3 --episodes 2 --policy random --max-steps 70 --out "$OUT/episodes" --seed 200
 echo; echo "== Diffusion Reward: score them with the shipped checkpoint =="
-"$BIN/mmreward" robotics reward "$OUT"/episodes/*.npz --plot "$OUT/rewards.png" --out "$OUT/rewards.json"
+"$BIN/mmreward" robotics score "$OUT"/episodes/*.npz --plot "$OUT/rewards.png" --out "$OUT/rewards.json"
 echo; echo "== benchmarks/bench_diffusion_reward_speed.py --quick =="
 "$BIN/python" benchmarks/bench_diffusion_reward_speed.py --quick
 echo; echo "== DrQ-v2 with the learned reward (short run; paper-scale runs need a GPU) =="

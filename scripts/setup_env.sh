@@ -28,3 +28,8 @@ $PIP install "setuptools>=64" wheel ninja
 echo "[setup] installing mmreward[$EXTRAS] (builds mmreward._C)"
 # --no-build-isolation: compile against the torch installed above.
 $PIP install --no-build-isolation -e ".[$EXTRAS]"
+if [[ ",$EXTRAS," == *",serve,"* || ",$EXTRAS," == *",serve-ray,"* ]]; then
+  # OpenRLHF's own client code, for the protocol test only: its real dependencies (vLLM, DeepSpeed) are
+  # not needed to import the client, so it goes in without them
+  $PIP install --no-deps "openrlhf==0.11.2" pylatexenc
+fi

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k pairwise -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics,text,vision} bash scripts/setup_env.sh
+MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics,text,vision,serve,serve-ray} bash scripts/setup_env.sh
 VENV=${MMREWARD_VENV:-.venv}
 "$VENV/bin/python" -m mmreward.env_report
 set +e

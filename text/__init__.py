@@ -4,6 +4,7 @@ pairwise training on the fused ops, recipes and evaluation harnesses.
 `import mmreward.text` is light: transformers is imported when a model is built or loaded.
 
     from mmreward.text import RewardModel, RewardTrainConfig, train_reward_model, load_preference_pairs
+    rm = mmreward.load("runs/rm")      # any text RM folder: ours, mmreward 0.1, a transformers classifier
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING
 # public name -> submodule that defines it
 _EXPORTS = {
     "RewardModel": "reward_model",
+    "RewardModelConfig": "reward_model",
     "PreferencePair": "data",
     "PairCollator": "data",
+    "TextEncoder": "data",
     "load_preference_pairs": "data",
     "pair_from_row": "data",
-    "render": "data",
     "RewardTrainConfig": "train",
     "train_reward_model": "train",
     "evaluate_pairs": "train",
@@ -41,11 +43,11 @@ _EXPORTS = {
     "RewardAnythingJudge": "generative",
     "CriticRM": "generative",
 }
-_SUBMODULES = ("reward_model", "data", "train", "cli", "recipes", "eval", "prm", "generative")
+_SUBMODULES = ("reward_model", "layouts", "data", "train", "cli", "recipes", "eval", "prm", "generative")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import PairCollator, PreferencePair, load_preference_pairs, pair_from_row, render  # noqa: F401
-    from .reward_model import RewardModel  # noqa: F401
+    from .data import PairCollator, PreferencePair, TextEncoder, load_preference_pairs, pair_from_row  # noqa: F401
+    from .reward_model import RewardModel, RewardModelConfig  # noqa: F401
     from .train import RewardTrainConfig, evaluate_pairs, train_reward_model  # noqa: F401
 
 

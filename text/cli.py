@@ -1,13 +1,13 @@
 """`mmreward text …`: train | score | eval | merge | judge | train-genrm | train-gram | train-critic-rm | train-meta-rm. Each subcommand calls the Python API.
 
-    mmreward text train --data train.jsonl --backbone path/or/hub-id --output-dir runs/rm --max-steps 500
+    mmreward text train --model path/to/backbone --data train.jsonl --out runs/rm --epochs 1
     mmreward text score --model runs/rm --data inputs.jsonl [--json]
     torchrun --standalone --nproc_per_node 2 -m mmreward.cli text train ...   # DDP, unchanged
 
 ``train`` flags map one to one onto :class:`RewardTrainConfig` fields (``--max-steps`` →
-``max_steps``; booleans as ``--progress`` / ``--no-progress``; ``none`` for optional numbers). The
-trained model is saved in ``from_pretrained`` form into ``--output-dir`` (next to ``metrics.csv``,
-``curves.png`` and the resumable ``checkpoint-*`` snapshot).
+``max_steps``; booleans as ``--progress`` / ``--no-progress``; ``none`` for optional numbers;
+``output_dir`` is ``--out``). The trained model is saved in ``from_pretrained`` form into
+``<out>/model/``, next to ``metrics.csv``, ``curves.png`` and the resumable snapshots.
 """
 from __future__ import annotations
 
@@ -18,9 +18,17 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, print_training_summary, run_cli
 
+from .data import INPUT_FORMATS, TRUNCATIONS
+from .reward_model import POOLINGS, RewardModelConfig
 from .train import RewardTrainConfig
+
+_NEW_HEAD = ("pooling", "input_format", "truncation", "prompt_share")
+
+
+def _help(name: str) -> str:
+    return RewardModelConfig.__dataclass_fields__[name].metadata["help"]
 
 
 # ------------------------------------------------------------------ train
@@ -30,40 +38,74 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def train_main(argv: Optional[Sequence[str]] = None) -> int:
+def _train_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
     p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / saved datasets folder (TRL preference format)")
     p.add_argument("--eval-data", help="held-out pairs: accuracy every --eval-every steps and at the end")
     p.add_argument("--split", help="split of a saved DatasetDict for --data / --eval-data")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--backbone", help="transformers backbone: local path or hub id (pretrained weights, new head)")
-    src.add_argument("--backbone-config", help="transformers config JSON (with model_type): random init, needs --tokenizer")
-    src.add_argument("--init", help="reward-model folder to continue from (ours or a 1-label sequence classifier)")
-    p.add_argument("--tokenizer", help="tokenizer path / hub id (default: the backbone's / init folder's)")
+    p.add_argument("--model", help="where training starts: a reward-model folder (continue training it) or a "
+                                   "transformers backbone, local path or hub id (pretrained weights, new head)")
+    for old in ("--backbone", "--init"):  # earlier spellings of --model
+        p.add_argument(old, dest="model", help=argparse.SUPPRESS)
+    p.add_argument("--backbone-config", help="transformers config JSON (with model_type): random init, needs --tokenizer")
+    p.add_argument("--tokenizer", help="tokenizer folder / hub id (default: the model's)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    head = p.add_argument_group("new head (a backbone --model or --backbone-config)")
+    head.add_argument("--pooling", choices=POOLINGS, help=_help("pooling") + " (default: last for decoders, mean for encoders)")
+    head.add_argument("--input-format", choices=INPUT_FORMATS, help=_help("input_format") + " (default: chat with a chat "
+                      "template, pair for encoders, else joined)")
+    head.add_argument("--truncation", choices=TRUNCATIONS, help=_help("truncation") + " (default: prompt_first)")
+    head.add_argument("--prompt-share", type=float, help=_help("prompt_share") + " (default: 0.25)")
     add_config_options(p, RewardTrainConfig)
+    return p
+
+
+def _start_model(args: argparse.Namespace) -> Any:
+    """A fresh head on a backbone, or a reward model to continue training."""
+    from mmreward.registry import LoadError, detect, resolve_folder
+
+    from .reward_model import RewardModel, load_tokenizer
+
+    new_head = {k: getattr(args, k) for k in _NEW_HEAD if getattr(args, k) is not None}
+    if args.backbone_config:
+        return RewardModel.from_backbone(_config_from_json(args.backbone_config), tokenizer=args.tokenizer, **new_head)
+    folder = resolve_folder(args.model)
+    try:
+        detect(folder)
+    except LoadError:  # not a reward model: a backbone
+        return RewardModel.from_backbone(folder, tokenizer=args.tokenizer, **new_head)
+    if new_head:
+        flags = ", ".join("--" + k.replace("_", "-") for k in new_head)
+        raise ValueError(f"{flags} set up a new head, but {args.model} is a reward model that has its own")
+    return RewardModel.from_pretrained(folder, tokenizer=load_tokenizer(args.tokenizer) if args.tokenizer else None)
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = _train_parser()
     args = p.parse_args(argv)
+    if bool(args.model) == bool(args.backbone_config):
+        p.error("give one of --model (a reward model or a backbone) and --backbone-config")
+    if args.backbone_config and not args.tokenizer:
+        p.error("--backbone-config needs --tokenizer")
     cfg = config_from_args(RewardTrainConfig, args)
 
-    from .data import load_preference_pairs
-    from .reward_model import RewardModel
-    from .train import train_reward_model
+    from mmreward.core.device import resolve_device
+    from mmreward.core.train import seed_everything
 
+    from .data import load_preference_pairs
+    from .train import evaluate_pairs, train_reward_model
+
+    device = resolve_device(args.device)
     train = load_preference_pairs(args.data, split=args.split)
     evals = load_preference_pairs(args.eval_data, split=args.split) if args.eval_data else None
-    if args.init:
-        model = RewardModel.from_pretrained(args.init, tokenizer=_tokenizer(args.tokenizer)).train()
-    elif args.backbone:
-        model = RewardModel.from_backbone(args.backbone, tokenizer=args.tokenizer)
-    else:
-        if not args.tokenizer:
-            p.error("--backbone-config needs --tokenizer")
-        model = RewardModel.from_backbone(_config_from_json(args.backbone_config), tokenizer=args.tokenizer)
-    history = train_reward_model(model, train, evals, cfg)
+    seed_everything(cfg.seed)  # before the new head is drawn: equal seeds give equal runs
+    model = _start_model(args).to(device)
+    if cfg.max_length is not None:
+        model.config.max_length = cfg.max_length
+    before = evaluate_pairs(model, evals, batch_size=cfg.eval_batch_size) if evals else None
+    history = train_reward_model(model, train, evals, cfg)  # the Trainer saves the model into <out>/model/
     if _is_main_process():
-        model.save_pretrained(cfg.output_dir)
-        last = history[-1] if history else {}
-        summary = {k: last[k] for k in ("step", "loss", "accuracy", "eval_accuracy") if k in last}
-        print(f"saved reward model to {cfg.output_dir}: {json.dumps(summary)}")
+        print_training_summary(history, before, os.path.join(cfg.output_dir, "model"))
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -72,98 +114,110 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _tokenizer(path: Optional[str]) -> Any:
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _config_from_json(path: str) -> Any:
     from transformers import AutoConfig
 
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    from mmreward.core.data import DataError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the backbone config {path}: {e}") from e
     if not isinstance(data, dict) or "model_type" not in data:
-        raise ValueError(f"{path}: a backbone config needs a 'model_type' field (e.g. \"bert\", \"llama\")")
+        raise DataError(f"{path}: a backbone config needs a 'model_type' field (e.g. \"bert\", \"llama\")")
     model_type = data.pop("model_type")
     return AutoConfig.for_model(model_type, **data)
 
 
 # ------------------------------------------------------------------ score
-def _score_items(rows: list[dict]) -> tuple[list, list, list[tuple[int, str]]]:
-    """Flatten rows into (prompts, responses, [(row, slot)]); slot: response | chosen | rejected."""
-    from mmreward.core.data import DataError
+def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
+    """TextPairs of the rows and, per input, ``(row, slot)``; slot: response | chosen | rejected.
+    A row with ``chosen`` and ``rejected`` is scored twice (with its ``prompt``)."""
+    from mmreward.core.inputs import TextPair, _text
 
-    from .data import check_text
+    from .data import required_field
 
-    prompts, responses, where = [], [], []
+    items, where = [], []
     for i, r in enumerate(rows):
-        prompt = r.get("prompt")
-        if prompt is not None:
-            prompt = check_text(prompt, f"row {i}: field 'prompt'", allow_empty=True)
-        if "chosen" in r or "rejected" in r:
-            slots = ("chosen", "rejected")
-        elif "response" in r:
-            slots = ("response",)
-        elif "messages" in r or "text" in r:
-            slots, prompt = ("messages" if "messages" in r else "text",), None
+        at = f"{source}: row {i}"
+        if isinstance(r, dict) and ("chosen" in r or "rejected" in r) and "response" not in r:
+            prompt = r.get("prompt")
+            prompt = None if prompt is None else _text(prompt, f"{at}: field 'prompt'", allow_empty=True)
+            for slot in ("chosen", "rejected"):
+                items.append(TextPair(prompt, _text(required_field(r, slot, at), f"{at}: field {slot!r}", allow_empty=True)))
+                where.append((i, slot))
         else:
-            raise DataError(f"row {i}: needs 'response' (with 'prompt'), 'chosen' + 'rejected', 'messages' or 'text'")
-        for s in slots:
-            if r.get(s) is None:
-                raise DataError(f"row {i}: missing field {s!r}")
-            prompts.append(prompt)
-            responses.append(check_text(r[s], f"row {i}: field {s!r}"))
-            where.append((i, s))
-    return prompts, responses, where
+            items.append(TextPair.from_record(r, at))
+            where.append((i, "response"))
+    return items, where
+
+
+def _score_parser() -> CLIParser:
+    p = CLIParser(prog="mmreward text score", description="score prompt / response pairs with a text reward model")
+    p.add_argument("--model", required=True, help="reward-model folder: saved by mmreward, a run folder, a 1-label "
+                                                  "transformers sequence classifier, or a text judge")
+    p.add_argument("--data", required=True, help=".json / .jsonl rows: prompt + response | prompt + chosen + rejected | "
+                                                 "messages | text")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's own)")
+    p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16: cast the model (default: as saved)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--json", action="store_true", help="print the rows with their scores as JSON lines")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    return p
 
 
 def score_main(argv: Optional[Sequence[str]] = None) -> int:
-    p = CLIParser(prog="mmreward text score", description="score prompt / response pairs with a reward model")
-    p.add_argument("--model", required=True, help="reward-model folder (save_pretrained output or a 1-label classifier)")
-    p.add_argument("--data", required=True, help=".json / .jsonl rows: prompt + response | prompt + chosen + rejected | "
-                                                 "messages | text")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=None, help="max tokens per input (longer ones lose their start)")
-    p.add_argument("--bf16", action="store_true", help="run the backbone under bf16 autocast")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print the rows with their scores as JSON lines")
-    args = p.parse_args(argv)
+    args = _score_parser().parse_args(argv)
 
-    import torch
-
+    import mmreward
     from mmreward.core.data import read_records
+    from mmreward.core.device import resolve_device, resolve_dtype
+    from mmreward.core.inputs import TextPair
 
     from .reward_model import RewardModel
 
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     rows = read_records(args.data)
     if not rows:
         raise ValueError(f"{args.data} holds no rows")
-    prompts, responses, where = _score_items(rows)
-    model = RewardModel.from_pretrained(args.model, device=args.device)
-    scores = model.score(prompts, responses, batch_size=args.batch_size, max_length=args.max_length,
-                         dtype=torch.bfloat16 if args.bf16 else None).tolist()
+    items, where = score_items(rows, args.data)
+    model = mmreward.load(args.model, device=device, dtype=dtype)
+    if TextPair not in tuple(getattr(model, "input_types", ())):
+        raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not score prompt / response "
+                         "pairs: use `mmreward score`")
+    kw = {}
+    if isinstance(model, RewardModel):
+        kw["progress"] = args.progress
+        if args.max_length is not None:
+            model.config.max_length = args.max_length
+    elif args.max_length is not None:
+        raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
+    scores = model.score(items, batch_size=args.batch_size, **kw).tolist()
+    _print_scores(rows, where, scores, args.json)
+    return 0
+
+
+def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[float], as_json: bool) -> None:
     out = [dict() for _ in rows]
     for (i, slot), s in zip(where, scores):
-        out[i]["score" if slot in ("response", "messages", "text") else f"score_{slot}"] = s
-    n_pairs = sum(1 for o in out if "score_chosen" in o)
-    correct = sum(1 for o in out if "score_chosen" in o and o["score_chosen"] > o["score_rejected"])
-    if args.json:
+        out[i]["score" if slot == "response" else f"score_{slot}"] = s
+    if as_json:
         for r, o in zip(rows, out):
             print(json.dumps({**r, **o}, ensure_ascii=False))
-    else:
-        print(f"{'row':>5}  {'score':>10}  {'rejected':>10}  prompt")
-        for i, (r, o) in enumerate(zip(rows, out)):
-            prompt = r.get("prompt", r.get("messages", r.get("text", "")))
-            prompt = (prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)).replace("\n", " ")
-            first = o.get("score", o.get("score_chosen"))
-            second = f"{o['score_rejected']:10.4f}" if "score_rejected" in o else " " * 10
-            print(f"{i:>5}  {first:10.4f}  {second}  {prompt[:60]}")
-        if n_pairs:
-            print(f"pairwise accuracy: {correct / n_pairs:.4f} over {n_pairs} pairs")
-    return 0
+        return
+    print(f"{'row':>5}  {'score':>10}  {'rejected':>10}  prompt")
+    for i, (r, o) in enumerate(zip(rows, out)):
+        prompt = r.get("prompt", r.get("messages", r.get("text", "")))
+        prompt = (prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)).replace("\n", " ")
+        first = o.get("score", o.get("score_chosen"))
+        second = f"{o['score_rejected']:10.4f}" if "score_rejected" in o else " " * 10
+        print(f"{i:>5}  {first:10.4f}  {second}  {prompt[:60]}")
+    pairs = [o for o in out if "score_chosen" in o]
+    if pairs:
+        correct = sum(1 for o in pairs if o["score_chosen"] > o["score_rejected"])
+        print(f"pairwise accuracy: {correct / len(pairs):.4f} over {len(pairs)} pairs")
 
 
 # ------------------------------------------------------------------ dispatch
@@ -182,8 +236,8 @@ def _delegate(module: str, func: str, argv: Sequence[str], what: str) -> int:
 
 
 COMMANDS = {
-    "train": ("train a scalar reward model (BT / margin / label smoothing / ties)", None),
-    "score": ("score prompt / response rows with a reward model", None),
+    "train": ("train a scalar reward model (BT / margin / label smoothing / ties)", ("mmreward.text.cli", "train_main")),
+    "score": ("score prompt / response rows with a reward model", ("mmreward.text.cli", "score_main")),
     "eval": ("RewardBench / RM-Bench / bias-probe evaluation", ("mmreward.text.eval.cli", "main")),
     "merge": ("WARM: average reward models fine-tuned from one init", ("mmreward.text.recipes.cli", "merge_main")),
     "judge": ("generative judges (GenRM, GRAM, RM-R1, DeepSeek-GRM, RewardAnything, Critic-RM)",
@@ -198,6 +252,7 @@ COMMANDS = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mmreward text <command>``; errors propagate to the caller (``mmreward`` wraps this in ``run_cli``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmreward text <command> [options]\n\ncommands:")
@@ -205,16 +260,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {name:<16} {help_text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name == "train":
-        return train_main(rest)
-    if name == "score":
-        return score_main(rest)
-    if name in COMMANDS:
-        module, func = COMMANDS[name][1]
-        return _delegate(module, func, rest, name)
-    print(f"mmreward text: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
-    return 2
+    if name not in COMMANDS:
+        print(f"mmreward text: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][1]
+    return _delegate(module, func, rest, name)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("mmreward text", main, sys.argv[1:]))

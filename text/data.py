@@ -1,25 +1,39 @@
-"""Preference data for text reward models: TRL's formats → :class:`PreferencePair`, and the shared
-text rendering + tokenisation used by training (:class:`PairCollator`) and scoring
-(``RewardModel.score``), so a model is scored on exactly the layout it was trained on.
+"""Preference data for text reward models, and the one text layout + truncation used by training,
+scoring and evaluation (:class:`TextEncoder`), so a model is scored exactly as it was trained.
 
 Row formats (from a list of dicts, ``.json``, ``.jsonl`` or a saved ``datasets`` folder):
 
 * explicit prompt: ``{"prompt": P, "chosen": R, "rejected": R}`` with P a string or a message list
   (``[{"role": "user", "content": "..."}]``) and R a string or a message list (the assistant turn);
 * implicit prompt: ``{"chosen": C, "rejected": C}`` with C a whole conversation (message list) or a
-  whole text — scored as given;
+  whole text;
 * optional ``"margin"`` (number, for the margin loss), optional ``"tie": true`` or ``"target": 0.5``
   (RRM tie pairs, target probability ½; ``"target": 1`` is an ordinary pair). Other fields are kept
   in ``PreferencePair.meta`` (e.g. ``category`` / ``id`` for curation recipes).
 
-Rendering: with a tokenizer that has a chat template, prompt + response become one message list
-(a string prompt is a user turn, a string response an assistant turn) rendered by
-``apply_chat_template`` (no extra special tokens). Without a template the texts are joined as
-``prompt + "\\n\\n" + response`` (message lists: their contents joined by blank lines, roles dropped)
-and tokenised with the tokenizer's special tokens.
+Input formats (``input_format``), each tokenised once per text with the tokenizer's own special tokens:
 
-Truncation keeps the **last** ``max_length`` tokens: the reward is read at the last token, so the
-end of the response must survive; the cut happens at the start of the prompt.
+* ``chat`` — prompt + response as one message list (a string prompt is a user turn, a string
+  response an assistant turn) rendered by the tokenizer's chat template, a leading BOS string
+  removed, then tokenised with special tokens (the Skywork-Reward convention);
+* ``pair`` — ``tokenizer(prompt, response)``: the tokenizer's text-pair layout
+  (``[CLS] prompt [SEP] response [SEP]`` for BERT, with token type ids), the convention of
+  encoder reward models (OpenAssistant DeBERTa RMs);
+* ``joined`` — ``prompt + "\\n\\n" + response`` tokenised with special tokens.
+
+Message lists in ``pair`` / ``joined`` become their contents joined by blank lines. An implicit-prompt
+conversation's last turn is the response and the turns before it the prompt. A bare text
+(``prompt=None``, a string) is tokenised as it is, with special tokens.
+
+Truncation (``max_length`` tokens per input): special and template tokens are always kept — among
+them BERT's ``[CLS]`` and a chat template's closing tokens, the tokens an RM reads its score from —
+and only content tokens are cut:
+
+* ``prompt_first`` (default) — the prompt loses tokens from its start until it is down to
+  ``prompt_share`` of the content budget, then the response loses tokens from its end (its opening
+  survives), then the prompt loses the rest of its start. ``prompt_share=0``: the response keeps
+  all it can and the prompt what is left;
+* ``keep_end`` — the first content tokens go (the end of the text survives).
 """
 from __future__ import annotations
 
@@ -32,11 +46,15 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from mmreward.core.data import DataError, describe, read_records
+from mmreward.core.inputs import _text as check_text
 
 Messages = list[dict]
 TextLike = Union[str, Messages]
 
+INPUT_FORMATS = ("chat", "pair", "joined")
+TRUNCATIONS = ("prompt_first", "keep_end")
 _KNOWN = ("prompt", "chosen", "rejected", "margin", "tie", "target")
+_PROMPT, _RESPONSE = 1, 2  # token regions; 0: special / template token (never cut)
 
 
 @dataclass
@@ -50,26 +68,22 @@ class PreferencePair:
 
 
 # ------------------------------------------------------------------ validation
-def _check_messages(value: Any, where: str) -> Messages:
-    if not value:
-        raise DataError(f"{where} is an empty message list")
-    for j, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise DataError(f"{where}[{j}] must be a message dict with 'role' and 'content', got {describe(m)}")
-        if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}[{j}] needs string 'role' and 'content', got {describe(m)}")
-    return [dict(m) for m in value]
+def required_field(row: dict, name: str, where: str) -> Any:
+    """``row[name]``; a missing field and a null one are told apart in the DataError."""
+    if name not in row:
+        raise DataError(f"{where}: missing field {name!r} (fields present: {sorted(map(str, row))[:10]})")
+    if row[name] is None:
+        raise DataError(f"{where}: field {name!r} is null")
+    return row[name]
 
 
-def check_text(value: Any, where: str, *, allow_empty: bool = False) -> TextLike:
-    """A string or a message list, else ``DataError`` naming ``where``."""
-    if isinstance(value, str):
-        if not value and not allow_empty:
-            raise DataError(f"{where} is an empty string")
-        return value
-    if isinstance(value, (list, tuple)):
-        return _check_messages(value, where)
-    raise DataError(f"{where} must be a string or a list of messages, got {type(value).__name__}: {describe(value)}")
+def _number(row: dict, name: str, index: int) -> Optional[float]:
+    value = row.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise DataError(f"row {index}: field {name!r} must be a finite number, got {describe(value)}")
+    return float(value)
 
 
 def pair_from_row(row: Any, index: int) -> PreferencePair:
@@ -79,31 +93,22 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
                "tie": row.tie, **row.meta}
     if not isinstance(row, dict):
         raise DataError(f"row {index}: expected a dict with 'chosen' and 'rejected', got {type(row).__name__}")
-    for name in ("chosen", "rejected"):
-        if row.get(name) is None:
-            raise DataError(f"row {index}: missing field {name!r} (fields present: {sorted(map(str, row))[:10]})")
-    chosen = check_text(row["chosen"], f"row {index}: field 'chosen'")
-    rejected = check_text(row["rejected"], f"row {index}: field 'rejected'")
+    chosen = check_text(required_field(row, "chosen", f"row {index}"), f"row {index}: field 'chosen'")
+    rejected = check_text(required_field(row, "rejected", f"row {index}"), f"row {index}: field 'rejected'")
     prompt = row.get("prompt")
     if prompt is not None:
         prompt = check_text(prompt, f"row {index}: field 'prompt'", allow_empty=True)
-    margin = row.get("margin")
-    if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(float(margin)):
-            raise DataError(f"row {index}: field 'margin' must be a finite number, got {describe(margin)}")
-        margin = float(margin)
-    tie = row.get("tie", False)
-    if tie is None:
-        tie = False
+    tie = row.get("tie") or False
     if not isinstance(tie, (bool, int)) or tie not in (0, 1):
         raise DataError(f"row {index}: field 'tie' must be true / false, got {describe(tie)}")
-    target = row.get("target")
+    target = _number(row, "target", index)
     if target is not None:
-        if isinstance(target, bool) or not isinstance(target, numbers.Real) or float(target) not in (0.5, 1.0):
-            raise DataError(f"row {index}: field 'target' must be 1 (chosen preferred) or 0.5 (tie), got {describe(target)}")
-        tie = tie or float(target) == 0.5
+        if target not in (0.5, 1.0):
+            raise DataError(f"row {index}: field 'target' must be 1 (chosen preferred) or 0.5 (tie), got {target}")
+        tie = tie or target == 0.5
     meta = {k: v for k, v in row.items() if k not in _KNOWN}
-    return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=margin, tie=bool(tie), meta=meta)
+    return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=_number(row, "margin", index),
+                          tie=bool(tie), meta=meta)
 
 
 def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[PreferencePair]:
@@ -124,27 +129,202 @@ def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[P
     return out
 
 
-# ------------------------------------------------------------------ rendering + tokenising
-def _flatten(value: TextLike) -> str:
-    return value if isinstance(value, str) else "\n\n".join(m["content"] for m in value)
-
-
+# ------------------------------------------------------------------ rendering
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render(tokenizer: Any, prompt: Optional[TextLike], response: TextLike) -> tuple[str, bool]:
-    """``(text, add_special_tokens)`` for one (prompt, response); see the module docstring."""
-    if has_chat_template(tokenizer) and not (prompt is None and isinstance(response, str)):
-        msgs: Messages = []
-        if prompt is not None:
-            msgs += [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        msgs += [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
-        return tokenizer.apply_chat_template(msgs, tokenize=False), False
-    if prompt is None:
-        return _flatten(response), True
-    p = _flatten(prompt)
-    return (p + "\n\n" + _flatten(response) if p else _flatten(response)), True
+def has_pair_template(tokenizer: Any) -> bool:
+    """Whether ``tokenizer(a, b)`` separates the two texts with special tokens (BERT-style pairs)."""
+    try:
+        enc = tokenizer(["a"], ["b"], verbose=False)
+        seq = enc.sequence_ids(0)
+    except Exception:  # noqa: BLE001 - tokenizers without pair support or sequence ids
+        return False
+    return 0 in seq and 1 in seq and None in seq[seq.index(0):len(seq) - seq[::-1].index(1)]
+
+
+def split_conversation(prompt: Optional[TextLike], response: TextLike) -> tuple[Optional[TextLike], TextLike]:
+    """An implicit-prompt conversation (``prompt=None``, 2+ turns) → (the earlier turns, the last turn)."""
+    if prompt is None and isinstance(response, list) and len(response) > 1:
+        return response[:-1], response[-1:]
+    return prompt, response
+
+
+def _as_messages(value: TextLike, role: str) -> Messages:
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+def _flatten(value: TextLike) -> str:
+    return value if isinstance(value, str) else "\n\n".join(m["content"] for m in value)
+
+
+@dataclass
+class Encoded:
+    """One tokenised input: ``ids`` (and ``types``, the token type ids of ``pair`` inputs) after
+    truncation, and how many prompt / response tokens were cut."""
+
+    ids: list[int]
+    types: Optional[list[int]] = None
+    cut_prompt: int = 0
+    cut_response: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Rendered:
+    text: str  # the first (or only) text given to the tokenizer
+    second: Optional[str] = None  # the response, for pair inputs
+    messages: Optional[Messages] = None  # chat inputs: the rendered messages ...
+    n_prompt_messages: int = 0  # ... of which the first n are the prompt
+    spans: Optional[list[tuple[int, int, int]]] = None  # joined inputs: (start, end, region) of the contents
+    strip: int = 0  # characters of a leading BOS removed from a chat rendering
+
+
+class TextEncoder:
+    """(prompt, response) → token ids, in one of :data:`INPUT_FORMATS`, cut to ``max_length`` by the
+    ``truncation`` policy (module docstring). Shared by training, scoring and evaluation."""
+
+    def __init__(self, tokenizer: Any, *, max_length: Optional[int] = None, input_format: str = "joined",
+                 truncation: str = "prompt_first", prompt_share: float = 0.25):
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        if input_format == "chat" and not has_chat_template(tokenizer):
+            raise ValueError("input_format='chat' needs a tokenizer with a chat template")
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+        if not 0.0 <= prompt_share <= 1.0:
+            raise ValueError(f"prompt_share must be in [0, 1], got {prompt_share!r}")
+        self.tokenizer, self.max_length, self.input_format = tokenizer, max_length, input_format
+        self.truncation, self.prompt_share = truncation, prompt_share
+
+    # -------------------------------------------------------------- rendering
+    def render(self, prompt: Optional[TextLike], response: TextLike) -> _Rendered:
+        prompt, response = split_conversation(prompt, response)
+        if prompt is None and isinstance(response, str):
+            return _Rendered(response, spans=[(0, len(response), _RESPONSE)])
+        if self.input_format == "chat":
+            asked = [] if prompt is None else _as_messages(prompt, "user")
+            msgs = asked + _as_messages(response, "assistant")
+            text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
+            bos = getattr(self.tokenizer, "bos_token", None)
+            strip = len(bos) if bos and text.startswith(bos) else 0  # the tokenizer adds it again
+            return _Rendered(text[strip:], messages=msgs, n_prompt_messages=len(asked), strip=strip)
+        p, r = ("" if prompt is None else _flatten(prompt)), _flatten(response)
+        if self.input_format == "pair" and prompt is not None:
+            return _Rendered(p, second=r)
+        if not p:
+            return _Rendered(r, spans=[(0, len(r), _RESPONSE)])
+        return _Rendered(p + "\n\n" + r, spans=[(0, len(p), _PROMPT), (len(p) + 2, len(p) + 2 + len(r), _RESPONSE)])
+
+    def _chat_spans(self, r: _Rendered) -> Optional[list[tuple[int, int, int]]]:
+        """Character spans of each message's content in a chat rendering: the template is rendered
+        with placeholders, which must come back as the real text when replaced by the contents
+        (None when the template rewrites or repeats a content)."""
+        marks = [f"\ue000{i}\ue001" for i in range(len(r.messages))]
+        marked = self.tokenizer.apply_chat_template([{**m, "content": s} for m, s in zip(r.messages, marks)],
+                                                    tokenize=False)[r.strip:]
+        spans, pieces, cursor, length = [], [], 0, 0
+        for i, (m, mark) in enumerate(zip(r.messages, marks)):
+            at = marked.find(mark, cursor)
+            if at < 0 or marked.find(mark, at + 1) >= 0:
+                return None
+            pieces += [marked[cursor:at], m["content"]]
+            length += at - cursor
+            spans.append((length, length + len(m["content"]), _PROMPT if i < r.n_prompt_messages else _RESPONSE))
+            length += len(m["content"])
+            cursor = at + len(mark)
+        pieces.append(marked[cursor:])
+        return spans if "".join(pieces) == r.text else None
+
+    # -------------------------------------------------------------- tokenising
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
+        """``items``: (prompt, response) tuples or objects with ``prompt`` / ``response`` (TextPair)."""
+        rendered = [self.render(*((it.prompt, it.response) if hasattr(it, "response") else it)) for it in items]
+        out: list[Optional[Encoded]] = [None] * len(rendered)
+        pairs = [i for i, r in enumerate(rendered) if r.second is not None]
+        singles = [i for i, r in enumerate(rendered) if r.second is None]
+        for idx, is_pair in ((singles, False), (pairs, True)):
+            if not idx:
+                continue
+            args = ([rendered[i].text for i in idx],) + (([rendered[i].second for i in idx],) if is_pair else ())
+            enc = self.tokenizer(*args, add_special_tokens=True, verbose=False)
+            types = enc.get("token_type_ids") if is_pair else None
+            too_long = []
+            for k, i in enumerate(idx):
+                ids = list(enc["input_ids"][k])
+                if not ids:
+                    raise DataError(f"input {i} has no tokens after tokenisation")
+                row_types = list(types[k]) if types is not None else None
+                if self.max_length is None or len(ids) <= self.max_length:
+                    out[i] = Encoded(ids, row_types)
+                elif is_pair:
+                    regions = [{0: _PROMPT, 1: _RESPONSE}.get(s, 0) for s in enc.sequence_ids(k)]
+                    out[i] = self._cut(i, ids, row_types, regions)
+                else:
+                    too_long.append((k, i, ids))
+            if too_long:
+                for (k, i, ids), regions in zip(too_long, self._regions([rendered[i] for _, i, _ in too_long])):
+                    out[i] = self._cut(i, ids, None, regions)
+        return out  # type: ignore[return-value]
+
+    def _regions(self, rendered: list[_Rendered]) -> list[list[int]]:
+        """Region of every token of single-text inputs, from the tokenizer's character offsets."""
+        texts = [r.text for r in rendered]
+        try:
+            enc = self.tokenizer(texts, add_special_tokens=True, verbose=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+        except NotImplementedError:  # a tokenizer without character offsets: special tokens are all it tells
+            enc = self.tokenizer(texts, add_special_tokens=True, verbose=False)
+            offsets = [[(0, 1)] * len(ids) for ids in enc["input_ids"]]
+            rendered = [_Rendered(r.text) for r in rendered]
+        special = set(getattr(self.tokenizer, "all_special_ids", []))
+        out = []
+        for k, r in enumerate(rendered):
+            spans = r.spans if r.messages is None else self._chat_spans(r)
+            regions = []
+            for tid, (s, e) in zip(enc["input_ids"][k], offsets[k]):
+                if e <= s or tid in special:
+                    regions.append(0)
+                elif spans is None:  # contents not located: every non-special token is cut from the start
+                    regions.append(_PROMPT)
+                else:
+                    regions.append(next((reg for a, b, reg in spans if s < b and e > a), 0))
+            out.append(regions)
+        return out
+
+    def _cut(self, index: int, ids: list[int], types: Optional[list[int]], regions: list[int]) -> Encoded:
+        fixed = sum(1 for g in regions if g == 0)
+        budget = self.max_length - fixed
+        if budget < 0:
+            raise DataError(f"input {index}: its special / template tokens alone are {fixed} tokens, more than "
+                            f"max_length={self.max_length}")
+        pos_p = [j for j, g in enumerate(regions) if g == _PROMPT]
+        pos_r = [j for j, g in enumerate(regions) if g == _RESPONSE]
+        if self.truncation == "keep_end":
+            content = sorted(pos_p + pos_r)
+            drop = set(content[:len(content) - budget])
+        else:
+            keep_r = min(len(pos_r), budget - min(len(pos_p), int(self.prompt_share * budget)))
+            keep_p = min(len(pos_p), budget - keep_r)
+            drop = set(pos_p[:len(pos_p) - keep_p]) | set(pos_r[keep_r:])
+        keep = [j for j in range(len(ids)) if j not in drop]
+        return Encoded([ids[j] for j in keep], None if types is None else [types[j] for j in keep],
+                       cut_prompt=sum(1 for j in drop if regions[j] == _PROMPT),
+                       cut_response=sum(1 for j in drop if regions[j] == _RESPONSE))
+
+
+def truncation_warning(rows: Sequence[Encoded], encoder: TextEncoder, what: str = "inputs", stacklevel: int = 4) -> None:
+    """One warning for all truncated ``rows`` (``stacklevel``: the user's call that encoded them)."""
+    cut = [r.cut_prompt + r.cut_response for r in rows]
+    n = sum(1 for c in cut if c)
+    if n:
+        warnings.warn(f"truncated {n} of {len(rows)} {what} to max_length={encoder.max_length} tokens "
+                      f"({encoder.truncation}: {sum(r.cut_prompt for r in rows)} prompt and "
+                      f"{sum(r.cut_response for r in rows)} response tokens cut, up to {max(cut)} from one input; "
+                      f"special and template tokens kept)", stacklevel=stacklevel)
 
 
 def model_max_length(tokenizer: Any, config: Any = None) -> Optional[int]:
@@ -159,38 +339,6 @@ def model_max_length(tokenizer: Any, config: Any = None) -> Optional[int]:
     return min(limits) if limits else None
 
 
-def encode(tokenizer: Any, items: Sequence[tuple[Optional[TextLike], TextLike]],
-           max_length: Optional[int] = None) -> tuple[list[list[int]], list[int]]:
-    """Token ids of each (prompt, response) and how many tokens were cut from each (left truncation)."""
-    ids_out, cut = [], []
-    rendered = [render(tokenizer, p, r) for p, r in items]
-    for special in (True, False):
-        idx = [i for i, (_, s) in enumerate(rendered) if s == special]
-        if not idx:
-            continue
-        enc = tokenizer([rendered[i][0] for i in idx], add_special_tokens=special)["input_ids"]
-        for i, ids in zip(idx, enc):
-            ids_out.append((i, list(ids)))
-    ids_out.sort(key=lambda t: t[0])
-    result = []
-    for _, ids in ids_out:
-        n_cut = max(0, len(ids) - max_length) if max_length else 0
-        result.append(ids[n_cut:])
-        cut.append(n_cut)
-    for i, ids in enumerate(result):
-        if not ids:
-            raise DataError(f"input {i} has no tokens after tokenisation")
-    return result, cut
-
-
-def truncation_warning(cut: Sequence[int], max_length: Optional[int], what: str = "inputs") -> None:
-    n = sum(1 for c in cut if c)
-    if n:
-        warnings.warn(f"truncated {n} of {len(cut)} {what} to max_length={max_length} tokens "
-                      f"({sum(cut)} tokens cut in total, up to {max(cut)} from one; the start of the prompt is cut)",
-                      stacklevel=3)
-
-
 def pad_id_of(tokenizer: Any) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
@@ -198,44 +346,61 @@ def pad_id_of(tokenizer: Any) -> int:
     return 0 if pad is None else int(pad)
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, both int64 (N, T)."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-        else:
-            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, T - len(s):] = 1
-    return ids, mask
+def pad_batch(rows: Sequence[Union[Encoded, Sequence[int]]], pad_id: int,
+              side: str = "right") -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(input_ids, attention_mask, token_type_ids or None)``, int64 (N, T), T = the longest row."""
+    rows = [r if isinstance(r, Encoded) else Encoded(list(r)) for r in rows]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    with_types = any(r.types is not None for r in rows)
+    types = torch.zeros((len(rows), T), dtype=torch.long) if with_types else None
+    for i, r in enumerate(rows):
+        cols = slice(0, len(r)) if side == "right" else slice(T - len(r), T)
+        ids[i, cols] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, cols] = 1
+        if with_types and r.types is not None:
+            types[i, cols] = torch.tensor(r.types, dtype=torch.long)
+    return ids, mask, types
+
+
+# ------------------------------------------------------------------ pairs for training
+@dataclass
+class EncodedPair:
+    """A preference pair tokenised once: the chosen and rejected inputs, margin and tie flag."""
+
+    chosen: Encoded
+    rejected: Encoded
+    margin: Optional[float] = None
+    tie: bool = False
+
+    def __len__(self) -> int:  # the padded length it needs in a batch
+        return max(len(self.chosen), len(self.rejected))
+
+
+def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: str = "training inputs") -> list[EncodedPair]:
+    """Tokenise every chosen and rejected input once (one batched tokenizer call for all of them)."""
+    rows = encoder.encode([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+    n = len(pairs)
+    truncation_warning(rows, encoder, what)
+    return [EncodedPair(rows[i], rows[n + i], p.margin, p.tie) for i, p in enumerate(pairs)]
 
 
 class PairCollator:
-    """List of PreferencePairs → one batch for the concatenated pairwise forward:
-    ``input_ids`` / ``attention_mask`` (2B, T) with the B chosen rows first, then the B rejected rows;
-    ``margin`` (B,) float or None; ``tie`` (B,) bool or None."""
+    """EncodedPairs → one batch for the concatenated pairwise forward: ``input_ids`` /
+    ``attention_mask`` (2B, T) — the B chosen rows, then the B rejected rows — ``token_type_ids``
+    (2B, T) for pair inputs, else None; ``margin`` (B,) or None; ``tie`` (B,) bool or None."""
 
-    def __init__(self, tokenizer: Any, max_length: Optional[int] = None):
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.truncated = 0  # inputs truncated so far
-        self._warned = False
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
 
-    def __call__(self, pairs: Sequence[PreferencePair]) -> dict[str, Any]:
+    def __call__(self, pairs: Sequence[EncodedPair]) -> dict[str, Any]:
         if not pairs:
             raise ValueError("PairCollator got an empty batch")
-        items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
-        ids, cut = encode(self.tokenizer, items, self.max_length)
-        n_cut = sum(1 for c in cut if c)
-        self.truncated += n_cut
-        if n_cut and not self._warned:
-            truncation_warning(cut, self.max_length, "training inputs in a batch")
-            self._warned = True
-        input_ids, attention_mask = pad_batch(ids, pad_id_of(self.tokenizer))
+        input_ids, attention_mask, types = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id)
         margin = None
         if any(p.margin is not None for p in pairs):
             margin = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
         tie = torch.tensor([p.tie for p in pairs], dtype=torch.bool) if any(p.tie for p in pairs) else None
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin, "tie": tie}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": types, "margin": margin,
+                "tie": tie}

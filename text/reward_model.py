@@ -1,296 +1,382 @@
-"""`RewardModel`: any transformers backbone (decoder or encoder) + a scalar head read at the last
-non-pad token.
+"""`RewardModel`: a scalar reward model on any transformers backbone (decoder or encoder).
 
     rm = RewardModel.from_backbone("path/or/hub-id")            # AutoModel + AutoTokenizer, fresh head
     rm = RewardModel.from_backbone(LlamaConfig(...), tokenizer=tok)
-    rm = RewardModel.from_pretrained("runs/rm")                 # our folder, or a TRL /
-                                                                # AutoModelForSequenceClassification(num_labels=1) one
-    rm.score(["2+2?"], ["4"])                                   # Tensor[N]
+    rm.score([TextPair("2+2?", "4")])                           # Tensor[N]
+    rm.score([{"prompt": "2+2?", "response": "4"}])             # JSON rows work too
     idx, scores = rm.best_of_n("2+2?", ["3", "4", "5"])
+    rm.save_pretrained("runs/rm/model")                         # atomic: the whole folder or nothing
+    rm = mmreward.load("runs/rm")                               # or RewardModel.from_pretrained(...)
 
-Saved folder: the backbone's ``config.json``, ``model.safetensors`` (the whole model: ``backbone.*``
-and ``head.*``), ``mmreward_reward_model.json`` (written last; records the weights' byte size) and
-the tokenizer files. Loading reads JSON + safetensors only: no pickled code runs.
+The model: ``backbone`` (``AutoModel``) → the hidden state read by ``pooling`` (``last``: last
+token, ``first``: the first token — BERT's ``[CLS]`` —, ``mean``: mean over the tokens) → an
+optional dense + activation layer (``pooler_act``: the classifier heads of BERT / RoBERTa / DeBERTa)
+→ ``head`` (H → 1). The input layout and truncation (``input_format``, ``max_length``,
+``truncation``, ``prompt_share``; see :mod:`mmreward.text.data`) are part of the config, saved with
+the model and used by every scoring path.
 
-Position ids are computed from the attention mask (``cumsum - 1``), so left- and right-padded
-batches give the same rewards for decoders and for absolute-position encoders alike.
+Saved folder: ``config.json`` (``model_type: text_reward_model``, :class:`RewardModelConfig` with
+the backbone's transformers config), ``model.safetensors`` (``backbone.*``, ``pooler.*``, ``head.*``),
+``tokenizer/`` and ``manifest.json``, written as one unit by
+:meth:`mmreward.core.model.Pretrained.save_pretrained`. Published layouts (transformers sequence
+classifiers, folders of mmreward 0.1) load through :mod:`mmreward.text.layouts`.
+
+Decoders get position ids from the attention mask (``cumsum - 1``), so left- and right-padded
+batches give the same rewards; encoders keep their own position convention and are right-padded.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-import json
 import os
-from typing import Any, Optional, Sequence, Union
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from mmreward.core.checkpoint import CheckpointError, atomic_write, atomic_write_text
+from mmreward.core.folders import CheckpointError
+from mmreward.core.inputs import TextPair, as_inputs
+from mmreward.core.model import (RewardScorer, check_batch_size, config_from_dict, config_to_dict, load_state_strict,
+                                 load_weights, read_config, save_weights)
 
-from .data import TextLike, check_text, encode, model_max_length, pad_batch, pad_id_of, truncation_warning
+from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, has_chat_template, has_pair_template,
+                   model_max_length, pad_batch, pad_id_of, truncation_warning)
 
-META_NAME = "mmreward_reward_model.json"
-WEIGHTS_NAME = "model.safetensors"
-MODEL_TYPE = "mmreward_reward_model"
-FORMAT_VERSION = 1
+MODEL_TYPE = "text_reward_model"
+TOKENIZER_DIR = "tokenizer"
+POOLINGS = ("last", "first", "mean")
+ENCODER_POOLING = "mean"  # default for encoders: see docs/text.md ("Where the score is read")
+# files of which a tokenizer folder needs at least one (a folder with only tokenizer_config.json
+# loads as an empty tokenizer that maps every word to [UNK])
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "spm.model", "tokenizer.tiktoken")
 
 
-def _backbone_from_config(config: Any) -> nn.Module:
-    """``AutoModel.from_config`` without BERT-style poolers (unused here; DDP would flag them)."""
-    from transformers import AutoModel
+@dataclass
+class RewardModelConfig:
+    backbone: dict = field(default_factory=dict, metadata={"help": "the backbone's transformers config (config.to_dict(), with model_type)"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "tokens per input, special tokens included (None: no limit)"})
+    input_format: str = field(default="joined", metadata={"help": "chat (the tokenizer's chat template) | pair (tokenizer(prompt, response)) | joined (prompt + blank line + response)"})
+    truncation: str = field(default="prompt_first", metadata={"help": "prompt_first (the prompt loses its start, then the response its end) | keep_end (the first content tokens go)"})
+    prompt_share: float = field(default=0.25, metadata={"help": "prompt_first: share of the content budget the end of a long prompt keeps against a long response"})
+    pooling: str = field(default="last", metadata={"help": "where the score is read: last (last token) | first (first token, [CLS]) | mean (mean over tokens)"})
+    pooler_act: Optional[str] = field(default=None, metadata={"help": "activation of a dense H→H layer before the head (tanh: BERT / RoBERTa, gelu: DeBERTa); None: no such layer"})
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, dict) or not isinstance(self.backbone.get("model_type"), str):
+            raise ValueError("RewardModelConfig.backbone must be a transformers config dict with a 'model_type'")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 2):
+            raise ValueError(f"RewardModelConfig.max_length must be an integer >= 2 or None, got {self.max_length!r}")
+        for name, allowed in (("input_format", INPUT_FORMATS), ("truncation", TRUNCATIONS), ("pooling", POOLINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RewardModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not (isinstance(self.prompt_share, (int, float)) and 0.0 <= self.prompt_share <= 1.0):
+            raise ValueError(f"RewardModelConfig.prompt_share must be in [0, 1], got {self.prompt_share!r}")
+
+
+# ------------------------------------------------------------------ transformers pieces (imported lazily)
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (e.g. the unused BERT pooler listed as UNEXPECTED) and its
+    weight-loading progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def backbone_from_config(config: Any) -> nn.Module:
+    """``AutoModel.from_config`` (a transformers config or its dict) without BERT-style poolers
+    (unused here; DDP would flag them)."""
+    from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+    if not isinstance(config, PretrainedConfig):
+        data = dict(config)
+        config = AutoConfig.for_model(data.pop("model_type"), **data)
     try:
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_config(config)
 
 
-def _load_tokenizer(path: str, required: bool = False) -> Any:
+def is_encoder(config: Any) -> bool:
+    """Bidirectional encoders (BERT, RoBERTa, DeBERTa, …: the masked-LM families) vs decoders."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+
+
+def load_tokenizer(folder: str) -> Any:
+    """The tokenizer saved in ``folder``; a folder without tokenizer files is refused (naming them)."""
+    if not os.path.isdir(folder) or not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): a text reward "
+                              "model cannot score without its tokenizer")
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # missing / unreadable tokenizer files
-        if required:
-            raise
-        import warnings
-
-        warnings.warn(f"no tokenizer loaded from {path} ({type(e).__name__}: {e}); pass tokenizer= to score text")
-        return None
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - unreadable / inconsistent tokenizer files
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(e).__name__}: {e}") from e
 
 
-def _resolve_folder(name: str) -> str:
-    """A local folder, or a hub repo id fetched into the cache (honours HF_HUB_OFFLINE)."""
-    if os.path.isdir(name):
-        return name
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(name)
-    if not looks_like_hub_id:
-        raise CheckpointError(f"reward model folder {name!r} does not exist")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    except Exception as e:  # offline, unknown repo, network
-        raise CheckpointError(f"{name!r} is not a local folder and could not be fetched from the hub: "
-                              f"{type(e).__name__}: {e}") from e
+def _backbone_dict(backbone: nn.Module) -> dict:
+    """The backbone's transformers config as a dict, with the dtype its weights really have."""
+    data = backbone.config.to_dict()
+    param = next(backbone.parameters(), None)
+    if param is not None:
+        data["dtype"] = str(param.dtype).removeprefix("torch.")
+    return data
 
 
-class RewardModel(nn.Module):
-    """``backbone`` (a transformers base model returning ``last_hidden_state``) + ``head`` (H -> 1) read at
-    the last non-pad token; ``tokenizer`` is kept for :meth:`score` and saved with the model."""
+def _activation(name: str) -> nn.Module:
+    from transformers.activations import ACT2FN
 
-    def __init__(self, backbone: nn.Module, tokenizer: Any = None):
+    if name not in ACT2FN:
+        raise ValueError(f"unknown pooler activation {name!r}; transformers knows {sorted(ACT2FN)[:12]} …")
+    return ACT2FN[name]
+
+
+# ------------------------------------------------------------------ the model
+class RewardModel(RewardScorer, nn.Module):
+    """``backbone`` + optional ``pooler`` (dense + activation) + ``head`` (H → 1); ``tokenizer`` is
+    kept for scoring and saved with the model."""
+
+    model_type = MODEL_TYPE
+    input_types = (TextPair,)
+    config_class = RewardModelConfig
+
+    def __init__(self, config: RewardModelConfig, tokenizer: Any = None, backbone: Optional[nn.Module] = None):
         super().__init__()
-        config = getattr(backbone, "config", None)
-        hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "n_embd", None)
+        if not isinstance(config, RewardModelConfig):
+            raise TypeError(f"config must be a RewardModelConfig, got {type(config).__name__}")
+        backbone = backbone if backbone is not None else backbone_from_config(config.backbone)
+        bc = getattr(backbone, "config", None)
+        hidden = getattr(bc, "hidden_size", None) or getattr(bc, "d_model", None) or getattr(bc, "n_embd", None)
         if not isinstance(hidden, int):
             raise ValueError(f"cannot find the hidden size of backbone {type(backbone).__name__} "
                              "(config.hidden_size / d_model / n_embd)")
+        self.config = config
         self.backbone = backbone
+        self.pooler = nn.Linear(hidden, hidden) if config.pooler_act else None
+        self.pooler_activation = _activation(config.pooler_act) if config.pooler_act else None
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
-        self.tokenizer = tokenizer
         if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is None \
                 and getattr(tokenizer, "eos_token", None) is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers often lack a pad token
+        self.tokenizer = tokenizer
         params = inspect.signature(backbone.forward).parameters
-        self._takes_position_ids = "position_ids" in params
-
-    @property
-    def config(self) -> Any:
-        return self.backbone.config
+        # decoders get positions from the mask (left padding works); encoders keep their own
+        # convention (RoBERTa counts from pad id + 1) and are always right-padded here
+        self._takes_position_ids = "position_ids" in params and not is_encoder(bc)
+        self._takes_token_types = "token_type_ids" in params
 
     # -------------------------------------------------------------- forward
-    def last_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Hidden state at each row's last non-pad token: (N, H)."""
+    def pooled_hidden(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
+        """The backbone's hidden state read by ``config.pooling``: (N, H)."""
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (N, T) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
         if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {getattr(attention_mask, 'shape', type(attention_mask))}")
         mask = attention_mask.to(torch.long)
-        lengths = mask.sum(-1)
+        lengths = mask.sum(-1)  # (N,)
         if bool((lengths == 0).any()):
             raise ValueError(f"rows {torch.nonzero(lengths == 0).flatten().tolist()[:8]} have no tokens (all padding)")
         kwargs = {"input_ids": input_ids, "attention_mask": mask}
         if self._takes_position_ids:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # same positions for left / right padding
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
         hidden = self.backbone(**kwargs).last_hidden_state  # (N, T, H)
+        if self.config.pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
+            return (hidden * m).sum(1) / lengths.unsqueeze(-1).to(hidden.dtype)
         T = input_ids.shape[1]
-        last = (torch.arange(T, device=mask.device) * mask).argmax(-1)  # (N,) last position with mask 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, H)
+        positions = torch.arange(T, device=mask.device) * mask  # (N, T), 0 at padding
+        if self.config.pooling == "last":
+            at = positions.argmax(-1)  # last position with mask 1
+        else:
+            at = mask.argmax(-1)  # first position with mask 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (N, H)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, return_hidden: bool = False) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
+                return_hidden: bool = False) -> Tensor:
         """Rewards (N,) in the head's dtype (float32 unless the model was cast); ``return_hidden=True``:
-        the (N, H) last-token hidden states in the head's dtype instead (for the fused head loss)."""
-        h = self.last_hidden(input_ids, attention_mask).to(self.head.weight.dtype)
+        the (N, H) input of the head instead (for the fused head loss)."""
+        h = self.pooled_hidden(input_ids, attention_mask, token_type_ids).to(self.head.weight.dtype)
+        if self.pooler is not None:
+            h = self.pooler_activation(self.pooler(h))
         return h if return_hidden else self.head(h).squeeze(-1)
 
-    # -------------------------------------------------------------- scoring
+    # -------------------------------------------------------------- text → scores
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError("this RewardModel has no tokenizer: pass tokenizer= to from_backbone / set model.tokenizer")
         return self.tokenizer
 
-    def score(self, prompts: Sequence[Optional[TextLike]], responses: Optional[Sequence[TextLike]] = None, *,
-              batch_size: int = 16, max_length: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
-        """Rewards (N,) float32 on CPU of each (prompt, response); ``responses=None``: ``prompts`` are whole
-        conversations / texts. Longest-first length bucketing, order restored; ``dtype=torch.bfloat16``
-        runs the backbone under autocast. Inputs longer than ``max_length`` (default: the tokenizer's /
-        backbone's limit) lose their first tokens, with a warning."""
-        tok = self._require_tokenizer()
-        if isinstance(prompts, (str, dict)) or (responses is not None and isinstance(responses, (str, dict))):
-            raise TypeError("score takes lists: score([prompt, ...], [response, ...])")
-        prompts = list(prompts)
-        if responses is None:
-            items = [(None, check_text(c, f"conversation {i}")) for i, c in enumerate(prompts)]
-        else:
-            responses = list(responses)
-            if len(prompts) != len(responses):
-                raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-            items = [(None if p is None else check_text(p, f"prompt {i}", allow_empty=True),
-                      check_text(r, f"response {i}", allow_empty=True)) for i, (p, r) in enumerate(zip(prompts, responses))]
-        if not items:
-            raise ValueError("score got no inputs")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        limit = model_max_length(tok, self.config)
-        if max_length is not None:
-            if not isinstance(max_length, int) or max_length < 1:
-                raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
-            limit = max_length if limit is None else min(limit, max_length)
-        ids, cut = encode(tok, items, limit)
-        truncation_warning(cut, limit)
-        return self._score_ids(ids, batch_size, dtype, pad_id_of(tok))
+    @property
+    def encoder(self) -> TextEncoder:
+        """The text layout and truncation of this model (its config), for training and scoring alike."""
+        c = self.config
+        return TextEncoder(self._require_tokenizer(), max_length=c.max_length, input_format=c.input_format,
+                           truncation=c.truncation, prompt_share=c.prompt_share)
 
-    def _score_ids(self, ids: list[list[int]], batch_size: int, dtype: Optional[torch.dtype], pad_id: int) -> Tensor:
+    @property
+    def pad_id(self) -> int:
+        return pad_id_of(self._require_tokenizer())
+
+    def encode(self, inputs: Sequence[Any]) -> list[Encoded]:
+        """Token ids of each input (TextPair / dict / (prompt, response) tuple), truncated as the config says."""
+        return self.encoder.encode(as_inputs(self.input_types, inputs, "RewardModel.encode"))
+
+    def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None, progress: bool = False) -> Tensor:
+        """``Tensor[N]`` (float32, CPU): one reward per input (TextPair, or a dict with its fields), in
+        input order; ``progress=True`` shows a progress bar."""
+        items = as_inputs(self.input_types, inputs, "RewardModel.score")
+        return self._score(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size), progress)
+
+    def _score(self, items: list, batch_size: int, progress: bool = False) -> Tensor:
+        encoder = self.encoder
+        rows = encoder.encode(items)
+        truncation_warning(rows, encoder)
+        return self.score_encoded(rows, batch_size, progress=progress)
+
+    def score_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, *, progress: bool = False) -> Tensor:
+        """Rewards of tokenised inputs: longest first in batches of ``batch_size``, each padded to its
+        own longest row, the input order restored."""
         device = self.head.weight.device
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # length buckets: little padding per batch
-        out = torch.empty(len(ids), dtype=torch.float32)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # (N,) length buckets
+        out = torch.empty(len(rows), dtype=torch.float32)
+        starts = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="scoring", unit="batch", dynamic_ncols=True)
         was_training = self.training
         self.eval()
-        amp = dtype is not None and dtype != torch.float32
         try:
             with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
+                for start in starts:
                     idx = order[start:start + batch_size]
-                    input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-                    with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                        r = self(input_ids.to(device), mask.to(device))
+                    ids, mask, types = pad_batch([rows[i] for i in idx], self.pad_id)
+                    r = self(ids.to(device), mask.to(device), None if types is None else types.to(device))
                     out[torch.tensor(idx)] = r.float().cpu()
         finally:
             self.train(was_training)
         return out
 
-    def best_of_n(self, prompt: TextLike, candidates: Sequence[TextLike], **score_kw) -> tuple[int, Tensor]:
+    def best_of_n(self, prompt: TextLike, candidates: Sequence[TextLike], *,
+                  batch_size: Optional[int] = None) -> tuple[int, Tensor]:
         """``(index of the highest-reward candidate, rewards (K,))``."""
         candidates = list(candidates)
         if not candidates:
             raise ValueError("best_of_n got no candidates")
-        scores = self.score([prompt] * len(candidates), candidates, **score_kw)
+        scores = self.score([TextPair(prompt, c) for c in candidates], batch_size=batch_size)
         return int(scores.argmax()), scores
 
-    # -------------------------------------------------------------- construction / persistence
+    # -------------------------------------------------------------- construction
     @classmethod
-    def from_backbone(cls, backbone: Any, tokenizer: Any = None, **from_pretrained_kw) -> "RewardModel":
-        """A fresh head on a backbone given as a local path / hub id, a transformers config or a model."""
-        from transformers import AutoModel, PretrainedConfig
+    def from_backbone(cls, backbone: Any, tokenizer: Any = None, *, pooling: Optional[str] = None,
+                      max_length: Optional[int] = None, input_format: Optional[str] = None,
+                      truncation: str = "prompt_first", prompt_share: float = 0.25,
+                      **from_pretrained_kw: Any) -> "RewardModel":
+        """A fresh head on a backbone given as a local path / hub id, a transformers config or a model.
+
+        Defaults: ``pooling`` ``last`` for decoders, ``mean`` for encoders; ``input_format`` ``chat``
+        when the tokenizer has a chat template, ``pair`` for encoders whose tokenizer has a pair
+        layout, else ``joined``; ``max_length`` the tokenizer's / backbone's limit."""
+        from transformers import PretrainedConfig
 
         if isinstance(backbone, (str, os.PathLike)):
             path = os.fspath(backbone)
-            try:
-                model = AutoModel.from_pretrained(path, add_pooling_layer=False, **from_pretrained_kw)
-            except TypeError:
-                model = AutoModel.from_pretrained(path, **from_pretrained_kw)
+            model = _pretrained_backbone(path, **from_pretrained_kw)
             if tokenizer is None:
-                tokenizer = _load_tokenizer(path)
-        elif isinstance(backbone, PretrainedConfig):
-            model = _backbone_from_config(backbone)
+                tokenizer = load_tokenizer(path)
+        elif isinstance(backbone, (PretrainedConfig, dict)):
+            model = backbone_from_config(backbone)
         elif isinstance(backbone, nn.Module):
             model = backbone
         else:
             raise TypeError(f"backbone must be a path, a transformers config or a model, got {type(backbone).__name__}")
         if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _load_tokenizer(os.fspath(tokenizer), required=True)
-        return cls(model, tokenizer)
+            tokenizer = load_tokenizer(os.fspath(tokenizer))
+        encoder = is_encoder(model.config)
+        if input_format is None:
+            input_format = ("chat" if has_chat_template(tokenizer) else
+                            "pair" if encoder and tokenizer is not None and has_pair_template(tokenizer) else "joined")
+        config = RewardModelConfig(backbone=_backbone_dict(model),
+                                   max_length=max_length or model_max_length(tokenizer, model.config),
+                                   input_format=input_format, truncation=truncation, prompt_share=prompt_share,
+                                   pooling=pooling or (ENCODER_POOLING if encoder else "last"))
+        return cls(config, tokenizer, backbone=model)
 
-    def save_pretrained(self, folder: str) -> None:
-        from safetensors.torch import save_file
+    def config_dict(self) -> dict:
+        return {**config_to_dict(self.config), "backbone": _backbone_dict(self.backbone)}
 
-        os.makedirs(folder, exist_ok=True)
-        self.backbone.config.save_pretrained(folder)  # config.json
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(folder)
-        seen, state = set(), {}
-        for k, v in self.state_dict().items():  # safetensors refuses shared storage (tied weights)
-            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-            state[k] = v.detach().cpu().contiguous().clone() if key in seen or not v.is_contiguous() else v.detach().cpu()
-            seen.add(key)
-        path = os.path.join(folder, WEIGHTS_NAME)
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        meta = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, "weights_bytes": os.path.getsize(path),
-                "hidden_size": self.head.in_features, "backbone_class": type(self.backbone).__name__}
-        atomic_write_text(os.path.join(folder, META_NAME), json.dumps(meta, indent=2) + "\n")
-
-    @classmethod
-    def from_pretrained(cls, folder: str, tokenizer: Any = None, device: Union[str, torch.device] = "cpu") -> "RewardModel":
-        """Load our folder, or a sequence-classification checkpoint with one label (TRL reward models);
-        a hub id (``org/name``) is fetched first (JSON / safetensors / tokenizer files only, no pickles)."""
-        folder = _resolve_folder(os.fspath(folder))
-        if not os.path.exists(os.path.join(folder, META_NAME)):
-            model = cls._from_sequence_classification(folder, tokenizer)
-            return model.to(device).eval()
-        from safetensors.torch import load_file
-        from transformers import AutoConfig
-
-        try:
-            with open(os.path.join(folder, META_NAME), encoding="utf-8") as f:
-                meta = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"corrupt {META_NAME} in {folder}: {e}") from e
-        if not isinstance(meta, dict) or meta.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder}/{META_NAME} is not a reward-model record")
-        weights = os.path.join(folder, WEIGHTS_NAME)
-        if not os.path.exists(weights):
-            raise CheckpointError(f"missing {WEIGHTS_NAME} in {folder}")
-        if os.path.getsize(weights) != meta.get("weights_bytes"):
-            raise CheckpointError(f"{weights} has {os.path.getsize(weights)} bytes but {META_NAME} expects "
-                                  f"{meta.get('weights_bytes')}: truncated or from another save")
-        config = AutoConfig.from_pretrained(folder)
-        model = cls(_backbone_from_config(config), tokenizer if tokenizer is not None else _load_tokenizer(folder))
-        try:
-            state = load_file(weights)
-        except Exception as e:
-            raise CheckpointError(f"corrupt or unreadable {weights}: {e}") from e
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
+    def _save(self, folder: str, state_dict: Optional[dict[str, Tensor]] = None) -> None:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise ValueError("this RewardModel has no tokenizer: a saved model must be able to score text "
+                             "(set model.tokenizer before save_pretrained)")
+        save_weights(folder, state_dict if state_dict is not None else self.state_dict())
+        tokenizer.save_pretrained(os.path.join(folder, TOKENIZER_DIR))
 
     @classmethod
-    def _from_sequence_classification(cls, folder: str, tokenizer: Any) -> "RewardModel":
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        config = AutoConfig.from_pretrained(folder)
-        archs = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise CheckpointError(f"{folder} has no {META_NAME} and is not a sequence-classification checkpoint "
-                                  f"(architectures: {archs})")
-        if getattr(config, "num_labels", 1) != 1:
-            raise CheckpointError(f"{folder} is a classifier with {config.num_labels} labels; a reward model has 1")
-        seq = AutoModelForSequenceClassification.from_pretrained(folder)
-        head = getattr(seq, "score", None)
-        base = getattr(seq, seq.base_model_prefix, None)
-        if not isinstance(head, nn.Linear) or base is None:
-            # encoder classifiers (BERT & co.) read a pooled [CLS] state through extra layers: not a last-token RM
-            raise CheckpointError(f"{type(seq).__name__} does not read its score at the last token with a linear "
-                                  "`score` head; only decoder-style reward models (Llama, Qwen2, Mistral, GPT-2, ...) load")
-        model = cls(base, tokenizer if tokenizer is not None else _load_tokenizer(folder))
-        with torch.no_grad():
-            model.head.weight.copy_(head.weight.reshape(1, -1).to(model.head.weight.dtype))
-            model.head.bias.zero_()
-            if head.bias is not None:
-                model.head.bias.copy_(head.bias.reshape(1))
+    def _load(cls, folder: str, body: dict, device: torch.device, tokenizer: Any = None) -> "RewardModel":
+        config = config_from_dict(RewardModelConfig, body.get("config", {}), MODEL_TYPE)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(os.path.join(folder, TOKENIZER_DIR))
+        with quiet_transformers():
+            model = cls(config, tokenizer)
+        load_state_strict(model, load_weights(folder, "cpu"), folder)
         return model
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,
+                        dtype: Union[None, str, torch.dtype] = None, tokenizer: Any = None) -> "RewardModel":
+        """Any text reward-model folder: saved by :meth:`save_pretrained`, by mmreward 0.1, or a
+        published transformers sequence classifier (:mod:`mmreward.text.layouts`); a training run's
+        folder (its ``model/``) or a hub id work too. ``tokenizer=`` replaces the saved one."""
+        from mmreward.registry import detect, resolve_folder
+
+        path = resolve_folder(folder)
+        body = read_config(path) if os.path.isfile(os.path.join(path, "config.json")) else {}
+        if body.get("model_type") == cls.model_type:
+            return super().from_pretrained(path, device, dtype=dtype, tokenizer=tokenizer)
+        what, loader = detect(path)
+        if getattr(loader, "__module__", "") != "mmreward.text.layouts":
+            raise CheckpointError(f"{path} holds a {what!r} model, not a text reward model (mmreward.load opens it)")
+        return loader(path, device=device, dtype=dtype, tokenizer=tokenizer)
+
+
+def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:
+    """``AutoModel.from_pretrained`` without transformers' load report; weights the checkpoint lacks
+    (initialised at random) are named in one warning."""
+    from transformers import AutoModel
+
+    with quiet_transformers():
+        try:
+            model, info = AutoModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True, **kwargs)
+        except TypeError:
+            model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        warnings.warn(f"{path}: {len(missing)} backbone weight(s) are not in the checkpoint and start at random, "
+                      f"e.g. {missing[:4]}", stacklevel=3)
+    return model
+
+
+__all__ = ["RewardModel", "RewardModelConfig", "MODEL_TYPE", "POOLINGS", "TOKENIZER_FILES", "backbone_from_config",
+           "is_encoder", "load_tokenizer", "quiet_transformers"]

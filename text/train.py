@@ -1,40 +1,50 @@
 """Pairwise reward-model training on the core Trainer and the fused pairwise ops.
 
-    cfg = RewardTrainConfig(output_dir="runs/rm", max_steps=500, batch_size=8, lr=2e-5, loss="bt")
+    cfg = RewardTrainConfig(output_dir="runs/rm", epochs=1, batch_size=8, lr=2e-5, loss="bt", max_length=512)
     history = train_reward_model(rm, "train.jsonl", eval_pairs="test.jsonl", config=cfg)
-    rm.save_pretrained("runs/rm")
+    rm = mmreward.load("runs/rm")                # the final model, saved in runs/rm/model/
 
-Each micro-batch runs chosen and rejected through the backbone in one concatenated forward (2B rows,
-padded to one length), then :func:`mmreward.ops.pairwise_loss_and_accuracy` gives the loss:
-Bradley–Terry (``loss="bt"``), BT with the data's per-pair margins (``loss="margin"``), GRAM label
-smoothing (``label_smoothing``), reward centering (``center_coef``) and RRM ties (pairs with
-``tie``: target ½) — all in the op. Everything else (accumulation, autocast, LR schedule, DDP,
-snapshots, resume, logs, curves) is :class:`mmreward.core.trainer.Trainer`.
+The pairs are tokenised once, with the model's own layout and truncation (:class:`TextEncoder`);
+``max_length`` set here becomes the model's, so it is scored as it was trained. Micro-batches hold
+pairs of similar length (``group_by_length``) and are padded to their own longest input. Each
+micro-batch runs chosen and rejected through the backbone in one concatenated forward (2B rows),
+then :func:`mmreward.ops.pairwise_loss_and_accuracy` gives the loss: Bradley–Terry (``loss="bt"``),
+BT with the data's per-pair margins (``loss="margin"``), GRAM label smoothing (``label_smoothing``),
+reward centering (``center_coef``) and RRM ties (pairs with ``tie``: target ½) — all in the op.
+Everything else (accumulation, autocast, LR schedule, DDP, snapshots, resume, logs, curves, the
+final model in ``<output_dir>/model/`` with its ``max_length`` and truncation policy) is
+:class:`mmreward.core.trainer.Trainer`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.model import config_to_dict
 from mmreward.core.trainer import Trainer, TrainConfig
 
-from .data import PairCollator, PreferencePair, load_preference_pairs, model_max_length
+from .data import EncodedPair, PairCollator, encode_pairs, load_preference_pairs
 
 LOSSES = ("bt", "margin")
+MEGA_BATCHES = 50  # group_by_length sorts chunks of this many global batches (as transformers' group_by_length)
 
 
 @dataclass
 class RewardTrainConfig(TrainConfig):
-    output_dir: str = field(default="runs/text_rm", metadata={"help": "folder for logs, snapshots, curves.png (and the CLI's final model)"})
+    output_dir: str = field(default="runs/text_rm", metadata={"help": "folder for logs, snapshots, curves.png (and the CLI's final model/)"})
+    epochs: Optional[float] = field(default=None, metadata={"help": "passes over the training pairs; when set, max_steps follows from it"})
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW)"})
     loss: str = field(default="bt", metadata={"help": "bt (Bradley-Terry) | margin (BT minus the data's per-pair margin)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "GRAM label smoothing epsilon in [0, 1)"})
     center_coef: float = field(default=0.0, metadata={"help": "reward centering coefficient: + c * (r_chosen + r_rejected)^2"})
-    max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per input (default: the model's limit); longer inputs lose their start"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per input (default: the model's); saved with the model"})
+    group_by_length: bool = field(default=True, metadata={"help": "micro-batches of pairs of similar length (less padding), in random order"})
     eval_batch_size: int = field(default=32, metadata={"help": "batch size when scoring the eval pairs"})
     fused_head: bool = field(default=False, metadata={"help": "head + loss in one op (reward_head_pairwise_loss): no reward tensor, grads in the forward pass"})
 
@@ -42,6 +52,9 @@ class RewardTrainConfig(TrainConfig):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"RewardTrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool)
+                                            and math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"RewardTrainConfig.epochs must be a number > 0 or None, got {self.epochs!r}")
         if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 1.0):
             raise ValueError(f"RewardTrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not (isinstance(self.center_coef, (int, float)) and math.isfinite(self.center_coef) and self.center_coef >= 0):
@@ -53,20 +66,26 @@ class RewardTrainConfig(TrainConfig):
             raise ValueError(f"RewardTrainConfig.eval_batch_size must be an integer >= 1, got {self.eval_batch_size!r}")
 
 
-def evaluate_pairs(model: Any, pairs: Any, *, batch_size: int = 32, max_length: Optional[int] = None) -> dict[str, float]:
-    """Pairwise accuracy of ``model`` (a RewardModel) on preference pairs (tie pairs are left out):
-    ``{"accuracy", "reward_gap" (mean r_chosen - r_rejected), "n"}``."""
-    pairs = [p for p in load_preference_pairs(pairs) if not p.tie]
-    if not pairs:
-        raise ValueError("evaluate_pairs: no non-tie pairs to evaluate")
-    prompts = [p.prompt for p in pairs]
-    r = model.score(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs],
-                    batch_size=batch_size, max_length=max_length)
+# ------------------------------------------------------------------ evaluation
+def pair_metrics(model: Any, pairs: Sequence[EncodedPair], *, batch_size: int = 32,
+                 progress: bool = False) -> dict[str, float]:
+    """``{"accuracy", "reward_gap" (mean r_chosen - r_rejected), "n"}`` of tokenised pairs."""
     n = len(pairs)
+    r = model.score_encoded([p.chosen for p in pairs] + [p.rejected for p in pairs], batch_size, progress=progress)
     gap = r[:n] - r[n:]
     return {"accuracy": (gap > 0).float().mean().item(), "reward_gap": gap.mean().item(), "n": float(n)}
 
 
+def evaluate_pairs(model: Any, pairs: Any, *, batch_size: int = 32, progress: bool = False) -> dict[str, float]:
+    """Pairwise accuracy of ``model`` (a RewardModel) on preference pairs (tie pairs are left out),
+    with the model's own layout and truncation: ``{"accuracy", "reward_gap", "n"}``."""
+    kept = [p for p in load_preference_pairs(pairs) if not p.tie]
+    if not kept:
+        raise ValueError("evaluate_pairs: no non-tie pairs to evaluate")
+    return pair_metrics(model, encode_pairs(model.encoder, kept, "eval inputs"), batch_size=batch_size, progress=progress)
+
+
+# ------------------------------------------------------------------ loss
 def pairwise_loss_fn(config: RewardTrainConfig):
     """``loss_fn(model, batch)`` for the Trainer: one forward over the 2B concatenated rows."""
     from mmreward.ops import pairwise_loss_and_accuracy, reward_head_pairwise_loss_and_accuracy
@@ -75,16 +94,17 @@ def pairwise_loss_fn(config: RewardTrainConfig):
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         margin = batch.get("margin") if config.loss == "margin" else None
+        inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         if config.fused_head:
             head = getattr(model, "module", model).head  # model may be the DDP wrapper
-            h = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (2B, H)
+            h = model(*inputs, return_hidden=True)  # (2B, H)
             B = h.shape[0] // 2
             loss, acc = reward_head_pairwise_loss_and_accuracy(h[:B], h[B:], head.weight, head.bias, margin=margin,
                                                                tie=batch.get("tie"), **options)
             with torch.no_grad():
                 gap = ((h[:B] - h[B:]).float() @ head.weight.float().reshape(-1)).mean().item()
             return loss, {"accuracy": acc.item(), "reward_gap": gap}
-        r = model(batch["input_ids"], batch["attention_mask"])  # (2B,): chosen rows, then rejected rows
+        r = model(*inputs)  # (2B,): chosen rows, then rejected rows
         B = r.shape[0] // 2
         r_c, r_r = r[:B], r[B:]
         loss, acc = pairwise_loss_and_accuracy(r_c, r_r, margin=margin, tie=batch.get("tie"), **options)
@@ -95,30 +115,88 @@ def pairwise_loss_fn(config: RewardTrainConfig):
     return loss_fn
 
 
+# ------------------------------------------------------------------ data order
+class LengthGroupedTrainer(Trainer):
+    """The core Trainer with micro-batches of similar-length examples (``len(example)``).
+
+    Each epoch's permutation (drawn from ``seed + epoch``, padded to the world size as the Trainer
+    does) is cut into chunks of :data:`MEGA_BATCHES` global batches; each chunk is sorted by length
+    and cut into global batches of ``world_size × batch_size`` examples; the global batches are
+    shuffled (the longest first, so a memory limit shows at once) and rank r takes the r-th
+    ``batch_size`` slice of each. A global batch holds the same examples for any number of processes."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._lengths = [len(x) for x in self.dataset]
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        n, B, W = len(self.dataset), self.config.batch_size, self.world_size
+        g = torch.Generator().manual_seed(self.config.seed + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        total = math.ceil(n / W) * W
+        perm = (perm * math.ceil(total / n))[:total]  # padded by repeating, as the Trainer does
+        glob = W * B
+        usable = total - total % glob  # whole global batches only
+        batches = []
+        for start in range(0, usable, glob * MEGA_BATCHES):
+            chunk = sorted(perm[start:min(start + glob * MEGA_BATCHES, usable)], key=lambda i: -self._lengths[i])
+            batches += [chunk[k:k + glob] for k in range(0, len(chunk), glob)]
+        order = torch.randperm(len(batches), generator=g).tolist()
+        longest = max(range(len(batches)), key=lambda b: self._lengths[batches[b][0]])
+        order.remove(longest)
+        return [i for b in [longest] + order for i in batches[b][self.rank * B:(self.rank + 1) * B]]
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def steps_for_epochs(config: RewardTrainConfig, num_pairs: int) -> int:
+    """Optimizer steps of ``config.epochs`` passes over ``num_pairs`` pairs (at least 1)."""
+    per_epoch = math.ceil(num_pairs / _world_size()) // config.batch_size  # micro-batches per rank
+    return max(1, math.ceil(config.epochs * per_epoch / config.grad_accum_steps))
+
+
+# ------------------------------------------------------------------ training
 def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
                        config: Optional[RewardTrainConfig] = None) -> list[dict]:
     """Train ``model`` (a RewardModel with a tokenizer) on preference pairs; returns the per-step history
     (``loss``, ``accuracy``, ``reward_gap``, ``lr``, ``grad_norm``; ``eval_accuracy`` / ``eval_reward_gap``
-    every ``eval_every`` steps and at the end when ``eval_pairs`` is given). Saving the final model is
-    the caller's job: ``model.save_pretrained(folder)``."""
+    every ``eval_every`` steps and at the end when ``eval_pairs`` is given). The final model is saved
+    in ``<output_dir>/model/``. Seed (``mmreward.core.train.seed_everything``) before building a new
+    head to make the run reproducible."""
     config = config if config is not None else RewardTrainConfig()
     if not isinstance(config, RewardTrainConfig):
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
+    if getattr(model, "tokenizer", None) is None:
         raise ValueError("the model has no tokenizer: build it with RewardModel.from_backbone(..., tokenizer=...)")
-    train: Sequence[PreferencePair] = load_preference_pairs(train_pairs)
-    evals = load_preference_pairs(eval_pairs) if eval_pairs is not None else None
+    train = load_preference_pairs(train_pairs)
+    evals = [p for p in load_preference_pairs(eval_pairs) if not p.tie] if eval_pairs is not None else None
+    if evals is not None and not evals:
+        raise ValueError("eval_pairs holds only tie pairs: nothing to measure accuracy on")
     if config.loss == "margin" and all(p.margin is None for p in train):
         raise ValueError("loss='margin' but no training pair has a 'margin' field")
     if config.loss == "bt" and any(p.margin is not None for p in train):
         warnings.warn("the training pairs have margins but loss='bt' ignores them (use loss='margin')")
-    max_length = config.max_length or model_max_length(tokenizer, getattr(model, "config", None))
+    if config.max_length is not None:
+        model.config.max_length = config.max_length  # the model is saved, scored and evaluated with it
+    data = encode_pairs(model.encoder, train)
+    if config.epochs is not None:
+        config = dataclasses.replace(config, max_steps=steps_for_epochs(config, len(data)))
 
     eval_fn = None
     if evals is not None:
-        def eval_fn(m):
-            return evaluate_pairs(m, evals, batch_size=config.eval_batch_size, max_length=max_length)
+        eval_data = encode_pairs(model.encoder, evals, "eval inputs")
 
-    trainer = Trainer(model, config, train, PairCollator(tokenizer, max_length), pairwise_loss_fn(config), eval_fn)
+        def eval_fn(m):
+            return pair_metrics(m, eval_data, batch_size=config.eval_batch_size)
+
+    trainer_class = LengthGroupedTrainer if config.group_by_length else Trainer
+    inputs = {k: v for k, v in config_to_dict(model.config).items() if k != "backbone"}  # layout and truncation
+    trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
+                            settings={"reward_model": inputs})
     return trainer.fit()

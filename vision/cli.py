@@ -1,136 +1,160 @@
-"""``mmreward score``, ``mmreward score-video`` and ``mmreward vision train`` (the VLM reward model /
-VisualPRM commands live in :mod:`mmreward.vision.vlm_cli`).
+"""``mmreward vision <command>`` and ``mmreward score-video`` (``mmreward score`` is the generic :mod:`mmreward.score_cli`).
 
-    mmreward vision train --data synthetic --n-train 6400 --no-head-dropout --output-dir runs/shapes \\
-        --max-steps 400 --lr 4e-3 --batch-size 16 --warmup-steps 20
+    mmreward vision train --data synthetic --n-train 6400 --no-head-dropout --out runs/shapes \\
+        --max-steps 400 --lr 4e-3 --batch-size 16 --warmup-steps 20 --seed 0
     mmreward vision train --data prefs.jsonl --eval-data held.jsonl --backbone path/to/clip --lr 1e-5
+    mmreward vision train-vlm-rm --data rows.jsonl --backbone path/to/qwen2-vl --out runs/vlm_rm
+    mmreward vision train-visual-prm --data steps.jsonl --backbone runs/vlm_rm/model --out runs/vprm
+    mmreward vision eval --model runs/vlm_rm/model --data held.jsonl
+    mmreward vision colour-data --out data/colours --kind preference --n 256
     mmreward score --model runs/shapes/model --prompt "two red circles on the left" a.png b.png [--json]
-    mmreward score-video --model runs/shapes/model --prompt "a blue square" clip.mp4 --plot score.png [--json]
+    mmreward score-video --model runs/shapes/model --prompt "a blue square" clip.mp4 --plot score.png
 
-``train``'s options are generated one to one from
-:class:`~mmreward.vision.train.ImageRewardTrainConfig` and :class:`~mmreward.core.trainer.TrainConfig`
-and call :func:`~mmreward.vision.train.train_image_reward`, the function a Python user calls.
+Every command spells its options the same way: ``--model`` (a model folder), ``--data`` (rows:
+JSON / JSONL, image and video paths relative to the file), ``--out`` (the output folder; a training
+run writes its final model to ``<out>/model``), ``--seed``, ``--device`` (cpu | cuda | cuda:N |
+auto, checked before any work) and ``--batch-size``. Training options are generated one to one from
+the dataclass configs the Python functions take. Commands raise clear exceptions
+(DataError / CheckpointError / DeviceError / ValueError …) that ``mmreward`` prints as one line
+(exit 2). The VLM commands live in :mod:`mmreward.vision.vlm_cli`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from dataclasses import fields
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser, add_config_options
 
-
-def _load_scorer(path: str):
-    from mmreward.vision.image_reward import ImageRewardModel
-
-    from mmreward.core.checkpoint import CheckpointError
-
-    try:
-        return ImageRewardModel.from_pretrained(path)
-    except CheckpointError as e:
-        raise SystemExit(f"mmreward: cannot load the scorer: {e}") from None
+MEDIA_FIELDS = ("images", "image", "video", "frames")
 
 
-def score_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = CLIParser(prog="mmreward score", description="score images against a prompt")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--model", required=True, help="ImageReward model folder (save_pretrained output)")
-    parser.add_argument("--prompt", required=True, help="the text the images should match")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    import torch
-    from mmreward.vision.images import ImageLoadError, load_image
-
-    model = _load_scorer(args.model)
-    try:
-        images = [load_image(p) for p in args.images]
-    except ImageLoadError as e:
-        print(f"mmreward score: {e}", file=sys.stderr)
-        return 2
-    with torch.no_grad():
-        scores = torch.cat([model.score(args.prompt, images[s:s + args.batch_size])
-                            for s in range(0, len(images), args.batch_size)])
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    rank = {i: r + 1 for r, i in enumerate(order)}
-    rows = [{"image": p, "score": float(scores[i]), "rank": rank[i]} for i, p in enumerate(args.images)]
-    if args.json:
-        print(json.dumps({"prompt": args.prompt, "results": rows}, indent=2))
-    else:
-        width = max(len(p) for p in args.images)
-        print(f"prompt: {args.prompt}")
-        print(f"{'rank':>4}  {'score':>9}  image")
-        for r in sorted(rows, key=lambda r: r["rank"]):
-            print(f"{r['rank']:>4}  {r['score']:>9.4f}  {r['image']:<{width}}")
-    return 0
+# ------------------------------------------------------------------ shared by the vision commands
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
 
 
+def read_rows(path: str) -> list[dict]:
+    """Rows of a JSON / JSONL file (or saved dataset) with relative image / video paths made
+    absolute against the file's folder."""
+    from mmreward.core.data import DataError, read_records
+
+    rows = read_records(path)
+    if not rows:
+        raise DataError(f"{path} holds no rows")
+    base = os.path.dirname(os.path.abspath(path))
+    resolve = lambda p: os.path.join(base, p) if isinstance(p, str) and not os.path.isabs(p) else p  # noqa: E731
+    for row in rows:
+        for key in MEDIA_FIELDS:
+            if key in row:
+                row[key] = [resolve(p) for p in row[key]] if isinstance(row[key], list) else resolve(row[key])
+    return rows
+
+
+def load_scorer(path: str, device: str, reads: type) -> Any:
+    """The reward model at ``path`` (``mmreward.load``), which must score ``reads`` inputs."""
+    import mmreward
+
+    model = mmreward.load(path, device=device)
+    if reads not in getattr(model, "input_types", ()):
+        raise TypeError(f"--model {path} holds a {type(model).__name__}, which does not score {reads.__name__} inputs")
+    return model
+
+
+# ------------------------------------------------------------------ mmreward score / score-video
 def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = CLIParser(prog="mmreward score-video", description="score a video's frames against a prompt")
     parser.add_argument("video", help="mp4 / gif / … file or a folder of frames")
-    parser.add_argument("--model", required=True, help="ImageReward model folder (save_pretrained output)")
+    parser.add_argument("--model", required=True, help="an image reward model folder (save_pretrained output)")
     parser.add_argument("--prompt", required=True, help="the text the video should match")
     parser.add_argument("--stride", type=int, default=1, help="score every N-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="score at most this many frames")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
+    add_device_option(parser)
     parser.add_argument("--plot", default=None, help="write a PNG of the score over time here")
     parser.add_argument("--json", action="store_true", help="print JSON (per-frame scores and aggregates)")
     args = parser.parse_args(argv)
-    from mmreward.vision.video import VideoReadError, plot_video_score, score_video
+    from mmreward.core.inputs import ImagePrompt
+    from mmreward.vision.video import plot_video_score, score_video
 
-    model = _load_scorer(args.model)
-    try:
-        result = score_video(model, args.prompt, args.video, batch_size=args.batch_size, stride=args.stride,
-                             max_frames=args.max_frames)
-    except VideoReadError as e:
-        print(f"mmreward score-video: {e}", file=sys.stderr)
-        return 2
+    model = load_scorer(args.model, args.device, ImagePrompt)
+    result = score_video(model, args.prompt, args.video, batch_size=args.batch_size, stride=args.stride,
+                         max_frames=args.max_frames)
     if args.plot:
         plot_video_score(result, args.plot)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(f"prompt: {result.prompt}\nframes: {len(result.scores)}" + (f" (fps {result.fps:.3g})" if result.fps else ""))
-        print(f"mean {result.mean:.4f}  min {result.min:.4f}  max {result.max:.4f}  trend {result.trend:+.4g}/frame")
-        if args.plot:
-            print(f"plot: {args.plot}")
+        return 0
+    print(f"prompt: {result.prompt}\nframes: {len(result.scores)}" + (f" (fps {result.fps:.3g})" if result.fps else ""))
+    print(f"mean {result.mean:.4f}  min {result.min:.4f}  max {result.max:.4f}  trend {result.trend:+.4g}/frame")
+    if args.plot:
+        print(f"plot: {args.plot}")
     return 0
 
 
-def _train(argv: Sequence[str]) -> int:
+# ------------------------------------------------------------------ mmreward vision train / eval
+def train_main(argv: Sequence[str]) -> int:
+    from mmreward.core.trainer import TrainConfig
     from mmreward.vision.train import ImageRewardTrainConfig, train_image_reward
 
-    from mmreward.core.trainer import TrainConfig
-
-    parser = CLIParser(prog="mmreward vision train",
-                                     description="train an ImageReward-style scorer on ranked image sets")
+    parser = CLIParser(prog="mmreward vision train", description="train an ImageReward-style scorer on ranked image sets")
     add_config_options(parser, ImageRewardTrainConfig)
     add_config_options(parser, TrainConfig)
     args = vars(parser.parse_args(argv))
-    try:
-        cfg = ImageRewardTrainConfig(**{f.name: args[f.name] for f in fields(ImageRewardTrainConfig)})
-        tcfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig)})
-        _, history = train_image_reward(cfg, tcfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mmreward vision train: {e}", file=sys.stderr)
-        return 2
+    cfg = ImageRewardTrainConfig(**{f.name: args[f.name] for f in fields(ImageRewardTrainConfig)})
+    tcfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig)})
+    _, history = train_image_reward(cfg, tcfg)
     last = history[-1] if history else {}
-    shown = {k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}
-    print(json.dumps(shown))
-    print(f"model: {tcfg.output_dir}/model")
+    print(json.dumps({k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}))
+    print(f"model: {os.path.join(tcfg.output_dir, 'model')}")
     return 0
 
 
-def _vlm_commands() -> dict:
-    from mmreward.vision.vlm_cli import SUBCOMMANDS as VLM
+def eval_main(argv: Sequence[str]) -> int:
+    parser = CLIParser(prog="mmreward vision eval",
+                       description="held-out metrics of a vision reward model on labelled rows: ranked image sets "
+                                   "(image scorer), preference rows (VLM RM) or step-labelled rows (VisualPRM)")
+    parser.add_argument("--model", required=True, help="an image_reward / vlm_reward / visual_prm model folder")
+    parser.add_argument("--data", required=True, help="labelled rows (.json / .jsonl); paths relative to the file")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    add_device_option(parser)
+    args = parser.parse_args(argv)
+    import mmreward
+    from mmreward.vision.image_reward import ImageRewardModel
+    from mmreward.vision.train import evaluate_image_reward, read_ranked_sets
+    from mmreward.vision.visual_prm import VisualPRM, as_labelled, evaluate_visual_prm
+    from mmreward.vision.vlm_rm import VLMRewardModel, as_pairs, evaluate_vlm_reward
 
-    return VLM
+    evaluators = {ImageRewardModel: lambda m: evaluate_image_reward(m, read_ranked_sets(args.data), args.batch_size),
+                  VLMRewardModel: lambda m: evaluate_vlm_reward(m, as_pairs(read_rows(args.data), args.data),
+                                                                args.batch_size),
+                  VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data), args.data),
+                                                           args.batch_size)}
+    model = mmreward.load(args.model, device=args.device)
+    evaluate = evaluators.get(type(model))
+    if evaluate is None:
+        raise TypeError(f"--model {args.model} holds a {type(model).__name__}; vision eval evaluates "
+                        f"{', '.join(c.__name__ for c in evaluators)}")
+    print(json.dumps({"model_type": model.model_type, **{k: round(v, 4) for k, v in evaluate(model).items()}}))
+    return 0
 
 
-SUBCOMMANDS = {"train": (_train, "train an image scorer (synthetic shapes or a JSONL of ranked image sets)")}
-SUBCOMMANDS.update(_vlm_commands())
+# ------------------------------------------------------------------ the command table
+# name -> ("module:function", one-line help); modules are imported only when their command runs
+SUBCOMMANDS = {
+    "train": ("mmreward.vision.cli:train_main", "train an image scorer (synthetic shapes or JSONL ranked image sets)"),
+    "train-vlm-rm": ("mmreward.vision.vlm_cli:train_vlm_rm_main", "train a VLM scalar reward model on preference rows"),
+    "train-visual-prm": ("mmreward.vision.vlm_cli:train_visual_prm_main", "train a VisualPRM on step-labelled rows"),
+    "eval": ("mmreward.vision.cli:eval_main", "held-out metrics of a vision reward model on labelled rows"),
+    "colour-data": ("mmreward.vision.vlm_cli:colour_data_main",
+                    "write exactly-labelled synthetic colour rows (images + JSONL) for the VLM models"),
+    "vl-rewardbench": ("mmreward.vision.published.vl_rewardbench:main",
+                       "accuracy of a VLM reward model on VL-RewardBench (released jsonl / parquet)"),
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -138,10 +162,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmreward vision <command> [options]\n\ncommands:")
         for name, (_, text) in SUBCOMMANDS.items():
-            print(f"  {name:<16} {text}")
+            print(f"  {name:<18} {text}")
         print("\nalso: `mmreward score …` (images) and `mmreward score-video …` (videos)")
         return 0 if argv else 2
     if argv[0] not in SUBCOMMANDS:
-        print(f"mmreward vision: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
-        return 2
-    return SUBCOMMANDS[argv[0]][0](argv[1:])
+        raise ValueError(f"unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}")
+    module, _, function = SUBCOMMANDS[argv[0]][0].partition(":")
+    return getattr(importlib.import_module(module), function)(argv[1:])

@@ -19,7 +19,15 @@ Linear(1024→128) → Dropout(0.2) → Linear(128→64) → Dropout(0.1) → Li
 initialised N(0, 1/(D+1)) as in the official code; its first dim follows the fused width.
 
 The score is ``(raw − mean) / std`` with ``mean`` / ``std`` buffers saved with the model
-(:meth:`ImageRewardModel.fit_normalization`).
+(:meth:`ImageRewardModel.fit_normalization`). Inputs, batching, videos and gradients are those of
+:class:`~mmreward.vision.image_scorer.ImageScorer`:
+
+    model = mmreward.load("runs/shapes/model")
+    model.score([ImagePrompt("two red circles on the left", "a.png"), ...])   # Tensor[N]
+    model.score_parts([VideoPrompt("a blue square", "clip.mp4")])             # [Tensor[T]]: per frame
+
+A saved folder holds ``config.json``, ``model.safetensors`` and, for a transformers backbone,
+``backbone/config.json`` (its transformers config) and ``tokenizer/``.
 """
 from __future__ import annotations
 
@@ -35,14 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
-from mmreward.core.model import config_from_dict, config_to_dict
+from mmreward.core.folders import CheckpointError
+from mmreward.core.inputs import as_inputs
+from mmreward.core.model import check_batch_size, config_from_dict, config_to_dict, load_state_strict, load_weights
 
-from .images import ImagesT, as_image_list, preprocess
+from .image_scorer import ImageScorer
+from .scoring import require_assets
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MODEL_TYPE = "image_reward"
 
 
 @dataclass
@@ -144,6 +153,26 @@ class HFDualEncoder(nn.Module):
                              return_tensors="pt")
         return {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
 
+    def save(self, folder: str) -> None:
+        """``backbone/config.json`` (the transformers config) and ``tokenizer/`` inside ``folder``."""
+        self.model.config.save_pretrained(os.path.join(folder, "backbone"))
+        self.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+
+    @classmethod
+    def from_folder(cls, folder: str, class_name: str, max_text_length: int) -> "HFDualEncoder":
+        """The backbone :meth:`save` wrote (random weights: the model's state dict fills them)."""
+        import transformers
+
+        require_assets(folder, {"backbone/config.json": "the backbone's transformers config",
+                                "tokenizer": "the text tokenizer"})
+        model_cls = getattr(transformers, class_name, None)
+        if model_cls is None:
+            raise CheckpointError(f"{folder}: unknown transformers class {class_name!r} in config.json "
+                                  f"(transformers {transformers.__version__})")
+        config = transformers.AutoConfig.from_pretrained(os.path.join(folder, "backbone"))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
+        return cls(model_cls(config), tokenizer, max_text_length)
+
     @staticmethod
     def _features(out: Any) -> torch.Tensor:  # transformers 4 returns a tensor, 5 an output object
         return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -170,8 +199,11 @@ def imagereward_head(in_dim: int, hidden: Sequence[int], dropout: Sequence[float
     return nn.Sequential(*layers)
 
 
-class ImageRewardModel(nn.Module):
-    """``score(prompts, images) -> Tensor[B]``; see the module docstring."""
+class ImageRewardModel(ImageScorer):
+    """ImageReward-style scorer (``model_type`` ``image_reward``); see the module docstring."""
+
+    model_type = "image_reward"
+    config_class = ImageRewardConfig
 
     def __init__(self, config: ImageRewardConfig, backbone: Optional[nn.Module] = None):
         super().__init__()
@@ -216,48 +248,22 @@ class ImageRewardModel(nn.Module):
         cfg = dataclasses.replace(cfg, **overrides)
         return cls(cfg, HFDualEncoder(model, tokenizer, cfg.max_text_length))
 
-    def save_pretrained(self, folder: str) -> None:
-        """``config.json`` + ``model.safetensors`` (+ ``backbone/config.json`` and ``tokenizer/`` for hf)."""
-        if self.config.backbone == "hf":  # written first: config.json, written last, marks a complete save
-            self.backbone.model.config.save_pretrained(os.path.join(folder, "backbone"))
-            self.backbone.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
-        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": config_to_dict(self.config)})
+    def _save(self, folder: str, state_dict: Optional[dict] = None) -> None:
+        if self.config.backbone == "hf":
+            self.backbone.save(folder)
+        return super()._save(folder, state_dict)
 
     @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "ImageRewardModel":
-        state, meta = load_model(folder, device)
-        if meta.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder} holds a {meta.get('model_type')!r} model, not {MODEL_TYPE!r}")
-        cfg = config_from_dict(ImageRewardConfig, meta.get("config", {}), MODEL_TYPE)
+    def _load(cls, folder: str, body: dict, device: torch.device) -> "ImageRewardModel":
+        cfg = config_from_dict(ImageRewardConfig, body.get("config", {}), cls.model_type)
         backbone = None
         if cfg.backbone == "hf":
-            import transformers
-
-            bcfg = transformers.AutoConfig.from_pretrained(os.path.join(folder, "backbone"))
-            model_cls = getattr(transformers, cfg.backbone_config.get("class", ""), None)
-            if model_cls is None:
-                raise CheckpointError(f"unknown transformers class {cfg.backbone_config.get('class')!r} in {folder}")
-            tok = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
-            backbone = HFDualEncoder(model_cls(bcfg), tok, cfg.max_text_length)
+            backbone = HFDualEncoder.from_folder(folder, cfg.backbone_config.get("class", ""), cfg.max_text_length)
         model = cls(cfg, backbone)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
+        load_state_strict(model, load_weights(folder), folder)
+        return model
 
     # ------------------------------------------------------------------ scoring
-    @property
-    def device(self) -> torch.device:
-        return self.reward_mean.device
-
-    def pixel_values(self, images: ImagesT) -> torch.Tensor:
-        """Images -> normalised [B, 3, S, S] on the model's device (differentiable)."""
-        dtype = next(self.head.parameters()).dtype  # e.g. a bf16 model gets bf16 pixels
-        imgs = [t.to(self.device, dtype) for t in as_image_list(images)]
-        c = self.config
-        return preprocess(imgs, c.image_size, c.image_mean, c.image_std)
-
     def forward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
         """Raw (unnormalised) rewards [B] of ``pixel_values`` [B, 3, S, S] against ``prompts`` (len B)."""
         unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once (rank(): one prompt)
@@ -271,56 +277,24 @@ class ImageRewardModel(nn.Module):
             fused = torch.cat([fused, t * d**0.5, i * d**0.5], dim=-1)
         return self.head(fused).squeeze(-1)
 
-    def score(self, prompts: Union[str, Sequence[str]], images: ImagesT, normalize: bool = True) -> torch.Tensor:
-        """Rewards [B] of B images; one prompt for all images or one per image. Differentiable in the
-        images when they are a float tensor (wrap in ``torch.no_grad()`` for plain scoring)."""
-        pixels = self.pixel_values(images)
-        prompts = broadcast_prompts(prompts, pixels.shape[0])
-        raw = self(prompts, pixels)
-        return (raw - self.reward_mean) / self.reward_std if normalize else raw
+    def reward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised rewards ``(raw − mean) / std`` [B]."""
+        return (self(prompts, pixel_values) - self.reward_mean) / self.reward_std
 
     @torch.no_grad()
-    def rank(self, prompt: str, images: ImagesT) -> tuple[list[int], torch.Tensor]:
-        """``(ranking, scores)``: image indices best first, and the scores [B] in input order."""
-        was = self.training
-        self.eval()
-        try:
-            scores = self.score(prompt, images)
-        finally:
-            self.train(was)
-        return torch.argsort(scores, descending=True, stable=True).tolist(), scores
-
-    @torch.no_grad()
-    def fit_normalization(self, prompts: Union[str, Sequence[str]], images: ImagesT, batch_size: int = 64) -> tuple[float, float]:
-        """Set the stored mean / std to those of the raw scores of these (prompt, image) pairs."""
-        imgs = as_image_list(images)
-        if len(imgs) < 2:
+    def fit_normalization(self, inputs: Sequence[Any], batch_size: int = 64) -> tuple[float, float]:
+        """Set the stored mean / std to those of the raw scores of ``inputs`` (``ImagePrompt`` /
+        ``VideoPrompt`` or their dicts, every video frame counted); returns them."""
+        items = as_inputs(self.input_types, inputs, "fit_normalization")
+        raw, _ = self.frame_scores(items, check_batch_size(batch_size), reward=self.forward)
+        if raw.numel() < 2:
             raise ValueError("fit_normalization needs at least 2 images")
-        prompts = broadcast_prompts(prompts, len(imgs))
-        was = self.training
-        self.eval()
-        raw = torch.cat([self.score(prompts[s:s + batch_size], imgs[s:s + batch_size], normalize=False)
-                         for s in range(0, len(imgs), batch_size)])
-        self.train(was)
-        std = float(raw.std())
+        mean, std = float(raw.mean()), float(raw.std())
         if not std > 0:
             raise ValueError("raw scores are all equal: cannot normalise")
-        self.reward_mean.fill_(float(raw.mean()))
+        self.reward_mean.fill_(mean)
         self.reward_std.fill_(std)
-        return float(raw.mean()), std
-
-
-def broadcast_prompts(prompts: Union[str, Sequence[str]], n: int) -> list[str]:
-    if isinstance(prompts, str):
-        return [prompts] * n
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be a string or a non-empty list of strings")
-    if len(prompts) == 1:
-        return prompts * n
-    if len(prompts) != n:
-        raise ValueError(f"got {len(prompts)} prompts for {n} images: give one prompt or one per image")
-    return prompts
+        return mean, std
 
 
 def _read_preprocessor(path: str) -> dict:
@@ -339,24 +313,3 @@ def _read_preprocessor(path: str) -> dict:
     if size:
         out["image_size"] = int(size)
     return out
-
-
-def word_tokenizer(words: Sequence[str], max_length: int = 32):
-    """A word-level ``PreTrainedTokenizerFast`` over ``words`` (trained in-process, no downloads) for
-    tiny CLIP-style text encoders. It appends ``<eos>``, whose id is the last one, so both of CLIP's
-    pooling rules (argmax id / first eos) pick it: set ``text_config.eos_token_id = len(vocab) - 1``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1}
-    for w in words:
-        vocab.setdefault(w.lower(), len(vocab))
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    from tokenizers import normalizers
-
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", vocab["<eos>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>",
-                                   model_max_length=max_length)

@@ -10,21 +10,23 @@ Each training step, for a batch of prompts (as ImageReward's ``refl.py``):
    (gradient flows through the frozen VAE), map to [0, 1] and score it;
 4. loss = mean(ReLU(λ − r)) · scale (λ = 2, scale = 1e-3 by default).
 
-Only the UNet trains (text encoder and VAE are frozen). Any differentiable scorer
-``scorer(prompts, images[B, 3, H, W] in [0, 1]) -> Tensor[B]`` works, e.g.
-``lambda p, x: image_reward_model.score(p, x)``. Training runs on the core Trainer (logs, snapshots
-of the UNet, exact resume); :func:`sample` / :func:`mean_reward` evaluate with the full T-step loop.
+Only the UNet trains (text encoder and VAE are frozen). The scorer is an image reward model (any
+:class:`~mmreward.core.model.RewardScorer` that scores :class:`~mmreward.core.inputs.ImagePrompt`
+differentiably in float pixels, e.g. :class:`~mmreward.vision.ImageRewardModel`) or any
+differentiable function ``(prompts, images[B, 3, H, W] in [0, 1]) -> Tensor[B]``. Training runs on
+the core Trainer (logs, snapshots of the UNet, exact resume); :func:`sample` / :func:`mean_reward`
+evaluate with the full T-step loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ScorerT = Callable[[list, torch.Tensor], torch.Tensor]
+from .scoring import as_pixel_scorer
 
 
 @dataclass
@@ -122,14 +124,15 @@ class DiffusionParts(nn.Module):
             return self.decode(latents)
 
 
-def refl_loss(parts: DiffusionParts, scorer: ScorerT, config: ReFLConfig):
+def refl_loss(parts: DiffusionParts, scorer: Any, config: ReFLConfig):
     """``loss_fn(unet, prompts) -> (loss, metrics)`` for :class:`mmreward.core.trainer.Trainer`; t is
     drawn from torch's global RNG (which the Trainer seeds and snapshots, so resume is exact)."""
+    score = as_pixel_scorer(scorer)
 
     def loss_fn(unet: nn.Module, prompts: list) -> tuple[torch.Tensor, dict]:
         t = int(torch.randint(config.min_step, config.max_step + 1, ()))
         images = parts.run(unet, prompts, config, stop_at=t)  # (B, 3, H, W)
-        r = scorer(list(prompts), images)
+        r = score(list(prompts), images)
         if r.shape != (len(prompts),):
             raise ValueError(f"scorer returned shape {tuple(r.shape)}, expected ({len(prompts)},)")
         loss = F.relu(config.reward_threshold - r).mean() * config.grad_scale
@@ -145,18 +148,23 @@ def sample(parts: DiffusionParts, prompts: Sequence[str], config: ReFLConfig, se
 
 
 @torch.no_grad()
-def mean_reward(parts: DiffusionParts, scorer: ScorerT, prompts: Sequence[str], config: ReFLConfig,
+def mean_reward(parts: DiffusionParts, scorer: Any, prompts: Sequence[str], config: ReFLConfig,
                 seed: int = 0) -> float:
-    return float(scorer(list(prompts), sample(parts, prompts, config, seed)).mean())
+    """Mean reward of full T-step samples from fixed noise (``seed``)."""
+    return float(as_pixel_scorer(scorer)(list(prompts), sample(parts, prompts, config, seed)).mean())
 
 
-def train_refl(parts: DiffusionParts, scorer: ScorerT, prompts: Sequence[str], config: ReFLConfig, train_config):
+def train_refl(parts: DiffusionParts, scorer: Any, prompts: Sequence[str], config: ReFLConfig, train_config):
     """ReFL fine-tuning of ``parts.unet`` on ``prompts`` with the core Trainer (``train_config`` is a
-    :class:`mmreward.core.trainer.TrainConfig`). Returns the per-step history; save the UNet with
-    ``parts.unet.save_pretrained(folder)`` (diffusers, safetensors)."""
+    :class:`mmreward.core.trainer.TrainConfig`). A reward model given as ``scorer`` is frozen
+    (``requires_grad_(False)``): the gradient flows through it to the pixels, only the UNet learns.
+    Returns the per-step history; save the UNet with ``parts.unet.save_pretrained(folder)``
+    (diffusers, safetensors)."""
     from mmreward.core.trainer import Trainer
 
     if not prompts:
         raise ValueError("prompts is empty")
+    if isinstance(scorer, nn.Module):
+        scorer.requires_grad_(False)
     trainer = Trainer(parts.unet, train_config, list(prompts), lambda batch: list(batch), refl_loss(parts, scorer, config))
     return trainer.fit()

@@ -1,4 +1,5 @@
-"""Exactly-labelled image-text data: rendered shapes and prompts that describe them.
+"""Exactly-labelled image-text data: rendered shapes and prompts that describe them (image scorers),
+and colour images with answers / reasoning steps about them (VLM reward models, VisualPRM).
 
 A *scene* is (colour, shape, count, position): ``count`` objects of one colour and shape, all in the
 left or right half of the image. Its prompt reads like "a red circle on the left" or "two blue
@@ -6,6 +7,10 @@ squares on the right". A *ranked set* pairs one prompt with K images whose scene
 prompt's scene on 4, 3, … attributes; ``rank = 4 − matching attributes`` (0 = the image the prompt
 describes; smaller is better, the convention of :func:`mmreward.ops.listwise_loss`). Labels are exact
 by construction, so a scorer's held-out pairwise accuracy measures what it learned.
+
+A *colour image* is noise around one dominant colour (≥ 75 % of the pixels) with a patch of another;
+colour rows ask for that colour (preference rows: the right answer is chosen; step rows: each step
+claims a colour and is labelled good iff it names the dominant one).
 
 Everything is drawn from one ``numpy.random.Generator`` seeded by the caller: same seed, same data.
 """
@@ -15,7 +20,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -157,3 +162,55 @@ def write_jsonl(sets: list[RankedSet], folder: str, name: str = "data.jsonl") ->
                 paths.append(rel)
             f.write(json.dumps({"prompt": s.prompt, "images": paths, "ranks": s.ranks.tolist()}) + "\n")
     return path
+
+
+# ------------------------------------------------------------------ colour rows for the VLM reward models
+COLOUR_WORDS = ["what", "colour", "is", "the", "image", "it", "not", "step", "look", "at", "so", *COLOURS]
+
+
+def colour_image(colour: str, rng: np.random.Generator, size: int = 56) -> np.ndarray:
+    """uint8 (size, size, 3) image whose dominant colour (≥ 75% of pixels) is ``colour``; noisy,
+    with one small patch of another colour, so the answer must come from the pixels' majority."""
+    img = np.empty((size, size, 3), np.int16)
+    img[:] = COLOURS[colour]
+    other = COLOURS[rng.choice([c for c in COLOURS if c != colour])]
+    s = size // 3
+    y, x = rng.integers(0, size - s, 2)
+    img[y:y + s, x:x + s] = other
+    img += rng.integers(-25, 26, img.shape).astype(np.int16)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def colour_preference_rows(n: int, seed: int, size: int = 56) -> list[dict]:
+    """Pairwise rows: the chosen answer names the image's dominant colour, the rejected one another."""
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    rows = []
+    for _ in range(n):
+        c = names[rng.integers(len(names))]
+        wrong = names[rng.choice([i for i in range(len(names)) if names[i] != c])]
+        q = {"role": "user", "content": "what colour is the image"}
+        rows.append({"images": [colour_image(c, rng, size)],
+                     "conversations_chosen": [q, {"role": "assistant", "content": f"the image is {c}"}],
+                     "conversations_rejected": [q, {"role": "assistant", "content": f"the image is {wrong}"}]})
+    return rows
+
+
+def colour_step_rows(n: int, seed: int, max_steps: int = 3, size: int = 56,
+                     colours: Sequence[str] = tuple(COLOURS)) -> list[dict]:
+    """VisualPRM rows with exact step labels: each step claims a colour ("so it is red"); it is good
+    (label 1.0) iff that is the image's dominant colour. About half the steps are good."""
+    rng = np.random.default_rng(seed)
+    names = list(colours)
+    rows = []
+    for _ in range(n):
+        c = names[rng.integers(len(names))]
+        steps, labels = [], []
+        for _k in range(int(rng.integers(1, max_steps + 1))):
+            good = bool(rng.random() < 0.5)
+            claim = c if good else names[rng.choice([i for i in range(len(names)) if names[i] != c])]
+            steps.append(f"look at the image so it is {claim}")
+            labels.append(1.0 if good else 0.0)
+        rows.append({"images": [colour_image(c, rng, size)], "question": "what colour is the image",
+                     "steps": steps, "labels": labels})
+    return rows

@@ -1,7 +1,7 @@
 """Train an image scorer on ranked image sets (ImageReward's listwise loss) on the core Trainer.
 
-Data: the synthetic shapes generator (:mod:`mmreward.vision.synthetic`) or a JSONL file whose rows
-are ``{"prompt": str, "images": [path, ...], "ranks": [int, ...]}`` (paths relative to the file;
+Data: the synthetic shapes generator (:mod:`mmreward.vision.synthetic`) or a JSON / JSONL file whose
+rows are ``{"prompt": str, "images": [path, ...], "ranks": [int, ...]}`` (paths relative to the file;
 rank 0 = best; equal ranks form no pair; sets may have different sizes, padded with rank −1).
 
 Loss: ``listwise`` — :func:`mmreward.ops.listwise_loss` over every pair of a set (ImageReward);
@@ -11,8 +11,6 @@ scorer is written to ``<output_dir>/model`` in ``from_pretrained`` form.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -20,21 +18,26 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from mmreward.core.checkpoint import atomic_write_text
+from mmreward.core.data import DataError, describe, read_records
+from mmreward.core.device import resolve_device
+from mmreward.core.inputs import ImagePrompt
+from mmreward.core.model import config_to_dict, read_config
 from mmreward.core.train import seed_everything
 from mmreward.core.trainer import TrainConfig, Trainer
 from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
 
 from . import synthetic
-from .image_reward import ConvTextConfig, ImageRewardModel, word_tokenizer
-from .images import as_image_list, preprocess
+from .image_reward import ConvTextConfig, ImageRewardModel
+from .images import as_image_list, preprocess, split_images
+from .scoring import eval_mode
+from .testing import tiny_clip_config, word_tokenizer
 
 LOSSES = ("listwise", "pairwise")
 
 
 @dataclass
 class ImageRewardTrainConfig:
-    data: str = field(default="synthetic", metadata={"help": "'synthetic' or a JSONL of {prompt, images, ranks}"})
+    data: str = field(default="synthetic", metadata={"help": "'synthetic' or a JSON / JSONL file of {prompt, images, ranks} rows"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL (synthetic: sets drawn with data_seed+1)"})
     n_train: int = field(default=2000, metadata={"help": "synthetic: number of training sets"})
     n_eval: int = field(default=200, metadata={"help": "synthetic: number of held-out sets"})
@@ -50,6 +53,7 @@ class ImageRewardTrainConfig:
     loss: str = field(default="listwise", metadata={"help": "listwise (fused listwise op) | pairwise (fused pairwise op)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "pairwise loss only: label smoothing"})
     normalize_on: int = field(default=256, metadata={"help": "fit the score mean/std on this many training images (0: skip)"})
+    device: str = field(default="cpu", metadata={"help": "train on this device: cpu | cuda | cuda:N | auto"})
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -63,36 +67,29 @@ class RankedExample:
     ranks: np.ndarray  # (K,)
 
 
-def read_jsonl(path: str) -> list[RankedExample]:
-    """Rows ``{"prompt", "images": [paths], "ranks"}``; a bad row raises ValueError naming its line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
+def read_ranked_sets(path: str) -> list[RankedExample]:
+    """Rows ``{"prompt", "images": [paths], "ranks"}`` of a JSON / JSONL file (image paths relative to
+    it); a bad row raises DataError naming the file, row and field."""
+    rows = read_records(path)
     base, out = os.path.dirname(os.path.abspath(path)), []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected an object with prompt / images / ranks")
-            prompt, images, ranks = row.get("prompt"), row.get("images"), row.get("ranks")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{n}: 'prompt' must be a non-empty string")
-            if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) for p in images):
-                raise ValueError(f"{path}:{n}: 'images' must be a list of >= 2 paths")
-            if not isinstance(ranks, list) or len(ranks) != len(images) or \
-                    not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
-                raise ValueError(f"{path}:{n}: 'ranks' must be {len(images)} integers >= 0 (one per image)")
-            paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
-            missing = [p for p in paths if not os.path.isfile(p)]
-            if missing:
-                raise ValueError(f"{path}:{n}: image file {missing[0]!r} does not exist")
-            out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64)))
+    for i, row in enumerate(rows):
+        where = f"{path}: row {i}"
+        prompt, images, ranks = row.get("prompt"), row.get("images"), row.get("ranks")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' must be a non-empty string, got {describe(prompt)}")
+        if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) for p in images):
+            raise DataError(f"{where}: field 'images' must be a list of >= 2 paths, got {describe(images)}")
+        if not isinstance(ranks, list) or len(ranks) != len(images) or \
+                not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
+            raise DataError(f"{where}: field 'ranks' must be {len(images)} integers >= 0 (one per image), "
+                            f"got {describe(ranks)}")
+        paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DataError(f"{where}: image file {missing[0]!r} does not exist")
+        out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64)))
     if not out:
-        raise ValueError(f"{path} holds no rows")
+        raise DataError(f"{path} holds no rows")
     return out
 
 
@@ -148,28 +145,30 @@ def ranked_loss(loss: str = "listwise", label_smoothing: float = 0.0):
 
 
 @torch.no_grad()
-def evaluate(model: ImageRewardModel, examples: Sequence[RankedExample], batch_size: int = 32) -> dict[str, float]:
+def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExample],
+                          batch_size: int = 32) -> dict[str, float]:
     """Held-out pairwise accuracy (strict, over every ranked pair) and top-1 accuracy (the best-ranked
     image gets the highest score)."""
-    was = model.training
-    model.eval()
+    if not examples:
+        raise ValueError("evaluate_image_reward: no ranked sets")
     collate, correct, pairs, top1 = make_collate(model), 0, 0, 0
-    for s in range(0, len(examples), batch_size):
-        batch = collate(examples[s:s + batch_size])
-        ranks = batch["ranks"].to(model.device)
-        r = model(batch["prompts"], batch["pixel_values"].to(model.device)).view(ranks.shape)
-        b, i, j = _pairs(ranks)
-        correct += int((r[b, i] > r[b, j]).sum())
-        pairs += len(b)
-        masked = r.masked_fill(ranks < 0, float("-inf"))
-        best = ranks.masked_fill(ranks < 0, 1 << 30).min(1, keepdim=True).values
-        top1 += int((ranks.gather(1, masked.argmax(1, keepdim=True)) == best).sum())
-    model.train(was)
+    with eval_mode(model):
+        for s in range(0, len(examples), batch_size):
+            batch = collate(examples[s:s + batch_size])
+            ranks = batch["ranks"].to(model.device)
+            r = model(batch["prompts"], batch["pixel_values"].to(model.device)).view(ranks.shape)  # (B, K)
+            b, i, j = _pairs(ranks)
+            correct += int((r[b, i] > r[b, j]).sum())
+            pairs += len(b)
+            masked = r.masked_fill(ranks < 0, float("-inf"))
+            best = ranks.masked_fill(ranks < 0, 1 << 30).min(1, keepdim=True).values
+            top1 += int((ranks.gather(1, masked.argmax(1, keepdim=True)) == best).sum())
     return {"pairwise_accuracy": correct / max(pairs, 1), "top1_accuracy": top1 / len(examples)}
 
 
 def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRewardModel:
-    """A fresh scorer for ``cfg.backbone`` (``prompts`` give the word vocabulary of conv / clip-tiny)."""
+    """A fresh scorer for ``cfg.backbone`` (``prompts`` give the word vocabulary of conv / clip-tiny),
+    or the ImageReward folder ``cfg.backbone`` to continue training."""
     import re
 
     words = sorted({w for p in prompts for w in re.findall(r"[a-z0-9]+", p.lower())} | set(synthetic.vocabulary()))
@@ -181,49 +180,42 @@ def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRew
         return ImageRewardModel.from_backbone(tiny_clip_config(len(words) + 3, cfg.embed_dim, cfg.image_size),
                                               tokenizer=word_tokenizer(words), max_text_length=32, **head)
     if os.path.isfile(os.path.join(cfg.backbone, "config.json")):
-        with open(os.path.join(cfg.backbone, "config.json"), encoding="utf-8") as f:
-            if json.load(f).get("model_type") == "image_reward":  # fine-tune an existing scorer
-                return ImageRewardModel.from_pretrained(cfg.backbone).train()
+        if read_config(cfg.backbone).get("model_type") == ImageRewardModel.model_type:  # fine-tune an existing scorer
+            return ImageRewardModel.from_pretrained(cfg.backbone).train()
         return ImageRewardModel.from_backbone(cfg.backbone, **head)
     raise ValueError(f"backbone must be conv, clip-tiny or a model folder, got {cfg.backbone!r}")
-
-
-def tiny_clip_config(vocab_size: int, width: int = 32, image_size: int = 32, patch_size: int = 8, layers: int = 2):
-    """A small random CLIPConfig for a :func:`word_tokenizer` vocabulary (eos = the last id)."""
-    from transformers import CLIPConfig
-
-    heads = max(1, width // 16)
-    text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                num_attention_heads=heads, max_position_embeddings=32, eos_token_id=vocab_size - 1,
-                bos_token_id=vocab_size - 1, pad_token_id=0)
-    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=heads,
-                  image_size=image_size, patch_size=patch_size)
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)
 
 
 def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
                        model: Optional[ImageRewardModel] = None) -> tuple[ImageRewardModel, list[dict]]:
     """Train (or continue training) a scorer; returns ``(model, history)``. The final eval metrics are in
-    ``history[-1]`` (``eval_pairwise_accuracy``, ``eval_top1_accuracy``)."""
+    ``history[-1]`` (``eval_pairwise_accuracy``, ``eval_top1_accuracy``); the final scorer, its score
+    normalisation fitted on ``normalize_on`` training images, is saved to ``<output_dir>/model``."""
+    device = resolve_device(cfg.device)
     if cfg.data == "synthetic":
         train = synthetic_examples(cfg.n_train, cfg.set_size, cfg.image_size, cfg.data_seed)
         held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1)
     else:
-        train = read_jsonl(cfg.data)
-        held = read_jsonl(cfg.eval_data) if cfg.eval_data else []
+        train = read_ranked_sets(cfg.data)
+        held = read_ranked_sets(cfg.eval_data) if cfg.eval_data else []
     if model is None:  # initialised from the run's seed: the same command gives the same model
         seed_everything(train_cfg.seed)
         model = build_model(cfg, [e.prompt for e in train + held])
-    model.train()
-    if int(os.environ.get("RANK", "0")) == 0:  # what data / model this run used, next to the Trainer's config
-        atomic_write_text(os.path.join(train_cfg.output_dir, "image_reward_train_config.json"),
-                          json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    model.to(device).train()
+
+    def normalize() -> None:
+        if cfg.normalize_on > 0:
+            model.fit_normalization([ImagePrompt(e.prompt, img) for e in train for img in split_images(e.images)]
+                                    [: cfg.normalize_on])
+
+    def save(folder: str) -> None:  # the Trainer calls this (rank 0) once the last step is done
+        normalize()
+        model.save_pretrained(folder)
+
     trainer = Trainer(model, train_cfg, train, make_collate(model), ranked_loss(cfg.loss, cfg.label_smoothing),
-                      eval_fn=(lambda m: evaluate(m, held)) if held else None)
+                      eval_fn=(lambda m: evaluate_image_reward(m, held)) if held else None, save_model=save,
+                      settings={"image_reward_train": config_to_dict(cfg)})
     history = trainer.fit()
-    if cfg.normalize_on > 0:
-        flat = [(e.prompt, img) for e in train for img in as_image_list(e.images)][: cfg.normalize_on]
-        model.fit_normalization([p for p, _ in flat], [i for _, i in flat])
-    if trainer.is_main:
-        model.save_pretrained(os.path.join(train_cfg.output_dir, "model"))
+    if not trainer.is_main:  # every process returns the same model
+        normalize()
     return model.eval(), history

@@ -2,7 +2,8 @@
 
 Videos are read with OpenCV (mp4 / avi / mov / webm …), PIL (gif) or as a folder of image files in
 natural order (frame2 before frame10). Frames are uint8 ``[T, H, W, 3]`` RGB at the boundary and
-float ``[T, 3, H, W]`` in [0, 1] for the scorer. Aggregates: ``mean``, ``min``, ``max`` and
+float ``[T, 3, H, W]`` in [0, 1] for the scorer; :func:`video_frames` accepts a video in any of
+these forms (a float tensor stays differentiable). Aggregates: ``mean``, ``min``, ``max`` and
 ``trend`` — the slope of a least-squares line through (frame index, score), in score units per frame
 (``trend_per_second`` too when the source frame rate is known); with ``stride`` the frame
 indices are those of the source video: > 0 means the video matches the prompt
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .images import list_image_files, load_image
+from mmreward.core.data import DataError
+
+from .images import list_image_files, load_image, to_tensor
+from .scoring import as_pixel_scorer
 
 
-class VideoReadError(ValueError):
+class VideoReadError(DataError):
     """A video is missing, corrupt, empty or in a format that cannot be decoded."""
 
 
@@ -76,6 +80,35 @@ def read_frames(path: str, stride: int = 1, max_frames: Optional[int] = None) ->
     return np.stack(frames), fps
 
 
+def video_frames(video: Any, where: str = "video", stride: int = 1,
+                 max_frames: Optional[int] = None) -> tuple[Sequence, Optional[float]]:
+    """``(frames, source fps or None)`` of a video given as a file / frame folder path, a uint8
+    array ``[T, H, W, 3]``, a float tensor ``[T, 3, H, W]`` in [0, 1] (its frames stay views, so
+    gradients flow) or a list of images; every ``stride``-th frame, at most ``max_frames``."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if isinstance(video, (str, os.PathLike)):
+        return read_frames(os.fspath(video), stride, max_frames)
+    if isinstance(video, torch.Tensor):
+        if video.dim() != 4 or video.shape[1] != 3 or not video.is_floating_point():
+            raise ValueError(f"{where}: a video tensor must be float [T, 3, H, W] in [0, 1], got "
+                             f"{video.dtype} {tuple(video.shape)}")
+        frames: Sequence = list(video.unbind(0))
+    elif isinstance(video, np.ndarray):
+        if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+            raise ValueError(f"{where}: a video array must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
+        frames = video
+    elif isinstance(video, (list, tuple)):
+        frames = list(video)
+    else:
+        raise TypeError(f"{where}: a video must be a file or frame folder path, a uint8 array [T, H, W, 3], a float "
+                        f"tensor [T, 3, H, W] or a list of frames, got {type(video).__name__}")
+    frames = frames[::stride][:max_frames]
+    if len(frames) == 0:
+        raise ValueError(f"{where}: the video has no frames")
+    return frames, None
+
+
 @dataclass
 class VideoScore:
     prompt: str
@@ -104,31 +137,18 @@ def aggregate(prompt: str, scores: np.ndarray, frame_indices: np.ndarray, fps: O
 @torch.no_grad()
 def score_video(scorer: Any, prompt: str, video: Any, *, batch_size: int = 16, stride: int = 1,
                 max_frames: Optional[int] = None) -> VideoScore:
-    """Score every ``stride``-th frame of ``video`` (a path, frame folder or uint8 [T, H, W, 3] array)
-    against ``prompt``. ``scorer``: an :class:`ImageRewardModel` (its ``score``) or any callable
-    ``(prompts, images[B, 3, H, W] in [0, 1]) -> Tensor[B]``."""
+    """Score every ``stride``-th frame of ``video`` (see :func:`video_frames`) against ``prompt``.
+    ``scorer``: a reward model that scores :class:`~mmreward.core.inputs.ImagePrompt` (e.g. an
+    :class:`~mmreward.vision.ImageRewardModel`) or any callable ``(prompts, images[B, 3, H, W] in
+    [0, 1]) -> Tensor[B]``."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string")
-    fps = None
-    if isinstance(video, (str, os.PathLike)):
-        frames, fps = read_frames(os.fspath(video), stride, max_frames)
-    else:
-        frames = np.asarray(video)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"video array must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-        frames = frames[::stride][:max_frames]
-        if len(frames) == 0:
-            raise ValueError("video has no frames")
-    fn: Callable = scorer.score if hasattr(scorer, "score") else scorer
-    was = getattr(scorer, "training", False)
-    if hasattr(scorer, "eval"):
-        scorer.eval()
+    score = as_pixel_scorer(scorer)
+    frames, fps = video_frames(video, "video", stride, max_frames)
     out = []
     for s in range(0, len(frames), batch_size):
-        x = torch.from_numpy(frames[s:s + batch_size]).permute(0, 3, 1, 2).float() / 255.0  # (b, 3, H, W)
-        out.append(fn([prompt] * len(x), x).float().cpu())
-    if was:
-        scorer.train()
+        x = torch.stack([to_tensor(f, f"video frame {s + k}") for k, f in enumerate(frames[s:s + batch_size])])
+        out.append(score([prompt] * len(x), x).float().cpu())  # x: (b, 3, H, W)
     scores = torch.cat(out).numpy()
     return aggregate(prompt, scores, np.arange(len(frames)) * stride, fps)
 
@@ -140,7 +160,7 @@ def plot_video_score(result: VideoScore, path: str, title: str = "") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmreward.core.checkpoint import atomic_write
+    from mmreward.core.folders import atomic_write
 
     x = np.asarray(result.frame_indices, np.float64)
     use_t = bool(result.fps)

@@ -4,14 +4,17 @@ Step format (VisualPRM, Wang et al. 2025): a multi-turn chat where the first use
 image(s), the question and the first step; every later user turn holds one step; after each step the
 assistant answers "+" (good) or "-" (bad). A step's score is P(+) from the two label tokens at the
 position that predicts the assistant's answer, computed with :func:`mmreward.ops.step_scores` /
-:func:`mmreward.ops.step_bce_loss` from a 2-row head (no vocabulary-sized logits). Rows:
+:func:`mmreward.ops.step_bce_loss` from a 2-row head (no vocabulary-sized logits).
+
+It scores :class:`~mmreward.core.inputs.VisualSteps` (question, steps, images): ``score_parts`` gives
+every step's P(+), ``score`` the response score — the mean (or min / max, ``config.reduce``) of its
+step scores; :meth:`VisualPRM.best_of_n` picks the best of N candidate step lists. Training rows:
 
     {"images": [img] | "image": img, "question": str, "steps": [str, …], "labels": [float, …]}
 
-``labels`` (training / evaluation only) are Monte-Carlo estimates in [0, 1] (:func:`mc_step_labels`:
-the fraction of rollouts continued from the step that reach the right answer; hard label = mc > 0).
-A response's score is the mean (or min / max) of its step scores; :meth:`VisualPRM.best_of_n` picks
-the best of N candidate step lists; :func:`evaluate_steps` reports step loss and macro-F1.
+``labels`` are Monte-Carlo estimates in [0, 1] (:func:`mc_step_labels`: the fraction of rollouts
+continued from the step that reach the right answer; hard label = mc > 0);
+:func:`evaluate_visual_prm` reports step loss, accuracy and macro-F1.
 """
 from __future__ import annotations
 
@@ -22,7 +25,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from mmreward.core.data import DataError, describe
+from mmreward.core.inputs import VisualSteps
+
 from . import vlm_data as D
+from .scoring import eval_mode
+from .vlm_base import VLMScorer
 
 REDUCTIONS = ("mean", "min", "max")
 
@@ -36,7 +44,6 @@ class VisualPRMConfig:
     threshold: float = field(default=0.5, metadata={"help": "P(+) at or above which a step is predicted good"})
     freeze_vision_tower: bool = field(default=False, metadata={"help": "freeze the vision encoder (not the projector)"})
     freeze_projector: bool = field(default=False, metadata={"help": "freeze the vision→language projector"})
-    score_batch_size: int = field(default=16, metadata={"help": "responses per forward when scoring"})
 
     def __post_init__(self) -> None:
         if self.reduce not in REDUCTIONS:
@@ -45,21 +52,39 @@ class VisualPRMConfig:
             raise ValueError("VisualPRMConfig: good_token and bad_token must differ")
 
 
-class VisualPRM(D.VLMPretrainedMixin, nn.Module):
+def label_token_id(processor: Any, token: str) -> int:
+    ids = processor.tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"label token {token!r} must be one token, the tokenizer gives {ids}")
+    return int(ids[0])
+
+
+def reduce_step_scores(step_scores: Sequence[Tensor], reduce: str = "mean") -> Tensor:
+    """Response scores ``(N,)``: ``reduce`` (mean | min | max) of each response's step scores."""
+    from mmreward.ops import segment_reduce
+
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    return segment_reduce(torch.cat(list(step_scores)), torch.tensor([p.numel() for p in step_scores]), reduce=reduce)
+
+
+class VisualPRM(VLMScorer):
+    """``score_parts([VisualSteps])`` → P(+) per step; ``score`` → their ``config.reduce``."""
+
     model_type = "visual_prm"
+    config_class = VisualPRMConfig
+    input_types = (VisualSteps,)
 
     def __init__(self, config: VisualPRMConfig, backbone: Any, processor: Any = None):
         """``backbone``: transformers config / local folder / nn.Module. A module or folder with an
         ``lm_head`` (``…ForConditionalGeneration``) seeds the 2-row label head from its "+" / "-" rows."""
-        super().__init__()
-        self.config, self.processor = config, processor
-        rows = None
         if isinstance(backbone, (str, os.PathLike)) and processor is not None:
             backbone = _with_lm_head(backbone)
+        rows = None
         if isinstance(backbone, nn.Module) and hasattr(backbone, "lm_head") and processor is not None:
-            ids = [self._token_id(t) for t in (config.good_token, config.bad_token)]
+            ids = [label_token_id(processor, t) for t in (config.good_token, config.bad_token)]
             rows = backbone.lm_head.weight.detach()[ids].clone()  # (2, H)
-        self.backbone = D.build_backbone(backbone)
+        super().__init__(config, backbone, processor)
         H = D.hidden_size(self.backbone)
         # The two label rows are their own parameters: indexing lm_head.weight would make autograd
         # build a (V, H) gradient (see mmreward.ops.step_reward).
@@ -67,23 +92,11 @@ class VisualPRM(D.VLMPretrainedMixin, nn.Module):
         self.w_bad = nn.Parameter(rows[1] if rows is not None else torch.randn(H) * 0.02)
         self.b_good = nn.Parameter(torch.zeros(()))
         self.b_bad = nn.Parameter(torch.zeros(()))
-        D.freeze_vision(self.backbone, vision_tower=config.freeze_vision_tower, projector=config.freeze_projector)
 
-    # -------------------------------------------------------------- tokens / encoding
-    def _need_processor(self):
-        if self.processor is None:
-            raise ValueError("this VisualPRM has no processor: pass processor= to the constructor")
-        return self.processor
-
-    def _token_id(self, token: str) -> int:
-        ids = self._need_processor().tokenizer(token, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"label token {token!r} must be one token, the tokenizer gives {ids}")
-        return int(ids[0])
-
+    # -------------------------------------------------------------- encoding
     def _assistant_header(self) -> list[int]:
         """Token ids that open an assistant turn (the generation prompt of the chat template)."""
-        proc = self._need_processor()
+        proc = self.need_processor()
         msg = [{"role": "user", "content": "x"}]
         full = proc.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
         base = proc.apply_chat_template(msg, tokenize=False, add_generation_prompt=False)
@@ -91,23 +104,28 @@ class VisualPRM(D.VLMPretrainedMixin, nn.Module):
             raise ValueError("cannot find the assistant header of the processor's chat template")
         return proc.tokenizer(full[len(base):], add_special_tokens=False)["input_ids"]
 
-    def encode(self, rows: Sequence[dict], with_labels: bool) -> dict[str, Tensor]:
-        """Rows → inputs + ``step_index`` (S, 2) (b, t) of the positions predicting each label,
-        ``n_steps`` (B,) and, with labels, ``step_labels`` (S,)."""
-        proc, cfg = self._need_processor(), self.config
-        good, bad = self._token_id(cfg.good_token), self._token_id(cfg.bad_token)
-        texts, imgs, n_steps, labels = [], [], [], []
-        for i, row in enumerate(rows):
-            steps, lab = _check_row(row, i, with_labels)
-            ims = D.row_images(row, i)
-            marks = [(cfg.good_token if y > 0 else cfg.bad_token) for y in lab] if with_labels else [cfg.good_token] * len(steps)
-            conv = [{"role": "user", "content": f"{row['question']}\n{steps[0]}"}, {"role": "assistant", "content": marks[0]}]
+    def encode(self, items: Sequence[VisualSteps], labels: Optional[Sequence[Sequence[float]]] = None,
+               names: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+        """Inputs (+ their step labels) → model inputs + ``step_index`` (S, 2) (b, t) of the positions
+        predicting each label, ``n_steps`` (B,) and, with labels, ``step_labels`` (S,). Errors name
+        ``names[i]`` (default ``input i``)."""
+        proc, cfg = self.need_processor(), self.config
+        good, bad = (label_token_id(proc, t) for t in (cfg.good_token, cfg.bad_token))
+        names = names or [f"input {i}" for i in range(len(items))]
+        texts, imgs, n_steps, flat_labels = [], [], [], []
+        for k, (item, name) in enumerate(zip(items, names)):
+            steps = _check_steps(item, name)
+            lab = list(labels[k]) if labels is not None else None
+            ims = D.pil_images(item.images, name)
+            # at scoring time "+" is a placeholder: with causal attention it cannot change the score read before it
+            marks = [cfg.good_token if y > 0 else cfg.bad_token for y in lab] if lab is not None else [cfg.good_token] * len(steps)
+            conv = [{"role": "user", "content": f"{item.question}\n{steps[0]}"}, {"role": "assistant", "content": marks[0]}]
             for s, m in zip(steps[1:], marks[1:]):
                 conv += [{"role": "user", "content": s}, {"role": "assistant", "content": m}]
-            texts.append(proc.apply_chat_template(D.to_messages(conv, len(ims), f"row {i}"), tokenize=False))
+            texts.append(proc.apply_chat_template(D.to_messages(conv, len(ims), name), tokenize=False))
             imgs.append(ims)
             n_steps.append(len(steps))
-            labels += lab
+            flat_labels += lab or []
         enc = D.encode(proc, texts, imgs)
         ids, header = enc["input_ids"], torch.tensor(self._assistant_header())
         L = header.numel()
@@ -117,15 +135,15 @@ class VisualPRM(D.VLMPretrainedMixin, nn.Module):
         lab_tok = (ids[:, L:] == good) | (ids[:, L:] == bad)
         hit = is_hdr & lab_tok & enc["attention_mask"][:, L:].bool()  # (B, T-L): label at t+L
         b, t = hit.nonzero(as_tuple=True)
-        counts = torch.bincount(b, minlength=len(rows)).tolist()
-        for i, (c, k) in enumerate(zip(counts, n_steps)):
+        counts = torch.bincount(b, minlength=len(items)).tolist()
+        for name, c, k in zip(names, counts, n_steps):
             if c != k:
-                raise ValueError(f"row {i}: found {c} label positions for {k} steps (the tokenizer merges the label "
+                raise ValueError(f"{name}: found {c} label positions for {k} steps (the tokenizer merges the label "
                                  f"token with its neighbours, or the text was truncated)")
         enc["step_index"] = torch.stack([b, t + L - 1], dim=1)  # hidden at p-1 predicts the label at p
         enc["n_steps"] = torch.tensor(n_steps)
-        if with_labels:
-            enc["step_labels"] = torch.tensor(labels, dtype=torch.float32)
+        if labels is not None:
+            enc["step_labels"] = torch.tensor(flat_labels, dtype=torch.float32)
         return enc
 
     # -------------------------------------------------------------- forward / scores
@@ -145,43 +163,29 @@ class VisualPRM(D.VLMPretrainedMixin, nn.Module):
                             b_bad=self.b_bad.detach(), step_index=step_index)
         return loss, p
 
-    @torch.no_grad()
-    def step_scores(self, rows: Sequence[dict]) -> list[Tensor]:
-        """P(+) of every step, one (K_i,) tensor per row (``labels`` not needed)."""
-        if not rows:
-            raise ValueError("step_scores: no rows")
-        was, dev = self.training, next(self.parameters()).device
-        self.eval()
+    def _score_parts(self, items: list, batch_size: int) -> list[Tensor]:
         out: list[Tensor] = []
-        bs = self.config.score_batch_size
-        for s in range(0, len(rows), bs):
-            enc = self.encode(rows[s:s + bs], with_labels=False)
-            n = enc.pop("n_steps").tolist()
-            p = self(**{k: v.to(dev) for k, v in enc.items()}).cpu()
-            out += list(torch.split(p, n))
-        self.train(was)
+        with eval_mode(self), torch.no_grad():
+            for s in range(0, len(items), batch_size):
+                chunk = items[s:s + batch_size]
+                enc = self.encode(chunk, names=[f"input {s + k}" for k in range(len(chunk))])
+                n = enc.pop("n_steps").tolist()
+                p = self(**{k: v.to(self.device) for k, v in enc.items()}).float().cpu()
+                out += list(torch.split(p, n))
         return out
 
-    def score(self, rows: Sequence[dict], reduce: Optional[str] = None) -> Tensor:  # (N,)
-        """Response scores: ``reduce`` (default config.reduce) of each row's step scores."""
-        from mmreward.ops import segment_reduce
-
-        reduce = reduce or self.config.reduce
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-        per = self.step_scores(rows)
-        return segment_reduce(torch.cat(per), torch.tensor([p.numel() for p in per]), reduce=reduce)
+    def _score(self, items: list, batch_size: int) -> Tensor:
+        return reduce_step_scores(self._score_parts(items, batch_size), self.config.reduce)
 
     def best_of_n(self, images: Any, question: str, candidates: Sequence[Sequence[str]],
-                  reduce: Optional[str] = None) -> tuple[int, Tensor]:
-        """Best-of-N: index of the candidate step list with the highest response score, and all scores (N,)."""
+                  reduce: Optional[str] = None, batch_size: Optional[int] = None) -> tuple[int, Tensor]:
+        """Best-of-N: index of the candidate step list with the highest response score (``reduce``,
+        default ``config.reduce``), and all scores (N,)."""
         if not candidates:
             raise ValueError("best_of_n: no candidates")
-        scores = self.score([{"images": images, "question": question, "steps": list(c)} for c in candidates], reduce)
+        parts = self.score_parts([VisualSteps(question, list(c), images) for c in candidates], batch_size=batch_size)
+        scores = reduce_step_scores(parts, reduce or self.config.reduce)
         return int(scores.argmax()), scores
-
-
-VisualPRM.config_class = VisualPRMConfig
 
 
 def _with_lm_head(path):
@@ -196,23 +200,42 @@ def _with_lm_head(path):
         return path
 
 
-def _check_row(row: Any, i: int, with_labels: bool) -> tuple[list[str], list[float]]:
-    if not isinstance(row, dict):
-        raise TypeError(f"row {i}: expected a dict, got {type(row).__name__}")
-    if not isinstance(row.get("question"), str):
-        raise ValueError(f"row {i}: 'question' must be a string")
-    steps = row.get("steps")
+def _check_steps(item: VisualSteps, name: str) -> list[str]:
+    if not isinstance(item.question, str):
+        raise DataError(f"{name}: field 'question' must be a string, got {describe(item.question)}")
+    steps = item.steps
     if not isinstance(steps, (list, tuple)) or not steps or not all(isinstance(s, str) for s in steps):
-        raise ValueError(f"row {i}: 'steps' must be a non-empty list of strings")
-    if not with_labels:
-        return list(steps), []
-    lab = row.get("labels")
-    if not isinstance(lab, (list, tuple)) or len(lab) != len(steps):
-        raise ValueError(f"row {i}: 'labels' must be a list with one value per step ({len(steps)})")
-    lab = [float(y) for y in lab]
-    if any(not (0.0 <= y <= 1.0) for y in lab):  # also rejects NaN
-        raise ValueError(f"row {i}: labels must be in [0, 1] (Monte-Carlo estimates), got {lab}")
-    return list(steps), lab
+        raise DataError(f"{name}: field 'steps' must be a non-empty list of strings, got {describe(steps)}")
+    return list(steps)
+
+
+@dataclass
+class LabelledSteps:
+    """A VisualPRM training row: the input and one label in [0, 1] per step."""
+
+    input: VisualSteps
+    labels: list
+    name: str = field(default="row", compare=False)  # where it came from, for error messages
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "LabelledSteps":
+        if isinstance(row, cls):
+            return row
+        item = VisualSteps.from_record(row, where)
+        n = len(_check_steps(item, where))
+        lab = row.get("labels")
+        if not isinstance(lab, (list, tuple)) or len(lab) != n:
+            raise DataError(f"{where}: field 'labels' must be a list with one value per step ({n}), got {describe(lab)}")
+        if not all(isinstance(y, (int, float)) and not isinstance(y, bool) and 0.0 <= y <= 1.0 for y in lab):
+            raise DataError(f"{where}: field 'labels' must hold numbers in [0, 1] (Monte-Carlo estimates), got {lab}")
+        return cls(item, [float(y) for y in lab], where)
+
+
+def as_labelled(rows: Sequence[Any], what: str = "rows") -> list[LabelledSteps]:
+    """Step rows (dicts or :class:`LabelledSteps`) → labelled inputs; a bad row raises DataError naming it."""
+    if not rows:
+        raise ValueError(f"{what}: no step rows")
+    return [LabelledSteps.from_record(r, f"{what}: row {i}") for i, r in enumerate(rows)]
 
 
 # ------------------------------------------------------------------ Monte-Carlo labels
@@ -257,13 +280,15 @@ def step_macro_f1(pred_good: Tensor, label_good: Tensor) -> float:
 
 
 class StepCollator:
+    """Labelled inputs → one batch with ``step_labels``."""
+
     def __init__(self, model: VisualPRM):
         self.model = model
 
-    def __call__(self, rows: Sequence[dict]) -> dict[str, Tensor]:
-        if not rows:
+    def __call__(self, examples: Sequence[LabelledSteps]) -> dict[str, Tensor]:
+        if not examples:
             raise ValueError("empty batch of step rows")
-        return self.model.encode(rows, with_labels=True)
+        return self.model.encode([e.input for e in examples], [e.labels for e in examples], [e.name for e in examples])
 
 
 def step_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -273,33 +298,31 @@ def step_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, di
 
 
 @torch.no_grad()
-def evaluate_steps(model: VisualPRM, rows: Sequence[dict], batch_size: int = 16) -> dict[str, float]:
+def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int = 16) -> dict[str, float]:
     """Held-out step BCE loss (mean over steps), step accuracy and macro-F1 (label good = label > 0)."""
-    if not rows:
-        raise ValueError("evaluate_steps: no rows")
-    was, dev = model.training, next(model.parameters()).device
-    model.eval()
+    examples = as_labelled(rows, "eval rows")
+    collate = StepCollator(model)
     losses, ps, ys = [], [], []
-    for s in range(0, len(rows), batch_size):
-        batch = {k: v.to(dev) for k, v in model.encode(rows[s:s + batch_size], with_labels=True).items()}
-        loss, p = model(**batch)
-        losses.append(float(loss) * p.numel())
-        ps.append(p.cpu())
-        ys.append(batch["step_labels"].cpu())
-    model.train(was)
+    with eval_mode(model):
+        for s in range(0, len(examples), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(examples[s:s + batch_size]).items()}
+            loss, p = model(**batch)
+            losses.append(float(loss) * p.numel())
+            ps.append(p.cpu())
+            ys.append(batch["step_labels"].cpu())
     p, y = torch.cat(ps), torch.cat(ys)
     pred = p >= model.config.threshold
     return {"step_loss": sum(losses) / p.numel(), "step_accuracy": float((pred == (y > 0)).float().mean()),
             "macro_f1": step_macro_f1(pred, y > 0)}
 
 
-def train_visual_prm(model: VisualPRM, rows: Sequence[dict], config, eval_rows: Optional[Sequence[dict]] = None):
-    """Step-BCE training with the shared core Trainer (``config``: TrainConfig); returns the history."""
+def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: Optional[Sequence[Any]] = None):
+    """Step-BCE training with the shared core Trainer (``config``: TrainConfig); returns the history
+    (``eval_step_loss`` / ``eval_step_accuracy`` / ``eval_macro_f1`` on ``eval_rows`` when given). The
+    final model is saved to ``<output_dir>/model``."""
     from mmreward.core.trainer import Trainer
 
-    if not rows:
-        raise ValueError("train_visual_prm: no training rows")
-    for i, row in enumerate(rows):
-        _check_row(row, i, with_labels=True)
-    eval_fn = (lambda m: evaluate_steps(m, eval_rows)) if eval_rows else None
-    return Trainer(model, config, rows, StepCollator(model), step_loss_fn, eval_fn=eval_fn).fit()
+    examples = as_labelled(rows, "rows")
+    held = as_labelled(eval_rows, "eval rows") if eval_rows else None
+    eval_fn = (lambda m: evaluate_visual_prm(m, held)) if held else None
+    return Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn).fit()

@@ -1,18 +1,21 @@
 """VLM scalar reward model (Skywork-VL Reward / InternLM-XComposer2.5-Reward style).
 
 A transformers vision-language model without its LM head (``AutoModel``: Qwen2-VL, LLaVA, …) and a
-scalar head ``r = w·h_last + b`` read at the last attended token. Trained pairwise on rows
+scalar head ``r = w·h_last + b`` read at the last attended token. It scores
+:class:`~mmreward.core.inputs.Conversation` inputs (chat turns + their images; the images go at the
+start of the first user turn). Trained pairwise on rows
 
     {"images": [img, …] | "image": img, "conversations_chosen": [turns], "conversations_rejected": [turns]}
 
-(turns ``{"role": "user"|"assistant"|"system", "content": str}`` or ShareGPT ``{"from", "value"}``;
-the images go at the start of the first user turn) with the fused Bradley–Terry op
-(:func:`mmreward.ops.pairwise_loss_and_accuracy`), chosen and rejected in one forward.
+(turns ``{"role": "user"|"assistant"|"system", "content": str}`` or ShareGPT ``{"from", "value"}``)
+with the fused Bradley–Terry op (:func:`mmreward.ops.pairwise_loss_and_accuracy`), chosen and
+rejected in one forward.
 
+    from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config
     proc = tiny_processor(COLOUR_WORDS); rm = VLMRewardModel(VLMRewardConfig(), tiny_qwen2vl_config(proc), proc)
     train_vlm_reward(rm, rows, TrainConfig(output_dir="runs/vlm_rm", max_steps=200), eval_rows=held_out)
-    rm.save_pretrained("runs/vlm_rm/final"); rm = VLMRewardModel.from_pretrained("runs/vlm_rm/final")
-    rm.score(images=[[img]], conversations=[[{"role": "user", …}, {"role": "assistant", …}]])  # Tensor[1]
+    rm = mmreward.load("runs/vlm_rm")                  # the run's final model (runs/vlm_rm/model)
+    rm.score([Conversation([{"role": "user", …}, {"role": "assistant", …}], [img])])   # Tensor[1]
 """
 from __future__ import annotations
 
@@ -22,7 +25,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from mmreward.core.data import DataError
+from mmreward.core.inputs import Conversation
+
 from . import vlm_data as D
+from .scoring import eval_mode
+from .vlm_base import VLMScorer
 
 
 @dataclass
@@ -30,22 +38,22 @@ class VLMRewardConfig:
     freeze_vision_tower: bool = field(default=False, metadata={"help": "freeze the vision encoder (not the projector)"})
     freeze_projector: bool = field(default=False, metadata={"help": "freeze the vision→language projector (Qwen2-VL merger)"})
     head_init_std: float = field(default=0.02, metadata={"help": "std of the scalar head's initial weights"})
-    score_batch_size: int = field(default=16, metadata={"help": "conversations per forward in score()"})
 
 
-class VLMRewardModel(D.VLMPretrainedMixin, nn.Module):
+class VLMRewardModel(VLMScorer):
+    """``score([Conversation]) -> Tensor[N]``: the reward of each conversation's last turn."""
+
     model_type = "vlm_reward"
+    config_class = VLMRewardConfig
+    input_types = (Conversation,)
 
     def __init__(self, config: VLMRewardConfig, backbone: Any, processor: Any = None):
         """``backbone``: transformers config, local model folder or nn.Module (see vlm_data.build_backbone);
-        ``processor``: the model's processor (needed for score() / collate, not for forward)."""
-        super().__init__()
-        self.config, self.processor = config, processor
-        self.backbone = D.build_backbone(backbone)
+        ``processor``: the model's processor (needed to score, train and save; not for forward)."""
+        super().__init__(config, backbone, processor)
         self.head = nn.Linear(D.hidden_size(self.backbone), 1)
         nn.init.normal_(self.head.weight, std=config.head_init_std)
         nn.init.zeros_(self.head.bias)
-        D.freeze_vision(self.backbone, vision_tower=config.freeze_vision_tower, projector=config.freeze_projector)
 
     # -------------------------------------------------------------- forward / score
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **vision_inputs) -> Tensor:  # (N,)
@@ -55,70 +63,69 @@ class VLMRewardModel(D.VLMPretrainedMixin, nn.Module):
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (N, H)
         return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1).float()
 
-    def _need_processor(self):
-        if self.processor is None:
-            raise ValueError("this VLMRewardModel has no processor: pass processor= to the constructor")
-        return self.processor
-
-    def encode(self, images: Sequence[Sequence], conversations: Sequence[Sequence[dict]]) -> dict[str, Tensor]:
-        """Per-conversation image lists + conversations → padded model inputs (N rows)."""
-        proc = self._need_processor()
-        if len(images) != len(conversations):
-            raise ValueError(f"{len(images)} image lists but {len(conversations)} conversations")
-        # images[i]: a list of images, one image, or None (text only)
-        imgs = [[D.load_image(im, f"conversation {i} image {j}")
-                 for j, im in enumerate([] if ims is None else ims if isinstance(ims, (list, tuple)) else [ims])]
-                for i, ims in enumerate(images)]
-        texts = [proc.apply_chat_template(D.to_messages(c, len(ims), f"conversation {i}"), tokenize=False)
-                 for i, (c, ims) in enumerate(zip(conversations, imgs))]
+    def encode(self, conversations: Sequence[Conversation], names: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+        """Conversations → padded model inputs (N rows); errors name ``names[i]`` (default ``input i``)."""
+        proc = self.need_processor()
+        names = names or [f"input {i}" for i in range(len(conversations))]
+        imgs = [D.pil_images(c.images, name) for c, name in zip(conversations, names)]
+        texts = [proc.apply_chat_template(D.to_messages(c.messages, len(ims), name), tokenize=False)
+                 for c, ims, name in zip(conversations, imgs, names)]
         return D.encode(proc, texts, imgs)
 
-    @torch.no_grad()
-    def score(self, images: Sequence[Sequence], conversations: Sequence[Sequence[dict]]) -> Tensor:  # (N,)
-        """Reward of each (images, conversation); ``images[i]`` holds the images of conversation i (a
-        list, one image, or None)."""
-        if len(conversations) == 0:
-            raise ValueError("score: no conversations given")
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        bs = self.config.score_batch_size
+    def _score(self, items: list, batch_size: int) -> Tensor:
         out = []
-        for s in range(0, len(conversations), bs):
-            enc = self.encode(images[s:s + bs], conversations[s:s + bs])
-            out.append(self(**{k: v.to(dev) for k, v in enc.items()}).cpu())
-        self.train(was)
+        with eval_mode(self), torch.no_grad():
+            for s in range(0, len(items), batch_size):
+                chunk = items[s:s + batch_size]
+                enc = self.encode(chunk, [f"input {s + k}" for k in range(len(chunk))])
+                out.append(self(**{k: v.to(self.device) for k, v in enc.items()}).cpu())
         return torch.cat(out)
 
 
-VLMRewardModel.config_class = VLMRewardConfig
-
-
 # ------------------------------------------------------------------ pairwise training
-def _check_row(row: Any, i: int) -> None:
-    if not isinstance(row, dict):
-        raise TypeError(f"row {i}: expected a dict, got {type(row).__name__}")
-    for k in ("conversations_chosen", "conversations_rejected"):
-        if k not in row:
-            raise ValueError(f"row {i}: missing {k!r} (keys: {sorted(row)})")
+@dataclass
+class ConversationPair:
+    """A preference row: two conversations over the same images, ``chosen`` ≻ ``rejected``."""
+
+    chosen: Conversation
+    rejected: Conversation
+    name: str = field(default="pair", compare=False)  # where it came from, for error messages
+
+    @classmethod
+    def from_record(cls, row: Any, where: str = "row") -> "ConversationPair":
+        if isinstance(row, cls):
+            return row
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in ("conversations_chosen", "conversations_rejected") if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field {missing[0]!r} (fields present: {sorted(map(str, row))[:12]})")
+        images = row.get("images", row.get("image"))
+        chosen, rejected = (Conversation.from_record({"messages": row[k], "images": images}, f"{where}: field {k!r}")
+                            for k in ("conversations_chosen", "conversations_rejected"))
+        for k, c in (("conversations_chosen", chosen), ("conversations_rejected", rejected)):
+            D.to_messages(c.messages, len(c.images), f"{where}: field {k!r}")  # turns checked now, not mid-training
+        return cls(chosen, rejected, where)
+
+
+def as_pairs(rows: Sequence[Any], what: str = "rows") -> list[ConversationPair]:
+    """Preference rows (dicts or :class:`ConversationPair`) → pairs; a bad row raises DataError naming it."""
+    if not rows:
+        raise ValueError(f"{what}: no preference rows")
+    return [ConversationPair.from_record(r, f"{what}: row {i}") for i, r in enumerate(rows)]
 
 
 class PreferenceCollator:
-    """Rows → one batch of 2B conversations: chosen rows first, then rejected (same images)."""
+    """Pairs → one batch of 2B conversations: chosen first, then rejected (same images)."""
 
     def __init__(self, model: VLMRewardModel):
         self.model = model
 
-    def __call__(self, rows: Sequence[dict]) -> dict[str, Tensor]:
-        if not rows:
-            raise ValueError("empty batch of preference rows")
-        imgs, convs_c, convs_r = [], [], []
-        for i, row in enumerate(rows):
-            _check_row(row, i)
-            imgs.append(D.row_images(row, i))
-            convs_c.append(row["conversations_chosen"])
-            convs_r.append(row["conversations_rejected"])
-        return self.model.encode(imgs + imgs, convs_c + convs_r)
+    def __call__(self, pairs: Sequence[ConversationPair]) -> dict[str, Tensor]:
+        if not pairs:
+            raise ValueError("empty batch of preference pairs")
+        names = [f"{p.name} (chosen)" for p in pairs] + [f"{p.name} (rejected)" for p in pairs]
+        return self.model.encode([p.chosen for p in pairs] + [p.rejected for p in pairs], names)
 
 
 def pairwise_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -132,32 +139,28 @@ def pairwise_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor
 
 
 @torch.no_grad()
-def evaluate_pairwise(model: VLMRewardModel, rows: Sequence[dict], batch_size: int = 16) -> dict[str, float]:
-    """Held-out mean pairwise loss and accuracy."""
-    if not rows:
-        raise ValueError("evaluate_pairwise: no rows")
-    was = model.training
-    model.eval()
-    collate, dev = PreferenceCollator(model), next(model.parameters()).device
+def evaluate_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], batch_size: int = 16) -> dict[str, float]:
+    """Held-out mean pairwise loss and accuracy on preference rows."""
+    pairs = as_pairs(rows, "eval rows")
+    collate = PreferenceCollator(model)
     tot_loss = tot_acc = 0.0
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
-        batch = {k: v.to(dev) for k, v in collate(chunk).items()}
-        loss, m = pairwise_loss_fn(model, batch)
-        tot_loss += float(loss) * len(chunk)
-        tot_acc += m["accuracy"] * len(chunk)
-    model.train(was)
-    return {"loss": tot_loss / len(rows), "accuracy": tot_acc / len(rows)}
+    with eval_mode(model):
+        for s in range(0, len(pairs), batch_size):
+            chunk = pairs[s:s + batch_size]
+            batch = {k: v.to(model.device) for k, v in collate(chunk).items()}
+            loss, m = pairwise_loss_fn(model, batch)
+            tot_loss += float(loss) * len(chunk)
+            tot_acc += m["accuracy"] * len(chunk)
+    return {"loss": tot_loss / len(pairs), "accuracy": tot_acc / len(pairs)}
 
 
-def train_vlm_reward(model: VLMRewardModel, rows: Sequence[dict], config, eval_rows: Optional[Sequence[dict]] = None):
+def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_rows: Optional[Sequence[Any]] = None):
     """Pairwise training with the shared core Trainer (``config``: :class:`mmreward.core.trainer.TrainConfig`);
-    returns its per-step history (``eval_loss`` / ``eval_accuracy`` on ``eval_rows`` when given)."""
+    returns its per-step history (``eval_loss`` / ``eval_accuracy`` on ``eval_rows`` when given). The
+    final model is saved to ``<output_dir>/model``."""
     from mmreward.core.trainer import Trainer
 
-    if not rows:
-        raise ValueError("train_vlm_reward: no training rows")
-    for i, row in enumerate(rows):
-        _check_row(row, i)
-    eval_fn = (lambda m: evaluate_pairwise(m, eval_rows)) if eval_rows else None
-    return Trainer(model, config, rows, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn).fit()
+    pairs = as_pairs(rows, "rows")
+    held = as_pairs(eval_rows, "eval rows") if eval_rows else None
+    eval_fn = (lambda m: evaluate_vlm_reward(m, held)) if held else None
+    return Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn).fit()

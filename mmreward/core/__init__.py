@@ -4,11 +4,14 @@
   ``save_pretrained`` / ``from_pretrained``) and ``Pretrained`` for sub-models;
 * ``inputs`` — the documented input of ``score`` per modality (``TextPair``, ``StepSolution``, …);
 * ``folders`` — atomic files and folders (swap into place, manifest with sizes + SHA-256, umask);
-* ``checkpoint`` — safetensors + JSON tensors and exact-resume training states;
+* ``checkpoint`` — safetensors + JSON tensors, one-file training states, run snapshots (one unit
+  each, newest two kept, verified on load) and the start rules of a run folder (resume / overwrite);
 * ``device`` — ``--device`` / dtype requests checked against this torch build;
-* ``trainer`` — the shared training loop (``Trainer`` / ``TrainConfig``: accumulation, autocast,
-  DDP, evaluation, snapshots with exact resume, logs, curves);
-* ``train`` — seeding, RNG capture, warmup + cosine schedules;
+* ``trainer`` — the one training loop (``Trainer`` / ``TrainConfig``: ``loss_fn`` or ``step_fn``
+  steps, accumulation, autocast, DDP, evaluation, snapshots with exact resume, logs, curves, the
+  final ``model/``; see docs/training.md);
+* ``train`` — seeding (``seed_everything``: call it before building a model), RNG capture,
+  warmup + cosine schedules;
 * ``data`` — JSON / JSONL / ``datasets`` record readers with row-numbered errors;
 * ``logging`` — CSV + TensorBoard metric logger and curve plots;
 * ``cli_config`` — dataclass configs ↔ argparse options for every CLI.

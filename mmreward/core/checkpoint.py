@@ -1,27 +1,47 @@
 """Checkpoints: safetensors + JSON, written atomically, loaded without executing pickled code.
 
-Two shapes:
+Three shapes:
 
-* **Model folders** (``save_pretrained`` / ``from_pretrained``): ``config.json`` + ``model.safetensors``.
-* **Training states** (exact resume): any nested structure of dicts / lists / tuples / tensors /
-  numbers / strings (optimizer and scheduler ``state_dict()``s, RNG states, step counters) saved as
-  ``<name>.safetensors`` (the tensors) + ``<name>.json`` (the structure).
-
-Every file is written to a temporary name in the same folder, flushed, fsynced, then renamed over
-the target, so a crash leaves the previous checkpoint intact. The JSON side records the byte size of
-its safetensors file: a truncated or mismatched pair is reported as corrupt instead of loading junk.
+* **Model folders** (:func:`save_model` / :func:`load_model`): ``config.json`` + ``model.safetensors``
+  (models on :mod:`mmreward.core.model` write whole folders with a manifest instead).
+* **Training states** (:func:`save_state` / :func:`load_state`, exact resume): any nested structure
+  of dicts / lists / tuples / tensors / arrays / numbers / strings (optimizer and scheduler
+  ``state_dict()``s, RNG states, step counters) saved as **one file** ``<name>.safetensors``: the
+  tensors, with the structure as JSON in the file's metadata. It is written under a temporary name
+  and renamed into place, so a crash leaves the old state or the new one, never a mix of the two.
+* **Run snapshots** (:class:`Snapshots`): ``<run>/checkpoint-<step>/`` folders holding a training
+  state and a ``manifest.json`` (size and SHA-256 of each file), each written as one unit with
+  :func:`~mmreward.core.folders.atomic_folder`. The newest two are kept; loading verifies the
+  manifest and, when the newest snapshot is unreadable, falls back to the previous one with a
+  warning. :func:`start_run` decides how a run in a folder starts: fresh, resumed, refused (a
+  finished or foreign run without ``overwrite``) or cleared (``overwrite``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from typing import Any, Callable, Optional
+import shutil
+import warnings
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .folders import CheckpointError, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
+from .folders import (  # noqa: F401  (CheckpointError, atomic_write, atomic_write_text re-exported)
+    _TMP_RE,
+    CheckpointError,
+    _tmp_name,
+    atomic_folder,
+    atomic_write,
+    atomic_write_text,
+    file_mode,
+    read_manifest,
+    recover_folder,
+    remove_orphans,
+    verify_folder,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -34,6 +54,12 @@ FORMAT_VERSION = 1
 
 
 def _save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> int:
+    """Atomic safetensors file at ``path``; returns its size in bytes."""
+    atomic_write(path, lambda tmp: _write_tensors(tmp, tensors, metadata))
+    return os.path.getsize(path)
+
+
+def _write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
     # safetensors refuses shared / non-contiguous storage; clone views and every tensor whose memory an
@@ -47,8 +73,7 @@ def _save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: Optiona
             seen.add(ptr)
         clean[k] = (v.to("cpu").contiguous().clone() if v.is_cuda or not v.is_contiguous() or v._base is not None
                     or shared else v)
-    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
-    return os.path.getsize(path)
+    save_file(clean, path, metadata=metadata)
 
 
 def _load_tensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -151,22 +176,249 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     raise CheckpointError(f"unknown record in training state: {sorted(obj)}")
 
 
-def save_state(path_prefix: str, state: Any) -> None:
-    """Save a nested training state as ``<prefix>.safetensors`` + ``<prefix>.json`` (atomic each)."""
+STATE_SUFFIX = ".safetensors"
+STATE_FORMAT_VERSION = 2  # 1: tensors and structure in two files (<name>.safetensors + <name>.json)
+_STATE_KEY = "mmreward_state"  # metadata entry holding the structure as JSON
+
+
+def _write_state(path: str, state: Any) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors)
-    size = _save_tensors(path_prefix + ".safetensors", tensors)
-    body = {"format_version": FORMAT_VERSION, "tensors_bytes": size, "state": tree}
-    atomic_write_text(path_prefix + ".json", json.dumps(body))
+    body = json.dumps({"format_version": STATE_FORMAT_VERSION, "state": tree}, separators=(",", ":"))
+    _write_tensors(path, tensors, metadata={_STATE_KEY: body})
+
+
+def save_state(path_prefix: str, state: Any) -> None:
+    """Save a nested training state as one atomic file ``<prefix>.safetensors``."""
+    atomic_write(path_prefix + STATE_SUFFIX, lambda tmp: _write_state(tmp, state))
 
 
 def load_state(path_prefix: str, device: str = "cpu") -> Any:
-    body = _read_json(path_prefix + ".json")
-    weights = path_prefix + ".safetensors"
-    if os.path.exists(weights) and os.path.getsize(weights) != body.get("tensors_bytes"):
-        raise CheckpointError(f"{weights} does not match {path_prefix}.json (truncated or from another save)")
-    tensors = _load_tensors(weights, device)
+    """The state :func:`save_state` wrote at ``<prefix>.safetensors`` (CheckpointError naming the file
+    when it is missing, truncated, corrupt or not a training state)."""
+    from safetensors import safe_open
+
+    path = path_prefix + STATE_SUFFIX
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing training state {path}")
     try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several error types for bad headers / truncation
+        raise CheckpointError(f"corrupt or unreadable training state {path}: {e}") from e
+    if _STATE_KEY not in meta:
+        raise CheckpointError(f"{path} is not a training state (no {_STATE_KEY!r} metadata)")
+    try:
+        body = json.loads(meta[_STATE_KEY])
         return _decode(body["state"], tensors)
-    except KeyError as e:
-        raise CheckpointError(f"{path_prefix}.json refers to a tensor missing from {weights}: {e}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"corrupt training state {path}: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- run snapshots
+SNAPSHOT_PREFIX = "checkpoint-"
+SNAPSHOT_STATE = "state"  # <snapshot>/state.safetensors
+KEEP_SNAPSHOTS = 2
+RUN_CONFIG = "train_config.json"  # written when a run starts: its settings and fingerprint
+
+
+def discard(path: str) -> None:
+    """Remove a file or folder so that it never appears half-deleted under its name: renamed to a
+    hidden ``.tmp`` name first (a killed removal leaves an orphan :func:`remove_leftovers` deletes)."""
+    if not os.path.lexists(path):
+        return
+    hidden = _tmp_name(path)
+    os.rename(path, hidden)
+    if os.path.isdir(hidden) and not os.path.islink(hidden):
+        shutil.rmtree(hidden)
+    else:
+        os.unlink(hidden)
+
+
+def remove_leftovers(folder: str) -> None:
+    """Tidy what killed writers left in ``folder``: their hidden ``.tmp`` files and folders are
+    removed, a folder cut off between the two renames of a (non-Linux) swap is put back."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        m = _TMP_RE.match(entry)
+        if not m:
+            continue
+        target = os.path.join(folder, m["name"])
+        if m["kind"] == "tmp":
+            remove_orphans(target)
+        else:
+            recover_folder(target)
+
+
+@contextlib.contextmanager
+def staged_file(path: str) -> Iterator[str]:
+    """Yield a path with ``path``'s file name inside a hidden temporary folder next to it; the file
+    written there is renamed to ``path`` when the block ends without an exception. For writers that
+    need the real file name (video encoders pick the container by extension); a killed writer
+    leaves a ``.tmp`` folder that :func:`remove_leftovers` deletes."""
+    hidden = _tmp_name(path)
+    os.makedirs(hidden)
+    try:
+        staged = os.path.join(hidden, os.path.basename(path))
+        yield staged
+        os.chmod(staged, file_mode())
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+class Snapshots:
+    """The resumable snapshots of one run folder: ``<folder>/checkpoint-<step>/state.safetensors`` (+
+    ``manifest.json``), each written as one unit; the newest ``keep`` are kept."""
+
+    def __init__(self, folder: str, keep: int = KEEP_SNAPSHOTS):
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
+        self.folder, self.keep = folder, keep
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.folder, f"{SNAPSHOT_PREFIX}{int(step):08d}")
+
+    def list(self) -> list[tuple[int, str]]:
+        """``(step, path)`` of every snapshot folder, newest first."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            digits = name[len(SNAPSHOT_PREFIX):]
+            path = os.path.join(self.folder, name)
+            if name.startswith(SNAPSHOT_PREFIX) and digits.isdigit() and os.path.isdir(path):
+                found.append((int(digits), path))
+        return sorted(found, reverse=True)
+
+    def save(self, step: int, state: Any) -> str:
+        """Write the snapshot of ``step`` (replacing one of the same step), then drop all but the
+        newest ``keep``."""
+        path = self.path(step)
+        with atomic_folder(path) as tmp:
+            _write_state(os.path.join(tmp, SNAPSHOT_STATE + STATE_SUFFIX), state)
+        for _, old in self.list()[self.keep:]:
+            discard(old)
+        return path
+
+    @staticmethod
+    def read(path: str, device: str = "cpu") -> Any:
+        """The state of one snapshot folder, after checking every file against its manifest."""
+        if read_manifest(path) is None:
+            raise CheckpointError(f"{path} has no manifest.json: not a complete snapshot")
+        verify_folder(path, checksums=True)
+        return load_state(os.path.join(path, SNAPSHOT_STATE), device)
+
+    def load_latest(self, device: str = "cpu") -> Optional[tuple[int, str, Any]]:
+        """``(step, path, state)`` of the newest readable snapshot, or None when there is none. Newer
+        unreadable ones are set aside as ``<name>.unreadable`` (kept, never deleted) with a warning;
+        when none is readable, CheckpointError names them all."""
+        found = self.list()
+        errors = []
+        for step, path in found:
+            try:
+                state = self.read(path, device)
+            except CheckpointError as e:
+                errors.append((path, e))
+                continue
+            for bad, e in errors:
+                aside = _unused_name(bad + ".unreadable")
+                os.rename(bad, aside)
+                warnings.warn(f"skipping unreadable snapshot {bad} (kept as {os.path.basename(aside)}): {e}; "
+                              f"resuming from step {step}", stacklevel=3)
+            return step, path, state
+        if errors:
+            raise CheckpointError(f"no readable snapshot in {self.folder}: "
+                                  + "; ".join(f"{p}: {e}" for p, e in errors)
+                                  + " (pass overwrite=True / --overwrite to start again)")
+        return None
+
+    def remove_all(self) -> None:
+        for _, path in self.list():
+            discard(path)
+
+
+def _unused_name(path: str) -> str:
+    candidate, n = path, 1
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
+
+
+def fingerprint_text(fingerprint: dict) -> str:
+    """Canonical JSON of a run's fingerprint (the settings a resumed run must share)."""
+    return json.dumps(fingerprint, sort_keys=True, default=str)
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(saved) | set(now), key=str):
+            out += _differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if saved == now else [f"{where or 'settings'}: saved {saved!r}, now {now!r}"]
+
+
+def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str) -> None:
+    now_text = fingerprint_text(fingerprint)
+    if saved_text == now_text:
+        return
+    try:
+        saved = json.loads(saved_text) if isinstance(saved_text, str) else None
+    except ValueError:
+        saved = None
+    diffs = _differences(saved, json.loads(now_text)) if isinstance(saved, dict) else ["no recorded settings"]
+    raise ValueError(f"{source} was written by a run with other settings ({'; '.join(diffs[:6])}): use another "
+                     "output folder, or overwrite=True (--overwrite) to start again there")
+
+
+def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, run_files: Sequence[str],
+              keep: int = KEEP_SNAPSHOTS, device: str = "cpu") -> tuple[Snapshots, Optional[dict]]:
+    """How a training run in ``folder`` starts; returns its :class:`Snapshots` and the state to
+    resume from (None: start at step 0).
+
+    * ``overwrite``: the old run's snapshots and ``run_files`` (logs, model, …) are removed first;
+    * a folder without a run: a fresh start;
+    * a folder with a run (a snapshot, :data:`RUN_CONFIG` or any of ``run_files``): resumed from its
+      newest readable snapshot when ``resume`` and its fingerprint matches; a run stopped before its
+      first snapshot starts again from step 0. Refused (ValueError) without ``resume``, for another
+      run's settings or for files of no run this trainer knows; CheckpointError when no snapshot
+      is readable."""
+    snapshots = Snapshots(folder, keep)
+    remove_leftovers(folder)
+    if overwrite:
+        snapshots.remove_all()
+        for name in (RUN_CONFIG, *run_files):
+            discard(os.path.join(folder, name))
+        return snapshots, None
+    present = [name for name in (RUN_CONFIG, *run_files) if os.path.lexists(os.path.join(folder, name))]
+    present += [os.path.basename(p) for _, p in snapshots.list()[:1]]
+    if not present:
+        return snapshots, None
+    if not resume:
+        raise ValueError(f"{folder} holds a training run ({', '.join(present)}): pass resume=True (--resume) to "
+                         "continue it, or overwrite=True (--overwrite) to start again")
+    latest = snapshots.load_latest(device)
+    if latest is not None:
+        _, path, state = latest
+        _check_fingerprint(state.get("fingerprint") if isinstance(state, dict) else None, fingerprint, path)
+        return snapshots, state
+    run_config = os.path.join(folder, RUN_CONFIG)
+    if not os.path.isfile(run_config):
+        raise ValueError(f"{folder} holds files of another program or run ({', '.join(present)}) and no "
+                         f"{RUN_CONFIG}: use another output folder, or overwrite=True (--overwrite)")
+    _check_fingerprint(fingerprint_text(_read_json(run_config).get("fingerprint")), fingerprint, run_config)
+    return snapshots, None  # stopped before its first snapshot: step 0 is where it resumes
+
+
+def write_run_config(folder: str, fingerprint: dict, body: dict) -> None:
+    """``<folder>/train_config.json``: a run's settings (``body``) and its fingerprint."""
+    doc = dict(body, fingerprint=json.loads(fingerprint_text(fingerprint)))
+    atomic_write_text(os.path.join(folder, RUN_CONFIG), json.dumps(doc, indent=2, default=str) + "\n")

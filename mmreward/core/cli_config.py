@@ -63,6 +63,10 @@ def run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequenc
             print(code if code.startswith(prog.split()[0]) else f"{prog}: error: {code}", file=sys.stderr)
             return 2
         return int(code or 0)
+    except BrokenPipeError:  # `mmreward … | head`: the reader is gone; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if os.environ.get("MMREWARD_DEBUG") == "1":
             raise

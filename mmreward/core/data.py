@@ -30,10 +30,22 @@ class DataError(ValueError):
     """Input data is unreadable or a row is malformed (the message names the row and field)."""
 
 
+def _not_utf8(path: str, data: bytes, e: UnicodeDecodeError, lineno: Optional[int] = None) -> DataError:
+    """The DataError for bytes that are not UTF-8 (``data``: the file, or line ``lineno`` of it)."""
+    lineno = lineno or data[:e.start].count(b"\n") + 1
+    column = e.start - data.rfind(b"\n", 0, e.start)
+    return DataError(f"{path}: line {lineno} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at column "
+                     f"{column}); re-save the file as UTF-8")
+
+
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, lineno) from None
             if not line.strip():
                 continue
             try:
@@ -48,8 +60,12 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _read_json(path: str, split: Optional[str]) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e) from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

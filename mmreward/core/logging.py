@@ -4,19 +4,23 @@
     log.log(step=10, train_loss=0.52, lr=1e-4)      # one row; new keys extend the CSV header
     log.close()
 
-The CSV is re-written with the full header when a new metric appears, so it always parses with
-one header row; on resume (`MetricLogger(..., resume_step=k)`) rows after step k are dropped, so a
-resumed run continues the same file without duplicate steps.
+The CSV is re-written (atomically) with the full header when a new metric appears, so it always
+parses with one header row. A resumed run (``MetricLogger(..., resume_step=k)``) keeps the rows up to
+step k, drops later ones (and a last line a killed process left half-written), and continues the
+same file, so it ends up equal to the file of an uninterrupted run; TensorBoard events after step k
+are purged the same way. ``resume_step=-1`` keeps no row (a run starting again from its beginning);
+``None`` starts a new file.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
 from typing import Any, Optional
 
-from .checkpoint import atomic_write_text
+from .folders import atomic_write, atomic_write_text
 
 
 def _fmt(v: Any) -> str:
@@ -25,6 +29,30 @@ def _fmt(v: Any) -> str:
             return str(v)
         return f"{v:.4g}"
     return str(v)
+
+
+def _read_rows(path: str, resume_step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a metrics CSV up to ``resume_step``, in order; reading stops at the first
+    row after it, or at a row a killed writer left incomplete."""
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):  # the last line was cut off mid-write
+        text = text[:text.rfind("\n") + 1]
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines:
+        return ["step"], []
+    columns, rows = lines[0], []
+    for values in lines[1:]:
+        if len(values) != len(columns):
+            break
+        try:
+            step = int(float(values[0]))
+        except ValueError:
+            break
+        if step > resume_step:
+            break
+        rows.append(dict(zip(columns, values)))
+    return columns, rows
 
 
 class MetricLogger:
@@ -36,10 +64,7 @@ class MetricLogger:
         self.rows: list[dict[str, Any]] = []
         self.columns: list[str] = ["step"]
         if resume_step is not None and os.path.exists(self.path):
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.columns = list(reader.fieldnames or ["step"])
-                self.rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+            self.columns, self.rows = _read_rows(self.path, resume_step)
             self._rewrite()
         elif os.path.exists(self.path):
             os.unlink(self.path)
@@ -54,13 +79,18 @@ class MetricLogger:
             except Exception:  # tensorboard not installed: CSV only
                 self._tb = None
             else:
-                self._tb = SummaryWriter(log_dir=os.path.join(folder, "tb"), purge_step=resume_step)
+                # purge_step drops events at steps >= it: those after the step the run resumes from
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(log_dir=os.path.join(folder, "tb"), purge_step=purge)
+
+    def _line(self, row: dict[str, Any]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([row.get(c, "") for c in self.columns])
+        return buf.getvalue()
 
     def _rewrite(self) -> None:
-        lines = [",".join(self.columns)]
-        for r in self.rows:
-            lines.append(",".join(str(r.get(c, "")) for c in self.columns))
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
+        header = self._line({c: c for c in self.columns})
+        atomic_write_text(self.path, header + "".join(self._line(r) for r in self.rows))
 
     def log(self, step: int, **metrics: Any) -> None:
         row = {"step": int(step)}
@@ -74,8 +104,8 @@ class MetricLogger:
             self.columns.extend(new_cols)
             self._rewrite()
         else:
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+            with open(self.path, "a", encoding="utf-8", newline="") as f:
+                f.write(self._line(row))
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -128,8 +158,8 @@ def plot_curves(path: str, curves: dict[str, tuple[list, list]], *, title: str =
     if len(curves) > 1:
         ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -209,7 +209,7 @@ class RewardScorer(Pretrained):
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
-        out = self._score(items, check_batch_size(batch_size or self.default_batch_size))
+        out = self._score(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size))
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
             raise RuntimeError(f"{type(self).__name__}._score returned {getattr(out, 'shape', type(out))} "
                                f"for {len(items)} inputs")
@@ -218,13 +218,18 @@ class RewardScorer(Pretrained):
     def score_parts(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> list[torch.Tensor]:
         """One ``Tensor[K_i]`` per input: the score of each step / frame."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
-        return self._score_parts(items, check_batch_size(batch_size or self.default_batch_size))
+        return self._score_parts(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size))
 
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement _score")
 
     def _score_parts(self, items: list, batch_size: int) -> list[torch.Tensor]:
         raise TypeError(f"{type(self).__name__} scores whole inputs: it has no per-step or per-frame scores")
+
+    def aggregate_parts(self, parts: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``score`` computed from ``score_parts``' output (sum of frame rewards, min of step scores …),
+        so a caller that needs both runs the model once; None when the model does not say how."""
+        return None
 
     @classmethod
     def has_parts(cls) -> bool:

@@ -1,7 +1,19 @@
-"""Training-loop pieces shared by every trainer: seeding, RNG capture for exact resume, LR schedules."""
+"""Training-loop pieces shared by every trainer: seeding, RNG capture for exact resume, LR schedules.
+
+Seeding: call :func:`seed_everything` **before building any model**, so that freshly initialised
+layers (a reward head on a pretrained backbone, a whole model built from a config) are the same in
+every run with that seed::
+
+    from mmreward.core.train import seed_everything
+
+    seed_everything(config.seed)          # first: before the model / head is created
+    model = RewardModel.from_backbone(...)
+    Trainer(model, config, ...).fit()     # re-seeds on a fresh run (data order, dropout)
+"""
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import Any
 
@@ -10,9 +22,13 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def rng_state() -> dict[str, Any]:
@@ -29,6 +45,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class GeneratorState:
+    """``state_dict`` / ``load_state_dict`` for a private RNG (``torch.Generator`` or
+    ``numpy.random.Generator``), so a trainer snapshot can carry it."""
+
+    def __init__(self, generator: Any):
+        if not isinstance(generator, (torch.Generator, np.random.Generator)):
+            raise TypeError(f"expected a torch.Generator or numpy.random.Generator, got {type(generator).__name__}")
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        if isinstance(self.generator, torch.Generator):
+            return {"torch": self.generator.get_state()}
+        return {"numpy": self.generator.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if isinstance(self.generator, torch.Generator):
+            self.generator.set_state(state["torch"])
+        else:
+            self.generator.bit_generator.state = state["numpy"]
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

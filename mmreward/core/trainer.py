@@ -1,62 +1,79 @@
 """One training loop for every trainer: gradient accumulation, autocast, warmup + cosine LR, DDP,
-evaluation every N steps, atomic checkpoints with exact resume, CSV / TensorBoard logs, a progress
-bar and a learning-curve PNG.
+evaluation every N steps, atomic snapshots with exact resume, CSV / TensorBoard logs, a progress
+bar, a learning-curve PNG and the final model in ``<output_dir>/model``.
 
+    seed_everything(config.seed)  # before building the model (mmreward.core.train)
     trainer = Trainer(model, TrainConfig(output_dir="runs/rm", max_steps=500), pairs, collate, loss_fn)
     history = trainer.fit()      # one metric dict per optimizer step
 
-``loss_fn(model, batch) -> (loss, {name: float})`` must call ``model(...)`` (under DDP ``model`` is
-the DDP wrapper and its forward is what synchronises gradients); the loss must be a mean over the
-micro-batch so that accumulation and DDP average correctly. ``batch`` is ``collate_fn(examples)``
-with every tensor in it moved to the model's device.
+A step is defined in one of two ways:
 
-Data order: each epoch is a permutation of the dataset drawn from ``seed + epoch``, padded to a
+* ``loss_fn(model, batch) -> (loss, {name: float})``: the Trainer does the rest (accumulation,
+  autocast, clipping, AdamW or the given optimizer, warmup + cosine LR, DDP). ``loss_fn`` must call
+  ``model(...)`` (under DDP ``model`` is the DDP wrapper and its forward is what synchronises
+  gradients); the loss must be a mean over the micro-batch so that accumulation and DDP average
+  correctly.
+* ``step_fn(trainer, batch) -> {name: float}``: the step function runs its own forward, backward
+  and optimizer steps (a GAN's two optimizers, EMA weights, codebook restarts); ``trainer.step`` is
+  the number of steps done before this one. Everything it keeps state in (optimizers, schedulers,
+  EMA, a discriminator, private RNGs) is registered with :meth:`Trainer.register_state`, so
+  snapshots carry it and a resumed run continues bit for bit.
+
+Batches: ``collate_fn(examples)`` of ``train_dataset`` with every tensor moved to the model's
+device, or ``sample_batch()`` (a callable drawing a batch from the RNGs, whose state snapshots
+carry). Data order of a dataset: each epoch is a permutation drawn from ``seed + epoch``, padded to a
 multiple of the world size and sharded like ``DistributedSampler`` (rank r takes every world-th
 index); each rank cuts its shard into micro-batches of ``batch_size`` (the last incomplete one is
 dropped so that every optimizer step sees the same number of examples). With W processes the
 global batch is ``W * batch_size * grad_accum_steps``.
 
-DDP: used when ``torch.distributed`` is initialised, or when ``WORLD_SIZE > 1`` in the environment
-(``torchrun`` / ``accelerate launch``; the process group is then initialised here, gloo on CPU,
-nccl on CUDA). Every rank seeds its RNGs with the same seed (dropout masks then agree across ranks,
-and rank 0's RNG state is the one a snapshot stores); only rank 0 logs and writes snapshots.
+DDP (``loss_fn`` steps): used when ``torch.distributed`` is initialised, or when ``WORLD_SIZE > 1``
+in the environment (``torchrun`` / ``accelerate launch``; the process group is then initialised
+here, gloo on CPU, nccl on CUDA). Every rank seeds its RNGs with the same seed; only rank 0 logs and
+writes snapshots.
 
-Files in ``output_dir`` (rank 0): ``train_config.json`` (the settings), ``metrics.csv`` (every step),
-TensorBoard events under ``tb/``, ``curves.png`` at the end, and the snapshot.
+Files in ``output_dir`` (rank 0): ``train_config.json`` (the settings and the run's fingerprint),
+``metrics.csv`` (every step), TensorBoard events under ``tb/``, ``checkpoint-<step>/`` (the newest
+two snapshots: ``state.safetensors`` with the model, optimizer, scheduler, registered state, RNGs,
+data position and history, plus ``manifest.json``; each swapped into place as one unit), and at the
+end ``curves.png`` and ``model/`` (``save_pretrained`` of a :class:`~mmreward.core.model.Pretrained`
+model, or ``save_model(folder)``).
 
-Snapshots: ``output_dir/checkpoint-<step>/`` holds the model (``model.safetensors`` +
-``config.json``) and the training state (optimizer, scheduler, grad scaler, RNG, step, data
-position, history: ``state.safetensors`` + ``state.json``, written last). A snapshot counts only
-once its ``state.json`` is in place; older snapshots are removed after a newer one is complete, so
-a crash mid-save leaves the previous snapshot usable.
+Starting (:func:`mmreward.core.checkpoint.start_run`): a folder holding a run of the same settings
+continues from its newest readable snapshot (an unreadable newest one is set aside with a warning
+and the previous one used; logs are cut back to that step, never deleted); a finished run has
+nothing left to do. A folder holding a run is refused without ``resume``, as is another run's
+folder; ``overwrite`` removes the old run first.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import shutil
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, atomic_write_text, load_model, load_state, save_model, save_state
+from .checkpoint import CheckpointError, Snapshots, fingerprint_text, start_run, write_run_config
 from .logging import MetricLogger, plot_curves
-from .train import rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
+from .model import Pretrained
+from .train import GeneratorState, rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
 
 AUTOCAST = ("none", "bf16", "fp16")
-CHECKPOINT_PREFIX = "checkpoint-"
+MODEL_DIR = "model"  # <output_dir>/model: the final model
+# what a run of this trainer leaves in output_dir besides its snapshots and train_config.json
+RUN_FILES = ("metrics.csv", "tb", "curves.png", MODEL_DIR)
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = field(default="runs/train", metadata={"help": "folder for metrics.csv, TensorBoard, snapshots, curves.png"})
+    output_dir: str = field(default="runs/train", metadata={"help": "run folder: metrics.csv, TensorBoard, snapshots, curves.png, model/"})
     max_steps: int = field(default=1000, metadata={"help": "number of optimizer steps"})
     batch_size: int = field(default=8, metadata={"help": "micro-batch size per process"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
@@ -67,12 +84,13 @@ class TrainConfig:
     max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
     autocast: str = field(default="none", metadata={"help": "mixed precision: none | bf16 | fp16"})
     eval_every: int = field(default=0, metadata={"help": "run eval_fn every N steps and at the end (0: only at the end, if given)"})
-    save_every: int = field(default=0, metadata={"help": "write a resumable snapshot every N steps (always at the end; 0: end only)"})
+    save_every: int = field(default=0, metadata={"help": "write a resumable snapshot every N steps (always at the end; 0: end only); the newest two are kept"})
     log_every: int = field(default=10, metadata={"help": "print / update the progress bar every N steps (CSV gets every step)"})
-    seed: int = field(default=0, metadata={"help": "seed for data order and RNGs (dropout)"})
+    seed: int = field(default=0, metadata={"help": "seed for data order and every RNG (seed_everything before building the model too)"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar (rank 0)"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard under output_dir/tb"})
-    resume: bool = field(default=True, metadata={"help": "continue from the newest snapshot in output_dir if there is one"})
+    resume: bool = field(default=True, metadata={"help": "continue the run in output_dir from its newest snapshot (without: a folder holding a run is refused)"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in an output_dir that holds a run: its snapshots, logs and model are removed first"})
     plot: bool = field(default=True, metadata={"help": "write curves.png (loss and eval metrics) at the end"})
     ddp_find_unused_parameters: bool = field(default=False, metadata={"help": "DDP: allow parameters that get no gradient"})
 
@@ -128,88 +146,116 @@ def _dist_setup() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
-def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """safetensors refuses tensors sharing memory (tied weights): clone repeats."""
-    seen, out = set(), {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        out[k] = v.clone() if key in seen else v
-        seen.add(key)
-    return out
-
-
-def snapshot_dirs(output_dir: str) -> list[str]:
-    """Complete snapshots in ``output_dir``, newest first."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit() and \
-                os.path.exists(os.path.join(path, "state.json")):
-            found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
-    return [p for _, p in sorted(found, reverse=True)]
-
-
 # ------------------------------------------------------------------ trainer
 class Trainer:
-    def __init__(self, model: nn.Module, config: TrainConfig, train_dataset: Sequence, collate_fn: Callable,
-                 loss_fn: Callable[[nn.Module, Any], tuple[Tensor, dict[str, float]]],
+    def __init__(self, model: nn.Module, config: TrainConfig, train_dataset: Optional[Sequence] = None,
+                 collate_fn: Optional[Callable] = None,
+                 loss_fn: Optional[Callable[[nn.Module, Any], tuple[Tensor, dict[str, float]]]] = None,
                  eval_fn: Optional[Callable[[nn.Module], dict[str, float]]] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None):
+                 optimizer: Optional[torch.optim.Optimizer] = None, *,
+                 step_fn: Optional[Callable[["Trainer", Any], Mapping[str, Any]]] = None,
+                 sample_batch: Optional[Callable[[], Any]] = None,
+                 save_model: Optional[Callable[[str], None]] = None, reseed: bool = True,
+                 settings: Optional[Mapping[str, Any]] = None):
+        """``reseed``: seed every RNG with ``config.seed`` when a fresh run starts (False: the caller
+        seeded before building the model and the run continues that RNG stream). ``save_model(folder)``
+        writes the final model (default: ``model.save_pretrained`` for a ``Pretrained`` model).
+        ``settings``: more of the run's settings (e.g. a domain trainer's own config) recorded in
+        ``train_config.json``."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        for name, fn in (("collate_fn", collate_fn), ("loss_fn", loss_fn)):
-            if not callable(fn):
-                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-        if eval_fn is not None and not callable(eval_fn):
-            raise TypeError(f"eval_fn must be callable or None, got {type(eval_fn).__name__}")
-        try:
-            n = len(train_dataset)
-        except TypeError:
-            raise TypeError(f"train_dataset must be a sized sequence, got {type(train_dataset).__name__}") from None
-        self.config, self.dataset, self.collate_fn, self.loss_fn, self.eval_fn = config, train_dataset, collate_fn, loss_fn, eval_fn
+        if (loss_fn is None) == (step_fn is None):
+            raise TypeError("give exactly one of loss_fn (the Trainer steps the optimizer) or step_fn (it runs its "
+                            f"own optimizer steps); got loss_fn={type(loss_fn).__name__}, "
+                            f"step_fn={type(step_fn).__name__}")
+        for name, fn in (("loss_fn", loss_fn), ("step_fn", step_fn), ("eval_fn", eval_fn),
+                         ("sample_batch", sample_batch), ("save_model", save_model)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+        self.config, self.loss_fn, self.step_fn, self.eval_fn = config, loss_fn, step_fn, eval_fn
+        self.save_model, self.reseed, self.settings = save_model, reseed, dict(settings or {})
         self.rank, self.world_size, self._owns_group = _dist_setup()
         self.is_main = self.rank == 0
-        per_rank = math.ceil(n / self.world_size)
-        self.batches_per_epoch = per_rank // config.batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"train_dataset has {n} examples: fewer than batch_size ({config.batch_size}) × "
-                             f"world size ({self.world_size}), so no full micro-batch can be formed")
+        self._init_data(train_dataset, collate_fn, sample_batch)
         params = list(model.parameters())
         if not params:
             raise ValueError("model has no parameters")
+        if step_fn is not None:
+            if config.grad_accum_steps != 1 or self.world_size != 1 or optimizer is not None:
+                raise ValueError("a step_fn runs its own optimizer steps in one process: grad_accum_steps must be 1, "
+                                 "no optimizer is given (register_state it) and WORLD_SIZE must be 1")
         if self.world_size > 1 and torch.cuda.is_available() and params[0].device.type == "cpu":
             local = int(os.environ.get("LOCAL_RANK", self.rank % max(1, torch.cuda.device_count())))
             torch.cuda.set_device(local)
             model = model.to(torch.device("cuda", local))
         self.model = model  # the unwrapped module (what is saved / evaluated)
         self.device = next(model.parameters()).device
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if optimizer is None:
-            if not trainable:
-                raise ValueError("model has no parameters with requires_grad=True")
-            decay = [p for p in trainable if p.dim() >= 2]
-            no_decay = [p for p in trainable if p.dim() < 2]
-            groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
-        self.optimizer = optimizer
-        self.scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=config.warmup_steps,
-                                                 total_steps=config.max_steps, min_ratio=config.min_lr_ratio)
+        self.optimizer = self.scheduler = self.scaler = None
+        if loss_fn is not None:
+            self._init_optimizer(optimizer)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast]
-        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
+        if loss_fn is not None and self.amp_dtype == torch.float16 and self.device.type == "cuda":
+            self.scaler = torch.amp.GradScaler("cuda")
         self.wrapped: nn.Module = model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = DDP(model, device_ids=ids, find_unused_parameters=config.ddp_find_unused_parameters)
+        self._extra: dict[str, Any] = {}  # name -> object with state_dict / load_state_dict
+        self.snapshots = Snapshots(config.output_dir)
         self.step = 0  # optimizer steps done
         self.micro_step = 0  # micro-batches consumed (data position)
         self.history: list[dict] = []
+
+    def _init_data(self, train_dataset: Optional[Sequence], collate_fn: Optional[Callable],
+                   sample_batch: Optional[Callable]) -> None:
+        self.dataset, self.collate_fn, self.sample_batch = train_dataset, collate_fn, sample_batch
+        if sample_batch is not None:
+            if train_dataset is not None:
+                raise TypeError("give train_dataset + collate_fn or sample_batch, not both")
+            return
+        if not callable(collate_fn):
+            raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
+        try:
+            n = len(train_dataset)
+        except TypeError:
+            raise TypeError(f"train_dataset must be a sized sequence, got {type(train_dataset).__name__}") from None
+        per_rank = math.ceil(n / self.world_size)
+        self.batches_per_epoch = per_rank // self.config.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"train_dataset has {n} examples: fewer than batch_size ({self.config.batch_size}) × "
+                             f"world size ({self.world_size}), so no full micro-batch can be formed")
+
+    def _init_optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        cfg = self.config
+        if optimizer is None:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            if not trainable:
+                raise ValueError("model has no parameters with requires_grad=True")
+            decay = [p for p in trainable if p.dim() >= 2]
+            no_decay = [p for p in trainable if p.dim() < 2]
+            groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+        self.optimizer = optimizer
+        self.scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=cfg.warmup_steps,
+                                                 total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+
+    def register_state(self, name: str, obj: Any) -> None:
+        """Carry ``obj`` in every snapshot and restore it on resume: anything with ``state_dict`` /
+        ``load_state_dict`` (optimizers, schedulers, modules, EMA, …) or a private RNG
+        (``torch.Generator`` / ``numpy.random.Generator``)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"state name must be a non-empty string, got {name!r}")
+        if name in self._extra:
+            raise ValueError(f"state {name!r} is already registered")
+        if isinstance(obj, (torch.Generator, np.random.Generator)):
+            obj = GeneratorState(obj)
+        if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+            raise TypeError(f"state {name!r} needs state_dict() and load_state_dict(), got {type(obj).__name__}")
+        self._extra[name] = obj
 
     # -------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -220,6 +266,8 @@ class Trainer:
         return perm[self.rank::self.world_size]
 
     def _next_batch(self) -> Any:
+        if self.sample_batch is not None:
+            return self.sample_batch()
         epoch, idx = divmod(self.micro_step, self.batches_per_epoch)
         if getattr(self, "_order_epoch", None) != epoch:
             self._order, self._order_epoch = self._epoch_order(epoch), epoch
@@ -229,53 +277,73 @@ class Trainer:
         return _to_device(self.collate_fn(examples), self.device)
 
     # -------------------------------------------------------------- snapshots
-    def _config_fingerprint(self) -> dict:
+    def _fingerprint(self) -> dict:
+        """Settings a resumed run must share with the run it continues (else its data order, state
+        layout or model would differ)."""
         c = self.config
-        return {"batch_size": c.batch_size, "grad_accum_steps": c.grad_accum_steps, "seed": c.seed,
-                "world_size": self.world_size}
+        return {"model": type(self.model).__qualname__, "step": "step_fn" if self.step_fn else "loss_fn",
+                "state": sorted(self._extra), "batch_size": c.batch_size, "grad_accum_steps": c.grad_accum_steps,
+                "seed": c.seed, "world_size": self.world_size}
 
     def save_snapshot(self) -> str:
-        """Write ``output_dir/checkpoint-<step>`` (rank 0 only) and remove older snapshots."""
-        path = os.path.join(self.config.output_dir, f"{CHECKPOINT_PREFIX}{self.step:08d}")
+        """Write ``output_dir/checkpoint-<step>`` as one unit (rank 0 only); older ones beyond the newest
+        two are removed."""
+        path = self.snapshots.path(self.step)
         if not self.is_main:
             return path
-        if os.path.exists(path):  # an incomplete earlier attempt at this step
-            shutil.rmtree(path)
-        weights = {k: v.detach() for k, v in self.model.state_dict().items()}
-        save_model(path, _unshared(weights), {"model_type": "mmreward_trainer_snapshot", "step": self.step})
-        state = {"step": self.step, "micro_step": self.micro_step, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "history": self.history,
-                 "config": self._config_fingerprint()}
+        state = {"step": self.step, "micro_step": self.micro_step, "model": self.model.state_dict(),
+                 "rng": rng_state(), "history": self.history, "fingerprint": fingerprint_text(self._fingerprint()),
+                 "extra": {name: obj.state_dict() for name, obj in self._extra.items()}}
+        if self.optimizer is not None:
+            state["optimizer"], state["scheduler"] = self.optimizer.state_dict(), self.scheduler.state_dict()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        save_state(os.path.join(path, "state"), state)  # written last: marks the snapshot complete
-        for old in snapshot_dirs(self.config.output_dir)[1:]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+        return self.snapshots.save(self.step, state)
 
-    def _try_resume(self) -> bool:
-        for path in snapshot_dirs(self.config.output_dir):
-            try:
-                state = load_state(os.path.join(path, "state"))
-                weights, _ = load_model(path)
-            except CheckpointError as e:
-                warnings.warn(f"skipping unreadable snapshot {path}: {e}")
-                continue
-            fp = state.get("config", {})
-            mismatch = {k: (fp.get(k), v) for k, v in self._config_fingerprint().items() if fp.get(k) != v}
-            if mismatch:
-                raise ValueError(f"cannot resume from {path}: settings differ (saved, now): {mismatch}; "
-                                 "use another output_dir or resume=False")
-            self.model.load_state_dict(weights)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+    def _restore(self, state: dict) -> None:
+        where = self.snapshots.path(int(state.get("step", 0)))
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
+            for name, obj in self._extra.items():
+                obj.load_state_dict(state["extra"][name])
             set_rng_state(state["rng"])
             self.step, self.micro_step = int(state["step"]), int(state["micro_step"])
             self.history = list(state["history"])
-            return True
-        return False
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"snapshot {where} does not fit this model / trainer: {type(e).__name__}: {e}") from e
+
+    def _start(self) -> bool:
+        """Resume (True), refuse or start fresh (False); rank 0 decides, under DDP the other ranks
+        load the same snapshot."""
+        cfg = self.config
+        state, error = None, None
+        if self.is_main:
+            try:
+                self.snapshots, state = start_run(cfg.output_dir, self._fingerprint(), resume=cfg.resume,
+                                                  overwrite=cfg.overwrite, run_files=RUN_FILES)
+            except BaseException as e:
+                error = e
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            box = [None if state is None else int(state["step"]), None if error is None else str(error)]
+            dist.broadcast_object_list(box, src=0)
+            if not self.is_main:
+                if box[1] is not None:
+                    raise RuntimeError(f"rank 0 could not start the run: {box[1]}")
+                state = None if box[0] is None else Snapshots.read(self.snapshots.path(box[0]))
+        if error is not None:
+            raise error
+        if state is not None:
+            self._restore(state)
+        elif self.reseed:
+            seed_everything(cfg.seed)
+        return state is not None
 
     # -------------------------------------------------------------- loop
     def _autocast(self):
@@ -302,7 +370,7 @@ class Trainer:
             raise TypeError(f"eval_fn must return a dict of floats, got {type(out).__name__}")
         return {k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in out.items()}
 
-    def _train_step(self) -> dict[str, float]:
+    def _loss_step(self) -> dict[str, float]:
         cfg = self.config
         sums: dict[str, float] = {}
         total_loss = 0.0
@@ -346,30 +414,45 @@ class Trainer:
         row.update({k: v for k, v in zip(keys, vals[1:]) if k not in row})
         return row
 
-    def fit(self) -> list[dict]:
-        cfg = self.config
-        resumed = cfg.resume and self._try_resume()
-        if not resumed:
-            seed_everything(cfg.seed)
-        logger = None
-        if self.is_main:
-            # the full settings of this run, next to its metrics (for reproducing / comparing runs)
-            body = {k: v for k, v in dataclasses.asdict(cfg).items()}
-            body.update(world_size=self.world_size, config_class=type(cfg).__name__, resumed_at_step=self.step)
-            atomic_write_text(os.path.join(cfg.output_dir, "train_config.json"), json.dumps(body, indent=2, default=str) + "\n")
-            logger = MetricLogger(cfg.output_dir, tensorboard=cfg.tensorboard,
-                                  resume_step=self.step if resumed else None,
-                                  console_every=max(1, cfg.log_every), quiet=cfg.progress or cfg.log_every == 0)
-        bar = None
-        if self.is_main and cfg.progress:
-            from tqdm.auto import tqdm
+    def _function_step(self) -> dict[str, Any]:
+        metrics = self.step_fn(self, self._next_batch())
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"step_fn must return a dict of metrics, got {type(metrics).__name__}")
+        row: dict[str, Any] = {"step": self.step + 1}
+        for k, v in metrics.items():
+            v = v.item() if hasattr(v, "item") else v
+            row[k] = int(v) if isinstance(v, bool) else v
+        if "loss" in row and not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"non-finite loss ({row['loss']}) at step {self.step + 1}; "
+                                     "the last snapshot is untouched")
+        self.step += 1
+        return row
 
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+    def fit(self, stop_at: Optional[int] = None) -> list[dict]:
+        """Train to ``config.max_steps`` (``stop_at``: end this call after that many total steps, with a
+        snapshot there; a later call continues); returns the history of every step so far."""
+        cfg = self.config
+        if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 0):
+            raise ValueError(f"stop_at must be an integer >= 0 or None, got {stop_at!r}")
+        end = cfg.max_steps if stop_at is None else min(cfg.max_steps, stop_at)
+        resumed = self._start()
+        logger = bar = None
+        if self.is_main:
+            write_run_config(cfg.output_dir, self._fingerprint(),
+                             {**dataclasses.asdict(cfg), "world_size": self.world_size,
+                              "config_class": type(cfg).__name__, "resumed_at_step": self.step,
+                              "settings": self.settings})
+            # rows after the snapshot are cut (all of them without one: a run killed before its first)
+            logger = MetricLogger(cfg.output_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else -1,
+                                  console_every=max(1, cfg.log_every), quiet=cfg.progress or cfg.log_every == 0)
+            if cfg.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
         self.wrapped.train()
         try:
-            last_saved = self.step if resumed else -1
-            while self.step < cfg.max_steps:
-                row = self._train_step()
+            while self.step < end:
+                row = self._loss_step() if self.loss_fn is not None else self._function_step()
                 final = self.step == cfg.max_steps
                 if self.eval_fn is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or final):
                     row.update(self._evaluate())
@@ -379,14 +462,14 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     if cfg.log_every and (self.step % cfg.log_every == 0 or final):
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "lr") or k.startswith("eval_")})
-                if (cfg.save_every and self.step % cfg.save_every == 0) or final:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                                         if (k in ("loss", "lr") or k.startswith("eval_")) and isinstance(v, float)})
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end:
                     self.save_snapshot()
-                    last_saved = self.step
-            if last_saved != self.step:  # resumed at (or past) max_steps without a snapshot at this step
-                self.save_snapshot()
-            if self.is_main and cfg.plot and self.history:
-                self._plot()
+            if self.step >= cfg.max_steps and self.is_main:
+                if cfg.plot and self.history:
+                    self._plot()
+                self._save_final_model()
         finally:
             if bar is not None:
                 bar.close()
@@ -394,13 +477,25 @@ class Trainer:
                 logger.close()
         return self.history
 
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.config.output_dir, MODEL_DIR)
+
+    def _save_final_model(self) -> None:
+        if self.save_model is not None:
+            self.save_model(self.model_dir)
+        elif isinstance(self.model, Pretrained):
+            self.model.save_pretrained(self.model_dir)
+
     def _plot(self) -> None:
         curves = {}
         for key in ["loss"] + sorted({k for r in self.history for k in r if k.startswith("eval_")}):
             pts = [(r["step"], r[key]) for r in self.history if key in r]
             if pts:
                 curves[key] = ([p[0] for p in pts], [p[1] for p in pts])
+        if not curves:
+            return
         try:
             plot_curves(os.path.join(self.config.output_dir, "curves.png"), curves, title="training")
         except ImportError as e:  # matplotlib is optional
-            warnings.warn(f"curves.png not written: {e}")
+            warnings.warn(f"curves.png not written: {e}", stacklevel=2)

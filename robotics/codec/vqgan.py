@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -28,17 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmreward.core.model import Pretrained
-from mmreward.core.logging import MetricLogger
-from mmreward.core.train import rng_state, seed_everything, set_rng_state
+from mmreward.core.train import seed_everything
+from mmreward.core.trainer import Trainer
 
-from ..training import (
-    check_frames_uint8,
-    config_to_dict,
-    frame_pool,
-    load_training_state,
-    progress,
-    save_training_state,
-)
+from ..training import check_frames_uint8, config_to_dict, frame_pool, loop_config
 
 MODEL_TYPE = "vqgan"
 
@@ -339,25 +331,29 @@ def evaluate_vqgan(model: VQGAN, frames: Any, batch_size: int = 128) -> dict[str
             "perplexity": float(ent.exp()), "code_usage": float((counts > 0).float().mean())}
 
 
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class VQGANTrainConfig:
     """Optimisation settings of :func:`train_vqgan` (official: Adam lr 1e-4, β=(0.5, 0.9), batch 32,
     disc from step 1000 with factor 0.1, perceptual 0.1)."""
 
-    steps: int = 2000  # optimizer steps
-    batch_size: int = 32  # frames per step
-    lr: float = 1e-4  # Adam learning rate (generator and discriminator)
-    betas: tuple = (0.5, 0.9)  # Adam betas
-    l1_weight: float = 1.0  # L1 reconstruction weight
-    mse_weight: float = 0.0  # optional MSE reconstruction weight
-    perceptual_weight: float = 0.1  # used only when a perceptual_fn is given
-    disc_weight: float = 0.0  # adversarial weight (0 = no discriminator; official 0.1)
-    disc_start: int = 1000  # step at which the adversarial term starts
-    disc_channels: int = 64  # PatchGAN base width
-    restart_every: int = 100  # dead-code restart interval (0 = off)
-    seed: int = 0  # seed for init and batches
-    log_every: int = 10  # CSV / console logging interval
-    ckpt_every: int = 500  # resumable training-state interval (0 = only at the end)
+    steps: int = _help("optimizer steps", 2000)
+    batch_size: int = _help("frames per step (drawn with replacement)", 32)
+    lr: float = _help("Adam learning rate (generator and discriminator)", 1e-4)
+    betas: tuple = _help("Adam betas", (0.5, 0.9))
+    l1_weight: float = _help("L1 reconstruction weight", 1.0)
+    mse_weight: float = _help("optional MSE reconstruction weight", 0.0)
+    perceptual_weight: float = _help("perceptual weight (used only when a perceptual_fn is given)", 0.1)
+    disc_weight: float = _help("adversarial weight (0 = no discriminator; official 0.1)", 0.0)
+    disc_start: int = _help("step at which the adversarial term starts", 1000)
+    disc_channels: int = _help("PatchGAN base width", 64)
+    restart_every: int = _help("dead-code restart interval in steps (0 = off)", 100)
+    seed: int = _help("seed of the initial weights, batches and restarts", 0)
+    log_every: int = _help("progress-bar / console interval in steps (metrics.csv gets every step)", 10)
+    ckpt_every: int = _help("snapshot interval in steps (0 = only at the end)", 500)
 
 
 def _adaptive_weight(rec: torch.Tensor, g: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -368,68 +364,48 @@ def _adaptive_weight(rec: torch.Tensor, g: torch.Tensor, last: torch.Tensor) -> 
 
 def train_vqgan(frames: Any, config: Optional[VQGANConfig] = None, out_dir: str = "vqgan",
                 train: Optional[VQGANTrainConfig] = None, *, perceptual_fn: Optional[Callable] = None,
-                resume: bool = True, stop_at: Optional[int] = None, progress_bar: bool = True, device: str = "cpu",
-                quiet: bool = True, **overrides: Any) -> VQGAN:
-    """Train a VQGAN on frames (uint8 ``[N, T, H, W, 3]`` / ``[M, H, W, 3]`` or a list of episodes);
-    returns the model (also saved to ``out_dir/model``). ``perceptual_fn(x, y) -> loss`` takes
-    float ``[B, 3, H, W]`` in [−1, 1] (e.g. an LPIPS module the user loaded). ``overrides`` set
-    :class:`VQGANTrainConfig` fields. Exact resume from ``out_dir/train_state.*`` (``stop_at`` ends
-    this call after that many total steps; call again with the same arguments to continue); metrics
-    (loss terms, batch PSNR, perplexity, restarts) in ``out_dir/metrics.csv``."""
+                resume: bool = True, overwrite: bool = False, stop_at: Optional[int] = None, progress_bar: bool = True,
+                device: str = "cpu", quiet: bool = True, **overrides: Any) -> VQGAN:
+    """Train a VQGAN on frames (uint8 ``[N, T, H, W, 3]`` / ``[M, H, W, 3]`` or a list of episodes)
+    on the core training loop; returns the model (also saved to ``out_dir/model`` when training
+    reaches ``steps``). ``perceptual_fn(x, y) -> loss`` takes float ``[B, 3, H, W]`` in [−1, 1]
+    (e.g. an LPIPS module the user loaded). ``overrides`` set :class:`VQGANTrainConfig` fields.
+    ``out_dir`` gets ``metrics.csv`` (loss terms, batch PSNR, perplexity, restarts; every step),
+    TensorBoard events and snapshots (model, both optimizers, discriminator, RNGs) every
+    ``ckpt_every`` steps; a run continues exactly from its newest snapshot (``resume``), a folder
+    holding a run is refused without ``resume`` unless ``overwrite``; ``stop_at`` ends this call after
+    that many total steps (call again to continue)."""
     cfg = config or VQGANConfig()
     tc = dataclasses.replace(train or VQGANTrainConfig(), **overrides)
     pool = frame_pool(frames)
     check_frames_uint8(pool, "frames", cfg.image_size)
-    os.makedirs(out_dir, exist_ok=True)
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # before the model: its initial weights come from the seed
     model = VQGAN(cfg).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=tuple(tc.betas))
     disc = opt_d = None
     if tc.disc_weight > 0:
         disc = PatchDiscriminator(tc.disc_channels).to(device)
         opt_d = torch.optim.Adam(disc.parameters(), lr=tc.lr, betas=tuple(tc.betas))
-    step = 0
-    state = load_training_state(out_dir) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if disc is not None:
-            disc.load_state_dict(state["disc"])
-            opt_d.load_state_dict(state["disc_optimizer"])
-        step = int(state["step"])
-        set_rng_state(state["rng"])
-        model.quantizer._last_z = state.get("last_z")
-    log = MetricLogger(out_dir, resume_step=step if state is not None else None, tensorboard=False, quiet=quiet)
+    batch_size = min(tc.batch_size, pool.shape[0])
 
-    def checkpoint() -> None:
-        st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng_state(),
-              "train_config": config_to_dict(tc)}
-        if model.quantizer._last_z is not None:
-            st["last_z"] = model.quantizer._last_z
-        if disc is not None:
-            st["disc"], st["disc_optimizer"] = disc.state_dict(), opt_d.state_dict()
-        save_training_state(out_dir, st)
+    def sample_batch() -> torch.Tensor:  # (B, 3, H, W) in [-1, 1]
+        return frames_to_float(pool[torch.randint(0, pool.shape[0], (batch_size,))]).to(device)
 
-    model.train()
-    bar = progress(tc.steps, step, "vqgan", progress_bar)
-    end = tc.steps if stop_at is None else min(tc.steps, int(stop_at))
-    while step < end:
-        idx = torch.randint(0, pool.shape[0], (min(tc.batch_size, pool.shape[0]),))
-        x = frames_to_float(pool[idx]).to(device)
-        rec, qloss, tok = model(x)
+    def step_fn(trainer: Trainer, x: torch.Tensor) -> dict[str, float]:
+        rec, qloss, _ = model(x)
         rec_loss = tc.l1_weight * (x - rec).abs().mean()
         if tc.mse_weight:
             rec_loss = rec_loss + tc.mse_weight * (x - rec).pow(2).mean()
         if perceptual_fn is not None and tc.perceptual_weight:
             rec_loss = rec_loss + tc.perceptual_weight * perceptual_fn(x, rec).mean()
         loss = rec_loss + qloss
-        metrics = {}
-        use_gan = disc is not None and step >= tc.disc_start
+        gan: dict[str, float] = {}
+        use_gan = disc is not None and trainer.step >= tc.disc_start
         if use_gan:
             g_loss = -disc(rec).mean()
             lam = _adaptive_weight(rec_loss, g_loss, model.decoder.last_layer)
             loss = loss + tc.disc_weight * lam * g_loss
-            metrics.update(g_loss=float(g_loss.detach()), adaptive_weight=float(lam))
+            gan.update(g_loss=float(g_loss.detach()), adaptive_weight=float(lam))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -438,27 +414,27 @@ def train_vqgan(frames: Any, config: Optional[VQGANConfig] = None, out_dir: str 
             opt_d.zero_grad(set_to_none=True)
             (tc.disc_weight * d_loss).backward()
             opt_d.step()
-            metrics["d_loss"] = float(d_loss.detach())
-        step += 1
-        restarted = model.quantizer.restart_dead_codes() if tc.restart_every and step % tc.restart_every == 0 else 0
-        bar.update(1)
-        if step % tc.log_every == 0 or step == tc.steps:
-            with torch.no_grad():
-                ps = float(psnr((rec + 1) / 2, (x + 1) / 2).mean())
-                u = model.quantizer.usage
-                perp = float(torch.exp(-(u * u.clamp_min(1e-12).log()).sum()))
-            log.log(step, loss=float(loss.detach()), rec_loss=float(rec_loss.detach()),
-                    q_loss=float(qloss.detach()), psnr=ps,
-                    perplexity=perp, restarted=restarted, **metrics)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", psnr=f"{ps:.1f}")
-        if tc.ckpt_every and step % tc.ckpt_every == 0 and step < end:
-            checkpoint()
-    bar.close()
-    checkpoint()
-    log.close()
-    model.eval()
-    model.save_pretrained(os.path.join(out_dir, "model"))
-    return model
+            gan["d_loss"] = float(d_loss.detach())
+        done = trainer.step + 1
+        restarted = model.quantizer.restart_dead_codes() if tc.restart_every and done % tc.restart_every == 0 else 0
+        with torch.no_grad():
+            u = model.quantizer.usage
+            return {"loss": float(loss.detach()), "rec_loss": float(rec_loss.detach()), "q_loss": float(qloss.detach()),
+                    "psnr": float(psnr((rec + 1) / 2, (x + 1) / 2).mean()),
+                    "perplexity": float(torch.exp(-(u * u.clamp_min(1e-12).log()).sum())), "restarted": restarted,
+                    **gan}
+
+    loop = loop_config(out_dir, steps=tc.steps, batch_size=batch_size, seed=tc.seed, log_every=tc.log_every,
+                       save_every=tc.ckpt_every, resume=resume, overwrite=overwrite, progress_bar=progress_bar,
+                       quiet=quiet)
+    trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False,
+                      settings={"vqgan_train": config_to_dict(tc)})
+    trainer.register_state("optimizer", opt)
+    if disc is not None:
+        trainer.register_state("discriminator", disc)
+        trainer.register_state("disc_optimizer", opt_d)
+    trainer.fit(stop_at)
+    return model.eval()
 
 
 __all__ = ["VQGANConfig", "VQGANTrainConfig", "VQGAN", "VectorQuantizer", "PatchDiscriminator", "evaluate_vqgan",

@@ -1,4 +1,5 @@
-"""Episode storage (:mod:`.episodes`) and video / frame-folder I/O (:mod:`.video`).
+"""Episode storage (:mod:`.episodes`), video / frame-folder I/O (:mod:`.video`) and episodes as score
+inputs (:mod:`.inputs`).
 
 Light to import: OpenCV loads only when a video is read or written.
 """
@@ -6,16 +7,20 @@ from .episodes import (
     Episode,
     EpisodeDataset,
     EpisodeFileError,
+    episode_problem,
     load_episode,
+    load_episode_folder,
     read_manifest,
     save_episode,
     update_manifest,
     write_manifest,
 )
+from .inputs import EpisodeSource, episode_tensors, find_episodes
 from .video import VideoError, load_frames, read_frame_folder, read_video, write_frame_folder, write_video
 
 __all__ = [
-    "Episode", "EpisodeDataset", "EpisodeFileError", "load_episode", "read_manifest", "save_episode",
-    "update_manifest", "write_manifest", "VideoError", "load_frames", "read_frame_folder", "read_video",
-    "write_frame_folder", "write_video",
+    "Episode", "EpisodeDataset", "EpisodeFileError", "episode_problem", "load_episode", "load_episode_folder",
+    "read_manifest", "save_episode", "update_manifest", "write_manifest", "EpisodeSource", "episode_tensors",
+    "find_episodes", "VideoError", "load_frames", "read_frame_folder", "read_video", "write_frame_folder",
+    "write_video",
 ]

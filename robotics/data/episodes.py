@@ -13,6 +13,10 @@ key            dtype / shape       meaning
 ``labelled``   bool []             False when actions / rewards / success are unknown
 =============  ==================  =====================================================
 
+Loading checks every field: actions finite, rewards finite (NaN only in unlabelled episodes),
+success flags booleans (or 0 / 1 integers), ``labelled`` one boolean. A bad file raises
+:class:`EpisodeFileError` naming the file and the field.
+
 Manifest (``manifest.json``): ``{"format_version": 1, "episodes": [entry, ...]}`` with one entry
 per file: ``file, task, suite, policy, noise, seed, camera, size [H, W], action_repeat, length
 (steps), frames, success, return, labelled`` (and ``source`` for imported videos). Entries are
@@ -31,15 +35,16 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from mmreward.core.checkpoint import atomic_write, atomic_write_text
+from mmreward.core.data import DataError
+from mmreward.core.folders import atomic_write, atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 KEYS = ("frames", "actions", "rewards", "success", "labelled")
 
 
-class EpisodeFileError(RuntimeError):
-    """An episode file or manifest is missing, truncated, corrupt or malformed."""
+class EpisodeFileError(DataError):
+    """An episode file or manifest is missing, truncated, corrupt or malformed (the message names it)."""
 
 
 @dataclass
@@ -53,13 +58,13 @@ class Episode:
 
     def __post_init__(self):
         self.frames = np.asarray(self.frames)
+        problem = episode_problem(self.frames, self.actions, self.rewards, self.success, self.labelled)
+        if problem:
+            raise DataError(f"invalid episode: {problem}")
         self.actions = np.asarray(self.actions, dtype=np.float32)
         self.rewards = np.asarray(self.rewards, dtype=np.float32)
-        self.success = np.asarray(self.success, dtype=bool)
+        self.success = np.asarray(self.success).astype(bool)
         self.labelled = bool(self.labelled)
-        problem = validate_arrays(self.frames, self.actions, self.rewards, self.success)
-        if problem:
-            raise ValueError(f"invalid episode: {problem}")
 
     @property
     def length(self) -> int:
@@ -75,17 +80,37 @@ class Episode:
         return float(self.rewards.sum()) if self.labelled else float("nan")
 
 
-def validate_arrays(frames, actions, rewards, success) -> Optional[str]:
+def episode_problem(frames: Any, actions: Any, rewards: Any, success: Any, labelled: Any = True) -> Optional[str]:
+    """The first thing wrong with an episode's arrays (naming the field), or None."""
+    frames, actions, rewards, success = (np.asarray(x) for x in (frames, actions, rewards, success))
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         return f"frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {list(frames.shape)}"
+    flag = np.asarray(labelled)
+    if flag.shape != () or flag.dtype != np.bool_:
+        return f"labelled must be one boolean, got {flag.dtype} of shape {list(flag.shape)}"
     steps = frames.shape[0] - 1
-    if actions.ndim != 2 or actions.shape[0] != steps:
-        return f"actions must be [T-1={steps}, A], got {list(actions.shape)}"
-    if rewards.shape != (steps,):
-        return f"rewards must be [T-1={steps}], got {list(rewards.shape)}"
+    if actions.dtype.kind not in "fiu" or actions.ndim != 2 or actions.shape[0] != steps:
+        return f"actions must be numbers [T-1={steps}, A], got {actions.dtype} {list(actions.shape)}"
+    if rewards.dtype.kind not in "fiu" or rewards.shape != (steps,):
+        return f"rewards must be numbers [T-1={steps}], got {rewards.dtype} {list(rewards.shape)}"
     if success.shape != (steps,):
         return f"success must be [T-1={steps}], got {list(success.shape)}"
+    if success.dtype != np.bool_ and not (success.dtype.kind in "iu" and np.isin(success, (0, 1)).all()):
+        return f"success must be booleans (or 0 / 1 integers), got {success.dtype}"
+    bad = _first_bad(~np.isfinite(actions).all(1))
+    if bad is not None:
+        return f"actions has NaN / inf values (first at step {bad})"
+    # imported videos have no rewards: NaN marks them, and only in unlabelled episodes
+    unknown = np.isnan(rewards) if not bool(flag) else np.zeros(steps, bool)
+    bad = _first_bad(~(np.isfinite(rewards) | unknown))
+    if bad is not None:
+        return f"rewards has {'NaN / ' if bool(flag) else ''}inf values (first at step {bad})"
     return None
+
+
+def _first_bad(mask: np.ndarray) -> Optional[int]:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
 
 
 def save_episode(path: str, episode: Episode, extra: Optional[dict[str, np.ndarray]] = None) -> int:
@@ -124,11 +149,11 @@ def load_episode(path: str, extra: Sequence[str] = ()):
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         raise EpisodeFileError(f"corrupt or unreadable episode file {path}: {type(e).__name__}: {e}") from e
-    problem = validate_arrays(data["frames"], data["actions"], data["rewards"], data["success"])
-    if problem:
-        raise EpisodeFileError(f"malformed episode file {path}: {problem}")
-    episode = Episode(frames=data["frames"], actions=data["actions"], rewards=data["rewards"], success=data["success"],
-                      labelled=bool(data["labelled"]))
+    try:
+        episode = Episode(frames=data["frames"], actions=data["actions"], rewards=data["rewards"],
+                          success=data["success"], labelled=data["labelled"])
+    except DataError as e:
+        raise EpisodeFileError(f"malformed episode file {path}: {str(e).removeprefix('invalid episode: ')}") from None
     if not extra:
         return episode
     for k in extra:
@@ -180,6 +205,22 @@ def update_manifest(folder: str, entries: Iterable[dict]) -> list[dict]:
     out = list(merged.values())
     write_manifest(folder, out)
     return out
+
+
+def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
+                        policies: Optional[Sequence[str]] = None) -> list[tuple[dict, Episode]]:
+    """``[(manifest entry, episode)]`` of an episode folder, keeping the listed tasks / policy kinds
+    (``None`` or ``["all"]``: every episode); an empty selection is an error naming what the folder has."""
+    everything = read_manifest(folder)
+    entries = [e for e in everything if not tasks or e["task"] in set(tasks)]
+    if policies and "all" not in policies:
+        entries = [e for e in entries if e.get("policy") in set(policies)]
+    if not entries:
+        have = sorted({(e["task"], e.get("policy")) for e in everything}, key=str)
+        raise DataError(f"no episodes in {folder} match tasks={list(tasks) if tasks else 'all'} "
+                        f"policies={list(policies) if policies else 'all'} (the folder has {have}; "
+                        "--policies all uses every episode)")
+    return [(e, load_episode(os.path.join(folder, e["file"]))) for e in entries]
 
 
 def episode_entry(file: str, episode: Episode, **meta: Any) -> dict:

@@ -17,12 +17,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mmreward.core.data import DataError
+
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-class VideoError(RuntimeError):
-    """A video or frame folder that cannot be read."""
+class VideoError(DataError):
+    """A video or frame folder that cannot be read (the message names it)."""
 
 
 def _cv2():

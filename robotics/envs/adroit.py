@@ -6,14 +6,15 @@ Task ids: ``adroit-door``, ``adroit-hammer``, ``adroit-pen``, ``adroit-relocate`
 table, hand and object for all four tasks (``fixed`` is closer and crops the door / hammer nail).
 
 No scripted expert ships for Adroit and the original demonstrations are not part of any package, so
-expert data comes from **your own videos** — see :func:`import_adroit_demos` for the folder layout.
+expert data comes from **your own videos**: ``mmreward robotics import-videos demos/adroit-door --task
+adroit-door --out data/adroit`` (:func:`mmreward.robotics.collect.import_videos` describes the layout).
 Random-policy episodes can be collected directly (``mmreward robotics collect --tasks adroit-door
 --policy random``).
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -94,33 +95,3 @@ class AdroitEnv(PixelEnv):
     def _reseed(self, seed: int):
         return self.env.reset(seed=seed)
 
-
-def import_adroit_demos(sources: Sequence[str], out: str, task: str, *, size: Any = 64, fps_stride: int = 1,
-                        progress: bool = True):
-    """Turn your Adroit demonstration videos into episodes in ``out`` (one ``.npz`` per video plus
-    ``manifest.json`` entries with ``policy="demo"``).
-
-    ``sources``: any mix of
-
-    * video files — ``.mp4`` / ``.avi`` / ``.mov`` / ``.mkv`` (read with OpenCV) or ``.gif``;
-    * frame folders — one folder per episode holding ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp``
-      frames, ordered by file name with numbers compared as numbers (``frame_2.png`` before
-      ``frame_10.png``);
-    * a parent folder whose entries are such videos and/or frame folders (one episode each, in
-      name order), e.g.::
-
-          demos/adroit-door/
-            episode_000.mp4
-            episode_001.mp4
-            episode_002/        # a frame folder
-              000.png 001.png ...
-
-    Frames are center-cropped to the target aspect ratio and resized to ``size``; ``fps_stride``
-    keeps every n-th frame (e.g. to match an action repeat of 2). Videos carry no actions or
-    rewards: those arrays are stored with zero action dimensions and NaN rewards, and the manifest
-    marks the episode ``labelled: false``.
-    """
-    from ..collect import import_videos
-
-    return import_videos(sources, out, task=resolve_task(task), size=size, stride=fps_stride,
-                         policy="demo", progress=progress)

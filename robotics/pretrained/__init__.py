@@ -15,11 +15,16 @@ used it (``checkpoint=pretrained_path("metaworld-64-v1")`` reproduces them).
     from mmreward.robotics.pretrained import load_pretrained
     reward = load_pretrained()            # DiffusionReward, eval mode, on CPU
     r = reward(frames)                    # uint8 [T, 64, 64, 3] -> [T]
+    mmreward.load("metaworld-64")         # the same model through the registry
+
+These folders are in the format of mmreward 0.1 (no ``manifest.json``); the current code reads it
+as it is, so the shipped weights stay byte-identical.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 DEFAULT = "metaworld-64"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,11 +47,37 @@ def pretrained_path(name: Optional[str] = None) -> str:
     return path
 
 
-def load_pretrained(name: Optional[str] = None, device: str = "cpu"):
+def load_pretrained(name: Optional[str] = None, device: Any = "cpu"):
     """The shipped :class:`~mmreward.robotics.reward.DiffusionReward` ``name`` (default :data:`DEFAULT`)."""
     from ..reward.diffusion_reward import DiffusionReward
 
     return DiffusionReward.from_pretrained(pretrained_path(name), device)
 
 
-__all__ = ["DEFAULT", "available", "pretrained_path", "load_pretrained"]
+def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
+    """The saved model folder ``path`` names: a shipped checkpoint name, the folder itself, or a
+    trainer's ``path/model`` / ``path/reward``; with ``model_types``, the first of those holding one
+    of those kinds of model (FileNotFoundError / ValueError saying what was found otherwise)."""
+    if not os.path.exists(path) and os.path.isfile(os.path.join(HERE, path, "config.json")):
+        path = os.path.join(HERE, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model folder {path!r} does not exist (shipped: {', '.join(available())})")
+    seen = []
+    for cand in (path, os.path.join(path, "model"), os.path.join(path, "reward")):
+        cfg_path = os.path.join(cand, "config.json")
+        if not os.path.isfile(cfg_path):
+            continue
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                kind = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if not model_types or kind in model_types:
+            return cand
+        seen.append(f"{cand} ({kind})")
+    found = f"; found {', '.join(seen)}" if seen else ""
+    want = f"a {' / '.join(map(repr, model_types))} model" if model_types else "a saved model (config.json)"
+    raise ValueError(f"{path} holds no {want}, nor do {path}/model or {path}/reward{found}")
+
+
+__all__ = ["DEFAULT", "available", "pretrained_path", "load_pretrained", "model_folder"]

@@ -29,6 +29,13 @@ frame under a conditional VQ-Diffusion model of expert videos.
    ``r = (1 − α)·(z(r_ce) + β·z(progress)) + α·r_RND + r_sparse``. The likelihood terms score
    plausibility, so holding still is paid like progress; the ranker pays for getting further.
 
+The model contract (:class:`~mmreward.robotics.reward.base.EpisodeScorer`): ``score_parts`` on
+:class:`~mmreward.core.inputs.Episode` inputs gives exactly these per-frame rewards, ``score`` their
+sum per episode. A saved folder holds ``codec/``, ``video/`` and, when present, ``rnd/`` and
+``progress/`` (each a sub-model's ``config.json`` + ``model.safetensors``), the top-level
+``config.json`` + ``model.safetensors`` (the statistics) and one ``manifest.json``; it is written as
+one unit. Folders of mmreward 0.1 (no manifest; the shipped ``metaworld-64`` / ``-v1``) load as they are.
+
 For RL, pass the frames observed *after* each action (next observations), so reward i belongs to
 transition i. The chains' Gumbel noise comes from a generator seeded with ``seed`` per call, so the
 same frames always get the same rewards (``seed=None`` draws from the global RNG instead).
@@ -43,11 +50,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.folders import CheckpointError
+from mmreward.core.model import FORMAT_VERSION, Pretrained, config_from_dict, load_weights, save_weights, write_config
 
 from ..codec.vqgan import VQGAN
-from ..training import check_frames_uint8, config_from_dict, config_to_dict, episodes_from
+from ..training import check_frames_uint8, episodes_from
 from ..video.vq_diffusion import ConditionalVQDiffusion, window_indices
+from .base import EpisodeScorer, help_field
 from .progress import ProgressModel
 from .rnd import RND
 
@@ -59,20 +68,23 @@ REWARD_TYPES = ("entropy", "likelihood", "relative_likelihood")
 class DiffusionRewardConfig:
     """How rewards are computed from the codec + video model (official values as defaults)."""
 
-    reward_type: str = "entropy"  # 'entropy' (−H of next frame), 'likelihood' (log p bound), 'relative_likelihood' (+H)
-    entropy_estimator: str = "vlb"  # 'vlb' (official one-sample bound of a model sample) or 'x0_entropy'
-    skip_step: int = 9  # fast chain stride: T=100, skip 9 → 11 denoising calls
-    num_samples: int = 1  # chains averaged per window
-    noise: bool = True  # Gumbel noise when sampling the chain (False: argmax)
-    noise_scale: float = 1.0  # scale of the Gumbel noise
-    use_std: bool = True  # z-score the raw reward with the expert statistics
-    clip_min: Optional[float] = None  # lower bound on the learned term z(raw) [+ β·z(progress)] (None: unbounded)
-    expl_scale: float = 0.95  # α: weight of the RND bonus, (1 − α) for the diffusion reward
-    progress_scale: float = 1.0  # β: weight of the progress ranker's z-score (only with a progress model)
-    use_sparse: bool = True  # add the success reward passed as `success=`
-    success_scale: float = 1.0  # weight of that success reward (official 1)
-    batch_size: int = 64  # windows per video-model batch
-    seed: Optional[int] = 0  # seed of the chain noise per call (None: global RNG)
+    reward_type: str = help_field("entropy (−H of the next frame) | likelihood (log p bound of the frame) | "
+                                  "relative_likelihood (the bound + H of the same prediction)", default="entropy")
+    entropy_estimator: str = help_field("vlb (official one-sample bound of a model sample) | x0_entropy",
+                                        default="vlb")
+    skip_step: int = help_field("fast-chain stride: T=100, skip 9 → 11 denoising calls", default=9)
+    num_samples: int = help_field("chains averaged per window", default=1)
+    noise: bool = help_field("Gumbel noise when sampling the chain (off: argmax)", default=True)
+    noise_scale: float = help_field("scale of the Gumbel noise", default=1.0)
+    use_std: bool = help_field("z-score the raw reward with the expert statistics", default=True)
+    clip_min: Optional[float] = help_field("lower bound on the learned term z(raw) [+ β·z(progress)]", default=None)
+    expl_scale: float = help_field("α: weight of the RND bonus, (1 − α) for the diffusion reward", default=0.95)
+    progress_scale: float = help_field("β: weight of the progress ranker's z-score (with a ranker only)",
+                                       default=1.0)
+    use_sparse: bool = help_field("add the per-frame success reward given with the frames", default=True)
+    success_scale: float = help_field("weight of that success reward (official 1)", default=1.0)
+    batch_size: int = help_field("windows per video-model batch (the chain noise is drawn per batch)", default=64)
+    seed: Optional[int] = help_field("seed of the chain noise per call (none: the global RNG)", default=0)
 
     def validate(self) -> None:
         if self.reward_type not in REWARD_TYPES:
@@ -91,10 +103,13 @@ class DiffusionRewardConfig:
             raise ValueError("batch_size >= 1, skip_step >= 0 and num_samples >= 1 are required")
 
 
-class DiffusionReward(nn.Module):
+class DiffusionReward(EpisodeScorer, nn.Module):
     """VQGAN + conditional VQ-Diffusion (+ optional RND) → per-frame rewards. The codec and video
     model are put in eval mode and frozen (``requires_grad=False``); the RND predictor stays trainable.
     ``progress`` (optional) is a trained :class:`ProgressModel` with fitted statistics, frozen too."""
+
+    model_type = MODEL_TYPE
+    config_class = DiffusionRewardConfig
 
     def __init__(self, codec: VQGAN, video: ConditionalVQDiffusion, config: Optional[DiffusionRewardConfig] = None,
                  rnd: Optional[RND] = None, progress: Optional[ProgressModel] = None):
@@ -122,6 +137,14 @@ class DiffusionReward(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.video.device
+
+    @property
+    def image_size(self) -> int:
+        return self.codec.config.image_size
+
+    @property
+    def default_batch_size(self) -> int:  # the chain noise is drawn per batch: the saved size keeps rewards as fitted
+        return self.config.batch_size
 
     def set_progress(self, progress: Optional[ProgressModel]) -> None:
         """Attach (or with ``None`` detach) a progress ranker; it must have expert statistics."""
@@ -152,11 +175,11 @@ class DiffusionReward(nn.Module):
         return self.codec.encode(frames).flatten(1)
 
     @torch.no_grad()
-    def raw_reward(self, frames: torch.Tensor) -> torch.Tensor:
+    def raw_reward(self, frames: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
         """Un-normalised reward ``[T]`` (nats per frame): −conditional entropy of the next frame
         (``"entropy"``), the bound on the frame's log-likelihood (``"likelihood"``), or that bound
         plus the entropy of the same prediction (``"relative_likelihood"``)."""
-        return self.raw_reward_tokens(self.tokenize(frames))
+        return self.raw_reward_windows(self.tokenize(frames), batch_size=batch_size)
 
     @torch.no_grad()
     def raw_reward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -164,12 +187,15 @@ class DiffusionReward(nn.Module):
         return self.raw_reward_windows(tokens)
 
     @torch.no_grad()
-    def raw_reward_windows(self, tokens: torch.Tensor, frame_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def raw_reward_windows(self, tokens: torch.Tensor, frame_ids: Optional[torch.Tensor] = None, *,
+                           batch_size: Optional[int] = None) -> torch.Tensor:
         """Raw rewards of the frames ``frame_ids`` (default: all) of a tokenised episode ``[T, L]``.
         Reward i only looks at frames <= i in ``"likelihood"`` mode and at frames <= i in
         ``"entropy"`` mode too (history i−1, i), so an online caller can score the newest frame
-        from the frames seen so far (:class:`~mmreward.robotics.wrappers.DiffusionRewardWrapper`)."""
+        from the frames seen so far (:class:`~mmreward.robotics.wrappers.DiffusionRewardWrapper`).
+        ``batch_size``: windows per video-model batch (default ``config.batch_size``)."""
         cfg, vcfg = self.config, self.video.config
+        step = batch_size or cfg.batch_size
         tok = self.video.flatten_tokens(tokens, "tokens", 1)
         self.video.check_token_range(tok, "tokens")
         if tok.shape[0] == 0:
@@ -184,13 +210,13 @@ class DiffusionReward(nn.Module):
         target = tok[frame_ids]
         gen = self._generator()
         out = []
-        for i in range(0, frame_ids.numel(), cfg.batch_size):
-            ctx = self.video.encode_context(hist[i:i + cfg.batch_size])
+        for i in range(0, frame_ids.numel(), step):
+            ctx = self.video.encode_context(hist[i:i + step])
             if cfg.reward_type == "entropy":
                 r = self.video.entropy_reward(ctx, cfg.skip_step, cfg.entropy_estimator, cfg.num_samples,
                                               cfg.noise, cfg.noise_scale, gen)
             else:
-                r = self.video.elbo(target[i:i + cfg.batch_size], ctx, cfg.skip_step, cfg.num_samples, gen)
+                r = self.video.elbo(target[i:i + step], ctx, cfg.skip_step, cfg.num_samples, gen)
                 if cfg.reward_type == "relative_likelihood":  # log p(x) − E_p[log p] = log p(x) + H
                     r = r - self.video.entropy_reward(ctx, cfg.skip_step, cfg.entropy_estimator, cfg.num_samples,
                                                       cfg.noise, cfg.noise_scale, gen)
@@ -221,9 +247,13 @@ class DiffusionReward(nn.Module):
 
     # -------------------------------------------------------------- mixed reward
     @torch.no_grad()
-    def forward(self, frames: torch.Tensor, success: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, success: Optional[torch.Tensor] = None, *,
+                batch_size: Optional[int] = None) -> torch.Tensor:
         """Rewards ``[T]``: ``(1 − α)·z(r_ce) + α·r_RND + r_sparse`` (see the module docstring)."""
-        return self.combine(self.raw_reward(frames), frames, success)
+        return self.combine(self.raw_reward(frames, batch_size), frames, success)
+
+    def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
+        return self(frames.to(self.device), success, batch_size=batch_size)
 
     @torch.no_grad()
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -248,42 +278,54 @@ class DiffusionReward(nn.Module):
             r = r + self.config.success_scale * s
         return r
 
-    score = forward
-
     def update_rnd(self, frames: torch.Tensor) -> dict[str, float]:
         """One online RND predictor update on a batch of frames (no-op without an RND module)."""
         return self.rnd.update(frames) if self.rnd is not None else {}
 
     # -------------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str) -> None:
-        """``codec/``, ``video/``, ``rnd/`` (each ``config.json`` + ``model.safetensors``) and a
-        top-level ``config.json`` + ``model.safetensors`` with the reward config and statistics."""
-        self.codec.save_pretrained(os.path.join(folder, "codec"))
-        self.video.save_pretrained(os.path.join(folder, "video"))
-        if self.rnd is not None:
-            self.rnd.save_pretrained(os.path.join(folder, "rnd"))
-        if self.progress is not None:
-            self.progress.save_pretrained(os.path.join(folder, "progress"))
+    def parts(self) -> dict[str, Pretrained]:
+        """The sub-models by subfolder name: ``codec``, ``video`` and, when present, ``rnd``, ``progress``."""
+        found = {"codec": self.codec, "video": self.video, "rnd": self.rnd, "progress": self.progress}
+        return {name: part for name, part in found.items() if part is not None}
+
+    def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> dict:
+        if state_dict is not None:
+            raise TypeError("DiffusionReward saves each sub-model's own weights: state_dict= is not supported")
+        for name, part in self.parts().items():
+            _write_part(part, os.path.join(folder, name))
+        save_weights(folder, {"statistics": self.statistics.detach().cpu().clone()})
         mean, std, n = self.statistics.tolist()
-        save_model(folder, {"statistics": self.statistics.clone()},
-                   {"model_type": MODEL_TYPE, "config": config_to_dict(self.config), "has_rnd": self.rnd is not None,
-                    "has_progress": self.progress is not None,
-                    "statistics": {"mean": mean, "std": std, "frames": int(n)}})
+        return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None,
+                "statistics": {"mean": mean, "std": std, "frames": int(n)}}
 
     @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "DiffusionReward":
-        sd, cfg = load_model(folder, device)
-        if cfg.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder} holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
-        if "statistics" not in sd or sd["statistics"].shape != (3,):
-            raise CheckpointError(f"{folder}/model.safetensors lacks the reward statistics")
-        codec = VQGAN.from_pretrained(os.path.join(folder, "codec"), device)
-        video = ConditionalVQDiffusion.from_pretrained(os.path.join(folder, "video"), device)
-        rnd = RND.from_pretrained(os.path.join(folder, "rnd"), device) if cfg.get("has_rnd") else None
-        prog = ProgressModel.from_pretrained(os.path.join(folder, "progress"), device) if cfg.get("has_progress") else None
-        model = cls(codec, video, config_from_dict(DiffusionRewardConfig, cfg["config"], MODEL_TYPE), rnd, prog)
-        model.statistics.copy_(sd["statistics"].double())
-        return model.to(device)
+    def _load(cls, folder: str, body: dict, device: torch.device) -> "DiffusionReward":
+        stats = load_weights(folder, "cpu").get("statistics")
+        if stats is None or tuple(stats.shape) != (3,):
+            raise CheckpointError(f"{folder}/model.safetensors lacks the reward statistics (a 3-vector 'statistics')")
+        config = config_from_dict(DiffusionRewardConfig, body.get("config", {}), MODEL_TYPE)
+        try:
+            config.validate()
+        except ValueError as e:
+            raise CheckpointError(f"{folder}/config.json: {e}") from None
+
+        def part(name: str, kind: type) -> Any:
+            return kind.from_pretrained(os.path.join(folder, name), device)
+
+        model = cls(part("codec", VQGAN), part("video", ConditionalVQDiffusion), config,
+                    part("rnd", RND) if body.get("has_rnd") else None,
+                    part("progress", ProgressModel) if body.get("has_progress") else None)
+        model.statistics.copy_(stats.double())
+        return model
+
+
+def _write_part(part: Pretrained, folder: str) -> None:
+    """A sub-model's ``config.json`` + weights inside the parent's folder (the parent's save is the
+    atomic unit and holds the one manifest)."""
+    os.makedirs(folder)
+    body = {"model_type": part.model_type, "format_version": FORMAT_VERSION, "config": part.config_dict()}
+    body.update(part._save(folder) or {})
+    write_config(folder, body)
 
 
 __all__ = ["DiffusionReward", "DiffusionRewardConfig", "REWARD_TYPES"]

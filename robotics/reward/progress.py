@@ -21,20 +21,21 @@ Diffusion Reward term, which is low on such frames, plays that part.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmreward.core.checkpoint import save_model
-from mmreward.core.model import Pretrained
-
-from ..training import check_frames_uint8, config_to_dict, episodes_from, progress as progress_bar
+from ..training import check_frames_uint8, config_to_dict, episodes_from
+from .base import EpisodeScorer
 
 MODEL_TYPE = "progress_ranker"
 
@@ -59,8 +60,9 @@ class ProgressConfig:
             raise ValueError("min_gap >= 1, batch_size >= 1 and augment_pad >= 0 are required")
 
 
-class ProgressModel(Pretrained, nn.Module):
-    """Conv net: frame → scalar progress score (higher = later in an expert episode)."""
+class ProgressModel(EpisodeScorer, nn.Module):
+    """Conv net: frame → scalar progress score (higher = later in an expert episode). As a reward
+    model, ``score_parts`` gives the z-scored score of every frame and ``score`` their sum."""
 
     model_type = MODEL_TYPE
     config_class = ProgressConfig
@@ -109,8 +111,7 @@ class ProgressModel(Pretrained, nn.Module):
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Scores ``[T]`` z-scored with the expert statistics (expert frames: mean 0, std 1)."""
-        mean, std = self._fitted()[:2]
-        return (self.raw_score(frames) - mean) / std
+        return self.frame_rewards(frames, None, self.default_batch_size)
 
     @torch.no_grad()
     def progress(self, frames: torch.Tensor) -> torch.Tensor:
@@ -135,11 +136,14 @@ class ProgressModel(Pretrained, nn.Module):
                                            dtype=torch.float64))
         return {"mean": float(allr.mean()), "std": std, "frames": allr.numel(), "first": first, "last": last}
 
-    def save_pretrained(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
+        mean, std = self._fitted()[:2]
+        return (self.raw_score(frames, batch_size) - mean) / std
+
+    def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> dict:
+        super()._save(folder, state_dict)
         mean, std, n, first, last = self.statistics.tolist()
-        save_model(folder, state_dict if state_dict is not None else self.state_dict(),
-                   {"model_type": MODEL_TYPE, "config": config_to_dict(self.config),
-                    "statistics": {"mean": mean, "std": std, "frames": int(n), "first": first, "last": last}})
+        return {"statistics": {"mean": mean, "std": std, "frames": int(n), "first": first, "last": last}}
 
 
 # ----------------------------------------------------------------------------- training
@@ -168,14 +172,23 @@ def pair_accuracy(model: ProgressModel, episodes: list[torch.Tensor], min_gap: i
 
 def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_dir: Optional[str] = None, *,
                    steps: int = 2000, seed: int = 0, val_fraction: float = 0.1, log_every: int = 100,
-                   show_progress: bool = True) -> tuple[ProgressModel, dict[str, float]]:
-    """Trains a :class:`ProgressModel` on expert ``episodes`` (frames in time order) and fits its
-    statistics. ``val_fraction`` of the episodes (at least 1 when there are 2+) are held out to report
-    pair accuracy and the Spearman ρ of score vs time; the statistics use every episode. Saves to
-    ``out_dir`` (atomic, safetensors + JSON) when given, with ``metrics.json``."""
+                   show_progress: bool = True, resume: bool = True, overwrite: bool = False,
+                   stop_at: Optional[int] = None) -> tuple[ProgressModel, dict[str, float]]:
+    """Trains a :class:`ProgressModel` on expert ``episodes`` (frames in time order) on the core
+    training loop and fits its statistics. ``val_fraction`` of the episodes (at least 1 when there
+    are 2+) are held out to report pair accuracy and the Spearman ρ of score vs time; the statistics
+    use every episode. With ``out_dir``: ``metrics.csv`` (loss and pair accuracy of every step),
+    TensorBoard events, snapshots (every 500 steps and at the end; a run continues exactly from its
+    newest one, ``resume`` / ``overwrite`` as in :class:`~mmreward.core.trainer.Trainer`), and once
+    training reaches ``steps`` the ranker in ``out_dir/model`` and ``metrics.json``. ``stop_at`` ends
+    this call after that many total steps (statistics and metrics are then not computed yet)."""
+    from mmreward.core.checkpoint import atomic_write_text
+    from mmreward.core.train import seed_everything
+    from mmreward.core.trainer import Trainer
     from mmreward.ops import pairwise_loss_and_accuracy
 
     from ..rl.drqv2 import random_shift
+    from ..training import loop_config
 
     cfg = config or ProgressConfig()
     eps = episodes_from(episodes)
@@ -184,8 +197,8 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     lengths_all = np.array([len(e) for e in eps])
     if not (lengths_all > cfg.min_gap).any():
         raise ValueError(f"no episode is longer than min_gap={cfg.min_gap} frames: nothing to rank")
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)  # held-out split, then training pairs
+    seed_everything(seed)  # before the model: its initial weights come from the seed
     n_val = int(round(val_fraction * len(eps))) if len(eps) > 1 else 0
     n_val = max(n_val, 1) if len(eps) > 1 and val_fraction > 0 else n_val
     order = rng.permutation(len(eps))
@@ -196,44 +209,61 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
         raise ValueError(f"no training episode is longer than min_gap={cfg.min_gap} frames")
     model = ProgressModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    t0, hist = time.perf_counter(), []
-    bar = progress_bar(steps, 0, "progress ranker", show_progress)
-    model.train()
-    for step in range(1, steps + 1):
+    gen = torch.Generator().manual_seed(seed)  # random shifts
+    stats: dict[str, float] = {}
+
+    def sample_batch() -> torch.Tensor:  # (2B, H, W, 3): (earlier, later) frame pairs
         pairs = _sample_pairs(lengths, cfg.batch_size, cfg.min_gap, rng)
-        x = torch.stack([train[e][t] for e, i, j in pairs for t in (i, j)])  # (2B, H, W, 3), (early, late) pairs
-        x = random_shift(x.permute(0, 3, 1, 2).float() / 255.0, cfg.augment_pad, gen)
+        return torch.stack([train[e][t] for e, i, j in pairs for t in (i, j)])
+
+    def step_fn(trainer: Trainer, frames: torch.Tensor) -> dict[str, float]:
+        x = random_shift(frames.permute(0, 3, 1, 2).float() / 255.0, cfg.augment_pad, gen)
         s = model.score_pixels(x).view(-1, 2)  # (B, 2)
         loss, acc = pairwise_loss_and_accuracy(s[:, 1], s[:, 0])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        hist.append((float(loss.detach()), float(acc)))
-        if bar is not None:
-            bar.update(1)
-        if log_every and step % log_every == 0 and bar is not None:
-            l, a = np.mean(hist[-log_every:], 0)
-            bar.set_postfix(loss=f"{l:.3f}", acc=f"{a:.2f}")
-    if bar is not None:
-        bar.close()
+        return {"loss": float(loss.detach()), "pair_acc": float(acc)}
+
+    def finish(folder: str) -> None:  # statistics first: the saved ranker needs them to score
+        stats.update(model.fit_statistics(eps))
+        if out_dir:
+            model.save_pretrained(folder)
+
+    t0 = time.perf_counter()
+    with _run_folder(out_dir) as folder:
+        loop = loop_config(folder, steps=steps, batch_size=cfg.batch_size, seed=seed, log_every=log_every,
+                           save_every=500, resume=resume, overwrite=overwrite, progress_bar=show_progress,
+                           quiet=True)
+        trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False, save_model=finish,
+                          settings={"progress": config_to_dict(cfg), "val_fraction": val_fraction})
+        for name, obj in (("optimizer", opt), ("pair_rng", rng), ("shift_rng", gen)):
+            trainer.register_state(name, obj)
+        hist = trainer.fit(stop_at)
     model.eval()
-    l, a = np.mean(hist[-min(len(hist), 100):], 0) if hist else (float("nan"), float("nan"))
-    metrics = {"steps": steps, "train_loss": float(l), "train_pair_acc": float(a),
+    last = hist[-min(len(hist), 100):]
+    metrics = {"steps": trainer.step, "train_loss": float(np.mean([r["loss"] for r in last])) if last else float("nan"),
+               "train_pair_acc": float(np.mean([r["pair_acc"] for r in last])) if last else float("nan"),
                "seconds": time.perf_counter() - t0, "train_episodes": len(train), "val_episodes": len(val)}
+    if not stats:  # stopped before the end
+        return model, metrics
     if any(len(e) > cfg.min_gap for e in val):
         metrics["val_pair_acc"] = pair_accuracy(model, val, cfg.min_gap)
         metrics["val_time_spearman"] = float(np.mean([_spearman_time(model.raw_score(e)) for e in val]))
-    metrics.update({f"stat_{k}": v for k, v in model.fit_statistics(eps).items()})
+    metrics.update({f"stat_{k}": v for k, v in stats.items()})
     if out_dir:
-        import json
-
-        model.save_pretrained(out_dir)
-        tmp = os.path.join(out_dir, "metrics.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=1)
-        os.replace(tmp, os.path.join(out_dir, "metrics.json"))
+        atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     return model, metrics
+
+
+@contextlib.contextmanager
+def _run_folder(out_dir: Optional[str]) -> Iterator[str]:
+    """``out_dir``, or a temporary folder for the run's logs and snapshots when there is none."""
+    if out_dir:
+        yield out_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="progress-run-") as tmp:
+        yield tmp
 
 
 def _spearman_time(scores: torch.Tensor) -> float:

@@ -6,6 +6,10 @@ conditional-entropy reward.
 
 Layout (official, for 64 or 84 px): conv 6×6/3 → conv 4×4/2 → conv 3×3/1 (LeakyReLU), then linear
 layers (predictor: 3 with ReLU, target: 1); orthogonal init with gain √2; input ``x/255 − 0.5``.
+
+As a reward model (:class:`~mmreward.robotics.reward.base.EpisodeScorer`), ``score_parts`` gives the
+normalised novelty of every frame of an episode and ``score`` its sum; ``success`` flags play no part.
+A loaded RND stays trainable (``update`` continues the online predictor training).
 """
 from __future__ import annotations
 
@@ -17,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.model import Pretrained
-
 from ..training import check_frames_uint8
+from .base import EpisodeScorer, help_field
 
 MODEL_TYPE = "rnd"
 
@@ -28,12 +31,12 @@ MODEL_TYPE = "rnd"
 class RNDConfig:
     """Sizes of the RND nets. Defaults are small; :meth:`paper` gives the official widths."""
 
-    image_size: int = 64  # frame height = width in pixels
-    channels: tuple = (16, 32, 32)  # widths of the three conv layers
-    feature_dim: int = 128  # output feature size of both nets
-    hidden_dim: int = 128  # hidden width of the predictor's MLP head
-    lr: float = 1e-4  # Adam learning rate of the predictor
-    normalize: bool = True  # divide the novelty by its running std
+    image_size: int = help_field("frame height = width in pixels", default=64)
+    channels: tuple = help_field("widths of the three conv layers", default=(16, 32, 32))
+    feature_dim: int = help_field("output feature size of both nets", default=128)
+    hidden_dim: int = help_field("hidden width of the predictor's MLP head", default=128)
+    lr: float = help_field("Adam learning rate of the predictor", default=1e-4)
+    normalize: bool = help_field("divide the novelty by its running std", default=True)
 
     @classmethod
     def paper(cls, **overrides) -> "RNDConfig":
@@ -54,8 +57,9 @@ def _trunk(cfg: RNDConfig) -> tuple[nn.Sequential, int]:
     return net, n
 
 
-class RND(Pretrained, nn.Module):
+class RND(EpisodeScorer, nn.Module):
     """``RND(frames) -> novelty [T]`` (normalised); :meth:`update` trains the predictor online."""
+
     model_type = MODEL_TYPE
     config_class = RNDConfig
     eval_after_load = False
@@ -107,6 +111,9 @@ class RND(Pretrained, nn.Module):
         r = self.raw_novelty(frames)
         return r / (self.running_std + 1e-8) if self.config.normalize else r
 
+    def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
+        return torch.cat([self(frames[i:i + batch_size]) for i in range(0, frames.shape[0], batch_size)])
+
     def _update_stats(self, r: torch.Tensor) -> None:
         x = r.detach().double().cpu()
         n_b, mean_b = x.numel(), float(x.mean())
@@ -132,5 +139,6 @@ class RND(Pretrained, nn.Module):
         loss.backward()
         self._opt.step()
         return {"rnd_loss": float(loss.detach()), "rnd_std": self.running_std}
+
 
 __all__ = ["RND", "RNDConfig"]

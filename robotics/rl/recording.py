@@ -1,10 +1,11 @@
 """Evaluation videos with the per-step reward drawn on them, and learning-curve plots."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
+
+from mmreward.core.folders import atomic_write
 
 
 def annotate_frames(frames: np.ndarray, rewards: Sequence[float], success: Optional[Sequence[bool]] = None,
@@ -40,9 +41,14 @@ def annotate_frames(frames: np.ndarray, rewards: Sequence[float], success: Optio
 
 def write_eval_video(path: str, frames: np.ndarray, rewards: Sequence[float],
                      success: Optional[Sequence[bool]] = None, fps: float = 20.0, label: str = "reward") -> str:
+    """The annotated episode as a video at ``path``, written whole or not at all (a killed writer's
+    leftovers are hidden ``.tmp`` folders that the next run removes)."""
+    from mmreward.core.checkpoint import staged_file
+
     from ..data.video import write_video
 
-    write_video(path, annotate_frames(frames, rewards, success, label=label), fps=fps)
+    with staged_file(path) as tmp:
+        write_video(tmp, annotate_frames(frames, rewards, success, label=label), fps=fps)
     return path
 
 
@@ -75,9 +81,8 @@ def save_learning_figure(fig, axes, path: str, *, title: str = "", legend: bool 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path

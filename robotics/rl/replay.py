@@ -16,7 +16,8 @@ With ``store_dir`` set, each episode is also written once, when it is added, to
 the training rewards). A snapshot then records only which serials are live, not the frames: at the
 paper's 1M-transition buffer a snapshot that carried the buffer would rewrite ~12 GB each time.
 Evicted episodes' files are deleted by :meth:`ReplayBuffer.prune_store`, which the workspace calls
-only after the snapshot that no longer lists them is safely on disk.
+only after the snapshots that no longer list them are safely on disk (the newest two are kept, so
+the episodes of the older one stay until it goes).
 """
 from __future__ import annotations
 
@@ -167,15 +168,17 @@ class ReplayBuffer:
                 self.add(EpisodeRecord(**{k: np.asarray(v) for k, v in e.items()}))
         self.rng.bit_generator.state = state["rng"]
 
-    def prune_store(self) -> int:
+    def prune_store(self, keep_from: Optional[int] = None) -> int:
         """Delete store files of episodes that are not live (evicted ones, and any written after the
-        snapshot a run resumed from); returns how many were deleted. Call after saving a snapshot."""
+        snapshot a run resumed from); ``keep_from`` keeps the files from that serial on (episodes an
+        older kept snapshot still lists). Returns how many were deleted. Call after saving a snapshot."""
         if self.store_dir is None or not os.path.isdir(self.store_dir):
             return 0
+        first = self.first_serial if keep_from is None else min(keep_from, self.first_serial)
         removed = 0
         for name in os.listdir(self.store_dir):
             m = _EPISODE_FILE.fullmatch(name)
-            if m and not self.first_serial <= int(m.group(1)) < self.next_serial:
+            if m and not first <= int(m.group(1)) < self.next_serial:
                 os.unlink(os.path.join(self.store_dir, name))
                 removed += 1
         return removed

@@ -159,7 +159,7 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
 
 
 def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Optional[str] = None,
-                       device: str = "cpu", size: int = 64, action_repeat: int = 2,
+                       device: Any = "cpu", size: int = 64, action_repeat: int = 2,
                        expert_data: Optional[str] = None, stats_episodes: int = 3,
                        max_steps: Optional[int] = None, rnd_update_interval: int = 100,
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
@@ -171,7 +171,12 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     ``reward_clip`` bounds their standardised term below (``DiffusionRewardConfig.clip_min``);
     ``success_scale`` weights the success reward they add (default 1, the paper's). ``shaping="potential"``
     pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
-    γ = ``discount`` (the agent's), so that the optimal policy is the success reward's."""
+    γ = ``discount`` (the agent's), so that the optimal policy is the success reward's. ``checkpoint``: a
+    Diffusion Reward folder (or a trainer's run folder holding one) or a shipped name; ``device`` is checked
+    against this machine (:class:`~mmreward.core.device.DeviceError`)."""
+    from mmreward.core.device import resolve_device
+
+    device = resolve_device(device)
     if shaping not in SHAPINGS:
         raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
     if shaping != "none" and (isinstance(spec, RewardSource) or callable(spec) or spec in ("sparse", "dense")):
@@ -190,15 +195,11 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         return DenseReward()
     if spec not in REWARD_SOURCES:
         raise ValueError(f"unknown reward source {spec!r}: choose from {', '.join(REWARD_SOURCES)} or pass a callable")
+    from ..pretrained import DEFAULT, model_folder
     from ..reward.diffusion_reward import DiffusionReward
     from ..reward.rnd import RND, RNDConfig
 
-    if checkpoint:
-        model = DiffusionReward.from_pretrained(checkpoint, device)
-    else:
-        from ..pretrained import load_pretrained
-
-        model = load_pretrained(device=device)
+    model = DiffusionReward.from_pretrained(model_folder(checkpoint or DEFAULT, ("diffusion_reward",)), device)
     image = model.codec.config.image_size
     if image != size:
         raise ValueError(f"the reward model takes {image}x{image} frames but the environment renders {size}x{size}: "

@@ -7,8 +7,14 @@ the reward source and the logs (the drqv2 code base's layout).
 Frames count environment steps (agent steps × action repeat), as in DrQ-v2. Episodes are relabelled
 by the reward source when they end, then stored. Evaluation (deterministic actions, ``success`` =
 any step succeeds) runs before training, every ``eval_every_frames`` and at the end; its first
-episode is written as an mp4 with the training reward drawn on it. Snapshots are taken at episode
-boundaries (atomically) and a resumed run continues exactly as an uninterrupted one would.
+episode is written as an mp4 with the training reward drawn on it.
+
+Snapshots are taken at episode boundaries as ``<out>/checkpoint-<frame>/`` folders (agent,
+optimizers, replay position, reward source, RNGs and counters in one state file plus a manifest),
+each swapped into place as one unit; the newest two are kept (with the replay episodes both use),
+and a resumed run continues exactly as an uninterrupted one would. Starting follows
+:func:`mmreward.core.checkpoint.start_run`: ``resume`` continues a run of the same settings from its
+newest readable snapshot, a folder holding a run is refused without it, ``overwrite`` starts again.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from mmreward.core.checkpoint import load_state, save_state
+from mmreward.core.checkpoint import fingerprint_text, remove_leftovers, start_run, write_run_config
+from mmreward.core.device import resolve_device
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
 
@@ -28,6 +35,10 @@ from .drqv2 import DrQV2Agent, DrQV2Config
 from .recording import plot_learning_curves, write_eval_video
 from .replay import EpisodeRecord, ReplayBuffer, stack_frames
 from .rewards import make_reward_source
+
+
+# what a run leaves in its folder besides its snapshots and train_config.json
+RUN_FILES = ("train.csv", "tb", "eval", "eval_videos", "replay", "curves.png")
 
 
 def _help(text: str, **kw):
@@ -52,7 +63,10 @@ class RLConfig:
     num_eval_episodes: int = _help("episodes per evaluation", default=10)
     snapshot_every_frames: int = _help("frames between snapshots (0: only at the end)", default=20_000)
     save_video: bool = _help("write the first evaluation episode as an annotated mp4", default=True)
-    resume: bool = _help("continue from <out>/snapshot when it exists", default=True)
+    resume: bool = _help("continue the run in --out from its newest snapshot (without: a folder holding a run is "
+                         "refused)", default=True)
+    overwrite: bool = _help("start again in an --out that holds a run: its snapshots, replay episodes and logs are "
+                            "removed first", default=False)
     size: int = _help("frame height = width in pixels", default=64)
     camera: Optional[str] = _help("camera name (default: the suite's default camera)", default=None)
     action_repeat: int = _help("environment steps per agent action", default=2)
@@ -105,6 +119,7 @@ class Workspace:
         from ..envs import make_env
 
         config.validate()
+        resolve_device(config.device)  # a device this torch cannot use is a clear error before any env starts
         self.cfg, self.agent_cfg = config, agent_config or DrQV2Config()
         seed_everything(config.seed)
         self.task = parse_task(config.task)
@@ -130,21 +145,24 @@ class Workspace:
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0
-        os.makedirs(config.out, exist_ok=True)
-        self.snapshot_prefix = os.path.join(config.out, "snapshot")
-        resumed = config.resume and os.path.exists(self.snapshot_prefix + ".json")
-        if resumed:
-            self.load_snapshot()
-        else:
-            # a fresh run in a used folder: an old snapshot would otherwise point at episode files this
-            # run overwrites, and resuming from it after a crash would mix the two runs
-            for suffix in (".json", ".safetensors"):
-                if os.path.exists(self.snapshot_prefix + suffix):
-                    os.unlink(self.snapshot_prefix + suffix)
-        # drop files of episodes that are not live: written after the snapshot resumed from, or the old run's
-        self.replay.prune_store()
-        start = self.global_frame if resumed else None
-        log_kw = dict(tensorboard=config.tensorboard, resume_step=start, quiet=True)
+        self._snapshot_replay_first: Optional[int] = None  # replay.first_serial of the newest snapshot
+        try:
+            self.snapshots, state = start_run(config.out, self._fingerprint(), resume=config.resume,
+                                              overwrite=config.overwrite, run_files=RUN_FILES)
+            replay_floor = None if state is None else self._restore(state)
+        except BaseException:
+            self.close()
+            raise
+        write_run_config(config.out, self._fingerprint(), {"config": asdict(config), "agent": asdict(self.agent_cfg),
+                                                           "resumed_at_frame": self.global_frame})
+        for sub in ("replay", "eval", "eval_videos"):
+            remove_leftovers(os.path.join(config.out, sub))
+        # drop files of episodes no kept snapshot lists: written after the snapshot resumed from, or a
+        # killed run's before its first snapshot
+        self.replay.prune_store(keep_from=replay_floor)
+        # rows after the snapshot are cut (all rows, the frame-0 evaluation included, without one)
+        log_kw = dict(tensorboard=config.tensorboard, resume_step=self.global_frame if state is not None else -1,
+                      quiet=True)
         self.train_log = MetricLogger(config.out, filename="train.csv", **log_kw)
         self.eval_log = MetricLogger(os.path.join(config.out, "eval"), filename="eval.csv", **log_kw)
 
@@ -256,24 +274,32 @@ class Workspace:
                 "fps": self.global_frame / self.train_time if self.train_time else float("nan")}
 
     # ------------------------------------------------------------------ snapshots
+    def _fingerprint(self) -> dict:
+        """Settings a resumed run must share with the run it continues."""
+        c = self.cfg
+        return {"task": self.task, "reward": self.reward.name, "seed": c.seed, "size": c.size,
+                "frame_stack": c.frame_stack, "action_repeat": c.action_repeat, "agent": asdict(self.agent_cfg)}
+
     def save_snapshot(self) -> None:
+        """``<out>/checkpoint-<frame>`` as one unit; then the replay episodes neither kept snapshot lists
+        are deleted."""
         self.last_snapshot_frame = self.global_frame
-        save_state(self.snapshot_prefix, {
-            "config": asdict(self.cfg), "agent_config": asdict(self.agent_cfg),
-            "agent": {k: v.detach().clone() for k, v in self.agent.state_dict().items()},
+        # the previous snapshot stays (the newest two are kept): keep the episodes it lists too
+        floor = self.replay.first_serial if self._snapshot_replay_first is None else self._snapshot_replay_first
+        self.snapshots.save(self.global_frame, {
+            "fingerprint": fingerprint_text(self._fingerprint()), "config": asdict(self.cfg),
+            "agent": self.agent.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.agent.optimizers().items()},
-            "replay": self.replay.state(), "reward": self.reward.state(), "rng": rng_state(),
+            "replay": self.replay.state(), "replay_floor": floor, "reward": self.reward.state(), "rng": rng_state(),
             "counters": {"step": self.global_step, "episode": self.global_episode,
                          "last_eval_frame": self.last_eval_frame, "last_snapshot_frame": self.last_snapshot_frame,
                          "train_time": self.train_time},
         })
-        self.replay.prune_store()  # only now: the snapshot on disk no longer lists the evicted episodes
+        self._snapshot_replay_first = self.replay.first_serial
+        self.replay.prune_store(keep_from=floor)  # only now: the snapshots on disk no longer list the others
 
-    def load_snapshot(self) -> None:
-        st = load_state(self.snapshot_prefix)
-        if st["agent_config"] != asdict(self.agent_cfg):
-            raise ValueError(f"{self.snapshot_prefix} was written with other agent settings; use another --out "
-                             "or --no-resume")
+    def _restore(self, st: dict) -> int:
+        """Load a snapshot's state; returns the first replay serial the kept snapshots list."""
         self.agent.load_state_dict(st["agent"])
         for k, o in self.agent.optimizers().items():
             o.load_state_dict(st["optimizers"][k])
@@ -284,6 +310,8 @@ class Workspace:
         self.global_step, self.global_episode = c["step"], c["episode"]
         self.last_eval_frame, self.last_snapshot_frame, self.train_time = (
             c["last_eval_frame"], c["last_snapshot_frame"], c["train_time"])
+        self._snapshot_replay_first = self.replay.first_serial
+        return int(st["replay_floor"])
 
     def close(self) -> None:
         for env in (self.train_env, self.eval_env):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -46,10 +45,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmreward.core.model import Pretrained
-from mmreward.core.logging import MetricLogger
-from mmreward.core.train import rng_state, seed_everything, set_rng_state, warmup_cosine
+from mmreward.core.train import seed_everything, warmup_cosine
+from mmreward.core.trainer import Trainer
 
-from ..training import EMA, config_to_dict, load_training_state, progress, save_training_state
+from ..training import EMA, config_to_dict, loop_config
 from . import diffusion_math as dm
 
 MODEL_TYPE = "vq_diffusion"
@@ -432,37 +431,43 @@ def token_windows(episodes: Sequence[torch.Tensor], num_history: int = 2, frame_
     return torch.cat(hs).long(), torch.cat(ts).long()
 
 
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class VideoTrainConfig:
     """Optimisation settings of :func:`train_video_model` (official: AdamW β=(0.9, 0.96), wd 4.5e-2,
     peak lr 4.5e-4 after 5000 warmup steps, grad-norm clip 0.5, EMA 0.99 every 25 steps)."""
 
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # windows per step
-    lr: float = 4.5e-4  # peak learning rate
-    warmup_steps: int = 100  # linear warmup, then cosine decay to min_lr_ratio * lr
-    min_lr_ratio: float = 0.1  # final lr / peak lr
-    weight_decay: float = 4.5e-2  # AdamW weight decay
-    betas: tuple = (0.9, 0.96)  # AdamW betas
-    grad_clip: float = 0.5  # max grad norm (0 = off)
-    ema_decay: float = 0.99  # EMA decay of the saved weights
-    ema_every: int = 25  # EMA update interval (steps)
-    seed: int = 0  # seed for init, batches and noise
-    log_every: int = 10  # CSV / console logging interval
-    ckpt_every: int = 200  # resumable training-state interval (0 = only at the end)
+    steps: int = _help("optimizer steps", 1000)
+    batch_size: int = _help("windows per step (drawn with replacement)", 32)
+    lr: float = _help("peak learning rate", 4.5e-4)
+    warmup_steps: int = _help("linear warmup steps, then cosine decay to min_lr_ratio * lr", 100)
+    min_lr_ratio: float = _help("final lr / peak lr", 0.1)
+    weight_decay: float = _help("AdamW weight decay", 4.5e-2)
+    betas: tuple = _help("AdamW betas", (0.9, 0.96))
+    grad_clip: float = _help("max grad norm (0 = off)", 0.5)
+    ema_decay: float = _help("EMA decay of the saved weights", 0.99)
+    ema_every: int = _help("EMA update interval in steps", 25)
+    seed: int = _help("seed of the initial weights, batches and noise", 0)
+    log_every: int = _help("progress-bar / console interval in steps (metrics.csv gets every step)", 10)
+    ckpt_every: int = _help("snapshot interval in steps (0 = only at the end)", 200)
 
 
 def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out_dir: str = "vq_diffusion",
                       train: Optional[VideoTrainConfig] = None, *, codec: Any = None, resume: bool = True,
-                      stop_at: Optional[int] = None, progress_bar: bool = True, device: str = "cpu", quiet: bool = True,
-                      **overrides: Any) -> ConditionalVQDiffusion:
-    """Train the conditional VQ-Diffusion model; returns it with EMA weights (saved in
-    ``out_dir/model``). ``data``: ``(history [N, H, L], target [N, L])`` token windows, a list of
-    token episodes, or uint8 frame episodes together with ``codec`` (a VQGAN, used to tokenise).
-    ``overrides`` set :class:`VideoTrainConfig` fields (e.g. ``steps=50``). Resumes exactly from
-    ``out_dir/train_state.*`` when present and ``resume``; ``stop_at`` ends this call after that many
-    total steps (a time-limited job: call again with the same arguments to continue the same run);
-    logs to ``out_dir/metrics.csv``."""
+                      overwrite: bool = False, stop_at: Optional[int] = None, progress_bar: bool = True,
+                      device: str = "cpu", quiet: bool = True, **overrides: Any) -> ConditionalVQDiffusion:
+    """Train the conditional VQ-Diffusion model on the core training loop; returns it with EMA
+    weights (saved in ``out_dir/model`` when training reaches ``steps``). ``data``: ``(history [N, H,
+    L], target [N, L])`` token windows, a list of token episodes, or uint8 frame episodes together
+    with ``codec`` (a VQGAN, used to tokenise). ``overrides`` set :class:`VideoTrainConfig` fields
+    (e.g. ``steps=50``). ``out_dir`` gets ``metrics.csv`` (every step), TensorBoard events and
+    snapshots (model, optimizer, scheduler, EMA, RNGs) every ``ckpt_every`` steps; a run continues
+    exactly from its newest snapshot (``resume``), a folder holding a run is refused without
+    ``resume`` unless ``overwrite``; ``stop_at`` ends this call after that many total steps (a
+    time-limited job: call again with the same arguments to continue the same run)."""
     cfg = config or VQDiffusionConfig()
     tc = dataclasses.replace(train or VideoTrainConfig(), **overrides)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
@@ -475,62 +480,49 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
         else:
             episodes = list(data)
         history, target = token_windows(episodes, cfg.num_history, cfg.frame_skip)
-    history = history.flatten(2) if history.dim() == 4 else history
-    target = target.flatten(1) if target.dim() == 3 else target
+    history = history.flatten(2) if history.dim() == 4 else history  # (N, H, L)
+    target = target.flatten(1) if target.dim() == 3 else target  # (N, L)
     N = target.shape[0]
     if history.shape[0] != N:
         raise ValueError(f"history has {history.shape[0]} windows but target has {N}")
-    os.makedirs(out_dir, exist_ok=True)
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # before the model: its initial weights come from the seed
     model = ConditionalVQDiffusion(cfg).to(device)
     ema = EMA(model, tc.ema_decay, tc.ema_every)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
         s, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
-    step = 0
-    state = load_training_state(out_dir) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])
-        step = int(state["step"])
-        set_rng_state(state["rng"])
-    log = MetricLogger(out_dir, resume_step=step if state is not None else None, tensorboard=False, quiet=quiet)
+    batch_size = min(tc.batch_size, N)
 
-    def checkpoint() -> None:
-        save_training_state(out_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "ema": ema.state_dict(), "step": step,
-                                      "rng": rng_state(), "train_config": config_to_dict(tc)})
+    def sample_batch() -> tuple[torch.Tensor, torch.Tensor]:  # target (B, L), history (B, H, L)
+        idx = torch.randint(0, N, (batch_size,))
+        return target[idx].to(device), history[idx].to(device)
 
-    model.train()
-    bar = progress(tc.steps, step, "vq-diffusion", progress_bar)
-    end = tc.steps if stop_at is None else min(tc.steps, int(stop_at))
-    while step < end:
-        idx = torch.randint(0, N, (min(tc.batch_size, N),))
-        out = model.loss(target[idx].to(device), history[idx].to(device))
+    def step_fn(trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        out = model.loss(*batch)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         opt.step()
         sched.step()
         ema.update(model)
-        step += 1
-        bar.update(1)
-        if step % tc.log_every == 0 or step == tc.steps:
-            log.log(step, loss=float(out["loss"].detach()), vb=float(out["vb"].detach()),
-                    aux=float(out["aux"].detach()),
-                    grad_norm=float(gn), lr=sched.get_last_lr()[0])
-            bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
-        if tc.ckpt_every and step % tc.ckpt_every == 0 and step < end:
-            checkpoint()
-    bar.close()
-    checkpoint()
-    log.close()
+        return {"loss": float(out["loss"].detach()), "vb": float(out["vb"].detach()),
+                "aux": float(out["aux"].detach()), "grad_norm": float(gn), "lr": sched.get_last_lr()[0]}
+
+    def ema_weights() -> Optional[dict[str, torch.Tensor]]:
+        return ema.shadow if ema.calls >= ema.update_every else None  # no EMA update yet: the live weights
+
+    loop = loop_config(out_dir, steps=tc.steps, batch_size=batch_size, seed=tc.seed, log_every=tc.log_every,
+                       save_every=tc.ckpt_every, resume=resume, overwrite=overwrite, progress_bar=progress_bar,
+                       quiet=quiet)
+    trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False,
+                      save_model=lambda folder: model.save_pretrained(folder, state_dict=ema_weights()),
+                      settings={"video_train": config_to_dict(tc)})
+    for name, obj in (("optimizer", opt), ("scheduler", sched), ("ema", ema)):
+        trainer.register_state(name, obj)
+    trainer.fit(stop_at)
     model.eval()
-    if ema.calls >= ema.update_every:
+    if ema_weights() is not None:
         ema.copy_to(model)
-    model.save_pretrained(os.path.join(out_dir, "model"))
     return model
 
 

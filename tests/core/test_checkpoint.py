@@ -102,3 +102,86 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_unsupported_values_are_rejected(tmp_path):
     with pytest.raises(TypeError, match="cannot checkpoint"):
         ck.save_state(str(tmp_path / "s"), {"f": lambda: 0})
+
+
+def test_training_state_is_one_file_and_bad_files_name_themselves(tmp_path):
+    ck.save_state(str(tmp_path / "s"), {"w": torch.arange(4.0), "n": 3, "a": np.zeros(2)})
+    assert os.listdir(tmp_path) == ["s.safetensors"]  # one file: it is replaced as a unit
+    back = ck.load_state(str(tmp_path / "s"))
+    assert back["n"] == 3 and torch.equal(back["w"], torch.arange(4.0)) and back["a"].shape == (2,)
+    data = (tmp_path / "s.safetensors").read_bytes()
+    (tmp_path / "s.safetensors").write_bytes(data[: len(data) - 3])
+    with pytest.raises(ck.CheckpointError, match="s.safetensors"):
+        ck.load_state(str(tmp_path / "s"))
+    with pytest.raises(ck.CheckpointError, match="missing training state"):
+        ck.load_state(str(tmp_path / "nothing"))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ck.CheckpointError, match="not a training state"):
+        ck.load_state(str(tmp_path / "plain"))
+
+
+def test_snapshots_keep_two_verify_checksums_and_fall_back(tmp_path):
+    snaps = ck.Snapshots(str(tmp_path))
+    for step in (1, 2, 3):
+        snaps.save(step, {"step": step, "w": torch.full((64,), float(step))})
+    assert [s for s, _ in snaps.list()] == [3, 2]
+    assert sorted(os.listdir(tmp_path / "checkpoint-00000003")) == ["manifest.json", "state.safetensors"]
+    step, path, state = snaps.load_latest()
+    assert step == 3 and state["step"] == 3
+    state_file = tmp_path / "checkpoint-00000003" / "state.safetensors"
+    data = bytearray(state_file.read_bytes())
+    data[-5] ^= 0xFF  # same size: only the SHA-256 in the manifest catches it
+    state_file.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="skipping unreadable snapshot.*resuming from step 2"):
+        step, _, state = snaps.load_latest()
+    assert step == 2 and torch.equal(state["w"], torch.full((64,), 2.0))
+    assert (tmp_path / "checkpoint-00000003.unreadable").is_dir() and [s for s, _ in snaps.list()] == [2]
+    (tmp_path / "checkpoint-00000002" / "state.safetensors").unlink()
+    with pytest.raises(ck.CheckpointError, match="no readable snapshot.*state.safetensors is missing"):
+        snaps.load_latest()
+
+
+def test_leftovers_of_killed_writers_are_removed(tmp_path):
+    dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+    (tmp_path / f".checkpoint-00000004.{dead}.0123abcd.tmp").mkdir()
+    (tmp_path / f".metrics.csv.{dead}.89abcdef.tmp").write_text("x")
+    (tmp_path / f".model.{os.getpid()}.00000000.tmp").mkdir()  # a live writer's: kept
+    ck.remove_leftovers(str(tmp_path))
+    assert os.listdir(tmp_path) == [f".model.{os.getpid()}.00000000.tmp"]
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "f").write_text("x")
+    ck.discard(str(tmp_path / "gone"))
+    assert not (tmp_path / "gone").exists()
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        ck.save_state(str(tmp_path / "s"), {"x": torch.ones(2)})
+        ck.Snapshots(str(tmp_path / "run")).save(1, {"x": torch.ones(2)})
+    finally:
+        os.umask(old)
+    for root, dirs, files in os.walk(tmp_path):
+        for name in files:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o640, name
+        for name in dirs:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o750, name
+
+
+def test_start_run_decisions(tmp_path):
+    fp = {"model": "m", "batch_size": 4}
+    snaps, state = ck.start_run(str(tmp_path), fp, resume=False, overwrite=False, run_files=("log.csv",))
+    assert state is None  # an empty folder: a fresh start, whatever resume says
+    ck.write_run_config(str(tmp_path), fp, {"lr": 0.1})
+    assert ck.start_run(str(tmp_path), fp, resume=True, overwrite=False, run_files=())[1] is None  # no snapshot yet
+    with pytest.raises(ValueError, match="batch_size: saved 4, now 8"):
+        ck.start_run(str(tmp_path), {**fp, "batch_size": 8}, resume=True, overwrite=False, run_files=())
+    snaps.save(5, {"step": 5, "fingerprint": ck.fingerprint_text(fp)})
+    assert ck.start_run(str(tmp_path), fp, resume=True, overwrite=False, run_files=())[1]["step"] == 5
+    with pytest.raises(ValueError, match="holds a training run .*train_config.json"):
+        ck.start_run(str(tmp_path), fp, resume=False, overwrite=False, run_files=())
+    (tmp_path / "log.csv").write_text("x")
+    ck.start_run(str(tmp_path), fp, resume=False, overwrite=True, run_files=("log.csv",))
+    assert os.listdir(tmp_path) == []

@@ -49,3 +49,37 @@ def test_plot_curves_writes_png(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is an optional dependency")
     path = plot_curves(str(tmp_path / "c.png"), {"a": ([0, 1, 2], [1, 0.5, math.nan])}, title="t")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_drops_a_half_written_last_line_and_later_rows(tmp_path):
+    with MetricLogger(str(tmp_path), tensorboard=False, quiet=True) as log:
+        for step in (1, 2, 3):
+            log.log(step, loss=1.0 / step)
+    full = (tmp_path / "metrics.csv").read_bytes()
+    assert full.count(b"\r") == 0  # one line ending everywhere, appended or rewritten
+    with open(tmp_path / "metrics.csv", "ab") as f:
+        f.write(b"1")  # a killed append of step 1x: looks like step 1 without the rest of its line
+    with MetricLogger(str(tmp_path), tensorboard=False, resume_step=2, quiet=True) as log:
+        assert log.series("loss")[0] == [1, 2]
+        log.log(3, loss=1.0 / 3)
+    assert (tmp_path / "metrics.csv").read_bytes() == full
+
+
+def test_tensorboard_resume_keeps_the_resume_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricLogger(str(tmp_path), quiet=True) as log:
+        for step in (1, 2, 3):
+            log.log(step, loss=float(step))
+    with MetricLogger(str(tmp_path), resume_step=2, quiet=True) as log:
+        log.log(3, loss=30.0)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_seed_everything_rejects_non_integers():
+    with pytest.raises(TypeError, match="integer"):
+        seed_everything(1.5)
+    seed_everything(np.int64(4))

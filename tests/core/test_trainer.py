@@ -1,11 +1,15 @@
 import csv
+import dataclasses
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from mmreward.core.trainer import Trainer, TrainConfig, snapshot_dirs
+from mmreward.core.checkpoint import CheckpointError, Snapshots
+from mmreward.core.model import Pretrained
+from mmreward.core.trainer import Trainer, TrainConfig
 
 
 def make_data(n=64, seed=0):
@@ -31,11 +35,33 @@ def mse_loss(model, batch):
     return loss, {"abs_err": (pred - batch["y"]).abs().mean().item()}
 
 
+def snapshot_names(folder):
+    return [os.path.basename(p) for _, p in Snapshots(str(folder)).list()]
+
+
 def cfg(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path), max_steps=20, batch_size=8, lr=1e-2, progress=False, tensorboard=False,
                 plot=False, log_every=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+@dataclasses.dataclass
+class TinyConfig:
+    hidden: int = 16
+
+
+class TinyRegressor(Pretrained, nn.Module):
+    model_type = "tiny_regressor_test"
+    config_class = TinyConfig
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = config or TinyConfig()
+        self.net = nn.Sequential(nn.Linear(6, self.config.hidden), nn.Tanh(), nn.Linear(self.config.hidden, 1))
+
+    def forward(self, x):
+        return self.net(x)
 
 
 @pytest.mark.learning
@@ -62,7 +88,7 @@ def test_trainer_learns_and_writes_artifacts(tmp_path):
     assert open(tmp_path / "curves.png", "rb").read(4) == b"\x89PNG"
     if (tmp_path / "tb").exists():  # tensorboard is optional: CSV only without it
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
-    assert [os.path.basename(p) for p in snapshot_dirs(str(tmp_path))] == ["checkpoint-00000150"]
+    assert snapshot_names(tmp_path) == ["checkpoint-00000150"]
     import json
 
     saved = json.load(open(tmp_path / "train_config.json"))
@@ -90,7 +116,7 @@ def test_exact_resume_equals_uninterrupted_run(tmp_path):
 
     with pytest.raises(Crash):
         Trainer(make_model(dropout=0.2), cfg(tmp_path / "b", **kw), data, collate, crashing_loss).fit()
-    assert [os.path.basename(p) for p in snapshot_dirs(str(tmp_path / "b"))] == ["checkpoint-00000010"]
+    assert snapshot_names(tmp_path / "b") == ["checkpoint-00000010", "checkpoint-00000005"]  # the newest two
     fresh = make_model(dropout=0.2, seed=1)  # different init: everything must come from the snapshot
     hist = Trainer(fresh, cfg(tmp_path / "b", **kw), data, collate, mse_loss).fit()
     for (k, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()):
@@ -98,6 +124,7 @@ def test_exact_resume_equals_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in hist] == [r["loss"] for r in ref_hist]
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 15))
+    assert (tmp_path / "b" / "metrics.csv").read_bytes() == (tmp_path / "a" / "metrics.csv").read_bytes()
 
 
 def test_grad_accumulation_matches_big_batch(tmp_path):
@@ -137,18 +164,192 @@ def test_bad_config_and_inputs(tmp_path):
         Trainer(make_model(), cfg(tmp_path / "r", max_steps=4, batch_size=4), data, collate, mse_loss).fit()
 
 
-def test_corrupt_newest_snapshot_falls_back(tmp_path):
+def test_corrupt_newest_snapshot_falls_back_to_the_previous_one(tmp_path):
+    data = make_data(32)
+    kw = dict(max_steps=6, save_every=2)
+    ref = make_model()
+    Trainer(ref, cfg(tmp_path / "ref", **kw), data, collate, mse_loss).fit()
+    Trainer(make_model(), cfg(tmp_path, **kw), data, collate, mse_loss).fit(stop_at=4)
+    assert snapshot_names(tmp_path) == ["checkpoint-00000004", "checkpoint-00000002"]
+    with open(tmp_path / "checkpoint-00000004" / "state.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 8)  # same size, other bytes: only the manifest's SHA-256 can tell
+    m = make_model(seed=3)
+    with pytest.warns(UserWarning, match="skipping unreadable snapshot .*checkpoint-00000004.*resuming from step 2"):
+        hist = Trainer(m, cfg(tmp_path, **kw), data, collate, mse_loss).fit()
+    assert [r["step"] for r in hist] == list(range(1, 7))
+    for (k, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
+        assert torch.equal(a, b), k  # the run continued from step 2 exactly
+    assert (tmp_path / "checkpoint-00000004.unreadable").is_dir()  # set aside, not deleted
+    assert (tmp_path / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+
+
+def test_no_readable_snapshot_is_an_error_not_a_silent_restart(tmp_path):
     data = make_data(32)
     Trainer(make_model(), cfg(tmp_path, max_steps=4, save_every=2), data, collate, mse_loss).fit()
-    (newest,) = snapshot_dirs(str(tmp_path))
-    # keep an older complete one around and corrupt the newest
-    import shutil
+    for name in snapshot_names(tmp_path):
+        (tmp_path / name / "state.safetensors").write_bytes(b"junk")
+    rows = (tmp_path / "metrics.csv").read_bytes()
+    with pytest.raises(CheckpointError, match="no readable snapshot.*overwrite"):
+        Trainer(make_model(), cfg(tmp_path, max_steps=4, save_every=2), data, collate, mse_loss).fit()
+    assert (tmp_path / "metrics.csv").read_bytes() == rows and len(snapshot_names(tmp_path)) == 2
+    Trainer(make_model(), cfg(tmp_path, max_steps=4, overwrite=True), data, collate, mse_loss).fit()
+    assert snapshot_names(tmp_path) == ["checkpoint-00000004"]
 
-    older = str(tmp_path / "checkpoint-00000002")
-    shutil.copytree(newest, older)
-    with open(os.path.join(newest, "state.safetensors"), "r+b") as f:
-        f.truncate(10)
+
+def test_existing_run_needs_resume_or_overwrite_and_foreign_runs_are_refused(tmp_path):
+    data = make_data(32)
+    first = make_model()
+    Trainer(first, cfg(tmp_path, max_steps=3), data, collate, mse_loss).fit()
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    with pytest.raises(ValueError, match="holds a training run.*resume=True.*overwrite=True"):
+        Trainer(make_model(), cfg(tmp_path, max_steps=3, resume=False), data, collate, mse_loss).fit()
+    # resuming a finished run has nothing to do: the model comes back from the snapshot unchanged
+    again = make_model(seed=5)
+    hist = Trainer(again, cfg(tmp_path, max_steps=3), data, collate, mse_loss).fit()
+    assert len(hist) == 3 and all(torch.equal(before[k], v) for k, v in again.state_dict().items())
+    # a run of another model is not continued
+    with pytest.raises(ValueError, match="other settings.*model: saved 'Sequential', now 'TinyRegressor'"):
+        Trainer(TinyRegressor(), cfg(tmp_path, max_steps=3), data, collate, mse_loss).fit()
+    with pytest.raises(CheckpointError, match="checkpoint-00000003 does not fit this model"):
+        Trainer(nn.Sequential(nn.Linear(6, 1)), cfg(tmp_path, max_steps=3), data, collate, mse_loss).fit()
+    # files no run of ours wrote
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "metrics.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="another program or run"):
+        Trainer(make_model(), cfg(tmp_path / "foreign"), data, collate, mse_loss).fit()
+    # overwrite starts again: the old run's snapshots and logs are gone first
+    hist = Trainer(make_model(), cfg(tmp_path, max_steps=2, overwrite=True), data, collate, mse_loss).fit()
+    assert len(hist) == 2 and snapshot_names(tmp_path) == ["checkpoint-00000002"]
+    assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == 2
+
+
+def test_stop_at_and_a_run_killed_before_its_first_snapshot(tmp_path):
+    data = make_data(32)
+    ref = make_model()
+    Trainer(ref, cfg(tmp_path / "ref", max_steps=5), data, collate, mse_loss).fit()
     m = make_model()
-    with pytest.warns(UserWarning, match="skipping unreadable snapshot"):
-        hist = Trainer(m, cfg(tmp_path, max_steps=4, save_every=2), data, collate, mse_loss).fit()
-    assert len(hist) == 4
+    hist = Trainer(m, cfg(tmp_path / "a", max_steps=5), data, collate, mse_loss).fit(stop_at=2)
+    assert len(hist) == 2 and snapshot_names(tmp_path / "a") == ["checkpoint-00000002"]
+    assert not (tmp_path / "a" / "model").exists()  # not finished: no final model yet
+    Trainer(make_model(seed=7), cfg(tmp_path / "a", max_steps=5), data, collate, mse_loss).fit()
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+    # a run that wrote logs but no snapshot yet starts again from step 0 (same settings only)
+    calls = {"n": 0}
+
+    def dies_at_step_3(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return mse_loss(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), cfg(tmp_path / "b", max_steps=5), data, collate, dies_at_step_3).fit()
+    assert snapshot_names(tmp_path / "b") == [] and (tmp_path / "b" / "metrics.csv").exists()
+    b = make_model()
+    Trainer(b, cfg(tmp_path / "b", max_steps=5), data, collate, mse_loss).fit()
+    assert all(torch.equal(x, y) for x, y in zip(ref.state_dict().values(), b.state_dict().values()))
+    assert (tmp_path / "b" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+    with pytest.raises(ValueError, match="stop_at"):
+        Trainer(make_model(), cfg(tmp_path / "c"), data, collate, mse_loss).fit(stop_at=-1)
+
+
+class Counter:
+    """A piece of step_fn state that lives outside the model (like EMA weights or usage counts)."""
+
+    def __init__(self):
+        self.total = torch.zeros(1, dtype=torch.float64)
+
+    def state_dict(self):
+        return {"total": self.total.clone()}
+
+    def load_state_dict(self, state):
+        self.total.copy_(state["total"])
+
+
+def _step_fn_run(folder, *, stop_at=None, crash_at=None, seed=0):
+    """A step_fn trainer with its own optimizer, scheduler, a private numpy RNG and a counter, batches
+    drawn by sample_batch from the global torch RNG."""
+    torch.manual_seed(seed)
+    model = make_model(dropout=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
+    rng, counter = np.random.default_rng(0), Counter()
+    data = make_data(40)
+    x, y = collate(data)["x"], collate(data)["y"]
+
+    def sample_batch():
+        idx = torch.randint(0, len(data), (8,))
+        return x[idx], y[idx]
+
+    def step_fn(trainer, batch):
+        if crash_at is not None and trainer.step + 1 == crash_at:
+            raise KeyboardInterrupt
+        xb, yb = batch
+        noise = torch.from_numpy(rng.normal(size=xb.shape).astype(np.float32)) * 0.01
+        loss = ((trainer.model(xb + noise) - yb) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        counter.total += loss.item()
+        return {"loss": loss, "lr": sched.get_last_lr()[0], "total": counter.total.item(), "odd": trainer.step % 2 == 0}
+
+    trainer = Trainer(model, cfg(folder, max_steps=8, save_every=3), step_fn=step_fn, sample_batch=sample_batch,
+                      reseed=False)
+    for name, obj in (("optimizer", opt), ("scheduler", sched), ("rng", rng), ("counter", counter)):
+        trainer.register_state(name, obj)
+    return trainer, model
+
+
+@pytest.mark.learning
+def test_step_fn_training_learns_and_resumes_exactly(tmp_path):
+    full, model = _step_fn_run(tmp_path / "a")
+    hist = full.fit()
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"] and hist[0]["odd"] == 1  # it learns; bools log as 0 / 1
+    rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
+    assert list(rows[0]) == ["step", "loss", "lr", "total", "odd"] and len(rows) == 8
+    half, _ = _step_fn_run(tmp_path / "b", crash_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        half.fit()
+    resumed, model_b = _step_fn_run(tmp_path / "b", seed=1)  # other init: everything comes from the snapshot
+    resumed.fit()
+    for (k, a), b in zip(model.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+
+
+def test_step_fn_arguments_are_checked(tmp_path):
+    model = make_model()
+    with pytest.raises(TypeError, match="exactly one of loss_fn"):
+        Trainer(model, cfg(tmp_path), make_data(16), collate, mse_loss, step_fn=lambda t, b: {})
+    with pytest.raises(TypeError, match="not both"):
+        Trainer(model, cfg(tmp_path), make_data(16), collate, step_fn=lambda t, b: {}, sample_batch=lambda: None)
+    with pytest.raises(ValueError, match="grad_accum_steps must be 1"):
+        Trainer(model, cfg(tmp_path, grad_accum_steps=2), step_fn=lambda t, b: {}, sample_batch=lambda: None)
+    t = Trainer(model, cfg(tmp_path), step_fn=lambda t, b: {}, sample_batch=lambda: None)
+    with pytest.raises(TypeError, match="state_dict"):
+        t.register_state("x", object())
+    t.register_state("g", torch.Generator())
+    with pytest.raises(ValueError, match="already registered"):
+        t.register_state("g", torch.Generator())
+    bad = Trainer(model, cfg(tmp_path / "bad"), step_fn=lambda t, b: 1.0, sample_batch=lambda: None)
+    with pytest.raises(TypeError, match="dict of metrics"):
+        bad.fit()
+
+
+def test_pretrained_model_is_saved_to_model_folder_and_seed_is_reproducible(tmp_path):
+    from mmreward.core.train import seed_everything
+    from mmreward.registry import resolve_folder
+
+    def build_and_train(folder):
+        seed_everything(3)  # before the model is built: its initial weights depend on the seed
+        model = TinyRegressor()
+        Trainer(model, cfg(folder, max_steps=3), make_data(32), collate, mse_loss).fit()
+        return model
+
+    a, b = build_and_train(tmp_path / "a"), build_and_train(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    loaded = TinyRegressor.from_pretrained(str(tmp_path / "a" / "model"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), loaded.state_dict().values()))
+    assert resolve_folder(str(tmp_path / "a")) == str(tmp_path / "a" / "model")

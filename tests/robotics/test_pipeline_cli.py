@@ -1,16 +1,19 @@
-"""`mmreward robotics train-codec | train-video | fit-stats | reward`: the Diffusion Reward pipeline
+"""`mmreward robotics train-codec | train-video | fit-stats | score`: the Diffusion Reward pipeline
 from the command line (tiny models, a few optimizer steps), save → load, resume, and the shipped
 checkpoint."""
+import glob
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mmreward.robotics.cli import main, model_dir
+from mmreward.robotics.cli import main
 from mmreward.robotics.data.episodes import Episode, episode_entry, load_episode, save_episode, update_manifest
+from mmreward.robotics.pretrained import model_folder
 from mmreward.robotics.reward import DiffusionReward
 
 
@@ -50,13 +53,13 @@ def test_pipeline_synthetic_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train-codec: 2 episodes, 12 frames" in out  # the random episode is not trained on
     assert "PSNR" in out and "expert statistics over 12 frames" in out
-    for f in ("metrics.csv", "train_state.json", "model/config.json"):
-        assert os.path.exists(os.path.join(codec, f)) and os.path.exists(os.path.join(video, f))
+    for f in ("metrics.csv", "checkpoint-*", "model/config.json"):  # logs, a resumable snapshot, the model
+        assert glob.glob(os.path.join(codec, f)) and glob.glob(os.path.join(video, f))
     reward_dir = os.path.join(video, "reward")
-    assert model_dir(video, "diffusion_reward") == reward_dir
+    assert model_folder(video, ("diffusion_reward",)) == reward_dir
 
     per_step, png = str(tmp_path / "r.csv"), str(tmp_path / "r.png")
-    assert main(["reward", "--model", video, data, "--json", "--out", per_step, "--plot", png, *QUIET]) == 0
+    assert main(["score", "--model", video, data, "--json", "--out", per_step, "--plot", png, *QUIET]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [e["policy"] for e in doc["episodes"]] == ["expert", "expert", "random"]
     assert os.path.getsize(png) > 1000
@@ -75,10 +78,10 @@ def test_pipeline_synthetic_end_to_end(tmp_path, capsys):
     assert torch.equal(again(fr), model(fr))
 
     # text table; --success adds the sparse term on frames after a successful step
-    assert main(["reward", "--model", reward_dir, os.path.join(data, "expert_0.npz"), *QUIET]) == 0
+    assert main(["score", "--model", reward_dir, os.path.join(data, "expert_0.npz"), *QUIET]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["episode", "frames", "total", "mean"] and "expert_0" in table
-    assert main(["reward", "--model", reward_dir, os.path.join(data, "expert_0.npz"), "--success", "--json",
+    assert main(["score", "--model", reward_dir, os.path.join(data, "expert_0.npz"), "--success", "--json",
                  *QUIET]) == 0
     with_success = json.loads(capsys.readouterr().out)["episodes"][0]["rewards"]
     base = doc["episodes"][0]["rewards"]
@@ -120,21 +123,19 @@ def test_resume_and_errors(tmp_path, capsys):
     assert "no episodes" in capsys.readouterr().err
     assert main(["train-codec", "--data", data, "--out", str(tmp_path / "x"), "--set", "nope=1", *QUIET]) == 2
     assert "no field 'nope'" in capsys.readouterr().err
-    assert main(["reward", "--model", codec, os.path.join(data, "expert_0.npz"), *QUIET]) == 2
+    assert main(["score", "--model", codec, os.path.join(data, "expert_0.npz"), *QUIET]) == 2
     assert "diffusion_reward" in capsys.readouterr().err
 
 
 def test_help_lists_model_commands(capsys):
-    with pytest.raises(SystemExit):
-        main(["--help"])
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for cmd in ("train-codec", "train-video", "fit-stats", "reward"):
+    for cmd in ("train-codec", "train-video", "fit-stats", "train-progress", "score", "train-rl"):
         assert cmd in out
-    with pytest.raises(SystemExit):
-        main(["train-video", "--help"])
+    assert main(["train-video", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--codec", "--steps", "--warmup-steps", "--size", "--resume", "--reward-type", "--reward-batch-size",
-                 "--entropy-estimator", "--rnd"):
+    for flag in ("--codec", "--steps", "--warmup-steps", "--preset", "--resume", "--reward-type", "--reward-batch-size",
+                 "--entropy-estimator", "--rnd", "--seed", "--device"):
         assert flag in out
 
 
@@ -149,7 +150,7 @@ def test_reward_uses_shipped_checkpoint_by_default(tmp_path, capsys):
     from mmreward.robotics.pretrained import load_pretrained
 
     data = synthetic_folder(str(tmp_path / "data"), n=1, T=5, size=64)
-    assert main(["reward", data, "--json", *QUIET]) == 0
+    assert main(["score", data, "--json", *QUIET]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["model"].endswith("metaworld-64")
     r = load_pretrained()(torch.from_numpy(load_episode(doc["episodes"][0]["path"]).frames))
@@ -177,7 +178,7 @@ def test_pipeline_on_collected_episodes(tmp_path, capsys):
                  "--max-steps", "5", "--out", data, "--no-progress"]) == 0
     codec, video = train_tiny(data, tmp_path)
     capsys.readouterr()
-    assert main(["reward", "--model", video, data, "--json", *QUIET]) == 0
+    assert main(["score", "--model", video, data, "--json", *QUIET]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [e["frames"] for e in doc["episodes"]] == [6, 6]
     assert all(e["task"] == "door-open-v3" for e in doc["episodes"])
@@ -198,6 +199,53 @@ def test_reward_scores_frame_folders_resized(tmp_path, capsys):
     for i in range(4):
         cv2.imwrite(str(clip / f"{i}.png"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
     capsys.readouterr()
-    assert main(["reward", "--model", video, str(clip), "--json", *QUIET]) == 0
+    assert main(["score", "--model", video, str(clip), "--json", *QUIET]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["episodes"][0]["name"] == "clip" and doc["episodes"][0]["frames"] == 4
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_errors_are_one_line_naming_the_file_field_or_device(tmp_path, capsys):
+    data = synthetic_folder(str(tmp_path / "data"), n=1)
+    bad_device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    for cmd in (["score", os.path.join(data, "expert_0.npz")],
+                ["train-rl", "--task", "metaworld/door-open-v3", "--out", str(tmp_path / "rl")],
+                ["train-codec", "--data", data, "--out", str(tmp_path / "c")]):
+        assert main([*cmd, "--device", bad_device]) == 2
+        err = _one_line(capsys)
+        assert f"device '{bad_device}'" in err and "corrupt" not in err and "--device cpu" in err
+
+    ep = load_episode(os.path.join(data, "expert_0.npz"))
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, frames=ep.frames, actions=ep.actions, rewards=ep.rewards, success=ep.success.astype(np.float32),
+             labelled=np.array(True))
+    assert main(["score", bad, *QUIET]) == 2
+    assert f"malformed episode file {bad}: success must be booleans" in _one_line(capsys)
+    assert main(["fit-stats", "--data", data, "--codec", str(tmp_path / "nope"), "--video", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "o"), *QUIET]) == 2
+    assert "nope' does not exist" in _one_line(capsys)
+    assert main(["train-codec", "--data", data, "--out", str(tmp_path / "c"), "--set", "num_codes=many", *QUIET]) == 2
+    assert "--set num_codes=: invalid int value: 'many'" in _one_line(capsys)
+    assert main(["train-codec", "--data", str(tmp_path), "--out", str(tmp_path / "c"), *QUIET]) == 2
+    assert f"no manifest.json in {tmp_path}" in _one_line(capsys)
+
+
+def test_same_seed_gives_bit_identical_models(tmp_path, capsys):
+    data = synthetic_folder(str(tmp_path / "data"))
+    codec, video = train_tiny(data, tmp_path)
+
+    def fit(name, seed):  # the RND's initial weights come from --seed
+        out = tmp_path / name
+        assert main(["fit-stats", "--data", data, "--codec", codec, "--video", video, "--out", str(out), "--rnd",
+                     "small", "--seed", str(seed), "--skip-step", "4", *QUIET]) == 0
+        return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    a, b, c = fit("a", 3), fit("b", 3), fit("c", 4)
+    assert a == b
+    assert a[Path("rnd/model.safetensors")] != c[Path("rnd/model.safetensors")]
+    assert DiffusionReward.from_pretrained(str(tmp_path / "a")).config.seed == 3  # and the chain noise's

@@ -56,12 +56,28 @@ def test_ranker_learns_time_order_on_held_out_videos(trained):
 
 def test_save_load_gives_identical_scores(trained):
     model, metrics, out = trained
-    assert os.path.isfile(os.path.join(out, "model.safetensors"))
+    assert os.path.isfile(os.path.join(out, "model", "model.safetensors"))
     assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 150
-    loaded = ProgressModel.from_pretrained(out)
+    rows = open(os.path.join(out, "metrics.csv")).read().splitlines()
+    assert rows[0] == "step,loss,pair_acc" and len(rows) == 1 + 150
+    loaded = ProgressModel.from_pretrained(os.path.join(out, "model"))
     v = torch.from_numpy(videos(1, 5)[0])
     assert torch.equal(loaded(v), model(v))
     assert torch.equal(loaded.statistics, model.statistics)
+
+
+def test_training_resumes_exactly(tmp_path):
+    small = ProgressConfig(**{**SMALL, "batch_size": 8})
+    full, full_metrics = train_progress(videos(4, 0), small, str(tmp_path / "a"), steps=6, show_progress=False)
+    _, partial = train_progress(videos(4, 0), small, str(tmp_path / "b"), steps=6, stop_at=4, show_progress=False)
+    assert partial["steps"] == 4 and "stat_mean" not in partial and not (tmp_path / "b" / "model").exists()
+    resumed, metrics = train_progress(videos(4, 0), small, str(tmp_path / "b"), steps=6, show_progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+    assert {k: v for k, v in metrics.items() if k != "seconds"} == {
+        k: v for k, v in full_metrics.items() if k != "seconds"}
+    model, _ = train_progress(videos(4, 0), small, steps=2, show_progress=False)  # no out_dir: nothing written
+    assert model.statistics[2] > 0
 
 
 def test_bad_input_errors():
@@ -158,12 +174,12 @@ def test_cli_train_progress_attaches_the_ranker(tmp_path, capsys):
     assert "train-progress: 8 expert episodes" in out and "held-out pair accuracy" in out
     m = json.load(open(os.path.join(ranker, "metrics.json")))
     assert m["train_episodes"] + m["val_episodes"] == 8
-    model = ProgressModel.from_pretrained(ranker)
+    model = ProgressModel.from_pretrained(os.path.join(ranker, "model"))
     assert pair_accuracy(model, [torch.from_numpy(v) for v in videos(4, 50)], min_gap=2) >= 0.85
     ep = os.path.join(a, "e0.npz")
-    assert main(["reward", "--model", os.path.join(ranker, "reward"), ep, "--json", *QUIET]) == 0
+    assert main(["score", "--model", os.path.join(ranker, "reward"), ep, "--json", *QUIET]) == 0
     with_ranker = json.loads(capsys.readouterr().out)
-    assert main(["reward", "--model", os.path.join(ranker, "reward"), ep, "--json", "--no-ranker", *QUIET]) == 0
+    assert main(["score", "--model", os.path.join(ranker, "reward"), ep, "--json", "--no-ranker", *QUIET]) == 0
     without = json.loads(capsys.readouterr().out)
     assert with_ranker["progress_ranker"] and not without["progress_ranker"]
     frames = torch.from_numpy(videos(4, 0)[0])

@@ -28,10 +28,14 @@ def _cfg(out, **kw):
     return RLConfig(**base)
 
 
-def _weights(out):
-    from mmreward.core.checkpoint import load_state
+def _snapshot(out):
+    from mmreward.core.checkpoint import Snapshots
 
-    return load_state(os.path.join(out, "snapshot"))["agent"]
+    return Snapshots(str(out)).load_latest()[2]
+
+
+def _weights(out):
+    return _snapshot(out)["agent"]
 
 
 def test_exact_resume_and_same_seed_same_evaluation(tmp_path):
@@ -47,9 +51,9 @@ def test_exact_resume_and_same_seed_same_evaluation(tmp_path):
     assert full["episode_return"][0] == rest["episode_return"][0]  # same seed, same first evaluation
     # the episodes live in <out>/replay, each written once; the snapshot lists them without frames
     assert sorted(os.listdir(b / "replay")) == ["episode_0000000.npz", "episode_0000001.npz"]
-    from mmreward.core.checkpoint import load_state
-
-    assert set(load_state(os.path.join(b, "snapshot"))["replay"]) == {"store", "rng"}
+    assert set(_snapshot(b)["replay"]) == {"store", "rng"}
+    assert sorted(n for n in os.listdir(b) if n.startswith("checkpoint-")) == [
+        "checkpoint-00000040", "checkpoint-00000080"]  # the newest two, each one unit
     # the resumed run's logs continue the first half's rows
     rows = open(b / "train.csv").read().strip().splitlines()
     assert len(rows) == 1 + 2 and rows[1].split(",")[0] == "40" and rows[2].split(",")[0] == "80"
@@ -80,19 +84,22 @@ def test_smoke_run_with_the_shipped_diffusion_reward(tmp_path):
     assert s2["frames"] == 120 and s2["episodes"] == 3 and s2["eval_frames"] == [0, 40, 80, 120]
 
 
-def test_a_fresh_run_in_a_used_folder_drops_the_old_snapshot_and_episodes(tmp_path):
+def test_a_used_folder_needs_resume_or_overwrite(tmp_path):
     train_rl(_cfg(tmp_path, num_train_frames=80), DrQV2Config(**TINY_AGENT))
     assert len(os.listdir(tmp_path / "replay")) == 2
-    ws = Workspace(_cfg(tmp_path, resume=False), DrQV2Config(**TINY_AGENT))
+    with pytest.raises(ValueError, match="holds a training run.*overwrite"):
+        Workspace(_cfg(tmp_path, resume=False), DrQV2Config(**TINY_AGENT))
+    ws = Workspace(_cfg(tmp_path, resume=False, overwrite=True), DrQV2Config(**TINY_AGENT))
     try:  # before the new run writes anything, the old run's state is gone, not half-overwritten later
-        assert not (tmp_path / "snapshot.json").exists() and os.listdir(tmp_path / "replay") == []
+        assert not [n for n in os.listdir(tmp_path) if n.startswith("checkpoint-")]
+        assert not (tmp_path / "replay").exists() and not (tmp_path / "train.csv").exists()
     finally:
         ws.close()
 
 
 def test_snapshot_from_other_agent_settings_is_refused(tmp_path):
     train_rl(_cfg(tmp_path, num_train_frames=40), DrQV2Config(**TINY_AGENT))
-    with pytest.raises(ValueError, match="other agent settings"):
+    with pytest.raises(ValueError, match="other settings.*agent.hidden_dim: saved 32, now 64"):
         Workspace(_cfg(tmp_path), DrQV2Config(**{**TINY_AGENT, "hidden_dim": 64}))
 
 

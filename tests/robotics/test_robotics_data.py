@@ -144,3 +144,57 @@ def test_dataset_checks_frame_count_against_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(body))
     with pytest.raises(EpisodeFileError, match="manifest says 9"):
         EpisodeDataset(str(tmp_path))[0]
+
+
+def _write_raw(path, **overrides):
+    """An episode file written with np.savez, bypassing save_episode's checks."""
+    ep = make_episode(4)
+    arrays = dict(frames=ep.frames, actions=ep.actions, rewards=ep.rewards, success=ep.success,
+                  labelled=np.asarray(True))
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("labelled", np.array([True, False]), "labelled must be one boolean, got bool of shape [2]"),
+    ("labelled", np.asarray(1), "labelled must be one boolean, got int64 of shape []"),
+    ("actions", np.where(np.arange(16).reshape(4, 4) == 9, np.nan, 0.0),
+     "actions has NaN / inf values (first at step 2)"),
+    ("rewards", np.array([0.0, np.inf, 0.0, 0.0]), "rewards has NaN / inf values (first at step 1)"),
+    ("rewards", np.array([0.0, 0.0, np.nan, 0.0]), "rewards has NaN / inf values (first at step 2)"),
+    ("success", np.array([0.0, 0.5, 1.0, 1.0], np.float32),
+     "success must be booleans (or 0 / 1 integers), got float32"),
+    ("success", np.array([0, 2, 1, 1]), "success must be booleans (or 0 / 1 integers), got int64"),
+])
+def test_episode_files_with_bad_values_name_the_file_and_field(tmp_path, field, value, message):
+    path = _write_raw(tmp_path / "bad.npz", **{field: value})
+    with pytest.raises(EpisodeFileError) as e:
+        load_episode(path)
+    assert str(e.value) == f"malformed episode file {path}: {message}"
+    assert isinstance(e.value, ValueError)  # a user error: the CLI reports it in one line, exit 2
+
+
+def test_unlabelled_episodes_may_have_unknown_rewards_but_not_infinite_ones(tmp_path):
+    nan = np.full(4, np.nan, np.float32)
+    ep = load_episode(_write_raw(tmp_path / "video.npz", rewards=nan, labelled=np.asarray(False),
+                                 actions=np.zeros((4, 0), np.float32), success=np.zeros(4, bool)))
+    assert not ep.labelled and np.isnan(ep.rewards).all() and np.isnan(ep.total_reward)
+    with pytest.raises(EpisodeFileError, match="rewards has inf values"):
+        load_episode(_write_raw(tmp_path / "inf.npz", rewards=np.array([np.nan, np.inf, 0, 0]),
+                                labelled=np.asarray(False)))
+    with pytest.raises(ValueError, match="success must be booleans"):  # the same checks on episodes built in Python
+        Episode(frames=np.zeros((3, 4, 4, 3), np.uint8), actions=np.zeros((2, 2)), rewards=np.zeros(2),
+                success=np.array([0.2, 1.0]))
+    assert Episode(frames=np.zeros((3, 4, 4, 3), np.uint8), actions=np.zeros((2, 2), int), rewards=np.zeros(2),
+                   success=np.array([0, 1])).success.dtype == bool
+
+
+def test_load_episode_folder_filters_and_names_what_the_folder_has(tmp_path):
+    from mmreward.robotics.data.episodes import load_episode_folder
+
+    write_folder(tmp_path, [("a", "expert", 4), ("b", "random", 3)])
+    assert [e["file"] for e, _ in load_episode_folder(str(tmp_path), policies=["expert"])] == ["a_expert_0.npz"]
+    assert len(load_episode_folder(str(tmp_path), policies=["all"])) == 2
+    with pytest.raises(ValueError, match=r"no episodes in .* match tasks=\['zzz'\].*\('a', 'expert'\)"):
+        load_episode_folder(str(tmp_path), tasks=["zzz"])

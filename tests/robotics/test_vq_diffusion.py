@@ -184,8 +184,9 @@ def test_training_raises_likelihood_on_a_fixed_batch(tmp_path):
                               ema_every=1, progress_bar=False)
     assert nll(model) < 0.6 * nll0
     rows = open(tmp_path / "metrics.csv").read().strip().splitlines()
-    assert rows[0].startswith("step,loss") and len(rows) == 1 + 6
-    assert os.path.exists(tmp_path / "model" / "model.safetensors")
+    assert rows[0] == "step,loss,vb,aux,grad_norm,lr" and len(rows) == 1 + 60
+    saved = ConditionalVQDiffusion.from_pretrained(str(tmp_path / "model"))  # the EMA weights
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), model.state_dict().values()))
 
 
 # ------------------------------------------------------------------ persistence / resume / errors
@@ -205,6 +206,7 @@ def test_save_load_roundtrip_and_corrupt_checkpoints(tmp_path):
     cfg = json.loads(open(tmp_path / "m2" / "config.json").read())
     cfg["config"]["bogus"] = 1
     open(tmp_path / "m2" / "config.json", "w").write(json.dumps(cfg))
+    os.unlink(tmp_path / "m2" / "manifest.json")  # a hand-edited folder: no manifest to check against
     with pytest.raises(CheckpointError, match="unknown fields"):
         ConditionalVQDiffusion.from_pretrained(str(tmp_path / "m2"))
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -214,13 +216,17 @@ def test_save_load_roundtrip_and_corrupt_checkpoints(tmp_path):
 def test_exact_resume(tmp_path):
     hist, tgt = torch.randint(0, 8, (10, 2, 6)), torch.randint(0, 8, (10, 6))
     cfg = VQDiffusionConfig(**TINY)
-    kw = dict(batch_size=4, lr=1e-3, warmup_steps=1, ema_every=1, progress_bar=False, log_every=1)
-    full = train_video_model((hist, tgt), cfg, str(tmp_path / "a"), steps=4, **kw)
-    train_video_model((hist, tgt), cfg, str(tmp_path / "b"), steps=4, stop_at=2, **kw)
-    resumed = train_video_model((hist, tgt), cfg, str(tmp_path / "b"), steps=4, **kw)
-    for k, v in full.state_dict().items():
+    kw = dict(batch_size=4, lr=1e-3, warmup_steps=1, ema_every=2, ckpt_every=3, progress_bar=False, log_every=1)
+    full = train_video_model((hist, tgt), cfg, str(tmp_path / "a"), steps=7, **kw)
+    train_video_model((hist, tgt), cfg, str(tmp_path / "b"), steps=7, stop_at=5, **kw)
+    snaps = sorted(n for n in os.listdir(tmp_path / "b") if n.startswith("checkpoint-"))
+    assert snaps == ["checkpoint-00000003", "checkpoint-00000005"]
+    resumed = train_video_model((hist, tgt), cfg, str(tmp_path / "b"), steps=7, **kw)
+    for k, v in full.state_dict().items():  # the returned models hold the EMA weights
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
-    assert open(tmp_path / "a" / "metrics.csv").read() == open(tmp_path / "b" / "metrics.csv").read()
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+    settings = json.load(open(tmp_path / "b" / "train_config.json"))["settings"]["video_train"]
+    assert settings["steps"] == 7 and settings["ema_every"] == 2
 
 
 def test_input_errors():

@@ -1,5 +1,7 @@
 """VQGAN codec: shapes, input conventions and errors, quantiser behaviour, a learning check (PSNR
 rises), the adversarial / perceptual path, evaluation metrics, persistence and exact resume."""
+import os
+
 import pytest
 import torch
 
@@ -100,7 +102,8 @@ def test_training_raises_psnr_and_logs(tmp_path):
     assert 0 < after["code_usage"] <= 1 and 1 <= after["perplexity"] <= 16
     rows = open(tmp_path / "metrics.csv").read().strip().splitlines()
     assert rows[0].split(",")[:6] == ["step", "loss", "rec_loss", "q_loss", "psnr", "perplexity"]
-    assert len(rows) == 7
+    assert len(rows) == 1 + 60  # every step
+    assert os.listdir(tmp_path / "tb") and (tmp_path / "curves.png").stat().st_size > 1000
     loaded = VQGAN.from_pretrained(str(tmp_path / "model"))
     assert torch.equal(loaded.encode(frames), model.encode(frames))
 
@@ -141,11 +144,21 @@ def test_save_load_and_corrupt_checkpoint(tmp_path):
 
 
 def test_exact_resume(tmp_path):
+    # with the discriminator (two optimizers + its weights in the snapshot) and restarts every step
     frames = blobs(8)
-    kw = dict(batch_size=4, lr=1e-3, log_every=1, restart_every=1, progress_bar=False)
-    full = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "a"), steps=4, **kw)
-    train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=4, stop_at=2, **kw)
-    resumed = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=4, **kw)
+    kw = dict(batch_size=4, lr=1e-3, log_every=1, restart_every=1, disc_weight=0.1, disc_start=1, disc_channels=8,
+              ckpt_every=2, progress_bar=False)
+    full = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "a"), steps=5, **kw)
+    partial = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=5, stop_at=3, **kw)
+    assert not (tmp_path / "b" / "model").exists()  # not finished
+    with pytest.raises(ValueError, match="resume=True"):
+        train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=5, resume=False, **kw)
+    resumed = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=5, **kw)
+    assert not torch.equal(partial.state_dict()["decoder.net.0.weight"], full.state_dict()["decoder.net.0.weight"])
     for k, v in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
-    assert open(tmp_path / "a" / "metrics.csv").read() == open(tmp_path / "b" / "metrics.csv").read()
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+    saved = VQGAN.from_pretrained(str(tmp_path / "b" / "model"))
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), full.state_dict().values()))
+    fresh = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=2, overwrite=True, **kw)
+    assert len(open(tmp_path / "b" / "metrics.csv").read().splitlines()) == 1 + 2 and fresh is not None

@@ -7,6 +7,7 @@ import torch
 from mmreward.text.eval.bias import bias_probe, has_markdown
 from mmreward.text.eval.rewardbench import (
     EXAMPLE_COUNTS,
+    as_scorer,
     evaluate_pairs,
     load_rewardbench,
     score_responses,
@@ -180,5 +181,25 @@ def test_eval_cli_rmbench_json(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["num_items"] == 4 and set(res["overall"]) == {"easy", "normal", "hard", "avg"}
     assert json.load(open(tmp_path / "out.json"))["config"]["benchmark"] == "rm-bench"
-    assert main(["--model", str(tmp_path / "rm"), "--data", str(tmp_path / "missing")]) == 2
-    assert "error" in capsys.readouterr().err
+    from mmreward.cli import main as mmreward_main
+
+    assert mmreward_main(["text", "eval", "--model", str(tmp_path / "rm"), "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_reward_models_are_scorers(tmp_path):
+    from mmreward.core.inputs import Comparison, TextPair
+    from mmreward.core.model import RewardScorer
+
+    rm = _tiny_rm(tmp_path / "rm")
+    prompts, responses = ["q1", "q1", "q2"], ["a b c", "a b c", "d"]
+    expected = rm.score([TextPair(p, r) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(score_responses(rm, prompts, responses, progress=True), expected)
+    torch.testing.assert_close(as_scorer(rm)(prompts, responses), expected)
+
+    class PairJudge(RewardScorer):
+        input_types = (Comparison,)
+
+    with pytest.raises(TypeError, match="PairJudge scores Comparison, not prompt / response pairs"):
+        score_responses(PairJudge(), ["q"], ["a"])

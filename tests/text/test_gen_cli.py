@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from mmreward.text.generative.cli import load_rows, main
 from mmreward.text.generative.heads import ScalarHeadLM

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from mmreward.core.inputs import TextPair
 from mmreward.text.generative.genrm import GenRM, GenRMConfig, calibration, genrm_loss, verification_batch
 from mmreward.text.generative.position import evaluate_pairs_with_judge
 from mmreward.text.generative.sft import lm_loss, sft_batch
@@ -40,10 +41,12 @@ def test_loss_is_verification_plus_lambda_solution():
     assert set(m) == {"loss_verify", "loss_solution"}
     loss0, m0 = genrm_loss(model, v, s, lam=0.0)
     assert set(m0) == {"loss_verify"} and float(loss0.detach()) == pytest.approx(m["loss_verify"], rel=1e-5)
-    with pytest.raises(ValueError, match="responses"):
-        g.score(["1 + 2 ="], [])
-    with pytest.raises(TypeError, match="row 1"):
-        g.score(["1 + 2 =", "1 + 2 ="], ["3", 3])
+    with pytest.raises(ValueError, match="got no inputs"):
+        g.score([])
+    with pytest.raises(TypeError, match="input 1: field 'response'"):
+        g.score([TextPair("1 + 2 =", "3"), TextPair("1 + 2 =", 3)])
+    with pytest.raises(TypeError, match="row 1: field 'response'"):
+        verification_batch(g, ["1 + 2 =", "1 + 2 ="], ["3", 3], [True, False])
 
 
 def test_cot_variant_shapes_and_vote():
@@ -87,7 +90,7 @@ def test_tiny_genrm_learns_addition_verification():
     take = lambda B, i: {k: v[i] for k, v in B.items()}  # noqa: E731
 
     def accuracy():
-        p = g.score([f"{a} + {b} =" for a, b, *_ in test], [str(c) for _, _, c, _ in test])
+        p = g.score([TextPair(f"{a} + {b} =", str(c)) for a, b, c, _ in test])
         y = torch.tensor([float(t[3]) for t in test])
         return float(((p > 0.5).float() == y).float().mean()), p, y
 
@@ -202,12 +205,11 @@ def test_train_genrm_cli_learns_and_saves_a_loadable_model(tmp_path, capsys):
     assert rc == 0
     s = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1])
     assert s["eval_accuracy_before"] < 0.75 and s["eval_accuracy"] >= 0.9, s
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    import mmreward
     from mmreward.text.generative.genrm import evaluate_genrm
 
-    g = GenRM(AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model"),
-              AutoTokenizer.from_pretrained(tmp_path / "run" / "model"), GenRMConfig(question="correct?"))
+    g = mmreward.load(tmp_path / "run" / "model")  # the saved verifier, its question included
+    assert isinstance(g, GenRM) and g.config.question == "correct?"
     assert evaluate_genrm(g, _rows(test))["accuracy"] == pytest.approx(s["eval_accuracy"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "1 + 2 =", "response": "3"}) + "\n")

@@ -12,6 +12,7 @@ from mmreward.text.generative.critic_rm import (
 from mmreward.text.generative.grm import (
     GRMConfig, GRMJudge, grm_messages, meta_rm_batch, meta_rm_loss, spct_rule_reward, vote,
 )
+from mmreward.text.generative.base import text_pairs
 from mmreward.text.generative.heads import ScalarHeadLM
 from mmreward.text.generative.runner import JudgeConfig, JudgeRunner
 from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
@@ -161,8 +162,8 @@ def test_critic_rm_joint_training_reduces_held_out_loss(tok):
     assert float(after) < 0.5 * float(before)
     assert ma["loss_critique"] < mb["loss_critique"] and ma["loss_bt"] < mb["loss_bt"] and ma["accuracy"] >= 0.9
     p, c, r, cc, cr = map(list, zip(*test[:8]))
-    assert (crm.score(p, c, cc) > crm.score(p, r, cr)).float().mean() >= 0.9
-    sc = crm.score(p[:2], c[:2])  # generates its own (greedy) critiques first
+    assert (crm.reward(p, c, cc) > crm.reward(p, r, cr)).float().mean() >= 0.9
+    sc = crm.score(text_pairs(p[:2], c[:2]))  # generates its own (greedy) critiques first
     assert sc.shape == (2,) and torch.isfinite(sc).all()
     crit = sample_critiques(JudgeRunner(crm.model.backbone, tok, JudgeConfig(max_new_tokens=6, num_samples=2, do_sample=True)),
                             p[:2], c[:2], "Critique the response")
@@ -265,8 +266,10 @@ def test_train_critic_rm_cli_learns_saves_and_explains_an_empty_filter(tok, tmp_
         print(f"train-critic-rm CLI: held-out joint loss {s['eval_loss_before']:.3f} -> {s['eval_loss']:.3f}, "
               f"pair accuracy {s['eval_accuracy_before']:.2f} -> {s['eval_accuracy']:.2f}")
     assert s["eval_loss"] < 0.5 * s["eval_loss_before"] and s["eval_accuracy"] >= 0.9, s
-    saved = CriticRM(ScalarHeadLM.from_pretrained(str(tmp_path / "run" / "model")), tok,
-                     CriticRMConfig(request="Critique the response"))
+    import mmreward
+
+    saved = mmreward.load(tmp_path / "run" / "model")  # the Critic-RM: backbone, tokenizer, head and config
+    assert isinstance(saved, CriticRM) and saved.config.request == "Critique the response"
     assert evaluate_critic_rm(saved, test)["accuracy"] == pytest.approx(s["eval_accuracy"], abs=1e-4)
     # the saved folder is what `text judge critic_rm` reads: it writes its own (greedy) critiques and ranks
     (tmp_path / "pairs_test.jsonl").write_text("".join(
@@ -299,7 +302,7 @@ def test_build_meta_rm_rows_labels_by_verdict_and_alternates_position(tok):
         "weak": ["Final Scores: \\boxed{8, 2}", "Final Scores: \\boxed{1, 9}", "Final Scores: \\boxed{2, 7}"],  # chosen 2nd
     }
 
-    def fake_run(msgs, parse):
+    def fake_run(msgs, parse, batch_size=None):
         out = []
         for i, m in enumerate(msgs):
             first = m[1]["content"].split("[Response 1]\n")[1].split("\n")[0]

@@ -152,8 +152,7 @@ def test_train_gram_cli_stage1_then_stage2_learns_and_saves(tok, tmp_path, capsy
     """`mmreward text train-gram`: stage 1 into a folder, stage 2 from that folder, through JSONL files."""
     import json
 
-    from transformers import AutoModelForCausalLM
-
+    import mmreward
     from mmreward.cli import main as mmreward_main
     from mmreward.text.generative.gram import evaluate_gram
 
@@ -180,7 +179,8 @@ def test_train_gram_cli_stage1_then_stage2_learns_and_saves(tok, tmp_path, capsy
         print(f"train-gram CLI: stage-1 loss {s1['eval_stage1_loss_before']:.3f} -> {s1['eval_stage1_loss']:.3f}; "
               f"judge accuracy {s2['eval_accuracy_before']:.2f} -> {s2['eval_accuracy']:.2f}")
     assert s2["eval_accuracy"] >= 0.95 and s2["eval_consistency"] >= 0.9, s2
-    saved = GRAM(AutoModelForCausalLM.from_pretrained(tmp_path / "s2" / "model"), tok, GRAMConfig(batch_size=32))
+    saved = mmreward.load(tmp_path / "s2" / "model")
+    assert isinstance(saved, GRAM) and saved.config.label_smoothing == 0.1
     assert evaluate_gram(saved, test)["accuracy"] == pytest.approx(s2["eval_accuracy"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q0", "chosen": "good"}) + "\n")

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from mmreward.text.generative.parsing import Parsed, parse_ranking
 from mmreward.text.generative.reward_anything import (
@@ -60,7 +59,7 @@ def test_judge_maps_scores_back_to_original_order():
     model = tiny_llama(len(tok), hidden=32, layers=1, heads=2)
     j = RewardAnythingJudge(model, tok, RewardAnythingConfig(max_new_tokens=4, seed=5))
 
-    def fake_generate(msgs):  # noqa: E306 -- a judge that scores by the text it is shown
+    def fake_generate(msgs, batch_size=None):  # noqa: E306 -- a judge that scores by the text it is shown
         out = []
         for m in msgs:
             shown = json.loads(m[1]["content"])["responses"]

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from mmreward.text.prm.eval import predict_first_error, processbench_f1, processbench_sweep, step_macro_f1
+from mmreward.text.prm.eval import (predict_first_error, processbench_f1, processbench_report, processbench_sweep,
+                                    step_macro_f1)
 from mmreward.text.prm.labels import (SearchTree, monte_carlo_labels, ppm_pairs, rest_mcts_values,
                                       trace_value_targets, tree_value_targets)
 from mmreward.text.prm.refine import ProcessRewardFunction, RefineConfig
@@ -125,6 +126,30 @@ def test_processbench_f1_and_sweep_by_hand():
         processbench_f1([1], [1, 2])
     with pytest.raises(ValueError, match="sample 0"):
         processbench_sweep([torch.tensor([0.5])], [3])
+
+
+def test_processbench_report_is_the_official_metric_per_subset():
+    """QwenLM/ProcessBench code/run_eval.py (lines 117-130): per subset, error acc = mean(prediction == label)
+    over label != -1, correct acc = the same over label == -1, f1 = their harmonic mean (×100 there)."""
+    import random
+
+    rng = random.Random(0)
+    subsets = [rng.choice(["gsm8k", "math", "olympiadbench", "omnimath"]) for _ in range(200)]
+    scores = [torch.rand(rng.randint(1, 6), generator=torch.Generator().manual_seed(i)) for i in range(200)]
+    labels = [rng.choice([-1, rng.randrange(s.numel())]) for s in scores]
+    report = processbench_report(scores, labels, subsets, threshold=0.4)
+    pred = predict_first_error(scores, 0.4)
+    for name in {"gsm8k", "math", "olympiadbench", "omnimath"}:
+        res = [(p, y) for p, y, n in zip(pred, labels, subsets) if n == name]
+        error_data, correct_data = [p == y for p, y in res if y != -1], [p == y for p, y in res if y == -1]
+        acc1, acc2 = 100 * sum(error_data) / len(error_data), 100 * sum(correct_data) / len(correct_data)
+        got = report["subsets"][name]
+        assert (100 * got["acc_error"], 100 * got["acc_correct"]) == pytest.approx((acc1, acc2))
+        assert 100 * got["f1"] == pytest.approx(2 * acc1 * acc2 / (acc1 + acc2))
+    assert report["average_f1"] == pytest.approx(sum(m["f1"] for m in report["subsets"].values()) / 4)
+    assert processbench_report(scores[:3], labels[:3], ["", "", ""])["subsets"].keys() == {"all"}
+    with pytest.raises(ValueError, match="3 score lists, 2 labels"):
+        processbench_report(scores[:3], labels[:2], subsets[:3])
 
 
 def test_step_macro_f1_by_hand():

@@ -12,7 +12,7 @@ from mmreward.text.prm.data import read_step_examples  # noqa: E402
 from mmreward.text.prm.model import ProcessRewardModel  # noqa: E402
 from mmreward.text.prm.search import MCTSConfig, compare_search  # noqa: E402
 from mmreward.text.prm.synthetic import NoisyStepJudge, char_tokenizer, make_dataset, tiny_llama  # noqa: E402
-from mmreward.text.prm.train import PRMTrainConfig, evaluate_prm, train_prm  # noqa: E402
+from mmreward.text.prm.train import PRMTrainConfig, evaluate_prm, solutions, train_prm  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_value_head_learns_rest_mcts_targets_with_mse(tmp_path):
                 for r in make_dataset(n, seed=seed, max_value=5)]
 
     def mse(examples):
-        s = prm.score_batch([e.problem for e in examples], [e.steps for e in examples])
+        s = prm.score_parts(solutions(examples))
         return float(torch.cat([(a - torch.tensor(e.labels)) ** 2 for a, e in zip(s, examples)]).mean())
 
     train, test = value_rows(1000, 1), value_rows(200, 2)

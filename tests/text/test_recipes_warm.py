@@ -128,10 +128,12 @@ def test_merge_cli(members, capsys):
     assert json.loads(capsys.readouterr().out)["out"] == out
     merged = RewardModel.from_pretrained(out)
     want = warm_average([m for m, _, _ in ms], [0.25, 0.25, 0.5])
-    p, r = ["q", "q"], ["w1 w2", "w5 w0 w7"]
-    assert torch.allclose(merged.score(p, r), want.score(p, r), atol=1e-5)
+    items = [{"prompt": "q", "response": "w1 w2"}, {"prompt": "q", "response": "w5 w0 w7"}]
+    assert torch.allclose(merged.score(items), want.score(items), atol=1e-5)
     other = str(root / "other")
     tiny_rm(5).save_pretrained(other)
-    assert merge_main([ms[0][1], other, "--out", str(root / "bad")]) == 2
+    from mmreward.cli import main as mmreward_main
+
+    assert mmreward_main(["text", "merge", ms[0][1], other, "--out", str(root / "bad")]) == 2
     assert "one init" in capsys.readouterr().err and not os.path.exists(root / "bad")
-    assert merge_main([ms[0][1], "--out", out]) == 2
+    assert mmreward_main(["text", "merge", ms[0][1], "--out", out]) == 2

@@ -1,10 +1,9 @@
 import json
 
 import pytest
-import torch
 
 from mmreward.core.data import DataError, read_records
-from mmreward.text.data import PairCollator, PreferencePair, load_preference_pairs, pair_from_row, render
+from mmreward.text.data import PairCollator, PreferencePair, TextEncoder, encode_pairs, load_preference_pairs, pair_from_row
 
 ROWS = [
     {"prompt": "what is two plus three", "chosen": "five", "rejected": "six", "margin": 2, "category": "math"},
@@ -46,9 +45,10 @@ def test_formats_from_list_json_jsonl_and_saved_dataset(tmp_path):
 
 @pytest.mark.parametrize("row, message", [
     ({"prompt": "p", "rejected": "r"}, "row 0: missing field 'chosen'"),
+    ({"prompt": "p", "chosen": None, "rejected": "r"}, "row 0: field 'chosen' is null"),
     ({"prompt": "p", "chosen": 5, "rejected": "r"}, "row 0: field 'chosen' must be a string or a list of messages"),
     ({"prompt": "p", "chosen": "", "rejected": "r"}, "row 0: field 'chosen' is an empty string"),
-    ({"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant"}]}, r"row 0: field 'rejected'\[0\] needs string"),
+    ({"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant"}]}, r"row 0: field 'rejected'\[0\] must be a message"),
     ({"prompt": "p", "chosen": "c", "rejected": []}, "row 0: field 'rejected' is an empty message list"),
     ({"prompt": 3, "chosen": "c", "rejected": "r"}, "row 0: field 'prompt'"),
     ({"prompt": "p", "chosen": "c", "rejected": "r", "margin": float("nan")}, "row 0: field 'margin' must be a finite"),
@@ -81,6 +81,12 @@ def test_file_errors_name_file_row_and_line(tmp_path):
         load_preference_pairs(str(tmp_path / "empty.jsonl"))
     with pytest.raises(FileNotFoundError):
         read_records(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "latin1.jsonl").write_bytes(good.encode() + b"\n" + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl: line 2 is not UTF-8 text \(byte b'\\xe9' at column 16\)"):
+        load_preference_pairs(str(tmp_path / "latin1.jsonl"))
+    (tmp_path / "latin1.json").write_bytes(b'[{"prompt": "a"},\n {"prompt": "caf\xe9"}]')
+    with pytest.raises(DataError, match="latin1.json: line 2 is not UTF-8 text"):
+        read_records(str(tmp_path / "latin1.json"))
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(DataError, match="unknown data format"):
         read_records(str(tmp_path / "x.csv"))
@@ -88,31 +94,23 @@ def test_file_errors_name_file_row_and_line(tmp_path):
         read_records(str(tmp_path))
 
 
-class SpaceTokenizer:
-    """Minimal tokenizer: one id per whitespace word, [1] prepended as a BOS, no chat template."""
-    pad_token_id = 0
-    model_max_length = 100
-
-    def __init__(self):
-        self.vocab = {}
-
-    def __call__(self, texts, add_special_tokens=True):
-        ids = [[self.vocab.setdefault(w, len(self.vocab) + 2) for w in t.split()] for t in texts]
-        return {"input_ids": [([1] if add_special_tokens else []) + i for i in ids]}
-
-
 def test_collate_concatenates_chosen_then_rejected():
-    tok = SpaceTokenizer()
-    pairs = load_preference_pairs(ROWS)
-    batch = PairCollator(tok)(pairs)
+    from helpers import word_tokenizer
+
+    tok = word_tokenizer("what is two plus three five six p q r c a b d x y z".split(), model_max_length=100)
+    pairs = encode_pairs(TextEncoder(tok), load_preference_pairs(ROWS))
+    batch = PairCollator(0)(pairs)
     assert batch["input_ids"].shape[0] == 8 and batch["attention_mask"].shape == batch["input_ids"].shape
     lengths = batch["attention_mask"].sum(1).tolist()
-    # chosen rows 0-3 then rejected rows 4-7; "prompt\n\nresponse" / message contents joined
-    assert lengths == [1 + 5 + 1, 1 + 2, 1 + 2, 1 + 2, 1 + 5 + 1, 1 + 3, 1 + 2, 1 + 2]
+    # chosen rows 0-3 then rejected rows 4-7; "prompt\n\nresponse" / message contents joined, [CLS] ... [SEP]
+    assert lengths == [2 + 5 + 1, 2 + 2, 2 + 2, 2 + 2, 2 + 5 + 1, 2 + 3, 2 + 2, 2 + 2]
     assert batch["margin"].tolist() == [2.0, 0.0, 0.0, 0.0] and batch["tie"].tolist() == [False, False, True, True]
-    plain = PairCollator(tok)(load_preference_pairs([{"prompt": "p", "chosen": "c", "rejected": "r"}]))
+    assert batch["token_type_ids"] is None
+    plain = PairCollator(0)(encode_pairs(TextEncoder(tok), load_preference_pairs([{"prompt": "p", "chosen": "c",
+                                                                                    "rejected": "r"}])))
     assert plain["margin"] is None and plain["tie"] is None
-    assert render(tok, "p q", "r") == ("p q\n\nr", True)
-    with pytest.warns(UserWarning, match="truncated 2 of 8"):
-        short = PairCollator(tok, max_length=4)(pairs)
-    assert short["input_ids"].shape[1] == 4
+    with pytest.warns(UserWarning, match="truncated 2 of 8 training inputs to max_length=5"):
+        short = PairCollator(0)(encode_pairs(TextEncoder(tok, max_length=5), load_preference_pairs(ROWS)))
+    assert short["input_ids"].shape[1] == 5
+    with pytest.raises(ValueError, match="empty batch"):
+        PairCollator(0)([])

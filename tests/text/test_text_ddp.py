@@ -1,5 +1,5 @@
 """DDP: `torchrun --nproc_per_node 2 -m mmreward.cli text train ...` (gloo on CPU) gives the same
-weights as one process training on the same global batch."""
+weights as one process training on the same global batch (length-grouped batches included)."""
 import csv
 import json
 import os
@@ -45,23 +45,23 @@ def write_pairs(path, n, seed):
 def test_torchrun_two_processes_match_single_process(tmp_path):
     tiny_rm_folder(tmp_path / "init")
     write_pairs(tmp_path / "train.jsonl", 40, 0)
-    common = ["--data", str(tmp_path / "train.jsonl"), "--init", str(tmp_path / "init"), "--max-steps", "4",
+    common = ["--data", str(tmp_path / "train.jsonl"), "--model", str(tmp_path / "init"), "--max-steps", "4",
               "--grad-accum-steps", "2", "--lr", "1e-3", "--center-coef", "0.01", "--warmup-steps", "1", "--no-progress", "--no-tensorboard",
               "--no-plot", "--log-every", "0"]
     # centering gives the head bias a real gradient: under pure BT its gradient is exactly 0 and
     # Adam would amplify the float noise of a different summation order into lr-sized steps
     # one process, micro-batch 8 == two processes x micro-batch 4 (global batch 16 per optimizer step)
-    assert main(["train", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "single")]) == 0
+    assert main(["train", *common, "--batch-size", "8", "--out", str(tmp_path / "single")]) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "mmreward.cli", "text", "train", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "ddp"),
+           "-m", "mmreward.cli", "text", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "ddp"),
            "--fused-head"]  # the head's params are used outside DDP's forward here: must still sync
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("saved reward model") == 1  # rank 0 only
-    single = load_file(str(tmp_path / "single" / "model.safetensors"))
-    ddp = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    assert proc.stdout.count("model: ") == 1  # rank 0 only
+    single = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
+    ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
     init = load_file(str(tmp_path / "init" / "model.safetensors"))
     assert single.keys() == ddp.keys()
     moved = max((single[k] - init[k]).abs().max().item() for k in single)

@@ -1,4 +1,5 @@
-"""ImageRewardModel: inputs, broadcasting, gradients, ranking, normalisation, save / load."""
+"""ImageRewardModel: ImagePrompt / VideoPrompt inputs of every kind, gradients, ranking,
+normalisation, save / load, and clear errors."""
 import json
 import os
 import subprocess
@@ -10,15 +11,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from mmreward.vision import synthetic as S
-from mmreward.vision.image_reward import (
-    ConvTextConfig,
-    ImageRewardModel,
-    word_tokenizer,
-)
-from mmreward.vision.train import tiny_clip_config
-
+import mmreward
 from mmreward.core.checkpoint import CheckpointError
+from mmreward.core.inputs import ImagePrompt, VideoPrompt
+from mmreward.vision import synthetic as S
+from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
+from mmreward.vision.testing import tiny_clip_config, word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +39,11 @@ def images(n=3, size=32, seed=0):
     return torch.rand(n, 3, size, size, generator=g)
 
 
+def prompted(prompt, imgs):
+    """One ImagePrompt per image (``imgs``: a tensor [B, 3, H, W] or a list)."""
+    return [ImagePrompt(prompt, x) for x in (imgs.unbind(0) if isinstance(imgs, torch.Tensor) else imgs)]
+
+
 def test_head_is_imagereward_mlp(clip_model):
     layers = list(clip_model.head)
     linear = [(m.in_features, m.out_features) for m in layers if isinstance(m, torch.nn.Linear)]
@@ -51,7 +54,7 @@ def test_head_is_imagereward_mlp(clip_model):
 
 
 @pytest.mark.parametrize("which", ["clip_model", "conv_model"])
-def test_score_accepts_tensors_pil_arrays_and_paths(which, request, tmp_path):
+def test_score_accepts_tensors_pil_arrays_paths_and_dicts(which, request, tmp_path):
     from PIL import Image
 
     model = request.getfixturevalue(which)
@@ -62,34 +65,61 @@ def test_score_accepts_tensors_pil_arrays_and_paths(which, request, tmp_path):
     for i, p in enumerate(pils):
         paths.append(str(tmp_path / f"{i}.png"))
         p.save(paths[-1])
-    with torch.no_grad():
-        s_tensor = model.score("a red circle on the left", x)
-        s_pil = model.score("a red circle on the left", pils)
-        s_arr = model.score("a red circle on the left", arrays)
-        s_path = model.score("a red circle on the left", paths)
-    assert s_tensor.shape == (3,) and s_tensor.dtype == torch.float32
-    # uint8 quantisation is the only difference between the tensor and file inputs
-    torch.testing.assert_close(s_pil, s_path)
-    torch.testing.assert_close(s_pil, s_arr)
+    u8 = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arrays]
+    p = "a red circle on the left"
+    s_tensor = model.score(prompted(p, x))
+    s_pil, s_path, s_arr = (model.score(prompted(p, imgs)) for imgs in (pils, paths, arrays))
+    s_u8 = model.score(prompted(p, u8))
+    s_dict = model.score([{"prompt": p, "image": path} for path in paths])
+    assert s_tensor.shape == (3,) and s_tensor.dtype == torch.float32 and not s_tensor.requires_grad
+    # uint8 quantisation is the only difference between the tensor and the other inputs
+    for other in (s_path, s_arr, s_u8, s_dict):
+        torch.testing.assert_close(s_pil, other)
     torch.testing.assert_close(s_pil, s_tensor, atol=1e-3 * float(s_tensor.abs().max()) + 1e-6, rtol=0.05)
+    # batching does not change scores
+    torch.testing.assert_close(model.score(prompted(p, x), batch_size=1), s_tensor)
 
 
-def test_one_prompt_broadcasts_and_per_image_prompts_are_used(clip_model):
+def test_each_input_is_scored_against_its_own_prompt(clip_model):
     x = images(2)
-    with torch.no_grad():
-        one = clip_model.score("two blue squares on the right", x)
-        per = clip_model.score(["two blue squares on the right"] * 2, x)
-        mixed = clip_model.score(["two blue squares on the right", "a red circle on the left"], x)
-        alone = clip_model.score("a red circle on the left", x[1:])
-    torch.testing.assert_close(one, per)
+    a, b = "two blue squares on the right", "a red circle on the left"
+    one = clip_model.score(prompted(a, x))
+    mixed = clip_model.score([ImagePrompt(a, x[0]), ImagePrompt(b, x[1])])
+    alone = clip_model.score(prompted(b, x[1:]))
     torch.testing.assert_close(mixed[1:], alone)
     torch.testing.assert_close(mixed[:1], one[:1])
 
 
-def test_score_is_differentiable_in_the_pixels(clip_model):
+def test_score_is_differentiable_in_float_pixels_that_require_grad(clip_model):
     x = images(2).requires_grad_()
-    clip_model.score("a red circle on the left", x).sum().backward()
+    s = clip_model.score(prompted("a red circle on the left", x))
+    assert s.requires_grad
+    s.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():  # plain scoring inside no_grad stays possible
+        assert not clip_model.score(prompted("a red circle on the left", x)).requires_grad
+
+
+def test_a_video_scores_the_mean_of_its_frames(conv_model, tmp_path):
+    from PIL import Image
+
+    frames = (images(5, seed=3).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (T, H, W, 3)
+    p = "a red circle on the left"
+    per_frame = conv_model.score(prompted(p, list(frames)))
+    parts = conv_model.score_parts([VideoPrompt(p, frames), ImagePrompt(p, frames[0])])
+    torch.testing.assert_close(parts[0], per_frame)
+    torch.testing.assert_close(parts[1], per_frame[:1])  # an image is a one-frame input
+    s = conv_model.score([VideoPrompt(p, frames), ImagePrompt(p, frames[1])], batch_size=2)
+    torch.testing.assert_close(s, torch.stack([per_frame.mean(), per_frame[1]]))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"f{t}.png")
+    torch.testing.assert_close(conv_model.score([{"prompt": p, "video": str(folder)}]), s[:1])
+    # a float video tensor [T, 3, H, W] stays differentiable (ReFL on videos)
+    v = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255).requires_grad_()
+    conv_model.score([VideoPrompt(p, v)]).sum().backward()
+    assert v.grad.abs().sum() > 0
 
 
 def test_rank_orders_by_score(conv_model):
@@ -97,44 +127,56 @@ def test_rank_orders_by_score(conv_model):
     ranking, scores = conv_model.rank("a red circle on the left", x)
     assert sorted(ranking) == list(range(5))
     assert scores[ranking].tolist() == sorted(scores.tolist(), reverse=True)
+    _, from_list = conv_model.rank("a red circle on the left", list(x))
+    torch.testing.assert_close(from_list, scores)
 
 
 def test_long_prompt_is_truncated_with_a_warning(clip_model):
     long = " ".join(["red circle"] * 30)
     with pytest.warns(UserWarning, match="truncated"):
-        s = clip_model.score(long, images(1))
+        s = clip_model.score(prompted(long, images(1)))
     assert torch.isfinite(s).all()
 
 
 @pytest.mark.parametrize("bad, err, match", [
-    (lambda: images(2).double().mul(255), ValueError, r"\[0, 1\]"),
-    (lambda: torch.full((1, 3, 8, 8), float("nan")), ValueError, "NaN"),
-    (lambda: torch.rand(2, 4, 8, 8), ValueError, r"\[B, 3, H, W\]"),
-    (lambda: torch.zeros(2, 3, 8, 8, dtype=torch.uint8), TypeError, "float"),
-    (list, ValueError, "empty"),
-    (lambda: ["/no/such/image.png"], ValueError, "does not exist"),
-    (lambda: [42], TypeError, "image 0"),
+    (lambda: images(1).double().mul(255)[0], ValueError, r"input 1: .*\[0, 1\]"),
+    (lambda: torch.full((3, 8, 8), float("nan")), ValueError, "input 1: image holds NaN"),
+    (lambda: torch.rand(4, 8, 8), ValueError, r"input 1: image tensor must be \[3, H, W\]"),
+    (lambda: torch.zeros(3, 8, 8, dtype=torch.int32), TypeError, "input 1: .*float"),
+    (lambda: "/no/such/image.png", ValueError, "input 1: image file '/no/such/image.png' does not exist"),
+    (lambda: 42, TypeError, "input 1: expected a path"),
 ])
-def test_bad_images_raise_clear_errors(conv_model, bad, err, match):
+def test_bad_images_raise_errors_naming_the_input(conv_model, bad, err, match):
     with pytest.raises(err, match=match):
-        conv_model.score("a red circle", bad())
+        conv_model.score([ImagePrompt("a red circle", images(1)[0]), ImagePrompt("a red circle", bad())])
 
 
-def test_prompt_count_must_match(conv_model):
-    with pytest.raises(ValueError, match="3 prompts for 2 images"):
-        conv_model.score(["a", "b", "c"], images(2))
-    with pytest.raises(TypeError, match="prompts"):
-        conv_model.score([1, 2], images(2))
+def test_bad_inputs_raise_clear_errors(conv_model, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        conv_model.score([ImagePrompt("a", str(tmp_path / "broken.png"))])
+    with pytest.raises(TypeError, match="input 0: prompt must be a string"):
+        conv_model.score([ImagePrompt(None, images(1)[0])])
+    with pytest.raises(ValueError, match="got no inputs"):
+        conv_model.score([])
+    with pytest.raises(TypeError, match="takes a list of inputs"):
+        conv_model.score(ImagePrompt("a", images(1)[0]))
+    with pytest.raises(ValueError, match="input 0: a video array must be uint8"):
+        conv_model.score([VideoPrompt("a", np.zeros((2, 8, 8), np.uint8))])
+    with pytest.raises(ValueError, match="does not exist"):
+        conv_model.score([VideoPrompt("a", str(tmp_path / "missing.mp4"))])
 
 
 def test_fit_normalization_standardises_scores(conv_model):
     x = images(8, seed=1)
-    mean, std = conv_model.fit_normalization("a red circle on the left", x)
-    with torch.no_grad():
-        s = conv_model.score("a red circle on the left", x)
+    p = "a red circle on the left"
+    raw = conv_model.score(prompted(p, x)) * conv_model.reward_std + conv_model.reward_mean
+    mean, std = conv_model.fit_normalization(prompted(p, x))
+    s = conv_model.score(prompted(p, x))
     assert abs(float(s.mean())) < 1e-4 and abs(float(s.std()) - 1) < 1e-4
-    raw = conv_model.score("a red circle on the left", x, normalize=False).detach()
-    torch.testing.assert_close(raw, s * std + mean)
+    torch.testing.assert_close(s * std + mean, raw, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        conv_model.fit_normalization(prompted(p, x[:1]))
 
 
 @pytest.mark.parametrize("which", ["clip_model", "conv_model"])
@@ -144,14 +186,14 @@ def test_save_and_load_round_trip_without_pickle(which, request, tmp_path):
     model.save_pretrained(str(tmp_path / "m"))
     files = {os.path.relpath(os.path.join(r, f), tmp_path / "m") for r, _, fs in os.walk(tmp_path / "m") for f in fs}
     assert all(f.endswith((".json", ".safetensors", ".txt")) for f in files), files
-    back = ImageRewardModel.from_pretrained(str(tmp_path / "m"))
-    x = images(3)
-    with torch.no_grad():
-        torch.testing.assert_close(back.score("a red circle", x), model.score("a red circle", x))
+    back = mmreward.load(str(tmp_path / "m"))
+    assert type(back) is ImageRewardModel and not back.training
+    x = prompted("a red circle", images(3))
+    torch.testing.assert_close(back.score(x), model.score(x))
     assert float(back.reward_mean) == 0.5
 
 
-def test_corrupt_and_foreign_checkpoints_raise(conv_model, tmp_path):
+def test_corrupt_foreign_and_incomplete_folders_raise(clip_model, conv_model, tmp_path):
     folder = tmp_path / "m"
     conv_model.save_pretrained(str(folder))
     cfg = json.loads((folder / "config.json").read_text())
@@ -165,6 +207,14 @@ def test_corrupt_and_foreign_checkpoints_raise(conv_model, tmp_path):
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
         ImageRewardModel.from_pretrained(str(folder))
+    # an hf scorer needs its tokenizer to score: a folder without one is refused by name
+    import shutil
+
+    clip_model.save_pretrained(str(tmp_path / "clip"))
+    shutil.rmtree(tmp_path / "clip" / "tokenizer")
+    (tmp_path / "clip" / "manifest.json").unlink()  # hand-edited folder: no manifest to check against
+    with pytest.raises(CheckpointError, match="tokenizer .*the text tokenizer.* is missing"):
+        mmreward.load(str(tmp_path / "clip"))
 
 
 def test_from_backbone_reads_a_model_folder(tmp_path):
@@ -179,7 +229,7 @@ def test_from_backbone_reads_a_model_folder(tmp_path):
     model = ImageRewardModel.from_backbone(str(tmp_path / "clip"), fusion="product_concat")
     assert model.config.image_mean == (0.5, 0.5, 0.5) and model.config.image_std == (0.25, 0.25, 0.25)
     assert model.head[0].in_features == 3 * 32  # product_concat: [t*i, t, i]
-    assert model.score("a red circle", images(2)).shape == (2,)
+    assert model.score(prompted("a red circle", images(2))).shape == (2,)
 
 
 def test_import_vision_stays_light():
@@ -207,22 +257,34 @@ def test_other_dual_encoders_work_as_backbones(kind, tmp_path):
                                       projection_dim=16)
     model = ImageRewardModel.from_backbone(cfg, tokenizer=tok)
     x = images(2, size=40).requires_grad_()
-    model.score("a red circle", x).sum().backward()
+    model.score(prompted("a red circle", x)).sum().backward()
     assert x.grad.abs().sum() > 0
     model.save_pretrained(str(tmp_path / kind))
-    back = ImageRewardModel.from_pretrained(str(tmp_path / kind))
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(back.score("a red circle", x), model.score("a red circle", x))
+    back = mmreward.load(str(tmp_path / kind))
+    torch.testing.assert_close(back.score(prompted("a red circle", x)), model.score(prompted("a red circle", x)))
 
 
 def test_lazy_names_resolve_and_a_missing_module_fails_only_when_used(monkeypatch):
     import mmreward.vision as v
 
-    for name in ("ImageRewardModel", "train_image_reward", "ReFLConfig", "score_video", "synthetic"):
+    for name in ("ImageRewardModel", "train_image_reward", "ReFLConfig", "score_video", "synthetic", "ImagePrompt"):
         assert getattr(v, name) is not None
     monkeypatch.setitem(v._LAZY, "NotThere", "no_such_module")
     with pytest.raises(ModuleNotFoundError):
         _ = v.NotThere
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = v.nope
+
+
+def test_exports_are_models_configs_trainers_and_inputs_without_clashes():
+    """Test helpers live in mmreward.vision.testing; no exported name means something else in
+    mmreward.text / mmreward.robotics (names shared with them are the same core input classes)."""
+    import mmreward.robotics as robotics
+    import mmreward.text as text
+    import mmreward.vision as v
+
+    assert not {"word_tokenizer", "tiny_clip_config", "tiny_processor", "tiny_qwen2vl_config", "load_image",
+                "evaluate", "read_jsonl", "PairCollator", "tiny_llama"} & set(v.__all__)
+    for other in (text, robotics):
+        for name in set(v.__all__) & set(dir(other)):
+            assert v._LAZY[name] == "mmreward.core.inputs" and getattr(other, name) is getattr(v, name), name

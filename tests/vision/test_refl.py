@@ -6,7 +6,6 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from mmreward.vision.image_reward import word_tokenizer
 from mmreward.vision.refl import (
     DiffusionParts,
     ReFLConfig,
@@ -17,6 +16,7 @@ from mmreward.vision.refl import (
 )
 
 from mmreward.core.trainer import TrainConfig
+from mmreward.vision.testing import word_tokenizer
 
 PROMPTS = ["a red circle", "a blue square", "a green circle", "a red square"]
 
@@ -68,6 +68,35 @@ def test_loss_is_relu_threshold_minus_reward_scaled_and_only_unet_gets_grads():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts.unet.parameters())
     assert all(p.grad is None for p in parts.vae.parameters())
     assert all(p.grad is None for p in parts.text_encoder.parameters())
+
+
+def test_an_image_reward_model_is_a_differentiable_refl_scorer(tmp_path):
+    """The scorer can be any image reward model: ReFL's loss backpropagates through its score()
+    into the UNet, the reward model stays frozen, and mean_reward uses the same score."""
+    from mmreward.vision import synthetic as S
+    from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
+
+    parts = tiny_parts()
+    torch.manual_seed(0)
+    scorer = ImageRewardModel.from_backbone(ConvTextConfig(vocab=S.vocabulary(), embed_dim=8))
+    cfg = ReFLConfig(num_inference_steps=4, min_step=2, max_step=3)
+    tc = TrainConfig(output_dir=str(tmp_path / "refl"), max_steps=1, batch_size=2, lr=1e-3, progress=False,
+                     tensorboard=False, plot=False, log_every=0)
+    before = [p.detach().clone() for p in parts.unet.parameters()]
+    history = train_refl(parts, scorer, PROMPTS[:2], cfg, tc)
+    assert len(history) == 1 and history[0]["grad_norm"] > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, parts.unet.parameters()))
+    assert not any(p.requires_grad for p in scorer.parameters()) and all(p.grad is None for p in scorer.parameters())
+    r = mean_reward(parts, scorer, PROMPTS[:2], cfg)
+    assert isinstance(r, float) and r == r
+    from mmreward.core.inputs import TextPair
+    from mmreward.core.model import RewardScorer
+
+    class TextOnly(RewardScorer):
+        input_types = (TextPair,)
+
+    with pytest.raises(TypeError, match="TextOnly does not score images"):
+        refl_loss(parts, TextOnly(), cfg)
 
 
 def test_refl_steps_raise_the_mean_reward_of_samples(tmp_path):

@@ -180,16 +180,19 @@ def test_step_with_a_vlm_judge_raises_rewarded_sequence_probability():
     import numpy as np
     from transformers import Qwen2VLForConditionalGeneration
 
+    from mmreward.vision import synthetic as S
     from mmreward.vision import vlm_data as D
+    from mmreward.vision.images import to_pil
+    from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config
 
-    proc = D.tiny_processor(D.COLOUR_WORDS)
+    proc = tiny_processor(S.COLOUR_WORDS)
     torch.manual_seed(0)
-    pol = Qwen2VLForConditionalGeneration(D.tiny_qwen2vl_config(proc))
+    pol = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(proc))
     pol.generation_config.eos_token_id = None
     pol.generation_config.pad_token_id = proc.tokenizer.pad_token_id
     msgs = D.to_messages([{"role": "user", "content": "what colour is the image"}], 1, "prompt")
     text = proc.apply_chat_template(msgs, add_generation_prompt=True)
-    img = D.load_image(D.colour_image("red", np.random.default_rng(0)))
+    img = to_pil(S.colour_image("red", np.random.default_rng(0)))
     enc = proc(text=[text] * 4, images=[img] * 4)
     vision = {k: enc[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids")}
     ro = rollout(pol, enc["input_ids"], enc["attention_mask"], max_new_tokens=3, **vision)

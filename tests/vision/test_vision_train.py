@@ -4,19 +4,23 @@ import time
 
 import pytest
 import torch
+
+import mmreward
+from mmreward.core.data import DataError
+from mmreward.core.device import DeviceError
+from mmreward.core.inputs import ImagePrompt
+from mmreward.core.trainer import TrainConfig
 from mmreward.vision import synthetic as S
 from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
 from mmreward.vision.train import (
     ImageRewardTrainConfig,
     RankedExample,
-    evaluate,
+    evaluate_image_reward,
     make_collate,
     ranked_loss,
-    read_jsonl,
+    read_ranked_sets,
     train_image_reward,
 )
-
-from mmreward.core.trainer import TrainConfig
 
 
 def quiet(output_dir, **kw):
@@ -44,34 +48,34 @@ def test_collate_pads_short_sets_and_losses_ignore_padding():
     torch.testing.assert_close(ranked_loss("listwise")(model, batch)[0], ranked_loss("pairwise")(model, batch)[0])
 
 
-def test_read_jsonl_names_the_bad_line(tmp_path):
+def test_read_ranked_sets_names_the_file_row_and_field(tmp_path):
     good = S.write_jsonl(S.ranked_sets(2, seed=0), str(tmp_path))
-    rows = read_jsonl(good)
+    rows = read_ranked_sets(good)
     assert len(rows) == 2 and len(rows[0].images) == 4
     with open(good) as f:
         lines = f.read().splitlines()
     cases = {
-        "{not json": "not valid JSON",
-        json.dumps({"prompt": "", "images": ["a", "b"], "ranks": [0, 1]}): "'prompt'",
-        json.dumps({"prompt": "x", "images": ["images/00000_0.png"], "ranks": [0]}): ">= 2 paths",
-        json.dumps({"prompt": "x", "images": json.loads(lines[0])["images"], "ranks": [0, 1]}): "4 integers",
-        json.dumps({"prompt": "x", "images": ["nope.png", "nope2.png"], "ranks": [0, 1]}): "does not exist",
+        "{not json": "line 2 .*not valid JSON",
+        json.dumps({"prompt": "", "images": ["a", "b"], "ranks": [0, 1]}): "row 1: field 'prompt'",
+        json.dumps({"prompt": "x", "images": ["images/00000_0.png"], "ranks": [0]}): "row 1: field 'images'.* >= 2 paths",
+        json.dumps({"prompt": "x", "images": json.loads(lines[0])["images"], "ranks": [0, 1]}):
+            "row 1: field 'ranks' must be 4 integers",
+        json.dumps({"prompt": "x", "images": ["nope.png", "nope2.png"], "ranks": [0, 1]}): "row 1: .*does not exist",
     }
     for bad, match in cases.items():
         path = tmp_path / "bad.jsonl"
         path.write_text(lines[0] + "\n" + bad + "\n")
-        with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{match}"):
-            read_jsonl(str(path))
+        with pytest.raises(DataError, match=f"bad.jsonl.*{match}"):
+            read_ranked_sets(str(path))
 
 
 def test_pairwise_mode_trains_resumes_and_saves(tmp_path):
     cfg = ImageRewardTrainConfig(n_train=64, n_eval=16, embed_dim=16, loss="pairwise", normalize_on=32)
     model, history = train_image_reward(cfg, quiet(tmp_path / "run", max_steps=6, batch_size=8, lr=3e-3, save_every=3))
     assert len(history) == 6 and "eval_pairwise_accuracy" in history[-1]
-    loaded = ImageRewardModel.from_pretrained(str(tmp_path / "run" / "model"))
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.score("a red circle on the left", x), model.score("a red circle on the left", x))
+    loaded = mmreward.load(str(tmp_path / "run"))  # a run folder: its model/
+    x = [ImagePrompt("a red circle on the left", img) for img in torch.rand(2, 3, 32, 32)]
+    torch.testing.assert_close(loaded.score(x), model.score(x))
     # resume: asking for more steps continues from the snapshot instead of starting over
     _, more = train_image_reward(cfg, quiet(tmp_path / "run", max_steps=8, batch_size=8, lr=3e-3))
     assert [r["step"] for r in more] == list(range(1, 9))
@@ -91,4 +95,17 @@ def test_scorer_from_scratch_reaches_95_percent_held_out_pairwise_accuracy(tmp_p
     assert acc >= 0.95
     # an untrained scorer is at chance on the same held-out sets
     held = [RankedExample(s.prompt, s.images, s.ranks) for s in S.ranked_sets(200, 4, 32, seed=1)]
-    assert evaluate(small_model(), held)["pairwise_accuracy"] < 0.7
+    assert evaluate_image_reward(small_model(), held)["pairwise_accuracy"] < 0.7
+
+
+def test_same_seed_same_model_and_bad_device_is_refused(tmp_path):
+    cfg = ImageRewardTrainConfig(n_train=16, n_eval=4, embed_dim=8, normalize_on=8)
+    a, _ = train_image_reward(cfg, quiet(tmp_path / "a", max_steps=2, batch_size=4, seed=3))
+    b, _ = train_image_reward(cfg, quiet(tmp_path / "b", max_steps=2, batch_size=4, seed=3))
+    c, _ = train_image_reward(cfg, quiet(tmp_path / "c", max_steps=2, batch_size=4, seed=4))
+    sa, sb, sc = (m.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    bad = ImageRewardTrainConfig(n_train=16, device="cuda:7" if torch.cuda.is_available() else "cuda")
+    with pytest.raises(DeviceError, match="cuda"):
+        train_image_reward(bad, quiet(tmp_path / "d", max_steps=1, batch_size=4))

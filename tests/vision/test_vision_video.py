@@ -5,12 +5,15 @@ import torch
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python) is not installed: video I/O needs it")
 
+from mmreward.core.data import DataError
+from mmreward.core.inputs import VideoPrompt
 from mmreward.vision.video import (
     VideoReadError,
     aggregate,
     plot_video_score,
     read_frames,
     score_video,
+    video_frames,
 )
 
 
@@ -75,6 +78,50 @@ def test_reads_mp4_gif_and_frame_folders(kind, tmp_path):
         assert res.trend_per_second == pytest.approx(res.trend * fps)
 
 
+def test_a_reward_model_scores_videos_frame_by_frame(tmp_path):
+    """score_video with an image reward model = its per-frame scores of the VideoPrompt, in every
+    form the video can take."""
+    from mmreward.vision import synthetic as S
+    from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
+
+    torch.manual_seed(0)
+    model = ImageRewardModel.from_backbone(ConvTextConfig(vocab=S.vocabulary(), embed_dim=8))
+    frames = reddening_frames(t=6)
+    res = score_video(model, "a red circle", frames, batch_size=4)
+    parts = model.score_parts([VideoPrompt("a red circle", frames)])[0]
+    np.testing.assert_allclose(res.scores, parts.numpy(), atol=1e-6)
+    assert res.mean == pytest.approx(float(model.score([VideoPrompt("a red circle", frames)])), abs=1e-6)
+    as_tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
+    np.testing.assert_allclose(score_video(model, "a red circle", as_tensor).scores, res.scores, atol=1e-5)
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, frames)
+    from_file = model.score_parts([{"prompt": "a red circle", "video": str(path)}])[0]
+    assert from_file.shape == (6,) and torch.allclose(from_file, parts, atol=0.05)
+    with pytest.raises(TypeError, match="does not score images"):
+        from mmreward.core.inputs import TextPair
+        from mmreward.core.model import RewardScorer
+
+        class TextOnly(RewardScorer):
+            input_types = (TextPair,)
+
+        score_video(TextOnly(), "a red circle", frames)
+
+
+def test_video_frames_accepts_every_form_and_names_bad_ones():
+    frames = reddening_frames(t=4)
+    assert len(video_frames(frames, stride=2)[0]) == 2
+    assert len(video_frames(list(frames), max_frames=3)[0]) == 3
+    t = torch.rand(4, 3, 8, 8, requires_grad=True)
+    got, fps = video_frames(t)
+    assert fps is None and len(got) == 4 and got[0].requires_grad
+    with pytest.raises(ValueError, match=r"input 2: a video tensor must be float \[T, 3, H, W\]"):
+        video_frames(torch.zeros(4, 8, 8, 3), "input 2")
+    with pytest.raises(TypeError, match="input 2: a video must be"):
+        video_frames(42, "input 2")
+    with pytest.raises(ValueError, match="has no frames"):
+        video_frames(frames[:0])
+
+
 def test_plot_is_written(tmp_path):
     res = aggregate("a prompt", np.array([0.1, 0.3, 0.2, 0.5]), np.arange(4), fps=4.0)
     out = plot_video_score(res, str(tmp_path / "score.png"))
@@ -87,6 +134,7 @@ def test_bad_videos_give_clear_errors(tmp_path):
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     with pytest.raises(VideoReadError, match="broken.mp4"):
         read_frames(str(bad))
+    assert issubclass(VideoReadError, DataError)  # the CLI reports it as a user error (exit 2)
     with pytest.raises(VideoReadError, match="does not exist"):
         read_frames(str(tmp_path / "missing.mp4"))
     (tmp_path / "empty").mkdir()

@@ -1,17 +1,25 @@
 """VisualPRM: step format and label positions, learning on exact step labels, Monte-Carlo labels,
 response scores / Best-of-N, macro-F1, LM-head initialisation, save / load and errors."""
+import numpy as np
 import pytest
 import torch
 
+import mmreward
 from mmreward.core.checkpoint import CheckpointError
+from mmreward.core.data import DataError
+from mmreward.core.inputs import VisualSteps
 from mmreward.core.trainer import TrainConfig
-from mmreward.vision import vlm_data as D
+from mmreward.vision import synthetic as S
+from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config
 from mmreward.vision.visual_prm import (
+    LabelledSteps,
     VisualPRM,
     VisualPRMConfig,
-    evaluate_steps,
+    as_labelled,
+    evaluate_visual_prm,
     mc_step_labels,
     monte_carlo_labels,
+    reduce_step_scores,
     step_macro_f1,
     train_visual_prm,
 )
@@ -25,12 +33,16 @@ def quiet(tmp, **kw):
 
 @pytest.fixture(scope="module")
 def proc():
-    return D.tiny_processor(D.COLOUR_WORDS)
+    return tiny_processor(S.COLOUR_WORDS)
 
 
 def new_prm(proc, **kw):
     torch.manual_seed(0)
-    return VisualPRM(VisualPRMConfig(**kw), D.tiny_qwen2vl_config(proc), proc)
+    return VisualPRM(VisualPRMConfig(**kw), tiny_qwen2vl_config(proc), proc)
+
+
+def inputs(rows):
+    return [VisualSteps(r["question"], r["steps"], r["images"]) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +52,15 @@ def trained(proc, tmp_path_factory):
     before it finds the image × claim interaction); the PRM then fine-tunes that backbone at a low
     LR (3e-3 wipes the pretrained features out; 5e-4 learns on each of seeds 0–3)."""
     torch.manual_seed(0)
-    rm = VLMRewardModel(VLMRewardConfig(), D.tiny_qwen2vl_config(proc), proc)
-    train_vlm_reward(rm, D.colour_preference_rows(256, seed=0), quiet(tmp_path_factory.mktemp("rm"), max_steps=100, lr=3e-3))
+    rm = VLMRewardModel(VLMRewardConfig(), tiny_qwen2vl_config(proc), proc)
+    train_vlm_reward(rm, S.colour_preference_rows(256, seed=0), quiet(tmp_path_factory.mktemp("rm"), max_steps=100, lr=3e-3))
     torch.manual_seed(0)
     prm = VisualPRM(VisualPRMConfig(), rm.backbone, proc)
-    held_out = D.colour_step_rows(64, seed=1)
-    before = evaluate_steps(prm, held_out)
-    hist = train_visual_prm(prm, D.colour_step_rows(512, seed=0), quiet(tmp_path_factory.mktemp("prm"), max_steps=150, lr=5e-4),
+    held_out = S.colour_step_rows(64, seed=1)
+    before = evaluate_visual_prm(prm, held_out)
+    hist = train_visual_prm(prm, S.colour_step_rows(512, seed=0), quiet(tmp_path_factory.mktemp("prm"), max_steps=150, lr=5e-4),
                             eval_rows=held_out)
-    return prm, before, evaluate_steps(prm, held_out), hist
+    return prm, before, evaluate_visual_prm(prm, held_out), hist
 
 
 def test_training_reduces_step_loss_and_raises_macro_f1(trained):
@@ -62,9 +74,8 @@ def test_training_reduces_step_loss_and_raises_macro_f1(trained):
 
 def test_step_format_and_label_positions(proc):
     prm = new_prm(proc)
-    rows = [{"images": [D.colour_image("red", __import__("numpy").random.default_rng(0))], "question": "what colour",
-             "steps": ["it is red", "so it is blue"], "labels": [1.0, 0.25]}]
-    enc = prm.encode(rows, with_labels=True)
+    item = VisualSteps("what colour", ["it is red", "so it is blue"], [S.colour_image("red", np.random.default_rng(0))])
+    enc = prm.encode([item], [[1.0, 0.25]])
     toks = proc.tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
     text = " ".join(toks)
     # image + question + first step in the first user turn, one step per later user turn, "+" / "-" answers
@@ -85,30 +96,37 @@ def test_step_format_and_label_positions(proc):
 
 def test_scores_reductions_and_best_of_n(trained):
     prm, *_ = trained
-    rows = D.colour_step_rows(6, seed=4)
-    per = prm.step_scores(rows)
+    rows = S.colour_step_rows(6, seed=4)
+    per = prm.score_parts(inputs(rows))
     assert [p.numel() for p in per] == [len(r["steps"]) for r in rows]
     assert all(((p > 0) & (p < 1)).all() for p in per)
     for red, fn in (("mean", torch.mean), ("min", torch.min), ("max", torch.max)):
-        assert torch.allclose(prm.score(rows, red), torch.stack([fn(p) for p in per]), atol=1e-6)
+        assert torch.allclose(reduce_step_scores(per, red), torch.stack([fn(p) for p in per]), atol=1e-6)
+    # score = the config's reduction of the step scores; JSON rows (labels ignored) give the same
+    assert torch.allclose(prm.score(inputs(rows)), torch.stack([p.mean() for p in per]), atol=1e-6)
+    assert torch.allclose(prm.score(rows), prm.score(inputs(rows)), atol=1e-6)
+    prm_min = VisualPRM(VisualPRMConfig(reduce="min"), prm.backbone, prm.processor)
+    prm_min.load_state_dict(prm.state_dict())
+    assert torch.allclose(prm_min.score(inputs(rows)), torch.stack([p.min() for p in per]), atol=1e-6)
     # scores do not depend on the label placeholders or the batch they were computed in
-    alone = prm.step_scores(rows[2:3])[0]
+    alone = prm.score_parts(inputs(rows[2:3]))[0]
     assert torch.allclose(alone, per[2], atol=1e-5)
-    cands = [[f"look at the image so it is {c}"] for c in D.COLOURS]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(prm.score_parts(inputs(rows), batch_size=1), per))
+    cands = [[f"look at the image so it is {c}"] for c in S.COLOURS]
     best, scores = prm.best_of_n(rows[0]["images"], rows[0]["question"], cands)
     assert best == int(scores.argmax()) and scores.shape == (4,)
 
 
 def test_best_of_n_picks_the_right_colour_after_training(trained):
     prm, *_ = trained
-    rows = D.colour_step_rows(24, seed=9)
+    rows = S.colour_step_rows(24, seed=9)
     hits = 0
     for r in rows:
         truth = next(s.split()[-1] for s, y in zip(r["steps"], r["labels"]) if y == 1.0) if 1.0 in r["labels"] else None
         if truth is None:
             continue
-        best, _ = prm.best_of_n(r["images"], r["question"], [[f"look at the image so it is {c}"] for c in D.COLOURS])
-        hits += list(D.COLOURS)[best] == truth
+        best, _ = prm.best_of_n(r["images"], r["question"], [[f"look at the image so it is {c}"] for c in S.COLOURS])
+        hits += list(S.COLOURS)[best] == truth
     assert hits >= 7  # chance: a quarter of the rows with a good step (about 4 of 17)
 
 
@@ -141,7 +159,7 @@ def test_label_head_initialised_from_lm_head_rows(proc, tmp_path):
     from transformers import Qwen2VLForConditionalGeneration
 
     torch.manual_seed(2)
-    full = Qwen2VLForConditionalGeneration(D.tiny_qwen2vl_config(proc))
+    full = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(proc))
     prm = VisualPRM(VisualPRMConfig(), full, proc)
     plus, minus = proc.tokenizer.convert_tokens_to_ids(["+", "-"])
     assert torch.equal(prm.w_good.data, full.lm_head.weight[plus].detach())
@@ -156,35 +174,43 @@ def test_label_head_initialised_from_lm_head_rows(proc, tmp_path):
 
 def test_save_load_roundtrip(trained, tmp_path):
     prm, *_ = trained
-    rows = D.colour_step_rows(3, seed=6)
+    items = inputs(S.colour_step_rows(3, seed=6))
     prm.save_pretrained(str(tmp_path / "prm"))
-    again = VisualPRM.from_pretrained(str(tmp_path / "prm"))
-    for a, b in zip(again.step_scores(rows), prm.step_scores(rows)):
+    again = mmreward.load(str(tmp_path / "prm"))
+    assert type(again) is VisualPRM
+    for a, b in zip(again.score_parts(items), prm.score_parts(items)):
         assert torch.allclose(a, b, atol=1e-6)
     (tmp_path / "prm" / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
         VisualPRM.from_pretrained(str(tmp_path / "prm"))
+    prm.save_pretrained(str(tmp_path / "p2"))
     with pytest.raises(CheckpointError, match="not 'vlm_reward'"):
-        prm.save_pretrained(str(tmp_path / "p2"))
         VLMRewardModel.from_pretrained(str(tmp_path / "p2"))
 
 
 def test_bad_inputs_raise_clear_errors(proc):
     prm = new_prm(proc)
-    row = D.colour_step_rows(1, seed=0)[0]
-    with pytest.raises(ValueError, match="row 0: 'steps' must be a non-empty list"):
-        prm.encode([dict(row, steps=[])], with_labels=False)
-    with pytest.raises(ValueError, match="row 0: 'question' must be a string"):
-        prm.encode([dict(row, question=None)], with_labels=False)
-    with pytest.raises(ValueError, match="one value per step"):
-        prm.encode([dict(row, labels=[1.0] * (len(row["steps"]) + 1))], with_labels=True)
-    with pytest.raises(ValueError, match=r"row 1: labels must be in \[0, 1\]"):
-        prm.encode([row, dict(row, labels=[float("nan")] * len(row["steps"]))], with_labels=True)
+    row = S.colour_step_rows(1, seed=0)[0]
+    with pytest.raises(DataError, match="input 0: field 'steps' must be a non-empty list"):
+        prm.score([VisualSteps(row["question"], [], row["images"])])
+    with pytest.raises(DataError, match="input 1: field 'question' must be a string"):
+        prm.score([VisualSteps(row["question"], row["steps"], row["images"]), VisualSteps(None, row["steps"], [])])
+    with pytest.raises(DataError, match="rows: row 0: field 'labels' must be a list with one value per step"):
+        as_labelled([dict(row, labels=[1.0] * (len(row["steps"]) + 1))])
+    with pytest.raises(DataError, match=r"rows: row 1: field 'labels' must hold numbers in \[0, 1\]"):
+        as_labelled([row, dict(row, labels=[float("nan")] * len(row["steps"]))])
+    with pytest.raises(DataError, match="rows: row 0: missing field 'question'"):
+        as_labelled([{k: v for k, v in row.items() if k != "question"}])
+    with pytest.raises(ValueError, match="no step rows"):
+        train_visual_prm(prm, [], quiet("unused", max_steps=1))
     with pytest.raises(ValueError, match="label token 'what colour' must be one token"):
-        VisualPRM(VisualPRMConfig(good_token="what colour"), prm.backbone, proc).encode([row], with_labels=False)
+        VisualPRM(VisualPRMConfig(good_token="what colour"), prm.backbone, proc).score(inputs([row]))
     with pytest.raises(ValueError, match="reduce must be one of"):
         VisualPRMConfig(reduce="median")
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        reduce_step_scores([torch.ones(2)], "median")
     with pytest.raises(ValueError, match="no candidates"):
         prm.best_of_n(row["images"], row["question"], [])
-    with pytest.raises(ValueError, match="no rows"):
-        evaluate_steps(prm, [])
+    with pytest.raises(ValueError, match="no step rows"):
+        evaluate_visual_prm(prm, [])
+    assert LabelledSteps.from_record(row).labels == row["labels"]

@@ -1,11 +1,12 @@
-"""`mmreward vision colour-data | train-vlm-rm | train-visual-prm | score-vlm` end to end: JSONL rows with
+"""`mmreward vision colour-data | train-vlm-rm | train-visual-prm | eval` end to end: JSONL rows with
 image files, a tiny Qwen2-VL that must learn the exactly-labelled colour task through the CLI, the
-VisualPRM fine-tuned from the CLI-trained reward model, scoring, and clear errors."""
+VisualPRM fine-tuned from the CLI-trained reward model, evaluation, seeded runs and one-line errors."""
 import json
 import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("transformers")
 from mmreward.cli import main as mmreward_main  # noqa: E402
@@ -38,8 +39,8 @@ def rm(data, tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = mmreward_main(["vision", "train-vlm-rm", "--data", str(data / "train" / "rows.jsonl"),
-                            "--eval-data", str(data / "held" / "rows.jsonl"), "--output-dir", str(out),
-                            "--max-steps", "100", "--lr", "3e-3", *QUIET])
+                            "--eval-data", str(data / "held" / "rows.jsonl"), "--out", str(out),
+                            "--max-steps", "100", "--lr", "3e-3", "--seed", "0", *QUIET])
     assert rc == 0, buf.getvalue()
     return out / "model", _last_json(buf.getvalue())
 
@@ -60,17 +61,13 @@ def test_train_vlm_rm_learns_from_jsonl_with_image_files(rm):
     assert (folder / "model.safetensors").exists() and (folder / "processor").is_dir()
 
 
-def test_score_vlm_ranks_held_out_pairs(rm, data, capsys):
+def test_vision_eval_gives_the_training_figures(rm, data, capsys):
     folder, summary = rm
-    assert mmreward_main(["vision", "score-vlm", "--model", str(folder), "--data", str(data / "held" / "rows.jsonl"),
-                          "--json"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 64
-    acc = sum(r["margin"] > 0 for r in rows) / 64
-    assert acc == pytest.approx(summary["eval_accuracy"], abs=1e-6)  # the same model, the same rows
-    assert all(r["margin"] == pytest.approx(r["chosen"] - r["rejected"], abs=1e-5) for r in rows)
-    assert mmreward_main(["vision", "score-vlm", "--model", str(folder), "--data", str(data / "held" / "rows.jsonl")]) == 0
-    assert f"chosen ranked first in {acc:.1%} of 64 rows" in capsys.readouterr().out
+    assert mmreward_main(["vision", "eval", "--model", str(folder), "--data", str(data / "held" / "rows.jsonl")]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["model_type"] == "vlm_reward"
+    assert out["accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-3)  # the same model, the same rows
+    assert out["loss"] == pytest.approx(summary["eval_loss"], abs=1e-3)
 
 
 def test_train_visual_prm_from_the_cli_reward_model(rm, data, tmp_path, capsys):
@@ -78,48 +75,49 @@ def test_train_visual_prm_from_the_cli_reward_model(rm, data, tmp_path, capsys):
     folder, _ = rm
     rc = mmreward_main(["vision", "train-visual-prm", "--data", str(data / "steps" / "rows.jsonl"),
                         "--eval-data", str(data / "steps_held" / "rows.jsonl"), "--backbone", str(folder),
-                        "--output-dir", str(tmp_path / "prm"), "--max-steps", "150", "--lr", "5e-4", *QUIET])
+                        "--out", str(tmp_path / "prm"), "--max-steps", "150", "--lr", "5e-4", *QUIET])
     assert rc == 0
     s = _last_json(capsys.readouterr().out)
     assert s["eval_macro_f1"] >= 0.6 and s["eval_macro_f1"] > s["eval_macro_f1_before"] + 0.1, s
-    assert mmreward_main(["vision", "score-vlm", "--model", str(tmp_path / "prm" / "model"),
-                          "--data", str(data / "steps_held" / "rows.jsonl"), "--json"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    first = json.loads((data / "steps_held" / "rows.jsonl").read_text().splitlines()[0])
-    assert len(rows) == 64 and len(rows[0]["steps"]) == len(first["steps"])
-    assert all(0.0 <= p <= 1.0 for r in rows for p in r["steps"])
+    assert mmreward_main(["vision", "eval", "--model", str(tmp_path / "prm" / "model"),
+                          "--data", str(data / "steps_held" / "rows.jsonl")]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["model_type"] == "visual_prm" and out["macro_f1"] == pytest.approx(s["eval_macro_f1"], abs=1e-3)
 
 
-def test_synthetic_data_and_tiny_backbone_need_no_files(tmp_path, capsys):
-    assert mmreward_main(["vision", "train-vlm-rm", "--data", "synthetic", "--n-train", "16", "--output-dir",
-                          str(tmp_path), "--max-steps", "2", "--batch-size", "4", *QUIET]) == 0
+def test_synthetic_runs_need_no_files_and_the_same_seed_gives_the_same_model(tmp_path, capsys):
+    args = ["vision", "train-vlm-rm", "--data", "synthetic", "--n-train", "16", "--max-steps", "2",
+            "--batch-size", "4", *QUIET]
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert mmreward_main([*args, "--out", str(tmp_path / name), "--seed", seed]) == 0
     s = _last_json(capsys.readouterr().out)
-    assert s["step"] == 2 and "eval_accuracy" in s and (tmp_path / "model" / "config.json").exists()
+    assert s["step"] == 2 and "eval_accuracy" in s and (tmp_path / "c" / "model" / "config.json").exists()
+    a, b, c = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in "abc")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_bad_inputs_give_clear_errors(rm, data, tmp_path, capsys):
+def test_bad_inputs_give_one_line_errors(rm, data, tmp_path, capsys):
     folder, _ = rm
-    assert mmreward_main(["vision", "train-vlm-rm", "--data", str(tmp_path / "none.jsonl"), "--max-steps", "1",
-                          "--output-dir", str(tmp_path / "o"), *QUIET]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert mmreward_main(["vision", "train-vlm-rm", "--data", "synthetic", "--backbone", str(tmp_path / "nope"),
-                          "--output-dir", str(tmp_path / "o"), *QUIET]) == 2
-    assert "neither 'tiny' nor a local model folder" in capsys.readouterr().err
-    assert mmreward_main(["vision", "score-vlm", "--model", str(tmp_path), "--data",
-                          str(data / "held" / "rows.jsonl")]) == 2
-    assert "not a VLM reward model or VisualPRM folder" in capsys.readouterr().err
-    missing_img = tmp_path / "rows.jsonl"
-    missing_img.write_text(json.dumps({"images": ["gone.png"], "conversation": [
-        {"role": "user", "content": "what colour is the image"}]}) + "\n")
-    assert mmreward_main(["vision", "score-vlm", "--model", str(folder), "--data", str(missing_img)]) == 2
-    err = capsys.readouterr().err
-    assert "gone.png" in err and "does not exist" in err
-    no_conv = tmp_path / "noconv.jsonl"
-    no_conv.write_text(json.dumps({"images": [str(data / "held" / "images" / "00000.png")]}) + "\n")
-    assert mmreward_main(["vision", "score-vlm", "--model", str(folder), "--data", str(no_conv)]) == 2
-    assert "needs 'conversation'" in capsys.readouterr().err
+
+    def fails(argv, *expected):
+        assert mmreward_main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert all(e in err for e in expected), err
+
+    train = ["vision", "train-vlm-rm", "--max-steps", "1", "--out", str(tmp_path / "o"), *QUIET]
+    fails([*train, "--data", str(tmp_path / "none.jsonl")], "none.jsonl", "does not exist")
+    fails([*train, "--data", "synthetic", "--backbone", str(tmp_path / "nope")], "neither 'tiny' nor a local model folder")
+    fails([*train, "--data", "synthetic", "--device", "cuda:9"], "cuda:9")
     bad = tmp_path / "bad_rows.jsonl"
     bad.write_text(json.dumps({"images": [str(data / "held" / "images" / "00000.png")], "steps": ["x"]}) + "\n")
-    assert mmreward_main(["vision", "train-vlm-rm", "--data", str(bad), "--max-steps", "1",
-                          "--output-dir", str(tmp_path / "o2"), *QUIET]) == 2
-    assert "conversations_chosen" in capsys.readouterr().err
+    fails([*train, "--data", str(bad)], "bad_rows.jsonl: row 0: missing field 'conversations_chosen'")
+    fails(["vision", "train-visual-prm", "--max-steps", "1", "--out", str(tmp_path / "o"), *QUIET, "--data", str(bad)],
+          "bad_rows.jsonl: row 0: missing field 'question'")
+    missing_img = tmp_path / "rows.jsonl"
+    row = json.loads((data / "held" / "rows.jsonl").read_text().splitlines()[0])
+    missing_img.write_text(json.dumps(dict(row, images=["gone.png"])) + "\n")
+    fails(["vision", "eval", "--model", str(folder), "--data", str(missing_img)], "gone.png", "does not exist")
+    fails(["vision", "eval", "--model", str(tmp_path), "--data", str(missing_img)], "no config.json")
+    fails(["vision", "colour-data", "--out", str(tmp_path / "c"), "--n", "0"], "--n must be >= 1")

@@ -7,14 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+import mmreward
 from mmreward.core.checkpoint import CheckpointError
+from mmreward.core.data import DataError
+from mmreward.core.inputs import Conversation
 from mmreward.core.trainer import TrainConfig
+from mmreward.vision import synthetic as S
 from mmreward.vision import vlm_data as D
+from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config
 from mmreward.vision.vlm_rm import (
+    ConversationPair,
     PreferenceCollator,
     VLMRewardConfig,
     VLMRewardModel,
-    evaluate_pairwise,
+    as_pairs,
+    evaluate_vlm_reward,
     train_vlm_reward,
 )
 
@@ -26,22 +33,26 @@ def quiet(tmp, **kw):
 
 @pytest.fixture(scope="module")
 def proc():
-    return D.tiny_processor(D.COLOUR_WORDS)
+    return tiny_processor(S.COLOUR_WORDS)
 
 
 def new_rm(proc, **kw):
     torch.manual_seed(0)
-    return VLMRewardModel(VLMRewardConfig(**kw), D.tiny_qwen2vl_config(proc), proc)
+    return VLMRewardModel(VLMRewardConfig(**kw), tiny_qwen2vl_config(proc), proc)
+
+
+def conversations(rows, key="conversations_chosen", images=None):
+    return [Conversation(r[key], r["images"] if images is None else images[i]) for i, r in enumerate(rows)]
 
 
 @pytest.fixture(scope="module")
 def trained(proc, tmp_path_factory):
     rm = new_rm(proc)
-    held_out = D.colour_preference_rows(64, seed=1)
-    before = evaluate_pairwise(rm, held_out)
-    hist = train_vlm_reward(rm, D.colour_preference_rows(256, seed=0), quiet(tmp_path_factory.mktemp("rm"), max_steps=100),
+    held_out = S.colour_preference_rows(64, seed=1)
+    before = evaluate_vlm_reward(rm, held_out)
+    hist = train_vlm_reward(rm, S.colour_preference_rows(256, seed=0), quiet(tmp_path_factory.mktemp("rm"), max_steps=100),
                             eval_rows=held_out)
-    return rm, before, evaluate_pairwise(rm, held_out), hist
+    return rm, before, evaluate_vlm_reward(rm, held_out), hist
 
 
 def test_training_reduces_held_out_loss(trained):
@@ -57,11 +68,9 @@ def test_training_reduces_held_out_loss(trained):
 
 def test_score_is_a_tensor_for_every_image_input(trained, tmp_path):
     rm, *_ = trained
-    rows = D.colour_preference_rows(3, seed=5)
-    conv = [r["conversations_chosen"] for r in rows]
-    arrays = [r["images"] for r in rows]
-    s = rm.score(arrays, conv)
-    assert isinstance(s, torch.Tensor) and s.shape == (3,) and torch.isfinite(s).all()
+    rows = S.colour_preference_rows(3, seed=5)
+    s = rm.score(conversations(rows))
+    assert isinstance(s, torch.Tensor) and s.shape == (3,) and s.dtype == torch.float32 and torch.isfinite(s).all()
     from PIL import Image
 
     paths = []
@@ -73,26 +82,26 @@ def test_score_is_a_tensor_for_every_image_input(trained, tmp_path):
     pil = [[Image.fromarray(r["images"][0])] for r in rows]
     single = [r["images"][0] for r in rows]  # one image per conversation, not wrapped in a list
     for other in (paths, tensors, pil, single):
-        assert torch.allclose(rm.score(other, conv), s, atol=1e-5)
+        assert torch.allclose(rm.score(conversations(rows, images=other)), s, atol=1e-5)
+    # JSON rows with the field names of Conversation
+    dicts = [{"messages": r["conversations_chosen"], "images": p} for r, p in zip(rows, paths)]
+    assert torch.allclose(rm.score(dicts), s, atol=1e-5)
     # batching does not change scores (padding is ignored: the head reads the last attended token)
-    rm.config.score_batch_size = 1
-    try:
-        assert torch.allclose(rm.score(arrays, conv), s, atol=1e-5)
-    finally:
-        rm.config.score_batch_size = 16
+    assert torch.allclose(rm.score(conversations(rows), batch_size=1), s, atol=1e-5)
     # ShareGPT-style turns are accepted
-    share = [[{"from": "human", "value": c[0]["content"]}, {"from": "gpt", "value": c[1]["content"]}] for c in conv]
-    assert torch.allclose(rm.score(arrays, share), s, atol=1e-5)
+    share = [[{"from": "human", "value": c[0]["content"]}, {"from": "gpt", "value": c[1]["content"]}]
+             for c in (r["conversations_chosen"] for r in rows)]
+    assert torch.allclose(rm.score([Conversation(m, r["images"]) for m, r in zip(share, rows)]), s, atol=1e-5)
 
 
 def test_save_load_roundtrip_and_corruption(trained, tmp_path):
     rm, *_ = trained
-    rows = D.colour_preference_rows(4, seed=7)
-    args = ([r["images"] for r in rows], [r["conversations_rejected"] for r in rows])
+    items = conversations(S.colour_preference_rows(4, seed=7), "conversations_rejected")
     rm.save_pretrained(str(tmp_path / "m"))
-    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors", "processor"]
-    again = VLMRewardModel.from_pretrained(str(tmp_path / "m"))
-    assert torch.allclose(again.score(*args), rm.score(*args), atol=1e-6)
+    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "manifest.json", "model.safetensors", "processor"]
+    again = mmreward.load(str(tmp_path / "m"))
+    assert type(again) is VLMRewardModel and not again.training
+    assert torch.allclose(again.score(items), rm.score(items), atol=1e-6)
     # truncated weights → CheckpointError, not junk
     w = tmp_path / "m" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-100])
@@ -102,8 +111,21 @@ def test_save_load_roundtrip_and_corruption(trained, tmp_path):
     cfg = json.loads((tmp_path / "m2" / "config.json").read_text())
     cfg["model_type"] = "visual_prm"
     (tmp_path / "m2" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "m2" / "manifest.json").unlink()  # hand-edited folder: no manifest to check against
     with pytest.raises(CheckpointError, match="not 'vlm_reward'"):
         VLMRewardModel.from_pretrained(str(tmp_path / "m2"))
+    # a model without its processor cannot score: refused when saving, and a folder without one when loading
+    bare = VLMRewardModel(VLMRewardConfig(), rm.backbone)
+    with pytest.raises(ValueError, match="no processor"):
+        bare.save_pretrained(str(tmp_path / "m3"))
+    assert not (tmp_path / "m3").exists()
+    import shutil
+
+    rm.save_pretrained(str(tmp_path / "m4"))
+    shutil.rmtree(tmp_path / "m4" / "processor")
+    (tmp_path / "m4" / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="processor .*is missing"):
+        mmreward.load(str(tmp_path / "m4"))
 
 
 def test_freezing_options_keep_frozen_weights(proc, tmp_path):
@@ -112,7 +134,7 @@ def test_freezing_options_keep_frozen_weights(proc, tmp_path):
     frozen = {n: p.detach().clone() for n, p in vis.named_parameters() if not n.startswith("merger.")}
     assert frozen and not any(p.requires_grad for n, p in vis.named_parameters() if not n.startswith("merger."))
     assert all(p.requires_grad for p in vis.merger.parameters())
-    train_vlm_reward(rm, D.colour_preference_rows(16, seed=2), quiet(tmp_path, max_steps=2))
+    train_vlm_reward(rm, S.colour_preference_rows(16, seed=2), quiet(tmp_path, max_steps=2))
     for n, p in vis.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
@@ -125,7 +147,7 @@ def test_backbone_from_lm_head_module_and_local_folder(proc, tmp_path):
     from transformers import Qwen2VLForConditionalGeneration
 
     torch.manual_seed(1)
-    full = Qwen2VLForConditionalGeneration(D.tiny_qwen2vl_config(proc))
+    full = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(proc))
     rm = VLMRewardModel(VLMRewardConfig(), full, proc)
     assert not hasattr(rm.backbone, "lm_head")  # the LM head is replaced by the scalar head
     full.save_pretrained(str(tmp_path / "vlm"))
@@ -148,30 +170,42 @@ def test_last_token_index_handles_left_and_right_padding():
 
 def test_bad_inputs_raise_clear_errors(trained):
     rm, *_ = trained
-    row = D.colour_preference_rows(1, seed=3)[0]
+    row = S.colour_preference_rows(1, seed=3)[0]
+    with pytest.raises(DataError, match="rows: row 1: missing field 'conversations_rejected'"):
+        as_pairs([row, {"images": row["images"], "conversations_chosen": row["conversations_chosen"]}])
+    with pytest.raises(DataError, match="rows: row 0: field 'conversations_chosen'.* turn 0: unknown role 'robot'"):
+        as_pairs([dict(row, conversations_chosen=[{"role": "robot", "content": "hi"}])])
+    with pytest.raises(ValueError, match="no preference rows"):
+        train_vlm_reward(rm, [], quiet("unused", max_steps=1))
     collate = PreferenceCollator(rm)
-    with pytest.raises(ValueError, match="row 1: missing 'conversations_rejected'"):
-        collate([row, {"images": row["images"], "conversations_chosen": row["conversations_chosen"]}])
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
-    with pytest.raises(ValueError, match=r"row 0 image 0: image array must be uint8 \(H, W, 3\)"):
-        collate([dict(row, images=[np.zeros((8, 8), np.uint8)])])
-    with pytest.raises(ValueError, match="NaN"):
-        rm.score([[torch.full((3, 8, 8), float("nan"))]], [row["conversations_chosen"]])
-    with pytest.raises(ValueError, match="does not exist"):
-        rm.score([["/no/such.png"]], [row["conversations_chosen"]])
-    with pytest.raises(ValueError, match="turn 0: unknown role 'robot'"):
-        rm.score([row["images"]], [[{"role": "robot", "content": "hi"}]])
+    bad_image = ConversationPair.from_record(dict(row, images=[np.zeros((8, 8, 2), np.uint8)]), "data.jsonl: row 7")
+    with pytest.raises(ValueError, match=r"data.jsonl: row 7 \(chosen\) image 0: image array must be \[H, W, 3\]"):
+        collate([bad_image])
+    chosen = row["conversations_chosen"]
+    with pytest.raises(ValueError, match="input 0 image 0: image holds NaN"):
+        rm.score([Conversation(chosen, [torch.full((3, 8, 8), float("nan"))])])
+    with pytest.raises(ValueError, match="input 1 image 0: image file '/no/such.png' does not exist"):
+        rm.score([Conversation(chosen, row["images"]), Conversation(chosen, ["/no/such.png"])])
+    with pytest.raises(ValueError, match="input 0 turn 0: unknown role 'robot'"):
+        rm.score([Conversation([{"role": "robot", "content": "hi"}], row["images"])])
     with pytest.raises(ValueError, match="no user turn"):
-        rm.score([row["images"]], [[{"role": "assistant", "content": "red"}]])
-    with pytest.raises(ValueError, match="2 image lists but 1 conversations"):
-        rm.score([row["images"], row["images"]], [row["conversations_chosen"]])
-    with pytest.raises(ValueError, match="no conversations"):
-        rm.score([], [])
-    with pytest.raises(ValueError, match="non-empty list of turns"):
-        rm.score([row["images"]], [[]])
+        rm.score([Conversation([{"role": "assistant", "content": "red"}], row["images"])])
+    with pytest.raises(ValueError, match="got no inputs"):
+        rm.score([])
+    with pytest.raises(ValueError, match="input 0: field 'messages' must be a non-empty list"):
+        rm.score([{"messages": [], "images": row["images"]}])
+    with pytest.raises(TypeError, match="this model scores Conversation"):
+        rm.score([visual_steps_input()])
     bare = VLMRewardModel(VLMRewardConfig(), rm.backbone)
     with pytest.raises(ValueError, match="no processor"):
-        bare.score([row["images"]], [row["conversations_chosen"]])
+        bare.score([Conversation(chosen, row["images"])])
     with pytest.raises(ValueError, match="no projector"):
         D.freeze_vision(torch.nn.Linear(2, 2), vision_tower=False, projector=True)
+
+
+def visual_steps_input():
+    from mmreward.core.inputs import VisualSteps
+
+    return VisualSteps("q", ["a step"], [])

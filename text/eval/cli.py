@@ -8,34 +8,32 @@ The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not gi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli
 
 BENCHMARKS = ("rm-bench", "rewardbench")
 
 
 @dataclass
 class EvalConfig:
-    model: str = field(default="", metadata={"help": "reward model folder (RewardModel.from_pretrained)"})
+    model: str = field(default="", metadata={"help": "reward model folder (anything mmreward.load opens that scores text pairs)"})
     benchmark: str = field(default="rm-bench", metadata={"help": "rm-bench | rewardbench"})
     data: str = field(default="", metadata={"help": "data file / folder (rm-bench default: $MMREWARD_RM_BENCH)"})
     domains: str = field(default="", metadata={"help": "rm-bench: comma-separated domains to keep (default: all)"})
     merge_safety: bool = field(default=False, metadata={"help": "rm-bench: pool safety-refuse + safety-response into 'safety'"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N items / pairs (0: all)"})
     batch_size: int = field(default=16, metadata={"help": "scoring batch size"})
-    max_length: int = field(default=0, metadata={"help": "truncate inputs to this many tokens (0: the model's limit)"})
-    bf16: bool = field(default=False, metadata={"help": "score under bf16 autocast"})
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
+    max_length: int = field(default=0, metadata={"help": "tokens per input (0: the model's own max_length)"})
+    dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16: cast the model (default: as saved)"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N | auto"})
     json: bool = field(default=False, metadata={"help": "print the result as JSON instead of a table"})
     output: str = field(default="", metadata={"help": "also write the full JSON result to this file"})
-    progress: bool = field(default=False, metadata={"help": "show a scoring progress bar"})
+    progress: bool = field(default=True, metadata={"help": "show a scoring progress bar"})
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
@@ -47,41 +45,41 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def run_eval(config: EvalConfig, scorer=None) -> dict:
-    """Evaluate ``scorer`` (default: the RewardModel in ``config.model``) as ``config`` says."""
-    import torch
+def load_scorer(config: EvalConfig):
+    """The reward model in ``config.model`` on ``config.device``, ``max_length`` applied."""
+    import mmreward
 
+    if not config.model:
+        raise ValueError("no model: pass --model FOLDER")
+    model = mmreward.load(config.model, device=config.device, dtype=config.dtype or None)
+    if config.max_length:
+        if not hasattr(getattr(model, "config", None), "max_length"):
+            raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
+        model.config.max_length = config.max_length
+    return model
+
+
+def run_eval(config: EvalConfig, scorer=None) -> dict:
+    """Evaluate ``scorer`` (default: the reward model in ``config.model``) as ``config`` says."""
     from .rewardbench import evaluate_rewardbench, load_rewardbench
     from .rmbench import evaluate_rmbench, load_rmbench
 
     data = config.data or (os.environ.get("MMREWARD_RM_BENCH", "") if config.benchmark == "rm-bench" else "")
     if not data:
         raise ValueError("no data: pass --data (or set $MMREWARD_RM_BENCH for rm-bench)")
-    if scorer is None:
-        if not config.model:
-            raise ValueError("no model: pass --model FOLDER")
-        from mmreward.text.reward_model import RewardModel
-
-        rm = RewardModel.from_pretrained(config.model, device=config.device)
-        kw = {"batch_size": config.batch_size, "dtype": torch.bfloat16 if config.bf16 else None}
-        if config.max_length:
-            kw["max_length"] = config.max_length
-
-        def scorer(prompts, responses):
-            with warnings.catch_warnings():  # one truncation summary per batch would flood the output
-                warnings.filterwarnings("ignore", message="truncated")
-                return rm.score(prompts, responses, **kw)
-
     if config.benchmark == "rm-bench":
         domains = [d for d in config.domains.split(",") if d] or None
         items = load_rmbench(data, domains)
         if config.limit:
             items = items[:config.limit]
+    else:
+        rows = load_rewardbench(data)
+        if config.limit:
+            rows = rows[:config.limit]
+    scorer = scorer if scorer is not None else load_scorer(config)
+    if config.benchmark == "rm-bench":
         return evaluate_rmbench(scorer, items, batch_size=config.batch_size, merge_safety=config.merge_safety,
                                 progress=config.progress)
-    rows = load_rewardbench(data)
-    if config.limit:
-        rows = rows[:config.limit]
     return evaluate_rewardbench(scorer, rows, batch_size=config.batch_size, progress=config.progress)
 
 
@@ -93,12 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = CLIParser(prog="mmreward text eval", description="evaluate a reward model on RM-Bench / RewardBench")
     add_config_options(parser, EvalConfig)
     args = parser.parse_args(argv)
-    try:
-        config = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
-        result = run_eval(config)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        print(f"mmreward text eval: error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(EvalConfig, args)
+    result = run_eval(config)
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text
 
@@ -113,4 +107,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("mmreward text eval", main, sys.argv[1:]))

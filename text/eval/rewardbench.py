@@ -10,11 +10,12 @@ subsets' accuracies weighted by RewardBench's example counts (``math-prm`` is up
 math and code weigh the same in Reasoning); ``overall`` is the mean of the sections present.
 Subsets outside the four sections are reported per subset only.
 
-Any scorer works: a callable ``(prompts, responses) -> Tensor[N]`` or an object with such a
-``score`` method (``mmreward.text.RewardModel``, a generative judge wrapper, ...).
+Any scorer works: a callable ``(prompts, responses) -> Tensor[N]`` or a reward model that scores
+``TextPair`` inputs (``mmreward.load(folder)``: a text RM, a pointwise generative judge, ...).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -48,13 +49,26 @@ SECTIONS = {
 
 
 # --------------------------------------------------------------------------- scoring
+def _scores_text_pairs(model: Any) -> bool:
+    from mmreward.core.inputs import TextPair
+
+    return TextPair in tuple(getattr(model, "input_types", ()) or ())
+
+
 def as_scorer(model: Any) -> Scorer:
-    """A ``(prompts, responses) -> Tensor`` callable from a scorer object (``.score``) or a callable."""
-    if hasattr(model, "score") and callable(model.score):
-        return model.score
+    """A ``(prompts, responses) -> Tensor`` callable from a reward model scoring ``TextPair`` inputs
+    or a callable."""
+    if _scores_text_pairs(model):
+        from mmreward.core.inputs import TextPair
+
+        return lambda prompts, responses: model.score([TextPair(p, r) for p, r in zip(prompts, responses)])
+    if hasattr(model, "input_types"):
+        kinds = " / ".join(t.__name__ for t in model.input_types)
+        raise TypeError(f"{type(model).__name__} scores {kinds}, not prompt / response pairs (TextPair)")
     if callable(model):
         return model
-    raise TypeError(f"expected a callable scorer or an object with .score(prompts, responses), got {type(model).__name__}")
+    raise TypeError(f"expected a callable scorer (prompts, responses) -> Tensor or a reward model scoring TextPair "
+                    f"inputs, got {type(model).__name__}")
 
 
 def _key(x: Any) -> str:
@@ -62,13 +76,23 @@ def _key(x: Any) -> str:
     return x if isinstance(x, str) else json.dumps(x, sort_keys=True, default=str)
 
 
+def _check_scores(got: Any, part: Sequence[tuple[Any, Any]], offset: int) -> torch.Tensor:
+    got = torch.as_tensor(got).detach().to("cpu", torch.float32).reshape(-1)
+    if got.numel() != len(part):
+        raise ValueError(f"scorer returned {got.numel()} scores for {len(part)} inputs (expected Tensor[N])")
+    if not torch.isfinite(got).all():
+        bad = int((~torch.isfinite(got)).nonzero()[0, 0])
+        raise ValueError(f"scorer returned a non-finite score for input {bad + offset}: {str(part[bad][1])[:60]!r}")
+    return got
+
+
 def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
                     progress: bool = False) -> torch.Tensor:
-    """Score every (prompt, response) once, in chunks of ``batch_size``; returns float32 [N] on CPU.
+    """Score every (prompt, response) once; returns float32 [N] on CPU.
 
-    Duplicate (prompt, response) pairs (RM-Bench and RRM data repeat them) are scored once. The
-    scorer's output is checked: one finite number per input, else ValueError."""
-    fn = as_scorer(scorer)
+    Duplicate (prompt, response) pairs (RM-Bench and RRM data repeat them) are scored once. A reward
+    model gets all of them in one ``score`` call (it sorts them by length itself); a callable gets
+    chunks of ``batch_size``. The output is checked: one finite number per input, else ValueError."""
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     if batch_size < 1:
@@ -82,55 +106,37 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
             index[key] = len(unique)
             unique.append((p, r))
         where.append(index[key])
+    if not unique:
+        return torch.empty(0)
+    if _scores_text_pairs(scorer):
+        from mmreward.core.inputs import TextPair
+
+        kw = {"progress": progress} if "progress" in inspect.signature(scorer.score).parameters else {}
+        out = _check_scores(scorer.score([TextPair(p, r) for p, r in unique], batch_size=batch_size, **kw), unique, 0)
+        return out[torch.tensor(where, dtype=torch.long)]
+    fn = as_scorer(scorer)
     out = torch.empty(len(unique), dtype=torch.float32)
     chunks = range(0, len(unique), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc="scoring", unit="batch")
+        chunks = tqdm(chunks, desc="scoring", unit="batch", dynamic_ncols=True)
     for s in chunks:
         part = unique[s:s + batch_size]
-        got = fn([p for p, _ in part], [r for _, r in part])
-        got = torch.as_tensor(got).detach().to("cpu", torch.float32).reshape(-1)
-        if got.numel() != len(part):
-            raise ValueError(f"scorer returned {got.numel()} scores for {len(part)} inputs (expected Tensor[N])")
-        if not torch.isfinite(got).all():
-            bad = int((~torch.isfinite(got)).nonzero()[0, 0]) + s
-            raise ValueError(f"scorer returned a non-finite score for input {bad}: {str(unique[bad][1])[:60]!r}")
-        out[s:s + len(part)] = got
-    return out[torch.tensor(where, dtype=torch.long)] if where else out
+        out[s:s + len(part)] = _check_scores(fn([p for p, _ in part], [r for _, r in part]), part, s)
+    return out[torch.tensor(where, dtype=torch.long)]
 
 
 # --------------------------------------------------------------------------- data
 def read_rows(path: str) -> list[dict]:
     """Rows from ``.json`` (a list), ``.jsonl``, ``.parquet`` or a ``datasets.save_to_disk`` folder."""
-    if os.path.isdir(path):
-        import datasets
-
-        return [dict(r) for r in datasets.load_from_disk(path)]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    if path.endswith(".parquet"):
+    if path.endswith(".parquet") and os.path.isfile(path):
         import datasets
 
         return [dict(r) for r in datasets.Dataset.from_parquet(path)]
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            rows = []
-            for i, line in enumerate(f):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from e
-            return rows
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, list):
-        raise ValueError(f"{path} must hold a JSON list of rows, got {type(data).__name__}")
-    return data
+    from mmreward.core.data import read_records
+
+    return read_records(path)
 
 
 def load_rewardbench(path: str) -> list[dict]:

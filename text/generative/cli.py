@@ -7,18 +7,26 @@
 The first argument is the method (genrm, gram, rm_r1, grm, reward_anything, critic_rm); the method's
 flags map one to one onto its config dataclass (``--max-new-tokens`` → ``RMR1Config.max_new_tokens``).
 Rows are ``{prompt, chosen, rejected}`` (.json / .jsonl / .parquet / saved datasets folder); RM-Bench
-items (lists of 3 responses) use their first, concise, style. ``critic_rm`` needs a ``ScalarHeadLM``
-folder as ``--model``. Output: accuracy (ties / no verdict ½), order-swapped accuracies and
-swap-consistency, parse metrics where the judge generates, and per-row P(chosen ≻ rejected).
+items (lists of 3 responses) use their first, concise, style. ``--model`` is a causal LM folder (or
+hub id, or a GGUF file inside a folder) or a saved judge folder (its LM is used; ``critic_rm`` also
+takes its reward head, and needs one: a Critic-RM folder or a ``ScalarHeadLM`` folder). Output:
+accuracy (ties / no verdict ½), order-swapped accuracies and swap-consistency, parse metrics where
+the judge generates, and per-row P(chosen ≻ rejected). The ``train-*`` commands save judge folders
+(``save_pretrained``) that ``mmreward.load`` opens.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
+
+from mmreward.core.folders import CheckpointError
+
+_USER_ERRORS = (OSError, ValueError, TypeError, CheckpointError)  # one line on stderr, exit 2
 
 METHODS = {  # method -> (module, judge class, config class)
     "genrm": ("genrm", "GenRM", "GenRMConfig"),
@@ -28,6 +36,11 @@ METHODS = {  # method -> (module, judge class, config class)
     "reward_anything": ("reward_anything", "RewardAnythingJudge", "RewardAnythingConfig"),
     "critic_rm": ("critic_rm", "CriticRM", "CriticRMConfig"),
 }
+
+
+def _field_choices(config_cls: type) -> dict:
+    """The allowed values a config field declares (``metadata["choices"]``, e.g. prompt templates)."""
+    return {f.name: f.metadata["choices"] for f in dataclasses.fields(config_cls) if "choices" in f.metadata}
 
 
 def load_rows(path: str, limit: int = 0) -> list[dict]:
@@ -49,12 +62,35 @@ def load_rows(path: str, limit: int = 0) -> list[dict]:
     return rows
 
 
+def _judge_type(folder: str) -> Optional[str]:
+    """The method of a judge folder written by ``save_pretrained``, or None (any other folder)."""
+    from mmreward.core.model import read_config
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return None
+    model_type = read_config(folder).get("model_type")
+    return model_type if model_type in METHODS else None
+
+
 def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
+    """``(model, tokenizer)`` for ``method``: a causal LM (``critic_rm``: a ``ScalarHeadLM``) from a
+    causal LM folder / hub id / GGUF file, a saved judge folder, or (``critic_rm``) a ScalarHeadLM folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if method == "critic_rm":
-        from .heads import ScalarHeadLM
+    from .heads import ScalarHeadLM
 
+    saved = None if gguf_file else _judge_type(model)
+    if saved is not None:
+        if method == "critic_rm" and saved != "critic_rm":
+            raise ValueError(f"{model} holds a {saved} judge, which has no reward head for critic_rm")
+        import mmreward
+
+        judge = mmreward.load(model, device=device)
+        return (judge.model if method == "critic_rm" else judge.causal_lm), judge.tokenizer
+    if method == "critic_rm":
+        if not os.path.isdir(os.path.join(model, "backbone")):
+            raise ValueError(f"{model}: critic_rm needs a Critic-RM folder (save_pretrained) or a ScalarHeadLM "
+                             "folder (backbone/ + head/)")
         m = ScalarHeadLM.from_pretrained(model, device=device)
         return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"))
     kw = {"gguf_file": gguf_file} if gguf_file else {}
@@ -113,7 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = ap.add_subparsers(dest="method", required=True)
     for name, (mod, _, cfg) in METHODS.items():
         p = sub.add_parser(name, help=f"{name} judge")
-        p.add_argument("--model", required=True, help="causal LM folder (critic_rm: ScalarHeadLM folder)")
+        p.add_argument("--model", required=True, help="causal LM folder or saved judge folder "
+                                                      "(critic_rm: a Critic-RM or ScalarHeadLM folder)")
         p.add_argument("--gguf-file", help="GGUF file name inside --model")
         p.add_argument("--data", required=True, help="preference rows {prompt, chosen, rejected}")
         p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
@@ -122,7 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--output", help="write the result JSON here")
         if name == "grm":
             p.add_argument("--meta-rm", help="meta-RM folder from `mmreward text train-meta-rm` (with --k-meta)")
-        add_config_options(p, getattr(importlib.import_module(f"{__package__}.{mod}"), cfg))
+        config_cls = getattr(importlib.import_module(f"{__package__}.{mod}"), cfg)
+        add_config_options(p, config_cls, choices=_field_choices(config_cls))
     args = ap.parse_args(argv)
     mod, _, cfg = METHODS[args.method]
     config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
@@ -131,8 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, tok = load_model(args.method, args.model, args.gguf_file, args.device)
         meta = load_meta_rm(args.meta_rm, tok, args.device) if getattr(args, "meta_rm", None) else None
         res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except _USER_ERRORS as e:
+        print(f"mmreward text judge: error: {e}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in res.items() if not k.startswith("p_")}
     print(json.dumps(summary, indent=1))
@@ -145,14 +183,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-genrm``: fine-tune a causal LM as a GenRM verifier with :func:`train_genrm`."""
-    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
     from .genrm import GenRM, GenRMConfig, evaluate_genrm, train_genrm
 
     ap = CLIParser(prog="mmreward text train-genrm",
-                                 description="fine-tune a causal LM as a GenRM verifier (Yes / No + λ·SFT on solutions)")
+                   description="fine-tune a causal LM as a GenRM verifier (Yes / No + λ·SFT on solutions)")
     ap.add_argument("--model", required=True, help="causal LM folder (or hub id) with a chat template")
     ap.add_argument("--gguf-file", help="GGUF file name inside --model")
     ap.add_argument("--data", required=True, help="verification rows {prompt, response, correct} (.jsonl / .json)")
@@ -177,7 +215,7 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
         genrm = GenRM(model, tok, config)
         before = evaluate_genrm(genrm, eval_rows) if eval_rows else None
         hist = train_genrm(genrm, rows, tcfg, eval_rows=eval_rows, solutions=sols, balance=args.balance)
-        return hist, before, tcfg.output_dir, lambda folder: _save_causal_lm(model, tok, folder)
+        return hist, before, tcfg.output_dir, genrm.save_pretrained
 
     return _run_training("mmreward text train-genrm", work)
 
@@ -189,8 +227,8 @@ def _run_training(prog: str, work: Callable[[], tuple]) -> int:
 
     try:
         hist, before, output_dir, save = work()
-    except (OSError, ValueError, TypeError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+    except _USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     folder = os.path.join(output_dir, "model")
     save(folder)
@@ -198,28 +236,38 @@ def _run_training(prog: str, work: Callable[[], tuple]) -> int:
     return 0
 
 
-def _save_causal_lm(model: Any, tok: Any, folder: str) -> None:
-    model.save_pretrained(folder)  # transformers' own format (safetensors); the tokenizer beside it
-    tok.save_pretrained(folder)
+def _scalar_head_lm(model: str, gguf_file: Optional[str], device: str, seed: int) -> tuple[Any, Any, Any]:
+    """``(ScalarHeadLM, tokenizer, the causal LM when its head is new else None)``: a saved Critic-RM or
+    ScalarHeadLM folder's, or a causal LM with a new head initialised from ``seed``."""
+    import torch
+
+    from .heads import ScalarHeadLM
+
+    if os.path.isdir(os.path.join(model, "backbone")) or _judge_type(model) == "critic_rm":
+        m, tok = load_model("critic_rm", model, None, device)
+        return m, tok, None
+    lm, tok = load_model("genrm", model, gguf_file, device)
+    torch.manual_seed(seed)  # the new head's initialisation follows --seed
+    return ScalarHeadLM(lm).to(device), tok, lm
 
 
 def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-gram``: GRAM stage 1 (pair SFT) or stage 2 (the A / B judge) with :func:`train_gram`."""
-    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
     from mmreward.core.trainer import TrainConfig
 
     from .gram import GRAM, GRAMConfig, evaluate_gram, train_gram
 
     ap = CLIParser(prog="mmreward text train-gram",
-                                 description="GRAM: stage 1 pair SFT, then stage 2 the A / B judge (run stage 2 on "
-                                             "stage 1's model folder)")
+                   description="GRAM: stage 1 pair SFT, then stage 2 the A / B judge (run stage 2 on "
+                               "stage 1's model folder)")
     ap.add_argument("--model", required=True, help="causal LM folder (or hub id) with a chat template")
     ap.add_argument("--gguf-file", help="GGUF file name inside --model")
     ap.add_argument("--data", required=True, help="preference rows {prompt, chosen, rejected}")
     ap.add_argument("--eval-data", help="held-out preference rows: stage-1 loss, accuracy, swap consistency")
     ap.add_argument("--stage", type=int, choices=(1, 2), default=2, help="1: pair SFT (labels unused); 2: judge")
     ap.add_argument("--device", default="cpu", help="torch device")
-    add_config_options(ap.add_argument_group("GRAM"), GRAMConfig, skip=("batch_size",))
+    add_config_options(ap.add_argument_group("GRAM"), GRAMConfig, skip=("batch_size",), choices=_field_choices(GRAMConfig))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
     args = ap.parse_args(argv)
 
@@ -232,7 +280,7 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
         gram = GRAM(model, tok, config)
         before = evaluate_gram(gram, eval_rows) if eval_rows else None
         hist = train_gram(gram, rows, tcfg, stage=args.stage, eval_rows=eval_rows)
-        return hist, before, tcfg.output_dir, lambda folder: _save_causal_lm(model, tok, folder)
+        return hist, before, tcfg.output_dir, gram.save_pretrained
 
     return _run_training("mmreward text train-gram", work)
 
@@ -241,19 +289,19 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-critic-rm``: Critic-RM steps 1–3 — sample and filter critiques of preference
     pairs (or take rows that already carry them), then joint critique-LM + reward-head training."""
     from mmreward.core.checkpoint import atomic_write_text
-    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
     from .critic_rm import CRITIQUE_KEYS, CriticRM, CriticRMConfig, build_critique_rows, evaluate_critic_rm, \
         train_critic_rm
-    from .heads import ScalarHeadLM
 
     ap = CLIParser(prog="mmreward text train-critic-rm",
-                                 description="Critic-RM: self-generated critiques, consistency filter, joint "
-                                             "critique-LM + Bradley-Terry training of a reward head")
+                   description="Critic-RM: self-generated critiques, consistency filter, joint "
+                               "critique-LM + Bradley-Terry training of a reward head")
     ap.add_argument("--model", required=True,
-                    help="causal LM folder (a new reward head is added) or a saved ScalarHeadLM folder")
+                    help="causal LM folder (a new reward head is added), a saved Critic-RM folder or a "
+                         "ScalarHeadLM folder")
     ap.add_argument("--gguf-file", help="GGUF file name inside --model (causal LM only)")
     ap.add_argument("--data", required=True,
                     help="rows {prompt, chosen, rejected} (critiques are sampled and filtered here) or rows that "
@@ -271,14 +319,7 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         config.seed = tcfg.seed
         rows = read_records(args.data)
         eval_rows = read_records(args.eval_data) if args.eval_data else None
-        if os.path.exists(os.path.join(args.model, "backbone")):
-            model, tok = load_model("critic_rm", args.model, None, args.device)
-        else:
-            import torch
-
-            lm, tok = load_model("genrm", args.model, args.gguf_file, args.device)
-            torch.manual_seed(tcfg.seed)  # the new head's initialisation follows --seed
-            model = ScalarHeadLM(lm).to(args.device)
+        model, tok, _ = _scalar_head_lm(args.model, args.gguf_file, args.device, tcfg.seed)
         crm = CriticRM(model, tok, config)
         if rows and not all(isinstance(r, dict) and all(k in r for k in CRITIQUE_KEYS) for r in rows):
             rows, counts = build_critique_rows(crm, rows)
@@ -292,12 +333,7 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
                               "".join(json.dumps(r) + "\n" for r in rows))
         before = evaluate_critic_rm(crm, eval_rows) if eval_rows else None
         hist = train_critic_rm(crm, rows, tcfg, eval_rows=eval_rows)
-
-        def save(folder: str) -> None:
-            model.save_pretrained(folder)  # backbone/ (safetensors) + the head
-            tok.save_pretrained(os.path.join(folder, "backbone"))
-
-        return hist, before, tcfg.output_dir, save
+        return hist, before, tcfg.output_dir, crm.save_pretrained
 
     return _run_training("mmreward text train-critic-rm", work)
 
@@ -307,15 +343,14 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     (or take rows that already carry them), label each by whether its verdict was right, and train a
     scalar head with BCE (:func:`train_meta_rm`). ``text judge grm --meta-rm FOLDER --k-meta K`` uses it."""
     from mmreward.core.checkpoint import atomic_write_text
-    from mmreward.core.cli_config import add_config_options, config_from_args
+    from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
     from .grm import GRMConfig, GRMJudge, build_meta_rm_rows, evaluate_meta_rm, train_meta_rm
-    from .heads import ScalarHeadLM
 
     ap = CLIParser(prog="mmreward text train-meta-rm",
-                                 description="DeepSeek-GRM meta-RM: BCE on whether each sampled judgement was right")
+                   description="DeepSeek-GRM meta-RM: BCE on whether each sampled judgement was right")
     ap.add_argument("--model", required=True,
                     help="meta-RM backbone: causal LM folder (a new head is added) or a saved meta-RM folder")
     ap.add_argument("--gguf-file", help="GGUF file name inside --model (causal LM only)")
@@ -332,18 +367,10 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     def work():
-        import torch
-
         tcfg = config_from_args(TrainConfig, args)
         gcfg = config_from_args(GRMConfig, args, skip=("batch_size", "seed", "k_meta"))
         gcfg.seed = tcfg.seed
-        if os.path.exists(os.path.join(args.model, "backbone")):
-            meta, tok = load_model("critic_rm", args.model, None, args.device)
-            base = None
-        else:
-            base, tok = load_model("genrm", args.model, args.gguf_file, args.device)
-            torch.manual_seed(tcfg.seed)  # the new head's initialisation follows --seed
-            meta = ScalarHeadLM(base).to(args.device)
+        meta, tok, base = _scalar_head_lm(args.model, args.gguf_file, args.device, tcfg.seed)
         judge = None
 
         def meta_rows(path: str, what: str) -> list[dict]:
@@ -380,12 +407,7 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         eval_rows = meta_rows(args.eval_data, "eval") if args.eval_data else None
         before = evaluate_meta_rm(meta, tok, eval_rows) if eval_rows else None
         hist = train_meta_rm(meta, tok, rows, tcfg, eval_rows=eval_rows)
-
-        def save(folder: str) -> None:
-            meta.save_pretrained(folder)  # backbone/ (safetensors) + the head
-            tok.save_pretrained(os.path.join(folder, "backbone"))
-
-        return hist, before, tcfg.output_dir, save
+        return hist, before, tcfg.output_dir, lambda folder: meta.save_pretrained(folder, tok)
 
     return _run_training("mmreward text train-meta-rm", work)
 

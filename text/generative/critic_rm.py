@@ -7,16 +7,24 @@
 3. joint fine-tuning on (x, y, critique): ``λ(t)·L_critique-LM + (1 − λ(t))·L_BT`` where the reward is a
    scalar head on the last token after the critique and ``λ(t)`` moves linearly from ``lam_start`` to
    ``lam_end`` (critique first, then reward) (:func:`critique_weight`, :meth:`CriticRM.loss`).
+
+``score([TextPair(x, y), ...])`` writes a greedy critique of each response and reads the reward head
+after it; :meth:`CriticRM.reward` reads it after critiques you give. Saved as ``lm/`` (the
+backbone + tokenizer) and ``head.safetensors``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import TextPair
+from mmreward.core.model import config_from_dict, load_weights, save_weights
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
+from .base import LM_FOLDER, GenerativeJudge, chat_turns, load_causal_lm
 from .heads import ScalarHeadLM
 from .parsing import parse_score
 from .position import judge_from_scores
@@ -41,9 +49,9 @@ class CriticRMConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
 
-def critique_messages(prompt: str, response: str, request: str = CRITIQUE_REQUEST) -> list[dict]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
-            {"role": "user", "content": request}]
+def critique_messages(prompt: Any, response: Any, request: str = CRITIQUE_REQUEST, where: str = "input") -> list[dict]:
+    """(x, y) as chat turns, then the critique request."""
+    return chat_turns(prompt, response, where) + [{"role": "user", "content": request}]
 
 
 def sample_critiques(runner: JudgeRunner, prompts: Sequence[str], responses: Sequence[str],
@@ -80,23 +88,48 @@ def critique_weight(step: int, total_steps: int, start: float = 0.9, end: float 
     return start + (end - start) * t
 
 
-class CriticRM:
+HEAD_NAME = "head.safetensors"
+
+
+class CriticRM(GenerativeJudge):
     """A critique-generating LM with a reward head (``ScalarHeadLM``) and its joint loss."""
+
+    model_type = "critic_rm"
+    config_class = CriticRMConfig
+    input_types = (TextPair,)
 
     def __init__(self, model: ScalarHeadLM, tokenizer: Any, config: Optional[CriticRMConfig] = None):
         if not isinstance(model, ScalarHeadLM):
             raise TypeError("CriticRM needs a ScalarHeadLM (wrap the causal LM: ScalarHeadLM(lm))")
-        self.model, self.tokenizer = model, tokenizer
-        self.config = c = config or CriticRMConfig()
+        super().__init__(model, tokenizer, config or CriticRMConfig())
+        c = self.config
         self.runner = JudgeRunner(model.backbone, tokenizer, JudgeConfig(
             max_new_tokens=c.max_new_tokens, num_samples=c.num_critiques, do_sample=c.num_critiques > 1,
             temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
 
-    def batch(self, prompts: Sequence[str], responses: Sequence[str], critiques: Sequence[str]) -> dict:
+    @property
+    def causal_lm(self) -> Any:
+        return self.model.backbone
+
+    def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> dict:
+        out = super()._save(folder, state_dict)
+        head = self.model.head.state_dict() if state_dict is None else {
+            k[len("model.head."):]: v for k, v in state_dict.items() if k.startswith("model.head.")}
+        save_weights(folder, {k: v.detach() for k, v in head.items()}, HEAD_NAME)
+        return {**out, "head": HEAD_NAME}
+
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "CriticRM":
+        config = config_from_dict(CriticRMConfig, body.get("config", {}), cls.model_type)
+        lm, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
+        model = ScalarHeadLM.with_head(lm, load_weights(folder, "cpu", HEAD_NAME), folder)
+        return cls(model, tokenizer, config, **kwargs)
+
+    def batch(self, prompts: Sequence[Any], responses: Sequence[Any], critiques: Sequence[str]) -> dict:
         """(x, y, request) → critique SFT batch; the reward is read after the critique's eos."""
         if not (len(prompts) == len(responses) == len(critiques)):
             raise ValueError("CriticRM.batch: prompts / responses / critiques differ in length")
-        msgs = [critique_messages(p, r, self.config.request) for p, r in zip(prompts, responses)]
+        msgs = [critique_messages(p, r, self.config.request, f"row {i}") for i, (p, r) in enumerate(zip(prompts, responses))]
         return sft_batch(self.tokenizer, msgs, list(critiques))
 
     def loss(self, chosen: dict, rejected: dict, step: int, total_steps: int,
@@ -121,28 +154,36 @@ class CriticRM:
                       "accuracy": float(acc)}
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str],
-              critiques: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """(N,) reward after a critique (greedy-generated when not given)."""
-        if critiques is None:
-            greedy = JudgeRunner(self.model.backbone, self.tokenizer, JudgeConfig(
-                max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size))
-            critiques = [t[0] for t in greedy.generate(
-                [critique_messages(p, r, self.config.request) for p, r in zip(prompts, responses)])]
-        b = self.batch(prompts, responses, critiques)
+    def reward(self, prompts: Sequence[Any], responses: Sequence[Any], critiques: Sequence[str],
+               batch_size: Optional[int] = None) -> torch.Tensor:
+        """(N,) the reward head after the given critiques, ``batch_size`` rows per forward."""
+        if not (len(prompts) == len(responses) == len(critiques)) or not prompts:
+            raise ValueError("CriticRM.reward: prompts / responses / critiques must be non-empty and equally long")
+        bs = batch_size or self.config.batch_size
         was = self.model.training
         self.model.eval()
         try:
             dev = next(self.model.parameters()).device
-            return self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev)).float()
+            out = []
+            for s in range(0, len(prompts), bs):
+                b = self.batch(prompts[s:s + bs], responses[s:s + bs], critiques[s:s + bs])
+                out.append(self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev)).float().cpu())  # (b,)
+            return torch.cat(out)
         finally:
             self.model.train(was)
 
-    __call__ = score
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        """A greedy critique of each response, then the reward head after it."""
+        prompts, responses = [it.prompt for it in items], [it.response for it in items]
+        greedy = JudgeRunner(self.model.backbone, self.tokenizer, JudgeConfig(
+            max_new_tokens=self.config.max_new_tokens, batch_size=batch_size))
+        msgs = [critique_messages(p, r, self.config.request, f"input {i}") for i, (p, r) in enumerate(zip(prompts, responses))]
+        critiques = [t[0] for t in greedy.generate(msgs)]
+        return self.reward(prompts, responses, critiques, batch_size)
 
-    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def judge(self, prompts: Sequence[Any], first: Sequence[Any], second: Sequence[Any]) -> torch.Tensor:
         """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the two rewards."""
-        return judge_from_scores(self.score)(prompts, first, second)
+        return judge_from_scores(self._score_texts)(prompts, first, second)
 
 
 # ------------------------------------------------------------------ data + training with the core Trainer

@@ -1,7 +1,7 @@
 """GenRM (Zhang et al., 2024, "Generative Verifiers: Reward Modeling as Next-Token Prediction").
 
 * direct verifier: reward = P("Yes" | x, y, "Is the answer correct (Yes/No)?"), read from the
-  next-token distribution renormalised over {Yes, No};
+  next-token distribution renormalised over {Yes, No} — ``score([TextPair(x, y), ...])``;
 * GenRM-CoT: sample K verification rationales, append the question after each, reward = mean
   P(Yes) over the K rationales; the majority vote of the K verdicts is returned too;
 * training: ``L = SFT(verification data) + λ · SFT(correct solutions)`` (:func:`genrm_loss`), run by the
@@ -14,6 +14,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import TextPair
+
+from .base import GenerativeJudge, chat_turns, text_pairs
 from .parsing import parse_yes_no
 from .position import judge_from_scores
 from .runner import JudgeConfig, JudgeRunner
@@ -36,53 +39,45 @@ class GenRMConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
 
-def _pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
-    if len(prompts) != len(responses):
-        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-    if not prompts:
-        raise ValueError("empty input")
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        if not isinstance(p, str) or not isinstance(r, str):
-            raise TypeError(f"row {i}: prompt and response must be str, got {type(p).__name__}, {type(r).__name__}")
+class GenRM(GenerativeJudge):
+    """A generative verifier over a causal LM with a chat template; ``score`` on :class:`TextPair`
+    inputs is the direct verifier's P(Yes)."""
 
-
-class GenRM:
-    """A generative verifier over a causal LM with a chat template."""
+    model_type = "genrm"
+    config_class = GenRMConfig
+    input_types = (TextPair,)
 
     def __init__(self, model: Any, tokenizer: Any, config: Optional[GenRMConfig] = None):
-        self.config = config or GenRMConfig()
-        self.model, self.tokenizer = model, tokenizer
+        super().__init__(model, tokenizer, config or GenRMConfig())
         self.runner = JudgeRunner(model, tokenizer, JudgeConfig(batch_size=self.config.batch_size))
 
-    def messages(self, prompt: str, response: str, cot: bool = False) -> list[dict]:
+    def messages(self, prompt: Any, response: Any, cot: bool = False, where: str = "input") -> list[dict]:
         # x and y as a user / assistant exchange, then the question: the verdict is read right where the
         # model's own solution knowledge lives (GenRM unifies generation and verification)
         q = self.config.cot_instruction if cot else self.config.question
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
-                {"role": "user", "content": q}]
+        return chat_turns(prompt, response, where) + [{"role": "user", "content": q}]
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """(N,) P(Yes) of the direct verifier — the scalar RM interface."""
-        _pairs(prompts, responses)
-        msgs = [self.messages(p, r) for p, r in zip(prompts, responses)]
-        return self.runner.choice_probs(msgs, [self.config.yes, self.config.no])[:, 0]
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        msgs = [self.messages(it.prompt, it.response, where=f"input {i}") for i, it in enumerate(items)]
+        p = self.runner.choice_probs(msgs, [self.config.yes, self.config.no], batch_size=batch_size)  # (N, 2)
+        return p[:, 0].float().cpu()
 
-    __call__ = score
-
-    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def judge(self, prompts: Sequence[Any], first: Sequence[Any], second: Sequence[Any]) -> torch.Tensor:
         """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the two rewards."""
-        return judge_from_scores(self.score)(prompts, first, second)
+        return judge_from_scores(self._score_texts)(prompts, first, second)
 
-    def score_cot(self, prompts: Sequence[str], responses: Sequence[str], k: Optional[int] = None) -> dict:
+    def score_cot(self, prompts: Sequence[Any], responses: Sequence[Any], k: Optional[int] = None) -> dict:
         """GenRM-CoT: ``{"reward": (N,) mean P(Yes), "majority": (N,) bool, "p_yes": (N, K), "rationales": [N][K],
         "parse_rate": fraction of rationales that state a Yes/No themselves}``."""
-        _pairs(prompts, responses)
+        pairs = text_pairs(prompts, responses)
+        if not pairs:
+            raise ValueError("score_cot got no inputs")
         c = self.config
         k = k or c.num_rationales
         gen = JudgeRunner(self.model, self.tokenizer, JudgeConfig(
             max_new_tokens=c.max_new_tokens, num_samples=k, do_sample=k > 1, temperature=c.temperature,
             batch_size=c.batch_size, seed=c.seed))
-        msgs = [self.messages(p, r, cot=True) for p, r in zip(prompts, responses)]
+        msgs = [self.messages(x.prompt, x.response, cot=True, where=f"input {i}") for i, x in enumerate(pairs)]
         rats = gen.generate(msgs)  # [N][K]
         # after each rationale the model answers the verification question: continue the assistant turn
         follow = [gen.render(m) + f"{r}\n{c.question} " for m, rs in zip(msgs, rats) for r in rs]
@@ -107,11 +102,10 @@ def genrm_loss(model: Any, verification: dict, solutions: Optional[dict] = None,
     return v + lam * s, {"loss_verify": float(v.detach()), "loss_solution": float(s.detach())}
 
 
-def verification_batch(genrm: GenRM, prompts: Sequence[str], responses: Sequence[str], correct: Sequence[bool]) -> dict:
+def verification_batch(genrm: GenRM, prompts: Sequence[Any], responses: Sequence[Any], correct: Sequence[bool]) -> dict:
     """SFT batch teaching the verdict: (x, y, question) → Yes / No."""
-    _pairs(prompts, responses)
     c = genrm.config
-    msgs = [genrm.messages(p, r) for p, r in zip(prompts, responses)]
+    msgs = [genrm.messages(x.prompt, x.response, where=f"row {i}") for i, x in enumerate(text_pairs(prompts, responses))]
     return sft_batch(genrm.tokenizer, msgs, [c.yes if ok else c.no for ok in correct])
 
 
@@ -147,7 +141,8 @@ def _verification_rows(rows: Sequence[Any], what: str) -> list[dict]:
         out.append({"prompt": r["prompt"], "response": r["response"], "correct": bool(r["correct"])})
     if not out:
         raise ValueError(f"{what}: no rows")
-    _pairs([r["prompt"] for r in out], [r["response"] for r in out])
+    for i, r in enumerate(out):
+        chat_turns(r["prompt"], r["response"], f"{what} row {i}")  # str or chat turns, else a TypeError naming the row
     return out
 
 
@@ -157,7 +152,7 @@ def evaluate_genrm(genrm: GenRM, rows: Sequence[dict]) -> dict:
     was = genrm.model.training
     genrm.model.eval()
     with torch.no_grad():
-        p = genrm.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+        p = genrm.score([TextPair(r["prompt"], r["response"]) for r in rows])
     genrm.model.train(was)
     y = torch.tensor([float(r["correct"]) for r in rows])
     cal = calibration(p, y)
@@ -174,7 +169,7 @@ def train_genrm(genrm: GenRM, rows: Sequence[dict], config: Any, eval_rows: Opti
     default: the correct rows of ``rows``). ``balance`` repeats the rarer verdict so both appear
     equally often per epoch (verification data is usually mostly wrong answers). Returns the
     Trainer's per-step history (``eval_accuracy`` / ``eval_ece`` / ``eval_brier`` with ``eval_rows``).
-    The LM is trained in place; save it with its own ``save_pretrained``."""
+    The LM is trained in place; ``genrm.save_pretrained(folder)`` saves the verifier."""
     from mmreward.core.trainer import Trainer
 
     rows = _verification_rows(rows, "train_genrm")

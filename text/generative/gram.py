@@ -6,8 +6,13 @@
   token logits are the pair's rewards and the loss is the label-smoothed pairwise loss
   (``mmreward.ops.pairwise_loss(z_chosen, z_rejected, label_smoothing=ε)``; the paper shows label
   smoothing on this two-way softmax is a regularised Bradley–Terry objective);
-* scoring — P(A) from the two-token softmax, averaged over both presentation orders;
+* scoring — P(A) from the two-token softmax, averaged over both presentation orders:
+  ``score([Comparison(prompt, first, second), ...])`` → P(first ≻ second);
 * :func:`train_gram` runs either stage on the shared core Trainer (snapshots, exact resume, logs).
+
+Prompt protocols (``GRAMConfig.template``): ``"mmreward"`` (compact, the default) and ``"paper"`` —
+the judge prompt of NiuTrans/GRAM's evaluation script (``evaluation/gram_eval.py``, ending
+``#Preferred: ``, rendered with ``enable_thinking=False``) and the stage-1 format of its README.
 """
 from __future__ import annotations
 
@@ -16,51 +21,111 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import Comparison
 from mmreward.ops import pairwise_loss_and_accuracy
 
+from .base import GenerativeJudge, text_field
 from .heads import last_token_logits
 from .position import both_orders
 from .runner import JudgeConfig, JudgeRunner
 from .sft import sft_batch
 
-__all__ = ["GRAMConfig", "GRAM", "stage1_batch", "gram_stage2_loss", "train_gram", "evaluate_gram"]
+__all__ = ["GRAMConfig", "GRAM", "GRAMTemplate", "GRAM_TEMPLATES", "stage1_example", "stage1_batch", "gram_stage2_loss",
+           "train_gram", "evaluate_gram"]
+
+
+@dataclass(frozen=True)
+class GRAMTemplate:
+    """One GRAM prompt protocol. Placeholders: ``{prompt}``, ``{first}``, ``{second}``, ``{instruction}``."""
+
+    judge: str  # the stage-2 judge's user message
+    stage1_user: str  # stage 1: the user message ...
+    stage1_target: str  # ... and the target holding both responses
+    chat_template_kwargs: dict = field(default_factory=dict)  # variables for the tokenizer's chat template
+
+
+_ANSWER_A = "[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]"
+_ANSWER_B = "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
+GRAM_TEMPLATES = {
+    "mmreward": GRAMTemplate(judge="Question: {prompt}\n[A] {first}\n[B] {second}\n{instruction}",
+                             stage1_user="{prompt}", stage1_target="[A] {first}\n[B] {second}"),
+    # NiuTrans/GRAM evaluation/gram_eval.py (the judge prompt, lines 23-38; chat template with
+    # enable_thinking=False, line 71) and README.md "Datasets" (the stage-1 pre-training format)
+    "paper": GRAMTemplate(
+        judge=("Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
+               "assistants to the user question displayed below. You should choose the assistant that follows the "
+               "user's instructions and answers the user's question better.\n"
+               "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, "
+               "creativity, and level of detail of their responses. Avoid any position biases and ensure that the "
+               "order in which the responses were presented does not influence your decision. Do not allow the "
+               "length of the responses to influence your evaluation. Do not favor certain names of the assistants. "
+               "Be as objective as possible.\n"
+               'Please directly output your final verdict by strictly following this format: "A" if assistant A is '
+               'better, "B" if assistant B is better.\n\n'
+               "[User Question]\n{prompt}\n\n" + _ANSWER_A + "\n\n" + _ANSWER_B + "\n\n#Preferred: "),
+        stage1_user="[User Question]\n{prompt}\n\n", stage1_target=_ANSWER_A + "\n\n" + _ANSWER_B,
+        chat_template_kwargs={"enable_thinking": False}),
+}
 
 
 @dataclass
 class GRAMConfig:
-    instruction: str = field(default="Which response is better? Answer A or B.", metadata={"help": "judge question"})
+    template: str = field(default="mmreward", metadata={
+        "help": "prompt protocol ('paper': NiuTrans/GRAM's evaluation prompt)", "choices": tuple(GRAM_TEMPLATES)})
+    instruction: str = field(default="Which response is better? Answer A or B.",
+                             metadata={"help": "judge question of the 'mmreward' template"})
     token_a: str = field(default="A", metadata={"help": "verdict token for the first response"})
     token_b: str = field(default="B", metadata={"help": "verdict token for the second response"})
     label_smoothing: float = field(default=0.1, metadata={"help": "ε of the stage-2 pairwise loss"})
     batch_size: int = field(default=8, metadata={"help": "pairs per forward"})
 
+    def __post_init__(self) -> None:
+        if self.template not in GRAM_TEMPLATES:
+            raise ValueError(f"GRAMConfig.template must be one of {sorted(GRAM_TEMPLATES)}, got {self.template!r}")
 
-def judge_messages(cfg: GRAMConfig, prompt: str, first: str, second: str) -> list[dict]:
-    return [{"role": "user", "content": f"Question: {prompt}\n[A] {first}\n[B] {second}\n{cfg.instruction}"}]
+
+def stage1_example(prompt: str, first: str, second: str, template: str = "mmreward") -> tuple[list[dict], str]:
+    """One stage-1 example in ``template``'s format: ``(chat messages, target holding both responses)``."""
+    t = GRAM_TEMPLATES[template]
+    return [{"role": "user", "content": t.stage1_user.format(prompt=prompt)}], t.stage1_target.format(first=first,
+                                                                                                       second=second)
 
 
-def stage1_batch(tokenizer: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], **kw) -> dict:
-    """Stage-1 SFT batch: prompt → both responses (no label)."""
+def stage1_batch(tokenizer: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[str],
+                 template: str = "mmreward", **kw) -> dict:
+    """Stage-1 SFT batch: prompt → both responses (no label), in ``template``'s format."""
     if not (len(prompts) == len(a) == len(b)):
         raise ValueError(f"stage1_batch: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
-    msgs = [[{"role": "user", "content": p}] for p in prompts]
-    return sft_batch(tokenizer, msgs, [f"[A] {x}\n[B] {y}" for x, y in zip(a, b)], **kw)
+    msgs, targets = zip(*(stage1_example(p, x, y, template) for p, x, y in zip(prompts, a, b)))
+    return sft_batch(tokenizer, list(msgs), list(targets),
+                     chat_template_kwargs=GRAM_TEMPLATES[template].chat_template_kwargs, **kw)
 
 
-class GRAM:
-    """Stage-2 judge over a causal LM: ``judge(prompts, first, second)`` → P(first ≻ second)."""
+class GRAM(GenerativeJudge):
+    """Stage-2 judge over a causal LM: ``score`` on :class:`Comparison` inputs → order-averaged
+    P(first ≻ second); ``judge(prompts, first, second)`` → the same in one order."""
+
+    model_type = "gram"
+    config_class = GRAMConfig
+    input_types = (Comparison,)
 
     def __init__(self, model: Any, tokenizer: Any, config: Optional[GRAMConfig] = None):
-        self.config = config or GRAMConfig()
-        self.model, self.tokenizer = model, tokenizer
-        self.runner = JudgeRunner(model, tokenizer, JudgeConfig(batch_size=self.config.batch_size))
+        super().__init__(model, tokenizer, config or GRAMConfig())
+        self.template = GRAM_TEMPLATES[self.config.template]
+        self.runner = JudgeRunner(model, tokenizer, JudgeConfig(
+            batch_size=self.config.batch_size, chat_template_kwargs=dict(self.template.chat_template_kwargs)))
         self.ab_ids = torch.tensor(self.runner.token_ids([self.config.token_a, self.config.token_b]))
+
+    def messages(self, prompt: str, first: str, second: str) -> list[dict]:
+        """The judge's chat messages for one presentation order."""
+        return [{"role": "user", "content": self.template.judge.format(
+            prompt=prompt, first=first, second=second, instruction=self.config.instruction)}]
 
     def _encode(self, prompts, first, second) -> dict:
         if not (len(prompts) == len(first) == len(second)) or not prompts:
             raise ValueError(f"GRAM: prompts / first / second must be non-empty and equally long "
                              f"({len(prompts)}, {len(first)}, {len(second)})")
-        texts = [self.runner.render(judge_messages(self.config, p, x, y)) for p, x, y in zip(prompts, first, second)]
+        texts = [self.runner.render(self.messages(p, x, y)) for p, x, y in zip(prompts, first, second)]
         return self.runner.encode(texts)
 
     def logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
@@ -69,14 +134,15 @@ class GRAM:
         return last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], self.ab_ids.to(enc["input_ids"].device))
 
     @torch.no_grad()
-    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+              batch_size: Optional[int] = None) -> torch.Tensor:
         """(N,) P(first ≻ second) in one order."""
+        bs = batch_size or self.config.batch_size
         was = self.model.training
         self.model.eval()
         try:
-            out = [torch.softmax(self.logits(prompts[s:s + self.config.batch_size], first[s:s + self.config.batch_size],
-                                             second[s:s + self.config.batch_size]), -1)[:, 0]
-                   for s in range(0, len(prompts), self.config.batch_size)]
+            out = [torch.softmax(self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs]), -1)[:, 0]
+                   for s in range(0, len(prompts), bs)]
         finally:
             self.model.train(was)
         return torch.cat(out)
@@ -84,6 +150,11 @@ class GRAM:
     def score_pair(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
         """Order-averaged P(a ≻ b) with both single-order probabilities and the swap consistency."""
         return both_orders(self.judge, prompts, a, b)
+
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        p, a, b = ([text_field(getattr(it, f), f"input {i}: field {f!r}") for i, it in enumerate(items)]
+                   for f in ("prompt", "first", "second"))
+        return both_orders(lambda *x: self.judge(*x, batch_size=batch_size), p, a, b)["p"].float().cpu()
 
 
 def gram_stage2_loss(gram: GRAM, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
@@ -130,7 +201,7 @@ def evaluate_gram(gram: GRAM, rows: Sequence[dict]) -> dict:
     was = gram.model.training
     gram.model.eval()
     with torch.no_grad():
-        sft = float(lm_loss(gram.model, stage1_batch(gram.tokenizer, p, c, r)))
+        sft = float(lm_loss(gram.model, stage1_batch(gram.tokenizer, p, c, r, gram.config.template)))
     gram.model.train(was)
     return {"accuracy": float((res["p"] > 0.5).double().mean()), "consistency": float(res["consistency"]),
             "stage1_loss": sft}
@@ -158,7 +229,7 @@ def train_gram(gram: GRAM, rows: Sequence[dict], config: Any, stage: int = 2,
         a = [r["chosen"] if f else r["rejected"] for r, f in zip(batch, first_is_chosen)]
         b = [r["rejected"] if f else r["chosen"] for r, f in zip(batch, first_is_chosen)]
         if stage == 1:
-            return stage1_batch(gram.tokenizer, p, a, b)
+            return stage1_batch(gram.tokenizer, p, a, b, gram.config.template)
         return {**gram._encode(p, a, b), "chosen_first": torch.tensor(first_is_chosen)}
 
     def loss_fn(module: torch.nn.Module, batch: dict):

@@ -6,17 +6,28 @@
 * meta-RM: a scalar classifier on (query, responses, judgement) trained with BCE on whether that
   judgement's verdict was right; at inference only the top-k_meta judgements by meta score vote;
 * the SPCT rule reward for RL: +1 when the scores single out the ground-truth best response
-  (n ≥ 2: the best one's score is strictly above all others; n = 1: the score equals the label), else −1.
+  (n ≥ 2: the best one's score is strictly above all others; n = 1: the score equals the label), else −1;
+* ``score([TextPair(prompt, response), ...])`` judges each response alone: the mean of its valid
+  sampled scores (0 — below the 1–10 scale — when no sample parses).
+
+No prompt of the paper's own is reproduced here: DeepSeek released no code, and the prompt in the
+paper's appendix exists only as PDF text (see docs/generative.md). The verdict format
+(``\boxed{s_1, …, s_n}``, integers 1–10) is the paper's.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.folders import CheckpointError
+from mmreward.core.inputs import TextPair
+from mmreward.core.model import config_from_dict, load_weights, save_weights
 from mmreward.ops import step_bce_loss
 
+from .base import LM_FOLDER, GenerativeJudge, load_causal_lm, save_causal_lm, text_field
 from .heads import ScalarHeadLM
 from .parsing import parse_scores
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
@@ -82,23 +93,58 @@ def spct_rule_reward(scores: Optional[Sequence[float]], best: Optional[int] = No
     return 1.0 if all(scores[best] > s for j, s in enumerate(scores) if j != best) else -1.0
 
 
-class GRMJudge:
-    """Pointwise GRM with voting@k and an optional meta-RM filter (``meta_rm``: a ScalarHeadLM)."""
+META_RM_HEAD = "meta_rm_head.safetensors"
+
+
+class GRMJudge(GenerativeJudge):
+    """Pointwise GRM with voting@k and an optional meta-RM filter (``meta_rm``: a ScalarHeadLM, saved
+    with the judge: its head as ``meta_rm_head.safetensors``, its backbone as ``meta_rm/`` unless it
+    is the judge's own LM)."""
+
+    model_type = "grm"
+    config_class = GRMConfig
+    input_types = (TextPair,)
 
     def __init__(self, model: Any, tokenizer: Any, config: Optional[GRMConfig] = None,
                  meta_rm: Optional[ScalarHeadLM] = None):
-        self.config = c = config or GRMConfig()
+        super().__init__(model, tokenizer, config or GRMConfig())
+        c = self.config
         if c.k_meta < 0 or c.k_meta > c.num_samples:
             raise ValueError(f"k_meta must be in [0, num_samples={c.num_samples}], got {c.k_meta}")
         if c.k_meta and meta_rm is None:
             raise ValueError("k_meta > 0 needs a meta_rm")
-        self.tokenizer, self.meta_rm = tokenizer, meta_rm
+        self.meta_rm = meta_rm
         self.runner = JudgeRunner(model, tokenizer, JudgeConfig(
             max_new_tokens=c.max_new_tokens, num_samples=c.num_samples, do_sample=c.num_samples > 1,
             temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
         self.last_results: list = []
 
-    def judge_lists(self, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> dict:
+        out = super()._save(folder, state_dict)
+        if self.meta_rm is not None:
+            shared = self.meta_rm.backbone is self.model
+            if not shared:
+                save_causal_lm(self.meta_rm.backbone, self.tokenizer, os.path.join(folder, "meta_rm"))
+            save_weights(folder, {k: v.detach() for k, v in self.meta_rm.head.state_dict().items()}, META_RM_HEAD)
+            out["meta_rm"] = {"backbone": LM_FOLDER if shared else "meta_rm", "head": META_RM_HEAD}
+        return out
+
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "GRMJudge":
+        config = config_from_dict(GRMConfig, body.get("config", {}), cls.model_type)
+        model, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
+        meta = None
+        info = body.get("meta_rm")
+        if info is not None:
+            if not isinstance(info, dict) or info.get("backbone") not in (LM_FOLDER, "meta_rm") or info.get("head") != META_RM_HEAD:
+                raise CheckpointError(f"{folder}/config.json: 'meta_rm' must be {{'backbone': 'lm' | 'meta_rm', "
+                                      f"'head': '{META_RM_HEAD}'}}, got {info!r}")
+            backbone = model if info["backbone"] == LM_FOLDER else load_causal_lm(os.path.join(folder, "meta_rm"))[0]
+            meta = ScalarHeadLM.with_head(backbone, load_weights(folder, "cpu", META_RM_HEAD), folder)
+        return cls(model, tokenizer, config, meta_rm=meta, **kwargs)
+
+    def judge_lists(self, prompts: Sequence[str], responses: Sequence[Sequence[str]],
+                    batch_size: Optional[int] = None) -> list[torch.Tensor]:
         """Per query, the (n,) voted scores of its responses."""
         if len(prompts) != len(responses) or not prompts:
             raise ValueError("GRMJudge: prompts and responses must be non-empty and equally long")
@@ -106,7 +152,8 @@ class GRMJudge:
         res: list = [None] * len(msgs)
         for n in sorted({len(rs) for rs in responses}):  # one batched run per response count n
             idx = [i for i, rs in enumerate(responses) if len(rs) == n]
-            for i, row in zip(idx, self.runner.run([msgs[i] for i in idx], lambda t, n=n: parse_scores(t, n))):
+            runs = self.runner.run([msgs[i] for i in idx], lambda t, n=n: parse_scores(t, n), batch_size)
+            for i, row in zip(idx, runs):
                 for r in row:
                     r.row = i
                 res[i] = row
@@ -132,13 +179,13 @@ class GRMJudge:
         v = self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])
         return torch.tensor([1.0 if s[0] > s[1] else 0.0 if s[0] < s[1] else 0.5 for s in v], dtype=torch.float64)
 
-    __call__ = judge
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Scalar view: each response judged alone, (N,) voted score (mean over valid samples; 0 if none)."""
-        v = self.judge_lists(prompts, [[r] for r in responses])
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        """Each response judged alone: its voted score over the valid samples (mean; 0 if none)."""
+        prompts = [text_field(it.prompt, f"input {i}: field 'prompt'") for i, it in enumerate(items)]
+        responses = [[text_field(it.response, f"input {i}: field 'response'")] for i, it in enumerate(items)]
+        v = self.judge_lists(prompts, responses, batch_size)
         n_ok = torch.tensor([max(1, sum(r.ok for r in row)) for row in self.last_results], dtype=torch.float64)
-        return torch.stack([x[0] for x in v]) / n_ok
+        return (torch.stack([x[0] for x in v]) / n_ok).float()
 
     def metrics(self) -> dict:
         return parse_metrics(self.last_results)

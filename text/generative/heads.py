@@ -1,6 +1,7 @@
 """A causal LM with a scalar head on the last real token — the meta-RM (DeepSeek-GRM) and the
-Critic-RM reward head share it. Saved as ``backbone/`` (transformers format) + ``head/``
-(safetensors + JSON via :mod:`mmreward.core.checkpoint`)."""
+Critic-RM reward head share it. Saved on its own (a trained meta-RM) as one atomic folder:
+``backbone/`` (transformers format, safetensors) + ``head/`` (safetensors + JSON via
+:mod:`mmreward.core.checkpoint`); inside a judge folder the judge saves it with its own layout."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from mmreward.core.checkpoint import load_model, save_model
+from mmreward.core.folders import atomic_folder, verify_folder
+from mmreward.core.model import load_state_strict
 
 __all__ = ["ScalarHeadLM", "last_token_hidden", "last_token_logits"]
 
@@ -61,18 +64,33 @@ class ScalarHeadLM(nn.Module):
         h, logits = self.hidden(input_ids, attention_mask)
         return (h, logits) if return_hidden else self.head(h).squeeze(-1)
 
-    def save_pretrained(self, folder: str) -> None:
-        self.backbone.save_pretrained(os.path.join(folder, "backbone"))
-        save_model(os.path.join(folder, "head"), {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
-                   {"kind": "ScalarHeadLM", "hidden_size": self.head.in_features})
+    @classmethod
+    def with_head(cls, backbone: nn.Module, head_state: dict[str, torch.Tensor], where: str) -> "ScalarHeadLM":
+        """``backbone`` + a saved head (checked strictly; ``where`` names the source in errors). The
+        throw-away initial head is drawn under a forked RNG, so loading leaves the caller's RNG as it was."""
+        with torch.random.fork_rng(devices=[]):
+            m = cls(backbone)
+        load_state_strict(m.head, head_state, where)
+        return m
+
+    def save_pretrained(self, folder: str, tokenizer: Optional[Any] = None) -> None:
+        """The whole folder atomically; ``tokenizer`` (the one the head was trained with) goes into
+        ``backbone/`` beside the LM."""
+        with atomic_folder(folder) as tmp:
+            self.backbone.save_pretrained(os.path.join(tmp, "backbone"))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(os.path.join(tmp, "backbone"))
+            save_model(os.path.join(tmp, "head"), {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                       {"kind": "ScalarHeadLM", "hidden_size": self.head.in_features})
 
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "cpu") -> "ScalarHeadLM":
         from transformers import AutoModelForCausalLM
 
-        state, cfg = load_model(os.path.join(folder, "head"), device=device)
+        verify_folder(folder)
+        state, cfg = load_model(os.path.join(folder, "head"), device="cpu")
         if cfg.get("kind") != "ScalarHeadLM":
             raise ValueError(f"{folder}/head is not a ScalarHeadLM checkpoint (kind={cfg.get('kind')!r})")
-        m = cls(AutoModelForCausalLM.from_pretrained(os.path.join(folder, "backbone")).to(device))
-        m.head.load_state_dict(state)
-        return m
+        backbone = AutoModelForCausalLM.from_pretrained(os.path.join(folder, "backbone"), use_safetensors=True,
+                                                        local_files_only=True)
+        return cls.with_head(backbone, state, folder).to(device)

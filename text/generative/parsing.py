@@ -1,17 +1,35 @@
 """Parsers that turn a judge's free text into a verdict, or an explicit "no verdict" with the reason.
 
 Every parser takes any string and returns a :class:`Parsed`; none of them raises on model output
-(fuzz-tested with hypothesis). Formats, one per method:
+and each runs in time linear in the length of the text: no pattern here retries a run of the input
+once per character of it (tested on random and adversarial strings of up to 100k characters:
+well under 50 ms each). Formats, one per method:
 
 * :func:`parse_yes_no` — GenRM: the last standalone ``Yes`` / ``No``.
 * :func:`parse_ab` — RM-R1 / GRAM: ``<answer>[[A]]</answer>`` (or a bare ``[[A]]``) in the tail.
 * :func:`parse_scores` — DeepSeek-GRM: ``\\boxed{7, 3}`` or ``[[7, 3]]``, one integer per response.
-* :func:`parse_score` — Critic-RM: ``Score: 7`` (also ``7/10``).
-* :func:`parse_json_object` / :func:`parse_ranking` — RewardAnything: ``{"scores": {...}, "best-to-worst": [...]}``.
+* :func:`parse_score` — Critic-RM: ``Score: 7`` (also ``**Score:** 7``, ``7/10``).
+* :func:`parse_json_object` / :func:`parse_ranking` — RewardAnything: ``{"scores": {...}, "best-to-worst": [...]}``
+  within the final 20,000 characters of the output, up to 4 levels of nested objects.
+
+**Numbers** are read whole: ``7``, ``+7``, ``7.5``, ``.5``, ``7.`` and exponent forms such as
+``1e3``. ``Score: 1e3`` is 1000 and ``\\boxed{5e1}`` is 50 — both outside 1–10, so no verdict —
+never the ``1`` or ``5, 1`` their digits start with; a number glued to letters (``7abc``) is not a
+number. The word ``score`` must stand alone (``Underscore: 5`` is not a score).
+
+**Conflicting verdicts**: a judge that states several verdicts has revised itself, so the last
+one counts — the last yes / no, the last ``Score: x``, the last ``\\boxed{…}`` group (else the last
+``[[…]]`` group), the last JSON object, the last bare ``[[A]]`` / ``[[B]]``. Two exceptions, where
+the verdict is a single slot: a final ``<answer>…</answer>`` holding both ``[[A]]`` and ``[[B]]`` is
+no verdict ("conflicting verdicts in answer tag"), and with ``parse_ab(..., exclusive=True)`` (the
+rule of RM-R1's evaluation harness) any output that names both ``[[A]]`` and ``[[B]]`` anywhere is
+no verdict.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -43,6 +61,41 @@ def _check_text(text: Any) -> Optional[Parsed]:
     return None
 
 
+# ------------------------------------------------------------------ linear-time patterns
+_group_ids = itertools.count()
+
+
+def _atomic(pattern: str) -> str:
+    """``pattern`` matched once, greedily, and never re-entered when what follows fails (an atomic
+    group, spelled for Python 3.10's ``re``: a lookahead captures the text, a backreference consumes
+    it). A failed match then costs one pass over the run, not one retry per character of it."""
+    name = f"_atomic{next(_group_ids)}"
+    return f"(?=(?P<{name}>{pattern}))(?P={name})"
+
+
+def _last(pattern: re.Pattern, text: str, group: str) -> Optional[str]:
+    """``group`` of the last non-overlapping match of ``pattern`` (``findall`` runs in C)."""
+    hits = pattern.findall(text)
+    return hits[-1][pattern.groupindex[group] - 1] if hits else None
+
+
+# one numeric literal, read whole (digits, an optional fraction, an optional exponent)
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_WHOLE_NUMBER = re.compile(_atomic(_NUMBER))
+
+
+def _short(literal: str) -> str:
+    return literal if len(literal) <= 24 else literal[:21] + "..."
+
+
+def _in_range(literal: str, value: float, low: float, high: float) -> Optional[Parsed]:
+    """None when ``value`` is a finite number in ``[low, high]``, else the no-verdict reason."""
+    if not math.isfinite(value) or not low <= value <= high:
+        return Parsed.fail(f"score {_short(literal)} outside [{low}, {high}]")
+    return None
+
+
+# ------------------------------------------------------------------ GenRM
 _YES_NO = re.compile(r"(?<![A-Za-z0-9_])(yes|no)(?![A-Za-z0-9_])", re.IGNORECASE)
 
 
@@ -57,24 +110,45 @@ def parse_yes_no(text: str) -> Parsed:
     return Parsed(hits[-1].lower() == "yes")
 
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_BRACKET_AB = re.compile(r"\[\[\s*([AB])\s*\]\]")
+# ------------------------------------------------------------------ RM-R1 / GRAM
+_ANSWER_TAGS = re.compile(r"<(/?)answer>", re.IGNORECASE)
+_BRACKET_AB = re.compile(r"\[\[" + _atomic(r"\s*") + r"(?P<letter>[AB])" + _atomic(r"\s*") + r"\]\]")
 
 
-def parse_ab(text: str, tail_chars: Optional[int] = 400) -> Parsed:
+def _letters(text: str) -> set:
+    i = _BRACKET_AB.groupindex["letter"] - 1
+    return {hit[i] for hit in _BRACKET_AB.findall(text)}
+
+
+def _last_answer_tag(text: str) -> Optional[str]:
+    """Content of the last ``<answer>…</answer>``: between the last closing tag and the nearest
+    opening tag before it (one left-to-right pass over the tags)."""
+    opened, content = None, None
+    for m in _ANSWER_TAGS.finditer(text):
+        if not m.group(1):
+            opened = m.end()
+        elif opened is not None:
+            content, opened = text[opened:m.start()], None
+    return content
+
+
+def parse_ab(text: str, tail_chars: Optional[int] = 400, exclusive: bool = False) -> Parsed:
     """``"A"`` / ``"B"`` from the last ``<answer>…</answer>`` holding exactly one of ``[[A]]`` / ``[[B]]``;
     without an answer tag, the last bare ``[[A]]`` / ``[[B]]`` within the final ``tail_chars``
     characters (RM-R1 reads the verdict in the tail of a long rubric). Both letters in the final
-    answer is a conflict, not a verdict."""
+    answer is a conflict, not a verdict; ``exclusive=True`` (RM-R1's evaluation rule) makes both
+    letters anywhere in the output a conflict."""
     bad = _check_text(text)
     if bad:
         return bad
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        letters = set(_BRACKET_AB.findall(tags[-1]))
+    if exclusive and {"A", "B"} <= _letters(text):
+        return Parsed.fail("conflicting verdicts: both [[A]] and [[B]] in the output")
+    tag = _last_answer_tag(text)
+    if tag is not None:
+        letters = _letters(tag)
         if not letters:
             # `<answer>A</answer>` without brackets is accepted when that is all the tag holds
-            bare = tags[-1].strip().strip("[]").strip()
+            bare = tag.strip().strip("[]").strip()
             if bare in ("A", "B"):
                 return Parsed(bare)
             return Parsed.fail("answer tag without [[A]] / [[B]]")
@@ -82,82 +156,105 @@ def parse_ab(text: str, tail_chars: Optional[int] = 400) -> Parsed:
             return Parsed.fail("conflicting verdicts in answer tag")
         return Parsed(letters.pop())
     tail = text if tail_chars is None else text[-tail_chars:]
-    hits = _BRACKET_AB.findall(tail)
-    if not hits:
+    letter = _last(_BRACKET_AB, tail, "letter")
+    if letter is None:
         return Parsed.fail("no [[A]] / [[B]] verdict in the tail")
-    return Parsed(hits[-1])
+    return Parsed(letter)
 
 
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_DOUBLE = re.compile(r"\[\[([^\[\]]*)\]\]")
-_INT = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# ------------------------------------------------------------------ DeepSeek-GRM
+_BOXED = re.compile(r"\\boxed\{(?P<scores>" + _atomic(r"[^{}]*") + r")\}")
+_DOUBLE = re.compile(r"\[\[(?P<scores>" + _atomic(r"[^\[\]]*") + r")\]\]")
+_SEPARATORS = re.compile(r"[\s,;]+")
 
 
 def parse_scores(text: str, n: int, low: int = 1, high: int = 10) -> Parsed:
     """``n`` integer scores in ``[low, high]`` from the last ``\\boxed{…}`` or ``[[…]]`` group
-    (DeepSeek-GRM's "Final Scores"). Wrong count, non-integers or out-of-range values are no verdict."""
+    (DeepSeek-GRM's "Final Scores"), separated by commas, semicolons or spaces. A token that is not
+    a whole number, a wrong count, non-integers or out-of-range values are no verdict."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"parse_scores: n must be a positive int, got {n!r}")
     bad = _check_text(text)
     if bad:
         return bad
-    groups = _BOXED.findall(text) + []  # boxed wins over brackets (the paper's format)
-    if not groups:
-        groups = _DOUBLE.findall(text)
-    if not groups:
+    group = _last(_BOXED, text, "scores")  # boxed wins over brackets (the paper's format)
+    if group is None:
+        group = _last(_DOUBLE, text, "scores")
+    if group is None:
         return Parsed.fail("no \\boxed{...} or [[...]] score group")
-    nums = _INT.findall(groups[-1])
-    if len(nums) != n:
-        return Parsed.fail(f"expected {n} scores, found {len(nums)}")
+    tokens = [t for t in _SEPARATORS.split(group) if t]
+    if len(tokens) != n:
+        return Parsed.fail(f"expected {n} scores, found {len(tokens)}")
     vals = []
-    for s in nums:
-        v = float(s)
+    for t in tokens:
+        if not _WHOLE_NUMBER.fullmatch(t):
+            return Parsed.fail(f"{_short(t)!r} in the score group is not a number")
+        v = float(t)
+        out = _in_range(t, v, low, high)
+        if out:
+            return out
         if v != int(v):
-            return Parsed.fail(f"non-integer score {s}")
-        if not low <= v <= high:
-            return Parsed.fail(f"score {s} outside [{low}, {high}]")
+            return Parsed.fail(f"non-integer score {_short(t)}")
         vals.append(int(v))
     return Parsed(vals)
 
 
-_SCORE_LINE = re.compile(r"score\s*[:=]?\s*\**\s*([-+]?\d+(?:\.\d+)?)", re.IGNORECASE)
-_OVER = re.compile(r"([-+]?\d+(?:\.\d+)?)\s*/\s*10(?!\d)")
+# ------------------------------------------------------------------ Critic-RM
+# "score" as a word, then spaces / markdown stars, an optional ":" or "=", more spaces / stars, and
+# a whole number not glued to letters or more digits
+_SCORE = re.compile(r"score(?<![A-Za-z0-9_]score)" + _atomic(r"[\s*]*") + r"(?:[:=]" + _atomic(r"[\s*]*") + r")?"
+                    r"(?P<value>" + _atomic(_NUMBER) + r")(?![A-Za-z0-9_]|\.\d)", re.IGNORECASE)
+# "x/10". The number starts with a character class (which re scans for quickly) and then checks
+# what precedes it, so it starts only at the beginning of a digit run: a long run is tried once.
+_OVER = re.compile(r"(?P<value>[-+\d](?<![\w.][-+\d])" + _atomic(r"(?<=[-+])\d+(?:\.\d+)?|(?<=\d)\d*(?:\.\d+)?")
+                   + r")" + _atomic(r"\s*") + "/" + _atomic(r"\s*") + r"10(?!\.?\d)")
 
 
 def parse_score(text: str, low: float = 1, high: float = 10) -> Parsed:
-    """One number in ``[low, high]`` from the last ``Score: x`` (else the last ``x/10``)."""
+    """One number in ``[low, high]`` from the last ``Score: x`` (also ``Score = x``, ``**Score:** x``,
+    ``**Score**: x``, ``Score: **x**``), else the last ``x/10``."""
     bad = _check_text(text)
     if bad:
         return bad
-    hits = _SCORE_LINE.findall(text) or _OVER.findall(text)
-    if not hits:
+    literal = _last(_SCORE, text, "value") or _last(_OVER, text, "value")
+    if literal is None:
         return Parsed.fail("no 'Score: x' found")
-    v = float(hits[-1])
-    if not low <= v <= high:
-        return Parsed.fail(f"score {hits[-1]} outside [{low}, {high}]")
-    return Parsed(v)
+    return _in_range(literal, float(literal), low, high) or Parsed(float(literal))
+
+
+# ------------------------------------------------------------------ RewardAnything
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+
+
+def _object_pattern(levels: int) -> str:
+    """A JSON-looking object — ``{}`` or ``{"key" …}`` with its strings and up to ``levels`` nested
+    objects balanced. Every alternative starts with a different character, so a match never has two
+    ways to read the same text and a failed attempt costs one pass over what it read."""
+    inner = r'[^{}"]|' + _STRING + ("|" + _object_pattern(levels - 1) if levels else "")
+    return r'\{' + _atomic(r"\s*") + r'(?:\}|' + _STRING + r'(?:' + inner + r')*\})'
+
+
+_OBJECT = re.compile("(?P<object>" + _object_pattern(3) + ")")  # 4 levels of objects: {"scores": {...}} needs 2
+_JSON_WINDOW = 20_000  # the verdict ends the output: its JSON lies within the final characters
+_JSON_TRIES = 16  # candidates decoded, from the last one back
 
 
 def parse_json_object(text: str) -> Parsed:
-    """The last top-level JSON object in the text (code fences and prose around it are ignored)."""
+    """The last top-level JSON object (up to 4 levels of nested objects) within the final 20,000
+    characters; code fences and prose around it are ignored. Balanced ``{…}`` spans are found left to
+    right (an object nested in one already found is part of it) and the last 16 are decoded, last first."""
     bad = _check_text(text)
     if bad:
         return bad
-    dec = json.JSONDecoder()
-    found = None
-    i = text.find("{")
-    while i != -1:
+    i = _OBJECT.groupindex["object"] - 1
+    for hit in reversed(_OBJECT.findall(text[-_JSON_WINDOW:])[-_JSON_TRIES:]):
         try:
-            obj, end = dec.raw_decode(text, i)
+            obj = json.loads(hit[i])
         except (ValueError, RecursionError):
-            i = text.find("{", i + 1)
             continue
         if isinstance(obj, dict):
-            found = obj
-        i = text.find("{", end)
-    if found is None:
-        return Parsed.fail("no valid JSON object")
-    return Parsed(found)
+            return Parsed(obj)
+    return Parsed.fail("no valid JSON object")
 
 
 @dataclass(frozen=True)
@@ -190,8 +287,13 @@ def parse_ranking(text: str, names: Sequence[str]) -> Parsed:
         for k, v in raw_scores.items():
             if k not in names:
                 unknown = True
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"):
-                scores[k] = float(v)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                try:
+                    v = float(v)
+                except OverflowError:  # an integer too large for a float
+                    continue
+                if math.isfinite(v):
+                    scores[k] = v
     ranking = obj.get("best-to-worst", obj.get("best_to_worst"))
     ranking = [r for r in ranking if isinstance(r, str)] if isinstance(ranking, list) else []
     all_scored = len(scores) == len(names) and not unknown

@@ -13,6 +13,14 @@ RL rewards (:func:`accuracy_reward`, :func:`format_reward`):
 * format — components checked on the parsed output (valid JSON object; a numeric score for every
   name and no unknown names; best-to-worst a permutation of the names; ranking consistent with the
   scores); ``R_format`` = mean of the components, −1 when no JSON object parses.
+
+``score([TextPair(prompt, response), ...])`` judges each response alone under ``config.principle``:
+its 1–5 score, or 0 (below the scale) when the output gives none.
+
+Prompt protocols (``RewardAnythingConfig.template``): ``"mmreward"`` (a short system prompt, names
+shuffled with ``seed + query index``, the default) and ``"paper"`` — the system prompt of
+zhuohaoyu/RewardAnything's ``rewardanything/processing.py`` (PyPI ``rewardanything``) character for character, and its
+masking: the names shuffled with ``random.seed(42)`` for every query.
 """
 from __future__ import annotations
 
@@ -23,11 +31,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import TextPair
+
+from .base import GenerativeJudge, text_field
 from .parsing import Parsed, RankingParse, parse_ranking
 from .runner import JudgeConfig, JudgeResult, JudgeRunner, parse_metrics
 
-__all__ = ["RewardAnythingConfig", "RewardAnythingJudge", "build_input", "accuracy_reward", "format_reward",
-           "RA_INSTRUCTIONS"]
+__all__ = ["RewardAnythingConfig", "RewardAnythingJudge", "RATemplate", "RA_TEMPLATES", "build_input",
+           "accuracy_reward", "format_reward", "RA_INSTRUCTIONS", "RA_PAPER_SYSTEM"]
 
 RA_INSTRUCTIONS = (
     "You evaluate responses by how well they follow the given principle. Read the JSON input, think "
@@ -36,14 +47,65 @@ RA_INSTRUCTIONS = (
 )
 
 
+# zhuohaoyu/RewardAnything (PyPI rewardanything) rewardanything/processing.py lines 12-32 (SYSTEM_PROMPT, leading and
+# trailing newline included)
+RA_PAPER_SYSTEM = (
+    "\n"
+    "You are an evaluator judging model responses based on a given **evaluation principle**. Your primary goal is "
+    "to assess how well each response for the prompt adheres to the principle, placing this above typical general "
+    "preferences, though you should not endorse harmful content.\n\n"
+    "Your task:\n"
+    "1. Read the principle, prompt, and all responses carefully and consider how each response aligns with the "
+    "principle, **briefly in a concise thinking process**\n"
+    "2. Score each response from 1-5:\n"
+    "   - 5: Perfect adherence + excellent quality\n"
+    "   - 4: Strong adherence with minor limitations\n"
+    "   - 3: Basic adherence\n"
+    "   - 2: Partial adherence with key omissions\n"
+    "   - 1: Poor adherence or contradicts principle\n"
+    "3. Sort responses from best to worst (distinguish between same scores)\n\n"
+    "Use the scoring scale accurately based on merit - don't compress scores if responses show significant quality "
+    "differences. If responses vary substantially in quality, utilize the full range (1-5) to reflect these "
+    "differences.\n\n"
+    "Output ONLY this JSON format:\n"
+    "{\n"
+    "  \"scores\": {\"model-1\": 2, \"model-2\": 4, ...},\n"
+    "  \"best-to-worst\": [\"model-2\", \"model-1\", ...]\n"
+    "}\n"
+)
+
+
+@dataclass(frozen=True)
+class RATemplate:
+    """One RewardAnything prompt protocol."""
+
+    system: str  # the system prompt
+    mask_seed: Optional[int]  # the names' shuffling seed for every query (None: config.seed + query index)
+
+
+RA_TEMPLATES = {
+    "mmreward": RATemplate(RA_INSTRUCTIONS, None),
+    # processing.py make_masked_responses (lines 35-48): random.seed(42), then shuffle, for every query
+    "paper": RATemplate(RA_PAPER_SYSTEM, 42),
+}
+
+
 @dataclass
 class RewardAnythingConfig:
+    template: str = field(default="mmreward", metadata={
+        "help": "prompt protocol ('paper': RewardAnything's published prompt)", "choices": tuple(RA_TEMPLATES)})
     principle: str = field(default="Prefer the response that is more helpful, correct and honest.",
                            metadata={"help": "default evaluation principle"})
-    instructions: str = field(default=RA_INSTRUCTIONS, metadata={"help": "system prompt"})
+    instructions: Optional[str] = field(default=None, metadata={
+        "help": "replaces the template's system prompt (None: the template's)"})
     max_new_tokens: int = field(default=256, metadata={"help": "output length limit"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    seed: int = field(default=0, metadata={"help": "name-shuffling and sampling seed"})
+    seed: int = field(default=0, metadata={"help": "name-shuffling ('mmreward' template) and sampling seed"})
+
+    def __post_init__(self) -> None:
+        if self.template not in RA_TEMPLATES:
+            raise ValueError(f"RewardAnythingConfig.template must be one of {sorted(RA_TEMPLATES)}, "
+                             f"got {self.template!r}")
 
 
 def build_input(principle: str, prompt: str, responses: Sequence[str], seed: int = 0) -> tuple[str, list[str]]:
@@ -95,28 +157,42 @@ def format_reward(parsed: Parsed) -> float:
     return sum(map(float, parts)) / len(parts)
 
 
-class RewardAnythingJudge:
+class RewardAnythingJudge(GenerativeJudge):
     """``judge_lists(prompts, responses, principles)`` → per query (n,) scores in the original order
-    (NaN for unscored names); ``judge(prompts, first, second)`` → P(first ≻ second) ∈ {0, ½, 1}."""
+    (NaN for unscored names); ``judge(prompts, first, second)`` → P(first ≻ second) ∈ {0, ½, 1};
+    ``score`` on :class:`TextPair` inputs → each response's score alone (0 without one)."""
+
+    model_type = "reward_anything"
+    config_class = RewardAnythingConfig
+    input_types = (TextPair,)
 
     def __init__(self, model: Any, tokenizer: Any, config: Optional[RewardAnythingConfig] = None):
-        self.config = c = config or RewardAnythingConfig()
+        super().__init__(model, tokenizer, config or RewardAnythingConfig())
+        c = self.config
         self.runner = JudgeRunner(model, tokenizer, JudgeConfig(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
                                                                 seed=c.seed))
         self.last_results: list = []
         self.last_names: list = []  # per query, the masked name of each response (original order)
 
+    def messages(self, principle: str, prompt: str, responses: Sequence[str], index: int = 0) -> tuple[list, list]:
+        """``(chat messages, masked names)`` for query number ``index``."""
+        t = RA_TEMPLATES[self.config.template]
+        seed = self.config.seed + index if t.mask_seed is None else t.mask_seed
+        text, names = build_input(principle, prompt, responses, seed=seed)
+        system = t.system if self.config.instructions is None else self.config.instructions
+        return [{"role": "system", "content": system}, {"role": "user", "content": text}], names
+
     def judge_lists(self, prompts: Sequence[str], responses: Sequence[Sequence[str]],
-                    principles: Optional[Sequence[str]] = None) -> list[torch.Tensor]:
+                    principles: Optional[Sequence[str]] = None, batch_size: Optional[int] = None) -> list[torch.Tensor]:
         if len(prompts) != len(responses) or not prompts:
             raise ValueError("RewardAnythingJudge: prompts and responses must be non-empty and equally long")
         principles = principles or [self.config.principle] * len(prompts)
         msgs, all_names = [], []
         for i, (p, rs, pr) in enumerate(zip(prompts, responses, principles)):
-            text, names = build_input(pr, p, rs, seed=self.config.seed + i)
-            msgs.append([{"role": "system", "content": self.config.instructions}, {"role": "user", "content": text}])
+            m, names = self.messages(pr, p, rs, i)
+            msgs.append(m)
             all_names.append(names)
-        texts = self.runner.generate(msgs)
+        texts = self.runner.generate(msgs, batch_size)
         res, out = [], []
         for i, (row, names) in enumerate(zip(texts, all_names)):
             p = parse_ranking(row[0], names)
@@ -131,7 +207,11 @@ class RewardAnythingJudge:
         return torch.tensor([0.5 if torch.isnan(s).any() or s[0] == s[1] else float(s[0] > s[1]) for s in v],
                             dtype=torch.float64)
 
-    __call__ = judge
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        prompts = [text_field(it.prompt, f"input {i}: field 'prompt'") for i, it in enumerate(items)]
+        responses = [[text_field(it.response, f"input {i}: field 'response'")] for i, it in enumerate(items)]
+        v = torch.cat(self.judge_lists(prompts, responses, batch_size=batch_size))  # (N,), NaN: no score
+        return torch.nan_to_num(v, nan=0.0).float()
 
     def metrics(self) -> dict:
         m = parse_metrics(self.last_results)

@@ -6,6 +6,15 @@ solves the problem itself (``<solution>…</solution>``); then it evaluates both
 that (``<eval>…</eval>``) and ends with ``<answer>[[A]]</answer>`` or ``<answer>[[B]]</answer>``.
 The verdict is read from the tail of the output (:func:`mmreward.text.generative.parsing.parse_ab`);
 the verifiable RL reward is +1 for the correct verdict and −1 otherwise (wrong, unparsable or missing).
+``score([Comparison(prompt, first, second), ...])`` → P(first ≻ second) in the order given (RM-R1's
+evaluation shows each pair once, in a random order).
+
+Prompt protocols (``RMR1Config.template``): ``"mmreward"`` (a compact chain-of-rubrics system
+prompt, the default), ``"paper"`` (the system prompt and user template of the released RM-R1
+instruct models) and ``"paper-reasoning"`` (the single user prompt of the DeepSeek-distilled RM-R1
+models), character for character from RM-R1-UIUC/RM-R1 (``demo/demo.ipynb``; the same strings in
+``eval/reward-bench/rewardbench/generative.py``). The paper protocols read verdicts as RM-R1's
+harness does: an output naming both ``[[A]]`` and ``[[B]]`` is no verdict.
 """
 from __future__ import annotations
 
@@ -14,11 +23,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import Comparison
+
+from .base import GenerativeJudge, text_field
 from .parsing import parse_ab
 from .position import verdict_prob
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
 
-__all__ = ["RMR1Config", "RMR1Judge", "chain_of_rubrics_messages", "rm_r1_reward", "CHAIN_OF_RUBRICS"]
+__all__ = ["RMR1Config", "RMR1Judge", "RMR1Template", "RM_R1_TEMPLATES", "chain_of_rubrics_messages", "rm_r1_reward",
+           "CHAIN_OF_RUBRICS", "RM_R1_PAPER_SYSTEM", "RM_R1_USER", "RM_R1_PAPER_REASONING_USER"]
 
 CHAIN_OF_RUBRICS = (
     "Please act as an impartial judge and evaluate two AI chatbot responses to the client's question.\n"
@@ -30,12 +43,116 @@ CHAIN_OF_RUBRICS = (
     "Finish with your verdict: <answer>[[A]]</answer> if Chatbot A is better, <answer>[[B]]</answer> if Chatbot B is better."
 )
 
+# RM-R1-UIUC/RM-R1 demo/demo.ipynb, cell 1 (INSTRUCT_SYSTEM_PROMPT) = eval/reward-bench/rewardbench/generative.py
+# lines 280-328 (RM_R1_INSTRUCT_SYSTEM_PROMPT)
+RM_R1_PAPER_SYSTEM = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI Chatbots to the "
+    "Client's question displayed below.\n\n"
+    "First, classify the task into one of two categories: <type>Reasoning</type> or <type>Chat</type>.\n"
+    "- Use <type>Reasoning</type> for tasks that involve math, coding, or require domain knowledge, multi-step "
+    "inference, logical deduction, or combining information to reach a conclusion.\n"
+    "- Use <type>Chat</type> for tasks that involve open-ended or factual conversation, stylistic rewrites, safety "
+    "questions, or general helpfulness requests without deep reasoning.\n\n"
+    "If the task is Reasoning:\n"
+    "1. Solve the Client's question yourself and present your final answer within <solution>...</solution> tags.\n"
+    "2. Evaluate the two Chatbot responses based on correctness, completeness, and reasoning quality, referencing "
+    "your own solution.\n"
+    "3. Include your evaluation inside <eval>...</eval> tags, quoting or summarizing the Chatbots using the "
+    "following tags:\n"
+    "   - <quote_A>...</quote_A> for direct quotes from Chatbot A\n"
+    "   - <summary_A>...</summary_A> for paraphrases of Chatbot A\n"
+    "   - <quote_B>...</quote_B> for direct quotes from Chatbot B\n"
+    "   - <summary_B>...</summary_B> for paraphrases of Chatbot B\n"
+    "4. End with your final judgment in the format: <answer>[[A]]</answer> or <answer>[[B]]</answer>\n\n"
+    "If the task is Chat:\n"
+    "1. Generate evaluation criteria (rubric) tailored to the Client's question and context, enclosed in "
+    "<rubric>...</rubric> tags.\n"
+    "2. Assign weights to each rubric item based on their relative importance.\n"
+    "3. Inside <rubric>, include a <justify>...</justify> section explaining why you chose those rubric criteria "
+    "and weights.\n"
+    "4. Compare both Chatbot responses according to the rubric.\n"
+    "5. Provide your evaluation inside <eval>...</eval> tags, using <quote_A>, <summary_A>, <quote_B>, and "
+    "<summary_B> as described above.\n"
+    "6. End with your final judgment in the format: <answer>[[A]]</answer> or <answer>[[B]]</answer>\n\n"
+    "Important Notes:\n"
+    "- Be objective and base your evaluation only on the content of the responses.\n"
+    "- Do not let response order, length, or Chatbot names affect your judgment.\n"
+    "- Follow the response format strictly depending on the task type.\n\n"
+    "Your output must follow one of the two formats below:\n\n"
+    "For Reasoning:\n"
+    "<type>Reasoning</type>\n\n"
+    "<solution> your own solution for the problem </solution>\n\n"
+    "<eval>\n"
+    "  include direct comparisons supported by <quote_A>...</quote_A> or <summary_A>...</summary_A>, and "
+    "<quote_B>...</quote_B>, or <summary_B>...</summary_B>\n"
+    "</eval>\n\n"
+    "<answer>[[A/B]]</answer>\n\n"
+    "For Chat:\n"
+    "<type>Chat</type>\n\n"
+    "<rubric>\n"
+    "  detailed rubric items\n"
+    "  <justify> justification for the rubric </justify>\n"
+    "</rubric>\n\n"
+    "<eval>\n"
+    "  include direct comparisons supported by <quote_A>...</quote_A> or <summary_A>...</summary_A>, and "
+    "<quote_B>...</quote_B>, or <summary_B>...</summary_B> tags\n"
+    "</eval>\n\n"
+    "<answer>[[A/B]]</answer>"
+)
+# demo.ipynb cell 1 INSTRUCT_SINGLE_USER_PROMPT_TEMPLATE = generative.py lines 330-333; {question},
+# {answer_a}, {answer_b} are {prompt}, {first}, {second} here
+RM_R1_USER = (
+    "[Client Question]\n"
+    "{prompt}\n\n"
+    "[The Start of Chatbot A's Response]\n"
+    "{first}\n"
+    "[The End of Chatbot A's Response]\n\n"
+    "[The Start of Chatbot B's Response]\n"
+    "{second}\n"
+    "[The End of Chatbot B's Response]"
+)
+# demo.ipynb cell 1 REASONING_SINGLE_PROMPT_TEMPLATE = generative.py lines 340-346
+RM_R1_PAPER_REASONING_USER = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI Chatbots to the "
+    "Client question displayed below. \n\n"
+    "[Client Question]\n"
+    "{prompt}\n\n"
+    "[The Start of Chatbot A's Response]\n"
+    "{first}\n"
+    "[The End of Chatbot A's Response]\n\n"
+    "[The Start of Chatbot B's Response]\n"
+    "{second}\n"
+    "[The End of Chatbot B's Response]\n\n"
+    "Output your final verdict at last by strictly following this format: '<answer>[[A]]</answer>' if Chatbot A is "
+    "better, or '<answer>[[B]]</answer>' if Chatbot B is better."
+)
+
+
+@dataclass(frozen=True)
+class RMR1Template:
+    """One RM-R1 prompt protocol."""
+
+    system: Optional[str]  # the system message (None: none)
+    user: str  # the user message; placeholders {prompt}, {first}, {second}
+    exclusive: bool = False  # both [[A]] and [[B]] anywhere in the output is no verdict (RM-R1's harness)
+
+
+RM_R1_TEMPLATES = {
+    "mmreward": RMR1Template(CHAIN_OF_RUBRICS, RM_R1_USER),
+    "paper": RMR1Template(RM_R1_PAPER_SYSTEM, RM_R1_USER, exclusive=True),
+    "paper-reasoning": RMR1Template(None, RM_R1_PAPER_REASONING_USER, exclusive=True),
+}
+
 
 @dataclass
 class RMR1Config:
-    system_prompt: str = field(default=CHAIN_OF_RUBRICS, metadata={"help": "chain-of-rubrics instructions"})
+    template: str = field(default="mmreward", metadata={
+        "help": "prompt protocol ('paper': RM-R1's instruct models, 'paper-reasoning': its DeepSeek-distilled ones)",
+        "choices": tuple(RM_R1_TEMPLATES)})
+    system_prompt: Optional[str] = field(default=None, metadata={
+        "help": "replaces the template's system prompt (None: the template's)"})
     max_new_tokens: int = field(default=512, metadata={"help": "rubric + evaluation length limit"})
-    tail_chars: int = field(default=400, metadata={"help": "verdict search window at the end of the output"})
+    tail_chars: int = field(default=400, metadata={"help": "window at the end of the output for a bare [[A]] / [[B]]"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     num_samples: int = field(default=1, metadata={"help": "k sampled judgements (majority of parsed verdicts)"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature when num_samples > 1"})
@@ -43,29 +160,41 @@ class RMR1Config:
     forced_verdict: bool = field(default=False, metadata={
         "help": "when no sample parses, append '<answer>[[' to the first output and read P(A) vs P(B) from the next token"})
 
-
-def chain_of_rubrics_messages(prompt: str, a: str, b: str, system_prompt: str = CHAIN_OF_RUBRICS) -> list[dict]:
-    user = (f"[Client Question]\n{prompt}\n\n[The Start of Chatbot A's Response]\n{a}\n[The End of Chatbot A's Response]\n\n"
-            f"[The Start of Chatbot B's Response]\n{b}\n[The End of Chatbot B's Response]")
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+    def __post_init__(self) -> None:
+        if self.template not in RM_R1_TEMPLATES:
+            raise ValueError(f"RMR1Config.template must be one of {sorted(RM_R1_TEMPLATES)}, got {self.template!r}")
 
 
-def rm_r1_reward(output: str, label: str, tail_chars: Optional[int] = 400) -> float:
+def chain_of_rubrics_messages(prompt: str, a: str, b: str, system_prompt: Optional[str] = None,
+                              template: str = "mmreward") -> list[dict]:
+    """The judge's chat messages: ``template``'s system prompt (or ``system_prompt``) and user message."""
+    t = RM_R1_TEMPLATES[template]
+    system = t.system if system_prompt is None else system_prompt
+    user = t.user.format(prompt=prompt, first=a, second=b)
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+
+
+def rm_r1_reward(output: str, label: str, tail_chars: Optional[int] = 400, exclusive: bool = False) -> float:
     """The RL reward: +1 if the parsed verdict equals ``label`` (``"A"`` / ``"B"``), else −1."""
     if label not in ("A", "B"):
         raise ValueError(f"label must be 'A' or 'B', got {label!r}")
-    p = parse_ab(output, tail_chars)
+    p = parse_ab(output, tail_chars, exclusive)
     return 1.0 if p.ok and p.value == label else -1.0
 
 
-class RMR1Judge:
-    """``judge(prompts, first, second)`` → P(first ≻ second): the fraction of the k parsed verdicts for A
-    (½ when nothing parsed, or with ``forced_verdict`` the forced A/B next-token probability).
-    ``last_results`` keeps the raw texts and parses of the latest call, ``last_strict`` the parsed-only
-    probabilities and ``last_forced`` which rows were forced."""
+class RMR1Judge(GenerativeJudge):
+    """``score`` on :class:`Comparison` inputs (and ``judge(prompts, first, second)``) → P(first ≻ second):
+    the fraction of the k parsed verdicts for A (½ when nothing parsed, or with ``forced_verdict`` the
+    forced A/B next-token probability). ``last_results`` keeps the raw texts and parses of the latest
+    call, ``last_strict`` the parsed-only probabilities and ``last_forced`` which rows were forced."""
+
+    model_type = "rm_r1"
+    config_class = RMR1Config
+    input_types = (Comparison,)
 
     def __init__(self, model: Any, tokenizer: Any, config: Optional[RMR1Config] = None):
-        self.config = c = config or RMR1Config()
+        super().__init__(model, tokenizer, config or RMR1Config())
+        c = self.config
         self.runner = JudgeRunner(model, tokenizer, JudgeConfig(
             max_new_tokens=c.max_new_tokens, num_samples=c.num_samples, do_sample=c.num_samples > 1,
             temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
@@ -73,11 +202,17 @@ class RMR1Judge:
         self.last_strict = torch.zeros(0, dtype=torch.float64)
         self.last_forced = torch.zeros(0, dtype=torch.bool)
 
-    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def messages(self, prompt: str, first: str, second: str) -> list[dict]:
+        return chain_of_rubrics_messages(prompt, first, second, self.config.system_prompt, self.config.template)
+
+    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+              batch_size: Optional[int] = None) -> torch.Tensor:
         if not (len(prompts) == len(first) == len(second)) or not prompts:
             raise ValueError("RMR1Judge.judge: prompts / first / second must be non-empty and equally long")
-        msgs = [chain_of_rubrics_messages(p, a, b, self.config.system_prompt) for p, a, b in zip(prompts, first, second)]
-        res = self.runner.run(msgs, lambda t: parse_ab(t, self.config.tail_chars))
+        c = self.config
+        exclusive = RM_R1_TEMPLATES[c.template].exclusive
+        msgs = [self.messages(p, a, b) for p, a, b in zip(prompts, first, second)]
+        res = self.runner.run(msgs, lambda t: parse_ab(t, c.tail_chars, exclusive), batch_size)
         self.last_results = res
         out = []
         for row in res:
@@ -87,16 +222,19 @@ class RMR1Judge:
         self.last_strict = p.clone()  # parsed verdicts only (½ where none parsed)
         missing = [i for i, row in enumerate(res) if not any(r.ok for r in row)]
         self.last_forced = torch.zeros(len(res), dtype=torch.bool)
-        if self.config.forced_verdict and missing:
+        if c.forced_verdict and missing:
             # a verdict the model never wrote: force the answer prefix after its own judgement and read
             # the A/B next-token probabilities (reported apart from the parse rate)
             texts = [self.runner.render(msgs[i]) + res[i][0].text + "\n<answer>[[" for i in missing]
-            pa = self.runner.choice_probs(texts, ["A", "B"])[:, 0].double()
+            pa = self.runner.choice_probs(texts, ["A", "B"], batch_size=batch_size)[:, 0].double().cpu()
             p[missing] = pa
             self.last_forced[missing] = True
         return p
 
-    __call__ = judge
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        p, a, b = ([text_field(getattr(it, f), f"input {i}: field {f!r}") for i, it in enumerate(items)]
+                   for f in ("prompt", "first", "second"))
+        return self.judge(p, a, b, batch_size).float()
 
     def metrics(self) -> dict:
         return parse_metrics(self.last_results)

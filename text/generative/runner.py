@@ -38,6 +38,8 @@ class JudgeConfig:
     seed: int = field(default=0, metadata={"help": "base seed; batch b is sampled under seed + its first row index"})
     max_prompt_tokens: Optional[int] = field(
         default=None, metadata={"help": "error if a rendered prompt is longer (None: no limit)"})
+    chat_template_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "extra variables for the chat template, e.g. {'enable_thinking': False} for Qwen3"})
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "num_samples", "batch_size"):
@@ -66,8 +68,9 @@ class JudgeResult:
         return not self.reason
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt") -> str:
-    """A chat message list through the chat template (generation prompt added); strings pass through."""
+def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt", **template_kwargs: Any) -> str:
+    """A chat message list through the chat template (generation prompt added, ``template_kwargs``
+    passed to the template); strings pass through."""
     if isinstance(prompt, str):
         return prompt
     if not isinstance(prompt, (list, tuple)) or not prompt or not all(
@@ -76,7 +79,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt") -> str:
         raise TypeError(f"{where}: expected a str or a non-empty list of {{'role', 'content'}} dicts")
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("tokenizer has no chat_template: set tokenizer.chat_template or pass rendered strings")
-    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True, **template_kwargs)
 
 
 def parse_metrics(results: Sequence[Sequence[JudgeResult]]) -> dict:
@@ -105,14 +108,22 @@ class JudgeRunner:
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees for ``prompt`` (chat template applied)."""
-        return render_prompt(self.tokenizer, prompt)
+        return render_prompt(self.tokenizer, prompt, **self.config.chat_template_kwargs)
+
+    def _batch_size(self, batch_size: Optional[int]) -> int:
+        if batch_size is None:
+            return self.config.batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return batch_size
 
     def _check_prompts(self, prompts: Sequence[Prompt]) -> list[str]:
         if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
             raise TypeError("prompts must be a list of str or of chat message lists")
         if len(prompts) == 0:
             raise ValueError("prompts is empty")
-        return [render_prompt(self.tokenizer, p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        kw = self.config.chat_template_kwargs
+        return [render_prompt(self.tokenizer, p, f"prompts[{i}]", **kw) for i, p in enumerate(prompts)]
 
     def encode(self, texts: Sequence[str]) -> dict:
         """Left-padded batch (``input_ids``, ``attention_mask``), special tokens as rendered by the template."""
@@ -131,15 +142,16 @@ class JudgeRunner:
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt]) -> list[list[str]]:
-        """``[N][k]`` generated continuations (prompt stripped, special tokens removed)."""
+    def generate(self, prompts: Sequence[Prompt], batch_size: Optional[int] = None) -> list[list[str]]:
+        """``[N][k]`` generated continuations (prompt stripped, special tokens removed), ``batch_size``
+        prompts (default ``config.batch_size``) per ``generate`` call."""
         texts = self._check_prompts(prompts)
-        cfg, out = self.config, []
+        cfg, out, bs = self.config, [], self._batch_size(batch_size)
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(texts), cfg.batch_size):
-                enc = self.encode(texts[start:start + cfg.batch_size])
+            for start in range(0, len(texts), bs):
+                enc = self.encode(texts[start:start + bs])
                 kw: dict = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                 num_return_sequences=cfg.num_samples, pad_token_id=self.tokenizer.pad_token_id)
                 if cfg.do_sample:
@@ -157,10 +169,11 @@ class JudgeRunner:
             self.model.train(was_training)
         return out
 
-    def run(self, prompts: Sequence[Prompt], parser: Callable[[str], Parsed]) -> list[list[JudgeResult]]:
+    def run(self, prompts: Sequence[Prompt], parser: Callable[[str], Parsed],
+            batch_size: Optional[int] = None) -> list[list[JudgeResult]]:
         """Generate and parse; a parser exception becomes a no-verdict reason instead of a crash."""
         results = []
-        for i, samples in enumerate(self.generate(prompts)):
+        for i, samples in enumerate(self.generate(prompts, batch_size)):
             row = []
             for j, text in enumerate(samples):
                 try:
@@ -184,17 +197,19 @@ class JudgeRunner:
         return ids
 
     @torch.no_grad()
-    def choice_probs(self, prompts: Sequence[Prompt], words: Sequence[str], suffix: str = "") -> torch.Tensor:
+    def choice_probs(self, prompts: Sequence[Prompt], words: Sequence[str], suffix: str = "",
+                     batch_size: Optional[int] = None) -> torch.Tensor:
         """``(N, C)`` next-token probabilities of ``words`` after each rendered prompt (+ ``suffix``),
         renormalised over the C choices (GenRM's P(Yes), GRAM's P(A))."""
         texts = [t + suffix for t in self._check_prompts(prompts)]
+        bs = self._batch_size(batch_size)
         ids = torch.tensor(self.token_ids(words), device=self.device)
         was_training = self.model.training
         self.model.eval()
         out = []
         try:
-            for s in range(0, len(texts), self.config.batch_size):
-                enc = self.encode(texts[s:s + self.config.batch_size])
+            for s in range(0, len(texts), bs):
+                enc = self.encode(texts[s:s + bs])
                 logits = last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], ids)  # (b, C)
                 out.append(torch.softmax(logits, dim=-1))
         finally:

@@ -12,9 +12,10 @@ IGNORE = -100
 
 
 def sft_batch(tokenizer: Any, prompts: Sequence[Prompt], targets: Sequence[str], *, max_length: Optional[int] = None,
-              add_eos: bool = True) -> dict:
+              add_eos: bool = True, chat_template_kwargs: Optional[dict] = None) -> dict:
     """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (B, T): prompt tokens (chat messages
-    are rendered with the generation prompt) are masked with -100, the target (+ eos) is learned.
+    are rendered with the generation prompt and ``chat_template_kwargs``) are masked with -100, the
+    target (+ eos) is learned.
     Rows longer than ``max_length`` are an error, not silently cut (a cut target would teach garbage)."""
     if len(prompts) != len(targets):
         raise ValueError(f"sft_batch: {len(prompts)} prompts but {len(targets)} targets")
@@ -24,7 +25,8 @@ def sft_batch(tokenizer: Any, prompts: Sequence[Prompt], targets: Sequence[str],
     for i, (p, t) in enumerate(zip(prompts, targets)):
         if not isinstance(t, str):
             raise TypeError(f"sft_batch: targets[{i}] is {type(t).__name__}, not str")
-        p_ids = tokenizer.encode(render_prompt(tokenizer, p, f"prompts[{i}]"), add_special_tokens=False)
+        p_ids = tokenizer.encode(render_prompt(tokenizer, p, f"prompts[{i}]", **(chat_template_kwargs or {})),
+                                 add_special_tokens=False)
         t_ids = tokenizer.encode(t, add_special_tokens=False)
         if add_eos and tokenizer.eos_token_id is not None:
             t_ids = t_ids + [tokenizer.eos_token_id]

@@ -1,63 +1,65 @@
-"""``mmreward prm …``: train, score, search and evaluate process reward models.
+"""``mmreward prm …``: train, score, evaluate and search with process reward models.
 
-    mmreward prm train --data steps.jsonl --backbone path/to/causal-lm --head lm --output-dir runs/prm \\
-        --max-steps 2000 --lr 1e-5                      # model saved to runs/prm/model
-    mmreward prm train --synthetic 3000 --backbone tiny --output-dir runs/prm-tiny --lr 3e-3 --max-steps 600
-    mmreward prm score --model runs/prm/model --data steps.jsonl --out scores.jsonl --reduce min
-    mmreward prm score --model runs/prm/model --problem "3 +4 -2" --step 3+4=7 --step 7-2=5
-    mmreward prm eval --model runs/prm/model --data heldout.jsonl --threshold 0.5 --sweep
-    mmreward prm search --model runs/prm-tiny/model --synthetic 100 --policy-error-rate 0.3 \\
+    mmreward prm train --data steps.jsonl --backbone path/to/causal-lm --head lm --out runs/prm \\
+        --max-steps 2000 --lr 1e-5                       # the model goes to runs/prm/model
+    mmreward prm train --synthetic 3000 --out runs/prm-tiny --lr 3e-3 --max-steps 600 --seed 0
+    mmreward prm score --model FOLDER --data processbench.jsonl --out scores.jsonl
+    mmreward prm score --model runs/prm-tiny --problem "3 +4 -2" --step 3+4=7 --step 7-2=5
+    mmreward prm eval --model runs/prm-tiny --data heldout.jsonl --threshold 0.5 --sweep
+    mmreward prm search --model runs/prm-tiny --synthetic 100 --policy-error-rate 0.3 \\
         --budget-steps 16 --method both --export runs/selftrain.jsonl
 
-Training options come from :class:`~mmreward.text.prm.train.PRMTrainConfig` (and
-:class:`~mmreward.text.prm.model.PRMConfig` for the head), search options from
-:class:`~mmreward.text.prm.search.MCTSConfig`; each command calls the Python API a user would.
+``--model`` is anything ``mmreward.load`` opens: a saved PRM, a training run's folder (its ``model/``)
+or a published PRM (Math-Shepherd, Qwen2.5-Math-PRM, Skywork-o1-Open-PRM). Training options map one
+to one onto :class:`~mmreward.text.prm.train.PRMTrainConfig` and
+:class:`~mmreward.text.prm.model.PRMConfig`, search options onto
+:class:`~mmreward.text.prm.search.MCTSConfig`; every command calls the Python API a user would.
+Errors are one line on stderr (exit 2 for bad data, paths, devices and checkpoints).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
-import typing
-from dataclasses import MISSING, fields
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli
 
-MODEL_OPTIONS = ("head", "step_tag", "step_separator", "good_token", "bad_token", "score", "max_length")
+from .data import FORMATS
 
-
-def _add_dataclass(parser: argparse.ArgumentParser, cls, only: Optional[Sequence[str]] = None) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        if only is not None and f.name not in only:
-            continue
-        default = f.default if f.default is not MISSING else None
-        t = hints[f.name]
-        t = next((a for a in typing.get_args(t) if a is not type(None)), t)  # Optional[X] -> X
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        if t is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(flag, type=t, default=default, help=f"{help_text} (default: {default!r})")
+MODEL_SKIP = ("backbone", "input_format", "system_prompt")  # set by the backbone / a published layout
 
 
-def _pick(args: argparse.Namespace, cls, only: Optional[Sequence[str]] = None) -> dict:
-    return {f.name: getattr(args, f.name) for f in fields(cls) if (only is None or f.name in only)}
+def _load_prm(path: str, device: str):
+    import mmreward
 
-
-def _load_model(path: str):
     from .model import ProcessRewardModel
 
-    return ProcessRewardModel.from_pretrained(path)
+    model = mmreward.load(path, device=device)
+    if not isinstance(model, ProcessRewardModel):
+        raise TypeError(f"{path} holds a {type(model).__name__}, not a process reward model")
+    return model
+
+
+def _load_model(args: argparse.Namespace):
+    """The PRM at ``--model`` on ``--device``; ``--aggregation`` / ``--truncate`` override its config."""
+    model = _load_prm(args.model, args.device)
+    overrides = {k: getattr(args, k, None) for k in ("aggregation", "truncate")}
+    # replace() re-runs the config's checks (e.g. prod needs probabilities)
+    model.config = dataclasses.replace(model.config, **{k: v for k, v in overrides.items() if v is not None})
+    return model
 
 
 def _build_model(args: argparse.Namespace):
-    """A fresh PRM: ``--backbone tiny`` (synthetic-task tokenizer + tiny Llama) or an HF model folder."""
+    """``--model`` (continue from a saved / published PRM, its config as saved), else a fresh PRM on
+    ``--backbone``: ``tiny`` (synthetic-task tokenizer + tiny Llama) or a Hugging Face model folder."""
+    if args.model:
+        return _load_prm(args.model, args.device)
     from .model import PRMConfig, ProcessRewardModel
 
-    cfg = _pick(args, PRMConfig, MODEL_OPTIONS)
+    cfg = {f.name: getattr(args, f.name) for f in dataclasses.fields(PRMConfig) if f.name not in MODEL_SKIP}
     if args.backbone == "tiny":
         from .synthetic import char_tokenizer, tiny_llama
 
@@ -85,119 +87,163 @@ def _examples(args: argparse.Namespace, path: Optional[str], synthetic: int, see
 
 
 def _train(args: argparse.Namespace) -> int:
-    import os
+    from mmreward.core.device import resolve_device
+    from mmreward.core.train import seed_everything
 
     from .data import read_pair_examples
     from .train import PRMTrainConfig, evaluate_prm, train_prm
 
-    config = PRMTrainConfig(**_pick(args, PRMTrainConfig))
-    model = _build_model(args)
+    config = config_from_args(PRMTrainConfig, args)
+    device = resolve_device(args.device)
     if config.objective == "ppm":
         if not args.data:
-            raise SystemExit("mmreward prm train: --objective ppm needs --data with PPM pairs")
+            raise ValueError("--objective ppm needs --data with PPM pairs")
         train, evals = read_pair_examples(args.data), (read_pair_examples(args.eval_data) if args.eval_data else None)
     else:
-        train = _examples(args, args.data, args.synthetic, args.seed + 1)
+        train = _examples(args, args.data, args.synthetic, config.seed + 1)
         if train is None:
-            raise SystemExit("mmreward prm train: pass --data FILE or --synthetic N")
-        evals = _examples(args, args.eval_data, args.synthetic // 10 if args.synthetic else 0, args.seed + 2)
+            raise ValueError("pass --data FILE or --synthetic N")
+        evals = _examples(args, args.eval_data, args.synthetic // 10 if args.synthetic else 0, config.seed + 2)
+    seed_everything(config.seed)  # before the model: its new head (and a tiny backbone) draw from the RNGs
+    model = _build_model(args).to(device)
     history = train_prm(model, train, config, eval_examples=evals)
     out = os.path.join(config.output_dir, "model")
     model.save_pretrained(out)
-    last = {k: v for k, v in history[-1].items()} if history else {}
+    last = dict(history[-1]) if history else {}
     if evals and config.objective != "ppm":
         last.update({f"final_{k}": v for k, v in evaluate_prm(model, evals, config.eval_threshold, sweep=True).items()})
     print(json.dumps({"model": out, **last}, indent=2))
     return 0
 
 
-def _score(args: argparse.Namespace) -> int:
-    from .data import read_step_examples
+def _score_examples(args: argparse.Namespace):
+    from .data import StepExample, read_step_examples
 
-    model = _load_model(args.model)
     if args.data:
-        rows = read_step_examples(args.data, format=args.format)
-        problems, steps = [r.problem for r in rows], [r.steps for r in rows]
-    elif args.problem is not None and args.step:
-        problems, steps = [args.problem], [args.step]
-    else:
-        raise SystemExit("mmreward prm score: pass --data FILE or --problem TEXT with one --step per step")
-    scores = model.score_batch(problems, steps)
-    import torch
+        return read_step_examples(args.data, format=args.format)
+    if args.problem is not None and args.step:
+        return [StepExample(args.problem, list(args.step), [-100.0] * len(args.step))]
+    raise ValueError("pass --data FILE or --problem TEXT with one --step per step")
 
-    from mmreward.ops import segment_reduce
 
-    agg = segment_reduce(torch.cat(scores), torch.tensor([s.numel() for s in scores]), reduce=args.reduce)
-    lines = [json.dumps({"step_scores": [round(float(x), 6) for x in s], args.reduce: round(float(a), 6)})
-             for s, a in zip(scores, agg)]
+def _processbench(parts, examples, threshold: float) -> Optional[dict]:
+    """The ProcessBench table of the examples that carry a first-error label, if any do."""
+    from .eval import processbench_report
+
+    known = [(p, e) for p, e in zip(parts, examples) if e.first_error >= -1]
+    if not known:
+        return None
+    return processbench_report([p for p, _ in known], [e.first_error for _, e in known], [e.subset for _, e in known],
+                               threshold)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from mmreward.core.folders import atomic_write_text
+
+    from .train import solutions
+
+    examples = _score_examples(args)  # bad data fails before the model loads
+    model = _load_model(args)
+    parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
+    agg = model.aggregate_parts(parts)
+    rows = []
+    for e, p, a in zip(examples, parts, agg.tolist()):
+        row = {"id": e.id} if e.id else {}
+        row["step_scores"] = [round(x, 6) if x == x else None for x in p.tolist()]  # None: not scored (truncate)
+        row["score"] = round(a, 6)
+        rows.append(json.dumps(row))
     if args.out:
-        from mmreward.core.checkpoint import atomic_write_text
-
-        atomic_write_text(args.out, "\n".join(lines) + "\n")
-        print(f"wrote {len(lines)} rows to {args.out}")
+        atomic_write_text(args.out, "\n".join(rows) + "\n")
+        print(f"wrote {len(rows)} rows to {args.out}")
     else:
-        print("\n".join(lines))
+        print("\n".join(rows))
+    report = _processbench(parts, examples, args.threshold)
+    if report is not None:
+        print(json.dumps({"processbench": report}))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .data import read_step_examples
-    from .train import evaluate_prm
+    from .train import solutions, step_metrics
 
-    model = _load_model(args.model)
-    rows = read_step_examples(args.data, format=args.format)
-    print(json.dumps(evaluate_prm(model, rows, args.threshold, sweep=args.sweep), indent=2))
+    examples = read_step_examples(args.data, format=args.format)
+    model = _load_model(args)
+    parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
+    out: dict = step_metrics(parts, examples, args.threshold, sweep=args.sweep)
+    report = _processbench(parts, examples, args.threshold)
+    if report is not None:
+        out["processbench"] = report
+    print(json.dumps(out, indent=2))
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
     from .search import MCTSConfig, compare_search
 
-    model = _load_model(args.model)
-    cfg = MCTSConfig(**_pick(args, MCTSConfig))
+    model = _load_model(args)
     out = compare_search(model, n_problems=args.synthetic, num_steps=args.num_steps, error_rate=args.policy_error_rate,
-                         config=cfg, method=args.method, seed=args.seed, export=args.export, max_value=args.max_value)
+                         config=config_from_args(MCTSConfig, args), method=args.method, seed=args.seed,
+                         export=args.export, max_value=args.max_value)
     print(json.dumps(out, indent=2))
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .model import PRMConfig
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+
+
+def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--model", required=True, help="a saved PRM, a training run's folder or a published PRM folder")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="format of --data rows (default: by their fields)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"solutions per forward pass (default: {batch_size})")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="ProcessBench: the first step scoring below this is the predicted error (default: 0.5)")
+    p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=None,
+                   help="score only the steps that fit the model's max_length (default: the model's setting; off: "
+                        "a longer input is an error)")
+    _add_device(p)
+
+
+def _parser() -> CLIParser:
+    from .model import AGGREGATIONS, HEADS, PRMConfig
     from .search import MCTSConfig
-    from .train import PRMTrainConfig
+    from .train import OBJECTIVES, PRMTrainConfig
 
     parser = CLIParser(prog="mmreward prm", description="process reward models")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
 
-    p = sub.add_parser("train", help="train a PRM (bce / mse / ppm) and save it to OUTPUT_DIR/model")
-    p.add_argument("--data", help="training data (.json / .jsonl / saved dataset): TRL, Math-Shepherd, PRM800K or PPM pairs")
+    p = sub.add_parser("train", help="train a PRM (bce / mse / ppm) and save it to OUT/model")
+    p.add_argument("--data", help="training data (.json / .jsonl / saved dataset): TRL, Math-Shepherd, PRM800K, "
+                                  "ProcessBench or PPM pairs")
     p.add_argument("--eval-data", help="held-out data, same formats")
-    p.add_argument("--format", default="auto", choices=("auto", "trl", "math_shepherd", "prm800k"))
+    p.add_argument("--format", default="auto", choices=FORMATS)
     p.add_argument("--synthetic", type=int, default=0, help="instead of --data: N synthetic arithmetic chains")
     p.add_argument("--num-steps", type=int, default=4, help="steps per synthetic chain")
     p.add_argument("--max-value", type=int, default=9, help="synthetic chains' values stay in 0..MAX_VALUE")
+    p.add_argument("--model", help="continue training this saved or published PRM (the model options below are "
+                                   "then its own)")
     p.add_argument("--backbone", default="tiny", help="'tiny' (synthetic-task tiny Llama) or an HF model folder")
     p.add_argument("--tiny-tokenizer", default="term", choices=("char", "term", "step"),
                    help="tokenizer of the tiny backbone (see synthetic.char_tokenizer)")
-    _add_dataclass(p, PRMConfig, MODEL_OPTIONS)
-    _add_dataclass(p, PRMTrainConfig)
+    _add_device(p)
+    add_config_options(p.add_argument_group("model"), PRMConfig, skip=MODEL_SKIP,
+                       choices={"head": HEADS, "aggregation": AGGREGATIONS, "score": ("sigmoid", "identity")})
+    add_config_options(p.add_argument_group("training"), PRMTrainConfig, choices={"objective": OBJECTIVES})
     p.set_defaults(fn=_train)
 
-    p = sub.add_parser("score", help="per-step scores of solutions")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", help="stepwise data file")
-    p.add_argument("--format", default="auto", choices=("auto", "trl", "math_shepherd", "prm800k"))
-    p.add_argument("--problem")
-    p.add_argument("--step", action="append", help="one step (repeat in order)")
-    p.add_argument("--reduce", default="min", choices=("min", "prod", "last", "mean"))
-    p.add_argument("--out", help="write JSONL here instead of stdout")
+    p = sub.add_parser("score", help="per-step scores of solutions (and the ProcessBench table of labelled rows)")
+    _add_scoring(p, 16)
+    p.add_argument("--data", help="solutions: ProcessBench / TRL / Math-Shepherd / PRM800K rows")
+    p.add_argument("--problem", help="instead of --data: one problem ...")
+    p.add_argument("--step", action="append", help="... and its steps, one --step each, in order")
+    p.add_argument("--aggregation", choices=AGGREGATIONS, help="a solution's score from its steps (default: the model's)")
+    p.add_argument("--out", help="write the score rows (JSONL) here instead of stdout")
     p.set_defaults(fn=_score)
 
-    p = sub.add_parser("eval", help="ProcessBench F1 and step macro-F1 on labelled data")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("eval", help="ProcessBench F1 (per subset) and step macro-F1 on labelled data")
+    _add_scoring(p, 32)
     p.add_argument("--data", required=True)
-    p.add_argument("--format", default="auto", choices=("auto", "trl", "math_shepherd", "prm800k"))
-    p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=False, help="also report the best threshold")
     p.set_defaults(fn=_eval)
 
@@ -210,12 +256,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--method", default="both", choices=("mcts", "best-of-n", "both"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
-    _add_dataclass(p, MCTSConfig)
+    _add_device(p)
+    add_config_options(p.add_argument_group("search"), MCTSConfig)
     p.set_defaults(fn=_search)
+    return parser
 
-    args = parser.parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"mmreward prm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+
+def _main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli("mmreward prm", _main, sys.argv[1:] if argv is None else argv)

@@ -11,6 +11,11 @@ Formats (``format="auto"`` picks by the fields of each row):
 * **prm800k** — ratings −1 / 0 / +1: flat ``{"problem", "steps": [{"text", "rating"}, ...]}`` or the
   released nested layout ``{"question": {"problem"}, "label": {"steps": [{"completions": [{"text",
   "rating"}], "chosen_completion": i}]}}``. Neutral (0) steps are ignored, good or bad (``neutral=``).
+* **processbench** — the released ProcessBench rows ``{"id", "generator", "problem", "steps": [str, ...],
+  "final_answer_correct", "label"}``: ``label`` is the index of the earliest wrong step, −1 when every
+  step is right; steps before it are good, it is bad, later ones unlabelled. Without ``label`` a row
+  is a plain ``(problem, steps)`` solution to score. The subset (``gsm8k``, ``math``, …) is the
+  ``subset`` field or the ``id`` before its last ``-`` (``"gsm8k-0"``).
 * **ppm** — rStar-Math pairs (from :func:`~mmreward.text.prm.labels.ppm_pairs`):
   ``{"prompt", "prefix": [...], "chosen", "rejected", "group"}``.
 
@@ -28,10 +33,11 @@ import torch
 from mmreward.core.data import DataError, describe, read_records
 
 __all__ = ["StepExample", "PairExample", "read_step_examples", "read_pair_examples", "parse_row",
-           "StepCollator", "PairCollator", "IGNORE"]
+           "StepCollator", "PairCollator", "IGNORE", "UNKNOWN", "FORMATS"]
 
 IGNORE = -100.0  # label of a step that takes no part in the loss (neutral)
-FORMATS = ("auto", "trl", "math_shepherd", "prm800k")
+FORMATS = ("auto", "trl", "math_shepherd", "prm800k", "processbench")
+UNKNOWN = -2  # first_error of a solution whose steps carry no ProcessBench label
 
 
 @dataclass
@@ -39,7 +45,9 @@ class StepExample:
     problem: str
     steps: list[str]
     labels: list[float]  # [0, 1] (hard or soft) or IGNORE
-    first_error: int = -2  # ProcessBench label when known (−1: all right), −2: unknown
+    first_error: int = UNKNOWN  # ProcessBench label when known (−1: all right)
+    id: str = ""  # the row's id, when it has one
+    subset: str = ""  # ProcessBench subset (gsm8k, math, olympiadbench, omnimath), when known
 
 
 @dataclass
@@ -155,8 +163,30 @@ def _from_prm800k(row: dict, where: str, neutral: str) -> StepExample:
     return StepExample(problem, steps, labels, _first_error(labels))
 
 
+def _from_processbench(row: dict, where: str) -> StepExample:
+    problem = row.get("problem")
+    if not isinstance(problem, str):
+        raise DataError(f"{where}: field 'problem' must be a string, got {describe(problem)}")
+    steps = _steps(row.get("steps"), where)
+    label = row.get("label")
+    if label is None:
+        first, labels = UNKNOWN, [IGNORE] * len(steps)
+    elif isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
+        raise DataError(f"{where}: label {describe(label)} must be -1 (every step right) or the index of the first "
+                        f"wrong step, 0..{len(steps) - 1}")
+    elif label < 0:
+        first, labels = -1, [1.0] * len(steps)
+    else:  # steps after the first error are not judged
+        first, labels = label, [1.0] * label + [0.0] + [IGNORE] * (len(steps) - label - 1)
+    rid = row.get("id")
+    rid = "" if rid is None else str(rid)
+    subset = row.get("subset")
+    subset = str(subset) if subset is not None else (rid.rsplit("-", 1)[0] if "-" in rid else "")
+    return StepExample(problem, steps, labels, first, rid, subset)
+
+
 def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignore", tag: str = "ки") -> StepExample:
-    """One record → :class:`StepExample` (``format``: auto | trl | math_shepherd | prm800k)."""
+    """One record → :class:`StepExample` (``format``: auto | trl | math_shepherd | prm800k | processbench)."""
     where = f"row {index}"
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -169,15 +199,20 @@ def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignor
             format = "trl"
         elif "input" in row and "label" in row:
             format = "math_shepherd"
+        elif isinstance(row.get("steps"), list) and row["steps"] and isinstance(row["steps"][0], str):
+            format = "processbench"
         elif "steps" in row or "question" in row:
             format = "prm800k"
         else:
             raise DataError(f"{where}: unknown stepwise format (fields {sorted(row)[:8]}); expected TRL "
-                            "(prompt, completions, labels), Math-Shepherd (input, label) or PRM800K (problem, steps)")
+                            "(prompt, completions, labels), Math-Shepherd (input, label), ProcessBench "
+                            "(problem, steps: [str], label) or PRM800K (problem, steps: [{text, rating}])")
     if format == "trl":
         return _from_trl(row, where)
     if format == "math_shepherd":
         return _from_math_shepherd(row, where, tag)
+    if format == "processbench":
+        return _from_processbench(row, where)
     return _from_prm800k(row, where, neutral)
 
 
@@ -209,7 +244,8 @@ def read_pair_examples(source, split: Optional[str] = None) -> list[PairExample]
 
 
 class StepCollator:
-    """StepExamples → ``model.encode`` batch + ``labels`` (S,) (steps past ``max_length`` dropped)."""
+    """StepExamples → ``model.encode`` batch + ``labels`` (S,). Training truncates on purpose: steps past
+    ``max_length`` are left out of the batch with their labels."""
 
     def __init__(self, model):
         self.model = model

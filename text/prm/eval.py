@@ -2,9 +2,12 @@
 
 ProcessBench (Zheng et al. 2024): each sample has a label = index of its first wrong step, or −1
 when the whole solution is right. A PRM predicts the first step whose score falls below a threshold
-(−1 if none). Accuracy is measured separately on erroneous and on fully correct samples, and F1 is
-their harmonic mean. :func:`processbench_sweep` also reports the best threshold — choose it on a
-validation split and report the held-out F1 at that threshold, not the sweep's maximum on test.
+(−1 if none). As in the official evaluation (QwenLM/ProcessBench ``code/run_eval.py``, lines 117–130),
+per subset: accuracy on the erroneous samples (prediction == label), accuracy on the correct
+samples (prediction == −1), F1 = their harmonic mean; :func:`processbench_report` gives every
+subset and the mean F1 over subsets. :func:`processbench_sweep` also reports the best threshold —
+choose it on a validation split and report the held-out F1 at that threshold, not the sweep's
+maximum on test.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import torch
 
 from mmreward.ops import first_below
 
-__all__ = ["processbench_f1", "predict_first_error", "processbench_sweep", "step_macro_f1", "DEFAULT_THRESHOLDS"]
+__all__ = ["processbench_f1", "predict_first_error", "processbench_sweep", "processbench_report", "step_macro_f1",
+           "DEFAULT_THRESHOLDS"]
 
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
@@ -61,6 +65,22 @@ def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int
     sweep = {t: processbench_f1(predict_first_error(step_scores, t), labels) for t in thresholds}
     best_t = max(thresholds, key=lambda t: sweep[t]["f1"])
     return {"sweep": {str(t): m for t, m in sweep.items()}, "best_threshold": best_t, "best": sweep[best_t]}
+
+
+def processbench_report(step_scores: Sequence[torch.Tensor], labels: Sequence[int], subsets: Sequence[str],
+                        threshold: float = 0.5) -> dict:
+    """The ProcessBench table: per subset ``acc_error`` / ``acc_correct`` / ``f1`` (fractions; the paper
+    prints them ×100) and ``n_error`` / ``n_correct``, and ``average_f1``, the mean F1 over subsets.
+    Samples with an empty subset name are grouped as ``"all"``."""
+    if not len(step_scores) == len(labels) == len(subsets):
+        raise ValueError(f"{len(step_scores)} score lists, {len(labels)} labels, {len(subsets)} subsets")
+    pred = predict_first_error(step_scores, threshold)
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(subsets):
+        groups.setdefault(name or "all", []).append(i)
+    table = {name: processbench_f1([pred[i] for i in idx], [labels[i] for i in idx]) for name, idx in groups.items()}
+    return {"threshold": threshold, "subsets": table,
+            "average_f1": sum(m["f1"] for m in table.values()) / len(table)}
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:

@@ -1,20 +1,34 @@
-"""``ProcessRewardModel``: per-step scores from any Hugging Face backbone, two heads.
+"""``ProcessRewardModel``: per-step scores from any Hugging Face backbone — the PRM of the one model
+contract (:class:`mmreward.core.model.RewardScorer`, input :class:`~mmreward.core.inputs.StepSolution`).
 
-* ``head="lm"`` (Math-Shepherd / Qwen-PRM): a causal LM reads P(good) at each step tag from the
-  logits of two label tokens (``+`` / ``-``). Only those two LM-head rows are kept, as their own
-  parameters, and :func:`mmreward.ops.step_scores` reads them at the tag positions — no
-  vocabulary-sized logits are ever built.
-* ``head="value"`` (TRL PRM token classification / ReST-MCTS* value / rStar PPM): a scalar
-  ``h·w + b`` at each step tag (:func:`mmreward.ops.step_values`) on a causal LM or an encoder.
+    prm = mmreward.load("runs/prm/model")                   # ours, or a published PRM folder
+    prm.score_parts([StepSolution(problem, steps)])         # [Tensor[K]]: one score per step
+    prm.score([{"problem": p, "steps": [...]}, ...])        # Tensor[N]: steps aggregated (min by default)
 
-Input layout: ``problem ⏎ step₁ <tag> ⏎ step₂ <tag> ⏎ …``; every piece is tokenized on its own, so
-BPE merges never move a tag, and a step's score is read at the last token of its tag.
-``score_steps(problem, steps) -> Tensor[K]``; aggregation min / prod / last / mean via
-:func:`mmreward.ops.segment_reduce`; :meth:`best_of_n` picks a candidate by its aggregate.
+Heads (``PRMConfig.head``), each read at the last token of every step's tag:
+
+* ``lm`` (Math-Shepherd): a causal LM's P(good) from two label tokens (``+`` / ``-``). Only those two
+  LM-head rows are kept, as their own parameters, and :func:`mmreward.ops.step_scores` reads them —
+  no vocabulary-sized logits are ever built.
+* ``value`` (TRL token classification / ReST-MCTS* value / rStar PPM / Skywork-PRM): a scalar
+  ``h·w + b`` (:func:`mmreward.ops.step_values`), on a causal LM or an encoder.
+* ``mlp`` (Qwen2.5-Math-PRM): ``Linear(H, H) → ReLU → Linear(H, 2)``, P(positive class); the second
+  layer's two rows are kept as (positive, negative) label rows, so the ``lm`` machinery applies.
+
+Input formats (``PRMConfig.input_format``) turn ``(problem, steps)`` into tokens and tag positions:
+
+* ``mmreward``: ``problem ⏎ step₁ <tag> ⏎ step₂ <tag> ⏎ …``, every piece tokenized on its own (BPE
+  merges never move a tag);
+* ``math_shepherd`` / ``qwen_prm`` / ``skywork_prm``: the published models' own formats, token for
+  token as their official code builds them (see :mod:`.published` and docs/prm.md).
+
+Nothing is truncated silently: an input longer than ``max_length`` tokens is an error naming it and
+its length, unless ``truncate=True`` (the steps past the limit then score NaN and ``score`` aggregates
+the scored ones).
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -23,35 +37,52 @@ import torch
 from torch import nn
 
 from mmreward import ops
-from mmreward.core.checkpoint import CheckpointError, load_model, save_model
+from mmreward.core.data import DataError
+from mmreward.core.folders import CheckpointError
+from mmreward.core.inputs import StepSolution
+from mmreward.core.model import RewardScorer, config_from_dict, load_state_strict, load_weights, save_weights
 
-__all__ = ["PRMConfig", "ProcessRewardModel", "AGGREGATIONS"]
+__all__ = ["PRMConfig", "ProcessRewardModel", "AGGREGATIONS", "HEADS", "INPUT_FORMATS", "aggregate_steps",
+           "label_token_ids", "load_tokenizer"]
 
 MODEL_TYPE = "process_reward_model"
 AGGREGATIONS = ("min", "prod", "last", "mean")
+HEADS = ("lm", "value", "mlp")
+INPUT_FORMATS = ("mmreward", "math_shepherd", "qwen_prm", "skywork_prm")
 TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
 class PRMConfig:
-    head: str = field(default="lm", metadata={"help": "lm: P(good) from two label tokens of a causal LM; value: scalar head"})
+    head: str = field(default="lm", metadata={
+        "help": "lm: P(good) from two label tokens of a causal LM; value: scalar head; mlp: Qwen2.5-Math-PRM 2-class MLP"})
     backbone: dict = field(default_factory=dict, metadata={"help": "the backbone's Hugging Face config (to_dict())"})
-    step_tag: str = field(default=" ки", metadata={"help": "text appended to every step; its last token is scored"})
-    step_separator: str = field(default="\n", metadata={"help": "text between the problem and steps"})
+    input_format: str = field(default="mmreward", metadata={
+        "help": "how (problem, steps) become tokens: mmreward | math_shepherd | qwen_prm | skywork_prm"})
+    step_tag: str = field(default=" ки", metadata={"help": "text marking the end of every step; a step is scored at its last token"})
+    step_separator: str = field(default="\n", metadata={"help": "text between the problem and the steps"})
     good_token: str = field(default="+", metadata={"help": "lm head: the good-step label token"})
     bad_token: str = field(default="-", metadata={"help": "lm head: the bad-step label token"})
     score: str = field(default="sigmoid", metadata={"help": "sigmoid: scores are P(good); identity: raw values (MSE value head)"})
+    aggregation: str = field(default="min", metadata={"help": "score(): a solution's reward from its step scores: min | prod | last | mean"})
     max_length: int = field(default=1024, metadata={"help": "longest token sequence scored (problem + steps)"})
+    truncate: bool = field(default=False, metadata={
+        "help": "score only the steps that fit max_length (the others get NaN); off: a longer input is an error"})
+    system_prompt: str = field(default="", metadata={"help": "qwen_prm input format: the system turn of the chat"})
 
     def __post_init__(self):
-        if self.head not in ("lm", "value"):
-            raise ValueError(f"PRMConfig.head must be 'lm' or 'value', got {self.head!r}")
-        if self.score not in ("sigmoid", "identity"):
-            raise ValueError(f"PRMConfig.score must be 'sigmoid' or 'identity', got {self.score!r}")
-        if self.head == "lm" and self.score != "sigmoid":
-            raise ValueError("the lm head scores P(good): use score='sigmoid'")
+        for name, allowed in (("head", HEADS), ("input_format", INPUT_FORMATS), ("aggregation", AGGREGATIONS),
+                              ("score", ("sigmoid", "identity"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PRMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.head in ("lm", "mlp") and self.score != "sigmoid":
+            raise ValueError(f"the {self.head} head scores P(good): use score='sigmoid'")
+        if self.aggregation == "prod" and self.score != "sigmoid":
+            raise ValueError("aggregation='prod' needs probabilities (score='sigmoid')")
         if not self.step_tag:
             raise ValueError("PRMConfig.step_tag must not be empty")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"PRMConfig.max_length must be an integer >= 2, got {self.max_length!r}")
 
 
 class _StopForward(Exception):
@@ -63,6 +94,20 @@ def _single_token(tokenizer, text: str, what: str) -> int:
     if len(ids) != 1:
         raise ValueError(f"{what} {text!r} must be one token of the tokenizer, got ids {ids}")
     return ids[0]
+
+
+def label_token_ids(tokenizer, config: PRMConfig) -> tuple[int, int]:
+    """Token ids of the good / bad labels (the lm head's two rows)."""
+    good, bad = config.good_token, config.bad_token
+    if config.input_format == "math_shepherd":  # the card: candidate_tokens = encode(f"{good} {bad}")[1:]
+        ids = tokenizer.encode(f"{good} {bad}")[1:]
+        if len(ids) != 2:
+            raise ValueError(f"labels {good!r} / {bad!r} must be one token each (encode('{good} {bad}')[1:] gave {ids})")
+    else:
+        ids = [_single_token(tokenizer, good, "good_token"), _single_token(tokenizer, bad, "bad_token")]
+    if ids[0] == ids[1]:
+        raise ValueError("good_token and bad_token map to the same token id")
+    return ids[0], ids[1]
 
 
 def _build_backbone(cfg: dict) -> nn.Module:
@@ -82,8 +127,58 @@ def _drop_pooler(base: nn.Module) -> nn.Module:
     return base
 
 
-class ProcessRewardModel(nn.Module):
-    """Build with :meth:`from_backbone` (a transformers model + tokenizer) or :meth:`from_pretrained`."""
+def weights_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype holding most of a state dict's elements (a bf16 backbone with an fp32 head is bf16)."""
+    count: dict[torch.dtype, int] = {}
+    for t in state.values():
+        if t.is_floating_point():
+            count[t.dtype] = count.get(t.dtype, 0) + t.numel()
+    return max(count, key=count.get) if count else torch.float32
+
+
+@contextlib.contextmanager
+def building_for_weights(dtype: torch.dtype):
+    """Build a module whose weights are about to be loaded: parameters in ``dtype`` (no fp32 copy of a
+    bf16 checkpoint) and no random initialisation (transformers' ``no_init_weights``)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from transformers.modeling_utils import no_init_weights
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights():
+            yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def load_tokenizer(path: str, folder: str):
+    """``AutoTokenizer`` from ``path``; a missing or unreadable tokenizer is a CheckpointError naming ``folder``."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # missing / corrupt tokenizer files raise many types
+        raise CheckpointError(f"cannot load the tokenizer of {folder} from {path}: {type(e).__name__}: {e}") from e
+
+
+def aggregate_steps(parts: Sequence[torch.Tensor], reduce: str) -> torch.Tensor:
+    """``Tensor[N]``: each solution's scored steps (NaN = not scored) reduced by ``reduce``."""
+    if reduce not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {reduce!r}")
+    kept = [p[~torch.isnan(p)] for p in parts]
+    values, lengths = torch.cat(kept), torch.tensor([k.numel() for k in kept])
+    return ops.segment_reduce(values, lengths, reduce=reduce)
+
+
+class ProcessRewardModel(RewardScorer, nn.Module):
+    """Build with :meth:`from_backbone` (a transformers model + tokenizer), :meth:`from_pretrained` or
+    ``mmreward.load`` (which also reads the published layouts of :mod:`.published`)."""
+
+    model_type = MODEL_TYPE
+    input_types = (StepSolution,)
+    config_class = PRMConfig
 
     def __init__(self, config: PRMConfig, tokenizer, backbone: Optional[nn.Module] = None):
         super().__init__()
@@ -92,23 +187,39 @@ class ProcessRewardModel(nn.Module):
         self.backbone = backbone if backbone is not None else _build_backbone(config.backbone)
         H = self.backbone.config.hidden_size
         dtype = next(self.backbone.parameters()).dtype
-        if config.head == "lm":
-            self.good_id = _single_token(tokenizer, config.good_token, "good_token")
-            self.bad_id = _single_token(tokenizer, config.bad_token, "bad_token")
-            if self.good_id == self.bad_id:
-                raise ValueError("good_token and bad_token map to the same token id")
-            self.label_rows = nn.Parameter(torch.zeros(2, H, dtype=dtype))  # (2, H): good, bad LM-head rows
+        if config.head == "mlp":
+            self.head_hidden = nn.Linear(H, H, dtype=dtype)  # Qwen2.5-Math-PRM score.0
+        if config.head in ("lm", "mlp"):
+            self.label_rows = nn.Parameter(torch.zeros(2, H, dtype=dtype))  # (2, H): good, bad rows
             self.label_bias = nn.Parameter(torch.zeros(2, dtype=dtype))
         else:
             self.value_weight = nn.Parameter(torch.randn(H, dtype=dtype) * H**-0.5)  # (H,)
             self.value_bias = nn.Parameter(torch.zeros((), dtype=dtype))
-        self._tag_ids = tokenizer.encode(config.step_tag, add_special_tokens=False)
-        if not self._tag_ids:
-            raise ValueError(f"step_tag {config.step_tag!r} encodes to no tokens")
-        self._sep_ids = tokenizer.encode(config.step_separator, add_special_tokens=False)
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-        self._start_ids = [start] if start is not None else []
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._setup_format()
+
+    def _setup_format(self) -> None:
+        """Token ids the input format needs (checked here, so a bad tokenizer fails at load time)."""
+        cfg, tok = self.config, self.tokenizer
+        fmt = cfg.input_format
+        if fmt == "mmreward":
+            self._tag_ids = tok.encode(cfg.step_tag, add_special_tokens=False)
+            if not self._tag_ids:
+                raise ValueError(f"step_tag {cfg.step_tag!r} encodes to no tokens")
+            self._sep_ids = tok.encode(cfg.step_separator, add_special_tokens=False)
+            start = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+            self._start_ids = [start] if start is not None else []
+        else:
+            if fmt == "qwen_prm" and not getattr(tok, "chat_template", None):
+                raise ValueError("the qwen_prm input format needs a tokenizer with a chat template")
+            ids = tok.encode(cfg.step_tag)
+            if not ids:
+                raise ValueError(f"step_tag {cfg.step_tag!r} encodes to no tokens")
+            # the official code: Qwen encode("<extra_0>")[0]; Math-Shepherd encode("ки")[-1] (after BOS);
+            # Skywork encode(step_token)[-1]
+            self._tag_id = ids[0] if fmt == "qwen_prm" else ids[-1]
+        if cfg.head == "lm":
+            self.label_ids = label_token_ids(tok, cfg)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -123,10 +234,28 @@ class ProcessRewardModel(nn.Module):
             if out is None or out is base or not hasattr(out, "weight"):
                 raise ValueError("head='lm' needs a causal LM with an output embedding (LM head); use head='value' for encoders")
             with torch.no_grad():
-                prm.label_rows.copy_(out.weight[[prm.good_id, prm.bad_id]])
+                prm.label_rows.copy_(out.weight[list(prm.label_ids)])
                 if getattr(out, "bias", None) is not None:
-                    prm.label_bias.copy_(out.bias[[prm.good_id, prm.bad_id]])
+                    prm.label_bias.copy_(out.bias[list(prm.label_ids)])
         return prm
+
+    def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+        # own subfolder: AutoTokenizer would otherwise read our config.json as a transformers config
+        self.tokenizer.save_pretrained(os.path.join(folder, TOKENIZER_DIR))
+        save_weights(folder, state_dict if state_dict is not None else self.state_dict())
+
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "ProcessRewardModel":
+        cfg = config_from_dict(PRMConfig, body.get("config", {}), MODEL_TYPE)
+        tok_dir = os.path.join(folder, TOKENIZER_DIR)
+        if not os.path.isdir(tok_dir):
+            raise CheckpointError(f"{folder} has no {TOKENIZER_DIR}/ folder: a PRM needs its tokenizer to score")
+        tok = load_tokenizer(tok_dir, folder)
+        state = load_weights(folder, "cpu")
+        with building_for_weights(weights_dtype(state)):
+            model = cls(cfg, tok)
+        load_state_strict(model, state, folder)
+        return model
 
     def _decoder_slot(self) -> tuple[nn.Module, str, nn.ModuleList]:
         """(module holding the blocks, its attribute name, the blocks)."""
@@ -143,6 +272,12 @@ class ProcessRewardModel(nn.Module):
     def decoder_layers(self) -> nn.ModuleList:
         """The backbone's stack of transformer blocks (Llama/Qwen ``layers``, BERT ``encoder.layer``, GPT-2 ``h``)."""
         return self._decoder_slot()[2]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        if self.config.head == "value":
+            return [self.value_weight, self.value_bias]
+        extra = list(self.head_hidden.parameters()) if self.config.head == "mlp" else []
+        return [self.label_rows, self.label_bias] + extra
 
     def freeze_backbone(self, trainable_layers: int) -> int:
         """Train only the last ``trainable_layers`` blocks, the final norm and the head: embeddings
@@ -163,69 +298,87 @@ class ProcessRewardModel(nn.Module):
             for mod in keep:
                 for p in mod.parameters():
                     p.requires_grad_(True)
-            head = (self.label_rows, self.label_bias) if self.config.head == "lm" else (self.value_weight, self.value_bias)
-            for p in head:
+            for p in self.head_parameters():
                 p.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def save_pretrained(self, folder: str) -> None:
-        """``config.json`` + ``model.safetensors`` (atomic, via core.checkpoint) + ``tokenizer/``."""
-        os.makedirs(folder, exist_ok=True)
-        # own subfolder: AutoTokenizer would otherwise read our config.json as a transformers config
-        self.tokenizer.save_pretrained(os.path.join(folder, TOKENIZER_DIR))
-        save_model(folder, self.state_dict(), {"model_type": MODEL_TYPE, "config": dataclasses.asdict(self.config)})
-
-    @classmethod
-    def from_pretrained(cls, folder: str, device: str = "cpu") -> "ProcessRewardModel":
-        state, body = load_model(folder, device)
-        if body.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{folder} holds a {body.get('model_type')!r} model, not {MODEL_TYPE!r}")
-        try:
-            cfg = PRMConfig(**body.get("config", {}))
-        except TypeError as e:
-            raise CheckpointError(f"{folder}: bad PRM config: {e}") from e
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(os.path.join(folder, TOKENIZER_DIR))
-        except Exception as e:  # missing / corrupt tokenizer files
-            raise CheckpointError(f"cannot load the tokenizer saved in {folder}: {e}") from e
-        model = cls(cfg, tok)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-        return model.to(device).eval()
-
     # ------------------------------------------------------------------ encoding
-    def encode_one(self, problem: str, steps: Sequence[str], truncate: bool = False) -> tuple[list[int], list[int]]:
-        """Token ids and the positions of the step tags. ``truncate``: drop trailing steps that do not
-        fit ``max_length`` (else raise)."""
-        if not isinstance(problem, str):
-            raise TypeError(f"problem must be a str, got {type(problem).__name__}")
+    def _encode_mmreward(self, problem: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         enc = lambda t: self.tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
         ids = self._start_ids + enc(problem) + self._sep_ids
         tags = []
-        for k, s in enumerate(steps):
-            if not isinstance(s, str):
-                raise TypeError(f"step {k} must be a str, got {type(s).__name__}")
-            piece = enc(s) + self._tag_ids
-            if len(ids) + len(piece) > self.config.max_length:
-                if truncate and tags:
-                    break
-                raise ValueError(f"problem + {k + 1} steps need more than max_length={self.config.max_length} tokens")
-            ids += piece
+        for s in steps:
+            ids += enc(s) + self._tag_ids
             tags.append(len(ids) - 1)
             ids += self._sep_ids
-        return ids[: self.config.max_length], tags
+        return ids, tags
 
-    def encode(self, problems: Sequence[str], steps: Sequence[Sequence[str]], truncate: bool = False) -> dict[str, torch.Tensor]:
-        """Right-padded batch: ``input_ids``/``attention_mask``/``step_mask`` (B, T), ``lengths`` (B,)."""
-        if len(problems) != len(steps):
-            raise ValueError(f"{len(problems)} problems but {len(steps)} step lists")
-        if not problems:
+    def _encode_math_shepherd(self, problem: str, steps: Sequence[str]) -> list[int]:
+        # the card: f"{question} {output}", output = steps as "<step> ки" lines; tokenized whole (BOS added)
+        cfg = self.config
+        return self.tokenizer.encode(f"{problem} " + cfg.step_separator.join(f"{s} {cfg.step_tag}" for s in steps))
+
+    def _encode_qwen_prm(self, problem: str, steps: Sequence[str]) -> list[int]:
+        # the card: system / user / assistant chat, the answer's steps each followed by <extra_0>
+        tag = self.config.step_tag
+        messages = [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": problem},
+                    {"role": "assistant", "content": tag.join(steps) + tag}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        return self.tokenizer.encode(text)
+
+    def _encode_skywork_prm(self, problem: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        # skywork-o1-prm-inference io_utils.prepare_input: BOS + problem + "\n", then each step + step token
+        tok = self.tokenizer
+        ids = tok.encode((tok.bos_token or "") + problem + "\n")
+        tags = []
+        for s in steps:
+            ids += (tok.encode(s) if s != "" else []) + [self._tag_id]
+            tags.append(len(ids) - 1)
+        return ids, tags
+
+    def _tagged(self, problem: str, steps: Sequence[str], where: str) -> tuple[list[int], list[int]]:
+        """Full token ids and tag positions of one input, in the configured input format."""
+        fmt = self.config.input_format
+        if fmt == "mmreward":
+            return self._encode_mmreward(problem, steps)
+        if fmt == "skywork_prm":
+            return self._encode_skywork_prm(problem, steps)
+        ids = self._encode_math_shepherd(problem, steps) if fmt == "math_shepherd" else self._encode_qwen_prm(problem, steps)
+        tags = [i for i, t in enumerate(ids) if t == self._tag_id]
+        if len(tags) != len(steps):
+            raise DataError(f"{where}: its tokens hold {len(tags)} step tags ({self.config.step_tag!r}, id "
+                            f"{self._tag_id}) for {len(steps)} steps; the problem or a step contains the tag text")
+        return ids, tags
+
+    def encode_one(self, problem: str, steps: Sequence[str], truncate: Optional[bool] = None,
+                   where: str = "input") -> tuple[list[int], list[int]]:
+        """Token ids and the positions of the step tags. An input longer than ``max_length`` is an
+        error, unless ``truncate`` (default: ``config.truncate``): then the ids end after the last tag
+        that fits and the later steps have no position."""
+        if not isinstance(problem, str):
+            raise TypeError(f"{where}: problem must be a str, got {type(problem).__name__}")
+        if not steps:
+            raise ValueError(f"{where}: no steps to score")
+        for k, s in enumerate(steps):
+            if not isinstance(s, str):
+                raise TypeError(f"{where}: step {k} must be a str, got {type(s).__name__}")
+        ids, tags = self._tagged(problem, steps, where)
+        limit = self.config.max_length
+        if len(ids) <= limit:
+            return ids, tags
+        fit = [t for t in tags if t < limit]
+        if not (self.config.truncate if truncate is None else truncate):
+            raise DataError(f"{where}: problem + {len(steps)} steps are {len(ids)} tokens, more than max_length="
+                            f"{limit}; shorten it, raise max_length, or set truncate=True to score only the "
+                            f"{len(fit)} steps that fit")
+        if not fit:
+            raise DataError(f"{where}: not even the first step fits max_length={limit} ({len(ids)} tokens)")
+        return ids[: fit[-1] + 1], fit
+
+    def collate(self, rows: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Encoded rows → right-padded ``input_ids`` / ``attention_mask`` / ``step_mask`` (B, T), ``lengths`` (B,)."""
+        if not rows:
             raise ValueError("nothing to encode (empty batch)")
-        rows = [self.encode_one(p, s, truncate) for p, s in zip(problems, steps)]
         T = max(len(ids) for ids, _ in rows)
         B = len(rows)
         input_ids = torch.full((B, T), self._pad_id, dtype=torch.long)
@@ -235,8 +388,14 @@ class ProcessRewardModel(nn.Module):
             input_ids[b, : len(ids)] = torch.tensor(ids)
             attn[b, : len(ids)] = 1
             step_mask[b, tags] = True
-        return {"input_ids": input_ids, "attention_mask": attn, "step_mask": step_mask,
-                "lengths": step_mask.sum(1)}
+        return {"input_ids": input_ids, "attention_mask": attn, "step_mask": step_mask, "lengths": step_mask.sum(1)}
+
+    def encode(self, problems: Sequence[str], steps: Sequence[Sequence[str]],
+               truncate: Optional[bool] = None) -> dict[str, torch.Tensor]:
+        """A right-padded batch (see :meth:`collate`) of (problem, steps) pairs."""
+        if len(problems) != len(steps):
+            raise ValueError(f"{len(problems)} problems but {len(steps)} step lists")
+        return self.collate([self.encode_one(p, s, truncate, f"input {i}") for i, (p, s) in enumerate(zip(problems, steps))])
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -285,18 +444,24 @@ class ProcessRewardModel(nn.Module):
             setattr(owner, name, layers)
         return out.last_hidden_state
 
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
+        """What the label rows / value weight read: the backbone's hidden states, or for the ``mlp``
+        head those after its first layer and ReLU."""
+        return torch.relu(self.head_hidden(hidden)) if self.config.head == "mlp" else hidden
+
     def head_row(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The single (H,) row and bias whose dot product with a step's hidden state is its logit."""
-        if self.config.head == "lm":
-            return self.label_rows[0] - self.label_rows[1], self.label_bias[0] - self.label_bias[1]
-        return self.value_weight, self.value_bias
+        """The single (H,) row and bias whose dot product with a step's :meth:`head_input` is its logit."""
+        if self.config.head == "value":
+            return self.value_weight, self.value_bias
+        return self.label_rows[0] - self.label_rows[1], self.label_bias[0] - self.label_bias[1]
 
     def step_logits(self, hidden: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:  # (S,)
+        """Logits at the step positions from :meth:`head_input` states."""
         step_mask = step_mask.to(hidden.device)
-        if self.config.head == "lm":
-            return ops.step_logits(hidden, self.label_rows[0], self.label_rows[1], b_good=self.label_bias[0],
-                                   b_bad=self.label_bias[1], step_mask=step_mask)
-        return ops.step_values(hidden, self.value_weight, self.value_bias, step_mask=step_mask)
+        if self.config.head == "value":
+            return ops.step_values(hidden, self.value_weight, self.value_bias, step_mask=step_mask)
+        return ops.step_logits(hidden, self.label_rows[0], self.label_rows[1], b_good=self.label_bias[0],
+                               b_bad=self.label_bias[1], step_mask=step_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, step_mask: torch.Tensor,
                 objective: Optional[str] = None, labels: Optional[torch.Tensor] = None,
@@ -314,10 +479,11 @@ class ProcessRewardModel(nn.Module):
             hidden = self.top_hidden_states(prefix_states, attention_mask, prefix_from)  # (B, T, H)
         else:
             hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        hidden = self.head_input(hidden)
         step_mask = step_mask.to(hidden.device)
-        lm = self.config.head == "lm"
+        two_rows = self.config.head != "value"
         if objective is None:
-            if lm:
+            if two_rows:
                 return ops.step_scores(hidden, self.label_rows[0], self.label_rows[1], b_good=self.label_bias[0],
                                        b_bad=self.label_bias[1], step_mask=step_mask)
             v = self.step_logits(hidden, step_mask)
@@ -325,7 +491,7 @@ class ProcessRewardModel(nn.Module):
         if objective in ("bce", "mse") and labels is None:
             raise ValueError(f"objective {objective!r} needs per-step `labels`")
         if objective == "bce":
-            if lm:
+            if two_rows:
                 return ops.step_bce_loss(hidden, self.label_rows[0], self.label_rows[1], labels.to(hidden.device),
                                          b_good=self.label_bias[0], b_bad=self.label_bias[1], step_mask=step_mask)
             zero = torch.zeros_like(self.value_weight)  # one-row head: logit = h·w + b
@@ -343,39 +509,31 @@ class ProcessRewardModel(nn.Module):
         raise ValueError(f"objective must be None, 'bce', 'mse' or 'ppm', got {objective!r}")
 
     @torch.no_grad()
-    def score_batch(self, problems: Sequence[str], steps: Sequence[Sequence[str]], batch_size: int = 16) -> list[torch.Tensor]:
-        """One ``Tensor[K_i]`` of step scores per (problem, steps) pair."""
+    def _score_parts(self, items: list, batch_size: int) -> list[torch.Tensor]:
+        """One ``Tensor[K_i]`` (float32, CPU) per solution; steps past ``max_length`` (``truncate``) are NaN.
+        Every input is encoded (and checked) before the first forward; batches hold inputs of similar
+        length, so little compute goes to padding."""
+        rows = [self.encode_one(it.problem, it.steps, where=f"input {i}") for i, it in enumerate(items)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        out: list[Optional[torch.Tensor]] = [None] * len(rows)
         was_training = self.training
         self.eval()
-        out: list[torch.Tensor] = []
         try:
-            for i in range(0, len(problems), batch_size):
-                batch = self.encode(problems[i: i + batch_size], steps[i: i + batch_size])
-                scores = self(**batch).float().cpu()
-                out += list(torch.split(scores, batch["lengths"].tolist()))
+            for start in range(0, len(order), batch_size):
+                chunk = order[start: start + batch_size]
+                scores = self(**self.collate([rows[i] for i in chunk])).float().cpu()
+                for i, s in zip(chunk, torch.split(scores, [len(rows[i][1]) for i in chunk])):
+                    full = torch.full((len(items[i].steps),), float("nan"))
+                    full[: s.numel()] = s
+                    out[i] = full
         finally:
             self.train(was_training)
         return out
 
-    def score_steps(self, problem: str, steps: Sequence[str]) -> torch.Tensor:
-        """``Tensor[K]``: one score per step of one solution."""
-        if not steps:
-            raise ValueError("score_steps: `steps` is empty")
-        return self.score_batch([problem], [list(steps)])[0]
+    def aggregate_parts(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``Tensor[N]``: what :meth:`score` returns, from :meth:`score_parts`' output (``config.aggregation``
+        of the scored steps), so a caller that needs both runs the model once."""
+        return aggregate_steps(parts, self.config.aggregation)
 
-    def aggregate(self, problem: str, candidates: Sequence[Sequence[str]], reduce: str = "min") -> torch.Tensor:
-        """``Tensor[N]``: each candidate solution's step scores reduced by ``reduce``."""
-        if reduce not in AGGREGATIONS:
-            raise ValueError(f"reduce must be one of {AGGREGATIONS}, got {reduce!r}")
-        if not candidates:
-            raise ValueError("aggregate: no candidates")
-        scores = self.score_batch([problem] * len(candidates), [list(c) for c in candidates])
-        if reduce == "prod" and self.config.score != "sigmoid":
-            raise ValueError("reduce='prod' needs probabilities (score='sigmoid')")
-        values, lengths = torch.cat(scores), torch.tensor([s.numel() for s in scores])
-        return ops.segment_reduce(values, lengths, reduce=reduce)
-
-    def best_of_n(self, problem: str, candidates: Sequence[Sequence[str]], reduce: str = "min") -> tuple[int, torch.Tensor]:
-        """Index of the best candidate by aggregated PRM score, and all aggregates ``Tensor[N]``."""
-        agg = self.aggregate(problem, candidates, reduce)
-        return int(agg.argmax()), agg
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        return self.aggregate_parts(self._score_parts(items, batch_size))

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import StepSolution
 from mmreward.ops import refine_process_rewards
 
 __all__ = ["RefineConfig", "ProcessRewardFunction"]
@@ -43,8 +44,8 @@ class RefineConfig:
 class ProcessRewardFunction:
     """Per-trajectory reward function for PPO / GRPO trainers.
 
-    ``prm``: a ProcessRewardModel (anything with ``score_batch(problems, step_lists)``) or a callable
-    returning per-step scores ``Tensor[K]`` for ``(problem, steps)``. ``outcome_fn(problem, steps)``
+    ``prm``: a ProcessRewardModel (anything with ``score_parts``) or a callable returning per-step
+    scores ``Tensor[K]`` for ``(problem, steps)``. ``outcome_fn(problem, steps)``
     (optional) returns a float outcome reward."""
 
     def __init__(self, prm, config: Optional[RefineConfig] = None, outcome_fn: Optional[Callable] = None, **kw):
@@ -55,8 +56,8 @@ class ProcessRewardFunction:
             raise ValueError("outcome_weight > 0 needs an outcome_fn")
 
     def _scores(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-        if hasattr(self.prm, "score_batch"):
-            return self.prm.score_batch(list(problems), [list(s) for s in steps])
+        if hasattr(self.prm, "score_parts"):
+            return self.prm.score_parts([StepSolution(p, list(s)) for p, s in zip(problems, steps)])
         out = []
         for i, (p, s) in enumerate(zip(problems, steps)):
             r = torch.as_tensor(self.prm(p, list(s)), dtype=torch.float32).reshape(-1)

@@ -3,8 +3,8 @@
 * **policy** — any callable ``policy(problem, steps) -> next step`` (e.g.
   :class:`~mmreward.text.prm.synthetic.NoisyStepPolicy`) or :class:`HFStepPolicy` (a causal LM
   generating one step);
-* **evaluator** — a :class:`~mmreward.text.prm.model.ProcessRewardModel` (the last step's score) or
-  any callable ``evaluator(problem, steps) -> float`` in [0, 1];
+* **evaluator** — a :class:`~mmreward.text.prm.model.ProcessRewardModel` (anything with
+  ``score_parts``: the last step's score) or any callable ``evaluator(problem, steps) -> float`` in [0, 1];
 * **task** — ``is_terminal(problem, steps)`` and, for oracle rewards / self-training data,
   ``is_correct(problem, steps)``.
 
@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from mmreward.core.checkpoint import atomic_write_text
+from mmreward.core.inputs import StepSolution
+from mmreward.ops import segment_reduce
 
 from .labels import SearchTree, TreeNode, ppm_pairs, rollout, tree_value_targets
 
@@ -62,15 +64,23 @@ class SearchResult:
     candidates: list[tuple[list[str], float]] = field(default_factory=list)  # every complete solution seen
 
 
+def _step_scores(evaluator, problem: str, traces: list[list[str]]) -> list[torch.Tensor]:
+    """Every step's score of every trace: a PRM scores each trace once (``score_parts``); a callable
+    evaluator scores each prefix."""
+    if hasattr(evaluator, "score_parts"):
+        return evaluator.score_parts([StepSolution(problem, list(t)) for t in traces])
+    if callable(evaluator):
+        return [torch.tensor([float(evaluator(problem, t[: k + 1])) for k in range(len(t))]) for t in traces]
+    raise TypeError(f"evaluator must be a ProcessRewardModel (score_parts) or a callable, got {type(evaluator).__name__}")
+
+
 def _as_evaluator(evaluator) -> Callable[[str, list[list[str]]], list[float]]:
     """→ batched ``(problem, [steps, ...]) -> [score of the last step, ...]`` in [0, 1]."""
-    if hasattr(evaluator, "score_batch"):
-        def batched(problem, traces):
-            return [float(s[-1]) for s in evaluator.score_batch([problem] * len(traces), traces)]
-        return batched
+    if hasattr(evaluator, "score_parts"):
+        return lambda problem, traces: [float(s[-1]) for s in _step_scores(evaluator, problem, traces)]
     if callable(evaluator):
         return lambda problem, traces: [float(evaluator(problem, t)) for t in traces]
-    raise TypeError(f"evaluator must be a ProcessRewardModel or a callable, got {type(evaluator).__name__}")
+    raise TypeError(f"evaluator must be a ProcessRewardModel (score_parts) or a callable, got {type(evaluator).__name__}")
 
 
 def _check_score(p: float, problem: str) -> float:
@@ -213,14 +223,8 @@ def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: C
         raise ValueError(f"n must be >= 1, got {n}")
     traces = [rollout(policy, problem, [], is_terminal, max_depth) for _ in range(n)]
     generated = sum(len(t) for t in traces)
-    if hasattr(prm, "aggregate"):
-        agg = prm.aggregate(problem, traces, reduce).tolist()
-    else:
-        from mmreward.ops import segment_reduce
-
-        ev = _as_evaluator(prm)
-        per = [torch.tensor(ev(problem, [t[: k + 1] for k in range(len(t))])) for t in traces]
-        agg = segment_reduce(torch.cat(per), torch.tensor([len(t) for t in traces]), reduce=reduce).tolist()
+    per = _step_scores(prm, problem, traces)
+    agg = segment_reduce(torch.cat(per), torch.tensor([len(t) for t in traces]), reduce=reduce).tolist()
     i = max(range(n), key=lambda j: agg[j])
     return SearchResult(traces[i], 2 * agg[i] - 1, generated, None, [(t, 2 * a - 1) for t, a in zip(traces, agg)])
 

@@ -10,7 +10,7 @@ Objectives (all through the fused step ops, inside ``model.forward``):
 
     history = train_prm(prm, examples, PRMTrainConfig(output_dir="runs/prm", max_steps=800, lr=3e-3),
                         eval_examples=held_out)
-    prm.save_pretrained("runs/prm/final")
+    prm.save_pretrained("runs/prm/model")
 """
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from typing import Optional, Sequence
 
 import torch
 
+from mmreward.core.inputs import StepSolution
 from mmreward.core.trainer import TrainConfig, Trainer
 
 from .data import PairCollator, PairExample, StepCollator, StepExample
 from .eval import processbench_f1, predict_first_error, processbench_sweep, step_macro_f1
 
-__all__ = ["PRMTrainConfig", "train_prm", "evaluate_prm", "OBJECTIVES", "CachedPrefixCollator"]
+__all__ = ["PRMTrainConfig", "train_prm", "evaluate_prm", "step_metrics", "solutions", "OBJECTIVES",
+           "CachedPrefixCollator"]
 
 OBJECTIVES = ("bce", "mse", "ppm")
 
@@ -51,13 +53,17 @@ class PRMTrainConfig(TrainConfig):
             raise ValueError("PRMTrainConfig.cache_frozen needs trainable_layers >= 1 (the blocks below them are cached)")
 
 
-def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
+def solutions(examples: Sequence) -> list[StepSolution]:
+    """The ``(problem, steps)`` inputs of StepExamples, for ``model.score_parts``."""
+    return [StepSolution(e.problem, e.steps) for e in examples]
+
+
+def step_metrics(scores: Sequence[torch.Tensor], examples: Sequence[StepExample], threshold: float = 0.5,
                  sweep: bool = False) -> dict[str, float]:
-    """ProcessBench F1 at ``threshold`` (samples whose first error is known) and step macro-F1.
-    ``sweep``: also the best threshold on these examples (``best_threshold``, ``best_f1``)."""
-    if not examples:
-        raise ValueError("evaluate_prm: no examples")
-    scores = model.score_batch([e.problem for e in examples], [e.steps for e in examples], batch_size=batch_size)
+    """ProcessBench F1 at ``threshold`` (samples whose first error is known) and step macro-F1 from each
+    example's step scores. ``sweep``: also the best threshold on these examples (``best_threshold``,
+    ``best_f1``). Steps left unscored by ``truncate`` (NaN) count as not below the threshold and leave
+    the step metrics."""
     out: dict[str, float] = {}
     known = [(s, e.first_error) for s, e in zip(scores, examples) if e.first_error >= -1]
     if known:
@@ -66,23 +72,25 @@ def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5,
         if sweep:
             sw = processbench_sweep([s for s, _ in known], [y for _, y in known])
             out.update({"best_threshold": sw["best_threshold"], "best_f1": sw["best"]["f1"]})
-    flat_s = torch.cat(scores)
-    flat_y = [y for e, s in zip(examples, scores) for y in e.labels[: s.numel()]]
-    if any(y != -100 for y in flat_y):
-        m = step_macro_f1(flat_s, flat_y, threshold)
+    scored = [(x, y) for e, s in zip(examples, scores) for x, y in zip(s.tolist(), e.labels) if x == x]  # x == x: not NaN
+    if any(y != -100 for _, y in scored):
+        m = step_macro_f1([x for x, _ in scored], [y for _, y in scored], threshold)
         out.update({"step_macro_f1": m["macro_f1"], "step_accuracy": m["accuracy"]})
     return out
 
 
+def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
+                 sweep: bool = False) -> dict[str, float]:
+    """:func:`step_metrics` of ``model``'s scores on ``examples``."""
+    if not examples:
+        raise ValueError("evaluate_prm: no examples")
+    return step_metrics(model.score_parts(solutions(examples), batch_size=batch_size), examples, threshold, sweep)
+
+
 def _pair_accuracy(model, pairs: Sequence[PairExample], batch_size: int) -> dict[str, float]:
-    hits = 0
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i: i + batch_size]
-        probs = [e.problem for e in chunk for _ in (0, 1)]
-        steps = [e.prefix + [s] for e in chunk for s in (e.chosen, e.rejected)]
-        last = torch.stack([s[-1] for s in model.score_batch(probs, steps, batch_size=2 * batch_size)])
-        hits += int((last[0::2] > last[1::2]).sum())
-    return {"pair_accuracy": hits / len(pairs)}
+    inputs = [StepSolution(e.problem, e.prefix + [s]) for e in pairs for s in (e.chosen, e.rejected)]
+    last = torch.stack([s[-1] for s in model.score_parts(inputs, batch_size=2 * batch_size)])
+    return {"pair_accuracy": int((last[0::2] > last[1::2]).sum()) / len(pairs)}
 
 
 def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence] = None,

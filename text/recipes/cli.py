@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser
+from mmreward.core.cli_config import CLIParser, run_cli
 
 
 @dataclass
@@ -40,8 +40,7 @@ def merge(config: MergeConfig):
 
 
 def merge_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = CLIParser(prog="mmreward text merge",
-                                     description="WARM: weight-average reward models fine-tuned from one init")
+    parser = CLIParser(prog="mmreward text merge", description="WARM: weight-average reward models fine-tuned from one init")
     parser.add_argument("members", nargs="+", help=MergeConfig.__dataclass_fields__["members"].metadata["help"])
     parser.add_argument("--out", required=True, help=MergeConfig.__dataclass_fields__["out"].metadata["help"])
     parser.add_argument("--weights", type=float, nargs="+", default=None,
@@ -53,16 +52,10 @@ def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     config = MergeConfig(members=args.members, out=args.out, weights=args.weights, check_init=args.check_init,
                          max_init_distance=args.max_init_distance)
-    from mmreward.core.checkpoint import CheckpointError
-
-    try:
-        merge(config)
-    except (ValueError, TypeError, CheckpointError) as e:
-        print(f"mmreward text merge: error: {e}", file=sys.stderr)
-        return 2
+    merge(config)
     print(json.dumps({"out": config.out, "members": config.members, "weights": config.weights}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(merge_main())
+    sys.exit(run_cli("mmreward text merge", merge_main, sys.argv[1:]))

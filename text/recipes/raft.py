@@ -1,9 +1,10 @@
 """RAFT — Reward rAnked FineTuning (Dong et al., 2023).
 
 Each iteration: sample K responses per prompt from the policy (any Hugging Face causal LM with
-``generate``), score them with any reward callable ``(prompts, responses) -> Tensor[N]``, keep the
-best response per prompt (or the top fraction of all samples), fine-tune the policy on the kept
-(prompt, response) pairs with the supervised next-token loss on the response tokens, repeat.
+``generate``), score them with any reward callable ``(prompts, responses) -> Tensor[N]`` or reward
+model scoring ``TextPair`` inputs, keep the best response per prompt (or the top fraction of all
+samples), fine-tune the policy on the kept (prompt, response) pairs with the supervised next-token
+loss on the response tokens, repeat.
 
     history = raft(policy, tokenizer, prompts, reward_fn, RaftConfig(output_dir="runs/raft", iterations=4))
 

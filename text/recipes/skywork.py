@@ -12,7 +12,7 @@ TRL message lists, and an optional category field), each returning the kept pair
 
 :func:`curate` runs them in the order decontaminate → reference filter → top-fraction selection and
 returns the kept pairs plus a report of how many each step removed. A scorer is any callable
-``(prompts, responses) -> Tensor[N]`` or an object with ``.score`` (e.g. ``RewardModel``).
+``(prompts, responses) -> Tensor[N]`` or a reward model scoring ``TextPair`` inputs (e.g. ``RewardModel``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,176 @@
+"""``mmreward score``: score inputs with any reward model ``mmreward.load`` opens.
+
+    mmreward score --model runs/rm --data rows.jsonl                 # text RM / judge / PRM / VLM rows
+    mmreward score --model runs/scorer --prompt "a red circle" a.png b.png   # images, ranked
+    mmreward score --model metaworld-64 episode.npz clip.mp4         # robot episodes: per-frame rewards
+    mmreward score --model runs/prm --data steps.jsonl --json        # PRM: per-step scores too
+
+Rows (``--data``, JSON / JSONL / saved dataset) carry the field names of the model's input type
+(:mod:`mmreward.core.inputs`): ``prompt`` + ``response`` for text RMs, ``problem`` + ``steps`` for
+PRMs, ``prompt`` + ``image`` for image scorers, ``messages`` + ``images`` for VLM RMs, ``frames``
+for episodes … A text row with ``chosen`` and ``rejected`` is scored twice and the pairwise accuracy
+is reported. Files given as arguments become the model's file input: images (with ``--prompt``),
+videos (with ``--prompt`` for image scorers), episode files or videos for robot rewards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from mmreward.core.cli_config import CLIParser
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> list:
+    from mmreward.core import inputs as I
+
+    types = tuple(model.input_types)
+    out = []
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"input file {p!r} does not exist")
+        is_image = os.path.isfile(p) and p.lower().endswith(IMAGE_EXTS)
+        if I.ImagePrompt in types and is_image:
+            out.append(I.ImagePrompt(prompt if prompt is not None else "", p))
+        elif I.VideoPrompt in types and not is_image:
+            out.append(I.VideoPrompt(prompt if prompt is not None else "", p))
+        elif I.Episode in types:
+            out.append(I.Episode(p))
+        else:
+            names = " / ".join(t.__name__ for t in types)
+            raise ValueError(f"{p}: this model scores {names}; give its inputs as rows with --data")
+    return out
+
+
+def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
+    """Inputs for the model and, per input, (row index, slot) — slot ``chosen`` / ``rejected`` when a
+    preference row is scored twice by a single-response model."""
+    from mmreward.core import inputs as I
+    from mmreward.core.data import DataError
+
+    types = tuple(model.input_types)
+    items, where = [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{source}: row {i} must be a JSON object")
+        if I.TextPair in types and "chosen" in row and "rejected" in row and "response" not in row:
+            for slot in ("chosen", "rejected"):
+                items.append(I.TextPair.from_record({"prompt": row.get("prompt"), "response": row[slot]},
+                                                    f"{source}: row {i} ({slot})"))
+                where.append((i, slot))
+            continue
+        kind = next((t for t in types if t.matches(row)), types[0])
+        try:
+            items.append(kind.from_record(row, f"row {i}"))
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
+        where.append((i, "score"))
+    return items, where
+
+
+def _to_list(t: Any) -> list:
+    return [round(float(v), 6) for v in t.tolist()]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = CLIParser(prog="mmreward score", description="score inputs with any reward model folder")
+    p.add_argument("files", nargs="*", help="image / video / episode files (instead of --data rows)")
+    p.add_argument("--model", required=True, help="model folder, run folder, shipped name (metaworld-64) or hub id")
+    p.add_argument("--data", help="rows to score: .json / .jsonl / saved dataset, fields of the model's input type")
+    p.add_argument("--prompt", help="the text images / videos given as files should match")
+    p.add_argument("--batch-size", type=int, default=None, help="inputs per forward (default: the model's)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
+    p.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
+                   help="print per-step / per-frame scores (default: on for steps, episodes and videos)")
+    p.add_argument("--json", action="store_true", help="print JSON lines (row fields + scores) instead of a table")
+    args = p.parse_args(argv)
+    if bool(args.files) == bool(args.data):
+        p.error("give either --data ROWS or input files, not both / neither")
+
+    import mmreward
+    from mmreward.core.data import read_records
+
+    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
+    if args.data:
+        rows = read_records(args.data)
+        if not rows:
+            raise ValueError(f"{args.data} holds no rows")
+        items, where = _row_inputs(model, rows, args.data)
+    else:
+        rows = [{"file": f} for f in args.files]
+        items, where = _file_inputs(model, args.files, args.prompt), [(i, "score") for i in range(len(args.files))]
+    from mmreward.core import inputs as I
+
+    # per-part scores are shown by default where the parts are the point (steps, frames)
+    natural = (I.StepSolution, I.VisualSteps, I.Episode, I.VideoPrompt)
+    natural_parts = type(model).has_parts() and any(isinstance(it, natural) for it in items)
+    parts = natural_parts if args.parts is None else args.parts
+    if parts and not type(model).has_parts():
+        raise ValueError(f"{type(model).__name__} scores whole inputs: it has no per-step or per-frame scores")
+    import torch
+
+    with torch.no_grad():
+        part_scores = model.score_parts(items, batch_size=args.batch_size) if parts else None
+        scores = model.aggregate_parts(part_scores) if part_scores is not None else None
+        if scores is None:
+            scores = model.score(items, batch_size=args.batch_size)
+    out: list[dict] = [dict() for _ in rows]
+    for k, ((i, slot), s) in enumerate(zip(where, scores.tolist())):
+        out[i][slot if slot == "score" else f"score_{slot}"] = round(s, 6)
+        if part_scores is not None:
+            out[i]["parts" if slot == "score" else f"parts_{slot}"] = _to_list(part_scores[k])
+    _print(args, rows, out)
+    return 0
+
+
+def _print(args: Any, rows: list[dict], out: list[dict]) -> None:
+    pairs = [o for o in out if "score_chosen" in o]
+    if args.files and args.prompt is not None and not any("parts" in o for o in out):
+        _print_ranking(args, out)
+        return
+    if args.json:
+        for r, o in zip(rows, out):
+            print(json.dumps({**r, **o}, ensure_ascii=False, default=str))
+    else:
+        for i, (r, o) in enumerate(zip(rows, out)):
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in o.items() if not k.startswith("parts"))
+            extra = "  ".join(f"{k}=[{', '.join(f'{x:.3f}' for x in v[:12])}{', …' if len(v) > 12 else ''}]"
+                              for k, v in o.items() if k.startswith("parts"))
+            label = r.get("file") or _summary(r)
+            print(f"{i:>5}  {shown}  {extra}  {label}".rstrip())
+    if pairs:
+        acc = sum(o["score_chosen"] > o["score_rejected"] for o in pairs) / len(pairs)
+        print(f"pairwise accuracy: {acc:.4f} over {len(pairs)} pairs", file=sys.stdout if not args.json else sys.stderr)
+
+
+def _print_ranking(args: Any, out: list[dict]) -> None:
+    """Files scored against one prompt: ranked best first."""
+    scores = [o["score"] for o in out]
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    results = [{"image": f, "score": scores[i], "rank": rank[i]} for i, f in enumerate(args.files)]
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "results": results}, indent=2))
+        return
+    width = max(len(f) for f in args.files)
+    print(f"prompt: {args.prompt}")
+    print(f"{'rank':>4}  {'score':>9}  image")
+    for r in sorted(results, key=lambda r: r["rank"]):
+        print(f"{r['rank']:>4}  {r['score']:>9.4f}  {r['image']:<{width}}")
+
+
+def _summary(row: dict) -> str:
+    for key in ("prompt", "problem", "question", "messages", "text"):
+        if key in row:
+            v = row[key]
+            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            return text.replace("\n", " ")[:60]
+    return ""
+
+
+__all__ = ["main"]

@@ -1,0 +1,198 @@
+"""Reward functions in the shapes RL trainers call, over a local model or a running ``mmreward serve``.
+
+    from mmreward.serve import TRLRewardFunction, OpenRLHFRewardFunction
+
+    # TRL (GRPOTrainer(reward_funcs=[...])): (prompts, completions, **kwargs) -> list[float]
+    rm = TRLRewardFunction("runs/rm")                         # a model folder, loaded here
+    rm = TRLRewardFunction("http://127.0.0.1:8000")           # or a server (batched with other workers)
+
+    # OpenRLHF (--remote_rm_url reward_func.py holding `reward_func = OpenRLHFRewardFunction(...)`):
+    # (queries, prompts, labels) -> {"rewards": [...], "scores": [...], "extra_logs": {}}
+    reward_func = OpenRLHFRewardFunction("http://rm-host:8000", api_key=os.environ["RM_KEY"])
+
+Text goes to the model's input type: a text RM gets ``TextPair(prompt, completion)`` (a chat
+prompt and its completion as one conversation); a step model (PRM) gets ``StepSolution(prompt,
+completion cut at step_separator)`` and returns its own score per completion, or with ``refine=``
+the refined return ``G_0`` (PRM Clip / Delta, computed where the model runs).
+
+:class:`RewardClient` is the HTTP client both use: connection reuse, 503 → wait ``Retry-After``
+and retry, lost connections retried, 4xx → ``ValueError`` with the server's message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional, Sequence
+
+from .protocol import ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_response, parse_refine, refine_parts, \
+    text_input
+
+
+def _is_url(target: Any) -> bool:
+    return isinstance(target, str) and target.startswith(("http://", "https://"))
+
+
+class RewardClient:
+    """A client of ``mmreward serve``: ``info()``, ``score(inputs, ...)``, ``get_reward(queries, ...)``."""
+
+    def __init__(self, url: str, *, api_key: Optional[str] = None, timeout: float = 120.0, retries: int = 5):
+        if not _is_url(url):
+            raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
+        self.url, self.api_key, self.timeout, self.retries = url.rstrip("/"), api_key, timeout, retries
+        self._http = None
+        self._info: Optional[dict] = None
+
+    def __getstate__(self) -> dict:  # picklable for trainers that copy reward functions to workers
+        return {**self.__dict__, "_http": None}
+
+    def _client(self) -> Any:
+        if self._http is None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._http = httpx.Client(timeout=self.timeout, headers=headers)
+        return self._http
+
+    def _request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+        import httpx
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._client().request(method, self.url + path, json=body)
+            except httpx.TransportError as e:  # refused / reset / timed out: the server may be restarting
+                last = f"{type(e).__name__}: {e}"
+                time.sleep(min(2.0 ** attempt * 0.1, 5.0))
+                continue
+            if r.status_code == 503:
+                last = _message(r)
+                time.sleep(float(r.headers.get("retry-after", 1)))
+                continue
+            if r.status_code >= 400:
+                kind = ValueError if r.status_code < 500 else RuntimeError
+                raise kind(f"{method} {self.url + path} -> {r.status_code}: {_message(r)}")
+            return r.json()
+        raise ConnectionError(f"{method} {self.url + path} failed after {self.retries + 1} tries: {last}")
+
+    def info(self) -> dict:
+        """The served model: ``model_type``, ``inputs``, ``parts``, limits (fetched once)."""
+        if self._info is None:
+            self._info = self._request("GET", "/info")
+        return self._info
+
+    def score(self, inputs: Sequence[Any], *, output: Optional[str] = None, refine: Optional[dict] = None) -> dict:
+        """``POST /score`` in slices of the server's ``max_items``; the answers' lists joined."""
+        rows = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in inputs]
+        step = int(self.info().get("max_items", len(rows)))
+        merged: dict = {}
+        for start in range(0, len(rows), step):
+            body: dict = {"inputs": rows[start:start + step]}
+            if output:
+                body["output"] = output
+            if refine:
+                body["refine"] = refine
+            for key, values in self._request("POST", "/score", body).items():
+                merged.setdefault(key, []).extend(values)
+        return merged
+
+    def get_reward(self, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
+                   labels: Optional[Sequence[Any]] = None) -> dict:
+        """``POST /get_reward`` (OpenRLHF's protocol)."""
+        return self._request("POST", "/get_reward", {"query": list(queries),
+                                                     "prompts": None if prompts is None else list(prompts),
+                                                     "labels": None if labels is None else list(labels)})
+
+
+def _message(response: Any) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:500]
+
+
+class _Rewarder:
+    """A local model or a :class:`RewardClient`, scoring text from RL trainers."""
+
+    def __init__(self, model: Any, *, api_key: Optional[str], device: str, batch_size: Optional[int],
+                 step_separator: str, refine: Optional[dict], timeout: float):
+        if _is_url(model):
+            self.client: Optional[RewardClient] = RewardClient(model, api_key=api_key, timeout=timeout)
+            self.model = None
+        else:
+            self.client = None
+            self.model = load_model(model, device)
+        self.batch_size = batch_size
+        self.step_separator = step_separator
+        self._refine = refine
+        self._spec: Optional[ModelSpec] = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What the model takes (asked of the server on first use)."""
+        if self._spec is None:
+            self._spec = ModelSpec.from_json(self.client.info()) if self.client else ModelSpec.of(self.model)
+        return self._spec
+
+    def refine(self) -> Optional[dict]:
+        return parse_refine(self._refine, self.spec)
+
+    def local_rewards(self, items: list) -> list[float]:
+        import torch
+
+        refine = self.refine()
+        with torch.inference_mode():
+            if refine:
+                parts = [t.reshape(-1).tolist() for t in self.model.score_parts(items, batch_size=self.batch_size)]
+                return refine_parts(parts, refine)["scores"]
+            return self.model.score(items, batch_size=self.batch_size).tolist()
+
+
+class TRLRewardFunction(_Rewarder):
+    """A TRL ``reward_funcs`` entry: ``fn(prompts, completions, **kwargs) -> list[float]`` (standard or
+    conversational prompts / completions; TRL's other keyword arguments are accepted and ignored).
+    ``name`` is the name TRL logs the reward under (``rewards/<name>``)."""
+
+    def __init__(self, model: Any, *, name: str = "mmreward", api_key: Optional[str] = None, device: str = "cpu",
+                 batch_size: Optional[int] = None, step_separator: str = "\n\n", refine: Optional[dict] = None,
+                 timeout: float = 120.0):
+        super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
+                         refine=refine, timeout=timeout)
+        self.__name__ = name
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        spec = self.spec
+        items = [text_input(p, c, spec, self.step_separator, f"completion {i}")
+                 for i, (p, c) in enumerate(zip(prompts, completions))]
+        if self.client is None:
+            return finite(self.local_rewards(items))
+        refine = self.refine()
+        return self.client.score(items, output="parts" if refine else "scores", refine=refine)["scores"]
+
+
+class OpenRLHFRewardFunction(_Rewarder):
+    """OpenRLHF's ``reward_func(queries, prompts, labels)``: put ``reward_func = OpenRLHFRewardFunction(...)``
+    in a ``.py`` file and pass it as ``--remote_rm_url``. Answers what ``POST /get_reward`` answers.
+    ``split``: score (prompt, response) instead of the whole query (step models always split)."""
+
+    def __init__(self, model: Any, *, api_key: Optional[str] = None, device: str = "cpu",
+                 batch_size: Optional[int] = None, step_separator: str = "\n\n", refine: Optional[dict] = None,
+                 split: bool = False, timeout: float = 180.0):
+        super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
+                         refine=refine, timeout=timeout)
+        if self.client is not None and (refine or split or step_separator != "\n\n"):
+            raise ValueError("refine / split / step_separator of a server are set where it runs "
+                             "(mmreward serve --refine-clip / --refine-delta / --openrlhf-split / --step-separator)")
+        self.split = split
+
+    def __call__(self, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
+                 labels: Optional[Sequence[Any]] = None) -> dict:
+        if self.client is not None:
+            return self.client.get_reward(queries, prompts, labels)
+        items = openrlhf_inputs(list(queries), None if prompts is None else list(prompts), self.spec,
+                                self.step_separator, self.split)
+        return openrlhf_response(self.local_rewards(items))
+
+
+__all__ = ["OpenRLHFRewardFunction", "RewardClient", "TRLRewardFunction"]

@@ -1,0 +1,294 @@
+"""The HTTP reward server: FastAPI routes over a scoring backend, run by uvicorn.
+
+    serve("runs/rm", ServeConfig(port=8000))               # blocks; SIGTERM finishes in-flight requests
+    with BackgroundServer(model, ServeConfig(port=0)) as url:
+        ...                                                # a server on a thread (tests, notebooks)
+
+Routes: ``POST /score`` (native, every modality), ``POST /get_reward`` (OpenRLHF's remote RM),
+``GET /info``, ``GET /healthz``, ``GET /metrics`` (Prometheus). Request and response bodies are
+described in :mod:`mmreward.serve.protocol`. Every error is a JSON ``{"error": message, "status":
+code}``; the server keeps serving whatever a request holds.
+
+A backend is anything with ``spec`` (:class:`ModelSpec`), ``metrics``, ``queue_depth``,
+``async score(items, mode)`` and ``close()``: :class:`LocalBackend` (a model + the dynamic batcher
+in this process) or the Ray Serve one (:mod:`mmreward.serve.ray`).
+
+This module imports FastAPI; ``import mmreward.serve`` does not (it loads this module on first use).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import sys
+import threading
+import time
+from typing import Any, Awaitable, Callable, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+
+from mmreward.core.inputs import TextPair
+
+from .batcher import DynamicBatcher, InputRejected, ModelFailure, QueueFull
+from .config import ServeConfig
+from .metrics import ServeMetrics
+from .protocol import ModelSpec, RequestError, load_model, openrlhf_response, parse_image_upload, parse_json, \
+    parse_openrlhf, parse_score_request, score_response
+
+logger = logging.getLogger("mmreward.serve")
+_JSON_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a thread, off the event loop
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+class LocalBackend:
+    """A model in this process behind a :class:`DynamicBatcher`."""
+
+    def __init__(self, model: Any, config: ServeConfig):
+        self.spec = ModelSpec.of(model)
+        self.metrics = ServeMetrics(queue_depth=lambda: self.queue_depth)
+        self.batcher = DynamicBatcher(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                                      max_queue=config.max_queue, bucket_batches=config.bucket_batches,
+                                      max_padding=config.max_padding, metrics=self.metrics)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth
+
+    async def score(self, items: list, mode: str) -> list:
+        return await self.batcher.score(items, mode)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+# ------------------------------------------------------------------ request helpers
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body is {declared} bytes; the limit is {limit} (--max-request-mb)", "too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body passes the limit of {limit} bytes (--max-request-mb)", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns when the client goes away (the body has been read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Any, work: Awaitable) -> Any:
+    """``await work``, cancelled (→ :class:`ClientGone`) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise ClientGone()
+
+
+def _authorized(request: Any, api_key: Optional[str]) -> bool:
+    if not api_key:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+# ------------------------------------------------------------------ the app
+def create_app(backend: Any, config: ServeConfig) -> Any:
+    """The FastAPI app serving ``backend`` under ``config``'s limits and API key."""
+    spec: ModelSpec = backend.spec
+    metrics: ServeMetrics = backend.metrics
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await asyncio.to_thread(backend.close)  # queued requests finish first
+
+    app = FastAPI(title="mmreward reward server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error(status: int, message: str, headers: Optional[dict] = None) -> Any:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+    async def handle(endpoint: str, request: Request, work: Callable[[], Awaitable[Any]]) -> Any:
+        t0 = time.perf_counter()
+        kind = None
+        try:
+            if not _authorized(request, config.api_key):
+                raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "auth")
+            response = await work()
+        except RequestError as e:
+            kind, response = e.kind, error(e.status, str(e), {"WWW-Authenticate": "Bearer"} if e.status == 401 else None)
+        except QueueFull as e:
+            kind = "queue_full"
+            response = error(503, f"server busy: {e}; retry after {config.retry_after_s} s",
+                             {"Retry-After": str(config.retry_after_s)})
+        except InputRejected as e:
+            kind, response = "input_rejected", error(422, f"the model rejected an input: {e}")
+        except ModelFailure as e:
+            kind, response = "model_error", error(500, f"the model failed on this request: {e}")
+        except ClientGone:
+            metrics.cancelled.inc(endpoint=endpoint)
+            kind, response = "client_gone", error(499, "client closed the connection")
+        except Exception as e:  # noqa: BLE001 - one request's bug must not stop the server
+            logger.exception("unexpected error on %s", endpoint)
+            kind, response = "internal", error(500, f"internal error: {type(e).__name__}: {e}")
+        if kind is not None:
+            metrics.errors.inc(endpoint=endpoint, kind=kind)
+        metrics.requests.inc(endpoint=endpoint, code=str(response.status_code))
+        metrics.latency.observe(time.perf_counter() - t0, endpoint=endpoint)
+        return response
+
+    async def read_json(request: Request) -> Any:
+        body = await read_body(request, config.max_request_bytes)
+        return parse_json(body) if len(body) <= _JSON_INLINE_BYTES else await asyncio.to_thread(parse_json, body)
+
+    async def off_loop(fn: Callable, *args: Any) -> Any:
+        """Image / frame decoding runs on a thread, never on the event loop (text is parsed in place)."""
+        return await asyncio.to_thread(fn, *args) if spec.has_media else fn(*args)
+
+    @app.post("/score")
+    async def score(request: Request):
+        async def work():
+            if request.headers.get("content-type", "").startswith("image/"):
+                body = await read_body(request, config.max_request_bytes)
+                req = await asyncio.to_thread(parse_image_upload, body, request.query_params.get("prompt", ""), spec,
+                                              config)
+            else:
+                req = await off_loop(parse_score_request, await read_json(request), spec, config)
+            results = await until_disconnect(request, backend.score(req.items, req.output))
+            metrics.items.inc(len(req.items))
+            return JSONResponse(score_response(results, req.output, req.refine))
+
+        return await handle("/score", request, work)
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request):
+        async def work():
+            items = parse_openrlhf(await read_json(request), spec, config)
+            refine = config.refine if spec.has_parts and TextPair not in spec.input_types else None
+            results = await until_disconnect(request, backend.score(items, "parts" if refine else "scores"))
+            metrics.items.inc(len(items))
+            return JSONResponse(openrlhf_response(score_response(results, "parts", refine)["scores"] if refine
+                                                  else results))
+
+        return await handle("/get_reward", request, work)
+
+    @app.get("/info")
+    async def info(request: Request):
+        async def work():
+            return JSONResponse({**spec.to_json(), "max_batch": config.max_batch, "max_items": config.max_items,
+                                 "max_request_mb": config.max_request_mb, "step_separator": config.step_separator})
+
+        return await handle("/info", request, work)
+
+    @app.get("/healthz")
+    async def healthz():
+        return JSONResponse({"status": "ok", "model_type": spec.model_type, "queue_depth": backend.queue_depth})
+
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        async def work():
+            return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+        return await handle("/metrics", request, work)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc):  # unknown routes, wrong methods
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, exc):
+        return error(400, str(exc))
+
+    return app
+
+
+# ------------------------------------------------------------------ running it
+def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                         timeout_graceful_shutdown=config.shutdown_timeout_s, access_log=False,
+                                         lifespan="on"))
+
+
+def serve(model: Union[str, Any], config: Optional[ServeConfig] = None) -> None:
+    """Load ``model`` (a folder, or a RewardScorer) and serve it until SIGTERM / Ctrl-C."""
+    config = config or ServeConfig()
+    config.check_bind()
+    backend = LocalBackend(load_model(model, config.device, config.dtype), config)
+    server = _uvicorn_server(create_app(backend, config), config)
+    print(f"mmreward serve: {backend.spec.model_type} ({backend.spec.names()}) on http://{config.host}:{config.port} "
+          f"— POST /score, POST /get_reward, GET /metrics", file=sys.stderr, flush=True)
+    server.run()
+
+
+class BackgroundServer:
+    """A reward server on a daemon thread, bound to ``config.host`` (port 0: a free port)::
+
+        with BackgroundServer(model, ServeConfig(port=0)) as url:
+            requests.post(url + "/score", json={"inputs": [...]})
+
+    Leaving the block shuts it down as SIGTERM would (in-flight requests finish)."""
+
+    def __init__(self, model: Any, config: Optional[ServeConfig] = None):
+        self.config = config or ServeConfig(port=0)
+        self.config.check_bind()
+        self.backend = LocalBackend(load_model(model, self.config.device, self.config.dtype), self.config)
+        self.app = create_app(self.backend, self.config)
+        self.server = _uvicorn_server(self.app, self.config)
+        self._sock: Optional[socket.socket] = None
+        self._thread: Optional[threading.Thread] = None
+        self.url = ""
+
+    def start(self) -> str:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((self.config.host, self.config.port))
+        host, port = self._sock.getsockname()[:2]
+        self.url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{port}"
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="mmreward-serve-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the reward server did not start on {self.url}")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+__all__ = ["BackgroundServer", "ClientGone", "LocalBackend", "create_app", "read_body", "serve",
+           "until_disconnect"]

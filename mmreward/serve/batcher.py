@@ -1,0 +1,289 @@
+"""Dynamic batching: inputs of concurrent requests scored together, results scattered back.
+
+    batcher = DynamicBatcher(model, max_batch=32, max_wait_ms=5, max_queue=1024)
+    scores = await batcher.score(items, "scores")        # from any number of coroutines at once
+    parts = await batcher.score(steps, "parts")          # per-step / per-frame scores
+
+One worker thread owns the model. It waits for the first request, then up to ``max_wait_ms`` for
+more (or until ``max_batch`` inputs are waiting), takes up to ``bucket_batches`` batches' worth of
+queued inputs, orders them by length and runs forwards of at most ``max_batch`` inputs, cut
+where padding to the longest input would cost more than ``max_padding`` × the real length (a CPU
+forward costs what its padded tokens cost). A request is answered as soon as the forward holding
+its last input ends.
+
+A forward that raises is retried request by request, so an input the model rejects fails its own
+request only. The queue is bounded in inputs: past ``max_queue`` :class:`QueueFull` is raised at
+once (the server answers 503 + Retry-After). Requests whose caller gave up (cancelled futures)
+are dropped before their forward.
+
+:func:`score_jobs` is the batch step itself (length grouping, forwards, error isolation); the Ray
+Serve deployment runs it on the batches Ray gathers.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from mmreward.core.data import DataError
+from mmreward.core.inputs import Comparison, Episode, StepSolution, TextPair, VideoPrompt, VisualSteps
+
+from .metrics import ServeMetrics
+
+
+class QueueFull(RuntimeError):
+    """The batcher holds ``max_queue`` inputs already; retry after ``retry_after`` seconds."""
+
+
+class InputRejected(ValueError):
+    """The model refused an input of this request (the message is the model's)."""
+
+
+class ModelFailure(RuntimeError):
+    """The model failed on this request for a reason not attributed to its inputs."""
+
+
+# errors a model raises for bad inputs; anything else is a model failure
+_INPUT_ERRORS = (DataError, ValueError, TypeError, KeyError, IndexError)
+
+
+@dataclass
+class Job:
+    """Inputs of one request (or one slice of a large one) scored the same way."""
+
+    items: list
+    mode: str  # "scores": one float per input; "parts": one list per input (steps / frames)
+    future: Any = None  # asyncio.Future settled with the results (or an exception)
+    loop: Any = None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def cancelled(self) -> bool:
+        return self.future is not None and self.future.done()
+
+
+def item_length(item: Any) -> int:
+    """A cheap size of one input for length grouping: characters of text, number of frames."""
+    def chars(x: Any) -> int:
+        if isinstance(x, str):
+            return len(x)
+        if isinstance(x, (list, tuple)):
+            return sum(chars(m.get("content", "") if isinstance(m, dict) else m) for m in x)
+        return 0
+
+    if isinstance(item, TextPair):
+        return chars(item.prompt) + chars(item.response)
+    if isinstance(item, Comparison):
+        return chars(item.prompt) + chars(item.first) + chars(item.second)
+    if isinstance(item, (StepSolution, VisualSteps)):
+        return chars(getattr(item, "problem", getattr(item, "question", ""))) + chars(item.steps)
+    if isinstance(item, (Episode, VideoPrompt)):
+        frames = item.frames if isinstance(item, Episode) else item.video
+        return len(frames) if hasattr(frames, "__len__") and not isinstance(frames, str) else 0
+    return 0
+
+
+def _forward(model: Any, items: list, mode: str) -> list:
+    """One forward: floats, or one list of floats per input."""
+    import torch
+
+    with torch.inference_mode():
+        if mode == "parts":
+            return [[float(v) for v in t.reshape(-1).tolist()] for t in model.score_parts(items, batch_size=len(items))]
+        return [float(v) for v in model.score(items, batch_size=len(items)).tolist()]
+
+
+def _as_failure(e: BaseException) -> Exception:
+    if isinstance(e, _INPUT_ERRORS):
+        return InputRejected(str(e) or type(e).__name__)
+    return ModelFailure(f"{type(e).__name__}: {e}")
+
+
+def _chunks(jobs: list[Job], max_batch: int, max_padding: Optional[float]) -> list[list[tuple[int, int]]]:
+    """The forwards for ``jobs``' inputs: ``(job, input)`` slots ordered by mode (one forward runs one
+    method) and length, cut at ``max_batch`` inputs and where padding every input of a forward to its
+    longest would cost more than ``max_padding`` × the real length."""
+    lengths = {(j, k): item_length(item) for j, job in enumerate(jobs) for k, item in enumerate(job.items)}
+    slots = sorted(lengths, key=lambda s: (jobs[s[0]].mode, lengths[s]))
+    chunks, current, total = [], [], 0
+    for s in slots:
+        longest = lengths[s]  # ascending order: the newcomer is the longest
+        padded = (len(current) + 1) * longest
+        if current and (len(current) == max_batch or jobs[current[0][0]].mode != jobs[s[0]].mode or (
+                max_padding is not None and padded > (1.0 + max_padding) * (total + longest))):
+            chunks.append(current)
+            current, total = [], 0
+        current.append(s)
+        total += lengths[s]
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def score_jobs(model: Any, jobs: list[Job], max_batch: int, max_padding: Optional[float] = None,
+               on_done: Optional[Callable[[int, Any], None]] = None,
+               on_forward: Optional[Callable[[int, float], None]] = None) -> list:
+    """Score every job's inputs in forwards of at most ``max_batch`` inputs grouped by mode and
+    length (see :func:`_chunks`). Returns one outcome per job — its results, or an
+    :class:`InputRejected` / :class:`ModelFailure` — and calls ``on_done(job_index, outcome)`` as
+    soon as a job is complete. ``on_forward(batch_size, seconds)`` sees every forward."""
+    results = [[None] * len(job.items) for job in jobs]
+    missing = [len(job.items) for job in jobs]
+    outcomes: list = [None] * len(jobs)
+
+    def settle(j: int, outcome: Any) -> None:
+        outcomes[j] = outcome
+        if on_done is not None:
+            on_done(j, outcome)
+
+    def run(slots: list[tuple[int, int]]) -> list:
+        t0 = time.perf_counter()
+        values = _forward(model, [jobs[j].items[k] for j, k in slots], jobs[slots[0][0]].mode)
+        if len(values) != len(slots):
+            raise RuntimeError(f"the model returned {len(values)} results for {len(slots)} inputs")
+        if on_forward is not None:
+            on_forward(len(slots), time.perf_counter() - t0)
+        return values
+
+    def fill(slots: list[tuple[int, int]], values: list) -> None:
+        for (j, k), v in zip(slots, values):
+            results[j][k] = v
+            missing[j] -= 1
+            if missing[j] == 0 and outcomes[j] is None:
+                settle(j, results[j])
+
+    for chunk in _chunks(jobs, max_batch, max_padding):
+        live = [s for s in chunk if outcomes[s[0]] is None]
+        if not live:
+            continue
+        try:
+            fill(live, run(live))
+            continue
+        except Exception:  # noqa: BLE001 - isolate the request at fault: retry each one alone
+            pass
+        for j in dict.fromkeys(j for j, _ in live):
+            own = [s for s in live if s[0] == j]
+            try:
+                fill(own, run(own))
+            except Exception as e:  # noqa: BLE001 - the error becomes this request's answer
+                settle(j, _as_failure(e))
+    return outcomes
+
+
+class DynamicBatcher:
+    """Batches concurrent ``score`` calls onto one model worker thread (see the module docstring)."""
+
+    def __init__(self, model: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 1024,
+                 bucket_batches: int = 4, max_padding: Optional[float] = 0.25, metrics: Optional[ServeMetrics] = None):
+        self.model = model
+        self.max_batch, self.max_wait, self.max_padding = max_batch, max_wait_ms / 1000.0, max_padding
+        self.max_queue, self.window = max_queue, max_batch * bucket_batches
+        self.metrics = metrics
+        self._queue: collections.deque[Job] = collections.deque()
+        self._queued_items = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._worker = threading.Thread(target=self._run, name="mmreward-serve-model", daemon=True)
+        self._worker.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued_items
+
+    async def score(self, items: list, mode: str = "scores") -> list:
+        """Results for ``items`` in order (floats, or lists for ``mode="parts"``), batched with
+        whatever else is waiting. Raises QueueFull, InputRejected or ModelFailure."""
+        loop = asyncio.get_running_loop()
+        jobs = [Job(items[i:i + self.max_batch], mode, loop.create_future(), loop)
+                for i in range(0, len(items), self.max_batch)]
+        with self._cond:
+            if self._closing:
+                raise QueueFull("the server is shutting down")
+            if self._queued_items + len(items) > self.max_queue:
+                raise QueueFull(f"{self._queued_items} inputs are queued (limit {self.max_queue})")
+            self._queue.extend(jobs)
+            self._queued_items += len(items)
+            self._cond.notify()
+        try:
+            parts = await asyncio.gather(*(job.future for job in jobs))
+        except BaseException:
+            for job in jobs:  # the caller gave up (disconnect) or another slice failed: skip the rest
+                job.future.cancel()
+            raise
+        return [r for part in parts for r in part]
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop taking requests, finish the queued ones, stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._worker.join(timeout)
+
+    # -------------------------------------------------------------- worker thread
+    def _take(self) -> Optional[list[Job]]:
+        """Block until a batch is due; pop up to ``window`` inputs' worth of live jobs (None: closed)."""
+        with self._cond:
+            while True:
+                while self._queue and self._queue[0].cancelled():
+                    self._queued_items -= len(self._queue.popleft().items)
+                if self._queue:
+                    due = self._queue[0].enqueued + self.max_wait
+                    now = time.perf_counter()
+                    if self._queued_items >= self.max_batch or now >= due or self._closing:
+                        break
+                    self._cond.wait(due - now)
+                elif self._closing:
+                    return None
+                else:
+                    self._cond.wait()
+            jobs, n = [], 0
+            while self._queue and (not jobs or n + len(self._queue[0].items) <= self.window):
+                job = self._queue.popleft()
+                self._queued_items -= len(job.items)
+                if not job.cancelled():
+                    jobs.append(job)
+                    n += len(job.items)
+            return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            if not jobs:
+                continue
+            started = time.perf_counter()
+            if self.metrics is not None:
+                for job in jobs:
+                    self.metrics.queue_wait.observe(started - job.enqueued)
+            try:
+                score_jobs(self.model, jobs, self.max_batch, self.max_padding,
+                           on_done=lambda j, out: _settle(jobs[j], out), on_forward=self._record_forward)
+            except BaseException as e:  # noqa: BLE001 - never leave a caller waiting
+                for job in jobs:
+                    _settle(job, ModelFailure(f"{type(e).__name__}: {e}"))
+
+    def _record_forward(self, size: int, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(size)
+            self.metrics.forward.observe(seconds)
+
+
+def _settle(job: Job, outcome: Any) -> None:
+    def apply() -> None:
+        if job.future.done():  # cancelled meanwhile
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+    try:
+        job.loop.call_soon_threadsafe(apply)
+    except RuntimeError:  # the event loop is closed: nobody is waiting any more
+        pass
+
+
+__all__ = ["DynamicBatcher", "InputRejected", "Job", "ModelFailure", "QueueFull", "item_length", "score_jobs"]

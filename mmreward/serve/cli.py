@@ -1,0 +1,44 @@
+"""``mmreward serve``: any reward model over HTTP with dynamic batching (or on Ray Serve with ``--ray``).
+
+    mmreward serve --model runs/rm                                   # http://127.0.0.1:8000
+    mmreward serve --model runs/prm --max-batch 64 --max-wait-ms 10 --refine-clip 0.5
+    MMREWARD_SERVE_API_KEY=secret mmreward serve --model runs/rm --host 0.0.0.0
+    mmreward serve --model runs/rm --ray --replicas 4
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
+
+from .config import RayServeConfig, ServeConfig
+
+
+def build_parser() -> CLIParser:
+    parser = CLIParser(prog="mmreward serve", description="Serve a reward model over HTTP: POST /score (every "
+                       "modality), POST /get_reward (OpenRLHF --remote_rm_url), GET /metrics, GET /healthz.")
+    parser.add_argument("--model", required=True, help="model folder (anything mmreward.load opens)")
+    add_config_options(parser.add_argument_group("server"), ServeConfig)
+    ray = parser.add_argument_group("Ray Serve scale-out (--ray; needs mmreward[serve-ray])")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve with model replicas")
+    add_config_options(ray, RayServeConfig)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(ServeConfig, args)
+    ray_config = config_from_args(RayServeConfig, args)
+    config.check_bind()
+    if args.ray:
+        from .ray import serve_ray
+
+        serve_ray(args.model, config, ray_config)
+    else:
+        from .app import serve
+
+        serve(args.model, config)
+    return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,143 @@
+"""Settings of a reward server: one dataclass per concern, one ``--flag`` per field (``mmreward serve --help``)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+API_KEY_ENV = "MMREWARD_SERVE_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """How the HTTP server batches, limits and guards requests."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind; anything but loopback needs an API key"})
+    port: int = field(default=8000, metadata={"help": "TCP port (0: any free port)"})
+    device: str = field(default="cpu", metadata={"help": "device the model runs on: cpu, cuda, cuda:N or auto"})
+    dtype: Optional[str] = field(default=None, metadata={"help": "cast the model to fp32 / bf16 / fp16 (default: as saved)"})
+    max_batch: int = field(default=32, metadata={"help": "most inputs in one forward"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for more requests before a forward starts"})
+    bucket_batches: int = field(default=4, metadata={
+        "help": "under backlog, take up to this many batches at once and group them by input length (less padding)"})
+    max_padding: Optional[float] = field(default=0.25, metadata={
+        "help": "split a length-sorted batch where padding to its longest input would add more than this fraction "
+                "of compute (none: never split)"})
+    max_queue: int = field(default=1024, metadata={"help": "most inputs waiting; beyond it requests get 503 + Retry-After"})
+    max_items: int = field(default=256, metadata={"help": "most inputs in one request"})
+    max_request_mb: float = field(default=32.0, metadata={"help": "largest request body (MB)"})
+    max_image_pixels: int = field(default=4096 * 4096, metadata={"help": "largest decoded image or video frame (pixels)"})
+    max_decoded_mb: float = field(default=512.0, metadata={"help": "most decoded image / frame bytes in one request (MB)"})
+    api_key: Optional[str] = field(default=None, metadata={
+        "help": f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}); needed when binding beyond loopback"})
+    step_separator: str = field(default="\n\n", metadata={
+        "help": "splits a text response into steps for step models (PRMs) on /get_reward and the TRL adapter"})
+    openrlhf_split: bool = field(default=False, metadata={
+        "help": "/get_reward: score (prompt, response) with the response cut from the query after its prompt, "
+                "instead of the whole query as one text (OpenRLHF's serve_rm)"})
+    refine_clip: Optional[float] = field(default=None, metadata={
+        "help": "/get_reward with a step model: Clip refinement min(r - eta, 0) of the step scores (None: off)"})
+    refine_delta: bool = field(default=False, metadata={
+        "help": "/get_reward with a step model: Delta refinement r_k - r_(k+1) of the step scores"})
+    refine_gamma: float = field(default=1.0, metadata={"help": "discount of the refined returns-to-go"})
+    retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 503 when the queue is full"})
+    shutdown_timeout_s: float = field(default=30.0, metadata={
+        "help": "on SIGTERM, how long in-flight requests may take before the server stops anyway"})
+    log_level: str = field(default="warning", metadata={"help": "uvicorn log level (info logs every request)"})
+
+    def __post_init__(self):
+        for name in ("max_batch", "bucket_batches", "max_queue", "max_items", "max_image_pixels", "retry_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_padding is not None and not self.max_padding >= 0:
+            raise ValueError(f"max_padding must be >= 0 or None, got {self.max_padding!r}")
+        for name in ("max_wait_ms", "max_request_mb", "max_decoded_mb", "shutdown_timeout_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_queue < self.max_items:
+            raise ValueError(f"max_queue ({self.max_queue}) must hold at least one full request (max_items "
+                             f"{self.max_items})")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not 0.0 <= self.refine_gamma <= 1.0:
+            raise ValueError(f"refine_gamma must be in [0, 1], got {self.refine_gamma}")
+        if not self.step_separator:
+            raise ValueError("step_separator must not be empty")
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 2**20)
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 2**20)
+
+    @property
+    def refine(self) -> Optional[dict]:
+        """The server-side step refinement for /get_reward, or None when off."""
+        if self.refine_clip is None and not self.refine_delta:
+            return None
+        return {"clip": self.refine_clip, "delta": self.refine_delta, "gamma": self.refine_gamma}
+
+    def check_bind(self) -> None:
+        """Refuse to listen beyond loopback without an API key."""
+        if not is_loopback(self.host) and not self.api_key:
+            raise ValueError(f"binding {self.host} exposes the model beyond this machine: set --api-key (or "
+                             f"${API_KEY_ENV}); clients then send 'Authorization: Bearer KEY'")
+
+
+@dataclass
+class RayServeConfig:
+    """Ray Serve scale-out: model replicas with Ray's own batching (``--max-batch`` / ``--max-wait-ms``)
+    and autoscaling."""
+
+    replicas: int = field(default=1, metadata={"help": "model replicas (fixed count; see --max-replicas to autoscale)"})
+    min_replicas: Optional[int] = field(default=None, metadata={"help": "autoscaling floor (default: --replicas)"})
+    max_replicas: Optional[int] = field(default=None, metadata={"help": "autoscale up to this many replicas (None: fixed)"})
+    target_ongoing_requests: float = field(default=4.0, metadata={
+        "help": "autoscaling target of in-flight batch calls per replica"})
+    max_ongoing_requests: int = field(default=64, metadata={"help": "in-flight batch calls one replica accepts"})
+    max_queued_requests: int = field(default=-1, metadata={
+        "help": "calls queued per caller before Ray refuses them (503); -1: unbounded"})
+    max_concurrent_batches: int = field(default=1, metadata={"help": "forwards one replica runs at once"})
+    replica_cpus: float = field(default=1.0, metadata={"help": "CPUs Ray reserves per model replica"})
+    replica_gpus: float = field(default=0.0, metadata={"help": "GPUs Ray reserves per model replica"})
+    ingress_replicas: int = field(default=1, metadata={"help": "HTTP front replicas (request parsing, image decoding)"})
+    ray_address: Optional[str] = field(default=None, metadata={
+        "help": "Ray cluster to join ('auto' or ray://...); default: start a local Ray"})
+
+    def __post_init__(self):
+        for name in ("replicas", "max_ongoing_requests", "max_concurrent_batches", "ingress_replicas"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        lo = self.min_replicas if self.min_replicas is not None else self.replicas
+        if self.max_replicas is not None and not 0 <= lo <= self.max_replicas:
+            raise ValueError(f"need 0 <= min_replicas ({lo}) <= max_replicas ({self.max_replicas})")
+        if self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise ValueError("replica_cpus / replica_gpus must be >= 0")
+
+    def autoscaling(self) -> Optional[dict]:
+        """Ray Serve's ``autoscaling_config``, or None for a fixed replica count."""
+        if self.max_replicas is None:
+            return None
+        lo = self.min_replicas if self.min_replicas is not None else self.replicas
+        return {"min_replicas": lo, "max_replicas": self.max_replicas,
+                "initial_replicas": max(lo, min(self.replicas, self.max_replicas)),
+                "target_ongoing_requests": self.target_ongoing_requests}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["API_KEY_ENV", "RayServeConfig", "ServeConfig", "is_loopback"]

@@ -1,0 +1,416 @@
+"""What goes over the wire: request bodies → score inputs, and results → JSON (no HTTP framework here).
+
+``POST /score`` (native, every modality)::
+
+    {"inputs": [{"prompt": "2+2?", "response": "4"}, ...],    # dicts with the fields of the model's input type
+     "output": "scores" | "parts",                             # default: "parts" for step / frame models
+     "refine": {"clip": 0.5, "delta": false, "gamma": 1.0}}    # optional, step models: PRM Clip / Delta refinement
+    -> {"scores": [float, ...]}  |  {"parts": [[float, ...], ...]}
+       (+ "step_rewards", "returns" with refine; "scores" is then each input's refined return G_0)
+
+Images are base64 strings (``data:image/png;base64,...`` accepted) of PNG / JPEG / WebP bytes; video
+frames and episode frames are a list of such images or ``{"shape": [T, H, W, 3], "data": base64 of
+the raw uint8 bytes}``. The server never reads a path or a URL that a client sends.
+
+``POST /get_reward`` (OpenRLHF's remote reward model, ``--remote_rm_url``)::
+
+    {"query": [str, ...], "prompts": [str, ...], "labels": [...]}
+    -> {"rewards": [float, ...], "scores": [float, ...], "extra_logs": {}}
+
+Non-finite rewards are sent as ``null`` (TRL reads ``None`` as NaN).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from mmreward.core.data import DataError, describe
+from mmreward.core.inputs import INPUT_TYPES, Conversation, Episode, ImagePrompt, StepSolution, TextPair, VideoPrompt, \
+    VisualSteps, as_inputs
+
+from .config import ServeConfig
+
+OUTPUTS = ("scores", "parts")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+_INPUT_CLASSES = {cls.__name__: cls for cls in INPUT_TYPES.values()}
+
+
+class RequestError(ValueError):
+    """A request the server refuses: ``status`` is its HTTP code, ``kind`` its metrics label, and the
+    message names the field or limit at fault."""
+
+    def __init__(self, status: int, message: str, kind: str = "bad_request"):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+# ------------------------------------------------------------------ the model, as clients see it
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a served model takes: its ``model_type``, input dataclasses and whether it has per-step /
+    per-frame scores."""
+
+    model_type: str
+    input_types: tuple
+    has_parts: bool
+
+    @classmethod
+    def of(cls, model: Any) -> "ModelSpec":
+        types = tuple(getattr(model, "input_types", ()) or ())
+        if not types or not callable(getattr(model, "score", None)):
+            raise TypeError(f"{type(model).__name__} is not a reward model on the mmreward contract "
+                            "(RewardScorer with input_types and score)")
+        has_parts = getattr(type(model), "has_parts", None)
+        return cls(str(getattr(model, "model_type", "") or type(model).__name__), types,
+                   bool(has_parts()) if callable(has_parts) else False)
+
+    def to_json(self) -> dict:
+        return {"model_type": self.model_type, "inputs": [t.__name__ for t in self.input_types], "parts": self.has_parts}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelSpec":
+        unknown = [n for n in data["inputs"] if n not in _INPUT_CLASSES]
+        if unknown:
+            raise TypeError(f"input types {unknown} are not in mmreward.core.inputs")
+        return cls(data["model_type"], tuple(_INPUT_CLASSES[n] for n in data["inputs"]), bool(data["parts"]))
+
+    def names(self) -> str:
+        return " / ".join(t.__name__ for t in self.input_types)
+
+    @property
+    def has_media(self) -> bool:
+        """Whether its inputs carry images or frames (decoded from base64 by the server)."""
+        return any(t in _MEDIA_FIELDS for t in self.input_types)
+
+
+def load_model(model: Any, device: Any = "cpu", dtype: Any = None) -> Any:
+    """``model`` itself (checked to be on the contract), or what ``mmreward.load`` opens at that path."""
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        from mmreward.registry import load
+
+        model = load(model, device=device, dtype=dtype)
+    ModelSpec.of(model)
+    return model
+
+
+@dataclass
+class ScoreRequest:
+    items: list  # input dataclasses, decoded
+    output: str  # "scores" | "parts"
+    refine: Optional[dict] = None
+
+
+# ------------------------------------------------------------------ JSON
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise RequestError(400, "empty request body: send a JSON object")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise RequestError(400, "request body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe numbers: non-finite floats become None (nested lists kept)."""
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value if math.isfinite(value) else None
+
+
+def _object(data: Any, allowed: Sequence[str], what: str) -> dict:
+    if not isinstance(data, dict):
+        raise RequestError(400, f"{what} must be a JSON object, got {describe(data)}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise RequestError(400, f"{what} has unknown field(s) {unknown}; fields: {', '.join(allowed)}")
+    return data
+
+
+def _list_field(data: dict, name: str, config: ServeConfig, required: bool = True) -> Optional[list]:
+    value = data.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, list) or not value:
+        raise RequestError(400, f"field {name!r} must be a non-empty list, got {describe(value)}")
+    if len(value) > config.max_items:
+        raise RequestError(413, f"field {name!r} has {len(value)} items; the limit is {config.max_items} per request "
+                                "(--max-items)", "too_large")
+    return value
+
+
+# ------------------------------------------------------------------ /score
+def parse_score_request(data: Any, spec: ModelSpec, config: ServeConfig) -> ScoreRequest:
+    """A ``/score`` body → decoded inputs (images / frames decoded; RequestError naming the field otherwise)."""
+    data = _object(data, ("inputs", "output", "refine"), "the request")
+    raw = _list_field(data, "inputs", config)
+    refine = parse_refine(data.get("refine"), spec)
+    output = data.get("output") or ("parts" if spec.has_parts or refine else "scores")
+    if output not in OUTPUTS:
+        raise RequestError(400, f"field 'output' must be one of {list(OUTPUTS)}, got {describe(output)}")
+    if output == "parts" and not spec.has_parts:
+        raise RequestError(400, f"output 'parts' needs a step / frame model; this {spec.model_type} model scores "
+                                "whole inputs")
+    if refine and output != "parts":
+        raise RequestError(400, "refine works on step scores: leave 'output' out or set it to 'parts'")
+    budget = _DecodeBudget(config)
+    rows = [decode_media(row, f"input {i}", spec, budget) for i, row in enumerate(raw)]
+    return ScoreRequest(to_inputs(rows, spec), output, refine)
+
+
+def parse_image_upload(body: bytes, prompt: str, spec: ModelSpec, config: ServeConfig) -> ScoreRequest:
+    """``POST /score?prompt=...`` with a raw ``image/png`` / ``image/jpeg`` body: one ImagePrompt."""
+    if ImagePrompt not in spec.input_types:
+        raise RequestError(415, f"an image body needs an image scorer; this model scores {spec.names()}", "bad_request")
+    if not body:
+        raise RequestError(400, "empty image body")
+    image = image_from_bytes(body, "the request body", _DecodeBudget(config))
+    return ScoreRequest(to_inputs([ImagePrompt(prompt, image)], spec), "scores")
+
+
+def to_inputs(rows: list, spec: ModelSpec) -> list:
+    try:
+        return as_inputs(spec.input_types, rows, "/score")
+    except (DataError, TypeError, ValueError) as e:
+        raise RequestError(400, str(e)) from None
+
+
+def parse_refine(value: Any, spec: ModelSpec) -> Optional[dict]:
+    """``{"clip": float | null, "delta": bool, "gamma": float}`` → validated dict (None: no refinement)."""
+    if value is None:
+        return None
+    value = _object(value, ("clip", "delta", "gamma"), "field 'refine'")
+    if not spec.has_parts:
+        raise RequestError(400, f"refine needs a step model (PRM); this {spec.model_type} model has no step scores")
+    clip, delta, gamma = value.get("clip"), value.get("delta", False), value.get("gamma", 1.0)
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)):
+        raise RequestError(400, f"refine.clip must be a finite number or null, got {describe(clip)}")
+    if not isinstance(delta, bool):
+        raise RequestError(400, f"refine.delta must be true or false, got {describe(delta)}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
+        raise RequestError(400, f"refine.gamma must be a number in [0, 1], got {describe(gamma)}")
+    if clip is None and not delta:
+        return None
+    return {"clip": None if clip is None else float(clip), "delta": delta, "gamma": float(gamma)}
+
+
+def refine_parts(parts: list[list[float]], refine: dict) -> dict:
+    """PRM Clip / Delta refinement (:func:`mmreward.ops.refine_process_rewards`) of per-step scores:
+    ``{"step_rewards", "returns", "scores"}`` with ``scores`` = each input's refined return ``G_0``."""
+    import torch
+
+    from mmreward.ops import refine_process_rewards
+
+    lengths = [len(p) for p in parts]
+    flat = torch.tensor([v for p in parts for v in p], dtype=torch.float32)  # (S,)
+    refined, returns = refine_process_rewards(flat, torch.tensor(lengths), clip=refine["clip"], delta=refine["delta"],
+                                              gamma=refine["gamma"])
+    refined_rows = [r.tolist() for r in refined.split(lengths)]
+    return_rows = [g.tolist() for g in returns.split(lengths)]
+    return {"step_rewards": refined_rows, "returns": return_rows, "scores": [g[0] for g in return_rows]}
+
+
+def score_response(results: list, output: str, refine: Optional[dict]) -> dict:
+    """The ``/score`` answer for one request's results (floats, or per-part lists)."""
+    if output == "scores":
+        return {"scores": finite(results)}
+    body = {"parts": finite(results)}
+    if refine:
+        body.update({k: finite(v) for k, v in refine_parts(results, refine).items()})
+    return body
+
+
+# ------------------------------------------------------------------ images and frames
+class _DecodeBudget:
+    """Decoded bytes of one request, against ``max_decoded_mb``."""
+
+    def __init__(self, config: ServeConfig):
+        self.config, self.used = config, 0
+
+    def take(self, nbytes: int, where: str) -> None:
+        self.used += nbytes
+        if self.used > self.config.max_decoded_bytes:
+            raise RequestError(413, f"{where}: decoded images / frames exceed {self.config.max_decoded_mb:g} MB in "
+                                    "this request (--max-decoded-mb)", "too_large")
+
+
+# field name -> kind, for the input types that carry media
+_MEDIA_FIELDS = {
+    ImagePrompt: {"image": "image"},
+    Conversation: {"images": "image", "image": "image"},
+    VisualSteps: {"images": "image", "image": "image"},
+    VideoPrompt: {"video": "frames", "frames": "frames"},
+    Episode: {"frames": "frames", "episode": "frames", "video": "frames"},
+}
+
+
+def decode_media(row: Any, where: str, spec: ModelSpec, budget: _DecodeBudget) -> Any:
+    """A JSON input with its base64 images / frames decoded (PIL RGB images; uint8 ``[T, H, W, 3]`` frames)."""
+    if not isinstance(row, dict):
+        return row  # as_inputs names the bad row
+    fields = {}
+    for t in spec.input_types:
+        fields.update(_MEDIA_FIELDS.get(t, {}))
+    out = dict(row)
+    for name, kind in fields.items():
+        if row.get(name) is None:
+            continue
+        here = f"{where}: field {name!r}"
+        if kind == "frames":
+            out[name] = decode_frames(row[name], here, budget)
+        elif isinstance(row[name], list):
+            out[name] = [decode_image(v, f"{here}[{j}]", budget) for j, v in enumerate(row[name])]
+        else:
+            out[name] = decode_image(row[name], here, budget)
+    return out
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise RequestError(400, f"{where} must be a base64 string of image bytes, got {describe(value)}")
+    text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"{where} is not valid base64 (the server takes image bytes as base64, never a file "
+                                "path or URL)") from None
+
+
+def decode_image(value: Any, where: str, budget: _DecodeBudget) -> Any:
+    """base64 PNG / JPEG / WebP → an RGB ``PIL.Image``."""
+    return image_from_bytes(_b64(value, where), where, budget)
+
+
+def image_from_bytes(raw: bytes, where: str, budget: _DecodeBudget) -> Any:
+    """PNG / JPEG / WebP bytes → an RGB ``PIL.Image`` (its size checked before the pixels are decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise RequestError(400, f"{where} is not a decodable {'/'.join(IMAGE_FORMATS)} image ({e})") from None
+    w, h = img.size
+    if w * h > budget.config.max_image_pixels:
+        raise RequestError(413, f"{where} is {w}x{h} pixels; the limit is {budget.config.max_image_pixels} "
+                                "(--max-image-pixels)", "too_large")
+    budget.take(w * h * 3, where)
+    try:
+        return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt pixel data
+        raise RequestError(400, f"{where} is a corrupt {img.format} image ({e})") from None
+
+
+def decode_frames(value: Any, where: str, budget: _DecodeBudget) -> Any:
+    """A list of base64 images, or ``{"shape": [T, H, W, 3], "data": base64 uint8}`` → uint8 ``[T, H, W, 3]``."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        _object(value, ("shape", "data"), where)
+        shape = value.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 4 and shape[3] == 3
+                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+            raise RequestError(400, f"{where}.shape must be [T, H, W, 3] with positive integers, got {describe(shape)}")
+        if shape[1] * shape[2] > budget.config.max_image_pixels:
+            raise RequestError(413, f"{where}: frames of {shape[2]}x{shape[1]} pixels exceed the limit of "
+                                    f"{budget.config.max_image_pixels} (--max-image-pixels)", "too_large")
+        raw = _b64(value.get("data"), f"{where}.data")
+        expected = math.prod(shape)
+        if len(raw) != expected:
+            raise RequestError(400, f"{where}.data holds {len(raw)} bytes; shape {shape} needs {expected} (uint8)")
+        budget.take(expected, where)
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()
+    if not isinstance(value, list) or not value:
+        raise RequestError(400, f"{where} must be a non-empty list of base64 images or {{'shape', 'data'}}, "
+                                f"got {describe(value)}")
+    frames = [np.asarray(decode_image(v, f"{where}[{t}]", budget)) for t, v in enumerate(value)]  # each (H, W, 3)
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise RequestError(400, f"{where}: frames differ in size {sorted(sizes)[:3]}; all frames must match")
+    return np.stack(frames)  # (T, H, W, 3)
+
+
+# ------------------------------------------------------------------ text from RL trainers
+def _plain(text: Any) -> str:
+    """A message list's contents joined, or the string itself."""
+    if isinstance(text, list):
+        return "\n".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in text)
+    return "" if text is None else str(text)
+
+
+def split_steps(response: str, separator: str) -> list[str]:
+    """A response's steps: the non-blank pieces between separators (the whole response if none)."""
+    steps = [s for s in response.split(separator) if s.strip()]
+    return steps or [response]
+
+
+def text_input(prompt: Any, response: Any, spec: ModelSpec, separator: str, where: str) -> Any:
+    """One (prompt, response) from an RL trainer as the model's input: a :class:`TextPair` (a chat
+    prompt and its completion joined into one conversation) or a :class:`StepSolution` (the response
+    cut into steps)."""
+    if TextPair in spec.input_types:
+        if isinstance(prompt, list) or isinstance(response, list):
+            turns = (prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else []))
+            reply = response if isinstance(response, list) else [{"role": "assistant", "content": str(response)}]
+            return TextPair.from_record({"messages": [*turns, *reply]}, where)
+        return TextPair.from_record({"prompt": prompt, "response": response}, where)
+    if StepSolution in spec.input_types:
+        if isinstance(prompt, list):  # the problem is what the user asked last
+            users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+            prompt = users[-1].get("content", "") if users else _plain(prompt)
+        return StepSolution(_plain(prompt), split_steps(_plain(response), separator))
+    raise RequestError(400, f"this endpoint sends text, but the model scores {spec.names()}: use /score")
+
+
+def parse_openrlhf(data: Any, spec: ModelSpec, config: ServeConfig) -> list:
+    """OpenRLHF's ``{"query", "prompts", "labels"}`` body → inputs (see :func:`openrlhf_inputs`)."""
+    data = _object(data, ("query", "prompts", "labels"), "the request")
+    queries = _list_field(data, "query", config)
+    prompts = _list_field(data, "prompts", config, required=False)
+    return openrlhf_inputs(queries, prompts, spec, config.step_separator, config.openrlhf_split)
+
+
+def openrlhf_inputs(queries: Sequence[Any], prompts: Optional[Sequence[Any]], spec: ModelSpec, separator: str,
+                    split: bool = False) -> list:
+    """OpenRLHF's queries (each the decoded prompt + response) → inputs. A text RM scores each query
+    as one text, as OpenRLHF's ``serve_rm`` does; with ``split`` (and always for step models) the
+    response is the query after its prompt."""
+    if prompts is not None and len(prompts) != len(queries):
+        raise RequestError(400, f"got {len(queries)} queries but {len(prompts)} prompts")
+    split = split or TextPair not in spec.input_types
+    items = []
+    for i, q in enumerate(queries):
+        p = prompts[i] if prompts is not None else None
+        where = f"query {i}"
+        if not isinstance(q, str):
+            raise RequestError(400, f"{where} must be a string, got {describe(q)}")
+        if p is not None and not isinstance(p, str):
+            raise RequestError(400, f"prompts[{i}] must be a string, got {describe(p)}")
+        try:
+            if not split:
+                items.append(text_input(None, q, spec, separator, where))
+            elif p is not None and q.startswith(p):
+                items.append(text_input(p, q[len(p):], spec, separator, where))
+            elif p is None and TextPair not in spec.input_types:
+                items.append(text_input("", q, spec, separator, where))
+            else:
+                raise RequestError(400, f"{where} does not start with its prompt, so the response cannot be cut out "
+                                        "(send 'prompts' that prefix each query, or serve without --openrlhf-split)")
+        except DataError as e:
+            raise RequestError(400, str(e)) from None
+    return items
+
+
+def openrlhf_response(rewards: list) -> dict:
+    rewards = finite(rewards)
+    return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
+
+
+__all__ = ["ModelSpec", "RequestError", "ScoreRequest", "decode_frames", "decode_image", "finite", "image_from_bytes",
+           "load_model", "openrlhf_inputs", "openrlhf_response", "parse_image_upload", "parse_json", "parse_openrlhf",
+           "parse_refine", "parse_score_request", "refine_parts", "score_response", "split_steps", "text_input"]

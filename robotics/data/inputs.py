@@ -1,0 +1,117 @@
+"""Robot episodes as score inputs.
+
+Every robotics reward model scores :class:`mmreward.core.inputs.Episode` inputs: ``frames`` is a
+uint8 ``[T, H, W, 3]`` tensor / array or a path (an episode ``.npz`` file, a video or a frame
+folder, resized to the model's frame size), ``success`` optional per-frame flags. This module turns
+such an input into tensors (:func:`episode_tensors`, errors name the input and field) and episode
+sources on disk into inputs (:func:`find_episodes`: episode files, episode folders, videos, frame
+folders — what ``mmreward robotics score`` reads).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mmreward.core.data import DataError, describe
+from mmreward.core.inputs import Episode as EpisodeInput
+
+from .episodes import Episode, load_episode, load_episode_folder, manifest_path
+
+
+def read_frames(path: str, size: int) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` frames of an episode file (as stored) or a video / frame folder
+    (resized to ``size`` x ``size``)."""
+    if path.lower().endswith(".npz"):
+        return load_episode(path).frames
+    from .video import load_frames
+
+    return load_frames(path, size=(size, size))
+
+
+def as_frames(frames: Any, where: str, size: Optional[int] = None) -> torch.Tensor:
+    """``frames`` (uint8 tensor / array ``[T, H, W, 3]``, H = W = ``size`` if given) as a tensor;
+    :class:`DataError` naming ``where`` otherwise."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    if not isinstance(frames, torch.Tensor):
+        raise DataError(f"{where} must be uint8 frames [T, H, W, 3] (tensor / array) or a path, got {describe(frames)}")
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise DataError(f"{where} must be uint8 frames [T, H, W, 3] with T >= 1, got {frames.dtype} "
+                        f"{list(frames.shape)}")
+    if size is not None and tuple(frames.shape[1:3]) != (size, size):
+        raise DataError(f"{where} has {frames.shape[1]}x{frames.shape[2]} frames; the model takes {size}x{size}")
+    return frames
+
+
+def as_success(success: Any, frames: int, where: str) -> torch.Tensor:
+    """Per-frame success flags (booleans or finite numbers, one per frame) as a float tensor ``[T]``."""
+    arr = np.asarray(success.detach().cpu() if isinstance(success, torch.Tensor) else success)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{where} must be per-frame booleans or numbers, got {describe(success)}")
+    s = torch.from_numpy(arr.astype(np.float32)).flatten()
+    if s.shape != (frames,):
+        raise DataError(f"{where} must have one value per frame ({frames}), got {s.numel()}")
+    if not torch.isfinite(s).all():
+        raise DataError(f"{where} has NaN / inf values")
+    return s
+
+
+def episode_tensors(item: EpisodeInput, size: int, where: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(frames uint8 [T, size, size, 3], success float [T] or None)`` of one score input."""
+    frames = item.frames
+    if isinstance(frames, (str, os.PathLike)):
+        path = os.fspath(frames)
+        frames = as_frames(read_frames(path, size), f"{where}: {path}", size)
+    else:
+        frames = as_frames(frames, f"{where}: field 'frames'", size)
+    success = None if item.success is None else as_success(item.success, frames.shape[0], f"{where}: field 'success'")
+    return frames, success
+
+
+@dataclass
+class EpisodeSource:
+    """One episode found on disk: its score input and what is known about it."""
+
+    name: str  # file / folder name without extension
+    path: str
+    input: EpisodeInput
+    meta: dict = field(default_factory=dict)  # task, policy, noise, seed, success (from the manifest / file)
+
+
+def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = None,
+                  policies: Optional[Sequence[str]] = None, with_success: bool = False) -> list[EpisodeSource]:
+    """Score inputs for episode ``.npz`` files, episode folders (``manifest.json``; filtered by
+    ``tasks`` / ``policies``), videos and frame folders (decoded when scored, at the model's size).
+    ``with_success`` passes labelled episodes' success flags (per frame: the reset frame has none)."""
+    from .video import expand_sources
+
+    found = []
+    for src in sources:
+        if os.path.isdir(src) and os.path.isfile(manifest_path(src)):
+            for entry, ep in load_episode_folder(src, tasks, policies):
+                found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success))
+        elif src.lower().endswith(".npz"):
+            found.append(_stored(src, load_episode(src), {}, with_success))
+        else:
+            for path in expand_sources([src]):
+                found.append(EpisodeSource(os.path.basename(os.path.normpath(path)), path, EpisodeInput(path)))
+    if not found:
+        raise DataError("no episodes, videos or frame folders given")
+    return found
+
+
+def _stored(path: str, ep: Episode, entry: dict, with_success: bool) -> EpisodeSource:
+    meta = {k: entry[k] for k in ("task", "policy", "noise", "seed") if k in entry}
+    success = None
+    if ep.labelled:
+        meta["success"] = ep.succeeded
+        if with_success:
+            success = np.concatenate([[False], ep.success])
+    return EpisodeSource(os.path.splitext(os.path.basename(path))[0], path, EpisodeInput(ep.frames, success), meta)
+
+
+__all__ = ["EpisodeSource", "as_frames", "as_success", "episode_tensors", "find_episodes", "read_frames"]

@@ -1,0 +1,159 @@
+"""Published text RM layouts through `mmreward.load`: transformers sequence classifiers (parity with
+`AutoModelForSequenceClassification` on identical tiny random weights), folders of mmreward 0.1, and
+the round trip save → load → identical scores for every text RM kind."""
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="mmreward.text needs transformers")
+from safetensors.torch import load_file, save_file  # noqa: E402
+from text_rm_fixtures import (BOS_TEMPLATE, CHATML, bert_config, deberta_v2_config, llama_config, qwen2_config,  # noqa: E402
+                              roberta_config, save_classifier, save_legacy_folder, word_tokenizer)
+
+import mmreward  # noqa: E402
+from mmreward.core.folders import CheckpointError  # noqa: E402
+from mmreward.core.inputs import TextPair  # noqa: E402
+from mmreward.text import RewardModel  # noqa: E402
+
+PROMPTS = ["what is two plus three", "a", "b c d e", "what is the answer to a"]
+RESPONSES = ["five", "b c a b d d c", "six", "seven seven seven"]
+ITEMS = [TextPair(p, r) for p, r in zip(PROMPTS, RESPONSES)]
+
+ENCODERS = {  # name -> (config, tokenizer): the OpenAssistant convention, tokenizer(prompt, response)
+    "bert": (bert_config, lambda: word_tokenizer(pair=True)),
+    "deberta-v2": (deberta_v2_config, lambda: word_tokenizer(pair=True)),
+    "roberta": (roberta_config, lambda: word_tokenizer(pair=True, types=False)),  # type_vocab_size 1
+}
+DECODERS = {  # name -> (config, tokenizer): the Skywork-Reward-V2 convention, the chat template
+    "llama": (llama_config, lambda: word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)),
+    "qwen2": (qwen2_config, lambda: word_tokenizer(chat_template=CHATML)),
+}
+
+
+def transformers_encoder_scores(seq, tok):
+    enc = tok(PROMPTS, RESPONSES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return seq(**enc).logits[:, 0]
+
+
+def transformers_decoder_scores(seq, tok):
+    """Skywork-Reward-V2's model card: render the conversation, drop a duplicate BOS, tokenise, one
+    conversation at a time."""
+    out = []
+    for p, r in zip(PROMPTS, RESPONSES):
+        text = tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                       tokenize=False)
+        if tok.bos_token and text.startswith(tok.bos_token):
+            text = text[len(tok.bos_token):]
+        with torch.no_grad():
+            out.append(seq(**tok(text, return_tensors="pt")).logits[0, 0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS) + sorted(DECODERS))
+def test_sequence_classifier_parity(tmp_path, name):
+    make_config, make_tok = {**ENCODERS, **DECODERS}[name]
+    seq = save_classifier(tmp_path, make_config(), make_tok())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))  # as a user of the published model loads it
+    rm = mmreward.load(str(tmp_path))
+    assert isinstance(rm, RewardModel) and not rm.training
+    expected = (transformers_encoder_scores if name in ENCODERS else transformers_decoder_scores)(seq, tok)
+    got = rm.score(ITEMS, batch_size=3)  # batched, padded, sorted by length
+    assert got.dtype == torch.float32 and expected.std() > 1e-3  # the inputs are told apart
+    assert (got - expected).abs().max().item() <= 1e-4, (got, expected)
+    assert rm.config.input_format == ("pair" if name in ENCODERS else "chat")
+    assert rm.config.pooling == ("first" if name in ENCODERS else "last")
+
+
+def _rewrite_weights(folder, fn):
+    path = os.path.join(folder, "model.safetensors")
+    state = fn(load_file(path))
+    save_file(state, path, metadata={"format": "pt"})
+
+
+def test_wrong_or_partial_classifier_folders_are_refused(tmp_path):
+    tok = word_tokenizer(pair=True)
+    save_classifier(tmp_path / "nohead", bert_config(), tok)
+    _rewrite_weights(tmp_path / "nohead", lambda s: {k: v for k, v in s.items() if not k.startswith("classifier.")})
+    with pytest.raises(CheckpointError, match=r"classification head weights \['classifier.bias', 'classifier.weight'\] "
+                                              "are missing"):
+        mmreward.load(str(tmp_path / "nohead"))
+    save_classifier(tmp_path / "prefix", bert_config(), tok)
+    _rewrite_weights(tmp_path / "prefix", lambda s: {k.replace("bert.", "encoder_model.", 1): v for k, v in s.items()})
+    with pytest.raises(CheckpointError, match="wrong key prefix: the backbone weights are stored under 'encoder_model.' "
+                                              "but BertForSequenceClassification expects 'bert.'"):
+        mmreward.load(str(tmp_path / "prefix"))
+    cfg = bert_config()
+    cfg.num_labels = 2
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(str(tmp_path / "two"))
+    tok.save_pretrained(str(tmp_path / "two"))
+    with pytest.raises(CheckpointError, match="a classifier with 2 labels"):
+        mmreward.load(str(tmp_path / "two"))
+    save_classifier(tmp_path / "notok", bert_config(), tok)
+    os.remove(tmp_path / "notok" / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="has no tokenizer files"):
+        mmreward.load(str(tmp_path / "notok"))
+    save_classifier(tmp_path / "noweights", bert_config(), tok)
+    os.remove(tmp_path / "noweights" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="has no weights"):
+        mmreward.load(str(tmp_path / "noweights"))
+
+
+def _ours(kind):
+    torch.manual_seed(0)
+    if kind == "bert-mean-joined":
+        return RewardModel.from_backbone(bert_config(), tokenizer=word_tokenizer())
+    if kind == "bert-first-pair":
+        return RewardModel.from_backbone(bert_config(), tokenizer=word_tokenizer(pair=True), pooling="first")
+    return RewardModel.from_backbone(llama_config(), tokenizer=word_tokenizer(chat_template=CHATML))  # llama-last-chat
+
+
+KINDS = ["bert-mean-joined", "bert-first-pair", "llama-last-chat", "legacy", "seq-bert", "seq-deberta-v2",
+         "seq-roberta", "seq-llama", "seq-qwen2"]
+
+
+def _model(kind, folder):
+    if kind.startswith("seq-"):
+        make_config, make_tok = {**ENCODERS, **DECODERS}[kind[4:]]
+        save_classifier(folder, make_config(), make_tok())
+        return mmreward.load(str(folder))
+    if kind == "legacy":
+        save_legacy_folder(folder, _ours("llama-last-chat"))
+        return mmreward.load(str(folder))
+    return _ours(kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_save_load_gives_identical_scores(tmp_path, kind):
+    rm = _model(kind, tmp_path / "source")
+    before = rm.score(ITEMS)
+    rm.save_pretrained(str(tmp_path / "saved"))
+    body = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert body["model_type"] == "text_reward_model" and body["config"]["max_length"] == rm.config.max_length
+    assert {"config.json", "model.safetensors", "manifest.json", "tokenizer"} == set(os.listdir(tmp_path / "saved"))
+    loaded = mmreward.load(str(tmp_path / "saved"))
+    assert type(loaded) is RewardModel and loaded.config_dict() == rm.config_dict()
+    torch.testing.assert_close(loaded.score(ITEMS), before, atol=0, rtol=0)
+
+
+def test_legacy_folder_loads_with_its_settings(tmp_path):
+    rm = _ours("llama-last-chat")
+    save_legacy_folder(tmp_path, rm)
+    loaded = RewardModel.from_pretrained(str(tmp_path))
+    assert loaded.config.truncation == "keep_end" and loaded.config.pooling == "last"
+    assert loaded.config.max_length == 64  # the tokenizer's / backbone's limit: 0.1 did not record one
+    torch.testing.assert_close(loaded.score(ITEMS), rm.score(ITEMS), atol=1e-6, rtol=0)
+    save_legacy_folder(tmp_path / "notok", rm)
+    os.remove(tmp_path / "notok" / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="has no tokenizer files"):
+        mmreward.load(str(tmp_path / "notok"))
+    with open(tmp_path / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointError, match="truncated"):
+        mmreward.load(str(tmp_path))

@@ -1,0 +1,264 @@
+"""Published PRM checkpoints as :class:`~mmreward.text.prm.model.ProcessRewardModel` s.
+
+``mmreward.load(folder)`` reads these layouts (``mmreward.registry.LAYOUTS``) with our own modules — no
+``trust_remote_code``, no pickled code (``pytorch_model*.bin`` only through ``torch.load(weights_only=True)``)
+— and scores exactly as each model's official code does (parity tests in ``tests/text/test_prm_contract.py``):
+
+=====================  ==================================  ====================================================
+layout                 recognised by                       head read from
+=====================  ==================================  ====================================================
+Math-Shepherd          a ``*ForCausalLM`` folder whose     ``lm_head.weight`` rows of ``+`` / ``-`` at each
+                       name / ``_name_or_path`` contains   ``ки`` tag: P(+) = softmax over the two logits
+                       math-shepherd
+Qwen2.5-Math-PRM       ``architectures``                   ``score.0`` (H×H) → ReLU → ``score.2`` (2×H) at each
+                       ``Qwen2ForProcessRewardModel``      ``<extra_0>``: P(positive) = softmax(·)[1]
+Skywork-o1-Open-PRM    ``architectures``                   ``v_head.summary`` (1×H) at each step's ``\\n``:
+                       ``Qwen2ForPrmModel`` (or            sigmoid(value)
+                       ``v_head.summary.weight`` in a
+                       causal LM's weights)
+=====================  ==================================  ====================================================
+
+Every layout keeps its backbone under ``model.`` and its tokenizer next to ``config.json``; a folder
+missing the tokenizer, the head or the ``model.`` tensors is refused with a message naming what is
+missing. The returned model is a plain ``ProcessRewardModel`` (``input_format`` set to the layout's), so
+it trains, searches and saves (``save_pretrained`` → our own format) like any other.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Optional
+
+import torch
+
+from mmreward.core.device import resolve_device, resolve_dtype
+from mmreward.core.folders import CheckpointError
+from mmreward.core.model import finish_loading, load_state_strict, read_config
+
+__all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_prm", "is_skywork_prm",
+           "load_skywork_prm", "read_weights", "weight_names", "QWEN_PRM_SYSTEM"]
+
+# the system turn of the Qwen2.5-Math-PRM model card's example
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_CONFIG_ONLY_KEYS = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path",
+                     "torch_dtype", "dtype")
+
+
+# ------------------------------------------------------------------ folder contents
+def _architectures(config: Optional[dict]) -> list[str]:
+    archs = (config or {}).get("architectures") or []
+    return [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+
+
+def _causal_lm(config: Optional[dict]) -> bool:
+    return any(a.endswith("ForCausalLM") for a in _architectures(config))
+
+
+def _read_index(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"corrupt weight index {path}: {e}") from e
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: weight_map must be an object")
+    return weight_map
+
+
+def weight_names(folder: str) -> Optional[set[str]]:
+    """Tensor names of a folder's safetensors weights from the index or the file header (no tensor is
+    read); None when it has none."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        return set(_read_index(index))
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(single):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(single, "pt") as f:
+                return set(f.keys())
+        except Exception as e:  # safetensors raises several types for bad headers
+            raise CheckpointError(f"corrupt or unreadable safetensors file {single}: {e}") from e
+    return None
+
+
+def _load_file(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing weights file {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only, no code
+    except Exception as e:  # truncated / corrupt files
+        raise CheckpointError(f"corrupt or unreadable weights file {path}: {e}") from e
+
+
+def read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """All tensors of a published folder: ``model.safetensors``, sharded safetensors (its index), or
+    ``pytorch_model.bin`` / its shards (read with ``weights_only=True``)."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if os.path.isfile(os.path.join(folder, index)):
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(_read_index(os.path.join(folder, index)).values())):
+                state.update(_load_file(os.path.join(folder, shard)))
+            return state
+        if os.path.isfile(os.path.join(folder, single)):
+            return _load_file(os.path.join(folder, single))
+    raise CheckpointError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json + shards, or "
+                          "pytorch_model.bin)")
+
+
+def _tokenizer(folder: str, layout: str):
+    from .model import load_tokenizer
+
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{folder} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): the {layout} layout "
+                              "needs the tokenizer files next to config.json to score text")
+    return load_tokenizer(folder, folder)
+
+
+def _hf_config(raw: dict, folder: str, default_type: Optional[str] = None):
+    from transformers import AutoConfig
+
+    model_type = raw.get("model_type") or default_type
+    if not model_type:
+        raise CheckpointError(f"{folder}/config.json has no model_type")
+    try:
+        return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k not in _CONFIG_ONLY_KEYS})
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}/config.json: transformers cannot build a {model_type!r} backbone: {e}") from e
+
+
+def _take(weights: dict[str, torch.Tensor], names: tuple[str, ...], folder: str, what: str) -> list[torch.Tensor]:
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise CheckpointError(f"{folder}: missing {what} tensor(s) {missing}")
+    return [weights.pop(n) for n in names]
+
+
+# ------------------------------------------------------------------ the shared loader
+def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input_format: str,
+          head_state: Callable[..., dict[str, torch.Tensor]], ignore: tuple[str, ...] = (),
+          default_type: Optional[str] = None, **config: Any):
+    """Build a ProcessRewardModel from a published folder. ``head_state(weights, raw_config, tokenizer,
+    prm_config, folder)`` pops the head tensors out of ``weights`` and returns them under our names; what is left
+    must be the backbone under ``model.`` (keys starting with one of ``ignore`` are dropped)."""
+    from transformers import AutoModel
+
+    from .model import PRMConfig, ProcessRewardModel, building_for_weights, weights_dtype
+
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    raw = read_config(folder)
+    tok = _tokenizer(folder, layout)
+    hf_cfg = _hf_config(raw, folder, default_type)
+    cfg = PRMConfig(head=head, input_format=input_format, max_length=int(getattr(hf_cfg, "max_position_embeddings", 4096)),
+                    **config)
+    weights = read_weights(folder)
+    dtype_of_weights = weights_dtype(weights)
+    state = head_state(weights, raw, tok, cfg, folder)
+    backbone = {f"backbone.{k[len('model.'):]}": v for k, v in weights.items() if k.startswith("model.")}
+    if not backbone:
+        prefixes = sorted({k.split(".")[0] for k in weights})
+        raise CheckpointError(f"{folder}: no backbone tensors under 'model.' (the {layout} layout's prefix); "
+                              f"found prefixes {prefixes[:8]}")
+    unexpected = sorted(k for k in weights if not k.startswith(("model.",) + ignore))
+    if unexpected:
+        raise CheckpointError(f"{folder}: tensors that are not part of the {layout} layout: {unexpected[:6]}")
+    with building_for_weights(dtype_of_weights):
+        base = AutoModel.from_config(hf_cfg)
+        cfg.backbone = base.config.to_dict()
+        model = ProcessRewardModel(cfg, tok, backbone=base)
+    missing = sorted(f"model.{k}" for k in base.state_dict() if f"backbone.{k}" not in backbone)
+    if missing:
+        raise CheckpointError(f"{folder}: missing {len(missing)} backbone tensor(s) of its config, e.g. {missing[:4]}")
+    load_state_strict(model, {**backbone, **state}, folder)
+    return finish_loading(model, dev, dt)
+
+
+# ------------------------------------------------------------------ Math-Shepherd
+def is_math_shepherd(folder: str, config: Optional[dict]) -> bool:
+    """A causal LM named Math-Shepherd: the published checkpoint is a plain ``MistralForCausalLM``, so its
+    name (the folder's own name, its hub cache entry, or ``_name_or_path``) is what sets it apart."""
+    if not _causal_lm(config):
+        return False
+    path = os.path.abspath(folder)
+    names = [os.path.basename(path), str(config.get("_name_or_path", ""))]
+    if os.path.basename(os.path.dirname(path)) == "snapshots":  # hub cache: models--peiyi9979--math-shepherd-…/snapshots/<rev>
+        names.append(os.path.basename(os.path.dirname(os.path.dirname(path))))
+    return any("math-shepherd" in n.lower().replace("_", "-") for n in names)
+
+
+def _math_shepherd_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
+    from .model import label_token_ids
+
+    good_bad = list(label_token_ids(tok, cfg))
+    if "lm_head.weight" in weights:
+        lm_head = weights.pop("lm_head.weight")
+    elif raw.get("tie_word_embeddings") and "model.embed_tokens.weight" in weights:
+        lm_head = weights["model.embed_tokens.weight"]
+    else:
+        raise CheckpointError(f"{folder}: missing lm_head.weight, the LM head the Math-Shepherd layout reads "
+                              "P(+) from")
+    if max(good_bad) >= lm_head.shape[0]:
+        raise CheckpointError(f"{folder}: the tokenizer's '+' / '-' ids {good_bad} do not index its LM head "
+                              f"({lm_head.shape[0]} rows)")
+    bias = weights.pop("lm_head.bias", None)
+    return {"label_rows": lm_head[good_bad].clone(),
+            "label_bias": bias[good_bad].clone() if bias is not None else torch.zeros(2, dtype=lm_head.dtype)}
+
+
+def load_math_shepherd(folder: str, *, device: Any = "cpu", dtype: Any = None):
+    """Math-Shepherd (peiyi9979/math-shepherd-mistral-7b-prm): input ``f"{problem} {step₁} ки\\n{step₂} ки…"``
+    tokenized whole, P(+) from the ``+`` / ``-`` logits at each ``ки``."""
+    return _load(folder, "Math-Shepherd", device=device, dtype=dtype, head="lm", input_format="math_shepherd",
+                 head_state=_math_shepherd_head, step_tag="ки", step_separator="\n", good_token="+", bad_token="-")
+
+
+# ------------------------------------------------------------------ Qwen2.5-Math-PRM
+def is_qwen_prm(folder: str, config: Optional[dict]) -> bool:
+    return "Qwen2ForProcessRewardModel" in _architectures(config)
+
+
+def _qwen_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
+    w1, b1, w2, b2 = _take(weights, ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"), folder,
+                           "Qwen2ForProcessRewardModel head (score = Linear → ReLU → Linear(2))")
+    if w2.shape[0] != 2:
+        raise CheckpointError(f"{folder}: score.2.weight has shape {tuple(w2.shape)}; the PRM head has 2 classes")
+    # class 1 is "positive": our label rows are (positive, negative)
+    return {"head_hidden.weight": w1, "head_hidden.bias": b1, "label_rows": w2[[1, 0]].clone(),
+            "label_bias": b2[[1, 0]].clone()}
+
+
+def load_qwen_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
+    """Qwen2.5-Math-PRM-7B / -72B (``Qwen2ForProcessRewardModel``): the chat template over system / problem /
+    steps joined by ``<extra_0>``, P(positive) of the 2-class head at each ``<extra_0>``."""
+    return _load(folder, "Qwen2.5-Math-PRM", device=device, dtype=dtype, head="mlp", input_format="qwen_prm",
+                 head_state=_qwen_head, ignore=("lm_head.",), default_type="qwen2", step_tag="<extra_0>",
+                 step_separator="", system_prompt=QWEN_PRM_SYSTEM)
+
+
+# ------------------------------------------------------------------ Skywork-o1-Open-PRM
+def is_skywork_prm(folder: str, config: Optional[dict]) -> bool:
+    if "Qwen2ForPrmModel" in _architectures(config):
+        return True
+    return _causal_lm(config) and "v_head.summary.weight" in (weight_names(folder) or ())
+
+
+def _skywork_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
+    w, b = _take(weights, ("v_head.summary.weight", "v_head.summary.bias"), folder, "value head (v_head.summary)")
+    if w.shape[0] != 1:
+        raise CheckpointError(f"{folder}: v_head.summary.weight has shape {tuple(w.shape)}, expected (1, hidden)")
+    return {"value_weight": w[0].clone(), "value_bias": b.reshape(()).clone()}
+
+
+def load_skywork_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
+    """Skywork-o1-Open-PRM-Qwen-2.5 (1.5B / 7B): BOS + problem + ``\\n``, then every step followed by the
+    ``\\n`` token; sigmoid of the value head at each of those tokens."""
+    return _load(folder, "Skywork-o1-Open-PRM", device=device, dtype=dtype, head="value", input_format="skywork_prm",
+                 head_state=_skywork_head, ignore=("lm_head.",), default_type="qwen2", step_tag="\n",
+                 step_separator="\n")

@@ -1,0 +1,105 @@
+"""``ImageScorer``: the base of every image-text reward model (ImageReward-style scorers here; CLIP
+score, PickScore, HPS … loaders subclass it too).
+
+It implements the reward-model contract (:class:`mmreward.core.model.RewardScorer`) for
+:class:`~mmreward.core.inputs.ImagePrompt` and :class:`~mmreward.core.inputs.VideoPrompt`:
+
+* images arrive as paths, PIL images, uint8 / float arrays or tensors (:mod:`.images`); videos as
+  files, frame folders, uint8 ``[T, H, W, 3]`` arrays or float ``[T, 3, H, W]`` tensors (:mod:`.video`);
+  every decoding error names the input (``input 3 frame 7: …``) and the file;
+* pixels are resized, centre-cropped and normalised in torch, batched ``batch_size`` frames at a
+  time, and scored in eval mode;
+* ``score`` of an image is its reward; of a video, the mean of its frames' rewards;
+  ``score_parts`` gives the per-frame rewards (one value for an image);
+* scoring runs without autograd **unless** an input is a float tensor that requires grad: then the
+  score is differentiable in those pixels (ReFL backpropagates through it).
+
+A subclass keeps ``image_size`` / ``image_mean`` / ``image_std`` in its dataclass ``config`` and
+implements ``reward(prompts, pixel_values[B, 3, S, S]) -> Tensor[B]``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mmreward.core.inputs import ImagePrompt, VideoPrompt
+from mmreward.core.model import RewardScorer
+
+from .images import preprocess, split_images, to_tensor
+from .scoring import eval_mode
+from .video import video_frames
+
+RewardFn = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+def _prompt(prompt: Any, where: str) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"{where}: prompt must be a string, got {type(prompt).__name__}")
+    return prompt
+
+
+class ImageScorer(RewardScorer, nn.Module):
+    """Base class of image-text scorers; see the module docstring."""
+
+    input_types: ClassVar[tuple] = (ImagePrompt, VideoPrompt)
+
+    def reward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
+        """Rewards ``[B]`` of normalised ``pixel_values`` ``[B, 3, S, S]`` against ``prompts`` (len B)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement reward")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def pixel_values(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Float ``[3, H, W]`` images in [0, 1] -> normalised ``[B, 3, S, S]`` on the model's device and
+        in its dtype (differentiable)."""
+        p, c = next(self.parameters()), self.config
+        return preprocess([t.to(p.device, p.dtype) for t in images], c.image_size, c.image_mean, c.image_std)
+
+    def pixel_batch(self, images: Sequence[Any], wheres: Sequence[str]) -> torch.Tensor:
+        """Images as given (paths, PIL, arrays, tensors; ``wheres`` name them in errors) -> normalised
+        ``[B, 3, S, S]``. Scorers whose official preprocessing works on the decoded image (PIL resizes)
+        override this; the default decodes to float tensors and calls :meth:`pixel_values`."""
+        return self.pixel_values([to_tensor(x, where) for x, where in zip(images, wheres)])
+
+    def frame_scores(self, items: Sequence, batch_size: int,
+                     reward: Optional[RewardFn] = None) -> tuple[torch.Tensor, list[int]]:
+        """``(scores of every image / video frame in order (float32, CPU), frames per input)`` with
+        ``reward`` (default :meth:`reward`)."""
+        frames, counts = [], []  # (prompt, image, where) per frame
+        for i, item in enumerate(items):
+            if isinstance(item, VideoPrompt):
+                video, _ = video_frames(item.video, f"input {i}")
+                frames += [(item.prompt, f, f"input {i} frame {t}") for t, f in enumerate(video)]
+                counts.append(len(video))
+            else:
+                frames.append((item.prompt, item.image, f"input {i}"))
+                counts.append(1)
+        grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for _, x, _ in frames)
+        reward = reward or self.reward
+        out = []
+        with eval_mode(self), (contextlib.nullcontext() if grad else torch.no_grad()):
+            for s in range(0, len(frames), batch_size):
+                chunk = frames[s:s + batch_size]
+                prompts = [_prompt(p, where) for p, _, where in chunk]
+                pixels = self.pixel_batch([x for _, x, _ in chunk], [where for _, _, where in chunk])  # (b, 3, S, S)
+                out.append(reward(prompts, pixels).float().cpu())
+        return torch.cat(out), counts
+
+    def _score_parts(self, items: list, batch_size: int) -> list[torch.Tensor]:
+        scores, counts = self.frame_scores(items, batch_size)
+        return list(scores.split(counts))
+
+    def _score(self, items: list, batch_size: int) -> torch.Tensor:
+        return torch.stack([frames.mean() for frames in self._score_parts(items, batch_size)])
+
+    @torch.no_grad()
+    def rank(self, prompt: str, images: Any, batch_size: Optional[int] = None) -> tuple[list[int], torch.Tensor]:
+        """``(ranking, scores)`` of a batch of images (a tensor ``[B, 3, H, W]``, an array
+        ``[B, H, W, 3]`` or a list) for one prompt: image indices best first, scores ``[B]`` in input order."""
+        scores = self.score([ImagePrompt(prompt, x) for x in split_images(images)], batch_size=batch_size)
+        return torch.argsort(scores, descending=True, stable=True).tolist(), scores

@@ -1,0 +1,140 @@
+"""Pieces the published-layout loaders share: JSON and weight files read with errors that name the
+file, pickled state dicts read without running code, quiet transformers loading, and the official
+image preprocessing of each family (PIL resizes as torchvision / transformers do them on PIL images,
+so scores match the official code bit for bit on real images)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmreward.core.folders import CheckpointError
+
+
+def read_json(path: str, what: str = "") -> dict:
+    """A JSON object from ``path`` (CheckpointError naming the file and ``what`` it is otherwise)."""
+    label = f" ({what})" if what else ""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}{label} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}{label}: {e}") from e
+    if not isinstance(body, dict):
+        raise CheckpointError(f"{path}{label} must hold a JSON object")
+    return body
+
+
+def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (no code runs); ``key``
+    picks a sub-dict (e.g. ``state_dict`` of a training checkpoint) when the file holds one.
+    DataParallel's ``module.`` prefix is dropped, as the official loaders do."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing weights file {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated files, pickles with code in them
+        raise CheckpointError(f"cannot read {path} as a tensors-only torch file: {e}") from e
+    if key is not None and isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors"
+                              + (f" (nor one under {key!r})" if key else ""))
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def require_tensors(state: dict, names: Sequence[str], path: str, what: str) -> None:
+    """CheckpointError naming the first missing tensors of ``what`` (e.g. the MLP head)."""
+    missing = [n for n in names if n not in state]
+    if missing:
+        have = sorted({k.split(".")[0] for k in state})[:8]
+        raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) of {what}, e.g. {missing[:3]} "
+                              f"(top-level names present: {have})")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' load reports (e.g. an unused ``lm_head``) are errors here or nothing at all."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tensor:
+    """PIL image -> float ``[3, size, size]`` in [0, 1]: bicubic resize of the shortest side to ``size``
+    (the long side floored, as torchvision's ``Resize(size)`` and CLIP's image processor compute it),
+    then a centre crop whose offset is ``round`` (torchvision ``CenterCrop``) or ``floor``
+    (transformers ``center_crop``)."""
+    from PIL import Image
+
+    w, h = image.size
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), resample=Image.BICUBIC)
+    if crop_rounding == "round":
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    else:
+        top, left = (nh - size) // 2, (nw - size) // 2
+    x = np.asarray(image, dtype=np.float32)[top:top + size, left:left + size] / 255.0
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
+
+
+def longest_edge_pad(image: torch.Tensor, size: int) -> torch.Tensor:
+    """float ``[3, H, W]`` -> ``[3, size, size]``: HPSv2's ``ResizeMaxSize`` — bicubic antialiased
+    resize of the longest side to ``size`` (torchvision on a float tensor), black padding centred with
+    the odd pixel right / bottom. Differentiable."""
+    h, w = image.shape[-2:]
+    scale = size / float(max(h, w))
+    if scale != 1.0:
+        nh, nw = round(h * scale), round(w * scale)
+        image = F.interpolate(image.unsqueeze(0), size=(nh, nw), mode="bicubic", align_corners=False,
+                              antialias=True).squeeze(0)
+        ph, pw = size - nh, size - nw
+        image = F.pad(image, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+    if tuple(image.shape[-2:]) != (size, size):  # HPSv2 would fail here; pad the short side instead
+        ph, pw = size - image.shape[-2], size - image.shape[-1]
+        image = F.pad(image, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+    return image
+
+
+def needs_grad(images: Sequence[Any]) -> bool:
+    return any(isinstance(x, torch.Tensor) and x.requires_grad for x in images)
+
+
+def shortest_edge_crop_batch(images: Sequence[Any], wheres: Sequence[str], size: int, crop_rounding: str,
+                             mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Images as given -> normalised ``[B, 3, size, size]`` through :func:`shortest_edge_crop` on their
+    RGB PIL form (decoded straight from the file / array, no float round trip)."""
+    from ..images import to_pil
+
+    return torch.stack([normalise(shortest_edge_crop(to_pil(x, where), size, crop_rounding), mean, std)
+                        for x, where in zip(images, wheres)])
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s
+
+
+__all__ = ["read_json", "read_torch_state", "require_tensors", "quiet_transformers", "needs_grad",
+           "shortest_edge_crop", "shortest_edge_crop_batch", "longest_edge_pad", "normalise"]

@@ -1,0 +1,193 @@
+"""Qwen2-VL / Qwen2.5-VL reward models with a value head — Skywork-VL-Reward's published layout — as
+:class:`QwenVLRewardModel`, a :class:`~mmreward.vision.vlm_rm.VLMRewardModel` that also reads videos.
+
+Skywork-VL-Reward-7B is a ``Qwen2_5_VLForConditionalGeneration`` folder (``config.json``, safetensors
+shards, tokenizer, ``preprocessor_config.json``, chat template) plus ``value_head.safetensors`` with
+TRL's ``ValueHead`` (``v_head.summary.weight`` ``[1, H]`` and ``.bias``). Its model card scores a
+conversation as the value head on the final hidden state of the last token of
+``apply_chat_template(messages, add_generation_prompt=False)`` — what ``VLMRewardModel`` computes;
+the LM head is not used. The processor is :class:`~mmreward.vision.published.qwen_vl.QwenVLProcessor`
+(no torchvision).
+
+Inputs:
+
+* :class:`~mmreward.core.inputs.Conversation` — turns ``{"role", "content"}`` where ``content`` is a
+  string or Qwen's list of parts (``{"type": "text", "text"}``, ``{"type": "image", "image"}``,
+  ``{"type": "video", "video"}``); ``images`` go first in the first user turn;
+* :class:`~mmreward.core.inputs.ImagePrompt` / :class:`~mmreward.core.inputs.VideoPrompt` — the media is
+  the answer to the prompt: ``[user: prompt, assistant: image | video]``.
+
+    rm = mmreward.load("Skywork-VL-Reward-7B", dtype="bf16")
+    rm.score([Conversation([{"role": "user", "content": "What is shown?"},
+                            {"role": "assistant", "content": "A cat."}], ["cat.jpg"])])
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mmreward.core.data import DataError, describe
+from mmreward.core.device import resolve_device, resolve_dtype
+from mmreward.core.folders import CheckpointError
+from mmreward.core.inputs import Conversation, ImagePrompt, VideoPrompt
+from mmreward.core.model import finish_loading
+
+from ..vlm_data import ROLES
+from ..vlm_rm import VLMRewardConfig, VLMRewardModel
+from .common import quiet_transformers
+from .qwen_vl import QwenVLProcessor, read_video
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
+QWEN_VL_ARCHITECTURES = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+MEDIA_PARTS = ("image", "video")
+
+
+# ------------------------------------------------------------------ inputs -> Qwen chat messages
+def _parts(content: Any, where: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, (list, tuple)):
+        raise DataError(f"{where}: content must be a string or a list of parts, got {describe(content)}")
+    out = []
+    for k, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            out.append(part)
+        elif kind in MEDIA_PARTS and part.get(kind) is not None:
+            out.append(part)
+        else:
+            raise DataError(f"{where} part {k}: expected {{'type': 'text', 'text': str}} or {{'type': 'image' | "
+                            f"'video', 'image' | 'video': path or pixels}}, got {describe(part)}")
+    return out
+
+
+def qwen_messages(item: Any, where: str) -> tuple[list[dict], list, list]:
+    """``(messages for the chat template, images, videos)`` of one input, media in order of appearance."""
+    if isinstance(item, (ImagePrompt, VideoPrompt)):
+        kind = "image" if isinstance(item, ImagePrompt) else "video"
+        media = item.image if kind == "image" else item.video
+        turns: list[dict] = [{"role": "user", "content": item.prompt},
+                             {"role": "assistant", "content": [{"type": kind, kind: media}]}]
+        return _render(turns, where)
+    turns, placed = [], not item.images
+    for t, turn in enumerate(item.messages):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where} turn {t}: expected a dict with role / content, got {describe(turn)}")
+        role = ROLES.get(turn.get("role", turn.get("from")))
+        if role is None:
+            raise DataError(f"{where} turn {t}: unknown role {turn.get('role', turn.get('from'))!r} "
+                            f"(use {sorted(ROLES)})")
+        parts = _parts(turn.get("content", turn.get("value")), f"{where} turn {t}")
+        if role == "user" and not placed:
+            parts = [{"type": "image", "image": im} for im in item.images] + parts
+            placed = True
+        turns.append({"role": role, "content": parts})
+    if not placed:
+        raise DataError(f"{where}: {len(item.images)} image(s) but no user turn to put them in")
+    return _render(turns, where)
+
+
+def _render(turns: list[dict], where: str) -> tuple[list[dict], list, list]:
+    images, videos, messages = [], [], []
+    for turn in turns:
+        content = turn["content"]
+        if isinstance(content, list):
+            images += [p["image"] for p in content if p["type"] == "image"]
+            videos += [p["video"] for p in content if p["type"] == "video"]
+            content = [{"type": p["type"]} if p["type"] in MEDIA_PARTS else p for p in content]
+        messages.append({"role": turn["role"], "content": content})
+    return messages, images, videos
+
+
+# ------------------------------------------------------------------ the model
+class QwenVLRewardModel(VLMRewardModel):
+    """A Qwen2-VL / Qwen2.5-VL reward model (``model_type`` ``qwen_vl_reward``) with a
+    :class:`QwenVLProcessor`; see the module docstring."""
+
+    model_type = "qwen_vl_reward"
+    input_types = (Conversation, ImagePrompt, VideoPrompt)
+
+    def __init__(self, config: VLMRewardConfig, backbone: Any, processor: Optional[QwenVLProcessor] = None):
+        if processor is not None and not isinstance(processor, QwenVLProcessor):
+            raise TypeError(f"QwenVLRewardModel needs a QwenVLProcessor, got {type(processor).__name__}")
+        super().__init__(config, backbone, processor)
+
+    def encode(self, items: Sequence[Any], names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+        """Inputs -> padded model inputs; images and videos are decoded here, errors name ``names[i]``."""
+        from ..images import to_pil
+
+        proc = self.need_processor()
+        names = names or [f"input {i}" for i in range(len(items))]
+        texts, images, videos = [], [], []
+        for item, name in zip(items, names):
+            messages, ims, vids = qwen_messages(item, name)
+            texts.append(proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
+            images += [to_pil(im, f"{name} image {j}") for j, im in enumerate(ims)]
+            videos += [read_video(v, proc.vision, f"{name} video {j}") for j, v in enumerate(vids)]
+        return proc(text=texts, images=images, videos=videos, return_tensors="pt", padding=True)
+
+
+# ------------------------------------------------------------------ the published layout
+def _architectures(config: Optional[dict]) -> list[str]:
+    archs = (config or {}).get("architectures") or []
+    return [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+
+
+def is_skywork_vl(folder: str, config: Optional[dict]) -> bool:
+    """A transformers Qwen2-VL / Qwen2.5-VL folder (its value head is checked when loading)."""
+    return any(a in QWEN_VL_ARCHITECTURES for a in _architectures(config))
+
+
+def read_value_head(folder: str, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight [1, H], bias [1])`` of TRL's value head in ``value_head.safetensors``."""
+    from safetensors import safe_open
+
+    path = os.path.join(folder, VALUE_HEAD_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{folder} has no {VALUE_HEAD_FILE}: a Qwen-VL reward model keeps its value head "
+                              f"({' / '.join(VALUE_HEAD_KEYS)}) there; without it the folder is a plain VLM")
+    try:
+        with safe_open(path, "pt") as f:
+            missing = [k for k in VALUE_HEAD_KEYS if k not in f.keys()]
+            if missing:
+                raise CheckpointError(f"{path} lacks {missing} (has {sorted(f.keys())[:6]})")
+            weight, bias = (f.get_tensor(k) for k in VALUE_HEAD_KEYS)
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises several types for bad headers
+        raise CheckpointError(f"corrupt or unreadable {path}: {e}") from e
+    if tuple(weight.shape) != (1, hidden_size) or tuple(bias.shape) != (1,):
+        raise CheckpointError(f"{path}: v_head.summary has shapes {tuple(weight.shape)} / {tuple(bias.shape)}, the "
+                              f"backbone's hidden size is {hidden_size} (expected (1, {hidden_size}) / (1,))")
+    return weight, bias
+
+
+def load_skywork_vl(folder: str, *, device: Any = "cpu", dtype: Any = None) -> QwenVLRewardModel:
+    """Skywork-VL-Reward (or any Qwen2-VL / Qwen2.5-VL folder with ``value_head.safetensors``) as a
+    :class:`QwenVLRewardModel`; ``dtype`` None keeps the checkpoint's."""
+    from transformers import AutoModel
+
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    processor = QwenVLProcessor.from_pretrained(folder)
+    try:
+        with quiet_transformers():
+            backbone, info = AutoModel.from_pretrained(folder, dtype=dt or "auto", output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{folder}: cannot load the Qwen-VL weights: {e}") from e
+    bad = list(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
+    if bad:
+        raise CheckpointError(f"{folder}: the weights do not hold a complete {type(backbone).__name__}: "
+                              f"{len(bad)} tensor(s) missing or mis-shaped, e.g. {sorted(bad)[:4]}")
+    model = QwenVLRewardModel(VLMRewardConfig(), backbone, processor)
+    weight, bias = read_value_head(folder, model.head.in_features)
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)
+    return finish_loading(model, dev, dt)
+
+
+__all__ = ["QwenVLRewardModel", "qwen_messages", "is_skywork_vl", "load_skywork_vl", "read_value_head",
+           "VALUE_HEAD_FILE"]

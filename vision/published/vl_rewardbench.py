@@ -1,0 +1,189 @@
+"""VL-RewardBench (Li et al., 2024) for VLM reward models, read in its released formats:
+
+* ``data.jsonl`` (the GitHub release): ``id``, ``image_path`` (relative to the file's folder),
+  ``query``, ``response`` (two answers), ``human_ranking`` (rank of each answer, 0 = preferred), …;
+* ``test-00000-of-00001.parquet`` (the Hugging Face release): the same fields with ``image`` as
+  ``{"bytes", "path"}``.
+
+Each item becomes two :class:`~mmreward.core.inputs.Conversation` s — ``[user: image + query,
+assistant: answer]`` — scored by the model; the item is correct when the preferred answer scores
+strictly higher (a tie counts as wrong). Items are grouped as the benchmark's ``cal.py`` does (its
+``get_dataset_from_id``: the id's prefix names the source set) into *general* (VLFeedback,
+WildVision), *hallucination* (POVID, RLAIF-V, RLHF-V) and *reasoning* (MMMU-Pro, MathVerse);
+reported in percent: each group's accuracy, the overall accuracy over all items and the macro
+average of the three groups (Skywork-VL-Reward-7B: 66.0 / 80.0 / 61.0, overall 73.1, macro 69.0).
+
+    mmreward vision vl-rewardbench --model Skywork-VL-Reward-7B --data VL_RewardBench/data/data.jsonl \\
+        --dtype bf16 --device cuda --out results.json
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mmreward.core.data import DataError, describe
+from mmreward.core.inputs import Conversation
+
+GROUPS = {"vlfeedback": "general", "wildvision-battle": "general", "povid": "hallucination",
+          "rlaif-v": "hallucination", "rlhf-v": "hallucination", "reasoning_tasks": "reasoning"}
+GROUP_ORDER = ("general", "hallucination", "reasoning")
+PREFIXES = {"RLAIF": "rlaif-v", "RLHF": "rlhf-v", "mathverse": "reasoning_tasks", "mmmu": "reasoning_tasks",
+            "wildvision": "wildvision-battle", "hallucination": "povid"}
+
+
+@dataclass
+class VLRewardBenchItem:
+    """One benchmark item: a query about an image, two answers and which one people preferred."""
+
+    id: str
+    query: str
+    responses: tuple
+    preferred: int  # index into responses of the answer ranked 0
+    image: Any  # path or PIL image
+    dataset: str  # source set (see GROUPS)
+
+    def conversations(self) -> list[Conversation]:
+        return [Conversation([{"role": "user", "content": self.query}, {"role": "assistant", "content": r}],
+                             [self.image]) for r in self.responses]
+
+
+def source_dataset(item_id: str) -> str:
+    """The source set of an item id, as VL-RewardBench's ``cal.py`` (``get_dataset_from_id``) reads it:
+    the text before the first ``_`` or ``-``."""
+    cuts = [i for i in (item_id.find("_"), item_id.find("-")) if i != -1]
+    return PREFIXES.get(item_id[:min(cuts)] if cuts else item_id, "vlfeedback")
+
+
+def _item(row: Any, where: str, base: str) -> VLRewardBenchItem:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {describe(row)}")
+    missing = [k for k in ("id", "query", "response", "human_ranking") if k not in row]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing} (a VL-RewardBench row has id, query, response, "
+                        "human_ranking and image_path or image)")
+    responses, ranking = list(row["response"]), [int(r) for r in row["human_ranking"]]
+    if len(responses) != 2 or not all(isinstance(r, str) for r in responses):
+        raise DataError(f"{where}: field 'response' must hold two answers (strings), got {describe(row['response'])}")
+    if sorted(ranking) != [0, 1]:
+        raise DataError(f"{where}: field 'human_ranking' must rank the two answers 0 (preferred) and 1, got {ranking}")
+    return VLRewardBenchItem(str(row["id"]), str(row["query"]), tuple(responses), ranking.index(0),
+                             _image(row, where, base), source_dataset(str(row["id"])))
+
+
+def _image(row: dict, where: str, base: str) -> Any:
+    image = row.get("image")
+    if isinstance(image, dict) and image.get("bytes"):  # the parquet release: encoded image bytes
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(image["bytes"])) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{where}: field 'image' holds bytes that are not an image: {e}") from e
+    path = row.get("image_path") or (image if isinstance(image, str) else None)
+    if not isinstance(path, str):
+        raise DataError(f"{where}: no image (field 'image_path', or 'image' with bytes)")
+    path = path if os.path.isabs(path) else os.path.join(base, path)
+    if not os.path.isfile(path):
+        raise DataError(f"{where}: image file {path!r} does not exist (image paths are relative to the data file)")
+    return path
+
+
+def read_vl_rewardbench(path: str, limit: Optional[int] = None) -> list[VLRewardBenchItem]:
+    """The items of a released VL-RewardBench file (``.jsonl`` / ``.json`` / ``.parquet``); the first
+    ``limit`` only when given. A bad row raises DataError naming the file and the row."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"VL-RewardBench file {path!r} does not exist")
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ImportError("reading the parquet release needs pyarrow (pip install 'mmreward[published]')") from e
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise DataError(f"cannot read {path} as parquet: {e}") from e
+    else:
+        from mmreward.core.data import read_records
+
+        rows = read_records(path)
+    if not rows:
+        raise DataError(f"{path} holds no rows")
+    rows = rows[:limit] if limit else rows
+    base = os.path.dirname(os.path.abspath(path))
+    return [_item(row, f"{path}: row {i}", base) for i, row in enumerate(rows)]
+
+
+def evaluate_vl_rewardbench(model: Any, items: Sequence[VLRewardBenchItem], batch_size: int = 8) -> dict:
+    """``{"summary": accuracies in percent, "items": per-item scores}`` of a reward model that scores
+    :class:`~mmreward.core.inputs.Conversation` s (see the module docstring)."""
+    if Conversation not in getattr(model, "input_types", ()):
+        raise TypeError(f"{type(model).__name__} does not score Conversation inputs: VL-RewardBench needs a VLM "
+                        "reward model")
+    if not items:
+        raise ValueError("no VL-RewardBench items to evaluate")
+    convs = [c for item in items for c in item.conversations()]
+    with torch.no_grad():
+        scores = model.score(convs, batch_size=batch_size).view(-1, 2)  # (N, 2): one row per item
+    results, correct, total = [], {}, {}
+    for item, (a, b) in zip(items, scores.tolist()):
+        pair = (a, b)
+        ok = pair[item.preferred] > pair[1 - item.preferred]
+        correct[item.dataset] = correct.get(item.dataset, 0) + int(ok)
+        total[item.dataset] = total.get(item.dataset, 0) + 1
+        results.append({"id": item.id, "dataset": item.dataset, "scores": [round(a, 6), round(b, 6)],
+                        "preferred": item.preferred, "correct": ok})
+    return {"summary": summarise(correct, total), "items": results}
+
+
+def summarise(correct: dict, total: dict) -> dict:
+    """Per-source and per-group accuracies, overall accuracy and the macro average over the groups
+    present, in percent (cal.py's ``distribution_dataset``)."""
+    group_c, group_t = {}, {}
+    for ds, n in total.items():
+        g = GROUPS[ds]
+        group_c[g], group_t[g] = group_c.get(g, 0) + correct[ds], group_t.get(g, 0) + n
+    pct = lambda c, t: round(100.0 * c / t, 2)  # noqa: E731
+    groups = [g for g in GROUP_ORDER if g in group_t]
+    out = {g: pct(group_c[g], group_t[g]) for g in groups}
+    out["overall_accuracy"] = pct(sum(group_c.values()), sum(group_t.values()))
+    out["macro_average"] = round(sum(100.0 * group_c[g] / group_t[g] for g in groups) / len(groups), 2)
+    out["datasets"] = {ds: pct(correct[ds], total[ds]) for ds in sorted(total)}
+    out["n"] = sum(total.values())
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mmreward vision vl-rewardbench``: accuracies of a VLM reward model on VL-RewardBench."""
+    from mmreward.core.cli_config import CLIParser
+
+    p = CLIParser(prog="mmreward vision vl-rewardbench", description="evaluate a VLM reward model on VL-RewardBench")
+    p.add_argument("--model", required=True, help="a VLM reward model folder (Skywork-VL-Reward, vlm_reward, …)")
+    p.add_argument("--data", required=True, help="the released data.jsonl (images beside it) or the test parquet")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
+    p.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
+    p.add_argument("--out", default=None, help="write the summary and per-item scores here (JSON)")
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    import mmreward
+    from mmreward.core.folders import atomic_write_text
+
+    items = read_vl_rewardbench(args.data, args.limit)
+    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
+    result = evaluate_vl_rewardbench(model, items, args.batch_size)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"]))
+    return 0
+
+
+__all__ = ["VLRewardBenchItem", "read_vl_rewardbench", "evaluate_vl_rewardbench", "source_dataset", "summarise",
+           "GROUPS", "main"]

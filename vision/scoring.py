@@ -1,0 +1,56 @@
+"""Small pieces every vision scorer shares: eval mode while scoring, the check that a saved folder
+holds every asset a model needs to score, and the adapter that turns an image reward model into the
+``(prompts, images) -> Tensor`` function ReFL and video scoring call."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from mmreward.core.folders import CheckpointError
+from mmreward.core.inputs import ImagePrompt
+from mmreward.core.model import RewardScorer
+
+PixelScorer = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Scores come from the model in eval mode (no dropout); its train / eval mode is restored after."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
+
+
+def require_assets(folder: str, assets: Mapping[str, str]) -> None:
+    """CheckpointError naming the first missing asset: ``assets`` maps a path inside ``folder`` to
+    what it is (e.g. ``{"tokenizer": "the text tokenizer"}``)."""
+    for rel, what in assets.items():
+        if not os.path.exists(os.path.join(folder, rel)):
+            raise CheckpointError(f"{folder} is incomplete: {rel} ({what}, needed to score) is missing")
+
+
+def as_pixel_scorer(scorer: Any) -> PixelScorer:
+    """``(prompts, images[B, 3, H, W] in [0, 1]) -> Tensor[B]`` from a reward model that scores
+    :class:`ImagePrompt` (differentiable when the model is), or ``scorer`` itself when it is already
+    such a function."""
+    if isinstance(scorer, RewardScorer):
+        if ImagePrompt not in scorer.input_types:
+            raise TypeError(f"{type(scorer).__name__} does not score images (it reads "
+                            f"{' / '.join(t.__name__ for t in scorer.input_types)})")
+
+        def score(prompts: list, images: torch.Tensor) -> torch.Tensor:
+            items = [ImagePrompt(p, x) for p, x in zip(prompts, images.unbind(0))]
+            return scorer.score(items, batch_size=len(items))
+
+        return score
+    if callable(scorer):
+        return scorer
+    raise TypeError(f"scorer must be an image reward model or a function (prompts, images) -> Tensor, "
+                    f"got {type(scorer).__name__}")

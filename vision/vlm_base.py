@@ -1,0 +1,80 @@
+"""``VLMScorer``: the base of the reward models built on a transformers vision-language model
+(:class:`~mmreward.vision.vlm_rm.VLMRewardModel`, :class:`~mmreward.vision.visual_prm.VisualPRM`).
+
+A subclass is built as ``cls(config, backbone, processor)`` — ``backbone`` a transformers config, a
+local model folder or an ``nn.Module`` (:func:`~mmreward.vision.vlm_data.build_backbone`),
+``processor`` anything with the transformers processor interface — and adds its head. Its saved
+folder (the :class:`~mmreward.core.model.RewardScorer` contract) holds:
+
+* ``config.json``: ``model_type``, our dataclass ``config`` and ``backbone_config`` (the backbone's
+  transformers ``config.to_dict()``);
+* ``model.safetensors``: every weight, backbone and head;
+* ``processor/``: the tokenizer / image-processor / chat-template files the processor needs to score.
+
+Loading rebuilds the backbone from ``backbone_config`` and the processor from ``processor/``; a
+folder without either is refused with a message naming what is missing.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from mmreward.core.folders import CheckpointError
+from mmreward.core.model import RewardScorer, config_from_dict, load_state_strict, load_weights
+
+from . import vlm_data as D
+from .scoring import require_assets
+
+PROCESSOR_DIR = "processor"
+
+
+class VLMScorer(RewardScorer, nn.Module):
+    """Base class of the VLM reward models; see the module docstring."""
+
+    # config fields written by mmreward 0.1 that the config no longer has (``score(batch_size=...)`` now)
+    retired_config_fields: ClassVar[tuple[str, ...]] = ("score_batch_size",)
+
+    def __init__(self, config: Any, backbone: Any, processor: Any = None):
+        super().__init__()
+        self.config, self.processor = config, processor
+        self.backbone = D.build_backbone(backbone)
+        D.freeze_vision(self.backbone, vision_tower=config.freeze_vision_tower, projector=config.freeze_projector)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def need_processor(self) -> Any:
+        if self.processor is None:
+            raise ValueError(f"this {type(self).__name__} has no processor: pass processor= to the constructor")
+        return self.processor
+
+    # -------------------------------------------------------------- save / load
+    def _save(self, folder: str, state_dict: Optional[dict] = None) -> dict:
+        processor = self.need_processor()
+        if not hasattr(processor, "save_pretrained"):
+            raise TypeError(f"cannot save {type(processor).__name__}: the processor has no save_pretrained")
+        super()._save(folder, state_dict)
+        processor.save_pretrained(os.path.join(folder, PROCESSOR_DIR))
+        return {"backbone_config": self.backbone.config.to_dict()}
+
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device) -> "VLMScorer":
+        require_assets(folder, {PROCESSOR_DIR: "the tokenizer / image processor"})
+        if not isinstance(body.get("backbone_config"), dict):
+            raise CheckpointError(f"{folder}/config.json has no backbone_config (the backbone's transformers config)")
+        data = body.get("config", {})
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in cls.retired_config_fields}
+        config = config_from_dict(cls.config_class, data, cls.model_type)
+        try:
+            backbone = D.backbone_from_dict(body["backbone_config"])
+            processor = D.load_processor(os.path.join(folder, PROCESSOR_DIR))
+        except (ValueError, OSError, KeyError) as e:
+            raise CheckpointError(f"{folder}: cannot rebuild the backbone / processor: {e}") from e
+        model = cls(config, backbone, processor)
+        load_state_strict(model, load_weights(folder), folder)
+        return model
