@@ -3,7 +3,9 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k pairwise -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics,text,vision,serve,serve-ray} bash scripts/setup_env.sh
+MMREWARD_EXTRAS=${MMREWARD_EXTRAS:-dev,robotics,text,vision,published,serve,serve-ray} bash scripts/setup_env.sh
+# the official code of the published vision models, in a side folder (parity tests compare against it)
+bash scripts/setup_published_refs.sh
 VENV=${MMREWARD_VENV:-.venv}
 "$VENV/bin/python" -m mmreward.env_report
 set +e

@@ -32,7 +32,7 @@ from torch import nn
 
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
-from mmreward.core.model import finish_loading, load_state_strict, load_weights
+from mmreward.core.model import finish_loading, load_state_strict, load_weights, read_config
 
 from .data import has_chat_template, has_pair_template, model_max_length
 from .reward_model import RewardModel, RewardModelConfig, is_encoder, load_tokenizer, quiet_transformers
@@ -70,8 +70,6 @@ def load_legacy_folder(folder: str, *, device: Any = "cpu", dtype: Any = None, t
     if os.path.getsize(weights) != meta.get("weights_bytes"):
         raise CheckpointError(f"{weights} has {os.path.getsize(weights)} bytes but {LEGACY_META} expects "
                               f"{meta.get('weights_bytes')}: truncated or from another save")
-    from mmreward.core.model import read_config
-
     backbone = read_config(folder)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     config = RewardModelConfig(backbone=backbone, input_format="chat" if has_chat_template(tokenizer) else "joined",

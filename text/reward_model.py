@@ -116,18 +116,22 @@ def is_encoder(config: Any) -> bool:
     return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
 
 
-def load_tokenizer(folder: str) -> Any:
-    """The tokenizer saved in ``folder``; a folder without tokenizer files is refused (naming them)."""
-    if not os.path.isdir(folder) or not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
-        raise CheckpointError(f"{folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): a text reward "
-                              "model cannot score without its tokenizer")
+def load_tokenizer(source: str) -> Any:
+    """The tokenizer saved in folder ``source`` (or a hub id); a folder without tokenizer files is
+    refused, naming them."""
+    if os.path.isdir(source):
+        if not any(os.path.isfile(os.path.join(source, f)) for f in TOKENIZER_FILES):
+            raise CheckpointError(f"{source} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): a text "
+                                  "reward model cannot score without its tokenizer")
+    elif os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise CheckpointError(f"tokenizer folder {source!r} does not exist")
     from transformers import AutoTokenizer
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(folder)
-    except Exception as e:  # noqa: BLE001 - unreadable / inconsistent tokenizer files
-        raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(e).__name__}: {e}") from e
+            return AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # noqa: BLE001 - unreadable files, or a hub id that cannot be fetched
+        raise CheckpointError(f"cannot load the tokenizer {source}: {type(e).__name__}: {e}") from e
 
 
 def _backbone_dict(backbone: nn.Module) -> dict:

@@ -101,12 +101,12 @@ def test_torchrun_critic_rm_matches_single_process(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     init = load_file(str(tmp_path / "base" / "model.safetensors"))
-    for part in ("backbone/model.safetensors", "head/model.safetensors"):
+    for part in ("lm/model.safetensors", "head.safetensors"):
         single, ddp = load_file(str(tmp_path / "single" / "model" / part)), load_file(str(tmp_path / "ddp" / "model" / part))
         assert single.keys() == ddp.keys()
         for k in single:
             torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4, msg=f"{part}: {k}")
     moved = max((single_w - init[k]).abs().max().item()
-                for k, single_w in load_file(str(tmp_path / "single" / "model" / "backbone/model.safetensors")).items()
+                for k, single_w in load_file(str(tmp_path / "single" / "model" / "lm/model.safetensors")).items()
                 if k in init)
     assert moved > 1e-4  # the backbone trained

@@ -1,5 +1,6 @@
-"""Evaluation harnesses for text reward models; every evaluator takes any scorer
-``(prompts, responses) -> Tensor[N]`` (or an object with ``.score``), so it works for every RM kind.
+"""Evaluation harnesses for text reward models; every evaluator takes any scorer — a callable
+``(prompts, responses) -> Tensor[N]`` or a reward model scoring ``TextPair`` inputs — so it works for
+every RM kind.
 
 * :func:`evaluate_rmbench` — RM-Bench 3×3 style matrix → easy / normal / hard per domain;
 * :func:`evaluate_rewardbench` — RewardBench per-subset accuracy, section scores, overall;

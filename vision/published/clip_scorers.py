@@ -167,7 +167,7 @@ def _byte_symbols() -> list[str]:
     """GPT-2 / CLIP byte-level BPE: the printable character that stands for each byte 0..255, in the
     order CLIP's vocabulary lists them (printable Latin-1 bytes keep their character, the rest map to
     256, 257, …)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     extra = iter(range(256, 512))
     chars = {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
     return [chars[b] for b in keep] + [chars[b] for b in range(256) if b not in keep]
@@ -260,8 +260,8 @@ def _tower(state: dict, src: str, dst: str, layers: int, out: dict) -> None:
             for p in ("weight", "bias"):
                 out[f"{b}.{new}.{p}"] = state[f"{a}.{old}.{p}"]
         for p in ("weight", "bias"):
-            q, k, v = state[f"{a}.attn.in_proj_{p}"].chunk(3)
-            out[f"{b}.self_attn.q_proj.{p}"], out[f"{b}.self_attn.k_proj.{p}"], out[f"{b}.self_attn.v_proj.{p}"] = q, k, v
+            for name, part in zip("qkv", state[f"{a}.attn.in_proj_{p}"].chunk(3)):
+                out[f"{b}.self_attn.{name}_proj.{p}"] = part
 
 
 def clip_state_from_open_clip(state: dict, layers_vision: int, layers_text: int, path: str) -> dict[str, torch.Tensor]:
@@ -310,7 +310,8 @@ def _open_clip_scorer(folder: str, state: dict, model_cfg: dict, kind: str, path
                               image_size=clip_config["vision_config"]["image_size"],
                               image_mean=tuple(preprocess.get("mean", CLIP_MEAN)),
                               image_std=tuple(preprocess.get("std", CLIP_STD)),
-                              max_text_length=clip_config["text_config"]["max_position_embeddings"], open_clip_text=True)
+                              max_text_length=clip_config["text_config"]["max_position_embeddings"],
+                              open_clip_text=True)
     model = CLIPScorer(config, clip_tokenizer(folder))
     converted = {k: v.float() for k, v in _with_buffers(model, converted).items()}
     load_state_strict(model, converted, folder)
@@ -407,7 +408,8 @@ def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: O
     if info.get("missing_keys"):
         raise CheckpointError(f"{folder}: the weights lack {len(info['missing_keys'])} CLIPModel tensor(s), e.g. "
                               f"{sorted(info['missing_keys'])[:4]}")
-    model = CLIPScorer(CLIPScorerConfig(kind=kind, clip_config=clip.config.to_dict(), **pre), clip_tokenizer(folder), clip)
+    config = CLIPScorerConfig(kind=kind, clip_config=clip.config.to_dict(), **pre)
+    model = CLIPScorer(config, clip_tokenizer(folder), clip)
     return finish_loading(model, resolve_device(device), resolve_dtype(dtype))
 
 

@@ -56,7 +56,8 @@ class BLIPImageRewardConfig:
     vision_depth: int = field(default=24, metadata={"help": "ViT blocks"})
     vision_heads: int = field(default=16, metadata={"help": "ViT attention heads"})
     vision_mlp_ratio: float = field(default=4.0, metadata={"help": "ViT MLP width / width"})
-    text_config: dict = field(default_factory=dict, metadata={"help": "med_config.json fields (BERT with cross-attention)"})
+    text_config: dict = field(default_factory=dict, metadata={
+        "help": "med_config.json fields (BERT with cross-attention)"})
     head_hidden: tuple = field(default=(1024, 128, 64, 16), metadata={"help": "MLP hidden widths"})
     reward_mean: float = field(default=0.16717362830052426, metadata={"help": "subtracted from the MLP output"})
     reward_std: float = field(default=1.0333394966054072, metadata={"help": "divides the centred MLP output"})
@@ -126,7 +127,9 @@ class _SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_width: int):
         super().__init__()
         self.heads = heads
-        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(kv_width, hidden), nn.Linear(kv_width, hidden)
+        # keys / values come from the text itself (kv_width = hidden) or, cross-attending, from the image tokens
+        self.query = nn.Linear(hidden, hidden)
+        self.key, self.value = nn.Linear(kv_width, hidden), nn.Linear(kv_width, hidden)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         split = lambda t: t.view(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731 (B, h, L, d)
@@ -224,7 +227,8 @@ class BLIPImageReward(ImageScorer):
         index = torch.tensor([unique.index(p) for p in prompts], device=pixel_values.device)
         tok = self.tokenizer(unique, padding=True, truncation=True, max_length=self.config.max_text_length,
                              return_tensors="pt")
-        ids, mask = tok["input_ids"].to(pixel_values.device)[index], tok["attention_mask"].to(pixel_values.device)[index]
+        dev = pixel_values.device
+        ids, mask = tok["input_ids"].to(dev)[index], tok["attention_mask"].to(dev)[index]  # (B, L): one row per image
         image = self.blip.visual_encoder(pixel_values)  # (B, 1 + N, Wv)
         cls = self.blip.text_encoder(ids, mask, image)[:, 0].float()  # (B, H)
         return ((self.mlp.layers(cls) - self.config.reward_mean) / self.config.reward_std).squeeze(-1)
@@ -311,7 +315,8 @@ def load_imagereward(folder: str, *, device: Any = "cpu", dtype: Any = None) -> 
     path = os.path.join(folder, CHECKPOINT)
     state = read_torch_state(path)
     text = {k: med[k] for k in MED_FIELDS if k in med}
-    config = BLIPImageRewardConfig(text_config=text, head_hidden=_head_hidden(state, path), **_vision_config(state, path))
+    config = BLIPImageRewardConfig(text_config=text, head_hidden=_head_hidden(state, path),
+                                   **_vision_config(state, path))
     try:
         model = BLIPImageReward(config, tokenizer)
     except ValueError as e:
@@ -320,6 +325,8 @@ def load_imagereward(folder: str, *, device: Any = "cpu", dtype: Any = None) -> 
         raise CheckpointError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but med_config.json's vocab_size "
                               f"is {text['vocab_size']}")
     used = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(USED_PREFIXES)}
+    positions = "blip.text_encoder.embeddings.position_ids"  # a constant buffer some savers leave out
+    used.setdefault(positions, model.state_dict()[positions])
     load_state_strict(model, used, path)
     return finish_loading(model, resolve_device(device), resolve_dtype(dtype))
 

@@ -109,8 +109,8 @@ def sample_frame_indices(total: int, source_fps: float, cfg: QwenVisionConfig) -
 
 
 def read_video(video: Any, cfg: QwenVisionConfig, where: str = "video") -> QwenVideo:
-    """A video file / frame folder is sampled at ``cfg.fps``; frames given as an array, tensor or list
-    are taken as already sampled, at ``cfg.fps`` frames per second."""
+    """A video file with a frame rate is sampled at ``cfg.fps``; frames without one (a frame folder, an
+    array, a tensor, a list) are taken as already sampled, at ``cfg.fps`` frames per second."""
     frames, source_fps = video_frames(video, where)
     if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
         array = frames
