@@ -178,6 +178,9 @@ class PlainRM(torch.nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()  # the unused BERT pooler weights are reported otherwise
         self.tok = AutoTokenizer.from_pretrained(path)
         self.body = AutoModel.from_pretrained(path, add_pooling_layer=False)
         self.head = torch.nn.Linear(self.body.config.hidden_size, 1)
@@ -255,6 +258,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flags", default="", help="more `mmreward text train` flags after the recipe's (quoted)")
     ap.add_argument("--steps", type=int, default=0, help="train N optimizer steps instead of the recipe's epochs")
     ap.add_argument("--rrm", action="store_true", help="train on the RRM augmentation of the training rows")
+    ap.add_argument("--margin", type=float, default=None, help="give every training row this margin (for --loss margin)")
     ap.add_argument("--plain", action="store_true", help="also run the plain TRL-style loop with the same budget")
     ap.add_argument("--no-baselines", action="store_true", help="skip the untrained head and the length baseline")
     ap.add_argument("--limit", type=int, default=0, help="keep the first N items of each domain (smoke runs)")
@@ -276,6 +280,8 @@ def main(argv=None) -> int:
         train_items, test_items = split_items(train_items, args.heldout_frac, args.seed + 1)
     assert not {it["prompt"] for it in train_items} & {it["prompt"] for it in test_items}
     rows = preference_rows(train_items)
+    if args.margin is not None:  # RM-Bench has no ratings: one margin for every pair
+        rows = [{**r, "margin": args.margin} for r in rows]
     if args.rrm:
         from mmreward.text.recipes import RRMConfig, rrm_dataset
 
@@ -301,7 +307,7 @@ def main(argv=None) -> int:
         "load_average": {"before": load_before, "after": load_after}, "machine": machine(args.threads),
         "split": {"evaluated": "validation (20 % of the training prompts)" if args.validation else "held-out 20 % of prompts",
                   "train_items": len(train_items), "train_rows": len(rows), "eval_items": len(test_items),
-                  "seed": args.seed, "rrm": args.rrm},
+                  "seed": args.seed, "rrm": args.rrm, "margin": args.margin},
         "recipe": flags, "max_length": max_length, "pooling": model.config.pooling,
         "input_format": model.config.input_format, "train": read_metrics(run),
     }
@@ -319,7 +325,9 @@ def main(argv=None) -> int:
         plain, plain_s = train_plain(rows, steps=steps, batch_size=bs, lr=recipe_value(flags, "--lr", 2e-5),
                                      warmup=recipe_value(flags, "--warmup-steps", 0), max_length=max_length,
                                      autocast=recipe_value(flags, "--autocast", "none"), seed=args.seed)
+        t0 = time.perf_counter()
         result["plain_loop"] = {**evaluate(plain_scorer(plain, max_length), test_items),
+                                "scoring_seconds": time.perf_counter() - t0,
                                 "minutes": plain_s / 60, "pairs_per_s": steps * bs / plain_s}
     for key in ("fine_tuned", "untrained_head", "longer_response", "plain_loop"):
         if key in result:
@@ -332,14 +340,26 @@ def main(argv=None) -> int:
 
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "text_rm_minilm.json")
-    if args.name:
-        runs = json.load(open(out, encoding="utf-8")) if os.path.isfile(out) else {}
-        result = {**runs, args.name: result}
-    from mmreward.core.folders import atomic_write_text
-
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    write_result(out, result, args.name)
     print(f"wrote {out}")
     return 0
+
+
+def write_result(out: str, result: dict, name: str = "") -> None:
+    """Write ``result`` to ``out``; with ``name``, as ``out[name]`` next to the runs already there
+    (concurrent runs take turns through a lock file in the temp folder)."""
+    import fcntl
+
+    from mmreward.core.folders import atomic_write_text
+
+    lock_path = os.path.join(tempfile.gettempdir(), os.path.basename(out) + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if name:
+            with open(out, encoding="utf-8") if os.path.isfile(out) else open(os.devnull) as f:
+                runs = json.loads(f.read() or "{}")
+            result = {**runs, name: result}
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

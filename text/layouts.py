@@ -33,9 +33,10 @@ from torch import nn
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import finish_loading, load_state_strict, load_weights, read_config
+from mmreward.core.weights import quiet_transformers, weight_names
 
 from .data import has_chat_template, has_pair_template, model_max_length
-from .reward_model import RewardModel, RewardModelConfig, is_encoder, load_tokenizer, quiet_transformers
+from .reward_model import RewardModel, RewardModelConfig, is_encoder, load_tokenizer
 
 LEGACY_META = "mmreward_reward_model.json"
 LEGACY_MODEL_TYPE = "mmreward_reward_model"
@@ -87,34 +88,6 @@ def is_sequence_classifier(folder: str, config: Optional[dict]) -> bool:
     return any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs)
 
 
-def weight_names(folder: str) -> set[str]:
-    """Tensor names of a transformers checkpoint folder (safetensors, sharded or not, or .bin)."""
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        path = os.path.join(folder, index)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    return set(json.load(f)["weight_map"])
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"corrupt {path}: {e}") from e
-    path = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(path):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, "pt") as f:
-                return set(f.keys())
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
-            raise CheckpointError(f"corrupt or unreadable safetensors file {path}: {e}") from e
-    path = os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(path):
-        try:
-            return set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-        except Exception as e:  # noqa: BLE001 - anything that is not a plain tensor dict is refused
-            raise CheckpointError(f"cannot read {path} as plain tensors (weights_only): {e}") from e
-    raise CheckpointError(f"{folder} has no weights (model.safetensors, its index, or pytorch_model.bin)")
-
-
 def check_classifier_weights(folder: str, config: Any) -> None:
     """Refuse a folder whose weights do not cover the classifier its config describes."""
     from transformers import AutoModelForSequenceClassification
@@ -122,6 +95,8 @@ def check_classifier_weights(folder: str, config: Any) -> None:
     with torch.device("meta"), quiet_transformers():
         seq = AutoModelForSequenceClassification.from_config(config)
     found = weight_names(folder)
+    if found is None:
+        raise CheckpointError(f"{folder} has no weights (model.safetensors, its index, or pytorch_model.bin)")
     missing = sorted(set(seq.state_dict()) - found)
     if not missing:
         return
@@ -206,4 +181,4 @@ def _owns(parent: nn.Module, child: nn.Module) -> bool:
 
 
 __all__ = ["ENCODER_HEADS", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_sequence_classifier",
-           "load_legacy_folder", "load_sequence_classifier", "reward_model_from_classifier", "weight_names"]
+           "load_legacy_folder", "load_sequence_classifier", "reward_model_from_classifier"]

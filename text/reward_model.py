@@ -26,12 +26,11 @@ batches give the same rewards; encoders keep their own position convention and a
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +39,7 @@ from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import TextPair, as_inputs
 from mmreward.core.model import (RewardScorer, check_batch_size, config_from_dict, config_to_dict, load_state_strict,
                                  load_weights, read_config, save_weights)
+from mmreward.core.weights import quiet_transformers
 
 from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, has_chat_template, has_pair_template,
                    model_max_length, pad_batch, pad_id_of, truncation_warning)
@@ -78,23 +78,6 @@ class RewardModelConfig:
 
 
 # ------------------------------------------------------------------ transformers pieces (imported lazily)
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (e.g. the unused BERT pooler listed as UNEXPECTED) and its
-    weight-loading progress bars."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def backbone_from_config(config: Any) -> nn.Module:
     """``AutoModel.from_config`` (a transformers config or its dict) without BERT-style poolers
     (unused here; DDP would flag them)."""
@@ -383,4 +366,4 @@ def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = ["RewardModel", "RewardModelConfig", "MODEL_TYPE", "POOLINGS", "TOKENIZER_FILES", "backbone_from_config",
-           "is_encoder", "load_tokenizer", "quiet_transformers"]
+           "is_encoder", "load_tokenizer"]

@@ -38,6 +38,7 @@ from .checkpoint import _load_tensors, _save_tensors
 from .device import resolve_device, resolve_dtype
 from .folders import CheckpointError, atomic_folder, verify_folder
 from .inputs import as_inputs
+from .weights import read_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,14 +75,7 @@ def read_config(folder: str) -> dict:
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path):
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}: not a saved model folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt {path}: {e}") from e
-    if not isinstance(body, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(body).__name__}")
-    return body
+    return read_json(path)
 
 
 def write_config(folder: str, body: dict) -> None:

@@ -153,8 +153,10 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
             if not found:
                 raise VideoError(f"{src} holds no videos, frame folders or images")
             out.extend(found)
-        else:
+        elif os.path.exists(src):
             out.append(src)
+        else:  # checked up front, so a typo fails before any work (and before a progress bar) starts
+            raise VideoError(f"video source {src!r} does not exist")
     return out
 
 

@@ -176,7 +176,7 @@ def test_eval_cli_rmbench_json(tmp_path, capsys):
     data.mkdir()
     (data / "chat.json").write_text(json.dumps([item(i) for i in range(4)]))
     rc = main(["--model", str(tmp_path / "rm"), "--benchmark", "rm-bench", "--data", str(data), "--json",
-               "--output", str(tmp_path / "out.json")])
+               "--out", str(tmp_path / "out.json")])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["num_items"] == 4 and set(res["overall"]) == {"easy", "normal", "hard", "avg"}

@@ -29,7 +29,7 @@ def test_cli_runs_every_method(saved, method, capsys):
     out = saved / f"{method}.json"
     model = saved / ("crm" if method == "critic_rm" else "lm")
     extra = ["--max-new-tokens", "3"] if method not in ("genrm", "gram") else ["--batch-size", "2"]
-    assert main([method, "--model", str(model), "--data", str(saved / "pairs.jsonl"), "--output", str(out)] + extra) == 0
+    assert main([method, "--model", str(model), "--data", str(saved / "pairs.jsonl"), "--out", str(out)] + extra) == 0
     res = json.loads(out.read_text())
     assert res["method"] == method and res["n"] == 2 and 0 <= res["accuracy"] <= 1 and 0 <= res["consistency"] <= 1
     assert len(res["p_chosen_first"]) == 2 and len(res["p_chosen_second"]) == 2

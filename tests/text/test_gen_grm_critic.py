@@ -276,7 +276,7 @@ def test_train_critic_rm_cli_learns_saves_and_explains_an_empty_filter(tok, tmp_
         json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in test[:16]))
     assert mmreward_main(["text", "judge", "critic_rm", "--model", str(tmp_path / "run" / "model"), "--data",
                           str(tmp_path / "pairs_test.jsonl"), "--request", "Critique the response",
-                          "--max-new-tokens", "6", "--output", str(tmp_path / "verdicts.json")]) == 0
+                          "--max-new-tokens", "6", "--out", str(tmp_path / "verdicts.json")]) == 0
     capsys.readouterr()
     verdicts = json.loads((tmp_path / "verdicts.json").read_text())
     assert verdicts["method"] == "critic_rm" and len(verdicts["p_chosen_first"]) == 16
@@ -355,7 +355,7 @@ def test_train_meta_rm_cli_learns_and_the_grm_judge_reads_it(tok, tmp_path, caps
                                                   for c, r in (("good fine", "bad poor"), ("nice", "weak"))))
     judge = ["text", "judge", "grm", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "pairs.jsonl"),
              "--num-samples", "2", "--k-meta", "1", "--max-new-tokens", "6"]
-    assert mmreward_main([*judge, "--meta-rm", folder, "--output", str(tmp_path / "v.json")]) == 0
+    assert mmreward_main([*judge, "--meta-rm", folder, "--out", str(tmp_path / "v.json")]) == 0
     assert len(json.loads((tmp_path / "v.json").read_text())["p_chosen_first"]) == 2
     capsys.readouterr()
     assert mmreward_main([*judge, "--meta-rm", str(tmp_path)]) == 2

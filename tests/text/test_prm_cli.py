@@ -47,7 +47,7 @@ def test_cli_train_score_eval_search(run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["score"] > 0.5
     export = str(tmp_path / "st.jsonl")
     assert main(["search", "--model", run, "--synthetic", "10", "--max-value", "5", "--budget-steps", "12",
-                 "--export", export, "--seed", "1"]) == 0
+                 "--out", export, "--seed", "1"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert 0 <= res["mcts_success"] <= 1 and res["exported_records"] > 0
     from mmreward.text.prm.data import read_step_examples

@@ -1,7 +1,7 @@
 """``mmreward text eval``: evaluate a reward model on RM-Bench or a RewardBench-format file.
 
     mmreward text eval --model runs/rm --benchmark rm-bench --data /path/to/rm-bench [--json]
-    mmreward text eval --model runs/rm --benchmark rewardbench --data reward-bench.jsonl --output eval.json
+    mmreward text eval --model runs/rm --benchmark rewardbench --data reward-bench.jsonl --out eval.json
 
 Options map one to one onto :class:`EvalConfig`; :func:`run_eval` is the same code path from Python.
 The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not given.
@@ -32,7 +32,7 @@ class EvalConfig:
     dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16: cast the model (default: as saved)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N | auto"})
     json: bool = field(default=False, metadata={"help": "print the result as JSON instead of a table"})
-    output: str = field(default="", metadata={"help": "also write the full JSON result to this file"})
+    output: str = field(default="", metadata={"help": "also write the full JSON result to this file", "flag": "--out"})
     progress: bool = field(default=True, metadata={"help": "show a scoring progress bar"})
 
     def __post_init__(self) -> None:

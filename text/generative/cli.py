@@ -1,7 +1,7 @@
 """Run a generative judge over preference pairs from the command line (same code path as the Python API).
 
     python -m mmreward.text.generative.cli rm_r1 --model path/to/causal-lm --data pairs.jsonl --limit 8 \\
-        --max-new-tokens 256 --output verdicts.json
+        --max-new-tokens 256 --out verdicts.json
     python -m mmreward.text.generative.cli genrm --model folder --gguf-file model.Q4_1.gguf --data rm-bench/chat.json
 
 The first argument is the method (genrm, gram, rm_r1, grm, reward_anything, critic_rm); the method's
@@ -156,7 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
         p.add_argument("--device", default="cpu", help="torch device")
-        p.add_argument("--output", help="write the result JSON here")
+        p.add_argument("--out", dest="output", help="write the result JSON here")
+        p.add_argument("--output", dest="output", help=argparse.SUPPRESS)
         if name == "grm":
             p.add_argument("--meta-rm", help="meta-RM folder from `mmreward text train-meta-rm` (with --k-meta)")
         config_cls = getattr(importlib.import_module(f"{__package__}.{mod}"), cfg)

@@ -7,7 +7,7 @@
     mmreward prm score --model runs/prm-tiny --problem "3 +4 -2" --step 3+4=7 --step 7-2=5
     mmreward prm eval --model runs/prm-tiny --data heldout.jsonl --threshold 0.5 --sweep
     mmreward prm search --model runs/prm-tiny --synthetic 100 --policy-error-rate 0.3 \\
-        --budget-steps 16 --method both --export runs/selftrain.jsonl
+        --budget-steps 16 --method both --out runs/selftrain.jsonl
 
 ``--model`` is anything ``mmreward.load`` opens: a saved PRM, a training run's folder (its ``model/``)
 or a published PRM (Math-Shepherd, Qwen2.5-Math-PRM, Skywork-o1-Open-PRM). Training options map one
@@ -255,7 +255,8 @@ def _parser() -> CLIParser:
     p.add_argument("--policy-error-rate", type=float, default=0.3)
     p.add_argument("--method", default="both", choices=("mcts", "best-of-n", "both"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export", help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
+    p.add_argument("--out", dest="export", help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
+    p.add_argument("--export", dest="export", help=argparse.SUPPRESS)
     _add_device(p)
     add_config_options(p.add_argument_group("search"), MCTSConfig)
     p.set_defaults(fn=_search)

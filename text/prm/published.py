@@ -25,7 +25,6 @@ it trains, searches and saves (``save_pretrained`` → our own format) like any 
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Optional
 
@@ -34,9 +33,10 @@ import torch
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import finish_loading, load_state_strict, read_config
+from mmreward.core.weights import read_weights, weight_names
 
 __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_prm", "is_skywork_prm",
-           "load_skywork_prm", "read_weights", "weight_names", "QWEN_PRM_SYSTEM"]
+           "load_skywork_prm", "QWEN_PRM_SYSTEM"]
 
 # the system turn of the Qwen2.5-Math-PRM model card's example
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -53,64 +53,6 @@ def _architectures(config: Optional[dict]) -> list[str]:
 
 def _causal_lm(config: Optional[dict]) -> bool:
     return any(a.endswith("ForCausalLM") for a in _architectures(config))
-
-
-def _read_index(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"corrupt weight index {path}: {e}") from e
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{path}: weight_map must be an object")
-    return weight_map
-
-
-def weight_names(folder: str) -> Optional[set[str]]:
-    """Tensor names of a folder's safetensors weights from the index or the file header (no tensor is
-    read); None when it has none."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        return set(_read_index(index))
-    single = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(single):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(single, "pt") as f:
-                return set(f.keys())
-        except Exception as e:  # safetensors raises several types for bad headers
-            raise CheckpointError(f"corrupt or unreadable safetensors file {single}: {e}") from e
-    return None
-
-
-def _load_file(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"missing weights file {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only, no code
-    except Exception as e:  # truncated / corrupt files
-        raise CheckpointError(f"corrupt or unreadable weights file {path}: {e}") from e
-
-
-def read_weights(folder: str) -> dict[str, torch.Tensor]:
-    """All tensors of a published folder: ``model.safetensors``, sharded safetensors (its index), or
-    ``pytorch_model.bin`` / its shards (read with ``weights_only=True``)."""
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if os.path.isfile(os.path.join(folder, index)):
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(_read_index(os.path.join(folder, index)).values())):
-                state.update(_load_file(os.path.join(folder, shard)))
-            return state
-        if os.path.isfile(os.path.join(folder, single)):
-            return _load_file(os.path.join(folder, single))
-    raise CheckpointError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json + shards, or "
-                          "pytorch_model.bin)")
 
 
 def _tokenizer(folder: str, layout: str):

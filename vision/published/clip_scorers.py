@@ -45,12 +45,12 @@ from torch import nn
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import config_from_dict, finish_loading, load_state_strict, load_weights
+from mmreward.core.weights import quiet_transformers, read_json, read_torch_state
 
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets
-from .common import (longest_edge_pad, needs_grad, normalise, quiet_transformers, read_json, read_torch_state,
-                     shortest_edge_crop_batch)
+from .common import longest_edge_pad, needs_grad, normalise, shortest_edge_crop_batch
 
 KINDS = ("pickscore", "clip_score", "hpsv2")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,79 +1,14 @@
-"""Pieces the published-layout loaders share: JSON and weight files read with errors that name the
+"""Pieces the published-layout loaders share (weight and JSON readers are in mmreward.core.weights):
 file, pickled state dicts read without running code, quiet transformers loading, and the official
 image preprocessing of each family (PIL resizes as torchvision / transformers do them on PIL images,
 so scores match the official code bit for bit on real images)."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from mmreward.core.folders import CheckpointError
-
-
-def read_json(path: str, what: str = "") -> dict:
-    """A JSON object from ``path`` (CheckpointError naming the file and ``what`` it is otherwise)."""
-    label = f" ({what})" if what else ""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}{label} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}{label}: {e}") from e
-    if not isinstance(body, dict):
-        raise CheckpointError(f"{path}{label} must hold a JSON object")
-    return body
-
-
-def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (no code runs); ``key``
-    picks a sub-dict (e.g. ``state_dict`` of a training checkpoint) when the file holds one.
-    DataParallel's ``module.`` prefix is dropped, as the official loaders do."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"missing weights file {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated files, pickles with code in them
-        raise CheckpointError(f"cannot read {path} as a tensors-only torch file: {e}") from e
-    if key is not None and isinstance(obj, dict) and isinstance(obj.get(key), dict):
-        obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors"
-                              + (f" (nor one under {key!r})" if key else ""))
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def require_tensors(state: dict, names: Sequence[str], path: str, what: str) -> None:
-    """CheckpointError naming the first missing tensors of ``what`` (e.g. the MLP head)."""
-    missing = [n for n in names if n not in state]
-    if missing:
-        have = sorted({k.split(".")[0] for k in state})[:8]
-        raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) of {what}, e.g. {missing[:3]} "
-                              f"(top-level names present: {have})")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' load reports (e.g. an unused ``lm_head``) are errors here or nothing at all."""
-    from transformers.utils import logging
-
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tensor:
@@ -136,5 +71,5 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x - m) / s
 
 
-__all__ = ["read_json", "read_torch_state", "require_tensors", "quiet_transformers", "needs_grad",
+__all__ = ["needs_grad",
            "shortest_edge_crop", "shortest_edge_crop_batch", "longest_edge_pad", "normalise"]

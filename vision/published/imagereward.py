@@ -33,12 +33,13 @@ from torch import nn
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import config_from_dict, finish_loading, load_state_strict, load_weights
+from mmreward.core.weights import read_json, read_torch_state, require_tensors
 
 from ..image_reward import imagereward_head
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets
-from .common import needs_grad, normalise, read_json, read_torch_state, require_tensors, shortest_edge_crop_batch
+from .common import needs_grad, normalise, shortest_edge_crop_batch
 
 CHECKPOINT, MED_CONFIG, TOKENIZER_DIR = "ImageReward.pt", "med_config.json", "tokenizer"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

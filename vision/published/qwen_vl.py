@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from mmreward.core.folders import CheckpointError
+from mmreward.core.weights import read_json
 
 from ..images import to_pil
 from ..video import video_frames
-from .common import read_json
 
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 PROCESSOR_FILE = "qwen_vl_processor.json"  # written by save_pretrained: the vision config + chat template

@@ -33,10 +33,10 @@ from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import Conversation, ImagePrompt, VideoPrompt
 from mmreward.core.model import finish_loading
+from mmreward.core.weights import quiet_transformers
 
 from ..vlm_data import ROLES
 from ..vlm_rm import VLMRewardConfig, VLMRewardModel
-from .common import quiet_transformers
 from .qwen_vl import QwenVLProcessor, read_video
 
 VALUE_HEAD_FILE = "value_head.safetensors"

@@ -1,0 +1,139 @@
+"""Reading published checkpoints without running their code: JSON configs, safetensors (single or
+sharded), ``torch.save`` files through ``torch.load(weights_only=True)`` (tensors only: a pickle that
+holds code is refused), tensor names from headers / indexes, and a switch that keeps transformers'
+load reports out of the way. Every failure is a :class:`CheckpointError` naming the file."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from .folders import CheckpointError
+
+SHARD_INDEXES = (("model.safetensors", "model.safetensors.index.json"),
+                 ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def read_json(path: str, what: str = "") -> dict:
+    """A JSON object from ``path`` (CheckpointError naming the file and ``what`` it is otherwise)."""
+    label = f" ({what})" if what else ""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}{label} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt {path}{label}: {e}") from e
+    if not isinstance(body, dict):
+        raise CheckpointError(f"{path}{label} must hold a JSON object, got {type(body).__name__}")
+    return body
+
+
+def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (no code runs); ``key``
+    picks a sub-dict (e.g. ``state_dict`` of a training checkpoint) when the file holds one.
+    DataParallel's ``module.`` prefix is dropped, as the official loaders do."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing weights file {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - truncated files, pickles with code in them
+        raise CheckpointError(f"cannot read {path} as a tensors-only torch file: {e}") from e
+    if key is not None and isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors"
+                              + (f" (nor one under {key!r})" if key else ""))
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_weight_file(path: str) -> dict[str, torch.Tensor]:
+    """One safetensors or ``torch.save`` weights file."""
+    if not path.endswith(".safetensors"):
+        return read_torch_state(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing weights file {path}")
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad headers / truncation
+        raise CheckpointError(f"corrupt or unreadable safetensors file {path}: {e}") from e
+
+
+def _read_index(path: str) -> dict[str, str]:
+    weight_map = read_json(path, "weight index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: weight_map must be an object")
+    return weight_map
+
+
+def read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers-style folder: ``model.safetensors``, sharded safetensors (its
+    index), or ``pytorch_model.bin`` / its shards (tensors only)."""
+    for single, index in SHARD_INDEXES:
+        if os.path.isfile(os.path.join(folder, index)):
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(_read_index(os.path.join(folder, index)).values())):
+                state.update(read_weight_file(os.path.join(folder, shard)))
+            return state
+        if os.path.isfile(os.path.join(folder, single)):
+            return read_weight_file(os.path.join(folder, single))
+    raise CheckpointError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json + shards, or "
+                          "pytorch_model.bin)")
+
+
+def weight_names(folder: str) -> Optional[set[str]]:
+    """Tensor names of a transformers-style folder from its index or file header (safetensors: no
+    tensor is read); None when it holds no weights."""
+    for single, index in SHARD_INDEXES:
+        if os.path.isfile(os.path.join(folder, index)):
+            return set(_read_index(os.path.join(folder, index)))
+        path = os.path.join(folder, single)
+        if not os.path.isfile(path):
+            continue
+        if single.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            try:
+                with safe_open(path, "pt") as f:
+                    return set(f.keys())
+            except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
+                raise CheckpointError(f"corrupt or unreadable safetensors file {path}: {e}") from e
+        return set(read_torch_state(path))
+    return None
+
+
+def require_tensors(state: dict, names: Sequence[str], path: str, what: str) -> None:
+    """CheckpointError naming the first missing tensors of ``what`` (e.g. the MLP head)."""
+    missing = [n for n in names if n not in state]
+    if missing:
+        have = sorted({k.split(".")[0] for k in state})[:8]
+        raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) of {what}, e.g. {missing[:3]} "
+                              f"(top-level names present: {have})")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (an unused pooler or ``lm_head`` listed as UNEXPECTED) and
+    its weight-loading progress bars: mmreward checks the weights itself and says what is wrong."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+__all__ = ["quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "require_tensors",
+           "weight_names"]
