@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Rebuilds the previous default Diffusion Reward checkpoint robotics/pretrained/metaworld-64-v1 (a small VQGAN +
-# conditional VQ-Diffusion trained on scripted-expert Meta-World videos, with its expert statistics)
-# and its quality report benchmarks/results/diffusion_reward_quality.{json,png}. It was the default until
-# session 17 (every RL run in docs/visual_rl.md used it); scripts/make_default_checkpoint.sh makes the current one.
+# Rebuilds the Diffusion Reward checkpoint robotics/pretrained/metaworld-64-v1 (a small VQGAN + conditional
+# VQ-Diffusion trained on 160 scripted-expert Meta-World videos, with its expert statistics) and its quality
+# report benchmarks/results/diffusion_reward_quality.{json,png}. The RL runs in docs/visual_rl.md use this
+# checkpoint; scripts/make_default_checkpoint.sh makes the default, metaworld-64.
 #
 # This is the exact command that produced the shipped files (about 1 h on 2 CPU cores alone, estimated
 # from the measured stage rates: data + codec + 30 000 video steps ≈ 35 min, statistics and scoring

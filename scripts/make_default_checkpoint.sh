@@ -3,8 +3,7 @@
 # VQGAN + conditional VQ-Diffusion + progress ranker trained on 320 scripted-expert Meta-World videos,
 # with its expert statistics) and its quality reports on three independent evaluation sets.
 #
-# These are the commands that produced the shipped files (session 17; that run's cache folder was
-# runs/scale80 and step 2 saved to runs/scale80_ship, copied here). Step 1 took 45–51 min on
+# These are the commands that produced the shipped files. Step 1 took 45–51 min on
 # 2 CPU cores alone (collection 270–283 s, codec 90–100 s, video model 1619–1851 s, ranker 192–223 s,
 # expert statistics 326–360 s, scoring 218–236 s); steps 2 and 3 reuse its cached data and models
 # (runs/diffusion_reward_default) and took 6 and 11 min (354 s / 650 s in their reports). The same seeds rebuilt the model bit for bit on
@@ -47,7 +46,7 @@ R=benchmarks/results/diffusion_reward_quality_scale80_24k
 # 4. pooled over the three sets, paired bootstrap against the nearest-neighbour baseline
 "$PY" benchmarks/compare_reward_runs.py "$R.json" "${R}_eval16.json@8:" "${R}_fresh3000.json" \
     --save benchmarks/results/diffusion_reward_pooled_scale80.json
-# 5. against the previous default on the same 600 episodes (its runs: scripts/make_checkpoint_metaworld64_v1.sh
+# 5. against metaworld-64-v1 on the same 600 episodes (its runs: scripts/make_checkpoint_metaworld64_v1.sh
 #    and the fresh-seed run docs/diffusion_reward.md describes)
 P=benchmarks/results/diffusion_reward_quality
 if [ -f "${P}_progress.json" ] && [ -f "${P}_progress_eval16.json" ] && [ -f "${P}_fresh3000.json" ]; then

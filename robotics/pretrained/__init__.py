@@ -8,9 +8,8 @@ learned term (β = 1; ``reward.set_progress(None)`` gives the paper's rule). How
 ``scripts/make_default_checkpoint.sh``; how well it ranks episodes:
 ``benchmarks/results/diffusion_reward_pooled_scale80.json`` and ``docs/diffusion_reward.md``.
 
-``metaworld-64-v1``: the previous default (40 episodes per task, 30 000 video steps;
-``scripts/make_checkpoint_metaworld64_v1.sh``), kept because every RL run in ``docs/visual_rl.md``
-used it (``checkpoint=pretrained_path("metaworld-64-v1")`` reproduces them).
+``metaworld-64-v1``: the same design trained on 40 episodes per task for 30 000 video steps
+(``scripts/make_checkpoint_metaworld64_v1.sh``); the RL runs in ``docs/visual_rl.md`` use it (``checkpoint=pretrained_path("metaworld-64-v1")`` reproduces them).
 
     from mmreward.robotics.pretrained import load_pretrained
     reward = load_pretrained()            # DiffusionReward, eval mode, on CPU
