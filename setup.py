@@ -58,11 +58,11 @@ def extensions():
         extra_link_args=["-fopenmp"],
     )
     if with_cuda:
-        sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*_torch.cpp")
+        sources += rel("csrc/cuda/*.cu")
         macros.append(("MMREWARD_WITH_CUDA", None))
         ext = CUDAExtension(
             "mmreward._C", sources, define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]}, **kwargs,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20"]}, **kwargs,
         )
     else:
         ext = CppExtension("mmreward._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx}, **kwargs)

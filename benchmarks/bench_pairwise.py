@@ -3,6 +3,7 @@
     python benchmarks/bench_pairwise.py                 # full run (each case in a fresh subprocess)
     python benchmarks/bench_pairwise.py --quick         # seconds-long smoke run (in-process, no compile)
     python benchmarks/bench_pairwise.py --json out.json # also save the results
+    python benchmarks/bench_pairwise.py --overhead --json out.json   # small batches, interleaved rounds
 
 Cases (all forward + backward):
   loss      B in {1k, 64k, 1M}:      eager `-F.logsigmoid(r_c - r_r - margin).mean()` (autograd)
@@ -22,6 +23,13 @@ So that every implementation gets the same treatment, the benchmark sets both in
 `--hugepages on` (default; or MMREWARD_CPU_HUGEPAGES unset / != 0): MMREWARD_CPU_HUGEPAGES=1 and
 THP_MEM_ALLOC_ENABLE=1 for all; `--hugepages off` (or MMREWARD_CPU_HUGEPAGES=0): both 0 for all.
 The setting used is printed and saved in the JSON.
+
+Overhead (`--overhead`): the default path (what `mmreward.ops.pairwise_loss` /
+`reward_head_pairwise_loss` pick: C++ on CPU) against eager PyTorch at the batch sizes reward models
+train with (loss B = 8 ... 64k, head B = 8 ... 4096, H = 1024), forward + backward and forward
+alone under no_grad, in interleaved rounds (eager and mmreward alternate case by case, so load
+changes hit both); per-case medians over rounds, the per-round ratio eager / mmreward (median and
+worst round), the machine and its load average before / after in the JSON.
 
 Buffer cache (CPU): mmreward's C++ kernels take their large [B, H] grad buffers from a small cache of
 buffers nothing references any more (like the CUDA caching allocator), so a training loop does not
@@ -94,19 +102,22 @@ def eager_listwise(rewards, ranks):
 
 
 def build(case: dict, impl: str, device: str, dtype: torch.dtype):
-    """Inputs + a closure running one forward + backward; also the bytes a fused op must move."""
+    """Inputs + a closure running one forward + backward (its `.forward` runs the forward alone);
+    also the bytes a fused op must move. impl: eager | compile | default (mmreward's own backend
+    choice) | cpp | cuda | triton."""
     from mmreward import ops
 
     g = torch.Generator(device="cpu").manual_seed(0)
     kind, B = case["kind"], case["B"]
     backend = {"cpp": "cpp", "cuda": "cuda", "triton": "triton"}.get(impl)
+    fused = impl not in ("eager", "compile")
     isz = torch.tensor([], dtype=dtype).element_size()
     if kind == "loss":
         rc = torch.randn(B, generator=g).to(device, dtype).requires_grad_()
         rr = torch.randn(B, generator=g).to(device, dtype).requires_grad_()
         margin = torch.rand(B, generator=g).to(device, torch.float32)
         leaves = [rc, rr]
-        if backend is None:
+        if not fused:
             fn = torch.compile(eager_loss) if impl == "compile" else eager_loss
             run = lambda: fn(rc, rr, margin)  # noqa: E731
         else:
@@ -119,7 +130,7 @@ def build(case: dict, impl: str, device: str, dtype: torch.dtype):
         lin = torch.nn.Linear(H, 1).to(device, dtype)
         margin = torch.rand(B, generator=g).to(device, torch.float32)
         leaves = [hc, hr, lin.weight, lin.bias]
-        if backend is None:
+        if not fused:
             fn = torch.compile(eager_head) if impl == "compile" else eager_head
             run = lambda: fn(hc, hr, lin, margin)  # noqa: E731
         else:
@@ -132,7 +143,7 @@ def build(case: dict, impl: str, device: str, dtype: torch.dtype):
         ranks[torch.rand(B, K, generator=g) < 0.1] = -1
         ranks = ranks.to(device)
         leaves = [rewards]
-        if backend is None:
+        if not fused:
             fn = torch.compile(eager_listwise) if impl == "compile" else eager_listwise
             run = lambda: fn(rewards, ranks)  # noqa: E731
         else:
@@ -150,6 +161,7 @@ def build(case: dict, impl: str, device: str, dtype: torch.dtype):
         loss.backward()
         return loss
 
+    step.forward = run
     return step, clear, backend, nbytes
 
 
@@ -308,9 +320,91 @@ def print_table(results: list[dict], bw: float | None) -> None:
         print(line)
 
 
+OVERHEAD_CASES = [{"kind": "loss", "B": b} for b in (8, 64, 512, 4096, 65536)] + [
+    {"kind": "head", "B": b, "H": 1024} for b in (8, 64, 512, 4096)]
+
+
+def _timed(fn, iters: int, sync=lambda: None) -> float:
+    sync()
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / iters
+
+
+def machine_info() -> dict:
+    import platform
+
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:  # noqa: PTH123
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def run_overhead(args) -> dict:
+    """Interleaved rounds of eager vs the default mmreward path, forward + backward and forward only."""
+    cases = OVERHEAD_CASES[:3] + OVERHEAD_CASES[5:7] if args.quick else OVERHEAD_CASES
+    rounds = 3 if args.quick else args.rounds
+    built = {}
+    for case in cases:
+        for impl in ("eager", "mmreward"):
+            step, clear, _, _ = build(case, "eager" if impl == "eager" else "default", args.device, torch.float32)
+            built[case_name(case), impl] = step
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    load_before = os.getloadavg()
+    times = {key: {"fwd_bwd": [], "fwd": []} for key in built}
+    iters = {}  # per case: enough iterations for ~20 ms per measurement (the slower implementation)
+    for case in cases:
+        name = case_name(case)
+        for impl in ("eager", "mmreward"):
+            built[name, impl]()  # warm up
+        per_iter = max(_timed(built[name, impl], 3, sync) for impl in ("eager", "mmreward"))
+        iters[name] = max(3, min(5000, int(0.02 / per_iter)))
+    for r in range(rounds):
+        for case in cases:
+            name = case_name(case)
+            n = iters[name]
+            for impl in ("eager", "mmreward") if r % 2 == 0 else ("mmreward", "eager"):
+                step = built[name, impl]
+                times[name, impl]["fwd_bwd"].append(_timed(step, n, sync))
+                with torch.no_grad():
+                    times[name, impl]["fwd"].append(_timed(step.forward, n, sync))
+    load_after = os.getloadavg()
+    rows = []
+    for case in cases:
+        name = case_name(case)
+        row = {"case": case}
+        for mode in ("fwd_bwd", "fwd"):
+            e, m = times[name, "eager"][mode], times[name, "mmreward"][mode]
+            ratios = sorted(a / b for a, b in zip(e, m))
+            row[mode] = {"eager_median_us": statistics.median(e) * 1e6,
+                         "mmreward_median_us": statistics.median(m) * 1e6,
+                         "ratio_median": statistics.median(ratios), "ratio_worst_round": ratios[0],
+                         "iterations_per_round": iters[name],
+                         "eager_us": [round(x * 1e6, 2) for x in e], "mmreward_us": [round(x * 1e6, 2) for x in m]}
+        rows.append(row)
+    print(f"\n{'case':<24} {'mode':<8} {'eager':>10} {'mmreward':>10} {'ratio':>7} {'worst':>7}")
+    for row in rows:
+        for mode in ("fwd_bwd", "fwd"):
+            v = row[mode]
+            print(f"{case_name(row['case']):<24} {mode:<8} {v['eager_median_us']:>8.1f}us "
+                  f"{v['mmreward_median_us']:>8.1f}us {v['ratio_median']:>6.2f}x {v['ratio_worst_round']:>6.2f}x")
+    return {"mode": "overhead", "device": args.device, "dtype": "float32", "machine": machine_info(),
+            "load_average_before": load_before, "load_average_after": load_after, "rounds": rounds,
+            "ratio": "eager time / mmreward time (> 1: mmreward faster)", "results": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, in-process, no torch.compile")
+    ap.add_argument("--overhead", action="store_true",
+                    help="small batches: the default path vs eager in interleaved rounds (see the docstring)")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds of --overhead")
     ap.add_argument("--json", metavar="PATH", help="save the results as JSON")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -340,6 +434,13 @@ def main() -> None:
         os.environ["MMREWARD_CPU_BUFFER_CACHE_MB"] = "0"
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.overhead:
+        out = run_overhead(args)
+        if args.json:
+            with open(args.json, "w") as f:  # noqa: PTH123
+                json.dump(out, f, indent=1)
+            print(f"saved {args.json}")
+        return
 
     from mmreward.ops import _backend
 

@@ -1,6 +1,7 @@
-// The mmreward op library. Each op family adds its schemas with TORCH_LIBRARY_FRAGMENT and its
-// kernels with TORCH_LIBRARY_IMPL in its own file (csrc/cpu/<family>.cpp, csrc/cuda/<family>_torch.cpp);
-// this file owns the library itself and the Python module that loading `mmreward._C` needs.
+// The mmreward op libraries. Each op family adds its schemas to both (MMREWARD_SCHEMAS, see
+// mmreward/op_library.h), its autograd and CPU kernels in csrc/cpu/<family>.cpp and its CUDA kernels
+// in csrc/cuda/<family>.cu; this file owns the libraries themselves and the Python module that
+// loading `mmreward._C` needs.
 #include <Python.h>
 #include <torch/library.h>
 #include <string>
@@ -31,6 +32,9 @@ std::string ext_info() {
 TORCH_LIBRARY(mmreward, m) {
   m.def("ext_info() -> str", &mmreward::ext_info);
 }
+
+// Same schemas as mmreward::, kernels registered from Python by mmreward/ops/triton/<family>.py.
+TORCH_LIBRARY(mmreward_triton, m) {}
 
 // `import mmreward._C` only needs a module object; the ops live in torch.ops.mmreward.
 extern "C" PyObject* PyInit__C(void) {

@@ -54,6 +54,9 @@ grep -c "^SKIPPED" "$OUT/tests.log" | sed 's/^/skipped lines: /'
 
 # benchmarks, most informative first; the command's own time limit may cut the last ones
 {
+  stamp "bench_pairwise --overhead (default path vs eager at small batches, interleaved rounds)"
+  timeout "${OVERHEAD_S:-60}" $PY benchmarks/bench_pairwise.py --device cuda --overhead --rounds 7 \
+    --json "$OUT/bench_pairwise_overhead_cuda.json"
   stamp "bench_pairwise (eager vs the CUDA and Triton kernels)"
   timeout "${PAIRWISE_S:-90}" $PY benchmarks/bench_pairwise.py --device cuda --min-time 0.3 \
     --impls eager,cuda,triton --json "$OUT/bench_pairwise_cuda.json"

@@ -8,9 +8,9 @@ compiler rejects. This script compiles every kernel of ``mmreward/ops/triton/*.p
   target, whose module loader only reads the cubin's resource usage (``cuobjdump -res-usage``: the
   registers bound the threads per block, as ``cuModuleLoad`` would) and whose launcher does nothing
   but check the grid against the CUDA limits;
-* ``mmreward.ops._backend.triton_interpret`` is patched to True so the ``triton`` backend accepts CPU
-  tensors, and the public ops (forward and backward, every option that selects different
-  constexprs, fp32 / bf16 / fp64, odd shapes) run under ``use_backend("triton")``, so each
+* every op of ``torch.ops.mmreward_triton`` (forward and ``_backward`` ops) runs on its sample inputs
+  (:func:`mmreward.ops.library.sample_inputs`, the arguments the op tests use: every option that
+  selects different constexprs, odd shapes) in fp32 / bf16 / fp64, on CPU tensors, so each
   ``kernel[grid](...)`` of the real launch wrappers JIT-compiles exactly the specialisation a GPU
   run would request. Outputs are garbage (no kernel runs): only compilation is checked.
 
@@ -23,8 +23,7 @@ them). Must run WITHOUT ``TRITON_INTERPRET`` (before anything imports triton); u
     env -u TRITON_INTERPRET TRITON_CACHE_DIR=$(mktemp -d) python scripts/triton_compile_check.py \
         [--arch 90] [--full] [--json report.json] [--only pairwise,codebook]
 
-``--full`` adds fp16, shapes that are multiples of 16 / equal to 1 (Triton specialises integer
-arguments on divisibility by 16 and on == 1) and every option combination (several minutes).
+``--full`` adds fp16.
 """
 from __future__ import annotations
 
@@ -245,242 +244,29 @@ def callees(jf, all_jit):
 
 
 # ------------------------------------------------------------------------------------------------
-# cases: the public ops (and the custom ops' backward entry points reached under torch.compile)
+# cases: every op of the library on its sample inputs (mmreward.ops.library.sample_inputs: the same
+# arguments the op tests run, chosen to reach every option the kernels specialise on)
 # ------------------------------------------------------------------------------------------------
-def cases(full: bool):
+def cases(full: bool, families=FAMILIES):
     import torch
 
-    import mmreward.ops as O
+    from mmreward.ops import _dispatch
+    from mmreward.ops.library import OPS, sample_inputs
 
-    T = torch.ops  # mmreward_triton::* is defined once a family's triton module is imported
     dtypes = [torch.float32, torch.bfloat16, torch.float64] + ([torch.float16] if full else [])
-    # Triton specialises int args on == 1 and on divisibility by 16: odd sizes by default, both in --full
-    sizes = [37, 64, 1] if full else [37]
-    g = torch.Generator().manual_seed(0)
-
-    def randn(*shape, dtype=torch.float32, grad=False):
-        return torch.randn(*shape, generator=g).to(dtype).requires_grad_(grad)
-
-    def bwd(out):
-        (out.float() * torch.randn(out.shape, generator=g)).sum().backward()
-
-    def tag(dt):
-        return str(dt).replace("torch.", "")
-
     out = []
+    for name, spec in sorted(OPS.items()):
+        if spec.family not in families:
+            continue
+        _dispatch._load_triton_kernels(spec.family)  # registers the family's kernels
+        op = getattr(torch.ops.mmreward_triton, name).default
+        for dt in dtypes:
+            for i, args in enumerate(sample_inputs(name, dt)):
+                def run(op=op, args=args):
+                    with torch.no_grad():  # forward and backward kernels are compiled from their own ops
+                        op(*args)
 
-    def add(family, name, fn):
-        out.append((family, name, fn))
-
-    # ---------------------------------------------------------------- pairwise
-    for dt in dtypes:
-        for B in sizes:
-            def pair_plain(dt=dt, B=B):
-                O.pairwise_loss(randn(B, dtype=dt), randn(B, dtype=dt))
-
-            def pair_grad_mean(dt=dt, B=B):
-                rc, rr = randn(B, dtype=dt, grad=True), randn(B, dtype=dt, grad=True)
-                tie = torch.rand(B, generator=g) < 0.3
-                loss, _ = O.pairwise_loss_and_accuracy(rc, rr, margin=randn(B, dtype=dt), tie=tie,
-                                                       label_smoothing=0.1, center_coef=0.01, reduction="mean")
-                (2.0 * loss).backward()
-
-            def pair_none(dt=dt, B=B):
-                rc, rr = randn(B, dtype=dt, grad=True), randn(B, dtype=dt, grad=True)
-                bwd(O.pairwise_loss(rc, rr, margin=0.5, reduction="none"))
-
-            def pair_bwd_scalar(dt=dt, B=B):  # the backward op with a 0-d grad (torch.compile path)
-                import mmreward.ops.triton.pairwise  # noqa: F401
-
-                rc, rr = randn(B, dtype=dt), randn(B, dtype=dt)
-                m = randn(B, dtype=dt).to(torch.float64 if dt == torch.float64 else torch.float32)
-                acc = m.dtype
-                T.mmreward_triton.pairwise_loss_backward(torch.tensor(1.5, dtype=acc), rc, rr, m,
-                                                         torch.rand(B, generator=g) < 0.5, 0.0, 0.0, 1)
-
-            add("pairwise", f"pairwise_loss[{tag(dt)},B={B}]", pair_plain)
-            add("pairwise", f"pairwise_loss_and_accuracy+margin+tie+grad[{tag(dt)},B={B}]", pair_grad_mean)
-            add("pairwise", f"pairwise_loss[none]+grad[{tag(dt)},B={B}]", pair_none)
-            add("pairwise", f"pairwise_loss_backward[scalar grad][{tag(dt)},B={B}]", pair_bwd_scalar)
-
-            for K in ([5, 1] + ([16] if full else [])):
-                for red in (["mean", "none", "sum"] if full else ["mean"] if K != 1 else ["none"]):
-                    def listwise(dt=dt, B=B, K=K, red=red):
-                        r = randn(B, K, dtype=dt, grad=True)
-                        ranks = torch.randint(-1, K, (B, K), generator=g)
-                        bwd(O.listwise_loss(r, ranks, reduction=red))
-
-                    add("pairwise", f"listwise_loss[{red}]+grad[{tag(dt)},B={B},K={K}]", listwise)
-
-            H = 300  # > HEAD_BLOCK_H: two column blocks
-            head_variants = [
-                # (bias, margin, tie, reduction, grad of h, grad of w/b)
-                (True, True, True, "mean", True, True),
-                (False, False, False, "none", False, False),
-                (True, False, False, "none", True, True),
-                (False, True, False, "sum", False, True),
-                (True, False, True, "mean", True, False),
-            ]
-            for (hb, hm, ht, red, gh, gwb) in head_variants:
-                def head(dt=dt, B=B, hb=hb, hm=hm, ht=ht, red=red, gh=gh, gwb=gwb):
-                    hc, hr = randn(B, H, dtype=dt, grad=gh), randn(B, H, dtype=dt, grad=gh)
-                    w = randn(1, H, dtype=dt, grad=gwb)
-                    b = randn(1, dtype=dt, grad=gwb) if hb else None
-                    tie = (torch.rand(B, generator=g) < 0.3) if ht else None
-                    loss = O.reward_head_pairwise_loss(hc, hr, w, b, margin=randn(B) if hm else None, tie=tie,
-                                                       label_smoothing=0.05, center_coef=0.01, reduction=red)
-                    if gh or gwb:
-                        bwd(loss)
-
-                add("pairwise", f"reward_head_pairwise_loss[b={hb},m={hm},tie={ht},{red},grad_h={gh},"
-                                f"grad_wb={gwb}][{tag(dt)},B={B},H={H}]", head)
-
-            def head_bwd_scalar(dt=dt, B=B):  # backward op with a 0-d grad (torch.compile path)
-                import mmreward.ops.triton.pairwise  # noqa: F401
-
-                hc, hr, w = randn(B, H, dtype=dt), randn(B, H, dtype=dt), randn(H, dtype=dt)
-                acc = torch.float64 if dt == torch.float64 else torch.float32
-                T.mmreward_triton.reward_head_pairwise_loss_backward(
-                    torch.tensor(0.5, dtype=acc), hc, hr, w, torch.zeros((), dtype=acc), None, None, 0.0, 0.0, 1,
-                    True, True)
-
-            add("pairwise", f"reward_head_pairwise_loss_backward[scalar grad][{tag(dt)},B={B},H={H}]",
-                head_bwd_scalar)
-
-    # ---------------------------------------------------------------- step_reward
-    for dt in dtypes:
-        for n in sizes:
-            Bq, Tq, H = 3, max(n, 2), (300 if n != 64 else 256)
-
-            def mask_of(Bq, Tq):
-                m = torch.rand(Bq, Tq, generator=g) < 0.4
-                m[0, -1] = True
-                return m
-
-            def logits(dt=dt, Bq=Bq, Tq=Tq, H=H):
-                h = randn(Bq, Tq, H, dtype=dt, grad=True)
-                wg, wb = randn(H, dtype=dt, grad=True), randn(H, dtype=dt, grad=True)
-                bwd(O.step_logits(h, wg, wb, b_good=randn(1, grad=True), b_bad=0.2, step_mask=mask_of(Bq, Tq)))
-
-            def scores(dt=dt, Bq=Bq, Tq=Tq, H=H):
-                h = randn(Bq * Tq, H, dtype=dt)
-                O.step_scores(h, randn(H, dtype=dt), randn(H, dtype=dt), step_index=torch.tensor([0, 2, Bq * Tq - 1]))
-
-            def bce(dt=dt, Bq=Bq, Tq=Tq, H=H):
-                h = randn(Bq, Tq, H, dtype=dt)  # no grad of hidden: NEED_GH=False
-                wg, wb = randn(H, dtype=dt, grad=True), randn(H, dtype=dt, grad=True)
-                m = mask_of(Bq, Tq)
-                labels = torch.rand(Bq, Tq, generator=g)
-                labels[0, -1] = -100.0
-                bwd(O.step_bce_loss(h, wg, wb, labels, step_mask=m, reduction="mean"))
-
-            def value(dt=dt, Bq=Bq, Tq=Tq, H=H):
-                h = randn(Bq, Tq, H, dtype=dt, grad=True)
-                w = randn(H, dtype=dt, grad=True)
-                bwd(O.step_value_loss(h, w, randn(Bq, Tq), 0.3, step_mask=mask_of(Bq, Tq), reduction="none"))
-
-            def values_nobias(dt=dt, Bq=Bq, Tq=Tq, H=H):
-                h = randn(Bq, Tq, H, dtype=dt, grad=True)
-                bwd(O.step_values(h, randn(H, dtype=dt, grad=True), step_index=torch.tensor([[0, 0], [Bq - 1, Tq - 1]])))
-
-            add("step_reward", f"step_logits+biases+grad[{tag(dt)},T={Tq},H={H}]", logits)
-            add("step_reward", f"step_scores[{tag(dt)},T={Tq},H={H}]", scores)
-            add("step_reward", f"step_bce_loss[mean]+grad_w[{tag(dt)},T={Tq},H={H}]", bce)
-            add("step_reward", f"step_value_loss[none]+grad[{tag(dt)},T={Tq},H={H}]", value)
-            add("step_reward", f"step_values[no bias]+grad[{tag(dt)},T={Tq},H={H}]", values_nobias)
-
-            for red in ("mean", "none") + (("sum",) if full else ()):
-                def pair(dt=dt, H=H, red=red, n=n):
-                    S = max(n, 6)
-                    h = randn(S, H, dtype=dt, grad=True)
-                    grp = torch.arange(S) % 2
-                    pol = torch.arange(S) % 3 == 0
-                    bwd(O.step_pair_loss(h, randn(H, dtype=dt, grad=True), 0.1, step_index=torch.arange(S),
-                                         step_group=grp, step_polarity=pol, reduction=red))
-
-                add("step_reward", f"step_pair_loss[{red}]+grad[{tag(dt)},S={max(n, 6)}]", pair)
-
-            def pair_bwd_noweight(dt=dt):  # reduce=True without weights: only reachable through the op
-                import mmreward.ops.triton.step_reward  # noqa: F401
-
-                acc = torch.float64 if dt == torch.float64 else torch.float32
-                r = randn(7, dtype=acc)
-                T.mmreward_triton.step_pair_loss_backward(torch.tensor(1.0, dtype=acc), r, torch.tensor([0, 1]),
-                                                          torch.tensor([2, 3]), None, True)
-
-            add("step_reward", f"step_pair_loss_backward[reduce, no weight][{tag(dt)}]", pair_bwd_noweight)
-
-            lengths = torch.tensor([n, 0, 3, 2 * n + 1])
-
-            for red in ("min", "prod", "logprod", "last", "mean", "max", "sum"):
-                def seg(dt=dt, red=red, lengths=lengths):
-                    v = torch.rand(int(lengths.sum()), generator=g).to(dt).requires_grad_(True)
-                    bwd(O.segment_reduce(v, lengths, reduce=red, empty_value=0.5))
-
-                add("step_reward", f"segment_reduce[{red}]+grad[{tag(dt)},n={n}]", seg)
-
-            def first(dt=dt, lengths=lengths):
-                O.first_below(torch.rand(int(lengths.sum()), generator=g).to(dt), lengths, threshold=0.3)
-
-            def first_padded(dt=dt):
-                v = torch.rand(4, n + 2, generator=g).to(dt)
-                O.first_below(v, mask=torch.rand(4, n + 2, generator=g) < 0.7, threshold=0.3)
-
-            add("step_reward", f"first_below[{tag(dt)},n={n}]", first)
-            add("step_reward", f"first_below[padded][{tag(dt)},n={n}]", first_padded)
-            combos = [(c, d) for c in (None, 0.4) for d in (False, True)] if full else [(None, False), (0.4, True)]
-            for clip, delta in combos:
-                def refine(dt=dt, clip=clip, delta=delta, lengths=lengths):
-                    O.refine_process_rewards(torch.rand(int(lengths.sum()), generator=g).to(dt), lengths,
-                                             clip=clip, delta=delta, gamma=0.9)
-
-                add("step_reward", f"refine_process_rewards[clip={clip},delta={delta}][{tag(dt)},n={n}]", refine)
-
-    # ---------------------------------------------------------------- codebook
-    for dt in dtypes:
-        for n in sizes:
-            B, L = 2, (n if n != 1 else 1)
-            for K in ([37, 1025] + ([16, 1] if full else [])):
-                # layouts: [B, L, K] (class_dim=-1, codes contiguous: 16 x 256 tiles) and [B, K, L]
-                # (class_dim=1, tokens contiguous: 64 x 32 tiles)
-                for cd in (-1, 1):
-                    shape = (B, L, K) if cd == -1 else (B, K, L)
-                    masked = (K == 37) == (cd == 1) or full
-
-                    def ent(dt=dt, shape=shape, cd=cd, masked=masked, B=B, L=L):
-                        x = randn(*shape, dtype=dt, grad=True)
-                        m = (torch.rand(B, L, generator=g) < 0.7) if masked else None
-                        bwd(O.codebook_entropy(x, class_dim=cd, mask=m, reduction="mean"))
-
-                    def nll(dt=dt, shape=shape, cd=cd, masked=masked, B=B, L=L, K=K):
-                        x = randn(*shape, dtype=dt, grad=True)
-                        m = (torch.rand(B, L, generator=g) < 0.7) if not masked else None
-                        t = torch.randint(0, K, (B, L), generator=g)
-                        bwd(O.codebook_nll(x, t, class_dim=cd, mask=m, reduction="sum"))
-
-                    def kl(dt=dt, shape=shape, cd=cd, masked=masked, B=B, L=L):
-                        a = torch.log_softmax(randn(*shape), dim=cd).to(dt).requires_grad_(True)
-                        b = torch.log_softmax(randn(*shape), dim=cd).to(dt).requires_grad_(True)
-                        m = (torch.rand(B, L, generator=g) < 0.7) if masked else None
-                        bwd(O.categorical_kl(a, b, class_dim=cd, mask=m, reduction="none"))
-
-                    def logcat(dt=dt, shape=shape, cd=cd, masked=masked, B=B, L=L):
-                        a = torch.log_softmax(randn(*shape), dim=cd).to(dt).requires_grad_(True)
-                        b = randn(*shape, dtype=dt, grad=True)
-                        m = (torch.rand(B, L, generator=g) < 0.7) if not masked else None
-                        bwd(O.log_categorical(a, b, class_dim=cd, mask=m))
-
-                    sfx = f"[{tag(dt)},cd={cd},L={L},K={K}]"
-                    add("codebook", f"codebook_entropy[mask={masked}]+grad{sfx}", ent)
-                    add("codebook", f"codebook_nll[mask={not masked}]+grad{sfx}", nll)
-                    add("codebook", f"categorical_kl[mask={masked}]+grad{sfx}", kl)
-                    add("codebook", f"log_categorical[mask={not masked}]+grad{sfx}", logcat)
-
-            def transposed(dt=dt, B=B, L=L):  # a [B, K, L] buffer viewed as [B, L, K]: sK != 1, sL == 1
-                x = randn(B, 40, L, dtype=dt).transpose(1, 2).requires_grad_(True)
-                bwd(O.codebook_entropy(x, class_dim=-1))
-
-            add("codebook", f"codebook_entropy[transposed view]+grad[{tag(dt)},L={L},K=40]", transposed)
+                out.append((spec.family, f"{name}[{str(dt).replace('torch.', '')}, sample {i}]", run))
     return out
 
 
@@ -516,20 +302,15 @@ def main(argv=None) -> int:
     rec = Recorder()
     install_fake_driver(args.arch, rec)
     install_compile_recorder(rec)
-    from mmreward.ops import _backend
-
-    _backend.triton_interpret = lambda: True  # let the triton backend take CPU tensors
-    _backend._SELECTED.clear()
 
     only = [f for f in args.only.split(",") if f] or list(FAMILIES)
     for f in only:
         if f not in FAMILIES:
             _die(f"unknown family {f!r}; choose from {FAMILIES}")
-    import mmreward.ops as O
 
     case_errors = []
     t0 = time.perf_counter()
-    todo = [c for c in cases(args.full) if c[0] in only]
+    todo = cases(args.full, only)
     import mmreward
 
     print(f"mmreward from {os.path.dirname(mmreward.__file__)}")
@@ -540,8 +321,7 @@ def main(argv=None) -> int:
         rec.case = name
         n0 = len(rec.compiled)
         try:
-            with O.use_backend("triton"):
-                fn()
+            fn()
         except Exception as e:  # noqa: BLE001
             tb = traceback.format_exc()
             case_errors.append({"case": name, "error": f"{type(e).__name__}: {e}"[-6000:], "traceback": tb[-4000:]})
@@ -556,7 +336,9 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t0
 
     # coverage: launched kernels must have compiled; helpers must be called by a compiled kernel
-    all_jit = {k: v for k, v in jit_functions().items() if k.split(":")[0].rsplit(".", 1)[-1] in only}
+    # (shared modules, `_common`, belong to every family)
+    all_jit = {k: v for k, v in jit_functions().items()
+               if k.split(":")[0].rsplit(".", 1)[-1] in only or k.split(":")[0].rsplit(".", 1)[-1].startswith("_")}
     calls = {k: callees(v, all_jit) for k, v in all_jit.items()}
     helpers = set().union(*calls.values()) if calls else set()
     compiled_names = {c["kernel"] for c in rec.compiled}

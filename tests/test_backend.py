@@ -56,3 +56,30 @@ def test_triton_needs_cuda_or_interpreter(monkeypatch):
     assert "CUDA" in _backend.why_unavailable("triton", "ext_info", "cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _backend.why_unavailable("triton", "ext_info", "cpu") is None
+
+
+def test_available_backends_are_honest_without_a_gpu(monkeypatch):
+    """Regression: `mmreward ops --device cuda` listed cuda / triton as live on a CPU-only torch."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _backend.available_backends("pairwise_loss", "cuda") == []
+    assert _backend.available_backends("pairwise_loss", torch.device("cuda")) == []
+    assert "no CUDA device" in _backend.why_unavailable("triton", "pairwise_loss", "cuda")
+    assert "reference" in _backend.available_backends("pairwise_loss", "cpu")
+
+
+def test_triton_needs_the_compiled_extension(monkeypatch):
+    if not _backend.triton_installed():
+        pytest.skip("triton not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backend, "extension_loaded", lambda: False)
+    assert "extension" in _backend.why_unavailable("triton", "pairwise_loss", "cpu")
+
+
+def test_meta_tensors_select_the_fake_kernels(monkeypatch):
+    if not _backend.extension_loaded():
+        pytest.skip(_backend.extension_error())
+    meta = torch.device("meta")
+    assert _backend.select("pairwise_loss", meta) == "cpp"
+    monkeypatch.setenv("MMREWARD_BACKEND", "triton")  # a forced backend does not matter for shapes
+    assert _backend.select("pairwise_loss", meta) == "cpp"
+    assert _backend.select("no_such_op", meta) == "reference"

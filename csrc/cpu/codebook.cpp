@@ -1,4 +1,7 @@
-// VQ-codebook fused ops (Diffusion Reward / VQ-Diffusion inner loop): per-token entropy and NLL of
+// VQ-codebook ops: the family's schemas (both namespaces, see op_library.h), its autograd (C++,
+// shared by the C++/CUDA and the Triton ops) and its CPU kernels.
+//
+// Fused ops of the Diffusion Reward / VQ-Diffusion inner loop: per-token entropy and NLL of
 // logits over a K-code codebook, categorical KL and log-categorical between log-space distributions,
 // forward and backward, for the channel-last [B, L, K] layout and VQ-Diffusion's [B, K, L] layout.
 //
@@ -29,6 +32,7 @@
 #include <vector>
 
 #include <mmreward/math.h>
+#include <mmreward/op_library.h>
 
 
 namespace mmreward {
@@ -624,6 +628,14 @@ MMR_ALWAYS_INLINE typename VT<A>::V softmax_bwd_term(typename VT<A>::V z, typena
   return g == A(0) ? bc<typename VT<A>::V>(A(0)) : y;
 }
 
+// The target code's entry of the NLL gradient, g (p_t - 1) = g expm1(z_t - lse), formed in the
+// accumulation dtype and rounded once: subtracting g after rounding g p_t to bf16 would leave an
+// error of a bf16 ulp of g where the truth (p_t -> 1) is ~0.
+template <typename A>
+MMR_ALWAYS_INLINE A target_grad(A z_target, const TokP<A>& p) {
+  return p.g * std::expm1(z_target - p.lse);
+}
+
 template <typename T, typename U, typename A>
 void row_softmax_bwd(const T* x, U* y, int64_t K, const TokP<A>& p) {
   using V = typename VT<A>::V;
@@ -632,6 +644,7 @@ void row_softmax_bwd(const T* x, U* y, int64_t K, const TokP<A>& p) {
     for (int64_t k = 0; k < K; ++k) st(y + k, A(0));
     return;
   }
+  const A z_target = p.kt >= 0 ? A(ld(x + p.kt)) : A(0);  // read first: x and y may be one buffer
   const V g = bc<V>(p.g), lse = bc<V>(p.lse), mu = bc<V>(p.mu), c3 = bc<V>(p.c3);
   int64_t k = 0;
   for (; k + N <= K; k += N) VIO<U>::store(y + k, softmax_bwd_term<A>(VIO<T>::load(x + k), g, lse, mu, c3));
@@ -639,7 +652,7 @@ void row_softmax_bwd(const T* x, U* y, int64_t K, const TokP<A>& p) {
     A z = ld(x + k);
     st(y + k, p.g * vexp(z - p.lse) * (p.mu - p.c3 * z));
   }
-  if (p.kt >= 0) st(y + p.kt, A(ld(y + p.kt)) - p.g);
+  if (p.kt >= 0) st(y + p.kt, target_grad(z_target, p));
 }
 
 template <typename T, typename A, typename ParamFn>
@@ -675,8 +688,8 @@ void for_softmax_bwd(const View<const T>& x, const View<T>& y, const Geo& g, con
           if (any_kt) {
             for (int j = 0; j < N; ++j) {
               if (KT[j] < 0) continue;
-              T* q = yb + KT[j] * y.sK + j;
-              st(q, A(ld(q)) - G[j]);
+              const TokP<A> tp{G[j], LSE[j], MU[j], C3[j], KT[j]};
+              st(yb + KT[j] * y.sK + j, target_grad(A(ld(xb + KT[j] * x.sK + j)), tp));
             }
           }
         } else {
@@ -820,7 +833,7 @@ c10::optional<Tensor> prep_mask(const char* op, const c10::optional<Tensor>& mas
 }
 
 Tensor token_out(const Tensor& like, const Geo& g) {
-  return at::empty({g.B, g.L}, like.options().dtype(at::toOpMathType(like.scalar_type())));
+  return at::empty({g.B, g.L}, like.options().dtype(acc_type(like.scalar_type())));
 }
 
 // Gradient buffer with the input's memory layout when it is one of the two dense layouts.
@@ -876,7 +889,7 @@ Tensor entropy_bwd(const Tensor& grad, const Tensor& logits, const Tensor& lse, 
   const int64_t cd = norm_class_dim(class_dim);
   const Geo g = geo_of(logits, cd);
   auto mask = prep_mask(op, mask_, g);
-  const auto acc_t = at::toOpMathType(logits.scalar_type());
+  const auto acc_t = acc_type(logits.scalar_type());
   Tensor gr = grad.to(acc_t).contiguous(), ls = lse.to(acc_t).contiguous(), m = mu.to(acc_t).contiguous();
   TORCH_CHECK(gr.numel() == g.B * g.L && ls.numel() == g.B * g.L && m.numel() == g.B * g.L, op,
               ": grad / lse / mu must be [B, L]");
@@ -934,7 +947,7 @@ Tensor nll_bwd(const Tensor& grad, const Tensor& logits, const Tensor& target, c
   const int64_t cd = norm_class_dim(class_dim);
   const Geo g = geo_of(logits, cd);
   auto mask = prep_mask(op, mask_, g);
-  const auto acc_t = at::toOpMathType(logits.scalar_type());
+  const auto acc_t = acc_type(logits.scalar_type());
   Tensor gr = grad.to(acc_t).contiguous(), ls = lse.to(acc_t).contiguous(), tg = target.to(at::kLong).contiguous();
   TORCH_CHECK(gr.numel() == g.B * g.L && ls.numel() == g.B * g.L && tg.numel() == g.B * g.L, op,
               ": grad / target / lse must be [B, L]");
@@ -984,7 +997,7 @@ std::tuple<Tensor, Tensor> pair_bwd(const char* op, const Tensor& grad, const Te
   const int64_t cd = norm_class_dim(class_dim);
   const Geo g = geo_of(a, cd);
   auto mask = prep_mask(op, mask_, g);
-  Tensor gr = grad.to(at::toOpMathType(a.scalar_type())).contiguous();
+  Tensor gr = grad.to(acc_type(a.scalar_type())).contiguous();
   TORCH_CHECK(gr.numel() == g.B * g.L, op, ": grad must be [B, L]");
   Tensor ga = grad_like(a, cd), gb = grad_like(b, cd);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "codebook_pair", [&] {
@@ -1010,10 +1023,121 @@ std::tuple<Tensor, Tensor> logcat_bwd(const Tensor& grad, const Tensor& a, const
   return pair_bwd<LogCatTerm>("log_categorical_backward", grad, a, b, cd, mask);
 }
 
-}  // namespace codebook_cpu
-}  // namespace mmreward
+// ---------------------------------------------------------------------------------------------
+// Autograd, for the C++/CUDA ops and the Triton ops alike (see op_library.h).
+// ---------------------------------------------------------------------------------------------
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptionalTensor = std::optional<Tensor>;
 
-TORCH_LIBRARY_FRAGMENT(mmreward, m) {
+template <int NS>
+struct EntropyFn : public torch::autograd::Function<EntropyFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(entropy_fwd)>& op() {
+    static const auto handle = find_op<decltype(entropy_fwd)>(NS, "codebook_entropy");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& logits, int64_t class_dim, const OptionalTensor& mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [h, lse, mu] = op().call(logits, class_dim, mask);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({lse, mu});
+    ctx->saved_data["class_dim"] = class_dim;
+    ctx->save_for_backward({logits, lse, mu, mask.value_or(Tensor())});
+    return {h, lse, mu};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(entropy_bwd)>(NS, "codebook_entropy_backward");
+    const auto s = ctx->get_saved_variables();
+    out[0] = bwd.call(grads[0], s[0], s[1], s[2], ctx->saved_data["class_dim"].toInt(), optional_of(s[3]));
+    return out;
+  }
+};
+
+template <int NS>
+std::tuple<Tensor, Tensor, Tensor> entropy_autograd(const Tensor& logits, int64_t class_dim, const OptionalTensor& mask) {
+  if (!records_grad(logits)) return call_below_autograd(EntropyFn<NS>::op(), logits, class_dim, mask);
+  auto o = EntropyFn<NS>::apply(logits, class_dim, mask);
+  return {o[0], o[1], o[2]};
+}
+
+template <int NS>
+struct NllFn : public torch::autograd::Function<NllFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(nll_fwd)>& op() {
+    static const auto handle = find_op<decltype(nll_fwd)>(NS, "codebook_nll");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t class_dim,
+                               const OptionalTensor& mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [nll, lse] = op().call(logits, target, class_dim, mask);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({lse});
+    ctx->saved_data["class_dim"] = class_dim;
+    ctx->save_for_backward({logits, target, lse, mask.value_or(Tensor())});
+    return {nll, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(4);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(nll_bwd)>(NS, "codebook_nll_backward");
+    const auto s = ctx->get_saved_variables();
+    out[0] = bwd.call(grads[0], s[0], s[1], s[2], ctx->saved_data["class_dim"].toInt(), optional_of(s[3]));
+    return out;
+  }
+};
+
+template <int NS>
+std::tuple<Tensor, Tensor> nll_autograd(const Tensor& logits, const Tensor& target, int64_t class_dim,
+                                        const OptionalTensor& mask) {
+  if (!records_grad(logits)) return call_below_autograd(NllFn<NS>::op(), logits, target, class_dim, mask);
+  auto o = NllFn<NS>::apply(logits, target, class_dim, mask);
+  return {o[0], o[1]};
+}
+
+// categorical_kl and log_categorical: out = sum_k f(a_k, b_k) per token, both inputs differentiable.
+template <int NS, const char* kName, const char* kBackwardName>
+struct PairSumFn : public torch::autograd::Function<PairSumFn<NS, kName, kBackwardName>> {
+  static const c10::TypedOperatorHandle<decltype(kl_fwd)>& op() {
+    static const auto handle = find_op<decltype(kl_fwd)>(NS, kName);
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b, int64_t class_dim,
+                               const OptionalTensor& mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Tensor out = op().call(a, b, class_dim, mask);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["class_dim"] = class_dim;
+    ctx->save_for_backward({a, b, mask.value_or(Tensor())});
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(4);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(kl_bwd)>(NS, kBackwardName);
+    const auto s = ctx->get_saved_variables();
+    std::tie(out[0], out[1]) = bwd.call(grads[0], s[0], s[1], ctx->saved_data["class_dim"].toInt(), optional_of(s[2]));
+    return out;
+  }
+};
+
+constexpr char kKl[] = "categorical_kl", kKlBackward[] = "categorical_kl_backward";
+constexpr char kLogCat[] = "log_categorical", kLogCatBackward[] = "log_categorical_backward";
+
+template <int NS, const char* kName, const char* kBackwardName>
+Tensor pair_sum_autograd(const Tensor& a, const Tensor& b, int64_t class_dim, const OptionalTensor& mask) {
+  if (!records_grad(a, b)) return call_below_autograd(PairSumFn<NS, kName, kBackwardName>::op(), a, b, class_dim, mask);
+  return PairSumFn<NS, kName, kBackwardName>::apply(a, b, class_dim, mask)[0];
+}
+
+void define_codebook_schemas(torch::Library& m) {
   m.def("codebook_entropy(Tensor logits, int class_dim, Tensor? mask) -> (Tensor, Tensor, Tensor)");
   m.def(
       "codebook_entropy_backward(Tensor grad, Tensor logits, Tensor lse, Tensor mu, int class_dim, Tensor? mask) "
@@ -1031,6 +1155,20 @@ TORCH_LIBRARY_FRAGMENT(mmreward, m) {
       "log_categorical_backward(Tensor grad, Tensor log_x0, Tensor log_prob, int class_dim, Tensor? mask) "
       "-> (Tensor, Tensor)");
 }
+
+template <int NS>
+void register_codebook_autograd(torch::Library& m) {
+  m.impl("codebook_entropy", &entropy_autograd<NS>);
+  m.impl("codebook_nll", &nll_autograd<NS>);
+  m.impl("categorical_kl", &pair_sum_autograd<NS, kKl, kKlBackward>);
+  m.impl("log_categorical", &pair_sum_autograd<NS, kLogCat, kLogCatBackward>);
+}
+
+}  // namespace codebook_cpu
+}  // namespace mmreward
+
+MMREWARD_SCHEMAS(mmreward::codebook_cpu::define_codebook_schemas)
+MMREWARD_AUTOGRAD(mmreward::codebook_cpu::register_codebook_autograd)
 
 TORCH_LIBRARY_IMPL(mmreward, CPU, m) {
   using namespace mmreward::codebook_cpu;

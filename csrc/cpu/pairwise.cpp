@@ -1,4 +1,5 @@
-// Pairwise reward losses: schemas and C++/OpenMP CPU kernels.
+// Pairwise reward losses: the family's schemas (both namespaces, see op_library.h), its autograd
+// (C++, shared by the C++/CUDA and the Triton ops) and its C++/OpenMP CPU kernels.
 //
 //   pairwise_loss                 Bradley–Terry / margin / label smoothing / centering / ties,
 //                                 + accuracy; optionally the (reduction-scaled) grads in the same pass
@@ -10,7 +11,9 @@
 // Determinism: work is split into chunks whose boundaries depend only on the problem size (never
 // on the thread count); each chunk writes its partial sums, which are combined in chunk order.
 // Accumulation: float for fp32/bf16/fp16 inputs (at::opmath_type), double for double; partial sums
-// of chunks are combined in double.
+// of chunks, and listwise row sums, are combined in double.
+// Non-finite inputs: PairLoss (math.h) makes the loss and gradients of a pair with a NaN / inf
+// input NaN; the accuracy is NaN when any pair has one.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -20,11 +23,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "mmreward/buffer_cache.h"
 #include "mmreward/math.h"
+#include "mmreward/op_library.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -64,7 +70,7 @@ void check_pair_args(const char* op, const at::Tensor& rc, const at::Tensor& rr,
   TORCH_CHECK(rc.sizes() == rr.sizes(), op, ": r_chosen and r_rejected shapes differ");
   TORCH_CHECK(rc.scalar_type() == rr.scalar_type(), op, ": r_chosen and r_rejected dtypes differ");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": bad reduction code ", reduction);
-  const auto acc = rc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(rc.scalar_type());
   if (margin.has_value()) {
     TORCH_CHECK(margin->sizes() == rc.sizes(), op, ": margin must have shape [B]");
     TORCH_CHECK(margin->scalar_type() == acc, op, ": margin must be ", acc, " (the accumulation dtype)");
@@ -78,26 +84,22 @@ void check_pair_args(const char* op, const at::Tensor& rc, const at::Tensor& rr,
 // ------------------------------------------------------------------------------------------------
 // pairwise_loss
 // ------------------------------------------------------------------------------------------------
-// Per-pair work shared by pairwise_loss and its backward: loss_i and the d loss_i / d r_c,
-// d loss_i / d r_r, each multiplied by `s` (the upstream gradient of that pair).
+// Writes a 0-d CPU result directly (fill_ would go through the dispatcher: ~1 us a call, which
+// matters at the batch sizes reward models train with).
+template <typename T>
+void store_scalar(at::Tensor& t, double v) {
+  *t.mutable_data_ptr<T>() = static_cast<T>(v);
+}
+
+double accuracy_of(int64_t win, int64_t counted, int64_t nonfinite) {
+  if (nonfinite > 0) return std::numeric_limits<double>::quiet_NaN();
+  return counted > 0 ? static_cast<double>(win) / static_cast<double>(counted) : 0.0;
+}
+
 template <typename acc_t>
-struct PairMath {
-  acc_t p;   // target probability of non-tie pairs (1 - eps/2)
-  acc_t c2;  // 2 * center_coef
-  acc_t cc;  // center_coef
-  inline void operator()(acc_t rc, acc_t rr, acc_t m, bool tie, acc_t s, acc_t& loss, acc_t& gc, acc_t& gr) const {
-    acc_t delta = rc - rr;
-    acc_t z = tie ? delta : delta - m;
-    acc_t pp = tie ? acc_t(0.5) : p;
-    acc_t l, dz;
-    soft_logistic(z, pp, l, dz);
-    acc_t sum = rc + rr;
-    loss = l + cc * sum * sum;
-    acc_t cen = s * c2 * sum;
-    gc = s * dz + cen;
-    gr = cen - s * dz;
-  }
-};
+PairLoss<acc_t> pair_loss_of(double label_smoothing, double center_coef) {
+  return PairLoss<acc_t>{acc_t(1.0 - label_smoothing / 2.0), acc_t(center_coef)};
+}
 
 template <typename scalar_t>
 void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const std::optional<at::Tensor>& margin,
@@ -112,19 +114,22 @@ void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const s
   acc_t* per = reduction == kNone ? loss_out.mutable_data_ptr<acc_t>() : nullptr;
   acc_t* gc = need_grad ? gc_t.mutable_data_ptr<acc_t>() : nullptr;
   acc_t* gr = need_grad ? gr_t.mutable_data_ptr<acc_t>() : nullptr;
-  const PairMath<acc_t> pm{acc_t(1.0 - eps / 2.0), acc_t(2.0 * center), acc_t(center)};
+  const PairLoss<acc_t> pl = pair_loss_of<acc_t>(eps, center);
   const acc_t s = reduction == kMean ? acc_t(1.0 / static_cast<double>(B)) : acc_t(1);
 
+  struct Counts {
+    int64_t win = 0, counted = 0, nonfinite = 0;
+  };
   const int64_t nchunk = ceil_div(B, kPairChunk);
   std::vector<double> part_loss(nchunk, 0.0);
-  std::vector<int64_t> part_win(nchunk, 0), part_cnt(nchunk, 0);
+  std::vector<Counts> part_counts(nchunk);
   // The tile loop is instantiated per option set so that its body is straight-line code and
-  // vectorises (soft_logistic is branch-free).
+  // vectorises (PairLoss is branch-free).
   auto tile = [&](auto has_m, auto has_t, auto store_per, auto store_grad, int64_t t0, int64_t n, acc_t* lbuf,
-                  int64_t& win, int64_t& cnt) {
-    int64_t w = 0, k_cnt = 0;
+                  Counts& counts) {
+    int64_t w = 0, k_cnt = 0, bad = 0;
     // local copies: stores through the float outputs must not force reloads of these
-    const PairMath<acc_t> pml = pm;
+    const PairLoss<acc_t> pll = pl;
     const acc_t sl = s;
     const scalar_t* __restrict__ rcl = rc;
     const scalar_t* __restrict__ rrl = rr;
@@ -142,7 +147,7 @@ void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const s
       acc_t mi = acc_t(0);
       if constexpr (decltype(has_m)::value) mi = ml[i];
       acc_t l, g1, g2;
-      pml(a, b, mi, ti, sl, l, g1, g2);
+      const bool finite = pll(a, b, mi, ti, sl, l, g1, g2);
       lb[k] = l;
       if constexpr (decltype(store_per)::value) perl[i] = l;
       if constexpr (decltype(store_grad)::value) {
@@ -151,18 +156,20 @@ void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const s
       }
       w += (!ti && a > b) ? 1 : 0;
       k_cnt += ti ? 0 : 1;
+      bad += finite ? 0 : 1;
     }
-    win += w;
-    cnt += k_cnt;
+    counts.win += w;
+    counts.counted += k_cnt;
+    counts.nonfinite += bad;
   };
   using T_ = std::true_type;
   using F_ = std::false_type;
-  auto run_tile = [&](int64_t t0, int64_t n, acc_t* lbuf, int64_t& win, int64_t& cnt) {
+  auto run_tile = [&](int64_t t0, int64_t n, acc_t* lbuf, Counts& counts) {
     const int code = (m ? 1 : 0) | (tp ? 2 : 0) | (per ? 4 : 0) | (gc ? 8 : 0);
     switch (code) {
-#define MMR_CASE(C, A, B_, C_, D)                          \
-  case C:                                                  \
-    tile(A{}, B_{}, C_{}, D{}, t0, n, lbuf, win, cnt);     \
+#define MMR_CASE(C, A, B_, C_, D)                       \
+  case C:                                               \
+    tile(A{}, B_{}, C_{}, D{}, t0, n, lbuf, counts);    \
     break;
       MMR_CASE(0, F_, F_, F_, F_) MMR_CASE(1, T_, F_, F_, F_) MMR_CASE(2, F_, T_, F_, F_) MMR_CASE(3, T_, T_, F_, F_)
       MMR_CASE(4, F_, F_, T_, F_) MMR_CASE(5, T_, F_, T_, F_) MMR_CASE(6, F_, T_, T_, F_) MMR_CASE(7, T_, T_, T_, F_)
@@ -176,10 +183,10 @@ void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const s
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t lo = c * kPairChunk, hi = std::min(B, lo + kPairChunk);
       double chunk_loss = 0.0;
-      int64_t win = 0, cnt = 0;
+      Counts counts;
       for (int64_t t0 = lo; t0 < hi; t0 += kTile) {
         const int64_t n = std::min(kTile, hi - t0);
-        run_tile(t0, n, lbuf, win, cnt);
+        run_tile(t0, n, lbuf, counts);
         if (!per) {
           const int64_t np = ceil_div(n, kLanes) * kLanes;
           for (int64_t k = n; k < np; ++k) lbuf[k] = acc_t(0);
@@ -187,21 +194,21 @@ void pairwise_fwd_kernel(const at::Tensor& rc_t, const at::Tensor& rr_t, const s
         }
       }
       part_loss[c] = chunk_loss;
-      part_win[c] = win;
-      part_cnt[c] = cnt;
+      part_counts[c] = counts;
     }
   });
   double total = 0.0;
-  int64_t win = 0, cnt = 0;
+  Counts all;
   for (int64_t c = 0; c < nchunk; ++c) {
     total += part_loss[c];
-    win += part_win[c];
-    cnt += part_cnt[c];
+    all.win += part_counts[c].win;
+    all.counted += part_counts[c].counted;
+    all.nonfinite += part_counts[c].nonfinite;
   }
   if (reduction != kNone) {
-    loss_out.fill_(reduction == kMean ? total / static_cast<double>(B) : total);
+    store_scalar<acc_t>(loss_out, reduction == kMean ? total / static_cast<double>(B) : total);
   }
-  acc_out.fill_(cnt > 0 ? static_cast<double>(win) / static_cast<double>(cnt) : 0.0);
+  store_scalar<float>(acc_out, accuracy_of(all.win, all.counted, all.nonfinite));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_loss_cpu(
@@ -214,8 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_loss_cpu(
   const auto m = margin.has_value() ? std::optional<at::Tensor>(margin->contiguous()) : std::nullopt;
   const auto t = tie.has_value() ? std::optional<at::Tensor>(tie->contiguous()) : std::nullopt;
   const int64_t B = rc.size(0);
-  const auto acc_dt = rc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto opts = rc.options().dtype(acc_dt);
+  auto opts = rc.options().dtype(acc_type(rc.scalar_type()));
   at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
   at::Tensor acc = at::empty({}, rc.options().dtype(at::kFloat));
   at::Tensor gc = at::empty({need_grad ? B : 0}, opts);
@@ -241,8 +247,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_loss_backward_cpu(
   TORCH_CHECK(reduction == kNone ? (grad.dim() == 1 && grad.size(0) == B) : grad.numel() == 1,
               "pairwise_loss_backward: grad has shape ", grad.sizes(), ", expected ",
               reduction == kNone ? "[B]" : "[] (a scalar)");
-  const auto acc_dt = rc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto g = grad.to(acc_dt).contiguous();
+  const auto g = grad.to(acc_type(rc.scalar_type())).contiguous();
   const auto m = margin.has_value() ? std::optional<at::Tensor>(margin->contiguous()) : std::nullopt;
   const auto t = tie.has_value() ? std::optional<at::Tensor>(tie->contiguous()) : std::nullopt;
   at::Tensor gc = at::empty_like(rc), gr = at::empty_like(rr);
@@ -255,13 +260,13 @@ std::tuple<at::Tensor, at::Tensor> pairwise_loss_backward_cpu(
     const acc_t* g_p = g.const_data_ptr<acc_t>();
     scalar_t* gc_p = gc.mutable_data_ptr<scalar_t>();
     scalar_t* gr_p = gr.mutable_data_ptr<scalar_t>();
-    const PairMath<acc_t> pm{acc_t(1.0 - label_smoothing / 2.0), acc_t(2.0 * center_coef), acc_t(center_coef)};
+    const PairLoss<acc_t> pl = pair_loss_of<acc_t>(label_smoothing, center_coef);
     const bool per_pair = reduction == kNone;
     const acc_t s0 = g_p[0] * (reduction == kMean ? acc_t(1.0 / static_cast<double>(B)) : acc_t(1));
     at::parallel_for(0, B, 4096, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         acc_t l, g1, g2;
-        pm(static_cast<acc_t>(a_p[i]), static_cast<acc_t>(b_p[i]), m_p ? m_p[i] : acc_t(0), t_p ? t_p[i] : false,
+        pl(static_cast<acc_t>(a_p[i]), static_cast<acc_t>(b_p[i]), m_p ? m_p[i] : acc_t(0), t_p ? t_p[i] : false,
            per_pair ? g_p[i] : s0, l, g1, g2);
         gc_p[i] = static_cast<scalar_t>(g1);
         gr_p[i] = static_cast<scalar_t>(g2);
@@ -281,14 +286,24 @@ void check_list_args(const char* op, const at::Tensor& rewards, const at::Tensor
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": bad reduction code ", reduction);
 }
 
+// Rewards of a row in the accumulation dtype, divided by 4 (exact) so that the difference of any two
+// finite rewards stays finite (soft_logistic_q); NaN in `nan_if_bad` if a ranked entry is not finite.
+template <typename scalar_t, typename acc_t>
+void load_row_quarters(const scalar_t* rb, const int64_t* kb, int64_t K, acc_t* rq, double& nan_if_bad) {
+  nan_if_bad = 0.0;
+  for (int64_t i = 0; i < K; ++i) {
+    rq[i] = static_cast<acc_t>(rb[i]) * acc_t(0.25);
+    if (kb[i] >= 0) nan_if_bad += static_cast<double>(rq[i] - rq[i]);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> listwise_loss_cpu(const at::Tensor& rewards_in, const at::Tensor& ranks_in,
                                                      int64_t reduction) {
   check_list_args("listwise_loss", rewards_in, ranks_in, reduction);
   const auto rewards = rewards_in.contiguous();
   const auto ranks = ranks_in.contiguous();
   const int64_t B = rewards.size(0), K = rewards.size(1);
-  const auto acc_dt = rewards.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto opts = rewards.options().dtype(acc_dt);
+  auto opts = rewards.options().dtype(acc_type(rewards.scalar_type()));
   at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
   at::Tensor counts = at::empty({B}, rewards.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rewards.scalar_type(), "listwise_loss_cpu", [&] {
@@ -300,29 +315,28 @@ std::tuple<at::Tensor, at::Tensor> listwise_loss_cpu(const at::Tensor& rewards_i
     const int64_t nchunk = ceil_div(B, kListChunk);
     std::vector<double> part(nchunk, 0.0);
     at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
-      std::vector<acc_t> rv(K);
+      std::vector<acc_t> rq(K);
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t lo = c * kListChunk, hi = std::min(B, lo + kListChunk);
         double chunk = 0.0;
         for (int64_t b = lo; b < hi; ++b) {
-          const scalar_t* rb = r + b * K;
           const int64_t* kb = rk + b * K;
-          for (int64_t i = 0; i < K; ++i) rv[i] = static_cast<acc_t>(rb[i]);
-          acc_t row = 0;
+          double row = 0.0;  // up to K² / 2 terms: summed in double
+          load_row_quarters(r + b * K, kb, K, rq.data(), row);
           int64_t n = 0;
           for (int64_t i = 0; i < K; ++i) {
             if (kb[i] < 0) continue;
             for (int64_t j = 0; j < K; ++j) {
               if (kb[j] < 0 || !(kb[i] < kb[j])) continue;
               acc_t l, dz;
-              soft_logistic(rv[i] - rv[j], acc_t(1), l, dz);
-              row += l;
+              soft_logistic_q(rq[i] - rq[j], acc_t(1), l, dz);
+              row += static_cast<double>(l);
               ++n;
             }
           }
           cnt_p[b] = n;
-          if (per) per[b] = n > 0 ? row / static_cast<acc_t>(n) : acc_t(0);
-          chunk += static_cast<double>(row);
+          if (per) per[b] = static_cast<acc_t>(n > 0 ? row / static_cast<double>(n) : row);
+          chunk += row;
         }
         part[c] = chunk;
       }
@@ -332,8 +346,8 @@ std::tuple<at::Tensor, at::Tensor> listwise_loss_cpu(const at::Tensor& rewards_i
       for (int64_t c = 0; c < nchunk; ++c) total += part[c];
       int64_t npairs = 0;
       for (int64_t b = 0; b < B; ++b) npairs += cnt_p[b];
-      if (reduction == kMean) total = npairs > 0 ? total / static_cast<double>(npairs) : 0.0;
-      loss.fill_(total);
+      if (reduction == kMean && npairs > 0) total /= static_cast<double>(npairs);
+      store_scalar<acc_t>(loss, total);
     }
   });
   return {loss, counts};
@@ -349,8 +363,7 @@ at::Tensor listwise_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
               "listwise_loss_backward: pair_counts must be int64 [B]");
   TORCH_CHECK(reduction == kNone ? (grad.dim() == 1 && grad.size(0) == B) : grad.numel() == 1,
               "listwise_loss_backward: bad grad shape ", grad.sizes());
-  const auto acc_dt = rewards.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto g = grad.to(acc_dt).contiguous();
+  const auto g = grad.to(acc_type(rewards.scalar_type())).contiguous();
   const auto cnts = pair_counts.contiguous();
   at::Tensor out = at::empty_like(rewards);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rewards.scalar_type(), "listwise_loss_backward_cpu", [&] {
@@ -360,33 +373,32 @@ at::Tensor listwise_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
     const int64_t* cnt_p = cnts.const_data_ptr<int64_t>();
     const acc_t* g_p = g.const_data_ptr<acc_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    acc_t s_all = 0;
+    double s_all = 0;
     if (reduction != kNone) {
       int64_t npairs = 0;
       for (int64_t b = 0; b < B; ++b) npairs += cnt_p[b];
-      s_all = reduction == kSum ? g_p[0] : (npairs > 0 ? g_p[0] / static_cast<acc_t>(npairs) : acc_t(0));
+      s_all = reduction == kSum ? g_p[0] : (npairs > 0 ? g_p[0] / static_cast<double>(npairs) : 0.0);
     }
     at::parallel_for(0, B, kListChunk, [&](int64_t lo, int64_t hi) {
-      std::vector<acc_t> rv(K), gv(K);
+      std::vector<acc_t> rq(K);
+      std::vector<double> gv(K);  // each entry sums up to K terms: double
       for (int64_t b = lo; b < hi; ++b) {
-        const scalar_t* rb = r + b * K;
         const int64_t* kb = rk + b * K;
-        const acc_t s = reduction == kNone ? (cnt_p[b] > 0 ? g_p[b] / static_cast<acc_t>(cnt_p[b]) : acc_t(0)) : s_all;
-        for (int64_t i = 0; i < K; ++i) {
-          rv[i] = static_cast<acc_t>(rb[i]);
-          gv[i] = 0;
-        }
+        const double s = reduction == kNone ? (cnt_p[b] > 0 ? g_p[b] / static_cast<double>(cnt_p[b]) : 0.0) : s_all;
+        double nan_if_bad;
+        load_row_quarters(r + b * K, kb, K, rq.data(), nan_if_bad);
+        std::fill(gv.begin(), gv.end(), nan_if_bad);
         for (int64_t i = 0; i < K; ++i) {
           if (kb[i] < 0) continue;
           for (int64_t j = 0; j < K; ++j) {
             if (kb[j] < 0 || !(kb[i] < kb[j])) continue;
             acc_t l, dz;
-            soft_logistic(rv[i] - rv[j], acc_t(1), l, dz);
-            gv[i] += dz;
-            gv[j] -= dz;
+            soft_logistic_q(rq[i] - rq[j], acc_t(1), l, dz);
+            gv[i] += static_cast<double>(dz);
+            gv[j] -= static_cast<double>(dz);
           }
         }
-        for (int64_t i = 0; i < K; ++i) o[b * K + i] = static_cast<scalar_t>(s * gv[i]);
+        for (int64_t i = 0; i < K; ++i) o[b * K + i] = static_cast<scalar_t>(static_cast<acc_t>(s * gv[i]));
       }
     });
   });
@@ -449,20 +461,23 @@ inline void dot_pair(const scalar_t* xc, const scalar_t* xr, const acc_t* w, int
   b = dot_row(xr, w, H);
 }
 
+constexpr int64_t kStreamGradBytes = int64_t(32) << 20;  // larger [B, H] grads bypass the caches
+
 // Gradients of one row pair: grad_h rows = coef·w (if oc), grad_w partial += coef_c·h_c + coef_r·h_r
-// (if gw). Restrict-qualified and branch-free inside the loops so they vectorise.
+// (if gw). Restrict-qualified and branch-free inside the loops so they vectorise. `stream`: the grads
+// are too big to stay in cache until autograd reads them (kStreamGradBytes).
 template <typename scalar_t, typename acc_t>
 inline void row_grads(const scalar_t* __restrict__ xc, const scalar_t* __restrict__ xr, const acc_t* __restrict__ w,
                       acc_t cc, acc_t cr, scalar_t* __restrict__ oc, scalar_t* __restrict__ orr,
-                      acc_t* __restrict__ gw, int64_t H, const scalar_t* pc = nullptr,
+                      acc_t* __restrict__ gw, int64_t H, bool stream, const scalar_t* pc = nullptr,
                       const scalar_t* pr = nullptr) {
   if (oc != nullptr && gw != nullptr) {
     int64_t j = 0;
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-      // The [B, H] grads are written once and not read back soon: non-temporal stores skip the
+      // Streamed grads are written once and not read back soon: non-temporal stores skip the
       // read-for-ownership of every output line. Same arithmetic (and rounding) as the loop below.
-      if ((reinterpret_cast<uintptr_t>(oc) & 63) == (reinterpret_cast<uintptr_t>(orr) & 63) && H >= 64) {
+      if (stream && (reinterpret_cast<uintptr_t>(oc) & 63) == (reinterpret_cast<uintptr_t>(orr) & 63) && H >= 64) {
         for (; j < H && (reinterpret_cast<uintptr_t>(oc + j) & 63) != 0; ++j) {
           const acc_t wj = w[j];
           oc[j] = cc * wj;
@@ -514,7 +529,7 @@ void check_head_args(const char* op, const at::Tensor& hc, const at::Tensor& hr,
   TORCH_CHECK(hc.scalar_type() == hr.scalar_type() && hc.scalar_type() == w.scalar_type(), op,
               ": h_chosen, h_rejected and weight must share a dtype");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": bad reduction code ", reduction);
-  const auto acc = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(hc.scalar_type());
   if (bias.has_value()) {
     TORCH_CHECK(bias->numel() == 1 && bias->dim() == 0, op, ": bias must be a 0-d tensor");
     TORCH_CHECK(bias->scalar_type() == acc, op, ": bias must be ", acc, " (the accumulation dtype)");
@@ -557,14 +572,15 @@ void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tenso
   scalar_t* ghc = grad_h ? ghc_t.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* ghr = grad_h ? ghr_t.mutable_data_ptr<scalar_t>() : nullptr;
   acc_t* per = (loss_out && reduction == kNone) ? loss_out->mutable_data_ptr<acc_t>() : nullptr;
-  const PairMath<acc_t> pm{acc_t(1.0 - eps / 2.0), acc_t(2.0 * center), acc_t(center)};
+  const PairLoss<acc_t> pl = pair_loss_of<acc_t>(eps, center);
   const acc_t s_red = g_scalar * (reduction == kMean ? acc_t(1.0 / static_cast<double>(B)) : acc_t(1));
   const bool any_grad = grad_h || grad_wb;
+  const bool stream_grads = grad_h && 2 * B * H * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamGradBytes;
 
   const int64_t nchunk = std::min<int64_t>(ceil_div(B, 16), kHeadChunks);  // >= 16 rows per chunk
   const int64_t rows = ceil_div(B, nchunk);
   std::vector<double> part_loss(nchunk, 0.0), part_gb(nchunk, 0.0);
-  std::vector<int64_t> part_win(nchunk, 0), part_cnt(nchunk, 0);
+  std::vector<int64_t> part_win(nchunk, 0), part_cnt(nchunk, 0), part_bad(nchunk, 0);
   std::vector<acc_t> part_gw(grad_wb ? nchunk * H : 0);
   at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -572,7 +588,7 @@ void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tenso
       acc_t* gw = grad_wb ? part_gw.data() + c * H : nullptr;
       if (gw) std::fill(gw, gw + H, acc_t(0));
       double lsum = 0.0, gbsum = 0.0;
-      int64_t win = 0, cnt = 0;
+      int64_t win = 0, cnt = 0, bad = 0;
       for (int64_t i = lo; i < hi; ++i) {
         const scalar_t* xc = hc + i * H;
         const scalar_t* xr = hr + i * H;
@@ -582,7 +598,7 @@ void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tenso
         b += bval;
         const bool ti = tp ? tp[i] : false;
         acc_t l, cc, cr;
-        pm(a, b, m ? m[i] : acc_t(0), ti, g_pair ? g_pair[i] : s_red, l, cc, cr);
+        bad += pl(a, b, m ? m[i] : acc_t(0), ti, g_pair ? g_pair[i] : s_red, l, cc, cr) ? 0 : 1;
         lsum += static_cast<double>(l);
         if (per) per[i] = l;
         win += (!ti && a > b) ? 1 : 0;
@@ -591,7 +607,7 @@ void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tenso
         gbsum += static_cast<double>(cc + cr);
         const bool more = i + 1 < hi;
         row_grads(xc, xr, w, cc, cr, grad_h ? ghc + i * H : nullptr, grad_h ? ghr + i * H : nullptr, gw, H,
-                  more ? xc + H : nullptr, more ? xr + H : nullptr);
+                  stream_grads, more ? xc + H : nullptr, more ? xr + H : nullptr);
       }
 #if defined(__AVX512F__)
       _mm_sfence();  // order the non-temporal grad stores
@@ -600,18 +616,22 @@ void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tenso
       part_gb[c] = gbsum;
       part_win[c] = win;
       part_cnt[c] = cnt;
+      part_bad[c] = bad;
     }
   });
   double total = 0.0, gb = 0.0;
-  int64_t win = 0, cnt = 0;
+  int64_t win = 0, cnt = 0, bad = 0;
   for (int64_t c = 0; c < nchunk; ++c) {
     total += part_loss[c];
     gb += part_gb[c];
     win += part_win[c];
     cnt += part_cnt[c];
+    bad += part_bad[c];
   }
-  if (loss_out && reduction != kNone) loss_out->fill_(reduction == kMean ? total / static_cast<double>(B) : total);
-  if (acc_out) acc_out->fill_(cnt > 0 ? static_cast<double>(win) / static_cast<double>(cnt) : 0.0);
+  if (loss_out && reduction != kNone) {
+    store_scalar<acc_t>(*loss_out, reduction == kMean ? total / static_cast<double>(B) : total);
+  }
+  if (acc_out) store_scalar<float>(*acc_out, accuracy_of(win, cnt, bad));
   if (grad_wb) {
     scalar_t* gwo = gw_t.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, H, 1024, [&](int64_t j0, int64_t j1) {
@@ -621,7 +641,7 @@ void head_kernel(const at::Tensor& hc_t, const at::Tensor& hr_t, const at::Tenso
         gwo[j] = static_cast<scalar_t>(s);
       }
     });
-    gb_t.fill_(gb);
+    store_scalar<acc_t>(gb_t, gb);
   }
 }
 
@@ -635,8 +655,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               "reward_head_pairwise_loss: grads in the forward need reduction mean or sum");
   const auto hc = h_chosen.contiguous(), hr = h_rejected.contiguous(), w = weight.contiguous();
   const int64_t B = hc.size(0), H = hc.size(1);
-  const auto acc_dt = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto opts = hc.options().dtype(acc_dt);
+  auto opts = hc.options().dtype(acc_type(hc.scalar_type()));
   at::Tensor loss = reduction == kNone ? at::empty({B}, opts) : at::empty({}, opts);
   at::Tensor acc = at::empty({}, hc.options().dtype(at::kFloat));
   at::Tensor ghc = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
@@ -668,9 +687,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_head_pairwise_
   const int64_t B = hc.size(0), H = hc.size(1);
   TORCH_CHECK(reduction == kNone ? (grad.dim() == 1 && grad.size(0) == B) : grad.numel() == 1,
               "reward_head_pairwise_loss_backward: bad grad shape ", grad.sizes());
-  const auto acc_dt = hc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto opts = hc.options().dtype(acc_dt);
-  const auto g = grad.to(acc_dt).contiguous();
+  auto opts = hc.options().dtype(acc_type(hc.scalar_type()));
+  const auto g = grad.to(acc_type(hc.scalar_type())).contiguous();
   at::Tensor ghc = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
   at::Tensor ghr = grad_h ? empty_output_buffer({B, H}, hc.options()) : at::empty({0}, hc.options());
   at::Tensor gw = grad_wb ? at::empty({H}, w.options()) : at::empty({0}, w.options());
@@ -691,10 +709,195 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_head_pairwise_
   return {ghc, ghr, gw, gb};
 }
 
-}  // namespace
-}  // namespace mmreward
+// ------------------------------------------------------------------------------------------------
+// Autograd, for the C++/CUDA ops and the Triton ops alike. A forward op may return the gradients it
+// computed in the same pass (need_grad / grad_h / grad_wb): backward hands them over once, times the
+// upstream gradient; otherwise (reduction "none", or a second backward) the `_backward` op
+// recomputes them.
+// ------------------------------------------------------------------------------------------------
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptionalTensor = std::optional<at::Tensor>;
 
-TORCH_LIBRARY_FRAGMENT(mmreward, m) {
+// The gradients a forward op computed, stored under `key`; empty if there are none. `hand_over`
+// takes them out of the context, so that autograd can adopt them as .grad without a copy (a second
+// backward through the graph then recomputes them, equal up to rounding).
+std::vector<Tensor> forward_grads(AutogradContext* ctx, const char* key, bool hand_over) {
+  auto it = ctx->saved_data.find(key);
+  if (it == ctx->saved_data.end()) return {};
+  std::vector<Tensor> out = it->second.toTensorVector();
+  if (hand_over) ctx->saved_data.erase(it);
+  return out;
+}
+
+template <int NS>
+struct PairwiseLossFn : public torch::autograd::Function<PairwiseLossFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(pairwise_loss_cpu)>& op() {
+    static const auto handle = find_op<decltype(pairwise_loss_cpu)>(NS, "pairwise_loss");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& rc, const Tensor& rr, const OptionalTensor& margin,
+                               const OptionalTensor& tie, double ls, double cc, int64_t red, bool need_grad) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, acc, gc, gr] = op().call(rc, rr, margin, tie, ls, cc, red, need_grad);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({acc, gc, gr});
+    if (need_grad) {  // [B] gradients: kept (not handed over), so every backward uses them
+      ctx->saved_data["forward_grads"] = std::vector<Tensor>{gc, gr};
+      ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(rc.scalar_type()),
+                                                       static_cast<int64_t>(rr.scalar_type())};
+    } else {
+      ctx->saved_data["options"] = std::vector<double>{ls, cc, static_cast<double>(red)};
+      ctx->save_for_backward({rc, rr, margin.value_or(Tensor()), tie.value_or(Tensor())});
+    }
+    return {loss, acc, gc, gr};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(8);
+    const Tensor& g = grads[0];
+    if (!g.defined()) return out;
+    const auto fwd = forward_grads(ctx, "forward_grads", /*hand_over=*/false);
+    if (!fwd.empty()) {
+      const bool one = upstream_is_one(g);
+      const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+      out[0] = times_upstream(fwd[0], g, one, static_cast<at::ScalarType>(dtypes[0]));
+      out[1] = times_upstream(fwd[1], g, one, static_cast<at::ScalarType>(dtypes[1]));
+      return out;
+    }
+    static const auto bwd = find_op<decltype(pairwise_loss_backward_cpu)>(NS, "pairwise_loss_backward");
+    const auto saved = ctx->get_saved_variables();
+    const auto o = ctx->saved_data["options"].toDoubleVector();
+    std::tie(out[0], out[1]) = bwd.call(g, saved[0], saved[1], optional_of(saved[2]), optional_of(saved[3]), o[0],
+                                        o[1], static_cast<int64_t>(o[2]));
+    return out;
+  }
+};
+
+template <int NS>
+std::tuple<Tensor, Tensor, Tensor, Tensor> pairwise_loss_autograd(const Tensor& rc, const Tensor& rr,
+                                                                  const OptionalTensor& margin,
+                                                                  const OptionalTensor& tie, double ls, double cc,
+                                                                  int64_t red, bool need_grad) {
+  if (!records_grad(rc, rr))
+    return call_below_autograd(PairwiseLossFn<NS>::op(), rc, rr, margin, tie, ls, cc, red, need_grad);
+  auto o = PairwiseLossFn<NS>::apply(rc, rr, margin, tie, ls, cc, red, need_grad);
+  return {o[0], o[1], o[2], o[3]};
+}
+
+template <int NS>
+struct ListwiseLossFn : public torch::autograd::Function<ListwiseLossFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(listwise_loss_cpu)>& op() {
+    static const auto handle = find_op<decltype(listwise_loss_cpu)>(NS, "listwise_loss");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& rewards, const Tensor& ranks, int64_t red) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, counts] = op().call(rewards, ranks, red);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({counts});
+    ctx->saved_data["reduction"] = red;
+    ctx->save_for_backward({rewards, ranks, counts});
+    return {loss, counts};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(listwise_loss_backward_cpu)>(NS, "listwise_loss_backward");
+    const auto saved = ctx->get_saved_variables();
+    out[0] = bwd.call(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["reduction"].toInt());
+    return out;
+  }
+};
+
+template <int NS>
+std::tuple<Tensor, Tensor> listwise_loss_autograd(const Tensor& rewards, const Tensor& ranks, int64_t red) {
+  if (!records_grad(rewards)) return call_below_autograd(ListwiseLossFn<NS>::op(), rewards, ranks, red);
+  auto o = ListwiseLossFn<NS>::apply(rewards, ranks, red);
+  return {o[0], o[1]};
+}
+
+template <int NS>
+struct RewardHeadPairwiseLossFn : public torch::autograd::Function<RewardHeadPairwiseLossFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(reward_head_pairwise_loss_cpu)>& op() {
+    static const auto handle = find_op<decltype(reward_head_pairwise_loss_cpu)>(NS, "reward_head_pairwise_loss");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& hc, const Tensor& hr, const Tensor& w,
+                               const OptionalTensor& bias, const OptionalTensor& margin, const OptionalTensor& tie,
+                               double ls, double cc, int64_t red, bool grad_h, bool grad_wb) {
+    // bit i: input i (h_chosen, h_rejected, weight, bias) wants a gradient
+    const int64_t needs = (hc.requires_grad() ? 1 : 0) | (hr.requires_grad() ? 2 : 0) | (w.requires_grad() ? 4 : 0) |
+                          (bias.has_value() && bias->requires_grad() ? 8 : 0);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, acc, ghc, ghr, gw, gb] = op().call(hc, hr, w, bias, margin, tie, ls, cc, red, grad_h, grad_wb);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({acc, ghc, ghr, gw, gb});
+    ctx->saved_data["options"] = std::vector<double>{ls, cc, static_cast<double>(red)};
+    ctx->saved_data["needs"] = needs;
+    ctx->saved_data["forward_flags"] = static_cast<int64_t>((grad_h ? 1 : 0) | (grad_wb ? 2 : 0));
+    if (grad_h || grad_wb) ctx->saved_data["forward_grads"] = std::vector<Tensor>{ghc, ghr, gw, gb};
+    ctx->save_for_backward({hc, hr, w, bias.value_or(Tensor()), margin.value_or(Tensor()), tie.value_or(Tensor())});
+    return {loss, acc, ghc, ghr, gw, gb};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(11);
+    const Tensor& g = grads[0];
+    if (!g.defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    const int64_t needs = ctx->saved_data["needs"].toInt();
+    const auto needs_grad = [needs](int i) { return ((needs >> i) & 1) != 0; };
+    auto fwd = forward_grads(ctx, "forward_grads", /*hand_over=*/true);  // [B, H]: no copy into .grad
+    bool grad_h, grad_wb;
+    if (!fwd.empty()) {
+      const int64_t flags = ctx->saved_data["forward_flags"].toInt();
+      grad_h = (flags & 1) != 0;
+      grad_wb = (flags & 2) != 0;
+      const bool one = upstream_is_one(g);
+      if (grad_h) {
+        fwd[0] = times_upstream(fwd[0], g, one, saved[0].scalar_type());
+        fwd[1] = times_upstream(fwd[1], g, one, saved[1].scalar_type());
+      }
+      if (grad_wb) {
+        fwd[2] = times_upstream(fwd[2], g, one, saved[2].scalar_type());
+        fwd[3] = times_upstream(fwd[3], g, one, fwd[3].scalar_type());
+      }
+    } else {
+      static const auto bwd =
+          find_op<decltype(reward_head_pairwise_loss_backward_cpu)>(NS, "reward_head_pairwise_loss_backward");
+      const auto o = ctx->saved_data["options"].toDoubleVector();
+      grad_h = needs_grad(0) || needs_grad(1);
+      grad_wb = needs_grad(2) || needs_grad(3);
+      auto [ghc, ghr, gw, gb] = bwd.call(g, saved[0], saved[1], saved[2], optional_of(saved[3]), optional_of(saved[4]),
+                                         optional_of(saved[5]), o[0], o[1], static_cast<int64_t>(o[2]), grad_h,
+                                         grad_wb);
+      fwd = {ghc, ghr, gw, gb};
+    }
+    for (int i = 0; i < 4; ++i) {
+      if (needs_grad(i) && (i < 2 ? grad_h : grad_wb)) out[i] = fwd[i];
+    }
+    return out;
+  }
+};
+
+template <int NS>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> reward_head_pairwise_loss_autograd(
+    const Tensor& hc, const Tensor& hr, const Tensor& w, const OptionalTensor& bias, const OptionalTensor& margin,
+    const OptionalTensor& tie, double ls, double cc, int64_t red, bool grad_h, bool grad_wb) {
+  if (!records_grad(hc, hr, w, bias))
+    return call_below_autograd(RewardHeadPairwiseLossFn<NS>::op(), hc, hr, w, bias, margin, tie, ls, cc, red, grad_h,
+                               grad_wb);
+  auto o = RewardHeadPairwiseLossFn<NS>::apply(hc, hr, w, bias, margin, tie, ls, cc, red, grad_h, grad_wb);
+  return {o[0], o[1], o[2], o[3], o[4], o[5]};
+}
+
+void define_pairwise_schemas(torch::Library& m) {
   m.def(
       "pairwise_loss(Tensor r_chosen, Tensor r_rejected, Tensor? margin, Tensor? tie, float label_smoothing, "
       "float center_coef, int reduction, bool need_grad) -> (Tensor loss, Tensor accuracy, Tensor grad_chosen, "
@@ -717,6 +920,19 @@ TORCH_LIBRARY_FRAGMENT(mmreward, m) {
       "bool grad_h, bool grad_wb) -> (Tensor grad_h_chosen, Tensor grad_h_rejected, Tensor grad_weight, "
       "Tensor grad_bias)");
 }
+
+template <int NS>
+void register_pairwise_autograd(torch::Library& m) {
+  m.impl("pairwise_loss", &pairwise_loss_autograd<NS>);
+  m.impl("listwise_loss", &listwise_loss_autograd<NS>);
+  m.impl("reward_head_pairwise_loss", &reward_head_pairwise_loss_autograd<NS>);
+}
+
+}  // namespace
+}  // namespace mmreward
+
+MMREWARD_SCHEMAS(mmreward::define_pairwise_schemas)
+MMREWARD_AUTOGRAD(mmreward::register_pairwise_autograd)
 
 TORCH_LIBRARY_IMPL(mmreward, CPU, m) {
   m.impl("pairwise_loss", &mmreward::pairwise_loss_cpu);

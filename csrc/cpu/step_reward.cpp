@@ -1,4 +1,5 @@
-// PRM step-reward ops: CPU kernels and the schemas of the family.
+// PRM step-reward ops: the family's schemas (both namespaces, see op_library.h), its autograd (C++,
+// shared by the C++/CUDA and the Triton ops) and its CPU kernels.
 //
 //  step_head            z_s = h[index_s]·(w − w_neg) + bias at step positions only (never a
 //                       vocabulary-sized logit), fused with BCE-with-logits / MSE against per-step
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "mmreward/math.h"
+#include "mmreward/op_library.h"
 
 namespace mmreward {
 namespace {
@@ -28,8 +30,6 @@ namespace {
 constexpr double kIgnore = -100.0;
 enum StepKind : int64_t { kLogit = 0, kBCE = 1, kMSE = 2 };
 enum SegOp : int64_t { kMin = 0, kProd = 1, kLogProd = 2, kLast = 3, kMeanSeg = 4, kMax = 5, kSumSeg = 6 };
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "mmreward step ops: `", name, "` must be a CPU tensor");
@@ -481,10 +481,132 @@ std::tuple<at::Tensor, at::Tensor> step_refine_cpu(const at::Tensor& rewards_, c
   return {refined, returns};
 }
 
-}  // namespace
-}  // namespace mmreward
+// ---------------------------------------------------------------------------------------------
+// Autograd, for the C++/CUDA ops and the Triton ops alike (see op_library.h).
 
-TORCH_LIBRARY_FRAGMENT(mmreward, m) {
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptionalTensor = std::optional<at::Tensor>;
+
+template <int NS>
+struct StepHeadFn : public torch::autograd::Function<StepHeadFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(step_head_cpu)>& op() {
+    static const auto handle = find_op<decltype(step_head_cpu)>(NS, "step_head");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& hidden, const Tensor& index, const Tensor& w,
+                               const OptionalTensor& w_neg, const OptionalTensor& bias, const OptionalTensor& target,
+                               int64_t kind, int64_t reduction) {
+    const bool need_hidden = hidden.requires_grad();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, z] = op().call(hidden, index, w, w_neg, bias, target, kind, reduction);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({z});
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["need_hidden"] = need_hidden;
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->save_for_backward({hidden, index, w, w_neg.value_or(Tensor()), z, target.value_or(Tensor())});
+    return {out, z};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(8);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(step_head_backward_cpu)>(NS, "step_head_backward");
+    const auto s = ctx->get_saved_variables();
+    const bool need_hidden = ctx->saved_data["need_hidden"].toBool();
+    auto [gh, gw, gb] = bwd.call(grads[0], s[0], s[1], s[2], optional_of(s[3]), s[4], optional_of(s[5]),
+                                 ctx->saved_data["kind"].toInt(), ctx->saved_data["reduction"].toInt(), need_hidden);
+    if (need_hidden) out[0] = gh;
+    out[2] = gw;
+    if (s[3].defined()) out[3] = -gw;  // the score uses w - w_neg
+    if (ctx->saved_data["has_bias"].toBool()) out[4] = gb;
+    return out;
+  }
+};
+
+template <int NS>
+std::tuple<Tensor, Tensor> step_head_autograd(const Tensor& hidden, const Tensor& index, const Tensor& w,
+                                              const OptionalTensor& w_neg, const OptionalTensor& bias,
+                                              const OptionalTensor& target, int64_t kind, int64_t reduction) {
+  if (!records_grad(hidden, w, w_neg, bias))
+    return call_below_autograd(StepHeadFn<NS>::op(), hidden, index, w, w_neg, bias, target, kind, reduction);
+  auto o = StepHeadFn<NS>::apply(hidden, index, w, w_neg, bias, target, kind, reduction);
+  return {o[0], o[1]};
+}
+
+template <int NS>
+struct StepPairLossFn : public torch::autograd::Function<StepPairLossFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(step_pair_loss_cpu)>& op() {
+    static const auto handle = find_op<decltype(step_pair_loss_cpu)>(NS, "step_pair_loss");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& r, const Tensor& pos, const Tensor& neg,
+                               const OptionalTensor& weight, bool reduce) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Tensor out = op().call(r, pos, neg, weight, reduce);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["reduce"] = reduce;
+    ctx->save_for_backward({r, pos, neg, weight.value_or(Tensor())});
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(5);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(step_pair_loss_backward_cpu)>(NS, "step_pair_loss_backward");
+    const auto s = ctx->get_saved_variables();
+    out[0] = bwd.call(grads[0], s[0], s[1], s[2], optional_of(s[3]), ctx->saved_data["reduce"].toBool());
+    return out;
+  }
+};
+
+template <int NS>
+Tensor step_pair_loss_autograd(const Tensor& r, const Tensor& pos, const Tensor& neg, const OptionalTensor& weight,
+                               bool reduce) {
+  if (!records_grad(r)) return call_below_autograd(StepPairLossFn<NS>::op(), r, pos, neg, weight, reduce);
+  return StepPairLossFn<NS>::apply(r, pos, neg, weight, reduce)[0];
+}
+
+template <int NS>
+struct StepSegmentReduceFn : public torch::autograd::Function<StepSegmentReduceFn<NS>> {
+  static const c10::TypedOperatorHandle<decltype(step_segment_reduce_cpu)>& op() {
+    static const auto handle = find_op<decltype(step_segment_reduce_cpu)>(NS, "step_segment_reduce");
+    return handle;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& values, const Tensor& offsets, int64_t op_code,
+                               double empty_value) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Tensor out = op().call(values, offsets, op_code, empty_value);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["op"] = op_code;
+    ctx->save_for_backward({values, offsets});
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(4);
+    if (!grads[0].defined()) return out;
+    static const auto bwd = find_op<decltype(step_segment_reduce_backward_cpu)>(NS, "step_segment_reduce_backward");
+    const auto s = ctx->get_saved_variables();
+    out[0] = bwd.call(grads[0], s[0], s[1], ctx->saved_data["op"].toInt());
+    return out;
+  }
+};
+
+template <int NS>
+Tensor step_segment_reduce_autograd(const Tensor& values, const Tensor& offsets, int64_t op, double empty_value) {
+  if (!records_grad(values))
+    return call_below_autograd(StepSegmentReduceFn<NS>::op(), values, offsets, op, empty_value);
+  return StepSegmentReduceFn<NS>::apply(values, offsets, op, empty_value)[0];
+}
+
+void define_step_reward_schemas(torch::Library& m) {
   m.def("step_head(Tensor hidden, Tensor index, Tensor w, Tensor? w_neg, Tensor? bias, Tensor? target, int kind, "
         "int reduction) -> (Tensor, Tensor)");
   m.def("step_head_backward(Tensor grad_out, Tensor hidden, Tensor index, Tensor w, Tensor? w_neg, Tensor z, "
@@ -498,6 +620,19 @@ TORCH_LIBRARY_FRAGMENT(mmreward, m) {
   m.def("step_refine(Tensor rewards, Tensor offsets, bool clip, float eta, bool delta, float gamma) "
         "-> (Tensor, Tensor)");
 }
+
+template <int NS>
+void register_step_reward_autograd(torch::Library& m) {
+  m.impl("step_head", &step_head_autograd<NS>);
+  m.impl("step_pair_loss", &step_pair_loss_autograd<NS>);
+  m.impl("step_segment_reduce", &step_segment_reduce_autograd<NS>);
+}
+
+}  // namespace
+}  // namespace mmreward
+
+MMREWARD_SCHEMAS(mmreward::define_step_reward_schemas)
+MMREWARD_AUTOGRAD(mmreward::register_step_reward_autograd)
 
 TORCH_LIBRARY_IMPL(mmreward, CPU, m) {
   m.impl("step_head", &mmreward::step_head_cpu);

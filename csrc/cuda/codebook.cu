@@ -1,46 +1,34 @@
-// VQ-codebook ops: CUDA kernels (see codebook.cuh). Two schedules:
+// VQ-codebook ops on CUDA: kernels, their raw-pointer host launchers and the CUDA registration of
+// the family's ops (same semantics, outputs and gradient layouts as the CPU kernels). Two schedules:
 //  * codes contiguous (sK == 1): one warp per token, lanes stride over K (coalesced), warp-merged
 //    online-softmax statistics;
 //  * otherwise (e.g. VQ-Diffusion's [B, K, L]): one thread per token walking K, consecutive threads
 //    on consecutive tokens (coalesced when sL == 1).
 // Backward kernels are elementwise over (token, code), ordered so the contiguous dim is fastest.
 // fp32 accumulation for fp32 / fp16 / bf16, fp64 for fp64.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// Tensors are [B, L, K] / [B, K, L] read through (sB, sL, sK) element strides. Per-token outputs
+// and inputs (o1..o3, grad, lse, mu) are contiguous [B, L] in the accumulation type (float, or
+// double for double inputs); target is contiguous int64 [B, L]; mask is contiguous bool [B, L] or
+// null. Schemas and autograd: csrc/cpu/codebook.cpp.
 #include <cstdint>
+#include <type_traits>
 
-#include "codebook.cuh"
+#include "mmreward/cuda_glue.cuh"
 #include "mmreward/math.h"
 
 namespace mmreward {
-namespace codebook_cuda {
+namespace cuda {
+
+struct Strided {
+  const void* p;
+  int64_t sB, sL, sK;
+};
+struct StridedOut {
+  void* p;
+  int64_t sB, sL, sK;
+};
+
 namespace {
-
-template <typename T>
-struct AccT {
-  using type = float;
-};
-template <>
-struct AccT<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(float x);
-template <>
-__device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <typename T>
-__device__ __forceinline__ T from_acc(double x) { return static_cast<T>(x); }
 
 __device__ __forceinline__ float exp_(float x) { return expf(x); }
 __device__ __forceinline__ double exp_(double x) { return exp(x); }
@@ -207,8 +195,8 @@ __global__ void softmax_bwd_kernel(const T* __restrict__ x, int64_t sB, int64_t 
       const A g = grad[r.tok];
       const A z = to_acc(x[r.b * sB + r.l * sL + r.k * sK]);
       const A p = exp_(z - lse[r.tok]);
-      if (target) {
-        v = g * (p - (r.k == target[r.tok] ? A(1) : A(0)));
+      if (target) {  // the target's entry g (p - 1) = g expm1(z - lse), rounded once
+        v = r.k == target[r.tok] ? g * expm1(z - lse[r.tok]) : g * p;
       } else {
         v = g * p * (mu[r.tok] - z);
       }
@@ -302,7 +290,7 @@ inline unsigned blocks_for(int64_t n, int64_t per_block) {
 template <typename T>
 cudaError_t stats_t(Strided x, int64_t B, int64_t L, int64_t K, const int64_t* target, const bool* mask, void* o1,
                     void* o2, void* o3, cudaStream_t s) {
-  using A = typename AccT<T>::type;
+  using A = typename Acc<T>::type;
   const int64_t N = B * L;
   if (N == 0) return cudaSuccess;
   const T* xp = static_cast<const T*>(x.p);
@@ -321,7 +309,7 @@ cudaError_t stats_t(Strided x, int64_t B, int64_t L, int64_t K, const int64_t* t
 template <typename T>
 cudaError_t softmax_bwd_t(Strided x, StridedOut y, int64_t B, int64_t L, int64_t K, const void* grad, const void* lse,
                           const void* mu, const int64_t* target, const bool* mask, cudaStream_t s) {
-  using A = typename AccT<T>::type;
+  using A = typename Acc<T>::type;
   const int64_t n = B * L * K;
   if (n == 0) return cudaSuccess;
   const bool k_fast = !(x.sL == 1 && x.sK != 1);
@@ -334,7 +322,7 @@ cudaError_t softmax_bwd_t(Strided x, StridedOut y, int64_t B, int64_t L, int64_t
 template <typename T>
 cudaError_t pair_fwd_t(bool is_kl, Strided a, Strided b, int64_t B, int64_t L, int64_t K, const bool* mask, void* out,
                        cudaStream_t s) {
-  using A = typename AccT<T>::type;
+  using A = typename Acc<T>::type;
   const int64_t N = B * L;
   if (N == 0) return cudaSuccess;
   if (a.sK == 1 && b.sK == 1) {
@@ -354,7 +342,7 @@ cudaError_t pair_fwd_t(bool is_kl, Strided a, Strided b, int64_t B, int64_t L, i
 template <typename T>
 cudaError_t pair_bwd_t(bool is_kl, Strided a, Strided b, StridedOut ga, StridedOut gb, int64_t B, int64_t L,
                        int64_t K, const void* grad, const bool* mask, cudaStream_t s) {
-  using A = typename AccT<T>::type;
+  using A = typename Acc<T>::type;
   const int64_t n = B * L * K;
   if (n == 0) return cudaSuccess;
   const bool k_fast = !(a.sL == 1 && a.sK != 1);
@@ -366,14 +354,8 @@ cudaError_t pair_bwd_t(bool is_kl, Strided a, Strided b, StridedOut ga, StridedO
 
 }  // namespace
 
-#define MMR_CB_DISPATCH(dt, FN, ...)                          \
-  switch (dt) {                                               \
-    case DType::kFloat32: return FN<float>(__VA_ARGS__);      \
-    case DType::kFloat64: return FN<double>(__VA_ARGS__);     \
-    case DType::kFloat16: return FN<__half>(__VA_ARGS__);     \
-    case DType::kBFloat16: return FN<__nv_bfloat16>(__VA_ARGS__); \
-  }                                                           \
-  return cudaErrorInvalidValue
+#define MMR_CB_DISPATCH(dt, FN, ...) \
+  return with_element_type(dt, [&](auto* tag) { return FN<std::remove_pointer_t<decltype(tag)>>(__VA_ARGS__); })
 
 cudaError_t launch_stats(DType dt, Strided x, int64_t B, int64_t L, int64_t K, const int64_t* target,
                          const bool* mask, void* o1, void* o2, void* o3, cudaStream_t stream) {
@@ -398,5 +380,218 @@ cudaError_t launch_pair_bwd(DType dt, bool is_kl, Strided a, Strided b, StridedO
 
 #undef MMR_CB_DISPATCH
 
-}  // namespace codebook_cuda
+// ------------------------------------------------------------------------------------------------
+// CUDA registration: checks, device guard, outputs from the caching allocator, launch on the
+// current stream.
+// ------------------------------------------------------------------------------------------------
+namespace {
+
+using at::Tensor;
+
+int64_t cb_class_dim(int64_t cd) {
+  TORCH_CHECK(cd == 1 || cd == 2 || cd == -1, "class_dim must be 1 or -1, got ", cd);
+  return cd == 1 ? 1 : 2;
+}
+
+struct CbGeo {
+  int64_t B, L, K;
+};
+
+CbGeo cb_geo(const Tensor& t, int64_t cd) {
+  if (cd == 1) return {t.size(0), t.size(2), t.size(1)};
+  return {t.size(0), t.size(1), t.size(2)};
+}
+
+Strided cb_in(const Tensor& t, int64_t cd) {
+  if (cd == 1) return {t.const_data_ptr(), t.stride(0), t.stride(2), t.stride(1)};
+  return {t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+StridedOut cb_out(Tensor& t, int64_t cd) {
+  if (cd == 1) return {t.data_ptr(), t.stride(0), t.stride(2), t.stride(1)};
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+void check_on_device(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
+  TORCH_CHECK(t.is_cuda(), op, ": `", name, "` must be a CUDA tensor");
+  TORCH_CHECK(t.device() == ref.device(), op, ": `", name, "` is on ", t.device(), " but expected ", ref.device());
+}
+
+void cb_check_input(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK(t.dim() == 3, op, ": `", name, "` must be 3-D, got ", t.sizes());
+  TORCH_CHECK(t.is_cuda(), op, ": `", name, "` must be a CUDA tensor");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": `", name, "` must be floating point");
+}
+
+std::optional<Tensor> cb_mask(const char* op, const std::optional<Tensor>& mask, const CbGeo& g, const Tensor& ref) {
+  if (!mask.has_value()) return std::nullopt;
+  check_on_device(op, "mask", *mask, ref);
+  TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": `mask` must be bool");
+  TORCH_CHECK(mask->dim() == 2 && mask->size(0) == g.B && mask->size(1) == g.L, op, ": `mask` must be [B, L] = [",
+              g.B, ", ", g.L, "], got ", mask->sizes());
+  return mask->contiguous();
+}
+
+Tensor cb_tok(const Tensor& like, const CbGeo& g) {
+  return at::empty({g.B, g.L}, like.options().dtype(acc_type(like.scalar_type())));
+}
+
+Tensor cb_tok_in(const char* op, const char* name, const Tensor& t, const CbGeo& g, at::ScalarType dt,
+                 const Tensor& ref) {
+  check_on_device(op, name, t, ref);
+  TORCH_CHECK(t.numel() == g.B * g.L, op, ": `", name, "` must be [B, L] = [", g.B, ", ", g.L, "]");
+  return t.to(dt).contiguous();
+}
+
+Tensor cb_grad_like(const Tensor& x, int64_t cd) {
+  if (x.is_non_overlapping_and_dense()) return at::empty_like(x);
+  const CbGeo g = cb_geo(x, cd);
+  const int64_t sK = cd == 1 ? x.stride(1) : x.stride(2);
+  const int64_t sL = cd == 1 ? x.stride(2) : x.stride(1);
+  if (sL == 1 && sK != 1) {
+    Tensor t = at::empty({g.B, g.K, g.L}, x.options());
+    return cd == 1 ? t : t.transpose(1, 2);
+  }
+  Tensor t = at::empty({g.B, g.L, g.K}, x.options());
+  return cd == 1 ? t.transpose(1, 2) : t;
+}
+
+std::tuple<Tensor, Tensor, Tensor> cb_entropy(const Tensor& logits, int64_t class_dim, const std::optional<Tensor>& mask_) {
+  const char* op = "codebook_entropy";
+  cb_check_input(op, "logits", logits);
+  const int64_t cd = cb_class_dim(class_dim);
+  const CbGeo g = cb_geo(logits, cd);
+  TORCH_CHECK(g.K > 0, op, ": `logits` has an empty class dim");
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto mask = cb_mask(op, mask_, g, logits);
+  Tensor H = cb_tok(logits, g), lse = cb_tok(logits, g), mu = cb_tok(logits, g);
+  check_launch(launch_stats(dtype_of(logits.scalar_type(), op), cb_in(logits, cd), g.B, g.L, g.K, nullptr,
+                                data_or_null<bool>(mask), H.data_ptr(), lse.data_ptr(), mu.data_ptr(),
+                                current_stream()),
+               op);
+  return {H, lse, mu};
+}
+
+Tensor cb_entropy_bwd(const Tensor& grad, const Tensor& logits, const Tensor& lse, const Tensor& mu, int64_t class_dim,
+                      const std::optional<Tensor>& mask_) {
+  const char* op = "codebook_entropy_backward";
+  cb_check_input(op, "logits", logits);
+  const int64_t cd = cb_class_dim(class_dim);
+  const CbGeo g = cb_geo(logits, cd);
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto mask = cb_mask(op, mask_, g, logits);
+  const auto acc = acc_type(logits.scalar_type());
+  Tensor gr = cb_tok_in(op, "grad", grad, g, acc, logits), ls = cb_tok_in(op, "lse", lse, g, acc, logits),
+         m = cb_tok_in(op, "mu", mu, g, acc, logits);
+  Tensor out = cb_grad_like(logits, cd);
+  check_launch(launch_softmax_bwd(dtype_of(logits.scalar_type(), op), cb_in(logits, cd), cb_out(out, cd), g.B, g.L,
+                                      g.K, gr.const_data_ptr(), ls.const_data_ptr(), m.const_data_ptr(), nullptr,
+                                      data_or_null<bool>(mask), current_stream()),
+               op);
+  return out;
+}
+
+std::tuple<Tensor, Tensor> cb_nll(const Tensor& logits, const Tensor& target, int64_t class_dim,
+                                  const std::optional<Tensor>& mask_) {
+  const char* op = "codebook_nll";
+  cb_check_input(op, "logits", logits);
+  const int64_t cd = cb_class_dim(class_dim);
+  const CbGeo g = cb_geo(logits, cd);
+  TORCH_CHECK(g.K > 0, op, ": `logits` has an empty class dim");
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto mask = cb_mask(op, mask_, g, logits);
+  Tensor tg = cb_tok_in(op, "target", target, g, at::kLong, logits);  // range checked in Python (no sync here)
+  Tensor nll = cb_tok(logits, g), lse = cb_tok(logits, g);
+  check_launch(launch_stats(dtype_of(logits.scalar_type(), op), cb_in(logits, cd), g.B, g.L, g.K,
+                                tg.const_data_ptr<int64_t>(), data_or_null<bool>(mask), nll.data_ptr(), lse.data_ptr(),
+                                nullptr, current_stream()),
+               op);
+  return {nll, lse};
+}
+
+Tensor cb_nll_bwd(const Tensor& grad, const Tensor& logits, const Tensor& target, const Tensor& lse, int64_t class_dim,
+                  const std::optional<Tensor>& mask_) {
+  const char* op = "codebook_nll_backward";
+  cb_check_input(op, "logits", logits);
+  const int64_t cd = cb_class_dim(class_dim);
+  const CbGeo g = cb_geo(logits, cd);
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto mask = cb_mask(op, mask_, g, logits);
+  const auto acc = acc_type(logits.scalar_type());
+  Tensor gr = cb_tok_in(op, "grad", grad, g, acc, logits), ls = cb_tok_in(op, "lse", lse, g, acc, logits);
+  Tensor tg = cb_tok_in(op, "target", target, g, at::kLong, logits);
+  Tensor out = cb_grad_like(logits, cd);
+  check_launch(launch_softmax_bwd(dtype_of(logits.scalar_type(), op), cb_in(logits, cd), cb_out(out, cd), g.B, g.L,
+                                      g.K, gr.const_data_ptr(), ls.const_data_ptr(), nullptr,
+                                      tg.const_data_ptr<int64_t>(), data_or_null<bool>(mask),
+                                      current_stream()),
+               op);
+  return out;
+}
+
+CbGeo cb_pair_check(const char* op, const Tensor& a, const Tensor& b, int64_t cd) {
+  cb_check_input(op, "a", a);
+  cb_check_input(op, "b", b);
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": inputs have shapes ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": inputs must have the same dtype");
+  check_on_device(op, "b", b, a);
+  return cb_geo(a, cd);
+}
+
+Tensor cb_pair_fwd(const char* op, bool is_kl, const Tensor& a, const Tensor& b, int64_t class_dim,
+                   const std::optional<Tensor>& mask_) {
+  const int64_t cd = cb_class_dim(class_dim);
+  const CbGeo g = cb_pair_check(op, a, b, cd);
+  c10::cuda::CUDAGuard guard(a.device());
+  auto mask = cb_mask(op, mask_, g, a);
+  Tensor out = cb_tok(a, g);
+  check_launch(launch_pair_fwd(dtype_of(a.scalar_type(), op), is_kl, cb_in(a, cd), cb_in(b, cd), g.B, g.L, g.K,
+                                   data_or_null<bool>(mask), out.data_ptr(), current_stream()),
+               op);
+  return out;
+}
+
+std::tuple<Tensor, Tensor> cb_pair_bwd(const char* op, bool is_kl, const Tensor& grad, const Tensor& a,
+                                       const Tensor& b, int64_t class_dim, const std::optional<Tensor>& mask_) {
+  const int64_t cd = cb_class_dim(class_dim);
+  const CbGeo g = cb_pair_check(op, a, b, cd);
+  c10::cuda::CUDAGuard guard(a.device());
+  auto mask = cb_mask(op, mask_, g, a);
+  Tensor gr = cb_tok_in(op, "grad", grad, g, acc_type(a.scalar_type()), a);
+  Tensor ga = cb_grad_like(a, cd), gb = cb_grad_like(b, cd);
+  check_launch(launch_pair_bwd(dtype_of(a.scalar_type(), op), is_kl, cb_in(a, cd), cb_in(b, cd), cb_out(ga, cd),
+                                   cb_out(gb, cd), g.B, g.L, g.K, gr.const_data_ptr(), data_or_null<bool>(mask),
+                                   current_stream()),
+               op);
+  return {ga, gb};
+}
+
+Tensor cb_kl(const Tensor& a, const Tensor& b, int64_t cd, const std::optional<Tensor>& m) {
+  return cb_pair_fwd("categorical_kl", true, a, b, cd, m);
+}
+std::tuple<Tensor, Tensor> cb_kl_bwd(const Tensor& g, const Tensor& a, const Tensor& b, int64_t cd,
+                                     const std::optional<Tensor>& m) {
+  return cb_pair_bwd("categorical_kl_backward", true, g, a, b, cd, m);
+}
+Tensor cb_logcat(const Tensor& a, const Tensor& b, int64_t cd, const std::optional<Tensor>& m) {
+  return cb_pair_fwd("log_categorical", false, a, b, cd, m);
+}
+std::tuple<Tensor, Tensor> cb_logcat_bwd(const Tensor& g, const Tensor& a, const Tensor& b, int64_t cd,
+                                         const std::optional<Tensor>& m) {
+  return cb_pair_bwd("log_categorical_backward", false, g, a, b, cd, m);
+}
+
+}  // namespace
+}  // namespace cuda
 }  // namespace mmreward
+
+TORCH_LIBRARY_IMPL(mmreward, CUDA, m) {
+  m.impl("codebook_entropy", &mmreward::cuda::cb_entropy);
+  m.impl("codebook_entropy_backward", &mmreward::cuda::cb_entropy_bwd);
+  m.impl("codebook_nll", &mmreward::cuda::cb_nll);
+  m.impl("codebook_nll_backward", &mmreward::cuda::cb_nll_bwd);
+  m.impl("categorical_kl", &mmreward::cuda::cb_kl);
+  m.impl("categorical_kl_backward", &mmreward::cuda::cb_kl_bwd);
+  m.impl("log_categorical", &mmreward::cuda::cb_logcat);
+  m.impl("log_categorical_backward", &mmreward::cuda::cb_logcat_bwd);
+}

@@ -1,32 +1,24 @@
-// PRM step-reward ops: CUDA kernels (raw pointers, no torch headers). See step_reward.cuh.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+// PRM step-reward ops on CUDA: kernels, their raw-pointer host launchers and the CUDA registration
+// of the family's ops (schemas and autograd: csrc/cpu/step_reward.cpp; semantics as the CPU kernels).
+//
+// Layout conventions match csrc/cpu/step_reward.cpp:
+//   hidden (N, H) contiguous, index (S,) int64 rows, w / w_neg (H,) in the input dtype;
+//   bias (1,), target (S,), z (S,), losses and all per-step / per-sequence float outputs in the
+//   accumulation dtype `acc` (float for fp32 / bf16 / fp16, double for fp64);
+//   offsets (B + 1,) int64 for the segment ops.
+// Every reduction has a fixed order (single-block trees, one thread per column / sequence), so the
+// results are deterministic.
 #include <cstdint>
 #include <type_traits>
 
+#include "mmreward/cuda_glue.cuh"
 #include "mmreward/math.h"
-#include "step_reward.cuh"
 
 namespace mmreward {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T x) {
-  return static_cast<typename Acc<T>::type>(x);
-}
-template <> __device__ __forceinline__ float to_acc<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type x) { return static_cast<T>(x); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 // Fixed-order tree sum over one block (blockDim.x == kThreads); result valid in every thread.
 template <typename A>
@@ -284,17 +276,13 @@ __global__ void refine_kernel(const T* rw, const int64_t* offsets, int64_t B, bo
 
 int blocks_for(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 
-// Calls f with a typed null pointer selecting the input dtype.
+// Calls f with a typed null pointer selecting the input dtype / the accumulation dtype.
 template <typename F>
 cudaError_t dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::kFloat32: f(static_cast<float*>(nullptr)); break;
-    case DType::kFloat64: f(static_cast<double*>(nullptr)); break;
-    case DType::kFloat16: f(static_cast<__half*>(nullptr)); break;
-    case DType::kBFloat16: f(static_cast<__nv_bfloat16*>(nullptr)); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return with_element_type(dt, [&](auto* tag) {
+    f(tag);
+    return cudaGetLastError();
+  });
 }
 template <typename F>
 cudaError_t dispatch_acc(DType acc, F&& f) {
@@ -422,5 +410,196 @@ cudaError_t step_refine(DType dt, const void* rewards, const int64_t* offsets, i
   });
 }
 
+// ------------------------------------------------------------------------------------------------
+// CUDA registration: checks, device guard, outputs from the caching allocator, launch on the
+// current stream.
+// ------------------------------------------------------------------------------------------------
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> step_head_cuda(const at::Tensor& hidden_, const at::Tensor& index_,
+                                                  const at::Tensor& w_, const std::optional<at::Tensor>& w_neg_,
+                                                  const std::optional<at::Tensor>& bias_,
+                                                  const std::optional<at::Tensor>& target_, int64_t kind,
+                                                  int64_t reduction) {
+  const char* op_name = "step_head";
+  TORCH_CHECK(hidden_.dim() == 2 && index_.dim() == 1 && index_.scalar_type() == at::kLong, "step_head: bad shapes");
+  TORCH_CHECK(kind >= 0 && kind <= 2, "step_head: unknown kind ", kind);
+  c10::cuda::CUDAGuard guard(hidden_.device());
+  check_on_device(op_name, "index", index_, hidden_);
+  check_on_device(op_name, "w", w_, hidden_);
+  auto hidden = hidden_.contiguous(), index = index_.contiguous(), w = w_.contiguous();
+  std::optional<at::Tensor> w_neg, bias, target;
+  if (w_neg_.has_value()) w_neg = w_neg_->contiguous();
+  if (bias_.has_value()) bias = bias_->contiguous();
+  if (kind != 0) {
+    TORCH_CHECK(target_.has_value(), "step_head: a loss kind needs `target`");
+    target = target_->contiguous();
+  }
+  const int64_t S = index.size(0), H = hidden.size(1);
+  const auto acc = acc_type(hidden.scalar_type());
+  auto z = at::empty({S}, hidden.options().dtype(acc));
+  auto per = at::empty({kind != 0 ? S : 0}, z.options());
+  const DType dt = dtype_of(hidden.scalar_type(), op_name), acc_dt = acc_dtype_of(hidden.scalar_type(), op_name);
+  check_launch(step_head_forward(dt, hidden.const_data_ptr(), index.const_data_ptr<int64_t>(), w.const_data_ptr(),
+                                 data_or_null(w_neg), data_or_null(bias), data_or_null(target), z.mutable_data_ptr(),
+                                 kind != 0 ? per.mutable_data_ptr() : nullptr, S, H, static_cast<int>(kind),
+                                 current_stream()),
+               op_name);
+  if (kind == 0) return {z.clone(), z};
+  if (reduction == 0) return {per, z};
+  auto out = at::empty({}, z.options());
+  check_launch(step_loss_reduce(acc_dt, per.const_data_ptr(), target->const_data_ptr(), S, static_cast<int>(reduction),
+                                out.mutable_data_ptr(), current_stream()),
+               op_name);
+  return {out, z};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> step_head_backward_cuda(
+    const at::Tensor& grad_out_, const at::Tensor& hidden_, const at::Tensor& index_, const at::Tensor& w_,
+    const std::optional<at::Tensor>& w_neg_, const at::Tensor& z_, const std::optional<at::Tensor>& target_,
+    int64_t kind, int64_t reduction, bool need_grad_hidden) {
+  const char* op_name = "step_head_backward";
+  c10::cuda::CUDAGuard guard(hidden_.device());
+  auto hidden = hidden_.contiguous(), index = index_.contiguous(), w = w_.contiguous(), z = z_.contiguous();
+  const auto acc = acc_type(hidden.scalar_type());
+  auto grad_out = grad_out_.to(acc).contiguous();
+  std::optional<at::Tensor> w_neg, target;
+  if (w_neg_.has_value()) w_neg = w_neg_->contiguous();
+  if (kind != 0) {
+    TORCH_CHECK(target_.has_value(), "step_head_backward: a loss kind needs `target`");
+    target = target_->contiguous();
+  }
+  const int64_t N = hidden.size(0), H = hidden.size(1), S = index.size(0);
+  auto gz = at::empty({S}, z.options());
+  auto gb = at::empty({}, z.options());
+  const DType dt = dtype_of(hidden.scalar_type(), op_name), acc_dt = acc_dtype_of(hidden.scalar_type(), op_name);
+  check_launch(step_head_grad_z(acc_dt, grad_out.const_data_ptr(), z.const_data_ptr(), data_or_null(target), S,
+                                static_cast<int>(kind), static_cast<int>(reduction), gz.mutable_data_ptr(),
+                                gb.mutable_data_ptr(), current_stream()),
+               op_name);
+  auto grad_hidden = need_grad_hidden ? at::zeros({N, H}, hidden.options()) : at::empty({0}, hidden.options());
+  auto grad_w = at::empty({H}, w.options());
+  check_launch(step_head_backward(dt, hidden.const_data_ptr(), index.const_data_ptr<int64_t>(), w.const_data_ptr(),
+                                  data_or_null(w_neg), gz.const_data_ptr(),
+                                  need_grad_hidden ? grad_hidden.mutable_data_ptr() : nullptr,
+                                  grad_w.mutable_data_ptr(), S, H, current_stream()),
+               op_name);
+  return {grad_hidden, grad_w, gb};
+}
+
+at::Tensor step_pair_loss_cuda(const at::Tensor& r_, const at::Tensor& pos_, const at::Tensor& neg_,
+                               const std::optional<at::Tensor>& weight_, bool reduce) {
+  const char* op_name = "step_pair_loss";
+  TORCH_CHECK(r_.scalar_type() == at::kFloat || r_.scalar_type() == at::kDouble, "step_pair_loss: `r` must be fp32/fp64");
+  c10::cuda::CUDAGuard guard(r_.device());
+  check_on_device(op_name, "pos", pos_, r_);
+  check_on_device(op_name, "neg", neg_, r_);
+  if (weight_.has_value()) check_on_device(op_name, "weight", *weight_, r_);
+  auto r = r_.contiguous(), pos = pos_.contiguous(), neg = neg_.contiguous();
+  std::optional<at::Tensor> weight;
+  if (weight_.has_value()) weight = weight_->contiguous();
+  const int64_t P = pos.size(0);
+  auto per = at::empty({P}, r.options());
+  auto out = at::empty({}, r.options());
+  check_launch(step_pair_forward(acc_dtype_of(r.scalar_type(), op_name), r.const_data_ptr(),
+                                 pos.const_data_ptr<int64_t>(), neg.const_data_ptr<int64_t>(), data_or_null(weight),
+                                 per.mutable_data_ptr(), out.mutable_data_ptr(), P, reduce, current_stream()),
+               op_name);
+  return reduce ? out : per;
+}
+
+at::Tensor step_pair_loss_backward_cuda(const at::Tensor& grad_, const at::Tensor& r_, const at::Tensor& pos_,
+                                        const at::Tensor& neg_, const std::optional<at::Tensor>& weight_,
+                                        bool reduce) {
+  const char* op_name = "step_pair_loss_backward";
+  c10::cuda::CUDAGuard guard(r_.device());
+  check_on_device(op_name, "grad", grad_, r_);
+  check_on_device(op_name, "pos", pos_, r_);
+  check_on_device(op_name, "neg", neg_, r_);
+  if (weight_.has_value()) check_on_device(op_name, "weight", *weight_, r_);
+  auto r = r_.contiguous(), pos = pos_.contiguous(), neg = neg_.contiguous();
+  auto grad = grad_.to(r.scalar_type()).contiguous();
+  std::optional<at::Tensor> weight;
+  if (weight_.has_value()) weight = weight_->contiguous();
+  auto grad_r = at::zeros_like(r);
+  check_launch(step_pair_backward(acc_dtype_of(r.scalar_type(), op_name), grad.const_data_ptr(), r.const_data_ptr(),
+                                  pos.const_data_ptr<int64_t>(), neg.const_data_ptr<int64_t>(), data_or_null(weight),
+                                  grad_r.mutable_data_ptr(), pos.size(0), reduce, current_stream()),
+               op_name);
+  return grad_r;
+}
+
+at::Tensor step_segment_reduce_cuda(const at::Tensor& values_, const at::Tensor& offsets_, int64_t op,
+                                    double empty_value) {
+  const char* op_name = "step_segment_reduce";
+  TORCH_CHECK(op >= 0 && op <= 6, "step_segment_reduce: unknown op ", op);
+  c10::cuda::CUDAGuard guard(values_.device());
+  check_on_device(op_name, "offsets", offsets_, values_);
+  auto values = values_.contiguous(), offsets = offsets_.contiguous();
+  const int64_t B = offsets.size(0) - 1;
+  auto out = at::empty({B}, values.options().dtype(acc_type(values.scalar_type())));
+  check_launch(step_segment_forward(dtype_of(values.scalar_type(), op_name), values.const_data_ptr(),
+                                    offsets.const_data_ptr<int64_t>(), B, static_cast<int>(op), empty_value,
+                                    out.mutable_data_ptr(), current_stream()),
+               op_name);
+  return out;
+}
+
+at::Tensor step_segment_reduce_backward_cuda(const at::Tensor& grad_, const at::Tensor& values_,
+                                             const at::Tensor& offsets_, int64_t op) {
+  const char* op_name = "step_segment_reduce_backward";
+  c10::cuda::CUDAGuard guard(values_.device());
+  auto values = values_.contiguous(), offsets = offsets_.contiguous();
+  auto grad = grad_.to(acc_type(values.scalar_type())).contiguous();
+  auto grad_values = at::zeros_like(values);
+  check_launch(step_segment_backward(dtype_of(values.scalar_type(), op_name), grad.const_data_ptr(),
+                                     values.const_data_ptr(), offsets.const_data_ptr<int64_t>(), offsets.size(0) - 1,
+                                     static_cast<int>(op), grad_values.mutable_data_ptr(), current_stream()),
+               op_name);
+  return grad_values;
+}
+
+at::Tensor step_first_below_cuda(const at::Tensor& values_, const at::Tensor& offsets_, double threshold) {
+  const char* op_name = "step_first_below";
+  c10::cuda::CUDAGuard guard(values_.device());
+  check_on_device(op_name, "offsets", offsets_, values_);
+  auto values = values_.contiguous(), offsets = offsets_.contiguous();
+  const int64_t B = offsets.size(0) - 1;
+  auto out = at::empty({B}, offsets.options());
+  check_launch(step_first_below(dtype_of(values.scalar_type(), op_name), values.const_data_ptr(),
+                                offsets.const_data_ptr<int64_t>(), B, threshold, out.mutable_data_ptr<int64_t>(),
+                                current_stream()),
+               op_name);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> step_refine_cuda(const at::Tensor& rewards_, const at::Tensor& offsets_, bool clip,
+                                                    double eta, bool delta, double gamma) {
+  const char* op_name = "step_refine";
+  c10::cuda::CUDAGuard guard(rewards_.device());
+  check_on_device(op_name, "offsets", offsets_, rewards_);
+  auto rewards = rewards_.contiguous(), offsets = offsets_.contiguous();
+  const auto acc = acc_type(rewards.scalar_type());
+  auto refined = at::empty(rewards.sizes(), rewards.options().dtype(acc));
+  auto returns = at::empty(rewards.sizes(), rewards.options().dtype(acc));
+  check_launch(step_refine(dtype_of(rewards.scalar_type(), op_name), rewards.const_data_ptr(),
+                           offsets.const_data_ptr<int64_t>(), offsets.size(0) - 1, clip, eta, delta, gamma,
+                           refined.mutable_data_ptr(), returns.mutable_data_ptr(), current_stream()),
+               op_name);
+  return {refined, returns};
+}
+
+}  // namespace
 }  // namespace cuda
 }  // namespace mmreward
+
+TORCH_LIBRARY_IMPL(mmreward, CUDA, m) {
+  m.impl("step_head", &mmreward::cuda::step_head_cuda);
+  m.impl("step_head_backward", &mmreward::cuda::step_head_backward_cuda);
+  m.impl("step_pair_loss", &mmreward::cuda::step_pair_loss_cuda);
+  m.impl("step_pair_loss_backward", &mmreward::cuda::step_pair_loss_backward_cuda);
+  m.impl("step_segment_reduce", &mmreward::cuda::step_segment_reduce_cuda);
+  m.impl("step_segment_reduce_backward", &mmreward::cuda::step_segment_reduce_backward_cuda);
+  m.impl("step_first_below", &mmreward::cuda::step_first_below_cuda);
+  m.impl("step_refine", &mmreward::cuda::step_refine_cuda);
+}

@@ -1,17 +1,18 @@
 """Backend selection for mmreward ops.
 
-Every public op resolves, per call, to one of four implementations:
+Every public op runs (through :mod:`mmreward.ops._dispatch`) on one of four implementations:
 
-* ``reference`` – pure PyTorch (``mmreward.ops.reference``); the test oracle and the fallback.
+* ``reference`` – pure PyTorch (``mmreward.ops.library``); the test oracle and the fallback.
 * ``cpp``       – C++/OpenMP kernels in the compiled extension ``mmreward._C`` (CPU tensors).
 * ``cuda``      – CUDA kernels in the same extension (CUDA tensors, when built with CUDA).
 * ``triton``    – Triton kernels (``mmreward.ops.triton``); CUDA tensors, or CPU tensors when
-  ``TRITON_INTERPRET=1`` is set *before* the kernels are defined (tests do this).
+  ``TRITON_INTERPRET=1`` is set *before* the kernels are defined (tests do this). They use the
+  compiled extension's schemas and C++ autograd, so they need it too.
 
 Default: CUDA tensor -> triton, else cuda; CPU tensor -> cpp; extension missing -> reference
-with one warning. ``MMREWARD_BACKEND=reference|cpp|cuda|triton`` (or the :func:`use_backend`
-context manager) forces one; a forced backend that cannot run the call is an error, never a
-silent fallback.
+with one warning; meta tensor -> the ops' fake kernels (shapes only, whatever is forced).
+``MMREWARD_BACKEND=reference|cpp|cuda|triton`` (or the :func:`use_backend` context manager)
+forces one; a forced backend that cannot run the call is an error, never a silent fallback.
 """
 from __future__ import annotations
 
@@ -70,10 +71,11 @@ def cpu_cache_bytes() -> int:
 
 
 def has_kernel(op: str, device_type: str) -> bool:
-    """True if ``torch.ops.mmreward.<op>`` has a kernel for ``device_type`` ('cpu' | 'cuda')."""
+    """True if ``torch.ops.mmreward.<op>`` has a kernel for ``device_type`` ('cpu' | 'cuda' | 'meta':
+    the fake kernel)."""
     if not extension_loaded():
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    key = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}[device_type]
     name = f"mmreward::{op}"
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
@@ -90,7 +92,8 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _requested() -> Optional[str]:
+def forced_backend() -> Optional[str]:
+    """The backend forced by :func:`use_backend` (this thread) or ``MMREWARD_BACKEND``, or None."""
     forced = getattr(_local, "forced", None)
     if forced is None:
         forced = os.environ.get(ENV_VAR) or None
@@ -112,8 +115,18 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _local.forced = prev
 
 
-def why_unavailable(backend: str, op: str, device_type: str) -> Optional[str]:
-    """None if ``backend`` can run ``op`` on ``device_type`` tensors, else the reason."""
+def _device_type(device) -> str:
+    return device if isinstance(device, str) else torch.device(device).type
+
+
+def why_unavailable(backend: str, op: str, device_type) -> Optional[str]:
+    """None if ``backend`` can run ``op`` on tensors of ``device_type`` ('cpu' | 'cuda' or a
+    device), else the reason."""
+    device_type = _device_type(device_type)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
     if backend == "reference":
         return None
     if backend in ("cpp", "cuda"):
@@ -125,24 +138,27 @@ def why_unavailable(backend: str, op: str, device_type: str) -> Optional[str]:
         if not has_kernel(op, device_type):
             return f"mmreward._C has no {want.upper()} kernel for {op!r} (built without it?)"
         return None
-    if backend == "triton":
-        if not triton_installed():
-            return "triton is not installed (pip install triton)"
-        if device_type == "cuda" or (device_type == "cpu" and triton_interpret()):
-            return None
-        return "triton runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before import)"
-    raise ValueError(f"unknown backend {backend!r}")
+    if not triton_installed():
+        return "triton is not installed (pip install triton)"
+    if not extension_loaded():
+        return f"the Triton ops use the compiled extension's schemas and autograd ({extension_error()})"
+    if device_type == "cuda" or (device_type == "cpu" and triton_interpret()):
+        return None
+    return "triton runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before import)"
 
 
-def available_backends(op: str, device_type: str) -> list[str]:
-    return [b for b in BACKENDS if why_unavailable(b, op, device_type) is None]
+def available_backends(op: str, device) -> list[str]:
+    """The backends that can run ``op`` on tensors of ``device`` ('cpu', 'cuda', or a device) here."""
+    return [b for b in BACKENDS if why_unavailable(b, op, device) is None]
 
 
 def select(op: str, device: torch.device) -> str:
     """Pick the backend for one call of ``op`` on tensors living on ``device``."""
     global _warned_fallback
     device_type = device.type
-    forced = _requested()
+    forced = forced_backend()
+    if device_type == "meta":  # shapes only: the ops' fake kernels (whatever backend is forced)
+        return "cpp" if has_kernel(op, "meta") else "reference"
     if forced is not None:
         reason = why_unavailable(forced, op, device_type)
         if reason is not None:
@@ -169,32 +185,9 @@ def select(op: str, device: torch.device) -> str:
     return "reference"
 
 
-def _assume_constant_result(fn):
+def assume_constant_result(fn):
     """What `torch.compiler.assume_constant_result` does, without importing torch._dynamo (which
     imports triton) when mmreward.ops is imported: torch.compile evaluates `fn` once while tracing
     and bakes its result into the graph."""
     fn._dynamo_marked_constant = True
     return fn
-
-
-@_assume_constant_result
-def _select_at_trace(op: str, device_type: str, device_index: int) -> str:
-    return select(op, torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type))
-
-
-_SELECTED: dict = {}
-
-
-def select_cached(op: str, device: torch.device) -> str:
-    """:func:`select` for the ops' hot path. Eagerly, the choice is cached per (op, device type,
-    forced backend, TRITON_INTERPRET) — what it depends on does not change while the process runs,
-    and the kernel look-ups cost ~30 µs a call. Under torch.compile it is evaluated once at trace
-    time and baked into the graph."""
-    if torch.compiler.is_compiling():
-        return _select_at_trace(op, device.type, -1 if device.index is None else device.index)
-    key = (op, device.type, _requested(), triton_interpret())
-    backend = _SELECTED.get(key)
-    if backend is None:
-        backend = select(op, device)  # raises BackendUnavailableError: never cached
-        _SELECTED[key] = backend
-    return backend

@@ -1,12 +1,15 @@
 """Input checks shared by all ops: clear errors, raised before any kernel runs.
 
-Shape / dtype / device checks are always on. Finiteness checks (NaN / inf) read the tensor once
-and synchronise on CUDA, so they run only on small (per-pair / per-step sized) tensors, and can be
-switched off with ``MMREWARD_CHECK_FINITE=0`` or :func:`set_check_finite`. They are skipped while
-``torch.compile`` traces (data-dependent checks would break the graph).
+Shape / dtype / device checks read only metadata and are always on. Checks that read values (index
+ranges, label ranges) skip tensors without readable data (:func:`has_data`: meta tensors, fake
+tensors while torch.compile traces). NaN / inf are never searched for on the hot paths: the kernels
+make a non-finite input give NaN outputs instead (see each family's docstring). Only the small
+per-sequence segment ops (:mod:`mmreward.ops.step_reward`) still check finiteness on the host,
+which ``MMREWARD_CHECK_FINITE=0`` or :func:`set_check_finite` switches off.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Iterable, Optional, Sequence
 
@@ -22,13 +25,20 @@ def set_check_finite(enabled: bool) -> None:
     _check_finite = bool(enabled)
 
 
+def has_data(t: torch.Tensor) -> bool:
+    """True if ``t``'s values can be read (not a meta tensor, not a fake / functional tensor while
+    torch.compile or another tracer runs)."""
+    return t.device.type != "meta" and type(t) in (torch.Tensor, torch.nn.Parameter) and not (
+        torch.compiler.is_compiling())
+
+
 def check_finite_enabled() -> bool:
-    if not _check_finite:
-        return False
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
-        return False
-    return True
+    return _check_finite and not torch.compiler.is_compiling()
+
+
+def is_real(x) -> bool:
+    """A real number, not a bool (fast path for the common float / int)."""
+    return type(x) in (float, int) or (isinstance(x, numbers.Real) and not isinstance(x, bool))
 
 
 def _where(op: str, name: str) -> str:
@@ -81,7 +91,7 @@ def check_finite(op: str, tensors: Iterable[tuple[str, Optional[torch.Tensor]]])
     if not check_finite_enabled():
         return
     for name, t in tensors:
-        if t is None or not t.is_floating_point() or t.numel() == 0:
+        if t is None or not t.is_floating_point() or t.numel() == 0 or not has_data(t):
             continue
         if not bool(torch.isfinite(t).all()):
             n_nan = int(torch.isnan(t).sum())

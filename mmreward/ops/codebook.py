@@ -27,8 +27,9 @@ float64 for float64 inputs; gradients come back in the input dtype and layout. T
 streaming pass over the codes (running max, online softmax) and never materialise softmax /
 log-softmax tensors; logits of ±1e4 stay finite and accurate.
 
-NaN / inf: the inputs are too large to scan for NaN cheaply, so they are not checked: a NaN in a
-token's logits makes that token's value (and its frame's sum) NaN. ``-inf`` logits: the fused
+NaN / inf: the inputs are not scanned (that would cost a pass and, on a GPU, a synchronisation); a
+NaN in a token's logits makes that token's value (and its frame's sum) NaN, never a finite number.
+Target codes are checked on the host (one read; skipped for meta tensors). ``-inf`` logits: the fused
 forward kernels treat them as zero-probability codes (the reference, like the official code, gives
 NaN), but their gradients are not defined; a token whose logits are all ``-inf`` is NaN. Use a large
 finite negative value (e.g. -1e4) to mask codes. ``categorical_kl`` / ``log_categorical`` expect
@@ -40,8 +41,8 @@ from typing import Optional
 
 import torch
 
-from . import _backend, _validate
-from .reference import codebook as _ref
+from . import _dispatch, _validate
+from .library import codebook as _lib
 
 __all__ = ["codebook_entropy", "codebook_nll", "categorical_kl", "log_categorical", "frame_reduce"]
 
@@ -96,9 +97,9 @@ def _prep_target(op: str, target, B: int, L: int, K: int, device, mask) -> torch
     if target.device != device:
         raise ValueError(f"{op}: `target` is on {target.device} but `logits` are on {device}")
     target = target.long().contiguous()
-    if not torch.compiler.is_compiling():
+    if _validate.has_data(target):
         t = target if mask is None else torch.where(mask, target, torch.zeros_like(target))
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = (int(v) for v in torch.aminmax(t))  # one host read
         if lo < 0 or hi >= K:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{op}: `target` has index {bad} out of range [0, {K}) (K = number of codes)")
@@ -113,18 +114,6 @@ def _check_pair(op: str, na: str, a, nb: str, b, cd: int):
         raise TypeError(f"{op}: `{nb}` is {b.dtype} but `{na}` is {a.dtype}")
     _validate.check_same_device(op, **{na: a, nb: b})
     return B, L, K
-
-
-def _select(op: str, device: torch.device) -> str:
-    return _backend.select_cached(op, device)
-
-
-def _ops(backend: str):
-    if backend == "triton":
-        from .triton import codebook as tri  # lazy: only when the triton backend is chosen
-
-        return tri.ops
-    return torch.ops.mmreward
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,7 +136,7 @@ def frame_reduce(
         raise ValueError(f"{op}: `values` is empty (shape {tuple(values.shape)}); nothing to reduce")
     _check_reduction(op, reduction)
     m = _prep_mask(op, mask, B, L, values.device)
-    return _ref.frame_reduce(values, m, reduction)
+    return _lib.frame_reduce(values, m, reduction)
 
 
 def _finish(tok: torch.Tensor, mask: Optional[torch.Tensor], reduction: str) -> torch.Tensor:
@@ -156,7 +145,7 @@ def _finish(tok: torch.Tensor, mask: Optional[torch.Tensor], reduction: str) -> 
         return tok
     if reduction == "sum":
         return tok.sum(1)
-    return _ref.frame_reduce(tok, mask, "mean")
+    return _lib.frame_reduce(tok, mask, "mean")
 
 
 def codebook_entropy(
@@ -177,11 +166,7 @@ def codebook_entropy(
     _check_reduction(op, reduction)
     B, L, K = _geometry(op, "logits", logits, cd)
     m = _prep_mask(op, mask, B, L, logits.device)
-    backend = _select(op, logits.device)
-    if backend == "reference":
-        tok = _ref.codebook_entropy(logits, cd, m)
-    else:
-        tok = _ops(backend).codebook_entropy(logits, cd, m)[0]
+    tok = _dispatch.call(op, logits.device, logits, cd, m)[0]
     return _finish(tok, m, reduction)
 
 
@@ -205,13 +190,9 @@ def codebook_nll(
     B, L, K = _geometry(op, "logits", logits, cd)
     m = _prep_mask(op, mask, B, L, logits.device)
     t = _prep_target(op, target, B, L, K, logits.device, m)
-    backend = _select(op, logits.device)
-    if backend == "reference":
-        tok = _ref.codebook_nll(logits, t, cd, m)
-    else:
-        if m is not None:
-            t = torch.where(m, t, torch.zeros_like(t))
-        tok = _ops(backend).codebook_nll(logits, t, cd, m)[0]
+    if m is not None:  # masked tokens' targets may be anything (e.g. -100): the kernels read them
+        t = torch.where(m, t, torch.zeros_like(t))
+    tok = _dispatch.call(op, logits.device, logits, t, cd, m)[0]
     return _finish(tok, m, reduction)
 
 
@@ -235,12 +216,7 @@ def categorical_kl(
     _check_reduction(op, reduction)
     B, L, K = _check_pair(op, "log_a", log_a, "log_b", log_b, cd)
     m = _prep_mask(op, mask, B, L, log_a.device)
-    backend = _select(op, log_a.device)
-    if backend == "reference":
-        tok = _ref.categorical_kl(log_a, log_b, cd, m)
-    else:
-        tok = _ops(backend).categorical_kl(log_a, log_b, cd, m)
-    return _finish(tok, m, reduction)
+    return _finish(_dispatch.call(op, log_a.device, log_a, log_b, cd, m), m, reduction)
 
 
 def log_categorical(
@@ -262,148 +238,4 @@ def log_categorical(
     _check_reduction(op, reduction)
     B, L, K = _check_pair(op, "log_x0", log_x0, "log_prob", log_prob, cd)
     m = _prep_mask(op, mask, B, L, log_x0.device)
-    backend = _select(op, log_x0.device)
-    if backend == "reference":
-        tok = _ref.log_categorical(log_x0, log_prob, cd, m)
-    else:
-        tok = _ops(backend).log_categorical(log_x0, log_prob, cd, m)
-    return _finish(tok, m, reduction)
-
-
-# ------------------------------------------------------------------------------------------------
-# fake kernels + autograd, shared by the C++ ops (torch.ops.mmreward) and the Triton custom ops
-# (torch.ops.mmreward_triton): same schemas.
-#   codebook_entropy(logits, class_dim, mask) -> (H, lse, mu)         H, lse, mu: [B, L] acc dtype
-#   codebook_nll(logits, target, class_dim, mask) -> (nll, lse)
-#   categorical_kl(log_a, log_b, class_dim, mask) -> kl
-#   log_categorical(log_x0, log_prob, class_dim, mask) -> out
-#   <op>_backward(grad, <inputs>, <saved stats>, class_dim, mask) -> grad(s) in the input layout
-# ------------------------------------------------------------------------------------------------
-def _bl(x: torch.Tensor, class_dim: int) -> tuple[int, int]:
-    return (x.shape[0], x.shape[2]) if class_dim == 1 else (x.shape[0], x.shape[1])
-
-
-def _tok_empty(x: torch.Tensor, class_dim: int) -> torch.Tensor:
-    return x.new_empty(_bl(x, class_dim), dtype=_ref.acc_dtype(x.dtype))
-
-
-def _dense(x: torch.Tensor) -> bool:
-    """Tensor::is_non_overlapping_and_dense (what empty_like keeps the strides of)."""
-    import torch._prims_common as pc
-
-    fn = getattr(pc, "is_non_overlapping_and_dense_or_false", None) or getattr(pc, "is_non_overlapping_and_dense")
-    return bool(fn(x))
-
-
-def grad_like(x: torch.Tensor, class_dim: int) -> torch.Tensor:
-    """Gradient buffer in the input's layout (what the kernels allocate): empty_like for dense
-    inputs; otherwise the dense layout whose token (L) or class (K) dim is contiguous like x's."""
-    if _dense(x):
-        return torch.empty_like(x)
-    B, L = _bl(x, class_dim)
-    K = x.shape[1] if class_dim == 1 else x.shape[2]
-    sK, sL = (x.stride(1), x.stride(2)) if class_dim == 1 else (x.stride(2), x.stride(1))
-    if sL == 1 and sK != 1:
-        t = x.new_empty((B, K, L))
-        return t if class_dim == 1 else t.transpose(1, 2)
-    t = x.new_empty((B, L, K))
-    return t.transpose(1, 2) if class_dim == 1 else t
-
-
-def _fake_entropy(logits, class_dim, mask):
-    return _tok_empty(logits, class_dim), _tok_empty(logits, class_dim), _tok_empty(logits, class_dim)
-
-
-def _fake_entropy_backward(grad, logits, lse, mu, class_dim, mask):
-    return grad_like(logits, class_dim)
-
-
-def _fake_nll(logits, target, class_dim, mask):
-    return _tok_empty(logits, class_dim), _tok_empty(logits, class_dim)
-
-
-def _fake_nll_backward(grad, logits, target, lse, class_dim, mask):
-    return grad_like(logits, class_dim)
-
-
-def _fake_pair(a, b, class_dim, mask):
-    return _tok_empty(a, class_dim)
-
-
-def _fake_pair_backward(grad, a, b, class_dim, mask):
-    return grad_like(a, class_dim), grad_like(b, class_dim)
-
-
-def _entropy_autograd(ns):
-    def setup_context(ctx, inputs, output):
-        logits, class_dim, mask = inputs
-        _, lse, mu = output
-        ctx.mark_non_differentiable(lse, mu)
-        ctx.class_dim = class_dim
-        ctx.save_for_backward(logits, lse, mu, mask)
-
-    def backward(ctx, grad, *_):
-        logits, lse, mu, mask = ctx.saved_tensors
-        g = getattr(torch.ops, ns).codebook_entropy_backward(grad, logits, lse, mu, ctx.class_dim, mask)
-        return g, None, None
-
-    return backward, setup_context
-
-
-def _nll_autograd(ns):
-    def setup_context(ctx, inputs, output):
-        logits, target, class_dim, mask = inputs
-        _, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.class_dim = class_dim
-        ctx.save_for_backward(logits, target, lse, mask)
-
-    def backward(ctx, grad, _):
-        logits, target, lse, mask = ctx.saved_tensors
-        g = getattr(torch.ops, ns).codebook_nll_backward(grad, logits, target, lse, ctx.class_dim, mask)
-        return g, None, None, None
-
-    return backward, setup_context
-
-
-def _pair_autograd(name):
-    def make(ns):
-        def setup_context(ctx, inputs, output):
-            a, b, class_dim, mask = inputs
-            ctx.class_dim = class_dim
-            ctx.save_for_backward(a, b, mask)
-
-        def backward(ctx, grad):
-            a, b, mask = ctx.saved_tensors
-            ga, gb = getattr(getattr(torch.ops, ns), f"{name}_backward")(grad, a, b, ctx.class_dim, mask)
-            need = ctx.needs_input_grad
-            return (ga if need[0] else None), (gb if need[1] else None), None, None
-
-        return backward, setup_context
-
-    return make
-
-
-def register_fake_and_autograd(ns: str) -> None:
-    """Fake kernels + autograd for the codebook ops of namespace ``ns`` ('mmreward' / 'mmreward_triton')."""
-    for name, fake, autograd in (
-        ("codebook_entropy", _fake_entropy, _entropy_autograd),
-        ("codebook_nll", _fake_nll, _nll_autograd),
-        ("categorical_kl", _fake_pair, _pair_autograd("categorical_kl")),
-        ("log_categorical", _fake_pair, _pair_autograd("log_categorical")),
-    ):
-        torch.library.register_fake(f"{ns}::{name}", fake)
-        backward, setup_context = autograd(ns)
-        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup_context)
-    for name, fake in (
-        ("codebook_entropy_backward", _fake_entropy_backward),
-        ("codebook_nll_backward", _fake_nll_backward),
-        ("categorical_kl_backward", _fake_pair_backward),
-        ("log_categorical_backward", _fake_pair_backward),
-    ):
-        torch.library.register_fake(f"{ns}::{name}", fake)
-
-
-# The C++ schemas exist only when mmreward._C is loaded (csrc/cpu/codebook.cpp defines them).
-if _backend.has_kernel("codebook_entropy", "cpu"):
-    register_fake_and_autograd("mmreward")
+    return _finish(_dispatch.call(op, log_x0.device, log_x0, log_prob, cd, m), m, reduction)

@@ -31,16 +31,26 @@ equals the 2-class softmax over the two label logits.
 Accumulation is fp32 for fp32 / bf16 / fp16 (fp64 for fp64), and float outputs (scores, logits,
 losses, reductions, refined rewards) come back in that accumulation dtype, as in the pairwise
 family; gradients have their inputs' dtypes.
+
+Bad values: NaN / inf in ``hidden`` or the head rows are not searched for; they make the affected
+steps' logits non-finite, so their scores and losses are NaN (never a finite number). Step indices,
+labels / targets (range, NaN) and segment lengths / offsets are checked and raise ``ValueError``
+(these checks read the values: one host read each, skipped for meta tensors), and so are NaN / inf
+per-step scores given to :func:`segment_reduce`, :func:`first_below` and
+:func:`refine_process_rewards` (switch off with :func:`mmreward.ops.set_check_finite`).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Union
 
 import torch
 
-from . import _backend
+from . import _dispatch
 from . import _validate as V
-from .reference import step_reward as ref
+from .library import acc_dtype
+from .library import step_reward as ref
 
 __all__ = [
     "step_scores",
@@ -63,160 +73,6 @@ SEGMENT_REDUCTIONS = tuple(ref.SEG_OPS)
 _KIND_LOGIT, _KIND_BCE, _KIND_MSE = ref.KIND_LOGIT, ref.KIND_BCE, ref.KIND_MSE
 
 Bias = Union[torch.Tensor, float, None]
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# ----------------------------------------------------------------------------------------------
-# autograd / fake glue, shared by the C++ ops (torch.ops.mmreward.*) and the Triton custom ops
-# (torch.ops.mmreward_triton.*): both namespaces have the same op names and schemas.
-
-
-def _fake_step_head(hidden, index, w, w_neg, bias, target, kind, reduction):
-    S = index.shape[0]
-    acc = _acc(hidden.dtype)
-    z = hidden.new_empty((S,), dtype=acc)
-    out = hidden.new_empty((S,) if (kind == _KIND_LOGIT or reduction == 0) else (), dtype=acc)
-    return out, z
-
-
-def _fake_step_head_backward(grad_out, hidden, index, w, w_neg, z, target, kind, reduction, need_grad_hidden):
-    gh = hidden.new_empty(tuple(hidden.shape) if need_grad_hidden else (0,))
-    return gh, w.new_empty(w.shape), hidden.new_empty((), dtype=_acc(hidden.dtype))
-
-
-def _fake_pair(r, pos, neg, weight, reduce):
-    return r.new_empty(() if reduce else (pos.shape[0],))
-
-
-def _fake_pair_backward(grad, r, pos, neg, weight, reduce):
-    return r.new_empty(r.shape)
-
-
-def _fake_segment(values, offsets, op, empty_value):
-    return values.new_empty((offsets.shape[0] - 1,), dtype=_acc(values.dtype))
-
-
-def _fake_segment_backward(grad, values, offsets, op):
-    return values.new_empty(values.shape)
-
-
-def _fake_first_below(values, offsets, threshold):
-    return offsets.new_empty((offsets.shape[0] - 1,), dtype=torch.int64)
-
-
-def _fake_refine(rewards, offsets, clip, eta, delta, gamma):
-    acc = _acc(rewards.dtype)
-    return rewards.new_empty(rewards.shape, dtype=acc), rewards.new_empty(rewards.shape, dtype=acc)
-
-
-def _make_autograd(ns):
-    """(setup_context, backward) pairs for the differentiable ops of namespace ``ns``."""
-
-    def head_setup(ctx, inputs, output):
-        hidden, index, w, w_neg, bias, target, kind, reduction = inputs
-        _, z = output
-        ctx.save_for_backward(hidden, index, w, w_neg, z, target)
-        ctx.kind, ctx.reduction = kind, reduction
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(z)
-
-    def head_backward(ctx, grad_out, _grad_z):
-        hidden, index, w, w_neg, z, target = ctx.saved_tensors
-        need_h = ctx.needs_input_grad[0]
-        gh, gw, gb = getattr(ns, "step_head_backward")(
-            grad_out, hidden, index, w, w_neg, z, target, ctx.kind, ctx.reduction, need_h
-        )
-        return (
-            gh if need_h else None,
-            None,
-            gw,
-            -gw if w_neg is not None else None,
-            gb if ctx.has_bias else None,
-            None,
-            None,
-            None,
-        )
-
-    def pair_setup(ctx, inputs, output):
-        r, pos, neg, weight, reduce = inputs
-        ctx.save_for_backward(r, pos, neg, weight)
-        ctx.reduce = reduce
-
-    def pair_backward(ctx, grad):
-        r, pos, neg, weight = ctx.saved_tensors
-        return getattr(ns, "step_pair_loss_backward")(grad, r, pos, neg, weight, ctx.reduce), None, None, None, None
-
-    def seg_setup(ctx, inputs, output):
-        values, offsets, op, _ = inputs
-        ctx.save_for_backward(values, offsets)
-        ctx.op = op
-
-    def seg_backward(ctx, grad):
-        values, offsets = ctx.saved_tensors
-        return getattr(ns, "step_segment_reduce_backward")(grad, values, offsets, ctx.op), None, None, None
-
-    return {
-        "step_head": (head_setup, head_backward),
-        "step_pair_loss": (pair_setup, pair_backward),
-        "step_segment_reduce": (seg_setup, seg_backward),
-    }
-
-
-FAKES = {
-    "step_head": _fake_step_head,
-    "step_head_backward": _fake_step_head_backward,
-    "step_pair_loss": _fake_pair,
-    "step_pair_loss_backward": _fake_pair_backward,
-    "step_segment_reduce": _fake_segment,
-    "step_segment_reduce_backward": _fake_segment_backward,
-    "step_first_below": _fake_first_below,
-    "step_refine": _fake_refine,
-}
-
-
-def register_library(namespace: str, ns) -> None:
-    """register_fake + register_autograd for every op of the family in ``namespace``."""
-    for name, fn in FAKES.items():
-        torch.library.register_fake(f"{namespace}::{name}", fn)
-    for name, (setup, backward) in _make_autograd(ns).items():
-        torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
-
-
-if _backend.extension_loaded() and _backend.has_kernel("step_head", "cpu"):
-    register_library("mmreward", torch.ops.mmreward)
-
-
-class _RefOps:
-    """The reference functions under the ops' names (autograd does their backward)."""
-
-    step_head = staticmethod(ref.step_head)
-    step_pair_loss = staticmethod(ref.step_pair_loss)
-
-    @staticmethod
-    def step_segment_reduce(values, offsets, op, empty_value):
-        return ref.segment_reduce(values, offsets, op, empty_value)
-
-    @staticmethod
-    def step_first_below(values, offsets, threshold):
-        return ref.first_below(values, offsets, threshold)
-
-    @staticmethod
-    def step_refine(rewards, offsets, clip, eta, delta, gamma):
-        return ref.refine_process_rewards(rewards, offsets, clip, eta, delta, gamma)
-
-
-def _ops(op: str, device: torch.device):
-    backend = _backend.select_cached(op, device)
-    if backend == "reference":
-        return _RefOps
-    if backend == "triton":
-        from .triton import step_reward as tri  # noqa: F401  (defines mmreward_triton::step_*)
-
-        return torch.ops.mmreward_triton
-    return torch.ops.mmreward
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,6 +107,9 @@ def step_positions(
             raise TypeError(f"{op}: `step_mask` must be a bool tensor, got {step_mask.dtype}")
         if tuple(step_mask.shape) != lead:
             raise ValueError(f"{op}: `step_mask` has shape {tuple(step_mask.shape)} but hidden's leading shape is {lead}")
+        if step_mask.device.type == "meta":
+            raise ValueError(f"{op}: the number of steps depends on the values of `step_mask`, which a meta tensor "
+                             "does not have; pass `step_index` instead")
         return step_mask.reshape(-1).nonzero().squeeze(1)
     V.check_int_tensor(op, "step_index", step_index, ndim=(1, 2))
     idx = step_index.long()
@@ -260,13 +119,15 @@ def step_positions(
                 f"{op}: `step_index` of shape {tuple(idx.shape)}: (S, 2) (b, t) pairs need batched (B, T, H) hidden"
             )
         B, T = lead
-        if idx.numel() and (bool((idx[:, 0] < 0).any()) or bool((idx[:, 0] >= B).any())):
-            raise ValueError(f"{op}: `step_index` batch index out of range [0, {B})")
-        if idx.numel() and (bool((idx[:, 1] < 0).any()) or bool((idx[:, 1] >= T).any())):
-            raise ValueError(f"{op}: `step_index` position out of range [0, {T})")
+        if idx.numel() and V.has_data(idx):
+            (b_lo, t_lo), (b_hi, t_hi) = (v.tolist() for v in torch.aminmax(idx, dim=0))  # one host read
+            if b_lo < 0 or b_hi >= B:
+                raise ValueError(f"{op}: `step_index` batch index out of range [0, {B})")
+            if t_lo < 0 or t_hi >= T:
+                raise ValueError(f"{op}: `step_index` position out of range [0, {T})")
         idx = idx[:, 0] * T + idx[:, 1]
-    elif idx.numel():
-        lo, hi = int(idx.min()), int(idx.max())
+    elif idx.numel() and V.has_data(idx):
+        lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= N:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{op}: `step_index` value {bad} out of range [0, {N}) (flat rows of hidden)")
@@ -285,7 +146,7 @@ def _prepare_head(op, hidden, w, w_neg, b, b_neg, step_mask, step_index):
     index = step_positions(hidden.shape, step_mask, step_index, op=op)
     if index.device != hidden.device:
         raise ValueError(f"{op}: step positions are on {index.device} but `hidden` is on {hidden.device}")
-    acc = _acc(hidden.dtype)
+    acc = acc_dtype(hidden.dtype)
     bias = None
     for name, bb, sign in (("b_good" if w_neg is not None else "bias", b, 1.0), ("b_bad", b_neg, -1.0)):
         if bb is None:
@@ -324,18 +185,18 @@ def _prepare_targets(op, name, targets, hidden, index, *, unit_interval: bool):
         )
     if y.device != hidden.device:
         raise ValueError(f"{op}: `{name}` is on {y.device} but `hidden` is on {hidden.device}")
-    y = y.to(_acc(hidden.dtype)).contiguous()
-    if V.check_finite_enabled() and y.numel():
-        if bool(torch.isnan(y).any()):
-            raise ValueError(f"{op}: `{name}` has {int(torch.isnan(y).sum())} NaN values")
-        keep = y != IGNORE_INDEX
-        if unit_interval:
-            bad = keep & ((y < 0) | (y > 1))
-            if bool(bad.any()):
-                v = float(y[bad][0])
-                raise ValueError(f"{op}: `{name}` must be in [0, 1] (hard or soft labels) or {IGNORE_INDEX} (ignore), got {v}")
-        elif bool((keep & torch.isinf(y)).any()):
-            raise ValueError(f"{op}: `{name}` has inf values")
+    y = y.to(acc_dtype(hidden.dtype)).contiguous()
+    if y.numel() and V.has_data(y):
+        # one host read on the common path; the details only for the error message
+        ok = ((y >= 0) & (y <= 1)) if unit_interval else torch.isfinite(y)
+        bad = ~ok & (y != IGNORE_INDEX)
+        if bool(bad.any()):
+            if bool(torch.isnan(y).any()):
+                raise ValueError(f"{op}: `{name}` has {int(torch.isnan(y).sum())} NaN values")
+            if not unit_interval:
+                raise ValueError(f"{op}: `{name}` has inf values")
+            v = float(y[bad][0])
+            raise ValueError(f"{op}: `{name}` must be in [0, 1] (hard or soft labels) or {IGNORE_INDEX} (ignore), got {v}")
     return y
 
 
@@ -362,8 +223,7 @@ def step_logits(
     differentiable w.r.t. hidden, both rows and the biases."""
     op = "step_logits"
     h2, index, w, wn, bias = _prepare_head(op, hidden, w_good, w_bad, b_good, b_bad, step_mask, step_index)
-    out, _ = _ops("step_head", hidden.device).step_head(h2, index, w, wn, bias, None, _KIND_LOGIT, 0)
-    return out
+    return _dispatch.call("step_head", hidden.device, h2, index, w, wn, bias, None, _KIND_LOGIT, 0)[0]
 
 
 def step_scores(
@@ -380,8 +240,8 @@ def step_scores(
     ``softmax(logits[..., [good, bad]])[..., 0]`` of the full-vocabulary path. Differentiable."""
     op = "step_scores"
     h2, index, w, wn, bias = _prepare_head(op, hidden, w_good, w_bad, b_good, b_bad, step_mask, step_index)
-    out, _ = _ops("step_head", hidden.device).step_head(h2, index, w, wn, bias, None, _KIND_LOGIT, 0)
-    return torch.sigmoid(out)
+    z = _dispatch.call("step_head", hidden.device, h2, index, w, wn, bias, None, _KIND_LOGIT, 0)[0]
+    return torch.sigmoid(z) + (z - z)  # NaN, not σ(±inf) = 1 / 0, for a non-finite logit
 
 
 def step_bce_loss(
@@ -406,8 +266,7 @@ def step_bce_loss(
     h2, index, w, wn, bias = _prepare_head(op, hidden, w_good, w_bad, b_good, b_bad, step_mask, step_index)
     _need_steps(op, index)
     y = _prepare_targets(op, "labels", labels, hidden, index, unit_interval=True)
-    out, _ = _ops("step_head", hidden.device).step_head(h2, index, w, wn, bias, y, _KIND_BCE, red)
-    return out
+    return _dispatch.call("step_head", hidden.device, h2, index, w, wn, bias, y, _KIND_BCE, red)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,8 +302,7 @@ def step_value_loss(
     h2, index, w, _, b = _prepare_head(op, hidden, weight, None, bias, None, step_mask, step_index)
     _need_steps(op, index)
     y = _prepare_targets(op, "targets", targets, hidden, index, unit_interval=False)
-    out, _ = _ops("step_head", hidden.device).step_head(h2, index, w, None, b, y, _KIND_MSE, red)
-    return out
+    return _dispatch.call("step_head", hidden.device, h2, index, w, None, b, y, _KIND_MSE, red)[0]
 
 
 def pairs_from_groups(
@@ -518,7 +376,7 @@ def step_pair_loss(
         V.check_same_shape(op, pos_index=pos_index, neg_index=neg_index)
         pos, neg = pos_index.long().contiguous(), neg_index.long().contiguous()
         for name, t in (("pos_index", pos), ("neg_index", neg)):
-            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= S):
+            if t.numel() and V.has_data(t) and not 0 <= int(t.min()) <= int(t.max()) < S:
                 raise ValueError(f"{op}: `{name}` has values outside [0, {S}) (indices into the {S} steps)")
         if pair_group is not None:
             V.check_int_tensor(op, "pair_group", pair_group, ndim=(1,))
@@ -531,7 +389,7 @@ def step_pair_loss(
     # pairs / groups often come from a CPU data loader while hidden is on the GPU: the kernels index
     # on hidden's device
     pos, neg, grp = pos.to(hidden.device), neg.to(hidden.device), grp.to(hidden.device)
-    acc = _acc(hidden.dtype)
+    acc = acc_dtype(hidden.dtype)
     weights = None
     if red != 0:
         _, inv, counts = torch.unique(grp, return_inverse=True, return_counts=True)
@@ -539,10 +397,8 @@ def step_pair_loss(
         if red == 1:
             weights = weights / counts.numel()
         weights = weights.contiguous()
-    ops = _ops("step_head", hidden.device)
-    r, _ = ops.step_head(h2, index, w, None, b, None, _KIND_LOGIT, 0)  # (S,) acc dtype
-    loss = ops.step_pair_loss(r, pos, neg, weights, red != 0)
-    return loss
+    r = _dispatch.call("step_head", hidden.device, h2, index, w, None, b, None, _KIND_LOGIT, 0)[0]  # (S,) acc dtype
+    return _dispatch.call("step_pair_loss", hidden.device, r, pos, neg, weights, red != 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -563,23 +419,33 @@ def _prepare_segments(op, values, lengths, offsets, mask, *, name="scores"):
     if (lengths is None) == (offsets is None):
         raise ValueError(f"{op}: pass exactly one of `lengths` and `offsets`")
     if lengths is not None:
-        V.check_int_tensor(op, "lengths", lengths, ndim=(1,))
-        lengths = lengths.long().to(values.device)
-        if lengths.numel() and int(lengths.min()) < 0:
-            raise ValueError(f"{op}: `lengths` has negative values")
-        total = int(lengths.sum())
-        if total != S:
-            raise ValueError(f"{op}: `lengths` sum to {total} but `{name}` has {S} steps")
+        lengths = _check_lengths(op, lengths, S, name).to(values.device)
         offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
     else:
         V.check_int_tensor(op, "offsets", offsets, ndim=(1,))
         offsets = offsets.long().to(values.device)
         if offsets.numel() == 0:
             raise ValueError(f"{op}: `offsets` must have B + 1 >= 1 entries")
-        if int(offsets[0]) != 0 or int(offsets[-1]) != S or bool((offsets[1:] < offsets[:-1]).any()):
+        if V.has_data(offsets) and (int(offsets[0]) != 0 or int(offsets[-1]) != S
+                                    or bool((offsets[1:] < offsets[:-1]).any())):
             raise ValueError(f"{op}: `offsets` must start at 0, be non-decreasing and end at {S} (len of `{name}`)")
     V.check_finite(op, [(name, values)])
     return values.contiguous(), offsets.contiguous()
+
+
+def _check_lengths(op: str, lengths, S: int, name: str) -> torch.Tensor:
+    """``lengths`` as int64 [B], checked: non-negative, summing to the S packed steps of `name`."""
+    V.check_int_tensor(op, "lengths", lengths, ndim=(1,))
+    lengths = lengths.long()
+    if lengths.numel() and V.has_data(lengths):
+        lo, total = (int(v) for v in torch.stack([lengths.min(), lengths.sum()]))  # one host read
+        if lo < 0:
+            raise ValueError(f"{op}: `lengths` has negative values")
+        if total != S:
+            raise ValueError(f"{op}: `lengths` sum to {total} but `{name}` has {S} steps")
+    elif not lengths.numel() and S:
+        raise ValueError(f"{op}: `lengths` is empty but `{name}` has {S} steps")
+    return lengths
 
 
 def pack_steps(
@@ -599,7 +465,9 @@ def unpack_steps(
     fill: float = 0.0,
 ) -> torch.Tensor:  # (B, max(lengths))
     """Packed per-step values → padded ``(B, Kmax)`` with ``fill`` after each sequence's steps."""
-    lengths = lengths.long().to(packed.device)
+    op = "unpack_steps"
+    V.check_tensor(op, "packed", packed, ndim=(1,), floating=False)
+    lengths = _check_lengths(op, lengths, packed.shape[0], "packed").to(packed.device)
     K = int(lengths.max()) if lengths.numel() else 0
     mask = torch.arange(K, device=packed.device).unsqueeze(0) < lengths.unsqueeze(1)
     out = packed.new_full((lengths.numel(), K), fill)
@@ -625,14 +493,11 @@ def segment_reduce(
         raise ValueError(f"{op}: `reduce` must be one of {SEGMENT_REDUCTIONS}, got {reduce!r}")
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
     if reduce in ("prod", "logprod"):
-        if V.check_finite_enabled() and values.numel() and bool((values < 0).any()):
+        if V.check_finite_enabled() and values.numel() and V.has_data(values) and bool((values < 0).any()):
             raise ValueError(f"{op}: `scores` must be >= 0 for reduce={reduce!r} (probabilities)")
         if reduce == "logprod" and empty_value <= 0:
             raise ValueError(f"{op}: `empty_value` must be > 0 for reduce='logprod' (its log is used)")
-    out = _ops("step_segment_reduce", values.device).step_segment_reduce(
-        values, offs, ref.SEG_OPS[reduce], float(empty_value)
-    )
-    return out
+    return _dispatch.call("step_segment_reduce", values.device, values, offs, ref.SEG_OPS[reduce], float(empty_value))
 
 
 def first_below(
@@ -646,9 +511,11 @@ def first_below(
     """Index (within its sequence) of the first step with ``score < threshold`` — the ProcessBench
     prediction of the earliest wrong step; ``-1`` when there is none (also for zero-step sequences)."""
     op = "first_below"
+    if not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        raise ValueError(f"{op}: `threshold` must be a number (not NaN), got {threshold!r}")
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
     with torch.no_grad():
-        return _ops("step_first_below", values.device).step_first_below(values, offs, float(threshold))
+        return _dispatch.call("step_first_below", values.device, values, offs, float(threshold))
 
 
 def refine_process_rewards(
@@ -668,12 +535,10 @@ def refine_process_rewards(
     Outputs carry no gradient (rewards are RL targets)."""
     op = "refine_process_rewards"
     values, offs = _prepare_segments(op, rewards, lengths, offsets, mask, name="rewards")
-    if clip is not None and not (isinstance(clip, (int, float)) and float(clip) == float(clip)):
+    if clip is not None and not (isinstance(clip, numbers.Real) and math.isfinite(clip)):
         raise ValueError(f"{op}: `clip` must be a finite float (η) or None, got {clip!r}")
-    if not (0.0 <= float(gamma) <= 1.0):
+    if not (isinstance(gamma, numbers.Real) and 0.0 <= float(gamma) <= 1.0):
         raise ValueError(f"{op}: `gamma` must be in [0, 1], got {gamma}")
     with torch.no_grad():
-        refined, returns = _ops("step_refine", values.device).step_refine(
-            values, offs, clip is not None, float(clip or 0.0), bool(delta), float(gamma)
-        )
-    return refined, returns
+        return _dispatch.call("step_refine", values.device, values, offs, clip is not None, float(clip or 0.0),
+                              bool(delta), float(gamma))

@@ -5,8 +5,9 @@ The rest of the suite runs the Triton kernels in the interpreter (TRITON_INTERPR
 which accepts code the real compiler rejects (non-constexpr globals, shapes or dtypes the compiler
 refuses, ...). This test runs ``scripts/triton_compile_check.py`` in a subprocess WITHOUT
 TRITON_INTERPRET and with a fresh TRITON_CACHE_DIR: it installs a fake CUDA driver (target sm_90,
-no-op launcher), lets the triton backend take CPU tensors, and calls the public ops (forward and
-backward, every option that selects different constexprs, fp32 / bf16 / fp64, odd shapes), so every
+no-op launcher) and runs every ``torch.ops.mmreward_triton`` op (forward and backward) on CPU
+tensors on its sample inputs (``mmreward.ops.library.sample_inputs``, which the op tests use too:
+every option that selects different constexprs, odd shapes; fp32 / bf16 / fp64), so every
 ``kernel[grid](...)`` compiles the specialisation a GPU run would request down to a cubin
 (TTIR -> TTGIR -> LLIR -> PTX -> ptxas). Asserts: no case / compile error, each compile produced PTX
 and a cubin, and every ``@triton.jit`` function in those modules (found here independently, from

@@ -11,14 +11,6 @@
 
 namespace mmreward {
 
-// log(sigmoid(x)) = -softplus(-x), exact for |x| up to float max.
-MMR_HD float log_sigmoid(float x) {
-  return x >= 0.f ? -log1pf(expf(-x)) : x - log1pf(expf(x));
-}
-MMR_HD double log_sigmoid(double x) {
-  return x >= 0.0 ? -log1p(exp(-x)) : x - log1p(exp(x));
-}
-
 // sigmoid without overflow for large |x|.
 MMR_HD float sigmoid(float x) {
   if (x >= 0.f) { return 1.f / (1.f + expf(-x)); }
@@ -37,7 +29,7 @@ enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 // ---- Soft-target logistic loss (pairwise reward losses) -----------------------------------------
 // loss(z, p) = -p·log σ(z) - (1-p)·log σ(-z) = softplus(-z) + (1-p)·z,  d loss / dz = σ(z) - p.
 // The float versions are branch-free (selects only) with their own exp / log1p polynomials, so
-// loops calling them auto-vectorise on the CPU; accuracy is a few ulp for any finite z.
+// loops calling them auto-vectorise on the CPU; accuracy is a few ulp.
 namespace detail {
 // exp(x) for x <= 0 (Cephes expf polynomial, Cody–Waite reduction); clamps at exp(-87).
 MMR_HD float exp_nonpos(float x) {
@@ -76,18 +68,50 @@ MMR_HD float log1p_unit(float t) {
 }
 }  // namespace detail
 
-// Writes the loss and d loss / dz for the soft-target logistic loss (see above).
-MMR_HD void soft_logistic(float z, float p, float& loss, float& dz) {
-  float e = detail::exp_nonpos(-fabsf(z));  // exp(-|z|) in (0, 1]
-  float sp = detail::log1p_unit(e);         // softplus(-|z|)
-  loss = (z < 0.f ? -z : 0.f) + sp + (1.0f - p) * z;
-  dz = (z >= 0.f ? 1.0f : e) / (1.0f + e) - p;
+// Loss and d loss / dz of the soft-target logistic loss (see above) at z = 4·q. Passing q = z / 4
+// keeps z representable for every pair of finite rewards (r_c − r_r can exceed the float range,
+// r_c/4 − r_r/4 − m/4 cannot); the loss is formed from q, and its (1 − p)·z term is an exact 0 (not
+// 0·∞) for the Bradley–Terry target p = 1.
+MMR_HD void soft_logistic_q(float q, float p, float& loss, float& dz) {
+  const float e = detail::exp_nonpos(-4.0f * fabsf(q));  // exp(-|z|) in (0, 1]
+  const float lin = q < 0.f ? -p * q : (1.0f - p) * q;     // max(-z, 0) + (1 - p)·z, over 4
+  loss = 4.0f * lin + detail::log1p_unit(e);
+  dz = (q >= 0.f ? 1.0f : e) / (1.0f + e) - p;
 }
-MMR_HD void soft_logistic(double z, double p, double& loss, double& dz) {
-  double e = exp(-fabs(z));
-  loss = (z < 0.0 ? -z : 0.0) + log1p(e) + (1.0 - p) * z;
-  dz = (z >= 0.0 ? 1.0 : e) / (1.0 + e) - p;
+MMR_HD void soft_logistic_q(double q, double p, double& loss, double& dz) {
+  const double e = exp(-4.0 * fabs(q));
+  const double lin = q < 0.0 ? -p * q : (1.0 - p) * q;
+  loss = 4.0 * lin + log1p(e);
+  dz = (q >= 0.0 ? 1.0 : e) / (1.0 + e) - p;
 }
+
+// One pair of the pairwise reward loss (mmreward/ops/pairwise.py):
+//   loss = softplus(-z) + (1 - p)·z + c·(r_c + r_r)²,  z = r_c - r_r - m  (ties: z = r_c - r_r, p = ½)
+// and its gradients w.r.t. r_c, r_r times the upstream gradient s. Exact for all finite inputs
+// (see soft_logistic_q; the centering term is skipped, not multiplied by 0, when c = 0). A
+// non-finite input makes the loss and both gradients NaN (q - q is NaN exactly when q is not
+// finite), never a finite number; the return value says whether the pair was finite.
+template <typename A>
+struct PairLoss {
+  A p;   // target probability of a non-tie pair: 1 - label_smoothing / 2
+  A cc;  // center_coef
+
+  MMR_HD bool operator()(A rc, A rr, A m, bool tie, A s, A& loss, A& grad_c, A& grad_r) const {
+    const A quarter = A(0.25);
+    const A q0 = rc * quarter - rr * quarter;
+    const A q = tie ? q0 : q0 - m * quarter;
+    A l, dz;
+    soft_logistic_q(q, tie ? A(0.5) : p, l, dz);
+    const A sum = rc + rr;
+    const bool centered = cc != A(0);
+    const A nan_if_bad = q - q;
+    const A center_grad = centered ? s * A(2) * cc * sum : A(0);
+    loss = l + (centered ? cc * sum * sum : A(0)) + nan_if_bad;
+    grad_c = s * dz + center_grad + nan_if_bad;
+    grad_r = center_grad - s * dz + nan_if_bad;
+    return nan_if_bad == A(0);
+  }
+};
 
 // softplus(x) = log(1 + exp(x)) without overflow; BCE-with-logits is softplus(z) - y*z.
 MMR_HD float softplus(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }

@@ -1,8 +1,6 @@
-"""Triton kernels for the VQ-codebook ops (see :mod:`mmreward.ops.codebook` for semantics).
-
-Each op is a ``torch.library.custom_op("mmreward_triton::<op>")`` with the same schema as the C++
-op ``torch.ops.mmreward.<op>``; fake kernels and autograd are shared with the C++ ops
-(:func:`mmreward.ops.codebook.register_fake_and_autograd`).
+"""Triton kernels of the VQ-codebook ops (see :mod:`mmreward.ops.codebook` for semantics): the
+launch wrappers below are the kernels of ``torch.ops.mmreward_triton.<op>`` (same schemas, autograd
+and fake kernels as the C++ ops; see :mod:`mmreward.ops.library.codebook`).
 
 Every program owns BLOCK_T tokens and streams over the K codes in [BLOCK_T, BLOCK_K] tiles read
 through (sB, sL, sK) strides, so [B, L, K] and [B, K, L] (and any view) run without copies; the
@@ -18,16 +16,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
-from .. import codebook as _api
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+from ..library import acc_dtype
+from ..library.codebook import grad_like
+from ._common import acc_tl, cast_out, register
 
 
 def _geo(x: Tensor, cd: int):
@@ -44,26 +37,19 @@ def _cd(class_dim: int) -> int:
 
 
 def _blocks(K: int, sK: int, sL: int):
+    """(BLOCK_T tokens, BLOCK_K codes) per tile: wide along whichever dim is contiguous. The
+    interpreter pays per operation rather than per element: 8x the tokens per program there."""
     kp = triton.next_power_of_2(K)
+    tokens = 8 if isinstance(_stats_kernel, InterpretedFunction) else 1
     if sK != 1 and sL == 1:  # tokens contiguous: wide along L
-        return 64, min(kp, 32)
-    return 16, min(kp, 256)
+        return 64 * tokens, min(kp, 32)
+    return 16 * tokens, min(kp, 256)
 
 
 def _mask_arg(mask: Optional[Tensor], x: Tensor):
     if mask is None:
         return x, False  # dummy pointer, never read
     return mask.contiguous().view(torch.uint8), True
-
-
-@triton.jit
-def _cast_out(x, ptr):
-    """x converted to ptr's element type, rounding bf16 to nearest even (the interpreter truncates)."""
-    if ptr.dtype.element_ty == tl.bfloat16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
-    return x.to(ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -163,7 +149,7 @@ def _softmax_bwd_kernel(
             v = g[:, None] * p * (mu[:, None] - z)
         v = tl.where(keep[:, None], v, 0.0)
         optr = y_ptr + obase[:, None] + kk.to(tl.int64)[None, :] * oK
-        tl.store(optr, _cast_out(v, y_ptr), mask=lm)
+        tl.store(optr, cast_out(v, y_ptr), mask=lm)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,8 +220,8 @@ def _pair_bwd_kernel(
         z = keep[:, None]
         da = tl.where(z, da, 0.0)
         db = tl.where(z, db, 0.0)
-        tl.store(ga_ptr + gabase[:, None] + k64 * gaK, _cast_out(da, ga_ptr), mask=lm)
-        tl.store(gb_ptr + gbbase[:, None] + k64 * gbK, _cast_out(db, gb_ptr), mask=lm)
+        tl.store(ga_ptr + gabase[:, None] + k64 * gaK, cast_out(da, ga_ptr), mask=lm)
+        tl.store(gb_ptr + gbbase[:, None] + k64 * gbK, cast_out(db, gb_ptr), mask=lm)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,7 +231,7 @@ def _stats(x: Tensor, target: Optional[Tensor], class_dim: int, mask: Optional[T
     cd = _cd(class_dim)
     B, L, K, sB, sL, sK = _geo(x, cd)
     N = B * L
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     o1 = x.new_empty((B, L), dtype=acc)
     o2 = x.new_empty((B, L), dtype=acc)
     o3 = x.new_empty((B, L), dtype=acc)
@@ -256,7 +242,7 @@ def _stats(x: Tensor, target: Optional[Tensor], class_dim: int, mask: Optional[T
     BT, BK = _blocks(K, sK, sL)
     _stats_kernel[(triton.cdiv(N, BT),)](
         x, t, mptr, o1, o2, o3, N, L, K, sB, sL, sK,
-        HAS_MASK=has_mask, IS_NLL=target is not None, ACC=_tl_acc(x.dtype), BLOCK_T=BT, BLOCK_K=BK,
+        HAS_MASK=has_mask, IS_NLL=target is not None, ACC=acc_tl(x.dtype), BLOCK_T=BT, BLOCK_K=BK,
     )
     return o1, o2, o3
 
@@ -264,12 +250,12 @@ def _stats(x: Tensor, target: Optional[Tensor], class_dim: int, mask: Optional[T
 def _softmax_bwd(grad, x, lse, mu, target, class_dim, mask):
     cd = _cd(class_dim)
     B, L, K, sB, sL, sK = _geo(x, cd)
-    out = _api.grad_like(x, cd)
+    out = grad_like(x, cd)
     N = B * L
     if N == 0 or K == 0:
         return out.zero_()
     _, _, _, oB, oL, oK = _geo(out, cd)
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     g = grad.to(acc).contiguous()
     ls = lse.to(acc).contiguous()
     m_ = mu.to(acc).contiguous() if mu is not None else ls
@@ -278,7 +264,7 @@ def _softmax_bwd(grad, x, lse, mu, target, class_dim, mask):
     BT, BK = _blocks(K, sK, sL)
     _softmax_bwd_kernel[(triton.cdiv(N, BT),)](
         x, out, g, ls, m_, t, mptr, N, L, K, sB, sL, sK, oB, oL, oK,
-        HAS_MASK=has_mask, IS_NLL=target is not None, ACC=_tl_acc(x.dtype), BLOCK_T=BT, BLOCK_K=BK,
+        HAS_MASK=has_mask, IS_NLL=target is not None, ACC=acc_tl(x.dtype), BLOCK_T=BT, BLOCK_K=BK,
     )
     return out
 
@@ -287,7 +273,7 @@ def _pair_fwd(a, b, class_dim, mask, is_kl):
     cd = _cd(class_dim)
     B, L, K, aB, aL, aK = _geo(a, cd)
     _, _, _, bB, bL, bK = _geo(b, cd)
-    out = a.new_empty((B, L), dtype=_acc(a.dtype))
+    out = a.new_empty((B, L), dtype=acc_dtype(a.dtype))
     N = B * L
     if N == 0:
         return out
@@ -295,7 +281,7 @@ def _pair_fwd(a, b, class_dim, mask, is_kl):
     BT, BK = _blocks(K, aK, aL)
     _pair_fwd_kernel[(triton.cdiv(N, BT),)](
         a, b, mptr, out, N, L, K, aB, aL, aK, bB, bL, bK,
-        HAS_MASK=has_mask, IS_KL=is_kl, ACC=_tl_acc(a.dtype), BLOCK_T=BT, BLOCK_K=BK,
+        HAS_MASK=has_mask, IS_KL=is_kl, ACC=acc_tl(a.dtype), BLOCK_T=BT, BLOCK_K=BK,
     )
     return out
 
@@ -304,71 +290,63 @@ def _pair_bwd(grad, a, b, class_dim, mask, is_kl):
     cd = _cd(class_dim)
     B, L, K, aB, aL, aK = _geo(a, cd)
     _, _, _, bB, bL, bK = _geo(b, cd)
-    ga = _api.grad_like(a, cd)
-    gb = _api.grad_like(b, cd)
+    ga = grad_like(a, cd)
+    gb = grad_like(b, cd)
     N = B * L
     if N == 0 or K == 0:
         return ga.zero_(), gb.zero_()
     _, _, _, gaB, gaL, gaK = _geo(ga, cd)
     _, _, _, gbB, gbL, gbK = _geo(gb, cd)
-    g = grad.to(_acc(a.dtype)).contiguous()
+    g = grad.to(acc_dtype(a.dtype)).contiguous()
     mptr, has_mask = _mask_arg(mask, a)
     BT, BK = _blocks(K, aK, aL)
     _pair_bwd_kernel[(triton.cdiv(N, BT),)](
         a, b, g, mptr, ga, gb, N, L, K, aB, aL, aK, bB, bL, bK, gaB, gaL, gaK, gbB, gbL, gbK,
-        HAS_MASK=has_mask, IS_KL=is_kl, ACC=_tl_acc(a.dtype), BLOCK_T=BT, BLOCK_K=BK,
+        HAS_MASK=has_mask, IS_KL=is_kl, ACC=acc_tl(a.dtype), BLOCK_T=BT, BLOCK_K=BK,
     )
     return ga, gb
 
 
-@torch.library.custom_op("mmreward_triton::codebook_entropy", mutates_args=())
 def codebook_entropy(logits: Tensor, class_dim: int, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     return _stats(logits, None, class_dim, mask)
 
 
-@torch.library.custom_op("mmreward_triton::codebook_entropy_backward", mutates_args=())
 def codebook_entropy_backward(
     grad: Tensor, logits: Tensor, lse: Tensor, mu: Tensor, class_dim: int, mask: Optional[Tensor]
 ) -> Tensor:
     return _softmax_bwd(grad, logits, lse, mu, None, class_dim, mask)
 
 
-@torch.library.custom_op("mmreward_triton::codebook_nll", mutates_args=())
 def codebook_nll(logits: Tensor, target: Tensor, class_dim: int, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     nll, lse, _ = _stats(logits, target, class_dim, mask)
     return nll, lse
 
 
-@torch.library.custom_op("mmreward_triton::codebook_nll_backward", mutates_args=())
 def codebook_nll_backward(
     grad: Tensor, logits: Tensor, target: Tensor, lse: Tensor, class_dim: int, mask: Optional[Tensor]
 ) -> Tensor:
     return _softmax_bwd(grad, logits, lse, None, target, class_dim, mask)
 
 
-@torch.library.custom_op("mmreward_triton::categorical_kl", mutates_args=())
 def categorical_kl(log_a: Tensor, log_b: Tensor, class_dim: int, mask: Optional[Tensor]) -> Tensor:
     return _pair_fwd(log_a, log_b, class_dim, mask, True)
 
 
-@torch.library.custom_op("mmreward_triton::categorical_kl_backward", mutates_args=())
 def categorical_kl_backward(
     grad: Tensor, log_a: Tensor, log_b: Tensor, class_dim: int, mask: Optional[Tensor]
 ) -> tuple[Tensor, Tensor]:
     return _pair_bwd(grad, log_a, log_b, class_dim, mask, True)
 
 
-@torch.library.custom_op("mmreward_triton::log_categorical", mutates_args=())
 def log_categorical(log_x0: Tensor, log_prob: Tensor, class_dim: int, mask: Optional[Tensor]) -> Tensor:
     return _pair_fwd(log_x0, log_prob, class_dim, mask, False)
 
 
-@torch.library.custom_op("mmreward_triton::log_categorical_backward", mutates_args=())
 def log_categorical_backward(
     grad: Tensor, log_x0: Tensor, log_prob: Tensor, class_dim: int, mask: Optional[Tensor]
 ) -> tuple[Tensor, Tensor]:
     return _pair_bwd(grad, log_x0, log_prob, class_dim, mask, False)
 
 
-_api.register_fake_and_autograd("mmreward_triton")
-ops = torch.ops.mmreward_triton
+register(codebook_entropy, codebook_entropy_backward, codebook_nll, codebook_nll_backward, categorical_kl,
+         categorical_kl_backward, log_categorical, log_categorical_backward)

@@ -1,10 +1,8 @@
-"""Triton kernels for the PRM step-reward ops (``torch.ops.mmreward_triton.step_*``).
-
-Same op names, schemas and semantics as the C++ ops (see ``mmreward/ops/step_reward.py`` and
-``csrc/cpu/step_reward.cpp``). Each op is a ``torch.library.custom_op`` whose fake / autograd
-registrations are shared with the C++ ops. Runs on CUDA tensors, or on CPU tensors under
-``TRITON_INTERPRET=1``. Accumulation is fp32 (fp64 for fp64 inputs); the reductions run in a fixed
-order inside one program, so results are deterministic.
+"""Triton kernels of the PRM step-reward ops: the launch wrappers below are the kernels of
+``torch.ops.mmreward_triton.step_*`` (same schemas, autograd and fake kernels as the C++ ops; see
+``mmreward/ops/step_reward.py`` and :mod:`mmreward.ops.library.step_reward`). Runs on CUDA tensors,
+or on CPU tensors under ``TRITON_INTERPRET=1``. Accumulation is fp32 (fp64 for fp64 inputs); the
+reductions run in a fixed order inside one program, so results are deterministic.
 """
 from __future__ import annotations
 
@@ -14,24 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import step_reward as _api
+from ..library import acc_dtype
+from ._common import acc_tl, cast_out, register
 
-NS = "mmreward_triton"
 IGNORE = -100.0
 _IGNORE = tl.constexpr(IGNORE)  # what kernels read: compiled @triton.jit code sees only constexpr globals
 
 
-def _acc_tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _scalar(x: float, like: torch.Tensor) -> torch.Tensor:
     """A float argument as a 1-element accumulation-dtype tensor (exact for fp64 kernels)."""
-    return torch.full((1,), float(x), dtype=_acc(like.dtype), device=like.device)
+    return torch.full((1,), float(x), dtype=acc_dtype(like.dtype), device=like.device)
 
 
 def _block(n: int, cap: int) -> int:
@@ -92,11 +82,10 @@ def _head_bwd_kernel(
         gw += g * h
         if NEED_GH:
             old = tl.load(gh_ptr + row * H + cols, mask=m, other=0.0).to(ACC)
-            tl.store(gh_ptr + row * H + cols, (old + g * wd).to(gh_ptr.dtype.element_ty), mask=m)
-    tl.store(gw_ptr + cols, gw.to(gw_ptr.dtype.element_ty), mask=m)
+            tl.store(gh_ptr + row * H + cols, cast_out(old + g * wd, gh_ptr), mask=m)
+    tl.store(gw_ptr + cols, cast_out(gw, gw_ptr), mask=m)
 
 
-@torch.library.custom_op(f"{NS}::step_head", mutates_args=())
 def step_head(
     hidden: torch.Tensor,
     index: torch.Tensor,
@@ -109,14 +98,14 @@ def step_head(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     hidden, index, w = hidden.contiguous(), index.contiguous(), w.contiguous()
     S, H = index.shape[0], hidden.shape[1]
-    acc = _acc(hidden.dtype)
+    acc = acc_dtype(hidden.dtype)
     z = torch.empty(S, dtype=acc, device=hidden.device)
     loss = torch.empty(S if kind != 0 else 1, dtype=acc, device=hidden.device)
     if S > 0:
         _head_fwd_kernel[(S,)](
             hidden, index, w, w_neg.contiguous() if w_neg is not None else w, bias if bias is not None else z,
             target.contiguous() if target is not None else z, z, loss, H,
-            KIND=kind, HAS_WN=w_neg is not None, HAS_BIAS=bias is not None, ACC=_acc_tl(hidden.dtype),
+            KIND=kind, HAS_WN=w_neg is not None, HAS_BIAS=bias is not None, ACC=acc_tl(hidden.dtype),
             BLOCK_H=_block(H, 1024),
         )
     if kind == 0:
@@ -129,7 +118,6 @@ def step_head(
     return total, z
 
 
-@torch.library.custom_op(f"{NS}::step_head_backward", mutates_args=())
 def step_head_backward(
     grad_out: torch.Tensor,
     hidden: torch.Tensor,
@@ -145,7 +133,7 @@ def step_head_backward(
     hidden, index, w = hidden.contiguous(), index.contiguous(), w.contiguous()
     N, H = hidden.shape
     S = index.shape[0]
-    acc = _acc(hidden.dtype)
+    acc = acc_dtype(hidden.dtype)
     g = grad_out.to(acc)
     # d loss / d z  (S,) — tiny elementwise work
     if kind == 0:
@@ -162,7 +150,7 @@ def step_head_backward(
     BLOCK = _block(H, 256)
     _head_bwd_kernel[(triton.cdiv(H, BLOCK),)](
         hidden, index, w, w_neg.contiguous() if w_neg is not None else w, gz, gh if need_grad_hidden else hidden,
-        gw, S, H, HAS_WN=w_neg is not None, NEED_GH=need_grad_hidden, ACC=_acc_tl(hidden.dtype), BLOCK_H=BLOCK,
+        gw, S, H, HAS_WN=w_neg is not None, NEED_GH=need_grad_hidden, ACC=acc_tl(hidden.dtype), BLOCK_H=BLOCK,
     )
     return gh, gw, gz.sum()
 
@@ -199,7 +187,6 @@ def _pair_bwd_kernel(g_ptr, r_ptr, pos_ptr, neg_ptr, w_ptr, gr_ptr, P, REDUCE: t
         tl.store(gr_ptr + j, tl.load(gr_ptr + j) + d)
 
 
-@torch.library.custom_op(f"{NS}::step_pair_loss", mutates_args=())
 def step_pair_loss(
     r: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, weight: Optional[torch.Tensor], reduce: bool
 ) -> torch.Tensor:
@@ -214,7 +201,6 @@ def step_pair_loss(
     return (per * weight).sum() if weight is not None else per.sum()
 
 
-@torch.library.custom_op(f"{NS}::step_pair_loss_backward", mutates_args=())
 def step_pair_loss_backward(
     grad: torch.Tensor, r: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, weight: Optional[torch.Tensor], reduce: bool
 ) -> torch.Tensor:
@@ -309,10 +295,10 @@ def _seg_bwd_kernel(g_ptr, v_ptr, off_ptr, gv_ptr, OP: tl.constexpr, ACC: tl.con
             first = tl.minimum(first, tl.where(m & (v == e), offs.to(tl.int64), 2**62))
         k = tl.min(first, axis=0)
         if n > 0:
-            tl.store(gv_ptr + k, go.to(gv_ptr.dtype.element_ty))
+            tl.store(gv_ptr + k, cast_out(go, gv_ptr))
     elif OP == 3:
         if n > 0:
-            tl.store(gv_ptr + s1 - 1, go.to(gv_ptr.dtype.element_ty))
+            tl.store(gv_ptr + s1 - 1, cast_out(go, gv_ptr))
     elif OP == 4 or OP == 6:
         d = go
         if OP == 4:
@@ -320,13 +306,13 @@ def _seg_bwd_kernel(g_ptr, v_ptr, off_ptr, gv_ptr, OP: tl.constexpr, ACC: tl.con
         for i0 in range(s0, s1, BLOCK):
             offs = i0 + tl.arange(0, BLOCK)
             m = offs < s1
-            tl.store(gv_ptr + offs, (tl.zeros([BLOCK], ACC) + d).to(gv_ptr.dtype.element_ty), mask=m)
+            tl.store(gv_ptr + offs, cast_out(tl.zeros([BLOCK], ACC) + d, gv_ptr), mask=m)
     elif OP == 2:
         for i0 in range(s0, s1, BLOCK):
             offs = i0 + tl.arange(0, BLOCK)
             m = offs < s1
             v = tl.load(v_ptr + offs, mask=m, other=1.0).to(ACC)
-            tl.store(gv_ptr + offs, (go / v).to(gv_ptr.dtype.element_ty), mask=m)
+            tl.store(gv_ptr + offs, cast_out(go / v, gv_ptr), mask=m)
     else:  # prod: d/dv_i = prod_{j != i} v_j (exact with zeros)
         ls = tl.zeros([BLOCK], ACC)
         nz = tl.zeros([BLOCK], tl.int32)
@@ -347,27 +333,25 @@ def _seg_bwd_kernel(g_ptr, v_ptr, off_ptr, gv_ptr, OP: tl.constexpr, ACC: tl.con
             d_nz = tl.where(Z == 0, tl.exp(L - tl.log(tl.where(isz, 1.0, v))), 0.0)
             d_z = tl.where(Z == 1, tl.exp(L + tl.zeros([BLOCK], ACC)), 0.0)
             d = tl.where(isz, d_z, d_nz)
-            tl.store(gv_ptr + offs, (go * d).to(gv_ptr.dtype.element_ty), mask=m)
+            tl.store(gv_ptr + offs, cast_out(go * d, gv_ptr), mask=m)
 
 
-@torch.library.custom_op(f"{NS}::step_segment_reduce", mutates_args=())
 def step_segment_reduce(values: torch.Tensor, offsets: torch.Tensor, op: int, empty_value: float) -> torch.Tensor:
     values, offsets = values.contiguous(), offsets.contiguous()
     B = offsets.shape[0] - 1
-    out = torch.empty(B, dtype=_acc(values.dtype), device=values.device)
+    out = torch.empty(B, dtype=acc_dtype(values.dtype), device=values.device)
     if B > 0:
-        _seg_fwd_kernel[(B,)](values, offsets, out, _scalar(empty_value, values), OP=op, ACC=_acc_tl(values.dtype), BLOCK=128)
+        _seg_fwd_kernel[(B,)](values, offsets, out, _scalar(empty_value, values), OP=op, ACC=acc_tl(values.dtype), BLOCK=128)
     return out
 
 
-@torch.library.custom_op(f"{NS}::step_segment_reduce_backward", mutates_args=())
 def step_segment_reduce_backward(grad: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, op: int) -> torch.Tensor:
     values, offsets = values.contiguous(), offsets.contiguous()
     B = offsets.shape[0] - 1
     gv = torch.zeros_like(values)
     if B > 0:
         _seg_bwd_kernel[(B,)](
-            grad.to(_acc(values.dtype)).contiguous(), values, offsets, gv, OP=op, ACC=_acc_tl(values.dtype), BLOCK=128
+            grad.to(acc_dtype(values.dtype)).contiguous(), values, offsets, gv, OP=op, ACC=acc_tl(values.dtype), BLOCK=128
         )
     return gv
 
@@ -388,13 +372,12 @@ def _first_below_kernel(v_ptr, off_ptr, out_ptr, thr_ptr, ACC: tl.constexpr, BLO
     tl.store(out_ptr + b, tl.where(k < 2**62, k - s0, -1))
 
 
-@torch.library.custom_op(f"{NS}::step_first_below", mutates_args=())
 def step_first_below(values: torch.Tensor, offsets: torch.Tensor, threshold: float) -> torch.Tensor:
     values, offsets = values.contiguous(), offsets.contiguous()
     B = offsets.shape[0] - 1
     out = torch.empty(B, dtype=torch.int64, device=values.device)
     if B > 0:
-        _first_below_kernel[(B,)](values, offsets, out, _scalar(threshold, values), ACC=_acc_tl(values.dtype), BLOCK=128)
+        _first_below_kernel[(B,)](values, offsets, out, _scalar(threshold, values), ACC=acc_tl(values.dtype), BLOCK=128)
     return out
 
 
@@ -422,20 +405,20 @@ def _refine_kernel(r_ptr, off_ptr, ref_ptr, ret_ptr, eta_ptr, gamma_ptr, CLIP: t
         tl.store(ret_ptr + i + one, run)
 
 
-@torch.library.custom_op(f"{NS}::step_refine", mutates_args=())
 def step_refine(
     rewards: torch.Tensor, offsets: torch.Tensor, clip: bool, eta: float, delta: bool, gamma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rewards, offsets = rewards.contiguous(), offsets.contiguous()
     B = offsets.shape[0] - 1
-    acc = _acc(rewards.dtype)
+    acc = acc_dtype(rewards.dtype)
     refined = torch.empty(rewards.shape, dtype=acc, device=rewards.device)
     returns = torch.empty(rewards.shape, dtype=acc, device=rewards.device)
     if B > 0 and rewards.numel() > 0:
         _refine_kernel[(B,)](
-            rewards, offsets, refined, returns, _scalar(eta, rewards), _scalar(gamma, rewards), CLIP=clip, DELTA=delta, ACC=_acc_tl(rewards.dtype)
+            rewards, offsets, refined, returns, _scalar(eta, rewards), _scalar(gamma, rewards), CLIP=clip, DELTA=delta, ACC=acc_tl(rewards.dtype)
         )
     return refined, returns
 
 
-_api.register_library(NS, torch.ops.mmreward_triton)
+register(step_head, step_head_backward, step_pair_loss, step_pair_loss_backward, step_segment_reduce,
+         step_segment_reduce_backward, step_first_below, step_refine)
