@@ -63,6 +63,8 @@ def collect() -> dict:
         ),
         "triton": (
             "unavailable: triton not installed" if not _backend.triton_installed()
+            else f"unavailable: its ops use the extension's schemas ({_backend.extension_error()})"
+            if not _backend.extension_loaded()
             else "live" if torch.cuda.is_available()
             else "interpreter only (TRITON_INTERPRET=1, CPU tensors)" if _backend.triton_interpret()
             else "installed; needs a CUDA device (or TRITON_INTERPRET=1)"
