@@ -148,7 +148,7 @@ def run_case(op, B, L, K, cd, device, repeats, eager_repeats, results, bw_state,
         xg = [x.detach().clone().requires_grad_(True) for x in diff]
         out = fn(*xg, *rest, cd)
         go = torch.ones_like(out)
-        t_bwd = timeit(lambda: torch.autograd.grad(out, xg, go, retain_graph=True), device, reps)
+        t_bwd = timeit(lambda out=out, xg=xg: torch.autograd.grad(out, xg, go, retain_graph=True), device, reps)
         del out, xg
         row[f"{name}_fwd_s"] = t_fwd
         row[f"{name}_bwd_s"] = t_bwd

@@ -53,7 +53,6 @@ import torch.nn.functional as F
 
 from mmreward.robotics.codec.vqgan import VQGAN, VQGANConfig
 from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
-from mmreward.robotics.video import diffusion_math as dm
 from mmreward.robotics.video.vq_diffusion import ConditionalVQDiffusion, VQDiffusionConfig, sinusoidal, window_indices
 
 

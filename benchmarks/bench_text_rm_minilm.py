@@ -29,9 +29,11 @@ with more characters wins; equal lengths count ½).
 
 ``--plain``: the ~80-line loop TRL / OpenRLHF users write — ``AutoModel`` + mean pooling + linear
 head, ``tokenizer(prompt, response, truncation=True, max_length=L)`` (right truncation) per random
-batch, one forward over chosen + rejected, ``-logsigmoid(r_c - r_r)``, AdamW with linear warmup and
-cosine decay, gradient clipping at 1 — with the recipe's optimizer steps, batch size, learning
-rate, warmup, ``max_length`` and autocast, in this process at ``--threads`` threads.
+batch, dropout off (TRL's ``disable_dropout`` default), one forward over chosen + rejected,
+``-logsigmoid(r_c - r_r)``, AdamW with linear warmup and cosine decay, gradient clipping at 1 —
+with the recipe's optimizer steps, batch size, learning rate, warmup, ``max_length`` and autocast,
+in this process at ``--threads`` threads. (Its loss is plain BT: the recipe's ``--center-coef``
+term is left out.)
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ import torch
 from mmreward.text.eval.rmbench import STYLES, default_rmbench_dir
 
 # the flags docs/text.md ("Training recipe") tells users to pass to `mmreward text train`
-RECIPE = ["--epochs", "1", "--max-length", "256"]
+RECIPE = ["--epochs", "1", "--max-length", "256", "--autocast", "bf16", "--lr", "5e-5", "--warmup-steps", "50",
+          "--center-coef", "0.01"]
 DOMAINS = ("chat", "code", "safety-refuse", "safety-response")
 CELLS = {"easy": lambda i, j: i > j, "normal": lambda i, j: i == j, "hard": lambda i, j: i < j}
 
@@ -200,6 +203,9 @@ def train_plain(rows: list[dict], *, steps: int, batch_size: int, lr: float, war
 
     torch.manual_seed(seed)
     model = PlainRM(minilm_path()).train()
+    for module in model.modules():  # TRL's RewardConfig.disable_dropout (default True)
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = get_cosine_schedule_with_warmup(opt, warmup, steps)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16")

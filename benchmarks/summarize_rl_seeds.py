@@ -67,7 +67,6 @@ def summarize(runs: list[dict]) -> dict:
     succ = [at(r, "success_rate") for r in runs]
     ret = [at(r, "episode_return") for r in runs]
     n = len(runs)
-    span = common[-1] - common[0]
 
     def auc(s):  # trapezoid over the common frames, / span: 1.0 = always succeeding
         return trapezoid_mean(common, s)

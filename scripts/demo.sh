@@ -41,7 +41,7 @@ echo; echo "== benchmarks/bench_rl_throughput.py --quick =="
 echo; echo "== vision: train a scorer on rendered shapes (exact labels), then score two images =="
 rm -rf "$OUT/vision"
 OMP_NUM_THREADS=1 "$BIN/mmreward" vision train --data synthetic --n-train 6400 --embed-dim 32 --no-head-dropout \
-  --output-dir "$OUT/vision/run" --max-steps 400 --batch-size 16 --lr 4e-3 --warmup-steps 20 --no-progress --log-every 100
+  --out "$OUT/vision/run" --max-steps 400 --batch-size 16 --lr 4e-3 --warmup-steps 20 --no-progress --log-every 100
 "$BIN/python" - "$OUT/vision" <<'PY'
 import sys, numpy as np
 from PIL import Image
@@ -50,7 +50,7 @@ out = sys.argv[1]
 Image.fromarray(render(Scene("red", "circle", 2, "left"), rng=np.random.default_rng(0))).save(f"{out}/match.png")
 Image.fromarray(render(Scene("blue", "square", 1, "right"), rng=np.random.default_rng(0))).save(f"{out}/other.png")
 PY
-"$BIN/mmreward" score --model "$OUT/vision/run/model" --prompt "two red circles on the left" "$OUT/vision/match.png" "$OUT/vision/other.png"
+"$BIN/mmreward" score --model "$OUT/vision/run" --prompt "two red circles on the left" "$OUT/vision/match.png" "$OUT/vision/other.png"
 RMB=$("$BIN/python" -c "from mmreward.text.eval.rmbench import default_rmbench_dir as d; print(d())")
 if [ -d "$RMB" ]; then
   echo; echo "== text: pretrained MiniLM reward model on RM-Bench, held-out prompts (short run) =="

@@ -32,17 +32,17 @@ def text_rm() -> list[str]:
     d = _load("text_rm_minilm.json")
     ft, base, longer = d["fine_tuned"], d["untrained_head"], d["longer_response"]
     domains = " / ".join(f"{k} {100 * v:.1f}" for k, v in ft["domains"].items())
-    return [f"| text RM | MiniLM-L6 via `mmreward text train` defaults, RM-Bench held-out 20 % of prompts, all pairs "
+    return [f"| text RM | MiniLM-L6 via `mmreward text train` (the documented recipe), RM-Bench held-out 20 % of prompts, all pairs "
             f"({d['minutes']:.1f} min, {d['threads']} threads) | **{100 * ft['accuracy']:.1f} %** ({domains}); "
             f"untrained head {100 * base['accuracy']:.1f} %, longer response {100 * longer['accuracy']:.1f} % "
             f"| {_link('text_rm_minilm.json')} |"]
 
 
 def prm() -> list[str]:
-    d = _load("prm_smollm_cached_s13.json")["smollm"]
+    d = _load("prm_smollm_cached.json")["smollm"]
     return [f"| PRM | SmolLM2-135M-Instruct fine-tuned as a two-token PRM (top 4 blocks), held-out ProcessBench-style "
             f"F1 at 0.5 | **{d['processbench_f1@0.5']:.3f}** (untrained {d['zero_shot_processbench_f1@0.5']:.2f}) "
-            f"| {_link('prm_smollm_cached_s13.json')} |"]
+            f"| {_link('prm_smollm_cached.json')} |"]
 
 
 def diffusion_reward() -> list[str]:

@@ -46,6 +46,7 @@ class RewardTrainConfig(TrainConfig):
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per input (default: the model's); saved with the model"})
     group_by_length: bool = field(default=True, metadata={"help": "micro-batches of pairs of similar length (less padding), in random order"})
     eval_batch_size: int = field(default=32, metadata={"help": "batch size when scoring the eval pairs"})
+    disable_dropout: bool = field(default=True, metadata={"help": "dropout off while training (TRL's default): scores do not depend on a dropout draw, and CPU attention keeps its fused kernel"})
     fused_head: bool = field(default=False, metadata={"help": "head + loss in one op (reward_head_pairwise_loss): no reward tensor, grads in the forward pass"})
 
     def __post_init__(self) -> None:
@@ -162,6 +163,15 @@ def steps_for_epochs(config: RewardTrainConfig, num_pairs: int) -> int:
 
 
 # ------------------------------------------------------------------ training
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability in ``model`` to 0 (attention dropout included: BERT-style
+    attention reads its probability from its ``nn.Dropout``). With attention dropout on, CPU
+    ``scaled_dot_product_attention`` falls back to its unfused path: MiniLM-L6 training steps ~1.6x slower."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
                        config: Optional[RewardTrainConfig] = None) -> list[dict]:
     """Train ``model`` (a RewardModel with a tokenizer) on preference pairs; returns the per-step history
@@ -184,6 +194,8 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
         warnings.warn("the training pairs have margins but loss='bt' ignores them (use loss='margin')")
     if config.max_length is not None:
         model.config.max_length = config.max_length  # the model is saved, scored and evaluated with it
+    if config.disable_dropout:
+        disable_dropout(model)
     data = encode_pairs(model.encoder, train)
     if config.epochs is not None:
         config = dataclasses.replace(config, max_steps=steps_for_epochs(config, len(data)))

@@ -9,9 +9,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serve_toys import ToyConfig, ToyTextScorer, ToyVideoScorer, assert_same_scores, png_b64, to_rgb
+from serve_toys import ToyVideoScorer, assert_same_scores, png_b64
 
-from mmreward.core.inputs import Episode, ImagePrompt, StepSolution, TextPair, VideoPrompt
+from mmreward.core.inputs import Episode, ImagePrompt, VideoPrompt
 from mmreward.ops import refine_process_rewards
 
 

@@ -153,6 +153,24 @@ def test_epochs_set_the_number_of_steps(tmp_path):
         RewardTrainConfig(epochs=0)
 
 
+def test_dropout_is_off_while_training_unless_asked(tmp_path):
+    def dropout_ps(rm):
+        return {m.p for m in rm.modules() if isinstance(m, torch.nn.Dropout)}
+
+    data = keyword_pairs(32, seed=0)
+    kept = tiny_rm(dropout=0.3)
+    train_reward_model(kept, data, None, quiet(tmp_path / "on", max_steps=2, batch_size=8, disable_dropout=False))
+    assert dropout_ps(kept) == {0.3}
+    rm = tiny_rm(dropout=0.3)
+    train_reward_model(rm, data, None, quiet(tmp_path / "off", max_steps=2, batch_size=8))
+    assert dropout_ps(rm) == {0.0}
+    # so a training forward is the scoring forward (attention dropout included)
+    batch = PairCollator(rm.pad_id)(encode_pairs(rm.encoder, load_preference_pairs(data))[:8])
+    args = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    train_scores = rm.train()(*args)
+    torch.testing.assert_close(train_scores, rm.eval()(*args))
+
+
 def test_bf16_autocast_and_resume(tmp_path, monkeypatch):
     data = keyword_pairs(64, seed=0, extra_words=4)
     hist = train_reward_model(tiny_rm(), data, None, quiet(tmp_path / "bf16", max_steps=3, batch_size=8, autocast="bf16"))
