@@ -57,7 +57,8 @@ def value_pairs(n, rng):
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
-    """Three RMs fine-tuned from one init with different seeds (data order) and data subsets."""
+    """Three RMs fine-tuned from one init with different seeds (data order and dropout draws) and data
+    subsets; dropout stays on (WARM diversifies its members with it)."""
     from mmreward.text.train import RewardTrainConfig, evaluate_pairs, train_reward_model
 
     root = tmp_path_factory.mktemp("warm")
@@ -68,7 +69,8 @@ def members(tmp_path_factory):
     for m in range(3):
         rm = copy.deepcopy(init)
         tc = RewardTrainConfig(output_dir=str(root / f"run{m}"), max_steps=30, batch_size=16, lr=2e-3, warmup_steps=5,
-                               seed=m, progress=False, tensorboard=False, plot=False, resume=False, log_every=0)
+                               seed=m, disable_dropout=False, progress=False, tensorboard=False, plot=False,
+                               resume=False, log_every=0)
         train_reward_model(rm, data[m * 16:m * 16 + 64], None, tc)
         rm.save_pretrained(str(root / f"rm{m}"))
         out.append((rm, str(root / f"rm{m}"), evaluate_pairs(rm, test)["accuracy"]))
