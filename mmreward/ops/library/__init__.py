@@ -17,6 +17,7 @@ of ``mmreward.ops`` (public functions, dispatch, Triton kernels) can import it w
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -38,7 +39,6 @@ class OpSpec:
     """One op of the library (the C++ schema says its arguments and outputs)."""
 
     name: str
-    family: str
     # output tensors with the right shapes / dtypes / devices for the given arguments
     fake: Callable
     # (dtype) -> [args, ...]: CPU arguments covering the op's options; differentiable inputs of
@@ -49,6 +49,8 @@ class OpSpec:
     reference: Optional[Callable] = None
     # forward ops with a C++ autograd formula (the others' outputs carry no gradient)
     differentiable: bool = True
+    # set by :func:`define` from the family it registers the op under
+    family: str = ""
 
 
 OPS: dict[str, OpSpec] = {}
@@ -57,8 +59,8 @@ OPS: dict[str, OpSpec] = {}
 def define(family: str, specs: list[OpSpec]) -> None:
     """Add a family's ops to :data:`OPS` and register their fake kernels in both namespaces (the
     schemas exist only when the compiled extension is loaded)."""
+    specs = [dataclasses.replace(spec, family=family) for spec in specs]
     for spec in specs:
-        assert spec.family == family, (spec.name, family)
         OPS[spec.name] = spec
     if not _backend.extension_loaded():
         return

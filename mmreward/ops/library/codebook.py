@@ -217,12 +217,12 @@ def _pair_backward_samples(dtype):
 
 
 define("codebook", [
-    OpSpec("codebook_entropy", "codebook", _fake_entropy, _entropy_samples, codebook_entropy),
-    OpSpec("codebook_entropy_backward", "codebook", _fake_entropy_backward, _entropy_backward_samples),
-    OpSpec("codebook_nll", "codebook", _fake_nll, _nll_samples, codebook_nll),
-    OpSpec("codebook_nll_backward", "codebook", _fake_nll_backward, _nll_backward_samples),
-    OpSpec("categorical_kl", "codebook", _fake_pair, _pair_samples, categorical_kl),
-    OpSpec("categorical_kl_backward", "codebook", _fake_pair_backward, _pair_backward_samples),
-    OpSpec("log_categorical", "codebook", _fake_pair, _pair_samples, log_categorical),
-    OpSpec("log_categorical_backward", "codebook", _fake_pair_backward, _pair_backward_samples),
+    OpSpec("codebook_entropy", _fake_entropy, _entropy_samples, codebook_entropy),
+    OpSpec("codebook_entropy_backward", _fake_entropy_backward, _entropy_backward_samples),
+    OpSpec("codebook_nll", _fake_nll, _nll_samples, codebook_nll),
+    OpSpec("codebook_nll_backward", _fake_nll_backward, _nll_backward_samples),
+    OpSpec("categorical_kl", _fake_pair, _pair_samples, categorical_kl),
+    OpSpec("categorical_kl_backward", _fake_pair_backward, _pair_backward_samples),
+    OpSpec("log_categorical", _fake_pair, _pair_samples, log_categorical),
+    OpSpec("log_categorical_backward", _fake_pair_backward, _pair_backward_samples),
 ])

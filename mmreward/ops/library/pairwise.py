@@ -260,11 +260,11 @@ def _head_backward_samples(dtype):
 
 
 define("pairwise", [
-    OpSpec("pairwise_loss", "pairwise", _fake_pairwise, _pairwise_samples, pairwise_loss),
-    OpSpec("pairwise_loss_backward", "pairwise", _fake_pairwise_backward, _pairwise_backward_samples),
-    OpSpec("listwise_loss", "pairwise", _fake_listwise, _listwise_samples, listwise_loss),
-    OpSpec("listwise_loss_backward", "pairwise", _fake_listwise_backward, _listwise_backward_samples),
-    OpSpec("reward_head_pairwise_loss", "pairwise", _fake_head, _head_samples, reward_head_pairwise_loss),
-    OpSpec("reward_head_pairwise_loss_backward", "pairwise", _fake_head_backward, _head_backward_samples),
+    OpSpec("pairwise_loss", _fake_pairwise, _pairwise_samples, pairwise_loss),
+    OpSpec("pairwise_loss_backward", _fake_pairwise_backward, _pairwise_backward_samples),
+    OpSpec("listwise_loss", _fake_listwise, _listwise_samples, listwise_loss),
+    OpSpec("listwise_loss_backward", _fake_listwise_backward, _listwise_backward_samples),
+    OpSpec("reward_head_pairwise_loss", _fake_head, _head_samples, reward_head_pairwise_loss),
+    OpSpec("reward_head_pairwise_loss_backward", _fake_head_backward, _head_backward_samples),
 ])
 

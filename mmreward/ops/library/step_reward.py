@@ -332,14 +332,14 @@ def _step_refine_samples(dtype):
 
 
 define("step_reward", [
-    OpSpec("step_head", "step_reward", _fake_step_head, _step_head_samples, step_head),
-    OpSpec("step_head_backward", "step_reward", _fake_step_head_backward, _step_head_backward_samples),
-    OpSpec("step_pair_loss", "step_reward", _fake_pair, _step_pair_loss_samples, step_pair_loss),
-    OpSpec("step_pair_loss_backward", "step_reward", _fake_pair_backward, _step_pair_loss_backward_samples),
-    OpSpec("step_segment_reduce", "step_reward", _fake_segment, _step_segment_reduce_samples, step_segment_reduce),
-    OpSpec("step_segment_reduce_backward", "step_reward", _fake_segment_backward,
+    OpSpec("step_head", _fake_step_head, _step_head_samples, step_head),
+    OpSpec("step_head_backward", _fake_step_head_backward, _step_head_backward_samples),
+    OpSpec("step_pair_loss", _fake_pair, _step_pair_loss_samples, step_pair_loss),
+    OpSpec("step_pair_loss_backward", _fake_pair_backward, _step_pair_loss_backward_samples),
+    OpSpec("step_segment_reduce", _fake_segment, _step_segment_reduce_samples, step_segment_reduce),
+    OpSpec("step_segment_reduce_backward", _fake_segment_backward,
            _step_segment_reduce_backward_samples),
-    OpSpec("step_first_below", "step_reward", _fake_first_below, _step_first_below_samples, step_first_below,
+    OpSpec("step_first_below", _fake_first_below, _step_first_below_samples, step_first_below,
            differentiable=False),
-    OpSpec("step_refine", "step_reward", _fake_refine, _step_refine_samples, step_refine, differentiable=False),
+    OpSpec("step_refine", _fake_refine, _step_refine_samples, step_refine, differentiable=False),
 ])
