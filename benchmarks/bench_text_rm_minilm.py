@@ -201,11 +201,11 @@ def train_plain(rows: list[dict], *, steps: int, batch_size: int, lr: float, war
                 autocast: str, seed: int) -> tuple[PlainRM, float]:
     from transformers import get_cosine_schedule_with_warmup
 
+    from mmreward.text.train import disable_dropout
+
     torch.manual_seed(seed)
     model = PlainRM(minilm_path()).train()
-    for module in model.modules():  # TRL's RewardConfig.disable_dropout (default True)
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    disable_dropout(model)  # what TRL's RewardConfig.disable_dropout (default True) does
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = get_cosine_schedule_with_warmup(opt, warmup, steps)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16")
