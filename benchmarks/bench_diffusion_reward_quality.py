@@ -21,6 +21,17 @@ default checkpoint).
      Spearman ρ between k and the episode score. RL needs it > 0 (going further must pay more than
      stopping early); a per-frame plausibility score can rank every k alike.
 
+   * **time reversal**: each σ = 0 expert episode played backwards; AUC of forward over reversed
+     scores (a reward that learned dynamics ranks the forward episodes higher);
+   * **exploits**: ``frozen_start`` (the expert episode's first frame repeated: a robot that never
+     moves), ``frozen_final`` (its last frame repeated: holding the end pose) and ``hover`` (small
+     random motion around the start pose, env-simulated); AUC of random-policy scores over
+     frozen-start and over hovering ones (goal: > 0.5 on every task, i.e. exploring pays more than
+     freezing or hovering).
+
+   ``--split ml10`` trains on Meta-World ML10's 10 training tasks and holds out its 5 test tasks
+   (Yu et al., 2019), a split fixed before any model was trained here.
+
    Two training-free baselines get the same scores: ``frame_diff`` (minus the mean absolute
    difference of consecutive frames, i.e. smooth motion scores high) and ``nn_expert`` (minus the
    distance of each frame to its nearest training-expert frame, 32×32 average-pooled pixels).
@@ -50,6 +61,12 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 NOISES = (0.0, 0.3, 0.6, 1.0)
+# Meta-World ML10 (Yu et al., 2019): meta-training and meta-test tasks (v3 ids)
+ML10_TRAIN = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3", "button-press-topdown-v3",
+              "peg-insert-side-v3", "window-open-v3", "sweep-v3", "basketball-v3")
+ML10_TEST = ("drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3")
+EXPLOITS = ("frozen_start", "frozen_final", "hover")  # scored next to the expert and random groups
+MOTION_SCALES = (1.0, 2.0, 3.0, 4.0)  # λ of the motion-deficit term, scored side by side
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -157,6 +174,75 @@ def _probe_job(job: dict) -> str:
     return out
 
 
+def _hover_action(obs: np.ndarray, hand0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Small random motion around the start pose: a pull back to the start hand position plus
+    Gaussian jitter (Meta-World: ``obs[:3]`` is the hand position, actions move it by ~1 cm per unit)."""
+    xyz = 10.0 * (hand0 - obs[:3]) + 0.3 * rng.standard_normal(3)
+    return np.concatenate([xyz, rng.uniform(-1, 1, 1)])
+
+
+def _exploit_job(job: dict) -> str:
+    """Exploit and time-reversal episodes of one task in ``job["out"]`` (with a manifest): ``hover``
+    (env-simulated, the evaluation seeds) and, from the task's σ = 0 expert evaluation episodes,
+    ``frozen_start`` / ``frozen_final`` (first / last frame repeated) and ``reversed`` (played backwards)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+
+    torch.set_num_threads(1)
+    from mmreward.robotics.collect import episode_file
+    from mmreward.robotics.data.episodes import (Episode, episode_entry, load_episode_folder, read_manifest,
+                                                 save_episode, update_manifest)
+    from mmreward.robotics.envs import make_env
+
+    out, task, seed = job["out"], job["task"], job["seed"]
+    try:
+        if len(read_manifest(out)) >= job["episodes"] * (len(EXPLOITS) + 1):
+            return out
+    except Exception:
+        pass
+    os.makedirs(out, exist_ok=True)
+    entries = []
+
+    def put(name: str, ep, policy: str, i: int) -> None:
+        save_episode(os.path.join(out, name), ep)
+        entries.append(episode_entry(name, ep, task=task, policy=policy, noise=0.0, seed=seed + i, index=i))
+
+    env = make_env(task, size=job["size"], action_repeat=job["action_repeat"], seed=seed, max_steps=job["max_steps"])
+    try:
+        low, high = env.action_space.low, env.action_space.high
+        for i in range(job["episodes"]):
+            rng = np.random.default_rng([seed + i, 7])
+            obs, frame = env.reset(seed=seed + i)
+            hand0 = obs[:3].copy()
+            frames, actions, rewards, success = [frame], [], [], []
+            for _ in range(job["max_steps"]):
+                a = np.clip(_hover_action(obs, hand0, rng), low, high).astype(np.float32)
+                step = env.step(a)
+                obs = step.obs
+                frames.append(step.frame)
+                actions.append(a)
+                rewards.append(step.reward)
+                success.append(step.success)
+                if step.done:
+                    break
+            put(episode_file(task, "hover", 0.0, seed, i), Episode(
+                frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
+                success=np.asarray(success, bool)), "hover", i)
+    finally:
+        env.close()
+    experts = load_episode_folder(job["expert_dir"], None, ["all"])[:job["episodes"]]
+    for i, (_, ep) in enumerate(experts):
+        n = len(ep.frames) - 1
+        derived = {"frozen_start": np.repeat(ep.frames[:1], n + 1, 0), "frozen_final": np.repeat(ep.frames[-1:], n + 1, 0),
+                   "reversed": ep.frames[::-1].copy()}
+        for policy, frames in derived.items():
+            put(episode_file(task, policy, 0.0, seed, i), Episode(
+                frames=frames, actions=np.zeros((n,) + ep.actions.shape[1:], np.float32),
+                rewards=np.zeros(n, np.float32), success=np.zeros(n, bool)), policy, i)
+    update_manifest(out, entries)
+    return out
+
+
 def collect_all(args, work: str) -> dict:
     jobs = []
     common = dict(size=args.size, action_repeat=args.action_repeat, max_steps=args.max_steps)
@@ -170,6 +256,10 @@ def collect_all(args, work: str) -> dict:
                              seed=seed, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}{tag}"), **common))
         jobs.append(dict(kind="eval", task=task, policy="random", noise=0.0, episodes=args.eval_episodes, seed=seed,
                          out=os.path.join(work, "data", "eval", f"{task}_random{tag}"), **common))
+    exploit_jobs = [dict(kind="exploit", task=task, policy="exploit", noise=0.0, episodes=args.eval_episodes, seed=seed,
+                         expert_dir=os.path.join(work, "data", "eval", f"{task}_noisy0{tag}"),
+                         out=os.path.join(work, "data", "eval", f"{task}_exploit{tag}"), **common)
+                    for task in args.train_tasks + args.heldout_tasks]
     probe_jobs = [dict(kind="probe", task=task, seeds=list(range(2000, 2000 + args.probe_seeds)),
                        out=os.path.join(work, "data", "probe", task), **common)
                   for task in args.train_tasks + args.heldout_tasks] if args.probe_seeds > 0 else []
@@ -179,25 +269,29 @@ def collect_all(args, work: str) -> dict:
 
         with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
             list(ex.map(_collect_job, jobs))
+            list(ex.map(_exploit_job, exploit_jobs))  # after the experts they are derived from
             list(ex.map(_probe_job, probe_jobs))
     else:
         for j in jobs:
             _collect_job(j)
+        for j in exploit_jobs:
+            _exploit_job(j)
         for j in probe_jobs:
             _probe_job(j)
-    print(f"[data] {len(jobs)} collection + {len(probe_jobs)} probe jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"jobs": jobs, "probe_jobs": probe_jobs, "seconds": time.perf_counter() - t0}
+    print(f"[data] {len(jobs)} collection + {len(exploit_jobs)} exploit + {len(probe_jobs)} probe jobs done in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return {"jobs": jobs + exploit_jobs, "probe_jobs": probe_jobs, "seconds": time.perf_counter() - t0}
 
 
-def load_jobs(jobs: list, kind: str) -> list[dict]:
+def load_jobs(jobs: list, kinds: tuple) -> list[dict]:
     from mmreward.robotics.data.episodes import load_episode_folder
 
     out = []
     for j in jobs:
-        if j["kind"] != kind:
+        if j["kind"] not in kinds:
             continue
         for entry, ep in load_episode_folder(j["out"], None, ["all"]):
-            out.append({"task": j["task"], "policy": j["policy"], "noise": j["noise"], "file": entry["file"],
+            out.append({"task": j["task"], "policy": entry.get("policy", j["policy"]), "noise": j["noise"], "file": entry["file"],
                         "path": os.path.join(j["out"], entry["file"]),
                         "frames": ep.frames, "success": bool(ep.success.any()), "env_return": float(ep.rewards.sum())})
     return out
@@ -231,7 +325,14 @@ def _score_job(job) -> dict:
     out = {}
     for path in paths:
         fr = torch.from_numpy(load_episode(path).frames)
-        out[path] = {est: m(fr).numpy() for est, m in models.items()}
+        out[path] = {}
+        for est, m in models.items():
+            tok = m.tokenize(fr)
+            expected, observed = m.change_windows(tok)
+            # z(raw) (the saved models have no RND, ranker or clip) and the motion deficit in expert std units
+            out[path][est] = {"z": m.standardize(m.raw_reward_windows(tok)).numpy(),
+                              "deficit": m.motion_deficit(expected, observed).numpy(),
+                              "expected": expected.numpy(), "observed": observed.numpy()}
     return out
 
 
@@ -274,12 +375,18 @@ def score_task(eps: list[dict], key: str) -> dict:
     rand = [e for e in eps if e["policy"] == "random"]
     expert = [e for e in noisy if e["noise"] == 0.0]
     s = lambda es: [float(np.mean(e[key])) for e in es]
+    group = lambda p: [e for e in eps if e["policy"] == p]
+    above = lambda hi, lo: roc_auc(s(hi) + s(lo), [True] * len(hi) + [False] * len(lo))  # P(score hi > score lo)
     group_means = {f"noisy{n:g}": float(np.mean(s([e for e in noisy if e["noise"] == n]))) for n in NOISES}
-    group_means["random"] = float(np.mean(s(rand))) if rand else float("nan")
+    for p in ("random", "reversed") + EXPLOITS:
+        group_means[p] = float(np.mean(s(group(p)))) if group(p) else float("nan")
     return {
         "spearman_noise": spearman(s(noisy), [e["noise"] for e in noisy]),
         "success_auc": roc_auc(s(noisy), [e["success"] for e in noisy]),
-        "expert_vs_random_auc": roc_auc(s(expert) + s(rand), [True] * len(expert) + [False] * len(rand)),
+        "expert_vs_random_auc": above(expert, rand),
+        "forward_vs_reversed_auc": above(expert, group("reversed")),
+        "random_vs_frozen_start_auc": above(rand, group("frozen_start")),
+        "random_vs_hover_auc": above(rand, group("hover")),
         "success_rate": float(np.mean([e["success"] for e in noisy])),
         "group_mean_score": group_means,
     }
@@ -302,6 +409,13 @@ def summarise(per_task: dict, tasks: list) -> dict:
         "spearman_noise_max": float(np.nanmax([r["spearman_noise"] for r in rows])) if rows else float("nan"),
         "success_auc_mean": nanmean([r["success_auc"] for r in rows]),
         "expert_vs_random_auc_mean": nanmean([r["expert_vs_random_auc"] for r in rows]),
+        "forward_vs_reversed_auc_mean": nanmean([r.get("forward_vs_reversed_auc") for r in rows]),
+        "random_vs_frozen_start_auc_mean": nanmean([r.get("random_vs_frozen_start_auc") for r in rows]),
+        "random_vs_hover_auc_mean": nanmean([r.get("random_vs_hover_auc") for r in rows]),
+        # tasks where exploring beats both freezing and hovering on average (the exploit goal: all of them)
+        "exploit_pass_frac": nanmean([float(r["group_mean_score"]["random"] > max(r["group_mean_score"]["frozen_start"],
+                                                                                   r["group_mean_score"]["hover"]))
+                                      for r in rows if not math.isnan(r.get("group_mean_score", {}).get("hover", math.nan))]),
     }
 
 
@@ -356,6 +470,9 @@ def main(argv=None) -> int:
                     help="copy the trained reward model here (with the progress ranker attached, if trained)")
     ap.add_argument("--train-tasks", default="door-open-v3,drawer-open-v3,button-press-v3,window-open-v3")
     ap.add_argument("--heldout-tasks", default="drawer-close-v3")
+    ap.add_argument("--split", choices=("custom", "ml10"), default="custom",
+                    help="ml10: Meta-World ML10's 10 training / 5 test tasks as training / held-out tasks "
+                         "(replaces --train-tasks / --heldout-tasks)")
     ap.add_argument("--train-episodes", type=int, default=40, help="expert episodes per training task")
     ap.add_argument("--eval-episodes", type=int, default=8, help="per task and policy group")
     ap.add_argument("--eval-seed", type=int, default=1000,
@@ -391,8 +508,12 @@ def main(argv=None) -> int:
                     help="also train a progress ranker on the expert frames for this many steps (0: skip) and score "
                          "it alone and added to the Diffusion Reward term (β = --progress-scale)")
     ap.add_argument("--progress-scale", type=float, default=1.0, help="β of the progress ranker's z-score")
+    ap.add_argument("--motion-scale", type=float, default=0.0,
+                    help="λ of the motion deficit in the model --save-pretrained writes (the scores try several)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     args = ap.parse_args(argv)
+    if args.split == "ml10":
+        args.train_tasks, args.heldout_tasks = ",".join(ML10_TRAIN), ",".join(ML10_TEST)
     args.train_tasks = [t for t in args.train_tasks.split(",") if t]
     args.heldout_tasks = [t for t in args.heldout_tasks.split(",") if t]
     if args.quick:
@@ -413,8 +534,8 @@ def main(argv=None) -> int:
     # 1. data
     data = collect_all(args, work)
     timings["collect_s"] = data["seconds"]
-    train_eps = load_jobs(data["jobs"], "train")
-    eval_eps = load_jobs(data["jobs"], "eval")
+    train_eps = load_jobs(data["jobs"], ("train",))
+    eval_eps = load_jobs(data["jobs"], ("eval", "exploit"))
     probe_eps = load_probes(data["probe_jobs"])
     train_frames = [e["frames"] for e in train_eps]
     print(f"[data] train: {len(train_eps)} expert episodes ({sum(len(f) for f in train_frames)} frames, "
@@ -487,10 +608,11 @@ def main(argv=None) -> int:
             pretrained.save_pretrained(out)
             cached = DiffusionReward.from_pretrained(out)
         if cached is not None and (cached.config.reward_type, cached.config.entropy_estimator) == (
-                rcfg.reward_type, rcfg.entropy_estimator):
+                rcfg.reward_type, rcfg.entropy_estimator) and int(cached.motion_statistics[1]) > 0:
             models[est] = cached
             stats = dict(zip(("mean", "std", "frames"), models[est].statistics.tolist()))
-        else:
+            stats["motion_std"] = float(models[est].motion_statistics[0])
+        else:  # also for a saved model without motion statistics (saved before the motion term)
             models[est] = DiffusionReward(codec, video, rcfg)
             stats = models[est].fit_statistics(train_frames)
             models[est].save_pretrained(out)
@@ -499,10 +621,16 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     nn_ref = NearestExpert(train_frames)
+    main_key = f"dr_{args.estimator}"
     methods = [(f"dr_{est}", f"Diffusion Reward ({est})") for est in estimators]
+    methods += [(f"{main_key}+motion{lam:g}", f"Diffusion Reward ({args.estimator}) − {lam:g}·motion deficit")
+                for lam in MOTION_SCALES]
     if ranker is not None:
-        methods += [(f"dr_{args.estimator}+progress", f"Diffusion Reward ({args.estimator}) + {args.progress_scale:g}·progress"),
-                    ("progress", "progress ranker")]
+        methods += [(f"{main_key}+progress", f"Diffusion Reward ({args.estimator}) + {args.progress_scale:g}·progress")]
+        methods += [(f"{main_key}+progress+motion{lam:g}",
+                     f"Diffusion Reward ({args.estimator}) + {args.progress_scale:g}·progress − {lam:g}·motion deficit")
+                    for lam in MOTION_SCALES]
+        methods += [("progress", "progress ranker")]
     methods += [("frame_diff", "−|frame difference|"), ("nn_expert", "−NN distance to expert frames")]
     folders = {est: os.path.join(work, f"reward_{est}") for est in estimators}
     scored_eps = eval_eps + probe_eps
@@ -517,13 +645,18 @@ def main(argv=None) -> int:
     scored = {}
     for part in parts:
         scored.update(part)
-    for e in scored_eps:
+    for e in scored_eps:  # the sums DiffusionReward.combine forms (no RND, no clip here)
         for est in estimators:
-            e[f"dr_{est}"] = scored[e["path"]][est]
-        if ranker is not None:  # the same sum DiffusionReward.combine forms (no RND, no clip here)
+            e[f"dr_{est}"] = scored[e["path"]][est]["z"]
+        deficit = scored[e["path"]][args.estimator]["deficit"]
+        e["motion_deficit"] = deficit
+        for lam in MOTION_SCALES:
+            e[f"{main_key}+motion{lam:g}"] = e[main_key] - lam * deficit
+        if ranker is not None:
             e["progress"] = ranker(torch.from_numpy(e["frames"])).numpy()
-            # dr_<est> is already z(raw): the saved models have no RND and no clip
-            e[f"dr_{args.estimator}+progress"] = e[f"dr_{args.estimator}"] + args.progress_scale * e["progress"]
+            e[f"{main_key}+progress"] = e[main_key] + args.progress_scale * e["progress"]
+            for lam in MOTION_SCALES:
+                e[f"{main_key}+progress+motion{lam:g}"] = e[f"{main_key}+progress"] - lam * deficit
         e["frame_diff"] = frame_diff_rewards(e["frames"])
         e["nn_expert"] = nn_ref(e["frames"])
     timings["score_s"] = time.perf_counter() - t0
@@ -537,15 +670,18 @@ def main(argv=None) -> int:
         results[key] = {"title": title, "per_task": per_task,
                         "train_tasks": summarise(per_task, args.train_tasks),
                         "heldout_tasks": summarise(per_task, args.heldout_tasks)}
-    main_key = f"dr_{args.estimator}"
-    goal_keys = [main_key] + ([f"{main_key}+progress"] if ranker is not None else [])
+    goal_keys = [k for k, _ in methods if k.startswith(main_key)]
     goals, beats = {}, {}
     for key in goal_keys:  # the issue's goals and baseline comparison, for each learned reward
         tr = results[key]["train_tasks"]
+        ho = results[key]["heldout_tasks"]
         goals[key] = {
             "spearman_mean_le_-0.6": tr["spearman_noise_mean"] <= -0.6,
             "no_task_spearman_above_-0.3": tr["spearman_noise_max"] <= -0.3,
             "success_auc_mean_ge_0.8": tr["success_auc_mean"] >= 0.8,
+            "heldout_spearman_mean_le_-0.4": ho.get("spearman_noise_mean", math.nan) <= -0.4,
+            "heldout_expert_vs_random_ge_0.85": ho.get("expert_vs_random_auc_mean", math.nan) >= 0.85,
+            "exploits_below_random_every_task": min(tr.get("exploit_pass_frac", 0), ho.get("exploit_pass_frac", 1)) == 1.0,
         }
         beats[key] = {}
         for b in ("frame_diff", "nn_expert"):
@@ -562,17 +698,17 @@ def main(argv=None) -> int:
         tmp = args.save_pretrained.rstrip("/") + ".tmp"  # built aside, then swapped in
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+        saved = DiffusionReward.from_pretrained(src)
+        saved.config.motion_scale = args.motion_scale
         if ranker is not None:  # the saved reward model with the ranker attached (β = --progress-scale)
-            saved = DiffusionReward.from_pretrained(src)
             saved.set_progress(ranker)
             saved.config.progress_scale = args.progress_scale
-            saved.save_pretrained(tmp)
-        else:
-            shutil.copytree(src, tmp)
+        saved.save_pretrained(tmp)
         if os.path.exists(args.save_pretrained):
             shutil.rmtree(args.save_pretrained)
         os.replace(tmp, args.save_pretrained)
-        print(f"[save] {src}{' + progress ranker' if ranker is not None else ''} -> {args.save_pretrained}")
+        print(f"[save] {src}{' + progress ranker' if ranker is not None else ''}, motion scale {args.motion_scale:g} "
+              f"-> {args.save_pretrained}")
     report = {
         "benchmark": "diffusion_reward_quality", "quick": args.quick,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
@@ -587,6 +723,9 @@ def main(argv=None) -> int:
         "episodes": [{k: (v if not isinstance(v, np.ndarray) else None) for k, v in e.items()
                       if k in ("task", "policy", "noise", "file", "success", "env_return")}
                      | {m: float(np.mean(e[m])) for m, _ in methods} for e in eval_eps],
+        "motion_deficit_by_group": {f"{t}/{p}": float(np.mean([np.mean(e["motion_deficit"]) for e in eval_eps
+                                                                  if e["task"] == t and e["policy"] == p]))
+                                    for t in tasks for p in sorted({e["policy"] for e in eval_eps if e["task"] == t})},
         "probe_episodes": [{k: e[k] for k in ("task", "hold_after", "seed", "success", "env_return")}
                            | {m: float(np.mean(e[m])) for m, _ in methods} for e in probe_eps],
     }
@@ -604,16 +743,23 @@ def main(argv=None) -> int:
 def print_table(results: dict, methods: list, args) -> None:
     tasks = args.train_tasks + args.heldout_tasks
     f = lambda x: "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:6.2f}"
-    print(f"\n{'method':<22} {'task':<24} {'ρ(σ)':>6} {'succAUC':>7} {'exp>rnd':>7} {'succ%':>6} {'ρ(k)':>6}")
+    print(f"\n{'method':<34} {'task':<28} {'ρ(σ)':>6} {'succAUC':>7} {'exp>rnd':>7} {'succ%':>6} {'ρ(k)':>6} "
+          f"{'fwd>rev':>7} {'rnd>frz':>7} {'rnd>hov':>7}")
     for key, _ in methods:
         for t in tasks:
             r = results[key]["per_task"][t]
             tag = t + (" (held out)" if t in args.heldout_tasks else "")
-            print(f"{key:<22} {tag:<24} {f(r['spearman_noise'])} {f(r['success_auc']):>7} "
-                  f"{f(r['expert_vs_random_auc']):>7} {f(r['success_rate']):>6} {f(r.get('progress_spearman'))}")
-        s = results[key]["train_tasks"]
-        print(f"{key:<22} {'MEAN (train tasks)':<24} {f(s['spearman_noise_mean'])} {f(s['success_auc_mean']):>7} "
-              f"{f(s['expert_vs_random_auc_mean']):>7} {'':>6} {f(s['progress_spearman_mean'])}")
+            print(f"{key:<34} {tag:<28} {f(r['spearman_noise'])} {f(r['success_auc']):>7} "
+                  f"{f(r['expert_vs_random_auc']):>7} {f(r['success_rate']):>6} {f(r.get('progress_spearman'))} "
+                  f"{f(r['forward_vs_reversed_auc']):>7} {f(r['random_vs_frozen_start_auc']):>7} {f(r['random_vs_hover_auc']):>7}")
+        for which in ("train_tasks", "heldout_tasks"):
+            s = results[key][which]
+            if not s:
+                continue
+            print(f"{key:<34} {'MEAN (' + which.split('_')[0] + ')':<28} {f(s['spearman_noise_mean'])} "
+                  f"{f(s['success_auc_mean']):>7} {f(s['expert_vs_random_auc_mean']):>7} {'':>6} "
+                  f"{f(s['progress_spearman_mean'])} {f(s['forward_vs_reversed_auc_mean']):>7} "
+                  f"{f(s['random_vs_frozen_start_auc_mean']):>7} {f(s['random_vs_hover_auc_mean']):>7}")
 
 
 if __name__ == "__main__":

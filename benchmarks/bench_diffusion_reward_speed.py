@@ -1,40 +1,55 @@
 """Speed of the Diffusion Reward for one episode, end to end (uint8 frames in → rewards out), with
-the paper-sized models (``VQGANConfig.paper()``, ``VQDiffusionConfig.paper()``; random weights),
-against an eager path written the way the official code computes it, on the same weights.
+the official Meta-World models (``VQGANConfig.paper()``: 20.5 M parameters, ``VQDiffusionConfig.paper()``:
+18.0 M, the sizes and layouts the official configs build; random weights), against the official
+computation written out on the same weights.
 
-**Official-style path** (Diffusion Reward's ``calc_vlb`` entropy branch on VQ-Diffusion's
-``DiffusionTransformer``), per episode of T frames and T windows:
+**Official path** (``OfficialEager``): Diffusion Reward's ``calc_reward`` → ``imgs_to_batch`` →
+``calc_vlb`` (entropy branch) on VQ-Diffusion's ``DiffusionTransformer`` / ``Text2ImageTransformer``,
+point by point:
 
-* every window's frames go through the VQGAN (each frame is encoded once per window it appears in:
-  the history windows of frames i−1, i are built from frames, as when rewards are computed for
-  sampled transitions);
-* each of the 11 denoising calls re-embeds the history tokens and recomputes every block's
-  cross-attention keys / values (no cache), with plain ``softmax(QKᵀ/√d)V`` attention (VQ-Diffusion's
-  ``FullAttention`` / ``CrossAttention``);
-* ``log_softmax`` of the logits in float64 (``predict_start``), channel-first ``[B, K+1, L]``
-  log-space arithmetic: ``q_posterior`` with ``q_pred`` / ``q_pred_one_timestep`` and
+* the VQGAN encodes every frame of the episode once, in one batch (``encode_to_z``), with the
+  official distance formula, quantised map and codebook loss;
+* the T entropy windows (frame 0 repeated before the start) go through the chain as one batch; the
+  history tokens are embedded once (``FrameEmbedding``: a plain token table);
+* each of the 11 denoising calls embeds the content tokens (token + row + column embeddings), and
+  every block recomputes the cross-attention keys / values from the history embedding (no cache),
+  with separate key / query / value projections, plain ``softmax(QKᵀ/√d)V`` attention that also
+  returns the head-averaged attention map (``FullAttention`` / ``CrossAttention``), AdaLayerNorms
+  with their own timestep tables, and the ``Conv_MLP`` (token grid rearranged to an image, two 3×3
+  convs with GELU2, rearranged back);
+* ``log_softmax`` of the logits in float64 (``predict_start``); channel-first ``[B, K+1, L]``
+  float32 log-space arithmetic: ``q_posterior`` with ``q_pred`` / ``q_pred_one_timestep`` and
   ``log_add_exp`` (the fast chain reuses the one-step posterior at ``t − skip``), Gumbel sampling
-  to a log-one-hot, and the bound's ``multinomial_kl`` / decoder log-likelihood in float64.
+  to a log-one-hot, the bound's ``multinomial_kl`` and decoder log-likelihood.
 
-**Ours** (:class:`mmreward.robotics.reward.DiffusionReward`): each frame encoded once; history
-embedded and cross-attention K/V projected once per window batch (:class:`ContextCache`);
-``scaled_dot_product_attention``; float32 channel-last arithmetic with the exact skip-step posterior
-and fused KL / log-categorical ops.
+Where it still differs from the official code: it runs our modules' weights (fused ``qkv`` / ``kv``
+weight matrices, sliced into the three / two official projections), draws its Gumbel noise from a
+seeded ``torch.Generator`` instead of the global RNG, skips the official ``t.cuda()`` / hydra
+plumbing, and feeds the VQGAN frames in [−1, 1] (the official reward path passes [0, 1] images,
+which changes no cost). The logits of the two paths agree (``check_max_logit_diff``).
 
-Both paths are timed in the same process, interleaved, median of ``--repeats``; the breakdown
-(VQGAN encoding / transformer calls incl. history encoding / diffusion arithmetic) comes from an
-instrumented run of each (which is also the warm-up).
+**Ours** (``DiffusionReward(...)(frames)``, batch size = the episode length so that both paths
+run one batch): frames encoded once in channels-last memory; history embedded and cross-attention
+K/V projected once per window batch (:class:`ContextCache`); ``scaled_dot_product_attention``;
+float32 channel-last arithmetic with the exact skip-step posterior and fused KL / log-categorical
+ops. ``--compute-dtype bfloat16`` also times the ``DiffusionRewardConfig(compute_dtype="bfloat16")``
+option (VQGAN encoder and video model under a bfloat16 autocast; not bit-identical, see the docs).
+
+Both (all three) paths are timed in the same process, interleaved, median of ``--repeats``; the
+breakdown (VQGAN encoding / transformer calls incl. history encoding / diffusion arithmetic) comes
+from an instrumented run of each (which is also the warm-up).
 
 ``--device cuda``: the models are moved to the GPU and the episode's uint8 frames are put on the
 GPU before timing (as a user with GPU frames would), so the timed runs go from device frames to
-device rewards; every tensor the official-style path makes (schedules, all-mask start, timesteps,
+device rewards; every tensor the official path makes (schedules, all-mask start, timesteps,
 Gumbel noise from a device ``torch.Generator``) lives on the GPU too. Every clock read (the end to
 end times and the breakdown) is preceded by ``torch.cuda.synchronize()``; the breakdown's extra
 synchronisations make it slightly slower than the end-to-end runs.
 
-    python benchmarks/bench_diffusion_reward_speed.py                   # T = 100 (a few minutes)
-    python benchmarks/bench_diffusion_reward_speed.py --quick           # T = 12, 1 repeat
-    python benchmarks/bench_diffusion_reward_speed.py --json benchmarks/results/diffusion_reward_speed_cpu.json
+    python benchmarks/bench_diffusion_reward_speed.py --threads 1                # T = 100 (several minutes)
+    python benchmarks/bench_diffusion_reward_speed.py --quick                    # T = 12, 1 repeat
+    python benchmarks/bench_diffusion_reward_speed.py --threads 1 --repeats 3 --compute-dtype bfloat16 \
+        --json benchmarks/results/diffusion_reward_speed_cpu.json
     python benchmarks/bench_diffusion_reward_speed.py --device cuda --json benchmarks/results/diffusion_reward_speed_cuda.json
 """
 from __future__ import annotations
@@ -53,7 +68,7 @@ import torch.nn.functional as F
 
 from mmreward.robotics.codec.vqgan import VQGAN, VQGANConfig
 from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
-from mmreward.robotics.video.vq_diffusion import ConditionalVQDiffusion, VQDiffusionConfig, sinusoidal, window_indices
+from mmreward.robotics.video.vq_diffusion import ConditionalVQDiffusion, VQDiffusionConfig, window_indices
 
 
 # ----------------------------------------------------------------------------- timers
@@ -128,11 +143,15 @@ def log_onehot_to_index(log_x):
 
 
 class OfficialEager:
-    """The official computation on our weights (see the module docstring)."""
+    """The official computation on our weights (see the module docstring); needs the official
+    layouts (``VQGANConfig(layout="official")``, ``VQDiffusionConfig(embedding="official",
+    mlp_type="conv")``), as the ``.paper()`` presets build them."""
 
     def __init__(self, reward: DiffusionReward):
         self.codec, self.video = reward.codec, reward.video
         cfg = self.video.config
+        if cfg.embedding != "official" or cfg.mlp_type != "conv" or self.codec.config.layout != "official":
+            raise ValueError("OfficialEager needs the official layouts (VQGANConfig.paper(), VQDiffusionConfig.paper())")
         self.cfg = cfg
         self.num_classes = cfg.num_codes + 1
         self.num_timesteps = cfg.num_steps
@@ -203,8 +222,7 @@ class OfficialEager:
         return torch.clamp(log_EV, -70, 0)
 
     @staticmethod
-    def multinomial_kl(log_prob1, log_prob2):  # float64, as in the benchmark brief
-        log_prob1, log_prob2 = log_prob1.double(), log_prob2.double()
+    def multinomial_kl(log_prob1, log_prob2):  # float32, as the official code
         return (log_prob1.exp() * (log_prob1 - log_prob2)).sum(dim=1)
 
     def log_sample_categorical(self, logits, generator):
@@ -213,36 +231,71 @@ class OfficialEager:
         sample = (gumbel_noise + logits).argmax(dim=1)
         return index_to_log_onehot(sample, self.num_classes)
 
-    # -- network: per call, history re-embedded + K/V recomputed, plain attention
+    # -- VQGAN: every frame of the episode in one batch, as imgs_to_batch → encode_to_z does
+    def encode(self, frames):
+        x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        z = self.codec.encoder(x)  # encoder + quant_conv
+        z = z.permute(0, 2, 3, 1).contiguous()
+        z_flat = z.view(-1, z.shape[-1])
+        e = self.codec.quantizer.embedding
+        d = torch.sum(z_flat ** 2, dim=1, keepdim=True) + torch.sum(e ** 2, dim=1) - 2 * torch.matmul(z_flat, e.t())
+        idx = torch.argmin(d, dim=1)
+        z_q = e[idx].view(z.shape)  # the official encode also returns the quantised map and the loss
+        _ = torch.mean((z_q.detach() - z) ** 2) + 0.25 * torch.mean((z_q - z.detach()) ** 2)
+        return idx.view(frames.shape[0], -1)
+
+    # -- network: VQ-Diffusion's Text2ImageTransformer with K/V recomputed in every call
     @staticmethod
     def _attn(q, k, v):
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        return att.softmax(dim=-1) @ v
+        att = att.softmax(dim=-1)
+        y = att @ v
+        return y, att.mean(dim=1)  # FullAttention / CrossAttention also return the head-mean map
 
-    def _block(self, blk, x, temb, ctx_emb):
-        B, N, D = x.shape
-        q, k, v = (blk._split(t) for t in blk.qkv(blk.ln1(x, temb)).chunk(3, dim=-1))
-        x = x + blk.proj1(self._attn(q, k, v).transpose(1, 2).reshape(B, N, D))
-        q = blk._split(blk.q(blk.ln2(x, temb)))
-        k, v = blk.context_kv(ctx_emb)
-        x = x + blk.proj2(self._attn(q, k, v).transpose(1, 2).reshape(B, N, D))
-        return x + blk.mlp(blk.ln3(x))
+    @staticmethod
+    def _heads(x, n_head):
+        B, T, C = x.shape
+        return x.view(B, T, n_head, C // n_head).transpose(1, 2)
 
-    def transformer(self, x_t, hist, t):
-        v = self.video
+    def _block(self, blk, x, t, cond_emb):
+        B, T, C = x.shape
+        nh = blk.heads
+        h = blk.ln1(x, t)  # AdaLayerNorm: own timestep table → Linear(SiLU) → scale / shift
+        wq, wk, wv = blk.qkv.weight.chunk(3, 0)
+        bq, bk, bv = blk.qkv.bias.chunk(3, 0)
+        k, q, v = (self._heads(F.linear(h, w, b), nh) for w, b in ((wk, bk), (wq, bq), (wv, bv)))
+        y, _ = self._attn(q, k, v)
+        x = x + blk.proj1(y.transpose(1, 2).contiguous().view(B, T, C))
+        h = blk.ln2(x, t)
+        wk, wv = blk.kv.weight.chunk(2, 0)
+        bk, bv = blk.kv.bias.chunk(2, 0)
+        k, v = self._heads(F.linear(cond_emb, wk, bk), nh), self._heads(F.linear(cond_emb, wv, bv), nh)
+        q = self._heads(blk.q(h), nh)
+        y, _ = self._attn(q, k, v)
+        x = x + blk.proj2(y.transpose(1, 2).contiguous().view(B, T, C))
+        g = blk.ln3(x).permute(0, 2, 1).reshape(B, C, *self.cfg.token_shape)  # rearrange 'b (h w) c -> b c h w'
+        mlp = blk.mlp
+        g = mlp.conv2(mlp.act(mlp.conv1(g)))
+        return x + g.flatten(2).permute(0, 2, 1)  # 'b c h w -> b (h w) c'
+
+    def condition_embedding(self, hist):
         B, H, L = hist.shape
-        e = v.ctx_tok(hist) + v.ctx_pos[None, None] + v.ctx_time[None, :, None]
-        ctx_emb = v.ctx_norm(e.reshape(B, H * L, -1))
-        temb = v.t_emb(sinusoidal(t + 1, self.cfg.dim))  # official timestep t = our level t + 1
-        h = v.tok_emb(x_t) + v.pos_emb[None]
+        return self.video.ctx_tok(hist.reshape(B, H * L)).float()  # FrameEmbedding, once per episode
+
+    def transformer(self, x_t, cond_emb, t):
+        v = self.video
+        x_t = x_t.clone()
+        x_t[x_t < 0] = 0  # DalleMaskImageEmbedding
+        h = v.tok_emb(x_t) + v.content_positions()[None]
+        level = t + 1  # official timestep t = our level t + 1 (each AdaLN's table is indexed by t)
         for blk in v.blocks:
-            h = self._block(blk, h, temb, ctx_emb)
+            h = self._block(blk, h, level, cond_emb)
         return v.to_logits(v.out_norm(h)).permute(0, 2, 1)  # [B, K, L] like VQ-Diffusion
 
-    def predict_start(self, log_x_t, hist, t, tm):
+    def predict_start(self, log_x_t, cond_emb, t, tm):
         x_t = log_onehot_to_index(log_x_t)
         with tm("transformer"):
-            out = self.transformer(x_t, hist, t)
+            out = self.transformer(x_t, cond_emb, t)
         log_pred = F.log_softmax(out.double(), dim=1).float()
         zero_vector = torch.zeros(log_x_t.size(0), 1, self.L, device=log_x_t.device).type_as(log_x_t) - 70
         return torch.clamp(torch.cat((log_pred, zero_vector), dim=1), -70, 0)
@@ -252,12 +305,15 @@ class OfficialEager:
         T = frames.shape[0]
         H = self.cfg.num_history
         dev = self.device
-        # [T, H] frames of each window (indices on the frames' device)
-        idx = window_indices(T, torch.arange(T, device=frames.device), H, self.cfg.frame_skip)
         with tm("vqgan"):
-            hist = self.codec.encode(frames[idx.flatten()]).view(T, H, -1)  # every window encodes its frames
+            tokens = self.encode(frames)  # [T, L]: each frame once
+        # [T, H] frames of each entropy window (frame 0 repeated before the start), as imgs_to_batch
+        hist = tokens[window_indices(T, torch.arange(T, device=tokens.device), H, self.cfg.frame_skip)]
+        with tm("transformer"):
+            cond_emb = self.condition_embedding(hist)
         gen = torch.Generator(device=dev).manual_seed(seed)
         b = T
+        log_x_start = index_to_log_onehot(tokens, self.num_classes)  # calc_vlb builds it (unused by entropy)
         diffusion_list = list(range(self.num_timesteps - 1, -1, -1 - self.skip_step))
         if diffusion_list[-1] != 0:
             diffusion_list.append(0)
@@ -267,7 +323,7 @@ class OfficialEager:
         model_log_probs, log_zs, ts = [], [], []
         for diffusion_index in diffusion_list:
             t = torch.full((b,), diffusion_index, device=dev, dtype=torch.long)
-            log_x_recon = self.predict_start(log_z, hist, t, tm)
+            log_x_recon = self.predict_start(log_z, cond_emb, t, tm)
             with tm("arithmetic"):
                 log_zs.append(log_z)
                 tt = t - self.skip_step if diffusion_index > self.skip_step else t
@@ -282,7 +338,7 @@ class OfficialEager:
             for i, model_log_prob in enumerate(model_log_probs[:-1]):
                 log_true_prob = self.q_posterior(log_x_start=log_x_start, log_x_t=log_zs[i], t=ts[i])
                 vlb.append(-self.multinomial_kl(log_true_prob, model_log_prob).sum(1, keepdim=True))
-            log_probs = model_log_probs[-1].permute(0, 2, 1).double()
+            log_probs = model_log_probs[-1].permute(0, 2, 1)
             target = F.one_hot(x_start, num_classes=self.num_classes)
             rewards = (log_probs * target).sum(-1).sum(-1) + torch.cat(vlb, dim=1).sum(dim=1)
         return rewards.float()
@@ -343,13 +399,15 @@ def synthetic_episode(T: int, size: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Diffusion Reward speed: ours vs the official eager computation")
+    ap = argparse.ArgumentParser(description="Diffusion Reward speed: ours vs the official computation")
     ap.add_argument("--frames", type=int, default=100, help="episode length T")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="T = 12, 1 repeat (smoke run)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda' (models and frames on the GPU)")
+    ap.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="also time DiffusionRewardConfig(compute_dtype=...) when not float32 (default: float32)")
     args = ap.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = 12, 1
@@ -370,52 +428,63 @@ def main(argv=None) -> int:
     torch.manual_seed(0)  # models are built on the CPU (same weights on every device), then moved
     codec = VQGAN(VQGANConfig.paper()).eval().to(dev)
     video = ConditionalVQDiffusion(VQDiffusionConfig.paper()).eval().to(dev)
-    reward = DiffusionReward(codec, video, DiffusionRewardConfig(batch_size=max(args.frames, 1))).to(dev)
-    reward.statistics.copy_(torch.tensor([-300.0, 30.0, 1.0], dtype=torch.float64, device=dev))
-    official = OfficialEager(reward)
-    frames = synthetic_episode(args.frames).to(dev)  # uint8 frames on the device before any timing
     T = args.frames
-    print(f"paper-sized models: VQGAN {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M params, "
-          f"VQ-Diffusion {sum(p.numel() for p in video.parameters()) / 1e6:.1f} M params; T = {T} frames, "
-          f"{len(video.schedule.fast_levels(reward.config.skip_step))} denoising calls, "
+    rewards = {"ours": DiffusionReward(codec, video, DiffusionRewardConfig(batch_size=max(T, 1))).to(dev)}
+    if args.compute_dtype != "float32":
+        rewards["ours_" + args.compute_dtype] = DiffusionReward(codec, video, DiffusionRewardConfig(
+            batch_size=max(T, 1), compute_dtype=args.compute_dtype)).to(dev)
+    for r in rewards.values():
+        r.statistics.copy_(torch.tensor([-300.0, 30.0, 1.0], dtype=torch.float64, device=dev))
+    reward = rewards["ours"]
+    official = OfficialEager(reward)
+    frames = synthetic_episode(T).to(dev)  # uint8 frames on the device before any timing
+    n_codec, n_video = (sum(p.numel() for p in m.parameters()) for m in (codec, video))
+    print(f"official Meta-World models: VQGAN {n_codec / 1e6:.1f} M params, VQ-Diffusion {n_video / 1e6:.1f} M "
+          f"params; T = {T} frames, {len(video.schedule.fast_levels(reward.config.skip_step))} denoising calls, "
           f"{torch.get_num_threads()} threads; device {dev} ({device_name})", flush=True)
 
-    # sanity: the official-style network path computes the same logits as ours (same weights)
+    # sanity: the official network path computes the same logits as ours (same weights)
     with torch.no_grad():
         tok = reward.tokenize(frames[:4])
         hist = tok[window_indices(4, torch.arange(4, device=tok.device), 2)]
         x = torch.randint(0, video.num_codes + 1, (4, video.config.tokens_per_frame), device=dev)
         a = video(x, 50, video.encode_context(hist))
-        b = official.transformer(x, hist, torch.full((4,), 49, device=dev)).permute(0, 2, 1)
-        logits_diff = float((a - b).abs().max())
-    print(f"check: max |logits ours − official-style| = {logits_diff:.2e}", flush=True)
+        b = official.transformer(x, official.condition_embedding(hist), torch.full((4,), 49, device=dev))
+        logits_diff = float((a - b.permute(0, 2, 1)).abs().max())
+        tokens_equal = bool(torch.equal(official.encode(frames[:4]), tok))
+    print(f"check: max |logits ours − official| = {logits_diff:.2e}; VQGAN tokens equal: {tokens_equal}", flush=True)
 
     # instrumented breakdowns (also the warm-up)
-    tm_o, tm_u = Timer(dev), Timer(dev)
-    r_off = official(frames, tm_o)
-    r_our = ours_instrumented(reward, frames, tm_u)
-    assert r_off.shape == r_our.shape == (T,) and torch.isfinite(r_off).all() and torch.isfinite(r_our).all()
+    timers = {"official": Timer(dev), **{k: Timer(dev) for k in rewards}}
+    r_off = official(frames, timers["official"])
+    assert r_off.shape == (T,) and torch.isfinite(r_off).all()
+    for k, r in rewards.items():
+        out = ours_instrumented(r, frames, timers[k])
+        assert out.shape == (T,) and torch.isfinite(out).all()
     # end-to-end, interleaved
-    t_off, t_our = [], []
+    fns = {"official": lambda: official(frames), **{k: (lambda r=r: r(frames)) for k, r in rewards.items()}}
+    runs = {k: [] for k in fns}
     for _ in range(args.repeats):
-        t_off.append(median_time(lambda: official(frames), 1, dev)[0])
-        t_our.append(median_time(lambda: reward(frames), 1, dev)[0])
-    mo, mu = statistics.median(t_off), statistics.median(t_our)
-    ratio = mo / mu
+        for k, fn in fns.items():
+            runs[k].append(median_time(fn, 1, dev)[0])
+    med = {k: statistics.median(v) for k, v in runs.items()}
     keys = ("vqgan", "transformer", "arithmetic")
     names = {"vqgan": "VQGAN encoding", "transformer": "transformer calls (+ history enc.)",
              "arithmetic": "diffusion arithmetic"}
-    tot_o, tot_u = sum(tm_o.t.get(k, 0) for k in keys), sum(tm_u.t.get(k, 0) for k in keys)
     # seconds on the CPU; milliseconds on a GPU, where a whole episode takes a fraction of a second
     fmt = (lambda x: f"{x:>9.2f} s") if dev.type == "cpu" else (lambda x: f"{1000 * x:>8.1f} ms")
     pf = ".0f" if dev.type == "cpu" else ".2f"
-    print(f"\n{'':<36} {'official eager':>16} {'ours':>16} {'speed-up':>9}")
-    for k in keys:
-        o, u = tm_o.t.get(k, 0.0), tm_u.t.get(k, 0.0)
-        print(f"{names[k]:<36} {fmt(o)} {100 * o / tot_o:3.0f}% {fmt(u)} {100 * u / tot_u:3.0f}% "
-              f"{o / u if u > 0 else float('inf'):>8.1f}x")
-    print(f"{'end to end (median of ' + str(args.repeats) + ')':<36} {fmt(mo)}      {fmt(mu)}      {ratio:>8.2f}x")
-    print(f"per frame: official {1000 * mo / T:{pf}} ms, ours {1000 * mu / T:{pf}} ms")
+    print(f"\n{'':<36}" + "".join(f"{k:>18}" for k in fns) + "   speed-up vs official")
+    for key in keys:
+        vals = {k: tm.t.get(key, 0.0) for k, tm in timers.items()}
+        tot = {k: sum(tm.t.get(kk, 0.0) for kk in keys) for k, tm in timers.items()}
+        cells = "".join(f"{fmt(vals[k])} {100 * vals[k] / tot[k]:3.0f}%" for k in fns)
+        ups = "  ".join(f"{vals['official'] / vals[k]:.1f}x" if vals[k] > 0 else "-" for k in rewards)
+        print(f"{names[key]:<36}{cells}   {ups}")
+    cells = "".join(f"{fmt(med[k])}     " for k in fns)
+    ups = "  ".join(f"{med['official'] / med[k]:.2f}x" for k in rewards)
+    print(f"{'end to end (median of ' + str(args.repeats) + ')':<36}{cells}   {ups}")
+    print("per frame: " + ", ".join(f"{k} {1000 * med[k] / T:{pf}} ms" for k in fns))
     cuda_info = {}
     if dev.type == "cuda":
         cuda_info = {"cuda": torch.version.cuda, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
@@ -426,12 +495,18 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "device": str(dev), "device_name": device_name, **cuda_info},
-        "models": {"vqgan": "VQGANConfig.paper()", "video": "VQDiffusionConfig.paper()", "weights": "random (seed 0)"},
-        "official_eager_s": mo, "ours_s": mu, "speedup": ratio, "official_runs_s": t_off, "ours_runs_s": t_our,
-        "breakdown_official_s": {k: tm_o.t.get(k, 0.0) for k in keys},
-        "breakdown_ours_s": {k: tm_u.t.get(k, 0.0) for k in keys},
-        "check_max_logit_diff": logits_diff,
+        "models": {"vqgan": "VQGANConfig.paper()", "video": "VQDiffusionConfig.paper()", "weights": "random (seed 0)",
+                   "vqgan_params": n_codec, "video_params": n_video},
+        "official_eager_s": med["official"], "ours_s": med["ours"], "speedup": med["official"] / med["ours"],
+        "official_runs_s": runs["official"], "ours_runs_s": runs["ours"],
+        "breakdown_official_s": {k: timers["official"].t.get(k, 0.0) for k in keys},
+        "breakdown_ours_s": {k: timers["ours"].t.get(k, 0.0) for k in keys},
+        "check_max_logit_diff": logits_diff, "check_vqgan_tokens_equal": tokens_equal,
     }
+    for k in rewards:
+        if k != "ours":
+            out.update({f"{k}_s": med[k], f"speedup_{k}": med["official"] / med[k], f"{k}_runs_s": runs[k],
+                        f"breakdown_{k}_s": {kk: timers[k].t.get(kk, 0.0) for kk in keys}})
     if args.json:
         import os
 

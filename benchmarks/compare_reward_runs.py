@@ -36,7 +36,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_diffusion_reward_quality import score_task, summarise  # noqa: E402
-from select_progress_scale import METRICS, episode_index  # noqa: E402
+from select_progress_scale import METRICS as NOISE_METRICS, episode_index  # noqa: E402
+
+# pooled summary metrics: the noise / success / expert figures, time reversal and the exploit checks
+METRICS = NOISE_METRICS + ("forward_vs_reversed_auc_mean", "random_vs_frozen_start_auc_mean", "random_vs_hover_auc_mean")
 
 
 def load_set(spec: str) -> dict:
@@ -127,15 +130,19 @@ def main(argv=None) -> int:
 
     n_eps = sum(len(s["episodes"]) for s in sets)
     print(f"{len(sets)} evaluation sets, {n_eps} episodes: " + ", ".join(f"{s['spec']} ({len(s['episodes'])})" for s in sets))
-    print(f"{'method':<34} {'ρ mean':>7} {'worst':>7} {'succ AUC':>9} {'exp/rnd':>8} {'held-out ρ':>11} {'held-out e/r':>13}")
+    print(f"{'method':<40} {'ρ mean':>7} {'worst':>7} {'succ AUC':>9} {'exp/rnd':>8} {'held-out ρ':>11} {'held-out e/r':>13} "
+          f"{'fwd>rev':>8} {'rnd>frozen':>11} {'rnd>hover':>10} (train / held-out)")
     report = {}
     for m in methods:
         tr, ho = pooled(sets, m, "train_tasks"), pooled(sets, m, "heldout_tasks")
         per_set = [set_summary(s["episodes"], m, s["train_tasks"])["spearman_noise_mean"] for s in sets]
         report[m] = {"train_tasks": tr, "heldout_tasks": ho, "spearman_noise_mean_per_set": per_set}
-        print(f"{m:<34} {tr['spearman_noise_mean']:7.3f} {tr['spearman_noise_max']:7.3f} {tr['success_auc_mean']:9.3f} "
+        both = lambda k: f"{tr.get(k, np.nan):.2f}/{ho.get(k, np.nan):.2f}"
+        print(f"{m:<40} {tr['spearman_noise_mean']:7.3f} {tr['spearman_noise_max']:7.3f} {tr['success_auc_mean']:9.3f} "
               f"{tr['expert_vs_random_auc_mean']:8.3f} {ho.get('spearman_noise_mean', np.nan):11.3f} "
-              f"{ho.get('expert_vs_random_auc_mean', np.nan):13.3f}   per set ρ " + " ".join(f"{r:.3f}" for r in per_set))
+              f"{ho.get('expert_vs_random_auc_mean', np.nan):13.3f} {both('forward_vs_reversed_auc_mean'):>8} "
+              f"{both('random_vs_frozen_start_auc_mean'):>11} {both('random_vs_hover_auc_mean'):>10}"
+              "   per set ρ " + " ".join(f"{r:.3f}" for r in per_set))
 
     boot = {}
     if args.bootstrap > 0:

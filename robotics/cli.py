@@ -1,5 +1,6 @@
 """``mmreward robotics <verb>``: collect episodes, import videos, list tasks, summarise a folder,
-train and apply Diffusion Reward models, and train DrQ-v2 agents with them.
+train and apply Diffusion Reward models, train DrQ-v2 agents with them, and train state-based Adroit
+experts (SAC) for collection.
 
     mmreward robotics collect --tasks door-open-v3,drawer-open-v3 --episodes 10 --policy noisy \\
         --noise 0.3 --size 64 --action-repeat 2 --out data/mw --seed 0
@@ -16,6 +17,8 @@ train and apply Diffusion Reward models, and train DrQ-v2 agents with them.
     mmreward robotics score clip.mp4            # the shipped Meta-World checkpoint
 
     mmreward robotics train-rl --task metaworld/drawer-open-v3 --reward diffusion --out runs/rl
+    mmreward robotics train-expert --task adroit-door --out runs/expert-door --steps 1000000
+    mmreward robotics collect --tasks adroit-door --policy expert --expert-model runs/expert-door/model
 
 Every command has the same flags for the same settings: ``--model`` (a reward-model folder or a
 shipped name), ``--data`` (episode folders, comma-separated), ``--out``, ``--seed`` (python, numpy and
@@ -24,7 +27,8 @@ torch are seeded with it before any model is built, so equal seeds give bit-iden
 ``--progress / --no-progress``. Options of the dataclass configs are generated from them
 (:func:`mmreward.core.cli_config.add_config_options`), one flag per field: :class:`CollectConfig`,
 :class:`ImportConfig`, :class:`VQGANTrainConfig`, :class:`VideoTrainConfig`,
-:class:`DiffusionRewardConfig`, :class:`RLConfig`, :class:`DrQV2Config`. Errors are one line on
+:class:`DiffusionRewardConfig`, :class:`RLConfig`, :class:`DrQV2Config`, :class:`ExpertConfig`,
+:class:`SACConfig`. Errors are one line on
 stderr naming the file / field / device, exit status 2 (:func:`mmreward.core.cli_config.run_cli`).
 """
 from __future__ import annotations
@@ -349,6 +353,17 @@ def _train_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_expert(args: argparse.Namespace) -> int:
+    from .rl.expert import ExpertConfig, train_expert
+    from .rl.sac import SACConfig
+
+    device = _prepare(args)
+    summary = train_expert(config_from_args(ExpertConfig, args, device=str(device)), config_from_args(SACConfig, args))
+    print(json.dumps({k: summary[k] for k in ("steps", "frames", "episodes", "success_rate", "episode_return", "best",
+                                              "steps_per_second")}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
@@ -473,13 +488,17 @@ def _add_model_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .collect import CollectConfig, ImportConfig
+    from .envs.adroit import STATE_REWARDS
     from .envs.base import FLIPS
     from .rl.drqv2 import DrQV2Config
+    from .rl.expert import ExpertConfig
+    from .rl.sac import SACConfig
     from .rl.workspace import RLConfig
 
     parser = CLIParser(prog="mmreward robotics",
                        description="robot-learning data (collect, import, inspect), Diffusion Reward models "
-                                   "(train, score) and visual RL with learned rewards (train-rl)")
+                                   "(train, score), visual RL with learned rewards (train-rl) and state-based "
+                                   "Adroit experts (train-expert)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
 
     p = sub.add_parser("collect", help="collect expert / noisy / random episodes (Meta-World, Adroit)",
@@ -519,6 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p.add_argument_group("agent (DrQV2Config)"), DrQV2Config)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_train_rl)
+
+    p = sub.add_parser("train-expert", help="train a state-based Adroit expert with SAC (for collect --policy expert)",
+                       description="SAC on an Adroit task's state observations and dense reward; logs (CSV + "
+                                   "TensorBoard), curves, snapshots and the best policy (OUT/model, for collect "
+                                   "--policy expert --expert-model OUT/model) go to --out. A run whose --out holds a "
+                                   "snapshot continues from it (--no-resume: refuse instead).")
+    add_config_options(p.add_argument_group("run (ExpertConfig)"), ExpertConfig, choices={"reward": STATE_REWARDS})
+    add_config_options(p.add_argument_group("agent (SACConfig)"), SACConfig)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(run=_train_expert)
     return parser
 
 

@@ -1,10 +1,12 @@
-"""Collect pixel episodes: Meta-World scripted experts, noisy experts and random policies, plus
-imported demonstration videos — all into one episode-folder format (see
+"""Collect pixel episodes: Meta-World scripted experts, trained Adroit experts, noisy experts and
+random policies, plus imported demonstration videos — all into one episode-folder format (see
 :mod:`mmreward.robotics.data.episodes`).
 
 Policies:
 
-* ``expert``: the task's scripted policy from ``metaworld.policies``;
+* ``expert``: the task's scripted policy from ``metaworld.policies``; for Adroit, a state-based policy
+  trained with ``mmreward robotics train-expert`` (``expert_model``: its ``model/`` folder), acting on
+  the environment's state observation while the frames are rendered as for any policy;
 * ``noisy``: the expert's action plus Gaussian noise of standard deviation ``noise``, clipped to the
   action space (``noise`` in {0, 0.3, 0.6, 1.0} gives the reward-evaluation ladder);
 * ``random``: actions uniform over the action space.
@@ -20,7 +22,7 @@ import re
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -37,11 +39,13 @@ def _help(text: str, **kw) -> Any:
 class CollectConfig:
     """Arguments of :func:`collect_episodes`; the CLI's options are generated from these fields."""
 
-    tasks: list = _help("task ids, e.g. door-open-v3,drawer-open-v3 (Meta-World) or adroit-door (random only)",
+    tasks: list = _help("task ids, e.g. door-open-v3,drawer-open-v3 (Meta-World) or adroit-door",
                         default_factory=lambda: ["door-open-v3"])
     out: str = _help("output folder (episode .npz files + manifest.json)", default="episodes")
     episodes: int = _help("episodes per task", default=10)
     policy: str = _help("expert | noisy | random", default="expert")
+    expert_model: Optional[str] = _help("Adroit: the trained expert that acts for --policy expert / noisy "
+                                        "(train-expert's OUT/model)", default=None)
     noise: float = _help("std of the Gaussian noise added to expert actions (policy noisy)", default=0.0)
     size: int = _help("frame height and width in pixels", default=64)
     camera: Optional[str] = _help("camera name (default: corner for Meta-World, vil_camera for Adroit)", default=None)
@@ -105,8 +109,10 @@ def _policy_rng(seed: int, index: int, task: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), zlib.crc32(task.encode())])
 
 
-def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Generator) -> Episode:
-    """One episode in ``env`` (a :class:`~mmreward.robotics.envs.PixelEnv`), reset with ``seed``."""
+def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Generator,
+                expert: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Episode:
+    """One episode in ``env`` (a :class:`~mmreward.robotics.envs.PixelEnv`), reset with ``seed``.
+    ``expert`` maps the state observation to an action (default: the env's scripted expert)."""
     low = np.asarray(env.action_space.low, dtype=np.float32)
     high = np.asarray(env.action_space.high, dtype=np.float32)
     obs, frame = env.reset(seed=seed)
@@ -115,7 +121,7 @@ def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Gen
         if policy == "random":
             action = rng.uniform(low, high).astype(np.float32)
         else:
-            action = env.expert_action(obs)
+            action = (expert or env.expert_action)(obs)
             if policy == "noisy" and noise > 0:
                 action = action + noise * rng.standard_normal(action.shape).astype(np.float32)
             action = np.clip(action, low, high).astype(np.float32)
@@ -144,17 +150,51 @@ def _check(policy: str, noise: float, episodes: int, seed: int) -> None:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
 
 
+def _trained_experts(tasks: Sequence[str], policy: str, expert_model: Optional[str],
+                     action_repeat: int) -> dict[str, tuple[Any, str]]:
+    """``{adroit task: (StatePolicy, its absolute folder)}`` for the tasks whose expert is a trained
+    policy, loaded and checked (task, action repeat) before any episode is collected."""
+    from .envs import suite_of
+
+    adroit = [t for t in tasks if suite_of(t) == "adroit"]
+    if policy == "random" or not adroit:
+        if expert_model is not None:
+            raise ValueError("--expert-model applies to Adroit tasks with --policy expert or noisy "
+                             f"(got policy {policy!r}, tasks {', '.join(tasks)})")
+        return {}
+    if expert_model is None:
+        t = adroit[0]
+        raise ValueError(f"no scripted expert ships for {t}: train one with `mmreward robotics train-expert --task "
+                         f"{t} --out runs/expert-{t.removeprefix('adroit-')}` and pass --expert-model "
+                         f"runs/expert-{t.removeprefix('adroit-')}/model (or use --policy random)")
+    from .rl.policy import StatePolicy
+
+    folder = expert_model
+    if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(os.path.join(folder, "model",
+                                                                                              "config.json")):
+        folder = os.path.join(folder, "model")  # a train-expert run folder
+    expert = StatePolicy.from_pretrained(folder)
+    for task in adroit:
+        if expert.config.task != task:
+            raise ValueError(f"the expert in {expert_model} was trained on {expert.config.task}, not {task}: collect "
+                             "one Adroit task per expert model")
+    if expert.config.action_repeat != action_repeat:
+        raise ValueError(f"the expert in {expert_model} acts with action repeat {expert.config.action_repeat}: "
+                         f"collect with --action-repeat {expert.config.action_repeat} (got {action_repeat})")
+    return {task: (expert, os.path.abspath(folder)) for task in adroit}
+
+
 def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = "episodes", *, episodes: int = 10,
-                     policy: str = "expert", noise: float = 0.0, size: Any = 64, camera: Optional[str] = None,
-                     action_repeat: int = 2, seed: int = 0, max_steps: Optional[int] = None, flip: str = "auto",
-                     progress: bool = True) -> CollectSummary:
+                     policy: str = "expert", expert_model: Optional[str] = None, noise: float = 0.0, size: Any = 64,
+                     camera: Optional[str] = None, action_repeat: int = 2, seed: int = 0,
+                     max_steps: Optional[int] = None, flip: str = "auto", progress: bool = True) -> CollectSummary:
     """Collect ``episodes`` episodes per task into ``out`` and update its manifest.
 
     Each episode file is written atomically as soon as it is finished and the manifest is updated
     after each task, so an interrupted run keeps everything it finished. Returns a summary (episodes,
     successes, frames, seconds, per-task successes).
     """
-    from .envs import make_env, resolve_task, suite_of
+    from .envs import make_env, resolve_task
 
     if isinstance(tasks, str):
         tasks = [t for t in re.split(r"[,\s]+", tasks) if t]
@@ -162,10 +202,7 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
     resolved = [resolve_task(t) for t in tasks]  # unknown ids fail before any work
     if not resolved:
         raise ValueError("no tasks given")
-    for task in resolved:
-        if policy != "random" and suite_of(task) == "adroit":
-            raise ValueError(f"no scripted expert ships for {task}; use --policy random, or import your "
-                             "demonstration videos with `mmreward robotics import-videos`")
+    experts = _trained_experts(resolved, policy, expert_model, action_repeat)
     from tqdm.auto import tqdm
 
     os.makedirs(out, exist_ok=True)
@@ -175,18 +212,21 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
     try:
         for task in resolved:
             entries, wins = [], 0
+            expert, expert_folder = experts.get(task, (None, None))
+            expert_meta = {} if expert is None else {"expert_model": expert_folder}
             env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=seed,
                            max_steps=max_steps, flip=flip)
             try:
                 for i in range(episodes):
                     ep_seed = seed + i
                     ep = run_episode(env, policy=policy, noise=float(noise), seed=ep_seed,
-                                     rng=_policy_rng(seed, i, task))
+                                     rng=_policy_rng(seed, i, task), expert=None if expert is None else expert.act)
                     name = episode_file(task, policy, float(noise), seed, i)
                     save_episode(os.path.join(out, name), ep)
                     entries.append(episode_entry(
                         name, ep, task=task, suite=env.suite, policy=policy, noise=float(noise), seed=ep_seed,
                         base_seed=seed, index=i, camera=env.camera, flip=env.flip, action_repeat=env.action_repeat,
+                        **expert_meta,
                     ))
                     wins += int(ep.succeeded)
                     total_frames += ep.frames.shape[0]

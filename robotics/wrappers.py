@@ -181,10 +181,13 @@ class DiffusionRewardWrapper(gym.Wrapper):
     @torch.no_grad()
     def current_reward(self, success: Optional[bool] = None) -> float:
         """Reward of the newest frame given the frames before it in this episode."""
+        model = self.reward_model
         tok = torch.stack(list(self._tokens))
-        raw = self.reward_model.raw_reward_windows(tok, torch.tensor([tok.shape[0] - 1]))
+        newest = torch.tensor([tok.shape[0] - 1])
+        raw = model.raw_reward_windows(tok, newest)
+        change = model.change_windows(tok, newest) if model.config.motion_scale > 0 else None
         s = None if success is None else torch.tensor([float(success)])
-        return float(self.reward_model.combine(raw, self._frames[-1], s)[0])
+        return float(model.combine(raw, self._frames[-1], s, change)[0])
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)

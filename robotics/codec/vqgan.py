@@ -1,7 +1,13 @@
 """VQGAN frame codec of Diffusion Reward: 64×64 RGB frames ↔ an 8×8 grid of codebook tokens.
 
 * Encoder / decoder: conv + residual blocks (GroupNorm, SiLU), ``len(channels) − 1`` stride-2
-  downsamplings (64 → 8 with 4 levels), an optional self-attention block at the bottleneck.
+  downsamplings (64 → 8 with 4 levels), an optional self-attention block at the bottleneck and
+  after every residual block at the resolutions in ``attn_resolutions``. ``layout="mmreward"``
+  (default): the encoder has ``len(channels)`` levels of residual blocks at widths ``channels``,
+  downsampling by a padded stride-2 conv; ``layout="official"`` (the VQGAN Diffusion Reward
+  uses): ``len(channels) − 1`` levels at widths ``channels[1:]``, each ending in a downsampling by
+  right / bottom zero padding and an unpadded stride-2 conv. The decoders are the same in both.
+  :meth:`VQGANConfig.paper` is the official model (20 481 219 parameters).
 * Vector quantiser: nearest code in a ``num_codes × latent_dim`` codebook, either an EMA codebook
   (``quantizer="ema"``, commitment ``β·‖z − sg(e)‖²``) or straight-through with codebook +
   commitment losses (``"st"``, ``‖sg(z) − e‖² + β‖z − sg(e)‖²``, β = 0.25; the official MiniVQGAN
@@ -49,13 +55,16 @@ class VQGANConfig:
     quantizer: str = "ema"  # 'ema' (EMA codebook) or 'st' (straight-through + codebook loss)
     ema_decay: float = 0.99  # decay of the EMA codebook and of the usage statistics
     dead_code_threshold: float = 0.03  # restart codes used less than this × uniform usage (0 = never)
+    attn_resolutions: tuple = ()  # resolutions (px) at which every residual block is followed by self-attention
+    layout: str = "mmreward"  # encoder levels: 'mmreward' | 'official' (module docstring)
 
     @classmethod
     def paper(cls, **overrides) -> "VQGANConfig":
-        """Official sizes: channels (128, 128, 256, 256), 2 res blocks, attention, 64-d codes,
-        1024 codes, straight-through quantiser with β = 0.25."""
+        """The official model: official layout, channels (128, 128, 256, 256), 2 res blocks,
+        attention at the bottleneck and at 16×16, 64-d codes, 1024 codes, straight-through quantiser
+        with β = 0.25."""
         base = dict(channels=(128, 128, 256, 256), num_res_blocks=2, attention=True, latent_dim=64,
-                    num_codes=1024, quantizer="st")
+                    num_codes=1024, quantizer="st", attn_resolutions=(16,), layout="official")
         base.update(overrides)
         return cls(**base)
 
@@ -64,6 +73,10 @@ class VQGANConfig:
         return self.image_size // 2 ** (len(self.channels) - 1)
 
     def validate(self) -> None:
+        if self.layout not in ("mmreward", "official"):
+            raise ValueError(f"layout must be 'mmreward' or 'official', got {self.layout!r}")
+        if self.layout == "official" and len(self.channels) < 2:
+            raise ValueError("layout 'official' needs at least 2 channel widths")
         if self.quantizer not in ("ema", "st"):
             raise ValueError(f"quantizer must be 'ema' or 'st', got {self.quantizer!r}")
         if len(self.channels) < 1 or self.image_size % 2 ** (len(self.channels) - 1):
@@ -101,19 +114,51 @@ class AttnBlock(nn.Module):
         return x + self.out(a.transpose(1, 2).reshape(B, C, H, W))
 
 
+class PadDownsample(nn.Module):
+    """Stride-2 3×3 conv after one row / column of zeros on the right and bottom (official layout)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+def _res_level(cfg: VQGANConfig, cin: int, cout: int, resolution: int) -> list[nn.Module]:
+    """``num_res_blocks`` residual blocks ``cin → cout``, each followed by self-attention when
+    ``resolution`` is in ``attn_resolutions``."""
+    layers: list[nn.Module] = []
+    for _ in range(cfg.num_res_blocks):
+        layers.append(ResBlock(cin, cout))
+        cin = cout
+        if resolution in cfg.attn_resolutions:
+            layers.append(AttnBlock(cout))
+    return layers
+
+
+def _bottleneck(cfg: VQGANConfig, ch: int) -> list[nn.Module]:
+    return [ResBlock(ch, ch)] + ([AttnBlock(ch)] if cfg.attention else []) + [ResBlock(ch, ch)]
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
         ch = list(cfg.channels)
         layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
-        cin = ch[0]
-        for i, c in enumerate(ch):
-            for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(cin, c))
+        cin, res = ch[0], cfg.image_size
+        if cfg.layout == "official":  # levels at widths ch[1:], each one downsampling
+            for c in ch[1:]:
+                layers += _res_level(cfg, cin, c, res) + [PadDownsample(c)]
+                cin, res = c, res // 2
+        else:
+            for i, c in enumerate(ch):
+                layers += _res_level(cfg, cin, c, res)
                 cin = c
-            if i < len(ch) - 1:
-                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        layers += [ResBlock(cin, cin)] + ([AttnBlock(cin)] if cfg.attention else []) + [ResBlock(cin, cin)]
+                if i < len(ch) - 1:
+                    layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                    res //= 2
+        layers += _bottleneck(cfg, cin)
         layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, cfg.latent_dim, 3, padding=1),
                    nn.Conv2d(cfg.latent_dim, cfg.latent_dim, 1)]
         self.net = nn.Sequential(*layers)
@@ -126,16 +171,15 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
         ch = list(cfg.channels)[::-1]
-        cin = ch[0]
+        cin, res = ch[0], cfg.latent_size
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, cfg.latent_dim, 1),
-                                   nn.Conv2d(cfg.latent_dim, cin, 3, padding=1), ResBlock(cin, cin)]
-        layers += ([AttnBlock(cin)] if cfg.attention else []) + [ResBlock(cin, cin)]
+                                   nn.Conv2d(cfg.latent_dim, cin, 3, padding=1)] + _bottleneck(cfg, cin)
         for i, c in enumerate(ch):
-            for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(cin, c))
-                cin = c
+            layers += _res_level(cfg, cin, c, res)
+            cin = c
             if i < len(ch) - 1:
                 layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+                res *= 2
         layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -164,8 +208,11 @@ class VectorQuantizer(nn.Module):
         self._last_z: Optional[torch.Tensor] = None
 
     def codes(self, z_flat: torch.Tensor) -> torch.Tensor:
-        e = self.embedding
-        d = z_flat.pow(2).sum(1, keepdim=True) - 2 * z_flat @ e.t() + e.pow(2).sum(1)[None]
+        """Nearest code of each row of ``z_flat`` ``[N, D]``; distances in float32 even under a
+        bfloat16 autocast (near-ties between codes are common)."""
+        with torch.autocast(z_flat.device.type, enabled=False):
+            z, e = z_flat.float(), self.embedding.float()
+            d = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(1)[None]
         return d.argmin(1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,7 +323,8 @@ class VQGAN(Pretrained, nn.Module):
         x = frames_to_float(frames, self.config.image_size)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            z = self.encoder(x[i:i + batch_size].to(self.device))
+            # channels-last: oneDNN's faster conv layout on CPU (float32 either way)
+            z = self.encoder(x[i:i + batch_size].to(self.device).contiguous(memory_format=torch.channels_last))
             B, D, h, w = z.shape
             out.append(self.quantizer.codes(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w))
         return torch.cat(out)

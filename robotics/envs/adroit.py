@@ -6,19 +6,21 @@ Task ids: ``adroit-door``, ``adroit-hammer``, ``adroit-pen``, ``adroit-relocate`
 table, hand and object for all four tasks (``fixed`` is closer and crops the door / hammer nail).
 
 No scripted expert ships for Adroit and the original demonstrations are not part of any package, so
-expert data comes from **your own videos**: ``mmreward robotics import-videos demos/adroit-door --task
-adroit-door --out data/adroit`` (:func:`mmreward.robotics.collect.import_videos` describes the layout).
-Random-policy episodes can be collected directly (``mmreward robotics collect --tasks adroit-door
---policy random``).
+expert data comes from a **state-based expert you train** (``mmreward robotics train-expert --task
+adroit-door --out runs/expert-door``, SAC on :class:`AdroitStateEnv`; then ``collect --policy expert
+--expert-model runs/expert-door/model``) or from **your own videos**: ``mmreward robotics
+import-videos demos/adroit-door --task adroit-door --out data/adroit``
+(:func:`mmreward.robotics.collect.import_videos` describes the layout). Random-policy episodes can be
+collected directly (``mmreward robotics collect --tasks adroit-door --policy random``).
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from .base import PixelEnv, setup_mujoco_gl
+from .base import PixelEnv, repeat_action, setup_mujoco_gl
 
 TASKS = {
     "adroit-door": "AdroitHandDoor-v1",
@@ -95,3 +97,109 @@ class AdroitEnv(PixelEnv):
     def _reseed(self, seed: int):
         return self.env.reset(seed=seed)
 
+
+
+STATE_REWARDS = ("dense", "dapg")
+
+
+def approach_distance(env: Any, task: str) -> Optional[float]:
+    """‖palm − object‖ of the dense reward's approach term (the door handle, the hammer, the ball);
+    None for the pen, whose reward has no such term. ``env`` is the unwrapped Gymnasium env."""
+    d = env.data
+    if task == "adroit-door":
+        palm, target = d.site_xpos[env.grasp_site_id], d.site_xpos[env.handle_site_id]
+    elif task in ("adroit-hammer", "adroit-relocate"):
+        palm, target = d.site_xpos[env.S_grasp_site_id], d.xpos[env.obj_body_id]
+    else:
+        return None
+    return float(np.linalg.norm(palm - target))
+
+
+class _DAPGReward:
+    """Gymnasium-Robotics' ``AdroitHand{Door,Hammer,Relocate}-v1`` (up to 1.4.2) pay the approach
+    term as ``+0.1·‖palm − object‖``, rewarding the hand for staying away; DAPG's reward, which these
+    environments port, pays ``−0.1·‖palm − object‖``. This wrapper subtracts ``0.2·‖palm − object‖``
+    from each step's reward, which gives DAPG's sign."""
+
+    def __init__(self, env: Any, task: str):
+        self.env, self.task = env, task
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward - 0.2 * approach_distance(self.env.unwrapped, self.task), terminated, truncated, info
+
+
+class StateStep(NamedTuple):
+    """One agent step of a state environment (after action repeat)."""
+
+    obs: np.ndarray  # (obs_dim,) float32
+    reward: float  # summed over the repeated steps
+    success: bool  # info["success"] at any of the repeated steps
+    terminal: bool  # the task ended the episode (no bootstrapping); Adroit tasks never do
+    done: bool  # terminal, or the time limit / step budget is reached
+
+
+class AdroitStateEnv:
+    """One Adroit task with its state observation (hand joint angles + object / target positions,
+    Gymnasium's ``_get_obs``) and no renderer: thousands of steps per second on one core, for
+    state-based RL. Dense reward (the environment's own), success = ``info["success"]``.
+
+    Actions are in ``[-1, 1]^A``: Adroit's own action space, mapped by the task onto the actuator
+    ranges. ``max_steps`` counts agent steps (each ``action_repeat`` environment steps), as in
+    :class:`~mmreward.robotics.envs.base.PixelEnv`; episodes are reproducible per reset seed.
+
+    ``reward``: ``"dense"``, the installed environment's reward, or ``"dapg"``, the same with the
+    approach term's sign of DAPG's reward (door, hammer, relocate; the pen's is unchanged; see
+    :class:`_DAPGReward`).
+    """
+
+    suite = "adroit"
+
+    def __init__(self, task: str, *, action_repeat: int = 1, max_steps: Optional[int] = None,
+                 reward: str = "dense"):
+        self.env = None
+        if reward not in STATE_REWARDS:
+            raise ValueError(f"unknown Adroit reward {reward!r}; choose from {', '.join(STATE_REWARDS)}")
+        if action_repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        gym = _import_robotics()
+        self.task = resolve_task(task)
+        self.env = gym.make(TASKS[self.task], disable_env_checker=True)
+        self.reward = reward
+        self._stepper = _DAPGReward(self.env, self.task) if reward == "dapg" else self.env
+        box = self.env.action_space
+        if not (np.all(box.low == -1.0) and np.all(box.high == 1.0)):  # the policy's tanh range is the env's
+            raise ValueError(f"{self.task}: expected the action space [-1, 1]^A, got "
+                             f"[{box.low.min()}, {box.high.max()}]")
+        self.action_repeat = int(action_repeat)
+        limit = (self.env.spec.max_episode_steps or EPISODE_STEPS) // self.action_repeat
+        self.max_steps = limit if max_steps is None else min(int(max_steps), limit)
+        self.obs_dim = int(np.prod(self.env.observation_space.shape))
+        self.action_dim = int(np.prod(box.shape))
+        self._t = 0
+
+    def reset(self, seed: int) -> np.ndarray:
+        obs, _ = self.env.reset(seed=int(seed))
+        self._t = 0
+        return np.asarray(obs, np.float32)
+
+    def step(self, action: np.ndarray) -> StateStep:
+        if self._t >= self.max_steps:
+            raise RuntimeError(f"episode already has {self.max_steps} steps; call reset()")
+        obs, reward, success, terminated, truncated = repeat_action(self._stepper, action, self.action_repeat)
+        self._t += 1
+        return StateStep(np.asarray(obs, np.float32), reward, success, terminated,
+                         terminated or truncated or self._t >= self.max_steps)
+
+    def close(self) -> None:
+        env, self.env = self.env, None
+        if env is not None:
+            env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

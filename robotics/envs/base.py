@@ -128,6 +128,21 @@ def parse_size(size: Any) -> tuple[int, int]:
     return h, w
 
 
+def repeat_action(env: Any, action: np.ndarray, repeat: int) -> tuple[np.ndarray, float, bool, bool, bool]:
+    """Step a Gymnasium env ``repeat`` times with one action (fewer when the episode ends first).
+    Returns the last observation, the summed reward, whether ``info["success"]`` was set at any of
+    the steps, and the last step's ``terminated`` / ``truncated``."""
+    action = np.asarray(action, dtype=np.float32)
+    total, success, terminated, truncated = 0.0, False, False, False
+    for _ in range(repeat):
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        success = success or bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    return obs, total, success, bool(terminated), bool(truncated)
+
+
 @dataclass
 class Step:
     """One agent step (after action repeat): observation, frame, summed reward, success during the
@@ -209,17 +224,9 @@ class PixelEnv:
     def step(self, action: np.ndarray) -> Step:
         if self._t >= self.max_steps:
             raise RuntimeError(f"episode already has {self.max_steps} steps; call reset()")
-        action = np.asarray(action, dtype=np.float32)
-        total, success, done = 0.0, False, False
-        for _ in range(self.action_repeat):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
-            success = success or bool(info.get("success", False))
-            if terminated or truncated:
-                done = True
-                break
+        obs, total, success, terminated, truncated = repeat_action(self.env, action, self.action_repeat)
         self._t += 1
-        done = done or self._t >= self.max_steps
+        done = terminated or truncated or self._t >= self.max_steps
         return Step(obs=obs, frame=self.render(), reward=total, success=success, done=done)
 
     def expert_action(self, obs: np.ndarray) -> np.ndarray:

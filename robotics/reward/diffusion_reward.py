@@ -29,6 +29,14 @@ frame under a conditional VQ-Diffusion model of expert videos.
    ``r = (1 − α)·(z(r_ce) + β·z(progress)) + α·r_RND + r_sparse``. The likelihood terms score
    plausibility, so holding still is paid like progress; the ranker pays for getting further.
 
+   Optional (not in the paper): the **motion deficit** ``D_i = max(0, E_i − O_i) / max(E_i, 1)``
+   (the share of the expected change that did not happen) subtracts ``λ·D_i / s_D`` from the learned
+   term (λ = ``motion_scale``). ``E_i`` is the number of tokens the video model expects frame i to
+   change against its last history frame (from its all-mask prediction ``p_θ(x0 | history)``:
+   ``Σ_l 1 − p_l(h_l)``), ``O_i`` the number that did change, ``s_D`` the std of
+   ``(E − O) / max(E, 1)`` on expert frames. Where the expert moves, a robot that stays put pays; where
+   the expert holds still (a finished task), it does not; moving more than expected costs nothing here.
+
 The model contract (:class:`~mmreward.robotics.reward.base.EpisodeScorer`): ``score_parts`` on
 :class:`~mmreward.core.inputs.Episode` inputs gives exactly these per-frame rewards, ``score`` their
 sum per episode. A saved folder holds ``codec/``, ``video/`` and, when present, ``rnd/`` and
@@ -42,6 +50,7 @@ same frames always get the same rewards (``seed=None`` draws from the global RNG
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -81,10 +90,15 @@ class DiffusionRewardConfig:
     expl_scale: float = help_field("α: weight of the RND bonus, (1 − α) for the diffusion reward", default=0.95)
     progress_scale: float = help_field("β: weight of the progress ranker's z-score (with a ranker only)",
                                        default=1.0)
+    motion_scale: float = help_field("λ: weight of the motion deficit (tokens the video model expects to change "
+                                     "that did not, in expert std units; 0: off)", default=0.0)
     use_sparse: bool = help_field("add the per-frame success reward given with the frames", default=True)
     success_scale: float = help_field("weight of that success reward (official 1)", default=1.0)
     batch_size: int = help_field("windows per video-model batch (the chain noise is drawn per batch)", default=64)
     seed: Optional[int] = help_field("seed of the chain noise per call (none: the global RNG)", default=0)
+    compute_dtype: str = help_field("float32 | bfloat16: the VQGAN encoder's and the video model's matmuls / convs "
+                                    "in bfloat16 (autocast): ≈2× faster on CPUs with AVX512-BF16 / AMX, not "
+                                    "bit-identical (docs/diffusion_reward.md, Speed)", default="float32")
 
     def validate(self) -> None:
         if self.reward_type not in REWARD_TYPES:
@@ -95,12 +109,25 @@ class DiffusionRewardConfig:
             raise ValueError(f"expl_scale must be in [0, 1], got {self.expl_scale}")
         if not math.isfinite(self.progress_scale):
             raise ValueError(f"progress_scale must be a finite number, got {self.progress_scale}")
+        if not (math.isfinite(self.motion_scale) and self.motion_scale >= 0):
+            raise ValueError(f"motion_scale must be a finite number >= 0, got {self.motion_scale}")
         if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
             raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
             raise ValueError(f"clip_min must be a finite number or None, got {self.clip_min}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if self.batch_size < 1 or self.skip_step < 0 or self.num_samples < 1:
             raise ValueError("batch_size >= 1, skip_step >= 0 and num_samples >= 1 are required")
+
+
+def _in_compute_dtype(method):
+    """Run a :class:`DiffusionReward` method under its ``compute_dtype`` (a bfloat16 autocast when set)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.compute_dtype == "bfloat16"):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class DiffusionReward(EpisodeScorer, nn.Module):
@@ -133,6 +160,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             p.requires_grad_(False)
         # expert statistics of the raw reward: mean, std, number of frames (0 = not fitted)
         self.register_buffer("statistics", torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+        # expert std of the unrealised share of the expected change (E − O) / max(E, 1), frames (0 = not fitted)
+        self.register_buffer("motion_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
 
     @property
     def device(self) -> torch.device:
@@ -165,6 +194,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             return None
         return torch.Generator(self.device).manual_seed(int(self.config.seed))
 
+    @_in_compute_dtype
     def tokenize(self, frames: torch.Tensor) -> torch.Tensor:
         """Tokens ``[T, L]`` of uint8 frames ``[T, H, W, 3]`` (each frame encoded once)."""
         if not isinstance(frames, torch.Tensor):
@@ -186,6 +216,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         """:meth:`raw_reward` of an already tokenised episode ``[T, L]`` or ``[T, h, w]``."""
         return self.raw_reward_windows(tokens)
 
+    @_in_compute_dtype
     @torch.no_grad()
     def raw_reward_windows(self, tokens: torch.Tensor, frame_ids: Optional[torch.Tensor] = None, *,
                            batch_size: Optional[int] = None) -> torch.Tensor:
@@ -194,20 +225,10 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         ``"entropy"`` mode too (history i−1, i), so an online caller can score the newest frame
         from the frames seen so far (:class:`~mmreward.robotics.wrappers.DiffusionRewardWrapper`).
         ``batch_size``: windows per video-model batch (default ``config.batch_size``)."""
-        cfg, vcfg = self.config, self.video.config
+        cfg = self.config
         step = batch_size or cfg.batch_size
-        tok = self.video.flatten_tokens(tokens, "tokens", 1)
-        self.video.check_token_range(tok, "tokens")
-        if tok.shape[0] == 0:
-            raise ValueError("tokens is empty (T = 0)")
-        T = tok.shape[0]
-        frame_ids = (torch.arange(T, device=tok.device) if frame_ids is None
-                     else torch.as_tensor(frame_ids, device=tok.device).long().flatten())
-        if frame_ids.numel() and (int(frame_ids.min()) < 0 or int(frame_ids.max()) >= T):
-            raise ValueError(f"frame_ids must be in [0, {T})")
-        ends = frame_ids if cfg.reward_type == "entropy" else frame_ids - vcfg.frame_skip
-        hist = tok[window_indices(T, ends, vcfg.num_history, vcfg.frame_skip)]  # [N, H, L]
-        target = tok[frame_ids]
+        tok, frame_ids = self._check_windows(tokens, frame_ids)
+        hist, target = self._windows(tok, frame_ids, cfg.reward_type == "entropy")
         gen = self._generator()
         out = []
         for i in range(0, frame_ids.numel(), step):
@@ -225,6 +246,63 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             return torch.zeros(0, device=tok.device)
         return torch.cat(out).float()
 
+    def _check_windows(self, tokens: torch.Tensor, frame_ids: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated tokens ``[T, L]`` and frame ids ``[N]`` (default: all frames)."""
+        tok = self.video.flatten_tokens(tokens, "tokens", 1)
+        self.video.check_token_range(tok, "tokens")
+        if tok.shape[0] == 0:
+            raise ValueError("tokens is empty (T = 0)")
+        T = tok.shape[0]
+        frame_ids = (torch.arange(T, device=tok.device) if frame_ids is None
+                     else torch.as_tensor(frame_ids, device=tok.device).long().flatten())
+        if frame_ids.numel() and (int(frame_ids.min()) < 0 or int(frame_ids.max()) >= T):
+            raise ValueError(f"frame_ids must be in [0, {T})")
+        return tok, frame_ids
+
+    def _windows(self, tok: torch.Tensor, frame_ids: torch.Tensor, next_frame: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """History ``[N, H, L]`` and target ``[N, L]`` tokens of the windows of ``frame_ids``: the
+        history ends at frame i (``next_frame``: entropy of frame i + 1) or at i − skip (frame i itself)."""
+        vcfg = self.video.config
+        ends = frame_ids if next_frame else frame_ids - vcfg.frame_skip
+        return tok[window_indices(tok.shape[0], ends, vcfg.num_history, vcfg.frame_skip)], tok[frame_ids]
+
+    @_in_compute_dtype
+    @torch.no_grad()
+    def change_windows(self, tokens: torch.Tensor, frame_ids: Optional[torch.Tensor] = None, *,
+                       batch_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E, O)``, each ``[N]`` (tokens), for the frames ``frame_ids`` of a tokenised episode
+        ``[T, L]``: E the number of tokens of frame i the video model expects to differ from its last
+        history frame (i − skip), from its all-mask prediction ``Σ_l 1 − p_l(h_l)``; O the number
+        that do. One denoising call per window."""
+        tok, frame_ids = self._check_windows(tokens, frame_ids)
+        hist, target = self._windows(tok, frame_ids, next_frame=False)
+        step = batch_size or self.config.batch_size
+        last = hist[:, -1]  # (N, L)
+        expected, observed = [], []
+        for i in range(0, frame_ids.numel(), step):
+            ctx = self.video.encode_context(hist[i:i + step])
+            logits = self.video(self.video._all_mask(ctx.batch_size), self.video.config.num_steps, ctx)  # (B, L, K)
+            p_same = logits.softmax(-1).gather(-1, last[i:i + step, :, None])[..., 0]  # (B, L)
+            expected.append((1 - p_same).sum(1))
+            observed.append((target[i:i + step] != last[i:i + step]).sum(1).float())
+        if not expected:
+            return torch.zeros(0, device=tok.device), torch.zeros(0, device=tok.device)
+        return torch.cat(expected).float(), torch.cat(observed)
+
+    @staticmethod
+    def unrealised_motion(expected: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """``(E − O) / max(E, 1)``: the share of the expected token changes that did not happen
+        (negative where the frame changed more than expected)."""
+        return (expected - observed) / expected.clamp_min(1.0)
+
+    def motion_deficit(self, expected: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """``max(0, (E − O) / max(E, 1)) / s_D``: the motion deficit in expert std units."""
+        std, n = self.motion_statistics.tolist()
+        if n == 0:
+            raise RuntimeError("DiffusionReward has no motion statistics: call fit_statistics(expert_episodes) "
+                               "or set motion_scale=0")
+        return self.unrealised_motion(expected, observed).clamp_min(0) / std
+
     def standardize(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.config.use_std:
             return raw
@@ -236,34 +314,50 @@ class DiffusionReward(EpisodeScorer, nn.Module):
 
     @torch.no_grad()
     def fit_statistics(self, episodes: Any) -> dict[str, float]:
-        """Mean / std of the raw reward over expert episodes (any input
+        """Mean / std of the raw reward and std of the unrealised motion over expert episodes (any input
         :func:`~mmreward.robotics.training.episodes_from` takes); stored (and saved) with the model."""
-        raws = torch.cat([self.raw_reward(ep) for ep in episodes_from(episodes)]).double()
-        mean = float(raws.mean())
-        std = float(raws.std()) if raws.numel() > 1 else 1.0
-        std = std if std > 1e-8 and math.isfinite(std) else 1.0
+        raws, unrealised = [], []
+        for ep in episodes_from(episodes):
+            tok = self.tokenize(ep)
+            raws.append(self.raw_reward_windows(tok))
+            unrealised.append(self.unrealised_motion(*self.change_windows(tok)))
+        raws, unrealised = torch.cat(raws).double(), torch.cat(unrealised).double()
+        mean, std = float(raws.mean()), _std(raws)
         self.statistics.copy_(torch.tensor([mean, std, float(raws.numel())], dtype=torch.float64))
-        return {"mean": mean, "std": std, "frames": raws.numel()}
+        motion_std = _std(unrealised)
+        self.motion_statistics.copy_(torch.tensor([motion_std, float(unrealised.numel())], dtype=torch.float64))
+        return {"mean": mean, "std": std, "frames": raws.numel(), "motion_std": motion_std}
 
     # -------------------------------------------------------------- mixed reward
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, success: Optional[torch.Tensor] = None, *,
                 batch_size: Optional[int] = None) -> torch.Tensor:
         """Rewards ``[T]``: ``(1 − α)·z(r_ce) + α·r_RND + r_sparse`` (see the module docstring)."""
-        return self.combine(self.raw_reward(frames, batch_size), frames, success)
+        tok = self.tokenize(frames)
+        raw = self.raw_reward_windows(tok, batch_size=batch_size)
+        change = self.change_windows(tok, batch_size=batch_size) if self.config.motion_scale > 0 else None
+        return self.combine(raw, frames, success, change)
 
     def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         return self(frames.to(self.device), success, batch_size=batch_size)
 
     @torch.no_grad()
-    def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None,
+                change: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
         r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
-        attached, and that learned term bounded below by ``clip_min`` when set."""
+        attached, ``λ·deficit`` subtracted when ``motion_scale`` > 0 (``change``: the frames' expected and
+        observed token changes, :meth:`change_windows`), and that learned term bounded below by
+        ``clip_min`` when set."""
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
+        if self.config.motion_scale > 0:
+            if change is None:
+                raise ValueError("motion_scale > 0 needs the frames' expected and observed changes (change_windows)")
+            deficit = self.motion_deficit(change[0].to(z.device), change[1].to(z.device))
+            z = z - self.config.motion_scale * deficit.float()
         if self.config.clip_min is not None:  # after the progress term: far-off frames cannot profit from it
             z = z.clamp_min(self.config.clip_min)
         if self.rnd is not None:
@@ -293,16 +387,23 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             raise TypeError("DiffusionReward saves each sub-model's own weights: state_dict= is not supported")
         for name, part in self.parts().items():
             _write_part(part, os.path.join(folder, name))
-        save_weights(folder, {"statistics": self.statistics.detach().cpu().clone()})
+        save_weights(folder, {"statistics": self.statistics.detach().cpu().clone(),
+                              "motion_statistics": self.motion_statistics.detach().cpu().clone()})
         mean, std, n = self.statistics.tolist()
+        motion_std, motion_n = self.motion_statistics.tolist()
         return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None,
-                "statistics": {"mean": mean, "std": std, "frames": int(n)}}
+                "statistics": {"mean": mean, "std": std, "frames": int(n),
+                               "motion_std": motion_std, "motion_frames": int(motion_n)}}
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device) -> "DiffusionReward":
-        stats = load_weights(folder, "cpu").get("statistics")
+        weights = load_weights(folder, "cpu")
+        stats, motion_stats = weights.get("statistics"), weights.get("motion_statistics")
         if stats is None or tuple(stats.shape) != (3,):
             raise CheckpointError(f"{folder}/model.safetensors lacks the reward statistics (a 3-vector 'statistics')")
+        if motion_stats is not None and tuple(motion_stats.shape) != (2,):
+            raise CheckpointError(f"{folder}/model.safetensors: 'motion_statistics' must be a 2-vector, "
+                                  f"got shape {list(motion_stats.shape)}")
         config = config_from_dict(DiffusionRewardConfig, body.get("config", {}), MODEL_TYPE)
         try:
             config.validate()
@@ -316,7 +417,15 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                     part("rnd", RND) if body.get("has_rnd") else None,
                     part("progress", ProgressModel) if body.get("has_progress") else None)
         model.statistics.copy_(stats.double())
+        if motion_stats is not None:  # folders saved before the motion term have none (not fitted)
+            model.motion_statistics.copy_(motion_stats.double())
         return model
+
+
+def _std(x: torch.Tensor) -> float:
+    """Sample std, 1 where it is undefined or ~0 (a z-score then only shifts)."""
+    std = float(x.std()) if x.numel() > 1 else 1.0
+    return std if std > 1e-8 and math.isfinite(std) else 1.0
 
 
 def _write_part(part: Pretrained, folder: str) -> None:

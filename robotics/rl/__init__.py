@@ -1,15 +1,20 @@
 """Visual RL with learned rewards: DrQ-v2 (:mod:`.drqv2`), episode replay with episode-level reward
 relabelling (:mod:`.replay`), reward sources by name (:mod:`.rewards`), the training workspace
-(:mod:`.workspace`) and evaluation videos / curves (:mod:`.recording`).
+(:mod:`.workspace`) and evaluation videos / curves (:mod:`.recording`). State-based Adroit experts:
+SAC (:mod:`.sac`), its trainer (:mod:`.expert`) and the saved policy (:mod:`.policy`).
 
 Importing this package loads no simulator; the workspace builds environments when it starts.
 """
 from __future__ import annotations
 
 from .drqv2 import DrQV2Agent, DrQV2Config
+from .expert import ExpertConfig, train_expert
+from .policy import StatePolicy, StatePolicyConfig
 from .replay import EpisodeRecord, ReplayBuffer
 from .rewards import REWARD_SOURCES, RewardSource, make_reward_source
+from .sac import SACAgent, SACConfig
 from .workspace import RLConfig, Workspace, parse_task, train_rl
 
 __all__ = ["DrQV2Agent", "DrQV2Config", "EpisodeRecord", "ReplayBuffer", "REWARD_SOURCES", "RewardSource",
-           "make_reward_source", "RLConfig", "Workspace", "parse_task", "train_rl"]
+           "make_reward_source", "RLConfig", "Workspace", "parse_task", "train_rl", "ExpertConfig", "train_expert",
+           "StatePolicy", "StatePolicyConfig", "SACAgent", "SACConfig"]

@@ -163,13 +163,15 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        expert_data: Optional[str] = None, stats_episodes: int = 3,
                        max_steps: Optional[int] = None, rnd_update_interval: int = 100,
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
-                       success_scale: Optional[float] = None, shaping: str = "none",
+                       success_scale: Optional[float] = None, motion_scale: Optional[float] = None,
+                       shaping: str = "none",
                        discount: float = 0.99) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
     0.95 as in the paper, for ``diffusion`` / ``diffusion-likelihood``; 0.5 for ``viper``);
     ``reward_clip`` bounds their standardised term below (``DiffusionRewardConfig.clip_min``);
-    ``success_scale`` weights the success reward they add (default 1, the paper's). ``shaping="potential"``
+    ``success_scale`` weights the success reward they add (default 1, the paper's); ``motion_scale`` sets λ of
+    the motion deficit they subtract (default: the checkpoint's). ``shaping="potential"``
     pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
     γ = ``discount`` (the agent's), so that the optimal policy is the success reward's. ``checkpoint``: a
     Diffusion Reward folder (or a trainer's run folder holding one) or a shipped name; ``device`` is checked
@@ -228,8 +230,11 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         cfg.clip_min = float(reward_clip)
     if success_scale is not None:
         cfg.success_scale = float(success_scale)
+    if motion_scale is not None:
+        cfg.motion_scale = float(motion_scale)
     cfg.validate()
-    if cfg.reward_type != want or int(model.statistics[2]) == 0:
+    unfitted_motion = cfg.motion_scale > 0 and int(model.motion_statistics[1]) == 0
+    if cfg.reward_type != want or int(model.statistics[2]) == 0 or unfitted_motion:
         if want == "relative_likelihood" and cfg.reward_type != want:
             cfg.entropy_estimator = "x0_entropy"  # the lower-variance entropy term
         cfg.reward_type = want

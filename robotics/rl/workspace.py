@@ -83,6 +83,8 @@ class RLConfig:
                                          "the likelihood modes have a long lower tail)", default=None)
     success_scale: Optional[float] = _help("weight of the success reward that learned rewards add (default: 1, the "
                                            "paper's)", default=None)
+    motion_scale: Optional[float] = _help("λ of the motion deficit learned rewards subtract (default: the "
+                                          "checkpoint's; 0: off)", default=None)
     reward_shaping: str = _help("'none' (the paper's) or 'potential': learned rewards paid as γ·Φ(s') − Φ(s) + "
                                 "success, Φ = the learned reward (keeps the success reward's optimal policy)",
                                 default="none")
@@ -140,8 +142,8 @@ class Workspace:
             device=config.device, size=config.size, action_repeat=config.action_repeat,
             expert_data=config.expert_data, max_steps=config.episode_steps,
             rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale,
-            reward_clip=config.reward_clip, success_scale=config.success_scale, shaping=config.reward_shaping,
-            discount=self.agent_cfg.discount)
+            reward_clip=config.reward_clip, success_scale=config.success_scale, motion_scale=config.motion_scale,
+            shaping=config.reward_shaping, discount=self.agent_cfg.discount)
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0

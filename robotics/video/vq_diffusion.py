@@ -7,9 +7,20 @@ given the tokens of the ``num_history`` previous frames. Its pieces:
   with the official values, which is absorbing (mask-only) up to a 1e-6 uniform floor; ``T`` = 100.
 * **Denoiser**: a transformer over the L content tokens (token + learned position embeddings);
   each block = AdaLN(timestep) → self-attention, AdaLN(timestep) → cross-attention to the history
-  tokens, LayerNorm → MLP. Unlike the official model, the history tokens get learned **spatial**
-  (token position) and **temporal** (which history frame) embeddings before the cross-attention.
-  The network outputs logits over the K codes for x0 (x0-parametrisation).
+  tokens, LayerNorm → MLP. The network outputs logits over the K codes for x0 (x0-parametrisation).
+  Two layouts (:class:`VQDiffusionConfig`):
+
+  - ``embedding="mmreward"`` (default): one learned position vector per token, a shared
+    sinusoidal → MLP timestep embedding, and history tokens with learned **spatial** (token
+    position) and **temporal** (which history frame) embeddings and a LayerNorm;
+    ``embedding="official"`` (VQ-Diffusion / Diffusion Reward): row + column position
+    embeddings, a learned table of T timestep vectors in every AdaLN, history tokens embedded by a
+    plain token table (no position, no norm), and VQ-Diffusion's N(0, 0.02) initialisation.
+  - ``mlp_type="linear"`` (default): two Linear layers per token; ``"conv"``: two 3×3
+    convolutions over the token grid (VQ-Diffusion's ``Conv_MLP``, 9× the MLP FLOPs and
+    parameters); ``activation="gelu2"`` is the official ``x·σ(1.702x)``.
+
+  :meth:`VQDiffusionConfig.paper` is the official Meta-World model (18 011 520 parameters).
 * **Context cache**: :meth:`ConditionalVQDiffusion.encode_context` embeds the history once and
   projects every block's cross-attention keys / values; all denoising calls of a chain reuse them.
 * **Loss**: variational-bound KL between ``q(x_{t-1} | x_t, x0)`` and ``p_θ(x_{t-1} | x_t)``
@@ -76,12 +87,17 @@ class VQDiffusionConfig:
     aux_weight: float = 1e-3  # weight of the auxiliary x0 cross-entropy
     adaptive_aux: bool = True  # scale the auxiliary term by (2 - t/T) as VQ-Diffusion does
     mask_weight: tuple = (1.0, 1.0)  # loss weights of masked / unmasked tokens
+    mlp_type: str = "linear"  # 'linear' (two Linear layers per token) | 'conv' (two 3x3 convs over the token grid)
+    activation: str = "gelu"  # MLP activation: 'gelu' | 'gelu2' (x * sigmoid(1.702 x), the official one)
+    embedding: str = "mmreward"  # 'mmreward' | 'official' position / timestep / history embeddings (module doc)
 
     @classmethod
     def paper(cls, **overrides) -> "VQDiffusionConfig":
-        """The official Meta-World / Adroit sizes (K = 1024, 16 blocks of width 128, 16 heads,
-        history embedding width 1024, aux weight 1e-3 adaptive)."""
-        base = dict(num_codes=1024, dim=128, depth=16, heads=16, mlp_ratio=2, context_dim=1024)
+        """The official Meta-World / Adroit model: K = 1024, 16 blocks of width 128, 16 heads, conv
+        MLP of width 256 with GELU2, history embedding width 1024, official embeddings, aux weight
+        1e-3 adaptive (18 011 520 parameters, as the official config builds)."""
+        base = dict(num_codes=1024, dim=128, depth=16, heads=16, mlp_ratio=2, context_dim=1024, mlp_type="conv",
+                    activation="gelu2", embedding="official")
         base.update(overrides)
         return cls(**base)
 
@@ -94,9 +110,21 @@ class VQDiffusionConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.num_codes < 2 or self.num_history < 1 or self.frame_skip < 1 or self.depth < 1:
             raise ValueError("num_codes >= 2, num_history >= 1, frame_skip >= 1 and depth >= 1 are required")
+        for name, allowed in (("mlp_type", ("linear", "conv")), ("activation", ("gelu", "gelu2")),
+                              ("embedding", ("mmreward", "official"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 # ------------------------------------------------------------------ network
+def _official_init(module: nn.Module) -> None:
+    """VQ-Diffusion's initialisation: Linear / Embedding weights N(0, 0.02), zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
@@ -106,31 +134,65 @@ def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.
 
 
 class AdaLayerNorm(nn.Module):
-    """LayerNorm whose scale / shift come from the timestep embedding."""
+    """LayerNorm whose scale / shift come from the timestep: from the shared timestep embedding
+    ``[B, dim]``, or (``num_steps`` given, official) from this norm's own table of ``num_steps``
+    learned vectors, indexed by the levels ``[B]`` (1..T)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, num_steps: Optional[int] = None):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.table = nn.Embedding(num_steps, dim) if num_steps else None
         self.proj = nn.Linear(dim, 2 * dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.proj(F.silu(temb)).unsqueeze(1).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.table(t - 1) if self.table is not None else t  # (B, dim)
+        scale, shift = self.proj(F.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
         return self.norm(x) * (1 + scale) + shift
+
+
+class GELU2(nn.Module):
+    """``x·σ(1.702x)``, the sigmoid approximation of GELU that VQ-Diffusion's blocks use."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ConvMLP(nn.Module):
+    """Two 3×3 convolutions over the ``h × w`` token grid (VQ-Diffusion's ``Conv_MLP``)."""
+
+    def __init__(self, dim: int, hidden: int, grid: tuple, act: nn.Module):
+        super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.conv1 = nn.Conv2d(dim, hidden, 3, padding=1)
+        self.act = act
+        self.conv2 = nn.Conv2d(hidden, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        # (B, L, D) seen as (B, D, h, w) in channels-last memory: no copy on the way in or out
+        g = x.transpose(1, 2).reshape(B, D, *self.grid)
+        return self.conv2(self.act(self.conv1(g))).flatten(2).transpose(1, 2)  # (B, L, D)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: VQDiffusionConfig):
         super().__init__()
         d, self.heads = cfg.dim, cfg.heads
-        self.ln1 = AdaLayerNorm(d)
+        table = cfg.num_steps if cfg.embedding == "official" else None
+        self.ln1 = AdaLayerNorm(d, table)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj1 = nn.Linear(d, d)
-        self.ln2 = AdaLayerNorm(d)
+        self.ln2 = AdaLayerNorm(d, table)
         self.q = nn.Linear(d, d)
         self.kv = nn.Linear(cfg.context_dim, 2 * d)
         self.proj2 = nn.Linear(d, d)
         self.ln3 = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d))
+        act = GELU2() if cfg.activation == "gelu2" else nn.GELU()
+        hidden = cfg.mlp_ratio * d
+        if cfg.mlp_type == "conv":
+            self.mlp = ConvMLP(d, hidden, cfg.token_shape, act)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(d, hidden), act, nn.Linear(hidden, d))
         self.drop = nn.Dropout(cfg.dropout)
         self.p = cfg.dropout
 
@@ -142,13 +204,14 @@ class Block(nn.Module):
         k, v = self.kv(ctx).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def forward(self, x, temb, kv):
+    def forward(self, x, t, kv):
+        """``x`` (B, L, D); ``t`` the shared timestep embedding (B, D) or the levels (B,) (official)."""
         B, N, D = x.shape
         p = self.p if self.training else 0.0
-        q, k, v = (self._split(t) for t in self.qkv(self.ln1(x, temb)).chunk(3, dim=-1))
+        q, k, v = (self._split(t_) for t_ in self.qkv(self.ln1(x, t)).chunk(3, dim=-1))
         a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         x = x + self.drop(self.proj1(a.transpose(1, 2).reshape(B, N, D)))
-        q = self._split(self.q(self.ln2(x, temb)))
+        q = self._split(self.q(self.ln2(x, t)))
         a = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=p)
         x = x + self.drop(self.proj2(a.transpose(1, 2).reshape(B, N, D)))
         return x + self.drop(self.mlp(self.ln3(x)))
@@ -184,16 +247,26 @@ class ConditionalVQDiffusion(Pretrained, nn.Module):
         self.config = cfg
         K, L, H = cfg.num_codes, cfg.tokens_per_frame, cfg.num_history
         self.schedule = dm.DiffusionSchedule(K, cfg.num_steps, cfg.att_1, cfg.att_T, cfg.ctt_1, cfg.ctt_T)
+        # creation order = the order initial weights are drawn in: a seed rebuilds a model bit for bit
+        official = cfg.embedding == "official"
         self.tok_emb = nn.Embedding(K + 1, cfg.dim)
-        self.pos_emb = nn.Parameter(torch.randn(L, cfg.dim) * 0.02)
-        self.t_emb = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        if official:  # row + column positions; the timestep tables live in the AdaLNs
+            self.row_emb = nn.Parameter(torch.randn(cfg.token_shape[0], cfg.dim) * 0.02)
+            self.col_emb = nn.Parameter(torch.randn(cfg.token_shape[1], cfg.dim) * 0.02)
+        else:
+            self.pos_emb = nn.Parameter(torch.randn(L, cfg.dim) * 0.02)
+            self.t_emb = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.ctx_tok = nn.Embedding(K, cfg.context_dim)
-        self.ctx_pos = nn.Parameter(torch.randn(L, cfg.context_dim) * 0.02)
-        self.ctx_time = nn.Parameter(torch.randn(H, cfg.context_dim) * 0.02)
-        self.ctx_norm = nn.LayerNorm(cfg.context_dim)
+        if not official:
+            self.ctx_pos = nn.Parameter(torch.randn(L, cfg.context_dim) * 0.02)
+            self.ctx_time = nn.Parameter(torch.randn(H, cfg.context_dim) * 0.02)
+            self.ctx_norm = nn.LayerNorm(cfg.context_dim)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
         self.out_norm = nn.LayerNorm(cfg.dim)
         self.to_logits = nn.Linear(cfg.dim, K)
+        if official:
+            self.apply(_official_init)
+            nn.init.normal_(self.ctx_tok.weight)  # the official history table sits outside that init: N(0, 1)
         # importance sampling of t (VQ-Diffusion): EMA of squared per-t losses and visit counts
         self.register_buffer("Lt_history", torch.zeros(cfg.num_steps))
         self.register_buffer("Lt_count", torch.zeros(cfg.num_steps))
@@ -238,9 +311,24 @@ class ConditionalVQDiffusion(Pretrained, nn.Module):
             raise ValueError(f"history must hold {self.config.num_history} frames, got {h.shape[1]}")
         self.check_token_range(h, "history")
         B, H, L = h.shape
-        e = self.ctx_tok(h) + self.ctx_pos[None, None] + self.ctx_time[None, :, None]
-        e = self.ctx_norm(e.reshape(B, H * L, -1))
+        e = self.ctx_tok(h)  # (B, H, L, C)
+        if self.config.embedding == "mmreward":
+            e = self.ctx_norm(e + self.ctx_pos[None, None] + self.ctx_time[None, :, None])
+        e = e.reshape(B, H * L, -1)
         return ContextCache([blk.context_kv(e) for blk in self.blocks])
+
+    def content_positions(self) -> torch.Tensor:
+        """Position embeddings of the L content tokens, ``[L, dim]`` (row-major grid)."""
+        if self.config.embedding == "official":
+            return (self.row_emb[:, None] + self.col_emb[None]).flatten(0, 1)
+        return self.pos_emb
+
+    def timestep_input(self, level: torch.Tensor) -> torch.Tensor:
+        """What the AdaLNs take for levels ``[B]``: the shared embedding ``[B, dim]``, or the
+        levels themselves (official: each AdaLN looks up its own table)."""
+        if self.config.embedding == "official":
+            return level
+        return self.t_emb(sinusoidal(level, self.config.dim))
 
     def forward(self, x_t: torch.Tensor, level: Union[torch.Tensor, int],
                 context: Union[ContextCache, torch.Tensor]) -> torch.Tensor:
@@ -253,10 +341,10 @@ class ConditionalVQDiffusion(Pretrained, nn.Module):
         if context.batch_size != B:
             raise ValueError(f"context has batch {context.batch_size} but x_t has {B}")
         level = dm._levels(level, B, x.device)
-        temb = self.t_emb(sinusoidal(level, self.config.dim))
-        hdn = self.tok_emb(x) + self.pos_emb[None]
+        t = self.timestep_input(level)
+        hdn = self.tok_emb(x) + self.content_positions()[None]  # (B, L, dim)
         for blk, kv in zip(self.blocks, context.kv):
-            hdn = blk(hdn, temb, kv)
+            hdn = blk(hdn, t, kv)
         return self.to_logits(self.out_norm(hdn)).float()
 
     def step(self, x_t: torch.Tensor, n, m, context: ContextCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,7 +485,7 @@ class ConditionalVQDiffusion(Pretrained, nn.Module):
                     x = dm.log_sample(lq, True, 1.0, generator)
         return total / num_samples
 
-    # -------------------------------------------------------------- persistence
+
 # ------------------------------------------------------------------ windows + training
 def window_indices(num_frames: int, ends: torch.Tensor, num_history: int, frame_skip: int = 1) -> torch.Tensor:
     """History frame indices ``[len(ends), H]`` of windows whose last history frame is ``ends``:

@@ -192,12 +192,21 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
                    "--workers", "1", "--threads", "1", "--estimator", "relative_likelihood", "--also-estimator", "",
                    "--progress-steps", "60", "--save-pretrained", saved]) == 0
     doc = json.load(open(js.replace(".json", "_quick.json")))
-    keys = {"dr_relative_likelihood", "dr_relative_likelihood+progress"}
+    motion = [f"+motion{lam:g}" for lam in b.MOTION_SCALES]
+    keys = {"dr_relative_likelihood" + tail for tail in ["", "+progress"] + motion + [f"+progress{m}" for m in motion]}
     assert set(doc["goals"]) == keys and set(doc["beats_baselines"]) == keys
     assert {"progress", "frame_diff", "nn_expert"} <= set(doc["results"])
+    assert {e["policy"] for e in doc["episodes"]} == {"noisy", "random", "hover", "frozen_start", "frozen_final", "reversed"}
+    for key in ("dr_relative_likelihood", "nn_expert"):  # time reversal and exploit figures for every method
+        row = doc["results"][key]["per_task"]["door-open-v3"]
+        assert 0 <= row["forward_vs_reversed_auc"] <= 1 and 0 <= row["random_vs_frozen_start_auc"] <= 1
+        assert 0 <= row["random_vs_hover_auc"] <= 1
     ep = doc["episodes"][0]
     # the combined score is the sum of the two standardised terms (β = 1), episode means included
     assert ep["dr_relative_likelihood+progress"] == pytest.approx(ep["dr_relative_likelihood"] + ep["progress"], abs=1e-4)
+    for e in doc["episodes"]:  # the motion deficit only ever subtracts, more with a larger λ
+        assert e["dr_relative_likelihood+motion1"] <= e["dr_relative_likelihood"] + 1e-6
+        assert e["dr_relative_likelihood+motion4"] <= e["dr_relative_likelihood+motion1"] + 1e-6
     model = DiffusionReward.from_pretrained(saved)
     assert model.progress is not None and model.config.progress_scale == 1.0
     frames = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)

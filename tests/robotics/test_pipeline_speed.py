@@ -1,6 +1,7 @@
 """The fast paths of the reward pipeline: the probability-space posterior against the log-space
-reference (values and gradients), in-place Gumbel sampling, and the speed benchmark's official-style
-eager path on tiny models (same logits as ours from the same weights)."""
+reference (values and gradients), in-place Gumbel sampling, the speed benchmark's official path on
+tiny official-layout models (same tokens and logits as ours from the same weights), and the
+bfloat16 compute option against float32."""
 import importlib.util
 import os
 
@@ -81,25 +82,35 @@ def _bench():
     return mod
 
 
-def test_speed_benchmark_paths_on_tiny_models():
+def _tiny_official_reward(**cfg):
     from mmreward.robotics.codec import VQGAN, VQGANConfig
     from mmreward.robotics.reward import DiffusionReward, DiffusionRewardConfig
-    from mmreward.robotics.video import ConditionalVQDiffusion, VQDiffusionConfig, window_indices
+    from mmreward.robotics.video import ConditionalVQDiffusion, VQDiffusionConfig
+
+    torch.manual_seed(0)
+    codec = VQGAN(VQGANConfig(image_size=32, channels=(8, 16, 16, 16), latent_dim=8, num_codes=16, layout="official",
+                              attn_resolutions=(8,)))
+    video = ConditionalVQDiffusion(VQDiffusionConfig(num_codes=16, token_shape=(4, 4), num_steps=20, dim=32, depth=2,
+                                                     heads=4, context_dim=48, mlp_type="conv", activation="gelu2",
+                                                     embedding="official"))
+    return DiffusionReward(codec, video, DiffusionRewardConfig(**{"skip_step": 4, "use_std": False, **cfg}))
+
+
+def test_speed_benchmark_paths_on_tiny_models():
+    from mmreward.robotics.video import window_indices
 
     bench = _bench()
-    torch.manual_seed(0)
-    codec = VQGAN(VQGANConfig(image_size=32, channels=(8, 8, 8, 8), latent_dim=8, num_codes=16))
-    video = ConditionalVQDiffusion(VQDiffusionConfig(num_codes=16, token_shape=(4, 4), num_steps=20, dim=32, depth=2,
-                                                     heads=4, context_dim=48))
-    dr = DiffusionReward(codec, video, DiffusionRewardConfig(skip_step=4, use_std=False))
+    dr = _tiny_official_reward()
+    video = dr.video
     off = bench.OfficialEager(dr)
     frames = torch.randint(0, 256, (7, 32, 32, 3), dtype=torch.uint8)
     with torch.no_grad():
         tok = dr.tokenize(frames)
+        assert torch.equal(off.encode(frames), tok)  # the official encode gives our tokens
         hist = tok[window_indices(7, torch.arange(7), 2)]
         x = torch.randint(0, 17, (7, 16))
         a = video(x, 12, video.encode_context(hist))
-        b = off.transformer(x, hist, torch.full((7,), 11)).permute(0, 2, 1)
+        b = off.transformer(x, off.condition_embedding(hist), torch.full((7,), 11)).permute(0, 2, 1)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     tm = bench.Timer()
     r_off = off(frames, tm)
@@ -109,3 +120,33 @@ def test_speed_benchmark_paths_on_tiny_models():
     r = bench.ours_instrumented(dr, frames, tm2)
     assert torch.equal(r, dr(frames))  # instrumentation does not change the result
     assert not hasattr(video.__dict__, "forward") and "forward" not in video.__dict__
+    with pytest.raises(ValueError, match="official layouts"):
+        from mmreward.robotics.reward import DiffusionReward
+
+        bench.OfficialEager(DiffusionReward(dr.codec, type(video)(type(video.config)(
+            num_codes=16, token_shape=(4, 4), num_steps=20, dim=32, depth=1, heads=4, context_dim=48))))
+
+
+def test_bfloat16_compute_dtype_agrees_with_float32():
+    """compute_dtype='bfloat16' runs the encoder and the video model under a bfloat16 autocast: tokens
+    mostly agree, logits agree to a few % of their range, deterministic (argmax) chains give rewards of
+    the same order; float32 stays the default and is bit-identical to a run without the option."""
+    r32 = _tiny_official_reward(noise=False)
+    rbf = _tiny_official_reward(noise=False, compute_dtype="bfloat16")
+    assert r32.config.compute_dtype == "float32"
+    frames = torch.randint(0, 256, (12, 32, 32, 3), dtype=torch.uint8)
+    t32, tbf = r32.tokenize(frames), rbf.tokenize(frames)
+    assert float((t32 == tbf).float().mean()) >= 0.9
+    hist = t32[:, None].repeat(1, 2, 1)
+    x = torch.full((12, 16), 16)
+    with torch.no_grad():
+        l32 = r32.video(x, 20, r32.video.encode_context(hist))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lbf = rbf.video(x, 20, rbf.video.encode_context(hist))
+    assert lbf.dtype == torch.float32
+    assert float((l32 - lbf).abs().max()) <= 0.05 * float(l32.abs().max())
+    raw32, rawbf = r32.raw_reward_tokens(t32), rbf.raw_reward_tokens(t32)  # same tokens: the video model only
+    assert torch.isfinite(rawbf).all() and not torch.equal(raw32, rawbf)  # the option is in effect
+    assert float((raw32 - rawbf).abs().mean()) <= 0.01 * float(raw32.abs().mean())
+    with pytest.raises(ValueError, match="compute_dtype"):
+        type(r32.config)(compute_dtype="float16").validate()

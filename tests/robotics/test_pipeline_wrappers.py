@@ -36,6 +36,7 @@ def tiny_reward(size=32, **cfg):
     rnd = RND(RNDConfig(image_size=size, channels=(4, 8, 8), feature_dim=16, hidden_dim=16)) if rnd else None
     dr = DiffusionReward(codec, video, DiffusionRewardConfig(**{"skip_step": 4, **cfg}), rnd)
     dr.statistics.copy_(torch.tensor([-150.0, 5.0, 10.0], dtype=torch.float64))
+    dr.motion_statistics.copy_(torch.tensor([2.0, 10.0], dtype=torch.float64))
     return dr
 
 
@@ -77,12 +78,14 @@ def test_registered_ids_and_env_checker():
         env.close()
 
 
-def test_reward_wrapper_passes_env_checker_and_matches_relabel():
+@pytest.mark.parametrize("motion_scale", [0.0, 1.5])
+def test_reward_wrapper_passes_env_checker_and_matches_relabel(motion_scale):
     from gymnasium.utils.env_checker import check_env
 
     from mmreward.robotics.wrappers import DiffusionRewardWrapper, MetaWorldPixelEnv, relabel_episode
 
-    dr = tiny_reward(noise=False)  # argmax chain: online and batch rewards coincide exactly
+    # argmax chain: online and batch rewards coincide exactly (with the motion deficit too)
+    dr = tiny_reward(noise=False, motion_scale=motion_scale)
     env = DiffusionRewardWrapper(MetaWorldPixelEnv("door-open-v3", size=32, max_steps=6), dr)
     try:
         with warnings.catch_warnings():

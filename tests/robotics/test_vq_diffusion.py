@@ -1,5 +1,6 @@
 """Conditional VQ-Diffusion: transition / posterior math against brute force, shapes, the context
-cache, chains, a learning check, persistence, exact resume and input errors (tiny sizes, CPU)."""
+cache, chains, a learning check, persistence, exact resume and input errors (tiny sizes, CPU); the
+official layout (conv MLP, official embeddings) and its parameter count; old folders load."""
 import json
 import os
 
@@ -259,3 +260,99 @@ def test_paper_preset_builds_and_runs():
     with torch.no_grad():
         assert model(torch.full((1, 64), 1024), 100, hist).shape == (1, 64, 1024)
     assert len(model.schedule.fast_levels(9)) == 11
+
+
+# ------------------------------------------------------------------ official layout
+OFFICIAL = dict(mlp_type="conv", activation="gelu2", embedding="official")
+
+
+def official_parameter_count(cfg: VQDiffusionConfig) -> int:
+    """Parameters of the official model (VQ-Diffusion's Text2ImageTransformer + DalleMaskImageEmbedding
+    + FrameEmbedding, counted from its classes): per block two AdaLayerNorms (a T-row timestep table
+    and a Linear(d, 2d)), an affine LayerNorm, self-attention (4 Linear(d, d)), cross-attention
+    (key / value Linear(C, d), query / proj Linear(d, d)) and the Conv_MLP (3×3 convs d → r·d → d)."""
+    d, C, K, T, r = cfg.dim, cfg.context_dim, cfg.num_codes, cfg.num_steps, cfg.mlp_ratio
+    lin = lambda i, o: i * o + o  # noqa: E731
+    ada = T * d + lin(d, 2 * d)
+    block = 2 * ada + 2 * d + 4 * lin(d, d) + 2 * lin(C, d) + 2 * lin(d, d) + (d * r * d * 9 + r * d) + (
+        r * d * d * 9 + d)
+    content = (K + 1) * d + sum(cfg.token_shape) * d  # token table (+ mask) + height + width embeddings
+    condition = K * C  # FrameEmbedding
+    head = 2 * d + lin(d, K)  # LayerNorm + Linear to the K codes
+    return content + condition + cfg.depth * block + head
+
+
+def test_paper_preset_is_the_official_model():
+    cfg = VQDiffusionConfig.paper()
+    assert (cfg.mlp_type, cfg.activation, cfg.embedding) == ("conv", "gelu2", "official")
+    model = ConditionalVQDiffusion(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == official_parameter_count(cfg) == 18_011_520  # the official Meta-World config's count
+    assert isinstance(model.blocks[0].mlp.conv1, torch.nn.Conv2d) and model.blocks[0].mlp.conv1.kernel_size == (3, 3)
+
+
+@pytest.mark.parametrize("kw", [OFFICIAL, dict(mlp_type="conv"), dict(embedding="official"), dict(activation="gelu2")])
+def test_official_layout_shapes_cache_and_gradients(kw):
+    model = tiny_model(**kw)
+    cfg = model.config
+    if kw == OFFICIAL:
+        assert sum(p.numel() for p in model.parameters()) == official_parameter_count(cfg)
+    hist = torch.randint(0, 8, (3, 2, 2, 3))
+    x_t = torch.randint(0, 9, (3, 6))
+    ctx = model.encode_context(hist)
+    logits = model(x_t, torch.tensor([1, 5, 12]), ctx)
+    assert logits.shape == (3, 6, 8) and torch.isfinite(logits).all()
+    torch.testing.assert_close(model(x_t[1:], torch.tensor([5, 12]), ctx.select(slice(1, 3))), logits[1:])
+    out = model.loss(torch.randint(0, 8, (3, 6)), hist)
+    out["loss"].backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n not in ("Lt_history", "Lt_count"))
+
+
+@torch.no_grad()
+def test_conv_mlp_is_a_3x3_conv_over_the_token_grid():
+    model = tiny_model(**{**OFFICIAL, "token_shape": (4, 4)})
+    mlp = model.blocks[0].mlp
+    x = torch.randn(2, 16, 16)  # (B, L = 4 × 4, D)
+    grid = x.transpose(1, 2).reshape(2, 16, 4, 4)
+    h = torch.nn.functional.conv2d(grid, mlp.conv1.weight, mlp.conv1.bias, padding=1)
+    ref = torch.nn.functional.conv2d(h * torch.sigmoid(1.702 * h), mlp.conv2.weight, mlp.conv2.bias, padding=1)
+    torch.testing.assert_close(mlp(x), ref.flatten(2).transpose(1, 2))
+    # two stacked 3×3 convs: a token's output moves with tokens up to 2 rows / columns away only
+    y = x.clone()
+    y[:, 15] += 1.0  # token (3, 3)
+    diff = (mlp(y) - mlp(x)).abs().sum(-1)[0].view(4, 4)
+    assert float(diff[1, 1]) > 0 and float(diff[3, 1]) > 0 and float(diff[0, 3]) == 0 and float(diff[0, 0]) == 0
+
+
+def test_official_layout_save_load_roundtrip(tmp_path):
+    model = tiny_model(**OFFICIAL)
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = ConditionalVQDiffusion.from_pretrained(str(tmp_path / "m"))
+    assert loaded.config == model.config
+    hist, x_t = torch.randint(0, 8, (2, 2, 6)), torch.randint(0, 9, (2, 6))
+    torch.testing.assert_close(loaded(x_t, 3, hist), model(x_t, 3, hist), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="mlp_type"):
+        VQDiffusionConfig(mlp_type="mlp").validate()
+
+
+def test_folders_without_the_layout_fields_load_the_original_layout(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(str(tmp_path / "m"))
+    doc = json.loads(open(tmp_path / "m" / "config.json").read())
+    for k in ("mlp_type", "activation", "embedding"):
+        del doc["config"][k]  # as written before these fields existed
+    open(tmp_path / "m" / "config.json", "w").write(json.dumps(doc))
+    os.unlink(tmp_path / "m" / "manifest.json")
+    loaded = ConditionalVQDiffusion.from_pretrained(str(tmp_path / "m"))
+    assert (loaded.config.mlp_type, loaded.config.activation, loaded.config.embedding) == ("linear", "gelu", "mmreward")
+    hist, x_t = torch.randint(0, 8, (2, 2, 6)), torch.randint(0, 9, (2, 6))
+    torch.testing.assert_close(loaded(x_t, 3, hist), model(x_t, 3, hist), rtol=0, atol=0)
+
+
+def test_shipped_checkpoint_keeps_the_original_layout():
+    from mmreward.robotics.pretrained import available, pretrained_path
+
+    if "metaworld-64" not in available():
+        pytest.skip("no shipped checkpoint")
+    video = ConditionalVQDiffusion.from_pretrained(os.path.join(pretrained_path("metaworld-64"), "video"))
+    assert (video.config.mlp_type, video.config.embedding) == ("linear", "mmreward")

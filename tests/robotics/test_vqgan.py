@@ -1,5 +1,7 @@
 """VQGAN codec: shapes, input conventions and errors, quantiser behaviour, a learning check (PSNR
-rises), the adversarial / perceptual path, evaluation metrics, persistence and exact resume."""
+rises), the adversarial / perceptual path, evaluation metrics, persistence and exact resume; the
+official layout and its parameter count; old folders load."""
+import json
 import os
 
 import pytest
@@ -162,3 +164,62 @@ def test_exact_resume(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), full.state_dict().values()))
     fresh = train_vqgan(frames, VQGANConfig(**TINY), str(tmp_path / "b"), steps=2, overwrite=True, **kw)
     assert len(open(tmp_path / "b" / "metrics.csv").read().splitlines()) == 1 + 2 and fresh is not None
+
+
+# ------------------------------------------------------------------ official layout
+def test_paper_preset_is_the_official_vqgan():
+    cfg = VQGANConfig.paper()
+    assert (cfg.layout, cfg.attn_resolutions) == ("official", (16,))
+    model = VQGAN(cfg)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # counted on the official classes (Encoder + quant_conv, Decoder + post_quant_conv, Codebook)
+    assert (n(model.encoder), n(model.decoder), n(model)) == (9_690_880, 10_724_803, 20_481_219)
+    kinds = [type(m).__name__ for m in model.encoder.net]
+    # levels at 64, 32, 16 px: 2 res blocks each (+ attention after each at 16 px), then a padded downsampling
+    assert kinds[:12] == ["Conv2d", "ResBlock", "ResBlock", "PadDownsample", "ResBlock", "ResBlock", "PadDownsample",
+                          "ResBlock", "AttnBlock", "ResBlock", "AttnBlock", "PadDownsample"]
+    assert sum(k == "AttnBlock" for k in (type(m).__name__ for m in model.decoder.net)) == 3
+
+
+def test_official_layout_shapes_and_save_load(tmp_path):
+    cfg = VQGANConfig(**TINY, layout="official", attn_resolutions=(16,))
+    torch.manual_seed(0)
+    model = VQGAN(cfg).eval()
+    frames = blobs(3)
+    tok = model.encode(frames)
+    assert tok.shape == (3, 8, 8) and model.decode(tok).shape == (3, 3, 32, 32)
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = VQGAN.from_pretrained(str(tmp_path / "m"))
+    assert loaded.config == cfg and torch.equal(loaded.encode(frames), tok)
+    with pytest.raises(ValueError, match="layout"):
+        VQGANConfig(layout="taming").validate()
+
+
+def test_folders_without_the_layout_fields_load_the_original_layout(tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(**TINY)).eval()
+    model.save_pretrained(str(tmp_path / "m"))
+    doc = json.loads(open(tmp_path / "m" / "config.json").read())
+    for k in ("layout", "attn_resolutions"):
+        del doc["config"][k]  # as written before these fields existed
+    open(tmp_path / "m" / "config.json", "w").write(json.dumps(doc))
+    os.unlink(tmp_path / "m" / "manifest.json")
+    loaded = VQGAN.from_pretrained(str(tmp_path / "m"))
+    assert (loaded.config.layout, loaded.config.attn_resolutions) == ("mmreward", ())
+    frames = blobs(2)
+    assert torch.equal(loaded.encode(frames), model.encode(frames))
+
+
+def test_encode_is_the_same_in_channels_last_and_under_bfloat16_keeps_float32_distances():
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(**TINY)).eval()
+    frames = blobs(6)
+    x = frames_to_float(frames)
+    with torch.no_grad():
+        z = model.encoder(x)  # contiguous NCHW
+        ref = model.quantizer.codes(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])).view(6, 8, 8)
+    assert torch.equal(model.encode(frames), ref)
+    # under a bfloat16 autocast the nearest-code search still runs in float32 on the same latents
+    zf = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.quantizer.codes(zf), ref.flatten())

@@ -1,0 +1,112 @@
+"""The motion-deficit term of DiffusionReward: E (tokens the video model expects to change against
+the last history frame) and O (tokens that changed) per window, the mixing rule, its statistics on
+save / load, and the learning check that a video model trained on moving episodes charges a frozen
+episode and not a moving one."""
+import os
+
+import pytest
+import torch
+
+from mmreward.core.model import load_weights, save_weights
+from mmreward.robotics.codec import VQGAN, VQGANConfig
+from mmreward.robotics.reward import DiffusionReward, DiffusionRewardConfig
+from mmreward.robotics.video import ConditionalVQDiffusion, VQDiffusionConfig, token_windows, train_video_model
+
+K = 16
+CODEC = dict(image_size=32, channels=(8, 8, 8, 8), latent_dim=8, num_codes=K)
+VIDEO = dict(num_codes=K, token_shape=(4, 4), num_steps=20, dim=32, depth=1, heads=2, context_dim=32)
+
+
+def make_reward(video=None, **cfg):
+    torch.manual_seed(0)
+    video = video or ConditionalVQDiffusion(VQDiffusionConfig(**VIDEO))
+    return DiffusionReward(VQGAN(VQGANConfig(**CODEC)), video,
+                           DiffusionRewardConfig(**{"skip_step": 4, "reward_type": "relative_likelihood",
+                                                    "entropy_estimator": "x0_entropy", **cfg}))
+
+
+def frames(T, seed=0):
+    return torch.randint(0, 256, (T, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("frame_skip", [1, 2])
+def test_change_windows_count_changes_against_the_last_history_frame(frame_skip):
+    dr = make_reward(ConditionalVQDiffusion(VQDiffusionConfig(**VIDEO, frame_skip=frame_skip)), batch_size=3)
+    tok = torch.randint(0, K, (7, 16), generator=torch.Generator().manual_seed(1))
+    tok[3] = tok[3 - frame_skip]  # one frame equal to its last history frame
+    expected, observed = dr.change_windows(tok)
+    last = tok[(torch.arange(7) - frame_skip).clamp_min(0)]  # history before the start repeats frame 0
+    assert torch.equal(observed, (tok != last).sum(1).float())
+    assert observed[0] == 0 and observed[3] == 0
+    assert bool(((expected >= 0) & (expected <= 16)).all())
+    unrealised = dr.unrealised_motion(expected, observed)
+    torch.testing.assert_close(unrealised, (expected - observed) / expected.clamp_min(1.0))
+    assert unrealised[0] == expected[0] / max(float(expected[0]), 1.0)  # nothing changed: all of E unrealised
+    sub_e, sub_o = dr.change_windows(tok, torch.tensor([5, 2]))  # any subset of frames, same values
+    torch.testing.assert_close(sub_e, expected[[5, 2]])
+    assert torch.equal(sub_o, observed[[5, 2]])
+
+
+def test_combine_subtracts_the_scaled_deficit_and_fit_statistics_sets_its_std():
+    dr = make_reward(batch_size=4, motion_scale=2.0)
+    stats = dr.fit_statistics([frames(5, 1), frames(6, 2)])
+    assert stats["motion_std"] > 0 and int(dr.motion_statistics[1]) == 11
+    ep = frames(7)
+    tok = dr.tokenize(ep)
+    z = dr.standardize(dr.raw_reward_windows(tok))
+    e, o = dr.change_windows(tok)
+    expected = z - 2.0 * ((e - o) / e.clamp_min(1.0)).clamp_min(0) / stats["motion_std"]
+    torch.testing.assert_close(dr(ep), expected)
+    dr.config.motion_scale = 0.0
+    torch.testing.assert_close(dr(ep), z)
+    dr.config.motion_scale = 1.0
+    with pytest.raises(ValueError, match="change_windows"):
+        dr.combine(dr.raw_reward_windows(tok), ep)
+    with pytest.raises(ValueError, match="motion_scale"):
+        DiffusionRewardConfig(motion_scale=-1.0).validate()
+
+
+def test_motion_statistics_round_trip_and_folders_without_them(tmp_path):
+    dr = make_reward(batch_size=4, motion_scale=1.0)
+    dr.fit_statistics([frames(5, 1)])
+    dr.save_pretrained(str(tmp_path / "m"))
+    back = DiffusionReward.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(back.motion_statistics, dr.motion_statistics)
+    torch.testing.assert_close(back(frames(6)), dr(frames(6)))
+    # a folder saved before the motion term: no 'motion_statistics' key -> loads, the term needs a fit
+    weights = load_weights(str(tmp_path / "m"), "cpu")
+    del weights["motion_statistics"]
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(tmp_path / "m", old)
+    os.remove(old / "manifest.json")  # an mmreward 0.1 folder has no manifest
+    save_weights(str(old), weights)
+    loaded = DiffusionReward.from_pretrained(str(old))
+    assert int(loaded.motion_statistics[1]) == 0
+    with pytest.raises(RuntimeError, match="motion statistics"):
+        loaded(frames(6))
+    loaded.config.motion_scale = 0.0
+    torch.testing.assert_close(loaded(frames(6)), dr.standardize(dr.raw_reward(frames(6))))
+
+
+@pytest.mark.learning
+def test_trained_model_charges_a_frozen_episode_not_a_moving_one(tmp_path):
+    """Episodes: one 'object' code (1) on a background (0) that moves one cell per frame. A video
+    model trained on them expects the object to move; an episode whose first frame is repeated gets
+    leaves about all of the expected change unrealised, a moving one about none of it."""
+    def moving(start, T=8):
+        out = torch.zeros(T, 16, dtype=torch.long)
+        for j in range(T):
+            out[j, (start + j) % 16] = 1
+        return out
+
+    eps = [moving(s) for s in range(16)] * 2
+    video = train_video_model(token_windows(eps), VQDiffusionConfig(**VIDEO), str(tmp_path), steps=200,
+                              batch_size=32, lr=3e-3, warmup_steps=5, ema_every=1, progress_bar=False)
+    dr = make_reward(video)
+    test = moving(5)
+    frozen = test[:1].repeat(8, 1)
+    share = lambda tok: dr.unrealised_motion(*dr.change_windows(tok))[1:].clamp_min(0).mean().item()  # frame 0: no history
+    d_moving, d_frozen = share(test), share(frozen)
+    assert d_frozen > 0.8 and d_moving < 0.2, (d_frozen, d_moving)
