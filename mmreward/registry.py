@@ -45,7 +45,6 @@ MODEL_TYPES: dict[str, str] = {
     "diffusion_reward": "mmreward.robotics.reward.diffusion_reward:DiffusionReward",
     "progress_ranker": "mmreward.robotics.reward.progress:ProgressModel",
     "rnd": "mmreward.robotics.reward.rnd:RND",
-    "state_policy": "mmreward.robotics.rl.policy:StatePolicy",  # a trained Adroit expert (not a reward model)
 }
 
 

@@ -3,7 +3,7 @@
 
     from mmreward.robotics.rl.expert import ExpertConfig, train_expert
     summary = train_expert(ExpertConfig(task="adroit-door", out="runs/expert-door", steps=1_000_000))
-    # runs/expert-door/model: the best-evaluated policy (StatePolicy), loadable with mmreward.load
+    # runs/expert-door/model: the best-evaluated policy (StatePolicy.from_pretrained)
 
 The environment is :class:`~mmreward.robotics.envs.adroit.AdroitStateEnv` (state observations, no
 renderer). Training episodes are seeded from the run's seed and their index; evaluation runs the

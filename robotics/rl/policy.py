@@ -1,7 +1,7 @@
 """A trained state-based policy as a model folder: :class:`StatePolicy` (``model_type``
 ``state_policy``), the deterministic SAC actor of a task.
 
-    policy = StatePolicy.from_pretrained("runs/expert-door/model")   # or mmreward.load(...)
+    policy = StatePolicy.from_pretrained("runs/expert-door/model")
     action = policy.act(obs)                                          # (obs_dim,) -> (A,) in [-1, 1]
 
 The folder holds ``config.json`` (the task id, observation / action sizes, the action repeat the

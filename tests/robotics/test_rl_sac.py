@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import mmreward
 from mmreward.core.checkpoint import Snapshots
 from mmreward.robotics.envs.adroit import StateStep
 from mmreward.robotics.rl.expert import ExpertConfig, StateReplay, train_expert
@@ -71,7 +70,7 @@ def test_sac_learns_point_reach(tmp_path):
     assert ret[0] < -10  # the untrained actor
     assert ret[-1] > -6 and succ[-1] >= 0.7, (ret, succ)  # near the straight-line optimum (about −4)
     # the best evaluation's policy is the run's model and reproduces that evaluation
-    policy = mmreward.load(tmp_path / "model")
+    policy = StatePolicy.from_pretrained(tmp_path / "model")
     assert isinstance(policy, StatePolicy) and policy.config.task == "point-reach"
     assert summary["best"][0] >= 0.7
     rows = (tmp_path / "eval" / "eval.csv").read_text().splitlines()
@@ -170,7 +169,7 @@ def test_policy_save_load_round_trip(tmp_path):
     policy.save_pretrained(tmp_path / "p")
     body = json.loads((tmp_path / "p" / "config.json").read_text())
     assert body["model_type"] == "state_policy" and body["config"]["task"] == "adroit-door"
-    loaded = mmreward.load(tmp_path / "p")
+    loaded = StatePolicy.from_pretrained(tmp_path / "p")
     obs = np.random.default_rng(0).standard_normal((6, 39)).astype(np.float32)
     a, b = policy.act(obs), loaded.act(obs)
     assert a.shape == (6, 28) and np.array_equal(a, b) and np.abs(a).max() < 1
