@@ -132,6 +132,27 @@ def _collect_job(job: dict) -> str:
 HOLD_STEPS = (0, 10, 20, 30, 45, 70)
 
 
+def _rollout(env, seed: int, max_steps: int, act):
+    """One episode of ``env`` reset with ``seed``: ``act(obs, t)`` gives each action (clipped to the box)."""
+    from mmreward.robotics.data.episodes import Episode
+
+    low, high = env.action_space.low, env.action_space.high
+    obs, frame = env.reset(seed=seed)
+    frames, actions, rewards, success = [frame], [], [], []
+    for t in range(max_steps):
+        a = np.clip(act(obs, t), low, high).astype(np.float32)
+        step = env.step(a)
+        obs = step.obs
+        frames.append(step.frame)
+        actions.append(a)
+        rewards.append(step.reward)
+        success.append(step.success)
+        if step.done:
+            break
+    return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
+                   success=np.asarray(success, bool))
+
+
 def _probe_job(job: dict) -> str:
     """Progress-probe episodes: the scripted expert for k agent steps, then zero actions (the arm
     holds still) to ``max_steps``; one file per (k, seed) in ``job["out"]``."""
@@ -139,7 +160,7 @@ def _probe_job(job: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from mmreward.robotics.data.episodes import Episode, save_episode
+    from mmreward.robotics.data.episodes import save_episode
     from mmreward.robotics.envs import make_env
 
     out = job["out"]
@@ -150,25 +171,11 @@ def _probe_job(job: dict) -> str:
     env = make_env(job["task"], size=job["size"], action_repeat=job["action_repeat"], seed=job["seeds"][0],
                    max_steps=job["max_steps"])
     try:
-        low, high = env.action_space.low, env.action_space.high
         for seed in job["seeds"]:
             for k in HOLD_STEPS:
-                obs, frame = env.reset(seed=seed)
-                frames, actions, rewards, success = [frame], [], [], []
-                for t in range(job["max_steps"]):
-                    a = env.expert_action(obs) if t < k else np.zeros(env.action_space.shape, np.float32)
-                    a = np.clip(a, low, high).astype(np.float32)
-                    step = env.step(a)
-                    obs = step.obs
-                    frames.append(step.frame)
-                    actions.append(a)
-                    rewards.append(step.reward)
-                    success.append(step.success)
-                    if step.done:
-                        break
-                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"),
-                             Episode(frames=np.stack(frames), actions=np.stack(actions),
-                                     rewards=np.asarray(rewards, np.float32), success=np.asarray(success, bool)))
+                hold = np.zeros(env.action_space.shape, np.float32)
+                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"), _rollout(
+                    env, seed, job["max_steps"], lambda obs, t, k=k: env.expert_action(obs) if t < k else hold))
     finally:
         env.close()
     return out
@@ -209,25 +216,14 @@ def _exploit_job(job: dict) -> str:
 
     env = make_env(task, size=job["size"], action_repeat=job["action_repeat"], seed=seed, max_steps=job["max_steps"])
     try:
-        low, high = env.action_space.low, env.action_space.high
         for i in range(job["episodes"]):
-            rng = np.random.default_rng([seed + i, 7])
-            obs, frame = env.reset(seed=seed + i)
-            hand0 = obs[:3].copy()
-            frames, actions, rewards, success = [frame], [], [], []
-            for _ in range(job["max_steps"]):
-                a = np.clip(_hover_action(obs, hand0, rng), low, high).astype(np.float32)
-                step = env.step(a)
-                obs = step.obs
-                frames.append(step.frame)
-                actions.append(a)
-                rewards.append(step.reward)
-                success.append(step.success)
-                if step.done:
-                    break
-            put(episode_file(task, "hover", 0.0, seed, i), Episode(
-                frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
-                success=np.asarray(success, bool)), "hover", i)
+            rng, start = np.random.default_rng([seed + i, 7]), {}
+
+            def hover(obs, t):
+                hand0 = start.setdefault("hand", obs[:3].copy())  # the pose at reset
+                return _hover_action(obs, hand0, rng)
+
+            put(episode_file(task, "hover", 0.0, seed, i), _rollout(env, seed + i, job["max_steps"], hover), "hover", i)
     finally:
         env.close()
     experts = load_episode_folder(job["expert_dir"], None, ["all"])[:job["episodes"]]
