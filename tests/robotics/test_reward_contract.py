@@ -133,10 +133,13 @@ def test_shipped_checkpoints_load_by_name_and_path_unchanged():
     for name in ("metaworld-64", "metaworld-64-v1"):
         folder = os.path.join(HERE, name)
         digest = _tree_digest(folder)
-        assert not os.path.exists(os.path.join(folder, "manifest.json"))  # the 0.1 format, read as it is
+        if name == "metaworld-64-v1":  # the 0.1 format, read as it is
+            assert not os.path.exists(os.path.join(folder, "manifest.json"))
         by_name, by_path = mmreward.load(name), mmreward.load(folder)
         assert isinstance(by_name, DiffusionReward) and by_name.progress is not None
         assert torch.equal(by_name.score_parts([Episode(ep)])[0], by_path(ep))
+        # the default carries its expert motion statistics: --motion-scale needs no refit
+        assert int(by_name.motion_statistics[1]) == (22720 if name == "metaworld-64" else 0)
         assert _tree_digest(folder) == digest  # loading never rewrites the shipped weights
 
 
