@@ -97,6 +97,13 @@ class AdroitEnv(PixelEnv):
     def _reseed(self, seed: int):
         return self.env.reset(seed=seed)
 
+    def hold_action(self) -> np.ndarray:
+        """The hand's actuators are position servos fed ``act_mean + a·act_rng``: aiming each one at
+        its current length (joint angle or slide position) holds the pose."""
+        u = self.env.unwrapped
+        a = (u.data.actuator_length - u.act_mean) / u.act_rng
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
 
 
 STATE_REWARDS = ("dense", "dapg")

@@ -213,6 +213,11 @@ class PixelEnv:
 
     def raw_render(self) -> np.ndarray:
         """The renderer's frame before any orientation fix."""
+        # Gymnasium's offscreen viewer renders into whichever GL context is current: with several envs
+        # in one process that is the newest one's, or none once another env has closed (black frames)
+        viewer = _offscreen_viewer(self.env)
+        if viewer is not None:
+            viewer.make_context_current()
         frame = self.env.render()
         if frame is None or frame.shape[:2] != self.size:
             raise RuntimeError(f"renderer returned {None if frame is None else frame.shape}, expected {self.size}")
@@ -236,13 +241,31 @@ class PixelEnv:
     def has_expert(self) -> bool:
         return False
 
+    def hold_action(self) -> np.ndarray:
+        """The action that keeps the robot where it is now. Here: zeros, what holds a robot under
+        delta (mocap) control such as Meta-World's arm; position-controlled suites override it."""
+        return np.zeros(self.env.action_space.shape, np.float32)
+
     def close(self) -> None:
         env, self.env = getattr(self, "env", None), None
-        if env is not None:
-            env.close()
+        if env is None:
+            return
+        viewer = _offscreen_viewer(env)
+        if viewer is not None and getattr(viewer, "con", None) is not None:
+            # free MuJoCo's GL objects in their own context now: freed later by the garbage collector,
+            # they are freed in whatever context is current then, deleting another env's objects
+            viewer.make_context_current()
+            viewer.con.free()
+        env.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _offscreen_viewer(env: Any) -> Any:
+    """Gymnasium's offscreen viewer of ``env`` once it has rendered (None before, or for other renderers)."""
+    viewer = getattr(getattr(env.unwrapped, "mujoco_renderer", None), "viewer", None)
+    return viewer if hasattr(viewer, "make_context_current") else None

@@ -172,3 +172,55 @@ def test_adroit_random_episode_same_format(tmp_path):
     assert ep.frames.std() > 10
     with pytest.raises(ValueError, match="no scripted expert ships for adroit-door"):
         collect_episodes(["AdroitHandDoor-v1"], str(tmp_path), episodes=1, policy="expert", progress=False)
+
+
+def _frames(env, n: int, seed: int = 0) -> list:
+    _, f = env.reset(seed=seed)
+    return [f] + [env.step(env.hold_action()).frame for _ in range(n)]
+
+
+def test_envs_render_their_own_frames_beside_other_envs():
+    """Gymnasium's offscreen viewers render into the current GL context: several envs in one process,
+    one of them closed or garbage-collected, must still each render their own scene."""
+    import gc
+
+    from mmreward.robotics.envs import make_env
+
+    tasks = ("door-open-v3", "drawer-open-v3")
+    solo = {}
+    for t in tasks:
+        with make_env(t, size=32, max_steps=4) as env:
+            solo[t] = _frames(env, 3)
+    a, b = (make_env(t, size=32, max_steps=4) for t in tasks)
+    fa, fb = a.reset(seed=0)[1], b.reset(seed=0)[1]  # b's context is the current one now
+    assert np.array_equal(fa, solo[tasks[0]][0]) and np.array_equal(fb, solo[tasks[1]][0])
+    assert np.array_equal(a.step(a.hold_action()).frame, solo[tasks[0]][1])
+    unwrapped = a.env.unwrapped  # a reference that outlives close(): its GL objects go when it is collected
+    a.close()
+    assert np.array_equal(b.step(b.hold_action()).frame, solo[tasks[1]][1])
+    c = make_env(tasks[0], size=32, max_steps=4)
+    c.reset(seed=0)
+    del unwrapped
+    gc.collect()
+    assert np.array_equal(b.step(b.hold_action()).frame, solo[tasks[1]][2])
+    assert np.array_equal(c.step(c.hold_action()).frame, solo[tasks[0]][1])
+    b.close()
+    c.close()
+
+
+@pytest.mark.skipif(adroit_missing, reason="gymnasium-robotics is not installed: Adroit tasks need it")
+def test_adroit_hold_action_keeps_the_pose():
+    from mmreward.robotics.envs import make_env
+
+    with make_env("adroit-door", size=32, action_repeat=2, max_steps=20) as env:
+        u = env.env.unwrapped
+        servo = u.model.jnt_qposadr[u.model.actuator_trnid[:, 0]]  # the actuated joints' qpos entries
+        drift = {}
+        for name in ("hold", "zeros"):
+            env.reset(seed=0)
+            q0 = u.data.qpos[servo].copy()
+            for _ in range(20):
+                env.step(env.hold_action() if name == "hold" else np.zeros(env.action_dim, np.float32))
+            drift[name] = float(np.abs(u.data.qpos[servo] - q0).mean())
+        # zero actions send every servo to the middle of its range; holding leaves the hand near its pose
+        assert drift["hold"] < 0.5 * drift["zeros"], drift
