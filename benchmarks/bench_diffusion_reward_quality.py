@@ -124,6 +124,7 @@ def _collect_job(job: dict) -> str:
     except Exception:
         pass
     collect_episodes([job["task"]], out, episodes=job["episodes"], policy=job["policy"], noise=job["noise"],
+                     expert_model=job.get("expert_model") if job["policy"] != "random" else None,
                      size=job["size"], action_repeat=job["action_repeat"], seed=job["seed"],
                      max_steps=job["max_steps"], progress=False)
     return out
@@ -153,8 +154,17 @@ def _rollout(env, seed: int, max_steps: int, act):
                    success=np.asarray(success, bool))
 
 
+def _expert_act(env, expert_model):
+    """The task's expert as ``obs -> action``: the env's scripted one, else the trained policy."""
+    if env.has_expert:
+        return env.expert_action
+    from mmreward.robotics.collect import _trained_experts
+
+    return _trained_experts([env.task], "expert", expert_model, env.action_repeat)[env.task][0].act
+
+
 def _probe_job(job: dict) -> str:
-    """Progress-probe episodes: the scripted expert for k agent steps, then zero actions (the arm
+    """Progress-probe episodes: the expert for k agent steps, then the env's hold action (the robot
     holds still) to ``max_steps``; one file per (k, seed) in ``job["out"]``."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
@@ -171,19 +181,31 @@ def _probe_job(job: dict) -> str:
     env = make_env(job["task"], size=job["size"], action_repeat=job["action_repeat"], seed=job["seeds"][0],
                    max_steps=job["max_steps"])
     try:
+        expert = _expert_act(env, job.get("expert_model"))
         for seed in job["seeds"]:
             for k in HOLD_STEPS:
-                hold = np.zeros(env.action_space.shape, np.float32)
-                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"), _rollout(
-                    env, seed, job["max_steps"], lambda obs, t, k=k: env.expert_action(obs) if t < k else hold))
+                held = {}
+
+                def act(obs, t, k=k, held=held):
+                    if t < k:
+                        return expert(obs)
+                    return held.setdefault("a", env.hold_action())  # the pose where the expert stopped
+
+                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"), _rollout(env, seed, job["max_steps"], act))
     finally:
         env.close()
     return out
 
 
-def _hover_action(obs: np.ndarray, hand0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Small random motion around the start pose: a pull back to the start hand position plus
-    Gaussian jitter (Meta-World: ``obs[:3]`` is the hand position, actions move it by ~1 cm per unit)."""
+def _hover_action(env, obs: np.ndarray, start: dict, rng: np.random.Generator) -> np.ndarray:
+    """Small random motion around the start pose. Meta-World (delta control; ``obs[:3]`` is the hand
+    position, actions move it by ~1 cm per unit): a pull back to the start hand position plus Gaussian
+    jitter and a random gripper. Position-controlled hands (Adroit): the servo targets of the start
+    pose plus Gaussian jitter of 0.1 (actions span [−1, 1])."""
+    if env.suite == "adroit":
+        a0 = start.setdefault("hold", env.hold_action())
+        return a0 + 0.1 * rng.standard_normal(a0.shape)
+    hand0 = start.setdefault("hand", obs[:3].copy())  # the pose at reset
     xyz = 10.0 * (hand0 - obs[:3]) + 0.3 * rng.standard_normal(3)
     return np.concatenate([xyz, rng.uniform(-1, 1, 1)])
 
@@ -219,9 +241,8 @@ def _exploit_job(job: dict) -> str:
         for i in range(job["episodes"]):
             rng, start = np.random.default_rng([seed + i, 7]), {}
 
-            def hover(obs, t):
-                hand0 = start.setdefault("hand", obs[:3].copy())  # the pose at reset
-                return _hover_action(obs, hand0, rng)
+            def hover(obs, t, rng=rng, start=start):
+                return _hover_action(env, obs, start, rng)
 
             put(episode_file(task, "hover", 0.0, seed, i), _rollout(env, seed + i, job["max_steps"], hover), "hover", i)
     finally:
@@ -239,25 +260,48 @@ def _exploit_job(job: dict) -> str:
     return out
 
 
+def parse_expert_models(spec: str, tasks: list) -> dict:
+    """``--expert-model``: ``FOLDER`` (every task without a scripted expert) or ``TASK=FOLDER,...``."""
+    from mmreward.robotics.envs import resolve_task, suite_of
+
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return {t: spec for t in tasks if suite_of(resolve_task(t)) == "adroit"}
+    out = {}
+    for item in spec.split(","):
+        task, sep, folder = item.partition("=")
+        if not sep or not folder:
+            raise ValueError(f"--expert-model: expected TASK=FOLDER items, got {item!r}")
+        out[task.strip()] = folder.strip()
+    return out
+
+
 def collect_all(args, work: str) -> dict:
     jobs = []
-    common = dict(size=args.size, action_repeat=args.action_repeat, max_steps=args.max_steps)
+    experts = parse_expert_models(args.expert_model, args.train_tasks + args.heldout_tasks)
+
+    def common(task):
+        return dict(size=args.size, action_repeat=args.action_repeat, max_steps=args.max_steps,
+                    expert_model=experts.get(task))
+
     for task in args.train_tasks:
         jobs.append(dict(kind="train", task=task, policy="expert", noise=0.0, episodes=args.train_episodes,
-                         seed=0, out=os.path.join(work, "data", "train", task), **common))
+                         seed=0, out=os.path.join(work, "data", "train", task), **common(task)))
     seed, tag = args.eval_seed, ("" if args.eval_seed == 1000 else f"_seed{args.eval_seed}")  # a fresh eval set
     for task in args.train_tasks + args.heldout_tasks:
         for noise in NOISES:
             jobs.append(dict(kind="eval", task=task, policy="noisy", noise=noise, episodes=args.eval_episodes,
-                             seed=seed, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}{tag}"), **common))
+                             seed=seed, out=os.path.join(work, "data", "eval", f"{task}_noisy{noise:g}{tag}"),
+                             **common(task)))
         jobs.append(dict(kind="eval", task=task, policy="random", noise=0.0, episodes=args.eval_episodes, seed=seed,
-                         out=os.path.join(work, "data", "eval", f"{task}_random{tag}"), **common))
+                         out=os.path.join(work, "data", "eval", f"{task}_random{tag}"), **common(task)))
     exploit_jobs = [dict(kind="exploit", task=task, policy="exploit", noise=0.0, episodes=args.eval_episodes, seed=seed,
                          expert_dir=os.path.join(work, "data", "eval", f"{task}_noisy0{tag}"),
-                         out=os.path.join(work, "data", "eval", f"{task}_exploit{tag}"), **common)
+                         out=os.path.join(work, "data", "eval", f"{task}_exploit{tag}"), **common(task))
                     for task in args.train_tasks + args.heldout_tasks]
     probe_jobs = [dict(kind="probe", task=task, seeds=list(range(2000, 2000 + args.probe_seeds)),
-                       out=os.path.join(work, "data", "probe", task), **common)
+                       out=os.path.join(work, "data", "probe", task), **common(task))
                   for task in args.train_tasks + args.heldout_tasks] if args.probe_seeds > 0 else []
     t0 = time.perf_counter()
     if args.workers > 1:
@@ -466,6 +510,9 @@ def main(argv=None) -> int:
                     help="copy the trained reward model here (with the progress ranker attached, if trained)")
     ap.add_argument("--train-tasks", default="door-open-v3,drawer-open-v3,button-press-v3,window-open-v3")
     ap.add_argument("--heldout-tasks", default="drawer-close-v3")
+    ap.add_argument("--expert-model", default="",
+                    help="trained expert policies for tasks without a scripted one (Adroit): a policy folder "
+                         "(train-expert's model/) for every such task, or TASK=FOLDER,...")
     ap.add_argument("--split", choices=("custom", "ml10"), default="custom",
                     help="ml10: Meta-World ML10's 10 training / 5 test tasks as training / held-out tasks "
                          "(replaces --train-tasks / --heldout-tasks)")

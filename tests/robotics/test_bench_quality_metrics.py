@@ -223,3 +223,49 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
         return {(e["task"], e["file"]): e["dr_relative_likelihood"] for e in d["episodes"]}
 
     assert len(scores(doc)) == len(doc["episodes"]) and scores(doc2) == pytest.approx(scores(doc), abs=1e-5)
+
+
+def test_adroit_jobs_use_the_trained_expert_and_hold_the_hand(tmp_path):
+    """Adroit has no scripted expert: the data jobs act with a trained policy (--expert-model), the
+    probes hold the hand with its servo targets and the hover episodes jitter around the start pose."""
+    pytest.importorskip("gymnasium_robotics")
+    import torch
+
+    from mmreward.robotics.envs.base import setup_mujoco_gl
+    from mmreward.robotics.rl.policy import StatePolicy, StatePolicyConfig
+
+    setup_mujoco_gl()
+    b = _bench()
+    torch.manual_seed(0)
+    policy = StatePolicy(StatePolicyConfig(task="adroit-door", obs_dim=39, action_dim=28, hidden_dim=16,
+                                           action_repeat=2))
+    policy.save_pretrained(str(tmp_path / "expert"))
+    assert b.parse_expert_models(str(tmp_path / "expert"), ["adroit-door", "door-open-v3"]) == {
+        "adroit-door": str(tmp_path / "expert")}
+    assert b.parse_expert_models("adroit-door=x,adroit-pen=y", []) == {"adroit-door": "x", "adroit-pen": "y"}
+    with pytest.raises(ValueError, match="TASK=FOLDER"):
+        b.parse_expert_models("adroit-door=x,oops", [])
+    common = dict(size=32, action_repeat=2, max_steps=8, expert_model=str(tmp_path / "expert"))
+    probe = dict(kind="probe", task="adroit-door", seeds=[2000], out=str(tmp_path / "probe"), **common)
+    b._probe_job(probe)
+    eps = {e["hold_after"]: e for e in b.load_probes([probe])}
+    np.testing.assert_array_equal(eps[0]["frames"][:1], eps[70]["frames"][:1])
+    assert not np.array_equal(eps[0]["frames"], eps[70]["frames"])  # the policy acts, holding does not
+    expert = dict(kind="eval", task="adroit-door", policy="noisy", noise=0.0, episodes=1, seed=1000,
+                  out=str(tmp_path / "noisy0"), **common)
+    b._collect_job(expert)
+    from mmreward.robotics.data.episodes import read_manifest
+
+    (entry,) = read_manifest(expert["out"])
+    assert entry["expert_model"] == os.path.abspath(tmp_path / "expert") and entry["policy"] == "noisy"
+    exploit = dict(kind="exploit", task="adroit-door", policy="exploit", noise=0.0, episodes=1, seed=1000,
+                   expert_dir=expert["out"], out=str(tmp_path / "exploit"), **common)
+    b._exploit_job(exploit)
+    got = {e["policy"]: e["frames"] for e in b.load_jobs([exploit], ("exploit",))}
+    assert sorted(got) == sorted(b.EXPLOITS + ("reversed",))
+    hover_motion = np.abs(np.diff(got["hover"].astype(int), axis=0)).mean()
+    random = dict(kind="eval", task="adroit-door", policy="random", noise=0.0, episodes=1, seed=1000,
+                  out=str(tmp_path / "random"), **common)
+    b._collect_job(random)
+    random_motion = np.abs(np.diff(b.load_jobs([random], ("eval",))[0]["frames"].astype(int), axis=0)).mean()
+    assert 0 < hover_motion < random_motion
