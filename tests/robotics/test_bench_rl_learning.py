@@ -63,3 +63,7 @@ def test_schedule_frames_keeps_the_noise_horizon_when_a_run_is_continued():
     args.shaping = "potential"
     cmd = b.run_cmd(args, "diffusion-progress", "out")
     assert cmd[cmd.index("--reward-shaping") + 1] == "potential"
+    assert "--motion-scale" not in cmd
+    args.motion_scale = 4.0
+    cmd = b.run_cmd(args, "diffusion-progress", "out")
+    assert cmd[cmd.index("--motion-scale") + 1] == "4.0"
