@@ -364,6 +364,20 @@ def _train_expert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_expert(args: argparse.Namespace) -> int:
+    from .rl.expert import evaluate_expert
+
+    _prepare(args)
+    summary = evaluate_expert(args.model, episodes=args.episodes, seed=args.seed, reward=args.reward,
+                              episode_steps=args.episode_steps)
+    if args.json:
+        from mmreward.core.folders import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p.add_argument_group("agent (SACConfig)"), SACConfig)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_train_expert)
+
+    p = sub.add_parser("eval-expert", help="success rate of a trained Adroit expert on held-out scenes",
+                       description="Runs a train-expert policy (deterministic actions, state observations, no "
+                                   "rendering) on --episodes scenes no training episode used; prints the "
+                                   "success rate with its 95%% Wilson interval as JSON.")
+    p.add_argument("--model", required=True, help="the policy folder (train-expert's OUT/model) or the run folder")
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes")
+    p.add_argument("--seed", type=int, default=0, help="which held-out scene set (reset seeds 1.5e9 + 1000·seed + i)")
+    p.add_argument("--reward", choices=STATE_REWARDS, default="dense", help="reward the mean return is reported in")
+    p.add_argument("--episode-steps", type=int, default=None, help="agent steps per episode (default: the task's)")
+    p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(run=_eval_expert)
     return parser
 
 

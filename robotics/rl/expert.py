@@ -357,6 +357,73 @@ class ExpertTrainer:
                 env.close()
 
 
+# reset seeds of evaluate_expert's episodes: above every training / training-time evaluation seed of
+# runs with seeds below ~500 (episode_seed), so the policy is judged on scenes it was not selected on
+HELDOUT_SEED_BASE = 1_500_000_000
+
+
+def policy_folder(path: str) -> str:
+    """A policy folder, or a train-expert run folder holding one in ``model/``."""
+    inner = os.path.join(path, "model")
+    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inner, "config.json")):
+        return inner
+    return path
+
+
+def evaluate_expert(model: str, *, episodes: int = 50, seed: int = 0, reward: str = "dense",
+                    episode_steps: Optional[int] = None, make_env: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
+    """Success rate of the saved policy ``model`` (folder or run folder) on ``episodes`` episodes of its
+    task (state observations, deterministic actions, the action repeat it was trained with); scenes
+    from reset seeds ``HELDOUT_SEED_BASE + 1000·seed + i``. Success: at any step, as in training.
+    Returns the counts, the rate with its 95 % Wilson interval, the mean return (of ``reward``) and
+    the seeds. ``make_env`` (tests) replaces the Adroit environment."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    folder = policy_folder(model)
+    policy = StatePolicy.from_pretrained(folder)
+    if make_env is None:
+        from ..envs.adroit import AdroitStateEnv
+
+        task = expert_task(policy.config.task)
+
+        def make_env():
+            return AdroitStateEnv(task, action_repeat=policy.config.action_repeat, max_steps=episode_steps,
+                                  reward=reward)
+
+    env = make_env()
+    try:
+        if env.obs_dim != policy.config.obs_dim or env.action_dim != policy.config.action_dim:
+            raise ValueError(f"the policy in {model} takes [{policy.config.obs_dim}] observations and gives "
+                             f"[{policy.config.action_dim}] actions; {env.task} has {env.obs_dim} / {env.action_dim}")
+        seeds = [(HELDOUT_SEED_BASE + 1000 * seed + i) % (2 ** 31 - 1) for i in range(episodes)]
+        wins, returns, t0 = [], [], time.time()
+        for s in seeds:
+            obs, total, success = env.reset(s), 0.0, False
+            while True:
+                st = env.step(policy.act(obs))
+                total, success, obs = total + st.reward, success or bool(st.success), st.obs
+                if st.done:
+                    break
+            wins.append(success)
+            returns.append(total)
+    finally:
+        env.close()
+    k = int(sum(wins))
+    lo, hi = wilson_interval(k, episodes)
+    return {"model": os.path.abspath(folder), "task": policy.config.task, "episodes": episodes, "successes": k,
+            "success_rate": k / episodes, "success_rate_ci95": [lo, hi], "episode_return": float(np.mean(returns)),
+            "reward": reward, "seeds": [seeds[0], seeds[-1]], "seconds": time.time() - t0}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate k / n."""
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (0.0 if k == 0 else float(centre - half)), (1.0 if k == n else float(centre + half))
+
+
 def train_expert(config: ExpertConfig, agent_config: Optional[SACConfig] = None,
                  make_env: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
     """Train a SAC expert; returns a summary (evaluation curve, best evaluation, steps/s)."""

@@ -10,7 +10,7 @@ import torch
 
 from mmreward.core.checkpoint import Snapshots
 from mmreward.robotics.envs.adroit import StateStep
-from mmreward.robotics.rl.expert import ExpertConfig, StateReplay, train_expert
+from mmreward.robotics.rl.expert import ExpertConfig, StateReplay, evaluate_expert, train_expert, wilson_interval
 from mmreward.robotics.rl.policy import StatePolicy, StatePolicyConfig
 from mmreward.robotics.rl.sac import GaussianActor, SACAgent, SACConfig
 
@@ -76,6 +76,19 @@ def test_sac_learns_point_reach(tmp_path):
     rows = (tmp_path / "eval" / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,frames,episode,success_rate,episode_return") and len(rows) == 1 + 5
     assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "final_model" / "config.json").exists()
+    # held-out scenes: the trained policy reaches most goals, the untrained actor almost none
+    held = evaluate_expert(str(tmp_path), episodes=20, make_env=PointReach)
+    assert held["episodes"] == 20 and held["success_rate"] >= 0.6, held
+    lo, hi = held["success_rate_ci95"]
+    assert lo < held["success_rate"] < hi or held["success_rate"] == 1.0
+    StatePolicy(policy.config).save_pretrained(tmp_path / "untrained")
+    assert evaluate_expert(str(tmp_path / "untrained"), episodes=20, make_env=PointReach)["success_rate"] <= 0.3
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(27, 50)
+    assert (round(lo, 4), round(hi, 4)) == (0.404, 0.6703)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
 
 
 def test_sac_update_moves_the_targets_by_tau_and_log_prob_is_exact():
@@ -252,6 +265,15 @@ def test_collect_adroit_with_a_trained_expert(tmp_path, capsys):
                  "--no-progress"]) == 0, capsys.readouterr().err
     (noisy,) = read_manifest(str(tmp_path / "noisy"))
     assert (noisy["policy"], noisy["noise"], noisy["expert_model"]) == ("noisy", 0.3, os.path.abspath(run / "model"))
+
+    # success rate on held-out scenes, from the run folder, as JSON (stdout and --json)
+    assert main(["eval-expert", "--model", str(run), "--episodes", "2", "--episode-steps", "5",
+                 "--json", str(tmp_path / "eval.json")]) == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == json.loads((tmp_path / "eval.json").read_text())
+    assert (printed["task"], printed["episodes"], printed["model"]) == ("adroit-door", 2, os.path.abspath(run / "model"))
+    assert main(["eval-expert", "--model", str(run), "--episodes", "0"]) == 2
+    assert "episodes must be >= 1" in capsys.readouterr().err
 
     with pytest.raises(ValueError, match="no scripted expert ships for adroit-door.*train-expert"):
         collect_episodes(["adroit-door"], str(out), episodes=1, policy="expert", progress=False)
