@@ -167,8 +167,7 @@ def _trained_experts(tasks: Sequence[str], policy: str, expert_model: Optional[s
         raise ValueError(f"no scripted expert ships for {t}: train one with `mmreward robotics train-expert --task "
                          f"{t} --out runs/expert-{t.removeprefix('adroit-')}` and pass --expert-model "
                          f"runs/expert-{t.removeprefix('adroit-')}/model (or use --policy random)")
-    from .rl.expert import policy_folder
-    from .rl.policy import StatePolicy
+    from .rl.policy import StatePolicy, policy_folder
 
     folder = policy_folder(expert_model)  # a policy folder or a train-expert run folder
     expert = StatePolicy.from_pretrained(folder)

@@ -35,7 +35,7 @@ from mmreward.core.device import resolve_device
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
 
-from .policy import StatePolicy, StatePolicyConfig
+from .policy import StatePolicy, StatePolicyConfig, policy_folder
 from .recording import plot_learning_curves
 from .sac import SACAgent, SACConfig
 
@@ -360,14 +360,6 @@ class ExpertTrainer:
 # reset seeds of evaluate_expert's episodes: above every training / training-time evaluation seed of
 # runs with seeds below ~500 (episode_seed), so the policy is judged on scenes it was not selected on
 HELDOUT_SEED_BASE = 1_500_000_000
-
-
-def policy_folder(path: str) -> str:
-    """A policy folder, or a train-expert run folder holding one in ``model/``."""
-    inner = os.path.join(path, "model")
-    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inner, "config.json")):
-        return inner
-    return path
 
 
 def evaluate_expert(model: str, *, episodes: int = 50, seed: int = 0, reward: str = "dense",

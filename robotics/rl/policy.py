@@ -10,6 +10,7 @@ policy was trained with) and the actor's weights. ``mmreward robotics collect --
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,3 +72,11 @@ class StatePolicy(Pretrained, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def policy_folder(path: str) -> str:
+    """A policy folder, or a train-expert run folder holding one in ``model/``."""
+    inner = os.path.join(path, "model")
+    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inner, "config.json")):
+        return inner
+    return path
