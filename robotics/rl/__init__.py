@@ -8,7 +8,7 @@ Importing this package loads no simulator; the workspace builds environments whe
 from __future__ import annotations
 
 from .drqv2 import DrQV2Agent, DrQV2Config
-from .expert import ExpertConfig, train_expert
+from .expert import ExpertConfig, evaluate_expert, train_expert
 from .policy import StatePolicy, StatePolicyConfig
 from .replay import EpisodeRecord, ReplayBuffer
 from .rewards import REWARD_SOURCES, RewardSource, make_reward_source
@@ -16,5 +16,5 @@ from .sac import SACAgent, SACConfig
 from .workspace import RLConfig, Workspace, parse_task, train_rl
 
 __all__ = ["DrQV2Agent", "DrQV2Config", "EpisodeRecord", "ReplayBuffer", "REWARD_SOURCES", "RewardSource",
-           "make_reward_source", "RLConfig", "Workspace", "parse_task", "train_rl", "ExpertConfig", "train_expert",
+           "make_reward_source", "RLConfig", "Workspace", "parse_task", "train_rl", "ExpertConfig", "train_expert", "evaluate_expert",
            "StatePolicy", "StatePolicyConfig", "SACAgent", "SACConfig"]
