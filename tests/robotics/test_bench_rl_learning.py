@@ -67,3 +67,18 @@ def test_schedule_frames_keeps_the_noise_horizon_when_a_run_is_continued():
     args.motion_scale = 4.0
     cmd = b.run_cmd(args, "diffusion-progress", "out")
     assert cmd[cmd.index("--motion-scale") + 1] == "4.0"
+
+
+def test_video_sheet_lays_out_every_nth_frame_per_row():
+    pytest.importorskip("PIL")
+    import numpy as np
+
+    vs = load_script("benchmarks/video_sheet.py")
+    a = np.zeros((21, 8, 6, 3), np.uint8)
+    a[10] = 255  # the second kept frame is white
+    img = vs.sheet([("a", a), ("b", a[:11])], every=10, scale=2, label_width=20)
+    assert img.shape == (2 * 8 * 2, 20 + 3 * 6 * 2, 3)
+    assert img[0:16, 20 + 12:20 + 24].min() == 255 and img[0:16, 20:32].max() == 0
+    assert img[16:, 20 + 24:].min() == 255  # row b has two frames: the rest stays white canvas
+    with pytest.raises(ValueError, match="frames of"):
+        vs.sheet([("a", a), ("c", np.zeros((3, 4, 4, 3), np.uint8))], every=1)
