@@ -162,23 +162,26 @@ def _trained_experts(tasks: Sequence[str], policy: str, expert_model: Optional[s
             raise ValueError("--expert-model applies to Adroit tasks with --policy expert or noisy "
                              f"(got policy {policy!r}, tasks {', '.join(tasks)})")
         return {}
-    if expert_model is None:
-        t = adroit[0]
-        raise ValueError(f"no scripted expert ships for {t}: train one with `mmreward robotics train-expert --task "
-                         f"{t} --out runs/expert-{t.removeprefix('adroit-')}` and pass --expert-model "
-                         f"runs/expert-{t.removeprefix('adroit-')}/model (or use --policy random)")
+    from .pretrained import shipped_expert
     from .rl.policy import StatePolicy, policy_folder
 
-    folder = policy_folder(expert_model)  # a policy folder or a train-expert run folder
-    expert = StatePolicy.from_pretrained(folder)
+    out = {}
     for task in adroit:
+        given = expert_model or shipped_expert(task)  # the shipped expert when none is given
+        if given is None:
+            raise ValueError(f"no expert ships for {task}: train one with `mmreward robotics train-expert --task "
+                             f"{task} --out runs/expert-{task.removeprefix('adroit-')}` and pass --expert-model "
+                             f"runs/expert-{task.removeprefix('adroit-')}/model (or use --policy random)")
+        folder = policy_folder(given)  # a policy folder or a train-expert run folder
+        expert = StatePolicy.from_pretrained(folder)
         if expert.config.task != task:
-            raise ValueError(f"the expert in {expert_model} was trained on {expert.config.task}, not {task}: collect "
+            raise ValueError(f"the expert in {given} was trained on {expert.config.task}, not {task}: collect "
                              "one Adroit task per expert model")
-    if expert.config.action_repeat != action_repeat:
-        raise ValueError(f"the expert in {expert_model} acts with action repeat {expert.config.action_repeat}: "
-                         f"collect with --action-repeat {expert.config.action_repeat} (got {action_repeat})")
-    return {task: (expert, os.path.abspath(folder)) for task in adroit}
+        if expert.config.action_repeat != action_repeat:
+            raise ValueError(f"the expert in {given} acts with action repeat {expert.config.action_repeat}: "
+                             f"collect with --action-repeat {expert.config.action_repeat} (got {action_repeat})")
+        out[task] = (expert, os.path.abspath(folder))
+    return out
 
 
 def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = "episodes", *, episodes: int = 10,

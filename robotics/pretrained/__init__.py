@@ -16,8 +16,12 @@ learned term (β = 1; ``reward.set_progress(None)`` gives the paper's rule). How
     r = reward(frames)                    # uint8 [T, 64, 64, 3] -> [T]
     mmreward.load("metaworld-64")         # the same model through the registry
 
-These folders are in the format of mmreward 0.1 (no ``manifest.json``); the current code reads it
-as it is, so the shipped weights stay byte-identical.
+``metaworld-64-v1`` is in the format of mmreward 0.1 (no ``manifest.json``); the current code reads
+it as it is, so its weights stay byte-identical.
+
+``experts/<task>/``: trained state-based expert policies (:class:`~mmreward.robotics.rl.StatePolicy`)
+for tasks without a scripted expert (Adroit), the default of ``collect --policy expert`` for their
+task (:func:`shipped_expert`); ``docs/adroit.md`` gives how they were trained and their success rates.
 """
 from __future__ import annotations
 
@@ -80,3 +84,9 @@ def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
 
 
 __all__ = ["DEFAULT", "available", "pretrained_path", "load_pretrained", "model_folder"]
+
+
+def shipped_expert(task: str) -> Optional[str]:
+    """Folder of the shipped expert policy for ``task`` (e.g. ``adroit-door``), or None."""
+    folder = os.path.join(HERE, "experts", task)
+    return folder if os.path.isfile(os.path.join(folder, "config.json")) else None

@@ -226,7 +226,7 @@ def test_adroit_dapg_reward_is_dapgs_door_reward():
 
 
 @needs_adroit
-def test_collect_adroit_with_a_trained_expert(tmp_path, capsys):
+def test_collect_adroit_with_a_trained_expert(tmp_path, capsys, monkeypatch):
     from mmreward.robotics.cli import main
     from mmreward.robotics.collect import collect_episodes
     from mmreward.robotics.data.episodes import load_episode, read_manifest
@@ -275,8 +275,15 @@ def test_collect_adroit_with_a_trained_expert(tmp_path, capsys):
     assert main(["eval-expert", "--model", str(run), "--episodes", "0"]) == 2
     assert "episodes must be >= 1" in capsys.readouterr().err
 
-    with pytest.raises(ValueError, match="no scripted expert ships for adroit-door.*train-expert"):
-        collect_episodes(["adroit-door"], str(out), episodes=1, policy="expert", progress=False)
+    with pytest.raises(ValueError, match="no expert ships for adroit-hammer.*train-expert"):
+        collect_episodes(["adroit-hammer"], str(out), episodes=1, policy="expert", progress=False)
+    # without --expert-model a task's shipped expert acts (here: this run's policy stands in for it)
+    import mmreward.robotics.pretrained as shipped
+
+    monkeypatch.setattr(shipped, "shipped_expert", lambda task: str(run / "model") if task == "adroit-door" else None)
+    collect_episodes(["adroit-door"], str(tmp_path / "shipped"), episodes=1, policy="expert", max_steps=3, size=32,
+                     progress=False)
+    assert read_manifest(str(tmp_path / "shipped"))[0]["expert_model"] == os.path.abspath(run / "model")
     with pytest.raises(ValueError, match="action repeat 2"):
         collect_episodes(["adroit-door"], str(out), episodes=1, policy="expert", expert_model=str(run / "model"),
                          action_repeat=1, progress=False)
