@@ -404,7 +404,7 @@ def evaluate_expert(model: str, *, episodes: int = 50, seed: int = 0, reward: st
         env.close()
     k = int(sum(wins))
     lo, hi = wilson_interval(k, episodes)
-    return {"model": os.path.abspath(folder), "task": policy.config.task, "episodes": episodes, "successes": k,
+    return {"model": folder, "task": policy.config.task, "episodes": episodes, "successes": k,
             "success_rate": k / episodes, "success_rate_ci95": [lo, hi], "episode_return": float(np.mean(returns)),
             "reward": reward, "seeds": [seeds[0], seeds[-1]], "seconds": time.time() - t0}
 
