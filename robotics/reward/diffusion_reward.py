@@ -347,19 +347,21 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
         r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
-        attached, ``λ·deficit`` subtracted when ``motion_scale`` > 0 (``change``: the frames' expected and
-        observed token changes, :meth:`change_windows`), and that learned term bounded below by
-        ``clip_min`` when set."""
+        attached and bounded below by ``clip_min`` when set, then ``λ·deficit`` subtracted when
+        ``motion_scale`` > 0 (``change``: the frames' expected and observed token changes,
+        :meth:`change_windows`)."""
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
+        if self.config.clip_min is not None:  # after the progress term: far-off frames cannot profit from it
+            z = z.clamp_min(self.config.clip_min)
         if self.config.motion_scale > 0:
+            # after the clip: the deficit is bounded (≤ λ / s_D), and a robot that stands still far from the
+            # experts must still earn less than one that moves there (clipped alike, the two would tie)
             if change is None:
                 raise ValueError("motion_scale > 0 needs the frames' expected and observed changes (change_windows)")
             deficit = self.motion_deficit(change[0].to(z.device), change[1].to(z.device))
             z = z - self.config.motion_scale * deficit.float()
-        if self.config.clip_min is not None:  # after the progress term: far-off frames cannot profit from it
-            z = z.clamp_min(self.config.clip_min)
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()

@@ -57,6 +57,14 @@ def test_combine_subtracts_the_scaled_deficit_and_fit_statistics_sets_its_std():
     e, o = dr.change_windows(tok)
     expected = z - 2.0 * ((e - o) / e.clamp_min(1.0)).clamp_min(0) / stats["motion_std"]
     torch.testing.assert_close(dr(ep), expected)
+    # the clip bounds the likelihood (+ progress) term; the deficit comes after it, so frames clipped
+    # alike still pay for not moving
+    floor = float(z.min()) + 0.5 * float(z.max() - z.min())
+    dr.config.clip_min = floor
+    deficit = ((e - o) / e.clamp_min(1.0)).clamp_min(0) / stats["motion_std"]
+    assert (deficit[z < floor] > 0).any()  # the order matters on these frames
+    torch.testing.assert_close(dr(ep), z.clamp_min(floor) - 2.0 * deficit)
+    dr.config.clip_min = None
     dr.config.motion_scale = 0.0
     torch.testing.assert_close(dr(ep), z)
     dr.config.motion_scale = 1.0
