@@ -308,7 +308,7 @@ class ExpertTrainer:
         frames = [s * self.cfg.action_repeat for s in steps]
         plot_learning_curves(os.path.join(self.cfg.out, "curves.png"),
                              {"SAC": {"frames": frames, "success_rate": succ, "episode_return": ret}},
-                             title=f"{self.task} · SAC on the dense reward · seed {self.cfg.seed}")
+                             title=f"{self.task} · SAC on the {self.cfg.reward} reward · seed {self.cfg.seed}")
         self.policy().save_pretrained(os.path.join(self.cfg.out, "final_model"))
         self.train_log.close()
         self.eval_log.close()
