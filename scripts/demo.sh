@@ -4,6 +4,8 @@
 #   2. every op family's benchmark in smoke mode (side-by-side ratios vs eager PyTorch);
 #   3. Diffusion Reward end to end on Meta-World: collect expert and random door-open episodes,
 #      score them with the shipped checkpoint (robotics/pretrained/metaworld-64), plot per-step rewards;
+#      Adroit: the shipped door expert's held-out success, one expert and one random episode scored
+#      with robotics/pretrained/adroit-64;
 #   4. the Diffusion Reward speed benchmark in smoke mode (ours vs the official computation);
 #   5. DrQ-v2 from pixels with the shipped Diffusion Reward (a short run: trains, evaluates, writes an
 #      annotated evaluation video, learning curves and a snapshot), and the RL loop's throughput;
@@ -29,6 +31,13 @@ rm -rf "$OUT/episodes"
 "$BIN/mmreward" robotics collect --tasks door-open-v3 --episodes 2 --policy random --max-steps 70 --out "$OUT/episodes" --seed 200
 echo; echo "== Diffusion Reward: score them with the shipped checkpoint =="
 "$BIN/mmreward" robotics score "$OUT"/episodes/*.npz --plot "$OUT/rewards.png" --out "$OUT/rewards.json"
+echo; echo "== Adroit: the shipped door expert on held-out scenes, its rendered episodes scored with adroit-64 =="
+"$BIN/mmreward" robotics eval-expert --model robotics/pretrained/experts/adroit-door --episodes 10
+rm -rf "$OUT/adroit"
+"$BIN/mmreward" robotics collect --tasks adroit-door --episodes 1 --policy expert --out "$OUT/adroit" --seed 100
+"$BIN/mmreward" robotics collect --tasks adroit-door --episodes 1 --policy random --out "$OUT/adroit" --seed 200
+"$BIN/mmreward" robotics score --model adroit-64 "$OUT"/adroit/*.npz --plot "$OUT/adroit_rewards.png" \
+  --out "$OUT/adroit_rewards.json"
 echo; echo "== benchmarks/bench_diffusion_reward_speed.py --quick =="
 "$BIN/python" benchmarks/bench_diffusion_reward_speed.py --quick
 echo; echo "== DrQ-v2 with the learned reward (short run; paper-scale runs need a GPU) =="
