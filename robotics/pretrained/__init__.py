@@ -16,6 +16,10 @@ learned term (β = 1; ``reward.set_progress(None)`` gives the paper's rule). How
     r = reward(frames)                    # uint8 [T, 64, 64, 3] -> [T]
     mmreward.load("metaworld-64")         # the same model through the registry
 
+``adroit-64``: the same design trained on 80 videos of the shipped Adroit door expert (64×64,
+``vil_camera``, action repeat 2, 100 steps), with its ranker and the motion deficit at λ = 2
+(``scripts/make_checkpoint_adroit64.sh``; figures in ``docs/adroit.md``).
+
 ``metaworld-64-v1`` is in the format of mmreward 0.1 (no ``manifest.json``); the current code reads
 it as it is, so its weights stay byte-identical.
 

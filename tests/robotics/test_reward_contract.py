@@ -130,7 +130,8 @@ def _tree_digest(folder):
 @pytest.mark.skipif("metaworld-64" not in available(), reason="no shipped checkpoint")
 def test_shipped_checkpoints_load_by_name_and_path_unchanged():
     ep = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
-    for name in ("metaworld-64", "metaworld-64-v1"):
+    motion_frames = {"metaworld-64": 22720, "metaworld-64-v1": 0, "adroit-64": 8080}
+    for name in ("metaworld-64", "metaworld-64-v1", "adroit-64"):
         folder = os.path.join(HERE, name)
         digest = _tree_digest(folder)
         if name == "metaworld-64-v1":  # the 0.1 format, read as it is
@@ -139,7 +140,7 @@ def test_shipped_checkpoints_load_by_name_and_path_unchanged():
         assert isinstance(by_name, DiffusionReward) and by_name.progress is not None
         assert torch.equal(by_name.score_parts([Episode(ep)])[0], by_path(ep))
         # the default carries its expert motion statistics: --motion-scale needs no refit
-        assert int(by_name.motion_statistics[1]) == (22720 if name == "metaworld-64" else 0)
+        assert int(by_name.motion_statistics[1]) == motion_frames[name]
         assert _tree_digest(folder) == digest  # loading never rewrites the shipped weights
 
 

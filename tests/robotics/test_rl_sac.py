@@ -326,3 +326,24 @@ def test_shipped_door_expert_opens_the_door():
     # 10 of the held-out scenes of benchmarks/results/adroit_door_expert.json (43 / 50 there)
     result = evaluate_expert(folder, episodes=10, seed=0)
     assert result["successes"] >= 7, result
+
+
+@needs_adroit
+def test_adroit64_pays_the_expert_more_than_random_or_frozen_hands(tmp_path):
+    """The shipped adroit-64 on fresh episodes of the shipped expert, random actions and a frozen hand
+    (the expert's first frame repeated): the order benchmarks/results/diffusion_reward_pooled_adroit64.json
+    measures (expert-vs-random AUC 0.97, random-vs-frozen 1.00)."""
+    import mmreward
+    from mmreward.robotics.collect import collect_episodes
+    from mmreward.robotics.data.episodes import load_episode, read_manifest
+    from mmreward.robotics.envs.base import setup_mujoco_gl
+
+    setup_mujoco_gl()
+    reward = mmreward.load("adroit-64")
+    assert reward.config.motion_scale == 2.0
+    for policy, seed in (("expert", 100), ("random", 200)):
+        collect_episodes(["adroit-door"], str(tmp_path), episodes=1, policy=policy, seed=seed, progress=False)
+    eps = {e["policy"]: load_episode(str(tmp_path / e["file"])).frames for e in read_manifest(str(tmp_path))}
+    eps["frozen"] = np.repeat(eps["expert"][:1], len(eps["expert"]), 0)
+    score = {k: float(reward(torch.from_numpy(f)).mean()) for k, f in eps.items()}
+    assert score["expert"] > score["random"] > score["frozen"], score
