@@ -57,6 +57,19 @@ def diffusion_reward() -> list[str]:
             f"| {_link('diffusion_reward_pooled_scale80.json')} |"]
 
 
+def adroit() -> list[str]:
+    e = _load("adroit_door_expert.json")
+    d = _load("diffusion_reward_pooled_adroit64.json")
+    ours = d["pooled"]["dr_relative_likelihood+progress+motion2"]["train_tasks"]
+    nn = d["pooled"]["nn_expert"]["train_tasks"]
+    lo, hi = e["success_rate_ci95"]
+    return [f"| Adroit | shipped door expert (SAC on state) on {e['episodes']} held-out scenes; shipped `adroit-64` "
+            f"on {d['episodes']} eval episodes: success AUC / expert-vs-random | **{e['success_rate']:.2f}** "
+            f"[{lo:.2f}, {hi:.2f}]; **{ours['success_auc_mean']:.2f} / {ours['expert_vs_random_auc_mean']:.2f}**, "
+            f"nearest-neighbour baseline {nn['success_auc_mean']:.2f} / {nn['expert_vs_random_auc_mean']:.2f} "
+            f"| {_link('adroit_door_expert.json')}, {_link('diffusion_reward_pooled_adroit64.json')} |"]
+
+
 def visual_rl() -> list[str]:
     name = "rl_learning_cpu_button_press_progress_potential_seeds1to6.json"
     d = _load(name)
@@ -95,7 +108,7 @@ def fused_head() -> list[str]:
     return rows
 
 
-SECTIONS = [text_rm, prm, diffusion_reward, visual_rl, serving, fused_head]
+SECTIONS = [text_rm, prm, diffusion_reward, adroit, visual_rl, serving, fused_head]
 
 
 def table() -> str:
