@@ -133,27 +133,6 @@ def _collect_job(job: dict) -> str:
 HOLD_STEPS = (0, 10, 20, 30, 45, 70)
 
 
-def _rollout(env, seed: int, max_steps: int, act):
-    """One episode of ``env`` reset with ``seed``: ``act(obs, t)`` gives each action (clipped to the box)."""
-    from mmreward.robotics.data.episodes import Episode
-
-    low, high = env.action_space.low, env.action_space.high
-    obs, frame = env.reset(seed=seed)
-    frames, actions, rewards, success = [frame], [], [], []
-    for t in range(max_steps):
-        a = np.clip(act(obs, t), low, high).astype(np.float32)
-        step = env.step(a)
-        obs = step.obs
-        frames.append(step.frame)
-        actions.append(a)
-        rewards.append(step.reward)
-        success.append(step.success)
-        if step.done:
-            break
-    return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
-                   success=np.asarray(success, bool))
-
-
 def _expert_act(env, expert_model):
     """The task's expert as ``obs -> action``: the env's scripted one, else the trained policy."""
     if env.has_expert:
@@ -170,6 +149,7 @@ def _probe_job(job: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
+    from mmreward.robotics.collect import rollout
     from mmreward.robotics.data.episodes import save_episode
     from mmreward.robotics.envs import make_env
 
@@ -191,7 +171,8 @@ def _probe_job(job: dict) -> str:
                         return expert(obs)
                     return held.setdefault("a", env.hold_action())  # the pose where the expert stopped
 
-                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"), _rollout(env, seed, job["max_steps"], act))
+                episode = rollout(env, act, seed=seed, max_steps=job["max_steps"])
+                save_episode(os.path.join(out, f"hold{k}_seed{seed}.npz"), episode)
     finally:
         env.close()
     return out
@@ -218,7 +199,7 @@ def _exploit_job(job: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from mmreward.robotics.collect import episode_file
+    from mmreward.robotics.collect import episode_file, rollout
     from mmreward.robotics.data.episodes import (Episode, episode_entry, load_episode_folder, read_manifest,
                                                  save_episode, update_manifest)
     from mmreward.robotics.envs import make_env
@@ -244,7 +225,8 @@ def _exploit_job(job: dict) -> str:
             def hover(obs, t, rng=rng, start=start):
                 return _hover_action(env, obs, start, rng)
 
-            put(episode_file(task, "hover", 0.0, seed, i), _rollout(env, seed + i, job["max_steps"], hover), "hover", i)
+            episode = rollout(env, hover, seed=seed + i, max_steps=job["max_steps"])
+            put(episode_file(task, "hover", 0.0, seed, i), episode, "hover", i)
     finally:
         env.close()
     experts = load_episode_folder(job["expert_dir"], None, ["all"])[:job["episodes"]]

@@ -37,10 +37,12 @@ def run_cmd(args, reward: str, out: str) -> list[str]:
            "--snapshot-every-frames", str(args.eval_every), "--threads", str(args.threads), "--device", args.device]
     if not args.paper:
         cmd += ["--batch-size", "64", "--hidden-dim", "256", "--stddev-schedule", f"linear(1.0,0.1,{int(steps * 0.8)})"]
-    if args.checkpoint:
-        cmd += ["--model", args.checkpoint]
     if args.episode_steps:
         cmd += ["--episode-steps", str(args.episode_steps)]
+    if reward in ("sparse", "dense"):  # the flags below are the learned rewards'; train-rl refuses them here
+        return cmd
+    if args.checkpoint:
+        cmd += ["--model", args.checkpoint]
     if args.expl_scale is not None:
         cmd += ["--expl-scale", str(args.expl_scale)]
     if args.reward_clip is not None:

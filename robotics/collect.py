@@ -109,32 +109,49 @@ def _policy_rng(seed: int, index: int, task: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), zlib.crc32(task.encode())])
 
 
-def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Generator,
-                expert: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Episode:
-    """One episode in ``env`` (a :class:`~mmreward.robotics.envs.PixelEnv`), reset with ``seed``.
-    ``expert`` maps the state observation to an action (default: the env's scripted expert)."""
+def rollout(env, act: Callable[[np.ndarray, int], np.ndarray], *, seed: int,
+            max_steps: Optional[int] = None) -> Episode:
+    """One episode in ``env`` (a :class:`~mmreward.robotics.envs.PixelEnv`) reset with ``seed``:
+    ``act(obs, t)`` gives the action of agent step ``t`` (clipped to the action box); it ends when the
+    env does or after ``max_steps`` steps."""
     low = np.asarray(env.action_space.low, dtype=np.float32)
     high = np.asarray(env.action_space.high, dtype=np.float32)
     obs, frame = env.reset(seed=seed)
     frames, actions, rewards, success = [frame], [], [], []
-    while True:
-        if policy == "random":
-            action = rng.uniform(low, high).astype(np.float32)
-        else:
-            action = (expert or env.expert_action)(obs)
-            if policy == "noisy" and noise > 0:
-                action = action + noise * rng.standard_normal(action.shape).astype(np.float32)
-            action = np.clip(action, low, high).astype(np.float32)
+    t = 0
+    while max_steps is None or t < max_steps:
+        action = np.clip(act(obs, t), low, high).astype(np.float32)
         step = env.step(action)
         obs = step.obs
         frames.append(step.frame)
         actions.append(action)
         rewards.append(step.reward)
         success.append(step.success)
+        t += 1
         if step.done:
             break
     return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
                    success=np.asarray(success, bool))
+
+
+def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Generator,
+                expert: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Episode:
+    """One episode of ``policy`` (``random`` / ``expert`` / ``noisy``: the expert plus Gaussian action
+    noise of std ``noise``) in ``env``, reset with ``seed``; ``rng`` draws the random actions and the
+    noise. ``expert`` maps the state observation to an action (default: the env's scripted expert)."""
+    low = np.asarray(env.action_space.low, dtype=np.float32)
+    high = np.asarray(env.action_space.high, dtype=np.float32)
+    expert = expert or env.expert_action
+
+    def act(obs, t):
+        if policy == "random":
+            return rng.uniform(low, high).astype(np.float32)
+        action = expert(obs)
+        if policy == "noisy" and noise > 0:
+            action = action + noise * rng.standard_normal(action.shape).astype(np.float32)
+        return action
+
+    return rollout(env, act, seed=seed)
 
 
 def _check(policy: str, noise: float, episodes: int, seed: int) -> None:
