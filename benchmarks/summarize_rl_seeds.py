@@ -20,7 +20,10 @@ takes run KEY only from files whose name contains TEXT.
 With two or more groups, each later group is compared with the first, seed by seed (the same seed
 gives both settings the same environment seeds), on success AUC, final success, return AUC (mean
 return over the common span) and final return: mean paired difference and the two-sided p-value of
-an exact sign-flip permutation test (all 2^n sign patterns; n ≤ 16 seeds).
+an exact sign-flip permutation test (all 2^n sign patterns; n ≤ 16 seeds), with the 95 % t-interval
+of the mean difference across seeds. Each setting's final evaluation is also pooled over seeds
+(successes of all final evaluation episodes, with a 95 % Wilson interval; it treats the episodes as
+independent, so it is narrower than the spread across seeds warrants).
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ def collect(jsons: list[dict], names: list[str], keys: list[str]) -> list[dict]:
         key = next((k for k in keys if key_matches(k, d, name)), None)
         if key is not None:
             run = key.partition("@")[0]
-            runs.append({**d["runs"][run], "seed": d.get("seed"), "file": name, "key": run})
+            runs.append({**d["runs"][run], "seed": d.get("seed"), "file": name, "key": run,
+                         "eval_episodes": d.get("eval_episodes")})
     return runs
 
 
@@ -72,6 +76,13 @@ def summarize(runs: list[dict]) -> dict:
         return trapezoid_mean(common, s)
 
     firsts = [next((f for f, v in zip(common, s) if v > 0), None) for s in succ]
+    pooled = None
+    if all(r.get("eval_episodes") for r in runs):  # successes of the final evaluations, all seeds
+        from mmreward.robotics.rl.expert import wilson_interval
+
+        k = sum(round(s[-1] * r["eval_episodes"]) for s, r in zip(succ, runs))
+        n_eps = sum(r["eval_episodes"] for r in runs)
+        pooled = {"successes": k, "episodes": n_eps, "rate": k / n_eps, "wilson95": list(wilson_interval(k, n_eps))}
     reached = [f for f in firsts if f is not None]
     return {
         "seeds": [r["seed"] for r in runs],
@@ -85,6 +96,7 @@ def summarize(runs: list[dict]) -> dict:
         "mean_success_auc": sum(auc(s) for s in succ) / n,
         "final_mean_success": sum(s[-1] for s in succ) / n,
         "max_mean_success": max(sum(col) / n for col in zip(*succ)),
+        "final_success_pooled": pooled,
         "per_seed_metrics": {r["seed"]: {"success_auc": auc(s), "final_success": s[-1],
                                          "return_auc": trapezoid_mean(common, ret_s), "final_return": ret_s[-1]}
                              for r, s, ret_s in zip(runs, succ, ret)},
@@ -109,13 +121,27 @@ def sign_flip_p(diffs: list[float]) -> float:
     return hits / 2 ** len(diffs)
 
 
+def t_interval(diffs: list[float], level: float = 0.95) -> list[float]:
+    """The ``level`` t-interval of the mean of ``diffs`` (n − 1 degrees of freedom); NaNs below 2 values."""
+    n = len(diffs)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    from scipy.stats import t
+
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / n ** 0.5
+    return [mean - half, mean + half]
+
+
 def compare(base: dict, other: dict) -> dict:
     """Paired differences other − base over the seeds both settings ran, per seed-level metric."""
     seeds = [s for s in other["per_seed_metrics"] if s in base["per_seed_metrics"]]
     out = {"seeds": seeds}
     for metric in ("success_auc", "final_success", "return_auc", "final_return"):
         d = [other["per_seed_metrics"][s][metric] - base["per_seed_metrics"][s][metric] for s in seeds]
-        out[metric] = {"diffs": d, "mean_diff": sum(d) / len(d) if d else float("nan"), "p_two_sided": sign_flip_p(d)}
+        out[metric] = {"diffs": d, "mean_diff": sum(d) / len(d) if d else float("nan"), "ci95": t_interval(d),
+                       "p_two_sided": sign_flip_p(d)}
     return out
 
 
@@ -165,7 +191,10 @@ def main(argv=None) -> int:
         first = s["mean_first_success_frame"]
         print(f"{label}: seeds {s['seeds']}; eval success in {s['seeds_with_success']}/{len(s['seeds'])} seeds"
               f"{f' (first at {first:.0f} frames on average)' if first is not None else ''}; "
-              f"success AUC {s['mean_success_auc']:.3f}; final {s['final_mean_success']:.2f}")
+              f"success AUC {s['mean_success_auc']:.3f}; final {s['final_mean_success']:.2f}" + (
+                  f" ({s['final_success_pooled']['successes']}/{s['final_success_pooled']['episodes']} episodes, "
+                  "95 % [{:.2f}, {:.2f}])".format(*s['final_success_pooled']['wilson95'])
+                  if s["final_success_pooled"] else ""))
         print("   frames: " + "  ".join(f"{f // 1000}k:{a:.2f}/{b:.0f}"
                                         for f, a, b in zip(s["frames"], s["mean_success"], s["mean_return"])))
     labels = list(summaries)
@@ -173,7 +202,7 @@ def main(argv=None) -> int:
     for label in labels[1:]:
         c = comparisons[f"{label} vs {labels[0]}"] = compare(summaries[labels[0]], summaries[label])
         print(f"{label} − {labels[0]}, paired over seeds {c['seeds']}: " + "; ".join(
-            f"{m} {c[m]['mean_diff']:+.3f} (p {c[m]['p_two_sided']:.2f})"
+            f"{m} {c[m]['mean_diff']:+.3f} [{c[m]['ci95'][0]:+.3f}, {c[m]['ci95'][1]:+.3f}] (p {c[m]['p_two_sided']:.2f})"
             for m in ("success_auc", "final_success", "return_auc", "final_return")))
     if args.out:
         print(f"plot: {plot(args.out, summaries, f'DrQ-v2 on {task}: mean over seeds')}")

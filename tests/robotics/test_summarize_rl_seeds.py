@@ -1,6 +1,7 @@
 """The across-seed RL summary: means over the frames every seed evaluated, first-success frames,
 success AUC, key fallbacks between files, and a clear error for a group no file holds."""
 import json
+import math
 
 import pytest
 from helpers import load_script
@@ -67,6 +68,26 @@ def test_paired_sign_flip_comparison(tmp_path):
     # diffs (10, 5, 0): sign patterns with |sum| ≥ 15 are (+,+,±) and (−,−,±): 4 of 8
     assert c["final_return"]["p_two_sided"] == pytest.approx(0.5)
     assert c["final_success"]["diffs"] == pytest.approx([0.2, 0.4, 0.6])
+    # t-interval of the mean of (10, 5, 0): 5 ± t(0.975, 2) · 5 / √3 = 5 ± 4.303 · 2.887
+    lo, hi = c["final_return"]["ci95"]
+    assert lo == pytest.approx(5 - 12.4212, abs=1e-3) and hi == pytest.approx(5 + 12.4212, abs=1e-3)
+    assert all(math.isnan(x) for x in m.t_interval([1.0]))  # one seed: no spread, no interval
+
+
+def test_final_success_pooled_over_seeds_with_wilson_interval(tmp_path):
+    m = _mod()
+    files = []
+    for seed, final in ((1, 0.4), (2, 1.0)):
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(json.dumps({"task": "adroit/door", "seed": seed, "eval_episodes": 5, "runs": {
+            "sparse": {"frames": [0, 10], "success_rate": [0.0, final], "episode_return": [0, 1]}}}))
+        files.append(str(path))
+    out = tmp_path / "sum.json"
+    assert m.main(["--json", *files, "--group", "sparse::sparse", "--save", str(out)]) == 0
+    pooled = json.loads(out.read_text())["summary"]["sparse"]["final_success_pooled"]
+    assert pooled["successes"] == 7 and pooled["episodes"] == 10 and pooled["rate"] == pytest.approx(0.7)
+    lo, hi = pooled["wilson95"]
+    assert lo == pytest.approx(0.3968, abs=1e-3) and hi == pytest.approx(0.8922, abs=1e-3)
 
 
 def test_errors(tmp_path):
