@@ -21,3 +21,4 @@ from ._validate import set_check_finite  # noqa: F401
 from .pairwise import *  # noqa: F401,F403,E402  pairwise reward losses
 from .step_reward import *  # noqa: F401,F403,E402  PRM step-reward ops
 from .codebook import *  # noqa: F401,F403,E402  VQ-codebook ops (Diffusion Reward entropy / VQ-Diffusion losses)
+from .attention import *  # noqa: F401,F403,E402  small-head multi-head attention (VQ-Diffusion's transformer)

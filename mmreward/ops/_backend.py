@@ -56,6 +56,10 @@ def extension_loaded() -> bool:
 # Ops of the compiled library that are utilities, not tensor ops with backends.
 UTILITY_OPS = ("ext_info", "release_cpu_buffers", "cached_cpu_buffer_bytes")
 
+# Ops with no CUDA / Triton kernels, whose reference is the GPU implementation (e.g. attention:
+# PyTorch's fused scaled_dot_product_attention); filled by mmreward.ops.library.define.
+REFERENCE_ON_GPU: set = set()
+
 
 def empty_cpu_cache() -> int:
     """Free the C++ kernels' cached large CPU output buffers that nothing references any more;
@@ -129,6 +133,8 @@ def why_unavailable(backend: str, op: str, device_type) -> Optional[str]:
         return "no CUDA device (torch.cuda.is_available() is False)"
     if backend == "reference":
         return None
+    if backend in ("cuda", "triton") and op in REFERENCE_ON_GPU:
+        return f"{op!r} has no {backend} kernel: on a GPU its reference runs (PyTorch's own fused kernel)"
     if backend in ("cpp", "cuda"):
         want = "cpu" if backend == "cpp" else "cuda"
         if device_type != want:
@@ -165,6 +171,8 @@ def select(op: str, device: torch.device) -> str:
             raise BackendUnavailableError(f"{op}: backend {forced!r} requested but unavailable: {reason}")
         return forced
     if device_type == "cuda":
+        if op in REFERENCE_ON_GPU:
+            return "reference"
         order = ("triton", "cuda") if triton_installed() else ("cuda",)
     elif device_type == "cpu":
         order = ("cpp",)

@@ -49,6 +49,8 @@ class OpSpec:
     reference: Optional[Callable] = None
     # forward ops with a C++ autograd formula (the others' outputs carry no gradient)
     differentiable: bool = True
+    # False: no CUDA / Triton kernels; on a GPU the reference runs (it is already a fused PyTorch kernel)
+    gpu_kernels: bool = True
     # set by :func:`define` from the family it registers the op under
     family: str = ""
 
@@ -62,6 +64,8 @@ def define(family: str, specs: list[OpSpec]) -> None:
     specs = [dataclasses.replace(spec, family=family) for spec in specs]
     for spec in specs:
         OPS[spec.name] = spec
+        if not spec.gpu_kernels:
+            _backend.REFERENCE_ON_GPU.add(spec.name)
     if not _backend.extension_loaded():
         return
     for spec in specs:
