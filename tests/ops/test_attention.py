@@ -1,7 +1,7 @@
 """Small-head attention (mmreward.ops.attention): the C++ kernel against PyTorch's attention in
 float64 (forward + gradients), fp32 / bf16 / fp64, the official VQ-Diffusion head shapes (16 heads
 of width 8, self and cross), heads split off a fused projection (strided views), partial 16-query
-blocks, one query / one key, head widths with and without a compile-time kernel (1…32) and wider
+blocks, one query / one key, head widths with and without compile-time loops (1…8) and wider
 ones (run by PyTorch inside the op), large scores, NaN / inf propagation, input errors, the GPU
 routing and the VQ-Diffusion block that uses it. opcheck / gradcheck / torch.compile of the raw
 ops: tests/ops/test_library.py."""
@@ -44,6 +44,7 @@ SHAPES = [  # (B, H, Lq, Lk, D, Dv)
     (1, 1, 5, 6, 1, 1),
     (1, 2, 9, 13, 48, 48),    # wider than the kernel: PyTorch inside the op
     (1, 1, 4, 3, 8, 40),
+    (2, 2, 18, 7, 8, 32),     # the widest value head the kernel takes
 ]
 
 
