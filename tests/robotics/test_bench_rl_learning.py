@@ -67,6 +67,12 @@ def test_schedule_frames_keeps_the_noise_horizon_when_a_run_is_continued():
     args.motion_scale = 4.0
     cmd = b.run_cmd(args, "diffusion-progress", "out")
     assert cmd[cmd.index("--motion-scale") + 1] == "4.0"
+    # the learned rewards' flags go to learned sources only (train-rl refuses shaping for sparse)
+    args.checkpoint, args.expl_scale, args.reward_clip = "adroit-64", 0.0, -8.0
+    learned, sparse = b.run_cmd(args, "diffusion-progress", "out"), b.run_cmd(args, "sparse", "out")
+    for flag in ("--model", "--expl-scale", "--clip-min", "--success-scale", "--reward-shaping", "--motion-scale"):
+        assert flag in learned and flag not in sparse
+    assert sparse[sparse.index("--episode-steps") + 1] == "100"
 
 
 def test_video_sheet_lays_out_every_nth_frame_per_row():
