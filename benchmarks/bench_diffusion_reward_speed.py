@@ -30,8 +30,8 @@ which changes no cost). The logits of the two paths agree (``check_max_logit_dif
 
 **Ours** (``DiffusionReward(...)(frames)``, batch size = the episode length so that both paths
 run one batch): frames encoded once in channels-last memory; history embedded and cross-attention
-K/V projected once per window batch (:class:`ContextCache`); ``scaled_dot_product_attention``;
-float32 channel-last arithmetic with the exact skip-step posterior and fused KL / log-categorical
+K/V projected once per window batch (:class:`ContextCache`); attention by ``mmreward.ops.attention``
+(the C++ kernel for narrow heads: the official 16 heads of width 8); float32 channel-last arithmetic with the exact skip-step posterior and fused KL / log-categorical
 ops. ``--compute-dtype bfloat16`` also times the ``DiffusionRewardConfig(compute_dtype="bfloat16")``
 option (VQGAN encoder and video model under a bfloat16 autocast; not bit-identical, see the docs).
 
