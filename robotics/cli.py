@@ -378,6 +378,19 @@ def _eval_expert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_rl(args: argparse.Namespace) -> int:
+    from .rl.evaluate import evaluate_run
+
+    _prepare(args)
+    summary = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, frame=args.frame)
+    if args.json:
+        from mmreward.core.folders import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
@@ -575,6 +588,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the summary here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_eval_expert)
+
+    p = sub.add_parser("eval-rl", help="a trained pixel agent (train-rl) on held-out scenes",
+                       description="Runs the newest (or --frame) snapshot's DrQ-v2 policy of a train-rl run "
+                                   "(deterministic actions) on --episodes scenes no training or training-time "
+                                   "evaluation episode used; prints the success rate with its 95%% Wilson "
+                                   "interval, the return and, on Adroit, progress (palm-object distance, door "
+                                   "angle) with 95%% intervals, as JSON.")
+    p.add_argument("--run", dest="run_dir", required=True, help="the train-rl output folder")
+    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
+    p.add_argument("--seed", type=int, default=0, help="which held-out scene set (reset seeds 1.5e9 + 1000·seed + i)")
+    p.add_argument("--frame", type=int, default=None, help="the snapshot to load (default: the newest)")
+    p.add_argument("--json", default=None, help="also write the summary, with every episode, here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(run=_eval_rl)
     return parser
 
 

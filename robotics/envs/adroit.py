@@ -210,3 +210,19 @@ class AdroitStateEnv:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def progress_measures(env: Any, task: str) -> dict[str, float]:
+    """Progress of an Adroit pixel env (:class:`AdroitEnv`) now: ``approach_distance`` (door, hammer,
+    relocate: ‖palm − object‖, see :func:`approach_distance`) and ``door_angle`` (door: the hinge
+    angle in radians; success from 1.35). Empty for other suites and the pen."""
+    if getattr(env, "suite", None) != "adroit":
+        return {}
+    u = env.env.unwrapped
+    out = {}
+    dist = approach_distance(u, task)
+    if dist is not None:
+        out["approach_distance"] = dist
+    if task == "adroit-door":
+        out["door_angle"] = float(np.asarray(u.data.qpos[u.door_hinge_addrs]).reshape(-1)[0])
+    return out

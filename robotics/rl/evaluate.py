@@ -1,0 +1,121 @@
+"""A trained pixel agent on held-out scenes: ``mmreward robotics eval-rl``.
+
+    from mmreward.robotics.rl import evaluate_run
+    evaluate_run("runs/adroit-rl", episodes=20)   # success rate (Wilson interval), returns, progress
+
+Loads the DrQ-v2 agent of a ``train-rl`` run folder (its newest snapshot, or ``checkpoint-<frame>``),
+runs its deterministic policy on ``episodes`` scenes whose reset seeds no training or training-time
+evaluation episode uses (those of :func:`~mmreward.robotics.rl.evaluate_expert`), and reports the
+success rate with its 95 % Wilson interval, the environment return, and the task's progress
+measures per episode where the task has them (Adroit door / hammer / relocate: the palm's distance
+to the object at the start and the closest it came; door: the widest the door opened). The progress measures matter on Adroit
+because Gymnasium-Robotics' dense reward pays the hand for staying away from the object (see
+``envs/adroit.py``), so its return says little about progress. Reads the run, writes nothing there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from .expert import HELDOUT_SEED_BASE, wilson_interval
+
+
+def _mean_ci(values: list[float]) -> dict[str, Any]:
+    """Mean with a 95 % t-interval over episodes."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return {"mean": mean, "ci95": [float("nan"), float("nan")]}
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, n - 1)) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def _snapshot(run: str, frame: Optional[int]) -> tuple[int, Any]:
+    from mmreward.core.checkpoint import Snapshots
+
+    snaps = Snapshots(run)
+    if frame is None:
+        latest = snaps.load_latest()
+        if latest is None:
+            raise FileNotFoundError(f"{run} holds no readable snapshot (checkpoint-<frame>/) of a train-rl run")
+        return latest[0], latest[2]
+    frames = [f for f, _ in snaps.list()]
+    if frame not in frames:
+        raise FileNotFoundError(f"{run} has no snapshot at frame {frame}; it has {frames or 'none'}")
+    return frame, Snapshots.read(snaps.path(frame))
+
+
+def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional[int] = None,
+                 device: str = "cpu") -> dict[str, Any]:
+    """Evaluate the agent of the ``train-rl`` run folder ``run`` (snapshot at ``frame``, default the
+    newest) on ``episodes`` scenes with reset seeds ``HELDOUT_SEED_BASE + 1000·seed + i``."""
+    import torch
+
+    from ..envs import make_env
+    from ..envs.adroit import progress_measures
+    from .drqv2 import DrQV2Agent, DrQV2Config
+    from .replay import stack_frames
+    from .workspace import RLConfig, parse_task
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    path = os.path.join(run, "train_config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run} is not a train-rl run folder (no train_config.json)")
+    with open(path) as f:
+        saved = json.load(f)
+    cfg, agent_cfg = RLConfig(**saved["config"]), DrQV2Config(**saved["agent"])
+    at_frame, state = _snapshot(run, frame)
+    task = parse_task(cfg.task)
+    env = make_env(task, seed=cfg.seed, size=cfg.size, camera=cfg.camera, action_repeat=cfg.action_repeat,
+                   max_steps=cfg.episode_steps)
+    try:
+        agent = DrQV2Agent((3 * cfg.frame_stack, cfg.size, cfg.size), env.action_dim, agent_cfg).to(device)
+        agent.load_state_dict(state["agent"])
+        low, high = (np.asarray(b, np.float32) for b in (env.action_space.low, env.action_space.high))
+        seeds = [(HELDOUT_SEED_BASE + 1000 * seed + i) % (2 ** 31 - 1) for i in range(episodes)]
+        rows, t0 = [], time.time()
+        for s in seeds:
+            _, frame0 = env.reset(seed=s)
+            frames, ret, success = [frame0], 0.0, False
+            start = progress_measures(env, task)
+            measures: dict[str, list[float]] = {}
+            while True:
+                obs = stack_frames(frames, len(frames) - 1, cfg.frame_stack)
+                with torch.no_grad():
+                    a = agent.act(obs, 0, eval_mode=True).numpy().astype(np.float32)
+                st = env.step(low + (a + 1.0) * 0.5 * (high - low))
+                frames.append(st.frame)
+                ret, success = ret + float(st.reward), success or bool(st.success)
+                for k, v in progress_measures(env, task).items():
+                    measures.setdefault(k, []).append(v)
+                if st.done:
+                    break
+            row = {"seed": s, "success": success, "episode_return": ret}
+            if "approach_distance" in measures:
+                row["start_approach_distance"] = start["approach_distance"]
+                row["min_approach_distance"] = float(np.min(measures["approach_distance"]))
+            if "door_angle" in measures:
+                row["max_door_angle"] = float(np.max(measures["door_angle"]))
+            rows.append(row)
+    finally:
+        env.close()
+    k = sum(r["success"] for r in rows)
+    out = {"run": run, "task": task, "reward": cfg.reward, "train_seed": cfg.seed, "frame": at_frame,
+           "episodes": episodes, "successes": int(k), "success_rate": k / episodes,
+           "success_rate_ci95": list(wilson_interval(int(k), episodes)),
+           "episode_return": _mean_ci([r["episode_return"] for r in rows]),
+           "seeds": [seeds[0], seeds[-1]], "seconds": time.time() - t0, "per_episode": rows}
+    for key in ("start_approach_distance", "min_approach_distance", "max_door_angle"):
+        if key in rows[0]:
+            out[key] = _mean_ci([r[key] for r in rows])
+    return out
