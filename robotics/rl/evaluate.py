@@ -8,7 +8,8 @@ runs its deterministic policy on ``episodes`` scenes whose reset seeds no traini
 evaluation episode uses (those of :func:`~mmreward.robotics.rl.evaluate_expert`), and reports the
 success rate with its 95 % Wilson interval, the environment return, and the task's progress
 measures per episode where the task has them (Adroit door / hammer / relocate: the palm's distance
-to the object at the start and the closest it came; door: the widest the door opened). The progress measures matter on Adroit
+to the object at the start, the closest it came and its mean over the episode; door: the widest the
+door opened). The progress measures matter on Adroit
 because Gymnasium-Robotics' dense reward pays the hand for staying away from the object (see
 ``envs/adroit.py``), so its return says little about progress. Reads the run, writes nothing there.
 """
@@ -104,6 +105,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
             if "approach_distance" in measures:
                 row["start_approach_distance"] = start["approach_distance"]
                 row["min_approach_distance"] = float(np.min(measures["approach_distance"]))
+                row["mean_approach_distance"] = float(np.mean(measures["approach_distance"]))
             if "door_angle" in measures:
                 row["max_door_angle"] = float(np.max(measures["door_angle"]))
             rows.append(row)
@@ -115,7 +117,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
            "success_rate_ci95": list(wilson_interval(int(k), episodes)),
            "episode_return": _mean_ci([r["episode_return"] for r in rows]),
            "seeds": [seeds[0], seeds[-1]], "seconds": time.time() - t0, "per_episode": rows}
-    for key in ("start_approach_distance", "min_approach_distance", "max_door_angle"):
+    for key in ("start_approach_distance", "min_approach_distance", "mean_approach_distance", "max_door_angle"):
         if key in rows[0]:
             out[key] = _mean_ci([r[key] for r in rows])
     return out

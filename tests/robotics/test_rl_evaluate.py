@@ -62,11 +62,12 @@ def test_evaluate_run_reports_success_return_and_progress(tiny_run):
     assert r["frame"] == 40 and r["task"] == "adroit-door" and r["reward"] == "sparse" and r["episodes"] == 3
     assert r["seeds"] == [1_500_001_000, 1_500_001_002] and len(r["per_episode"]) == 3
     assert 0 <= r["success_rate"] <= 1 and r["success_rate_ci95"][0] <= r["success_rate"] <= r["success_rate_ci95"][1]
-    for key in ("episode_return", "start_approach_distance", "min_approach_distance", "max_door_angle"):
+    for key in ("episode_return", "start_approach_distance", "min_approach_distance", "mean_approach_distance",
+                "max_door_angle"):
         lo, hi = r[key]["ci95"]
         assert lo <= r[key]["mean"] <= hi, key
     for row in r["per_episode"]:
-        assert 0 < row["min_approach_distance"] and row["max_door_angle"] < 1.35
+        assert 0 < row["min_approach_distance"] <= row["mean_approach_distance"] and row["max_door_angle"] < 1.35
     again = evaluate_run(tiny_run, episodes=3, seed=1)
     assert again["per_episode"] == r["per_episode"]  # deterministic policy, same scenes
     older = evaluate_run(tiny_run, episodes=1, seed=1, frame=20)
@@ -87,3 +88,28 @@ def test_cli_eval_rl_and_errors(tiny_run, tmp_path, capsys):
         assert main(["eval-rl", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_adroit_rl_benchmark_pairs_seeds_and_adds_reference_policies(tmp_path):
+    """bench_adroit_rl.py on two tiny seeds per setting: per-seed held-out figures, paired differences
+    with intervals, and the expert / random references on the same scenes."""
+    from helpers import load_script
+
+    for seed in (1, 2):
+        for name in ("sparse", "learned"):
+            train_rl(RLConfig(task="adroit/door", reward="sparse", out=str(tmp_path / f"seed{seed}" / name), seed=seed,
+                              num_train_frames=20, num_seed_frames=20, eval_every_frames=1000, num_eval_episodes=1,
+                              episode_steps=10, batch_size=8, snapshot_every_frames=0, save_video=False,
+                              tensorboard=False, quiet=True, size=32),
+                     DrQV2Config(hidden_dim=32, feature_dim=16, num_expl_steps=10))
+    bench = load_script("benchmarks/bench_adroit_rl.py")
+    out = tmp_path / "r.json"
+    assert bench.main(["--runs", str(tmp_path), "--seeds", "1", "2", "--learned", "learned", "--episodes", "2",
+                       "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["sparse"]["episodes"] == 4 and set(doc["summary"]["learned"]["per_seed"]) == {"1", "2"}
+    d = doc["paired_learned_minus_sparse"]["mean_approach_distance"]
+    assert len(d["diffs"]) == 2 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    ref = doc["references"]
+    assert ref["expert"]["mean_approach_distance"] < ref["random"]["mean_approach_distance"]
+    assert ref["expert"]["max_door_angle"] > ref["random"]["max_door_angle"]
