@@ -57,6 +57,16 @@ def diffusion_reward() -> list[str]:
             f"| {_link('diffusion_reward_pooled_scale80.json')} |"]
 
 
+def diffusion_reward_speed() -> list[str]:
+    name = "diffusion_reward_speed_cpu.json"
+    d = _load(name)
+    return [f"| Diffusion Reward speed | one {d['frames']}-frame episode with the official Meta-World models "
+            f"({d['models']['video_params'] / 1e6:.1f} M-parameter video model), {d['threads']} thread, vs the "
+            f"official computation | **{d['speedup']:.2f}×** float32, {d['speedup_ours_bfloat16']:.2f}× with "
+            f"`compute_dtype=\"bfloat16\"` ({d['official_eager_s']:.0f} s → {d['ours_s']:.0f} s / "
+            f"{d['ours_bfloat16_s']:.0f} s) | {_link(name)} |"]
+
+
 def adroit() -> list[str]:
     e = _load("adroit_door_expert.json")
     d = _load("diffusion_reward_pooled_adroit64.json")
@@ -108,7 +118,7 @@ def fused_head() -> list[str]:
     return rows
 
 
-SECTIONS = [text_rm, prm, diffusion_reward, adroit, visual_rl, serving, fused_head]
+SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
 
 
 def table() -> str:
