@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 
 def reference_policy(kind: str, task: str, episodes: int, seed: int, action_repeat: int, episode_steps) -> dict:
@@ -32,6 +31,7 @@ def reference_policy(kind: str, task: str, episodes: int, seed: int, action_repe
     from mmreward.robotics.collect import _trained_experts, rollout
     from mmreward.robotics.envs import make_env
     from mmreward.robotics.envs.adroit import progress_measures
+    from mmreward.robotics.rl.evaluate import progress_row
     from mmreward.robotics.rl.expert import HELDOUT_SEED_BASE
 
     env = make_env(task, size=32, action_repeat=action_repeat, seed=0, max_steps=episode_steps)
@@ -50,13 +50,8 @@ def reference_policy(kind: str, task: str, episodes: int, seed: int, action_repe
             s = (HELDOUT_SEED_BASE + 1000 * seed + i) % (2 ** 31 - 1)
             ep = rollout(env, act, seed=s)
             seen.append(progress_measures(env, task))
-            after = seen[1:]
             row = {"seed": s, "success": bool(ep.success.any()), "episode_return": float(ep.rewards.sum()),
-                   "start_approach_distance": seen[0]["approach_distance"],
-                   "min_approach_distance": min(m["approach_distance"] for m in after),
-                   "mean_approach_distance": float(np.mean([m["approach_distance"] for m in after]))}
-            if "door_angle" in seen[0]:
-                row["max_door_angle"] = max(m["door_angle"] for m in after)
+                   **progress_row(seen[0], seen[1:])}
             rows.append(row)
     finally:
         env.close()
@@ -82,8 +77,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from mmreward.robotics.rl.evaluate import evaluate_run
-    from mmreward.robotics.rl.expert import wilson_interval
-    from summarize_rl_seeds import t_interval
+    from mmreward.robotics.rl.expert import t_interval, wilson_interval
 
     t0 = time.time()
     settings = {"sparse": "sparse", "learned": args.learned}
@@ -123,7 +117,7 @@ def main(argv=None) -> int:
            "episodes_per_agent": args.episodes, "scene_seeds": first["seeds"], "train_config": cfg,
            "summary": summary, "paired_learned_minus_sparse": paired,
            "references": {k: {m: v for m, v in r.items() if m != "per_episode"} for k, r in refs.items()},
-           "agents": {name: {s: {k: v for k, v in r.items()} for s, r in runs.items()} for name, runs in agents.items()},
+           "agents": agents,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "wall_seconds": time.time() - t0}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:

@@ -33,6 +33,8 @@ import json
 import os
 import sys
 
+from mmreward.robotics.rl.expert import t_interval  # noqa: F401  (also this script's API, tests use it)
+
 
 def parse_group(spec: str) -> tuple[str, list[str]]:
     label, sep, keys = spec.partition("::")
@@ -119,19 +121,6 @@ def sign_flip_p(diffs: list[float]) -> float:
     hits = sum(abs(sum(d * s for d, s in zip(diffs, signs))) >= observed
                for signs in itertools.product((1, -1), repeat=len(diffs)))
     return hits / 2 ** len(diffs)
-
-
-def t_interval(diffs: list[float], level: float = 0.95) -> list[float]:
-    """The ``level`` t-interval of the mean of ``diffs`` (n − 1 degrees of freedom); NaNs below 2 values."""
-    n = len(diffs)
-    if n < 2:
-        return [float("nan"), float("nan")]
-    from scipy.stats import t
-
-    mean = sum(diffs) / n
-    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / n ** 0.5
-    return [mean - half, mean + half]
 
 
 def compare(base: dict, other: dict) -> dict:

@@ -29,7 +29,6 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
 #include <mmreward/math.h>
 #include <mmreward/op_library.h>
@@ -49,10 +48,6 @@ constexpr int kMaxQK = 8;   // widest query / key head it takes: from 16 on PyTo
 inline float exp_le0(float x) { return detail::exp_nonpos(x); }
 inline double exp_le0(double x) { return std::exp(x); }
 
-struct View {  // element strides of dims 0..2 of a [B, H, L, D] tensor (dim 3 is contiguous)
-  int64_t b, h, l;
-};
-
 // Queries i0 .. i0 + nq − 1 of one (b, h). q/k/v point at the (b, h) slice; out at out[b, 0, h, 0]
 // with `so` elements between query rows. Every inner loop runs over the 16 lanes (one vector), the
 // loops over d outside them: DC > 0 fixes D = Dv = DC at compile time so those unroll.
@@ -60,7 +55,7 @@ template <typename S, typename A, int DC>
 void attend_block(const S* q, const S* k, const S* v, A* out, int64_t sql, int64_t skl, int64_t svl, int64_t so,
                   int64_t i0, int nq, int64_t Lk, int64_t D_, int64_t Dv_, A scale) {
   const int64_t D = DC > 0 ? DC : D_, Dv = DC > 0 ? DC : Dv_;
-  alignas(64) A qt[kMaxD][kLanes];   // the lanes' queries, transposed, times scale
+  alignas(64) A qt[kMaxQK][kLanes];  // the lanes' queries, transposed, times scale
   alignas(64) A acc[kMaxD][kLanes];  // Σ_j p_j v_j
   alignas(64) A m[kLanes], l[kLanes], s[kLanes];
   for (int64_t d = 0; d < D; ++d)

@@ -16,26 +16,32 @@ because Gymnasium-Robotics' dense reward pays the hand for staying away from the
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Optional
 
 import numpy as np
 
-from .expert import HELDOUT_SEED_BASE, wilson_interval
+from .expert import HELDOUT_SEED_BASE, t_interval, wilson_interval
 
 
 def _mean_ci(values: list[float]) -> dict[str, Any]:
     """Mean with a 95 % t-interval over episodes."""
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return {"mean": mean, "ci95": [float("nan"), float("nan")]}
-    from scipy.stats import t
+    return {"mean": float(np.mean(values)), "ci95": t_interval(values)}
 
-    half = float(t.ppf(0.975, n - 1)) * float(np.std(values, ddof=1)) / math.sqrt(n)
-    return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+def progress_row(start: dict[str, float], after: list[dict[str, float]]) -> dict[str, float]:
+    """One episode's progress from :func:`~mmreward.robotics.envs.adroit.progress_measures` at the
+    start and after every step: start / closest / mean palm–object distance, widest door angle
+    (the keys the task has; empty for tasks without measures)."""
+    row = {}
+    if "approach_distance" in start:
+        dist = [m["approach_distance"] for m in after]
+        row.update(start_approach_distance=start["approach_distance"], min_approach_distance=float(np.min(dist)),
+                   mean_approach_distance=float(np.mean(dist)))
+    if "door_angle" in start:
+        row["max_door_angle"] = float(np.max([m["door_angle"] for m in after]))
+    return row
 
 
 def _snapshot(run: str, frame: Optional[int]) -> tuple[int, Any]:
@@ -88,8 +94,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
         for s in seeds:
             _, frame0 = env.reset(seed=s)
             frames, ret, success = [frame0], 0.0, False
-            start = progress_measures(env, task)
-            measures: dict[str, list[float]] = {}
+            start, after = progress_measures(env, task), []
             while True:
                 obs = stack_frames(frames, len(frames) - 1, cfg.frame_stack)
                 with torch.no_grad():
@@ -97,17 +102,10 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
                 st = env.step(low + (a + 1.0) * 0.5 * (high - low))
                 frames.append(st.frame)
                 ret, success = ret + float(st.reward), success or bool(st.success)
-                for k, v in progress_measures(env, task).items():
-                    measures.setdefault(k, []).append(v)
+                after.append(progress_measures(env, task))
                 if st.done:
                     break
-            row = {"seed": s, "success": success, "episode_return": ret}
-            if "approach_distance" in measures:
-                row["start_approach_distance"] = start["approach_distance"]
-                row["min_approach_distance"] = float(np.min(measures["approach_distance"]))
-                row["mean_approach_distance"] = float(np.mean(measures["approach_distance"]))
-            if "door_angle" in measures:
-                row["max_door_angle"] = float(np.max(measures["door_angle"]))
+            row = {"seed": s, "success": success, "episode_return": ret, **progress_row(start, after)}
             rows.append(row)
     finally:
         env.close()

@@ -416,6 +416,18 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (0.0 if k == 0 else float(centre - half)), (1.0 if k == n else float(centre + half))
 
 
+def t_interval(values: list[float], level: float = 0.95) -> list[float]:
+    """The ``level`` t-interval of the mean of ``values`` (n − 1 degrees of freedom); NaNs below 2 values."""
+    n = len(values)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    from scipy.stats import t
+
+    mean = float(np.mean(values))
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * float(np.std(values, ddof=1)) / n ** 0.5
+    return [mean - half, mean + half]
+
+
 def train_expert(config: ExpertConfig, agent_config: Optional[SACConfig] = None,
                  make_env: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
     """Train a SAC expert; returns a summary (evaluation curve, best evaluation, steps/s)."""
