@@ -525,6 +525,10 @@ def main(argv=None) -> int:
     ap.add_argument("--also-estimator", default="vlb",
                     help="also score with this estimator (same models; '' to skip)")
     ap.add_argument("--reward-batch", type=int, default=128)
+    ap.add_argument("--skip-step", type=int, default=9,
+                    help="fast-chain stride of the scored rewards (9: 11 denoising calls, 19: 6)")
+    ap.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="DiffusionRewardConfig.compute_dtype of the scored rewards")
     ap.add_argument("--probe-seeds", type=int, default=2,
                     help="progress-probe scenes per task (expert for k steps, then holding still; 0: skip)")
     ap.add_argument("--pretrained", default=None,
@@ -617,23 +621,24 @@ def main(argv=None) -> int:
     estimators = [args.estimator] + ([args.also_estimator] if args.also_estimator and
                                      args.also_estimator != args.estimator else [])
     models = {}
+    chain = dict(batch_size=args.reward_batch, skip_step=args.skip_step, compute_dtype=args.compute_dtype)
     for est in estimators:
         if est == "likelihood":
-            rcfg = DiffusionRewardConfig(reward_type=est, batch_size=args.reward_batch)
+            rcfg = DiffusionRewardConfig(reward_type=est, **chain)
         elif est == "relative_likelihood":  # + the lower-variance x0 entropy estimator
-            rcfg = DiffusionRewardConfig(reward_type=est, entropy_estimator="x0_entropy", batch_size=args.reward_batch)
+            rcfg = DiffusionRewardConfig(reward_type=est, entropy_estimator="x0_entropy", **chain)
         else:
-            rcfg = DiffusionRewardConfig(entropy_estimator=est, batch_size=args.reward_batch)
+            rcfg = DiffusionRewardConfig(entropy_estimator=est, **chain)
+        same = lambda c: (c.reward_type, c.entropy_estimator, c.skip_step, c.compute_dtype) == (  # noqa: E731
+            rcfg.reward_type, rcfg.entropy_estimator, rcfg.skip_step, rcfg.compute_dtype)
         out = os.path.join(work, f"reward_{est}")
         cached = DiffusionReward.from_pretrained(out) if os.path.isfile(os.path.join(out, "config.json")) else None
-        if cached is None and pretrained is not None and int(pretrained.statistics[2]) > 0 and (
-                pretrained.config.reward_type, pretrained.config.entropy_estimator) == (
-                rcfg.reward_type, rcfg.entropy_estimator):  # the saved model's own statistics
+        if cached is None and pretrained is not None and int(pretrained.statistics[2]) > 0 and same(
+                pretrained.config):  # the saved model's own statistics
             pretrained.config.batch_size = rcfg.batch_size
             pretrained.save_pretrained(out)
             cached = DiffusionReward.from_pretrained(out)
-        if cached is not None and (cached.config.reward_type, cached.config.entropy_estimator) == (
-                rcfg.reward_type, rcfg.entropy_estimator) and int(cached.motion_statistics[1]) > 0:
+        if cached is not None and same(cached.config) and int(cached.motion_statistics[1]) > 0:
             models[est] = cached
             stats = dict(zip(("mean", "std", "frames"), models[est].statistics.tolist()))
             stats["motion_std"] = float(models[est].motion_statistics[0])
@@ -742,7 +747,8 @@ def main(argv=None) -> int:
                                                 "max_steps", "size", "action_repeat", "codec_steps", "codec_batch",
                                                 "codec_channels", "num_codes", "video_steps", "video_batch",
                                                 "video_dim", "video_depth", "video_heads", "video_frame_skip", "video_history",
-                                                "estimator")} | pretrained_setup(args.pretrained, codec, video),
+                                                "estimator", "skip_step", "compute_dtype")}
+                 | pretrained_setup(args.pretrained, codec, video),
         "noises": list(NOISES), "codec_metrics": codec_metrics,
         "statistics": {est: dict(zip(("mean", "std", "frames"), m.statistics.tolist())) for est, m in models.items()},
         "results": results, "goals": goals, "beats_baselines": beats, "timings": timings,

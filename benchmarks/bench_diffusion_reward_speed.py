@@ -34,6 +34,9 @@ K/V projected once per window batch (:class:`ContextCache`); attention by ``mmre
 (the C++ kernel for narrow heads: the official 16 heads of width 8); float32 channel-last arithmetic with the exact skip-step posterior and fused KL / log-categorical
 ops. ``--compute-dtype bfloat16`` also times the ``DiffusionRewardConfig(compute_dtype="bfloat16")``
 option (VQGAN encoder and video model under a bfloat16 autocast; not bit-identical, see the docs).
+``--skip-step 19`` also times the reward with a coarser fast chain (6 denoising calls instead of the
+official 11) in ``--compute-dtype``: a looser estimate of the same bound, so a different reward,
+whose quality figures the docs give next to the default's.
 
 Both (all three) paths are timed in the same process, interleaved, median of ``--repeats``; the
 breakdown (VQGAN encoding / transformer calls incl. history encoding / diffusion arithmetic) comes
@@ -48,7 +51,7 @@ synchronisations make it slightly slower than the end-to-end runs.
 
     python benchmarks/bench_diffusion_reward_speed.py --threads 1                # T = 100 (several minutes)
     python benchmarks/bench_diffusion_reward_speed.py --quick                    # T = 12, 1 repeat
-    python benchmarks/bench_diffusion_reward_speed.py --threads 1 --repeats 3 --compute-dtype bfloat16 \
+    python benchmarks/bench_diffusion_reward_speed.py --threads 1 --repeats 3 --compute-dtype bfloat16 --skip-step 19 \
         --json benchmarks/results/diffusion_reward_speed_cpu.json
     python benchmarks/bench_diffusion_reward_speed.py --device cuda --json benchmarks/results/diffusion_reward_speed_cuda.json
 """
@@ -408,6 +411,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda' (models and frames on the GPU)")
     ap.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                     help="also time DiffusionRewardConfig(compute_dtype=...) when not float32 (default: float32)")
+    ap.add_argument("--skip-step", type=int, default=None,
+                    help="also time the reward with this fast-chain stride (and --compute-dtype): fewer denoising "
+                         "calls than the official 11 (19: 6 calls); a different estimate, see the docs' quality figures")
     args = ap.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = 12, 1
@@ -433,6 +439,9 @@ def main(argv=None) -> int:
     if args.compute_dtype != "float32":
         rewards["ours_" + args.compute_dtype] = DiffusionReward(codec, video, DiffusionRewardConfig(
             batch_size=max(T, 1), compute_dtype=args.compute_dtype)).to(dev)
+    if args.skip_step is not None:
+        rewards[f"ours_{args.compute_dtype}_skip{args.skip_step}"] = DiffusionReward(codec, video, DiffusionRewardConfig(
+            batch_size=max(T, 1), compute_dtype=args.compute_dtype, skip_step=args.skip_step)).to(dev)
     for r in rewards.values():
         r.statistics.copy_(torch.tensor([-300.0, 30.0, 1.0], dtype=torch.float64, device=dev))
     reward = rewards["ours"]
@@ -474,14 +483,15 @@ def main(argv=None) -> int:
     # seconds on the CPU; milliseconds on a GPU, where a whole episode takes a fraction of a second
     fmt = (lambda x: f"{x:>9.2f} s") if dev.type == "cpu" else (lambda x: f"{1000 * x:>8.1f} ms")
     pf = ".0f" if dev.type == "cpu" else ".2f"
-    print(f"\n{'':<36}" + "".join(f"{k:>18}" for k in fns) + "   speed-up vs official")
+    width = {k: max(18, len(k) + 2) for k in fns}
+    print(f"\n{'':<36}" + "".join(f"{k:>{width[k]}}" for k in fns) + "   speed-up vs official")
     for key in keys:
         vals = {k: tm.t.get(key, 0.0) for k, tm in timers.items()}
         tot = {k: sum(tm.t.get(kk, 0.0) for kk in keys) for k, tm in timers.items()}
-        cells = "".join(f"{fmt(vals[k])} {100 * vals[k] / tot[k]:3.0f}%" for k in fns)
+        cells = "".join(f"{fmt(vals[k]) + f' {100 * vals[k] / tot[k]:3.0f}%':>{width[k]}}" for k in fns)
         ups = "  ".join(f"{vals['official'] / vals[k]:.1f}x" if vals[k] > 0 else "-" for k in rewards)
         print(f"{names[key]:<36}{cells}   {ups}")
-    cells = "".join(f"{fmt(med[k])}     " for k in fns)
+    cells = "".join(f"{fmt(med[k]) + ' ' * 5:>{width[k]}}" for k in fns)
     ups = "  ".join(f"{med['official'] / med[k]:.2f}x" for k in rewards)
     print(f"{'end to end (median of ' + str(args.repeats) + ')':<36}{cells}   {ups}")
     print("per frame: " + ", ".join(f"{k} {1000 * med[k] / T:{pf}} ms" for k in fns))

@@ -7,8 +7,9 @@
 // Why a kernel of its own: VQ-Diffusion's official models use 16 heads of width 8. With D = 8 the
 // score matrix has 8× (self) to 16× (cross) more entries than q, and PyTorch's CPU attention
 // (flash or math) streams it through memory, so its exp costs more than the matmuls. Here 16
-// queries of one (b, h) form the SIMD lanes and the kernel walks the keys twice (running max,
-// then exp and the weighted sum of v): scores stay in registers, no [Lq, Lk] buffer exists.
+// queries of one (b, h) form the SIMD lanes and the kernel walks the keys twice: scores and their
+// running max into a [Lk, 16] buffer that stays in L1, then exp and the weighted sum of v. Each
+// (b, h) converts its keys / values once to contiguous fp32 rows that all its query blocks share.
 //
 // The kernel takes heads of width D ≤ 8 (Dv ≤ 32); wider ones run PyTorch's attention inside the op:
 // from D = 16 on the matmuls outweigh the softmax and PyTorch is as fast (bench_attention.py).
@@ -29,6 +30,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include <mmreward/math.h>
 #include <mmreward/op_library.h>
@@ -48,12 +50,14 @@ constexpr int kMaxQK = 8;   // widest query / key head it takes: from 16 on PyTo
 inline float exp_le0(float x) { return detail::exp_nonpos(x); }
 inline double exp_le0(double x) { return std::exp(x); }
 
-// Queries i0 .. i0 + nq − 1 of one (b, h). q/k/v point at the (b, h) slice; out at out[b, 0, h, 0]
-// with `so` elements between query rows. Every inner loop runs over the 16 lanes (one vector), the
-// loops over d outside them: DC > 0 fixes D = Dv = DC at compile time so those unroll.
+// Queries i0 .. i0 + nq − 1 of one (b, h). q points at the (b, h) slice (`sql` elements between
+// rows); k [Lk, D] and v [Lk, Dv] are that head's keys / values, contiguous in the accumulation
+// dtype; `sbuf` holds Lk × 16 scores; out points at out[b, 0, h, 0] with `so` elements between
+// query rows. Every inner loop runs over the 16 lanes (one vector), the loops over d outside them:
+// DC > 0 fixes D = Dv = DC at compile time so those unroll.
 template <typename S, typename A, int DC>
-void attend_block(const S* q, const S* k, const S* v, A* out, int64_t sql, int64_t skl, int64_t svl, int64_t so,
-                  int64_t i0, int nq, int64_t Lk, int64_t D_, int64_t Dv_, A scale) {
+void attend_block(const S* q, int64_t sql, const A* k, const A* v, A* sbuf, A* out, int64_t so, int64_t i0, int nq,
+                  int64_t Lk, int64_t D_, int64_t Dv_, A scale) {
   const int64_t D = DC > 0 ? DC : D_, Dv = DC > 0 ? DC : Dv_;
   alignas(64) A qt[kMaxQK][kLanes];  // the lanes' queries, transposed, times scale
   alignas(64) A acc[kMaxD][kLanes];  // Σ_j p_j v_j
@@ -65,33 +69,35 @@ void attend_block(const S* q, const S* k, const S* v, A* out, int64_t sql, int64
     for (int r = 0; r < kLanes; ++r) acc[d][r] = A(0);
 #pragma omp simd
   for (int r = 0; r < kLanes; ++r) { m[r] = -std::numeric_limits<A>::infinity(); l[r] = A(0); }
-  auto score = [&](int64_t j) {  // s[r] = q_r · k_j
-    const S* kj = k + j * skl;
+  // pass 1: scores s_j = q · k_j into sbuf, and each query's largest score
+  for (int64_t j = 0; j < Lk; ++j) {
+    const A* kj = k + j * D;
 #pragma omp simd
     for (int r = 0; r < kLanes; ++r) s[r] = A(0);
     for (int64_t d = 0; d < D; ++d) {
-      const A kd = static_cast<A>(kj[d]);
+      const A kd = kj[d];
 #pragma omp simd
       for (int r = 0; r < kLanes; ++r) s[r] += qt[d][r] * kd;
     }
-  };
-  for (int64_t j = 0; j < Lk; ++j) {  // pass 1: each query's largest score
-    score(j);
+    A* sj = sbuf + j * kLanes;
 #pragma omp simd
-    for (int r = 0; r < kLanes; ++r) m[r] = s[r] > m[r] ? s[r] : m[r];
+    for (int r = 0; r < kLanes; ++r) {
+      sj[r] = s[r];
+      m[r] = s[r] > m[r] ? s[r] : m[r];
+    }
   }
   // pass 2: p = exp(s − max), l = Σ p, acc = Σ p · v. A NaN score gives p = NaN, hence a NaN row;
   // an infinite one gives inf − inf = NaN (as the softmax formula does).
   for (int64_t j = 0; j < Lk; ++j) {
-    score(j);
+    const A* sj = sbuf + j * kLanes;
 #pragma omp simd
     for (int r = 0; r < kLanes; ++r) {
-      s[r] = exp_le0(s[r] - m[r]);
+      s[r] = exp_le0(sj[r] - m[r]);
       l[r] += s[r];
     }
-    const S* vj = v + j * svl;
+    const A* vj = v + j * Dv;
     for (int64_t d = 0; d < Dv; ++d) {
-      const A vd = static_cast<A>(vj[d]);
+      const A vd = vj[d];
 #pragma omp simd
       for (int r = 0; r < kLanes; ++r) acc[d][r] += s[r] * vd;
     }
@@ -128,7 +134,6 @@ Tensor attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   }
   Tensor out = at::empty({B, Lq, H, Dv}, q.options().dtype(acc));
   if (out.numel() == 0) return out;
-  const int64_t blocks_per_bh = (Lq + kLanes - 1) / kLanes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_heads", [&] {
     using S = scalar_t;
     using A = std::conditional_t<std::is_same_v<S, double>, double, float>;
@@ -140,18 +145,28 @@ Tensor attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     const int64_t kb = k.stride(0), kh = k.stride(1), kl = k.stride(2);
     const int64_t vb = v.stride(0), vh = v.stride(1), vl = v.stride(2);
     const int64_t so = H * Dv;
-    // grain: enough blocks per task that small problems run on one thread
+    // One task per (b, h): its keys / values are converted once to contiguous rows of the
+    // accumulation dtype (bf16 / fp16 inputs would otherwise be widened again for every query
+    // block), then its query blocks run over them.
     auto run = [&](auto width) {
       constexpr int DC = decltype(width)::value;
-      at::parallel_for(0, B * H * blocks_per_bh, 16, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t bh = t / blocks_per_bh, blk = t % blocks_per_bh;
+      at::parallel_for(0, B * H, 4, [&](int64_t t0, int64_t t1) {
+        std::vector<A> kv(Lk * (D + Dv)), sbuf(Lk * kLanes);
+        A* kc = kv.data();
+        A* vc = kc + Lk * D;
+        for (int64_t bh = t0; bh < t1; ++bh) {
           const int64_t b = bh / H, h = bh % H;
-          const int64_t i0 = blk * kLanes;
-          const int nq = static_cast<int>(std::min<int64_t>(kLanes, Lq - i0));
-          attend_block<S, A, DC>(qp + b * qb + h * qh, kp + b * kb + h * kh, vp + b * vb + h * vh,
-                                 op + (b * Lq * H + h) * Dv, ql, kl, vl, so, i0, nq, Lk, D, Dv,
-                                 static_cast<A>(scale));
+          const S* kbh = kp + b * kb + h * kh;
+          const S* vbh = vp + b * vb + h * vh;
+          for (int64_t j = 0; j < Lk; ++j) {
+            for (int64_t d = 0; d < D; ++d) kc[j * D + d] = static_cast<A>(kbh[j * kl + d]);
+            for (int64_t d = 0; d < Dv; ++d) vc[j * Dv + d] = static_cast<A>(vbh[j * vl + d]);
+          }
+          for (int64_t i0 = 0; i0 < Lq; i0 += kLanes) {
+            const int nq = static_cast<int>(std::min<int64_t>(kLanes, Lq - i0));
+            attend_block<S, A, DC>(qp + b * qb + h * qh, ql, kc, vc, sbuf.data(), op + (b * Lq * H + h) * Dv, so, i0,
+                                   nq, Lk, D, Dv, static_cast<A>(scale));
+          }
         }
       });
     };

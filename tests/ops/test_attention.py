@@ -45,6 +45,7 @@ SHAPES = [  # (B, H, Lq, Lk, D, Dv)
     (1, 2, 9, 13, 48, 48),    # wider than the kernel: PyTorch inside the op
     (1, 1, 4, 3, 8, 40),
     (2, 2, 18, 7, 8, 32),     # the widest value head the kernel takes
+    (3, 5, 20, 700, 8, 8),    # long keys: a score buffer of 700 × 16, 15 (b, h) tasks
 ]
 
 
