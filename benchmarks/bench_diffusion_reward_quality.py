@@ -32,6 +32,9 @@ default checkpoint).
    ``--split ml10`` trains on Meta-World ML10's 10 training tasks and holds out its 5 test tasks
    (Yu et al., 2019), a split fixed before any model was trained here.
 
+   ``--skip-step`` / ``--compute-dtype`` score with another fast chain / compute dtype than the
+   official 11 calls in float32 (the expert statistics are fitted for that setting).
+
    Two training-free baselines get the same scores: ``frame_diff`` (minus the mean absolute
    difference of consecutive frames, i.e. smooth motion scores high) and ``nn_expert`` (minus the
    distance of each frame to its nearest training-expert frame, 32×32 average-pooled pixels).

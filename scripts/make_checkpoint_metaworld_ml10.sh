@@ -7,24 +7,27 @@
 # Step 1 took 45 min of training (codec 600 steps, video model 20 000 steps at ~12 steps/s, ranker 2000
 # steps) and 45 min of statistics and scoring on 2 CPU cores (1080 evaluation + 180 probe episodes);
 # every stage caches in $WORK and resumes. λ is a saved setting only: the report scores λ = 1, 2, 3, 4 side
-# by side. Step 2: paired bootstrap intervals against the nearest-neighbour baseline. Further evaluation
-# sets: rerun step 1 with --eval-seed 3000 (or 5000) and --json .../…_fresh3000.json, then pass all JSONs
-# to step 2.
+# by side. Step 2 scores a second, independent evaluation set (seed 3000; the trained models are
+# cached, ~55 min on 2 busy cores). Step 3: both sets pooled, paired bootstrap intervals against the
+# nearest-neighbour baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 WORK=runs/dr_ml10
 R=benchmarks/results/diffusion_reward_quality_ml10
+COMMON=(--work "$WORK" --split ml10
+    --train-episodes 50 --max-steps 70 --size 64 --action-repeat 2
+    --codec-steps 600 --codec-batch 16 --codec-channels 16,32,64,64 --num-codes 256
+    --video-steps 20000 --video-batch 32 --video-dim 96 --video-depth 2 --video-heads 4 --video-frame-skip 2
+    --estimator relative_likelihood --also-estimator '' --progress-steps 2000 --progress-scale 1
+    --eval-episodes 8)
 # 1. data (50 expert episodes per training task, seeds 0-49), codec, video model, ranker, statistics;
 #    evaluation set seed 1000, 8 episodes per task and group
-"$PY" benchmarks/bench_diffusion_reward_quality.py --work "$WORK" --split ml10 \
-    --train-episodes 50 --max-steps 70 --size 64 --action-repeat 2 \
-    --codec-steps 600 --codec-batch 16 --codec-channels 16,32,64,64 --num-codes 256 \
-    --video-steps 20000 --video-batch 32 --video-dim 96 --video-depth 2 --video-heads 4 --video-frame-skip 2 \
-    --estimator relative_likelihood --also-estimator '' --progress-steps 2000 --progress-scale 1 \
-    --eval-episodes 8 --json "$R.json" --plot "$R.png" \
+"$PY" benchmarks/bench_diffusion_reward_quality.py "${COMMON[@]}" --json "$R.json" --plot "$R.png" \
     --save-pretrained runs/metaworld-ml10-64 --motion-scale 3 "$@"
-# 2. intervals against the nearest-neighbour baseline (episodes resampled within task × group)
-"$PY" benchmarks/compare_reward_runs.py "$R.json" --bootstrap 500 \
+# 2. a second evaluation set (seed 3000) with the same models
+"$PY" benchmarks/bench_diffusion_reward_quality.py "${COMMON[@]}" --eval-seed 3000 --json "${R}_fresh3000.json" --plot "${R}_fresh3000.png" --motion-scale 3 "$@"
+# 3. both sets pooled, intervals against the nearest-neighbour baseline (episodes resampled within set × task × group)
+"$PY" benchmarks/compare_reward_runs.py "$R.json" "${R}_fresh3000.json" --bootstrap 500 \
     --methods dr_relative_likelihood,dr_relative_likelihood+progress,dr_relative_likelihood+progress+motion2,dr_relative_likelihood+progress+motion3,dr_relative_likelihood+progress+motion4,progress,frame_diff,nn_expert \
     --save benchmarks/results/diffusion_reward_pooled_ml10.json
