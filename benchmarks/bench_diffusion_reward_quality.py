@@ -632,8 +632,11 @@ def main(argv=None) -> int:
             rcfg = DiffusionRewardConfig(reward_type=est, entropy_estimator="x0_entropy", **chain)
         else:
             rcfg = DiffusionRewardConfig(entropy_estimator=est, **chain)
-        same = lambda c: (c.reward_type, c.entropy_estimator, c.skip_step, c.compute_dtype) == (  # noqa: E731
-            rcfg.reward_type, rcfg.entropy_estimator, rcfg.skip_step, rcfg.compute_dtype)
+
+        def same(c) -> bool:  # statistics fitted for this reward: same estimator, chain and compute dtype
+            return (c.reward_type, c.entropy_estimator, c.skip_step, c.compute_dtype) == (
+                rcfg.reward_type, rcfg.entropy_estimator, rcfg.skip_step, rcfg.compute_dtype)
+
         out = os.path.join(work, f"reward_{est}")
         cached = DiffusionReward.from_pretrained(out) if os.path.isfile(os.path.join(out, "config.json")) else None
         if cached is None and pretrained is not None and int(pretrained.statistics[2]) > 0 and same(

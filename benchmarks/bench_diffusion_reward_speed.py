@@ -38,7 +38,7 @@ option (VQGAN encoder and video model under a bfloat16 autocast; not bit-identic
 official 11) in ``--compute-dtype``: a looser estimate of the same bound, so a different reward,
 whose quality figures the docs give next to the default's.
 
-Both (all three) paths are timed in the same process, interleaved, median of ``--repeats``; the
+All paths are timed in the same process, interleaved, median of ``--repeats``; the
 breakdown (VQGAN encoding / transformer calls incl. history encoding / diffusion arithmetic) comes
 from an instrumented run of each (which is also the warm-up).
 

@@ -33,7 +33,7 @@ import json
 import os
 import sys
 
-from mmreward.robotics.rl.expert import t_interval  # noqa: F401  (also this script's API, tests use it)
+from mmreward.robotics.rl.expert import t_interval
 
 
 def parse_group(spec: str) -> tuple[str, list[str]]:

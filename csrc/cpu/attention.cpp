@@ -8,8 +8,9 @@
 // score matrix has 8× (self) to 16× (cross) more entries than q, and PyTorch's CPU attention
 // (flash or math) streams it through memory, so its exp costs more than the matmuls. Here 16
 // queries of one (b, h) form the SIMD lanes and the kernel walks the keys twice: scores and their
-// running max into a [Lk, 16] buffer that stays in L1, then exp and the weighted sum of v. Each
-// (b, h) converts its keys / values once to contiguous fp32 rows that all its query blocks share.
+// running max into a [Lk, 16] buffer (64 bytes per key: in L1 up to ~500 keys), then exp and the
+// weighted sum of v. Each (b, h) converts its keys / values once to contiguous rows of the
+// accumulation dtype that all its query blocks share.
 //
 // The kernel takes heads of width D ≤ 8 (Dv ≤ 32); wider ones run PyTorch's attention inside the op:
 // from D = 16 on the matmuls outweigh the softmax and PyTorch is as fast (bench_attention.py).

@@ -4,10 +4,10 @@
   ``k`` [B, H, Lk, D], ``v`` [B, H, Lk, Dv]; returns [B, Lq, H, Dv] (the heads interleaved, so
   ``out.flatten(2)`` feeds an output projection without a copy), in the inputs' dtype.
 
-On the CPU the C++ kernel keeps a block of 16 queries' scores in an L1-sized buffer (16 queries
-per SIMD block, two passes over the keys), which pays off where heads are narrow: VQ-Diffusion's official models use
-16 heads of width 8, where PyTorch's CPU attention streams a score matrix 8–16× the size of its
-inputs through memory (``benchmarks/bench_attention.py``). On a GPU the op runs PyTorch's fused
+On the CPU the C++ kernel takes 16 queries per SIMD block and walks the keys twice, keeping the
+block's scores in a small buffer (in L1 up to ~500 keys), which pays off where heads are narrow:
+VQ-Diffusion's official models use 16 heads of width 8, where PyTorch's CPU attention streams a
+score matrix 8–16× the size of its inputs through memory (``benchmarks/bench_attention.py``). On a GPU the op runs PyTorch's fused
 ``scaled_dot_product_attention``. No mask, no dropout (callers that need them use PyTorch's).
 Differentiable w.r.t. ``q``, ``k`` and ``v``; accumulates in float32 (float64 for float64).
 """
