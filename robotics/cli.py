@@ -146,14 +146,17 @@ def _info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Diffusion Reward: train-codec, train-video, fit-stats, train-progress, score
 # ---------------------------------------------------------------------------------------------
-def _training_frames(args: argparse.Namespace) -> list:
-    """Frames of the ``--data`` episode folders (comma-separated; their episodes in that order)."""
+def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
+    """Frames of the ``--data`` episode folders (comma-separated; their episodes in that order);
+    ``with_tasks``: also each episode's task (its manifest entry's, else its folder)."""
     from .data.episodes import load_episode_folder
 
     folders = [f for f in args.data.split(",") if f]
     if not folders:
         raise ValueError("--data names no episode folder")
-    return [ep.frames for f in folders for _, ep in load_episode_folder(f, args.tasks, args.policies)]
+    found = [(ep.frames, entry.get("task", f)) for f in folders for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
+    frames = [fr for fr, _ in found]
+    return (frames, [t for _, t in found]) if with_tasks else frames
 
 
 def _train_codec(args: argparse.Namespace) -> int:
@@ -187,17 +190,21 @@ def _reward_config(args: argparse.Namespace):
     return cfg
 
 
-def _save_reward_model(codec, video, frames: list, args: argparse.Namespace, out: str) -> None:
+def _save_reward_model(codec, video, frames: list, tasks: list, args: argparse.Namespace, out: str) -> None:
     """A :class:`DiffusionReward` of ``codec`` + ``video`` (+ an untrained RND with ``--rnd``), its
-    expert statistics fitted on ``frames``, saved to ``out``."""
+    expert statistics fitted on ``frames`` (the goal distance's against the last frames of other
+    episodes of the same task, ``tasks``), saved to ``out``."""
     from .reward.diffusion_reward import DiffusionReward
+    from .reward.progress import group_goals
     from .reward.rnd import RND, RNDConfig
 
     rnd = None if args.rnd == "none" else RND(RNDConfig.paper() if args.rnd == "paper" else RNDConfig())
     reward = DiffusionReward(codec, video, _reward_config(args), rnd)
     stats = reward.fit_statistics(frames)
+    stats |= reward.fit_goal_statistics(frames, [group_goals(frames, tasks, k) for k in range(len(frames))])
     reward.save_pretrained(out)
-    print(f"expert statistics over {stats['frames']} frames: mean {stats['mean']:.4f}, std {stats['std']:.4f}")
+    print(f"expert statistics over {stats['frames']} frames: mean {stats['mean']:.4f}, std {stats['std']:.4f}, "
+          f"goal-distance std {stats['goal_std']:.4f}")
     print(f"saved Diffusion Reward model {out} (use: mmreward robotics score --model {out} EPISODES...)")
 
 
@@ -209,7 +216,7 @@ def _train_video(args: argparse.Namespace) -> int:
     device = _prepare(args)
     _reward_config(args)  # checked before training
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
-    frames = _training_frames(args)
+    frames, tasks = _training_frames(args, with_tasks=True)
     s = codec.config.latent_size
     preset = VQDiffusionConfig.paper if args.preset == "paper" else VQDiffusionConfig
     cfg = preset(**{"num_codes": codec.config.num_codes, "token_shape": (s, s),
@@ -225,7 +232,7 @@ def _train_video(args: argparse.Namespace) -> int:
     if args.stop_at is not None and int(args.stop_at) < tc.steps:
         print(f"stopped at step {args.stop_at} of {tc.steps}: expert statistics not fitted (run again to continue)")
         return 0
-    _save_reward_model(codec, video, frames, args, args.reward_out or os.path.join(args.out, "reward"))
+    _save_reward_model(codec, video, frames, tasks, args, args.reward_out or os.path.join(args.out, "reward"))
     return 0
 
 
@@ -238,7 +245,7 @@ def _fit_stats(args: argparse.Namespace) -> int:
     _reward_config(args)
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     video = ConditionalVQDiffusion.from_pretrained(model_folder(args.video, ("vq_diffusion",)), device)
-    _save_reward_model(codec, video, _training_frames(args), args, args.out)
+    _save_reward_model(codec, video, *_training_frames(args, with_tasks=True), args, args.out)
     return 0
 
 
@@ -248,14 +255,15 @@ def _train_progress(args: argparse.Namespace) -> int:
     from .reward.progress import ProgressConfig, train_progress
 
     device = _prepare(args)
-    frames = _training_frames(args)
+    frames, tasks = _training_frames(args, with_tasks=True)
     cfg = ProgressConfig(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, ProgressConfig)})
     reward = None
     if args.attach:  # loaded (and checked) before training
         reward = DiffusionReward.from_pretrained(model_folder(args.attach, ("diffusion_reward",)), device)
     print(f"train-progress: {len(frames)} expert episodes, ranker of frame order ({args.steps} steps) -> {args.out}")
     model, m = train_progress(frames, cfg, args.out, steps=args.steps, seed=args.seed, show_progress=args.progress,
-                              resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
+                              resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
+                              groups=tasks)  # goal-conditioned: pair goals from episodes of the same task
     val = (f", held-out pair accuracy {m['val_pair_acc']:.3f}, score-vs-time ρ {m['val_time_spearman']:.3f} "
            f"({m['val_episodes']} episodes)" if "val_pair_acc" in m else "")
     print(f"saved {args.out}: train pair accuracy {m['train_pair_acc']:.3f}{val}; {m['seconds']:.0f} s")
@@ -291,6 +299,30 @@ def _write_per_step(path: str, results: list[dict]) -> None:
         atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _uses_goal(model) -> bool:
+    """Whether the model scores against goal frames: a goal term, or a goal-conditioned progress ranker."""
+    ranker = model if model.model_type == "progress_ranker" else getattr(model, "progress", None)
+    return getattr(model.config, "goal_scale", 0) > 0 or bool(ranker is not None and ranker.config.goal_conditioned)
+
+
+def _set_goal(model, sources: list) -> None:
+    """The last frames of the ``--goal`` episodes become the model's goal frames."""
+    import torch
+
+    from .data.inputs import episode_tensors, find_episodes
+
+    if not _uses_goal(model):
+        raise ValueError(f"--goal needs a model that scores against a goal (a Diffusion Reward model with goal_scale "
+                         f"> 0, or a goal-conditioned progress ranker); this {model.model_type} model has neither")
+    if model.model_type != "progress_ranker" and model.config.goal_scale > 0 and int(model.goal_statistics[1]) == 0:
+        raise ValueError("this model has no goal statistics (saved before the goal term): refit them with "
+                         "fit-stats, or use DiffusionReward.fit_goal_statistics")
+    found = find_episodes(sources)
+    last = [episode_tensors(src.input, model.image_size, src.name)[0][-1] for src in found]
+    model.set_goal(torch.stack(last))
+    print(f"goal: the last frames of {len(last)} episodes", file=sys.stderr)
+
+
 def _score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -311,6 +343,11 @@ def _score(args: argparse.Namespace) -> int:
         ranker = False
     if args.seed is not None and hasattr(model.config, "seed"):
         model.config.seed = int(args.seed)
+    if args.goal:
+        _set_goal(model, args.goal)
+    elif _uses_goal(model):
+        raise ValueError("this model scores against a goal: give --goal DEMO (episodes whose last frames show the "
+                         "task's goal)")
     found = find_episodes(args.inputs, tasks=args.tasks, policies=args.policies, with_success=args.success)
     results = []
     for src in tqdm(found, desc="score", unit="ep", disable=not args.progress or len(found) < 2):
@@ -508,6 +545,9 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="chain-noise seed (default: the model's)")
     p.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True,
                    help="use the model's progress ranker, if any (--no-ranker: the paper's rule, likelihood term only)")
+    p.add_argument("--goal", action="append", default=None, metavar="SRC",
+                   help="demonstration (episode file / folder, video) whose last frames are the goal of a "
+                        "goal-conditioned ranker, e.g. of a task the model was not trained on (repeatable)")
     _add_data(p, policies_default="all", required=False)
     _add_runtime(p)
     p.set_defaults(run=_score)

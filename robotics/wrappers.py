@@ -186,8 +186,9 @@ class DiffusionRewardWrapper(gym.Wrapper):
         newest = torch.tensor([tok.shape[0] - 1])
         raw = model.raw_reward_windows(tok, newest)
         change = model.change_windows(tok, newest) if model.config.motion_scale > 0 else None
+        goal = model.goal_distance(tok[-1:]) if model.config.goal_scale > 0 else None
         s = None if success is None else torch.tensor([float(success)])
-        return float(model.combine(raw, self._frames[-1], s, change)[0])
+        return float(model.combine(raw, self._frames[-1], s, change, goal)[0])
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)

@@ -37,6 +37,12 @@ frame under a conditional VQ-Diffusion model of expert videos.
    ``(E − O) / max(E, 1)`` on expert frames. Where the expert moves, a robot that stays put pays; where
    the expert holds still (a finished task), it does not; moving more than expected costs nothing here.
 
+   Optional (not in the paper): the **goal distance** ``G_i``, the share of frame i's tokens that
+   differ from those of the nearest goal frame (:meth:`DiffusionReward.set_goal`, e.g. the last frames
+   of a few demonstrations of the task, which need not be a training task), subtracts ``γ·G_i / s_G``
+   (γ = ``goal_scale``, ``s_G`` its std on expert frames against their task's goals). The video model's
+   terms do not transfer to unseen tasks; a goal frame tells the reward what the task is.
+
 The model contract (:class:`~mmreward.robotics.reward.base.EpisodeScorer`): ``score_parts`` on
 :class:`~mmreward.core.inputs.Episode` inputs gives exactly these per-frame rewards, ``score`` their
 sum per episode. A saved folder holds ``codec/``, ``video/`` and, when present, ``rnd/`` and
@@ -92,6 +98,8 @@ class DiffusionRewardConfig:
                                        default=1.0)
     motion_scale: float = help_field("λ: weight of the motion deficit (tokens the video model expects to change "
                                      "that did not, in expert std units; 0: off)", default=0.0)
+    goal_scale: float = help_field("γ: weight of the goal distance (share of the frame's tokens that differ from "
+                                   "the nearest goal frame's, set_goal; in expert std units; 0: off)", default=0.0)
     use_sparse: bool = help_field("add the per-frame success reward given with the frames", default=True)
     success_scale: float = help_field("weight of that success reward (official 1)", default=1.0)
     batch_size: int = help_field("windows per video-model batch (the chain noise is drawn per batch)", default=64)
@@ -111,6 +119,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"progress_scale must be a finite number, got {self.progress_scale}")
         if not (math.isfinite(self.motion_scale) and self.motion_scale >= 0):
             raise ValueError(f"motion_scale must be a finite number >= 0, got {self.motion_scale}")
+        if not (math.isfinite(self.goal_scale) and self.goal_scale >= 0):
+            raise ValueError(f"goal_scale must be a finite number >= 0, got {self.goal_scale}")
         if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
             raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
@@ -162,6 +172,10 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         self.register_buffer("statistics", torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
         # expert std of the unrealised share of the expected change (E − O) / max(E, 1), frames (0 = not fitted)
         self.register_buffer("motion_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
+        # expert std of the goal distance, frames (0 = not fitted); goal tokens (G, L): a run-time input, not saved
+        self.register_buffer("goal_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
+        self.register_buffer("goal_tokens", torch.zeros(0, codec.config.latent_size ** 2, dtype=torch.long),
+                             persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -303,6 +317,44 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                                "or set motion_scale=0")
         return self.unrealised_motion(expected, observed).clamp_min(0) / std
 
+    # -------------------------------------------------------------- goal distance
+    def set_goal(self, frames: Optional[torch.Tensor]) -> None:
+        """Goal frames uint8 ``[G, H, W, 3]`` (e.g. the last frames of demonstrations of the task) for
+        the goal distance and, when it is goal-conditioned, the progress ranker; ``None`` clears them."""
+        ranker = self.progress if self.progress is not None and self.progress.config.goal_conditioned else None
+        if frames is None:
+            self.goal_tokens = self.goal_tokens[:0]
+        else:
+            frames = torch.as_tensor(frames)
+            frames = frames[None] if frames.dim() == 3 else frames
+            self.goal_tokens = self.tokenize(frames)
+        if ranker is not None:
+            ranker.set_goal(frames)
+
+    def goal_distance(self, tokens: torch.Tensor, goal_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Share ``[T]`` of each frame's tokens (``tokens [T, L]``) that differ from those of the nearest
+        goal frame (:meth:`set_goal`, or ``goal_tokens [G, L]``): 0 at a goal frame, near 1 far from it."""
+        goal = self.goal_tokens if goal_tokens is None else goal_tokens
+        if goal.shape[0] == 0:
+            raise RuntimeError("the goal distance needs goal frames: call set_goal(frames) (e.g. the last frames of "
+                               "demonstrations of the task) or set goal_scale=0")
+        goal = goal.to(tokens.device)
+        return torch.stack([(tokens != g).float().mean(1) for g in goal]).min(0).values  # (G, T) → (T,)
+
+    @torch.no_grad()
+    def fit_goal_statistics(self, episodes: Any, goals: list) -> dict[str, float]:
+        """Std of the goal distance over expert episodes, each against its own goal frames ``goals[k]``
+        (uint8 ``[G, H, W, 3]``, e.g. the last frames of other episodes of its task:
+        :func:`~mmreward.robotics.reward.progress.group_goals`); stored (and saved) with the model."""
+        eps = episodes_from(episodes)
+        if len(goals) != len(eps):
+            raise ValueError(f"{len(goals)} goals for {len(eps)} episodes: give one goal set per episode")
+        d = torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(torch.as_tensor(g)))
+                       for ep, g in zip(eps, goals)]).double()
+        std = _std(d)
+        self.goal_statistics.copy_(torch.tensor([std, float(d.numel())], dtype=torch.float64))
+        return {"goal_std": std, "goal_frames": d.numel()}
+
     def standardize(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.config.use_std:
             return raw
@@ -336,20 +388,23 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         tok = self.tokenize(frames)
         raw = self.raw_reward_windows(tok, batch_size=batch_size)
         change = self.change_windows(tok, batch_size=batch_size) if self.config.motion_scale > 0 else None
-        return self.combine(raw, frames, success, change)
+        goal = self.goal_distance(tok) if self.config.goal_scale > 0 else None
+        return self.combine(raw, frames, success, change, goal)
 
     def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         return self(frames.to(self.device), success, batch_size=batch_size)
 
     @torch.no_grad()
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None,
-                change: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+                change: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                goal_distance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
         r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
         attached and bounded below by ``clip_min`` when set, then ``λ·deficit`` subtracted when
         ``motion_scale`` > 0 (``change``: the frames' expected and observed token changes,
-        :meth:`change_windows`)."""
+        :meth:`change_windows`) and ``γ·goal_distance / s_G`` when ``goal_scale`` > 0 (``goal_distance``:
+        :meth:`goal_distance` of the frames)."""
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
@@ -362,6 +417,14 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                 raise ValueError("motion_scale > 0 needs the frames' expected and observed changes (change_windows)")
             deficit = self.motion_deficit(change[0].to(z.device), change[1].to(z.device))
             z = z - self.config.motion_scale * deficit.float()
+        if self.config.goal_scale > 0:
+            if goal_distance is None:
+                raise ValueError("goal_scale > 0 needs the frames' goal distance (goal_distance)")
+            std, n = self.goal_statistics.tolist()
+            if n == 0:
+                raise RuntimeError("DiffusionReward has no goal statistics: call fit_goal_statistics(expert_episodes, "
+                                   "goals) or set goal_scale=0")
+            z = z - self.config.goal_scale * goal_distance.to(z.device).float() / std
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()
@@ -390,22 +453,26 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         for name, part in self.parts().items():
             _write_part(part, os.path.join(folder, name))
         save_weights(folder, {"statistics": self.statistics.detach().cpu().clone(),
-                              "motion_statistics": self.motion_statistics.detach().cpu().clone()})
+                              "motion_statistics": self.motion_statistics.detach().cpu().clone(),
+                              "goal_statistics": self.goal_statistics.detach().cpu().clone()})
         mean, std, n = self.statistics.tolist()
         motion_std, motion_n = self.motion_statistics.tolist()
+        goal_std, goal_n = self.goal_statistics.tolist()
         return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None,
                 "statistics": {"mean": mean, "std": std, "frames": int(n),
-                               "motion_std": motion_std, "motion_frames": int(motion_n)}}
+                               "motion_std": motion_std, "motion_frames": int(motion_n),
+                               "goal_std": goal_std, "goal_frames": int(goal_n)}}
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device) -> "DiffusionReward":
         weights = load_weights(folder, "cpu")
-        stats, motion_stats = weights.get("statistics"), weights.get("motion_statistics")
+        stats = weights.get("statistics")
         if stats is None or tuple(stats.shape) != (3,):
             raise CheckpointError(f"{folder}/model.safetensors lacks the reward statistics (a 3-vector 'statistics')")
-        if motion_stats is not None and tuple(motion_stats.shape) != (2,):
-            raise CheckpointError(f"{folder}/model.safetensors: 'motion_statistics' must be a 2-vector, "
-                                  f"got shape {list(motion_stats.shape)}")
+        for name in ("motion_statistics", "goal_statistics"):
+            if name in weights and tuple(weights[name].shape) != (2,):
+                raise CheckpointError(f"{folder}/model.safetensors: '{name}' must be a 2-vector, "
+                                      f"got shape {list(weights[name].shape)}")
         config = config_from_dict(DiffusionRewardConfig, body.get("config", {}), MODEL_TYPE)
         try:
             config.validate()
@@ -419,8 +486,9 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                     part("rnd", RND) if body.get("has_rnd") else None,
                     part("progress", ProgressModel) if body.get("has_progress") else None)
         model.statistics.copy_(stats.double())
-        if motion_stats is not None:  # folders saved before the motion term have none (not fitted)
-            model.motion_statistics.copy_(motion_stats.double())
+        for name in ("motion_statistics", "goal_statistics"):  # folders saved before these terms have none (not fitted)
+            if name in weights:
+                getattr(model, name).copy_(weights[name].double())
         return model
 
 

@@ -18,6 +18,15 @@ episode": 0 at the mean score of expert first frames, 1 at the mean of their las
 A ranker only sees expert frames, so frames far from every expert state (arm out of view) get
 arbitrary scores; Rank2Reward multiplies by an expert-vs-policy discriminator for that. Here the
 Diffusion Reward term, which is low on such frames, plays that part.
+
+**Goal-conditioned** (``ProgressConfig(goal_conditioned=True)``): the score also sees a goal frame
+(6 input channels), and :meth:`ProgressModel.set_goal` names the goal at scoring time, e.g. the last
+frames of one or a few demonstrations of a task no model was trained on. An unconditioned ranker
+learns one direction per scene (on Meta-World ML10 it ranks drawer-*open* backwards after training on
+drawer-close). Training plays a share (``reverse_prob``) of the expert videos backwards with their
+first frame as the goal, so the same scene is seen with both goals and the score has to read the
+goal frame. The goal frames of training pairs come from episodes of the same ``groups`` label (a task
+name), so scene details of the goal differ from the scored episode as they do at test time.
 """
 from __future__ import annotations
 
@@ -52,17 +61,23 @@ class ProgressConfig:
     lr: float = 3e-4  # AdamW learning rate
     weight_decay: float = 1e-4  # AdamW weight decay
     batch_size: int = 64  # pairs per step
+    goal_conditioned: bool = False  # the score also sees a goal frame (set_goal): goals of unseen tasks from demos
+    reverse_prob: float = 0.5  # goal-conditioned training: share of pairs played backwards, goal = first frame
 
     def validate(self) -> None:
         if self.image_size < 16 or self.image_size % 2 ** len(self.channels):
             raise ValueError(f"image_size must be >= 16 and divisible by {2 ** len(self.channels)}, got {self.image_size}")
         if self.min_gap < 1 or self.batch_size < 1 or self.augment_pad < 0:
             raise ValueError("min_gap >= 1, batch_size >= 1 and augment_pad >= 0 are required")
+        if not 0.0 <= self.reverse_prob <= 1.0:
+            raise ValueError(f"reverse_prob must be in [0, 1], got {self.reverse_prob}")
 
 
 class ProgressModel(EpisodeScorer, nn.Module):
-    """Conv net: frame → scalar progress score (higher = later in an expert episode). As a reward
-    model, ``score_parts`` gives the z-scored score of every frame and ``score`` their sum."""
+    """Conv net: frame (and, goal-conditioned, a goal frame) → scalar progress score (higher = later
+    in an expert episode). As a reward model, ``score_parts`` gives the z-scored score of every frame
+    and ``score`` their sum; a goal-conditioned model scores against the goal frames of
+    :meth:`set_goal` (the mean over them)."""
 
     model_type = MODEL_TYPE
     config_class = ProgressConfig
@@ -72,7 +87,7 @@ class ProgressModel(EpisodeScorer, nn.Module):
         cfg = config or ProgressConfig()
         cfg.validate()
         self.config = cfg
-        layers, c_in = [], 3
+        layers, c_in = [], 6 if cfg.goal_conditioned else 3  # goal-conditioned: frame and goal stacked
         for c in cfg.channels:
             layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.GroupNorm(1, c), nn.SiLU()]
             c_in = c
@@ -81,14 +96,42 @@ class ProgressModel(EpisodeScorer, nn.Module):
         self.head = nn.Sequential(nn.Linear(c_in * side * side, cfg.hidden_dim), nn.SiLU(), nn.Linear(cfg.hidden_dim, 1))
         # raw-score statistics on expert frames: mean, std, frames (0 = not fitted), first-frame mean, last-frame mean
         self.register_buffer("statistics", torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+        # goal frames (G, 3, H, W) in 0..1 of a goal-conditioned model: a run-time input, not saved
+        self.register_buffer("goal", torch.zeros(0, 3, cfg.image_size, cfg.image_size), persistent=False)
 
     @property
     def device(self) -> torch.device:
         return self.head[-1].weight.device
 
-    def score_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw scores ``[B]`` of float frames ``[B, 3, H, W]`` in 0..1."""
+    def score_pixels(self, x: torch.Tensor, goal: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Raw scores ``[B]`` of float frames ``[B, 3, H, W]`` in 0..1 (goal-conditioned: against the
+        goal frames ``goal [B, 3, H, W]``, one per frame)."""
+        if self.config.goal_conditioned:
+            if goal is None or goal.shape != x.shape:
+                raise ValueError(f"a goal-conditioned ranker needs one goal frame per frame ({tuple(x.shape)}), "
+                                 f"got {None if goal is None else tuple(goal.shape)}")
+            x = torch.cat([x, goal], 1)  # (B, 6, H, W)
+        elif goal is not None:
+            raise ValueError("this ranker is not goal-conditioned (ProgressConfig.goal_conditioned): pass no goal")
         return self.head(self.trunk(x - 0.5)).squeeze(1)
+
+    def set_goal(self, frames: Optional[torch.Tensor]) -> None:
+        """Goal frames uint8 ``[G, H, W, 3]`` (e.g. the last frames of demonstrations of the task) the
+        score of a goal-conditioned ranker is computed against (the mean over the G goals); ``None``
+        clears them."""
+        if not self.config.goal_conditioned:
+            raise ValueError("set_goal needs a goal-conditioned ranker (ProgressConfig(goal_conditioned=True))")
+        if frames is None:
+            self.goal = self.goal[:0]
+            return
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        if isinstance(frames, torch.Tensor) and frames.dim() == 3:
+            frames = frames[None]
+        x = self._pixels(frames)
+        if x.shape[0] == 0:
+            raise ValueError("set_goal needs at least one goal frame")
+        self.goal = x
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
@@ -98,9 +141,23 @@ class ProgressModel(EpisodeScorer, nn.Module):
 
     @torch.no_grad()
     def raw_score(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Un-normalised scores ``[T]`` of uint8 frames ``[T, H, W, 3]``."""
+        """Un-normalised scores ``[T]`` of uint8 frames ``[T, H, W, 3]`` (goal-conditioned: the mean
+        over the goal frames of :meth:`set_goal`)."""
         x = self._pixels(frames)
-        return torch.cat([self.score_pixels(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]).float()
+        if not self.config.goal_conditioned:
+            return torch.cat([self.score_pixels(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]).float()
+        g = self.goal
+        if g.shape[0] == 0:
+            raise RuntimeError("this ranker is goal-conditioned: call set_goal(goal_frames) first (e.g. the last "
+                               "frames of demonstrations of the task)")
+        G, step, out = g.shape[0], max(1, batch_size // g.shape[0]), []
+        for i in range(0, x.shape[0], step):
+            xb = x[i:i + step]  # (b, 3, H, W) against every goal: (b·G, 3, H, W)
+            b = xb.shape[0]
+            s = self.score_pixels(xb[:, None].expand(b, G, *xb.shape[1:]).reshape(b * G, *xb.shape[1:]),
+                                  g[None].expand(b, *g.shape).reshape(b * G, *g.shape[1:]))
+            out.append(s.view(b, G).mean(1))
+        return torch.cat(out).float()
 
     def _fitted(self) -> list[float]:
         st = self.statistics.tolist()
@@ -120,10 +177,11 @@ class ProgressModel(EpisodeScorer, nn.Module):
         return (self.raw_score(frames) - first) / (last - first)
 
     @torch.no_grad()
-    def fit_statistics(self, episodes: Any) -> dict[str, float]:
+    def fit_statistics(self, episodes: Any, goals: Optional[list] = None) -> dict[str, float]:
         """Mean / std of the raw score over expert episodes, and the mean of their first and last
-        frames' scores; stored (and saved) with the model."""
-        scores = [self.raw_score(ep).double() for ep in episodes_from(episodes)]
+        frames' scores; stored (and saved) with the model. A goal-conditioned ranker scores each
+        episode against its own ``goals[k]`` (uint8 ``[G, H, W, 3]``), or all against the goal set now."""
+        scores = self._scores_with_goals(episodes_from(episodes), goals)
         allr = torch.cat(scores)
         std = float(allr.std()) if allr.numel() > 1 else 1.0
         std = std if std > 1e-8 and math.isfinite(std) else 1.0
@@ -135,6 +193,22 @@ class ProgressModel(EpisodeScorer, nn.Module):
         self.statistics.copy_(torch.tensor([float(allr.mean()), std, float(allr.numel()), first, last],
                                            dtype=torch.float64))
         return {"mean": float(allr.mean()), "std": std, "frames": allr.numel(), "first": first, "last": last}
+
+    def _scores_with_goals(self, episodes: list, goals: Optional[list]) -> list[torch.Tensor]:
+        """Raw scores of each episode (float64), against ``goals[k]`` for episode k when given."""
+        if goals is None:
+            return [self.raw_score(ep).double() for ep in episodes]
+        if len(goals) != len(episodes):
+            raise ValueError(f"{len(goals)} goals for {len(episodes)} episodes: give one goal set per episode")
+        kept = self.goal
+        try:
+            out = []
+            for ep, g in zip(episodes, goals):
+                self.set_goal(g)
+                out.append(self.raw_score(ep).double())
+            return out
+        finally:
+            self.goal = kept
 
     def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         mean, std = self._fitted()[:2]
@@ -158,26 +232,38 @@ def _sample_pairs(lengths: np.ndarray, n: int, min_gap: int, rng: np.random.Gene
 
 
 def pair_accuracy(model: ProgressModel, episodes: list[torch.Tensor], min_gap: int, n: int = 512,
-                  seed: int = 1) -> float:
-    """Fraction of random (earlier, later ≥ ``min_gap`` apart) frame pairs of ``episodes`` ranked right."""
+                  seed: int = 1, goals: Optional[list] = None) -> float:
+    """Fraction of random (earlier, later ≥ ``min_gap`` apart) frame pairs of ``episodes`` ranked right
+    (a goal-conditioned ranker: against ``goals[k]`` for episode k, or the goal set now)."""
     lengths = np.array([len(e) for e in episodes])
     if not (lengths > min_gap).any():
         raise ValueError(f"no episode is longer than min_gap={min_gap} frames: no pairs to rank")
     pairs = _sample_pairs(lengths, n, min_gap, np.random.default_rng(seed))
-    scores = [model.raw_score(e) for e in episodes]
+    scores = model._scores_with_goals(episodes, goals)
     early = torch.stack([scores[e][i] for e, i, _ in pairs])
     late = torch.stack([scores[e][j] for e, _, j in pairs])
     return float((late > early).float().mean())
 
 
+def group_goals(episodes: list[torch.Tensor], groups: list, k: int, first: bool = False, limit: int = 5) -> torch.Tensor:
+    """Goal frames for episode ``k``: the last (``first``: first) frames of up to ``limit`` other
+    episodes of its group, in order (its own when it is alone), uint8 ``[G, H, W, 3]``."""
+    same = [i for i in range(len(episodes)) if groups[i] == groups[k] and i != k][:limit] or [k]
+    return torch.stack([torch.as_tensor(episodes[i][0 if first else -1]) for i in same])
+
+
 def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_dir: Optional[str] = None, *,
                    steps: int = 2000, seed: int = 0, val_fraction: float = 0.1, log_every: int = 100,
                    show_progress: bool = True, resume: bool = True, overwrite: bool = False,
-                   stop_at: Optional[int] = None) -> tuple[ProgressModel, dict[str, float]]:
+                   stop_at: Optional[int] = None, groups: Optional[list] = None) -> tuple[ProgressModel, dict[str, float]]:
     """Trains a :class:`ProgressModel` on expert ``episodes`` (frames in time order) on the core
     training loop and fits its statistics. ``val_fraction`` of the episodes (at least 1 when there
     are 2+) are held out to report pair accuracy and the Spearman ρ of score vs time; the statistics
-    use every episode. With ``out_dir``: ``metrics.csv`` (loss and pair accuracy of every step),
+    use every episode. A goal-conditioned ranker draws each pair's goal frame from an episode of the
+    same ``groups`` label (one per episode, e.g. its task; default: every episode its own group):
+    its last frame, or for the ``reverse_prob`` share of pairs played backwards its first frame; its
+    statistics score each episode against the last frames of up to 5 others of its group, and
+    ``val_reversed_pair_acc`` reports the backwards ranking against first frames. With ``out_dir``: ``metrics.csv`` (loss and pair accuracy of every step),
     TensorBoard events, snapshots (every 500 steps and at the end; a run continues exactly from its
     newest one, ``resume`` / ``overwrite`` as in :class:`~mmreward.core.trainer.Trainer`), and once
     training reaches ``steps`` the ranker in ``out_dir/model`` and ``metrics.json``. ``stop_at`` ends
@@ -197,6 +283,9 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     lengths_all = np.array([len(e) for e in eps])
     if not (lengths_all > cfg.min_gap).any():
         raise ValueError(f"no episode is longer than min_gap={cfg.min_gap} frames: nothing to rank")
+    groups = list(range(len(eps))) if groups is None else list(groups)
+    if len(groups) != len(eps):
+        raise ValueError(f"groups has {len(groups)} labels for {len(eps)} episodes: give one per episode")
     rng = np.random.default_rng(seed)  # held-out split, then training pairs
     seed_everything(seed)  # before the model: its initial weights come from the seed
     n_val = int(round(val_fraction * len(eps))) if len(eps) > 1 else 0
@@ -204,6 +293,10 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     order = rng.permutation(len(eps))
     val = [eps[k] for k in order[:n_val]]
     train = [eps[k] for k in order[n_val:]]
+    val_groups, train_groups = [groups[k] for k in order[:n_val]], [groups[k] for k in order[n_val:]]
+    members: dict = {}  # training episodes of each group: where pair goals come from
+    for k, gname in enumerate(train_groups):
+        members.setdefault(gname, []).append(k)
     lengths = np.array([len(e) for e in train])
     if not (lengths > cfg.min_gap).any():
         raise ValueError(f"no training episode is longer than min_gap={cfg.min_gap} frames")
@@ -212,21 +305,38 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     gen = torch.Generator().manual_seed(seed)  # random shifts
     stats: dict[str, float] = {}
 
-    def sample_batch() -> torch.Tensor:  # (2B, H, W, 3): (earlier, later) frame pairs
+    def sample_batch() -> torch.Tensor:  # (2B, H, W, 3): (earlier, later) pairs; goal-conditioned (3B, ...)
         pairs = _sample_pairs(lengths, cfg.batch_size, cfg.min_gap, rng)
-        return torch.stack([train[e][t] for e, i, j in pairs for t in (i, j)])
+        if not cfg.goal_conditioned:
+            return torch.stack([train[e][t] for e, i, j in pairs for t in (i, j)])
+        backwards = rng.random(len(pairs)) < cfg.reverse_prob
+        out = []  # (worse, better, goal) per pair
+        for (e, i, j), back in zip(pairs, backwards):
+            mates = members[train_groups[e]]
+            src = train[mates[int(rng.integers(0, len(mates)))]]
+            out += [train[e][j], train[e][i], src[0]] if back else [train[e][i], train[e][j], src[-1]]
+        return torch.stack(out)
 
     def step_fn(trainer: Trainer, frames: torch.Tensor) -> dict[str, float]:
         x = random_shift(frames.permute(0, 3, 1, 2).float() / 255.0, cfg.augment_pad, gen)
-        s = model.score_pixels(x).view(-1, 2)  # (B, 2)
+        if cfg.goal_conditioned:
+            x = x.view(-1, 3, *x.shape[1:])  # (B, worse / better / goal, 3, H, W)
+            s = model.score_pixels(x[:, :2].flatten(0, 1), x[:, 2:].expand_as(x[:, :2]).flatten(0, 1)).view(-1, 2)
+        else:
+            s = model.score_pixels(x).view(-1, 2)  # (B, 2)
         loss, acc = pairwise_loss_and_accuracy(s[:, 1], s[:, 0])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return {"loss": float(loss.detach()), "pair_acc": float(acc)}
 
+    def goals_of(episodes: list, labels: list, first: bool = False) -> Optional[list]:
+        if not cfg.goal_conditioned:
+            return None
+        return [group_goals(episodes, labels, k, first) for k in range(len(episodes))]
+
     def finish(folder: str) -> None:  # statistics first: the saved ranker needs them to score
-        stats.update(model.fit_statistics(eps))
+        stats.update(model.fit_statistics(eps, goals_of(eps, groups)))
         if out_dir:
             model.save_pretrained(folder)
 
@@ -248,8 +358,14 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     if not stats:  # stopped before the end
         return model, metrics
     if any(len(e) > cfg.min_gap for e in val):
-        metrics["val_pair_acc"] = pair_accuracy(model, val, cfg.min_gap)
-        metrics["val_time_spearman"] = float(np.mean([_spearman_time(model.raw_score(e)) for e in val]))
+        # goals of a validation episode: other validation episodes of its group (itself when alone)
+        val_goals = goals_of(val, val_groups)
+        metrics["val_pair_acc"] = pair_accuracy(model, val, cfg.min_gap, goals=val_goals)
+        metrics["val_time_spearman"] = float(np.mean([_spearman_time(s) for s in model._scores_with_goals(val, val_goals)]))
+        if cfg.goal_conditioned:
+            backwards = [e.flip(0) for e in val]
+            metrics["val_reversed_pair_acc"] = pair_accuracy(model, backwards, cfg.min_gap,
+                                                             goals=goals_of(backwards, val_groups))
     metrics.update({f"stat_{k}": v for k, v in stats.items()})
     if out_dir:
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
@@ -275,4 +391,4 @@ def _spearman_time(scores: torch.Tensor) -> float:
     return float(np.corrcoef(rs, np.arange(len(s)))[0, 1])
 
 
-__all__ = ["ProgressConfig", "ProgressModel", "train_progress", "pair_accuracy"]
+__all__ = ["ProgressConfig", "ProgressModel", "train_progress", "pair_accuracy", "group_goals"]

@@ -164,14 +164,16 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        max_steps: Optional[int] = None, rnd_update_interval: int = 100,
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
                        success_scale: Optional[float] = None, motion_scale: Optional[float] = None,
-                       shaping: str = "none",
+                       goal_scale: Optional[float] = None, shaping: str = "none",
                        discount: float = 0.99) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
     0.95 as in the paper, for ``diffusion`` / ``diffusion-likelihood``; 0.5 for ``viper``);
     ``reward_clip`` bounds their standardised term below (``DiffusionRewardConfig.clip_min``);
     ``success_scale`` weights the success reward they add (default 1, the paper's); ``motion_scale`` sets λ of
-    the motion deficit they subtract (default: the checkpoint's). ``shaping="potential"``
+    the motion deficit they subtract (default: the checkpoint's); ``goal_scale`` γ of the goal distance they
+    subtract, against the last frames of the expert episodes (``expert_data``, else ``stats_episodes``
+    scripted ones; the goal statistics are fitted on them when the checkpoint has none). ``shaping="potential"``
     pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
     γ = ``discount`` (the agent's), so that the optimal policy is the success reward's. ``checkpoint``: a
     Diffusion Reward folder (or a trainer's run folder holding one) or a shipped name; ``device`` is checked
@@ -232,13 +234,29 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         cfg.success_scale = float(success_scale)
     if motion_scale is not None:
         cfg.motion_scale = float(motion_scale)
+    if goal_scale is not None:
+        cfg.goal_scale = float(goal_scale)
     cfg.validate()
+    experts: list = []
+
+    def expert_frames() -> list:  # collected (or loaded) once, when a statistic or the goal needs them
+        if not experts:
+            experts.extend(_expert_frames(task, expert_data, size, action_repeat, stats_episodes, max_steps))
+        return experts
+
     unfitted_motion = cfg.motion_scale > 0 and int(model.motion_statistics[1]) == 0
     if cfg.reward_type != want or int(model.statistics[2]) == 0 or unfitted_motion:
         if want == "relative_likelihood" and cfg.reward_type != want:
             cfg.entropy_estimator = "x0_entropy"  # the lower-variance entropy term
         cfg.reward_type = want
-        model.fit_statistics(_expert_frames(task, expert_data, size, action_repeat, stats_episodes, max_steps))
+        model.fit_statistics(expert_frames())
+    if cfg.goal_scale > 0:
+        from ..reward.progress import group_goals
+
+        demos = [torch.from_numpy(np.ascontiguousarray(f)) for f in expert_frames()]
+        if int(model.goal_statistics[1]) == 0:
+            model.fit_goal_statistics(demos, [group_goals(demos, [0] * len(demos), k) for k in range(len(demos))])
+        model.set_goal(torch.stack([d[-1] for d in demos]).to(model.device))
     return LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
 
 

@@ -118,3 +118,55 @@ def test_trained_model_charges_a_frozen_episode_not_a_moving_one(tmp_path):
     share = lambda tok: dr.unrealised_motion(*dr.change_windows(tok))[1:].clamp_min(0).mean().item()  # frame 0: no history
     d_moving, d_frozen = share(test), share(frozen)
     assert d_frozen > 0.8 and d_moving < 0.2, (d_frozen, d_moving)
+
+
+# ----------------------------------------------------------------------------- goal distance
+def test_goal_distance_is_the_token_share_that_differs_from_the_nearest_goal_frame():
+    dr = make_reward(batch_size=4, goal_scale=3.0)
+    ep, goals = frames(7), frames(2, 9)
+    tok, goal_tok = dr.tokenize(ep), dr.tokenize(goals)
+    with pytest.raises(RuntimeError, match="set_goal"):
+        dr.goal_distance(tok)
+    dr.set_goal(goals)
+    assert torch.equal(dr.goal_tokens, goal_tok)
+    manual = torch.stack([(tok != g).float().mean(1) for g in goal_tok]).min(0).values
+    torch.testing.assert_close(dr.goal_distance(tok), manual)
+    assert float(dr.goal_distance(goal_tok).max()) == 0.0  # a goal frame is at distance 0
+    dr.fit_statistics([frames(5, 1), frames(6, 2)])
+    with pytest.raises(RuntimeError, match="goal statistics"):
+        dr(ep)
+    stats = dr.fit_goal_statistics([frames(5, 1), frames(6, 2)], [frames(1, 3), frames(2, 4)])
+    assert stats["goal_frames"] == 11 and stats["goal_std"] > 0
+    z = dr.standardize(dr.raw_reward_windows(tok))
+    torch.testing.assert_close(dr(ep), z - 3.0 * manual / stats["goal_std"])
+    with pytest.raises(ValueError, match="one goal set per episode"):
+        dr.fit_goal_statistics([frames(5, 1)], [])
+    with pytest.raises(ValueError, match="goal_scale"):
+        DiffusionRewardConfig(goal_scale=float("inf")).validate()
+    dr.set_goal(None)
+    dr.config.goal_scale = 0.0
+    torch.testing.assert_close(dr(ep), z)  # off: no goal needed
+
+
+def test_goal_statistics_round_trip_and_the_goal_is_not_saved(tmp_path):
+    dr = make_reward(batch_size=4, goal_scale=1.0)
+    dr.fit_statistics([frames(5, 1)])
+    dr.fit_goal_statistics([frames(5, 1)], [frames(1, 3)])
+    dr.set_goal(frames(1, 3))
+    dr.save_pretrained(str(tmp_path / "m"))
+    back = DiffusionReward.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(back.goal_statistics, dr.goal_statistics) and back.goal_tokens.shape[0] == 0
+    back.set_goal(frames(1, 3))
+    torch.testing.assert_close(back(frames(6)), dr(frames(6)))
+    import shutil
+
+    weights = load_weights(str(tmp_path / "m"), "cpu")
+    del weights["goal_statistics"]  # a folder saved before the goal term
+    shutil.copytree(tmp_path / "m", tmp_path / "old")
+    os.remove(tmp_path / "old" / "manifest.json")
+    save_weights(str(tmp_path / "old"), weights)
+    old = DiffusionReward.from_pretrained(str(tmp_path / "old"))
+    assert int(old.goal_statistics[1]) == 0
+    old.set_goal(frames(1, 3))
+    with pytest.raises(RuntimeError, match="goal statistics"):
+        old(frames(6))

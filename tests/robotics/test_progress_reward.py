@@ -144,11 +144,11 @@ def test_rl_sources_keep_the_paper_rule_unless_asked(trained, tmp_path):
     assert paper.model.progress is None
 
 
-def _square_folder(folder, seed, n=4):
+def _square_folder(folder, seed, n=4, left=False):
     from mmreward.robotics.data.episodes import Episode, episode_entry, save_episode, update_manifest
 
     entries = []
-    for i, frames in enumerate(videos(n, seed)):
+    for i, frames in enumerate(leftward(n, seed) if left else videos(n, seed)):
         T = len(frames)
         ep = Episode(frames=frames, actions=np.zeros((T - 1, 4), np.float32), rewards=np.zeros(T - 1, np.float32),
                      success=np.zeros(T - 1, bool))
@@ -197,3 +197,106 @@ def test_clip_bounds_the_sum_so_far_off_frames_cannot_profit_from_progress(train
     dr.set_progress(ranker)
     z = dr.standardize(dr.raw_reward(ep)) + dr.config.progress_scale * ranker(ep)
     torch.testing.assert_close(dr(ep), z.clamp_min(-0.5))
+
+
+# ----------------------------------------------------------------------------- goal-conditioned ranker
+def leftward(n: int, seed: int) -> list[np.ndarray]:
+    """The same videos played backwards: the square moves left, a task no training video shows."""
+    return [v[::-1].copy() for v in videos(n, seed)]
+
+
+@pytest.fixture(scope="module")
+def goal_ranker(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("goal_progress"))
+    torch.manual_seed(0)
+    cfg = ProgressConfig(**SMALL, goal_conditioned=True)
+    model, metrics = train_progress(videos(12, 0), cfg, out, steps=150, show_progress=False, groups=["right"] * 12)
+    return model, metrics, out
+
+
+def test_goal_conditioned_ranker_follows_the_goal_of_an_unseen_direction(goal_ranker):
+    """Trained on rightward videos only; the last frames of two leftward demonstrations make it rank
+    unseen leftward videos the right way round, where the unconditioned ranker ranks them backwards."""
+    model, metrics, _ = goal_ranker
+    assert metrics["val_pair_acc"] >= 0.85 and metrics["val_reversed_pair_acc"] >= 0.85, metrics
+    demos_left, test_left = leftward(2, 50), [torch.from_numpy(v) for v in leftward(6, 99)]
+    test_right = [torch.from_numpy(v) for v in videos(6, 99)]
+    model.set_goal(torch.from_numpy(np.stack([d[-1] for d in demos_left])))
+    assert pair_accuracy(model, test_left, min_gap=2) >= 0.9
+    assert pair_accuracy(model, test_right, min_gap=2) <= 0.2  # the goal, not the scene, sets the direction
+    model.set_goal(torch.from_numpy(np.stack([d[-1] for d in videos(2, 50)])))
+    assert pair_accuracy(model, test_right, min_gap=2) >= 0.9
+    torch.manual_seed(0)
+    plain, _ = train_progress(videos(12, 0), ProgressConfig(**SMALL), steps=150, show_progress=False)
+    assert pair_accuracy(plain, test_left, min_gap=2) <= 0.2
+
+
+def test_goal_conditioned_ranker_scores_against_the_mean_of_its_goals_and_saves_no_goal(goal_ranker):
+    model, _, out = goal_ranker
+    v = torch.from_numpy(videos(1, 3)[0])
+    g = torch.from_numpy(np.stack([w[-1] for w in videos(3, 4)]))
+    per_goal = []
+    for k in range(3):
+        model.set_goal(g[k])  # one frame [H, W, 3] is one goal
+        per_goal.append(model.raw_score(v))
+    model.set_goal(g)
+    torch.testing.assert_close(model.raw_score(v, batch_size=4), torch.stack(per_goal).mean(0), rtol=1e-5, atol=1e-5)
+    loaded = ProgressModel.from_pretrained(os.path.join(out, "model"))
+    assert loaded.config.goal_conditioned and "goal" not in model.state_dict()  # a run-time input
+    with pytest.raises(RuntimeError, match="set_goal"):
+        loaded(v)
+    loaded.set_goal(g)
+    assert torch.equal(loaded(v), model(v))
+    model.set_goal(None)
+    with pytest.raises(RuntimeError, match="set_goal"):
+        model.raw_score(v)
+
+
+def test_goal_conditioned_bad_input_errors(goal_ranker):
+    model = goal_ranker[0]
+    plain = ProgressModel(ProgressConfig(**SMALL))
+    with pytest.raises(ValueError, match="goal-conditioned"):
+        plain.set_goal(torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        model.set_goal(torch.zeros(1, SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match="32x32"):
+        model.set_goal(torch.zeros(1, 16, 16, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="one goal set per episode"):
+        model.fit_statistics(videos(2, 0), goals=[torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="one goal frame per frame"):
+        model.score_pixels(torch.zeros(2, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="groups"):
+        train_progress(videos(3, 0), ProgressConfig(**SMALL, goal_conditioned=True), steps=1, show_progress=False,
+                       groups=["a"])
+    with pytest.raises(ValueError, match="reverse_prob"):
+        ProgressConfig(reverse_prob=1.5).validate()
+
+
+def test_cli_goal_conditioned_ranker_scores_an_unseen_direction_from_demonstrations(tmp_path, capsys):
+    from test_pipeline_cli import QUIET
+
+    from mmreward.robotics.cli import main
+
+    a, b = _square_folder(str(tmp_path / "a"), 0), _square_folder(str(tmp_path / "b"), 1)
+    demos, test = _square_folder(str(tmp_path / "demos"), 50, n=2, left=True), _square_folder(str(tmp_path / "t"), 99, left=True)
+    ranker = str(tmp_path / "ranker")
+    assert main(["train-progress", "--data", f"{a},{b}", "--out", ranker, "--steps", "150", "--set", "channels=8,16,16",
+                 "--set", "hidden_dim=32", "--set", "min_gap=2", "--set", "lr=0.002", "--set", "goal_conditioned=true",
+                 *QUIET]) == 0
+    capsys.readouterr()
+    model = os.path.join(ranker, "model")
+    assert main(["score", "--model", model, test, "--goal", demos, "--json", *QUIET]) == 0
+    captured = capsys.readouterr()
+    assert "goal: the last frames of 2 episodes" in captured.err
+    rho = [np.corrcoef(np.argsort(np.argsort(r["rewards"])), np.arange(len(r["rewards"])))[0, 1]
+           for r in json.loads(captured.out)["episodes"]]
+    assert min(rho) > 0.8, rho  # later frames of the leftward videos score higher: the goal set the direction
+    assert main(["score", "--model", model, test, *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --goal" in err[0]
+    plain = str(tmp_path / "plain")
+    assert main(["train-progress", "--data", a, "--out", plain, "--steps", "2", "--set", "channels=8,16,16", *QUIET]) == 0
+    capsys.readouterr()
+    assert main(["score", "--model", os.path.join(plain, "model"), test, "--goal", demos, *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scores against a goal" in err[0]

@@ -161,6 +161,16 @@ def test_reward_sources(tmp_path):
     assert viper.model.config.reward_type == "likelihood" and viper.model.config.expl_scale == 0.5
     with pytest.raises(ValueError, match="expl_scale"):
         make_reward_source("diffusion", expl_scale=1.5)
+    # the goal distance: goals are the last frames of the scripted experts its statistics are fitted on
+    goal = make_reward_source(own[shipped], task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.0,
+                              goal_scale=2.0)
+    m = goal.model
+    assert m.goal_tokens.shape[0] == 2 and int(m.goal_statistics[1]) == 2 * 7 and m.config.goal_scale == 2.0
+    d = m.goal_distance(m.tokenize(torch.from_numpy(frames[1:]))).numpy()
+    np.testing.assert_allclose(goal(frames, env_r, succ), ru - 2.0 * d / float(m.goal_statistics[0]) + succ,
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="goal_scale"):
+        make_reward_source(own[shipped], goal_scale=-1.0)
 
 
 def test_task_ids_and_errors(tmp_path):
