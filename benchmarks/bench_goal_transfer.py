@@ -56,6 +56,26 @@ from bench_diffusion_reward_quality import (NearestExpert, _collect_job, collect
 DR_KEYS = ("dr_relative_likelihood", "dr_relative_likelihood+motion3", "dr_relative_likelihood+progress+motion3")
 
 
+BASE_SCORES = ("goal_tokens", "goal_progress", "nn_goal_demos", "goal_pixels")  # what a rerun can reuse
+
+
+def episode_key(e: dict) -> tuple:
+    return (e["task"], e["file"]) if "file" in e else (e["task"], e["hold_after"], e["seed"])
+
+
+def reusable_scores(path: str, settings: dict) -> dict:
+    """Per-episode goal scores of an earlier output with the same settings (new γ values or baselines
+    recombine them without scoring again); empty when there is none."""
+    try:
+        old = json.load(open(path))
+    except (OSError, ValueError):
+        return {}
+    if old.get("settings") != settings:
+        return {}
+    rows = old["episodes"] + old.get("probe_episodes", [])
+    return {episode_key(r): {k: r[k] for k in BASE_SCORES} for r in rows if all(k in r for k in BASE_SCORES)}
+
+
 def quality_args(src: dict, work: str, workers: int) -> argparse.Namespace:
     """The quality run's data settings (from its JSON), to find its cached episodes."""
     s = src["setup"]
@@ -77,7 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reverse-prob", type=float, default=0.5, help="share of training pairs played backwards")
     ap.add_argument("--scale", type=float, default=1.0, help="β of goal_progress added to the Diffusion Reward keys")
     ap.add_argument("--model", default="runs/metaworld-ml10-64", help="Diffusion Reward model whose codec gives the goal distance")
-    ap.add_argument("--goal-scales", default="1,2,4", help="γ values of the goal distance added to the keys")
+    ap.add_argument("--goal-scales", default="1,2,4,8", help="γ values of the goal distance added to the keys")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -145,6 +165,8 @@ def main(argv=None) -> int:
     print(f"[goal statistics] {gstats}", flush=True)
 
     # 3. each evaluation set
+    settings = {"goal_demos": args.goal_demos, "goal_seed": args.goal_seed, "ranker_steps": args.steps,
+                "reverse_prob": args.reverse_prob, "model": os.path.abspath(args.model), "goal_std": goal_std}
     for src, path in zip(sources, args.dr_json):
         t0 = time.perf_counter()
         qa = quality_args(src, args.work, args.workers)
@@ -158,15 +180,22 @@ def main(argv=None) -> int:
         keys = [k for k in DR_KEYS if k in src["episodes"][0]]
         zero_shot = [k for k in ("dr_relative_likelihood+progress+motion3", "progress", "nn_expert", "frame_diff") if k in src["episodes"][0]]
         goal_tokens = {t: dr.tokenize(goal_frames[t]) for t in tasks}
+        out = path.replace(".json", f"{args.out_suffix}.json")
+        cached = reusable_scores(out, settings)  # this set's goal scores from an earlier run with these settings
         for e in eval_eps + probe_eps:
-            frames = torch.from_numpy(e["frames"])
-            ranker.set_goal(goal_frames[e["task"]])
             row = dr_by_file[(e["task"], e["file"])] if "file" in e else dr_by_probe[(e["task"], e["hold_after"], e["seed"])]
-            gp = float(ranker(frames).mean())
-            gd = -float(dr.goal_distance(dr.tokenize(frames), goal_tokens[e["task"]]).mean()) / goal_std
+            old = cached.get(episode_key(e))
+            if old is not None:
+                gd, gp = old["goal_tokens"], old["goal_progress"]
+                e["nn_goal_demos"], e["goal_pixels"] = np.array([old["nn_goal_demos"]]), np.array([old["goal_pixels"]])
+            else:
+                frames = torch.from_numpy(e["frames"])
+                ranker.set_goal(goal_frames[e["task"]])
+                gp = float(ranker(frames).mean())
+                gd = -float(dr.goal_distance(dr.tokenize(frames), goal_tokens[e["task"]]).mean()) / goal_std
+                e["nn_goal_demos"] = nn_demo[e["task"]](e["frames"])
+                e["goal_pixels"] = nn_goal[e["task"]](e["frames"])
             e["goal_tokens"], e["goal_progress"] = np.array([gd]), np.array([gp])
-            e["nn_goal_demos"] = nn_demo[e["task"]](e["frames"])
-            e["goal_pixels"] = nn_goal[e["task"]](e["frames"])
             for k in keys + zero_shot:
                 e[k] = np.array([row[k]])
             for k in keys:
@@ -182,7 +211,7 @@ def main(argv=None) -> int:
             results[key] = {"per_task": per_task, "train_tasks": summarise(per_task, qa.train_tasks),
                             "heldout_tasks": summarise(per_task, qa.heldout_tasks)}
         report = {
-            "benchmark": "goal_progress_transfer",
+            "benchmark": "goal_transfer", "settings": settings,
             "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
             "setup": src["setup"] | {"goal_demos": args.goal_demos, "goal_seed": args.goal_seed, "ranker_steps": args.steps,
                                      "reverse_prob": args.reverse_prob, "scale": args.scale, "dr_json": path},
@@ -193,7 +222,6 @@ def main(argv=None) -> int:
                                | {m: float(np.mean(e[m])) for m in methods} for e in probe_eps],
             "timings": timings | {"score_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t_all},
         }
-        out = path.replace(".json", f"{args.out_suffix}.json")
         with open(out, "w") as f:
             json.dump(report, f, indent=1)
         fmt = lambda x: "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.2f}"

@@ -343,6 +343,11 @@ def _score(args: argparse.Namespace) -> int:
         ranker = False
     if args.seed is not None and hasattr(model.config, "seed"):
         model.config.seed = int(args.seed)
+    if args.goal_scale is not None:
+        if not hasattr(model.config, "goal_scale"):
+            raise ValueError(f"--goal-scale applies to Diffusion Reward models; {folder} holds a {model.model_type}")
+        model.config.goal_scale = float(args.goal_scale)
+        model.config.validate()
     if args.goal:
         _set_goal(model, args.goal)
     elif _uses_goal(model):
@@ -548,6 +553,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--goal", action="append", default=None, metavar="SRC",
                    help="demonstration (episode file / folder, video) whose last frames are the goal of a "
                         "goal-conditioned ranker, e.g. of a task the model was not trained on (repeatable)")
+    p.add_argument("--goal-scale", type=float, default=None, metavar="GAMMA",
+                   help="γ of a Diffusion Reward model's goal distance (default: the model's goal_scale)")
     _add_data(p, policies_default="all", required=False)
     _add_runtime(p)
     p.set_defaults(run=_score)

@@ -249,3 +249,32 @@ def test_same_seed_gives_bit_identical_models(tmp_path, capsys):
     assert a == b
     assert a[Path("rnd/model.safetensors")] != c[Path("rnd/model.safetensors")]
     assert DiffusionReward.from_pretrained(str(tmp_path / "a")).config.seed == 3  # and the chain noise's
+
+
+def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, capsys):
+    """train-video's reward model carries goal statistics (episodes against the last frames of others of
+    their task); `score --goal-scale γ --goal DEMO` subtracts γ·G/s_G per frame."""
+    import numpy as np
+    import torch
+
+    from mmreward.robotics.data.episodes import load_episode_folder
+    from mmreward.robotics.reward import DiffusionReward
+
+    data = synthetic_folder(str(tmp_path / "data"))
+    _, video = train_tiny(data, tmp_path)
+    reward = DiffusionReward.from_pretrained(os.path.join(video, "reward"))
+    assert int(reward.goal_statistics[1]) == 12  # fitted on the 12 training frames
+    capsys.readouterr()
+    assert main(["score", "--model", video, data, "--json", *QUIET]) == 0
+    plain = json.loads(capsys.readouterr().out)["episodes"]
+    assert main(["score", "--model", video, data, "--json", "--goal-scale", "2", "--goal", data, *QUIET]) == 0
+    captured = capsys.readouterr()
+    with_goal = json.loads(captured.out)["episodes"]
+    assert "goal: the last frames of 2 episodes" in captured.err
+    eps = [torch.from_numpy(ep.frames) for _, ep in load_episode_folder(data, None, ["all"])]
+    reward.set_goal(torch.stack([e[-1] for e in eps]))
+    for e, a, b in zip(eps, plain, with_goal):
+        d = reward.goal_distance(reward.tokenize(e)).numpy() / float(reward.goal_statistics[0])
+        np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) - 2.0 * d, atol=1e-4)
+    assert main(["score", "--model", video, data, "--goal-scale", "2", *QUIET]) == 2  # no goal frames
+    assert "give --goal" in capsys.readouterr().err
