@@ -737,6 +737,11 @@ def main(argv=None) -> int:
             shutil.rmtree(tmp)
         saved = DiffusionReward.from_pretrained(src)
         saved.config.motion_scale = args.motion_scale
+        from mmreward.robotics.reward.progress import group_goals
+
+        tasks_of = [e["task"] for e in train_eps]  # goal statistics: each episode against others of its task
+        saved.fit_goal_statistics([torch.from_numpy(f) for f in train_frames],
+                                  [group_goals(train_frames, tasks_of, k) for k in range(len(train_frames))])
         if ranker is not None:  # the saved reward model with the ranker attached (β = --progress-scale)
             saved.set_progress(ranker)
             saved.config.progress_scale = args.progress_scale

@@ -57,6 +57,19 @@ def diffusion_reward() -> list[str]:
             f"| {_link('diffusion_reward_pooled_scale80.json')} |"]
 
 
+def diffusion_reward_transfer() -> list[str]:
+    name = "diffusion_reward_pooled_ml10_goal_vs_nn_goal_demos.json"
+    d = _load(name)
+    key = "dr_relative_likelihood+progress+motion3+goal8"
+    ours, zero = d["pooled"][key]["heldout_tasks"], d["pooled"]["dr_relative_likelihood+progress+motion3"]["heldout_tasks"]
+    nn = d["pooled"]["nn_goal_demos"]["heldout_tasks"]
+    return [f"| Diffusion Reward transfer | ML10's 5 unseen tasks (2 evaluation sets, {d['episodes']} episodes of 15 tasks), given the last frames of 5 "
+            f"demonstrations: ρ(reward, action noise) / expert-vs-random AUC | **{ours['spearman_noise_mean']:.2f} / "
+            f"{ours['expert_vs_random_auc_mean']:.2f}** with `goal_scale=8` (without goal frames "
+            f"{zero['spearman_noise_mean']:+.2f} / {zero['expert_vs_random_auc_mean']:.2f}); nearest neighbour to the "
+            f"demonstrations {nn['spearman_noise_mean']:.2f} / {nn['expert_vs_random_auc_mean']:.2f} | {_link(name)} |"]
+
+
 def diffusion_reward_speed() -> list[str]:
     name, q = "diffusion_reward_speed_cpu.json", "diffusion_reward_fast_vs_default.json"
     d = _load(name)
@@ -121,7 +134,7 @@ def fused_head() -> list[str]:
     return rows
 
 
-SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
+SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
 
 
 def table() -> str:
