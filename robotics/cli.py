@@ -551,8 +551,9 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True,
                    help="use the model's progress ranker, if any (--no-ranker: the paper's rule, likelihood term only)")
     p.add_argument("--goal", action="append", default=None, metavar="SRC",
-                   help="demonstration (episode file / folder, video) whose last frames are the goal of a "
-                        "goal-conditioned ranker, e.g. of a task the model was not trained on (repeatable)")
+                   help="demonstration (episode file / folder, video) whose last frames are the goal frames of the "
+                        "goal distance (--goal-scale) or a goal-conditioned ranker, e.g. of a task the model was "
+                        "not trained on (repeatable)")
     p.add_argument("--goal-scale", type=float, default=None, metavar="GAMMA",
                    help="γ of a Diffusion Reward model's goal distance (default: the model's goal_scale)")
     _add_data(p, policies_default="all", required=False)

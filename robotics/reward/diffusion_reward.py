@@ -325,8 +325,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         if frames is None:
             self.goal_tokens = self.goal_tokens[:0]
         else:
-            frames = torch.as_tensor(frames)
-            frames = frames[None] if frames.dim() == 3 else frames
+            frames = _frame_batch(frames)
             self.goal_tokens = self.tokenize(frames)
         if ranker is not None:
             ranker.set_goal(frames)
@@ -349,7 +348,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         eps = episodes_from(episodes)
         if len(goals) != len(eps):
             raise ValueError(f"{len(goals)} goals for {len(eps)} episodes: give one goal set per episode")
-        d = torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(torch.as_tensor(g)))
+        d = torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(_frame_batch(g)))
                        for ep, g in zip(eps, goals)]).double()
         std = _std(d)
         self.goal_statistics.copy_(torch.tensor([std, float(d.numel())], dtype=torch.float64))
@@ -490,6 +489,12 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             if name in weights:
                 getattr(model, name).copy_(weights[name].double())
         return model
+
+
+def _frame_batch(frames: Any) -> torch.Tensor:
+    """uint8 frames as ``[N, H, W, 3]`` (one frame ``[H, W, 3]`` becomes a batch of one)."""
+    frames = torch.as_tensor(frames)
+    return frames[None] if frames.dim() == 3 else frames
 
 
 def _std(x: torch.Tensor) -> float:

@@ -245,11 +245,11 @@ def pair_accuracy(model: ProgressModel, episodes: list[torch.Tensor], min_gap: i
     return float((late > early).float().mean())
 
 
-def group_goals(episodes: list[torch.Tensor], groups: list, k: int, first: bool = False, limit: int = 5) -> torch.Tensor:
-    """Goal frames for episode ``k``: the last (``first``: first) frames of up to ``limit`` other
-    episodes of its group, in order (its own when it is alone), uint8 ``[G, H, W, 3]``."""
+def group_goals(episodes: list, groups: list, k: int, limit: int = 5) -> torch.Tensor:
+    """Goal frames for episode ``k``: the last frames of up to ``limit`` other episodes of its group,
+    in order (its own when it is alone), uint8 ``[G, H, W, 3]``."""
     same = [i for i in range(len(episodes)) if groups[i] == groups[k] and i != k][:limit] or [k]
-    return torch.stack([torch.as_tensor(episodes[i][0 if first else -1]) for i in same])
+    return torch.stack([torch.as_tensor(episodes[i][-1]) for i in same])
 
 
 def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_dir: Optional[str] = None, *,
@@ -263,7 +263,8 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     same ``groups`` label (one per episode, e.g. its task; default: every episode its own group):
     its last frame, or for the ``reverse_prob`` share of pairs played backwards its first frame; its
     statistics score each episode against the last frames of up to 5 others of its group, and
-    ``val_reversed_pair_acc`` reports the backwards ranking against first frames. With ``out_dir``: ``metrics.csv`` (loss and pair accuracy of every step),
+    ``val_reversed_pair_acc`` reports the backwards ranking against first frames. With ``out_dir``:
+    ``metrics.csv`` (loss and pair accuracy of every step),
     TensorBoard events, snapshots (every 500 steps and at the end; a run continues exactly from its
     newest one, ``resume`` / ``overwrite`` as in :class:`~mmreward.core.trainer.Trainer`), and once
     training reaches ``steps`` the ranker in ``out_dir/model`` and ``metrics.json``. ``stop_at`` ends
@@ -330,10 +331,10 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
         opt.step()
         return {"loss": float(loss.detach()), "pair_acc": float(acc)}
 
-    def goals_of(episodes: list, labels: list, first: bool = False) -> Optional[list]:
+    def goals_of(episodes: list, labels: list) -> Optional[list]:
         if not cfg.goal_conditioned:
             return None
-        return [group_goals(episodes, labels, k, first) for k in range(len(episodes))]
+        return [group_goals(episodes, labels, k) for k in range(len(episodes))]
 
     def finish(folder: str) -> None:  # statistics first: the saved ranker needs them to score
         stats.update(model.fit_statistics(eps, goals_of(eps, groups)))
