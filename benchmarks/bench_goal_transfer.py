@@ -82,7 +82,8 @@ def quality_args(src: dict, work: str, workers: int) -> argparse.Namespace:
     return argparse.Namespace(train_tasks=s["train_tasks"], heldout_tasks=s["heldout_tasks"], expert_model="",
                               train_episodes=s["train_episodes"], eval_episodes=s["eval_episodes"],
                               eval_seed=s.get("eval_seed", 1000), size=s["size"], action_repeat=s["action_repeat"],
-                              max_steps=s["max_steps"], probe_seeds=2, workers=workers)
+                              max_steps=s["max_steps"], workers=workers,
+                              probe_seeds=len({e["seed"] for e in src.get("probe_episodes", [])}))
 
 
 def main(argv=None) -> int:
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="β of goal_progress added to the Diffusion Reward keys")
     ap.add_argument("--model", default="runs/metaworld-ml10-64", help="Diffusion Reward model whose codec gives the goal distance")
     ap.add_argument("--goal-scales", default="1,2,4,8", help="γ values of the goal distance added to the keys")
+    ap.add_argument("--all-demos", action="store_true",
+                    help="use failed demonstrations' last frames too (smoke runs, whose episodes are too short to succeed)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -129,15 +132,15 @@ def main(argv=None) -> int:
     demos = {}  # successful demonstrations only: a failed one's last frame is not the goal
     loaded = load_jobs(goal_jobs, ("goal",))
     for e in loaded:
-        if e["success"]:
+        if e["success"] or args.all_demos:
             demos.setdefault(e["task"], []).append(e)
     missing = [t for t in tasks if t not in demos]
     if missing:
         raise SystemExit(f"no successful goal demonstration of {missing}: raise --goal-demos")
     goal_frames = {t: torch.from_numpy(np.stack([e["frames"][-1] for e in demos[t]])) for t in tasks}
     timings["goal_demos_s"] = time.perf_counter() - t0
-    print(f"[goal] {args.goal_demos} demonstrations per task, {len(loaded) - sum(map(len, demos.values()))} failed "
-          f"(not used); goal frames per task: {min(map(len, demos.values()))}-{max(map(len, demos.values()))}", flush=True)
+    print(f"[goal] {args.goal_demos} demonstrations per task, {sum(not e['success'] for e in loaded)} failed "
+          f"({'used' if args.all_demos else 'not used'}); goal frames per task: {min(map(len, demos.values()))}-{max(map(len, demos.values()))}", flush=True)
 
     # 2. the goal-conditioned ranker on the training tasks' expert videos
     t0 = time.perf_counter()

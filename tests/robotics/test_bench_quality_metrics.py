@@ -224,6 +224,27 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
 
     assert len(scores(doc)) == len(doc["episodes"]) and scores(doc2) == pytest.approx(scores(doc), abs=1e-5)
 
+    # the saved model carries goal statistics; the goal-transfer benchmark on this run's episodes adds
+    # γ·(−G/s_G) to its Diffusion Reward scores, and a rerun with the same settings reuses its goal scores
+    assert int(model.goal_statistics[1]) == int(model.statistics[2]) > 0  # fitted on the same training frames
+    spec = importlib.util.spec_from_file_location("bench_goal_transfer", os.path.join(
+        os.path.dirname(__file__), "..", "..", "benchmarks", "bench_goal_transfer.py"))
+    g = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(g)
+    quick_json = js.replace(".json", "_quick.json")
+    argv = ["--work", str(tmp_path / "work_quick"), "--dr-json", quick_json, "--model", saved, "--goal-demos", "2",
+            "--steps", "20", "--all-demos", "--workers", "1", "--threads", "1"]
+    assert g.main(argv) == 0
+    out = json.load(open(quick_json.replace(".json", "_goal.json")))
+    for e in out["episodes"]:
+        assert e["goal_tokens"] <= 0
+        assert e["dr_relative_likelihood+goal8"] == pytest.approx(e["dr_relative_likelihood"] + 8 * e["goal_tokens"], abs=1e-4)
+    assert {"goal_progress", "goal_pixels", "nn_goal_demos", "dr_relative_likelihood+progress+motion3+goal4"} <= set(
+        out["results"])
+    assert g.main(argv) == 0  # reuses the goal scores: identical output
+    again = json.load(open(quick_json.replace(".json", "_goal.json")))
+    assert again["episodes"] == out["episodes"] and again["timings"]["score_s"] < out["timings"]["score_s"]
+
 
 def test_adroit_jobs_use_the_trained_expert_and_hold_the_hand(tmp_path):
     """Adroit has no scripted expert: the data jobs act with a trained policy (--expert-model), the
