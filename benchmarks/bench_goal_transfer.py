@@ -168,8 +168,9 @@ def main(argv=None) -> int:
     print(f"[goal statistics] {gstats}", flush=True)
 
     # 3. each evaluation set
-    settings = {"goal_demos": args.goal_demos, "goal_seed": args.goal_seed, "ranker_steps": args.steps,
-                "reverse_prob": args.reverse_prob, "model": os.path.abspath(args.model), "goal_std": goal_std}
+    settings = {"goal_demos": args.goal_demos, "goal_seed": args.goal_seed, "all_demos": args.all_demos,
+                "ranker_steps": args.steps, "reverse_prob": args.reverse_prob, "model": os.path.abspath(args.model),
+                "goal_std": goal_std}
     for src, path in zip(sources, args.dr_json):
         t0 = time.perf_counter()
         qa = quality_args(src, args.work, args.workers)
