@@ -32,7 +32,8 @@ COMMON=(--work "$WORK" --split ml10
     --methods dr_relative_likelihood,dr_relative_likelihood+progress,dr_relative_likelihood+progress+motion2,dr_relative_likelihood+progress+motion3,dr_relative_likelihood+progress+motion4,progress,frame_diff,nn_expert \
     --save benchmarks/results/diffusion_reward_pooled_ml10.json
 # 4. transfer given goal frames (the last frames of 5 demonstrations per task in other scenes): the goal
-#    distance and a goal-conditioned ranker on both sets (~22 min on 2 cores: ranker 6 min, scoring 16), pooled against nearest neighbour
+#    distance and a goal-conditioned ranker on both sets (ranker 6 min on 2 idle cores; goal statistics
+#    and both sets' scores 33 min on 2 cores shared with two RL runs), pooled against nearest neighbour
 #    with the same demonstrations and against the zero-shot one
 "$PY" benchmarks/bench_goal_transfer.py --work "$WORK" --model runs/metaworld-ml10-64 --dr-json "$R.json" --dr-json "${R}_fresh3000.json"
 GOAL_METHODS=dr_relative_likelihood,dr_relative_likelihood+progress+motion3,dr_relative_likelihood+goal8,dr_relative_likelihood+progress+motion3+goal2,dr_relative_likelihood+progress+motion3+goal4,dr_relative_likelihood+progress+motion3+goal8,dr_relative_likelihood+progress+motion3+goal_progress,goal_tokens,goal_progress,goal_pixels,nn_goal_demos,progress,nn_expert
