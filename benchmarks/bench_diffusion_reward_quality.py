@@ -29,6 +29,10 @@ default checkpoint).
      frozen-start and over hovering ones (goal: > 0.5 on every task, i.e. exploring pays more than
      freezing or hovering).
 
+   The Diffusion Reward rules are scored side by side: the paper's (the estimator's z-score), with the
+   progress ranker, minus the motion deficit (λ ∈ ``MOTION_SCALES``), plus the displacement from the
+   episode's first frame (δ ∈ ``DISPLACEMENT_SCALES``).
+
    ``--split ml10`` trains on Meta-World ML10's 10 training tasks and holds out its 5 test tasks
    (Yu et al., 2019), a split fixed before any model was trained here.
 
@@ -70,6 +74,7 @@ ML10_TRAIN = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-cl
 ML10_TEST = ("drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3")
 EXPLOITS = ("frozen_start", "frozen_final", "hover")  # scored next to the expert and random groups
 MOTION_SCALES = (1.0, 2.0, 3.0, 4.0)  # λ of the motion-deficit term, scored side by side
+DISPLACEMENT_SCALES = (1.0, 2.0, 4.0)  # δ of the displacement term (added to the rules with the ranker)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -357,6 +362,7 @@ def _score_job(job) -> dict:
             # z(raw) (the saved models have no RND, ranker or clip) and the motion deficit in expert std units
             out[path][est] = {"z": m.standardize(m.raw_reward_windows(tok)).numpy(),
                               "deficit": m.motion_deficit(expected, observed).numpy(),
+                              "displacement": (m.displacement(tok) / float(m.displacement_statistics[0])).numpy(),
                               "expected": expected.numpy(), "observed": observed.numpy()}
     return out
 
@@ -542,6 +548,8 @@ def main(argv=None) -> int:
     ap.add_argument("--progress-scale", type=float, default=1.0, help="β of the progress ranker's z-score")
     ap.add_argument("--motion-scale", type=float, default=0.0,
                     help="λ of the motion deficit in the model --save-pretrained writes (the scores try several)")
+    ap.add_argument("--displacement-scale", type=float, default=0.0,
+                    help="δ of the displacement in the model --save-pretrained writes (the scores try several)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     args = ap.parse_args(argv)
     if args.split == "ml10":
@@ -648,6 +656,10 @@ def main(argv=None) -> int:
             models[est] = cached
             stats = dict(zip(("mean", "std", "frames"), models[est].statistics.tolist()))
             stats["motion_std"] = float(models[est].motion_statistics[0])
+            if int(cached.displacement_statistics[1]) == 0:  # saved before the displacement term: tokens only
+                cached.fit_displacement_statistics(train_frames)
+                cached.save_pretrained(out)
+            stats["displacement_std"] = float(models[est].displacement_statistics[0])
         else:  # also for a saved model without motion statistics (saved before the motion term)
             models[est] = DiffusionReward(codec, video, rcfg)
             stats = models[est].fit_statistics(train_frames)
@@ -666,6 +678,10 @@ def main(argv=None) -> int:
         methods += [(f"{main_key}+progress+motion{lam:g}",
                      f"Diffusion Reward ({args.estimator}) + {args.progress_scale:g}·progress − {lam:g}·motion deficit")
                     for lam in MOTION_SCALES]
+        methods += [(f"{main_key}+progress{m}+disp{d:g}", f"Diffusion Reward ({args.estimator}) + "
+                     f"{args.progress_scale:g}·progress{f' − {lam:g}·motion deficit' if lam else ''} + {d:g}·displacement")
+                    for lam, m in [(0, "")] + [(lam, f"+motion{lam:g}") for lam in MOTION_SCALES]
+                    for d in DISPLACEMENT_SCALES]
         methods += [("progress", "progress ranker")]
     methods += [("frame_diff", "−|frame difference|"), ("nn_expert", "−NN distance to expert frames")]
     folders = {est: os.path.join(work, f"reward_{est}") for est in estimators}
@@ -693,6 +709,10 @@ def main(argv=None) -> int:
             e[f"{main_key}+progress"] = e[main_key] + args.progress_scale * e["progress"]
             for lam in MOTION_SCALES:
                 e[f"{main_key}+progress+motion{lam:g}"] = e[f"{main_key}+progress"] - lam * deficit
+            displacement = scored[e["path"]][args.estimator]["displacement"]
+            for m in [""] + [f"+motion{lam:g}" for lam in MOTION_SCALES]:
+                for d in DISPLACEMENT_SCALES:
+                    e[f"{main_key}+progress{m}+disp{d:g}"] = e[f"{main_key}+progress{m}"] + d * displacement
         e["frame_diff"] = frame_diff_rewards(e["frames"])
         e["nn_expert"] = nn_ref(e["frames"])
     timings["score_s"] = time.perf_counter() - t0
@@ -736,7 +756,7 @@ def main(argv=None) -> int:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
         saved = DiffusionReward.from_pretrained(src)
-        saved.config.motion_scale = args.motion_scale
+        saved.config.motion_scale, saved.config.displacement_scale = args.motion_scale, args.displacement_scale
         from mmreward.robotics.reward.progress import group_goals
 
         tasks_of = [e["task"] for e in train_eps]  # goal statistics: each episode against others of its task

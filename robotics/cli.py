@@ -343,11 +343,16 @@ def _score(args: argparse.Namespace) -> int:
         ranker = False
     if args.seed is not None and hasattr(model.config, "seed"):
         model.config.seed = int(args.seed)
-    if args.goal_scale is not None:
-        if not hasattr(model.config, "goal_scale"):
-            raise ValueError(f"--goal-scale applies to Diffusion Reward models; {folder} holds a {model.model_type}")
-        model.config.goal_scale = float(args.goal_scale)
-        model.config.validate()
+    for flag, field in (("--goal-scale", "goal_scale"), ("--displacement-scale", "displacement_scale")):
+        value = getattr(args, field)
+        if value is not None:
+            if not hasattr(model.config, field):
+                raise ValueError(f"{flag} applies to Diffusion Reward models; {folder} holds a {model.model_type}")
+            setattr(model.config, field, float(value))
+            model.config.validate()
+    if getattr(model.config, "displacement_scale", 0) > 0 and int(model.displacement_statistics[1]) == 0:
+        raise ValueError("this model has no displacement statistics (saved before the displacement term): refit "
+                         "them with mmreward robotics fit-stats, or use DiffusionReward.fit_displacement_statistics")
     if args.goal:
         _set_goal(model, args.goal)
     elif _uses_goal(model):
@@ -556,6 +561,9 @@ def _add_model_commands(sub) -> None:
                         "not trained on (repeatable)")
     p.add_argument("--goal-scale", type=float, default=None, metavar="GAMMA",
                    help="γ of a Diffusion Reward model's goal distance (default: the model's goal_scale)")
+    p.add_argument("--displacement-scale", type=float, default=None, metavar="DELTA",
+                   help="δ of a Diffusion Reward model's displacement from the episode's first frame "
+                        "(default: the model's displacement_scale)")
     _add_data(p, policies_default="all", required=False)
     _add_runtime(p)
     p.set_defaults(run=_score)

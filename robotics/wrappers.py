@@ -171,6 +171,7 @@ class DiffusionRewardWrapper(gym.Wrapper):
         self._span = vcfg.num_history * vcfg.frame_skip + 1  # frames a window can reach back
         self._tokens: deque = deque(maxlen=self._span)
         self._frames: deque = deque(maxlen=self._span)
+        self._start: Optional[torch.Tensor] = None
         self._t = 0
 
     def _push(self, frame: np.ndarray) -> None:
@@ -187,14 +188,16 @@ class DiffusionRewardWrapper(gym.Wrapper):
         raw = model.raw_reward_windows(tok, newest)
         change = model.change_windows(tok, newest) if model.config.motion_scale > 0 else None
         goal = model.goal_distance(tok[-1:]) if model.config.goal_scale > 0 else None
+        moved = model.displacement(tok[-1:], self._start) if model.config.displacement_scale > 0 else None
         s = None if success is None else torch.tensor([float(success)])
-        return float(model.combine(raw, self._frames[-1], s, change, goal)[0])
+        return float(model.combine(raw, self._frames[-1], s, change, goal, moved)[0])
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
         self._tokens.clear()
         self._frames.clear()
         self._push(_frame_of(obs, self.env, self.frame_fn))
+        self._start = self._tokens[0]  # the displacement is measured from the reset frame
         self._t = 0
         return obs, info
 

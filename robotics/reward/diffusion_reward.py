@@ -43,6 +43,11 @@ frame under a conditional VQ-Diffusion model of expert videos.
    (γ = ``goal_scale``, ``s_G`` its std on expert frames against their task's goals). The video model's
    terms do not transfer to unseen tasks; a goal frame tells the reward what the task is.
 
+   Optional (not in the paper): the **displacement** ``P_i``, the share of frame i's tokens that differ
+   from those of the episode's first frame, adds ``δ·P_i / s_P`` (δ = ``displacement_scale``, ``s_P``
+   its std on expert frames). Every task changes the scene; a robot that freezes or jitters around its
+   start pose (P ≈ 0) earns less than one that explores, which the likelihood terms alone do not ensure.
+
 The model contract (:class:`~mmreward.robotics.reward.base.EpisodeScorer`): ``score_parts`` on
 :class:`~mmreward.core.inputs.Episode` inputs gives exactly these per-frame rewards, ``score`` their
 sum per episode. A saved folder holds ``codec/``, ``video/`` and, when present, ``rnd/`` and
@@ -77,6 +82,8 @@ from .rnd import RND
 
 MODEL_TYPE = "diffusion_reward"
 REWARD_TYPES = ("entropy", "likelihood", "relative_likelihood")
+# [std, frames] of the terms added after the first release; folders saved before a term lack its entry
+_OPTIONAL_STATISTICS = ("motion_statistics", "goal_statistics", "displacement_statistics")
 
 
 @dataclass
@@ -100,6 +107,9 @@ class DiffusionRewardConfig:
                                      "that did not, in expert std units; 0: off)", default=0.0)
     goal_scale: float = help_field("γ: weight of the goal distance (share of the frame's tokens that differ from "
                                    "the nearest goal frame's, set_goal; in expert std units; 0: off)", default=0.0)
+    displacement_scale: float = help_field("δ: weight of the displacement (share of the frame's tokens that differ "
+                                           "from the episode's first frame's, in expert std units; 0: off)",
+                                           default=0.0)
     use_sparse: bool = help_field("add the per-frame success reward given with the frames", default=True)
     success_scale: float = help_field("weight of that success reward (official 1)", default=1.0)
     batch_size: int = help_field("windows per video-model batch (the chain noise is drawn per batch)", default=64)
@@ -121,6 +131,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"motion_scale must be a finite number >= 0, got {self.motion_scale}")
         if not (math.isfinite(self.goal_scale) and self.goal_scale >= 0):
             raise ValueError(f"goal_scale must be a finite number >= 0, got {self.goal_scale}")
+        if not (math.isfinite(self.displacement_scale) and self.displacement_scale >= 0):
+            raise ValueError(f"displacement_scale must be a finite number >= 0, got {self.displacement_scale}")
         if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
             raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
@@ -176,6 +188,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         self.register_buffer("goal_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
         self.register_buffer("goal_tokens", torch.zeros(0, codec.config.latent_size ** 2, dtype=torch.long),
                              persistent=False)
+        # expert std of the displacement from the episode's first frame, frames (0 = not fitted)
+        self.register_buffer("displacement_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
 
     @property
     def device(self) -> torch.device:
@@ -354,6 +368,26 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         self.goal_statistics.copy_(torch.tensor([std, float(d.numel())], dtype=torch.float64))
         return {"goal_std": std, "goal_frames": d.numel()}
 
+    # -------------------------------------------------------------- displacement
+    @staticmethod
+    def displacement(tokens: torch.Tensor, start_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Share ``[T]`` of each frame's tokens (``tokens [T, L]``) that differ from the episode's first
+        frame's (``start_tokens [L]``, default ``tokens[0]``): 0 for a robot that has not moved."""
+        start = tokens[0] if start_tokens is None else start_tokens.to(tokens.device)
+        return (tokens != start).float().mean(1)
+
+    @torch.no_grad()
+    def fit_displacement_statistics(self, episodes: Any) -> dict[str, float]:
+        """Std of the displacement over expert episodes (tokens only, no video-model call); stored (and
+        saved) with the model. :meth:`fit_statistics` fits it too."""
+        d = torch.cat([self.displacement(self.tokenize(ep)) for ep in episodes_from(episodes)]).double()
+        return self._set_displacement_std(d)
+
+    def _set_displacement_std(self, d: torch.Tensor) -> dict[str, float]:
+        std = _std(d)
+        self.displacement_statistics.copy_(torch.tensor([std, float(d.numel())], dtype=torch.float64))
+        return {"displacement_std": std, "displacement_frames": d.numel()}
+
     def standardize(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.config.use_std:
             return raw
@@ -365,19 +399,22 @@ class DiffusionReward(EpisodeScorer, nn.Module):
 
     @torch.no_grad()
     def fit_statistics(self, episodes: Any) -> dict[str, float]:
-        """Mean / std of the raw reward and std of the unrealised motion over expert episodes (any input
-        :func:`~mmreward.robotics.training.episodes_from` takes); stored (and saved) with the model."""
-        raws, unrealised = [], []
+        """Mean / std of the raw reward and std of the unrealised motion and of the displacement over
+        expert episodes (any input :func:`~mmreward.robotics.training.episodes_from` takes); stored (and
+        saved) with the model."""
+        raws, unrealised, displaced = [], [], []
         for ep in episodes_from(episodes):
             tok = self.tokenize(ep)
             raws.append(self.raw_reward_windows(tok))
             unrealised.append(self.unrealised_motion(*self.change_windows(tok)))
+            displaced.append(self.displacement(tok))
         raws, unrealised = torch.cat(raws).double(), torch.cat(unrealised).double()
         mean, std = float(raws.mean()), _std(raws)
         self.statistics.copy_(torch.tensor([mean, std, float(raws.numel())], dtype=torch.float64))
         motion_std = _std(unrealised)
         self.motion_statistics.copy_(torch.tensor([motion_std, float(unrealised.numel())], dtype=torch.float64))
-        return {"mean": mean, "std": std, "frames": raws.numel(), "motion_std": motion_std}
+        return ({"mean": mean, "std": std, "frames": raws.numel(), "motion_std": motion_std}
+                | self._set_displacement_std(torch.cat(displaced).double()))
 
     # -------------------------------------------------------------- mixed reward
     @torch.no_grad()
@@ -388,7 +425,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         raw = self.raw_reward_windows(tok, batch_size=batch_size)
         change = self.change_windows(tok, batch_size=batch_size) if self.config.motion_scale > 0 else None
         goal = self.goal_distance(tok) if self.config.goal_scale > 0 else None
-        return self.combine(raw, frames, success, change, goal)
+        moved = self.displacement(tok) if self.config.displacement_scale > 0 else None
+        return self.combine(raw, frames, success, change, goal, moved)
 
     def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         return self(frames.to(self.device), success, batch_size=batch_size)
@@ -396,14 +434,16 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     @torch.no_grad()
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None,
                 change: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                goal_distance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                goal_distance: Optional[torch.Tensor] = None,
+                displacement: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
         r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
         attached and bounded below by ``clip_min`` when set, then ``λ·deficit`` subtracted when
         ``motion_scale`` > 0 (``change``: the frames' expected and observed token changes,
         :meth:`change_windows`) and ``γ·goal_distance / s_G`` when ``goal_scale`` > 0 (``goal_distance``:
-        :meth:`goal_distance` of the frames)."""
+        :meth:`goal_distance` of the frames), and ``δ·displacement / s_P`` added when
+        ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames)."""
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
@@ -424,6 +464,14 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                 raise RuntimeError("DiffusionReward has no goal statistics: call fit_goal_statistics(expert_episodes, "
                                    "goals) or set goal_scale=0")
             z = z - self.config.goal_scale * goal_distance.to(z.device).float() / std
+        if self.config.displacement_scale > 0:
+            if displacement is None:
+                raise ValueError("displacement_scale > 0 needs the frames' displacement (displacement)")
+            std, n = self.displacement_statistics.tolist()
+            if n == 0:
+                raise RuntimeError("DiffusionReward has no displacement statistics: call fit_statistics or "
+                                   "fit_displacement_statistics(expert_episodes), or set displacement_scale=0")
+            z = z + self.config.displacement_scale * displacement.to(z.device).float() / std
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()
@@ -453,14 +501,17 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             _write_part(part, os.path.join(folder, name))
         save_weights(folder, {"statistics": self.statistics.detach().cpu().clone(),
                               "motion_statistics": self.motion_statistics.detach().cpu().clone(),
-                              "goal_statistics": self.goal_statistics.detach().cpu().clone()})
+                              "goal_statistics": self.goal_statistics.detach().cpu().clone(),
+                              "displacement_statistics": self.displacement_statistics.detach().cpu().clone()})
         mean, std, n = self.statistics.tolist()
         motion_std, motion_n = self.motion_statistics.tolist()
         goal_std, goal_n = self.goal_statistics.tolist()
+        disp_std, disp_n = self.displacement_statistics.tolist()
         return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None,
                 "statistics": {"mean": mean, "std": std, "frames": int(n),
                                "motion_std": motion_std, "motion_frames": int(motion_n),
-                               "goal_std": goal_std, "goal_frames": int(goal_n)}}
+                               "goal_std": goal_std, "goal_frames": int(goal_n),
+                               "displacement_std": disp_std, "displacement_frames": int(disp_n)}}
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device) -> "DiffusionReward":
@@ -468,7 +519,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         stats = weights.get("statistics")
         if stats is None or tuple(stats.shape) != (3,):
             raise CheckpointError(f"{folder}/model.safetensors lacks the reward statistics (a 3-vector 'statistics')")
-        for name in ("motion_statistics", "goal_statistics"):
+        for name in _OPTIONAL_STATISTICS:
             if name in weights and tuple(weights[name].shape) != (2,):
                 raise CheckpointError(f"{folder}/model.safetensors: '{name}' must be a 2-vector, "
                                       f"got shape {list(weights[name].shape)}")
@@ -485,7 +536,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                     part("rnd", RND) if body.get("has_rnd") else None,
                     part("progress", ProgressModel) if body.get("has_progress") else None)
         model.statistics.copy_(stats.double())
-        for name in ("motion_statistics", "goal_statistics"):  # folders saved before these terms have none (not fitted)
+        for name in _OPTIONAL_STATISTICS:  # folders saved before these terms have none (not fitted)
             if name in weights:
                 getattr(model, name).copy_(weights[name].double())
         return model

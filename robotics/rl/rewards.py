@@ -164,7 +164,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        max_steps: Optional[int] = None, rnd_update_interval: int = 100,
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
                        success_scale: Optional[float] = None, motion_scale: Optional[float] = None,
-                       goal_scale: Optional[float] = None, shaping: str = "none",
+                       goal_scale: Optional[float] = None, displacement_scale: Optional[float] = None,
+                       shaping: str = "none",
                        discount: float = 0.99) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
@@ -173,7 +174,9 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     ``success_scale`` weights the success reward they add (default 1, the paper's); ``motion_scale`` sets λ of
     the motion deficit they subtract (default: the checkpoint's); ``goal_scale`` γ of the goal distance they
     subtract, against the last frames of the expert episodes (``expert_data``, else ``stats_episodes``
-    scripted ones; the goal statistics are fitted on them when the checkpoint has none). ``shaping="potential"``
+    scripted ones; the goal statistics are fitted on them when the checkpoint has none); ``displacement_scale``
+    δ of the displacement from the episode's first frame they add (default: the checkpoint's; its statistics
+    fitted on the same experts when the checkpoint has none). ``shaping="potential"``
     pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
     γ = ``discount`` (the agent's), so that the optimal policy is the success reward's. ``checkpoint``: a
     Diffusion Reward folder (or a trainer's run folder holding one) or a shipped name; ``device`` is checked
@@ -236,6 +239,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         cfg.motion_scale = float(motion_scale)
     if goal_scale is not None:
         cfg.goal_scale = float(goal_scale)
+    if displacement_scale is not None:
+        cfg.displacement_scale = float(displacement_scale)
     cfg.validate()
     experts: list = []
 
@@ -257,6 +262,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         if int(model.goal_statistics[1]) == 0:
             model.fit_goal_statistics(demos, [group_goals(demos, [0] * len(demos), k) for k in range(len(demos))])
         model.set_goal(torch.stack([d[-1] for d in demos]).to(model.device))
+    if cfg.displacement_scale > 0 and int(model.displacement_statistics[1]) == 0:
+        model.fit_displacement_statistics(expert_frames())
     return LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
 
 

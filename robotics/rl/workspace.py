@@ -88,6 +88,8 @@ class RLConfig:
     goal_scale: Optional[float] = _help("γ of the goal distance learned rewards subtract, against the last frames "
                                         "of expert episodes of the task (default: the checkpoint's; 0: off)",
                                         default=None)
+    displacement_scale: Optional[float] = _help("δ of the displacement from the episode's first frame learned "
+                                                "rewards add (default: the checkpoint's; 0: off)", default=None)
     reward_shaping: str = _help("'none' (the paper's) or 'potential': learned rewards paid as γ·Φ(s') − Φ(s) + "
                                 "success, Φ = the learned reward (keeps the success reward's optimal policy)",
                                 default="none")
@@ -146,7 +148,7 @@ class Workspace:
             expert_data=config.expert_data, max_steps=config.episode_steps,
             rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale,
             reward_clip=config.reward_clip, success_scale=config.success_scale, motion_scale=config.motion_scale,
-            goal_scale=config.goal_scale, shaping=config.reward_shaping, discount=self.agent_cfg.discount)
+            goal_scale=config.goal_scale, displacement_scale=config.displacement_scale, shaping=config.reward_shaping, discount=self.agent_cfg.discount)
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0

@@ -170,3 +170,56 @@ def test_goal_statistics_round_trip_and_the_goal_is_not_saved(tmp_path):
     old.set_goal(frames(1, 3))
     with pytest.raises(RuntimeError, match="goal statistics"):
         old(frames(6))
+
+
+# ----------------------------------------------------------------------------- displacement
+def test_displacement_is_the_token_share_that_differs_from_the_first_frame():
+    dr = make_reward(batch_size=4, displacement_scale=2.0)
+    ep = frames(7)
+    tok = dr.tokenize(ep)
+    manual = (tok != tok[0]).float().mean(1)
+    torch.testing.assert_close(dr.displacement(tok), manual)
+    assert float(dr.displacement(tok)[0]) == 0.0 and float(manual[1:].min()) > 0
+    frozen = tok[:1].repeat(5, 1)
+    assert float(dr.displacement(frozen).max()) == 0.0  # a robot that never moves
+    torch.testing.assert_close(dr.displacement(tok, tok[3]), (tok != tok[3]).float().mean(1))  # a given start
+    stats = dr.fit_statistics([frames(5, 1), frames(6, 2)])
+    ref = torch.cat([dr.displacement(dr.tokenize(f)) for f in (frames(5, 1), frames(6, 2))]).double()
+    assert stats["displacement_frames"] == 11 and stats["displacement_std"] == pytest.approx(float(ref.std()))
+    dr.displacement_statistics[1] = 0  # not fitted
+    with pytest.raises(RuntimeError, match="fit_displacement_statistics"):
+        dr(ep)
+    again = dr.fit_displacement_statistics([frames(5, 1), frames(6, 2)])  # tokens only: the same std
+    assert again == {"displacement_std": stats["displacement_std"], "displacement_frames": 11}
+    z = dr.standardize(dr.raw_reward_windows(tok))
+    torch.testing.assert_close(dr(ep), z + 2.0 * manual / stats["displacement_std"])
+    dr.config.displacement_scale = 0.0
+    torch.testing.assert_close(dr(ep), z)  # off
+    with pytest.raises(ValueError, match="displacement_scale"):
+        DiffusionRewardConfig(displacement_scale=-1.0).validate()
+    with pytest.raises(ValueError, match="displacement"):
+        dr.config.displacement_scale = 1.0
+        dr.combine(dr.raw_reward_windows(tok), ep)  # the caller must pass the displacement
+
+
+def test_displacement_statistics_round_trip_and_folders_without_them(tmp_path):
+    import shutil
+
+    dr = make_reward(batch_size=4, displacement_scale=1.5)
+    dr.fit_statistics([frames(5, 1)])
+    dr.save_pretrained(str(tmp_path / "m"))
+    back = DiffusionReward.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(back.displacement_statistics, dr.displacement_statistics)
+    assert back.config.displacement_scale == 1.5
+    torch.testing.assert_close(back(frames(6)), dr(frames(6)))
+    weights = load_weights(str(tmp_path / "m"), "cpu")
+    del weights["displacement_statistics"]  # a folder saved before the displacement term
+    shutil.copytree(tmp_path / "m", tmp_path / "old")
+    os.remove(tmp_path / "old" / "manifest.json")
+    save_weights(str(tmp_path / "old"), weights)
+    old = DiffusionReward.from_pretrained(str(tmp_path / "old"))
+    assert int(old.displacement_statistics[1]) == 0
+    with pytest.raises(RuntimeError, match="displacement statistics"):
+        old(frames(6))
+    old.fit_displacement_statistics([frames(5, 1)])
+    torch.testing.assert_close(old(frames(6)), dr(frames(6)))

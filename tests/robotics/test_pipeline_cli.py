@@ -278,3 +278,13 @@ def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, cap
         np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) - 2.0 * d, atol=1e-4)
     assert main(["score", "--model", video, data, "--goal-scale", "2", *QUIET]) == 2  # no goal frames
     assert "give --goal" in capsys.readouterr().err
+    # the displacement from each episode's first frame: train-video fitted its statistics with the others
+    assert int(reward.displacement_statistics[1]) == 12
+    assert main(["score", "--model", video, data, "--json", "--displacement-scale", "1.5", *QUIET]) == 0
+    moved = json.loads(capsys.readouterr().out)["episodes"]
+    for e, a, b in zip(eps, plain, moved):
+        p = reward.displacement(reward.tokenize(e)).numpy() / float(reward.displacement_statistics[0])
+        np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) + 1.5 * p, atol=1e-4)
+    assert main(["score", "--model", video, data, "--displacement-scale", "-1", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "displacement_scale" in err and len(err.strip().splitlines()) == 1

@@ -38,6 +38,7 @@ def tiny_reward(size=32, **cfg):
     dr.statistics.copy_(torch.tensor([-150.0, 5.0, 10.0], dtype=torch.float64))
     dr.motion_statistics.copy_(torch.tensor([2.0, 10.0], dtype=torch.float64))
     dr.goal_statistics.copy_(torch.tensor([0.25, 10.0], dtype=torch.float64))
+    dr.displacement_statistics.copy_(torch.tensor([0.2, 10.0], dtype=torch.float64))
     return dr
 
 
@@ -79,14 +80,16 @@ def test_registered_ids_and_env_checker():
         env.close()
 
 
-@pytest.mark.parametrize("motion_scale,goal_scale", [(0.0, 0.0), (1.5, 0.0), (1.5, 2.0)])
-def test_reward_wrapper_passes_env_checker_and_matches_relabel(motion_scale, goal_scale):
+@pytest.mark.parametrize("motion_scale,goal_scale,displacement_scale",
+                         [(0.0, 0.0, 0.0), (1.5, 0.0, 0.0), (1.5, 2.0, 0.0), (0.0, 0.0, 3.0)])
+def test_reward_wrapper_passes_env_checker_and_matches_relabel(motion_scale, goal_scale, displacement_scale):
     from gymnasium.utils.env_checker import check_env
 
     from mmreward.robotics.wrappers import DiffusionRewardWrapper, MetaWorldPixelEnv, relabel_episode
 
-    # argmax chain: online and batch rewards coincide exactly (with the motion deficit and goal distance too)
-    dr = tiny_reward(noise=False, motion_scale=motion_scale, goal_scale=goal_scale)
+    # argmax chain: online and batch rewards coincide exactly (with the motion deficit, goal distance and
+    # displacement from the reset frame too)
+    dr = tiny_reward(noise=False, motion_scale=motion_scale, goal_scale=goal_scale, displacement_scale=displacement_scale)
     if goal_scale:
         dr.set_goal(torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)))
     env = DiffusionRewardWrapper(MetaWorldPixelEnv("door-open-v3", size=32, max_steps=6), dr)

@@ -171,6 +171,20 @@ def test_reward_sources(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="goal_scale"):
         make_reward_source(own[shipped], goal_scale=-1.0)
+    # the displacement from the reset frame (frames[0]); its statistics fitted on the experts when missing
+    unfitted = load_pretrained()
+    unfitted.displacement_statistics[1] = 0  # a folder saved before the displacement term
+    unfitted.save_pretrained(str(tmp_path / "old"))
+    moved = make_reward_source(own[shipped], checkpoint=str(tmp_path / "old"), task="door-open-v3", max_steps=6,
+                               stats_episodes=2, expl_scale=0.0, displacement_scale=1.5)
+    m = moved.model
+    assert m.config.displacement_scale == 1.5 and int(m.displacement_statistics[1]) == 2 * 7
+    tok = m.tokenize(torch.from_numpy(frames))
+    p = (tok != tok[0]).float().mean(1)[1:].numpy()
+    np.testing.assert_allclose(moved(frames, env_r, succ), ru + 1.5 * p / float(m.displacement_statistics[0]) + succ,
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="displacement_scale"):
+        make_reward_source(own[shipped], displacement_scale=float("nan"))
 
 
 def test_task_ids_and_errors(tmp_path):
