@@ -187,7 +187,9 @@ class ProgressModel(EpisodeScorer, nn.Module):
         std = std if std > 1e-8 and math.isfinite(std) else 1.0
         first = float(torch.stack([s[0] for s in scores]).mean())
         last = float(torch.stack([s[-1] for s in scores]).mean())
-        if last - first <= 1e-8:
+        # float32 convolutions may score identical frames differently in the last bits (their place in
+        # the batch): a margin below that noise is no margin
+        if last - first <= 1e-6 * max(1.0, float(allr.abs().max())):
             raise ValueError("expert last frames do not score above first frames: the ranker has not learned "
                              "(train longer, or check that the episodes are in time order)")
         self.statistics.copy_(torch.tensor([float(allr.mean()), std, float(allr.numel()), first, last],

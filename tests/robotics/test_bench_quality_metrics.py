@@ -3,6 +3,7 @@ hand, and its progress-probe episodes (expert for k steps, then holding still) o
 import importlib.util
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -194,6 +195,7 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
     doc = json.load(open(js.replace(".json", "_quick.json")))
     motion = [f"+motion{lam:g}" for lam in b.MOTION_SCALES]
     keys = {"dr_relative_likelihood" + tail for tail in ["", "+progress"] + motion + [f"+progress{m}" for m in motion]}
+    keys |= {f"dr_relative_likelihood+progress{m}+disp{d:g}" for m in [""] + motion for d in b.DISPLACEMENT_SCALES}
     assert set(doc["goals"]) == keys and set(doc["beats_baselines"]) == keys
     assert {"progress", "frame_diff", "nn_expert"} <= set(doc["results"])
     assert {e["policy"] for e in doc["episodes"]} == {"noisy", "random", "hover", "frozen_start", "frozen_final", "reversed"}
@@ -207,6 +209,10 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
     for e in doc["episodes"]:  # the motion deficit only ever subtracts, more with a larger λ
         assert e["dr_relative_likelihood+motion1"] <= e["dr_relative_likelihood"] + 1e-6
         assert e["dr_relative_likelihood+motion4"] <= e["dr_relative_likelihood+motion1"] + 1e-6
+        # the displacement only ever adds; a frozen robot (its first frame repeated) gets none of it
+        assert e["dr_relative_likelihood+progress+disp1"] >= e["dr_relative_likelihood+progress"] - 1e-6
+        if e["policy"] == "frozen_start":
+            assert e["dr_relative_likelihood+progress+disp4"] == pytest.approx(e["dr_relative_likelihood+progress"], abs=1e-5)
     model = DiffusionReward.from_pretrained(saved)
     assert model.progress is not None and model.config.progress_scale == 1.0
     frames = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
@@ -244,6 +250,23 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
     assert g.main(argv) == 0  # reuses the goal scores: identical output
     again = json.load(open(quick_json.replace(".json", "_goal.json")))
     assert again["episodes"] == out["episodes"] and again["timings"]["score_s"] < out["timings"]["score_s"]
+
+    # the displacement benchmark on the same run (its codec retrained in a fresh folder from the same
+    # seeds, its episodes checked) gives the same KEY+dispδ scores the quality run computed itself
+    spec = importlib.util.spec_from_file_location("bench_displacement", os.path.join(
+        os.path.dirname(__file__), "..", "..", "benchmarks", "bench_displacement.py"))
+    dmod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dmod)
+    shutil.copytree(tmp_path / "work_quick" / "data", tmp_path / "fresh" / "data")
+    assert dmod.main(["--work", str(tmp_path / "fresh"), "--dr-json", quick_json, "--workers", "1", "--threads", "1"]) == 0
+    reused = json.load(open(quick_json.replace(".json", "_displacement.json")))
+    native = {(e["task"], e["file"]): e for e in doc["episodes"]}
+    for e in reused["episodes"]:
+        for d in b.DISPLACEMENT_SCALES:
+            key = f"dr_relative_likelihood+progress+disp{d:g}"
+            assert e[key] == pytest.approx(native[(e["task"], e["file"])][key], abs=1e-4)
+    assert reused["statistics"]["displacement_std"] == pytest.approx(
+        float(DiffusionReward.from_pretrained(saved).displacement_statistics[0]), rel=1e-6)
 
 
 def test_adroit_jobs_use_the_trained_expert_and_hold_the_hand(tmp_path):
