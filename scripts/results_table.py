@@ -70,6 +70,24 @@ def diffusion_reward_transfer() -> list[str]:
             f"demonstrations {nn['spearman_noise_mean']:.2f} / {nn['expert_vs_random_auc_mean']:.2f} | {_link(name)} |"]
 
 
+def diffusion_reward_exploits() -> list[str]:
+    name = "diffusion_reward_pooled_ml10_displacement.json"
+    d = _load(name)
+    ours = d["pooled"]["dr_relative_likelihood+progress+disp4"]["heldout_tasks"]
+    base = d["pooled"]["dr_relative_likelihood+progress"]["heldout_tasks"]
+    rl = _load("rl_button_press_displacement_heldout.json")["runs"]
+    held = {dlt: sum(r["successes"] for k, r in rl.items() if k.startswith(f"disp{dlt}_")) for dlt in (0, 4)}
+    scenes = sum(r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
+                 for k, r in rl.items() if k.startswith("disp4_"))
+    return [f"| Diffusion Reward exploits | ML10's 5 unseen tasks ({d['episodes']} episodes of 15 tasks, no goal frames): "
+            f"random exploration vs a frozen / hovering robot (AUC), expert-vs-random AUC | "
+            f"**{ours['random_vs_frozen_start_auc_mean']:.2f} / {ours['random_vs_hover_auc_mean']:.2f}, "
+            f"{ours['expert_vs_random_auc_mean']:.2f}** with `displacement_scale=4` (without it "
+            f"{base['random_vs_frozen_start_auc_mean']:.2f} / {base['random_vs_hover_auc_mean']:.2f}, "
+            f"{base['expert_vs_random_auc_mean']:.2f}); no RL gain on button-press (held out {held[4]}/{scenes} vs "
+            f"{held[0]}/{scenes}) | {_link(name)} |"]
+
+
 def diffusion_reward_speed() -> list[str]:
     name, q = "diffusion_reward_speed_cpu.json", "diffusion_reward_fast_vs_default.json"
     d = _load(name)
@@ -134,7 +152,7 @@ def fused_head() -> list[str]:
     return rows
 
 
-SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
+SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_exploits, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
 
 
 def table() -> str:
