@@ -450,6 +450,18 @@ def summarise(per_task: dict, tasks: list) -> dict:
     }
 
 
+def score_methods(methods: list, eval_eps: list[dict], probe_eps: list[dict], train_tasks: list,
+                  heldout_tasks: list) -> dict:
+    """Per-task figures and their train / held-out summaries for each episode-score key of ``methods``."""
+    results = {}
+    for key in methods:
+        per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key)
+                    | score_progress([e for e in probe_eps if e["task"] == t], key) for t in train_tasks + heldout_tasks}
+        results[key] = {"per_task": per_task, "train_tasks": summarise(per_task, train_tasks),
+                        "heldout_tasks": summarise(per_task, heldout_tasks)}
+    return results
+
+
 def plot_rewards(path: str, eps: list[dict], task: str, methods: list) -> None:
     import matplotlib
 
@@ -719,13 +731,9 @@ def main(argv=None) -> int:
 
     # 4. metrics
     tasks = args.train_tasks + args.heldout_tasks
-    results = {}
+    results = score_methods([k for k, _ in methods], eval_eps, probe_eps, args.train_tasks, args.heldout_tasks)
     for key, title in methods:
-        per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key)
-                    | score_progress([e for e in probe_eps if e["task"] == t], key) for t in tasks}
-        results[key] = {"title": title, "per_task": per_task,
-                        "train_tasks": summarise(per_task, args.train_tasks),
-                        "heldout_tasks": summarise(per_task, args.heldout_tasks)}
+        results[key] = {"title": title} | results[key]
     goal_keys = [k for k, _ in methods if k.startswith(main_key)]
     goals, beats = {}, {}
     for key in goal_keys:  # the issue's goals and baseline comparison, for each learned reward

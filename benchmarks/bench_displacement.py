@@ -32,8 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_diffusion_reward_quality import (collect_all, load_jobs, load_probes, score_progress,  # noqa: E402
-                                            score_task, summarise)
+from bench_diffusion_reward_quality import collect_all, load_jobs, load_probes, score_methods  # noqa: E402
 from bench_goal_transfer import episode_key, quality_args  # noqa: E402
 
 ZERO_SHOT = ("progress", "nn_expert", "frame_diff")  # baselines of the quality JSON, carried over
@@ -122,13 +121,7 @@ def main(argv=None) -> int:
                              f"the collected episodes differ from the quality run's")
         methods = keys + [f"{k}+disp{d:g}" for k in keys for d in scales] + ["displacement"] + \
             [k for k in ZERO_SHOT if k in carried]
-        tasks = qa.train_tasks + qa.heldout_tasks
-        results = {}
-        for key in methods:
-            per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key)
-                        | score_progress([e for e in probe_eps if e["task"] == t], key) for t in tasks}
-            results[key] = {"per_task": per_task, "train_tasks": summarise(per_task, qa.train_tasks),
-                            "heldout_tasks": summarise(per_task, qa.heldout_tasks)}
+        results = score_methods(methods, eval_eps, probe_eps, qa.train_tasks, qa.heldout_tasks)
         out = path.replace(".json", f"{args.out_suffix}.json")
         report = {
             "benchmark": "displacement", "setup": src["setup"] | {"dr_json": path, "scales": scales},

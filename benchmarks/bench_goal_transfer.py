@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_diffusion_reward_quality import (NearestExpert, _collect_job, collect_all, load_jobs,  # noqa: E402
-                                            load_probes, score_progress, score_task, summarise)
+                                            load_probes, score_methods)
 
 # Diffusion Reward rules of the quality JSON the goal terms are added to: the paper's, + motion deficit,
 # and the rule runs/metaworld-ml10-64 saves (+ progress − 3·motion deficit)
@@ -208,12 +208,7 @@ def main(argv=None) -> int:
                 e[f"{k}+goal_progress"] = np.array([row[k] + args.scale * gp])
         methods = (keys + [f"{k}+goal{g:g}" for k in keys for g in gammas] + [f"{k}+goal_progress" for k in keys]
                    + ["goal_tokens", "goal_progress", "goal_pixels", "nn_goal_demos"] + zero_shot)
-        results = {}
-        for key in methods:
-            per_task = {t: score_task([e for e in eval_eps if e["task"] == t], key)
-                        | score_progress([e for e in probe_eps if e["task"] == t], key) for t in tasks}
-            results[key] = {"per_task": per_task, "train_tasks": summarise(per_task, qa.train_tasks),
-                            "heldout_tasks": summarise(per_task, qa.heldout_tasks)}
+        results = score_methods(methods, eval_eps, probe_eps, qa.train_tasks, qa.heldout_tasks)
         report = {
             "benchmark": "goal_transfer", "settings": settings,
             "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
