@@ -450,6 +450,17 @@ def summarise(per_task: dict, tasks: list) -> dict:
     }
 
 
+def train_codec(setup: dict, work: str, train_frames: list):
+    """The run's VQGAN in ``WORK/codec`` (``setup``: the run's size / codec settings, as its JSON records
+    them); a finished run there is loaded, an interrupted one continues."""
+    from mmreward.robotics.codec.vqgan import VQGANConfig, train_vqgan
+
+    cfg = VQGANConfig(image_size=setup["size"], channels=tuple(int(c) for c in setup["codec_channels"].split(",")),
+                      num_codes=setup["num_codes"])
+    return train_vqgan(train_frames, cfg, os.path.join(work, "codec"), steps=setup["codec_steps"],
+                       batch_size=setup["codec_batch"], ckpt_every=200)
+
+
 def score_methods(methods: list, eval_eps: list[dict], probe_eps: list[dict], train_tasks: list,
                   heldout_tasks: list) -> dict:
     """Per-task figures and their train / held-out summaries for each episode-score key of ``methods``."""
@@ -594,7 +605,7 @@ def main(argv=None) -> int:
           f"success {np.mean([e['success'] for e in train_eps]):.2f}); eval: {len(eval_eps)} episodes", flush=True)
 
     # 2. models (same functions the CLI calls; each run resumes from its newest snapshot)
-    from mmreward.robotics.codec.vqgan import VQGANConfig, evaluate_vqgan, train_vqgan
+    from mmreward.robotics.codec.vqgan import evaluate_vqgan
     from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
     from mmreward.robotics.video.vq_diffusion import VQDiffusionConfig, train_video_model
 
@@ -605,10 +616,7 @@ def main(argv=None) -> int:
         codec, video = pretrained.codec, pretrained.video
         print(f"[pretrained] {args.pretrained}: reward_type {pretrained.config.reward_type}", flush=True)
     else:
-        ch = tuple(int(c) for c in args.codec_channels.split(","))
-        ccfg = VQGANConfig(image_size=args.size, channels=ch, num_codes=args.num_codes)
-        codec = train_vqgan(train_frames, ccfg, os.path.join(work, "codec"), steps=args.codec_steps,
-                            batch_size=args.codec_batch, ckpt_every=200)
+        codec = train_codec(vars(args), work, train_frames)
         timings["codec_train_s"] = time.perf_counter() - t0
     codec_metrics = evaluate_vqgan(codec, train_frames[:8])
     print(f"[codec] {time.perf_counter() - t0:.0f} s: {codec_metrics}", flush=True)

@@ -32,21 +32,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_diffusion_reward_quality import collect_all, load_jobs, load_probes, score_methods  # noqa: E402
+from bench_diffusion_reward_quality import (collect_all, load_jobs, load_probes, score_methods,  # noqa: E402
+                                            train_codec)
 from bench_goal_transfer import episode_key, quality_args  # noqa: E402
 
 ZERO_SHOT = ("progress", "nn_expert", "frame_diff")  # baselines of the quality JSON, carried over
-
-
-def train_codec(src: dict, work: str, train_frames: list):
-    """The quality run's codec (``WORK/codec``; trained there with its settings unless already done)."""
-    from mmreward.robotics.codec.vqgan import VQGANConfig, train_vqgan
-
-    s = src["setup"]
-    cfg = VQGANConfig(image_size=s["size"], channels=tuple(int(c) for c in s["codec_channels"].split(",")),
-                      num_codes=s["num_codes"])
-    return train_vqgan(train_frames, cfg, os.path.join(work, "codec"), steps=s["codec_steps"],
-                       batch_size=s["codec_batch"], ckpt_every=200)
 
 
 def main(argv=None) -> int:
@@ -75,7 +65,7 @@ def main(argv=None) -> int:
     qa = quality_args(sources[0], args.work, args.workers)
     train_eps = load_jobs(collect_all(qa, args.work)["jobs"], ("train",))
     train_frames = [e["frames"] for e in train_eps]
-    codec = train_codec(sources[0], args.work, train_frames).eval()
+    codec = train_codec(sources[0]["setup"], args.work, train_frames).eval()
     metrics = evaluate_vqgan(codec, train_frames[:8])
     recorded = sources[0].get("codec_metrics", {})
     if any(not math.isclose(metrics[k], recorded[k], rel_tol=1e-6) for k in recorded):
@@ -85,10 +75,10 @@ def main(argv=None) -> int:
         print(f"[warning] {msg}", flush=True)
     print(f"[codec] {metrics}", flush=True)
 
-    def mean_displacement(frames: np.ndarray) -> torch.Tensor:  # P per frame
+    def frame_displacement(frames: np.ndarray) -> torch.Tensor:  # P of each frame [T]
         return DiffusionReward.displacement(codec.encode(torch.from_numpy(frames)).flatten(1))
 
-    train_p = torch.cat([mean_displacement(f) for f in train_frames]).double()
+    train_p = torch.cat([frame_displacement(f) for f in train_frames]).double()
     std = float(train_p.std())
     stats = {"displacement_std": std, "displacement_frames": train_p.numel()}
     print(f"[statistics] {stats}", flush=True)
@@ -109,7 +99,7 @@ def main(argv=None) -> int:
             if row is None:
                 raise SystemExit(f"{path} has no episode {episode_key(e)}: not the run whose data is in {args.work}")
             mismatched += not math.isclose(row["env_return"], e["env_return"], rel_tol=1e-5, abs_tol=1e-5)
-            p = float(mean_displacement(e["frames"]).mean()) / std
+            p = float(frame_displacement(e["frames"]).mean()) / std
             e["displacement"] = np.array([p])
             for k in carried:
                 e[k] = np.array([row[k]])

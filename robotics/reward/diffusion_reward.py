@@ -325,10 +325,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
 
     def motion_deficit(self, expected: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """``max(0, (E − O) / max(E, 1)) / s_D``: the motion deficit in expert std units."""
-        std, n = self.motion_statistics.tolist()
-        if n == 0:
-            raise RuntimeError("DiffusionReward has no motion statistics: call fit_statistics(expert_episodes) "
-                               "or set motion_scale=0")
+        std = self._fitted_std("motion", "fit_statistics(expert_episodes)")
         return self.unrealised_motion(expected, observed).clamp_min(0) / std
 
     # -------------------------------------------------------------- goal distance
@@ -362,11 +359,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         eps = episodes_from(episodes)
         if len(goals) != len(eps):
             raise ValueError(f"{len(goals)} goals for {len(eps)} episodes: give one goal set per episode")
-        d = torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(_frame_batch(g)))
-                       for ep, g in zip(eps, goals)]).double()
-        std = _std(d)
-        self.goal_statistics.copy_(torch.tensor([std, float(d.numel())], dtype=torch.float64))
-        return {"goal_std": std, "goal_frames": d.numel()}
+        return self._store_std("goal", torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(_frame_batch(g)))
+                                                  for ep, g in zip(eps, goals)]))
 
     # -------------------------------------------------------------- displacement
     @staticmethod
@@ -380,13 +374,22 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     def fit_displacement_statistics(self, episodes: Any) -> dict[str, float]:
         """Std of the displacement over expert episodes (tokens only, no video-model call); stored (and
         saved) with the model. :meth:`fit_statistics` fits it too."""
-        d = torch.cat([self.displacement(self.tokenize(ep)) for ep in episodes_from(episodes)]).double()
-        return self._set_displacement_std(d)
+        return self._store_std("displacement", torch.cat([self.displacement(self.tokenize(ep))
+                                                          for ep in episodes_from(episodes)]))
 
-    def _set_displacement_std(self, d: torch.Tensor) -> dict[str, float]:
-        std = _std(d)
-        self.displacement_statistics.copy_(torch.tensor([std, float(d.numel())], dtype=torch.float64))
-        return {"displacement_std": std, "displacement_frames": d.numel()}
+    # -------------------------------------------------------------- statistics of the optional terms
+    def _store_std(self, term: str, values: torch.Tensor) -> dict[str, float]:
+        """The expert std of a term's values into ``<term>_statistics`` ([std, frames]; saved)."""
+        std = _std(values.double())
+        getattr(self, f"{term}_statistics").copy_(torch.tensor([std, float(values.numel())], dtype=torch.float64))
+        return {f"{term}_std": std, f"{term}_frames": values.numel()}
+
+    def _fitted_std(self, term: str, fit_call: str) -> float:
+        """A term's expert std; a clear error when the model was saved before the term (not fitted)."""
+        std, n = getattr(self, f"{term}_statistics").tolist()
+        if n == 0:
+            raise RuntimeError(f"DiffusionReward has no {term} statistics: call {fit_call}, or set {term}_scale=0")
+        return std
 
     def standardize(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.config.use_std:
@@ -408,13 +411,11 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             raws.append(self.raw_reward_windows(tok))
             unrealised.append(self.unrealised_motion(*self.change_windows(tok)))
             displaced.append(self.displacement(tok))
-        raws, unrealised = torch.cat(raws).double(), torch.cat(unrealised).double()
+        raws = torch.cat(raws).double()
         mean, std = float(raws.mean()), _std(raws)
         self.statistics.copy_(torch.tensor([mean, std, float(raws.numel())], dtype=torch.float64))
-        motion_std = _std(unrealised)
-        self.motion_statistics.copy_(torch.tensor([motion_std, float(unrealised.numel())], dtype=torch.float64))
-        return ({"mean": mean, "std": std, "frames": raws.numel(), "motion_std": motion_std}
-                | self._set_displacement_std(torch.cat(displaced).double()))
+        return ({"mean": mean, "std": std, "frames": raws.numel()} | self._store_std("motion", torch.cat(unrealised))
+                | self._store_std("displacement", torch.cat(displaced)))
 
     # -------------------------------------------------------------- mixed reward
     @torch.no_grad()
@@ -459,18 +460,12 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         if self.config.goal_scale > 0:
             if goal_distance is None:
                 raise ValueError("goal_scale > 0 needs the frames' goal distance (goal_distance)")
-            std, n = self.goal_statistics.tolist()
-            if n == 0:
-                raise RuntimeError("DiffusionReward has no goal statistics: call fit_goal_statistics(expert_episodes, "
-                                   "goals) or set goal_scale=0")
+            std = self._fitted_std("goal", "fit_goal_statistics(expert_episodes, goals)")
             z = z - self.config.goal_scale * goal_distance.to(z.device).float() / std
         if self.config.displacement_scale > 0:
             if displacement is None:
                 raise ValueError("displacement_scale > 0 needs the frames' displacement (displacement)")
-            std, n = self.displacement_statistics.tolist()
-            if n == 0:
-                raise RuntimeError("DiffusionReward has no displacement statistics: call fit_statistics or "
-                                   "fit_displacement_statistics(expert_episodes), or set displacement_scale=0")
+            std = self._fitted_std("displacement", "fit_statistics or fit_displacement_statistics(expert_episodes)")
             z = z + self.config.displacement_scale * displacement.to(z.device).float() / std
         if self.rnd is not None:
             a = self.config.expl_scale

@@ -148,7 +148,8 @@ class Workspace:
             expert_data=config.expert_data, max_steps=config.episode_steps,
             rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale,
             reward_clip=config.reward_clip, success_scale=config.success_scale, motion_scale=config.motion_scale,
-            goal_scale=config.goal_scale, displacement_scale=config.displacement_scale, shaping=config.reward_shaping, discount=self.agent_cfg.discount)
+            goal_scale=config.goal_scale, displacement_scale=config.displacement_scale,
+            shaping=config.reward_shaping, discount=self.agent_cfg.discount)
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0
