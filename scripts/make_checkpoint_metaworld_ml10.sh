@@ -44,7 +44,8 @@ done
 # 5. the displacement from the first frame on both sets, added to the saved scores (tokens only; step 1's
 #    codec in $WORK/codec). The published figures were made after $WORK was gone: the codec was retrained
 #    (14 min) and did not reproduce the recorded metrics exactly, so they ran with --allow-codec-mismatch
-#    (~10 min of scoring per set on 2 cores shared with three RL runs)
+#    (then s_P and set 1000's scores took 18 min, set 3000's collection and scores 24 min, on 2 cores
+#    shared with three RL runs)
 "$PY" benchmarks/bench_displacement.py --work "$WORK" --dr-json "$R.json" --dr-json "${R}_fresh3000.json"
 "$PY" benchmarks/compare_reward_runs.py "${R}_displacement.json" "${R}_fresh3000_displacement.json" --bootstrap 500 \
     --baseline nn_expert --methods dr_relative_likelihood+progress,dr_relative_likelihood+progress+motion3,dr_relative_likelihood+progress+disp2,dr_relative_likelihood+progress+disp4,dr_relative_likelihood+progress+motion2+disp4,displacement,progress,nn_expert \
