@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="β of goal_progress added to the Diffusion Reward keys")
     ap.add_argument("--model", default="runs/metaworld-ml10-64", help="Diffusion Reward model whose codec gives the goal distance")
     ap.add_argument("--goal-scales", default="1,2,4,8", help="γ values of the goal distance added to the keys")
+    ap.add_argument("--keys", default=",".join(DR_KEYS),
+                    help="Diffusion Reward keys of the --dr-json the goal terms are added to (those it has)")
     ap.add_argument("--all-demos", action="store_true",
                     help="use failed demonstrations' last frames too (smoke runs, whose episodes are too short to succeed)")
     ap.add_argument("--workers", type=int, default=2)
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
         dr_by_probe = {(e["task"], e["hold_after"], e["seed"]): e for e in src.get("probe_episodes", [])}
         nn_demo = {t: NearestExpert([e["frames"] for e in demos[t]]) for t in tasks}
         nn_goal = {t: NearestExpert([goal_frames[t].numpy()]) for t in tasks}  # −distance to the nearest goal frame
-        keys = [k for k in DR_KEYS if k in src["episodes"][0]]
+        keys = [k for k in args.keys.split(",") if k and k in src["episodes"][0]]
         zero_shot = [k for k in ("progress", "nn_expert", "frame_diff") if k in src["episodes"][0]]  # DR keys: above
         goal_tokens = {t: dr.tokenize(goal_frames[t]) for t in tasks}
         out = path.replace(".json", f"{args.out_suffix}.json")

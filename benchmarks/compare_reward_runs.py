@@ -23,6 +23,13 @@ holding exactly that set's episodes; its scores join as ``PREFIX:method`` and ca
 
     python benchmarks/compare_reward_runs.py NEW_A.json NEW_B.json@8: NEW_C.json \
         --merge v1=OLD_A.json,OLD_B.json@8:,OLD_C.json --baseline v1:dr_relative_likelihood+progress
+
+An episode's score is the mean of its per-frame rewards, so a reward that adds terms scored in
+different runs is the weighted sum of their episode scores: ``--combine NAME=KEY,W*KEY,...`` adds it
+as method NAME (e.g. a rule of one run plus 8 × the goal term of another, merged as ``g:``):
+
+    python benchmarks/compare_reward_runs.py A_displacement.json --merge g=A_goal.json \
+        --combine "rule+goal8=dr_relative_likelihood+progress+disp4,8*g:goal_tokens"
 """
 from __future__ import annotations
 
@@ -77,6 +84,42 @@ def merge_scores(sets: list[dict], merge: str) -> None:
             e.update({f"{prefix}:{k}": v for k, v in o.items() if isinstance(v, float) and k not in ("noise", "env_return")})
 
 
+def parse_combination(spec: str) -> tuple[str, list[tuple[float, str]]]:
+    """``NAME=KEY,W*KEY,...`` → (NAME, [(W, KEY), ...]); keys may contain ``+``, so terms are comma-separated."""
+    name, eq, terms = spec.partition("=")
+    if not name or not eq or not terms:
+        raise SystemExit(f"--combine needs NAME=KEY,W*KEY,..., got {spec!r}")
+    parsed = []
+    for term in terms.split(","):
+        weight, star, key = term.partition("*")
+        try:
+            parsed.append((float(weight), key) if star else (1.0, weight))
+        except ValueError:
+            raise SystemExit(f"--combine {spec!r}: {weight!r} is not a weight (write W*KEY)") from None
+    return name, parsed
+
+
+def add_combination(sets: list[dict], name: str, terms: list[tuple[float, str]]) -> None:
+    for s in sets:
+        missing = [k for _, k in terms if k not in s["episodes"][0]]
+        if missing:
+            raise SystemExit(f"--combine {name}: {missing} not scored in {s['spec']}")
+        for e in s["episodes"]:
+            e[name] = float(sum(w * e[k] for w, k in terms))
+
+
+def exploit_tasks(episodes: list[dict], key: str, tasks: list[str]) -> list[str]:
+    """Tasks whose random episodes outscore both the frozen-start and the hovering ones on average
+    (the quality benchmark's exploit check, per task); tasks without exploit episodes are left out."""
+    passed = []
+    for t in tasks:
+        mean = {g: np.mean([e[key] for e in episodes if e["task"] == t and e["policy"] == g] or [np.nan])
+                for g in ("random", "frozen_start", "hover")}
+        if np.isfinite(mean["frozen_start"]) and mean["random"] > max(mean["frozen_start"], mean["hover"]):
+            passed.append(t)
+    return passed
+
+
 def set_summary(episodes: list[dict], key: str, tasks: list[str]) -> dict:
     per_task = {t: score_task([e for e in episodes if e["task"] == t], key) for t in tasks}
     return summarise(per_task, tasks)
@@ -109,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--merge", default="", help="PREFIX=SPEC,...: another run's scores of the same episodes, "
                     "one spec per set in order, joined as PREFIX:method")
+    ap.add_argument("--combine", action="append", default=[],
+                    help="NAME=KEY,W*KEY,...: a method scoring each episode as the weighted sum of its scores (repeat)")
     ap.add_argument("--save", default="", help="write the pooled figures and intervals here (JSON)")
     args = ap.parse_args(argv)
 
@@ -120,10 +165,14 @@ def main(argv=None) -> int:
         seen |= s["files"]
     if args.merge:
         merge_scores(sets, args.merge)
+    for spec in args.combine:
+        add_combination(sets, *parse_combination(spec))
     shared = set.intersection(*[set(s["episodes"][0]) for s in sets])
     known = [k for k in sets[0]["episodes"][0] if k in shared and isinstance(sets[0]["episodes"][0][k], float)
              and k not in ("noise", "env_return")]
-    methods = [m for m in args.methods.split(",") if m] or known
+    combined = [parse_combination(spec)[0] for spec in args.combine]
+    methods = [m for m in args.methods.split(",") if m] or [k for k in known if k not in combined]
+    methods += [c for c in combined if c not in methods]  # combinations are always reported
     missing = [m for m in methods + [args.baseline] if m not in shared]
     if missing:
         raise SystemExit(f"methods {missing} are not scored in every set (shared keys: {sorted(known)})")
@@ -136,13 +185,17 @@ def main(argv=None) -> int:
     for m in methods:
         tr, ho = pooled(sets, m, "train_tasks"), pooled(sets, m, "heldout_tasks")
         per_set = [set_summary(s["episodes"], m, s["train_tasks"])["spearman_noise_mean"] for s in sets]
-        report[m] = {"train_tasks": tr, "heldout_tasks": ho, "spearman_noise_mean_per_set": per_set}
+        exploits = [len(exploit_tasks(s["episodes"], m, s["train_tasks"] + s["heldout_tasks"])) for s in sets]
+        n_tasks = len(sets[0]["train_tasks"] + sets[0]["heldout_tasks"])
+        report[m] = {"train_tasks": tr, "heldout_tasks": ho, "spearman_noise_mean_per_set": per_set,
+                     "exploit_tasks_passed_per_set": exploits, "tasks": n_tasks}
         both = lambda k: f"{tr.get(k, np.nan):.2f}/{ho.get(k, np.nan):.2f}"
         print(f"{m:<40} {tr['spearman_noise_mean']:7.3f} {tr['spearman_noise_max']:7.3f} {tr['success_auc_mean']:9.3f} "
               f"{tr['expert_vs_random_auc_mean']:8.3f} {ho.get('spearman_noise_mean', np.nan):11.3f} "
               f"{ho.get('expert_vs_random_auc_mean', np.nan):13.3f} {both('forward_vs_reversed_auc_mean'):>8} "
               f"{both('random_vs_frozen_start_auc_mean'):>11} {both('random_vs_hover_auc_mean'):>10}"
-              "   per set ρ " + " ".join(f"{r:.3f}" for r in per_set))
+              "   per set ρ " + " ".join(f"{r:.3f}" for r in per_set)
+              + f"  exploits below random (tasks) " + " ".join(f"{n}/{n_tasks}" for n in exploits))
 
     boot = {}
     if args.bootstrap > 0:

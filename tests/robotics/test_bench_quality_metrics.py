@@ -133,6 +133,34 @@ def test_pooled_comparison_averages_sets_and_refuses_overlap(tmp_path):
         cmp.main([a, "--merge", f"old={b}", "--baseline", "nn", "--bootstrap", "0"])
     with pytest.raises(SystemExit, match="one spec per set"):
         cmp.main([a, b, "--merge", f"old={a2}", "--baseline", "nn", "--bootstrap", "0"])
+    # --combine: weighted sums of episode scores, from this run and a merged one; reported even when
+    # --methods names others, bad specs refused
+    out3 = tmp_path / "combined.json"
+    assert cmp.main([a, "--merge", f"old={a2}", "--methods", "nn", "--combine", "flat=learned,1*old:learned",
+                     "--combine", "back=-2*learned", "--baseline", "nn", "--bootstrap", "0", "--save", str(out3)]) == 0
+    res3 = json.loads(out3.read_text())["pooled"]
+    assert res3["back"]["spearman_noise_mean_per_set"][0] == pytest.approx(0.976, abs=1e-3)
+    # learned + old:learned cancels the noise order, leaving the within-group success offset only
+    assert abs(res3["flat"]["spearman_noise_mean_per_set"][0]) < 0.3
+    for bad, match in (("flat", "NAME=KEY"), ("x=two*learned", "not a weight"), ("x=learned,nope", "not scored")):
+        with pytest.raises(SystemExit, match=match):
+            cmp.main([a, "--combine", bad, "--baseline", "nn", "--bootstrap", "0"])
+
+
+def test_exploit_check_counts_tasks_where_random_beats_both_exploits():
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import compare_reward_runs as cmp
+    finally:
+        sys.path.pop(0)
+    scores = {"pass-v3": {"random": -1.0, "frozen_start": -3.0, "hover": -2.0},
+              "hover-wins-v3": {"random": -1.0, "frozen_start": -3.0, "hover": -0.5},
+              "frozen-wins-v3": {"random": -1.0, "frozen_start": 0.0, "hover": -2.0}}
+    eps = [{"task": t, "policy": g, "r": v + d} for t, groups in scores.items() for g, v in groups.items() for d in (-0.1, 0.1)]
+    eps += [{"task": "no-exploits-v3", "policy": "random", "r": 0.0}]
+    assert cmp.exploit_tasks(eps, "r", list(scores) + ["no-exploits-v3"]) == ["pass-v3"]
 
 
 def test_progress_spearman_rewards_getting_further():
@@ -250,6 +278,14 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
     assert g.main(argv) == 0  # reuses the goal scores: identical output
     again = json.load(open(quick_json.replace(".json", "_goal.json")))
     assert again["episodes"] == out["episodes"] and again["timings"]["score_s"] < out["timings"]["score_s"]
+    # --keys adds the goal term to other rules of the JSON (here the quality run's + displacement rule)
+    key = "dr_relative_likelihood+progress+disp4"
+    assert g.main(argv + ["--keys", key, "--goal-scales", "4", "--out-suffix", "_goal_disp"]) == 0
+    keyed = json.load(open(quick_json.replace(".json", "_goal_disp.json")))
+    native = {(e["task"], e["file"]): e for e in doc["episodes"]}
+    for e in keyed["episodes"]:
+        assert e[f"{key}+goal4"] == pytest.approx(native[(e["task"], e["file"])][key] + 4 * e["goal_tokens"], abs=1e-4)
+    assert "dr_relative_likelihood+goal4" not in keyed["results"]
 
     # the displacement benchmark on the same run (its codec retrained in a fresh folder from the same
     # seeds, its episodes checked) gives the same KEY+dispδ scores the quality run computed itself
