@@ -195,7 +195,7 @@ def main(argv=None) -> int:
               f"{ho.get('expert_vs_random_auc_mean', np.nan):13.3f} {both('forward_vs_reversed_auc_mean'):>8} "
               f"{both('random_vs_frozen_start_auc_mean'):>11} {both('random_vs_hover_auc_mean'):>10}"
               "   per set ρ " + " ".join(f"{r:.3f}" for r in per_set)
-              + f"  exploits below random (tasks) " + " ".join(f"{n}/{n_tasks}" for n in exploits))
+              + "  exploits below random (tasks) " + " ".join(f"{n}/{n_tasks}" for n in exploits))
 
     boot = {}
     if args.bootstrap > 0:
