@@ -110,6 +110,9 @@ class DiffusionRewardConfig:
     displacement_scale: float = help_field("δ: weight of the displacement (share of the frame's tokens that differ "
                                            "from the episode's first frame's, in expert std units; 0: off)",
                                            default=0.0)
+    displacement_cap: Optional[float] = help_field("upper bound on the displacement in expert std units (P/s_P) "
+                                                   "before δ: change beyond it pays no more (none: unbounded)",
+                                                   default=None)
     use_sparse: bool = help_field("add the per-frame success reward given with the frames", default=True)
     success_scale: float = help_field("weight of that success reward (official 1)", default=1.0)
     batch_size: int = help_field("windows per video-model batch (the chain noise is drawn per batch)", default=64)
@@ -133,6 +136,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"goal_scale must be a finite number >= 0, got {self.goal_scale}")
         if not (math.isfinite(self.displacement_scale) and self.displacement_scale >= 0):
             raise ValueError(f"displacement_scale must be a finite number >= 0, got {self.displacement_scale}")
+        if self.displacement_cap is not None and not (math.isfinite(self.displacement_cap) and self.displacement_cap > 0):
+            raise ValueError(f"displacement_cap must be a finite number > 0 or None, got {self.displacement_cap}")
         if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
             raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
@@ -443,8 +448,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         attached and bounded below by ``clip_min`` when set, then ``λ·deficit`` subtracted when
         ``motion_scale`` > 0 (``change``: the frames' expected and observed token changes,
         :meth:`change_windows`) and ``γ·goal_distance / s_G`` when ``goal_scale`` > 0 (``goal_distance``:
-        :meth:`goal_distance` of the frames), and ``δ·displacement / s_P`` added when
-        ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames)."""
+        :meth:`goal_distance` of the frames), and ``δ·min(displacement / s_P, displacement_cap)`` added
+        when ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames)."""
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
@@ -466,7 +471,10 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             if displacement is None:
                 raise ValueError("displacement_scale > 0 needs the frames' displacement (displacement)")
             std = self._fitted_std("displacement", "fit_statistics or fit_displacement_statistics(expert_episodes)")
-            z = z + self.config.displacement_scale * displacement.to(z.device).float() / std
+            moved = displacement.to(z.device).float() / std
+            if self.config.displacement_cap is not None:
+                moved = moved.clamp(max=self.config.displacement_cap)
+            z = z + self.config.displacement_scale * moved
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()

@@ -193,10 +193,20 @@ def test_displacement_is_the_token_share_that_differs_from_the_first_frame():
     assert again == {"displacement_std": stats["displacement_std"], "displacement_frames": 11}
     z = dr.standardize(dr.raw_reward_windows(tok))
     torch.testing.assert_close(dr(ep), z + 2.0 * manual / stats["displacement_std"])
+    # a cap bounds P/s_P before δ: frames displaced beyond it pay the cap, the others as before
+    moved = manual / stats["displacement_std"]
+    cap = float(moved[1:].median())
+    dr.config.displacement_cap = cap
+    torch.testing.assert_close(dr(ep), z + 2.0 * moved.clamp(max=cap))
+    assert float(moved.max()) > cap  # the cap binds on some frames of this episode
+    dr.config.displacement_cap = None
     dr.config.displacement_scale = 0.0
     torch.testing.assert_close(dr(ep), z)  # off
     with pytest.raises(ValueError, match="displacement_scale"):
         DiffusionRewardConfig(displacement_scale=-1.0).validate()
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="displacement_cap"):
+            DiffusionRewardConfig(displacement_cap=bad).validate()
     with pytest.raises(ValueError, match="displacement"):
         dr.config.displacement_scale = 1.0
         dr.combine(dr.raw_reward_windows(tok), ep)  # the caller must pass the displacement
