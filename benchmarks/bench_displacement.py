@@ -13,7 +13,10 @@ per-episode score of ``KEY`` (a mean of per-frame rewards) plus δ·mean(P)/s_P.
    ``--allow-codec-mismatch`` goes on with a warning);
 3. fits s_P on the training episodes' frames and writes, per evaluation set, the quality JSON's
    methods plus ``KEY+dispδ`` for its Diffusion Reward keys and ``displacement`` alone (+P/s_P) in
-   the quality benchmark's format (``compare_reward_runs.py`` pools them).
+   the quality benchmark's format (``compare_reward_runs.py`` pools them); with ``--caps``, also
+   ``KEY+dispδcapc`` and ``displacement_capc`` (each frame's P/s_P bounded by c before the mean,
+   ``DiffusionRewardConfig.displacement_cap``). ``--model`` takes the codec of a saved model (a
+   quality run made with ``--pretrained``) instead of training one.
 
     python benchmarks/bench_displacement.py --work runs/dr_ml10 \\
         --dr-json benchmarks/results/diffusion_reward_quality_ml10.json \\
@@ -49,6 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keys", default="dr_relative_likelihood,dr_relative_likelihood+progress,"
                                       "dr_relative_likelihood+progress+motion2,dr_relative_likelihood+progress+motion3",
                     help="Diffusion Reward keys of the JSON the displacement is added to")
+    ap.add_argument("--caps", default="", help="displacement_cap values c: also scores KEY+dispδcapc, "
+                                              "δ·mean(min(P/s_P, c)) added (comma-separated; none by default)")
+    ap.add_argument("--model", default="", help="take the codec of this saved Diffusion Reward model (a run "
+                                                "made with --pretrained) instead of training one in WORK/codec")
     ap.add_argument("--allow-codec-mismatch", action="store_true",
                     help="go on when the codec does not reproduce the recorded metrics (figures then differ)")
     ap.add_argument("--workers", type=int, default=2)
@@ -65,7 +72,10 @@ def main(argv=None) -> int:
     qa = quality_args(sources[0], args.work, args.workers)
     train_eps = load_jobs(collect_all(qa, args.work)["jobs"], ("train",))
     train_frames = [e["frames"] for e in train_eps]
-    codec = train_codec(sources[0]["setup"], args.work, train_frames).eval()
+    if args.model:
+        codec = DiffusionReward.from_pretrained(args.model).codec.eval()
+    else:
+        codec = train_codec(sources[0]["setup"], args.work, train_frames).eval()
     metrics = evaluate_vqgan(codec, train_frames[:8])
     recorded = sources[0].get("codec_metrics", {})
     if any(not math.isclose(metrics[k], recorded[k], rel_tol=1e-6) for k in recorded):
@@ -83,6 +93,8 @@ def main(argv=None) -> int:
     stats = {"displacement_std": std, "displacement_frames": train_p.numel()}
     print(f"[statistics] {stats}", flush=True)
     scales = [float(d) for d in args.scales.split(",") if d]
+    caps = [float(c) for c in args.caps.split(",") if c]
+    capped = [(d, c) for d in scales for c in caps]
 
     for src, path in zip(sources, args.dr_json):
         t0 = time.perf_counter()
@@ -99,22 +111,29 @@ def main(argv=None) -> int:
             if row is None:
                 raise SystemExit(f"{path} has no episode {episode_key(e)}: not the run whose data is in {args.work}")
             mismatched += not math.isclose(row["env_return"], e["env_return"], rel_tol=1e-5, abs_tol=1e-5)
-            p = float(frame_displacement(e["frames"]).mean()) / std
+            moved = frame_displacement(e["frames"]).double() / std  # P/s_P per frame
+            p = float(moved.mean())
             e["displacement"] = np.array([p])
+            for c in caps:  # the cap bounds each frame's P/s_P, so it is applied before the episode mean
+                e[f"displacement_cap{c:g}"] = np.array([float(moved.clamp(max=c).mean())])
             for k in carried:
                 e[k] = np.array([row[k]])
             for k in keys:
                 for d in scales:
                     e[f"{k}+disp{d:g}"] = np.array([row[k] + d * p])
+                for d, c in capped:
+                    e[f"{k}+disp{d:g}cap{c:g}"] = np.array([row[k] + d * float(e[f"displacement_cap{c:g}"][0])])
         if mismatched:
             raise SystemExit(f"{mismatched} episodes of {path} have another environment return than recorded: "
                              f"the collected episodes differ from the quality run's")
-        methods = keys + [f"{k}+disp{d:g}" for k in keys for d in scales] + ["displacement"] + \
-            [k for k in ZERO_SHOT if k in carried]
+        methods = keys + [f"{k}+disp{d:g}" for k in keys for d in scales] + \
+            [f"{k}+disp{d:g}cap{c:g}" for k in keys for d, c in capped] + ["displacement"] + \
+            [f"displacement_cap{c:g}" for c in caps] + [k for k in ZERO_SHOT if k in carried]
         results = score_methods(methods, eval_eps, probe_eps, qa.train_tasks, qa.heldout_tasks)
         out = path.replace(".json", f"{args.out_suffix}.json")
         report = {
-            "benchmark": "displacement", "setup": src["setup"] | {"dr_json": path, "scales": scales},
+            "benchmark": "displacement",
+            "setup": src["setup"] | {"dr_json": path, "scales": scales, "caps": caps, "model": args.model or None},
             "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
             "codec_metrics": metrics, "statistics": stats, "results": results,
             "episodes": [{k: e[k] for k in ("task", "policy", "noise", "file", "success", "env_return")}

@@ -303,6 +303,17 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
             assert e[key] == pytest.approx(native[(e["task"], e["file"])][key], abs=1e-4)
     assert reused["statistics"]["displacement_std"] == pytest.approx(
         float(DiffusionReward.from_pretrained(saved).displacement_statistics[0]), rel=1e-6)
+    # --model takes the saved model's codec (no training); --caps bounds each frame's P/s_P before the mean
+    assert dmod.main(["--work", str(tmp_path / "fresh"), "--dr-json", quick_json, "--model", saved, "--scales", "4",
+                      "--caps", "0.5", "--keys", "dr_relative_likelihood", "--out-suffix", "_cap",
+                      "--workers", "1", "--threads", "1"]) == 0
+    cap = json.load(open(quick_json.replace(".json", "_cap.json")))
+    assert cap["setup"]["caps"] == [0.5] and cap["setup"]["model"] == saved
+    for e in cap["episodes"]:
+        assert e["displacement_cap0.5"] <= min(e["displacement"], 0.5) + 1e-9
+        assert e["dr_relative_likelihood+disp4cap0.5"] == pytest.approx(
+            e["dr_relative_likelihood"] + 4 * e["displacement_cap0.5"], abs=1e-9)
+    assert any(e["displacement_cap0.5"] < e["displacement"] for e in cap["episodes"])  # the cap binds somewhere
 
 
 def test_adroit_jobs_use_the_trained_expert_and_hold_the_hand(tmp_path):
