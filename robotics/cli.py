@@ -343,7 +343,8 @@ def _score(args: argparse.Namespace) -> int:
         ranker = False
     if args.seed is not None and hasattr(model.config, "seed"):
         model.config.seed = int(args.seed)
-    for flag, field in (("--goal-scale", "goal_scale"), ("--displacement-scale", "displacement_scale")):
+    for flag, field in (("--goal-scale", "goal_scale"), ("--displacement-scale", "displacement_scale"),
+                        ("--displacement-cap", "displacement_cap")):
         value = getattr(args, field)
         if value is not None:
             if not hasattr(model.config, field):
@@ -564,6 +565,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--displacement-scale", type=float, default=None, metavar="DELTA",
                    help="δ of a Diffusion Reward model's displacement from the episode's first frame "
                         "(default: the model's displacement_scale)")
+    p.add_argument("--displacement-cap", type=float, default=None, metavar="C",
+                   help="bound on the displacement in expert stds before δ (default: the model's displacement_cap)")
     _add_data(p, policies_default="all", required=False)
     _add_runtime(p)
     p.set_defaults(run=_score)

@@ -165,7 +165,7 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
                        success_scale: Optional[float] = None, motion_scale: Optional[float] = None,
                        goal_scale: Optional[float] = None, displacement_scale: Optional[float] = None,
-                       shaping: str = "none",
+                       displacement_cap: Optional[float] = None, shaping: str = "none",
                        discount: float = 0.99) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
@@ -176,7 +176,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     subtract, against the last frames of the expert episodes (``expert_data``, else ``stats_episodes``
     scripted ones; the goal statistics are fitted on them when the checkpoint has none); ``displacement_scale``
     δ of the displacement from the episode's first frame they add (default: the checkpoint's; its statistics
-    fitted on the same experts when the checkpoint has none). ``shaping="potential"``
+    fitted on the same experts when the checkpoint has none) and ``displacement_cap`` its bound in expert stds
+    (default: the checkpoint's). ``shaping="potential"``
     pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
     γ = ``discount`` (the agent's), so that the optimal policy is the success reward's. ``checkpoint``: a
     Diffusion Reward folder (or a trainer's run folder holding one) or a shipped name; ``device`` is checked
@@ -241,6 +242,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         cfg.goal_scale = float(goal_scale)
     if displacement_scale is not None:
         cfg.displacement_scale = float(displacement_scale)
+    if displacement_cap is not None:
+        cfg.displacement_cap = float(displacement_cap)
     cfg.validate()
     experts: list = []
 

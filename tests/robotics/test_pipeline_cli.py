@@ -285,6 +285,14 @@ def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, cap
     for e, a, b in zip(eps, plain, moved):
         p = reward.displacement(reward.tokenize(e)).numpy() / float(reward.displacement_statistics[0])
         np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) + 1.5 * p, atol=1e-4)
+    assert main(["score", "--model", video, data, "--json", "--displacement-scale", "1.5", "--displacement-cap", "0.5",
+                 *QUIET]) == 0
+    capped = json.loads(capsys.readouterr().out)["episodes"]
+    for e, a, b in zip(eps, plain, capped):
+        p = reward.displacement(reward.tokenize(e)).numpy() / float(reward.displacement_statistics[0])
+        np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) + 1.5 * np.minimum(p, 0.5), atol=1e-4)
+    assert main(["score", "--model", video, data, "--displacement-cap", "0", *QUIET]) == 2
+    assert "displacement_cap" in capsys.readouterr().err
     assert main(["score", "--model", video, data, "--displacement-scale", "-1", *QUIET]) == 2
     err = capsys.readouterr().err
     assert "displacement_scale" in err and len(err.strip().splitlines()) == 1

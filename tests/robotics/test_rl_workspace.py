@@ -185,6 +185,15 @@ def test_reward_sources(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="displacement_scale"):
         make_reward_source(own[shipped], displacement_scale=float("nan"))
+    # displacement_cap bounds P/s_P before δ
+    capped = make_reward_source(own[shipped], checkpoint=str(tmp_path / "old"), task="door-open-v3", max_steps=6,
+                                stats_episodes=2, expl_scale=0.0, displacement_scale=1.5, displacement_cap=0.5)
+    s_p = float(capped.model.displacement_statistics[0])
+    assert capped.model.config.displacement_cap == 0.5
+    np.testing.assert_allclose(capped(frames, env_r, succ), ru + 1.5 * np.minimum(p / s_p, 0.5) + succ,
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="displacement_cap"):
+        make_reward_source(own[shipped], displacement_cap=0.0)
 
 
 def test_task_ids_and_errors(tmp_path):
