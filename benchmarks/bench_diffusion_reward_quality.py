@@ -64,6 +64,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
 
 import numpy as np
 
@@ -444,10 +445,17 @@ def summarise(per_task: dict, tasks: list) -> dict:
         "random_vs_frozen_start_auc_mean": nanmean([r.get("random_vs_frozen_start_auc") for r in rows]),
         "random_vs_hover_auc_mean": nanmean([r.get("random_vs_hover_auc") for r in rows]),
         # tasks where exploring beats both freezing and hovering on average (the exploit goal: all of them)
-        "exploit_pass_frac": nanmean([float(r["group_mean_score"]["random"] > max(r["group_mean_score"]["frozen_start"],
-                                                                                   r["group_mean_score"]["hover"]))
-                                      for r in rows if not math.isnan(r.get("group_mean_score", {}).get("hover", math.nan))]),
+        "exploit_pass_frac": nanmean([float(p) for p in (exploit_passed(r.get("group_mean_score", {})) for r in rows)
+                                      if p is not None]),
     }
+
+
+def exploit_passed(group_means: dict) -> Optional[bool]:
+    """The exploit check on one task's mean scores per group: random exploration above both a frozen start
+    and hovering (None: the task has no exploit episodes)."""
+    if math.isnan(group_means.get("hover", math.nan)) or math.isnan(group_means.get("frozen_start", math.nan)):
+        return None
+    return group_means["random"] > max(group_means["frozen_start"], group_means["hover"])
 
 
 def train_codec(setup: dict, work: str, train_frames: list):

@@ -42,7 +42,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_diffusion_reward_quality import score_task, summarise  # noqa: E402
+from bench_diffusion_reward_quality import exploit_passed, score_task, summarise  # noqa: E402
 from select_progress_scale import METRICS as NOISE_METRICS, episode_index  # noqa: E402
 
 # pooled summary metrics: the noise / success / expert figures, time reversal and the exploit checks
@@ -111,13 +111,11 @@ def add_combination(sets: list[dict], name: str, terms: list[tuple[float, str]])
 def exploit_tasks(episodes: list[dict], key: str, tasks: list[str]) -> list[str]:
     """Tasks whose random episodes outscore both the frozen-start and the hovering ones on average
     (the quality benchmark's exploit check, per task); tasks without exploit episodes are left out."""
-    passed = []
-    for t in tasks:
-        mean = {g: np.mean([e[key] for e in episodes if e["task"] == t and e["policy"] == g] or [np.nan])
+    def group_means(t: str) -> dict:
+        return {g: float(np.mean([e[key] for e in episodes if e["task"] == t and e["policy"] == g] or [np.nan]))
                 for g in ("random", "frozen_start", "hover")}
-        if np.isfinite(mean["frozen_start"]) and mean["random"] > max(mean["frozen_start"], mean["hover"]):
-            passed.append(t)
-    return passed
+
+    return [t for t in tasks if exploit_passed(group_means(t))]
 
 
 def set_summary(episodes: list[dict], key: str, tasks: list[str]) -> dict:

@@ -59,8 +59,8 @@ def diffusion_reward() -> list[str]:
 
 def diffusion_reward_transfer() -> list[str]:
     name = "diffusion_reward_pooled_ml10_displacement_goal.json"
-    d = _load(name)["pooled"]
-    n_eps = _load(name)["episodes"]
+    doc = _load(name)
+    n_eps, d = doc["episodes"], doc["pooled"]
     rows = {"ours": d["dr_relative_likelihood+progress+disp4+goal4"], "zero": d["dr_relative_likelihood+progress"],
             "nn": d["g:nn_goal_demos"]}
 

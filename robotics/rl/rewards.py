@@ -230,20 +230,12 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     want = _REWARD_TYPE.get(spec, "likelihood")
     if spec == "viper":
         cfg.expl_scale = 0.5
-    if expl_scale is not None:
-        cfg.expl_scale = float(expl_scale)
-    if reward_clip is not None:
-        cfg.clip_min = float(reward_clip)
-    if success_scale is not None:
-        cfg.success_scale = float(success_scale)
-    if motion_scale is not None:
-        cfg.motion_scale = float(motion_scale)
-    if goal_scale is not None:
-        cfg.goal_scale = float(goal_scale)
-    if displacement_scale is not None:
-        cfg.displacement_scale = float(displacement_scale)
-    if displacement_cap is not None:
-        cfg.displacement_cap = float(displacement_cap)
+    overrides = {"expl_scale": expl_scale, "clip_min": reward_clip, "success_scale": success_scale,
+                 "motion_scale": motion_scale, "goal_scale": goal_scale, "displacement_scale": displacement_scale,
+                 "displacement_cap": displacement_cap}  # None: the checkpoint's
+    for field, value in overrides.items():
+        if value is not None:
+            setattr(cfg, field, float(value))
     cfg.validate()
     experts: list = []
 
