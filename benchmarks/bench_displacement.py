@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -96,7 +97,39 @@ def main(argv=None) -> int:
     caps = [float(c) for c in args.caps.split(",") if c]
     capped = [(d, c) for d in scales for c in caps]
 
-    for src, path in zip(sources, args.dr_json):
+    def add_terms(e: dict, row: dict, keys: list) -> list:
+        moved = frame_displacement(e["frames"]).double() / std  # P/s_P per frame
+        p = float(moved.mean())
+        e["displacement"] = np.array([p])
+        for c in caps:  # the cap bounds each frame's P/s_P, so it is applied before the episode mean
+            e[f"displacement_cap{c:g}"] = np.array([float(moved.clamp(max=c).mean())])
+        for k in keys:
+            for d in scales:
+                e[f"{k}+disp{d:g}"] = np.array([row[k] + d * p])
+            for d, c in capped:
+                e[f"{k}+disp{d:g}cap{c:g}"] = np.array([row[k] + d * float(e[f"displacement_cap{c:g}"][0])])
+        return [f"{k}+disp{d:g}" for k in keys for d in scales] + \
+            [f"{k}+disp{d:g}cap{c:g}" for k in keys for d, c in capped] + ["displacement"] + \
+            [f"displacement_cap{c:g}" for c in caps]
+
+    rescore_sets(sources, args.dr_json, args, add_terms, benchmark="displacement",
+                 setup={"scales": scales, "caps": caps, "model": args.model or None},
+                 report={"codec_metrics": metrics, "statistics": stats}, t_all=t_all)
+    return 0
+
+
+def rescore_sets(sources: list, paths: list, args: argparse.Namespace, add_terms: Callable, *, benchmark: str,
+                 setup: dict, report: dict, t_all: float) -> None:
+    """Adds terms computed from the frames to each evaluation set of earlier quality runs and scores them.
+
+    For each quality JSON (``paths``, loaded as ``sources``): its cached episodes (``args.work``; collected
+    again with the same seeds when missing, each checked against the environment return the JSON
+    recorded), ``add_terms(episode, row, keys) -> new method names`` (``row``: the JSON's scores of the
+    episode; ``keys``: the ``args.keys`` the JSON has, which the new terms may be added to), then every
+    method scored by the quality benchmark's metrics into ``PATH`` + ``args.out_suffix`` and a table."""
+    import torch
+
+    for src, path in zip(sources, paths):
         t0 = time.perf_counter()
         qa = quality_args(src, args.work, args.workers)
         data = collect_all(qa, args.work)
@@ -105,37 +138,26 @@ def main(argv=None) -> int:
         rows = {episode_key(r): r for r in src["episodes"] + src.get("probe_episodes", [])}
         keys = [k for k in args.keys.split(",") if k and k in src["episodes"][0]]
         carried = keys + [k for k in ZERO_SHOT if k in src["episodes"][0]]
-        mismatched = 0
+        mismatched, added = 0, []
         for e in eval_eps + probe_eps:
             row = rows.get(episode_key(e))
             if row is None:
                 raise SystemExit(f"{path} has no episode {episode_key(e)}: not the run whose data is in {args.work}")
             mismatched += not math.isclose(row["env_return"], e["env_return"], rel_tol=1e-5, abs_tol=1e-5)
-            moved = frame_displacement(e["frames"]).double() / std  # P/s_P per frame
-            p = float(moved.mean())
-            e["displacement"] = np.array([p])
-            for c in caps:  # the cap bounds each frame's P/s_P, so it is applied before the episode mean
-                e[f"displacement_cap{c:g}"] = np.array([float(moved.clamp(max=c).mean())])
             for k in carried:
                 e[k] = np.array([row[k]])
-            for k in keys:
-                for d in scales:
-                    e[f"{k}+disp{d:g}"] = np.array([row[k] + d * p])
-                for d, c in capped:
-                    e[f"{k}+disp{d:g}cap{c:g}"] = np.array([row[k] + d * float(e[f"displacement_cap{c:g}"][0])])
+            added = add_terms(e, row, keys)
         if mismatched:
             raise SystemExit(f"{mismatched} episodes of {path} have another environment return than recorded: "
                              f"the collected episodes differ from the quality run's")
-        methods = keys + [f"{k}+disp{d:g}" for k in keys for d in scales] + \
-            [f"{k}+disp{d:g}cap{c:g}" for k in keys for d, c in capped] + ["displacement"] + \
-            [f"displacement_cap{c:g}" for c in caps] + [k for k in ZERO_SHOT if k in carried]
+        methods = keys + added + [k for k in ZERO_SHOT if k in carried]
         results = score_methods(methods, eval_eps, probe_eps, qa.train_tasks, qa.heldout_tasks)
         out = path.replace(".json", f"{args.out_suffix}.json")
-        report = {
-            "benchmark": "displacement",
-            "setup": src["setup"] | {"dr_json": path, "scales": scales, "caps": caps, "model": args.model or None},
+        body = {
+            "benchmark": benchmark,
+            "setup": src["setup"] | {"dr_json": path} | setup,
             "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
-            "codec_metrics": metrics, "statistics": stats, "results": results,
+            **report, "results": results,
             "episodes": [{k: e[k] for k in ("task", "policy", "noise", "file", "success", "env_return")}
                          | {m: float(np.mean(e[m])) for m in methods} for e in eval_eps],
             "probe_episodes": [{k: e[k] for k in ("task", "hold_after", "seed", "success", "env_return")}
@@ -143,7 +165,7 @@ def main(argv=None) -> int:
             "timings": {"score_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t_all},
         }
         with open(out, "w") as f:
-            json.dump(report, f, indent=1)
+            json.dump(body, f, indent=1)
         fmt = lambda x: "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.2f}"
         print(f"\nset seed {qa.eval_seed}: {'method':<46} ρ(σ) tr/ho   succAUC tr/ho  exp>rnd tr/ho  fwd>rev tr/ho  "
               f"rnd>frz tr/ho  rnd>hov tr/ho  exploits passed tr/ho")
@@ -155,7 +177,6 @@ def main(argv=None) -> int:
                   f"{pair('random_vs_frozen_start_auc_mean')}  {pair('random_vs_hover_auc_mean')}  "
                   f"{pair('exploit_pass_frac')}")
         print(f"-> {out}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def run_cmd(args, reward: str, out: str) -> list[str]:
         cmd += ["--displacement-scale", str(args.displacement_scale)]
     if getattr(args, "displacement_cap", None) is not None:
         cmd += ["--displacement-cap", str(args.displacement_cap)]
+    if getattr(args, "consistency_scale", None) is not None:
+        cmd += ["--consistency-scale", str(args.consistency_scale)]
     return cmd
 
 
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
                    help="δ of the displacement learned rewards add (default: the checkpoint's, 0)")
     p.add_argument("--displacement-cap", type=float, default=None,
                    help="bound on that displacement in expert stds (default: the checkpoint's, none)")
+    p.add_argument("--consistency-scale", type=float, default=None,
+                   help="κ of the motion consistency learned rewards add (default: the checkpoint's, 0)")
     p.add_argument("--shaping", choices=("none", "potential"), default="none",
                    help="potential: learned rewards paid as γ·Φ(s') − Φ(s) + success (default: none, the paper's)")
     p.add_argument("--paper", action="store_true", help="paper-sized agent (batch 256, hidden 1024)")
@@ -162,7 +166,8 @@ def main(argv=None) -> int:
         "preset": "paper" if args.paper else "cpu (batch 64, hidden 256)", "expl_scale": args.expl_scale,
         "reward_clip": args.reward_clip, "success_scale": args.success_scale, "shaping": args.shaping,
         "motion_scale": args.motion_scale, "goal_scale": args.goal_scale, "displacement_scale": args.displacement_scale,
-        "displacement_cap": args.displacement_cap, "episode_steps": args.episode_steps,
+        "displacement_cap": args.displacement_cap, "consistency_scale": args.consistency_scale,
+        "episode_steps": args.episode_steps,
         "eval_episodes": args.eval_episodes,
         "checkpoint": args.checkpoint or "shipped metaworld-64",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},

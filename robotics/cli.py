@@ -344,7 +344,7 @@ def _score(args: argparse.Namespace) -> int:
     if args.seed is not None and hasattr(model.config, "seed"):
         model.config.seed = int(args.seed)
     for flag, field in (("--goal-scale", "goal_scale"), ("--displacement-scale", "displacement_scale"),
-                        ("--displacement-cap", "displacement_cap")):
+                        ("--displacement-cap", "displacement_cap"), ("--consistency-scale", "consistency_scale")):
         value = getattr(args, field)
         if value is not None:
             if not hasattr(model.config, field):
@@ -354,6 +354,9 @@ def _score(args: argparse.Namespace) -> int:
     if getattr(model.config, "displacement_scale", 0) > 0 and int(model.displacement_statistics[1]) == 0:
         raise ValueError("this model has no displacement statistics (saved before the displacement term): refit "
                          "them with mmreward robotics fit-stats, or use DiffusionReward.fit_displacement_statistics")
+    if getattr(model.config, "consistency_scale", 0) > 0 and int(model.consistency_statistics[1]) == 0:
+        raise ValueError("this model has no motion-consistency statistics (saved before the consistency term): refit "
+                         "them with mmreward robotics fit-stats, or use DiffusionReward.fit_consistency_statistics")
     if args.goal:
         _set_goal(model, args.goal)
     elif _uses_goal(model):
@@ -567,6 +570,8 @@ def _add_model_commands(sub) -> None:
                         "(default: the model's displacement_scale)")
     p.add_argument("--displacement-cap", type=float, default=None, metavar="C",
                    help="bound on the displacement in expert stds before δ (default: the model's displacement_cap)")
+    p.add_argument("--consistency-scale", type=float, default=None, metavar="KAPPA",
+                   help="κ of a Diffusion Reward model's motion consistency (default: the model's consistency_scale)")
     _add_data(p, policies_default="all", required=False)
     _add_runtime(p)
     p.set_defaults(run=_score)

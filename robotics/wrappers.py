@@ -164,6 +164,10 @@ class DiffusionRewardWrapper(gym.Wrapper):
         super().__init__(env)
         if mode not in ("replace", "add"):
             raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
+        if getattr(reward_model.config, "consistency_scale", 0) > 0:
+            raise ValueError("consistency_scale > 0 normalises by the whole episode's motion, which a per-step "
+                             "wrapper does not have: relabel finished episodes (train-rl's reward sources) or "
+                             "set consistency_scale=0")
         self.reward_model = reward_model.eval()
         self.mode, self.env_reward_scale, self.use_success = mode, float(env_reward_scale), bool(use_success)
         self.frame_fn = frame_fn

@@ -48,6 +48,12 @@ frame under a conditional VQ-Diffusion model of expert videos.
    its std on expert frames). Every task changes the scene; a robot that freezes or jitters around its
    start pose (P ≈ 0) earns less than one that explores, which the likelihood terms alone do not ensure.
 
+   Optional (not in the paper): the **motion consistency** ``C_i``, whether frame i's change goes on
+   in the direction of the change before it, adds ``κ·C_i / s_C`` (κ = ``consistency_scale``, ``s_C``
+   its std on expert frames; :meth:`DiffusionReward.motion_consistency`). Needs no model and no
+   training: it scores purposeful motion (an expert's smooth reach) above jitter (action noise,
+   random flailing, hovering) on any task, seen in training or not.
+
 The model contract (:class:`~mmreward.robotics.reward.base.EpisodeScorer`): ``score_parts`` on
 :class:`~mmreward.core.inputs.Episode` inputs gives exactly these per-frame rewards, ``score`` their
 sum per episode. A saved folder holds ``codec/``, ``video/`` and, when present, ``rnd/`` and
@@ -83,7 +89,7 @@ from .rnd import RND
 MODEL_TYPE = "diffusion_reward"
 REWARD_TYPES = ("entropy", "likelihood", "relative_likelihood")
 # [std, frames] of the terms added after the first release; folders saved before a term lack its entry
-_OPTIONAL_STATISTICS = ("motion_statistics", "goal_statistics", "displacement_statistics")
+_OPTIONAL_STATISTICS = ("motion_statistics", "goal_statistics", "displacement_statistics", "consistency_statistics")
 
 
 @dataclass
@@ -113,6 +119,11 @@ class DiffusionRewardConfig:
     displacement_cap: Optional[float] = help_field("upper bound on the displacement in expert std units (P/s_P) "
                                                    "before δ: change beyond it pays no more (none: unbounded)",
                                                    default=None)
+    consistency_scale: float = help_field("κ: weight of the motion consistency (whether each frame's change goes on "
+                                          "in the direction of the one before; in expert std units; 0: off)",
+                                          default=0.0)
+    consistency_grid: int = help_field("side of the grey-level grid the frames are averaged to for the motion "
+                                       "consistency", default=16)
     use_sparse: bool = help_field("add the per-frame success reward given with the frames", default=True)
     success_scale: float = help_field("weight of that success reward (official 1)", default=1.0)
     batch_size: int = help_field("windows per video-model batch (the chain noise is drawn per batch)", default=64)
@@ -138,6 +149,11 @@ class DiffusionRewardConfig:
             raise ValueError(f"displacement_scale must be a finite number >= 0, got {self.displacement_scale}")
         if self.displacement_cap is not None and not (math.isfinite(self.displacement_cap) and self.displacement_cap > 0):
             raise ValueError(f"displacement_cap must be a finite number > 0 or None, got {self.displacement_cap}")
+        if not (math.isfinite(self.consistency_scale) and self.consistency_scale >= 0):
+            raise ValueError(f"consistency_scale must be a finite number >= 0, got {self.consistency_scale}")
+        if isinstance(self.consistency_grid, bool) or not isinstance(self.consistency_grid, int) \
+                or self.consistency_grid < 1:
+            raise ValueError(f"consistency_grid must be an integer >= 1, got {self.consistency_grid!r}")
         if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
             raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
         if self.clip_min is not None and not math.isfinite(self.clip_min):
@@ -195,6 +211,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                              persistent=False)
         # expert std of the displacement from the episode's first frame, frames (0 = not fitted)
         self.register_buffer("displacement_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
+        # expert std of the motion consistency, frames (0 = not fitted)
+        self.register_buffer("consistency_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
 
     @property
     def device(self) -> torch.device:
@@ -382,6 +400,50 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         return self._store_std("displacement", torch.cat([self.displacement(self.tokenize(ep))
                                                           for ep in episodes_from(episodes)]))
 
+    # -------------------------------------------------------------- motion consistency
+    @staticmethod
+    def motion_consistency(frames: torch.Tensor, frame_skip: int = 1, grid: int = 16) -> torch.Tensor:
+        """Per-frame motion consistency ``[T]`` of one episode's uint8 frames ``[T, H, W, 3]``.
+
+        Frames are averaged to grey ``grid × grid`` images ``g``; frame i's change is
+        ``d_i = g_i − g_{i−s}`` (s = ``frame_skip``) and
+        ``C_i = d_i·d_{i−s} / (max(|d_i|, |d_{i−s}|)·w̄) = cos(d_i, d_{i−s})·min(|d_i|, |d_{i−s}|) / w̄``
+        with ``w̄`` the episode's mean of ``min(|d_i|, |d_{i−s}|)``: the episode's mean of C is the
+        motion-weighted mean cosine between successive changes (its number of scored frames over T).
+        Positive where motion goes on in one direction, negative where it turns back (jitter), 0 for the
+        first 2s frames and for a robot that never moves. Dividing by the episode's own motion makes it
+        scale-free: a robot jittering around its start pose scores like one jittering widely."""
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 \
+                or frames.shape[-1] != 3:
+            raise TypeError("frames must be a uint8 torch.Tensor [T, H, W, 3]")
+        if frame_skip < 1 or grid < 1:
+            raise ValueError(f"frame_skip and grid must be >= 1, got {frame_skip}, {grid}")
+        T, s = frames.shape[0], frame_skip
+        out = torch.zeros(T, dtype=torch.float64)
+        if T <= 2 * s:
+            return out
+        grey = frames.sum(-1, dtype=torch.int32).to(torch.float64).div_(3 * 255.0)[:, None]  # (T, 1, H, W)
+        g = torch.nn.functional.adaptive_avg_pool2d(grey, grid).flatten(1)  # (T, grid²)
+        d = g[s:] - g[:-s]  # (T−s, grid²): d_i for i ≥ s
+        cur, prev = d[s:], d[:-s]  # d_i and d_{i−s} for i ≥ 2s
+        n_cur, n_prev = cur.norm(dim=1), prev.norm(dim=1)
+        w_mean = torch.minimum(n_cur, n_prev).mean()
+        if w_mean <= 1e-9:  # no motion in the episode: nothing to be consistent about
+            return out
+        out[2 * s:] = (cur * prev).sum(1) / (torch.maximum(n_cur, n_prev).clamp_min(1e-12) * w_mean)
+        return out
+
+    def frame_consistency(self, frames: torch.Tensor) -> torch.Tensor:
+        """:meth:`motion_consistency` at the video model's frame skip and the configured grid."""
+        return self.motion_consistency(torch.as_tensor(frames).cpu(), self.video.config.frame_skip,
+                                       self.config.consistency_grid)
+
+    def fit_consistency_statistics(self, episodes: Any) -> dict[str, float]:
+        """Std of the motion consistency over expert episodes' frames (pixels only: no model call); stored
+        (and saved) with the model. :meth:`fit_statistics` fits it too."""
+        return self._store_std("consistency",
+                               torch.cat([self.frame_consistency(ep) for ep in episodes_from(episodes)]))
+
     # -------------------------------------------------------------- statistics of the optional terms
     def _store_std(self, term: str, values: torch.Tensor) -> dict[str, float]:
         """The expert std of a term's values into ``<term>_statistics`` ([std, frames]; saved)."""
@@ -410,17 +472,19 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         """Mean / std of the raw reward and std of the unrealised motion and of the displacement over
         expert episodes (any input :func:`~mmreward.robotics.training.episodes_from` takes); stored (and
         saved) with the model."""
-        raws, unrealised, displaced = [], [], []
+        raws, unrealised, displaced, consistent = [], [], [], []
         for ep in episodes_from(episodes):
             tok = self.tokenize(ep)
             raws.append(self.raw_reward_windows(tok))
             unrealised.append(self.unrealised_motion(*self.change_windows(tok)))
             displaced.append(self.displacement(tok))
+            consistent.append(self.frame_consistency(ep))
         raws = torch.cat(raws).double()
         mean, std = float(raws.mean()), _std(raws)
         self.statistics.copy_(torch.tensor([mean, std, float(raws.numel())], dtype=torch.float64))
         return ({"mean": mean, "std": std, "frames": raws.numel()} | self._store_std("motion", torch.cat(unrealised))
-                | self._store_std("displacement", torch.cat(displaced)))
+                | self._store_std("displacement", torch.cat(displaced))
+                | self._store_std("consistency", torch.cat(consistent)))
 
     # -------------------------------------------------------------- mixed reward
     @torch.no_grad()
@@ -432,7 +496,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         change = self.change_windows(tok, batch_size=batch_size) if self.config.motion_scale > 0 else None
         goal = self.goal_distance(tok) if self.config.goal_scale > 0 else None
         moved = self.displacement(tok) if self.config.displacement_scale > 0 else None
-        return self.combine(raw, frames, success, change, goal, moved)
+        consistent = self.frame_consistency(frames) if self.config.consistency_scale > 0 else None
+        return self.combine(raw, frames, success, change, goal, moved, consistent)
 
     def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         return self(frames.to(self.device), success, batch_size=batch_size)
@@ -441,7 +506,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     def combine(self, raw: torch.Tensor, frames: torch.Tensor, success: Optional[torch.Tensor] = None,
                 change: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                 goal_distance: Optional[torch.Tensor] = None,
-                displacement: Optional[torch.Tensor] = None) -> torch.Tensor:
+                displacement: Optional[torch.Tensor] = None,
+                consistency: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
         r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
@@ -449,7 +515,9 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         ``motion_scale`` > 0 (``change``: the frames' expected and observed token changes,
         :meth:`change_windows`) and ``γ·goal_distance / s_G`` when ``goal_scale`` > 0 (``goal_distance``:
         :meth:`goal_distance` of the frames), and ``δ·min(displacement / s_P, displacement_cap)`` added
-        when ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames)."""
+        when ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames), and
+        ``κ·consistency / s_C`` when ``consistency_scale`` > 0 (``consistency``: :meth:`frame_consistency`
+        of the whole episode)."""
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()
@@ -475,6 +543,11 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             if self.config.displacement_cap is not None:
                 moved = moved.clamp(max=self.config.displacement_cap)
             z = z + self.config.displacement_scale * moved
+        if self.config.consistency_scale > 0:
+            if consistency is None:
+                raise ValueError("consistency_scale > 0 needs the episode's motion consistency (frame_consistency)")
+            std = self._fitted_std("consistency", "fit_statistics or fit_consistency_statistics(expert_episodes)")
+            z = z + self.config.consistency_scale * consistency.to(z.device).float() / std
         if self.rnd is not None:
             a = self.config.expl_scale
             r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()
@@ -505,16 +578,19 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         save_weights(folder, {"statistics": self.statistics.detach().cpu().clone(),
                               "motion_statistics": self.motion_statistics.detach().cpu().clone(),
                               "goal_statistics": self.goal_statistics.detach().cpu().clone(),
-                              "displacement_statistics": self.displacement_statistics.detach().cpu().clone()})
+                              "displacement_statistics": self.displacement_statistics.detach().cpu().clone(),
+                              "consistency_statistics": self.consistency_statistics.detach().cpu().clone()})
         mean, std, n = self.statistics.tolist()
         motion_std, motion_n = self.motion_statistics.tolist()
         goal_std, goal_n = self.goal_statistics.tolist()
         disp_std, disp_n = self.displacement_statistics.tolist()
+        cons_std, cons_n = self.consistency_statistics.tolist()
         return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None,
                 "statistics": {"mean": mean, "std": std, "frames": int(n),
                                "motion_std": motion_std, "motion_frames": int(motion_n),
                                "goal_std": goal_std, "goal_frames": int(goal_n),
-                               "displacement_std": disp_std, "displacement_frames": int(disp_n)}}
+                               "displacement_std": disp_std, "displacement_frames": int(disp_n),
+                               "consistency_std": cons_std, "consistency_frames": int(cons_n)}}
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device) -> "DiffusionReward":

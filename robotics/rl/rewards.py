@@ -165,7 +165,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
                        expl_scale: Optional[float] = None, reward_clip: Optional[float] = None,
                        success_scale: Optional[float] = None, motion_scale: Optional[float] = None,
                        goal_scale: Optional[float] = None, displacement_scale: Optional[float] = None,
-                       displacement_cap: Optional[float] = None, shaping: str = "none",
+                       displacement_cap: Optional[float] = None, consistency_scale: Optional[float] = None,
+                       shaping: str = "none",
                        discount: float = 0.99) -> RewardSource:
     """The reward source ``spec`` (a name from :data:`REWARD_SOURCES`, a callable, or a source).
     ``expl_scale`` overrides α, the RND weight of the learned sources (default: the checkpoint's,
@@ -177,7 +178,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     scripted ones; the goal statistics are fitted on them when the checkpoint has none); ``displacement_scale``
     δ of the displacement from the episode's first frame they add (default: the checkpoint's; its statistics
     fitted on the same experts when the checkpoint has none) and ``displacement_cap`` its bound in expert stds
-    (default: the checkpoint's). ``shaping="potential"``
+    (default: the checkpoint's); ``consistency_scale`` κ of the motion consistency they add (default: the
+    checkpoint's; its statistics fitted on the same experts when the checkpoint has none). ``shaping="potential"``
     pays them as a potential instead, ``γ·Φ(s') − Φ(s) + success`` with Φ the learned reward of a frame and
     γ = ``discount`` (the agent's), so that the optimal policy is the success reward's. ``checkpoint``: a
     Diffusion Reward folder (or a trainer's run folder holding one) or a shipped name; ``device`` is checked
@@ -232,7 +234,7 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         cfg.expl_scale = 0.5
     overrides = {"expl_scale": expl_scale, "clip_min": reward_clip, "success_scale": success_scale,
                  "motion_scale": motion_scale, "goal_scale": goal_scale, "displacement_scale": displacement_scale,
-                 "displacement_cap": displacement_cap}  # None: the checkpoint's
+                 "displacement_cap": displacement_cap, "consistency_scale": consistency_scale}  # None: the checkpoint's
     for field, value in overrides.items():
         if value is not None:
             setattr(cfg, field, float(value))
@@ -259,6 +261,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         model.set_goal(torch.stack([d[-1] for d in demos]).to(model.device))
     if cfg.displacement_scale > 0 and int(model.displacement_statistics[1]) == 0:
         model.fit_displacement_statistics(expert_frames())
+    if cfg.consistency_scale > 0 and int(model.consistency_statistics[1]) == 0:
+        model.fit_consistency_statistics(expert_frames())
     return LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
 
 

@@ -92,6 +92,8 @@ class RLConfig:
                                                 "rewards add (default: the checkpoint's; 0: off)", default=None)
     displacement_cap: Optional[float] = _help("bound on that displacement in expert stds before δ (default: the "
                                               "checkpoint's; none: unbounded)", default=None)
+    consistency_scale: Optional[float] = _help("κ of the motion consistency learned rewards add (default: the "
+                                               "checkpoint's; 0: off)", default=None)
     reward_shaping: str = _help("'none' (the paper's) or 'potential': learned rewards paid as γ·Φ(s') − Φ(s) + "
                                 "success, Φ = the learned reward (keeps the success reward's optimal policy)",
                                 default="none")
@@ -151,7 +153,7 @@ class Workspace:
             rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale,
             reward_clip=config.reward_clip, success_scale=config.success_scale, motion_scale=config.motion_scale,
             goal_scale=config.goal_scale, displacement_scale=config.displacement_scale,
-            displacement_cap=config.displacement_cap,
+            displacement_cap=config.displacement_cap, consistency_scale=config.consistency_scale,
             shaping=config.reward_shaping, discount=self.agent_cfg.discount)
         self.global_step = self.global_episode = 0
         self.last_eval_frame = self.last_snapshot_frame = None

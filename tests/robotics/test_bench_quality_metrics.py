@@ -315,6 +315,29 @@ def test_quick_run_with_progress_ranker_saves_the_combined_model(tmp_path):
             e["dr_relative_likelihood"] + 4 * e["displacement_cap0.5"], abs=1e-9)
     assert any(e["displacement_cap0.5"] < e["displacement"] for e in cap["episodes"])  # the cap binds somewhere
 
+    # the motion-consistency benchmark: no model, s_C fitted on the training episodes as the quality run's
+    # fit_statistics did (the same std as the saved model's), added to any rule of the JSON, here the capped one
+    spec = importlib.util.spec_from_file_location("bench_consistency", os.path.join(
+        os.path.dirname(__file__), "..", "..", "benchmarks", "bench_consistency.py"))
+    cmod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmod)
+    capped_json = quick_json.replace(".json", "_cap.json")
+    assert cmod.main(["--work", str(tmp_path / "fresh"), "--dr-json", capped_json, "--scales", "2",
+                      "--keys", "dr_relative_likelihood+disp4cap0.5", "--workers", "1", "--threads", "1"]) == 0
+    cons = json.load(open(capped_json.replace(".json", "_consistency.json")))
+    saved_model = DiffusionReward.from_pretrained(saved)
+    assert cons["statistics"]["consistency_std"] == pytest.approx(float(saved_model.consistency_statistics[0]), rel=1e-9)
+    assert cons["statistics"]["frame_skip"] == saved_model.video.config.frame_skip
+    native = {(e["task"], e["file"]): e for e in cap["episodes"]}
+    for e in cons["episodes"]:
+        base = native[(e["task"], e["file"])]["dr_relative_likelihood+disp4cap0.5"]
+        assert e["dr_relative_likelihood+disp4cap0.5+cons2"] == pytest.approx(base + 2 * e["consistency"], abs=1e-9)
+    frozen = [e["consistency"] for e in cons["episodes"] if e["policy"] in ("frozen_start", "frozen_final")]
+    assert frozen and max(abs(c) for c in frozen) == 0.0  # a robot that never moves has no consistency to score
+    assert {"consistency", "dr_relative_likelihood+disp4cap0.5+cons2"} <= set(cons["results"])
+    with pytest.raises(SystemExit):
+        cmod.main(["--dr-json", capped_json, "--grid", "0"])
+
 
 def test_adroit_jobs_use_the_trained_expert_and_hold_the_hand(tmp_path):
     """Adroit has no scripted expert: the data jobs act with a trained policy (--expert-model), the

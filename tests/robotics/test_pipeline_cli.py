@@ -296,3 +296,13 @@ def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, cap
     assert main(["score", "--model", video, data, "--displacement-scale", "-1", *QUIET]) == 2
     err = capsys.readouterr().err
     assert "displacement_scale" in err and len(err.strip().splitlines()) == 1
+    # the motion consistency (frames only, at the video model's frame skip), its statistics fitted with the others
+    assert int(reward.consistency_statistics[1]) == 12
+    assert main(["score", "--model", video, data, "--json", "--consistency-scale", "3", *QUIET]) == 0
+    consistent = json.loads(capsys.readouterr().out)["episodes"]
+    for e, a, b in zip(eps, plain, consistent):
+        c = reward.frame_consistency(e).numpy() / float(reward.consistency_statistics[0])
+        np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) + 3.0 * c, atol=1e-4)
+    assert main(["score", "--model", video, data, "--consistency-scale", "inf", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "consistency_scale" in err and len(err.strip().splitlines()) == 1

@@ -194,6 +194,19 @@ def test_reward_sources(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="displacement_cap"):
         make_reward_source(own[shipped], displacement_cap=0.0)
+    # the motion consistency of the relabelled episode's frames; its statistics fitted on the experts when missing
+    unfitted = load_pretrained()
+    unfitted.consistency_statistics[1] = 0  # a folder saved before the consistency term
+    unfitted.save_pretrained(str(tmp_path / "old_cons"))
+    steady = make_reward_source(own[shipped], checkpoint=str(tmp_path / "old_cons"), task="door-open-v3", max_steps=6,
+                                stats_episodes=2, expl_scale=0.0, consistency_scale=2.0)
+    m = steady.model
+    assert m.config.consistency_scale == 2.0 and int(m.consistency_statistics[1]) == 2 * 7
+    c = m.frame_consistency(torch.from_numpy(frames)).numpy()[1:]  # relabelling scores [reset, frames...]
+    np.testing.assert_allclose(steady(frames, env_r, succ), ru + 2.0 * c / float(m.consistency_statistics[0]) + succ,
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="consistency_scale"):
+        make_reward_source(own[shipped], consistency_scale=-1.0)
 
 
 def test_task_ids_and_errors(tmp_path):
