@@ -351,12 +351,10 @@ def _score(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flag} applies to Diffusion Reward models; {folder} holds a {model.model_type}")
             setattr(model.config, field, float(value))
             model.config.validate()
-    if getattr(model.config, "displacement_scale", 0) > 0 and int(model.displacement_statistics[1]) == 0:
-        raise ValueError("this model has no displacement statistics (saved before the displacement term): refit "
-                         "them with mmreward robotics fit-stats, or use DiffusionReward.fit_displacement_statistics")
-    if getattr(model.config, "consistency_scale", 0) > 0 and int(model.consistency_statistics[1]) == 0:
-        raise ValueError("this model has no motion-consistency statistics (saved before the consistency term): refit "
-                         "them with mmreward robotics fit-stats, or use DiffusionReward.fit_consistency_statistics")
+    for term in ("displacement", "consistency"):  # terms fitted from expert frames alone
+        if getattr(model.config, f"{term}_scale", 0) > 0 and int(getattr(model, f"{term}_statistics")[1]) == 0:
+            raise ValueError(f"this model has no {term} statistics (saved before the {term} term): refit them with "
+                             f"mmreward robotics fit-stats, or use DiffusionReward.fit_{term}_statistics")
     if args.goal:
         _set_goal(model, args.goal)
     elif _uses_goal(model):

@@ -39,18 +39,6 @@ R=benchmarks/results/diffusion_reward_quality_scale80_24k
     --pretrained "$WORK/reward_relative_likelihood" --eval-seed 3000 \
     --json "${R}_fresh3000.json" --plot "${R}_fresh3000.png" \
     --save-pretrained robotics/pretrained/metaworld-64 "$@"
-# 2b. the motion-consistency statistics (pixels only) on the same 320 training episodes; step 1's
-#     fit_statistics writes them too, this refits them alone in the shipped folder
-"$PY" - <<'PYEOF'
-import glob
-import numpy as np
-from mmreward.robotics.reward.diffusion_reward import DiffusionReward
-folder = "robotics/pretrained/metaworld-64"
-model = DiffusionReward.from_pretrained(folder)
-files = sorted(glob.glob("runs/diffusion_reward_default/data/train/*/*.npz"))
-print(model.fit_consistency_statistics([np.load(f)["frames"] for f in files]))
-model.save_pretrained(folder)
-PYEOF
 # 3. 16 episodes per group on seed 1000 (episodes 8–15 are a third independent set)
 "$PY" benchmarks/bench_diffusion_reward_quality.py "${COMMON[@]}" --eval-episodes 16 \
     --pretrained "$WORK/reward_relative_likelihood" \

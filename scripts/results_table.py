@@ -57,6 +57,13 @@ def diffusion_reward() -> list[str]:
             f"| {_link('diffusion_reward_pooled_scale80.json')} |"]
 
 
+def _transfer_fig(r: dict) -> str:
+    """Held-out ρ / expert-vs-random of a pooled method; tasks passing the exploit check (worst set)."""
+    ho = r["heldout_tasks"]
+    return (f"{ho['spearman_noise_mean']:+.2f} / {ho['expert_vs_random_auc_mean']:.2f}; "
+            f"{min(r['exploit_tasks_passed_per_set'])}/{r['tasks']}")
+
+
 def diffusion_reward_transfer() -> list[str]:
     name = "diffusion_reward_pooled_ml10_displacement_goal.json"
     doc = _load(name)
@@ -64,36 +71,26 @@ def diffusion_reward_transfer() -> list[str]:
     rows = {"ours": d["dr_relative_likelihood+progress+disp4+goal4"], "zero": d["dr_relative_likelihood+progress"],
             "nn": d["g:nn_goal_demos"]}
 
-    def fig(r: dict) -> str:  # held-out ρ / expert-vs-random; tasks passing the exploit check (worst set)
-        ho = r["heldout_tasks"]
-        return (f"{ho['spearman_noise_mean']:+.2f} / {ho['expert_vs_random_auc_mean']:.2f}; "
-                f"{min(r['exploit_tasks_passed_per_set'])}/{r['tasks']}")
-
     return [f"| Diffusion Reward transfer | ML10's 5 unseen tasks (2 evaluation sets, {n_eps} episodes of 15 tasks), given the "
             f"last frames of 5 demonstrations: ρ(reward, action noise) / expert-vs-random AUC; tasks where frozen and "
-            f"hovering robots score below random | **{fig(rows['ours'])}** with `goal_scale=4, displacement_scale=4` "
-            f"(the paper's rule + progress, no goal frames: {fig(rows['zero'])}); nearest neighbour to the "
-            f"demonstrations {fig(rows['nn'])} | {_link(name)} |"]
+            f"hovering robots score below random | **{_transfer_fig(rows['ours'])}** with `goal_scale=4, displacement_scale=4` "
+            f"(the paper's rule + progress, no goal frames: {_transfer_fig(rows['zero'])}); nearest neighbour to the "
+            f"demonstrations {_transfer_fig(rows['nn'])} | {_link(name)} |"]
 
 
-def diffusion_reward_exploits() -> list[str]:
+def diffusion_reward_zero_shot() -> list[str]:
     name = "diffusion_reward_pooled_ml10_consistency.json"
     d = _load(name)
     cap = "dr_relative_likelihood+progress+disp4cap3"
     rows = {"ours": d["pooled"][f"{cap}+cons6"], "cap": d["pooled"][cap], "nn": d["pooled"]["nn_expert"]}
-
-    def fig(r: dict) -> str:  # held-out ρ / expert-vs-random; tasks passing the exploit check (worst set)
-        ho = r["heldout_tasks"]
-        return (f"{ho['spearman_noise_mean']:+.2f} / {ho['expert_vs_random_auc_mean']:.2f}; "
-                f"{min(r['exploit_tasks_passed_per_set'])}/{r['tasks']}")
 
     rl = _load("rl_button_press_displacement_cap3_consistency_heldout.json")["pooled"]["d4cap3k6"]
     shipped = _load("rl_button_press_displacement_heldout.json")["runs"]
     base = sum(r["successes"] for k, r in shipped.items() if k.startswith("disp0_"))
     return [f"| Diffusion Reward without goal frames | ML10's 5 unseen tasks ({d['episodes']} episodes of 15 tasks): "
             f"ρ(reward, action noise) / expert-vs-random AUC; tasks where frozen and hovering robots score below random | "
-            f"**{fig(rows['ours'])}** with `displacement_scale=4, displacement_cap=3, consistency_scale=6` (without the "
-            f"motion consistency {fig(rows['cap'])}); nearest neighbour {fig(rows['nn'])}; behind in RL on button-press "
+            f"**{_transfer_fig(rows['ours'])}** with `displacement_scale=4, displacement_cap=3, consistency_scale=6` (without the "
+            f"motion consistency {_transfer_fig(rows['cap'])}); nearest neighbour {_transfer_fig(rows['nn'])}; behind in RL on button-press "
             f"(held out {rl['successes']}/{rl['episodes']} vs {base}/{rl['episodes']}) | {_link(name)} |"]
 
 
@@ -161,7 +158,7 @@ def fused_head() -> list[str]:
     return rows
 
 
-SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_exploits, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
+SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_zero_shot, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
 
 
 def table() -> str:

@@ -1,4 +1,8 @@
-"""Shared assertions for op tests: tolerances from the op spec."""
+"""Shared test helpers: assertions for op tests (tolerances from the op spec) and saved folders of older
+releases."""
+import os
+import shutil
+
 import torch
 
 TOL = {
@@ -91,3 +95,16 @@ def word_tokenizer(words, *, model_max_length: int, chat_template=None):
     if chat_template:
         tok.chat_template = chat_template
     return tok
+
+
+def folder_without(folder, dst, key: str) -> str:
+    """A copy of a saved model folder at ``dst`` as a release before the weight ``key`` existed wrote it:
+    the weight removed, no ``manifest.json`` (the mmreward 0.1 layout, which loads as it is)."""
+    from mmreward.core.model import load_weights, save_weights
+
+    weights = load_weights(str(folder), "cpu")
+    del weights[key]
+    shutil.copytree(folder, dst)
+    os.remove(os.path.join(dst, "manifest.json"))
+    save_weights(str(dst), weights)
+    return str(dst)

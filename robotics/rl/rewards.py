@@ -259,10 +259,9 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         if int(model.goal_statistics[1]) == 0:
             model.fit_goal_statistics(demos, [group_goals(demos, [0] * len(demos), k) for k in range(len(demos))])
         model.set_goal(torch.stack([d[-1] for d in demos]).to(model.device))
-    if cfg.displacement_scale > 0 and int(model.displacement_statistics[1]) == 0:
-        model.fit_displacement_statistics(expert_frames())
-    if cfg.consistency_scale > 0 and int(model.consistency_statistics[1]) == 0:
-        model.fit_consistency_statistics(expert_frames())
+    for term in ("displacement", "consistency"):  # terms fitted from expert frames alone
+        if getattr(cfg, f"{term}_scale") > 0 and int(getattr(model, f"{term}_statistics")[1]) == 0:
+            getattr(model, f"fit_{term}_statistics")(expert_frames())
     return LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
 
 

@@ -4,17 +4,16 @@ synthetic motion with a known answer, and in the reward, its statistics, folders
 from __future__ import annotations
 
 import math
-import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from mmreward.core.model import load_weights, save_weights
 from mmreward.robotics.codec import VQGAN, VQGANConfig
 from mmreward.robotics.reward import DiffusionReward, DiffusionRewardConfig
 from mmreward.robotics.video import ConditionalVQDiffusion, VQDiffusionConfig
+
+from helpers import folder_without
 
 K = 16
 CODEC = dict(image_size=32, channels=(8, 8, 8, 8), latent_dim=8, num_codes=K)
@@ -164,12 +163,8 @@ def test_statistics_round_trip_and_folders_without_them(tmp_path):
     assert back.config.consistency_scale == 1.5 and back.config.consistency_grid == 16
     ep = square_at([4, 6, 5, 9, 11, 10, 14])
     torch.testing.assert_close(back(ep), dr(ep))
-    weights = load_weights(str(tmp_path / "m"), "cpu")
-    del weights["consistency_statistics"]  # a folder saved before the consistency term
-    shutil.copytree(tmp_path / "m", tmp_path / "old")
-    os.remove(tmp_path / "old" / "manifest.json")
-    save_weights(str(tmp_path / "old"), weights)
-    old = DiffusionReward.from_pretrained(str(tmp_path / "old"))
+    # a folder saved before the consistency term
+    old = DiffusionReward.from_pretrained(folder_without(tmp_path / "m", tmp_path / "old", "consistency_statistics"))
     assert int(old.consistency_statistics[1]) == 0
     with pytest.raises(RuntimeError, match="consistency statistics"):
         old(ep)

@@ -2,15 +2,14 @@
 the last history frame) and O (tokens that changed) per window, the mixing rule, its statistics on
 save / load, and the learning check that a video model trained on moving episodes charges a frozen
 episode and not a moving one."""
-import os
-
 import pytest
 import torch
 
-from mmreward.core.model import load_weights, save_weights
 from mmreward.robotics.codec import VQGAN, VQGANConfig
 from mmreward.robotics.reward import DiffusionReward, DiffusionRewardConfig
 from mmreward.robotics.video import ConditionalVQDiffusion, VQDiffusionConfig, token_windows, train_video_model
+
+from helpers import folder_without
 
 K = 16
 CODEC = dict(image_size=32, channels=(8, 8, 8, 8), latent_dim=8, num_codes=K)
@@ -82,15 +81,8 @@ def test_motion_statistics_round_trip_and_folders_without_them(tmp_path):
     assert torch.equal(back.motion_statistics, dr.motion_statistics)
     torch.testing.assert_close(back(frames(6)), dr(frames(6)))
     # a folder saved before the motion term: no 'motion_statistics' key -> loads, the term needs a fit
-    weights = load_weights(str(tmp_path / "m"), "cpu")
-    del weights["motion_statistics"]
-    old = tmp_path / "old"
-    import shutil
-
-    shutil.copytree(tmp_path / "m", old)
-    os.remove(old / "manifest.json")  # an mmreward 0.1 folder has no manifest
-    save_weights(str(old), weights)
-    loaded = DiffusionReward.from_pretrained(str(old))
+    old = folder_without(tmp_path / "m", tmp_path / "old", "motion_statistics")
+    loaded = DiffusionReward.from_pretrained(old)
     assert int(loaded.motion_statistics[1]) == 0
     with pytest.raises(RuntimeError, match="motion statistics"):
         loaded(frames(6))
@@ -158,14 +150,8 @@ def test_goal_statistics_round_trip_and_the_goal_is_not_saved(tmp_path):
     assert torch.equal(back.goal_statistics, dr.goal_statistics) and back.goal_tokens.shape[0] == 0
     back.set_goal(frames(1, 3))
     torch.testing.assert_close(back(frames(6)), dr(frames(6)))
-    import shutil
-
-    weights = load_weights(str(tmp_path / "m"), "cpu")
-    del weights["goal_statistics"]  # a folder saved before the goal term
-    shutil.copytree(tmp_path / "m", tmp_path / "old")
-    os.remove(tmp_path / "old" / "manifest.json")
-    save_weights(str(tmp_path / "old"), weights)
-    old = DiffusionReward.from_pretrained(str(tmp_path / "old"))
+    # a folder saved before the goal term
+    old = DiffusionReward.from_pretrained(folder_without(tmp_path / "m", tmp_path / "old", "goal_statistics"))
     assert int(old.goal_statistics[1]) == 0
     old.set_goal(frames(1, 3))
     with pytest.raises(RuntimeError, match="goal statistics"):
@@ -213,8 +199,6 @@ def test_displacement_is_the_token_share_that_differs_from_the_first_frame():
 
 
 def test_displacement_statistics_round_trip_and_folders_without_them(tmp_path):
-    import shutil
-
     dr = make_reward(batch_size=4, displacement_scale=1.5)
     dr.fit_statistics([frames(5, 1)])
     dr.save_pretrained(str(tmp_path / "m"))
@@ -222,12 +206,8 @@ def test_displacement_statistics_round_trip_and_folders_without_them(tmp_path):
     assert torch.equal(back.displacement_statistics, dr.displacement_statistics)
     assert back.config.displacement_scale == 1.5
     torch.testing.assert_close(back(frames(6)), dr(frames(6)))
-    weights = load_weights(str(tmp_path / "m"), "cpu")
-    del weights["displacement_statistics"]  # a folder saved before the displacement term
-    shutil.copytree(tmp_path / "m", tmp_path / "old")
-    os.remove(tmp_path / "old" / "manifest.json")
-    save_weights(str(tmp_path / "old"), weights)
-    old = DiffusionReward.from_pretrained(str(tmp_path / "old"))
+    # a folder saved before the displacement term
+    old = DiffusionReward.from_pretrained(folder_without(tmp_path / "m", tmp_path / "old", "displacement_statistics"))
     assert int(old.displacement_statistics[1]) == 0
     with pytest.raises(RuntimeError, match="displacement statistics"):
         old(frames(6))

@@ -171,9 +171,10 @@ def test_reward_sources(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="goal_scale"):
         make_reward_source(own[shipped], goal_scale=-1.0)
-    # the displacement from the reset frame (frames[0]); its statistics fitted on the experts when missing
+    # the displacement from the reset frame (frames[0]) and the motion consistency: their statistics fitted on
+    # the experts when the checkpoint has none (a folder saved before both terms)
     unfitted = load_pretrained()
-    unfitted.displacement_statistics[1] = 0  # a folder saved before the displacement term
+    unfitted.displacement_statistics[1] = unfitted.consistency_statistics[1] = 0
     unfitted.save_pretrained(str(tmp_path / "old"))
     moved = make_reward_source(own[shipped], checkpoint=str(tmp_path / "old"), task="door-open-v3", max_steps=6,
                                stats_episodes=2, expl_scale=0.0, displacement_scale=1.5)
@@ -194,11 +195,8 @@ def test_reward_sources(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="displacement_cap"):
         make_reward_source(own[shipped], displacement_cap=0.0)
-    # the motion consistency of the relabelled episode's frames; its statistics fitted on the experts when missing
-    unfitted = load_pretrained()
-    unfitted.consistency_statistics[1] = 0  # a folder saved before the consistency term
-    unfitted.save_pretrained(str(tmp_path / "old_cons"))
-    steady = make_reward_source(own[shipped], checkpoint=str(tmp_path / "old_cons"), task="door-open-v3", max_steps=6,
+    # the motion consistency of the relabelled episode's frames
+    steady = make_reward_source(own[shipped], checkpoint=str(tmp_path / "old"), task="door-open-v3", max_steps=6,
                                 stats_episodes=2, expl_scale=0.0, consistency_scale=2.0)
     m = steady.model
     assert m.config.consistency_scale == 2.0 and int(m.consistency_statistics[1]) == 2 * 7
