@@ -60,6 +60,7 @@ def read_frames(path: str, stride: int = 1, max_frames: Optional[int] = None) ->
     else:
         import cv2
 
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # our VideoReadError reports decoder failures once
         cap = cv2.VideoCapture(path)
         try:
             if not cap.isOpened():

@@ -28,6 +28,9 @@ class VideoError(DataError):
 
 
 def _cv2():
+    # FFmpeg inside OpenCV prints its own decoder errors ("moov atom not found") to stderr; the
+    # VideoError raised below says it once, so keep FFmpeg to fatal messages unless the user set a level
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
     try:
         import cv2
     except ImportError as e:  # pragma: no cover - depends on the install

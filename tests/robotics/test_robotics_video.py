@@ -80,6 +80,19 @@ def _animation(frames):
     return anim
 
 
+def test_corrupt_video_reports_once(tmp_path, capfd):
+    """FFmpeg's own decoder log ("moov atom not found") stays off stderr: the VideoError says it once."""
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00garbage" * 200)
+    from vision.video import VideoReadError, read_frames
+
+    with pytest.raises(VideoError, match="broken.mp4"):
+        load_frames(str(bad))
+    with pytest.raises(VideoReadError, match="broken.mp4"):
+        read_frames(str(bad))
+    assert capfd.readouterr().err == ""
+
+
 def test_corrupt_and_missing_sources_name_the_path(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00garbage" * 200)
