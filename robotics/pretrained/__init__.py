@@ -83,8 +83,8 @@ def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
             return cand
         seen.append(f"{cand} ({kind})")
     found = f"; found {', '.join(seen)}" if seen else ""
-    want = f"a {' / '.join(map(repr, model_types))} model" if model_types else "a saved model (config.json)"
-    raise ValueError(f"{path} holds no {want}, nor do {path}/model or {path}/reward{found}")
+    want = f"{' / '.join(map(repr, model_types))} model" if model_types else "saved model (config.json)"
+    raise ValueError(f"no {want} in {path}, {path}/model or {path}/reward{found}")
 
 
 __all__ = ["DEFAULT", "available", "pretrained_path", "load_pretrained", "model_folder"]

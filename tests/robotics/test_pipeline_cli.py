@@ -57,6 +57,8 @@ def test_pipeline_synthetic_end_to_end(tmp_path, capsys):
         assert glob.glob(os.path.join(codec, f)) and glob.glob(os.path.join(video, f))
     reward_dir = os.path.join(video, "reward")
     assert model_folder(video, ("diffusion_reward",)) == reward_dir
+    with pytest.raises(ValueError, match=r"^no 'rnd' model in .*/model or .*/reward; found .*\(vqgan\)"):
+        model_folder(codec, ("rnd",))
 
     per_step, png = str(tmp_path / "r.csv"), str(tmp_path / "r.png")
     assert main(["score", "--model", video, data, "--json", "--out", per_step, "--plot", png, *QUIET]) == 0
