@@ -144,7 +144,8 @@ def resample(sets: list[dict], rng: np.random.Generator) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sets", nargs="+", help="quality-benchmark JSONs, each optionally PATH@LO:HI (episode index range)")
-    ap.add_argument("--methods", default="", help="episode-score keys to report (default: every key the sets share)")
+    ap.add_argument("--methods", default="", help="episode-score keys to report (default: every key the sets share); "
+                    "env_return, the environment's own dense return (privileged state), is a reference to name here")
     ap.add_argument("--baseline", default="nn_expert", help="method the bootstrap compares against")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -185,8 +186,10 @@ def main(argv=None) -> int:
         per_set = [set_summary(s["episodes"], m, s["train_tasks"])["spearman_noise_mean"] for s in sets]
         exploits = [len(exploit_tasks(s["episodes"], m, s["train_tasks"] + s["heldout_tasks"])) for s in sets]
         n_tasks = len(sets[0]["train_tasks"] + sets[0]["heldout_tasks"])
+        per_task = {t: [score_task([e for e in s["episodes"] if e["task"] == t], m)["spearman_noise"] for s in sets]
+                    for t in sets[0]["train_tasks"] + sets[0]["heldout_tasks"]}  # ρ(σ) per task, one per set
         report[m] = {"train_tasks": tr, "heldout_tasks": ho, "spearman_noise_mean_per_set": per_set,
-                     "exploit_tasks_passed_per_set": exploits, "tasks": n_tasks}
+                     "exploit_tasks_passed_per_set": exploits, "tasks": n_tasks, "spearman_noise_per_task": per_task}
         both = lambda k: f"{tr.get(k, np.nan):.2f}/{ho.get(k, np.nan):.2f}"
         print(f"{m:<40} {tr['spearman_noise_mean']:7.3f} {tr['spearman_noise_max']:7.3f} {tr['success_auc_mean']:9.3f} "
               f"{tr['expert_vs_random_auc_mean']:8.3f} {ho.get('spearman_noise_mean', np.nan):11.3f} "

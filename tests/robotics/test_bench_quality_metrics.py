@@ -109,6 +109,8 @@ def test_pooled_comparison_averages_sets_and_refuses_overlap(tmp_path):
     per_set = res["pooled"]["learned"]["spearman_noise_mean_per_set"]
     assert per_set[0] == pytest.approx(-0.976, abs=1e-3) and per_set[1] == pytest.approx(0.976, abs=1e-3)
     assert res["pooled"]["learned"]["train_tasks"]["spearman_noise_mean"] == pytest.approx(0.0, abs=1e-9)
+    per_task = res["pooled"]["learned"]["spearman_noise_per_task"]  # every task, one figure per set
+    assert per_task["a-v3"] == pytest.approx(per_set, abs=1e-9) and per_task["held-v3"] == pytest.approx(per_set, abs=1e-9)
     # success: the learned score puts each group's success first in both sets; nn puts it last
     assert res["pooled"]["learned"]["train_tasks"]["success_auc_mean"] > res["pooled"]["nn"]["train_tasks"]["success_auc_mean"]
     assert res["bootstrap_vs_baseline"]["learned"]["train_tasks/spearman_noise_mean"]["p_better"] == 0.0
