@@ -14,6 +14,11 @@ Some also learn online (``update(frames)`` on replay frames every ``update_inter
 ``diffusion-progress``     ``diffusion-relative`` plus β·z(progress) from the checkpoint's progress
                            ranker (:mod:`mmreward.robotics.reward.progress`; not in the paper): pays
                            for getting further through the task, not only for plausible frames
+``diffusion-goal``         ``diffusion-progress`` − γ·goal distance (to the last frames of the task's
+                           expert episodes) + δ·min(displacement from the first frame, cap), with
+                           γ 1, δ 4, cap 3 unless given: frozen and hovering episodes score below
+                           random exploration on every Meta-World task of the quality benchmark, and
+                           RL learns as with ``diffusion-progress`` (not in the paper; needs experts)
 ``viper``                  VIPER-style: z(log-likelihood bound of the frame under the expert video
                            model) mixed with RND at α = 0.5 (the official VIPER config's weight) +
                            success. Uses our conditional VQ-Diffusion in place of VIPER's VideoGPT.
@@ -24,7 +29,7 @@ callable                   any ``frames [T+1, H, W, 3] uint8 -> rewards [T+1] or
 The learned sources add the success reward like the paper (``use_sparse``, weighted by
 ``success_scale``); with ``shaping="potential"`` they pay their reward as a potential instead
 (``γ·Φ(next frame) − Φ(frame)``, not in the paper), which cannot change which policy is optimal. All but
-``diffusion-progress`` ignore a progress ranker the checkpoint may hold (the paper's rule). Missing expert statistics
+``diffusion-progress`` / ``diffusion-goal`` ignore a progress ranker the checkpoint may hold (the paper's rule). Missing expert statistics
 for the chosen mode (e.g. likelihood with a checkpoint fitted for entropy) are fitted on expert
 episodes: ``expert_data`` (an episode folder), else a few scripted-expert episodes collected here.
 """
@@ -36,10 +41,13 @@ import numpy as np
 import torch
 
 REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "diffusion-relative", "diffusion-progress",
-                  "viper", "rnd")
+                  "diffusion-goal", "viper", "rnd")
 SHAPINGS = ("none", "potential")
 _REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood",
-                "diffusion-progress": "relative_likelihood"}  # others: likelihood
+                "diffusion-progress": "relative_likelihood", "diffusion-goal": "relative_likelihood"}  # others: likelihood
+# diffusion-goal's terms (γ, δ, cap) where the caller gives none: δ and the cap chosen on metaworld-64's split of
+# the quality benchmark (its exploit check), γ the goal distance's best RL setting (docs/visual_rl.md)
+GOAL_RULE = {"goal_scale": 1.0, "displacement_scale": 4.0, "displacement_cap": 3.0}
 
 
 class RewardSource:
@@ -215,9 +223,9 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         raise ValueError(f"the reward model takes {image}x{image} frames but the environment renders {size}x{size}: "
                          f"use --size {image} or a checkpoint trained at {size}")
     cfg = model.config
-    if spec == "diffusion-progress":
+    if spec in ("diffusion-progress", "diffusion-goal"):
         if model.progress is None:
-            raise ValueError(f"reward 'diffusion-progress' needs a checkpoint with a progress ranker; "
+            raise ValueError(f"reward {spec!r} needs a checkpoint with a progress ranker; "
                              f"{checkpoint or 'the shipped model'} has none (add one with `mmreward robotics "
                              "train-progress --attach ...`)")
     else:
@@ -235,6 +243,8 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     overrides = {"expl_scale": expl_scale, "clip_min": reward_clip, "success_scale": success_scale,
                  "motion_scale": motion_scale, "goal_scale": goal_scale, "displacement_scale": displacement_scale,
                  "displacement_cap": displacement_cap, "consistency_scale": consistency_scale}  # None: the checkpoint's
+    if spec == "diffusion-goal":
+        overrides.update({k: v for k, v in GOAL_RULE.items() if overrides[k] is None})
     for field, value in overrides.items():
         if value is not None:
             setattr(cfg, field, float(value))

@@ -51,7 +51,8 @@ class RLConfig:
 
     task: str = _help("'metaworld/<task>' (e.g. metaworld/drawer-open-v3) or 'adroit/<door|hammer|pen|relocate>'",
                       default="metaworld/drawer-open-v3")
-    reward: str = _help("sparse | dense | diffusion | diffusion-likelihood | diffusion-relative | diffusion-progress | viper | rnd", default="diffusion")
+    reward: str = _help("sparse | dense | diffusion | diffusion-likelihood | diffusion-relative | diffusion-progress | "
+                        "diffusion-goal | viper | rnd", default="diffusion")
     checkpoint: Optional[str] = _help("Diffusion Reward folder (default: the shipped metaworld-64)", default=None)
     expert_data: Optional[str] = _help("expert episode folder for reward statistics a checkpoint lacks", default=None)
     out: str = _help("output folder (logs, snapshots, videos, curves)", default="runs/rl")

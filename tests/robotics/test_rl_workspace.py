@@ -171,6 +171,14 @@ def test_reward_sources(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="goal_scale"):
         make_reward_source(own[shipped], goal_scale=-1.0)
+    # diffusion-goal: diffusion-progress with γ 1, δ 4, cap 3 unless given
+    kw = dict(task="door-open-v3", max_steps=6, stats_episodes=2, expl_scale=0.0)
+    rule = make_reward_source("diffusion-goal", **kw)
+    c = rule.model.config
+    assert (c.goal_scale, c.displacement_scale, c.displacement_cap) == (1.0, 4.0, 3.0) and rule.model.progress is not None
+    spelled = make_reward_source("diffusion-progress", goal_scale=1.0, displacement_scale=4.0, displacement_cap=3.0, **kw)
+    np.testing.assert_allclose(rule(frames, env_r, succ), spelled(frames, env_r, succ), rtol=1e-5, atol=1e-5)
+    assert make_reward_source("diffusion-goal", goal_scale=2.0, displacement_cap=1.0, **kw).model.config.goal_scale == 2.0
     # the displacement from the reset frame (frames[0]) and the motion consistency: their statistics fitted on
     # the experts when the checkpoint has none (a folder saved before both terms)
     unfitted = load_pretrained()
