@@ -94,9 +94,23 @@ def diffusion_reward_zero_shot() -> list[str]:
             f"(held out {rl['successes']}/{rl['episodes']} vs {base}/{rl['episodes']}) | {_link(name)} |"]
 
 
+def diffusion_reward_exploit_rl() -> list[str]:
+    name, mw_name = "diffusion_reward_pooled_ml10_goal1_displacement_cap.json", "diffusion_reward_mw64_goal1_displacement_cap_vs_nn_goal_demos.json"
+    key = "dr_relative_likelihood+progress+disp4cap3+goal1"
+    ml10, mw = _load(name)["pooled"][key], _load(mw_name)["pooled"][key]
+    rl = _load("rl_button_press_goal1_displacement_cap3_heldout.json")["pooled"]["g1d4cap3"]
+    shipped = _load("rl_button_press_displacement_heldout.json")["runs"]
+    base = sum(r["successes"] for k, r in shipped.items() if k.startswith("disp0_"))
+    return [f"| Diffusion Reward exploit check in RL | `--reward diffusion-goal`: tasks where frozen and hovering robots "
+            f"score below random (ML10 worst set, `metaworld-64`'s split); button-press agents, 3 seeds × 20 held-out scenes | "
+            f"**{min(ml10['exploit_tasks_passed_per_set'])}/{ml10['tasks']}**, **{min(mw['exploit_tasks_passed_per_set'])}/{mw['tasks']}**; "
+            f"held out **{rl['successes']}/{rl['episodes']}** vs {base}/{rl['episodes']} for `metaworld-64` | "
+            f"{_link(name)}, {_link('rl_button_press_goal1_displacement_cap3_heldout.json')} |"]
+
+
 def diffusion_reward_speed() -> list[str]:
-    name, q = "diffusion_reward_speed_cpu.json", "diffusion_reward_fast_vs_default.json"
-    d = _load(name)
+    name, q, amx_name = "diffusion_reward_speed_cpu.json", "diffusion_reward_fast_vs_default.json", "diffusion_reward_speed_cpu_amx.json"
+    d, amx = _load(name), _load(amx_name)
     diff = _load(q)["bootstrap_vs_baseline"]["dr_relative_likelihood+progress"]["train_tasks/spearman_noise_mean"]
     return [f"| Diffusion Reward speed | one {d['frames']}-frame episode with the official Meta-World models "
             f"({d['models']['video_params'] / 1e6:.1f} M-parameter video model), {d['threads']} thread, vs the "
@@ -104,7 +118,9 @@ def diffusion_reward_speed() -> list[str]:
             f"`compute_dtype=\"bfloat16\"`, **{d['speedup_ours_bfloat16_skip19']:.2f}×** with bfloat16 and 6 "
             f"denoising calls (`skip_step=19`; ρ(σ) change {diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] "
             f"on `metaworld-64`) ({d['official_eager_s']:.0f} s → {d['ours_s']:.0f} / {d['ours_bfloat16_s']:.0f} / "
-            f"{d['ours_bfloat16_skip19_s']:.0f} s) | {_link(name)}, {_link(q)} |"]
+            f"{d['ours_bfloat16_skip19_s']:.0f} s; AMD Zen 4); on an Intel Xeon with AMX "
+            f"{amx['speedup']:.2f}× / **{amx['speedup_ours_bfloat16']:.2f}×** / {amx['speedup_ours_bfloat16_skip19']:.2f}× "
+            f"| {_link(name)}, {_link(amx_name)}, {_link(q)} |"]
 
 
 def adroit() -> list[str]:
@@ -158,7 +174,8 @@ def fused_head() -> list[str]:
     return rows
 
 
-SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_zero_shot, diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
+SECTIONS = [text_rm, prm, diffusion_reward, diffusion_reward_transfer, diffusion_reward_zero_shot, diffusion_reward_exploit_rl,
+            diffusion_reward_speed, adroit, visual_rl, serving, fused_head]
 
 
 def table() -> str:
