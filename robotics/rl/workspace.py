@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -167,8 +167,11 @@ class Workspace:
         except BaseException:
             self.close()
             raise
+        reward_model = getattr(self.reward, "model", None)  # the learned reward's effective terms (γ, δ, …), after
+        # the reward source's and the checkpoint's defaults: None in `config` means "theirs"
+        reward_cfg = asdict(reward_model.config) if is_dataclass(getattr(reward_model, "config", None)) else None
         write_run_config(config.out, self._fingerprint(), {"config": asdict(config), "agent": asdict(self.agent_cfg),
-                                                           "resumed_at_frame": self.global_frame})
+                                                           "reward_model": reward_cfg, "resumed_at_frame": self.global_frame})
         for sub in ("replay", "eval", "eval_videos"):
             remove_leftovers(os.path.join(config.out, sub))
         # drop files of episodes no kept snapshot lists: written after the snapshot resumed from, or a

@@ -79,6 +79,9 @@ def test_smoke_run_with_the_shipped_diffusion_reward(tmp_path):
     v = read_video(str(out / "eval_videos" / videos[0]))
     assert v.shape == (21, 168, 128, 3)  # 20 steps + reset frame, 2x frames + reward strip
     assert (out / "curves.png").stat().st_size > 5000 and os.path.isdir(out / "tb")
+    run = json.load(open(out / "train_config.json"))  # the reward's effective settings, not only the flags
+    assert run["config"]["expl_scale"] is None and run["reward_model"]["expl_scale"] == 0.95
+    assert run["reward_model"]["reward_type"] == "entropy"
     s2 = train_rl(_cfg(out, reward="diffusion", size=64, num_train_frames=120, eval_every_frames=40,
                        tensorboard=False, rnd_update_interval=10), DrQV2Config(**TINY_AGENT))
     assert s2["frames"] == 120 and s2["episodes"] == 3 and s2["eval_frames"] == [0, 40, 80, 120]
