@@ -18,7 +18,6 @@ benchmark's format (``compare_reward_runs.py`` pools them). The JSON may be one 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,15 +28,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_diffusion_reward_quality import collect_all, load_jobs  # noqa: E402
 from bench_displacement import rescore_sets  # noqa: E402
-from bench_goal_transfer import quality_args  # noqa: E402
+from bench_goal_transfer import quality_args, rescoring_parser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="runs/dr_ml10", help="the quality run's cache folder (data)")
-    ap.add_argument("--dr-json", action="append", required=True,
-                    help="a quality-benchmark JSON of one evaluation set (repeat for each set)")
-    ap.add_argument("--out-suffix", default="_consistency", help="each output JSON is the --dr-json path + this suffix")
+    ap = rescoring_parser(__doc__, "data", "_consistency")
     ap.add_argument("--scales", default="1,1.5,2,3", help="κ values of the motion consistency added to the keys")
     ap.add_argument("--keys", default="dr_relative_likelihood+progress,dr_relative_likelihood+progress+disp4cap3",
                     help="Diffusion Reward keys of the JSON the consistency is added to")

@@ -38,17 +38,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_diffusion_reward_quality import (collect_all, load_jobs, load_probes, score_methods,  # noqa: E402
                                             train_codec)
-from bench_goal_transfer import episode_key, quality_args  # noqa: E402
+from bench_goal_transfer import episode_key, quality_args, rescoring_parser  # noqa: E402
 
 ZERO_SHOT = ("progress", "nn_expert", "frame_diff")  # baselines of the quality JSON, carried over
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="runs/dr_ml10", help="the quality run's cache folder (data, codec)")
-    ap.add_argument("--dr-json", action="append", required=True,
-                    help="a quality-benchmark JSON of one evaluation set (repeat for each set)")
-    ap.add_argument("--out-suffix", default="_displacement", help="each output JSON is the --dr-json path + this suffix")
+    ap = rescoring_parser(__doc__, "data, codec", "_displacement")
     ap.add_argument("--scales", default="1,2,4", help="δ values of the displacement added to the keys")
     ap.add_argument("--keys", default="dr_relative_likelihood,dr_relative_likelihood+progress,"
                                       "dr_relative_likelihood+progress+motion2,dr_relative_likelihood+progress+motion3",

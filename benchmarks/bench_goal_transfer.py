@@ -76,6 +76,17 @@ def reusable_scores(path: str, settings: dict) -> dict:
     return {episode_key(r): {k: r[k] for k in BASE_SCORES} for r in rows if all(k in r for k in BASE_SCORES)}
 
 
+def rescoring_parser(doc: str, work_holds: str, suffix: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark that rescores earlier quality runs shares: the runs' cache folder,
+    their JSONs (one per evaluation set) and the output suffix."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--work", default="runs/dr_ml10", help=f"the quality run's cache folder ({work_holds})")
+    ap.add_argument("--dr-json", action="append", required=True,
+                    help="a quality-benchmark JSON of one evaluation set (repeat for each set)")
+    ap.add_argument("--out-suffix", default=suffix, help="each output JSON is the --dr-json path + this suffix")
+    return ap
+
+
 def quality_args(src: dict, work: str, workers: int) -> argparse.Namespace:
     """The quality run's data settings (from its JSON), to find its cached episodes."""
     s = src["setup"]
@@ -87,11 +98,7 @@ def quality_args(src: dict, work: str, workers: int) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="runs/dr_ml10", help="the quality run's cache folder (data, runs)")
-    ap.add_argument("--dr-json", action="append", required=True,
-                    help="a quality-benchmark JSON of one evaluation set (repeat for each set)")
-    ap.add_argument("--out-suffix", default="_goal", help="each output JSON is the --dr-json path + this suffix")
+    ap = rescoring_parser(__doc__, "data, runs", "_goal")
     ap.add_argument("--goal-demos", type=int, default=5, help="demonstrations per task whose last frames are the goal")
     ap.add_argument("--goal-seed", type=int, default=500, help="scene seed of the goal demonstrations")
     ap.add_argument("--steps", type=int, default=2000, help="ranker training steps")

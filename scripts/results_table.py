@@ -78,19 +78,15 @@ def diffusion_reward_transfer() -> list[str]:
             f"demonstrations {_transfer_fig(rows['nn'])} | {_link(name)} |"]
 
 
-def _rl_heldout(name: str, key: str) -> tuple[dict, int]:
-    """A button-press reward's pooled held-out evaluation and the shipped metaworld-64's successes on the same seeds."""
-    shipped = _load("rl_button_press_displacement_heldout.json")["runs"]
-    return _load(name)["pooled"][key], sum(r["successes"] for k, r in shipped.items() if k.startswith("disp0_"))
-
-
 def diffusion_reward_zero_shot() -> list[str]:
     name = "diffusion_reward_pooled_ml10_consistency.json"
     d = _load(name)
     cap = "dr_relative_likelihood+progress+disp4cap3"
     rows = {"ours": d["pooled"][f"{cap}+cons6"], "cap": d["pooled"][cap], "nn": d["pooled"]["nn_expert"]}
 
-    rl, base = _rl_heldout("rl_button_press_displacement_cap3_consistency_heldout.json", "d4cap3k6")
+    rl = _load("rl_button_press_displacement_cap3_consistency_heldout.json")["pooled"]["d4cap3k6"]
+    shipped = _load("rl_button_press_displacement_heldout.json")["runs"]  # metaworld-64 on the same seeds
+    base = sum(r["successes"] for k, r in shipped.items() if k.startswith("disp0_"))
     return [f"| Diffusion Reward without goal frames | ML10's 5 unseen tasks ({d['episodes']} episodes of 15 tasks): "
             f"ρ(reward, action noise) / expert-vs-random AUC; tasks where frozen and hovering robots score below random | "
             f"**{_transfer_fig(rows['ours'])}** with `displacement_scale=4, displacement_cap=3, consistency_scale=6` (without the "

@@ -575,22 +575,15 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             raise TypeError("DiffusionReward saves each sub-model's own weights: state_dict= is not supported")
         for name, part in self.parts().items():
             _write_part(part, os.path.join(folder, name))
-        save_weights(folder, {"statistics": self.statistics.detach().cpu().clone(),
-                              "motion_statistics": self.motion_statistics.detach().cpu().clone(),
-                              "goal_statistics": self.goal_statistics.detach().cpu().clone(),
-                              "displacement_statistics": self.displacement_statistics.detach().cpu().clone(),
-                              "consistency_statistics": self.consistency_statistics.detach().cpu().clone()})
+        buffers = ("statistics",) + _OPTIONAL_STATISTICS
+        save_weights(folder, {name: getattr(self, name).detach().cpu().clone() for name in buffers})
         mean, std, n = self.statistics.tolist()
-        motion_std, motion_n = self.motion_statistics.tolist()
-        goal_std, goal_n = self.goal_statistics.tolist()
-        disp_std, disp_n = self.displacement_statistics.tolist()
-        cons_std, cons_n = self.consistency_statistics.tolist()
-        return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None,
-                "statistics": {"mean": mean, "std": std, "frames": int(n),
-                               "motion_std": motion_std, "motion_frames": int(motion_n),
-                               "goal_std": goal_std, "goal_frames": int(goal_n),
-                               "displacement_std": disp_std, "displacement_frames": int(disp_n),
-                               "consistency_std": cons_std, "consistency_frames": int(cons_n)}}
+        stats = {"mean": mean, "std": std, "frames": int(n)}
+        for name in _OPTIONAL_STATISTICS:  # [std, frames] each, as motion_std / motion_frames, …
+            term_std, term_n = getattr(self, name).tolist()
+            term = name.removesuffix("_statistics")
+            stats |= {f"{term}_std": term_std, f"{term}_frames": int(term_n)}
+        return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None, "statistics": stats}
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device) -> "DiffusionReward":
