@@ -113,7 +113,10 @@ class TextPair(ScoreInput):
             return cls(prompt, _text(_field(row, ("response",), where), f"{where}: field 'response'", allow_empty=True))
         if "messages" in row or "text" in row:
             key = "messages" if "messages" in row else "text"
-            return cls(None, _text(_field(row, (key,), where), f"{where}: field {key!r}"))
+            value = _field(row, (key,), where)
+            if key == "messages" and not isinstance(value, (list, tuple)):  # a string here is a mistake, not a text
+                raise DataError(f"{where}: field 'messages' must be a list of messages, got {describe(value)}")
+            return cls(None, _text(value, f"{where}: field {key!r}"))
         raise DataError(f"{where}: needs 'response' (with 'prompt'), 'messages' or 'text' "
                         f"(fields present: {sorted(map(str, row))[:12]})")
 

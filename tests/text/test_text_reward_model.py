@@ -140,6 +140,8 @@ def test_bad_inputs_are_clear_errors():
         rm.score([{"prompt": "a", "response": "b"}, {"prompt": "b", "response": 3}])
     with pytest.raises(ValueError, match=r"input 0: field 'response'\[0\] must be a message"):
         rm.score([{"prompt": "a", "response": [{"role": "assistant"}]}])
+    with pytest.raises(ValueError, match="input 0: field 'messages' must be a list of messages, got"):
+        rm.score([{"messages": "a"}])
     with pytest.raises(ValueError, match="input 0: field 'response' is null"):
         rm.score([{"prompt": "a", "response": None}])
     with pytest.raises(TypeError, match="takes a list of inputs"):
