@@ -193,7 +193,7 @@ def test_bad_inputs_raise_clear_errors(proc):
     row = S.colour_step_rows(1, seed=0)[0]
     with pytest.raises(DataError, match="input 0: field 'steps' must be a non-empty list"):
         prm.score([VisualSteps(row["question"], [], row["images"])])
-    with pytest.raises(DataError, match="input 1: field 'question' must be a string"):
+    with pytest.raises(DataError, match="input 1: field 'question' is null"):
         prm.score([VisualSteps(row["question"], row["steps"], row["images"]), VisualSteps(None, row["steps"], [])])
     with pytest.raises(DataError, match="rows: row 0: field 'labels' must be a list with one value per step"):
         as_labelled([dict(row, labels=[1.0] * (len(row["steps"]) + 1))])

@@ -1,0 +1,39 @@
+"""`as_inputs`: dicts, tuples and input instances built in Python get the same field checks and errors."""
+import pytest
+
+from mmreward.core.data import DataError
+from mmreward.core.inputs import Comparison, Conversation, StepSolution, TextPair, as_inputs
+
+
+def test_dicts_tuples_and_instances_are_checked_alike():
+    for bad in ({"prompt": "q", "response": 5}, ("q", 5), TextPair("q", 5)):
+        with pytest.raises(DataError, match="input 0: field 'response' must be a string or a list of messages, got 5"):
+            as_inputs(TextPair, [bad])
+    for bad in ({"prompt": "q", "response": None}, ("q", None), TextPair("q", None)):
+        with pytest.raises(DataError, match="input 0: field 'response' is null"):
+            as_inputs(TextPair, [bad])
+    with pytest.raises(DataError, match=r"input 1: field 'response'\[0\] must be a message"):
+        as_inputs(TextPair, [("q", "a"), ("q", [{"role": "assistant"}])])
+    with pytest.raises(DataError, match="input 0: field 'messages' must be a list of messages, got 'hi'"):
+        as_inputs(TextPair, [{"messages": "hi"}])
+    with pytest.raises(DataError, match="input 0: field 'steps' must be a non-empty list"):
+        as_inputs(StepSolution, [StepSolution("q", [])])
+    with pytest.raises(DataError, match="input 0: field 'problem' must be a string"):
+        as_inputs(StepSolution, [(["not", "text"], ["s1"])])
+    with pytest.raises(DataError, match="input 0: field 'messages' must be a non-empty list of turns"):
+        as_inputs(Conversation, [Conversation([])])
+    with pytest.raises(TypeError, match=r"input 0: a tuple must hold TextPair's fields \['prompt', 'response'\]"):
+        as_inputs(TextPair, [("q", "a", "extra")])
+
+
+def test_valid_inputs_come_back_equal_whatever_their_form():
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    got = as_inputs(TextPair, [TextPair("q", "a"), ("q", "a"), {"prompt": "q", "response": "a"}, {"messages": msgs},
+                               TextPair(None, msgs)])
+    assert got[:3] == [TextPair("q", "a")] * 3
+    assert got[3] == got[4] == TextPair(None, msgs)
+    got[3].response[0]["content"] = "changed"  # the caller's messages are copied, not shared
+    assert msgs[0]["content"] == "q"
+    assert as_inputs(Comparison, [("p", "a", "b")]) == [Comparison("p", "a", "b")]
+    steps = as_inputs(StepSolution, [("q", [{"text": "s1"}, "s2"])])
+    assert steps == [StepSolution("q", ["s1", "s2"])]
