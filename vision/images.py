@@ -58,6 +58,8 @@ def _array_to_tensor(a: np.ndarray, where: str) -> torch.Tensor:
 
 def _check_range(t: torch.Tensor, where: str) -> torch.Tensor:
     d = t.detach()
+    if d.numel() == 0:  # an empty image: to_tensor names it
+        return t
     if not torch.isfinite(d).all():
         raise ValueError(f"{where}: image holds NaN or inf")
     lo, hi = float(d.min()), float(d.max())
@@ -69,6 +71,13 @@ def _check_range(t: torch.Tensor, where: str) -> torch.Tensor:
 
 def to_tensor(x: Any, where: str = "image") -> torch.Tensor:
     """One image of any accepted kind -> float ``[3, H, W]`` in [0, 1] (float tensors pass through)."""
+    t = _any_to_tensor(x, where)
+    if t.shape[-2] == 0 or t.shape[-1] == 0:
+        raise ValueError(f"{where}: image is empty ({t.shape[-2]}x{t.shape[-1]} pixels)")
+    return t
+
+
+def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
     if isinstance(x, (str, os.PathLike)):
         x = load_image(os.fspath(x), where)
     if isinstance(x, torch.Tensor):

@@ -43,7 +43,7 @@ def test_loss_is_verification_plus_lambda_solution():
     assert set(m0) == {"loss_verify"} and float(loss0.detach()) == pytest.approx(m["loss_verify"], rel=1e-5)
     with pytest.raises(ValueError, match="got no inputs"):
         g.score([])
-    with pytest.raises(TypeError, match="input 1: field 'response'"):
+    with pytest.raises(ValueError, match="input 1: field 'response' must be a string or a list of messages, got 3"):
         g.score([TextPair("1 + 2 =", "3"), TextPair("1 + 2 =", 3)])
     with pytest.raises(TypeError, match="row 1: field 'response'"):
         verification_batch(g, ["1 + 2 =", "1 + 2 ="], ["3", 3], [True, False])

@@ -109,11 +109,11 @@ def test_value_head_on_encoder_backbones(tmp_path):
 
 def test_bad_inputs_raise_clear_errors(llama, lm_prm):
     lm, tok = llama
-    with pytest.raises(ValueError, match="input 1: no steps to score"):
+    with pytest.raises(ValueError, match="input 1: field 'steps' must be a non-empty list of strings, got \\[\\]"):
         lm_prm.score_parts([StepSolution(PROBLEM, STEPS), StepSolution(PROBLEM, [])])
     with pytest.raises(DataError, match="input 0: problem \\+ 40 steps are .* tokens, more than max_length=96"):
         _steps(lm_prm, PROBLEM, ["1+1=2"] * 40)
-    with pytest.raises(TypeError, match="input 0: step 1 must be a str"):
+    with pytest.raises(ValueError, match="input 0: step 1 must be a string"):
         _steps(lm_prm, PROBLEM, ["a", 3])
     with pytest.raises(ValueError, match="one token"):
         ProcessRewardModel.from_backbone(lm, tok, head="lm", good_token="++")

@@ -145,6 +145,8 @@ def test_long_prompt_is_truncated_with_a_warning(clip_model):
     (lambda: torch.zeros(3, 8, 8, dtype=torch.int32), TypeError, "input 1: .*float"),
     (lambda: "/no/such/image.png", ValueError, "input 1: image file '/no/such/image.png' does not exist"),
     (lambda: 42, TypeError, "input 1: expected a path"),
+    (lambda: np.zeros((0, 0, 3), np.uint8), ValueError, r"input 1: image is empty \(0x0 pixels\)"),
+    (lambda: torch.zeros(3, 0, 8), ValueError, r"input 1: image is empty \(0x8 pixels\)"),
 ])
 def test_bad_images_raise_errors_naming_the_input(conv_model, bad, err, match):
     with pytest.raises(err, match=match):
@@ -155,8 +157,11 @@ def test_bad_inputs_raise_clear_errors(conv_model, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         conv_model.score([ImagePrompt("a", str(tmp_path / "broken.png"))])
-    with pytest.raises(TypeError, match="input 0: prompt must be a string"):
-        conv_model.score([ImagePrompt(None, images(1)[0])])
+    with pytest.raises(ValueError, match="input 0: field 'prompt' must be a string, got 3"):
+        conv_model.score([ImagePrompt(3, images(1)[0])])
+    # no prompt is an empty prompt, as in a JSON row without one
+    torch.testing.assert_close(conv_model.score([ImagePrompt(None, images(1)[0])]),
+                               conv_model.score([{"image": images(1)[0]}]))
     with pytest.raises(ValueError, match="got no inputs"):
         conv_model.score([])
     with pytest.raises(TypeError, match="takes a list of inputs"):
