@@ -45,9 +45,10 @@ def pil_images(images: Any, where: str) -> list:
     return [to_pil(im, f"{where} image {j}") for j, im in enumerate(images)]
 
 
-def to_messages(conversation: Sequence[dict], n_images: int, what: str) -> list[dict]:
+def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, scored: bool = False) -> list[dict]:
     """``[{"role"|"from", "content"|"value"}]`` → chat messages with the images at the start of the
-    first user turn (Skywork-VL / IXC-2.5 layout)."""
+    first user turn (Skywork-VL / IXC-2.5 layout). ``scored``: a reward model scores it, so it must
+    end with the assistant's reply (a generation prompt need not)."""
     if not isinstance(conversation, (list, tuple)) or not conversation:
         raise DataError(f"{what}: conversation must be a non-empty list of turns, got {conversation!r:.80}")
     out, placed = [], n_images == 0
@@ -67,7 +68,15 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str) -> list[
             out.append({"role": role, "content": text})
     if not placed:
         raise DataError(f"{what}: {n_images} image(s) but no user turn to put them in")
+    if scored:
+        need_reply(out[-1]["role"], what)
     return out
+
+
+def need_reply(last_role: str, what: str) -> None:
+    """A reward model scores the assistant's reply: a conversation must end with one."""
+    if last_role != "assistant":
+        raise DataError(f"{what}: the last turn must be the assistant's reply to score, got a {last_role!r} turn")
 
 
 def encode(processor, texts: list[str], images: list[list]) -> dict[str, torch.Tensor]:

@@ -68,7 +68,7 @@ class VLMRewardModel(VLMScorer):
         proc = self.need_processor()
         names = names or [f"input {i}" for i in range(len(conversations))]
         imgs = [D.pil_images(c.images, name) for c, name in zip(conversations, names)]
-        texts = [proc.apply_chat_template(D.to_messages(c.messages, len(ims), name), tokenize=False)
+        texts = [proc.apply_chat_template(D.to_messages(c.messages, len(ims), name, scored=True), tokenize=False)
                  for c, ims, name in zip(conversations, imgs, names)]
         return D.encode(proc, texts, imgs)
 
@@ -104,7 +104,7 @@ class ConversationPair:
         chosen, rejected = (Conversation.from_record({"messages": row[k], "images": images}, f"{where}: field {k!r}")
                             for k in ("conversations_chosen", "conversations_rejected"))
         for k, c in (("conversations_chosen", chosen), ("conversations_rejected", rejected)):
-            D.to_messages(c.messages, len(c.images), f"{where}: field {k!r}")  # turns checked now, not mid-training
+            D.to_messages(c.messages, len(c.images), f"{where}: field {k!r}", scored=True)  # checked now, not mid-training
         return cls(chosen, rejected, where)
 
 

@@ -155,9 +155,12 @@ def test_partial_folder_is_refused(folder, tmp_path, damage, message):
 
 def test_bad_conversation_names_the_input(folder):
     rm = mmreward.load(folder)
+    reply = {"role": "assistant", "content": "y"}
     with pytest.raises(Exception, match="input 1 turn 0 part 0"):
-        rm.score([Conversation([{"role": "user", "content": "x"}]),
-                  Conversation([{"role": "user", "content": [{"type": "audio"}]}])])
+        rm.score([Conversation([{"role": "user", "content": "x"}, reply]),
+                  Conversation([{"role": "user", "content": [{"type": "audio"}]}, reply])])
+    with pytest.raises(Exception, match="input 0: the last turn must be the assistant's reply to score, got a 'user'"):
+        rm.score([Conversation([{"role": "user", "content": "x"}])])
 
 
 # ------------------------------------------------------------------ command line

@@ -192,6 +192,10 @@ def test_bad_inputs_raise_clear_errors(trained):
         rm.score([Conversation([{"role": "robot", "content": "hi"}], row["images"])])
     with pytest.raises(ValueError, match="no user turn"):
         rm.score([Conversation([{"role": "assistant", "content": "red"}], row["images"])])
+    with pytest.raises(ValueError, match="input 1: the last turn must be the assistant's reply to score, got a 'user'"):
+        rm.score([Conversation(chosen, row["images"]), Conversation(chosen[:1], row["images"])])
+    with pytest.raises(DataError, match="rows: row 0: field 'conversations_rejected': the last turn must be the assistant"):
+        as_pairs([dict(row, conversations_rejected=row["conversations_rejected"][:1])])
     with pytest.raises(ValueError, match="got no inputs"):
         rm.score([])
     with pytest.raises(ValueError, match="input 0: field 'messages' must be a non-empty list"):

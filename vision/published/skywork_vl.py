@@ -35,7 +35,7 @@ from mmreward.core.inputs import Conversation, ImagePrompt, VideoPrompt
 from mmreward.core.model import finish_loading
 from mmreward.core.weights import quiet_transformers
 
-from ..vlm_data import ROLES
+from ..vlm_data import ROLES, need_reply
 from ..vlm_rm import VLMRewardConfig, VLMRewardModel
 from .qwen_vl import QwenVLProcessor, read_video
 
@@ -87,6 +87,7 @@ def qwen_messages(item: Any, where: str) -> tuple[list[dict], list, list]:
         turns.append({"role": role, "content": parts})
     if not placed:
         raise DataError(f"{where}: {len(item.images)} image(s) but no user turn to put them in")
+    need_reply(turns[-1]["role"], where)
     return _render(turns, where)
 
 
