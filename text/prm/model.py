@@ -368,9 +368,10 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             return ids, tags
         fit = [t for t in tags if t < limit]
         if not (self.config.truncate if truncate is None else truncate):
+            way_out = (f"or set truncate=True to score only the {len(fit)} steps that fit" if fit else
+                       "(not even the first step fits, so truncate=True cannot help)")
             raise DataError(f"{where}: problem + {len(steps)} steps are {len(ids)} tokens, more than max_length="
-                            f"{limit}; shorten it, raise max_length, or set truncate=True to score only the "
-                            f"{len(fit)} steps that fit")
+                            f"{limit}; shorten it, raise max_length, {way_out}")
         if not fit:
             raise DataError(f"{where}: not even the first step fits max_length={limit} ({len(ids)} tokens)")
         return ids[: fit[-1] + 1], fit
