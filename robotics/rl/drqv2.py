@@ -10,6 +10,7 @@ Observations are uint8 ``[C·stack, H, W]``; actions live in ``[-1, 1]^A``.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -42,8 +43,18 @@ class DrQV2Config:
         schedule(self.stddev_schedule, 0)  # raises on a malformed schedule
         if not 0.0 < self.critic_target_tau <= 1.0:
             raise ValueError(f"critic_target_tau must be in (0, 1], got {self.critic_target_tau}")
-        if self.feature_dim < 1 or self.hidden_dim < 1 or self.lr <= 0 or self.augment_pad < 0:
-            raise ValueError("feature_dim, hidden_dim, lr must be positive and augment_pad >= 0")
+        for name in ("feature_dim", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"discount must be in [0, 1], got {self.discount}")
+        if not self.stddev_clip >= 0:
+            raise ValueError(f"stddev_clip must be >= 0, got {self.stddev_clip}")
+        for name in ("num_expl_steps", "augment_pad"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def schedule(spec: str | float, step: int) -> float:

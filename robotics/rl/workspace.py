@@ -60,7 +60,8 @@ class RLConfig:
     device: str = _help("torch device", default="cpu")
     num_train_frames: int = _help("environment frames to train for", default=1_000_000)
     num_seed_frames: int = _help("frames collected before the first update", default=4000)
-    eval_every_frames: int = _help("frames between evaluations", default=20_000)
+    eval_every_frames: int = _help("frames between evaluations (0: only before training and at the end)",
+                                   default=20_000)
     num_eval_episodes: int = _help("episodes per evaluation", default=10)
     snapshot_every_frames: int = _help("frames between snapshots (0: only at the end)", default=20_000)
     save_video: bool = _help("write the first evaluation episode as an annotated mp4", default=True)
@@ -109,6 +110,10 @@ class RLConfig:
         for name in ("num_seed_frames", "eval_every_frames", "snapshot_every_frames", "rnd_update_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.episode_steps is not None and self.episode_steps < 1:
+            raise ValueError(f"episode_steps must be >= 1, got {self.episode_steps}")
+        if not 0 <= self.seed < 2 ** 32:  # numpy's and the environments' seed range
+            raise ValueError(f"seed must be in [0, 2**32 - 1], got {self.seed}")
 
 
 def parse_task(task: str) -> str:
@@ -270,7 +275,8 @@ class Workspace:
                 print(f"[train] frame {self.global_frame:>8} ep {self.global_episode:>4} | reward {row['episode_reward']:8.2f}"
                       f" | env {row['episode_env_return']:7.1f} | success {int(row['episode_success'])} | "
                       f"{row['fps']:5.1f} fps | buffer {len(self.replay)} ({row['buffer_mb']:.0f} MB)", flush=True)
-            if self.global_frame - self.last_eval_frame >= cfg.eval_every_frames or self.global_frame >= cfg.num_train_frames:
+            if self.global_frame >= cfg.num_train_frames or (
+                    cfg.eval_every_frames and self.global_frame - self.last_eval_frame >= cfg.eval_every_frames):
                 self.evaluate()
             last_snap = self.last_snapshot_frame or 0
             if self.global_frame >= cfg.num_train_frames or (

@@ -20,6 +20,19 @@ def test_schedule():
         DrQV2Agent((3, 32, 32), 2, DrQV2Config(stddev_schedule="exp(1)"))
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_dim", 0, "hidden_dim must be >= 1, got 0"), ("feature_dim", -2, "feature_dim must be >= 1, got -2"),
+    ("lr", 0.0, "lr must be a finite number > 0, got 0.0"), ("lr", float("nan"), "lr must be a finite number > 0"),
+    ("discount", 1.5, r"discount must be in \[0, 1\], got 1.5"), ("stddev_clip", -0.1, "stddev_clip must be >= 0"),
+    ("num_expl_steps", -1, "num_expl_steps must be >= 0, got -1"), ("augment_pad", -4, "augment_pad must be >= 0"),
+    ("critic_target_tau", 0.0, r"critic_target_tau must be in \(0, 1\]"),
+])
+def test_agent_config_errors_name_the_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DrQV2Config(**{field: value}).validate()
+    DrQV2Config().validate()
+
+
 def test_random_shift_is_an_integer_crop_of_the_padded_image():
     x = torch.arange(2 * 3 * 9 * 11, dtype=torch.float32).reshape(2, 3, 9, 11)
     g = torch.Generator().manual_seed(0)

@@ -87,6 +87,11 @@ def test_smoke_run_with_the_shipped_diffusion_reward(tmp_path):
     assert s2["frames"] == 120 and s2["episodes"] == 3 and s2["eval_frames"] == [0, 40, 80, 120]
 
 
+def test_eval_every_zero_evaluates_before_training_and_at_the_end(tmp_path):
+    assert train_rl(_cfg(tmp_path / "a", eval_every_frames=0), DrQV2Config(**TINY_AGENT))["eval_frames"] == [0, 80]
+    assert train_rl(_cfg(tmp_path / "b", eval_every_frames=1), DrQV2Config(**TINY_AGENT))["eval_frames"] == [0, 40, 80]
+
+
 def test_a_used_folder_needs_resume_or_overwrite(tmp_path):
     train_rl(_cfg(tmp_path, num_train_frames=80), DrQV2Config(**TINY_AGENT))
     assert len(os.listdir(tmp_path / "replay")) == 2
@@ -228,6 +233,10 @@ def test_task_ids_and_errors(tmp_path):
         parse_task("metaworld/door-opne-v9")
     with pytest.raises(ValueError, match="num_train_frames"):
         RLConfig(num_train_frames=0).validate()
+    with pytest.raises(ValueError, match="episode_steps must be >= 1, got 0"):
+        RLConfig(episode_steps=0).validate()
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32 - 1\], got -1"):
+        RLConfig(seed=-1).validate()
 
 
 def test_gym_ids_for_adroit_and_frame_stack():
