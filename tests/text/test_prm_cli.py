@@ -133,6 +133,11 @@ def test_user_errors_are_one_line_with_exit_2(run, tmp_path, capsys):
         (["train", *TRAIN, "--out", str(tmp_path / "r"), "--lr", "-1"], "lr must be"),
         (["score", "--model", run, "--data", _write(tmp_path / "bad.jsonl", [{"problem": "p", "steps": ["a"], "label": 4}])],
          "row 0: label 4"),
+        (["train", "--synthetic", "-1", "--out", str(tmp_path / "r2")], "--synthetic must be >= 0"),
+        (["search", "--model", run, "--synthetic", "0"], "n_problems must be an integer >= 1, got 0"),
+        (["search", "--model", run, "--num-steps", "0"], "num_steps must be an integer >= 1, got 0"),
+        (["search", "--model", run, "--max-children", "0"], "max_children must be >= 1, got 0"),
+        (["search", "--model", run, "--max-iterations", "0"], "max_iterations must be >= 1, got 0"),
     ]
     for argv, message in cases:
         capsys.readouterr()

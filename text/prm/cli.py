@@ -94,6 +94,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import PRMTrainConfig, evaluate_prm, train_prm
 
     config = config_from_args(PRMTrainConfig, args)
+    if args.synthetic < 0:
+        raise ValueError(f"--synthetic must be >= 0 (0: train on --data), got {args.synthetic}")
     device = resolve_device(args.device)
     if config.objective == "ppm":
         if not args.data:
@@ -248,13 +250,15 @@ def _parser() -> CLIParser:
     p.set_defaults(fn=_eval)
 
     p = sub.add_parser("search", help="PRM-guided MCTS vs Best-of-N on synthetic problems with a noisy policy")
-    p.add_argument("--model", required=True)
-    p.add_argument("--synthetic", type=int, default=100, help="number of held-out synthetic problems")
-    p.add_argument("--num-steps", type=int, default=4)
-    p.add_argument("--max-value", type=int, default=9, help="problems' values stay in 0..MAX_VALUE")
-    p.add_argument("--policy-error-rate", type=float, default=0.3)
-    p.add_argument("--method", default="both", choices=("mcts", "best-of-n", "both"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", required=True, help="the PRM that guides the search (a saved PRM or a training run's folder)")
+    p.add_argument("--synthetic", type=int, default=100, help="number of held-out synthetic problems (default: 100)")
+    p.add_argument("--num-steps", type=int, default=4, help="steps per problem (default: 4)")
+    p.add_argument("--max-value", type=int, default=9, help="problems' values stay in 0..MAX_VALUE (default: 9)")
+    p.add_argument("--policy-error-rate", type=float, default=0.3,
+                   help="chance the noisy policy writes a wrong step (default: 0.3)")
+    p.add_argument("--method", default="both", choices=("mcts", "best-of-n", "both"),
+                   help="search method(s) to run and compare (default: both)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problems and the policy (default: 0)")
     p.add_argument("--out", dest="export", help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
     p.add_argument("--export", dest="export", help=argparse.SUPPRESS)
     _add_device(p)

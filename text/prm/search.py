@@ -47,8 +47,9 @@ class MCTSConfig:
     def __post_init__(self):
         if self.c_uct < 0:
             raise ValueError(f"c_uct must be >= 0, got {self.c_uct}")
-        if self.expansion_width < 1 or self.budget_steps < 1 or self.max_depth < 1:
-            raise ValueError("expansion_width, budget_steps and max_depth must be >= 1")
+        for name in ("expansion_width", "budget_steps", "max_depth", "max_children", "max_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.rollout_weight <= 1.0:
             raise ValueError(f"rollout_weight must be in [0, 1], got {self.rollout_weight}")
         if self.terminal_reward not in ("evaluator", "oracle"):
@@ -296,6 +297,9 @@ def compare_search(evaluator, n_problems: int = 100, num_steps: int = 4, error_r
 
     if method not in ("mcts", "best-of-n", "both"):
         raise ValueError(f"method must be mcts | best-of-n | both, got {method!r}")
+    for name, value in (("n_problems", n_problems), ("num_steps", num_steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     config = config or MCTSConfig()
     n_bon = config.budget_steps // num_steps
     if n_bon < 1:
