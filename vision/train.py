@@ -58,6 +58,14 @@ class ImageRewardTrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name, low in (("n_train", 1), ("n_eval", 1), ("embed_dim", 1), ("data_seed", 0), ("normalize_on", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "pairwise":
+            raise ValueError(f"label_smoothing applies to the pairwise loss only (loss is {self.loss!r})")
 
 
 @dataclass

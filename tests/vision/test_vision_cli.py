@@ -62,6 +62,10 @@ def test_vision_eval_reports_held_out_accuracy(trained, tmp_path, capsys):
     (["score", "--model", "{model}", "--prompt", "x", "--device", "cuda:9", "a.png"], "cuda:9"),
     (["score", "--model", "{model}", "--prompt", "x", "{tmp}/gone.png"], "gone.png"),
     (["vision", "nope"], "unknown command 'nope'"),
+    (["vision", "train", "--n-train", "0"], "n_train must be an integer >= 1, got 0"),
+    (["vision", "train", "--embed-dim", "0"], "embed_dim must be an integer >= 1, got 0"),
+    (["vision", "train", "--label-smoothing", "1.5", "--loss", "pairwise"], "label_smoothing must be in [0, 1), got 1.5"),
+    (["vision", "train", "--label-smoothing", "0.1"], "label_smoothing applies to the pairwise loss only"),
 ])
 def test_user_errors_are_one_line_naming_what_is_wrong(trained, tmp_path, capsys, argv, names):
     argv = [a.format(model=trained / "model", tmp=tmp_path) for a in argv]
