@@ -84,6 +84,8 @@ def _train(argv: Sequence[str], kind: str) -> int:
     add_config_options(parser.add_argument_group("model"), Config)
     add_config_options(parser.add_argument_group("training"), TrainConfig)
     ns = parser.parse_args(argv)
+    if ns.n_train < 1:
+        raise ValueError(f"--n-train must be >= 1, got {ns.n_train}")
     device = resolve_device(ns.device)
     cfg, tcfg = config_from_args(Config, ns), config_from_args(TrainConfig, ns)
     synthetic = ns.data == "synthetic"

@@ -19,6 +19,7 @@ rejected in one forward.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -38,6 +39,10 @@ class VLMRewardConfig:
     freeze_vision_tower: bool = field(default=False, metadata={"help": "freeze the vision encoder (not the projector)"})
     freeze_projector: bool = field(default=False, metadata={"help": "freeze the vision→language projector (Qwen2-VL merger)"})
     head_init_std: float = field(default=0.02, metadata={"help": "std of the scalar head's initial weights"})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.head_init_std) and self.head_init_std >= 0):
+            raise ValueError(f"head_init_std must be a finite number >= 0, got {self.head_init_std}")
 
 
 class VLMRewardModel(VLMScorer):

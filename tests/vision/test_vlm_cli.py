@@ -110,6 +110,8 @@ def test_bad_inputs_give_one_line_errors(rm, data, tmp_path, capsys):
     fails([*train, "--data", str(tmp_path / "none.jsonl")], "none.jsonl", "does not exist")
     fails([*train, "--data", "synthetic", "--backbone", str(tmp_path / "nope")], "neither 'tiny' nor a local model folder")
     fails([*train, "--data", "synthetic", "--device", "cuda:9"], "cuda:9")
+    fails([*train, "--data", "synthetic", "--n-train", "0"], "--n-train must be >= 1, got 0")
+    fails([*train, "--data", "synthetic", "--head-init-std", "-1"], "head_init_std must be a finite number >= 0, got -1.0")
     bad = tmp_path / "bad_rows.jsonl"
     bad.write_text(json.dumps({"images": [str(data / "held" / "images" / "00000.png")], "steps": ["x"]}) + "\n")
     fails([*train, "--data", str(bad)], "bad_rows.jsonl: row 0: missing field 'conversations_chosen'")
