@@ -119,6 +119,9 @@ def test_different_inits_are_refused():
     with pytest.raises(WARMInitError, match="fine-tuned from one init"):
         warm_average([x, y])
     warm_average([x, y], check_init=False)  # explicit opt-out works
+    for bad in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_init_distance must be a finite number > 0"):
+            warm_average([x, y], max_init_distance=bad)
 
 
 def test_merge_cli(members, capsys):

@@ -110,6 +110,8 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]], weights: Opti
     """Weighted average of state dicts (float tensors averaged in float64; others copied from member 0)."""
     if len(states) < 1:
         raise ValueError("WARM needs at least one model")
+    if not (isinstance(max_init_distance, (int, float)) and math.isfinite(max_init_distance) and max_init_distance > 0):
+        raise ValueError(f"max_init_distance must be a finite number > 0, got {max_init_distance!r}")
     names = list(names) if names is not None else [f"member {i}" for i in range(len(states))]
     w = _normalise(weights, len(states))
     check_compatible(states, names)
