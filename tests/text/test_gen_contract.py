@@ -195,6 +195,24 @@ def test_score_inputs_are_checked(tok):
     assert torch.allclose(genrm.score([TextPair(None, turns)]), genrm.score([TextPair("q0", "good")]))
 
 
+@pytest.mark.parametrize("config, field, value, message", [
+    (GenRMConfig, "num_rationales", 0, "GenRMConfig.num_rationales must be an integer >= 1, got 0"),
+    (GenRMConfig, "lam", float("nan"), "GenRMConfig.lam must be a finite number >= 0, got nan"),
+    (CriticRMConfig, "lam_start", 1.5, r"CriticRMConfig.lam_start must be a number in \[0, 1\], got 1.5"),
+    (CriticRMConfig, "num_critiques", -1, "CriticRMConfig.num_critiques must be an integer >= 1"),
+    (GRAMConfig, "label_smoothing", -0.1, r"GRAMConfig.label_smoothing must be a number in \[0, 1\]"),
+    (GRMConfig, "k_meta", -1, "GRMConfig.k_meta must be an integer >= 0, got -1"),
+    (GRMConfig, "temperature", -1.0, "GRMConfig.temperature must be a finite number >= 0"),
+    (RewardAnythingConfig, "max_new_tokens", 0, "RewardAnythingConfig.max_new_tokens must be an integer >= 1"),
+    (RMR1Config, "batch_size", True, "RMR1Config.batch_size must be an integer >= 1, got True"),
+    (RMR1Config, "tail_chars", 2.5, "RMR1Config.tail_chars must be an integer >= 0, got 2.5"),
+])
+def test_judge_configs_refuse_out_of_range_values(config, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(**{field: value})
+    config()  # the defaults are valid
+
+
 def test_gram_score_is_order_averaged(tok):
     gram = build("gram", tok)
     ab = gram.judge(["q0"], ["good"], ["bad"])

@@ -24,7 +24,7 @@ from mmreward.core.inputs import TextPair
 from mmreward.core.model import config_from_dict, load_weights, save_weights
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
-from .base import LM_FOLDER, GenerativeJudge, chat_turns, load_causal_lm
+from .base import LM_FOLDER, GenerativeJudge, chat_turns, load_causal_lm, check_ranges
 from .heads import ScalarHeadLM
 from .parsing import parse_score
 from .position import judge_from_scores
@@ -47,6 +47,10 @@ class CriticRMConfig:
     lam_end: float = field(default=0.1, metadata={"help": "critique-LM weight λ at the last step"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self, counts=("num_critiques", "max_new_tokens", "batch_size"), naturals=("seed",),
+                     weights=("temperature",), fractions=("lam_start", "lam_end"))
 
 
 def critique_messages(prompt: Any, response: Any, request: str = CRITIQUE_REQUEST, where: str = "input") -> list[dict]:

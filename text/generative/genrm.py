@@ -16,7 +16,7 @@ import torch
 
 from mmreward.core.inputs import TextPair
 
-from .base import GenerativeJudge, chat_turns, text_pairs
+from .base import GenerativeJudge, chat_turns, text_pairs, check_ranges
 from .parsing import parse_yes_no
 from .position import judge_from_scores
 from .runner import JudgeConfig, JudgeRunner
@@ -37,6 +37,10 @@ class GenRMConfig:
     lam: float = field(default=1.0, metadata={"help": "λ: weight of the SFT loss on correct solutions"})
     batch_size: int = field(default=8, metadata={"help": "prompts per forward / generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self, counts=("num_rationales", "max_new_tokens", "batch_size"), naturals=("seed",),
+                     weights=("temperature", "lam"))
 
 
 class GenRM(GenerativeJudge):

@@ -24,7 +24,7 @@ import torch
 from mmreward.core.inputs import Comparison
 from mmreward.ops import pairwise_loss_and_accuracy
 
-from .base import GenerativeJudge, text_field
+from .base import GenerativeJudge, text_field, check_ranges
 from .heads import last_token_logits
 from .position import both_orders
 from .runner import JudgeConfig, JudgeRunner
@@ -80,6 +80,7 @@ class GRAMConfig:
     batch_size: int = field(default=8, metadata={"help": "pairs per forward"})
 
     def __post_init__(self) -> None:
+        check_ranges(self, counts=("batch_size",), fractions=("label_smoothing",))
         if self.template not in GRAM_TEMPLATES:
             raise ValueError(f"GRAMConfig.template must be one of {sorted(GRAM_TEMPLATES)}, got {self.template!r}")
 

@@ -27,7 +27,7 @@ from mmreward.core.inputs import TextPair
 from mmreward.core.model import config_from_dict, load_weights, save_weights
 from mmreward.ops import step_bce_loss
 
-from .base import LM_FOLDER, GenerativeJudge, load_causal_lm, save_causal_lm, text_field
+from .base import LM_FOLDER, GenerativeJudge, load_causal_lm, save_causal_lm, text_field, check_ranges
 from .heads import ScalarHeadLM
 from .parsing import parse_scores
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
@@ -53,6 +53,10 @@ class GRMConfig:
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature when k > 1"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self, counts=("num_samples", "max_new_tokens", "batch_size"), naturals=("k_meta", "seed"),
+                     weights=("temperature",))
 
 
 def grm_messages(prompt: str, responses: Sequence[str], instructions: str = GRM_INSTRUCTIONS) -> list[dict]:

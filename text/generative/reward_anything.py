@@ -33,7 +33,7 @@ import torch
 
 from mmreward.core.inputs import TextPair
 
-from .base import GenerativeJudge, text_field
+from .base import GenerativeJudge, text_field, check_ranges
 from .parsing import Parsed, RankingParse, parse_ranking
 from .runner import JudgeConfig, JudgeResult, JudgeRunner, parse_metrics
 
@@ -103,6 +103,7 @@ class RewardAnythingConfig:
     seed: int = field(default=0, metadata={"help": "name-shuffling ('mmreward' template) and sampling seed"})
 
     def __post_init__(self) -> None:
+        check_ranges(self, counts=("max_new_tokens", "batch_size"), naturals=("seed",))
         if self.template not in RA_TEMPLATES:
             raise ValueError(f"RewardAnythingConfig.template must be one of {sorted(RA_TEMPLATES)}, "
                              f"got {self.template!r}")

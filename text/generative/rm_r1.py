@@ -25,7 +25,7 @@ import torch
 
 from mmreward.core.inputs import Comparison
 
-from .base import GenerativeJudge, text_field
+from .base import GenerativeJudge, text_field, check_ranges
 from .parsing import parse_ab
 from .position import verdict_prob
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
@@ -161,6 +161,8 @@ class RMR1Config:
         "help": "when no sample parses, append '<answer>[[' to the first output and read P(A) vs P(B) from the next token"})
 
     def __post_init__(self) -> None:
+        check_ranges(self, counts=("max_new_tokens", "batch_size", "num_samples"), naturals=("tail_chars", "seed"),
+                     weights=("temperature",))
         if self.template not in RM_R1_TEMPLATES:
             raise ValueError(f"RMR1Config.template must be one of {sorted(RM_R1_TEMPLATES)}, got {self.template!r}")
 
