@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 API_KEY_ENV = "MMREWARD_SERVE_API_KEY"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 @dataclass
@@ -44,7 +46,8 @@ class ServeConfig:
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 503 when the queue is full"})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "help": "on SIGTERM, how long in-flight requests may take before the server stops anyway"})
-    log_level: str = field(default="warning", metadata={"help": "uvicorn log level (info logs every request)"})
+    log_level: str = field(default="warning", metadata={
+        "help": f"uvicorn log level: {' | '.join(LOG_LEVELS)} (info logs every request)"})
 
     def __post_init__(self):
         for name in ("max_batch", "bucket_batches", "max_queue", "max_items", "max_image_pixels", "retry_after_s"):
@@ -53,9 +56,16 @@ class ServeConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_padding is not None and not self.max_padding >= 0:
             raise ValueError(f"max_padding must be >= 0 or None, got {self.max_padding!r}")
-        for name in ("max_wait_ms", "max_request_mb", "max_decoded_mb", "shutdown_timeout_s"):
+        for name in ("max_wait_ms", "shutdown_timeout_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("max_request_mb", "max_decoded_mb"):  # 0 would refuse every request
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.refine_clip is not None and not math.isfinite(self.refine_clip):
+            raise ValueError(f"refine_clip must be a finite number or None, got {self.refine_clip!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_queue < self.max_items:
             raise ValueError(f"max_queue ({self.max_queue}) must hold at least one full request (max_items "
                              f"{self.max_items})")
@@ -118,8 +128,12 @@ class RayServeConfig:
         lo = self.min_replicas if self.min_replicas is not None else self.replicas
         if self.max_replicas is not None and not 0 <= lo <= self.max_replicas:
             raise ValueError(f"need 0 <= min_replicas ({lo}) <= max_replicas ({self.max_replicas})")
-        if self.replica_cpus < 0 or self.replica_gpus < 0:
-            raise ValueError("replica_cpus / replica_gpus must be >= 0")
+        if not (self.replica_cpus >= 0 and self.replica_gpus >= 0):
+            raise ValueError(f"replica_cpus / replica_gpus must be >= 0, got {self.replica_cpus} / {self.replica_gpus}")
+        if not (math.isfinite(self.target_ongoing_requests) and self.target_ongoing_requests > 0):
+            raise ValueError(f"target_ongoing_requests must be a finite number > 0, got {self.target_ongoing_requests!r}")
+        if self.max_queued_requests != -1 and self.max_queued_requests < 1:
+            raise ValueError(f"max_queued_requests must be -1 (unbounded) or >= 1, got {self.max_queued_requests}")
 
     def autoscaling(self) -> Optional[dict]:
         """Ray Serve's ``autoscaling_config``, or None for a fixed replica count."""

@@ -109,6 +109,11 @@ def test_a_real_text_reward_model_served_through_mmreward_load(tmp_path, start_s
     (["--model", "/no/such/folder"], "does not exist"),
     (["--model", "/tmp", "--host", "0.0.0.0"], "--api-key"),
     (["--model", "/tmp", "--max-batch", "0"], "max_batch must be an integer >= 1"),
+    (["--model", "/tmp", "--max-request-mb", "0"], "max_request_mb must be > 0, got 0.0"),
+    (["--model", "/tmp", "--refine-clip", "nan"], "refine_clip must be a finite number or None, got nan"),
+    (["--model", "/tmp", "--log-level", "loud"], "log_level must be one of critical, error, warning, info, debug"),
+    (["--model", "/tmp", "--ray", "--target-ongoing-requests", "0"], "target_ongoing_requests must be a finite number > 0"),
+    (["--model", "/tmp", "--ray", "--max-queued-requests", "0"], "max_queued_requests must be -1 (unbounded) or >= 1"),
     (["--port", "1"], "the following arguments are required: --model"),
 ])
 def test_cli_user_errors_are_one_line_exit_2(args, words, capsys, monkeypatch):
