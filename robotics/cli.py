@@ -60,7 +60,9 @@ def _prepare(args: argparse.Namespace) -> Any:
     from mmreward.core.train import seed_everything
 
     device = resolve_device(args.device) if getattr(args, "device", None) is not None else None
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(int(args.threads))
     if getattr(args, "seed", None) is not None:
         seed_everything(int(args.seed))
@@ -278,6 +280,9 @@ def _train_progress(args: argparse.Namespace) -> int:
     return 0
 
 
+PER_STEP_FORMATS = (".csv", ".json", ".npz")
+
+
 def _write_per_step(path: str, results: list[dict]) -> None:
     from mmreward.core.folders import atomic_write, atomic_write_text
 
@@ -292,7 +297,7 @@ def _write_per_step(path: str, results: list[dict]) -> None:
                                for i, r in enumerate(results)})
 
         atomic_write(path, write)
-    else:
+    else:  # .csv
         lines = ["episode,frame,reward"]
         for r in results:
             lines += [f"{r['name']},{i},{v:.6g}" for i, v in enumerate(r["rewards"])]
@@ -332,6 +337,8 @@ def _score(args: argparse.Namespace) -> int:
     from .pretrained import DEFAULT, model_folder
     from .reward import MODEL_CLASSES
 
+    if args.out and not args.out.endswith(PER_STEP_FORMATS):  # before any scoring, not after it
+        raise ValueError(f"--out {args.out!r}: use a {', '.join(PER_STEP_FORMATS)} file")
     device = _prepare(args)
     folder = model_folder(args.model or DEFAULT, tuple(MODEL_CLASSES))
     model = MODEL_CLASSES[read_config(folder)["model_type"]].from_pretrained(folder, device)

@@ -235,6 +235,10 @@ def test_cli_errors_are_one_line_naming_the_file_field_or_device(tmp_path, capsy
     assert "--set num_codes=: invalid int value: 'many'" in _one_line(capsys)
     assert main(["train-codec", "--data", str(tmp_path), "--out", str(tmp_path / "c"), *QUIET]) == 2
     assert f"no manifest.json in {tmp_path}" in _one_line(capsys)
+    assert main(["score", os.path.join(data, "expert_0.npz"), "--no-progress", "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in _one_line(capsys)
+    assert main(["score", os.path.join(data, "expert_0.npz"), "--out", str(tmp_path / "r.txt"), *QUIET]) == 2
+    assert "r.txt': use a .csv, .json, .npz file" in _one_line(capsys)
 
 
 def test_same_seed_gives_bit_identical_models(tmp_path, capsys):
