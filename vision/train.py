@@ -21,7 +21,7 @@ import torch
 from mmreward.core.data import DataError, describe, read_records
 from mmreward.core.device import resolve_device
 from mmreward.core.inputs import ImagePrompt
-from mmreward.core.model import config_to_dict, read_config
+from mmreward.core.model import check_ranges, config_to_dict, read_config
 from mmreward.core.train import seed_everything
 from mmreward.core.trainer import TrainConfig, Trainer
 from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
@@ -58,10 +58,7 @@ class ImageRewardTrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        for name, low in (("n_train", 1), ("n_eval", 1), ("embed_dim", 1), ("data_seed", 0), ("normalize_on", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_ranges(self, counts=("n_train", "n_eval", "embed_dim"), naturals=("data_seed", "normalize_on"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "pairwise":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, ClassVar, Optional, Sequence, Union
 
@@ -127,6 +128,22 @@ def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     return batch_size
+
+
+def check_ranges(config: Any, *, counts: Sequence[str] = (), naturals: Sequence[str] = (),
+                 weights: Sequence[str] = (), fractions: Sequence[str] = ()) -> None:
+    """Range checks of a config's numeric fields, each error naming ``Class.field`` and the value:
+    ``counts`` integers >= 1, ``naturals`` integers >= 0, ``weights`` finite numbers >= 0, ``fractions``
+    numbers in [0, 1]."""
+    rules = [(counts, "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+             (naturals, "an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+             (weights, "a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
+             (fractions, "a number in [0, 1]", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1)]
+    for names, what, ok in rules:
+        for name in names:
+            v = getattr(config, name)
+            if isinstance(v, bool) or not ok(v):
+                raise ValueError(f"{type(config).__name__}.{name} must be {what}, got {v!r}")
 
 
 # ------------------------------------------------------------------ the contract

@@ -19,7 +19,6 @@ Weights are read back from safetensors only (``use_safetensors=True``): nothing 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from typing import Any, Iterator, Optional, Sequence
 
@@ -33,7 +32,7 @@ from mmreward.core.model import RewardScorer, config_from_dict
 LM_FOLDER = "lm"
 
 __all__ = ["GenerativeJudge", "LM_FOLDER", "save_causal_lm", "load_causal_lm", "chat_turns", "text_field",
-           "text_pairs", "check_ranges"]
+           "text_pairs"]
 
 
 @contextlib.contextmanager
@@ -84,22 +83,6 @@ def load_causal_lm(folder: str) -> tuple[Any, Any]:
         raise CheckpointError(f"the tokenizer in {folder} has no chat template (chat_template.jinja or "
                               "tokenizer_config.json's chat_template): a judge renders its prompts with it")
     return model, tokenizer
-
-
-def check_ranges(config: Any, *, counts: Sequence[str] = (), naturals: Sequence[str] = (),
-                 weights: Sequence[str] = (), fractions: Sequence[str] = ()) -> None:
-    """Range checks of a judge config's numeric fields, each error naming ``Class.field`` and the value:
-    ``counts`` integers >= 1, ``naturals`` integers >= 0, ``weights`` finite numbers >= 0, ``fractions``
-    numbers in [0, 1]."""
-    rules = [(counts, "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
-             (naturals, "an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
-             (weights, "a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
-             (fractions, "a number in [0, 1]", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1)]
-    for names, what, ok in rules:
-        for name in names:
-            v = getattr(config, name)
-            if isinstance(v, bool) or not ok(v):
-                raise ValueError(f"{type(config).__name__}.{name} must be {what}, got {v!r}")
 
 
 def text_field(value: Any, where: str) -> str:

@@ -21,10 +21,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import TextPair
-from mmreward.core.model import config_from_dict, load_weights, save_weights
+from mmreward.core.model import check_ranges, config_from_dict, load_weights, save_weights
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
-from .base import LM_FOLDER, GenerativeJudge, chat_turns, load_causal_lm, check_ranges
+from .base import LM_FOLDER, GenerativeJudge, chat_turns, load_causal_lm
 from .heads import ScalarHeadLM
 from .parsing import parse_score
 from .position import judge_from_scores

@@ -15,8 +15,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import TextPair
+from mmreward.core.model import check_ranges
 
-from .base import GenerativeJudge, chat_turns, text_pairs, check_ranges
+from .base import GenerativeJudge, chat_turns, text_pairs
 from .parsing import parse_yes_no
 from .position import judge_from_scores
 from .runner import JudgeConfig, JudgeRunner

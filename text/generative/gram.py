@@ -22,9 +22,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import Comparison
+from mmreward.core.model import check_ranges
 from mmreward.ops import pairwise_loss_and_accuracy
 
-from .base import GenerativeJudge, text_field, check_ranges
+from .base import GenerativeJudge, text_field
 from .heads import last_token_logits
 from .position import both_orders
 from .runner import JudgeConfig, JudgeRunner

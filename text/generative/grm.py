@@ -24,10 +24,10 @@ import torch
 
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import TextPair
-from mmreward.core.model import config_from_dict, load_weights, save_weights
+from mmreward.core.model import check_ranges, config_from_dict, load_weights, save_weights
 from mmreward.ops import step_bce_loss
 
-from .base import LM_FOLDER, GenerativeJudge, load_causal_lm, save_causal_lm, text_field, check_ranges
+from .base import LM_FOLDER, GenerativeJudge, load_causal_lm, save_causal_lm, text_field
 from .heads import ScalarHeadLM
 from .parsing import parse_scores
 from .runner import JudgeConfig, JudgeRunner, parse_metrics

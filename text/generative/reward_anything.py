@@ -32,8 +32,9 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import TextPair
+from mmreward.core.model import check_ranges
 
-from .base import GenerativeJudge, text_field, check_ranges
+from .base import GenerativeJudge, text_field
 from .parsing import Parsed, RankingParse, parse_ranking
 from .runner import JudgeConfig, JudgeResult, JudgeRunner, parse_metrics
 

@@ -24,8 +24,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import Comparison
+from mmreward.core.model import check_ranges
 
-from .base import GenerativeJudge, text_field, check_ranges
+from .base import GenerativeJudge, text_field
 from .parsing import parse_ab
 from .position import verdict_prob
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
