@@ -247,6 +247,17 @@ def _need_dict(row: Any, where: str) -> None:
         raise DataError(f"{where}: expected a JSON object, got {describe(row)}")
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "AEIOU" else "a ") + noun
+
+
+def _type_list(types: tuple, fields: bool = False) -> str:
+    """``TextPair / Comparison``; with ``fields``, ``Episode(frames, success)`` (what to build instead)."""
+    if not fields:
+        return " / ".join(t.__name__ for t in types)
+    return " / ".join(f"{t.__name__}({', '.join(f.name for f in dataclasses.fields(t))})" for t in types)
+
+
 def _checked(item: ScoreInput, where: str) -> ScoreInput:
     """``item`` with its fields checked as a JSON row's are: an instance or tuple built in Python gets
     the same errors as a dict (``TextPair("q", None)`` names the field, not a tokenizer's TypeError)."""
@@ -266,8 +277,7 @@ def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str =
         if isinstance(item, types):
             out.append(_checked(item, where))
         elif isinstance(item, ScoreInput):
-            raise TypeError(f"{where} is a {type(item).__name__}; this model scores "
-                            f"{' / '.join(t.__name__ for t in types)}")
+            raise TypeError(f"{where} is {_a(type(item).__name__)}; this model scores {_type_list(types)}")
         elif isinstance(item, dict):
             kind = next((t for t in types if t.matches(item)), types[0])
             out.append(kind.from_record(item, where))
@@ -280,8 +290,7 @@ def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str =
                 raise TypeError(f"{where}: a tuple must hold {kind.__name__}'s fields {names}: {e}") from None
             out.append(_checked(built, where))
         else:
-            raise TypeError(f"{where} must be a {' / '.join(t.__name__ for t in types)} or a dict, "
-                            f"got {type(item).__name__}")
+            raise TypeError(f"{where} must be {_a(_type_list(types, fields=True))} or a dict, got {type(item).__name__}")
     if not out:
         raise ValueError(f"{what} got no inputs")
     return out

@@ -2,7 +2,9 @@
 import pytest
 
 from mmreward.core.data import DataError
-from mmreward.core.inputs import Comparison, Conversation, StepSolution, TextPair, as_inputs
+import numpy as np
+
+from mmreward.core.inputs import Comparison, Conversation, Episode, StepSolution, TextPair, as_inputs
 
 
 def test_dicts_tuples_and_instances_are_checked_alike():
@@ -37,3 +39,12 @@ def test_valid_inputs_come_back_equal_whatever_their_form():
     assert as_inputs(Comparison, [("p", "a", "b")]) == [Comparison("p", "a", "b")]
     steps = as_inputs(StepSolution, [("q", [{"text": "s1"}, "s2"])])
     assert steps == [StepSolution("q", ["s1", "s2"])]
+
+
+def test_wrong_kinds_of_item_name_what_to_build():
+    with pytest.raises(TypeError, match=r"input 0 must be an Episode\(frames, success\) or a dict, got ndarray"):
+        as_inputs(Episode, [np.zeros((2, 8, 8, 3), np.uint8)])
+    with pytest.raises(TypeError, match=r"input 1 must be a TextPair\(prompt, response\) or a dict, got str"):
+        as_inputs(TextPair, [TextPair("q", "a"), "plain text"])
+    with pytest.raises(TypeError, match="input 0 is an Episode; this model scores TextPair / Comparison"):
+        as_inputs([TextPair, Comparison], [Episode("e.npz")])
