@@ -136,8 +136,7 @@ def load_episode(path: str, extra: Sequence[str] = ()):
     """Read an episode file; never unpickles. Missing / corrupt / malformed files raise
     :class:`EpisodeFileError` naming the file. With ``extra`` keys, returns ``(episode, {key: array})``
     and a missing extra key is an error too."""
-    if not os.path.isfile(path):
-        raise EpisodeFileError(f"missing episode file {path}")
+    _need_archive(path)
     keys = KEYS + tuple(extra)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -161,6 +160,40 @@ def load_episode(path: str, extra: Sequence[str] = ()):
             raise EpisodeFileError(f"malformed episode file {path}: {k} must have {episode.length} rows, "
                                    f"got shape {list(data[k].shape)}")
     return episode, {k: data[k] for k in extra}
+
+
+def _need_archive(path: str) -> None:
+    if not os.path.isfile(path):
+        raise EpisodeFileError(f"missing episode file {path}")
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and say so
+        raise EpisodeFileError(f"episode file {path} is not an .npz archive (truncated, or another format)")
+
+
+def load_frames_npz(path: str) -> tuple[np.ndarray, Optional[np.ndarray], Optional[Episode]]:
+    """``(frames, success, episode)`` of any ``.npz`` with a ``frames`` array: a full episode file
+    (checked by :func:`load_episode`, returned as ``episode``; ``success`` None), or frames saved
+    elsewhere (``frames`` as stored, checked where they are scored; ``success`` the stored per-frame
+    flags, if any; ``episode`` None). Never unpickles."""
+    _need_archive(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            if all(k in keys for k in KEYS):
+                full = True
+            elif "frames" not in keys:
+                raise EpisodeFileError(f"{path} has no 'frames' array (it holds {', '.join(keys) or 'none'}); "
+                                       f"save uint8 frames [T, H, W, 3] under 'frames'")
+            else:
+                full = False
+                frames, success = z["frames"], (z["success"] if "success" in keys else None)
+    except EpisodeFileError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise EpisodeFileError(f"corrupt or unreadable episode file {path}: {type(e).__name__}: {e}") from e
+    if full:
+        episode = load_episode(path)
+        return episode.frames, None, episode
+    return frames, success, None
 
 
 # --------------------------------------------------------------------------- manifest

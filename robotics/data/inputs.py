@@ -19,17 +19,21 @@ import torch
 from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Episode as EpisodeInput
 
-from .episodes import Episode, load_episode, load_episode_folder, manifest_path
+from .episodes import Episode, load_episode_folder, load_frames_npz, manifest_path
 
 
 def read_frames(path: str, size: int) -> np.ndarray:
-    """uint8 ``[T, H, W, 3]`` frames of an episode file (as stored) or a video / frame folder
-    (resized to ``size`` x ``size``)."""
-    if path.lower().endswith(".npz"):
-        return load_episode(path).frames
-    from .video import load_frames
+    """Frames of an ``.npz`` (an episode file, or any archive with uint8 ``frames`` [T, H, W, 3]), a
+    video or a frame folder, resized to ``size`` x ``size`` (center-cropped to a square first)."""
+    from .video import load_frames, resize_frame
 
-    return load_frames(path, size=(size, size))
+    if not path.lower().endswith(".npz"):
+        return load_frames(path, size=(size, size))
+    frames = load_frames_npz(path)[0]
+    if (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3
+            and frames.shape[1:3] != (size, size)):  # anything else is left to as_frames' error
+        frames = np.stack([resize_frame(f, (size, size)) for f in frames]) if len(frames) else frames
+    return frames
 
 
 def as_frames(frames: Any, where: str, size: Optional[int] = None) -> torch.Tensor:
@@ -95,7 +99,12 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
             for entry, ep in load_episode_folder(src, tasks, policies):
                 found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success))
         elif src.lower().endswith(".npz"):
-            found.append(_stored(src, load_episode(src), {}, with_success))
+            _, success, episode = load_frames_npz(src)
+            if episode is not None:
+                found.append(_stored(src, episode, {}, with_success))
+            else:  # frames saved elsewhere: read (and resized) when scored
+                found.append(EpisodeSource(os.path.splitext(os.path.basename(src))[0], src,
+                                           EpisodeInput(src, success if with_success else None)))
         else:
             for path in expand_sources([src]):
                 found.append(EpisodeSource(os.path.basename(os.path.normpath(path)), path, EpisodeInput(path)))
@@ -111,7 +120,8 @@ def _stored(path: str, ep: Episode, entry: dict, with_success: bool) -> EpisodeS
         meta["success"] = ep.succeeded
         if with_success:
             success = np.concatenate([[False], ep.success])
-    return EpisodeSource(os.path.splitext(os.path.basename(path))[0], path, EpisodeInput(ep.frames, success), meta)
+    # the path, not the frames: read when scored (resized to the model's frame size), not all held at once
+    return EpisodeSource(os.path.splitext(os.path.basename(path))[0], path, EpisodeInput(path, success), meta)
 
 
 __all__ = ["EpisodeSource", "as_frames", "as_success", "episode_tensors", "find_episodes", "read_frames"]

@@ -58,6 +58,35 @@ def test_diffusion_reward_scores_episodes_as_its_forward_does(tmp_path):
     assert dr.score_parts([Episode(ep)], batch_size=2)[0].shape == (7,)
 
 
+def test_frames_saved_elsewhere_score_from_any_npz_resized(tmp_path):
+    """An .npz with just a ``frames`` array (from another environment) scores like the frames; a path's
+    frames of another size are resized like a video's; files that are not archives or hold no frames are
+    one error naming the file."""
+    from mmreward.robotics.data.inputs import find_episodes
+    from mmreward.robotics.data.video import resize_frame
+
+    dr = fitted_reward()
+    ep = frames(5, 2)
+    np.savez(tmp_path / "own.npz", frames=ep.numpy(), success=np.array([0, 0, 0, 1, 1]))
+    assert torch.equal(dr.score_parts([Episode(str(tmp_path / "own.npz"))])[0], dr(ep))
+    (src,) = find_episodes([str(tmp_path / "own.npz")], with_success=True)
+    assert torch.equal(dr.score_parts([src.input])[0], dr(ep, success=torch.tensor([0, 0, 0, 1, 1])))
+    big = np.repeat(np.repeat(ep.numpy(), 2, axis=1), 2, axis=2)  # (5, 64, 64, 3)
+    np.savez(tmp_path / "big.npz", frames=big)
+    resized = torch.from_numpy(np.stack([resize_frame(f, (32, 32)) for f in big]))
+    assert torch.equal(dr.score_parts([Episode(str(tmp_path / "big.npz"))])[0], dr(resized))
+    with pytest.raises(DataError, match="big.npz must be uint8 frames"):  # checked, not converted
+        np.savez(tmp_path / "big.npz", frames=big.astype(np.float32))
+        dr.score([Episode(str(tmp_path / "big.npz"))])
+    np.savez(tmp_path / "other.npz", images=big)
+    with pytest.raises(DataError, match=r"other.npz has no 'frames' array \(it holds images\)"):
+        dr.score([Episode(str(tmp_path / "other.npz"))])
+    (tmp_path / "text.npz").write_text("hello")
+    for run in (lambda p: dr.score([Episode(p)]), lambda p: find_episodes([p])):
+        with pytest.raises(DataError, match="text.npz is not an .npz archive"):
+            run(str(tmp_path / "text.npz"))
+
+
 def test_ranker_and_rnd_score_episodes_the_same_way():
     ep = frames(5, 1)
     ranker = fitted_ranker()
