@@ -38,9 +38,20 @@ def load_image(path: str, where: str = ""):
         raise ImageLoadError(f"{prefix}image file {path!r} does not exist")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return as_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageLoadError(f"{prefix}cannot read image {path!r}: {e}") from e
+
+
+def as_rgb(im):
+    """An RGB copy of a PIL image. 16-bit greys (modes ``I;16*`` and ``I``, as 16-bit PNGs open) are
+    scaled from 0-65535 first: PIL's own conversion clips them at 255, a nearly white image."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return im.convert("RGB")
 
 
 def _array_to_tensor(a: np.ndarray, where: str) -> torch.Tensor:
@@ -91,7 +102,7 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return _check_range(_array_to_tensor(x, where), where)
     if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
-        return _array_to_tensor(np.asarray(x.convert("RGB")), where)
+        return _array_to_tensor(np.asarray(as_rgb(x)), where)
     raise TypeError(f"{where}: expected a path, PIL image, array or tensor, got {type(x).__name__}")
 
 
@@ -100,7 +111,7 @@ def to_pil(x: Any, where: str = "image"):
     from PIL import Image
 
     if isinstance(x, Image.Image):
-        return x.convert("RGB")
+        return as_rgb(x)
     if isinstance(x, (str, os.PathLike)):
         return load_image(os.fspath(x), where)
     t = to_tensor(x, where).detach()

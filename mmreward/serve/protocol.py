@@ -300,8 +300,10 @@ def image_from_bytes(raw: bytes, where: str, budget: _DecodeBudget) -> Any:
         raise RequestError(413, f"{where} is {w}x{h} pixels; the limit is {budget.config.max_image_pixels} "
                                 "(--max-image-pixels)", "too_large")
     budget.take(w * h * 3, where)
+    from mmreward.vision.images import as_rgb
+
     try:
-        return img.convert("RGB")
+        return as_rgb(img)
     except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt pixel data
         raise RequestError(400, f"{where} is a corrupt {img.format} image ({e})") from None
 

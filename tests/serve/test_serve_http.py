@@ -241,3 +241,18 @@ def test_info_healthz_metrics(start_server, step_model):
     assert 'mmreward_serve_batch_size_bucket{le="1"} 1' in text and 'mmreward_serve_batch_size_bucket{le="+Inf"} 1' in text
     assert httpx.get(url + "/nowhere").status_code == 404
     assert httpx.get(url + "/score").status_code == 405
+
+
+def test_a_sixteen_bit_grey_png_decodes_to_its_grey_levels():
+    import io
+
+    from PIL import Image
+
+    from mmreward.serve.config import ServeConfig
+    from mmreward.serve.protocol import _DecodeBudget, image_from_bytes
+
+    grey8 = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    buf = io.BytesIO()
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(buf, format="PNG")
+    img = image_from_bytes(buf.getvalue(), "input 0", _DecodeBudget(ServeConfig()))
+    assert img.mode == "RGB" and np.array_equal(np.asarray(img)[..., 0], grey8)

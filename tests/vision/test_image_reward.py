@@ -293,3 +293,20 @@ def test_exports_are_models_configs_trainers_and_inputs_without_clashes():
     for other in (text, robotics):
         for name in set(v.__all__) & set(dir(other)):
             assert v._LAZY[name] == "mmreward.core.inputs" and getattr(other, name) is getattr(v, name), name
+
+
+def test_sixteen_bit_greys_keep_their_levels(conv_model, tmp_path):
+    """A 16-bit grey PNG scores as the 8-bit grey it shows (PIL's RGB conversion clips it to white)."""
+    from PIL import Image
+
+    from mmreward.vision.images import as_rgb, to_tensor
+
+    grey8 = np.random.default_rng(0).integers(0, 256, (24, 24)).astype(np.uint8)
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(grey8).save(tmp_path / "g8.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    torch.testing.assert_close(to_tensor(str(tmp_path / "g16.png")), to_tensor(str(tmp_path / "g8.png")))
+    torch.testing.assert_close(to_tensor(Image.open(tmp_path / "g16.png")), to_tensor(grey8))
+    assert np.array_equal(np.asarray(as_rgb(Image.open(tmp_path / "g16.png")))[..., 1], grey8)
+    torch.testing.assert_close(conv_model.score([ImagePrompt("a", str(tmp_path / "g16.png"))]),
+                               conv_model.score([ImagePrompt("a", str(tmp_path / "g8.png"))]))

@@ -28,6 +28,7 @@ import torch
 
 from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Conversation
+from ..images import as_rgb
 
 GROUPS = {"vlfeedback": "general", "wildvision-battle": "general", "povid": "hallucination",
           "rlaif-v": "hallucination", "rlhf-v": "hallucination", "reasoning_tasks": "reasoning"}
@@ -82,7 +83,7 @@ def _image(row: dict, where: str, base: str) -> Any:
 
         try:
             with Image.open(io.BytesIO(image["bytes"])) as im:
-                return im.convert("RGB")
+                return as_rgb(im)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{where}: field 'image' holds bytes that are not an image: {e}") from e
     path = row.get("image_path") or (image if isinstance(image, str) else None)
