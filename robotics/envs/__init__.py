@@ -55,14 +55,17 @@ def list_tasks() -> dict[str, list[str]]:
 
 
 def make_env(task: str, *, size: Any = 64, camera: Optional[str] = None, action_repeat: int = 1, seed: int = 0,
-             max_steps: Optional[int] = None, flip: str = "auto") -> PixelEnv:
+             max_steps: Optional[int] = None, flip: str = "auto", reward: str = "dense") -> PixelEnv:
     """Build the pixel environment for ``task`` (Meta-World id like ``door-open-v3`` or Adroit id
-    like ``adroit-door``). Close it (or use it as a context manager) to free the EGL context."""
+    like ``adroit-door``). Close it (or use it as a context manager) to free the EGL context.
+    ``reward``: ``"dense"`` (the environment's own) or, on Adroit, ``"dapg"`` (see :class:`.adroit.AdroitEnv`)."""
     kw = dict(size=size, camera=camera, action_repeat=action_repeat, seed=seed, max_steps=max_steps, flip=flip)
     if suite_of(task) == "adroit":
         from .adroit import AdroitEnv
 
-        return AdroitEnv(task, **kw)
+        return AdroitEnv(task, reward=reward, **kw)
+    if reward != "dense":
+        raise ValueError(f"the {reward!r} reward applies to Adroit tasks; {task} is a Meta-World task")
     from .metaworld import MetaWorldEnv
 
     return MetaWorldEnv(task, **kw)

@@ -73,16 +73,20 @@ class AdroitEnv(PixelEnv):
 
     Episodes are reproducible per seed: :meth:`reset` calls Gymnasium's ``reset(seed=seed)``.
     Success is the environment's own ``info["success"]`` (door opened, nail driven, pen aligned,
-    ball at target).
+    ball at target). ``reward``: ``"dense"``, the installed environment's reward, or ``"dapg"``, the
+    same with DAPG's sign of the approach term (as :class:`AdroitStateEnv`'s).
     """
 
     suite = "adroit"
 
     def __init__(self, task: str, *, size: Any = 64, camera: Optional[str] = None, action_repeat: int = 1,
-                 seed: int = 0, max_steps: Optional[int] = None, flip: str = "auto"):
+                 seed: int = 0, max_steps: Optional[int] = None, flip: str = "auto", reward: str = "dense"):
         self.env = None
+        if reward not in STATE_REWARDS:
+            raise ValueError(f"unknown Adroit reward {reward!r}; choose from {', '.join(STATE_REWARDS)}")
         gym = _import_robotics()
         self.task = resolve_task(task)
+        self.reward = reward
         self.camera = camera or DEFAULT_CAMERA
         self.seed = int(seed)
         height, width = (size, size) if isinstance(size, (int, np.integer)) else size
@@ -93,6 +97,8 @@ class AdroitEnv(PixelEnv):
         steps = self.env.spec.max_episode_steps or EPISODE_STEPS
         super().__init__(size=size, action_repeat=action_repeat, flip=flip, max_steps=max_steps, env_steps=steps)
         self._prepare_render()
+        if reward == "dapg":
+            self._reward_env = _DAPGReward(self.env, self.task)
 
     def _reseed(self, seed: int):
         return self.env.reset(seed=seed)
@@ -133,7 +139,8 @@ class _DAPGReward:
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward - 0.2 * approach_distance(self.env.unwrapped, self.task), terminated, truncated, info
+        dist = approach_distance(self.env.unwrapped, self.task)  # None for the pen: its reward is DAPG's already
+        return obs, reward if dist is None else reward - 0.2 * dist, terminated, truncated, info
 
 
 class StateStep(NamedTuple):

@@ -168,6 +168,8 @@ class PixelEnv:
     task: str
     camera: str
 
+    _reward_env: Any = None  # a wrapper of self.env that steps it with another reward (Adroit's DAPG sign)
+
     def __init__(self, *, size: Any, action_repeat: int, flip: str, max_steps: Optional[int], env_steps: int):
         if action_repeat < 1:
             raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
@@ -229,7 +231,7 @@ class PixelEnv:
     def step(self, action: np.ndarray) -> Step:
         if self._t >= self.max_steps:
             raise RuntimeError(f"episode already has {self.max_steps} steps; call reset()")
-        obs, total, success, terminated, truncated = repeat_action(self.env, action, self.action_repeat)
+        obs, total, success, terminated, truncated = repeat_action(self._reward_env or self.env, action, self.action_repeat)
         self._t += 1
         done = terminated or truncated or self._t >= self.max_steps
         return Step(obs=obs, frame=self.render(), reward=total, success=success, done=done)

@@ -69,6 +69,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
     from ..envs.adroit import progress_measures
     from .drqv2 import DrQV2Agent, DrQV2Config
     from .replay import stack_frames
+    from .rewards import env_reward_for
     from .workspace import RLConfig, parse_task
 
     if episodes < 1:
@@ -84,7 +85,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
     at_frame, state = _snapshot(run, frame)
     task = parse_task(cfg.task)
     env = make_env(task, seed=cfg.seed, size=cfg.size, camera=cfg.camera, action_repeat=cfg.action_repeat,
-                   max_steps=cfg.episode_steps)
+                   max_steps=cfg.episode_steps, reward=env_reward_for(cfg.reward))  # the return it trained on
     try:
         agent = DrQV2Agent((3 * cfg.frame_stack, cfg.size, cfg.size), env.action_dim, agent_cfg).to(device)
         agent.load_state_dict(state["agent"])

@@ -7,6 +7,8 @@ Some also learn online (``update(frames)`` on replay frames every ``update_inter
 =========================  =========================================================================
 ``sparse``                 the success indicator per step (the baseline of the Diffusion Reward paper)
 ``dense``                  the environment's own shaped reward (Meta-World's hand-designed reward)
+``dapg``                   Adroit door / hammer / relocate: ``dense`` with DAPG's sign of the approach
+                           term (the environment is stepped with it: see ``envs/adroit.py``)
 ``diffusion``              Diffusion Reward, entropy mode: (1−α)·z(−H) + α·RND + success (α = 0.95)
 ``diffusion-likelihood``   the same mixing with the likelihood bound of the observed frame
 ``diffusion-relative``     the same mixing with the relative likelihood (bound + entropy of the same
@@ -40,9 +42,16 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-REWARD_SOURCES = ("sparse", "dense", "diffusion", "diffusion-likelihood", "diffusion-relative", "diffusion-progress",
+REWARD_SOURCES = ("sparse", "dense", "dapg", "diffusion", "diffusion-likelihood", "diffusion-relative", "diffusion-progress",
                   "diffusion-goal", "viper", "rnd")
 SHAPINGS = ("none", "potential")
+ENV_REWARDS = ("dense", "dapg")  # sources that pay the environment's reward, each the env's reward option of that name
+
+
+def env_reward_for(source: Any) -> str:
+    """The reward the pixel environment steps with for reward source ``source``: ``"dapg"`` for the
+    DAPG-signed Adroit reward, else the environment's own (``"dense"``)."""
+    return "dapg" if source == "dapg" else "dense"
 _REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood",
                 "diffusion-progress": "relative_likelihood", "diffusion-goal": "relative_likelihood"}  # others: likelihood
 # diffusion-goal's terms (γ, δ, cap) where the caller gives none: δ and the cap chosen on metaworld-64's split of
@@ -197,7 +206,7 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     device = resolve_device(device)
     if shaping not in SHAPINGS:
         raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
-    if shaping != "none" and (isinstance(spec, RewardSource) or callable(spec) or spec in ("sparse", "dense")):
+    if shaping != "none" and (isinstance(spec, RewardSource) or callable(spec) or spec in ("sparse",) + ENV_REWARDS):
         raise ValueError(f"shaping={shaping!r} applies to the learned reward sources, not to {spec!r}")
     if not 0.0 < float(discount) <= 1.0:
         raise ValueError(f"discount must be in (0, 1], got {discount}")
@@ -209,8 +218,12 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         return CallableReward(spec)
     if spec == "sparse":
         return SparseReward()
-    if spec == "dense":
-        return DenseReward()
+    if spec in ENV_REWARDS:  # "dapg": the environment steps with that reward (env_reward_for), paid as it comes
+        if spec == "dapg" and not task.startswith("adroit-"):
+            raise ValueError(f"the dapg reward applies to Adroit tasks; {task} is not one")
+        source = DenseReward()
+        source.name = spec
+        return source
     if spec not in REWARD_SOURCES:
         raise ValueError(f"unknown reward source {spec!r}: choose from {', '.join(REWARD_SOURCES)} or pass a callable")
     from ..pretrained import DEFAULT, model_folder

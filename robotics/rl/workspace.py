@@ -34,7 +34,7 @@ from mmreward.core.train import rng_state, seed_everything, set_rng_state
 from .drqv2 import DrQV2Agent, DrQV2Config
 from .recording import plot_learning_curves, write_eval_video
 from .replay import EpisodeRecord, ReplayBuffer, stack_frames
-from .rewards import make_reward_source
+from .rewards import env_reward_for, make_reward_source
 
 
 # what a run leaves in its folder besides its snapshots and train_config.json
@@ -51,7 +51,7 @@ class RLConfig:
 
     task: str = _help("'metaworld/<task>' (e.g. metaworld/drawer-open-v3) or 'adroit/<door|hammer|pen|relocate>'",
                       default="metaworld/drawer-open-v3")
-    reward: str = _help("sparse | dense | diffusion | diffusion-likelihood | diffusion-relative | diffusion-progress | "
+    reward: str = _help("sparse | dense | dapg (Adroit) | diffusion | diffusion-likelihood | diffusion-relative | diffusion-progress | "
                         "diffusion-goal | viper | rnd", default="diffusion")
     checkpoint: Optional[str] = _help("Diffusion Reward folder (default: the shipped metaworld-64)", default=None)
     expert_data: Optional[str] = _help("expert episode folder for reward statistics a checkpoint lacks", default=None)
@@ -140,8 +140,9 @@ class Workspace:
         self.cfg, self.agent_cfg = config, agent_config or DrQV2Config()
         seed_everything(config.seed)
         self.task = parse_task(config.task)
+        spec = reward if reward is not None else config.reward
         env_kw = dict(size=config.size, camera=config.camera, action_repeat=config.action_repeat,
-                      max_steps=config.episode_steps)
+                      max_steps=config.episode_steps, reward=env_reward_for(spec))
         self.train_env = make_env(self.task, seed=config.seed, **env_kw)
         self.eval_env = make_env(self.task, seed=config.seed, **env_kw)
         space = self.train_env.action_space
@@ -153,7 +154,7 @@ class Workspace:
                                    discount=self.agent_cfg.discount, seed=config.seed,
                                    store_dir=os.path.join(config.out, "replay"))
         self.reward = make_reward_source(
-            reward if reward is not None else config.reward, task=self.task, checkpoint=config.checkpoint,
+            spec, task=self.task, checkpoint=config.checkpoint,
             device=config.device, size=config.size, action_repeat=config.action_repeat,
             expert_data=config.expert_data, max_steps=config.episode_steps,
             rnd_update_interval=config.rnd_update_interval, expl_scale=config.expl_scale,

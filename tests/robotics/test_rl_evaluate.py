@@ -113,3 +113,48 @@ def test_adroit_rl_benchmark_pairs_seeds_and_adds_reference_policies(tmp_path):
     ref = doc["references"]
     assert ref["expert"]["mean_approach_distance"] < ref["random"]["mean_approach_distance"]
     assert ref["expert"]["max_door_angle"] > ref["random"]["max_door_angle"]
+
+
+def test_pixel_adroit_steps_with_the_dapg_reward_and_a_run_keeps_it(tmp_path):
+    """``reward="dapg"`` on a pixel Adroit env pays DAPG's approach sign (dense − 0.2·‖palm − handle‖
+    per step; the pen's reward unchanged); ``train-rl --reward dapg`` trains on it and ``eval-rl``
+    reports the return it trained on; Meta-World refuses it."""
+    import shutil
+
+    from mmreward.robotics.envs.adroit import approach_distance
+    from mmreward.robotics.rl.rewards import make_reward_source
+
+    rng = np.random.default_rng(0)
+    with make_env("adroit-door", size=32, seed=0) as dense, make_env("adroit-door", size=32, seed=0,
+                                                                     reward="dapg") as dapg:
+        dense.reset(seed=4), dapg.reset(seed=4)
+        for _ in range(3):
+            a = rng.uniform(-1, 1, 28).astype(np.float32)
+            r_dense, r_dapg = dense.step(a).reward, dapg.step(a).reward
+            assert r_dapg == pytest.approx(r_dense - 0.2 * approach_distance(dapg.env.unwrapped, "adroit-door"))
+    with make_env("adroit-pen", size=32, seed=0) as dense, make_env("adroit-pen", size=32, seed=0, reward="dapg") as dapg:
+        dense.reset(seed=1), dapg.reset(seed=1)
+        a = np.zeros(dense.action_dim, np.float32)
+        assert dapg.step(a).reward == dense.step(a).reward
+    with pytest.raises(ValueError, match="applies to Adroit tasks"):
+        make_env("door-open-v3", size=32, reward="dapg")
+    with pytest.raises(ValueError, match="applies to Adroit tasks"):
+        make_reward_source("dapg", task="door-open-v3")
+    with pytest.raises(ValueError, match="applies to the learned reward sources"):
+        make_reward_source("dapg", task="adroit-door", shaping="potential")
+
+    run = tmp_path / "run"
+    train_rl(RLConfig(task="adroit/door", reward="dapg", out=str(run), num_train_frames=20, num_seed_frames=20,
+                      eval_every_frames=1000, num_eval_episodes=1, episode_steps=10, batch_size=8,
+                      save_video=False, tensorboard=False, quiet=True, size=32),
+             DrQV2Config(hidden_dim=32, feature_dim=16, num_expl_steps=10))
+    as_dense = tmp_path / "as_dense"
+    shutil.copytree(run, as_dense)
+    saved = json.loads((as_dense / "train_config.json").read_text())
+    saved["config"]["reward"] = "dense"
+    (as_dense / "train_config.json").write_text(json.dumps(saved))
+    r_dapg, r_dense = evaluate_run(str(run), episodes=2), evaluate_run(str(as_dense), episodes=2)
+    assert r_dapg["reward"] == "dapg"
+    for a, b in zip(r_dapg["per_episode"], r_dense["per_episode"]):  # the same motion, paid with DAPG's sign
+        assert a["min_approach_distance"] == b["min_approach_distance"]
+        assert a["episode_return"] < b["episode_return"] - 0.2 * a["min_approach_distance"] * 10  # >= 20 env steps
