@@ -9,8 +9,9 @@
     conversation with the template (Skywork-Reward-V2's convention: a leading BOS string removed,
     then tokenised with special tokens);
   - encoders whose head is dense → activation → linear on the first token — BERT (pooler, tanh),
-    RoBERTa (classification head, tanh), DeBERTa-v2 / v3 (ContextPooler, ``pooler_hidden_act``):
-    the OpenAssistant DeBERTa RMs. Prompt and response go in as a text pair
+    RoBERTa / XLM-RoBERTa / MPNet (classification head, tanh), DeBERTa-v2 / v3 (ContextPooler,
+    ``pooler_hidden_act``), ELECTRA (classification head, gelu), DistilBERT (pre-classifier, ReLU):
+    the OpenAssistant DeBERTa and ELECTRA RMs. Prompt and response go in as a text pair
     (``tokenizer(prompt, response)``, their convention).
 
   The folder's weight names are checked against the classifier transformers builds from its
@@ -46,7 +47,11 @@ LEGACY_MODEL_TYPE = "mmreward_reward_model"
 ENCODER_HEADS: dict[str, tuple[str, str, Callable[[Any], str]]] = {
     "bert": ("bert.pooler.dense", "classifier", lambda c: "tanh"),
     "roberta": ("classifier.dense", "classifier.out_proj", lambda c: "tanh"),
+    "xlm-roberta": ("classifier.dense", "classifier.out_proj", lambda c: "tanh"),
     "deberta-v2": ("pooler.dense", "classifier", lambda c: c.pooler_hidden_act),
+    "electra": ("classifier.dense", "classifier.out_proj", lambda c: "gelu"),  # ElectraClassificationHead: gelu
+    "distilbert": ("pre_classifier", "classifier", lambda c: "relu"),
+    "mpnet": ("classifier.dense", "classifier.out_proj", lambda c: "tanh"),
 }
 
 

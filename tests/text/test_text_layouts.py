@@ -9,8 +9,9 @@ import torch
 
 pytest.importorskip("transformers", reason="mmreward.text needs transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
-from text_rm_fixtures import (BOS_TEMPLATE, CHATML, bert_config, deberta_v2_config, llama_config, qwen2_config,  # noqa: E402
-                              roberta_config, save_classifier, save_legacy_folder, word_tokenizer)
+from text_rm_fixtures import (BOS_TEMPLATE, CHATML, bert_config, deberta_v2_config, distilbert_config,  # noqa: E402
+                              electra_config, llama_config, mpnet_config, qwen2_config, roberta_config,
+                              save_classifier, save_legacy_folder, word_tokenizer, xlm_roberta_config)
 
 import mmreward  # noqa: E402
 from mmreward.core.folders import CheckpointError  # noqa: E402
@@ -25,6 +26,10 @@ ENCODERS = {  # name -> (config, tokenizer): the OpenAssistant convention, token
     "bert": (bert_config, lambda: word_tokenizer(pair=True)),
     "deberta-v2": (deberta_v2_config, lambda: word_tokenizer(pair=True)),
     "roberta": (roberta_config, lambda: word_tokenizer(pair=True, types=False)),  # type_vocab_size 1
+    "xlm-roberta": (xlm_roberta_config, lambda: word_tokenizer(pair=True, types=False)),
+    "electra": (electra_config, lambda: word_tokenizer(pair=True)),  # OpenAssistant's electra-large RM
+    "distilbert": (distilbert_config, lambda: word_tokenizer(pair=True, types=False)),  # no token types
+    "mpnet": (mpnet_config, lambda: word_tokenizer(pair=True, types=False)),
 }
 DECODERS = {  # name -> (config, tokenizer): the Skywork-Reward-V2 convention, the chat template
     "llama": (llama_config, lambda: word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)),

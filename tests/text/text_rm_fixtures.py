@@ -80,6 +80,34 @@ def roberta_config(**kw):
                          num_attention_heads=4, max_position_embeddings=70, pad_token_id=0, **kw)
 
 
+def electra_config(**kw):
+    from transformers import ElectraConfig
+
+    return ElectraConfig(vocab_size=vocab_size(), embedding_size=16, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, **kw)
+
+
+def xlm_roberta_config(**kw):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(vocab_size=vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=70, pad_token_id=0, **kw)
+
+
+def distilbert_config(**kw):
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig(vocab_size=vocab_size(), dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                            max_position_embeddings=64, pad_token_id=0, **kw)
+
+
+def mpnet_config(**kw):
+    from transformers import MPNetConfig
+
+    return MPNetConfig(vocab_size=vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=70, pad_token_id=0, **kw)
+
+
 def save_classifier(folder, config, tokenizer, seed=1):
     """A one-label ``AutoModelForSequenceClassification`` with random weights, saved as transformers saves it."""
     from transformers import AutoModelForSequenceClassification
