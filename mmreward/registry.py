@@ -82,7 +82,7 @@ LAYOUTS: list[Layout] = [
            "an open_clip folder (open_clip_config.json + weights) scored as CLIP score"),
     Layout("transformers-clip", "mmreward.vision.published.clip_scorers:is_hf_clip",
            "mmreward.vision.published.clip_scorers:load_hf_clip",
-           "a transformers CLIPModel folder: PickScore (by name) or CLIP score"),
+           "a transformers CLIPModel folder: PickScore (by name), CLIP score, or the LAION aesthetic score (with its MLP file)"),
     Layout("remote-code-vlm", "mmreward.vision.published.remote_code:is_remote_code_vlm",
            "mmreward.vision.published.remote_code:refuse_remote_code_vlm",
            "VisualPRM / IXC-2.5-Reward: refused with the reason (their code ships in the checkpoint)"),

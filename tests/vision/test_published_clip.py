@@ -234,3 +234,66 @@ def test_score_command_ranks_images(hps_folder, images, capsys):
     assert main(["score", "--model", hps_folder[0], "--prompt", PROMPTS[0], *images, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert sorted(r["rank"] for r in out["results"]) == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ the LAION aesthetic predictor
+class OfficialAestheticMLP(torch.nn.Module):
+    """improved-aesthetic-predictor's MLP as DDPO's aesthetic_scorer.py builds it (dropout between
+    the first four linears; the reluMSE predictors put a ReLU before each dropout instead)."""
+
+    def __init__(self, in_dim, relu=False):
+        super().__init__()
+        nn = torch.nn
+        act = nn.ReLU if relu else nn.Dropout
+        self.layers = nn.Sequential(nn.Linear(in_dim, 1024), act(), nn.Linear(1024, 128), act(),
+                                    nn.Linear(128, 64), act(), nn.Linear(64, 16), nn.Linear(16, 1))
+
+    def forward(self, embed):
+        return self.layers(embed)
+
+
+@pytest.mark.parametrize("name", ["sac+logos+ava1-l14-linearMSE.pth", "ava+logos-l14-reluMSE.pth"])
+def test_aesthetic_predictor_matches_ddpo_aesthetic_scorer(images, tmp_path, name):
+    """DDPO's aesthetic reward: CLIP image features from CLIPProcessor pixels, L2-normalised, through
+    the predictor's MLP; the prompt plays no part. Saved and reloaded in mmreward's format, the same."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    folder = tmp_path / "clip-vit-large-patch14"
+    model, _ = hf_folder(str(folder))
+    torch.manual_seed(3)
+    mlp = OfficialAestheticMLP(model.config.projection_dim, relu="relu" in name).eval()
+    torch.save(mlp.state_dict(), folder / name)
+    ours = mmreward.load(str(folder))
+    assert ours.config.kind == "aesthetic" and ours.config.aesthetic_relu == ("relu" in name)
+    pixels = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})(
+        images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        embed = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        want = mlp(embed / torch.linalg.vector_norm(embed, dim=-1, keepdim=True)).squeeze(1)
+    got = ours.score([ImagePrompt(PROMPTS[0], x) for x in images])
+    assert want.std() > 1e-4 and torch.allclose(got, want, atol=1e-5), (got, want)
+    assert torch.equal(ours.score([ImagePrompt(PROMPTS[1], x) for x in images]), got)  # no prompt in it
+    ours.save_pretrained(str(tmp_path / "ours"))
+    again = mmreward.load(str(tmp_path / "ours"))
+    assert again.config.kind == "aesthetic" and torch.equal(again.score([{"image": x} for x in images]), got)
+    u8 = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)  # differentiable in float pixels (AlignProp)
+    x = (u8.float() / 255).requires_grad_()
+    ours.score([ImagePrompt("", x)]).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_aesthetic_predictor_files_that_do_not_fit_are_refused(tmp_path):
+    folder = tmp_path / "clip"
+    model, _ = hf_folder(str(folder))
+    torch.save(OfficialAestheticMLP(768).state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")  # ViT-L's width
+    with pytest.raises(CheckpointError, match="not an aesthetic MLP for this CLIP .projection width 16"):
+        mmreward.load(str(folder))
+    torch.save(OfficialAestheticMLP(16).state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
+    torch.save(OfficialAestheticMLP(16).state_dict(), folder / "ava+logos-l14-linearMSE.pth")
+    with pytest.raises(CheckpointError, match="holds 2 aesthetic predictor files"):
+        mmreward.load(str(folder))
+    (folder / "ava+logos-l14-linearMSE.pth").unlink()
+    assert mmreward.load(str(folder), kind="pickscore").config.kind == "pickscore"  # the kind still overrides
+    (folder / "sac+logos+ava1-l14-linearMSE.pth").unlink()
+    with pytest.raises(CheckpointError, match="no aesthetic predictor MLP"):
+        mmreward.load(str(folder), kind="aesthetic")

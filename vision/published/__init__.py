@@ -8,7 +8,8 @@ ImageReward v1.0            ``ImageReward.pt`` + ``med_config.json``    :class:`
                                                                        (``imagereward_blip``)
 HPSv2 / HPSv2.1             ``HPS_v2*.pt`` (open_clip ViT-H-14)         :class:`~.clip_scorers.CLIPScorer`
 open_clip CLIP              ``open_clip_config.json`` + weights         (``clip_scorer``: ``hpsv2`` /
-PickScore, CLIP score       a transformers ``CLIPModel`` folder         ``pickscore`` / ``clip_score``)
+PickScore, CLIP score       a transformers ``CLIPModel`` folder         ``pickscore`` / ``clip_score`` /
+LAION aesthetic             … + ``*linearMSE.pth`` / ``*reluMSE.pth``   ``aesthetic``)
 Skywork-VL-Reward           Qwen2(.5)-VL + ``value_head.safetensors``  :class:`~.skywork_vl.QwenVLRewardModel`
                                                                        (``qwen_vl_reward``)
 ==========================  =========================================  ==========================================

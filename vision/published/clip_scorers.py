@@ -1,5 +1,5 @@
-"""CLIP-based image scorers: PickScore, HPSv2 / HPSv2.1 and CLIP score, as one :class:`CLIPScorer`
-(``model_type`` ``clip_scorer``) on a transformers ``CLIPModel``.
+"""CLIP-based image scorers: PickScore, HPSv2 / HPSv2.1, CLIP score and the LAION aesthetic predictor,
+as one :class:`CLIPScorer` (``model_type`` ``clip_scorer``) on a transformers ``CLIPModel``.
 
 ====================  ===============================  =============================================
 ``kind``              score                            preprocessing (as the official code)
@@ -9,13 +9,19 @@
 ``clip_score``        ``max(100 · cos(t, i), 0)``       the same (torchmetrics ``clip_score``)
 ``hpsv2``             ``cos(t, i)``                     HPSv2's ``ResizeMaxSize``: bicubic longest side
                                                        on the tensor, black padding; CLIP mean / std
+``aesthetic``         ``MLP(i)`` (no prompt)            as ``pickscore``
 ====================  ===============================  =============================================
 
 ``t`` / ``i`` are the projected text / image embeddings. Published layouts (``mmreward.load`` finds them):
 
 * a transformers ``CLIPModel`` folder (``config.json`` ``model_type: clip``, weights, tokenizer,
   ``preprocessor_config.json``) — PickScore when its name or ``_name_or_path`` says PickScore, else
-  CLIP score (``mmreward.load(folder, kind="pickscore")`` overrides);
+  CLIP score (``mmreward.load(folder, kind="pickscore")`` overrides); with the LAION aesthetic
+  predictor's MLP next to the weights (``sac+logos+ava1-l14-linearMSE.pth`` or another
+  improved-aesthetic-predictor ``*-l14-linearMSE.pth`` / ``*-reluMSE.pth``, on
+  ``openai/clip-vit-large-patch14``), the aesthetic score DDPO and AlignProp train on: the MLP
+  (Linear 768→1024→128→64→16→1, ReLUs between them only in the ``reluMSE`` files) on the
+  L2-normalised projected image embedding;
 * an HPSv2 checkpoint (``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt``: open_clip's
   ViT-H-14 state dict under ``state_dict``) and an open_clip folder (``open_clip_config.json`` +
   ``open_clip_pytorch_model.bin`` / ``open_clip_model.safetensors``): the open_clip weights are renamed
@@ -52,7 +58,10 @@ from ..images import resize_center_crop
 from ..scoring import require_assets
 from .common import longest_edge_pad, needs_grad, normalise, shortest_edge_crop_batch
 
-KINDS = ("pickscore", "clip_score", "hpsv2")
+KINDS = ("pickscore", "clip_score", "hpsv2", "aesthetic")
+# the improved-aesthetic-predictor MLP files (christophschuhmann/improved-aesthetic-predictor)
+AESTHETIC_HEADS = ("*linearMSE.pth", "*reluMSE.pth")
+AESTHETIC_DIMS = (1024, 128, 64, 16)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TOKENIZER_DIR = "tokenizer"
@@ -79,6 +88,22 @@ class CLIPScorerConfig:
     clip_score_scale: float = field(default=100.0, metadata={"help": "w of CLIP score = max(w · cos, 0)"})
     open_clip_text: bool = field(default=False, metadata={
         "help": "clean prompts as open_clip's tokenizer does (HTML entities, whitespace)"})
+    aesthetic_dims: tuple = field(default=AESTHETIC_DIMS, metadata={
+        "help": "hidden widths of the aesthetic MLP (kind aesthetic), its input the projection width"})
+    aesthetic_relu: bool = field(default=False, metadata={
+        "help": "ReLUs between the aesthetic MLP's layers (the reluMSE predictors; linearMSE has none)"})
+
+
+def aesthetic_mlp(in_dim: int, dims: Sequence[int], relu: bool) -> nn.Sequential:
+    """The improved-aesthetic-predictor MLP with its module indices (``layers.0`` … ``layers.7``: a
+    dropout, or a ReLU, sits between the first four linears, and is the identity at inference)."""
+    mods: list[nn.Module] = []
+    for i, width in enumerate(dims):
+        mods.append(nn.Linear(in_dim if i == 0 else dims[i - 1], width))
+        if i < len(dims) - 1:
+            mods.append(nn.ReLU() if relu else nn.Identity())
+    mods.append(nn.Linear(dims[-1], 1))
+    return nn.Sequential(*mods)
 
 
 class CLIPScorer(ImageScorer):
@@ -101,6 +126,10 @@ class CLIPScorer(ImageScorer):
             with quiet_transformers():
                 clip_model = CLIPModel(CLIPConfig(**config.clip_config))
         self.model = clip_model
+        if config.kind == "aesthetic":
+            self.aesthetic = nn.Module()
+            self.aesthetic.layers = aesthetic_mlp(self.model.config.projection_dim, config.aesthetic_dims,
+                                                  config.aesthetic_relu)
 
     # ------------------------------------------------------------------ scoring
     def _tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -120,6 +149,10 @@ class CLIPScorer(ImageScorer):
         return F.normalize(text, dim=-1)[index], F.normalize(image, dim=-1)
 
     def reward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.config.kind == "aesthetic":  # the prompt plays no part
+            m = self.model
+            image = m.visual_projection(m.vision_model(pixel_values=pixel_values).pooler_output)  # (B, E)
+            return self.aesthetic.layers(F.normalize(image, dim=-1))[:, 0]
         t, i = self.embeddings(prompts, pixel_values)
         cos = (t * i).sum(-1)  # (B,)
         if self.config.kind == "pickscore":
@@ -374,6 +407,27 @@ def is_hf_clip(folder: str, config: Optional[dict]) -> bool:
     return bool(config) and config.get("model_type") == "clip"
 
 
+def _aesthetic_head(folder: str) -> Optional[str]:
+    found = sorted(p for pattern in AESTHETIC_HEADS for p in glob.glob(os.path.join(folder, pattern)))
+    if len(found) > 1:
+        raise CheckpointError(f"{folder} holds {len(found)} aesthetic predictor files ({', '.join(map(os.path.basename, found))}): "
+                              "keep the one to score with")
+    return found[0] if found else None
+
+
+def _load_aesthetic_head(model: CLIPScorer, path: str) -> None:
+    """The MLP's tensors (a ``torch.save`` state dict, read tensors-only) into ``model.aesthetic``."""
+    state = read_torch_state(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    want = model.aesthetic.state_dict()
+    if set(state) != set(want) or any(state[k].shape != want[k].shape for k in want):
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        raise CheckpointError(f"{path} is not an aesthetic MLP for this CLIP (projection width "
+                              f"{model.model.config.projection_dim}): expected {sorted(want)} with shapes "
+                              f"{[tuple(want[k].shape) for k in sorted(want)][:2]}…, got {dict(list(got.items())[:4])}")
+    model.aesthetic.load_state_dict({k: v.float() for k, v in state.items()})
+
+
 def _kind_from_name(folder: str, config: dict) -> str:
     names = f"{os.path.basename(os.path.abspath(folder))} {config.get('_name_or_path', '')}".lower()
     return "pickscore" if "pickscore" in names else "clip_score"
@@ -394,11 +448,16 @@ def _hf_preprocessing(folder: str) -> dict:
 
 
 def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: Optional[str] = None) -> CLIPScorer:
-    """A transformers ``CLIPModel`` folder as PickScore or CLIP score (see the module docstring)."""
+    """A transformers ``CLIPModel`` folder as PickScore, CLIP score or, with an aesthetic predictor
+    MLP file in it, the LAION aesthetic score (see the module docstring)."""
     from transformers import CLIPModel
 
     config = read_json(os.path.join(folder, "config.json"))
-    kind = kind or _kind_from_name(folder, config)
+    head = _aesthetic_head(folder)
+    kind = kind or ("aesthetic" if head else _kind_from_name(folder, config))
+    if kind == "aesthetic" and head is None:
+        raise CheckpointError(f"{folder} has no aesthetic predictor MLP ({' / '.join(AESTHETIC_HEADS)}) for kind "
+                              "'aesthetic'")
     pre = _hf_preprocessing(folder)
     try:
         with quiet_transformers():
@@ -408,8 +467,11 @@ def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: O
     if info.get("missing_keys"):
         raise CheckpointError(f"{folder}: the weights lack {len(info['missing_keys'])} CLIPModel tensor(s), e.g. "
                               f"{sorted(info['missing_keys'])[:4]}")
-    config = CLIPScorerConfig(kind=kind, clip_config=clip.config.to_dict(), **pre)
+    relu = kind == "aesthetic" and "relu" in os.path.basename(head).lower()
+    config = CLIPScorerConfig(kind=kind, clip_config=clip.config.to_dict(), aesthetic_relu=relu, **pre)
     model = CLIPScorer(config, clip_tokenizer(folder), clip)
+    if kind == "aesthetic":
+        _load_aesthetic_head(model, head)
     return finish_loading(model, resolve_device(device), resolve_dtype(dtype))
 
 
