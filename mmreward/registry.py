@@ -64,6 +64,8 @@ LAYOUTS: list[Layout] = [
     Layout("math-shepherd", "mmreward.text.prm.published:is_math_shepherd",
            "mmreward.text.prm.published:load_math_shepherd",
            "Math-Shepherd PRM (a causal LM named math-shepherd: P(+) vs P(-) at each 'ки' tag)"),
+    Layout("rlhflow-prm", "mmreward.text.prm.published:is_rlhflow_prm", "mmreward.text.prm.published:load_rlhflow_prm",
+           "RLHFlow's Llama-3.1 PRMs (a causal LM named …-PRM-Mistral-Data / -Deepseek-Data: P(+) after each step's turn)"),
     Layout("mmreward-text-rm-v1", "mmreward.text.layouts:is_legacy_folder",
            "mmreward.text.layouts:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
     Layout("transformers-sequence-classifier", "mmreward.text.layouts:is_sequence_classifier",

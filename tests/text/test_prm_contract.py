@@ -1,4 +1,4 @@
-"""The PRM model contract: published layouts (Math-Shepherd, Qwen2.5-Math-PRM, Skywork-o1-Open-PRM) read
+"""The PRM model contract: published layouts (Math-Shepherd, Qwen2.5-Math-PRM, Skywork-o1-Open-PRM, RLHFlow) read
 by ``mmreward.load`` score exactly as their official code does; every PRM type round-trips through
 save_pretrained → mmreward.load; folders saved by mmreward 0.1 still load; wrong or partial folders and
 over-long inputs are refused with messages naming what is wrong.
@@ -221,6 +221,35 @@ def official_skywork(folder, solutions, cls):
     return [rewards[i][torch.nonzero(flags[i] == 1).view(-1)] for i in range(len(rows))]
 
 
+LLAMA3_TEMPLATE = ("<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                   "{{ m['content'] }}<|eot_id|>{% endfor %}"
+                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def official_rlhflow(folder, solutions):
+    """RLHFlow/RLHF-Reward-Modeling math/prm_evaluate.py (the Llama3.1-8B-PRM-*-Data cards): a user turn
+    per step (problem + " " + the first), each answered "+"; for step k the conversation up to it,
+    logits[:, -3, [+, -]] softmaxed, P(+)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    candidate_tokens = [tokenizer.encode("+")[-1], tokenizer.encode("-")[-1]]
+    out = []
+    for sol in solutions:
+        conversation, scores = [], []
+        for k, step in enumerate(sol.steps):
+            text = sol.problem + " " + step if k == 0 else step
+            conversation.append({"content": text, "role": "user"})
+            conversation.append({"content": "+", "role": "assistant"})
+            input_ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids).logits[:, -3, candidate_tokens]
+            scores.append(logits.softmax(dim=-1)[:, 0][0])
+        out.append(torch.stack(scores))
+    return out
+
+
 # ---------------------------------------------------------------- published folders
 def _math_shepherd_tokenizer():
     return sentencepiece_like_tokenizer([f"{s.problem} " + "\n".join(f"{x} ки" for x in s.steps) for s in SOLUTIONS]
@@ -268,13 +297,41 @@ def write_skywork(folder):
     return folder
 
 
-WRITERS = {"math-shepherd": write_math_shepherd, "qwen2.5-math-prm": write_qwen_prm, "skywork-o1-open-prm": write_skywork}
+def write_rlhflow(folder):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["user assistant\n\n+ -"] + [s.problem + " " + " ".join(s.steps) for s in SOLUTIONS],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                  additional_special_tokens=specials[2:])
+    tok.chat_template = LLAMA3_TEMPLATE
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    _randomise(model, 4)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+WRITERS = {"math-shepherd": write_math_shepherd, "qwen2.5-math-prm": write_qwen_prm, "skywork-o1-open-prm": write_skywork,
+           "rlhflow-prm": write_rlhflow}
+
+
+FOLDER_NAMES = {"rlhflow-prm": "Llama3.1-8B-PRM-Deepseek-Data"}  # the release's repository name
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
-    return {name: write(str(root / f"{name}-tiny")) for name, write in WRITERS.items()}
+    return {name: write(str(root / FOLDER_NAMES.get(name, f"{name}-tiny"))) for name, write in WRITERS.items()}
 
 
 def _official(name, folder, solutions):
@@ -283,13 +340,16 @@ def _official(name, folder, solutions):
         return official_math_shepherd(folder, solutions)
     if name == "qwen2.5-math-prm":
         return official_qwen_prm(folder, solutions, qwen_cls)
+    if name == "rlhflow-prm":
+        return official_rlhflow(folder, solutions)
     return official_skywork(folder, solutions, sky_cls)
 
 
 # ---------------------------------------------------------------- parity
 @pytest.mark.parametrize("name, input_format, head", [("math-shepherd", "math_shepherd", "lm"),
                                                       ("qwen2.5-math-prm", "qwen_prm", "mlp"),
-                                                      ("skywork-o1-open-prm", "skywork_prm", "value")])
+                                                      ("skywork-o1-open-prm", "skywork_prm", "value"),
+                                                      ("rlhflow-prm", "rlhflow_prm", "lm")])
 def test_published_layout_scores_equal_the_official_code(folders, name, input_format, head):
     from mmreward.registry import detect
 
@@ -311,7 +371,8 @@ def test_layouts_are_told_apart(folders):
     for name, folder in folders.items():
         cfg = json.load(open(os.path.join(folder, "config.json")))
         hits = [n for n, fn in (("math-shepherd", published.is_math_shepherd), ("qwen2.5-math-prm", published.is_qwen_prm),
-                                ("skywork-o1-open-prm", published.is_skywork_prm)) if fn(folder, cfg)]
+                                ("skywork-o1-open-prm", published.is_skywork_prm), ("rlhflow-prm", published.is_rlhflow_prm))
+                if fn(folder, cfg)]
         assert hits == [name]
     # a causal LM is Math-Shepherd only when named so (the release has no other marker) …
     plain = shutil.copytree(folders["math-shepherd"], os.path.join(os.path.dirname(folders["math-shepherd"]), "some-lm"))

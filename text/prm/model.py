@@ -19,8 +19,8 @@ Input formats (``PRMConfig.input_format``) turn ``(problem, steps)`` into tokens
 
 * ``mmreward``: ``problem ⏎ step₁ <tag> ⏎ step₂ <tag> ⏎ …``, every piece tokenized on its own (BPE
   merges never move a tag);
-* ``math_shepherd`` / ``qwen_prm`` / ``skywork_prm``: the published models' own formats, token for
-  token as their official code builds them (see :mod:`.published` and docs/prm.md).
+* ``math_shepherd`` / ``qwen_prm`` / ``skywork_prm`` / ``rlhflow_prm``: the published models' own
+  formats, token for token as their official code builds them (see :mod:`.published` and docs/prm.md).
 
 Nothing is truncated silently: an input longer than ``max_length`` tokens is an error naming it and
 its length, unless ``truncate=True`` (the steps past the limit then score NaN and ``score`` aggregates
@@ -48,7 +48,7 @@ __all__ = ["PRMConfig", "ProcessRewardModel", "AGGREGATIONS", "HEADS", "INPUT_FO
 MODEL_TYPE = "process_reward_model"
 AGGREGATIONS = ("min", "prod", "last", "mean")
 HEADS = ("lm", "value", "mlp")
-INPUT_FORMATS = ("mmreward", "math_shepherd", "qwen_prm", "skywork_prm")
+INPUT_FORMATS = ("mmreward", "math_shepherd", "qwen_prm", "skywork_prm", "rlhflow_prm")
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -58,7 +58,7 @@ class PRMConfig:
         "help": "lm: P(good) from two label tokens of a causal LM; value: scalar head; mlp: Qwen2.5-Math-PRM 2-class MLP"})
     backbone: dict = field(default_factory=dict, metadata={"help": "the backbone's Hugging Face config (to_dict())"})
     input_format: str = field(default="mmreward", metadata={
-        "help": "how (problem, steps) become tokens: mmreward | math_shepherd | qwen_prm | skywork_prm"})
+        "help": "how (problem, steps) become tokens: mmreward | math_shepherd | qwen_prm | skywork_prm | rlhflow_prm"})
     step_tag: str = field(default=" ки", metadata={"help": "text marking the end of every step; a step is scored at its last token"})
     step_separator: str = field(default="\n", metadata={"help": "text between the problem and the steps"})
     good_token: str = field(default="+", metadata={"help": "lm head: the good-step label token"})
@@ -77,6 +77,8 @@ class PRMConfig:
                 raise ValueError(f"PRMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.head in ("lm", "mlp") and self.score != "sigmoid":
             raise ValueError(f"the {self.head} head scores P(good): use score='sigmoid'")
+        if self.input_format == "rlhflow_prm" and self.head != "lm":
+            raise ValueError("the rlhflow_prm input format reads P(+) of the LM head: use head='lm'")
         if self.aggregation == "prod" and self.score != "sigmoid":
             raise ValueError("aggregation='prod' needs probabilities (score='sigmoid')")
         if not self.step_tag:
@@ -209,6 +211,15 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             self._sep_ids = tok.encode(cfg.step_separator, add_special_tokens=False)
             start = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
             self._start_ids = [start] if start is not None else []
+        elif fmt == "rlhflow_prm":
+            if not getattr(tok, "chat_template", None):
+                raise ValueError("the rlhflow_prm input format needs a tokenizer with a chat template")
+            good = label_token_ids(tok, cfg)[0]
+            probe = self._render_rlhflow([{"role": "user", "content": "x"}, {"role": "assistant", "content": cfg.good_token}])
+            if len(probe) < 3 or probe[-2] != good:
+                raise ValueError(f"the rlhflow_prm format reads the token before each assistant {cfg.good_token!r}, 3 "
+                                 f"from the end of each rendered turn (its official code's logits[:, -3]); this chat "
+                                 f"template ends an assistant turn with {probe[-3:]} instead of [?, {good}, <end>]")
         else:
             if fmt == "qwen_prm" and not getattr(tok, "chat_template", None):
                 raise ValueError("the qwen_prm input format needs a tokenizer with a chat template")
@@ -336,11 +347,34 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             tags.append(len(ids) - 1)
         return ids, tags
 
+    def _render_rlhflow(self, messages: list[dict]) -> list[int]:
+        # apply_chat_template(conversation) as the official code calls it: the rendered text, no special tokens added
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _encode_rlhflow_prm(self, problem: str, steps: Sequence[str], where: str) -> tuple[list[int], list[int]]:
+        # RLHF-Reward-Modeling math/prm_evaluate.py: user turns problem + " " + step₁, then step_k, each answered
+        # by an assistant "+"; step k's score is P(+) at logits[:, -3] of the conversation up to step k. The
+        # model is causal, so one forward over the whole conversation gives every step's logits
+        cfg, messages, ids, tags = self.config, [], [], []
+        for k, s in enumerate(steps):
+            messages += [{"role": "user", "content": f"{problem}{cfg.step_separator}{s}" if k == 0 else s},
+                         {"role": "assistant", "content": cfg.good_token}]
+            ids_k = self._render_rlhflow(messages)
+            if ids_k[: len(ids)] != ids or ids_k[-2] != self.label_ids[0]:
+                raise DataError(f"{where}: step {k} changes how the conversation before it tokenizes (or its "
+                                f"turn does not end in {cfg.good_token!r}); it cannot be scored in one pass")
+            ids = ids_k
+            tags.append(len(ids) - 3)
+        return ids, tags
+
     def _tagged(self, problem: str, steps: Sequence[str], where: str) -> tuple[list[int], list[int]]:
         """Full token ids and tag positions of one input, in the configured input format."""
         fmt = self.config.input_format
         if fmt == "mmreward":
             return self._encode_mmreward(problem, steps)
+        if fmt == "rlhflow_prm":
+            return self._encode_rlhflow_prm(problem, steps, where)
         if fmt == "skywork_prm":
             return self._encode_skywork_prm(problem, steps)
         ids = self._encode_math_shepherd(problem, steps) if fmt == "math_shepherd" else self._encode_qwen_prm(problem, steps)

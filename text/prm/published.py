@@ -16,6 +16,9 @@ Skywork-o1-Open-PRM    ``architectures``                   ``v_head.summary`` (1
                        ``Qwen2ForPrmModel`` (or            sigmoid(value)
                        ``v_head.summary.weight`` in a
                        causal LM's weights)
+RLHFlow PRM            a ``*ForCausalLM`` folder whose     ``lm_head.weight`` rows of ``+`` / ``-`` before each
+                       name says RLHFlow and PRM           assistant ``+`` of a multi-turn chat (one user turn
+                       (``Llama3.1-8B-PRM-*-Data``)        per step): P(+) = softmax over the two logits
 =====================  ==================================  ====================================================
 
 Every layout keeps its backbone under ``model.`` and its tokenizer next to ``config.json``; a folder
@@ -36,7 +39,7 @@ from mmreward.core.model import finish_loading, load_state_strict, read_config
 from mmreward.core.weights import read_weights, weight_names
 
 __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_prm", "is_skywork_prm",
-           "load_skywork_prm", "QWEN_PRM_SYSTEM"]
+           "load_skywork_prm", "is_rlhflow_prm", "load_rlhflow_prm", "QWEN_PRM_SYSTEM"]
 
 # the system turn of the Qwen2.5-Math-PRM model card's example
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -123,19 +126,23 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
 
 
 # ------------------------------------------------------------------ Math-Shepherd
+def _names(folder: str, config: dict) -> list[str]:
+    """The names a plain causal-LM checkpoint goes by: the folder's own, its hub cache entry
+    (``models--org--name/snapshots/<rev>``) and ``_name_or_path``, lower-case with ``_`` as ``-``."""
+    path = os.path.abspath(folder)
+    names = [os.path.basename(path), str(config.get("_name_or_path", ""))]
+    if os.path.basename(os.path.dirname(path)) == "snapshots":
+        names.append(os.path.basename(os.path.dirname(os.path.dirname(path))))
+    return [n.lower().replace("_", "-") for n in names]
+
+
 def is_math_shepherd(folder: str, config: Optional[dict]) -> bool:
     """A causal LM named Math-Shepherd: the published checkpoint is a plain ``MistralForCausalLM``, so its
     name (the folder's own name, its hub cache entry, or ``_name_or_path``) is what sets it apart."""
-    if not _causal_lm(config):
-        return False
-    path = os.path.abspath(folder)
-    names = [os.path.basename(path), str(config.get("_name_or_path", ""))]
-    if os.path.basename(os.path.dirname(path)) == "snapshots":  # hub cache: models--peiyi9979--math-shepherd-…/snapshots/<rev>
-        names.append(os.path.basename(os.path.dirname(os.path.dirname(path))))
-    return any("math-shepherd" in n.lower().replace("_", "-") for n in names)
+    return _causal_lm(config) and any("math-shepherd" in n for n in _names(folder, config))
 
 
-def _math_shepherd_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
+def _lm_label_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
     from .model import label_token_ids
 
     good_bad = list(label_token_ids(tok, cfg))
@@ -144,8 +151,8 @@ def _math_shepherd_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: st
     elif raw.get("tie_word_embeddings") and "model.embed_tokens.weight" in weights:
         lm_head = weights["model.embed_tokens.weight"]
     else:
-        raise CheckpointError(f"{folder}: missing lm_head.weight, the LM head the Math-Shepherd layout reads "
-                              "P(+) from")
+        raise CheckpointError(f"{folder}: missing lm_head.weight, the LM head the {cfg.input_format} layout "
+                              "reads P(+) from")
     if max(good_bad) >= lm_head.shape[0]:
         raise CheckpointError(f"{folder}: the tokenizer's '+' / '-' ids {good_bad} do not index its LM head "
                               f"({lm_head.shape[0]} rows)")
@@ -158,7 +165,7 @@ def load_math_shepherd(folder: str, *, device: Any = "cpu", dtype: Any = None):
     """Math-Shepherd (peiyi9979/math-shepherd-mistral-7b-prm): input ``f"{problem} {step₁} ки\\n{step₂} ки…"``
     tokenized whole, P(+) from the ``+`` / ``-`` logits at each ``ки``."""
     return _load(folder, "Math-Shepherd", device=device, dtype=dtype, head="lm", input_format="math_shepherd",
-                 head_state=_math_shepherd_head, step_tag="ки", step_separator="\n", good_token="+", bad_token="-")
+                 head_state=_lm_label_head, step_tag="ки", step_separator="\n", good_token="+", bad_token="-")
 
 
 # ------------------------------------------------------------------ Qwen2.5-Math-PRM
@@ -204,3 +211,20 @@ def load_skywork_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
     return _load(folder, "Skywork-o1-Open-PRM", device=device, dtype=dtype, head="value", input_format="skywork_prm",
                  head_state=_skywork_head, ignore=("lm_head.",), default_type="qwen2", step_tag="\n",
                  step_separator="\n")
+
+
+# ------------------------------------------------------------------ RLHFlow PRMs
+def is_rlhflow_prm(folder: str, config: Optional[dict]) -> bool:
+    """A causal LM named as RLHFlow's PRMs (``RLHFlow/Llama3.1-8B-PRM-Mistral-Data``, ``…-Deepseek-Data``):
+    plain ``LlamaForCausalLM`` checkpoints, so the name sets them apart; other names load with
+    :func:`load_rlhflow_prm`."""
+    return _causal_lm(config) and any(("rlhflow" in n and "prm" in n) or "-prm-mistral-data" in n
+                                      or "-prm-deepseek-data" in n for n in _names(folder, config))
+
+
+def load_rlhflow_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
+    """RLHFlow's Llama-3.1 PRMs: a chat of one user turn per step (the problem + " " before the first),
+    each answered by an assistant ``+``; a step's score is P(+) against P(-) at the token before its ``+``
+    (RLHF-Reward-Modeling ``math/prm_evaluate.py``). One forward scores every step."""
+    return _load(folder, "RLHFlow PRM", device=device, dtype=dtype, head="lm", input_format="rlhflow_prm",
+                 head_state=_lm_label_head, step_tag="+", step_separator=" ", good_token="+", bad_token="-")
