@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Union
 MODEL_TYPES: dict[str, str] = {
     # text
     "text_reward_model": "mmreward.text.reward_model:RewardModel",
+    "armo_rm": "mmreward.text.armo:ArmoRewardModel",
     "process_reward_model": "mmreward.text.prm.model:ProcessRewardModel",
     # text: generative judges
     "genrm": "mmreward.text.generative.genrm:GenRM",
@@ -68,6 +69,8 @@ LAYOUTS: list[Layout] = [
            "RLHFlow's Llama-3.1 PRMs (a causal LM named …-PRM-Mistral-Data / -Deepseek-Data: P(+) after each step's turn)"),
     Layout("mmreward-text-rm-v1", "mmreward.text.layouts:is_legacy_folder",
            "mmreward.text.layouts:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
+    Layout("armorm", "mmreward.text.armo:is_armo", "mmreward.text.armo:load_armo",
+           "ArmoRM (LlamaForRewardModelWithGating: 19 objective rewards mixed by a gating network), without its remote code"),
     Layout("transformers-sequence-classifier", "mmreward.text.layouts:is_sequence_classifier",
            "mmreward.text.layouts:load_sequence_classifier",
            "a transformers *ForSequenceClassification reward model with one label (Skywork-Reward, OpenAssistant DeBERTa, TRL)"),

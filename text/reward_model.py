@@ -134,6 +134,11 @@ def _activation(name: str) -> nn.Module:
     return ACT2FN[name]
 
 
+def last_positions(mask: Tensor) -> Tensor:
+    """(N,) index of each row's last position with mask 1 (left or right padding)."""
+    return (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)
+
+
 # ------------------------------------------------------------------ the model
 class RewardModel(RewardScorer, nn.Module):
     """``backbone`` + optional ``pooler`` (dense + activation) + ``head`` (H → 1); ``tokenizer`` is
@@ -173,6 +178,16 @@ class RewardModel(RewardScorer, nn.Module):
     # -------------------------------------------------------------- forward
     def pooled_hidden(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
         """The backbone's hidden state read by ``config.pooling``: (N, H)."""
+        hidden, mask = self.token_states(input_ids, attention_mask, token_type_ids)  # (N, T, H), (N, T)
+        if self.config.pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
+            return (hidden * m).sum(1) / mask.sum(-1, keepdim=True).to(hidden.dtype)
+        at = last_positions(mask) if self.config.pooling == "last" else mask.argmax(-1)  # first position with mask 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (N, H)
+
+    def token_states(self, input_ids: Tensor, attention_mask: Tensor,
+                     token_type_ids: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The backbone's last hidden states (N, T, H) and the long attention mask (N, T)."""
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (N, T) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
         if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
@@ -187,17 +202,7 @@ class RewardModel(RewardScorer, nn.Module):
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # same positions for left / right padding
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**kwargs).last_hidden_state  # (N, T, H)
-        if self.config.pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
-            return (hidden * m).sum(1) / lengths.unsqueeze(-1).to(hidden.dtype)
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=mask.device) * mask  # (N, T), 0 at padding
-        if self.config.pooling == "last":
-            at = positions.argmax(-1)  # last position with mask 1
-        else:
-            at = mask.argmax(-1)  # first position with mask 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (N, H)
+        return self.backbone(**kwargs).last_hidden_state, mask  # (N, T, H)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
                 return_hidden: bool = False) -> Tensor:
@@ -323,7 +328,7 @@ class RewardModel(RewardScorer, nn.Module):
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, tokenizer: Any = None) -> "RewardModel":
-        config = config_from_dict(RewardModelConfig, body.get("config", {}), MODEL_TYPE)
+        config = config_from_dict(cls.config_class, body.get("config", {}), cls.model_type)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(os.path.join(folder, TOKENIZER_DIR))
         with quiet_transformers():
             model = cls(config, tokenizer)
