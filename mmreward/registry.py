@@ -88,9 +88,9 @@ LAYOUTS: list[Layout] = [
     Layout("transformers-clip", "mmreward.vision.published.clip_scorers:is_hf_clip",
            "mmreward.vision.published.clip_scorers:load_hf_clip",
            "a transformers CLIPModel folder: PickScore (by name), CLIP score, or the LAION aesthetic score (with its MLP file)"),
-    Layout("remote-code-vlm", "mmreward.vision.published.remote_code:is_remote_code_vlm",
-           "mmreward.vision.published.remote_code:refuse_remote_code_vlm",
-           "VisualPRM / IXC-2.5-Reward: refused with the reason (their code ships in the checkpoint)"),
+    Layout("remote-code", "mmreward.core.remote_code:is_remote_code", "mmreward.core.remote_code:refuse_remote_code",
+           "any other folder whose model code ships inside it (auto_map): InternLM2 reward models, VisualPRM, "
+           "IXC-2.5-Reward …, refused with the reason"),
 ]
 
 

@@ -184,3 +184,13 @@ def test_remote_code_models_are_refused_with_the_reason(tmp_path, arch):
                                                       "auto_map": {"AutoModel": "modeling_x.X"}}))
     with pytest.raises(CheckpointError, match="trust_remote_code"):
         mmreward.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("arch, names", [("InternLM2ForRewardModel", "InternLM2 reward model"),
+                                         ("MyOwnRewardModel", "MyOwnRewardModel")])
+def test_any_other_remote_code_folder_is_refused_with_the_reason(tmp_path, arch, names):
+    """InternLM2 reward models, and any auto_map folder no layout reads, say why (not "unknown model")."""
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "internlm2",
+                                                      "auto_map": {"AutoModel": "modeling_x.X"}}))
+    with pytest.raises(CheckpointError, match=f"{names}.*trust_remote_code"):
+        mmreward.load(str(tmp_path))

@@ -14,8 +14,8 @@ Skywork-VL-Reward           Qwen2(.5)-VL + ``value_head.safetensors``  :class:`~
                                                                        (``qwen_vl_reward``)
 ==========================  =========================================  ==========================================
 
-VisualPRM and IXC-2.5-Reward are refused with the reason (:mod:`.remote_code`: their model code ships
-inside the checkpoint). ``mmreward.load(folder)`` picks the layout (``mmreward.registry.LAYOUTS``); the
+VisualPRM and IXC-2.5-Reward are refused with the reason (:mod:`mmreward.core.remote_code`: their
+model code ships inside the checkpoint). ``mmreward.load(folder)`` picks the layout (``mmreward.registry.LAYOUTS``); the
 returned model scores
 ``ImagePrompt`` / ``VideoPrompt`` (image scorers) or ``Conversation`` (VLM RMs) like any other and
 ``save_pretrained`` writes it in mmreward's own format. :mod:`.qwen_vl` is the Qwen2-VL / Qwen2.5-VL
