@@ -69,6 +69,8 @@ LAYOUTS: list[Layout] = [
            "RLHFlow's Llama-3.1 PRMs (a causal LM named …-PRM-Mistral-Data / -Deepseek-Data: P(+) after each step's turn)"),
     Layout("mmreward-text-rm-v1", "mmreward.text.layouts:is_legacy_folder",
            "mmreward.text.layouts:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
+    Layout("qwen2.5-math-rm", "mmreward.text.layouts:is_qwen_math_rm", "mmreward.text.layouts:load_qwen_math_rm",
+           "Qwen2.5-Math-RM (Qwen2ForRewardModel: Linear → ReLU → Linear(1) at the last token), without its remote code"),
     Layout("armorm", "mmreward.text.armo:is_armo", "mmreward.text.armo:load_armo",
            "ArmoRM (LlamaForRewardModelWithGating: 19 objective rewards mixed by a gating network), without its remote code"),
     Layout("transformers-sequence-classifier", "mmreward.text.layouts:is_sequence_classifier",

@@ -188,7 +188,7 @@ class TextEncoder:
     ``truncation`` policy (module docstring). Shared by training, scoring and evaluation."""
 
     def __init__(self, tokenizer: Any, *, max_length: Optional[int] = None, input_format: str = "joined",
-                 truncation: str = "prompt_first", prompt_share: float = 0.25):
+                 truncation: str = "prompt_first", prompt_share: float = 0.25, system_prompt: str = ""):
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
         if input_format == "chat" and not has_chat_template(tokenizer):
@@ -198,7 +198,9 @@ class TextEncoder:
         if not 0.0 <= prompt_share <= 1.0:
             raise ValueError(f"prompt_share must be in [0, 1], got {prompt_share!r}")
         self.tokenizer, self.max_length, self.input_format = tokenizer, max_length, input_format
-        self.truncation, self.prompt_share = truncation, prompt_share
+        if system_prompt and input_format != "chat":
+            raise ValueError(f"system_prompt applies to input_format='chat', not {input_format!r}")
+        self.truncation, self.prompt_share, self.system_prompt = truncation, prompt_share, system_prompt
 
     # -------------------------------------------------------------- rendering
     def render(self, prompt: Optional[TextLike], response: TextLike) -> _Rendered:
@@ -207,6 +209,8 @@ class TextEncoder:
             return _Rendered(response, spans=[(0, len(response), _RESPONSE)])
         if self.input_format == "chat":
             asked = [] if prompt is None else _as_messages(prompt, "user")
+            if self.system_prompt and not (asked and asked[0].get("role") == "system"):  # a given system turn wins
+                asked = [{"role": "system", "content": self.system_prompt}] + asked
             msgs = asked + _as_messages(response, "assistant")
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
             bos = getattr(self.tokenizer, "bos_token", None)

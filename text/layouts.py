@@ -87,6 +87,57 @@ def load_legacy_folder(folder: str, *, device: Any = "cpu", dtype: Any = None, t
     return finish_loading(model, dev, dt)
 
 
+# ------------------------------------------------------------------ Qwen2.5-Math-RM
+QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def is_qwen_math_rm(folder: str, config: Optional[dict]) -> bool:
+    archs = (config or {}).get("architectures") or []
+    return isinstance(archs, list) and "Qwen2ForRewardModel" in archs
+
+
+def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer: Any = None) -> RewardModel:
+    """Qwen2.5-Math-RM-72B (``Qwen2ForRewardModel``, remote code in its release): ``model.*`` a Qwen2
+    backbone, ``score`` = Linear(H, H) → ReLU → Linear(H, 1) at the last token of the chat
+    ``[system: QWEN_MATH_SYSTEM, user, assistant]`` (its model card), as a :class:`RewardModel` whose
+    pooler and head are those two layers."""
+    from transformers import AutoConfig, AutoModel
+
+    from mmreward.core.weights import read_weights
+
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    raw = read_config(folder)
+    with quiet_transformers():
+        hf = AutoConfig.for_model(raw.get("model_type", "qwen2"),
+                                  **{k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")})
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    if not has_chat_template(tokenizer):
+        raise CheckpointError(f"{folder}: Qwen2.5-Math-RM scores chat conversations, and this tokenizer has no chat template")
+    weights = read_weights(folder)
+    head = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
+    missing = [k for k in head if k not in weights]
+    if missing:
+        raise CheckpointError(f"{folder}: missing Qwen2ForRewardModel head tensor(s) {missing} (score = Linear → "
+                              "ReLU → Linear(1))")
+    if weights["score.2.weight"].shape[0] != 1:
+        raise CheckpointError(f"{folder}: score.2.weight has shape {tuple(weights['score.2.weight'].shape)}; a reward "
+                              "model has one output")
+    state = {"pooler.weight": weights.pop("score.0.weight"), "pooler.bias": weights.pop("score.0.bias"),
+             "head.weight": weights.pop("score.2.weight"), "head.bias": weights.pop("score.2.bias")}
+    backbone = {f"backbone.{k[len('model.'):]}": v for k, v in weights.items() if k.startswith("model.")}
+    unexpected = sorted(k for k in weights if not k.startswith(("model.", "lm_head.")))
+    if not backbone or unexpected:
+        raise CheckpointError(f"{folder}: expected the backbone under 'model.' and the score head; found "
+                              f"{sorted({k.split('.')[0] for k in weights})[:8]}")
+    config = RewardModelConfig(backbone={**hf.to_dict(), "model_type": hf.model_type}, input_format="chat",
+                               pooling="last", pooler_act="relu", max_length=model_max_length(tokenizer, hf),
+                               system_prompt=QWEN_MATH_SYSTEM)
+    with quiet_transformers():
+        model = RewardModel(config, tokenizer, backbone=AutoModel.from_config(hf))
+    load_state_strict(model, {**backbone, **state}, folder)
+    return finish_loading(model, dev, dt)
+
+
 # ------------------------------------------------------------------ transformers sequence classifiers
 def is_sequence_classifier(folder: str, config: Optional[dict]) -> bool:
     archs = (config or {}).get("architectures") or []
@@ -185,5 +236,5 @@ def _owns(parent: nn.Module, child: nn.Module) -> bool:
     return any(m is child for m in parent.modules())
 
 
-__all__ = ["ENCODER_HEADS", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_sequence_classifier",
+__all__ = ["ENCODER_HEADS", "LEGACY_META", "QWEN_MATH_SYSTEM", "is_qwen_math_rm", "load_qwen_math_rm", "check_classifier_weights", "is_legacy_folder", "is_sequence_classifier",
            "load_legacy_folder", "load_sequence_classifier", "reward_model_from_classifier"]

@@ -63,6 +63,7 @@ class RewardModelConfig:
     prompt_share: float = field(default=0.25, metadata={"help": "prompt_first: share of the content budget the end of a long prompt keeps against a long response"})
     pooling: str = field(default="last", metadata={"help": "where the score is read: last (last token) | first (first token, [CLS]) | mean (mean over tokens)"})
     pooler_act: Optional[str] = field(default=None, metadata={"help": "activation of a dense H→H layer before the head (tanh: BERT / RoBERTa, gelu: DeBERTa); None: no such layer"})
+    system_prompt: str = field(default="", metadata={"help": "chat format: a system turn put before conversations that have none (Qwen2.5-Math-RM's card uses one); '': none"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, dict) or not isinstance(self.backbone.get("model_type"), str):
@@ -75,6 +76,9 @@ class RewardModelConfig:
                 raise ValueError(f"RewardModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.prompt_share, (int, float)) and 0.0 <= self.prompt_share <= 1.0):
             raise ValueError(f"RewardModelConfig.prompt_share must be in [0, 1], got {self.prompt_share!r}")
+        if not isinstance(self.system_prompt, str) or (self.system_prompt and self.input_format != "chat"):
+            raise ValueError(f"RewardModelConfig.system_prompt must be a string, used with input_format='chat' only; "
+                             f"got {self.system_prompt!r} with {self.input_format!r}")
 
 
 # ------------------------------------------------------------------ transformers pieces (imported lazily)
@@ -224,7 +228,7 @@ class RewardModel(RewardScorer, nn.Module):
         """The text layout and truncation of this model (its config), for training and scoring alike."""
         c = self.config
         return TextEncoder(self._require_tokenizer(), max_length=c.max_length, input_format=c.input_format,
-                           truncation=c.truncation, prompt_share=c.prompt_share)
+                           truncation=c.truncation, prompt_share=c.prompt_share, system_prompt=c.system_prompt)
 
     @property
     def pad_id(self) -> int:
@@ -348,7 +352,9 @@ class RewardModel(RewardScorer, nn.Module):
         if body.get("model_type") == cls.model_type:
             return super().from_pretrained(path, device, dtype=dtype, tokenizer=tokenizer)
         what, loader = detect(path)
-        if getattr(loader, "__module__", "") != "mmreward.text.layouts":
+        owner = getattr(loader, "__self__", None)  # a model class's from_pretrained (e.g. a saved ArmoRM)
+        if not ((isinstance(owner, type) and issubclass(owner, RewardModel))
+                or getattr(loader, "__module__", "") in ("mmreward.text.layouts", "mmreward.text.armo")):
             raise CheckpointError(f"{path} holds a {what!r} model, not a text reward model (mmreward.load opens it)")
         return loader(path, device=device, dtype=dtype, tokenizer=tokenizer)
 

@@ -142,7 +142,10 @@ def official_scores(model, tok):
 
 
 def test_armo_scores_and_objectives_equal_its_code(armo, tmp_path):
-    folder, model, tok = armo
+    from transformers import AutoTokenizer
+
+    folder, model, _ = armo
+    tok = AutoTokenizer.from_pretrained(folder)  # as its card loads it
     cfg = json.load(open(f"{folder}/config.json"))
     assert cfg["architectures"] == ["LlamaForRewardModelWithGating"] and "auto_map" in cfg
     rm = mmreward.load(folder)
@@ -174,3 +177,14 @@ def test_armo_refuses_partial_folders_and_replies_without_a_prompt_turn(armo, tm
     no_turn = rm.tokenizer("just text", return_tensors="pt")["input_ids"]
     with pytest.raises(DataError, match="no assistant turn start"):
         rm(no_turn, torch.ones_like(no_turn))
+
+
+def test_text_commands_open_armo(armo, tmp_path, capsys):
+    """RewardModel.from_pretrained (what `mmreward text score` uses) opens the release and a saved copy."""
+    from mmreward.text import RewardModel
+
+    folder, _, _ = armo
+    rm = RewardModel.from_pretrained(folder)
+    assert isinstance(rm, ArmoRewardModel)
+    rm.save_pretrained(str(tmp_path / "saved"))
+    assert isinstance(RewardModel.from_pretrained(str(tmp_path / "saved")), ArmoRewardModel)

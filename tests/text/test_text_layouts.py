@@ -162,3 +162,63 @@ def test_legacy_folder_loads_with_its_settings(tmp_path):
         f.truncate(100)
     with pytest.raises(CheckpointError, match="truncated"):
         mmreward.load(str(tmp_path))
+
+
+# ---------------------------------------------------------------- Qwen2.5-Math-RM (remote code in its release)
+def test_qwen_math_rm_scores_as_its_card(tmp_path):
+    """A tiny Qwen2ForRewardModel (the release's module names: ``model``, ``score`` = Linear → ReLU →
+    Linear(1)) saved by transformers; the card's computation: chat [system, user, assistant] rendered,
+    ``encode(add_special_tokens=False)``, the score at the last token."""
+    from torch import nn
+    from transformers import Qwen2Model, Qwen2PreTrainedModel
+
+    from mmreward.text.layouts import QWEN_MATH_SYSTEM
+
+    class Qwen2ForRewardModel(Qwen2PreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = Qwen2Model(config)
+            self.score = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(),
+                                       nn.Linear(config.hidden_size, 1))
+            self.post_init()
+
+        def forward(self, input_ids):
+            return self.score(self.model(input_ids).last_hidden_state)[:, -1, 0]
+
+    from tokenizers import processors
+
+    tok = word_tokenizer(chat_template=CHATML + "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A")  # Qwen adds no special tokens
+    torch.manual_seed(0)
+    ref = Qwen2ForRewardModel(qwen2_config()).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    ref.config.auto_map = {"AutoModel": "modeling_qwen2_rm.Qwen2ForRewardModel"}
+    ref.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))  # as the card loads it
+    want = []
+    for p, r in zip(PROMPTS, RESPONSES):
+        chat = [{"role": "system", "content": QWEN_MATH_SYSTEM}, {"role": "user", "content": p},
+                {"role": "assistant", "content": r}]
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+        with torch.no_grad():
+            want.append(ref(tok.encode(text, return_tensors="pt", add_special_tokens=False))[0])
+    want = torch.stack(want)
+    rm = mmreward.load(str(tmp_path))
+    assert rm.config.system_prompt == QWEN_MATH_SYSTEM and rm.config.pooler_act == "relu"
+    got = rm.score(ITEMS, batch_size=3)
+    assert want.std() > 1e-3 and float((got - want).abs().max()) <= 1e-4, (got, want)
+    # a conversation that brings its own system turn keeps it
+    own = [{"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPTS[0]},
+           {"role": "assistant", "content": RESPONSES[0]}]
+    text = tok.apply_chat_template(own, tokenize=False)
+    with torch.no_grad():
+        mine = ref(tok.encode(text, return_tensors="pt", add_special_tokens=False))[0]
+    assert float((rm.score([TextPair(None, own)])[0] - mine).abs()) <= 1e-4
+    with pytest.raises(ValueError, match="system_prompt.*chat"):
+        from mmreward.text.reward_model import RewardModelConfig
+        RewardModelConfig(backbone={"model_type": "bert"}, input_format="joined", system_prompt="x")
