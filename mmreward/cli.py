@@ -19,6 +19,7 @@ COMMANDS = {
     "text": ("mmreward.text.cli", "main", "text reward models: train, score, eval, merge (WARM), judge (generative RMs)"),
     "prm": ("mmreward.text.prm.cli", "main", "process reward models: train, score steps, PRM-guided search"),
     "vision": ("mmreward.vision.cli", "main", "vision reward models: train | train-vlm-rm | train-visual-prm | eval | colour-data"),
+    "info": ("mmreward.info_cli", "main", "what a model folder holds and how mmreward reads it (--load: inputs, size)"),
     "score": ("mmreward.score_cli", "main", "score inputs (rows, images, videos, episodes) with any reward model folder"),
     "score-video": ("mmreward.vision.cli", "score_video_main", "score a video's frames against a prompt"),
     "serve": ("mmreward.serve.cli", "main", "serve any reward model over HTTP with dynamic batching (OpenRLHF / TRL)"),

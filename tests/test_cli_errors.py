@@ -39,6 +39,7 @@ COMMANDS = [
     (["robotics", "score", "--model", BAD, BAD], "nonexistent"),
     (["robotics", "train-rl", "--model", BAD, "--out", "{tmp}/o", "--device", "cuda:7"], "cuda"),
     (["score", "--model", BAD, "--data", BAD], "nonexistent"),
+    (["info", BAD], "nonexistent"),
     (["score-video", "--model", BAD, "--prompt", "x", BAD], "nonexistent"),
     (["serve", "--model", BAD], "nonexistent"),
     (["ops", "--device", "tpu"], "tpu"),

@@ -1,0 +1,116 @@
+"""``mmreward info``: what a model folder (or shipped name, run folder, hub id) holds, before scoring with it.
+
+    mmreward info runs/rm                   # layout / model type, files, manifest check: nothing is loaded
+    mmreward info Skywork-Reward-V2 --load  # also load it: input type and fields, parameters, dtype, config
+    mmreward info metaworld-64 --json
+
+Without ``--load`` only file names, sizes and JSON are read, so it is instant on a 70B checkpoint and
+says which reader ``mmreward.load`` would use, or why none fits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional, Sequence
+
+from mmreward.core.cli_config import CLIParser
+
+
+def _files(folder: str) -> tuple[int, int]:
+    """(files, bytes) below ``folder``."""
+    count = total = 0
+    for root, _, names in os.walk(folder):
+        for n in names:
+            count += 1
+            total += os.path.getsize(os.path.join(root, n))
+    return count, total
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
+
+
+def _has_parts(model: Any) -> bool:
+    """Whether ``score_parts`` gives per-step / per-frame scores (the base class's raises)."""
+    from mmreward.core.model import RewardScorer
+
+    return isinstance(model, RewardScorer) and type(model)._score_parts is not RewardScorer._score_parts
+
+
+def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """What ``path`` holds (see the module docstring): a JSON-able dict."""
+    from mmreward.core.folders import read_manifest, verify_folder
+    from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
+
+    folder = resolve_folder(path)
+    files, nbytes = _files(folder)
+    what, loader = detect(folder)  # LoadError (one line) when nothing reads it
+    layout = next((x for x in LAYOUTS if x.name == what), None)
+    out: dict[str, Any] = {
+        "path": path, "folder": folder, "files": files, "bytes": nbytes,
+        "kind": "mmreward model" if what in MODEL_TYPES else "published layout", "reads_as": what,
+        "description": layout.description if layout else f"{getattr(loader, '__self__', loader).__name__}, saved by mmreward",
+    }
+    if read_manifest(folder) is not None:
+        verify_folder(folder)  # sizes of every listed file: a damaged folder is one error here
+        out["manifest"] = "every listed file present at its recorded size"
+    if not load:
+        return out
+    model = loader(folder, device=device, dtype=None)
+    params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
+    first = next(model.parameters(), None) if params else None
+    types = list(getattr(model, "input_types", ()))
+    config = getattr(model, "config", None)
+    out.update({
+        "model_class": f"{type(model).__module__}.{type(model).__name__}", "model_type": getattr(model, "model_type", None),
+        "input_types": {t.__name__: [f.name for f in dataclasses.fields(t)] for t in types},
+        "parameters": params, "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+        "device": str(first.device) if first is not None else None,
+        "per_step_scores": _has_parts(model),
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if not isinstance(v, dict)}
+        if dataclasses.is_dataclass(config) else None,
+    })
+    return out
+
+
+def _print(info: dict[str, Any]) -> None:
+    print(f"{info['path']}: {info['kind']} read as {info['reads_as']!r}"
+          + (f" — {info['description']}" if info.get("description") else ""))
+    print(f"  folder   {info['folder']} ({info['files']} files, {_size(info['bytes'])})")
+    if "manifest" in info:
+        print(f"  manifest {info['manifest']}")
+    if "model_class" not in info:
+        print("  (--load for its input type, parameters and settings)")
+        return
+    print(f"  class    {info['model_class']} (model_type {info['model_type']!r})")
+    for name, fields in info["input_types"].items():
+        print(f"  input    {name}({', '.join(fields)})")
+    if info["parameters"] is not None:
+        print(f"  weights  {info['parameters']:,} parameters, {info['dtype']} on {info['device']}")
+    print(f"  scores   one per input{' (score_parts: one per step / frame)' if info['per_step_scores'] else ''}")
+    for k, v in (info.get("config") or {}).items():
+        text = json.dumps(v) if not isinstance(v, str) else repr(v)
+        print(f"  config   {k} = {text[:100]}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = CLIParser(prog="mmreward info", description="what a model folder holds and how mmreward reads it")
+    p.add_argument("model", help="model folder, training run, shipped name or hub id")
+    p.add_argument("--load", action="store_true", help="also load it: input type, parameters, dtype, settings")
+    p.add_argument("--device", default="cpu", help="device for --load (cpu, cuda, cuda:N, auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    info = describe_folder(args.model, load=args.load, device=args.device)
+    if args.json:
+        print(json.dumps(info, default=str))
+    else:
+        _print(info)
+    return 0
+
+
+__all__ = ["describe_folder", "main"]

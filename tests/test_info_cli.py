@@ -1,0 +1,58 @@
+"""``mmreward info``: what a folder holds and which reader opens it, without loading (or with --load);
+bad folders are one line and exit 2."""
+import json
+import os
+
+import pytest
+
+from mmreward.cli import main
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def rm_folder(tmp_path_factory):
+    import sys
+
+    import torch
+    from transformers import BertConfig
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "text"))
+    from text_rm_fixtures import word_tokenizer
+
+    from mmreward.text import RewardModel
+
+    folder = tmp_path_factory.mktemp("info") / "rm"
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     max_position_embeddings=64)
+    RewardModel.from_backbone(cfg, tokenizer=word_tokenizer(pair=True)).save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_info_names_the_reader_without_loading_and_details_with_load(rm_folder, capsys):
+    assert main(["info", rm_folder, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["reads_as"] == "text_reward_model" and info["kind"] == "mmreward model" and "manifest" in info
+    assert "parameters" not in info and info["files"] >= 3 and info["bytes"] > 0
+    assert main(["info", rm_folder, "--load", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input_types"] == {"TextPair": ["prompt", "response"]} and info["parameters"] > 1000
+    assert info["dtype"] == "float32" and info["per_step_scores"] is False and info["config"]["input_format"] == "pair"
+    assert main(["info", "metaworld-64", "--load"]) == 0
+    out = capsys.readouterr().out
+    assert "read as 'diffusion_reward'" in out and "Episode(frames, success)" in out and "one per step / frame" in out
+
+
+def test_info_on_bad_folders_is_one_line_exit_2(rm_folder, tmp_path, capsys):
+    import shutil
+
+    damaged = shutil.copytree(rm_folder, tmp_path / "damaged")
+    with open(os.path.join(damaged, "model.safetensors"), "r+b") as f:
+        f.truncate(100)
+    (tmp_path / "empty").mkdir()
+    for target, message in ((str(damaged), "manifest records"), (str(tmp_path / "empty"), "cannot tell which reward model"),
+                            (str(tmp_path / "missing"), "does not exist")):
+        assert main(["info", target]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
