@@ -65,6 +65,8 @@ def _prepare(args: argparse.Namespace) -> Any:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(int(args.threads))
     if getattr(args, "seed", None) is not None:
+        if not 0 <= args.seed < 2 ** 32:  # numpy's and the environments' seed range, as every other seed here
+            raise ValueError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
         seed_everything(int(args.seed))
     return device
 

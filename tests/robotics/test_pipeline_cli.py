@@ -237,6 +237,8 @@ def test_cli_errors_are_one_line_naming_the_file_field_or_device(tmp_path, capsy
     assert f"no manifest.json in {tmp_path}" in _one_line(capsys)
     assert main(["score", os.path.join(data, "expert_0.npz"), "--no-progress", "--threads", "0"]) == 2
     assert "--threads must be >= 1, got 0" in _one_line(capsys)
+    assert main(["score", os.path.join(data, "expert_0.npz"), "--no-progress", "--seed", "-1"]) == 2
+    assert "--seed must be in [0, 2**32 - 1], got -1" in _one_line(capsys)
     assert main(["score", os.path.join(data, "expert_0.npz"), "--out", str(tmp_path / "r.txt"), *QUIET]) == 2
     assert "r.txt': use a .csv, .json, .npz file" in _one_line(capsys)
 
