@@ -78,18 +78,27 @@ class ArmoRewardModel(RewardModel):
         self.gating = nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths, widths[1:])] + [nn.Linear(widths[-1], K)])
         self.logit_scale = nn.Parameter(torch.ones(1))
 
+    def _gate_at(self, ids: list[int], where: str) -> int:
+        """Start of the last gating pattern in ``ids`` (the official ``find_token_for_gating``)."""
+        pattern = list(self.config.gating_pattern)
+        at = next((j for j in range(len(ids) - len(pattern), -1, -1) if ids[j:j + len(pattern)] == pattern), None)
+        if at is None:
+            raise DataError(f"{where} has no prompt turn before its reply: ArmoRM's gate reads the end of the "
+                            "prompt, so it scores conversations of a prompt (user turn) and a reply")
+        return at
+
     def gating_positions(self, input_ids: Tensor, mask: Tensor) -> Tensor:
         """(N,) start of the last gating pattern in each row's tokens."""
-        pattern, out = list(self.config.gating_pattern), []
+        out = []
         for n, (ids, m) in enumerate(zip(input_ids.tolist(), mask.tolist())):
-            ids = [t for t, keep in zip(ids, m) if keep]
             offset = m.index(1)  # left padding shifts the row
-            at = next((j for j in range(len(ids) - len(pattern), -1, -1) if ids[j:j + len(pattern)] == pattern), None)
-            if at is None:
-                raise DataError(f"input row {n} has no assistant turn start ({self.config.gating_pattern}): ArmoRM "
-                                "gates on the prompt's end, so it scores chat conversations that end in a reply")
-            out.append(offset + at)
+            out.append(offset + self._gate_at([t for t, keep in zip(ids, m) if keep], f"batch row {n}"))
         return torch.tensor(out, device=input_ids.device)
+
+    def _score(self, items: list, batch_size: int, progress: bool = False) -> Tensor:
+        for i, row in enumerate(self.encoder.encode(items)):  # name the input, not its place in a sorted batch
+            self._gate_at(row.ids, f"input {i}")
+        return super()._score(items, batch_size, progress)
 
     def objectives_and_gate(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(rewards @ reward_transform_matrix (N, K), gate (N, K))``."""

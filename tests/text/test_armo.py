@@ -175,8 +175,10 @@ def test_armo_refuses_partial_folders_and_replies_without_a_prompt_turn(armo, tm
         mmreward.load(str(partial))
     rm = mmreward.load(folder)
     no_turn = rm.tokenizer("just text", return_tensors="pt")["input_ids"]
-    with pytest.raises(DataError, match="no assistant turn start"):
+    with pytest.raises(DataError, match="batch row 0 has no prompt turn before its reply"):
         rm(no_turn, torch.ones_like(no_turn))
+    with pytest.raises(DataError, match="input 1 has no prompt turn before its reply"):
+        rm.score([PAIRS[0], {"text": "a reply alone"}])
 
 
 def test_text_commands_open_armo(armo, tmp_path, capsys):
