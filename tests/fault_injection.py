@@ -238,7 +238,8 @@ class DotEnv:
     workspace's saving, not the simulator): a dot the actions move on a ``size``² frame, reward =
     minus its distance to the centre, success near it."""
 
-    def __init__(self, task: str, *, seed: int, size: int, camera: Any, action_repeat: int, max_steps: int):
+    def __init__(self, task: str, *, seed: int, size: int, camera: Any, action_repeat: int, max_steps: int,
+                 reward: str = "dense"):
         import numpy as np
         from types import SimpleNamespace
 
