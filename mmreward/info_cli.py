@@ -4,8 +4,9 @@
     mmreward info Skywork-Reward-V2 --load  # also load it: input type and fields, parameters, dtype, config
     mmreward info metaworld-64 --json
 
-Without ``--load`` only file names, sizes and JSON are read, so it is instant on a 70B checkpoint and
-says which reader ``mmreward.load`` would use, or why none fits.
+Without ``--load`` only file names, sizes and JSON are read (of a hub id, only its JSON and tokenizer
+files are fetched), so it is instant on a 70B checkpoint and says which reader ``mmreward.load``
+would use, or why none fits.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     from mmreward.core.folders import read_manifest, verify_folder
     from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
 
-    folder = resolve_folder(path)
+    folder = resolve_folder(path, weights=load)
     files, nbytes = _files(folder)
     what, loader = detect(folder)  # LoadError (one line) when nothing reads it
     layout = next((x for x in LAYOUTS if x.name == what), None)

@@ -144,9 +144,10 @@ def _shipped(name: str) -> Optional[str]:
     return here if os.path.isfile(os.path.join(here, "config.json")) else None
 
 
-def resolve_folder(path: Union[str, os.PathLike]) -> str:
+def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
-    checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files)."""
+    checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files;
+    ``weights=False``: no safetensors)."""
     from mmreward.core.folders import CheckpointError, recover_folder
 
     path = os.fspath(path)
@@ -166,8 +167,8 @@ def resolve_folder(path: Union[str, os.PathLike]) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
-                                                       "*.tiktoken"])
+        patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
+        return snapshot_download(path, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, no network, huggingface_hub missing
         raise CheckpointError(f"{path!r} is not a local folder and could not be fetched from the hub: "
                               f"{type(e).__name__}: {e}") from e
