@@ -3,6 +3,7 @@
     mmreward serve --model runs/rm                      # POST /score, POST /get_reward (OpenRLHF), /metrics
     from mmreward.serve import TRLRewardFunction        # GRPOTrainer(reward_funcs=[TRLRewardFunction(...)])
     from mmreward.serve import OpenRLHFRewardFunction   # reward_func for OpenRLHF's --remote_rm_url file.py
+    from mmreward.serve import VerlRewardFunction       # verl's custom_reward_function (naive or batch manager)
 
 Modules: :mod:`~mmreward.serve.batcher` (dynamic batching), :mod:`~mmreward.serve.protocol`
 (request / response bodies), :mod:`~mmreward.serve.app` (FastAPI + uvicorn), :mod:`~mmreward.serve.adapters`
@@ -19,6 +20,7 @@ _NAMES = {
     "ModelSpec": "protocol", "RequestError": "protocol",
     "BackgroundServer": "app", "LocalBackend": "app", "create_app": "app", "serve": "app",
     "OpenRLHFRewardFunction": "adapters", "RewardClient": "adapters", "TRLRewardFunction": "adapters",
+    "VerlRewardFunction": "adapters",
     "build_app": "ray", "serve_ray": "ray",
 }
 

@@ -10,6 +10,9 @@
     # (queries, prompts, labels) -> {"rewards": [...], "scores": [...], "extra_logs": {}}
     reward_func = OpenRLHFRewardFunction("http://rm-host:8000", api_key=os.environ["RM_KEY"])
 
+    # verl (custom_reward_function.path=reward.py, .name=compute_score), per sample or batched:
+    compute_score = VerlRewardFunction("http://rm-host:8000")   # the prompt from extra_info["question"]
+
 Text goes to the model's input type: a text RM gets ``TextPair(prompt, completion)`` (a chat
 prompt and its completion as one conversation); a step model (PRM) gets ``StepSolution(prompt,
 completion cut at step_separator)`` and returns its own score per completion, or with ``refine=``
@@ -195,4 +198,53 @@ class OpenRLHFRewardFunction(_Rewarder):
         return openrlhf_response(self.local_rewards(items))
 
 
-__all__ = ["OpenRLHFRewardFunction", "RewardClient", "TRLRewardFunction"]
+class VerlRewardFunction(_Rewarder):
+    """verl's custom reward function (``custom_reward_function.path`` / ``.name``), for both of its
+    reward managers: per sample (``naive``) ``fn(data_source, solution_str, ground_truth, extra_info)
+    -> float`` and batched (``reward_manager=batch``) ``fn(data_sources, solution_strs, ground_truths,
+    extra_infos) -> list[float]``. verl passes no prompt, so it is read from ``extra_info[prompt_key]``
+    (``"question"``, where verl's example data keeps it; a string or chat messages); ``prompt_key=None``
+    scores the response alone. ``data_source`` and ``ground_truth`` play no part in a learned reward."""
+
+    def __init__(self, model: Any, *, prompt_key: Optional[str] = "question", api_key: Optional[str] = None,
+                 device: str = "cpu", batch_size: Optional[int] = None, step_separator: str = "\n\n",
+                 refine: Optional[dict] = None, timeout: float = 180.0):
+        super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
+                         refine=refine, timeout=timeout)
+        self.prompt_key = prompt_key
+        self.__name__ = "compute_score"
+
+    def _prompt(self, extra_info: Any, i: int) -> Any:
+        if self.prompt_key is None:
+            return None
+        if not isinstance(extra_info, dict) or self.prompt_key not in extra_info:
+            have = sorted(extra_info) if isinstance(extra_info, dict) else type(extra_info).__name__
+            raise ValueError(f"sample {i}: verl passes no prompt, and its extra_info has no {self.prompt_key!r} "
+                             f"(it has {have}); put the prompt there, set prompt_key, or prompt_key=None to score "
+                             "the response alone")
+        return extra_info[self.prompt_key]
+
+    def rewards(self, solution_strs: Sequence[Any], extra_infos: Optional[Sequence[Any]] = None) -> list[float]:
+        if extra_infos is None:
+            extra_infos = [None] * len(solution_strs)
+        if len(extra_infos) != len(solution_strs):
+            raise ValueError(f"got {len(solution_strs)} solutions but {len(extra_infos)} extra_infos")
+        spec = self.spec
+        items = [text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
+                 for i, (s, x) in enumerate(zip(solution_strs, extra_infos))]
+        if self.client is None:
+            return finite(self.local_rewards(items))
+        refine = self.refine()
+        return self.client.score(items, output="parts" if refine else "scores", refine=refine)["scores"]
+
+    def __call__(self, data_source: Any = None, solution_str: Any = None, ground_truth: Any = None,
+                 extra_info: Any = None, *, data_sources: Any = None, solution_strs: Optional[Sequence[Any]] = None,
+                 ground_truths: Any = None, extra_infos: Optional[Sequence[Any]] = None, **kwargs: Any) -> Any:
+        if solution_strs is not None:  # BatchRewardManager
+            return self.rewards(list(solution_strs), None if extra_infos is None else list(extra_infos))
+        if solution_str is None:
+            raise ValueError("verl calls a reward function with solution_str= (per sample) or solution_strs= (batched)")
+        return self.rewards([solution_str], [extra_info])[0]
+
+
+__all__ = ["OpenRLHFRewardFunction", "RewardClient", "TRLRewardFunction", "VerlRewardFunction"]

@@ -151,3 +151,25 @@ def test_client_waits_out_a_full_queue_and_reports_errors(start_server):
         clients[0].score([{"prompt": "p", "response": 3}])
     with pytest.raises(ConnectionError, match="failed after 2 tries"):
         RewardClient("http://127.0.0.1:9", retries=1).info()
+
+
+def test_verl_reward_function_per_sample_and_batched_local_and_remote(start_server, text_model):
+    """verl's two reward-manager call shapes (keywords, as NaiveRewardManager / BatchRewardManager call
+    them); the prompt comes from extra_info."""
+    from mmreward.serve import VerlRewardFunction
+
+    offline = text_model.score([TextPair(p, c) for p, c in zip(PROMPTS, COMPLETIONS)]).tolist()
+    infos = [{"question": p, "split": "train", "index": i} for i, p in enumerate(PROMPTS)]
+    for fn in (VerlRewardFunction(text_model), VerlRewardFunction(start_server(text_model))):
+        batched = fn(data_sources=["gsm8k"] * 3, solution_strs=COMPLETIONS, ground_truths=["4", "b", "h"],
+                     extra_infos=infos)
+        assert_same_scores(batched, offline)
+        one = fn(data_source="gsm8k", solution_str=COMPLETIONS[1], ground_truth="b", extra_info=infos[1])
+        assert isinstance(one, float) and abs(one - offline[1]) < 1e-5
+    alone = VerlRewardFunction(text_model, prompt_key=None)(solution_strs=COMPLETIONS, data_sources=None,
+                                                           ground_truths=None, extra_infos=None)
+    assert_same_scores(alone, text_model.score([TextPair(None, c) for c in COMPLETIONS]).tolist())
+    with pytest.raises(ValueError, match="sample 0: verl passes no prompt.*has no 'question'.*\\['index'\\]"):
+        VerlRewardFunction(text_model)(data_source="x", solution_str="a", ground_truth="y", extra_info={"index": 0})
+    with pytest.raises(ValueError, match="solution_str= .per sample. or solution_strs="):
+        VerlRewardFunction(text_model)()
