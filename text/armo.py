@@ -116,7 +116,7 @@ class ArmoRewardModel(RewardModel):
                 return_hidden: bool = False) -> Tensor:
         if return_hidden:
             raise ValueError("ArmoRM's score is a gated mix of its objectives, not one linear head: train it with "
-                             "the fused head loss off (fused_head=False)")
+                             "the fused head loss off (fused_head=False, the default; no --fused-head)")
         rewards, gate = self.objectives_and_gate(input_ids, attention_mask)
         return (gate * rewards).sum(1)  # (N,)
 

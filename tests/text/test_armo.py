@@ -190,3 +190,32 @@ def test_text_commands_open_armo(armo, tmp_path, capsys):
     assert isinstance(rm, ArmoRewardModel)
     rm.save_pretrained(str(tmp_path / "saved"))
     assert isinstance(RewardModel.from_pretrained(str(tmp_path / "saved")), ArmoRewardModel)
+
+
+def test_armo_fine_tunes_on_preferences(armo, tmp_path):
+    """train_reward_model (the one text-RM loop, its default unfused loss) trains an ArmoRM: held-out
+    accuracy on a rule that depends on the prompt (a colour for "Name a colour", a greeting for "Say hi")
+    goes from chance to high."""
+    import random
+
+    from mmreward.text.train import RewardTrainConfig, evaluate_pairs, train_reward_model
+
+    rng = random.Random(0)
+
+    def pairs(n):
+        out = []
+        for i in range(n):
+            k, colour = rng.randrange(1, 4), i % 2 == 0
+            good, bad = ("Blue", "hi") if colour else ("hi", "Blue")
+            out.append({"prompt": "Name a colour ." if colour else "Say hi .", "chosen": " ".join([good] * k),
+                        "rejected": " ".join([bad] * k)})
+        return out
+
+    rm = mmreward.load(armo[0])
+    train, held = pairs(64), pairs(32)
+    before = evaluate_pairs(rm, held)["accuracy"]
+    cfg = RewardTrainConfig(output_dir=str(tmp_path / "run"), max_steps=150, batch_size=8, lr=1e-3, warmup_steps=0,
+                            log_every=100, save_every=0, progress=False, tensorboard=False)
+    train_reward_model(rm, train, held, cfg)
+    after = evaluate_pairs(rm, held)["accuracy"]
+    assert before <= 0.75 and after >= 0.9, (before, after)
