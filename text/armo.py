@@ -126,11 +126,16 @@ class ArmoRewardModel(RewardModel):
         rows = self.encode(inputs)
         batch_size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         out = torch.empty(len(rows), self.config.num_objectives)
-        with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                ids, mask, _ = pad_batch(rows[start:start + batch_size], self.pad_id)
-                rewards, _ = self.objectives_and_gate(ids.to(self.head.weight.device), mask.to(self.head.weight.device))
-                out[start:start + len(ids)] = rewards.float().cpu()
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(rows), batch_size):
+                    ids, mask, _ = pad_batch(rows[start:start + batch_size], self.pad_id)
+                    device = self.head.weight.device
+                    out[start:start + len(ids)] = self.objectives_and_gate(ids.to(device), mask.to(device))[0].float().cpu()
+        finally:
+            self.train(was_training)
         return out
 
 
