@@ -100,12 +100,15 @@ def diffusion_reward_exploit_rl() -> list[str]:
     ml10, mw = _load(name)["pooled"][key], _load(mw_name)["pooled"][key]
     pooled = _load("rl_button_press_goal1_displacement_cap3_heldout.json")["pooled"]
     rl, base = pooled["g1d4cap3_seeds1to8"], pooled["metaworld64_seeds1to8"]["successes"]
+    goal = _load("rl_button_press_goal_heldout.json")["pooled"]["goal1_seeds1to8"]
     return [f"| Diffusion Reward exploit check in RL | `--reward diffusion-goal`: tasks where frozen and hovering robots "
             f"score below random (ML10 worst set, `metaworld-64`'s split); button-press agents, {len(rl['seeds'])} seeds × "
             f"20 held-out scenes | "
             f"**{min(ml10['exploit_tasks_passed_per_set'])}/{ml10['tasks']}**, **{min(mw['exploit_tasks_passed_per_set'])}/{mw['tasks']}**; "
-            f"held out **{rl['successes']}/{rl['episodes']}** vs {base}/{rl['episodes']} for `metaworld-64` | "
-            f"{_link(name)}, {_link('rl_button_press_goal1_displacement_cap3_heldout.json')} |"]
+            f"held out **{rl['successes']}/{rl['episodes']}** vs {base}/{rl['episodes']} for `metaworld-64` and "
+            f"{goal['successes']}/{goal['episodes']} for the goal distance alone (`--goal-scale 1`, which fails the check) | "
+            f"{_link(name)}, {_link('rl_button_press_goal1_displacement_cap3_heldout.json')}, "
+            f"{_link('rl_button_press_goal_heldout.json')} |"]
 
 
 def diffusion_reward_speed() -> list[str]:
