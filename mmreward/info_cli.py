@@ -29,11 +29,13 @@ def _files(folder: str) -> tuple[int, int]:
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+    if nbytes < 1024:
+        return f"{nbytes:.0f} B"
+    for unit in ("KB", "MB"):
         nbytes /= 1024
-    return ""
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1024:.1f} GB"
 
 
 def _has_parts(model: Any) -> bool:

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from mmreward.core.data import DataError
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
-from mmreward.core.model import check_batch_size, finish_loading, load_state_strict, read_config
-from mmreward.core.weights import quiet_transformers, read_weights
+from mmreward.core.model import check_batch_size, check_ranges, finish_loading, load_state_strict, read_config
+from mmreward.core.weights import backbone_state, hf_config, quiet_transformers, read_weights
 
 from .data import model_max_length, pad_batch
 from .reward_model import RewardModel, RewardModelConfig, last_positions, load_tokenizer
@@ -52,11 +52,7 @@ class ArmoRMConfig(RewardModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_objectives", "gating_hidden_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ArmoRMConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.gating_n_hidden, int) or self.gating_n_hidden < 0:
-            raise ValueError(f"ArmoRMConfig.gating_n_hidden must be an integer >= 0, got {self.gating_n_hidden!r}")
+        check_ranges(self, counts=("num_objectives", "gating_hidden_dim"), naturals=("gating_n_hidden",))
         if not self.gating_temperature > 0:
             raise ValueError(f"ArmoRMConfig.gating_temperature must be > 0, got {self.gating_temperature!r}")
         if not self.gating_pattern or not all(isinstance(t, int) for t in self.gating_pattern):
@@ -95,10 +91,9 @@ class ArmoRewardModel(RewardModel):
             out.append(offset + self._gate_at([t for t, keep in zip(ids, m) if keep], f"batch row {n}"))
         return torch.tensor(out, device=input_ids.device)
 
-    def _score(self, items: list, batch_size: int, progress: bool = False) -> Tensor:
-        for i, row in enumerate(self.encoder.encode(items)):  # name the input, not its place in a sorted batch
+    def check_encoded(self, rows: Sequence[Any]) -> None:
+        for i, row in enumerate(rows):  # name the input, not its place in a sorted batch
             self._gate_at(row.ids, f"input {i}")
-        return super()._score(items, batch_size, progress)
 
     def objectives_and_gate(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(rewards @ reward_transform_matrix (N, K), gate (N, K))``."""
@@ -124,6 +119,7 @@ class ArmoRewardModel(RewardModel):
         """``Tensor[N, K]`` (float32, CPU): each input's K objective rewards (after the transform
         matrix), the terms the gate weighs."""
         rows = self.encode(inputs)
+        self.check_encoded(rows)
         batch_size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         out = torch.empty(len(rows), self.config.num_objectives)
         was_training = self.training
@@ -149,13 +145,11 @@ def load_armo(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer:
     """ArmoRM's release folder (Llama ``config.json`` with its gating settings, ``model.*`` backbone,
     ``regression_layer``, ``gating.*``, ``reward_transform_matrix``, tokenizer with the Llama-3 chat
     template) as an :class:`ArmoRewardModel`."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     raw = read_config(folder)
-    with quiet_transformers():
-        hf = AutoConfig.for_model(raw.get("model_type", "llama"),
-                                  **{k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")})
+    hf = hf_config(raw, folder, "llama")
     tok = tokenizer if tokenizer is not None else load_tokenizer(folder)
     if not getattr(tok, "chat_template", None):
         raise CheckpointError(f"{folder}: ArmoRM scores chat conversations, and this tokenizer has no chat template")
@@ -175,18 +169,13 @@ def load_armo(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer:
     for i in range(n_hidden + 1):
         for p in ("weight", "bias"):
             state[f"gating.{i}.{p}"] = weights.pop(f"gating.layers.{i}.{p}")
-    backbone = {f"backbone.{k[len('model.'):]}": v for k, v in weights.items() if k.startswith("model.")}
-    unexpected = sorted(k for k in weights if not k.startswith("model."))
-    if unexpected:
-        raise CheckpointError(f"{folder}: tensors that are not part of the ArmoRM layout: {unexpected[:6]}")
+    backbone = backbone_state(weights, folder, "ArmoRM")
     config = ArmoRMConfig(backbone={**hf.to_dict(), "model_type": hf.model_type}, input_format="chat", pooling="last",
                           max_length=model_max_length(tok, hf), num_objectives=K,
                           gating_hidden_dim=int(raw.get("gating_hidden_dim", 1024)), gating_n_hidden=n_hidden,
                           gating_temperature=float(raw.get("gating_temperature", 10)), gating_pattern=pattern)
     with quiet_transformers():
         model = ArmoRewardModel(config, tok, backbone=AutoModel.from_config(hf))
-    if not backbone:
-        raise CheckpointError(f"{folder}: no backbone tensors under 'model.'")
     load_state_strict(model, {**backbone, **state}, folder)
     return finish_loading(model, dev, dt)
 

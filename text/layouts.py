@@ -88,7 +88,6 @@ def load_legacy_folder(folder: str, *, device: Any = "cpu", dtype: Any = None, t
 
 
 # ------------------------------------------------------------------ Qwen2.5-Math-RM
-QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 def is_qwen_math_rm(folder: str, config: Optional[dict]) -> bool:
@@ -99,17 +98,16 @@ def is_qwen_math_rm(folder: str, config: Optional[dict]) -> bool:
 def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer: Any = None) -> RewardModel:
     """Qwen2.5-Math-RM-72B (``Qwen2ForRewardModel``, remote code in its release): ``model.*`` a Qwen2
     backbone, ``score`` = Linear(H, H) → ReLU → Linear(H, 1) at the last token of the chat
-    ``[system: QWEN_MATH_SYSTEM, user, assistant]`` (its model card), as a :class:`RewardModel` whose
-    pooler and head are those two layers."""
-    from transformers import AutoConfig, AutoModel
+    ``[system: QWEN_PRM_SYSTEM, user, assistant]`` (its model card; the Qwen2.5-Math PRM's system turn),
+    as a :class:`RewardModel` whose pooler and head are those two layers."""
+    from transformers import AutoModel
 
-    from mmreward.core.weights import read_weights
+    from mmreward.core.weights import backbone_state, hf_config, read_weights
+
+    from .prm.published import QWEN_PRM_SYSTEM
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    raw = read_config(folder)
-    with quiet_transformers():
-        hf = AutoConfig.for_model(raw.get("model_type", "qwen2"),
-                                  **{k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")})
+    hf = hf_config(read_config(folder), folder, "qwen2")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     if not has_chat_template(tokenizer):
         raise CheckpointError(f"{folder}: Qwen2.5-Math-RM scores chat conversations, and this tokenizer has no chat template")
@@ -124,14 +122,10 @@ def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, to
                               "model has one output")
     state = {"pooler.weight": weights.pop("score.0.weight"), "pooler.bias": weights.pop("score.0.bias"),
              "head.weight": weights.pop("score.2.weight"), "head.bias": weights.pop("score.2.bias")}
-    backbone = {f"backbone.{k[len('model.'):]}": v for k, v in weights.items() if k.startswith("model.")}
-    unexpected = sorted(k for k in weights if not k.startswith(("model.", "lm_head.")))
-    if not backbone or unexpected:
-        raise CheckpointError(f"{folder}: expected the backbone under 'model.' and the score head; found "
-                              f"{sorted({k.split('.')[0] for k in weights})[:8]}")
+    backbone = backbone_state(weights, folder, "Qwen2.5-Math-RM", ignore=("lm_head.",))
     config = RewardModelConfig(backbone={**hf.to_dict(), "model_type": hf.model_type}, input_format="chat",
                                pooling="last", pooler_act="relu", max_length=model_max_length(tokenizer, hf),
-                               system_prompt=QWEN_MATH_SYSTEM)
+                               system_prompt=QWEN_PRM_SYSTEM)
     with quiet_transformers():
         model = RewardModel(config, tokenizer, backbone=AutoModel.from_config(hf))
     load_state_strict(model, {**backbone, **state}, folder)
@@ -236,5 +230,6 @@ def _owns(parent: nn.Module, child: nn.Module) -> bool:
     return any(m is child for m in parent.modules())
 
 
-__all__ = ["ENCODER_HEADS", "LEGACY_META", "QWEN_MATH_SYSTEM", "is_qwen_math_rm", "load_qwen_math_rm", "check_classifier_weights", "is_legacy_folder", "is_sequence_classifier",
-           "load_legacy_folder", "load_sequence_classifier", "reward_model_from_classifier"]
+__all__ = ["ENCODER_HEADS", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
+           "is_sequence_classifier", "load_legacy_folder", "load_qwen_math_rm", "load_sequence_classifier",
+           "reward_model_from_classifier"]

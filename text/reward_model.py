@@ -247,8 +247,13 @@ class RewardModel(RewardScorer, nn.Module):
     def _score(self, items: list, batch_size: int, progress: bool = False) -> Tensor:
         encoder = self.encoder
         rows = encoder.encode(items)
+        self.check_encoded(rows)
         truncation_warning(rows, encoder)
         return self.score_encoded(rows, batch_size, progress=progress)
+
+    def check_encoded(self, rows: Sequence[Encoded]) -> None:
+        """Checks of tokenised inputs before they are batched (and sorted by length), so an error names
+        the input; a subclass whose forward needs more than tokens adds them (ArmoRM: a prompt turn)."""
 
     def score_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, *, progress: bool = False) -> Tensor:
         """Rewards of tokenised inputs: longest first in batches of ``batch_size``, each padded to its

@@ -118,6 +118,42 @@ def require_tensors(state: dict, names: Sequence[str], path: str, what: str) -> 
                               f"(top-level names present: {have})")
 
 
+# config.json keys that describe the file, not the backbone transformers builds
+_CONFIG_ONLY_KEYS = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path",
+                     "torch_dtype", "dtype")
+
+
+def hf_config(raw: dict, folder: str, default_type: Optional[str] = None):
+    """The transformers config of a published folder's ``config.json`` (``raw``) for its backbone,
+    built by ``model_type`` without the architecture / ``auto_map`` entries (whose classes may live in
+    remote code), so no code from the folder runs."""
+    from transformers import AutoConfig
+
+    model_type = raw.get("model_type") or default_type
+    if not model_type:
+        raise CheckpointError(f"{folder}/config.json has no model_type")
+    try:
+        with quiet_transformers():
+            return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k not in _CONFIG_ONLY_KEYS})
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}/config.json: transformers cannot build a {model_type!r} backbone: {e}") from e
+
+
+def backbone_state(weights: dict[str, torch.Tensor], folder: str, layout: str,
+                   ignore: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """A published folder's backbone tensors (``model.*``) renamed ``backbone.*``, once its head tensors
+    have been popped from ``weights``; any other tensor (but those under ``ignore`` prefixes) is an error."""
+    backbone = {f"backbone.{k[len('model.'):]}": v for k, v in weights.items() if k.startswith("model.")}
+    if not backbone:
+        prefixes = sorted({k.split(".")[0] for k in weights})
+        raise CheckpointError(f"{folder}: no backbone tensors under 'model.' (the {layout} layout's prefix); "
+                              f"found prefixes {prefixes[:8]}")
+    unexpected = sorted(k for k in weights if not k.startswith(("model.",) + tuple(ignore)))
+    if unexpected:
+        raise CheckpointError(f"{folder}: tensors that are not part of the {layout} layout: {unexpected[:6]}")
+    return backbone
+
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports (an unused pooler or ``lm_head`` listed as UNEXPECTED) and
@@ -135,5 +171,5 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "require_tensors",
+__all__ = ["backbone_state", "hf_config", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "require_tensors",
            "weight_names"]

@@ -149,6 +149,13 @@ class _Rewarder:
                 return refine_parts(parts, refine)["scores"]
             return self.model.score(items, batch_size=self.batch_size).tolist()
 
+    def rewards_of(self, items: list) -> list[Optional[float]]:
+        """One reward per input, here or on the server (refined returns with ``refine``)."""
+        if self.client is None:
+            return finite(self.local_rewards(items))
+        refine = self.refine()
+        return self.client.score(items, output="parts" if refine else "scores", refine=refine)["scores"]
+
 
 class TRLRewardFunction(_Rewarder):
     """A TRL ``reward_funcs`` entry: ``fn(prompts, completions, **kwargs) -> list[float]`` (standard or
@@ -166,12 +173,8 @@ class TRLRewardFunction(_Rewarder):
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
         spec = self.spec
-        items = [text_input(p, c, spec, self.step_separator, f"completion {i}")
-                 for i, (p, c) in enumerate(zip(prompts, completions))]
-        if self.client is None:
-            return finite(self.local_rewards(items))
-        refine = self.refine()
-        return self.client.score(items, output="parts" if refine else "scores", refine=refine)["scores"]
+        return self.rewards_of([text_input(p, c, spec, self.step_separator, f"completion {i}")
+                                for i, (p, c) in enumerate(zip(prompts, completions))])
 
 
 class OpenRLHFRewardFunction(_Rewarder):
@@ -230,12 +233,8 @@ class VerlRewardFunction(_Rewarder):
         if len(extra_infos) != len(solution_strs):
             raise ValueError(f"got {len(solution_strs)} solutions but {len(extra_infos)} extra_infos")
         spec = self.spec
-        items = [text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
-                 for i, (s, x) in enumerate(zip(solution_strs, extra_infos))]
-        if self.client is None:
-            return finite(self.local_rewards(items))
-        refine = self.refine()
-        return self.client.score(items, output="parts" if refine else "scores", refine=refine)["scores"]
+        return self.rewards_of([text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
+                                for i, (s, x) in enumerate(zip(solution_strs, extra_infos))])
 
     def __call__(self, data_source: Any = None, solution_str: Any = None, ground_truth: Any = None,
                  extra_info: Any = None, *, data_sources: Any = None, solution_strs: Optional[Sequence[Any]] = None,

@@ -46,17 +46,17 @@ REWARD_SOURCES = ("sparse", "dense", "dapg", "diffusion", "diffusion-likelihood"
                   "diffusion-goal", "viper", "rnd")
 SHAPINGS = ("none", "potential")
 ENV_REWARDS = ("dense", "dapg")  # sources that pay the environment's reward, each the env's reward option of that name
+_REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood",
+                "diffusion-progress": "relative_likelihood", "diffusion-goal": "relative_likelihood"}  # others: likelihood
+# diffusion-goal's terms (γ, δ, cap) where the caller gives none: δ and the cap chosen on metaworld-64's split of
+# the quality benchmark (its exploit check), γ the goal distance's best RL setting (docs/visual_rl.md)
+GOAL_RULE = {"goal_scale": 1.0, "displacement_scale": 4.0, "displacement_cap": 3.0}
 
 
 def env_reward_for(source: Any) -> str:
     """The reward the pixel environment steps with for reward source ``source``: ``"dapg"`` for the
     DAPG-signed Adroit reward, else the environment's own (``"dense"``)."""
     return "dapg" if source == "dapg" else "dense"
-_REWARD_TYPE = {"diffusion": "entropy", "diffusion-relative": "relative_likelihood",
-                "diffusion-progress": "relative_likelihood", "diffusion-goal": "relative_likelihood"}  # others: likelihood
-# diffusion-goal's terms (γ, δ, cap) where the caller gives none: δ and the cap chosen on metaworld-64's split of
-# the quality benchmark (its exploit check), γ the goal distance's best RL setting (docs/visual_rl.md)
-GOAL_RULE = {"goal_scale": 1.0, "displacement_scale": 4.0, "displacement_cap": 3.0}
 
 
 class RewardSource:

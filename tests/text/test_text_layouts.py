@@ -172,7 +172,7 @@ def test_qwen_math_rm_scores_as_its_card(tmp_path):
     from torch import nn
     from transformers import Qwen2Model, Qwen2PreTrainedModel
 
-    from mmreward.text.layouts import QWEN_MATH_SYSTEM
+    from mmreward.text.prm.published import QWEN_PRM_SYSTEM as QWEN_MATH_SYSTEM
 
     class Qwen2ForRewardModel(Qwen2PreTrainedModel):
         def __init__(self, config):

@@ -3,8 +3,8 @@
 * :mod:`.model` — :class:`ProcessRewardModel` (a ``RewardScorer`` on ``StepSolution``): per-step scores
   from any HF backbone, with a two-label-token LM head (Math-Shepherd), a scalar value head (TRL PRM /
   ReST-MCTS* / rStar PPM / Skywork-PRM) or Qwen2.5-Math-PRM's 2-class MLP head;
-* :mod:`.published` — the published Math-Shepherd, Qwen2.5-Math-PRM and Skywork-o1-Open-PRM folders,
-  read by ``mmreward.load``;
+* :mod:`.published` — the published Math-Shepherd, Qwen2.5-Math-PRM, Skywork-o1-Open-PRM and RLHFlow
+  PRM folders, read by ``mmreward.load``;
 * :mod:`.data` — TRL stepwise, Math-Shepherd (``ки`` + ``+``/``-``), PRM800K (−1/0/+1), ProcessBench
   (as released) and PPM-pair readers;
 * :mod:`.labels` — Monte-Carlo step labels, ReST-MCTS* value targets, rStar-Math PPM pairs, search trees;
@@ -23,6 +23,7 @@ import importlib
 _LAZY = {
     "PRMConfig": "model", "ProcessRewardModel": "model", "AGGREGATIONS": "model", "aggregate_steps": "model",
     "load_math_shepherd": "published", "load_qwen_prm": "published", "load_skywork_prm": "published",
+    "load_rlhflow_prm": "published",
     "StepExample": "data", "PairExample": "data", "read_step_examples": "data", "read_pair_examples": "data",
     "parse_row": "data", "StepCollator": "data", "PairCollator": "data",
     "monte_carlo_labels": "labels", "rest_mcts_values": "labels", "trace_value_targets": "labels",

@@ -36,7 +36,7 @@ import torch
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import finish_loading, load_state_strict, read_config
-from mmreward.core.weights import read_weights, weight_names
+from mmreward.core.weights import backbone_state, hf_config, read_weights, weight_names
 
 __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_prm", "is_skywork_prm",
            "load_skywork_prm", "is_rlhflow_prm", "load_rlhflow_prm", "QWEN_PRM_SYSTEM"]
@@ -44,8 +44,6 @@ __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_p
 # the system turn of the Qwen2.5-Math-PRM model card's example
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-_CONFIG_ONLY_KEYS = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path",
-                     "torch_dtype", "dtype")
 
 
 # ------------------------------------------------------------------ folder contents
@@ -65,18 +63,6 @@ def _tokenizer(folder: str, layout: str):
         raise CheckpointError(f"{folder} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): the {layout} layout "
                               "needs the tokenizer files next to config.json to score text")
     return load_tokenizer(folder, folder)
-
-
-def _hf_config(raw: dict, folder: str, default_type: Optional[str] = None):
-    from transformers import AutoConfig
-
-    model_type = raw.get("model_type") or default_type
-    if not model_type:
-        raise CheckpointError(f"{folder}/config.json has no model_type")
-    try:
-        return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k not in _CONFIG_ONLY_KEYS})
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder}/config.json: transformers cannot build a {model_type!r} backbone: {e}") from e
 
 
 def _take(weights: dict[str, torch.Tensor], names: tuple[str, ...], folder: str, what: str) -> list[torch.Tensor]:
@@ -100,20 +86,13 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     raw = read_config(folder)
     tok = _tokenizer(folder, layout)
-    hf_cfg = _hf_config(raw, folder, default_type)
+    hf_cfg = hf_config(raw, folder, default_type)
     cfg = PRMConfig(head=head, input_format=input_format, max_length=int(getattr(hf_cfg, "max_position_embeddings", 4096)),
                     **config)
     weights = read_weights(folder)
     dtype_of_weights = weights_dtype(weights)
     state = head_state(weights, raw, tok, cfg, folder)
-    backbone = {f"backbone.{k[len('model.'):]}": v for k, v in weights.items() if k.startswith("model.")}
-    if not backbone:
-        prefixes = sorted({k.split(".")[0] for k in weights})
-        raise CheckpointError(f"{folder}: no backbone tensors under 'model.' (the {layout} layout's prefix); "
-                              f"found prefixes {prefixes[:8]}")
-    unexpected = sorted(k for k in weights if not k.startswith(("model.",) + ignore))
-    if unexpected:
-        raise CheckpointError(f"{folder}: tensors that are not part of the {layout} layout: {unexpected[:6]}")
+    backbone = backbone_state(weights, folder, layout, ignore)
     with building_for_weights(dtype_of_weights):
         base = AutoModel.from_config(hf_cfg)
         cfg.backbone = base.config.to_dict()
