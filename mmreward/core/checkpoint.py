@@ -391,6 +391,9 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
       first snapshot starts again from step 0. Refused (ValueError) without ``resume``, for another
       run's settings or for files of no run this trainer knows; CheckpointError when no snapshot
       is readable."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # else the first write fails with a bare errno
+        raise NotADirectoryError(f"{folder} is a file, not a folder: a run's output folder must be a folder or "
+                                 "not exist yet")
     snapshots = Snapshots(folder, keep)
     remove_leftovers(folder)
     if overwrite:

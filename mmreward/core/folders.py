@@ -205,7 +205,8 @@ def verify_folder(folder: str, checksums: Optional[bool] = None) -> Optional[dic
         size = os.path.getsize(path)
         if size != entry.get("bytes"):
             raise CheckpointError(f"{path} has {size} bytes but the manifest records {entry.get('bytes')}: "
-                                  "truncated or from another save")
+                                  "truncated, edited after saving or from another save (a file edited on purpose "
+                                  f"needs its entry in {MANIFEST_NAME} updated, or the manifest removed)")
         if checksums and "sha256" in entry and _sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{path} does not match its SHA-256 in the manifest: the file is corrupt")
     return manifest
@@ -286,6 +287,40 @@ def _chmod_tree(folder: str) -> None:
             os.chmod(os.path.join(root, name), fmode)
 
 
+def check_replaceable(target: str, foreign: bool = True) -> str:
+    """``target`` as an absolute path when a saved folder may replace it, else an error: saving swaps a
+    new folder in place of the old one and deletes the old one, so the path must name a new folder, an
+    empty one or one this library saved (its ``manifest.json``) — never the working folder, one holding
+    it, or (``foreign``) a folder of other files (``save_pretrained(".")`` or ``("")`` would delete the
+    working folder)."""
+    target = os.fspath(target) if isinstance(target, os.PathLike) else target
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(f"folder path must be a non-empty string, got {target!r}")
+    path = os.path.abspath(target)
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working folder itself was removed: nothing to protect there
+        cwd = None
+    if cwd is not None and (path == cwd or cwd.startswith(path.rstrip(os.sep) + os.sep) or path == os.sep):
+        raise ValueError(f"{target!r} is the working folder or holds it ({cwd}): saving there would replace it; "
+                         "name a new folder")
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):  # before any writing
+        raise CheckpointError(f"{path} exists and is not a folder{' (a link)' if os.path.islink(path) else ''}: "
+                              "not replacing it; name a folder")
+    above = os.path.dirname(path)
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise CheckpointError(f"cannot save into {path}: {above} is a file, not a folder")
+    if foreign and os.path.isdir(path):
+        entries = [e for e in os.listdir(path) if not _TMP_RE.match(e)]
+        if entries and MANIFEST_NAME not in entries:
+            shown = ", ".join(sorted(entries)[:5]) + (" …" if len(entries) > 5 else "")
+            raise CheckpointError(f"{path} holds files this library did not save ({shown}): saving a folder there "
+                                  "would replace all of them; name a new or empty folder")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str, *, manifest: bool = True, checksums: bool = True,
                   keep: Callable[[str], bool] = lambda rel: False) -> Iterator[str]:
@@ -295,8 +330,10 @@ def atomic_folder(target: str, *, manifest: bool = True, checksums: bool = True,
     ``target`` is untouched.
 
     ``keep(relative path) -> bool`` names entries of an existing ``target`` to carry over into the
-    new folder (e.g. a run's logs next to a model); anything else in the old folder is replaced."""
-    target = os.path.abspath(target)
+    new folder (e.g. a run's logs next to a model); anything else in the old folder is replaced.
+    ``target`` is checked first (:func:`check_replaceable`): never the working folder, nor a folder of
+    files this library did not save (a folder written without a manifest is its caller's to check)."""
+    target = check_replaceable(target, foreign=manifest)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     recover_folder(target)

@@ -34,8 +34,14 @@ def _fmt(v: Any) -> str:
 def _read_rows(path: str, resume_step: int) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of a metrics CSV up to ``resume_step``, in order; reading stops at the first
     row after it, or at a row a killed writer left incomplete."""
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:  # the codec's own message names no file; the file is kept as it is
+        from .folders import CheckpointError  # lazy: folders imports more than a logger needs
+
+        raise CheckpointError(f"{path} is damaged (byte {e.object[e.start:e.start + 1]!r} at offset {e.start} is not "
+                              "UTF-8): repair or move the file away to resume the run") from None
     if not text.endswith("\n"):  # the last line was cut off mid-write
         text = text[:text.rfind("\n") + 1]
     lines = list(csv.reader(io.StringIO(text)))

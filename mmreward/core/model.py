@@ -27,10 +27,14 @@ dataclass config as ``self.config``, and implements:
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import math
+import operator
 import os
+import types
+import typing
 from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
@@ -52,16 +56,62 @@ def config_to_dict(cfg: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
+def _type_problem(value: Any, hint: Any) -> Optional[str]:
+    """Why a JSON ``value`` does not fit the annotation ``hint`` (None when it does, or when the
+    annotation is not one of the plain kinds a saved config uses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin is Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin is typing.Literal:
+        return None if value in args else f"one of {list(args)}"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "a number"
+        return "a number, not NaN" if value != value else None
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if hint in (tuple, list) or origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return "a list"
+        item = args[0] if args and (len(args) == 2 and args[1] is Ellipsis or origin is not tuple) else None
+        if item is not None:
+            for v in value:
+                if _type_problem(v, item) is not None:
+                    return f"a list whose items are each {_type_problem(v, item)}"
+        return None
+    if hint is dict or origin is dict:
+        return None if isinstance(value, dict) else "a JSON object"
+    return None
+
+
 def config_from_dict(cls: type, data: dict, what: str) -> Any:
-    """Rebuild a dataclass config; unknown fields are an error (a checkpoint from another version)."""
+    """Rebuild a dataclass config; unknown fields and values of the wrong kind (a string where a
+    number belongs, NaN) are an error naming the field (a checkpoint from another version, or a
+    ``config.json`` edited by hand), not a failure deep inside the model."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} config must be a JSON object, got {type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise CheckpointError(f"{what} config has unknown fields {unknown} (from another version?)")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation this module cannot resolve: the config's own checks still run
+        hints = {}
     kw = {}
     for k, v in data.items():
+        problem = _type_problem(v, hints[k]) if k in hints else None
+        if problem is not None:
+            raise CheckpointError(f"{what} config field {k!r} must be {problem}, got {v!r}")
         default = names[k].default
         kw[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
     try:
@@ -77,6 +127,17 @@ def read_config(folder: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}: not a saved model folder")
     return read_json(path)
+
+
+def check_format_version(folder: str, body: dict) -> None:
+    """A folder written by a newer mmreward (a higher ``format_version``) is refused, not misread."""
+    version = body.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: format_version must be an integer >= 1, "
+                              f"got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)} has format_version {version}; this mmreward "
+                              f"reads up to {FORMAT_VERSION}: upgrade mmreward to load it")
 
 
 def write_config(folder: str, body: dict) -> None:
@@ -125,9 +186,14 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], f
 
 
 def check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    """``batch_size`` as an int (any integer type, e.g. numpy's), else an error naming it."""
+    try:
+        size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+    except TypeError:
+        size = None
+    if size is None or size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+    return size
 
 
 def check_ranges(config: Any, *, counts: Sequence[str] = (), naturals: Sequence[str] = (),
@@ -198,8 +264,14 @@ class Pretrained:
         if found not in (cls.model_type, *cls.legacy_model_types):
             raise CheckpointError(f"{folder} holds a {found!r} model, not {cls.model_type!r} "
                                   f"(mmreward.load picks the right class)")
+        check_format_version(folder, body)
         check_weights_size(folder, body)
-        model = cls._load(folder, body, dev, **kwargs)
+        try:
+            model = cls._load(folder, body, dev, **kwargs)
+        except CheckpointError as e:  # a config error names the field; this names the file
+            if folder in str(e):
+                raise
+            raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from e
         return finish_loading(model, dev, dt, cls.eval_after_load)
 
     @classmethod
@@ -268,5 +340,5 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
     return model
 
 
-__all__ = ["Pretrained", "RewardScorer", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
+__all__ = ["Pretrained", "RewardScorer", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
            "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading"]

@@ -185,3 +185,8 @@ def test_start_run_decisions(tmp_path):
     (tmp_path / "log.csv").write_text("x")
     ck.start_run(str(tmp_path), fp, resume=False, overwrite=True, run_files=("log.csv",))
     assert os.listdir(tmp_path) == []
+    (tmp_path / "a-file").write_text("kept")  # an output "folder" that is a file: named, never removed
+    for overwrite in (False, True):
+        with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
+            ck.start_run(str(tmp_path / "a-file"), fp, resume=False, overwrite=overwrite, run_files=())
+    assert (tmp_path / "a-file").read_text() == "kept"

@@ -109,3 +109,42 @@ def test_replace_folder_refuses_a_file_target(tmp_path):
     (tmp_path / "dst").write_text("a file")
     with pytest.raises(F.CheckpointError, match="not a folder"):
         F.replace_folder(str(tmp_path / "src"), str(tmp_path / "dst"))
+
+
+def test_a_save_never_replaces_the_working_folder_or_a_folder_of_other_files(tmp_path, monkeypatch):
+    """save_pretrained("") swapped a model in place of the working folder and deleted it (a whole
+    repository was lost this way); a folder of the user's files was replaced just the same."""
+    work = tmp_path / "project" / "src"
+    _write(str(work), "code.py", b"print(1)")
+    monkeypatch.chdir(work)
+    for target in ("", "  ", ".", str(work), str(work.parent)):  # ("/" too, not tried here: a test must not risk it)
+        with pytest.raises(ValueError, match="non-empty string|working folder"):
+            with F.atomic_folder(target) as tmp:
+                _write(tmp, "a.bin", b"model")
+    notes = tmp_path / "notes"
+    _write(str(notes), "todo.txt", b"keep me")
+    with pytest.raises(F.CheckpointError, match=r"holds files this library did not save \(todo.txt\)"):
+        with F.atomic_folder(str(notes)) as tmp:
+            _write(tmp, "a.bin", b"model")
+    assert (work / "code.py").read_bytes() == b"print(1)" and (notes / "todo.txt").read_bytes() == b"keep me"
+    assert sorted(os.listdir(tmp_path)) == ["notes", "project"]  # no temporaries left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, empty):  # an empty folder, then the folder it saved, are replaced
+        with F.atomic_folder(target) as tmp:
+            _write(tmp, "a.bin", b"model")
+    assert sorted(os.listdir(empty)) == ["a.bin", "manifest.json"]
+
+
+def test_a_file_link_or_path_inside_a_file_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    written = []
+    for target, message in ((tmp_path / "a-file", "exists and is not a folder"),
+                            (tmp_path / "link", r"is not a folder \(a link\)"),
+                            (tmp_path / "a-file" / "sub" / "m", "a-file is a file, not a folder")):
+        with pytest.raises(F.CheckpointError, match=message):
+            with F.atomic_folder(str(target)) as tmp:
+                written.append(tmp)  # never reached: refused before the model is written
+    assert written == [] and sorted(os.listdir(tmp_path)) == ["a-file", "link", "real"]
