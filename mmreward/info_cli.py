@@ -18,14 +18,20 @@ from typing import Any, Optional, Sequence
 from mmreward.core.cli_config import CLIParser
 
 
-def _files(folder: str) -> tuple[int, int]:
-    """(files, bytes) below ``folder``."""
+def _files(folder: str) -> tuple[int, int, list[str]]:
+    """(files, bytes, links to missing files) below ``folder``: a hub snapshot links each file to a
+    blob, and a download that stopped leaves links to blobs that are not there."""
     count = total = 0
+    dangling = []
     for root, _, names in os.walk(folder):
         for n in names:
+            path = os.path.join(root, n)
+            if os.path.islink(path) and not os.path.exists(path):
+                dangling.append(os.path.relpath(path, folder))
+                continue
             count += 1
-            total += os.path.getsize(os.path.join(root, n))
-    return count, total
+            total += os.path.getsize(path)
+    return count, total, sorted(dangling)
 
 
 def _size(nbytes: float) -> str:
@@ -51,7 +57,7 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
 
     folder = resolve_folder(path, weights=load)
-    files, nbytes = _files(folder)
+    files, nbytes, dangling = _files(folder)
     what, loader = detect(folder)  # LoadError (one line) when nothing reads it
     layout = next((x for x in LAYOUTS if x.name == what), None)
     out: dict[str, Any] = {
@@ -59,6 +65,8 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
         "kind": "mmreward model" if what in MODEL_TYPES else "published layout", "reads_as": what,
         "description": layout.description if layout else f"{getattr(loader, '__self__', loader).__name__}, saved by mmreward",
     }
+    if dangling:
+        out["missing_files"] = dangling
     if read_manifest(folder) is not None:
         verify_folder(folder)  # sizes of every listed file: a damaged folder is one error here
         out["manifest"] = "every listed file present at its recorded size"
@@ -87,6 +95,8 @@ def _print(info: dict[str, Any]) -> None:
     print(f"  folder   {info['folder']} ({info['files']} files, {_size(info['bytes'])})")
     if "manifest" in info:
         print(f"  manifest {info['manifest']}")
+    for name in info.get("missing_files", ()):
+        print(f"  missing  {name}: a link to a file that is not there (a download that did not finish)")
     if "model_class" not in info:
         print("  (--load for its input type, parameters and settings)")
         return

@@ -56,3 +56,28 @@ def test_info_on_bad_folders_is_one_line_exit_2(rm_folder, tmp_path, capsys):
         assert main(["info", target]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_hub_snapshot_links_are_followed_and_a_missing_blob_is_named(tmp_path, capsys):
+    """A hub cache snapshot links every file to a blob; a download that stopped leaves a link to nothing."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "text"))
+    from text_rm_fixtures import bert_config, save_classifier, word_tokenizer
+
+    source, blobs = tmp_path / "source", tmp_path / "models--org--rm" / "blobs"
+    snapshot = tmp_path / "models--org--rm" / "snapshots" / "0abc"
+    save_classifier(source, bert_config(), word_tokenizer(pair=True))
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, name in enumerate(sorted(os.listdir(source))):
+        os.rename(source / name, blobs / f"blob{i}")
+        os.symlink(os.path.join("..", "..", "blobs", f"blob{i}"), snapshot / name)
+    assert main(["info", str(snapshot), "--load", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reads_as"] == "transformers-sequence-classifier"
+    os.remove(os.path.realpath(snapshot / "model.safetensors"))
+    assert main(["info", str(snapshot)]) == 0  # what the folder holds, and what it lacks
+    assert "missing  model.safetensors: a link to a file that is not there" in capsys.readouterr().out
+    assert main(["info", str(snapshot), "--load"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors is a link to ../../blobs/blob" in err[0] and "which does not exist" in err[0], err

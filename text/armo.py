@@ -30,7 +30,7 @@ from mmreward.core.data import DataError
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import check_batch_size, check_ranges, finish_loading, load_state_strict, read_config
-from mmreward.core.weights import backbone_state, hf_config, quiet_transformers, read_weights
+from mmreward.core.weights import backbone_state, check_shapes, hf_config, quiet_transformers, read_weights
 
 from .data import model_max_length, pad_batch
 from .reward_model import RewardModel, RewardModelConfig, last_positions, load_tokenizer
@@ -147,6 +147,8 @@ def load_armo(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer:
     template) as an :class:`ArmoRewardModel`."""
     from transformers import AutoModel
 
+    from .prm.model import building_for_weights, weights_dtype
+
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     raw = read_config(folder)
     hf = hf_config(raw, folder, "llama")
@@ -155,6 +157,7 @@ def load_armo(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer:
         raise CheckpointError(f"{folder}: ArmoRM scores chat conversations, and this tokenizer has no chat template")
     pattern = tok.encode(GATING_TEXT, add_special_tokens=False)
     weights = read_weights(folder)
+    saved_dtype = weights_dtype(weights)
     K = int(raw.get("num_objectives", 19))
     n_hidden = int(raw.get("gating_n_hidden", 3))
     names = ["regression_layer.weight", "reward_transform_matrix", "gating.logit_scale"]
@@ -163,19 +166,18 @@ def load_armo(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer:
     if missing:
         raise CheckpointError(f"{folder}: missing ArmoRM head tensor(s) {missing[:4]} (regression layer, gating "
                               "network, reward_transform_matrix)")
-    state = {"head.weight": weights.pop("regression_layer.weight"),
-             "reward_transform_matrix": weights.pop("reward_transform_matrix"),
-             "logit_scale": weights.pop("gating.logit_scale")}
-    for i in range(n_hidden + 1):
-        for p in ("weight", "bias"):
-            state[f"gating.{i}.{p}"] = weights.pop(f"gating.layers.{i}.{p}")
+    sources = {"head.weight": "regression_layer.weight", "reward_transform_matrix": "reward_transform_matrix",
+               "logit_scale": "gating.logit_scale"}  # our name -> the release's
+    sources.update({f"gating.{i}.{p}": f"gating.layers.{i}.{p}" for i in range(n_hidden + 1) for p in ("weight", "bias")})
+    state = {ours: weights.pop(theirs) for ours, theirs in sources.items()}
     backbone = backbone_state(weights, folder, "ArmoRM")
     config = ArmoRMConfig(backbone={**hf.to_dict(), "model_type": hf.model_type}, input_format="chat", pooling="last",
                           max_length=model_max_length(tok, hf), num_objectives=K,
                           gating_hidden_dim=int(raw.get("gating_hidden_dim", 1024)), gating_n_hidden=n_hidden,
                           gating_temperature=float(raw.get("gating_temperature", 10)), gating_pattern=pattern)
-    with quiet_transformers():
+    with quiet_transformers(), building_for_weights(saved_dtype):  # as saved (bf16): no fp32 copy, no random init
         model = ArmoRewardModel(config, tok, backbone=AutoModel.from_config(hf))
+    check_shapes(model, {**backbone, **state}, folder, "ArmoRM", sources)
     load_state_strict(model, {**backbone, **state}, folder)
     return finish_loading(model, dev, dt)
 

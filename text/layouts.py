@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import finish_loading, load_state_strict, load_weights, read_config
-from mmreward.core.weights import quiet_transformers, weight_names
+from mmreward.core.weights import quiet_transformers, refuse_mismatched, weight_shapes
 
 from .data import has_chat_template, has_pair_template, model_max_length
 from .reward_model import RewardModel, RewardModelConfig, is_encoder, load_tokenizer
@@ -102,8 +103,9 @@ def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, to
     as a :class:`RewardModel` whose pooler and head are those two layers."""
     from transformers import AutoModel
 
-    from mmreward.core.weights import backbone_state, hf_config, read_weights
+    from mmreward.core.weights import backbone_state, check_shapes, hf_config, read_weights
 
+    from .prm.model import building_for_weights, weights_dtype
     from .prm.published import QWEN_PRM_SYSTEM
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -112,6 +114,7 @@ def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, to
     if not has_chat_template(tokenizer):
         raise CheckpointError(f"{folder}: Qwen2.5-Math-RM scores chat conversations, and this tokenizer has no chat template")
     weights = read_weights(folder)
+    saved_dtype = weights_dtype(weights)
     head = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
     missing = [k for k in head if k not in weights]
     if missing:
@@ -120,14 +123,16 @@ def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, to
     if weights["score.2.weight"].shape[0] != 1:
         raise CheckpointError(f"{folder}: score.2.weight has shape {tuple(weights['score.2.weight'].shape)}; a reward "
                               "model has one output")
-    state = {"pooler.weight": weights.pop("score.0.weight"), "pooler.bias": weights.pop("score.0.bias"),
-             "head.weight": weights.pop("score.2.weight"), "head.bias": weights.pop("score.2.bias")}
+    sources = {"pooler.weight": "score.0.weight", "pooler.bias": "score.0.bias", "head.weight": "score.2.weight",
+               "head.bias": "score.2.bias"}  # our name -> the release's
+    state = {ours: weights.pop(theirs) for ours, theirs in sources.items()}
     backbone = backbone_state(weights, folder, "Qwen2.5-Math-RM", ignore=("lm_head.",))
     config = RewardModelConfig(backbone={**hf.to_dict(), "model_type": hf.model_type}, input_format="chat",
                                pooling="last", pooler_act="relu", max_length=model_max_length(tokenizer, hf),
                                system_prompt=QWEN_PRM_SYSTEM)
-    with quiet_transformers():
+    with quiet_transformers(), building_for_weights(saved_dtype):  # as saved (bf16): no fp32 copy, no random init
         model = RewardModel(config, tokenizer, backbone=AutoModel.from_config(hf))
+    check_shapes(model, {**backbone, **state}, folder, "Qwen2.5-Math-RM", sources)
     load_state_strict(model, {**backbone, **state}, folder)
     return finish_loading(model, dev, dt)
 
@@ -144,11 +149,19 @@ def check_classifier_weights(folder: str, config: Any) -> None:
 
     with torch.device("meta"), quiet_transformers():
         seq = AutoModelForSequenceClassification.from_config(config)
-    found = weight_names(folder)
-    if found is None:
+    shapes = weight_shapes(folder)
+    if shapes is None:
         raise CheckpointError(f"{folder} has no weights (model.safetensors, its index, or pytorch_model.bin)")
-    missing = sorted(set(seq.state_dict()) - found)
+    found = set(shapes)
+    expected = seq.state_dict()
+    missing = sorted(set(expected) - found)
     if not missing:
+        # transformers reports a wrong shape only in the load report that mmreward keeps quiet
+        wrong = [(k, shapes[k], tuple(v.shape)) for k, v in expected.items() if shapes[k] != tuple(v.shape)]
+        if wrong:
+            k, got, want = wrong[0]
+            raise CheckpointError(f"{folder}: {k} has shape {got} in the weights but {type(seq).__name__} of its "
+                                  f"config.json expects {want} ({len(wrong)} tensor(s) differ)")
         return
     what = type(seq).__name__
     prefix = seq.base_model_prefix + "."
@@ -165,6 +178,21 @@ def check_classifier_weights(folder: str, config: Any) -> None:
                               f"not a trained {what} reward model")
     raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight(s) of {what} are missing, "
                           f"e.g. {missing[:4]}")
+
+
+def _stored_head(folder: str, config: Any) -> Optional[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the classification head's output weight in the folder's files, when found."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"), quiet_transformers():
+        seq = AutoModelForSequenceClassification.from_config(config)
+    try:
+        out = _head_of(seq)[1]
+    except CheckpointError:
+        return None
+    name = next(f"{n}.weight" for n, m in seq.named_modules() if m is out)
+    shape = (weight_shapes(folder) or {}).get(name)
+    return (name, shape) if shape else None
 
 
 def _module(root: nn.Module, path: str) -> nn.Module:
@@ -196,12 +224,31 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
     with quiet_transformers():
         config = AutoConfig.from_pretrained(folder)
     if getattr(config, "num_labels", 1) != 1:
+        raw = read_config(folder)
+        head = _stored_head(folder, config)
+        if "num_labels" not in raw and "id2label" not in raw and head is not None and head[1][0] == 1:
+            # transformers' default is 2 labels: a one-output head is the config's omission, not a 2-label classifier
+            raise CheckpointError(f"{folder}/config.json sets neither num_labels nor id2label, which transformers "
+                                  f"reads as {config.num_labels} labels, but its head {head[0]} has shape {head[1]}: "
+                                  "one output, a reward model; add \"num_labels\": 1 to config.json")
         raise CheckpointError(f"{folder} is a classifier with {config.num_labels} labels "
                               f"({sorted(map(str, getattr(config, 'id2label', {}).values()))[:4]}); a reward model has 1")
     check_classifier_weights(folder, config)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     with quiet_transformers():
-        seq = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dt or "auto")
+        seq, report = AutoModelForSequenceClassification.from_pretrained(
+            folder, dtype=dt or "auto", output_loading_info=True, ignore_mismatched_sizes=True)
+    # checked above from the files; this catches what transformers read differently (a tensor it
+    # leaves at its random initial value would give wrong scores without an error)
+    refuse_mismatched(report, folder, type(seq).__name__)
+    missing = sorted(report.get("missing_keys") or ())
+    if missing or report.get("error_msgs"):
+        raise CheckpointError(f"{folder}: transformers did not load {len(missing)} weight(s) of {type(seq).__name__} "
+                              f"from the files, e.g. {missing[:4]} {list(report.get('error_msgs') or [])[:2]}")
+    unused = sorted(k for k in report.get("unexpected_keys") or () if not k.endswith("position_ids"))
+    if unused:
+        warnings.warn(f"{folder}: {len(unused)} tensor(s) that {type(seq).__name__} does not use are ignored, "
+                      f"e.g. {unused[:4]}", stacklevel=2)
     return finish_loading(reward_model_from_classifier(seq, tokenizer), dev, dt)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -17,10 +17,19 @@ SHARD_INDEXES = (("model.safetensors", "model.safetensors.index.json"),
                  ("pytorch_model.bin", "pytorch_model.bin.index.json"))
 
 
+def _is_file(path: str) -> bool:
+    """``os.path.isfile``, except that a link to a missing file (a hub snapshot whose blob never
+    arrived) is an error naming both rather than a file that is simply not there."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise CheckpointError(f"{path} is a link to {os.readlink(path)}, which does not exist: a download or copy "
+                              "that did not finish; fetch the file again")
+    return os.path.isfile(path)
+
+
 def read_json(path: str, what: str = "") -> dict:
     """A JSON object from ``path`` (CheckpointError naming the file and ``what`` it is otherwise)."""
     label = f" ({what})" if what else ""
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise CheckpointError(f"{path}{label} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
@@ -36,7 +45,7 @@ def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Te
     """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (no code runs); ``key``
     picks a sub-dict (e.g. ``state_dict`` of a training checkpoint) when the file holds one.
     DataParallel's ``module.`` prefix is dropped, as the official loaders do."""
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise CheckpointError(f"missing weights file {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -56,7 +65,7 @@ def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     """One safetensors or ``torch.save`` weights file."""
     if not path.endswith(".safetensors"):
         return read_torch_state(path)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise CheckpointError(f"missing weights file {path}")
     from safetensors.torch import load_file
 
@@ -73,17 +82,44 @@ def _read_index(path: str) -> dict[str, str]:
     return weight_map
 
 
+def _index_shards(folder: str, index: str) -> dict[str, list[str]]:
+    """Shard file -> the tensor names ``index`` assigns to it; every shard must exist (a copy
+    interrupted part-way leaves the index naming a shard that never arrived)."""
+    shards: dict[str, list[str]] = {}
+    for name, shard in _read_index(os.path.join(folder, index)).items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{os.path.join(folder, index)}: weight_map[{name!r}] must be a file name, got {shard!r}")
+        shards.setdefault(shard, []).append(name)
+    absent = sorted(s for s in shards if not _is_file(os.path.join(folder, s)))
+    if absent:
+        more = f" (and {len(absent) - 1} more of its shards)" if len(absent) > 1 else ""
+        raise CheckpointError(f"missing weights file {os.path.join(folder, absent[0])}{more}: {index} names "
+                              f"{len(shards)} shard(s), and a download or copy stopped part-way leaves some out")
+    return shards
+
+
+def _check_shard_holds(folder: str, index: str, shard: str, listed: Sequence[str], held: Any) -> None:
+    """The tensors ``index`` places in ``shard`` must be in it: transformers would leave them at
+    random initial values without an error."""
+    absent = [n for n in listed if n not in held]
+    if absent:
+        raise CheckpointError(f"{os.path.join(folder, index)} places {len(absent)} tensor(s) in {shard} that the "
+                              f"shard does not hold, e.g. {absent[:3]}: the shard is from another save or incomplete")
+
+
 def read_weights(folder: str) -> dict[str, torch.Tensor]:
     """All tensors of a transformers-style folder: ``model.safetensors``, sharded safetensors (its
     index), or ``pytorch_model.bin`` / its shards (tensors only)."""
     for single, index in SHARD_INDEXES:
-        if os.path.isfile(os.path.join(folder, index)):
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(_read_index(os.path.join(folder, index)).values())):
-                state.update(read_weight_file(os.path.join(folder, shard)))
-            return state
-        if os.path.isfile(os.path.join(folder, single)):
+        if _is_file(os.path.join(folder, single)):  # before an index next to it, as transformers reads them
             return read_weight_file(os.path.join(folder, single))
+        if _is_file(os.path.join(folder, index)):
+            state: dict[str, torch.Tensor] = {}
+            for shard, listed in sorted(_index_shards(folder, index).items()):
+                part = read_weight_file(os.path.join(folder, shard))
+                _check_shard_holds(folder, index, shard, listed, part)
+                state.update(part)
+            return state
     raise CheckpointError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json + shards, or "
                           "pytorch_model.bin)")
 
@@ -92,10 +128,10 @@ def weight_names(folder: str) -> Optional[set[str]]:
     """Tensor names of a transformers-style folder from its index or file header (safetensors: no
     tensor is read); None when it holds no weights."""
     for single, index in SHARD_INDEXES:
-        if os.path.isfile(os.path.join(folder, index)):
-            return set(_read_index(os.path.join(folder, index)))
         path = os.path.join(folder, single)
-        if not os.path.isfile(path):
+        if not _is_file(path):  # the single file first, as transformers reads them
+            if _is_file(os.path.join(folder, index)):
+                return set(_read_index(os.path.join(folder, index)))
             continue
         if single.endswith(".safetensors"):
             from safetensors import safe_open
@@ -106,6 +142,41 @@ def weight_names(folder: str) -> Optional[set[str]]:
             except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
                 raise CheckpointError(f"corrupt or unreadable safetensors file {path}: {e}") from e
         return set(read_torch_state(path))
+    return None
+
+
+def _safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
+        raise CheckpointError(f"corrupt or unreadable safetensors file {path}: {e}") from e
+
+
+def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    if path.endswith(".safetensors"):
+        if not _is_file(path):
+            raise CheckpointError(f"missing weights file {path}")
+        return _safetensors_shapes(path)
+    return {k: tuple(v.shape) for k, v in read_torch_state(path).items()}  # mmap: no tensor data is read
+
+
+def weight_shapes(folder: str) -> Optional[dict[str, tuple[int, ...]]]:
+    """Name -> shape of every tensor of a transformers-style folder, from safetensors headers
+    (``torch.save`` files are mapped, not read); an index is checked against its shards: each one
+    must exist and hold the tensors the index places in it. None when the folder holds no weights."""
+    for single, index in SHARD_INDEXES:
+        if _is_file(os.path.join(folder, single)):  # before an index next to it, as transformers reads them
+            return _file_shapes(os.path.join(folder, single))
+        if _is_file(os.path.join(folder, index)):
+            shapes: dict[str, tuple[int, ...]] = {}
+            for shard, listed in sorted(_index_shards(folder, index).items()):
+                part = _file_shapes(os.path.join(folder, shard))
+                _check_shard_holds(folder, index, shard, listed, part)
+                shapes.update(part)
+            return shapes
     return None
 
 
@@ -154,6 +225,34 @@ def backbone_state(weights: dict[str, torch.Tensor], folder: str, layout: str,
     return backbone
 
 
+def check_shapes(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: str, layout: str,
+                 sources: Optional[dict[str, str]] = None) -> None:
+    """CheckpointError naming the first tensor of ``state`` whose shape is not the one ``module``
+    (built from the folder's config.json) expects, by its name in the folder's files: ``sources`` maps
+    our names to those (default: ``backbone.X`` was ``model.X``)."""
+    own = module.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if not wrong:
+        return
+    ours, got, want = wrong[0]
+    name = (sources or {}).get(ours) or (f"model.{ours[len('backbone.'):]}" if ours.startswith("backbone.") else ours)
+    raise CheckpointError(f"{folder}: {name} has shape {got} in the weights but the {layout} layout of its config.json "
+                          f"expects {want} ({len(wrong)} tensor(s) differ)")
+
+
+def refuse_mismatched(info: dict, folder: str, what: str) -> None:
+    """CheckpointError naming the first tensor transformers found with another shape than ``what``
+    of the folder's config.json has: ``from_pretrained(..., ignore_mismatched_sizes=True,
+    output_loading_info=True)`` lists them; without that flag its error only points to the load
+    report, which :func:`quiet_transformers` keeps quiet."""
+    mismatched = sorted((str(k), tuple(got), tuple(want)) for k, got, want in info.get("mismatched_keys") or ())
+    if mismatched:
+        k, got, want = mismatched[0]
+        raise CheckpointError(f"{folder}: {k} has shape {got} in the weights but the {what} of its config.json "
+                              f"expects {want} ({len(mismatched)} tensor(s) differ)")
+
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports (an unused pooler or ``lm_head`` listed as UNEXPECTED) and
@@ -171,5 +270,5 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["backbone_state", "hf_config", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "require_tensors",
-           "weight_names"]
+__all__ = ["backbone_state", "check_shapes", "hf_config", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "refuse_mismatched", "require_tensors",
+           "weight_names", "weight_shapes"]

@@ -219,3 +219,37 @@ def test_armo_fine_tunes_on_preferences(armo, tmp_path):
     train_reward_model(rm, train, held, cfg)
     after = evaluate_pairs(rm, held)["accuracy"]
     assert before <= 0.75 and after >= 0.9, (before, after)
+
+
+def test_a_wrong_shape_is_named_as_in_the_release(armo, tmp_path):
+    """The error names the release's tensor (``regression_layer.weight``, ``model.*``), not ours."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder, _, _ = armo
+    for key, shape in (("regression_layer.weight", (K, 16)), ("model.layers.1.mlp.up_proj.weight", (64, 16))):
+        bad = shutil.copytree(folder, tmp_path / key)
+        state = load_file(f"{bad}/model.safetensors")
+        state[key] = torch.zeros(shape)
+        save_file(state, f"{bad}/model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match=rf"{key} has shape \({shape[0]}, 16\) in the weights but the ArmoRM "
+                                                  rf"layout of its config.json expects \({shape[0]}, 32\)"):
+            mmreward.load(str(bad))
+
+
+def test_a_bf16_release_loads_in_bf16(armo, tmp_path):
+    """The release is bf16: it loads as saved (an fp32 copy of 8B doubled the memory), scoring within
+    bf16 rounding of the same weights in fp32."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder, _, _ = armo
+    bf16 = shutil.copytree(folder, tmp_path / "bf16")
+    state = {k: v.to(torch.bfloat16) for k, v in load_file(f"{bf16}/model.safetensors").items()}
+    save_file(state, f"{bf16}/model.safetensors", metadata={"format": "pt"})
+    rm = mmreward.load(str(bf16))
+    assert {p.dtype for p in rm.parameters()} == {torch.bfloat16}
+    want = mmreward.load(str(bf16), dtype="float32").score(PAIRS)
+    assert float((rm.score(PAIRS) - want).abs().max()) <= 0.05 * float(want.abs().max())

@@ -10,6 +10,7 @@ official computation is re-run from the model card / inference repository code (
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -416,6 +417,29 @@ def test_wrong_or_partial_folders_are_refused(folders, tmp_path, name, edit, mes
     folder = shutil.copytree(folders[name], str(tmp_path / name))
     _rewrite_weights(folder, edit)
     with pytest.raises(CheckpointError, match=message):
+        mmreward.load(folder)
+
+
+@pytest.mark.parametrize("name, key, shape, want", [
+    ("qwen2.5-math-prm", "score.0.weight", (32, 16), r"\(32, 32\)"),
+    ("qwen2.5-math-prm", "score.2.bias", (3,), r"\(2,\)"),  # was cut to 2 without a word
+    ("qwen2.5-math-prm", "model.layers.0.mlp.up_proj.weight", (64, 16), r"\(64, 32\)"),
+    ("skywork-o1-open-prm", "v_head.summary.bias", (3,), r"\(1,\)"),  # was a RuntimeError from reshape
+    ("skywork-o1-open-prm", "v_head.summary.weight", (1, 16), r"\(1, 32\)"),
+])
+def test_a_wrong_shape_is_named_as_in_the_files(folders, tmp_path, name, key, shape, want):
+    folder = shutil.copytree(folders[name], str(tmp_path / name))
+    _rewrite_weights(folder, lambda s: {**s, key: torch.zeros(shape)})
+    with pytest.raises(CheckpointError, match=re.escape(f"{key} has shape {shape} in the weights") + ".* expects " + want):
+        mmreward.load(folder)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-math-prm", "rlhflow-prm"])
+def test_a_chat_layout_without_its_chat_template_names_the_file(folders, tmp_path, name):
+    """transformers saves the template as chat_template.jinja: a copy of only the tokenizer files loses it."""
+    folder = shutil.copytree(folders[name], str(tmp_path / os.path.basename(folders[name])))
+    os.remove(os.path.join(folder, "chat_template.jinja"))
+    with pytest.raises(CheckpointError, match=re.escape(folder) + ": .*chat template.*chat_template.jinja"):
         mmreward.load(folder)
 
 

@@ -222,3 +222,78 @@ def test_qwen_math_rm_scores_as_its_card(tmp_path):
     with pytest.raises(ValueError, match="system_prompt.*chat"):
         from mmreward.text.reward_model import RewardModelConfig
         RewardModelConfig(backbone={"model_type": "bert"}, input_format="joined", system_prompt="x")
+    # the 72B release is bf16: it loads as saved, not as an fp32 copy twice its size
+    _rewrite_weights(tmp_path, lambda s: {k: v.to(torch.bfloat16) for k, v in s.items()})
+    rm = mmreward.load(str(tmp_path))
+    assert {p.dtype for p in rm.parameters()} == {torch.bfloat16}
+    assert float((rm.score(ITEMS) - want).abs().max()) <= 0.05 * float(want.abs().max())
+
+
+def _shard(folder):
+    """Split a saved classifier's model.safetensors into two shards and an index, as large releases are."""
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    os.remove(os.path.join(folder, "model.safetensors"))
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[:len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in halves.items():
+        save_file({k: state[k] for k in keys}, os.path.join(folder, shard), metadata={"format": "pt"})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": {k: s for s, keys in halves.items() for k in keys}}, f)
+    return halves
+
+
+def test_damaged_sharded_classifier_folders_are_named_not_filled_at_random(tmp_path):
+    tok = word_tokenizer(pair=True)
+    save_classifier(tmp_path / "ok", bert_config(), tok)
+    expected = mmreward.load(str(tmp_path / "ok")).score(ITEMS)
+    # an index left from an older sharded save beside model.safetensors: transformers reads the single file
+    with open(tmp_path / "ok" / "model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {}, "weight_map": {"bert.pooler.dense.weight": "model-00001-of-00009.safetensors"}}, f)
+    torch.testing.assert_close(mmreward.load(str(tmp_path / "ok")).score(ITEMS), expected, atol=0, rtol=0)
+    save_classifier(tmp_path / "sharded", bert_config(), tok)
+    halves = _shard(tmp_path / "sharded")
+    torch.testing.assert_close(mmreward.load(str(tmp_path / "sharded")).score(ITEMS), expected, atol=0, rtol=0)
+    # a shard the index places a tensor in, without it: transformers would start it at random, silently
+    second = tmp_path / "sharded" / "model-00002-of-00002.safetensors"
+    dropped = halves[second.name][0]
+    save_file({k: v for k, v in load_file(second).items() if k != dropped}, second, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"places 1 tensor\(s\) in {second.name} that the shard does not hold, "
+                                              rf"e\.g\. \['{dropped}'\]"):
+        mmreward.load(str(tmp_path / "sharded"))
+    os.remove(second)  # a download that stopped part-way
+    with pytest.raises(CheckpointError, match=rf"missing weights file .*{second.name}: model.safetensors.index.json names 2 shard"):
+        mmreward.load(str(tmp_path / "sharded"))
+
+
+def test_a_wrong_shape_names_the_tensor_and_both_shapes(tmp_path):
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    save_classifier(tmp_path / "st", bert_config(), word_tokenizer(pair=True))
+    _rewrite_weights(tmp_path / "st", lambda s: {**s, key: torch.zeros(32, 16)})
+    with pytest.raises(CheckpointError, match=rf"{key} has shape \(32, 16\) in the weights but "
+                                              r"BertForSequenceClassification of its config.json expects \(32, 32\)"):
+        mmreward.load(str(tmp_path / "st"))
+    save_classifier(tmp_path / "bin", bert_config(), word_tokenizer(pair=True))  # pytorch_model.bin only
+    state = load_file(tmp_path / "bin" / "model.safetensors")
+    os.remove(tmp_path / "bin" / "model.safetensors")
+    torch.save({**state, "classifier.weight": torch.zeros(2, 32)}, tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"classifier.weight has shape \(2, 32\) in the weights but .* expects \(1, 32\)"):
+        mmreward.load(str(tmp_path / "bin"))
+
+
+def test_unused_tensors_are_stated_and_a_config_without_labels_names_the_fix(tmp_path):
+    save_classifier(tmp_path / "extra", bert_config(), word_tokenizer(pair=True))
+    expected = mmreward.load(str(tmp_path / "extra")).score(ITEMS)
+    _rewrite_weights(tmp_path / "extra", lambda s: {**s, "lm_head.weight": torch.zeros(5, 32)})
+    with pytest.warns(UserWarning, match=r"1 tensor\(s\) that BertForSequenceClassification does not use are ignored, "
+                                         r"e\.g\. \['lm_head\.weight'\]"):
+        rm = mmreward.load(str(tmp_path / "extra"))
+    torch.testing.assert_close(rm.score(ITEMS), expected, atol=0, rtol=0)
+    # a hand-written config.json without num_labels / id2label is 2 labels to transformers; the head says 1
+    save_classifier(tmp_path / "nolabels", llama_config(), word_tokenizer(bos=True, chat_template=BOS_TEMPLATE))
+    path = tmp_path / "nolabels" / "config.json"
+    body = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("id2label", "label2id", "num_labels")}
+    path.write_text(json.dumps(body))
+    with pytest.raises(CheckpointError, match=r"sets neither num_labels nor id2label, which transformers reads as 2 "
+                                              r"labels, but its head score.weight has shape \(1, 32\).*add \"num_labels\": 1"):
+        mmreward.load(str(tmp_path / "nolabels"))

@@ -36,7 +36,7 @@ import torch
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import finish_loading, load_state_strict, read_config
-from mmreward.core.weights import backbone_state, hf_config, read_weights, weight_names
+from mmreward.core.weights import backbone_state, check_shapes, hf_config, read_weights, weight_names
 
 __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_prm", "is_skywork_prm",
            "load_skywork_prm", "is_rlhflow_prm", "load_rlhflow_prm", "QWEN_PRM_SYSTEM"]
@@ -44,6 +44,7 @@ __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_p
 # the system turn of the Qwen2.5-Math-PRM model card's example
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+CHAT_FORMATS = ("qwen_prm", "rlhflow_prm")  # the layouts whose input is a chat
 
 
 # ------------------------------------------------------------------ folder contents
@@ -72,6 +73,17 @@ def _take(weights: dict[str, torch.Tensor], names: tuple[str, ...], folder: str,
     return [weights.pop(n) for n in names]
 
 
+def _check_head_shape(tensor: torch.Tensor, want: tuple, name: str, raw: dict, folder: str) -> None:
+    """A head tensor is reshaped or sliced before it reaches the model, so its shape is checked here,
+    by its name in the files (``None`` in ``want``: any size; ``-1``: the config's hidden_size)."""
+    hidden = raw.get("hidden_size")
+    want = tuple(hidden if w == -1 else w for w in want)
+    if len(tensor.shape) != len(want) or any(w is not None and g != w for g, w in zip(tensor.shape, want)):
+        shown = tuple("any" if w is None else w for w in want)
+        raise CheckpointError(f"{folder}: {name} has shape {tuple(tensor.shape)} in the weights but the head of its "
+                              f"config.json (hidden_size {hidden}) expects {shown}")
+
+
 # ------------------------------------------------------------------ the shared loader
 def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input_format: str,
           head_state: Callable[..., dict[str, torch.Tensor]], ignore: tuple[str, ...] = (),
@@ -86,6 +98,10 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     raw = read_config(folder)
     tok = _tokenizer(folder, layout)
+    if input_format in CHAT_FORMATS and not getattr(tok, "chat_template", None):
+        raise CheckpointError(f"{folder}: the {layout} layout renders each solution with the tokenizer's chat template, "
+                              "and this tokenizer has none (chat_template.jinja, or chat_template in "
+                              "tokenizer_config.json, is missing)")
     hf_cfg = hf_config(raw, folder, default_type)
     cfg = PRMConfig(head=head, input_format=input_format, max_length=int(getattr(hf_cfg, "max_position_embeddings", 4096)),
                     **config)
@@ -100,6 +116,7 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
     missing = sorted(f"model.{k}" for k in base.state_dict() if f"backbone.{k}" not in backbone)
     if missing:
         raise CheckpointError(f"{folder}: missing {len(missing)} backbone tensor(s) of its config, e.g. {missing[:4]}")
+    check_shapes(model, backbone, folder, layout)  # named as in the files (model.*), not as we keep them
     load_state_strict(model, {**backbone, **state}, folder)
     return finish_loading(model, dev, dt)
 
@@ -135,7 +152,10 @@ def _lm_label_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) ->
     if max(good_bad) >= lm_head.shape[0]:
         raise CheckpointError(f"{folder}: the tokenizer's '+' / '-' ids {good_bad} do not index its LM head "
                               f"({lm_head.shape[0]} rows)")
+    _check_head_shape(lm_head, (None, -1), "lm_head.weight", raw, folder)
     bias = weights.pop("lm_head.bias", None)
+    if bias is not None:
+        _check_head_shape(bias, (lm_head.shape[0],), "lm_head.bias", raw, folder)
     return {"label_rows": lm_head[good_bad].clone(),
             "label_bias": bias[good_bad].clone() if bias is not None else torch.zeros(2, dtype=lm_head.dtype)}
 
@@ -157,6 +177,9 @@ def _qwen_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dic
                            "Qwen2ForProcessRewardModel head (score = Linear → ReLU → Linear(2))")
     if w2.shape[0] != 2:
         raise CheckpointError(f"{folder}: score.2.weight has shape {tuple(w2.shape)}; the PRM head has 2 classes")
+    for t, want, name in ((w1, (-1, -1), "score.0.weight"), (b1, (-1,), "score.0.bias"), (w2, (2, -1), "score.2.weight"),
+                          (b2, (2,), "score.2.bias")):
+        _check_head_shape(t, want, name, raw, folder)
     # class 1 is "positive": our label rows are (positive, negative)
     return {"head_hidden.weight": w1, "head_hidden.bias": b1, "label_rows": w2[[1, 0]].clone(),
             "label_bias": b2[[1, 0]].clone()}
@@ -181,6 +204,8 @@ def _skywork_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> 
     w, b = _take(weights, ("v_head.summary.weight", "v_head.summary.bias"), folder, "value head (v_head.summary)")
     if w.shape[0] != 1:
         raise CheckpointError(f"{folder}: v_head.summary.weight has shape {tuple(w.shape)}, expected (1, hidden)")
+    _check_head_shape(w, (1, -1), "v_head.summary.weight", raw, folder)
+    _check_head_shape(b, (1,), "v_head.summary.bias", raw, folder)
     return {"value_weight": w[0].clone(), "value_bias": b.reshape(()).clone()}
 
 

@@ -51,7 +51,7 @@ from torch import nn
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import config_from_dict, finish_loading, load_state_strict, load_weights
-from mmreward.core.weights import quiet_transformers, read_json, read_torch_state
+from mmreward.core.weights import quiet_transformers, read_json, read_torch_state, refuse_mismatched
 
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
@@ -308,25 +308,37 @@ def clip_state_from_open_clip(state: dict, layers_vision: int, layers_text: int,
     if missing:
         raise CheckpointError(f"{path} is not an open_clip CLIP state dict matching its config: missing {missing[:4]} "
                               f"(top-level names present: {sorted({k.split('.')[0] for k in state})[:8]})")
-    out = {"text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
-           "text_model.embeddings.position_embedding.weight": state["positional_embedding"],
-           "text_model.final_layer_norm.weight": state["ln_final.weight"],
-           "text_model.final_layer_norm.bias": state["ln_final.bias"],
-           "text_projection.weight": state["text_projection"].t(),
-           "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
-           "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
-           "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
-           "vision_model.pre_layrnorm.weight": state["visual.ln_pre.weight"],
-           "vision_model.pre_layrnorm.bias": state["visual.ln_pre.bias"],
-           "vision_model.post_layernorm.weight": state["visual.ln_post.weight"],
-           "vision_model.post_layernorm.bias": state["visual.ln_post.bias"],
-           "visual_projection.weight": state["visual.proj"].t(), "logit_scale": state["logit_scale"]}
+    for tower, layers in (("transformer.", layers_text), ("visual.transformer.", layers_vision)):
+        stored = {int(k[len(tower) + len("resblocks."):].split(".")[0]) for k in state
+                  if k.startswith(tower + "resblocks.") and k[len(tower) + len("resblocks."):].split(".")[0].isdigit()}
+        if stored and max(stored) + 1 != layers:
+            # converting only the first `layers` blocks would score with a truncated tower, silently
+            raise CheckpointError(f"{path} holds {max(stored) + 1} {tower}resblocks but its model config has {layers} "
+                                  "layers: the weights and open_clip config are of different models")
     try:
+        out = _open_clip_names(state)
         _tower(state, "transformer", "text_model", layers_text, out)
         _tower(state, "visual.transformer", "vision_model", layers_vision, out)
     except KeyError as e:
         raise CheckpointError(f"{path}: missing open_clip tensor {e.args[0]!r}") from None
     return {f"model.{k}": v.contiguous() for k, v in out.items()}
+
+
+def _open_clip_names(state: dict) -> dict[str, torch.Tensor]:
+    """The tensors outside the transformer blocks, under CLIPModel's names."""
+    return {"text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
+            "text_model.embeddings.position_embedding.weight": state["positional_embedding"],
+            "text_model.final_layer_norm.weight": state["ln_final.weight"],
+            "text_model.final_layer_norm.bias": state["ln_final.bias"],
+            "text_projection.weight": state["text_projection"].t(),
+            "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
+            "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
+            "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
+            "vision_model.pre_layrnorm.weight": state["visual.ln_pre.weight"],
+            "vision_model.pre_layrnorm.bias": state["visual.ln_pre.bias"],
+            "vision_model.post_layernorm.weight": state["visual.ln_post.weight"],
+            "vision_model.post_layernorm.bias": state["visual.ln_post.bias"],
+            "visual_projection.weight": state["visual.proj"].t(), "logit_scale": state["logit_scale"]}
 
 
 def _with_buffers(model: CLIPScorer, state: dict) -> dict:
@@ -461,9 +473,11 @@ def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: O
     pre = _hf_preprocessing(folder)
     try:
         with quiet_transformers():
-            clip, info = CLIPModel.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+            clip, info = CLIPModel.from_pretrained(folder, dtype=torch.float32, output_loading_info=True,
+                                                   ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load the CLIP weights: {e}") from e
+    refuse_mismatched(info, folder, "CLIPModel")
     if info.get("missing_keys"):
         raise CheckpointError(f"{folder}: the weights lack {len(info['missing_keys'])} CLIPModel tensor(s), e.g. "
                               f"{sorted(info['missing_keys'])[:4]}")
