@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -190,8 +191,8 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     kw = {}
     if isinstance(model, RewardModel):
         kw["progress"] = args.progress
-        if args.max_length is not None:
-            model.config.max_length = args.max_length
+        if args.max_length is not None:  # replace() runs the config's own check (an integer >= 2)
+            model.config = dataclasses.replace(model.config, max_length=args.max_length)
     elif args.max_length is not None:
         raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
     scores = model.score(items, batch_size=args.batch_size, **kw).tolist()

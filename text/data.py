@@ -387,7 +387,22 @@ def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: st
     rows = encoder.encode([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
     n = len(pairs)
     truncation_warning(rows, encoder, what)
+    same_tokens_warning(rows[:n], rows[n:], pairs, encoder, what)
     return [EncodedPair(rows[i], rows[n + i], p.margin, p.tie) for i, p in enumerate(pairs)]
+
+
+def same_tokens_warning(chosen: Sequence[Encoded], rejected: Sequence[Encoded], pairs: Sequence[PreferencePair],
+                        encoder: TextEncoder, what: str = "training inputs") -> None:
+    """One warning for the non-tie pairs whose chosen and rejected inputs are the same tokens (equal
+    texts, or texts that differ only in the part truncation cuts): such a pair gives no gradient and
+    is always counted wrong, silently. Tie pairs are meant to score alike and are not named."""
+    same = [i for i, (c, r, p) in enumerate(zip(chosen, rejected, pairs))
+            if not p.tie and c.ids == r.ids and c.types == r.types]
+    if same:
+        warnings.warn(f"{len(same)} of {len(pairs)} pairs of the {what} have chosen and rejected inputs of the same "
+                      f"tokens, first pair {same[0]} (equal texts, or texts that differ only where truncation to "
+                      f"max_length={encoder.max_length} cuts): such a pair gives no gradient and always counts as "
+                      "wrong", stacklevel=4)
 
 
 class PairCollator:

@@ -255,9 +255,42 @@ class RewardModel(RewardScorer, nn.Module):
         """Checks of tokenised inputs before they are batched (and sorted by length), so an error names
         the input; a subclass whose forward needs more than tokens adds them (ArmoRM: a prompt turn)."""
 
+    def position_limit(self) -> Optional[int]:
+        """The most tokens the backbone can read: the size of its learned position table (a module
+        named ``*position_embeddings`` / ``wpe`` with ``max_position_embeddings`` / ``n_positions``
+        rows), less the rows below the first position when positions count from ``padding_idx + 1``
+        (RoBERTa, XLM-R, MPNet). None when positions have no hard end (rotary, relative positions)."""
+        bc = getattr(self.backbone, "config", None)
+        sizes = {getattr(bc, "max_position_embeddings", None), getattr(bc, "n_positions", None)} - {None}
+        for name, module in self.backbone.named_modules():
+            if name.endswith(("position_embeddings", "wpe")) and isinstance(module, nn.Embedding) \
+                    and module.num_embeddings in sizes:
+                pad = module.padding_idx
+                return module.num_embeddings - (pad + 1 if pad is not None else 0)
+        return None
+
+    def check_fits(self, rows: Sequence[Encoded], names: Optional[Sequence[str]] = None) -> None:
+        """Each tokenised input fits the backbone: at most :meth:`position_limit` tokens, and token ids
+        below the size of its input embedding table. Past either the backbone fails deep inside with a
+        message that names no input ("The size of tensor a …", "index out of range in self"); here
+        the ValueError names the input (``names[i]``, default ``input i``)."""
+        limit = self.position_limit()
+        embeddings = self.backbone.get_input_embeddings() if hasattr(self.backbone, "get_input_embeddings") else None
+        vocab = getattr(embeddings, "num_embeddings", None)
+        kind = type(self.backbone).__name__
+        for i, r in enumerate(rows):
+            name = names[i] if names is not None else f"input {i}"
+            if limit is not None and len(r) > limit:
+                raise ValueError(f"{name} is {len(r)} tokens, more than the {limit} positions the {kind} backbone "
+                                 f"reads (max_length is {self.config.max_length}): use a max_length of at most {limit}")
+            if vocab is not None and r.ids and max(r.ids) >= vocab:
+                raise ValueError(f"{name} holds token id {max(r.ids)}, but the backbone has embeddings for ids "
+                                 f"0..{vocab - 1} only: the tokenizer is not the one the model was built with")
+
     def score_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, *, progress: bool = False) -> Tensor:
         """Rewards of tokenised inputs: longest first in batches of ``batch_size``, each padded to its
         own longest row, the input order restored."""
+        self.check_fits(rows)
         device = self.head.weight.device
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # (N,) length buckets
         out = torch.empty(len(rows), dtype=torch.float32)

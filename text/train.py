@@ -116,8 +116,20 @@ def pairwise_loss_fn(config: RewardTrainConfig):
     return loss_fn
 
 
+# ------------------------------------------------------------------ the trainer
+class RewardTrainer(Trainer):
+    """The core Trainer whose run fingerprint also holds ``settings``: the model's input layout and
+    truncation (``max_length``, ``pooling``, ``input_format``, …) and ``group_by_length``. A run
+    resumed (or a finished one re-run) with other input settings would go on training on other
+    tokens, or re-save a finished model with the new settings, so it is refused as any other
+    change of settings is."""
+
+    def _fingerprint(self) -> dict:
+        return {**super()._fingerprint(), **self.settings}
+
+
 # ------------------------------------------------------------------ data order
-class LengthGroupedTrainer(Trainer):
+class LengthGroupedTrainer(RewardTrainer):
     """The core Trainer with micro-batches of similar-length examples (``len(example)``).
 
     Each epoch's permutation (drawn from ``seed + epoch``, padded to the world size as the Trainer
@@ -197,18 +209,24 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
     if config.disable_dropout:
         disable_dropout(model)
     data = encode_pairs(model.encoder, train)
+    if hasattr(model, "check_fits"):  # before any step: the backbone's own error would name no pair
+        model.check_fits([p.chosen for p in data] + [p.rejected for p in data],
+                         [f"training pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(data))])
     if config.epochs is not None:
         config = dataclasses.replace(config, max_steps=steps_for_epochs(config, len(data)))
 
     eval_fn = None
     if evals is not None:
         eval_data = encode_pairs(model.encoder, evals, "eval inputs")
+        if hasattr(model, "check_fits"):  # now, not at the first evaluation after training steps
+            model.check_fits([p.chosen for p in eval_data] + [p.rejected for p in eval_data],
+                             [f"eval pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(eval_data))])
 
         def eval_fn(m):
             return pair_metrics(m, eval_data, batch_size=config.eval_batch_size)
 
-    trainer_class = LengthGroupedTrainer if config.group_by_length else Trainer
+    trainer_class = LengthGroupedTrainer if config.group_by_length else RewardTrainer
     inputs = {k: v for k, v in config_to_dict(model.config).items() if k != "backbone"}  # layout and truncation
     trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
-                            settings={"reward_model": inputs})
+                            settings={"reward_model": inputs, "group_by_length": config.group_by_length})
     return trainer.fit()

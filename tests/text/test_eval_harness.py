@@ -117,6 +117,30 @@ def test_rewardbench_pairs_and_loader(tmp_path):
         load_rewardbench(str(bad))
 
 
+def test_parquet_rows_and_a_damaged_parquet_file(tmp_path, monkeypatch):
+    """Parquet is read with pyarrow (no copy into the HF datasets cache); a damaged file is one
+    DataError naming it, for `text eval --benchmark rewardbench` and `text judge` alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmreward.core.data import DataError
+    from mmreward.text.generative.cli import load_rows
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    rows = [{"prompt": "p", "chosen": "good answer", "rejected": "bad", "subset": "alpacaeval-easy"},
+            {"prompt": "q", "chosen": "yes", "rejected": "no", "subset": "donotanswer"}]
+    path = tmp_path / "rb.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    assert load_rewardbench(str(path)) == rows
+    assert not (tmp_path / "hf_cache").exists()
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(path.read_bytes()[:40] + b"\xff" * 40)
+    for read in (load_rewardbench, load_rows):
+        with pytest.raises(DataError, match=f"^{damaged}: not a readable parquet file \\(") as e:
+            read(str(damaged))
+        assert "\n" not in str(e.value)
+
+
 def test_score_responses_dedups_and_checks_scorer():
     calls = []
 
@@ -186,6 +210,12 @@ def test_eval_cli_rmbench_json(tmp_path, capsys):
     assert mmreward_main(["text", "eval", "--model", str(tmp_path / "rm"), "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    # --out naming a folder is refused before the evaluation runs (it used to run, then IsADirectoryError)
+    assert mmreward_main(["text", "eval", "--model", str(tmp_path / "rm"), "--benchmark", "rm-bench", "--data",
+                          str(data), "--json", "--out", str(data)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == (f"mmreward text: error: --out {data} is a folder: give "
+                                                           "the path of the result JSON file")
 
 
 def test_reward_models_are_scorers(tmp_path):

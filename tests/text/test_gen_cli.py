@@ -47,3 +47,40 @@ def test_cli_bad_input(saved, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["nope", "--model", "x", "--data", "y"])
     assert len(load_rows(str(saved / "pairs.jsonl"), limit=1)) == 1
+
+
+def test_cli_errors_are_one_line_and_name_the_folder(saved, tmp_path, capsys, monkeypatch):
+    """Another mmreward model's folder was read as a causal LM: transformers' many-line "Unrecognized
+    configuration class ... pip install --upgrade transformers". Now one line naming the folder, for
+    judge and train-* alike; MMREWARD_DEBUG=1 re-raises; --limit -1 and an --out folder are refused."""
+    import torch
+
+    from mmreward.cli import main as mmreward_main
+    from mmreward.text.reward_model import RewardModel
+
+    rm_folder = tmp_path / "rm"
+    torch.manual_seed(0)
+    RewardModel.from_backbone(tiny_llama(8, hidden=16, layers=1, heads=2).config,
+                              tokenizer=word_tokenizer(["good bad q"])).save_pretrained(str(rm_folder))
+    verify = tmp_path / "verify.jsonl"
+    verify.write_text(json.dumps({"prompt": "q", "response": "good", "correct": True}) + "\n")
+    pairs = str(saved / "pairs.jsonl")
+    named = f"{rm_folder} holds an mmreward 'text_reward_model' model, not a causal LM or a judge folder"
+    cases = [
+        (["judge", "genrm", "--model", str(rm_folder), "--data", pairs], named),
+        (["judge", "critic_rm", "--model", str(rm_folder), "--data", pairs], named),
+        (["train-genrm", "--model", str(rm_folder), "--data", str(verify), "--out", str(tmp_path / "g")], named),
+        (["train-gram", "--model", str(rm_folder), "--data", pairs, "--out", str(tmp_path / "gr")], named),
+        (["judge", "genrm", "--model", str(saved / "lm"), "--data", pairs, "--limit", "-1"],
+         "--limit must be >= 0 (0: all rows), got -1"),
+        (["judge", "genrm", "--model", str(saved / "lm"), "--data", pairs, "--out", str(tmp_path)],
+         f"--out {tmp_path} is a folder"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert mmreward_main(["text", *argv]) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and message in err, (argv, err)
+    monkeypatch.setenv("MMREWARD_DEBUG", "1")
+    with pytest.raises(ValueError, match="holds an mmreward 'text_reward_model' model"):
+        main(["genrm", "--model", str(rm_folder), "--data", pairs])

@@ -3,6 +3,7 @@
 inputs get one clear error."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -228,3 +229,113 @@ def test_scalar_judges_plug_into_the_text_evaluators(tok):
     prompts, responses = ["q0", "q1", "q0"], ["good", "bad", "good"]
     want = genrm.score([TextPair(p, r) for p, r in zip(prompts, responses)])
     assert torch.allclose(score_responses(genrm, prompts, responses, batch_size=2), want)
+
+
+# ------------------------------------------------------------------------------ judge / judge_lists inputs
+JUDGE_NAMES = {"rm_r1": "RMR1Judge.judge", "gram": "GRAM.judge", "grm": "GRMJudge.judge",
+               "reward_anything": "RewardAnythingJudge.judge"}
+
+
+@pytest.mark.parametrize("kind", list(JUDGE_NAMES))
+def test_pairwise_judge_refuses_strings_missing_items_and_unequal_lists(kind, tok):
+    judge, who = build(kind, tok), JUDGE_NAMES[kind]
+    # three equally long strings were judged one character per row
+    with pytest.raises(TypeError, match=rf"{who}: prompts must be a list of strings, got 'ab'"):
+        judge.judge("ab", "cd", "ef")
+    with pytest.raises(TypeError, match=rf"{who}: first must be a list of strings, got \{{"):
+        judge.judge(["q0"], {"a": 1}, ["bad"])
+    # a None or NaN was written into the prompt as "None" / "nan" and judged
+    with pytest.raises(TypeError, match=rf"{who}: first\[1\] must be a string .* got None"):
+        judge.judge(["q0", "q1"], ["good", None], ["bad", "poor"])
+    with pytest.raises(TypeError, match=rf"{who}: second\[0\] must be a string .* got nan"):
+        judge.judge(["q0"], ["good"], [float("nan")])
+    with pytest.raises(ValueError, match=rf"{who}: prompts / first / second must be non-empty and equally long, "
+                                         "got 2, 1, 1"):
+        judge.judge(["q0", "q1"], ["good"], ["bad"])
+    with pytest.raises(ValueError, match="non-empty"):
+        judge.judge([], [], [])
+
+
+@pytest.mark.parametrize("kind, who", [("grm", "GRMJudge"), ("reward_anything", "RewardAnythingJudge")])
+def test_listwise_judge_refuses_malformed_response_lists(kind, who, tok):
+    judge = build(kind, tok)
+    with pytest.raises(TypeError, match=rf"{who}: responses must be a list of response lists"):
+        judge.judge_lists(["q0"], "good")
+    with pytest.raises(TypeError, match=rf"{who}: responses\[1\] must be a non-empty list of strings, got 'bad'"):
+        judge.judge_lists(["q0", "q1"], [["good"], "bad"])
+    with pytest.raises(TypeError, match=rf"{who}: responses\[0\] must be a non-empty list of strings, got \[\]"):
+        judge.judge_lists(["q0"], [[]])
+    with pytest.raises(TypeError, match=rf"{who}: responses\[0\]\[1\] must be a string .* got None"):
+        judge.judge_lists(["q0"], [["good", None]])
+    with pytest.raises(ValueError, match=rf"{who}: prompts / responses must be equally long, got 2, 1"):
+        judge.judge_lists(["q0", "q1"], [["good"]])
+    with pytest.raises(TypeError, match=rf"{who}: prompts\[0\] must be a string"):
+        judge.judge_lists([None], [["good"]])
+
+
+@pytest.mark.parametrize("kind", ["gram", "critic_rm"])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_explicit_batch_size_is_checked_not_replaced_by_the_default(kind, bad, tok):
+    judge = build(kind, tok)
+    if kind == "gram":  # 0 used the config's default; -1 failed inside torch.cat
+        call = lambda bs: judge.judge(["q0", "q1"], ["good", "poor"], ["bad", "fine"], batch_size=bs)  # noqa: E731
+    else:
+        call = lambda bs: judge.reward(["q0", "q1"], ["good", "poor"], ["judge", "judge"], batch_size=bs)  # noqa: E731
+    assert call(1).shape == (2,)
+    with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {bad!r}"):
+        call(bad)
+
+
+@pytest.mark.parametrize("config, count", [(GRMConfig, "num_samples"), (RMR1Config, "num_samples"),
+                                           (CriticRMConfig, "num_critiques")])
+def test_temperature_zero_is_refused_naming_the_judges_own_field(config, count):
+    # refused later, on building the judge, as "JudgeConfig.temperature" (a class the caller never made);
+    # that runner config refuses 0 even for a single greedy sample, so the judge's config refuses it too
+    for n in (2, 1):
+        with pytest.raises(ValueError, match=rf"{config.__name__}\.temperature must be > 0 \(the {count} "
+                                             r"judgements are sampled at it.*got 0\.0"):
+            config(**{count: n, "temperature": 0.0})
+    assert config(**{count: 2, "temperature": 0.3}).temperature == 0.3
+
+
+# ------------------------------------------------------------------------------ resuming judge training
+def _train_once(kind, tok, folder, **changed):
+    """One optimizer step of ``kind``'s trainer into ``folder``, with ``changed`` judge settings."""
+    from mmreward.core.trainer import TrainConfig
+
+    cfg = TrainConfig(output_dir=str(folder), batch_size=2, max_steps=1, progress=False, log_every=0,
+                      tensorboard=False, plot=False)
+    m = lm(tok)
+    if kind == "genrm":
+        from mmreward.text.generative.genrm import train_genrm
+
+        g = GenRM(m, tok, GenRMConfig(question=changed.get("question", "correct ?")))
+        rows = [{"prompt": "q0", "response": "good", "correct": True},
+                {"prompt": "q1", "response": "bad", "correct": False}]
+        return train_genrm(g, rows, cfg)
+    if kind == "gram":
+        from mmreward.text.generative.gram import train_gram
+
+        g = GRAM(m, tok, GRAMConfig(instruction="Which response is better ?"))
+        rows = [{"prompt": "q0", "chosen": "good", "rejected": "bad"},
+                {"prompt": "q1", "chosen": "fine", "rejected": "poor"}]
+        return train_gram(g, rows, cfg, stage=changed.get("stage", 1))
+    from mmreward.text.generative.critic_rm import train_critic_rm
+
+    crm = CriticRM(ScalarHeadLM(m), tok, CriticRMConfig(request="Critique the response",
+                                                         lam_end=changed.get("lam_end", 0.1)))
+    rows = [{"prompt": p, "chosen": "good", "rejected": "bad", "critique_chosen": "good", "critique_rejected": "bad"}
+            for p in ("q0", "q1")]
+    return train_critic_rm(crm, rows, cfg)
+
+
+@pytest.mark.parametrize("kind, changed, message", [
+    ("genrm", {"question": "Yes or No ?"}, "judge.question: saved 'correct ?', now 'Yes or No ?'"),
+    ("gram", {"stage": 2}, "judge.stage: saved 1, now 2"),  # a stage-1 snapshot went on as stage 2
+    ("critic_rm", {"lam_end": 0.5}, "judge.lam_end: saved 0.1, now 0.5"),
+])
+def test_resuming_judge_training_with_other_settings_is_refused(kind, changed, message, tok, tmp_path):
+    assert len(_train_once(kind, tok, tmp_path)) == 1
+    assert len(_train_once(kind, tok, tmp_path)) == 1  # the same settings: the finished run, nothing to do
+    with pytest.raises(ValueError, match="written by a run with other settings .*" + re.escape(message)):
+        _train_once(kind, tok, tmp_path, **changed)

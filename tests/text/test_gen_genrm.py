@@ -216,3 +216,19 @@ def test_train_genrm_cli_learns_and_saves_a_loadable_model(tmp_path, capsys):
     assert mmreward_main(["text", "train-genrm", "--model", str(tmp_path / "base"), "--data", str(bad),
                           "--output-dir", str(tmp_path / "bad_run"), "--no-progress"]) == 2
     assert "needs 'prompt', 'response' and 'correct'" in capsys.readouterr().err
+
+
+def test_score_cot_k_is_checked_not_replaced_by_the_default():
+    tok = word_tokenizer(["1 2 3 + = correct? Yes No"])
+    g = GenRM(tiny_llama(len(tok), hidden=16, layers=1, heads=2), tok,
+              GenRMConfig(question="correct?", num_rationales=2, max_new_tokens=2))
+    assert g.score_cot(["1 + 2 ="], ["3"], k=1)["p_yes"].shape == (1, 1)
+    for bad in (0, -1, 1.5, True):  # k=0 silently used num_rationales
+        with pytest.raises(ValueError, match=f"k \\(rationales per input\\) must be an integer >= 1, got {bad!r}"):
+            g.score_cot(["1 + 2 ="], ["3"], k=bad)
+    # temperature 0: the error names GenRM's own field, not the runner's JudgeConfig; plain scoring needs none
+    greedy = GenRM(g.model, tok, GenRMConfig(question="correct?", num_rationales=1, temperature=0.0, max_new_tokens=2))
+    assert greedy.score([TextPair("1 + 2 =", "3")]).shape == (1,)
+    for k in (None, 1, 2):
+        with pytest.raises(ValueError, match=r"GenRMConfig\.temperature must be > 0 for score_cot .* got 0\.0"):
+            greedy.score_cot(["1 + 2 ="], ["3"], k=k)

@@ -367,3 +367,26 @@ def test_train_meta_rm_cli_learns_and_the_grm_judge_reads_it(tok, tmp_path, caps
     out = capsys.readouterr()
     assert rc == 2 and "every sampled judgement was wrong" in out.err, out
     assert not (tmp_path / "run2" / "model").exists()
+
+
+def test_grm_score_with_a_meta_rm_is_the_mean_of_the_kept_samples(tok, monkeypatch):
+    from mmreward.core.inputs import TextPair
+
+    model = tiny_llama(len(tok), hidden=16, layers=1, heads=2)
+    j = GRMJudge(model, tok, GRMConfig(instructions="judge", num_samples=4, k_meta=2, max_new_tokens=4),
+                 meta_rm=ScalarHeadLM(model))
+    # every sample scores 8: the two kept sum to 16, so the mean is 8 (it was 16 / 4 parsed = 4)
+    monkeypatch.setattr(j.runner, "generate", lambda prompts, batch_size=None: [["\\boxed{8}"] * 4 for _ in prompts])
+    assert j.score([TextPair("q", "good"), TextPair("q", "bad")]).tolist() == [8.0, 8.0]
+    assert [sum(row) for row in j.last_kept] == [2, 2]
+    # an unparsed sample never counts, even among the meta-RM's top two: the mean is over the parsed kept ones
+    samples = ["junk", "\\boxed{6}", "\\boxed{6}", "\\boxed{6}"]
+    monkeypatch.setattr(j.runner, "generate", lambda prompts, batch_size=None: [samples for _ in prompts])
+    assert j.score([TextPair("q", "good")]).tolist() == [6.0]
+    assert not j.last_kept[0][0] and 1 <= sum(j.last_kept[0]) <= 2
+    # without a meta-RM every parsed sample counts
+    plain = GRMJudge(model, tok, GRMConfig(instructions="judge", num_samples=4, max_new_tokens=4))
+    mixed = ["junk", "\\boxed{2}", "\\boxed{6}", "\\boxed{7}"]
+    monkeypatch.setattr(plain.runner, "generate", lambda prompts, batch_size=None: [mixed for _ in prompts])
+    assert plain.score([TextPair("q", "good")]).tolist() == [5.0]
+    assert plain.last_kept == [[False, True, True, True]]

@@ -77,3 +77,19 @@ def test_judge_maps_scores_back_to_original_order():
     j2 = RewardAnythingJudge(model, tok, RewardAnythingConfig(max_new_tokens=6))
     p = j2.judge(["q"], ["good"], ["bad"])
     assert p.tolist() in ([0.0], [0.5], [1.0]) and j2.metrics()["n"] == 1
+
+
+def test_principles_list_must_match_the_prompts():
+    tok = word_tokenizer(['{ } " : , [ ] scores best-to-worst model-1 model-2 principle prompt responses good bad q'])
+    model = tiny_llama(len(tok), hidden=16, layers=1, heads=2)
+    j = RewardAnythingJudge(model, tok, RewardAnythingConfig(max_new_tokens=4))
+    j.runner.generate = lambda msgs, batch_size=None: [['{"scores": {"model-1": 3}}'] for _ in msgs]
+    prompts, responses = ["q", "q", "q"], [["good"], ["bad"], ["good"]]
+    assert len(j.judge_lists(prompts, responses, principles=["p1", "p2", "p3"])) == 3
+    # two principles for three queries dropped the third query (zip): 2 results for 3 prompts
+    with pytest.raises(ValueError, match="principles / prompts must be non-empty and equally long, got 2, 3"):
+        j.judge_lists(prompts, responses, principles=["p1", "p2"])
+    with pytest.raises(TypeError, match=r"principles\[1\] must be a string .* got None"):
+        j.judge_lists(prompts, responses, principles=["p1", None, "p3"])
+    with pytest.raises(TypeError, match="principles must be a list of strings, got 'be brief'"):
+        j.judge_lists(prompts, responses, principles="be brief")

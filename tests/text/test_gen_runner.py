@@ -131,6 +131,11 @@ def test_judge_from_scores_by_hand():
     assert j(["q", "q", "q"], ["aa", "a", "b"], ["a", "aa", "c"]).tolist() == [1.0, 0.0, 0.5]
     with pytest.raises(ValueError, match="equally long"):
         j(["q"], ["a", "b"], ["c"])
+    # equally long strings were judged one character per row
+    with pytest.raises(TypeError, match="judge: prompts must be a list, got 'ab'"):
+        j("ab", "cd", "ef")
+    with pytest.raises(TypeError, match="judge: second must be a list, got"):
+        j(["q"], ["a"], {"b": 1})
 
 
 def test_rmbench_with_judge_matrix():
@@ -164,3 +169,76 @@ def test_sft_batch_and_heads_reject_bad_input(lm):
         last_token_hidden(torch.zeros(2, 3, 4), torch.tensor([[1, 1, 0], [0, 0, 0]]))
     h = torch.arange(24.0).view(2, 3, 4)
     assert torch.equal(last_token_hidden(h, torch.tensor([[1, 1, 0], [1, 1, 1]])), torch.stack([h[0, 1], h[1, 2]]))
+
+
+# ------------------------------------------------------------------------------ prompts the model cannot read
+def tiny_gpt2(tok, positions):
+    """A GPT-2 (learned position table of ``positions`` rows) over ``tok``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=16, n_layer=1, n_head=2,
+                                          eos_token_id=2, pad_token_id=0, bos_token_id=None))
+
+
+def test_max_prompt_tokens_error_counts_prompts_within_the_call(lm):
+    model, tok = lm
+    # batch_size=1: the long prompt is row 0 of its batch but prompt 1 of the call
+    r = JudgeRunner(model, tok, JudgeConfig(max_prompt_tokens=3, batch_size=1, max_new_tokens=2))
+    with pytest.raises(ValueError, match="prompt 1 has 6 tokens > max_prompt_tokens=3"):
+        r.generate(["the cat", "the cat sat on a mat"])
+    with pytest.raises(ValueError, match="prompt 1 has 6 tokens"):
+        r.choice_probs(["the cat", "the cat sat on a mat"], ["Yes", "No"])
+
+
+def test_tokens_outside_the_model_embeddings_are_refused_naming_the_prompt(lm):
+    model, _ = lm
+    big = word_tokenizer(CORPUS, extra=["zebra"])  # one word more than the model has embeddings for
+    r = JudgeRunner(model, big, JudgeConfig(max_new_tokens=2, batch_size=1))
+    vocab = model.get_input_embeddings().num_embeddings
+    with pytest.raises(ValueError, match=rf"prompt 1 holds token id {vocab}, but the model has embeddings for ids "
+                                         rf"0\.\.{vocab - 1}"):
+        r.generate(["the cat", "a zebra"])
+    with pytest.raises(ValueError, match="prompt 1 holds token id"):
+        r.choice_probs(["the cat", "a zebra"], ["Yes", "No"])
+    # a pad token the model lacks is named as such, not blamed on the shorter prompt it pads
+    big.pad_token = "zebra"
+    with pytest.raises(ValueError, match=f"pad token id {vocab} is outside the model's embeddings"):
+        JudgeRunner(model, big, JudgeConfig(max_new_tokens=2)).generate(["the cat", "the cat sat"])
+
+
+def test_learned_position_table_limits_prompt_plus_new_tokens():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tok = word_tokenizer(CORPUS)
+    model = tiny_gpt2(tok, positions=8)
+    six = "the cat sat on a mat"
+    # past the table GPT-2 failed inside its position embedding with an IndexError naming no prompt
+    with pytest.raises(ValueError, match="prompt 1 is 6 tokens \\+ max_new_tokens=4 - 1 = 9 positions, more than "
+                                         "the 8 positions GPT2LMHeadModel reads"):
+        JudgeRunner(model, tok, JudgeConfig(max_new_tokens=4, batch_size=1)).generate(["the cat", six])
+    # 6 prompt tokens + 3 new read 8 positions (the last new token is never fed back): fits
+    out = JudgeRunner(model, tok, JudgeConfig(max_new_tokens=3, batch_size=1)).generate(["the cat", six])
+    assert len(out) == 2
+    r = JudgeRunner(model, tok, JudgeConfig(batch_size=1))
+    assert r.choice_probs(["the cat", six + " is it"], ["Yes", "No"]).shape == (2, 2)  # 8 tokens: fits
+    with pytest.raises(ValueError, match="prompt 1 is 9 tokens, more than the 8 positions"):
+        r.choice_probs(["the cat", six + " is it right"], ["Yes", "No"])
+
+    from mmreward.text.generative.runner import position_limit
+
+    opt = OPTForCausalLM(OPTConfig(vocab_size=len(tok), max_position_embeddings=8, hidden_size=16, ffn_dim=32,
+                                   num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=16))
+    assert position_limit(model) == 8 and position_limit(opt) == 8  # OPT's table holds 2 offset rows more
+    assert position_limit(tiny_llama(len(tok), hidden=32, layers=1, heads=2)) is None  # rotary: no hard end
+
+
+def test_gram_errors_name_the_prompt_within_the_call():
+    from mmreward.text.generative.gram import GRAM, GRAMConfig
+
+    tok = word_tokenizer(["good bad q0 q1 A B Which response is better ? Answer or ."])
+    gram = GRAM(tiny_gpt2(tok, positions=40), tok, GRAMConfig(instruction="Which response is better ?", batch_size=1))
+    assert gram.judge(["q0"], ["good"], ["bad"]).shape == (1,)
+    with pytest.raises(ValueError, match="prompt 1 is .* tokens, more than the 40 positions"):
+        gram.judge(["q0", "q1"], ["good", "good " * 40], ["bad", "bad"])

@@ -163,3 +163,19 @@ def test_hf_step_policy_generates_one_step():
     greedy = HFStepPolicy(lm, tok, max_new_tokens=8, temperature=0.0)
     assert greedy("3 +4", []) == greedy("3 +4", [])
     assert tok.decode(tok.encode("3+4=7 ки", add_special_tokens=False)) == "3+4=7 ки"
+
+
+def test_a_nan_threshold_fails_before_any_score_is_written(run, tmp_path, capsys):
+    """`prm score --threshold nan` printed / wrote every score, then exited 2; a non-finite threshold is
+    now refused at parse time, for `prm eval` too."""
+    from mmreward.text.prm.synthetic import make_dataset
+
+    data, out = _write(tmp_path / "rows.jsonl", make_dataset(4, seed=3, max_value=5)), tmp_path / "scores.jsonl"
+    for argv in (["score", "--model", run, "--data", data, "--out", str(out), "--threshold", "nan"],
+                 ["score", "--model", run, "--data", data, "--threshold", "nan"],
+                 ["eval", "--model", run, "--data", data, "--threshold", "inf"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        printed, err = capsys.readouterr()
+        assert printed == "" and not out.exists(), argv
+        assert len(err.strip().splitlines()) == 1 and "argument --threshold: must be a finite number" in err, err

@@ -178,10 +178,39 @@ def test_processbench_rows_read_as_released(tmp_path):
     ({"input": "q step ки", "label": "q step ?"}, "row 0: step 0"),
     ({"problem": "q", "steps": [{"text": "x", "rating": 2}]}, "row 0: step 0: rating 2"),
     ({"foo": 1}, "row 0: unknown stepwise format"),
+    # a first_error past the steps (or true) would skew the ProcessBench figures
+    ({"prompt": "p", "completions": ["a", "b"], "labels": [1, 0], "first_error": 5},
+     r"row 0: field 'first_error' 5 must be -1 .* 0\.\.1"),
+    ({"prompt": "p", "completions": ["a", "b"], "labels": [1, 0], "first_error": True}, "row 0: field 'first_error' True"),
+    # PRM800K nested rows of the wrong types (were AttributeError / TypeError, exit 1)
+    ({"question": {"problem": "q"}, "label": {"steps": "abc"}}, "row 0: field 'label.steps' must be a list"),
+    ({"question": {"problem": "q"}, "label": {"steps": ["x"]}}, r"row 0: label.steps\[0\] must be an object"),
+    ({"question": {"problem": "q"}, "label": {"steps": [{"completions": [{"text": "x", "rating": 1}],
+                                                         "chosen_completion": 3}]}},
+     r"row 0: step 0: field 'chosen_completion' 3 must be the index of one of its 1 completions"),
+    # only PPM pairs: no stepwise solution to read (was "score_parts got no inputs" later)
+    ({"type": "pair", "prompt": "p", "chosen": "a", "rejected": "b"}, "holds only PPM pair rows"),
 ])
 def test_reader_errors_name_the_row(row, msg):
     with pytest.raises(DataError, match=msg):
         read_step_examples([row])
+
+
+def test_a_null_chosen_completion_is_the_first():
+    step = {"completions": [{"text": "x", "rating": 1}, {"text": "y", "rating": -1}], "chosen_completion": None}
+    ex = read_step_examples([{"question": {"problem": "q"}, "label": {"steps": [step]}}])[0]
+    assert (ex.steps, ex.labels) == (["x"], [1.0])
+
+
+@pytest.mark.parametrize("group", ["x", None, 1.7, True])
+def test_ppm_pair_groups_must_be_integers(group):
+    """A group is an id: "x" / null used to fail in a bare int() naming no row, 1.7 / true to join group 1."""
+    from mmreward.text.prm.data import read_pair_examples
+
+    good = {"prompt": "p", "chosen": "a", "rejected": "b", "group": 1}
+    with pytest.raises(DataError, match=f"row 1: field 'group' must be an integer .*got {group!r}"):
+        read_pair_examples([good, {**good, "group": group}])
+    assert [e.group for e in read_pair_examples([good, {k: v for k, v in good.items() if k != "group"}])] == [1, 1]
 
 
 def test_objectives_match_closed_forms(llama):

@@ -142,3 +142,30 @@ def test_merge_cli(members, capsys):
     assert mmreward_main(["text", "merge", ms[0][1], other, "--out", str(root / "bad")]) == 2
     assert "one init" in capsys.readouterr().err and not os.path.exists(root / "bad")
     assert mmreward_main(["text", "merge", ms[0][1], "--out", out]) == 2
+
+
+def test_members_that_read_inputs_differently_are_refused():
+    """Same-shaped weights average without error, so a member with another max_length / pooling /
+    input format, or another tokenizer of the same size, would merge into a model that reads inputs
+    as member 0 only: each is refused, naming the setting and both values."""
+    import dataclasses
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    base = tiny_rm(0)
+    for setting, value in (("max_length", 16), ("pooling", "last"), ("input_format", "joined")):
+        other = copy.deepcopy(base)
+        if getattr(other.config, setting) == value:
+            value = {"input_format": "pair"}[setting]
+        other.config = dataclasses.replace(other.config, **{setting: value})
+        with pytest.raises(WARMInitError, match=f"{setting}={value!r} but model 0 with {setting}="):
+            warm_average([base, other])
+    shuffled = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS[::-1])}  # same size
+    tk = Tokenizer(models.WordLevel(shuffled, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    other = copy.deepcopy(base)
+    other.tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
+                                                           cls_token="[CLS]", sep_token="[SEP]")
+    with pytest.raises(WARMInitError, match="model 1 has another tokenizer than model 0"):
+        warm_average([base, other])
+    warm_average([base, copy.deepcopy(base)])  # members that read alike still merge

@@ -114,3 +114,24 @@ def test_collate_concatenates_chosen_then_rejected():
     assert short["input_ids"].shape[1] == 5
     with pytest.raises(ValueError, match="empty batch"):
         PairCollator(0)([])
+
+
+@pytest.mark.filterwarnings("ignore:truncated")
+def test_pairs_whose_chosen_and_rejected_are_the_same_tokens_are_named():
+    """A pair whose chosen and rejected inputs are the same tokens gives no gradient and always counts as
+    wrong: one warning says how many and which comes first. Tie pairs are meant to score alike."""
+    import warnings
+
+    from helpers import word_tokenizer
+
+    tok = word_tokenizer("p a b c".split(), model_max_length=100)
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"prompt": "p", "chosen": "a b c c c", "rejected": "a b c a a"},  # differ only where truncation cuts
+            {"prompt": "p", "chosen": "a", "rejected": "a", "tie": True},
+            {"prompt": "p", "chosen": "a b", "rejected": "a b"}]  # identical texts
+    with pytest.warns(UserWarning, match=r"^2 of 4 pairs of the eval inputs have chosen and rejected inputs of the "
+                                         r"same tokens, first pair 1 \(.*max_length=6"):
+        encode_pairs(TextEncoder(tok, max_length=6), load_preference_pairs(rows), "eval inputs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no truncation, no equal inputs, the tie pair not named: silent
+        encode_pairs(TextEncoder(tok), load_preference_pairs(rows[:3]))

@@ -161,3 +161,54 @@ def test_bad_inputs_are_clear_errors():
         RewardModel.from_backbone(42)
     with pytest.raises(ValueError, match="pooling must be one of"):
         make("bert", pooling="max")
+
+
+def test_inputs_the_backbone_cannot_read_name_the_input(tmp_path, capsys):
+    """Inputs longer than a learned position table, or token ids past the embedding table, failed deep
+    in the backbone ("The size of tensor a (124) must match ...", "index out of range in self"); now the
+    error names the input, the limit and the fix, before any forward pass."""
+    import dataclasses
+    import json
+
+    from transformers import RobertaConfig
+
+    from mmreward.cli import main as mmreward_main
+    from mmreward.text import RewardTrainConfig, train_reward_model
+    from text_rm_fixtures import WORDS, vocab_size
+
+    bert = make("bert")
+    assert bert.position_limit() == 64 and make("llama").position_limit() is None  # rotary: no hard end
+    bert.config = dataclasses.replace(bert.config, max_length=None)
+    fits, long = "a " * 62, "a " * 63  # [CLS] + words + [SEP]: 64 and 65 tokens
+    bert.score([TextPair(None, fits)])
+    with pytest.raises(ValueError, match=r"^input 1 is 65 tokens, more than the 64 positions the BertModel backbone "
+                                         r"reads \(max_length is None\): use a max_length of at most 64$"):
+        bert.score([TextPair(None, fits), TextPair(None, long)])
+    # RoBERTa counts positions from padding_idx + 1: 66 rows with pad id 1 read 64 tokens
+    roberta = RewardModel.from_backbone(RobertaConfig(vocab_size=vocab_size(), hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=1, num_attention_heads=4,
+                                                      max_position_embeddings=66, pad_token_id=1),
+                                        tokenizer=word_tokenizer(), max_length=100)
+    assert roberta.position_limit() == 64
+    roberta.score([TextPair(None, fits)])
+    with pytest.raises(ValueError, match="input 0 is 65 tokens, more than the 64 positions the RobertaModel"):
+        roberta.score([TextPair(None, long)])
+    # a tokenizer with more words than the model has embeddings: named by training pair and side
+    wider = make("bert", word_tokenizer(words=WORDS + ["zebra"]))
+    pairs = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": "zebra"}]
+    cfg = RewardTrainConfig(output_dir=str(tmp_path / "run"), max_steps=1, progress=False, tensorboard=False, plot=False)
+    with pytest.raises(ValueError, match=rf"^training pair 1 \(rejected\) holds token id {vocab_size()}, but the backbone "
+                                         rf"has embeddings for ids 0..{vocab_size() - 1} only: the tokenizer is not"):
+        train_reward_model(wider, pairs, None, cfg)
+    assert not os.path.exists(tmp_path / "run")  # refused before the run started
+    # the CLI: one line, exit 2; --max-length below 2 is refused by the config's own check
+    make("bert").save_pretrained(str(tmp_path / "rm"))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "a", "response": long}) + "\n")
+    for max_length, message in (("100000", "input 0 is 66 tokens, more than the 64 positions"),
+                                ("1", "max_length must be an integer >= 2 or None, got 1"),
+                                ("-5", "max_length must be an integer >= 2 or None, got -5")):
+        capsys.readouterr()
+        assert mmreward_main(["text", "score", "--model", str(tmp_path / "rm"), "--data", str(tmp_path / "rows.jsonl"),
+                              "--max-length", max_length, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err

@@ -221,3 +221,38 @@ def test_config_and_data_errors(tmp_path):
                            quiet(tmp_path))
     with pytest.raises(TypeError, match="RewardTrainConfig"):
         train_reward_model(rm, keyword_pairs(8, 0), None, object())
+
+
+def test_a_run_resumed_with_other_inputs_is_refused(tmp_path):
+    """The model's input settings (max_length, pooling, ...) and group_by_length are part of the run's
+    fingerprint: resuming, or re-running a finished run, with others would go on training on other
+    tokens or re-save the finished model with them."""
+    import dataclasses
+    import json
+
+    data, out, rm = keyword_pairs(8, seed=0), tmp_path / "run", tiny_rm()
+    train_reward_model(rm, data, None, quiet(out, max_steps=1, batch_size=4, max_length=16))
+    for pooling, change, named in (("last", {"max_length": 12}, "max_length"), ("first", {}, "pooling"),
+                                   ("last", {"group_by_length": False}, "group_by_length")):
+        rm.config = dataclasses.replace(rm.config, pooling=pooling)
+        with pytest.raises(ValueError, match=f"other settings \\(.*{named}"):
+            train_reward_model(rm, data, None, quiet(out, max_steps=1, batch_size=4, **{"max_length": 16, **change}))
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["config"]["max_length"] == 16 and saved["config"]["pooling"] == "last"
+    train_reward_model(rm, data, None, quiet(out, max_steps=1, batch_size=4, max_length=16))  # the same: accepted
+
+
+def test_resuming_over_a_damaged_metrics_log_names_it(tmp_path):
+    """A metrics.csv with bytes that are not UTF-8 used to fail with the codec's message, naming no file."""
+    from mmreward.core.folders import CheckpointError
+
+    data, out, rm = keyword_pairs(8, seed=0), tmp_path / "run", tiny_rm()
+    train_reward_model(rm, data, None, quiet(out, max_steps=1, batch_size=4, save_every=1))
+    log = out / "metrics.csv"
+    damaged = log.read_bytes() + b"2,\xff\n"
+    log.write_bytes(damaged)
+    offset = len(damaged) - 2
+    with pytest.raises(CheckpointError, match=f"^{log} is damaged \\(byte b'\\\\xff' at offset {offset} is not UTF-8\\): "
+                                              "repair or move the file away to resume the run$"):
+        train_reward_model(rm, data, None, quiet(out, max_steps=2, batch_size=4, save_every=1))
+    assert log.read_bytes() == damaged  # kept as it was

@@ -8,6 +8,7 @@ The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not gi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ def load_scorer(config: EvalConfig):
     if config.max_length:
         if not hasattr(getattr(model, "config", None), "max_length"):
             raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
-        model.config.max_length = config.max_length
+        # replace() runs the model config's own check (an integer >= 2)
+        model.config = dataclasses.replace(model.config, max_length=config.max_length)
     return model
 
 
@@ -92,6 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_config_options(parser, EvalConfig)
     args = parser.parse_args(argv)
     config = config_from_args(EvalConfig, args)
+    if config.output and os.path.isdir(config.output):  # now, not after the whole evaluation has run
+        raise ValueError(f"--out {config.output} is a folder: give the path of the result JSON file")
     result = run_eval(config)
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text

@@ -130,11 +130,19 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
 # --------------------------------------------------------------------------- data
 def read_rows(path: str) -> list[dict]:
     """Rows from ``.json`` (a list), ``.jsonl``, ``.parquet`` or a ``datasets.save_to_disk`` folder."""
-    if path.endswith(".parquet") and os.path.isfile(path):
-        import datasets
+    from mmreward.core.data import DataError, read_records
 
-        return [dict(r) for r in datasets.Dataset.from_parquet(path)]
-    from mmreward.core.data import read_records
+    if path.endswith(".parquet") and os.path.isfile(path):
+        # pyarrow directly: datasets.Dataset.from_parquet copies the file into the HF cache first,
+        # and a damaged file fails there with an error that does not name it
+        import pyarrow
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as e:
+            detail = " ".join(str(e).split())
+            raise DataError(f"{path}: not a readable parquet file ({detail})") from e
 
     return read_records(path)
 

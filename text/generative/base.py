@@ -32,7 +32,7 @@ from mmreward.core.model import RewardScorer, config_from_dict
 LM_FOLDER = "lm"
 
 __all__ = ["GenerativeJudge", "LM_FOLDER", "save_causal_lm", "load_causal_lm", "chat_turns", "text_field",
-           "text_pairs"]
+           "text_pairs", "text_lists", "text_list_lists", "check_sampling", "judge_trainer"]
 
 
 @contextlib.contextmanager
@@ -91,6 +91,67 @@ def text_field(value: Any, where: str) -> str:
         raise TypeError(f"{where} must be a string for this judge (it writes it into its prompt template), "
                         f"got {describe(value)}")
     return value
+
+
+def _is_list(value: Any) -> bool:
+    """A sized sequence of rows (list, tuple, array) and not a string or a mapping, which also iterate."""
+    return (hasattr(value, "__len__") and hasattr(value, "__iter__")
+            and not isinstance(value, (str, bytes, dict)))
+
+
+def text_lists(who: str, **lists: Any) -> list[list[str]]:
+    """The parallel text lists a ``judge`` method takes (``prompts=…, first=…, second=…``), checked: lists
+    (a string would be judged one character per row), equally long, non-empty, every item a string
+    (a NaN or None would be written into the prompt as "nan" / "None" and judged)."""
+    out = []
+    for name, seq in lists.items():
+        if not _is_list(seq):
+            raise TypeError(f"{who}: {name} must be a list of strings, got {describe(seq)}")
+        out.append([text_field(x, f"{who}: {name}[{i}]") for i, x in enumerate(seq)])
+    lengths = {name: len(x) for name, x in zip(lists, out)}
+    if len(set(lengths.values())) != 1 or not out[0]:
+        raise ValueError(f"{who}: {' / '.join(lengths)} must be non-empty and equally long, got "
+                         f"{', '.join(str(n) for n in lengths.values())}")
+    return out
+
+
+def text_list_lists(who: str, prompts: Any, responses: Any) -> tuple[list[str], list[list[str]]]:
+    """``prompts`` (N strings) and ``responses`` (N non-empty lists of strings) of a listwise judge, checked."""
+    (prompts,) = text_lists(who, prompts=prompts)
+    if not _is_list(responses):
+        raise TypeError(f"{who}: responses must be a list of response lists (one per prompt), got "
+                        f"{describe(responses)}")
+    if len(responses) != len(prompts):
+        raise ValueError(f"{who}: prompts / responses must be equally long, got {len(prompts)}, {len(responses)}")
+    out = []
+    for i, rs in enumerate(responses):
+        if not _is_list(rs) or not len(rs):
+            raise TypeError(f"{who}: responses[{i}] must be a non-empty list of strings, got {describe(rs)}")
+        out.append([text_field(r, f"{who}: responses[{i}][{j}]") for j, r in enumerate(rs)])
+    return prompts, out
+
+
+def check_sampling(config: Any, count: str) -> None:
+    """``config.temperature`` must be > 0: the judge hands it to its runner's ``JudgeConfig``, which samples the
+    ``config.<count>`` > 1 judgements at it and refuses 0 even for one greedy sample — refused here, when the
+    config is made, naming the judge's own field rather than the internal ``JudgeConfig`` later."""
+    if not config.temperature > 0:
+        raise ValueError(f"{type(config).__name__}.temperature must be > 0 (the {count} judgements are sampled at "
+                         f"it; with {count}=1 decoding is greedy and does not use it), got {config.temperature!r}")
+
+
+def judge_trainer(model: Any, config: Any, rows: Sequence[Any], collate: Any, loss_fn: Any, eval_fn: Any,
+                  settings: dict) -> Any:
+    """The core Trainer whose run fingerprint also holds the judge's training ``settings`` (its prompt,
+    verdict tokens, loss weights, stage): a run resumed with other ones would go on training another
+    objective on the same snapshot, so it is refused, naming the setting."""
+    from mmreward.core.trainer import Trainer
+
+    class JudgeTrainer(Trainer):
+        def _fingerprint(self) -> dict:
+            return {**super()._fingerprint(), "judge": self.settings}
+
+    return JudgeTrainer(model, config, rows, collate, loss_fn, eval_fn=eval_fn, settings=settings)
 
 
 def _turns(value: Any, where: str) -> list[dict]:

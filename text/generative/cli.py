@@ -24,6 +24,7 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
+from mmreward.core.cli_config import _one_line
 from mmreward.core.folders import CheckpointError
 
 _USER_ERRORS = (OSError, ValueError, TypeError, CheckpointError)  # one line on stderr, exit 2
@@ -43,9 +44,20 @@ def _field_choices(config_cls: type) -> dict:
     return {f.name: f.metadata["choices"] for f in dataclasses.fields(config_cls) if "choices" in f.metadata}
 
 
+def _user_error(prog: str, e: BaseException) -> int:
+    """Bad input: one line on stderr and exit status 2 (transformers' messages span lines); the
+    traceback only with ``MMREWARD_DEBUG=1``, as in every other command."""
+    if os.environ.get("MMREWARD_DEBUG") == "1":
+        raise e
+    print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+
+
 def load_rows(path: str, limit: int = 0) -> list[dict]:
     from ..eval.rewardbench import read_rows
 
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be an integer >= 0 (0: all rows), got {limit!r}")
     rows = []
     for i, r in enumerate(read_rows(path)):
         if not isinstance(r, dict) or not all(k in r for k in ("prompt", "chosen", "rejected")):
@@ -72,6 +84,19 @@ def _judge_type(folder: str) -> Optional[str]:
     return model_type if model_type in METHODS else None
 
 
+def _refuse_other_mmreward_model(folder: str) -> None:
+    """A folder of another mmreward model (a text RM, a PRM, ...) is refused by name: transformers
+    would answer with a many-line "Unrecognized configuration class" advising an upgrade."""
+    from mmreward.core.model import read_config
+    from mmreward.registry import MODEL_TYPES
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return
+    model_type = read_config(folder).get("model_type")
+    if model_type in MODEL_TYPES and model_type not in METHODS:
+        raise ValueError(f"{folder} holds an mmreward {model_type!r} model, not a causal LM or a judge folder")
+
+
 def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
     """``(model, tokenizer)`` for ``method``: a causal LM (``critic_rm``: a ``ScalarHeadLM``) from a
     causal LM folder / hub id / GGUF file, a saved judge folder, or (``critic_rm``) a ScalarHeadLM folder."""
@@ -79,6 +104,8 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
 
     from .heads import ScalarHeadLM
 
+    if not gguf_file:
+        _refuse_other_mmreward_model(model)
     saved = None if gguf_file else _judge_type(model)
     if saved is not None:
         if method == "critic_rm" and saved != "critic_rm":
@@ -164,15 +191,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         add_config_options(p, config_cls, choices=_field_choices(config_cls))
     args = ap.parse_args(argv)
     mod, _, cfg = METHODS[args.method]
-    config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
     try:
+        config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
+        if args.limit < 0:  # argparse takes -1; it must not read as "all rows"
+            raise ValueError(f"--limit must be >= 0 (0: all rows), got {args.limit}")
+        if args.output and os.path.isdir(args.output):  # checked now, not after every row is judged
+            raise ValueError(f"--out {args.output} is a folder: give the path of the result JSON file")
         rows = load_rows(args.data, args.limit)
         model, tok = load_model(args.method, args.model, args.gguf_file, args.device)
         meta = load_meta_rm(args.meta_rm, tok, args.device) if getattr(args, "meta_rm", None) else None
         res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
     except _USER_ERRORS as e:
-        print(f"mmreward text judge: error: {e}", file=sys.stderr)
-        return 2
+        return _user_error("mmreward text judge", e)
     summary = {k: v for k, v in res.items() if not k.startswith("p_")}
     print(json.dumps(summary, indent=1))
     if args.output:
@@ -229,8 +259,7 @@ def _run_training(prog: str, work: Callable[[], tuple]) -> int:
     try:
         hist, before, output_dir, save = work()
     except _USER_ERRORS as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(prog, e)
     folder = os.path.join(output_dir, "model")
     save(folder)
     print_training_summary(hist, before, folder)

@@ -21,10 +21,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import TextPair
-from mmreward.core.model import check_ranges, config_from_dict, load_weights, save_weights
+from mmreward.core.model import check_batch_size, check_ranges, config_from_dict, load_weights, save_weights
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
-from .base import LM_FOLDER, GenerativeJudge, chat_turns, load_causal_lm
+from .base import LM_FOLDER, GenerativeJudge, chat_turns, check_sampling, judge_trainer, load_causal_lm
 from .heads import ScalarHeadLM
 from .parsing import parse_score
 from .position import judge_from_scores
@@ -51,6 +51,7 @@ class CriticRMConfig:
     def __post_init__(self) -> None:
         check_ranges(self, counts=("num_critiques", "max_new_tokens", "batch_size"), naturals=("seed",),
                      weights=("temperature",), fractions=("lam_start", "lam_end"))
+        check_sampling(self, "num_critiques")
 
 
 def critique_messages(prompt: Any, response: Any, request: str = CRITIQUE_REQUEST, where: str = "input") -> list[dict]:
@@ -163,7 +164,7 @@ class CriticRM(GenerativeJudge):
         """(N,) the reward head after the given critiques, ``batch_size`` rows per forward."""
         if not (len(prompts) == len(responses) == len(critiques)) or not prompts:
             raise ValueError("CriticRM.reward: prompts / responses / critiques must be non-empty and equally long")
-        bs = batch_size or self.config.batch_size
+        bs = self.config.batch_size if batch_size is None else check_batch_size(batch_size)
         was = self.model.training
         self.model.eval()
         try:
@@ -256,8 +257,6 @@ def train_critic_rm(crm: CriticRM, rows: Sequence[dict], config: Any,
     """Step 3 with :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``) on rows of
     :data:`CRITIQUE_KEYS`; λ(t) runs from ``lam_start`` to ``lam_end`` over ``config.max_steps`` optimizer
     steps. Returns the Trainer's history (``eval_*`` from :func:`evaluate_critic_rm`)."""
-    from mmreward.core.trainer import Trainer
-
     rows = _critique_rows(rows, "train_critic_rm")
     eval_rows = _critique_rows(eval_rows, "train_critic_rm eval") if eval_rows else None
     trainer: list = []  # filled below: loss_fn reads the optimizer step the Trainer is on
@@ -267,5 +266,7 @@ def train_critic_rm(crm: CriticRM, rows: Sequence[dict], config: Any,
                         module=module)
 
     eval_fn = (lambda _m: evaluate_critic_rm(crm, eval_rows)) if eval_rows else None
-    trainer.append(Trainer(crm.model, config, rows, lambda b: _pair_batches(crm, b), loss_fn, eval_fn=eval_fn))
+    c = crm.config
+    settings = {"method": "critic_rm", "request": c.request, "lam_start": c.lam_start, "lam_end": c.lam_end}
+    trainer.append(judge_trainer(crm.model, config, rows, lambda b: _pair_batches(crm, b), loss_fn, eval_fn, settings))
     return trainer[0].fit()

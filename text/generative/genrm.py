@@ -17,7 +17,7 @@ import torch
 from mmreward.core.inputs import TextPair
 from mmreward.core.model import check_ranges
 
-from .base import GenerativeJudge, chat_turns, text_pairs
+from .base import GenerativeJudge, chat_turns, judge_trainer, text_pairs
 from .parsing import parse_yes_no
 from .position import judge_from_scores
 from .runner import JudgeConfig, JudgeRunner
@@ -78,7 +78,13 @@ class GenRM(GenerativeJudge):
         if not pairs:
             raise ValueError("score_cot got no inputs")
         c = self.config
-        k = k or c.num_rationales
+        if k is None:
+            k = c.num_rationales
+        elif isinstance(k, bool) or not isinstance(k, int) or k < 1:  # k=0 is not "the default"
+            raise ValueError(f"score_cot: k (rationales per input) must be an integer >= 1, got {k!r}")
+        if not c.temperature > 0:  # the runner's JudgeConfig refuses 0 even for k=1 (greedy): name our field
+            raise ValueError(f"GenRMConfig.temperature must be > 0 for score_cot (the rationales are sampled at it), "
+                             f"got {c.temperature!r}")
         gen = JudgeRunner(self.model, self.tokenizer, JudgeConfig(
             max_new_tokens=c.max_new_tokens, num_samples=k, do_sample=k > 1, temperature=c.temperature,
             batch_size=c.batch_size, seed=c.seed))
@@ -175,8 +181,6 @@ def train_genrm(genrm: GenRM, rows: Sequence[dict], config: Any, eval_rows: Opti
     equally often per epoch (verification data is usually mostly wrong answers). Returns the
     Trainer's per-step history (``eval_accuracy`` / ``eval_ece`` / ``eval_brier`` with ``eval_rows``).
     The LM is trained in place; ``genrm.save_pretrained(folder)`` saves the verifier."""
-    from mmreward.core.trainer import Trainer
-
     rows = _verification_rows(rows, "train_genrm")
     eval_rows = _verification_rows(eval_rows, "train_genrm eval") if eval_rows else None
     src = solutions if solutions is not None else [r for r in rows if r["correct"]]
@@ -207,4 +211,6 @@ def train_genrm(genrm: GenRM, rows: Sequence[dict], config: Any, eval_rows: Opti
         return genrm_loss(module, batch["verification"], batch.get("solutions"), lam=lam)
 
     eval_fn = (lambda _m: evaluate_genrm(genrm, eval_rows)) if eval_rows else None
-    return Trainer(genrm.model, config, data, collate, loss_fn, eval_fn=eval_fn).fit()
+    c = genrm.config
+    settings = {"method": "genrm", "question": c.question, "yes": c.yes, "no": c.no, "lam": lam, "balance": balance}
+    return judge_trainer(genrm.model, config, data, collate, loss_fn, eval_fn, settings).fit()

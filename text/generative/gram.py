@@ -22,10 +22,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import Comparison
-from mmreward.core.model import check_ranges
+from mmreward.core.model import check_batch_size, check_ranges
 from mmreward.ops import pairwise_loss_and_accuracy
 
-from .base import GenerativeJudge, text_field
+from .base import GenerativeJudge, judge_trainer, text_field, text_lists
 from .heads import last_token_logits
 from .position import both_orders
 from .runner import JudgeConfig, JudgeRunner
@@ -123,27 +123,27 @@ class GRAM(GenerativeJudge):
         return [{"role": "user", "content": self.template.judge.format(
             prompt=prompt, first=first, second=second, instruction=self.config.instruction)}]
 
-    def _encode(self, prompts, first, second) -> dict:
-        if not (len(prompts) == len(first) == len(second)) or not prompts:
-            raise ValueError(f"GRAM: prompts / first / second must be non-empty and equally long "
-                             f"({len(prompts)}, {len(first)}, {len(second)})")
+    def _encode(self, prompts, first, second, first_index: int = 0) -> dict:
+        prompts, first, second = text_lists("GRAM", prompts=prompts, first=first, second=second)
         texts = [self.runner.render(self.messages(p, x, y)) for p, x, y in zip(prompts, first, second)]
-        return self.runner.encode(texts)
+        return self.runner.encode(texts, first_index)
 
-    def logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
-        """(N, 2) logits of the A / B tokens (differentiable)."""
-        enc = self._encode(prompts, first, second)
+    def logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+               first_index: int = 0) -> torch.Tensor:
+        """(N, 2) logits of the A / B tokens (differentiable); errors name the rows from ``first_index``."""
+        enc = self._encode(prompts, first, second, first_index)
         return last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], self.ab_ids.to(enc["input_ids"].device))
 
     @torch.no_grad()
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
               batch_size: Optional[int] = None) -> torch.Tensor:
         """(N,) P(first ≻ second) in one order."""
-        bs = batch_size or self.config.batch_size
+        prompts, first, second = text_lists("GRAM.judge", prompts=prompts, first=first, second=second)
+        bs = self.config.batch_size if batch_size is None else check_batch_size(batch_size)
         was = self.model.training
         self.model.eval()
         try:
-            out = [torch.softmax(self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs]), -1)[:, 0]
+            out = [torch.softmax(self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs], s), -1)[:, 0]
                    for s in range(0, len(prompts), bs)]
         finally:
             self.model.train(was)
@@ -215,8 +215,6 @@ def train_gram(gram: GRAM, rows: Sequence[dict], config: Any, stage: int = 2,
     unused) or stage 2 (the A / B judge, each pair shown in a random order) with
     :class:`mmreward.core.trainer.Trainer` (``config``: its ``TrainConfig``) on ``{"prompt", "chosen",
     "rejected"}`` rows. Returns the Trainer's history (``eval_*`` from :func:`evaluate_gram`)."""
-    from mmreward.core.trainer import Trainer
-
     from .heads import last_token_logits
     from .sft import lm_loss
 
@@ -243,4 +241,7 @@ def train_gram(gram: GRAM, rows: Sequence[dict], config: Any, stage: int = 2,
         return _stage2_loss(z, batch["chosen_first"], gram.config.label_smoothing)
 
     eval_fn = (lambda _m: evaluate_gram(gram, eval_rows)) if eval_rows else None
-    return Trainer(gram.model, config, rows, collate, loss_fn, eval_fn=eval_fn).fit()
+    c = gram.config
+    settings = {"method": "gram", "stage": stage, "template": c.template, "instruction": c.instruction,
+                "token_a": c.token_a, "token_b": c.token_b, "label_smoothing": c.label_smoothing}
+    return judge_trainer(gram.model, config, rows, collate, loss_fn, eval_fn, settings).fit()

@@ -27,7 +27,8 @@ from mmreward.core.inputs import TextPair
 from mmreward.core.model import check_ranges, config_from_dict, load_weights, save_weights
 from mmreward.ops import step_bce_loss
 
-from .base import LM_FOLDER, GenerativeJudge, load_causal_lm, save_causal_lm, text_field
+from .base import (LM_FOLDER, GenerativeJudge, check_sampling, load_causal_lm, save_causal_lm, text_field,
+                   text_list_lists, text_lists)
 from .heads import ScalarHeadLM
 from .parsing import parse_scores
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
@@ -57,6 +58,7 @@ class GRMConfig:
     def __post_init__(self) -> None:
         check_ranges(self, counts=("num_samples", "max_new_tokens", "batch_size"), naturals=("k_meta", "seed"),
                      weights=("temperature",))
+        check_sampling(self, "num_samples")
 
 
 def grm_messages(prompt: str, responses: Sequence[str], instructions: str = GRM_INSTRUCTIONS) -> list[dict]:
@@ -122,6 +124,7 @@ class GRMJudge(GenerativeJudge):
             max_new_tokens=c.max_new_tokens, num_samples=c.num_samples, do_sample=c.num_samples > 1,
             temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
         self.last_results: list = []
+        self.last_kept: list = []
 
     def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> dict:
         out = super()._save(folder, state_dict)
@@ -149,9 +152,9 @@ class GRMJudge(GenerativeJudge):
 
     def judge_lists(self, prompts: Sequence[str], responses: Sequence[Sequence[str]],
                     batch_size: Optional[int] = None) -> list[torch.Tensor]:
-        """Per query, the (n,) voted scores of its responses."""
-        if len(prompts) != len(responses) or not prompts:
-            raise ValueError("GRMJudge: prompts and responses must be non-empty and equally long")
+        """Per query, the (n,) voted scores of its responses. ``last_kept[i][j]``: whether sample j of query i
+        counted (it parsed and, with a meta-RM, was among the top ``k_meta``)."""
+        prompts, responses = text_list_lists("GRMJudge", prompts, responses)
         msgs = [grm_messages(p, rs, self.config.instructions) for p, rs in zip(prompts, responses)]
         res: list = [None] * len(msgs)
         for n in sorted({len(rs) for rs in responses}):  # one batched run per response count n
@@ -162,12 +165,14 @@ class GRMJudge(GenerativeJudge):
                     r.row = i
                 res[i] = row
         self.last_results = res
-        out = []
+        out, kept = [], []
         for m, rs, row in zip(msgs, responses, res):
             keep = None
             if self.config.k_meta:
                 keep = self._meta_keep(m, [r.text for r in row])
             out.append(vote([r.value if r.ok else None for r in row], len(rs), keep))
+            kept.append([r.ok and (keep is None or keep[j]) for j, r in enumerate(row)])
+        self.last_kept = kept
         return out
 
     @torch.no_grad()
@@ -180,15 +185,18 @@ class GRMJudge(GenerativeJudge):
 
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the voted scores (½ on ties or no verdict)."""
+        prompts, first, second = text_lists("GRMJudge.judge", prompts=prompts, first=first, second=second)
         v = self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])
         return torch.tensor([1.0 if s[0] > s[1] else 0.0 if s[0] < s[1] else 0.5 for s in v], dtype=torch.float64)
 
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
-        """Each response judged alone: its voted score over the valid samples (mean; 0 if none)."""
+        """Each response judged alone: the mean score of the samples that voted (parsed and, with a meta-RM,
+        kept); 0 if none."""
         prompts = [text_field(it.prompt, f"input {i}: field 'prompt'") for i, it in enumerate(items)]
         responses = [[text_field(it.response, f"input {i}: field 'response'")] for i, it in enumerate(items)]
         v = self.judge_lists(prompts, responses, batch_size)
-        n_ok = torch.tensor([max(1, sum(r.ok for r in row)) for row in self.last_results], dtype=torch.float64)
+        # the vote sums only the kept samples, so it is divided by their count, not by every parsed one
+        n_ok = torch.tensor([max(1, sum(row)) for row in self.last_kept], dtype=torch.float64)
         return (torch.stack([x[0] for x in v]) / n_ok).float()
 
     def metrics(self) -> dict:

@@ -10,6 +10,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from mmreward.core.data import describe
+
 PairJudge = Callable[[Sequence[str], Sequence[str], Sequence[str]], torch.Tensor]
 
 __all__ = ["judge_from_scores", "order_averaged", "both_orders", "swap_consistency", "verdict_prob", "pairwise_judge_accuracy",
@@ -56,6 +58,10 @@ def both_orders(judge: PairJudge, prompts: Sequence[str], a: Sequence[str], b: S
 def judge_from_scores(score: Callable[[Sequence[str], Sequence[str]], torch.Tensor]) -> PairJudge:
     """A pairwise judge from a pointwise scorer: P(first ≻ second) = 1 / ½ / 0 by comparing the two scores."""
     def judge(prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        for name, seq in (("prompts", prompts), ("first", first), ("second", second)):
+            # a string (or a dict) has a length too: it would be judged one character (key) per row
+            if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__len__"):
+                raise TypeError(f"judge: {name} must be a list, got {describe(seq)}")
         n = len(prompts)
         if not (n == len(first) == len(second)) or n == 0:
             raise ValueError(f"judge: prompts / first / second must be non-empty and equally long "

@@ -34,7 +34,7 @@ import torch
 from mmreward.core.inputs import TextPair
 from mmreward.core.model import check_ranges
 
-from .base import GenerativeJudge, text_field
+from .base import GenerativeJudge, text_field, text_list_lists, text_lists
 from .parsing import Parsed, RankingParse, parse_ranking
 from .runner import JudgeConfig, JudgeResult, JudgeRunner, parse_metrics
 
@@ -186,9 +186,11 @@ class RewardAnythingJudge(GenerativeJudge):
 
     def judge_lists(self, prompts: Sequence[str], responses: Sequence[Sequence[str]],
                     principles: Optional[Sequence[str]] = None, batch_size: Optional[int] = None) -> list[torch.Tensor]:
-        if len(prompts) != len(responses) or not prompts:
-            raise ValueError("RewardAnythingJudge: prompts and responses must be non-empty and equally long")
-        principles = principles or [self.config.principle] * len(prompts)
+        prompts, responses = text_list_lists("RewardAnythingJudge", prompts, responses)
+        if principles is None:
+            principles = [self.config.principle] * len(prompts)
+        else:  # one per query: a shorter list would drop the queries past its end
+            (principles, _) = text_lists("RewardAnythingJudge", principles=principles, prompts=prompts)
         msgs, all_names = [], []
         for i, (p, rs, pr) in enumerate(zip(prompts, responses, principles)):
             m, names = self.messages(pr, p, rs, i)
@@ -205,6 +207,7 @@ class RewardAnythingJudge(GenerativeJudge):
         return out
 
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        prompts, first, second = text_lists("RewardAnythingJudge.judge", prompts=prompts, first=first, second=second)
         v = self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])
         return torch.tensor([0.5 if torch.isnan(s).any() or s[0] == s[1] else float(s[0] > s[1]) for s in v],
                             dtype=torch.float64)

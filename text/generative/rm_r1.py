@@ -26,7 +26,7 @@ import torch
 from mmreward.core.inputs import Comparison
 from mmreward.core.model import check_ranges
 
-from .base import GenerativeJudge, text_field
+from .base import GenerativeJudge, check_sampling, text_field, text_lists
 from .parsing import parse_ab
 from .position import verdict_prob
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
@@ -164,6 +164,7 @@ class RMR1Config:
     def __post_init__(self) -> None:
         check_ranges(self, counts=("max_new_tokens", "batch_size", "num_samples"), naturals=("tail_chars", "seed"),
                      weights=("temperature",))
+        check_sampling(self, "num_samples")
         if self.template not in RM_R1_TEMPLATES:
             raise ValueError(f"RMR1Config.template must be one of {sorted(RM_R1_TEMPLATES)}, got {self.template!r}")
 
@@ -210,8 +211,7 @@ class RMR1Judge(GenerativeJudge):
 
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
               batch_size: Optional[int] = None) -> torch.Tensor:
-        if not (len(prompts) == len(first) == len(second)) or not prompts:
-            raise ValueError("RMR1Judge.judge: prompts / first / second must be non-empty and equally long")
+        prompts, first, second = text_lists("RMR1Judge.judge", prompts=prompts, first=first, second=second)
         c = self.config
         exclusive = RM_R1_TEMPLATES[c.template].exclusive
         msgs = [self.messages(p, a, b) for p, a, b in zip(prompts, first, second)]

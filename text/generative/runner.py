@@ -24,7 +24,7 @@ from .parsing import Parsed
 
 Prompt = Union[str, Sequence[dict]]
 
-__all__ = ["JudgeConfig", "JudgeResult", "JudgeRunner", "parse_metrics", "render_prompt"]
+__all__ = ["JudgeConfig", "JudgeResult", "JudgeRunner", "parse_metrics", "render_prompt", "position_limit"]
 
 
 @dataclass
@@ -66,6 +66,19 @@ class JudgeResult:
     @property
     def ok(self) -> bool:
         return not self.reason
+
+
+def position_limit(model: Any) -> Optional[int]:
+    """The most positions ``model`` reads: the size of a learned position table (GPT-2's ``wpe``, OPT's
+    ``embed_positions``, less a padding offset), else None (rotary / relative positions have no hard end)."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(size, int):
+        return None
+    for name, module in model.named_modules():
+        if name.endswith(("position_embeddings", "wpe", "embed_positions")) and isinstance(module, torch.nn.Embedding):
+            return min(size, module.num_embeddings - int(getattr(module, "offset", 0)))
+    return None
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt", **template_kwargs: Any) -> str:
@@ -125,21 +138,51 @@ class JudgeRunner:
         kw = self.config.chat_template_kwargs
         return [render_prompt(self.tokenizer, p, f"prompts[{i}]", **kw) for i, p in enumerate(prompts)]
 
-    def encode(self, texts: Sequence[str]) -> dict:
-        """Left-padded batch (``input_ids``, ``attention_mask``), special tokens as rendered by the template."""
+    def encode(self, texts: Sequence[str], first_index: int = 0, new_tokens: int = 0) -> dict:
+        """Left-padded batch (``input_ids``, ``attention_mask``), special tokens as rendered by the template.
+        ``texts`` are prompts ``first_index``, ``first_index + 1``, … of the call (errors name them so);
+        ``new_tokens``: positions generation will add after each prompt."""
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
             enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             self.tokenizer.padding_side = side
+        lens = enc["attention_mask"].sum(1)
         lim = self.config.max_prompt_tokens
-        if lim is not None:
-            lens = enc["attention_mask"].sum(1)
-            if int(lens.max()) > lim:
-                i = int(lens.argmax())
-                raise ValueError(f"prompt {i} has {int(lens[i])} tokens > max_prompt_tokens={lim}")
+        if lim is not None and int(lens.max()) > lim:
+            i = int(lens.argmax())
+            raise ValueError(f"prompt {first_index + i} has {int(lens[i])} tokens > max_prompt_tokens={lim}")
+        self._check_fits(enc["input_ids"], enc["attention_mask"], first_index, new_tokens)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _check_fits(self, ids: torch.Tensor, mask: torch.Tensor, first_index: int, new_tokens: int) -> None:
+        """Every prompt is one the model can read, else an error naming it (the model would fail deep inside
+        with an index error): token ids within its embeddings, and — for a learned position table (GPT-2
+        and the like; rotary positions have no hard end) — prompt + ``new_tokens`` - 1 within the table."""
+        words = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        vocab = getattr(words, "num_embeddings", None)
+        lens = mask.sum(1)
+        if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
+            # the prompt's own tokens apart from the padding, so that a bad pad id is not blamed on a prompt
+            bad = (ids >= vocab) & mask.bool()
+            if not bad.any():
+                raise ValueError(f"the tokenizer's pad token id {int(ids.max())} is outside the model's embeddings "
+                                 f"(ids 0..{vocab - 1}): set a pad token the model has")
+            i = int(bad.any(1).nonzero()[0])
+            raise ValueError(f"prompt {first_index + i} holds token id {int(ids[i][bad[i]].max())}, but the model "
+                             f"has embeddings for ids 0..{vocab - 1} only: the tokenizer is not the one the model "
+                             "was built with")
+        limit = position_limit(self.model)
+        # the model reads the prompt and every generated token but the last (that one is never fed back),
+        # so L + max_new_tokens - 1 positions: L + max_new_tokens = limit + 1 still fits
+        if limit is not None and int(lens.max()) + max(new_tokens - 1, 0) > limit:
+            i = int(lens.argmax())
+            need = int(lens[i]) + max(new_tokens - 1, 0)
+            extra = f" + max_new_tokens={new_tokens} - 1 = {need} positions" if new_tokens else ""
+            raise ValueError(f"prompt {first_index + i} is {int(lens[i])} tokens{extra}, more than the {limit} "
+                             f"positions {type(self.model).__name__} reads: shorten it"
+                             + (" or lower max_new_tokens" if new_tokens else ""))
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], batch_size: Optional[int] = None) -> list[list[str]]:
@@ -151,7 +194,7 @@ class JudgeRunner:
         self.model.eval()
         try:
             for start in range(0, len(texts), bs):
-                enc = self.encode(texts[start:start + bs])
+                enc = self.encode(texts[start:start + bs], start, cfg.max_new_tokens)
                 kw: dict = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                 num_return_sequences=cfg.num_samples, pad_token_id=self.tokenizer.pad_token_id)
                 if cfg.do_sample:
@@ -209,7 +252,7 @@ class JudgeRunner:
         out = []
         try:
             for s in range(0, len(texts), bs):
-                enc = self.encode(texts[s:s + bs])
+                enc = self.encode(texts[s:s + bs], s)
                 logits = last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], ids)  # (b, C)
                 out.append(torch.softmax(logits, dim=-1))
         finally:

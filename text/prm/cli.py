@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -195,11 +196,23 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
 
 
+def _finite_threshold(text: str) -> float:
+    """``--threshold``: refused at parse time when not a finite number, so that ``nan`` fails before
+    anything is scored or written (every step comparison with NaN is false)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--model", required=True, help="a saved PRM, a training run's folder or a published PRM folder")
     p.add_argument("--format", default="auto", choices=FORMATS, help="format of --data rows (default: by their fields)")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"solutions per forward pass (default: {batch_size})")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=_finite_threshold, default=0.5,
                    help="ProcessBench: the first step scoring below this is the predicted error (default: 0.5)")
     p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=None,
                    help="score only the steps that fit the model's max_length (default: the model's setting; off: "

@@ -101,7 +101,13 @@ def _from_trl(row: dict, where: str) -> StepExample:
         raise DataError(f"{where}: {len(steps)} completions but labels is {describe(row['labels'])}")
     labels = [_label(v, f"{where}, step {k}") for k, v in enumerate(row["labels"])]
     fe = row.get("first_error")
-    return StepExample(row["prompt"], steps, labels, int(fe) if isinstance(fe, int) else _first_error(labels))
+    if fe is None:
+        return StepExample(row["prompt"], steps, labels, _first_error(labels))
+    # a first_error past the steps (or true, an int to Python) would skew the ProcessBench figures
+    if isinstance(fe, bool) or not isinstance(fe, int) or not -1 <= fe < len(steps):
+        raise DataError(f"{where}: field 'first_error' {describe(fe)} must be -1 (every step right) or the index of "
+                        f"the first wrong step, 0..{len(steps) - 1}")
+    return StepExample(row["prompt"], steps, labels, fe)
 
 
 def _from_math_shepherd(row: dict, where: str, tag: str = "ки") -> StepExample:
@@ -137,13 +143,22 @@ def _from_prm800k(row: dict, where: str, neutral: str) -> StepExample:
     rating_map = {1: 1.0, -1: 0.0, 0: {"ignore": IGNORE, "good": 1.0, "bad": 0.0}[neutral]}
     if "question" in row and isinstance(row.get("label"), dict):  # released PRM800K layout
         problem = (row["question"] or {}).get("problem") if isinstance(row["question"], dict) else None
+        nested = row["label"].get("steps")
+        if not isinstance(nested, list):
+            raise DataError(f"{where}: field 'label.steps' must be a list of steps, got {describe(nested)}")
         raw = []
-        for k, st in enumerate(row["label"].get("steps") or []):
-            comps = st.get("completions") or []
+        for k, st in enumerate(nested):
+            if not isinstance(st, dict):
+                raise DataError(f"{where}: label.steps[{k}] must be an object with 'completions', got {describe(st)}")
+            comps = st.get("completions")
+            if not isinstance(comps, list) or not comps:
+                raise DataError(f"{where}: step {k} has no completions (field 'completions' is {describe(comps)})")
             i = st.get("chosen_completion")
-            i = i if isinstance(i, int) and 0 <= i < len(comps) else 0
-            if not comps:
-                raise DataError(f"{where}: step {k} has no completions")
+            if i is None:  # released rows leave it null when the step had one completion: the first
+                i = 0
+            elif isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(comps):
+                raise DataError(f"{where}: step {k}: field 'chosen_completion' {describe(i)} must be the index of one "
+                                f"of its {len(comps)} completions, 0..{len(comps) - 1}, or null")
             raw.append(comps[i])
     else:
         problem, raw = row.get("problem"), row.get("steps")
@@ -219,17 +234,24 @@ def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignor
 def read_step_examples(source, format: str = "auto", neutral: str = "ignore", split: Optional[str] = None) -> list[StepExample]:
     """Read a JSON / JSONL file, a saved ``datasets`` folder or a list of dicts."""
     rows = read_records(source, split=split)
+    name = source if isinstance(source, str) else "data"
     if not rows:
-        raise DataError(f"{source if isinstance(source, str) else 'data'}: no rows")
+        raise DataError(f"{name}: no rows")
     # MCTS self-training exports mix {"type": "trace"} and {"type": "pair"} rows: take the traces
-    return [parse_row(r, i, format, neutral) for i, r in enumerate(rows) if not (isinstance(r, dict) and r.get("type") == "pair")]
+    out = [parse_row(r, i, format, neutral) for i, r in enumerate(rows) if not (isinstance(r, dict) and r.get("type") == "pair")]
+    if not out:  # else the first use fails far from here ("score_parts got no inputs")
+        raise DataError(f"{name}: holds only PPM pair rows (type 'pair'), no stepwise solutions: read them with "
+                        "read_pair_examples (CLI: prm train --objective ppm)")
+    return out
 
 
 def read_pair_examples(source, split: Optional[str] = None) -> list[PairExample]:
     rows = read_records(source, split=split)
     out = []
     for i, r in enumerate(rows):
-        if isinstance(r, dict) and r.get("type", "pair") != "pair":  # traces of a self-training export
+        if not isinstance(r, dict):
+            raise DataError(f"row {i}: must be an object, got {describe(r)}")
+        if r.get("type", "pair") != "pair":  # traces of a self-training export
             continue
         for name in ("prompt", "chosen", "rejected"):
             if not isinstance(r.get(name), str):
@@ -237,7 +259,12 @@ def read_pair_examples(source, split: Optional[str] = None) -> list[PairExample]
         prefix = r.get("prefix", [])
         if not isinstance(prefix, list) or not all(isinstance(s, str) for s in prefix):
             raise DataError(f"row {i}: prefix must be a list of strings")
-        out.append(PairExample(r["prompt"], prefix, r["chosen"], r["rejected"], int(r.get("group", i))))
+        group = r.get("group", i)
+        # a group is an id: 1.7 or true must not quietly join group 1
+        if isinstance(group, bool) or not isinstance(group, int):
+            raise DataError(f"row {i}: field 'group' must be an integer (pairs of one problem share it), "
+                            f"got {describe(group)}")
+        out.append(PairExample(r["prompt"], prefix, r["chosen"], r["rejected"], group))
     if not out:
         raise DataError("no PPM pairs")
     return out

@@ -27,6 +27,7 @@ _LAZY = {
     "average_state_dicts": "mmreward.text.recipes.warm",
     "init_distances": "mmreward.text.recipes.warm",
     "check_compatible": "mmreward.text.recipes.warm",
+    "check_same_inputs": "mmreward.text.recipes.warm",
     "RaftConfig": "mmreward.text.recipes.raft",
     "raft": "mmreward.text.recipes.raft",
     "MergeConfig": "mmreward.text.recipes.cli",

@@ -7,6 +7,9 @@ junk, so this module refuses to:
 
 * **key / shape / dtype check** — every member must have the same state-dict keys, shapes and
   dtypes; integer / bool buffers (position ids, ...) must be identical;
+* **input check** (:func:`check_same_inputs`) — every member must read its inputs alike: the same
+  config settings (``max_length``, ``pooling``, ``input_format``, …) and the same tokenizer; the
+  merged model keeps member 0's, which would silently be wrong for the others;
 * **shared-init check** (:func:`init_distances`) — for each weight matrix the relative L2 distance
   ``‖θ_m − θ_0‖ / sqrt((‖θ_m‖² + ‖θ_0‖²) / 2)`` of member m to member 0, median over matrices.
   Independently initialised matrices are ≈ √2 ≈ 1.41 apart (uncorrelated weights); members
@@ -26,6 +29,7 @@ Averaging is done in float64 and cast back to each tensor's dtype.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
@@ -70,6 +74,37 @@ def check_compatible(states: Sequence[dict[str, torch.Tensor]], names: Optional[
                 raise WARMInitError(f"{name}: non-float buffer `{k}` differs from {names[0]}'s")
             if v.is_floating_point() and not torch.isfinite(w).all():
                 raise WARMInitError(f"{name}: `{k}` contains NaN / inf")
+
+
+def _tokenizer_identity(tokenizer: Any) -> tuple:
+    """What decides the token ids a tokenizer gives: its vocabulary and its chat template."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+    return vocab, getattr(tokenizer, "chat_template", None)
+
+
+def check_same_inputs(models: Sequence[nn.Module], names: Optional[Sequence[str]] = None) -> None:
+    """Every member reads its inputs as member 0 does: equal config settings (all but the backbone's
+    transformers config, whose mismatches the key / shape check catches) and the same tokenizer.
+    Same-shaped weights do not show this: two tokenizers of one size, or another ``max_length`` /
+    ``pooling``, average without error into a model that reads inputs as member 0 only. Raises
+    WARMInitError naming the setting and both values."""
+    names = list(names) if names is not None else [f"member {i}" for i in range(len(models))]
+    ref = models[0]
+    ref_config = getattr(ref, "config", None)
+    for name, m in zip(names[1:], models[1:]):
+        config = getattr(m, "config", None)
+        if dataclasses.is_dataclass(ref_config) and dataclasses.is_dataclass(config):
+            for f in dataclasses.fields(ref_config):
+                if f.name == "backbone":
+                    continue
+                mine, theirs = getattr(config, f.name, None), getattr(ref_config, f.name)
+                if mine != theirs:
+                    raise WARMInitError(f"{name} reads its inputs with {f.name}={mine!r} but {names[0]} with "
+                                        f"{f.name}={theirs!r}: the merged model would read them as {names[0]} does")
+        ref_tok, tok = getattr(ref, "tokenizer", None), getattr(m, "tokenizer", None)
+        if ref_tok is not None and tok is not None and _tokenizer_identity(tok) != _tokenizer_identity(ref_tok):
+            raise WARMInitError(f"{name} has another tokenizer than {names[0]} (its vocabulary or chat template "
+                                "differs): the same token ids would mean other text")
 
 
 def init_distances(states: Sequence[dict[str, torch.Tensor]]) -> list[float]:
@@ -149,6 +184,7 @@ def warm_average(members: Sequence[Any], weights: Optional[Sequence[float]] = No
     kinds = {type(m).__name__ for m in models}
     if len(kinds) > 1:
         raise WARMInitError(f"cannot average models of different classes: {sorted(kinds)}")
+    check_same_inputs(models, names)
     avg = average_state_dicts([_state(m) for m in models], weights, check_init=check_init,
                               max_init_distance=max_init_distance, names=names)
     merged = copy.deepcopy(models[0])
