@@ -79,8 +79,14 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON (per-frame scores and aggregates)")
     args = parser.parse_args(argv)
     from mmreward.core.inputs import ImagePrompt
-    from mmreward.vision.video import plot_video_score, score_video
+    from mmreward.core.model import check_batch_size
+    from mmreward.vision.video import check_plot_path, check_sampling, plot_video_score, score_video
 
+    # checked before the model loads and the video is scored, not after
+    check_sampling(args.stride, args.max_frames)
+    check_batch_size(args.batch_size)
+    if args.plot:
+        check_plot_path(args.plot)
     model = load_scorer(args.model, args.device, ImagePrompt)
     result = score_video(model, args.prompt, args.video, batch_size=args.batch_size, stride=args.stride,
                          max_frames=args.max_frames)
@@ -124,6 +130,9 @@ def eval_main(argv: Sequence[str]) -> int:
     add_device_option(parser)
     args = parser.parse_args(argv)
     import mmreward
+    from mmreward.core.model import check_batch_size
+
+    check_batch_size(args.batch_size)  # before the model loads
     from mmreward.vision.image_reward import ImageRewardModel
     from mmreward.vision.train import evaluate_image_reward, read_ranked_sets
     from mmreward.vision.visual_prm import VisualPRM, as_labelled, evaluate_visual_prm

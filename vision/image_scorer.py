@@ -20,19 +20,27 @@ implements ``reward(prompts, pixel_values[B, 3, S, S]) -> Tensor[B]``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
+from mmreward.core.data import DataError
 from mmreward.core.inputs import ImagePrompt, VideoPrompt
 from mmreward.core.model import RewardScorer
 
 from .images import preprocess, split_images, to_tensor
 from .scoring import eval_mode
-from .video import video_frames
+from .video import batches, stream_video_frames
 
 RewardFn = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+def _requires_grad(x: Any) -> bool:
+    """An image or video (tensor, or list of frames) whose pixels require grad: scoring keeps autograd on."""
+    if isinstance(x, torch.Tensor):
+        return x.requires_grad
+    return isinstance(x, (list, tuple)) and any(isinstance(f, torch.Tensor) and f.requires_grad for f in x)
 
 
 def _prompt(prompt: Any, where: str) -> str:
@@ -69,22 +77,30 @@ class ImageScorer(RewardScorer, nn.Module):
     def frame_scores(self, items: Sequence, batch_size: int,
                      reward: Optional[RewardFn] = None) -> tuple[torch.Tensor, list[int]]:
         """``(scores of every image / video frame in order (float32, CPU), frames per input)`` with
-        ``reward`` (default :meth:`reward`)."""
-        frames, counts = [], []  # (prompt, image, where) per frame
-        for i, item in enumerate(items):
-            if isinstance(item, VideoPrompt):
-                video, _ = video_frames(item.video, f"input {i}")
-                frames += [(item.prompt, f, f"input {i} frame {t}") for t, f in enumerate(video)]
-                counts.append(len(video))
-            else:
-                frames.append((item.prompt, item.image, f"input {i}"))
-                counts.append(1)
-        grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for _, x, _ in frames)
+        ``reward`` (default :meth:`reward`). Video files are decoded while they are scored, one batch
+        of frames at a time: memory holds a batch, not a whole video."""
+        counts = [0] * len(items)
+
+        def frames() -> Iterator[tuple[Any, Any, str]]:  # (prompt, image, where) per frame
+            for i, item in enumerate(items):
+                if not isinstance(item, VideoPrompt):
+                    counts[i] = 1
+                    yield item.prompt, item.image, f"input {i}"
+                    continue
+                try:
+                    video, _ = stream_video_frames(item.video, f"input {i}")
+                    for t, f in enumerate(video):
+                        counts[i] += 1
+                        yield item.prompt, f, f"input {i} frame {t}"
+                except DataError as e:  # a file / frame folder error names the file: add which input gave it
+                    raise type(e)(f"input {i}: {e}") from e
+
+        grad = torch.is_grad_enabled() and any(_requires_grad(it.video if isinstance(it, VideoPrompt) else it.image)
+                                               for it in items)
         reward = reward or self.reward
         out = []
         with eval_mode(self), (contextlib.nullcontext() if grad else torch.no_grad()):
-            for s in range(0, len(frames), batch_size):
-                chunk = frames[s:s + batch_size]
+            for chunk in batches(frames(), batch_size):
                 prompts = [_prompt(p, where) for p, _, where in chunk]
                 pixels = self.pixel_batch([x for _, x, _ in chunk], [where for _, _, where in chunk])  # (b, 3, S, S)
                 out.append(reward(prompts, pixels).float().cpu())

@@ -19,6 +19,7 @@ evaluate with the full T-step loop.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -44,6 +45,13 @@ class ReFLConfig:
         if not 0 <= self.min_step <= self.max_step < self.num_inference_steps:
             raise ValueError(f"need 0 <= min_step <= max_step < num_inference_steps, got "
                              f"{self.min_step}, {self.max_step}, {self.num_inference_steps}")
+        # NaN passes no comparison, so each rule is written as "must hold" and NaN fails it
+        if not math.isfinite(self.reward_threshold):
+            raise ValueError(f"ReFLConfig.reward_threshold must be a finite number, got {self.reward_threshold!r}")
+        if not (math.isfinite(self.grad_scale) and self.grad_scale > 0):
+            raise ValueError(f"ReFLConfig.grad_scale must be a finite number > 0, got {self.grad_scale!r}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"ReFLConfig.guidance_scale must be a finite number >= 0, got {self.guidance_scale!r}")
 
 
 class DiffusionParts(nn.Module):

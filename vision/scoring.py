@@ -46,6 +46,10 @@ def as_pixel_scorer(scorer: Any) -> PixelScorer:
                             f"{' / '.join(t.__name__ for t in scorer.input_types)})")
 
         def score(prompts: list, images: torch.Tensor) -> torch.Tensor:
+            # zip would pair a short list (or a bare string's letters) with the first images silently
+            if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) != len(images):
+                got = f"a {type(prompts).__name__}" if not isinstance(prompts, (list, tuple)) else f"{len(prompts)} prompts"
+                raise ValueError(f"give one prompt per image: {len(images)} images, got {got}")
             items = [ImagePrompt(p, x) for p, x in zip(prompts, images.unbind(0))]
             return scorer.score(items, batch_size=len(items))
 

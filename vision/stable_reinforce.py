@@ -48,8 +48,10 @@ class StableReinforceConfig:
             raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
         if not (self.log_ratio_min < 0 < self.log_ratio_max):
             raise ValueError(f"need log_ratio_min < 0 < log_ratio_max, got {self.log_ratio_min}, {self.log_ratio_max}")
-        if self.adv_sigma <= 0 or self.adv_abs_max <= 0:
-            raise ValueError("adv_sigma and adv_abs_max must be > 0")
+        for name in ("adv_sigma", "adv_abs_max"):
+            value = getattr(self, name)
+            if not value > 0:  # written so NaN fails too (NaN <= 0 is false); inf means "no bound"
+                raise ValueError(f"StableReinforceConfig.{name} must be a number > 0, got {value!r}")
 
 
 # ------------------------------------------------------------------ advantages and loss

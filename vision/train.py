@@ -21,7 +21,7 @@ import torch
 from mmreward.core.data import DataError, describe, read_records
 from mmreward.core.device import resolve_device
 from mmreward.core.inputs import ImagePrompt
-from mmreward.core.model import check_ranges, config_to_dict, read_config
+from mmreward.core.model import check_batch_size, check_ranges, config_to_dict, read_config
 from mmreward.core.train import seed_everything
 from mmreward.core.trainer import TrainConfig, Trainer
 from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
@@ -98,6 +98,14 @@ def read_ranked_sets(path: str) -> list[RankedExample]:
     return out
 
 
+def require_ranked_pair(examples: Sequence[RankedExample], what: str) -> None:
+    """DataError unless some set ranks two images differently: with every rank equal there is no pair
+    to learn from or to count, and the pairwise accuracy would read 0.0 instead of "undefined"."""
+    if not any(len(np.unique(np.asarray(e.ranks)[np.asarray(e.ranks) >= 0])) > 1 for e in examples):
+        raise DataError(f"{what}: no set ranks two images differently (every set's ranks are equal), so there is "
+                        "no ranked pair to evaluate")
+
+
 def synthetic_examples(n: int, set_size: int, image_size: int, seed: int) -> list[RankedExample]:
     return [RankedExample(s.prompt, s.images, s.ranks) for s in synthetic.ranked_sets(n, set_size, image_size, seed)]
 
@@ -154,8 +162,10 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
                           batch_size: int = 32) -> dict[str, float]:
     """Held-out pairwise accuracy (strict, over every ranked pair) and top-1 accuracy (the best-ranked
     image gets the highest score)."""
+    check_batch_size(batch_size)
     if not examples:
         raise ValueError("evaluate_image_reward: no ranked sets")
+    require_ranked_pair(examples, "evaluate_image_reward")
     collate, correct, pairs, top1 = make_collate(model), 0, 0, 0
     with eval_mode(model):
         for s in range(0, len(examples), batch_size):
@@ -203,6 +213,9 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
     else:
         train = read_ranked_sets(cfg.data)
         held = read_ranked_sets(cfg.eval_data) if cfg.eval_data else []
+        # refused now, before the Trainer makes the run folder and trains up to the first evaluation
+        if held:
+            require_ranked_pair(held, cfg.eval_data)
     if model is None:  # initialised from the run's seed: the same command gives the same model
         seed_everything(train_cfg.seed)
         model = build_model(cfg, [e.prompt for e in train + held])

@@ -1,9 +1,11 @@
 """Score a video against a prompt, frame by frame: per-frame scores, temporal aggregates and a plot.
 
 Videos are read with OpenCV (mp4 / avi / mov / webm …), PIL (gif) or as a folder of image files in
-natural order (frame2 before frame10). Frames are uint8 ``[T, H, W, 3]`` RGB at the boundary and
-float ``[T, 3, H, W]`` in [0, 1] for the scorer; :func:`video_frames` accepts a video in any of
-these forms (a float tensor stays differentiable). Aggregates: ``mean``, ``min``, ``max`` and
+natural order (frame2 before frame10); a still image is one frame without a frame rate. Files are
+decoded frame by frame while they are scored (:func:`open_frames`), so memory holds one batch of
+frames, not the video; a file that decodes to fewer frames than its header declares warns. Frames
+are uint8 ``[T, H, W, 3]`` RGB at the boundary and float ``[T, 3, H, W]`` in [0, 1] for the scorer;
+:func:`video_frames` accepts a video in any of these forms (a float tensor stays differentiable). Aggregates: ``mean``, ``min``, ``max`` and
 ``trend`` — the slope of a least-squares line through (frame index, score), in score units per frame
 (``trend_per_second`` too when the source frame rate is known); with ``stride`` the frame
 indices are those of the source video: > 0 means the video matches the prompt
@@ -11,16 +13,19 @@ better as it goes on.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from mmreward.core.data import DataError
+from mmreward.core.model import check_batch_size
 
-from .images import list_image_files, load_image, to_tensor
+from .images import IMAGE_EXTENSIONS, list_image_files, load_image, to_tensor
 from .scoring import as_pixel_scorer
 
 
@@ -28,57 +33,154 @@ class VideoReadError(DataError):
     """A video is missing, corrupt, empty or in a format that cannot be decoded."""
 
 
-def read_frames(path: str, stride: int = 1, max_frames: Optional[int] = None) -> tuple[np.ndarray, Optional[float]]:
-    """``(frames uint8 [T, H, W, 3] RGB, source fps or None)``; every ``stride``-th frame, at most ``max_frames``."""
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_sampling(stride: Any, max_frames: Any) -> None:
+    """ValueError naming ``stride`` / ``max_frames`` unless each is an integer >= 1 (``max_frames``
+    None: every frame). Checked before any decoding: a slice would read 0 or -1 as "all but the last"."""
+    if not _is_int(stride) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    if max_frames is not None and (not _is_int(max_frames) or max_frames < 1):
+        raise ValueError(f"max_frames must be an integer >= 1 (or None: no limit), got {max_frames!r}")
+
+
+def check_plot_path(path: str) -> str:
+    """``path`` when a plot can be written there (a file name whose extension matplotlib writes, not a
+    folder); checked before scoring, so a bad name does not cost a whole video's scoring."""
+    if os.path.isdir(path):
+        raise ValueError(f"plot path {path!r} is a folder; give a file name such as score.png")
+    ext = os.path.splitext(path)[1].lower()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if ext and ext[1:] not in formats:
+        raise ValueError(f"plot path {path!r}: cannot write a {ext} plot "
+                         f"(use one of {', '.join('.' + f for f in formats)})")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # atomic_write creates missing folders, but not through a file
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"plot path {path!r}: {parent!r} is a file, not a folder")
+    return path
+
+
+def _still_image(path: str) -> bool:
+    """A single-frame image file: read as one frame without a frame rate (OpenCV would report a
+    made-up 25 fps). Animated PNG / WebP are videos and go through OpenCV."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return not getattr(im, "is_animated", False)
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return False  # not readable as an image: OpenCV reports it
+
+
+def _gif_frames(path: str, stride: int, limit: int) -> Iterator[np.ndarray]:
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(path) as im:
+            n = 0
+            for i, fr in enumerate(ImageSequence.Iterator(im)):
+                if n >= limit:
+                    return
+                if i % stride == 0:
+                    n += 1
+                    yield np.asarray(fr.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise VideoReadError(f"cannot decode gif {path!r}: {e}") from e
+
+
+def _opencv_frames(cap: Any, path: str, stride: int, limit: int) -> Iterator[np.ndarray]:
+    import cv2
+
+    try:
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        read = sampled = 0
+        while sampled < limit:
+            ok, bgr = cap.read()
+            if not ok:
+                # one frame of slack: containers often declare a frame the decoder never returns
+                if declared > 0 and read < declared - 1:
+                    warnings.warn(f"{path}: decoded {read} of the {declared} frames its header declares (truncated "
+                                  f"or corrupt file?); scoring the decoded frames only", UserWarning, stacklevel=2)
+                return
+            if read % stride == 0:
+                sampled += 1
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            read += 1
+    finally:
+        cap.release()
+
+
+def _checked(frames: Iterator[np.ndarray], path: str) -> Iterator[np.ndarray]:
+    n = 0
+    for f in frames:
+        n += 1
+        yield f
+    if n == 0:
+        raise VideoReadError(f"no frames could be decoded from {path!r} (empty or corrupt video)")
+
+
+def open_frames(path: str, stride: int = 1,
+                max_frames: Optional[int] = None) -> tuple[Iterator[np.ndarray], Optional[float]]:
+    """``(frames, source fps or None)`` of a video file, frame folder or still image, where ``frames``
+    yields uint8 ``[H, W, 3]`` RGB frames one at a time as they are decoded (every ``stride``-th, at
+    most ``max_frames``), so a long video never sits in memory whole. A missing or unopenable file
+    fails here; a file whose frames cannot be decoded fails while iterating. A file that decodes
+    to fewer frames than its header declares warns (UserWarning) and yields the decoded ones."""
+    check_sampling(stride, max_frames)
     if not os.path.exists(path):
         raise VideoReadError(f"video {path!r} does not exist")
     limit = max_frames if max_frames is not None else 1 << 62
-    frames, fps = [], None
     if os.path.isdir(path):
         files = list_image_files(path)
         if not files:
             raise VideoReadError(f"frame folder {path!r} holds no image files")
-        frames = [np.asarray(load_image(f)) for f in files[::stride][:limit]]
-        if len({f.shape for f in frames}) > 1:
-            raise VideoReadError(f"frames in {path!r} have different sizes")
-    elif path.lower().endswith(".gif"):
-        from PIL import Image, ImageSequence
+
+        def folder_frames() -> Iterator[np.ndarray]:
+            shape = None
+            for f in files[::stride][:limit]:
+                frame = np.asarray(load_image(f))
+                if shape is not None and frame.shape != shape:
+                    raise VideoReadError(f"frames in {path!r} have different sizes ({f}: {frame.shape}, "
+                                         f"the first: {shape})")
+                shape = frame.shape
+                yield frame
+
+        return folder_frames(), None
+    if path.lower().endswith(".gif"):
+        from PIL import Image
 
         try:
             with Image.open(path) as im:
                 dur = im.info.get("duration")
-                fps = 1000.0 / dur if dur else None
-                for i, fr in enumerate(ImageSequence.Iterator(im)):
-                    if i % stride == 0:
-                        frames.append(np.asarray(fr.convert("RGB")))
-                    if len(frames) >= limit:
-                        break
         except (OSError, SyntaxError) as e:
             raise VideoReadError(f"cannot decode gif {path!r}: {e}") from e
-    else:
-        import cv2
+        return _checked(_gif_frames(path, stride, limit), path), (1000.0 / dur if dur else None)
+    if _still_image(path):
+        return iter([np.asarray(load_image(path))]), None
+    import cv2
 
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # our VideoReadError reports decoder failures once
-        cap = cv2.VideoCapture(path)
-        try:
-            if not cap.isOpened():
-                raise VideoReadError(f"cannot open video {path!r} (corrupt or unsupported format)")
-            fps = cap.get(cv2.CAP_PROP_FPS) or None
-            i = 0
-            while len(frames) < limit:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                if i % stride == 0:
-                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                i += 1
-        finally:
-            cap.release()
-    if not frames:
-        raise VideoReadError(f"no frames could be decoded from {path!r} (empty or corrupt video)")
-    return np.stack(frames), fps
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # our VideoReadError reports decoder failures once
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoReadError(f"cannot open video {path!r} (corrupt or unsupported format)")
+    fps = cap.get(cv2.CAP_PROP_FPS) or None
+    return _checked(_opencv_frames(cap, path, stride, limit), path), fps
+
+
+def read_frames(path: str, stride: int = 1, max_frames: Optional[int] = None) -> tuple[np.ndarray, Optional[float]]:
+    """``(frames uint8 [T, H, W, 3] RGB, source fps or None)``; every ``stride``-th frame, at most
+    ``max_frames`` (all decoded at once: :func:`open_frames` streams them)."""
+    frames, fps = open_frames(path, stride, max_frames)
+    return np.stack(list(frames)), fps
 
 
 def video_frames(video: Any, where: str = "video", stride: int = 1,
@@ -86,10 +188,13 @@ def video_frames(video: Any, where: str = "video", stride: int = 1,
     """``(frames, source fps or None)`` of a video given as a file / frame folder path, a uint8
     array ``[T, H, W, 3]``, a float tensor ``[T, 3, H, W]`` in [0, 1] (its frames stay views, so
     gradients flow) or a list of images; every ``stride``-th frame, at most ``max_frames``."""
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    check_sampling(stride, max_frames)
     if isinstance(video, (str, os.PathLike)):
         return read_frames(os.fspath(video), stride, max_frames)
+    return _in_memory_frames(video, where, stride, max_frames), None
+
+
+def _in_memory_frames(video: Any, where: str, stride: int, max_frames: Optional[int]) -> Sequence:
     if isinstance(video, torch.Tensor):
         if video.dim() != 4 or video.shape[1] != 3 or not video.is_floating_point():
             raise ValueError(f"{where}: a video tensor must be float [T, 3, H, W] in [0, 1], got "
@@ -107,7 +212,28 @@ def video_frames(video: Any, where: str = "video", stride: int = 1,
     frames = frames[::stride][:max_frames]
     if len(frames) == 0:
         raise ValueError(f"{where}: the video has no frames")
-    return frames, None
+    return frames
+
+
+def stream_video_frames(video: Any, where: str = "video", stride: int = 1,
+                        max_frames: Optional[int] = None) -> tuple[Iterator[Any], Optional[float]]:
+    """:func:`video_frames` as an iterator: a file or frame folder is decoded frame by frame while the
+    caller consumes it (:func:`open_frames`); an array, tensor or list is sliced as there."""
+    check_sampling(stride, max_frames)
+    if isinstance(video, (str, os.PathLike)):
+        return open_frames(os.fspath(video), stride, max_frames)
+    return iter(_in_memory_frames(video, where, stride, max_frames)), None
+
+
+def batches(items: Iterable[Any], size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last may be shorter), drawn from ``items`` lazily."""
+    check_batch_size(size)
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
 
 
 @dataclass
@@ -144,14 +270,17 @@ def score_video(scorer: Any, prompt: str, video: Any, *, batch_size: int = 16, s
     [0, 1]) -> Tensor[B]``."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string")
+    check_batch_size(batch_size)
+    check_sampling(stride, max_frames)
     score = as_pixel_scorer(scorer)
-    frames, fps = video_frames(video, "video", stride, max_frames)
-    out = []
-    for s in range(0, len(frames), batch_size):
-        x = torch.stack([to_tensor(f, f"video frame {s + k}") for k, f in enumerate(frames[s:s + batch_size])])
+    frames, fps = stream_video_frames(video, "video", stride, max_frames)
+    out, n = [], 0
+    for chunk in batches(frames, batch_size):  # a file is decoded one batch ahead of the scorer, not whole
+        x = torch.stack([to_tensor(f, f"video frame {(n + k) * stride}") for k, f in enumerate(chunk)])
+        n += len(chunk)
         out.append(score([prompt] * len(x), x).float().cpu())  # x: (b, 3, H, W)
     scores = torch.cat(out).numpy()
-    return aggregate(prompt, scores, np.arange(len(frames)) * stride, fps)
+    return aggregate(prompt, scores, np.arange(n) * stride, fps)
 
 
 def plot_video_score(result: VideoScore, path: str, title: str = "") -> str:

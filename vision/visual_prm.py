@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import VisualSteps
+from mmreward.core.model import check_batch_size
 
 from . import vlm_data as D
 from .scoring import eval_mode
@@ -48,6 +49,10 @@ class VisualPRMConfig:
     def __post_init__(self) -> None:
         if self.reduce not in REDUCTIONS:
             raise ValueError(f"VisualPRMConfig.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+        t = self.threshold
+        # NaN fails every comparison: it would predict every step bad without a word
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"VisualPRMConfig.threshold must be a probability in [0, 1], got {t!r}")
         if self.good_token == self.bad_token:
             raise ValueError("VisualPRMConfig: good_token and bad_token must differ")
 
@@ -126,7 +131,7 @@ class VisualPRM(VLMScorer):
             imgs.append(ims)
             n_steps.append(len(steps))
             flat_labels += lab or []
-        enc = D.encode(proc, texts, imgs)
+        enc = D.encode(proc, texts, imgs, names)
         ids, header = enc["input_ids"], torch.tensor(self._assistant_header())
         L = header.numel()
         # a label position p: the header right before it and a label token at p
@@ -222,6 +227,7 @@ class LabelledSteps:
         if isinstance(row, cls):
             return row
         item = VisualSteps.from_record(row, where)
+        D.check_image_files(item.images, where)
         n = len(_check_steps(item, where))
         lab = row.get("labels")
         if not isinstance(lab, (list, tuple)) or len(lab) != n:
@@ -300,6 +306,7 @@ def step_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, di
 @torch.no_grad()
 def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int = 16) -> dict[str, float]:
     """Held-out step BCE loss (mean over steps), step accuracy and macro-F1 (label good = label > 0)."""
+    check_batch_size(batch_size)
     examples = as_labelled(rows, "eval rows")
     collate = StepCollator(model)
     losses, ps, ys = [], [], []

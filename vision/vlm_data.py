@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -79,11 +79,43 @@ def need_reply(last_role: str, what: str) -> None:
         raise DataError(f"{what}: the last turn must be the assistant's reply to score, got a {last_role!r} turn")
 
 
-def encode(processor, texts: list[str], images: list[list]) -> dict[str, torch.Tensor]:
-    """Rendered texts + per-text image lists → padded model inputs (one processor call)."""
-    flat = [im for ims in images for im in ims]
-    out = processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
-    return {k: v for k, v in dict(out).items() if isinstance(v, torch.Tensor)}
+def name_failing_input(run: Callable[[Sequence[int]], Any], names: Sequence[str]) -> Any:
+    """``run(every index)``: one processor call over a batch of inputs. A processor refuses a bad
+    input (an image with an aspect ratio over 200, image tokens typed into a text) with a ValueError
+    that names no input, failing the whole batch; then each input is run alone and the first that
+    fails is named (``input 2: absolute aspect ratio …``). A batch that succeeds costs nothing extra."""
+    try:
+        return run(range(len(names)))
+    except ValueError as batch_error:
+        if len(names) == 1:
+            raise DataError(f"{names[0]}: {batch_error}") from batch_error
+        for k, name in enumerate(names):
+            try:
+                run([k])
+            except ValueError as e:
+                raise DataError(f"{name}: {e}") from e
+        raise  # every input passes alone: the batch itself is at fault, no input to name
+
+
+def encode(processor, texts: list[str], images: list[list],
+           names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+    """Rendered texts + per-text image lists → padded model inputs (one processor call); a processor
+    error names the input (``names[i]``, default ``input i``) it comes from."""
+    def run(idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        flat = [im for k in idx for im in images[k]]
+        out = processor(text=[texts[k] for k in idx], images=flat or None, return_tensors="pt", padding=True)
+        return {k: v for k, v in dict(out).items() if isinstance(v, torch.Tensor)}
+
+    return name_failing_input(run, names or [f"input {i}" for i in range(len(texts))])
+
+
+def check_image_files(images: Any, where: str) -> None:
+    """DataError naming the row, field and image when an image given as a path is not a file, so
+    training stops when the rows are read, not at the step that reaches the row."""
+    images = [] if images is None else images if isinstance(images, (list, tuple)) else [images]
+    for j, im in enumerate(images):
+        if isinstance(im, (str, os.PathLike)) and not os.path.isfile(im):
+            raise DataError(f"{where}: field 'images': image {j}: image file {os.fspath(im)!r} does not exist")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from mmreward.core.data import DataError
 from mmreward.core.inputs import Conversation
+from mmreward.core.model import check_batch_size
 
 from . import vlm_data as D
 from .scoring import eval_mode
@@ -75,7 +76,7 @@ class VLMRewardModel(VLMScorer):
         imgs = [D.pil_images(c.images, name) for c, name in zip(conversations, names)]
         texts = [proc.apply_chat_template(D.to_messages(c.messages, len(ims), name, scored=True), tokenize=False)
                  for c, ims, name in zip(conversations, imgs, names)]
-        return D.encode(proc, texts, imgs)
+        return D.encode(proc, texts, imgs, names)
 
     def _score(self, items: list, batch_size: int) -> Tensor:
         out = []
@@ -106,6 +107,7 @@ class ConversationPair:
         if missing:
             raise DataError(f"{where}: missing field {missing[0]!r} (fields present: {sorted(map(str, row))[:12]})")
         images = row.get("images", row.get("image"))
+        D.check_image_files(images, where)
         chosen, rejected = (Conversation.from_record({"messages": row[k], "images": images}, f"{where}: field {k!r}")
                             for k in ("conversations_chosen", "conversations_rejected"))
         for k, c in (("conversations_chosen", chosen), ("conversations_rejected", rejected)):
@@ -146,6 +148,7 @@ def pairwise_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor
 @torch.no_grad()
 def evaluate_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], batch_size: int = 16) -> dict[str, float]:
     """Held-out mean pairwise loss and accuracy on preference rows."""
+    check_batch_size(batch_size)
     pairs = as_pairs(rows, "eval rows")
     collate = PreferenceCollator(model)
     tot_loss = tot_acc = 0.0

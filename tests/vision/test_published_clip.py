@@ -102,6 +102,20 @@ def test_pickscore_equals_transformers_clip(images, tmp_path):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_a_mis_shaped_clip_tensor_is_named_with_both_shapes(tmp_path):
+    """transformers' own error only points to a load report that loading keeps quiet."""
+    from safetensors.torch import load_file, save_file
+
+    folder = str(tmp_path / "PickScore_v1")
+    hf_folder(folder)
+    key = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+    weights = os.path.join(folder, "model.safetensors")
+    save_file({**load_file(weights), key: torch.zeros(32, 8)}, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"{key} has shape \(32, 8\) in the weights but the CLIPModel of its "
+                                              r"config.json expects \(32, 32\)"):
+        mmreward.load(folder)
+
+
 def to_open_clip(model):
     """CLIPModel -> open_clip's (OpenAI CLIP) tensor names: the inverse of the loader's renaming."""
     sd, out = model.state_dict(), {}
@@ -169,6 +183,17 @@ def test_hpsv2_is_differentiable_and_exact_on_tensors(hps_folder):
     assert float(s.detach()) == pytest.approx(float(model.score([ImagePrompt("a cat", u8)])), abs=1e-6)
 
 
+def test_hpsv2_scores_thin_strips(hps_folder):
+    """A 1 x 100 strip at size 32: the short side rounded to 0 px and torch failed; it keeps one pixel."""
+    model = mmreward.load(hps_folder[0])
+    for shape in ((3, 1, 100), (3, 100, 1)):
+        strip = torch.rand(shape)
+        pixels = model.pixel_values([strip])
+        assert pixels.shape == (1, 3, 32, 32)
+        s = model.score([ImagePrompt("a cat", strip)])
+        assert s.shape == (1,) and torch.isfinite(s).all()
+
+
 def test_save_pretrained_round_trip(hps_folder, images, tmp_path):
     model = mmreward.load(hps_folder[0])
     before = scores(model, images)
@@ -191,6 +216,22 @@ def test_hps_checkpoint_without_text_tower_is_refused(hps_folder):
     state = torch.load(path, weights_only=True)["state_dict"]
     torch.save({"state_dict": {k: v for k, v in state.items() if ".transformer.resblocks" in k or "visual" in k}}, path)
     with pytest.raises(CheckpointError, match="missing .*positional_embedding"):
+        mmreward.load(folder)
+
+
+def test_hps_checkpoint_of_another_depth_or_without_a_bias_is_refused(hps_folder):
+    """A third text block beyond the config's two was dropped without a word; a missing LayerNorm bias
+    was a bare KeyError."""
+    folder = hps_folder[0]
+    path = os.path.join(folder, "HPS_v2.1_compressed.pt")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    deeper = {**state, **{k.replace("resblocks.1.", "resblocks.2."): v for k, v in state.items()
+                          if k.startswith("module.transformer.resblocks.1.")}}
+    torch.save({"state_dict": deeper}, path)
+    with pytest.raises(CheckpointError, match="holds 3 transformer.resblocks but its model config has 2 layers"):
+        mmreward.load(folder)
+    torch.save({"state_dict": {k: v for k, v in state.items() if k != "module.ln_final.bias"}}, path)
+    with pytest.raises(CheckpointError, match="missing open_clip tensor 'ln_final.bias'"):
         mmreward.load(folder)
 
 

@@ -133,6 +133,7 @@ def _copy(folder, dst):
     ("wrong_prefix", "missing or mis-shaped"),
     ("no_preprocessor", "preprocessor_config.json"),
     ("no_template", "chat template"),
+    ("mis_shaped", r"layers\.0\.mlp\.up_proj\.weight has shape \(64, 8\) in the weights but .* expects \(64, 32\)"),
 ])
 def test_partial_folder_is_refused(folder, tmp_path, damage, message):
     from safetensors.torch import load_file, save_file
@@ -145,6 +146,9 @@ def test_partial_folder_is_refused(folder, tmp_path, damage, message):
     elif damage == "wrong_prefix":
         weights = os.path.join(broken, "model.safetensors")
         save_file({"transformer." + k.split(".", 1)[1]: v for k, v in load_file(weights).items()}, weights)
+    elif damage == "mis_shaped":  # transformers' own error pointed to a load report nobody sees
+        weights = os.path.join(broken, "model.safetensors")
+        save_file({**load_file(weights), "model.layers.0.mlp.up_proj.weight": torch.zeros(64, 8)}, weights)
     elif damage == "no_preprocessor":
         os.remove(os.path.join(broken, "preprocessor_config.json"))
     else:
@@ -161,6 +165,12 @@ def test_bad_conversation_names_the_input(folder):
                   Conversation([{"role": "user", "content": [{"type": "audio"}]}, reply])])
     with pytest.raises(Exception, match="input 0: the last turn must be the assistant's reply to score, got a 'user'"):
         rm.score([Conversation([{"role": "user", "content": "x"}])])
+    # an image the processor refuses fails the batch: the input it comes from is named
+    strip = np.full((2, 600, 3), 128, np.uint8)
+    fine = np.full((28, 28, 3), 128, np.uint8)
+    with pytest.raises(Exception, match="input 1: .*aspect ratio must be below 200"):
+        rm.score([Conversation([{"role": "user", "content": "x"}, reply], [fine]),
+                  Conversation([{"role": "user", "content": "x"}, reply], [strip])])
 
 
 # ------------------------------------------------------------------ command line

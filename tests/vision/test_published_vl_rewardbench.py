@@ -97,6 +97,13 @@ def test_parquet_release_with_image_bytes(jsonl, tmp_path):
     ("human_ranking", [0, 0], "human_ranking"),
     ("response", ["only one"], "two answers"),
     ("image_path", "images/missing.jpg", "does not exist"),
+    # wrong types were coerced: "ab" became two answers, 0.9 / 1.2 ranks 0 / 1, null the query "None"
+    ("response", "ab", "field 'response' must hold two answers"),
+    ("human_ranking", [0.9, 1.2], "field 'human_ranking' must rank"),
+    ("human_ranking", "01", "field 'human_ranking' must rank"),
+    ("human_ranking", [False, True], "field 'human_ranking' must rank"),
+    ("query", None, "field 'query' must be a string"),
+    ("id", None, "field 'id' must be a non-empty string"),
 ])
 def test_bad_row_is_named(jsonl, field, value, message):
     path, rows = jsonl
@@ -105,6 +112,14 @@ def test_bad_row_is_named(jsonl, field, value, message):
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=f"row 3.*{message}"):
         read_vl_rewardbench(path)
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limit_below_one_is_refused_not_sliced(jsonl, limit):
+    """limit=-1 dropped the last row; limit=0 read every row."""
+    with pytest.raises(ValueError, match=f"limit must be an integer >= 1 .*got {limit}"):
+        read_vl_rewardbench(jsonl[0], limit=limit)
+    assert len(read_vl_rewardbench(jsonl[0], limit=1)) == 1
 
 
 def test_command_with_a_skywork_style_model(jsonl, tmp_path, capsys):

@@ -52,6 +52,16 @@ def test_config_defaults_and_validation():
         ReFLConfig(max_step=40)
     with pytest.raises(ValueError, match="min_step"):
         ReFLConfig(min_step=35, max_step=31)
+    nan = float("nan")
+    for kw, message in (({"reward_threshold": nan}, "reward_threshold must be a finite number"),
+                        ({"grad_scale": nan}, "grad_scale must be a finite number > 0"),
+                        ({"grad_scale": 0.0}, "grad_scale must be a finite number > 0"),
+                        ({"grad_scale": -1e-3}, "grad_scale must be a finite number > 0"),
+                        ({"guidance_scale": nan}, "guidance_scale must be a finite number >= 0"),
+                        ({"guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            ReFLConfig(**kw)
+    assert ReFLConfig(guidance_scale=0.0, reward_threshold=-1.0).guidance_scale == 0.0
 
 
 def test_loss_is_relu_threshold_minus_reward_scaled_and_only_unet_gets_grads():

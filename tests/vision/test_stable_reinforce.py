@@ -39,6 +39,15 @@ def test_filter_drops_nan_large_and_three_sigma_outliers_by_hand():
         filter_advantages(torch.tensor([[1.0]]))
 
 
+@pytest.mark.parametrize("name", ["adv_sigma", "adv_abs_max"])
+def test_nan_filter_bounds_are_refused(name):
+    """NaN passed the `<= 0` check, and a NaN bound keeps no advantage at all."""
+    for bad in (float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match=f"StableReinforceConfig.{name} must be a number > 0, got {bad}"):
+            StableReinforceConfig(**{name: bad})
+    assert getattr(StableReinforceConfig(**{name: float("inf")}), name) == float("inf")  # no bound
+
+
 def test_group_baseline_by_hand():
     r = torch.tensor([1.0, 0.0, 2.0, 2.0])
     g = torch.tensor([0, 0, 1, 1])

@@ -145,3 +145,62 @@ def test_help_lists_the_commands(capsys):
             main([name, "--help"])
         assert e.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+def test_score_data_reads_image_paths_relative_to_the_data_file(trained, tmp_path, monkeypatch, capsys):
+    """Rows written beside their images (as `vision colour-data` writes them) score from any working
+    folder; a same-named image in the working folder is not read instead."""
+    from PIL import Image
+
+    s = S.ranked_sets(1, seed=5)[0]
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    Image.fromarray(s.images[0]).save(tmp_path / "data" / "images" / "a.png")
+    rows = tmp_path / "data" / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": s.prompt, "image": "images/a.png"}) + "\n")
+    elsewhere = tmp_path / "cwd"
+    (elsewhere / "images").mkdir(parents=True)
+    Image.fromarray(s.images[-1]).save(elsewhere / "images" / "a.png")  # a different image, same relative path
+    monkeypatch.chdir(elsewhere)
+    model = str(trained / "model")
+    assert mmreward_main(["score", "--model", model, "--data", str(rows), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["image"] == "images/a.png"  # the row as the user wrote it
+    absolute = str(tmp_path / "data" / "images" / "a.png")
+    assert mmreward_main(["score", "--model", model, "--prompt", s.prompt, absolute, "--json"]) == 0
+    assert got["score"] == pytest.approx(json.loads(capsys.readouterr().out)["results"][0]["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("size", ["0", "-2"])
+def test_vision_eval_refuses_a_batch_size_below_one(trained, tmp_path, capsys, size):
+    """-2 printed pairwise_accuracy 0.0 (no batch was scored); 0 failed inside range()."""
+    held = S.write_jsonl(S.ranked_sets(2, seed=9), str(tmp_path / "held"))
+    assert mmreward_main(["vision", "eval", "--model", str(trained / "model"), "--data", held,
+                          "--batch-size", size]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"batch_size must be an integer >= 1, got {size}" in err, err
+
+
+def test_eval_data_without_a_ranked_pair_is_an_error_not_zero_accuracy(trained, tmp_path, capsys):
+    rows = [json.loads(line) for line in open(S.write_jsonl(S.ranked_sets(2, seed=9), str(tmp_path / "held")))]
+    tied = tmp_path / "held" / "tied.jsonl"  # beside the images its rows name
+    tied.write_text("".join(json.dumps(dict(r, ranks=[0] * len(r["ranks"]))) + "\n" for r in rows))
+    assert mmreward_main(["vision", "eval", "--model", str(trained / "model"), "--data", str(tied)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no ranked pair" in err and "pairwise_accuracy" not in err, err
+    train = S.write_jsonl(S.ranked_sets(4, seed=0), str(tmp_path / "data"))
+    run = tmp_path / "run"
+    assert mmreward_main(["vision", "train", "--data", train, "--eval-data", str(tied), "--embed-dim", "8",
+                          "--out", str(run), "--max-steps", "1", "--batch-size", "2", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "tied.jsonl" in err and "no ranked pair" in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()  # refused before the run folder is made
+
+
+@pytest.mark.parametrize("plot, names", [("score.txt", ".txt"), ("folder", "is a folder")])
+def test_score_video_checks_the_plot_path_before_scoring(tmp_path, capsys, plot, names):
+    (tmp_path / "folder").mkdir()
+    # the model folder does not exist: the plot path must be refused before the model loads
+    assert mmreward_main(["score-video", "--model", str(tmp_path / "no_model"), "--prompt", "x",
+                          str(tmp_path / "clip.mp4"), "--plot", str(tmp_path / plot)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and names in err and "no_model" not in err, err

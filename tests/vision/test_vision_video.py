@@ -148,3 +148,122 @@ def test_bad_videos_give_clear_errors(tmp_path):
         score_video(redness, "red", np.zeros((3, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="prompt"):
         score_video(redness, "", reddening_frames())
+
+
+def tiny_scorer():
+    from mmreward.vision import synthetic as S
+    from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
+
+    torch.manual_seed(0)
+    return ImageRewardModel.from_backbone(ConvTextConfig(vocab=S.vocabulary(), embed_dim=8))
+
+
+def test_out_of_range_sampling_options_are_named_not_sliced(tmp_path, capsys):
+    """0 / -1 / 1.5 as max_frames, stride or batch_size are refused by name: sliced, -1 dropped the
+    last frame of an array, and a file read as "empty or corrupt"."""
+    frames = reddening_frames(t=4)
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, frames)
+    for video in (frames, str(path)):
+        for bad in (0, -1, 1.5):
+            with pytest.raises(ValueError, match=f"max_frames must be an integer >= 1 .*, got {bad}$"):
+                score_video(redness, "red", video, max_frames=bad)
+            with pytest.raises(ValueError, match=f"stride must be an integer >= 1, got {bad}$"):
+                score_video(redness, "red", video, stride=bad)
+            with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {bad}$"):
+                score_video(redness, "red", video, batch_size=bad)
+        with pytest.raises(ValueError, match="max_frames must be an integer >= 1"):
+            video_frames(video, max_frames=-1)
+    with pytest.raises(ValueError, match="max_frames must be an integer >= 1"):
+        read_frames(str(path), max_frames=0)
+    from mmreward.cli import main
+
+    # refused before the model loads: the model folder does not even exist
+    for flag, value in (("--max-frames", "0"), ("--stride", "-1"), ("--batch-size", "0")):
+        assert main(["score-video", "--model", str(tmp_path / "no_model"), "--prompt", "red", str(path),
+                     flag, value]) == 2
+        err = capsys.readouterr().err
+        name = flag[2:].replace("-", "_")
+        assert len(err.strip().splitlines()) == 1 and f"{name} must be an integer >= 1" in err, err
+
+
+def test_video_files_are_decoded_while_scored_not_all_at_once(tmp_path):
+    """score_video and a model's score_parts of a video file hold about one batch of frames, not the
+    whole decoded video (here ~9 MB)."""
+    import tracemalloc
+
+    t, side = 100, 176
+    ramp = np.linspace(0, 200, side)[None, :, None]
+    frames = np.stack([np.broadcast_to(np.clip(ramp + i, 0, 255), (side, side, 3)) for i in range(t)]).astype(np.uint8)
+    path = tmp_path / "long.mp4"
+    write_mp4(path, frames, fps=25)
+    model = tiny_scorer()
+    runs = {"score_video": lambda: score_video(redness, "red", str(path), batch_size=8).scores,
+            "score_parts": lambda: model.score_parts([VideoPrompt("a red circle", str(path))], batch_size=8)[0]}
+    for name, run in runs.items():
+        tracemalloc.start()
+        try:
+            scores = run()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert len(scores) == t
+        assert peak < frames.nbytes / 3, f"{name}: peak {peak} bytes for a {frames.nbytes}-byte video"
+
+
+def test_a_truncated_video_warns_that_frames_are_missing(tmp_path):
+    frames = np.repeat(np.arange(0, 240, 6, dtype=np.uint8)[:, None, None, None], 32 * 32 * 3).reshape(40, 32, 32, 3)
+    path = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for f in frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")  # the whole file reads without a warning
+        assert len(read_frames(str(path))[0]) == 40
+        assert len(read_frames(str(path), max_frames=5)[0]) == 5  # stopping early is not truncation
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=r"cut.avi: decoded (\d+) of the 40 frames its header declares") as record:
+        got, _ = read_frames(str(cut))
+    assert 0 < len(got) < 39 and f"decoded {len(got)} of" in str(record[0].message)
+
+
+def test_a_still_image_is_one_frame_without_a_frame_rate(tmp_path):
+    from PIL import Image
+
+    frames = reddening_frames(t=5)
+    Image.fromarray(frames[2]).save(tmp_path / "still.png")
+    got, fps = read_frames(str(tmp_path / "still.png"))
+    assert got.shape == (1, 32, 32, 3) and fps is None
+    res = score_video(redness, "red", str(tmp_path / "still.png"))
+    assert len(res.scores) == 1 and res.fps is None and res.trend_per_second is None
+    animated = tmp_path / "anim.png"  # an animated PNG is a video: every frame is read
+    Image.fromarray(frames[0]).save(animated, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]],
+                                    duration=100)
+    assert len(read_frames(str(animated))[0]) == 5
+
+
+def test_a_bad_video_among_inputs_names_the_input(tmp_path):
+    model = tiny_scorer()
+    path = tmp_path / "ok.mp4"
+    write_mp4(path, reddening_frames(t=3))
+    with pytest.raises(VideoReadError, match=r"input 1: video '.*gone.mp4' does not exist"):
+        model.score([VideoPrompt("red", str(path)), VideoPrompt("red", str(tmp_path / "gone.mp4"))])
+    (tmp_path / "bad.mp4").write_bytes(b"garbage" * 20)
+    with pytest.raises(VideoReadError, match=r"input 2: .*bad.mp4"):
+        model.score([VideoPrompt("red", str(path)), VideoPrompt("red", reddening_frames(t=2)),
+                     VideoPrompt("red", str(tmp_path / "bad.mp4"))])
+
+
+def test_the_pixel_scorer_of_a_model_wants_one_prompt_per_image():
+    from mmreward.vision.scoring import as_pixel_scorer
+
+    score = as_pixel_scorer(tiny_scorer())
+    images = torch.rand(2, 3, 16, 16)
+    assert score(["red", "blue"], images).shape == (2,)
+    with pytest.raises(ValueError, match="give one prompt per image: 2 images, got 1 prompts"):
+        score(["red"], images)
+    with pytest.raises(ValueError, match="give one prompt per image: 2 images, got a str"):
+        score("ab", images)

@@ -213,3 +213,84 @@ def visual_steps_input():
     from mmreward.core.inputs import VisualSteps
 
     return VisualSteps("q", ["a step"], [])
+
+
+def test_evaluators_refuse_a_batch_size_below_one(proc):
+    """A negative batch size scored nothing (loss 0, accuracy 0) or failed inside torch.cat."""
+    from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
+    from mmreward.vision.train import evaluate_image_reward, synthetic_examples
+    from mmreward.vision.visual_prm import VisualPRM, VisualPRMConfig, evaluate_visual_prm
+
+    rm = new_rm(proc)
+    prm = VisualPRM(VisualPRMConfig(), tiny_qwen2vl_config(proc), proc)
+    scorer = ImageRewardModel.from_backbone(ConvTextConfig(vocab=S.vocabulary(), embed_dim=8))
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+            evaluate_vlm_reward(rm, S.colour_preference_rows(2, seed=0), batch_size=size)
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+            evaluate_visual_prm(prm, S.colour_step_rows(2, seed=0), batch_size=size)
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+            evaluate_image_reward(scorer, synthetic_examples(2, 3, 32, 0), batch_size=size)
+
+
+def test_an_image_the_processor_refuses_names_its_input(proc):
+    """The processor's ValueError named no input and failed the whole batch; each input is re-run
+    alone to find the one it refuses."""
+    from mmreward.core.inputs import VisualSteps
+    from mmreward.vision.visual_prm import VisualPRM, VisualPRMConfig
+
+    rm = new_rm(proc)
+    rows = S.colour_preference_rows(3, seed=4)
+    strip = np.full((2, 600, 3), 128, np.uint8)  # aspect ratio 300: Qwen2-VL's processor refuses it
+    items = conversations(rows)
+    with pytest.raises(DataError, match="input 2: absolute aspect ratio"):
+        rm.score([items[0], items[1], Conversation(rows[2]["conversations_chosen"], [strip])])
+    with pytest.raises(DataError, match="input 0: absolute aspect ratio"):
+        rm.score([Conversation(rows[2]["conversations_chosen"], [strip])])
+    typed = [{"role": "user", "content": f"what colour? {D.IMAGE_TOKEN}"}, rows[1]["conversations_chosen"][1]]
+    with pytest.raises(DataError, match=r"input 1: .*image_pad"):
+        rm.score([items[0], Conversation(typed, rows[1]["images"]), items[2]])
+    pairs = as_pairs([rows[0], dict(rows[1], images=[strip])], "train.jsonl")
+    with pytest.raises(DataError, match=r"train.jsonl: row 1 \(chosen\): absolute aspect ratio"):
+        PreferenceCollator(rm)(pairs)
+    prm = VisualPRM(VisualPRMConfig(), tiny_qwen2vl_config(proc), proc)
+    steps = S.colour_step_rows(2, seed=0)
+    with pytest.raises(DataError, match="input 1: absolute aspect ratio"):
+        prm.score([VisualSteps(steps[0]["question"], steps[0]["steps"], steps[0]["images"]),
+                   VisualSteps(steps[1]["question"], steps[1]["steps"], [strip])])
+
+
+def test_a_missing_image_file_stops_training_before_the_first_step(tmp_path, capsys):
+    from PIL import Image
+
+    from mmreward.cli import main
+    from mmreward.vision.visual_prm import as_labelled
+
+    rows = S.colour_preference_rows(3, seed=0)
+    lines = []
+    for i, r in enumerate(rows):
+        Image.fromarray(r["images"][0]).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({**r, "images": [f"{i}.png" if i != 2 else "gone.png"]}))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    # one batch of all three rows: without the check the first step reaches the missing file
+    assert main(["vision", "train-vlm-rm", "--data", str(bad), "--out", str(run), "--max-steps", "1",
+                 "--batch-size", "3", "--no-progress", "--no-tensorboard", "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "bad.jsonl: row 2: field 'images': image 0: image file" in err and "gone.png' does not exist" in err, err
+    assert not run.exists()
+    steps = S.colour_step_rows(2, seed=0)
+    with pytest.raises(DataError, match=r"rows: row 1: field 'images': image 0: image file '/no/such.png' does not"):
+        as_labelled([steps[0], dict(steps[1], images=["/no/such.png"])])
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 1.5, -0.1])
+def test_visual_prm_threshold_must_be_a_probability(threshold):
+    """NaN predicted every step bad (every comparison with NaN is false)."""
+    from mmreward.vision.visual_prm import VisualPRMConfig
+
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\]"):
+        VisualPRMConfig(threshold=threshold)
+    assert VisualPRMConfig(threshold=1).threshold == 1

@@ -36,11 +36,12 @@ def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tenso
 def longest_edge_pad(image: torch.Tensor, size: int) -> torch.Tensor:
     """float ``[3, H, W]`` -> ``[3, size, size]``: HPSv2's ``ResizeMaxSize`` — bicubic antialiased
     resize of the longest side to ``size`` (torchvision on a float tensor), black padding centred with
-    the odd pixel right / bottom. Differentiable."""
+    the odd pixel right / bottom. A short side that would round to 0 px keeps one pixel (HPSv2 fails
+    there; a thin strip still has content to score). Differentiable."""
     h, w = image.shape[-2:]
     scale = size / float(max(h, w))
     if scale != 1.0:
-        nh, nw = round(h * scale), round(w * scale)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         image = F.interpolate(image.unsqueeze(0), size=(nh, nw), mode="bicubic", align_corners=False,
                               antialias=True).squeeze(0)
         ph, pw = size - nh, size - nw

@@ -33,9 +33,9 @@ from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import Conversation, ImagePrompt, VideoPrompt
 from mmreward.core.model import finish_loading
-from mmreward.core.weights import quiet_transformers
+from mmreward.core.weights import quiet_transformers, refuse_mismatched
 
-from ..vlm_data import ROLES, need_reply
+from ..vlm_data import ROLES, name_failing_input, need_reply
 from ..vlm_rm import VLMRewardConfig, VLMRewardModel
 from .qwen_vl import QwenVLProcessor, read_video
 
@@ -122,13 +122,18 @@ class QwenVLRewardModel(VLMRewardModel):
 
         proc = self.need_processor()
         names = names or [f"input {i}" for i in range(len(items))]
-        texts, images, videos = [], [], []
+        texts, images, videos = [], [], []  # per input
         for item, name in zip(items, names):
             messages, ims, vids = qwen_messages(item, name)
             texts.append(proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
-            images += [to_pil(im, f"{name} image {j}") for j, im in enumerate(ims)]
-            videos += [read_video(v, proc.vision, f"{name} video {j}") for j, v in enumerate(vids)]
-        return proc(text=texts, images=images, videos=videos, return_tensors="pt", padding=True)
+            images.append([to_pil(im, f"{name} image {j}") for j, im in enumerate(ims)])
+            videos.append([read_video(v, proc.vision, f"{name} video {j}") for j, v in enumerate(vids)])
+
+        def run(idx: Sequence[int]) -> dict[str, torch.Tensor]:
+            return proc(text=[texts[k] for k in idx], images=[im for k in idx for im in images[k]],
+                        videos=[v for k in idx for v in videos[k]], return_tensors="pt", padding=True)
+
+        return name_failing_input(run, names)
 
 
 # ------------------------------------------------------------------ the published layout
@@ -175,9 +180,11 @@ def load_skywork_vl(folder: str, *, device: Any = "cpu", dtype: Any = None) -> Q
     processor = QwenVLProcessor.from_pretrained(folder)
     try:
         with quiet_transformers():
-            backbone, info = AutoModel.from_pretrained(folder, dtype=dt or "auto", output_loading_info=True)
+            backbone, info = AutoModel.from_pretrained(folder, dtype=dt or "auto", output_loading_info=True,
+                                                       ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load the Qwen-VL weights: {e}") from e
+    refuse_mismatched(info, folder, type(backbone).__name__)
     bad = list(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
     if bad:
         raise CheckpointError(f"{folder}: the weights do not hold a complete {type(backbone).__name__}: "

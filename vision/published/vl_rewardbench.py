@@ -67,13 +67,26 @@ def _item(row: Any, where: str, base: str) -> VLRewardBenchItem:
     if missing:
         raise DataError(f"{where}: missing field(s) {missing} (a VL-RewardBench row has id, query, response, "
                         "human_ranking and image_path or image)")
-    responses, ranking = list(row["response"]), [int(r) for r in row["human_ranking"]]
-    if len(responses) != 2 or not all(isinstance(r, str) for r in responses):
-        raise DataError(f"{where}: field 'response' must hold two answers (strings), got {describe(row['response'])}")
-    if sorted(ranking) != [0, 1]:
-        raise DataError(f"{where}: field 'human_ranking' must rank the two answers 0 (preferred) and 1, got {ranking}")
-    return VLRewardBenchItem(str(row["id"]), str(row["query"]), tuple(responses), ranking.index(0),
-                             _image(row, where, base), source_dataset(str(row["id"])))
+    # each field is checked as it is, not coerced: list("ab") would be two answers, int(0.9) a rank of
+    # 0, str(None) a query "None"
+    responses, ranking, item_id, query = row["response"], row["human_ranking"], row["id"], row["query"]
+    if not isinstance(responses, (list, tuple)) or len(responses) != 2 or \
+            not all(isinstance(r, str) for r in responses):
+        raise DataError(f"{where}: field 'response' must hold two answers (a list of two strings), "
+                        f"got {describe(responses)}")
+    if not isinstance(ranking, (list, tuple)) or sorted(r if _is_int(r) else -1 for r in ranking) != [0, 1]:
+        raise DataError(f"{where}: field 'human_ranking' must rank the two answers: a list holding the integers 0 "
+                        f"(preferred) and 1, got {describe(ranking)}")
+    if not (isinstance(item_id, str) and item_id) and not _is_int(item_id):
+        raise DataError(f"{where}: field 'id' must be a non-empty string, got {describe(item_id)}")
+    if not isinstance(query, str):
+        raise DataError(f"{where}: field 'query' must be a string, got {describe(query)}")
+    return VLRewardBenchItem(str(item_id), query, tuple(responses), list(ranking).index(0),
+                             _image(row, where, base), source_dataset(str(item_id)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _image(row: dict, where: str, base: str) -> Any:
@@ -98,6 +111,8 @@ def _image(row: dict, where: str, base: str) -> Any:
 def read_vl_rewardbench(path: str, limit: Optional[int] = None) -> list[VLRewardBenchItem]:
     """The items of a released VL-RewardBench file (``.jsonl`` / ``.json`` / ``.parquet``); the first
     ``limit`` only when given. A bad row raises DataError naming the file and the row."""
+    if limit is not None and (not _is_int(limit) or limit < 1):  # a slice would read -1 as "all but the last"
+        raise ValueError(f"limit must be an integer >= 1 (or None: every row), got {limit!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VL-RewardBench file {path!r} does not exist")
     if path.endswith(".parquet"):
@@ -115,7 +130,7 @@ def read_vl_rewardbench(path: str, limit: Optional[int] = None) -> list[VLReward
         rows = read_records(path)
     if not rows:
         raise DataError(f"{path} holds no rows")
-    rows = rows[:limit] if limit else rows
+    rows = rows[:limit] if limit is not None else rows
     base = os.path.dirname(os.path.abspath(path))
     return [_item(row, f"{path}: row {i}", base) for i, row in enumerate(rows)]
 
