@@ -71,6 +71,54 @@ def _prepare(args: argparse.Namespace) -> Any:
     return device
 
 
+def _check_output_files(**paths: Optional[str]) -> None:
+    """Refuse output files (``flag_name=path``) that name a folder before any work: otherwise the
+    results are computed and then lost to IsADirectoryError when written."""
+    for name, path in paths.items():
+        if path and os.path.isdir(path):
+            raise ValueError(f"--{name.replace('_', '-')} {path!r} is a folder: name a file to write")
+
+
+def _check_model_out(flag: str, out: str, inputs: Sequence[tuple[str, Optional[str]]]) -> None:
+    """Refuse to save a model to ``out`` when it is, or holds, a folder the work reads (``(flag, path)``
+    pairs): saving swaps the new folder in place of ``out``, so a training run's snapshots and logs, a
+    model being read or the episodes themselves would be deleted. Checked before any training."""
+    target = os.path.realpath(out)
+    for in_flag, path in inputs:
+        if not path:
+            continue
+        source = os.path.realpath(path)
+        if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
+            raise ValueError(f"{flag} {out!r} is or holds the {in_flag} folder {path!r}: saving the model there "
+                             "would replace it; name another folder")
+
+
+def _data_list(args: argparse.Namespace) -> list[str]:
+    """The ``--data`` folders; one named twice (``d,d/``, or through a link) would count its episodes twice."""
+    folders = [f for f in args.data.split(",") if f]
+    if not folders:
+        raise ValueError("--data names no episode folder")
+    seen: dict[str, str] = {}
+    for f in folders:
+        real = os.path.realpath(f)
+        if real in seen:
+            raise ValueError(f"--data names the folder {real} twice ({seen[real]!r} and {f!r}): its episodes would "
+                             "count twice")
+        seen[real] = f
+    return folders
+
+
+def _data_folders(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [("--data", f) for f in _data_list(args)]
+
+
+def _model_inputs(flag: str, path: Optional[str], model_types: Sequence[str]) -> list[tuple[str, Optional[str]]]:
+    """``path`` as given and the model folder it resolves to (a run folder's model/ or reward/)."""
+    from .pretrained import model_folder
+
+    return [(flag, path), (flag, model_folder(path, tuple(model_types)))] if path else []
+
+
 class _SetParser(argparse.ArgumentParser):
     """Parses ``--set`` values with a config's own flags; a bad value is a ValueError naming it."""
 
@@ -155,9 +203,7 @@ def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
     ``with_tasks``: also each episode's task (its manifest entry's, else its folder)."""
     from .data.episodes import load_episode_folder
 
-    folders = [f for f in args.data.split(",") if f]
-    if not folders:
-        raise ValueError("--data names no episode folder")
+    folders = _data_list(args)
     found = [(ep.frames, entry.get("task", f)) for f in folders for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
     frames = [fr for fr, _ in found]
     return (frames, [t for _, t in found]) if with_tasks else frames
@@ -168,6 +214,8 @@ def _train_codec(args: argparse.Namespace) -> int:
 
     from .codec.vqgan import VQGANConfig, VQGANTrainConfig, evaluate_vqgan, train_vqgan
 
+    if args.eval_frames < 1:  # checked before training, not after it
+        raise ValueError(f"--eval-frames must be >= 1, got {args.eval_frames}")
     device = _prepare(args)
     frames = _training_frames(args)
     preset = VQGANConfig.paper if args.preset == "paper" else VQGANConfig
@@ -219,6 +267,9 @@ def _train_video(args: argparse.Namespace) -> int:
 
     device = _prepare(args)
     _reward_config(args)  # checked before training
+    if args.fit_stats:
+        _check_model_out("--reward-out", args.reward_out or os.path.join(args.out, "reward"),
+                         [("--out", args.out), *_model_inputs("--codec", args.codec, ("vqgan",)), *_data_folders(args)])
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     frames, tasks = _training_frames(args, with_tasks=True)
     s = codec.config.latent_size
@@ -247,6 +298,8 @@ def _fit_stats(args: argparse.Namespace) -> int:
 
     device = _prepare(args)
     _reward_config(args)
+    _check_model_out("--out", args.out, [*_model_inputs("--codec", args.codec, ("vqgan",)),
+                                         *_model_inputs("--video", args.video, ("vq_diffusion",)), *_data_folders(args)])
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     video = ConditionalVQDiffusion.from_pretrained(model_folder(args.video, ("vq_diffusion",)), device)
     _save_reward_model(codec, video, *_training_frames(args, with_tasks=True), args, args.out)
@@ -258,12 +311,31 @@ def _train_progress(args: argparse.Namespace) -> int:
     from .reward.diffusion_reward import DiffusionReward
     from .reward.progress import ProgressConfig, train_progress
 
+    if not args.attach:  # they only shape the attached model: silently ignored otherwise
+        given = [flag for flag, value in (("--progress-scale", args.progress_scale), ("--attach-out", args.attach_out))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to the model saved with "
+                             "--attach; give --attach MODEL or leave it out")
     device = _prepare(args)
+    _check_model_out("--out", args.out, _data_folders(args))
+    if args.attach:
+        _check_model_out("--attach-out", args.attach_out or os.path.join(args.out, "reward"),
+                         [("--out", args.out), *_model_inputs("--attach", args.attach, ("diffusion_reward",)),
+                          *_data_folders(args)])
     frames, tasks = _training_frames(args, with_tasks=True)
     cfg = ProgressConfig(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, ProgressConfig)})
     reward = None
-    if args.attach:  # loaded (and checked) before training
+    scale = 1.0 if args.progress_scale is None else float(args.progress_scale)
+    if args.attach:  # loaded and checked before training: these failed only after it
         reward = DiffusionReward.from_pretrained(model_folder(args.attach, ("diffusion_reward",)), device)
+        reward.config.progress_scale = scale
+        reward.config.validate()
+        size = reward.codec.config.image_size
+        if size != cfg.image_size:
+            raise ValueError(f"--attach {args.attach!r} takes {size}x{size} frames but the --data episodes are "
+                             f"{cfg.image_size}x{cfg.image_size}: train the ranker on episodes of the reward model's "
+                             "frame size")
     print(f"train-progress: {len(frames)} expert episodes, ranker of frame order ({args.steps} steps) -> {args.out}")
     model, m = train_progress(frames, cfg, args.out, steps=args.steps, seed=args.seed, show_progress=args.progress,
                               resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
@@ -273,11 +345,9 @@ def _train_progress(args: argparse.Namespace) -> int:
     print(f"saved {args.out}: train pair accuracy {m['train_pair_acc']:.3f}{val}; {m['seconds']:.0f} s")
     if reward is not None:
         reward.set_progress(model.to(reward.device))
-        reward.config.progress_scale = float(args.progress_scale)
-        reward.config.validate()
         out = args.attach_out or os.path.join(args.out, "reward")
         reward.save_pretrained(out)
-        print(f"saved Diffusion Reward + progress (β = {args.progress_scale:g}) {out} "
+        print(f"saved Diffusion Reward + progress (β = {scale:g}) {out} "
               f"(use: mmreward robotics score --model {out} ...)")
     return 0
 
@@ -341,6 +411,7 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.out and not args.out.endswith(PER_STEP_FORMATS):  # before any scoring, not after it
         raise ValueError(f"--out {args.out!r}: use a {', '.join(PER_STEP_FORMATS)} file")
+    _check_output_files(out=args.out, plot=args.plot)
     device = _prepare(args)
     folder = model_folder(args.model or DEFAULT, tuple(MODEL_CLASSES))
     model = MODEL_CLASSES[read_config(folder)["model_type"]].from_pretrained(folder, device)
@@ -425,6 +496,7 @@ def _train_expert(args: argparse.Namespace) -> int:
 def _eval_expert(args: argparse.Namespace) -> int:
     from .rl.expert import evaluate_expert
 
+    _check_output_files(json=args.json)
     _prepare(args)
     summary = evaluate_expert(args.model, episodes=args.episodes, seed=args.seed, reward=args.reward,
                               episode_steps=args.episode_steps)
@@ -439,6 +511,7 @@ def _eval_expert(args: argparse.Namespace) -> int:
 def _eval_rl(args: argparse.Namespace) -> int:
     from .rl.evaluate import evaluate_run
 
+    _check_output_files(json=args.json)
     _prepare(args)
     summary = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, frame=args.frame)
     if args.json:
@@ -547,7 +620,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--attach", default=None, metavar="MODEL",
                    help="Diffusion Reward folder or shipped name (metaworld-64) to save with the ranker attached")
     p.add_argument("--attach-out", default=None, help="where to save it (default: OUT/reward)")
-    p.add_argument("--progress-scale", type=float, default=1.0, help="β of the ranker's z-score (default: 1)")
+    p.add_argument("--progress-scale", type=float, default=None,
+                   help="β of the ranker's z-score in the --attach model (default: 1)")
     p.set_defaults(run=_train_progress)
 
     p = sub.add_parser("score", help="per-frame rewards of episodes or videos (Diffusion Reward, ranker, RND)",

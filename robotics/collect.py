@@ -167,6 +167,26 @@ def _check(policy: str, noise: float, episodes: int, seed: int) -> None:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
 
 
+def _check_frame_size(out: str, hw: tuple[int, int]) -> None:
+    """Refuse to add ``hw`` frames to an episode folder holding episodes of another size: training on
+    the folder would then fail, or resize, far from here."""
+    from .data.episodes import manifest_path, read_manifest
+
+    if not os.path.isfile(manifest_path(out)):
+        return
+    sizes = sorted({tuple(e["size"]) for e in read_manifest(out) if isinstance(e.get("size"), list)} - {tuple(hw)})
+    if sizes:
+        h, w = sizes[0]
+        raise ValueError(f"{out} holds episodes of {h}x{w} frames; these would be {hw[0]}x{hw[1]}: use --size "
+                         f"{h if h == w else f'{h},{w}'} or another --out folder")
+
+
+def _file_label(label: str) -> str:
+    """``label`` as a piece of a file name: path separators and other odd characters become '-', so a
+    label such as '../x' or 'a/b' never names a file outside the episode folder."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "task"
+
+
 def _trained_experts(tasks: Sequence[str], policy: str, expert_model: Optional[str],
                      action_repeat: int) -> dict[str, tuple[Any, str]]:
     """``{adroit task: (StatePolicy, its absolute folder)}`` for the tasks whose expert is a trained
@@ -219,7 +239,13 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
     resolved = [resolve_task(t) for t in tasks]  # unknown ids fail before any work
     if not resolved:
         raise ValueError("no tasks given")
+    for i, task in enumerate(resolved):  # the second would overwrite the first's files (same names, same seeds)
+        if task in resolved[:i]:
+            raise ValueError(f"task {task} is listed twice (as {tasks[resolved.index(task)]!r} and {tasks[i]!r})")
     experts = _trained_experts(resolved, policy, expert_model, action_repeat)
+    from .envs.base import parse_size
+
+    _check_frame_size(out, parse_size(size))
     from tqdm.auto import tqdm
 
     os.makedirs(out, exist_ok=True)
@@ -291,6 +317,8 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     from .data.video import expand_sources, load_frames
     from .envs import resolve_task
 
+    if not isinstance(task, str) or not task.strip():
+        raise ValueError(f"task must be a non-empty label, got {task!r}")
     try:
         task = resolve_task(task)
     except (ValueError, ImportError):
@@ -298,21 +326,23 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     paths = expand_sources(list(sources))
     if not paths:
         raise ValueError("no videos or frame folders given")
-    os.makedirs(out, exist_ok=True)
     from .envs.base import parse_size
 
     hw = parse_size(size)
+    _check_frame_size(out, hw)
+    os.makedirs(out, exist_ok=True)
+    label = _file_label(task)  # the manifest keeps the task as given
     policy = re.sub(r"[^A-Za-z0-9._-]+", "-", policy) or "demo"
     start, entries, frames = time.perf_counter(), [], 0
     used = set()
     for path in tqdm(paths, desc="import", unit="video", disable=not progress):
         video = load_frames(path, size=hw, stride=stride)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
-        name = f"{task}_{policy}_{stem}.npz"
+        name = f"{label}_{policy}_{stem}.npz"
         k = 1
         while name in used:
             k += 1
-            name = f"{task}_{policy}_{stem}-{k}.npz"
+            name = f"{label}_{policy}_{stem}-{k}.npz"
         used.add(name)
         steps = video.shape[0] - 1
         ep = Episode(frames=video, actions=np.zeros((steps, 0), np.float32), rewards=np.full(steps, np.nan, np.float32),

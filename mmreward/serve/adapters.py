@@ -106,6 +106,16 @@ class RewardClient:
                                                      "labels": None if labels is None else list(labels)})
 
 
+def as_batch(values: Any, name: str) -> list:
+    """A trainer's batch argument as a list, one entry per sample. A string would otherwise be scored one
+    sample per character, and None, a dict or a set has no sample order; numpy object arrays (verl's) pass."""
+    from collections.abc import Mapping, Set
+
+    if values is None or isinstance(values, (str, bytes, Mapping, Set)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name} must be a list (one entry per sample), got {type(values).__name__}")
+    return list(values)
+
+
 def _message(response: Any) -> str:
     try:
         return str(response.json().get("error", response.text))
@@ -151,6 +161,8 @@ class _Rewarder:
 
     def rewards_of(self, items: list) -> list[Optional[float]]:
         """One reward per input, here or on the server (refined returns with ``refine``)."""
+        if not items:  # an empty batch has no rewards; the model and the server refuse no inputs
+            return []
         if self.client is None:
             return finite(self.local_rewards(items))
         refine = self.refine()
@@ -170,6 +182,7 @@ class TRLRewardFunction(_Rewarder):
         self.__name__ = name
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
+        prompts, completions = as_batch(prompts, "prompts"), as_batch(completions, "completions")
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
         spec = self.spec
@@ -194,10 +207,17 @@ class OpenRLHFRewardFunction(_Rewarder):
 
     def __call__(self, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
                  labels: Optional[Sequence[Any]] = None) -> dict:
+        queries = as_batch(queries, "queries")
+        prompts = None if prompts is None else as_batch(prompts, "prompts")
+        labels = None if labels is None else as_batch(labels, "labels")
+        # checked here, not only by the server: its answer would be an HTTP error about the request
+        if prompts is not None and len(prompts) != len(queries):
+            raise ValueError(f"got {len(queries)} queries but {len(prompts)} prompts")
+        if not queries:
+            return openrlhf_response([])
         if self.client is not None:
             return self.client.get_reward(queries, prompts, labels)
-        items = openrlhf_inputs(list(queries), None if prompts is None else list(prompts), self.spec,
-                                self.step_separator, self.split)
+        items = openrlhf_inputs(queries, prompts, self.spec, self.step_separator, self.split)
         return openrlhf_response(self.local_rewards(items))
 
 
@@ -228,6 +248,8 @@ class VerlRewardFunction(_Rewarder):
         return extra_info[self.prompt_key]
 
     def rewards(self, solution_strs: Sequence[Any], extra_infos: Optional[Sequence[Any]] = None) -> list[float]:
+        solution_strs = as_batch(solution_strs, "solution_strs")
+        extra_infos = None if extra_infos is None else as_batch(extra_infos, "extra_infos")
         if extra_infos is None:
             extra_infos = [None] * len(solution_strs)
         if len(extra_infos) != len(solution_strs):
@@ -240,7 +262,7 @@ class VerlRewardFunction(_Rewarder):
                  extra_info: Any = None, *, data_sources: Any = None, solution_strs: Optional[Sequence[Any]] = None,
                  ground_truths: Any = None, extra_infos: Optional[Sequence[Any]] = None, **kwargs: Any) -> Any:
         if solution_strs is not None:  # BatchRewardManager
-            return self.rewards(list(solution_strs), None if extra_infos is None else list(extra_infos))
+            return self.rewards(solution_strs, extra_infos)
         if solution_str is None:
             raise ValueError("verl calls a reward function with solution_str= (per sample) or solution_strs= (batched)")
         return self.rewards([solution_str], [extra_info])[0]

@@ -232,15 +232,36 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
                                          lifespan="on"))
 
 
+def bind(config: ServeConfig) -> tuple[socket.socket, str]:
+    """A listening-ready socket on ``config.host:config.port`` (port 0: a free port) and its URL.
+
+    Bound before the model loads, so a port in use or a host that does not resolve is a one-line user
+    error at once rather than uvicorn's own log line after a long load."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {config.host}:{config.port} (--host / --port): {e.strerror or e}") from e
+    host, port = sock.getsockname()[:2]
+    return sock, f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{port}"
+
+
 def serve(model: Union[str, Any], config: Optional[ServeConfig] = None) -> None:
     """Load ``model`` (a folder, or a RewardScorer) and serve it until SIGTERM / Ctrl-C."""
     config = config or ServeConfig()
     config.check_bind()
-    backend = LocalBackend(load_model(model, config.device, config.dtype), config)
-    server = _uvicorn_server(create_app(backend, config), config)
-    print(f"mmreward serve: {backend.spec.model_type} ({backend.spec.names()}) on http://{config.host}:{config.port} "
-          f"— POST /score, POST /get_reward, GET /metrics", file=sys.stderr, flush=True)
-    server.run()
+    sock, url = bind(config)
+    try:
+        backend = LocalBackend(load_model(model, config.device, config.dtype), config)
+        server = _uvicorn_server(create_app(backend, config), config)
+        print(f"mmreward serve: {backend.spec.model_type} ({backend.spec.names()}) on {url} "
+              f"— POST /score, POST /get_reward, GET /metrics", file=sys.stderr, flush=True)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
@@ -262,12 +283,7 @@ class BackgroundServer:
         self.url = ""
 
     def start(self) -> str:
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.config.host, self.config.port))
-        host, port = self._sock.getsockname()[:2]
-        self.url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{port}"
+        self._sock, self.url = bind(self.config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name="mmreward-serve-http", daemon=True)
         self._thread.start()
@@ -290,5 +306,5 @@ class BackgroundServer:
         self.stop()
 
 
-__all__ = ["BackgroundServer", "ClientGone", "LocalBackend", "create_app", "read_body", "serve",
+__all__ = ["BackgroundServer", "ClientGone", "LocalBackend", "bind", "create_app", "read_body", "serve",
            "until_disconnect"]

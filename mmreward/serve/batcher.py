@@ -34,6 +34,19 @@ from mmreward.core.inputs import Comparison, Episode, StepSolution, TextPair, Vi
 from .metrics import ServeMetrics
 
 
+# an hour: longer is no batching window, and an infinite or NaN wait kills the worker thread inside
+# Condition.wait (OverflowError), after which every request hangs
+MAX_WAIT_MS = 3.6e6
+
+
+def check_batching(max_batch: Any, max_wait_ms: Any) -> None:
+    """Refuse settings that would hang or break the worker thread."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms <= MAX_WAIT_MS:
+        raise ValueError(f"max_wait_ms must be a number in [0, {MAX_WAIT_MS:g}], got {max_wait_ms!r}")
+
+
 class QueueFull(RuntimeError):
     """The batcher holds ``max_queue`` inputs already; retry after ``retry_after`` seconds."""
 
@@ -177,6 +190,7 @@ class DynamicBatcher:
 
     def __init__(self, model: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 1024,
                  bucket_batches: int = 4, max_padding: Optional[float] = 0.25, metrics: Optional[ServeMetrics] = None):
+        check_batching(max_batch, max_wait_ms)
         self.model = model
         self.max_batch, self.max_wait, self.max_padding = max_batch, max_wait_ms / 1000.0, max_padding
         self.max_queue, self.window = max_queue, max_batch * bucket_batches

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .batcher import check_batching
+
 API_KEY_ENV = "MMREWARD_SERVE_API_KEY"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -56,12 +58,15 @@ class ServeConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_padding is not None and not self.max_padding >= 0:
             raise ValueError(f"max_padding must be >= 0 or None, got {self.max_padding!r}")
-        for name in ("max_wait_ms", "shutdown_timeout_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("max_request_mb", "max_decoded_mb"):  # 0 would refuse every request
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        check_batching(self.max_batch, self.max_wait_ms)
+        if not self.shutdown_timeout_s >= 0:
+            raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s!r}")
+        for name in ("max_request_mb", "max_decoded_mb"):  # 0 would refuse every request; inf breaks int() per request
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
         if self.refine_clip is not None and not math.isfinite(self.refine_clip):
             raise ValueError(f"refine_clip must be a finite number or None, got {self.refine_clip!r}")
         if self.log_level not in LOG_LEVELS:
@@ -75,6 +80,9 @@ class ServeConfig:
             raise ValueError(f"refine_gamma must be in [0, 1], got {self.refine_gamma}")
         if not self.step_separator:
             raise ValueError("step_separator must not be empty")
+        if self.api_key == "":
+            # an empty key (e.g. --api-key "$UNSET") would silently serve without authentication
+            raise ValueError(f"api_key is empty: give a key, or leave --api-key out to use ${API_KEY_ENV}")
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
 

@@ -351,10 +351,25 @@ def split_steps(response: str, separator: str) -> list[str]:
     return steps or [response]
 
 
+def _check_text(value: Any, where: str, name: str, allow_none: bool) -> None:
+    """A prompt / response from an RL trainer is a string or a list of chat messages (a prompt may be absent)."""
+    if (value is None and allow_none) or isinstance(value, str):
+        return
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+        return
+    raise DataError(f"{where}: field {name!r} must be a string or a list of messages {{'role': str, 'content': str}}, "
+                    f"got {describe(value)}")
+
+
 def text_input(prompt: Any, response: Any, spec: ModelSpec, separator: str, where: str) -> Any:
     """One (prompt, response) from an RL trainer as the model's input: a :class:`TextPair` (a chat
     prompt and its completion joined into one conversation) or a :class:`StepSolution` (the response
     cut into steps)."""
+    # checked here for both kinds of model: the step-model path and chat joining below would otherwise turn
+    # None, 5 or a dict into the text "None", "5" or its repr and score that
+    _check_text(prompt, where, "prompt", allow_none=True)
+    _check_text(response, where, "response", allow_none=False)
     if TextPair in spec.input_types:
         if isinstance(prompt, list) or isinstance(response, list):
             turns = (prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else []))

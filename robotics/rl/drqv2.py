@@ -40,7 +40,7 @@ class DrQV2Config:
     augment_pad: int = _help("random-shift augmentation padding in pixels (0 turns it off)", default=4)
 
     def validate(self) -> None:
-        schedule(self.stddev_schedule, 0)  # raises on a malformed schedule
+        check_schedule(self.stddev_schedule)
         if not 0.0 < self.critic_target_tau <= 1.0:
             raise ValueError(f"critic_target_tau must be in (0, 1], got {self.critic_target_tau}")
         for name in ("feature_dim", "hidden_dim"):
@@ -57,16 +57,35 @@ class DrQV2Config:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-def schedule(spec: str | float, step: int) -> float:
-    """``0.2`` (constant) or ``linear(init, final, duration)`` evaluated at ``step``."""
+def _schedule_terms(spec: str | float) -> tuple[float, float, float]:
+    """``(init, final, duration)`` of a schedule; a constant is ``(v, v, 1)``."""
     try:
-        return float(spec)
+        v = float(spec)
+        return v, v, 1.0
     except (TypeError, ValueError):
         pass
     m = re.fullmatch(r"\s*linear\(\s*([^,]+),\s*([^,]+),\s*([^,)]+)\)\s*", str(spec))
     if not m:
         raise ValueError(f"unknown schedule {spec!r}: use a number or 'linear(init,final,duration)'")
-    init, final, duration = (float(g) for g in m.groups())
+    try:
+        init, final, duration = (float(g) for g in m.groups())
+    except ValueError:
+        raise ValueError(f"unknown schedule {spec!r}: use a number or 'linear(init,final,duration)'") from None
+    return init, final, duration
+
+
+def check_schedule(spec: str | float, name: str = "stddev_schedule") -> None:
+    """Refuse a schedule whose stds are not finite and >= 0: a NaN or infinite std makes every action
+    NaN or saturated, a negative one is no std (torch raises only at the first noisy action)."""
+    init, final, duration = _schedule_terms(spec)
+    if not all(math.isfinite(v) and v >= 0 for v in (init, final)) or not (math.isfinite(duration) and duration >= 0):
+        raise ValueError(f"{name} must give finite stds >= 0 over a finite number of steps (a number or "
+                         f"'linear(init,final,steps)'), got {spec!r}")
+
+
+def schedule(spec: str | float, step: int) -> float:
+    """``0.2`` (constant) or ``linear(init, final, duration)`` evaluated at ``step``."""
+    init, final, duration = _schedule_terms(spec)
     mix = min(max(step / max(duration, 1.0), 0.0), 1.0)
     return (1.0 - mix) * init + mix * final
 
@@ -95,12 +114,19 @@ def _orthogonal_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+# the smallest frame side the encoder's convolutions leave a pixel of: (15 - 3) // 2 + 1 = 7, then 3 × (-2)
+MIN_FRAME_SIZE = 15
+
+
 class Encoder(nn.Module):
     """4 conv layers (32 channels, 3×3, first with stride 2) on pixels scaled to [-0.5, 0.5]."""
 
     def __init__(self, obs_shape: tuple[int, int, int]):
         super().__init__()
         c, h, w = obs_shape
+        if min(h, w) < MIN_FRAME_SIZE:
+            raise ValueError(f"frames of {h}x{w} pixels are too small for DrQ-v2's encoder: size must be >= "
+                             f"{MIN_FRAME_SIZE}")
         self.convnet = nn.Sequential(
             nn.Conv2d(c, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
             nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),

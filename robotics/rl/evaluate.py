@@ -59,6 +59,29 @@ def _snapshot(run: str, frame: Optional[int]) -> tuple[int, Any]:
     return frame, Snapshots.read(snaps.path(frame))
 
 
+def _run_settings(path: str, rl_config: type, agent_config: type) -> tuple[Any, Any]:
+    """The run and agent settings of a train-rl ``train_config.json``; errors name the file and what is
+    wrong with it (another command's run folder, damaged JSON, settings of another version)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged: not valid JSON ({e})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not isinstance(saved.get("agent"), dict):
+        if isinstance(saved, dict) and isinstance(saved.get("config_class"), str):  # the Trainer's runs say which
+            what = f"those of a {saved['config_class']} run (train-codec, train-video, …)"
+        else:
+            what = f"no 'config' and 'agent' objects; it has {sorted(saved) if isinstance(saved, dict) else type(saved).__name__}"
+        raise ValueError(f"{path} does not hold a train-rl run's settings ({what}): --run takes a train-rl output folder")
+    settings = []
+    for key, cls in (("config", rl_config), ("agent", agent_config)):
+        try:
+            settings.append(cls(**saved[key]))
+        except TypeError as e:
+            raise ValueError(f"{path}: its {key!r} settings do not fit {cls.__name__} ({e})") from None
+    return settings[0], settings[1]
+
+
 def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional[int] = None,
                  device: str = "cpu") -> dict[str, Any]:
     """Evaluate the agent of the ``train-rl`` run folder ``run`` (snapshot at ``frame``, default the
@@ -79,9 +102,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
     path = os.path.join(run, "train_config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run} is not a train-rl run folder (no train_config.json)")
-    with open(path) as f:
-        saved = json.load(f)
-    cfg, agent_cfg = RLConfig(**saved["config"]), DrQV2Config(**saved["agent"])
+    cfg, agent_cfg = _run_settings(path, RLConfig, DrQV2Config)
     at_frame, state = _snapshot(run, frame)
     task = parse_task(cfg.task)
     env = make_env(task, seed=cfg.seed, size=cfg.size, camera=cfg.camera, action_repeat=cfg.action_repeat,

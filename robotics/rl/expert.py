@@ -373,6 +373,8 @@ def evaluate_expert(model: str, *, episodes: int = 50, seed: int = 0, reward: st
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if episode_steps is not None and episode_steps < 1:  # named as given here, not as the env's max_steps
+        raise ValueError(f"episode_steps must be >= 1, got {episode_steps}")
     folder = policy_folder(model)
     policy = StatePolicy.from_pretrained(folder)
     if make_env is None:

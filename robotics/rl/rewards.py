@@ -175,6 +175,35 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
     return out
 
 
+# options only the learned (video-model) reward sources read, with the flag train-rl gives each
+LEARNED_OPTIONS = {"checkpoint": "--model", "expert_data": "--expert-data", "expl_scale": "--expl-scale",
+                   "reward_clip": "--clip-min", "success_scale": "--success-scale", "motion_scale": "--motion-scale",
+                   "goal_scale": "--goal-scale", "displacement_scale": "--displacement-scale",
+                   "displacement_cap": "--displacement-cap", "consistency_scale": "--consistency-scale"}
+# of those, what 'rnd' (novelty + success, no video model) reads; its α is 1 by definition
+RND_OPTIONS = ("checkpoint", "success_scale")
+
+
+def check_reward_options(spec: Any, **options: Any) -> None:
+    """Refuse learned-reward options (``LEARNED_OPTIONS``, None: not given) that the reward ``spec``
+    would ignore: a sparse, dense, dapg or callable reward reads none of them, 'rnd' only
+    ``checkpoint`` and ``success_scale`` (and ``expl_scale`` 1, its fixed weight)."""
+    learned = not (isinstance(spec, RewardSource) or callable(spec) or spec in ("sparse",) + ENV_REWARDS)
+    if not learned:
+        ignored = [k for k in LEARNED_OPTIONS if options.get(k) is not None]
+    elif spec == "rnd":
+        ignored = [k for k in LEARNED_OPTIONS if k not in RND_OPTIONS and options.get(k) is not None
+                   and not (k == "expl_scale" and float(options[k]) == 1.0)]
+    else:
+        return
+    if ignored:
+        what = f"reward {spec!r}" if isinstance(spec, str) else f"a {type(spec).__name__} reward"
+        flags = ", ".join(f"{k} ({LEARNED_OPTIONS[k]})" for k in ignored)
+        raise ValueError(f"{what} does not use {flags}: these options apply to the learned reward sources"
+                         + ("; 'rnd' pays RND novelty (weight 1) + success" if spec == "rnd" else "")
+                         + "; leave them out")
+
+
 def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Optional[str] = None,
                        device: Any = "cpu", size: int = 64, action_repeat: int = 2,
                        expert_data: Optional[str] = None, stats_episodes: int = 3,
@@ -204,6 +233,10 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     from mmreward.core.device import resolve_device
 
     device = resolve_device(device)
+    check_reward_options(spec, checkpoint=checkpoint, expert_data=expert_data, expl_scale=expl_scale,
+                         reward_clip=reward_clip, success_scale=success_scale, motion_scale=motion_scale,
+                         goal_scale=goal_scale, displacement_scale=displacement_scale, displacement_cap=displacement_cap,
+                         consistency_scale=consistency_scale)
     if shaping not in SHAPINGS:
         raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
     if shaping != "none" and (isinstance(spec, RewardSource) or callable(spec) or spec in ("sparse",) + ENV_REWARDS):
@@ -299,4 +332,4 @@ class _RNDOnly(LearnedReward):
 
 
 __all__ = ["REWARD_SOURCES", "SHAPINGS", "RewardSource", "SparseReward", "DenseReward", "CallableReward", "LearnedReward",
-           "make_reward_source"]
+           "check_reward_options", "make_reward_source"]

@@ -31,10 +31,10 @@ from mmreward.core.device import resolve_device
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
 
-from .drqv2 import DrQV2Agent, DrQV2Config
+from .drqv2 import MIN_FRAME_SIZE, DrQV2Agent, DrQV2Config
 from .recording import plot_learning_curves, write_eval_video
 from .replay import EpisodeRecord, ReplayBuffer, stack_frames
-from .rewards import env_reward_for, make_reward_source
+from .rewards import LEARNED_OPTIONS, check_reward_options, env_reward_for, make_reward_source
 
 
 # what a run leaves in its folder besides its snapshots and train_config.json
@@ -110,6 +110,8 @@ class RLConfig:
         for name in ("num_seed_frames", "eval_every_frames", "snapshot_every_frames", "rnd_update_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.size < MIN_FRAME_SIZE:
+            raise ValueError(f"size must be >= {MIN_FRAME_SIZE} (DrQ-v2's encoder), got {self.size}")
         if self.episode_steps is not None and self.episode_steps < 1:
             raise ValueError(f"episode_steps must be >= 1, got {self.episode_steps}")
         if not 0 <= self.seed < 2 ** 32:  # numpy's and the environments' seed range
@@ -119,12 +121,15 @@ class RLConfig:
 def parse_task(task: str) -> str:
     """``metaworld/door-open-v3`` → ``door-open-v3``; ``adroit/door`` → ``adroit-door``; ids without a
     suite prefix pass through (unknown ids raise the env layer's error with close matches)."""
-    from ..envs import resolve_task
+    from ..envs import resolve_task, suite_of
 
     suite, _, name = task.partition("/")
     if not name:
         return resolve_task(task)
     if suite == "metaworld":
+        if suite_of(name) == "adroit":  # resolve_task would silently pick the Adroit task
+            short = resolve_task(name).removeprefix("adroit-")
+            raise ValueError(f"{name!r} is a task of the adroit suite, not metaworld (use adroit/{short})")
         return resolve_task(name)
     if suite == "adroit":
         return resolve_task(name if name.startswith("adroit") or name.startswith("Adroit") else f"adroit-{name}")
@@ -133,18 +138,35 @@ def parse_task(task: str) -> str:
 
 class Workspace:
     def __init__(self, config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None):
-        from ..envs import make_env
-
         config.validate()
         resolve_device(config.device)  # a device this torch cannot use is a clear error before any env starts
         self.cfg, self.agent_cfg = config, agent_config or DrQV2Config()
+        self.agent_cfg.validate()  # before any environment starts, as the run's own settings
         seed_everything(config.seed)
         self.task = parse_task(config.task)
         spec = reward if reward is not None else config.reward
+        # options this reward would ignore are refused before the environments start
+        check_reward_options(spec, **{k: getattr(config, k) for k in LEARNED_OPTIONS})
         env_kw = dict(size=config.size, camera=config.camera, action_repeat=config.action_repeat,
                       max_steps=config.episode_steps, reward=env_reward_for(spec))
+        # close() must work from here on: a failure after make_env (a reward that fails to build, a run folder
+        # refused) would otherwise leak the environments' rendering contexts
+        self.train_env = self.eval_env = None
+        try:
+            self._build(config, spec, env_kw)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, config: RLConfig, spec: Any, env_kw: dict) -> None:
+        from ..envs import make_env
+
         self.train_env = make_env(self.task, seed=config.seed, **env_kw)
         self.eval_env = make_env(self.task, seed=config.seed, **env_kw)
+        episode = self.train_env.max_steps
+        if config.nstep > episode:  # no n-step return could ever be sampled: the agent would never update
+            raise ValueError(f"nstep ({config.nstep}) is longer than an episode of {self.task} ({episode} agent steps): "
+                             f"the agent would never update; use --nstep <= {episode} or longer --episode-steps")
         space = self.train_env.action_space
         self._low, self._high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
         obs_shape = (3 * config.frame_stack, config.size, config.size)
@@ -166,13 +188,9 @@ class Workspace:
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0
         self._snapshot_replay_first: Optional[int] = None  # replay.first_serial of the newest snapshot
-        try:
-            self.snapshots, state = start_run(config.out, self._fingerprint(), resume=config.resume,
-                                              overwrite=config.overwrite, run_files=RUN_FILES)
-            replay_floor = None if state is None else self._restore(state)
-        except BaseException:
-            self.close()
-            raise
+        self.snapshots, state = start_run(config.out, self._fingerprint(), resume=config.resume,
+                                          overwrite=config.overwrite, run_files=RUN_FILES)
+        replay_floor = None if state is None else self._restore(state)
         reward_model = getattr(self.reward, "model", None)  # the learned reward's effective terms (γ, δ, …), after
         # the reward source's and the checkpoint's defaults: None in `config` means "theirs"
         reward_cfg = asdict(reward_model.config) if is_dataclass(getattr(reward_model, "config", None)) else None
@@ -339,7 +357,8 @@ class Workspace:
 
     def close(self) -> None:
         for env in (self.train_env, self.eval_env):
-            env.close()
+            if env is not None:  # None: construction failed before it was made
+                env.close()
 
 
 def train_rl(config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None) -> dict[str, Any]:

@@ -314,3 +314,91 @@ def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, cap
     assert main(["score", "--model", video, data, "--consistency-scale", "inf", *QUIET]) == 2
     err = capsys.readouterr().err
     assert "consistency_scale" in err and len(err.strip().splitlines()) == 1
+
+
+def _fake_run(folder, model_type, sub="model"):
+    """A training-run folder as the commands see it (model_folder reads config.json alone): a snapshot,
+    logs and ``sub``/config.json. Nothing here loads; the commands must refuse before loading."""
+    os.makedirs(os.path.join(folder, "checkpoint-00000003"))
+    Path(folder, "metrics.csv").write_text("step,loss\n3,0.5\n")
+    os.makedirs(os.path.join(folder, sub))
+    Path(folder, sub, "config.json").write_text(json.dumps({"model_type": model_type}))
+    return str(folder)
+
+
+def test_output_files_that_are_folders_are_refused_before_the_work(tmp_path, capsys):
+    """A folder given as --out / --plot / --json ran to the end, then IsADirectoryError lost the results."""
+    folder = str(tmp_path / "results")
+    os.makedirs(folder)
+    for cmd, flag in ((["score", str(tmp_path / "none.npz"), "--plot", folder], "--plot"),
+                      (["score", str(tmp_path / "none.npz"), "--out", folder + ".csv"], "--out"),
+                      (["eval-rl", "--run", str(tmp_path / "none"), "--json", folder], "--json"),
+                      (["eval-expert", "--model", str(tmp_path / "none"), "--json", folder], "--json")):
+        if flag == "--out":
+            os.makedirs(folder + ".csv", exist_ok=True)
+        assert main(cmd) == 2, cmd
+        err = _one_line(capsys)
+        assert f"{flag} '{folder}" in err and "is a folder: name a file" in err, err
+
+
+def test_a_model_is_never_saved_over_the_folders_it_came_from(tmp_path, capsys):
+    """Saving swaps the new model in place of its folder: over a training run's folder it removed the
+    run's snapshots, logs and model."""
+    data = str(tmp_path / "data")
+    os.makedirs(data)  # never read: the commands refuse first
+    codec = _fake_run(tmp_path / "codec", "vqgan")
+    video = _fake_run(tmp_path / "video", "vq_diffusion")
+    reward = _fake_run(tmp_path / "reward", "diffusion_reward")
+    run = str(tmp_path / "run")
+    cases = [
+        (["fit-stats", "--data", data, "--codec", codec, "--video", video, "--out", codec], "--out", "--codec"),
+        (["fit-stats", "--data", data, "--codec", codec, "--video", video, "--out", os.path.join(codec, "model")],
+         "--out", "--codec"),
+        (["fit-stats", "--data", data, "--codec", codec, "--video", video, "--out", str(tmp_path)], "--out", "--codec"),
+        (["fit-stats", "--data", data, "--codec", codec, "--video", video, "--out", data + "/"], "--out", "--data"),
+        (["train-video", "--data", data, "--codec", codec, "--out", video, "--reward-out", video], "--reward-out",
+         "--out"),
+        (["train-progress", "--data", data, "--out", run, "--attach", reward, "--attach-out", run], "--attach-out",
+         "--out"),
+        (["train-progress", "--data", data, "--out", run, "--attach", reward, "--attach-out", reward],
+         "--attach-out", "--attach"),
+    ]
+    for cmd, flag, source in cases:
+        assert main([*cmd, *QUIET]) == 2, cmd
+        err = _one_line(capsys)
+        assert f"{flag} " in err and f"is or holds the {source} folder" in err and "would replace it" in err, err
+    for folder in (codec, video, reward):  # all still there
+        assert sorted(os.listdir(folder)) == ["checkpoint-00000003", "metrics.csv", "model"]
+
+
+def test_bad_settings_are_refused_before_training(tmp_path, capsys, monkeypatch):
+    """--eval-frames -1 silently used all but one frame and 0 failed after training; train-progress
+    checked --attach's frame size and --progress-scale only after training, and ignored --progress-scale /
+    --attach-out without --attach; --data d,d/ counted d's episodes twice."""
+    import mmreward.robotics.codec.vqgan as vqgan
+    import mmreward.robotics.reward.progress as progress
+
+    def no_training(*args, **kw):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(vqgan, "train_vqgan", no_training)
+    monkeypatch.setattr(progress, "train_progress", no_training)
+    data = synthetic_folder(str(tmp_path / "data"))  # 32x32 frames
+    out = str(tmp_path / "out")
+    cases = [
+        (["train-codec", "--data", data, "--out", out, "--eval-frames", "-1"], "--eval-frames must be >= 1, got -1"),
+        (["train-codec", "--data", data, "--out", out, "--eval-frames", "0"], "--eval-frames must be >= 1, got 0"),
+        (["train-codec", "--data", f"{data},{data}/", "--out", out], f"--data names the folder {data} twice"),
+        (["train-progress", "--data", data, "--out", out, "--progress-scale", "2"],
+         "--progress-scale applies to the model saved with --attach"),
+        (["train-progress", "--data", data, "--out", out, "--attach-out", str(tmp_path / "r")],
+         "--attach-out applies to the model saved with --attach"),
+        (["train-progress", "--data", data, "--out", out, "--attach", "metaworld-64", "--progress-scale", "nan"],
+         "progress_scale must be a finite number, got nan"),
+        (["train-progress", "--data", data, "--out", out, "--attach", "metaworld-64"],
+         "--attach 'metaworld-64' takes 64x64 frames but the --data episodes are 32x32"),
+    ]
+    for cmd, message in cases:
+        assert main([*cmd, *QUIET]) == 2, cmd
+        assert message in _one_line(capsys), cmd
+    assert not os.path.exists(out)

@@ -211,3 +211,30 @@ def test_drqv2_learns_a_pixel_task_with_exact_rewards():
     after = error()
     assert np.isfinite(m["critic_loss"]) and m["critic_loss"] < 0.05
     assert after < 0.15 < before, (before, after)
+
+
+@pytest.mark.parametrize("spec", ["nan", "-1", "inf", "linear(1,nan,100)", "linear(1,-0.1,100)", "linear(inf,0.1,100)",
+                                  "linear(1,0.1,inf)"])
+def test_a_schedule_of_nan_or_negative_stds_is_refused(spec, tmp_path, capsys):
+    from mmreward.robotics.cli import main
+
+    with pytest.raises(ValueError, match="stddev_schedule must give finite stds >= 0"):
+        DrQV2Config(stddev_schedule=spec).validate()
+    # the command refuses it before any environment starts
+    assert main(["train-rl", "--out", str(tmp_path / "rl"), "--stddev-schedule", spec]) == 2
+    err = capsys.readouterr().err
+    assert "stddev_schedule must give finite stds >= 0" in err and len(err.strip().splitlines()) == 1, err
+    DrQV2Config(stddev_schedule="linear(1.0,0,100)").validate()  # zero noise at the end is a choice
+
+
+def test_frames_too_small_for_the_encoder_are_a_clear_error(tmp_path, capsys):
+    from mmreward.robotics.cli import main
+    from mmreward.robotics.rl.drqv2 import Encoder
+
+    # torch's own error was "Kernel size can't be greater than actual input size"
+    with pytest.raises(ValueError, match="frames of 14x14 pixels are too small for DrQ-v2's encoder: size must be >= 15"):
+        Encoder((3, 14, 14))
+    assert Encoder((3, 15, 15)).repr_dim == 32  # the smallest that fits: one pixel left
+    assert main(["train-rl", "--out", str(tmp_path / "rl"), "--size", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "size must be >= 15 (DrQ-v2's encoder), got 7" in err and len(err.strip().splitlines()) == 1, err

@@ -158,3 +158,24 @@ def test_pixel_adroit_steps_with_the_dapg_reward_and_a_run_keeps_it(tmp_path):
     for a, b in zip(r_dapg["per_episode"], r_dense["per_episode"]):  # the same motion, paid with DAPG's sign
         assert a["min_approach_distance"] == b["min_approach_distance"]
         assert a["episode_return"] < b["episode_return"] - 0.2 * a["min_approach_distance"] * 10  # >= 20 env steps
+
+
+def test_eval_rl_on_a_damaged_or_foreign_run_folder_names_the_file(tmp_path, capsys):
+    """A train-codec / train-progress run or a damaged train_config.json gave "missing key 'config'" or
+    a bare JSON error."""
+    from mmreward.robotics.cli import main
+
+    cases = {"codec": ('{"steps": 3, "config_class": "VQGANTrainConfig", "settings": {}}',
+                       "does not hold a train-rl run's settings (those of a VQGANTrainConfig run"),
+             "progress": ('{"steps": 30, "seed": 0}', "does not hold a train-rl run's settings (no 'config' and 'agent' "
+                                                      "objects; it has ['seed', 'steps'])"),
+             "cut": ('{"config": {"task": "metaworld/door-op', "is damaged: not valid JSON"),
+             "list": ("[1, 2]", "it has list"),
+             "other": ('{"config": {"tasks": 1}, "agent": {}}', "its 'config' settings do not fit RLConfig")}
+    for name, (text, message) in cases.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "train_config.json").write_text(text)
+        assert main(["eval-rl", "--run", str(run)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{run / 'train_config.json'}" in err[0] and message in err[0], err

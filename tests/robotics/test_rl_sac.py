@@ -347,3 +347,14 @@ def test_adroit64_pays_the_expert_more_than_random_or_frozen_hands(tmp_path):
     eps["frozen"] = np.repeat(eps["expert"][:1], len(eps["expert"]), 0)
     score = {k: float(reward(torch.from_numpy(f)).mean()) for k, f in eps.items()}
     assert score["expert"] > score["random"] > score["frozen"], score
+
+
+def test_eval_expert_names_its_own_episode_steps_option(tmp_path, capsys):
+    """--episode-steps 0 said "max_steps must be >= 1" (the environment's name for it)."""
+    from mmreward.robotics.cli import main
+    from mmreward.robotics.pretrained import shipped_expert
+
+    model = shipped_expert("adroit-door") or str(tmp_path / "none")  # refused before the policy loads either way
+    assert main(["eval-expert", "--model", model, "--episode-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "episode_steps must be >= 1, got 0" in err and len(err.strip().splitlines()) == 1, err

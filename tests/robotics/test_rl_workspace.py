@@ -2,6 +2,7 @@
 trains, evaluates, writes a video, snapshots and resumes; exact resume; reward sources; gym ids."""
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -103,6 +104,50 @@ def test_a_used_folder_needs_resume_or_overwrite(tmp_path):
         assert not (tmp_path / "replay").exists() and not (tmp_path / "train.csv").exists()
     finally:
         ws.close()
+
+
+class StubEnv:
+    """A pixel env's shape where the workspace reads it (fast: no MuJoCo); close() drops the wrapped
+    env as theirs does."""
+    action_space = types.SimpleNamespace(low=-np.ones(4), high=np.ones(4))
+    action_dim = 4
+
+    def __init__(self, max_steps=None):
+        self.env, self.max_steps = object(), max_steps or 500
+
+    def close(self):
+        self.env = None
+
+
+def test_an_nstep_longer_than_the_episodes_is_refused(tmp_path, monkeypatch):
+    """Training "finished" without a single agent update: no episode held an n-step return."""
+    import mmreward.robotics.envs as envs
+
+    made = []
+    monkeypatch.setattr(envs, "make_env", lambda *a, **kw: made.append(StubEnv(kw["max_steps"])) or made[-1])
+    with pytest.raises(ValueError, match=r"nstep \(3\) is longer than an episode of door-open-v3 \(2 agent steps\)"):
+        Workspace(_cfg(tmp_path, episode_steps=2, nstep=3), DrQV2Config(**TINY_AGENT))
+    assert len(made) == 2 and all(env.env is None for env in made)  # and the environments are closed
+
+
+def test_a_reward_that_fails_to_build_closes_both_environments(tmp_path, monkeypatch):
+    import mmreward.robotics.envs as envs
+    from mmreward.robotics.rl import workspace
+
+    made = []
+
+    def recording_make_env(*args, **kw):
+        made.append(StubEnv(kw["max_steps"]))
+        return made[-1]
+
+    def failing_reward(*args, **kw):
+        raise RuntimeError("reward checkpoint unreadable")
+
+    monkeypatch.setattr(envs, "make_env", recording_make_env)
+    monkeypatch.setattr(workspace, "make_reward_source", failing_reward)
+    with pytest.raises(RuntimeError, match="reward checkpoint unreadable"):
+        Workspace(_cfg(tmp_path), DrQV2Config(**TINY_AGENT))
+    assert len(made) == 2 and all(env.env is None for env in made)  # close() drops the wrapped env
 
 
 def test_snapshot_from_other_agent_settings_is_refused(tmp_path):
@@ -237,6 +282,30 @@ def test_task_ids_and_errors(tmp_path):
         RLConfig(episode_steps=0).validate()
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32 - 1\], got -1"):
         RLConfig(seed=-1).validate()
+
+
+def test_a_task_of_the_other_suite_and_options_a_reward_ignores_are_refused(tmp_path, monkeypatch):
+    import mmreward.robotics.envs as envs
+
+    with pytest.raises(ValueError, match=r"'adroit-door' is a task of the adroit suite, not metaworld \(use adroit/door\)"):
+        parse_task("metaworld/adroit-door")  # trained on Adroit without a word
+    with pytest.raises(ValueError, match=r"'AdroitHandDoor-v1' is a task of the adroit suite.*use adroit/door"):
+        parse_task("metaworld/AdroitHandDoor-v1")
+    # learned-reward options were silently ignored by these rewards; rnd silently forced α to 1
+    for spec, kw, named in (("sparse", dict(reward_clip=-1.0, success_scale=2.0), r"reward_clip \(--clip-min\), "
+                                                                                   r"success_scale \(--success-scale\)"),
+                            ("dense", dict(checkpoint="metaworld-64"), r"checkpoint \(--model\)"),
+                            ("dapg", dict(expl_scale=0.5, goal_scale=1.0), r"expl_scale \(--expl-scale\), goal_scale"),
+                            (lambda f: np.zeros(len(f)), dict(motion_scale=1.0), r"motion_scale \(--motion-scale\)"),
+                            ("rnd", dict(expl_scale=0.3), r"'rnd' does not use expl_scale.*weight 1"),
+                            ("rnd", dict(consistency_scale=1.0), r"consistency_scale \(--consistency-scale\)")):
+        with pytest.raises(ValueError, match=named):
+            make_reward_source(spec, **kw)
+    monkeypatch.setattr(envs, "make_env", lambda *a, **k: pytest.fail("an environment started"))
+    with pytest.raises(ValueError, match=r"reward 'sparse' does not use expl_scale \(--expl-scale\)"):
+        Workspace(_cfg(tmp_path, expl_scale=0.5), DrQV2Config(**TINY_AGENT))
+    with pytest.raises(ValueError, match="a task of the adroit suite"):
+        Workspace(_cfg(tmp_path, task="metaworld/adroit-door"), DrQV2Config(**TINY_AGENT))
 
 
 def test_gym_ids_for_adroit_and_frame_stack():

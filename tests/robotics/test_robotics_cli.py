@@ -80,3 +80,29 @@ def test_entry_point_runs_in_a_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmreward.cli", "robotics", "info", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr
+
+
+def test_import_videos_task_labels_never_leave_the_output_folder(tmp_path, capsys):
+    """--task ../../x or a/b wrote the episode file outside --out; an empty label was accepted."""
+    pytest.importorskip("cv2", reason="OpenCV (opencv-python) is not installed: video I/O needs it")
+    import os
+
+    from mmreward.robotics.data.video import write_frame_folder
+
+    write_frame_folder(str(tmp_path / "demo_a"), np.zeros((3, 16, 16, 3), np.uint8))
+    out = tmp_path / "deep" / "out"
+    for label in ("../../x", "a/b"):
+        assert main(["import-videos", str(tmp_path / "demo_a"), "--task", label, "--out", str(out), "--size", "16",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    entries = read_manifest(str(out))
+    assert [e["task"] for e in entries] == ["../../x", "a/b"]  # the manifest keeps the labels as given
+    for e in entries:
+        assert os.path.dirname(e["file"]) == "" and (out / e["file"]).is_file()
+    assert sorted(p.name for p in tmp_path.rglob("*.npz")) == sorted(e["file"] for e in entries)  # nothing elsewhere
+    for label in ("", "  "):
+        assert main(["import-videos", str(tmp_path / "demo_a"), "--task", label, "--out", str(tmp_path / "o2"),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "task must be a non-empty label" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o2").exists()

@@ -224,3 +224,13 @@ def test_adroit_hold_action_keeps_the_pose():
             drift[name] = float(np.abs(u.data.qpos[servo] - q0).mean())
         # zero actions send every servo to the middle of its range; holding leaves the hand near its pose
         assert drift["hold"] < 0.5 * drift["zeros"], drift
+
+
+def test_a_task_listed_twice_is_refused_before_any_work(tmp_path, monkeypatch):
+    """door-open,door-open-v3 collected the same task twice: the second run overwrote the first's files."""
+    import mmreward.robotics.envs as envs
+
+    monkeypatch.setattr(envs, "make_env", lambda *a, **k: pytest.fail("an environment started"))
+    with pytest.raises(ValueError, match="task door-open-v3 is listed twice .as 'door-open' and 'door-open-v3'."):
+        collect_episodes("door-open,door-open-v3", str(tmp_path / "x"), episodes=1, progress=False)
+    assert not (tmp_path / "x").exists()

@@ -1,5 +1,7 @@
 """Videos and frame folders -> episode frames; import into an episode folder."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,23 @@ def test_import_videos_into_episode_folder(tmp_path):
     assert np.array_equal(ep.frames, np.stack([resize_frame(f, 16) for f in frames[:5]]))
     ds = EpisodeDataset(str(out), n_history=3, policies=["demo"])
     assert len(ds) == (7 - 3) + (5 - 3) and ds[0]["frames"].shape == (4, 16, 16, 3)
+
+
+def test_episodes_of_another_frame_size_do_not_join_a_folder(tmp_path, monkeypatch):
+    """Collecting or importing into a folder of another frame size silently mixed sizes."""
+    src = tmp_path / "demo"
+    write_frame_folder(str(src), smooth_frames(t=3, h=16, w=16))
+    out = tmp_path / "out"
+    import_videos([str(src)], str(out), task="t", size=16, progress=False)
+    with pytest.raises(ValueError, match=f"{out} holds episodes of 16x16 frames; these would be 24x24: use --size 16"):
+        import_videos([str(src)], str(out), task="t", size=24, progress=False)
+    assert len(read_manifest(str(out))) == 1
+    import_videos([str(src)], str(out), task="u", size=16, progress=False)  # the same size joins
+    assert len(read_manifest(str(out))) == 2
+    if importlib.util.find_spec("metaworld") is not None:  # collect checks the folder before any environment
+        import mmreward.robotics.envs as envs
+        from mmreward.robotics.collect import collect_episodes
+
+        monkeypatch.setattr(envs, "make_env", lambda *a, **k: pytest.fail("an environment started"))
+        with pytest.raises(ValueError, match="holds episodes of 16x16 frames; these would be 64x64"):
+            collect_episodes("door-open-v3", str(out), episodes=1, size=64, progress=False)

@@ -173,3 +173,43 @@ def test_verl_reward_function_per_sample_and_batched_local_and_remote(start_serv
         VerlRewardFunction(text_model)(data_source="x", solution_str="a", ground_truth="y", extra_info={"index": 0})
     with pytest.raises(ValueError, match="solution_str= .per sample. or solution_strs="):
         VerlRewardFunction(text_model)()
+
+
+def test_adapters_take_empty_batches_and_refuse_strings_and_none(start_server, text_model):
+    """A string was scored one sample per character; None gave a bare TypeError; an empty batch raised
+    "score got no inputs" locally and a server error remotely."""
+    from mmreward.serve import VerlRewardFunction
+
+    url = start_server(text_model)
+    for target in (text_model, url):
+        trl, orl, verl = TRLRewardFunction(target), OpenRLHFRewardFunction(target), VerlRewardFunction(target)
+        assert trl([], []) == [] and verl(solution_strs=[], extra_infos=[]) == []
+        assert orl([]) == {"rewards": [], "scores": [], "extra_logs": {}}
+        for bad in ("ab", None, {"a": 1}, {"x"}):
+            with pytest.raises(TypeError, match=f"prompts must be a list .one entry per sample., got {type(bad).__name__}"):
+                trl(bad, ["cd", "ef"])
+        with pytest.raises(TypeError, match="completions must be a list .one entry per sample., got str"):
+            trl(["ab", "cd"], "cd")
+        with pytest.raises(TypeError, match="queries must be a list .one entry per sample., got str"):
+            orl("abc")
+        with pytest.raises(TypeError, match="solution_strs must be a list .one entry per sample., got str"):
+            verl(solution_strs="xy", extra_infos=None)
+        with pytest.raises(ValueError, match="got 2 queries but 1 prompts"):
+            orl(["a b", "c d"], ["a"])
+        # verl hands numpy object arrays
+        infos = np.array([{"question": p} for p in PROMPTS], dtype=object)
+        got = verl(solution_strs=np.array(COMPLETIONS, dtype=object), extra_infos=infos)
+        assert_same_scores(got, text_model.score([TextPair(p, c) for p, c in zip(PROMPTS, COMPLETIONS)]).tolist())
+
+
+def test_prm_adapter_refuses_non_text_completions(step_model):
+    """None, 5, a dict or a list of plain strings were scored as the texts "None", "5", their repr…"""
+    from mmreward.core.data import DataError
+
+    trl = TRLRewardFunction(step_model)
+    for bad in (None, 5, {"text": "x"}, ["step one", "step two"]):
+        with pytest.raises(DataError, match="completion 1: field 'response' must be a string or a list of messages"):
+            trl(["q0", "q1"], ["a fine answer", bad])
+    with pytest.raises(DataError, match="completion 0: field 'prompt' must be a string"):
+        trl([7], ["an answer"])
+    assert len(trl(["q"], [[{"role": "assistant", "content": "step one\n\nstep two"}]])) == 1

@@ -143,3 +143,15 @@ def test_close_finishes_queued_requests():
 
     asyncio.run(main())
     assert_same_scores([results[i] for i in range(10)], model.score(items).tolist())
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(max_wait_ms=float("inf")), r"max_wait_ms must be a number in \[0, 3.6e\+06\], got inf"),
+    (dict(max_wait_ms=float("nan")), "max_wait_ms must be a number.*got nan"),
+    (dict(max_wait_ms=-1.0), "max_wait_ms must be a number.*got -1.0"),
+    (dict(max_batch=0), "max_batch must be an integer >= 1, got 0"),
+])
+def test_settings_that_would_hang_or_break_the_worker_are_refused(kw, words):
+    # an infinite wait raised OverflowError inside the worker thread, which died: every request then hung
+    with pytest.raises(ValueError, match=words):
+        DynamicBatcher(ToyTextScorer(), **kw)

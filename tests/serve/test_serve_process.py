@@ -110,6 +110,17 @@ def test_a_real_text_reward_model_served_through_mmreward_load(tmp_path, start_s
     (["--model", "/tmp", "--host", "0.0.0.0"], "--api-key"),
     (["--model", "/tmp", "--max-batch", "0"], "max_batch must be an integer >= 1"),
     (["--model", "/tmp", "--max-request-mb", "0"], "max_request_mb must be > 0, got 0.0"),
+    # inf / NaN waits killed the batcher's worker thread: every request then hung
+    (["--model", "/tmp", "--max-wait-ms", "inf"], "max_wait_ms must be a number in [0, 3.6e+06], got inf"),
+    (["--model", "/tmp", "--max-wait-ms", "nan"], "max_wait_ms must be a number in [0, 3.6e+06], got nan"),
+    # inf limits were accepted, then every request failed on int(inf)
+    (["--model", "/tmp", "--max-request-mb", "inf"], "max_request_mb must be a finite number, got inf"),
+    (["--model", "/tmp", "--max-decoded-mb", "inf"], "max_decoded_mb must be a finite number, got inf"),
+    # a host that does not resolve: uvicorn's own log line after the model loaded, exit 3
+    (["--model", "/tmp", "--host", "nosuch.invalid", "--api-key", "k"],
+     "cannot listen on nosuch.invalid:8000 (--host / --port)"),
+    # an empty key (--api-key "$UNSET") served with no authentication
+    (["--model", "/tmp", "--api-key", ""], "api_key is empty"),
     (["--model", "/tmp", "--refine-clip", "nan"], "refine_clip must be a finite number or None, got nan"),
     (["--model", "/tmp", "--log-level", "loud"], "log_level must be one of critical, error, warning, info, debug"),
     (["--model", "/tmp", "--ray", "--target-ongoing-requests", "0"], "target_ongoing_requests must be a finite number > 0"),
@@ -123,6 +134,24 @@ def test_cli_user_errors_are_one_line_exit_2(args, words, capsys, monkeypatch):
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_port_in_use_is_one_line_exit_2_before_the_model_loads(capsys, monkeypatch):
+    import mmreward.serve.app as app
+    from mmreward.cli import main
+
+    def load_model(*args, **kw):  # a real model would load for minutes before uvicorn found the port taken
+        raise AssertionError("the model loaded before the port was bound")
+
+    monkeypatch.setattr(app, "load_model", load_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "/tmp", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port} (--host / --port): Address already in use" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_importing_mmreward_serve_loads_no_server_or_ray_packages():
