@@ -75,12 +75,17 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     model = loader(folder, device=device, dtype=None)
     params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
     first = next(model.parameters(), None) if params else None
+    by_dtype: dict[str, int] = {}  # a bf16 backbone under an fp32 head holds two
+    for p in (model.parameters() if params else ()):
+        name = str(p.dtype).removeprefix("torch.")
+        by_dtype[name] = by_dtype.get(name, 0) + p.numel()
     types = list(getattr(model, "input_types", ()))
     config = getattr(model, "config", None)
     out.update({
         "model_class": f"{type(model).__module__}.{type(model).__name__}", "model_type": getattr(model, "model_type", None),
         "input_types": {t.__name__: [f.name for f in dataclasses.fields(t)] for t in types},
-        "parameters": params, "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+        "parameters": params, "dtype": max(by_dtype, key=by_dtype.get) if by_dtype else None,  # most parameters
+        "dtypes": by_dtype,
         "device": str(first.device) if first is not None else None,
         "per_step_scores": _has_parts(model),
         "config": {k: v for k, v in dataclasses.asdict(config).items() if not isinstance(v, dict)}
@@ -104,7 +109,9 @@ def _print(info: dict[str, Any]) -> None:
     for name, fields in info["input_types"].items():
         print(f"  input    {name}({', '.join(fields)})")
     if info["parameters"] is not None:
-        print(f"  weights  {info['parameters']:,} parameters, {info['dtype']} on {info['device']}")
+        others = ", ".join(f"{n:,} {t}" for t, n in info["dtypes"].items() if t != info["dtype"])
+        print(f"  weights  {info['parameters']:,} parameters, {info['dtype']}{f' ({others})' if others else ''} "
+              f"on {info['device']}")
     print(f"  scores   one per input{' (score_parts: one per step / frame)' if info['per_step_scores'] else ''}")
     for k, v in (info.get("config") or {}).items():
         text = json.dumps(v) if not isinstance(v, str) else repr(v)

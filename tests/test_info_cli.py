@@ -81,3 +81,33 @@ def test_hub_snapshot_links_are_followed_and_a_missing_blob_is_named(tmp_path, c
     assert main(["info", str(snapshot), "--load"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.safetensors is a link to ../../blobs/blob" in err[0] and "which does not exist" in err[0], err
+
+
+def test_load_reports_the_dtype_of_most_parameters_and_the_others(rm_folder, capsys, monkeypatch):
+    """It reported the first parameter's dtype: a bf16 backbone under an fp32 head showed as fp32 or
+    bf16 depending on which came first."""
+    import torch
+
+    import mmreward.registry as registry
+
+    real_detect = registry.detect
+
+    def mixed_detect(folder):
+        what, loader = real_detect(folder)
+
+        def load_mixed(*a, **kw):
+            model = loader(*a, **kw)
+            model.backbone.to(torch.bfloat16)  # a large bf16 backbone under a small fp32 head
+            model.head.float()
+            return model
+
+        return what, load_mixed
+
+    monkeypatch.setattr(registry, "detect", mixed_detect)
+    assert main(["info", rm_folder, "--load", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dtype"] == "bfloat16" and set(info["dtypes"]) == {"bfloat16", "float32"}
+    assert info["dtypes"]["bfloat16"] > info["dtypes"]["float32"] > 0
+    assert main(["info", rm_folder, "--load"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters, bfloat16 ({info['dtypes']['float32']:,} float32) on cpu" in out, out

@@ -115,10 +115,24 @@ def test_train_continues_a_saved_prm(run, tmp_path, capsys):
     from safetensors.torch import load_file
 
     out = str(tmp_path / "ft")
-    assert main(["train", "--model", run, *TRAIN, "--max-steps", "3", "--aggregation", "mean", "--out", out]) == 0
+    assert main(["train", "--model", run, *TRAIN, "--max-steps", "3", "--out", out]) == 0
     before, after = load_file(os.path.join(run, "model", "model.safetensors")), load_file(os.path.join(out, "model", "model.safetensors"))
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert mmreward.load(out).config == mmreward.load(run).config
+
+
+def test_model_flags_that_train_would_ignore_are_refused(run, tmp_path, capsys):
+    """--model keeps the saved config: --aggregation mean or --max-length 32 were silently ignored."""
+    from mmreward.cli import main as mmreward_main
+
+    for extra, words in ((["--aggregation", "mean"], "--aggregation mean would be ignored"),
+                         (["--max-length", "32"], "--max-length 32 would be ignored"),
+                         (["--backbone", "gpt2"], "--backbone gpt2 and --model")):
+        argv = ["prm", "train", "--model", run, *TRAIN, *extra, "--max-steps", "1", "--out", str(tmp_path / "x")]
+        assert mmreward_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "x").exists()
 
 
 def test_user_errors_are_one_line_with_exit_2(run, tmp_path, capsys):

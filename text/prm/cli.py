@@ -24,7 +24,7 @@ import json
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli
 
@@ -53,12 +53,33 @@ def _load_model(args: argparse.Namespace):
     return model
 
 
+def _refuse_ignored_model_flags(args: argparse.Namespace, saved: Any) -> None:
+    """``--model`` continues a PRM with the config it was saved with: a model flag given another value
+    (or ``--backbone``) would be ignored, so it is an error naming both values."""
+    from .model import PRMConfig
+
+    if args.backbone != "tiny":
+        raise ValueError(f"--backbone {args.backbone} and --model {args.model} both name the model: give one")
+    for f in dataclasses.fields(PRMConfig):
+        if f.name in MODEL_SKIP:
+            continue
+        given, default, kept = getattr(args, f.name), f.default, getattr(saved, f.name)
+        if given != default and given != kept:  # a default value cannot be told from an absent flag
+            flag = "--" + f.name.replace("_", "-")
+            raise ValueError(f"{flag} {given} would be ignored: --model {args.model} continues a PRM saved with "
+                             f"{f.name}={kept!r}; drop {flag} (`prm score` / `prm eval` take --aggregation and "
+                             "--truncate per run)")
+
+
 def _build_model(args: argparse.Namespace):
     """``--model`` (continue from a saved / published PRM, its config as saved), else a fresh PRM on
     ``--backbone``: ``tiny`` (synthetic-task tokenizer + tiny Llama) or a Hugging Face model folder."""
-    if args.model:
-        return _load_prm(args.model, args.device)
     from .model import PRMConfig, ProcessRewardModel
+
+    if args.model:
+        model = _load_prm(args.model, args.device)
+        _refuse_ignored_model_flags(args, model.config)
+        return model
 
     cfg = {f.name: getattr(args, f.name) for f in dataclasses.fields(PRMConfig) if f.name not in MODEL_SKIP}
     if args.backbone == "tiny":
