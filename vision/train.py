@@ -206,6 +206,10 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
     """Train (or continue training) a scorer; returns ``(model, history)``. The final eval metrics are in
     ``history[-1]`` (``eval_pairwise_accuracy``, ``eval_top1_accuracy``); the final scorer, its score
     normalisation fitted on ``normalize_on`` training images, is saved to ``<output_dir>/model``."""
+    if not isinstance(cfg, ImageRewardTrainConfig):  # the two configs given the other way round read as a bare
+        raise TypeError(f"cfg must be an ImageRewardTrainConfig, got {type(cfg).__name__}")  # AttributeError
+    if not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
     device = resolve_device(cfg.device)
     if cfg.data == "synthetic":
         train = synthetic_examples(cfg.n_train, cfg.set_size, cfg.image_size, cfg.data_seed)

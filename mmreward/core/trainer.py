@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import operator
 import os
 import warnings
 from contextlib import nullcontext
@@ -95,6 +97,19 @@ class TrainConfig:
     ddp_find_unused_parameters: bool = field(default=False, metadata={"help": "DDP: allow parameters that get no gradient"})
 
     def __post_init__(self) -> None:
+        # numpy scalars and path objects are taken at their value (json cannot write them)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, np.bool_):
+                setattr(self, f.name, bool(v))
+            elif isinstance(v, numbers.Integral) and not isinstance(v, int):
+                setattr(self, f.name, operator.index(v))
+            elif isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
+                setattr(self, f.name, float(v))
+        if isinstance(self.output_dir, os.PathLike):
+            self.output_dir = os.fspath(self.output_dir)
         for name in ("max_steps", "batch_size", "grad_accum_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -103,10 +118,11 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if isinstance(self.weight_decay, bool) or not (isinstance(self.weight_decay, (int, float))
+                                                       and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.min_lr_ratio, (int, float)) and 0.0 <= self.min_lr_ratio <= 1.0):
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0):
@@ -209,6 +225,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.micro_step = 0  # micro-batches consumed (data position)
         self.history: list[dict] = []
+        self._fit_started = False  # a later fit() continues this run (never overwrites or restarts it)
 
     def _init_data(self, train_dataset: Optional[Sequence], collate_fn: Optional[Callable],
                    sample_batch: Optional[Callable]) -> None:
@@ -219,6 +236,11 @@ class Trainer:
             return
         if not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
+        if isinstance(train_dataset, Mapping) or not hasattr(type(train_dataset), "__getitem__"):
+            # a dict (or set) has a length but is not read by position: dataset[i] would fail mid-run
+            raise TypeError(f"train_dataset must be a sequence indexed 0..len-1 (a list, a torch Dataset), got "
+                            f"{type(train_dataset).__name__}" + (": pass list(d.values())" if isinstance(
+                                train_dataset, Mapping) else ""))
         try:
             n = len(train_dataset)
         except TypeError:
@@ -322,10 +344,13 @@ class Trainer:
         load the same snapshot."""
         cfg = self.config
         state, error = None, None
+        # a second fit() of this Trainer continues from its snapshot: overwrite=True would delete the run
+        # it just wrote and train nothing (or restart the RNGs halfway), resume=False would refuse it
+        again = self._fit_started
         if self.is_main:
             try:
-                self.snapshots, state = start_run(cfg.output_dir, self._fingerprint(), resume=cfg.resume,
-                                                  overwrite=cfg.overwrite, run_files=RUN_FILES)
+                self.snapshots, state = start_run(cfg.output_dir, self._fingerprint(), resume=cfg.resume or again,
+                                                  overwrite=cfg.overwrite and not again, run_files=RUN_FILES)
             except BaseException as e:
                 error = e
         if self.world_size > 1:
@@ -341,6 +366,10 @@ class Trainer:
             raise error
         if state is not None:
             self._restore(state)
+        elif again:
+            raise RuntimeError(f"fit() already ran on this Trainer (to step {self.step}) but {cfg.output_dir} holds "
+                               "no snapshot to continue from, and its model and optimizer are no longer those of "
+                               "step 0: build a new model and Trainer to start again")
         elif self.reseed:
             seed_everything(cfg.seed)
         return state is not None
@@ -368,7 +397,16 @@ class Trainer:
         self.model.train(was_training)
         if not isinstance(out, dict):
             raise TypeError(f"eval_fn must return a dict of floats, got {type(out).__name__}")
-        return {k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in out.items()}
+        row = {}
+        for k, v in out.items():
+            if not isinstance(k, str):
+                raise TypeError(f"eval_fn must return a dict with string keys, got key {k!r}")
+            try:
+                value = float(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"eval_fn returned {k!r} = {v!r}: each value must be one number") from None
+            row[k if k.startswith("eval_") else f"eval_{k}"] = value
+        return row
 
     def _loss_step(self) -> dict[str, float]:
         cfg = self.config
@@ -432,10 +470,13 @@ class Trainer:
         """Train to ``config.max_steps`` (``stop_at``: end this call after that many total steps, with a
         snapshot there; a later call continues); returns the history of every step so far."""
         cfg = self.config
+        if isinstance(stop_at, numbers.Integral) and not isinstance(stop_at, (bool, np.bool_)):
+            stop_at = operator.index(stop_at)
         if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 0):
             raise ValueError(f"stop_at must be an integer >= 0 or None, got {stop_at!r}")
         end = cfg.max_steps if stop_at is None else min(cfg.max_steps, stop_at)
         resumed = self._start()
+        self._fit_started = True
         logger = bar = None
         if self.is_main:
             write_run_config(cfg.output_dir, self._fingerprint(),

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.model import Pretrained
+from mmreward.core.model import Pretrained, check_ranges
 from mmreward.core.train import seed_everything
 from mmreward.core.trainer import Trainer
 
@@ -402,6 +402,19 @@ class VQGANTrainConfig:
     seed: int = _help("seed of the initial weights, batches and restarts", 0)
     log_every: int = _help("progress-bar / console interval in steps (metrics.csv gets every step)", 10)
     ckpt_every: int = _help("snapshot interval in steps (0 = only at the end)", 500)
+
+    def __post_init__(self) -> None:
+        # a negative restart_every restarted codes every step, a negative disc_weight silently dropped the
+        # discriminator, lr 0 trained nothing: refused here, naming the field
+        check_ranges(self, counts=("steps", "batch_size", "disc_channels"),
+                     naturals=("disc_start", "restart_every", "seed", "log_every", "ckpt_every"),
+                     weights=("lr", "l1_weight", "mse_weight", "perceptual_weight", "disc_weight"))
+        if self.lr == 0:
+            raise ValueError(f"VQGANTrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        b = self.betas
+        if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
+            raise ValueError(f"VQGANTrainConfig.betas must be two numbers in [0, 1), got {b!r}")
 
 
 def _adaptive_weight(rec: torch.Tensor, g: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,9 @@ def as_success(success: Any, frames: int, where: str) -> torch.Tensor:
     arr = np.asarray(success.detach().cpu() if isinstance(success, torch.Tensor) else success)
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where} must be per-frame booleans or numbers, got {describe(success)}")
-    s = torch.from_numpy(arr.astype(np.float32)).flatten()
+    if arr.ndim != 1:  # a [T, k] table is not T flags: never flattened into a list of another length
+        raise DataError(f"{where} must be a flat list of per-frame flags [T], got shape {list(arr.shape)}")
+    s = torch.from_numpy(arr.astype(np.float32))
     if s.shape != (frames,):
         raise DataError(f"{where} must have one value per frame ({frames}), got {s.numel()}")
     if not torch.isfinite(s).all():

@@ -73,6 +73,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,6 +81,7 @@ from mmreward.core.folders import CheckpointError
 from mmreward.core.model import FORMAT_VERSION, Pretrained, config_from_dict, load_weights, save_weights, write_config
 
 from ..codec.vqgan import VQGAN
+from ..data.inputs import as_success
 from ..training import check_frames_uint8, episodes_from
 from ..video.vq_diffusion import ConditionalVQDiffusion, window_indices
 from .base import EpisodeScorer, help_field
@@ -371,6 +373,9 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         if goal.shape[0] == 0:
             raise RuntimeError("the goal distance needs goal frames: call set_goal(frames) (e.g. the last frames of "
                                "demonstrations of the task) or set goal_scale=0")
+        if goal.dim() != 2 or tokens.dim() != 2 or goal.shape[1] != tokens.shape[1]:
+            raise ValueError(f"goal tokens {list(goal.shape)} and frame tokens {list(tokens.shape)} must be [G, L] "
+                             "and [T, L] of the same codec")
         goal = goal.to(tokens.device)
         return torch.stack([(tokens != g).float().mean(1) for g in goal]).min(0).values  # (G, T) → (T,)
 
@@ -380,6 +385,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         (uint8 ``[G, H, W, 3]``, e.g. the last frames of other episodes of its task:
         :func:`~mmreward.robotics.reward.progress.group_goals`); stored (and saved) with the model."""
         eps = episodes_from(episodes)
+        if goals is None or isinstance(goals, (str, bytes)) or not hasattr(goals, "__len__"):
+            raise TypeError(f"goals must be a list of goal frame sets, one per episode, got {type(goals).__name__}")
         if len(goals) != len(eps):
             raise ValueError(f"{len(goals)} goals for {len(eps)} episodes: give one goal set per episode")
         return self._store_std("goal", torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(_frame_batch(g)))
@@ -391,6 +398,9 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         """Share ``[T]`` of each frame's tokens (``tokens [T, L]``) that differ from the episode's first
         frame's (``start_tokens [L]``, default ``tokens[0]``): 0 for a robot that has not moved."""
         start = tokens[0] if start_tokens is None else start_tokens.to(tokens.device)
+        if tokens.dim() != 2 or tokens.shape[0] == 0 or start.shape != tokens.shape[1:]:
+            raise ValueError(f"displacement takes frame tokens [T, L] (T >= 1) and start tokens [L], got "
+                             f"{list(tokens.shape)} and {list(start.shape)}")
         return (tokens != start).float().mean(1)
 
     @torch.no_grad()
@@ -447,6 +457,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     # -------------------------------------------------------------- statistics of the optional terms
     def _store_std(self, term: str, values: torch.Tensor) -> dict[str, float]:
         """The expert std of a term's values into ``<term>_statistics`` ([std, frames]; saved)."""
+        _check_spread(values, term)
         std = _std(values.double())
         getattr(self, f"{term}_statistics").copy_(torch.tensor([std, float(values.numel())], dtype=torch.float64))
         return {f"{term}_std": std, f"{term}_frames": values.numel()}
@@ -480,6 +491,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             displaced.append(self.displacement(tok))
             consistent.append(self.frame_consistency(ep))
         raws = torch.cat(raws).double()
+        _check_spread(raws, "reward")
         mean, std = float(raws.mean()), _std(raws)
         self.statistics.copy_(torch.tensor([mean, std, float(raws.numel())], dtype=torch.float64))
         return ({"mean": mean, "std": std, "frames": raws.numel()} | self._store_std("motion", torch.cat(unrealised))
@@ -554,10 +566,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         else:
             r = z
         if success is not None and self.config.use_sparse:
-            s = torch.as_tensor(success, device=r.device).float().flatten()
-            if s.shape != r.shape:
-                raise ValueError(f"success must have one value per frame ({r.shape[0]}), got {list(s.shape)}")
-            r = r + self.config.success_scale * s
+            s = as_success(success, r.shape[0], "success")  # NaN / strings / wrong length: a named error
+            r = r + self.config.success_scale * s.to(r.device)
         return r
 
     def update_rnd(self, frames: torch.Tensor) -> dict[str, float]:
@@ -614,10 +624,28 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         return model
 
 
-def _frame_batch(frames: Any) -> torch.Tensor:
-    """uint8 frames as ``[N, H, W, 3]`` (one frame ``[H, W, 3]`` becomes a batch of one)."""
+def _frame_batch(frames: Any, what: str = "goal frames") -> torch.Tensor:
+    """uint8 frames as ``[N, H, W, 3]`` (one frame ``[H, W, 3]`` becomes a batch of one; a list of
+    frames is stacked, and frames of different shapes are a named error)."""
+    if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, (torch.Tensor, np.ndarray)) for f in frames):
+        parts = [torch.as_tensor(f) for f in frames]
+        shapes = sorted({tuple(f.shape) for f in parts})
+        if len(shapes) > 1:
+            raise ValueError(f"{what} have different shapes: {[list(x) for x in shapes]}")
+        frames = torch.stack(parts)
+    elif not isinstance(frames, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{what} must be uint8 frames [G, H, W, 3] (a tensor / array or a list of frames), "
+                        f"got {type(frames).__name__}")
     frames = torch.as_tensor(frames)
     return frames[None] if frames.dim() == 3 else frames
+
+
+def _check_spread(values: torch.Tensor, term: str) -> None:
+    """Refuse to fit a std on fewer than 2 frames: one value has no spread, and storing 1 would read
+    as a measured std."""
+    if values.numel() < 2:
+        raise ValueError(f"the expert {term} statistics need at least 2 frames in all, got {values.numel()}: "
+                         "give longer or more expert episodes")
 
 
 def _std(x: torch.Tensor) -> float:

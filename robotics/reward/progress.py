@@ -181,7 +181,12 @@ class ProgressModel(EpisodeScorer, nn.Module):
         """Mean / std of the raw score over expert episodes, and the mean of their first and last
         frames' scores; stored (and saved) with the model. A goal-conditioned ranker scores each
         episode against its own ``goals[k]`` (uint8 ``[G, H, W, 3]``), or all against the goal set now."""
-        scores = self._scores_with_goals(episodes_from(episodes), goals)
+        eps = episodes_from(episodes)
+        short = [k for k, ep in enumerate(eps) if ep.shape[0] < 2]
+        if short:  # its first frame is its last: no progress to measure, and a std of one frame is not one
+            raise ValueError(f"episode {short[0]} has {eps[short[0]].shape[0]} frame: the progress statistics need "
+                             "expert episodes of at least 2 frames (a first and a last)")
+        scores = self._scores_with_goals(eps, goals)
         allr = torch.cat(scores)
         std = float(allr.std()) if allr.numel() > 1 else 1.0
         std = std if std > 1e-8 and math.isfinite(std) else 1.0

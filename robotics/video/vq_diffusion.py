@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.core.model import Pretrained
+from mmreward.core.model import Pretrained, check_ranges
 from mmreward.core.train import seed_everything, warmup_cosine
 from mmreward.core.trainer import Trainer
 
@@ -550,6 +550,20 @@ class VideoTrainConfig:
     seed: int = _help("seed of the initial weights, batches and noise", 0)
     log_every: int = _help("progress-bar / console interval in steps (metrics.csv gets every step)", 10)
     ckpt_every: int = _help("snapshot interval in steps (0 = only at the end)", 200)
+
+    def __post_init__(self) -> None:
+        # ema_every 0 / negative was read as 1 and a negative or NaN grad_clip as "off": refused here
+        check_ranges(self, counts=("steps", "batch_size", "ema_every"),
+                     naturals=("warmup_steps", "seed", "log_every", "ckpt_every"),
+                     weights=("lr", "weight_decay", "grad_clip"), fractions=("min_lr_ratio",))
+        if self.lr == 0:
+            raise ValueError(f"VideoTrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if isinstance(self.ema_decay, bool) or not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"VideoTrainConfig.ema_decay must be a number in [0, 1), got {self.ema_decay!r}")
+        b = self.betas
+        if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
+            raise ValueError(f"VideoTrainConfig.betas must be two numbers in [0, 1), got {b!r}")
 
 
 def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out_dir: str = "vq_diffusion",

@@ -353,3 +353,62 @@ def test_pretrained_model_is_saved_to_model_folder_and_seed_is_reproducible(tmp_
     loaded = TinyRegressor.from_pretrained(str(tmp_path / "a" / "model"))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), loaded.state_dict().values()))
     assert resolve_folder(str(tmp_path / "a")) == str(tmp_path / "a" / "model")
+
+
+@pytest.mark.parametrize("how", [dict(overwrite=True), dict(resume=False)])
+def test_a_second_fit_of_a_trainer_continues_its_run(tmp_path, how):
+    # overwrite=True used to delete the snapshot and metrics.csv of the first call and restart the RNGs
+    # halfway (or, after a finished run, leave an emptied folder); resume=False refused the documented
+    # stop_at continuation
+    data = make_data(32)
+    ref = make_model()
+    Trainer(ref, cfg(tmp_path / "ref", max_steps=4, **how), data, collate, mse_loss).fit()
+    m = make_model()
+    trainer = Trainer(m, cfg(tmp_path / "a", max_steps=4, **how), data, collate, mse_loss)
+    trainer.fit(stop_at=2)
+    assert [r["step"] for r in trainer.fit()] == [1, 2, 3, 4]
+    assert all(torch.equal(x, y) for x, y in zip(ref.state_dict().values(), m.state_dict().values()))
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+    assert len(trainer.fit()) == 4  # finished: nothing to do, nothing removed
+    assert snapshot_names(tmp_path / "a")[0] == "checkpoint-00000004"
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+
+
+def test_a_second_fit_without_a_snapshot_is_refused_not_restarted_from_trained_weights(tmp_path):
+    calls = {"n": 0}
+
+    def interrupted_at_step_3(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return mse_loss(model, batch)
+
+    trainer = Trainer(make_model(), cfg(tmp_path, max_steps=5), make_data(32), collate, interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    with pytest.raises(RuntimeError, match="no snapshot to continue from"):
+        trainer.fit()
+
+
+def test_config_values_of_numpy_and_path_types_and_bad_values(tmp_path):
+    c = cfg(tmp_path, max_steps=np.int64(3), batch_size=np.int32(8), lr=np.float32(0.5), seed=np.uint8(1))
+    assert (c.max_steps, c.batch_size, c.seed) == (3, 8, 1) and type(c.max_steps) is int and type(c.lr) is float
+    assert TrainConfig(output_dir=tmp_path / "p").output_dir == str(tmp_path / "p")
+    for bad in (dict(weight_decay=float("inf")), dict(lr=True), dict(max_steps=np.float64(3.0))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            cfg(tmp_path, **bad)
+    Trainer(make_model(), cfg(tmp_path / "np", max_steps=np.int64(2)), make_data(16), collate, mse_loss).fit(
+        stop_at=np.int64(1))
+
+
+def test_datasets_not_indexed_by_position_and_bad_eval_values_are_named(tmp_path):
+    data = make_data(16)
+    with pytest.raises(TypeError, match="train_dataset .* got dict"):
+        Trainer(make_model(), cfg(tmp_path), {str(i): e for i, e in enumerate(data)}, collate, mse_loss)
+    with pytest.raises(TypeError, match="train_dataset .* got set"):
+        Trainer(make_model(), cfg(tmp_path), set(range(16)), collate, mse_loss)
+    bad_evals = (({"acc": torch.ones(2)}, "'acc'"), ({"acc": "high"}, "'acc'"), ({1: 0.5}, "string keys"))
+    for i, (out, match) in enumerate(bad_evals):
+        with pytest.raises(TypeError, match=match):
+            Trainer(make_model(), cfg(tmp_path / f"e{i}", max_steps=1), data, collate, mse_loss,
+                    eval_fn=lambda m, out=out: out).fit()

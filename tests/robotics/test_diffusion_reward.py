@@ -214,3 +214,56 @@ def test_train_video_model_from_frames_with_codec(tmp_path):
     video = train_video_model([SimpleNamespace(frames=e.numpy()) for e in eps], VQDiffusionConfig(**VIDEO),
                               str(tmp_path / "b"), codec=codec, steps=2, batch_size=4, progress_bar=False)
     assert (tmp_path / "b" / "model" / "config.json").exists()
+
+
+def test_forward_checks_success_flags_as_score_does():
+    from mmreward.core.data import DataError
+    from mmreward.core.inputs import Episode
+    dr = make_reward(use_std=False, rnd=False)
+    ep = frames(4)
+    for bad, msg in [([float("nan")] * 4, "success has NaN"), (["yes"] * 4, "booleans or numbers"),
+                     ([1, 0], r"one value per frame \(4\), got 2")]:
+        with pytest.raises(DataError, match=msg):
+            dr(ep, bad)
+    # a [2, 2] table is not 4 per-frame flags: refused, not flattened
+    with pytest.raises(DataError, match=r"input 0: field 'success' must be a flat list .*\[2, 2\]"):
+        dr.score([Episode(ep, [[1, 0], [1, 0]])])
+    with pytest.raises(DataError, match=r"\[4, 1\]"):
+        dr(ep, torch.ones(4, 1))
+
+
+def test_statistics_of_a_single_frame_are_refused_not_stored_as_std_1():
+    dr = make_reward(rnd=False)
+    before = dr.statistics.clone(), dr.displacement_statistics.clone()
+    with pytest.raises(ValueError, match="reward statistics need at least 2 frames in all, got 1"):
+        dr.fit_statistics([frames(1)])
+    with pytest.raises(ValueError, match="displacement statistics need at least 2 frames"):
+        dr.fit_displacement_statistics([frames(1)])
+    with pytest.raises(ValueError, match="goal statistics need at least 2 frames"):
+        dr.fit_goal_statistics([frames(1)], [frames(2, 1)])
+    assert torch.equal(dr.statistics, before[0]) and torch.equal(dr.displacement_statistics, before[1])
+    assert dr.fit_statistics([frames(1), frames(1, 1)])["frames"] == 2  # two one-frame episodes have a spread
+
+
+def test_token_shapes_of_goal_and_start_are_checked():
+    dr = make_reward(rnd=False)
+    tok = dr.tokenize(frames(3))
+    with pytest.raises(ValueError, match=r"goal tokens \[2, 3\] and frame tokens \[3, 16\]"):
+        dr.goal_distance(tok, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"start tokens \[L\], got \[3, 16\] and \[3\]"):
+        dr.displacement(tok, torch.zeros(3, dtype=torch.long))
+    assert dr.displacement(tok[-1:], tok[0]).shape == (1,)
+
+
+def test_goal_frames_given_as_lists_are_stacked_or_named():
+    dr = make_reward(rnd=False)
+    ep = frames(3)
+    dr.set_goal([ep[0], ep[1].numpy()])  # a list of frames is a batch of goal frames
+    assert torch.equal(dr.goal_tokens, dr.tokenize(ep[:2]))
+    assert dr.fit_goal_statistics([ep], [[ep[0], ep[2]]])["goal_frames"] == 3
+    with pytest.raises(ValueError, match=r"goal frames have different shapes: \[\[16, 32, 3\], \[32, 32, 3\]\]"):
+        dr.set_goal([ep[0], ep[1, :16]])
+    with pytest.raises(TypeError, match="goals must be a list of goal frame sets, one per episode, got NoneType"):
+        dr.fit_goal_statistics([ep], None)
+    with pytest.raises(TypeError, match="goal frames must be uint8 frames .* got str"):
+        dr.set_goal("goal.png")

@@ -101,6 +101,14 @@ def test_untrained_statistics_refuse_a_ranker_that_has_not_learned():
         m.fit_statistics([np.zeros((5, SIZE, SIZE, 3), np.uint8)])
 
 
+def test_one_frame_expert_episodes_are_named_not_blamed_on_the_ranker():
+    m = ProgressModel(ProgressConfig(**SMALL))
+    eps = [np.random.default_rng(k).integers(0, 256, (T, SIZE, SIZE, 3), dtype=np.uint8) for k, T in enumerate((4, 1))]
+    with pytest.raises(ValueError, match="episode 1 has 1 frame: .*at least 2 frames"):
+        m.fit_statistics(eps)
+    assert int(m.statistics[2]) == 0  # nothing stored
+
+
 def test_diffusion_reward_adds_the_progress_term_and_saves_it(trained, tmp_path):
     from test_diffusion_reward import make_reward
 

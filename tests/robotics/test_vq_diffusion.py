@@ -356,3 +356,14 @@ def test_shipped_checkpoint_keeps_the_original_layout():
         pytest.skip("no shipped checkpoint")
     video = ConditionalVQDiffusion.from_pretrained(os.path.join(pretrained_path("metaworld-64"), "video"))
     assert (video.config.mlp_type, video.config.embedding) == ("linear", "mmreward")
+
+
+def test_out_of_range_training_settings_are_named_before_any_work(tmp_path):
+    # ema_every=0 was read as 1 and grad_clip=-1 / NaN as "no clipping", without a word
+    hist, tgt = torch.zeros(4, 2, 6, dtype=torch.long), torch.zeros(4, 6, dtype=torch.long)
+    for bad in (dict(ema_every=0), dict(grad_clip=-1.0), dict(grad_clip=float("nan")), dict(lr=0.0),
+                dict(ema_decay=1.0), dict(min_lr_ratio=2.0), dict(betas=(0.9, 1.5))):
+        with pytest.raises(ValueError, match=f"VideoTrainConfig.{next(iter(bad))}"):
+            train_video_model((hist, tgt), VQDiffusionConfig(**TINY), str(tmp_path / "run"), steps=1,
+                              progress_bar=False, **bad)
+    assert not (tmp_path / "run").exists()

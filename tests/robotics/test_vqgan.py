@@ -223,3 +223,13 @@ def test_encode_is_the_same_in_channels_last_and_under_bfloat16_keeps_float32_di
     zf = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model.quantizer.codes(zf), ref.flatten())
+
+
+def test_out_of_range_training_settings_are_named_before_any_work(tmp_path):
+    # restart_every=-1 used to restart dead codes every step, disc_weight=-1 silently dropped the
+    # discriminator, lr=0 trained nothing and short betas failed inside torch
+    for bad in (dict(restart_every=-1), dict(disc_weight=-1.0), dict(lr=0.0), dict(lr=float("nan")),
+                dict(l1_weight=float("nan")), dict(betas=(0.5,)), dict(disc_start=-5)):
+        with pytest.raises(ValueError, match=f"VQGANTrainConfig.{next(iter(bad))}"):
+            train_vqgan(blobs(4), VQGANConfig(**TINY), str(tmp_path / "run"), steps=1, progress_bar=False, **bad)
+    assert not (tmp_path / "run").exists()

@@ -332,3 +332,32 @@ def test_cache_frozen_trains_exactly_like_the_uncached_model(llama, tmp_path):
     bert = ProcessRewardModel.from_backbone(_bert(tok), tok, head="value", max_length=96)
     with pytest.raises(ValueError, match="BertModel gives other hidden states"):  # inputs_embeds get positions added
         CachedPrefixCollator(bert, rows, StepCollator(bert), 1)
+
+
+def test_train_prm_settings_and_eval_examples_are_checked_before_training(tmp_path):
+    from mmreward.text.prm.synthetic import make_dataset
+    from mmreward.text.prm.train import PRMTrainConfig, train_prm
+
+    def cfg(**kw):
+        return PRMTrainConfig(**{**dict(output_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, progress=False,
+                                        tensorboard=False, plot=False, log_every=0), **kw})
+
+    # eval_batch_size 0 used to fail after the last step, before its snapshot, naming "batch_size"
+    for bad in (dict(eval_batch_size=0), dict(eval_threshold="0.5"), dict(trainable_layers=True)):
+        with pytest.raises(ValueError, match=f"PRMTrainConfig.{next(iter(bad))}"):
+            cfg(**bad)
+    tok = char_tokenizer("step", max_value=5)
+    prm = ProcessRewardModel.from_backbone(tiny_llama(tok, hidden=16, layers=1, heads=2, seed=1), tok, max_length=96)
+    rows = read_step_examples(make_dataset(8, seed=0, max_value=5))
+    pair = PairExample("1+1", [], "2", "3")
+    with pytest.raises(ValueError, match="eval_examples is empty"):
+        train_prm(prm, rows, cfg(), eval_examples=[])
+    with pytest.raises(TypeError, match="eval example 1"):
+        train_prm(prm, rows, cfg(), eval_examples=[rows[0], pair])
+    assert not (tmp_path / "run").exists()
+    # a refused run leaves the model's trainable parameters as they were
+    with pytest.raises(ValueError, match="blocks"):
+        prm.freeze_backbone(5)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        train_prm(prm, rows, cfg(trainable_layers=1, batch_size=64))
+    assert all(p.requires_grad for p in prm.parameters())

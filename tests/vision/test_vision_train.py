@@ -109,3 +109,12 @@ def test_same_seed_same_model_and_bad_device_is_refused(tmp_path):
     bad = ImageRewardTrainConfig(n_train=16, device="cuda:7" if torch.cuda.is_available() else "cuda")
     with pytest.raises(DeviceError, match="cuda"):
         train_image_reward(bad, quiet(tmp_path / "d", max_steps=1, batch_size=4))
+
+
+def test_configs_given_the_other_way_round_are_named(tmp_path):
+    cfg, tc = ImageRewardTrainConfig(n_train=16), quiet(tmp_path / "run", max_steps=1, batch_size=4)
+    with pytest.raises(TypeError, match="cfg must be an ImageRewardTrainConfig, got TrainConfig"):
+        train_image_reward(tc, cfg)
+    with pytest.raises(TypeError, match="train_cfg must be a TrainConfig, got dict"):
+        train_image_reward(cfg, {"max_steps": 1})
+    assert not (tmp_path / "run").exists()

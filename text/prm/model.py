@@ -297,12 +297,12 @@ class ProcessRewardModel(RewardScorer, nn.Module):
         trainable parameters."""
         if not isinstance(trainable_layers, int) or isinstance(trainable_layers, bool) or trainable_layers < -1:
             raise ValueError(f"trainable_layers must be an int >= -1 (-1 = all), got {trainable_layers!r}")
+        layers = self.decoder_layers() if trainable_layers != -1 else []
+        if trainable_layers > len(layers):  # checked before any flag changes: a refused call leaves the model as it was
+            raise ValueError(f"trainable_layers={trainable_layers} but the backbone has {len(layers)} blocks")
         for p in self.parameters():
             p.requires_grad_(trainable_layers == -1)
         if trainable_layers != -1:
-            layers = self.decoder_layers()
-            if trainable_layers > len(layers):
-                raise ValueError(f"trainable_layers={trainable_layers} but the backbone has {len(layers)} blocks")
             keep = [layers[i] for i in range(len(layers) - trainable_layers, len(layers))]
             norm = getattr(self.backbone, "norm", None)  # causal LMs' final norm sits after the last block
             keep += [norm] if isinstance(norm, nn.Module) else []

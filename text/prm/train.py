@@ -45,9 +45,13 @@ class PRMTrainConfig(TrainConfig):
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"PRMTrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if not 0.0 <= self.eval_threshold <= 1.0:
-            raise ValueError(f"PRMTrainConfig.eval_threshold must be in [0, 1], got {self.eval_threshold}")
-        if not isinstance(self.trainable_layers, int) or self.trainable_layers < -1:
+        if isinstance(self.eval_threshold, bool) or not (isinstance(self.eval_threshold, (int, float))
+                                                         and 0.0 <= self.eval_threshold <= 1.0):
+            raise ValueError(f"PRMTrainConfig.eval_threshold must be a number in [0, 1], got {self.eval_threshold!r}")
+        # checked here, not at the first evaluation (by default after the last step, before its snapshot)
+        if isinstance(self.eval_batch_size, bool) or not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
+            raise ValueError(f"PRMTrainConfig.eval_batch_size must be an integer >= 1, got {self.eval_batch_size!r}")
+        if isinstance(self.trainable_layers, bool) or not isinstance(self.trainable_layers, int) or self.trainable_layers < -1:
             raise ValueError(f"PRMTrainConfig.trainable_layers must be an int >= -1 (-1 = all), got {self.trainable_layers!r}")
         if self.cache_frozen and self.trainable_layers < 1:
             raise ValueError("PRMTrainConfig.cache_frozen needs trainable_layers >= 1 (the blocks below them are cached)")
@@ -108,6 +112,26 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
         for i, e in enumerate(train_examples):
             if any(y != -100 and not 0.0 <= y <= 1.0 for y in e.labels):
                 raise ValueError(f"train example {i}: bce labels must be in [0, 1] (or -100), got {e.labels}")
+    if eval_examples is not None:
+        eval_examples = list(eval_examples)
+        if not eval_examples:
+            raise ValueError("train_prm: eval_examples is empty (pass None for no evaluation)")
+        kind = type(eval_examples[0])
+        for i, e in enumerate(eval_examples):  # now, not at the first evaluation after training steps
+            if not isinstance(e, (StepExample, PairExample)) or type(e) is not kind:
+                raise TypeError(f"eval example {i}: expected {kind.__name__ if i else 'StepExample or PairExample'} "
+                                f"(all of one kind), got {type(e).__name__}")
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        return _train_prm(model, train_examples, config, eval_examples, optimizer)
+    except BaseException:
+        for p, flag in zip(model.parameters(), flags):  # a refused run does not leave the backbone frozen
+            p.requires_grad_(flag)
+        raise
+
+
+def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence],
+               optimizer: Optional[torch.optim.Optimizer]) -> list[dict]:
     if config.trainable_layers != -1:
         model.freeze_backbone(config.trainable_layers)
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
