@@ -27,34 +27,6 @@ from typing import Any, Optional, Sequence
 from mmreward.core.cli_config import CLIParser
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# row fields that hold media paths (one path or a list of them)
-PATH_FIELDS = ("image", "images", "video", "frames", "episode")
-
-
-def _resolve_paths(rows: list, data: str) -> list:
-    """Copies of ``rows`` whose relative media paths (:data:`PATH_FIELDS`) point into the folder of the
-    data file ``data``: rows written next to their images (``vision colour-data``) score from any
-    working folder, and a same-named file in the working folder is never read instead."""
-    base = os.path.dirname(os.path.abspath(data))
-
-    def resolve(value: Any) -> Any:
-        if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value \
-                or value.startswith("data:"):
-            return value
-        return os.path.join(base, value)
-
-    out = []
-    for row in rows:
-        if isinstance(row, dict):  # a non-object row is reported by _row_inputs
-            row = dict(row)
-            for key in PATH_FIELDS:
-                if key in row:
-                    value = row[key]
-                    row[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
-        out.append(row)
-    return out
-
-
 def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> list:
     from mmreward.core import inputs as I
 
@@ -123,14 +95,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("give either --data ROWS or input files, not both / neither")
 
     import mmreward
-    from mmreward.core.data import read_records
+    from mmreward.core.data import read_records, resolve_media_paths
 
     model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
     if args.data:
         rows = read_records(args.data)
         if not rows:
             raise ValueError(f"{args.data} holds no rows")
-        items, where = _row_inputs(model, _resolve_paths(rows, args.data), args.data)
+        items, where = _row_inputs(model, resolve_media_paths(rows, args.data), args.data)
     else:
         rows = [{"file": f} for f in args.files]
         items, where = _file_inputs(model, args.files, args.prompt), [(i, "score") for i in range(len(args.files))]

@@ -39,7 +39,7 @@ from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import TextPair, as_inputs
 from mmreward.core.model import (RewardScorer, check_batch_size, config_from_dict, config_to_dict, load_state_strict,
                                  load_weights, read_config, save_weights)
-from mmreward.core.weights import quiet_transformers
+from mmreward.core.weights import position_limit, quiet_transformers
 
 from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, has_chat_template, has_pair_template,
                    model_max_length, pad_batch, pad_id_of, truncation_warning)
@@ -256,18 +256,9 @@ class RewardModel(RewardScorer, nn.Module):
         the input; a subclass whose forward needs more than tokens adds them (ArmoRM: a prompt turn)."""
 
     def position_limit(self) -> Optional[int]:
-        """The most tokens the backbone can read: the size of its learned position table (a module
-        named ``*position_embeddings`` / ``wpe`` with ``max_position_embeddings`` / ``n_positions``
-        rows), less the rows below the first position when positions count from ``padding_idx + 1``
-        (RoBERTa, XLM-R, MPNet). None when positions have no hard end (rotary, relative positions)."""
-        bc = getattr(self.backbone, "config", None)
-        sizes = {getattr(bc, "max_position_embeddings", None), getattr(bc, "n_positions", None)} - {None}
-        for name, module in self.backbone.named_modules():
-            if name.endswith(("position_embeddings", "wpe")) and isinstance(module, nn.Embedding) \
-                    and module.num_embeddings in sizes:
-                pad = module.padding_idx
-                return module.num_embeddings - (pad + 1 if pad is not None else 0)
-        return None
+        """The most tokens the backbone reads (:func:`mmreward.core.weights.position_limit`): a learned
+        position table's size, None for rotary / relative positions."""
+        return position_limit(self.backbone)
 
     def check_fits(self, rows: Sequence[Encoded], names: Optional[Sequence[str]] = None) -> None:
         """Each tokenised input fits the backbone: at most :meth:`position_limit` tokens, and token ids

@@ -117,19 +117,7 @@ def pairwise_loss_fn(config: RewardTrainConfig):
 
 
 # ------------------------------------------------------------------ the trainer
-class RewardTrainer(Trainer):
-    """The core Trainer whose run fingerprint also holds ``settings``: the model's input layout and
-    truncation (``max_length``, ``pooling``, ``input_format``, …) and ``group_by_length``. A run
-    resumed (or a finished one re-run) with other input settings would go on training on other
-    tokens, or re-save a finished model with the new settings, so it is refused as any other
-    change of settings is."""
-
-    def _fingerprint(self) -> dict:
-        return {**super()._fingerprint(), **self.settings}
-
-
-# ------------------------------------------------------------------ data order
-class LengthGroupedTrainer(RewardTrainer):
+class LengthGroupedTrainer(Trainer):
     """The core Trainer with micro-batches of similar-length examples (``len(example)``).
 
     Each epoch's permutation (drawn from ``seed + epoch``, padded to the world size as the Trainer
@@ -225,8 +213,11 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
         def eval_fn(m):
             return pair_metrics(m, eval_data, batch_size=config.eval_batch_size)
 
-    trainer_class = LengthGroupedTrainer if config.group_by_length else RewardTrainer
+    trainer_class = LengthGroupedTrainer if config.group_by_length else Trainer
     inputs = {k: v for k, v in config_to_dict(model.config).items() if k != "backbone"}  # layout and truncation
+    # a resume must tokenise and order the pairs as the run it continues did (and a finished run must not
+    # re-save its model under other input settings)
+    run_inputs = {"reward_model": inputs, "group_by_length": config.group_by_length}
     trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
-                            settings={"reward_model": inputs, "group_by_length": config.group_by_length})
+                            settings=run_inputs, resume_settings=run_inputs)
     return trainer.fit()

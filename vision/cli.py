@@ -30,9 +30,6 @@ from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser, add_config_options
 
-MEDIA_FIELDS = ("images", "image", "video", "frames")
-
-
 # ------------------------------------------------------------------ shared by the vision commands
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
@@ -41,18 +38,12 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 def read_rows(path: str) -> list[dict]:
     """Rows of a JSON / JSONL file (or saved dataset) with relative image / video paths made
     absolute against the file's folder."""
-    from mmreward.core.data import DataError, read_records
+    from mmreward.core.data import DataError, read_records, resolve_media_paths
 
     rows = read_records(path)
     if not rows:
         raise DataError(f"{path} holds no rows")
-    base = os.path.dirname(os.path.abspath(path))
-    resolve = lambda p: os.path.join(base, p) if isinstance(p, str) and not os.path.isabs(p) else p  # noqa: E731
-    for row in rows:
-        for key in MEDIA_FIELDS:
-            if key in row:
-                row[key] = [resolve(p) for p in row[key]] if isinstance(row[key], list) else resolve(row[key])
-    return rows
+    return resolve_media_paths(rows, path)
 
 
 def load_scorer(path: str, device: str, reads: type) -> Any:

@@ -140,6 +140,35 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
     return rows
 
 
+# row fields that hold media paths (one path or a list of them)
+MEDIA_PATH_FIELDS = ("image", "images", "video", "frames", "episode")
+
+
+def resolve_media_paths(rows: list, data: str) -> list:
+    """Copies of ``rows`` whose relative media paths (:data:`MEDIA_PATH_FIELDS`; URLs and ``data:``
+    strings left alone) point into the folder of the data file ``data``: rows written next to their
+    images score from any working folder, and a same-named file in the working folder is never read
+    instead. Rows that are not objects pass through (their reader reports them)."""
+    base = os.path.dirname(os.path.abspath(data))
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value \
+                or value.startswith("data:"):
+            return value
+        return os.path.join(base, value)
+
+    out = []
+    for row in rows:
+        if isinstance(row, dict):
+            row = dict(row)
+            for key in MEDIA_PATH_FIELDS:
+                if key in row:
+                    value = row[key]
+                    row[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
+        out.append(row)
+    return out
+
+
 def require_fields(row: dict, index: int, fields: Iterable[str], where: str = "") -> None:
     """Raise ``DataError`` naming the row and the first missing field."""
     for name in fields:

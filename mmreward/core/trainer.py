@@ -172,12 +172,14 @@ class Trainer:
                  step_fn: Optional[Callable[["Trainer", Any], Mapping[str, Any]]] = None,
                  sample_batch: Optional[Callable[[], Any]] = None,
                  save_model: Optional[Callable[[str], None]] = None, reseed: bool = True,
-                 settings: Optional[Mapping[str, Any]] = None):
+                 settings: Optional[Mapping[str, Any]] = None, resume_settings: Optional[Mapping[str, Any]] = None):
         """``reseed``: seed every RNG with ``config.seed`` when a fresh run starts (False: the caller
         seeded before building the model and the run continues that RNG stream). ``save_model(folder)``
         writes the final model (default: ``model.save_pretrained`` for a ``Pretrained`` model).
         ``settings``: more of the run's settings (e.g. a domain trainer's own config) recorded in
-        ``train_config.json``."""
+        ``train_config.json``. ``resume_settings``: settings a resumed run must share with the run it
+        continues beyond the core ones (a model's input layout, a judge's objective): part of the run's
+        fingerprint, so a resume with other values is refused naming them."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -192,6 +194,7 @@ class Trainer:
                 raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
         self.config, self.loss_fn, self.step_fn, self.eval_fn = config, loss_fn, step_fn, eval_fn
         self.save_model, self.reseed, self.settings = save_model, reseed, dict(settings or {})
+        self.resume_settings = dict(resume_settings or {})
         self.rank, self.world_size, self._owns_group = _dist_setup()
         self.is_main = self.rank == 0
         self._init_data(train_dataset, collate_fn, sample_batch)
@@ -305,7 +308,7 @@ class Trainer:
         c = self.config
         return {"model": type(self.model).__qualname__, "step": "step_fn" if self.step_fn else "loss_fn",
                 "state": sorted(self._extra), "batch_size": c.batch_size, "grad_accum_steps": c.grad_accum_steps,
-                "seed": c.seed, "world_size": self.world_size}
+                "seed": c.seed, "world_size": self.world_size, **self.resume_settings}
 
     def save_snapshot(self) -> str:
         """Write ``output_dir/checkpoint-<step>`` as one unit (rank 0 only); older ones beyond the newest

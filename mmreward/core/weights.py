@@ -270,5 +270,24 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["backbone_state", "check_shapes", "hf_config", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "refuse_mismatched", "require_tensors",
+__all__ = ["backbone_state", "check_shapes", "hf_config", "position_limit", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "refuse_mismatched", "require_tensors",
            "weight_names", "weight_shapes"]
+
+
+def position_limit(model: Any) -> Optional[int]:
+    """The most tokens a transformers ``model`` reads: the rows of its learned position table (a module
+    named ``*position_embeddings`` / ``wpe`` / ``embed_positions`` sized by the config's
+    ``max_position_embeddings`` / ``n_positions``), less the rows below the first position (RoBERTa-style
+    ``padding_idx + 1``, OPT's ``offset``). None when positions have no hard end (rotary, or DeBERTa's
+    relative table, which the size check leaves out)."""
+    config = getattr(model, "config", None)
+    sizes = {getattr(config, "max_position_embeddings", None), getattr(config, "n_positions", None)} - {None}
+    for name, module in model.named_modules():
+        if not (name.endswith(("position_embeddings", "wpe", "embed_positions"))
+                and isinstance(module, torch.nn.Embedding)):
+            continue
+        pad, offset = module.padding_idx, int(getattr(module, "offset", 0))
+        if module.num_embeddings in sizes or module.num_embeddings - offset in sizes:
+            return module.num_embeddings - (pad + 1 if pad is not None else offset)
+    return None
+

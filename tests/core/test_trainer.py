@@ -35,6 +35,19 @@ def mse_loss(model, batch):
     return loss, {"abs_err": (pred - batch["y"]).abs().mean().item()}
 
 
+def loss_interrupted_at_call(n: int):
+    """``mse_loss`` that raises KeyboardInterrupt (Ctrl-C) on its ``n``-th call."""
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return mse_loss(model, batch)
+
+    return loss
+
+
 def snapshot_names(folder):
     return [os.path.basename(p) for _, p in Snapshots(str(folder)).list()]
 
@@ -235,16 +248,8 @@ def test_stop_at_and_a_run_killed_before_its_first_snapshot(tmp_path):
     Trainer(make_model(seed=7), cfg(tmp_path / "a", max_steps=5), data, collate, mse_loss).fit()
     assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
     # a run that wrote logs but no snapshot yet starts again from step 0 (same settings only)
-    calls = {"n": 0}
-
-    def dies_at_step_3(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return mse_loss(model, batch)
-
     with pytest.raises(KeyboardInterrupt):
-        Trainer(make_model(), cfg(tmp_path / "b", max_steps=5), data, collate, dies_at_step_3).fit()
+        Trainer(make_model(), cfg(tmp_path / "b", max_steps=5), data, collate, loss_interrupted_at_call(3)).fit()
     assert snapshot_names(tmp_path / "b") == [] and (tmp_path / "b" / "metrics.csv").exists()
     b = make_model()
     Trainer(b, cfg(tmp_path / "b", max_steps=5), data, collate, mse_loss).fit()
@@ -375,15 +380,7 @@ def test_a_second_fit_of_a_trainer_continues_its_run(tmp_path, how):
 
 
 def test_a_second_fit_without_a_snapshot_is_refused_not_restarted_from_trained_weights(tmp_path):
-    calls = {"n": 0}
-
-    def interrupted_at_step_3(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return mse_loss(model, batch)
-
-    trainer = Trainer(make_model(), cfg(tmp_path, max_steps=5), make_data(32), collate, interrupted_at_step_3)
+    trainer = Trainer(make_model(), cfg(tmp_path, max_steps=5), make_data(32), collate, loss_interrupted_at_call(3))
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     with pytest.raises(RuntimeError, match="no snapshot to continue from"):

@@ -147,11 +147,8 @@ def judge_trainer(model: Any, config: Any, rows: Sequence[Any], collate: Any, lo
     objective on the same snapshot, so it is refused, naming the setting."""
     from mmreward.core.trainer import Trainer
 
-    class JudgeTrainer(Trainer):
-        def _fingerprint(self) -> dict:
-            return {**super()._fingerprint(), "judge": self.settings}
-
-    return JudgeTrainer(model, config, rows, collate, loss_fn, eval_fn=eval_fn, settings=settings)
+    return Trainer(model, config, rows, collate, loss_fn, eval_fn=eval_fn, settings=settings,
+                   resume_settings={"judge": settings})
 
 
 def _turns(value: Any, where: str) -> list[dict]:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from mmreward.core.weights import position_limit
+
 from .heads import last_token_logits
 from .parsing import Parsed
 
@@ -66,19 +68,6 @@ class JudgeResult:
     @property
     def ok(self) -> bool:
         return not self.reason
-
-
-def position_limit(model: Any) -> Optional[int]:
-    """The most positions ``model`` reads: the size of a learned position table (GPT-2's ``wpe``, OPT's
-    ``embed_positions``, less a padding offset), else None (rotary / relative positions have no hard end)."""
-    config = getattr(model, "config", None)
-    size = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(size, int):
-        return None
-    for name, module in model.named_modules():
-        if name.endswith(("position_embeddings", "wpe", "embed_positions")) and isinstance(module, torch.nn.Embedding):
-            return min(size, module.num_embeddings - int(getattr(module, "offset", 0)))
-    return None
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt", **template_kwargs: Any) -> str:
