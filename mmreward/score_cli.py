@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser
+from mmreward.core.cli_config import CLIParser, json_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> list:
@@ -137,7 +137,7 @@ def _print(args: Any, rows: list[dict], out: list[dict]) -> None:
         return
     if args.json:
         for r, o in zip(rows, out):
-            print(json.dumps({**r, **o}, ensure_ascii=False, default=str))
+            print(json_text({**r, **o}, ensure_ascii=False, default=str))
     else:
         for i, (r, o) in enumerate(zip(rows, out)):
             shown = "  ".join(f"{k}={v:.4f}" for k, v in o.items() if not k.startswith("parts"))
@@ -157,7 +157,7 @@ def _print_ranking(args: Any, out: list[dict]) -> None:
     rank = {i: r + 1 for r, i in enumerate(order)}
     results = [{"image": f, "score": scores[i], "rank": rank[i]} for i, f in enumerate(args.files)]
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "results": results}, indent=2))
+        print(json_text({"prompt": args.prompt, "results": results}, indent=2))
         return
     width = max(len(f) for f in args.files)
     print(f"prompt: {args.prompt}")

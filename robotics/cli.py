@@ -34,7 +34,6 @@ stderr naming the file / field / device, exit status 2 (:func:`mmreward.core.cli
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import typing
@@ -42,7 +41,7 @@ from collections import Counter
 from dataclasses import asdict, fields
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli, json_text
 
 PRESETS = ("small", "paper")
 
@@ -359,7 +358,7 @@ def _write_per_step(path: str, results: list[dict]) -> None:
     from mmreward.core.folders import atomic_write, atomic_write_text
 
     if path.endswith(".json"):
-        atomic_write_text(path, json.dumps({r["name"]: r["rewards"] for r in results}, indent=1) + "\n")
+        atomic_write_text(path, json_text({r["name"]: r["rewards"] for r in results}, indent=1) + "\n")
     elif path.endswith(".npz"):
         import numpy as np
 
@@ -455,7 +454,7 @@ def _score(args: argparse.Namespace) -> int:
         plot_curves(args.plot, curves, title=f"{type(model).__name__} ({os.path.basename(os.path.normpath(folder))})",
                     xlabel="frame", ylabel="reward")
     if args.json:
-        print(json.dumps({"model": folder, "model_type": model.model_type, "progress_ranker": ranker,
+        print(json_text({"model": folder, "model_type": model.model_type, "progress_ranker": ranker,
                           "episodes": results}))
         return 0
     width = max(8, min(48, max(len(r["name"]) for r in results)))
@@ -478,7 +477,7 @@ def _train_rl(args: argparse.Namespace) -> int:
 
     device = _prepare(args)
     summary = train_rl(config_from_args(RLConfig, args, device=str(device)), config_from_args(DrQV2Config, args))
-    print(json.dumps({k: summary[k] for k in ("frames", "episodes", "success_rate", "episode_return", "fps")}))
+    print(json_text({k: summary[k] for k in ("frames", "episodes", "success_rate", "episode_return", "fps")}))
     return 0
 
 
@@ -488,7 +487,7 @@ def _train_expert(args: argparse.Namespace) -> int:
 
     device = _prepare(args)
     summary = train_expert(config_from_args(ExpertConfig, args, device=str(device)), config_from_args(SACConfig, args))
-    print(json.dumps({k: summary[k] for k in ("steps", "frames", "episodes", "success_rate", "episode_return", "best",
+    print(json_text({k: summary[k] for k in ("steps", "frames", "episodes", "success_rate", "episode_return", "best",
                                               "steps_per_second")}))
     return 0
 
@@ -503,8 +502,8 @@ def _eval_expert(args: argparse.Namespace) -> int:
     if args.json:
         from mmreward.core.folders import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary))
+        atomic_write_text(args.json, json_text(summary, indent=1) + "\n")
+    print(json_text(summary))
     return 0
 
 
@@ -517,8 +516,8 @@ def _eval_rl(args: argparse.Namespace) -> int:
     if args.json:
         from mmreward.core.folders import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
+        atomic_write_text(args.json, json_text(summary, indent=1) + "\n")
+    print(json_text({k: v for k, v in summary.items() if k != "per_episode"}))
     return 0
 
 

@@ -130,3 +130,13 @@ def test_importing_a_package_is_light(package):
             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"import {package} pulled in: {out.stdout.strip()}"
+
+
+
+def test_no_unused_imports_or_undefined_names():
+    """pyflakes' checks (ruff's F rules) over the whole project: an undefined name fails only when its line
+    runs; unused imports and variables hide mistakes."""
+    pytest.importorskip("ruff")
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F", "--no-cache", "--output-format",
+                          "concise", "."], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, print_training_summary, run_cli
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, print_training_summary, run_cli, json_text
 
 from .data import INPUT_FORMATS, TRUNCATIONS
 from .reward_model import POOLINGS, RewardModelConfig
@@ -43,7 +43,8 @@ def _train_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
     p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / saved datasets folder (TRL preference format)")
     p.add_argument("--eval-data", help="held-out pairs: accuracy every --eval-every steps and at the end")
-    p.add_argument("--split", help="split of a saved DatasetDict for --data / --eval-data")
+    p.add_argument("--split", help="split of --data when it holds several (a saved DatasetDict, a .json object of lists)")
+    p.add_argument("--eval-split", help="split of --eval-data when it holds several")
     p.add_argument("--model", help="where training starts: a reward-model folder (continue training it) or a "
                                    "transformers backbone, local path or hub id (pretrained weights, new head)")
     for old in ("--backbone", "--init"):  # earlier spellings of --model
@@ -98,7 +99,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     device = resolve_device(args.device)
     train = load_preference_pairs(args.data, split=args.split)
-    evals = load_preference_pairs(args.eval_data, split=args.split) if args.eval_data else None
+    evals = load_preference_pairs(args.eval_data, split=args.eval_split) if args.eval_data else None
     seed_everything(cfg.seed)  # before the new head is drawn: equal seeds give equal runs
     model = _start_model(args).to(device)
     if cfg.max_length is not None:
@@ -206,7 +207,7 @@ def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[f
         out[i]["score" if slot == "response" else f"score_{slot}"] = s
     if as_json:
         for r, o in zip(rows, out):
-            print(json.dumps({**r, **o}, ensure_ascii=False))
+            print(json_text({**r, **o}, ensure_ascii=False))
         return
     print(f"{'row':>5}  {'score':>10}  {'rejected':>10}  prompt")
     for i, (r, o) in enumerate(zip(rows, out)):

@@ -190,6 +190,11 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
         raise ValueError("eval_pairs holds only tie pairs: nothing to measure accuracy on")
     if config.loss == "margin" and all(p.margin is None for p in train):
         raise ValueError("loss='margin' but no training pair has a 'margin' field")
+    if config.loss == "margin":
+        missing = [i for i, p in enumerate(train) if p.margin is None and not p.tie]
+        if missing:
+            warnings.warn(f"loss='margin': {len(missing)} of {len(train)} training pairs have no 'margin' field "
+                          f"(first: pair {missing[0]}); they train with margin 0, as plain Bradley-Terry")
     if config.loss == "bt" and any(p.margin is not None for p in train):
         warnings.warn("the training pairs have margins but loss='bt' ignores them (use loss='margin')")
     if config.max_length is not None:

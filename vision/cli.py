@@ -28,7 +28,7 @@ import sys
 from dataclasses import fields
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options
+from mmreward.core.cli_config import CLIParser, add_config_options, json_text
 
 # ------------------------------------------------------------------ shared by the vision commands
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.plot:
         plot_video_score(result, args.plot)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json_text(result.to_dict(), indent=2))
         return 0
     print(f"prompt: {result.prompt}\nframes: {len(result.scores)}" + (f" (fps {result.fps:.3g})" if result.fps else ""))
     print(f"mean {result.mean:.4f}  min {result.min:.4f}  max {result.max:.4f}  trend {result.trend:+.4g}/frame")

@@ -19,6 +19,9 @@ errors (bad data, paths, devices, checkpoints), 1 for anything else — with the
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import numbers
 import os
 import sys
 import typing
@@ -34,6 +37,22 @@ class CLIParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy floats too
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` for command output: NaN / ±inf (a diverged model's score, a mean over no episodes)
+    become ``null``, since ``NaN`` is not JSON and breaks ``jq`` and JavaScript readers."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def _user_error_types() -> tuple[type, ...]:

@@ -38,6 +38,13 @@ def _not_utf8(path: str, data: bytes, e: UnicodeDecodeError, lineno: Optional[in
                      f"{column}); re-save the file as UTF-8")
 
 
+def _no_splits(split: Optional[str], what: str) -> None:
+    """A split asked of a source that has none is an error, not silently the whole source."""
+    if split:
+        raise DataError(f"{what}, not a set of splits: split {split!r} applies to a .json object of lists "
+                        "or a saved DatasetDict (leave the split out)")
+
+
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
     with open(path, "rb") as f:
@@ -71,11 +78,17 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
     except json.JSONDecodeError as e:
         if text.lstrip().startswith("{") and "\n" in text.strip():
             try:
-                return _read_jsonl(path)  # JSON lines saved with a .json name
+                rows = _read_jsonl(path)  # JSON lines saved with a .json name
             except DataError:
-                pass
+                rows = None
+            if rows is not None:
+                _no_splits(split, f"{path} holds JSON lines")
+                return rows
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
     if isinstance(obj, dict):
+        if split and not isinstance(obj.get(split), list):
+            splits = sorted(k for k, v in obj.items() if isinstance(v, list))
+            raise DataError(f"{path} has no split {split!r}; its lists are under {splits}")
         keys = [split] if split else list(_LIST_KEYS)
         for k in keys:
             if isinstance(obj.get(k), list):
@@ -84,6 +97,8 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
         else:
             raise DataError(f"{path}: expected a list of objects (or an object with a list under "
                             f"{' / '.join(repr(k) for k in keys)}), got an object with keys {sorted(obj)[:8]}")
+    elif isinstance(obj, list):
+        _no_splits(split, f"{path} holds one list of rows")
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a list of objects, got {type(obj).__name__}")
     for i, r in enumerate(obj):
@@ -110,6 +125,8 @@ def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
         if split not in ds:
             raise DataError(f"{path} has no split {split!r}; it has {names}")
         ds = ds[split]
+    else:
+        _no_splits(split, f"{path} is a dataset without splits")
     return [dict(r) for r in ds]
 
 
@@ -122,12 +139,14 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
         if not os.path.exists(path):
             raise FileNotFoundError(f"data file {path!r} does not exist")
         if path.endswith((".jsonl", ".ndjson", ".jsonl.txt")):
+            _no_splits(split, f"{path} is a JSON-lines file")
             return _read_jsonl(path)
         if path.endswith(".json"):
             return _read_json(path, split)
         raise DataError(f"{path}: unknown data format (expected .json, .jsonl or a saved `datasets` folder)")
     if isinstance(source, dict):
         raise TypeError("expected a list of dicts or a path, got a single dict")
+    _no_splits(split, f"a {type(source).__name__} of rows")
     if hasattr(source, "column_names") and hasattr(source, "__getitem__"):  # an in-memory datasets.Dataset
         return [dict(r) for r in source]
     try:

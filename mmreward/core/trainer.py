@@ -131,6 +131,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.autocast must be one of {AUTOCAST}, got {self.autocast!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"TrainConfig.output_dir must be a non-empty path, got {self.output_dir!r}")
+        if self.warmup_steps >= self.max_steps:
+            warnings.warn(f"TrainConfig.warmup_steps ({self.warmup_steps}) >= max_steps ({self.max_steps}): the "
+                          f"learning rate never reaches lr (it peaks at {self.max_steps / self.warmup_steps:.2g} × lr)",
+                          stacklevel=3)
 
 
 # ------------------------------------------------------------------ helpers

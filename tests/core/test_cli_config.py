@@ -46,3 +46,18 @@ def test_bad_values_and_choices_are_errors():
         _parse(["--mode", "z"], choices={"mode": ("x", "y")})
     _, cfg = _parse(["--lr", "1"], skip=("steps",))
     assert cfg.steps == 10 and cfg.lr == 1.0
+
+
+def test_command_json_output_is_valid_json_when_a_score_is_not_finite():
+    """``json.dumps`` writes NaN / Infinity, which jq and JavaScript refuse: commands print null instead."""
+    import json
+    import math
+
+    import numpy as np
+
+    from mmreward.core.cli_config import json_text
+
+    text = json_text({"score": float("nan"), "rewards": [1.5, float("inf"), np.float32("nan"), np.float64(2.0)],
+                      "steps": 3, "flag": True, "nested": ({"m": -math.inf},)})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in output")) == {
+        "score": None, "rewards": [1.5, None, None, 2.0], "steps": 3, "flag": True, "nested": [{"m": None}]}

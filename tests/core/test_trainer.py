@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -409,3 +410,11 @@ def test_datasets_not_indexed_by_position_and_bad_eval_values_are_named(tmp_path
         with pytest.raises(TypeError, match=match):
             Trainer(make_model(), cfg(tmp_path / f"e{i}", max_steps=1), data, collate, mse_loss,
                     eval_fn=lambda m, out=out: out).fit()
+
+
+def test_a_warmup_as_long_as_the_run_warns_that_lr_is_never_reached(tmp_path):
+    with pytest.warns(UserWarning, match=r"warmup_steps \(20\) >= max_steps \(10\).*peaks at 0\.5 × lr"):
+        TrainConfig(output_dir=str(tmp_path), max_steps=10, warmup_steps=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(output_dir=str(tmp_path), max_steps=10, warmup_steps=9)

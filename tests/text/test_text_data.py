@@ -43,6 +43,26 @@ def test_formats_from_list_json_jsonl_and_saved_dataset(tmp_path):
     assert len(load_preference_pairs(str(tmp_path / "dd"), split="test")) == 1
 
 
+def test_a_split_asked_of_a_source_without_splits_is_refused_not_ignored(tmp_path):
+    """``--split test`` over a JSON-lines file used to train on the whole file, as if no split was asked."""
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
+    (tmp_path / "p.json").write_text(json.dumps(ROWS))
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in ROWS))
+    for name in ("p.jsonl", "p.json", "lines.json"):
+        with pytest.raises(DataError, match="split 'test' applies to"):
+            read_records(str(tmp_path / name), split="test")
+    with pytest.raises(DataError, match="split 'test' applies to"):
+        read_records(ROWS, split="test")
+    (tmp_path / "splits.json").write_text(json.dumps({"train": ROWS, "test": ROWS[:1]}))
+    assert len(read_records(str(tmp_path / "splits.json"), split="test")) == 1
+    with pytest.raises(DataError, match=r"no split 'dev'; its lists are under \['test', 'train'\]"):
+        read_records(str(tmp_path / "splits.json"), split="dev")
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(ROWS[:1]).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DataError, match="dataset without splits"):
+        read_records(str(tmp_path / "ds"), split="test")
+
+
 @pytest.mark.parametrize("row, message", [
     ({"prompt": "p", "rejected": "r"}, "row 0: missing field 'chosen'"),
     ({"prompt": "p", "chosen": None, "rejected": "r"}, "row 0: field 'chosen' is null"),

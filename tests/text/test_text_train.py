@@ -212,6 +212,10 @@ def test_config_and_data_errors(tmp_path):
     rm = tiny_rm()
     with pytest.raises(ValueError, match="no training pair has a 'margin'"):
         train_reward_model(rm, keyword_pairs(32, 0), None, quiet(tmp_path, loss="margin", max_steps=1))
+    partly = keyword_pairs(4, 0)
+    partly[0]["margin"] = 1.0
+    with pytest.warns(UserWarning, match=r"3 of 4 training pairs have no 'margin' field \(first: pair 1\)"):
+        train_reward_model(rm, partly, None, quiet(tmp_path / "partly", loss="margin", max_steps=1, batch_size=4))
     with pytest.raises(ValueError, match="row 1: missing field 'rejected'"):
         train_reward_model(rm, [keyword_pairs(1, 0)[0], {"prompt": "say w1", "chosen": "w1"}], None, quiet(tmp_path))
     with pytest.raises(ValueError, match="row 0: field 'chosen' is null"):
