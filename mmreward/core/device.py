@@ -16,7 +16,8 @@ def resolve_device(spec: Union[None, str, torch.device] = "cpu") -> torch.device
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = spec if isinstance(spec, torch.device) else torch.device(str(spec).strip())
+        # "CPU" / "Cuda:0" as people type them; torch itself only takes lower case
+        dev = spec if isinstance(spec, torch.device) else torch.device(str(spec).strip().lower())
     except (RuntimeError, TypeError, ValueError):
         raise DeviceError(f"unknown device {spec!r}: use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda":
