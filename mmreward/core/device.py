@@ -10,9 +10,11 @@ class DeviceError(ValueError):
     """A device or dtype request that cannot be met here (the message says why and what to use)."""
 
 
-def resolve_device(spec: Union[None, str, torch.device] = "cpu") -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` / None (CUDA when usable, else CPU) → a device
-    this process can use, or :class:`DeviceError` naming the problem."""
+def resolve_device(spec: Union[None, int, str, torch.device] = "cpu") -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` (or ``1``, as torch reads it), ``"auto"`` / None (CUDA when
+    usable, else CPU) → a device this process can use, or :class:`DeviceError` naming the problem."""
+    if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
+        spec = f"cuda:{spec}"
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -38,18 +40,21 @@ def resolve_device(spec: Union[None, str, torch.device] = "cpu") -> torch.device
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+           "fp64": torch.float64, "float64": torch.float64, "double": torch.float64}
 
 
 def resolve_dtype(spec: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    """``None`` (keep the saved dtype), a ``torch.dtype`` or a name (fp32 / bf16 / fp16)."""
+    """``None`` or ``"auto"`` (keep the saved dtype), a ``torch.dtype`` or a name (fp32 / bf16 / fp16 / fp64)."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":  # transformers' spelling of "as saved"
+        return None
     if spec is None or isinstance(spec, torch.dtype):
         if isinstance(spec, torch.dtype) and not spec.is_floating_point:
             raise DeviceError(f"dtype must be a floating-point type, got {spec}")
         return spec
     key = str(spec).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise DeviceError(f"unknown dtype {spec!r}: use fp32, bf16 or fp16")
+        raise DeviceError(f"unknown dtype {spec!r}: use fp32, bf16, fp16 or fp64 (or auto: as saved)")
     return _DTYPES[key]
 
 

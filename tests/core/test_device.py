@@ -26,10 +26,13 @@ def test_unknown_devices_say_what_to_use(spec, message):
 def test_cuda_without_a_gpu_says_to_use_cpu():
     with pytest.raises(DeviceError, match="use --device cpu"):
         resolve_device("CUDA:0")
+    with pytest.raises(DeviceError, match="use --device cpu"):
+        resolve_device(0)  # torch reads a bare index as a CUDA device
 
 
 @pytest.mark.parametrize("spec, dtype", [("bf16", torch.bfloat16), ("BFloat16", torch.bfloat16),
-                                         ("torch.float16", torch.float16), (torch.float32, torch.float32), (None, None)])
+                                         ("torch.float16", torch.float16), (torch.float32, torch.float32), (None, None),
+                                         ("double", torch.float64), ("auto", None)])
 def test_dtype_names(spec, dtype):
     assert resolve_dtype(spec) == dtype
 
