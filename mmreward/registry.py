@@ -100,26 +100,59 @@ class LoadError(ValueError):
     """``mmreward.load`` does not know what the folder holds (the message lists what it knows)."""
 
 
+def _target_path(target: Any, what: str) -> str:
+    """``"module:attribute"`` for a registration: such a string (checked for its shape; imported only
+    when used) or the class / function itself."""
+    if isinstance(target, str):
+        module, sep, attr = target.partition(":")
+        if not sep or not module.strip() or not attr.strip() or " " in target:
+            raise ValueError(f"{what} must be a 'module:attribute' path (e.g. 'mypkg.models:LengthRM') or the "
+                             f"object itself, got {target!r}")
+        return target
+    if callable(target) and hasattr(target, "__module__") and hasattr(target, "__qualname__"):
+        if "<locals>" in target.__qualname__:
+            raise ValueError(f"{what} {target.__qualname__} is defined inside a function, so it cannot be "
+                             "imported by name: define it at module level")
+        return f"{target.__module__}:{target.__qualname__}"
+    raise TypeError(f"{what} must be a 'module:attribute' path or a class / function, got {type(target).__name__}")
+
+
 def register_model(model_type: str, target: Union[str, type]) -> None:
     """Make ``mmreward.load`` open folders whose config.json says ``model_type`` with ``target``
     (a class with ``from_pretrained``, or its ``"module:Class"`` path)."""
     if not isinstance(model_type, str) or not model_type:
         raise ValueError("model_type must be a non-empty string")
-    MODEL_TYPES[model_type] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    if not isinstance(target, str) and not (isinstance(target, type) and hasattr(target, "from_pretrained")):
+        raise TypeError(f"register_model({model_type!r}, ...): the target must be a class with from_pretrained "
+                        f"(a RewardScorer) or its 'module:Class' path, got {type(target).__name__}")
+    MODEL_TYPES[model_type] = _target_path(target, f"register_model({model_type!r}, ...): the target")
 
 
-def register_layout(name: str, detect: str, load: str, description: str = "", first: bool = False) -> None:
-    """Add a published-checkpoint layout (``detect`` / ``load`` as ``"module:function"`` paths)."""
-    layout = Layout(name, detect, load, description)
+def register_layout(name: str, detect: Union[str, Callable[..., Any]], load: Union[str, Callable[..., Any]],
+                    description: str = "", first: bool = False) -> None:
+    """Add a published-checkpoint layout (``detect`` / ``load`` as ``"module:function"`` paths, or
+    the module-level functions themselves)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a layout name must be a non-empty string")
+    layout = Layout(name, _target_path(detect, f"register_layout({name!r}): detect"),
+                    _target_path(load, f"register_layout({name!r}): load"), description)
     LAYOUTS[:] = [x for x in LAYOUTS if x.name != name]
     LAYOUTS.insert(0, layout) if first else LAYOUTS.append(layout)
 
 
-def _resolve(target: str) -> Any:
+def _resolve(target: str, what: str = "") -> Any:
     module, _, attr = target.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        if not what:
+            raise
+        # an optional dependency of a built-in entry is a plain ImportError (its message says what to install)
+        if isinstance(e, ImportError) and module.startswith("mmreward."):
+            raise
+        raise LoadError(f"{what} is registered as {target!r}, which cannot be imported: {type(e).__name__}: {e}") from e
     return obj
 
 
@@ -127,7 +160,7 @@ def model_class(model_type: str) -> type:
     """The class registered for ``model_type``."""
     if model_type not in MODEL_TYPES:
         raise LoadError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
-    return _resolve(MODEL_TYPES[model_type])
+    return _resolve(MODEL_TYPES[model_type], f"model_type {model_type!r}")
 
 
 def _shipped(name: str) -> Optional[str]:
@@ -150,7 +183,15 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     ``weights=False``: no safetensors)."""
     from mmreward.core.folders import CheckpointError, recover_folder
 
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"a model path must be a folder path, shipped name or hub id (str or os.PathLike), "
+                        f"got {type(path).__name__}")
     path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path.strip():
+        raise CheckpointError(f"a model path must be a folder path, shipped name or hub id, got {path!r}")
+    path = os.path.expanduser(path)  # "~/runs/rm": the user's folder, as a shell would read it
     recover_folder(path)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model", "config.json")):
@@ -186,8 +227,8 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
             cls = model_class(mt)
             return mt, cls.from_pretrained
     for layout in LAYOUTS:
-        if _resolve(layout.detect)(folder, config):
-            return layout.name, _resolve(layout.load)
+        if _resolve(layout.detect, f"layout {layout.name!r}")(folder, config):
+            return layout.name, _resolve(layout.load, f"layout {layout.name!r}")
     what = f"model_type {config.get('model_type')!r}" if config else "no config.json"
     raise LoadError(f"{folder}: cannot tell which reward model this is ({what}); mmreward reads its own "
                     f"model types ({', '.join(sorted(MODEL_TYPES))}) and the published layouts "

@@ -27,14 +27,22 @@ from typing import Any, Optional, Sequence
 from mmreward.core.cli_config import CLIParser, json_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _check_input_file(path: str) -> None:
+    if "://" in path and not os.path.exists(path):
+        raise FileNotFoundError(f"input {path!r} is a URL: mmreward score reads local files (download it first)")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input file {path!r} does not exist")
+
+
 def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> list:
     from mmreward.core import inputs as I
 
     types = tuple(model.input_types)
     out = []
     for p in paths:
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"input file {p!r} does not exist")
+        _check_input_file(p)
         is_image = os.path.isfile(p) and p.lower().endswith(IMAGE_EXTS)
         if I.ImagePrompt in types and is_image:
             out.append(I.ImagePrompt(prompt if prompt is not None else "", p))
@@ -60,6 +68,12 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
         if not isinstance(row, dict):
             raise DataError(f"{source}: row {i} must be a JSON object")
         if I.TextPair in types and "chosen" in row and "rejected" in row and "response" not in row:
+            stray = [k for k in ("messages", "conversations", "question", "problem", "instruction", "query")
+                     if k in row and "prompt" not in row]
+            if stray:  # it would be dropped: both responses scored without the prompt they answer
+                raise DataError(f"{source}: row {i}: a preference row takes its prompt from 'prompt' (a string or a "
+                                f"message list), not {stray[0]!r}; rename the field (or give whole conversations "
+                                f"as 'chosen' / 'rejected')")
             for slot in ("chosen", "rejected"):
                 items.append(I.TextPair.from_record({"prompt": row.get("prompt"), "response": row[slot]},
                                                     f"{source}: row {i} ({slot})"))
@@ -94,19 +108,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if bool(args.files) == bool(args.data):
         p.error("give either --data ROWS or input files, not both / neither")
 
+    # "~/rows.jsonl" quoted (or from a config / script) is the home folder's, as the shell would read it
+    args.data = os.path.expanduser(args.data) if args.data else args.data
+    args.files = [os.path.expanduser(f) for f in args.files]
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    if args.data and args.prompt is not None:
+        p.error("--prompt is the text that image / video files given as arguments should match; rows of --data "
+                "carry their own 'prompt' field")
     import mmreward
+    from mmreward.core import inputs as I
     from mmreward.core.data import read_records, resolve_media_paths
 
-    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
+    # the inputs are read and checked before the model loads: a typo in a file name costs nothing
     if args.data:
         rows = read_records(args.data)
         if not rows:
             raise ValueError(f"{args.data} holds no rows")
+    else:
+        for f in args.files:
+            _check_input_file(f)
+    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
+    if args.data:
         items, where = _row_inputs(model, resolve_media_paths(rows, args.data), args.data)
     else:
+        if args.prompt is not None and not {I.ImagePrompt, I.VideoPrompt} & set(model.input_types):
+            raise ValueError(f"--prompt is for image scorers; {type(model).__name__} scores "
+                             f"{' / '.join(t.__name__ for t in model.input_types)}, which take no prompt")
         rows = [{"file": f} for f in args.files]
         items, where = _file_inputs(model, args.files, args.prompt), [(i, "score") for i in range(len(args.files))]
-    from mmreward.core import inputs as I
 
     # per-part scores are shown by default where the parts are the point (steps, frames)
     natural = (I.StepSolution, I.VisualSteps, I.Episode, I.VideoPrompt)
@@ -167,10 +197,10 @@ def _print_ranking(args: Any, out: list[dict]) -> None:
 
 
 def _summary(row: dict) -> str:
-    for key in ("prompt", "problem", "question", "messages", "text"):
+    for key in ("prompt", "problem", "question", "messages", "text", "image", "video", "frames", "episode"):
         if key in row:
             v = row[key]
-            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
             return text.replace("\n", " ")[:60]
     return ""
 

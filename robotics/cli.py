@@ -185,12 +185,18 @@ def _info(args: argparse.Namespace) -> int:
     entries = read_manifest(args.folder)
     groups = Counter((e["task"], e.get("policy"), e.get("noise")) for e in entries)
     wins = Counter((e["task"], e.get("policy"), e.get("noise")) for e in entries if e.get("success"))
+    # imported videos have no success flags (labelled false, success null): "0 successful" would be a claim
+    labelled = Counter((e["task"], e.get("policy"), e.get("noise")) for e in entries
+                       if e.get("labelled", True) and e.get("success") is not None)
     frames = sum(int(e["frames"]) for e in entries)
     print(f"{args.folder}: {len(entries)} episodes, {frames} frames")
     for key in sorted(groups, key=str):
         task, policy, noise = key
-        tag = f"{policy} σ={noise:g}" if policy == "noisy" else str(policy)
-        print(f"  {task:<28} {tag:<14} {groups[key]:>4} episodes, {wins[key]} successful")
+        tag = f"{policy} σ={noise:g}" if policy == "noisy" and isinstance(noise, (int, float)) else str(policy)
+        known = labelled[key]
+        outcome = (f"{wins[key]} successful" if known == groups[key] else "unlabelled (no success flags)"
+                   if known == 0 else f"{wins[key]} successful of {known} labelled")
+        print(f"  {task:<28} {tag:<14} {groups[key]:>4} episodes, {outcome}")
     return 0
 
 
@@ -206,6 +212,16 @@ def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
     found = [(ep.frames, entry.get("task", f)) for f in folders for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
     frames = [fr for fr, _ in found]
     return (frames, [t for _, t in found]) if with_tasks else frames
+
+
+def _check_frame_size(frames: list, codec, args: argparse.Namespace) -> None:
+    """The ``--data`` episodes must have the ``--codec``'s frame size (named here, before any work)."""
+    size = codec.config.image_size
+    for f in frames:
+        if tuple(f.shape[1:3]) != (size, size):
+            raise ValueError(f"--data episodes have {f.shape[1]}x{f.shape[2]} frames but the --codec {args.codec!r} "
+                             f"takes {size}x{size}: use episodes collected at --size {size} or a codec trained on "
+                             "these")
 
 
 def _train_codec(args: argparse.Namespace) -> int:
@@ -271,6 +287,7 @@ def _train_video(args: argparse.Namespace) -> int:
                          [("--out", args.out), *_model_inputs("--codec", args.codec, ("vqgan",)), *_data_folders(args)])
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     frames, tasks = _training_frames(args, with_tasks=True)
+    _check_frame_size(frames, codec, args)
     s = codec.config.latent_size
     preset = VQDiffusionConfig.paper if args.preset == "paper" else VQDiffusionConfig
     cfg = preset(**{"num_codes": codec.config.num_codes, "token_shape": (s, s),
@@ -301,7 +318,9 @@ def _fit_stats(args: argparse.Namespace) -> int:
                                          *_model_inputs("--video", args.video, ("vq_diffusion",)), *_data_folders(args)])
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     video = ConditionalVQDiffusion.from_pretrained(model_folder(args.video, ("vq_diffusion",)), device)
-    _save_reward_model(codec, video, *_training_frames(args, with_tasks=True), args, args.out)
+    frames, tasks = _training_frames(args, with_tasks=True)
+    _check_frame_size(frames, codec, args)
+    _save_reward_model(codec, video, frames, tasks, args, args.out)
     return 0
 
 

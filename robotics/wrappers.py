@@ -18,7 +18,9 @@ adds the Diffusion Reward.
   tokenised once, when it arrives). The reward of step t is the reward of the frame observed after
   action t, exactly the window :meth:`DiffusionReward.__call__` uses for that frame, so
   :func:`relabel_episode` (the paper's way: a whole finished episode in one batch) gives the same
-  numbers up to the chain's random draws (identical with ``noise=False``).
+  numbers up to the chain's random draws (identical with ``noise=False`` in ``"entropy"`` mode; the
+  likelihood modes, the shipped checkpoints' included, also draw the forward process's masks per batch,
+  so there the two agree in distribution, not value by value).
 
 Importing this module loads gymnasium (and Meta-World, to list the task ids); ``mmreward.robotics``
 itself never imports it.
@@ -136,14 +138,29 @@ def register_envs() -> list[str]:
 # ----------------------------------------------------------------------------- reward
 def _frame_of(obs: Any, env: gym.Env, frame_fn: Optional[Callable]) -> np.ndarray:
     if frame_fn is not None:
-        return np.asarray(frame_fn(obs, env))
+        return _checked_frame(frame_fn(obs, env), "frame_fn(obs, env)")
     if isinstance(obs, np.ndarray) and obs.ndim == 3 and obs.shape[-1] == 3 and obs.dtype == np.uint8:
         return obs
     frame = env.render()
     if frame is None:
         raise ValueError("observations are not uint8 [H, W, 3] frames and env.render() returned None: pass "
                          "frame_fn=lambda obs, env: <uint8 frame> or make the env with render_mode='rgb_array'")
-    return np.asarray(frame)
+    return _checked_frame(frame, "env.render()")
+
+
+def _checked_frame(frame: Any, where: str) -> np.ndarray:
+    """One uint8 ``[H, W, 3]`` frame, or an error naming where it came from: float frames are refused,
+    never cast (a [0, 1] image cast to uint8 is all 0 / 1, and its rewards would be silently wrong)."""
+    if isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu().numpy()
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        raise TypeError(f"{where} must give a uint8 frame [H, W, 3] (0..255), got {frame.dtype} "
+                        f"{list(frame.shape)}; convert float images first, e.g. (x * 255).round().astype(np.uint8) "
+                        "for values in [0, 1]")
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"{where} must give one uint8 frame [H, W, 3], got shape {list(frame.shape)}")
+    return frame
 
 
 class DiffusionRewardWrapper(gym.Wrapper):
@@ -164,6 +181,15 @@ class DiffusionRewardWrapper(gym.Wrapper):
         super().__init__(env)
         if mode not in ("replace", "add"):
             raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
+        from .reward.diffusion_reward import DiffusionReward
+
+        if not isinstance(reward_model, DiffusionReward):  # a ranker / RND has no video model to window
+            raise TypeError(f"reward_model must be a DiffusionReward (e.g. mmreward.load('metaworld-64')), got "
+                            f"{type(reward_model).__name__}")
+        if use_success and not getattr(reward_model.config, "use_sparse", True):
+            raise ValueError("use_success=True adds info['success'] as the sparse term, but the reward model has "
+                             "use_sparse=False and would ignore it: set reward_model.config.use_sparse = True or "
+                             "use_success=False")
         if getattr(reward_model.config, "consistency_scale", 0) > 0:
             raise ValueError("consistency_scale > 0 normalises by the whole episode's motion, which a per-step "
                              "wrapper does not have: relabel finished episodes (train-rl's reward sources) or "
@@ -179,7 +205,11 @@ class DiffusionRewardWrapper(gym.Wrapper):
         self._t = 0
 
     def _push(self, frame: np.ndarray) -> None:
-        f = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.uint8))[None]
+        size = self.reward_model.image_size
+        if frame.shape[:2] != (size, size):
+            raise ValueError(f"the environment's frames are {frame.shape[0]}x{frame.shape[1]} but the reward model "
+                             f"takes {size}x{size}: make the env with size={size} or resize in frame_fn")
+        f = torch.from_numpy(np.ascontiguousarray(frame))[None]
         self._tokens.append(self.reward_model.tokenize(f.to(self.reward_model.device))[0])
         self._frames.append(f)
 
@@ -223,10 +253,24 @@ def relabel_episode(reward_model, frames, success=None) -> np.ndarray:
     ``frames`` uint8 ``[T+1, H, W, 3]`` (the reset frame, then one per step) → ``[T]`` float32,
     reward t for the frame after action t — what :class:`DiffusionRewardWrapper` returns at step t.
     ``success`` (``[T]``, per transition) adds the sparse term."""
+    from .data.inputs import as_success
+
     f = torch.as_tensor(np.ascontiguousarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+    if f.dtype != torch.uint8 or f.dim() != 4 or f.shape[-1] != 3 or f.shape[0] < 1:
+        raise TypeError(f"frames must be uint8 [T+1, H, W, 3] (the reset frame, then one per step), got {f.dtype} "
+                        f"{list(f.shape)}")
     s = None
     if success is not None:
-        s = torch.cat([torch.zeros(1), torch.as_tensor(np.asarray(success), dtype=torch.float32).flatten()])
+        steps = f.shape[0] - 1
+        flags = success.detach().cpu() if isinstance(success, torch.Tensor) else success
+        try:
+            n = len(flags)
+        except TypeError:  # a number, or a 0-d array
+            n = None
+        if n != steps:  # checked as transitions: the reset frame's flag is added here, not by the caller
+            raise ValueError(f"success must have one flag per transition ({steps} for {steps + 1} frames), got "
+                             f"{n if n is not None else type(success).__name__}")
+        s = torch.cat([torch.zeros(1), as_success(flags, steps, "success")])
     r = reward_model(f.to(reward_model.device), success=s)
     return r[1:].cpu().numpy().astype(np.float32)
 

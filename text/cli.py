@@ -136,6 +136,7 @@ def _config_from_json(path: str) -> Any:
 def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
     """TextPairs of the rows and, per input, ``(row, slot)``; slot: response | chosen | rejected.
     A row with ``chosen`` and ``rejected`` is scored twice (with its ``prompt``)."""
+    from mmreward.core.data import DataError
     from mmreward.core.inputs import TextPair, _text
 
     from .data import required_field
@@ -144,6 +145,12 @@ def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, st
     for i, r in enumerate(rows):
         at = f"{source}: row {i}"
         if isinstance(r, dict) and ("chosen" in r or "rejected" in r) and "response" not in r:
+            stray = [k for k in ("messages", "conversations", "question", "problem", "instruction", "query")
+                     if k in r and "prompt" not in r]
+            if stray:  # it would be dropped: both responses scored without the prompt they answer
+                raise DataError(f"{at}: a preference row takes its prompt from 'prompt' (a string or a message "
+                                f"list), not {stray[0]!r}; rename the field (or give whole conversations as "
+                                "'chosen' / 'rejected')")
             prompt = r.get("prompt")
             prompt = None if prompt is None else _text(prompt, f"{at}: field 'prompt'", allow_empty=True)
             for slot in ("chosen", "rejected"):
@@ -196,9 +203,28 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
             model.config = dataclasses.replace(model.config, max_length=args.max_length)
     elif args.max_length is not None:
         raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
-    scores = model.score(items, batch_size=args.batch_size, **kw).tolist()
+    try:
+        scores = model.score(items, batch_size=args.batch_size, **kw).tolist()
+    except ValueError as e:  # DataError included: "input K" is the K-th scored text, name the file's row
+        raise _at_row(e, where, args.data) from None
     _print_scores(rows, where, scores, args.json)
     return 0
+
+
+def _at_row(error: ValueError, where: list[tuple[int, str]], source: str) -> ValueError:
+    """``error`` with a leading ``input K`` (the K-th scored text: a chosen / rejected row gives two)
+    told as the data file's row and slot; other errors as they are."""
+    import re
+
+    m = re.match(r"input (\d+)\b", str(error))
+    if not m or int(m.group(1)) >= len(where):
+        return error
+    row, slot = where[int(m.group(1))]
+    named = f"{source}: row {row}" + (f" ({slot})" if slot != "response" else "")
+    try:
+        return type(error)(named + str(error)[m.end():])
+    except TypeError:  # an exception class with another signature
+        return error
 
 
 def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[float], as_json: bool) -> None:

@@ -6,7 +6,8 @@ Row formats (from a list of dicts, ``.json``, ``.jsonl`` or a saved ``datasets``
 * explicit prompt: ``{"prompt": P, "chosen": R, "rejected": R}`` with P a string or a message list
   (``[{"role": "user", "content": "..."}]``) and R a string or a message list (the assistant turn);
 * implicit prompt: ``{"chosen": C, "rejected": C}`` with C a whole conversation (message list) or a
-  whole text;
+  whole text; a prompt given *and* repeated at the start of ``chosen`` / ``rejected`` conversations
+  (UltraFeedback-binarized rows) counts once (:func:`drop_repeated_prompt`);
 * optional ``"margin"`` (number, for the margin loss), optional ``"tie": true`` or ``"target": 0.5``
   (RRM tie pairs, target probability ½; ``"target": 1`` is an ordinary pair). Other fields are kept
   in ``PreferencePair.meta`` (e.g. ``category`` / ``id`` for curation recipes).
@@ -22,7 +23,8 @@ Input formats (``input_format``), each tokenised once per text with the tokenize
 * ``joined`` — ``prompt + "\\n\\n" + response`` tokenised with special tokens.
 
 Message lists in ``pair`` / ``joined`` become their contents joined by blank lines. An implicit-prompt
-conversation's last turn is the response and the turns before it the prompt. A bare text
+conversation's last turn is the response and the turns before it the prompt; a conversation that ends
+with a user or system turn has no reply to score and is a DataError. A bare text
 (``prompt=None``, a string) is tokenised as it is, with special tokens.
 
 Truncation (``max_length`` tokens per input): special and template tokens are always kept — among
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
@@ -145,10 +148,37 @@ def has_pair_template(tokenizer: Any) -> bool:
 
 
 def split_conversation(prompt: Optional[TextLike], response: TextLike) -> tuple[Optional[TextLike], TextLike]:
-    """An implicit-prompt conversation (``prompt=None``, 2+ turns) → (the earlier turns, the last turn)."""
+    """An implicit-prompt conversation (``prompt=None``, 2+ turns) → (the earlier turns, the last turn);
+    a response conversation that repeats the prompt's turns first loses them (:func:`drop_repeated_prompt`)."""
     if prompt is None and isinstance(response, list) and len(response) > 1:
         return response[:-1], response[-1:]
-    return prompt, response
+    return prompt, drop_repeated_prompt(prompt, response)
+
+
+def drop_repeated_prompt(prompt: Optional[TextLike], response: TextLike) -> TextLike:
+    """``response`` without its leading turns when they are the prompt's turns, same roles and contents
+    (a string prompt is one user turn). Rows such as UltraFeedback-binarized's give the prompt *and*
+    whole conversations as ``chosen`` / ``rejected``; read as prompt + response they would show the
+    model the prompt twice. TRL reads such rows as implicit-prompt conversations: so does this."""
+    if prompt is None or not isinstance(response, list):
+        return response
+    head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not isinstance(head, list):
+        return response
+    turns = lambda ms: [(m.get("role"), m.get("content")) if isinstance(m, dict) else m for m in ms]  # noqa: E731
+    if len(response) > len(head) and turns(response[:len(head)]) == turns(head):
+        return response[len(head):]
+    return response
+
+
+def _is_template_error(e: BaseException) -> bool:
+    """A Jinja error from a chat template (``raise_exception('Conversation roles must alternate …')``,
+    an undefined variable …): the conversation does not fit the template, a data error."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
+        return False
+    return isinstance(e, TemplateError)
 
 
 def _as_messages(value: TextLike, role: str) -> Messages:
@@ -205,6 +235,11 @@ class TextEncoder:
     # -------------------------------------------------------------- rendering
     def render(self, prompt: Optional[TextLike], response: TextLike) -> _Rendered:
         prompt, response = split_conversation(prompt, response)
+        last = response[-1] if isinstance(response, list) and response else None
+        if isinstance(last, dict) and last.get("role") in ("user", "system"):
+            raise DataError(f"the conversation ends with a {last['role']!r} turn, not a reply: a reward model scores "
+                            "the response, which is the last turn (give the reply as an 'assistant' turn or as "
+                            "'response')")
         if prompt is None and isinstance(response, str):
             return _Rendered(response, spans=[(0, len(response), _RESPONSE)])
         if self.input_format == "chat":
@@ -246,7 +281,17 @@ class TextEncoder:
     # -------------------------------------------------------------- tokenising
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
         """``items``: (prompt, response) tuples or objects with ``prompt`` / ``response`` (TextPair)."""
-        rendered = [self.render(*((it.prompt, it.response) if hasattr(it, "response") else it)) for it in items]
+        rendered = []
+        for i, it in enumerate(items):
+            try:
+                rendered.append(self.render(*((it.prompt, it.response) if hasattr(it, "response") else it)))
+            except DataError as e:
+                raise DataError(f"input {i}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - re-raised unless it is the chat template's own refusal
+                if not _is_template_error(e):
+                    raise
+                raise DataError(f"input {i}: the tokenizer's chat template refused the conversation "
+                                f"({type(e).__name__}: {e})") from None
         out: list[Optional[Encoded]] = [None] * len(rendered)
         pairs = [i for i, r in enumerate(rendered) if r.second is not None]
         singles = [i for i, r in enumerate(rendered) if r.second is None]
@@ -284,7 +329,8 @@ class TextEncoder:
             enc = self.tokenizer(texts, add_special_tokens=True, verbose=False)
             offsets = [[(0, 1)] * len(ids) for ids in enc["input_ids"]]
             rendered = [_Rendered(r.text) for r in rendered]
-        special = set(getattr(self.tokenizer, "all_special_ids", []))
+        # the unknown token stands for content (an emoji, a script the vocabulary lacks): cuttable like any word
+        special = set(getattr(self.tokenizer, "all_special_ids", [])) - {getattr(self.tokenizer, "unk_token_id", None)}
         out = []
         for k, r in enumerate(rendered):
             spans = r.spans if r.messages is None else self._chat_spans(r)
@@ -384,8 +430,16 @@ class EncodedPair:
 
 def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: str = "training inputs") -> list[EncodedPair]:
     """Tokenise every chosen and rejected input once (one batched tokenizer call for all of them)."""
-    rows = encoder.encode([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
     n = len(pairs)
+    try:
+        rows = encoder.encode([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+    except DataError as e:  # "input K" is the K-th of the 2n texts: name the pair and its side
+        m = re.match(r"input (\d+)\b", str(e))
+        if not m or int(m.group(1)) >= 2 * n:
+            raise
+        k = int(m.group(1))
+        raise DataError(f"{what.removesuffix(' inputs')} pair {k % n} ({'chosen' if k < n else 'rejected'})"
+                        f"{str(e)[m.end():]}") from None
     truncation_warning(rows, encoder, what)
     same_tokens_warning(rows[:n], rows[n:], pairs, encoder, what)
     return [EncodedPair(rows[i], rows[n + i], p.margin, p.tie) for i, p in enumerate(pairs)]

@@ -306,6 +306,10 @@ class RewardModel(RewardScorer, nn.Module):
     def best_of_n(self, prompt: TextLike, candidates: Sequence[TextLike], *,
                   batch_size: Optional[int] = None) -> tuple[int, Tensor]:
         """``(index of the highest-reward candidate, rewards (K,))``."""
+        if isinstance(candidates, (str, bytes, dict)):
+            # a string is a sequence too: its characters would be scored as the candidates
+            raise TypeError(f"best_of_n: candidates must be a list of responses (strings or message lists), "
+                            f"got {type(candidates).__name__}")
         candidates = list(candidates)
         if not candidates:
             raise ValueError("best_of_n got no candidates")

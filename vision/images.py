@@ -7,13 +7,14 @@ float array ``[H, W, 3]`` in [0, 1], or a tensor ``[3, H, W]`` (float in [0, 1] 
 same tensor, so gradients flow); :func:`preprocess` then resizes (shortest side), centre-crops and
 normalises in torch, so a gradient flows from a score back to the pixels (ReFL needs that; a PIL
 round trip would cut it). :func:`to_pil` gives the RGB PIL image a transformers processor wants.
-Every error names the image (``where``) and, for files, the path.
+Every error names the image (``where``) and, for files, the path. A path may be a ``file://`` path or a
+base64 ``data:image`` URI (as in Qwen's message format); URLs are refused (nothing is downloaded).
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,29 +29,89 @@ class ImageLoadError(DataError):
     """An image file is missing, corrupt or not an image."""
 
 
-def load_image(path: str, where: str = ""):
-    """Open ``path`` as an RGB PIL image (decoded now, so a corrupt file fails here, by name;
-    ``where`` prefixes the error, e.g. ``input 3``)."""
+def _remote_kind(path: str) -> str:
+    """``'a URL'`` / ``'a data: URI'`` when ``path`` is one (never fetched: scoring is offline), else ``''``."""
+    low = path[:16].lower()
+    if low.startswith(("http://", "https://", "ftp://", "s3://", "gs://")):
+        return "a URL"
+    if low.startswith("data:"):
+        return "a data: URI"
+    return ""
+
+
+def local_path(path: str) -> str:
+    """``path`` without a ``file://`` prefix (``file:///data/a.png`` -> ``/data/a.png``, as qwen-vl-utils
+    reads Qwen's message format)."""
+    return path[7:] if path[:7].lower() == "file://" else path
+
+
+def _data_uri_image(uri: str, prefix: str):
+    """The image a ``data:image/...;base64,`` URI holds (decoded locally: nothing is fetched)."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    head, sep, payload = uri.partition(",")
+    if not sep or not head.lower().startswith("data:image") or not head.lower().endswith(";base64"):
+        raise ImageLoadError(f"{prefix}image {uri[:40]!r}... is a data: URI that is not base64 image data "
+                             "(expected data:image/<type>;base64,<data>)")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as im:
+            im.load()
+            return im.copy()
+    except (binascii.Error, ValueError) as e:
+        raise ImageLoadError(f"{prefix}image data: URI {uri[:40]!r}... holds invalid base64: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"{prefix}image data: URI {uri[:40]!r}... does not hold a readable image: {e}") from e
+
+
+def open_image(path: str, where: str = ""):
+    """Open ``path`` as a PIL image in its own mode, decoded now (a corrupt file fails here, by name;
+    ``where`` prefixes the error, e.g. ``input 3``). ``file://`` paths and base64 ``data:image`` URIs
+    are read as qwen-vl-utils reads them; URLs are refused: nothing is downloaded."""
     from PIL import Image, UnidentifiedImageError
 
     prefix = f"{where}: " if where else ""
+    path = local_path(path)
     if not os.path.isfile(path):
+        kind = _remote_kind(path)
+        if kind == "a data: URI":
+            return _data_uri_image(path, prefix)
+        if kind:
+            raise ImageLoadError(f"{prefix}image {path[:80]!r} is {kind}; images are read from local files only "
+                                 "(download it, or pass a PIL image / array)")
+        if os.path.isdir(path):
+            raise ImageLoadError(f"{prefix}image {path!r} is a folder, not an image file")
         raise ImageLoadError(f"{prefix}image file {path!r} does not exist")
     try:
         with Image.open(path) as im:
-            return as_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            im.load()
+            return im.copy()  # the first frame of an animated file; the file is closed after
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"{prefix}cannot read image {path!r}: {e}") from e
 
 
-def as_rgb(im):
+def load_image(path: str, where: str = "", background: Optional[tuple] = None):
+    """Open ``path`` as an RGB PIL image (see :func:`open_image`; ``background``: see :func:`as_rgb`)."""
+    return as_rgb(open_image(path, where), background)
+
+
+def as_rgb(im, background: Optional[tuple] = None):
     """An RGB copy of a PIL image. 16-bit greys (modes ``I;16*`` and ``I``, as 16-bit PNGs open) are
-    scaled from 0-65535 first: PIL's own conversion clips them at 255, a nearly white image."""
+    scaled from 0-65535 first: PIL's own conversion clips them at 255, a nearly white image.
+    ``background`` (an RGB triple): an RGBA image is pasted over it through its alpha, as
+    qwen-vl-utils does with white; without it the alpha is dropped (PIL / transformers)."""
     from PIL import Image
 
     if im.mode.startswith("I"):
         grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
+    if background is not None and im.mode == "RGBA":
+        out = Image.new("RGB", im.size, tuple(background))
+        out.paste(im, mask=im.split()[3])
+        return out
     return im.convert("RGB")
 
 
@@ -75,8 +136,9 @@ def _check_range(t: torch.Tensor, where: str) -> torch.Tensor:
         raise ValueError(f"{where}: image holds NaN or inf")
     lo, hi = float(d.min()), float(d.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"{where}: image has values in [{lo:.3g}, {hi:.3g}]; float images must be in [0, 1] "
-                         "(divide 0-255 images by 255)")
+        hint = "map [-1, 1] images (a diffusion VAE's output) with (x + 1) / 2" if lo >= -1 - 1e-3 and hi <= 1 + 1e-3 \
+            else "divide 0-255 images by 255"
+        raise ValueError(f"{where}: image has values in [{lo:.3g}, {hi:.3g}]; float images must be in [0, 1] ({hint})")
     return t
 
 
@@ -106,16 +168,40 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
     raise TypeError(f"{where}: expected a path, PIL image, array or tensor, got {type(x).__name__}")
 
 
-def to_pil(x: Any, where: str = "image"):
-    """One image of any accepted kind -> RGB PIL image (what transformers processors take)."""
+def to_pil(x: Any, where: str = "image", background: Optional[tuple] = None):
+    """One image of any accepted kind -> RGB PIL image (what transformers processors take);
+    ``background``: see :func:`as_rgb`."""
     from PIL import Image
 
     if isinstance(x, Image.Image):
-        return as_rgb(x)
+        return as_rgb(_not_empty(x, where), background)
     if isinstance(x, (str, os.PathLike)):
-        return load_image(os.fspath(x), where)
+        return load_image(os.fspath(x), where, background)
     t = to_tensor(x, where).detach()
     return Image.fromarray((t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
+# modes PIL resizes as they are (torchvision's Resize on a PIL image keeps the mode; "1" / "P" resize
+# nearest, "LA" / "RGBA" with premultiplied alpha); others are made RGB first (16-bit greys scaled)
+RESIZABLE_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr")
+
+
+def to_pil_any_mode(x: Any, where: str = "image"):
+    """One image -> PIL image in the mode it was decoded in (PIL inputs and files; for pipelines that
+    resize before converting to RGB, as ImageReward's torchvision transform does), RGB otherwise."""
+    from PIL import Image
+
+    if isinstance(x, (str, os.PathLike)):
+        x = open_image(os.fspath(x), where)
+    if isinstance(x, Image.Image) and x.mode in RESIZABLE_MODES:
+        return _not_empty(x, where)
+    return to_pil(x, where)
+
+
+def _not_empty(im, where: str):
+    if im.width == 0 or im.height == 0:
+        raise ValueError(f"{where}: image is empty ({im.height}x{im.width} pixels)")
+    return im
 
 
 def split_images(images: Any) -> list:
@@ -166,7 +252,10 @@ def preprocess(images: list[torch.Tensor], size: int, mean: Sequence[float], std
 
 
 def list_image_files(folder: str) -> list[str]:
-    """Image files of a folder in natural order (frame2 before frame10)."""
-    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    """Image files of a folder in natural order (frame2 before frame10). Hidden files are skipped
+    (``._frame1.png``: the metadata macOS writes beside each file on other file systems), and so are
+    folders."""
+    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+             and os.path.isfile(os.path.join(folder, n))]
     key = lambda n: [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", n)]  # noqa: E731
     return [os.path.join(folder, n) for n in sorted(names, key=key)]

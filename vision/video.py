@@ -25,7 +25,7 @@ import torch
 from mmreward.core.data import DataError
 from mmreward.core.model import check_batch_size
 
-from .images import IMAGE_EXTENSIONS, list_image_files, load_image, to_tensor
+from .images import IMAGE_EXTENSIONS, _remote_kind, list_image_files, load_image, local_path, to_tensor
 from .scoring import as_pixel_scorer
 
 
@@ -76,7 +76,9 @@ def _still_image(path: str) -> bool:
     try:
         with Image.open(path) as im:
             return not getattr(im, "is_animated", False)
-    except (UnidentifiedImageError, OSError, SyntaxError):
+    except Image.DecompressionBombError:
+        return True  # load_image refuses it by name
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return False  # not readable as an image: OpenCV reports it
 
 
@@ -92,7 +94,7 @@ def _gif_frames(path: str, stride: int, limit: int) -> Iterator[np.ndarray]:
                 if i % stride == 0:
                     n += 1
                     yield np.asarray(fr.convert("RGB"))
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise VideoReadError(f"cannot decode gif {path!r}: {e}") from e
 
 
@@ -135,7 +137,11 @@ def open_frames(path: str, stride: int = 1,
     fails here; a file whose frames cannot be decoded fails while iterating. A file that decodes
     to fewer frames than its header declares warns (UserWarning) and yields the decoded ones."""
     check_sampling(stride, max_frames)
+    path = local_path(path)
     if not os.path.exists(path):
+        if _remote_kind(path):
+            raise VideoReadError(f"video {path[:80]!r} is {_remote_kind(path)}; videos are read from local files "
+                                 "or frame folders only (download it first)")
         raise VideoReadError(f"video {path!r} does not exist")
     limit = max_frames if max_frames is not None else 1 << 62
     if os.path.isdir(path):
@@ -160,7 +166,7 @@ def open_frames(path: str, stride: int = 1,
         try:
             with Image.open(path) as im:
                 dur = im.info.get("duration")
-        except (OSError, SyntaxError) as e:
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise VideoReadError(f"cannot decode gif {path!r}: {e}") from e
         return _checked(_gif_frames(path, stride, limit), path), (1000.0 / dur if dur else None)
     if _still_image(path):
@@ -274,9 +280,15 @@ def score_video(scorer: Any, prompt: str, video: Any, *, batch_size: int = 16, s
     check_sampling(stride, max_frames)
     score = as_pixel_scorer(scorer)
     frames, fps = stream_video_frames(video, "video", stride, max_frames)
-    out, n = [], 0
+    out, n, size = [], 0, None
     for chunk in batches(frames, batch_size):  # a file is decoded one batch ahead of the scorer, not whole
-        x = torch.stack([to_tensor(f, f"video frame {(n + k) * stride}") for k, f in enumerate(chunk)])
+        x = [to_tensor(f, f"video frame {(n + k) * stride}") for k, f in enumerate(chunk)]
+        for k, t in enumerate(x):  # frames are scored as one [B, 3, H, W] batch: one size for the video
+            size = size or tuple(t.shape[-2:])
+            if tuple(t.shape[-2:]) != size:
+                raise ValueError(f"video frame {(n + k) * stride} is {t.shape[-2]}x{t.shape[-1]} pixels, frame 0 "
+                                 f"{size[0]}x{size[1]}: the frames of a video must have one size")
+        x = torch.stack(x)
         n += len(chunk)
         out.append(score([prompt] * len(x), x).float().cpu())  # x: (b, 3, H, W)
     scores = torch.cat(out).numpy()

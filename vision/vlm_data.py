@@ -22,7 +22,7 @@ import torch
 
 from mmreward.core.data import DataError
 
-from .images import to_pil
+from .images import local_path, to_pil
 
 IMAGE_TOKEN, VIDEO_TOKEN = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -114,8 +114,10 @@ def check_image_files(images: Any, where: str) -> None:
     training stops when the rows are read, not at the step that reaches the row."""
     images = [] if images is None else images if isinstance(images, (list, tuple)) else [images]
     for j, im in enumerate(images):
-        if isinstance(im, (str, os.PathLike)) and not os.path.isfile(im):
-            raise DataError(f"{where}: field 'images': image {j}: image file {os.fspath(im)!r} does not exist")
+        if isinstance(im, (str, os.PathLike)):
+            path = local_path(os.fspath(im))
+            if not path[:5].lower() == "data:" and not os.path.isfile(path):  # a data: URI is read when scored
+                raise DataError(f"{where}: field 'images': image {j}: image file {path!r} does not exist")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

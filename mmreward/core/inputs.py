@@ -22,6 +22,7 @@ and videos stay as given (a path, bytes, an array …): decoding belongs to the 
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Sequence, Union
@@ -32,18 +33,40 @@ Messages = list
 TextLike = Union[str, list]
 
 
+def _text_parts(parts: Sequence[Any], where: str) -> str:
+    """OpenAI-style content, a list of ``{"type": "text", "text": ...}`` parts, as one string (parts
+    joined by newlines, as vLLM's chat preprocessing joins them); a part of another type (an image,
+    audio) cannot be read by a text model and is named."""
+    texts = []
+    for k, part in enumerate(parts):
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise DataError(f"{where}: content part {k} is of type {kind!r}: a text model reads only "
+                            "{'type': 'text', 'text': str} parts")
+    if not texts:
+        raise DataError(f"{where}: content is an empty list of parts")
+    return "\n".join(texts)
+
+
 def _text(value: Any, where: str, *, allow_empty: bool = False, messages: bool = True) -> TextLike:
     if isinstance(value, str):
         if not value and not allow_empty:
             raise DataError(f"{where} is an empty string")
-        return value
+        return str(value)  # numpy's str_ (a row of a string array) becomes a plain str
+    value = _listed(value)
     if messages and isinstance(value, (list, tuple)):
         if not value:
             raise DataError(f"{where} is an empty message list")
+        out = []
         for j, m in enumerate(value):
+            if isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (list, tuple)):
+                m = {**m, "content": _text_parts(m["content"], f"{where}[{j}]")}
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise DataError(f"{where}[{j}] must be a message {{'role': str, 'content': str}}, got {describe(m)}")
-        return [dict(m) for m in value]
+            out.append(dict(m))
+        return out
     kinds = "a string or a list of messages" if messages else "a string"
     raise DataError(f"{where} must be {kinds}, got {describe(value)}")
 
@@ -61,6 +84,7 @@ def _field(row: dict, names: Sequence[str], where: str, required: bool = True) -
 
 
 def _steps(value: Any, where: str) -> list[str]:
+    value = _listed(value)
     if not isinstance(value, (list, tuple)) or not value:
         raise DataError(f"{where}: field 'steps' must be a non-empty list of strings, got {describe(value)}")
     out = []
@@ -69,11 +93,27 @@ def _steps(value: Any, where: str) -> list[str]:
             s = s.get("text", s.get("content"))
         if not isinstance(s, str):
             raise DataError(f"{where}: step {k} must be a string (or an object with a 'text' string), got {describe(s)}")
-        out.append(s)
+        out.append(str(s))
     return out
 
 
+def _is_array(value: Any) -> bool:
+    """A numpy array or torch tensor (checked by name: importing neither is needed for this)."""
+    return type(value).__module__.split(".")[0] in ("numpy", "torch") and hasattr(value, "ndim") \
+        and hasattr(value, "shape")
+
+
+def _listed(value: Any) -> Any:
+    """A 1-d numpy array of strings or objects (a list column read by pandas / pyarrow: steps, messages,
+    image paths) as a list; anything else unchanged (an image's uint8 pixels stay an array)."""
+    if _is_array(value) and getattr(value, "ndim", None) == 1 \
+            and getattr(value.dtype, "kind", None) in ("O", "U", "S"):
+        return value.tolist()
+    return value
+
+
 def _images(value: Any, where: str) -> list:
+    value = _listed(value)
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -198,7 +238,7 @@ class Conversation(ScoreInput):
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "Conversation":
         _need_dict(row, where)
-        msgs = _field(row, ("messages", "conversations"), where)
+        msgs = _listed(_field(row, ("messages", "conversations"), where))
         if not isinstance(msgs, (list, tuple)) or not msgs:
             raise DataError(f"{where}: field 'messages' must be a non-empty list of turns, got {describe(msgs)}")
         return cls(list(msgs), _images(row.get("images", row.get("image")), where))
@@ -264,16 +304,56 @@ def _checked(item: ScoreInput, where: str) -> ScoreInput:
     return type(item).from_record({f.name: getattr(item, f.name) for f in dataclasses.fields(item)}, where)
 
 
+def _as_row(item: Any) -> Any:
+    """A dict for mapping-like rows that are not dicts (a pandas row from ``iterrows``, a
+    ``MappingProxyType``), else ``item`` unchanged."""
+    if isinstance(item, collections.abc.Mapping) and not isinstance(item, dict):
+        return dict(item)
+    if type(item).__module__.split(".")[0] == "pandas" and hasattr(item, "to_dict") and hasattr(item, "index") \
+            and getattr(item, "ndim", None) == 1:  # a pandas Series: one row of a DataFrame
+        return _pandas_row(item.to_dict())
+    return item
+
+
+def _pandas_row(row: dict) -> dict:
+    """A pandas row with its missing cells (NaN in an object column) as None, as in a JSON row
+    without the field."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+
+def _as_list(inputs: Any, types: tuple, what: str) -> list:
+    """The inputs as a list: a list / tuple as it is, any other iterable of inputs (a generator, a
+    1-d numpy object array, the rows of a pandas DataFrame) listed; a single input or an array of
+    numbers is an error saying to wrap it in a list."""
+    names = " / ".join(t.__name__ for t in types)
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs)
+    if type(inputs).__module__.split(".")[0] == "pandas" and hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):
+        # a DataFrame: one input per row, its columns the fields
+        return [_pandas_row(r) for r in inputs.to_dict("records")]
+    if _is_array(inputs):
+        if getattr(inputs, "ndim", 0) == 1 and getattr(getattr(inputs, "dtype", None), "kind", "") == "O":
+            return list(inputs)  # a numpy object array holding inputs
+        raise TypeError(f"{what} takes a list of inputs ({names}), got {type(inputs).__name__} of shape "
+                        f"{tuple(inputs.shape)}: build the inputs ({_type_list(types, fields=True)}) and pass a list")
+    if isinstance(inputs, collections.abc.Set):  # no order: the scores could not be matched to the inputs
+        raise TypeError(f"{what} takes a list of inputs ({names}), got a {type(inputs).__name__}, which has no order")
+    single = isinstance(inputs, (str, bytes, dict, ScoreInput, collections.abc.Mapping))
+    if not single and inputs is not None and isinstance(inputs, collections.abc.Iterable):
+        return list(inputs)
+    hint = "; wrap a single input in a list" if single else ""
+    raise TypeError(f"{what} takes a list of inputs ({names}), got {type(inputs).__name__}{hint}")
+
+
 def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str = "score") -> list:
-    """A list of input dataclasses from a list of instances, dicts (JSON rows) or tuples (the
-    dataclass fields in order). A dict becomes the first of ``input_types`` whose keys it has."""
+    """A list of input dataclasses from a list (or any other iterable) of instances, dicts (JSON rows,
+    pandas rows) or tuples (the dataclass fields in order). A dict becomes the first of
+    ``input_types`` whose keys it has."""
     types = tuple(input_types) if isinstance(input_types, (list, tuple)) else (input_types,)
-    if isinstance(inputs, (str, bytes, dict)) or isinstance(inputs, ScoreInput) or not isinstance(inputs, Sequence):
-        raise TypeError(f"{what} takes a list of inputs ({' / '.join(t.__name__ for t in types)}), "
-                        f"got {type(inputs).__name__}")
     out = []
-    for i, item in enumerate(inputs):
+    for i, item in enumerate(_as_list(inputs, types, what)):
         where = f"input {i}"
+        item = _as_row(item)
         if isinstance(item, types):
             out.append(_checked(item, where))
         elif isinstance(item, ScoreInput):

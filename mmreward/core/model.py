@@ -182,6 +182,15 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], f
         k, got, want = bad[0]
         raise CheckpointError(f"weights in {folder} do not match its config: {k} has shape {got}, the model "
                               f"expects {want} ({len(bad)} tensor(s) differ)")
+    # load_state_dict casts silently: integer or boolean values in a floating-point weight become
+    # whole numbers (a corrupted or hand-written file would load and score as garbage)
+    kinds = [(k, state[k].dtype, v.dtype) for k, v in own.items()
+             if v.is_floating_point() and not (state[k].is_floating_point() or state[k].is_complex())]
+    if kinds:
+        k, got, want = kinds[0]
+        raise CheckpointError(f"weights in {folder} do not match its config: {k} is {str(got).removeprefix('torch.')}, "
+                              f"the model expects a floating-point tensor ({str(want).removeprefix('torch.')}; "
+                              f"{len(kinds)} tensor(s) differ)")
     module.load_state_dict(state)
 
 
@@ -212,6 +221,23 @@ def check_ranges(config: Any, *, counts: Sequence[str] = (), naturals: Sequence[
                 raise ValueError(f"{type(config).__name__}.{name} must be {what}, got {v!r}")
 
 
+def _folder_path(folder: Any, what: str) -> str:
+    """``folder`` as a str path with ``~`` expanded (``save_pretrained("~/rm")`` must not make a folder
+    named ``~`` in the working folder); anything but a str / os.PathLike is an error naming ``what``."""
+    if not isinstance(folder, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what}: the folder must be a path (str or os.PathLike), got {type(folder).__name__}")
+    path = os.fspath(folder)
+    return os.path.expanduser(os.fsdecode(path) if isinstance(path, bytes) else path)
+
+
+def _float32_cpu(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as the contract returns them: float32 on the CPU, whatever the model computed in (a bf16
+    model on a GPU); ``.to`` keeps gradients for methods that need them through the score."""
+    if scores.dtype != torch.float32 or scores.device.type != "cpu":
+        scores = scores.to(device="cpu", dtype=torch.float32)
+    return scores
+
+
 # ------------------------------------------------------------------ the contract
 class Pretrained:
     """``save_pretrained`` / ``from_pretrained`` for a model built from one dataclass config held as
@@ -222,6 +248,9 @@ class Pretrained:
     config_class: ClassVar[Optional[type]] = None
     legacy_model_types: ClassVar[tuple[str, ...]] = ()  # older model_type names this class also reads
     eval_after_load: ClassVar[bool] = True
+    # dtype=None loads the weights in the dtype they were saved in (a bf16 save loads as bf16 and scores
+    # as it did); False for a model that always computes in the dtype it builds itself in
+    keep_saved_dtype: ClassVar[bool] = True
 
     def config_dict(self) -> dict:
         cfg = getattr(self, "config", None)
@@ -233,7 +262,7 @@ class Pretrained:
         overrides the live weights (e.g. EMA weights)."""
         if not self.model_type:
             raise TypeError(f"{type(self).__name__} has no model_type")
-        with atomic_folder(os.fspath(folder)) as tmp:
+        with atomic_folder(_folder_path(folder, "save_pretrained")) as tmp:
             extra = self._save(tmp, state_dict) or {}
             body = {"model_type": self.model_type, "format_version": FORMAT_VERSION, "config": self.config_dict()}
             body.update(extra)
@@ -254,7 +283,7 @@ class Pretrained:
                         dtype: Union[None, str, torch.dtype] = None, **kwargs: Any):
         """Load a folder saved by :meth:`save_pretrained` onto ``device`` (optionally cast to ``dtype``),
         in eval mode."""
-        folder = os.fspath(folder)
+        folder = _folder_path(folder, "from_pretrained")
         if not os.path.isdir(folder):
             raise CheckpointError(f"model folder {folder!r} does not exist")
         dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -272,6 +301,8 @@ class Pretrained:
             if folder in str(e):
                 raise
             raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from e
+        if dt is None and cls.keep_saved_dtype:
+            match_saved_dtypes(model, os.path.join(folder, WEIGHTS_NAME))
         return finish_loading(model, dev, dt, cls.eval_after_load)
 
     @classmethod
@@ -296,12 +327,19 @@ class RewardScorer(Pretrained):
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
             raise RuntimeError(f"{type(self).__name__}._score returned {getattr(out, 'shape', type(out))} "
                                f"for {len(items)} inputs")
-        return out
+        return _float32_cpu(out)
 
     def score_parts(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> list[torch.Tensor]:
-        """One ``Tensor[K_i]`` per input: the score of each step / frame."""
+        """One ``Tensor[K_i]`` per input (float32, CPU): the score of each step / frame."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
-        return self._score_parts(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size))
+        out = self._score_parts(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size))
+        if not isinstance(out, (list, tuple)) or len(out) != len(items) \
+                or not all(isinstance(p, torch.Tensor) and p.dim() == 1 for p in out):
+            got = ([getattr(p, "shape", type(p).__name__) for p in out] if isinstance(out, (list, tuple))
+                   else type(out).__name__)
+            raise RuntimeError(f"{type(self).__name__}._score_parts returned {got} for {len(items)} inputs: one "
+                               "1-d tensor per input was expected")
+        return [_float32_cpu(p) for p in out]
 
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement _score")
@@ -329,6 +367,44 @@ def check_weights_size(folder: str, body: dict) -> None:
                               f"{info['weights_bytes']}: truncated or from another save")
 
 
+def saved_dtypes(path: str) -> dict[str, torch.dtype]:
+    """The dtype of every tensor of a safetensors file, from its header alone (nothing is read)."""
+    from safetensors import safe_open
+
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: names[f.get_slice(k).get_dtype()] for k in f.keys() if f.get_slice(k).get_dtype() in names}
+    except Exception as e:  # noqa: BLE001 - the weights were read a moment ago; a header error names the file
+        raise CheckpointError(f"corrupt or unreadable safetensors file {path}: {e}") from e
+
+
+def match_saved_dtypes(model: Any, path: str) -> None:
+    """Give a freshly built model the floating-point dtypes its weights were saved in (``dtype=None``
+    means "as saved"): a model built in float32 whose weights were saved in bf16 would otherwise load
+    in float32 (twice the memory) or half in each (a bf16 backbone under a float32 head), and score
+    differently from the model that was saved. When the file holds every floating tensor of the
+    model, all in one dtype, the whole model is cast, as ``model.to(dtype)`` before saving did (buffers that are not saved, such
+    as rotary frequencies, included); otherwise each saved tensor is cast to its own dtype."""
+    if not isinstance(model, torch.nn.Module) or not os.path.isfile(path):
+        return
+    saved = saved_dtypes(path)
+    own = model.state_dict(keep_vars=True)
+    floating = {k: v for k, v in own.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    differ = {k: saved[k] for k, v in floating.items() if k in saved and saved[k] != v.dtype}
+    if not differ:
+        return
+    kinds = set(saved[k] for k in floating if k in saved)
+    if len(kinds) == 1 and all(k in saved for k in floating):  # the file holds the whole model, in one dtype
+        model.to(kinds.pop())
+        return
+    with torch.no_grad():
+        for k, dtype in differ.items():
+            t = own[k]
+            if t.dtype != dtype:  # a tied tensor listed twice is cast once
+                t.data = t.data.to(dtype)
+
+
 def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype], eval_mode: bool = True) -> Any:
     """Move a freshly loaded model to ``device`` / ``dtype`` and (by default) put it in eval mode."""
     if isinstance(model, torch.nn.Module):
@@ -341,4 +417,5 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
 
 
 __all__ = ["Pretrained", "RewardScorer", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
-           "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading"]
+           "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading",
+           "match_saved_dtypes", "saved_dtypes"]

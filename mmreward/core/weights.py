@@ -32,7 +32,7 @@ def read_json(path: str, what: str = "") -> dict:
     if not _is_file(path):
         raise CheckpointError(f"{path}{label} does not exist")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM (a file edited in Notepad) is not an error
             body = json.load(f)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"corrupt {path}{label}: {e}") from e

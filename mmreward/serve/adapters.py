@@ -31,6 +31,9 @@ from .protocol import ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_r
     text_input
 
 
+_ROUTES = ("/score", "/get_reward", "/info", "/healthz", "/metrics")
+
+
 def _is_url(target: Any) -> bool:
     return isinstance(target, str) and target.startswith(("http://", "https://"))
 
@@ -41,6 +44,12 @@ class RewardClient:
     def __init__(self, url: str, *, api_key: Optional[str] = None, timeout: float = 120.0, retries: int = 5):
         if not _is_url(url):
             raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
+        if url.rstrip("/").endswith(_ROUTES):  # OpenRLHF's --remote_rm_url names the route; this client adds it
+            raise ValueError(f"give the server's base URL (http://host:port), not a route: got {url!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
         self.url, self.api_key, self.timeout, self.retries = url.rstrip("/"), api_key, timeout, retries
         self._http = None
         self._info: Optional[dict] = None
@@ -100,10 +109,28 @@ class RewardClient:
 
     def get_reward(self, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
                    labels: Optional[Sequence[Any]] = None) -> dict:
-        """``POST /get_reward`` (OpenRLHF's protocol)."""
-        return self._request("POST", "/get_reward", {"query": list(queries),
-                                                     "prompts": None if prompts is None else list(prompts),
-                                                     "labels": None if labels is None else list(labels)})
+        """``POST /get_reward`` (OpenRLHF's protocol), in slices of the server's ``max_items``; the
+        answers' ``rewards`` / ``scores`` joined."""
+        queries = list(queries)
+        prompts = None if prompts is None else list(prompts)
+        labels = None if labels is None else list(labels)
+        if prompts is not None and len(prompts) != len(queries):
+            raise ValueError(f"got {len(queries)} queries but {len(prompts)} prompts")
+        step = max(1, int(self.info().get("max_items", len(queries)))) if len(queries) > 1 else 1
+        merged: dict = {}
+        for start in range(0, max(len(queries), 1), step):
+            answer = self._request("POST", "/get_reward", {
+                "query": queries[start:start + step],
+                "prompts": None if prompts is None else prompts[start:start + step],
+                "labels": None if labels is None else labels[start:start + step]})
+            for key, value in answer.items():
+                if isinstance(value, list):
+                    merged.setdefault(key, []).extend(value)
+                elif isinstance(value, dict):
+                    merged.setdefault(key, {}).update(value)
+                else:
+                    merged[key] = value
+        return merged
 
 
 def as_batch(values: Any, name: str) -> list:
@@ -134,6 +161,8 @@ class _Rewarder:
         else:
             self.client = None
             self.model = load_model(model, device)
+        if not isinstance(step_separator, str) or not step_separator:  # str.split("") is "empty separator"
+            raise ValueError(f"step_separator must be a non-empty string, got {step_separator!r}")
         self.batch_size = batch_size
         self.step_separator = step_separator
         self._refine = refine

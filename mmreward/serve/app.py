@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from mmreward.core.inputs import TextPair
 
@@ -42,6 +43,7 @@ from .protocol import ModelSpec, RequestError, load_model, openrlhf_response, pa
 
 logger = logging.getLogger("mmreward.serve")
 _JSON_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a thread, off the event loop
+BODY_IDLE_TIMEOUT_S = 60.0  # longest pause between two pieces of a request body before a 408
 
 
 class ClientGone(Exception):
@@ -76,7 +78,15 @@ async def read_body(request: Any, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body is {declared} bytes; the limit is {limit} (--max-request-mb)", "too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:  # a client that stops sending mid-body (a dead host, no FIN) would hold its connection forever
+            chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_TIMEOUT_S)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"request body stalled: no bytes for {BODY_IDLE_TIMEOUT_S:g} s after {size} "
+                                    "bytes") from None
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"request body passes the limit of {limit} bytes (--max-request-mb)", "too_large")
@@ -143,10 +153,10 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
             response = error(503, f"server busy: {e}; retry after {config.retry_after_s} s",
                              {"Retry-After": str(config.retry_after_s)})
         except InputRejected as e:
-            kind, response = "input_rejected", error(422, f"the model rejected an input: {e}")
+            kind, response = "input_rejected", error(422, f"the model rejected {e}")  # "input 3: ..."
         except ModelFailure as e:
             kind, response = "model_error", error(500, f"the model failed on this request: {e}")
-        except ClientGone:
+        except (ClientGone, ClientDisconnect):  # gone while we waited on the model, or while it sent the body
             metrics.cancelled.inc(endpoint=endpoint)
             kind, response = "client_gone", error(499, "client closed the connection")
         except Exception as e:  # noqa: BLE001 - one request's bug must not stop the server
@@ -166,14 +176,27 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         """Image / frame decoding runs on a thread, never on the event loop (text is parsed in place)."""
         return await asyncio.to_thread(fn, *args) if spec.has_media else fn(*args)
 
+    def check_query(request: Request, allowed: tuple = ()) -> None:
+        """Query parameters other than ``allowed`` (once each) would be ignored: refuse them."""
+        names = [name for name, _ in request.query_params.multi_items()]
+        unknown = sorted(set(names) - set(allowed))
+        if unknown:
+            raise RequestError(400, f"unknown query parameter(s) {unknown}: send options in the JSON body"
+                               + (f" (the query takes only {', '.join(allowed)})" if allowed else ""))
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise RequestError(400, f"query parameter(s) {repeated} given more than once")
+
     @app.post("/score")
     async def score(request: Request):
         async def work():
-            if request.headers.get("content-type", "").startswith("image/"):
+            if request.headers.get("content-type", "").strip().lower().startswith("image/"):  # MIME types: any case
+                check_query(request, ("prompt",))
                 body = await read_body(request, config.max_request_bytes)
                 req = await asyncio.to_thread(parse_image_upload, body, request.query_params.get("prompt", ""), spec,
                                               config)
             else:
+                check_query(request)
                 req = await off_loop(parse_score_request, await read_json(request), spec, config)
             results = await until_disconnect(request, backend.score(req.items, req.output))
             metrics.items.inc(len(req.items))
@@ -184,6 +207,7 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
     @app.post("/get_reward")
     async def get_reward(request: Request):
         async def work():
+            check_query(request)
             items = parse_openrlhf(await read_json(request), spec, config)
             refine = config.refine if spec.has_parts and TextPair not in spec.input_types else None
             results = await until_disconnect(request, backend.score(items, "parts" if refine else "scores"))

@@ -12,9 +12,10 @@ forward costs what its padded tokens cost). A request is answered as soon as the
 its last input ends.
 
 A forward that raises is retried request by request, so an input the model rejects fails its own
-request only. The queue is bounded in inputs: past ``max_queue`` :class:`QueueFull` is raised at
-once (the server answers 503 + Retry-After). Requests whose caller gave up (cancelled futures)
-are dropped before their forward.
+request only; a request that fails is retried input by input, so its error names the input at fault
+by its index in the request (and a request whose inputs all pass alone is answered). The queue is
+bounded in inputs: past ``max_queue`` :class:`QueueFull` is raised at once (the server answers 503 +
+Retry-After). Requests whose caller gave up (cancelled futures) are dropped before their forward.
 
 :func:`score_jobs` is the batch step itself (length grouping, forwards, error isolation); the Ray
 Serve deployment runs it on the batches Ray gathers.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ class Job:
     future: Any = None  # asyncio.Future settled with the results (or an exception)
     loop: Any = None
     enqueued: float = field(default_factory=time.perf_counter)
+    offset: int = 0  # index of its first input in the request (errors name the request's input)
 
     def cancelled(self) -> bool:
         return self.future is not None and self.future.done()
@@ -108,10 +111,15 @@ def _forward(model: Any, items: list, mode: str) -> list:
         return [float(v) for v in model.score(items, batch_size=len(items)).tolist()]
 
 
-def _as_failure(e: BaseException) -> Exception:
-    if isinstance(e, _INPUT_ERRORS):
-        return InputRejected(str(e) or type(e).__name__)
-    return ModelFailure(f"{type(e).__name__}: {e}")
+def _as_failure(e: BaseException, index: int) -> Exception:
+    """The error of an input scored alone, naming it by its index in the request. A model's own
+    "input 0" (its position in that one-input forward) becomes "input {index}"."""
+    message = str(e) or type(e).__name__
+    if re.match(r"input 0\b", message):
+        message = f"input {index}" + message[len("input 0"):]
+    else:
+        message = f"input {index}: " + (message if isinstance(e, _INPUT_ERRORS) else f"{type(e).__name__}: {message}")
+    return InputRejected(message) if isinstance(e, _INPUT_ERRORS) else ModelFailure(message)
 
 
 def _chunks(jobs: list[Job], max_batch: int, max_padding: Optional[float]) -> list[list[tuple[int, int]]]:
@@ -168,7 +176,7 @@ def score_jobs(model: Any, jobs: list[Job], max_batch: int, max_padding: Optiona
                 settle(j, results[j])
 
     for chunk in _chunks(jobs, max_batch, max_padding):
-        live = [s for s in chunk if outcomes[s[0]] is None]
+        live = [s for s in chunk if outcomes[s[0]] is None and not jobs[s[0]].cancelled()]  # gone: skip the rest
         if not live:
             continue
         try:
@@ -177,11 +185,20 @@ def score_jobs(model: Any, jobs: list[Job], max_batch: int, max_padding: Optiona
         except Exception:  # noqa: BLE001 - isolate the request at fault: retry each one alone
             pass
         for j in dict.fromkeys(j for j, _ in live):
-            own = [s for s in live if s[0] == j]
+            own = sorted(s for s in live if s[0] == j)  # in request order
             try:
                 fill(own, run(own))
-            except Exception as e:  # noqa: BLE001 - the error becomes this request's answer
-                settle(j, _as_failure(e))
+            except Exception as e:  # noqa: BLE001 - find the input at fault: score them one by one
+                if len(own) == 1:  # that one alone already
+                    settle(j, _as_failure(e, jobs[j].offset + own[0][1]))
+                    continue
+                for s in own:
+                    try:
+                        fill([s], run([s]))
+                    except Exception as e:  # noqa: BLE001 - the error becomes this request's answer
+                        settle(j, _as_failure(e, jobs[j].offset + s[1]))
+                        break
+                # every input scored alone (the failure was the batch's, e.g. out of memory): answered by fill
     return outcomes
 
 
@@ -210,7 +227,7 @@ class DynamicBatcher:
         """Results for ``items`` in order (floats, or lists for ``mode="parts"``), batched with
         whatever else is waiting. Raises QueueFull, InputRejected or ModelFailure."""
         loop = asyncio.get_running_loop()
-        jobs = [Job(items[i:i + self.max_batch], mode, loop.create_future(), loop)
+        jobs = [Job(items[i:i + self.max_batch], mode, loop.create_future(), loop, offset=i)
                 for i in range(0, len(items), self.max_batch)]
         with self._cond:
             if self._closing:
@@ -223,10 +240,21 @@ class DynamicBatcher:
         try:
             parts = await asyncio.gather(*(job.future for job in jobs))
         except BaseException:
-            for job in jobs:  # the caller gave up (disconnect) or another slice failed: skip the rest
-                job.future.cancel()
+            self._drop(jobs)  # the caller gave up (disconnect) or another slice failed: skip the rest
             raise
         return [r for part in parts for r in part]
+
+    def _drop(self, jobs: list[Job]) -> None:
+        """Cancel ``jobs`` and take those still queued out of the queue at once: a gone client's inputs
+        neither count in ``queue_depth`` nor hold ``max_queue`` room until the worker reaches them."""
+        with self._cond:
+            for job in jobs:
+                job.future.cancel()
+                for i, queued in enumerate(self._queue):  # by identity: Job's == would compare the inputs
+                    if queued is job:
+                        del self._queue[i]
+                        self._queued_items -= len(job.items)
+                        break
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop taking requests, finish the queued ones, stop the worker."""

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
@@ -29,6 +30,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(ServeConfig, args)
     ray_config = config_from_args(RayServeConfig, args)
+    if not args.ray:  # --replicas 4 without --ray would serve one model in this process, silently
+        given = [f"--{f.name.replace('_', '-')}" for f in fields(RayServeConfig)
+                 if getattr(ray_config, f.name) != getattr(RayServeConfig(), f.name)]
+        if given:
+            raise ValueError(f"{', '.join(given)} configure Ray Serve: add --ray")
     config.check_bind()
     if args.ray:
         from .ray import serve_ray

@@ -3,13 +3,38 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import numbers
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .batcher import check_batching
 
 API_KEY_ENV = "MMREWARD_SERVE_API_KEY"
+
+# annotation -> (accepted types, what the error says); bools are never numbers here
+_TYPES = {"int": ((int,), "an integer"), "float": ((numbers.Real,), "a number"),
+          "bool": ((bool,), "true or false"), "str": ((str,), "a string")}
+
+
+def check_types(config: object, loose: tuple = ()) -> None:
+    """Each field of a config dataclass has its annotated type (``loose`` fields are checked where they
+    are used): set from Python, ``refine_delta="no"`` would switch Delta refinement on, ``port=True``
+    bind port 1 and ``host=None`` every interface."""
+    for f in fields(config):
+        if f.name in loose:
+            continue
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        optional = annotation.startswith("Optional[")
+        kinds, what = _TYPES.get(annotation[len("Optional["):-1] if optional else annotation, (None, ""))
+        value = getattr(config, f.name)
+        if kinds is None or (optional and value is None):
+            continue
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise TypeError(f"{type(config).__name__}.{f.name} must be {what}{' or None' if optional else ''}, "
+                            f"got {value!r}")
+
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
@@ -52,6 +77,7 @@ class ServeConfig:
         "help": f"uvicorn log level: {' | '.join(LOG_LEVELS)} (info logs every request)"})
 
     def __post_init__(self):
+        check_types(self, loose=("device", "dtype"))  # torch.device / torch.dtype: mmreward.load checks them
         for name in ("max_batch", "bucket_batches", "max_queue", "max_items", "max_image_pixels", "retry_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -85,6 +111,15 @@ class ServeConfig:
             raise ValueError(f"api_key is empty: give a key, or leave --api-key out to use ${API_KEY_ENV}")
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+            where = f"${API_KEY_ENV}"
+        else:
+            where = "api_key"
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
+                                             and self.api_key.split() == [self.api_key]):
+            # a client sends the key in an HTTP header: surrounding spaces are stripped there and other
+            # characters cannot be sent, so such a key would lock every client out
+            raise ValueError(f"{where} must be printable ASCII without spaces (it travels as 'Authorization: "
+                             "Bearer KEY')")
 
     @property
     def max_request_bytes(self) -> int:
@@ -129,10 +164,13 @@ class RayServeConfig:
         "help": "Ray cluster to join ('auto' or ray://...); default: start a local Ray"})
 
     def __post_init__(self):
+        check_types(self)
         for name in ("replicas", "max_ongoing_requests", "max_concurrent_batches", "ingress_replicas"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.min_replicas is not None and self.max_replicas is None:  # it would be ignored
+            raise ValueError("min_replicas is the autoscaling floor: give max_replicas too (--max-replicas)")
         lo = self.min_replicas if self.min_replicas is not None else self.replicas
         if self.max_replicas is not None and not 0 <= lo <= self.max_replicas:
             raise ValueError(f"need 0 <= min_replicas ({lo}) <= max_replicas ({self.max_replicas})")
@@ -162,4 +200,4 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["API_KEY_ENV", "RayServeConfig", "ServeConfig", "is_loopback"]
+__all__ = ["API_KEY_ENV", "RayServeConfig", "ServeConfig", "check_types", "is_loopback"]

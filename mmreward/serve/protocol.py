@@ -18,6 +18,10 @@ the raw uint8 bytes}``. The server never reads a path or a URL that a client sen
     -> {"rewards": [float, ...], "scores": [float, ...], "extra_logs": {}}
 
 Non-finite rewards are sent as ``null`` (TRL reads ``None`` as NaN).
+
+Nothing a client sends is silently ignored: unknown fields of the body or of an input row
+(:data:`ROW_FIELDS`), unknown query parameters, lone UTF-16 surrogates, JSON nested too deeply for
+Python's parser and over-long integers are 400s naming the field or input.
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from mmreward.core.data import DataError, describe
-from mmreward.core.inputs import INPUT_TYPES, Conversation, Episode, ImagePrompt, StepSolution, TextPair, VideoPrompt, \
-    VisualSteps, as_inputs
+from mmreward.core.inputs import INPUT_TYPES, Comparison, Conversation, Episode, ImagePrompt, StepSolution, TextPair, \
+    VideoPrompt, VisualSteps, as_inputs
 
 from .config import ServeConfig
 
@@ -110,11 +114,45 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise RequestError(400, "empty request body: send a JSON object")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except UnicodeDecodeError:
         raise RequestError(400, "request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise RequestError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:  # [[[[...]]]] thousands deep: not a request body
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4300 digits (Python's int-parsing limit)
+        raise RequestError(400, f"malformed JSON: {str(e).split(';')[0]}") from None
+    if b"\\ud" in body or b"\\uD" in body:  # \udXXX escapes: check that each surrogate has its pair
+        try:
+            _check_unicode(data, "the request")
+        except RecursionError:
+            raise RequestError(400, "malformed JSON: nested too deeply") from None
+    return data
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Refuse strings holding a lone UTF-16 surrogate (``"\\ud800"`` is valid JSON but no text: a
+    tokenizer fails on it with an obscure TypeError deep in the forward)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RequestError(400, f"{where} holds an unpaired UTF-16 surrogate {value[e.start]!r} at character "
+                                    f"{e.start}: send valid Unicode text") from None
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_unicode(v, f"input {i}" if where == "field 'inputs'" else f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k, f"{where}: a field name")
+            if where == "the request":
+                inner = f"field {k!r}"
+            elif where.startswith("input ") and ":" not in where:  # a row: "input 3: field 'response'"
+                inner = f"{where}: field {k!r}"
+            else:  # deeper: "input 3: field 'messages'[0].content"
+                inner = f"{where}.{k}"
+            _check_unicode(v, inner)
 
 
 def finite(value: Any) -> Any:
@@ -151,7 +189,9 @@ def parse_score_request(data: Any, spec: ModelSpec, config: ServeConfig) -> Scor
     data = _object(data, ("inputs", "output", "refine"), "the request")
     raw = _list_field(data, "inputs", config)
     refine = parse_refine(data.get("refine"), spec)
-    output = data.get("output") or ("parts" if spec.has_parts or refine else "scores")
+    output = data.get("output")
+    if output is None:  # absent or null: the default (0, "" or false are mistakes, not the default)
+        output = "parts" if spec.has_parts or refine else "scores"
     if output not in OUTPUTS:
         raise RequestError(400, f"field 'output' must be one of {list(OUTPUTS)}, got {describe(output)}")
     if output == "parts" and not spec.has_parts:
@@ -159,6 +199,8 @@ def parse_score_request(data: Any, spec: ModelSpec, config: ServeConfig) -> Scor
                                 "whole inputs")
     if refine and output != "parts":
         raise RequestError(400, "refine works on step scores: leave 'output' out or set it to 'parts'")
+    for i, row in enumerate(raw):
+        check_row_fields(row, f"input {i}", spec)
     budget = _DecodeBudget(config)
     rows = [decode_media(row, f"input {i}", spec, budget) for i, row in enumerate(raw)]
     return ScoreRequest(to_inputs(rows, spec), output, refine)
@@ -189,7 +231,7 @@ def parse_refine(value: Any, spec: ModelSpec) -> Optional[dict]:
     if not spec.has_parts:
         raise RequestError(400, f"refine needs a step model (PRM); this {spec.model_type} model has no step scores")
     clip, delta, gamma = value.get("clip"), value.get("delta", False), value.get("gamma", 1.0)
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)):
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not _finite_float(clip)):
         raise RequestError(400, f"refine.clip must be a finite number or null, got {describe(clip)}")
     if not isinstance(delta, bool):
         raise RequestError(400, f"refine.delta must be true or false, got {describe(delta)}")
@@ -198,6 +240,14 @@ def parse_refine(value: Any, spec: ModelSpec) -> Optional[dict]:
     if clip is None and not delta:
         return None
     return {"clip": None if clip is None else float(clip), "delta": delta, "gamma": float(gamma)}
+
+
+def _finite_float(value: Any) -> bool:
+    """Whether a JSON number is a finite float (an integer of 400 digits is not: float() overflows)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def refine_parts(parts: list[list[float]], refine: dict) -> dict:
@@ -240,23 +290,50 @@ class _DecodeBudget:
                                     "this request (--max-decoded-mb)", "too_large")
 
 
-# field name -> kind, for the input types that carry media
+# field name -> kind, for the input types that carry media: "image" (one image), "images" (one or a list),
+# "frames" (a video / episode)
 _MEDIA_FIELDS = {
     ImagePrompt: {"image": "image"},
-    Conversation: {"images": "image", "image": "image"},
-    VisualSteps: {"images": "image", "image": "image"},
+    Conversation: {"images": "images", "image": "images"},
+    VisualSteps: {"images": "images", "image": "images"},
     VideoPrompt: {"video": "frames", "frames": "frames"},
     Episode: {"frames": "frames", "episode": "frames", "video": "frames"},
 }
+
+# the fields (with their aliases) a JSON row of each input type may hold: anything else is a typo the
+# model would silently ignore ({"succes": [...]} scores an episode without its success flags)
+ROW_FIELDS = {
+    TextPair: ("prompt", "response", "messages", "text"),
+    Comparison: ("prompt", "first", "second", "chosen", "rejected", "response_a", "response_b"),
+    StepSolution: ("problem", "prompt", "question", "steps", "completions"),
+    ImagePrompt: ("prompt", "image"),
+    VideoPrompt: ("prompt", "video", "frames"),
+    Conversation: ("messages", "conversations", "images", "image"),
+    VisualSteps: ("question", "prompt", "steps", "images", "image"),
+    Episode: ("frames", "episode", "video", "success"),
+}
+
+
+def check_row_fields(row: Any, where: str, spec: ModelSpec) -> None:
+    """A JSON row with a field no input type of the model reads is a 400 naming it."""
+    if not isinstance(row, dict) or any(t not in ROW_FIELDS for t in spec.input_types):
+        return  # not a row (as_inputs names it), or an input type of another package: its own rules
+    allowed = {name for t in spec.input_types for name in ROW_FIELDS[t]}
+    unknown = sorted(map(str, set(row) - allowed))
+    if unknown:
+        raise RequestError(400, f"{where} has unknown field(s) {unknown}; rows of {spec.names()} have "
+                                f"{', '.join(sorted(allowed))}")
 
 
 def decode_media(row: Any, where: str, spec: ModelSpec, budget: _DecodeBudget) -> Any:
     """A JSON input with its base64 images / frames decoded (PIL RGB images; uint8 ``[T, H, W, 3]`` frames)."""
     if not isinstance(row, dict):
         return row  # as_inputs names the bad row
-    fields = {}
+    fields: dict = {}
     for t in spec.input_types:
-        fields.update(_MEDIA_FIELDS.get(t, {}))
+        for name, kind in _MEDIA_FIELDS.get(t, {}).items():
+            if fields.get(name) != "images":  # a field that takes a list in any input type takes one
+                fields[name] = kind
     out = dict(row)
     for name, kind in fields.items():
         if row.get(name) is None:
@@ -264,8 +341,11 @@ def decode_media(row: Any, where: str, spec: ModelSpec, budget: _DecodeBudget) -
         here = f"{where}: field {name!r}"
         if kind == "frames":
             out[name] = decode_frames(row[name], here, budget)
-        elif isinstance(row[name], list):
+        elif kind == "images" and isinstance(row[name], list):
             out[name] = [decode_image(v, f"{here}[{j}]", budget) for j, v in enumerate(row[name])]
+        elif isinstance(row[name], list):  # ImagePrompt scores one image: a list would reach the model
+            raise RequestError(400, f"{here} must be one base64 image, got a list of {len(row[name])} (send one "
+                                    "input per image)")
         else:
             out[name] = decode_image(row[name], here, budget)
     return out
@@ -293,7 +373,10 @@ def image_from_bytes(raw: bytes, where: str, budget: _DecodeBudget) -> Any:
 
     try:
         img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:  # its message holds only the repr of our BytesIO
+        raise RequestError(400, f"{where} is not a decodable {'/'.join(IMAGE_FORMATS)} image ({len(raw)} bytes "
+                                f"starting {raw[:8]!r})") from None
+    except (OSError, ValueError) as e:
         raise RequestError(400, f"{where} is not a decodable {'/'.join(IMAGE_FORMATS)} image ({e})") from None
     w, h = img.size
     if w * h > budget.config.max_image_pixels:
@@ -415,6 +498,9 @@ def openrlhf_inputs(queries: Sequence[Any], prompts: Optional[Sequence[Any]], sp
                 items.append(text_input(p, q[len(p):], spec, separator, where))
             elif p is None and TextPair not in spec.input_types:
                 items.append(text_input("", q, spec, separator, where))
+            elif p is None:
+                raise RequestError(400, f"{where} has no prompt to cut the response after (--openrlhf-split): send "
+                                        "'prompts', one per query, or serve without --openrlhf-split")
             else:
                 raise RequestError(400, f"{where} does not start with its prompt, so the response cannot be cut out "
                                         "(send 'prompts' that prefix each query, or serve without --openrlhf-split)")
@@ -428,6 +514,7 @@ def openrlhf_response(rewards: list) -> dict:
     return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
 
 
-__all__ = ["ModelSpec", "RequestError", "ScoreRequest", "decode_frames", "decode_image", "finite", "image_from_bytes",
-           "load_model", "openrlhf_inputs", "openrlhf_response", "parse_image_upload", "parse_json", "parse_openrlhf",
-           "parse_refine", "parse_score_request", "refine_parts", "score_response", "split_steps", "text_input"]
+__all__ = ["ROW_FIELDS", "ModelSpec", "RequestError", "ScoreRequest", "check_row_fields", "decode_frames",
+           "decode_image", "finite", "image_from_bytes", "load_model", "openrlhf_inputs", "openrlhf_response",
+           "parse_image_upload", "parse_json", "parse_openrlhf", "parse_refine", "parse_score_request", "refine_parts",
+           "score_response", "split_steps", "text_input"]

@@ -66,8 +66,8 @@ def _replica_class(config: ServeConfig, ray_config: RayServeConfig) -> type:
             # exceptions travel back as values: Ray would fail every call of the batch on a raise
             return [(out, max(sizes, default=0)) for out in outcomes]
 
-        async def score(self, items: list, mode: str) -> tuple:
-            return await self.score_batch(Job(items, mode))
+        async def score(self, items: list, mode: str, offset: int = 0) -> tuple:
+            return await self.score_batch(Job(items, mode, offset=offset))
 
     return ModelReplica
 
@@ -86,10 +86,11 @@ class RayBackend:
         return self._in_flight
 
     async def score(self, items: list, mode: str) -> list:
-        slices = [items[i:i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        starts = range(0, len(items), self.max_batch)
         self._in_flight += len(items)
         try:
-            answers = await asyncio.gather(*(self.replicas.score.remote(s, mode) for s in slices))
+            answers = await asyncio.gather(*(self.replicas.score.remote(items[i:i + self.max_batch], mode, i)
+                                             for i in starts))
         except BackPressureError as e:
             raise QueueFull(f"the model replicas refuse more requests ({e})") from None
         finally:
@@ -146,9 +147,10 @@ def serve_ray(model_path: str, config: ServeConfig, ray_config: RayServeConfig) 
     import ray
 
     config.check_bind()
-    from mmreward.registry import resolve_folder
+    from mmreward.registry import detect, resolve_folder
 
     folder = resolve_folder(model_path)
+    detect(folder)  # a folder no replica could load: one line now, not a failed deployment after Ray started
     ray.init(address=ray_config.ray_address, include_dashboard=False, ignore_reinit_error=True)
     serve.start(http_options={"host": config.host, "port": config.port})
     signal.signal(signal.SIGTERM, _interrupt)

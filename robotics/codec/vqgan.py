@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -79,7 +80,10 @@ class VQGANConfig:
             raise ValueError("layout 'official' needs at least 2 channel widths")
         if self.quantizer not in ("ema", "st"):
             raise ValueError(f"quantizer must be 'ema' or 'st', got {self.quantizer!r}")
-        if len(self.channels) < 1 or self.image_size % 2 ** (len(self.channels) - 1):
+        if len(self.channels) < 1 or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1
+                                             for c in self.channels):
+            raise ValueError(f"channels must be one or more widths >= 1 (one per level), got {list(self.channels)}")
+        if self.image_size % 2 ** (len(self.channels) - 1):
             raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels) - 1}")
         if self.num_codes < 2 or self.latent_dim < 1:
             raise ValueError("num_codes >= 2 and latent_dim >= 1 are required")

@@ -1,8 +1,9 @@
 """Robot episodes as score inputs.
 
 Every robotics reward model scores :class:`mmreward.core.inputs.Episode` inputs: ``frames`` is a
-uint8 ``[T, H, W, 3]`` tensor / array or a path (an episode ``.npz`` file, a video or a frame
-folder, resized to the model's frame size), ``success`` optional per-frame flags. This module turns
+uint8 ``[T, H, W, 3]`` tensor / array (or a list of uint8 ``[H, W, 3]`` frames) or a path (an
+episode ``.npz`` file, a video or a frame folder, resized to the model's frame size), ``success``
+optional per-frame flags. This module turns
 such an input into tensors (:func:`episode_tensors`, errors name the input and field) and episode
 sources on disk into inputs (:func:`find_episodes`: episode files, episode folders, videos, frame
 folders — what ``mmreward robotics score`` reads).
@@ -37,8 +38,22 @@ def read_frames(path: str, size: int) -> np.ndarray:
 
 
 def as_frames(frames: Any, where: str, size: Optional[int] = None) -> torch.Tensor:
-    """``frames`` (uint8 tensor / array ``[T, H, W, 3]``, H = W = ``size`` if given) as a tensor;
-    :class:`DataError` naming ``where`` otherwise."""
+    """``frames`` (uint8 tensor / array ``[T, H, W, 3]``, or a list of uint8 frames ``[H, W, 3]`` of one
+    shape, H = W = ``size`` if given) as a tensor; :class:`DataError` naming ``where`` otherwise."""
+    if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, (np.ndarray, torch.Tensor)) for f in frames):
+        # a list of frames [H, W, 3] (what an RL loop collects) is stacked; frames of different shapes are named
+        parts = [torch.from_numpy(np.ascontiguousarray(f)) if isinstance(f, np.ndarray) else f for f in frames]
+        shapes = {(str(f.dtype), tuple(f.shape)) for f in parts}
+        if len(shapes) > 1:
+            first = (str(parts[0].dtype), tuple(parts[0].shape))
+            k = next(i for i, f in enumerate(parts) if (str(f.dtype), tuple(f.shape)) != first)
+            raise DataError(f"{where}: frame {k} is {parts[k].dtype} {list(parts[k].shape)} but frame 0 is "
+                            f"{parts[0].dtype} {list(parts[0].shape)}: a list of frames must hold uint8 [H, W, 3] "
+                            "frames of one shape")
+        if parts[0].dim() != 3:
+            raise DataError(f"{where} must be uint8 frames [T, H, W, 3] or a list of frames [H, W, 3], got a list of "
+                            f"{parts[0].dtype} {list(parts[0].shape)}")
+        frames = torch.stack([f.detach().cpu() for f in parts])
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
@@ -69,12 +84,14 @@ def as_success(success: Any, frames: int, where: str) -> torch.Tensor:
 def episode_tensors(item: EpisodeInput, size: int, where: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(frames uint8 [T, size, size, 3], success float [T] or None)`` of one score input."""
     frames = item.frames
+    success_where = f"{where}: field 'success'"
     if isinstance(frames, (str, os.PathLike)):
         path = os.fspath(frames)
         frames = as_frames(read_frames(path, size), f"{where}: {path}", size)
+        success_where = f"{where}: {path}: field 'success'"  # the file's own flags, or the caller's: name the episode
     else:
         frames = as_frames(frames, f"{where}: field 'frames'", size)
-    success = None if item.success is None else as_success(item.success, frames.shape[0], f"{where}: field 'success'")
+    success = None if item.success is None else as_success(item.success, frames.shape[0], success_where)
     return frames, success
 
 

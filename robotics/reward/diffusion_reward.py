@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -162,8 +163,16 @@ class DiffusionRewardConfig:
             raise ValueError(f"clip_min must be a finite number or None, got {self.clip_min}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
-        if self.batch_size < 1 or self.skip_step < 0 or self.num_samples < 1:
-            raise ValueError("batch_size >= 1, skip_step >= 0 and num_samples >= 1 are required")
+        for name, low in (("batch_size", 1), ("skip_step", 0), ("num_samples", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.noise_scale, numbers.Real) and math.isfinite(self.noise_scale)
+                and self.noise_scale >= 0):  # NaN noise made every chain an argmax over NaN scores
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {self.noise_scale!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
+                                      or not -2 ** 63 <= self.seed < 2 ** 64):
+            raise ValueError(f"seed must be an integer (a 64-bit generator seed) or None, got {self.seed!r}")
 
 
 def _in_compute_dtype(method):
@@ -242,6 +251,25 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         self.progress = progress
 
     # -------------------------------------------------------------- raw reward
+    def _checked_config(self) -> DiffusionRewardConfig:
+        """The config, validated again at use: the documented way to change a term is to set its field
+        (``dr.config.motion_scale = 4.0``), so a bad value set that way must be an error, not a reward
+        computed with it (an unknown ``reward_type`` would be scored as a likelihood)."""
+        try:
+            self.config.validate()
+        except ValueError as e:
+            raise ValueError(f"DiffusionReward.config: {e}") from None
+        return self.config
+
+    def _batch(self, batch_size: Optional[int]) -> int:
+        """Windows per video-model batch: ``batch_size`` (an integer >= 1) or the config's."""
+        if batch_size is None:
+            return self.config.batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1 (or None: the config's {self.config.batch_size}), "
+                             f"got {batch_size!r}")
+        return int(batch_size)
+
     def _generator(self) -> Optional[torch.Generator]:
         if self.config.seed is None:
             return None
@@ -278,8 +306,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         ``"entropy"`` mode too (history i−1, i), so an online caller can score the newest frame
         from the frames seen so far (:class:`~mmreward.robotics.wrappers.DiffusionRewardWrapper`).
         ``batch_size``: windows per video-model batch (default ``config.batch_size``)."""
-        cfg = self.config
-        step = batch_size or cfg.batch_size
+        cfg = self._checked_config()
+        step = self._batch(batch_size)
         tok, frame_ids = self._check_windows(tokens, frame_ids)
         hist, target = self._windows(tok, frame_ids, cfg.reward_type == "entropy")
         gen = self._generator()
@@ -329,7 +357,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         that do. One denoising call per window."""
         tok, frame_ids = self._check_windows(tokens, frame_ids)
         hist, target = self._windows(tok, frame_ids, next_frame=False)
-        step = batch_size or self.config.batch_size
+        step = self._batch(batch_size)
         last = hist[:, -1]  # (N, L)
         expected, observed = [], []
         for i in range(0, frame_ids.numel(), step):
@@ -503,6 +531,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     def forward(self, frames: torch.Tensor, success: Optional[torch.Tensor] = None, *,
                 batch_size: Optional[int] = None) -> torch.Tensor:
         """Rewards ``[T]``: ``(1 − α)·z(r_ce) + α·r_RND + r_sparse`` (see the module docstring)."""
+        self._checked_config()
+        self._batch(batch_size)  # before any work
         tok = self.tokenize(frames)
         raw = self.raw_reward_windows(tok, batch_size=batch_size)
         change = self.change_windows(tok, batch_size=batch_size) if self.config.motion_scale > 0 else None
@@ -530,6 +560,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         when ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames), and
         ``κ·consistency / s_C`` when ``consistency_scale`` > 0 (``consistency``: :meth:`frame_consistency`
         of the whole episode)."""
+        self._checked_config()
         z = self.standardize(raw)
         if self.progress is not None:
             z = z + self.config.progress_scale * self.progress(frames).to(z.device).float()

@@ -288,6 +288,11 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     eps = episodes_from(episodes)
     for k, e in enumerate(eps):
         check_frames_uint8(e, f"episode {k}", cfg.image_size)
+    short = [k for k, e in enumerate(eps) if e.shape[0] < 2]
+    if short:  # the statistics fitted after training refuse them: say so before the training, not after it
+        raise ValueError(f"episode {short[0]} has 1 frame ({len(short)} such episode{'s' if len(short) > 1 else ''}): "
+                         "the progress ranker needs expert episodes of at least 2 frames (a first and a last); "
+                         "leave the 1-frame ones out")
     lengths_all = np.array([len(e) for e in eps])
     if not (lengths_all > cfg.min_gap).any():
         raise ValueError(f"no episode is longer than min_gap={cfg.min_gap} frames: nothing to rank")

@@ -108,6 +108,9 @@ class CallableReward(RewardSource):
         if r.shape[0] != t:
             raise ValueError(f"reward callable returned {r.shape[0]} values for an episode of {t} steps "
                              f"(expected {t} or {t + 1})")
+        bad = np.flatnonzero(~np.isfinite(r))
+        if bad.size:  # one NaN in the replay buffer spreads through every critic update that samples it
+            raise ValueError(f"reward callable returned NaN / inf rewards ({bad.size} of {t}, first at step {bad[0]})")
         return r
 
 
@@ -157,10 +160,12 @@ class LearnedReward(RewardSource):
 def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repeat: int, episodes: int,
                    max_steps: Optional[int]) -> list[np.ndarray]:
     if expert_data:
-        from ..data.episodes import EpisodeDataset
+        from ..data.episodes import load_episode_folder, read_manifest
 
-        ds = EpisodeDataset(expert_data)
-        return [ds.episode(i).frames for i in range(len(ds))]
+        # every episode of the folder (not len(EpisodeDataset): that counts frame windows, not episodes); the
+        # task's own when the folder holds several tasks: its last frames are the goal frames of this task
+        has_task = any(e["task"] == task for e in read_manifest(expert_data))
+        return [ep.frames for _, ep in load_episode_folder(expert_data, [task] if has_task else None)]
     from ..collect import run_episode
     from ..envs import make_env
 

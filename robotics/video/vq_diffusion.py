@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -106,6 +107,14 @@ class VQDiffusionConfig:
         return int(self.token_shape[0]) * int(self.token_shape[1])
 
     def validate(self) -> None:
+        for name in ("dim", "heads", "context_dim", "mlp_ratio"):  # 0 built an empty network that "trains"
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        shape = self.token_shape
+        if not isinstance(shape, (tuple, list)) or len(shape) != 2 or \
+                any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in shape):
+            raise ValueError(f"token_shape must be two integers >= 1 (h, w), got {shape!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.num_codes < 2 or self.num_history < 1 or self.frame_skip < 1 or self.depth < 1:

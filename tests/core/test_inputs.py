@@ -1,9 +1,8 @@
 """`as_inputs`: dicts, tuples and input instances built in Python get the same field checks and errors."""
+import numpy as np
 import pytest
 
 from mmreward.core.data import DataError
-import numpy as np
-
 from mmreward.core.inputs import Comparison, Conversation, Episode, StepSolution, TextPair, as_inputs
 
 
@@ -48,3 +47,17 @@ def test_wrong_kinds_of_item_name_what_to_build():
         as_inputs(TextPair, [TextPair("q", "a"), "plain text"])
     with pytest.raises(TypeError, match="input 0 is an Episode; this model scores TextPair / Comparison"):
         as_inputs([TextPair, Comparison], [Episode("e.npz")])
+
+
+def test_openai_style_text_parts_are_read_as_one_text_and_other_parts_are_named():
+    """``"content": [{"type": "text", "text": ...}]`` is how OpenAI-format data (and TRL's conversational
+    rows written from it) spell a message; a text model reads the parts joined, and refuses an image part."""
+    parts = [{"role": "user", "content": [{"type": "text", "text": "what is 2+3?"}, {"type": "text", "text": "be brief"}]}]
+    (item,) = as_inputs(TextPair, [{"prompt": parts, "response": [{"role": "assistant", "content": [{"type": "text", "text": "5"}]}]}])
+    assert item.prompt == [{"role": "user", "content": "what is 2+3?\nbe brief"}]
+    assert item.response == [{"role": "assistant", "content": "5"}]
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}, {"type": "text", "text": "hi"}]}]
+    with pytest.raises(DataError, match=r"input 0: field 'prompt'\[0\]: content part 0 is of type 'image_url'"):
+        as_inputs(TextPair, [{"prompt": image, "response": "a"}])
+    with pytest.raises(DataError, match="content is an empty list of parts"):
+        as_inputs(TextPair, [{"prompt": [{"role": "user", "content": []}], "response": "a"}])

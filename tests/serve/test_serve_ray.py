@@ -65,6 +65,10 @@ def test_two_replicas_batch_and_answer_like_offline_scores(local_ray, tmp_path):
     assert total == 50 and alone < 48, buckets  # Ray gathered the single-input calls into shared batches
     bad = httpx.post(url + "/score", json={"inputs": [{"prompt": "p", "response": "explode"}]})
     assert bad.status_code == 422 and "explode" in bad.json()["error"]
+    mixed = rows[:16]
+    mixed[11] = {"prompt": "p", "response": "please explode"}  # in the second slice of max_batch 8
+    bad = httpx.post(url + "/score", json={"inputs": mixed})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("the model rejected input 11: "), bad.text
     assert httpx.post(url + "/score", content=b"{oops").status_code == 400
     assert httpx.get(url + "/info").json()["inputs"] == ["TextPair"]
     serve.delete("mmreward")

@@ -204,7 +204,7 @@ def test_inputs_the_backbone_cannot_read_name_the_input(tmp_path, capsys):
     # the CLI: one line, exit 2; --max-length below 2 is refused by the config's own check
     make("bert").save_pretrained(str(tmp_path / "rm"))
     (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "a", "response": long}) + "\n")
-    for max_length, message in (("100000", "input 0 is 66 tokens, more than the 64 positions"),
+    for max_length, message in (("100000", "rows.jsonl: row 0 is 66 tokens, more than the 64 positions"),
                                 ("1", "max_length must be an integer >= 2 or None, got 1"),
                                 ("-5", "max_length must be an integer >= 2 or None, got -5")):
         capsys.readouterr()

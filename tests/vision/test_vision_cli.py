@@ -59,7 +59,7 @@ def test_vision_eval_reports_held_out_accuracy(trained, tmp_path, capsys):
     (["vision", "train", "--device", "cuda:9", "--max-steps", "1"], "cuda:9"),
     (["vision", "eval", "--model", "{model}", "--data", "{tmp}/none.jsonl"], "none.jsonl"),
     (["vision", "eval", "--model", "{tmp}/no_model", "--data", "{tmp}/none.jsonl"], "no_model"),
-    (["score", "--model", "{model}", "--prompt", "x", "--device", "cuda:9", "a.png"], "cuda:9"),
+    (["score", "--model", "{model}", "--prompt", "x", "--device", "cuda:9", "{tmp}/a.png"], "cuda:9"),
     (["score", "--model", "{model}", "--prompt", "x", "{tmp}/gone.png"], "gone.png"),
     (["vision", "nope"], "unknown command 'nope'"),
     (["vision", "train", "--n-train", "0"], "n_train must be an integer >= 1, got 0"),
@@ -68,6 +68,9 @@ def test_vision_eval_reports_held_out_accuracy(trained, tmp_path, capsys):
     (["vision", "train", "--label-smoothing", "0.1"], "label_smoothing applies to the pairwise loss only"),
 ])
 def test_user_errors_are_one_line_naming_what_is_wrong(trained, tmp_path, capsys, argv, names):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")  # an input that exists: only the device is wrong
     argv = [a.format(model=trained / "model", tmp=tmp_path) for a in argv]
     names = names.format(tmp=tmp_path)
     assert mmreward_main([*argv, *(["--out", str(tmp_path / "o"), *QUIET] if argv[1] == "train" else [])]) == 2

@@ -71,9 +71,10 @@ def as_scorer(model: Any) -> Scorer:
                     f"inputs, got {type(model).__name__}")
 
 
-def _key(x: Any) -> str:
-    """Hashable identity of a text or a message list (conversational rows)."""
-    return x if isinstance(x, str) else json.dumps(x, sort_keys=True, default=str)
+def _key(x: Any) -> tuple[str, str]:
+    """Hashable identity of a text, a message list (conversational rows) or None, tagged with its
+    kind: the prompt ``"null"`` is not ``None``, nor is a string that spells a message list's JSON."""
+    return ("text", x) if isinstance(x, str) else ("json", json.dumps(x, sort_keys=True, default=str))
 
 
 def _check_scores(got: Any, part: Sequence[tuple[Any, Any]], offset: int) -> torch.Tensor:
@@ -93,11 +94,14 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
     Duplicate (prompt, response) pairs (RM-Bench and RRM data repeat them) are scored once. A reward
     model gets all of them in one ``score`` call (it sorts them by length itself); a callable gets
     chunks of ``batch_size``. The output is checked: one finite number per input, else ValueError."""
+    for name, seq in (("prompts", prompts), ("responses", responses)):
+        if isinstance(seq, (str, bytes, dict)):  # its characters (keys) would be scored one per input
+            raise TypeError(f"score_responses: {name} must be a list (one item per input), got {type(seq).__name__}")
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    index: dict[tuple[str, str], int] = {}
+    index: dict[tuple, int] = {}
     unique: list[tuple[Any, Any]] = []  # first occurrence of each distinct (prompt, response)
     where = []
     for p, r in zip(prompts, responses):
@@ -147,17 +151,26 @@ def read_rows(path: str) -> list[dict]:
     return read_records(path)
 
 
+def check_rows(rows: Sequence[Any], where: str = "", subset_required: bool = False) -> None:
+    """Each row an object with ``prompt`` / ``chosen`` / ``rejected`` strings (and a ``subset`` string,
+    required with ``subset_required``); the ValueError names the row and the field, before any scoring."""
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}row {i} is a {type(r).__name__}, expected an object")
+        for k in ("prompt", "chosen", "rejected", "subset"):
+            if k == "subset" and k not in r and not subset_required:
+                continue
+            if not isinstance(r.get(k), str):
+                got = "missing" if k not in r else type(r[k]).__name__
+                raise ValueError(f"{where}row {i}: `{k}` must be a string, got {got}")
+
+
 def load_rewardbench(path: str) -> list[dict]:
     """RewardBench rows (``prompt``, ``chosen``, ``rejected``, ``subset``), validated row by row."""
     rows = read_rows(path)
     if not rows:
         raise ValueError(f"{path} holds no rows")
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict):
-            raise ValueError(f"{path}: row {i} is a {type(r).__name__}, expected an object")
-        for k in ("prompt", "chosen", "rejected", "subset"):
-            if not isinstance(r.get(k), str):
-                raise ValueError(f"{path}: row {i}: `{k}` must be a string, got {type(r.get(k)).__name__}")
+    check_rows(rows, f"{path}: ", subset_required=True)
     return rows
 
 
@@ -179,6 +192,7 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 64, p
     """Per-subset accuracy (``subset`` key, default ``all``), sections, overall and the bias probe."""
     if not rows:
         raise ValueError("evaluate_pairs: no rows to evaluate")
+    check_rows(rows)
     n = len(rows)
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]

@@ -166,7 +166,9 @@ def chat_turns(prompt: Any, response: Any, where: str = "input") -> list[dict]:
         [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _turns(prompt, f"{where}: field 'prompt'"))
     if isinstance(response, str):
         return turns + [{"role": "assistant", "content": response}]
-    return turns + _turns(response, f"{where}: field 'response'")
+    from ..data import drop_repeated_prompt  # a response conversation that repeats the prompt's turns loses them
+
+    return turns + _turns(drop_repeated_prompt(prompt, response), f"{where}: field 'response'")
 
 
 def text_pairs(prompts: Sequence[Any], responses: Sequence[Any]) -> list[TextPair]:

@@ -53,7 +53,19 @@ def _user_error(prog: str, e: BaseException) -> int:
     return 2
 
 
+def _one_turn(value: Any) -> Any:
+    """The text of a row field: a string; a conversation of one turn (TRL's conversational rows,
+    ``[{"role": "assistant", "content": ...}]``) gives its content; a list of strings (RM-Bench's
+    three styles) its first one. Anything else is returned as it is (and refused by the caller)."""
+    if isinstance(value, list) and value:
+        if isinstance(value[0], dict):
+            return value[0].get("content") if len(value) == 1 else value
+        return value[0]
+    return value
+
+
 def load_rows(path: str, limit: int = 0) -> list[dict]:
+    from ..data import drop_repeated_prompt
     from ..eval.rewardbench import read_rows
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -62,11 +74,11 @@ def load_rows(path: str, limit: int = 0) -> list[dict]:
     for i, r in enumerate(read_rows(path)):
         if not isinstance(r, dict) or not all(k in r for k in ("prompt", "chosen", "rejected")):
             raise ValueError(f"{path}: row {i} needs 'prompt', 'chosen', 'rejected'")
-        c, j = r["chosen"], r["rejected"]
-        c, j = (c[0] if isinstance(c, list) and c else c), (j[0] if isinstance(j, list) and j else j)
-        if not all(isinstance(x, str) for x in (r["prompt"], c, j)):
-            raise ValueError(f"{path}: row {i}: prompt / chosen / rejected must be text")
-        rows.append({"prompt": r["prompt"], "chosen": c, "rejected": j})
+        prompt = _one_turn(r["prompt"])
+        c, j = (_one_turn(drop_repeated_prompt(r["prompt"], r[k])) for k in ("chosen", "rejected"))
+        if not all(isinstance(x, str) for x in (prompt, c, j)):
+            raise ValueError(f"{path}: row {i}: prompt / chosen / rejected must be text (or one chat turn)")
+        rows.append({"prompt": prompt, "chosen": c, "rejected": j})
         if limit and len(rows) == limit:
             break
     if not rows:

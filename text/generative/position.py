@@ -92,8 +92,8 @@ def evaluate_pairs_with_judge(judge: PairJudge, rows: Sequence[dict], swap: bool
     if not rows:
         raise ValueError("evaluate_pairs_with_judge: no rows")
     for i, r in enumerate(rows):
-        if not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
-            raise ValueError(f"row {i}: needs str 'prompt', 'chosen', 'rejected'")
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"row {i}: needs str 'prompt', 'chosen', 'rejected', got {describe(r)}")
     prompts = [r["prompt"] for r in rows]
     ch, rj = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
     if not swap:
@@ -114,8 +114,11 @@ def rmbench_with_judge(judge: PairJudge, items: Sequence[dict], swap: bool = Tru
         raise ValueError("rmbench_with_judge: no items")
     prompts, ca, rb = [], [], []  # 9 cells per item, chosen style i major
     for n, it in enumerate(items):
-        if len(it.get("chosen", [])) != 3 or len(it.get("rejected", [])) != 3:
-            raise ValueError(f"item {n}: RM-Bench items need 3 chosen and 3 rejected responses")
+        texts = lambda k: it.get(k) if isinstance(it.get(k), (list, tuple)) else []  # noqa: E731
+        if (not isinstance(it, dict) or not isinstance(it.get("prompt"), str)
+                or any(len(texts(k)) != 3 or not all(isinstance(x, str) for x in texts(k)) for k in ("chosen", "rejected"))):
+            raise ValueError(f"item {n}: RM-Bench items need 3 chosen and 3 rejected responses (strings) and a "
+                             f"str 'prompt', got {describe(it)}")
         for i in range(3):
             for j in range(3):
                 prompts.append(it["prompt"])

@@ -81,7 +81,15 @@ def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt", **templ
         raise TypeError(f"{where}: expected a str or a non-empty list of {{'role', 'content'}} dicts")
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("tokenizer has no chat_template: set tokenizer.chat_template or pass rendered strings")
-    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True, **template_kwargs)
+    try:
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True, **template_kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is the chat template's own refusal
+        from jinja2 import TemplateError
+
+        if not isinstance(e, TemplateError):
+            raise
+        raise ValueError(f"{where}: the tokenizer's chat template refused the conversation "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def parse_metrics(results: Sequence[Sequence[JudgeResult]]) -> dict:

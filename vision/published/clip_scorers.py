@@ -56,7 +56,7 @@ from mmreward.core.weights import quiet_transformers, read_json, read_torch_stat
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets
-from .common import longest_edge_pad, needs_grad, normalise, shortest_edge_crop_batch
+from .common import longest_edge_pad, normalise, shortest_edge_crop_batch, split_by_grad
 
 KINDS = ("pickscore", "clip_score", "hpsv2", "aesthetic")
 # the improved-aesthetic-predictor MLP files (christophschuhmann/improved-aesthetic-predictor)
@@ -165,10 +165,11 @@ class CLIPScorer(ImageScorer):
         """Images as given -> normalised ``[B, 3, S, S]`` as the official code preprocesses them (see
         the module docstring); HPSv2's and differentiable inputs go through :meth:`pixel_values`."""
         c, p = self.config, next(self.parameters())
-        if c.kind == "hpsv2" or needs_grad(images):
+        if c.kind == "hpsv2":
             return super().pixel_batch(images, wheres)
-        x = shortest_edge_crop_batch(images, wheres, c.image_size, "floor", c.image_mean, c.image_std)
-        return x.to(p.device, p.dtype)
+        official = lambda ims, ws: shortest_edge_crop_batch(  # noqa: E731
+            ims, ws, c.image_size, "floor", c.image_mean, c.image_std).to(p.device, p.dtype)
+        return split_by_grad(images, wheres, official, super().pixel_batch)
 
     def pixel_values(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Float ``[3, H, W]`` images in [0, 1] -> normalised ``[B, 3, S, S]``, differentiable: HPSv2's

@@ -4,7 +4,7 @@ image preprocessing of each family (PIL resizes as torchvision / transformers do
 so scores match the official code bit for bit on real images)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,8 +15,12 @@ def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tenso
     """PIL image -> float ``[3, size, size]`` in [0, 1]: bicubic resize of the shortest side to ``size``
     (the long side floored, as torchvision's ``Resize(size)`` and CLIP's image processor compute it),
     then a centre crop whose offset is ``round`` (torchvision ``CenterCrop``) or ``floor``
-    (transformers ``center_crop``)."""
+    (transformers ``center_crop``). An image that is not RGB is resized in its own mode and made RGB
+    after (PIL resizes palette / 1-bit images nearest, RGBA / LA with premultiplied alpha), as
+    torchvision's transforms on a PIL image do; pass an RGB image for pipelines that convert first."""
     from PIL import Image
+
+    from ..images import as_rgb
 
     w, h = image.size
     if w <= h:
@@ -25,6 +29,7 @@ def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tenso
         nw, nh = int(size * w / h), size
     if (nw, nh) != (w, h):
         image = image.resize((nw, nh), resample=Image.BICUBIC)
+    image = as_rgb(image) if image.mode != "RGB" else image
     if crop_rounding == "round":
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     else:
@@ -56,13 +61,34 @@ def needs_grad(images: Sequence[Any]) -> bool:
     return any(isinstance(x, torch.Tensor) and x.requires_grad for x in images)
 
 
-def shortest_edge_crop_batch(images: Sequence[Any], wheres: Sequence[str], size: int, crop_rounding: str,
-                             mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Images as given -> normalised ``[B, 3, size, size]`` through :func:`shortest_edge_crop` on their
-    RGB PIL form (decoded straight from the file / array, no float round trip)."""
-    from ..images import to_pil
+def split_by_grad(images: Sequence[Any], wheres: Sequence[str], official: Callable[[list, list], torch.Tensor],
+                  differentiable: Callable[[list, list], torch.Tensor]) -> torch.Tensor:
+    """``[B, 3, S, S]``: the images that require grad through ``differentiable`` (a torch resize), the
+    others through ``official`` (the PIL path), in input order — so an image scores the same whether
+    or not a differentiable one shares its batch."""
+    grad = [isinstance(x, torch.Tensor) and x.requires_grad for x in images]
+    if not any(grad):
+        return official(list(images), list(wheres))
+    if all(grad):
+        return differentiable(list(images), list(wheres))
+    rows: list = [None] * len(images)
+    for flag, fn in ((True, differentiable), (False, official)):
+        idx = [i for i, g in enumerate(grad) if g == flag]
+        for i, row in zip(idx, fn([images[i] for i in idx], [wheres[i] for i in idx]).unbind(0)):
+            rows[i] = row
+    return torch.stack(rows)
 
-    return torch.stack([normalise(shortest_edge_crop(to_pil(x, where), size, crop_rounding), mean, std)
+
+def shortest_edge_crop_batch(images: Sequence[Any], wheres: Sequence[str], size: int, crop_rounding: str,
+                             mean: Sequence[float], std: Sequence[float], rgb_first: bool = True) -> torch.Tensor:
+    """Images as given -> normalised ``[B, 3, size, size]`` through :func:`shortest_edge_crop` on their
+    PIL form (decoded straight from the file / array, no float round trip): made RGB before the resize
+    (``rgb_first``: transformers' image processors) or after it (torchvision's ``Resize`` on the image
+    as opened, ImageReward)."""
+    from ..images import to_pil, to_pil_any_mode
+
+    decode = to_pil if rgb_first else to_pil_any_mode
+    return torch.stack([normalise(shortest_edge_crop(decode(x, where), size, crop_rounding), mean, std)
                         for x, where in zip(images, wheres)])
 
 
@@ -72,5 +98,5 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x - m) / s
 
 
-__all__ = ["needs_grad",
+__all__ = ["needs_grad", "split_by_grad",
            "shortest_edge_crop", "shortest_edge_crop_batch", "longest_edge_pad", "normalise"]

@@ -39,7 +39,7 @@ from ..image_reward import imagereward_head
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets
-from .common import needs_grad, normalise, shortest_edge_crop_batch
+from .common import normalise, shortest_edge_crop_batch, split_by_grad
 
 CHECKPOINT, MED_CONFIG, TOKENIZER_DIR = "ImageReward.pt", "med_config.json", "tokenizer"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -238,10 +238,10 @@ class BLIPImageReward(ImageScorer):
         """``Resize(size, BICUBIC)`` + ``CenterCrop(size)`` on the PIL image, CLIP mean / std; inputs
         that require grad go through :meth:`pixel_values`."""
         c, p = self.config, next(self.parameters())
-        if needs_grad(images):
-            return super().pixel_batch(images, wheres)
-        x = shortest_edge_crop_batch(images, wheres, c.image_size, "round", c.image_mean, c.image_std)
-        return x.to(p.device, p.dtype)
+        official = lambda ims, ws: shortest_edge_crop_batch(  # noqa: E731
+            ims, ws, c.image_size, "round", c.image_mean, c.image_std,
+            rgb_first=False).to(p.device, p.dtype)  # ImageReward resizes the image as opened
+        return split_by_grad(images, wheres, official, super().pixel_batch)
 
     def pixel_values(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Float ``[3, H, W]`` images -> normalised ``[B, 3, S, S]`` with a differentiable torch resize

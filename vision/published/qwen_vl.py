@@ -44,6 +44,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 QWEN_PROCESSORS = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+WHITE = (255, 255, 255)  # qwen-vl-utils' to_rgb pastes an RGBA image over white
 # the 3-D rotary positions of Qwen2.5-VL follow wall-clock time (second_per_grid_ts); Qwen2-VL's do not
 TIME_ALIGNED = ("Qwen2_5_VLProcessor", "qwen2_5_vl")
 
@@ -115,9 +116,17 @@ def read_video(video: Any, cfg: QwenVisionConfig, where: str = "video") -> QwenV
     if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
         array = frames
     else:
-        array = np.stack([np.asarray(to_pil(f, f"{where} frame {t}")) for t, f in enumerate(frames)])
+        decoded = [np.asarray(to_pil(f, f"{where} frame {t}", WHITE)) for t, f in enumerate(frames)]
+        for t, f in enumerate(decoded):
+            if f.shape != decoded[0].shape:
+                raise ValueError(f"{where} frame {t} is {f.shape[0]}x{f.shape[1]} pixels, frame 0 "
+                                 f"{decoded[0].shape[0]}x{decoded[0].shape[1]}: the frames of a video must have one size")
+        array = np.stack(decoded)
     if source_fps:
-        idx = sample_frame_indices(len(array), source_fps, cfg)
+        try:
+            idx = sample_frame_indices(len(array), source_fps, cfg)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
         return QwenVideo(array[idx], len(idx) / len(array) * source_fps)
     return QwenVideo(array, cfg.fps)
 
@@ -146,8 +155,11 @@ def image_patches(image: Any, cfg: QwenVisionConfig, where: str = "image") -> tu
     """One image -> its patches and grid: PIL bicubic resize (as the transformers image processor)."""
     from PIL import Image
 
-    pil = to_pil(image, where)
-    h, w = smart_resize(pil.height, pil.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    pil = to_pil(image, where, WHITE)
+    try:
+        h, w = smart_resize(pil.height, pil.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
     if (pil.height, pil.width) != (h, w):
         pil = pil.resize((w, h), resample=Image.BICUBIC)
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w)

@@ -37,7 +37,7 @@ from mmreward.core.weights import quiet_transformers, refuse_mismatched
 
 from ..vlm_data import ROLES, name_failing_input, need_reply
 from ..vlm_rm import VLMRewardConfig, VLMRewardModel
-from .qwen_vl import QwenVLProcessor, read_video
+from .qwen_vl import WHITE, QwenVLProcessor, read_video
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
@@ -126,7 +126,7 @@ class QwenVLRewardModel(VLMRewardModel):
         for item, name in zip(items, names):
             messages, ims, vids = qwen_messages(item, name)
             texts.append(proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
-            images.append([to_pil(im, f"{name} image {j}") for j, im in enumerate(ims)])
+            images.append([to_pil(im, f"{name} image {j}", WHITE) for j, im in enumerate(ims)])
             videos.append([read_video(v, proc.vision, f"{name} video {j}") for j, v in enumerate(vids)])
 
         def run(idx: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -28,7 +28,6 @@ import torch
 
 from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Conversation
-from ..images import as_rgb
 
 GROUPS = {"vlfeedback": "general", "wildvision-battle": "general", "povid": "hallucination",
           "rlaif-v": "hallucination", "rlhf-v": "hallucination", "reasoning_tasks": "reasoning"}
@@ -96,8 +95,9 @@ def _image(row: dict, where: str, base: str) -> Any:
 
         try:
             with Image.open(io.BytesIO(image["bytes"])) as im:
-                return as_rgb(im)
-        except (UnidentifiedImageError, OSError) as e:
+                im.load()  # decoded now (bad bytes fail here, by row), in its own mode: the model's
+                return im.copy()  # processor makes it RGB as it does a file (Qwen-VL: RGBA over white)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{where}: field 'image' holds bytes that are not an image: {e}") from e
     path = row.get("image_path") or (image if isinstance(image, str) else None)
     if not isinstance(path, str):
