@@ -123,12 +123,16 @@ def verification_batch(genrm: GenRM, prompts: Sequence[Any], responses: Sequence
 def calibration(p_yes: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> dict:
     """Expected calibration error of P(Yes) against 0/1 labels, with the reliability bins
     (``[lo, hi, count, mean_p, frac_positive]`` for each non-empty bin) and the Brier score."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"calibration: bins must be an integer >= 1, got {bins!r}")  # 0 bins gave ECE 0
     p = p_yes.detach().double().flatten()
     y = labels.detach().double().flatten()
     if p.numel() != y.numel() or p.numel() == 0:
         raise ValueError(f"calibration: {p.numel()} probabilities vs {y.numel()} labels")
     if torch.isnan(p).any() or ((p < 0) | (p > 1)).any():
         raise ValueError("calibration: probabilities must be in [0, 1]")
+    if torch.isnan(y).any() or ((y < 0) | (y > 1)).any():  # a label of 2 or NaN would skew / poison the ECE
+        raise ValueError("calibration: labels must be 0 / 1 (or frequencies in [0, 1])")
     idx = (p * bins).long().clamp(max=bins - 1)
     ece, table = 0.0, []
     for b in range(bins):

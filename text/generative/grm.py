@@ -16,6 +16,7 @@ paper's appendix exists only as PDF text (see docs/generative.md). The verdict f
 """
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -94,7 +95,7 @@ def spct_rule_reward(scores: Optional[Sequence[float]], best: Optional[int] = No
         if label_score is None:
             raise ValueError("spct_rule_reward: a single response needs label_score")
         return 1.0 if float(scores[0]) == float(label_score) else -1.0
-    if best is None or not 0 <= best < n:
+    if isinstance(best, bool) or not isinstance(best, numbers.Integral) or not 0 <= best < n:  # True: response 1
         raise ValueError(f"spct_rule_reward: best must index one of the {n} responses, got {best!r}")
     return 1.0 if all(scores[best] > s for j, s in enumerate(scores) if j != best) else -1.0
 
@@ -169,18 +170,27 @@ class GRMJudge(GenerativeJudge):
         for m, rs, row in zip(msgs, responses, res):
             keep = None
             if self.config.k_meta:
-                keep = self._meta_keep(m, [r.text for r in row])
+                keep = self._meta_keep(m, [r.text for r in row], [r.ok for r in row])
             out.append(vote([r.value if r.ok else None for r in row], len(rs), keep))
             kept.append([r.ok and (keep is None or keep[j]) for j, r in enumerate(row)])
         self.last_kept = kept
         return out
 
     @torch.no_grad()
-    def _meta_keep(self, messages: list[dict], texts: list[str]) -> list[bool]:
-        batch = meta_rm_batch(self.tokenizer, [messages] * len(texts), texts)
+    def _meta_keep(self, messages: list[dict], texts: list[str], valid: Optional[list[bool]] = None) -> list[bool]:
+        """The top ``k_meta`` judgements by meta-RM score among the ``valid`` (parsed) ones: an unparsed
+        judgement has no scores to vote with, so it must not take one of the k_meta places from a parsed one
+        (with ``k_meta=1`` that would leave the query with no vote although parsed samples exist)."""
+        valid = [True] * len(texts) if valid is None else valid
+        idx = [i for i, ok in enumerate(valid) if ok]
+        if not idx:
+            return [False] * len(texts)
+        batch = meta_rm_batch(self.tokenizer, [messages] * len(idx), [texts[i] for i in idx])
         dev = next(self.meta_rm.parameters()).device
-        s = self.meta_rm(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (k,)
-        top = set(torch.topk(s, self.config.k_meta).indices.tolist())
+        s = self.meta_rm(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (len(idx),)
+        if torch.isnan(s).any():
+            raise ValueError("the meta-RM scored a judgement NaN: it cannot rank the samples (check its weights)")
+        top = {idx[j] for j in torch.topk(s, min(self.config.k_meta, len(idx))).indices.tolist()}
         return [i in top for i in range(len(texts))]
 
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:

@@ -44,13 +44,23 @@ def swap_consistency(p_ab: torch.Tensor, p_ba: torch.Tensor) -> float:
     return float(same.double().mean())
 
 
+def _judged(judge: PairJudge, prompts: list, first: list, second: list) -> torch.Tensor:
+    """``judge(prompts, first, second)`` checked: one probability in [0, 1] per pair (a judge that returns
+    logits, or fewer / more values than pairs, would otherwise be scored as if it were right)."""
+    p = _check_p("the judge's output", judge(prompts, first, second))
+    if p.numel() != len(prompts):
+        raise ValueError(f"the judge returned {p.numel()} values for {len(prompts)} pairs (want one P(first ≻ second) "
+                         "per pair)")
+    return p
+
+
 def both_orders(judge: PairJudge, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
     """Run ``judge`` on (a, b) and (b, a) in one call; ``{"p": order-averaged P(a ≻ b), "p_ab", "p_ba",
     "consistency"}``."""
     n = len(prompts)
     if not (n == len(a) == len(b)) or n == 0:
         raise ValueError(f"both_orders: prompts / a / b must be non-empty and equally long ({n}, {len(a)}, {len(b)})")
-    p = judge(list(prompts) * 2, list(a) + list(b), list(b) + list(a))
+    p = _judged(judge, list(prompts) * 2, list(a) + list(b), list(b) + list(a))
     p_ab, p_ba = p[:n], p[n:]
     return {"p": order_averaged(p_ab, p_ba), "p_ab": p_ab, "p_ba": p_ba, "consistency": swap_consistency(p_ab, p_ba)}
 
@@ -67,6 +77,10 @@ def judge_from_scores(score: Callable[[Sequence[str], Sequence[str]], torch.Tens
             raise ValueError(f"judge: prompts / first / second must be non-empty and equally long "
                              f"({n}, {len(first)}, {len(second)})")
         s = score(list(prompts) * 2, list(first) + list(second)).detach().double().cpu()
+        if torch.isnan(s).any():  # NaN compares neither way: the pair would read as a loss for `first`, 0
+            i = int(torch.isnan(s).nonzero()[0]) % n
+            raise ValueError(f"judge: the scorer gave NaN for pair {i} (first or second response): it cannot be "
+                             "compared")
         return (s[:n] > s[n:]).double() + 0.5 * (s[:n] == s[n:]).double()
     return judge
 
@@ -97,7 +111,7 @@ def evaluate_pairs_with_judge(judge: PairJudge, rows: Sequence[dict], swap: bool
     prompts = [r["prompt"] for r in rows]
     ch, rj = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
     if not swap:
-        p = judge(prompts, ch, rj)
+        p = _judged(judge, prompts, ch, rj)
         return {"accuracy": pairwise_judge_accuracy(p), "n": len(rows)}
     out = both_orders(judge, prompts, ch, rj)
     return {"accuracy": pairwise_judge_accuracy(out["p"]), "accuracy_chosen_first": pairwise_judge_accuracy(out["p_ab"]),
@@ -124,7 +138,7 @@ def rmbench_with_judge(judge: PairJudge, items: Sequence[dict], swap: bool = Tru
                 prompts.append(it["prompt"])
                 ca.append(it["chosen"][i])
                 rb.append(it["rejected"][j])
-    p = both_orders(judge, prompts, ca, rb)["p"] if swap else judge(prompts, ca, rb).double()
+    p = both_orders(judge, prompts, ca, rb)["p"] if swap else _judged(judge, prompts, ca, rb)
     credit = (p > 0.5).double() + 0.5 * (p == 0.5).double()
     m = credit.view(len(items), 9).mean(0).view(3, 3)
     return {"matrix": m.tolist(), **summarize_matrix(m)}

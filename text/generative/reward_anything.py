@@ -25,6 +25,7 @@ masking: the names shuffled with ``random.seed(42)`` for every query.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -128,24 +129,45 @@ def build_input(principle: str, prompt: str, responses: Sequence[str], seed: int
     return json.dumps({"principle": principle, "prompt": prompt, "responses": shown}, ensure_ascii=False), names
 
 
+def _finite(value: Any) -> Optional[float]:
+    """``value`` as a finite float (a Python / NumPy number or a one-element tensor), else None."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def accuracy_reward(pred: Mapping[Any, float], gt: Mapping[Any, float]) -> float:
     """``1 − Σ penalty / Σ weight`` over pairs with gt_a ≠ gt_b (see the module docstring). A name missing
-    from ``pred`` counts as a full-penalty error in all its pairs."""
+    from ``pred``, or whose predicted score is not a finite number (NaN: unscored), counts as a full-penalty
+    error in all its pairs."""
     keys = list(gt)
     if not keys:
         raise ValueError("accuracy_reward: empty ground truth")
+    truth = {}
+    for k in keys:
+        truth[k] = _finite(gt[k])
+        if truth[k] is None:
+            raise ValueError(f"accuracy_reward: ground-truth score of {k!r} must be a finite number, got {gt[k]!r}")
+    # a predicted score that is not a finite number (NaN: a name the judge left unscored) is no prediction: it
+    # would compare neither below, above nor equal, and its pairs would count as right
+    guess = {k: _finite(pred[k]) for k in keys if k in pred}
+    scored = {k for k, v in guess.items() if v is not None}
     total = pen = 0.0
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
-            ga, gb = float(gt[a]), float(gt[b])
+            ga, gb = truth[a], truth[b]
             if ga == gb:
                 continue
             w = 1.0 + abs(ga - gb)
             total += w
-            if a not in pred or b not in pred:
+            if a not in scored or b not in scored:
                 pen += w
                 continue
-            d = (float(pred[a]) - float(pred[b])) * (ga - gb)
+            d = (guess[a] - guess[b]) * (ga - gb)
             pen += w if d < 0 else (w / 2 if d == 0 else 0.0)
     return 1.0 if total == 0 else 1.0 - pen / total
 

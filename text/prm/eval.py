@@ -11,6 +11,8 @@ maximum on test.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -23,13 +25,25 @@ __all__ = ["processbench_f1", "predict_first_error", "processbench_sweep", "proc
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
 
+def _first_errors(values: Sequence, what: str) -> list[int]:
+    """``values`` as first-error indices: integers >= −1 (−1: no wrong step). A float, a bool or −2 would
+    otherwise be counted silently (1.5 as an erroneous sample no prediction can match, −2 as a correct one)."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < -1:
+            raise ValueError(f"{what}[{i}] must be a step index (an integer >= 0) or -1 (no wrong step), got {v!r}")
+        out.append(int(v))
+    return out
+
+
 def processbench_f1(pred: Sequence[int], label: Sequence[int]) -> dict[str, float]:
     """``acc_error`` (exact first-error match on erroneous samples), ``acc_correct`` (−1 predicted on
     correct samples), ``f1`` = their harmonic mean. A side with no samples counts as accuracy 0."""
     if len(pred) != len(label):
         raise ValueError(f"pred ({len(pred)}) and label ({len(label)}) have different lengths")
-    if not label:
+    if not len(label):
         raise ValueError("processbench_f1: no samples")
+    pred, label = _first_errors(pred, "pred"), _first_errors(label, "label")
     err = [(p, y) for p, y in zip(pred, label) if y >= 0]
     ok = [(p, y) for p, y in zip(pred, label) if y < 0]
     acc_e = sum(p == y for p, y in err) / len(err) if err else 0.0
@@ -48,20 +62,34 @@ def _pack(step_scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 
 
 def predict_first_error(step_scores: Sequence[torch.Tensor], threshold: float = 0.5) -> list[int]:
-    """First step with score < ``threshold`` per sample (−1 if none), via the ``first_below`` op."""
+    """First step with score < ``threshold`` per sample (−1 if none), via the ``first_below`` op. A step
+    left unscored (NaN: past the PRM's ``max_length`` with ``truncate=True``) is never the predicted one."""
     values, lengths = _pack(step_scores)
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"predict_first_error: threshold must be a finite number, got {threshold!r}")
+    values = torch.where(torch.isnan(values), torch.full_like(values, float(threshold)), values)  # not < threshold
     return first_below(values, lengths, threshold=threshold).tolist()
+
+
+def _check_labels(step_scores: Sequence[torch.Tensor], labels: Sequence[int]) -> list[int]:
+    """``labels`` checked against the samples: first-error indices within each sample's steps, or −1."""
+    if len(step_scores) != len(labels):
+        raise ValueError(f"{len(step_scores)} score lists but {len(labels)} labels")
+    _pack(step_scores)
+    labels = _first_errors(labels, "labels")
+    for i, (s, y) in enumerate(zip(step_scores, labels)):
+        if y >= s.numel():
+            raise ValueError(f"sample {i}: first-error label {y} but only {s.numel()} steps")
+    return labels
 
 
 def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int],
                        thresholds: Optional[Sequence[float]] = None) -> dict:
     """F1 at every threshold; ``best`` = the threshold with the highest F1 and its metrics."""
-    thresholds = tuple(thresholds or DEFAULT_THRESHOLDS)
-    if len(step_scores) != len(labels):
-        raise ValueError(f"{len(step_scores)} score lists but {len(labels)} labels")
-    for i, (s, y) in enumerate(zip(step_scores, labels)):
-        if y >= s.numel():
-            raise ValueError(f"sample {i}: first-error label {y} but only {s.numel()} steps")
+    thresholds = DEFAULT_THRESHOLDS if thresholds is None else tuple(thresholds)
+    if not thresholds:
+        raise ValueError("processbench_sweep: thresholds is empty")
+    labels = _check_labels(step_scores, labels)
     sweep = {t: processbench_f1(predict_first_error(step_scores, t), labels) for t in thresholds}
     best_t = max(thresholds, key=lambda t: sweep[t]["f1"])
     return {"sweep": {str(t): m for t, m in sweep.items()}, "best_threshold": best_t, "best": sweep[best_t]}
@@ -74,6 +102,7 @@ def processbench_report(step_scores: Sequence[torch.Tensor], labels: Sequence[in
     Samples with an empty subset name are grouped as ``"all"``."""
     if not len(step_scores) == len(labels) == len(subsets):
         raise ValueError(f"{len(step_scores)} score lists, {len(labels)} labels, {len(subsets)} subsets")
+    labels = _check_labels(step_scores, labels)
     pred = predict_first_error(step_scores, threshold)
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(subsets):
@@ -92,6 +121,8 @@ def step_macro_f1(scores: Sequence[float] | torch.Tensor, labels: Sequence[float
     """Step-level macro-F1: mean of the F1 on correct steps (positive = good) and the F1 on wrong
     steps (positive = bad). Labels: 1/True good, 0/False bad, −100 or None neutral (ignored); soft
     labels are rounded at 0.5. A step is predicted good when its score ≥ ``threshold``."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"step_macro_f1: threshold must be a finite number, got {threshold!r}")
     s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
     y = torch.as_tensor([-100.0 if v is None else float(v) for v in labels], dtype=torch.float64).reshape(-1)
     if s.numel() != y.numel():
@@ -99,6 +130,11 @@ def step_macro_f1(scores: Sequence[float] | torch.Tensor, labels: Sequence[float
     if torch.isnan(s).any() or torch.isnan(y).any():
         raise ValueError("step_macro_f1: NaN in scores or labels")
     keep = y != -100
+    odd = keep & ((y < 0) | (y > 1))
+    if bool(odd.any()):  # e.g. PRM800K ratings (-1 / 0 / +1) passed as labels: -1 would read as bad, 0 as bad too
+        i = int(odd.nonzero()[0])
+        raise ValueError(f"step_macro_f1: label {float(y[i]):g} of step {i} is not 1 (good), 0 (bad), a soft label in "
+                         "[0, 1] or -100 / None (neutral)")
     if not bool(keep.any()):
         raise ValueError("step_macro_f1: every step is neutral / ignored")
     pred, true = (s[keep] >= threshold), (y[keep] >= 0.5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -39,8 +40,10 @@ def monte_carlo_labels(problem: str, steps: Sequence[str], policy: StepPolicy, i
 
     The prefix ending in a terminal step is scored by ``is_correct`` directly (no rollout needed).
     Returns soft labels in [0, 1] (or 0/1 when ``hard``)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (rollouts per prefix), got {k!r}")
+    if isinstance(steps, str):  # a string would be labelled one character per step
+        raise TypeError("monte_carlo_labels: steps must be a list of strings, not a string")
     if not steps:
         raise ValueError("monte_carlo_labels: `steps` is empty")
     labels = []

@@ -18,6 +18,7 @@ step before refinement-free return accumulation, as the paper combines them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -37,8 +38,14 @@ class RefineConfig:
     outcome_weight: float = field(default=0.0, metadata={"help": "weight of the outcome reward added at the last step"})
 
     def __post_init__(self):
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
+                                      or not math.isfinite(self.clip)):
+            raise ValueError(f"clip must be None or a finite number (η), got {self.clip!r}")
+        w = self.outcome_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"outcome_weight must be a finite number, got {w!r}")
 
 
 class ProcessRewardFunction:
@@ -69,12 +76,27 @@ class ProcessRewardFunction:
     def batch(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> list[dict]:
         """One ``{"step_rewards", "returns", "reward"}`` per trajectory; ``reward`` = ``G_0`` (the
         whole trajectory's refined return, what GRPO normalises within a group)."""
+        if isinstance(problems, str) or isinstance(steps, str):
+            raise TypeError("ProcessRewardFunction.batch: problems and steps must be lists (one entry per trajectory), "
+                            "not a string")
         if len(problems) != len(steps):
             raise ValueError(f"{len(problems)} problems but {len(steps)} trajectories")
         for i, s in enumerate(steps):
+            if isinstance(s, (str, bytes, dict)) or not hasattr(s, "__len__") or not hasattr(s, "__iter__"):
+                # a string would be scored one character per step
+                raise TypeError(f"trajectory {i}: steps must be a list of strings, got {type(s).__name__}")
             if not s:
                 raise ValueError(f"trajectory {i} has no steps")
+            for k, x in enumerate(s):
+                if not isinstance(x, str):
+                    raise TypeError(f"trajectory {i}: step {k} must be a str, got {type(x).__name__}")
         scores = self._scores(problems, steps)
+        for i, r in enumerate(scores):
+            bad = ~torch.isfinite(r)
+            if bool(bad.any()):  # a PRM's NaN: a step past its max_length (truncate=True) has no score
+                k = int(bad.nonzero()[0])
+                raise ValueError(f"trajectory {i}: step {k} has no finite score ({float(r[k])}); a reward needs "
+                                 "every step scored (a PRM leaves the steps past max_length NaN with truncate=True)")
         lengths = torch.tensor([s.numel() for s in scores])
         cfg = self.config
         refined, returns = refine_process_rewards(torch.cat(scores).float(), lengths, clip=cfg.clip, delta=cfg.delta,
@@ -83,7 +105,14 @@ class ProcessRewardFunction:
         for i, (r, g) in enumerate(zip(refined.split(lengths.tolist()), returns.split(lengths.tolist()))):
             r, g = r.clone(), g.clone()
             if cfg.outcome_weight:
-                o = cfg.outcome_weight * float(self.outcome_fn(problems[i], list(steps[i])))
+                raw = self.outcome_fn(problems[i], list(steps[i]))
+                try:
+                    value = float(raw)
+                except (TypeError, ValueError):
+                    value = float("nan")
+                if isinstance(raw, (str, bytes)) or not math.isfinite(value):  # True / False: 1 / 0
+                    raise ValueError(f"trajectory {i}: outcome_fn returned {raw!r}; it must return a finite number")
+                o = cfg.outcome_weight * value
                 r[-1] += o
                 K = r.numel()  # the outcome reaches step k discounted by γ^(K−1−k)
                 g += o * cfg.gamma ** torch.arange(K - 1, -1, -1, dtype=g.dtype)

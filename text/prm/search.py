@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,7 +25,7 @@ import torch
 
 from mmreward.core.checkpoint import atomic_write_text
 from mmreward.core.inputs import StepSolution
-from mmreward.ops import segment_reduce
+from mmreward.core.model import check_ranges
 
 from .labels import SearchTree, TreeNode, ppm_pairs, rollout, tree_value_targets
 
@@ -45,13 +46,18 @@ class MCTSConfig:
     max_iterations: int = field(default=10000, metadata={"help": "safety cap on select/expand/backup rounds"})
 
     def __post_init__(self):
-        if self.c_uct < 0:
-            raise ValueError(f"c_uct must be >= 0, got {self.c_uct}")
+        # a NaN c_uct would make every UCT comparison false (an arbitrary child is walked); a float or bool
+        # count would be taken as a number of steps
         for name in ("expansion_width", "budget_steps", "max_depth", "max_children", "max_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.rollout_weight <= 1.0:
-            raise ValueError(f"rollout_weight must be in [0, 1], got {self.rollout_weight}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        check_ranges(self, weights=("c_uct",), fractions=("rollout_weight",))
+        if self.widen_below is not None and (isinstance(self.widen_below, bool) or not isinstance(
+                self.widen_below, (int, float)) or not math.isfinite(self.widen_below)):
+            raise ValueError(f"MCTSConfig.widen_below must be None or a finite number, got {self.widen_below!r}")
         if self.terminal_reward not in ("evaluator", "oracle"):
             raise ValueError(f"terminal_reward must be 'evaluator' or 'oracle', got {self.terminal_reward!r}")
 
@@ -219,13 +225,37 @@ def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: C
                      max_depth: int = 64) -> SearchResult:
     """Sample ``n`` complete solutions and keep the one with the best aggregated PRM score
     (``reduce``: min / prod / last / mean). ``prm``: a ProcessRewardModel or a step evaluator
-    callable (scored prefix by prefix)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    callable (scored prefix by prefix). A callable's scores must be in [0, 1] (as for :class:`MCTS`); steps
+    a PRM left unscored (NaN: past its ``max_length`` with ``truncate``) are left out of the aggregate, as
+    :meth:`ProcessRewardModel.score` does. Ties keep the first sample."""
+    from .model import AGGREGATIONS, aggregate_steps
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    n = int(n)
+    if reduce not in AGGREGATIONS:
+        raise ValueError(f"reduce must be one of {AGGREGATIONS}, got {reduce!r}")
     traces = [rollout(policy, problem, [], is_terminal, max_depth) for _ in range(n)]
+    if not all(traces):  # an empty solution has no step to score: aggregated it would be "no step wrong" = 1
+        raise ValueError(f"best_of_n_search: is_terminal({problem!r}, []) is true, so the sampled solutions have "
+                         "no steps to score")
     generated = sum(len(t) for t in traces)
     per = _step_scores(prm, problem, traces)
-    agg = segment_reduce(torch.cat(per), torch.tensor([len(t) for t in traces]), reduce=reduce).tolist()
+    is_prm = hasattr(prm, "score_parts")
+    for t, s in zip(traces, per):
+        s = torch.as_tensor(s, dtype=torch.float64)
+        if not is_prm:
+            for p in s.tolist():
+                _check_score(p, problem)
+            continue
+        # a PRM's NaN is a step it did not score (truncate=True); its own scores are P(good), or raw values
+        # with score="identity", which rank solutions as well
+        if bool(torch.isinf(s).any()):
+            raise ValueError(f"best_of_n_search: the PRM gave a step of a sampled solution the score "
+                             f"{float(s[torch.isinf(s)][0])}, not a finite number")
+        if bool(torch.isnan(s).all()):
+            raise ValueError(f"best_of_n_search: the PRM scored none of the {len(t)} steps of a sampled solution")
+    agg = aggregate_steps([torch.as_tensor(s, dtype=torch.float32) for s in per], reduce).tolist()
     i = max(range(n), key=lambda j: agg[j])
     return SearchResult(traces[i], 2 * agg[i] - 1, generated, None, [(t, 2 * a - 1) for t, a in zip(traces, agg)])
 
@@ -236,8 +266,9 @@ class HFStepPolicy:
 
     def __init__(self, model, tokenizer, separator: str = "\n", max_new_tokens: int = 64, temperature: float = 0.7,
                  seed: int = 0):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0 \
+                or not math.isfinite(temperature):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
         self.model, self.tokenizer, self.separator = model, tokenizer, separator
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.generator = torch.Generator().manual_seed(seed)
@@ -246,12 +277,17 @@ class HFStepPolicy:
     def __call__(self, problem: str, steps: Sequence[str]) -> str:
         text = self.separator.join([problem, *steps]) + self.separator
         ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.model.device)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        pad = self.tokenizer.pad_token_id
         kw: dict[str, Any] = {"do_sample": self.temperature > 0, "max_new_tokens": self.max_new_tokens,
-                              "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+                              "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id}
         if self.temperature > 0:
             kw["temperature"] = self.temperature
-        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        # sampled under the policy's own seed inside a forked RNG: the caller's global RNG (its training,
+        # its data order) is neither reseeded nor advanced by a search
+        with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         new = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         return new.split(self.separator, 1)[0].strip() if self.separator in new else new.strip()
 

@@ -206,9 +206,11 @@ def parse_problem(text: str) -> ArithmeticProblem:
     """Inverse of :attr:`ArithmeticProblem.text`."""
     try:
         head, *ops = text.split()
-        return ArithmeticProblem(int(head), tuple((o[0], int(o[1:])) for o in ops if o[0] in "+-"))
-    except (ValueError, IndexError) as e:
-        raise ValueError(f"not a synthetic arithmetic problem: {text!r}") from e
+        if not ops or any(o[0] not in "+-" for o in ops):  # "3 *4" was read as "3" with no steps at all
+            raise ValueError("every term after the start value must be +N or -N, and there must be one")
+        return ArithmeticProblem(int(head), tuple((o[0], int(o[1:])) for o in ops))
+    except (ValueError, IndexError, AttributeError) as e:
+        raise ValueError(f"not a synthetic arithmetic problem (\"START +N -M ...\"): {text!r}") from e
 
 
 class ArithmeticTask:
