@@ -75,6 +75,11 @@ def _start_model(args: argparse.Namespace) -> Any:
     try:
         detect(folder)
     except LoadError:  # not a reward model: a backbone
+        if os.path.isfile(os.path.join(folder, "train_config.json")) and not os.path.exists(os.path.join(folder, "model")):
+            # a run killed before its end: transformers would say "Unrecognized model ... model_type"
+            raise ValueError(f"--model {args.model} is a training run folder without a final model/ (the run did not "
+                             f"finish): continue it with `--out {args.model}` and its own settings, or pass a "
+                             "reward-model or backbone folder") from None
         return RewardModel.from_backbone(folder, tokenizer=args.tokenizer, **new_head)
     if new_head:
         flags = ", ".join("--" + k.replace("_", "-") for k in new_head)

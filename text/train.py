@@ -71,6 +71,8 @@ class RewardTrainConfig(TrainConfig):
 def pair_metrics(model: Any, pairs: Sequence[EncodedPair], *, batch_size: int = 32,
                  progress: bool = False) -> dict[str, float]:
     """``{"accuracy", "reward_gap" (mean r_chosen - r_rejected), "n"}`` of tokenised pairs."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     n = len(pairs)
     r = model.score_encoded([p.chosen for p in pairs] + [p.rejected for p in pairs], batch_size, progress=progress)
     gap = r[:n] - r[n:]
@@ -80,6 +82,8 @@ def pair_metrics(model: Any, pairs: Sequence[EncodedPair], *, batch_size: int = 
 def evaluate_pairs(model: Any, pairs: Any, *, batch_size: int = 32, progress: bool = False) -> dict[str, float]:
     """Pairwise accuracy of ``model`` (a RewardModel) on preference pairs (tie pairs are left out),
     with the model's own layout and truncation: ``{"accuracy", "reward_gap", "n"}``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluate_pairs: batch_size must be an integer >= 1, got {batch_size!r}")
     kept = [p for p in load_preference_pairs(pairs) if not p.tie]
     if not kept:
         raise ValueError("evaluate_pairs: no non-tie pairs to evaluate")
@@ -163,6 +167,20 @@ def steps_for_epochs(config: RewardTrainConfig, num_pairs: int) -> int:
 
 
 # ------------------------------------------------------------------ training
+def data_digest(pairs: Sequence[EncodedPair]) -> dict[str, Any]:
+    """``{"pairs": n, "sha256": ...}`` of tokenised pairs (token ids, token types, margins, ties): part of a
+    run's fingerprint, so a run is continued only on the data it started on."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.chosen.ids, p.chosen.types, p.rejected.ids, p.rejected.types, p.margin, bool(p.tie)],
+                            separators=(",", ":")).encode())
+        h.update(b"\n")
+    return {"pairs": len(pairs), "sha256": h.hexdigest()[:16]}
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Set every dropout probability in ``model`` to 0 (attention dropout included: BERT-style
     attention reads its probability from its ``nn.Dropout``). With attention dropout on, CPU
@@ -170,6 +188,18 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def _named_pairs(source: Any, what: str) -> list:
+    """load_preference_pairs, its errors naming which argument an in-memory list was (a path names itself)."""
+    from mmreward.core.data import DataError
+
+    try:
+        return load_preference_pairs(source)
+    except DataError as e:
+        if isinstance(source, (str, os.PathLike)):
+            raise
+        raise DataError(f"{what}: {e}") from None
 
 
 def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
@@ -184,8 +214,8 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the model has no tokenizer: build it with RewardModel.from_backbone(..., tokenizer=...)")
-    train = load_preference_pairs(train_pairs)
-    evals = [p for p in load_preference_pairs(eval_pairs) if not p.tie] if eval_pairs is not None else None
+    train = _named_pairs(train_pairs, "train_pairs")
+    evals = [p for p in _named_pairs(eval_pairs, "eval_pairs") if not p.tie] if eval_pairs is not None else None
     if evals is not None and not evals:
         raise ValueError("eval_pairs holds only tie pairs: nothing to measure accuracy on")
     if config.loss == "margin" and all(p.margin is None for p in train):
@@ -223,6 +253,10 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
     # a resume must tokenise and order the pairs as the run it continues did (and a finished run must not
     # re-save its model under other input settings)
     run_inputs = {"reward_model": inputs, "group_by_length": config.group_by_length}
+    # ... and train on the same pairs with the same objective: resumed with other data or another loss it
+    # would go on silently from weights trained for something else
+    resume_inputs = {**run_inputs, "objective": {k: getattr(config, k) for k in ("loss", "label_smoothing", "center_coef")},
+                     "data": data_digest(data)}
     trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
-                            settings=run_inputs, resume_settings=run_inputs)
+                            settings=run_inputs, resume_settings=resume_inputs)
     return trainer.fit()

@@ -216,6 +216,7 @@ class Trainer:
         self.model = model  # the unwrapped module (what is saved / evaluated)
         self.device = next(model.parameters()).device
         self.optimizer = self.scheduler = self.scaler = None
+        self._own_optimizer = False
         if loss_fn is not None:
             self._init_optimizer(optimizer)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast]
@@ -260,6 +261,7 @@ class Trainer:
 
     def _init_optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
         cfg = self.config
+        built = optimizer is None
         if optimizer is None:
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             if not trainable:
@@ -269,6 +271,7 @@ class Trainer:
             groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
             optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
         self.optimizer = optimizer
+        self._own_optimizer = built  # its lr / weight_decay are the config's (checked on resume)
         self.scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=cfg.warmup_steps,
                                                  total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
 
@@ -327,10 +330,41 @@ class Trainer:
             state["optimizer"], state["scheduler"] = self.optimizer.state_dict(), self.scheduler.state_dict()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.dataset is not None:
+            state["data_size"] = len(self.dataset)  # the data order depends on it: checked on resume
         return self.snapshots.save(self.step, state)
+
+    def _check_resume_settings(self, state: dict, where: str) -> None:
+        """Settings a snapshot carries outside the fingerprint: the number of training examples (another
+        would give another data order), and the lr / weight_decay in its optimizer state, which would
+        silently replace the config's. Another value is refused, as fingerprinted settings are."""
+        size = state.get("data_size")
+        if isinstance(size, int) and self.dataset is not None and size != len(self.dataset):
+            raise ValueError(f"{where} was written by a run with other settings (train_dataset: saved {size} "
+                             f"examples, now {len(self.dataset)}; a resume goes on with the data and order of the run "
+                             "it continues): use the same data to resume, another output folder, or overwrite=True "
+                             "(--overwrite) to start again there")
+        saved = state.get("optimizer")
+        if not (self._own_optimizer and isinstance(saved, dict) and isinstance(saved.get("param_groups"), list)):
+            return
+        groups = self.optimizer.param_groups
+        if len(saved["param_groups"]) != len(groups):
+            return  # another layout: the load below reports it
+        diffs = []
+        for name, key in (("lr", "initial_lr"), ("weight_decay", "weight_decay")):
+            was = [g.get(key, g.get("lr")) if isinstance(g, dict) else None for g in saved["param_groups"]]
+            now = [g.get(key, g.get("lr")) for g in groups]
+            if was != now:
+                first = next(i for i, (a, b) in enumerate(zip(was, now)) if a != b)
+                diffs.append(f"{name}: saved {was[first]!r}, now {now[first]!r}")
+        if diffs:
+            raise ValueError(f"{where} was written by a run with other settings ({'; '.join(diffs)}; the snapshot's "
+                             "optimizer state would keep the saved values): use the same settings to resume, "
+                             "another output folder, or overwrite=True (--overwrite) to start again there")
 
     def _restore(self, state: dict) -> None:
         where = self.snapshots.path(int(state.get("step", 0)))
+        self._check_resume_settings(state, where)
         try:
             self.model.load_state_dict(state["model"])
             if self.optimizer is not None:
@@ -483,6 +517,10 @@ class Trainer:
             raise ValueError(f"stop_at must be an integer >= 0 or None, got {stop_at!r}")
         end = cfg.max_steps if stop_at is None else min(cfg.max_steps, stop_at)
         resumed = self._start()
+        if self.step > cfg.max_steps:  # nothing to train, and model/ would be re-saved from a longer run
+            raise ValueError(f"{cfg.output_dir} holds a run already at step {self.step}, past max_steps="
+                             f"{cfg.max_steps}: ask for at least {self.step} steps to continue it, use another output "
+                             "folder, or overwrite=True (--overwrite) to start again there")
         self._fit_started = True
         logger = bar = None
         if self.is_main:

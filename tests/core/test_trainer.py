@@ -418,3 +418,47 @@ def test_a_warmup_as_long_as_the_run_warns_that_lr_is_never_reached(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TrainConfig(output_dir=str(tmp_path), max_steps=10, warmup_steps=9)
+
+
+def test_a_resume_with_another_lr_or_weight_decay_is_refused(tmp_path):
+    """The snapshot's optimizer state carries the lr / weight_decay it was written with; restoring it used
+    to replace the config's values without a word (a resume asking for lr=0.5 trained on at 1e-2)."""
+    data = make_data(32)
+    Trainer(make_model(), cfg(tmp_path, max_steps=2, weight_decay=0.01), data, collate, mse_loss).fit()
+    for change, named in (({"lr": 0.5}, r"lr: saved 0\.01, now 0\.5"),
+                          ({"weight_decay": 0.1}, r"weight_decay: saved 0\.01, now 0\.1")):
+        with pytest.raises(ValueError, match=f"other settings \\({named}"):
+            Trainer(make_model(), cfg(tmp_path, **{"max_steps": 4, "weight_decay": 0.01, **change}), data, collate,
+                    mse_loss).fit()
+    hist = Trainer(make_model(), cfg(tmp_path, max_steps=4, weight_decay=0.01), data, collate, mse_loss).fit()
+    assert [r["step"] for r in hist] == [1, 2, 3, 4]  # the same settings continue
+    # an optimizer the caller builds carries its own lr: not compared with the config's
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.3, weight_decay=0.01)
+    Trainer(model, cfg(tmp_path / "own", max_steps=1), data, collate, mse_loss, optimizer=opt).fit()
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.3, weight_decay=0.01)
+    assert len(Trainer(model, cfg(tmp_path / "own", max_steps=2, lr=0.7), data, collate, mse_loss,
+                       optimizer=opt).fit()) == 2
+
+
+def test_a_run_past_max_steps_is_refused_not_resaved(tmp_path):
+    """A folder holding a run at step 4 asked for max_steps=2 used to train nothing and re-save the 4-step
+    model as the result, without a word."""
+    data = make_data(32)
+    Trainer(make_model(), cfg(tmp_path, max_steps=4), data, collate, mse_loss).fit()
+    before = {p: os.path.getmtime(tmp_path / p) for p in ("metrics.csv", "train_config.json")}
+    with pytest.raises(ValueError, match=r"already at step 4, past max_steps=2: ask for at least 4 steps"):
+        Trainer(make_model(), cfg(tmp_path, max_steps=2), data, collate, mse_loss).fit()
+    assert {p: os.path.getmtime(tmp_path / p) for p in before} == before  # nothing written
+    assert len(Trainer(make_model(), cfg(tmp_path, max_steps=4), data, collate, mse_loss).fit()) == 4  # finished: as is
+
+
+def test_a_resume_with_another_number_of_examples_is_refused(tmp_path):
+    """Each epoch's order is a permutation of len(train_dataset): a resume with more or fewer examples used
+    to go on silently with another data order (and other data)."""
+    Trainer(make_model(), cfg(tmp_path, max_steps=2), make_data(32), collate, mse_loss).fit()
+    with pytest.raises(ValueError, match=r"other settings \(train_dataset: saved 32 examples, now 48; "):
+        Trainer(make_model(), cfg(tmp_path, max_steps=4), make_data(48), collate, mse_loss).fit()
+    hist = Trainer(make_model(), cfg(tmp_path, max_steps=4), make_data(32), collate, mse_loss).fit()
+    assert [r["step"] for r in hist] == [1, 2, 3, 4]

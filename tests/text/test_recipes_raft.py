@@ -74,3 +74,27 @@ def test_raft_config_and_input_errors(tmp_path):
         raft(tiny_policy(len(tok)), tok, [], fraction_of_a, RaftConfig(output_dir=str(tmp_path)))
     with pytest.raises(TypeError, match="generate"):
         raft(torch.nn.Linear(2, 2), tok, ["a"], fraction_of_a, RaftConfig(output_dir=str(tmp_path)))
+
+
+def test_raft_into_a_folder_holding_a_run_is_refused_and_loses_nothing(tmp_path):
+    """A second RAFT run into the same output_dir used to delete the first run's raft.csv at once, sample,
+    then fail at the first fine-tuning with a message about --resume (which RAFT does not have)."""
+    tok = tiny_tokenizer()
+    out = tmp_path / "raft"
+    cfg = RaftConfig(output_dir=str(out), iterations=1, samples_per_prompt=2, max_new_tokens=3, sft_steps=1,
+                     sft_batch_size=2, tensorboard=False)
+    raft(tiny_policy(len(tok)), tok, ["a b", "c d"], fraction_of_a, cfg)
+    log = (out / "raft.csv").read_text()
+    policy = tiny_policy(len(tok))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with pytest.raises(ValueError, match=r"holds a RAFT run \(iter_0, raft\.csv\): use another output_dir, or "
+                                         r"RaftConfig\(overwrite=True\)"):
+        raft(policy, tok, ["a b", "c d"], fraction_of_a, cfg)
+    assert (out / "raft.csv").read_text() == log and (out / "iter_0" / "metrics.csv").exists()
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())
+    import dataclasses
+
+    hist = raft(policy, tok, ["a b", "c d"], fraction_of_a, dataclasses.replace(cfg, overwrite=True, iterations=2))
+    assert len(hist) == 3 and (out / "raft.csv").read_text().count("\n") == 4  # the new run's rows only
+    with pytest.raises(ValueError, match="output_dir must be a non-empty path"):
+        RaftConfig(output_dir="")

@@ -91,3 +91,27 @@ def test_message_list_rows():
     kept, removed = decontaminate(data, ["a quick brown fox jumps high"], n=4)
     assert removed == [0]
     assert pair_margins(data, value_scorer).tolist() == [1.0, -1.0]
+
+
+def test_curation_settings_that_would_be_ignored_are_refused():
+    """top_fraction < 1 without a scorer kept every pair; top_fraction 1.5 or 0 was accepted; eval_texts given
+    as one string was read character by character (single letters as the banned texts)."""
+    from mmreward.text.recipes.skywork import decontaminate
+
+    data = pairs()
+    with pytest.raises(ValueError, match="top_fraction=0.5 keeps the pairs with the largest margins of a scorer, "
+                                         "but no scorer was given"):
+        curate(data, config=CurationConfig(top_fraction=0.5))
+    for bad in (0.0, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="CurationConfig.top_fraction must be in"):
+            CurationConfig(top_fraction=bad)
+    with pytest.raises(ValueError, match="CurationConfig.ngram must be an integer >= 1"):
+        CurationConfig(ngram=0)
+    with pytest.raises(ValueError, match="reference_threshold must be a finite number"):
+        CurationConfig(reference_threshold=float("nan"))
+    with pytest.raises(TypeError, match="eval_texts must be a list of strings, got one string"):
+        curate(data, eval_texts=data[0]["prompt"])
+    # one field name as a string is that field, not its letters
+    kept, removed = decontaminate(data, [data[0]["prompt"]], fields="prompt")
+    assert removed and removed[0] == 0 and kept == [p for i, p in enumerate(data) if i not in removed]
+    assert CurationConfig(decontaminate_fields="prompt").decontaminate_fields == ("prompt",)

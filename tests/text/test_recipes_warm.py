@@ -169,3 +169,23 @@ def test_members_that_read_inputs_differently_are_refused():
     with pytest.raises(WARMInitError, match="model 1 has another tokenizer than model 0"):
         warm_average([base, other])
     warm_average([base, copy.deepcopy(base)])  # members that read alike still merge
+
+
+def test_merge_into_a_member_folder_is_refused(tmp_path, capsys):
+    """``mmreward text merge a b --out a`` used to overwrite member a with the average (the input was lost)."""
+    from mmreward.core.cli_config import run_cli
+
+    init = tiny_rm(0)
+    for m in range(2):
+        rm = copy.deepcopy(init)
+        with torch.no_grad():
+            for p in rm.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        rm.save_pretrained(str(tmp_path / f"rm{m}"))
+    before = (tmp_path / "rm0" / "model.safetensors").read_bytes()
+    for out in (tmp_path / "rm0", str(tmp_path / "rm0") + "/", tmp_path / "x" / ".." / "rm0"):
+        assert run_cli("mmreward text merge", merge_main, [str(tmp_path / "rm0"), str(tmp_path / "rm1"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "the output folder" in err and "the merged model would replace it" in err and err.count("\n") == 1
+    assert (tmp_path / "rm0" / "model.safetensors").read_bytes() == before
+    assert merge_main([str(tmp_path / "rm0"), str(tmp_path / "rm1"), "--out", str(tmp_path / "avg")]) == 0

@@ -138,3 +138,21 @@ def test_dispatch(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "fake_eval_cli", fake)
     monkeypatch.setitem(cli.COMMANDS, "eval", ("eval", ("fake_eval_cli", "main")))
     assert main(["eval", "--x", "1"]) == 0 and calls == [["--x", "1"]]
+
+
+def test_train_from_an_unfinished_run_folder_says_so(tmp_path, capsys):
+    """``--model`` naming a run killed before its model/ was written used to fail with transformers'
+    "Unrecognized model ... Should have a `model_type` key" (the folder has no config.json at all)."""
+    save_tokenizer(tmp_path / "tok")
+    write_pairs(tmp_path / "train.jsonl", 16, 0)
+    common = ["text", "train", "--data", str(tmp_path / "train.jsonl"), "--batch-size", "8", "--max-steps", "1", *QUIET]
+    run = tmp_path / "run"
+    assert mmreward_main([*common, "--backbone-config", bert_json(tmp_path / "b.json"), "--tokenizer",
+                          str(tmp_path / "tok"), "--out", str(run)]) == 0
+    capsys.readouterr()
+    import shutil
+
+    shutil.rmtree(run / "model")  # as a run killed before its end leaves it
+    err = one_line_error(capsys, [*common, "--model", str(run), "--out", str(tmp_path / "next")])
+    assert f"--model {run} is a training run folder without a final model/ (the run did not finish)" in err
+    assert not (tmp_path / "next").exists()

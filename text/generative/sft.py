@@ -51,6 +51,8 @@ def sft_batch(tokenizer: Any, prompts: Sequence[Prompt], targets: Sequence[str],
 
 def lm_loss(model: Any, batch: dict, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy on the unmasked labels (``mean`` over target tokens, or ``none`` → per row mean)."""
+    if reduction not in ("mean", "none"):  # any other word used to give the mean without a word
+        raise ValueError(f"lm_loss: reduction must be 'mean' or 'none', got {reduction!r}")
     dev = next(model.parameters()).device
     out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
     logits = out.logits[:, :-1].float()  # (B, T-1, V) predicts tokens 1..T-1

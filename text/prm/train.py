@@ -14,15 +14,17 @@ Objectives (all through the fused step ops, inside ``model.forward``):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 
 from mmreward.core.inputs import StepSolution
+from mmreward.core.model import config_to_dict
 from mmreward.core.trainer import TrainConfig, Trainer
 
-from .data import PairCollator, PairExample, StepCollator, StepExample
+from .data import IGNORE, PairCollator, PairExample, StepCollator, StepExample
 from .eval import processbench_f1, predict_first_error, processbench_sweep, step_macro_f1
 
 __all__ = ["PRMTrainConfig", "train_prm", "evaluate_prm", "step_metrics", "solutions", "OBJECTIVES",
@@ -112,6 +114,10 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
         for i, e in enumerate(train_examples):
             if any(y != -100 and not 0.0 <= y <= 1.0 for y in e.labels):
                 raise ValueError(f"train example {i}: bce labels must be in [0, 1] (or -100), got {e.labels}")
+    if config.objective != "ppm" and all(y == IGNORE for e in train_examples for y in e.labels):
+        # the loss would be 0 at every step: a run that trains nothing, reported as a perfect fit
+        raise ValueError(f"train_prm: every step label of the {len(train_examples)} training examples is "
+                         f"{IGNORE:g} (ignored): no step to train the {config.objective} objective on")
     if eval_examples is not None:
         eval_examples = list(eval_examples)
         if not eval_examples:
@@ -151,8 +157,28 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
             eval_fn = lambda m: _pair_accuracy(m, eval_examples, config.eval_batch_size)  # noqa: E731
         else:
             eval_fn = lambda m: evaluate_prm(m, eval_examples, config.eval_threshold, config.eval_batch_size)  # noqa: E731
-    trainer = Trainer(model, config, dataset, collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer)
+    # a resume must train the same model inputs, objective, layers and examples as the run it continues
+    # (else it goes on silently from weights trained for something else)
+    cfg = getattr(model, "config", None)
+    inputs = ({k: v for k, v in config_to_dict(cfg).items() if k not in ("backbone", "aggregation")}
+              if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else {})
+    run = {"prm": inputs, "objective": config.objective, "trainable_layers": config.trainable_layers,
+           "cache_frozen": config.cache_frozen}
+    trainer = Trainer(model, config, dataset, collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer, settings=run,
+                      resume_settings={**run, "data": examples_digest(train_examples)})
     return trainer.fit()
+
+
+def examples_digest(examples: Sequence) -> dict:
+    """``{"examples": n, "sha256": ...}`` of training examples (every field): part of a run's fingerprint."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps(dataclasses.asdict(e), sort_keys=True, default=str, separators=(",", ":")).encode())
+        h.update(b"\n")
+    return {"examples": len(examples), "sha256": h.hexdigest()[:16]}
 
 
 class CachedPrefixCollator:

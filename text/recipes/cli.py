@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -33,6 +34,14 @@ def merge(config: MergeConfig):
         raise ValueError(f"merge needs at least 2 model folders, got {len(config.members)}")
     if not config.out:
         raise ValueError("merge needs an output folder (--out)")
+    out = os.path.realpath(os.path.expanduser(os.fspath(config.out)))
+    for m in config.members:
+        if not isinstance(m, (str, os.PathLike)):
+            continue
+        m = os.path.expanduser(os.fspath(m))
+        if out in (os.path.realpath(m), os.path.realpath(os.path.join(m, "model"))):
+            raise ValueError(f"merge: the output folder {config.out} is the member {m}: the merged model would "
+                             "replace it; save it to another folder")
     model = warm_average(list(config.members), config.weights, check_init=config.check_init,
                          max_init_distance=config.max_init_distance)
     model.save_pretrained(config.out)

@@ -49,6 +49,7 @@ class RaftConfig:
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard"})
     progress: bool = field(default=False, metadata={"help": "progress bars for SFT"})
     keep_snapshots: bool = field(default=False, metadata={"help": "keep each iteration's SFT snapshot folder"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in an output_dir that holds a RAFT run: its raft.csv, tb/ and iter_<t>/ folders are removed first"})
 
     def __post_init__(self) -> None:
         for name in ("iterations", "samples_per_prompt", "max_new_tokens", "generation_batch_size", "sft_steps",
@@ -62,6 +63,37 @@ class RaftConfig:
             raise ValueError(f"RaftConfig.top_fraction must be in (0, 1], got {self.top_fraction}")
         if not self.temperature > 0:
             raise ValueError(f"RaftConfig.temperature must be > 0, got {self.temperature}")
+        if isinstance(self.output_dir, os.PathLike):
+            self.output_dir = os.fspath(self.output_dir)
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ValueError(f"RaftConfig.output_dir must be a non-empty path, got {self.output_dir!r}")
+
+
+def _run_entries(folder: str) -> list[str]:
+    """What a RAFT run leaves in ``folder``: raft.csv, tb/ and the iter_<t>/ SFT folders."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [n for n in names if n in ("raft.csv", "tb") or (n.startswith("iter_") and n[5:].isdigit())]
+
+
+def _prepare_output(cfg: RaftConfig) -> None:
+    """Refuse an output_dir holding a RAFT run (its raft.csv used to be deleted at once and the run then
+    refused at the first fine-tuning), or clear it with ``overwrite``."""
+    from mmreward.core.checkpoint import discard
+
+    folder = cfg.output_dir
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"RaftConfig.output_dir {folder} is a file, not a folder")
+    found = _run_entries(folder)
+    if not found:
+        return
+    if not cfg.overwrite:
+        raise ValueError(f"{folder} holds a RAFT run ({', '.join(found[:4])}{', …' if len(found) > 4 else ''}): use "
+                         "another output_dir, or RaftConfig(overwrite=True) to remove it and start again")
+    for name in found:
+        discard(os.path.join(folder, name))
 
 
 @torch.no_grad()
@@ -149,6 +181,7 @@ def raft(policy: nn.Module, tokenizer: Any, prompts: Sequence[str], reward_fn: A
     if not hasattr(policy, "generate"):
         raise TypeError(f"raft: the policy must be a Hugging Face causal LM with generate(), got {type(policy).__name__}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    _prepare_output(cfg)
     logger = MetricLogger(cfg.output_dir, filename="raft.csv", tensorboard=cfg.tensorboard, quiet=True)
     history = []
     try:

@@ -1,7 +1,8 @@
 """RRM data augmentation (Liu et al., 2024, "RRM: Robust Reward Model Training Mitigates Reward Hacking").
 
 A reward model trained on ``(x, y^w ≻ y^l)`` can learn artifacts that do not depend on the prompt
-(length, format). RRM adds, for every example i and two other examples j, k drawn at random:
+(length, format). RRM adds, for every example i and two other examples j, k drawn at random among
+those with another prompt (a response to the same prompt is no non-contextual negative):
 
 * 8 **non-contextual triplets** — each response of i (``y_i^w`` and ``y_i^l``) preferred over each
   foreign response ``y_j^w, y_j^l, y_k^w, y_k^l``, all with prompt ``x_i``: any response to the
@@ -17,7 +18,9 @@ threshold: a triplet when its margin ``r(chosen) − r(rejected) > threshold``, 
 """
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Optional, Sequence
@@ -56,8 +59,14 @@ def rrm_augment(pairs: Sequence[dict], config: Optional[RRMConfig] = None) -> li
     had one). Responses may be strings or message lists; they are copied, not parsed."""
     cfg = config or RRMConfig()
     _check(pairs)
+    if not (cfg.include_original or cfg.triplets or cfg.ties):
+        raise ValueError("rrm_augment: include_original, triplets and ties are all off: no rows to make")
     rng = random.Random(cfg.seed)
     n = len(pairs)
+    # the foreign responses must answer *another* prompt: a response to the same prompt (data with several
+    # pairs per prompt) is no non-contextual negative, and the triplet would teach that it loses to its own
+    keys = [_prompt_key(p["prompt"]) for p in pairs]
+    sizes = Counter(keys)
     out: list[dict] = []
     for i, p in enumerate(pairs):
         if cfg.include_original:
@@ -65,7 +74,14 @@ def rrm_augment(pairs: Sequence[dict], config: Optional[RRMConfig] = None) -> li
             if p.get("margin") is not None:
                 row["margin"] = p["margin"]
             out.append(row)
-        j, k = rng.sample([x for x in range(n) if x != i], 2) if n < 64 else _two_others(rng, n, i)
+        others = n - sizes[keys[i]]
+        if others < 2:
+            raise ValueError(f"rrm_augment: row {i}'s prompt is shared by {sizes[keys[i]]} of the {n} rows: its "
+                             "non-contextual rows need two examples with another prompt")
+        if n < 64 or others < n // 4:
+            j, k = rng.sample([x for x in range(n) if keys[x] != keys[i]], 2)
+        else:
+            j, k = _two_others(rng, n, i, keys)
         foreign = [pairs[j]["chosen"], pairs[j]["rejected"], pairs[k]["chosen"], pairs[k]["rejected"]]
         if cfg.triplets:
             for own in (p["chosen"], p["rejected"]):
@@ -77,11 +93,15 @@ def rrm_augment(pairs: Sequence[dict], config: Optional[RRMConfig] = None) -> li
     return out
 
 
-def _two_others(rng: random.Random, n: int, i: int) -> list[int]:
-    """Two distinct indices != i without building the n-element candidate list."""
+def _prompt_key(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, default=str)
+
+
+def _two_others(rng: random.Random, n: int, i: int, keys: Sequence[str]) -> list[int]:
+    """Two distinct indices whose prompt is not row i's, without building the n-element candidate list."""
     while True:
         j, k = rng.randrange(n), rng.randrange(n)
-        if len({i, j, k}) == 3:
+        if len({i, j, k}) == 3 and keys[j] != keys[i] and keys[k] != keys[i]:
             return [j, k]
 
 

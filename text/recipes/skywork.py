@@ -107,8 +107,13 @@ def decontaminate(pairs: Sequence[dict], eval_texts: Iterable[str], *, n: int = 
     Returns ``(kept_pairs, removed_row_indices)``. A short text (< n words) is contaminated only by
     an identical short word sequence on the other side (it cannot contain an n-gram)."""
     _check_pairs(pairs, "decontaminate")
-    if n < 1:
-        raise ValueError(f"decontaminate: n must be >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"decontaminate: n must be an integer >= 1, got {n!r}")
+    if isinstance(eval_texts, (str, bytes)):  # iterated, its characters would be the eval texts
+        raise TypeError("decontaminate: eval_texts must be a list of strings, got one string (wrap it in a list)")
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    if not fields:
+        raise ValueError("decontaminate: no fields to check")
     banned: set[tuple[str, ...]] = set()
     for j, t in enumerate(eval_texts):
         if not isinstance(t, str):
@@ -135,6 +140,20 @@ class CurationConfig:
     decontaminate_fields: tuple = field(default=("prompt",), metadata={"help": "pair fields checked against the eval texts"})
     batch_size: int = field(default=64, metadata={"help": "scoring batch size"})
 
+    def __post_init__(self) -> None:
+        if isinstance(self.top_fraction, bool) or not (isinstance(self.top_fraction, (int, float))
+                                                       and 0.0 < self.top_fraction <= 1.0):
+            raise ValueError(f"CurationConfig.top_fraction must be in (0, 1], got {self.top_fraction!r}")
+        if isinstance(self.reference_threshold, bool) or not (isinstance(self.reference_threshold, (int, float))
+                                                              and math.isfinite(self.reference_threshold)):
+            raise ValueError(f"CurationConfig.reference_threshold must be a finite number, got {self.reference_threshold!r}")
+        for name in ("ngram", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"CurationConfig.{name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.decontaminate_fields, str):
+            self.decontaminate_fields = (self.decontaminate_fields,)
+
 
 def curate(pairs: Sequence[dict], *, scorer: Any = None, reference: Any = None,
            eval_texts: Optional[Iterable[str]] = None, config: Optional[CurationConfig] = None) -> tuple[list[dict], dict]:
@@ -145,6 +164,9 @@ def curate(pairs: Sequence[dict], *, scorer: Any = None, reference: Any = None,
     _check_pairs(pairs, "curate")
     if not pairs:
         raise ValueError("curate: no pairs given")
+    if cfg.top_fraction < 1.0 and scorer is None:  # else every pair would be kept without a word
+        raise ValueError(f"curate: top_fraction={cfg.top_fraction} keeps the pairs with the largest margins of a "
+                         "scorer, but no scorer was given")
     report = {"input": len(pairs)}
     kept = list(pairs)
     if eval_texts is not None:
