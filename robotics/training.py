@@ -113,6 +113,34 @@ class EMA:
 
 
 # ------------------------------------------------------------------ the core loop's settings
+# settings a run may change when it is continued: how long it runs and how often it logs / snapshots
+RUN_LENGTH_FIELDS = ("steps", "log_every", "ckpt_every")
+
+
+def data_digest(tensors: Iterable[torch.Tensor]) -> dict:
+    """``{"items": n, "sha256": ...}`` of training tensors (dtype, shape and bytes of each, in order)."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    for t in tensors:
+        a = torch.as_tensor(t).detach().cpu().contiguous()
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().data if a.numel() else b"")
+        n += 1
+    return {"items": n, "sha256": h.hexdigest()[:16]}
+
+
+def resume_settings(train_config: Any, model_config: Any, data: Iterable[torch.Tensor], **more: Any) -> dict:
+    """What a continued robotics run must share with the run it continues, beyond the core loop's own
+    fingerprint: the model's config, the optimisation settings (all of the trainer's config but
+    :data:`RUN_LENGTH_FIELDS`) and the training data. Otherwise another ``lr`` would be silently
+    replaced by the snapshot's optimizer state, another model size would fail with a state-dict dump,
+    and other data would go on from weights trained on something else."""
+    train = {} if train_config is None else {k: v for k, v in config_to_dict(train_config).items()
+                                             if k not in RUN_LENGTH_FIELDS}
+    return {"train": train, "model": config_to_dict(model_config), "data": data_digest(data), **more}
+
+
 def loop_config(out_dir: str, *, steps: int, batch_size: int, seed: int, log_every: int, save_every: int,
                 resume: bool, overwrite: bool, progress_bar: bool, quiet: bool) -> TrainConfig:
     """The :class:`TrainConfig` of a robotics trainer's run (its own config keeps the optimisation

@@ -170,8 +170,14 @@ def train_refl(parts: DiffusionParts, scorer: Any, prompts: Sequence[str], confi
     (diffusers, safetensors)."""
     from mmreward.core.trainer import Trainer
 
+    # a bare string would train on its letters one by one (list("a cat") is 5 prompts)
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if not prompts:
         raise ValueError("prompts is empty")
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
+    if bad is not None:
+        raise TypeError(f"prompts[{bad}] must be a string, got {type(prompts[bad]).__name__}")
     if isinstance(scorer, nn.Module):
         scorer.requires_grad_(False)
     trainer = Trainer(parts.unet, train_config, list(prompts), lambda batch: list(batch), refl_loss(parts, scorer, config))

@@ -87,6 +87,9 @@ def compute_advantages(rewards: Tensor, group: Optional[Tensor] = None,
     if group is not None and cfg.group_baseline:
         if group.shape != r.shape:
             raise ValueError(f"group has shape {tuple(group.shape)}, rewards {tuple(r.shape)}")
+        if group.is_floating_point() and not bool((torch.isfinite(group) & (group == group.round())).all()):
+            # .long() would truncate 0.5 and 0.7 into one group 0 without a word
+            raise ValueError("group must hold integer group ids (one per prompt), got non-integer values")
         g = group.long()
         _, inv = torch.unique(g, return_inverse=True)
         fin = torch.isfinite(r)
@@ -129,6 +132,9 @@ def stable_ppo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     metrics = {"pg_loss": float(loss.detach()), "clip_frac": float((clipped * mask).sum() / n),
                "ratio_max": float((ratio.detach() * mask).max())}
     if ref_logprobs is not None and cfg.kl_coef > 0:
+        if ref_logprobs.shape != logprobs.shape:  # a (B, 1) or (L,) tensor would broadcast into a wrong KL
+            raise ValueError(f"ref_logprobs must have the logprobs' shape {tuple(logprobs.shape)}, "
+                             f"got {tuple(ref_logprobs.shape)}")
         lr = torch.clamp(ref_logprobs.detach() - logprobs, cfg.log_ratio_min, cfg.log_ratio_max)
         kl = ((torch.exp(lr) - lr - 1) * mask).sum() / n  # k3 estimator, pre-clipped too
         loss = loss + cfg.kl_coef * kl

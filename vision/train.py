@@ -12,6 +12,7 @@ scorer is written to ``<output_dir>/model`` in ``from_pretrained`` form.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -59,6 +60,8 @@ class ImageRewardTrainConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         check_ranges(self, counts=("n_train", "n_eval", "embed_dim"), naturals=("data_seed", "normalize_on"))
+        if self.normalize_on == 1:  # fit_normalization needs two images: found out only after the training
+            raise ValueError("normalize_on must be 0 (skip) or >= 2 (a mean and a std need two scores), got 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "pairwise":
@@ -145,12 +148,14 @@ def ranked_loss(loss: str = "listwise", label_smoothing: float = 0.0):
         ranks = batch["ranks"]
         r = model(batch["prompts"], batch["pixel_values"]).view(ranks.shape)  # (B, K)
         b, i, j = _pairs(ranks)
+        if not len(b):
+            # every set of this batch is a tie (valid data: equal ranks form no pair): nothing to learn from
+            # here, a zero loss that keeps the graph (DDP, accumulation) and an undefined accuracy, not 0.0
+            return r.sum() * 0.0, {"accuracy": float("nan")}
         if loss == "listwise":
             value = listwise_loss(r, ranks)
-            acc = (r[b, i] > r[b, j]).float().mean() if len(b) else torch.zeros(())
+            acc = (r[b, i] > r[b, j]).float().mean()
         else:
-            if not len(b):
-                raise ValueError("this batch has no ranked pair (all ranks equal?)")
             value, acc = pairwise_loss_and_accuracy(r[b, i], r[b, j], label_smoothing=label_smoothing)
         return value, {"accuracy": float(acc)}
 
@@ -179,6 +184,19 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
             best = ranks.masked_fill(ranks < 0, 1 << 30).min(1, keepdim=True).values
             top1 += int((ranks.gather(1, masked.argmax(1, keepdim=True)) == best).sum())
     return {"pairwise_accuracy": correct / max(pairs, 1), "top1_accuracy": top1 / len(examples)}
+
+
+def _data_digest(cfg: ImageRewardTrainConfig) -> dict:
+    """What identifies the training sets: the synthetic generator's settings, or the data file's bytes."""
+    if cfg.data == "synthetic":
+        return {"synthetic": {k: getattr(cfg, k) for k in ("n_train", "set_size", "image_size", "data_seed")}}
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(cfg.data, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"file_sha256": h.hexdigest()[:16]}
 
 
 def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRewardModel:
@@ -218,6 +236,8 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
         train = read_ranked_sets(cfg.data)
         held = read_ranked_sets(cfg.eval_data) if cfg.eval_data else []
         # refused now, before the Trainer makes the run folder and trains up to the first evaluation
+        # (training sets that are all ties would "train" on a zero loss and save an untrained scorer)
+        require_ranked_pair(train, cfg.data)
         if held:
             require_ranked_pair(held, cfg.eval_data)
     if model is None:  # initialised from the run's seed: the same command gives the same model
@@ -227,16 +247,33 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
 
     def normalize() -> None:
         if cfg.normalize_on > 0:
-            model.fit_normalization([ImagePrompt(e.prompt, img) for e in train for img in split_images(e.images)]
-                                    [: cfg.normalize_on])
+            items = [ImagePrompt(e.prompt, img) for e in train for img in split_images(e.images)][: cfg.normalize_on]
+            if len(items) < 2:
+                warnings.warn(f"score normalisation skipped: the training data holds {len(items)} image(s), "
+                              "a mean and a std need 2", stacklevel=2)
+                return
+            mean, std = float(model.reward_mean), float(model.reward_std)
+            try:
+                model.fit_normalization(items)
+            except ValueError as e:  # every score equal (identical images and prompts): keep the trained scorer
+                model.reward_mean.fill_(mean)
+                model.reward_std.fill_(std)
+                warnings.warn(f"score normalisation skipped ({e} on {len(items)} training images); the model is "
+                              f"saved with its previous mean {mean:g} / std {std:g}", stacklevel=2)
 
     def save(folder: str) -> None:  # the Trainer calls this (rank 0) once the last step is done
         normalize()
         model.save_pretrained(folder)
 
+    # a resumed run must continue the same scorer on the same sets with the same objective: with another
+    # --loss, --data or --embed-dim it would go on silently from weights trained for something else (or fail
+    # with a state-dict size mismatch)
+    resume = {"image_reward": config_to_dict(model.config), "objective": {"loss": cfg.loss,
+                                                                         "label_smoothing": cfg.label_smoothing},
+              "data": _data_digest(cfg)}
     trainer = Trainer(model, train_cfg, train, make_collate(model), ranked_loss(cfg.loss, cfg.label_smoothing),
                       eval_fn=(lambda m: evaluate_image_reward(m, held)) if held else None, save_model=save,
-                      settings={"image_reward_train": config_to_dict(cfg)})
+                      settings={"image_reward_train": config_to_dict(cfg)}, resume_settings=resume)
     history = trainer.fit()
     if not trainer.is_main:  # every process returns the same model
         normalize()

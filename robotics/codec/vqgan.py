@@ -37,7 +37,7 @@ from mmreward.core.model import Pretrained, check_ranges
 from mmreward.core.train import seed_everything
 from mmreward.core.trainer import Trainer
 
-from ..training import check_frames_uint8, config_to_dict, frame_pool, loop_config
+from ..training import check_frames_uint8, config_to_dict, frame_pool, loop_config, resume_settings
 
 MODEL_TYPE = "vqgan"
 
@@ -493,7 +493,8 @@ def train_vqgan(frames: Any, config: Optional[VQGANConfig] = None, out_dir: str 
                        save_every=tc.ckpt_every, resume=resume, overwrite=overwrite, progress_bar=progress_bar,
                        quiet=quiet)
     trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False,
-                      settings={"vqgan_train": config_to_dict(tc)})
+                      settings={"vqgan_train": config_to_dict(tc)},
+                      resume_settings=resume_settings(tc, cfg, (pool,)))
     trainer.register_state("optimizer", opt)
     if disc is not None:
         trainer.register_state("discriminator", disc)

@@ -282,9 +282,12 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     from mmreward.ops import pairwise_loss_and_accuracy
 
     from ..rl.drqv2 import random_shift
-    from ..training import loop_config
+    from ..training import loop_config, resume_settings
 
     cfg = config or ProgressConfig()
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        # a negative share held out len + round(share·len) episodes (order[:-k]); 1 or more left none to train on
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     eps = episodes_from(episodes)
     for k, e in enumerate(eps):
         check_frames_uint8(e, f"episode {k}", cfg.image_size)
@@ -359,7 +362,9 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
                            save_every=500, resume=resume, overwrite=overwrite, progress_bar=show_progress,
                            quiet=True)
         trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False, save_model=finish,
-                          settings={"progress": config_to_dict(cfg), "val_fraction": val_fraction})
+                          settings={"progress": config_to_dict(cfg), "val_fraction": val_fraction},
+                          resume_settings=resume_settings(None, cfg, eps, val_fraction=val_fraction,
+                                                          groups=_groups_digest(groups)))
         for name, obj in (("optimizer", opt), ("pair_rng", rng), ("shift_rng", gen)):
             trainer.register_state(name, obj)
         hist = trainer.fit(stop_at)
@@ -383,6 +388,13 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     if out_dir:
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     return model, metrics
+
+
+def _groups_digest(groups: list) -> str:
+    """The episodes' group labels (which episodes share goal frames) as a short hash."""
+    import hashlib
+
+    return hashlib.sha256(repr([str(g) for g in groups]).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -45,14 +46,27 @@ def progress_row(start: dict[str, float], after: list[dict[str, float]]) -> dict
 
 
 def _snapshot(run: str, frame: Optional[int]) -> tuple[int, Any]:
-    from mmreward.core.checkpoint import Snapshots
+    from mmreward.core.checkpoint import CheckpointError, Snapshots
 
     snaps = Snapshots(run)
     if frame is None:
-        latest = snaps.load_latest()
-        if latest is None:
-            raise FileNotFoundError(f"{run} holds no readable snapshot (checkpoint-<frame>/) of a train-rl run")
-        return latest[0], latest[2]
+        # the newest readable one, read only: Snapshots.load_latest would rename an unreadable newer one to
+        # *.unreadable, and this command writes nothing in the run (which may be training right now: a
+        # snapshot it is replacing or dropping can vanish while it is read)
+        errors = []
+        for at, path in snaps.list():
+            try:
+                state = Snapshots.read(path)
+            except (CheckpointError, OSError) as e:
+                errors.append(f"{os.path.basename(path)}: {e}")
+                continue
+            if errors:
+                warnings.warn(f"{run}: skipping unreadable snapshot(s) ({'; '.join(errors)}); evaluating the one "
+                              f"at frame {at}", stacklevel=3)
+            return at, state
+        if errors:
+            raise CheckpointError(f"{run} holds no readable snapshot: {'; '.join(errors)}")
+        raise FileNotFoundError(f"{run} holds no readable snapshot (checkpoint-<frame>/) of a train-rl run")
     frames = [f for f, _ in snaps.list()]
     if frame not in frames:
         raise FileNotFoundError(f"{run} has no snapshot at frame {frame}; it has {frames or 'none'}")

@@ -287,7 +287,7 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         if shaping != "none":
             raise ValueError("shaping applies to the video-model rewards, not to 'rnd'")
         cfg.use_std, cfg.expl_scale = False, 1.0
-        return _RNDOnly(model, rnd_update_interval)
+        return _RNDOnly(model, spec, rnd_update_interval)
     want = _REWARD_TYPE.get(spec, "likelihood")
     if spec == "viper":
         cfg.expl_scale = 0.5

@@ -19,6 +19,7 @@ newest readable snapshot, a folder holding a run is refused without it, ``overwr
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Optional
@@ -319,8 +320,24 @@ class Workspace:
     def _fingerprint(self) -> dict:
         """Settings a resumed run must share with the run it continues."""
         c = self.cfg
-        return {"task": self.task, "reward": self.reward.name, "seed": c.seed, "size": c.size,
-                "frame_stack": c.frame_stack, "action_repeat": c.action_repeat, "agent": asdict(self.agent_cfg)}
+        fp = {"task": self.task, "reward": self.reward.name, "seed": c.seed, "size": c.size,
+              "frame_stack": c.frame_stack, "action_repeat": c.action_repeat, "agent": asdict(self.agent_cfg)}
+        # what the frames show, how long episodes are and how they are paid: a resume with others would mix
+        # them in one replay buffer. Added only when not the defaults, so runs that never set them keep
+        # their fingerprint.
+        camera = getattr(self.train_env, "camera", c.camera)
+        default = getattr(sys.modules.get(type(self.train_env).__module__), "DEFAULT_CAMERA", None)
+        if camera is not None and camera != default:
+            fp["camera"] = camera
+        if c.episode_steps is not None:
+            fp["episode_steps"] = c.episode_steps
+        options = {k: getattr(c, k) for k in LEARNED_OPTIONS if k not in ("checkpoint", "expert_data")
+                   and getattr(c, k) is not None}
+        if c.reward_shaping != "none":
+            options["reward_shaping"] = c.reward_shaping
+        if options:
+            fp["reward_options"] = options
+        return fp
 
     def save_snapshot(self) -> None:
         """``<out>/checkpoint-<frame>`` as one unit; then the replay episodes neither kept snapshot lists

@@ -60,7 +60,7 @@ from mmreward.core.model import Pretrained, check_ranges
 from mmreward.core.train import seed_everything, warmup_cosine
 from mmreward.core.trainer import Trainer
 
-from ..training import EMA, config_to_dict, loop_config
+from ..training import EMA, config_to_dict, loop_config, resume_settings
 from . import diffusion_math as dm
 
 MODEL_TYPE = "vq_diffusion"
@@ -575,6 +575,24 @@ class VideoTrainConfig:
             raise ValueError(f"VideoTrainConfig.betas must be two numbers in [0, 1), got {b!r}")
 
 
+def _check_windows(history: torch.Tensor, target: torch.Tensor, cfg: VQDiffusionConfig) -> None:
+    """The whole training set checked once, before the run folder is made: a bad window otherwise fails
+    (or, with no window, reads as a batch-size error) at whichever step first draws it."""
+    N, L, H = target.shape[0], cfg.tokens_per_frame, cfg.num_history
+    if N == 0:
+        raise ValueError("the training data holds no (history, target) window: give token windows with N >= 1")
+    for name, x, shape in (("target", target, (N, L)), ("history", history, (N, H, L))):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"training data: {name} must be integer token ids, got {x.dtype}")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"training data: {name} must have shape {list(shape)} (num_history={H}, "
+                             f"token_shape={tuple(cfg.token_shape)}), got {list(x.shape)}")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= cfg.num_codes:
+            raise ValueError(f"training data: {name} has token ids in [{lo}, {hi}], outside [0, {cfg.num_codes}) "
+                             f"(num_codes={cfg.num_codes}: does it match the codec's?)")
+
+
 def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out_dir: str = "vq_diffusion",
                       train: Optional[VideoTrainConfig] = None, *, codec: Any = None, resume: bool = True,
                       overwrite: bool = False, stop_at: Optional[int] = None, progress_bar: bool = True,
@@ -590,13 +608,18 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
     time-limited job: call again with the same arguments to continue the same run)."""
     cfg = config or VQDiffusionConfig()
     tc = dataclasses.replace(train or VideoTrainConfig(), **overrides)
+    digest_of = None  # what identifies the training data for a resume (default: the token windows)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
         history, target = data
     else:
         if codec is not None:
             from ..training import episodes_from
 
-            episodes = [codec.encode(ep) for ep in episodes_from(data)]
+            frame_eps = episodes_from(data)
+            # the frames and the codec's weights, not the tokens: a GPU encoder need not give bit-identical
+            # tokens on every call, and a resume must not be refused for that
+            digest_of = [*frame_eps, *codec.state_dict().values()]
+            episodes = [codec.encode(ep) for ep in frame_eps]
         else:
             episodes = list(data)
         history, target = token_windows(episodes, cfg.num_history, cfg.frame_skip)
@@ -605,6 +628,7 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
     N = target.shape[0]
     if history.shape[0] != N:
         raise ValueError(f"history has {history.shape[0]} windows but target has {N}")
+    _check_windows(history, target, cfg)
     seed_everything(tc.seed)  # before the model: its initial weights come from the seed
     model = ConditionalVQDiffusion(cfg).to(device)
     ema = EMA(model, tc.ema_decay, tc.ema_every)
@@ -636,7 +660,8 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
                        quiet=quiet)
     trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False,
                       save_model=lambda folder: model.save_pretrained(folder, state_dict=ema_weights()),
-                      settings={"video_train": config_to_dict(tc)})
+                      settings={"video_train": config_to_dict(tc)},
+                      resume_settings=resume_settings(tc, cfg, digest_of or (history, target)))
     for name, obj in (("optimizer", opt), ("scheduler", sched), ("ema", ema)):
         trainer.register_state(name, obj)
     trainer.fit(stop_at)

@@ -1,0 +1,76 @@
+"""Training-pipeline edges of visual RL: ``evaluate_run`` only reads the run (it may be training)."""
+import os
+
+import pytest
+
+from mmreward.robotics.envs.base import offscreen_render_problem, setup_mujoco_gl
+
+setup_mujoco_gl()
+pytest.importorskip("metaworld")
+_why = offscreen_render_problem()
+pytestmark = pytest.mark.skipif(_why is not None, reason=f"no offscreen rendering: {_why}")
+
+from mmreward.robotics.rl import DrQV2Config, RLConfig, train_rl  # noqa: E402
+from mmreward.robotics.rl.evaluate import evaluate_run  # noqa: E402
+
+
+def _listing(root):
+    return sorted(os.path.relpath(os.path.join(d, n), root) for d, dirs, files in os.walk(root) for n in dirs + files)
+
+
+def test_evaluate_run_skips_an_unreadable_newest_snapshot_without_touching_the_run(tmp_path):
+    """Before: evaluate_run went through Snapshots.load_latest, which renamed the newest snapshot to
+    checkpoint-<frame>.unreadable inside the run folder (of a run that may be writing it right now),
+    though eval-rl promises to write nothing there."""
+    run = tmp_path / "run"
+    train_rl(RLConfig(task="metaworld/door-open-v3", reward="sparse", out=str(run), num_train_frames=80,
+                      num_seed_frames=20, eval_every_frames=0, num_eval_episodes=1, episode_steps=20, batch_size=8,
+                      snapshot_every_frames=40, save_video=False, tensorboard=False, quiet=True, size=32),
+             DrQV2Config(hidden_dim=32, feature_dim=16, num_expl_steps=20))
+    assert {"checkpoint-00000040", "checkpoint-00000080"} <= set(os.listdir(run))
+    state = next(p for p in (run / "checkpoint-00000080").iterdir() if p.name.startswith("state"))
+    state.write_bytes(state.read_bytes()[:-7] + b"garbage")  # same size, other bytes: fails its checksum
+    before = _listing(run)
+    with pytest.warns(UserWarning, match="checkpoint-00000080"):
+        out = evaluate_run(str(run), episodes=1)
+    assert out["frame"] == 40 and out["episodes"] == 1
+    assert _listing(run) == before  # nothing renamed, nothing written
+
+
+def test_the_rnd_reward_keeps_its_name_and_update_interval(tmp_path):
+    """Before: make_reward_source("rnd") passed the update interval where the name goes, so the source
+    was named 100 (in the run's fingerprint, the video label) and updated RND every 100 steps
+    whatever --rnd-update-interval said."""
+    from mmreward.robotics.rl import make_reward_source
+
+    src = make_reward_source("rnd", rnd_update_interval=7)
+    assert src.name == "rnd" and src.update_interval == 7
+    run = tmp_path / "run"
+    train_rl(RLConfig(task="metaworld/door-open-v3", reward="rnd", out=str(run), num_train_frames=16,
+                      num_seed_frames=0, eval_every_frames=0, num_eval_episodes=1, episode_steps=4, batch_size=4,
+                      save_video=False, tensorboard=False, quiet=True, size=64, action_repeat=2,
+                      rnd_update_interval=2),
+             DrQV2Config(hidden_dim=32, feature_dim=16, num_expl_steps=2))
+    head = open(run / "train.csv").readline().strip().split(",")
+    assert "rnd_loss" in head  # updated every 2 agent steps: within the 8 steps of this run
+    import json
+
+    assert json.loads((run / "train_config.json").read_text())["fingerprint"]["reward"] == "rnd"
+
+
+def test_resuming_with_another_camera_or_episode_length_is_refused(tmp_path):
+    """Before: a run resumed with another --camera or --episode-steps went on silently, mixing views /
+    episode lengths in one replay buffer (the fingerprint held neither)."""
+    from mmreward.robotics.rl import Workspace
+
+    agent = dict(hidden_dim=32, feature_dim=16, num_expl_steps=2)
+    base = dict(task="metaworld/door-open-v3", reward="sparse", out=str(tmp_path), num_train_frames=8,
+                num_seed_frames=0, eval_every_frames=0, num_eval_episodes=1, episode_steps=4, batch_size=4,
+                save_video=False, tensorboard=False, quiet=True, size=32)
+    train_rl(RLConfig(**base), DrQV2Config(**agent))
+    for change, named in [(dict(camera="corner3"), "camera"), (dict(episode_steps=5), "episode_steps: saved 4, now 5")]:
+        with pytest.raises(ValueError, match=f"other settings.*{named}"):
+            Workspace(RLConfig(**{**base, **change, "num_train_frames": 16}), DrQV2Config(**agent))
+    # the default camera named explicitly is the same run: it continues
+    s = train_rl(RLConfig(**{**base, "camera": "corner", "num_train_frames": 16}), DrQV2Config(**agent))
+    assert s["frames"] == 16 and s["episodes"] == 2
