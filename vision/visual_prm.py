@@ -326,10 +326,26 @@ def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int =
 def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: Optional[Sequence[Any]] = None):
     """Step-BCE training with the shared core Trainer (``config``: TrainConfig); returns the history
     (``eval_step_loss`` / ``eval_step_accuracy`` / ``eval_macro_f1`` on ``eval_rows`` when given). The
-    final model is saved to ``<output_dir>/model``."""
+    final model is saved to ``<output_dir>/model``. A resume (``config.resume``) must use the same
+    objective (label tokens, ``hard_labels``, freeze settings) and the same rows (question, steps,
+    labels, images), else it is refused naming what differs."""
+    from mmreward.core.model import config_to_dict
     from mmreward.core.trainer import Trainer
 
     examples = as_labelled(rows, "rows")
     held = as_labelled(eval_rows, "eval rows") if eval_rows else None
     eval_fn = (lambda m: evaluate_visual_prm(m, held)) if held else None
-    return Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn).fit()
+    cfg = config_to_dict(model.config)
+    # what is learned: resumed with other labels / label tokens / frozen parts or other rows it would go on
+    # silently from weights trained for something else (reduce and threshold only read the scores: free)
+    objective = {k: cfg[k] for k in ("good_token", "bad_token", "hard_labels", "freeze_vision_tower", "freeze_projector")}
+    resume = {"objective": {"loss": "step_bce", **objective}, "data": data_digest(examples)}
+    return Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn,
+                   settings={"visual_prm": cfg}, resume_settings=resume).fit()
+
+
+def data_digest(examples: Sequence[LabelledSteps]) -> dict[str, Any]:
+    """Digest of step rows: question, steps, labels and images (file bytes / pixels)."""
+    from .vlm_rm import rows_digest
+
+    return rows_digest(examples, lambda e: ([e.input.question, list(e.input.steps), list(e.labels)], [e.input.images]))

@@ -162,13 +162,108 @@ def evaluate_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], batch_size: 
     return {"loss": tot_loss / len(pairs), "accuracy": tot_acc / len(pairs)}
 
 
+# ------------------------------------------------------------------ run fingerprint (resume checks)
+def _image_digest(image: Any, h: Any, seen: dict) -> None:
+    """Feed one image's identity into ``h``: a local file's bytes (so moved data still resumes, and data
+    regenerated under the same names does not), a data: URI's text, an in-memory image's pixels. Each file
+    / object is hashed once per call (``seen``)."""
+    import hashlib
+    import os
+
+    import numpy as np
+
+    from .images import local_path
+
+    if isinstance(image, (str, os.PathLike)):
+        path = local_path(os.fspath(image))
+        if os.path.isfile(path):
+            st = os.stat(path)
+            key = ("file", os.path.realpath(path), st.st_size, st.st_mtime_ns)
+            if key not in seen:
+                f_h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        f_h.update(chunk)
+                seen[key] = f_h.hexdigest()
+            h.update(b"F" + seen[key].encode())
+        else:  # a data: URI (or a name read when scored): its text is the image
+            h.update(b"S" + path.encode("utf-8", "surrogatepass"))
+        return
+    key = ("obj", id(image))
+    if key not in seen:  # the same object in many rows (chosen and rejected share their images): hashed once
+        o_h = hashlib.sha256()
+        try:
+            from PIL import Image
+
+            if isinstance(image, Image.Image):
+                o_h.update(f"PIL:{image.mode}:{image.size}:{image.getpalette()}".encode())  # "P": indices + palette
+                o_h.update(image.tobytes())
+            elif isinstance(image, torch.Tensor):
+                t = image.detach().cpu().contiguous()
+                t = t.float() if t.dtype == torch.bfloat16 else t
+                o_h.update(f"T:{t.dtype}:{tuple(t.shape)}".encode())
+                o_h.update(t.numpy().tobytes())
+            elif isinstance(image, np.ndarray):
+                a = np.ascontiguousarray(image)
+                o_h.update(f"A:{a.dtype}:{a.shape}".encode())
+                o_h.update(a.tobytes())
+            else:  # nested lists and other accepted kinds: their value
+                o_h.update(repr(image).encode("utf-8", "surrogatepass"))
+        except (TypeError, ValueError):  # an object-dtype array and the like: its value as text
+            o_h.update(repr(image).encode("utf-8", "surrogatepass"))
+        seen[key] = (o_h.hexdigest(), image)  # the object is kept alive: its id is not reused in this call
+    h.update(b"O" + seen[key][0].encode())
+
+
+def _images_digest(images: Any, h: Any, seen: dict) -> None:
+    images = [] if images is None else images if isinstance(images, (list, tuple)) else [images]
+    h.update(f"[{len(images)}]".encode())
+    for im in images:
+        _image_digest(im, h, seen)
+
+
+def rows_digest(rows: Sequence[Any], parts: Any) -> dict[str, Any]:
+    """``{"rows": n, "sha256": ...}`` of training rows (``parts(row) -> (json-able text/labels, [images])``):
+    part of a run's fingerprint, so a run is continued only on the data it started on."""
+    import hashlib
+    import json
+
+    h, seen = hashlib.sha256(), {}
+    for row in rows:
+        text, image_lists = parts(row)
+        try:
+            text = json.dumps(text, sort_keys=True, default=repr, separators=(",", ":"))
+        except TypeError:  # keys json cannot sort (a turn dict with str and int keys): its repr
+            text = repr(text)
+        h.update(text.encode("utf-8", "surrogatepass"))
+        for images in image_lists:
+            _images_digest(images, h, seen)
+        h.update(b"\n")
+    return {"rows": len(rows), "sha256": h.hexdigest()[:16]}
+
+
+def data_digest(pairs: Sequence[ConversationPair]) -> dict[str, Any]:
+    """Digest of preference pairs: both conversations' turns and their images (file bytes / pixels)."""
+    return rows_digest(pairs, lambda p: ([p.chosen.messages, p.rejected.messages],
+                                         [p.chosen.images, p.rejected.images]))
+
+
 def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_rows: Optional[Sequence[Any]] = None):
     """Pairwise training with the shared core Trainer (``config``: :class:`mmreward.core.trainer.TrainConfig`);
     returns its per-step history (``eval_loss`` / ``eval_accuracy`` on ``eval_rows`` when given). The
-    final model is saved to ``<output_dir>/model``."""
+    final model is saved to ``<output_dir>/model``. A resume (``config.resume``) must train the same
+    parts of the model (freeze settings) on the same rows (turns and images), else it is refused
+    naming what differs."""
+    from mmreward.core.model import config_to_dict
     from mmreward.core.trainer import Trainer
 
     pairs = as_pairs(rows, "rows")
     held = as_pairs(eval_rows, "eval rows") if eval_rows else None
     eval_fn = (lambda m: evaluate_vlm_reward(m, held)) if held else None
-    return Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn).fit()
+    cfg = config_to_dict(model.config)
+    # resumed with other rows or other frozen parts it would go on silently from weights trained for
+    # something else (head_init_std only draws the first head: a resume loads the trained one)
+    resume = {"objective": {"loss": "bradley_terry", **{k: cfg[k] for k in ("freeze_vision_tower", "freeze_projector")}},
+              "data": data_digest(pairs)}
+    return Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn,
+                   settings={"vlm_reward": cfg}, resume_settings=resume).fit()

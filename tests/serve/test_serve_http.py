@@ -208,8 +208,11 @@ def test_a_client_that_disconnects_mid_request_is_dropped_and_serving_goes_on(st
 
     async def main():
         async with httpx.AsyncClient(timeout=30) as client:
-            busy = asyncio.ensure_future(client.post(url + "/score", json={"inputs": texts(1, tag="first")}))
-            await asyncio.sleep(0.1)  # the first request occupies the model
+            busy = asyncio.ensure_future(client.post(url + "/score", json={"inputs": texts(3, tag="first")}))  # 3 forwards: 0.9 s
+            deadline = time.time() + 10  # until the first request occupies the model (a loaded machine is slow)
+            while not any("first" in t for f in slow_text_model.forwards for t in f):
+                assert time.time() < deadline, "the first request never reached the model"
+                await asyncio.sleep(0.01)
             body = b'{"inputs": [{"prompt": "gone", "response": "never scored"}]}'
             with socket.create_connection((host, int(port))) as s:  # send a request, then hang up
                 s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
