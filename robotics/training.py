@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from mmreward.core.checkpoint import data_digest  # noqa: F401  (re-exported: training tensors in order)
 from mmreward.core.model import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from mmreward.core.trainer import TrainConfig
 
@@ -115,19 +116,6 @@ class EMA:
 # ------------------------------------------------------------------ the core loop's settings
 # settings a run may change when it is continued: how long it runs and how often it logs / snapshots
 RUN_LENGTH_FIELDS = ("steps", "log_every", "ckpt_every")
-
-
-def data_digest(tensors: Iterable[torch.Tensor]) -> dict:
-    """``{"items": n, "sha256": ...}`` of training tensors (dtype, shape and bytes of each, in order)."""
-    import hashlib
-
-    h, n = hashlib.sha256(), 0
-    for t in tensors:
-        a = torch.as_tensor(t).detach().cpu().contiguous()
-        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
-        h.update(a.reshape(-1).view(torch.uint8).numpy().data if a.numel() else b"")
-        n += 1
-    return {"items": n, "sha256": h.hexdigest()[:16]}
 
 
 def resume_settings(train_config: Any, model_config: Any, data: Iterable[torch.Tensor], **more: Any) -> dict:

@@ -170,15 +170,10 @@ def steps_for_epochs(config: RewardTrainConfig, num_pairs: int) -> int:
 def data_digest(pairs: Sequence[EncodedPair]) -> dict[str, Any]:
     """``{"pairs": n, "sha256": ...}`` of tokenised pairs (token ids, token types, margins, ties): part of a
     run's fingerprint, so a run is continued only on the data it started on."""
-    import hashlib
-    import json
+    from mmreward.core.checkpoint import data_digest as digest
 
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(json.dumps([p.chosen.ids, p.chosen.types, p.rejected.ids, p.rejected.types, p.margin, bool(p.tie)],
-                            separators=(",", ":")).encode())
-        h.update(b"\n")
-    return {"pairs": len(pairs), "sha256": h.hexdigest()[:16]}
+    return digest(([p.chosen.ids, p.chosen.types, p.rejected.ids, p.rejected.types, p.margin, bool(p.tie)]
+                   for p in pairs), unit="pairs")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

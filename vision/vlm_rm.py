@@ -226,16 +226,13 @@ def rows_digest(rows: Sequence[Any], parts: Any) -> dict[str, Any]:
     """``{"rows": n, "sha256": ...}`` of training rows (``parts(row) -> (json-able text/labels, [images])``):
     part of a run's fingerprint, so a run is continued only on the data it started on."""
     import hashlib
-    import json
+
+    from mmreward.core.checkpoint import update_digest
 
     h, seen = hashlib.sha256(), {}
     for row in rows:
         text, image_lists = parts(row)
-        try:
-            text = json.dumps(text, sort_keys=True, default=repr, separators=(",", ":"))
-        except TypeError:  # keys json cannot sort (a turn dict with str and int keys): its repr
-            text = repr(text)
-        h.update(text.encode("utf-8", "surrogatepass"))
+        update_digest(h, text)
         for images in image_lists:
             _images_digest(images, h, seen)
         h.update(b"\n")

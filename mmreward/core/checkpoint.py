@@ -19,6 +19,8 @@ Three shapes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -425,3 +427,32 @@ def write_run_config(folder: str, fingerprint: dict, body: dict) -> None:
     """``<folder>/train_config.json``: a run's settings (``body``) and its fingerprint."""
     doc = dict(body, fingerprint=json.loads(fingerprint_text(fingerprint)))
     atomic_write_text(os.path.join(folder, RUN_CONFIG), json.dumps(doc, indent=2, default=str) + "\n")
+
+
+# ------------------------------------------------------------------ data digests (run fingerprints)
+def update_digest(h: "hashlib._Hash", item: Any) -> None:
+    """Feed one training item into ``h``: a tensor or numpy array by dtype, shape and bytes; anything
+    else as JSON with sorted keys (dataclasses as dicts, other objects by ``repr``)."""
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        a = torch.as_tensor(item).detach().cpu().contiguous()
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().data if a.numel() else b"")
+        return
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        item = dataclasses.asdict(item)
+    try:
+        text = json.dumps(item, sort_keys=True, default=repr, separators=(",", ":"))
+    except TypeError:  # keys json cannot sort (str and int keys in one dict)
+        text = repr(item)
+    h.update(text.encode("utf-8", "surrogatepass"))
+
+
+def data_digest(items: Any, unit: str = "items") -> dict:
+    """``{unit: n, "sha256": ...}`` over training items in order (see :func:`update_digest`): part of a
+    trainer's ``resume_settings``, so a run is continued only on the data it started on."""
+    h, n = hashlib.sha256(), 0
+    for item in items:
+        update_digest(h, item)
+        h.update(b"\n")
+        n += 1
+    return {unit: n, "sha256": h.hexdigest()[:16]}

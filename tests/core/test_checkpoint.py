@@ -190,3 +190,24 @@ def test_start_run_decisions(tmp_path):
         with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
             ck.start_run(str(tmp_path / "a-file"), fp, resume=False, overwrite=overwrite, run_files=())
     assert (tmp_path / "a-file").read_text() == "kept"
+
+
+def test_data_digest_tells_data_apart_by_value_shape_dtype_and_order():
+    """The digest a trainer puts in its fingerprint: equal data give equal digests, any change another."""
+    from dataclasses import dataclass
+
+    from mmreward.core.checkpoint import data_digest
+
+    @dataclass
+    class Row:
+        text: str
+        label: float
+
+    rows = [Row("a", 1.0), {"b": [1, 2], "a": None}, torch.arange(6).reshape(2, 3), np.zeros(3, np.uint8)]
+    same = [Row("a", 1.0), {"a": None, "b": [1, 2]}, torch.arange(6).reshape(2, 3).clone(), np.zeros(3, np.uint8)]
+    assert data_digest(rows) == data_digest(same) and data_digest(rows, unit="rows")["rows"] == 4
+    for changed in ([Row("a", 0.5)] + rows[1:], rows[:2] + [torch.arange(6).reshape(3, 2)] + rows[3:],
+                    rows[:2] + [torch.arange(6).reshape(2, 3).float()] + rows[3:], rows[::-1], rows[:3]):
+        assert data_digest(changed)["sha256"] != data_digest(rows)["sha256"]
+    assert data_digest([torch.ones(2, dtype=torch.bfloat16)]) != data_digest([torch.ones(2)])
+    assert data_digest([{1: "x", "1": "y"}])["items"] == 1  # keys json cannot sort are read by repr

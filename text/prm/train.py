@@ -171,14 +171,9 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
 
 def examples_digest(examples: Sequence) -> dict:
     """``{"examples": n, "sha256": ...}`` of training examples (every field): part of a run's fingerprint."""
-    import hashlib
-    import json
+    from mmreward.core.checkpoint import data_digest
 
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps(dataclasses.asdict(e), sort_keys=True, default=str, separators=(",", ":")).encode())
-        h.update(b"\n")
-    return {"examples": len(examples), "sha256": h.hexdigest()[:16]}
+    return data_digest(examples, unit="examples")
 
 
 class CachedPrefixCollator:
