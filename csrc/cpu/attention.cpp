@@ -213,6 +213,7 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("attention");
     variable_list out(4);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(attention_bwd)>(NS, "attention_heads_backward");

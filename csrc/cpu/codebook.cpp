@@ -1048,6 +1048,7 @@ struct EntropyFn : public torch::autograd::Function<EntropyFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("codebook entropy");
     variable_list out(3);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(entropy_bwd)>(NS, "codebook_entropy_backward");
@@ -1083,6 +1084,7 @@ struct NllFn : public torch::autograd::Function<NllFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("codebook nll");
     variable_list out(4);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(nll_bwd)>(NS, "codebook_nll_backward");
@@ -1119,6 +1121,7 @@ struct PairSumFn : public torch::autograd::Function<PairSumFn<NS, kName, kBackwa
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("codebook pair sum");
     variable_list out(4);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(kl_bwd)>(NS, kBackwardName);

@@ -756,6 +756,7 @@ struct PairwiseLossFn : public torch::autograd::Function<PairwiseLossFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("pairwise_loss");
     variable_list out(8);
     const Tensor& g = grads[0];
     if (!g.defined()) return out;
@@ -805,6 +806,7 @@ struct ListwiseLossFn : public torch::autograd::Function<ListwiseLossFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("listwise_loss");
     variable_list out(3);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(listwise_loss_backward_cpu)>(NS, "listwise_loss_backward");
@@ -847,6 +849,7 @@ struct RewardHeadPairwiseLossFn : public torch::autograd::Function<RewardHeadPai
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("reward_head_pairwise_loss");
     variable_list out(11);
     const Tensor& g = grads[0];
     if (!g.defined()) return out;

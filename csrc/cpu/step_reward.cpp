@@ -513,6 +513,7 @@ struct StepHeadFn : public torch::autograd::Function<StepHeadFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("step head");
     variable_list out(8);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(step_head_backward_cpu)>(NS, "step_head_backward");
@@ -556,6 +557,7 @@ struct StepPairLossFn : public torch::autograd::Function<StepPairLossFn<NS>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("step_pair_loss");
     variable_list out(5);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(step_pair_loss_backward_cpu)>(NS, "step_pair_loss_backward");
@@ -590,6 +592,7 @@ struct StepSegmentReduceFn : public torch::autograd::Function<StepSegmentReduceF
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_first_order("segment_reduce");
     variable_list out(4);
     if (!grads[0].defined()) return out;
     static const auto bwd = find_op<decltype(step_segment_reduce_backward_cpu)>(NS, "step_segment_reduce_backward");

@@ -33,12 +33,25 @@ def call(op: str, device: torch.device, *args):
     if torch.compiler.is_compiling():
         return _implementation(_backend_at_trace(op, device.type, -1 if device.index is None else device.index), op)(
             *args)
-    key = (op, device.type, _backend.forced_backend())
+    forced = _backend.forced_backend()
+    key = (op, device.type, forced)
     fn = _RESOLVED.get(key)
     if fn is None:
         fn = _implementation(_backend.select(op, device), op)  # raises BackendUnavailableError: never cached
         _RESOLVED[key] = fn
+    if forced is None and any(_is_functorch(a) for a in args):
+        # torch.func transforms (grad, vjp, jacrev, vmap) cannot run the compiled ops' C++ autograd
+        # ("cannot use C++ torch::autograd::Function with functorch transforms"): the automatic choice
+        # is the reference there, which they differentiate / batch like any PyTorch code
+        return OPS[op].reference(*args)
     return fn(*args)
+
+
+_is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
+def _is_functorch(a) -> bool:
+    return _is_wrapped is not None and isinstance(a, torch.Tensor) and _is_wrapped(a)
 
 
 def _implementation(backend: str, op: str):

@@ -108,5 +108,5 @@ REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 def reduction_code(op: str, reduction: str) -> int:
     try:
         return REDUCTIONS[reduction]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value such as a list
         raise ValueError(f"{op}: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}") from None

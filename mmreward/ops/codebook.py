@@ -37,6 +37,7 @@ finite log-probabilities: clamp them as VQ-Diffusion does (``[−70, 0]``).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -53,7 +54,7 @@ FRAME_REDUCTIONS = ("none", "sum", "mean")
 # validation
 # ------------------------------------------------------------------------------------------------
 def _class_dim(op: str, class_dim) -> int:
-    if isinstance(class_dim, bool) or class_dim not in (1, 2, -1):
+    if isinstance(class_dim, bool) or not isinstance(class_dim, numbers.Integral) or class_dim not in (1, 2, -1):
         raise ValueError(f"{op}: `class_dim` must be 1 ([B, K, L]) or -1 ([B, L, K]), got {class_dim!r}")
     return 1 if class_dim == 1 else 2
 

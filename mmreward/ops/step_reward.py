@@ -93,7 +93,12 @@ def step_positions(
 
     ``hidden_shape``: ``(B, T, H)`` or ``(N, H)``; ``step_mask``: bool ``hidden_shape[:-1]``;
     ``step_index``: ``(S,)`` flat rows or ``(S, 2)`` ``(b, t)`` pairs (batched only)."""
-    hidden_shape = tuple(hidden_shape)
+    try:
+        hidden_shape = tuple(int(d) for d in hidden_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: `hidden_shape` must be a shape such as (B, T, H) or (N, H), got {hidden_shape!r}") from None
+    if len(hidden_shape) not in (2, 3):
+        raise ValueError(f"{op}: `hidden_shape` must be (B, T, H) or (N, H), got {hidden_shape}")
     lead = hidden_shape[:-1]
     N = 1
     for d in lead:
@@ -151,10 +156,12 @@ def _prepare_head(op, hidden, w, w_neg, b, b_neg, step_mask, step_index):
     for name, bb, sign in (("b_good" if w_neg is not None else "bias", b, 1.0), ("b_bad", b_neg, -1.0)):
         if bb is None:
             continue
-        if isinstance(bb, (int, float)):
-            bb = torch.tensor(float(bb), dtype=acc, device=hidden.device)
-        elif not isinstance(bb, torch.Tensor):
+        if isinstance(bb, bool) or (not isinstance(bb, torch.Tensor) and not V.is_real(bb)):
             raise TypeError(f"{op}: `{name}` must be a tensor, float or None, got {type(bb).__name__}")
+        if not isinstance(bb, torch.Tensor):
+            bb = torch.tensor(float(bb), dtype=acc, device=hidden.device)
+        elif bb.is_complex():
+            raise TypeError(f"{op}: `{name}` must be a real tensor, got {bb.dtype}")
         elif bb.numel() != 1:
             raise ValueError(f"{op}: `{name}` must hold one value, got shape {tuple(bb.shape)}")
         bb = bb.reshape(()).to(device=hidden.device, dtype=acc)
@@ -198,6 +205,15 @@ def _prepare_targets(op, name, targets, hidden, index, *, unit_interval: bool):
             v = float(y[bad][0])
             raise ValueError(f"{op}: `{name}` must be in [0, 1] (hard or soft labels) or {IGNORE_INDEX} (ignore), got {v}")
     return y
+
+
+def _real_option(op: str, name: str, value) -> float:
+    """A float option given as a number or a one-element tensor (not a bool / str / None)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        return float(value)
+    if not V.is_real(value):
+        raise ValueError(f"{op}: `{name}` must be a number, got {value!r}")
+    return float(value)
 
 
 def _need_steps(op, index):
@@ -453,6 +469,7 @@ def pack_steps(
     mask: torch.Tensor,  # (B, K) bool
 ) -> tuple[torch.Tensor, torch.Tensor]:  # packed (S,), lengths (B,)
     """Padded per-step values → packed ``(S,)`` (row-major over ``mask``) and ``lengths (B,)``."""
+    V.check_tensor("pack_steps", "values", values, ndim=(2,), floating=False)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError("pack_steps: `mask` must be a bool tensor")
     V.check_same_shape("pack_steps", values=values, mask=mask)
@@ -489,8 +506,9 @@ def segment_reduce(
     gives ``log(empty_value)``). ``prod``/``logprod`` need scores ≥ 0. Differentiable (min/max: the
     first arg-extremum gets the gradient)."""
     op = "segment_reduce"
-    if reduce not in ref.SEG_OPS:
+    if not isinstance(reduce, str) or reduce not in ref.SEG_OPS:
         raise ValueError(f"{op}: `reduce` must be one of {SEGMENT_REDUCTIONS}, got {reduce!r}")
+    empty_value = _real_option(op, "empty_value", empty_value)
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
     if reduce in ("prod", "logprod"):
         if V.check_finite_enabled() and values.numel() and V.has_data(values) and bool((values < 0).any()):
@@ -511,7 +529,7 @@ def first_below(
     """Index (within its sequence) of the first step with ``score < threshold`` — the ProcessBench
     prediction of the earliest wrong step; ``-1`` when there is none (also for zero-step sequences)."""
     op = "first_below"
-    if not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+    if not V.is_real(threshold) or math.isnan(threshold):
         raise ValueError(f"{op}: `threshold` must be a number (not NaN), got {threshold!r}")
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
     with torch.no_grad():
@@ -535,10 +553,14 @@ def refine_process_rewards(
     Outputs carry no gradient (rewards are RL targets)."""
     op = "refine_process_rewards"
     values, offs = _prepare_segments(op, rewards, lengths, offsets, mask, name="rewards")
-    if clip is not None and not (isinstance(clip, numbers.Real) and math.isfinite(clip)):
+    if clip is not None and not (V.is_real(clip) and math.isfinite(clip)):
         raise ValueError(f"{op}: `clip` must be a finite float (η) or None, got {clip!r}")
-    if not (isinstance(gamma, numbers.Real) and 0.0 <= float(gamma) <= 1.0):
-        raise ValueError(f"{op}: `gamma` must be in [0, 1], got {gamma}")
+    if not (V.is_real(gamma) and 0.0 <= float(gamma) <= 1.0):
+        raise ValueError(f"{op}: `gamma` must be a number in [0, 1], got {gamma!r}")
+    if not (isinstance(delta, bool) or (type(delta).__module__ == "numpy" and type(delta).__name__ in ("bool", "bool_"))
+            or (isinstance(delta, numbers.Integral) and delta in (0, 1))):
+        # a string such as "false" would otherwise count as True
+        raise TypeError(f"{op}: `delta` must be True or False, got {delta!r}")
     with torch.no_grad():
         return _dispatch.call("step_refine", values.device, values, offs, clip is not None, float(clip or 0.0),
                               bool(delta), float(gamma))

@@ -31,6 +31,15 @@ c10::TypedOperatorHandle<Sig> find_op(int ns, const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Sig>();
 }
 
+// The backward formulas are first order: run under grad mode (create_graph=True, a gradient of a
+// gradient) their results would have no autograd history, so second derivatives would be missing or
+// wrong without an error. Every C++ backward calls this first.
+inline void check_first_order(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "mmreward.ops ", op,
+              ": double backward (create_graph=True) is not supported by the compiled kernels; compute "
+              "higher-order gradients on the reference backend: with mmreward.ops.use_backend(\"reference\"): ...");
+}
+
 // True for a tensor holding real data on the CPU (not meta, not a fake or functional tensor while
 // torch.compile traces): only then may the autograd code read a value.
 inline bool readable_on_host(const at::Tensor& t) {
