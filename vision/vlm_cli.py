@@ -102,26 +102,17 @@ def _train(argv: Sequence[str], kind: str) -> int:
     # the held-out figures before training are those of this fresh model only when the run starts at step 0:
     # a folder holding a run is resumed from its snapshot (the fresh model's figures would not be the run's
     # "before") or refused by the Trainer, which must happen before any evaluation is spent
+    from mmreward.core.checkpoint import run_files_present
+    from mmreward.core.trainer import RUN_FILES
+
     out = tcfg.output_dir
-    fresh = not (os.path.lexists(out) and not os.path.isdir(out)) and (tcfg.overwrite or not _holds_run(out))
+    fresh = not (os.path.lexists(out) and not os.path.isdir(out)) and (tcfg.overwrite or not run_files_present(out, RUN_FILES))
     before = evaluate(model, eval_rows) if eval_rows and fresh else None
     history = train(model, rows, tcfg, eval_rows=eval_rows)  # the Trainer saves the final model to <out>/model
     # a resumed run: its final held-out figures, without a "before"
     print_training_summary(history, before if before is not None or not eval_rows else {},
                            os.path.join(tcfg.output_dir, "model"))
     return 0
-
-
-def _holds_run(folder: str) -> bool:
-    """Whether ``folder`` holds a training run (a snapshot, train_config.json, logs or a model), as
-    :func:`mmreward.core.checkpoint.start_run` sees it: the run is then resumed or refused, not started."""
-    from mmreward.core.checkpoint import RUN_CONFIG, Snapshots
-    from mmreward.core.trainer import RUN_FILES
-
-    if not os.path.isdir(folder):
-        return False
-    return (any(os.path.lexists(os.path.join(folder, name)) for name in (RUN_CONFIG, *RUN_FILES))
-            or bool(Snapshots(folder).list()))
 
 
 def train_vlm_rm_main(argv: Sequence[str]) -> int:

@@ -172,6 +172,8 @@ def _image_digest(image: Any, h: Any, seen: dict) -> None:
 
     import numpy as np
 
+    from mmreward.core.checkpoint import update_digest
+
     from .images import local_path
 
     if isinstance(image, (str, os.PathLike)):
@@ -198,15 +200,8 @@ def _image_digest(image: Any, h: Any, seen: dict) -> None:
             if isinstance(image, Image.Image):
                 o_h.update(f"PIL:{image.mode}:{image.size}:{image.getpalette()}".encode())  # "P": indices + palette
                 o_h.update(image.tobytes())
-            elif isinstance(image, torch.Tensor):
-                t = image.detach().cpu().contiguous()
-                t = t.float() if t.dtype == torch.bfloat16 else t
-                o_h.update(f"T:{t.dtype}:{tuple(t.shape)}".encode())
-                o_h.update(t.numpy().tobytes())
-            elif isinstance(image, np.ndarray):
-                a = np.ascontiguousarray(image)
-                o_h.update(f"A:{a.dtype}:{a.shape}".encode())
-                o_h.update(a.tobytes())
+            elif isinstance(image, (torch.Tensor, np.ndarray)):
+                update_digest(o_h, image)  # dtype, shape and bytes
             else:  # nested lists and other accepted kinds: their value
                 o_h.update(repr(image).encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError):  # an object-dtype array and the like: its value as text

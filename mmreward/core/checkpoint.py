@@ -381,6 +381,15 @@ def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str) -> None:
                      "output folder, or overwrite=True (--overwrite) to start again there")
 
 
+def run_files_present(folder: str, run_files: Sequence[str], snapshots: Optional["Snapshots"] = None) -> list[str]:
+    """The files of a training run ``folder`` holds (its config, ``run_files``, its newest snapshot): none
+    means a run started there starts at step 0; reads only."""
+    if not os.path.isdir(folder):
+        return []
+    present = [name for name in (RUN_CONFIG, *run_files) if os.path.lexists(os.path.join(folder, name))]
+    return present + [os.path.basename(p) for _, p in (snapshots or Snapshots(folder)).list()[:1]]
+
+
 def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, run_files: Sequence[str],
               keep: int = KEEP_SNAPSHOTS, device: str = "cpu") -> tuple[Snapshots, Optional[dict]]:
     """How a training run in ``folder`` starts; returns its :class:`Snapshots` and the state to
@@ -403,8 +412,7 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
         for name in (RUN_CONFIG, *run_files):
             discard(os.path.join(folder, name))
         return snapshots, None
-    present = [name for name in (RUN_CONFIG, *run_files) if os.path.lexists(os.path.join(folder, name))]
-    present += [os.path.basename(p) for _, p in snapshots.list()[:1]]
+    present = run_files_present(folder, run_files, snapshots)
     if not present:
         return snapshots, None
     if not resume:
