@@ -250,6 +250,24 @@ def test_head_linear_layout_and_accuracy(backend):
 
 
 @pytest.mark.parametrize("backend", backends_for("reward_head_pairwise_loss"))
+def test_head_fp32_weight_over_bf16_hidden(backend):
+    """Mixed precision keeps the head in fp32 over a bf16 backbone: the head is cast to bf16 (as
+    autocast's Linear and the step ops do) and its gradient comes back fp32 through the cast."""
+    hc, hr, w, b = _head_inputs(5, 40, torch.bfloat16, seed=11)
+    w32 = w.float().clone().requires_grad_()
+    loss = call_on(backend, ops.reward_head_pairwise_loss, hc, hr, w32, b.float())
+    loss.backward()
+    w16 = w.clone().requires_grad_()
+    ref = call_on(backend, ops.reward_head_pairwise_loss, hc, hr, w16, b.float())
+    ref.backward()
+    assert w32.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(w32.grad, w16.grad.float())
+    with pytest.raises(TypeError, match="h_rejected"):
+        ops.reward_head_pairwise_loss(hc, hr.float(), w32)
+
+
+@pytest.mark.parametrize("backend", backends_for("reward_head_pairwise_loss"))
 def test_head_stable_large_delta(backend):
     H = 8
     hc = torch.zeros(2, H)
