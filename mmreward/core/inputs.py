@@ -50,6 +50,28 @@ def _text_parts(parts: Sequence[Any], where: str) -> str:
     return "\n".join(texts)
 
 
+TOOL_CALL_KEYS = ("tool_calls", "function_call")  # an assistant turn that only calls tools has content null
+
+
+def _message(m: Any, where: str) -> dict:
+    """One chat turn as a dict with a string ``content``: OpenAI-style text parts joined, and the
+    ``content: null`` of an assistant turn that only calls tools (``tool_calls`` / ``function_call``, common
+    in agent trajectories) read as ``""``. Other keys (the tool calls, ``tool_call_id``, ``name``) are kept
+    for the chat template; a null content without tool calls is an error."""
+    if isinstance(m, dict) and isinstance(m.get("role"), str):
+        content = m.get("content")
+        if isinstance(content, (list, tuple)):
+            m = {**m, "content": _text_parts(content, where)}
+        elif content is None and any(m.get(k) for k in TOOL_CALL_KEYS):
+            m = {**m, "content": ""}
+        elif content is None and "content" in m:
+            raise DataError(f"{where} must be a message {{'role': str, 'content': str}}: its 'content' is null, "
+                            f"which only a turn with 'tool_calls' / 'function_call' may have; got {describe(m)}")
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        raise DataError(f"{where} must be a message {{'role': str, 'content': str}}, got {describe(m)}")
+    return dict(m)
+
+
 def _text(value: Any, where: str, *, allow_empty: bool = False, messages: bool = True) -> TextLike:
     if isinstance(value, str):
         if not value and not allow_empty:
@@ -59,22 +81,29 @@ def _text(value: Any, where: str, *, allow_empty: bool = False, messages: bool =
     if messages and isinstance(value, (list, tuple)):
         if not value:
             raise DataError(f"{where} is an empty message list")
-        out = []
-        for j, m in enumerate(value):
-            if isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (list, tuple)):
-                m = {**m, "content": _text_parts(m["content"], f"{where}[{j}]")}
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise DataError(f"{where}[{j}] must be a message {{'role': str, 'content': str}}, got {describe(m)}")
-            out.append(dict(m))
-        return out
+        return [_message(m, f"{where}[{j}]") for j, m in enumerate(value)]
     kinds = "a string or a list of messages" if messages else "a string"
     raise DataError(f"{where} must be {kinds}, got {describe(value)}")
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two JSON-like values are the same (arrays, images ...: only when they are one object)."""
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and isinstance(a, (str, int, float, list, tuple, dict)) and bool(a == b)
+    except (ValueError, TypeError):  # lists of arrays: no single truth value
+        return False
+
+
 def _field(row: dict, names: Sequence[str], where: str, required: bool = True) -> Any:
-    for n in names:
-        if n in row and row[n] is not None:
-            return row[n]
+    given = [n for n in names if n in row and row[n] is not None]
+    for n in given[1:]:  # aliases of one field: with different values, one would be silently dropped
+        if not _same(row[given[0]], row[n]):
+            raise DataError(f"{where}: fields {given[0]!r} and {n!r} both give {names[0]!r}, with different values: "
+                            "keep one")
+    if given:
+        return row[given[0]]
     if required:
         present = [n for n in names if n in row]
         if present:
@@ -88,11 +117,11 @@ def _steps(value: Any, where: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not value:
         raise DataError(f"{where}: field 'steps' must be a non-empty list of strings, got {describe(value)}")
     out = []
-    for k, s in enumerate(value):
-        if isinstance(s, dict):  # {"text": ...} step objects (PRM800K-style rows)
-            s = s.get("text", s.get("content"))
+    for k, step in enumerate(value):
+        s = step.get("text", step.get("content")) if isinstance(step, dict) else step  # PRM800K-style {"text": ...}
         if not isinstance(s, str):
-            raise DataError(f"{where}: step {k} must be a string (or an object with a 'text' string), got {describe(s)}")
+            raise DataError(f"{where}: step {k} must be a string (or an object with a 'text' string), got "
+                            f"{describe(step)}")
         out.append(str(s))
     return out
 
@@ -121,10 +150,32 @@ def _images(value: Any, where: str) -> list:
     return [value]
 
 
+def _first(row: dict, names: Sequence[str], where: str = "row") -> Any:
+    """The value of the first of ``names`` that ``row`` holds (even None), else None; two of them
+    holding different values is an error (one would be silently dropped)."""
+    _field(row, names, where, required=False)  # the check of aliases given twice
+    for n in names:
+        if n in row:
+            return row[n]
+    return None
+
+
 class ScoreInput:
     """Base of the input dataclasses: ``from_record`` (JSON rows) and the keys that identify them."""
 
     required: ClassVar[tuple[str, ...]] = ()  # a dict with these keys (or their aliases) is this input
+    # each field -> the keys of a JSON row that may hold it (its own name first, then aliases, in the order
+    # from_record reads them); the one declaration that from_record and the server (which refuses any other
+    # key of a row) read
+    row_keys: ClassVar[dict] = {}
+
+    @classmethod
+    def row_fields(cls) -> Optional[tuple[str, ...]]:
+        """Every key a JSON row of this type may hold, or None where the class declares no
+        ``row_keys`` of its own (a subclass that reads rows its own way)."""
+        if "row_keys" not in vars(cls):
+            return None
+        return tuple(dict.fromkeys(k for keys in cls.row_keys.values() for k in keys))
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row"):
@@ -142,20 +193,31 @@ class TextPair(ScoreInput):
     prompt: Optional[TextLike]
     response: TextLike
     required: ClassVar = ("response|messages|text",)
+    # "response" with "prompt", or a whole text / conversation as "messages" or "text" (no prompt)
+    row_keys: ClassVar = {"prompt": ("prompt",), "response": ("response", "messages", "text")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "TextPair":
         _need_dict(row, where)
-        if "response" in row:
-            prompt = row.get("prompt")
-            prompt = None if prompt is None else _text(prompt, f"{where}: field 'prompt'", allow_empty=True)
-            return cls(prompt, _text(_field(row, ("response",), where), f"{where}: field 'response'", allow_empty=True))
-        if "messages" in row or "text" in row:
-            key = "messages" if "messages" in row else "text"
+        response, *whole = cls.row_keys["response"]
+        given = [k for k in cls.row_keys["response"] if row.get(k) is not None]
+        if len(given) > 1:  # one of them would be scored and the other silently dropped
+            raise DataError(f"{where}: fields {given[0]!r} and {given[1]!r} both give the response: keep one")
+        prompt = _first(row, cls.row_keys["prompt"])
+        prompt = None if prompt is None else _text(prompt, f"{where}: field 'prompt'", allow_empty=True)
+        if response in row:
+            return cls(prompt, _text(_field(row, (response,), where), f"{where}: field 'response'", allow_empty=True))
+        if any(k in row for k in whole):
+            key = next(k for k in whole if k in row)
             value = _field(row, (key,), where)
             if key == "messages" and not isinstance(value, (list, tuple)):  # a string here is a mistake, not a text
                 raise DataError(f"{where}: field 'messages' must be a list of messages, got {describe(value)}")
-            return cls(None, _text(value, f"{where}: field {key!r}"))
+            value = _text(value, f"{where}: field {key!r}")
+            if prompt is not None and not _opens_with(value, prompt):  # it would be dropped: scored without it
+                raise DataError(f"{where}: field 'prompt' would be ignored: {key!r} is scored whole, as the "
+                                f"conversation / text it holds; put the prompt in {key!r} (its first turns) or send "
+                                "'prompt' with 'response'")
+            return cls(None, value)
         raise DataError(f"{where}: needs 'response' (with 'prompt'), 'messages' or 'text' "
                         f"(fields present: {sorted(map(str, row))[:12]})")
 
@@ -168,13 +230,15 @@ class Comparison(ScoreInput):
     first: TextLike
     second: TextLike
     required: ClassVar = ("prompt", "first|chosen|response_a", "second|rejected|response_b")
+    row_keys: ClassVar = {"prompt": ("prompt",), "first": ("first", "response_a", "chosen"),
+                          "second": ("second", "response_b", "rejected")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "Comparison":
         _need_dict(row, where)
-        p = _text(_field(row, ("prompt",), where), f"{where}: field 'prompt'", allow_empty=True)
-        a = _field(row, ("first", "response_a", "chosen"), where)
-        b = _field(row, ("second", "response_b", "rejected"), where)
+        p = _text(_field(row, cls.row_keys["prompt"], where), f"{where}: field 'prompt'", allow_empty=True)
+        a = _field(row, cls.row_keys["first"], where)
+        b = _field(row, cls.row_keys["second"], where)
         return cls(p, _text(a, f"{where}: first response", allow_empty=True),
                    _text(b, f"{where}: second response", allow_empty=True))
 
@@ -186,13 +250,14 @@ class StepSolution(ScoreInput):
     problem: str
     steps: list
     required: ClassVar = ("problem|prompt|question", "steps")
+    row_keys: ClassVar = {"problem": ("problem", "prompt", "question"), "steps": ("steps", "completions")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "StepSolution":
         _need_dict(row, where)
-        problem = _text(_field(row, ("problem", "prompt", "question"), where), f"{where}: field 'problem'",
+        problem = _text(_field(row, cls.row_keys["problem"], where), f"{where}: field 'problem'",
                         allow_empty=True, messages=False)
-        return cls(problem, _steps(_field(row, ("steps", "completions"), where), where))
+        return cls(problem, _steps(_field(row, cls.row_keys["steps"], where), where))
 
 
 @dataclass
@@ -202,13 +267,14 @@ class ImagePrompt(ScoreInput):
     prompt: str
     image: Any
     required: ClassVar = ("image",)
+    row_keys: ClassVar = {"prompt": ("prompt",), "image": ("image",)}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "ImagePrompt":
         _need_dict(row, where)
-        prompt = row.get("prompt", "")
+        prompt = _first(row, cls.row_keys["prompt"])
         return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
-                         messages=False), _field(row, ("image",), where))
+                         messages=False), _field(row, cls.row_keys["image"], where))
 
 
 @dataclass
@@ -218,13 +284,14 @@ class VideoPrompt(ScoreInput):
     prompt: str
     video: Any
     required: ClassVar = ("video",)
+    row_keys: ClassVar = {"prompt": ("prompt",), "video": ("video", "frames")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "VideoPrompt":
         _need_dict(row, where)
-        prompt = row.get("prompt", "")
+        prompt = _first(row, cls.row_keys["prompt"])
         return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
-                         messages=False), _field(row, ("video", "frames"), where))
+                         messages=False), _field(row, cls.row_keys["video"], where))
 
 
 @dataclass
@@ -234,14 +301,15 @@ class Conversation(ScoreInput):
     messages: list
     images: list = field(default_factory=list)
     required: ClassVar = ("messages|conversations",)
+    row_keys: ClassVar = {"messages": ("messages", "conversations"), "images": ("images", "image")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "Conversation":
         _need_dict(row, where)
-        msgs = _listed(_field(row, ("messages", "conversations"), where))
+        msgs = _listed(_field(row, cls.row_keys["messages"], where))
         if not isinstance(msgs, (list, tuple)) or not msgs:
             raise DataError(f"{where}: field 'messages' must be a non-empty list of turns, got {describe(msgs)}")
-        return cls(list(msgs), _images(row.get("images", row.get("image")), where))
+        return cls(list(msgs), _images(_first(row, cls.row_keys["images"], where), where))
 
 
 @dataclass
@@ -252,12 +320,14 @@ class VisualSteps(ScoreInput):
     steps: list
     images: list = field(default_factory=list)
     required: ClassVar = ("question", "steps", "images|image")
+    row_keys: ClassVar = {"question": ("question", "prompt"), "steps": ("steps",), "images": ("images", "image")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "VisualSteps":
         _need_dict(row, where)
-        q = _text(_field(row, ("question", "prompt"), where), f"{where}: field 'question'", messages=False)
-        return cls(q, _steps(_field(row, ("steps",), where), where), _images(row.get("images", row.get("image")), where))
+        q = _text(_field(row, cls.row_keys["question"], where), f"{where}: field 'question'", messages=False)
+        return cls(q, _steps(_field(row, cls.row_keys["steps"], where), where),
+                   _images(_first(row, cls.row_keys["images"], where), where))
 
 
 @dataclass
@@ -268,12 +338,26 @@ class Episode(ScoreInput):
     frames: Any
     success: Optional[Any] = None
     required: ClassVar = ("frames|episode|video",)
+    row_keys: ClassVar = {"frames": ("frames", "episode", "video"), "success": ("success",)}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "Episode":
         _need_dict(row, where)
         # the per-frame success flags are checked where the frame count is known (the robotics domain)
-        return cls(_field(row, ("frames", "episode", "video"), where), row.get("success"))
+        return cls(_field(row, cls.row_keys["frames"], where), _first(row, cls.row_keys["success"]))
+
+
+def _opens_with(whole: TextLike, prompt: TextLike) -> bool:
+    """Whether a whole conversation / text already holds ``prompt`` at its start (a row with both, such
+    as UltraChat's ``prompt`` + ``messages``, loses nothing when the prompt is dropped)."""
+    if isinstance(prompt, str) and not prompt.strip():
+        return True
+    if isinstance(whole, str):
+        return isinstance(prompt, str) and whole.lstrip().startswith(prompt.strip())
+    if isinstance(prompt, list):
+        return whole[:len(prompt)] == prompt
+    users = [m["content"] for m in whole if m.get("role") == "user"]
+    return bool(users) and users[0].strip() == prompt.strip()
 
 
 INPUT_TYPES: dict[str, type] = {

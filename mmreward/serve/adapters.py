@@ -18,12 +18,14 @@ prompt and its completion as one conversation); a step model (PRM) gets ``StepSo
 completion cut at step_separator)`` and returns its own score per completion, or with ``refine=``
 the refined return ``G_0`` (PRM Clip / Delta, computed where the model runs).
 
-:class:`RewardClient` is the HTTP client both use: connection reuse, 503 → wait ``Retry-After``
-and retry, lost connections retried, 4xx → ``ValueError`` with the server's message.
+:class:`RewardClient` is the HTTP client both use: connection reuse, requests cut to the server's
+``max_items`` and ``max_request_mb``, 503 → wait ``Retry-After`` and retry, lost connections
+retried, 4xx → ``ValueError`` with the server's message.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Optional, Sequence
 
@@ -38,10 +40,54 @@ def _is_url(target: Any) -> bool:
     return isinstance(target, str) and target.startswith(("http://", "https://"))
 
 
-class RewardClient:
-    """A client of ``mmreward serve``: ``info()``, ``score(inputs, ...)``, ``get_reward(queries, ...)``."""
+def _json_bytes(value: Any, where: str) -> bytes:
+    """``value`` as the compact UTF-8 JSON the client sends; a value JSON cannot carry is a ValueError
+    naming ``where`` (rather than a serializer's error about the whole body)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} holds an unpaired UTF-16 surrogate: send valid Unicode text") from None
+    except (TypeError, ValueError) as e:  # a PIL image, a tensor, NaN ...
+        raise ValueError(f"{where} cannot be sent as JSON ({e}); images go as base64 strings, numbers must be "
+                         "finite") from None
 
-    def __init__(self, url: str, *, api_key: Optional[str] = None, timeout: float = 120.0, retries: int = 5):
+
+def _slices(columns: dict, fixed: dict, max_items: int, max_bytes: Optional[int], what: str) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges cutting the equally long lists of ``columns`` (None: a column sent as
+    null) into request bodies ``{**fixed, name: column[start:stop], ...}`` of at most ``max_items``
+    entries and ``max_bytes`` bytes. An entry too large for a body of its own is a ValueError naming it
+    (before anything is sent)."""
+    n = max(len(c) for c in columns.values() if c is not None)
+    if max_bytes is None:
+        return [(i, min(i + max_items, n)) for i in range(0, n, max_items)]
+    live = [name for name, c in columns.items() if c is not None]
+    # the body with every column empty, then each entry adds its JSON and one comma per column after the first
+    base = len(_json_bytes({**fixed, **{name: ([] if name in live else None) for name in columns}}, "the request"))
+    sizes = [sum(len(_json_bytes(columns[name][i], f"{what} {i}" + (f" ({name})" if len(live) > 1 else "")))
+                 for name in live) for i in range(n)]
+    out, start, size = [], 0, base
+    for i, s in enumerate(sizes):
+        if base + s > max_bytes:
+            raise ValueError(f"{what} {i} is {s} bytes as JSON: with the request around it ({base} bytes) it exceeds "
+                             f"the server's request limit of {max_bytes} bytes (mmreward serve --max-request-mb); "
+                             "send it smaller (e.g. fewer or smaller images) or raise the limit")
+        extra = s + (len(live) if i > start else 0)
+        if i > start and (i - start >= max_items or size + extra > max_bytes):
+            out.append((start, i))
+            start, size, extra = i, base, s
+        size += extra
+    out.append((start, n))
+    return out
+
+
+class RewardClient:
+    """A client of ``mmreward serve``: ``info()``, ``score(inputs, ...)``, ``get_reward(queries, ...)``.
+
+    Requests are cut to the server's ``max_items`` inputs and ``max_request_mb`` body size (read from
+    ``/info``; ``max_request_bytes`` sets a body limit of its own, e.g. for a proxy in front)."""
+
+    def __init__(self, url: str, *, api_key: Optional[str] = None, timeout: float = 120.0, retries: int = 5,
+                 max_request_bytes: Optional[int] = None):
         if not _is_url(url):
             raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
         if url.rstrip("/").endswith(_ROUTES):  # OpenRLHF's --remote_rm_url names the route; this client adds it
@@ -50,7 +96,11 @@ class RewardClient:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        if max_request_bytes is not None and (isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int)
+                                              or max_request_bytes < 64):
+            raise ValueError(f"max_request_bytes must be an integer >= 64 or None, got {max_request_bytes!r}")
         self.url, self.api_key, self.timeout, self.retries = url.rstrip("/"), api_key, timeout, retries
+        self.max_request_bytes = max_request_bytes
         self._http = None
         self._info: Optional[dict] = None
 
@@ -70,13 +120,17 @@ class RewardClient:
 
         last = ""
         for attempt in range(self.retries + 1):
-            try:
-                r = self._client().request(method, self.url + path, json=body)
+            try:  # the body encoded as the size limits were computed (compact UTF-8)
+                r = self._client().request(method, self.url + path, content=None if body is None else
+                                           _json_bytes(body, "the request"),
+                                           headers=None if body is None else {"content-type": "application/json"})
             except httpx.TransportError as e:  # refused / reset / timed out: the server may be restarting
                 last = f"{type(e).__name__}: {e}"
                 time.sleep(min(2.0 ** attempt * 0.1, 5.0))
                 continue
-            if r.status_code == 503:
+            if r.status_code == 503 and ("retry-after" in r.headers or not _is_server_error(r)):
+                # busy (queue full) or a proxy's 503: wait and retry; the server's 503 without Retry-After (its
+                # model worker is down) is raised at once below: retrying cannot help
                 last = _message(r)
                 time.sleep(float(r.headers.get("retry-after", 1)))
                 continue
@@ -92,18 +146,29 @@ class RewardClient:
             self._info = self._request("GET", "/info")
         return self._info
 
+    def _limits(self, n: int) -> tuple[int, Optional[int]]:
+        """Most inputs and body bytes per request: the server's (``/info``), and this client's ``max_request_bytes``."""
+        info = self.info()
+        max_items = max(1, int(info.get("max_items") or n or 1))
+        limits = [b for b in (self.max_request_bytes,
+                              int(info["max_request_mb"] * 2**20) if info.get("max_request_mb") else None) if b]
+        return max_items, (min(limits) if limits else None)
+
     def score(self, inputs: Sequence[Any], *, output: Optional[str] = None, refine: Optional[dict] = None) -> dict:
-        """``POST /score`` in slices of the server's ``max_items``; the answers' lists joined."""
+        """``POST /score`` in slices of the server's ``max_items`` inputs and ``max_request_mb`` bytes;
+        the answers' lists joined. An input too large for a request of its own is a ValueError naming it,
+        raised before anything is sent."""
         rows = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in inputs]
-        step = int(self.info().get("max_items", len(rows)))
+        if not rows:
+            raise ValueError("score got no inputs")
+        fixed: dict = {}
+        if output:
+            fixed["output"] = output
+        if refine:
+            fixed["refine"] = refine
         merged: dict = {}
-        for start in range(0, len(rows), step):
-            body: dict = {"inputs": rows[start:start + step]}
-            if output:
-                body["output"] = output
-            if refine:
-                body["refine"] = refine
-            for key, values in self._request("POST", "/score", body).items():
+        for start, stop in _slices({"inputs": rows}, fixed, *self._limits(len(rows)), "input"):
+            for key, values in self._request("POST", "/score", {"inputs": rows[start:stop], **fixed}).items():
                 merged.setdefault(key, []).extend(values)
         return merged
 
@@ -116,13 +181,15 @@ class RewardClient:
         labels = None if labels is None else list(labels)
         if prompts is not None and len(prompts) != len(queries):
             raise ValueError(f"got {len(queries)} queries but {len(prompts)} prompts")
-        step = max(1, int(self.info().get("max_items", len(queries)))) if len(queries) > 1 else 1
+        if labels is not None and len(labels) != len(queries):
+            raise ValueError(f"got {len(queries)} queries but {len(labels)} labels")
+        if not queries:
+            raise ValueError("get_reward got no queries")
+        columns = {"query": queries, "prompts": prompts, "labels": labels}
         merged: dict = {}
-        for start in range(0, max(len(queries), 1), step):
+        for start, stop in _slices(columns, {}, *self._limits(len(queries)), "query"):
             answer = self._request("POST", "/get_reward", {
-                "query": queries[start:start + step],
-                "prompts": None if prompts is None else prompts[start:start + step],
-                "labels": None if labels is None else labels[start:start + step]})
+                name: None if values is None else values[start:stop] for name, values in columns.items()})
             for key, value in answer.items():
                 if isinstance(value, list):
                     merged.setdefault(key, []).extend(value)
@@ -141,6 +208,15 @@ def as_batch(values: Any, name: str) -> list:
     if values is None or isinstance(values, (str, bytes, Mapping, Set)) or not hasattr(values, "__len__"):
         raise TypeError(f"{name} must be a list (one entry per sample), got {type(values).__name__}")
     return list(values)
+
+
+def _is_server_error(response: Any) -> bool:
+    """Whether an error response is mmreward serve's own ``{"error": ..., "status": ...}``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "error" in body and "status" in body
 
 
 def _message(response: Any) -> str:

@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from mmreward.core.inputs import TextPair
 
-from .batcher import DynamicBatcher, InputRejected, ModelFailure, QueueFull
+from .batcher import DynamicBatcher, InputRejected, ModelFailure, QueueFull, WorkerDown
 from .config import ServeConfig
 from .metrics import ServeMetrics
 from .protocol import ModelSpec, RequestError, load_model, openrlhf_response, parse_image_upload, parse_json, \
@@ -66,6 +66,10 @@ class LocalBackend:
 
     async def score(self, items: list, mode: str) -> list:
         return await self.batcher.score(items, mode)
+
+    def health(self) -> Optional[str]:
+        """None while requests can be scored, else why not (``/healthz`` answers 503 with it)."""
+        return self.batcher.health()
 
     def close(self) -> None:
         self.batcher.close()
@@ -156,6 +160,8 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
             kind, response = "input_rejected", error(422, f"the model rejected {e}")  # "input 3: ..."
         except ModelFailure as e:
             kind, response = "model_error", error(500, f"the model failed on this request: {e}")
+        except WorkerDown as e:  # no Retry-After: waiting does not help, a restart does
+            kind, response = "internal", error(503, f"the server cannot score: {e}")
         except (ClientGone, ClientDisconnect):  # gone while we waited on the model, or while it sent the body
             metrics.cancelled.inc(endpoint=endpoint)
             kind, response = "client_gone", error(499, "client closed the connection")
@@ -227,6 +233,11 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
 
     @app.get("/healthz")
     async def healthz():
+        check = getattr(backend, "health", None)
+        reason = check() if callable(check) else None
+        if reason is not None:  # a load balancer / orchestrator takes the replica out (or restarts it)
+            return JSONResponse({"status": "unhealthy", "reason": reason, "model_type": spec.model_type,
+                                 "queue_depth": backend.queue_depth}, status_code=503)
         return JSONResponse({"status": "ok", "model_type": spec.model_type, "queue_depth": backend.queue_depth})
 
     @app.get("/metrics")

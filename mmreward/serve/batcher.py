@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import threading
 import time
@@ -34,6 +35,8 @@ from mmreward.core.data import DataError
 from mmreward.core.inputs import Comparison, Episode, StepSolution, TextPair, VideoPrompt, VisualSteps
 
 from .metrics import ServeMetrics
+
+logger = logging.getLogger("mmreward.serve")
 
 
 # an hour: longer is no batching window, and an infinite or NaN wait kills the worker thread inside
@@ -59,6 +62,12 @@ class InputRejected(ValueError):
 
 class ModelFailure(RuntimeError):
     """The model failed on this request for a reason not attributed to its inputs."""
+
+
+class WorkerDown(RuntimeError):
+    """The batcher's model worker thread is not running (it crashed outside a forward): nothing can be
+    scored until the server restarts. The server answers 503 without Retry-After, and ``/healthz``
+    answers 503 with the reason (:meth:`DynamicBatcher.health`)."""
 
 
 # errors a model raises for bad inputs; anything else is a model failure
@@ -216,12 +225,24 @@ class DynamicBatcher:
         self._queued_items = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._crash: Optional[str] = None  # why the worker thread died, if it did
+        self._taken: list[Job] = []  # the jobs the worker is scoring
         self._worker = threading.Thread(target=self._run, name="mmreward-serve-model", daemon=True)
         self._worker.start()
 
     @property
     def queue_depth(self) -> int:
         return self._queued_items
+
+    def health(self) -> Optional[str]:
+        """None while the worker can score; otherwise why not (its crash, or shutting down)."""
+        if self._crash is not None:
+            return f"the model worker thread crashed ({self._crash}): restart the server"
+        if not self._worker.is_alive():
+            return "the model worker thread is not running" + (" (the server is shutting down)" if self._closing else "")
+        if self._closing:
+            return "the server is shutting down"
+        return None
 
     async def score(self, items: list, mode: str = "scores") -> list:
         """Results for ``items`` in order (floats, or lists for ``mode="parts"``), batched with
@@ -232,6 +253,8 @@ class DynamicBatcher:
         with self._cond:
             if self._closing:
                 raise QueueFull("the server is shutting down")
+            if self._crash is not None or not self._worker.is_alive():  # queued, it would wait forever
+                raise WorkerDown(self.health() or "the model worker thread is not running")
             if self._queued_items + len(items) > self.max_queue:
                 raise QueueFull(f"{self._queued_items} inputs are queued (limit {self.max_queue})")
             self._queue.extend(jobs)
@@ -290,10 +313,24 @@ class DynamicBatcher:
             return jobs
 
     def _run(self) -> None:
+        try:
+            self._serve_queue()
+        except BaseException as e:  # noqa: BLE001 - a dead worker: fail what waits, and let health() say so
+            with self._cond:
+                self._crash = f"{type(e).__name__}: {e}"
+                jobs, self._queued_items = self._taken + list(self._queue), 0  # taken: popped, maybe not settled
+                self._queue.clear()
+            logger.error("mmreward serve: the model worker thread crashed", exc_info=e)
+            for job in jobs:
+                _settle(job, WorkerDown(f"the model worker thread crashed ({self._crash}): restart the server"))
+
+    def _serve_queue(self) -> None:
         while True:
+            self._taken = []
             jobs = self._take()
             if jobs is None:
                 return
+            self._taken = jobs
             if not jobs:
                 continue
             started = time.perf_counter()
@@ -328,4 +365,5 @@ def _settle(job: Job, outcome: Any) -> None:
         pass
 
 
-__all__ = ["DynamicBatcher", "InputRejected", "Job", "ModelFailure", "QueueFull", "item_length", "score_jobs"]
+__all__ = ["DynamicBatcher", "InputRejected", "Job", "ModelFailure", "QueueFull", "WorkerDown", "item_length",
+           "score_jobs"]

@@ -36,6 +36,7 @@ def check_types(config: object, loose: tuple = ()) -> None:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+MIN_LIMIT_BYTES = 1024  # the smallest --max-request-mb / --max-decoded-mb (1 KiB): below it no useful request fits
 
 
 @dataclass
@@ -93,6 +94,9 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+            if value * 2**20 < MIN_LIMIT_BYTES:  # 1e-9 MB is 0 bytes: every request would get a 413
+                raise ValueError(f"{name} must be at least {MIN_LIMIT_BYTES / 2**20:g} MB ({MIN_LIMIT_BYTES} bytes): "
+                                 f"{value!r} MB is {int(value * 2**20)} bytes, too small for any request")
         if self.refine_clip is not None and not math.isfinite(self.refine_clip):
             raise ValueError(f"refine_clip must be a finite number or None, got {self.refine_clip!r}")
         if self.log_level not in LOG_LEVELS:
@@ -174,8 +178,9 @@ class RayServeConfig:
         lo = self.min_replicas if self.min_replicas is not None else self.replicas
         if self.max_replicas is not None and not 0 <= lo <= self.max_replicas:
             raise ValueError(f"need 0 <= min_replicas ({lo}) <= max_replicas ({self.max_replicas})")
-        if not (self.replica_cpus >= 0 and self.replica_gpus >= 0):
-            raise ValueError(f"replica_cpus / replica_gpus must be >= 0, got {self.replica_cpus} / {self.replica_gpus}")
+        if not (0 <= self.replica_cpus < math.inf and 0 <= self.replica_gpus < math.inf):  # Ray fails on inf at deploy
+            raise ValueError(f"replica_cpus / replica_gpus must be finite numbers >= 0, got {self.replica_cpus} / "
+                             f"{self.replica_gpus}")
         if not (math.isfinite(self.target_ongoing_requests) and self.target_ongoing_requests > 0):
             raise ValueError(f"target_ongoing_requests must be a finite number > 0, got {self.target_ongoing_requests!r}")
         if self.max_queued_requests != -1 and self.max_queued_requests < 1:

@@ -20,8 +20,9 @@ the raw uint8 bytes}``. The server never reads a path or a URL that a client sen
 Non-finite rewards are sent as ``null`` (TRL reads ``None`` as NaN).
 
 Nothing a client sends is silently ignored: unknown fields of the body or of an input row
-(:data:`ROW_FIELDS`), unknown query parameters, lone UTF-16 surrogates, JSON nested too deeply for
-Python's parser and over-long integers are 400s naming the field or input.
+(:data:`ROW_FIELDS`), a key given twice in one object, unknown query parameters, lone UTF-16
+surrogates, JSON nested too deeply for Python's parser and over-long integers are 400s naming the
+field or input.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from mmreward.core.data import DataError, describe
-from mmreward.core.inputs import INPUT_TYPES, Comparison, Conversation, Episode, ImagePrompt, StepSolution, TextPair, \
-    VideoPrompt, VisualSteps, as_inputs
+from mmreward.core.inputs import INPUT_TYPES, Conversation, Episode, ImagePrompt, StepSolution, TextPair, VideoPrompt, \
+    VisualSteps, _message, as_inputs
 
 from .config import ServeConfig
 
@@ -114,21 +115,49 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise RequestError(400, "empty request body: send a JSON object")
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise RequestError(400, f"malformed JSON: field {e.args[0]!r} is given twice in one object (only one "
+                                "would be read)") from None
     except UnicodeDecodeError:
         raise RequestError(400, "request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:
-        raise RequestError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise RequestError(400, f"malformed JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}") \
+            from None
     except RecursionError:  # [[[[...]]]] thousands deep: not a request body
         raise RequestError(400, "malformed JSON: nested too deeply") from None
     except ValueError as e:  # an integer of more than 4300 digits (Python's int-parsing limit)
         raise RequestError(400, f"malformed JSON: {str(e).split(';')[0]}") from None
-    if b"\\ud" in body or b"\\uD" in body:  # \udXXX escapes: check that each surrogate has its pair
+    if b"\\ud" in body or b"\\uD" in body or not (body.isascii() or _utf8(body)):
+        # \udXXX escapes, surrogates encoded as raw bytes (json.loads decodes with "surrogatepass") or UTF-16 /
+        # UTF-32 bodies: check that each surrogate has its pair
         try:
             _check_unicode(data, "the request")
         except RecursionError:
             raise RequestError(400, "malformed JSON: nested too deeply") from None
     return data
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object as a dict, refusing a key given twice (Python's parser keeps the last silently:
+    ``{"prompt": "a", "prompt": "b"}`` would score "b")."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
 
 
 def _check_unicode(value: Any, where: str) -> None:
@@ -292,33 +321,33 @@ class _DecodeBudget:
 
 # field name -> kind, for the input types that carry media: "image" (one image), "images" (one or a list),
 # "frames" (a video / episode)
+# (the keys of each media field as its input type declares them)
 _MEDIA_FIELDS = {
-    ImagePrompt: {"image": "image"},
-    Conversation: {"images": "images", "image": "images"},
-    VisualSteps: {"images": "images", "image": "images"},
-    VideoPrompt: {"video": "frames", "frames": "frames"},
-    Episode: {"frames": "frames", "episode": "frames", "video": "frames"},
+    ImagePrompt: dict.fromkeys(ImagePrompt.row_keys["image"], "image"),
+    Conversation: dict.fromkeys(Conversation.row_keys["images"], "images"),
+    VisualSteps: dict.fromkeys(VisualSteps.row_keys["images"], "images"),
+    VideoPrompt: dict.fromkeys(VideoPrompt.row_keys["video"], "frames"),
+    Episode: dict.fromkeys(Episode.row_keys["frames"], "frames"),
 }
 
 # the fields (with their aliases) a JSON row of each input type may hold: anything else is a typo the
-# model would silently ignore ({"succes": [...]} scores an episode without its success flags)
-ROW_FIELDS = {
-    TextPair: ("prompt", "response", "messages", "text"),
-    Comparison: ("prompt", "first", "second", "chosen", "rejected", "response_a", "response_b"),
-    StepSolution: ("problem", "prompt", "question", "steps", "completions"),
-    ImagePrompt: ("prompt", "image"),
-    VideoPrompt: ("prompt", "video", "frames"),
-    Conversation: ("messages", "conversations", "images", "image"),
-    VisualSteps: ("question", "prompt", "steps", "images", "image"),
-    Episode: ("frames", "episode", "video", "success"),
-}
+# model would silently ignore ({"succes": [...]} scores an episode without its success flags). Each input
+# type declares them once (ScoreInput.row_keys, which its from_record reads); this is that declaration.
+ROW_FIELDS = {t: t.row_fields() for t in INPUT_TYPES.values()}
+
+
+def _row_fields(t: type) -> Optional[tuple]:
+    """The keys a row of input type ``t`` may hold (None: a type that declares none, e.g. another package's)."""
+    fields = getattr(t, "row_fields", None)
+    return fields() if callable(fields) else None
 
 
 def check_row_fields(row: Any, where: str, spec: ModelSpec) -> None:
     """A JSON row with a field no input type of the model reads is a 400 naming it."""
-    if not isinstance(row, dict) or any(t not in ROW_FIELDS for t in spec.input_types):
+    declared = [_row_fields(t) for t in spec.input_types]
+    if not isinstance(row, dict) or any(d is None for d in declared):
         return  # not a row (as_inputs names it), or an input type of another package: its own rules
-    allowed = {name for t in spec.input_types for name in ROW_FIELDS[t]}
+    allowed = {name for d in declared for name in d}
     unknown = sorted(map(str, set(row) - allowed))
     if unknown:
         raise RequestError(400, f"{where} has unknown field(s) {unknown}; rows of {spec.names()} have "
@@ -422,9 +451,9 @@ def decode_frames(value: Any, where: str, budget: _DecodeBudget) -> Any:
 
 # ------------------------------------------------------------------ text from RL trainers
 def _plain(text: Any) -> str:
-    """A message list's contents joined, or the string itself."""
+    """A message list's contents joined (a tool-call turn's null content is no text), or the string itself."""
     if isinstance(text, list):
-        return "\n".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in text)
+        return "\n".join(str(m.get("content") or "") if isinstance(m, dict) else str(m) for m in text)
     return "" if text is None else str(text)
 
 
@@ -434,13 +463,14 @@ def split_steps(response: str, separator: str) -> list[str]:
     return steps or [response]
 
 
-def _check_text(value: Any, where: str, name: str, allow_none: bool) -> None:
-    """A prompt / response from an RL trainer is a string or a list of chat messages (a prompt may be absent)."""
+def _check_text(value: Any, where: str, name: str, allow_none: bool) -> Any:
+    """A prompt / response from an RL trainer is a string or a list of chat messages (a prompt may be
+    absent); messages come back normalised as :class:`TextPair` reads them (text parts joined, a
+    tool-call turn's null content as "")."""
     if (value is None and allow_none) or isinstance(value, str):
-        return
-    if isinstance(value, (list, tuple)) and value and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
-        return
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value):
+        return [_message(m, f"{where}: field {name!r}[{j}]") for j, m in enumerate(value)]
     raise DataError(f"{where}: field {name!r} must be a string or a list of messages {{'role': str, 'content': str}}, "
                     f"got {describe(value)}")
 
@@ -451,8 +481,8 @@ def text_input(prompt: Any, response: Any, spec: ModelSpec, separator: str, wher
     cut into steps)."""
     # checked here for both kinds of model: the step-model path and chat joining below would otherwise turn
     # None, 5 or a dict into the text "None", "5" or its repr and score that
-    _check_text(prompt, where, "prompt", allow_none=True)
-    _check_text(response, where, "response", allow_none=False)
+    prompt = _check_text(prompt, where, "prompt", allow_none=True)
+    response = _check_text(response, where, "response", allow_none=False)
     if TextPair in spec.input_types:
         if isinstance(prompt, list) or isinstance(response, list):
             turns = (prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else []))

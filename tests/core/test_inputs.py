@@ -61,3 +61,54 @@ def test_openai_style_text_parts_are_read_as_one_text_and_other_parts_are_named(
         as_inputs(TextPair, [{"prompt": image, "response": "a"}])
     with pytest.raises(DataError, match="content is an empty list of parts"):
         as_inputs(TextPair, [{"prompt": [{"role": "user", "content": []}], "response": "a"}])
+
+
+def test_tool_calling_turns_with_null_content_are_read_and_keep_their_tool_calls():
+    """An assistant turn that only calls tools has ``"content": null`` and ``"tool_calls"`` (OpenAI / agent
+    trajectories): its content reads as "" and every other key stays for the chat template; a null content
+    without tool calls is still an error naming the turn."""
+    calls = [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": None, "tool_calls": calls},
+             {"role": "tool", "tool_call_id": "c1", "content": "4"},
+             {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+             {"role": "assistant", "content": "4"}]
+    (item,) = as_inputs(TextPair, [{"messages": turns}])
+    assert item.response[1] == {"role": "assistant", "content": "", "tool_calls": calls}
+    assert item.response[2] == turns[2] and item.response[3]["content"] == "" and "function_call" in item.response[3]
+    assert turns[1]["content"] is None  # the caller's rows are not modified
+    (pair,) = as_inputs(TextPair, [(turns[:1], turns[1:])])
+    assert pair.response[0]["tool_calls"] == calls
+    for bad in ({"role": "assistant", "content": None}, {"role": "assistant", "content": None, "tool_calls": []}):
+        with pytest.raises(DataError, match=r"input 0: field 'response'\[0\] must be a message .*'content' is null, "
+                                            "which only a turn with 'tool_calls'"):
+            as_inputs(TextPair, [{"prompt": "q", "response": [bad]}])
+
+
+def test_a_field_given_twice_under_two_names_is_refused_not_one_silently_dropped():
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    for row, words in [
+        ({"prompt": "q", "response": "a", "text": "other"}, "fields 'response' and 'text' both give the response"),
+        ({"prompt": "q", "response": "a", "messages": turns}, "fields 'response' and 'messages' both give"),
+        ({"messages": turns, "prompt": "what is 3+3?"}, "field 'prompt' would be ignored: 'messages' is scored whole"),
+        ({"text": "2+2? 4", "prompt": "3+3?"}, "field 'prompt' would be ignored"),
+    ]:
+        with pytest.raises(DataError, match="input 0: " + words):
+            as_inputs(TextPair, [row])
+    # a prompt the conversation / text already opens with loses nothing (UltraChat's prompt + messages rows)
+    assert as_inputs(TextPair, [{"messages": turns, "prompt": "2+2?"}, {"messages": turns, "prompt": turns[:1]},
+                                {"text": "2+2? 4", "prompt": "2+2?"}, {"messages": turns, "prompt": None}]) == [
+        TextPair(None, turns), TextPair(None, turns), TextPair(None, "2+2? 4"), TextPair(None, turns)]
+    with pytest.raises(DataError, match="input 0: fields 'first' and 'chosen' both give 'first', with different values"):
+        as_inputs(Comparison, [{"prompt": "q", "first": "a", "chosen": "b", "second": "c"}])
+    with pytest.raises(DataError, match="input 0: fields 'problem' and 'question' both give 'problem'"):
+        as_inputs(StepSolution, [{"problem": "p", "question": "q", "steps": ["s"]}])
+    with pytest.raises(DataError, match="input 0: fields 'images' and 'image' both give 'images'"):
+        as_inputs(Conversation, [{"messages": turns, "images": ["a.png"], "image": "b.png"}])
+    # the same value under two names is one value
+    assert as_inputs(StepSolution, [{"problem": "p", "question": "p", "steps": ["s"]}]) == [StepSolution("p", ["s"])]
+
+
+def test_a_step_object_without_text_is_named_as_given():
+    with pytest.raises(DataError, match=r"input 0: step 1 must be a string \(or an object with a 'text' string\), "
+                                        r"got \{'txt': 'b'\}"):  # was "got None"
+        as_inputs(StepSolution, [{"problem": "p", "steps": [{"text": "a"}, {"txt": "b"}]}])
