@@ -100,19 +100,22 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.core.train import seed_everything
 
     from .data import load_preference_pairs
-    from .train import evaluate_pairs, train_reward_model
+    from .train import evaluate_pairs, reward_trainer
 
     device = resolve_device(args.device)
     train = load_preference_pairs(args.data, split=args.split)
     evals = load_preference_pairs(args.eval_data, split=args.eval_split) if args.eval_data else None
     seed_everything(cfg.seed)  # before the new head is drawn: equal seeds give equal runs
     model = _start_model(args).to(device)
-    if cfg.max_length is not None:
-        model.config.max_length = cfg.max_length
-    before = evaluate_pairs(model, evals, batch_size=cfg.eval_batch_size) if evals else None
-    history = train_reward_model(model, train, evals, cfg)  # the Trainer saves the model into <out>/model/
+    # every refusal (bad pairs, a folder whose run cannot be continued) comes before the held-out
+    # evaluation; a resumed run has no "before" (this fresh model's figures would not be the run's)
+    trainer = reward_trainer(model, train, evals, cfg)
+    resumed = trainer.start()
+    before = evaluate_pairs(model, evals, batch_size=cfg.eval_batch_size) if evals and not resumed else None
+    history = trainer.fit()  # the Trainer saves the model into <out>/model/
     if _is_main_process():
-        print_training_summary(history, before, os.path.join(cfg.output_dir, "model"))
+        print_training_summary(history, before if before is not None or not evals else {},
+                               os.path.join(cfg.output_dir, "model"))
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -428,8 +428,10 @@ class EncodedPair:
         return max(len(self.chosen), len(self.rejected))
 
 
-def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: str = "training inputs") -> list[EncodedPair]:
-    """Tokenise every chosen and rejected input once (one batched tokenizer call for all of them)."""
+def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: str = "training inputs", *,
+                 stacklevel: int = 4) -> list[EncodedPair]:
+    """Tokenise every chosen and rejected input once (one batched tokenizer call for all of them);
+    ``stacklevel``: of the truncation / equal-pair warnings (the default names the caller's caller)."""
     n = len(pairs)
     try:
         rows = encoder.encode([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
@@ -440,13 +442,13 @@ def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: st
         k = int(m.group(1))
         raise DataError(f"{what.removesuffix(' inputs')} pair {k % n} ({'chosen' if k < n else 'rejected'})"
                         f"{str(e)[m.end():]}") from None
-    truncation_warning(rows, encoder, what)
-    same_tokens_warning(rows[:n], rows[n:], pairs, encoder, what)
+    truncation_warning(rows, encoder, what, stacklevel=stacklevel)
+    same_tokens_warning(rows[:n], rows[n:], pairs, encoder, what, stacklevel=stacklevel)
     return [EncodedPair(rows[i], rows[n + i], p.margin, p.tie) for i, p in enumerate(pairs)]
 
 
 def same_tokens_warning(chosen: Sequence[Encoded], rejected: Sequence[Encoded], pairs: Sequence[PreferencePair],
-                        encoder: TextEncoder, what: str = "training inputs") -> None:
+                        encoder: TextEncoder, what: str = "training inputs", stacklevel: int = 4) -> None:
     """One warning for the non-tie pairs whose chosen and rejected inputs are the same tokens (equal
     texts, or texts that differ only in the part truncation cuts): such a pair gives no gradient and
     is always counted wrong, silently. Tie pairs are meant to score alike and are not named."""
@@ -456,7 +458,7 @@ def same_tokens_warning(chosen: Sequence[Encoded], rejected: Sequence[Encoded], 
         warnings.warn(f"{len(same)} of {len(pairs)} pairs of the {what} have chosen and rejected inputs of the same "
                       f"tokens, first pair {same[0]} (equal texts, or texts that differ only where truncation to "
                       f"max_length={encoder.max_length} cuts): such a pair gives no gradient and always counts as "
-                      "wrong", stacklevel=4)
+                      "wrong", stacklevel=stacklevel)
 
 
 class PairCollator:

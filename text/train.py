@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.model import config_to_dict
-from mmreward.core.trainer import Trainer, TrainConfig
+from mmreward.core.trainer import Trainer, TrainConfig, Weighted
 
 from .data import EncodedPair, PairCollator, encode_pairs, load_preference_pairs
 
@@ -75,6 +75,12 @@ def pair_metrics(model: Any, pairs: Sequence[EncodedPair], *, batch_size: int = 
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     n = len(pairs)
     r = model.score_encoded([p.chosen for p in pairs] + [p.rejected for p in pairs], batch_size, progress=progress)
+    bad = (~torch.isfinite(r)).nonzero()
+    if bad.numel():  # a NaN reward compares false: the pair would silently count as wrong
+        k = int(bad[0, 0])
+        raise ValueError(f"pair {k % n} ({'chosen' if k < n else 'rejected'}) has a non-finite reward "
+                         f"({float(r[k])}); {bad.numel()} of the {2 * n} rewards are not finite: the model's "
+                         "weights or dtype overflow")
     gap = r[:n] - r[n:]
     return {"accuracy": (gap > 0).float().mean().item(), "reward_gap": gap.mean().item(), "n": float(n)}
 
@@ -97,25 +103,35 @@ def pairwise_loss_fn(config: RewardTrainConfig):
 
     options = dict(label_smoothing=config.label_smoothing, center_coef=config.center_coef)
 
-    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def metrics(acc: torch.Tensor, gaps: torch.Tensor, tie: Optional[torch.Tensor]) -> dict[str, Weighted]:
+        # accuracy and gap over the pairs with a preferred response, weighted by their number: a tie pair has
+        # none (the op's accuracy of an all-tie micro-batch is 0, not a measurement), so a step whose pairs
+        # are all ties reports NaN and an accumulated step counts every non-tie pair once
+        preferred = torch.ones_like(gaps, dtype=torch.bool) if tie is None else ~tie.to(gaps.device, torch.bool)
+        n = int(preferred.sum())
+        gap = gaps[preferred].mean().item() if n else float("nan")
+        return {"accuracy": Weighted(acc.item() if n else float("nan"), n), "reward_gap": Weighted(gap, n)}
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, Weighted]]:
         margin = batch.get("margin") if config.loss == "margin" else None
+        tie = batch.get("tie")
         inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         if config.fused_head:
             head = getattr(model, "module", model).head  # model may be the DDP wrapper
             h = model(*inputs, return_hidden=True)  # (2B, H)
             B = h.shape[0] // 2
             loss, acc = reward_head_pairwise_loss_and_accuracy(h[:B], h[B:], head.weight, head.bias, margin=margin,
-                                                               tie=batch.get("tie"), **options)
+                                                               tie=tie, **options)
             with torch.no_grad():
-                gap = ((h[:B] - h[B:]).float() @ head.weight.float().reshape(-1)).mean().item()
-            return loss, {"accuracy": acc.item(), "reward_gap": gap}
+                gaps = (h[:B] - h[B:]).float() @ head.weight.float().reshape(-1)
+            return loss, metrics(acc, gaps, tie)
         r = model(*inputs)  # (2B,): chosen rows, then rejected rows
         B = r.shape[0] // 2
         r_c, r_r = r[:B], r[B:]
-        loss, acc = pairwise_loss_and_accuracy(r_c, r_r, margin=margin, tie=batch.get("tie"), **options)
+        loss, acc = pairwise_loss_and_accuracy(r_c, r_r, margin=margin, tie=tie, **options)
         with torch.no_grad():
-            gap = (r_c - r_r).float().mean().item()
-        return loss, {"accuracy": acc.item(), "reward_gap": gap}
+            gaps = (r_c - r_r).float()
+        return loss, metrics(acc, gaps, tie)
 
     return loss_fn
 
@@ -201,41 +217,82 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
                        config: Optional[RewardTrainConfig] = None) -> list[dict]:
     """Train ``model`` (a RewardModel with a tokenizer) on preference pairs; returns the per-step history
     (``loss``, ``accuracy``, ``reward_gap``, ``lr``, ``grad_norm``; ``eval_accuracy`` / ``eval_reward_gap``
-    every ``eval_every`` steps and at the end when ``eval_pairs`` is given). The final model is saved
-    in ``<output_dir>/model/``. Seed (``mmreward.core.train.seed_everything``) before building a new
-    head to make the run reproducible."""
+    every ``eval_every`` steps and at the end when ``eval_pairs`` is given). ``accuracy`` and
+    ``reward_gap`` are over the step's non-tie pairs (NaN for a step of tie pairs only). The final model
+    is saved in ``<output_dir>/model/``. Seed (``mmreward.core.train.seed_everything``) before building
+    a new head to make the run reproducible. A run that is refused (another run's folder, other data or
+    settings) leaves ``model`` as it was."""
+    return reward_trainer(model, train_pairs, eval_pairs, config, _depth=1).fit()
+
+
+def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
+                   config: Optional[RewardTrainConfig] = None, *, _depth: int = 0) -> Trainer:
+    """The started Trainer of :func:`train_reward_model` (``trainer.start()`` has decided: a fresh run,
+    or resumed from the snapshot in ``output_dir``); ``trainer.fit()`` trains. Every refusal (bad data,
+    inputs too long for the backbone, a folder whose run cannot be continued) comes before ``model`` is
+    changed: its ``max_length`` and dropout are set only once the run is accepted."""
     config = config if config is not None else RewardTrainConfig()
     if not isinstance(config, RewardTrainConfig):
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the model has no tokenizer: build it with RewardModel.from_backbone(..., tokenizer=...)")
     train = _named_pairs(train_pairs, "train_pairs")
+    if not train:
+        raise ValueError("train_pairs holds no pairs: nothing to train on")
+    if all(p.tie for p in train):
+        warnings.warn(f"train_pairs holds only tie pairs ({len(train)}): no pair has a preferred response, so the "
+                      "run only pulls each pair's rewards together and its accuracy is NaN (RRM ties go beside "
+                      "ordinary pairs)", stacklevel=2 + _depth)
     evals = [p for p in _named_pairs(eval_pairs, "eval_pairs") if not p.tie] if eval_pairs is not None else None
     if evals is not None and not evals:
-        raise ValueError("eval_pairs holds only tie pairs: nothing to measure accuracy on")
+        raise ValueError("eval_pairs holds no pairs with a preferred response (none, or only tie pairs): nothing "
+                         "to measure accuracy on (pass eval_pairs=None, or leave out --eval-data, for no evaluation)")
     if config.loss == "margin" and all(p.margin is None for p in train):
         raise ValueError("loss='margin' but no training pair has a 'margin' field")
     if config.loss == "margin":
         missing = [i for i, p in enumerate(train) if p.margin is None and not p.tie]
         if missing:
             warnings.warn(f"loss='margin': {len(missing)} of {len(train)} training pairs have no 'margin' field "
-                          f"(first: pair {missing[0]}); they train with margin 0, as plain Bradley-Terry")
+                          f"(first: pair {missing[0]}); they train with margin 0, as plain Bradley-Terry",
+                          stacklevel=2 + _depth)
     if config.loss == "bt" and any(p.margin is not None for p in train):
-        warnings.warn("the training pairs have margins but loss='bt' ignores them (use loss='margin')")
+        warnings.warn("the training pairs have margins but loss='bt' ignores them (use loss='margin')",
+                      stacklevel=2 + _depth)
+    old_max_length = model.config.max_length
     if config.max_length is not None:
         model.config.max_length = config.max_length  # the model is saved, scored and evaluated with it
+    try:
+        trainer = _started_trainer(model, train, evals, config, 5 + _depth)  # warnings name the user's call
+    except BaseException:
+        model.config.max_length = old_max_length  # a refused run leaves the model as it was
+        raise
     if config.disable_dropout:
         disable_dropout(model)
-    data = encode_pairs(model.encoder, train)
+    return trainer
+
+
+def _started_trainer(model: Any, train: list, evals: Optional[list], config: RewardTrainConfig,
+                     stacklevel: int) -> Trainer:
+    data = encode_pairs(model.encoder, train, stacklevel=stacklevel)
     if hasattr(model, "check_fits"):  # before any step: the backbone's own error would name no pair
         model.check_fits([p.chosen for p in data] + [p.rejected for p in data],
                          [f"training pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(data))])
+    world = _world_size()
+    per_epoch = math.ceil(len(data) / world) // config.batch_size  # micro-batches per rank in one pass
+    if per_epoch == 0:
+        raise ValueError(f"train_pairs holds {len(data)} pair(s): fewer than batch_size ({config.batch_size})"
+                         + (f" × {world} processes" if world > 1 else "") + ", so no micro-batch of batch_size "
+                         "pairs can be formed: lower batch_size (--batch-size)")
+    if config.grad_accum_steps > per_epoch:
+        warnings.warn(f"grad_accum_steps ({config.grad_accum_steps}) is more than the {per_epoch} micro-batch(es) of "
+                      f"{config.batch_size} pairs in one pass over the {len(data)} training pairs: each optimizer "
+                      f"step goes over them {config.grad_accum_steps / per_epoch:.3g} times", stacklevel=stacklevel - 2)
     if config.epochs is not None:
         config = dataclasses.replace(config, max_steps=steps_for_epochs(config, len(data)))
 
     eval_fn = None
     if evals is not None:
-        eval_data = encode_pairs(model.encoder, evals, "eval inputs")
+        eval_data = encode_pairs(model.encoder, evals, "eval inputs", stacklevel=stacklevel)
         if hasattr(model, "check_fits"):  # now, not at the first evaluation after training steps
             model.check_fits([p.chosen for p in eval_data] + [p.rejected for p in eval_data],
                              [f"eval pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(eval_data))])
@@ -254,4 +311,5 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
                      "data": data_digest(data)}
     trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
                             settings=run_inputs, resume_settings=resume_inputs)
-    return trainer.fit()
+    trainer.start()  # resumed, fresh or refused: decided before the model is touched any further
+    return trainer

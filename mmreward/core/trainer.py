@@ -12,7 +12,10 @@ A step is defined in one of two ways:
   autocast, clipping, AdamW or the given optimizer, warmup + cosine LR, DDP). ``loss_fn`` must call
   ``model(...)`` (under DDP ``model`` is the DDP wrapper and its forward is what synchronises
   gradients); the loss must be a mean over the micro-batch so that accumulation and DDP average
-  correctly.
+  correctly. A step's metric is the mean of its micro-batches' values over micro-batches and ranks; a
+  metric given as ``Weighted(value, weight)`` (a float with a weight) is the weighted mean (an
+  accuracy over the pairs that have a preferred response: weight = their number), NaN when every
+  weight of the step is 0.
 * ``step_fn(trainer, batch) -> {name: float}``: the step function runs its own forward, backward
   and optimizer steps (a GAN's two optimizers, EMA weights, codebook restarts); ``trainer.step`` is
   the number of steps done before this one. Everything it keeps state in (optimizers, schedulers,
@@ -166,6 +169,29 @@ def _dist_setup() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
+class Weighted(float):
+    """A ``loss_fn`` metric with a weight: ``Weighted(value, weight)`` is ``value`` (a float) that a step
+    averages over its micro-batches and ranks weighted by ``weight`` (e.g. the number of pairs the value
+    is measured on; 0: this micro-batch has none, its value is ignored; every weight 0: the step's value
+    is NaN)."""
+
+    weight: float
+
+    def __new__(cls, value: float, weight: float) -> "Weighted":
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise TypeError(f"Weighted: weight must be a number, got {weight!r}") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"Weighted: weight must be a finite number >= 0, got {weight!r}")
+        out = super().__new__(cls, value)
+        out.weight = weight
+        return out
+
+    def __reduce__(self):
+        return (Weighted, (float(self), self.weight))
+
+
 # ------------------------------------------------------------------ trainer
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train_dataset: Optional[Sequence] = None,
@@ -234,6 +260,7 @@ class Trainer:
         self.micro_step = 0  # micro-batches consumed (data position)
         self.history: list[dict] = []
         self._fit_started = False  # a later fit() continues this run (never overwrites or restarts it)
+        self._started: Optional[bool] = None  # start()'s decision, until fit() runs
 
     def _init_data(self, train_dataset: Optional[Sequence], collate_fn: Optional[Callable],
                    sample_batch: Optional[Callable]) -> None:
@@ -380,6 +407,17 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"snapshot {where} does not fit this model / trainer: {type(e).__name__}: {e}") from e
 
+    def start(self) -> bool:
+        """Decide how the run starts, before any training step: resumed from the snapshot in
+        ``output_dir`` (True: the model, optimizer, RNGs and history are now the snapshot's), a fresh
+        start (False), or refused (ValueError / CheckpointError: another run's settings or data, a run
+        past ``max_steps``, a folder holding a run without ``resume``). :meth:`fit` calls it when it
+        was not called; calling it first lets a caller refuse early or skip work a resumed run does not
+        need (a command's held-out figures before training)."""
+        if self._started is None:
+            self._started = self._start()
+        return self._started
+
     def _start(self) -> bool:
         """Resume (True), refuse or start fresh (False); rank 0 decides, under DDP the other ranks
         load the same snapshot."""
@@ -405,6 +443,11 @@ class Trainer:
                 state = None if box[0] is None else Snapshots.read(self.snapshots.path(box[0]))
         if error is not None:
             raise error
+        if state is not None and int(state.get("step", 0)) > cfg.max_steps:
+            # checked before the snapshot is loaded: a refused run leaves the model as it was
+            raise ValueError(f"{cfg.output_dir} holds a run already at step {int(state['step'])}, past max_steps="
+                             f"{cfg.max_steps}: ask for at least {int(state['step'])} steps to continue it, use another "
+                             "output folder, or overwrite=True (--overwrite) to start again there")
         if state is not None:
             self._restore(state)
         elif again:
@@ -452,6 +495,7 @@ class Trainer:
     def _loss_step(self) -> dict[str, float]:
         cfg = self.config
         sums: dict[str, float] = {}
+        weighted: dict[str, tuple[float, float]] = {}  # name -> (sum of value x weight, sum of weights)
         total_loss = 0.0
         for micro in range(cfg.grad_accum_steps):
             batch = self._next_batch()
@@ -472,7 +516,11 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total_loss += loss.item()
             for k, v in (metrics or {}).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                if isinstance(v, Weighted):  # a mean weighted by the micro-batches' weights
+                    s, w = weighted.get(k, (0.0, 0.0))
+                    weighted[k] = (s + (float(v) * v.weight if v.weight else 0.0), w + v.weight)
+                else:
+                    sums[k] = sums.get(k, 0.0) + float(v)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -487,10 +535,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        keys = sorted(sums)
-        vals = self._reduce_mean([total_loss / cfg.grad_accum_steps] + [sums[k] / cfg.grad_accum_steps for k in keys])
+        keys, wkeys = sorted(sums), sorted(weighted)
+        vals = self._reduce_mean([total_loss / cfg.grad_accum_steps] + [sums[k] / cfg.grad_accum_steps for k in keys]
+                                 + [x for k in wkeys for x in weighted[k]])
         row = {"step": self.step, "loss": vals[0], "lr": lr, "grad_norm": grad_norm}
-        row.update({k: v for k, v in zip(keys, vals[1:]) if k not in row})
+        row.update({k: v for k, v in zip(keys, vals[1:1 + len(keys)]) if k not in row})
+        for i, k in enumerate(wkeys):  # the world-size factor of the mean cancels in the ratio
+            s, w = vals[1 + len(keys) + 2 * i: 3 + len(keys) + 2 * i]
+            if k not in row:
+                row[k] = s / w if w > 0 else float("nan")  # nothing to measure in this step: NaN, not 0
         return row
 
     def _function_step(self) -> dict[str, Any]:
@@ -516,11 +569,8 @@ class Trainer:
         if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 0):
             raise ValueError(f"stop_at must be an integer >= 0 or None, got {stop_at!r}")
         end = cfg.max_steps if stop_at is None else min(cfg.max_steps, stop_at)
-        resumed = self._start()
-        if self.step > cfg.max_steps:  # nothing to train, and model/ would be re-saved from a longer run
-            raise ValueError(f"{cfg.output_dir} holds a run already at step {self.step}, past max_steps="
-                             f"{cfg.max_steps}: ask for at least {self.step} steps to continue it, use another output "
-                             "folder, or overwrite=True (--overwrite) to start again there")
+        resumed = self.start()
+        self._started = None  # a later fit() decides again (it continues from this run's snapshot)
         self._fit_started = True
         logger = bar = None
         if self.is_main:

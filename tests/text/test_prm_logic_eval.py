@@ -1,4 +1,6 @@
 """ProcessBench / step-F1 evaluation inputs and the HF step policy's RNG hygiene."""
+import math
+
 import pytest
 import torch
 
@@ -27,7 +29,8 @@ def test_unscored_steps_are_never_the_predicted_first_error():
     # as below the threshold (the first_below op used to refuse the whole evaluation)
     nan = float("nan")
     assert predict_first_error([S[0], torch.tensor([0.9, nan]), torch.tensor([nan, 0.1])]) == [1, -1, 1]
-    assert processbench_report([torch.tensor([0.9, nan])], [-1], ["a"])["average_f1"] == 0.0  # no erroneous side
+    with pytest.warns(UserWarning, match="F1 undefined"):  # no erroneous side: NaN, not 0
+        assert math.isnan(processbench_report([torch.tensor([0.9, nan])], [-1], ["a"])["average_f1"])
 
 
 def test_sweep_needs_tensors_and_some_thresholds():

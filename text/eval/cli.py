@@ -9,13 +9,12 @@ The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not gi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, json_text, run_cli
 
 BENCHMARKS = ("rm-bench", "rewardbench")
 
@@ -100,10 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text
 
-        atomic_write_text(config.output, json.dumps({"config": asdict(config), **result}, indent=2) + "\n")
+        atomic_write_text(config.output, json_text({"config": asdict(config), **result}, indent=2) + "\n")
     if config.json:
         slim = {k: v for k, v in result.items() if not k.startswith("scores_")}
-        print(json.dumps(slim, indent=2))
+        print(json_text(slim, indent=2))
         return 0
     lines = format_rmbench(result) if config.benchmark == "rm-bench" else format_rewardbench(result)
     print("\n".join(lines + format_bias(result["bias"])))

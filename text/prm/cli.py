@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli
+from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, json_text, run_cli
 
 from .data import FORMATS
 
@@ -136,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     last = dict(history[-1]) if history else {}
     if evals and config.objective != "ppm":
         last.update({f"final_{k}": v for k, v in evaluate_prm(model, evals, config.eval_threshold, sweep=True).items()})
-    print(json.dumps({"model": out, **last}, indent=2))
+    print(json_text({"model": out, **last}, indent=2))
     return 0
 
 
@@ -175,7 +174,7 @@ def _score(args: argparse.Namespace) -> int:
         row = {"id": e.id} if e.id else {}
         row["step_scores"] = [round(x, 6) if x == x else None for x in p.tolist()]  # None: not scored (truncate)
         row["score"] = round(a, 6)
-        rows.append(json.dumps(row))
+        rows.append(json_text(row))
     if args.out:
         atomic_write_text(args.out, "\n".join(rows) + "\n")
         print(f"wrote {len(rows)} rows to {args.out}")
@@ -183,7 +182,7 @@ def _score(args: argparse.Namespace) -> int:
         print("\n".join(rows))
     report = _processbench(parts, examples, args.threshold)
     if report is not None:
-        print(json.dumps({"processbench": report}))
+        print(json_text({"processbench": report}))
     return 0
 
 
@@ -198,7 +197,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = _processbench(parts, examples, args.threshold)
     if report is not None:
         out["processbench"] = report
-    print(json.dumps(out, indent=2))
+    print(json_text(out, indent=2))
     return 0
 
 
@@ -209,7 +208,7 @@ def _search(args: argparse.Namespace) -> int:
     out = compare_search(model, n_problems=args.synthetic, num_steps=args.num_steps, error_rate=args.policy_error_rate,
                          config=config_from_args(MCTSConfig, args), method=args.method, seed=args.seed,
                          export=args.export, max_value=args.max_value)
-    print(json.dumps(out, indent=2))
+    print(json_text(out, indent=2))
     return 0
 
 

@@ -5,7 +5,8 @@ when the whole solution is right. A PRM predicts the first step whose score fall
 (−1 if none). As in the official evaluation (QwenLM/ProcessBench ``code/run_eval.py``, lines 117–130),
 per subset: accuracy on the erroneous samples (prediction == label), accuracy on the correct
 samples (prediction == −1), F1 = their harmonic mean; :func:`processbench_report` gives every
-subset and the mean F1 over subsets. :func:`processbench_sweep` also reports the best threshold —
+subset and the mean F1 over subsets. Data without erroneous (or without correct) samples has no
+accuracy on that side: it and the F1 are NaN with a ``note`` (and a warning), never 0. :func:`processbench_sweep` also reports the best threshold —
 choose it on a validation split and report the held-out F1 at that threshold, not the sweep's
 maximum on test.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -36,9 +38,14 @@ def _first_errors(values: Sequence, what: str) -> list[int]:
     return out
 
 
-def processbench_f1(pred: Sequence[int], label: Sequence[int]) -> dict[str, float]:
+NAN = float("nan")
+
+
+def processbench_f1(pred: Sequence[int], label: Sequence[int]) -> dict:
     """``acc_error`` (exact first-error match on erroneous samples), ``acc_correct`` (−1 predicted on
-    correct samples), ``f1`` = their harmonic mean. A side with no samples counts as accuracy 0."""
+    correct samples), ``f1`` = their harmonic mean. A side with no samples has no accuracy: it is NaN,
+    as is the F1, and ``note`` says which side is missing (the official script would divide by zero; a 0
+    would read as a PRM that gets every such sample wrong). Commands print NaN as ``null``."""
     if len(pred) != len(label):
         raise ValueError(f"pred ({len(pred)}) and label ({len(label)}) have different lengths")
     if not len(label):
@@ -46,10 +53,20 @@ def processbench_f1(pred: Sequence[int], label: Sequence[int]) -> dict[str, floa
     pred, label = _first_errors(pred, "pred"), _first_errors(label, "label")
     err = [(p, y) for p, y in zip(pred, label) if y >= 0]
     ok = [(p, y) for p, y in zip(pred, label) if y < 0]
-    acc_e = sum(p == y for p, y in err) / len(err) if err else 0.0
-    acc_c = sum(p < 0 for p, _ in ok) / len(ok) if ok else 0.0
-    f1 = 2 * acc_e * acc_c / (acc_e + acc_c) if acc_e + acc_c > 0 else 0.0
-    return {"acc_error": acc_e, "acc_correct": acc_c, "f1": f1, "n_error": len(err), "n_correct": len(ok)}
+    acc_e = sum(p == y for p, y in err) / len(err) if err else NAN
+    acc_c = sum(p < 0 for p, _ in ok) / len(ok) if ok else NAN
+    out = {"acc_error": acc_e, "acc_correct": acc_c, "n_error": len(err), "n_correct": len(ok)}
+    if not (err and ok):
+        missing = "erroneous samples (label >= 0)" if not err else "correct samples (label -1)"
+        out["f1"] = NAN
+        out["note"] = f"no {missing}: {'acc_error' if not err else 'acc_correct'} and f1 are undefined (NaN)"
+    else:
+        out["f1"] = 2 * acc_e * acc_c / (acc_e + acc_c) if acc_e + acc_c > 0 else 0.0
+    return {k: out[k] for k in ("acc_error", "acc_correct", "f1", "n_error", "n_correct", "note") if k in out}
+
+
+def _undefined_warning(where: str, note: str) -> None:
+    warnings.warn(f"ProcessBench {where}: {note}", stacklevel=3)
 
 
 def _pack(step_scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +108,13 @@ def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int
         raise ValueError("processbench_sweep: thresholds is empty")
     labels = _check_labels(step_scores, labels)
     sweep = {t: processbench_f1(predict_first_error(step_scores, t), labels) for t in thresholds}
-    best_t = max(thresholds, key=lambda t: sweep[t]["f1"])
+    defined = [t for t in thresholds if not math.isnan(sweep[t]["f1"])]
+    if not defined:  # one side has no samples: F1 is undefined at every threshold, no best one
+        note = sweep[thresholds[0]]["note"]
+        _undefined_warning("sweep", note + "; no best threshold")
+        return {"sweep": {str(t): m for t, m in sweep.items()}, "best_threshold": None, "best": None,
+                "note": note + "; no best threshold"}
+    best_t = max(defined, key=lambda t: sweep[t]["f1"])
     return {"sweep": {str(t): m for t, m in sweep.items()}, "best_threshold": best_t, "best": sweep[best_t]}
 
 
@@ -108,8 +131,15 @@ def processbench_report(step_scores: Sequence[torch.Tensor], labels: Sequence[in
     for i, name in enumerate(subsets):
         groups.setdefault(name or "all", []).append(i)
     table = {name: processbench_f1([pred[i] for i in idx], [labels[i] for i in idx]) for name, idx in groups.items()}
-    return {"threshold": threshold, "subsets": table,
-            "average_f1": sum(m["f1"] for m in table.values()) / len(table)}
+    defined = [m["f1"] for m in table.values() if not math.isnan(m["f1"])]
+    out = {"threshold": threshold, "subsets": table,
+           "average_f1": sum(defined) / len(defined) if defined else NAN}
+    undefined = [name for name, m in table.items() if math.isnan(m["f1"])]
+    if undefined:
+        out["note"] = (f"F1 undefined (NaN) for subset(s) {', '.join(map(repr, undefined))}, which lack erroneous or "
+                       "correct samples; average_f1 is " + ("over the other subsets" if defined else "undefined"))
+        _undefined_warning("report", out["note"])
+    return out
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:

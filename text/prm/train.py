@@ -15,6 +15,7 @@ Objectives (all through the fused step ops, inside ``model.forward``):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -68,7 +69,8 @@ def step_metrics(scores: Sequence[torch.Tensor], examples: Sequence[StepExample]
                  sweep: bool = False) -> dict[str, float]:
     """ProcessBench F1 at ``threshold`` (samples whose first error is known) and step macro-F1 from each
     example's step scores. ``sweep``: also the best threshold on these examples (``best_threshold``,
-    ``best_f1``). Steps left unscored by ``truncate`` (NaN) count as not below the threshold and leave
+    ``best_f1``). Examples without an erroneous (or without a correct) sample give a NaN F1 (and a
+    warning): the missing side has no accuracy. Steps left unscored by ``truncate`` (NaN) count as not below the threshold and leave
     the step metrics."""
     out: dict[str, float] = {}
     known = [(s, e.first_error) for s, e in zip(scores, examples) if e.first_error >= -1]
@@ -76,8 +78,12 @@ def step_metrics(scores: Sequence[torch.Tensor], examples: Sequence[StepExample]
         pb = processbench_f1(predict_first_error([s for s, _ in known], threshold), [y for _, y in known])
         out.update({"processbench_f1": pb["f1"], "acc_error": pb["acc_error"], "acc_correct": pb["acc_correct"]})
         if sweep:
-            sw = processbench_sweep([s for s, _ in known], [y for _, y in known])
-            out.update({"best_threshold": sw["best_threshold"], "best_f1": sw["best"]["f1"]})
+            sw = processbench_sweep([s for s, _ in known], [y for _, y in known])  # warns when F1 is undefined
+            best = sw["best"]
+            out.update({"best_threshold": float("nan") if best is None else sw["best_threshold"],
+                        "best_f1": float("nan") if best is None else best["f1"]})
+        elif "note" in pb:
+            warnings.warn(f"ProcessBench F1: {pb['note']}", stacklevel=2)
     scored = [(x, y) for e, s in zip(examples, scores) for x, y in zip(s.tolist(), e.labels) if x == x]  # x == x: not NaN
     if any(y != -100 for _, y in scored):
         m = step_macro_f1([x for x, _ in scored], [y for _, y in scored], threshold)
@@ -143,10 +149,6 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
     objective = config.objective
     dataset: list = list(train_examples)
-    if config.cache_frozen:
-        collate = CachedPrefixCollator(model, dataset, collate, config.trainable_layers, config.eval_batch_size,
-                                       verbose=config.progress or config.log_every > 0)
-        dataset = list(range(len(dataset)))  # the collator looks examples and their cached states up by index
 
     def loss_fn(m, batch):
         return m(**batch, objective=objective), {}
@@ -166,6 +168,13 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
            "cache_frozen": config.cache_frozen}
     trainer = Trainer(model, config, dataset, collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer, settings=run,
                       resume_settings={**run, "data": examples_digest(train_examples)})
+    trainer.start()  # a refused run (another run's folder, data or settings) is refused before the cache is built
+    if config.cache_frozen:
+        trainer.collate_fn = CachedPrefixCollator(model, dataset, collate, config.trainable_layers,
+                                                  config.eval_batch_size,
+                                                  verbose=config.progress or config.log_every > 0)
+        # the collator looks examples and their cached states up by index (as many: the same data order)
+        trainer.dataset = list(range(len(dataset)))
     return trainer.fit()
 
 

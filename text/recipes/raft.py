@@ -61,8 +61,17 @@ class RaftConfig:
             raise ValueError(f"RaftConfig.selection must be one of {SELECTIONS}, got {self.selection!r}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"RaftConfig.top_fraction must be in (0, 1], got {self.top_fraction}")
-        if not self.temperature > 0:
-            raise ValueError(f"RaftConfig.temperature must be > 0, got {self.temperature}")
+        # checked here: a bad value would otherwise fail only at the first generate() / fine-tuning, after the
+        # samples were drawn and scored and raft.csv was started (the folder then refuses the corrected run)
+        for name, low, high in (("temperature", 0.0, math.inf), ("top_p", 0.0, 1.0), ("lr", 0.0, math.inf)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and low < v <= high):
+                bound = f"in ({low:g}, {high:g}]" if math.isfinite(high) else "> 0"
+                raise ValueError(f"RaftConfig.{name} must be a finite number {bound}, got {v!r}")
+        for name in ("top_k", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"RaftConfig.{name} must be an integer >= 0, got {v!r}")
         if isinstance(self.output_dir, os.PathLike):
             self.output_dir = os.fspath(self.output_dir)
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -181,6 +190,8 @@ def raft(policy: nn.Module, tokenizer: Any, prompts: Sequence[str], reward_fn: A
     if not hasattr(policy, "generate"):
         raise TypeError(f"raft: the policy must be a Hugging Face causal LM with generate(), got {type(policy).__name__}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:  # now, before the output folder is started
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
     _prepare_output(cfg)
     logger = MetricLogger(cfg.output_dir, filename="raft.csv", tensorboard=cfg.tensorboard, quiet=True)
     history = []

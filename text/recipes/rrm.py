@@ -19,6 +19,8 @@ threshold: a triplet when its margin ``r(chosen) − r(rejected) > threshold``, 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +37,20 @@ class RRMConfig:
     triplets: bool = field(default=True, metadata={"help": "add the 8 non-contextual triplets per example"})
     ties: bool = field(default=True, metadata={"help": "add the 6 tie pairs (target 0.5) per example"})
     filter_threshold: Optional[float] = field(default=None, metadata={"help": "drop augmented rows the RM already gets right by this margin (None: keep all)"})
+
+    def __post_init__(self) -> None:
+        if self.filter_threshold is not None:
+            self.filter_threshold = _threshold(self.filter_threshold, "RRMConfig.filter_threshold")
+
+
+def _threshold(value: Any, name: str) -> float:
+    """A filter threshold: a finite number >= 0. NaN would compare false with every margin (every
+    triplet and tie kept, nothing said) and inf would drop every tie."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _check(pairs: Sequence[dict]) -> None:
@@ -109,8 +125,7 @@ def filter_augmented(rows: Sequence[dict], scorer: Any, threshold: float, *, bat
     """Drop augmented rows the RM (``scorer``) already gets right within ``threshold`` (module docstring)."""
     from mmreward.text.eval.rewardbench import score_responses
 
-    if threshold < 0:
-        raise ValueError(f"filter_augmented: threshold must be >= 0, got {threshold}")
+    threshold = _threshold(threshold, "filter_augmented: threshold")
     aug = [i for i, r in enumerate(rows) if r.get("rrm") in ("triplet", "tie")]
     if not aug:
         return list(rows)

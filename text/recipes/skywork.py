@@ -17,6 +17,7 @@ returns the kept pairs plus a report of how many each step removed. A scorer is 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
@@ -85,6 +86,10 @@ def filter_by_reference(pairs: Sequence[dict], reference: Any, *, threshold: flo
                         batch_size: int = 64) -> list[dict]:
     """Drop pairs whose reference-RM margin is ``<= threshold`` (the reference prefers rejected,
     or is not sure enough that chosen is better)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"filter_by_reference: threshold must be a number, got {threshold!r}")
+    if not math.isfinite(threshold):  # NaN: every `margin > NaN` is false, every pair silently dropped
+        raise ValueError(f"filter_by_reference: threshold must be a finite number, got {threshold!r}")
     margins = pair_margins(pairs, reference, batch_size=batch_size)
     return [p for p, m in zip(pairs, margins.tolist()) if m > threshold]
 
