@@ -163,14 +163,12 @@ def print_training_summary(history: Sequence[Mapping[str, Any]], before: Optiona
                            model_folder: str) -> None:
     """The last line a training command prints: final step / loss and, with held-out figures from
     before training, those beside the Trainer's final ``eval_*`` ones (one JSON line), then the model folder."""
-    import json
-
     last = history[-1] if history else {}
     shown = {"step": last.get("step"), "loss": last.get("loss")}
     if before is not None:
         shown |= {f"eval_{k}_before": v for k, v in before.items()}
         shown |= {k: v for k, v in last.items() if k.startswith("eval_")}
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}))
+    print(json_text({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}))
     print(f"model: {model_folder}")
 
 

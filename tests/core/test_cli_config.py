@@ -61,3 +61,15 @@ def test_command_json_output_is_valid_json_when_a_score_is_not_finite():
                       "steps": 3, "flag": True, "nested": ({"m": -math.inf},)})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in output")) == {
         "score": None, "rewards": [1.5, None, None, 2.0], "steps": 3, "flag": True, "nested": [{"m": None}]}
+
+
+def test_training_summary_prints_valid_json_for_a_nan_metric(capsys):
+    """A tie-only held-out set has a NaN accuracy: the summary line stays JSON (null), not NaN."""
+    import json
+
+    from mmreward.core.cli_config import print_training_summary
+
+    print_training_summary([{"step": 4, "loss": 0.5, "eval_accuracy": float("nan")}], {"accuracy": float("nan")}, "m")
+    line = capsys.readouterr().out.splitlines()[0]
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in output")) == {
+        "step": 4, "loss": 0.5, "eval_accuracy_before": None, "eval_accuracy": None}
