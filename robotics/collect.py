@@ -314,9 +314,10 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     """
     from tqdm.auto import tqdm
 
-    from .data.video import expand_sources, load_frames
+    from .data.video import check_stride, expand_sources, load_frames
     from .envs import resolve_task
 
+    check_stride(stride)  # before the output folder is made
     if not isinstance(task, str) or not task.strip():
         raise ValueError(f"task must be a non-empty label, got {task!r}")
     try:

@@ -42,6 +42,26 @@ def check_frames_uint8(frames: torch.Tensor, what: str = "frames", size: Optiona
         raise ValueError(f"{what} is empty (T = 0)")
 
 
+def as_frame_tensor(frames: Any, what: str = "frames") -> torch.Tensor:
+    """An episode's frames as a tensor: a tensor as it is, a numpy array (any strides) or a list /
+    tuple of ``[H, W, 3]`` frames of one shape stacked; anything else a TypeError naming it."""
+    if isinstance(frames, torch.Tensor):
+        return frames
+    if isinstance(frames, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(frames))
+    if isinstance(frames, (list, tuple)) and not frames:
+        raise ValueError(f"{what} is empty (T = 0)")
+    if isinstance(frames, (list, tuple)) and all(isinstance(f, (torch.Tensor, np.ndarray)) for f in frames):
+        parts = [as_frame_tensor(f) for f in frames]
+        for i, f in enumerate(parts):
+            if f.shape != parts[0].shape or f.dtype != parts[0].dtype:
+                raise ValueError(f"{what}: frame {i} is {f.dtype} {list(f.shape)}, frame 0 {parts[0].dtype} "
+                                 f"{list(parts[0].shape)}: every frame must have one shape and dtype")
+        return torch.stack(parts)
+    raise TypeError(f"{what} must be uint8 [T, H, W, 3] (a tensor, a numpy array or a list of [H, W, 3] frames), "
+                    f"got {type(frames).__name__}")
+
+
 def episodes_from(data: FrameData) -> list[torch.Tensor]:
     """A list of uint8 ``[T, H, W, 3]`` episodes from any accepted input."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
@@ -72,6 +92,19 @@ def frame_pool(data: FrameData) -> torch.Tensor:
     return torch.cat([e.contiguous() for e in eps], 0)
 
 
+def capped_batch(batch_size: int, available: int, unit: str, trainer: str) -> int:
+    """``min(batch_size, available)``, with a warning naming both numbers when it caps: a step never
+    draws more items than the training data holds (drawn with replacement, the rest would repeat)."""
+    if batch_size > available:
+        import warnings
+
+        warnings.warn(f"{trainer}: batch_size {batch_size} is more than the {available} {unit} of the training data; "
+                      f"each step draws {available} (give more data or a batch_size <= {available})", UserWarning,
+                      stacklevel=3)
+        return int(available)
+    return int(batch_size)
+
+
 # ------------------------------------------------------------------ EMA
 class EMA:
     """Exponential moving average of a module's floating-point parameters and buffers,
@@ -80,10 +113,14 @@ class EMA:
     initial weights."""
 
     def __init__(self, module: torch.nn.Module, decay: float = 0.99, update_every: int = 1):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
-        self.update_every = max(1, int(update_every))
+        # 2.5 was truncated to 2, "3" read as 3 and 0 / -4 as 1: refused, as VideoTrainConfig refuses them
+        if isinstance(decay, bool) or not isinstance(decay, (int, float, np.floating)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be a number in [0, 1), got {decay!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
+            raise ValueError(f"EMA update_every must be an integer >= 1 (updates every that many calls), "
+                             f"got {update_every!r}")
+        self.decay = float(decay)
+        self.update_every = int(update_every)
         self.calls = 0
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 

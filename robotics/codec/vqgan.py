@@ -29,6 +29,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +38,7 @@ from mmreward.core.model import Pretrained, check_ranges
 from mmreward.core.train import seed_everything
 from mmreward.core.trainer import Trainer
 
-from ..training import check_frames_uint8, config_to_dict, frame_pool, loop_config, resume_settings
+from ..training import capped_batch, check_frames_uint8, config_to_dict, frame_pool, loop_config, resume_settings
 
 MODEL_TYPE = "vqgan"
 
@@ -284,8 +285,10 @@ class PatchDiscriminator(nn.Module):
 
 def frames_to_float(frames: torch.Tensor, image_size: Optional[int] = None) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` or float ``[T, 3, H, W]`` in [0, 1] → float ``[T, 3, H, W]`` in [−1, 1]."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
-        raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+        raise TypeError(f"frames must be a torch.Tensor (or numpy array), got {type(frames).__name__}")
     if frames.dtype == torch.uint8:
         check_frames_uint8(frames, "frames", image_size)
         return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -294,6 +297,13 @@ def frames_to_float(frames: torch.Tensor, image_size: Optional[int] = None) -> t
             raise ValueError(f"float frames must be [T, 3, H, W] in [0, 1], got shape {list(frames.shape)}")
         if image_size is not None and tuple(frames.shape[2:]) != (image_size, image_size):
             raise ValueError(f"frames must be {image_size}x{image_size}, got {frames.shape[2]}x{frames.shape[3]}")
+        if frames.numel():  # 0..255 floats (or NaN) were encoded as if in [0, 1]: tokens of a saturated image
+            lo, hi = float(frames.min()), float(frames.max())
+            if not (math.isfinite(lo) and math.isfinite(hi)) or bool(torch.isnan(frames).any()):
+                raise ValueError("float frames hold NaN / inf values")
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise ValueError(f"float frames must be in [0, 1], got values in [{lo:g}, {hi:g}] (frames of 0..255: "
+                                 "pass them as uint8 [T, H, W, 3])")
         return frames.float() * 2.0 - 1.0
     raise TypeError(f"frames must be uint8 [T, H, W, 3] or float [T, 3, H, W], got {frames.dtype}")
 
@@ -451,7 +461,7 @@ def train_vqgan(frames: Any, config: Optional[VQGANConfig] = None, out_dir: str 
     if tc.disc_weight > 0:
         disc = PatchDiscriminator(tc.disc_channels).to(device)
         opt_d = torch.optim.Adam(disc.parameters(), lr=tc.lr, betas=tuple(tc.betas))
-    batch_size = min(tc.batch_size, pool.shape[0])
+    batch_size = capped_batch(tc.batch_size, pool.shape[0], "frames", "train_vqgan")
 
     def sample_batch() -> torch.Tensor:  # (B, 3, H, W) in [-1, 1]
         return frames_to_float(pool[torch.randint(0, pool.shape[0], (batch_size,))]).to(device)

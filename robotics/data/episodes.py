@@ -162,6 +162,34 @@ def load_episode(path: str, extra: Sequence[str] = ()):
     return episode, {k: data[k] for k in extra}
 
 
+def check_episode_file(path: str) -> Episode:
+    """An episode file checked as :func:`load_episode` checks it, without decompressing its frames: every
+    field but the frames' pixels is read and checked, the frames by their stored dtype and shape. Returns
+    an :class:`Episode` whose ``frames`` is a zero-memory stand-in of that dtype and shape (pixels not
+    read: load the file to use them). A corrupt frames member is found when the file is loaded."""
+    _need_archive(path)
+    try:
+        with zipfile.ZipFile(path) as zf, np.load(path, allow_pickle=False) as z:
+            missing = [k for k in KEYS if k not in z.files]
+            if missing:
+                raise EpisodeFileError(f"episode file {path} lacks {', '.join(missing)} (not an mmreward episode?)")
+            with zf.open("frames.npy") as f:  # the .npy header only: the pixels stay compressed
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(f))
+            data = {k: z[k] for k in KEYS if k != "frames"}
+    except EpisodeFileError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise EpisodeFileError(f"corrupt or unreadable episode file {path}: {type(e).__name__}: {e}") from e
+    frames = np.broadcast_to(np.zeros((), dtype=dtype), shape)  # no memory: dtype and shape only
+    try:
+        return Episode(frames=frames, actions=data["actions"], rewards=data["rewards"], success=data["success"],
+                       labelled=data["labelled"])
+    except DataError as e:
+        raise EpisodeFileError(f"malformed episode file {path}: {str(e).removeprefix('invalid episode: ')}") from None
+
+
 def _need_archive(path: str) -> None:
     if not os.path.isfile(path):
         raise EpisodeFileError(f"missing episode file {path}")
@@ -213,13 +241,48 @@ def read_manifest(folder: str) -> list[dict]:
         raise EpisodeFileError(f"corrupt manifest {path}: {e}") from e
     if not isinstance(body, dict) or not isinstance(body.get("episodes"), list):
         raise EpisodeFileError(f"manifest {path} must be an object with an 'episodes' list")
-    if body.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+    version = body.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise EpisodeFileError(f"manifest {path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise EpisodeFileError(f"manifest {path} has format_version {body['format_version']}; "
                                f"this mmreward reads up to {FORMAT_VERSION}")
+    seen: dict[str, int] = {}
     for i, entry in enumerate(body["episodes"]):
         if not isinstance(entry, dict) or "file" not in entry or "task" not in entry or "frames" not in entry:
             raise EpisodeFileError(f"manifest {path}: episode entry {i} lacks file / task / frames")
+        problem = _entry_problem(entry)
+        if problem:
+            raise EpisodeFileError(f"manifest {path}: episode entry {i}: {problem}")
+        key = os.path.normpath(entry["file"])
+        if key in seen:
+            raise EpisodeFileError(f"manifest {path}: episode entries {seen[key]} and {i} both name "
+                                   f"{entry['file']!r}")
+        seen[key] = i
     return body["episodes"]
+
+
+def _entry_problem(entry: dict) -> Optional[str]:
+    """What is wrong with a manifest entry's fields that readers use (``file`` a relative path inside
+    the folder, ``task`` a string, ``frames`` a count >= 1, ``size`` [H, W] when given), or None."""
+    file = entry["file"]
+    if not isinstance(file, str) or not file.strip():
+        return f"'file' must be a file name, got {file!r}"
+    inside = os.path.normpath(file.replace("\\", "/")).split(os.sep)[0] != ".."  # sub/../a.npz is inside
+    if os.path.isabs(file) or os.path.splitdrive(file)[0] or file.startswith(("/", "\\")) or not inside:
+        return (f"'file' {file!r} is outside the episode folder: entries name files inside it, by a path "
+                "relative to it")
+    if not isinstance(entry["task"], str):
+        return f"'task' must be a string, got {entry['task']!r}"
+    frames = entry["frames"]
+    if isinstance(frames, bool) or not isinstance(frames, (int, float)) or not 1 <= frames < float("inf") \
+            or frames != int(frames):
+        return f"'frames' must be a frame count >= 1, got {frames!r}"
+    size = entry.get("size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        return f"'size' must be [H, W] (two pixel counts), got {size!r}"
+    return None
 
 
 def write_manifest(folder: str, entries: Sequence[dict]) -> None:
@@ -241,9 +304,10 @@ def update_manifest(folder: str, entries: Iterable[dict]) -> list[dict]:
 
 
 def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
-                        policies: Optional[Sequence[str]] = None) -> list[tuple[dict, Episode]]:
+                        policies: Optional[Sequence[str]] = None, *, frames: bool = True) -> list[tuple[dict, Episode]]:
     """``[(manifest entry, episode)]`` of an episode folder, keeping the listed tasks / policy kinds
-    (``None`` or ``["all"]``: every episode); an empty selection is an error naming what the folder has."""
+    (``None`` or ``["all"]``: every episode); an empty selection is an error naming what the folder has.
+    ``frames=False``: each file checked by :func:`check_episode_file` (pixels not read)."""
     everything = read_manifest(folder)
     entries = [e for e in everything if not tasks or e["task"] in set(tasks)]
     if policies and "all" not in policies:
@@ -253,7 +317,8 @@ def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
         raise DataError(f"no episodes in {folder} match tasks={list(tasks) if tasks else 'all'} "
                         f"policies={list(policies) if policies else 'all'} (the folder has {have}; "
                         "--policies all uses every episode)")
-    return [(e, load_episode(os.path.join(folder, e["file"]))) for e in entries]
+    read = load_episode if frames else check_episode_file
+    return [(e, read(os.path.join(folder, e["file"]))) for e in entries]
 
 
 def episode_entry(file: str, episode: Episode, **meta: Any) -> dict:
@@ -287,8 +352,10 @@ class EpisodeDataset:
 
     def __init__(self, folder: str, *, n_history: int = 1, skip: int = 1, tasks: Optional[Sequence[str]] = None,
                  policies: Optional[Sequence[str]] = None, cache_size: int = 16):
-        if n_history < 0 or skip < 1:
-            raise ValueError(f"need n_history >= 0 and skip >= 1, got {n_history}, {skip}")
+        for name, value, least in (("n_history", n_history, 0), ("skip", skip, 1), ("cache_size", cache_size, 0)):
+            # 1.5 was truncated to 1 and "2" failed in a comparison: refused, naming the argument
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"EpisodeDataset: {name} must be an integer >= {least}, got {value!r}")
         self.folder = folder
         self.n_history, self.skip, self.cache_size = int(n_history), int(skip), int(cache_size)
         entries = read_manifest(folder)

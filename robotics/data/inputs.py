@@ -114,11 +114,13 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
 
     found = []
     for src in sources:
+        # episode files are checked here without decompressing their frames (check_episode_file), and read
+        # once, when scored
         if os.path.isdir(src) and os.path.isfile(manifest_path(src)):
-            for entry, ep in load_episode_folder(src, tasks, policies):
+            for entry, ep in load_episode_folder(src, tasks, policies, frames=False):
                 found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success))
         elif src.lower().endswith(".npz"):
-            _, success, episode = load_frames_npz(src)
+            success, episode = _npz_source(src)
             if episode is not None:
                 found.append(_stored(src, episode, {}, with_success))
             else:  # frames saved elsewhere: read (and resized) when scored
@@ -130,6 +132,33 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
     if not found:
         raise DataError("no episodes, videos or frame folders given")
     return found
+
+
+def _npz_source(path: str) -> tuple[Optional[np.ndarray], Optional[Episode]]:
+    """``(success, episode)`` of an ``.npz`` score source as :func:`load_frames_npz` gives them, without
+    decompressing the frames: a full episode file checked by :func:`check_episode_file`, else the
+    stored per-frame ``success`` (if any) of an archive with a ``frames`` array."""
+    import zipfile
+    import zlib
+
+    from .episodes import KEYS, EpisodeFileError, _need_archive, check_episode_file
+
+    _need_archive(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            if all(k in keys for k in KEYS):
+                full, success = True, None
+            elif "frames" not in keys:
+                raise EpisodeFileError(f"{path} has no 'frames' array (it holds {', '.join(keys) or 'none'}); "
+                                       f"save uint8 frames [T, H, W, 3] under 'frames'")
+            else:
+                full, success = False, (z["success"] if "success" in keys else None)
+    except EpisodeFileError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise EpisodeFileError(f"corrupt or unreadable episode file {path}: {type(e).__name__}: {e}") from e
+    return (None, check_episode_file(path)) if full else (success, None)
 
 
 def _stored(path: str, ep: Episode, entry: dict, with_success: bool) -> EpisodeSource:

@@ -86,6 +86,7 @@ def _finish(frames: list, size: Any, stride: int, what: str) -> np.ndarray:
 def read_video(path: str, size: Any = None, stride: int = 1) -> np.ndarray:
     """All frames of a video file as uint8 RGB ``[T, H, W, 3]`` (every ``stride``-th frame)."""
     cv2 = _cv2()
+    check_stride(stride)
     if not os.path.isfile(path):
         raise VideoError(f"missing video file {path}")
     cap = cv2.VideoCapture(path)
@@ -117,6 +118,7 @@ def frame_files(folder: str) -> list[str]:
 def read_frame_folder(folder: str, size: Any = None, stride: int = 1) -> np.ndarray:
     """Image files of ``folder`` in natural name order as uint8 RGB ``[T, H, W, 3]``."""
     cv2 = _cv2()
+    check_stride(stride)
     if not os.path.isdir(folder):
         raise VideoError(f"missing frame folder {folder}")
     files = frame_files(folder)
@@ -131,10 +133,16 @@ def read_frame_folder(folder: str, size: Any = None, stride: int = 1) -> np.ndar
     return _finish(frames, size, 1, f"frame folder {folder}")
 
 
+def check_stride(stride: Any) -> int:
+    """``stride`` as an integer >= 1 (2.5 was a TypeError deep in list slicing, True a stride of 1)."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1 (keep every n-th frame), got {stride!r}")
+    return int(stride)
+
+
 def load_frames(source: str, size: Any = None, stride: int = 1) -> np.ndarray:
     """A video file or a frame folder -> uint8 RGB ``[T, H, W, 3]``."""
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    check_stride(stride)
     if os.path.isdir(source):
         return read_frame_folder(source, size, stride)
     if not os.path.exists(source):

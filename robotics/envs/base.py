@@ -231,10 +231,28 @@ class PixelEnv:
     def step(self, action: np.ndarray) -> Step:
         if self._t >= self.max_steps:
             raise RuntimeError(f"episode already has {self.max_steps} steps; call reset()")
+        action = self._checked_action(action)
         obs, total, success, terminated, truncated = repeat_action(self._reward_env or self.env, action, self.action_repeat)
         self._t += 1
         done = terminated or truncated or self._t >= self.max_steps
         return Step(obs=obs, frame=self.render(), reward=total, success=success, done=done)
+
+    def _checked_action(self, action: Any) -> np.ndarray:
+        """``action`` as float32 of the action space's shape, checked before the simulator sees it: a NaN
+        action made the simulation unstable (and this episode unusable) before any error, a wrong
+        length failed in the suite's own assert."""
+        shape = tuple(self.env.action_space.shape)
+        try:
+            a = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"action must be {shape[0] if len(shape) == 1 else list(shape)} numbers for "
+                             f"{self.suite} task {self.task}, got {type(action).__name__} {action!r:.60}") from None
+        if a.shape != shape:
+            raise ValueError(f"action must have shape {list(shape)} for {self.suite} task {self.task}, "
+                             f"got {list(a.shape)}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"action holds NaN / inf values ({a.tolist()}); the episode is unchanged")
+        return a
 
     def expert_action(self, obs: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"no scripted expert ships for {self.suite} task {self.task}")

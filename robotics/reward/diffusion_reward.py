@@ -83,7 +83,7 @@ from mmreward.core.model import FORMAT_VERSION, Pretrained, config_from_dict, lo
 
 from ..codec.vqgan import VQGAN
 from ..data.inputs import as_success
-from ..training import check_frames_uint8, episodes_from
+from ..training import as_frame_tensor, check_frames_uint8, episodes_from
 from ..video.vq_diffusion import ConditionalVQDiffusion, window_indices
 from .base import EpisodeScorer, help_field
 from .progress import ProgressModel
@@ -277,9 +277,9 @@ class DiffusionReward(EpisodeScorer, nn.Module):
 
     @_in_compute_dtype
     def tokenize(self, frames: torch.Tensor) -> torch.Tensor:
-        """Tokens ``[T, L]`` of uint8 frames ``[T, H, W, 3]`` (each frame encoded once)."""
-        if not isinstance(frames, torch.Tensor):
-            raise TypeError(f"frames must be a uint8 torch.Tensor [T, H, W, 3], got {type(frames).__name__}")
+        """Tokens ``[T, L]`` of uint8 frames ``[T, H, W, 3]`` (each frame encoded once; a tensor, a
+        numpy array or a list of ``[H, W, 3]`` frames)."""
+        frames = as_frame_tensor(frames)
         if frames.dtype != torch.uint8:
             raise TypeError(f"frames must be uint8 [T, H, W, 3] (0..255), got {frames.dtype}")
         check_frames_uint8(frames, "frames", self.codec.config.image_size)
@@ -530,9 +530,14 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, success: Optional[torch.Tensor] = None, *,
                 batch_size: Optional[int] = None) -> torch.Tensor:
-        """Rewards ``[T]``: ``(1 − α)·z(r_ce) + α·r_RND + r_sparse`` (see the module docstring)."""
+        """Rewards ``[T]``: ``(1 − α)·z(r_ce) + α·r_RND + r_sparse`` (see the module docstring).
+        ``frames``: uint8 ``[T, H, W, 3]``, a tensor, a numpy array or a list of ``[H, W, 3]`` frames (as
+        :meth:`score` and :func:`~mmreward.robotics.wrappers.relabel_episode` take them); ``success``
+        likewise a tensor, an array or a list."""
         self._checked_config()
         self._batch(batch_size)  # before any work
+        if not isinstance(frames, torch.Tensor):
+            frames = as_frame_tensor(frames).to(self.device)
         tok = self.tokenize(frames)
         raw = self.raw_reward_windows(tok, batch_size=batch_size)
         change = self.change_windows(tok, batch_size=batch_size) if self.config.motion_scale > 0 else None
@@ -652,13 +657,21 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         for name in _OPTIONAL_STATISTICS:  # folders saved before these terms have none (not fitted)
             if name in weights:
                 getattr(model, name).copy_(weights[name].double())
+        for name in ("statistics",) + _OPTIONAL_STATISTICS:
+            problem = _statistics_problem(getattr(model, name).tolist())
+            if problem:  # a std of 0 / inf / < 0 would z-score every reward to inf / 0 / its negative, silently
+                layout = "[mean, std, frames]" if name == "statistics" else "[std, frames]"
+                raise CheckpointError(f"{folder}/model.safetensors: '{name}' {layout} {problem}: refit the "
+                                      "statistics (fit_statistics / mmreward robotics fit-stats) and save again")
         return model
 
 
 def _frame_batch(frames: Any, what: str = "goal frames") -> torch.Tensor:
     """uint8 frames as ``[N, H, W, 3]`` (one frame ``[H, W, 3]`` becomes a batch of one; a list of
     frames is stacked, and frames of different shapes are a named error)."""
-    if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, (torch.Tensor, np.ndarray)) for f in frames):
+    if isinstance(frames, (list, tuple)) and not frames:
+        raise ValueError(f"{what} is empty (T = 0)")
+    if isinstance(frames, (list, tuple)) and all(isinstance(f, (torch.Tensor, np.ndarray)) for f in frames):
         parts = [torch.as_tensor(f) for f in frames]
         shapes = sorted({tuple(f.shape) for f in parts})
         if len(shapes) > 1:
@@ -669,6 +682,22 @@ def _frame_batch(frames: Any, what: str = "goal frames") -> torch.Tensor:
                         f"got {type(frames).__name__}")
     frames = torch.as_tensor(frames)
     return frames[None] if frames.dim() == 3 else frames
+
+
+def _statistics_problem(stats: list) -> Optional[str]:
+    """What is wrong with a loaded ``[mean, std, frames]`` / ``[std, frames]`` (None: usable; frames 0
+    means not fitted, the other values then unused)."""
+    *head, n = stats
+    if not (math.isfinite(n) and n >= 0 and n == int(n)):
+        return f"has frames = {n!r} (a frame count >= 0; 0: not fitted)"
+    if n == 0:
+        return None
+    std = head[-1]
+    if len(head) == 2 and not math.isfinite(head[0]):
+        return f"has mean = {head[0]!r} (must be finite)"
+    if not (math.isfinite(std) and std > 0):
+        return f"has std = {std!r} (must be finite and > 0)"
+    return None
 
 
 def _check_spread(values: torch.Tensor, term: str) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import check_frames_uint8, config_to_dict, episodes_from
+from ..training import as_frame_tensor, check_frames_uint8, config_to_dict, episodes_from
 from .base import EpisodeScorer
 
 MODEL_TYPE = "progress_ranker"
@@ -65,6 +65,19 @@ class ProgressConfig:
     reverse_prob: float = 0.5  # goal-conditioned training: share of pairs played backwards, goal = first frame
 
     def validate(self) -> None:
+        from mmreward.core.model import check_ranges
+
+        # lr 0 / -1e-3 trained nothing or against the ranking, hidden_dim 0 failed deep in nn.Linear, 2.5 / "3"
+        # failed in a comparison naming nothing: refused here, naming the field
+        check_ranges(self, counts=("image_size", "hidden_dim", "min_gap", "batch_size"), naturals=("augment_pad",),
+                     weights=("lr", "weight_decay"), fractions=("reverse_prob",))
+        if not self.lr > 0:
+            raise ValueError(f"ProgressConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.channels, (tuple, list)) and self.channels and all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in self.channels)):
+            raise ValueError(f"ProgressConfig.channels must be a non-empty list of widths >= 1, got {self.channels!r}")
+        if not isinstance(self.goal_conditioned, bool):
+            raise ValueError(f"ProgressConfig.goal_conditioned must be true or false, got {self.goal_conditioned!r}")
         if self.image_size < 16 or self.image_size % 2 ** len(self.channels):
             raise ValueError(f"image_size must be >= 16 and divisible by {2 ** len(self.channels)}, got {self.image_size}")
         if self.min_gap < 1 or self.batch_size < 1 or self.augment_pad < 0:
@@ -134,8 +147,9 @@ class ProgressModel(EpisodeScorer, nn.Module):
         self.goal = x
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
-            raise TypeError("ProgressModel takes uint8 frames [T, H, W, 3] (a torch.Tensor)")
+        frames = as_frame_tensor(frames)  # a tensor, a numpy array or a list of frames, as DiffusionReward takes
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"ProgressModel takes uint8 frames [T, H, W, 3], got {frames.dtype}")
         check_frames_uint8(frames, "frames", self.config.image_size)
         return frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0
 
@@ -221,10 +235,42 @@ class ProgressModel(EpisodeScorer, nn.Module):
         mean, std = self._fitted()[:2]
         return (self.raw_score(frames, batch_size) - mean) / std
 
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "ProgressModel":
+        model = super()._load(folder, body, device, **kwargs)
+        problem = statistics_problem(model.statistics.tolist())
+        if problem:  # a std of 0 / inf, a negative frame count or first = last would score inf / 0 / -inf silently
+            from mmreward.core.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{os.path.join(folder, 'model.safetensors')}: the ranker's 'statistics' "
+                                  f"[mean, std, frames, first, last] {problem}: refit them "
+                                  "(ProgressModel.fit_statistics) and save again")
+        return model
+
     def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> dict:
         super()._save(folder, state_dict)
         mean, std, n, first, last = self.statistics.tolist()
         return {"statistics": {"mean": mean, "std": std, "frames": int(n), "first": first, "last": last}}
+
+
+def statistics_problem(stats: list) -> Optional[str]:
+    """What is wrong with a ranker's ``[mean, std, frames, first, last]`` (None: usable). ``frames`` 0
+    means not fitted, and the other values are then unused."""
+    if len(stats) != 5:
+        return f"must hold 5 values, got {len(stats)}"
+    mean, std, n, first, last = stats
+    if not (math.isfinite(n) and n >= 0 and n == int(n)):
+        return f"has frames = {n!r} (a frame count >= 0; 0: not fitted)"
+    if n == 0:
+        return None
+    for name, v in (("mean", mean), ("std", std), ("first", first), ("last", last)):
+        if not math.isfinite(v):
+            return f"has {name} = {v!r} (must be finite)"
+    if std <= 0:
+        return f"has std = {std!r} (must be > 0)"
+    if last <= first:
+        return f"has last = {last!r} <= first = {first!r} (expert last frames must score above first frames)"
+    return None
 
 
 # ----------------------------------------------------------------------------- training
@@ -285,6 +331,10 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     from ..training import loop_config, resume_settings
 
     cfg = config or ProgressConfig()
+    for name, value, least in (("steps", steps, 1), ("seed", seed, 0), ("log_every", log_every, 0)):
+        # seed -1 failed in numpy ("expected non-negative integer"), naming no argument
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"train_progress: {name} must be an integer >= {least}, got {value!r}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         # a negative share held out len + round(share·len) episodes (order[:-k]); 1 or more left none to train on
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training import check_frames_uint8
+from ..training import as_frame_tensor, check_frames_uint8
 from .base import EpisodeScorer, help_field
 
 MODEL_TYPE = "rnd"
@@ -37,6 +37,21 @@ class RNDConfig:
     hidden_dim: int = help_field("hidden width of the predictor's MLP head", default=128)
     lr: float = help_field("Adam learning rate of the predictor", default=1e-4)
     normalize: bool = help_field("divide the novelty by its running std", default=True)
+
+    def validate(self) -> None:
+        """Field checks naming the field (lr -1 / NaN trained the predictor away from the target without a
+        word, feature_dim 0 scored every frame 0, two channel widths failed in tuple unpacking)."""
+        from mmreward.core.model import check_ranges
+
+        check_ranges(self, counts=("image_size", "feature_dim", "hidden_dim"), weights=("lr",))
+        if not self.lr > 0:
+            raise ValueError(f"RNDConfig.lr must be a finite number > 0, got {self.lr!r}")
+        c = self.channels
+        if not (isinstance(c, (tuple, list)) and len(c) == 3
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in c)):
+            raise ValueError(f"RNDConfig.channels must be three conv widths >= 1, got {c!r}")
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"RNDConfig.normalize must be true or false, got {self.normalize!r}")
 
     @classmethod
     def paper(cls, **overrides) -> "RNDConfig":
@@ -67,6 +82,7 @@ class RND(EpisodeScorer, nn.Module):
     def __init__(self, config: Optional[RNDConfig] = None):
         super().__init__()
         cfg = config or RNDConfig()
+        cfg.validate()
         self.config = cfg
         trunk, n = _trunk(cfg)
         self.predictor = nn.Sequential(trunk, nn.Linear(n, cfg.hidden_dim), nn.ReLU(),
@@ -88,8 +104,9 @@ class RND(EpisodeScorer, nn.Module):
         return self.predictor[-1].weight.device
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
-        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
-            raise TypeError("RND takes uint8 frames [T, H, W, 3]")
+        frames = as_frame_tensor(frames)  # a tensor, a numpy array or a list of frames, as DiffusionReward takes
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"RND takes uint8 frames [T, H, W, 3], got {frames.dtype}")
         check_frames_uint8(frames, "frames", self.config.image_size)
         return frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0 - 0.5
 
@@ -99,6 +116,18 @@ class RND(EpisodeScorer, nn.Module):
         with torch.no_grad():
             t = self.target(x)
         return 0.5 * (t - self.predictor(x)).pow(2).sum(1)
+
+    @classmethod
+    def _load(cls, folder: str, body: dict, device: torch.device, **kwargs):
+        model = super()._load(folder, body, device, **kwargs)
+        n, mean, m2 = model.stat.tolist()
+        if not (math.isfinite(n) and n >= 0 and n == int(n) and math.isfinite(mean) and math.isfinite(m2) and m2 >= 0):
+            # a negative M2 failed in sqrt at the first reward ("math domain error"), inf scored every frame 0
+            from mmreward.core.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{folder}/model.safetensors: the RND novelty statistics 'stat' [count, mean, M2] "
+                                  f"must be a count >= 0, a finite mean and a finite M2 >= 0, got {[n, mean, m2]}")
+        return model
 
     @property
     def running_std(self) -> float:

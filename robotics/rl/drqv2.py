@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +44,10 @@ class DrQV2Config:
         check_schedule(self.stddev_schedule)
         if not 0.0 < self.critic_target_tau <= 1.0:
             raise ValueError(f"critic_target_tau must be in (0, 1], got {self.critic_target_tau}")
+        for name in ("feature_dim", "hidden_dim", "num_expl_steps", "augment_pad"):
+            v = getattr(self, name)  # 2.5 failed inside nn.Linear / the shift augmentation, naming nothing
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
         for name in ("feature_dim", "hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

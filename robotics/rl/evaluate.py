@@ -109,10 +109,11 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
     from .rewards import env_reward_for
     from .workspace import RLConfig, parse_task
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    for name, value, least in (("episodes", episodes, 1), ("seed", seed, 0)) + ((("frame", frame, 0),) if frame is not None else ()):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # 2.5 failed in range()
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     path = os.path.join(run, "train_config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run} is not a train-rl run folder (no train_config.json)")

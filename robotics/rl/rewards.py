@@ -62,6 +62,7 @@ def env_reward_for(source: Any) -> str:
 class RewardSource:
     name = "?"
     update_interval = 0  # agent steps between online updates (0: none)
+    model_digest: Optional[dict] = None  # the learned reward's checkpoint as loaded (run fingerprints)
 
     def __call__(self, frames: np.ndarray, env_rewards: np.ndarray, success: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -269,6 +270,7 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     from ..reward.rnd import RND, RNDConfig
 
     model = DiffusionReward.from_pretrained(model_folder(checkpoint or DEFAULT, ("diffusion_reward",)), device)
+    digest = checkpoint_digest(model)  # before any statistic is fitted or option set: what the folder holds
     image = model.codec.config.image_size
     if image != size:
         raise ValueError(f"the reward model takes {image}x{image} frames but the environment renders {size}x{size}: "
@@ -287,7 +289,9 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         if shaping != "none":
             raise ValueError("shaping applies to the video-model rewards, not to 'rnd'")
         cfg.use_std, cfg.expl_scale = False, 1.0
-        return _RNDOnly(model, spec, rnd_update_interval)
+        source = _RNDOnly(model, spec, rnd_update_interval)
+        source.model_digest = digest
+        return source
     want = _REWARD_TYPE.get(spec, "likelihood")
     if spec == "viper":
         cfg.expl_scale = 0.5
@@ -323,7 +327,21 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     for term in ("displacement", "consistency"):  # terms fitted from expert frames alone
         if getattr(cfg, f"{term}_scale") > 0 and int(getattr(model, f"{term}_statistics")[1]) == 0:
             getattr(model, f"fit_{term}_statistics")(expert_frames())
-    return LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
+    source = LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
+    source.model_digest = digest
+    return source
+
+
+def checkpoint_digest(model) -> dict:
+    """``{"tensors": n, "sha256": ...}`` over a reward model's config and weights (names, dtypes, shapes,
+    bytes): the same checkpoint gives the same digest wherever its folder lies."""
+    from dataclasses import asdict, is_dataclass
+
+    from mmreward.core.checkpoint import data_digest
+
+    cfg = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else None
+    state = sorted(model.state_dict().items())
+    return data_digest([cfg, *(x for name, t in state for x in (name, t))], unit="items")
 
 
 class _RNDOnly(LearnedReward):

@@ -40,6 +40,9 @@ from .rewards import LEARNED_OPTIONS, check_reward_options, env_reward_for, make
 
 # what a run leaves in its folder besides its snapshots and train_config.json
 RUN_FILES = ("train.csv", "tb", "eval", "eval_videos", "replay", "curves.png")
+# RLConfig fields a resumed run must share with the run it continues, besides those _fingerprint names
+# itself; the others (frames to train for, evaluation and snapshot schedule, logging, device) may change
+RESUME_SETTINGS = ("nstep", "batch_size", "replay_buffer_size", "update_every_steps", "rnd_update_interval")
 
 
 def _help(text: str, **kw):
@@ -104,11 +107,17 @@ class RLConfig:
     quiet: bool = _help("no console line per episode", default=False)
 
     def validate(self) -> None:
-        for name in ("num_train_frames", "num_eval_episodes", "size", "action_repeat", "frame_stack", "nstep",
-                     "batch_size", "update_every_steps", "replay_buffer_size"):
+        counts = ("num_train_frames", "num_eval_episodes", "size", "action_repeat", "frame_stack", "nstep",
+                  "batch_size", "update_every_steps", "replay_buffer_size")
+        naturals = ("num_seed_frames", "eval_every_frames", "snapshot_every_frames", "rnd_update_interval")
+        for name in counts + naturals + ("seed",) + (("episode_steps",) if self.episode_steps is not None else ()):
+            v = getattr(self, name)  # nstep=2.5 was used as is, "3" failed in a comparison naming nothing
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_seed_frames", "eval_every_frames", "snapshot_every_frames", "rnd_update_interval"):
+        for name in naturals:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.size < MIN_FRAME_SIZE:
@@ -337,6 +346,17 @@ class Workspace:
             options["reward_shaping"] = c.reward_shaping
         if options:
             fp["reward_options"] = options
+        # how the replay buffer is kept and sampled: a resume with others would train on a differently
+        # defined return / batch than the run it continues (added only when not the defaults, as above)
+        for name in RESUME_SETTINGS:
+            if name == "rnd_update_interval" and getattr(getattr(self.reward, "model", None), "rnd", None) is None:
+                continue  # a reward without an RND never reads it
+            if getattr(c, name) != RLConfig.__dataclass_fields__[name].default:
+                fp[name] = getattr(c, name)
+        # the reward model the run was paid by (--model): its content, not its path, so a moved or copied
+        # folder still resumes
+        if c.checkpoint is not None and getattr(self.reward, "model_digest", None) is not None:
+            fp["reward_model"] = self.reward.model_digest
         return fp
 
     def save_snapshot(self) -> None:

@@ -60,7 +60,7 @@ from mmreward.core.model import Pretrained, check_ranges
 from mmreward.core.train import seed_everything, warmup_cosine
 from mmreward.core.trainer import Trainer
 
-from ..training import EMA, config_to_dict, loop_config, resume_settings
+from ..training import EMA, capped_batch, config_to_dict, loop_config, resume_settings
 from . import diffusion_math as dm
 
 MODEL_TYPE = "vq_diffusion"
@@ -635,7 +635,7 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
         s, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
-    batch_size = min(tc.batch_size, N)
+    batch_size = capped_batch(tc.batch_size, N, "(history, target) windows", "train_video_model")
 
     def sample_batch() -> tuple[torch.Tensor, torch.Tensor]:  # target (B, L), history (B, H, L)
         idx = torch.randint(0, N, (batch_size,))

@@ -156,8 +156,8 @@ def test_input_errors():
     dr = make_reward(use_std=False)
     with pytest.raises(TypeError, match="uint8"):
         dr(frames(3).float())
-    with pytest.raises(TypeError, match="torch.Tensor"):
-        dr(frames(3).numpy())
+    with pytest.raises(TypeError, match=r"uint8 \[T, H, W, 3\] \(a tensor, a numpy array .* got str"):
+        dr("episode.npz")
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         dr(frames(3)[..., 0])
     with pytest.raises(ValueError, match="32x32"):
@@ -267,3 +267,75 @@ def test_goal_frames_given_as_lists_are_stacked_or_named():
         dr.fit_goal_statistics([ep], None)
     with pytest.raises(TypeError, match="goal frames must be uint8 frames .* got str"):
         dr.set_goal("goal.png")
+
+
+def test_forward_takes_numpy_frames_and_lists_of_frames_as_score_does():
+    """Before: dr(frames) with a numpy array (what score, Episode and relabel_episode take) raised
+    'frames must be a uint8 torch.Tensor'; now arrays (any strides) and lists of frames are episodes."""
+    dr = make_reward(rnd=False, use_std=False)
+    ep = frames(5)
+    want = dr(ep, torch.tensor([0, 0, 1, 1, 1]))
+    assert torch.equal(dr(ep.numpy(), [0, 0, 1, 1, 1]), want)
+    assert torch.equal(dr(list(ep.numpy())), dr(ep))
+    assert torch.equal(dr(ep.numpy()[::-1]), dr(ep.flip(0)))  # negative strides
+    assert torch.equal(dr.tokenize(ep.numpy()), dr.tokenize(ep))
+    with pytest.raises(TypeError, match="uint8"):
+        dr(ep.numpy().astype("float32"))
+    with pytest.raises(ValueError, match=r"frame 1 is torch.uint8 \[16, 32, 3\], frame 0 torch.uint8 \[32, 32, 3\]"):
+        dr([ep[0].numpy(), ep[1, :16].numpy()])
+    with pytest.raises(ValueError, match="empty"):
+        dr([])
+
+
+@pytest.mark.parametrize("key,values,named", [
+    ("statistics", [0.0, 0.0, 9], "'statistics' \\[mean, std, frames\\] has std = 0.0"),
+    ("statistics", [0.0, -1.0, 9], "std = -1.0"), ("statistics", [float("inf"), 1.0, 9], "mean = inf"),
+    ("statistics", [0.0, 1.0, -9], "frames = -9.0"),
+    ("displacement_statistics", [float("inf"), 9], "'displacement_statistics' \\[std, frames\\] has std = inf")])
+def test_saved_reward_statistics_are_checked_at_load(tmp_path, key, values, named):
+    """Before: only the shape of the saved statistics was checked: a std of 0 / inf / < 0 z-scored every
+    reward to inf / 0 / its negative without a word."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    dr = make_reward(rnd=False)
+    dr.fit_statistics([frames(4, 1), frames(4, 2)])
+    dr.save_pretrained(str(tmp_path / "dr"))
+    path = str(tmp_path / "dr" / "model.safetensors")
+    w = load_file(path)
+    w[key] = torch.tensor(values, dtype=torch.float64)
+    save_file(w, path)
+    os.unlink(tmp_path / "dr" / "manifest.json")  # a hand-edited folder
+    with pytest.raises(CheckpointError, match=f"model.safetensors: .*{named}"):
+        DiffusionReward.from_pretrained(str(tmp_path / "dr"))
+
+
+@pytest.mark.parametrize("values", [[10.0, 0.0, -1.0], [10.0, 0.0, float("inf")], [-2.0, 0.0, 1.0]])
+def test_saved_rnd_statistics_are_checked_at_load(tmp_path, values):
+    """Before: a negative M2 loaded and failed at the first reward with 'math domain error'; inf scored
+    every frame 0."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    rnd = RND(RNDConfig(image_size=32, channels=(4, 8, 8), feature_dim=16, hidden_dim=16))
+    rnd.save_pretrained(str(tmp_path / "rnd"))
+    path = str(tmp_path / "rnd" / "model.safetensors")
+    w = load_file(path)
+    w["stat"] = torch.tensor(values, dtype=torch.float64)
+    save_file(w, path)
+    os.unlink(tmp_path / "rnd" / "manifest.json")
+    with pytest.raises(CheckpointError, match=r"RND novelty statistics 'stat' \[count, mean, M2\]"):
+        RND.from_pretrained(str(tmp_path / "rnd"))
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("lr", -1.0, "lr must be a finite number >= 0"), ("lr", 0.0, "lr must be a finite number > 0"),
+    ("feature_dim", 0, "feature_dim must be an integer >= 1"), ("channels", (8, 8), "channels must be three conv widths"),
+    ("normalize", "no", "normalize must be true or false"), ("hidden_dim", 2.5, "hidden_dim must be an integer")])
+def test_rnd_config_fields_are_checked(field, value, named):
+    """Before: RNDConfig had no checks: lr -1 trained the predictor away from the target without a word,
+    feature_dim 0 scored every frame 0, two channel widths failed in tuple unpacking."""
+    with pytest.raises(ValueError, match=f"RNDConfig.{named}"):
+        RND(RNDConfig(image_size=32, **{field: value}))

@@ -308,3 +308,52 @@ def test_cli_goal_conditioned_ranker_scores_an_unseen_direction_from_demonstrati
     assert main(["score", "--model", os.path.join(plain, "model"), test, "--goal", demos, *QUIET]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scores against a goal" in err[0]
+
+
+def _edit_statistics(folder, key, values):
+    """A hand-edited saved folder: ``key`` of its model.safetensors replaced (no manifest to check against)."""
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(os.path.join(folder, "model.safetensors"))
+    w[key] = torch.tensor(values, dtype=torch.float64)
+    save_file(w, os.path.join(folder, "model.safetensors"))
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        os.unlink(os.path.join(folder, "manifest.json"))
+
+
+@pytest.mark.parametrize("values,named", [
+    ([0.0, 0.0, 10, -1.0, 1.0], "std = 0.0"), ([0.0, -2.0, 10, -1.0, 1.0], "std = -2.0"),
+    ([0.0, float("inf"), 10, -1.0, 1.0], "std = inf"), ([float("nan"), 1.0, 10, -1.0, 1.0], "mean = nan"),
+    ([0.0, 1.0, -3, -1.0, 1.0], "frames = -3.0"), ([0.0, 1.0, 2.5, -1.0, 1.0], "frames = 2.5"),
+    ([0.0, 1.0, 10, 1.0, 1.0], "last = 1.0 <= first = 1.0")])
+def test_a_saved_rankers_statistics_are_checked_at_load(tmp_path, values, named):
+    """Before: a std of 0 / inf / < 0, a negative frame count or first = last loaded silently and
+    scored every frame inf, 0, with its sign flipped, or progress() -inf."""
+    from mmreward.core.checkpoint import CheckpointError
+
+    m = ProgressModel(ProgressConfig(**SMALL))
+    m.statistics.copy_(torch.tensor([0.1, 2.0, 10, -1.0, 1.0], dtype=torch.float64))
+    m.save_pretrained(str(tmp_path / "ok"))
+    assert ProgressModel.from_pretrained(str(tmp_path / "ok")).statistics.tolist() == [0.1, 2.0, 10, -1.0, 1.0]
+    _edit_statistics(str(tmp_path / "ok"), "statistics", values)
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: the ranker's 'statistics' .*{named}"):
+        ProgressModel.from_pretrained(str(tmp_path / "ok"))
+    # an unfitted ranker (frames 0) loads: its statistics are refused at use instead
+    _edit_statistics(str(tmp_path / "ok"), "statistics", [0.0, 0.0, 0, 0.0, 0.0])
+    assert int(ProgressModel.from_pretrained(str(tmp_path / "ok")).statistics[2]) == 0
+
+
+def test_ranker_and_rnd_take_numpy_frames_and_lists_of_frames():
+    """Before: ProgressModel(frames) / RND(frames) with a numpy array (what score and Episode take)
+    raised 'takes uint8 frames (a torch.Tensor)'."""
+    from mmreward.robotics.reward import RND, RNDConfig
+
+    m = ProgressModel(ProgressConfig(**SMALL))
+    m.statistics.copy_(torch.tensor([0.1, 2.0, 10, -1.0, 1.0], dtype=torch.float64))
+    rnd = RND(RNDConfig(image_size=SIZE, channels=(4, 8, 8), feature_dim=16, hidden_dim=16))
+    ep = videos(1, 3)[0][:5]
+    for model in (m, rnd):
+        want = model(torch.from_numpy(ep))
+        assert torch.equal(model(ep), want) and torch.equal(model(list(ep)), want)
+        with pytest.raises(TypeError, match=r"takes uint8 frames \[T, H, W, 3\], got torch.float32"):
+            model(ep.astype(np.float32))

@@ -238,3 +238,11 @@ def test_frames_too_small_for_the_encoder_are_a_clear_error(tmp_path, capsys):
     assert main(["train-rl", "--out", str(tmp_path / "rl"), "--size", "7"]) == 2
     err = capsys.readouterr().err
     assert "size must be >= 15 (DrQ-v2's encoder), got 7" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("field, value", [("hidden_dim", 32.5), ("feature_dim", "16"), ("augment_pad", 2.5),
+                                          ("num_expl_steps", True)])
+def test_agent_config_sizes_must_be_integers(field, value):
+    """Before: hidden_dim 32.5 passed validate and failed inside nn.Linear naming no field."""
+    with pytest.raises(ValueError, match=f"{field} must be an integer, got {value!r}"):
+        DrQV2Config(**{field: value}).validate()

@@ -179,3 +179,11 @@ def test_eval_rl_on_a_damaged_or_foreign_run_folder_names_the_file(tmp_path, cap
         assert main(["eval-rl", "--run", str(run)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{run / 'train_config.json'}" in err[0] and message in err[0], err
+
+
+@pytest.mark.parametrize("kw", [dict(episodes=2.5), dict(seed="1"), dict(frame=4.0), dict(episodes=True)])
+def test_evaluate_run_counts_must_be_integers(tmp_path, kw):
+    """Before: episodes=2.5 failed in range() with a TypeError naming nothing (after the run folder was read)."""
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= ., got {value!r}"):
+        evaluate_run(str(tmp_path), **kw)

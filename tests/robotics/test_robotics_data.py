@@ -198,3 +198,86 @@ def test_load_episode_folder_filters_and_names_what_the_folder_has(tmp_path):
     assert len(load_episode_folder(str(tmp_path), policies=["all"])) == 2
     with pytest.raises(ValueError, match=r"no episodes in .* match tasks=\['zzz'\].*\('a', 'expert'\)"):
         load_episode_folder(str(tmp_path), tasks=["zzz"])
+
+
+@pytest.mark.parametrize("file", ["../outside.npz", "sub/../../outside.npz", "ABS"])
+def test_manifest_entries_naming_files_outside_the_folder_are_refused(tmp_path, file):
+    """Before: a manifest entry '../x.npz' or '/abs/x.npz' was joined to the folder and read (by
+    EpisodeDataset, find_episodes, load_episode_folder): a folder's manifest could pull in any file."""
+    from mmreward.robotics.data.episodes import load_episode_folder
+    from mmreward.robotics.data.inputs import find_episodes
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_folder(folder, [("a", "expert", 3)])
+    save_episode(str(tmp_path / "outside.npz"), make_episode(3))
+    body = json.loads((folder / "manifest.json").read_text())
+    body["episodes"][0]["file"] = str(tmp_path / "outside.npz") if file == "ABS" else file
+    (folder / "manifest.json").write_text(json.dumps(body))
+    named = rf"manifest {folder}/manifest.json: episode entry 0: 'file' .* is outside the episode folder"
+    for read in (read_manifest, load_episode_folder, lambda d: find_episodes([d]), lambda d: EpisodeDataset(d)):
+        with pytest.raises(EpisodeFileError, match=named):
+            read(str(folder))
+
+
+def test_manifest_entry_fields_and_duplicates_are_named(tmp_path):
+    write_folder(tmp_path, [("a", "expert", 3), ("b", "expert", 2)])
+    good = json.loads((tmp_path / "manifest.json").read_text())
+    body = json.loads(json.dumps(good))
+    body["episodes"][0]["frames"] = 4.0  # a count written as 4.0 is a count
+    (tmp_path / "manifest.json").write_text(json.dumps(body))
+    ds = EpisodeDataset(str(tmp_path))
+    assert len(read_manifest(str(tmp_path))) == 2 and len(ds) == 3 + 2 and ds[0]["frames"].shape == (2, 8, 8, 3)
+    for field, value, msg in [("frames", "4", "'frames' must be a frame count >= 1, got '4'"),
+                              ("frames", 0, "got 0"), ("size", 8, r"'size' must be \[H, W\]"),
+                              ("task", None, "'task' must be a string"), ("file", 7, "'file' must be a file name"),
+                              ("file", good["episodes"][1]["file"], "entries 0 and 1 both name")]:
+        body = json.loads(json.dumps(good))
+        body["episodes"][0][field] = value
+        (tmp_path / "manifest.json").write_text(json.dumps(body))
+        with pytest.raises(EpisodeFileError, match=msg):
+            read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(good, format_version="1")))
+    with pytest.raises(EpisodeFileError, match="format_version must be an integer"):
+        read_manifest(str(tmp_path))
+
+
+def test_find_episodes_checks_files_without_reading_their_frames_and_scoring_reads_each_once(tmp_path, monkeypatch):
+    """Before: find_episodes loaded every episode in full to check it, and scoring loaded it again."""
+    import mmreward.robotics.data.episodes as episodes
+    from mmreward.robotics.data.inputs import episode_tensors, find_episodes
+
+    write_folder(tmp_path, [("a", "expert", 4), ("b", "random", 3)])
+    loads = []
+    real = episodes.load_episode
+    monkeypatch.setattr(episodes, "load_episode", lambda path, *a, **kw: loads.append(path) or real(path, *a, **kw))
+    found = find_episodes([str(tmp_path)], with_success=True)
+    found += find_episodes([str(tmp_path / "a_expert_0.npz")])
+    assert loads == []  # checked: no frames decompressed
+    assert [s.meta["success"] for s in found] == [True, True, True]
+    assert found[0].input.success.tolist() == [False] + make_episode(4, seed=0).success.tolist()
+    frames, _ = episode_tensors(found[1].input, 8, "input 1")
+    assert np.array_equal(frames.numpy(), make_episode(3, seed=1).frames) and len(loads) == 1
+    # what the check refuses without the pixels: a field, the frames' dtype / shape, a broken archive
+    ep = make_episode(3)
+    bad = dict(frames=ep.frames, actions=ep.actions, rewards=ep.rewards, success=ep.success, labelled=np.array(True))
+    for change, msg in [(dict(success=ep.success.astype(np.float32)), "success must be booleans"),
+                        (dict(frames=ep.frames.astype(np.float32)), "frames must be uint8"),
+                        (dict(frames=ep.frames[:3]), r"actions must be numbers \[T-1=2, A\]")]:
+        np.savez_compressed(tmp_path / "bad.npz", **{**bad, **change})
+        with pytest.raises(EpisodeFileError, match=f"malformed episode file .*bad.npz: {msg}"):
+            find_episodes([str(tmp_path / "bad.npz")])
+    data = (tmp_path / "a_expert_0.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(EpisodeFileError, match="cut.npz"):
+        find_episodes([str(tmp_path / "cut.npz")])
+
+
+@pytest.mark.parametrize("kw", [dict(n_history=1.5), dict(skip=2.5), dict(skip=0), dict(n_history=-1),
+                                dict(skip="2"), dict(cache_size=True)])
+def test_dataset_window_settings_must_be_integers(tmp_path, kw):
+    """Before: n_history=1.5 / skip=2.5 were truncated to 1 / 2 without a word; "2" failed in a comparison."""
+    write_folder(tmp_path, [("a", "expert", 4)])
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=f"EpisodeDataset: {name} must be an integer >= ., got {value!r}"):
+        EpisodeDataset(str(tmp_path), **kw)

@@ -66,3 +66,34 @@ def test_offscreen_render_probe_answers_without_raising():
 
     problem = offscreen_render_problem()
     assert problem is None or "MUJOCO_GL" in problem or "not installed" in problem
+
+
+def test_actions_are_checked_before_the_simulator_steps():
+    """Before: a NaN action reached MuJoCo (an unstable simulation, this episode ruined, then an error
+    from deep inside Meta-World); a wrong length failed in the suite's own bare assert."""
+    import types
+
+    from mmreward.robotics.envs.base import PixelEnv
+
+    class Sim:
+        action_space = types.SimpleNamespace(shape=(4,))
+        steps = []
+
+        def step(self, action):
+            self.steps.append(action)
+            return np.zeros(3), 0.0, False, False, {}
+
+    class Stub(PixelEnv):
+        suite, task, camera = "stub", "t", "c"
+
+        def render(self):
+            return np.zeros((8, 8, 3), np.uint8)
+
+    env = Stub(size=8, action_repeat=2, flip="none", max_steps=None, env_steps=10)
+    env.env = Sim()
+    for bad, msg in [(np.full(4, np.nan), "action holds NaN / inf values"), (np.zeros(3), r"shape \[4\] .* got \[3\]"),
+                     (np.zeros((1, 4)), r"got \[1, 4\]"), ("abc", "action must be 4 numbers")]:
+        with pytest.raises(ValueError, match=msg):
+            env.step(bad)
+    assert env.env.steps == [] and env._t == 0  # nothing reached the simulator
+    assert env.step([0.1, 0, 0, 1]).done is False and len(env.env.steps) == 2

@@ -151,3 +151,20 @@ def test_episodes_of_another_frame_size_do_not_join_a_folder(tmp_path, monkeypat
         monkeypatch.setattr(envs, "make_env", lambda *a, **k: pytest.fail("an environment started"))
         with pytest.raises(ValueError, match="holds episodes of 16x16 frames; these would be 64x64"):
             collect_episodes("door-open-v3", str(out), episodes=1, size=64, progress=False)
+
+
+@pytest.mark.parametrize("stride", [0, 2.5, "2", True])
+def test_a_stride_that_is_not_a_positive_integer_is_named_before_any_work(tmp_path, stride):
+    """Before: stride 2.5 / "2" failed deep in list slicing ("slice indices must be integers"), stride 0
+    of read_video / read_frame_folder with "slice step cannot be zero", True read as 1; import_videos
+    made its output folder first."""
+    from mmreward.robotics.data.video import read_frame_folder
+
+    write_frame_folder(str(tmp_path / "clip"), smooth_frames(4))
+    for read in (lambda: load_frames(str(tmp_path / "clip"), stride=stride),
+                 lambda: read_frame_folder(str(tmp_path / "clip"), stride=stride),
+                 lambda: import_videos([str(tmp_path / "clip")], str(tmp_path / "out"), task="t", stride=stride,
+                                       progress=False)):
+        with pytest.raises(ValueError, match=f"stride must be an integer >= 1.*got {stride!r}"):
+            read()
+    assert not (tmp_path / "out").exists()

@@ -105,3 +105,25 @@ def test_data_digest_covers_every_tensor_kind():
     assert data_digest(parts)["items"] == 4
     assert data_digest([torch.tensor(3)]) != data_digest([torch.tensor(4)])
     assert data_digest([torch.zeros(2, 3)]) != data_digest([torch.zeros(3, 2)])  # the shape counts
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("lr", 0.0, "lr must be a finite number > 0"), ("lr", -1e-3, "lr must be a finite number >= 0"),
+    ("weight_decay", -1.0, "weight_decay"), ("hidden_dim", 0, "hidden_dim must be an integer >= 1"),
+    ("min_gap", 2.5, "min_gap must be an integer"), ("channels", (8, 0), "channels must be a non-empty list"),
+    ("goal_conditioned", "yes", "goal_conditioned must be true or false")])
+def test_progress_config_fields_are_checked(field, value, named):
+    """Before: lr 0 / negative trained nothing or against the ranking without a word, hidden_dim 0 failed
+    inside nn.Linear, min_gap 2.5 was used as a float gap."""
+    from mmreward.robotics.reward.progress import ProgressConfig, ProgressModel
+
+    with pytest.raises(ValueError, match=f"ProgressConfig.{named}"):
+        ProgressModel(ProgressConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("kw", [dict(seed=-1), dict(log_every=-1), dict(steps=2.5)])
+def test_progress_training_counts_are_named(kw):
+    """Before: seed -1 failed in numpy with "expected non-negative integer", log_every -1 went unchecked."""
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=f"train_progress: {name} must be an integer >= ., got {value!r}"):
+        train_progress(_episodes(3), ProgressConfig(**TINY_RANKER), None, show_progress=False, **{"steps": 1, **kw})

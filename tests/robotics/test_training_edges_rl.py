@@ -74,3 +74,82 @@ def test_resuming_with_another_camera_or_episode_length_is_refused(tmp_path):
     # the default camera named explicitly is the same run: it continues
     s = train_rl(RLConfig(**{**base, "camera": "corner", "num_train_frames": 16}), DrQV2Config(**agent))
     assert s["frames"] == 16 and s["episodes"] == 2
+
+
+
+class _StubEnv:
+    """Where the workspace reads a pixel env before training (no MuJoCo: constructing a Workspace
+    writes the run's train_config.json, which a resume checks as it checks a snapshot)."""
+
+    def __init__(self, *args, max_steps=None, **kw):
+        import types
+
+        import numpy as np
+
+        self.action_space = types.SimpleNamespace(low=-np.ones(4), high=np.ones(4))
+        self.action_dim, self.max_steps = 4, max_steps or 500
+
+    def close(self):
+        pass
+
+
+def _workspace(**kw):
+    from mmreward.robotics.rl import Workspace
+
+    ws = Workspace(RLConfig(**kw), DrQV2Config(hidden_dim=32, feature_dim=16, num_expl_steps=2))
+    ws.close()
+
+
+def test_resuming_with_another_nstep_batch_or_replay_size_is_refused(tmp_path, monkeypatch):
+    """Before: a run resumed with another --nstep, --batch-size or --replay-buffer-size went on
+    silently: the agent continued on returns / batches defined differently from the run it resumed."""
+    import mmreward.robotics.envs as envs
+
+    monkeypatch.setattr(envs, "make_env", _StubEnv)
+    base = dict(task="metaworld/door-open-v3", reward="sparse", out=str(tmp_path), num_train_frames=8,
+                num_seed_frames=0, eval_every_frames=0, num_eval_episodes=1, episode_steps=4, batch_size=4,
+                save_video=False, tensorboard=False, quiet=True, size=32)
+    _workspace(**base)
+    for change, named in [(dict(nstep=2), "nstep: saved None, now 2"), (dict(batch_size=8), "batch_size: saved 4, now 8"),
+                          (dict(replay_buffer_size=1000), "replay_buffer_size"),
+                          (dict(update_every_steps=1), "update_every_steps")]:
+        with pytest.raises(ValueError, match=f"other settings.*{named}"):
+            _workspace(**{**base, **change, "num_train_frames": 16})
+    # length, logging and the evaluation schedule are not part of it: the run continues
+    _workspace(**{**base, "num_train_frames": 16, "quiet": False, "eval_every_frames": 100, "tensorboard": True})
+
+
+def test_resuming_with_another_reward_model_is_refused_a_moved_copy_resumes(tmp_path, monkeypatch):
+    """Before: --model was no part of the run's fingerprint: a run resumed with another reward model
+    relabelled its new episodes with it, next to replay episodes paid by the first one."""
+    import shutil
+
+    import mmreward.robotics.envs as envs
+    from mmreward.robotics.pretrained import pretrained_path
+    from mmreward.robotics.reward.diffusion_reward import DiffusionReward
+
+    monkeypatch.setattr(envs, "make_env", _StubEnv)
+    a, b = tmp_path / "model_a", tmp_path / "model_b"
+    shutil.copytree(pretrained_path(), a)
+    other = DiffusionReward.from_pretrained(str(a))
+    other.config.success_scale = 2.0
+    other.save_pretrained(str(b))
+    base = dict(task="metaworld/door-open-v3", reward="rnd", out=str(tmp_path / "run"), num_train_frames=8,
+                num_seed_frames=0, eval_every_frames=0, num_eval_episodes=1, episode_steps=4, batch_size=4,
+                save_video=False, tensorboard=False, quiet=True, size=64, checkpoint=str(a))
+    _workspace(**base)
+    for model in (str(b), None):  # another model; the shipped one
+        with pytest.raises(ValueError, match="other settings.*reward_model"):
+            _workspace(**{**base, "checkpoint": model})
+    moved = tmp_path / "moved"
+    shutil.move(str(a), moved)
+    _workspace(**{**base, "checkpoint": str(moved), "num_train_frames": 16})
+
+
+@pytest.mark.parametrize("field,value", [("nstep", 2.5), ("batch_size", "8"), ("num_seed_frames", 10.0),
+                                         ("episode_steps", 4.5), ("seed", True)])
+def test_rl_config_counts_must_be_integers(field, value):
+    """Before: RLConfig(nstep=2.5) passed validate and reached the replay buffer; "8" failed in a
+    comparison that named nothing."""
+    with pytest.raises(ValueError, match=f"{field} must be an integer, got {value!r}"):
+        RLConfig(**{field: value}).validate()

@@ -367,3 +367,22 @@ def test_out_of_range_training_settings_are_named_before_any_work(tmp_path):
             train_video_model((hist, tgt), VQDiffusionConfig(**TINY), str(tmp_path / "run"), steps=1,
                               progress_bar=False, **bad)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_data_is_capped_with_a_warning_and_ema_interval_is_checked(tmp_path):
+    """Before: batch_size 32 on 5 windows silently trained on batches of 5, and EMA(update_every=2.5)
+    updated every 2 calls ("3": every 3; 0: every call) without a word."""
+    from mmreward.robotics.training import EMA
+
+    hist, tgt = torch.randint(0, 8, (5, 2, 6)), torch.randint(0, 8, (5, 6))
+    with pytest.warns(UserWarning, match=r"train_video_model: batch_size 32 is more than the 5 \(history, target\) windows"):
+        train_video_model((hist, tgt), VQDiffusionConfig(**TINY), str(tmp_path / "v"), steps=1, batch_size=32,
+                          progress_bar=False)
+    model = tiny_model()
+    for bad in (2.5, "3", 0, -1, True):
+        with pytest.raises(ValueError, match=f"EMA update_every must be an integer >= 1.*got {bad!r}"):
+            EMA(model, 0.99, bad)
+    for bad in ("0.9", float("nan"), 1.0):
+        with pytest.raises(ValueError, match="EMA decay must be a number in"):
+            EMA(model, bad, 2)
+    assert EMA(model, 0.5, 3).update_every == 3

@@ -233,3 +233,29 @@ def test_out_of_range_training_settings_are_named_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=f"VQGANTrainConfig.{next(iter(bad))}"):
             train_vqgan(blobs(4), VQGANConfig(**TINY), str(tmp_path / "run"), steps=1, progress_bar=False, **bad)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_frame_pool_is_capped_with_a_warning(tmp_path):
+    """Before: batch_size 32 on 6 frames silently trained on batches of 6."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="train_vqgan: batch_size 32 is more than the 6 frames"):
+        train_vqgan(blobs(6), VQGANConfig(**TINY), str(tmp_path / "a"), steps=1, batch_size=32, progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a batch the data holds: no warning
+        train_vqgan(blobs(6), VQGANConfig(**TINY), str(tmp_path / "b"), steps=1, batch_size=6, progress_bar=False)
+
+
+def test_float_frames_outside_0_1_are_refused_not_encoded_saturated():
+    """Before: float frames of 0..255 (or NaN) were encoded as if in [0, 1]: the tokens of a white image,
+    without a word. numpy frames are taken as tensors are."""
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(**TINY)).eval()
+    x = blobs(2)
+    floats = x.permute(0, 3, 1, 2).float()
+    with pytest.raises(ValueError, match=r"float frames must be in \[0, 1\], got values in \[40, .*pass them as uint8"):
+        model.encode(floats)
+    with pytest.raises(ValueError, match="NaN"):
+        model.encode(torch.full((1, 3, 32, 32), float("nan")))
+    assert torch.equal(model.encode(x.numpy()), model.encode(x))
+    assert torch.equal(frames_to_float(floats / 255), floats / 255 * 2 - 1)
