@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -76,11 +75,10 @@ class ConvTextConfig:
     pool: int = field(default=4, metadata={"help": "final feature map side (keeps where things are)"})
 
 
-def _warn_truncated(lengths: Sequence[int], limit: int) -> None:
-    long = [i for i, n in enumerate(lengths) if n > limit]
-    if long:
-        warnings.warn(f"{len(long)} prompt(s) (first: #{long[0]}, {lengths[long[0]]} tokens) exceed the text "
-                      f"encoder's limit of {limit} tokens and were truncated", stacklevel=4)
+def _warn_truncated(prompts: Sequence[str], lengths: Sequence[int], limit: int) -> None:
+    from .scoring import warn_truncated
+
+    warn_truncated(prompts, lengths, limit, stacklevel=5)
 
 
 class ConvTextBackbone(nn.Module):
@@ -113,7 +111,7 @@ class ConvTextBackbone(nn.Module):
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         words = [re.findall(r"[a-z0-9]+", p.lower()) for p in prompts]
-        _warn_truncated([len(w) for w in words], self.max_text_length)
+        _warn_truncated(prompts, [len(w) for w in words], self.max_text_length)
         words = [w[: self.max_text_length] or ["<empty>"] for w in words]
         n = max(len(w) for w in words)
         ids = torch.zeros(len(words), n, dtype=torch.long)
@@ -148,7 +146,7 @@ class HFDualEncoder(nn.Module):
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         full = self.tokenizer(list(prompts))["input_ids"]
-        _warn_truncated([len(x) for x in full], self.max_text_length)
+        _warn_truncated(prompts, [len(x) for x in full], self.max_text_length)
         tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_text_length,
                              return_tensors="pt")
         return {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}

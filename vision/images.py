@@ -95,24 +95,52 @@ def open_image(path: str, where: str = ""):
 
 def load_image(path: str, where: str = "", background: Optional[tuple] = None):
     """Open ``path`` as an RGB PIL image (see :func:`open_image`; ``background``: see :func:`as_rgb`)."""
-    return as_rgb(open_image(path, where), background)
+    return as_rgb(open_image(path, where), background, f"{where + ': ' if where else ''}image file {path!r}")
 
 
-def as_rgb(im, background: Optional[tuple] = None):
-    """An RGB copy of a PIL image. 16-bit greys (modes ``I;16*`` and ``I``, as 16-bit PNGs open) are
-    scaled from 0-65535 first: PIL's own conversion clips them at 255, a nearly white image.
+def as_rgb(im, background: Optional[tuple] = None, where: str = "image"):
+    """An RGB copy of a PIL image. 16-bit greys (modes ``I;16*``, and ``I`` with values in 0-65535, as
+    16-bit PNGs open in older Pillow) are scaled from 0-65535 first: PIL's own conversion clips them at
+    255, a nearly white image. A 32-bit float grey (mode ``F``, e.g. a TIFF depth map) is read as a
+    float image must be, in [0, 1]; an ``I`` image with values past 0-65535 (a 32-bit integer map) has
+    no implied scale: both are refused naming the mode and the range, never clipped to black / white.
     ``background`` (an RGB triple): an RGBA image is pasted over it through its alpha, as
     qwen-vl-utils does with white; without it the alpha is dropped (PIL / transformers)."""
     from PIL import Image
 
-    if im.mode.startswith("I"):
-        grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        return Image.fromarray(_grey_levels(im, where)).convert("RGB")
     if background is not None and im.mode == "RGBA":
         out = Image.new("RGB", im.size, tuple(background))
         out.paste(im, mask=im.split()[3])
         return out
-    return im.convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError as e:  # a mode PIL cannot make RGB (e.g. LAB)
+        raise ValueError(f"{where}: cannot convert a PIL image in mode {im.mode!r} to RGB ({e}); convert it "
+                         "to RGB first") from e
+
+
+def _grey_levels(im, where: str) -> np.ndarray:
+    """uint8 grey levels of a PIL image in mode ``I;16*`` / ``I`` (16-bit values) / ``F`` (floats in [0, 1])."""
+    a = np.asarray(im)
+    if a.size == 0:
+        return np.zeros(a.shape, np.uint8)
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{where}: PIL image (mode {im.mode!r}) holds NaN or inf")
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode == "F":
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"{where}: PIL image in mode 'F' (32-bit float) has values in [{lo:.4g}, {hi:.4g}]; "
+                             "float images must be in [0, 1] (scale it, e.g. to a depth range, or convert it to "
+                             "8-bit 'L' / 'RGB' first)")
+        return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"{where}: PIL image in mode {im.mode!r} (32-bit integer) has values in [{lo:.0f}, {hi:.0f}], "
+                         "outside the 16-bit range 0-65535 it is read in; scale it to 0-65535 (I;16) or 0-255 "
+                         "('L' / 'RGB') first")
+    return np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
 
 
 def _array_to_tensor(a: np.ndarray, where: str) -> torch.Tensor:
@@ -164,7 +192,7 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return _check_range(_array_to_tensor(x, where), where)
     if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
-        return _array_to_tensor(np.asarray(as_rgb(x)), where)
+        return _array_to_tensor(np.asarray(as_rgb(x, where=where)), where)
     raise TypeError(f"{where}: expected a path, PIL image, array or tensor, got {type(x).__name__}")
 
 
@@ -174,7 +202,7 @@ def to_pil(x: Any, where: str = "image", background: Optional[tuple] = None):
     from PIL import Image
 
     if isinstance(x, Image.Image):
-        return as_rgb(_not_empty(x, where), background)
+        return as_rgb(_not_empty(x, where), background, where)
     if isinstance(x, (str, os.PathLike)):
         return load_image(os.fspath(x), where, background)
     t = to_tensor(x, where).detach()
@@ -227,14 +255,64 @@ def as_image_list(images: Any) -> list[torch.Tensor]:
     return out
 
 
+# A resize whose full intermediate (the shortest side at ``size``, the other scaled alike) would hold more
+# than this many pixels computes only the centre crop (an extreme aspect ratio: a 1 x 20000 strip would
+# need a 224 x 4 480 000 intermediate, gigabytes); other images take the one-call resize (as torchvision).
+FULL_RESIZE_MAX_PIXELS = 1 << 22
+
+
+def _cubic_aa(x: np.ndarray) -> np.ndarray:
+    """The bicubic kernel (a = -0.5) of torch's / PIL's antialiased resize."""
+    a, x = -0.5, np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _aa_bicubic_rows(in_size: int, out_size: int, start: int, count: int) -> tuple[np.ndarray, int, int]:
+    """Weights ``[count, hi - lo]`` of output pixels ``start .. start + count`` of an antialiased bicubic
+    resize ``in_size -> out_size`` over input pixels ``lo .. hi`` (torch's ``antialias=True`` formula)."""
+    scale = in_size / out_size
+    support, inv = (2.0 * scale, 1.0 / scale) if scale >= 1.0 else (2.0, 1.0)
+    center = scale * (np.arange(start, start + count, dtype=np.float64) + 0.5)
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64)
+    lo, hi = int(xmin.min()), int(xmax.max())
+    j = np.arange(lo, hi)
+    w = _cubic_aa((j[None, :] - center[:, None] + 0.5) * inv) * ((j[None, :] >= xmin[:, None]) & (j[None, :] < xmax[:, None]))
+    return w / w.sum(axis=1, keepdims=True), lo, hi
+
+
+def _resize_center_crop_window(img: torch.Tensor, size: int, nh: int, nw: int, top: int, left: int) -> torch.Tensor:
+    """The ``size`` x ``size`` window at (top, left) of the bicubic antialiased resize of ``img`` to
+    (nh, nw), without the full resize: the long side is resampled for the window's pixels only (a weight
+    matrix, differentiable), the other side by ``F.interpolate``. Equal to the full resize up to float
+    rounding."""
+    h, w = img.shape[-2:]
+    if nh > size:
+        wt, lo, hi = _aa_bicubic_rows(h, nh, top, size)
+        rows = torch.from_numpy(wt).to(img.device, img.dtype)
+        img = torch.einsum("oh,nchw->ncow", rows, img[..., lo:hi, :])
+        h = size
+    if nw > size:
+        wt, lo, hi = _aa_bicubic_rows(w, nw, left, size)
+        cols = torch.from_numpy(wt).to(img.device, img.dtype)
+        img = torch.einsum("ow,nchw->ncho", cols, img[..., lo:hi])
+        w = size
+    if (h, w) != (size, size):
+        img = F.interpolate(img, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return img
+
+
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, 3, H, W] -> [N, 3, size, size]: bicubic resize of the shortest side, then centre crop (CLIP)."""
+    """[N, 3, H, W] -> [N, 3, size, size]: bicubic resize of the shortest side, then centre crop (CLIP).
+    An extreme aspect ratio (see ``FULL_RESIZE_MAX_PIXELS``) computes the crop alone."""
     h, w = img.shape[-2:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        img = F.interpolate(img, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
         top, left = (nh - size) // 2, (nw - size) // 2
+        if nh * nw > FULL_RESIZE_MAX_PIXELS:
+            return _resize_center_crop_window(img, size, nh, nw, top, left)
+        img = F.interpolate(img, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
         img = img[..., top:top + size, left:left + size]
     return img
 

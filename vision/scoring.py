@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Mapping
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +16,30 @@ from mmreward.core.inputs import ImagePrompt
 from mmreward.core.model import RewardScorer
 
 PixelScorer = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+def warn_truncated(prompts: Sequence[str], lengths: Sequence[int], limit: int, stacklevel: int = 4) -> None:
+    """Warn when prompts (``lengths``: their token counts untruncated) exceed the text encoder's ``limit``
+    and are cut to it, naming how many and the first one (its start and its length)."""
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if long:
+        first = prompts[long[0]]
+        text = first if len(first) <= 50 else first[:50] + "..."
+        warnings.warn(f"{len(long)} prompt(s) exceed the text encoder's limit of {limit} tokens and were truncated "
+                      f"(first: {text!r}, {lengths[long[0]]} tokens)", stacklevel=stacklevel)
+
+
+def tokenize_truncating(tokenizer: Any, prompts: Sequence[str], max_length: int) -> dict:
+    """``tokenizer(prompts)`` padded and truncated to ``max_length`` as the official scorers tokenise, with a
+    :func:`warn_truncated` warning for the prompts that were cut (only rows that reach ``max_length`` are
+    tokenised again to tell)."""
+    tok = tokenizer(list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    full = tok["attention_mask"].sum(dim=1).tolist()
+    at_limit = [i for i, n in enumerate(full) if n >= max_length]
+    if at_limit:
+        lengths = [len(ids) for ids in tokenizer([prompts[i] for i in at_limit])["input_ids"]]
+        warn_truncated([prompts[i] for i in at_limit], lengths, max_length, stacklevel=5)
+    return tok
 
 
 @contextlib.contextmanager

@@ -62,7 +62,8 @@ def filter_advantages(adv: Tensor, sigma: float = 3.0, abs_max: float = 10.0,
     Dropped (→ 0): NaN / inf, ``|A| > abs_max``, and values beyond mean ± ``sigma``·std of the
     remaining ones (population std). Kept values are ``(A − mean) / (std + eps)`` when ``normalize``."""
     if not isinstance(adv, Tensor) or adv.dim() != 1 or not adv.is_floating_point():
-        raise ValueError(f"advantages must be a 1-D float tensor, got {getattr(adv, 'shape', type(adv))}")
+        got = f"a {adv.dtype} tensor of shape {tuple(adv.shape)}" if isinstance(adv, Tensor) else type(adv).__name__
+        raise ValueError(f"advantages must be a 1-D float tensor, got {got}")
     a = adv.detach().double()
     valid = torch.isfinite(a) & (a.abs() <= abs_max)
     out = torch.zeros_like(a)
@@ -79,24 +80,42 @@ def filter_advantages(adv: Tensor, sigma: float = 3.0, abs_max: float = 10.0,
 def compute_advantages(rewards: Tensor, group: Optional[Tensor] = None,
                        config: Optional[StableReinforceConfig] = None) -> tuple[Tensor, Tensor]:
     """Rewards (B,) → filtered advantages (B,) and kept mask: the group-mean baseline (one group per
-    prompt, ``group`` int (B,)) when given, then :func:`filter_advantages`."""
+    prompt) when ``group`` is given, then :func:`filter_advantages`. ``group``: the group id of each
+    sample, an int tensor (B,) or a list of B ids (ints, strings: equal ids share a group), or the
+    prompt token ids of each sample (B, T): equal rows share a group."""
     cfg = config or StableReinforceConfig()
     if not isinstance(rewards, Tensor) or rewards.dim() != 1 or rewards.numel() == 0:
         raise ValueError(f"rewards must be a non-empty 1-D tensor, got {getattr(rewards, 'shape', type(rewards))}")
     r = rewards.detach().float()
     if group is not None and cfg.group_baseline:
-        if group.shape != r.shape:
-            raise ValueError(f"group has shape {tuple(group.shape)}, rewards {tuple(r.shape)}")
-        if group.is_floating_point() and not bool((torch.isfinite(group) & (group == group.round())).all()):
-            # .long() would truncate 0.5 and 0.7 into one group 0 without a word
-            raise ValueError("group must hold integer group ids (one per prompt), got non-integer values")
-        g = group.long()
-        _, inv = torch.unique(g, return_inverse=True)
+        inv = _group_index(group, len(r)).to(r.device)
         fin = torch.isfinite(r)
-        sums = torch.zeros(int(inv.max()) + 1).index_add_(0, inv, torch.where(fin, r, 0.0))
+        sums = torch.zeros(int(inv.max()) + 1, device=r.device).index_add_(0, inv, torch.where(fin, r, 0.0))
         cnt = torch.zeros_like(sums).index_add_(0, inv, fin.float())
         r = r - (sums / cnt.clamp_min(1))[inv]
     return filter_advantages(r, cfg.adv_sigma, cfg.adv_abs_max, cfg.normalize_advantages)
+
+
+def _group_index(group: Any, n: int) -> Tensor:
+    """(n,) index of each sample's group, from ids (a tensor (n,) / a list) or prompt rows (a tensor (n, T))."""
+    if not isinstance(group, Tensor):
+        if isinstance(group, (str, bytes)) or not hasattr(group, "__len__"):
+            raise TypeError(f"group must be a tensor or a list of group ids, got {type(group).__name__}")
+        if len(group) != n:
+            raise ValueError(f"group has {len(group)} ids, rewards {n}")
+        first: dict = {}
+        try:
+            return torch.tensor([first.setdefault(g, len(first)) for g in group], dtype=torch.long)
+        except TypeError as e:  # unhashable ids (lists)
+            raise TypeError(f"group ids must be hashable (ints, strings), got {e}") from None
+    if group.dim() == 0 or group.shape[0] != n or group.dim() > 2:
+        raise ValueError(f"group has shape {tuple(group.shape)}, rewards ({n},): give one id per sample (n,) or "
+                         "one prompt row per sample (n, T)")
+    if group.is_floating_point() and not bool((torch.isfinite(group) & (group == group.round())).all()):
+        # .long() would truncate 0.5 and 0.7 into one group 0 without a word
+        raise ValueError("group must hold integer group ids (one per prompt), got non-integer values")
+    g = group.long()
+    return torch.unique(g, dim=0, return_inverse=True)[1] if g.dim() == 2 else torch.unique(g, return_inverse=True)[1]
 
 
 def pre_clipped_ratio(logprobs: Tensor, old_logprobs: Tensor, log_ratio_min: float, log_ratio_max: float) -> Tensor:

@@ -132,6 +132,7 @@ class VisualPRM(VLMScorer):
             n_steps.append(len(steps))
             flat_labels += lab or []
         enc = D.encode(proc, texts, imgs, names)
+        self.check_context(enc, names)
         ids, header = enc["input_ids"], torch.tensor(self._assistant_header())
         L = header.numel()
         # a label position p: the header right before it and a label token at p
@@ -327,8 +328,8 @@ def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: O
     """Step-BCE training with the shared core Trainer (``config``: TrainConfig); returns the history
     (``eval_step_loss`` / ``eval_step_accuracy`` / ``eval_macro_f1`` on ``eval_rows`` when given). The
     final model is saved to ``<output_dir>/model``. A resume (``config.resume``) must use the same
-    objective (label tokens, ``hard_labels``, freeze settings) and the same rows (question, steps,
-    labels, images), else it is refused naming what differs."""
+    objective (label tokens, ``hard_labels``, freeze settings), the same rows (question, steps,
+    labels, images) and the same processor, else it is refused naming what differs."""
     from mmreward.core.model import config_to_dict
     from mmreward.core.trainer import Trainer
 
@@ -339,7 +340,8 @@ def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: O
     # what is learned: resumed with other labels / label tokens / frozen parts or other rows it would go on
     # silently from weights trained for something else (reduce and threshold only read the scores: free)
     objective = {k: cfg[k] for k in ("good_token", "bad_token", "hard_labels", "freeze_vision_tower", "freeze_projector")}
-    resume = {"objective": {"loss": "step_bce", **objective}, "data": data_digest(examples)}
+    resume = {"objective": {"loss": "step_bce", **objective}, "data": data_digest(examples),
+              "processor": D.processor_fingerprint(model.need_processor())}
     return Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn,
                    settings={"visual_prm": cfg}, resume_settings=resume).fit()
 

@@ -17,11 +17,12 @@ folder without either is refused with a message naming what is missing.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
 
+from mmreward.core.data import DataError
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import RewardScorer, config_from_dict, load_state_strict, load_weights
 
@@ -51,6 +52,44 @@ class VLMScorer(RewardScorer, nn.Module):
         if self.processor is None:
             raise ValueError(f"this {type(self).__name__} has no processor: pass processor= to the constructor")
         return self.processor
+
+    def context_length(self) -> Optional[int]:
+        """The most tokens the backbone's language model takes: its ``max_position_embeddings``, times the
+        factor of a RoPE scaling (YaRN, linear, dynamic) when one is configured; None when unknown."""
+        cfg = getattr(self.backbone, "config", None)
+        for c in (getattr(cfg, "text_config", None), cfg):
+            n = getattr(c, "max_position_embeddings", None)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                scaling = getattr(c, "rope_parameters", None)  # transformers 5 (rope_scaling warns there)
+                if scaling is None and "rope_parameters" not in getattr(c, "__dict__", {}):
+                    scaling = getattr(c, "rope_scaling", None)  # older transformers
+                factor = scaling.get("factor") if isinstance(scaling, dict) else None
+                if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 1:
+                    n = int(n * factor)  # permissive: some configs already give the extended length
+                return n
+        return None
+
+    def check_context(self, enc: dict, names: Sequence[str]) -> None:
+        """DataError naming the first input whose tokens (text + image / video tokens) exceed the
+        backbone's context: past its trained positions the scores would be garbage, and nothing is cut
+        (long conversations are not truncated), so such an input is refused."""
+        limit, mask = self.context_length(), enc.get("attention_mask")
+        if limit is None or not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] <= limit:
+            return
+        lengths = mask.sum(dim=1).tolist()
+        for i, (name, n) in enumerate(zip(names, lengths)):
+            if n > limit:
+                ids = enc.get("input_ids")
+                n_image = sum(int((ids[i] == t).sum()) for t in self._vision_token_ids()) \
+                    if isinstance(ids, torch.Tensor) else 0
+                raise DataError(f"{name}: {int(n)} tokens ({n_image} of them image / video tokens) exceed the "
+                                f"model's context of {limit} tokens (max_position_embeddings); shorten the "
+                                "conversation or give smaller images (the processor's max_pixels)")
+
+    def _vision_token_ids(self) -> list[int]:
+        cfg = getattr(self.backbone, "config", None)
+        ids = [getattr(cfg, k, None) for k in ("image_token_id", "video_token_id", "image_token_index")]
+        return [i for i in ids if isinstance(i, int)]
 
     # -------------------------------------------------------------- save / load
     def _save(self, folder: str, state_dict: Optional[dict] = None) -> dict:

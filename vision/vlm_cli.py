@@ -14,8 +14,8 @@ from the model config and :class:`~mmreward.core.trainer.TrainConfig` (``--out``
 :func:`~mmreward.vision.vlm_rm.train_vlm_reward` / :func:`~mmreward.vision.visual_prm.train_visual_prm`,
 the functions a Python user calls. The trained model is saved to ``<out>/model``; score it with
 ``mmreward score --model <out>/model --data rows.jsonl`` or evaluate it with ``mmreward vision eval``.
-An ``--out`` holding a run is resumed only with the same rows and objective (else refused, naming what
-differs, before any evaluation); a resumed run prints its final held-out figures without a "before".
+An ``--out`` holding a run is resumed only with the same rows, objective and processor (chat template,
+tokenizer, image size / max pixels; else refused, naming what differs, before any evaluation); a resumed run prints its final held-out figures without a "before".
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ transformers is imported inside functions only: ``import mmreward.vision`` stays
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Optional, Sequence
@@ -130,6 +131,61 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rows {empty} have no attended token")
     pos = torch.arange(m.shape[1], device=m.device).expand_as(m)
     return torch.where(m, pos, -1).max(dim=1).values
+
+
+# ------------------------------------------------------------------ processor identity (resume checks)
+def _sha16(data: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON values (enums, tuples and the like as their text / lists), for a fingerprint."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> Optional[str]:
+    """A digest of what a tokenizer turns text into: a fast tokenizer's model, normaliser,
+    pre-tokeniser, post-processor and added tokens (not its padding / truncation state, which calls
+    change), else its vocabulary."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        try:
+            spec = json.loads(backend.to_str())
+            return _sha16({k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer", "post_processor",
+                                                     "decoder", "added_tokens")})
+        except (TypeError, ValueError):
+            pass
+    try:
+        return _sha16(sorted(tokenizer.get_vocab().items()))
+    except (AttributeError, TypeError):
+        return type(tokenizer).__name__
+
+
+# image-processor fields that only name the class or the files: not part of what the pixels become
+_NOT_SETTINGS = ("processor_class", "_processor_class", "image_processor_type", "feature_extractor_type", "auto_map")
+
+
+def processor_fingerprint(processor: Any) -> dict[str, Any]:
+    """The processor settings that decide a model's inputs (the chat template, the tokenizer, the image
+    processor's size / min / max pixels / patching / mean / std): part of a training run's fingerprint,
+    so a run is not resumed with another processor (its tokens and pixels would silently differ from
+    those the saved weights were trained on)."""
+    out: dict[str, Any] = {"class": type(processor).__name__}
+    template = getattr(processor, "chat_template", None)
+    out["chat_template"] = _sha16(template) if isinstance(template, str) else None
+    out["tokenizer"] = tokenizer_fingerprint(getattr(processor, "tokenizer", None))
+    for name in ("image_processor", "video_processor"):
+        part = getattr(processor, name, None)
+        if part is not None and hasattr(part, "to_dict"):
+            out[name] = _plain({k: v for k, v in part.to_dict().items() if k not in _NOT_SETTINGS})
+    vision = getattr(processor, "vision", None)  # QwenVLProcessor: its QwenVisionConfig
+    if vision is not None and dataclasses.is_dataclass(vision):
+        out["vision"] = _plain(dataclasses.asdict(vision))
+    return out
 
 
 # ------------------------------------------------------------------ backbone

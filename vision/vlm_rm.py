@@ -83,7 +83,9 @@ class VLMRewardModel(VLMScorer):
         with eval_mode(self), torch.no_grad():
             for s in range(0, len(items), batch_size):
                 chunk = items[s:s + batch_size]
-                enc = self.encode(chunk, [f"input {s + k}" for k in range(len(chunk))])
+                names = [f"input {s + k}" for k in range(len(chunk))]
+                enc = self.encode(chunk, names)
+                self.check_context(enc, names)
                 out.append(self(**{k: v.to(self.device) for k, v in enc.items()}).cpu())
         return torch.cat(out)
 
@@ -132,7 +134,9 @@ class PreferenceCollator:
         if not pairs:
             raise ValueError("empty batch of preference pairs")
         names = [f"{p.name} (chosen)" for p in pairs] + [f"{p.name} (rejected)" for p in pairs]
-        return self.model.encode([p.chosen for p in pairs] + [p.rejected for p in pairs], names)
+        enc = self.model.encode([p.chosen for p in pairs] + [p.rejected for p in pairs], names)
+        self.model.check_context(enc, names)
+        return enc
 
 
 def pairwise_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -244,8 +248,8 @@ def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_ro
     """Pairwise training with the shared core Trainer (``config``: :class:`mmreward.core.trainer.TrainConfig`);
     returns its per-step history (``eval_loss`` / ``eval_accuracy`` on ``eval_rows`` when given). The
     final model is saved to ``<output_dir>/model``. A resume (``config.resume``) must train the same
-    parts of the model (freeze settings) on the same rows (turns and images), else it is refused
-    naming what differs."""
+    parts of the model (freeze settings) on the same rows (turns and images) with the same processor
+    (chat template, tokenizer, image processor settings), else it is refused naming what differs."""
     from mmreward.core.model import config_to_dict
     from mmreward.core.trainer import Trainer
 
@@ -256,6 +260,7 @@ def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_ro
     # resumed with other rows or other frozen parts it would go on silently from weights trained for
     # something else (head_init_std only draws the first head: a resume loads the trained one)
     resume = {"objective": {"loss": "bradley_terry", **{k: cfg[k] for k in ("freeze_vision_tower", "freeze_projector")}},
-              "data": data_digest(pairs)}
+              "data": data_digest(pairs),
+              "processor": D.processor_fingerprint(model.need_processor())}
     return Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn,
                    settings={"vlm_reward": cfg}, resume_settings=resume).fit()

@@ -47,3 +47,21 @@ def test_group_ids_that_are_not_integers_are_refused():
     a, _ = compute_advantages(rewards, torch.tensor([0, 0, 1, 1]))
     b, _ = compute_advantages(rewards, torch.tensor([0.0, 0.0, 1.0, 1.0]))  # integral floats are ids too
     assert torch.equal(a, b) and a[0] > 0 > a[1] and a[2] > 0 > a[3]
+
+
+def test_groups_as_a_list_of_ids_or_prompt_rows():
+    """``group`` given as the docs' ``prompt ids of each sample``: a list of ids (strings too) or the
+    prompt token rows (B, T) group alike; a list raised AttributeError ('list' has no 'shape')."""
+    from mmreward.vision.stable_reinforce import compute_advantages, filter_advantages
+
+    rewards = torch.tensor([1.0, 3.0, 10.0, 14.0])
+    want, _ = compute_advantages(rewards, torch.tensor([0, 0, 1, 1]))
+    for group in ([7, 7, 3, 3], ["cat", "cat", "dog", "dog"], torch.tensor([[5, 6], [5, 6], [5, 9], [5, 9]])):
+        got, _ = compute_advantages(rewards, group)
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"group has 3 ids, rewards 4"):
+        compute_advantages(rewards, [0, 0, 1])
+    with pytest.raises(ValueError, match=r"group has shape \(3, 2\), rewards \(4,\)"):
+        compute_advantages(rewards, torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got a torch.int64 tensor of shape \(3,\)"):
+        filter_advantages(torch.tensor([1, 2, 3]))

@@ -176,3 +176,31 @@ def test_cli_out_is_a_file_refused_before_evaluation(colour_sets, monkeypatch, c
                        str(colour_sets / "held" / "rows.jsonl"), "--out", str(colour_sets / "afile"), "--max-steps", "1",
                        *QUIET], capsys)
     assert rc == 2 and "afile" in err and "Traceback" not in err, err
+
+
+def test_resume_refuses_another_processor(proc, tmp_path):
+    """the processor decides the tokens and pixels the weights were trained on: a resume with another image
+    size (max pixels), chat template or tokenizer is refused naming the setting; a reloaded copy resumes."""
+    from mmreward.vision.vlm_data import SimpleVLMProcessor
+
+    rows = S.colour_preference_rows(8, seed=0)
+    train_vlm_reward(rm(proc), rows, cfg(tmp_path / "rm", max_steps=1))
+    bigger = tiny_processor(S.COLOUR_WORDS, image_size=84)
+    with pytest.raises(ValueError, match=r"processor\.image_processor\.size"):
+        train_vlm_reward(VLMRewardModel(VLMRewardConfig(), tiny_qwen2vl_config(bigger), bigger), rows,
+                         cfg(tmp_path / "rm", max_steps=2))
+    other_template = SimpleVLMProcessor(proc.tokenizer, proc.image_processor, proc.chat_template.replace("\n", " ", 1))
+    with pytest.raises(ValueError, match=r"processor\.chat_template"):
+        train_vlm_reward(rm(other_template), rows, cfg(tmp_path / "rm", max_steps=2))
+    other_words = tiny_processor(S.COLOUR_WORDS + ["mauve"])
+    with pytest.raises(ValueError, match=r"processor\.tokenizer"):
+        train_visual_prm_then(other_words, tmp_path)
+    proc.save_pretrained(str(tmp_path / "proc"))  # the same processor saved and read back: resumes
+    again = SimpleVLMProcessor.from_pretrained(str(tmp_path / "proc"))
+    assert [r["step"] for r in train_vlm_reward(rm(again), rows, cfg(tmp_path / "rm", max_steps=2))] == [1, 2]
+
+
+def train_visual_prm_then(other, tmp_path):
+    rows = S.colour_step_rows(4, seed=0)
+    train_visual_prm(prm(tiny_processor(S.COLOUR_WORDS)), rows, cfg(tmp_path / "prm", max_steps=1))
+    train_visual_prm(prm(other), rows, cfg(tmp_path / "prm", max_steps=2))

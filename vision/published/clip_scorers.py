@@ -55,7 +55,7 @@ from mmreward.core.weights import quiet_transformers, read_json, read_torch_stat
 
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
-from ..scoring import require_assets
+from ..scoring import require_assets, tokenize_truncating
 from .common import longest_edge_pad, normalise, shortest_edge_crop_batch, split_by_grad
 
 KINDS = ("pickscore", "clip_score", "hpsv2", "aesthetic")
@@ -135,8 +135,7 @@ class CLIPScorer(ImageScorer):
     def _tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.config.open_clip_text:  # open_clip's basic_clean / whitespace_clean (ftfy aside)
             prompts = [re.sub(r"\s+", " ", html.unescape(html.unescape(p)).strip()).strip() for p in prompts]
-        tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.config.max_text_length,
-                             return_tensors="pt")
+        tok = tokenize_truncating(self.tokenizer, list(prompts), self.config.max_text_length)
         return {k: tok[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     def embeddings(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

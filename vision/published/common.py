@@ -20,22 +20,48 @@ def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tenso
     torchvision's transforms on a PIL image do; pass an RGB image for pipelines that convert first."""
     from PIL import Image
 
-    from ..images import as_rgb
+    from ..images import FULL_RESIZE_MAX_PIXELS, as_rgb
 
     w, h = image.size
     if w <= h:
         nw, nh = size, int(size * h / w)
     else:
         nw, nh = int(size * w / h), size
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), resample=Image.BICUBIC)
-    image = as_rgb(image) if image.mode != "RGB" else image
     if crop_rounding == "round":
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     else:
         top, left = (nh - size) // 2, (nw - size) // 2
+    if nw * nh > FULL_RESIZE_MAX_PIXELS and top + size <= nh and left + size <= nw:
+        # an extreme aspect ratio (a 1 x 20000 strip: a 224 x 4 480 000 intermediate, gigabytes): resample
+        # only the crop, the source box it covers at the same scale (PIL's resize box)
+        image = _resize_crop_window(image, size, nw, nh, top, left)
+        nw = nh = size
+        top = left = 0
+    elif (nw, nh) != (w, h):
+        image = image.resize((nw, nh), resample=Image.BICUBIC)
+    image = as_rgb(image) if image.mode != "RGB" else image
     x = np.asarray(image, dtype=np.float32)[top:top + size, left:left + size] / 255.0
     return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
+
+
+def _resize_crop_window(image: Any, size: int, nw: int, nh: int, top: int, left: int) -> Any:
+    """The ``size`` x ``size`` window at (top, left) of PIL's bicubic resize of ``image`` to (nw, nh),
+    without the full resize. PIL resizes horizontally then vertically; so does this, each pass on
+    the source box of the window at the full resize's scale (PIL's ``box``) and the horizontal one on
+    the rows the vertical one reads only: the same pixels as the full resize (up to float rounding of
+    the box, and of nearest-neighbour picks for palette / 1-bit images)."""
+    import math
+
+    from PIL import Image
+
+    w, h = image.size
+    sx, sy = w / nw, h / nh
+    y0, y1 = top * sy, (top + size) * sy
+    reach = 2.0 * max(sy, 1.0) + 2.0  # bicubic support (2 px, widened when downsampling) + rounding slack
+    lo, hi = max(0, math.floor(y0 - reach)), min(h, math.ceil(y1 + reach))
+    rows = image.crop((0, lo, w, hi)) if (lo, hi) != (0, h) else image
+    rows = rows.resize((size, hi - lo), resample=Image.BICUBIC, box=(left * sx, 0, (left + size) * sx, hi - lo))
+    return rows.resize((size, size), resample=Image.BICUBIC, box=(0, y0 - lo, size, y1 - lo))
 
 
 def longest_edge_pad(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ from mmreward.core.weights import read_json, read_torch_state, require_tensors
 from ..image_reward import imagereward_head
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
-from ..scoring import require_assets
+from ..scoring import require_assets, tokenize_truncating
 from .common import normalise, shortest_edge_crop_batch, split_by_grad
 
 CHECKPOINT, MED_CONFIG, TOKENIZER_DIR = "ImageReward.pt", "med_config.json", "tokenizer"
@@ -226,8 +226,7 @@ class BLIPImageReward(ImageScorer):
     def reward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
         unique = list(dict.fromkeys(prompts))
         index = torch.tensor([unique.index(p) for p in prompts], device=pixel_values.device)
-        tok = self.tokenizer(unique, padding=True, truncation=True, max_length=self.config.max_text_length,
-                             return_tensors="pt")
+        tok = tokenize_truncating(self.tokenizer, unique, self.config.max_text_length)
         dev = pixel_values.device
         ids, mask = tok["input_ids"].to(dev)[index], tok["attention_mask"].to(dev)[index]  # (B, L): one row per image
         image = self.blip.visual_encoder(pixel_values)  # (B, 1 + N, Wv)
