@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser
+from mmreward.core.cli_config import CLIParser, json_text
 
 
 def _files(folder: str) -> tuple[int, int, list[str]]:
@@ -51,9 +51,42 @@ def _has_parts(model: Any) -> bool:
     return isinstance(model, RewardScorer) and type(model)._score_parts is not RewardScorer._score_parts
 
 
+def _fetched(path: Any) -> bool:
+    """Whether :func:`mmreward.registry.resolve_folder` reads ``path`` as a hub id (not a local folder, a
+    run folder or a shipped name)."""
+    from mmreward.registry import _shipped
+
+    local = os.path.expanduser(os.fsdecode(os.fspath(path)))
+    return not os.path.isdir(local) and not _shipped(local)
+
+
+def _check_required_files(folder: str, cls: Any) -> None:
+    """CheckpointError naming the first file ``cls`` would read (its weights) that ``folder`` lacks: a
+    folder copied without its ``model.safetensors`` must not be reported as fine."""
+    from mmreward.core.folders import CheckpointError
+    from mmreward.core.model import read_config
+
+    required = getattr(cls, "required_files", None)
+    if required is None:
+        return
+    body = read_config(folder)
+    for entry in required(body):
+        choices = (entry,) if isinstance(entry, str) else tuple(entry)
+        for rel in choices:
+            path = os.path.join(folder, rel)
+            if os.path.islink(path) and not os.path.exists(path):
+                raise CheckpointError(f"{path} is a link to {os.readlink(path)}, which does not exist: a download or "
+                                      "copy that did not finish; fetch the file again")
+        if not any(os.path.isfile(os.path.join(folder, rel)) for rel in choices):
+            what = f"no {choices[0]}" if len(choices) == 1 else f"none of {', '.join(choices)}"
+            raise CheckpointError(f"{folder} has {what}, which loading reads: the folder was copied or downloaded "
+                                  "in part; copy the whole saved folder")
+
+
 def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[str, Any]:
     """What ``path`` holds (see the module docstring): a JSON-able dict."""
     from mmreward.core.folders import read_manifest, verify_folder
+    from mmreward.core.model import Pretrained, check_finite_weights
     from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
 
     folder = resolve_folder(path, weights=load)
@@ -67,12 +100,30 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     }
     if dangling:
         out["missing_files"] = dangling
-    if read_manifest(folder) is not None:
+    if not load and _fetched(path):
+        # a hub id without --load: only its JSON and tokenizer files were fetched, so the weights are absent
+        # here by design; --load fetches them and checks the folder
+        if read_manifest(folder) is not None:
+            out["manifest"] = "not checked: the weights were not fetched (--load fetches and checks them)"
+    elif read_manifest(folder) is not None:
         verify_folder(folder)  # sizes of every listed file: a damaged folder is one error here
         out["manifest"] = "every listed file present at its recorded size"
+    elif what in MODEL_TYPES:  # no manifest lists the files: the weights loading reads must be there
+        _check_required_files(folder, getattr(loader, "__self__", None))
+    elif layout is not None and layout.transformers_weights and not dangling:  # (a dangling link is listed)
+        from mmreward.core.folders import CheckpointError
+        from mmreward.core.weights import weight_names
+
+        if weight_names(folder) is None:
+            raise CheckpointError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json + its "
+                                  f"shards, or pytorch_model.bin), which loading the {what} layout reads: the folder "
+                                  "was copied or downloaded in part; copy the whole folder")
     if not load:
         return out
     model = loader(folder, device=device, dtype=None)
+    owner = getattr(loader, "__self__", None)
+    if not (isinstance(owner, type) and issubclass(owner, Pretrained)):  # as mmreward.load refuses it
+        check_finite_weights(model, folder)
     params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
     first = next(model.parameters(), None) if params else None
     by_dtype: dict[str, int] = {}  # a bf16 backbone under an fp32 head holds two
@@ -127,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     info = describe_folder(args.model, load=args.load, device=args.device)
     if args.json:
-        print(json.dumps(info, default=str))
+        print(json_text(info, default=str))  # a config value of inf is null, not the non-JSON Infinity
     else:
         _print(info)
     return 0

@@ -55,6 +55,9 @@ class Layout:
     detect: str  # "module:function"(folder, config dict or None) -> bool
     load: str  # "module:function"(folder, *, device, dtype) -> model
     description: str = ""
+    # the weights are a transformers-style folder's (model.safetensors, its shards or pytorch_model.bin):
+    # ``mmreward info`` without --load checks that some are there
+    transformers_weights: bool = False
 
 
 LAYOUTS: list[Layout] = [
@@ -96,6 +99,12 @@ LAYOUTS: list[Layout] = [
 ]
 
 
+for _layout in LAYOUTS:
+    _layout.transformers_weights = _layout.name in {
+        "qwen2.5-math-prm", "skywork-o1-open-prm", "math-shepherd", "rlhflow-prm", "qwen2.5-math-rm", "armorm",
+        "transformers-sequence-classifier", "skywork-vl-reward", "transformers-clip"}
+
+
 class LoadError(ValueError):
     """``mmreward.load`` does not know what the folder holds (the message lists what it knows)."""
 
@@ -129,13 +138,15 @@ def register_model(model_type: str, target: Union[str, type]) -> None:
 
 
 def register_layout(name: str, detect: Union[str, Callable[..., Any]], load: Union[str, Callable[..., Any]],
-                    description: str = "", first: bool = False) -> None:
+                    description: str = "", first: bool = False, transformers_weights: bool = False) -> None:
     """Add a published-checkpoint layout (``detect`` / ``load`` as ``"module:function"`` paths, or
-    the module-level functions themselves)."""
+    the module-level functions themselves); ``transformers_weights``: its weights are a transformers-style
+    folder's, which ``mmreward info`` checks for without loading."""
     if not isinstance(name, str) or not name:
         raise ValueError("a layout name must be a non-empty string")
     layout = Layout(name, _target_path(detect, f"register_layout({name!r}): detect"),
-                    _target_path(load, f"register_layout({name!r}): load"), description)
+                    _target_path(load, f"register_layout({name!r}): load"), description,
+                    transformers_weights=bool(transformers_weights))
     LAYOUTS[:] = [x for x in LAYOUTS if x.name != name]
     LAYOUTS.insert(0, layout) if first else LAYOUTS.append(layout)
 
@@ -160,7 +171,11 @@ def model_class(model_type: str) -> type:
     """The class registered for ``model_type``."""
     if model_type not in MODEL_TYPES:
         raise LoadError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
-    return _resolve(MODEL_TYPES[model_type], f"model_type {model_type!r}")
+    cls = _resolve(MODEL_TYPES[model_type], f"model_type {model_type!r}")
+    if not (isinstance(cls, type) and callable(getattr(cls, "from_pretrained", None))):
+        raise LoadError(f"model_type {model_type!r} is registered as {MODEL_TYPES[model_type]!r}, which is a "
+                        f"{type(cls).__name__}, not a class with from_pretrained (a RewardScorer)")
+    return cls
 
 
 def _shipped(name: str) -> Optional[str]:
@@ -215,6 +230,23 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
                               f"{type(e).__name__}: {e}") from e
 
 
+def _detects(layout: Layout, folder: str, config: Optional[dict]) -> bool:
+    """``layout.detect(folder, config)``; a registered (not built-in) detect function that fails is an error
+    naming its layout, since it runs for every folder ``mmreward.load`` opens."""
+    fn = _resolve(layout.detect, f"layout {layout.name!r}")
+    if layout.detect.startswith("mmreward."):
+        return bool(fn(folder, config))
+    from mmreward.core.folders import CheckpointError
+
+    try:
+        return bool(fn(folder, config))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a user's detect function raises
+        raise LoadError(f"layout {layout.name!r} ({layout.detect}): its detect function failed on {folder}: "
+                        f"{type(e).__name__}: {e}") from e
+
+
 def detect(folder: str) -> tuple[str, Callable[..., Any]]:
     """``(what, loader)`` for a local folder: ``loader(folder, device=..., dtype=...)``."""
     from mmreward.core.model import read_config
@@ -227,7 +259,7 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
             cls = model_class(mt)
             return mt, cls.from_pretrained
     for layout in LAYOUTS:
-        if _resolve(layout.detect, f"layout {layout.name!r}")(folder, config):
+        if _detects(layout, folder, config):
             return layout.name, _resolve(layout.load, f"layout {layout.name!r}")
     what = f"model_type {config.get('model_type')!r}" if config else "no config.json"
     raise LoadError(f"{folder}: cannot tell which reward model this is ({what}); mmreward reads its own "
@@ -239,7 +271,14 @@ def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = Non
     """The reward model saved at ``path`` (see :func:`resolve_folder`), on ``device``, in eval mode."""
     folder = resolve_folder(path)
     _, loader = detect(folder)
-    return loader(folder, device=device, dtype=dtype, **kwargs)
+    model = loader(folder, device=device, dtype=dtype, **kwargs)
+    owner = getattr(loader, "__self__", None)
+    from mmreward.core.model import Pretrained, check_finite_weights
+
+    if not (isinstance(owner, type) and issubclass(owner, Pretrained)):  # from_pretrained checked it already
+        # a published checkpoint with NaN weights would score NaN for every input without an error
+        check_finite_weights(model, folder, nan_only=dtype is not None)
+    return model
 
 
 __all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "register_layout",

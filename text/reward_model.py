@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import TextPair, as_inputs
-from mmreward.core.model import (RewardScorer, check_batch_size, config_from_dict, config_to_dict, load_state_strict,
-                                 load_weights, read_config, save_weights)
+from mmreward.core.model import (RewardScorer, check_batch_size, check_finite_weights, config_from_dict, config_to_dict,
+                                 load_state_strict, load_weights, read_config, save_weights)
 from mmreward.core.weights import position_limit, quiet_transformers
 
 from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, has_chat_template, has_pair_template,
@@ -74,7 +74,8 @@ class RewardModelConfig:
         for name, allowed in (("input_format", INPUT_FORMATS), ("truncation", TRUNCATIONS), ("pooling", POOLINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"RewardModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not (isinstance(self.prompt_share, (int, float)) and 0.0 <= self.prompt_share <= 1.0):
+        if isinstance(self.prompt_share, bool) or not (isinstance(self.prompt_share, (int, float))
+                                                       and 0.0 <= self.prompt_share <= 1.0):
             raise ValueError(f"RewardModelConfig.prompt_share must be in [0, 1], got {self.prompt_share!r}")
         if not isinstance(self.system_prompt, str) or (self.system_prompt and self.input_format != "chat"):
             raise ValueError(f"RewardModelConfig.system_prompt must be a string, used with input_format='chat' only; "
@@ -364,11 +365,34 @@ class RewardModel(RewardScorer, nn.Module):
         tokenizer.save_pretrained(os.path.join(folder, TOKENIZER_DIR))
 
     @classmethod
+    def required_files(cls, body: dict) -> list:
+        """The weights and the tokenizer (``mmreward info`` checks them without loading)."""
+        return [*super().required_files(body), tuple(f"{TOKENIZER_DIR}/{f}" for f in TOKENIZER_FILES)]
+
+    @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, tokenizer: Any = None) -> "RewardModel":
         config = config_from_dict(cls.config_class, body.get("config", {}), cls.model_type)
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(os.path.join(folder, TOKENIZER_DIR))
-        with quiet_transformers():
-            model = cls(config, tokenizer)
+        if tokenizer is None:
+            tok_dir = os.path.join(folder, TOKENIZER_DIR)
+            if not os.path.isdir(tok_dir):
+                # not handed to transformers: a relative "run/tokenizer" reads as a hub id there, and the
+                # error would be a failed hub connection rather than the missing folder
+                raise CheckpointError(
+                    f"{folder} lacks its {TOKENIZER_DIR}/ folder (the tokenizer files save_pretrained writes beside "
+                    f"the weights): a text reward model cannot score without it. Copy the whole saved folder, "
+                    f"{TOKENIZER_DIR}/ included, or pass tokenizer= (the tokenizer the model was trained with) "
+                    f"to RewardModel.from_pretrained / mmreward.load")
+            tokenizer = load_tokenizer(tok_dir)
+        try:
+            with quiet_transformers():
+                model = cls(config, tokenizer)
+        except (CheckpointError, ImportError):
+            raise
+        except Exception as e:  # noqa: BLE001 - transformers' config checks raise several types
+            text = " ".join(str(e).split())
+            raise CheckpointError(f"{os.path.join(folder, 'config.json')}: config field 'backbone' (a "
+                                  f"{config.backbone.get('model_type')!r} transformers config) cannot build the "
+                                  f"backbone: {type(e).__name__}: {text[:300]}") from e
         load_state_strict(model, load_weights(folder, "cpu"), folder)
         return model
 
@@ -380,6 +404,7 @@ class RewardModel(RewardScorer, nn.Module):
         folder (its ``model/``) or a hub id work too. ``tokenizer=`` replaces the saved one."""
         from mmreward.registry import detect, resolve_folder
 
+        tokenizer = _tokenizer_argument(tokenizer)
         path = resolve_folder(folder)
         body = read_config(path) if os.path.isfile(os.path.join(path, "config.json")) else {}
         if body.get("model_type") == cls.model_type:
@@ -389,7 +414,21 @@ class RewardModel(RewardScorer, nn.Module):
         if not ((isinstance(owner, type) and issubclass(owner, RewardModel))
                 or getattr(loader, "__module__", "") in ("mmreward.text.layouts", "mmreward.text.armo")):
             raise CheckpointError(f"{path} holds a {what!r} model, not a text reward model (mmreward.load opens it)")
-        return loader(path, device=device, dtype=dtype, tokenizer=tokenizer)
+        model = loader(path, device=device, dtype=dtype, tokenizer=tokenizer)
+        check_finite_weights(model, path, nan_only=dtype is not None)
+        return model
+
+
+def _tokenizer_argument(tokenizer: Any) -> Any:
+    """``tokenizer=`` of :meth:`RewardModel.from_pretrained`: a tokenizer, its folder (as ``from_backbone``
+    takes it) or None; anything else is an error here rather than "'int' object is not callable" when scoring."""
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return load_tokenizer(os.path.expanduser(os.fspath(tokenizer)))
+    if not callable(tokenizer) or not hasattr(tokenizer, "convert_tokens_to_ids"):
+        raise TypeError(f"tokenizer= must be a transformers tokenizer or the folder of one, got {type(tokenizer).__name__}")
+    return tokenizer
 
 
 def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:

@@ -41,7 +41,7 @@ import torch
 
 from .checkpoint import _load_tensors, _save_tensors
 from .device import resolve_device, resolve_dtype
-from .folders import CheckpointError, atomic_folder, verify_folder
+from .folders import MANIFEST_NAME, CheckpointError, atomic_folder, read_manifest, verify_folder
 from .inputs import as_inputs
 from .weights import read_json
 
@@ -230,6 +230,20 @@ def _folder_path(folder: Any, what: str) -> str:
     return os.path.expanduser(os.fsdecode(path) if isinstance(path, bytes) else path)
 
 
+def _added_since_saved(folder: str) -> Any:
+    """``keep`` for :func:`atomic_folder`: the top-level entries of an existing saved ``folder`` that its
+    manifest does not list — files a user added after saving (a README, evaluation results) — are carried
+    into the new save instead of being deleted with the old folder."""
+    try:
+        manifest = read_manifest(folder) if os.path.isdir(folder) and not os.path.islink(folder) else None
+    except CheckpointError:  # a damaged manifest: the folder is replaced as before
+        manifest = None
+    if manifest is None:
+        return lambda rel: False
+    saved = {rel.split("/", 1)[0] for rel in manifest["files"]} | {MANIFEST_NAME}
+    return lambda rel: rel not in saved
+
+
 def _float32_cpu(scores: torch.Tensor) -> torch.Tensor:
     """Scores as the contract returns them: float32 on the CPU, whatever the model computed in (a bf16
     model on a GPU); ``.to`` keeps gradients for methods that need them through the score."""
@@ -262,7 +276,10 @@ class Pretrained:
         overrides the live weights (e.g. EMA weights)."""
         if not self.model_type:
             raise TypeError(f"{type(self).__name__} has no model_type")
-        with atomic_folder(_folder_path(folder, "save_pretrained")) as tmp:
+        if state_dict is not None:
+            check_state_dict(self, state_dict)
+        path = _folder_path(folder, "save_pretrained")
+        with atomic_folder(path, keep=_added_since_saved(path)) as tmp:
             extra = self._save(tmp, state_dict) or {}
             body = {"model_type": self.model_type, "format_version": FORMAT_VERSION, "config": self.config_dict()}
             body.update(extra)
@@ -303,7 +320,22 @@ class Pretrained:
             raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from e
         if dt is None and cls.keep_saved_dtype:
             match_saved_dtypes(model, os.path.join(folder, WEIGHTS_NAME))
-        return finish_loading(model, dev, dt, cls.eval_after_load)
+        # checked on the device (fast on a GPU), before a cast to ``dtype`` could turn a large weight into inf
+        model = finish_loading(model, dev, None, cls.eval_after_load)
+        check_finite_weights(model, folder)
+        return finish_loading(model, dev, dt, cls.eval_after_load) if dt is not None else model
+
+    @classmethod
+    def required_files(cls, body: dict) -> list[Union[str, tuple[str, ...]]]:
+        """Paths (relative to the folder) that loading a folder with this ``config.json`` body reads: the
+        weights a user must not leave behind when copying a folder (a tuple: any one of them). ``mmreward
+        info`` checks them without loading anything, where no manifest lists every file. Default:
+        ``model.safetensors``, or, for a body that names an ``lm`` folder (the generative judges), that
+        folder's ``config.json`` and weights (single or sharded)."""
+        lm = body.get("lm")
+        if isinstance(lm, str) and lm:
+            return [f"{lm}/config.json", (f"{lm}/{WEIGHTS_NAME}", f"{lm}/{WEIGHTS_NAME}.index.json")]
+        return [WEIGHTS_NAME]
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any):
@@ -405,6 +437,64 @@ def match_saved_dtypes(model: Any, path: str) -> None:
                 t.data = t.data.to(dtype)
 
 
+def check_state_dict(model: Any, state_dict: Any) -> None:
+    """``save_pretrained(state_dict=...)`` (EMA weights, a trainer's copy) must hold a tensor for every
+    entry of the model's own ``state_dict()`` under the same names and shapes: a partial or renamed one
+    (a DDP ``module.`` prefix) would save a folder that cannot be loaded, found only when it is."""
+    if not isinstance(state_dict, collections.abc.Mapping):
+        raise TypeError(f"save_pretrained: state_dict must be a dict of tensors, got {type(state_dict).__name__}")
+    bad = next((k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise TypeError(f"save_pretrained: state_dict[{bad!r}] must be a tensor, got {type(state_dict[bad]).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        return
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        parts = ([f"lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}"] if missing else []) + \
+                ([f"holds {len(unexpected)} the model does not have, e.g. {unexpected[:3]}"] if unexpected else [])
+        raise ValueError(f"save_pretrained: state_dict {'; '.join(parts)}: the saved folder could not be loaded "
+                         f"(give the whole state_dict(), in {type(model).__name__}'s own key names)")
+    wrong = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
+             if tuple(state_dict[k].shape) != tuple(v.shape)]
+    if wrong:
+        k, got, want = wrong[0]
+        raise ValueError(f"save_pretrained: state_dict[{k!r}] has shape {got}, the model's has {want} "
+                         f"({len(wrong)} tensor(s) differ): the saved folder could not be loaded")
+
+
+def check_finite_weights(model: Any, folder: str, *, nan_only: bool = False) -> None:
+    """Refuse a loaded model whose weights a diverged training run left non-finite: it would score NaN
+    for every input without any error. Parameters may hold neither NaN nor ±inf; saved buffers may not
+    hold NaN, but ±inf is allowed there (attention masks, ``-inf`` fill values); buffers a model computes
+    itself (not saved) are not checked. One pass over the tensors of ``state_dict()``:
+    ``isfinite(...).all()`` / ``isnan(...).any()`` per tensor, on the device they were loaded to.
+    ``nan_only``: NaN alone is refused (a model already cast to a narrower dtype, where a large weight
+    may have become inf by the cast)."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    params = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    with torch.no_grad():
+        for key, t in model.state_dict(keep_vars=True).items():
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.is_meta or id(t) in seen:
+                continue
+            seen.add(id(t))  # a tied weight is checked once, under its first name
+            if id(t) in params:
+                if bool(torch.isnan(t).any() if nan_only else ~torch.isfinite(t).all()):
+                    what = "NaN" if bool(torch.isnan(t).any()) else "inf"
+                    raise CheckpointError(
+                        f"{folder}: weight {key!r} holds {what} (the first of the model's parameters that does): "
+                        "the checkpoint was saved from a diverged training run and would score NaN; load an "
+                        "earlier checkpoint (parameters may hold neither NaN nor ±inf; buffers such as masks may "
+                        "hold ±inf)")
+            elif bool(torch.isnan(t).any()):
+                raise CheckpointError(
+                    f"{folder}: buffer {key!r} holds NaN: the checkpoint was saved from a diverged training run "
+                    "and would score NaN; load an earlier checkpoint (buffers may hold ±inf, not NaN)")
+
+
 def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype], eval_mode: bool = True) -> Any:
     """Move a freshly loaded model to ``device`` / ``dtype`` and (by default) put it in eval mode."""
     if isinstance(model, torch.nn.Module):
@@ -418,4 +508,4 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
 
 __all__ = ["Pretrained", "RewardScorer", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
            "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading",
-           "match_saved_dtypes", "saved_dtypes"]
+           "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict"]

@@ -39,10 +39,20 @@ def test_wrong_model_type_and_mismatched_weights_are_clear_errors(tmp_path):
     Tiny().save_pretrained(str(tmp_path / "a"))
     with pytest.raises(CheckpointError, match="holds a 'tiny' model, not 'other'"):
         Other.from_pretrained(str(tmp_path / "a"))
-    m = Tiny(TinyConfig(width=4))
-    m.save_pretrained(str(tmp_path / "b"), state_dict={"lin.weight": torch.zeros(1, 9), "lin.bias": torch.zeros(1)})
+    Tiny(TinyConfig(width=9)).save_pretrained(str(tmp_path / "b"))
+    _edit_config(str(tmp_path / "b"), width=4)  # weights of width 9 under a config of width 4
     with pytest.raises(CheckpointError, match="do not match its config"):
         Tiny.from_pretrained(str(tmp_path / "b"))
+    m = Tiny(TinyConfig(width=4))  # save_pretrained refuses to write such a folder from given weights
+    with pytest.raises(ValueError, match=r"state_dict\['lin.weight'\] has shape \(1, 9\), the model's has \(1, 4\)"):
+        m.save_pretrained(str(tmp_path / "c"), state_dict={"lin.weight": torch.zeros(1, 9), "lin.bias": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"lacks 1 of the model's tensors, e.g. \['lin.bias'\]"):
+        m.save_pretrained(str(tmp_path / "c"), state_dict={"lin.weight": torch.zeros(1, 4)})
+    with pytest.raises(ValueError, match="holds 2 the model does not have"):
+        m.save_pretrained(str(tmp_path / "c"), state_dict={f"module.{k}": v for k, v in m.state_dict().items()})
+    with pytest.raises(TypeError, match=r"state_dict\['lin.bias'\] must be a tensor, got int"):
+        m.save_pretrained(str(tmp_path / "c"), state_dict={"lin.weight": torch.zeros(1, 4), "lin.bias": 1})
+    assert not (tmp_path / "c").exists()
 
 
 def _edit_config(folder, **changes):

@@ -22,6 +22,7 @@ import torch
 
 from mmreward.core.inputs import TextPair
 from mmreward.core.model import check_batch_size, check_ranges, config_from_dict, load_weights, save_weights
+from mmreward.core.weights import quiet_transformers
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
 from .base import LM_FOLDER, GenerativeJudge, chat_turns, check_sampling, judge_trainer, load_causal_lm
@@ -96,6 +97,20 @@ def critique_weight(step: int, total_steps: int, start: float = 0.9, end: float 
 HEAD_NAME = "head.safetensors"
 
 
+def _check_rows(who: str, prompts: Any, responses: Any, critiques: Any) -> None:
+    """Parallel lists (a string is a sequence too: its characters would be scored as rows), non-empty,
+    equally long, each critique a string."""
+    for name, seq in (("prompts", prompts), ("responses", responses), ("critiques", critiques)):
+        if isinstance(seq, (str, bytes, dict)) or not (hasattr(seq, "__len__") and hasattr(seq, "__getitem__")):
+            raise TypeError(f"{who}: {name} must be a list (one item per row), got {type(seq).__name__}")
+    if not (len(prompts) == len(responses) == len(critiques)) or not len(prompts):
+        raise ValueError(f"{who}: prompts / responses / critiques must be non-empty and equally long, got "
+                         f"{len(prompts)} / {len(responses)} / {len(critiques)}")
+    bad = next((i for i, c in enumerate(critiques) if not isinstance(c, str)), None)
+    if bad is not None:
+        raise TypeError(f"{who}: critiques[{bad}] must be a string, got {type(critiques[bad]).__name__}")
+
+
 class CriticRM(GenerativeJudge):
     """A critique-generating LM with a reward head (``ScalarHeadLM``) and its joint loss."""
 
@@ -106,6 +121,10 @@ class CriticRM(GenerativeJudge):
     def __init__(self, model: ScalarHeadLM, tokenizer: Any, config: Optional[CriticRMConfig] = None):
         if not isinstance(model, ScalarHeadLM):
             raise TypeError("CriticRM needs a ScalarHeadLM (wrap the causal LM: ScalarHeadLM(lm))")
+        if config is not None and not isinstance(config, CriticRMConfig):
+            raise TypeError(f"CriticRM: config must be a CriticRMConfig, got {type(config).__name__}")
+        if tokenizer is None or not callable(getattr(tokenizer, "apply_chat_template", None)):
+            raise TypeError(f"CriticRM needs the LM's tokenizer (with a chat template), got {type(tokenizer).__name__}")
         super().__init__(model, tokenizer, config or CriticRMConfig())
         c = self.config
         self.runner = JudgeRunner(model.backbone, tokenizer, JudgeConfig(
@@ -124,16 +143,31 @@ class CriticRM(GenerativeJudge):
         return {**out, "head": HEAD_NAME}
 
     @classmethod
+    def required_files(cls, body: dict) -> list:
+        head = body.get("head")
+        return [*super().required_files(body), head if isinstance(head, str) and head else HEAD_NAME]
+
+    @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "CriticRM":
         config = config_from_dict(CriticRMConfig, body.get("config", {}), cls.model_type)
-        lm, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
-        model = ScalarHeadLM.with_head(lm, load_weights(folder, "cpu", HEAD_NAME), folder)
+        with quiet_transformers():  # no weight-loading progress bars on stderr (mmreward checks the weights)
+            lm, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
+        head = load_weights(folder, "cpu", HEAD_NAME)
+        model = ScalarHeadLM.with_head(lm, head, folder)
+        kinds = {t.dtype for t in head.values() if t.is_floating_point()}
+        if len(kinds) == 1:  # the head as saved (a bf16 save loads as bf16), as the LM loads as saved
+            model.head.to(kinds.pop())
         return cls(model, tokenizer, config, **kwargs)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B,) the reward head on last-token hidden states (B, H), computed in the head's dtype: the LM
+        and the head may differ (an LM cast to bf16 under a float32 head, a mixed-dtype save)."""
+        head = self.model.head
+        return head(h.to(head.weight.dtype)).squeeze(-1)
 
     def batch(self, prompts: Sequence[Any], responses: Sequence[Any], critiques: Sequence[str]) -> dict:
         """(x, y, request) → critique SFT batch; the reward is read after the critique's eos."""
-        if not (len(prompts) == len(responses) == len(critiques)):
-            raise ValueError("CriticRM.batch: prompts / responses / critiques differ in length")
+        _check_rows("CriticRM.batch", prompts, responses, critiques)
         msgs = [critique_messages(p, r, self.config.request, f"row {i}") for i, (p, r) in enumerate(zip(prompts, responses))]
         return sft_batch(self.tokenizer, msgs, list(critiques))
 
@@ -153,7 +187,9 @@ class CriticRM(GenerativeJudge):
         h, logits = fwd(both["input_ids"], both["attention_mask"], return_hidden=True)  # (2B, H), (2B, T, V)
         logits, tgt = logits[:, :-1].float(), both["labels"][:, 1:]  # (2B, T-1, V), (2B, T-1)
         lm = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE)
-        bt, acc = reward_head_pairwise_loss_and_accuracy(h[:n], h[n:], self.model.head.weight, self.model.head.bias)
+        w = self.model.head.weight
+        h = h.to(w.dtype)  # an LM in another dtype than its head (bf16 under a float32 head)
+        bt, acc = reward_head_pairwise_loss_and_accuracy(h[:n], h[n:], w, self.model.head.bias)
         loss = lam * lm + (1 - lam) * bt
         return loss, {"lambda": lam, "loss_critique": float(lm.detach()), "loss_bt": float(bt.detach()),
                       "accuracy": float(acc)}
@@ -162,8 +198,7 @@ class CriticRM(GenerativeJudge):
     def reward(self, prompts: Sequence[Any], responses: Sequence[Any], critiques: Sequence[str],
                batch_size: Optional[int] = None) -> torch.Tensor:
         """(N,) the reward head after the given critiques, ``batch_size`` rows per forward."""
-        if not (len(prompts) == len(responses) == len(critiques)) or not prompts:
-            raise ValueError("CriticRM.reward: prompts / responses / critiques must be non-empty and equally long")
+        _check_rows("CriticRM.reward", prompts, responses, critiques)
         bs = self.config.batch_size if batch_size is None else check_batch_size(batch_size)
         was = self.model.training
         self.model.eval()
@@ -172,7 +207,8 @@ class CriticRM(GenerativeJudge):
             out = []
             for s in range(0, len(prompts), bs):
                 b = self.batch(prompts[s:s + bs], responses[s:s + bs], critiques[s:s + bs])
-                out.append(self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev)).float().cpu())  # (b,)
+                h, _ = self.model.hidden(b["input_ids"].to(dev), b["attention_mask"].to(dev))  # (b, H)
+                out.append(self._head(h).float().cpu())  # (b,)
             return torch.cat(out)
         finally:
             self.model.train(was)
