@@ -160,7 +160,8 @@ class GRMJudge(GenerativeJudge):
         res: list = [None] * len(msgs)
         for n in sorted({len(rs) for rs in responses}):  # one batched run per response count n
             idx = [i for i, rs in enumerate(responses) if len(rs) == n]
-            runs = self.runner.run([msgs[i] for i in idx], lambda t, n=n: parse_scores(t, n), batch_size)
+            with self.runner.numbered(idx):  # errors name the queries, not their places in this run
+                runs = self.runner.run([msgs[i] for i in idx], lambda t, n=n: parse_scores(t, n), batch_size)
             for i, row in zip(idx, runs):
                 for r in row:
                     r.row = i

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -138,6 +139,8 @@ def parse_ab(text: str, tail_chars: Optional[int] = 400, exclusive: bool = False
     characters (RM-R1 reads the verdict in the tail of a long rubric). Both letters in the final
     answer is a conflict, not a verdict; ``exclusive=True`` (RM-R1's evaluation rule) makes both
     letters anywhere in the output a conflict."""
+    if tail_chars is not None and (isinstance(tail_chars, bool) or not isinstance(tail_chars, int) or tail_chars < 0):
+        raise ValueError(f"parse_ab: tail_chars must be None (the whole output) or an integer >= 0, got {tail_chars!r}")
     bad = _check_text(text)
     if bad:
         return bad
@@ -155,7 +158,8 @@ def parse_ab(text: str, tail_chars: Optional[int] = 400, exclusive: bool = False
         if len(letters) > 1:
             return Parsed.fail("conflicting verdicts in answer tag")
         return Parsed(letters.pop())
-    tail = text if tail_chars is None else text[-tail_chars:]
+    # text[-0:] is the whole text: a tail of 0 characters holds no bare verdict (only an answer tag counts)
+    tail = text if tail_chars is None else text[len(text) - tail_chars:] if tail_chars else ""
     letter = _last(_BRACKET_AB, tail, "letter")
     if letter is None:
         return Parsed.fail("no [[A]] / [[B]] verdict in the tail")
@@ -168,12 +172,23 @@ _DOUBLE = re.compile(r"\[\[(?P<scores>" + _atomic(r"[^\[\]]*") + r")\]\]")
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 
+def _check_bounds(who: str, low: Any, high: Any) -> None:
+    """``low`` / ``high`` are the caller's settings, not model output: a reversed or NaN range would turn
+    every verdict into "outside [low, high]", silently, so it is an error."""
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
+            raise ValueError(f"{who}: {name} must be a number, got {v!r}")
+    if low > high:
+        raise ValueError(f"{who}: low={low} is above high={high}")
+
+
 def parse_scores(text: str, n: int, low: int = 1, high: int = 10) -> Parsed:
     """``n`` integer scores in ``[low, high]`` from the last ``\\boxed{…}`` or ``[[…]]`` group
     (DeepSeek-GRM's "Final Scores"), separated by commas, semicolons or spaces. A token that is not
     a whole number, a wrong count, non-integers or out-of-range values are no verdict."""
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"parse_scores: n must be a positive int, got {n!r}")
+    _check_bounds("parse_scores", low, high)
     bad = _check_text(text)
     if bad:
         return bad
@@ -213,6 +228,7 @@ _OVER = re.compile(r"(?P<value>[-+\d](?<![\w.][-+\d])" + _atomic(r"(?<=[-+])\d+(
 def parse_score(text: str, low: float = 1, high: float = 10) -> Parsed:
     """One number in ``[low, high]`` from the last ``Score: x`` (also ``Score = x``, ``**Score:** x``,
     ``**Score**: x``, ``Score: **x**``), else the last ``x/10``."""
+    _check_bounds("parse_score", low, high)
     bad = _check_text(text)
     if bad:
         return bad

@@ -57,6 +57,10 @@ def _judged(judge: PairJudge, prompts: list, first: list, second: list) -> torch
 def both_orders(judge: PairJudge, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
     """Run ``judge`` on (a, b) and (b, a) in one call; ``{"p": order-averaged P(a ≻ b), "p_ab", "p_ba",
     "consistency"}``."""
+    for name, seq in (("prompts", prompts), ("a", a), ("b", b)):
+        # a string has a length too: list("abc") would be judged one character per pair
+        if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__len__") or not hasattr(seq, "__iter__"):
+            raise TypeError(f"both_orders: {name} must be a list, got {describe(seq)}")
     n = len(prompts)
     if not (n == len(a) == len(b)) or n == 0:
         raise ValueError(f"both_orders: prompts / a / b must be non-empty and equally long ({n}, {len(a)}, {len(b)})")
@@ -76,7 +80,11 @@ def judge_from_scores(score: Callable[[Sequence[str], Sequence[str]], torch.Tens
         if not (n == len(first) == len(second)) or n == 0:
             raise ValueError(f"judge: prompts / first / second must be non-empty and equally long "
                              f"({n}, {len(first)}, {len(second)})")
-        s = score(list(prompts) * 2, list(first) + list(second)).detach().double().cpu()
+        s = score(list(prompts) * 2, list(first) + list(second))
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != (2 * n,):  # else compared half against half wrongly
+            raise ValueError(f"judge: the scorer returned {tuple(getattr(s, 'shape', ())) or type(s).__name__} for "
+                             f"{2 * n} responses (want one score per response)")
+        s = s.detach().double().cpu()
         if torch.isnan(s).any():  # NaN compares neither way: the pair would read as a loss for `first`, 0
             i = int(torch.isnan(s).nonzero()[0]) % n
             raise ValueError(f"judge: the scorer gave NaN for pair {i} (first or second response): it cannot be "

@@ -229,7 +229,12 @@ class RMR1Judge(GenerativeJudge):
             # a verdict the model never wrote: force the answer prefix after its own judgement and read
             # the A/B next-token probabilities (reported apart from the parse rate)
             texts = [self.runner.render(msgs[i]) + res[i][0].text + "\n<answer>[[" for i in missing]
-            pa = self.runner.choice_probs(texts, ["A", "B"], batch_size=batch_size)[:, 0].double().cpu()
+            try:
+                with self.runner.numbered(missing):
+                    pa = self.runner.choice_probs(texts, ["A", "B"], batch_size=batch_size)[:, 0].double().cpu()
+            except ValueError as e:  # name what was read: not the input as given, but its judgement + the prefix
+                raise ValueError(f"RMR1Judge forced verdict (the prompt + the model's judgement + '<answer>[['): {e}; "
+                                 "lower max_new_tokens or set forced_verdict=False") from None
             p[missing] = pa
             self.last_forced[missing] = True
         return p

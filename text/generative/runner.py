@@ -13,9 +13,10 @@ reproduces the same texts and the global RNG is left untouched.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -50,10 +51,19 @@ class JudgeConfig:
                 raise ValueError(f"JudgeConfig.{name} must be a positive int, got {v!r}")
         if self.num_samples > 1 and not self.do_sample:
             raise ValueError("JudgeConfig: num_samples > 1 needs do_sample=True (greedy samples are identical)")
-        if not self.temperature > 0:
-            raise ValueError(f"JudgeConfig.temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"JudgeConfig.top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 < self.temperature < float("inf"):  # inf divided every logit to 0: uniform "sampling"
+            raise ValueError(f"JudgeConfig.temperature must be a finite number > 0, got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"JudgeConfig.top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"JudgeConfig.seed must be an integer >= 0, got {self.seed!r}")
+        m = self.max_prompt_tokens
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"JudgeConfig.max_prompt_tokens must be None (no limit) or an integer >= 1, got {m!r}")
+        if not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError(f"JudgeConfig.chat_template_kwargs must be a dict of chat template variables, got "
+                             f"{type(self.chat_template_kwargs).__name__}")
 
 
 @dataclass
@@ -79,6 +89,10 @@ def render_prompt(tokenizer: Any, prompt: Prompt, where: str = "prompt", **templ
         isinstance(m, dict) and "role" in m and "content" in m for m in prompt
     ):
         raise TypeError(f"{where}: expected a str or a non-empty list of {{'role', 'content'}} dicts")
+    for j, m in enumerate(prompt):  # None / a number would be rendered as the text "None" / "5" and judged
+        if not isinstance(m["role"], str) or not isinstance(m["content"], (str, list)):
+            raise TypeError(f"{where}: message {j} needs a str 'role' and a str (or list of parts) 'content', got "
+                            f"role {type(m['role']).__name__}, content {type(m['content']).__name__}")
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("tokenizer has no chat_template: set tokenizer.chat_template or pass rendered strings")
     try:
@@ -107,6 +121,7 @@ class JudgeRunner:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or JudgeConfig()
+        self._rows: Optional[Sequence[int]] = None  # the caller's numbers of the prompts (see `numbered`)
         if tokenizer.pad_token_id is None:  # decoder-only tokenizers often lack one; pads are masked anyway
             if tokenizer.eos_token is None:
                 raise ValueError("tokenizer has neither a pad nor an eos token")
@@ -115,6 +130,16 @@ class JudgeRunner:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def numbered(self, rows: Sequence[int]) -> Iterator[None]:
+        """Within the block, errors of :meth:`generate` / :meth:`run` / :meth:`choice_probs` name prompt ``i``
+        of a call as ``rows[i]``: a judge that runs a subset of its inputs names them by its own numbers."""
+        old, self._rows = self._rows, list(rows)
+        try:
+            yield
+        finally:
+            self._rows = old
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees for ``prompt`` (chat template applied)."""
@@ -135,10 +160,12 @@ class JudgeRunner:
         kw = self.config.chat_template_kwargs
         return [render_prompt(self.tokenizer, p, f"prompts[{i}]", **kw) for i, p in enumerate(prompts)]
 
-    def encode(self, texts: Sequence[str], first_index: int = 0, new_tokens: int = 0) -> dict:
+    def encode(self, texts: Sequence[str], first_index: int = 0, new_tokens: int = 0,
+               rows: Optional[Sequence[int]] = None) -> dict:
         """Left-padded batch (``input_ids``, ``attention_mask``), special tokens as rendered by the template.
-        ``texts`` are prompts ``first_index``, ``first_index + 1``, … of the call (errors name them so);
-        ``new_tokens``: positions generation will add after each prompt."""
+        ``texts`` are prompts ``first_index``, ``first_index + 1``, … of the call (errors name them so), or
+        ``rows[0]``, ``rows[1]``, … when given (a caller that runs a subset of its inputs names them by its own
+        numbers); ``new_tokens``: positions generation will add after each prompt."""
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
@@ -147,13 +174,17 @@ class JudgeRunner:
             self.tokenizer.padding_side = side
         lens = enc["attention_mask"].sum(1)
         lim = self.config.max_prompt_tokens
+        name = (lambda i: first_index + i) if rows is None else (lambda i: rows[i])  # noqa: E731
+        if lens.numel() and int(lens.min()) == 0:  # nothing to read: generate() would continue the padding
+            i = int(lens.argmin())
+            raise ValueError(f"prompt {name(i)} is empty: it encodes to no tokens ({texts[i]!r})")
         if lim is not None and int(lens.max()) > lim:
             i = int(lens.argmax())
-            raise ValueError(f"prompt {first_index + i} has {int(lens[i])} tokens > max_prompt_tokens={lim}")
-        self._check_fits(enc["input_ids"], enc["attention_mask"], first_index, new_tokens)
+            raise ValueError(f"prompt {name(i)} has {int(lens[i])} tokens > max_prompt_tokens={lim}")
+        self._check_fits(enc["input_ids"], enc["attention_mask"], name, new_tokens)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
-    def _check_fits(self, ids: torch.Tensor, mask: torch.Tensor, first_index: int, new_tokens: int) -> None:
+    def _check_fits(self, ids: torch.Tensor, mask: torch.Tensor, name: Callable[[int], int], new_tokens: int) -> None:
         """Every prompt is one the model can read, else an error naming it (the model would fail deep inside
         with an index error): token ids within its embeddings, and — for a learned position table (GPT-2
         and the like; rotary positions have no hard end) — prompt + ``new_tokens`` - 1 within the table."""
@@ -167,7 +198,7 @@ class JudgeRunner:
                 raise ValueError(f"the tokenizer's pad token id {int(ids.max())} is outside the model's embeddings "
                                  f"(ids 0..{vocab - 1}): set a pad token the model has")
             i = int(bad.any(1).nonzero()[0])
-            raise ValueError(f"prompt {first_index + i} holds token id {int(ids[i][bad[i]].max())}, but the model "
+            raise ValueError(f"prompt {name(i)} holds token id {int(ids[i][bad[i]].max())}, but the model "
                              f"has embeddings for ids 0..{vocab - 1} only: the tokenizer is not the one the model "
                              "was built with")
         limit = position_limit(self.model)
@@ -177,21 +208,25 @@ class JudgeRunner:
             i = int(lens.argmax())
             need = int(lens[i]) + max(new_tokens - 1, 0)
             extra = f" + max_new_tokens={new_tokens} - 1 = {need} positions" if new_tokens else ""
-            raise ValueError(f"prompt {first_index + i} is {int(lens[i])} tokens{extra}, more than the {limit} "
+            raise ValueError(f"prompt {name(i)} is {int(lens[i])} tokens{extra}, more than the {limit} "
                              f"positions {type(self.model).__name__} reads: shorten it"
                              + (" or lower max_new_tokens" if new_tokens else ""))
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], batch_size: Optional[int] = None) -> list[list[str]]:
+    def generate(self, prompts: Sequence[Prompt], batch_size: Optional[int] = None,
+                 rows: Optional[Sequence[int]] = None) -> list[list[str]]:
         """``[N][k]`` generated continuations (prompt stripped, special tokens removed), ``batch_size``
-        prompts (default ``config.batch_size``) per ``generate`` call."""
+        prompts (default ``config.batch_size``) per ``generate`` call; ``rows``: the caller's numbers of the
+        prompts, for errors (default 0 … N−1)."""
         texts = self._check_prompts(prompts)
         cfg, out, bs = self.config, [], self._batch_size(batch_size)
+        rows = self._rows if rows is None else rows
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(texts), bs):
-                enc = self.encode(texts[start:start + bs], start, cfg.max_new_tokens)
+                enc = self.encode(texts[start:start + bs], start, cfg.max_new_tokens,
+                                  None if rows is None else rows[start:start + bs])
                 kw: dict = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                 num_return_sequences=cfg.num_samples, pad_token_id=self.tokenizer.pad_token_id)
                 if cfg.do_sample:
@@ -210,10 +245,12 @@ class JudgeRunner:
         return out
 
     def run(self, prompts: Sequence[Prompt], parser: Callable[[str], Parsed],
-            batch_size: Optional[int] = None) -> list[list[JudgeResult]]:
+            batch_size: Optional[int] = None, rows: Optional[Sequence[int]] = None) -> list[list[JudgeResult]]:
         """Generate and parse; a parser exception becomes a no-verdict reason instead of a crash."""
         results = []
-        for i, samples in enumerate(self.generate(prompts, batch_size)):
+        # rows only when given: a generate() replaced by a caller (tests, wrappers) need not take them
+        for i, samples in enumerate(self.generate(prompts, batch_size) if rows is None
+                                    else self.generate(prompts, batch_size, rows)):
             row = []
             for j, text in enumerate(samples):
                 try:
@@ -226,6 +263,10 @@ class JudgeRunner:
 
     def token_ids(self, words: Sequence[str]) -> list[int]:
         """One token id per word (the first token of its encoding; leading-space variants are not tried)."""
+        if isinstance(words, (str, bytes)) or not isinstance(words, Sequence) or len(words) < 2 \
+                or not all(isinstance(w, str) for w in words):
+            # a string would be split into characters; one word would always get probability 1
+            raise ValueError(f"words must be a list of at least 2 strings (the choices), got {words!r}")
         ids = []
         for w in words:
             t = self.tokenizer.encode(w, add_special_tokens=False)
@@ -238,18 +279,19 @@ class JudgeRunner:
 
     @torch.no_grad()
     def choice_probs(self, prompts: Sequence[Prompt], words: Sequence[str], suffix: str = "",
-                     batch_size: Optional[int] = None) -> torch.Tensor:
+                     batch_size: Optional[int] = None, rows: Optional[Sequence[int]] = None) -> torch.Tensor:
         """``(N, C)`` next-token probabilities of ``words`` after each rendered prompt (+ ``suffix``),
-        renormalised over the C choices (GenRM's P(Yes), GRAM's P(A))."""
+        renormalised over the C choices (GenRM's P(Yes), GRAM's P(A)); ``rows`` as in :meth:`generate`."""
         texts = [t + suffix for t in self._check_prompts(prompts)]
         bs = self._batch_size(batch_size)
+        rows = self._rows if rows is None else rows
         ids = torch.tensor(self.token_ids(words), device=self.device)
         was_training = self.model.training
         self.model.eval()
         out = []
         try:
             for s in range(0, len(texts), bs):
-                enc = self.encode(texts[s:s + bs], s)
+                enc = self.encode(texts[s:s + bs], s, rows=None if rows is None else rows[s:s + bs])
                 logits = last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], ids)  # (b, C)
                 out.append(torch.softmax(logits, dim=-1))
         finally:

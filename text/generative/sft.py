@@ -27,6 +27,9 @@ def sft_batch(tokenizer: Any, prompts: Sequence[Prompt], targets: Sequence[str],
             raise TypeError(f"sft_batch: targets[{i}] is {type(t).__name__}, not str")
         p_ids = tokenizer.encode(render_prompt(tokenizer, p, f"prompts[{i}]", **(chat_template_kwargs or {})),
                                  add_special_tokens=False)
+        if not p_ids:  # the first target token would have nothing before it: never predicted, never learned
+            raise ValueError(f"sft_batch: prompts[{i}] encodes to no token (an empty prompt); the target's first token "
+                             "needs a prompt token before it to be learned")
         t_ids = tokenizer.encode(t, add_special_tokens=False)
         if add_eos and tokenizer.eos_token_id is not None:
             t_ids = t_ids + [tokenizer.eos_token_id]

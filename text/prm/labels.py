@@ -46,6 +46,11 @@ def monte_carlo_labels(problem: str, steps: Sequence[str], policy: StepPolicy, i
         raise TypeError("monte_carlo_labels: steps must be a list of strings, not a string")
     if not steps:
         raise ValueError("monte_carlo_labels: `steps` is empty")
+    # rollouts stop at max_steps steps in all: below len(steps) every later prefix would be "completed" unfinished
+    # and checked as a wrong answer, labelling good steps 0 without a word
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < len(steps):
+        raise ValueError(f"monte_carlo_labels: max_steps must be an integer >= the {len(steps)} given steps (rollouts "
+                         f"stop at max_steps steps in all), got {max_steps!r}")
     labels = []
     for i in range(len(steps)):
         prefix = list(steps[: i + 1])
@@ -70,8 +75,8 @@ def rest_mcts_values(signs: Sequence[int], remaining: Sequence[int]) -> list[flo
     for k, (s, m) in enumerate(zip(signs, remaining)):
         if s not in (1, -1):
             raise ValueError(f"signs[{k}] must be +1 or -1, got {s}")
-        if m < 1:
-            raise ValueError(f"remaining[{k}] must be >= 1 (steps to the leaf, step k included), got {m}")
+        if isinstance(m, bool) or not isinstance(m, numbers.Real) or not m >= 1:  # NaN passed `m < 1`
+            raise ValueError(f"remaining[{k}] must be a number >= 1 (steps to the leaf, step k included), got {m!r}")
         v = max(0.0, v + (1.0 - v) * s / m)
         out.append(v)
     return out
@@ -143,9 +148,22 @@ class SearchTree:
     def from_dict(cls, data: dict) -> "SearchTree":
         try:
             nodes = [TreeNode(**n) for n in data["nodes"]]
-            return cls(data["problem"], nodes)
+            tree = cls(data["problem"], nodes)
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a search tree record: {e}") from e
+        # the walks (steps, outcomes, value targets) index nodes by id and assume parents come first: a record
+        # whose links disagree would give wrong paths and labels, or an IndexError deep inside
+        for i, n in enumerate(tree.nodes):
+            ok = n.id == i and (n.parent == -1 if i == 0 else isinstance(n.parent, int) and 0 <= n.parent < i)
+            ok = ok and all(isinstance(c, int) and i < c < len(tree.nodes) and tree.nodes[c].parent == i
+                            for c in n.children)
+            if not ok:
+                raise ValueError(f"not a search tree record: node {i} (id {n.id!r}, parent {n.parent!r}, children "
+                                 f"{n.children!r}) does not fit the tree (ids are positions, the root first, "
+                                 "parents before children)")
+        if sum(len(n.children) for n in tree.nodes) != len(tree.nodes) - 1:
+            raise ValueError("not a search tree record: some node is missing from its parent's children")
+        return tree
 
     # -- outcome bookkeeping used by the label functions
     def _outcomes(self) -> tuple[list[bool], list[bool], list[float]]:
@@ -198,6 +216,8 @@ def ppm_pairs(tree: SearchTree, top: int = 2) -> list[dict]:
     one side has a single node the other side fills to ``2·top`` nodes. All positive × negative pairs
     with ``Q_pos > Q_neg`` are kept; ``group`` is the parent node id (the loss weights each group's
     pairs 1/(n_pos·n_neg))."""
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:  # 0 gave no pairs, silently
+        raise ValueError(f"ppm_pairs: top must be an integer >= 1, got {top!r}")
     good, bad, _ = tree._outcomes()
     pairs = []
     for node in tree.nodes:

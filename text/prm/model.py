@@ -169,7 +169,14 @@ def aggregate_steps(parts: Sequence[torch.Tensor], reduce: str) -> torch.Tensor:
     """``Tensor[N]``: each solution's scored steps (NaN = not scored) reduced by ``reduce``."""
     if reduce not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {reduce!r}")
+    parts = [torch.as_tensor(p, dtype=torch.float32).reshape(-1) for p in parts]
+    if not parts:
+        return torch.zeros(0)
     kept = [p[~torch.isnan(p)] for p in parts]
+    for i, k in enumerate(kept):  # an empty segment reduces to 1.0, the best score: "no step wrong"
+        if k.numel() == 0:
+            raise ValueError(f"solution {i} has no scored step ({parts[i].numel()} steps, all NaN): it has no "
+                             "aggregate score")
     values, lengths = torch.cat(kept), torch.tensor([k.numel() for k in kept])
     return ops.segment_reduce(values, lengths, reduce=reduce)
 
@@ -198,6 +205,11 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             self.value_weight = nn.Parameter(torch.randn(H, dtype=dtype) * H**-0.5)  # (H,)
             self.value_bias = nn.Parameter(torch.zeros((), dtype=dtype))
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        from mmreward.core.weights import position_limit
+
+        # a learned position table (GPT-2, BERT, OPT) has a hard end: past it the backbone fails deep inside
+        # with an index error, so inputs are held to it as to max_length (rotary positions: None, no end)
+        self._position_limit = position_limit(self.backbone)
         self._setup_format()
 
     def _setup_format(self) -> None:
@@ -238,6 +250,15 @@ class ProcessRewardModel(RewardScorer, nn.Module):
         """Wrap a transformers model. ``head="lm"`` needs a causal LM: its two label rows (and biases)
         initialise the head and the rest of the LM head is dropped."""
         base = _drop_pooler(model.base_model)
+        from mmreward.core.weights import position_limit
+
+        limit = position_limit(base)
+        if limit is not None:
+            if "max_length" not in config:  # the default 1024 would pass the backbone's position table
+                config["max_length"] = min(PRMConfig.max_length, limit)
+            elif isinstance(config["max_length"], int) and config["max_length"] > limit:
+                raise ValueError(f"max_length={config['max_length']} is more than the {limit} positions "
+                                 f"{type(base).__name__} reads (its learned position table): use max_length <= {limit}")
         cfg = PRMConfig(head=head, backbone=base.config.to_dict(), **config)
         prm = cls(cfg, tokenizer, backbone=base)
         if head == "lm":
@@ -397,17 +418,21 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             if not isinstance(s, str):
                 raise TypeError(f"{where}: step {k} must be a str, got {type(s).__name__}")
         ids, tags = self._tagged(problem, steps, where)
-        limit = self.config.max_length
+        limit, what = self.config.max_length, f"max_length={self.config.max_length}"
+        if self._position_limit is not None and self._position_limit < limit:
+            limit, what = self._position_limit, (f"the {self._position_limit} positions of the backbone's learned "
+                                                 f"position table (max_length={self.config.max_length})")
         if len(ids) <= limit:
             return ids, tags
         fit = [t for t in tags if t < limit]
         if not (self.config.truncate if truncate is None else truncate):
             way_out = (f"or set truncate=True to score only the {len(fit)} steps that fit" if fit else
                        "(not even the first step fits, so truncate=True cannot help)")
-            raise DataError(f"{where}: problem + {len(steps)} steps are {len(ids)} tokens, more than max_length="
-                            f"{limit}; shorten it, raise max_length, {way_out}")
+            can_raise = self._position_limit is None or limit < self._position_limit
+            raise DataError(f"{where}: problem + {len(steps)} steps are {len(ids)} tokens, more than {what}; "
+                            f"shorten it, {'raise max_length, ' if can_raise else ''}{way_out}")
         if not fit:
-            raise DataError(f"{where}: not even the first step fits max_length={limit} ({len(ids)} tokens)")
+            raise DataError(f"{where}: not even the first step fits {what} ({len(ids)} tokens)")
         return ids[: fit[-1] + 1], fit
 
     def collate(self, rows: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:

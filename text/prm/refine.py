@@ -57,6 +57,9 @@ class ProcessRewardFunction:
 
     def __init__(self, prm, config: Optional[RefineConfig] = None, outcome_fn: Optional[Callable] = None, **kw):
         self.prm = prm
+        if config is not None and kw:  # the keywords would be dropped silently in favour of `config`
+            raise TypeError(f"ProcessRewardFunction: give either config or its fields as keywords, not both "
+                            f"(got config and {sorted(kw)})")
         self.config = config or RefineConfig(**kw)
         self.outcome_fn = outcome_fn
         if self.config.outcome_weight and outcome_fn is None:
@@ -67,7 +70,14 @@ class ProcessRewardFunction:
             return self.prm.score_parts([StepSolution(p, list(s)) for p, s in zip(problems, steps)])
         out = []
         for i, (p, s) in enumerate(zip(problems, steps)):
-            r = torch.as_tensor(self.prm(p, list(s)), dtype=torch.float32).reshape(-1)
+            raw = self.prm(p, list(s))
+            try:
+                if isinstance(raw, (str, bytes)):
+                    raise TypeError
+                r = torch.as_tensor(raw, dtype=torch.float32).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"trajectory {i}: the PRM returned {raw!r} ({type(raw).__name__}); it must return one "
+                                f"number per step (a list or tensor of {len(s)} scores)") from None
             if r.numel() != len(s):
                 raise ValueError(f"trajectory {i}: the PRM returned {r.numel()} scores for {len(s)} steps")
             out.append(r)
@@ -81,6 +91,8 @@ class ProcessRewardFunction:
                             "not a string")
         if len(problems) != len(steps):
             raise ValueError(f"{len(problems)} problems but {len(steps)} trajectories")
+        if not len(steps):  # as the scorers' score([]): one clear error (torch.cat of no scores failed obscurely)
+            raise ValueError("ProcessRewardFunction got no trajectories")
         for i, s in enumerate(steps):
             if isinstance(s, (str, bytes, dict)) or not hasattr(s, "__len__") or not hasattr(s, "__iter__"):
                 # a string would be scored one character per step
@@ -124,4 +136,4 @@ class ProcessRewardFunction:
 
     def rewards(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> torch.Tensor:
         """``Tensor[N]`` of trajectory rewards (GRPO's per-sample scalar)."""
-        return torch.tensor([d["reward"] for d in self.batch(problems, steps)])
+        return torch.tensor([d["reward"] for d in self.batch(problems, steps)], dtype=torch.float32)

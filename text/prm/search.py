@@ -71,29 +71,59 @@ class SearchResult:
     candidates: list[tuple[list[str], float]] = field(default_factory=list)  # every complete solution seen
 
 
+def _number(value: Any, problem: str) -> float:
+    """A callable evaluator's score as a float: a real number (bool, numpy scalar) or a one-element tensor /
+    array; anything else (None, a string, a list, a tensor of several values) is an error naming it."""
+    if hasattr(value, "numel") and hasattr(value, "item"):  # torch tensor
+        if value.numel() == 1 and not value.is_complex():
+            return float(value.item())
+    elif hasattr(value, "size") and hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar / array
+        if value.size == 1 and value.dtype.kind in "biuf":
+            return float(value.item())
+    elif isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"evaluator returned {value!r} ({type(value).__name__}) for problem {problem!r}; it must return "
+                    "one number in [0, 1] per call")
+
+
 def _step_scores(evaluator, problem: str, traces: list[list[str]]) -> list[torch.Tensor]:
     """Every step's score of every trace: a PRM scores each trace once (``score_parts``); a callable
     evaluator scores each prefix."""
     if hasattr(evaluator, "score_parts"):
         return evaluator.score_parts([StepSolution(problem, list(t)) for t in traces])
     if callable(evaluator):
-        return [torch.tensor([float(evaluator(problem, t[: k + 1])) for k in range(len(t))]) for t in traces]
+        return [torch.tensor([_number(evaluator(problem, t[: k + 1]), problem) for k in range(len(t))],
+                             dtype=torch.float64) for t in traces]
     raise TypeError(f"evaluator must be a ProcessRewardModel (score_parts) or a callable, got {type(evaluator).__name__}")
 
 
 def _as_evaluator(evaluator) -> Callable[[str, list[list[str]]], list[float]]:
     """→ batched ``(problem, [steps, ...]) -> [score of the last step, ...]`` in [0, 1]."""
     if hasattr(evaluator, "score_parts"):
-        return lambda problem, traces: [float(s[-1]) for s in _step_scores(evaluator, problem, traces)]
+        def prm(problem: str, traces: list[list[str]]) -> list[float]:
+            out = [float(s[-1]) for s in _step_scores(evaluator, problem, traces)]
+            if any(v != v for v in out):  # NaN: the PRM left the new step unscored (past max_length, truncate=True)
+                raise ValueError(f"the PRM left a new step of problem {problem!r} unscored (NaN: the solution so far "
+                                 "is longer than its max_length); MCTS needs every step scored — raise max_length "
+                                 "or lower max_depth")
+            return out
+        return prm
     if callable(evaluator):
-        return lambda problem, traces: [float(evaluator(problem, t)) for t in traces]
+        return lambda problem, traces: [_number(evaluator(problem, t), problem) for t in traces]
     raise TypeError(f"evaluator must be a ProcessRewardModel (score_parts) or a callable, got {type(evaluator).__name__}")
 
 
 def _check_score(p: float, problem: str) -> float:
     if not (p == p) or p < 0.0 or p > 1.0:
-        raise ValueError(f"evaluator returned {p} for problem {problem!r}; scores must be in [0, 1]")
+        raise ValueError(f"evaluator returned {p} for problem {problem!r}; scores must be in [0, 1] (a PRM with "
+                         "score='identity' gives raw values: MCTS maps P(good) to [-1, 1] and needs probabilities)")
     return 2.0 * p - 1.0
+
+
+def _check_callable(**fns: Any) -> None:
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be a callable (problem, steps) -> ..., got {type(fn).__name__}")
 
 
 class MCTS:
@@ -101,6 +131,7 @@ class MCTS:
                  is_correct: Optional[Callable] = None):
         if not callable(policy):
             raise TypeError(f"policy must be callable, got {type(policy).__name__}")
+        _check_callable(is_terminal=is_terminal, **({} if is_correct is None else {"is_correct": is_correct}))
         self.policy, self.evaluate, self.is_terminal = policy, _as_evaluator(evaluator), is_terminal
         self.config = config or MCTSConfig()
         self.is_correct = is_correct
@@ -150,6 +181,9 @@ class MCTS:
     # -- the search
     def search(self, problem: str) -> SearchResult:
         cfg = self.config
+        if bool(self.is_terminal(problem, [])):  # as best_of_n_search: nothing to search, no step to score
+            raise ValueError(f"MCTS.search: is_terminal({problem!r}, []) is true, so a solution would have no steps "
+                             "to search over")
         tree = SearchTree(problem)
         exhausted: set[int] = set()
         self._widened_out: set[int] = set()  # nodes whose re-expansion drew nothing new
@@ -235,6 +269,10 @@ def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: C
     n = int(n)
     if reduce not in AGGREGATIONS:
         raise ValueError(f"reduce must be one of {AGGREGATIONS}, got {reduce!r}")
+    # max_depth 0 (or less) would stop every sample before its first step, and the error would blame is_terminal
+    if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Integral) or max_depth < 1:
+        raise ValueError(f"max_depth must be an integer >= 1 (most steps per sampled solution), got {max_depth!r}")
+    _check_callable(policy=policy, is_terminal=is_terminal)
     traces = [rollout(policy, problem, [], is_terminal, max_depth) for _ in range(n)]
     if not all(traces):  # an empty solution has no step to score: aggregated it would be "no step wrong" = 1
         raise ValueError(f"best_of_n_search: is_terminal({problem!r}, []) is true, so the sampled solutions have "
@@ -269,14 +307,30 @@ class HFStepPolicy:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0 \
                 or not math.isfinite(temperature):
             raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+        if not isinstance(separator, str) or not separator:  # "" cannot end a step: str.split("") raises
+            raise ValueError(f"separator must be a non-empty string (it ends every step), got {separator!r}")
+        for name, v, low in (("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"HFStepPolicy: {name} must be an integer >= {low}, got {v!r}")
         self.model, self.tokenizer, self.separator = model, tokenizer, separator
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def __call__(self, problem: str, steps: Sequence[str]) -> str:
+        if not isinstance(problem, str) or isinstance(steps, (str, bytes)) or not all(isinstance(x, str) for x in steps):
+            # a string of steps would be joined one character per step
+            raise TypeError(f"HFStepPolicy: problem must be a str and steps a list of str, got "
+                            f"{type(problem).__name__} and {type(steps).__name__}")
         text = self.separator.join([problem, *steps]) + self.separator
         ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.model.device)
+        from mmreward.core.weights import position_limit
+
+        limit = position_limit(self.model)  # a learned position table ends: past it generate() fails deep inside
+        if limit is not None and ids.shape[1] + self.max_new_tokens - 1 > limit:
+            raise ValueError(f"HFStepPolicy: the problem and {len(steps)} steps are {ids.shape[1]} tokens, + "
+                             f"max_new_tokens={self.max_new_tokens} - 1 is more than the {limit} positions "
+                             f"{type(self.model).__name__} reads")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
         pad = self.tokenizer.pad_token_id
         kw: dict[str, Any] = {"do_sample": self.temperature > 0, "max_new_tokens": self.max_new_tokens,

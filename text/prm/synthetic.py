@@ -13,9 +13,10 @@ wrong step is known exactly (ProcessBench's label).
 """
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = [
     "ArithmeticProblem",
@@ -60,12 +61,19 @@ def _apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
 
 
+def _count(name: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low``: a float or bool count (2.5, True) is an error naming it, not a
+    ``range()`` TypeError, and a negative number of rows is not "no rows"."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 def make_problem(rng: random.Random, num_steps: int = 4, max_value: int = 9) -> ArithmeticProblem:
     """A random chain whose true running value stays in 0..max_value (1..9)."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not 1 <= max_value <= 9:
-        raise ValueError(f"max_value must be in 1..9 (single digits), got {max_value}")
+    num_steps = _count("num_steps", num_steps, 1)
+    if isinstance(max_value, bool) or not isinstance(max_value, numbers.Integral) or not 1 <= max_value <= 9:
+        raise ValueError(f"max_value must be in 1..9 (single digits), got {max_value!r}")
     value = rng.randint(0, max_value)
     start, ops = value, []
     for _ in range(num_steps):
@@ -81,6 +89,7 @@ def make_problem(rng: random.Random, num_steps: int = 4, max_value: int = 9) -> 
 
 
 def make_problems(n: int, seed: int = 0, num_steps: int = 4, max_value: int = 9) -> list[ArithmeticProblem]:
+    n = _count("n", n, 0)
     rng = random.Random(seed)
     return [make_problem(rng, num_steps, max_value) for _ in range(n)]
 
@@ -156,6 +165,7 @@ def make_dataset(n: int, seed: int = 0, num_steps: int = 4, error_rate: float = 
     ``error_rate`` has one planted error at a uniformly chosen step. ``after_error``: label of the
     steps after the first error — ``"bad"`` (Math-Shepherd: no path to the answer) or ``"ignore"``
     (−100, PRM800K-style: labelling stops at the first error)."""
+    n = _count("n", n, 0)
     if not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
     if after_error not in ("bad", "ignore"):
@@ -303,6 +313,7 @@ class NoisyStepJudge:
 def make_pairs(n: int, seed: int = 0, num_steps: int = 4, max_value: int = 9) -> list[dict]:
     """``n`` rStar-style step-preference rows ``{prompt, prefix, chosen, rejected, group}``: after a
     correct prefix of random length, the right next step vs the same step with a wrong result."""
+    n = _count("n", n, 0)
     rng = random.Random(seed)
     rows = []
     for i in range(n):
