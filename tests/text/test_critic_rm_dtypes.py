@@ -88,3 +88,15 @@ def test_strings_for_lists_and_wrong_arguments_are_named(tok):
         CriticRM(crm.model, tok, {"num_critiques": 2})
     with pytest.raises(TypeError, match="needs the LM's tokenizer"):
         CriticRM(crm.model, None)
+
+
+def test_scalar_head_lm_runs_its_head_in_its_own_dtype(tok):
+    """A meta-RM / ScalarHeadLM whose LM is cast to bf16 under a float32 head scores (mat1 / mat2 dtypes)."""
+    m = ScalarHeadLM(tiny_llama(len(tok), hidden=32, layers=1, heads=2, seed=0))
+    ids = torch.tensor([[3, 4, 5], [0, 6, 7]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    ref = m(ids, mask)
+    m.backbone.to(torch.bfloat16)
+    got = m(ids, mask)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)

@@ -62,7 +62,8 @@ class ScalarHeadLM(nn.Module):
         """(B,) scalar logits; ``return_hidden``: :meth:`hidden`'s ``(h (B, H), LM logits)`` instead, so that a
         joint loss still runs its forward through this module (and a DDP wrapper around it)."""
         h, logits = self.hidden(input_ids, attention_mask)
-        return (h, logits) if return_hidden else self.head(h).squeeze(-1)
+        # the head in its own dtype: an LM cast to bf16 under an fp32 head (or a head loaded as saved)
+        return (h, logits) if return_hidden else self.head(h.to(self.head.weight.dtype)).squeeze(-1)
 
     @classmethod
     def with_head(cls, backbone: nn.Module, head_state: dict[str, torch.Tensor], where: str) -> "ScalarHeadLM":
