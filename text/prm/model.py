@@ -277,6 +277,13 @@ class ProcessRewardModel(RewardScorer, nn.Module):
         save_weights(folder, state_dict if state_dict is not None else self.state_dict())
 
     @classmethod
+    def required_files(cls, body: dict) -> list:
+        """The weights and the tokenizer (``mmreward info`` checks them without loading)."""
+        from mmreward.text.reward_model import TOKENIZER_FILES
+
+        return [*super().required_files(body), tuple(f"{TOKENIZER_DIR}/{f}" for f in TOKENIZER_FILES)]
+
+    @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "ProcessRewardModel":
         cfg = config_from_dict(PRMConfig, body.get("config", {}), MODEL_TYPE)
         tok_dir = os.path.join(folder, TOKENIZER_DIR)
