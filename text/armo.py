@@ -33,7 +33,7 @@ from mmreward.core.model import check_batch_size, check_ranges, finish_loading, 
 from mmreward.core.weights import backbone_state, check_shapes, hf_config, quiet_transformers, read_weights
 
 from .data import model_max_length, pad_batch
-from .reward_model import RewardModel, RewardModelConfig, last_positions, load_tokenizer
+from .reward_model import RewardModel, RewardModelConfig, _tokenizer_argument, last_positions, load_tokenizer
 
 ARCHITECTURE = "LlamaForRewardModelWithGating"
 # the turn boundary whose first token feeds the gating network (the official token_pattern, Llama-3 ids
@@ -152,7 +152,7 @@ def load_armo(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer:
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     raw = read_config(folder)
     hf = hf_config(raw, folder, "llama")
-    tok = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    tok = _tokenizer_argument(tokenizer) if tokenizer is not None else load_tokenizer(folder)
     if not getattr(tok, "chat_template", None):
         raise CheckpointError(f"{folder}: ArmoRM scores chat conversations, and this tokenizer has no chat template")
     pattern = tok.encode(GATING_TEXT, add_special_tokens=False)

@@ -38,7 +38,7 @@ from mmreward.core.model import finish_loading, load_state_strict, load_weights,
 from mmreward.core.weights import quiet_transformers, refuse_mismatched, weight_shapes
 
 from .data import has_chat_template, has_pair_template, model_max_length
-from .reward_model import RewardModel, RewardModelConfig, is_encoder, load_tokenizer
+from .reward_model import RewardModel, RewardModelConfig, _tokenizer_argument, is_encoder, load_tokenizer
 
 LEGACY_META = "mmreward_reward_model.json"
 LEGACY_MODEL_TYPE = "mmreward_reward_model"
@@ -78,7 +78,7 @@ def load_legacy_folder(folder: str, *, device: Any = "cpu", dtype: Any = None, t
         raise CheckpointError(f"{weights} has {os.path.getsize(weights)} bytes but {LEGACY_META} expects "
                               f"{meta.get('weights_bytes')}: truncated or from another save")
     backbone = read_config(folder)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else load_tokenizer(folder)
     config = RewardModelConfig(backbone=backbone, input_format="chat" if has_chat_template(tokenizer) else "joined",
                                truncation="keep_end", pooling="last")
     with quiet_transformers():
@@ -110,7 +110,7 @@ def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, to
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     hf = hf_config(read_config(folder), folder, "qwen2")
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else load_tokenizer(folder)
     if not has_chat_template(tokenizer):
         raise CheckpointError(f"{folder}: Qwen2.5-Math-RM scores chat conversations, and this tokenizer has no chat template")
     weights = read_weights(folder)
@@ -234,7 +234,7 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
         raise CheckpointError(f"{folder} is a classifier with {config.num_labels} labels "
                               f"({sorted(map(str, getattr(config, 'id2label', {}).values()))[:4]}); a reward model has 1")
     check_classifier_weights(folder, config)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else load_tokenizer(folder)
     with quiet_transformers():
         seq, report = AutoModelForSequenceClassification.from_pretrained(
             folder, dtype=dt or "auto", output_loading_info=True, ignore_mismatched_sizes=True)

@@ -123,3 +123,18 @@ def test_info_without_load_names_a_published_folder_without_weights(tmp_path, ca
     assert main(["info", str(tmp_path / "clf")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "clf has no weights (model.safetensors" in err
+
+
+def test_a_published_classifier_takes_a_tokenizer_folder(tmp_path):
+    """``mmreward.load(published_folder, tokenizer="path")`` as for mmreward's own folders (was "'str' object
+    is not callable"); a tokenizer of the wrong kind is named."""
+    from text_rm_fixtures import bert_config, save_classifier
+
+    tok = word_tokenizer(pair=True)
+    save_classifier(tmp_path / "clf", bert_config(), tok)
+    tok.save_pretrained(str(tmp_path / "tok"))
+    ref = mmreward.load(str(tmp_path / "clf")).score([{"prompt": "what is", "response": "two"}])
+    got = mmreward.load(str(tmp_path / "clf"), tokenizer=str(tmp_path / "tok")).score([{"prompt": "what is", "response": "two"}])
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(TypeError, match="tokenizer= must be a transformers tokenizer or the folder of one, got int"):
+        mmreward.load(str(tmp_path / "clf"), tokenizer=3)
