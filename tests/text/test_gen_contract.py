@@ -339,3 +339,24 @@ def test_resuming_judge_training_with_other_settings_is_refused(kind, changed, m
     assert len(_train_once(kind, tok, tmp_path)) == 1  # the same settings: the finished run, nothing to do
     with pytest.raises(ValueError, match="written by a run with other settings .*" + re.escape(message)):
         _train_once(kind, tok, tmp_path, **changed)
+
+
+@pytest.mark.parametrize("kind", ["grm", "grm_own_meta_lm"])
+def test_info_without_load_names_a_grm_folder_missing_its_meta_rm(kind, tok, tmp_path, capsys):
+    """``mmreward info`` (no manifest, no --load) checks the meta-RM's head and own backbone as loading reads them."""
+    import shutil
+
+    from mmreward.cli import main
+
+    folder = tmp_path / kind
+    build(kind, tok).save_pretrained(folder)
+    os.remove(folder / "manifest.json")
+    assert main(["info", str(folder)]) == 0
+    capsys.readouterr()
+    if kind == "grm_own_meta_lm":
+        shutil.rmtree(folder / "meta_rm")
+        assert main(["info", str(folder)]) == 2
+        assert "meta_rm/config.json" in capsys.readouterr().err
+    os.remove(folder / "meta_rm_head.safetensors")
+    assert main(["info", str(folder)]) == 2
+    assert "meta_rm_head.safetensors" in capsys.readouterr().err

@@ -210,8 +210,11 @@ class GenerativeJudge(RewardScorer, torch.nn.Module):
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any):
+        from mmreward.core.weights import quiet_transformers
+
         config = config_from_dict(cls.config_class, body.get("config", {}), cls.model_type)
-        model, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
+        with quiet_transformers():  # no weight-loading progress bars on stderr (mmreward checks the weights)
+            model, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
         return cls(model, tokenizer, config, **kwargs)
 
     def _score_texts(self, prompts: Sequence[Any], responses: Sequence[Any]) -> torch.Tensor:

@@ -138,9 +138,23 @@ class GRMJudge(GenerativeJudge):
         return out
 
     @classmethod
+    def required_files(cls, body: dict) -> list:
+        """The judge's LM and, with a meta-RM, its head and (when not shared) its backbone."""
+        files = super().required_files(body)
+        info = body.get("meta_rm")
+        if isinstance(info, dict):
+            files.append(META_RM_HEAD)
+            if info.get("backbone") == "meta_rm":
+                files += super().required_files({"lm": "meta_rm"})
+        return files
+
+    @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "GRMJudge":
+        from mmreward.core.weights import quiet_transformers
+
         config = config_from_dict(GRMConfig, body.get("config", {}), cls.model_type)
-        model, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
+        with quiet_transformers():
+            model, tokenizer = load_causal_lm(os.path.join(folder, LM_FOLDER))
         meta = None
         info = body.get("meta_rm")
         if info is not None:
