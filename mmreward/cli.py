@@ -13,7 +13,7 @@ from mmreward.core.cli_config import CLIParser
 
 # name -> (module, function taking argv, one-line help)
 COMMANDS = {
-    "env": ("mmreward.env_report", "main", "versions of python / torch / CUDA / triton … and the live op backends"),
+    "env": ("mmreward.cli", "env_main", "versions of python / torch / CUDA / triton … and the live op backends"),
     "ops": ("mmreward.cli", "ops_main", "list the fused ops and which backends can run them here"),
     "robotics": ("mmreward.robotics.cli", "main", "Diffusion Reward + DrQ-v2: collect, train-codec, train-video, train-progress, score, train-rl"),
     "text": ("mmreward.text.cli", "main", "text reward models: train, score, eval, merge (WARM), judge (generative RMs)"),
@@ -24,6 +24,12 @@ COMMANDS = {
     "score-video": ("mmreward.vision.cli", "score_video_main", "score a video's frames against a prompt"),
     "serve": ("mmreward.serve.cli", "main", "serve any reward model over HTTP with dynamic batching (OpenRLHF / TRL)"),
 }
+
+
+def env_main(argv: Optional[Sequence[str]] = None) -> int:
+    from mmreward.env_report import main as env_report
+
+    return env_report(argv, prog="mmreward env")  # its errors and --help name the command the user typed
 
 
 def ops_main(argv: Optional[Sequence[str]] = None) -> int:

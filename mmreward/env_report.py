@@ -96,8 +96,8 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = CLIParser(prog="python -m mmreward.env_report", description=__doc__)
+def main(argv=None, prog: str = "python -m mmreward.env_report") -> int:
+    parser = CLIParser(prog=prog, description=__doc__)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     args = parser.parse_args(argv)
     report = collect()

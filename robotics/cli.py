@@ -41,7 +41,8 @@ from collections import Counter
 from dataclasses import asdict, fields
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, run_cli, json_text
+from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, check_output_folder,
+                                      config_from_args, json_text, removing_new_folders_on_error, run_cli)
 
 PRESETS = ("small", "paper")
 
@@ -430,6 +431,14 @@ def _score(args: argparse.Namespace) -> int:
     if args.out and not args.out.endswith(PER_STEP_FORMATS):  # before any scoring, not after it
         raise ValueError(f"--out {args.out!r}: use a {', '.join(PER_STEP_FORMATS)} file")
     _check_output_files(out=args.out, plot=args.plot)
+    filters = [flag for flag, given in (("--tasks", args.tasks is not None), ("--policies", args.policies != ["all"]))
+               if given]
+    if filters and not any(os.path.isfile(os.path.join(src, "manifest.json")) for src in args.inputs):
+        raise ValueError(f"{' / '.join(filters)} select episodes of episode folders (by their manifest.json), but no "
+                         "input is one: every input would be scored, unfiltered")
+    sources = [("input", args.inputs), ("--goal", args.goal)]  # an episode .npz given as --out would be replaced
+    check_output_file(args.out, "--out", sources)
+    check_output_file(args.plot, "--plot", [*sources, ("--out", args.out)])
     device = _prepare(args)
     folder = model_folder(args.model or DEFAULT, tuple(MODEL_CLASSES))
     model = MODEL_CLASSES[read_config(folder)["model_type"]].from_pretrained(folder, device)
@@ -515,6 +524,7 @@ def _eval_expert(args: argparse.Namespace) -> int:
     from .rl.expert import evaluate_expert
 
     _check_output_files(json=args.json)
+    check_output_file(args.json, "--json")  # under a file, or in a read-only folder: refused before the episodes
     _prepare(args)
     summary = evaluate_expert(args.model, episodes=args.episodes, seed=args.seed, reward=args.reward,
                               episode_steps=args.episode_steps)
@@ -530,6 +540,7 @@ def _eval_rl(args: argparse.Namespace) -> int:
     from .rl.evaluate import evaluate_run
 
     _check_output_files(json=args.json)
+    check_output_file(args.json, "--json")  # under a file, or in a read-only folder: refused before the episodes
     _prepare(args)
     summary = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, frame=args.frame)
     if args.json:
@@ -562,8 +573,9 @@ def _add_data(p: argparse.ArgumentParser, policies_default: str = "expert,demo",
 
 def _add_run(p: argparse.ArgumentParser, out_help: str = "run folder: metrics.csv, snapshots, model/") -> None:
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest snapshot")
-    p.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
+    start = p.add_mutually_exclusive_group()  # both: --overwrite silently deleted the run --resume asked for
+    start.add_argument("--resume", action="store_true", help="continue the run in --out from its newest snapshot")
+    start.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
     p.add_argument("--stop-at", type=int, default=None, help="end this call after this many total steps")
 
 
@@ -768,9 +780,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# output folders each command creates (an --out of score / eval-* is a file, checked by the command)
+_OUT_FOLDERS = ("out", "reward_out", "attach_out")
+
+
+def _checked(args: argparse.Namespace) -> int:
+    """``args.run(args)`` once its output folders can be created: a file given as one failed only after
+    the data was read, the model built, or (``collect``) the simulator had run."""
+    if args.command in ("score", "eval-expert", "eval-rl", "tasks", "info"):
+        return args.run(args)
+    folders = [getattr(args, dest, None) for dest in _OUT_FOLDERS]
+    for dest, folder in zip(_OUT_FOLDERS, folders):
+        check_output_folder(folder, "--" + dest.replace("_", "-"))
+    with removing_new_folders_on_error(*folders):  # refused part-way: no empty output folder left behind
+        return args.run(args)
+
+
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(f"mmreward robotics {args.command}", lambda _: args.run(args), [])
+    return run_cli(f"mmreward robotics {args.command}", lambda _: _checked(args), [])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

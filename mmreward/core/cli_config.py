@@ -14,11 +14,15 @@ everywhere; the long spelling stays accepted, hidden from ``--help``.
 Errors: :class:`CLIParser` reports a bad option in one line (``prog: error: …``, exit 2) and
 :func:`run_cli` turns any exception a command raises into one line on stderr — exit 2 for user
 errors (bad data, paths, devices, checkpoints), 1 for anything else — with the traceback only when
-``MMREWARD_DEBUG=1``.
+``MMREWARD_DEBUG=1``; a warning while a command runs is one line too (``prog: warning: …``).
+:func:`check_output_file` / :func:`check_output_folder` refuse an output path before the work (a
+folder as a file, a path under a file, an output that is one of the inputs), and
+:func:`removing_new_folders_on_error` leaves no empty output folder behind a command refused part-way.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import numbers
@@ -26,7 +30,7 @@ import os
 import sys
 import typing
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 # field name -> the flag every command uses for it
 FLAG_NAMES = {"output_dir": "--out", "out_dir": "--out"}
@@ -72,8 +76,31 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 2000 else text[:2000] + " …"
 
 
+def _one_line_warnings(prog: str) -> Callable[..., str]:
+    """A ``warnings.formatwarning`` that shows a warning as one line, ``prog: warning: message`` (Python's
+    own shows two: the warning and the source line that raised it, a traceback-like excerpt of code)."""
+    def formatwarning(message: Any, category: type, filename: str, lineno: int, line: Optional[str] = None) -> str:
+        text = " ".join(str(message).split()) or category.__name__
+        return f"{prog}: warning: {text}\n"
+
+    return formatwarning
+
+
 def run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequence[str]) -> int:
-    """Run ``main(argv)``; exceptions become one line on stderr (see the module docstring)."""
+    """Run ``main(argv)``; exceptions become one line on stderr (see the module docstring), and so
+    do warnings while it runs (``prog: warning: …``; the full form with ``MMREWARD_DEBUG=1``)."""
+    import warnings
+
+    previous = warnings.formatwarning
+    if os.environ.get("MMREWARD_DEBUG") != "1":
+        warnings.formatwarning = _one_line_warnings(prog)
+    try:
+        return _run_cli(prog, main, argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequence[str]) -> int:
     try:
         return int(main(list(argv)) or 0)
     except SystemExit as e:  # argparse / explicit exits keep their status
@@ -100,12 +127,103 @@ def run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequenc
         return 2 if user else 1
 
 
+def check_output_file(path: Optional[str], flag: str = "--out",
+                      inputs: Sequence[tuple[str, Any]] = ()) -> None:
+    """Refuse an output *file* a command would only fail to write (or write destructively) after all
+    its work: ``path`` is a folder, sits under a file, or is one of the ``inputs`` (``(flag, path)``
+    pairs, e.g. ``("--data", args.data)``), which the atomic write would replace with the results.
+    Raises ``ValueError`` naming the flag; call it before loading models or reading data."""
+    if not path:
+        return
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder: name a file to write")
+    _check_creatable(os.path.dirname(os.path.abspath(path)), path, flag)
+    exists = os.path.exists(path)
+    for in_flag, source in inputs:
+        sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or ())
+        for s in sources:
+            if not s:
+                continue
+            same = os.path.realpath(s) == os.path.realpath(path)
+            if same or (exists and os.path.exists(s) and os.path.samefile(s, path)):
+                raise ValueError(f"{flag} {path!r} is the {in_flag} file {os.fspath(s)!r}: writing the results "
+                                 "there would replace it; name another file")
+
+
+def utf8_text(value: Optional[str], flag: str) -> Optional[str]:
+    """``value`` (a command-line text, not a path) when it is UTF-8; bytes that are not (Python keeps them
+    as lone surrogates) reached the tokenizer as "TextEncodeInput must be Union[...]"."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{flag} is not UTF-8 text (byte {value[e.start].encode('utf-8', 'surrogateescape')!r} "
+                             f"at character {e.start + 1}): pass it in UTF-8") from None
+    return value
+
+
+def check_output_folder(path: Optional[str], flag: str = "--out") -> None:
+    """Refuse an output *folder* that can never be created: ``path`` is a file, or sits under one.
+    Raises ``ValueError`` naming the flag; call it before the work (a training run, a collection)."""
+    if not path:
+        return
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a file, not a folder: name a folder to write")
+    _check_creatable(os.path.abspath(path), path, flag)
+
+
+def _check_creatable(folder: str, path: str, flag: str) -> None:
+    """``folder`` (where ``path`` goes) exists and is writable, or can be made: its nearest existing
+    ancestor is a writable folder."""
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder) if os.path.dirname(folder) != folder else ""
+    if not folder:
+        return
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: {folder!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r}: the folder {folder!r} is not writable (permission denied)")
+
+
+@contextlib.contextmanager
+def removing_new_folders_on_error(*paths: Optional[str]) -> Iterator[None]:
+    """Run the block; when it fails, remove the folders among ``paths`` (and their parents) that did not
+    exist before it and hold no file, so that a command refused part-way (a bad camera name found once
+    the simulator starts) leaves no half-created output folder. Only empty folders are removed
+    (``os.rmdir``): no file a command wrote, nothing that was there before."""
+    new: set[str] = set()
+    for path in paths:
+        if not path:
+            continue
+        path = os.path.abspath(os.fspath(path))
+        while not os.path.lexists(path) and os.path.dirname(path) != path:
+            new.add(path)
+            path = os.path.dirname(path)
+    try:
+        yield
+    except BaseException:
+        for path in sorted(new, key=lambda p: p.count(os.sep), reverse=True):  # the deepest first
+            if os.path.islink(path) or not os.path.isdir(path):
+                continue
+            for root, _, _ in list(os.walk(path, topdown=False)):  # empty folders inside it, then it
+                try:
+                    os.rmdir(root)
+                except OSError:  # not empty (a file was written there): left as it is
+                    pass
+        raise
+
+
 def _split(text: str) -> list[str]:
     return [x for x in text.replace(" ", ",").split(",") if x]
 
 
 def _numbers(text: str) -> tuple:
-    return tuple(int(x) if x.lstrip("-").isdigit() else float(x) for x in _split(text))
+    try:
+        return tuple(int(x) if x.lstrip("-").isdigit() else float(x) for x in _split(text))
+    except ValueError:  # argparse's own message would read "invalid _numbers value"
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _or_none(kind: type):
@@ -172,4 +290,5 @@ def print_training_summary(history: Sequence[Mapping[str, Any]], before: Optiona
     print(f"model: {model_folder}")
 
 
-__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "config_from_args", "print_training_summary", "run_cli"]
+__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "check_output_file", "check_output_folder", "config_from_args", "print_training_summary",
+           "removing_new_folders_on_error", "run_cli", "utf8_text"]

@@ -14,7 +14,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, json_text, run_cli
+from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, config_from_args, json_text,
+                                      run_cli)
 
 BENCHMARKS = ("rm-bench", "rewardbench")
 
@@ -43,6 +44,11 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.benchmark != "rm-bench":  # RM-Bench's options: silently ignored on another benchmark
+            given = [flag for flag, on in (("--domains", self.domains), ("--merge-safety", self.merge_safety)) if on]
+            if given:
+                raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --benchmark rm-bench "
+                                 f"only, not {self.benchmark}")
 
 
 def load_scorer(config: EvalConfig):
@@ -95,6 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = config_from_args(EvalConfig, args)
     if config.output and os.path.isdir(config.output):  # now, not after the whole evaluation has run
         raise ValueError(f"--out {config.output} is a folder: give the path of the result JSON file")
+    check_output_file(config.output, "--out", [("--data", config.data)])
     result = run_eval(config)
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text

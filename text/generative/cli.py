@@ -86,6 +86,35 @@ def load_rows(path: str, limit: int = 0) -> list[dict]:
     return rows
 
 
+def _records(path: str, flag: str) -> list:
+    """The rows of ``path`` (``--data`` / ``--eval-data`` / ``--solutions``); an empty file is an error
+    naming the flag, not a silently skipped evaluation (or a "no rows" after the model has loaded)."""
+    from mmreward.core.data import read_records
+
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"{flag} {path}: no rows")
+    return rows
+
+
+def _start_training(args: argparse.Namespace, output_dir: str) -> str:
+    """Checks every ``train-*`` command makes before a model loads: the device (a CUDA request on a
+    machine without one failed in ``.to()`` as an unexpected error) and the ``--out`` run folder (a file,
+    or the ``--model`` folder itself, failed or mixed the run into the model only after loading it).
+    Returns the device to use."""
+    from mmreward.core.cli_config import check_output_folder
+    from mmreward.core.device import resolve_device
+
+    device = str(resolve_device(args.device))
+    check_output_folder(output_dir, "--out")
+    for flag in ("model", "judge_model"):
+        folder = getattr(args, flag, None)
+        if folder and os.path.isdir(folder) and os.path.realpath(folder) == os.path.realpath(output_dir):
+            raise ValueError(f"--out {output_dir} is the --{flag.replace('_', '-')} folder: the run's snapshots, "
+                             "logs and model would be written into it; name another folder")
+    return device
+
+
 def _judge_type(folder: str) -> Optional[str]:
     """The method of a judge folder written by ``save_pretrained``, or None (any other folder)."""
     from mmreward.core.model import read_config
@@ -153,6 +182,23 @@ def load_meta_rm(folder: str, judge_tokenizer: Any, device: str = "cpu") -> Any:
     return ScalarHeadLM.from_pretrained(folder, device=device).eval()
 
 
+def _check_meta_flags(config: Any, meta_rm: Optional[str]) -> None:
+    """``judge grm``: ``--k-meta`` and ``--meta-rm`` go together (checked before the judge loads): a
+    meta-RM with ``--k-meta 0`` was loaded and silently never used; the others failed after loading."""
+    k, n = config.k_meta, config.num_samples
+    if k > n:
+        raise ValueError(f"--k-meta {k} is more than --num-samples {n}: the meta-RM keeps the top k of the n "
+                         "sampled judgements")
+    if k and not meta_rm:
+        raise ValueError(f"--k-meta {k} needs --meta-rm FOLDER (from `mmreward text train-meta-rm`) to rank the "
+                         "judgements")
+    if meta_rm and not k:
+        raise ValueError(f"--meta-rm {meta_rm} is used only with --k-meta K > 0 (the top K of --num-samples "
+                         "judgements by meta-RM score vote); without it every judgement votes")
+    if meta_rm and not os.path.isdir(os.path.join(meta_rm, "backbone")):
+        raise ValueError(f"{meta_rm}: not a meta-RM folder (no backbone/); train one with `mmreward text train-meta-rm`")
+
+
 def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dict], swap: bool = True,
         meta_rm: Any = None) -> dict:
     """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python; ``meta_rm``: grm only)."""
@@ -182,7 +228,8 @@ def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dic
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
+    from mmreward.core.cli_config import CLIParser, add_config_options, check_output_file, config_from_args
+    from mmreward.core.device import resolve_device
 
     ap = CLIParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="method", required=True)
@@ -209,9 +256,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--limit must be >= 0 (0: all rows), got {args.limit}")
         if args.output and os.path.isdir(args.output):  # checked now, not after every row is judged
             raise ValueError(f"--out {args.output} is a folder: give the path of the result JSON file")
+        check_output_file(args.output, "--out", [("--data", args.data)])
+        device = str(resolve_device(args.device))  # before loading: .to("cuda") failed as an unexpected error
+        if args.method == "grm":
+            _check_meta_flags(config, args.meta_rm)
         rows = load_rows(args.data, args.limit)
-        model, tok = load_model(args.method, args.model, args.gguf_file, args.device)
-        meta = load_meta_rm(args.meta_rm, tok, args.device) if getattr(args, "meta_rm", None) else None
+        model, tok = load_model(args.method, args.model, args.gguf_file, device)
+        meta = load_meta_rm(args.meta_rm, tok, device) if getattr(args, "meta_rm", None) else None
         res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
     except _USER_ERRORS as e:
         return _user_error("mmreward text judge", e)
@@ -227,10 +278,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward text train-genrm``: fine-tune a causal LM as a GenRM verifier with :func:`train_genrm`."""
     from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
-    from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
-    from .genrm import GenRM, GenRMConfig, evaluate_genrm, train_genrm
+    from .genrm import GenRM, GenRMConfig, _verification_rows, evaluate_genrm, train_genrm
 
     ap = CLIParser(prog="mmreward text train-genrm",
                    description="fine-tune a causal LM as a GenRM verifier (Yes / No + λ·SFT on solutions)")
@@ -249,12 +299,16 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     def work():
-        rows = read_records(args.data)
-        eval_rows = read_records(args.eval_data) if args.eval_data else None
-        sols = read_records(args.solutions) if args.solutions else None
         config = config_from_args(GenRMConfig, args, skip=("batch_size", "seed"))
         tcfg = config_from_args(TrainConfig, args)
-        model, tok = load_model("genrm", args.model, args.gguf_file, args.device)
+        device = _start_training(args, tcfg.output_dir)
+        rows = _records(args.data, "--data")
+        eval_rows = _records(args.eval_data, "--eval-data") if args.eval_data else None
+        sols = _records(args.solutions, "--solutions") if args.solutions else None
+        for flag, path, given in (("--data", args.data, rows), ("--eval-data", args.eval_data, eval_rows)):
+            if given:  # malformed rows are named now, not after the model has loaded
+                _verification_rows(given, f"{flag} {path}:")
+        model, tok = load_model("genrm", args.model, args.gguf_file, device)
         genrm = GenRM(model, tok, config)
         before = evaluate_genrm(genrm, eval_rows) if eval_rows else None
         hist = train_genrm(genrm, rows, tcfg, eval_rows=eval_rows, solutions=sols, balance=args.balance)
@@ -314,11 +368,12 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     def work():
-        rows = load_rows(args.data)
-        eval_rows = load_rows(args.eval_data) if args.eval_data else None
         config = config_from_args(GRAMConfig, args, skip=("batch_size",))
         tcfg = config_from_args(TrainConfig, args)
-        model, tok = load_model("gram", args.model, args.gguf_file, args.device)
+        device = _start_training(args, tcfg.output_dir)
+        rows = load_rows(args.data)
+        eval_rows = load_rows(args.eval_data) if args.eval_data else None
+        model, tok = load_model("gram", args.model, args.gguf_file, device)
         gram = GRAM(model, tok, config)
         before = evaluate_gram(gram, eval_rows) if eval_rows else None
         hist = train_gram(gram, rows, tcfg, stage=args.stage, eval_rows=eval_rows)
@@ -332,7 +387,6 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     pairs (or take rows that already carry them), then joint critique-LM + reward-head training."""
     from mmreward.core.checkpoint import atomic_write_text
     from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
-    from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
     from .critic_rm import CRITIQUE_KEYS, CriticRM, CriticRMConfig, build_critique_rows, evaluate_critic_rm, \
@@ -359,9 +413,10 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         tcfg = config_from_args(TrainConfig, args)
         config = config_from_args(CriticRMConfig, args, skip=("batch_size", "seed"))
         config.seed = tcfg.seed
-        rows = read_records(args.data)
-        eval_rows = read_records(args.eval_data) if args.eval_data else None
-        model, tok, _ = _scalar_head_lm(args.model, args.gguf_file, args.device, tcfg.seed)
+        device = _start_training(args, tcfg.output_dir)
+        rows = _records(args.data, "--data")
+        eval_rows = _records(args.eval_data, "--eval-data") if args.eval_data else None
+        model, tok, _ = _scalar_head_lm(args.model, args.gguf_file, device, tcfg.seed)
         crm = CriticRM(model, tok, config)
         if rows and not all(isinstance(r, dict) and all(k in r for k in CRITIQUE_KEYS) for r in rows):
             rows, counts = build_critique_rows(crm, rows)
@@ -386,7 +441,6 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     scalar head with BCE (:func:`train_meta_rm`). ``text judge grm --meta-rm FOLDER --k-meta K`` uses it."""
     from mmreward.core.checkpoint import atomic_write_text
     from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args
-    from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
 
     from .grm import GRMConfig, GRMJudge, build_meta_rm_rows, evaluate_meta_rm, train_meta_rm
@@ -412,17 +466,20 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         tcfg = config_from_args(TrainConfig, args)
         gcfg = config_from_args(GRMConfig, args, skip=("batch_size", "seed", "k_meta"))
         gcfg.seed = tcfg.seed
-        meta, tok, base = _scalar_head_lm(args.model, args.gguf_file, args.device, tcfg.seed)
+        device = _start_training(args, tcfg.output_dir)
+        given = {"train": _records(args.data, "--data"),  # read before the models load
+                 "eval": _records(args.eval_data, "--eval-data") if args.eval_data else None}
+        meta, tok, base = _scalar_head_lm(args.model, args.gguf_file, device, tcfg.seed)
         judge = None
 
         def meta_rows(path: str, what: str) -> list[dict]:
             nonlocal judge
-            rows = read_records(path)
+            rows = given[what]
             if rows and all(isinstance(r, dict) and {"messages", "judgement", "correct"} <= r.keys() for r in rows):
                 return rows
             if judge is None:
                 if args.judge_model:
-                    jm, jt = load_model("grm", args.judge_model, args.judge_gguf_file, args.device)
+                    jm, jt = load_model("grm", args.judge_model, args.judge_gguf_file, device)
                     if not _same_vocab(jt, tok):
                         raise ValueError(f"--judge-model {args.judge_model}: its tokenizer differs from --model's; the "
                                          "meta-RM reads the judge's tokens, so give it the judge's tokenizer")

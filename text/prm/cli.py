@@ -25,7 +25,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, json_text, run_cli
+from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, config_from_args, json_text,
+                                      run_cli, utf8_text)
 
 from .data import FORMATS
 
@@ -117,6 +118,8 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(PRMTrainConfig, args)
     if args.synthetic < 0:
         raise ValueError(f"--synthetic must be >= 0 (0: train on --data), got {args.synthetic}")
+    if args.synthetic and args.data:  # --data was trained on and --synthetic N silently ignored
+        raise ValueError(f"--data {args.data} and --synthetic {args.synthetic} both name the training data: give one")
     device = resolve_device(args.device)
     if config.objective == "ppm":
         if not args.data:
@@ -143,9 +146,14 @@ def _score_examples(args: argparse.Namespace):
     from .data import StepExample, read_step_examples
 
     if args.data:
+        given = [flag for flag, value in (("--problem", args.problem), ("--step", args.step)) if value is not None]
+        if given:  # one of the two would be scored and the other silently ignored
+            raise ValueError(f"--data and {' / '.join(given)} both name what to score: give --data FILE or "
+                             "--problem TEXT with its --step's, not both")
         return read_step_examples(args.data, format=args.format)
     if args.problem is not None and args.step:
-        return [StepExample(args.problem, list(args.step), [-100.0] * len(args.step))]
+        steps = [utf8_text(step, f"--step {i + 1}") for i, step in enumerate(args.step)]
+        return [StepExample(utf8_text(args.problem, "--problem"), steps, [-100.0] * len(steps))]
     raise ValueError("pass --data FILE or --problem TEXT with one --step per step")
 
 
@@ -165,6 +173,7 @@ def _score(args: argparse.Namespace) -> int:
 
     from .train import solutions
 
+    check_output_file(args.out, "--out", [("--data", args.data)])  # before the work, not after it
     examples = _score_examples(args)  # bad data fails before the model loads
     model = _load_model(args)
     parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
@@ -204,6 +213,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from .search import MCTSConfig, compare_search
 
+    if args.export and args.method == "best-of-n":  # the export holds MCTS traces: it would be written empty
+        raise ValueError("--out writes MCTS self-training traces, but --method best-of-n runs no MCTS: use "
+                         "--method mcts or both, or drop --out")
+    check_output_file(args.export, "--out")
     model = _load_model(args)
     out = compare_search(model, n_problems=args.synthetic, num_steps=args.num_steps, error_rate=args.policy_error_rate,
                          config=config_from_args(MCTSConfig, args), method=args.method, seed=args.seed,

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, run_cli
+from mmreward.core.cli_config import CLIParser, check_output_folder, run_cli
 
 
 @dataclass
@@ -35,10 +35,18 @@ def merge(config: MergeConfig):
     if not config.out:
         raise ValueError("merge needs an output folder (--out)")
     out = os.path.realpath(os.path.expanduser(os.fspath(config.out)))
+    seen: dict = {}
     for m in config.members:
         if not isinstance(m, (str, os.PathLike)):
             continue
         m = os.path.expanduser(os.fspath(m))
+        real = os.path.realpath(m)
+        if not os.path.isfile(os.path.join(m, "config.json")) and os.path.isfile(os.path.join(m, "model", "config.json")):
+            real = os.path.realpath(os.path.join(m, "model"))  # a training run's folder: its model/
+        if real in seen:  # averaged with itself: silently a copy (or a hidden 2:1 weighting)
+            raise ValueError(f"merge: the model folder {real} is named twice ({seen[real]!r} and {m!r}); give each "
+                             "member once (--weights sets unequal shares)")
+        seen[real] = m
         if out in (os.path.realpath(m), os.path.realpath(os.path.join(m, "model"))):
             raise ValueError(f"merge: the output folder {config.out} is the member {m}: the merged model would "
                              "replace it; save it to another folder")
@@ -59,6 +67,7 @@ def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-init-distance", type=float, default=0.8,
                         help=MergeConfig.__dataclass_fields__["max_init_distance"].metadata["help"])
     args = parser.parse_args(argv)
+    check_output_folder(args.out, "--out")  # before the members are loaded and averaged
     config = MergeConfig(members=args.members, out=args.out, weights=args.weights, check_init=args.check_init,
                          max_init_distance=args.max_init_distance)
     merge(config)
