@@ -81,7 +81,7 @@ def test_check_output_file(files):
      "is used only with --k-meta K > 0"),  # the meta-RM was loaded, then never used
     (["text", "judge", "grm", "--model", BAD, "--data", "{rows}", "--k-meta", "1"], "rows", "--k-meta 1 needs --meta-rm"),
     (["text", "judge", "grm", "--model", BAD, "--data", "{rows}", "--k-meta", "3", "--num-samples", "2", "--meta-rm",
-      "{tmp}"], "rows", "--k-meta 3 is more than --num-samples 2"),
+      "{tmp}"], "rows", "k_meta (3) keeps more judgements than num_samples (2)"),
     (["text", "judge", "grm", "--model", BAD, "--data", "{rows}", "--k-meta", "1", "--meta-rm", "{tmp}"], "rows",
      "not a meta-RM folder"),
 ])
@@ -283,3 +283,26 @@ def test_an_output_in_a_read_only_folder_is_refused_before_the_work(tmp_path, mo
     check_output_file(str(tmp_path / "x.json"))
     assert main(["prm", "score", "--model", BAD, "--problem", "3", "--step", "3", "--out", str(ro / "s.jsonl")]) == 2
     assert "is not writable (permission denied)" in _one_line(capsys)
+
+
+def test_vision_outputs_over_their_data_or_a_file_are_refused_first(files, capsys):
+    """``vision vl-rewardbench --out`` equal to ``--data`` would replace the benchmark with its results;
+    ``vision colour-data --out`` naming a file failed with a bare NotADirectoryError."""
+    pytest.importorskip("PIL")
+    data = files / "rows.jsonl"
+    assert main(["vision", "vl-rewardbench", "--model", str(files / "nope"), "--data", str(data), "--out", str(data)]) == 2
+    assert "is the --data file" in _one_line(capsys)
+    assert main(["vision", "colour-data", "--out", str(files / "a-file"), "--n", "2"]) == 2
+    assert "is a file, not a folder" in _one_line(capsys)
+
+
+def test_generative_configs_refuse_verdicts_and_counts_that_mean_nothing():
+    from mmreward.text.generative.genrm import GenRMConfig
+    from mmreward.text.generative.grm import GRMConfig
+
+    with pytest.raises(ValueError, match="yes and no must be different words"):
+        GenRMConfig(yes="Yes", no="Yes")
+    with pytest.raises(ValueError, match="GenRMConfig.yes must be a non-empty verdict word"):
+        GenRMConfig(yes=" ")
+    with pytest.raises(ValueError, match=r"k_meta \(3\) keeps more judgements than num_samples \(2\)"):
+        GRMConfig(num_samples=2, k_meta=3)

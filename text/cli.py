@@ -19,7 +19,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, print_training_summary, run_cli, json_text
+from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_folder, config_from_args, json_text,
+                                      print_training_summary, run_cli)
 
 from .data import INPUT_FORMATS, TRUNCATIONS
 from .reward_model import POOLINGS, RewardModelConfig
@@ -103,6 +104,13 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     from .train import evaluate_pairs, reward_trainer
 
     device = resolve_device(args.device)
+    check_output_folder(cfg.output_dir, "--out")
+    model_dir = os.path.expanduser(args.model) if args.model else None
+    if model_dir and os.path.isdir(model_dir):  # --model runs/x/model --out runs/x/model (or the same folder)
+        own = os.path.join(model_dir, "model") if os.path.isdir(os.path.join(model_dir, "model")) else model_dir
+        if os.path.realpath(own) == os.path.realpath(cfg.output_dir):
+            raise ValueError(f"--out {cfg.output_dir} is the --model folder: the run's snapshots, logs and model would "
+                             "be written into it; name another folder")
     train = load_preference_pairs(args.data, split=args.split)
     evals = load_preference_pairs(args.eval_data, split=args.eval_split) if args.eval_data else None
     seed_everything(cfg.seed)  # before the new head is drawn: equal seeds give equal runs

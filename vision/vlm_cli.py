@@ -138,6 +138,9 @@ def colour_data_main(argv: Sequence[str]) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    from mmreward.core.cli_config import check_output_folder
+
+    check_output_folder(args.out, "--out")
     os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
     lines = []
     for i, row in enumerate(_synthetic(args.kind, args.n, args.seed)):

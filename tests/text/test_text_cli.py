@@ -156,3 +156,23 @@ def test_train_from_an_unfinished_run_folder_says_so(tmp_path, capsys):
     err = one_line_error(capsys, [*common, "--model", str(run), "--out", str(tmp_path / "next")])
     assert f"--model {run} is a training run folder without a final model/ (the run did not finish)" in err
     assert not (tmp_path / "next").exists()
+
+
+def test_train_out_into_the_model_folder_or_a_file_is_refused_before_loading(tmp_path, capsys):
+    """``--out`` equal to the ``--model`` folder would mix the run's snapshots and logs into the model it
+    starts from; a file as ``--out`` could never hold a run. Both are refused before any data or model loads."""
+    save_tokenizer(tmp_path / "tok")
+    write_pairs(tmp_path / "train.jsonl", 16, 0)
+    common = ["text", "train", "--data", str(tmp_path / "train.jsonl"), "--max-steps", "1", "--batch-size", "4", *QUIET]
+    assert mmreward_main([*common, "--backbone-config", bert_json(tmp_path / "b.json"), "--tokenizer",
+                          str(tmp_path / "tok"), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    model = tmp_path / "run" / "model"
+    before = sorted(p.name for p in model.iterdir())
+    for model_arg in (model, tmp_path / "run"):
+        err = one_line_error(capsys, [*common, "--model", str(model_arg), "--out", str(model)])
+        assert "is the --model folder" in err
+    assert sorted(p.name for p in model.iterdir()) == before
+    (tmp_path / "file").write_text("x")
+    err = one_line_error(capsys, [*common, "--model", str(model), "--out", str(tmp_path / "file")])
+    assert "is a file, not a folder" in err

@@ -185,10 +185,7 @@ def load_meta_rm(folder: str, judge_tokenizer: Any, device: str = "cpu") -> Any:
 def _check_meta_flags(config: Any, meta_rm: Optional[str]) -> None:
     """``judge grm``: ``--k-meta`` and ``--meta-rm`` go together (checked before the judge loads): a
     meta-RM with ``--k-meta 0`` was loaded and silently never used; the others failed after loading."""
-    k, n = config.k_meta, config.num_samples
-    if k > n:
-        raise ValueError(f"--k-meta {k} is more than --num-samples {n}: the meta-RM keeps the top k of the n "
-                         "sampled judgements")
+    k = config.k_meta  # k_meta <= num_samples: GRMConfig checks it
     if k and not meta_rm:
         raise ValueError(f"--k-meta {k} needs --meta-rm FOLDER (from `mmreward text train-meta-rm`) to rank the "
                          "judgements")

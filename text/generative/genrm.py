@@ -42,6 +42,12 @@ class GenRMConfig:
     def __post_init__(self) -> None:
         check_ranges(self, counts=("num_rationales", "max_new_tokens", "batch_size"), naturals=("seed",),
                      weights=("temperature", "lam"))
+        for name in ("yes", "no"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"GenRMConfig.{name} must be a non-empty verdict word, got {value!r}")
+        if self.yes.strip() == self.no.strip():  # P(yes) / (P(yes) + P(no)) would be 0.5 for every input
+            raise ValueError(f"GenRMConfig: yes and no must be different words, got {self.yes!r} for both")
 
 
 class GenRM(GenerativeJudge):

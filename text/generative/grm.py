@@ -60,6 +60,9 @@ class GRMConfig:
         check_ranges(self, counts=("num_samples", "max_new_tokens", "batch_size"), naturals=("k_meta", "seed"),
                      weights=("temperature",))
         check_sampling(self, "num_samples")
+        if self.k_meta > self.num_samples:
+            raise ValueError(f"GRMConfig.k_meta ({self.k_meta}) keeps more judgements than num_samples "
+                             f"({self.num_samples}) draws")
 
 
 def grm_messages(prompt: str, responses: Sequence[str], instructions: str = GRM_INSTRUCTIONS) -> list[dict]:

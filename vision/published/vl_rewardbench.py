@@ -189,6 +189,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    from mmreward.core.cli_config import check_output_file
+
+    check_output_file(args.out, "--out", [("--data", args.data)])
     import mmreward
     from mmreward.core.folders import atomic_write_text
 
