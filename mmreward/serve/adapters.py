@@ -126,18 +126,25 @@ class RewardClient:
                                            headers=None if body is None else {"content-type": "application/json"})
             except httpx.TransportError as e:  # refused / reset / timed out: the server may be restarting
                 last = f"{type(e).__name__}: {e}"
-                time.sleep(min(2.0 ** attempt * 0.1, 5.0))
+                if attempt < self.retries:  # no wait after the last try
+                    time.sleep(min(2.0 ** attempt * 0.1, 5.0))
                 continue
             if r.status_code == 503 and ("retry-after" in r.headers or not _is_server_error(r)):
                 # busy (queue full) or a proxy's 503: wait and retry; the server's 503 without Retry-After (its
                 # model worker is down) is raised at once below: retrying cannot help
                 last = _message(r)
-                time.sleep(float(r.headers.get("retry-after", 1)))
+                if attempt < self.retries:
+                    time.sleep(_retry_after(r.headers.get("retry-after"), self.timeout))
                 continue
             if r.status_code >= 400:
                 kind = ValueError if r.status_code < 500 else RuntimeError
                 raise kind(f"{method} {self.url + path} -> {r.status_code}: {_message(r)}")
-            return r.json()
+            try:
+                return r.json()
+            except ValueError:  # a proxy's HTML page, a truncated body: not the server's answer
+                raise RuntimeError(f"{method} {self.url + path} -> {r.status_code} with a body that is not JSON "
+                                   f"({r.headers.get('content-type', 'no content-type')}): {r.text[:200]!r}; is "
+                                   "this URL an mmreward server?") from None
         raise ConnectionError(f"{method} {self.url + path} failed after {self.retries + 1} tries: {last}")
 
     def info(self) -> dict:
@@ -167,9 +174,22 @@ class RewardClient:
         if refine:
             fixed["refine"] = refine
         merged: dict = {}
+        # the column the answer must hold ("scores" with refine; the server's default without output)
+        key = "scores" if refine or output == "scores" else "parts" if output == "parts" else None
         for start, stop in _slices({"inputs": rows}, fixed, *self._limits(len(rows)), "input"):
-            for key, values in self._request("POST", "/score", {"inputs": rows[start:stop], **fixed}).items():
-                merged.setdefault(key, []).extend(values)
+            answer = self._request("POST", "/score", {"inputs": rows[start:stop], **fixed})
+            where = f"POST {self.url}/score (inputs {start}..{stop - 1})"
+            if key == "scores":  # the column the adapters read: numbers or nulls, one per input
+                scores = _answer_column(answer, "scores", stop - start, where)
+                answer = {**answer, "scores": scores}
+            elif not isinstance(answer, dict) or not set(answer) & ({key} if key else {"scores", "parts"}):
+                raise RuntimeError(f"{where} answered no {key or 'scores / parts'!r}: {str(answer)[:120]}; is this "
+                                   "URL an mmreward server?")
+            for name, values in answer.items():
+                if not isinstance(values, list) or len(values) != stop - start:
+                    raise RuntimeError(f"{where} answered {name!r} with {_describe_len(values)}, expected "
+                                       f"{stop - start} (one per input)")
+                merged.setdefault(name, []).extend(values)
         return merged
 
     def get_reward(self, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
@@ -190,6 +210,11 @@ class RewardClient:
         for start, stop in _slices(columns, {}, *self._limits(len(queries)), "query"):
             answer = self._request("POST", "/get_reward", {
                 name: None if values is None else values[start:stop] for name, values in columns.items()})
+            where = f"POST {self.url}/get_reward (queries {start}..{stop - 1})"
+            rewards = _answer_column(answer, "rewards", stop - start, where)
+            answer = {**answer, "rewards": rewards}
+            if "scores" in answer:
+                answer["scores"] = _answer_column(answer, "scores", stop - start, where)
             for key, value in answer.items():
                 if isinstance(value, list):
                     merged.setdefault(key, []).extend(value)
@@ -210,6 +235,61 @@ def as_batch(values: Any, name: str) -> list:
     return list(values)
 
 
+def _labels_json(labels: Optional[list]) -> Optional[list]:
+    """OpenRLHF's labels as JSON for ``/get_reward``: numpy / torch values as Python ones, and labels JSON
+    cannot carry at all (objects of a custom dataset) sent as null. The server ignores labels (as the
+    in-process path does), so they must never fail a training step."""
+    if labels is None:
+        return None
+    out = [x.tolist() if callable(getattr(x, "tolist", None)) else x for x in labels]
+    try:
+        _json_bytes(out, "labels")
+    except ValueError:
+        return None
+    return out
+
+
+def _retry_after(value: Optional[str], timeout: float) -> float:
+    """Seconds to wait for a 503's ``Retry-After``: delay-seconds, or an HTTP date (RFC 9110); a value that
+    is neither waits 1 s. Capped at the client's ``timeout`` (and 60 s): a proxy asking for an hour
+    would otherwise hang the trainer."""
+    import email.utils
+
+    seconds = 1.0
+    if value is not None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = when.timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                seconds = 1.0
+    if seconds != seconds:  # NaN
+        seconds = 1.0
+    return min(max(seconds, 0.0), float(timeout), 60.0)
+
+
+def _answer_column(answer: Any, key: str, n: int, where: str) -> list:
+    """``answer[key]``, checked to be a list of ``n`` numbers or nulls (non-finite numbers → None): an
+    answer of another length or kind would be joined out of step with the inputs, every later reward
+    going to the wrong sample."""
+    if not isinstance(answer, dict):
+        raise RuntimeError(f"{where} answered {type(answer).__name__}, not a JSON object; is this URL an mmreward "
+                           "server?")
+    if key not in answer:
+        raise RuntimeError(f"{where} answered no {key!r} (fields {sorted(map(str, answer))[:8]}); is this URL an "
+                           "mmreward server?")
+    values = answer[key]
+    if not isinstance(values, list) or len(values) != n:
+        raise RuntimeError(f"{where} answered {_describe_len(values)} for {key!r}, expected {n} (one per input); is "
+                           "this URL an mmreward server?")
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise RuntimeError(f"{where} answered {v!r} as {key}[{i}], not a number or null")
+    return finite(values)
+
+
 def _is_server_error(response: Any) -> bool:
     """Whether an error response is mmreward serve's own ``{"error": ..., "status": ...}``."""
     try:
@@ -217,6 +297,10 @@ def _is_server_error(response: Any) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and "error" in body and "status" in body
+
+
+def _describe_len(values: Any) -> str:
+    return f"{len(values)} value(s)" if isinstance(values, list) else repr(values)[:80]
 
 
 def _message(response: Any) -> str:
@@ -243,6 +327,11 @@ class _Rewarder:
         self.step_separator = step_separator
         self._refine = refine
         self._spec: Optional[ModelSpec] = None
+        # a bad refine= is refused here, not at the trainer's first reward call (after its first rollout): its
+        # fields now, and for a model in this process whether it has step scores to refine
+        parse_refine(refine, ModelSpec("a step model", (), True))
+        if self.client is None:
+            self.refine()
 
     @property
     def spec(self) -> ModelSpec:
@@ -284,6 +373,8 @@ class TRLRewardFunction(_Rewarder):
                  timeout: float = 120.0):
         super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
                          refine=refine, timeout=timeout)
+        if not isinstance(name, str) or not name:  # TRL logs the reward as rewards/<name>
+            raise ValueError(f"name must be a non-empty string (TRL logs rewards/<name>), got {name!r}")
         self.__name__ = name
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
@@ -318,10 +409,12 @@ class OpenRLHFRewardFunction(_Rewarder):
         # checked here, not only by the server: its answer would be an HTTP error about the request
         if prompts is not None and len(prompts) != len(queries):
             raise ValueError(f"got {len(queries)} queries but {len(prompts)} prompts")
+        if labels is not None and len(labels) != len(queries):  # as the server's client refuses it
+            raise ValueError(f"got {len(queries)} queries but {len(labels)} labels")
         if not queries:
             return openrlhf_response([])
         if self.client is not None:
-            return self.client.get_reward(queries, prompts, labels)
+            return self.client.get_reward(queries, prompts, _labels_json(labels))
         items = openrlhf_inputs(queries, prompts, self.spec, self.step_separator, self.split)
         return openrlhf_response(self.local_rewards(items))
 
@@ -332,7 +425,8 @@ class VerlRewardFunction(_Rewarder):
     -> float`` and batched (``reward_manager=batch``) ``fn(data_sources, solution_strs, ground_truths,
     extra_infos) -> list[float]``. verl passes no prompt, so it is read from ``extra_info[prompt_key]``
     (``"question"``, where verl's example data keeps it; a string or chat messages); ``prompt_key=None``
-    scores the response alone. ``data_source`` and ``ground_truth`` play no part in a learned reward."""
+    scores the response alone. ``data_source`` and ``ground_truth`` play no part in a learned reward.
+    A non-finite reward is NaN (verl writes rewards into a float tensor; TRL's None would fail there)."""
 
     def __init__(self, model: Any, *, prompt_key: Optional[str] = "question", api_key: Optional[str] = None,
                  device: str = "cpu", batch_size: Optional[int] = None, step_separator: str = "\n\n",
@@ -350,9 +444,14 @@ class VerlRewardFunction(_Rewarder):
             raise ValueError(f"sample {i}: verl passes no prompt, and its extra_info has no {self.prompt_key!r} "
                              f"(it has {have}); put the prompt there, set prompt_key, or prompt_key=None to score "
                              "the response alone")
-        return extra_info[self.prompt_key]
+        prompt = extra_info[self.prompt_key]
+        if prompt is None:  # a missing question, not "no prompt": scoring the response alone would be silent
+            raise ValueError(f"sample {i}: extra_info[{self.prompt_key!r}] is None; put the prompt there, or "
+                             "prompt_key=None to score responses alone")
+        return prompt
 
     def rewards(self, solution_strs: Sequence[Any], extra_infos: Optional[Sequence[Any]] = None) -> list[float]:
+        """One float per solution (NaN where the model's reward is not finite)."""
         solution_strs = as_batch(solution_strs, "solution_strs")
         extra_infos = None if extra_infos is None else as_batch(extra_infos, "extra_infos")
         if extra_infos is None:
@@ -360,14 +459,27 @@ class VerlRewardFunction(_Rewarder):
         if len(extra_infos) != len(solution_strs):
             raise ValueError(f"got {len(solution_strs)} solutions but {len(extra_infos)} extra_infos")
         spec = self.spec
-        return self.rewards_of([text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
-                                for i, (s, x) in enumerate(zip(solution_strs, extra_infos))])
+        rewards = self.rewards_of([text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
+                                   for i, (s, x) in enumerate(zip(solution_strs, extra_infos))])
+        # verl writes each reward into a float tensor (reward_tensor[i, last] = reward): None, TRL's "no reward",
+        # fails there with "can't assign a NoneType"; a non-finite reward is NaN, as the model gave it
+        return [float("nan") if r is None else r for r in rewards]
 
     def __call__(self, data_source: Any = None, solution_str: Any = None, ground_truth: Any = None,
                  extra_info: Any = None, *, data_sources: Any = None, solution_strs: Optional[Sequence[Any]] = None,
                  ground_truths: Any = None, extra_infos: Optional[Sequence[Any]] = None, **kwargs: Any) -> Any:
         if solution_strs is not None:  # BatchRewardManager
             return self.rewards(solution_strs, extra_infos)
+        if (isinstance(solution_str, (list, tuple)) or (type(solution_str).__module__ == "numpy" and not isinstance(
+                solution_str, str) and getattr(solution_str, "ndim", 0) == 1)) and not (
+                len(solution_str) and all(isinstance(m, dict) for m in solution_str)):  # (messages: one sample)
+            # the batched form called positionally: fn(data_sources, solution_strs, ground_truths, extra_infos)
+            # (verl calls it by keyword); a list of texts is no one sample's solution_str
+            if extra_info is not None and (isinstance(extra_info, (str, dict)) or not hasattr(extra_info, "__len__")):
+                raise TypeError(f"solution_str is a {type(solution_str).__name__} (a batch?) but extra_info is a "
+                                f"{type(extra_info).__name__}; call the batched form as fn(data_sources=, "
+                                "solution_strs=, ground_truths=, extra_infos=)")
+            return self.rewards(solution_str, extra_info)
         if solution_str is None:
             raise ValueError("verl calls a reward function with solution_str= (per sample) or solution_strs= (batched)")
         return self.rewards([solution_str], [extra_info])[0]

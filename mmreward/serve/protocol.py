@@ -185,10 +185,10 @@ def _check_unicode(value: Any, where: str) -> None:
 
 
 def finite(value: Any) -> Any:
-    """JSON-safe numbers: non-finite floats become None (nested lists kept)."""
+    """JSON-safe numbers: non-finite floats become None (nested lists kept; None stays None)."""
     if isinstance(value, list):
         return [finite(v) for v in value]
-    return value if math.isfinite(value) else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _object(data: Any, allowed: Sequence[str], what: str) -> dict:
@@ -286,13 +286,25 @@ def refine_parts(parts: list[list[float]], refine: dict) -> dict:
 
     from mmreward.ops import refine_process_rewards
 
-    lengths = [len(p) for p in parts]
-    flat = torch.tensor([v for p in parts for v in p], dtype=torch.float32)  # (S,)
-    refined, returns = refine_process_rewards(flat, torch.tensor(lengths), clip=refine["clip"], delta=refine["delta"],
-                                              gamma=refine["gamma"])
-    refined_rows = [r.tolist() for r in refined.split(lengths)]
-    return_rows = [g.tolist() for g in returns.split(lengths)]
-    return {"step_rewards": refined_rows, "returns": return_rows, "scores": [g[0] for g in return_rows]}
+    # an input with a non-finite step score gets None for all of its refined values (its reward is
+    # non-finite, sent as null): refinement is per input, and refine_process_rewards refuses NaN / inf, so
+    # one such input would otherwise fail every other input of the batch
+    ok = [all(v is not None and math.isfinite(v) for v in p) for p in parts]
+    good = [p for p, k in zip(parts, ok) if k]
+    refined_rows: list = []
+    return_rows: list = []
+    if good:
+        lengths = [len(p) for p in good]
+        flat = torch.tensor([v for p in good for v in p], dtype=torch.float32)  # (S,)
+        refined, returns = refine_process_rewards(flat, torch.tensor(lengths), clip=refine["clip"],
+                                                  delta=refine["delta"], gamma=refine["gamma"])
+        refined_rows = [r.tolist() for r in refined.split(lengths)]
+        return_rows = [g.tolist() for g in returns.split(lengths)]
+    refined_it, returns_it = iter(refined_rows), iter(return_rows)
+    step_rewards = [next(refined_it) if k else [None] * len(p) for p, k in zip(parts, ok)]
+    all_returns = [next(returns_it) if k else [None] * len(p) for p, k in zip(parts, ok)]
+    return {"step_rewards": step_rewards, "returns": all_returns,
+            "scores": [g[0] if g else None for g in all_returns]}
 
 
 def score_response(results: list, output: str, refine: Optional[dict]) -> dict:
@@ -463,13 +475,26 @@ def split_steps(response: str, separator: str) -> list[str]:
     return steps or [response]
 
 
+def _text_unicode(value: Any, where: str) -> None:
+    """A DataError naming ``where`` for a lone UTF-16 surrogate in trainer text (a tokenizer fails on it
+    with an obscure error deep in the forward; the server refuses it as a 400 about "input K")."""
+    try:
+        _check_unicode(value, where)
+    except RequestError as e:
+        raise DataError(str(e)) from None
+    except RecursionError:
+        raise DataError(f"{where} is nested too deeply") from None
+
+
 def _check_text(value: Any, where: str, name: str, allow_none: bool) -> Any:
     """A prompt / response from an RL trainer is a string or a list of chat messages (a prompt may be
     absent); messages come back normalised as :class:`TextPair` reads them (text parts joined, a
     tool-call turn's null content as "")."""
     if (value is None and allow_none) or isinstance(value, str):
+        _text_unicode(value, f"{where}: field {name!r}")
         return value
     if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value):
+        _text_unicode(value, f"{where}: field {name!r}")
         return [_message(m, f"{where}: field {name!r}[{j}]") for j, m in enumerate(value)]
     raise DataError(f"{where}: field {name!r} must be a string or a list of messages {{'role': str, 'content': str}}, "
                     f"got {describe(value)}")
