@@ -26,7 +26,7 @@ Semantics and conventions:
   [B, K, K] pair tensor.
 * :func:`reward_head_pairwise_loss`: r = h·w + b from last-token hidden states ``h_chosen``,
   ``h_rejected`` [B, H] and the head ``weight`` ([H] or nn.Linear's [1, H]) and ``bias`` (0-d, [1] or
-  None; a head of another float dtype is cast to the hidden states' dtype), then the pairwise loss,
+  None; an fp32 head over bf16 / fp16 hidden states is cast to their dtype), then the pairwise loss,
   without materialising anything larger than [B] besides the grads.
   With reduction mean / sum and grad required, the gradients w.r.t. h, w and b are computed in the
   forward pass while each row of h is in cache and scaled by grad_output in backward (the Liger
@@ -209,10 +209,13 @@ def _head(op, h_chosen, h_rejected, weight, bias, margin, label_smoothing, cente
         raise ValueError(f"{op}: `weight` has shape {tuple(weight.shape)}, expected ({H},) or (1, {H})")
     if h_rejected.dtype != h_chosen.dtype:
         raise TypeError(f"{op}: `h_rejected` is {h_rejected.dtype} but `h_chosen` is {h_chosen.dtype}")
-    if weight.dtype != h_chosen.dtype:
-        # An fp32 head over a bf16 backbone (mixed precision): the head is cast to the hidden states'
-        # dtype, as the step ops and autocast's Linear do; its gradient returns in fp32 through the cast.
+    if weight.dtype == torch.float32 and h_chosen.dtype in (torch.bfloat16, torch.float16):
+        # An fp32 head over a half-precision backbone (mixed precision): the head is cast to the hidden
+        # states' dtype, as the step ops and autocast's Linear do; its gradient returns in fp32 through the cast.
         weight = weight.to(h_chosen.dtype)
+    elif weight.dtype != h_chosen.dtype:
+        raise TypeError(f"{op}: `weight` is {weight.dtype} but `h_chosen` is {h_chosen.dtype} (only an fp32 head over "
+                        "bf16 / fp16 hidden states is cast)")
     if bias is not None:
         _validate.check_tensor(op, "bias", bias, ndim=(0, 1))
         if bias.numel() != 1:
