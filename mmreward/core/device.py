@@ -44,13 +44,18 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float
            "fp64": torch.float64, "float64": torch.float64, "double": torch.float64}
 
 
+_SUPPORTED = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def resolve_dtype(spec: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     """``None`` or ``"auto"`` (keep the saved dtype), a ``torch.dtype`` or a name (fp32 / bf16 / fp16 / fp64)."""
     if isinstance(spec, str) and spec.strip().lower() == "auto":  # transformers' spelling of "as saved"
         return None
     if spec is None or isinstance(spec, torch.dtype):
-        if isinstance(spec, torch.dtype) and not spec.is_floating_point:
-            raise DeviceError(f"dtype must be a floating-point type, got {spec}")
+        if isinstance(spec, torch.dtype) and spec not in _SUPPORTED:
+            # float8 types are floating point, but no model computes in them: every score would fail deep
+            # inside torch (``addmm`` not implemented for Float8) instead of here
+            raise DeviceError(f"dtype must be one of float32, bfloat16, float16 or float64, got {spec}")
         return spec
     key = str(spec).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:

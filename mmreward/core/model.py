@@ -33,6 +33,7 @@ import json
 import math
 import operator
 import os
+import re
 import types
 import typing
 from typing import Any, ClassVar, Optional, Sequence, Union
@@ -196,8 +197,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], f
 
 def check_batch_size(batch_size: Any) -> int:
     """``batch_size`` as an int (any integer type, e.g. numpy's), else an error naming it."""
+    # torch reads tensor(True) and tensor([4]) as indices; a flag or a list is no batch size (as True, array([4]) are not)
+    flag = isinstance(batch_size, bool) or (isinstance(batch_size, torch.Tensor)
+                                            and (batch_size.dtype == torch.bool or batch_size.dim() != 0))
     try:
-        size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+        size = None if flag else operator.index(batch_size)
     except TypeError:
         size = None
     if size is None or size < 1:
@@ -250,6 +254,32 @@ def _float32_cpu(scores: torch.Tensor) -> torch.Tensor:
     if scores.dtype != torch.float32 or scores.device.type != "cpu":
         scores = scores.to(device="cpu", dtype=torch.float32)
     return scores
+
+
+# torch's messages for a matmul / conv / kernel that meets a dtype it cannot take ("mat1 and mat2 must have the
+# same dtype", "expected scalar type Float but found BFloat16", "\"addmm_impl_cpu_\" not implemented for 'Half'")
+_DTYPE_FAILURE = re.compile(r"same dtype|expected scalar type|Input type \(.*\) and (weight|bias) type|"
+                            r"not implemented for '|dtype mismatch|to have the same dtype")
+
+
+def _run_checking_dtype(model: Any, method: Any, items: list, batch_size: int, name: str) -> Any:
+    """``method(items, batch_size)``; a torch dtype error from a model cast (``.half()``, ``.to(torch.bfloat16)``,
+    ``load(dtype=...)``) to a dtype it cannot compute in becomes one error naming the model, its dtype and the
+    way out, not a "mat1 and mat2" message from deep inside its forward."""
+    try:
+        return method(items, batch_size)
+    except RuntimeError as e:
+        if not isinstance(model, torch.nn.Module) or not _DTYPE_FAILURE.search(str(e)):
+            raise
+        # parameters only: float64 statistics buffers are part of several float32 models' design
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in model.parameters() if t.is_floating_point()})
+        if dtypes in ([], ["float32"]):  # a float32 model: a bug of the model, not of the cast
+            raise
+        where = next((t.device for t in model.parameters()), torch.device("cpu"))
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TypeError(f"{type(model).__name__}.{name}: the model does not compute in {' + '.join(dtypes)} on "
+                        f"{where} ({first}): score it in float32 (load it with dtype='fp32', or call "
+                        ".float())") from e
 
 
 # ------------------------------------------------------------------ the contract
@@ -355,7 +385,8 @@ class RewardScorer(Pretrained):
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
-        out = self._score(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size))
+        size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
+        out = _run_checking_dtype(self, self._score, items, size, "score")
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
             raise RuntimeError(f"{type(self).__name__}._score returned {getattr(out, 'shape', type(out))} "
                                f"for {len(items)} inputs")
@@ -363,8 +394,11 @@ class RewardScorer(Pretrained):
 
     def score_parts(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> list[torch.Tensor]:
         """One ``Tensor[K_i]`` per input (float32, CPU): the score of each step / frame."""
+        if not self.has_parts():  # whatever the inputs: say so first, not "input 2: field …" or "got no inputs"
+            RewardScorer._score_parts(self, [], 1)
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
-        out = self._score_parts(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size))
+        size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
+        out = _run_checking_dtype(self, self._score_parts, items, size, "score_parts")
         if not isinstance(out, (list, tuple)) or len(out) != len(items) \
                 or not all(isinstance(p, torch.Tensor) and p.dim() == 1 for p in out):
             got = ([getattr(p, "shape", type(p).__name__) for p in out] if isinstance(out, (list, tuple))
