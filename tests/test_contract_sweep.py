@@ -353,3 +353,18 @@ def test_dtypes_no_model_computes_in_are_refused_up_front(dtype, tmp_path):
         mmreward.load(str(tmp_path / "m"), dtype=dtype)
     for ok in (torch.float32, torch.bfloat16, torch.float16, torch.float64, "bf16", None):
         resolve_dtype(ok)
+
+
+def test_blip_image_reward_scores_in_every_cast_and_a_bf16_diffusion_reward_reloads_in_float32(tmp_path):
+    """ImageReward (BLIP) runs its head in the head's dtype (it fed float32 into a cast head); a Diffusion
+    Reward saved after ``.to(bfloat16)`` reloads all-float32, as episode scorers load, and scores."""
+    model, items = _blip()
+    base = model.eval().score(items)
+    for dtype, tol in ((torch.float64, 1e-4), (torch.bfloat16, 0.2), (torch.float16, 0.02)):
+        got = model.to(dtype).score(items)
+        torch.testing.assert_close(got, base, rtol=tol, atol=tol)
+    dr, episodes = _diffusion_reward()
+    dr.to(torch.bfloat16).save_pretrained(str(tmp_path / "dr"))
+    loaded = mmreward.load(str(tmp_path / "dr"))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.isfinite(loaded.score(episodes)).all()

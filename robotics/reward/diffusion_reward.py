@@ -647,8 +647,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         except ValueError as e:
             raise CheckpointError(f"{folder}/config.json: {e}") from None
 
-        def part(name: str, kind: type) -> Any:
-            return kind.from_pretrained(os.path.join(folder, name), device)
+        def part(name: str, kind: type) -> Any:  # float32, as every episode scorer loads (a bf16 save too)
+            return kind.from_pretrained(os.path.join(folder, name), device, dtype=torch.float32)
 
         model = cls(part("codec", VQGAN), part("video", ConditionalVQDiffusion), config,
                     part("rnd", RND) if body.get("has_rnd") else None,

@@ -230,8 +230,10 @@ class BLIPImageReward(ImageScorer):
         dev = pixel_values.device
         ids, mask = tok["input_ids"].to(dev)[index], tok["attention_mask"].to(dev)[index]  # (B, L): one row per image
         image = self.blip.visual_encoder(pixel_values)  # (B, 1 + N, Wv)
-        cls = self.blip.text_encoder(ids, mask, image)[:, 0].float()  # (B, H)
-        return ((self.mlp.layers(cls) - self.config.reward_mean) / self.config.reward_std).squeeze(-1)
+        cls = self.blip.text_encoder(ids, mask, image)[:, 0]  # (B, H)
+        head = self.mlp.layers  # in its own dtype (a model cast with .half() / dtype=); the reward in float32
+        r = head(cls.to(next(head.parameters()).dtype)).float()
+        return ((r - self.config.reward_mean) / self.config.reward_std).squeeze(-1)
 
     def pixel_batch(self, images: Sequence[Any], wheres: Sequence[str]) -> torch.Tensor:
         """``Resize(size, BICUBIC)`` + ``CenterCrop(size)`` on the PIL image, CLIP mean / std; inputs
