@@ -119,8 +119,20 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _local.forced = prev
 
 
+_DEVICE_TYPES = ("cpu", "cuda", "meta")
+
+
 def _device_type(device) -> str:
-    return device if isinstance(device, str) else torch.device(device).type
+    if isinstance(device, str) and device in _DEVICE_TYPES:  # the common case, checked without parsing
+        return device
+    if isinstance(device, torch.device):
+        return device.type
+    if not isinstance(device, str):  # an int would mean "the current accelerator", None nothing
+        raise TypeError(f"device must be a torch.device or a string such as 'cpu' or 'cuda:0', got {device!r}")
+    try:
+        return torch.device(device).type
+    except RuntimeError:  # 'bogus', 'cuda:x', 'CPU' listed only `reference` before
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'meta'") from None
 
 
 def why_unavailable(backend: str, op: str, device_type) -> Optional[str]:
@@ -131,8 +143,8 @@ def why_unavailable(backend: str, op: str, device_type) -> Optional[str]:
         raise ValueError(f"unknown backend {backend!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
-    if backend == "reference":
-        return None
+    if backend == "reference" or device_type == "meta":
+        return None  # meta tensors run the ops' fake kernels (shapes only) whatever backend is forced (select)
     if backend in ("cuda", "triton") and op in REFERENCE_ON_GPU:
         return f"{op!r} has no {backend} kernel: on a GPU its reference runs (PyTorch's own fused kernel)"
     if backend in ("cpp", "cuda"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from . import _backend
 from .library import OPS
@@ -39,15 +40,37 @@ def call(op: str, device: torch.device, *args):
     if fn is None:
         fn = _implementation(_backend.select(op, device), op)  # raises BackendUnavailableError: never cached
         _RESOLVED[key] = fn
-    if forced is None and any(_is_functorch(a) for a in args):
+    if _fwad._current_level >= 0 and any(_has_tangent(a) for a in args):
+        # forward-mode AD (dual tensors): the compiled ops' C++ autograd has no forward formula, so the
+        # tangent was silently dropped (None); the reference carries it like any PyTorch code
+        if forced in (None, "reference"):
+            return OPS[op].reference(*args)
+        raise _backend.BackendUnavailableError(
+            f"{op}: backend {forced!r} requested but unavailable: forward-mode AD (torch.autograd.forward_ad dual "
+            "tensors) needs the 'reference' backend (or force none: the automatic choice runs the reference there)")
+    if any(_is_functorch(a) for a in args):
         # torch.func transforms (grad, vjp, jacrev, vmap) cannot run the compiled ops' C++ autograd
         # ("cannot use C++ torch::autograd::Function with functorch transforms"): the automatic choice
         # is the reference there, which they differentiate / batch like any PyTorch code
-        return OPS[op].reference(*args)
+        if forced is None:
+            return OPS[op].reference(*args)
+        try:
+            return fn(*args)
+        except RuntimeError as e:  # a forced compiled backend under grad / vjp: say what to do
+            if "functorch transforms" not in str(e):
+                raise
+            raise _backend.BackendUnavailableError(
+                f"{op}: backend {forced!r} requested but unavailable: torch.func transforms (grad, vjp, jacrev) "
+                "cannot run its C++ autograd; use the 'reference' backend (or force none: the automatic choice "
+                "runs the reference under torch.func)") from None
     return fn(*args)
 
 
 _is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
+def _has_tangent(a) -> bool:
+    return isinstance(a, torch.Tensor) and _fwad.unpack_dual(a).tangent is not None
 
 
 def _is_functorch(a) -> bool:

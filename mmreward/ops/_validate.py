@@ -16,13 +16,40 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_check_finite = os.environ.get("MMREWARD_CHECK_FINITE", "1") != "0"
+
+
+def _env_enabled(value: str) -> bool:
+    """MMREWARD_CHECK_FINITE: "0" (documented) and the usual spellings of off turn the checks off
+    ("false" used to leave them on)."""
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+_check_finite = _env_enabled(os.environ.get("MMREWARD_CHECK_FINITE", "1"))
 
 
 def set_check_finite(enabled: bool) -> None:
     """Turn NaN / inf input checks on or off globally."""
     global _check_finite
+    if not (isinstance(enabled, bool) or (type(enabled).__module__ == "numpy" and type(enabled).__name__ in (
+            "bool", "bool_")) or (isinstance(enabled, numbers.Integral) and enabled in (0, 1))):
+        # bool("false") is True: a string would silently leave the checks on
+        raise TypeError(f"set_check_finite: `enabled` must be True or False, got {enabled!r}")
     _check_finite = bool(enabled)
+
+
+_functorch = getattr(torch._C, "_functorch", None)
+
+
+def is_vmapped(t) -> bool:
+    """True if ``t`` is (or wraps) a tensor batched by ``torch.func.vmap``, whose values cannot be read
+    on the host ("data-dependent control flow")."""
+    if _functorch is None or not isinstance(t, torch.Tensor) or torch.compiler.is_compiling():
+        return False
+    while _functorch.is_functorch_wrapped_tensor(t):
+        if _functorch.is_batchedtensor(t):
+            return True
+        t = _functorch.get_unwrapped(t)
+    return False
 
 
 def has_data(t: torch.Tensor) -> bool:
@@ -30,6 +57,27 @@ def has_data(t: torch.Tensor) -> bool:
     torch.compile or another tracer runs)."""
     return t.device.type != "meta" and type(t) in (torch.Tensor, torch.nn.Parameter) and not (
         torch.compiler.is_compiling())
+
+
+def readable(op: str, name: str, t: torch.Tensor) -> bool:
+    """:func:`has_data` for an input whose values an op checks on the host (indices, labels, codes):
+    one clear error for a tensor batched by ``torch.func.vmap`` (vmap cannot read values; skipping
+    the check would let an out-of-range value through)."""
+    if not has_data(t):
+        return False
+    if is_vmapped(t):
+        raise ValueError(f"{op}: `{name}` is batched by torch.func.vmap, but its values are checked on the host "
+                         f"(vmap cannot read them): vmap over the other inputs only (in_dims=None for `{name}`)")
+    return True
+
+
+def check_movable(op: str, name: str, t: torch.Tensor, device: torch.device, other: str) -> None:
+    """``t`` (an index / length tensor the op moves to ``device``, e.g. from a CPU data loader to
+    the GPU) can be moved there: a meta tensor has no values to copy (moving real values onto meta
+    is fine: shapes only)."""
+    if t.device.type == "meta" and device.type != "meta":
+        raise ValueError(f"{op}: `{name}` is a meta tensor (shapes only, no values) but `{other}` is on {device}; "
+                         f"pass `{name}` with its values (or `{other}` on meta too)")
 
 
 def check_finite_enabled() -> bool:
@@ -93,6 +141,11 @@ def check_finite(op: str, tensors: Iterable[tuple[str, Optional[torch.Tensor]]])
     for name, t in tensors:
         if t is None or not t.is_floating_point() or t.numel() == 0 or not has_data(t):
             continue
+        if is_vmapped(t):
+            raise ValueError(
+                f"{op}: `{name}` is batched by torch.func.vmap, which cannot search it for NaN / inf on the host; "
+                "turn the check off to vmap this op (mmreward.ops.set_check_finite(False) or MMREWARD_CHECK_FINITE=0)"
+            )
         if not bool(torch.isfinite(t).all()):
             n_nan = int(torch.isnan(t).sum())
             n_inf = int(torch.isinf(t).sum())

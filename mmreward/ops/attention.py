@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from . import _dispatch, _validate
+from . import _backend, _dispatch, _validate
 from .library import attention as _lib  # noqa: F401  (defines the family's specs)
 
 __all__ = ["attention"]
@@ -50,4 +50,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     elif not _validate.is_real(scale) or not float(scale) == float(scale):
         raise ValueError(f"{op}: scale must be a real number, got {scale!r}")
     out = _dispatch.call(op, q.device, q, k, v, float(scale))
+    if _nan_rows_may_be_lost(op, q, k, D):
+        # PyTorch's CPU attention (the reference, and the C++ op's path for D > 8) returns a finite,
+        # zero row for a query with a NaN score; the softmax formula, the D <= 8 kernel and the docs
+        # give NaN: take the formula's NaNs (computed only when q or k holds a NaN / inf)
+        acc = out.dtype
+        ref = (torch.softmax(q.to(acc) @ k.to(acc).transpose(-1, -2) * float(scale), -1) @ v.to(acc)).transpose(1, 2)
+        out = torch.where(torch.isnan(ref), ref, out)
     return out if out.dtype == q.dtype else out.to(q.dtype)
+
+
+def _nan_rows_may_be_lost(op: str, q: torch.Tensor, k: torch.Tensor, D: int) -> bool:
+    if q.device.type != "cpu" or not (_validate.has_data(q) and _validate.has_data(k)):
+        return False
+    if _validate.is_vmapped(q) or _validate.is_vmapped(k):
+        return True  # values cannot be read under vmap: always take the formula's NaNs
+    if D <= 8 and _backend.forced_backend() in (None, "cpp") and _backend.select(op, q.device) == "cpp" and not (
+            _dispatch._is_functorch(q) or _dispatch._is_functorch(k)):
+        return False  # the C++ kernel itself gives NaN rows
+    # one host read (CPU); a sum is NaN / inf if any element is (a finite overflow only costs the formula)
+    return not bool(torch.isfinite(q.sum() + k.sum()))

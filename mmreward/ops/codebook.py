@@ -98,7 +98,7 @@ def _prep_target(op: str, target, B: int, L: int, K: int, device, mask) -> torch
     if target.device != device:
         raise ValueError(f"{op}: `target` is on {target.device} but `logits` are on {device}")
     target = target.long().contiguous()
-    if _validate.has_data(target):
+    if _validate.readable(op, "target", target) and (mask is None or _validate.readable(op, "mask", mask)):
         t = target if mask is None else torch.where(mask, target, torch.zeros_like(target))
         lo, hi = (int(v) for v in torch.aminmax(t))  # one host read
         if lo < 0 or hi >= K:

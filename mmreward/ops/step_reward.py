@@ -93,10 +93,15 @@ def step_positions(
 
     ``hidden_shape``: ``(B, T, H)`` or ``(N, H)``; ``step_mask``: bool ``hidden_shape[:-1]``;
     ``step_index``: ``(S,)`` flat rows or ``(S, 2)`` ``(b, t)`` pairs (batched only)."""
+    dims = hidden_shape
     try:
-        hidden_shape = tuple(int(d) for d in hidden_shape)
+        dims = tuple(hidden_shape)
+        hidden_shape = tuple(int(d) for d in dims)
+        if any(d != h or d < 0 for d, h in zip(hidden_shape, dims)):  # 2.5 silently became 2
+            raise ValueError
     except (TypeError, ValueError):
-        raise TypeError(f"{op}: `hidden_shape` must be a shape such as (B, T, H) or (N, H), got {hidden_shape!r}") from None
+        raise TypeError(f"{op}: `hidden_shape` must be a shape such as (B, T, H) or (N, H) (non-negative integers), "
+                        f"got {dims!r}") from None
     if len(hidden_shape) not in (2, 3):
         raise ValueError(f"{op}: `hidden_shape` must be (B, T, H) or (N, H), got {hidden_shape}")
     lead = hidden_shape[:-1]
@@ -124,14 +129,14 @@ def step_positions(
                 f"{op}: `step_index` of shape {tuple(idx.shape)}: (S, 2) (b, t) pairs need batched (B, T, H) hidden"
             )
         B, T = lead
-        if idx.numel() and V.has_data(idx):
+        if idx.numel() and V.readable(op, "step_index", idx):
             (b_lo, t_lo), (b_hi, t_hi) = (v.tolist() for v in torch.aminmax(idx, dim=0))  # one host read
             if b_lo < 0 or b_hi >= B:
                 raise ValueError(f"{op}: `step_index` batch index out of range [0, {B})")
             if t_lo < 0 or t_hi >= T:
                 raise ValueError(f"{op}: `step_index` position out of range [0, {T})")
         idx = idx[:, 0] * T + idx[:, 1]
-    elif idx.numel() and V.has_data(idx):
+    elif idx.numel() and V.readable(op, "step_index", idx):
         lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= N:
             bad = lo if lo < 0 else hi
@@ -164,6 +169,8 @@ def _prepare_head(op, hidden, w, w_neg, b, b_neg, step_mask, step_index):
             raise TypeError(f"{op}: `{name}` must be a real tensor, got {bb.dtype}")
         elif bb.numel() != 1:
             raise ValueError(f"{op}: `{name}` must hold one value, got shape {tuple(bb.shape)}")
+        else:
+            V.check_movable(op, name, bb, hidden.device, "hidden")
         bb = bb.reshape(()).to(device=hidden.device, dtype=acc)
         bias = sign * bb if bias is None else bias + sign * bb
     h2 = hidden.reshape(-1, H)
@@ -185,7 +192,9 @@ def _prepare_targets(op, name, targets, hidden, index, *, unit_interval: bool):
     if tuple(targets.shape) == (S,):
         y = targets
     elif tuple(targets.shape) == lead:
-        y = targets.reshape(-1).index_select(0, index.to(targets.device))
+        if targets.device != hidden.device:
+            raise ValueError(f"{op}: `{name}` is on {targets.device} but `hidden` is on {hidden.device}")
+        y = targets.reshape(-1).index_select(0, index)
     else:
         raise ValueError(
             f"{op}: `{name}` has shape {tuple(targets.shape)}; expected ({S},) (one per step) or {lead} (per position)"
@@ -193,7 +202,7 @@ def _prepare_targets(op, name, targets, hidden, index, *, unit_interval: bool):
     if y.device != hidden.device:
         raise ValueError(f"{op}: `{name}` is on {y.device} but `hidden` is on {hidden.device}")
     y = y.to(acc_dtype(hidden.dtype)).contiguous()
-    if y.numel() and V.has_data(y):
+    if y.numel() and V.readable(op, name, y):
         # one host read on the common path; the details only for the error message
         ok = ((y >= 0) & (y <= 1)) if unit_interval else torch.isfinite(y)
         bad = ~ok & (y != IGNORE_INDEX)
@@ -332,6 +341,12 @@ def pairs_from_groups(
     if not isinstance(polarity, torch.Tensor) or polarity.dtype != torch.bool:
         raise TypeError(f"{op}: `polarity` must be a bool tensor")
     V.check_same_shape(op, group=group, polarity=polarity)
+    for name, t in (("group", group), ("polarity", polarity)):
+        if not V.has_data(t) or V.is_vmapped(t):
+            raise ValueError(f"{op}: the pairs depend on the values of `{name}`, which a meta tensor (or a tensor "
+                             "batched by vmap / traced by torch.compile) does not have")
+    if polarity.device != group.device:
+        raise ValueError(f"{op}: `polarity` is on {polarity.device} but `group` is on {group.device}")
     group = group.long()
     dev = group.device
     ar = torch.arange(group.shape[0], device=dev)
@@ -380,8 +395,12 @@ def step_pair_loss(
             raise ValueError(f"{op}: pass either `step_group`/`step_polarity` or `pos_index`/`neg_index`, not both")
         if step_group is None or step_polarity is None:
             raise ValueError(f"{op}: `step_group` and `step_polarity` go together")
+        V.check_int_tensor(op, "step_group", step_group, ndim=(1,))  # named as passed here (was `group`)
+        if not isinstance(step_polarity, torch.Tensor) or step_polarity.dtype != torch.bool:
+            got = step_polarity.dtype if isinstance(step_polarity, torch.Tensor) else type(step_polarity).__name__
+            raise TypeError(f"{op}: `step_polarity` must be a bool tensor, got {got}")
         for name, t in (("step_group", step_group), ("step_polarity", step_polarity)):
-            if isinstance(t, torch.Tensor) and tuple(t.shape) != (S,):
+            if tuple(t.shape) != (S,):
                 raise ValueError(f"{op}: `{name}` must have shape ({S},) (one per step), got {tuple(t.shape)}")
         pos, neg, grp = pairs_from_groups(step_group, step_polarity)
     else:
@@ -392,7 +411,7 @@ def step_pair_loss(
         V.check_same_shape(op, pos_index=pos_index, neg_index=neg_index)
         pos, neg = pos_index.long().contiguous(), neg_index.long().contiguous()
         for name, t in (("pos_index", pos), ("neg_index", neg)):
-            if t.numel() and V.has_data(t) and not 0 <= int(t.min()) <= int(t.max()) < S:
+            if t.numel() and V.readable(op, name, t) and not 0 <= int(t.min()) <= int(t.max()) < S:
                 raise ValueError(f"{op}: `{name}` has values outside [0, {S}) (indices into the {S} steps)")
         if pair_group is not None:
             V.check_int_tensor(op, "pair_group", pair_group, ndim=(1,))
@@ -404,10 +423,14 @@ def step_pair_loss(
         raise ValueError(f"{op}: no (positive, negative) step pairs; nothing to compute a loss over")
     # pairs / groups often come from a CPU data loader while hidden is on the GPU: the kernels index
     # on hidden's device
+    for name, t in (("pos_index", pos), ("neg_index", neg), ("pair_group", grp)):
+        V.check_movable(op, name, t, hidden.device, "hidden")
     pos, neg, grp = pos.to(hidden.device), neg.to(hidden.device), grp.to(hidden.device)
     acc = acc_dtype(hidden.dtype)
     weights = None
-    if red != 0:
+    if red != 0 and grp.device.type == "meta":  # shapes only: the group sizes are values
+        weights = torch.empty(pos.shape, dtype=acc, device=grp.device)
+    elif red != 0:
         _, inv, counts = torch.unique(grp, return_inverse=True, return_counts=True)
         weights = 1.0 / counts.to(acc)[inv]
         if red == 1:
@@ -426,19 +449,24 @@ def _prepare_segments(op, values, lengths, offsets, mask, *, name="scores"):
     if values.dim() == 2:
         if lengths is not None or offsets is not None:
             raise ValueError(f"{op}: padded (B, K) `{name}` take `mask`, not `lengths`/`offsets`")
-        if mask is None:
-            mask = torch.ones(values.shape, dtype=torch.bool, device=values.device)
-        values, lengths = pack_steps(values, mask)
+        if mask is None:  # every step valid: row-major, nothing to pack (also on meta)
+            values, lengths = values.reshape(-1), torch.full((values.shape[0],), values.shape[1], device=values.device)
+        else:
+            values, lengths = pack_steps(values, mask)
     elif mask is not None:
         raise ValueError(f"{op}: `mask` goes with padded (B, K) `{name}`; packed (S,) `{name}` take `lengths`/`offsets`")
     S = values.shape[0]
     if (lengths is None) == (offsets is None):
         raise ValueError(f"{op}: pass exactly one of `lengths` and `offsets`")
     if lengths is not None:
-        lengths = _check_lengths(op, lengths, S, name).to(values.device)
+        lengths = _check_lengths(op, lengths, S, name)
+        V.check_movable(op, "lengths", lengths, values.device, name)
+        lengths = lengths.to(values.device)
         offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
     else:
         V.check_int_tensor(op, "offsets", offsets, ndim=(1,))
+        _check_layout_not_vmapped(op, "offsets", offsets)
+        V.check_movable(op, "offsets", offsets, values.device, name)
         offsets = offsets.long().to(values.device)
         if offsets.numel() == 0:
             raise ValueError(f"{op}: `offsets` must have B + 1 >= 1 entries")
@@ -449,9 +477,17 @@ def _prepare_segments(op, values, lengths, offsets, mask, *, name="scores"):
     return values.contiguous(), offsets.contiguous()
 
 
+def _check_layout_not_vmapped(op: str, name: str, t: torch.Tensor) -> None:
+    if V.is_vmapped(t):
+        raise ValueError(f"{op}: `{name}` is batched by torch.func.vmap, but the segment layout sets the output "
+                         f"shape and must be the same for every vmapped call: vmap over the values only "
+                         f"(in_dims=None for `{name}`)")
+
+
 def _check_lengths(op: str, lengths, S: int, name: str) -> torch.Tensor:
     """``lengths`` as int64 [B], checked: non-negative, summing to the S packed steps of `name`."""
     V.check_int_tensor(op, "lengths", lengths, ndim=(1,))
+    _check_layout_not_vmapped(op, "lengths", lengths)
     lengths = lengths.long()
     if lengths.numel() and V.has_data(lengths):
         lo, total = (int(v) for v in torch.stack([lengths.min(), lengths.sum()]))  # one host read
@@ -473,7 +509,14 @@ def pack_steps(
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError("pack_steps: `mask` must be a bool tensor")
     V.check_same_shape("pack_steps", values=values, mask=mask)
-    return values[mask], mask.sum(dim=1)
+    if mask.device.type == "meta":
+        raise ValueError("pack_steps: the number of steps depends on the values of `mask`, which a meta tensor does "
+                         "not have; pass packed values with `lengths` / `offsets` instead")
+    _check_layout_not_vmapped("pack_steps", "mask", mask)
+    V.check_movable("pack_steps", "mask", mask, values.device, "values")
+    if values.device.type == "meta":  # shapes only, the count from the mask's values
+        return values.new_empty((int(mask.sum()),)), mask.sum(dim=1).to(values.device)
+    return values[mask.to(values.device)], mask.sum(dim=1).to(values.device)
 
 
 def unpack_steps(
@@ -484,8 +527,21 @@ def unpack_steps(
     """Packed per-step values → padded ``(B, Kmax)`` with ``fill`` after each sequence's steps."""
     op = "unpack_steps"
     V.check_tensor(op, "packed", packed, ndim=(1,), floating=False)
-    lengths = _check_lengths(op, lengths, packed.shape[0], "packed").to(packed.device)
-    K = int(lengths.max()) if lengths.numel() else 0
+    if isinstance(fill, torch.Tensor) and fill.numel() == 1 and not fill.is_complex():
+        fill = fill.item()
+    if not (isinstance(fill, numbers.Real) or (packed.dtype == torch.bool and isinstance(fill, bool))):
+        raise TypeError(f"{op}: `fill` must be a number, got {fill!r}")
+    if not (packed.is_floating_point() or packed.is_complex()) and not (
+            math.isfinite(float(fill)) and float(fill) == int(fill)):
+        # new_full would silently truncate 0.5 to 0 in an integer tensor
+        raise ValueError(f"{op}: `fill` {fill!r} cannot be stored in `packed` of dtype {packed.dtype} "
+                         "(pass a float `packed` or an integer `fill`)")
+    lengths = _check_lengths(op, lengths, packed.shape[0], "packed")
+    if lengths.numel() and lengths.device.type == "meta":
+        raise ValueError(f"{op}: the padded width is max(`lengths`), which a meta tensor does not have; "
+                         "pass `lengths` with its values")
+    K = int(lengths.max()) if lengths.numel() else 0  # read before lengths goes to packed's device (maybe meta)
+    lengths = lengths.to(packed.device)
     mask = torch.arange(K, device=packed.device).unsqueeze(0) < lengths.unsqueeze(1)
     out = packed.new_full((lengths.numel(), K), fill)
     return out.masked_scatter(mask, packed)
@@ -511,7 +567,8 @@ def segment_reduce(
     empty_value = _real_option(op, "empty_value", empty_value)
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
     if reduce in ("prod", "logprod"):
-        if V.check_finite_enabled() and values.numel() and V.has_data(values) and bool((values < 0).any()):
+        if V.check_finite_enabled() and values.numel() and V.has_data(values) and not V.is_vmapped(values) and bool(
+                (values < 0).any()):
             raise ValueError(f"{op}: `scores` must be >= 0 for reduce={reduce!r} (probabilities)")
         if reduce == "logprod" and empty_value <= 0:
             raise ValueError(f"{op}: `empty_value` must be > 0 for reduce='logprod' (its log is used)")
@@ -529,6 +586,9 @@ def first_below(
     """Index (within its sequence) of the first step with ``score < threshold`` — the ProcessBench
     prediction of the earliest wrong step; ``-1`` when there is none (also for zero-step sequences)."""
     op = "first_below"
+    if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and threshold.dtype != torch.bool \
+            and not threshold.is_complex():
+        threshold = float(threshold)  # e.g. a quantile computed with torch (was refused)
     if not V.is_real(threshold) or math.isnan(threshold):
         raise ValueError(f"{op}: `threshold` must be a number (not NaN), got {threshold!r}")
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
@@ -553,6 +613,8 @@ def refine_process_rewards(
     Outputs carry no gradient (rewards are RL targets)."""
     op = "refine_process_rewards"
     values, offs = _prepare_segments(op, rewards, lengths, offsets, mask, name="rewards")
+    clip, gamma = (float(x) if isinstance(x, torch.Tensor) and x.numel() == 1 and x.dtype != torch.bool
+                   and not x.is_complex() else x for x in (clip, gamma))  # one-element tensors, as empty_value
     if clip is not None and not (V.is_real(clip) and math.isfinite(clip)):
         raise ValueError(f"{op}: `clip` must be a finite float (η) or None, got {clip!r}")
     if not (V.is_real(gamma) and 0.0 <= float(gamma) <= 1.0):
@@ -562,5 +624,5 @@ def refine_process_rewards(
         # a string such as "false" would otherwise count as True
         raise TypeError(f"{op}: `delta` must be True or False, got {delta!r}")
     with torch.no_grad():
-        return _dispatch.call("step_refine", values.device, values, offs, clip is not None, float(clip or 0.0),
+        return _dispatch.call("step_refine", values.device, values.detach(), offs, clip is not None, float(clip or 0.0),
                               bool(delta), float(gamma))

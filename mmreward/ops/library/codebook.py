@@ -20,10 +20,13 @@ import torch
 from . import OpSpec, acc_dtype, define
 
 
-def _tokens_last(x: torch.Tensor, class_dim: int) -> torch.Tensor:
-    """[B, L, K] view (no copy) of a [B, K, L] (class_dim=1) or [B, L, K] (class_dim=2) tensor."""
+def _tokens_last(x: torch.Tensor, class_dim: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[B, L, K] view (no copy) of a [B, K, L] (class_dim=1) or [B, L, K] (class_dim=2) tensor; with a
+    mask, masked tokens' logits are replaced by 0 first, so that whatever they hold (NaN / inf) gets a
+    zero gradient, as in the kernels (masking only the output sent 0·NaN = NaN back)."""
     x = x.to(acc_dtype(x.dtype))
-    return x.transpose(1, 2) if class_dim == 1 else x
+    x = x.transpose(1, 2) if class_dim == 1 else x
+    return x if mask is None else torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _masked(v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -33,7 +36,7 @@ def _masked(v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
 def codebook_entropy(logits: torch.Tensor, class_dim: int, mask: Optional[torch.Tensor]):
     """H = logsumexp(z) - sum softmax(z) z = -sum p log p per token, [B, L]; with logsumexp(z) and
     E_p[z] (what the kernels keep for backward; not differentiable)."""
-    z = _tokens_last(logits, class_dim)
+    z = _tokens_last(logits, class_dim, mask)
     logp = torch.log_softmax(z, dim=-1)
     p = logp.exp()
     h = -(p * logp).sum(-1)
@@ -44,7 +47,7 @@ def codebook_entropy(logits: torch.Tensor, class_dim: int, mask: Optional[torch.
 
 def codebook_nll(logits: torch.Tensor, target: torch.Tensor, class_dim: int, mask: Optional[torch.Tensor]):
     """logsumexp(z) - z[target] per token, [B, L]; with logsumexp(z) (not differentiable)."""
-    z = _tokens_last(logits, class_dim)
+    z = _tokens_last(logits, class_dim, mask)
     t = target.long()
     if mask is not None:  # targets of masked tokens may be anything (e.g. -100)
         t = torch.where(mask, t, torch.zeros_like(t))
@@ -58,8 +61,8 @@ def categorical_kl(
     log_a: torch.Tensor, log_b: torch.Tensor, class_dim: int, mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """sum exp(a) (a - b) per token, [B, L] (VQ-Diffusion's multinomial_kl)."""
-    a = _tokens_last(log_a, class_dim)
-    b = _tokens_last(log_b, class_dim)
+    a = _tokens_last(log_a, class_dim, mask)
+    b = _tokens_last(log_b, class_dim, mask)
     return _masked((a.exp() * (a - b)).sum(-1), mask)
 
 
@@ -67,8 +70,8 @@ def log_categorical(
     log_x0: torch.Tensor, log_prob: torch.Tensor, class_dim: int, mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """sum exp(x0) p per token, [B, L] (VQ-Diffusion's log_categorical)."""
-    a = _tokens_last(log_x0, class_dim)
-    b = _tokens_last(log_prob, class_dim)
+    a = _tokens_last(log_x0, class_dim, mask)
+    b = _tokens_last(log_prob, class_dim, mask)
     return _masked((a.exp() * b).sum(-1), mask)
 
 

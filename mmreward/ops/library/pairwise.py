@@ -101,8 +101,9 @@ def listwise_loss(rewards, ranks, reduction):
     rq_ranked = torch.where(valid, rq, zero)  # padding may hold anything, NaN included
     better = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)  # [B, K, K]
     nll = torch.where(better, soft_logistic_q(rq_ranked.unsqueeze(2) - rq_ranked.unsqueeze(1), 1.0), zero)
-    # NaN for a row with a non-finite reward at a ranked position
-    row_sum = nll.sum(dim=(1, 2)) + torch.where(valid, _nan_if_not_finite(rq), zero).sum(1)
+    # NaN for a row with a non-finite reward at a ranked position (read from rq_ranked, whose padding is
+    # 0: a where() over _nan_if_not_finite(rq) sent 0·NaN = NaN gradients to non-finite padding)
+    row_sum = nll.sum(dim=(1, 2)) + _nan_if_not_finite(rq_ranked).sum(1)
     row_cnt = better.sum(dim=(1, 2))
     if reduction == 0:
         loss = torch.where(row_cnt > 0, row_sum / row_cnt.clamp_min(1).to(dt), row_sum)

@@ -58,6 +58,13 @@ def step_head(
     if kind == KIND_LOGIT:
         return z, z.detach().clone()
     valid = target != IGNORE_INDEX
+    z_all = z.detach()
+    # ignored steps take no part: their hidden rows are zeroed before the loss, so whatever they hold (NaN)
+    # gets a zero gradient, as in the kernels (masking only the loss sent 0·NaN = NaN to hidden and the head)
+    h = torch.where(valid.unsqueeze(1), h, torch.zeros((), dtype=acc, device=h.device))
+    z = h @ wd
+    if bias is not None:
+        z = z + bias.to(acc)
     y = torch.where(valid, target, torch.zeros_like(target)).to(acc)
     if kind == KIND_BCE:
         per = F.binary_cross_entropy_with_logits(z, y, reduction="none")
@@ -73,7 +80,7 @@ def step_head(
     else:
         n = valid.sum()
         out = per.sum() / n.clamp(min=1).to(acc)
-    return out, z.detach()
+    return out, z_all
 
 
 def step_pair_loss(
