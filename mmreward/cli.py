@@ -38,7 +38,7 @@ def ops_main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.ops import _backend
 
     parser = CLIParser(prog="mmreward ops", description="fused ops and their backends")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: which device's backends to list")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | meta: which device's backends to list")
     args = parser.parse_args(argv)
     from mmreward.core.device import resolve_device
 
