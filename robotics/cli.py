@@ -374,6 +374,25 @@ def _train_progress(args: argparse.Namespace) -> int:
 PER_STEP_FORMATS = (".csv", ".json", ".npz")
 
 
+def _unique_names(found: list) -> list[str]:
+    """Episode names, made unique: ``run1/ep_0.npz`` and ``run2/ep_0.npz`` were both ``ep_0``, and the
+    per-step ``--out .json`` (keyed by name) kept only one of them. A repeated name becomes the path
+    (then ``path#k`` for the same path given twice)."""
+    from collections import Counter
+
+    counts = Counter(src.name for src in found)
+    names, seen = [], set()
+    for src in found:
+        name = src.name if counts[src.name] == 1 else src.path
+        base, k = name, 1
+        while name in seen:
+            k += 1
+            name = f"{base}#{k}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
 def _write_per_step(path: str, results: list[dict]) -> None:
     from mmreward.core.folders import atomic_write, atomic_write_text
 
@@ -389,10 +408,15 @@ def _write_per_step(path: str, results: list[dict]) -> None:
 
         atomic_write(path, write)
     else:  # .csv
-        lines = ["episode,frame,reward"]
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")  # a name with a comma or quote is quoted, not split
+        w.writerow(["episode", "frame", "reward"])
         for r in results:
-            lines += [f"{r['name']},{i},{v:.6g}" for i, v in enumerate(r["rewards"])]
-        atomic_write_text(path, "\n".join(lines) + "\n")
+            w.writerows([r["name"], i, f"{v:.6g}"] for i, v in enumerate(r["rewards"]))
+        atomic_write_text(path, buf.getvalue())
 
 
 def _uses_goal(model) -> bool:
@@ -468,10 +492,12 @@ def _score(args: argparse.Namespace) -> int:
         raise ValueError("this model scores against a goal: give --goal DEMO (episodes whose last frames show the "
                          "task's goal)")
     found = find_episodes(args.inputs, tasks=args.tasks, policies=args.policies, with_success=args.success)
+    names = _unique_names(found)
     results = []
-    for src in tqdm(found, desc="score", unit="ep", disable=not args.progress or len(found) < 2):
+    bar = tqdm(list(zip(found, names)), desc="score", unit="ep", disable=not args.progress or len(found) < 2)
+    for src, name in bar:
         (r,) = model.score_parts([src.input], batch_size=args.batch_size)
-        results.append({"name": src.name, "path": src.path, "frames": int(r.numel()), "total": float(r.sum()),
+        results.append({"name": name, "path": src.path, "frames": int(r.numel()), "total": float(r.sum()),
                         "mean": float(r.mean()), "rewards": [float(v) for v in r], **src.meta})
     if args.out:
         _write_per_step(args.out, results)

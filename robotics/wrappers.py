@@ -236,6 +236,8 @@ class DiffusionRewardWrapper(gym.Wrapper):
         return obs, info
 
     def step(self, action):
+        if self._start is None:  # no reset frame: the window and the displacement would have no start
+            raise RuntimeError("call reset() before step(): the reward needs the episode's reset frame")
         obs, env_reward, terminated, truncated, info = self.env.step(action)
         self._push(_frame_of(obs, self.env, self.frame_fn))
         self._t += 1

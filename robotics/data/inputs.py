@@ -110,25 +110,38 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
     """Score inputs for episode ``.npz`` files, episode folders (``manifest.json``; filtered by
     ``tasks`` / ``policies``), videos and frame folders (decoded when scored, at the model's size).
     ``with_success`` passes labelled episodes' success flags (per frame: the reset frame has none)."""
-    from .video import expand_sources
+    from .video import VIDEO_EXTS, expand_sources, frame_files, natural_key
 
     found = []
-    for src in sources:
+
+    def add(src: str, top: bool) -> None:
         # episode files are checked here without decompressing their frames (check_episode_file), and read
         # once, when scored
         if os.path.isdir(src) and os.path.isfile(manifest_path(src)):
             for entry, ep in load_episode_folder(src, tasks, policies, frames=False):
                 found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success))
-        elif src.lower().endswith(".npz"):
+        elif src.lower().endswith(".npz") and (top or os.path.isfile(src)):
             success, episode = _npz_source(src)
             if episode is not None:
                 found.append(_stored(src, episode, {}, with_success))
             else:  # frames saved elsewhere: read (and resized) when scored
                 found.append(EpisodeSource(os.path.splitext(os.path.basename(src))[0], src,
                                            EpisodeInput(src, success if with_success else None)))
+        elif top and os.path.isdir(src) and not frame_files(src):
+            # a plain folder stands for its episode .npz files, videos, frame folders and episode folders
+            # (.npz files were skipped without a word, and a folder of them was "no videos")
+            kids = [os.path.join(src, k) for k in sorted(os.listdir(src), key=natural_key)
+                    if k.lower().endswith((".npz", *VIDEO_EXTS)) or os.path.isdir(os.path.join(src, k))]
+            if not kids:
+                raise DataError(f"{src} holds no episode .npz files, videos, frame folders or images")
+            for kid in kids:
+                add(kid, False)
         else:
             for path in expand_sources([src]):
                 found.append(EpisodeSource(os.path.basename(os.path.normpath(path)), path, EpisodeInput(path)))
+
+    for src in sources:
+        add(src, True)
     if not found:
         raise DataError("no episodes, videos or frame folders given")
     return found
