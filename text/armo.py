@@ -32,7 +32,7 @@ from mmreward.core.folders import CheckpointError
 from mmreward.core.model import check_batch_size, check_ranges, finish_loading, load_state_strict, read_config
 from mmreward.core.weights import backbone_state, check_shapes, hf_config, quiet_transformers, read_weights
 
-from .data import model_max_length, pad_batch
+from .data import model_max_length, pad_batch, truncation_warning
 from .reward_model import RewardModel, RewardModelConfig, _tokenizer_argument, last_positions, load_tokenizer
 
 ARCHITECTURE = "LlamaForRewardModelWithGating"
@@ -120,6 +120,8 @@ class ArmoRewardModel(RewardModel):
         matrix), the terms the gate weighs."""
         rows = self.encode(inputs)
         self.check_encoded(rows)
+        truncation_warning(rows, self.encoder, stacklevel=3)  # as score(): one warning naming what was cut
+        self.check_fits(rows)
         batch_size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         out = torch.empty(len(rows), self.config.num_objectives)
         was_training = self.training
