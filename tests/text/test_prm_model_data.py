@@ -114,7 +114,7 @@ def test_bad_inputs_raise_clear_errors(llama, lm_prm):
     with pytest.raises(DataError, match="input 0: problem \\+ 40 steps are .* tokens, more than max_length=96"
                                         ".*truncate=True to score only the [1-9][0-9]* steps that fit"):
         _steps(lm_prm, PROBLEM, ["1+1=2"] * 40)
-    with pytest.raises(DataError, match="max_length=96; shorten it, raise max_length, \\(not even the first step fits"):
+    with pytest.raises(DataError, match="max_length=96; shorten it or raise max_length \\(not even the first step fits"):
         _steps(lm_prm, "1" * 200, ["1"])
     with pytest.raises(ValueError, match="input 0: step 1 must be a string"):
         _steps(lm_prm, PROBLEM, ["a", 3])

@@ -138,3 +138,17 @@ def test_a_published_classifier_takes_a_tokenizer_folder(tmp_path):
     torch.testing.assert_close(got, ref)
     with pytest.raises(TypeError, match="tokenizer= must be a transformers tokenizer or the folder of one, got int"):
         mmreward.load(str(tmp_path / "clf"), tokenizer=3)
+
+
+def test_score_command_names_the_file_row_a_model_refuses(saved, tmp_path, capsys):
+    """A preference row is two model inputs: the model's "input 2" is the file's row 1."""
+    import json
+
+    from mmreward.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "what is", "chosen": "two", "rejected": "one"}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "what is"}]}) + "\n")
+    assert main(["score", "--model", str(saved), "--data", str(rows)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{rows}: row 1" in err and "input 2" not in err and len(err.splitlines()) == 1, err

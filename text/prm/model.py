@@ -433,11 +433,15 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             return ids, tags
         fit = [t for t in tags if t < limit]
         if not (self.config.truncate if truncate is None else truncate):
-            way_out = (f"or set truncate=True to score only the {len(fit)} steps that fit" if fit else
-                       "(not even the first step fits, so truncate=True cannot help)")
             can_raise = self._position_limit is None or limit < self._position_limit
+            ways = ["shorten it"] + (["raise max_length"] if can_raise else [])
+            if fit:
+                ways.append(f"set truncate=True to score only the {len(fit)} steps that fit")
+            advice = ", ".join(ways[:-1]) + f" or {ways[-1]}" if len(ways) > 1 else ways[0]
+            if not fit:
+                advice += " (not even the first step fits, so truncate=True cannot help)"
             raise DataError(f"{where}: problem + {len(steps)} steps are {len(ids)} tokens, more than {what}; "
-                            f"shorten it, {'raise max_length, ' if can_raise else ''}{way_out}")
+                            f"{advice}")
         if not fit:
             raise DataError(f"{where}: not even the first step fits {what} ({len(ids)} tokens)")
         return ids[: fit[-1] + 1], fit
