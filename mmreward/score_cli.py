@@ -56,18 +56,6 @@ def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> lis
     return out
 
 
-def _name_row(message: str, where: list, args: Any) -> str:
-    """A model's "input K: ..." error as "FILE: row I (slot): ..." of the data the user gave."""
-    import re
-
-    m = re.match(r"input (\d+)(.*)", message, re.S)
-    if not m or int(m.group(1)) >= len(where):
-        return message
-    i, slot = where[int(m.group(1))]
-    source = f"{args.data}: row {i}" if args.data else f"{args.files[i]}"
-    return source + (f" ({slot})" if slot != "score" else "") + m.group(2)
-
-
 def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
     """Inputs for the model and, per input, (row index, slot) — slot ``chosen`` / ``rejected`` when a
     preference row is scored twice by a single-response model."""
@@ -158,8 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"{type(model).__name__} scores whole inputs: it has no per-step or per-frame scores")
     import torch
 
+    from mmreward.core.cli_config import error_at_row
     from mmreward.core.data import DataError
 
+    row_name = (lambda i: f"{args.data}: row {i}") if args.data else (lambda i: args.files[i])
     try:
         with torch.no_grad():
             part_scores = model.score_parts(items, batch_size=args.batch_size) if parts else None
@@ -167,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if scores is None:
                 scores = model.score(items, batch_size=args.batch_size)
     except DataError as e:  # the model names its input k: name the file's row (a preference row is two inputs)
-        raise DataError(_name_row(str(e), where, args)) from None
+        raise error_at_row(e, where, row_name, "score") from None
     out: list[dict] = [dict() for _ in rows]
     for k, ((i, slot), s) in enumerate(zip(where, scores.tolist())):
         out[i][slot if slot == "score" else f"score_{slot}"] = round(s, 6)

@@ -19,8 +19,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_folder, config_from_args, json_text,
-                                      print_training_summary, run_cli)
+from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_folder, config_from_args,
+                                      error_at_row, json_text, print_training_summary, run_cli)
 
 from .data import INPUT_FORMATS, TRUNCATIONS
 from .reward_model import POOLINGS, RewardModelConfig
@@ -104,13 +104,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     from .train import evaluate_pairs, reward_trainer
 
     device = resolve_device(args.device)
-    check_output_folder(cfg.output_dir, "--out")
-    model_dir = os.path.expanduser(args.model) if args.model else None
-    if model_dir and os.path.isdir(model_dir):  # --model runs/x/model --out runs/x/model (or the same folder)
-        own = os.path.join(model_dir, "model") if os.path.isdir(os.path.join(model_dir, "model")) else model_dir
-        if os.path.realpath(own) == os.path.realpath(cfg.output_dir):
-            raise ValueError(f"--out {cfg.output_dir} is the --model folder: the run's snapshots, logs and model would "
-                             "be written into it; name another folder")
+    check_output_folder(cfg.output_dir, "--out", [("--model", args.model)])
     train = load_preference_pairs(args.data, split=args.split)
     evals = load_preference_pairs(args.eval_data, split=args.eval_split) if args.eval_data else None
     seed_everything(cfg.seed)  # before the new head is drawn: equal seeds give equal runs
@@ -222,25 +216,9 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         scores = model.score(items, batch_size=args.batch_size, **kw).tolist()
     except ValueError as e:  # DataError included: "input K" is the K-th scored text, name the file's row
-        raise _at_row(e, where, args.data) from None
+        raise error_at_row(e, where, lambda i: f"{args.data}: row {i}", "response") from None
     _print_scores(rows, where, scores, args.json)
     return 0
-
-
-def _at_row(error: ValueError, where: list[tuple[int, str]], source: str) -> ValueError:
-    """``error`` with a leading ``input K`` (the K-th scored text: a chosen / rejected row gives two)
-    told as the data file's row and slot; other errors as they are."""
-    import re
-
-    m = re.match(r"input (\d+)\b", str(error))
-    if not m or int(m.group(1)) >= len(where):
-        return error
-    row, slot = where[int(m.group(1))]
-    named = f"{source}: row {row}" + (f" ({slot})" if slot != "response" else "")
-    try:
-        return type(error)(named + str(error)[m.end():])
-    except TypeError:  # an exception class with another signature
-        return error
 
 
 def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[float], as_json: bool) -> None:

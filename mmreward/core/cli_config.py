@@ -127,6 +127,24 @@ def _run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequen
         return 2 if user else 1
 
 
+def error_at_row(error: Exception, where: Sequence[tuple[int, str]], row_name: Callable[[int], str],
+                 whole: str) -> Exception:
+    """``error`` with a leading ``input K`` (the K-th scored input; a chosen / rejected row gives two)
+    told as the user's row and slot: ``row_name(i)`` + `` (slot)`` unless the slot is ``whole``; other
+    errors as they are."""
+    import re
+
+    m = re.match(r"input (\d+)\b", str(error))
+    if not m or int(m.group(1)) >= len(where):
+        return error
+    row, slot = where[int(m.group(1))]
+    named = row_name(row) + (f" ({slot})" if slot != whole else "")
+    try:
+        return type(error)(named + str(error)[m.end():])
+    except TypeError:  # an exception class with another signature
+        return error
+
+
 def check_output_file(path: Optional[str], flag: str = "--out",
                       inputs: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse an output *file* a command would only fail to write (or write destructively) after all
@@ -163,15 +181,26 @@ def utf8_text(value: Optional[str], flag: str) -> Optional[str]:
     return value
 
 
-def check_output_folder(path: Optional[str], flag: str = "--out") -> None:
-    """Refuse an output *folder* that can never be created: ``path`` is a file, or sits under one.
-    Raises ``ValueError`` naming the flag; call it before the work (a training run, a collection)."""
+def check_output_folder(path: Optional[str], flag: str = "--out", inputs: Sequence[tuple[str, Any]] = ()) -> None:
+    """Refuse an output *folder* that can never be created (``path`` is a file, or sits under one) or that
+    is one of the input model folders (``(flag, folder)`` pairs, e.g. ``("--model", args.model)``; for a run
+    folder, its ``model/``, so ``--out`` may name the run to continue): the run's snapshots, logs and model
+    would be written into the model it starts from. Raises
+    ``ValueError`` naming the flag; call it before the work (a training run, a collection)."""
     if not path:
         return
     path = os.fspath(path)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a file, not a folder: name a folder to write")
     _check_creatable(os.path.abspath(path), path, flag)
+    for in_flag, folder in inputs:
+        folder = os.path.expanduser(os.fspath(folder)) if folder else None
+        if not folder or not os.path.isdir(folder):
+            continue
+        own = os.path.join(folder, "model") if os.path.isdir(os.path.join(folder, "model")) else folder
+        if os.path.realpath(own) == os.path.realpath(path):
+            raise ValueError(f"{flag} {path} is the {in_flag} folder: the run's snapshots, logs and model would be "
+                             "written into it; name another folder")
 
 
 def _check_creatable(folder: str, path: str, flag: str) -> None:

@@ -106,12 +106,8 @@ def _start_training(args: argparse.Namespace, output_dir: str) -> str:
     from mmreward.core.device import resolve_device
 
     device = str(resolve_device(args.device))
-    check_output_folder(output_dir, "--out")
-    for flag in ("model", "judge_model"):
-        folder = getattr(args, flag, None)
-        if folder and os.path.isdir(folder) and os.path.realpath(folder) == os.path.realpath(output_dir):
-            raise ValueError(f"--out {output_dir} is the --{flag.replace('_', '-')} folder: the run's snapshots, "
-                             "logs and model would be written into it; name another folder")
+    check_output_folder(output_dir, "--out", [(f"--{flag.replace('_', '-')}", getattr(args, flag, None))
+                                              for flag in ("model", "judge_model")])
     return device
 
 
