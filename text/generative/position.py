@@ -2,7 +2,8 @@
 turn pairwise verdicts into RewardBench / RM-Bench figures.
 
 A *pairwise judge* here is any callable ``judge(prompts, first, second) -> Tensor[N]`` giving
-P(first ≻ second) in [0, 1], with 0.5 meaning a tie or no verdict.
+P(first ≻ second) in [0, 1], with 0.5 meaning a tie or no verdict, or a judge object (GenRM, GRAM, …),
+whose ``judge`` method is used.
 """
 from __future__ import annotations
 
@@ -44,10 +45,23 @@ def swap_consistency(p_ab: torch.Tensor, p_ba: torch.Tensor) -> float:
     return float(same.double().mean())
 
 
+def _pair_judge(judge) -> PairJudge:
+    """The pairwise verdict function of ``judge``: a judge object (GenRM, GRAM, RM-R1, …; anything with a
+    ``judge(prompts, first, second)`` method) gives that method — calling the module itself would run its
+    ``forward`` — and a plain callable is used as is."""
+    method = getattr(judge, "judge", None)
+    if callable(method) and not isinstance(judge, type):
+        return method
+    if not callable(judge):
+        raise TypeError(f"judge must be a judge object with a judge(prompts, first, second) method or such a "
+                        f"callable, got {describe(judge)}")
+    return judge
+
+
 def _judged(judge: PairJudge, prompts: list, first: list, second: list) -> torch.Tensor:
     """``judge(prompts, first, second)`` checked: one probability in [0, 1] per pair (a judge that returns
     logits, or fewer / more values than pairs, would otherwise be scored as if it were right)."""
-    p = _check_p("the judge's output", judge(prompts, first, second))
+    p = _check_p("the judge's output", _pair_judge(judge)(prompts, first, second))
     if p.numel() != len(prompts):
         raise ValueError(f"the judge returned {p.numel()} values for {len(prompts)} pairs (want one P(first ≻ second) "
                          "per pair)")

@@ -197,16 +197,23 @@ def _score(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .data import read_step_examples
-    from .train import solutions, step_metrics
+    from .train import check_labelled, solutions, step_metrics
 
+    check_output_file(args.out, "--out", [("--data", args.data)])  # before the work, not after it
     examples = read_step_examples(args.data, format=args.format)
+    check_labelled(examples, args.data)  # before the model loads
     model = _load_model(args)
     parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
     out: dict = step_metrics(parts, examples, args.threshold, sweep=args.sweep)
     report = _processbench(parts, examples, args.threshold)
     if report is not None:
         out["processbench"] = report
-    print(json_text(out, indent=2))
+    text = json_text(out, indent=2)
+    if args.out:
+        from mmreward.core.folders import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    print(text)
     return 0
 
 
@@ -293,6 +300,7 @@ def _parser() -> CLIParser:
     _add_scoring(p, 32)
     p.add_argument("--data", required=True)
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=False, help="also report the best threshold")
+    p.add_argument("--out", help="also write the metrics (JSON) to this file")
     p.set_defaults(fn=_eval)
 
     p = sub.add_parser("search", help="PRM-guided MCTS vs Best-of-N on synthetic problems with a noisy policy")

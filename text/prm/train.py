@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from mmreward.core.data import DataError
 from mmreward.core.inputs import StepSolution
 from mmreward.core.model import config_to_dict
 from mmreward.core.trainer import TrainConfig, Trainer
@@ -91,11 +92,22 @@ def step_metrics(scores: Sequence[torch.Tensor], examples: Sequence[StepExample]
     return out
 
 
+def check_labelled(examples: Sequence[StepExample], what: str) -> None:
+    """Refuse examples that carry no label at all (no known first error, every step label ignored):
+    :func:`step_metrics` would return no metric, an evaluation that reads as if it had run."""
+    if not any(isinstance(e, StepExample) and (e.first_error >= -1 or any(y != IGNORE for y in e.labels))
+               for e in examples):
+        raise DataError(f"{what}: none of the {len(examples)} examples carries a label (a ProcessBench first-error "
+                        f"'label' or a step label other than {IGNORE:g}): there is nothing to evaluate; score "
+                        "unlabelled solutions with score_parts / `mmreward prm score`")
+
+
 def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
                  sweep: bool = False) -> dict[str, float]:
     """:func:`step_metrics` of ``model``'s scores on ``examples``."""
     if not examples:
         raise ValueError("evaluate_prm: no examples")
+    check_labelled(examples, "evaluate_prm")
     return step_metrics(model.score_parts(solutions(examples), batch_size=batch_size), examples, threshold, sweep)
 
 
@@ -133,6 +145,8 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
             if not isinstance(e, (StepExample, PairExample)) or type(e) is not kind:
                 raise TypeError(f"eval example {i}: expected {kind.__name__ if i else 'StepExample or PairExample'} "
                                 f"(all of one kind), got {type(e).__name__}")
+        if kind is StepExample:
+            check_labelled(eval_examples, "train_prm: eval_examples")
     flags = [p.requires_grad for p in model.parameters()]
     try:
         return _train_prm(model, train_examples, config, eval_examples, optimizer)
