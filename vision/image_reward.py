@@ -129,6 +129,12 @@ class ConvTextBackbone(nn.Module):
         return self.image_proj(feats)  # (B, D)
 
 
+def _check_dual_encoder(model: nn.Module) -> None:
+    if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        raise TypeError(f"{type(model).__name__} is not a dual encoder (no get_text_features / get_image_features): "
+                        "give a CLIP / SigLIP / BLIP / ALIGN-style config or folder")
+
+
 class HFDualEncoder(nn.Module):
     """A transformers dual encoder (CLIP / SigLIP / BLIP / ALIGN …) and its tokenizer."""
 
@@ -136,8 +142,7 @@ class HFDualEncoder(nn.Module):
         super().__init__()
         if tokenizer is None:
             raise ValueError("an hf backbone needs a tokenizer (pass tokenizer=...)")
-        if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
-            raise TypeError(f"{type(model).__name__} is not a dual encoder (no get_text_features / get_image_features)")
+        _check_dual_encoder(model)
         self.model, self.tokenizer = model, tokenizer
         cfg = model.config
         self.width = getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size
@@ -182,6 +187,21 @@ class HFDualEncoder(nn.Module):
         return self._features(self.model.get_image_features(pixel_values=pixel_values))
 
 
+def _check_head(hidden: Any, dropout: Any) -> None:
+    """ImageReward head settings: widths are integers >= 1; dropout is one probability in [0, 1) per
+    hidden layer at most (fewer: no dropout after the rest)."""
+    if not isinstance(hidden, (list, tuple)) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise ValueError(f"head_hidden must be a list of layer widths (integers >= 1), got {hidden!r}")
+    if not isinstance(dropout, (list, tuple)) or not all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0 for p in dropout):
+        raise ValueError(f"head_dropout must be a list of dropout probabilities in [0, 1) (or None for none), "
+                         f"got {dropout!r}")
+    if len(dropout) > len(hidden):
+        raise ValueError(f"head_dropout has {len(dropout)} values but head_hidden only {len(hidden)} layers "
+                         "(one dropout after each hidden layer at most)")
+
+
 def imagereward_head(in_dim: int, hidden: Sequence[int], dropout: Sequence[float]) -> nn.Sequential:
     layers, d = [], in_dim
     for i, h in enumerate(hidden):
@@ -207,6 +227,9 @@ class ImageRewardModel(ImageScorer):
         super().__init__()
         if config.fusion not in ("product", "product_concat"):
             raise ValueError(f"fusion must be 'product' or 'product_concat', got {config.fusion!r}")
+        if config.head_dropout is None or config.head_dropout is False:
+            config.head_dropout = ()  # no dropout
+        _check_head(config.head_hidden, config.head_dropout)
         self.config = config
         if backbone is None:
             if config.backbone != "conv":
@@ -233,14 +256,22 @@ class ImageRewardModel(ImageScorer):
 
         if isinstance(backbone, (str, os.PathLike)):
             path = os.fspath(backbone)
-            model = transformers.AutoModel.from_pretrained(path)
-            tokenizer = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(path)
+            if not os.path.isfile(os.path.join(path, "config.json")):  # a hub id would be downloaded: refused
+                what = "has no config.json" if os.path.isdir(path) else "does not exist"
+                raise FileNotFoundError(f"backbone folder {path!r} {what}: give a local transformers model folder "
+                                        "(nothing is downloaded)")
+            model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+            _check_dual_encoder(model)
+            tokenizer = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(
+                path, local_files_only=True)
             pre = _read_preprocessor(path)
         elif isinstance(backbone, transformers.PretrainedConfig):
             model, pre = transformers.AutoModel.from_config(backbone), {}
         else:
             raise TypeError(f"backbone must be a ConvTextConfig, a transformers config or a path, got {type(backbone).__name__}")
-        image_size = pre.pop("image_size", None) or model.config.vision_config.image_size
+        _check_dual_encoder(model)
+        image_size = pre.pop("image_size", None) or getattr(getattr(model.config, "vision_config", None),
+                                                              "image_size", None) or 224
         cfg = ImageRewardConfig(backbone="hf", backbone_config={"class": type(model).__name__},
                                 image_size=int(image_size), **pre)
         cfg = dataclasses.replace(cfg, **overrides)

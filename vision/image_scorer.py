@@ -20,6 +20,7 @@ implements ``reward(prompts, pixel_values[B, 3, S, S]) -> Tensor[B]``.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 
 import torch
@@ -29,7 +30,7 @@ from mmreward.core.data import DataError
 from mmreward.core.inputs import ImagePrompt, VideoPrompt
 from mmreward.core.model import RewardScorer
 
-from .images import preprocess, split_images, to_tensor
+from .images import open_image, preprocess, split_images, to_tensor
 from .scoring import eval_mode
 from .video import batches, stream_video_frames
 
@@ -41,6 +42,36 @@ def _requires_grad(x: Any) -> bool:
     if isinstance(x, torch.Tensor):
         return x.requires_grad
     return isinstance(x, (list, tuple)) and any(isinstance(f, torch.Tensor) and f.requires_grad for f in x)
+
+
+def _frame_size(frame: Any) -> Optional[tuple]:
+    """``(H, W)`` of one in-memory video frame, or None where its kind is not known (its decoder then
+    names the problem)."""
+    if isinstance(frame, torch.Tensor) and frame.dim() == 3:
+        return tuple(frame.shape[-2:])
+    if hasattr(frame, "ndim") and hasattr(frame, "shape") and frame.ndim in (2, 3):  # numpy array
+        return tuple(frame.shape[:2])
+    if hasattr(frame, "convert") and hasattr(frame, "size"):  # PIL image
+        return (frame.size[1], frame.size[0])
+    return None
+
+
+def _same_size_frames(frames: Iterator[Any], where: str) -> Iterator[Any]:
+    """The frames of a video given as a list, checked to share one size (as a file's or a frame folder's
+    are): a frame of another size is an error naming both sizes, never resized on its own. Paths are
+    opened here (once: the opened image goes on to the scorer)."""
+    first = None
+    for t, frame in enumerate(frames):
+        if isinstance(frame, (str, os.PathLike)):
+            frame = open_image(os.fspath(frame), f"{where} frame {t}")
+        size = _frame_size(frame)
+        if size is not None:
+            if first is None:
+                first = (t, size)
+            elif size != first[1]:
+                raise ValueError(f"{where} frame {t} is {size[0]}x{size[1]} pixels, frame {first[0]} "
+                                 f"{first[1][0]}x{first[1][1]}: the frames of a video must have one size")
+        yield frame
 
 
 def _prompt(prompt: Any, where: str) -> str:
@@ -89,10 +120,14 @@ class ImageScorer(RewardScorer, nn.Module):
                     continue
                 try:
                     video, _ = stream_video_frames(item.video, f"input {i}")
+                    if isinstance(item.video, (list, tuple)):
+                        video = _same_size_frames(video, f"input {i}")
                     for t, f in enumerate(video):
                         counts[i] += 1
                         yield item.prompt, f, f"input {i} frame {t}"
                 except DataError as e:  # a file / frame folder error names the file: add which input gave it
+                    if str(e).startswith((f"input {i}:", f"input {i} ")):  # a listed frame's error names it already
+                        raise
                     raise type(e)(f"input {i}: {e}") from e
 
         grad = torch.is_grad_enabled() and any(_requires_grad(it.video if isinstance(it, VideoPrompt) else it.image)

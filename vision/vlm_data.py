@@ -200,7 +200,19 @@ def build_backbone(spec: Any):
     if isinstance(spec, (str, os.PathLike)):
         if not os.path.isdir(spec):
             raise ValueError(f"backbone path {os.fspath(spec)!r} is not a local folder (hub downloads are not used)")
-        return AutoModel.from_pretrained(spec)
+        config = os.path.join(spec, "config.json")
+        if not os.path.isfile(config):
+            raise ValueError(f"backbone folder {os.fspath(spec)!r} has no config.json: give a transformers VLM folder")
+        try:
+            with open(config, encoding="utf-8") as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            stored = None  # transformers names what is wrong with it
+        if isinstance(stored, dict) and "backbone_config" in stored:  # an mmreward model folder, not a transformers one
+            raise ValueError(f"backbone folder {os.fspath(spec)!r} holds an mmreward "
+                             f"{stored.get('model_type', 'reward')!r} model: open it with mmreward.load(folder) and "
+                             "pass its .backbone (and .processor)")
+        return AutoModel.from_pretrained(spec, local_files_only=True)
     if isinstance(spec, torch.nn.Module):
         return spec.model if hasattr(spec, "lm_head") and hasattr(spec, "model") else spec
     raise TypeError(f"backbone must be a transformers config, a local path or an nn.Module, got {type(spec).__name__}")

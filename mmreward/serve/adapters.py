@@ -185,6 +185,8 @@ class RewardClient:
             elif not isinstance(answer, dict) or not set(answer) & ({key} if key else {"scores", "parts"}):
                 raise RuntimeError(f"{where} answered no {key or 'scores / parts'!r}: {str(answer)[:120]}; is this "
                                    "URL an mmreward server?")
+            if key is None:  # the server's default for the first slice holds for the rest: one column in all
+                key = fixed["output"] = "parts" if "parts" in answer else "scores"
             for name, values in answer.items():
                 if not isinstance(values, list) or len(values) != stop - start:
                     raise RuntimeError(f"{where} answered {name!r} with {_describe_len(values)}, expected "

@@ -3,7 +3,7 @@
 ``POST /score`` (native, every modality)::
 
     {"inputs": [{"prompt": "2+2?", "response": "4"}, ...],    # dicts with the fields of the model's input type
-     "output": "scores" | "parts",                             # default: "parts" for step / frame models
+     "output": "scores" | "parts",                             # default: "parts" for steps / videos / episodes
      "refine": {"clip": 0.5, "delta": false, "gamma": 1.0}}    # optional, step models: PRM Clip / Delta refinement
     -> {"scores": [float, ...]}  |  {"parts": [[float, ...], ...]}
        (+ "step_rewards", "returns" with refine; "scores" is then each input's refined return G_0)
@@ -41,6 +41,8 @@ from mmreward.core.inputs import INPUT_TYPES, Conversation, Episode, ImagePrompt
 from .config import ServeConfig
 
 OUTPUTS = ("scores", "parts")
+# inputs whose parts are the point (steps, frames): without "output" their request answers "parts"
+PART_INPUTS = (StepSolution, VisualSteps, VideoPrompt, Episode)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 _INPUT_CLASSES = {cls.__name__: cls for cls in INPUT_TYPES.values()}
 
@@ -219,20 +221,24 @@ def parse_score_request(data: Any, spec: ModelSpec, config: ServeConfig) -> Scor
     raw = _list_field(data, "inputs", config)
     refine = parse_refine(data.get("refine"), spec)
     output = data.get("output")
-    if output is None:  # absent or null: the default (0, "" or false are mistakes, not the default)
-        output = "parts" if spec.has_parts or refine else "scores"
-    if output not in OUTPUTS:
+    if output is not None and output not in OUTPUTS:
         raise RequestError(400, f"field 'output' must be one of {list(OUTPUTS)}, got {describe(output)}")
     if output == "parts" and not spec.has_parts:
         raise RequestError(400, f"output 'parts' needs a step / frame model; this {spec.model_type} model scores "
                                 "whole inputs")
-    if refine and output != "parts":
+    if refine and output == "scores":
         raise RequestError(400, "refine works on step scores: leave 'output' out or set it to 'parts'")
     for i, row in enumerate(raw):
         check_row_fields(row, f"input {i}", spec)
     budget = _DecodeBudget(config)
     rows = [decode_media(row, f"input {i}", spec, budget) for i, row in enumerate(raw)]
-    return ScoreRequest(to_inputs(rows, spec), output, refine)
+    items = to_inputs(rows, spec)
+    if output is None:  # absent or null: the default (0, "" or false are mistakes, not the default)
+        # per-step / per-frame scores where the request holds steps, videos or episodes; an image
+        # scorer's images get one score each, as the raw image body does
+        parts = spec.has_parts and any(isinstance(x, PART_INPUTS) for x in items)
+        output = "parts" if parts or refine else "scores"
+    return ScoreRequest(items, output, refine)
 
 
 def parse_image_upload(body: bytes, prompt: str, spec: ModelSpec, config: ServeConfig) -> ScoreRequest:
