@@ -97,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("files", nargs="*", help="image / video / episode files (instead of --data rows)")
     p.add_argument("--model", required=True, help="model folder, run folder, shipped name (metaworld-64) or hub id")
     p.add_argument("--data", help="rows to score: .json / .jsonl / saved dataset, fields of the model's input type")
+    p.add_argument("--split", help="split of --data when it holds several (a saved DatasetDict, a .json object of lists)")
     p.add_argument("--prompt", help="the text images / videos given as files should match")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward (default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -113,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.files = [os.path.expanduser(f) for f in args.files]
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    if args.split and not args.data:
+        p.error("--split chooses a split of --data rows; input files have none")
     if args.data and args.prompt is not None:
         p.error("--prompt is the text that image / video files given as arguments should match; rows of --data "
                 "carry their own 'prompt' field")
@@ -122,9 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # the inputs are read and checked before the model loads: a typo in a file name costs nothing
     if args.data:
-        rows = read_records(args.data)
+        rows = read_records(args.data, split=args.split)
         if not rows:
-            raise ValueError(f"{args.data} holds no rows")
+            raise ValueError(f"{args.data} holds no rows" + (f" in split {args.split!r}" if args.split else ""))
     else:
         for f in args.files:
             _check_input_file(f)
@@ -147,7 +150,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from mmreward.core.cli_config import error_at_row
-    from mmreward.core.data import DataError
 
     row_name = (lambda i: f"{args.data}: row {i}") if args.data else (lambda i: args.files[i])
     try:
@@ -156,7 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             scores = model.aggregate_parts(part_scores) if part_scores is not None else None
             if scores is None:
                 scores = model.score(items, batch_size=args.batch_size)
-    except DataError as e:  # the model names its input k: name the file's row (a preference row is two inputs)
+    except (ValueError, TypeError) as e:  # DataError too: "input K" is the K-th scored input; name the file's
+        # row or the file (a preference row is two inputs)
         raise error_at_row(e, where, row_name, "score") from None
     out: list[dict] = [dict() for _ in rows]
     for k, ((i, slot), s) in enumerate(zip(where, scores.tolist())):

@@ -80,6 +80,14 @@ def _prompt(prompt: Any, where: str) -> str:
     return prompt
 
 
+def _check_has_prompt(scorer: "ImageScorer", prompt: Any, where: str) -> None:
+    """A scorer whose score depends on the prompt refuses an image without one: an empty prompt gives a
+    number that looks like a score but measures nothing the user asked (a forgotten ``--prompt``)."""
+    if isinstance(prompt, str) and not prompt.strip() and scorer.uses_prompt:
+        raise ValueError(f"{where}: no prompt: this {type(scorer).__name__} scores an image against the text it "
+                         "should match; give each image its prompt ('prompt' field, --prompt)")
+
+
 class ImageScorer(RewardScorer, nn.Module):
     """Base class of image-text scorers; see the module docstring."""
 
@@ -88,6 +96,12 @@ class ImageScorer(RewardScorer, nn.Module):
     def reward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
         """Rewards ``[B]`` of normalised ``pixel_values`` ``[B, 3, S, S]`` against ``prompts`` (len B)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement reward")
+
+    @property
+    def uses_prompt(self) -> bool:
+        """Whether scores depend on the prompt; those that do refuse an image without one (an aesthetic
+        predictor, which scores the image alone, overrides this)."""
+        return True
 
     @property
     def device(self) -> torch.device:
@@ -114,6 +128,7 @@ class ImageScorer(RewardScorer, nn.Module):
 
         def frames() -> Iterator[tuple[Any, Any, str]]:  # (prompt, image, where) per frame
             for i, item in enumerate(items):
+                _check_has_prompt(self, item.prompt, f"input {i}")
                 if not isinstance(item, VideoPrompt):
                     counts[i] = 1
                     yield item.prompt, item.image, f"input {i}"

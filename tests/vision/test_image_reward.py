@@ -159,9 +159,11 @@ def test_bad_inputs_raise_clear_errors(conv_model, tmp_path):
         conv_model.score([ImagePrompt("a", str(tmp_path / "broken.png"))])
     with pytest.raises(ValueError, match="input 0: field 'prompt' must be a string, got 3"):
         conv_model.score([ImagePrompt(3, images(1)[0])])
-    # no prompt is an empty prompt, as in a JSON row without one
-    torch.testing.assert_close(conv_model.score([ImagePrompt(None, images(1)[0])]),
-                               conv_model.score([{"image": images(1)[0]}]))
+    # a prompt-conditioned scorer refuses an image without a prompt (a forgotten --prompt scored as "")
+    for missing in (ImagePrompt(None, images(1)[0]), {"image": images(1)[0]}, ImagePrompt("  ", images(1)[0]),
+                    VideoPrompt("", np.zeros((2, 8, 8, 3), np.uint8))):
+        with pytest.raises(ValueError, match="input 1: no prompt: this ImageRewardModel scores an image against"):
+            conv_model.score([ImagePrompt("a", images(1)[0]), missing])
     with pytest.raises(ValueError, match="got no inputs"):
         conv_model.score([])
     with pytest.raises(TypeError, match="takes a list of inputs"):
@@ -310,3 +312,18 @@ def test_sixteen_bit_greys_keep_their_levels(conv_model, tmp_path):
     assert np.array_equal(np.asarray(as_rgb(Image.open(tmp_path / "g16.png")))[..., 1], grey8)
     torch.testing.assert_close(conv_model.score([ImagePrompt("a", str(tmp_path / "g16.png"))]),
                                conv_model.score([ImagePrompt("a", str(tmp_path / "g8.png"))]))
+
+
+def test_score_command_without_prompt_names_the_file(conv_model, tmp_path, capsys):
+    """`mmreward score --model SCORER a.png` with --prompt forgotten: one line naming the file, exit 2 (it
+    scored every image against an empty prompt)."""
+    from PIL import Image
+
+    from mmreward.cli import main
+
+    conv_model.save_pretrained(str(tmp_path / "m"))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["score", "--model", str(tmp_path / "m"), str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "a.png" in err and "no prompt" in err and "--prompt" in err, err
+    assert main(["score", "--model", str(tmp_path / "m"), "--prompt", "a red circle", str(tmp_path / "a.png")]) == 0

@@ -147,6 +147,10 @@ class CLIPScorer(ImageScorer):
         image = m.visual_projection(m.vision_model(pixel_values=pixel_values).pooler_output)  # (B, E)
         return F.normalize(text, dim=-1)[index], F.normalize(image, dim=-1)
 
+    @property
+    def uses_prompt(self) -> bool:
+        return self.config.kind != "aesthetic"  # the aesthetic MLP reads the image embedding alone
+
     def reward(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> torch.Tensor:
         if self.config.kind == "aesthetic":  # the prompt plays no part
             m = self.model
