@@ -178,6 +178,7 @@ def _score_parser() -> CLIParser:
                                                   "transformers sequence classifier, or a text judge")
     p.add_argument("--data", required=True, help=".json / .jsonl rows: prompt + response | prompt + chosen + rejected | "
                                                  "messages | text")
+    p.add_argument("--split", help="split of --data when it holds several (a saved DatasetDict, a .json object of lists)")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's own)")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16: cast the model (default: as saved)")
@@ -198,9 +199,9 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     from .reward_model import RewardModel
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    rows = read_records(args.data)
+    rows = read_records(args.data, split=args.split)
     if not rows:
-        raise ValueError(f"{args.data} holds no rows")
+        raise ValueError(f"{args.data} holds no rows" + (f" in split {args.split!r}" if args.split else ""))
     items, where = score_items(rows, args.data)
     model = mmreward.load(args.model, device=device, dtype=dtype)
     if TextPair not in tuple(getattr(model, "input_types", ())):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -101,6 +102,13 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
     prompt = row.get("prompt")
     if prompt is not None:
         prompt = check_text(prompt, f"row {index}: field 'prompt'", allow_empty=True)
+    else:
+        implicit = [isinstance(x, list) and len(x) > 1 for x in (chosen, rejected)]
+        if implicit[0] != implicit[1]:  # one side would be read with the other's earlier turns, the other with none
+            conv, single = ("chosen", "rejected") if implicit[0] else ("rejected", "chosen")
+            raise DataError(f"row {index}: field {conv!r} is a conversation whose earlier turns are the prompt, but "
+                            f"field {single!r} is a single reply without them, so the two would be scored against "
+                            "different prompts: give both as whole conversations, or the prompt as 'prompt'")
     tie = row.get("tie") or False
     if not isinstance(tie, (bool, int)) or tie not in (0, 1):
         raise DataError(f"row {index}: field 'tie' must be true / false, got {describe(tie)}")
@@ -120,9 +128,10 @@ def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[P
         rows = list(source)
     else:
         rows = read_records(source, split=split)
+    named = isinstance(source, (str, os.PathLike))  # a path names itself in every error
     if not rows:
-        raise DataError(f"no preference pairs in {source if isinstance(source, str) else 'the given data'}")
-    where = f"{source}: " if isinstance(source, str) else ""
+        raise DataError(f"no preference pairs in {os.fspath(source) if named else 'the given data'}")
+    where = f"{os.fspath(source)}: " if named else ""
     out = []
     for i, r in enumerate(rows):
         try:

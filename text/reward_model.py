@@ -331,7 +331,7 @@ class RewardModel(RewardScorer, nn.Module):
         from transformers import PretrainedConfig
 
         if isinstance(backbone, (str, os.PathLike)):
-            path = os.fspath(backbone)
+            path = _backbone_path(os.fspath(backbone))
             model = _pretrained_backbone(path, **from_pretrained_kw)
             if tokenizer is None:
                 tokenizer = load_tokenizer(path)
@@ -429,6 +429,24 @@ def _tokenizer_argument(tokenizer: Any) -> Any:
     if not callable(tokenizer) or not hasattr(tokenizer, "convert_tokens_to_ids"):
         raise TypeError(f"tokenizer= must be a transformers tokenizer or the folder of one, got {type(tokenizer).__name__}")
     return tokenizer
+
+
+def _backbone_path(path: str) -> str:
+    """A local backbone folder (``~`` expanded) or a hub id. A local path that is missing, or a folder
+    without ``config.json``, is refused here: transformers would read the first as a malformed hub id
+    ("Repo id must be in the form ...") and the second as "Unrecognized model"."""
+    if path.startswith("~") and not os.path.exists(path):
+        path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise CheckpointError(f"backbone folder {path!r} has no config.json: not a transformers model folder "
+                                  "(pass the folder holding the backbone's config.json and weights, or a hub id)")
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"backbone {path!r} is a file, not a transformers model folder or hub id")
+    if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path:
+        raise CheckpointError(f"backbone folder {path!r} does not exist")
+    return path  # a hub id ("org/name" or "name")
 
 
 def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:

@@ -95,6 +95,11 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
                 obj = obj[k]
                 break
         else:
+            splits = sorted(k for k, v in obj.items() if isinstance(v, list))
+            if splits:  # lists under other names: splits to choose from, as a DatasetDict's
+                raise DataError(f"{path} holds lists under {splits[:8]}, none of them "
+                                f"{' / '.join(repr(k) for k in keys)}: choose one with split=... (--split on "
+                                "the command line)")
             raise DataError(f"{path}: expected a list of objects (or an object with a list under "
                             f"{' / '.join(repr(k) for k in keys)}), got an object with keys {sorted(obj)[:8]}")
     elif isinstance(obj, list):
@@ -120,7 +125,7 @@ def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
         names = list(ds.keys())
         if split is None:
             if len(names) != 1:
-                raise DataError(f"{path} holds splits {names}: choose one with split=...")
+                raise DataError(f"{path} holds splits {names}: choose one with split=... (--split on the command line)")
             split = names[0]
         if split not in ds:
             raise DataError(f"{path} has no split {split!r}; it has {names}")
@@ -134,6 +139,8 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
     """Rows of ``source`` (a path to .json / .jsonl / a saved dataset folder, or an iterable of dicts)."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if path.startswith("~") and not os.path.exists(path):  # "~/pairs.jsonl" from Python: the home folder's
+            path = os.path.expanduser(path)
         if os.path.isdir(path):
             return _read_saved_dataset(path, split)
         if not os.path.exists(path):

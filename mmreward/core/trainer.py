@@ -113,6 +113,10 @@ class TrainConfig:
                 setattr(self, f.name, float(v))
         if isinstance(self.output_dir, os.PathLike):
             self.output_dir = os.fspath(self.output_dir)
+        if isinstance(self.output_dir, str) and self.output_dir.startswith("~"):
+            # the home folder's, as a shell reads it: unexpanded, the logs and snapshots would go to a
+            # folder named "~" in the working folder while save_pretrained (which expands) put model/ at home
+            self.output_dir = os.path.expanduser(self.output_dir)
         for name in ("max_steps", "batch_size", "grad_accum_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

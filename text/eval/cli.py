@@ -25,6 +25,7 @@ class EvalConfig:
     model: str = field(default="", metadata={"help": "reward model folder (anything mmreward.load opens that scores text pairs)"})
     benchmark: str = field(default="rm-bench", metadata={"help": "rm-bench | rewardbench"})
     data: str = field(default="", metadata={"help": "data file / folder (rm-bench default: $MMREWARD_RM_BENCH)"})
+    split: str = field(default="", metadata={"help": "rewardbench: split of --data when it holds several (a saved DatasetDict: raw | filtered)"})
     domains: str = field(default="", metadata={"help": "rm-bench: comma-separated domains to keep (default: all)"})
     merge_safety: bool = field(default=False, metadata={"help": "rm-bench: pool safety-refuse + safety-response into 'safety'"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N items / pairs (0: all)"})
@@ -49,6 +50,8 @@ class EvalConfig:
             if given:
                 raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --benchmark rm-bench "
                                  f"only, not {self.benchmark}")
+        elif self.split:  # RM-Bench is a folder of <domain>.json files (or one file): --domains picks among them
+            raise ValueError("--split applies to --benchmark rewardbench only; RM-Bench data is chosen with --domains")
 
 
 def load_scorer(config: EvalConfig):
@@ -80,7 +83,7 @@ def run_eval(config: EvalConfig, scorer=None) -> dict:
         if config.limit:
             items = items[:config.limit]
     else:
-        rows = load_rewardbench(data)
+        rows = load_rewardbench(data, config.split or None)
         if config.limit:
             rows = rows[:config.limit]
     scorer = scorer if scorer is not None else load_scorer(config)

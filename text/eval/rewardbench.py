@@ -19,7 +19,7 @@ import inspect
 import json
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -78,7 +78,13 @@ def _key(x: Any) -> tuple[str, str]:
 
 
 def _check_scores(got: Any, part: Sequence[tuple[Any, Any]], offset: int) -> torch.Tensor:
-    got = torch.as_tensor(got).detach().to("cpu", torch.float32).reshape(-1)
+    try:
+        if isinstance(got, (str, bytes)):  # as_tensor's "new(): invalid data type 'str'" names nothing
+            raise TypeError("a string")
+        got = torch.as_tensor(got).detach().to("cpu", torch.float32).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"scorer returned {type(got).__name__}, not numbers ({e}): a scorer returns Tensor[N] "
+                        "(or a list of N numbers), one score per (prompt, response)") from None
     if got.numel() != len(part):
         raise ValueError(f"scorer returned {got.numel()} scores for {len(part)} inputs (expected Tensor[N])")
     if not torch.isfinite(got).all():
@@ -132,11 +138,16 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
 
 
 # --------------------------------------------------------------------------- data
-def read_rows(path: str) -> list[dict]:
-    """Rows from ``.json`` (a list), ``.jsonl``, ``.parquet`` or a ``datasets.save_to_disk`` folder."""
+def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
+    """Rows from ``.json`` (a list), ``.jsonl``, ``.parquet`` or a ``datasets.save_to_disk`` folder
+    (``split``: one split of a saved ``DatasetDict`` / a ``.json`` object of lists)."""
     from mmreward.core.data import DataError, read_records
 
+    if path.startswith("~") and not os.path.exists(path):
+        path = os.path.expanduser(path)
     if path.endswith(".parquet") and os.path.isfile(path):
+        if split:
+            raise DataError(f"{path} is a parquet file, not a set of splits: leave the split out")
         # pyarrow directly: datasets.Dataset.from_parquet copies the file into the HF cache first,
         # and a damaged file fails there with an error that does not name it
         import pyarrow
@@ -148,7 +159,7 @@ def read_rows(path: str) -> list[dict]:
             detail = " ".join(str(e).split())
             raise DataError(f"{path}: not a readable parquet file ({detail})") from e
 
-    return read_records(path)
+    return read_records(path, split=split)
 
 
 def check_rows(rows: Sequence[Any], where: str = "", subset_required: bool = False) -> None:
@@ -165,11 +176,12 @@ def check_rows(rows: Sequence[Any], where: str = "", subset_required: bool = Fal
                 raise ValueError(f"{where}row {i}: `{k}` must be a string, got {got}")
 
 
-def load_rewardbench(path: str) -> list[dict]:
-    """RewardBench rows (``prompt``, ``chosen``, ``rejected``, ``subset``), validated row by row."""
-    rows = read_rows(path)
+def load_rewardbench(path: str, split: Optional[str] = None) -> list[dict]:
+    """RewardBench rows (``prompt``, ``chosen``, ``rejected``, ``subset``), validated row by row;
+    ``split``: the split of a saved ``DatasetDict`` (the hub dataset has ``raw`` and ``filtered``)."""
+    rows = read_rows(path, split)
     if not rows:
-        raise ValueError(f"{path} holds no rows")
+        raise ValueError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
     check_rows(rows, f"{path}: ", subset_required=True)
     return rows
 
@@ -215,9 +227,16 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 64, p
     return result
 
 
-def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 64, progress: bool = False) -> dict:
-    """RewardBench evaluation of ``scorer`` on ``data`` (a path or a list of rows)."""
-    rows = load_rewardbench(data) if isinstance(data, str) else list(data)
+def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 64, progress: bool = False,
+                         split: Optional[str] = None) -> dict:
+    """RewardBench evaluation of ``scorer`` on ``data`` (a path or a list of rows; ``split``: the split of
+    a path holding several, e.g. a saved ``DatasetDict``)."""
+    if isinstance(data, (str, os.PathLike)):
+        rows = load_rewardbench(os.fspath(data), split)
+    elif split is not None:
+        raise ValueError("evaluate_rewardbench: split= chooses a split of a data path, not of a list of rows")
+    else:
+        rows = list(data)
     return evaluate_pairs(scorer, rows, batch_size=batch_size, progress=progress)
 
 

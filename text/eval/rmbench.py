@@ -46,6 +46,8 @@ def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dic
     """Items from one RM-Bench file or a folder of ``<domain>.json`` files, each tagged with ``domain``.
 
     ``domains`` keeps only those domains (error if one is asked for but absent)."""
+    if path.startswith("~") and not os.path.exists(path):
+        path = os.path.expanduser(path)
     if os.path.isdir(path):
         files = sorted(f for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
         if not files:
@@ -110,8 +112,8 @@ def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 64, merge_safe
 
     Returns ``{"domains": {d: {matrix, easy, normal, hard, avg, n}}, "overall": {easy, normal, hard,
     avg}, "bias": bias probe over all 9 pairs per item, "num_items": N}``."""
-    if isinstance(data, str):
-        items = load_rmbench(data, domains)
+    if isinstance(data, (str, os.PathLike)):
+        items = load_rmbench(os.fspath(data), domains)
     else:
         items = [_check_item(it, f"item {i}", "all") for i, it in enumerate(data)]
         if domains is not None:

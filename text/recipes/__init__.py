@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 _LAZY = {
     "CurationConfig": "mmreward.text.recipes.skywork",
@@ -45,3 +47,18 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(list(globals()) + __all__)
+
+
+class _Recipes(types.ModuleType):
+    """The package. The function :func:`raft` shares its name with the submodule that defines it, and
+    the import system binds a submodule to the package under its name once it has loaded (also while
+    ``from mmreward.text.recipes import raft`` looks the name up): here the name keeps the function,
+    so ``raft(...)`` is the recipe whichever import ran first."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Recipes

@@ -74,6 +74,8 @@ class RaftConfig:
                 raise ValueError(f"RaftConfig.{name} must be an integer >= 0, got {v!r}")
         if isinstance(self.output_dir, os.PathLike):
             self.output_dir = os.fspath(self.output_dir)
+        if isinstance(self.output_dir, str) and self.output_dir.startswith("~"):
+            self.output_dir = os.path.expanduser(self.output_dir)  # as a shell reads it (and TrainConfig does)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"RaftConfig.output_dir must be a non-empty path, got {self.output_dir!r}")
 
