@@ -474,18 +474,20 @@ def _score(args: argparse.Namespace) -> int:
         ranker = False
     if args.seed is not None and hasattr(model.config, "seed"):
         model.config.seed = int(args.seed)
-    for flag, field in (("--goal-scale", "goal_scale"), ("--displacement-scale", "displacement_scale"),
-                        ("--displacement-cap", "displacement_cap"), ("--consistency-scale", "consistency_scale")):
+    for flag, field in (("--motion-scale", "motion_scale"), ("--goal-scale", "goal_scale"),
+                        ("--displacement-scale", "displacement_scale"), ("--displacement-cap", "displacement_cap"),
+                        ("--consistency-scale", "consistency_scale")):
         value = getattr(args, field)
         if value is not None:
             if not hasattr(model.config, field):
                 raise ValueError(f"{flag} applies to Diffusion Reward models; {folder} holds a {model.model_type}")
             setattr(model.config, field, float(value))
             model.config.validate()
-    for term in ("displacement", "consistency"):  # terms fitted from expert frames alone
+    for term in ("motion", "displacement", "consistency"):  # terms fitted from expert frames alone
         if getattr(model.config, f"{term}_scale", 0) > 0 and int(getattr(model, f"{term}_statistics")[1]) == 0:
+            how = "fit_statistics" if term == "motion" else f"fit_{term}_statistics"
             raise ValueError(f"this model has no {term} statistics (saved before the {term} term): refit them with "
-                             f"mmreward robotics fit-stats, or use DiffusionReward.fit_{term}_statistics")
+                             f"mmreward robotics fit-stats, or use DiffusionReward.{how}")
     if args.goal:
         _set_goal(model, args.goal)
     elif _uses_goal(model):
@@ -700,6 +702,8 @@ def _add_model_commands(sub) -> None:
                    help="demonstration (episode file / folder, video) whose last frames are the goal frames of the "
                         "goal distance (--goal-scale) or a goal-conditioned ranker, e.g. of a task the model was "
                         "not trained on (repeatable)")
+    p.add_argument("--motion-scale", type=float, default=None, metavar="LAMBDA",
+                   help="λ of a Diffusion Reward model's motion deficit (default: the model's motion_scale)")
     p.add_argument("--goal-scale", type=float, default=None, metavar="GAMMA",
                    help="γ of a Diffusion Reward model's goal distance (default: the model's goal_scale)")
     p.add_argument("--displacement-scale", type=float, default=None, metavar="DELTA",

@@ -136,6 +136,13 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
                 raise DataError(f"{src} holds no episode .npz files, videos, frame folders or images")
             for kid in kids:
                 add(kid, False)
+        elif not top and os.path.isdir(src) and not frame_files(src) and any(
+                k.lower().endswith(".npz") for k in os.listdir(src)):
+            # a plain sub-folder of episode .npz files (data/a/ep.npz, data/b/ep.npz): its .npz files and
+            # videos (was "holds no videos, frame folders or images"); deeper folders are not searched
+            for k in sorted(os.listdir(src), key=natural_key):
+                if k.lower().endswith((".npz", *VIDEO_EXTS)) and os.path.isfile(os.path.join(src, k)):
+                    add(os.path.join(src, k), False)
         else:
             for path in expand_sources([src]):
                 found.append(EpisodeSource(os.path.basename(os.path.normpath(path)), path, EpisodeInput(path)))

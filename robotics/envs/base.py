@@ -14,8 +14,10 @@ robot stays on the left). ``"vertical"`` reproduces the mirrored view mujoco-py 
 """
 from __future__ import annotations
 
+import atexit
 import difflib
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -186,6 +188,7 @@ class PixelEnv:
         self.max_steps = limit if max_steps is None else min(int(max_steps), limit)
         self._t = 0
         self._camera_id = -1
+        _LIVE_ENVS.add(self)
 
     # -------------------------------------------------------------- set-up shared by subclasses
     def _prepare_render(self) -> None:
@@ -221,6 +224,8 @@ class PixelEnv:
         if viewer is not None:
             viewer.make_context_current()
         frame = self.env.render()
+        if viewer is None:  # this render made the env's GL context (and maybe the process's GL display)
+            _close_live_envs_first_at_exit()
         if frame is None or frame.shape[:2] != self.size:
             raise RuntimeError(f"renderer returned {None if frame is None else frame.shape}, expected {self.size}")
         return frame
@@ -283,6 +288,27 @@ class PixelEnv:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# Pixel envs not closed by their user (gym.make(...) in a script that just ends) are closed at exit while
+# the GL display is still up: freed later by the garbage collector during interpreter shutdown, after
+# mujoco's own exit hook has terminated the EGL display, each one printed two "Exception ignored in
+# ... __del__" tracebacks. The hook is (re-)registered after each env's first render, so it runs before
+# mujoco's, which is registered when the first GL context is made (exit hooks run last-in, first-out).
+_LIVE_ENVS: "weakref.WeakSet[PixelEnv]" = weakref.WeakSet()
+
+
+def _close_live_envs() -> None:
+    for env in list(_LIVE_ENVS):
+        try:
+            env.close()
+        except Exception:  # best effort at exit: one env's broken GL state must not keep the others open
+            pass
+
+
+def _close_live_envs_first_at_exit() -> None:
+    atexit.unregister(_close_live_envs)
+    atexit.register(_close_live_envs)
 
 
 def _offscreen_viewer(env: Any) -> Any:

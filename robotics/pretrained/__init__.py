@@ -64,13 +64,19 @@ def load_pretrained(name: Optional[str] = None, device: Any = "cpu"):
 def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
     """The saved model folder ``path`` names: a shipped checkpoint name, the folder itself, or a
     trainer's ``path/model`` / ``path/reward``; with ``model_types``, the first of those holding one
-    of those kinds of model (FileNotFoundError / ValueError saying what was found otherwise)."""
+    of those kinds of model, else the part of that kind (``codec/``, ``video/``, ``progress/``,
+    ``rnd/``) of a Diffusion Reward folder among them (FileNotFoundError / ValueError saying what was
+    found otherwise)."""
     if not os.path.exists(path) and os.path.isfile(os.path.join(HERE, path, "config.json")):
         path = os.path.join(HERE, path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist (shipped: {', '.join(available())})")
     seen = []
-    for cand in (path, os.path.join(path, "model"), os.path.join(path, "reward")):
+    cands = [path, os.path.join(path, "model"), os.path.join(path, "reward")]
+    if model_types:  # a Diffusion Reward folder's parts: fit-stats --codec metaworld-64 --video metaworld-64
+        cands += [os.path.join(base, part) for base in (path, os.path.join(path, "reward"))
+                  for part in ("codec", "video", "progress", "rnd")]
+    for cand in cands:
         cfg_path = os.path.join(cand, "config.json")
         if not os.path.isfile(cfg_path):
             continue
@@ -81,7 +87,8 @@ def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
             kind = None
         if not model_types or kind in model_types:
             return cand
-        seen.append(f"{cand} ({kind})")
+        if cand in cands[:3]:
+            seen.append(f"{cand} ({kind})")
     found = f"; found {', '.join(seen)}" if seen else ""
     want = f"{' / '.join(map(repr, model_types))} model" if model_types else "saved model (config.json)"
     raise ValueError(f"no {want} in {path}, {path}/model or {path}/reward{found}")

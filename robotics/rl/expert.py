@@ -79,6 +79,9 @@ class ExpertConfig:
     quiet: bool = _help("no console line per episode and evaluation", default=False)
 
     def validate(self) -> None:
+        if self.out is not None and (not isinstance(self.out, (str, os.PathLike)) or not os.fspath(self.out).strip()):
+            # "" was the current folder, whose model/, final_model/, eval/ … overwrite=True removed
+            raise ValueError(f"out must name the run's output folder (or None: runs/expert-<task>), got {self.out!r}")
         for name in ("steps", "action_repeat", "eval_every", "eval_episodes", "replay_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -101,9 +101,20 @@ class CallableReward(RewardSource):
         self.fn = fn
 
     def __call__(self, frames, env_rewards, success):
-        r = self.fn(frames)
-        r = (r.detach().cpu().numpy() if isinstance(r, torch.Tensor) else np.asarray(r)).astype(np.float32).ravel()
+        out = self.fn(frames)
         t = len(env_rewards)
+        try:
+            r = (out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor)
+                 else np.asarray(out, dtype=np.float32))
+        except (TypeError, ValueError) as e:  # was numpy's "could not convert string to float", naming nothing
+            raise TypeError(f"reward callable must return one number per frame ({t + 1}) or per step ({t}), "
+                            f"got {type(out).__name__}: {e}") from None
+        r = r.astype(np.float32, copy=False)
+        if r.ndim > 1 and r.size == r.shape[0]:
+            r = r.reshape(-1)  # [T, 1] is one value per step
+        if r.ndim != 1:  # [T+1, 2] was flattened to 2(T+1) values and reported as a count mismatch
+            raise ValueError(f"reward callable returned shape {list(r.shape)} for an episode of {t} steps: "
+                             f"expected one value per frame [{t + 1}] or per step [{t}]")
         if r.shape[0] == t + 1:
             r = r[1:]
         if r.shape[0] != t:
@@ -158,15 +169,25 @@ class LearnedReward(RewardSource):
                 rnd._opt.load_state_dict(state["rnd_opt"])
 
 
+EXPERT_POLICIES = ("expert", "demo")  # the episodes of an --expert-data folder that count as expert behaviour
+
+
+def _expert_tasks(expert_data: str) -> set:
+    from ..data.episodes import read_manifest
+
+    return {e["task"] for e in read_manifest(expert_data) if e.get("policy") in EXPERT_POLICIES}
+
+
 def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repeat: int, episodes: int,
                    max_steps: Optional[int]) -> list[np.ndarray]:
     if expert_data:
-        from ..data.episodes import load_episode_folder, read_manifest
+        from ..data.episodes import load_episode_folder
 
-        # every episode of the folder (not len(EpisodeDataset): that counts frame windows, not episodes); the
-        # task's own when the folder holds several tasks: its last frames are the goal frames of this task
-        has_task = any(e["task"] == task for e in read_manifest(expert_data))
-        return [ep.frames for _, ep in load_episode_folder(expert_data, [task] if has_task else None)]
+        # every expert (or imported demo) episode of the folder (not len(EpisodeDataset): that counts frame
+        # windows, not episodes); the task's own when the folder has them: its last frames are the goal frames
+        # of this task. Noisy / random episodes collected into the same folder were fitted on as experts.
+        has_task = task in _expert_tasks(expert_data)
+        return [ep.frames for _, ep in load_episode_folder(expert_data, [task] if has_task else None, EXPERT_POLICIES)]
     from ..collect import run_episode
     from ..envs import make_env
 
@@ -319,6 +340,11 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
         model.fit_statistics(expert_frames())
     if cfg.goal_scale > 0:
         from ..reward.progress import group_goals
+
+        tasks = _expert_tasks(expert_data) if expert_data else {task}
+        if task not in tasks and len(tasks) > 1:  # the last frames of other tasks were taken as this task's goals
+            raise ValueError(f"--expert-data {expert_data} holds no expert episodes of {task} (its expert tasks: "
+                             f"{', '.join(sorted(tasks))}): the goal distance needs this task's final frames")
 
         demos = [torch.from_numpy(np.ascontiguousarray(f)) for f in expert_frames()]
         if int(model.goal_statistics[1]) == 0:

@@ -107,6 +107,9 @@ class RLConfig:
     quiet: bool = _help("no console line per episode", default=False)
 
     def validate(self) -> None:
+        if not isinstance(self.out, (str, os.PathLike)) or not os.fspath(self.out).strip():
+            # "" was the current folder, whose train.csv, tb/, eval/, replay/ … overwrite=True removed
+            raise ValueError(f"out must name the run's output folder, got {self.out!r}")
         counts = ("num_train_frames", "num_eval_episodes", "size", "action_repeat", "frame_stack", "nstep",
                   "batch_size", "update_every_steps", "replay_buffer_size")
         naturals = ("num_seed_frames", "eval_every_frames", "snapshot_every_frames", "rnd_update_interval")
