@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import warnings
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -359,16 +359,52 @@ def fingerprint_text(fingerprint: dict) -> str:
     return json.dumps(fingerprint, sort_keys=True, default=str)
 
 
-def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+_ABSENT = object()  # a key a fingerprint does not hold: fingerprints store some settings only when not the default
+
+
+def _shown(value: Any, key: str, defaults: Mapping[str, Any]) -> str:
+    """A fingerprint value for a message: an absent key is the default (with its value when ``defaults``
+    knows it), not ``None``."""
+    if value is not _ABSENT:
+        return repr(value)
+    default = defaults.get(key)
+    return "the default" if default is None else f"{default!r} (the default)"
+
+
+def _differences(saved: Any, now: Any, where: str = "", saved_defaults: Mapping[str, Any] = {},
+                 now_defaults: Mapping[str, Any] = {}) -> list[str]:
+    # a group of settings on one side only (stored only when one of its values is not the default) is
+    # compared key by key with an empty one, so that the message names the setting that differs
+    if isinstance(saved, dict) and now is _ABSENT:
+        now = {}
+    if saved is _ABSENT and isinstance(now, dict):
+        saved = {}
     if isinstance(saved, dict) and isinstance(now, dict):
         out = []
         for k in sorted(set(saved) | set(now), key=str):
-            out += _differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
+            out += _differences(saved.get(k, _ABSENT), now.get(k, _ABSENT), f"{where}.{k}" if where else str(k),
+                                saved_defaults, now_defaults)
         return out
-    return [] if saved == now else [f"{where or 'settings'}: saved {saved!r}, now {now!r}"]
+    if saved == now:
+        return []
+    key = where or "settings"
+    return [f"{key}: saved {_shown(saved, key, saved_defaults)}, now {_shown(now, key, now_defaults)}"]
 
 
-def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str) -> None:
+def _recorded_settings(record: Any) -> dict[str, Any]:
+    """The settings a saved run's record (its snapshot or ``train_config.json``) holds under ``config``: the
+    saved values of settings its fingerprint leaves out when they are the default."""
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict):
+        return {}
+    return {k: v for k, v in config.items() if isinstance(k, str) and not isinstance(v, (dict, list))}
+
+
+def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str,
+                       defaults: Optional[Mapping[str, Any]] = None, record: Any = None) -> None:
+    """Refuse (ValueError naming the settings that differ) a saved run whose fingerprint is not this one.
+    A setting the saved fingerprint does not hold was the default: shown as such, with the value
+    ``defaults`` (dotted fingerprint key -> default) or the saved run's ``record`` (a top-level key) gives."""
     now_text = fingerprint_text(fingerprint)
     if saved_text == now_text:
         return
@@ -376,7 +412,12 @@ def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str) -> None:
         saved = json.loads(saved_text) if isinstance(saved_text, str) else None
     except ValueError:
         saved = None
-    diffs = _differences(saved, json.loads(now_text)) if isinstance(saved, dict) else ["no recorded settings"]
+    if isinstance(saved, dict):
+        defaults = dict(defaults or {})
+        diffs = _differences(saved, json.loads(now_text), saved_defaults={**_recorded_settings(record), **defaults},
+                             now_defaults=defaults)
+    else:
+        diffs = ["no recorded settings"]
     raise ValueError(f"{source} was written by a run with other settings ({'; '.join(diffs[:6])}): use another "
                      "output folder, or overwrite=True (--overwrite) to start again there")
 
@@ -391,7 +432,8 @@ def run_files_present(folder: str, run_files: Sequence[str], snapshots: Optional
 
 
 def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, run_files: Sequence[str],
-              keep: int = KEEP_SNAPSHOTS, device: str = "cpu") -> tuple[Snapshots, Optional[dict]]:
+              keep: int = KEEP_SNAPSHOTS, device: str = "cpu",
+              defaults: Optional[Mapping[str, Any]] = None) -> tuple[Snapshots, Optional[dict]]:
     """How a training run in ``folder`` starts; returns its :class:`Snapshots` and the state to
     resume from (None: start at step 0).
 
@@ -401,7 +443,9 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
       newest readable snapshot when ``resume`` and its fingerprint matches; a run stopped before its
       first snapshot starts again from step 0. Refused (ValueError) without ``resume``, for another
       run's settings or for files of no run this trainer knows; CheckpointError when no snapshot
-      is readable."""
+      is readable. ``defaults`` (dotted fingerprint key -> value) are the values of settings a fingerprint holds
+      only when not the default, for the message naming a difference (else the saved run's ``config``
+      record gives them, or it says "the default")."""
     if os.path.lexists(folder) and not os.path.isdir(folder):  # else the first write fails with a bare errno
         raise NotADirectoryError(f"{folder} is a file, not a folder: a run's output folder must be a folder or "
                                  "not exist yet")
@@ -421,13 +465,15 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
     latest = snapshots.load_latest(device)
     if latest is not None:
         _, path, state = latest
-        _check_fingerprint(state.get("fingerprint") if isinstance(state, dict) else None, fingerprint, path)
+        _check_fingerprint(state.get("fingerprint") if isinstance(state, dict) else None, fingerprint, path,
+                           defaults, state)
         return snapshots, state
     run_config = os.path.join(folder, RUN_CONFIG)
     if not os.path.isfile(run_config):
         raise ValueError(f"{folder} holds files of another program or run ({', '.join(present)}) and no "
                          f"{RUN_CONFIG}: use another output folder, or overwrite=True (--overwrite)")
-    _check_fingerprint(fingerprint_text(_read_json(run_config).get("fingerprint")), fingerprint, run_config)
+    record = _read_json(run_config)
+    _check_fingerprint(fingerprint_text(record.get("fingerprint")), fingerprint, run_config, defaults, record)
     return snapshots, None  # stopped before its first snapshot: step 0 is where it resumes
 
 

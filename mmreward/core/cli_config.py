@@ -27,6 +27,7 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -263,6 +264,23 @@ def _or_none(kind: type):
     return parse
 
 
+def _shown_value(value: Any) -> str:
+    """One default value for --help: a string as it is unless it has blanks at its ends, line breaks,
+    tabs or other unprintable characters (then its repr, e.g. '\\n\\n': printed, they broke the help
+    line into empty ones)."""
+    text = str(value)
+    if isinstance(value, str) and (not value.isprintable() or value != value.strip()):
+        # argparse folds runs of spaces into one: those of the repr are written as \x20
+        text = re.sub(r" {2,}", lambda m: "\\x20" * len(m.group()), repr(value))
+    return text
+
+
+def _shown_default(default: Any) -> str:
+    """A field's default as ``--help`` shows it after "default:" (argparse's % formatting escaped)."""
+    text = ",".join(map(_shown_value, default)) if isinstance(default, (list, tuple)) else _shown_value(default)
+    return text.replace("%", "%%")
+
+
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, skip: Sequence[str] = (),
                        choices: Optional[Mapping[str, Sequence[Any]]] = None) -> None:
     """Add one ``--field-name`` option per field of ``config_cls`` (``parser`` may be an argument group)."""
@@ -277,7 +295,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, ski
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = type(None) in typing.get_args(hint) and len(args) == 1
         kind = args[0] if optional else hint
-        shown = "" if default in (None, "") else f" (default: {','.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+        shown = "" if default in (None, "") else f" (default: {_shown_default(default)})"
         help_text = f.metadata.get("help", "") + shown
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if kind is bool:

@@ -1,4 +1,5 @@
-"""Metric logging for every trainer: CSV (always), TensorBoard (when installed), a compact console line.
+"""Metric logging for every trainer: CSV (always), TensorBoard (when installed), a compact console line
+(at the steps that are multiples of ``console_every``, counted from the run's start, a resumed run too).
 
     log = MetricLogger("runs/exp1", tensorboard=True)
     log.log(step=10, train_loss=0.52, lr=1e-4)      # one row; new keys extend the CSV header
@@ -76,7 +77,10 @@ class MetricLogger:
             os.unlink(self.path)
         self.console_every = max(1, console_every)
         self.quiet = quiet
-        self._n = 0
+        # the console line is printed when a row's step reaches the next multiple of console_every: the
+        # global step, so a run resumed at step k prints at the same steps as an uninterrupted run
+        # (counting rows since this logger started printed at k + console_every instead)
+        self._last_step = max(resume_step or 0, 0)
         self._t0 = time.time()
         self._tb = None
         if tensorboard:
@@ -116,8 +120,9 @@ class MetricLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, int(step))
-        self._n += 1
-        if not self.quiet and self._n % self.console_every == 0:
+        last, self._last_step = self._last_step, int(step)
+        every = self.console_every
+        if not self.quiet and (int(step) % every == 0 or int(step) // every > last // every):
             elapsed = time.time() - self._t0
             body = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step")
             print(f"[{elapsed:7.1f}s] step {step}: {body}", flush=True)

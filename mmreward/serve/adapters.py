@@ -29,6 +29,8 @@ import json
 import time
 from typing import Any, Optional, Sequence
 
+from mmreward.core.inputs import StepSolution
+
 from .protocol import ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_response, parse_refine, refine_parts, \
     text_input
 
@@ -331,7 +333,7 @@ class _Rewarder:
         self._spec: Optional[ModelSpec] = None
         # a bad refine= is refused here, not at the trainer's first reward call (after its first rollout): its
         # fields now, and for a model in this process whether it has step scores to refine
-        parse_refine(refine, ModelSpec("a step model", (), True))
+        parse_refine(refine, ModelSpec("a step model", (StepSolution,), True))
         if self.client is None:
             self.refine()
 

@@ -43,6 +43,9 @@ from .config import ServeConfig
 OUTPUTS = ("scores", "parts")
 # inputs whose parts are the point (steps, frames): without "output" their request answers "parts"
 PART_INPUTS = (StepSolution, VisualSteps, VideoPrompt, Episode)
+# inputs whose parts are steps: the only ones PRM Clip / Delta refinement is defined on (a video's or an
+# episode's per-frame scores are not step rewards)
+STEP_INPUTS = (StepSolution, VisualSteps)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 _INPUT_CLASSES = {cls.__name__: cls for cls in INPUT_TYPES.values()}
 
@@ -233,6 +236,11 @@ def parse_score_request(data: Any, spec: ModelSpec, config: ServeConfig) -> Scor
     budget = _DecodeBudget(config)
     rows = [decode_media(row, f"input {i}", spec, budget) for i, row in enumerate(raw)]
     items = to_inputs(rows, spec)
+    if refine:  # a model that takes steps and something else: only its steps are refined
+        for i, x in enumerate(items):
+            if not isinstance(x, STEP_INPUTS):
+                raise RequestError(400, f"input {i} is a {type(x).__name__}: refine works on step inputs "
+                                        f"({' / '.join(t.__name__ for t in STEP_INPUTS)}) only")
     if output is None:  # absent or null: the default (0, "" or false are mistakes, not the default)
         # per-step / per-frame scores where the request holds steps, videos or episodes; an image
         # scorer's images get one score each, as the raw image body does
@@ -263,8 +271,14 @@ def parse_refine(value: Any, spec: ModelSpec) -> Optional[dict]:
     if value is None:
         return None
     value = _object(value, ("clip", "delta", "gamma"), "field 'refine'")
-    if not spec.has_parts:
-        raise RequestError(400, f"refine needs a step model (PRM); this {spec.model_type} model has no step scores")
+    steps = [t.__name__ for t in spec.input_types if t in STEP_INPUTS]
+    if not spec.has_parts or not steps:
+        # per-frame scores (a video scorer, Diffusion Reward) are no step rewards: Clip / Delta refinement of
+        # them would answer a number that is neither the model's score nor a refined process reward
+        what = (f"scores per frame ({spec.names()}), not per step" if spec.has_parts
+                else "has no step scores")
+        raise RequestError(400, f"refine needs a step model (PRM / VisualPRM: PRM Clip / Delta refinement of step "
+                                f"scores); this {spec.model_type} model {what}")
     clip, delta, gamma = value.get("clip"), value.get("delta", False), value.get("gamma", 1.0)
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not _finite_float(clip)):
         raise RequestError(400, f"refine.clip must be a finite number or null, got {describe(clip)}")

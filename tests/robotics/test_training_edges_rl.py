@@ -110,7 +110,7 @@ def test_resuming_with_another_nstep_batch_or_replay_size_is_refused(tmp_path, m
                 num_seed_frames=0, eval_every_frames=0, num_eval_episodes=1, episode_steps=4, batch_size=4,
                 save_video=False, tensorboard=False, quiet=True, size=32)
     _workspace(**base)
-    for change, named in [(dict(nstep=2), "nstep: saved None, now 2"), (dict(batch_size=8), "batch_size: saved 4, now 8"),
+    for change, named in [(dict(nstep=2), r"nstep: saved 3 \(the default\), now 2"), (dict(batch_size=8), "batch_size: saved 4, now 8"),
                           (dict(replay_buffer_size=1000), "replay_buffer_size"),
                           (dict(update_every_steps=1), "update_every_steps")]:
         with pytest.raises(ValueError, match=f"other settings.*{named}"):
