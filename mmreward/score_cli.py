@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, json_text
+from mmreward.core.cli_config import CLIParser, add_split_options, json_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("files", nargs="*", help="image / video / episode files (instead of --data rows)")
     p.add_argument("--model", required=True, help="model folder, run folder, shipped name (metaworld-64) or hub id")
     p.add_argument("--data", help="rows to score: .json / .jsonl / saved dataset, fields of the model's input type")
-    p.add_argument("--split", help="split of --data when it holds several (a saved DatasetDict, a .json object of lists)")
+    add_split_options(p, "--data")
     p.add_argument("--prompt", help="the text images / videos given as files should match")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward (default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")

@@ -607,8 +607,17 @@ def _add_run(p: argparse.ArgumentParser, out_help: str = "run folder: metrics.cs
     p.add_argument("--stop-at", type=int, default=None, help="end this call after this many total steps")
 
 
+def _alias(p: argparse.ArgumentParser, flag: str, dest: str, kind: type = int) -> None:
+    """``flag``: another spelling of the option whose value is ``dest``, hidden from ``--help`` — the name the
+    other mmreward commands give the same setting (``--max-steps``, ``--save-every``, ...)."""
+    p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _add_training(p: argparse.ArgumentParser, train_config: type) -> None:
     _add_run(p)
+    # `text train`, `prm train`, `vision train ...` (TrainConfig) spell these --max-steps / --save-every
+    _alias(p, "--max-steps", "steps")
+    _alias(p, "--save-every", "ckpt_every")
     p.add_argument("--preset", choices=PRESETS, default="small",
                    help="model preset: small (CPU) or paper (official sizes) (default: small)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -673,6 +682,7 @@ def _add_model_commands(sub) -> None:
     _add_runtime(p, seed=True)
     _add_run(p, "ranker folder (config.json + model.safetensors + metrics.json)")
     p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+    _alias(p, "--max-steps", "steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ProgressConfig field, e.g. --set min_gap=5 (repeatable)")
     p.add_argument("--attach", default=None, metavar="MODEL",
@@ -736,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="collect expert / noisy / random episodes (Meta-World, Adroit)",
                        description="Collect rendered episodes into an episode folder (npz files + manifest.json).")
     add_config_options(p, CollectConfig, choices={"policy": ("expert", "noisy", "random"), "flip": FLIPS})
+    _alias(p, "--episode-steps", "max_steps")  # train-expert / eval-expert's name for the steps per episode
     p.set_defaults(run=_collect)
 
     p = sub.add_parser("import-videos", help="store videos / frame folders as episodes (e.g. Adroit demos)",
@@ -749,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_tasks)
 
     p = sub.add_parser("info", help="summarise an episode folder's manifest")
-    p.add_argument("folder")
+    p.add_argument("folder", help="an episode folder (the --out of collect or import-videos, with its manifest.json)")
     p.set_defaults(run=_info)
 
     _add_model_commands(sub)
@@ -767,6 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lower bound on the learned reward's standardised term (default: none)")
     run.add_argument("--checkpoint", dest="checkpoint", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.add_argument("--reward-clip", dest="reward_clip", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # train-expert's spellings of the same settings
+    _alias(run, "--eval-episodes", "num_eval_episodes")
+    _alias(run, "--replay-size", "replay_buffer_size")
     add_config_options(p.add_argument_group("agent (DrQV2Config)"), DrQV2Config)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_train_rl)
@@ -777,6 +791,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--policy expert --expert-model OUT/model) go to --out. A run whose --out holds a "
                                    "snapshot continues from it (--no-resume: refuse instead).")
     add_config_options(p.add_argument_group("run (ExpertConfig)"), ExpertConfig, choices={"reward": STATE_REWARDS})
+    # the spellings of the other training commands (TrainConfig, train-rl) for the same settings; not
+    # --max-steps, which `collect` spells the steps per episode (--episode-steps here)
+    for flag, dest in (("--save-every", "snapshot_every"), ("--num-eval-episodes", "eval_episodes"),
+                       ("--replay-buffer-size", "replay_size")):
+        _alias(p, flag, dest)
     add_config_options(p.add_argument_group("agent (SACConfig)"), SACConfig)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_train_expert)
@@ -791,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", choices=STATE_REWARDS, default="dense", help="reward the mean return is reported in")
     p.add_argument("--episode-steps", type=int, default=None, help="agent steps per episode (default: the task's)")
     p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--out", dest="json", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # as score / prm eval
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_eval_expert)
 
@@ -805,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which held-out scene set (reset seeds 1.5e9 + 1000·seed + i)")
     p.add_argument("--frame", type=int, default=None, help="the snapshot to load (default: the newest)")
     p.add_argument("--json", default=None, help="also write the summary, with every episode, here")
+    p.add_argument("--out", dest="json", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # as score / prm eval
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_eval_rl)
     return parser

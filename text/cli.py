@@ -19,8 +19,9 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_folder, config_from_args,
-                                      error_at_row, json_text, print_training_summary, run_cli)
+from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_output_folder,
+                                      check_split_sources, config_from_args, error_at_row, json_text,
+                                      print_training_summary, run_cli)
 
 from .data import INPUT_FORMATS, TRUNCATIONS
 from .reward_model import POOLINGS, RewardModelConfig
@@ -44,8 +45,7 @@ def _train_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
     p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / saved datasets folder (TRL preference format)")
     p.add_argument("--eval-data", help="held-out pairs: accuracy every --eval-every steps and at the end")
-    p.add_argument("--split", help="split of --data when it holds several (a saved DatasetDict, a .json object of lists)")
-    p.add_argument("--eval-split", help="split of --eval-data when it holds several")
+    add_split_options(p, "--data", "--eval-data")
     p.add_argument("--model", help="where training starts: a reward-model folder (continue training it) or a "
                                    "transformers backbone, local path or hub id (pretrained weights, new head)")
     for old in ("--backbone", "--init"):  # earlier spellings of --model
@@ -103,6 +103,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     from .data import load_preference_pairs
     from .train import evaluate_pairs, reward_trainer
 
+    check_split_sources(args, "--eval-data")
     device = resolve_device(args.device)
     check_output_folder(cfg.output_dir, "--out", [("--model", args.model)])
     train = load_preference_pairs(args.data, split=args.split)
@@ -178,7 +179,7 @@ def _score_parser() -> CLIParser:
                                                   "transformers sequence classifier, or a text judge")
     p.add_argument("--data", required=True, help=".json / .jsonl rows: prompt + response | prompt + chosen + rejected | "
                                                  "messages | text")
-    p.add_argument("--split", help="split of --data when it holds several (a saved DatasetDict, a .json object of lists)")
+    add_split_options(p, "--data")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's own)")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16: cast the model (default: as saved)")

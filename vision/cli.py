@@ -28,21 +28,24 @@ import sys
 from dataclasses import fields
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, json_text
+from mmreward.core.cli_config import CLIParser, add_config_options, add_split_options, json_text
 
 # ------------------------------------------------------------------ shared by the vision commands
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
 
 
-def read_rows(path: str) -> list[dict]:
-    """Rows of a JSON / JSONL file (or saved dataset) with relative image / video paths made
-    absolute against the file's folder."""
+# the same flags and help as `mmreward text train | score` (a saved DatasetDict, a .json object of lists)
+
+
+def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
+    """Rows of a JSON / JSONL file (or saved dataset; ``split``: one split of a saved DatasetDict / a
+    .json object of lists) with relative image / video paths made absolute against the file's folder."""
     from mmreward.core.data import DataError, read_records, resolve_media_paths
 
-    rows = read_records(path)
+    rows = read_records(path, split=split)
     if not rows:
-        raise DataError(f"{path} holds no rows")
+        raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
     return resolve_media_paths(rows, path)
 
 
@@ -117,6 +120,7 @@ def eval_main(argv: Sequence[str]) -> int:
                                    "(image scorer), preference rows (VLM RM) or step-labelled rows (VisualPRM)")
     parser.add_argument("--model", required=True, help="an image_reward / vlm_reward / visual_prm model folder")
     parser.add_argument("--data", required=True, help="labelled rows (.json / .jsonl); paths relative to the file")
+    add_split_options(parser, "--data")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     add_device_option(parser)
     args = parser.parse_args(argv)
@@ -129,10 +133,11 @@ def eval_main(argv: Sequence[str]) -> int:
     from mmreward.vision.visual_prm import VisualPRM, as_labelled, evaluate_visual_prm
     from mmreward.vision.vlm_rm import VLMRewardModel, as_pairs, evaluate_vlm_reward
 
-    evaluators = {ImageRewardModel: lambda m: evaluate_image_reward(m, read_ranked_sets(args.data), args.batch_size),
-                  VLMRewardModel: lambda m: evaluate_vlm_reward(m, as_pairs(read_rows(args.data), args.data),
+    evaluators = {ImageRewardModel: lambda m: evaluate_image_reward(m, read_ranked_sets(args.data, args.split),
+                                                                    args.batch_size),
+                  VLMRewardModel: lambda m: evaluate_vlm_reward(m, as_pairs(read_rows(args.data, args.split), args.data),
                                                                 args.batch_size),
-                  VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data), args.data),
+                  VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data, args.split), args.data),
                                                            args.batch_size)}
     model = mmreward.load(args.model, device=args.device)
     evaluate = evaluators.get(type(model))

@@ -40,6 +40,9 @@ LOSSES = ("listwise", "pairwise")
 class ImageRewardTrainConfig:
     data: str = field(default="synthetic", metadata={"help": "'synthetic' or a JSON / JSONL file of {prompt, images, ranks} rows"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL (synthetic: sets drawn with data_seed+1)"})
+    split: str = field(default="", metadata={
+        "help": "split of --data when it holds several (a saved DatasetDict, a .json object of lists)"})
+    eval_split: str = field(default="", metadata={"help": "split of --eval-data when it holds several"})
     n_train: int = field(default=2000, metadata={"help": "synthetic: number of training sets"})
     n_eval: int = field(default=200, metadata={"help": "synthetic: number of held-out sets"})
     set_size: int = field(default=4, metadata={"help": "synthetic: images per ranked set (2..5)"})
@@ -66,6 +69,12 @@ class ImageRewardTrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "pairwise":
             raise ValueError(f"label_smoothing applies to the pairwise loss only (loss is {self.loss!r})")
+        # a split of data there is none of would be silently ignored
+        if self.split and self.data == "synthetic":
+            raise ValueError(f"split {self.split!r} chooses a split of a data file; data 'synthetic' has none")
+        if self.eval_split and (not self.eval_data or self.data == "synthetic"):
+            raise ValueError(f"eval_split {self.eval_split!r} chooses a split of eval_data, which is not "
+                             + ("read with data 'synthetic'" if self.eval_data else "given"))
 
 
 @dataclass
@@ -75,10 +84,11 @@ class RankedExample:
     ranks: np.ndarray  # (K,)
 
 
-def read_ranked_sets(path: str) -> list[RankedExample]:
+def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExample]:
     """Rows ``{"prompt", "images": [paths], "ranks"}`` of a JSON / JSONL file (image paths relative to
-    it); a bad row raises DataError naming the file, row and field."""
-    rows = read_records(path)
+    it; ``split``: one split of a saved DatasetDict / a .json object of lists); a bad row raises
+    DataError naming the file, row and field."""
+    rows = read_records(path, split=split or None)
     base, out = os.path.dirname(os.path.abspath(path)), []
     for i, row in enumerate(rows):
         where = f"{path}: row {i}"
@@ -97,7 +107,7 @@ def read_ranked_sets(path: str) -> list[RankedExample]:
             raise DataError(f"{where}: image file {missing[0]!r} does not exist")
         out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64)))
     if not out:
-        raise DataError(f"{path} holds no rows")
+        raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
     return out
 
 
@@ -193,10 +203,19 @@ def _data_digest(cfg: ImageRewardTrainConfig) -> dict:
     import hashlib
 
     h = hashlib.sha256()
-    with open(cfg.data, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"file_sha256": h.hexdigest()[:16]}
+    if os.path.isdir(cfg.data):  # a saved dataset: its files, in name order (opening the folder failed)
+        files = sorted(os.path.relpath(os.path.join(root, n), cfg.data) for root, _, names in os.walk(cfg.data)
+                       for n in names)
+    else:
+        files = [""]
+    for rel in files:
+        if rel:
+            h.update(rel.encode("utf-8") + b"\0")
+        with open(os.path.join(cfg.data, rel) if rel else cfg.data, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    digest = {"file_sha256": h.hexdigest()[:16]}
+    return {**digest, "split": cfg.split} if cfg.split else digest  # runs without a split: as before
 
 
 def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRewardModel:
@@ -233,8 +252,8 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
         train = synthetic_examples(cfg.n_train, cfg.set_size, cfg.image_size, cfg.data_seed)
         held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1)
     else:
-        train = read_ranked_sets(cfg.data)
-        held = read_ranked_sets(cfg.eval_data) if cfg.eval_data else []
+        train = read_ranked_sets(cfg.data, cfg.split)
+        held = read_ranked_sets(cfg.eval_data, cfg.eval_split) if cfg.eval_data else []
         # refused now, before the Trainer makes the run folder and trains up to the first evaluation
         # (training sets that are all ties would "train" on a zero loss and save an untrained scorer)
         require_ranked_pair(train, cfg.data)

@@ -23,7 +23,8 @@ import json
 import os
 from typing import Any, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, config_from_args, print_training_summary
+from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_split_sources,
+                                      config_from_args, print_training_summary)
 
 from .cli import add_device_option, read_rows
 
@@ -78,6 +79,7 @@ def _train(argv: Sequence[str], kind: str) -> int:
     parser = CLIParser(prog=prog, description=f"train a {Model.__name__} on {kind} rows")
     parser.add_argument("--data", required=True, help=f"training {kind} rows (.jsonl / .json) or 'synthetic' (colour rows)")
     parser.add_argument("--eval-data", default=None, help="held-out rows (default with synthetic: 64 fresh rows)")
+    add_split_options(parser, "--data", "--eval-data")
     parser.add_argument("--n-train", type=int, default=256, help="rows of synthetic data")
     parser.add_argument("--backbone", default="tiny",
                         help="local transformers VLM folder (with its processor), a train-vlm-rm / train-visual-prm "
@@ -88,12 +90,15 @@ def _train(argv: Sequence[str], kind: str) -> int:
     ns = parser.parse_args(argv)
     if ns.n_train < 1:
         raise ValueError(f"--n-train must be >= 1, got {ns.n_train}")
+    if ns.split and ns.data == "synthetic":  # the generated rows have no splits: --split would be ignored
+        raise ValueError(f"--split {ns.split} chooses a split of a --data file; --data synthetic has none")
+    check_split_sources(ns, "--eval-data")
     device = resolve_device(ns.device)
     cfg, tcfg = config_from_args(Config, ns), config_from_args(TrainConfig, ns)
     synthetic = ns.data == "synthetic"
-    rows = as_examples(_synthetic(kind, ns.n_train, tcfg.seed) if synthetic else read_rows(ns.data), ns.data)
+    rows = as_examples(_synthetic(kind, ns.n_train, tcfg.seed) if synthetic else read_rows(ns.data, ns.split), ns.data)
     if ns.eval_data:
-        eval_rows = as_examples(read_rows(ns.eval_data), ns.eval_data)
+        eval_rows = as_examples(read_rows(ns.eval_data, ns.eval_split), ns.eval_data)
     else:
         eval_rows = as_examples(_synthetic(kind, 64, tcfg.seed + 1), "synthetic eval rows") if synthetic else None
     backbone, processor = _backbone(ns.backbone)

@@ -146,6 +146,29 @@ def error_at_row(error: Exception, where: Sequence[tuple[int, str]], row_name: C
         return error
 
 
+def split_flag(data_flag: str) -> str:
+    """The flag choosing a split of ``data_flag``: ``--data`` → ``--split``, ``--eval-data`` → ``--eval-split``,
+    ``--solutions`` → ``--solutions-split``."""
+    name = data_flag[2:]
+    return "--split" if name == "data" else f"--{name[:-len('-data')] if name.endswith('-data') else name}-split"
+
+
+def add_split_options(parser: argparse.ArgumentParser, *data_flags: str) -> None:
+    """A split flag (:func:`split_flag`) for each of ``data_flags`` whose rows ``read_records`` reads: a saved
+    DatasetDict or a .json object holding several lists of rows needs one named."""
+    for flag in data_flags:
+        parser.add_argument(split_flag(flag), help=f"split of {flag} when it holds several (a saved DatasetDict, "
+                                                   "a .json object of lists)")
+
+
+def check_split_sources(args: argparse.Namespace, *data_flags: str) -> None:
+    """A split of a data flag that was not given is an error (it would be silently ignored)."""
+    for flag in data_flags:
+        split = getattr(args, split_flag(flag)[2:].replace("-", "_"), None)
+        if split and not getattr(args, flag[2:].replace("-", "_"), None):
+            raise ValueError(f"{split_flag(flag)} {split} chooses a split of {flag}, which is not given")
+
+
 def check_output_file(path: Optional[str], flag: str = "--out",
                       inputs: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse an output *file* a command would only fail to write (or write destructively) after all

@@ -8,7 +8,8 @@ Accepted layouts:
 
 * ``.jsonl`` / ``.ndjson``: one JSON object per line (blank lines skipped).
 * ``.json``: a list of objects, or an object holding one under a key ``data`` / ``rows`` /
-  ``examples`` / ``train`` (or ``split=``), or — when the whole file does not parse — JSON lines.
+  ``examples`` / ``train`` (or ``split=``; an object holding several lists of rows needs it), or — when
+  the whole file does not parse — JSON lines.
 * a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (a
   ``DatasetDict`` needs ``split=`` unless it has exactly one split; ``datasets`` imported lazily).
 
@@ -89,6 +90,12 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
         if split and not isinstance(obj.get(split), list):
             splits = sorted(k for k, v in obj.items() if isinstance(v, list))
             raise DataError(f"{path} has no split {split!r}; its lists are under {splits}")
+        if not split:  # several lists of rows ("train" + "test"): which one is the user's to say, as for a
+            # saved DatasetDict (an evaluation read from "train" would report training rows without a word)
+            row_lists = sorted(k for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict))
+            if len(row_lists) > 1:
+                raise DataError(f"{path} holds several lists of rows, {row_lists[:8]}: choose one with split=... "
+                                "(--split on the command line)")
         keys = [split] if split else list(_LIST_KEYS)
         for k in keys:
             if isinstance(obj.get(k), list):

@@ -47,7 +47,7 @@ def test_score_and_eval_commands_take_a_split_of_their_data(tmp_path, capsys):
                  ["score", "--model", rm, "--data", data, "--json"]):
         capsys.readouterr()
         assert main(argv) == 2
-        assert "holds lists under ['filtered', 'raw']" in capsys.readouterr().err
+        assert "holds several lists of rows, ['filtered', 'raw']" in capsys.readouterr().err
         assert main(argv + ["--split", "filtered"]) == 0
         out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert len(out) == 1 and {"score_chosen", "score_rejected"} <= set(out[0]), out

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from mmreward.core.cli_config import _one_line
+from mmreward.core.cli_config import _one_line, add_split_options, check_split_sources
 from mmreward.core.folders import CheckpointError
 
 _USER_ERRORS = (OSError, ValueError, TypeError, CheckpointError)  # one line on stderr, exit 2
@@ -64,14 +64,16 @@ def _one_turn(value: Any) -> Any:
     return value
 
 
-def load_rows(path: str, limit: int = 0) -> list[dict]:
+def load_rows(path: str, limit: int = 0, split: Optional[str] = None) -> list[dict]:
+    """Preference rows ``{prompt, chosen, rejected}`` of ``path`` (``split``: one split of a saved
+    DatasetDict / a .json object of lists); the first ``limit`` only when > 0."""
     from ..data import drop_repeated_prompt
     from ..eval.rewardbench import read_rows
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be an integer >= 0 (0: all rows), got {limit!r}")
     rows = []
-    for i, r in enumerate(read_rows(path)):
+    for i, r in enumerate(read_rows(path, split)):
         if not isinstance(r, dict) or not all(k in r for k in ("prompt", "chosen", "rejected")):
             raise ValueError(f"{path}: row {i} needs 'prompt', 'chosen', 'rejected'")
         prompt = _one_turn(r["prompt"])
@@ -82,18 +84,18 @@ def load_rows(path: str, limit: int = 0) -> list[dict]:
         if limit and len(rows) == limit:
             break
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise ValueError(f"{path}: no rows" + (f" in split {split!r}" if split else ""))
     return rows
 
 
-def _records(path: str, flag: str) -> list:
+def _records(path: str, flag: str, split: Optional[str] = None) -> list:
     """The rows of ``path`` (``--data`` / ``--eval-data`` / ``--solutions``); an empty file is an error
     naming the flag, not a silently skipped evaluation (or a "no rows" after the model has loaded)."""
     from mmreward.core.data import read_records
 
-    rows = read_records(path)
+    rows = read_records(path, split=split)
     if not rows:
-        raise ValueError(f"{flag} {path}: no rows")
+        raise ValueError(f"{flag} {path}: no rows" + (f" in split {split!r}" if split else ""))
     return rows
 
 
@@ -134,13 +136,36 @@ def _refuse_other_mmreward_model(folder: str) -> None:
         raise ValueError(f"{folder} holds an mmreward {model_type!r} model, not a causal LM or a judge folder")
 
 
-def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
+def _holds_model(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "config.json")) or os.path.isdir(os.path.join(folder, "backbone"))
+
+
+def model_folder(model: str, flag: str = "--model") -> str:
+    """``model`` as a local folder when it names one (``~`` expanded; a ``train-*`` run folder stands for its
+    ``model/``, as in every other command), else as given: a hub id. A local path that is not there
+    (``./runs/x``, ``runs/a/b``) or a file is an error naming the flag; transformers read it as a malformed
+    hub id ("Repo id must use alphanumeric chars ...")."""
+    path = os.path.expanduser(os.fspath(model))
+    if os.path.isdir(path):
+        inner = os.path.join(path, "model")
+        return inner if not _holds_model(path) and _holds_model(inner) else path
+    if os.path.exists(path):
+        hint = " (a GGUF file: give its folder as the model and its name with --gguf-file)" if path.endswith(".gguf") else ""
+        raise ValueError(f"{flag} {model} is a file, not a model folder{hint}")
+    if path.startswith((".", "/")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path):
+        raise FileNotFoundError(f"{flag} {model}: no such model folder")
+    return path
+
+
+def load_model(method: str, model: str, gguf_file: Optional[str], device: str, flag: str = "--model"):
     """``(model, tokenizer)`` for ``method``: a causal LM (``critic_rm``: a ``ScalarHeadLM``) from a
-    causal LM folder / hub id / GGUF file, a saved judge folder, or (``critic_rm``) a ScalarHeadLM folder."""
+    causal LM folder / hub id / GGUF file, a saved judge folder (or the ``train-*`` run folder holding it),
+    or (``critic_rm``) a ScalarHeadLM folder. Errors name ``flag``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .heads import ScalarHeadLM
 
+    model = model_folder(model, flag)
     if not gguf_file:
         _refuse_other_mmreward_model(model)
     saved = None if gguf_file else _judge_type(model)
@@ -158,7 +183,13 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str):
         m = ScalarHeadLM.from_pretrained(model, device=device)
         return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"))
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    return AutoModelForCausalLM.from_pretrained(model, **kw).to(device).eval(), AutoTokenizer.from_pretrained(model, **kw)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model, **kw)
+    except OSError as e:
+        if os.path.isdir(model):
+            raise
+        raise OSError(f"{flag} {model} is not a local folder, and as a hub id: {e}") from e
+    return lm.to(device).eval(), AutoTokenizer.from_pretrained(model, **kw)
 
 
 def _same_vocab(a: Any, b: Any) -> bool:
@@ -171,6 +202,7 @@ def load_meta_rm(folder: str, judge_tokenizer: Any, device: str = "cpu") -> Any:
 
     from .heads import ScalarHeadLM
 
+    folder = model_folder(folder, "--meta-rm")
     if not os.path.isdir(os.path.join(folder, "backbone")):
         raise ValueError(f"{folder}: not a meta-RM folder (no backbone/); train one with `mmreward text train-meta-rm`")
     if not _same_vocab(AutoTokenizer.from_pretrained(os.path.join(folder, "backbone")), judge_tokenizer):
@@ -188,7 +220,7 @@ def _check_meta_flags(config: Any, meta_rm: Optional[str]) -> None:
     if meta_rm and not k:
         raise ValueError(f"--meta-rm {meta_rm} is used only with --k-meta K > 0 (the top K of --num-samples "
                          "judgements by meta-RM score vote); without it every judgement votes")
-    if meta_rm and not os.path.isdir(os.path.join(meta_rm, "backbone")):
+    if meta_rm and not os.path.isdir(os.path.join(model_folder(meta_rm, "--meta-rm"), "backbone")):
         raise ValueError(f"{meta_rm}: not a meta-RM folder (no backbone/); train one with `mmreward text train-meta-rm`")
 
 
@@ -227,14 +259,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = CLIParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="method", required=True)
     for name, (mod, _, cfg) in METHODS.items():
-        p = sub.add_parser(name, help=f"{name} judge")
+        # critic-rm etc. as well: the train-* commands spell the methods with hyphens (train-critic-rm)
+        p = sub.add_parser(name, aliases=[name.replace("_", "-")] if "_" in name else [], help=f"{name} judge")
         p.add_argument("--model", required=True, help="causal LM folder or saved judge folder "
                                                       "(critic_rm: a Critic-RM or ScalarHeadLM folder)")
         p.add_argument("--gguf-file", help="GGUF file name inside --model")
         p.add_argument("--data", required=True, help="preference rows {prompt, chosen, rejected}")
+        add_split_options(p, "--data")
         p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
-        p.add_argument("--device", default="cpu", help="torch device")
+        p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
         p.add_argument("--out", dest="output", help="write the result JSON here")
         p.add_argument("--output", dest="output", help=argparse.SUPPRESS)
         if name == "grm":
@@ -242,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config_cls = getattr(importlib.import_module(f"{__package__}.{mod}"), cfg)
         add_config_options(p, config_cls, choices=_field_choices(config_cls))
     args = ap.parse_args(argv)
+    args.method = args.method.replace("-", "_")  # an alias (critic-rm) is the method (critic_rm)
     mod, _, cfg = METHODS[args.method]
     try:
         config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
@@ -253,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = str(resolve_device(args.device))  # before loading: .to("cuda") failed as an unexpected error
         if args.method == "grm":
             _check_meta_flags(config, args.meta_rm)
-        rows = load_rows(args.data, args.limit)
+        rows = load_rows(args.data, args.limit, args.split)
         model, tok = load_model(args.method, args.model, args.gguf_file, device)
         meta = load_meta_rm(args.meta_rm, tok, device) if getattr(args, "meta_rm", None) else None
         res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
@@ -283,9 +318,10 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--eval-data", help="held-out verification rows: accuracy / ECE / Brier")
     ap.add_argument("--solutions", help="rows {prompt, response} of correct answers for the λ term "
                                         "(default: the correct rows of --data)")
+    add_split_options(ap, "--data", "--eval-data", "--solutions")
     ap.add_argument("--no-balance", dest="balance", action="store_false",
                     help="do not repeat the rarer verdict to balance Yes / No")
-    ap.add_argument("--device", default="cpu", help="torch device")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     # GenRMConfig's batch_size / seed are for scoring and sampling; here the training ones apply
     add_config_options(ap.add_argument_group("GenRM"), GenRMConfig, skip=("batch_size", "seed"))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
@@ -294,10 +330,11 @@ def train_genrm_main(argv: Optional[Sequence[str]] = None) -> int:
     def work():
         config = config_from_args(GenRMConfig, args, skip=("batch_size", "seed"))
         tcfg = config_from_args(TrainConfig, args)
+        check_split_sources(args, "--eval-data", "--solutions")
         device = _start_training(args, tcfg.output_dir)
-        rows = _records(args.data, "--data")
-        eval_rows = _records(args.eval_data, "--eval-data") if args.eval_data else None
-        sols = _records(args.solutions, "--solutions") if args.solutions else None
+        rows = _records(args.data, "--data", args.split)
+        eval_rows = _records(args.eval_data, "--eval-data", args.eval_split) if args.eval_data else None
+        sols = _records(args.solutions, "--solutions", args.solutions_split) if args.solutions else None
         for flag, path, given in (("--data", args.data, rows), ("--eval-data", args.eval_data, eval_rows)):
             if given:  # malformed rows are named now, not after the model has loaded
                 _verification_rows(given, f"{flag} {path}:")
@@ -332,6 +369,7 @@ def _scalar_head_lm(model: str, gguf_file: Optional[str], device: str, seed: int
 
     from .heads import ScalarHeadLM
 
+    model = model_folder(model)
     if os.path.isdir(os.path.join(model, "backbone")) or _judge_type(model) == "critic_rm":
         m, tok = load_model("critic_rm", model, None, device)
         return m, tok, None
@@ -354,8 +392,9 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--gguf-file", help="GGUF file name inside --model")
     ap.add_argument("--data", required=True, help="preference rows {prompt, chosen, rejected}")
     ap.add_argument("--eval-data", help="held-out preference rows: stage-1 loss, accuracy, swap consistency")
+    add_split_options(ap, "--data", "--eval-data")
     ap.add_argument("--stage", type=int, choices=(1, 2), default=2, help="1: pair SFT (labels unused); 2: judge")
-    ap.add_argument("--device", default="cpu", help="torch device")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     add_config_options(ap.add_argument_group("GRAM"), GRAMConfig, skip=("batch_size",), choices=_field_choices(GRAMConfig))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
     args = ap.parse_args(argv)
@@ -363,9 +402,10 @@ def train_gram_main(argv: Optional[Sequence[str]] = None) -> int:
     def work():
         config = config_from_args(GRAMConfig, args, skip=("batch_size",))
         tcfg = config_from_args(TrainConfig, args)
+        check_split_sources(args, "--eval-data")
         device = _start_training(args, tcfg.output_dir)
-        rows = load_rows(args.data)
-        eval_rows = load_rows(args.eval_data) if args.eval_data else None
+        rows = load_rows(args.data, split=args.split)
+        eval_rows = load_rows(args.eval_data, split=args.eval_split) if args.eval_data else None
         model, tok = load_model("gram", args.model, args.gguf_file, device)
         gram = GRAM(model, tok, config)
         before = evaluate_gram(gram, eval_rows) if eval_rows else None
@@ -396,7 +436,8 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
                     help="rows {prompt, chosen, rejected} (critiques are sampled and filtered here) or rows that "
                          "also carry critique_chosen / critique_rejected")
     ap.add_argument("--eval-data", help="held-out rows with critiques: joint loss, critique LM loss, pair accuracy")
-    ap.add_argument("--device", default="cpu", help="torch device")
+    add_split_options(ap, "--data", "--eval-data")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     # CriticRMConfig's batch_size is for generation; its sampling seed follows the training --seed
     add_config_options(ap.add_argument_group("Critic-RM"), CriticRMConfig, skip=("batch_size", "seed"))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
@@ -406,9 +447,10 @@ def train_critic_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         tcfg = config_from_args(TrainConfig, args)
         config = config_from_args(CriticRMConfig, args, skip=("batch_size", "seed"))
         config.seed = tcfg.seed
+        check_split_sources(args, "--eval-data")
         device = _start_training(args, tcfg.output_dir)
-        rows = _records(args.data, "--data")
-        eval_rows = _records(args.eval_data, "--eval-data") if args.eval_data else None
+        rows = _records(args.data, "--data", args.split)
+        eval_rows = _records(args.eval_data, "--eval-data", args.eval_split) if args.eval_data else None
         model, tok, _ = _scalar_head_lm(args.model, args.gguf_file, device, tcfg.seed)
         crm = CriticRM(model, tok, config)
         if rows and not all(isinstance(r, dict) and all(k in r for k in CRITIQUE_KEYS) for r in rows):
@@ -449,7 +491,8 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--data", required=True, help="pairs {prompt, chosen, rejected} (judged here) or rows "
                                                   "{messages, judgement, correct}")
     ap.add_argument("--eval-data", help="held-out pairs or rows, as --data: BCE and accuracy")
-    ap.add_argument("--device", default="cpu", help="torch device")
+    add_split_options(ap, "--data", "--eval-data")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     # GRMConfig's batch_size is for generation and k_meta for inference; its sampling seed follows --seed
     add_config_options(ap.add_argument_group("GRM judge (sampling)"), GRMConfig, skip=("batch_size", "seed", "k_meta"))
     add_config_options(ap.add_argument_group("training"), TrainConfig)
@@ -459,9 +502,10 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
         tcfg = config_from_args(TrainConfig, args)
         gcfg = config_from_args(GRMConfig, args, skip=("batch_size", "seed", "k_meta"))
         gcfg.seed = tcfg.seed
+        check_split_sources(args, "--eval-data")
         device = _start_training(args, tcfg.output_dir)
-        given = {"train": _records(args.data, "--data"),  # read before the models load
-                 "eval": _records(args.eval_data, "--eval-data") if args.eval_data else None}
+        given = {"train": _records(args.data, "--data", args.split),  # read before the models load
+                 "eval": _records(args.eval_data, "--eval-data", args.eval_split) if args.eval_data else None}
         meta, tok, base = _scalar_head_lm(args.model, args.gguf_file, device, tcfg.seed)
         judge = None
 
@@ -472,7 +516,7 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
                 return rows
             if judge is None:
                 if args.judge_model:
-                    jm, jt = load_model("grm", args.judge_model, args.judge_gguf_file, device)
+                    jm, jt = load_model("grm", args.judge_model, args.judge_gguf_file, device, "--judge-model")
                     if not _same_vocab(jt, tok):
                         raise ValueError(f"--judge-model {args.judge_model}: its tokenizer differs from --model's; the "
                                          "meta-RM reads the judge's tokens, so give it the judge's tokenizer")

@@ -25,12 +25,17 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, config_from_args, json_text,
-                                      run_cli, utf8_text)
+from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_output_file,
+                                      check_split_sources, config_from_args, json_text, run_cli, utf8_text)
 
 from .data import FORMATS
 
 MODEL_SKIP = ("backbone", "input_format", "system_prompt")  # set by the backbone / a published layout
+
+
+def _format(text: str) -> str:
+    """``--format``: ``math-shepherd`` is ``math_shepherd`` (other choices, e.g. ``--method best-of-n``, use hyphens)."""
+    return text.replace("-", "_")
 
 
 def _load_prm(path: str, device: str):
@@ -96,11 +101,11 @@ def _build_model(args: argparse.Namespace):
     return ProcessRewardModel.from_backbone(loader.from_pretrained(args.backbone), tok, **cfg)
 
 
-def _examples(args: argparse.Namespace, path: Optional[str], synthetic: int, seed: int):
+def _examples(args: argparse.Namespace, path: Optional[str], synthetic: int, seed: int, split: Optional[str] = None):
     from .data import read_step_examples
 
     if path:
-        return read_step_examples(path, format=args.format)
+        return read_step_examples(path, format=args.format, split=split)
     if synthetic:
         from .synthetic import make_dataset
 
@@ -120,16 +125,19 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--synthetic must be >= 0 (0: train on --data), got {args.synthetic}")
     if args.synthetic and args.data:  # --data was trained on and --synthetic N silently ignored
         raise ValueError(f"--data {args.data} and --synthetic {args.synthetic} both name the training data: give one")
+    check_split_sources(args, "--data", "--eval-data")
     device = resolve_device(args.device)
     if config.objective == "ppm":
         if not args.data:
             raise ValueError("--objective ppm needs --data with PPM pairs")
-        train, evals = read_pair_examples(args.data), (read_pair_examples(args.eval_data) if args.eval_data else None)
+        train = read_pair_examples(args.data, split=args.split)
+        evals = read_pair_examples(args.eval_data, split=args.eval_split) if args.eval_data else None
     else:
-        train = _examples(args, args.data, args.synthetic, config.seed + 1)
+        train = _examples(args, args.data, args.synthetic, config.seed + 1, args.split)
         if train is None:
             raise ValueError("pass --data FILE or --synthetic N")
-        evals = _examples(args, args.eval_data, args.synthetic // 10 if args.synthetic else 0, config.seed + 2)
+        evals = _examples(args, args.eval_data, args.synthetic // 10 if args.synthetic else 0, config.seed + 2,
+                          args.eval_split)
     seed_everything(config.seed)  # before the model: its new head (and a tiny backbone) draw from the RNGs
     model = _build_model(args).to(device)
     history = train_prm(model, train, config, eval_examples=evals)
@@ -150,7 +158,8 @@ def _score_examples(args: argparse.Namespace):
         if given:  # one of the two would be scored and the other silently ignored
             raise ValueError(f"--data and {' / '.join(given)} both name what to score: give --data FILE or "
                              "--problem TEXT with its --step's, not both")
-        return read_step_examples(args.data, format=args.format)
+        return read_step_examples(args.data, format=args.format, split=args.split)
+    check_split_sources(args, "--data", "--eval-data")
     if args.problem is not None and args.step:
         steps = [utf8_text(step, f"--step {i + 1}") for i, step in enumerate(args.step)]
         return [StepExample(utf8_text(args.problem, "--problem"), steps, [-100.0] * len(steps))]
@@ -200,7 +209,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .train import check_labelled, solutions, step_metrics
 
     check_output_file(args.out, "--out", [("--data", args.data)])  # before the work, not after it
-    examples = read_step_examples(args.data, format=args.format)
+    examples = read_step_examples(args.data, format=args.format, split=args.split)
     check_labelled(examples, args.data)  # before the model loads
     model = _load_model(args)
     parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
@@ -250,7 +259,8 @@ def _finite_threshold(text: str) -> float:
 
 def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--model", required=True, help="a saved PRM, a training run's folder or a published PRM folder")
-    p.add_argument("--format", default="auto", choices=FORMATS, help="format of --data rows (default: by their fields)")
+    p.add_argument("--format", default="auto", type=_format, choices=FORMATS,
+                   help="format of --data rows (default: by their fields)")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"solutions per forward pass (default: {batch_size})")
     p.add_argument("--threshold", type=_finite_threshold, default=0.5,
                    help="ProcessBench: the first step scoring below this is the predicted error (default: 0.5)")
@@ -272,7 +282,9 @@ def _parser() -> CLIParser:
     p.add_argument("--data", help="training data (.json / .jsonl / saved dataset): TRL, Math-Shepherd, PRM800K, "
                                   "ProcessBench or PPM pairs")
     p.add_argument("--eval-data", help="held-out data, same formats")
-    p.add_argument("--format", default="auto", choices=FORMATS)
+    add_split_options(p, "--data", "--eval-data")
+    p.add_argument("--format", default="auto", type=_format, choices=FORMATS,
+                   help="format of --data / --eval-data rows (default: by their fields)")
     p.add_argument("--synthetic", type=int, default=0, help="instead of --data: N synthetic arithmetic chains")
     p.add_argument("--num-steps", type=int, default=4, help="steps per synthetic chain")
     p.add_argument("--max-value", type=int, default=9, help="synthetic chains' values stay in 0..MAX_VALUE")
@@ -290,6 +302,7 @@ def _parser() -> CLIParser:
     p = sub.add_parser("score", help="per-step scores of solutions (and the ProcessBench table of labelled rows)")
     _add_scoring(p, 16)
     p.add_argument("--data", help="solutions: ProcessBench / TRL / Math-Shepherd / PRM800K rows")
+    add_split_options(p, "--data")
     p.add_argument("--problem", help="instead of --data: one problem ...")
     p.add_argument("--step", action="append", help="... and its steps, one --step each, in order")
     p.add_argument("--aggregation", choices=AGGREGATIONS, help="a solution's score from its steps (default: the model's)")
@@ -298,7 +311,9 @@ def _parser() -> CLIParser:
 
     p = sub.add_parser("eval", help="ProcessBench F1 (per subset) and step macro-F1 on labelled data")
     _add_scoring(p, 32)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="labelled solutions (.json / .jsonl / saved dataset): ProcessBench / "
+                                                 "TRL / Math-Shepherd / PRM800K rows")
+    add_split_options(p, "--data")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=False, help="also report the best threshold")
     p.add_argument("--out", help="also write the metrics (JSON) to this file")
     p.set_defaults(fn=_eval)

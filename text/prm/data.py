@@ -24,6 +24,7 @@ Errors (``DataError``, a ``ValueError``) name the row and the problem.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -231,14 +232,27 @@ def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignor
     return _from_prm800k(row, where, neutral)
 
 
+def _in_file(source: Any, split: Optional[str], error: DataError) -> DataError:
+    """``error`` (about "row i") prefixed with the file (and split) it is in, when ``source`` is a path:
+    with ``--data`` and ``--eval-data`` a bare "row 3: ..." did not say which file holds the row."""
+    if not isinstance(source, (str, os.PathLike)):
+        return error
+    return DataError(f"{os.fspath(source)}" + (f" (split {split!r})" if split else "") + f": {error}")
+
+
 def read_step_examples(source, format: str = "auto", neutral: str = "ignore", split: Optional[str] = None) -> list[StepExample]:
-    """Read a JSON / JSONL file, a saved ``datasets`` folder or a list of dicts."""
+    """Read a JSON / JSONL file, a saved ``datasets`` folder or a list of dicts (``split``: one split of a
+    saved DatasetDict / a .json object of lists)."""
     rows = read_records(source, split=split)
-    name = source if isinstance(source, str) else "data"
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "data"
     if not rows:
-        raise DataError(f"{name}: no rows")
+        raise DataError(f"{name}: no rows" + (f" in split {split!r}" if split else ""))
     # MCTS self-training exports mix {"type": "trace"} and {"type": "pair"} rows: take the traces
-    out = [parse_row(r, i, format, neutral) for i, r in enumerate(rows) if not (isinstance(r, dict) and r.get("type") == "pair")]
+    try:
+        out = [parse_row(r, i, format, neutral) for i, r in enumerate(rows)
+               if not (isinstance(r, dict) and r.get("type") == "pair")]
+    except DataError as e:
+        raise _in_file(source, split, e) from None
     if not out:  # else the first use fails far from here ("score_parts got no inputs")
         raise DataError(f"{name}: holds only PPM pair rows (type 'pair'), no stepwise solutions: read them with "
                         "read_pair_examples (CLI: prm train --objective ppm)")
@@ -246,7 +260,16 @@ def read_step_examples(source, format: str = "auto", neutral: str = "ignore", sp
 
 
 def read_pair_examples(source, split: Optional[str] = None) -> list[PairExample]:
+    """PPM pair rows ``{prompt, prefix, chosen, rejected, group}`` of a file, saved dataset or list of dicts
+    (``split``: one split of a saved DatasetDict / a .json object of lists)."""
     rows = read_records(source, split=split)
+    try:
+        return _pair_examples(rows)
+    except DataError as e:
+        raise _in_file(source, split, e) from None
+
+
+def _pair_examples(rows: list) -> list[PairExample]:
     out = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict):

@@ -108,14 +108,17 @@ def _image(row: dict, where: str, base: str) -> Any:
     return path
 
 
-def read_vl_rewardbench(path: str, limit: Optional[int] = None) -> list[VLRewardBenchItem]:
+def read_vl_rewardbench(path: str, limit: Optional[int] = None, split: Optional[str] = None) -> list[VLRewardBenchItem]:
     """The items of a released VL-RewardBench file (``.jsonl`` / ``.json`` / ``.parquet``); the first
-    ``limit`` only when given. A bad row raises DataError naming the file and the row."""
+    ``limit`` only when given (``split``: one list of a .json object of lists). A bad row raises
+    DataError naming the file and the row."""
     if limit is not None and (not _is_int(limit) or limit < 1):  # a slice would read -1 as "all but the last"
         raise ValueError(f"limit must be an integer >= 1 (or None: every row), got {limit!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VL-RewardBench file {path!r} does not exist")
     if path.endswith(".parquet"):
+        if split:
+            raise DataError(f"{path} is a parquet file, not a set of splits: leave the split out")
         try:
             import pyarrow.parquet as pq
         except ImportError as e:
@@ -127,9 +130,9 @@ def read_vl_rewardbench(path: str, limit: Optional[int] = None) -> list[VLReward
     else:
         from mmreward.core.data import read_records
 
-        rows = read_records(path)
+        rows = read_records(path, split=split)
     if not rows:
-        raise DataError(f"{path} holds no rows")
+        raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
     rows = rows[:limit] if limit is not None else rows
     base = os.path.dirname(os.path.abspath(path))
     return [_item(row, f"{path}: row {i}", base) for i, row in enumerate(rows)]
@@ -176,14 +179,15 @@ def summarise(correct: dict, total: dict) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``mmreward vision vl-rewardbench``: accuracies of a VLM reward model on VL-RewardBench."""
-    from mmreward.core.cli_config import CLIParser
+    from mmreward.core.cli_config import CLIParser, add_split_options
 
     p = CLIParser(prog="mmreward vision vl-rewardbench", description="evaluate a VLM reward model on VL-RewardBench")
     p.add_argument("--model", required=True, help="a VLM reward model folder (Skywork-VL-Reward, vlm_reward, …)")
     p.add_argument("--data", required=True, help="the released data.jsonl (images beside it) or the test parquet")
+    add_split_options(p, "--data")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
     p.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
     p.add_argument("--out", default=None, help="write the summary and per-item scores here (JSON)")
     args = p.parse_args(argv)
@@ -195,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import mmreward
     from mmreward.core.folders import atomic_write_text
 
-    items = read_vl_rewardbench(args.data, args.limit)
+    items = read_vl_rewardbench(args.data, args.limit, args.split)
     model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
     result = evaluate_vl_rewardbench(model, items, args.batch_size)
     if args.out:
