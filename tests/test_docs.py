@@ -1,5 +1,5 @@
-"""The user docs cannot drift from the code: every ``mmreward …`` command line in their shell blocks
-parses with the command's real parser (flags exist, choices are valid, required flags given), and
+"""The user docs cannot drift from the code: every ``mmreward …`` command line in their shell blocks, and
+every ``python benchmarks/….py`` line (blocks and inline), parses with the command's real parser (flags exist, choices are valid, required flags given), and
 every python block is valid Python whose ``mmreward`` imports resolve (module and names).
 
 Commands are parsed, not run (the docs' commands train for minutes to hours and read user data);
@@ -14,7 +14,9 @@ import importlib
 import io
 import os
 import re
+import runpy
 import shlex
+import sys
 import textwrap
 
 import pytest
@@ -44,7 +46,7 @@ def _commands() -> list[tuple[str, str]]:
         for lang, body, first in _blocks(path):
             if lang not in SHELL:
                 continue
-            logical, start = "", None
+            logical, start, variables = "", None, {}
             for i, raw in enumerate(body.splitlines()):
                 line = raw.rstrip()
                 if start is None:
@@ -55,12 +57,23 @@ def _commands() -> list[tuple[str, str]]:
                 logical += line
                 cmd = logical.strip()
                 cmd = cmd[2:] if cmd.startswith("$ ") else cmd
+                words = shlex.split(re.sub(r"^export ", "", cmd)) if re.match(r"(export )?\w+=", cmd) else []
+                if words and all(re.match(r"\w+=", w) for w in words):  # COMMON="--flag v …" K=x R=y, used
+                    # below as $COMMON: the shell splits the unquoted value into words again
+                    variables.update(w.split("=", 1) for w in words)
+                cmd = re.sub(r"\$\{?(\w+)\}?(?!\w)", lambda m: variables.get(m.group(1), m.group(0)), cmd)
+                bench = re.match(r"(?:\S*/)?python3? (benchmarks/\w+\.py(?:\s.*)?)$", cmd)
+                if bench:
+                    cmd = bench.group(1)
                 # `mmreward text eval ...  # see …` points at another page: not a command to check
-                if cmd.startswith("mmreward ") and not re.fullmatch(r"mmreward [\w -]+ \.\.\.(\s+#.*)?", cmd):
+                if (bench or cmd.startswith("mmreward ")) and not re.fullmatch(r"mmreward [\w -]+ \.\.\.(\s+#.*)?", cmd):
                     variants = _variants(cmd)
                     out += [(f"{name}:{start}" + (f"/{k}" if len(variants) > 1 else ""), v)
                             for k, v in enumerate(variants)]
                 logical, start = "", None
+        with open(path, encoding="utf-8") as f:  # `Rerun: python benchmarks/x.py --flag` in the prose
+            for m in re.finditer(r"`(?:\S*/)?python3? (benchmarks/\w+\.py[^`]*)`", f.read()):
+                out.append((f"{name}:inline", m.group(1)))
     return out
 
 
@@ -102,6 +115,7 @@ COMMANDS = _commands()
 
 def test_docs_have_commands_and_code():
     assert len(COMMANDS) >= 40, len(COMMANDS)  # the regex still finds the docs' commands
+    assert sum(c.startswith("benchmarks/") for _, c in COMMANDS) >= 10
     assert len(_python_blocks()) >= 15
 
 
@@ -116,11 +130,20 @@ def test_doc_command_parses(where, command, monkeypatch):
         raise _Parsed(result)
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    argv = _split(command)[1:]
+    words = _split(command)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            status = main(argv)
+            if words[0].startswith("benchmarks/"):  # the script's own parser, as `python script.py` runs it
+                monkeypatch.setattr(sys, "argv", words)
+                monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+                try:
+                    runpy.run_path(os.path.join(ROOT, words[0]), run_name="__main__")
+                    status = 0
+                except SystemExit as e:
+                    status = e.code
+            else:
+                status = main(words[1:])
         except _Parsed:
             return
     pytest.fail(f"{where}: `{command}` was not accepted (exit {status}): {err.getvalue().strip()}")
