@@ -35,9 +35,6 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
 
 
-# the same flags and help as `mmreward text train | score` (a saved DatasetDict, a .json object of lists)
-
-
 def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
     """Rows of a JSON / JSONL file (or saved dataset; ``split``: one split of a saved DatasetDict / a
     .json object of lists) with relative image / video paths made absolute against the file's folder."""
@@ -123,11 +120,15 @@ def eval_main(argv: Sequence[str]) -> int:
     add_split_options(parser, "--data")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     add_device_option(parser)
+    parser.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
+    parser.add_argument("--out", help="also write the metrics (JSON) to this file")
     args = parser.parse_args(argv)
     import mmreward
+    from mmreward.core.cli_config import check_output_file
     from mmreward.core.model import check_batch_size
 
     check_batch_size(args.batch_size)  # before the model loads
+    check_output_file(args.out, "--out", [("--data", args.data), ("--model", args.model)])
     from mmreward.vision.image_reward import ImageRewardModel
     from mmreward.vision.train import evaluate_image_reward, read_ranked_sets
     from mmreward.vision.visual_prm import VisualPRM, as_labelled, evaluate_visual_prm
@@ -139,12 +140,17 @@ def eval_main(argv: Sequence[str]) -> int:
                                                                 args.batch_size),
                   VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data, args.split), args.data),
                                                            args.batch_size)}
-    model = mmreward.load(args.model, device=args.device)
+    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
     evaluate = evaluators.get(type(model))
     if evaluate is None:
         raise TypeError(f"--model {args.model} holds a {type(model).__name__}; vision eval evaluates "
                         f"{', '.join(c.__name__ for c in evaluators)}")
-    print(json.dumps({"model_type": model.model_type, **{k: round(v, 4) for k, v in evaluate(model).items()}}))
+    text = json_text({"model_type": model.model_type, **{k: round(v, 4) for k, v in evaluate(model).items()}})
+    if args.out:
+        from mmreward.core.folders import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    print(text)
     return 0
 
 

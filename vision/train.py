@@ -182,11 +182,13 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
         raise ValueError("evaluate_image_reward: no ranked sets")
     require_ranked_pair(examples, "evaluate_image_reward")
     collate, correct, pairs, top1 = make_collate(model), 0, 0, 0
-    with eval_mode(model):
+    dtype = next(model.parameters()).dtype  # a model loaded with dtype="bf16" computes in it
+    with eval_mode(model), torch.no_grad():
         for s in range(0, len(examples), batch_size):
             batch = collate(examples[s:s + batch_size])
             ranks = batch["ranks"].to(model.device)
-            r = model(batch["prompts"], batch["pixel_values"].to(model.device)).view(ranks.shape)  # (B, K)
+            pixels = batch["pixel_values"].to(model.device, dtype)
+            r = model(batch["prompts"], pixels).float().view(ranks.shape)  # (B, K)
             b, i, j = _pairs(ranks)
             correct += int((r[b, i] > r[b, j]).sum())
             pairs += len(b)

@@ -53,6 +53,13 @@ def test_vision_eval_reports_held_out_accuracy(trained, tmp_path, capsys):
     assert mmreward_main(["vision", "eval", "--model", str(trained / "model"), "--data", held]) == 0
     out = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert out["model_type"] == "image_reward" and 0 <= out["pairwise_accuracy"] <= 1 and "top1_accuracy" in out
+    # --out writes the printed metrics; --dtype casts the model as `mmreward score` does
+    assert mmreward_main(["vision", "eval", "--model", str(trained / "model"), "--data", held, "--dtype", "bf16",
+                          "--out", str(tmp_path / "m.json")]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert json.loads((tmp_path / "m.json").read_text()) == printed and printed.keys() == out.keys()
+    assert mmreward_main(["vision", "eval", "--model", str(trained / "model"), "--data", held, "--out", held]) == 2
+    assert "--out" in capsys.readouterr().err  # the data file is not replaced by the metrics
 
 
 @pytest.mark.parametrize("argv, names", [
