@@ -74,3 +74,18 @@ def test_eval_on_unlabelled_rows_is_an_error_not_an_empty_result(prm_folder, tmp
         train_prm(mmreward.load(prm_folder), read_step_examples(make_dataset(4, max_value=5)),
                   PRMTrainConfig(output_dir=str(out), max_steps=1, batch_size=2), read_step_examples(str(path)))
     assert not out.exists()
+
+
+def test_score_and_eval_take_dtype(prm_folder, data, tmp_path, capsys):
+    """`--dtype bf16` for a published 7B PRM as `mmreward score` has it: the same verdicts within bf16 rounding."""
+    assert main(["score", "--model", prm_folder, "--data", data]) == 0
+    full = [r for r in map(json.loads, capsys.readouterr().out.splitlines()) if "id" in r]  # + a ProcessBench line
+    assert main(["score", "--model", prm_folder, "--data", data, "--dtype", "bf16"]) == 0
+    low = [r for r in map(json.loads, capsys.readouterr().out.splitlines()) if "id" in r]
+    assert len(low) == len(full) == 8
+    for a, b in zip(full, low):
+        assert b["score"] == pytest.approx(a["score"], abs=0.02)
+    assert main(["eval", "--model", prm_folder, "--data", data, "--dtype", "bf16"]) == 0
+    assert "processbench" in json.loads(capsys.readouterr().out)
+    assert main(["score", "--model", prm_folder, "--data", data, "--dtype", "int8"]) == 2
+    assert "dtype" in capsys.readouterr().err

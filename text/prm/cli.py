@@ -38,12 +38,12 @@ def _format(text: str) -> str:
     return text.replace("-", "_")
 
 
-def _load_prm(path: str, device: str):
+def _load_prm(path: str, device: str, dtype: Optional[str] = None):
     import mmreward
 
     from .model import ProcessRewardModel
 
-    model = mmreward.load(path, device=device)
+    model = mmreward.load(path, device=device, dtype=dtype)
     if not isinstance(model, ProcessRewardModel):
         raise TypeError(f"{path} holds a {type(model).__name__}, not a process reward model")
     return model
@@ -51,7 +51,7 @@ def _load_prm(path: str, device: str):
 
 def _load_model(args: argparse.Namespace):
     """The PRM at ``--model`` on ``--device``; ``--aggregation`` / ``--truncate`` override its config."""
-    model = _load_prm(args.model, args.device)
+    model = _load_prm(args.model, args.device, getattr(args, "dtype", None))
     overrides = {k: getattr(args, k, None) for k in ("aggregation", "truncate")}
     # replace() re-runs the config's checks (e.g. prod needs probabilities)
     model.config = dataclasses.replace(model.config, **{k: v for k, v in overrides.items() if v is not None})
@@ -267,6 +267,7 @@ def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=None,
                    help="score only the steps that fit the model's max_length (default: the model's setting; off: "
                         "a longer input is an error)")
+    p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
     _add_device(p)
 
 
