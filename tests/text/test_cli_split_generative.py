@@ -94,3 +94,13 @@ def test_model_paths_a_run_folder_and_missing_folders(files, tmp_path, capsys):
     _fails([*judge, "--model", str(files / "pairs.json")], capsys, "is a file, not a model folder")
     _fails(["text", "train-critic-rm", "--model", "./missing", "--data", str(files / "pairs.json"), "--split", "dev",
             "--out", str(tmp_path / "c")], capsys, "--model ./missing: no such model folder")
+
+
+def test_judge_takes_dtype(files, tmp_path, capsys):
+    """`text judge --dtype bf16` (a 7B judge on one GPU) casts the language model; a bad name is one line."""
+    base = ["text", "judge", "genrm", "--model", str(files / "lm"), "--data", str(files / "pairs.json"),
+            "--split", "test", "--no-swap", "--out", str(tmp_path / "j.json")]
+    assert mmreward_main([*base, "--dtype", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+    assert len(json.loads((tmp_path / "j.json").read_text())["p_chosen_first"]) == 2
+    _fails([*base, "--dtype", "int4"], capsys, "int4")

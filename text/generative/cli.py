@@ -157,14 +157,19 @@ def model_folder(model: str, flag: str = "--model") -> str:
     return path
 
 
-def load_model(method: str, model: str, gguf_file: Optional[str], device: str, flag: str = "--model"):
+def load_model(method: str, model: str, gguf_file: Optional[str], device: str, flag: str = "--model",
+               dtype: Optional[str] = None):
     """``(model, tokenizer)`` for ``method``: a causal LM (``critic_rm``: a ``ScalarHeadLM``) from a
     causal LM folder / hub id / GGUF file, a saved judge folder (or the ``train-*`` run folder holding it),
-    or (``critic_rm``) a ScalarHeadLM folder. Errors name ``flag``."""
+    or (``critic_rm``) a ScalarHeadLM folder. Errors name ``flag``. ``dtype`` (fp32 / bf16 / fp16) casts
+    the language model for judging (a reward head keeps its own dtype); None loads it as saved."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmreward.core.device import resolve_dtype
 
     from .heads import ScalarHeadLM
 
+    torch_dtype = resolve_dtype(dtype)  # a bad name is refused before anything loads
     model = model_folder(model, flag)
     if not gguf_file:
         _refuse_other_mmreward_model(model)
@@ -174,17 +179,19 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
             raise ValueError(f"{model} holds a {saved} judge, which has no reward head for critic_rm")
         import mmreward
 
-        judge = mmreward.load(model, device=device)
+        judge = mmreward.load(model, device=device, dtype=dtype)
         return (judge.model if method == "critic_rm" else judge.causal_lm), judge.tokenizer
     if method == "critic_rm":
         if not os.path.isdir(os.path.join(model, "backbone")):
             raise ValueError(f"{model}: critic_rm needs a Critic-RM folder (save_pretrained) or a ScalarHeadLM "
                              "folder (backbone/ + head/)")
         m = ScalarHeadLM.from_pretrained(model, device=device)
+        if torch_dtype is not None:
+            m.backbone.to(torch_dtype)
         return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"))
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model, **kw)
+        lm = AutoModelForCausalLM.from_pretrained(model, **kw, **({"dtype": torch_dtype} if torch_dtype else {}))
     except OSError as e:
         if os.path.isdir(model):
             raise
@@ -269,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
         p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+        p.add_argument("--dtype", default=None, help="cast the language model: fp32 | bf16 | fp16 (default: as saved)")
         p.add_argument("--out", dest="output", help="write the result JSON here")
         p.add_argument("--output", dest="output", help=argparse.SUPPRESS)
         if name == "grm":
@@ -289,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.method == "grm":
             _check_meta_flags(config, args.meta_rm)
         rows = load_rows(args.data, args.limit, args.split)
-        model, tok = load_model(args.method, args.model, args.gguf_file, device)
+        model, tok = load_model(args.method, args.model, args.gguf_file, device, dtype=args.dtype)
         meta = load_meta_rm(args.meta_rm, tok, device) if getattr(args, "meta_rm", None) else None
         res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
     except _USER_ERRORS as e:
