@@ -132,7 +132,6 @@ class VisualPRM(VLMScorer):
             n_steps.append(len(steps))
             flat_labels += lab or []
         enc = D.encode(proc, texts, imgs, names)
-        self.check_context(enc, names)
         ids, header = enc["input_ids"], torch.tensor(self._assistant_header())
         L = header.numel()
         # a label position p: the header right before it and a label token at p
@@ -146,6 +145,17 @@ class VisualPRM(VLMScorer):
             if c != k:
                 raise ValueError(f"{name}: found {c} label positions for {k} steps (the tokenizer merges the label "
                                  f"token with its neighbours, or the text was truncated)")
+        # label token at t + L; its place among the row's attended tokens (left or right padding)
+        place = enc["attention_mask"].cumsum(1)[b, t + L] - 1
+
+        def past(i: int, limit: int) -> str:  # the steps whose label lies past the context
+            over = [k for k, p in enumerate(place[b == i].tolist()) if p >= limit]
+            if not over:
+                return f" (every one of its {n_steps[i]} steps is labelled within it; the text after the last is not)"
+            return (f" (steps {over[0]}..{n_steps[i] - 1} of its {n_steps[i]}, counted from 0, lie past it)"
+                    if over[0] < n_steps[i] - 1 else f" (its last step, step {over[0]} counted from 0, lies past it)")
+
+        self.check_context(enc, names, past)
         enc["step_index"] = torch.stack([b, t + L - 1], dim=1)  # hidden at p-1 predicts the label at p
         enc["n_steps"] = torch.tensor(n_steps)
         if labels is not None:
@@ -304,8 +314,11 @@ def step_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, di
     return loss, {"step_accuracy": float(acc)}
 
 
+EVAL_BATCH_SIZE = 16  # evaluate_visual_prm's default, as train_visual_prm's eval_fn calls it
+
+
 @torch.no_grad()
-def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int = 16) -> dict[str, float]:
+def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
     """Held-out step BCE loss (mean over steps), step accuracy and macro-F1 (label good = label > 0)."""
     check_batch_size(batch_size)
     examples = as_labelled(rows, "eval rows")
@@ -342,8 +355,22 @@ def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: O
     objective = {k: cfg[k] for k in ("good_token", "bad_token", "hard_labels", "freeze_vision_tower", "freeze_projector")}
     resume = {"objective": {"loss": "step_bce", **objective}, "data": data_digest(examples),
               "processor": D.processor_fingerprint(model.need_processor())}
-    return Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn,
-                   settings={"visual_prm": cfg}, resume_settings=resume).fit()
+    trainer = Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn,
+                      settings={"visual_prm": cfg}, resume_settings=resume)
+    trainer.start()  # a resume of another run is refused first, before the rows are encoded
+    check_steps_fit(model, examples, held, config.batch_size)
+    return trainer.fit()
+
+
+def check_steps_fit(model: VisualPRM, examples: Sequence[LabelledSteps],
+                    eval_examples: Optional[Sequence[LabelledSteps]] = None, batch_size: int = 16) -> None:
+    """Encode every training and held-out step row once, as their batches will be, before training starts:
+    a row past the backbone's context (or whose label tokens the tokenizer merges) is refused naming it,
+    the steps past the context and the lengths before step 1 (see :meth:`VLMScorer.check_rows_fit`)."""
+    collate = StepCollator(model)
+    model.check_rows_fit(examples, collate, batch_size)
+    if eval_examples:
+        model.check_rows_fit(eval_examples, collate, EVAL_BATCH_SIZE)
 
 
 def data_digest(examples: Sequence[LabelledSteps]) -> dict[str, Any]:

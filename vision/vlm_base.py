@@ -17,7 +17,7 @@ folder without either is refused with a message naming what is missing.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
@@ -69,10 +69,12 @@ class VLMScorer(RewardScorer, nn.Module):
                 return n
         return None
 
-    def check_context(self, enc: dict, names: Sequence[str]) -> None:
+    def check_context(self, enc: dict, names: Sequence[str],
+                      detail: Optional[Callable[[int, int], str]] = None) -> None:
         """DataError naming the first input whose tokens (text + image / video tokens) exceed the
         backbone's context: past its trained positions the scores would be garbage, and nothing is cut
-        (long conversations are not truncated), so such an input is refused."""
+        (long conversations are not truncated), so such an input is refused. ``detail(i, limit)``: more
+        about input ``i`` for the message (a VisualPRM row: which steps lie past the context)."""
         limit, mask = self.context_length(), enc.get("attention_mask")
         if limit is None or not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] <= limit:
             return
@@ -82,9 +84,27 @@ class VLMScorer(RewardScorer, nn.Module):
                 ids = enc.get("input_ids")
                 n_image = sum(int((ids[i] == t).sum()) for t in self._vision_token_ids()) \
                     if isinstance(ids, torch.Tensor) else 0
+                more = detail(i, limit) if detail is not None else ""
                 raise DataError(f"{name}: {int(n)} tokens ({n_image} of them image / video tokens) exceed the "
-                                f"model's context of {limit} tokens (max_position_embeddings); shorten the "
+                                f"model's context of {limit} tokens (max_position_embeddings){more}; shorten the "
                                 "conversation or give smaller images (the processor's max_pixels)")
+
+    def check_rows_fit(self, examples: Sequence[Any], collate: Callable[[Sequence[Any]], Any],
+                       batch_size: int) -> None:
+        """Build every batch of training / eval ``examples`` once with ``collate`` (the batch builder
+        the Trainer and the evaluation use), before training starts: a row past the context (and any
+        row the processor refuses) is then refused naming it, before step 1, not hours into a run when
+        its batch comes up. Examples already checked for this model, processor and config (the
+        command line checks its rows before its held-out figures, then trains) are not built again."""
+        key = (id(self), id(self.processor), self.context_length(), repr(self.config))
+        todo = [e for e in examples if getattr(e, "_fits_context", None) != key]
+        for s in range(0, len(todo), batch_size):
+            collate(todo[s:s + batch_size])  # raises DataError naming the row (and side / steps)
+        for e in todo:
+            try:
+                e._fits_context = key
+            except AttributeError:  # an object without a __dict__: checked again next time
+                pass
 
     def _vision_token_ids(self) -> list[int]:
         cfg = getattr(self.backbone, "config", None)

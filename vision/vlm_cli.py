@@ -69,12 +69,12 @@ def _train(argv: Sequence[str], kind: str) -> int:
     if kind == "preference":
         from mmreward.vision.vlm_rm import VLMRewardConfig as Config, VLMRewardModel as Model
         from mmreward.vision.vlm_rm import as_pairs as as_examples, evaluate_vlm_reward as evaluate
-        from mmreward.vision.vlm_rm import train_vlm_reward as train
+        from mmreward.vision.vlm_rm import check_pairs_fit as check_fit, train_vlm_reward as train
         prog = "mmreward vision train-vlm-rm"
     else:
         from mmreward.vision.visual_prm import VisualPRMConfig as Config, VisualPRM as Model
         from mmreward.vision.visual_prm import as_labelled as as_examples, evaluate_visual_prm as evaluate
-        from mmreward.vision.visual_prm import train_visual_prm as train
+        from mmreward.vision.visual_prm import check_steps_fit as check_fit, train_visual_prm as train
         prog = "mmreward vision train-visual-prm"
     parser = CLIParser(prog=prog, description=f"train a {Model.__name__} on {kind} rows")
     parser.add_argument("--data", required=True, help=f"training {kind} rows (.jsonl / .json) or 'synthetic' (colour rows)")
@@ -112,6 +112,8 @@ def _train(argv: Sequence[str], kind: str) -> int:
 
     out = tcfg.output_dir
     fresh = not (os.path.lexists(out) and not os.path.isdir(out)) and (tcfg.overwrite or not run_files_present(out, RUN_FILES))
+    if fresh:  # every row is encoded once before the held-out figures are spent (train() skips them then):
+        check_fit(model, rows, eval_rows, tcfg.batch_size)  # one past the context is named before any step
     before = evaluate(model, eval_rows) if eval_rows and fresh else None
     history = train(model, rows, tcfg, eval_rows=eval_rows)  # the Trainer saves the final model to <out>/model
     # a resumed run: its final held-out figures, without a "before"

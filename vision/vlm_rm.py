@@ -149,8 +149,11 @@ def pairwise_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor
     return loss, {"accuracy": float(acc), "margin": float((r[:B] - r[B:]).mean().detach())}
 
 
+EVAL_BATCH_SIZE = 16  # evaluate_vlm_reward's default, as train_vlm_reward's eval_fn calls it
+
+
 @torch.no_grad()
-def evaluate_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], batch_size: int = 16) -> dict[str, float]:
+def evaluate_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
     """Held-out mean pairwise loss and accuracy on preference rows."""
     check_batch_size(batch_size)
     pairs = as_pairs(rows, "eval rows")
@@ -262,5 +265,19 @@ def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_ro
     resume = {"objective": {"loss": "bradley_terry", **{k: cfg[k] for k in ("freeze_vision_tower", "freeze_projector")}},
               "data": data_digest(pairs),
               "processor": D.processor_fingerprint(model.need_processor())}
-    return Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn,
-                   settings={"vlm_reward": cfg}, resume_settings=resume).fit()
+    trainer = Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn,
+                      settings={"vlm_reward": cfg}, resume_settings=resume)
+    trainer.start()  # a resume of another run is refused first, before the rows are encoded
+    check_pairs_fit(model, pairs, held, config.batch_size)
+    return trainer.fit()
+
+
+def check_pairs_fit(model: VLMRewardModel, pairs: Sequence[ConversationPair],
+                    eval_pairs: Optional[Sequence[ConversationPair]] = None, batch_size: int = 16) -> None:
+    """Encode every training and held-out pair (chosen and rejected) once, as their batches will be, before
+    training starts: a row past the backbone's context is refused naming it, its side and the lengths
+    before step 1 (see :meth:`VLMScorer.check_rows_fit`)."""
+    collate = PreferenceCollator(model)
+    model.check_rows_fit(pairs, collate, batch_size)
+    if eval_pairs:
+        model.check_rows_fit(eval_pairs, collate, EVAL_BATCH_SIZE)

@@ -63,6 +63,9 @@ class RewardSource:
     name = "?"
     update_interval = 0  # agent steps between online updates (0: none)
     model_digest: Optional[dict] = None  # the learned reward's checkpoint as loaded (run fingerprints)
+    # the --expert-data episodes the reward's statistics / goal frames were taken from (their frames), when
+    # it read any: part of a run's fingerprint (see expert_data_digest)
+    expert_digest: Optional[dict] = None
 
     def __call__(self, frames: np.ndarray, env_rewards: np.ndarray, success: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -327,9 +330,13 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
     cfg.validate()
     experts: list = []
 
+    used: dict = {}
+
     def expert_frames() -> list:  # collected (or loaded) once, when a statistic or the goal needs them
         if not experts:
             experts.extend(_expert_frames(task, expert_data, size, action_repeat, stats_episodes, max_steps))
+            if expert_data:  # the user's episodes (scripted ones are the code's, seeded: nothing to record)
+                used["digest"] = expert_data_digest(experts)
         return experts
 
     unfitted_motion = cfg.motion_scale > 0 and int(model.motion_statistics[1]) == 0
@@ -355,7 +362,18 @@ def make_reward_source(spec: Any, *, task: str = "door-open-v3", checkpoint: Opt
             getattr(model, f"fit_{term}_statistics")(expert_frames())
     source = LearnedReward(model, spec, rnd_update_interval, shaping=shaping, discount=discount)
     source.model_digest = digest
+    source.expert_digest = used.get("digest")
     return source
+
+
+def expert_data_digest(frames: list) -> dict:
+    """``{"episodes": n, "sha256": ...}`` over the expert episodes' frames (dtype, shape, uint8 bytes) in the
+    order they were used: what the user's ``--expert-data`` gave the reward, not the statistics fitted on it
+    (floats that may differ in their last bits across machines) nor the folder's path (a moved or copied
+    folder holding the same episodes still resumes)."""
+    from mmreward.core.checkpoint import data_digest
+
+    return data_digest((np.ascontiguousarray(f) for f in frames), unit="episodes")
 
 
 def checkpoint_digest(model) -> dict:

@@ -149,6 +149,19 @@ def parse_task(task: str) -> str:
     raise ValueError(f"unknown suite {suite!r} in task {task!r}: use metaworld/<task> or adroit/<task>")
 
 
+def _plain_numbers(value: Any) -> Any:
+    """``value`` with numpy scalars (``np.int64(4)`` from a Python caller) as Python numbers, in nested
+    dicts / lists: a fingerprint's JSON would hold them as text ("4"), so that a run started with
+    ``batch_size=np.int64(4)`` and one with ``batch_size=4`` would not resume each other."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_numbers(v) for v in value]
+    return value
+
+
 class Workspace:
     def __init__(self, config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None):
         config.validate()
@@ -360,7 +373,12 @@ class Workspace:
         # folder still resumes
         if c.checkpoint is not None and getattr(self.reward, "model_digest", None) is not None:
             fp["reward_model"] = self.reward.model_digest
-        return fp
+        # the expert episodes (--expert-data) the reward's statistics / goal frames came from, when it read
+        # any: their frames' digest, not the fitted statistics (floats that may differ in the last bits on
+        # another machine) nor the folder's path (a moved copy of the same episodes still resumes)
+        if getattr(self.reward, "expert_digest", None) is not None:
+            fp["expert_data"] = self.reward.expert_digest
+        return _plain_numbers(fp)
 
     def save_snapshot(self) -> None:
         """``<out>/checkpoint-<frame>`` as one unit; then the replay episodes neither kept snapshot lists
