@@ -142,8 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         items, where = _file_inputs(model, args.files, args.prompt), [(i, "score") for i in range(len(args.files))]
 
     # per-part scores are shown by default where the parts are the point (steps, frames)
-    natural = (I.StepSolution, I.VisualSteps, I.Episode, I.VideoPrompt)
-    natural_parts = type(model).has_parts() and any(isinstance(it, natural) for it in items)
+    natural_parts = type(model).has_parts() and any(isinstance(it, I.PART_INPUTS) for it in items)
     parts = natural_parts if args.parts is None else args.parts
     if parts and not type(model).has_parts():
         raise ValueError(f"{type(model).__name__} scores whole inputs: it has no per-step or per-frame scores")

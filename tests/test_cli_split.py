@@ -103,3 +103,22 @@ def test_a_json_object_of_several_row_lists_needs_a_split(tmp_path):
     assert read_records(str(path), split="test") == [{"a": 2}]
     path.write_text(json.dumps({"train": [{"a": 1}], "columns": ["a"]}))  # one list of rows: no choice to make
     assert read_records(str(path)) == [{"a": 1}]
+
+
+
+def test_a_missing_split_of_eval_data_names_eval_split(tmp_path, capsys):
+    """The refusal of a source of several splits named only --split: given for --eval-data, the user
+    was told to use the flag of the other data source."""
+    import json
+
+    from mmreward.cli import main
+    from mmreward.text.prm.synthetic import make_dataset
+
+    rows = make_dataset(4, seed=0, max_value=5)
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"dev": rows[:2], "test": rows[2:]}))
+    assert main(["prm", "train", "--data", str(path), "--split", "test", "--eval-data", str(path), "--out",
+                 str(tmp_path / "run"), "--tiny-tokenizer", "step", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "several lists of rows" in err and "--eval-split for --eval-data" in err, err
+    assert not (tmp_path / "run").exists()  # refused before the run started

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from mmreward.core.folders import CheckpointError
+from mmreward.core.folders import CheckpointError, local_path_only
 from mmreward.core.inputs import TextPair, as_inputs
 from mmreward.core.model import (RewardScorer, check_batch_size, check_finite_weights, config_from_dict, config_to_dict,
                                  load_state_strict, load_weights, read_config, save_weights)
@@ -111,7 +111,7 @@ def load_tokenizer(source: str) -> Any:
         if not any(os.path.isfile(os.path.join(source, f)) for f in TOKENIZER_FILES):
             raise CheckpointError(f"{source} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): a text "
                                   "reward model cannot score without its tokenizer")
-    elif os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+    elif os.path.exists(source) or local_path_only(source):
         raise CheckpointError(f"tokenizer folder {source!r} does not exist")
     from transformers import AutoTokenizer
 
@@ -444,7 +444,7 @@ def _backbone_path(path: str) -> str:
         return path
     if os.path.exists(path):
         raise CheckpointError(f"backbone {path!r} is a file, not a transformers model folder or hub id")
-    if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path:
+    if local_path_only(path):
         raise CheckpointError(f"backbone folder {path!r} does not exist")
     return path  # a hub id ("org/name" or "name")
 

@@ -178,6 +178,10 @@ def train_refl(parts: DiffusionParts, scorer: Any, prompts: Sequence[str], confi
     bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
     if bad is not None:
         raise TypeError(f"prompts[{bad}] must be a string, got {type(prompts[bad]).__name__}")
+    # a prompt-conditioned scorer refuses an image without a prompt: refused here, not when its batch comes up
+    empty = next((i for i, p in enumerate(prompts) if not p.strip()), None)
+    if empty is not None and getattr(scorer, "uses_prompt", False):
+        raise ValueError(f"prompts[{empty}] is empty: {type(scorer).__name__} scores each image against its prompt")
     if isinstance(scorer, nn.Module):
         scorer.requires_grad_(False)
     trainer = Trainer(parts.unet, train_config, list(prompts), lambda batch: list(batch), refl_loss(parts, scorer, config))

@@ -355,11 +355,10 @@ def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: O
     objective = {k: cfg[k] for k in ("good_token", "bad_token", "hard_labels", "freeze_vision_tower", "freeze_projector")}
     resume = {"objective": {"loss": "step_bce", **objective}, "data": data_digest(examples),
               "processor": D.processor_fingerprint(model.need_processor())}
-    trainer = Trainer(model, config, examples, StepCollator(model), step_loss_fn, eval_fn=eval_fn,
+    collate = StepCollator(model)
+    trainer = Trainer(model, config, examples, collate, step_loss_fn, eval_fn=eval_fn,
                       settings={"visual_prm": cfg}, resume_settings=resume)
-    trainer.start()  # a resume of another run is refused first, before the rows are encoded
-    check_steps_fit(model, examples, held, config.batch_size)
-    return trainer.fit()
+    return model.fit_checked(trainer, examples, held, collate, EVAL_BATCH_SIZE)
 
 
 def check_steps_fit(model: VisualPRM, examples: Sequence[LabelledSteps],
@@ -367,10 +366,7 @@ def check_steps_fit(model: VisualPRM, examples: Sequence[LabelledSteps],
     """Encode every training and held-out step row once, as their batches will be, before training starts:
     a row past the backbone's context (or whose label tokens the tokenizer merges) is refused naming it,
     the steps past the context and the lengths before step 1 (see :meth:`VLMScorer.check_rows_fit`)."""
-    collate = StepCollator(model)
-    model.check_rows_fit(examples, collate, batch_size)
-    if eval_examples:
-        model.check_rows_fit(eval_examples, collate, EVAL_BATCH_SIZE)
+    model.check_rows_fit(examples, StepCollator(model), batch_size, eval_examples, EVAL_BATCH_SIZE)
 
 
 def data_digest(examples: Sequence[LabelledSteps]) -> dict[str, Any]:

@@ -90,12 +90,14 @@ class VLMScorer(RewardScorer, nn.Module):
                                 "conversation or give smaller images (the processor's max_pixels)")
 
     def check_rows_fit(self, examples: Sequence[Any], collate: Callable[[Sequence[Any]], Any],
-                       batch_size: int) -> None:
+                       batch_size: int, eval_examples: Optional[Sequence[Any]] = None,
+                       eval_batch_size: int = 16) -> None:
         """Build every batch of training / eval ``examples`` once with ``collate`` (the batch builder
         the Trainer and the evaluation use), before training starts: a row past the context (and any
         row the processor refuses) is then refused naming it, before step 1, not hours into a run when
         its batch comes up. Examples already checked for this model, processor and config (the
-        command line checks its rows before its held-out figures, then trains) are not built again."""
+        command line checks its rows before its held-out figures, then trains) are not built again.
+        ``eval_examples``: held-out rows, built in batches of ``eval_batch_size`` as the evaluation does."""
         key = (id(self), id(self.processor), self.context_length(), repr(self.config))
         todo = [e for e in examples if getattr(e, "_fits_context", None) != key]
         for s in range(0, len(todo), batch_size):
@@ -105,6 +107,16 @@ class VLMScorer(RewardScorer, nn.Module):
                 e._fits_context = key
             except AttributeError:  # an object without a __dict__: checked again next time
                 pass
+        if eval_examples:
+            self.check_rows_fit(eval_examples, collate, eval_batch_size)
+
+    def fit_checked(self, trainer: Any, examples: Sequence[Any], eval_examples: Optional[Sequence[Any]],
+                    collate: Callable[[Sequence[Any]], Any], eval_batch_size: int) -> list[dict]:
+        """``trainer.fit()`` after :meth:`check_rows_fit` of the training / held-out rows: a resume of
+        another run is refused first (``trainer.start()``), before the rows are encoded."""
+        trainer.start()
+        self.check_rows_fit(examples, collate, trainer.config.batch_size, eval_examples, eval_batch_size)
+        return trainer.fit()
 
     def _vision_token_ids(self) -> list[int]:
         cfg = getattr(self.backbone, "config", None)

@@ -265,11 +265,10 @@ def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_ro
     resume = {"objective": {"loss": "bradley_terry", **{k: cfg[k] for k in ("freeze_vision_tower", "freeze_projector")}},
               "data": data_digest(pairs),
               "processor": D.processor_fingerprint(model.need_processor())}
-    trainer = Trainer(model, config, pairs, PreferenceCollator(model), pairwise_loss_fn, eval_fn=eval_fn,
+    collate = PreferenceCollator(model)
+    trainer = Trainer(model, config, pairs, collate, pairwise_loss_fn, eval_fn=eval_fn,
                       settings={"vlm_reward": cfg}, resume_settings=resume)
-    trainer.start()  # a resume of another run is refused first, before the rows are encoded
-    check_pairs_fit(model, pairs, held, config.batch_size)
-    return trainer.fit()
+    return model.fit_checked(trainer, pairs, held, collate, EVAL_BATCH_SIZE)
 
 
 def check_pairs_fit(model: VLMRewardModel, pairs: Sequence[ConversationPair],
@@ -277,7 +276,4 @@ def check_pairs_fit(model: VLMRewardModel, pairs: Sequence[ConversationPair],
     """Encode every training and held-out pair (chosen and rejected) once, as their batches will be, before
     training starts: a row past the backbone's context is refused naming it, its side and the lengths
     before step 1 (see :meth:`VLMScorer.check_rows_fit`)."""
-    collate = PreferenceCollator(model)
-    model.check_rows_fit(pairs, collate, batch_size)
-    if eval_pairs:
-        model.check_rows_fit(eval_pairs, collate, EVAL_BATCH_SIZE)
+    model.check_rows_fit(pairs, PreferenceCollator(model), batch_size, eval_pairs, EVAL_BATCH_SIZE)

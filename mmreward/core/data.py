@@ -67,6 +67,10 @@ def _read_jsonl(path: str) -> list[dict]:
     return rows
 
 
+# the flag is the caller's: the split of --eval-data is --eval-split (of --solutions, --solutions-split)
+_CHOOSE_SPLIT = "choose one with split=... (on the command line: --split for --data, --eval-split for --eval-data)"
+
+
 def _read_json(path: str, split: Optional[str]) -> list[dict]:
     with open(path, "rb") as f:
         data = f.read()
@@ -94,8 +98,7 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
             # saved DatasetDict (an evaluation read from "train" would report training rows without a word)
             row_lists = sorted(k for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict))
             if len(row_lists) > 1:
-                raise DataError(f"{path} holds several lists of rows, {row_lists[:8]}: choose one with split=... "
-                                "(--split on the command line)")
+                raise DataError(f"{path} holds several lists of rows, {row_lists[:8]}: {_CHOOSE_SPLIT}")
         keys = [split] if split else list(_LIST_KEYS)
         for k in keys:
             if isinstance(obj.get(k), list):
@@ -105,8 +108,7 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
             splits = sorted(k for k, v in obj.items() if isinstance(v, list))
             if splits:  # lists under other names: splits to choose from, as a DatasetDict's
                 raise DataError(f"{path} holds lists under {splits[:8]}, none of them "
-                                f"{' / '.join(repr(k) for k in keys)}: choose one with split=... (--split on "
-                                "the command line)")
+                                f"{' / '.join(repr(k) for k in keys)}: {_CHOOSE_SPLIT}")
             raise DataError(f"{path}: expected a list of objects (or an object with a list under "
                             f"{' / '.join(repr(k) for k in keys)}), got an object with keys {sorted(obj)[:8]}")
     elif isinstance(obj, list):
@@ -132,7 +134,7 @@ def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
         names = list(ds.keys())
         if split is None:
             if len(names) != 1:
-                raise DataError(f"{path} holds splits {names}: choose one with split=... (--split on the command line)")
+                raise DataError(f"{path} holds splits {names}: {_CHOOSE_SPLIT}")
             split = names[0]
         if split not in ds:
             raise DataError(f"{path} has no split {split!r}; it has {names}")

@@ -35,6 +35,13 @@ class CheckpointError(RuntimeError):
 MANIFEST_NAME = "manifest.json"
 
 
+def local_path_only(path: str) -> bool:
+    """Whether ``path`` (not found on disk) can only have meant a local path — ``./x``, ``/x``, ``~/x``,
+    ``a/b/c`` — and not a hub id (``name`` or ``org/name``): then "does not exist" is the error to give,
+    not the hub's "Repo id must be in the form ..." about a malformed id."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path)
+
+
 # ------------------------------------------------------------------ permissions
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (``/proc``), else by the

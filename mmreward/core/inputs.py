@@ -364,6 +364,9 @@ INPUT_TYPES: dict[str, type] = {
     "text": TextPair, "comparison": Comparison, "steps": StepSolution, "image": ImagePrompt, "video": VideoPrompt,
     "conversation": Conversation, "visual_steps": VisualSteps, "episode": Episode,
 }
+# inputs whose parts are the point (steps, frames): `mmreward score` and the server's /score answer their
+# per-part scores unless asked for one score each
+PART_INPUTS: tuple[type, ...] = (StepSolution, VisualSteps, VideoPrompt, Episode)
 
 
 def _need_dict(row: Any, where: str) -> None:
@@ -461,4 +464,4 @@ def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str =
 
 
 __all__ = ["ScoreInput", "TextPair", "Comparison", "StepSolution", "ImagePrompt", "VideoPrompt", "Conversation",
-           "VisualSteps", "Episode", "INPUT_TYPES", "as_inputs"]
+           "VisualSteps", "Episode", "INPUT_TYPES", "PART_INPUTS", "as_inputs"]

@@ -31,8 +31,8 @@ from typing import Any, Optional, Sequence
 
 from mmreward.core.inputs import StepSolution
 
-from .protocol import ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_response, parse_refine, refine_parts, \
-    text_input
+from .protocol import OUTPUTS, ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_response, parse_refine, \
+    refine_parts, text_input
 
 
 _ROUTES = ("/score", "/get_reward", "/info", "/healthz", "/metrics")
@@ -178,7 +178,9 @@ class RewardClient:
         merged: dict = {}
         # the column the answer must hold ("scores" with refine; the server's default without output)
         key = "scores" if refine or output == "scores" else "parts" if output == "parts" else None
-        for start, stop in _slices({"inputs": rows}, fixed, *self._limits(len(rows)), "input"):
+        # without output, later slices carry the first one's column: their bodies are sized with room for it
+        sized = fixed if key else {**fixed, "output": max(OUTPUTS, key=len)}
+        for start, stop in _slices({"inputs": rows}, sized, *self._limits(len(rows)), "input"):
             answer = self._request("POST", "/score", {"inputs": rows[start:stop], **fixed})
             where = f"POST {self.url}/score (inputs {start}..{stop - 1})"
             if key == "scores":  # the column the adapters read: numbers or nulls, one per input

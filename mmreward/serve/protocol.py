@@ -35,14 +35,12 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from mmreward.core.data import DataError, describe
-from mmreward.core.inputs import INPUT_TYPES, Conversation, Episode, ImagePrompt, StepSolution, TextPair, VideoPrompt, \
-    VisualSteps, _message, as_inputs
+from mmreward.core.inputs import INPUT_TYPES, PART_INPUTS, Conversation, Episode, ImagePrompt, StepSolution, TextPair, \
+    VideoPrompt, VisualSteps, _message, as_inputs
 
 from .config import ServeConfig
 
 OUTPUTS = ("scores", "parts")
-# inputs whose parts are the point (steps, frames): without "output" their request answers "parts"
-PART_INPUTS = (StepSolution, VisualSteps, VideoPrompt, Episode)
 # inputs whose parts are steps: the only ones PRM Clip / Delta refinement is defined on (a video's or an
 # episode's per-frame scores are not step rewards)
 STEP_INPUTS = (StepSolution, VisualSteps)

@@ -189,7 +189,16 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
         # every expert (or imported demo) episode of the folder (not len(EpisodeDataset): that counts frame
         # windows, not episodes); the task's own when the folder has them: its last frames are the goal frames
         # of this task. Noisy / random episodes collected into the same folder were fitted on as experts.
-        has_task = task in _expert_tasks(expert_data)
+        tasks = _expert_tasks(expert_data)
+        if not tasks:  # was load_episode_folder's "--policies all uses every episode", a flag train-rl lacks
+            from ..data.episodes import read_manifest
+
+            have = sorted({str(e.get("policy")) for e in read_manifest(expert_data)})
+            raise ValueError(f"--expert-data {expert_data} holds no expert episodes (policy "
+                             f"{' / '.join(EXPERT_POLICIES)}; its episodes' policies: {', '.join(have) or 'none'}): "
+                             "collect them with `collect --policy expert`, or import demonstrations with `import-videos` "
+                             "(its default --policy demo)")
+        has_task = task in tasks
         return [ep.frames for _, ep in load_episode_folder(expert_data, [task] if has_task else None, EXPERT_POLICIES)]
     from ..collect import run_episode
     from ..envs import make_env

@@ -120,7 +120,6 @@ def test_rl_expert_data_uses_expert_episodes_and_the_tasks_own_goals(tmp_path):
     Before: noisy / random episodes collected into the same folder (robotics/README.md's collect
     examples do that) were fitted on as experts, and --goal-scale took other tasks' last frames as the
     goals of a task the folder does not hold."""
-    from mmreward.core.data import DataError
     from mmreward.robotics.rl.rewards import make_reward_source
     from test_diffusion_reward import make_reward
 
@@ -139,8 +138,11 @@ def test_rl_expert_data_uses_expert_episodes_and_the_tasks_own_goals(tmp_path):
         make_reward_source("diffusion-relative", task="button-press-v3", goal_scale=1.0, **kw)
     only_random = str(tmp_path / "random")
     _mixed_folder(only_random, [("door-open-v3", "random", 6)])
-    with pytest.raises(DataError, match=r"no episodes in .*random match .*policies=\['expert', 'demo'\]"):
+    # named as --expert-data (was load_episode_folder's message, which offered train-rl's missing --policies)
+    with pytest.raises(ValueError, match=r"--expert-data .*random holds no expert episodes \(policy expert / demo; "
+                                         r"its episodes' policies: random\)") as e:
         make_reward_source("diffusion-relative", task="door-open-v3", **{**kw, "expert_data": only_random})
+    assert "--policies" not in str(e.value)
 
 
 def test_score_cli_takes_the_motion_scale_like_the_other_terms(tmp_path, capsys):

@@ -180,3 +180,24 @@ def test_verl_gets_nan_floats_not_none_for_non_finite_rewards(start_server):
             reward_tensor[i, 2] = r
         assert np.isnan(one) and np.isnan(batch[0]) and np.isfinite(batch[1])
         assert TRLRewardFunction(target)(["q"], ["bad one"]) == [None]  # TRL keeps None (read as NaN)
+
+
+def test_slices_after_the_first_leave_room_for_the_output_the_first_answered(monkeypatch):
+    """Without ``output`` the client adds the first slice's column ("parts") to the later requests: they
+    were cut without it, so a slice packed to the byte limit went over it (a 413 from the server)."""
+    client = RewardClient("http://127.0.0.1:9", max_request_bytes=200)
+    sent = []
+
+    def request(method, path, body=None):
+        if method == "GET":
+            return {"max_items": 100}
+        sent.append(body)
+        return {"parts": [[0.5]] * len(body["inputs"])}
+
+    monkeypatch.setattr(client, "_request", request)
+    rows = [{"prompt": "p", "response": "x" * n} for n in range(5, 25)]
+    assert len(client.score(rows)["parts"]) == len(rows) and len(sent) > 2
+    assert sent[1]["output"] == "parts"
+    from mmreward.serve.adapters import _json_bytes
+
+    assert max(len(_json_bytes(b, "")) for b in sent) <= 200

@@ -123,3 +123,16 @@ def test_refl_steps_raise_the_mean_reward_of_samples(tmp_path):
     assert len(history) == 8 and all(30 <= r["t_index"] <= 39 for r in history)
     assert after > before + 0.01, (before, after)
     assert (tmp_path / "refl" / "metrics.csv").exists()
+
+
+def test_an_empty_prompt_is_refused_before_training_when_the_scorer_reads_prompts(tmp_path):
+    """A prompt-conditioned scorer refuses an image without a prompt; train_refl names the prompt up front
+    (it failed as "input 1: no prompt ... --prompt" when the batch holding it came up, mid-run)."""
+    from mmreward.vision import synthetic as S
+    from mmreward.vision.image_reward import ConvTextConfig, ImageRewardModel
+
+    scorer = ImageRewardModel.from_backbone(ConvTextConfig(vocab=S.vocabulary(), embed_dim=8))
+    tc = TrainConfig(output_dir=str(tmp_path / "refl"), max_steps=1, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty: ImageRewardModel scores each image"):
+        train_refl(None, scorer, ["a red circle", " "], ReFLConfig(), tc)
+    assert not (tmp_path / "refl").exists()

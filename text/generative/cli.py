@@ -25,7 +25,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from mmreward.core.cli_config import _one_line, add_split_options, check_split_sources
-from mmreward.core.folders import CheckpointError
+from mmreward.core.folders import CheckpointError, local_path_only
 
 _USER_ERRORS = (OSError, ValueError, TypeError, CheckpointError)  # one line on stderr, exit 2
 
@@ -152,7 +152,7 @@ def model_folder(model: str, flag: str = "--model") -> str:
     if os.path.exists(path):
         hint = " (a GGUF file: give its folder as the model and its name with --gguf-file)" if path.endswith(".gguf") else ""
         raise ValueError(f"{flag} {model} is a file, not a model folder{hint}")
-    if path.startswith((".", "/")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path):
+    if local_path_only(path):
         raise FileNotFoundError(f"{flag} {model}: no such model folder")
     return path
 

@@ -159,7 +159,7 @@ def _score_examples(args: argparse.Namespace):
             raise ValueError(f"--data and {' / '.join(given)} both name what to score: give --data FILE or "
                              "--problem TEXT with its --step's, not both")
         return read_step_examples(args.data, format=args.format, split=args.split)
-    check_split_sources(args, "--data", "--eval-data")
+    check_split_sources(args, "--data")  # --split with --problem / --step: nothing to choose a split of
     if args.problem is not None and args.step:
         steps = [utf8_text(step, f"--step {i + 1}") for i, step in enumerate(args.step)]
         return [StepExample(utf8_text(args.problem, "--problem"), steps, [-100.0] * len(steps))]
