@@ -274,8 +274,10 @@ def score_video(scorer: Any, prompt: str, video: Any, *, batch_size: int = 16, s
     ``scorer``: a reward model that scores :class:`~mmreward.core.inputs.ImagePrompt` (e.g. an
     :class:`~mmreward.vision.ImageRewardModel`) or any callable ``(prompts, images[B, 3, H, W] in
     [0, 1]) -> Tensor[B]``."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt must be a non-empty string")
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip() and getattr(scorer, "uses_prompt", True):  # an aesthetic predictor scores frames alone
+        raise ValueError("prompt must be a non-empty string: the scorer scores each frame against it")
     check_batch_size(batch_size)
     check_sampling(stride, max_frames)
     score = as_pixel_scorer(scorer)

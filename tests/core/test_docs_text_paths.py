@@ -9,7 +9,7 @@ def test_tilde_paths_are_the_home_folder_for_data_and_run_folders(tmp_path, monk
     # read_records("~/pairs.jsonl") said the file does not exist
     from mmreward.core.data import read_records
     from mmreward.core.trainer import TrainConfig
-    from mmreward.text.recipes.raft import RaftConfig
+    from mmreward.text.recipes.reward_ranked import RaftConfig
 
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()

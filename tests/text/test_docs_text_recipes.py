@@ -6,20 +6,15 @@ import inspect
 def test_recipes_raft_import_is_the_function_whichever_import_ran_first():
     # `from mmreward.text.recipes import raft, RaftConfig` (the docs' RAFT block) gave the submodule
     # raft.py: the lazy lookup imported it, and the import system then bound the module to the name,
-    # so `raft(policy, ...)` raised "TypeError: 'module' object is not callable"
-    recipes = importlib.import_module("mmreward.text.recipes")
+    # so `raft(policy, ...)` raised "TypeError: 'module' object is not callable". The module has a name
+    # of its own (reward_ranked), so no import order can shadow the function.
+    module = importlib.import_module("mmreward.text.recipes.reward_ranked")  # the module first, then the name
     from mmreward.text.recipes import RaftConfig, raft
 
-    assert inspect.isfunction(raft) and raft.__module__ == "mmreward.text.recipes.raft"
-    assert "config" in inspect.signature(raft).parameters and RaftConfig.__name__ == "RaftConfig"
-    # the submodule imported directly (as the tests and `from mmreward.text.recipes.raft import ...` do)
-    module = importlib.import_module("mmreward.text.recipes.raft")
-    from mmreward.text.recipes.raft import select_samples  # noqa: F401 - the submodule's own names still import
-
-    assert recipes.raft is module.raft
-    from mmreward.text.recipes import raft as again
-
-    assert again is module.raft
+    assert inspect.isfunction(raft) and raft is module.raft and RaftConfig is module.RaftConfig
+    assert "config" in inspect.signature(raft).parameters
+    recipes = importlib.import_module("mmreward.text.recipes")
+    assert recipes.raft is module.raft and "raft" in dir(recipes)
 
 
 def _tiny_rm_folder(folder):

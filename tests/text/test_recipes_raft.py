@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from mmreward.text.recipes.raft import RaftConfig, raft, select_samples
+from mmreward.text.recipes.reward_ranked import RaftConfig, raft, select_samples
 
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 

@@ -5,6 +5,7 @@ open_clip -> CLIPModel renaming, refusals of partial folders, save / load and th
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -321,6 +322,13 @@ def test_aesthetic_predictor_matches_ddpo_aesthetic_scorer(images, tmp_path, nam
     x = (u8.float() / 255).requires_grad_()
     ours.score([ImagePrompt("", x)]).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+    # a video scores frame by frame without a prompt too (score_video refuses "" for prompt-reading scorers)
+    from PIL import Image
+
+    from mmreward.vision import score_video
+
+    frames = [np.asarray(Image.open(images[0]).convert("RGB"))] * 2  # a 2-frame video of the first image
+    assert torch.allclose(torch.tensor(score_video(ours, "", frames).scores), got[0].repeat(2), atol=1e-5)
 
 
 def test_aesthetic_predictor_files_that_do_not_fit_are_refused(tmp_path):

@@ -4,13 +4,12 @@
   :func:`decontaminate` (:mod:`.skywork`);
 * RRM augmentation — :func:`rrm_augment`, :func:`filter_augmented`, :func:`rrm_dataset` (:mod:`.rrm`);
 * WARM weight averaging — :func:`warm_average`, :func:`average_state_dicts`, :func:`init_distances` (:mod:`.warm`);
-* RAFT — :func:`raft`, :class:`RaftConfig` (:mod:`.raft`).
+* RAFT — :func:`raft`, :class:`RaftConfig` (:mod:`.reward_ranked`: Reward rAnked FineTuning; a module
+  name of its own, so that ``recipes.raft`` is the function in every import order).
 """
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 _LAZY = {
     "CurationConfig": "mmreward.text.recipes.skywork",
@@ -30,8 +29,8 @@ _LAZY = {
     "init_distances": "mmreward.text.recipes.warm",
     "check_compatible": "mmreward.text.recipes.warm",
     "check_same_inputs": "mmreward.text.recipes.warm",
-    "RaftConfig": "mmreward.text.recipes.raft",
-    "raft": "mmreward.text.recipes.raft",
+    "RaftConfig": "mmreward.text.recipes.reward_ranked",
+    "raft": "mmreward.text.recipes.reward_ranked",
     "MergeConfig": "mmreward.text.recipes.cli",
     "merge": "mmreward.text.recipes.cli",
 }
@@ -48,17 +47,3 @@ def __getattr__(name: str):
 def __dir__():
     return sorted(list(globals()) + __all__)
 
-
-class _Recipes(types.ModuleType):
-    """The package. The function :func:`raft` shares its name with the submodule that defines it, and
-    the import system binds a submodule to the package under its name once it has loaded (also while
-    ``from mmreward.text.recipes import raft`` looks the name up): here the name keeps the function,
-    so ``raft(...)`` is the recipe whichever import ran first."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Recipes
