@@ -191,12 +191,22 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
         return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"))
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model, **kw, **({"dtype": torch_dtype} if torch_dtype else {}))
+        lm = AutoModelForCausalLM.from_pretrained(model, **kw, **_dtype_kwarg(torch_dtype))
     except OSError as e:
         if os.path.isdir(model):
             raise
         raise OSError(f"{flag} {model} is not a local folder, and as a hub id: {e}") from e
     return lm.to(device).eval(), AutoTokenizer.from_pretrained(model, **kw)
+
+
+def _dtype_kwarg(dtype: Any) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype`` from transformers 4.56, ``torch_dtype`` before."""
+    if dtype is None:
+        return {}
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
 
 def _same_vocab(a: Any, b: Any) -> bool:
