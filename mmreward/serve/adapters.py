@@ -19,8 +19,8 @@ completion cut at step_separator)`` and returns its own score per completion, or
 the refined return ``G_0`` (PRM Clip / Delta, computed where the model runs).
 
 :class:`RewardClient` is the HTTP client both use: connection reuse, requests cut to the server's
-``max_items`` and ``max_request_mb``, 503 → wait ``Retry-After`` and retry, lost connections
-retried, 4xx → ``ValueError`` with the server's message.
+``max_items`` and ``max_request_mb``, 503 → wait ``Retry-After`` and retry, a gateway's 502 / 503 / 504
+and lost connections retried, 4xx → ``ValueError`` with the server's message.
 """
 from __future__ import annotations
 
@@ -131,9 +131,11 @@ class RewardClient:
                 if attempt < self.retries:  # no wait after the last try
                     time.sleep(min(2.0 ** attempt * 0.1, 5.0))
                 continue
-            if r.status_code == 503 and ("retry-after" in r.headers or not _is_server_error(r)):
-                # busy (queue full) or a proxy's 503: wait and retry; the server's 503 without Retry-After (its
-                # model worker is down) is raised at once below: retrying cannot help
+            if (r.status_code == 503 and "retry-after" in r.headers) or (
+                    r.status_code in (502, 503, 504) and not _is_server_error(r)):
+                # busy (queue full), or a gateway in front whose server is restarting or slow (502 / 503 /
+                # 504 that are not the server's own JSON): wait and retry. The server's own 503 without
+                # Retry-After (its model worker is down) is raised at once below: retrying cannot help
                 last = _message(r)
                 if attempt < self.retries:
                     time.sleep(_retry_after(r.headers.get("retry-after"), self.timeout))

@@ -84,6 +84,27 @@ def test_remote_nan_and_http_date_retry_after(fake_server):
     busy = fake_server(lambda n: (503, b"busy", [("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")]))
     with pytest.raises(ConnectionError, match="failed after 2 tries: busy"):
         RewardClient(busy, retries=1).score([{"prompt": "q", "response": "a"}])
+    # a gateway's 502 / 504 (its HTML page, not the server's JSON) is retried like its 503; once the server
+    # answers, the request goes through
+    calls = []
+
+    def gateway_then_server(n):
+        calls.append(n)
+        if len(calls) == 1:
+            return 502, b"<html>502 Bad Gateway</html>"
+        if len(calls) == 2:
+            return 504, b"<html>504 Gateway Time-out</html>"
+        return 200, _json({"scores": [0.5] * n})
+
+    url = fake_server(gateway_then_server)
+    assert RewardClient(url, retries=2).score([{"prompt": "q", "response": "a"}]) == {"scores": [0.5]}
+    assert len(calls) == 3
+    with pytest.raises(ConnectionError, match="failed after 2 tries: .*504"):
+        RewardClient(fake_server(lambda n: (504, b"<html>504</html>")), retries=1).score([{"prompt": "q", "response": "a"}])
+    # the server's own 5xx JSON errors are not retried
+    own = fake_server(lambda n: (502, _json({"error": "scoring failed", "status": 502})))
+    with pytest.raises(RuntimeError, match="502: scoring failed"):
+        RewardClient(own, retries=3).score([{"prompt": "q", "response": "a"}])
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 120) == 0.0  # a date in the past: no wait
     assert _retry_after("soon", 120) == 1.0 and _retry_after("3600", 5.0) == 5.0 and _retry_after(None, 120) == 1.0
 
