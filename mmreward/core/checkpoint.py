@@ -354,9 +354,17 @@ def _unused_name(path: str) -> str:
     return candidate
 
 
+def _fingerprint_value(value: Any) -> Any:
+    # numpy numbers and arrays from a Python caller (``batch_size=np.int64(4)``) as the Python numbers they
+    # equal, so that they resume a run started with plain numbers (as text, "4" would not)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)
+
+
 def fingerprint_text(fingerprint: dict) -> str:
     """Canonical JSON of a run's fingerprint (the settings a resumed run must share)."""
-    return json.dumps(fingerprint, sort_keys=True, default=str)
+    return json.dumps(fingerprint, sort_keys=True, default=_fingerprint_value)
 
 
 _ABSENT = object()  # a key a fingerprint does not hold: fingerprints store some settings only when not the default

@@ -149,19 +149,6 @@ def parse_task(task: str) -> str:
     raise ValueError(f"unknown suite {suite!r} in task {task!r}: use metaworld/<task> or adroit/<task>")
 
 
-def _plain_numbers(value: Any) -> Any:
-    """``value`` with numpy scalars (``np.int64(4)`` from a Python caller) as Python numbers, in nested
-    dicts / lists: a fingerprint's JSON would hold them as text ("4"), so that a run started with
-    ``batch_size=np.int64(4)`` and one with ``batch_size=4`` would not resume each other."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _plain_numbers(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_numbers(v) for v in value]
-    return value
-
-
 class Workspace:
     def __init__(self, config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None):
         config.validate()
@@ -214,8 +201,10 @@ class Workspace:
         self.last_eval_frame = self.last_snapshot_frame = None
         self.train_time = 0.0
         self._snapshot_replay_first: Optional[int] = None  # replay.first_serial of the newest snapshot
+        # the replay settings a fingerprint holds only when not the default, named with their value when refused
+        defaults = {name: RLConfig.__dataclass_fields__[name].default for name in RESUME_SETTINGS}
         self.snapshots, state = start_run(config.out, self._fingerprint(), resume=config.resume,
-                                          overwrite=config.overwrite, run_files=RUN_FILES)
+                                          overwrite=config.overwrite, run_files=RUN_FILES, defaults=defaults)
         replay_floor = None if state is None else self._restore(state)
         reward_model = getattr(self.reward, "model", None)  # the learned reward's effective terms (γ, δ, …), after
         # the reward source's and the checkpoint's defaults: None in `config` means "theirs"
@@ -378,7 +367,7 @@ class Workspace:
         # another machine) nor the folder's path (a moved copy of the same episodes still resumes)
         if getattr(self.reward, "expert_digest", None) is not None:
             fp["expert_data"] = self.reward.expert_digest
-        return _plain_numbers(fp)
+        return fp
 
     def save_snapshot(self) -> None:
         """``<out>/checkpoint-<frame>`` as one unit; then the replay episodes neither kept snapshot lists

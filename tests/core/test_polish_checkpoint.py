@@ -46,3 +46,12 @@ def test_which_runs_resume_is_unchanged(tmp_path):
     # an explicit null is not the absent default: another fingerprint, refused as before, and named
     assert "nstep: saved 2, now None" in _refusal(tmp_path, {"task": "t", "nstep": None})
     assert "extra: saved the default, now None" in _refusal(tmp_path, {**fp, "extra": None})
+
+
+def test_numpy_numbers_are_fingerprinted_as_the_python_numbers_they_equal():
+    """A run configured from numpy values (``np.int64(4)``) resumes one configured with 4: the fingerprint
+    held them as text ("4") before, in every trainer."""
+    import numpy as np
+
+    numpy = {"batch": np.int64(4), "flag": np.bool_(True), "lr": np.float32(0.5), "sizes": np.array([1, 2])}
+    assert ck.fingerprint_text(numpy) == ck.fingerprint_text({"batch": 4, "flag": True, "lr": 0.5, "sizes": [1, 2]})

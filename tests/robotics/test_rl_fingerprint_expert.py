@@ -1,6 +1,7 @@
 """train-rl's resume fingerprint: the --expert-data episodes the learned reward's statistics / goal frames come
 from are part of it (a resume with other expert data used to mix rewards silently; a moved copy of the same
 episodes still resumes), and numpy numbers in RLConfig are fingerprinted as the Python numbers they equal."""
+import json
 import os
 import shutil
 import sys
@@ -43,7 +44,8 @@ def test_numpy_numbers_in_the_config_fingerprint_as_python_numbers():
     numpy = _bare_workspace(RLConfig(batch_size=np.int64(4), nstep=np.int32(2), seed=np.uint32(3),
                                      motion_scale=np.float32(0.5)))
     assert fingerprint_text(numpy._fingerprint()) == fingerprint_text(plain._fingerprint())
-    assert numpy._fingerprint()["batch_size"] == 4 and type(numpy._fingerprint()["batch_size"]) is int
+    saved = json.loads(fingerprint_text(numpy._fingerprint()))  # as the run's snapshot and train_config hold it
+    assert saved["batch_size"] == 4 and type(saved["batch_size"]) is int and type(saved["seed"]) is int
 
 
 def test_the_expert_digest_is_part_of_the_fingerprint_only_when_expert_data_was_used():

@@ -117,6 +117,10 @@ def test_resuming_with_another_nstep_batch_or_replay_size_is_refused(tmp_path, m
             _workspace(**{**base, **change, "num_train_frames": 16})
     # length, logging and the evaluation schedule are not part of it: the run continues
     _workspace(**{**base, "num_train_frames": 16, "quiet": False, "eval_every_frames": 100, "tensorboard": True})
+    # a setting back at its default now is named with the default's value
+    _workspace(**{**base, "out": str(tmp_path / "n2"), "nstep": 2})
+    with pytest.raises(ValueError, match=r"nstep: saved 2, now 3 \(the default\)"):
+        _workspace(**{**base, "out": str(tmp_path / "n2"), "num_train_frames": 16})
 
 
 def test_resuming_with_another_reward_model_is_refused_a_moved_copy_resumes(tmp_path, monkeypatch):
