@@ -18,6 +18,7 @@ Register your own with :func:`register_model` / :func:`register_layout`.
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -192,6 +193,25 @@ def _shipped(name: str) -> Optional[str]:
     return here if os.path.isfile(os.path.join(here, "config.json")) else None
 
 
+_RUN_MODEL_FOLDERS = ("model", "reward")  # where training runs write their model (train-video: reward/)
+
+
+def _run_model_folder(run: str) -> Optional[str]:
+    """The model folder of a training run's output folder ``run``: the first of ``model/``, ``reward/`` that
+    holds a model of a registered type (train-video writes its video model to ``model/`` and the reward to
+    ``reward/``), else the first that holds a config; None when neither does."""
+    found = [os.path.join(run, sub) for sub in _RUN_MODEL_FOLDERS if os.path.isfile(os.path.join(run, sub, "config.json"))]
+    for folder in found:
+        try:
+            with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            continue  # read (and refused with its reason) if it is the only candidate
+        if isinstance(model_type, str) and model_type in MODEL_TYPES:
+            return folder
+    return found[0] if found else None
+
+
 def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
     checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files;
@@ -209,15 +229,17 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     path = os.path.expanduser(path)  # "~/runs/rm": the user's folder, as a shell would read it
     recover_folder(path)
     if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model", "config.json")):
-            return os.path.join(path, "model")  # a training run's output folder
+        if not os.path.exists(os.path.join(path, "config.json")):
+            return _run_model_folder(path) or path
         return path
     shipped = _shipped(path)
     if shipped:
         return shipped
     if os.path.exists(path):
         raise CheckpointError(f"{path!r} is a file, not a model folder")
-    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    # a hub id is owner/name: no leading or trailing separator, no white space ("runs/rm v2/" is a folder)
+    looks_like_hub_id = (path.count("/") == 1 and not path.startswith((".", "/", "~")) and not path.endswith("/")
+                         and not any(c.isspace() for c in path))
     if not looks_like_hub_id:
         raise CheckpointError(f"model folder {path!r} does not exist")
     try:
@@ -262,6 +284,10 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
         if _detects(layout, folder, config):
             return layout.name, _resolve(layout.load, f"layout {layout.name!r}")
     what = f"model_type {config.get('model_type')!r}" if config else "no config.json"
+    if config is None and os.path.isfile(os.path.join(folder, "state.safetensors")):
+        # a training run's snapshot (checkpoint-<step>/state.safetensors) holds a resumable state, not a model
+        raise LoadError(f"{folder} is a training run's snapshot (the state --resume continues from), not a model: "
+                        "load the run's output folder once the run has saved its model")
     raise LoadError(f"{folder}: cannot tell which reward model this is ({what}); mmreward reads its own "
                     f"model types ({', '.join(sorted(MODEL_TYPES))}) and the published layouts "
                     f"{', '.join(x.name for x in LAYOUTS)}")

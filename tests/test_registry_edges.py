@@ -33,3 +33,35 @@ def test_a_failing_registered_detect_function_is_named(odd_folder):
     with pytest.raises(registry.LoadError, match=r"layout 'failing' \(.*failing_detect\): its detect function failed "
                                                  r"on .*odd: KeyError: 'no_such_key'"):
         mmreward.load(odd_folder)
+
+
+def test_a_run_folder_resolves_to_the_reward_model_it_holds(tmp_path):
+    """train-video writes its video model to RUN/model and the reward to RUN/reward: `mmreward.load(RUN)`
+    (info / score / serve) took RUN/model and failed with "cannot tell which reward model this is"."""
+    from mmreward.registry import resolve_folder
+
+    for sub, model_type in (("model", "vq_diffusion"), ("reward", "diffusion_reward")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert resolve_folder(str(tmp_path)) == str(tmp_path / "reward")
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "text_reward_model"}))
+    assert resolve_folder(str(tmp_path)) == str(tmp_path / "model")  # a run's model/ first, as before
+    solo = tmp_path / "solo"
+    (solo / "model").mkdir(parents=True)
+    (solo / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert resolve_folder(str(solo)) == str(solo / "model")  # the only candidate: read, refused with its reason
+
+
+def test_a_snapshot_folder_and_a_missing_folder_are_named_as_such(tmp_path):
+    from mmreward.core.folders import CheckpointError
+    from mmreward.registry import LoadError, load
+
+    snap = tmp_path / "checkpoint-00000004"
+    snap.mkdir()
+    (snap / "state.safetensors").write_bytes(b"")
+    with pytest.raises(LoadError, match="training run's snapshot"):
+        load(str(snap))
+    # a trailing separator or a space makes a path a folder, not an owner/name hub id (no hub lookup)
+    for missing in ("runs/", "my runs/rm", "runs/rm v2"):
+        with pytest.raises(CheckpointError, match="does not exist"):
+            load(missing)
