@@ -89,7 +89,11 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     from mmreward.core.model import Pretrained, check_finite_weights
     from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
 
+    from mmreward.core.checkpoint import unfinished_run_note
+
     folder = resolve_folder(path, weights=load)
+    # a run continued past its model/ (running, or killed); detect() names a snapshot or an unfinished run
+    note = unfinished_run_note(path) if os.path.isdir(os.path.expanduser(os.fsdecode(os.fspath(path)))) else None
     files, nbytes, dangling = _files(folder)
     what, loader = detect(folder)  # LoadError (one line) when nothing reads it
     layout = next((x for x in LAYOUTS if x.name == what), None)
@@ -100,6 +104,8 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     }
     if dangling:
         out["missing_files"] = dangling
+    if note is not None:
+        out["note"] = note
     if not load and _fetched(path):
         # a hub id without --load: only its JSON and tokenizer files were fetched, so the weights are absent
         # here by design; --load fetches them and checks the folder
@@ -151,6 +157,8 @@ def _print(info: dict[str, Any]) -> None:
     print(f"  folder   {info['folder']} ({info['files']} files, {_size(info['bytes'])})")
     if "manifest" in info:
         print(f"  manifest {info['manifest']}")
+    if "note" in info:
+        print(f"  note     {info['note']}")
     for name in info.get("missing_files", ()):
         print(f"  missing  {name}: a link to a file that is not there (a download that did not finish)")
     if "model_class" not in info:

@@ -21,6 +21,7 @@ import importlib
 import json
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -193,14 +194,13 @@ def _shipped(name: str) -> Optional[str]:
     return here if os.path.isfile(os.path.join(here, "config.json")) else None
 
 
-_RUN_MODEL_FOLDERS = ("model", "reward")  # where training runs write their model (train-video: reward/)
-
-
 def _run_model_folder(run: str) -> Optional[str]:
-    """The model folder of a training run's output folder ``run``: the first of ``model/``, ``reward/`` that
-    holds a model of a registered type (train-video writes its video model to ``model/`` and the reward to
-    ``reward/``), else the first that holds a config; None when neither does."""
-    found = [os.path.join(run, sub) for sub in _RUN_MODEL_FOLDERS if os.path.isfile(os.path.join(run, sub, "config.json"))]
+    """The model folder of a training run's output folder ``run``: the first of its ``model/``, ``reward/``
+    that holds a model of a registered type (train-video writes its video model to ``model/`` and the reward
+    to ``reward/``), else the first of them; None when it holds neither."""
+    from mmreward.core.checkpoint import run_model_folders
+
+    found = run_model_folders(run)
     for folder in found:
         try:
             with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
@@ -216,7 +216,7 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
     checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files;
     ``weights=False``: no safetensors)."""
-    from mmreward.core.folders import CheckpointError, recover_folder
+    from mmreward.core.folders import CheckpointError, local_path_only, recover_folder
 
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"a model path must be a folder path, shipped name or hub id (str or os.PathLike), "
@@ -237,9 +237,7 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
         return shipped
     if os.path.exists(path):
         raise CheckpointError(f"{path!r} is a file, not a model folder")
-    # a hub id is owner/name: no leading or trailing separator, no white space ("runs/rm v2/" is a folder)
-    looks_like_hub_id = (path.count("/") == 1 and not path.startswith((".", "/", "~")) and not path.endswith("/")
-                         and not any(c.isspace() for c in path))
+    looks_like_hub_id = path.count("/") == 1 and not local_path_only(path)  # owner/name
     if not looks_like_hub_id:
         raise CheckpointError(f"model folder {path!r} does not exist")
     try:
@@ -269,6 +267,39 @@ def _detects(layout: Layout, folder: str, config: Optional[dict]) -> bool:
                         f"{type(e).__name__}: {e}") from e
 
 
+def _scalar_head_lm(folder: str) -> bool:
+    """Whether ``folder`` holds a ``ScalarHeadLM`` (``backbone/`` + ``head/``, no ``config.json``)."""
+    head = os.path.join(folder, "head", "config.json")
+    if os.path.isfile(os.path.join(folder, "config.json")) or not os.path.isdir(os.path.join(folder, "backbone")) \
+            or not os.path.isfile(head):
+        return False
+    try:
+        with open(head, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and "ScalarHeadLM" in json.dumps(body)
+
+
+def not_a_model_folder(folder: Union[str, os.PathLike]) -> Optional[str]:
+    """Why a folder without ``config.json`` is no reward model although mmreward wrote it, in one line that
+    says what to open or run instead: a training snapshot, a run that has not saved its model yet
+    (:func:`mmreward.core.checkpoint.run_folder_problem`), or a meta-RM (``ScalarHeadLM``, which the
+    generative judges read); None for anything else."""
+    from mmreward.core.checkpoint import run_folder_problem
+
+    problem = run_folder_problem(folder)
+    if problem is not None:
+        return problem
+    folder = os.path.expanduser(os.fsdecode(os.fspath(folder)))
+    for where in (folder, os.path.join(folder, "model")):
+        if _scalar_head_lm(where):
+            return (f"{where} holds a ScalarHeadLM (backbone/ + head/, as `mmreward text train-meta-rm` writes "
+                    "the DeepSeek-GRM meta-RM), which is no reward model of its own: use it with `mmreward text "
+                    f"judge grm --meta-rm {where}` (or as --model of `judge critic_rm` / `train-critic-rm`)")
+    return None
+
+
 def detect(folder: str) -> tuple[str, Callable[..., Any]]:
     """``(what, loader)`` for a local folder: ``loader(folder, device=..., dtype=...)``."""
     from mmreward.core.model import read_config
@@ -284,10 +315,10 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
         if _detects(layout, folder, config):
             return layout.name, _resolve(layout.load, f"layout {layout.name!r}")
     what = f"model_type {config.get('model_type')!r}" if config else "no config.json"
-    if config is None and os.path.isfile(os.path.join(folder, "state.safetensors")):
-        # a training run's snapshot (checkpoint-<step>/state.safetensors) holds a resumable state, not a model
-        raise LoadError(f"{folder} is a training run's snapshot (the state --resume continues from), not a model: "
-                        "load the run's output folder once the run has saved its model")
+    if config is None:
+        problem = not_a_model_folder(folder)
+        if problem is not None:
+            raise LoadError(problem)
     raise LoadError(f"{folder}: cannot tell which reward model this is ({what}); mmreward reads its own "
                     f"model types ({', '.join(sorted(MODEL_TYPES))}) and the published layouts "
                     f"{', '.join(x.name for x in LAYOUTS)}")
@@ -296,6 +327,12 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
 def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = None, **kwargs: Any) -> Any:
     """The reward model saved at ``path`` (see :func:`resolve_folder`), on ``device``, in eval mode."""
     folder = resolve_folder(path)
+    if os.path.isdir(os.path.expanduser(os.fsdecode(os.fspath(path)))):
+        from mmreward.core.checkpoint import unfinished_run_note
+
+        note = unfinished_run_note(path)  # a run continued past its model/ (running, or killed)
+        if note is not None:
+            warnings.warn(note, stacklevel=2)
     _, loader = detect(folder)
     model = loader(folder, device=device, dtype=dtype, **kwargs)
     owner = getattr(loader, "__self__", None)
@@ -307,5 +344,6 @@ def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = Non
     return model
 
 
-__all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "register_layout",
+__all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "not_a_model_folder",
+           "register_layout",
            "register_model", "resolve_folder"]

@@ -89,7 +89,9 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
 
 
 def _to_list(t: Any) -> list:
-    return [round(float(v), 6) for v in t.tolist()]
+    # the model's own values: rounding to 6 places turned a score of 3e-7 into 0.0 and made `--json` differ
+    # from model.score() (the table rounds for display only)
+    return [float(v) for v in t.tolist()]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -162,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise error_at_row(e, where, row_name, "score") from None
     out: list[dict] = [dict() for _ in rows]
     for k, ((i, slot), s) in enumerate(zip(where, scores.tolist())):
-        out[i][slot if slot == "score" else f"score_{slot}"] = round(s, 6)
+        out[i][slot if slot == "score" else f"score_{slot}"] = float(s)  # unrounded: the pairwise accuracy too
         if part_scores is not None:
             out[i]["parts" if slot == "score" else f"parts_{slot}"] = _to_list(part_scores[k])
     _print(args, rows, out)

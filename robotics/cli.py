@@ -225,6 +225,16 @@ def _check_frame_size(frames: list, codec, args: argparse.Namespace) -> None:
                              "these")
 
 
+def _stopped_early(args: argparse.Namespace, steps: int, more: str = "") -> bool:
+    """``--stop-at`` ended the call before ``steps``: says so (the model is saved only when the run ends:
+    "saved OUT/model" was printed for a folder that did not exist)."""
+    if args.stop_at is None or int(args.stop_at) >= steps:
+        return False
+    print(f"stopped at step {args.stop_at} of {steps}: the model is saved to {os.path.join(args.out, 'model')} when "
+          f"the run ends{more}; run again with --resume to continue")
+    return True
+
+
 def _train_codec(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -238,8 +248,11 @@ def _train_codec(args: argparse.Namespace) -> int:
     cfg = preset(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, VQGANConfig)})
     print(f"train-codec: {len(frames)} episodes, {sum(len(f) for f in frames)} frames, {args.preset} VQGAN "
           f"({cfg.num_codes} codes, {cfg.latent_size}x{cfg.latent_size} tokens) -> {args.out}")
-    model = train_vqgan(frames, cfg, args.out, config_from_args(VQGANTrainConfig, args), resume=args.resume,
-                        overwrite=args.overwrite, stop_at=args.stop_at, progress_bar=args.progress, device=str(device))
+    tc = config_from_args(VQGANTrainConfig, args)
+    model = train_vqgan(frames, cfg, args.out, tc, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
+                        progress_bar=args.progress, device=str(device))
+    if _stopped_early(args, tc.steps):
+        return 0
     pool = np.concatenate(frames)
     pick = np.random.default_rng(0).permutation(pool.shape[0])[:args.eval_frames]
     m = evaluate_vqgan(model, pool[np.sort(pick)])
@@ -266,7 +279,8 @@ def _save_reward_model(codec, video, frames: list, tasks: list, args: argparse.N
     from .reward.progress import group_goals
     from .reward.rnd import RND, RNDConfig
 
-    rnd = None if args.rnd == "none" else RND(RNDConfig.paper() if args.rnd == "paper" else RNDConfig())
+    size = codec.config.image_size  # the frames the reward model scores: RNDConfig's default is 64 px
+    rnd = None if args.rnd == "none" else RND((RNDConfig.paper if args.rnd == "paper" else RNDConfig)(image_size=size))
     reward = DiffusionReward(codec, video, _reward_config(args), rnd)
     stats = reward.fit_statistics(frames)
     stats |= reward.fit_goal_statistics(frames, [group_goals(frames, tasks, k) for k in range(len(frames))])
@@ -298,11 +312,10 @@ def _train_video(args: argparse.Namespace) -> int:
           f"{cfg.num_history} history frames) -> {args.out}")
     video = train_video_model(frames, cfg, args.out, tc, codec=codec, resume=args.resume, overwrite=args.overwrite,
                               stop_at=args.stop_at, progress_bar=args.progress, device=str(device))
+    if _stopped_early(args, tc.steps, " (expert statistics not fitted yet)" if args.fit_stats else ""):
+        return 0
     print(f"saved {os.path.join(args.out, 'model')}")
     if not args.fit_stats:
-        return 0
-    if args.stop_at is not None and int(args.stop_at) < tc.steps:
-        print(f"stopped at step {args.stop_at} of {tc.steps}: expert statistics not fitted (run again to continue)")
         return 0
     _save_reward_model(codec, video, frames, tasks, args, args.reward_out or os.path.join(args.out, "reward"))
     return 0
@@ -358,7 +371,10 @@ def _train_progress(args: argparse.Namespace) -> int:
     print(f"train-progress: {len(frames)} expert episodes, ranker of frame order ({args.steps} steps) -> {args.out}")
     model, m = train_progress(frames, cfg, args.out, steps=args.steps, seed=args.seed, show_progress=args.progress,
                               resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
-                              groups=tasks)  # goal-conditioned: pair goals from episodes of the same task
+                              groups=tasks,  # goal-conditioned: pair goals from episodes of the same task
+                              save_every=args.ckpt_every)
+    if _stopped_early(args, args.steps, " (and attached)" if args.attach else ""):  # no statistics: nothing to attach
+        return 0
     val = (f", held-out pair accuracy {m['val_pair_acc']:.3f}, score-vs-time ρ {m['val_time_spearman']:.3f} "
            f"({m['val_episodes']} episodes)" if "val_pair_acc" in m else "")
     print(f"saved {args.out}: train pair accuracy {m['train_pair_acc']:.3f}{val}; {m['seconds']:.0f} s")
@@ -683,6 +699,9 @@ def _add_model_commands(sub) -> None:
     _add_run(p, "ranker folder (config.json + model.safetensors + metrics.json)")
     p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
     _alias(p, "--max-steps", "steps")
+    p.add_argument("--ckpt-every", type=int, default=500,
+                   help="snapshot interval in steps (0 = only at the end; default: 500)")
+    _alias(p, "--save-every", "ckpt_every")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ProgressConfig field, e.g. --set min_gap=5 (repeatable)")
     p.add_argument("--attach", default=None, metavar="MODEL",
@@ -847,8 +866,31 @@ def _checked(args: argparse.Namespace) -> int:
         return args.run(args)
 
 
+# flags that name files or folders: "~/runs/x" is the user's folder there, as a shell reads it (quoted, or
+# from a script, it reached the commands as a folder literally named "~" in the working directory)
+_PATH_DESTS = ("out", "reward_out", "attach_out", "data", "codec", "video", "attach", "inputs", "model", "plot",
+               "goal", "checkpoint", "json", "run_dir", "folder", "sources", "expert_data", "expert_model")
+
+
+def _expand_user(args: argparse.Namespace) -> None:
+    """Expand a leading ``~`` in every path flag of ``args`` (each folder of a comma-separated ``--data``)."""
+    def expand(value: Any, dest: str) -> Any:
+        if isinstance(value, (list, tuple)):
+            return type(value)(expand(v, dest) for v in value)
+        if not isinstance(value, str) or "~" not in value:
+            return value
+        if dest == "data":
+            return ",".join(os.path.expanduser(v) for v in value.split(","))
+        return os.path.expanduser(value)
+
+    for dest in _PATH_DESTS:
+        if hasattr(args, dest):
+            setattr(args, dest, expand(getattr(args, dest), dest))
+
+
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    _expand_user(args)
     return run_cli(f"mmreward robotics {args.command}", lambda _: _checked(args), [])
 
 

@@ -227,8 +227,8 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
                      max_steps: Optional[int] = None, flip: str = "auto", progress: bool = True) -> CollectSummary:
     """Collect ``episodes`` episodes per task into ``out`` and update its manifest.
 
-    Each episode file is written atomically as soon as it is finished and the manifest is updated
-    after each task, so an interrupted run keeps everything it finished. Returns a summary (episodes,
+    Each episode file is written atomically as soon as it is finished and listed in the manifest right
+    after, so an interrupted run (even a killed one) keeps everything it finished. Returns a summary (episodes,
     successes, frames, seconds, per-task successes).
     """
     from .envs import make_env, resolve_task
@@ -271,14 +271,15 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
                         base_seed=seed, index=i, camera=env.camera, flip=env.flip, action_repeat=env.action_repeat,
                         **expert_meta,
                     ))
+                    # listed at once: a run killed mid-task (SIGKILL, no finally) kept the files it had
+                    # finished but not their manifest entries, which every reader goes by
+                    update_manifest(out, entries[-1:])
                     wins += int(ep.succeeded)
                     total_frames += ep.frames.shape[0]
                     bar.update(1)
                     bar.set_postfix(task=task, success=f"{wins}/{i + 1}")
             finally:
                 env.close()
-                if entries:
-                    update_manifest(out, entries)
             per_task[task] = (episodes, wins)
             total_success += wins
     finally:

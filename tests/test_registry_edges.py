@@ -59,7 +59,7 @@ def test_a_snapshot_folder_and_a_missing_folder_are_named_as_such(tmp_path):
     snap = tmp_path / "checkpoint-00000004"
     snap.mkdir()
     (snap / "state.safetensors").write_bytes(b"")
-    with pytest.raises(LoadError, match="training run's snapshot"):
+    with pytest.raises(LoadError, match=r"is a training snapshot \(step 4 .*not a model folder.*--resume"):
         load(str(snap))
     # a trailing separator or a space makes a path a folder, not an owner/name hub id (no hub lookup)
     for missing in ("runs/", "my runs/rm", "runs/rm v2"):

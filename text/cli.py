@@ -81,6 +81,11 @@ def _start_model(args: argparse.Namespace) -> Any:
             raise ValueError(f"--model {args.model} is a training run folder without a final model/ (the run did not "
                              f"finish): continue it with `--out {args.model}` and its own settings, or pass a "
                              "reward-model or backbone folder") from None
+        from mmreward.registry import not_a_model_folder
+
+        problem = not_a_model_folder(folder)  # a snapshot: not a backbone without config.json
+        if problem is not None:
+            raise ValueError(f"--model {problem}") from None
         return RewardModel.from_backbone(folder, tokenizer=args.tokenizer, **new_head)
     if new_head:
         flags = ", ".join("--" + k.replace("_", "-") for k in new_head)

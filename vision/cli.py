@@ -39,7 +39,9 @@ def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
     """Rows of a JSON / JSONL file (or saved dataset; ``split``: one split of a saved DatasetDict / a
     .json object of lists) with relative image / video paths made absolute against the file's folder."""
     from mmreward.core.data import DataError, read_records, resolve_media_paths
+    from mmreward.vision.scoring import user_path
 
+    path = user_path(path)  # "~/rows.jsonl": the media paths of its rows are read relative to that file too
     rows = read_records(path, split=split)
     if not rows:
         raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
@@ -48,9 +50,9 @@ def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
 
 def load_scorer(path: str, device: str, reads: type) -> Any:
     """The reward model at ``path`` (``mmreward.load``), which must score ``reads`` inputs."""
-    import mmreward
+    from mmreward.vision.scoring import load_model
 
-    model = mmreward.load(path, device=device)
+    model = load_model(path, device=device)
     if reads not in getattr(model, "input_types", ()):
         raise TypeError(f"--model {path} holds a {type(model).__name__}, which does not score {reads.__name__} inputs")
     return model
@@ -71,8 +73,10 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from mmreward.core.inputs import ImagePrompt
     from mmreward.core.model import check_batch_size
+    from mmreward.vision.scoring import user_path
     from mmreward.vision.video import check_plot_path, check_sampling, plot_video_score, score_video
 
+    args.video, args.plot = user_path(args.video), user_path(args.plot, output=True)
     # checked before the model loads and the video is scored, not after
     check_sampling(args.stride, args.max_frames)
     check_batch_size(args.batch_size)
@@ -104,6 +108,11 @@ def train_main(argv: Sequence[str]) -> int:
     args = vars(parser.parse_args(argv))
     cfg = ImageRewardTrainConfig(**{f.name: args[f.name] for f in fields(ImageRewardTrainConfig)})
     tcfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig)})
+    from mmreward.core.cli_config import check_output_folder
+    from mmreward.vision.scoring import user_path
+
+    if cfg.backbone not in ("conv", "clip-tiny"):  # the run's files would land in the model it starts from
+        check_output_folder(tcfg.output_dir, "--out", [("--backbone", user_path(cfg.backbone))])
     _, history = train_image_reward(cfg, tcfg)
     last = history[-1] if history else {}
     print(json.dumps({k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}))
@@ -123,8 +132,10 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
     parser.add_argument("--out", help="also write the metrics (JSON) to this file")
     args = parser.parse_args(argv)
-    import mmreward
     from mmreward.core.cli_config import check_output_file
+    from mmreward.vision.scoring import user_path
+
+    args.out = user_path(args.out, output=True)
     from mmreward.core.model import check_batch_size
 
     check_batch_size(args.batch_size)  # before the model loads
@@ -140,7 +151,9 @@ def eval_main(argv: Sequence[str]) -> int:
                                                                 args.batch_size),
                   VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data, args.split), args.data),
                                                            args.batch_size)}
-    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
+    from mmreward.vision.scoring import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)  # a snapshot / unfinished run: named
     evaluate = evaluators.get(type(model))
     if evaluate is None:
         raise TypeError(f"--model {args.model} holds a {type(model).__name__}; vision eval evaluates "

@@ -18,6 +18,41 @@ from mmreward.core.model import RewardScorer
 PixelScorer = Callable[[list, torch.Tensor], torch.Tensor]
 
 
+def user_path(path: Any, output: bool = False) -> Any:
+    """``path`` with a leading ``~`` read as the home folder, as a shell reads it (the CLIs get it quoted, a
+    Python user passes it as a string): an input path only when no such literal path exists, an output path
+    always (as ``TrainConfig.output_dir``), so that a folder named ``~`` in the working folder is never made."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if isinstance(path, str) and path.startswith("~") and (output or not os.path.exists(path)):
+        return os.path.expanduser(path)
+    return path
+
+
+def model_folder(path: Any) -> Any:
+    """The model folder ``path`` names, as ``mmreward.load`` reads it: ``~`` expanded and a training run's
+    folder (``train_config.json`` / snapshots, the final model in ``model/``) read as its ``model/``."""
+    path = user_path(path)
+    if isinstance(path, str) and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
+            and os.path.isfile(os.path.join(path, "model", "config.json")):
+        return os.path.join(path, "model")
+    if isinstance(path, str) and os.path.isdir(path):
+        from mmreward.registry import not_a_model_folder
+
+        problem = not_a_model_folder(path)
+        if problem is not None:
+            raise FileNotFoundError(problem)
+    return path
+
+
+def load_model(path: Any, **kwargs: Any) -> Any:
+    """``mmreward.load(path, **kwargs)`` with ``~`` read as the home folder (a training snapshot or a run that
+    has not saved its model yet is named as one by ``mmreward.load``)."""
+    import mmreward
+
+    return mmreward.load(user_path(path), **kwargs)
+
+
 def warn_truncated(prompts: Sequence[str], lengths: Sequence[int], limit: int, stacklevel: int = 4) -> None:
     """Warn when prompts (``lengths``: their token counts untruncated) exceed the text encoder's ``limit``
     and are cut to it, naming how many and the first one (its start and its length)."""

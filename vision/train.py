@@ -30,7 +30,7 @@ from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
 from . import synthetic
 from .image_reward import ConvTextConfig, ImageRewardModel
 from .images import as_image_list, preprocess, split_images
-from .scoring import eval_mode
+from .scoring import eval_mode, model_folder, user_path
 from .testing import tiny_clip_config, word_tokenizer
 
 LOSSES = ("listwise", "pairwise")
@@ -39,7 +39,9 @@ LOSSES = ("listwise", "pairwise")
 @dataclass
 class ImageRewardTrainConfig:
     data: str = field(default="synthetic", metadata={"help": "'synthetic' or a JSON / JSONL file of {prompt, images, ranks} rows"})
-    eval_data: str = field(default="", metadata={"help": "held-out JSONL (synthetic: sets drawn with data_seed+1)"})
+    eval_data: str = field(default="", metadata={
+        "help": "held-out JSON / JSONL of {prompt, images, ranks} rows (default: none; with synthetic data, "
+                "n_eval sets drawn with data_seed+1)"})
     split: str = field(default="", metadata={
         "help": "split of --data when it holds several (a saved DatasetDict, a .json object of lists)"})
     eval_split: str = field(default="", metadata={"help": "split of --eval-data when it holds several"})
@@ -60,6 +62,9 @@ class ImageRewardTrainConfig:
     device: str = field(default="cpu", metadata={"help": "train on this device: cpu | cuda | cuda:N | auto"})
 
     def __post_init__(self) -> None:
+        # "~/sets.jsonl" (quoted on a command line, or from Python): the home folder's, as read_records reads it;
+        # the image paths of its rows are then read relative to that file, not to a "./~" folder
+        self.data, self.eval_data = user_path(self.data), user_path(self.eval_data)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         check_ranges(self, counts=("n_train", "n_eval", "embed_dim"), naturals=("data_seed", "normalize_on"))
@@ -72,9 +77,8 @@ class ImageRewardTrainConfig:
         # a split of data there is none of would be silently ignored
         if self.split and self.data == "synthetic":
             raise ValueError(f"split {self.split!r} chooses a split of a data file; data 'synthetic' has none")
-        if self.eval_split and (not self.eval_data or self.data == "synthetic"):
-            raise ValueError(f"eval_split {self.eval_split!r} chooses a split of eval_data, which is not "
-                             + ("read with data 'synthetic'" if self.eval_data else "given"))
+        if self.eval_split and not self.eval_data:
+            raise ValueError(f"eval_split {self.eval_split!r} chooses a split of eval_data, which is not given")
 
 
 @dataclass
@@ -88,6 +92,7 @@ def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExamp
     """Rows ``{"prompt", "images": [paths], "ranks"}`` of a JSON / JSONL file (image paths relative to
     it; ``split``: one split of a saved DatasetDict / a .json object of lists); a bad row raises
     DataError naming the file, row and field."""
+    path = user_path(path)
     rows = read_records(path, split=split or None)
     base, out = os.path.dirname(os.path.abspath(path)), []
     for i, row in enumerate(rows):
@@ -233,10 +238,11 @@ def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRew
     if cfg.backbone == "clip-tiny":
         return ImageRewardModel.from_backbone(tiny_clip_config(len(words) + 3, cfg.embed_dim, cfg.image_size),
                                               tokenizer=word_tokenizer(words), max_text_length=32, **head)
-    if os.path.isfile(os.path.join(cfg.backbone, "config.json")):
-        if read_config(cfg.backbone).get("model_type") == ImageRewardModel.model_type:  # fine-tune an existing scorer
-            return ImageRewardModel.from_pretrained(cfg.backbone).train()
-        return ImageRewardModel.from_backbone(cfg.backbone, **head)
+    folder = model_folder(cfg.backbone)  # "~/…" and a training run's folder (its model/), as mmreward.load reads them
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        if read_config(folder).get("model_type") == ImageRewardModel.model_type:  # fine-tune an existing scorer
+            return ImageRewardModel.from_pretrained(folder).train()
+        return ImageRewardModel.from_backbone(folder, **head)
     raise ValueError(f"backbone must be conv, clip-tiny or a model folder, got {cfg.backbone!r}")
 
 
@@ -252,15 +258,17 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
     device = resolve_device(cfg.device)
     if cfg.data == "synthetic":
         train = synthetic_examples(cfg.n_train, cfg.set_size, cfg.image_size, cfg.data_seed)
-        held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1)
     else:
         train = read_ranked_sets(cfg.data, cfg.split)
-        held = read_ranked_sets(cfg.eval_data, cfg.eval_split) if cfg.eval_data else []
         # refused now, before the Trainer makes the run folder and trains up to the first evaluation
         # (training sets that are all ties would "train" on a zero loss and save an untrained scorer)
         require_ranked_pair(train, cfg.data)
-        if held:
-            require_ranked_pair(held, cfg.eval_data)
+    if cfg.eval_data:  # the given held-out sets, with synthetic training data too (not silently the synthetic ones)
+        held = read_ranked_sets(cfg.eval_data, cfg.eval_split)
+        require_ranked_pair(held, cfg.eval_data)
+    else:
+        held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1) \
+            if cfg.data == "synthetic" else []
     if model is None:  # initialised from the run's seed: the same command gives the same model
         seed_everything(train_cfg.seed)
         model = build_model(cfg, [e.prompt for e in train + held])

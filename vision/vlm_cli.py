@@ -41,6 +41,7 @@ def _backbone(spec: str) -> tuple[Any, Any]:
     """``tiny`` → (tiny Qwen2-VL config, its processor); a train-vlm-rm / train-visual-prm model folder →
     (its fine-tuned backbone, its processor); a transformers VLM folder → (folder, its processor)."""
     from mmreward.vision import vlm_data as D
+    from mmreward.vision.scoring import model_folder
 
     if spec == "tiny":
         from mmreward.vision.synthetic import COLOUR_WORDS
@@ -48,6 +49,7 @@ def _backbone(spec: str) -> tuple[Any, Any]:
 
         proc = tiny_processor(COLOUR_WORDS)
         return tiny_qwen2vl_config(proc), proc
+    spec = model_folder(spec)  # "~/…" and a train-vlm-rm run folder (its model/), as mmreward.load reads them
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"--backbone {spec!r} is neither 'tiny' nor a local model folder")
     if os.path.isfile(os.path.join(spec, "config.json")):
@@ -95,6 +97,11 @@ def _train(argv: Sequence[str], kind: str) -> int:
     check_split_sources(ns, "--eval-data")
     device = resolve_device(ns.device)
     cfg, tcfg = config_from_args(Config, ns), config_from_args(TrainConfig, ns)
+    if ns.backbone != "tiny":  # the run's files would land in the model folder it starts from
+        from mmreward.core.cli_config import check_output_folder
+        from mmreward.vision.scoring import user_path
+
+        check_output_folder(tcfg.output_dir, "--out", [("--backbone", user_path(ns.backbone))])
     synthetic = ns.data == "synthetic"
     rows = as_examples(_synthetic(kind, ns.n_train, tcfg.seed) if synthetic else read_rows(ns.data, ns.split), ns.data)
     if ns.eval_data:
@@ -142,7 +149,9 @@ def colour_data_main(argv: Sequence[str]) -> int:
     from PIL import Image
 
     from mmreward.core.folders import atomic_write_text
+    from mmreward.vision.scoring import user_path
 
+    args.out = user_path(args.out, output=True)  # "~/colours": the home folder's, not a "./~" folder
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     from mmreward.core.cli_config import check_output_folder

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import warnings
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -492,6 +492,75 @@ def write_run_config(folder: str, fingerprint: dict, body: dict) -> None:
 
 
 # ------------------------------------------------------------------ data digests (run fingerprints)
+# --------------------------------------------------------------------------- what a run folder holds
+RUN_MODEL_FOLDERS = ("model", "reward")  # where a finished run keeps its model (train-video: the reward in reward/)
+
+
+def run_model_folders(run: str) -> list[str]:
+    """The model folders a training run's output folder ``run`` holds (``model/``, ``reward/`` with a
+    ``config.json``), in that order; empty for a folder that is itself a model or holds none."""
+    if os.path.isfile(os.path.join(run, CONFIG_NAME)):
+        return []
+    return [os.path.join(run, sub) for sub in RUN_MODEL_FOLDERS if os.path.isfile(os.path.join(run, sub, CONFIG_NAME))]
+
+
+def newest_snapshot_step(run: str) -> Optional[int]:
+    """The step of the newest snapshot in ``run`` (None: none)."""
+    found = Snapshots(run).list()
+    return found[0][0] if found else None
+
+
+def run_folder_problem(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]:
+    """Why ``folder`` — a training snapshot (``<run>/checkpoint-<step>/``) or the output folder of a run that
+    has not written its model yet (killed, or still running) — is not a model folder, in one line saying what
+    to open or run instead; None for anything else (a model folder, a finished run, a missing path)."""
+    folder = os.path.expanduser(os.fsdecode(os.fspath(folder)))
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        return None
+    given = os.path.normpath(folder)
+    name = os.path.basename(given)
+    digits = name[len(SNAPSHOT_PREFIX):].split(".unreadable")[0]
+    if name.startswith(SNAPSHOT_PREFIX) and digits.isdigit() \
+            and os.path.isfile(os.path.join(folder, SNAPSHOT_STATE + STATE_SUFFIX)):
+        # a link to a snapshot: the run it is in, not the link's folder
+        run = os.path.dirname(os.path.realpath(given)) if os.path.islink(given) else (os.path.dirname(given) or ".")
+        what = (f"{folder} is a training snapshot (step {int(digits)} of the run in {run}), not a model folder: it "
+                "holds the trainer's state for resuming the run" + (" (set aside as unreadable)" if ".unreadable" in name else ""))
+        models = run_model_folders(run)
+        if models:
+            return f"{what}; the run's model is {models[0]} (or give the run folder)"
+        return (f"{what}; the run has not saved its model yet: rerun its training command with the same output "
+                f"folder and --resume to finish it (it continues from its newest snapshot), then open {run}")
+    is_run = os.path.isfile(os.path.join(folder, RUN_CONFIG)) or newest_snapshot_step(folder) is not None
+    # train-rl runs keep train.csv and replay/ and save no model by design: not "unfinished"
+    if is_run and not any(os.path.exists(os.path.join(folder, sub)) for sub in (*RUN_MODEL_FOLDERS, "replay", "train.csv")):
+        step = newest_snapshot_step(folder)
+        where = f"its newest snapshot is step {step}" if step is not None else "it stopped before its first snapshot"
+        return (f"{folder} is a training run that has not finished: it has no model yet ({where}); rerun its training "
+                "command with the same output folder and --resume to finish it (it continues from its newest "
+                "snapshot), then open this folder")
+    return None
+
+
+def unfinished_run_note(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]:
+    """A note when ``folder`` is a run whose model is older than the run: the run was continued with more
+    steps (``train_config.json``'s ``max_steps``) and has not reached them (it is running, or was killed),
+    so its ``model/`` is the model of an earlier end of the run; None otherwise."""
+    folder = os.path.expanduser(os.fsdecode(os.fspath(folder)))
+    if not run_model_folders(folder):
+        return None
+    try:
+        with open(os.path.join(folder, RUN_CONFIG), encoding="utf-8") as f:
+            max_steps = json.load(f).get("max_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    step = newest_snapshot_step(folder)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or step is None or step >= max_steps:
+        return None
+    return (f"the training run in {folder} has not finished (newest snapshot: step {step} of {max_steps}): its model "
+            "is the one of an earlier end of the run; rerun its training command with --resume to finish it")
+
+
 def update_digest(h: "hashlib._Hash", item: Any) -> None:
     """Feed one training item into ``h``: a tensor or numpy array by dtype, shape and bytes; anything
     else as JSON with sorted keys (dataclasses as dicts, other objects by ``repr``)."""

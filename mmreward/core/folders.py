@@ -38,8 +38,10 @@ MANIFEST_NAME = "manifest.json"
 def local_path_only(path: str) -> bool:
     """Whether ``path`` (not found on disk) can only have meant a local path — ``./x``, ``/x``, ``~/x``,
     ``a/b/c`` — and not a hub id (``name`` or ``org/name``): then "does not exist" is the error to give,
-    not the hub's "Repo id must be in the form ..." about a malformed id."""
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path)
+    not the hub's "Repo id must be in the form ..." about a malformed id. A trailing separator or white space
+    (``runs/``, ``my runs/rm``) makes a folder path too: hub ids have neither."""
+    return (path.startswith((".", "/", "~")) or path.endswith("/") or path.count("/") > 1
+            or any(c.isspace() for c in path) or (os.sep != "/" and os.sep in path))
 
 
 # ------------------------------------------------------------------ permissions

@@ -333,6 +333,7 @@ class Pretrained:
         folder = _folder_path(folder, "from_pretrained")
         if not os.path.isdir(folder):
             raise CheckpointError(f"model folder {folder!r} does not exist")
+        folder = cls._run_model(folder)
         dev, dt = resolve_device(device), resolve_dtype(dtype)
         verify_folder(folder)
         body = read_config(folder)
@@ -354,6 +355,29 @@ class Pretrained:
         model = finish_loading(model, dev, None, cls.eval_after_load)
         check_finite_weights(model, folder)
         return finish_loading(model, dev, dt, cls.eval_after_load) if dt is not None else model
+
+    @classmethod
+    def _run_model(cls, folder: str) -> str:
+        """A training run's output folder read as the model it saved (the ``model/`` or ``reward/`` of this
+        class, else the first), as ``mmreward.load`` reads it; a snapshot or a run that has not saved its model
+        yet is refused saying so (CheckpointError); any other folder as it is."""
+        from .checkpoint import run_folder_problem, run_model_folders
+
+        if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+            return folder
+        models = run_model_folders(folder)
+        for sub in models:
+            try:
+                if read_json(os.path.join(sub, CONFIG_NAME)).get("model_type") in (cls.model_type, *cls.legacy_model_types):
+                    return sub
+            except CheckpointError:  # an unreadable candidate: refused with its reason when it is the only one
+                continue
+        if models:
+            return models[0]
+        problem = run_folder_problem(folder)
+        if problem is not None:
+            raise CheckpointError(problem)
+        return folder
 
     @classmethod
     def required_files(cls, body: dict) -> list[Union[str, tuple[str, ...]]]:
@@ -381,6 +405,9 @@ class RewardScorer(Pretrained):
 
     input_types: ClassVar[tuple] = ()
     default_batch_size: ClassVar[int] = 16
+    # whether ``batch_size`` counts inputs (a server batching N requests' inputs asks for batch_size=N); False
+    # where it counts something inside one input (an episode's frames or windows), left to the model's default
+    batch_size_counts_inputs: ClassVar[bool] = True
 
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""

@@ -401,6 +401,12 @@ class Trainer:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
+                # a run continued to another max_steps: the next step's lr is the new schedule's at this step
+                # (the optimizer holds the saved schedule's; with the same max_steps the two are equal)
+                s = self.scheduler
+                for group, base, fn in zip(self.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                    group["lr"] = base * fn(s.last_epoch)
+                s._last_lr = [group["lr"] for group in self.optimizer.param_groups]
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
             for name, obj in self._extra.items():

@@ -42,6 +42,32 @@ def _is_url(target: Any) -> bool:
     return isinstance(target, str) and target.startswith(("http://", "https://"))
 
 
+def _frames_field(value: Any, where: str) -> Any:
+    """An episode's / video's frames held as an array (numpy, torch) → the protocol's ``{"shape": [T, H, W, 3],
+    "data": base64 of uint8}``; anything else (a list of base64 images, a path the server refuses) as it is."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype") or isinstance(value, (str, bytes)):
+        return value
+    import base64
+
+    import numpy as np
+
+    array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"{where}: frames go to the server as uint8 [T, H, W, 3], got {array.dtype} "
+                         f"{list(array.shape)} (convert them, e.g. (frames * 255).round().astype(np.uint8))")
+    return {"shape": [int(s) for s in array.shape], "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()}
+
+
+def _sendable(key: str, value: Any, where: str) -> Any:
+    """A field of an input row as JSON can carry it: frames as :func:`_frames_field`, other arrays (an episode's
+    ``success`` flags) and numpy numbers as lists / Python numbers."""
+    if key in ("frames", "video"):
+        return _frames_field(value, where)
+    if hasattr(value, "tolist") and hasattr(value, "dtype") and not isinstance(value, (str, bytes)):
+        return (value.detach().cpu() if hasattr(value, "detach") else value).tolist()
+    return value
+
+
 def _json_bytes(value: Any, where: str) -> bytes:
     """``value`` as the compact UTF-8 JSON the client sends; a value JSON cannot carry is a ValueError
     naming ``where`` (rather than a serializer's error about the whole body)."""
@@ -172,6 +198,8 @@ class RewardClient:
         rows = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in inputs]
         if not rows:
             raise ValueError("score got no inputs")
+        rows = [{k: _sendable(k, v, f"input {i}.{k}") for k, v in row.items()} if isinstance(row, dict) else row
+                for i, row in enumerate(rows)]
         fixed: dict = {}
         if output:
             fixed["output"] = output

@@ -292,6 +292,9 @@ def serve(model: Union[str, Any], config: Optional[ServeConfig] = None) -> None:
     try:
         backend = LocalBackend(load_model(model, config.device, config.dtype), config)
         server = _uvicorn_server(create_app(backend, config), config)
+        # listen before the URL is announced: a client that connects as soon as it reads the line (port 0)
+        # waits in the backlog until uvicorn accepts, instead of a refused connection
+        sock.listen(server.config.backlog)
         print(f"mmreward serve: {backend.spec.model_type} ({backend.spec.names()}) on {url} "
               f"— POST /score, POST /get_reward, GET /metrics", file=sys.stderr, flush=True)
         server.run(sockets=[sock])

@@ -114,10 +114,14 @@ def _forward(model: Any, items: list, mode: str) -> list:
     """One forward: floats, or one list of floats per input."""
     import torch
 
+    # the whole forward in one batch, where batch_size counts inputs; an episode model's counts frames / windows
+    # of one episode (Diffusion Reward draws its chain noise per batch of windows: its saved size keeps the
+    # rewards as fitted, and served scores equal mmreward.load's)
+    kw = {"batch_size": len(items)} if getattr(model, "batch_size_counts_inputs", True) else {}
     with torch.inference_mode():
         if mode == "parts":
-            return [[float(v) for v in t.reshape(-1).tolist()] for t in model.score_parts(items, batch_size=len(items))]
-        return [float(v) for v in model.score(items, batch_size=len(items)).tolist()]
+            return [[float(v) for v in t.reshape(-1).tolist()] for t in model.score_parts(items, **kw)]
+        return [float(v) for v in model.score(items, **kw).tolist()]
 
 
 def _as_failure(e: BaseException, index: int) -> Exception:

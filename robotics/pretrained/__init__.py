@@ -67,6 +67,7 @@ def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
     of those kinds of model, else the part of that kind (``codec/``, ``video/``, ``progress/``,
     ``rnd/``) of a Diffusion Reward folder among them (FileNotFoundError / ValueError saying what was
     found otherwise)."""
+    path = os.path.expanduser(os.fspath(path))  # "~/runs/video": the user's folder, as mmreward.load reads it
     if not os.path.exists(path) and os.path.isfile(os.path.join(HERE, path, "config.json")):
         path = os.path.join(HERE, path)
     if not os.path.exists(path):
@@ -91,7 +92,17 @@ def model_folder(path: str, model_types: Sequence[str] = ()) -> str:
             seen.append(f"{cand} ({kind})")
     found = f"; found {', '.join(seen)}" if seen else ""
     want = f"{' / '.join(map(repr, model_types))} model" if model_types else "saved model (config.json)"
-    raise ValueError(f"no {want} in {path}, {path}/model or {path}/reward{found}")
+    shown = path.rstrip("/" + os.sep) or path  # "run/" named "run//model"
+    raise ValueError(f"no {want} in {shown}, {shown}/model or {shown}/reward{found}{_snapshot_hint(path)}")
+
+
+def _snapshot_hint(path: str) -> str:
+    """What a folder without a model holds when it is part of a training run (a snapshot, or a run that has
+    not saved its model yet), as "; ..." to end an error message; "" otherwise."""
+    from mmreward.core.checkpoint import run_folder_problem
+
+    problem = run_folder_problem(path)
+    return f"; {problem}" if problem else ""
 
 
 __all__ = ["DEFAULT", "available", "pretrained_path", "load_pretrained", "model_folder"]

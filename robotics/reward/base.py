@@ -33,6 +33,7 @@ class EpisodeScorer(RewardScorer):
 
     input_types = (Episode,)
     default_batch_size = 256  # frames per forward batch
+    batch_size_counts_inputs = False  # frames / windows of one episode: a server leaves it at the model's own
     # built and run in float32 (bfloat16 is an autocast setting, compute_dtype): a copy saved after .half()
     # loads back in float32 rather than as a half model whose float32 frame pipeline cannot run
     keep_saved_dtype = False

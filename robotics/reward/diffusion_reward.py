@@ -204,6 +204,12 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         if tuple(video.config.token_shape) != (s, s):
             raise ValueError(f"codec makes {s}x{s} tokens but the video model expects "
                              f"{tuple(video.config.token_shape)}")
+        if rnd is not None and rnd.config.image_size != codec.config.image_size:
+            # built with RNDConfig()'s 64 px next to a 32 px codec: every score failed later ("frames must be
+            # 64x64 pixels, got 32x32"), a model saved that way included
+            raise ValueError(f"the RND takes {rnd.config.image_size}px frames, the codec "
+                             f"{codec.config.image_size}px: build it with RNDConfig(image_size="
+                             f"{codec.config.image_size})")
         self.config = cfg
         self.codec = codec.eval()
         self.video = video.eval()

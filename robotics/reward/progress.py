@@ -308,7 +308,8 @@ def group_goals(episodes: list, groups: list, k: int, limit: int = 5) -> torch.T
 def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_dir: Optional[str] = None, *,
                    steps: int = 2000, seed: int = 0, val_fraction: float = 0.1, log_every: int = 100,
                    show_progress: bool = True, resume: bool = True, overwrite: bool = False,
-                   stop_at: Optional[int] = None, groups: Optional[list] = None) -> tuple[ProgressModel, dict[str, float]]:
+                   stop_at: Optional[int] = None, groups: Optional[list] = None,
+                   save_every: int = 500) -> tuple[ProgressModel, dict[str, float]]:
     """Trains a :class:`ProgressModel` on expert ``episodes`` (frames in time order) on the core
     training loop and fits its statistics. ``val_fraction`` of the episodes (at least 1 when there
     are 2+) are held out to report pair accuracy and the Spearman ρ of score vs time; the statistics
@@ -317,9 +318,9 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     its last frame, or for the ``reverse_prob`` share of pairs played backwards its first frame; its
     statistics score each episode against the last frames of up to 5 others of its group, and
     ``val_reversed_pair_acc`` reports the backwards ranking against first frames. With ``out_dir``:
-    ``metrics.csv`` (loss and pair accuracy of every step),
-    TensorBoard events, snapshots (every 500 steps and at the end; a run continues exactly from its
-    newest one, ``resume`` / ``overwrite`` as in :class:`~mmreward.core.trainer.Trainer`), and once
+    ``metrics.csv`` (loss and pair accuracy of every step), TensorBoard events, snapshots (every
+    ``save_every`` steps and at the end; 0: at the end only; a run continues exactly from its newest
+    one, ``resume`` / ``overwrite`` as in :class:`~mmreward.core.trainer.Trainer`), and once
     training reaches ``steps`` the ranker in ``out_dir/model`` and ``metrics.json``. ``stop_at`` ends
     this call after that many total steps (statistics and metrics are then not computed yet)."""
     from mmreward.core.checkpoint import atomic_write_text
@@ -331,7 +332,8 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     from ..training import loop_config, resume_settings
 
     cfg = config or ProgressConfig()
-    for name, value, least in (("steps", steps, 1), ("seed", seed, 0), ("log_every", log_every, 0)):
+    for name, value, least in (("steps", steps, 1), ("seed", seed, 0), ("log_every", log_every, 0),
+                               ("save_every", save_every, 0)):
         # seed -1 failed in numpy ("expected non-negative integer"), naming no argument
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"train_progress: {name} must be an integer >= {least}, got {value!r}")
@@ -409,7 +411,7 @@ def train_progress(episodes: Any, config: Optional[ProgressConfig] = None, out_d
     t0 = time.perf_counter()
     with _run_folder(out_dir) as folder:
         loop = loop_config(folder, steps=steps, batch_size=cfg.batch_size, seed=seed, log_every=log_every,
-                           save_every=500, resume=resume, overwrite=overwrite, progress_bar=show_progress,
+                           save_every=int(save_every), resume=resume, overwrite=overwrite, progress_bar=show_progress,
                            quiet=True)
         trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False, save_model=finish,
                           settings={"progress": config_to_dict(cfg), "val_fraction": val_fraction},

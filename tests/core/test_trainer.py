@@ -462,3 +462,15 @@ def test_a_resume_with_another_number_of_examples_is_refused(tmp_path):
         Trainer(make_model(), cfg(tmp_path, max_steps=4), make_data(48), collate, mse_loss).fit()
     hist = Trainer(make_model(), cfg(tmp_path, max_steps=4), make_data(32), collate, mse_loss).fit()
     assert [r["step"] for r in hist] == [1, 2, 3, 4]
+
+
+def test_a_run_continued_to_more_steps_follows_the_new_schedule_from_its_first_step(tmp_path):
+    """The first step after a resume with a larger max_steps ran at the saved schedule's lr (0 at the end of
+    a 4-step cosine), then the new schedule's."""
+    from mmreward.core.train import warmup_cosine
+
+    data = make_data(32)
+    Trainer(make_model(), cfg(tmp_path, max_steps=4, warmup_steps=1, lr=1e-2), data, collate, mse_loss).fit()
+    hist = Trainer(make_model(), cfg(tmp_path, max_steps=8, warmup_steps=1, lr=1e-2), data, collate, mse_loss).fit()
+    lrs = [r["lr"] for r in hist[4:]]
+    assert lrs == pytest.approx([1e-2 * warmup_cosine(s, warmup_steps=1, total_steps=8) for s in range(4, 8)])

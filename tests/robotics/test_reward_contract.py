@@ -222,3 +222,26 @@ def test_robotics_exports_the_shipped_parts_and_no_names_of_other_domains():
     missing = set().union(*(names for mod, names in optional.items() if importlib.util.find_spec(mod) is None))
     for name in sorted(ours - missing):
         assert getattr(robotics, name) is not None
+
+
+def test_a_served_episode_model_scores_as_mmreward_load_does():
+    """The server asked every model for batch_size = the inputs of one forward; an episode model's batch_size
+    counts video-model windows (Diffusion Reward draws its chain noise per batch), so served rewards differed
+    from the same model's. A client given numpy / torch frames sends them as the protocol's shape + data."""
+    from mmreward.serve import RewardClient
+    from mmreward.serve.app import BackgroundServer
+    from mmreward.serve.config import ServeConfig
+
+    dr = fitted_reward()
+    eps = [Episode(frames(7, 5).numpy(), np.array([0, 0, 0, 0, 1, 1, 1])), Episode(frames(6, 1))]
+    want, want_parts = dr.score(eps).tolist(), [p.tolist() for p in dr.score_parts(eps)]
+    assert dr.score(eps, batch_size=2).tolist() != want  # what batch_size = 2 inputs gave: other rewards
+    with BackgroundServer(dr, ServeConfig(port=0)) as url:
+        client = RewardClient(url)
+        got_parts = client.score(eps)["parts"]
+        assert [len(p) for p in got_parts] == [7, 6]
+        for got, expected in zip(got_parts, want_parts):
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert client.score(eps, output="scores")["scores"] == pytest.approx(want, abs=1e-5)
+        with pytest.raises(ValueError, match=r"input 0.frames: frames go to the server as uint8"):
+            client.score([Episode(frames(3, 0).float())])

@@ -82,17 +82,26 @@ def _animation(frames):
     return anim
 
 
-def test_corrupt_video_reports_once(tmp_path, capfd):
-    """FFmpeg's own decoder log ("moov atom not found") stays off stderr: the VideoError says it once."""
+def test_corrupt_video_reports_once(tmp_path):
+    """FFmpeg's own decoder log ("moov atom not found") stays off stderr: the VideoError says it once. In a
+    fresh process: OpenCV fixes FFmpeg's log level at its first capture or writer, so a test that wrote a
+    video with cv2 before would decide it here."""
+    import subprocess
+    import sys
+
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00garbage" * 200)
-    from vision.video import VideoReadError, read_frames
-
-    with pytest.raises(VideoError, match="broken.mp4"):
-        load_frames(str(bad))
-    with pytest.raises(VideoReadError, match="broken.mp4"):
-        read_frames(str(bad))
-    assert capfd.readouterr().err == ""
+    code = f"""
+import pytest
+from mmreward.robotics.data.video import VideoError, load_frames
+from mmreward.vision.video import VideoReadError, read_frames
+with pytest.raises(VideoError, match="broken.mp4"):
+    load_frames({str(bad)!r})
+with pytest.raises(VideoReadError, match="broken.mp4"):
+    read_frames({str(bad)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_corrupt_and_missing_sources_name_the_path(tmp_path):

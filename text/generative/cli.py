@@ -147,6 +147,11 @@ def model_folder(model: str, flag: str = "--model") -> str:
     hub id ("Repo id must use alphanumeric chars ...")."""
     path = os.path.expanduser(os.fspath(model))
     if os.path.isdir(path):
+        from mmreward.core.checkpoint import run_folder_problem
+
+        problem = run_folder_problem(path)  # a snapshot / unfinished run: what to open or run instead
+        if problem is not None:
+            raise ValueError(f"{flag} {problem}")
         inner = os.path.join(path, "model")
         return inner if not _holds_model(path) and _holds_model(inner) else path
     if os.path.exists(path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from typing import Any, Optional, Sequence
 
 import torch
@@ -44,10 +45,10 @@ class WARMInitError(ValueError):
 def _load_member(member: Any) -> nn.Module:
     if isinstance(member, nn.Module):
         return member
-    if isinstance(member, str):
+    if isinstance(member, (str, os.PathLike)):  # a pathlib.Path is a folder path too
         from mmreward.text.reward_model import RewardModel  # lazy: transformers
 
-        return RewardModel.from_pretrained(member)
+        return RewardModel.from_pretrained(os.fspath(member))  # a run folder as its model; a snapshot named
     raise TypeError(f"WARM members must be nn.Module or folder paths, got {type(member).__name__}")
 
 
@@ -177,9 +178,9 @@ def warm_average(members: Sequence[Any], weights: Optional[Sequence[float]] = No
     """Average M reward models (modules or ``from_pretrained`` folders) into a new model of member 0's class.
 
     The members are not modified; the result is a deep copy of member 0 holding the averaged weights."""
-    if isinstance(members, (str, nn.Module)) or len(members) < 2:
+    if isinstance(members, (str, os.PathLike, nn.Module)) or len(members) < 2:
         raise ValueError("WARM needs a list of at least 2 models")
-    names = [m if isinstance(m, str) else f"model {i}" for i, m in enumerate(members)]
+    names = [os.fspath(m) if isinstance(m, (str, os.PathLike)) else f"model {i}" for i, m in enumerate(members)]
     models = [_load_member(m) for m in members]
     kinds = {type(m).__name__ for m in models}
     if len(kinds) > 1:

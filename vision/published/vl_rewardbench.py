@@ -114,6 +114,9 @@ def read_vl_rewardbench(path: str, limit: Optional[int] = None, split: Optional[
     DataError naming the file and the row."""
     if limit is not None and (not _is_int(limit) or limit < 1):  # a slice would read -1 as "all but the last"
         raise ValueError(f"limit must be an integer >= 1 (or None: every row), got {limit!r}")
+    from mmreward.vision.scoring import user_path
+
+    path = user_path(path)  # "~/vlrb/data.jsonl": its images are read beside that file
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VL-RewardBench file {path!r} does not exist")
     if path.endswith(".parquet"):
@@ -191,16 +194,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
     p.add_argument("--out", default=None, help="write the summary and per-item scores here (JSON)")
     args = p.parse_args(argv)
+    from mmreward.vision.scoring import load_model, user_path
+
+    args.out = user_path(args.out, output=True)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     from mmreward.core.cli_config import check_output_file
 
     check_output_file(args.out, "--out", [("--data", args.data)])
-    import mmreward
     from mmreward.core.folders import atomic_write_text
 
     items = read_vl_rewardbench(args.data, args.limit, args.split)
-    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)  # a snapshot / unfinished run: named
     result = evaluate_vl_rewardbench(model, items, args.batch_size)
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
