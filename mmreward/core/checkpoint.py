@@ -430,6 +430,45 @@ def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str,
                      "output folder, or overwrite=True (--overwrite) to start again there")
 
 
+_HELD_LOCKS: dict[str, int] = {}  # real path of a run folder -> the descriptor holding its lock in this process
+
+
+def lock_run_folder(folder: str) -> None:
+    """Hold the run lock of ``folder`` (made if missing) for this process: an exclusive ``flock`` on the
+    folder itself, so that a second process training into the same folder (a job started twice, a
+    scheduler's retry while the first still runs) is refused instead of both writing one run's snapshots
+    and logs. Re-entrant within a process; the kernel releases it when the process ends, however it ends
+    (a killed run leaves no stale lock). Where the OS or file system has no locks, runs are unguarded."""
+    os.makedirs(folder, exist_ok=True)
+    key = os.path.realpath(folder)
+    if key in _HELD_LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"{folder} is in use by another training run (a running process holds it): wait for that "
+                         "run to end or stop it, or use another output folder") from None
+    except OSError:  # a file system without locks (some network mounts)
+        os.close(fd)
+        return
+    _HELD_LOCKS[key] = fd
+
+
+def unlock_run_folder(folder: str) -> None:
+    """Release the run lock :func:`lock_run_folder` took on ``folder`` (nothing when this process holds none)."""
+    if not folder:
+        return
+    fd = _HELD_LOCKS.pop(os.path.realpath(os.fspath(folder)), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def run_files_present(folder: str, run_files: Sequence[str], snapshots: Optional["Snapshots"] = None) -> list[str]:
     """The files of a training run ``folder`` holds (its config, ``run_files``, its newest snapshot): none
     means a run started there starts at step 0; reads only."""
@@ -445,6 +484,8 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
     """How a training run in ``folder`` starts; returns its :class:`Snapshots` and the state to
     resume from (None: start at step 0).
 
+    * ``folder`` is locked for this process first (:func:`lock_run_folder`: another process training there
+      is refused); the caller releases it when the run ends (:func:`unlock_run_folder`), a refusal here does;
     * ``overwrite``: the old run's snapshots and ``run_files`` (logs, model, …) are removed first;
     * a folder without a run: a fresh start;
     * a folder with a run (a snapshot, :data:`RUN_CONFIG` or any of ``run_files``): resumed from its
@@ -457,6 +498,18 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
     if os.path.lexists(folder) and not os.path.isdir(folder):  # else the first write fails with a bare errno
         raise NotADirectoryError(f"{folder} is a file, not a folder: a run's output folder must be a folder or "
                                  "not exist yet")
+    # before anything is removed or read: a second process in the same folder is refused, not mixed in; held
+    # until the trainer ends (unlock_run_folder), released here when the run is refused
+    lock_run_folder(folder)
+    try:
+        return _start_locked_run(folder, fingerprint, resume, overwrite, run_files, keep, device, defaults)
+    except BaseException:
+        unlock_run_folder(folder)
+        raise
+
+
+def _start_locked_run(folder: str, fingerprint: dict, resume: bool, overwrite: bool, run_files: Sequence[str],
+                      keep: int, device: str, defaults: Optional[Mapping[str, Any]]) -> tuple[Snapshots, Optional[dict]]:
     snapshots = Snapshots(folder, keep)
     remove_leftovers(folder)
     if overwrite:
@@ -491,7 +544,6 @@ def write_run_config(folder: str, fingerprint: dict, body: dict) -> None:
     atomic_write_text(os.path.join(folder, RUN_CONFIG), json.dumps(doc, indent=2, default=str) + "\n")
 
 
-# ------------------------------------------------------------------ data digests (run fingerprints)
 # --------------------------------------------------------------------------- what a run folder holds
 RUN_MODEL_FOLDERS = ("model", "reward")  # where a finished run keeps its model (train-video: the reward in reward/)
 
@@ -561,6 +613,7 @@ def unfinished_run_note(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]
             "is the one of an earlier end of the run; rerun its training command with --resume to finish it")
 
 
+# ------------------------------------------------------------------ data digests (run fingerprints)
 def update_digest(h: "hashlib._Hash", item: Any) -> None:
     """Feed one training item into ``h``: a tensor or numpy array by dtype, shape and bytes; anything
     else as JSON with sorted keys (dataclasses as dicts, other objects by ``repr``)."""

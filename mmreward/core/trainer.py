@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, Snapshots, fingerprint_text, start_run, write_run_config
+from .checkpoint import CheckpointError, Snapshots, fingerprint_text, start_run, unlock_run_folder, write_run_config
 from .logging import MetricLogger, plot_curves
 from .model import Pretrained
 from .train import GeneratorState, rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
@@ -425,7 +425,11 @@ class Trainer:
         was not called; calling it first lets a caller refuse early or skip work a resumed run does not
         need (a command's held-out figures before training)."""
         if self._started is None:
-            self._started = self._start()
+            try:
+                self._started = self._start()
+            except BaseException:
+                unlock_run_folder(self.config.output_dir)  # a refused run leaves the folder to others
+                raise
         return self._started
 
     def _start(self) -> bool:
@@ -621,6 +625,7 @@ class Trainer:
                 bar.close()
             if logger is not None:
                 logger.close()
+            unlock_run_folder(cfg.output_dir)  # the folder's next run may be another process's (a later fit() locks again)
         return self.history
 
     @property

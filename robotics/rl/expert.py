@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from mmreward.core.checkpoint import fingerprint_text, remove_leftovers, start_run, write_run_config
+from mmreward.core.checkpoint import fingerprint_text, remove_leftovers, start_run, unlock_run_folder, write_run_config
 from mmreward.core.device import resolve_device
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
@@ -358,6 +358,7 @@ class ExpertTrainer:
         for env in (self.train_env, self.eval_env):
             if env is not None:
                 env.close()
+        unlock_run_folder(self.cfg.out)  # the run folder's lock (start_run): another process may continue it
 
 
 # reset seeds of evaluate_expert's episodes: above every training / training-time evaluation seed of

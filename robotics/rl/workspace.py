@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from mmreward.core.checkpoint import fingerprint_text, remove_leftovers, start_run, write_run_config
+from mmreward.core.checkpoint import fingerprint_text, remove_leftovers, start_run, unlock_run_folder, write_run_config
 from mmreward.core.device import resolve_device
 from mmreward.core.logging import MetricLogger
 from mmreward.core.train import rng_state, seed_everything, set_rng_state
@@ -406,6 +406,7 @@ class Workspace:
         for env in (self.train_env, self.eval_env):
             if env is not None:  # None: construction failed before it was made
                 env.close()
+        unlock_run_folder(self.cfg.out)  # the run folder's lock (start_run): another process may continue it
 
 
 def train_rl(config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None) -> dict[str, Any]:

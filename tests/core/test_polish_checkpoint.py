@@ -55,3 +55,27 @@ def test_numpy_numbers_are_fingerprinted_as_the_python_numbers_they_equal():
 
     numpy = {"batch": np.int64(4), "flag": np.bool_(True), "lr": np.float32(0.5), "sizes": np.array([1, 2])}
     assert ck.fingerprint_text(numpy) == ck.fingerprint_text({"batch": 4, "flag": True, "lr": 0.5, "sizes": [1, 2]})
+
+
+def test_a_second_process_training_in_the_same_folder_is_refused_until_the_first_ends(tmp_path):
+    """Two processes training into one folder (a job started twice, a retry while the first still runs) both
+    wrote its snapshots and logs; the folder's lock refuses the second, and a killed holder leaves no lock."""
+    import subprocess
+    import sys
+
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mmreward.core import checkpoint as ck\n"
+                               f"ck.start_run({folder!r}, {{'a': 1}}, resume=True, overwrite=False, run_files=())\n"
+                               "print('locked', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for overwrite in (False, True):  # not even --overwrite removes a running run's files
+            with pytest.raises(ValueError, match="in use by another training run"):
+                ck.start_run(folder, {"a": 1}, resume=True, overwrite=overwrite, run_files=())
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    ck.start_run(folder, {"a": 1}, resume=True, overwrite=False, run_files=())  # the kernel released it
+    ck.start_run(folder, {"a": 1}, resume=True, overwrite=False, run_files=())  # re-entrant in one process
+    ck.unlock_run_folder(folder)

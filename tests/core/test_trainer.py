@@ -474,3 +474,18 @@ def test_a_run_continued_to_more_steps_follows_the_new_schedule_from_its_first_s
     hist = Trainer(make_model(), cfg(tmp_path, max_steps=8, warmup_steps=1, lr=1e-2), data, collate, mse_loss).fit()
     lrs = [r["lr"] for r in hist[4:]]
     assert lrs == pytest.approx([1e-2 * warmup_cosine(s, warmup_steps=1, total_steps=8) for s in range(4, 8)])
+
+
+def test_the_run_folder_lock_is_released_when_fit_ends_or_the_run_is_refused(tmp_path):
+    from mmreward.core import checkpoint as ck
+
+    held = lambda: os.path.realpath(tmp_path) in ck._HELD_LOCKS  # noqa: E731
+    data = make_data(16)
+    trainer = Trainer(make_model(), cfg(tmp_path, max_steps=2), data, collate, mse_loss)
+    trainer.start()
+    assert held()  # from start() (a command's "before" figures) to the end of fit()
+    trainer.fit()
+    assert not held()
+    with pytest.raises(ValueError, match="holds a training run"):
+        Trainer(make_model(), cfg(tmp_path, max_steps=2, resume=False), data, collate, mse_loss).fit()
+    assert not held()
