@@ -86,10 +86,9 @@ def _check_required_files(folder: str, cls: Any) -> None:
 def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[str, Any]:
     """What ``path`` holds (see the module docstring): a JSON-able dict."""
     from mmreward.core.folders import read_manifest, verify_folder
+    from mmreward.core.checkpoint import unfinished_run_note
     from mmreward.core.model import Pretrained, check_finite_weights
     from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
-
-    from mmreward.core.checkpoint import unfinished_run_note
 
     folder = resolve_folder(path, weights=load)
     # a run continued past its model/ (running, or killed); detect() names a snapshot or an unfinished run

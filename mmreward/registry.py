@@ -18,8 +18,8 @@ Register your own with :func:`register_model` / :func:`register_layout`.
 from __future__ import annotations
 
 import importlib
-import json
 import importlib.util
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -194,24 +194,6 @@ def _shipped(name: str) -> Optional[str]:
     return here if os.path.isfile(os.path.join(here, "config.json")) else None
 
 
-def _run_model_folder(run: str) -> Optional[str]:
-    """The model folder of a training run's output folder ``run``: the first of its ``model/``, ``reward/``
-    that holds a model of a registered type (train-video writes its video model to ``model/`` and the reward
-    to ``reward/``), else the first of them; None when it holds neither."""
-    from mmreward.core.checkpoint import run_model_folders
-
-    found = run_model_folders(run)
-    for folder in found:
-        try:
-            with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-                model_type = json.load(f).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            continue  # read (and refused with its reason) if it is the only candidate
-        if isinstance(model_type, str) and model_type in MODEL_TYPES:
-            return folder
-    return found[0] if found else None
-
-
 def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
     checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files;
@@ -230,7 +212,10 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     recover_folder(path)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
-            return _run_model_folder(path) or path
+            from mmreward.core.checkpoint import pick_run_model
+
+            # a training run's output folder: its model/, or its reward/ (train-video's model/ is the video model)
+            return pick_run_model(path, lambda model_type: model_type in MODEL_TYPES) or path
         return path
     shipped = _shipped(path)
     if shipped:
@@ -345,5 +330,4 @@ def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = Non
 
 
 __all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "not_a_model_folder",
-           "register_layout",
-           "register_model", "resolve_folder"]
+           "register_layout", "register_model", "resolve_folder"]

@@ -65,3 +65,21 @@ def test_a_snapshot_folder_and_a_missing_folder_are_named_as_such(tmp_path):
     for missing in ("runs/", "my runs/rm", "runs/rm v2"):
         with pytest.raises(CheckpointError, match="does not exist"):
             load(missing)
+
+
+def test_a_finished_run_of_a_trainer_that_saves_no_model_is_not_called_unfinished(tmp_path):
+    """A Trainer run of a plain nn.Module (or train_refl, which saves its UNet by hand) writes no model/: it
+    was named "a training run that has not finished", to be rerun."""
+    import torch
+
+    from mmreward.core.trainer import TrainConfig, Trainer
+    from mmreward.registry import LoadError, load
+
+    data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
+    net = torch.nn.Linear(3, 1)
+    collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+    loss = lambda model, b: (((model(b["x"]) - b["y"]) ** 2).mean(), {})  # noqa: E731
+    Trainer(net, TrainConfig(output_dir=str(tmp_path), max_steps=2, batch_size=4, progress=False, tensorboard=False,
+                             log_every=0, plot=False), data, collate, loss).fit()
+    with pytest.raises(LoadError, match="finished training run that saved no model folder.*checkpoint-00000002"):
+        load(str(tmp_path))

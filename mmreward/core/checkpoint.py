@@ -556,10 +556,42 @@ def run_model_folders(run: str) -> list[str]:
     return [os.path.join(run, sub) for sub in RUN_MODEL_FOLDERS if os.path.isfile(os.path.join(run, sub, CONFIG_NAME))]
 
 
+def pick_run_model(run: str, accept: Any) -> Optional[str]:
+    """The model folder of a training run's output folder ``run``: the first of :func:`run_model_folders` whose
+    ``config.json`` names a ``model_type`` that ``accept(model_type)`` takes, else the first of them (refused
+    with its own reason where it is read); None when the run holds none."""
+    found = run_model_folders(run)
+    for folder in found:
+        try:
+            with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8-sig") as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(model_type, str) and accept(model_type):
+            return folder
+    return found[0] if found else None
+
+
 def newest_snapshot_step(run: str) -> Optional[int]:
     """The step of the newest snapshot in ``run`` (None: none)."""
     found = Snapshots(run).list()
     return found[0][0] if found else None
+
+
+def _run_record(run: str) -> dict:
+    """A run's ``train_config.json`` ({} when it has none readable)."""
+    try:
+        with open(os.path.join(run, RUN_CONFIG), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _run_max_steps(record: dict) -> Optional[int]:
+    """The ``max_steps`` a run's record holds (None: none, or not a step count)."""
+    max_steps = record.get("max_steps")
+    return max_steps if isinstance(max_steps, int) and not isinstance(max_steps, bool) else None
 
 
 def run_folder_problem(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]:
@@ -586,7 +618,12 @@ def run_folder_problem(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]:
     is_run = os.path.isfile(os.path.join(folder, RUN_CONFIG)) or newest_snapshot_step(folder) is not None
     # train-rl runs keep train.csv and replay/ and save no model by design: not "unfinished"
     if is_run and not any(os.path.exists(os.path.join(folder, sub)) for sub in (*RUN_MODEL_FOLDERS, "replay", "train.csv")):
-        step = newest_snapshot_step(folder)
+        step, record = newest_snapshot_step(folder), _run_record(folder)
+        max_steps = _run_max_steps(record)
+        if step is not None and max_steps is not None and step >= max_steps and record.get("saves_model") is False:
+            # a finished run of a trainer that saves no model folder (a plain nn.Module, ReFL's UNet)
+            return (f"{folder} is a finished training run that saved no model folder (its trainer writes none): its "
+                    f"weights are in its last snapshot, {Snapshots(folder).path(step)}, which is no model either")
         where = f"its newest snapshot is step {step}" if step is not None else "it stopped before its first snapshot"
         return (f"{folder} is a training run that has not finished: it has no model yet ({where}); rerun its training "
                 "command with the same output folder and --resume to finish it (it continues from its newest "
@@ -601,13 +638,8 @@ def unfinished_run_note(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]
     folder = os.path.expanduser(os.fsdecode(os.fspath(folder)))
     if not run_model_folders(folder):
         return None
-    try:
-        with open(os.path.join(folder, RUN_CONFIG), encoding="utf-8") as f:
-            max_steps = json.load(f).get("max_steps")
-    except (OSError, ValueError, AttributeError):
-        return None
-    step = newest_snapshot_step(folder)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or step is None or step >= max_steps:
+    step, max_steps = newest_snapshot_step(folder), _run_max_steps(_run_record(folder))
+    if max_steps is None or step is None or step >= max_steps:
         return None
     return (f"the training run in {folder} has not finished (newest snapshot: step {step} of {max_steps}): its model "
             "is the one of an earlier end of the run; rerun its training command with --resume to finish it")

@@ -361,19 +361,13 @@ class Pretrained:
         """A training run's output folder read as the model it saved (the ``model/`` or ``reward/`` of this
         class, else the first), as ``mmreward.load`` reads it; a snapshot or a run that has not saved its model
         yet is refused saying so (CheckpointError); any other folder as it is."""
-        from .checkpoint import run_folder_problem, run_model_folders
+        from .checkpoint import pick_run_model, run_folder_problem
 
         if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
             return folder
-        models = run_model_folders(folder)
-        for sub in models:
-            try:
-                if read_json(os.path.join(sub, CONFIG_NAME)).get("model_type") in (cls.model_type, *cls.legacy_model_types):
-                    return sub
-            except CheckpointError:  # an unreadable candidate: refused with its reason when it is the only one
-                continue
-        if models:
-            return models[0]
+        model = pick_run_model(folder, lambda model_type: model_type in (cls.model_type, *cls.legacy_model_types))
+        if model is not None:
+            return model
         problem = run_folder_problem(folder)
         if problem is not None:
             raise CheckpointError(problem)

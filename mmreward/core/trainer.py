@@ -591,7 +591,9 @@ class Trainer:
             write_run_config(cfg.output_dir, self._fingerprint(),
                              {**dataclasses.asdict(cfg), "world_size": self.world_size,
                               "config_class": type(cfg).__name__, "resumed_at_step": self.step,
-                              "settings": self.settings})
+                              "settings": self.settings,
+                              # whether the run ends by writing model/ (a run without one is finished, not killed)
+                              "saves_model": self.save_model is not None or isinstance(self.model, Pretrained)})
             # rows after the snapshot are cut (all of them without one: a run killed before its first)
             logger = MetricLogger(cfg.output_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else -1,
                                   console_every=max(1, cfg.log_every), quiet=cfg.progress or cfg.log_every == 0)

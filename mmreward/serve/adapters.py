@@ -61,7 +61,7 @@ def _frames_field(value: Any, where: str) -> Any:
 def _sendable(key: str, value: Any, where: str) -> Any:
     """A field of an input row as JSON can carry it: frames as :func:`_frames_field`, other arrays (an episode's
     ``success`` flags) and numpy numbers as lists / Python numbers."""
-    if key in ("frames", "video"):
+    if key in ("frames", "episode", "video"):
         return _frames_field(value, where)
     if hasattr(value, "tolist") and hasattr(value, "dtype") and not isinstance(value, (str, bytes)):
         return (value.detach().cpu() if hasattr(value, "detach") else value).tolist()
