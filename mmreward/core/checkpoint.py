@@ -495,6 +495,9 @@ def start_run(folder: str, fingerprint: dict, *, resume: bool, overwrite: bool, 
       is readable. ``defaults`` (dotted fingerprint key -> value) are the values of settings a fingerprint holds
       only when not the default, for the message naming a difference (else the saved run's ``config``
       record gives them, or it says "the default")."""
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise FileNotFoundError(f"{folder} is a link to {os.readlink(folder)!r}, which does not exist: create the "
+                                "folder it points to, or give another output folder")
     if os.path.lexists(folder) and not os.path.isdir(folder):  # else the first write fails with a bare errno
         raise NotADirectoryError(f"{folder} is a file, not a folder: a run's output folder must be a folder or "
                                  "not exist yet")

@@ -144,12 +144,19 @@ def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
     return [dict(r) for r in ds]
 
 
+def data_path(path: Union[str, os.PathLike]) -> str:
+    """``path`` of a data file as :func:`read_records` reads it: ``~/pairs.jsonl`` (quoted, or from Python) is the
+    home folder's, unless a file of that literal name exists."""
+    path = os.fspath(path)
+    if path.startswith("~") and not os.path.exists(path):
+        path = os.path.expanduser(path)
+    return path
+
+
 def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[dict]:
     """Rows of ``source`` (a path to .json / .jsonl / a saved dataset folder, or an iterable of dicts)."""
     if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path.startswith("~") and not os.path.exists(path):  # "~/pairs.jsonl" from Python: the home folder's
-            path = os.path.expanduser(path)
+        path = data_path(source)
         if os.path.isdir(path):
             return _read_saved_dataset(path, split)
         if not os.path.exists(path):
@@ -184,7 +191,7 @@ def resolve_media_paths(rows: list, data: str) -> list:
     strings left alone) point into the folder of the data file ``data``: rows written next to their
     images score from any working folder, and a same-named file in the working folder is never read
     instead. Rows that are not objects pass through (their reader reports them)."""
-    base = os.path.dirname(os.path.abspath(data))
+    base = os.path.dirname(os.path.abspath(data_path(data)))  # "~/rows.jsonl": its images are next to it there
 
     def resolve(value: Any) -> Any:
         if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value \

@@ -316,3 +316,15 @@ def test_list_columns_read_by_pandas_or_pyarrow_are_lists():
     assert len(one.images) == 1 and one.images[0] is pixels
     with pytest.raises(DataError, match="field 'steps' must be a non-empty list of strings, got tensor"):
         as_inputs(StepSolution, [{"problem": "q", "steps": torch.tensor([1.0, 2.0])}])
+
+
+def test_media_paths_of_a_home_folder_data_file_point_next_to_it(tmp_path, monkeypatch):
+    """`--data "~/rows.jsonl"` was read from the home folder, but its rows' relative image paths were joined
+    onto a "./~" folder of the working directory."""
+    from mmreward.core.data import read_records, resolve_media_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "p", "image": "a.png"}\n')
+    rows = resolve_media_paths(read_records("~/rows.jsonl"), "~/rows.jsonl")
+    assert rows[0]["image"] == str(tmp_path / "a.png")

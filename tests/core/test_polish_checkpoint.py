@@ -79,3 +79,9 @@ def test_a_second_process_training_in_the_same_folder_is_refused_until_the_first
     ck.start_run(folder, {"a": 1}, resume=True, overwrite=False, run_files=())  # the kernel released it
     ck.start_run(folder, {"a": 1}, resume=True, overwrite=False, run_files=())  # re-entrant in one process
     ck.unlock_run_folder(folder)
+
+
+def test_a_dangling_link_as_the_output_folder_is_named_as_one(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="is a link to .*gone.*which does not exist"):
+        ck.start_run(str(tmp_path / "out"), {}, resume=True, overwrite=False, run_files=())
