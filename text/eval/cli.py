@@ -9,6 +9,7 @@ The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not gi
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,17 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "show a scoring progress bar"})
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # EvalConfig(batch_size="8") used to fail as "'<' not supported ..."
+            v, kind = getattr(self, f.name), {"int": int, "bool": bool, "str": str}.get(str(f.type))
+            if kind is str and isinstance(v, os.PathLike):  # a pathlib.Path for model / data / output
+                v = os.fspath(v)
+                setattr(self, f.name, v)
+            if kind is None:
+                continue
+            if kind is int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise TypeError(f"EvalConfig.{f.name} must be an integer, got {v!r}")
+            if kind is not int and not isinstance(v, kind):
+                raise TypeError(f"EvalConfig.{f.name} must be a {kind.__name__}, got {v!r}")
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
         for name in ("limit", "max_length"):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import numbers
 import os
+from collections.abc import Iterable
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -105,8 +107,9 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
             raise TypeError(f"score_responses: {name} must be a list (one item per input), got {type(seq).__name__}")
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        # a string used to fail as "'<' not supported between instances of 'str' and 'int'"
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     index: dict[tuple, int] = {}
     unique: list[tuple[Any, Any]] = []  # first occurrence of each distinct (prompt, response)
     where = []
@@ -235,6 +238,9 @@ def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 64, progre
         rows = load_rewardbench(os.fspath(data), split)
     elif split is not None:
         raise ValueError("evaluate_rewardbench: split= chooses a split of a data path, not of a list of rows")
+    elif isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):  # a dict's keys would be the rows
+        raise TypeError(f"evaluate_rewardbench: data must be a file / folder path or a list of rows, got "
+                        f"{type(data).__name__}" + ("; wrap a single row in a list" if isinstance(data, dict) else ""))
     else:
         rows = list(data)
     return evaluate_pairs(scorer, rows, batch_size=batch_size, progress=progress)

@@ -20,6 +20,7 @@ per domain, e.g. ``/work/shared/data/rm-bench/{chat,code,safety-refuse,safety-re
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, Optional, Sequence
 
 import torch
@@ -60,15 +61,38 @@ def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dic
         stem = os.path.basename(p).split(".")[0]
         for i, row in enumerate(read_rows(p)):
             items.append(_check_item(row, f"{p}: row {i}", stem))
-    if domains is not None:
-        have = {it["domain"] for it in items}
-        missing = sorted(set(domains) - have)
-        if missing:
-            raise ValueError(f"domains {missing} not in {path} (it has {sorted(have)})")
-        items = [it for it in items if it["domain"] in set(domains)]
+    items = _keep_domains(items, domains, path)
     if not items:
         raise ValueError(f"{path} holds no RM-Bench items")
     return items
+
+
+def _domain_list(domains: Any) -> Optional[list[str]]:
+    """``domains`` as a list: a string is comma-separated, as ``--domains chat,code`` (its characters
+    were taken for domain names); None keeps all."""
+    if domains is None:
+        return None
+    if isinstance(domains, str):
+        return [d.strip() for d in domains.split(",") if d.strip()] or None
+    if isinstance(domains, (bytes, dict)) or not isinstance(domains, Iterable):
+        raise TypeError(f"domains must be a list of domain names or a comma-separated string, got {type(domains).__name__}")
+    out = list(domains)
+    bad = [d for d in out if not isinstance(d, str)]
+    if bad:
+        raise TypeError(f"domains must be domain names (strings), got {bad[0]!r}")
+    return out
+
+
+def _keep_domains(items: list[dict], domains: Any, source: str) -> list[dict]:
+    """The items of ``domains`` (error naming any asked for but absent)."""
+    domains = _domain_list(domains)
+    if domains is None:
+        return items
+    have = {it["domain"] for it in items}
+    missing = sorted(set(domains) - have)
+    if missing:
+        raise ValueError(f"domains {missing} not in {source} (it has {sorted(have)})")
+    return [it for it in items if it["domain"] in set(domains)]
 
 
 def _check_item(row: Any, where: str, default_domain: str) -> dict:
@@ -115,9 +139,10 @@ def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 64, merge_safe
     if isinstance(data, (str, os.PathLike)):
         items = load_rmbench(os.fspath(data), domains)
     else:
-        items = [_check_item(it, f"item {i}", "all") for i, it in enumerate(data)]
-        if domains is not None:
-            items = [it for it in items if it["domain"] in set(domains)]
+        if isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):  # a dict's keys would be the items
+            raise TypeError(f"evaluate_rmbench: data must be a file / folder path or a list of items, got "
+                            f"{type(data).__name__}" + ("; wrap a single item in a list" if isinstance(data, dict) else ""))
+        items = _keep_domains([_check_item(it, f"item {i}", "all") for i, it in enumerate(data)], domains, "the items")
         if not items:
             raise ValueError("evaluate_rmbench: no items to evaluate")
     k = len(STYLES)

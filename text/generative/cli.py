@@ -64,23 +64,30 @@ def _one_turn(value: Any) -> Any:
     return value
 
 
+def pair_row(r: Any, where: str) -> dict:
+    """One ``{prompt, chosen, rejected}`` row as text (a one-turn conversation: its content; RM-Bench's
+    three styles: the first), as the CLI reads ``--data`` and :func:`run` reads its rows."""
+    from ..data import drop_repeated_prompt
+
+    if not isinstance(r, dict) or not all(k in r for k in ("prompt", "chosen", "rejected")):
+        raise ValueError(f"{where} needs 'prompt', 'chosen', 'rejected'")
+    prompt = _one_turn(r["prompt"])
+    c, j = (_one_turn(drop_repeated_prompt(r["prompt"], r[k])) for k in ("chosen", "rejected"))
+    if not all(isinstance(x, str) for x in (prompt, c, j)):
+        raise ValueError(f"{where}: prompt / chosen / rejected must be text (or one chat turn)")
+    return {"prompt": prompt, "chosen": c, "rejected": j}
+
+
 def load_rows(path: str, limit: int = 0, split: Optional[str] = None) -> list[dict]:
     """Preference rows ``{prompt, chosen, rejected}`` of ``path`` (``split``: one split of a saved
     DatasetDict / a .json object of lists); the first ``limit`` only when > 0."""
-    from ..data import drop_repeated_prompt
     from ..eval.rewardbench import read_rows
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be an integer >= 0 (0: all rows), got {limit!r}")
     rows = []
     for i, r in enumerate(read_rows(path, split)):
-        if not isinstance(r, dict) or not all(k in r for k in ("prompt", "chosen", "rejected")):
-            raise ValueError(f"{path}: row {i} needs 'prompt', 'chosen', 'rejected'")
-        prompt = _one_turn(r["prompt"])
-        c, j = (_one_turn(drop_repeated_prompt(r["prompt"], r[k])) for k in ("chosen", "rejected"))
-        if not all(isinstance(x, str) for x in (prompt, c, j)):
-            raise ValueError(f"{path}: row {i}: prompt / chosen / rejected must be text (or one chat turn)")
-        rows.append({"prompt": prompt, "chosen": c, "rejected": j})
+        rows.append(pair_row(r, f"{path}: row {i}"))
         if limit and len(rows) == limit:
             break
     if not rows:
@@ -251,7 +258,17 @@ def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dic
     """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python; ``meta_rm``: grm only)."""
     from .position import evaluate_pairs_with_judge
 
-    mod, cls, _ = METHODS[method]
+    if not isinstance(method, str) or method.replace("-", "_") not in METHODS:  # was a bare KeyError
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    method = method.replace("-", "_")  # rm-r1, critic-rm: the CLI's aliases
+    mod, cls, cfg = METHODS[method]
+    config_cls = getattr(importlib.import_module(f"{__package__}.{mod}"), cfg)
+    if config is not None and not isinstance(config, config_cls):  # was an AttributeError deep in the judge
+        raise TypeError(f"the {method} judge takes a {cfg} (or None), got {type(config).__name__}")
+    if isinstance(rows, (dict, str, bytes)) or not hasattr(rows, "__iter__"):  # a dict's keys would be the rows
+        raise TypeError(f"rows must be a list of {{prompt, chosen, rejected}} rows, got {type(rows).__name__}"
+                        + ("; wrap a single row in a list" if isinstance(rows, dict) else ""))
+    rows = [pair_row(r, f"row {i}") for i, r in enumerate(rows)]  # what load_rows makes of a --data file
     extra = {"meta_rm": meta_rm} if meta_rm is not None else {}
     if extra and method != "grm":
         raise ValueError(f"meta_rm is for the grm judge, not {method}")

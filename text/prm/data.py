@@ -185,7 +185,13 @@ def _from_processbench(row: dict, where: str) -> StepExample:
         raise DataError(f"{where}: field 'problem' must be a string, got {describe(problem)}")
     steps = _steps(row.get("steps"), where)
     label = row.get("label")
-    if label is None:
+    if label is None and row.get("labels") is not None:  # per-step labels: they used to be dropped silently
+        if not isinstance(row["labels"], (list, tuple)) or len(row["labels"]) != len(steps):
+            raise DataError(f"{where}: {len(steps)} steps but labels is {describe(row['labels'])} (one label per "
+                            "step; or a ProcessBench first-error index as 'label')")
+        labels = [_label(v, f"{where}, step {k}") for k, v in enumerate(row["labels"])]
+        first = UNKNOWN if all(y == IGNORE for y in labels) else _first_error(labels)
+    elif label is None:
         first, labels = UNKNOWN, [IGNORE] * len(steps)
     elif isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
         raise DataError(f"{where}: label {describe(label)} must be -1 (every step right) or the index of the first "

@@ -102,9 +102,35 @@ def check_labelled(examples: Sequence[StepExample], what: str) -> None:
                         "unlabelled solutions with score_parts / `mmreward prm score`")
 
 
+def _step_examples(examples, what: str) -> list[StepExample]:
+    """``examples`` as StepExamples: a list of them, or a path / list of rows read with
+    :func:`read_step_examples` (what ``mmreward prm eval --data`` reads). A path used to be iterated
+    character by character and a list of dicts counted as unlabelled ("none of the N examples ...")."""
+    import os
+
+    from .data import read_step_examples
+
+    if isinstance(examples, (str, os.PathLike)):
+        return read_step_examples(examples)
+    if isinstance(examples, (StepExample, dict, StepSolution)) or not hasattr(examples, "__iter__"):
+        hint = "; wrap a single example in a list" if isinstance(examples, (StepExample, dict)) else ""
+        raise TypeError(f"{what}: examples must be a list of StepExamples (or of step rows, or a data path), got "
+                        f"{type(examples).__name__}{hint}")
+    examples = list(examples)
+    if examples and all(isinstance(e, dict) for e in examples):
+        return read_step_examples(examples)
+    for i, e in enumerate(examples):
+        if not isinstance(e, StepExample):
+            raise TypeError(f"{what}: example {i} is a {type(e).__name__}, not a StepExample (read rows with "
+                            "read_step_examples)")
+    return examples
+
+
 def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
                  sweep: bool = False) -> dict[str, float]:
-    """:func:`step_metrics` of ``model``'s scores on ``examples``."""
+    """:func:`step_metrics` of ``model``'s scores on ``examples`` (StepExamples, or a path / list of rows
+    that :func:`read_step_examples` reads)."""
+    examples = _step_examples(examples, "evaluate_prm")
     if not examples:
         raise ValueError("evaluate_prm: no examples")
     check_labelled(examples, "evaluate_prm")
