@@ -8,12 +8,14 @@ or a list of episodes (each ``[T, H, W, 3]`` uint8, or an object with a ``.frame
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from mmreward.core.checkpoint import data_digest  # noqa: F401  (re-exported: training tensors in order)
+from mmreward.core.data import describe
 from mmreward.core.model import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from mmreward.core.trainer import TrainConfig
 
@@ -62,6 +64,10 @@ def as_frame_tensor(frames: Any, what: str = "frames") -> torch.Tensor:
                     f"got {type(frames).__name__}")
 
 
+_LOAD_HINT = ("load the frames first: mmreward.robotics.data.episodes.load_episode_folder(folder) gives an episode "
+              "folder's (entry, Episode) pairs, as the CLI's --data reads them")
+
+
 def episodes_from(data: FrameData) -> list[torch.Tensor]:
     """A list of uint8 ``[T, H, W, 3]`` episodes from any accepted input."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
@@ -72,8 +78,16 @@ def episodes_from(data: FrameData) -> list[torch.Tensor]:
             eps = [t]
         else:
             raise ValueError(f"frames must be [N, T, H, W, 3] or [T, H, W, 3], got shape {list(t.shape)}")
+    elif isinstance(data, (str, bytes, os.PathLike, dict)):  # a path: its characters were read as "episodes"
+        raise TypeError(f"expected frames (a uint8 tensor / array or a list of episodes), got {type(data).__name__} "
+                        f"{describe(data)}; " + _LOAD_HINT)
     elif isinstance(data, Iterable):
-        eps = [_as_uint8_tensor(e, f"episode {i}") for i, e in enumerate(data)]
+        eps = []
+        for i, e in enumerate(data):
+            frames = getattr(e, "frames", e)  # an Episode: its frames
+            if isinstance(frames, (str, bytes, os.PathLike)):  # a file the scorers read, but not its frames here
+                raise TypeError(f"episode {i} is a path ({describe(frames)}), not frames; " + _LOAD_HINT)
+            eps.append(_as_uint8_tensor(e, f"episode {i}"))
     else:
         raise TypeError(f"expected frames (tensor / array / list of episodes), got {type(data).__name__}")
     if not eps:

@@ -116,6 +116,40 @@ def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExamp
     return out
 
 
+def as_ranked_sets(examples: Any, what: str = "examples") -> list[RankedExample]:
+    """``examples`` (RankedExample items or rows ``{"prompt", "images", "ranks"}``, image paths as given)
+    checked as :func:`read_ranked_sets` checks a file's rows: a bad item raises DataError naming it and its
+    field, not an AttributeError / tensor-shape error from inside the batch."""
+    if isinstance(examples, (str, bytes, dict)) or not isinstance(examples, Sequence):
+        raise TypeError(f"{what} must be a list of RankedExample items or rows {{'prompt', 'images', 'ranks'}}, "
+                        f"got {type(examples).__name__} (read a file with read_ranked_sets(path))")
+    out = []
+    for i, e in enumerate(examples):
+        where = f"{what}[{i}]"
+        if isinstance(e, dict):
+            missing = [k for k in ("prompt", "images", "ranks") if k not in e]
+            if missing:
+                raise DataError(f"{where}: missing field {missing[0]!r}")
+            prompt, images, ranks = e["prompt"], e["images"], e["ranks"]
+        elif isinstance(e, RankedExample):
+            prompt, images, ranks = e.prompt, e.images, e.ranks
+        else:
+            raise TypeError(f"{where} must be a RankedExample or a row dict, got {type(e).__name__}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' must be a non-empty string, got {describe(prompt)}")
+        try:
+            k = len(split_images(images))
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: field 'images': {err}") from None
+        if k < 1:
+            raise DataError(f"{where}: field 'images' holds no image")
+        r = np.asarray(ranks) if not isinstance(ranks, (str, bytes, dict)) else None
+        if r is None or r.ndim != 1 or len(r) != k or not np.issubdtype(r.dtype, np.integer) or (r < 0).any():
+            raise DataError(f"{where}: field 'ranks' must be {k} integers >= 0 (one per image), got {describe(ranks)}")
+        out.append(e if isinstance(e, RankedExample) else RankedExample(prompt, images, r.astype(np.int64)))
+    return out
+
+
 def require_ranked_pair(examples: Sequence[RankedExample], what: str) -> None:
     """DataError unless some set ranks two images differently: with every rank equal there is no pair
     to learn from or to count, and the pairwise accuracy would read 0.0 instead of "undefined"."""
@@ -183,6 +217,7 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
     """Held-out pairwise accuracy (strict, over every ranked pair) and top-1 accuracy (the best-ranked
     image gets the highest score)."""
     check_batch_size(batch_size)
+    examples = as_ranked_sets(examples, "evaluate_image_reward: examples")
     if not examples:
         raise ValueError("evaluate_image_reward: no ranked sets")
     require_ranked_pair(examples, "evaluate_image_reward")

@@ -250,6 +250,10 @@ class LabelledSteps:
 
 def as_labelled(rows: Sequence[Any], what: str = "rows") -> list[LabelledSteps]:
     """Step rows (dicts or :class:`LabelledSteps`) → labelled inputs; a bad row raises DataError naming it."""
+    if isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__iter__"):  # a path / one row: not a row list
+        raise TypeError(f"{what} must be a list of step rows (dicts or LabelledSteps), got {type(rows).__name__}"
+                        + (" (read a file's rows with mmreward.vision.cli.read_rows(path))" if isinstance(rows, str) else ""))
+    rows = list(rows)  # an iterator / array of rows: its length is known (an empty one is named, not 0 / 0)
     if not rows:
         raise ValueError(f"{what}: no step rows")
     return [LabelledSteps.from_record(r, f"{what}: row {i}") for i, r in enumerate(rows)]

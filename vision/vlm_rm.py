@@ -119,6 +119,10 @@ class ConversationPair:
 
 def as_pairs(rows: Sequence[Any], what: str = "rows") -> list[ConversationPair]:
     """Preference rows (dicts or :class:`ConversationPair`) → pairs; a bad row raises DataError naming it."""
+    if isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__iter__"):  # a path / one row: not a row list
+        raise TypeError(f"{what} must be a list of preference rows (dicts or ConversationPair), got {type(rows).__name__}"
+                        + (" (read a file's rows with mmreward.vision.cli.read_rows(path))" if isinstance(rows, str) else ""))
+    rows = list(rows)  # an iterator / array of rows: its length is known (an empty one is named, not 0 / 0)
     if not rows:
         raise ValueError(f"{what}: no preference rows")
     return [ConversationPair.from_record(r, f"{what}: row {i}") for i, r in enumerate(rows)]
