@@ -29,7 +29,7 @@ from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
 
 from . import synthetic
 from .image_reward import ConvTextConfig, ImageRewardModel
-from .images import as_image_list, preprocess, split_images
+from .images import ImageLoadError, as_image_list, preprocess, split_images
 from .scoring import eval_mode, model_folder, user_path
 from .testing import tiny_clip_config, word_tokenizer
 
@@ -167,12 +167,17 @@ def make_collate(model: ImageRewardModel):
     padded with zero images of rank −1 (ignored by the losses)."""
     c = model.config
 
-    def collate(examples: Sequence[RankedExample]) -> dict:
+    def collate(examples: Sequence[RankedExample], start: Optional[int] = None) -> dict:
+        # start: the index of examples[0] in the caller's list, so that an image error names its set
         k = max(len(e.ranks) for e in examples)
         ranks = torch.full((len(examples), k), -1, dtype=torch.long)
         pixels, prompts = [], []
         for b, e in enumerate(examples):
-            pv = preprocess(as_image_list(e.images), c.image_size, c.image_mean, c.image_std)  # (k_b, 3, S, S)
+            try:
+                pv = preprocess(as_image_list(e.images), c.image_size, c.image_mean, c.image_std)  # (k_b, 3, S, S)
+            except ImageLoadError as err:
+                where = f"ranked set {start + b}" if start is not None else f"ranked set with prompt {e.prompt!r}"
+                raise ImageLoadError(f"{where}: {err}") from err
             pixels.append(torch.cat([pv, pv.new_zeros(k - len(pv), *pv.shape[1:])]))
             ranks[b, : len(e.ranks)] = torch.as_tensor(e.ranks)
             prompts += [e.prompt] * k
@@ -225,7 +230,7 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
     dtype = next(model.parameters()).dtype  # a model loaded with dtype="bf16" computes in it
     with eval_mode(model), torch.no_grad():
         for s in range(0, len(examples), batch_size):
-            batch = collate(examples[s:s + batch_size])
+            batch = collate(examples[s:s + batch_size], start=s)
             ranks = batch["ranks"].to(model.device)
             pixels = batch["pixel_values"].to(model.device, dtype)
             r = model(batch["prompts"], pixels).float().view(ranks.shape)  # (B, K)

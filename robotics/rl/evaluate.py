@@ -114,6 +114,11 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
+    if not isinstance(run, (str, os.PathLike)):
+        raise TypeError(f"run must be a train-rl run folder (a path), got {type(run).__name__}")
+    from mmreward.core.device import resolve_device
+
+    device = resolve_device(device)  # an unknown / absent device named before the environment is built
     path = os.path.join(run, "train_config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run} is not a train-rl run folder (no train_config.json)")

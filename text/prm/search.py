@@ -388,8 +388,17 @@ def compare_search(evaluator, n_problems: int = 100, num_steps: int = 4, error_r
     if method not in ("mcts", "best-of-n", "both"):
         raise ValueError(f"method must be mcts | best-of-n | both, got {method!r}")
     for name, value in (("n_problems", n_problems), ("num_steps", num_steps)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if config is not None and not isinstance(config, MCTSConfig):  # a dict failed later on config.budget_steps
+        raise TypeError(f"config must be an MCTSConfig (or None: the defaults), got {type(config).__name__}")
+    if export and method == "best-of-n":  # the export holds MCTS traces: it would be written empty
+        raise ValueError("export writes MCTS self-training traces, but method='best-of-n' runs no MCTS: use "
+                         "method='mcts' or 'both', or drop export")
+    from .model import AGGREGATIONS
+
+    if method != "mcts" and reduce not in AGGREGATIONS:  # refused before the MCTS half runs
+        raise ValueError(f"reduce must be one of {AGGREGATIONS}, got {reduce!r}")
     config = config or MCTSConfig()
     n_bon = config.budget_steps // num_steps
     if n_bon < 1:

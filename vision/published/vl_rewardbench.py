@@ -147,8 +147,24 @@ def evaluate_vl_rewardbench(model: Any, items: Sequence[VLRewardBenchItem], batc
     if Conversation not in getattr(model, "input_types", ()):
         raise TypeError(f"{type(model).__name__} does not score Conversation inputs: VL-RewardBench needs a VLM "
                         "reward model")
+    from mmreward.core.model import check_batch_size
+
+    check_batch_size(batch_size)
+    if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"items must be a list of VLRewardBenchItem (read_vl_rewardbench(path)), got "
+                        f"{type(items).__name__}")
+    items = list(items)  # a generator would be used up by the conversations and leave nothing to count
     if not items:
         raise ValueError("no VL-RewardBench items to evaluate")
+    for i, item in enumerate(items):
+        if not isinstance(item, VLRewardBenchItem):
+            raise TypeError(f"items[{i}] is a {type(item).__name__}, not a VLRewardBenchItem (read rows with "
+                            "read_vl_rewardbench)")
+        if not (isinstance(item.responses, (list, tuple)) and len(item.responses) == 2) or item.preferred not in (0, 1) \
+                or isinstance(item.preferred, bool) or item.dataset not in GROUPS:
+            raise ValueError(f"items[{i}] (id {item.id!r}): needs two responses, preferred 0 or 1 and a dataset in "
+                             f"{sorted(GROUPS)}; got {len(item.responses) if hasattr(item.responses, '__len__') else item.responses!r} "
+                             f"responses, preferred {item.preferred!r}, dataset {item.dataset!r}")
     convs = [c for item in items for c in item.conversations()]
     with torch.no_grad():
         scores = model.score(convs, batch_size=batch_size).view(-1, 2)  # (N, 2): one row per item
@@ -197,6 +213,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.vision.scoring import load_model, user_path
 
     args.out = user_path(args.out, output=True)
+    from mmreward.core.model import check_batch_size
+
+    check_batch_size(args.batch_size)  # refused before the data and the model are read, as in evaluate_vl_rewardbench
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     from mmreward.core.cli_config import check_output_file
