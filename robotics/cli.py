@@ -586,7 +586,7 @@ def _eval_rl(args: argparse.Namespace) -> int:
     _check_output_files(json=args.json)
     check_output_file(args.json, "--json")  # under a file, or in a read-only folder: refused before the episodes
     _prepare(args)
-    summary = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, frame=args.frame)
+    summary = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, frame=args.frame, device=args.device)
     if args.json:
         from mmreward.core.folders import atomic_write_text
 
@@ -843,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
     p.add_argument("--seed", type=int, default=0, help="which held-out scene set (reset seeds 1.5e9 + 1000·seed + i)")
     p.add_argument("--frame", type=int, default=None, help="the snapshot to load (default: the newest)")
+    p.add_argument("--device", default="cpu", help="run the agent on this device: cpu | cuda | cuda:N | auto")
     p.add_argument("--json", default=None, help="also write the summary, with every episode, here")
     p.add_argument("--out", dest="json", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # as score / prm eval
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

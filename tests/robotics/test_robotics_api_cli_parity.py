@@ -53,3 +53,11 @@ def test_cli_score_gives_the_rewards_of_score_parts(reward, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "batch_size must be an integer >= 1, got 0" in err, err
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         reward.score_parts([Episode(ep)], batch_size=0)
+
+
+def test_eval_rl_takes_the_device_evaluate_run_takes(tmp_path, capsys):
+    from mmreward.robotics.cli import main
+
+    assert main(["eval-rl", "--run", str(tmp_path), "--device", "gpu0"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'gpu0'" in err and len(err.strip().splitlines()) == 1
