@@ -58,11 +58,32 @@ def _frames_field(value: Any, where: str) -> Any:
     return {"shape": [int(s) for s in array.shape], "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()}
 
 
+def _image_field(value: Any, where: str) -> Any:
+    """A PIL image → base64 PNG (lossless: the server decodes the pixels the model in-process would get);
+    anything else (a base64 string, a path the server refuses) as it is."""
+    if not (hasattr(value, "save") and hasattr(value, "mode") and hasattr(value, "size")):
+        return value
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    try:
+        value.save(buf, format="PNG")
+    except (OSError, ValueError, KeyError) as e:  # a mode PNG cannot hold (CMYK, LAB ...)
+        raise ValueError(f"{where}: a PIL image in mode {value.mode!r} cannot be sent as PNG ({e}); convert it to "
+                         "RGB first (image.convert('RGB'))") from None
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def _sendable(key: str, value: Any, where: str) -> Any:
-    """A field of an input row as JSON can carry it: frames as :func:`_frames_field`, other arrays (an episode's
-    ``success`` flags) and numpy numbers as lists / Python numbers."""
+    """A field of an input row as JSON can carry it: frames as :func:`_frames_field`, PIL images as base64
+    PNG, other arrays (an episode's ``success`` flags) and numpy numbers as lists / Python numbers."""
     if key in ("frames", "episode", "video"):
         return _frames_field(value, where)
+    if key in ("image", "images"):
+        if isinstance(value, (list, tuple)):
+            return [_image_field(v, f"{where}[{j}]") for j, v in enumerate(value)]
+        return _image_field(value, where)
     if hasattr(value, "tolist") and hasattr(value, "dtype") and not isinstance(value, (str, bytes)):
         return (value.detach().cpu() if hasattr(value, "detach") else value).tolist()
     return value
@@ -177,6 +198,17 @@ class RewardClient:
                                    "this URL an mmreward server?") from None
         raise ConnectionError(f"{method} {self.url + path} failed after {self.retries + 1} tries: {last}")
 
+    def _sliced_request(self, path: str, body: dict, start: int) -> dict:
+        """``POST path`` of the slice of the caller's inputs that begins at ``start``: an error naming one of
+        its inputs ("input 1", "query 1", "prompts[1]": the server counts from the slice) names it as the
+        caller counts (input ``start + 1``), as the same inputs scored in-process are named."""
+        try:
+            return self._request("POST", path, body)
+        except (ValueError, RuntimeError) as e:
+            if not start or type(e) not in (ValueError, RuntimeError):
+                raise
+            raise type(e)(_shift_index(str(e), start)) from None
+
     def info(self) -> dict:
         """The served model: ``model_type``, ``inputs``, ``parts``, limits (fetched once)."""
         if self._info is None:
@@ -211,7 +243,7 @@ class RewardClient:
         # without output, later slices carry the first one's column: their bodies are sized with room for it
         sized = fixed if key else {**fixed, "output": max(OUTPUTS, key=len)}
         for start, stop in _slices({"inputs": rows}, sized, *self._limits(len(rows)), "input"):
-            answer = self._request("POST", "/score", {"inputs": rows[start:stop], **fixed})
+            answer = self._sliced_request("/score", {"inputs": rows[start:stop], **fixed}, start)
             where = f"POST {self.url}/score (inputs {start}..{stop - 1})"
             if key == "scores":  # the column the adapters read: numbers or nulls, one per input
                 scores = _answer_column(answer, "scores", stop - start, where)
@@ -244,8 +276,8 @@ class RewardClient:
         columns = {"query": queries, "prompts": prompts, "labels": labels}
         merged: dict = {}
         for start, stop in _slices(columns, {}, *self._limits(len(queries)), "query"):
-            answer = self._request("POST", "/get_reward", {
-                name: None if values is None else values[start:stop] for name, values in columns.items()})
+            answer = self._sliced_request("/get_reward", {
+                name: None if values is None else values[start:stop] for name, values in columns.items()}, start)
             where = f"POST {self.url}/get_reward (queries {start}..{stop - 1})"
             rewards = _answer_column(answer, "rewards", stop - start, where)
             answer = {**answer, "rewards": rewards}
@@ -324,6 +356,15 @@ def _answer_column(answer: Any, key: str, n: int, where: str) -> list:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise RuntimeError(f"{where} answered {v!r} as {key}[{i}], not a number or null")
     return finite(values)
+
+
+def _shift_index(message: str, start: int) -> str:
+    """``message`` with the first input index the server named ("input 3", "query 3", "prompts[3]", counted
+    within one request) moved by ``start``, the offset of that request's slice in the caller's batch."""
+    import re
+
+    return re.sub(r"\b(input |query |prompts\[)(\d+)\b", lambda m: f"{m.group(1)}{int(m.group(2)) + start}",
+                  message, count=1)
 
 
 def _is_server_error(response: Any) -> bool:
