@@ -39,10 +39,8 @@ def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
     """Rows of a JSON / JSONL file (or saved dataset; ``split``: one split of a saved DatasetDict / a
     .json object of lists) with relative image / video paths made absolute against the file's folder."""
     from mmreward.core.data import DataError, read_records, resolve_media_paths
-    from mmreward.vision.scoring import user_path
 
-    path = user_path(path)  # "~/rows.jsonl": the media paths of its rows are read relative to that file too
-    rows = read_records(path, split=split)
+    rows = read_records(path, split=split)  # "~/rows.jsonl" included, its media paths next to it
     if not rows:
         raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
     return resolve_media_paths(rows, path)
@@ -50,9 +48,9 @@ def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
 
 def load_scorer(path: str, device: str, reads: type) -> Any:
     """The reward model at ``path`` (``mmreward.load``), which must score ``reads`` inputs."""
-    from mmreward.vision.scoring import load_model
+    import mmreward
 
-    model = load_model(path, device=device)
+    model = mmreward.load(path, device=device)
     if reads not in getattr(model, "input_types", ()):
         raise TypeError(f"--model {path} holds a {type(model).__name__}, which does not score {reads.__name__} inputs")
     return model
@@ -151,9 +149,9 @@ def eval_main(argv: Sequence[str]) -> int:
                                                                 args.batch_size),
                   VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data, args.split), args.data),
                                                            args.batch_size)}
-    from mmreward.vision.scoring import load_model
+    import mmreward
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)  # a snapshot / unfinished run: named
+    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
     evaluate = evaluators.get(type(model))
     if evaluate is None:
         raise TypeError(f"--model {args.model} holds a {type(model).__name__}; vision eval evaluates "

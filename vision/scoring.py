@@ -33,24 +33,17 @@ def model_folder(path: Any) -> Any:
     """The model folder ``path`` names, as ``mmreward.load`` reads it: ``~`` expanded and a training run's
     folder (``train_config.json`` / snapshots, the final model in ``model/``) read as its ``model/``."""
     path = user_path(path)
-    if isinstance(path, str) and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
-            and os.path.isfile(os.path.join(path, "model", "config.json")):
-        return os.path.join(path, "model")
-    if isinstance(path, str) and os.path.isdir(path):
+    if isinstance(path, str) and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        from mmreward.core.checkpoint import pick_run_model
         from mmreward.registry import not_a_model_folder
 
-        problem = not_a_model_folder(path)
+        model = pick_run_model(path, lambda model_type: True)
+        if model is not None:
+            return model
+        problem = not_a_model_folder(path)  # a snapshot, an unfinished run: what to open or run instead
         if problem is not None:
             raise FileNotFoundError(problem)
     return path
-
-
-def load_model(path: Any, **kwargs: Any) -> Any:
-    """``mmreward.load(path, **kwargs)`` with ``~`` read as the home folder (a training snapshot or a run that
-    has not saved its model yet is named as one by ``mmreward.load``)."""
-    import mmreward
-
-    return mmreward.load(user_path(path), **kwargs)
 
 
 def warn_truncated(prompts: Sequence[str], lengths: Sequence[int], limit: int, stacklevel: int = 4) -> None:

@@ -210,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
     p.add_argument("--out", default=None, help="write the summary and per-item scores here (JSON)")
     args = p.parse_args(argv)
-    from mmreward.vision.scoring import load_model, user_path
+    from mmreward.vision.scoring import user_path
 
     args.out = user_path(args.out, output=True)
     from mmreward.core.model import check_batch_size
@@ -224,7 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.core.folders import atomic_write_text
 
     items = read_vl_rewardbench(args.data, args.limit, args.split)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)  # a snapshot / unfinished run: named
+    import mmreward
+
+    model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
     result = evaluate_vl_rewardbench(model, items, args.batch_size)
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
