@@ -24,9 +24,13 @@ def user_path(path: Any, output: bool = False) -> Any:
     always (as ``TrainConfig.output_dir``), so that a folder named ``~`` in the working folder is never made."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
-    if isinstance(path, str) and path.startswith("~") and (output or not os.path.exists(path)):
+    if not isinstance(path, str) or not path.startswith("~"):
+        return path
+    if output:
         return os.path.expanduser(path)
-    return path
+    from mmreward.core.data import data_path
+
+    return data_path(path)  # as read_records reads a data file
 
 
 def model_folder(path: Any) -> Any:
