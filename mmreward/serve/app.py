@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -262,9 +263,23 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
 def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                         timeout_graceful_shutdown=config.shutdown_timeout_s, access_log=False,
-                                         lifespan="on"))
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a SIGTERM it drained is an orderly stop (exit 0), not re-raised:
+        uvicorn re-sends the signal to itself after the drain, so a supervisor saw every planned stop as
+        death by signal. Ctrl-C (SIGINT) is still re-raised and reads "interrupted"."""
+
+        stopped_by_sigterm = False
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self.stopped_by_sigterm = signal.SIGTERM in self._captured_signals
+                self._captured_signals[:] = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                 timeout_graceful_shutdown=config.shutdown_timeout_s, access_log=False,
+                                 lifespan="on"))
 
 
 def bind(config: ServeConfig) -> tuple[socket.socket, str]:
@@ -298,6 +313,8 @@ def serve(model: Union[str, Any], config: Optional[ServeConfig] = None) -> None:
         print(f"mmreward serve: {backend.spec.model_type} ({backend.spec.names()}) on {url} "
               f"— POST /score, POST /get_reward, GET /metrics", file=sys.stderr, flush=True)
         server.run(sockets=[sock])
+        if server.stopped_by_sigterm:
+            print("mmreward serve: stopped (SIGTERM)", file=sys.stderr, flush=True)
     finally:
         sock.close()
 
