@@ -53,6 +53,20 @@ def test_prm_search_same_numbers_through_python_and_cli(prm_folder, capsys):
         assert cli[k] == pytest.approx(v), k
 
 
+def test_prm_search_aggregation_reaches_best_of_n(prm_folder, capsys, monkeypatch):
+    """`prm search --aggregation` is compare_search's `reduce` (the CLI always used min before)."""
+    from mmreward.text.prm import search
+
+    seen = []
+    real = search.compare_search
+    monkeypatch.setattr(search, "compare_search", lambda *a, **k: seen.append(k["reduce"]) or real(*a, **k))
+    for reduce in (None, "last", "prod"):
+        flag = [] if reduce is None else ["--aggregation", reduce]
+        assert mmreward_main(["prm", "search", "--model", prm_folder, *SEARCH, "--method", "best-of-n", *flag]) == 0
+    assert seen == ["min", "last", "prod"]
+    cli_error(capsys, ["prm", "search", "--model", prm_folder, *SEARCH, "--aggregation", "max"], "--aggregation")
+
+
 def test_prm_search_bad_input_same_meaning(prm_folder, tmp_path, capsys):
     import mmreward
     from mmreward.text.prm.search import compare_search

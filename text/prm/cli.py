@@ -236,7 +236,7 @@ def _search(args: argparse.Namespace) -> int:
     model = _load_model(args)
     out = compare_search(model, n_problems=args.synthetic, num_steps=args.num_steps, error_rate=args.policy_error_rate,
                          config=config_from_args(MCTSConfig, args), method=args.method, seed=args.seed,
-                         export=args.export, max_value=args.max_value)
+                         export=args.export, max_value=args.max_value, reduce=args.aggregation)
     print(json_text(out, indent=2))
     return 0
 
@@ -329,6 +329,8 @@ def _parser() -> CLIParser:
     p.add_argument("--method", default="both", choices=("mcts", "best-of-n", "both"),
                    help="search method(s) to run and compare (default: both)")
     p.add_argument("--seed", type=int, default=0, help="seed of the problems and the policy (default: 0)")
+    p.add_argument("--aggregation", default="min", choices=AGGREGATIONS,
+                   help="how best-of-N turns a solution's step scores into one (default: min)")
     p.add_argument("--out", dest="export", help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
     p.add_argument("--export", dest="export", help=argparse.SUPPRESS)
     _add_device(p)
