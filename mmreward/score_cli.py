@@ -107,6 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
                    help="print per-step / per-frame scores (default: on for steps, episodes and videos)")
     p.add_argument("--json", action="store_true", help="print JSON lines (row fields + scores) instead of a table")
+    p.add_argument("--out", help="write the JSON lines (--json's output) to this file instead of printing them; "
+                                 "written whole when scoring ends")
     args = p.parse_args(argv)
     if bool(args.files) == bool(args.data):
         p.error("give either --data ROWS or input files, not both / neither")
@@ -118,12 +120,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--batch-size must be an integer >= 1, got {args.batch_size}")
     if args.split and not args.data:
         p.error("--split chooses a split of --data rows; input files have none")
+    if args.out:
+        args.out = os.path.expanduser(args.out)
     if args.data and args.prompt is not None:
         p.error("--prompt is the text that image / video files given as arguments should match; rows of --data "
                 "carry their own 'prompt' field")
     import mmreward
     from mmreward.core import inputs as I
+    from mmreward.core.cli_config import check_output_file
     from mmreward.core.data import read_records, resolve_media_paths
+
+    # an --out that is one of the inputs (or a folder) is refused before anything is read or scored
+    check_output_file(args.out, "--out", [("--data", args.data), ("input", args.files)])
 
     # the inputs are read and checked before the model loads: a typo in a file name costs nothing
     if args.data:
@@ -171,14 +179,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _json_lines(rows: list[dict], out: list[dict]) -> str:
+    return "".join(json_text({**r, **o}, ensure_ascii=False, default=str) + "\n" for r, o in zip(rows, out))
+
+
 def _print(args: Any, rows: list[dict], out: list[dict]) -> None:
     pairs = [o for o in out if "score_chosen" in o]
-    if args.files and args.prompt is not None and not any("parts" in o for o in out):
+    ranking = args.files and args.prompt is not None and not any("parts" in o for o in out)
+    if args.out:
+        from mmreward.core.folders import atomic_write_text
+
+        atomic_write_text(args.out, _ranking_json(args, out) + "\n" if ranking else _json_lines(rows, out))
+        print(f"mmreward score: {len(out)} {'files' if args.files else 'rows'} scored, written to {args.out}",
+              file=sys.stderr)
+    elif ranking:
         _print_ranking(args, out)
         return
-    if args.json:
-        for r, o in zip(rows, out):
-            print(json_text({**r, **o}, ensure_ascii=False, default=str))
+    elif args.json:
+        print(_json_lines(rows, out), end="")
     else:
         for i, (r, o) in enumerate(zip(rows, out)):
             shown = "  ".join(f"{k}={v:.4f}" for k, v in o.items() if not k.startswith("parts"))
@@ -188,22 +206,31 @@ def _print(args: Any, rows: list[dict], out: list[dict]) -> None:
             print(f"{i:>5}  {shown}  {extra}  {label}".rstrip())
     if pairs:
         acc = sum(o["score_chosen"] > o["score_rejected"] for o in pairs) / len(pairs)
-        print(f"pairwise accuracy: {acc:.4f} over {len(pairs)} pairs", file=sys.stdout if not args.json else sys.stderr)
+        print(f"pairwise accuracy: {acc:.4f} over {len(pairs)} pairs",
+              file=sys.stderr if args.json or args.out else sys.stdout)
+
+
+def _ranking(args: Any, out: list[dict]) -> list[dict]:
+    """Files scored against one prompt, in argument order, each with its rank (1 = best)."""
+    scores = [o["score"] for o in out]
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    return [{"image": f, "score": scores[i], "rank": rank[i]} for i, f in enumerate(args.files)]
+
+
+def _ranking_json(args: Any, out: list[dict]) -> str:
+    return json_text({"prompt": args.prompt, "results": _ranking(args, out)}, indent=2)
 
 
 def _print_ranking(args: Any, out: list[dict]) -> None:
     """Files scored against one prompt: ranked best first."""
-    scores = [o["score"] for o in out]
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    rank = {i: r + 1 for r, i in enumerate(order)}
-    results = [{"image": f, "score": scores[i], "rank": rank[i]} for i, f in enumerate(args.files)]
     if args.json:
-        print(json_text({"prompt": args.prompt, "results": results}, indent=2))
+        print(_ranking_json(args, out))
         return
     width = max(len(f) for f in args.files)
     print(f"prompt: {args.prompt}")
     print(f"{'rank':>4}  {'score':>9}  image")
-    for r in sorted(results, key=lambda r: r["rank"]):
+    for r in sorted(_ranking(args, out), key=lambda r: r["rank"]):
         print(f"{r['rank']:>4}  {r['score']:>9.4f}  {r['image']:<{width}}")
 
 

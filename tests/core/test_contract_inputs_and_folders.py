@@ -328,3 +328,29 @@ def test_media_paths_of_a_home_folder_data_file_point_next_to_it(tmp_path, monke
     (tmp_path / "rows.jsonl").write_text('{"prompt": "p", "image": "a.png"}\n')
     rows = resolve_media_paths(read_records("~/rows.jsonl"), "~/rows.jsonl")
     assert rows[0]["image"] == str(tmp_path / "a.png")
+
+
+def test_score_cli_out_writes_the_json_lines_to_a_file(lin_type, tmp_path, capsys):
+    """`mmreward score --out F` writes what --json prints (row fields + unrounded scores), the pairwise
+    summary on stderr; an --out that is the data file is refused before anything is scored."""
+    from mmreward.cli import main
+
+    LinRM().save_pretrained(str(tmp_path / "m"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "p", "response": "ab"}\n{"prompt": "q", "chosen": "abc", "rejected": "a"}\n')
+    base = ["score", "--model", str(tmp_path / "m"), "--data", str(rows)]
+    assert main([*base, "--json"]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "sub dir" / "scored.jsonl"
+    out.parent.mkdir()
+    assert main([*base, "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and out.read_text() == printed
+    assert "2 rows scored" in cap.err and "pairwise accuracy" in cap.err
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines[0]["score"] == float(mmreward.load(str(tmp_path / "m")).score([("p", "ab")])[0])
+    assert main([*base, "--out", str(rows)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "--data" in err[0]
+    assert main([*base, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
