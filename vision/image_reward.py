@@ -73,6 +73,14 @@ class ConvTextConfig:
     embed_dim: int = field(default=64, metadata={"help": "width of the text / image embeddings"})
     channels: tuple = field(default=(16, 32, 64), metadata={"help": "conv widths, each stage halves the size"})
     pool: int = field(default=4, metadata={"help": "final feature map side (keeps where things are)"})
+    word_pattern: str = field(default=r"[^\W_]+", metadata={
+        "help": "regular expression of a prompt's words, matched in lower case (default: runs of Unicode letters and "
+                "digits)"})
+
+
+# models saved before ConvTextConfig had `word_pattern` split prompts on ASCII letters and digits only (other words
+# were dropped); they keep that rule, so their scores do not change
+ASCII_WORDS = r"[a-z0-9]+"
 
 
 def _warn_truncated(prompts: Sequence[str], lengths: Sequence[int], limit: int) -> None:
@@ -90,6 +98,10 @@ class ConvTextBackbone(nn.Module):
             raise ValueError("ConvTextConfig.vocab is empty: give the words prompts may use")
         if not config.channels or any(c < 4 or c % 4 for c in config.channels):
             raise ValueError(f"ConvTextConfig.channels must be multiples of 4 (GroupNorm(4, c)), got {config.channels}")
+        try:
+            self.words = re.compile(config.word_pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"ConvTextConfig.word_pattern {config.word_pattern!r} is not a regular expression: {e}") from None
         self.config, self.max_text_length = config, max_text_length
         self.word_ids = {w: i + 2 for i, w in enumerate(config.vocab)}  # 0 = pad, 1 = unknown word
         d = config.embed_dim
@@ -110,7 +122,7 @@ class ConvTextBackbone(nn.Module):
         self.width = d
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        words = [re.findall(r"[a-z0-9]+", p.lower()) for p in prompts]
+        words = [self.words.findall(p.lower()) for p in prompts]
         _warn_truncated(prompts, [len(w) for w in words], self.max_text_length)
         words = [w[: self.max_text_length] or ["<empty>"] for w in words]
         n = max(len(w) for w in words)
@@ -234,8 +246,8 @@ class ImageRewardModel(ImageScorer):
         if backbone is None:
             if config.backbone != "conv":
                 raise ValueError("an hf ImageRewardModel is built with from_backbone(...) or from_pretrained(...)")
-            backbone = ConvTextBackbone(config_from_dict(ConvTextConfig, config.backbone_config, "conv backbone"),
-                                        config.max_text_length)
+            saved = {"word_pattern": ASCII_WORDS, **config.backbone_config}  # saved without the field: the old rule
+            backbone = ConvTextBackbone(config_from_dict(ConvTextConfig, saved, "conv backbone"), config.max_text_length)
         self.backbone = backbone
         width = backbone.width * (3 if config.fusion == "product_concat" else 1)
         self.head = imagereward_head(width, config.head_hidden, config.head_dropout)

@@ -219,14 +219,22 @@ def ranked_loss(loss: str = "listwise", label_smoothing: float = 0.0):
 @torch.no_grad()
 def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExample],
                           batch_size: int = 32) -> dict[str, float]:
-    """Held-out pairwise accuracy (strict, over every ranked pair) and top-1 accuracy (the best-ranked
-    image gets the highest score)."""
+    """Held-out pairwise accuracy and top-1 accuracy, counted as ImageReward's test script counts them.
+
+    * ``pairwise_accuracy``: over every pair of images of a set that people ranked differently (pairs of
+      equal rank are left out, as ImageReward's ``acc`` leaves them out), the fraction where the better-ranked
+      image scores strictly higher (a score tie is wrong);
+    * ``top1_accuracy``: over the sets that rank two images differently (a set whose images all share one
+      rank has no best image to find), the fraction where a best-ranked image scores strictly higher than
+      every other image (a tie between a best-ranked and a worse image is wrong, whatever the order).
+
+    A NaN / inf score is an error naming its set (it would compare false and count as wrong silently)."""
     check_batch_size(batch_size)
     examples = as_ranked_sets(examples, "evaluate_image_reward: examples")
     if not examples:
         raise ValueError("evaluate_image_reward: no ranked sets")
     require_ranked_pair(examples, "evaluate_image_reward")
-    collate, correct, pairs, top1 = make_collate(model), 0, 0, 0
+    collate, correct, pairs, top1, ranked_sets = make_collate(model), 0, 0, 0, 0
     dtype = next(model.parameters()).dtype  # a model loaded with dtype="bf16" computes in it
     with eval_mode(model), torch.no_grad():
         for s in range(0, len(examples), batch_size):
@@ -234,13 +242,37 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
             ranks = batch["ranks"].to(model.device)
             pixels = batch["pixel_values"].to(model.device, dtype)
             r = model(batch["prompts"], pixels).float().view(ranks.shape)  # (B, K)
+            _check_finite_scores(r, ranks, s, examples)
             b, i, j = _pairs(ranks)
             correct += int((r[b, i] > r[b, j]).sum())
             pairs += len(b)
-            masked = r.masked_fill(ranks < 0, float("-inf"))
-            best = ranks.masked_fill(ranks < 0, 1 << 30).min(1, keepdim=True).values
-            top1 += int((ranks.gather(1, masked.argmax(1, keepdim=True)) == best).sum())
-    return {"pairwise_accuracy": correct / max(pairs, 1), "top1_accuracy": top1 / len(examples)}
+            top1_hits, has_pair = _top1(r, ranks)
+            top1 += int(top1_hits.sum())
+            ranked_sets += int(has_pair.sum())
+    return {"pairwise_accuracy": correct / pairs, "top1_accuracy": top1 / ranked_sets}
+
+
+def _check_finite_scores(r: torch.Tensor, ranks: torch.Tensor, start: int, examples: Sequence[RankedExample]) -> None:
+    bad = (~torch.isfinite(r) & (ranks >= 0)).nonzero()
+    if len(bad):
+        b, k = int(bad[0, 0]), int(bad[0, 1])
+        raise ValueError(f"evaluate_image_reward: the model scored image {k} of ranked set {start + b} "
+                         f"(prompt {examples[start + b].prompt!r}) {float(r[b, k])}: a NaN / inf score cannot be "
+                         "ranked")
+
+
+def _top1(r: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per set (row): whether a best-ranked image scores strictly above every worse-ranked one, and whether
+    the set ranks two images differently (only those count). ``ranks`` −1 marks padding."""
+    valid = ranks >= 0
+    best_rank = ranks.masked_fill(~valid, 1 << 30).min(1, keepdim=True).values
+    is_best = valid & (ranks == best_rank)
+    others = valid & ~is_best
+    neg = torch.tensor(float("-inf"), device=r.device)
+    best_score = torch.where(is_best, r, neg).max(1).values
+    other_score = torch.where(others, r, neg).max(1).values
+    has_pair = others.any(1)
+    return (best_score > other_score) & has_pair, has_pair
 
 
 def _data_digest(cfg: ImageRewardTrainConfig) -> dict:
@@ -342,7 +374,8 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
               "data": _data_digest(cfg)}
     trainer = Trainer(model, train_cfg, train, make_collate(model), ranked_loss(cfg.loss, cfg.label_smoothing),
                       eval_fn=(lambda m: evaluate_image_reward(m, held)) if held else None, save_model=save,
-                      settings={"image_reward_train": config_to_dict(cfg)}, resume_settings=resume)
+                      settings={"image_reward_train": config_to_dict(cfg)}, resume_settings=resume,
+                      check_saves=True)
     history = trainer.fit()
     if not trainer.is_main:  # every process returns the same model
         normalize()

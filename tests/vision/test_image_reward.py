@@ -327,3 +327,29 @@ def test_score_command_without_prompt_names_the_file(conv_model, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "a.png" in err and "no prompt" in err and "--prompt" in err, err
     assert main(["score", "--model", str(tmp_path / "m"), "--prompt", "a red circle", str(tmp_path / "a.png")]) == 0
+
+
+def test_conv_text_encoder_reads_unicode_words_and_old_saves_keep_their_rule(tmp_path):
+    """The conv scorer's words were `[a-z0-9]+`: a prompt in Chinese or with accents lost those words
+    silently (every non-ASCII prompt scored as one unknown word). New models read Unicode words; a model
+    saved without `word_pattern` keeps the ASCII rule, so its scores do not change."""
+    torch.manual_seed(0)
+    vocab = ["红色", "圆", "café", "red"]
+    model = ImageRewardModel.from_backbone(ConvTextConfig(vocab=vocab, embed_dim=16)).eval()
+    ids = model.backbone.tokenize(["红色 圆", "Café red", "红色"])["input_ids"]
+    w = model.backbone.word_ids
+    assert ids.tolist() == [[w["红色"], w["圆"]], [w["café"], w["red"]], [w["红色"], 0]]
+    img = images(1)[0]
+    a, b = model.score([ImagePrompt("红色 圆", img), ImagePrompt("café", img)]).tolist()
+    assert a != b  # the two prompts are different words now, not both "unknown"
+    # a folder saved before the field existed (no word_pattern in its backbone config) reads ASCII words
+    model.save_pretrained(str(tmp_path / "m"))
+    cfg_path = tmp_path / "m" / "config.json"
+    body = json.loads(cfg_path.read_text())
+    body["config"]["backbone_config"].pop("word_pattern")
+    cfg_path.write_text(json.dumps(body))
+    (tmp_path / "m" / "manifest.json").unlink()  # the config was edited on purpose
+    old = mmreward.load(str(tmp_path / "m"))
+    assert old.backbone.tokenize(["Café red"])["input_ids"].tolist() == [[1, w["red"]]]  # "caf" unknown, as before
+    with pytest.raises(ValueError, match="word_pattern"):
+        ImageRewardModel.from_backbone(ConvTextConfig(vocab=vocab, word_pattern="(["))
