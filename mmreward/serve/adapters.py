@@ -58,9 +58,43 @@ def _frames_field(value: Any, where: str) -> Any:
     return {"shape": [int(s) for s in array.shape], "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()}
 
 
+def _image_array(value: Any, where: str) -> Any:
+    """An image held as an array, in the layouts ``model.score`` reads (numpy ``[H, W, 3]`` / ``[H, W, 4]`` /
+    ``[H, W]``, torch ``[3, H, W]``; uint8, or float in [0, 1]) → an RGB PIL image of the same pixels. A float
+    image that 8 bits cannot hold exactly is refused: the server would score other pixels than in-process."""
+    import numpy as np
+    from PIL import Image
+
+    if hasattr(value, "detach"):  # torch: channels first
+        array = value.detach().cpu().numpy()
+        if array.ndim != 3 or array.shape[0] != 3:
+            raise ValueError(f"{where}: an image tensor must be [3, H, W], got {list(array.shape)}")
+        array = array.transpose(1, 2, 0)
+    else:
+        array = np.asarray(value)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            raise ValueError(f"{where}: an image array must be [H, W, 3] (or [H, W]), got shape {list(array.shape)}")
+        array = array[..., :3]  # model.score reads RGBA arrays' colour channels only
+    if np.issubdtype(array.dtype, np.floating):
+        scaled = array.astype(np.float64) * 255.0
+        levels = np.rint(scaled)
+        if not (np.isfinite(scaled).all() and np.abs(scaled - levels).max(initial=0) <= 1e-3
+                and levels.min(initial=0) >= 0 and levels.max(initial=0) <= 255):
+            raise ValueError(f"{where}: a float image goes to the server as 8-bit PNG, and its values are not "
+                             "multiples of 1/255 in [0, 1]; send (image * 255).round() as uint8, or score it in-process")
+        array = levels.astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"{where}: an image array must be uint8 or float in [0, 1], got {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
 def _image_field(value: Any, where: str) -> Any:
-    """A PIL image → base64 PNG (lossless: the server decodes the pixels the model in-process would get);
-    anything else (a base64 string, a path the server refuses) as it is."""
+    """A PIL image or an image array → base64 PNG (lossless: the server decodes the pixels the model
+    in-process would get); anything else (a base64 string, a path the server refuses) as it is."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes)):
+        value = _image_array(value, where)
     if not (hasattr(value, "save") and hasattr(value, "mode") and hasattr(value, "size")):
         return value
     import base64
@@ -76,8 +110,8 @@ def _image_field(value: Any, where: str) -> Any:
 
 
 def _sendable(key: str, value: Any, where: str) -> Any:
-    """A field of an input row as JSON can carry it: frames as :func:`_frames_field`, PIL images as base64
-    PNG, other arrays (an episode's ``success`` flags) and numpy numbers as lists / Python numbers."""
+    """A field of an input row as JSON can carry it: frames as :func:`_frames_field`, PIL images and image
+    arrays as base64 PNG, other arrays (an episode's ``success`` flags) and numpy numbers as lists / Python numbers."""
     if key in ("frames", "episode", "video"):
         return _frames_field(value, where)
     if key in ("image", "images"):

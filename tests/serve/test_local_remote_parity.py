@@ -236,3 +236,44 @@ def test_video_and_episode_models_agree_in_process_and_served(start_server):
         client.score([Episode(frames(4, 0).float())])
     with pytest.raises(ValueError, match="refine needs a step model"):
         client.score(episodes, refine={"clip": 0.5})
+
+
+def test_visual_prm_agrees_in_process_and_served(start_server):
+    """VisualPRM (images + steps): per-step parts, solution scores and refined step rewards as in-process,
+    alone and batched with other clients' requests."""
+    pytest.importorskip("transformers")
+    from mmreward.core.inputs import VisualSteps
+    from mmreward.vision import synthetic as S
+    from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config
+    from mmreward.vision.visual_prm import VisualPRM, VisualPRMConfig
+
+    proc = tiny_processor(S.COLOUR_WORDS)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        prm = VisualPRM(VisualPRMConfig(), tiny_qwen2vl_config(proc), proc).eval()
+    inputs = [VisualSteps(r["question"], r["steps"], r["images"]) for r in S.colour_step_rows(3, seed=2)]
+    url = start_server(prm, max_wait_ms=50)
+    client = RewardClient(url)
+    for got, want in zip(client.score(inputs)["parts"], prm.score_parts(inputs)):
+        np.testing.assert_allclose(got, want.tolist(), atol=1e-5)
+    assert_same_scores(client.score(inputs, output="scores")["scores"], prm.score(inputs).tolist(), 1e-5)
+    together = concurrently([lambda x=x: client.score([x])["parts"][0] for x in inputs])
+    for got, x in zip(together, inputs):
+        np.testing.assert_allclose(got, prm.score_parts([x])[0].tolist(), atol=1e-5)
+    # refined step rewards (clipped, as PURE's min-form): the server's equal the in-process refinement
+    from mmreward.serve.protocol import refine_parts
+
+    refined = refine_parts([p.tolist() for p in prm.score_parts(inputs)], {"clip": 0.5, "delta": False, "gamma": 1.0})
+    served = client.score(inputs, refine={"clip": 0.5})
+    for key, want in refined.items():
+        for got, w in zip(served[key], want):
+            np.testing.assert_allclose(got, w, atol=1e-5)
+    # images as model.score takes them: uint8 arrays, torch [3, H, W] and float arrays of 8-bit levels go as
+    # lossless PNG; a float image 8 bits cannot hold is refused before sending (the server would see others)
+    img = np.asarray(inputs[0].images[0])
+    for form in (img, torch.from_numpy(img.copy()).permute(2, 0, 1), img.astype(np.float32) / 255):
+        x = VisualSteps(inputs[0].question, inputs[0].steps, [form])
+        np.testing.assert_allclose(client.score([x])["parts"][0], prm.score_parts([x])[0].tolist(), atol=1e-5)
+    smooth = VisualSteps(inputs[0].question, inputs[0].steps, [img.astype(np.float32) / 255 + 1e-3])
+    with pytest.raises(ValueError, match=r"input 0\.images\[0\]: a float image goes to the server as 8-bit PNG"):
+        client.score([smooth])
