@@ -90,7 +90,7 @@ def run_eval(config: EvalConfig, scorer=None) -> dict:
     if not data:
         raise ValueError("no data: pass --data (or set $MMREWARD_RM_BENCH for rm-bench)")
     if config.benchmark == "rm-bench":
-        domains = [d for d in config.domains.split(",") if d] or None
+        domains = [d.strip() for d in config.domains.split(",") if d.strip()] or None  # "chat, code" as "chat,code"
         items = load_rmbench(data, domains)
         if config.limit:
             items = items[:config.limit]

@@ -20,6 +20,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, Sequence
 
@@ -83,7 +84,9 @@ def _check_scores(got: Any, part: Sequence[tuple[Any, Any]], offset: int) -> tor
     try:
         if isinstance(got, (str, bytes)):  # as_tensor's "new(): invalid data type 'str'" names nothing
             raise TypeError("a string")
-        got = torch.as_tensor(got).detach().to("cpu", torch.float32).reshape(-1)
+        # float64: float32 would merge close float64 scores (1000.00001 vs 1000.00002, summed log-probs) into
+        # ties, which count as wrong
+        got = torch.as_tensor(got).detach().to("cpu", torch.float64).reshape(-1)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"scorer returned {type(got).__name__}, not numbers ({e}): a scorer returns Tensor[N] "
                         "(or a list of N numbers), one score per (prompt, response)") from None
@@ -101,7 +104,14 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
 
     Duplicate (prompt, response) pairs (RM-Bench and RRM data repeat them) are scored once. A reward
     model gets all of them in one ``score`` call (it sorts them by length itself); a callable gets
-    chunks of ``batch_size``. The output is checked: one finite number per input, else ValueError."""
+    chunks of ``batch_size``. The output is checked: one finite number per input, else ValueError.
+    (The evaluators compare the scores in float64, as the scorer gave them: :func:`_score_exact`.)"""
+    return _score_exact(scorer, prompts, responses, batch_size=batch_size, progress=progress).float()
+
+
+def _score_exact(scorer: Any, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
+                 progress: bool = False) -> torch.Tensor:
+    """:func:`score_responses` in float64: chosen / rejected scores are compared without rounding."""
     for name, seq in (("prompts", prompts), ("responses", responses)):
         if isinstance(seq, (str, bytes, dict)):  # its characters (keys) would be scored one per input
             raise TypeError(f"score_responses: {name} must be a list (one item per input), got {type(seq).__name__}")
@@ -128,7 +138,7 @@ def score_responses(scorer: Any, prompts: Sequence[str], responses: Sequence[str
         out = _check_scores(scorer.score([TextPair(p, r) for p, r in unique], batch_size=batch_size, **kw), unique, 0)
         return out[torch.tensor(where, dtype=torch.long)]
     fn = as_scorer(scorer)
-    out = torch.empty(len(unique), dtype=torch.float32)
+    out = torch.empty(len(unique), dtype=torch.float64)
     chunks = range(0, len(unique), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -190,47 +200,108 @@ def load_rewardbench(path: str, split: Optional[str] = None) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- scores
-def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float]:
-    """RewardBench section scores (example-count-weighted subset accuracies) and ``overall``."""
+# The "Prior Sets" of the RewardBench paper (allenai/pref-test-sets splits, the row's `subset` = split name):
+# their plain mean, weighted ½ against each core section in the paper's average
+# (reward-bench analysis/get_benchmark_results.py: weights 2, 2, 2, 2, 1). mtbench_* and anthropic_harmless
+# are reported per subset only there too.
+PRIOR_SETS = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
+
+
+def _check_accuracies(subset_accuracy: Any) -> dict[str, float]:
+    if not isinstance(subset_accuracy, dict):
+        raise TypeError(f"section_scores: subset_accuracy must be a dict {{subset: accuracy}}, got "
+                        f"{type(subset_accuracy).__name__}")
     out = {}
-    for section, subsets in SECTIONS.items():
-        present = [s for s in subsets if s in subset_accuracy]
-        if present:
-            w = sum(EXAMPLE_COUNTS[s] for s in present)
-            out[section] = sum(subset_accuracy[s] * EXAMPLE_COUNTS[s] for s in present) / w
-    if out:
-        out["overall"] = sum(out.values()) / len(out)
+    for k, v in subset_accuracy.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype == torch.bool:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            # NaN would make the section NaN; 95.0 (a percentage) would weigh as 95 times a perfect subset
+            raise ValueError(f"section_scores: the accuracy of subset {k!r} must be a fraction in [0, 1], got {v!r}")
+        out[k] = float(v)
     return out
 
 
-def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 64, progress: bool = False) -> dict:
-    """Per-subset accuracy (``subset`` key, default ``all``), sections, overall and the bias probe."""
+def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float]:
+    """RewardBench section scores (example-count-weighted subset accuracies, fractions) and ``overall``.
+
+    ``overall`` = mean of the core sections present (Chat, Chat Hard, Safety, Reasoning: the leaderboard's
+    score). With any of the prior sets (:data:`PRIOR_SETS`) present, ``Prior Sets`` = their mean and
+    ``overall_with_prior`` = the paper's average, the core sections weighted 2 and Prior Sets 1."""
+    acc = _check_accuracies(subset_accuracy)
+    out = {}
+    for section, subsets in SECTIONS.items():
+        present = [s for s in subsets if s in acc]
+        if present:
+            w = sum(EXAMPLE_COUNTS[s] for s in present)
+            out[section] = sum(acc[s] * EXAMPLE_COUNTS[s] for s in present) / w
+    core = list(out.values())
+    prior = [acc[s] for s in PRIOR_SETS if s in acc]
+    if prior:
+        out["Prior Sets"] = sum(prior) / len(prior)
+    if core:
+        out["overall"] = sum(core) / len(core)
+    if prior:
+        out["overall_with_prior"] = (2 * sum(core) + out["Prior Sets"]) / (2 * len(core) + 1)
+    return out
+
+
+def _unsectioned(subsets: Sequence[str]) -> list[str]:
+    """Subsets in no section, when others are RewardBench subsets (a typo such as ``alpacaeval_easy``
+    would otherwise drop out of its section without a word)."""
+    known = set(EXAMPLE_COUNTS) | set(PRIOR_SETS)
+    if not any(s in known for s in subsets):
+        return []
+    return sorted(s for s in subsets if s not in known)
+
+
+def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, progress: bool = False) -> dict:
+    """Per-subset accuracy (``subset`` key, default ``all``), sections, overall and the bias probe.
+
+    A pair is correct when ``score(chosen) > score(rejected)`` (a tie is wrong, as in RewardBench;
+    ``num_ties`` counts them). ``sections_missing`` lists the core sections without any subset when some
+    are present (``overall`` is then the mean of fewer than four); ``unsectioned_subsets`` the subsets that
+    count in no section although other subsets are RewardBench's (a warning names them)."""
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Iterable):
+        raise TypeError(f"evaluate_pairs: rows must be a list of {{prompt, chosen, rejected}} rows, got "
+                        f"{type(rows).__name__}")
+    rows = list(rows)
     if not rows:
         raise ValueError("evaluate_pairs: no rows to evaluate")
     check_rows(rows)
     n = len(rows)
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-    s = score_responses(scorer, prompts, responses, batch_size=batch_size, progress=progress)
+    s = _score_exact(scorer, prompts, responses, batch_size=batch_size, progress=progress)
     correct = (s[:n] > s[n:]).tolist()
     per_subset: dict[str, list[bool]] = {}
     for r, ok in zip(rows, correct):
         per_subset.setdefault(r.get("subset", "all"), []).append(ok)
     subsets = {k: sum(v) / len(v) for k, v in sorted(per_subset.items())}
+    sections = section_scores(subsets)
     result = {
         "num_pairs": n,
         "accuracy": sum(correct) / n,
+        "num_ties": int((s[:n] == s[n:]).sum()),
         "subsets": subsets,
         "subset_counts": {k: len(v) for k, v in sorted(per_subset.items())},
-        "sections": section_scores(subsets),
+        "sections": sections,
         "bias": bias_probe([r["chosen"] for r in rows], [r["rejected"] for r in rows], correct),
         "scores_chosen": s[:n].tolist(),
         "scores_rejected": s[n:].tolist(),
     }
+    missing = [k for k in SECTIONS if k not in sections]
+    if len(missing) < len(SECTIONS) and missing:
+        result["sections_missing"] = missing
+    odd = _unsectioned(list(subsets))
+    if odd:
+        result["unsectioned_subsets"] = odd
+        warnings.warn(f"RewardBench: subset(s) {odd} are not RewardBench subsets: reported per subset only, in "
+                      "no section score", stacklevel=2)
     return result
 
 
-def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 64, progress: bool = False,
+def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 16, progress: bool = False,
                          split: Optional[str] = None) -> dict:
     """RewardBench evaluation of ``scorer`` on ``data`` (a path or a list of rows; ``split``: the split of
     a path holding several, e.g. a saved ``DatasetDict``)."""
@@ -252,4 +323,10 @@ def format_rewardbench(result: dict) -> list[str]:
         lines.append(f"  {k:<24} {v:6.1%}  (n={result['subset_counts'][k]})")
     for k, v in result["sections"].items():
         lines.append(f"{k:<12} {v:6.1%}" if not math.isnan(v) else f"{k:<12} n/a")
+    if result.get("sections_missing"):
+        lines.append(f"overall is over the sections present: no rows for {', '.join(result['sections_missing'])}")
+    if result.get("unsectioned_subsets"):
+        lines.append(f"in no section: {', '.join(result['unsectioned_subsets'])}")
+    if result.get("num_ties"):
+        lines.append(f"ties (counted wrong): {result['num_ties']}")
     return lines

@@ -10,15 +10,21 @@ columns: rejected style), summarised as in the official ``compute_accuracy``:
 * **easy**   — mean of the lower-left triangle (i > j: chosen more styled than rejected).
 
 Reported per domain (``chat``, ``code``, ``math``, ``safety-refuse``, ``safety-response`` — the
-item's ``domain`` field, else the file name) and ``overall`` = mean over domains of each figure
-(``avg`` = mean of easy / normal / hard), the paper's domain-averaged numbers. With
-``merge_safety`` the two safety files are pooled into one ``safety`` domain, as in the paper's table.
+item's ``domain`` field, else the file name, ``chat_filtered.json`` read as ``chat``) and ``overall`` =
+mean over the paper's domains (chat, math, code, safety) of each figure (``avg`` = mean of easy /
+normal / hard), the paper's domain-averaged numbers: the two safety files count as one ``safety``
+domain there (their items pooled), whatever ``merge_safety`` says; ``merge_safety`` pools them in the
+per-domain table too, as in the paper's table. ``overall_domains`` names the domains averaged. (The
+official ``process_final_result.py`` splits items by ``domain.startswith(d)`` for d in chat / math / code /
+safety, then averages each of hard / normal / easy and the per-domain means over those domains.)
+Ties count as wrong (strict ``>``, as the official code).
 
 Data: the official JSON files (a list of ``{id, prompt, chosen: [3], rejected: [3], ...}``), one
 per domain, e.g. ``/work/shared/data/rm-bench/{chat,code,safety-refuse,safety-response}.json``.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import Any, Optional, Sequence
@@ -26,7 +32,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .bias import bias_probe
-from .rewardbench import read_rows, score_responses
+from .rewardbench import _score_exact, read_rows
 
 STYLES = ("concise", "detailed_plain", "detailed_markdown")
 DOMAINS = ("chat", "math", "code", "safety-refuse", "safety-response")
@@ -56,15 +62,38 @@ def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dic
         paths = [os.path.join(path, f) for f in files]
     else:
         paths = [path]
-    items = []
+    items, where = [], []
     for p in paths:
-        stem = os.path.basename(p).split(".")[0]
+        stem = _domain_of_file(os.path.basename(p).split(".")[0])
         for i, row in enumerate(read_rows(p)):
             items.append(_check_item(row, f"{p}: row {i}", stem))
+            where.append(f"{p}: row {i}")
+    _check_unique(items, where)
     items = _keep_domains(items, domains, path)
     if not items:
         raise ValueError(f"{path} holds no RM-Bench items")
     return items
+
+
+def _domain_of_file(stem: str) -> str:
+    """The domain a file's items belong to: the official ``chat_filtered.json`` holds ``chat`` items."""
+    base = stem[:-len("_filtered")] if stem.endswith("_filtered") else stem
+    return base if base in DOMAINS else stem
+
+
+def _check_unique(items: list[dict], where: Sequence[str]) -> None:
+    """No item twice (same domain, id, prompt and responses): the official data folder holds
+    ``total_dataset.json`` next to the per-domain files, and reading both would count every item twice
+    (and report twice the items). Items that share only an id (the chat and code files reuse ids) differ."""
+    seen: dict[tuple, int] = {}
+    for n, it in enumerate(items):
+        key = (it["domain"], json.dumps(it.get("id"), sort_keys=True, default=str), it["prompt"],
+               tuple(it["chosen"]), tuple(it["rejected"]))
+        if key in seen:
+            raise ValueError(f"{where[n]}: item id {it.get('id')!r} (domain {it['domain']!r}) already at "
+                             f"{where[seen[key]]}: the same items twice (e.g. total_dataset.json next to the "
+                             "per-domain files)? pass one file, or a folder holding each item once")
+        seen[key] = n
 
 
 def _domain_list(domains: Any) -> Optional[list[str]]:
@@ -130,39 +159,50 @@ def summarize_matrix(m: torch.Tensor) -> dict:
     return {"easy": easy, "normal": normal, "hard": hard, "avg": (easy + normal + hard) / 3}
 
 
-def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 64, merge_safety: bool = False,
+def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 16, merge_safety: bool = False,
                      domains: Optional[Sequence[str]] = None, progress: bool = False) -> dict:
     """RM-Bench accuracy of ``scorer`` on ``data`` (a file / folder path or a list of items).
 
     Returns ``{"domains": {d: {matrix, easy, normal, hard, avg, n}}, "overall": {easy, normal, hard,
-    avg}, "bias": bias probe over all 9 pairs per item, "num_items": N}``."""
+    avg}, "overall_domains": [the domains averaged, safety pooled], "num_ties": comparisons with equal
+    scores (counted wrong), "bias": bias probe over all 9 pairs per item, "num_items": N}``."""
+    if not isinstance(merge_safety, bool):  # merge_safety="False" would merge
+        raise TypeError(f"evaluate_rmbench: merge_safety must be True or False, got {merge_safety!r}")
     if isinstance(data, (str, os.PathLike)):
         items = load_rmbench(os.fspath(data), domains)
     else:
         if isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):  # a dict's keys would be the items
             raise TypeError(f"evaluate_rmbench: data must be a file / folder path or a list of items, got "
                             f"{type(data).__name__}" + ("; wrap a single item in a list" if isinstance(data, dict) else ""))
-        items = _keep_domains([_check_item(it, f"item {i}", "all") for i, it in enumerate(data)], domains, "the items")
+        items = [_check_item(it, f"item {i}", "all") for i, it in enumerate(data)]
+        _check_unique(items, [f"item {i}" for i in range(len(items))])
+        items = _keep_domains(items, domains, "the items")
         if not items:
             raise ValueError("evaluate_rmbench: no items to evaluate")
     k = len(STYLES)
     prompts = [it["prompt"] for it in items for _ in range(2 * k)]
     responses = [r for it in items for r in list(it["chosen"]) + list(it["rejected"])]
-    s = score_responses(scorer, prompts, responses, batch_size=batch_size, progress=progress)
+    s = _score_exact(scorer, prompts, responses, batch_size=batch_size, progress=progress)
     s = s.view(len(items), 2, k)
     sc, sr = s[:, 0], s[:, 1]  # (N, 3) each
 
-    def domain_of(it: dict) -> str:
-        return "safety" if merge_safety and it["domain"].startswith("safety") else it["domain"]
+    def pooled(it: dict) -> str:  # the paper's domains: the two safety files are one "safety" domain
+        return "safety" if it["domain"].startswith("safety") else it["domain"]
 
-    names = sorted({domain_of(it) for it in items}, key=lambda d: (DOMAINS.index(d) if d in DOMAINS else 99, d))
-    per_domain = {}
-    for d in names:
-        idx = torch.tensor([i for i, it in enumerate(items) if domain_of(it) == d])
-        m = accuracy_matrix(sc[idx], sr[idx])
-        per_domain[d] = {"matrix": m.tolist(), **summarize_matrix(m), "n": len(idx)}
-    overall = {key: sum(v[key] for v in per_domain.values()) / len(per_domain)
-               for key in ("easy", "normal", "hard", "avg")}
+    def table(domain_of) -> dict:
+        order = DOMAINS + ("safety",)
+        names = sorted({domain_of(it) for it in items}, key=lambda d: (order.index(d) if d in order else 99, d))
+        out = {}
+        for d in names:
+            idx = torch.tensor([i for i, it in enumerate(items) if domain_of(it) == d])
+            m = accuracy_matrix(sc[idx], sr[idx])
+            out[d] = {"matrix": m.tolist(), **summarize_matrix(m), "n": len(idx)}
+        return out
+
+    per_domain = table(pooled if merge_safety else (lambda it: it["domain"]))
+    paper = per_domain if merge_safety else table(pooled)
+    overall = {key: sum(v[key] for v in paper.values()) / len(paper) for key in ("easy", "normal", "hard", "avg")}
+    num_ties = int((sc[:, :, None] == sr[:, None, :]).sum())
     # bias probe over all 9 (chosen_i, rejected_j) comparisons of every item
     pc, pr, ok = [], [], []
     for n, it in enumerate(items):
@@ -171,7 +211,8 @@ def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 64, merge_safe
                 pc.append(it["chosen"][i])
                 pr.append(it["rejected"][j])
                 ok.append(bool(sc[n, i] > sr[n, j]))
-    return {"num_items": len(items), "domains": per_domain, "overall": overall, "bias": bias_probe(pc, pr, ok),
+    return {"num_items": len(items), "domains": per_domain, "overall": overall, "overall_domains": list(paper),
+            "num_ties": num_ties, "bias": bias_probe(pc, pr, ok),
             "scores_chosen": sc.tolist(), "scores_rejected": sr.tolist()}
 
 
@@ -180,4 +221,9 @@ def format_rmbench(result: dict) -> list[str]:
     rows = list(result["domains"].items()) + [("overall", {**result["overall"], "n": result["num_items"]})]
     for d, v in rows:
         lines.append(f"{d:<16} {v['n']:>5} {v['easy']:7.1%} {v['normal']:7.1%} {v['hard']:7.1%} {v['avg']:7.1%}")
+    if result.get("overall_domains"):
+        lines.append(f"overall = mean over {', '.join(result['overall_domains'])}"
+                     + (" (safety files pooled)" if "safety" in result["overall_domains"] else ""))
+    if result.get("num_ties"):
+        lines.append(f"ties (counted wrong): {result['num_ties']} of {9 * result['num_items']} comparisons")
     return lines

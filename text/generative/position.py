@@ -119,6 +119,8 @@ def verdict_prob(verdicts: Sequence[Optional[str]]) -> torch.Tensor:
 def pairwise_judge_accuracy(p_chosen_first: torch.Tensor) -> float:
     """Accuracy with chosen presented as ``a``: wins count 1, ties / no verdicts ½ (RewardBench's tie rule)."""
     p = _check_p("p", p_chosen_first)
+    if p.numel() == 0:  # the mean of nothing is NaN: an accuracy no one could read
+        raise ValueError("pairwise_judge_accuracy: no verdicts (an empty tensor)")
     return float(((p > 0.5).double() + 0.5 * (p == 0.5).double()).mean())
 
 
@@ -143,8 +145,13 @@ def evaluate_pairs_with_judge(judge: PairJudge, rows: Sequence[dict], swap: bool
 
 def rmbench_with_judge(judge: PairJudge, items: Sequence[dict], swap: bool = True) -> dict:
     """RM-Bench easy / normal / hard for a pairwise judge: M[i, j] = mean credit of chosen style i against
-    rejected style j (win 1, tie ½), summarised as :func:`mmreward.text.eval.rmbench.summarize_matrix`."""
-    from ..eval.rmbench import summarize_matrix
+    rejected style j (win 1, tie ½), summarised as :func:`mmreward.text.eval.rmbench.summarize_matrix`.
+
+    The top-level ``matrix`` / ``easy`` / ``normal`` / ``hard`` / ``avg`` pool all items; ``domains`` gives
+    them per item ``domain`` (``"all"`` without one) and ``overall`` the mean over domains with the two
+    safety domains pooled into ``safety`` — the paper's figure, as ``evaluate_rmbench``'s ``overall``.
+    ``num_ties`` counts the comparisons credited ½."""
+    from ..eval.rmbench import DOMAINS, summarize_matrix
 
     if not items:
         raise ValueError("rmbench_with_judge: no items")
@@ -162,5 +169,19 @@ def rmbench_with_judge(judge: PairJudge, items: Sequence[dict], swap: bool = Tru
                 rb.append(it["rejected"][j])
     p = both_orders(judge, prompts, ca, rb)["p"] if swap else _judged(judge, prompts, ca, rb)
     credit = (p > 0.5).double() + 0.5 * (p == 0.5).double()
-    m = credit.view(len(items), 9).mean(0).view(3, 3)
-    return {"matrix": m.tolist(), **summarize_matrix(m)}
+    per_item = credit.view(len(items), 9)
+    m = per_item.mean(0).view(3, 3)
+    names = [str(it.get("domain") or "all") for it in items]
+    order = DOMAINS + ("safety", "all")
+    domains = {}
+    for d in sorted(set(names), key=lambda d: (order.index(d) if d in order else 99, d)):
+        idx = torch.tensor([i for i, x in enumerate(names) if x == d])
+        md = per_item[idx].mean(0).view(3, 3)
+        domains[d] = {"matrix": md.tolist(), **summarize_matrix(md), "n": len(idx)}
+    paper = {}  # the paper's domains: safety-refuse and safety-response items pooled
+    for d in {("safety" if x.startswith("safety") else x) for x in names}:
+        idx = torch.tensor([i for i, x in enumerate(names) if ("safety" if x.startswith("safety") else x) == d])
+        paper[d] = summarize_matrix(per_item[idx].mean(0).view(3, 3))
+    overall = {k: sum(v[k] for v in paper.values()) / len(paper) for k in ("easy", "normal", "hard", "avg")}
+    return {"matrix": m.tolist(), **summarize_matrix(m), "domains": domains, "overall": overall,
+            "num_ties": int((p == 0.5).sum()), "n": len(items)}

@@ -27,11 +27,15 @@ __all__ = ["processbench_f1", "predict_first_error", "processbench_sweep", "proc
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
 
-def _first_errors(values: Sequence, what: str) -> list[int]:
+def _first_errors(values: Sequence, what: str, allow_none: bool = False) -> list:
     """``values`` as first-error indices: integers >= −1 (−1: no wrong step). A float, a bool or −2 would
-    otherwise be counted silently (1.5 as an erroneous sample no prediction can match, −2 as a correct one)."""
+    otherwise be counted silently (1.5 as an erroneous sample no prediction can match, −2 as a correct one).
+    ``allow_none``: None (a critic's verdict that could not be parsed) is kept."""
     out = []
     for i, v in enumerate(values):
+        if v is None and allow_none:
+            out.append(None)
+            continue
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < -1:
             raise ValueError(f"{what}[{i}] must be a step index (an integer >= 0) or -1 (no wrong step), got {v!r}")
         out.append(int(v))
@@ -45,24 +49,31 @@ def processbench_f1(pred: Sequence[int], label: Sequence[int]) -> dict:
     """``acc_error`` (exact first-error match on erroneous samples), ``acc_correct`` (−1 predicted on
     correct samples), ``f1`` = their harmonic mean. A side with no samples has no accuracy: it is NaN,
     as is the F1, and ``note`` says which side is missing (the official script would divide by zero; a 0
-    would read as a PRM that gets every such sample wrong). Commands print NaN as ``null``."""
+    would read as a PRM that gets every such sample wrong). Commands print NaN as ``null``.
+
+    A ``None`` prediction (a critic model's answer with no parsable step index) is a miss on either side,
+    as in the official ``run_eval.py`` (``None == label`` is false), and ``n_invalid`` counts them."""
     if len(pred) != len(label):
         raise ValueError(f"pred ({len(pred)}) and label ({len(label)}) have different lengths")
     if not len(label):
         raise ValueError("processbench_f1: no samples")
-    pred, label = _first_errors(pred, "pred"), _first_errors(label, "label")
+    pred, label = _first_errors(pred, "pred", allow_none=True), _first_errors(label, "label")
     err = [(p, y) for p, y in zip(pred, label) if y >= 0]
     ok = [(p, y) for p, y in zip(pred, label) if y < 0]
     acc_e = sum(p == y for p, y in err) / len(err) if err else NAN
-    acc_c = sum(p < 0 for p, _ in ok) / len(ok) if ok else NAN
+    acc_c = sum(p == -1 for p, _ in ok) / len(ok) if ok else NAN
     out = {"acc_error": acc_e, "acc_correct": acc_c, "n_error": len(err), "n_correct": len(ok)}
+    n_invalid = sum(p is None for p in pred)
+    if n_invalid:
+        out["n_invalid"] = n_invalid
     if not (err and ok):
         missing = "erroneous samples (label >= 0)" if not err else "correct samples (label -1)"
         out["f1"] = NAN
         out["note"] = f"no {missing}: {'acc_error' if not err else 'acc_correct'} and f1 are undefined (NaN)"
     else:
         out["f1"] = 2 * acc_e * acc_c / (acc_e + acc_c) if acc_e + acc_c > 0 else 0.0
-    return {k: out[k] for k in ("acc_error", "acc_correct", "f1", "n_error", "n_correct", "note") if k in out}
+    return {k: out[k] for k in ("acc_error", "acc_correct", "f1", "n_error", "n_correct", "n_invalid", "note")
+            if k in out}
 
 
 def _undefined_warning(where: str, note: str) -> None:
@@ -150,7 +161,9 @@ def step_macro_f1(scores: Sequence[float] | torch.Tensor, labels: Sequence[float
                   threshold: float = 0.5) -> dict[str, float]:
     """Step-level macro-F1: mean of the F1 on correct steps (positive = good) and the F1 on wrong
     steps (positive = bad). Labels: 1/True good, 0/False bad, −100 or None neutral (ignored); soft
-    labels are rounded at 0.5. A step is predicted good when its score ≥ ``threshold``."""
+    labels are rounded at 0.5. A step is predicted good when its score ≥ ``threshold``. A class absent
+    from both labels and predictions (every step good and predicted good) has F1 NaN and the macro-F1 is
+    the other class's (scikit-learn's macro average over the classes present)."""
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise ValueError(f"step_macro_f1: threshold must be a finite number, got {threshold!r}")
     s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
@@ -170,7 +183,10 @@ def step_macro_f1(scores: Sequence[float] | torch.Tensor, labels: Sequence[float
     pred, true = (s[keep] >= threshold), (y[keep] >= 0.5)
     tp_g, fp_g = int((pred & true).sum()), int((pred & ~true).sum())
     fn_g, tp_b = int((~pred & true).sum()), int((~pred & ~true).sum())
-    f1_good = _f1(tp_g, fp_g, fn_g)
-    f1_bad = _f1(tp_b, fn_g, fp_g)  # for the bad class, false positives are missed good steps
-    return {"f1_good": f1_good, "f1_bad": f1_bad, "macro_f1": (f1_good + f1_bad) / 2,
+    # a class that is neither labelled nor predicted has no F1 (0 / 0): NaN, and the macro average is over
+    # the other class, as scikit-learn's f1_score(average="macro") does; a 0 there would halve a perfect score
+    f1_good = _f1(tp_g, fp_g, fn_g) if tp_g + fp_g + fn_g else NAN
+    f1_bad = _f1(tp_b, fn_g, fp_g) if tp_b + fn_g + fp_g else NAN  # for the bad class, false positives are missed good steps
+    defined = [f for f in (f1_good, f1_bad) if not math.isnan(f)]
+    return {"f1_good": f1_good, "f1_bad": f1_bad, "macro_f1": sum(defined) / len(defined),
             "accuracy": float((pred == true).double().mean())}
