@@ -95,7 +95,23 @@ def rankdata(x) -> np.ndarray:
     return ranks
 
 
+def _finite_pair(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x``, ``y`` as float arrays of one length with no NaN: rankdata would rank a NaN above every number
+    (a NaN episode score would pass for the best one), so one is an error, not a silently shifted figure."""
+    x, y = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: {len(x)} values against {len(y)}: they must pair up one to one")
+    for name, v in (("first", x), ("second", y)):
+        if np.isnan(v).any():
+            raise ValueError(f"{what}: the {name} argument holds {int(np.isnan(v).sum())} NaN value(s) of {len(v)}; "
+                             "a NaN cannot be ranked")
+    return x, y
+
+
 def spearman(x, y) -> float:
+    """Spearman ρ as scipy.stats.spearmanr computes it: Pearson correlation of the average ranks (ties
+    share their mean rank); NaN (undefined) when either side is constant; a NaN input is an error."""
+    x, y = _finite_pair(x, y, "spearman")
     rx, ry = rankdata(x), rankdata(y)
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
@@ -103,8 +119,10 @@ def spearman(x, y) -> float:
 
 
 def roc_auc(scores, labels) -> float:
-    """P(score of a positive > score of a negative), ties counted ½ (NaN without both classes)."""
-    s, lab = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    """P(score of a positive > score of a negative), ties counted ½ (sklearn's roc_auc_score: the
+    Mann–Whitney U over average ranks); NaN without both classes; a NaN score is an error."""
+    s, lab = _finite_pair(scores, np.asarray(labels, bool), "roc_auc")
+    lab = lab.astype(bool)
     npos, nneg = int(lab.sum()), int((~lab).sum())
     if npos == 0 or nneg == 0:
         return float("nan")

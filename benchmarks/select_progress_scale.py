@@ -52,7 +52,16 @@ def meets_goals(s: dict) -> bool:
 
 
 def bootstrap_diff(episodes: list[dict], key: str, base: str, tasks: list[str], n: int, seed: int) -> dict:
-    """Paired bootstrap of (key − base) for each summary metric: the same resampled episodes score both."""
+    """Paired bootstrap of (key − base) for each summary metric: the same resampled episodes score both.
+    Episodes are resampled with replacement within each task × policy × σ cell (every group keeps its size);
+    the interval is the 2.5 / 97.5 percentiles of the differences. A resample where a metric is undefined for
+    either method (e.g. success AUC when a resample's episodes all succeed) has no difference: the interval
+    and P(better) / P(equal) are over the ``n_defined`` resamples that have one (NaN when none has), and
+    ``n_defined`` says how many that is. ``n`` = 0 skips the bootstrap (``{}``)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"bootstrap resamples must be an integer >= 0 (0: skip), got {n!r}")
+    if n == 0:
+        return {}
     rng = np.random.default_rng(seed)
     cells: dict[tuple, list[dict]] = {}
     for e in episodes:
@@ -67,9 +76,13 @@ def bootstrap_diff(episodes: list[dict], key: str, base: str, tasks: list[str], 
     for m, d in diffs.items():
         d = np.asarray(d, np.float64)
         d = d[np.isfinite(d)]
+        if not len(d):
+            out[m] = {"low": float("nan"), "high": float("nan"), "p_better": float("nan"), "p_equal": float("nan"),
+                      "n_defined": 0}
+            continue
         better = d < 0 if m.startswith("spearman") else d > 0  # lower ρ(σ) is better, higher AUC is
         out[m] = {"low": float(np.quantile(d, 0.025)), "high": float(np.quantile(d, 0.975)),
-                  "p_better": float(np.mean(better)), "p_equal": float(np.mean(d == 0))}
+                  "p_better": float(np.mean(better)), "p_equal": float(np.mean(d == 0)), "n_defined": int(len(d))}
     return out
 
 

@@ -323,15 +323,19 @@ EVAL_BATCH_SIZE = 16  # evaluate_visual_prm's default, as train_visual_prm's eva
 
 @torch.no_grad()
 def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
-    """Held-out step BCE loss (mean over steps), step accuracy and macro-F1 (label good = label > 0)."""
+    """Held-out step BCE loss (mean over steps), step accuracy and macro-F1 (label good = label > 0; predicted
+    good = P(+) >= ``config.threshold``), all over every step of every row. A NaN P(+) is an error naming its
+    row and step (it would fail the threshold and count as a "bad" prediction silently)."""
     check_batch_size(batch_size)
     examples = as_labelled(rows, "eval rows")
     collate = StepCollator(model)
     losses, ps, ys = [], [], []
     with eval_mode(model):
         for s in range(0, len(examples), batch_size):
-            batch = {k: v.to(model.device) for k, v in collate(examples[s:s + batch_size]).items()}
+            chunk = examples[s:s + batch_size]
+            batch = {k: v.to(model.device) for k, v in collate(chunk).items()}
             loss, p = model(**batch)
+            _check_step_scores(p, chunk)
             losses.append(float(loss) * p.numel())
             ps.append(p.cpu())
             ys.append(batch["step_labels"].cpu())
@@ -339,6 +343,17 @@ def evaluate_visual_prm(model: VisualPRM, rows: Sequence[Any], batch_size: int =
     pred = p >= model.config.threshold
     return {"step_loss": sum(losses) / p.numel(), "step_accuracy": float((pred == (y > 0)).float().mean()),
             "macro_f1": step_macro_f1(pred, y > 0)}
+
+
+def _check_step_scores(p: Tensor, chunk: Sequence[LabelledSteps]) -> None:
+    bad = (~torch.isfinite(p)).nonzero().flatten().tolist()
+    if bad:
+        n = [len(e.labels) for e in chunk]
+        k, row = bad[0], 0
+        while k >= n[row]:
+            k, row = k - n[row], row + 1
+        raise ValueError(f"{chunk[row].name}: the model gave step {k} (counted from 0) a P(+) of {float(p[bad[0]])}; "
+                         "a NaN score cannot be thresholded into a step prediction")
 
 
 def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: Optional[Sequence[Any]] = None):

@@ -158,19 +158,38 @@ EVAL_BATCH_SIZE = 16  # evaluate_vlm_reward's default, as train_vlm_reward's eva
 
 @torch.no_grad()
 def evaluate_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
-    """Held-out mean pairwise loss and accuracy on preference rows."""
+    """Held-out mean pairwise (Bradley–Terry) loss and accuracy on preference rows: a pair is correct
+    when the chosen conversation scores strictly higher (a tie is wrong); both are means over all pairs.
+    A NaN / inf score is an error naming its row (NaN compares false: it would count as wrong silently)."""
+    from mmreward.ops import pairwise_loss_and_accuracy
+
     check_batch_size(batch_size)
     pairs = as_pairs(rows, "eval rows")
     collate = PreferenceCollator(model)
-    tot_loss = tot_acc = 0.0
+    tot_loss, n_correct = 0.0, 0
     with eval_mode(model):
         for s in range(0, len(pairs), batch_size):
             chunk = pairs[s:s + batch_size]
             batch = {k: v.to(model.device) for k, v in collate(chunk).items()}
-            loss, m = pairwise_loss_fn(model, batch)
-            tot_loss += float(loss) * len(chunk)
-            tot_acc += m["accuracy"] * len(chunk)
-    return {"loss": tot_loss / len(pairs), "accuracy": tot_acc / len(pairs)}
+            r = model(**batch).float()  # (2B,): chosen ‖ rejected
+            B = len(chunk)
+            _check_pair_scores(r, chunk)
+            loss, _ = pairwise_loss_and_accuracy(r[:B], r[B:])
+            tot_loss += float(loss) * B
+            n_correct += int((r[:B] > r[B:]).sum())
+    return {"loss": tot_loss / len(pairs), "accuracy": n_correct / len(pairs)}
+
+
+def _check_pair_scores(r: Tensor, chunk: Sequence[ConversationPair]) -> None:
+    B = len(chunk)
+    if r.shape != (2 * B,):
+        raise RuntimeError(f"the model returned scores of shape {tuple(r.shape)} for {B} pairs (expected ({2 * B},))")
+    bad = (~torch.isfinite(r)).nonzero().flatten().tolist()
+    if bad:
+        k = bad[0]
+        side = "chosen" if k < B else "rejected"
+        raise ValueError(f"{chunk[k % B].name}: the model scored the {side} conversation {float(r[k])}; a NaN / inf "
+                         "score has no place in a pairwise accuracy")
 
 
 # ------------------------------------------------------------------ run fingerprint (resume checks)

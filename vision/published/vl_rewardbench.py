@@ -12,6 +12,9 @@ strictly higher (a tie counts as wrong). Items are grouped as the benchmark's ``
 WildVision), *hallucination* (POVID, RLAIF-V, RLHF-V) and *reasoning* (MMMU-Pro, MathVerse);
 reported in percent: each group's accuracy, the overall accuracy over all items and the macro
 average of the three groups (Skywork-VL-Reward-7B: 66.0 / 80.0 / 61.0, overall 73.1, macro 69.0).
+The summary also counts ``n_ties`` (items whose two answers score the same: wrong) and ``n_duplicates``
+(rows repeating an earlier item's id, query and answers: counted once, as cal.py keys items); a NaN / inf
+score, or a score count other than two per item, is an error naming the item.
 
     mmreward vision vl-rewardbench --model Skywork-VL-Reward-7B --data VL_RewardBench/data/data.jsonl \\
         --dtype bf16 --device cuda --out results.json
@@ -21,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -167,21 +171,60 @@ def evaluate_vl_rewardbench(model: Any, items: Sequence[VLRewardBenchItem], batc
                              f"responses, preferred {item.preferred!r}, dataset {item.dataset!r}")
     convs = [c for item in items for c in item.conversations()]
     with torch.no_grad():
-        scores = model.score(convs, batch_size=batch_size).view(-1, 2)  # (N, 2): one row per item
-    results, correct, total = [], {}, {}
+        raw = model.score(convs, batch_size=batch_size)
+    scores = _check_scores(raw, items)  # (N, 2): one row per item
+    # cal.py keys an item by id + query + its two answers (sorted) and counts a key once: a row given
+    # twice (a file concatenated with itself) is one item, not twice its weight
+    results, correct, total, seen, n_ties, n_dup = [], {}, {}, set(), 0, 0
     for item, (a, b) in zip(items, scores.tolist()):
         pair = (a, b)
-        ok = pair[item.preferred] > pair[1 - item.preferred]
-        correct[item.dataset] = correct.get(item.dataset, 0) + int(ok)
-        total[item.dataset] = total.get(item.dataset, 0) + 1
+        ok = pair[item.preferred] > pair[1 - item.preferred]  # strictly higher: a tie is wrong
+        key = (item.id, item.query, tuple(sorted(item.responses)))
+        duplicate = key in seen
+        seen.add(key)
+        if duplicate:
+            n_dup += 1
+        else:
+            n_ties += int(a == b)
+            correct[item.dataset] = correct.get(item.dataset, 0) + int(ok)
+            total[item.dataset] = total.get(item.dataset, 0) + 1
         results.append({"id": item.id, "dataset": item.dataset, "scores": [round(a, 6), round(b, 6)],
-                        "preferred": item.preferred, "correct": ok})
-    return {"summary": summarise(correct, total), "items": results}
+                        "preferred": item.preferred, "correct": ok, **({"duplicate": True} if duplicate else {})})
+    if n_dup:
+        warnings.warn(f"VL-RewardBench: {n_dup} item(s) repeat an earlier item (same id, query and answers); each "
+                      "is counted once, as the benchmark's cal.py counts them", stacklevel=2)
+    summary = summarise(correct, total)
+    summary["n_ties"] = n_ties  # counted wrong (the preferred answer must score strictly higher)
+    summary["n_duplicates"] = n_dup
+    return {"summary": summary, "items": results}
+
+
+def _check_scores(raw: Any, items: Sequence[VLRewardBenchItem]) -> torch.Tensor:
+    """The model's 2N scores as (N, 2), or one error naming what is wrong: a count other than two per item
+    (zip would drop the last items silently) or a NaN / inf score (NaN compares false both ways and would be
+    counted wrong without a word; text RewardBench refuses it too)."""
+    try:
+        scores = torch.as_tensor(raw).detach().to("cpu", torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{type(raw).__name__} from the model's score() is not a tensor of scores ({e})") from None
+    if scores.numel() != 2 * len(items):
+        raise ValueError(f"the model returned {scores.numel()} scores for {len(items)} VL-RewardBench items "
+                         f"({2 * len(items)} conversations: two answers each)")
+    scores = scores.view(-1, 2)
+    bad = (~torch.isfinite(scores)).any(1).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise ValueError(f"the model returned a non-finite score ({scores[i].tolist()}) for {len(bad)} of "
+                         f"{len(items)} VL-RewardBench item(s), first items[{i}] (id {items[i].id!r}): "
+                         "an accuracy over it would be wrong")
+    return scores
 
 
 def summarise(correct: dict, total: dict) -> dict:
     """Per-source and per-group accuracies, overall accuracy and the macro average over the groups
-    present, in percent (cal.py's ``distribution_dataset``)."""
+    present, in percent (cal.py's ``distribution_dataset``). The benchmark's macro average is over all three
+    groups: with one missing (``--limit``) the figure is over the others, ``macro_groups`` lists them and a
+    warning says so."""
     group_c, group_t = {}, {}
     for ds, n in total.items():
         g = GROUPS[ds]
@@ -191,6 +234,10 @@ def summarise(correct: dict, total: dict) -> dict:
     out = {g: pct(group_c[g], group_t[g]) for g in groups}
     out["overall_accuracy"] = pct(sum(group_c.values()), sum(group_t.values()))
     out["macro_average"] = round(sum(100.0 * group_c[g] / group_t[g] for g in groups) / len(groups), 2)
+    out["macro_groups"] = groups
+    if len(groups) < len(GROUP_ORDER):
+        warnings.warn(f"VL-RewardBench: no items of group(s) {[g for g in GROUP_ORDER if g not in group_t]}; the "
+                      f"macro average is over {groups} only, not the benchmark's three groups", stacklevel=3)
     out["datasets"] = {ds: pct(correct[ds], total[ds]) for ds in sorted(total)}
     out["n"] = sum(total.values())
     return out
