@@ -217,12 +217,16 @@ def main(argv=None) -> int:
             boot[m] = {}
             for name, d in diffs[m].items():
                 d = np.asarray(d, np.float64)
-                d = d[np.isfinite(d)]
+                drawn = len(d)
+                d = d[np.isfinite(d)]  # a resample can leave a metric undefined (one class only): said below
                 if not len(d):
                     continue
                 better = d < 0 if "spearman" in name else d > 0  # lower ρ(σ) is better, higher AUC is
                 boot[m][name] = {"mean": float(d.mean()), "low": float(np.quantile(d, 0.025)),
-                                 "high": float(np.quantile(d, 0.975)), "p_better": float(better.mean())}
+                                 "high": float(np.quantile(d, 0.975)), "p_better": float(better.mean()),
+                                 "n_defined": int(len(d)), "n_resamples": drawn}
+                if len(d) < drawn:
+                    print(f"  note: {m} {name}: defined in {len(d)} of {drawn} resamples (the interval is over those)")
             line = "  ".join(f"{n.split('/')[0][:5]}:{n.split('/')[1].replace('_mean', '')} "
                              f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] {v['p_better']:.2f}"
                              for n, v in boot[m].items() if not n.endswith("spearman_noise_max"))
