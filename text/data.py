@@ -59,6 +59,7 @@ INPUT_FORMATS = ("chat", "pair", "joined")
 TRUNCATIONS = ("prompt_first", "keep_end")
 _KNOWN = ("prompt", "chosen", "rejected", "margin", "tie", "target")
 _PROMPT, _RESPONSE = 1, 2  # token regions; 0: special / template token (never cut)
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -87,6 +88,9 @@ def _number(row: dict, name: str, index: int) -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise DataError(f"row {index}: field {name!r} must be a finite number, got {describe(value)}")
+    if abs(float(value)) > _FLOAT32_MAX:  # a batch holds it as float32: inf there, a NaN loss at some step
+        raise DataError(f"row {index}: field {name!r} is {float(value):g}, beyond the float32 range "
+                        f"(±{_FLOAT32_MAX:.4g}) the batch holds it in")
     return float(value)
 
 

@@ -274,6 +274,14 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
 def _started_trainer(model: Any, train: list, evals: Optional[list], config: RewardTrainConfig,
                      stacklevel: int) -> Trainer:
     data = encode_pairs(model.encoder, train, stacklevel=stacklevel)
+    if all(p.chosen.ids == p.rejected.ids and p.chosen.types == p.rejected.types for p in data):
+        # every reward of a pair is computed from the same tokens: zero gradient, the run trains on nothing
+        from mmreward.core.data import DataError
+
+        raise DataError(f"train_pairs: in all {len(data)} pairs the chosen and rejected inputs are the same tokens "
+                        f"(equal texts, or texts that differ only where truncation to max_length="
+                        f"{model.encoder.max_length} cuts): no pair tells the model anything, so the run would train "
+                        "on nothing (check the data's chosen / rejected fields, or raise max_length)")
     if hasattr(model, "check_fits"):  # before any step: the backbone's own error would name no pair
         model.check_fits([p.chosen for p in data] + [p.rejected for p in data],
                          [f"training pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(data))])
@@ -310,6 +318,6 @@ def _started_trainer(model: Any, train: list, evals: Optional[list], config: Rew
     resume_inputs = {**run_inputs, "objective": {k: getattr(config, k) for k in ("loss", "label_smoothing", "center_coef")},
                      "data": data_digest(data)}
     trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
-                            settings=run_inputs, resume_settings=resume_inputs)
+                            settings=run_inputs, resume_settings=resume_inputs, check_saves=True)
     trainer.start()  # resumed, fresh or refused: decided before the model is touched any further
     return trainer

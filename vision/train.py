@@ -103,7 +103,7 @@ def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExamp
         if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) for p in images):
             raise DataError(f"{where}: field 'images' must be a list of >= 2 paths, got {describe(images)}")
         if not isinstance(ranks, list) or len(ranks) != len(images) or \
-                not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
+                not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < 2 ** 63 for r in ranks):
             raise DataError(f"{where}: field 'ranks' must be {len(images)} integers >= 0 (one per image), "
                             f"got {describe(ranks)}")
         paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
@@ -156,6 +156,25 @@ def require_ranked_pair(examples: Sequence[RankedExample], what: str) -> None:
     if not any(len(np.unique(np.asarray(e.ranks)[np.asarray(e.ranks) >= 0])) > 1 for e in examples):
         raise DataError(f"{what}: no set ranks two images differently (every set's ranks are equal), so there is "
                         "no ranked pair to evaluate")
+
+
+def warn_self_pairs(examples: Sequence[RankedExample], what: str, stacklevel: int = 3) -> None:
+    """One warning when every ranked pair of the training sets compares an image file with itself (the
+    same path at two ranks): both sides score alike, so the run gets no gradient from its data."""
+    pairs = same = 0
+    for e in examples:
+        if not (isinstance(e.images, (list, tuple)) and all(isinstance(p, str) for p in e.images)):
+            return  # images in memory: not compared
+        ranks = [int(r) for r in np.asarray(e.ranks)]
+        for i in range(len(ranks)):
+            for j in range(i + 1, len(ranks)):
+                if ranks[i] >= 0 and ranks[j] >= 0 and ranks[i] != ranks[j]:
+                    pairs += 1
+                    same += os.path.abspath(e.images[i]) == os.path.abspath(e.images[j])
+    if pairs and same == pairs:
+        warnings.warn(f"{what}: all {pairs} ranked pairs of the training sets compare an image file with itself "
+                      "(one path at two ranks): both images score alike, so the run learns nothing from its data",
+                      stacklevel=stacklevel)
 
 
 def synthetic_examples(n: int, set_size: int, image_size: int, seed: int) -> list[RankedExample]:
@@ -335,6 +354,7 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
         # refused now, before the Trainer makes the run folder and trains up to the first evaluation
         # (training sets that are all ties would "train" on a zero loss and save an untrained scorer)
         require_ranked_pair(train, cfg.data)
+        warn_self_pairs(train, cfg.data)
     if cfg.eval_data:  # the given held-out sets, with synthetic training data too (not silently the synthetic ones)
         held = read_ranked_sets(cfg.eval_data, cfg.eval_split)
         require_ranked_pair(held, cfg.eval_data)

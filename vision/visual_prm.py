@@ -376,7 +376,7 @@ def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: O
               "processor": D.processor_fingerprint(model.need_processor())}
     collate = StepCollator(model)
     trainer = Trainer(model, config, examples, collate, step_loss_fn, eval_fn=eval_fn,
-                      settings={"visual_prm": cfg}, resume_settings=resume)
+                      settings={"visual_prm": cfg}, resume_settings=resume, check_saves=True)
     return model.fit_checked(trainer, examples, held, collate, EVAL_BATCH_SIZE)
 
 

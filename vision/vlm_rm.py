@@ -290,7 +290,7 @@ def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_ro
               "processor": D.processor_fingerprint(model.need_processor())}
     collate = PreferenceCollator(model)
     trainer = Trainer(model, config, pairs, collate, pairwise_loss_fn, eval_fn=eval_fn,
-                      settings={"vlm_reward": cfg}, resume_settings=resume)
+                      settings={"vlm_reward": cfg}, resume_settings=resume, check_saves=True)
     return model.fit_checked(trainer, pairs, held, collate, EVAL_BATCH_SIZE)
 
 

@@ -51,7 +51,8 @@ def _read_jsonl(path: str) -> list[dict]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: a byte-order mark (Windows editors, Excel's "UTF-8" export) is no data
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise _not_utf8(path, raw, e, lineno) from None
             if not line.strip():
@@ -75,7 +76,7 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is no data
     except UnicodeDecodeError as e:
         raise _not_utf8(path, data, e) from None
     try:

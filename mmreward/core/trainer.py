@@ -47,6 +47,13 @@ continues from its newest readable snapshot (an unreadable newest one is set asi
 and the previous one used; logs are cut back to that step, never deleted); a finished run has
 nothing left to do. A folder holding a run is refused without ``resume``, as is another run's
 folder; ``overwrite`` removes the old run first.
+
+Divergence (:class:`TrainingDiverged`, a FloatingPointError and a ValueError): a non-finite loss, or a
+non-finite gradient norm of a finite loss (without fp16 loss scaling, which skips such steps itself),
+stops the run at that step before the optimizer touches the weights; a snapshot or final model whose
+parameters are not finite is never written, nor (``check_saves``, on for the reward-model, PRM and
+image-reward trainers) one whose loss on the step's last micro-batch is not finite. The error names the
+step and the newest snapshot, which holds the last good weights.
 """
 from __future__ import annotations
 
@@ -197,6 +204,12 @@ class Weighted(float):
 
 
 # ------------------------------------------------------------------ trainer
+class TrainingDiverged(FloatingPointError, ValueError):
+    """A non-finite loss, gradient or weight: the run stops at the step it happens, saving nothing of it.
+    A FloatingPointError, and a ValueError so that a command reports it as a user error (one line, exit
+    2): it comes from the data or the settings (the learning rate), not from a defect."""
+
+
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train_dataset: Optional[Sequence] = None,
                  collate_fn: Optional[Callable] = None,
@@ -206,14 +219,19 @@ class Trainer:
                  step_fn: Optional[Callable[["Trainer", Any], Mapping[str, Any]]] = None,
                  sample_batch: Optional[Callable[[], Any]] = None,
                  save_model: Optional[Callable[[str], None]] = None, reseed: bool = True,
-                 settings: Optional[Mapping[str, Any]] = None, resume_settings: Optional[Mapping[str, Any]] = None):
+                 settings: Optional[Mapping[str, Any]] = None, resume_settings: Optional[Mapping[str, Any]] = None,
+                 check_saves: bool = False):
         """``reseed``: seed every RNG with ``config.seed`` when a fresh run starts (False: the caller
         seeded before building the model and the run continues that RNG stream). ``save_model(folder)``
         writes the final model (default: ``model.save_pretrained`` for a ``Pretrained`` model).
         ``settings``: more of the run's settings (e.g. a domain trainer's own config) recorded in
         ``train_config.json``. ``resume_settings``: settings a resumed run must share with the run it
         continues beyond the core ones (a model's input layout, a judge's objective): part of the run's
-        fingerprint, so a resume with other values is refused naming them."""
+        fingerprint, so a resume with other values is refused naming them. A snapshot or final model with
+        a non-finite parameter is never written (FloatingPointError naming the step); ``check_saves``
+        (for a ``loss_fn`` without side effects: it is called once more) also runs, before each of them,
+        one eval-mode no-grad forward of ``loss_fn`` on the step's last micro-batch and refuses weights
+        that are finite but overflow in the forward (a learning rate far too high)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -229,6 +247,8 @@ class Trainer:
         self.config, self.loss_fn, self.step_fn, self.eval_fn = config, loss_fn, step_fn, eval_fn
         self.save_model, self.reseed, self.settings = save_model, reseed, dict(settings or {})
         self.resume_settings = dict(resume_settings or {})
+        self.check_saves = bool(check_saves)
+        self._last_batch: Any = None
         self.rank, self.world_size, self._owns_group = _dist_setup()
         self.is_main = self.rank == 0
         self._init_data(train_dataset, collate_fn, sample_batch)
@@ -511,6 +531,8 @@ class Trainer:
         sums: dict[str, float] = {}
         weighted: dict[str, tuple[float, float]] = {}  # name -> (sum of value x weight, sum of weights)
         total_loss = 0.0
+        self._last_batch = None  # freed before the next batch is built
+        bad_loss: Optional[tuple[int, float]] = None  # (micro-batch, loss) of this rank's first non-finite loss
         for micro in range(cfg.grad_accum_steps):
             batch = self._next_batch()
             last = micro == cfg.grad_accum_steps - 1
@@ -524,11 +546,16 @@ class Trainer:
                 if loss.dim() != 0:
                     raise ValueError(f"loss_fn must return a 0-d loss, got shape {tuple(loss.shape)}")
                 if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.step + 1}, "
-                                             f"micro-batch {micro}; the last snapshot is untouched")
+                    if self.world_size == 1:
+                        raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {self.step + 1}, "
+                                               f"micro-batch {micro}: nothing of it is saved, {self._kept()}")
+                    # under DDP raised below on every rank at once: raised here, the other ranks would wait
+                    # in the gradient all-reduce until the process group's timeout
+                    bad_loss = bad_loss or (micro, loss.item())
                 scaled = loss.float() / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total_loss += loss.item()
+            self._last_batch = batch  # the saves' check forward (check_saves)
             for k, v in (metrics or {}).items():
                 if isinstance(v, Weighted):  # a mean weighted by the micro-batches' weights
                     s, w = weighted.get(k, (0.0, 0.0))
@@ -540,6 +567,24 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if params else 0.0
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([0.0 if bad_loss is None else 1.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                where = (f"micro-batch {bad_loss[0]} of rank {self.rank} ({bad_loss[1]})" if bad_loss is not None
+                         else "another rank's micro-batch")
+                raise TrainingDiverged(f"non-finite loss at step {self.step + 1}, {where}: nothing of it is saved, "
+                                       f"{self._kept()}")
+        if self.scaler is None and not math.isfinite(grad_norm):
+            # a finite loss with an inf / NaN gradient (an overflow, a bad example): the step would write NaN
+            # into every weight it touches. Not taken: the weights stay those of the step before
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"non-finite gradient (norm {grad_norm}) at step {self.step + 1} (its loss "
+                                   f"{total_loss / cfg.grad_accum_steps:.6g} is finite): the step was not taken, "
+                                   f"{self._kept()}")
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -569,8 +614,8 @@ class Trainer:
             v = v.item() if hasattr(v, "item") else v
             row[k] = int(v) if isinstance(v, bool) else v
         if "loss" in row and not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"non-finite loss ({row['loss']}) at step {self.step + 1}; "
-                                     "the last snapshot is untouched")
+            raise TrainingDiverged(f"non-finite loss ({row['loss']}) at step {self.step + 1}: nothing of it is "
+                                   f"saved, {self._kept()}")
         self.step += 1
         return row
 
@@ -617,18 +662,66 @@ class Trainer:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                                          if (k in ("loss", "lr") or k.startswith("eval_")) and isinstance(v, float)})
                 if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end:
+                    self._check_finite("snapshot")
                     self.save_snapshot()
-            if self.step >= cfg.max_steps and self.is_main:
-                if cfg.plot and self.history:
-                    self._plot()
-                self._save_final_model()
+            if self.step >= cfg.max_steps:
+                self._check_finite("final model")  # on every rank: under DDP it ends in a collective
+                if self.is_main:
+                    if cfg.plot and self.history:
+                        self._plot()
+                    self._save_final_model()
         finally:
             if bar is not None:
                 bar.close()
             if logger is not None:
                 logger.close()
             unlock_run_folder(cfg.output_dir)  # the folder's next run may be another process's (a later fit() locks again)
+            self._last_batch = None  # not held (on the device) after the run
         return self.history
+
+    def _kept(self) -> str:
+        """Where a run stopped by a non-finite number can continue from (the end of its error message)."""
+        found = self.snapshots.list() if self.is_main else []
+        return ("rank 0 names the newest snapshot" if not self.is_main else
+                f"the newest snapshot ({found[0][1]}, step {found[0][0]}) holds the last good weights" if found
+                else "no snapshot was written yet") + \
+            "; look for a bad example, set max_grad_norm, or lower the learning rate (lr, --lr: a resume keeps " \
+            "the run's, so start again with overwrite / --overwrite or in another folder)"
+
+    def _model_problem(self) -> Optional[str]:
+        """Why the model must not be saved, or None: a non-finite parameter, or (``check_saves``) a
+        non-finite loss of the last micro-batch under the updated weights (weights that overflow in the
+        forward are finite themselves). The check forward runs in eval mode without gradients and leaves
+        every RNG as it found it, so a resumed run stays bit-identical."""
+        for name, p in self.model.named_parameters():
+            if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
+                return f"parameter {name!r} holds non-finite values"
+        if not (self.check_saves and self.loss_fn is not None and getattr(self, "_last_batch", None) is not None):
+            return None
+        was_training, state = self.model.training, rng_state()
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                loss = self.loss_fn(self.model, self._last_batch)[0]  # the unwrapped model: no DDP collectives
+            value = float(loss.detach().float())
+        finally:
+            self.model.train(was_training)
+            set_rng_state(state)
+        return None if math.isfinite(value) else f"its loss on step {self.step}'s last micro-batch is {value}"
+
+    def _check_finite(self, what: str) -> None:
+        """Refuse to save a diverged model (FloatingPointError naming the step), on every rank at once."""
+        problem = self._model_problem()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([0.0 if problem is None else 1.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if problem is None and flag.item() > 0:
+                problem = "another rank found non-finite weights or loss"
+        if problem is not None:
+            raise TrainingDiverged(f"the model diverged at step {self.step}: {problem}; its {what} is not "
+                                   f"written, {self._kept()}")
 
     @property
     def model_dir(self) -> str:

@@ -354,3 +354,21 @@ def test_score_cli_out_writes_the_json_lines_to_a_file(lin_type, tmp_path, capsy
     assert len(err) == 1 and "--out" in err[0] and "--data" in err[0]
     assert main([*base, "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_data_files_with_a_byte_order_mark_are_read(tmp_path):
+    """JSON / JSONL saved with a UTF-8 byte-order mark (Windows editors, Excel's UTF-8 export) were
+    refused ("line 1 is not valid JSON: Unexpected UTF-8 BOM"); the mark is no data."""
+    from mmreward.core.data import read_records
+
+    rows = [{"prompt": "p", "response": "é"}, {"prompt": "q", "response": "b"}]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode())
+    assert read_records(str(jsonl)) == rows
+    js = tmp_path / "rows.json"
+    js.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    assert read_records(str(js)) == rows
+    # only a leading mark: one inside a later line is still that line's text, refused as JSON
+    jsonl.write_bytes(json.dumps(rows[0]).encode() + b"\n\xef\xbb\xbf" + json.dumps(rows[1]).encode())
+    with pytest.raises(Exception, match="line 2"):
+        read_records(str(jsonl))

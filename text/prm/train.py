@@ -158,6 +158,10 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
         for i, e in enumerate(train_examples):
             if any(y != -100 and not 0.0 <= y <= 1.0 for y in e.labels):
                 raise ValueError(f"train example {i}: bce labels must be in [0, 1] (or -100), got {e.labels}")
+    if config.objective == "ppm" and all(e.chosen == e.rejected for e in train_examples):
+        # both sides of every pair score the same text: a zero gradient, a run that trains on nothing
+        raise DataError(f"train_prm: in all {len(train_examples)} PPM pairs the chosen and rejected steps are the "
+                        "same text: no pair prefers anything, so the run would train on nothing")
     if config.objective != "ppm" and all(y == IGNORE for e in train_examples for y in e.labels):
         # the loss would be 0 at every step: a run that trains nothing, reported as a perfect fit
         raise ValueError(f"train_prm: every step label of the {len(train_examples)} training examples is "
@@ -182,8 +186,41 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
         raise
 
 
+def check_training_fits(model, examples: Sequence, objective: str, stacklevel: int = 4) -> None:
+    """Before any step: tokenise every training example as the collators will. An example whose first step
+    does not fit ``max_length`` (StepExamples) or a PPM pair side longer than it is a DataError naming the
+    training example (the collator would raise it mid-run, numbered by its place in the micro-batch); the
+    labelled steps that truncation leaves out (the collators' documented contract) are counted in one
+    warning, and a run whose every labelled step is left out is refused (it would train on nothing)."""
+    encode = getattr(model, "encode_one", None)
+    if encode is None:
+        return
+    labelled = cut = cut_examples = 0
+    first = None
+    for i, e in enumerate(examples):
+        if isinstance(e, PairExample):
+            for side in ("chosen", "rejected"):
+                encode(e.problem, list(e.prefix) + [getattr(e, side)], False, f"train pair {i} ({side})")
+            continue
+        _, tags = encode(e.problem, e.steps, True, f"train example {i}")
+        lost = sum(1 for y in e.labels[len(tags):] if y != IGNORE)
+        labelled += sum(1 for y in e.labels if y != IGNORE)
+        if lost:
+            cut, cut_examples = cut + lost, cut_examples + 1
+            first = i if first is None else first
+    if cut and cut == labelled:
+        raise DataError(f"train_prm: all {labelled} labelled steps of the training examples lie past max_length="
+                        f"{model.config.max_length} tokens and would be left out: the run would train on nothing "
+                        f"(objective {objective!r}); raise max_length or shorten the problems")
+    if cut:
+        warnings.warn(f"{cut} of the {labelled} labelled training steps (in {cut_examples} of {len(examples)} examples, "
+                      f"first: train example {first}) lie past max_length={model.config.max_length} tokens and are "
+                      "left out of training", stacklevel=stacklevel)
+
+
 def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence],
                optimizer: Optional[torch.optim.Optimizer]) -> list[dict]:
+    check_training_fits(model, train_examples, config.objective, stacklevel=4)
     if config.trainable_layers != -1:
         model.freeze_backbone(config.trainable_layers)
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
@@ -207,7 +244,7 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
     run = {"prm": inputs, "objective": config.objective, "trainable_layers": config.trainable_layers,
            "cache_frozen": config.cache_frozen}
     trainer = Trainer(model, config, dataset, collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer, settings=run,
-                      resume_settings={**run, "data": examples_digest(train_examples)})
+                      resume_settings={**run, "data": examples_digest(train_examples)}, check_saves=True)
     trainer.start()  # a refused run (another run's folder, data or settings) is refused before the cache is built
     if config.cache_frozen:
         trainer.collate_fn = CachedPrefixCollator(model, dataset, collate, config.trainable_layers,
