@@ -56,6 +56,22 @@ def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> lis
     return out
 
 
+def _episode_files(paths: Sequence[str]) -> list[str]:
+    """For a robot reward: a folder that is not one episode's frames stands for its episodes (an episode
+    folder's manifest entries, or a plain folder's .npz files, videos and frame folders), as `mmreward
+    robotics score` reads it; such a folder was "frame folder … holds no images"."""
+    from mmreward.robotics.data.inputs import find_episodes
+    from mmreward.robotics.data.video import frame_files
+
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p) and not frame_files(p):
+            out += [source.path for source in find_episodes([p])]
+        else:
+            out.append(p)
+    return out
+
+
 def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
     """Inputs for the model and, per input, (row index, slot) — slot ``chosen`` / ``rejected`` when a
     preference row is scored twice by a single-response model."""
@@ -148,6 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.prompt is not None and not {I.ImagePrompt, I.VideoPrompt} & set(model.input_types):
             raise ValueError(f"--prompt is for image scorers; {type(model).__name__} scores "
                              f"{' / '.join(t.__name__ for t in model.input_types)}, which take no prompt")
+        if I.Episode in model.input_types:
+            args.files = _episode_files(args.files)
         rows = [{"file": f} for f in args.files]
         items, where = _file_inputs(model, args.files, args.prompt), [(i, "score") for i in range(len(args.files))]
 

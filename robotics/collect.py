@@ -139,6 +139,11 @@ def run_episode(env, *, policy: str, noise: float, seed: int, rng: np.random.Gen
     """One episode of ``policy`` (``random`` / ``expert`` / ``noisy``: the expert plus Gaussian action
     noise of std ``noise``) in ``env``, reset with ``seed``; ``rng`` draws the random actions and the
     noise. ``expert`` maps the state observation to an action (default: the env's scripted expert)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if policy != "random" and expert is None and not getattr(env, "has_expert", True):
+        raise ValueError(f"no scripted expert ships for {env.suite} task {env.task}: pass expert= (e.g. a trained "
+                         f"StatePolicy's .act; `mmreward robotics train-expert`) or use policy='random'")
     low = np.asarray(env.action_space.low, dtype=np.float32)
     high = np.asarray(env.action_space.high, dtype=np.float32)
     expert = expert or env.expert_action
@@ -177,8 +182,27 @@ def _check_frame_size(out: str, hw: tuple[int, int]) -> None:
     sizes = sorted({tuple(e["size"]) for e in read_manifest(out) if isinstance(e.get("size"), list)} - {tuple(hw)})
     if sizes:
         h, w = sizes[0]
-        raise ValueError(f"{out} holds episodes of {h}x{w} frames; these would be {hw[0]}x{hw[1]}: use --size "
-                         f"{h if h == w else f'{h},{w}'} or another --out folder")
+        same = f"--size {h}" if h == w else f"size=({h}, {w})"  # the CLI's --size is one number (square frames)
+        raise ValueError(f"{out} holds episodes of {h}x{w} frames; these would be {hw[0]}x{hw[1]}: use {same} "
+                         "or another --out folder")
+
+
+def _check_camera(tasks: Sequence[str], camera: Optional[str]) -> None:
+    """Refuse, before the first episode, a ``camera`` that one of several tasks lacks (Meta-World's
+    and Adroit's cameras differ, and so do Adroit's): each env checks its own model, but only when
+    it is built, after the tasks before it have been collected."""
+    if camera is None or len(tasks) < 2:
+        return
+    from .envs import suite_of
+    from .envs.adroit import CAMERAS as ADROIT_CAMERAS
+    from .envs.metaworld import CAMERAS as METAWORLD_CAMERAS
+
+    for task in tasks:
+        cams = ADROIT_CAMERAS.get(task, ()) if suite_of(task) == "adroit" else METAWORLD_CAMERAS
+        if cams and camera not in cams:
+            raise ValueError(f"--camera {camera!r} does not exist in {task} (its cameras: {', '.join(cams)}): collect "
+                             "tasks that need different cameras in separate runs, or leave --camera out for each "
+                             "suite's default")
 
 
 def _file_label(label: str) -> str:
@@ -206,9 +230,13 @@ def _trained_experts(tasks: Sequence[str], policy: str, expert_model: Optional[s
     for task in adroit:
         given = expert_model or shipped_expert(task)  # the shipped expert when none is given
         if given is None:
-            raise ValueError(f"no expert ships for {task}: train one with `mmreward robotics train-expert --task "
-                             f"{task} --out runs/expert-{task.removeprefix('adroit-')}` and pass --expert-model "
-                             f"runs/expert-{task.removeprefix('adroit-')}/model (or use --policy random)")
+            from .envs.adroit import task_names
+
+            shipped = [t for t in task_names() if shipped_expert(t) is not None]
+            raise ValueError(f"no expert ships for {task} (shipped: {', '.join(shipped) or 'none'}): train one with "
+                             f"`mmreward robotics train-expert --task {task} --out runs/expert-"
+                             f"{task.removeprefix('adroit-')}` and pass --expert-model runs/expert-"
+                             f"{task.removeprefix('adroit-')}/model (or use --policy random)")
         folder = policy_folder(given)  # a policy folder or a train-expert run folder
         expert = StatePolicy.from_pretrained(folder)
         if expert.config.task != task:
@@ -235,13 +263,19 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
 
     if isinstance(tasks, str):
         tasks = [t for t in re.split(r"[,\s]+", tasks) if t]
-    _check(policy, float(noise), int(episodes), int(seed))
+    from .envs.base import SEED_MAX, check_env_options, whole
+
+    episodes = whole("episodes", episodes, 1)
+    seed = whole("seed", seed, 0, SEED_MAX)
+    check_env_options(seed, action_repeat, max_steps)
+    _check(policy, float(noise), episodes, seed)
     resolved = [resolve_task(t) for t in tasks]  # unknown ids fail before any work
     if not resolved:
         raise ValueError("no tasks given")
     for i, task in enumerate(resolved):  # the second would overwrite the first's files (same names, same seeds)
         if task in resolved[:i]:
             raise ValueError(f"task {task} is listed twice (as {tasks[resolved.index(task)]!r} and {tasks[i]!r})")
+    _check_camera(resolved, camera)
     experts = _trained_experts(resolved, policy, expert_model, action_repeat)
     from .envs.base import parse_size
 

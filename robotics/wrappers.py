@@ -43,22 +43,32 @@ class PixelGymEnv(gym.Env):
     """One Meta-World v3 or Adroit task as a pixel ``gymnasium.Env`` (frames as observations).
 
     Arguments are those of :func:`mmreward.robotics.envs.make_env`, plus ``frame_stack`` (k > 1 gives
-    observations ``[k, H, W, 3]``, oldest first, the reset frame repeated at the start).
-    ``reset(seed=s)`` fixes the task variant (object / goal placement) exactly like
-    ``collect --seed s``; ``reset()`` without a seed draws the next variant from the env's own generator."""
+    observations ``[k, H, W, 3]``, oldest first, the reset frame repeated at the start), with
+    ``base_seed`` the ``seed`` make_env builds the environment with.
+
+    ``reset(seed=base_seed + i)`` gives the task variant (object / goal placement) of episode ``i`` of
+    ``collect --seed base_seed``, the episode whose manifest entry has ``base_seed`` and ``seed``
+    ``base_seed + i``: a Meta-World scene depends on both (MT1 draws its 50 variants with the seed the
+    environment is built with; the reset seed picks one), an Adroit one on the reset seed only. So with
+    the default ``base_seed=0``, ``reset(seed=s)`` is episode ``s`` of ``collect --seed 0``, not
+    episode 0 of ``collect --seed s``. ``reset()`` without a seed draws the next variant from the
+    env's own generator."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 40}
 
     def __init__(self, task: str = "door-open-v3", *, size: Any = 64, camera: Optional[str] = None,
                  action_repeat: int = 2, max_steps: Optional[int] = None, flip: str = "auto",
-                 frame_stack: int = 1, render_mode: Optional[str] = "rgb_array"):
+                 frame_stack: int = 1, render_mode: Optional[str] = "rgb_array", base_seed: int = 0):
         from .envs import make_env
 
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         if frame_stack < 1:
             raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
-        self._env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=0,
+        if isinstance(base_seed, bool) or not isinstance(base_seed, (int, np.integer)) or base_seed < 0:
+            raise ValueError(f"base_seed must be an integer >= 0 (collect's --seed), got {base_seed!r}")
+        self.base_seed = int(base_seed)
+        self._env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=self.base_seed,
                              max_steps=max_steps, flip=flip)
         self.task = self._env.task
         self.frame_stack = int(frame_stack)
@@ -109,7 +119,11 @@ MetaWorldPixelEnv = PixelGymEnv  # the name this class had before Adroit was add
 
 def env_id(task: str) -> str:
     """The gymnasium id of a task: ``door-open-v3`` → ``mmreward/MetaWorld-door-open-v3``,
-    ``adroit-door`` → ``mmreward/Adroit-door``."""
+    ``adroit-door`` → ``mmreward/Adroit-door`` (any name :func:`~mmreward.robotics.envs.resolve_task`
+    accepts: ``door-open``, ``adroit/door`` …; unknown ones raise its error)."""
+    from .envs import resolve_task
+
+    task = resolve_task(task)
     if task.startswith("adroit-"):
         return ADROIT_ID_PREFIX + task[len("adroit-"):]
     return ENV_ID_PREFIX + task

@@ -15,7 +15,7 @@ __all__ = ["FLIPS", "PixelEnv", "Step", "apply_flip", "auto_flip", "setup_mujoco
 
 def __getattr__(name: str):
     if name == "UnknownTaskError":
-        from .metaworld import UnknownTaskError
+        from .base import UnknownTaskError
 
         return UnknownTaskError
     raise AttributeError(name)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from .base import PixelEnv, repeat_action, setup_mujoco_gl
+from .base import PixelEnv, UnknownTaskError, check_env_options, parse_size, repeat_action, setup_mujoco_gl, split_task
 
 TASKS = {
     "adroit-door": "AdroitHandDoor-v1",
@@ -36,21 +36,37 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+# the cameras of each task's model (gymnasium-robotics 1.2-1.4); collect checks a --camera shared by
+# several tasks against these before the first episode (each env checks its own model's list anyway)
+CAMERAS = {task: ("fixed", "vil_camera") for task in TASKS}
+CAMERAS["adroit-pen"] = ("fixed", "vil_camera", "view_1", "view_2", "view_3", "view_4", "view_5")
+
+
 def is_adroit(name: str) -> bool:
-    n = name.strip()
+    """Whether ``name`` names an Adroit task (``adroit-door``, ``adroit/door``, ``AdroitHandDoor-v1`` …);
+    a ``metaworld/`` prefix makes it a Meta-World name whatever follows."""
+    suite, n = split_task(name)
+    if suite is not None:
+        return suite == "adroit"
     return n in TASKS or n in TASKS.values() or n.lower().startswith("adroit")
 
 
 def resolve_task(name: str) -> str:
-    n = name.strip()
-    if n in TASKS:
-        return n
+    """``adroit-door`` for ``adroit-door`` / ``Adroit-Door`` / ``adroit_door`` / ``adroit-door-v1`` /
+    ``adroit/door`` / ``AdroitHandDoor-v1``; :class:`UnknownTaskError` with the close ids otherwise."""
+    suite, n = split_task(name)
+    if suite == "metaworld":
+        raise UnknownTaskError(f"{name!r} names a Meta-World task, not an Adroit one; Adroit tasks: {', '.join(TASKS)}")
+    low = n.lower().replace("_", "-")
+    if suite == "adroit" and not low.startswith("adroit"):  # adroit/door
+        low = "adroit-" + low
+    if low in TASKS:
+        return low
     for short, gym_id in TASKS.items():
-        if n == gym_id or n.lower() in (gym_id.lower(), short.replace("adroit-", "adroit_"), short + "-v1"):
+        if low in (gym_id.lower(), short + "-v1"):
             return short
-    from .metaworld import UnknownTaskError
-
-    close = difflib.get_close_matches(n.lower(), list(TASKS) + [v.lower() for v in TASKS.values()], n=3, cutoff=0.4)
+    shown = {**{t: t for t in TASKS}, **{g.lower(): g for g in TASKS.values()}}
+    close = [shown[c] for c in difflib.get_close_matches(low, list(shown), n=3, cutoff=0.4)]
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise UnknownTaskError(f"unknown Adroit task {name!r}{hint}; Adroit tasks: {', '.join(TASKS)}")
 
@@ -82,14 +98,15 @@ class AdroitEnv(PixelEnv):
     def __init__(self, task: str, *, size: Any = 64, camera: Optional[str] = None, action_repeat: int = 1,
                  seed: int = 0, max_steps: Optional[int] = None, flip: str = "auto", reward: str = "dense"):
         self.env = None
+        check_env_options(seed, action_repeat, max_steps)
         if reward not in STATE_REWARDS:
             raise ValueError(f"unknown Adroit reward {reward!r}; choose from {', '.join(STATE_REWARDS)}")
         gym = _import_robotics()
         self.task = resolve_task(task)
         self.reward = reward
-        self.camera = camera or DEFAULT_CAMERA
+        self.camera = DEFAULT_CAMERA if camera is None else camera  # "" is checked as a name, not taken as the default
         self.seed = int(seed)
-        height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+        height, width = parse_size(size)
         self.env = gym.make(
             TASKS[self.task], render_mode="rgb_array", width=int(width), height=int(height),
             camera_name=self.camera, disable_env_checker=True,

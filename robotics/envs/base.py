@@ -24,6 +24,29 @@ from typing import Any, Optional
 import numpy as np
 
 FLIPS = ("auto", "none", "vertical", "horizontal", "rot180")
+# ``suite/`` prefixes a task id may carry (``train-rl --task adroit/door`` spells them so)
+SUITE_PREFIXES = {"metaworld": "metaworld", "meta-world": "metaworld", "adroit": "adroit"}
+
+
+class UnknownTaskError(ValueError):
+    """A task id that no installed suite knows."""
+
+
+def split_task(name: Any) -> tuple[Optional[str], str]:
+    """``(suite or None, id)`` of a task name as a user wrote it: surrounding blanks dropped and a
+    ``metaworld/`` / ``adroit/`` prefix split off. A non-string raises TypeError, an empty id
+    :class:`UnknownTaskError` (both name the value), so no suite reports ``unknown task ''``."""
+    if not isinstance(name, str):
+        raise TypeError(f"task must be a task id string such as 'door-open-v3' or 'adroit-door', got "
+                        f"{type(name).__name__} {name!r:.60}")
+    n, suite = name.strip(), None
+    head, sep, rest = n.partition("/")
+    if sep and head.strip().lower() in SUITE_PREFIXES:
+        suite, n = SUITE_PREFIXES[head.strip().lower()], rest.strip()
+    if not n:
+        raise UnknownTaskError(f"task id {name!r} is empty: give one such as door-open-v3 or adroit-door "
+                               "(`mmreward robotics tasks` lists them)")
+    return suite, n
 
 
 def setup_mujoco_gl(default: str = "egl") -> str:
@@ -119,12 +142,42 @@ def apply_flip(frame: np.ndarray, flip: str) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def whole(name: str, value: Any, least: int, most: Optional[int] = None) -> int:
+    """``value`` as an int in ``[least, most]``; a float, bool or string is refused (``1.5`` was truncated
+    to 1 while the manifest kept 1.5, ``"3"`` failed far from here)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r:.40}")
+    if value < least or (most is not None and value > most):
+        raise ValueError(f"{name} must be >= {least}, got {value}" if most is None else
+                         f"{name} must be in [{least}, {'2**32 - 1' if most == 2 ** 32 - 1 else most}], got {value}")
+    return int(value)
+
+
+SEED_MAX = 2 ** 32 - 1  # Meta-World's (numpy's legacy) seed range; Gymnasium's reset takes any seed >= 0
+
+
+def check_env_options(seed: Any, action_repeat: Any, max_steps: Any) -> None:
+    """The integer options of a pixel env, checked before its simulator is built."""
+    whole("seed", seed, 0, SEED_MAX)
+    whole("action_repeat", action_repeat, 1)
+    if max_steps is not None:
+        whole("max_steps", max_steps, 1)
+
+
 def parse_size(size: Any) -> tuple[int, int]:
-    """``64`` or ``(height, width)`` -> ``(height, width)``; positive integers only."""
-    if isinstance(size, (int, np.integer)):
+    """``64`` or ``(height, width)`` -> ``(height, width)``; positive integers only. A string such as
+    ``"64"`` is refused (it unpacked as the pair of its characters: 6x4 frames), as are floats and bools."""
+    if _is_int(size):
         h = w = int(size)
+    elif isinstance(size, (tuple, list, np.ndarray)) and len(size) == 2 and all(_is_int(v) for v in size):
+        h, w = (int(v) for v in size)
     else:
-        h, w = (int(s) for s in size)
+        raise TypeError(f"frame size must be an integer or (height, width) integers, got {type(size).__name__} "
+                        f"{size!r:.60}")
     if h <= 0 or w <= 0:
         raise ValueError(f"frame size must be positive, got {size!r}")
     return h, w
@@ -173,8 +226,9 @@ class PixelEnv:
     _reward_env: Any = None  # a wrapper of self.env that steps it with another reward (Adroit's DAPG sign)
 
     def __init__(self, *, size: Any, action_repeat: int, flip: str, max_steps: Optional[int], env_steps: int):
-        if action_repeat < 1:
-            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+        whole("action_repeat", action_repeat, 1)
+        if max_steps is not None:
+            whole("max_steps", max_steps, 1)
         if flip not in FLIPS:
             raise ValueError(f"unknown flip {flip!r}; choose from {', '.join(FLIPS)}")
         self.size = parse_size(size)
@@ -210,7 +264,7 @@ class PixelEnv:
 
     def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Reset to the initial state defined by ``seed``; returns ``(obs, frame)``."""
-        obs, _ = self._reseed(int(seed))
+        obs, _ = self._reseed(whole("seed", seed, 0))
         self._t = 0
         if self.flip is None:
             self.flip = auto_flip(self.env.unwrapped.data, self._camera_id)

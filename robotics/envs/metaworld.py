@@ -19,14 +19,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .base import PixelEnv, setup_mujoco_gl
+from .base import PixelEnv, UnknownTaskError, check_env_options, parse_size, setup_mujoco_gl, split_task
 
 DEFAULT_CAMERA = "corner"
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
-
-class UnknownTaskError(ValueError):
-    """A task id that no installed suite knows."""
+__all__ = ["MetaWorldEnv", "UnknownTaskError", "task_names", "resolve_task", "expert_policy_class", "CAMERAS",
+           "DEFAULT_CAMERA"]
 
 
 def _import_metaworld():
@@ -50,18 +49,29 @@ def task_names() -> list[str]:
 
 
 def resolve_task(name: str) -> str:
-    """Canonical task id: exact ids pass, ``door-open`` / ``door_open`` gain ``-v3``; anything else
-    raises :class:`UnknownTaskError` listing the closest ids."""
+    """Canonical task id: exact ids pass, ``door-open`` / ``door_open`` / ``Door-Open-V3`` / ``door-open-v2``
+    / ``metaworld/door-open-v3`` give ``door-open-v3`` (only v3 tasks are installed); anything else
+    raises :class:`UnknownTaskError` listing the closest ids (Adroit's among them: ``pen`` ->
+    ``adroit-pen``)."""
+    from .adroit import TASKS as ADROIT_TASKS, is_adroit
+
+    suite, n = split_task(name)
+    if suite == "metaworld" and is_adroit(n):
+        raise UnknownTaskError(f"{n!r} is an Adroit task, not a Meta-World one (drop the metaworld/ prefix)")
     names = task_names()
-    if name in names:
-        return name
-    guess = name.strip().lower().replace("_", "-")
+    if n in names:
+        return n
+    guess = n.lower().replace("_", "-")
     for cand in (guess, guess + "-v3", re.sub(r"-v\d+$", "-v3", guess)):
         if cand in names:
             return cand
     close = difflib.get_close_matches(guess, names, n=5, cutoff=0.5)
+    adroit = "adroit-" + re.sub(r"-v\d+$", "", guess)  # pen, relocate, door: the Adroit task of that name
+    if suite is None and adroit in ADROIT_TASKS:
+        close = [adroit] + close[:4]
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise UnknownTaskError(f"unknown Meta-World task {name!r}{hint} ({len(names)} tasks; `mmreward robotics tasks` lists them)")
+    raise UnknownTaskError(f"unknown Meta-World task {name!r}{hint} ({len(names)} Meta-World tasks, "
+                           f"{len(ADROIT_TASKS)} Adroit tasks; `mmreward robotics tasks` lists them)")
 
 
 def _key(s: str) -> str:
@@ -101,13 +111,14 @@ class MetaWorldEnv(PixelEnv):
     def __init__(self, task: str, *, size: Any = 64, camera: Optional[str] = None, action_repeat: int = 1,
                  seed: int = 0, max_steps: Optional[int] = None, flip: str = "auto"):
         self.env = None
+        check_env_options(seed, action_repeat, max_steps)
         _import_metaworld()
         import gymnasium as gym
 
         self.task = resolve_task(task)
-        self.camera = camera or DEFAULT_CAMERA
+        self.camera = DEFAULT_CAMERA if camera is None else camera  # "" is checked as a name, not taken as the default
         self.seed = int(seed)
-        height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+        height, width = parse_size(size)
         self.env = gym.make(
             "Meta-World/MT1", env_name=self.task, seed=self.seed, render_mode="rgb_array",
             width=int(width), height=int(height), camera_name=self.camera, disable_env_checker=True,

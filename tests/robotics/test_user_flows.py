@@ -2,6 +2,7 @@
 frame folder of PNGs or a lossless video score the same; ``mmreward robotics score`` on a plain
 folder of episode ``.npz`` files; the Gymnasium wrapper on dict observations and before reset."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -151,3 +152,29 @@ def test_score_cli_keeps_episodes_of_the_same_name_apart(tmp_path, capsys):
     rows = list(csv.reader(open(out_csv)))
     assert rows[0] == ["episode", "frame", "reward"] and all(len(r) == 3 for r in rows)
     assert {r[0] for r in rows[1:]} == {*paths, "a,b"}
+
+
+def test_generic_score_cli_reads_a_folder_of_episodes_as_robotics_score_does(tmp_path, capsys):
+    """`mmreward score --model M FOLDER` on a folder of episodes failed ("frame folder … holds no images")
+    where `mmreward robotics score` read it; each episode is now one row, in the same order."""
+    from mmreward.cli import main
+    from mmreward.robotics.data.video import write_frame_folder
+
+    dr = fitted(noise=False)
+    model = str(tmp_path / "model")
+    dr.save_pretrained(model)
+    ep = frames(5, 2).numpy()
+    d = tmp_path / "eps"
+    d.mkdir()
+    np.savez(d / "a.npz", frames=ep)
+    np.savez(d / "b.npz", frames=ep[::-1].copy())
+    write_frame_folder(str(d / "c"), ep)
+    capsys.readouterr()
+    assert main(["score", "--model", model, str(d), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [os.path.basename(r["file"]) for r in rows] == ["a.npz", "b.npz", "c"]
+    want = dr(torch.from_numpy(ep)).tolist()
+    assert rows[0]["parts"] == pytest.approx(want, abs=1e-6) and rows[2]["parts"] == pytest.approx(want, abs=1e-6)
+    # a frame folder given itself is still one episode
+    assert main(["score", "--model", model, str(d / "c"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parts"] == pytest.approx(want, abs=1e-6)
