@@ -136,7 +136,10 @@ def parse_task(task: str) -> str:
     suite prefix pass through (unknown ids raise the env layer's error with close matches)."""
     from ..envs import resolve_task, suite_of
 
-    suite, _, name = task.partition("/")
+    if not isinstance(task, str):
+        return resolve_task(task)  # its TypeError names the value
+    suite, _, name = task.strip().partition("/")  # "  adroit/door" from a config file: the suite is "adroit"
+    suite, name = suite.strip().lower(), name.strip()
     if not name:
         return resolve_task(task)
     if suite == "metaworld":

@@ -272,6 +272,7 @@ def test_task_ids_and_errors(tmp_path):
     assert parse_task("metaworld/drawer-open-v3") == "drawer-open-v3"
     assert parse_task("adroit/door") == "adroit-door"
     assert parse_task("door-open") == "door-open-v3"
+    assert parse_task("  Adroit/door ") == "adroit-door" and parse_task(" metaworld/door-open") == "door-open-v3"
     with pytest.raises(ValueError, match="unknown suite"):
         parse_task("dmc/walker-walk")
     with pytest.raises(ValueError, match="unknown Meta-World task"):
