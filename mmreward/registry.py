@@ -42,6 +42,7 @@ MODEL_TYPES: dict[str, str] = {
     "vlm_reward": "mmreward.vision.vlm_rm:VLMRewardModel",
     "visual_prm": "mmreward.vision.visual_prm:VisualPRM",
     "qwen_vl_reward": "mmreward.vision.published.skywork_vl:QwenVLRewardModel",
+    "hpsv3_reward": "mmreward.vision.published.hpsv3:HPSv3RewardModel",
     "clip_scorer": "mmreward.vision.published.clip_scorers:CLIPScorer",
     "imagereward_blip": "mmreward.vision.published.imagereward:BLIPImageReward",
     # robotics
@@ -76,11 +77,22 @@ LAYOUTS: list[Layout] = [
            "mmreward.text.layouts:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
     Layout("qwen2.5-math-rm", "mmreward.text.layouts:is_qwen_math_rm", "mmreward.text.layouts:load_qwen_math_rm",
            "Qwen2.5-Math-RM (Qwen2ForRewardModel: Linear → ReLU → Linear(1) at the last token), without its remote code"),
+    Layout("qrm-refused", "mmreward.text.layouts:is_quantile_gating_rm",
+           "mmreward.text.layouts:refuse_quantile_gating_rm",
+           "QRM quantile reward models (LlamaForRewardModelWithGating with num_quantiles): refused with the reason "
+           "(remote code; not ArmoRM's heads)"),
     Layout("armorm", "mmreward.text.armo:is_armo", "mmreward.text.armo:load_armo",
            "ArmoRM (LlamaForRewardModelWithGating: 19 objective rewards mixed by a gating network), without its remote code"),
+    Layout("headed-decoder-rm", "mmreward.text.layouts:is_headed_decoder", "mmreward.text.layouts:load_headed_decoder",
+           "decoder reward models whose head is written in their card, read without their code: INF-ORM "
+           "(INFORMForSequenceClassification), UltraRM / Eurus-RM (regression_head), Starling-RM-34B (transformer + "
+           "v_head), OpenAssistant GPTNeoXRewardModel (gpt_neox + out_proj)"),
     Layout("transformers-sequence-classifier", "mmreward.text.layouts:is_sequence_classifier",
            "mmreward.text.layouts:load_sequence_classifier",
            "a transformers *ForSequenceClassification reward model with one label (Skywork-Reward, OpenAssistant DeBERTa, TRL)"),
+    Layout("hpsv3", "mmreward.vision.published.hpsv3:is_hpsv3", "mmreward.vision.published.hpsv3:load_hpsv3",
+           "HPSv3: HPSv3.safetensors (Qwen2-VL + <|Reward|> token + rm_head (mu, sigma), scored as mu) beside "
+           "Qwen2-VL-7B-Instruct's config / tokenizer / processor files"),
     Layout("skywork-vl-reward", "mmreward.vision.published.skywork_vl:is_skywork_vl",
            "mmreward.vision.published.skywork_vl:load_skywork_vl",
            "Skywork-VL-Reward: a Qwen2-VL / Qwen2.5-VL folder + value_head.safetensors (TRL value head)"),
@@ -104,7 +116,7 @@ LAYOUTS: list[Layout] = [
 for _layout in LAYOUTS:
     _layout.transformers_weights = _layout.name in {
         "qwen2.5-math-prm", "skywork-o1-open-prm", "math-shepherd", "rlhflow-prm", "qwen2.5-math-rm", "armorm",
-        "transformers-sequence-classifier", "skywork-vl-reward", "transformers-clip"}
+        "headed-decoder-rm", "transformers-sequence-classifier", "skywork-vl-reward", "transformers-clip"}
 
 
 class LoadError(ValueError):

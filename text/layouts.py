@@ -24,6 +24,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -135,6 +136,167 @@ def load_qwen_math_rm(folder: str, *, device: Any = "cpu", dtype: Any = None, to
     check_shapes(model, {**backbone, **state}, folder, "Qwen2.5-Math-RM", sources)
     load_state_strict(model, {**backbone, **state}, folder)
     return finish_loading(model, dev, dt)
+
+
+# ------------------------------------------------------------------ decoder RMs with a head of their own
+# Published reward models whose class is written in their model card (no auto_map, or an auto_map whose
+# computation is a backbone + a head at the last token): read with transformers' backbone and our
+# pooler / head, never their code. Each entry: the backbone's key prefix in the files, the head tensors
+# (ours -> theirs; a missing bias is zero), the pooler's activation (Linear(H, H) before the head), and
+# the input format of the official scoring code as a chat template (None: the tokenizer's own).
+ULTRARM_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                    "{% if m['role'] == 'user' %}Human: {% elif m['role'] == 'assistant' %}Assistant: {% endif %}"
+                    "{{ m['content'] }}{% endfor %}")
+EURUS_TEMPLATE = ("{% for m in messages %}{% if not loop.first %} {% endif %}"
+                  "{% if m['role'] == 'assistant' %}{{ m['content'] }}{% else %}[INST] {{ m['content'] }} [/INST]"
+                  "{% endif %}{% endfor %}")
+STARLING_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                     "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>{% endfor %}")
+OASST_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|prompter|>{% elif m['role'] == 'assistant' %}"
+                  "<|assistant|>{% else %}<|system|>{% endif %}{{ m['content'] }}{{ eos_token }}{% endfor %}")
+
+HEADED_DECODERS: dict[str, dict[str, Any]] = {
+    # infly/INF-ORM-Llama3.1-70B: score = Linear(H, H) -> ReLU -> Linear(H, 1), Llama-3.1 chat template
+    "INF-ORM": dict(prefix="model.", head={"pooler.weight": "score.0.weight", "pooler.bias": "score.0.bias",
+                                            "head.weight": "score.2.weight", "head.bias": "score.2.bias"},
+                    pooler_act="relu", template=None, model_type="llama"),
+    # openbmb/UltraRM-13b (LlamaModel + regression_head, bias-free), its card's "Human: …\nAssistant: …"
+    "UltraRM": dict(prefix="model.", head={"head.weight": "regression_head.weight"}, template=ULTRARM_TEMPLATE,
+                    model_type=None),
+    # openbmb/Eurus-RM-7b (MistralModel + regression_head; its auto_map code is not run), "[INST] … [/INST] …"
+    "Eurus-RM": dict(prefix="model.", head={"head.weight": "regression_head.weight"}, template=EURUS_TEMPLATE,
+                     model_type=None),
+    # Nexusflow/Starling-RM-34B (`transformer` LlamaModel + v_head, bias-free), its card's ChatML-style turns
+    "Starling-RM": dict(prefix="transformer.", head={"head.weight": "v_head.weight"}, template=STARLING_TEMPLATE,
+                        model_type=None),
+    # OpenAssistant/oasst-rm-*-pythia-* (GPTNeoXRewardModel: gpt_neox + out_proj), <|prompter|> … <|assistant|> …
+    "OpenAssistant GPTNeoXRewardModel": dict(prefix="gpt_neox.", head={"head.weight": "out_proj.weight",
+                                                                     "head.bias": "out_proj.bias"},
+                                             template=OASST_TEMPLATE, model_type="gpt_neox"),
+}
+
+
+def _weight_names_or_none(folder: str) -> set[str]:
+    from mmreward.core.weights import weight_names
+
+    try:
+        return weight_names(folder) or set()
+    except (CheckpointError, OSError, ValueError, RuntimeError):  # the loader that claims the folder reports it
+        return set()
+
+
+def headed_decoder_kind(folder: str, config: Optional[dict]) -> Optional[str]:
+    """Which entry of :data:`HEADED_DECODERS` the folder is, or None."""
+    config = config or {}
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if "INFORMForSequenceClassification" in archs:
+        return "INF-ORM"
+    if "GPTNeoXRewardModel" in archs or config.get("model_type") == "gpt_neox_reward_model":
+        return "OpenAssistant GPTNeoXRewardModel"
+    if "EurusRewardModel" in archs:
+        return "Eurus-RM"
+    if isinstance(config.get("auto_map"), dict) or not isinstance(config.get("model_type"), str):
+        return None  # other remote-code models are not guessed at from their tensor names
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "mistral"):
+        return None  # the input format is known only for the Llama (UltraRM, Starling) and Mistral (Eurus) releases
+    names = _weight_names_or_none(folder)
+    if "regression_head.weight" in names and any(n.startswith("model.") for n in names):
+        # Eurus-RM-7b's first config.json named MistralForCausalLM and had no auto_map
+        return "UltraRM" if model_type == "llama" else "Eurus-RM"
+    if "v_head.weight" in names and any(n.startswith("transformer.") for n in names) and model_type == "llama":
+        return "Starling-RM"
+    return None
+
+
+def is_headed_decoder(folder: str, config: Optional[dict]) -> bool:
+    return headed_decoder_kind(folder, config) is not None
+
+
+def load_headed_decoder(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer: Any = None) -> RewardModel:
+    """A decoder reward model of :data:`HEADED_DECODERS` as a :class:`RewardModel`: the backbone read by
+    transformers' own class for its ``model_type``, the head (and INF-ORM's Linear → ReLU pooler) from
+    the release's tensors, the score at the last token of the official input format."""
+    from transformers import AutoModel
+
+    from mmreward.core.weights import check_shapes, hf_config, read_weights
+
+    from .prm.model import building_for_weights, weights_dtype
+
+    raw = read_config(folder)
+    kind = headed_decoder_kind(folder, raw)
+    if kind is None:
+        raise CheckpointError(f"{folder} is none of the layouts {', '.join(HEADED_DECODERS)}")
+    spec = HEADED_DECODERS[kind]
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    backbone_type = spec["model_type"] or raw.get("model_type")
+    hf = hf_config({**{k: v for k, v in raw.items() if k != "pooling"}, "model_type": backbone_type}, folder)
+    pooling = raw.get("pooling", "last") if kind.startswith("OpenAssistant") else "last"
+    if pooling not in ("last", "mean"):
+        raise CheckpointError(f"{folder}/config.json: pooling {pooling!r}; {kind} pools 'last' or 'mean'")
+    if tokenizer is not None:
+        tokenizer = copy.copy(_tokenizer_argument(tokenizer))  # the template below is set on our copy only
+    else:
+        tokenizer = load_tokenizer(folder)
+    if spec["template"] is not None:
+        tokenizer.chat_template = spec["template"]  # the card's input format; saved with the model
+    elif not has_chat_template(tokenizer):
+        raise CheckpointError(f"{folder}: {kind} scores chat conversations, and this tokenizer has no chat template")
+    weights = read_weights(folder)
+    saved_dtype = weights_dtype(weights)
+    for k in [k for k in weights if k.endswith("rotary_emb.inv_freq") or k.endswith("attention.masked_bias")
+              or k.endswith("attention.bias")]:
+        del weights[k]  # buffers older transformers saved and current ones rebuild (transformers ignores them too)
+    sources = dict(spec["head"])  # ours -> theirs
+    missing = [theirs for theirs in sources.values() if theirs not in weights]
+    if missing:
+        raise CheckpointError(f"{folder}: missing {kind} head tensor(s) {missing} (found prefixes "
+                              f"{sorted({k.split('.')[0] for k in weights})[:8]})")
+    head_weight = weights[sources["head.weight"]]
+    if head_weight.dim() != 2 or head_weight.shape[0] != 1:
+        raise CheckpointError(f"{folder}: {sources['head.weight']} has shape {tuple(head_weight.shape)}; a reward "
+                              "model has one output")
+    state = {ours: weights.pop(theirs) for ours, theirs in sources.items()}
+    if "head.bias" not in state:
+        state["head.bias"] = torch.zeros(1, dtype=head_weight.dtype)  # the release's head has no bias
+    prefix = spec["prefix"]
+    backbone = {f"backbone.{k[len(prefix):]}": v for k, v in weights.items() if k.startswith(prefix)}
+    if not backbone:
+        raise CheckpointError(f"{folder}: no backbone tensors under {prefix!r} (the {kind} layout's prefix); found "
+                              f"prefixes {sorted({k.split('.')[0] for k in weights})[:8]}")
+    unexpected = sorted(k for k in weights if not k.startswith((prefix, "lm_head.", "embed_out.")))
+    if unexpected:
+        raise CheckpointError(f"{folder}: tensors that are not part of the {kind} layout: {unexpected[:6]}")
+    sources.update({f"backbone.{k[len(prefix):]}": k for k in weights if k.startswith(prefix)})
+    config = RewardModelConfig(backbone={**hf.to_dict(), "model_type": hf.model_type}, input_format="chat",
+                               pooling=pooling, pooler_act=spec.get("pooler_act"),
+                               max_length=model_max_length(tokenizer, hf))
+    with quiet_transformers(), building_for_weights(saved_dtype):  # as saved: no fp32 copy, no random init
+        model = RewardModel(config, tokenizer, backbone=AutoModel.from_config(hf))
+    check_shapes(model, {**backbone, **state}, folder, kind, sources)
+    load_state_strict(model, {**backbone, **state}, folder)
+    return finish_loading(model, dev, dt)
+
+
+# ------------------------------------------------------------------ QRM (quantile ArmoRM variants)
+def is_quantile_gating_rm(folder: str, config: Optional[dict]) -> bool:
+    """QRM (``nicolinho/QRM-*``) names ArmoRM's architecture, LlamaForRewardModelWithGating, but its heads
+    predict quantiles (``num_quantiles``, ``loss: quantile_regression``): ArmoRM's reader must not take it."""
+    config = config or {}
+    archs = config.get("architectures") or []
+    return (isinstance(archs, list) and "LlamaForRewardModelWithGating" in archs
+            and ("num_quantiles" in config or config.get("loss") == "quantile_regression"))
+
+
+def refuse_quantile_gating_rm(folder: str, *, device: Any = None, dtype: Any = None, **_: Any) -> Any:
+    """Always raises: see :func:`is_quantile_gating_rm`."""
+    raw = read_config(folder)
+    raise CheckpointError(
+        f"{folder} holds a QRM quantile reward model (LlamaForRewardModelWithGating with num_quantiles="
+        f"{raw.get('num_quantiles')!r}, loss={raw.get('loss')!r}): its regression and gating heads predict reward "
+        "quantiles, not ArmoRM's 19 objective rewards, so mmreward's ArmoRM reader would score it wrongly. Its model "
+        "code ships inside the checkpoint (auto_map) and mmreward does not run code from checkpoints: score it with "
+        "its own repository's code.")
 
 
 # ------------------------------------------------------------------ transformers sequence classifiers
@@ -277,6 +439,6 @@ def _owns(parent: nn.Module, child: nn.Module) -> bool:
     return any(m is child for m in parent.modules())
 
 
-__all__ = ["ENCODER_HEADS", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
+__all__ = ["ENCODER_HEADS", "HEADED_DECODERS", "headed_decoder_kind", "is_headed_decoder", "is_quantile_gating_rm", "refuse_quantile_gating_rm", "load_headed_decoder", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
            "is_sequence_classifier", "load_legacy_folder", "load_qwen_math_rm", "load_sequence_classifier",
            "reward_model_from_classifier"]
