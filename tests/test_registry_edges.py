@@ -83,3 +83,22 @@ def test_a_finished_run_of_a_trainer_that_saves_no_model_is_not_called_unfinishe
                              log_every=0, plot=False), data, collate, loss).fit()
     with pytest.raises(LoadError, match="finished training run that saved no model folder.*checkpoint-00000002"):
         load(str(tmp_path))
+
+
+def test_another_trainers_checkpoint_folders_are_not_called_an_unfinished_run(tmp_path):
+    """A folder of transformers-Trainer-style checkpoint-<N>/ folders (a release such as VideoReward's) was
+    "a training run that has not finished … rerun with --resume": advice for a run mmreward never made."""
+    from mmreward.core.checkpoint import run_folder_problem
+    from mmreward.registry import LoadError, load
+
+    (tmp_path / "checkpoint-1000").mkdir()
+    (tmp_path / "checkpoint-1000" / "model.pth").write_bytes(b"x")
+    (tmp_path / "model_config.json").write_text("{}")
+    assert run_folder_problem(str(tmp_path)) is None
+    with pytest.raises(LoadError) as e:
+        load(str(tmp_path))
+    assert "--resume" not in str(e.value) and "not finished" not in str(e.value)
+    # an mmreward snapshot in it is a run again
+    (tmp_path / "checkpoint-00000004").mkdir()
+    (tmp_path / "checkpoint-00000004" / "state.safetensors").write_bytes(b"")
+    assert "has not finished" in run_folder_problem(str(tmp_path))

@@ -618,7 +618,10 @@ def run_folder_problem(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]:
             return f"{what}; the run's model is {models[0]} (or give the run folder)"
         return (f"{what}; the run has not saved its model yet: rerun its training command with the same output "
                 f"folder and --resume to finish it (it continues from its newest snapshot), then open {run}")
-    is_run = os.path.isfile(os.path.join(folder, RUN_CONFIG)) or newest_snapshot_step(folder) is not None
+    # a folder of another trainer's checkpoint-<N>/ folders (a transformers Trainer output, a release such as
+    # VideoReward's) is no mmreward run: only snapshots holding mmreward's state file count
+    is_run = os.path.isfile(os.path.join(folder, RUN_CONFIG)) or any(
+        os.path.isfile(os.path.join(path, SNAPSHOT_STATE + STATE_SUFFIX)) for _, path in Snapshots(folder).list())
     # train-rl runs keep train.csv and replay/ and save no model by design: not "unfinished"
     if is_run and not any(os.path.exists(os.path.join(folder, sub)) for sub in (*RUN_MODEL_FOLDERS, "replay", "train.csv")):
         step, record = newest_snapshot_step(folder), _run_record(folder)

@@ -32,6 +32,7 @@ _LAZY = {
     "CLIPScorer": "clip_scorers", "CLIPScorerConfig": "clip_scorers", "load_hpsv2": "clip_scorers",
     "load_open_clip": "clip_scorers", "load_hf_clip": "clip_scorers",
     "QwenVLRewardModel": "skywork_vl", "load_skywork_vl": "skywork_vl",
+    "HPSv3RewardModel": "hpsv3", "load_hpsv3": "hpsv3",
     "QwenVLProcessor": "qwen_vl", "QwenVisionConfig": "qwen_vl", "QwenVideo": "qwen_vl",
     "VLRewardBenchItem": "vl_rewardbench", "read_vl_rewardbench": "vl_rewardbench",
     "evaluate_vl_rewardbench": "vl_rewardbench",
