@@ -385,6 +385,12 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
 
     with quiet_transformers():
         config = AutoConfig.from_pretrained(folder)
+    if type(config) not in AutoModelForSequenceClassification._model_mapping:
+        # e.g. VideoScore's Idefics2ForSequenceClassification: transformers' own error names a class, not the folder
+        archs = ", ".join(map(str, read_config(folder).get("architectures") or [])) or "?"
+        raise CheckpointError(f"{folder}: its config.json names {archs}, but transformers has no sequence-"
+                              f"classification class for model_type {config.model_type!r}; mmreward reads "
+                              "*ForSequenceClassification reward models that transformers builds")
     if getattr(config, "num_labels", 1) != 1:
         raw = read_config(folder)
         head = _stored_head(folder, config)

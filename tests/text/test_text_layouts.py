@@ -297,3 +297,16 @@ def test_unused_tensors_are_stated_and_a_config_without_labels_names_the_fix(tmp
     with pytest.raises(CheckpointError, match=r"sets neither num_labels nor id2label, which transformers reads as 2 "
                                               r"labels, but its head score.weight has shape \(1, 32\).*add \"num_labels\": 1"):
         mmreward.load(str(tmp_path / "nolabels"))
+
+
+def test_a_classifier_transformers_cannot_build_is_named(tmp_path):
+    """VideoScore's Idefics2ForSequenceClassification: transformers' raw "Unrecognized configuration class …
+    for this kind of AutoModel" named no folder; now one error naming it and the reason."""
+    folder = tmp_path / "videoscore"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "idefics2", "architectures":
+                                                    ["Idefics2ForSequenceClassification"], "num_labels": 1}))
+    with pytest.raises(CheckpointError, match=r"videoscore: its config.json names Idefics2ForSequenceClassification, "
+                                              r"but transformers has no sequence-classification class for model_type "
+                                              r"'idefics2'"):
+        mmreward.load(str(folder))

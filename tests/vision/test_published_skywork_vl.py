@@ -204,3 +204,19 @@ def test_any_other_remote_code_folder_is_refused_with_the_reason(tmp_path, arch,
                                                       "auto_map": {"AutoModel": "modeling_x.X"}}))
     with pytest.raises(CheckpointError, match=f"{names}.*trust_remote_code"):
         mmreward.load(str(tmp_path))
+
+
+def test_a_qwen_vl_folder_without_value_head_is_refused_before_its_weights_load(folder, tmp_path, monkeypatch):
+    """A plain Qwen-VL folder (a generative judge such as UnifiedReward) loaded its whole backbone (7B on real
+    releases) before saying it had no value head; now said first, naming generative judges."""
+    import transformers
+
+    broken = _copy(folder, tmp_path / "judge")
+    os.remove(os.path.join(broken, "value_head.safetensors"))
+
+    def no_load(*a, **k):
+        raise AssertionError("the backbone was loaded before the value head was looked for")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_load)
+    with pytest.raises(CheckpointError, match="no value_head.safetensors.*generative judge"):
+        mmreward.load(broken)

@@ -177,6 +177,11 @@ def load_skywork_vl(folder: str, *, device: Any = "cpu", dtype: Any = None) -> Q
     from transformers import AutoModel
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if not os.path.isfile(os.path.join(folder, VALUE_HEAD_FILE)):  # said before the (7B) backbone loads
+        raise CheckpointError(f"{folder} has no {VALUE_HEAD_FILE}: a Qwen-VL reward model keeps its value head "
+                              f"({' / '.join(VALUE_HEAD_KEYS)}) there; without it the folder is a plain VLM or a "
+                              "generative judge that writes its verdict as text (UnifiedReward, a VLM-as-a-judge), "
+                              "which mmreward.load does not read")
     processor = QwenVLProcessor.from_pretrained(folder)
     try:
         with quiet_transformers():
