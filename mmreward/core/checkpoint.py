@@ -223,6 +223,7 @@ SNAPSHOT_PREFIX = "checkpoint-"
 SNAPSHOT_STATE = "state"  # <snapshot>/state.safetensors
 KEEP_SNAPSHOTS = 2
 RUN_CONFIG = "train_config.json"  # written when a run starts: its settings and fingerprint
+DIVERGED = "diverged.json"  # written when a run stops on a non-finite number: the step and the error
 
 
 def discard(path: str) -> None:
@@ -581,14 +582,19 @@ def newest_snapshot_step(run: str) -> Optional[int]:
     return found[0][0] if found else None
 
 
-def _run_record(run: str) -> dict:
-    """A run's ``train_config.json`` ({} when it has none readable)."""
+def _read_json_object(path: str) -> dict:
+    """The JSON object in ``path`` ({} when there is none readable)."""
     try:
-        with open(os.path.join(run, RUN_CONFIG), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _run_record(run: str) -> dict:
+    """A run's ``train_config.json`` ({} when it has none readable)."""
+    return _read_json_object(os.path.join(run, RUN_CONFIG))
 
 
 def _run_max_steps(record: dict) -> Optional[int]:
@@ -631,6 +637,11 @@ def run_folder_problem(folder: Union[str, "os.PathLike[str]"]) -> Optional[str]:
             return (f"{folder} is a finished training run that saved no model folder (its trainer writes none): its "
                     f"weights are in its last snapshot, {Snapshots(folder).path(step)}, which is no model either")
         where = f"its newest snapshot is step {step}" if step is not None else "it stopped before its first snapshot"
+        diverged = _read_json_object(os.path.join(folder, DIVERGED))
+        if diverged:  # a --resume would run into the same numbers again (a resume keeps the run's settings)
+            return (f"{folder} is a training run that diverged ({str(diverged.get('error', 'a non-finite number'))[:300]}): "
+                    f"it has no model ({where}); start it again with --overwrite (or in another folder) with a lower "
+                    "learning rate, max_grad_norm set, or the bad example fixed")
         return (f"{folder} is a training run that has not finished: it has no model yet ({where}); rerun its training "
                 "command with the same output folder and --resume to finish it (it continues from its newest "
                 "snapshot), then open this folder")

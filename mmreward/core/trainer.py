@@ -58,10 +58,12 @@ step and the newest snapshot, which holds the last good weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import operator
 import os
+import re
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -72,7 +74,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, Snapshots, fingerprint_text, start_run, unlock_run_folder, write_run_config
+from .checkpoint import (DIVERGED, CheckpointError, Snapshots, atomic_write_text, fingerprint_text, start_run,
+                         unlock_run_folder, write_run_config)
 from .logging import MetricLogger, plot_curves
 from .model import Pretrained
 from .train import GeneratorState, rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
@@ -80,7 +83,7 @@ from .train import GeneratorState, rng_state, seed_everything, set_rng_state, wa
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_DIR = "model"  # <output_dir>/model: the final model
 # what a run of this trainer leaves in output_dir besides its snapshots and train_config.json
-RUN_FILES = ("metrics.csv", "tb", "curves.png", MODEL_DIR)
+RUN_FILES = ("metrics.csv", "tb", "curves.png", MODEL_DIR, DIVERGED)
 
 
 @dataclass
@@ -639,6 +642,8 @@ class Trainer:
                               "settings": self.settings,
                               # whether the run ends by writing model/ (a run without one is finished, not killed)
                               "saves_model": self.save_model is not None or isinstance(self.model, Pretrained)})
+            if os.path.exists(os.path.join(cfg.output_dir, DIVERGED)):  # the run goes on: no longer stopped there
+                os.remove(os.path.join(cfg.output_dir, DIVERGED))
             # rows after the snapshot are cut (all of them without one: a run killed before its first)
             logger = MetricLogger(cfg.output_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else -1,
                                   console_every=max(1, cfg.log_every), quiet=cfg.progress or cfg.log_every == 0)
@@ -670,6 +675,12 @@ class Trainer:
                     if cfg.plot and self.history:
                         self._plot()
                     self._save_final_model()
+        except TrainingDiverged as e:
+            if self.is_main:  # `mmreward.load` / `info` on the folder then say so, not "rerun with --resume"
+                what = re.split(r"; |: nothing of it|: the step was not taken", str(e))[0]  # without the advice
+                atomic_write_text(os.path.join(cfg.output_dir, DIVERGED),
+                                  json.dumps({"steps_done": self.step, "error": what}, indent=2) + "\n")
+            raise
         finally:
             if bar is not None:
                 bar.close()

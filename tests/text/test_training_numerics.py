@@ -46,11 +46,21 @@ def test_a_model_that_diverges_is_not_saved_and_the_last_good_snapshot_is_kept(t
         trainer(out).fit()
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint")) == ["checkpoint-00000001"]
     assert not (out / "model").exists()
+    # the folder says it diverged (it said "rerun with --resume", which runs into the same numbers again)
+    from mmreward.core.checkpoint import run_folder_problem
+
+    problem = run_folder_problem(str(out))
+    assert "diverged" in problem and "--overwrite" in problem and "--resume" not in problem, problem
     # resumed: the good step-1 snapshot is read back (finite weights) and the same step is refused again
     t = trainer(out, resume=True)
     assert t.start() and t.step == 1 and torch.isfinite(t.model.weight).all()
     with pytest.raises(FloatingPointError, match="diverged at step 2"):
         t.fit()
+    assert (out / "diverged.json").exists()
+    # started again (overwrite) with a sane lr: the mark goes with the old run
+    cfg = _cfg(out, max_steps=2, save_every=1, lr=1e-3, overwrite=True)
+    Trainer(_linear(0.5), cfg, [torch.ones(1)] * 4, lambda xs: torch.stack(xs), loss_fn, check_saves=True).fit()
+    assert not (out / "diverged.json").exists() and "diverged" not in run_folder_problem(str(out))
 
 
 def test_non_finite_parameters_are_never_saved_even_without_check_saves(tmp_path):
@@ -93,7 +103,9 @@ def test_reward_model_with_a_huge_lr_leaves_no_nan_model(tmp_path):
     with pytest.raises(FloatingPointError, match="diverged at step 2"):
         train_reward_model(tiny_rm(), keyword_pairs(8, 0), config=quiet(out, max_steps=2, batch_size=2, lr=1e6))
     assert not (out / "model").exists() and not any(p.startswith("checkpoint") for p in os.listdir(out))
-    with pytest.raises(Exception, match="has not finished"):  # named, not opened as a NaN scorer
+    # named, not opened as a NaN scorer, and not sent to --resume (which would run into the same numbers)
+    with pytest.raises(Exception, match=r"diverged \(the model diverged at step 2: its loss on step 2's last "
+                                        r"micro-batch is nan\): it has no model.*--overwrite"):
         mmreward.load(str(out))
 
 
