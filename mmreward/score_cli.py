@@ -123,6 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
                    help="print per-step / per-frame scores (default: on for steps, episodes and videos)")
     p.add_argument("--json", action="store_true", help="print JSON lines (row fields + scores) instead of a table")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--out", help="write the JSON lines (--json's output) to this file instead of printing them; "
                                  "written whole when scoring ends")
     args = p.parse_args(argv)
@@ -179,12 +181,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.core.cli_config import error_at_row
 
     row_name = (lambda i: f"{args.data}: row {i}") if args.data else (lambda i: args.files[i])
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         with torch.no_grad():
-            part_scores = model.score_parts(items, batch_size=args.batch_size) if parts else None
+            part_scores = _scored(model, items, args.batch_size, "score_parts", progress) if parts else None
             scores = model.aggregate_parts(part_scores) if part_scores is not None else None
             if scores is None:
-                scores = model.score(items, batch_size=args.batch_size)
+                scores = _scored(model, items, args.batch_size, "score", progress)
     except (ValueError, TypeError) as e:  # DataError too: "input K" is the K-th scored input; name the file's
         # row or the file (a preference row is two inputs)
         raise error_at_row(e, where, row_name, "score") from None
@@ -195,6 +198,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out[i]["parts" if slot == "score" else f"parts_{slot}"] = _to_list(part_scores[k])
     _print(args, rows, out)
     return 0
+
+
+PROGRESS_CHUNK_BATCHES = 16  # batches per progress update
+
+
+def _scored(model: Any, items: list, batch_size: Optional[int], method: str, progress: bool) -> Any:
+    """``model.score`` / ``model.score_parts`` of ``items``; with ``progress``, a bar on stderr. A model whose
+    ``score`` has its own bar (text RMs: it sorts all inputs by length first) gets one call; others are called
+    on consecutive chunks of whole batches (an error's "input K" counted in ``items``). Models whose batch
+    counts something inside one input (episode rewards) are scored in one call, as without a bar."""
+    import inspect
+
+    import torch
+
+    call = getattr(model, method)
+    if not progress or len(items) <= 1:
+        return call(items, batch_size=batch_size)
+    if "progress" in inspect.signature(call).parameters:
+        return call(items, batch_size=batch_size, progress=True)
+    if not getattr(model, "batch_size_counts_inputs", True):
+        return call(items, batch_size=batch_size)
+    from tqdm.auto import tqdm
+
+    chunk = (batch_size or model.default_batch_size) * PROGRESS_CHUNK_BATCHES
+    out: list = []
+    with tqdm(total=len(items), desc="scoring", unit="input", dynamic_ncols=True, file=sys.stderr) as bar:
+        for start in range(0, len(items), chunk):
+            try:
+                got = call(items[start:start + chunk], batch_size=batch_size)
+            except (ValueError, TypeError) as e:
+                raise _shifted(e, start) from None
+            out += list(got) if method == "score_parts" else [got]
+            bar.update(min(chunk, len(items) - start))
+    return out if method == "score_parts" else torch.cat(out)
+
+
+def _shifted(error: Exception, start: int) -> Exception:
+    """``error`` with its leading "input K" (counted in one chunk) counted from the chunk's ``start``."""
+    import re
+
+    text = re.sub(r"^input (\d+)\b", lambda m: f"input {int(m.group(1)) + start}", str(error), count=1)
+    try:
+        return type(error)(text)
+    except TypeError:  # an exception class with another signature
+        return error
 
 
 def _json_lines(rows: list[dict], out: list[dict]) -> str:

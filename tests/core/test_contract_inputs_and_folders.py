@@ -372,3 +372,34 @@ def test_data_files_with_a_byte_order_mark_are_read(tmp_path):
     jsonl.write_bytes(json.dumps(rows[0]).encode() + b"\n\xef\xbb\xbf" + json.dumps(rows[1]).encode())
     with pytest.raises(Exception, match="line 2"):
         read_records(str(jsonl))
+
+
+def test_score_cli_progress_chunks_give_the_same_scores_and_name_the_row(lin_type, tmp_path, capsys, monkeypatch):
+    """`mmreward score --progress` scores in chunks of whole batches behind a bar on stderr: the same scores as
+    one call, and a model error in a later chunk names the file's row (not the row within its chunk)."""
+    from mmreward.cli import main
+
+    LinRM().save_pretrained(str(tmp_path / "m"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": "p", "response": "a" * (1 + i % 7)}) + "\n" for i in range(40)))
+    base = ["score", "--model", str(tmp_path / "m"), "--data", str(rows), "--json", "--batch-size", "2"]
+    assert main([*base, "--no-progress"]) == 0
+    plain = capsys.readouterr().out
+    assert main([*base, "--progress"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == plain and "40/40" in cap.err
+    real = LinRM._score
+
+    def refuse_long(self, items, batch_size):
+        for k, it in enumerate(items):
+            if len(it.response) == 9:
+                raise ValueError(f"input {k}: response too long")
+        return real(self, items, batch_size)
+
+    monkeypatch.setattr(LinRM, "_score", refuse_long)
+    lines = rows.read_text().splitlines()
+    lines[37] = json.dumps({"prompt": "p", "response": "b" * 9})
+    rows.write_text("\n".join(lines) + "\n")
+    for flag in ("--progress", "--no-progress"):
+        assert main([*base, flag]) == 2
+        assert "rows.jsonl: row 37: response too long" in capsys.readouterr().err
