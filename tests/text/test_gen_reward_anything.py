@@ -93,3 +93,22 @@ def test_principles_list_must_match_the_prompts():
         j.judge_lists(prompts, responses, principles=["p1", None, "p3"])
     with pytest.raises(TypeError, match="principles must be a list of strings, got 'be brief'"):
         j.judge_lists(prompts, responses, principles="be brief")
+
+
+def test_score_of_one_response_off_the_scale_is_no_score():
+    """score() gave a judge's 7 or 100 as the reward (above every answer scored on the 1–5 scale)."""
+    tok = word_tokenizer(['{ } " : , [ ] scores best-to-worst model-1 principle prompt responses good bad q'])
+    j = RewardAnythingJudge(tiny_llama(len(tok), hidden=32, layers=1, heads=2), tok, RewardAnythingConfig(max_new_tokens=4))
+    said = {"a": 4, "b": 7, "c": 100, "d": -2, "e": 1, "f": 5, "g": 2.5}
+
+    def fake_generate(msgs, batch_size=None):
+        out = []
+        for m in msgs:
+            (name, text), = json.loads(m[1]["content"])["responses"].items()
+            out.append([json.dumps({"scores": {name: said[text]}, "best-to-worst": [name]})])
+        return out
+
+    j.runner.generate = fake_generate
+    assert j.score([("q", r) for r in said]).tolist() == [4.0, 0.0, 0.0, 0.0, 1.0, 5.0, 2.5]
+    # the listwise judge reports what the judge said (its accuracy / format rewards read the raw scores)
+    assert j.judge_lists(["q"], [["b"]])[0].tolist() == [7.0]

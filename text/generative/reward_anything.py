@@ -15,7 +15,7 @@ RL rewards (:func:`accuracy_reward`, :func:`format_reward`):
   scores); ``R_format`` = mean of the components, −1 when no JSON object parses.
 
 ``score([TextPair(prompt, response), ...])`` judges each response alone under ``config.principle``:
-its 1–5 score, or 0 (below the scale) when the output gives none.
+its 1–5 score, or 0 (below the scale) when the output gives none or a score off the scale.
 
 Prompt protocols (``RewardAnythingConfig.template``): ``"mmreward"`` (a short system prompt, names
 shuffled with ``seed + query index``, the default) and ``"paper"`` — the system prompt of
@@ -109,6 +109,9 @@ class RewardAnythingConfig:
         if self.template not in RA_TEMPLATES:
             raise ValueError(f"RewardAnythingConfig.template must be one of {sorted(RA_TEMPLATES)}, "
                              f"got {self.template!r}")
+
+
+SCALE = (1.0, 5.0)  # the scores the prompts ask for
 
 
 def build_input(principle: str, prompt: str, responses: Sequence[str], seed: int = 0) -> tuple[str, list[str]]:
@@ -238,6 +241,8 @@ class RewardAnythingJudge(GenerativeJudge):
         prompts = [text_field(it.prompt, f"input {i}: field 'prompt'") for i, it in enumerate(items)]
         responses = [[text_field(it.response, f"input {i}: field 'response'")] for i, it in enumerate(items)]
         v = torch.cat(self.judge_lists(prompts, responses, batch_size=batch_size))  # (N,), NaN: no score
+        # a score off the 1–5 scale (7, 100, -2) is no score on it: 0 like none, not a reward above any answer's
+        v = torch.where((v >= SCALE[0]) & (v <= SCALE[1]), v, torch.full_like(v, float("nan")))
         return torch.nan_to_num(v, nan=0.0).float()
 
     def metrics(self) -> dict:
