@@ -73,6 +73,10 @@ LAYOUTS: list[Layout] = [
            "Math-Shepherd PRM (a causal LM named math-shepherd: P(+) vs P(-) at each 'ки' tag)"),
     Layout("rlhflow-prm", "mmreward.text.prm.published:is_rlhflow_prm", "mmreward.text.prm.published:load_rlhflow_prm",
            "RLHFlow's Llama-3.1 PRMs (a causal LM named …-PRM-Mistral-Data / -Deepseek-Data: P(+) after each step's turn)"),
+    Layout("token-classification-prm", "mmreward.text.prm.published:is_token_classification_prm",
+           "mmreward.text.prm.published:load_token_classification_prm",
+           "a *ForTokenClassification PRM with 2 labels (TRL PRMTrainer): softmax(·)[1] at each step separator "
+           "(newline unless step_separator= is given)"),
     Layout("mmreward-text-rm-v1", "mmreward.text.layouts:is_legacy_folder",
            "mmreward.text.layouts:load_legacy_folder", "text RM saved by mmreward 0.1 (mmreward_reward_model.json)"),
     Layout("qwen2.5-math-rm", "mmreward.text.layouts:is_qwen_math_rm", "mmreward.text.layouts:load_qwen_math_rm",
@@ -110,12 +114,17 @@ LAYOUTS: list[Layout] = [
     Layout("remote-code", "mmreward.core.remote_code:is_remote_code", "mmreward.core.remote_code:refuse_remote_code",
            "any other folder whose model code ships inside it (auto_map): InternLM2 reward models, VisualPRM, "
            "IXC-2.5-Reward …, refused with the reason"),
+    Layout("prm-named-causal-lm-refused", "mmreward.text.prm.published:is_unread_prm",
+           "mmreward.text.prm.published:refuse_unread_prm",
+           "a plain causal LM named like a PRM that no layout above reads (EurusPRM implicit PRMs, GenPRM / "
+           "ThinkPRM generative PRMs, a renamed Math-Shepherd / RLHFlow PRM): refused with the loader to call"),
 ]
 
 
 for _layout in LAYOUTS:
     _layout.transformers_weights = _layout.name in {
-        "qwen2.5-math-prm", "skywork-o1-open-prm", "math-shepherd", "rlhflow-prm", "qwen2.5-math-rm", "armorm",
+        "qwen2.5-math-prm", "skywork-o1-open-prm", "math-shepherd", "rlhflow-prm", "token-classification-prm",
+        "qwen2.5-math-rm", "armorm",
         "headed-decoder-rm", "transformers-sequence-classifier", "skywork-vl-reward", "transformers-clip"}
 
 

@@ -19,7 +19,14 @@ Skywork-o1-Open-PRM    ``architectures``                   ``v_head.summary`` (1
 RLHFlow PRM            a ``*ForCausalLM`` folder whose     ``lm_head.weight`` rows of ``+`` / ``-`` before each
                        name says RLHFlow and PRM           assistant ``+`` of a multi-turn chat (one user turn
                        (``Llama3.1-8B-PRM-*-Data``)        per step): P(+) = softmax over the two logits
+TRL PRMTrainer         ``architectures``                   the classifier ``Linear(H, 2)`` (``score`` /
+                       ``*ForTokenClassification`` with    ``classifier``) at the last token of each step's
+                       2 labels                            separator (default ``\\n``): softmax(·)[1]
 =====================  ==================================  ====================================================
+
+A ``*ForCausalLM`` folder named like a PRM that none of these recognises (``EurusPRM-Stage2``,
+``GenPRM-7B``, ``ThinkPRM-14B``, a renamed Math-Shepherd / RLHFlow checkpoint) is refused with the reason
+and the loader to call, instead of the generic "cannot tell which reward model this is".
 
 Every layout keeps its backbone under ``model.`` and its tokenizer next to ``config.json``; a folder
 missing the tokenizer, the head or the ``model.`` tensors is refused with a message naming what is
@@ -39,7 +46,9 @@ from mmreward.core.model import finish_loading, load_state_strict, read_config
 from mmreward.core.weights import backbone_state, check_shapes, hf_config, read_weights, weight_names
 
 __all__ = ["is_math_shepherd", "load_math_shepherd", "is_qwen_prm", "load_qwen_prm", "is_skywork_prm",
-           "load_skywork_prm", "is_rlhflow_prm", "load_rlhflow_prm", "QWEN_PRM_SYSTEM"]
+           "load_skywork_prm", "is_rlhflow_prm", "load_rlhflow_prm", "is_token_classification_prm",
+           "load_token_classification_prm", "is_unread_prm", "refuse_unread_prm", "QWEN_PRM_SYSTEM",
+           "TRL_STEP_SEPARATOR"]
 
 # the system turn of the Qwen2.5-Math-PRM model card's example
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -93,7 +102,7 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
     must be the backbone under ``model.`` (keys starting with one of ``ignore`` are dropped)."""
     from transformers import AutoModel
 
-    from .model import PRMConfig, ProcessRewardModel, building_for_weights, weights_dtype
+    from .model import PRMConfig, ProcessRewardModel, _drop_pooler, building_for_weights, weights_dtype
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     raw = read_config(folder)
@@ -110,7 +119,7 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
     state = head_state(weights, raw, tok, cfg, folder)
     backbone = backbone_state(weights, folder, layout, ignore)
     with building_for_weights(dtype_of_weights):
-        base = AutoModel.from_config(hf_cfg)
+        base = _drop_pooler(AutoModel.from_config(hf_cfg))  # an encoder's pooler is not part of a token classifier
         cfg.backbone = base.config.to_dict()
         model = ProcessRewardModel(cfg, tok, backbone=base)
     missing = sorted(f"model.{k}" for k in base.state_dict() if f"backbone.{k}" not in backbone)
@@ -232,3 +241,134 @@ def load_rlhflow_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
     (RLHF-Reward-Modeling ``math/prm_evaluate.py``). One forward scores every step."""
     return _load(folder, "RLHFlow PRM", device=device, dtype=dtype, head="lm", input_format="rlhflow_prm",
                  head_state=_lm_label_head, step_tag="+", step_separator=" ", good_token="+", bad_token="-")
+
+
+# ------------------------------------------------------------------ TRL PRMTrainer: token classification
+TRL_STEP_SEPARATOR = "\n"  # trl.PRMConfig.step_separator's default (the folder does not record it)
+
+
+def _num_labels(config: dict) -> int:
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    n = config.get("num_labels")
+    return n if isinstance(n, int) and not isinstance(n, bool) else 2  # transformers' default
+
+
+def is_token_classification_prm(folder: str, config: Optional[dict]) -> bool:
+    """A transformers ``*ForTokenClassification`` folder (TRL's ``PRMTrainer`` trains and saves one):
+    the loader refuses one without 2 labels, naming its count."""
+    return any(a.endswith("ForTokenClassification") for a in _architectures(config))
+
+
+def _token_classifier_layout(raw: dict, folder: str) -> tuple[str, list[str]]:
+    """(base_model_prefix, head tensor names) of the folder's token classifier, from its class built on
+    the meta device (no weights, no code from the folder)."""
+    from transformers import AutoModelForTokenClassification
+
+    from mmreward.core.weights import quiet_transformers
+
+    cfg = hf_config(raw, folder)
+    try:
+        with torch.device("meta"), quiet_transformers():
+            model = AutoModelForTokenClassification.from_config(cfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}/config.json: transformers has no token classifier for model_type "
+                              f"{raw.get('model_type')!r}: {e}") from e
+    prefix = model.base_model_prefix
+    return prefix, sorted(k for k in model.state_dict() if not k.startswith(prefix + "."))
+
+
+def load_token_classification_prm(folder: str, *, device: Any = "cpu", dtype: Any = None,
+                                  step_separator: str = TRL_STEP_SEPARATOR):
+    """A 2-label ``*ForTokenClassification`` PRM as TRL's ``PRMTrainer`` trains it: the input is [BOS, when
+    the tokenizer has one] + problem + Σ (step + ``step_separator``), every piece tokenized on its own
+    without special tokens (``PRMTrainer.tokenize_row``), and a step's score is softmax(logits)[1] (label
+    ``True``) at its separator's last token. The separator is TRL's ``PRMConfig.step_separator`` of the run
+    (default ``"\\n"``), which the folder does not record: pass the run's own if it was another
+    (``mmreward.load(folder, step_separator="\\n\\n")``).
+
+    The classifier's two rows become one value head (sigmoid(h·(w₁ − w₀) + b₁ − b₀) = softmax(h·W + b)[1])."""
+    if not isinstance(step_separator, str) or not step_separator:
+        raise ValueError(f"step_separator must be a non-empty str (trl PRMConfig.step_separator), got {step_separator!r}")
+    raw = read_config(folder)
+    n = _num_labels(raw)
+    archs = _architectures(raw)
+    if n != 2:
+        raise CheckpointError(f"{folder}: {archs[0] if archs else 'the token classifier'} has {n} label{'' if n == 1 else 's'}; a process "
+                              "reward model trained as token classification (TRL PRMTrainer) has 2 (step wrong / right)")
+    good = _good_label(raw, folder)
+    prefix, head_names = _token_classifier_layout(raw, folder)
+    weight_name = next((k for k in head_names if k.endswith(".weight")), None)
+    bias_name = next((k for k in head_names if k.endswith(".bias")), None)
+    if weight_name is None or len(head_names) > 2 or (bias_name and bias_name.rsplit(".", 1)[0] != weight_name.rsplit(".", 1)[0]):
+        raise CheckpointError(f"{folder}: the head of {archs[0] if archs else 'this token classifier'} has tensors "
+                              f"{head_names}; mmreward reads a token-classification PRM whose head is one Linear(H, 2)")
+
+    def head_state(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
+        names = (weight_name,) + ((bias_name,) if bias_name else ())
+        taken = _take(weights, names, folder, f"token classifier head ({' / '.join(names)})")
+        w = taken[0]
+        _check_head_shape(w, (2, -1), weight_name, raw, folder)
+        if bias_name:
+            _check_head_shape(taken[1], (2,), bias_name, raw, folder)
+            b = taken[1][good] - taken[1][1 - good]
+        else:
+            b = torch.zeros((), dtype=w.dtype)
+        if prefix != "model":  # GPT-2's transformer.*, BERT's bert.*: the shared loader reads model.*
+            if any(k.startswith("model.") for k in weights):
+                raise CheckpointError(f"{folder}: tensors under both '{prefix}.' (its backbone) and 'model.'")
+            for k in [k for k in weights if k.startswith(prefix + ".")]:
+                weights["model." + k[len(prefix) + 1:]] = weights.pop(k)
+        return {"value_weight": (w[good] - w[1 - good]).clone(), "value_bias": b.reshape(()).clone()}
+
+    tok = _tokenizer(folder, "token-classification PRM")
+    if tok.bos_token_id is None and getattr(tok, "cls_token_id", None) is not None:
+        raise CheckpointError(f"{folder}: its tokenizer has a CLS token but no BOS; TRL's PRMTrainer starts the input "
+                              "with BOS only, mmreward's step format with BOS or else CLS, so the scores would differ")
+    if not tok.encode(step_separator, add_special_tokens=False):
+        raise ValueError(f"step_separator {step_separator!r} encodes to no tokens with {folder}'s tokenizer")
+    # the mmreward format with no text between the problem and the first step, and the separator as each
+    # step's tag, is tokenize_row's sequence token for token
+    return _load(folder, "token-classification PRM", device=device, dtype=dtype, head="value", input_format="mmreward",
+                 head_state=head_state, step_tag=step_separator, step_separator="")
+
+
+_GOOD_NAMES = {"1", "true", "correct", "good", "positive", "pos", "+", "right", "yes"}
+_BAD_NAMES = {"0", "false", "incorrect", "wrong", "bad", "negative", "neg", "-", "no", "error"}
+
+
+def _good_label(raw: dict, folder: str) -> int:
+    """The label index of a right step: 1 as TRL trains it (labels False / True; ``id2label`` LABEL_0 /
+    LABEL_1), or the index ``id2label`` names as right when it names the labels (a model saved with
+    {0: "correct", 1: "incorrect"} would otherwise be read upside down); names it cannot tell apart are refused."""
+    id2label = raw.get("id2label")
+    if not isinstance(id2label, dict) or len(id2label) != 2:
+        return 1
+    names = {int(k): str(v).strip().lower() for k, v in id2label.items() if str(k).lstrip("-").isdigit()}
+    if set(names) != {0, 1} or all(v in (f"label_{i}",) for i, v in names.items()):
+        return 1
+    good = [i for i, v in names.items() if v in _GOOD_NAMES]
+    bad = [i for i, v in names.items() if v in _BAD_NAMES]
+    if len(good) == 1 and len(bad) == 1 and good != bad:
+        return good[0]
+    raise CheckpointError(f"{folder}: config.json's id2label {id2label} does not say which label is a right step "
+                          f"(names such as {sorted(_GOOD_NAMES - {'1', '+'})[:4]} / {sorted(_BAD_NAMES - {'0', '-'})[:4]})")
+
+
+# ------------------------------------------------------------------ causal LMs named like a PRM, not read
+def is_unread_prm(folder: str, config: Optional[dict]) -> bool:
+    """A plain ``*ForCausalLM`` folder whose name says PRM that no PRM layout above recognised: its scoring
+    rule (label tokens, chat format, reference model, generated critique) cannot be told from the folder."""
+    return _causal_lm(config) and any("prm" in n for n in _names(folder, config))
+
+
+def refuse_unread_prm(folder: str, *, device: Any = "cpu", dtype: Any = None, **_: Any):
+    arch = _architectures(read_config(folder))[0]
+    raise CheckpointError(
+        f"{folder}: a plain {arch} named like a process reward model; its scoring rule is not in the folder, so "
+        "mmreward.load does not guess it. A Math-Shepherd checkpoint under another name: "
+        "mmreward.text.prm.load_math_shepherd(folder); an RLHFlow Llama3.1-8B-PRM-* one: "
+        "mmreward.text.prm.published.load_rlhflow_prm(folder); your own: ProcessRewardModel.from_backbone(...). "
+        "Implicit PRMs (PRIME's EurusPRM: beta * log(pi/pi_ref) per token, which needs the reference model) and "
+        "generative PRMs (GenPRM, ThinkPRM: they write a verification) are not read by mmreward.load")
