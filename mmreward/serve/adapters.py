@@ -6,9 +6,10 @@
     rm = TRLRewardFunction("runs/rm")                         # a model folder, loaded here
     rm = TRLRewardFunction("http://127.0.0.1:8000")           # or a server (batched with other workers)
 
-    # OpenRLHF (--remote_rm_url reward_func.py holding `reward_func = OpenRLHFRewardFunction(...)`):
-    # (queries, prompts, labels) -> {"rewards": [...], "scores": [...], "extra_logs": {}}
-    reward_func = OpenRLHFRewardFunction("http://rm-host:8000", api_key=os.environ["RM_KEY"])
+    # OpenRLHF (--reward.remote_url / --remote_rm_url reward_func.py holding `reward_func = ...`):
+    # (queries, prompts, labels) -> {"rewards": [...], "scores": [...], "extra_logs": {}}; as_function(): a plain
+    # function, which OpenRLHF 0.7.1 - 0.9.0 need (they hand it to ray.remote)
+    reward_func = OpenRLHFRewardFunction("http://rm-host:8000", api_key=os.environ["RM_KEY"]).as_function()
 
     # verl (custom_reward_function.path=reward.py, .name=compute_score), per sample or batched:
     compute_score = VerlRewardFunction("http://rm-host:8000")   # the prompt from extra_info["question"]
@@ -29,7 +30,7 @@ import json
 import time
 from typing import Any, Optional, Sequence
 
-from mmreward.core.inputs import StepSolution
+from mmreward.core.inputs import StepSolution, TextPair
 
 from .protocol import OUTPUTS, ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_response, parse_refine, \
     refine_parts, text_input
@@ -451,6 +452,17 @@ class _Rewarder:
             self._spec = ModelSpec.from_json(self.client.info()) if self.client else ModelSpec.of(self.model)
         return self._spec
 
+    def text_spec(self) -> ModelSpec:
+        """:attr:`spec`, checked to be a model trainers' text reaches (a text RM / judge, or a step model): any
+        other is one error naming this adapter, not a protocol message about an endpoint or a query's prompt."""
+        spec = self.spec
+        if TextPair not in spec.input_types and StepSolution not in spec.input_types:
+            raise ValueError(f"{type(self).__name__} gives the model the trainer's text (prompt and response), but "
+                             f"the model scores {spec.names()}: use /score (RewardClient.score) for such inputs; a "
+                             "trainer's reward function needs a text reward model / judge (TextPair) or a step "
+                             "model (StepSolution)")
+        return spec
+
     def refine(self) -> Optional[dict]:
         return parse_refine(self._refine, self.spec)
 
@@ -488,19 +500,27 @@ class TRLRewardFunction(_Rewarder):
             raise ValueError(f"name must be a non-empty string (TRL logs rewards/<name>), got {name!r}")
         self.__name__ = name
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
+    def __call__(self, /, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
+        # self is positional-only: TRL passes every dataset column as a keyword, and a column named "self" must
+        # land in kwargs, not fail the step with "got multiple values for argument 'self'"
         prompts, completions = as_batch(prompts, "prompts"), as_batch(completions, "completions")
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
-        spec = self.spec
+        spec = self.text_spec()
         return self.rewards_of([text_input(p, c, spec, self.step_separator, f"completion {i}")
                                 for i, (p, c) in enumerate(zip(prompts, completions))])
 
 
 class OpenRLHFRewardFunction(_Rewarder):
-    """OpenRLHF's ``reward_func(queries, prompts, labels)``: put ``reward_func = OpenRLHFRewardFunction(...)``
-    in a ``.py`` file and pass it as ``--remote_rm_url``. Answers what ``POST /get_reward`` answers.
-    ``split``: score (prompt, response) instead of the whole query (step models always split)."""
+    """OpenRLHF's ``reward_func(queries, prompts, labels)``: put ``reward_func = OpenRLHFRewardFunction(...)
+    .as_function()`` in a ``.py`` file and pass it as ``--reward.remote_url`` (``--remote_rm_url`` before
+    0.11). Answers what ``POST /get_reward`` answers. ``split``: score (prompt, response) instead of the whole
+    query (step models always split).
+
+    OpenRLHF 0.9.1+ (and before 0.7.1) calls the object in the file as it is; 0.7.1 - 0.9.0 wrap it in
+    ``ray.remote(reward_func)``, which takes only a plain function (an instance is "TypeError: The @ray.remote
+    decorator must be applied to either a function or a class" at startup): :meth:`as_function` is one, for
+    every release."""
 
     def __init__(self, model: Any, *, api_key: Optional[str] = None, device: str = "cpu",
                  batch_size: Optional[int] = None, step_separator: str = "\n\n", refine: Optional[dict] = None,
@@ -512,8 +532,10 @@ class OpenRLHFRewardFunction(_Rewarder):
                              "(mmreward serve --refine-clip / --refine-delta / --openrlhf-split / --step-separator)")
         self.split = split
 
-    def __call__(self, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
-                 labels: Optional[Sequence[Any]] = None) -> dict:
+    def __call__(self, /, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
+                 labels: Optional[Sequence[Any]] = None, **kwargs: Any) -> dict:
+        # OpenRLHF's reward_func convention is reward_func(queries, prompts, labels, **kwargs): keyword arguments
+        # a release adds are accepted and ignored, as TRL's and verl's are
         queries = as_batch(queries, "queries")
         prompts = None if prompts is None else as_batch(prompts, "prompts")
         labels = None if labels is None else as_batch(labels, "labels")
@@ -524,10 +546,26 @@ class OpenRLHFRewardFunction(_Rewarder):
             raise ValueError(f"got {len(queries)} queries but {len(labels)} labels")
         if not queries:
             return openrlhf_response([])
+        spec = self.text_spec()  # a server's asked once (its /info); its /get_reward would blame the queries
         if self.client is not None:
             return self.client.get_reward(queries, prompts, _labels_json(labels))
-        items = openrlhf_inputs(queries, prompts, self.spec, self.step_separator, self.split)
+        items = openrlhf_inputs(queries, prompts, spec, self.step_separator, self.split)
         return openrlhf_response(self.local_rewards(items))
+
+    def as_function(self) -> Any:
+        """This reward function as a plain Python function ``reward_func(queries, prompts=None, labels=None,
+        **kwargs) -> dict``: what OpenRLHF 0.7.1 - 0.9.0 need (they pass the file's ``reward_func`` to
+        ``ray.remote``, which refuses callable objects; Ray's cloudpickle carries the function, and this object
+        with it, to its workers). Later releases take either."""
+        rewarder = self
+
+        def reward_func(queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
+                        labels: Optional[Sequence[Any]] = None, **kwargs: Any) -> dict:
+            return rewarder(queries, prompts, labels, **kwargs)
+
+        reward_func.__doc__ = f"OpenRLHF reward_func over {type(self).__name__}"
+        reward_func.reward_function = self  # the object behind it (its client, model and settings)
+        return reward_func
 
 
 class VerlRewardFunction(_Rewarder):
@@ -569,14 +607,14 @@ class VerlRewardFunction(_Rewarder):
             extra_infos = [None] * len(solution_strs)
         if len(extra_infos) != len(solution_strs):
             raise ValueError(f"got {len(solution_strs)} solutions but {len(extra_infos)} extra_infos")
-        spec = self.spec
+        spec = self.text_spec()
         rewards = self.rewards_of([text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
                                    for i, (s, x) in enumerate(zip(solution_strs, extra_infos))])
         # verl writes each reward into a float tensor (reward_tensor[i, last] = reward): None, TRL's "no reward",
         # fails there with "can't assign a NoneType"; a non-finite reward is NaN, as the model gave it
         return [float("nan") if r is None else r for r in rewards]
 
-    def __call__(self, data_source: Any = None, solution_str: Any = None, ground_truth: Any = None,
+    def __call__(self, /, data_source: Any = None, solution_str: Any = None, ground_truth: Any = None,
                  extra_info: Any = None, *, data_sources: Any = None, solution_strs: Optional[Sequence[Any]] = None,
                  ground_truths: Any = None, extra_infos: Optional[Sequence[Any]] = None, **kwargs: Any) -> Any:
         if solution_strs is not None:  # BatchRewardManager
