@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from typing import Any, Optional, Sequence
 
-from mmreward.core.inputs import StepSolution, TextPair
+from mmreward.core.data import DataError
+from mmreward.core.inputs import Conversation, StepSolution, TextPair, VisualSteps
+from mmreward.core.inputs import _message as _chat_turn
 
-from .protocol import OUTPUTS, ModelSpec, finite, load_model, openrlhf_inputs, openrlhf_response, parse_refine, \
-    refine_parts, text_input
+from .protocol import OUTPUTS, ModelSpec, fill_missing, finite, load_model, missing_indices, openrlhf_inputs, \
+    openrlhf_response, parse_refine, refine_parts, split_steps, text_input
 
 
 _ROUTES = ("/score", "/get_reward", "/info", "/healthz", "/metrics")
@@ -486,19 +489,144 @@ class _Rewarder:
         return self.client.score(items, output="parts" if refine else "scores", refine=refine)["scores"]
 
 
+def _split_images(message: Any, where: str) -> tuple[Any, list, int]:
+    """One chat turn whose content may be a list of parts (TRL's multimodal prompts: ``{"type": "image",
+    "image": <PIL>}`` and ``{"type": "text", "text": ...}``) → (the turn with its text parts joined as one
+    string, its images in order, its count of image placeholders without an image)."""
+    if not isinstance(message, dict) or not isinstance(message.get("content"), (list, tuple)):
+        return message, [], 0
+    images, placeholders, texts = [], 0, []
+    for part in message["content"]:
+        if isinstance(part, dict) and part.get("type") == "image":
+            if part.get("image") is not None:
+                images.append(part["image"])
+            else:
+                placeholders += 1
+        else:
+            texts.append(part)
+    content = _chat_turn({**message, "content": texts}, where)["content"] if texts else ""
+    return {**message, "content": content}, images, placeholders
+
+
+def _column_images(value: Any, where: str) -> list:
+    """A sample's entry of TRL's ``images`` / ``image`` column: None (no image), one image or a list."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        if any(v is None for v in value):
+            raise ValueError(f"{where} holds None among its images")
+        return list(value)
+    return [value]
+
+
+def _trl_messages(value: Any, role: str, where: str) -> tuple[list, list, int]:
+    """A TRL prompt / completion (a string, None for no prompt, or chat messages) → (messages with string
+    contents, the images of their image parts, the count of image placeholders without an image)."""
+    if value is None:
+        return [], [], 0
+    if isinstance(value, str):
+        return ([{"role": role, "content": value}] if value or role == "assistant" else []), [], 0
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(m, dict) for m in value):
+        raise ValueError(f"{where} must be a string or a list of messages {{'role': str, 'content': str | parts}}, "
+                         f"got {type(value).__name__}")
+    messages, images, placeholders = [], [], 0
+    for j, m in enumerate(value):
+        turn, found, empty = _split_images(m, f"{where}[{j}]")
+        messages.append(_chat_turn(turn, f"{where}[{j}]"))
+        images += found
+        placeholders += empty
+    return messages, images, placeholders
+
+
 class TRLRewardFunction(_Rewarder):
     """A TRL ``reward_funcs`` entry: ``fn(prompts, completions, **kwargs) -> list[float]`` (standard or
     conversational prompts / completions; TRL's other keyword arguments are accepted and ignored).
-    ``name`` is the name TRL logs the reward under (``rewards/<name>``)."""
+    ``name`` is the name TRL logs the reward under (``rewards/<name>``).
+
+    Over a VLM reward model (one that scores :class:`Conversation`) each sample is scored as
+    ``Conversation(prompt + completion, images)``, over a VisualPRM (:class:`VisualSteps`) as
+    ``VisualSteps(last user text, completion cut at step_separator, images)``; the images are those of the
+    prompt's image parts (TRL puts the dataset's images there for a VLM policy), else the dataset's
+    ``images`` / ``image`` column that TRL passes as a keyword. A sample without images is an error unless
+    ``require_images=False``; :meth:`inputs` shows what a call scores."""
 
     def __init__(self, model: Any, *, name: str = "mmreward", api_key: Optional[str] = None, device: str = "cpu",
                  batch_size: Optional[int] = None, step_separator: str = "\n\n", refine: Optional[dict] = None,
-                 timeout: float = 120.0):
+                 timeout: float = 120.0, require_images: bool = True):
+        if not isinstance(require_images, bool):
+            raise TypeError(f"require_images must be True or False, got {require_images!r}")
         super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
                          refine=refine, timeout=timeout)
         if not isinstance(name, str) or not name:  # TRL logs the reward as rewards/<name>
             raise ValueError(f"name must be a non-empty string (TRL logs rewards/<name>), got {name!r}")
         self.__name__ = name
+        self.require_images = require_images
+
+    def _image_input(self) -> Optional[type]:
+        """:class:`Conversation` / :class:`VisualSteps` for a model that scores images with the text (a VLM RM,
+        a VisualPRM), else None (a text model: :func:`text_input`)."""
+        types = self.spec.input_types
+        if TextPair in types or StepSolution in types:
+            return None
+        return Conversation if Conversation in types else VisualSteps if VisualSteps in types else None
+
+    def _conversations(self, prompts: list, completions: list, kwargs: dict) -> list:
+        """TRL's prompts, completions and image column → one :class:`Conversation` (a VLM RM) or
+        :class:`VisualSteps` (a VisualPRM: the last user turn's text, the completion cut into steps) per sample."""
+        kind = self._image_input()
+        column_name = "images" if kwargs.get("images") is not None else "image" if kwargs.get("image") is not None \
+            else None
+        column = None
+        if column_name is not None:
+            column = as_batch(kwargs[column_name], column_name)
+            if len(column) != len(prompts):
+                raise ValueError(f"got {len(prompts)} prompts but {len(column)} entries in the {column_name!r} column")
+        items = []
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            where = f"completion {i}"
+            turns, images, placeholders = _trl_messages(p, "user", f"prompts[{i}]")
+            reply, reply_images, reply_placeholders = _trl_messages(c, "assistant", f"completions[{i}]")
+            images, placeholders = images + reply_images, placeholders + reply_placeholders
+            given = [] if column is None else _column_images(column[i], f"{column_name}[{i}]")
+            if images and placeholders:
+                raise ValueError(f"{where}: its prompt holds {len(images)} image(s) and {placeholders} image "
+                                 "placeholder(s) without an image; give every {'type': 'image'} part its image")
+            if images and given and len(given) != len(images):
+                raise ValueError(f"{where}: its prompt holds {len(images)} image(s) but {column_name}[{i}] has "
+                                 f"{len(given)}; they must be the same images")
+            if placeholders and len(given) != placeholders:
+                raise ValueError(f"{where}: its prompt has {placeholders} image placeholder(s) but "
+                                 + (f"{column_name}[{i}] has {len(given)} image(s)" if column is not None else
+                                    "no 'images' / 'image' column was passed"))
+            images = images or given
+            if not images and self.require_images:
+                raise ValueError(
+                    f"{where}: the reward model reads images (it scores {kind.__name__}) but sample "
+                    f"{i} has none: " + (f"{column_name}[{i}] is {column[i]!r:.40}" if column is not None else
+                                         "TRL passed no 'images' / 'image' column and its prompt has no image parts")
+                    + "; give the dataset an 'image' or 'images' column (TRL passes it to reward functions), or "
+                    "require_images=False to score text-only samples")
+            try:
+                if kind is VisualSteps:  # the question is what the user asked last; the completion cut into steps
+                    users = [m["content"] for m in turns if m.get("role") == "user"]
+                    question = users[-1] if users else "\n".join(m["content"] for m in turns)
+                    answer = "\n".join(m["content"] for m in reply if m.get("role") == "assistant") or \
+                        "\n".join(m["content"] for m in reply)
+                    items.append(VisualSteps.from_record({"question": question, "steps": split_steps(
+                        answer, self.step_separator), "images": images}, where))
+                else:
+                    items.append(Conversation.from_record({"messages": [*turns, *reply], "images": images}, where))
+            except DataError as e:
+                raise ValueError(str(e)) from None
+        return items
+
+    def inputs(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list:
+        """The :class:`Conversation` / :class:`VisualSteps` inputs a call with these arguments scores (for a
+        model that reads images)."""
+        prompts, completions = as_batch(prompts, "prompts"), as_batch(completions, "completions")
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        return self._conversations(prompts, completions, kwargs)
 
     def __call__(self, /, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
         # self is positional-only: TRL passes every dataset column as a keyword, and a column named "self" must
@@ -506,6 +634,8 @@ class TRLRewardFunction(_Rewarder):
         prompts, completions = as_batch(prompts, "prompts"), as_batch(completions, "completions")
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        if self._image_input() is not None:  # a VLM RM / VisualPRM: the prompt, the completion and the sample's images
+            return self.rewards_of(self._conversations(prompts, completions, kwargs))
         spec = self.text_spec()
         return self.rewards_of([text_input(p, c, spec, self.step_separator, f"completion {i}")
                                 for i, (p, c) in enumerate(zip(prompts, completions))])
@@ -524,13 +654,39 @@ class OpenRLHFRewardFunction(_Rewarder):
 
     def __init__(self, model: Any, *, api_key: Optional[str] = None, device: str = "cpu",
                  batch_size: Optional[int] = None, step_separator: str = "\n\n", refine: Optional[dict] = None,
-                 split: bool = False, timeout: float = 180.0):
+                 split: bool = False, timeout: float = 180.0, missing_reward: Optional[float] = None):
+        if missing_reward is not None and (isinstance(missing_reward, bool) or not isinstance(
+                missing_reward, (int, float)) or not math.isfinite(missing_reward)):
+            raise ValueError(f"missing_reward must be a finite number or None, got {missing_reward!r}")
         super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
                          refine=refine, timeout=timeout)
         if self.client is not None and (refine or split or step_separator != "\n\n"):
             raise ValueError("refine / split / step_separator of a server are set where it runs "
                              "(mmreward serve --refine-clip / --refine-delta / --openrlhf-split / --step-separator)")
         self.split = split
+        self.missing_reward = None if missing_reward is None else float(missing_reward)
+        self._warned_missing = False
+
+    def _fill(self, answer: dict, queries: list) -> dict:
+        """``answer`` with the rewards that are None (no finite reward) set to ``missing_reward``; without it,
+        one warning (per reward function) naming the first such query: OpenRLHF cannot read None."""
+        missing = missing_indices(answer.get("rewards", []))
+        if not missing:
+            return answer
+        if self.missing_reward is not None:
+            return {**answer, **{k: fill_missing(answer[k], self.missing_reward) for k in ("rewards", "scores")
+                                 if isinstance(answer.get(k), list)}}
+        if not self._warned_missing:
+            self._warned_missing = True
+            import warnings
+
+            warnings.warn(f"{type(self).__name__}: query {missing[0]} {str(queries[missing[0]])[:80]!r} ({len(missing)} "
+                          f"of {len(answer['rewards'])} in "
+                          "this batch) has no finite reward and is returned as None, which OpenRLHF cannot read "
+                          "(torch.tensor of the rewards fails: 'Could not infer dtype of NoneType'); pass "
+                          "missing_reward=VALUE (e.g. -1.0) to return that instead. Warned once.", RuntimeWarning,
+                          stacklevel=3)
+        return answer
 
     def __call__(self, /, queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
                  labels: Optional[Sequence[Any]] = None, **kwargs: Any) -> dict:
@@ -548,9 +704,9 @@ class OpenRLHFRewardFunction(_Rewarder):
             return openrlhf_response([])
         spec = self.text_spec()  # a server's asked once (its /info); its /get_reward would blame the queries
         if self.client is not None:
-            return self.client.get_reward(queries, prompts, _labels_json(labels))
+            return self._fill(self.client.get_reward(queries, prompts, _labels_json(labels)), queries)
         items = openrlhf_inputs(queries, prompts, spec, self.step_separator, self.split)
-        return openrlhf_response(self.local_rewards(items))
+        return self._fill(openrlhf_response(self.local_rewards(items)), queries)
 
     def as_function(self) -> Any:
         """This reward function as a plain Python function ``reward_func(queries, prompts=None, labels=None,

@@ -39,8 +39,8 @@ from mmreward.core.inputs import TextPair
 from .batcher import DynamicBatcher, InputRejected, ModelFailure, QueueFull, WorkerDown
 from .config import ServeConfig
 from .metrics import ServeMetrics
-from .protocol import ModelSpec, RequestError, load_model, openrlhf_response, parse_image_upload, parse_json, \
-    parse_openrlhf, parse_score_request, score_response
+from .protocol import ModelSpec, RequestError, finite, load_model, missing_indices, openrlhf_response, \
+    parse_image_upload, parse_json, parse_openrlhf, parse_score_request, score_response
 
 logger = logging.getLogger("mmreward.serve")
 _JSON_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a thread, off the event loop
@@ -134,6 +134,8 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
     """The FastAPI app serving ``backend`` under ``config``'s limits and API key."""
     spec: ModelSpec = backend.spec
     metrics: ServeMetrics = backend.metrics
+    missing_rewards = metrics.missing_rewards
+    warned: list = []  # the null-reward warning is logged once per server
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
@@ -215,12 +217,25 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
     async def get_reward(request: Request):
         async def work():
             check_query(request)
-            items = parse_openrlhf(await read_json(request), spec, config)
+            data = await read_json(request)
+            items = parse_openrlhf(data, spec, config)
             refine = config.refine if spec.has_parts and TextPair not in spec.input_types else None
             results = await until_disconnect(request, backend.score(items, "parts" if refine else "scores"))
             metrics.items.inc(len(items))
-            return JSONResponse(openrlhf_response(score_response(results, "parts", refine)["scores"] if refine
-                                                  else results))
+            rewards = finite(score_response(results, "parts", refine)["scores"] if refine else results)
+            missing = missing_indices(rewards)
+            if missing:
+                filled = config.missing_reward is not None
+                missing_rewards.inc(len(missing), endpoint="/get_reward", filled=str(filled).lower())
+                if not filled and not warned:
+                    warned.append(True)
+                    logger.warning(
+                        "/get_reward: query %d %.80r (of %d in this request%s) has no finite reward and is answered "
+                        "null, which OpenRLHF cannot read (torch.tensor of the rewards fails: 'Could not infer "
+                        "dtype of NoneType'); serve with --missing-reward VALUE (e.g. -1.0) to send that instead. "
+                        "Warned once; mmreward_serve_missing_rewards_total counts them.", missing[0],
+                        data["query"][missing[0]], len(rewards), f", {len(missing)} such" if len(missing) > 1 else "")
+            return JSONResponse(openrlhf_response(rewards, config.missing_reward))
 
         return await handle("/get_reward", request, work)
 

@@ -71,6 +71,10 @@ class ServeConfig:
     refine_delta: bool = field(default=False, metadata={
         "help": "/get_reward with a step model: Delta refinement r_k - r_(k+1) of the step scores"})
     refine_gamma: float = field(default=1.0, metadata={"help": "discount of the refined returns-to-go"})
+    missing_reward: Optional[float] = field(default=None, metadata={
+        "help": "/get_reward: the reward sent for an input the model gives no finite reward (a judge without a "
+                "verdict, a PRM solution with no scored step); default none: null, which OpenRLHF cannot read "
+                "(its torch.tensor(rewards) fails), so set it when serving OpenRLHF, e.g. -1.0"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 503 when the queue is full"})
     shutdown_timeout_s: float = field(default=30.0, metadata={
         "help": "on SIGTERM, how long in-flight requests may take before the server stops anyway"})
@@ -99,6 +103,8 @@ class ServeConfig:
                                  f"{value!r} MB is {int(value * 2**20)} bytes, too small for any request")
         if self.refine_clip is not None and not math.isfinite(self.refine_clip):
             raise ValueError(f"refine_clip must be a finite number or None, got {self.refine_clip!r}")
+        if self.missing_reward is not None and not math.isfinite(self.missing_reward):
+            raise ValueError(f"missing_reward must be a finite number or None, got {self.missing_reward!r}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_queue < self.max_items:

@@ -114,8 +114,11 @@ class ServeMetrics:
         self.forward = Histogram(p + "forward_seconds", "time of one model forward (seconds)", LATENCY_BUCKETS)
         self.queue_wait = Histogram(p + "queue_wait_seconds", "time a request waits before its forward starts",
                                     LATENCY_BUCKETS)
+        self.missing_rewards = Counter(p + "missing_rewards_total", "rewards that were not finite on /get_reward, by "
+                                       "whether --missing-reward filled them (filled=true) or they went out as null "
+                                       "(filled=false)")
         self._metrics: list = [self.requests, self.errors, self.items, self.cancelled, self.latency,
-                               self.batch_size, self.forward, self.queue_wait]
+                               self.batch_size, self.forward, self.queue_wait, self.missing_rewards]
         if queue_depth is not None:
             self._metrics.append(Gauge(p + "queue_depth", "inputs waiting for a forward", queue_depth))
 

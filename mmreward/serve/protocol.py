@@ -582,12 +582,27 @@ def openrlhf_inputs(queries: Sequence[Any], prompts: Optional[Sequence[Any]], sp
     return items
 
 
-def openrlhf_response(rewards: list) -> dict:
-    rewards = finite(rewards)
+def openrlhf_response(rewards: list, missing_reward: Optional[float] = None) -> dict:
+    """OpenRLHF's answer ``{"rewards", "scores", "extra_logs"}``: a non-finite reward is null, or
+    ``missing_reward`` when given (OpenRLHF puts the rewards in ``torch.tensor``, which cannot read null)."""
+    rewards = fill_missing(finite(rewards), missing_reward)
     return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
 
 
+def missing_indices(rewards: Sequence[Any]) -> list:
+    """The indices of the rewards that are None (no finite reward)."""
+    return [i for i, r in enumerate(rewards) if r is None]
+
+
+def fill_missing(rewards: list, missing_reward: Optional[float]) -> list:
+    """``rewards`` with each None replaced by ``missing_reward`` (unchanged when it is None)."""
+    if missing_reward is None:
+        return rewards
+    return [float(missing_reward) if r is None else r for r in rewards]
+
+
 __all__ = ["ROW_FIELDS", "ModelSpec", "RequestError", "ScoreRequest", "check_row_fields", "decode_frames",
-           "decode_image", "finite", "image_from_bytes", "load_model", "openrlhf_inputs", "openrlhf_response",
+           "decode_image", "fill_missing", "finite", "image_from_bytes", "load_model", "missing_indices",
+           "openrlhf_inputs", "openrlhf_response",
            "parse_image_upload", "parse_json", "parse_openrlhf", "parse_refine", "parse_score_request", "refine_parts",
            "score_response", "split_steps", "text_input"]
