@@ -100,6 +100,16 @@ def _blip():
     return blip_scorer(), [ImagePrompt("a cat", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
 
 
+def _hpsv3():
+    from test_published_more_vision import build_official
+
+    folder = os.path.join(_scratch("hpsv3"), "HPSv3")
+    build_official(folder)
+    rng = np.random.default_rng(0)
+    return mmreward.load(folder), [ImagePrompt(w, rng.integers(0, 256, (56, 84, 3), dtype=np.uint8))
+                                   for w in ("a cat", "a red square", "two dogs")]
+
+
 def _frames(T, seed):
     return torch.randint(0, 256, (T, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
@@ -174,7 +184,8 @@ BUILDERS = {
     "genrm": _judge("genrm"), "gram": _judge("gram"), "rm_r1": _judge("rm_r1"), "critic_rm": _judge("critic_rm"),
     "image_reward": _vision("image_reward-conv"), "image_reward-clip": _vision("image_reward-clip"),
     "vlm_reward": _vision("vlm_reward"), "visual_prm": _vision("visual_prm"),
-    "armo_rm": _armo, "qwen_vl_reward": _qwen_vl, "clip_scorer": _clip_scorer, "imagereward_blip": _blip,
+    "armo_rm": _armo, "qwen_vl_reward": _qwen_vl, "hpsv3_reward": _hpsv3, "clip_scorer": _clip_scorer,
+    "imagereward_blip": _blip,
     "progress_ranker": _ranker, "rnd": _rnd, "diffusion_reward": _diffusion_reward,
 }
 # the sampling judges draw per seed and batch (documented): test_sampling_judges_… below

@@ -321,7 +321,8 @@ def build_model(cfg: ImageRewardTrainConfig, prompts: Sequence[str]) -> ImageRew
     or the ImageReward folder ``cfg.backbone`` to continue training."""
     import re
 
-    words = sorted({w for p in prompts for w in re.findall(r"[a-z0-9]+", p.lower())} | set(synthetic.vocabulary()))
+    pattern = re.compile(ConvTextConfig.word_pattern)  # the words the conv encoder reads (clip-tiny's too)
+    words = sorted({w for p in prompts for w in pattern.findall(p.lower())} | set(synthetic.vocabulary()))
     head = {"fusion": cfg.fusion} if cfg.head_dropout else {"fusion": cfg.fusion, "head_dropout": ()}
     if cfg.backbone == "conv":
         return ImageRewardModel.from_backbone(ConvTextConfig(vocab=words, embed_dim=cfg.embed_dim),

@@ -589,11 +589,18 @@ class Trainer:
                                    f"{total_loss / cfg.grad_accum_steps:.6g} is finite): the step was not taken, "
                                    f"{self._kept()}")
         lr = self.optimizer.param_groups[0]["lr"]
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        try:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        except RuntimeError as e:  # Adam at lr 1e38: "value cannot be converted to type float without overflow"
+            if "overflow" not in str(e):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"the optimizer step {self.step + 1} overflowed at lr {lr:g} ({e}): nothing of it is "
+                                   f"saved, {self._kept()}") from None
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1

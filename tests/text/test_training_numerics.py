@@ -245,3 +245,17 @@ def test_under_ddp_a_non_finite_loss_stops_every_rank_after_one_collective(tmp_p
     with pytest.raises(FloatingPointError, match=f"non-finite loss at step 1, {where}"):
         t.fit()
     assert calls == [dist.ReduceOp.MAX] and model.weight.item() == 0.5
+
+
+def test_an_optimizer_step_that_overflows_is_a_divergence(tmp_path):
+    """lr 1e38 made AdamW raise "value cannot be converted to type float without overflow": an unexpected error
+    (exit 1) instead of the divergence it is."""
+    def loss_fn(m, x):
+        return m(x).pow(2).mean(), {}
+
+    t = Trainer(_linear(0.5), _cfg(tmp_path / "run", max_steps=2, lr=1e38), [torch.ones(1)] * 2,
+                lambda xs: torch.stack(xs), loss_fn)
+    with pytest.raises(FloatingPointError, match=r"optimizer step 1 overflowed at lr 1e\+38.*lower the learning rate"):
+        t.fit()
+    assert not (tmp_path / "run" / "model").exists()
+    assert (tmp_path / "run" / "diverged.json").exists()

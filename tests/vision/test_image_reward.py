@@ -353,3 +353,15 @@ def test_conv_text_encoder_reads_unicode_words_and_old_saves_keep_their_rule(tmp
     assert old.backbone.tokenize(["Café red"])["input_ids"].tolist() == [[1, w["red"]]]  # "caf" unknown, as before
     with pytest.raises(ValueError, match="word_pattern"):
         ImageRewardModel.from_backbone(ConvTextConfig(vocab=vocab, word_pattern="(["))
+
+
+def test_a_trained_scorer_has_the_unicode_words_of_its_prompts():
+    """`vision train` built the vocabulary with the old ASCII rule ("café" → "caf", "e"), so the model, which
+    reads Unicode words, found every non-ASCII training word unknown."""
+    from mmreward.vision.train import ImageRewardTrainConfig, build_model
+
+    model = build_model(ImageRewardTrainConfig(backbone="conv", embed_dim=8), ["a café au lait", "红色 圆 on the left"])
+    vocab = set(model.backbone.config.vocab)
+    assert {"café", "红色", "圆"} <= vocab and "caf" not in vocab
+    ids = model.backbone.tokenize(["café 红色"])["input_ids"][0].tolist()
+    assert 1 not in ids  # no unknown word
