@@ -535,7 +535,6 @@ class Trainer:
         weighted: dict[str, tuple[float, float]] = {}  # name -> (sum of value x weight, sum of weights)
         total_loss = 0.0
         self._last_batch = None  # freed before the next batch is built
-        bad_loss: Optional[tuple[int, float]] = None  # (micro-batch, loss) of this rank's first non-finite loss
         for micro in range(cfg.grad_accum_steps):
             batch = self._next_batch()
             last = micro == cfg.grad_accum_steps - 1
@@ -549,12 +548,10 @@ class Trainer:
                 if loss.dim() != 0:
                     raise ValueError(f"loss_fn must return a 0-d loss, got shape {tuple(loss.shape)}")
                 if not torch.isfinite(loss.detach()):
-                    if self.world_size == 1:
-                        raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {self.step + 1}, "
-                                               f"micro-batch {micro}: nothing of it is saved, {self._kept()}")
-                    # under DDP raised below on every rank at once: raised here, the other ranks would wait
-                    # in the gradient all-reduce until the process group's timeout
-                    bad_loss = bad_loss or (micro, loss.item())
+                    # under DDP the rank raises alone: torchrun ends the other ranks when one fails
+                    where = f", rank {self.rank}" if self.world_size > 1 else ""
+                    raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {self.step + 1}, "
+                                           f"micro-batch {micro}{where}: nothing of it is saved, {self._kept()}")
                 scaled = loss.float() / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total_loss += loss.item()
@@ -570,17 +567,6 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item() if params else 0.0
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([0.0 if bad_loss is None else 1.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0:
-                self.optimizer.zero_grad(set_to_none=True)
-                where = (f"micro-batch {bad_loss[0]} of rank {self.rank} ({bad_loss[1]})" if bad_loss is not None
-                         else "another rank's micro-batch")
-                raise TrainingDiverged(f"non-finite loss at step {self.step + 1}, {where}: nothing of it is saved, "
-                                       f"{self._kept()}")
         if self.scaler is None and not math.isfinite(grad_norm):
             # a finite loss with an inf / NaN gradient (an overflow, a bad example): the step would write NaN
             # into every weight it touches. Not taken: the weights stay those of the step before
@@ -677,7 +663,7 @@ class Trainer:
                     self._check_finite("snapshot")
                     self.save_snapshot()
             if self.step >= cfg.max_steps:
-                self._check_finite("final model")  # on every rank: under DDP it ends in a collective
+                self._check_finite("final model")
                 if self.is_main:
                     if cfg.plot and self.history:
                         self._plot()
@@ -714,7 +700,9 @@ class Trainer:
         for name, p in self.model.named_parameters():
             if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
                 return f"parameter {name!r} holds non-finite values"
-        if not (self.check_saves and self.loss_fn is not None and getattr(self, "_last_batch", None) is not None):
+        # the check forward runs on rank 0, the rank that saves (the weights are the same on every rank)
+        if not (self.check_saves and self.is_main and self.loss_fn is not None
+                and getattr(self, "_last_batch", None) is not None):
             return None
         was_training, state = self.model.training, rng_state()
         self.model.eval()
@@ -728,15 +716,9 @@ class Trainer:
         return None if math.isfinite(value) else f"its loss on step {self.step}'s last micro-batch is {value}"
 
     def _check_finite(self, what: str) -> None:
-        """Refuse to save a diverged model (FloatingPointError naming the step), on every rank at once."""
+        """Refuse to save a diverged model (FloatingPointError naming the step). No collective: under DDP the
+        ranks hold the same weights, and torchrun ends the other ranks when one fails."""
         problem = self._model_problem()
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([0.0 if problem is None else 1.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if problem is None and flag.item() > 0:
-                problem = "another rank found non-finite weights or loss"
         if problem is not None:
             raise TrainingDiverged(f"the model diverged at step {self.step}: {problem}; its {what} is not "
                                    f"written, {self._kept()}")

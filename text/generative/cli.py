@@ -397,8 +397,15 @@ def _run_training(prog: str, work: Callable[[], tuple]) -> int:
     except _USER_ERRORS as e:
         return _user_error(prog, e)
     folder = os.path.join(output_dir, "model")
-    save(folder)
-    print_training_summary(hist, before, folder)
+    import torch.distributed as dist
+
+    ddp = dist.is_available() and dist.is_initialized()
+    if not ddp or dist.get_rank() == 0:  # under torchrun one rank writes the folder (two swapping it raced)
+        save(folder)
+        print_training_summary(hist, before, folder)
+    if ddp:
+        dist.barrier()  # the other ranks end after the model is written
+        dist.destroy_process_group()
     return 0
 
 
