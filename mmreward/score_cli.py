@@ -235,12 +235,11 @@ def _scored(model: Any, items: list, batch_size: Optional[int], method: str, pro
 
 
 def _shifted(error: Exception, start: int) -> Exception:
-    """``error`` with its leading "input K" (counted in one chunk) counted from the chunk's ``start``."""
-    import re
+    """``error`` with its "input K" (counted in one chunk) counted from the chunk's ``start``."""
+    from mmreward.core.cli_config import shift_input_index
 
-    text = re.sub(r"^input (\d+)\b", lambda m: f"input {int(m.group(1)) + start}", str(error), count=1)
     try:
-        return type(error)(text)
+        return type(error)(shift_input_index(str(error), start))
     except TypeError:  # an exception class with another signature
         return error
 

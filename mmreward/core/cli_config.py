@@ -146,6 +146,13 @@ def error_at_row(error: Exception, where: Sequence[tuple[int, str]], row_name: C
         return error
 
 
+def shift_input_index(message: str, start: int) -> str:
+    """``message`` with the first input index it names ("input 3", "query 3", "prompts[3]", counted within a
+    slice of the caller's inputs) moved by ``start``, the slice's offset."""
+    return re.sub(r"\b(input |query |prompts\[)(\d+)\b", lambda m: f"{m.group(1)}{int(m.group(2)) + start}",
+                  message, count=1)
+
+
 def split_flag(data_flag: str) -> str:
     """The flag choosing a split of ``data_flag``: ``--data`` → ``--split``, ``--eval-data`` → ``--eval-split``,
     ``--solutions`` → ``--solutions-split``."""

@@ -51,8 +51,8 @@ folder; ``overwrite`` removes the old run first.
 Divergence (:class:`TrainingDiverged`, a FloatingPointError and a ValueError): a non-finite loss, or a
 non-finite gradient norm of a finite loss (without fp16 loss scaling, which skips such steps itself),
 stops the run at that step before the optimizer touches the weights; a snapshot or final model whose
-parameters are not finite is never written, nor (``check_saves``, on for the reward-model, PRM and
-image-reward trainers) one whose loss on the step's last micro-batch is not finite. The error names the
+parameters are not finite is never written, nor (``check_saves``, on for the text RM, PRM, image-reward,
+VLM RM and VisualPRM trainers) one whose loss on the step's last micro-batch is not finite. The error names the
 step and the newest snapshot, which holds the last good weights.
 """
 from __future__ import annotations

@@ -31,6 +31,7 @@ import math
 import time
 from typing import Any, Optional, Sequence
 
+from mmreward.core.cli_config import shift_input_index
 from mmreward.core.data import DataError
 from mmreward.core.inputs import Conversation, StepSolution, TextPair, VisualSteps
 from mmreward.core.inputs import _message as _chat_turn
@@ -245,7 +246,7 @@ class RewardClient:
         except (ValueError, RuntimeError) as e:
             if not start or type(e) not in (ValueError, RuntimeError):
                 raise
-            raise type(e)(_shift_index(str(e), start)) from None
+            raise type(e)(shift_input_index(str(e), start)) from None
 
     def info(self) -> dict:
         """The served model: ``model_type``, ``inputs``, ``parts``, limits (fetched once)."""
@@ -394,15 +395,6 @@ def _answer_column(answer: Any, key: str, n: int, where: str) -> list:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise RuntimeError(f"{where} answered {v!r} as {key}[{i}], not a number or null")
     return finite(values)
-
-
-def _shift_index(message: str, start: int) -> str:
-    """``message`` with the first input index the server named ("input 3", "query 3", "prompts[3]", counted
-    within one request) moved by ``start``, the offset of that request's slice in the caller's batch."""
-    import re
-
-    return re.sub(r"\b(input |query |prompts\[)(\d+)\b", lambda m: f"{m.group(1)}{int(m.group(2)) + start}",
-                  message, count=1)
 
 
 def _is_server_error(response: Any) -> bool:
