@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(prog="mmreward score", description="score inputs with any reward model folder")
     p.add_argument("files", nargs="*", help="image / video / episode files (instead of --data rows)")
     p.add_argument("--model", required=True, help="model folder, run folder, shipped name (metaworld-64) or hub id")
-    p.add_argument("--data", help="rows to score: .json / .jsonl / saved dataset, fields of the model's input type")
+    p.add_argument("--data", help="rows to score: .json / .jsonl / .parquet / dataset folder / hub dataset id, fields of the model's input type")
     add_split_options(p, "--data")
     p.add_argument("--prompt", help="the text images / videos given as files should match")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward (default: the model's)")

@@ -43,7 +43,7 @@ def _is_main_process() -> bool:
 
 def _train_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
-    p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / saved datasets folder (TRL preference format)")
+    p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / .parquet / dataset folder / hub dataset id (TRL preference format)")
     p.add_argument("--eval-data", help="held-out pairs: accuracy every --eval-every steps and at the end")
     add_split_options(p, "--data", "--eval-data")
     p.add_argument("--model", help="where training starts: a reward-model folder (continue training it) or a "
@@ -182,7 +182,7 @@ def _score_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text score", description="score prompt / response pairs with a text reward model")
     p.add_argument("--model", required=True, help="reward-model folder: saved by mmreward, a run folder, a 1-label "
                                                   "transformers sequence classifier, or a text judge")
-    p.add_argument("--data", required=True, help=".json / .jsonl rows: prompt + response | prompt + chosen + rejected | "
+    p.add_argument("--data", required=True, help=".json / .jsonl / .parquet / dataset rows: prompt + response | prompt + chosen + rejected | "
                                                  "messages | text")
     add_split_options(p, "--data")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")

@@ -1,7 +1,8 @@
 """Preference data for text reward models, and the one text layout + truncation used by training,
 scoring and evaluation (:class:`TextEncoder`), so a model is scored exactly as it was trained.
 
-Row formats (from a list of dicts, ``.json``, ``.jsonl`` or a saved ``datasets`` folder):
+Row formats (from a list of dicts or any source :func:`mmreward.core.data.read_records` reads: ``.json``,
+``.jsonl``, ``.parquet``, a dataset folder or a hub dataset id):
 
 * explicit prompt: ``{"prompt": P, "chosen": R, "rejected": R}`` with P a string or a message list
   (``[{"role": "user", "content": "..."}]``) and R a string or a message list (the assistant turn);
@@ -127,7 +128,7 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
 
 
 def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[PreferencePair]:
-    """Pairs from a path (.json / .jsonl / saved dataset folder) or a list of dicts / PreferencePairs."""
+    """Pairs from a path (.json / .jsonl / .parquet / dataset folder / hub id) or a list of dicts / PreferencePairs."""
     if isinstance(source, (list, tuple)) and all(isinstance(r, PreferencePair) for r in source):
         rows = list(source)
     else:

@@ -164,8 +164,8 @@ def add_split_options(parser: argparse.ArgumentParser, *data_flags: str) -> None
     """A split flag (:func:`split_flag`) for each of ``data_flags`` whose rows ``read_records`` reads: a saved
     DatasetDict or a .json object holding several lists of rows needs one named."""
     for flag in data_flags:
-        parser.add_argument(split_flag(flag), help=f"split of {flag} when it holds several (a saved DatasetDict, "
-                                                   "a .json object of lists)")
+        parser.add_argument(split_flag(flag), help=f"split of {flag} when it holds several (a dataset folder or hub id: "
+                                                   "'test', 'train[:1000]'; a .json object of lists)")
 
 
 def check_split_sources(args: argparse.Namespace, *data_flags: str) -> None:

@@ -1,8 +1,11 @@
-"""Record readers shared by the domain packages: JSON, JSONL and saved ``datasets`` datasets (or an
-in-memory list of dicts) → a list of dicts, with errors that name the file, row and line.
+"""Record readers shared by the domain packages: JSON, JSONL, Parquet, dataset folders and hub datasets
+(or an in-memory list of dicts) → a list of dicts, with errors that name the file, row and line.
 
-    rows = read_records("pairs.jsonl")                 # [{...}, {...}, ...]
+    rows = read_records("pairs.jsonl")                   # [{...}, {...}, ...]
+    rows = read_records("train-00000-of-00001.parquet")  # a file of a hub dataset
     rows = read_records("data/train_ds", split="train")  # datasets.save_to_disk folder
+    rows = read_records("hh-rlhf", split="test")         # a downloaded dataset repository
+    rows = read_records("Anthropic/hh-rlhf", split="test[:500]")  # a hub dataset id
 
 Accepted layouts:
 
@@ -10,8 +13,16 @@ Accepted layouts:
 * ``.json``: a list of objects, or an object holding one under a key ``data`` / ``rows`` /
   ``examples`` / ``train`` (or ``split=``; an object holding several lists of rows needs it), or — when
   the whole file does not parse — JSON lines.
-* a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (a
-  ``DatasetDict`` needs ``split=`` unless it has exactly one split; ``datasets`` imported lazily).
+* either of the two gzip-compressed (``.jsonl.gz``, ``.json.gz``: Anthropic HH-RLHF's files).
+* ``.parquet`` (pyarrow, imported lazily): the files hub datasets are stored as. Image columns in the
+  ``datasets`` layout (``{"bytes", "path"}``) become ``data:`` URIs / paths the image readers take.
+* a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or a folder of
+  data files as a dataset repository holds them (a downloaded hub dataset: ``data/train-*.parquet``,
+  ``test.jsonl``, a README's ``configs``; read by ``datasets.load_dataset``). Either needs ``split=``
+  unless it has exactly one split; ``datasets`` is imported lazily.
+* a hub dataset id (``owner/name``) that is not a local path: ``datasets.load_dataset(id, split=...)``,
+  which downloads it (or reads the local cache under ``HF_HUB_OFFLINE=1``). For a repository folder or
+  a hub id ``split`` may slice (``"train[:1000]"``).
 
 Row indices in errors are 0-based positions in the returned list; JSONL errors also give the
 1-based line number.
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Iterable, Optional, Union
 
 RecordSource = Union[str, os.PathLike, Iterable[dict]]
@@ -46,9 +58,31 @@ def _no_splits(split: Optional[str], what: str) -> None:
                         "or a saved DatasetDict (leave the split out)")
 
 
+def _open_bytes(path: str):
+    """The file's bytes as a binary stream: ``.gz`` files decompressed (their damage shows when read)."""
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _gzip_error(path: str, e: Exception) -> DataError:
+    return DataError(f"{path}: not a readable gzip file ({e})")
+
+
 def _read_jsonl(path: str) -> list[dict]:
+    try:
+        return _read_jsonl_lines(path)
+    except (EOFError, OSError) as e:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
+        if path.endswith(".gz") and not isinstance(e, FileNotFoundError):
+            raise _gzip_error(path, e) from None
+        raise
+
+
+def _read_jsonl_lines(path: str) -> list[dict]:
     rows = []
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 # utf-8-sig on the first line: a byte-order mark (Windows editors, Excel's "UTF-8" export) is no data
@@ -73,8 +107,13 @@ _CHOOSE_SPLIT = "choose one with split=... (on the command line: --split for --d
 
 
 def _read_json(path: str, split: Optional[str]) -> list[dict]:
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with _open_bytes(path) as f:
+            data = f.read()
+    except (EOFError, OSError) as e:
+        if path.endswith(".gz") and not isinstance(e, FileNotFoundError):
+            raise _gzip_error(path, e) from None
+        raise
     try:
         text = data.decode("utf-8-sig")  # a leading byte-order mark is no data
     except UnicodeDecodeError as e:
@@ -122,27 +161,180 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
     return obj
 
 
-def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.txt", ".jsonl.gz", ".ndjson.gz")
+JSON_SUFFIXES = (".json", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+# files a dataset repository holds its rows in (what ``datasets.load_dataset`` reads from a folder)
+_REPO_DATA_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + (".arrow", ".csv", ".tsv")
+# the metadata a dataset repository keeps beside its data files: not rows
+_REPO_METADATA = ("dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json")
+_FORMATS = ".json, .jsonl (either may be .gz), .parquet, a dataset folder or a hub dataset id"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _read_parquet(path: str, split: Optional[str]) -> list[dict]:
+    _no_splits(split, f"{path} is a parquet file")
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow): {e}") from None
+    try:
+        # pyarrow directly: datasets would copy the file into its cache first, and fail there on a damaged
+        # file with an error that does not name it
+        rows = pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
+    return [{k: _image_struct(v) for k, v in r.items()} for r in rows]
+
+
+def _image_struct(value: Any) -> Any:
+    """A ``datasets`` Image value as parquet stores it (``{"bytes": b, "path": p}``) → a ``data:`` URI of its
+    bytes (or its path when it has no bytes), which the image readers open; lists of them likewise."""
+    if isinstance(value, list):
+        return [_image_struct(v) for v in value] if value and isinstance(value[0], dict) else value
+    if not (isinstance(value, dict) and set(value) == {"bytes", "path"}):
+        return value
+    data, path = value["bytes"], value["path"]
+    if isinstance(data, (bytes, bytearray)) and data:
+        import base64
+
+        return f"data:{_image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+    return path if isinstance(path, str) and path else value
+
+
+def _image_mime(data: bytes) -> str:
+    for magic, mime in ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"),
+                        (b"BM", "image/bmp")):
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"  # the image reader recognises the format from the bytes
+
+
+def _is_saved_dataset(path: str) -> bool:
+    """A folder written by ``save_to_disk`` (a Dataset's ``state.json``, a DatasetDict's ``dataset_dict.json``)."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+
+
+def _repo_data_files(path: str, limit: int = 8) -> list[str]:
+    """Up to ``limit`` data files under the folder ``path`` (hidden folders such as ``.cache`` skipped)."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.endswith(_REPO_DATA_SUFFIXES) and f not in _REPO_METADATA and not f.startswith("."):
+                found.append(os.path.relpath(os.path.join(root, f), path))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def _import_datasets(what: str):
     try:
         import datasets
     except ImportError as e:
-        raise DataError(f"{path} is a folder: reading a saved dataset needs the `datasets` package ({e})") from None
+        raise DataError(f"{what}: reading it needs the `datasets` package (pip install datasets): {e}") from None
+    return datasets
+
+
+def _load_dataset(source: str, split: Optional[str], what: str) -> list[dict]:
+    """Rows of a dataset repository (a local folder of data files or a hub id) read by ``load_dataset``."""
+    datasets = _import_datasets(what)
     try:
-        ds = datasets.load_from_disk(path)
-    except Exception as e:  # datasets raises FileNotFoundError / ValueError for non-dataset folders
-        raise DataError(f"{path}: not a dataset saved with `save_to_disk`: {e}") from None
+        ds = datasets.load_dataset(source, split=split or None)
+    except Exception as e:  # datasets raises many types (ValueError, DatasetGenerationError, ConnectionError...)
+        detail = " ".join(str(e).split())[:400]
+        if split and "split" in detail.lower():
+            raise DataError(f"{what} has no split {split!r}: {detail}") from None
+        raise DataError(f"{what}: cannot read it as a dataset ({type(e).__name__}: {detail})") from None
+    return _rows_of(ds, split, what, datasets)
+
+
+def _rows_of(ds: Any, split: Optional[str], what: str, datasets: Any) -> list[dict]:
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds.keys())
         if split is None:
             if len(names) != 1:
-                raise DataError(f"{path} holds splits {names}: {_CHOOSE_SPLIT}")
+                raise DataError(f"{what} holds splits {names}: {_CHOOSE_SPLIT}")
             split = names[0]
         if split not in ds:
-            raise DataError(f"{path} has no split {split!r}; it has {names}")
+            raise DataError(f"{what} has no split {split!r}; it has {names}")
         ds = ds[split]
-    else:
-        _no_splits(split, f"{path} is a dataset without splits")
+    elif not isinstance(ds, datasets.Dataset):  # an IterableDataset (streaming) or a future type
+        raise DataError(f"{what}: expected a Dataset or DatasetDict, got {type(ds).__name__}")
     return [dict(r) for r in ds]
+
+
+def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
+    datasets = _import_datasets(f"{path} is a saved dataset folder")
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as e:  # datasets raises FileNotFoundError / ValueError for damaged folders
+        raise DataError(f"{path}: not a readable dataset saved with `save_to_disk`: {e}") from None
+    if isinstance(ds, datasets.Dataset):
+        _no_splits(split, f"{path} is a dataset without splits")
+    return _rows_of(ds, split, path, datasets)
+
+
+def _read_folder(path: str, split: Optional[str]) -> list[dict]:
+    if _is_saved_dataset(path):
+        return _read_saved_dataset(path, split)
+    if not _repo_data_files(path, limit=1):
+        raise DataError(f"{path} is a folder with neither a saved dataset (save_to_disk) nor data files "
+                        f"({', '.join(_REPO_DATA_SUFFIXES)}); give a data file or a dataset folder")
+    return _read_repo_folder(path, split)
+
+
+_SPLIT_WINDOW = re.compile(r"(?P<name>[^\[\]]+?)\s*(?:\[\s*(?P<start>-?\d+%?)?\s*:\s*(?P<stop>-?\d+%?)?\s*\])?")
+
+
+def _split_window(split: str, what: str) -> tuple[str, slice, bool]:
+    """``"test"`` / ``"train[:1000]"`` / ``"train[10%:]"`` → (split name, the rows' slice, whether percent)."""
+    m = _SPLIT_WINDOW.fullmatch(split.strip())
+    if not m:
+        raise DataError(f"{what}: split {split!r} is not NAME or NAME[start:stop] (e.g. 'train[:1000]')")
+    start, stop = m["start"], m["stop"]
+    percent = any(x is not None and x.endswith("%") for x in (start, stop))
+    if percent and not all(x is None or x.endswith("%") for x in (start, stop)):
+        raise DataError(f"{what}: split {split!r} mixes a row count with a percentage")
+
+    def num(x):
+        return None if x is None else int(x.rstrip("%"))
+    return m["name"], slice(num(start), num(stop)), percent
+
+
+def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
+    """Rows of a dataset repository folder: its splits and their files as ``datasets`` resolves them (file-name
+    patterns such as ``data/train-*``, or the README's ``configs``), each file read by the readers here, so
+    an error names the file, row and line (and nothing is copied into the ``datasets`` cache)."""
+    datasets = _import_datasets(f"{path} is a dataset folder")
+    try:
+        files = datasets.load_dataset_builder(path).config.data_files or {}
+    except Exception as e:  # several configs, unknown layouts: datasets' message says which
+        raise DataError(f"{path}: cannot tell the splits of this dataset folder ({' '.join(str(e).split())[:300]}); "
+                        "give one data file instead") from None
+    files = {str(k): list(v) for k, v in files.items()}
+    names = list(files)
+    if not names:
+        raise DataError(f"{path}: no data files found for any split")
+    window, percent = slice(None), False
+    if split:
+        split, window, percent = _split_window(split, path)
+    elif len(names) != 1:
+        raise DataError(f"{path} holds splits {names}: {_CHOOSE_SPLIT}")
+    else:
+        split = names[0]
+    if split not in files:
+        raise DataError(f"{path} has no split {split!r}; it has {names}")
+    rows: list[dict] = []
+    for f in files[split]:
+        rows.extend(read_records(f))
+    if percent:
+        n = len(rows)
+        window = slice(*(None if x is None else round(n * x / 100) for x in (window.start, window.stop)))
+    return rows[window]
 
 
 def data_path(path: Union[str, os.PathLike]) -> str:
@@ -159,15 +351,19 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
     if isinstance(source, (str, os.PathLike)):
         path = data_path(source)
         if os.path.isdir(path):
-            return _read_saved_dataset(path, split)
+            return _read_folder(path, split)
         if not os.path.exists(path):
+            if _HUB_ID.fullmatch(path) and not path.endswith(_REPO_DATA_SUFFIXES):
+                return _read_hub_dataset(path, split)
             raise FileNotFoundError(f"data file {path!r} does not exist")
-        if path.endswith((".jsonl", ".ndjson", ".jsonl.txt")):
+        if path.endswith(JSONL_SUFFIXES):
             _no_splits(split, f"{path} is a JSON-lines file")
             return _read_jsonl(path)
-        if path.endswith(".json"):
+        if path.endswith(JSON_SUFFIXES):
             return _read_json(path, split)
-        raise DataError(f"{path}: unknown data format (expected .json, .jsonl or a saved `datasets` folder)")
+        if path.endswith(PARQUET_SUFFIXES):
+            return _read_parquet(path, split)
+        raise DataError(f"{path}: unknown data format (expected {_FORMATS})")
     if isinstance(source, dict):
         raise TypeError("expected a list of dicts or a path, got a single dict")
     _no_splits(split, f"a {type(source).__name__} of rows")
@@ -181,6 +377,18 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
         if not isinstance(r, dict):
             raise DataError(f"row {i} must be a dict, got {type(r).__name__}")
     return rows
+
+
+def _read_hub_dataset(repo_id: str, split: Optional[str]) -> list[dict]:
+    """``owner/name`` that is no local path: the hub dataset of that id; when it cannot be had (offline, no
+    such dataset) the error says both readings, since a mistyped local folder looks the same."""
+    try:
+        return _load_dataset(repo_id, split, f"hub dataset {repo_id!r}")
+    except DataError as e:
+        if split and "has no split" in str(e):
+            raise
+        raise FileNotFoundError(f"{repo_id!r} is neither a local file or folder nor a hub dataset that could be "
+                                f"read ({e})") from None
 
 
 # row fields that hold media paths (one path or a list of them)

@@ -1,8 +1,8 @@
 """RewardBench-format evaluation: per-subset accuracy, section scores and the overall score.
 
 Data: rows with ``prompt``, ``chosen``, ``rejected`` (strings) and ``subset`` (the RewardBench
-subset name, e.g. ``alpacaeval-easy``), from a JSON list, JSONL, parquet or a folder written by
-``datasets.Dataset.save_to_disk`` — the layout of ``allenai/reward-bench``'s ``filtered`` split.
+subset name, e.g. ``alpacaeval-easy``), from a JSON list, JSONL, parquet, a dataset folder (a download of
+``allenai/reward-bench`` with ``split="filtered"``, or a ``save_to_disk`` folder) or the hub id itself.
 
 Scores follow RewardBench (``rewardbench.utils.calculate_scores_per_section``): a pair is correct
 when ``score(chosen) > score(rejected)`` (a tie is wrong); a section's score is the mean of its
@@ -152,25 +152,10 @@ def _score_exact(scorer: Any, prompts: Sequence[str], responses: Sequence[str], 
 
 # --------------------------------------------------------------------------- data
 def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
-    """Rows from ``.json`` (a list), ``.jsonl``, ``.parquet`` or a ``datasets.save_to_disk`` folder
-    (``split``: one split of a saved ``DatasetDict`` / a ``.json`` object of lists)."""
-    from mmreward.core.data import DataError, read_records
-
-    if path.startswith("~") and not os.path.exists(path):
-        path = os.path.expanduser(path)
-    if path.endswith(".parquet") and os.path.isfile(path):
-        if split:
-            raise DataError(f"{path} is a parquet file, not a set of splits: leave the split out")
-        # pyarrow directly: datasets.Dataset.from_parquet copies the file into the HF cache first,
-        # and a damaged file fails there with an error that does not name it
-        import pyarrow
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pyarrow.ArrowException, OSError) as e:
-            detail = " ".join(str(e).split())
-            raise DataError(f"{path}: not a readable parquet file ({detail})") from e
+    """Rows as :func:`mmreward.core.data.read_records` reads them: ``.json`` / ``.jsonl`` / ``.parquet`` (the
+    hub release's ``data/filtered-*.parquet``), a dataset folder, or the hub id ``allenai/reward-bench``
+    (``split``: ``filtered`` / ``raw``, or one split of a saved ``DatasetDict`` / a ``.json`` object of lists)."""
+    from mmreward.core.data import read_records
 
     return read_records(path, split=split)
 

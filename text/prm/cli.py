@@ -280,7 +280,7 @@ def _parser() -> CLIParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
 
     p = sub.add_parser("train", help="train a PRM (bce / mse / ppm) and save it to OUT/model")
-    p.add_argument("--data", help="training data (.json / .jsonl / saved dataset): TRL, Math-Shepherd, PRM800K, "
+    p.add_argument("--data", help="training data (.json / .jsonl / .parquet / dataset folder / hub id): TRL, Math-Shepherd, PRM800K, "
                                   "ProcessBench or PPM pairs")
     p.add_argument("--eval-data", help="held-out data, same formats")
     add_split_options(p, "--data", "--eval-data")
@@ -312,7 +312,7 @@ def _parser() -> CLIParser:
 
     p = sub.add_parser("eval", help="ProcessBench F1 (per subset) and step macro-F1 on labelled data")
     _add_scoring(p, 32)
-    p.add_argument("--data", required=True, help="labelled solutions (.json / .jsonl / saved dataset): ProcessBench / "
+    p.add_argument("--data", required=True, help="labelled solutions (.json / .jsonl / .parquet / dataset folder / hub id): ProcessBench / "
                                                  "TRL / Math-Shepherd / PRM800K rows")
     add_split_options(p, "--data")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=False, help="also report the best threshold")
