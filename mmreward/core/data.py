@@ -399,8 +399,15 @@ def resolve_media_paths(rows: list, data: str) -> list:
     """Copies of ``rows`` whose relative media paths (:data:`MEDIA_PATH_FIELDS`; URLs and ``data:``
     strings left alone) point into the folder of the data file ``data``: rows written next to their
     images score from any working folder, and a same-named file in the working folder is never read
-    instead. Rows that are not objects pass through (their reader reports them)."""
-    base = os.path.dirname(os.path.abspath(data_path(data)))  # "~/rows.jsonl": its images are next to it there
+    instead. Rows of a dataset folder resolve against the folder; of a hub dataset id, they stay as they are.
+    Rows that are not objects pass through (their reader reports them)."""
+    path = data_path(data)  # "~/rows.jsonl": its images are next to it there
+    if os.path.isdir(path):
+        base = os.path.abspath(path)
+    elif os.path.exists(path):
+        base = os.path.dirname(os.path.abspath(path))
+    else:
+        return list(rows)  # a hub dataset: no folder the paths could be relative to
 
     def resolve(value: Any) -> Any:
         if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value \

@@ -150,3 +150,16 @@ def test_score_cli_reads_a_repository_folder_with_split(tmp_path, datasets_cache
         assert len(err) == 1 and "holds splits ['train', 'test']" in err[0] and "--split" in err[0]
     finally:
         registry.MODEL_TYPES.pop(LinRM.model_type, None)
+
+
+def test_media_paths_of_a_dataset_folder_resolve_against_the_folder(tmp_path):
+    from mmreward.core.data import resolve_media_paths
+
+    rows = [{"prompt": "p", "image": "images/a.png", "frames": ["f/1.png", "data:image/png;base64,xx"]}]
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "rows.jsonl").write_text("")
+    got = resolve_media_paths(rows, str(tmp_path / "repo"))
+    assert got[0]["image"] == str(tmp_path / "repo" / "images" / "a.png")
+    assert got[0]["frames"] == [str(tmp_path / "repo" / "f" / "1.png"), "data:image/png;base64,xx"]
+    assert resolve_media_paths(rows, str(tmp_path / "rows.jsonl"))[0]["image"] == str(tmp_path / "images" / "a.png")
+    assert resolve_media_paths(rows, "owner/hub-dataset") == rows  # a hub id: nothing to be relative to
