@@ -202,6 +202,26 @@ def test_a_null_chosen_completion_is_the_first():
     assert (ex.steps, ex.labels) == (["x"], [1.0])
 
 
+def test_prm800k_null_chosen_completion_follows_the_human_step_or_ends_the_trajectory():
+    """PRM800K's README: null means the labeler's own +1 step (`human_completion`) continued the solution; with
+    no human step, labelling stopped there. The first completion (rated -1) was glued before later steps."""
+    bad_then_human = {"completions": [{"text": "wrong", "rating": -1}, {"text": "also wrong", "rating": -1}],
+                      "human_completion": {"text": "right", "rating": None, "flagged": None},
+                      "chosen_completion": None}
+    good = {"completions": [{"text": "next", "rating": 1}], "human_completion": None, "chosen_completion": 0}
+    stop = {"completions": [{"text": "err", "rating": -1}, {"text": "alt", "rating": 0}], "human_completion": None,
+            "chosen_completion": None}
+    row = {"question": {"problem": "q"}, "label": {"steps": [good, bad_then_human, good, stop, good]}}
+    ex = read_step_examples([row])[0]
+    assert (ex.steps, ex.labels) == (["next", "right", "next", "err"], [1.0, 1.0, 1.0, 0.0])
+    as_string = {**bad_then_human, "human_completion": "right"}
+    ex = read_step_examples([{"question": {"problem": "q"}, "label": {"steps": [as_string]}}])[0]
+    assert (ex.steps, ex.labels) == (["right"], [1.0])
+    with pytest.raises(DataError, match=r"row 0: step 0: field 'human_completion' must be null or a step"):
+        read_step_examples([{"question": {"problem": "q"}, "label": {"steps": [{**bad_then_human,
+                                                                                 "human_completion": 5}]}}])
+
+
 @pytest.mark.parametrize("group", ["x", None, 1.7, True])
 def test_ppm_pair_groups_must_be_integers(group):
     """A group is an id: "x" / null used to fail in a bare int() naming no row, 1.7 / true to join group 1."""

@@ -155,9 +155,22 @@ def _from_prm800k(row: dict, where: str, neutral: str) -> StepExample:
             if not isinstance(comps, list) or not comps:
                 raise DataError(f"{where}: step {k} has no completions (field 'completions' is {describe(comps)})")
             i = st.get("chosen_completion")
-            if i is None:  # released rows leave it null when the step had one completion: the first
-                i = 0
-            elif isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(comps):
+            if i is None:
+                # PRM800K's README: null when the labeler's own step (`human_completion`, written when every
+                # completion was rated -1; a +1 step by the instructions, its rating left null) continued the
+                # solution; with no human step either, labelling stopped at this step (phase 2's
+                # "found_error": its first completion is the pre-generated step that holds the error)
+                human = st.get("human_completion")
+                text = human.get("text") if isinstance(human, dict) else human
+                if isinstance(text, str) and text.strip():
+                    raw.append({"text": text, "rating": 1})
+                    continue
+                if human is not None:
+                    raise DataError(f"{where}: step {k}: field 'human_completion' must be null or a step with a "
+                                    f"'text' string, got {describe(human)}")
+                raw.append(comps[0])
+                break  # the trajectory ends where labelling stopped
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(comps):
                 raise DataError(f"{where}: step {k}: field 'chosen_completion' {describe(i)} must be the index of one "
                                 f"of its {len(comps)} completions, 0..{len(comps) - 1}, or null")
             raw.append(comps[i])
