@@ -18,6 +18,7 @@ _EXPORTS = {
     "render_prompt": "runner",
     "Parsed": "parsing", "parse_yes_no": "parsing", "parse_ab": "parsing", "parse_scores": "parsing",
     "parse_score": "parsing", "parse_json_object": "parsing", "parse_ranking": "parsing",
+    "parse_ab_rm_r1": "parsing", "rewardanything_json": "parsing",
     "order_averaged": "position", "both_orders": "position", "swap_consistency": "position",
     "verdict_prob": "position", "pairwise_judge_accuracy": "position", "evaluate_pairs_with_judge": "position",
     "rmbench_with_judge": "position", "judge_from_scores": "position",

@@ -10,7 +10,9 @@ well under 50 ms each). Formats, one per method:
 * :func:`parse_scores` — DeepSeek-GRM: ``\\boxed{7, 3}`` or ``[[7, 3]]``, one integer per response.
 * :func:`parse_score` — Critic-RM: ``Score: 7`` (also ``**Score:** 7``, ``7/10``).
 * :func:`parse_json_object` / :func:`parse_ranking` — RewardAnything: ``{"scores": {...}, "best-to-worst": [...]}``
-  within the final 20,000 characters of the output, up to 4 levels of nested objects.
+  as RewardAnything's own reader gets it (:func:`rewardanything_json`), else the last JSON object after the
+  thinking, within the final 20,000 characters of the output, up to 4 levels of nested objects.
+* :func:`parse_ab_rm_r1` — RM-R1's evaluation harness rule: the literal ``[[A]]`` / ``[[B]]`` anywhere.
 
 **Numbers** are read whole: ``7``, ``+7``, ``7.5``, ``.5``, ``7.`` and exponent forms such as
 ``1e3``. ``Score: 1e3`` is 1000 and ``\\boxed{5e1}`` is 50 — both outside 1–10, so no verdict —
@@ -21,9 +23,9 @@ number. The word ``score`` must stand alone (``Underscore: 5`` is not a score).
 one counts — the last yes / no, the last ``Score: x``, the last ``\\boxed{…}`` group (else the last
 ``[[…]]`` group), the last JSON object, the last bare ``[[A]]`` / ``[[B]]``. Two exceptions, where
 the verdict is a single slot: a final ``<answer>…</answer>`` holding both ``[[A]]`` and ``[[B]]`` is
-no verdict ("conflicting verdicts in answer tag"), and with ``parse_ab(..., exclusive=True)`` (the
-rule of RM-R1's evaluation harness) any output that names both ``[[A]]`` and ``[[B]]`` anywhere is
-no verdict.
+no verdict ("conflicting verdicts in answer tag"), and with ``parse_ab(..., exclusive=True)`` (after
+RM-R1's evaluation harness) any output that names both ``[[A]]`` and ``[[B]]`` anywhere is no verdict.
+:func:`parse_ab_rm_r1` is that harness's rule exactly (the RM-R1 judge's ``paper`` templates use it).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-__all__ = ["Parsed", "parse_yes_no", "parse_ab", "parse_scores", "parse_score", "parse_json_object",
-           "parse_ranking", "RankingParse"]
+__all__ = ["Parsed", "parse_yes_no", "parse_ab", "parse_ab_rm_r1", "parse_scores", "parse_score", "parse_json_object",
+           "parse_ranking", "RankingParse", "rewardanything_json"]
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,8 @@ def parse_ab(text: str, tail_chars: Optional[int] = 400, exclusive: bool = False
     """``"A"`` / ``"B"`` from the last ``<answer>…</answer>`` holding exactly one of ``[[A]]`` / ``[[B]]``;
     without an answer tag, the last bare ``[[A]]`` / ``[[B]]`` within the final ``tail_chars``
     characters (RM-R1 reads the verdict in the tail of a long rubric). Both letters in the final
-    answer is a conflict, not a verdict; ``exclusive=True`` (RM-R1's evaluation rule) makes both
-    letters anywhere in the output a conflict."""
+    answer is a conflict, not a verdict; ``exclusive=True`` (after RM-R1's evaluation rule) makes both
+    letters anywhere in the output a conflict. RM-R1's rule exactly is :func:`parse_ab_rm_r1`."""
     if tail_chars is not None and (isinstance(tail_chars, bool) or not isinstance(tail_chars, int) or tail_chars < 0):
         raise ValueError(f"parse_ab: tail_chars must be None (the whole output) or an integer >= 0, got {tail_chars!r}")
     bad = _check_text(text)
@@ -164,6 +166,22 @@ def parse_ab(text: str, tail_chars: Optional[int] = 400, exclusive: bool = False
     if letter is None:
         return Parsed.fail("no [[A]] / [[B]] verdict in the tail")
     return Parsed(letter)
+
+
+def parse_ab_rm_r1(text: str) -> Parsed:
+    """RM-R1's evaluation harness rule, exactly (RM-R1-UIUC/RM-R1 ``eval/reward-bench/rewardbench/generative.py``
+    ``process_judgement``, default branch): the literal ``[[A]]`` / ``[[B]]`` anywhere in the output; both is
+    no verdict ("Prevent Hacking"), neither is no verdict. No answer tag is needed, no tail window applies,
+    and spaced or unbracketed forms (``[[ A ]]``, ``<answer>A</answer>``) are no verdict, as there."""
+    bad = _check_text(text)
+    if bad:
+        return bad
+    a, b = "[[A]]" in text, "[[B]]" in text
+    if a and b:
+        return Parsed.fail("conflicting verdicts: both [[A]] and [[B]] in the output")
+    if a or b:
+        return Parsed("A" if a else "B")
+    return Parsed.fail("no [[A]] / [[B]] verdict")
 
 
 # ------------------------------------------------------------------ DeepSeek-GRM
@@ -273,6 +291,77 @@ def parse_json_object(text: str) -> Parsed:
     return Parsed.fail("no valid JSON object")
 
 
+# RewardAnything's own output reader (zhuohaoyu/RewardAnything ``rewardanything/processing.py``:
+# ``extract_json_content``, ``fix_json_format``, ``extract_json_by_brackets``, ``safe_parse_json``), in linear time
+_FENCE = re.compile(r"```(?:json)?")
+# (whitespace and the key's characters are disjoint classes: a failed match costs one pass over its run)
+_UNQUOTED_KEY = re.compile(r"([{,])\s*([a-zA-Z0-9_-]+)\s*:")
+_COMMA_BRACE = re.compile(r",\s*}")
+_COMMA_BRACKET = re.compile(r",\s*]")
+
+
+def _drop_think(text: str) -> str:
+    """``text`` without its ``<think>…</think>`` sections (each opening tag with the nearest closing tag after it;
+    an opening tag never closed stays), as ``re.sub(r'<think>.*?</think>', '', text, flags=re.DOTALL)`` does."""
+    out, pos = [], 0
+    while True:
+        i = text.find("<think>", pos)
+        j = text.find("</think>", i + 7) if i >= 0 else -1
+        if j < 0:
+            break
+        out.append(text[pos:i])
+        pos = j + 8
+    out.append(text[pos:])
+    return "".join(out)
+
+
+_UNDECODED = object()
+
+
+def _loads(candidate: str) -> Any:
+    try:
+        return json.loads(candidate)
+    except (ValueError, RecursionError):
+        return _UNDECODED
+
+
+def rewardanything_json(text: str) -> Optional[dict]:
+    """The JSON object RewardAnything's own reader gets from an output, or None where it gets none: the text
+    after removing ``<think>…</think>`` sections and code fences, decoded as is; else after its repairs (single
+    quotes → double quotes, unquoted keys quoted, trailing commas dropped, ``"best-to-worse"`` →
+    ``"best-to-worst"``); else the span from the first ``{`` to the last ``}``. The first of these that
+    decodes is the result, so one that decodes to something other than an object gives none (the official
+    reader has nothing usable either)."""
+    if not isinstance(text, str):
+        return None
+    clean = _FENCE.sub("", _drop_think(text)).strip()
+    obj = _loads(clean)
+    if obj is _UNDECODED:
+        fixed = _UNQUOTED_KEY.sub(r'\1"\2":', clean.replace("'", '"'))
+        fixed = _COMMA_BRACKET.sub("]", _COMMA_BRACE.sub("}", fixed)).replace('"best-to-worse"', '"best-to-worst"')
+        obj = _loads(fixed)
+    if obj is _UNDECODED:
+        first, last = clean.find("{"), clean.rfind("}")
+        obj = _loads(clean[first:last + 1]) if 0 <= first < last else None  # (only an object counts here)
+    return obj if isinstance(obj, dict) else None
+
+
+def _score_value(v: Any) -> Optional[float]:
+    """A response's score as a finite float: a JSON number, or a string holding one number (RewardAnything's
+    reader keeps the value as given and its rewards read it with ``float()``); anything else is no score."""
+    if isinstance(v, str):
+        v = v.strip()
+        if not _WHOLE_NUMBER.fullmatch(v):
+            return None
+    elif isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return v if math.isfinite(v) else None
+
+
 @dataclass(frozen=True)
 class RankingParse:
     """RewardAnything output checked field by field (the format reward reads these flags)."""
@@ -287,15 +376,29 @@ class RankingParse:
 def parse_ranking(text: str, names: Sequence[str]) -> Parsed:
     """RewardAnything listwise verdict ``{"scores": {name: s}, "best-to-worst": [names]}``.
 
+    The object is the one RewardAnything's own reader gets (:func:`rewardanything_json`: thinking and code
+    fences removed, its quote / key / trailing-comma repairs, first ``{`` to last ``}``); where that reader
+    gets none, the last JSON object after the ``<think>…</think>`` sections (:func:`parse_json_object`). A
+    score is a JSON number or a string holding one (the official rewards read it with ``float()``).
     ``value`` is a :class:`RankingParse` whenever the text holds a JSON object (so partial formats
     still earn partial format reward); it is a verdict (``ok``) only when every name is scored."""
     names = list(names)
     if not names or len(set(names)) != len(names):
         raise ValueError("parse_ranking: names must be non-empty and unique")
-    p = parse_json_object(text)
-    if not p.ok:
-        return p
-    obj = p.value
+    bad = _check_text(text)
+    if bad:
+        return bad
+    # what RewardAnything's own reader decodes comes first; where it decodes nothing, the last JSON object
+    # after the thinking (a draft inside <think>…</think> is not the verdict)
+    obj = rewardanything_json(text)
+    if obj is None:
+        rest = _drop_think(text)
+        if not rest.strip():
+            return Parsed.fail("no JSON object after the <think> section")
+        p = parse_json_object(rest)
+        if not p.ok:
+            return p
+        obj = p.value
     raw_scores = obj.get("scores")
     scores: dict = {}
     unknown = False
@@ -303,14 +406,11 @@ def parse_ranking(text: str, names: Sequence[str]) -> Parsed:
         for k, v in raw_scores.items():
             if k not in names:
                 unknown = True
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                try:
-                    v = float(v)
-                except OverflowError:  # an integer too large for a float
-                    continue
-                if math.isfinite(v):
+            else:
+                v = _score_value(v)
+                if v is not None:
                     scores[k] = v
-    ranking = obj.get("best-to-worst", obj.get("best_to_worst"))
+    ranking = obj.get("best-to-worst", obj.get("best-to-worse", obj.get("best_to_worst")))
     ranking = [r for r in ranking if isinstance(r, str)] if isinstance(ranking, list) else []
     all_scored = len(scores) == len(names) and not unknown
     complete = sorted(ranking) == sorted(names)

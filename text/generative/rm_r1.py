@@ -13,8 +13,14 @@ Prompt protocols (``RMR1Config.template``): ``"mmreward"`` (a compact chain-of-r
 prompt, the default), ``"paper"`` (the system prompt and user template of the released RM-R1
 instruct models) and ``"paper-reasoning"`` (the single user prompt of the DeepSeek-distilled RM-R1
 models), character for character from RM-R1-UIUC/RM-R1 (``demo/demo.ipynb``; the same strings in
-``eval/reward-bench/rewardbench/generative.py``). The paper protocols read verdicts as RM-R1's
-harness does: an output naming both ``[[A]]`` and ``[[B]]`` is no verdict.
+``eval/reward-bench/rewardbench/generative.py``). The paper protocols read verdicts exactly as RM-R1's
+harness does (:func:`~mmreward.text.generative.parsing.parse_ab_rm_r1`: the literal ``[[A]]`` / ``[[B]]``
+anywhere in the output, both or neither is no verdict); the ``"mmreward"`` template reads the last
+``<answer>…</answer>`` or a bare verdict in the final ``tail_chars`` characters (``parse_ab``).
+
+:func:`rm_r1_reward` is RM-R1's RL reward (``rm_r1/verl/utils/reward_score/lm_as_judge.py``,
+``answer_reward``): +1 iff the final 80 characters hold ``<answer>[[X]]</answer>`` for the label X and not
+the other letter's tag, else −1.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from mmreward.core.inputs import Comparison
 from mmreward.core.model import check_ranges
 
 from .base import GenerativeJudge, check_sampling, text_field, text_lists
-from .parsing import parse_ab
+from .parsing import parse_ab, parse_ab_rm_r1
 from .position import verdict_prob
 from .runner import JudgeConfig, JudgeRunner, parse_metrics
 
@@ -135,7 +141,7 @@ class RMR1Template:
 
     system: Optional[str]  # the system message (None: none)
     user: str  # the user message; placeholders {prompt}, {first}, {second}
-    exclusive: bool = False  # both [[A]] and [[B]] anywhere in the output is no verdict (RM-R1's harness)
+    exclusive: bool = False  # verdicts read by RM-R1's harness rule (parse_ab_rm_r1): both letters anywhere is none
 
 
 RM_R1_TEMPLATES = {
@@ -153,7 +159,9 @@ class RMR1Config:
     system_prompt: Optional[str] = field(default=None, metadata={
         "help": "replaces the template's system prompt (None: the template's)"})
     max_new_tokens: int = field(default=512, metadata={"help": "rubric + evaluation length limit"})
-    tail_chars: int = field(default=400, metadata={"help": "window at the end of the output for a bare [[A]] / [[B]]"})
+    tail_chars: int = field(default=400, metadata={
+        "help": "window at the end of the output for a bare [[A]] / [[B]] ('mmreward' template; the paper templates "
+                "read the whole output as RM-R1's harness does)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     num_samples: int = field(default=1, metadata={"help": "k sampled judgements (majority of parsed verdicts)"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature when num_samples > 1"})
@@ -178,11 +186,33 @@ def chain_of_rubrics_messages(prompt: str, a: str, b: str, system_prompt: Option
     return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
 
 
-def rm_r1_reward(output: str, label: str, tail_chars: Optional[int] = 400, exclusive: bool = False) -> float:
-    """The RL reward: +1 if the parsed verdict equals ``label`` (``"A"`` / ``"B"``), else −1."""
+RM_R1_REWARD_TAIL = 80  # lm_as_judge.py answer_reward: pred = solution_str[-80:]
+
+
+def rm_r1_reward(output: str, label: str, tail_chars: Optional[int] = None, exclusive: Optional[bool] = None, *,
+                 rule: Optional[str] = None) -> float:
+    """The RL reward: +1 for the right verdict, −1 otherwise (wrong, unparsable, missing or conflicting).
+
+    ``rule="paper"`` (the default) is RM-R1's training reward exactly: the final 80 characters of ``output``
+    contain ``<answer>[[label]]</answer>`` and not the other letter's ``<answer>[[…]]</answer>``.
+    ``rule="parse"`` (implied when ``tail_chars`` or ``exclusive`` is given) is the verdict of
+    :func:`parse_ab` (``tail_chars`` default 400) equal to ``label``."""
     if label not in ("A", "B"):
         raise ValueError(f"label must be 'A' or 'B', got {label!r}")
-    p = parse_ab(output, tail_chars, exclusive)
+    if rule is None:
+        rule = "paper" if tail_chars is None and exclusive is None else "parse"
+    if rule == "paper":
+        if tail_chars is not None or exclusive is not None:  # they would be ignored
+            raise ValueError("rm_r1_reward: tail_chars / exclusive apply to rule='parse'; rule='paper' reads the "
+                             f"final {RM_R1_REWARD_TAIL} characters as RM-R1's reward does")
+        if not isinstance(output, str):
+            return -1.0
+        tail = output[-RM_R1_REWARD_TAIL:]
+        other = "B" if label == "A" else "A"
+        return 1.0 if f"<answer>[[{label}]]</answer>" in tail and f"<answer>[[{other}]]</answer>" not in tail else -1.0
+    if rule != "parse":
+        raise ValueError(f"rm_r1_reward: rule must be 'paper' or 'parse', got {rule!r}")
+    p = parse_ab(output, 400 if tail_chars is None else tail_chars, bool(exclusive))
     return 1.0 if p.ok and p.value == label else -1.0
 
 
@@ -213,9 +243,10 @@ class RMR1Judge(GenerativeJudge):
               batch_size: Optional[int] = None) -> torch.Tensor:
         prompts, first, second = text_lists("RMR1Judge.judge", prompts=prompts, first=first, second=second)
         c = self.config
-        exclusive = RM_R1_TEMPLATES[c.template].exclusive
+        # the paper protocols read verdicts as RM-R1's harness does; the compact one reads the answer tag / tail
+        parse = parse_ab_rm_r1 if RM_R1_TEMPLATES[c.template].exclusive else (lambda t: parse_ab(t, c.tail_chars))
         msgs = [self.messages(p, a, b) for p, a, b in zip(prompts, first, second)]
-        res = self.runner.run(msgs, lambda t: parse_ab(t, c.tail_chars, exclusive), batch_size)
+        res = self.runner.run(msgs, parse, batch_size)
         self.last_results = res
         out = []
         for row in res:
