@@ -95,12 +95,16 @@ class ArmoRewardModel(RewardModel):
         for i, row in enumerate(rows):  # name the input, not its place in a sorted batch
             self._gate_at(row.ids, f"input {i}")
 
-    def objectives_and_gate(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """``(rewards @ reward_transform_matrix (N, K), gate (N, K))``."""
+    def objectives_and_gate(self, input_ids: Tensor, attention_mask: Tensor,
+                            transformed: bool = True) -> tuple[Tensor, Tensor]:
+        """``(rewards @ reward_transform_matrix (N, K), gate (N, K))``; ``transformed=False``: the
+        regression layer's rewards as they are (the release's ``output.rewards``)."""
         hidden, mask = self.token_states(input_ids, attention_mask)  # (N, T, H), (N, T)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         dtype = self.head.weight.dtype
-        rewards = self.head(hidden[rows, last_positions(mask)].to(dtype)) @ self.reward_transform_matrix.to(dtype)
+        rewards = self.head(hidden[rows, last_positions(mask)].to(dtype))
+        if transformed:
+            rewards = rewards @ self.reward_transform_matrix.to(dtype)
         g = hidden[rows, self.gating_positions(input_ids, mask)].to(dtype)  # (N, H)
         for i, layer in enumerate(self.gating):
             g = F.relu(layer(g)) if i < len(self.gating) - 1 else layer(g)
@@ -115,9 +119,14 @@ class ArmoRewardModel(RewardModel):
         rewards, gate = self.objectives_and_gate(input_ids, attention_mask)
         return (gate * rewards).sum(1)  # (N,)
 
-    def objectives(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> Tensor:
-        """``Tensor[N, K]`` (float32, CPU): each input's K objective rewards (after the transform
-        matrix), the terms the gate weighs."""
+    def objectives(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None, transformed: bool = True) -> Tensor:
+        """``Tensor[N, K]`` (float32, CPU): each input's K objective rewards after the transform
+        matrix, the terms the gate weighs. ``transformed=False`` gives the regression layer's rewards
+        before it: what the release's ``output.rewards`` holds (the model card's ``multi_obj_rewards``,
+        one per attribute name), which differ wherever the matrix decorrelates an objective from
+        verbosity."""
+        if not isinstance(transformed, bool):
+            raise TypeError(f"ArmoRewardModel.objectives: transformed must be True or False, got {transformed!r}")
         rows = self.encode(inputs)
         self.check_encoded(rows)
         truncation_warning(rows, self.encoder, stacklevel=3)  # as score(): one warning naming what was cut
@@ -131,7 +140,8 @@ class ArmoRewardModel(RewardModel):
                 for start in range(0, len(rows), batch_size):
                     ids, mask, _ = pad_batch(rows[start:start + batch_size], self.pad_id)
                     device = self.head.weight.device
-                    out[start:start + len(ids)] = self.objectives_and_gate(ids.to(device), mask.to(device))[0].float().cpu()
+                    out[start:start + len(ids)] = self.objectives_and_gate(ids.to(device), mask.to(device),
+                                                                  transformed)[0].float().cpu()
         finally:
             self.train(was_training)
         return out

@@ -56,9 +56,11 @@ class RewardTrainConfig(TrainConfig):
         if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool)
                                             and math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"RewardTrainConfig.epochs must be a number > 0 or None, got {self.epochs!r}")
-        if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 1.0):
+        if isinstance(self.label_smoothing, bool) or not (isinstance(self.label_smoothing, (int, float))
+                                                          and 0.0 <= self.label_smoothing < 1.0):
             raise ValueError(f"RewardTrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not (isinstance(self.center_coef, (int, float)) and math.isfinite(self.center_coef) and self.center_coef >= 0):
+        if isinstance(self.center_coef, bool) or not (isinstance(self.center_coef, (int, float))
+                                                      and math.isfinite(self.center_coef) and self.center_coef >= 0):
             raise ValueError(f"RewardTrainConfig.center_coef must be a finite number >= 0, got {self.center_coef!r}")
         if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
                                             or self.max_length < 2):

@@ -3,8 +3,8 @@
 Each iteration: sample K responses per prompt from the policy (any Hugging Face causal LM with
 ``generate``), score them with any reward callable ``(prompts, responses) -> Tensor[N]`` or reward
 model scoring ``TextPair`` inputs, keep the best response per prompt (or the top fraction of all
-samples), fine-tune the policy on the kept (prompt, response) pairs with the supervised next-token
-loss on the response tokens, repeat.
+samples, 1/K by default), fine-tune the policy on the kept (prompt, response) pairs with the
+supervised next-token loss on the response tokens, repeat.
 
     history = raft(policy, tokenizer, prompts, reward_fn, RaftConfig(output_dir="runs/raft", iterations=4))
 
@@ -40,7 +40,7 @@ class RaftConfig:
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0: off)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1: off)"})
     selection: str = field(default="best_per_prompt", metadata={"help": "best_per_prompt | top_fraction (of all samples)"})
-    top_fraction: float = field(default=0.125, metadata={"help": "fraction of all samples kept with selection=top_fraction"})
+    top_fraction: Optional[float] = field(default=None, metadata={"help": "fraction of all samples kept with selection=top_fraction (None: 1/samples_per_prompt, as RAFT's global ranking, which keeps as many samples as there are prompts)"})
     generation_batch_size: int = field(default=16, metadata={"help": "prompts per generate() call"})
     sft_steps: int = field(default=50, metadata={"help": "optimizer steps of supervised fine-tuning per iteration"})
     sft_batch_size: int = field(default=8, metadata={"help": "SFT micro-batch size"})
@@ -59,8 +59,11 @@ class RaftConfig:
                 raise ValueError(f"RaftConfig.{name} must be an integer >= 1, got {v!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"RaftConfig.selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if not 0.0 < self.top_fraction <= 1.0:
-            raise ValueError(f"RaftConfig.top_fraction must be in (0, 1], got {self.top_fraction}")
+        if self.top_fraction is not None and (isinstance(self.top_fraction, bool)
+                                              or not isinstance(self.top_fraction, (int, float))
+                                              or not 0.0 < self.top_fraction <= 1.0):
+            raise ValueError(f"RaftConfig.top_fraction must be a number in (0, 1] or None (1/samples_per_prompt), "
+                             f"got {self.top_fraction!r}")
         # checked here: a bad value would otherwise fail only at the first generate() / fine-tuning, after the
         # samples were drawn and scored and raft.csv was started (the folder then refuses the corrected run)
         for name, low, high in (("temperature", 0.0, math.inf), ("top_p", 0.0, 1.0), ("lr", 0.0, math.inf)):
@@ -147,12 +150,16 @@ def sample_responses(policy: nn.Module, tokenizer: Any, prompts: Sequence[str], 
 
 
 def select_samples(rewards: torch.Tensor, num_prompts: int, config: RaftConfig) -> list[int]:
-    """Indices of kept samples: the best of each prompt's K, or the global top fraction."""
+    """Indices of kept samples: the best of each prompt's K, or the global top fraction (by default 1/K of
+    the P·K samples, i.e. P of them: RAFT's global ranking, whose official code sets K = 1 / fraction)."""
     K = config.samples_per_prompt
     if config.selection == "best_per_prompt":
         best = rewards.view(num_prompts, K).argmax(1)  # (P,)
         return [p * K + int(b) for p, b in enumerate(best)]
-    k = max(1, math.ceil(config.top_fraction * rewards.numel()))
+    if config.top_fraction is None:
+        k = num_prompts  # exactly 1/K of the P·K samples (no float rounding)
+    else:
+        k = max(1, math.ceil(config.top_fraction * rewards.numel()))
     return sorted(torch.topk(rewards, k).indices.tolist())
 
 

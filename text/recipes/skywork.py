@@ -3,9 +3,11 @@
 Three filters over preference pairs (dicts with ``prompt`` / ``chosen`` / ``rejected`` strings or
 TRL message lists, and an optional category field), each returning the kept pairs in their original order:
 
-* :func:`select_top_by_margin` — per category, keep the top ``fraction`` of pairs by a scorer's
-  margin ``score(chosen) − score(rejected)`` (Skywork-Reward keeps the pairs a strong RM is most
-  sure about per source / task category);
+* :func:`select_top_by_margin` — per category, keep the top ``fraction`` of pairs by a per-pair
+  score: :func:`pair_margins` gives a scorer's margin ``score(chosen) − score(rejected)``. Skywork-Reward
+  itself ranked its Magpie pairs per task category by the *average ArmoRM score* the Magpie datasets
+  ship (minus 0.1 for Magpie-Air and 0.05 for Magpie-Pro), not by a margin: pass those scores as
+  ``margins`` to reproduce that selection;
 * :func:`filter_by_reference` — drop pairs a reference RM disagrees with (margin below ``threshold``);
 * :func:`decontaminate` — drop pairs sharing a word n-gram (13 by default, as in the GPT-3 /
   Skywork decontamination) with an evaluation set's texts.
@@ -63,8 +65,8 @@ def select_top_by_margin(pairs: Sequence[dict], margins: torch.Tensor, fraction:
 
     Pairs without ``category_key`` (or with ``category_key=None``) form one category ``None``."""
     _check_pairs(pairs, "select_top_by_margin")
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"select_top_by_margin: fraction must be in (0, 1], got {fraction}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"select_top_by_margin: fraction must be a number in (0, 1], got {fraction!r}")
     margins = torch.as_tensor(margins, dtype=torch.float64).reshape(-1)
     if margins.numel() != len(pairs):
         raise ValueError(f"select_top_by_margin: {margins.numel()} margins for {len(pairs)} pairs")

@@ -132,7 +132,13 @@ def init_distances(states: Sequence[dict[str, torch.Tensor]]) -> list[float]:
 def _normalise(weights: Optional[Sequence[float]], m: int) -> list[float]:
     if weights is None:
         return [1.0 / m] * m
-    w = [float(x) for x in weights]
+    # a string's characters would be read as the weights ("13" as 1 and 3), a bool as 0 / 1
+    if isinstance(weights, (str, bytes)) or any(isinstance(x, (str, bytes, bool)) for x in weights):
+        raise TypeError(f"weights must be a list of numbers, one per model, got {weights!r}")
+    try:
+        w = [float(x) for x in weights]
+    except (TypeError, ValueError):
+        raise TypeError(f"weights must be a list of numbers, one per model, got {weights!r}") from None
     if len(w) != m:
         raise ValueError(f"got {len(w)} weights for {m} models")
     if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
