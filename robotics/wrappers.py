@@ -264,11 +264,13 @@ class DiffusionRewardWrapper(gym.Wrapper):
 
 
 @torch.no_grad()
-def relabel_episode(reward_model, frames, success=None) -> np.ndarray:
+def relabel_episode(reward_model, frames, success=None, *, with_rnd: bool = True) -> np.ndarray:
     """Rewards of a finished episode's transitions in one batch (the paper's relabelling):
     ``frames`` uint8 ``[T+1, H, W, 3]`` (the reset frame, then one per step) → ``[T]`` float32,
     reward t for the frame after action t — what :class:`DiffusionRewardWrapper` returns at step t.
-    ``success`` (``[T]``, per transition) adds the sparse term."""
+    ``success`` (``[T]``, per transition) adds the sparse term. ``with_rnd=False`` leaves out the RND
+    term ``α·r_RND``, as the official code's relabelling does (its RL loop adds the bonus of the
+    current RND predictor to each sampled batch: ``DiffusionReward.exploration_bonus``)."""
     from .data.inputs import as_success
 
     f = torch.as_tensor(np.ascontiguousarray(frames)) if not isinstance(frames, torch.Tensor) else frames
@@ -287,7 +289,8 @@ def relabel_episode(reward_model, frames, success=None) -> np.ndarray:
             raise ValueError(f"success must have one flag per transition ({steps} for {steps + 1} frames), got "
                              f"{n if n is not None else type(success).__name__}")
         s = torch.cat([torch.zeros(1), as_success(flags, steps, "success")])
-    r = reward_model(f.to(reward_model.device), success=s)
+    kw = {} if with_rnd else {"with_rnd": False}  # other scorers (a ranker, an RND) take no such option
+    r = reward_model(f.to(reward_model.device), success=s, **kw)
     return r[1:].cpu().numpy().astype(np.float32)
 
 

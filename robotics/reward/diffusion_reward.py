@@ -535,11 +535,12 @@ class DiffusionReward(EpisodeScorer, nn.Module):
     # -------------------------------------------------------------- mixed reward
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, success: Optional[torch.Tensor] = None, *,
-                batch_size: Optional[int] = None) -> torch.Tensor:
+                batch_size: Optional[int] = None, with_rnd: bool = True) -> torch.Tensor:
         """Rewards ``[T]``: ``(1 − α)·z(r_ce) + α·r_RND + r_sparse`` (see the module docstring).
         ``frames``: uint8 ``[T, H, W, 3]``, a tensor, a numpy array or a list of ``[H, W, 3]`` frames (as
         :meth:`score` and :func:`~mmreward.robotics.wrappers.relabel_episode` take them); ``success``
-        likewise a tensor, an array or a list."""
+        likewise a tensor, an array or a list. ``with_rnd=False`` leaves out the ``α·r_RND`` term (the
+        official RL loop adds it when a transition is sampled: :meth:`exploration_bonus`)."""
         self._checked_config()
         self._batch(batch_size)  # before any work
         if not isinstance(frames, torch.Tensor):
@@ -550,7 +551,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         goal = self.goal_distance(tok) if self.config.goal_scale > 0 else None
         moved = self.displacement(tok) if self.config.displacement_scale > 0 else None
         consistent = self.frame_consistency(frames) if self.config.consistency_scale > 0 else None
-        return self.combine(raw, frames, success, change, goal, moved, consistent)
+        return self.combine(raw, frames, success, change, goal, moved, consistent, with_rnd=with_rnd)
 
     def frame_rewards(self, frames: torch.Tensor, success: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         return self(frames.to(self.device), success, batch_size=batch_size)
@@ -560,7 +561,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                 change: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                 goal_distance: Optional[torch.Tensor] = None,
                 displacement: Optional[torch.Tensor] = None,
-                consistency: Optional[torch.Tensor] = None) -> torch.Tensor:
+                consistency: Optional[torch.Tensor] = None, *, with_rnd: bool = True) -> torch.Tensor:
         """The mixing rule on raw rewards ``[N]`` of the frames ``frames`` (uint8 ``[N, H, W, 3]``,
         used by RND and the progress ranker): ``(1 − α)·z(raw) + α·r_RND + r_sparse`` (``z(raw) +
         r_sparse`` without RND), with ``β·z(progress)`` added to z(raw) when a progress model is
@@ -570,7 +571,9 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         :meth:`goal_distance` of the frames), and ``δ·min(displacement / s_P, displacement_cap)`` added
         when ``displacement_scale`` > 0 (``displacement``: :meth:`displacement` of the frames), and
         ``κ·consistency / s_C`` when ``consistency_scale`` > 0 (``consistency``: :meth:`frame_consistency`
-        of the whole episode)."""
+        of the whole episode). ``with_rnd=False``: ``(1 − α)·z(raw) + r_sparse``, the part the official
+        code stores when it relabels an episode (its RL loop adds :meth:`exploration_bonus` per sampled
+        batch)."""
         self._checked_config()
         z = self.standardize(raw)
         if self.progress is not None:
@@ -604,13 +607,24 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             z = z + self.config.consistency_scale * consistency.to(z.device).float() / std
         if self.rnd is not None:
             a = self.config.expl_scale
-            r = (1 - a) * z + a * self.rnd(frames).to(z.device).float()
+            r = (1 - a) * z
+            if with_rnd:
+                r = r + a * self.rnd(frames).to(z.device).float()
         else:
             r = z
         if success is not None and self.config.use_sparse:
             s = as_success(success, r.shape[0], "success")  # NaN / strings / wrong length: a named error
             r = r + self.config.success_scale * s.to(r.device)
         return r
+
+    @torch.no_grad()
+    def exploration_bonus(self, frames: torch.Tensor) -> torch.Tensor:
+        """``α·r_RND`` of each frame (uint8 ``[B, H, W, 3]``) with the RND predictor as it is now: what
+        the official Diffusion Reward loop adds to every sampled batch's reward, on the batch's next
+        observations (zeros without an RND module)."""
+        if self.rnd is None:
+            return torch.zeros(len(frames), device=self.device)
+        return self.config.expl_scale * self.rnd(frames).float()
 
     def update_rnd(self, frames: torch.Tensor) -> dict[str, float]:
         """One online RND predictor update on a batch of frames (no-op without an RND module)."""

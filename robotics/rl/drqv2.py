@@ -34,7 +34,8 @@ class DrQV2Config:
     hidden_dim: int = _help("width of the actor / critic MLPs", default=1024)
     critic_target_tau: float = _help("EMA rate of the target critic", default=0.01)
     num_expl_steps: int = _help("agent steps with uniform random actions at the start", default=2000)
-    stddev_schedule: str = _help("exploration std: a number or 'linear(init,final,steps)' over agent steps",
+    stddev_schedule: str = _help("exploration std over agent steps: a number, 'linear(init,final,steps)' or "
+                                 "'step_linear(init,final1,steps1,final2,steps2)'",
                                  default="linear(1.0,0.1,500000)")
     stddev_clip: float = _help("clip of the exploration noise in the target / actor updates", default=0.3)
     discount: float = _help("per-step discount γ (the n-step return uses γ^n)", default=0.99)
@@ -62,37 +63,56 @@ class DrQV2Config:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _schedule_terms(spec: str | float) -> tuple[float, float, float]:
-    """``(init, final, duration)`` of a schedule; a constant is ``(v, v, 1)``."""
+_SCHEDULE_FORMS = "a number, 'linear(init,final,steps)' or 'step_linear(init,final1,steps1,final2,steps2)'"
+
+
+def _schedule_terms(spec: str | float) -> tuple[float, ...]:
+    """The numbers of a schedule: ``(v,)`` for a constant, ``(init, final, duration)`` for ``linear``,
+    ``(init, final1, duration1, final2, duration2)`` for DrQ-v2's ``step_linear``."""
     try:
-        v = float(spec)
-        return v, v, 1.0
+        return (float(spec),)
     except (TypeError, ValueError):
         pass
-    m = re.fullmatch(r"\s*linear\(\s*([^,]+),\s*([^,]+),\s*([^,)]+)\)\s*", str(spec))
+    num = r"\s*([^,()]+?)\s*"
+    m = (re.fullmatch(rf"\s*linear\({num},{num},{num}\)\s*", str(spec))
+         or re.fullmatch(rf"\s*step_linear\({num},{num},{num},{num},{num}\)\s*", str(spec)))
     if not m:
-        raise ValueError(f"unknown schedule {spec!r}: use a number or 'linear(init,final,duration)'")
+        raise ValueError(f"unknown schedule {spec!r}: use {_SCHEDULE_FORMS}")
     try:
-        init, final, duration = (float(g) for g in m.groups())
+        return tuple(float(g) for g in m.groups())
     except ValueError:
-        raise ValueError(f"unknown schedule {spec!r}: use a number or 'linear(init,final,duration)'") from None
-    return init, final, duration
+        raise ValueError(f"unknown schedule {spec!r}: use {_SCHEDULE_FORMS}") from None
 
 
 def check_schedule(spec: str | float, name: str = "stddev_schedule") -> None:
     """Refuse a schedule whose stds are not finite and >= 0: a NaN or infinite std makes every action
     NaN or saturated, a negative one is no std (torch raises only at the first noisy action)."""
-    init, final, duration = _schedule_terms(spec)
-    if not all(math.isfinite(v) and v >= 0 for v in (init, final)) or not (math.isfinite(duration) and duration >= 0):
-        raise ValueError(f"{name} must give finite stds >= 0 over a finite number of steps (a number or "
-                         f"'linear(init,final,steps)'), got {spec!r}")
+    terms = _schedule_terms(spec)
+    stds, durations = terms[0:1] + terms[1::2], terms[2::2]
+    if not all(math.isfinite(v) and v >= 0 for v in stds + durations):
+        raise ValueError(f"{name} must give finite stds >= 0 over finite numbers of steps ({_SCHEDULE_FORMS}), "
+                         f"got {spec!r}")
+
+
+def _linear(init: float, final: float, step: float, duration: float) -> float:
+    mix = min(max(step / max(duration, 1.0), 0.0), 1.0)
+    return (1.0 - mix) * init + mix * final
 
 
 def schedule(spec: str | float, step: int) -> float:
-    """``0.2`` (constant) or ``linear(init, final, duration)`` evaluated at ``step``."""
-    init, final, duration = _schedule_terms(spec)
-    mix = min(max(step / max(duration, 1.0), 0.0), 1.0)
-    return (1.0 - mix) * init + mix * final
+    """DrQ-v2's schedules evaluated at ``step``: ``0.2`` (constant), ``linear(init, final, duration)``
+    (init → final over ``duration`` steps, then final), ``step_linear(init, final1, duration1, final2,
+    duration2)`` (init → final1 over the first ``duration1`` steps, then final1 → final2 over the next
+    ``duration2``)."""
+    terms = _schedule_terms(spec)
+    if len(terms) == 1:
+        return terms[0]
+    if len(terms) == 3:
+        return _linear(terms[0], terms[1], step, terms[2])
+    init, final1, duration1, final2, duration2 = terms
+    if step <= duration1:
+        return _linear(init, final1, step, duration1)
+    return _linear(final1, final2, step - duration1, duration2)
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -4,6 +4,12 @@ A source relabels a finished episode in one batch: ``source(frames [T+1, H, W, 3
 env_rewards [T], success [T]) -> rewards [T]``, reward t belonging to the transition into frame t+1.
 Some also learn online (``update(frames)`` on replay frames every ``update_interval`` agent steps).
 
+The RND term ``α·r_RND`` is not stored with the episode: as in the official Diffusion Reward code
+(``DrQV2Agent.update``: ``reward += rm.calc_expl_reward(obs, next_obs)``), :meth:`RewardSource.bonus`
+gives it for the next observations of each sampled batch, with the RND predictor as it is at that
+update, and the workspace adds it to the batch's n-step reward. A novelty paid once, when the episode
+ended, would stay in the replay buffer at its first value however familiar the frames became.
+
 =========================  =========================================================================
 ``sparse``                 the success indicator per step (the baseline of the Diffusion Reward paper)
 ``dense``                  the environment's own shaped reward (Meta-World's hand-designed reward)
@@ -72,6 +78,11 @@ class RewardSource:
 
     def update(self, frames: torch.Tensor) -> dict[str, float]:
         return {}
+
+    def bonus(self, frames: torch.Tensor) -> Optional[torch.Tensor]:
+        """The exploration bonus ``[B]`` of next observations ``frames`` (uint8 ``[B, H, W, 3]``) that the
+        agent adds to a sampled batch's reward, or None (no bonus)."""
+        return None
 
     def state(self) -> dict:
         return {}
@@ -142,12 +153,14 @@ class LearnedReward(RewardSource):
         from ..wrappers import relabel_episode
 
         use_sparse = self.model.config.use_sparse
+        # without the RND term: bonus() pays it per sampled batch, with the predictor of that moment
         if self.shaping == "none":
-            return relabel_episode(self.model, frames, np.asarray(success) if use_sparse else None)
+            return relabel_episode(self.model, frames, np.asarray(success) if use_sparse else None, with_rnd=False)
         # potential-based shaping (Ng et al. 1999): Φ = the learned reward of a frame; a transition pays
         # γ·Φ(next) − Φ(frame) + success, which leaves the optimal policy that of the success reward alone
         with torch.no_grad():
-            phi = self.model(torch.as_tensor(np.ascontiguousarray(frames)).to(self.model.device)).float().cpu()
+            phi = self.model(torch.as_tensor(np.ascontiguousarray(frames)).to(self.model.device),
+                             with_rnd=False).float().cpu()
         r = (self.discount * phi[1:] - phi[:-1]).numpy()  # [T]
         if use_sparse:
             r = r + self.model.config.success_scale * np.asarray(success, dtype=np.float32)
@@ -155,6 +168,12 @@ class LearnedReward(RewardSource):
 
     def update(self, frames: torch.Tensor) -> dict[str, float]:
         return self.model.update_rnd(frames.to(self.model.device))
+
+    def bonus(self, frames: torch.Tensor) -> Optional[torch.Tensor]:
+        """``α·r_RND`` of the frames (None without an RND module or with α = 0)."""
+        if self.model.rnd is None or self.model.config.expl_scale == 0:
+            return None
+        return self.model.exploration_bonus(torch.as_tensor(frames).to(self.model.device)).float().cpu()
 
     def state(self) -> dict:
         if self.model.rnd is None:
@@ -398,13 +417,11 @@ def checkpoint_digest(model) -> dict:
 
 
 class _RNDOnly(LearnedReward):
-    """RND novelty + success, without running the video model."""
+    """RND novelty (weight 1, paid per sampled batch by :meth:`bonus`) + success (relabelled), without
+    running the video model."""
 
     def __call__(self, frames, env_rewards, success):
-        f = torch.as_tensor(np.ascontiguousarray(frames[1:])).to(self.model.device)
-        r = self.model.rnd(f).float().cpu().numpy()
-        s = self.model.config.success_scale * np.asarray(success, dtype=np.float32)
-        return (r + s).astype(np.float32)
+        return (self.model.config.success_scale * np.asarray(success, dtype=np.float32)).astype(np.float32)
 
 
 __all__ = ["REWARD_SOURCES", "SHAPINGS", "RewardSource", "SparseReward", "DenseReward", "CallableReward", "LearnedReward",

@@ -5,9 +5,12 @@ the reward source and the logs (the drqv2 code base's layout).
     summary = train_rl(RLConfig(task="metaworld/drawer-open-v3", reward="diffusion", out="runs/rl"))
 
 Frames count environment steps (agent steps × action repeat), as in DrQ-v2. Episodes are relabelled
-by the reward source when they end, then stored. Evaluation (deterministic actions, ``success`` =
-any step succeeds) runs before training, every ``eval_every_frames`` and at the end; its first
-episode is written as an mp4 with the training reward drawn on it.
+by the reward source when they end, then stored; a learned reward's RND term (α·r_RND) is not stored
+but added to each sampled batch's n-step reward, for the batch's next observations with the RND
+predictor of that update (the official Diffusion Reward agent's ``calc_expl_reward``). Evaluation
+(deterministic actions, ``success`` = any step succeeds) runs before training, every
+``eval_every_frames`` and at the end; its first episode is written as an mp4 with the training reward
+(without the RND term) drawn on it.
 
 Snapshots are taken at episode boundaries as ``<out>/checkpoint-<frame>/`` folders (agent,
 optimizers, replay position, reward source, RNGs and counters in one state file plus a manifest),
@@ -35,7 +38,7 @@ from mmreward.core.train import rng_state, seed_everything, set_rng_state
 from .drqv2 import MIN_FRAME_SIZE, DrQV2Agent, DrQV2Config
 from .recording import plot_learning_curves, write_eval_video
 from .replay import EpisodeRecord, ReplayBuffer, stack_frames
-from .rewards import LEARNED_OPTIONS, check_reward_options, env_reward_for, make_reward_source
+from .rewards import LEARNED_OPTIONS, RewardSource, check_reward_options, env_reward_for, make_reward_source
 
 
 # what a run leaves in its folder besides its snapshots and train_config.json
@@ -261,7 +264,14 @@ class Workspace:
         """Runs before each environment step of a training episode: agent and RND updates."""
         cfg, step = self.cfg, self.global_step
         if self.global_frame >= cfg.num_seed_frames and step % cfg.update_every_steps == 0 and self.replay.can_sample():
-            self._last_metrics.update(self.agent.update(self.replay.sample(cfg.batch_size), step))
+            batch = self.replay.sample(cfg.batch_size)
+            # the exploration bonus (α·RND) of the n-step next observations with the predictor as it is now,
+            # added to the stored n-step reward: the official Diffusion Reward agent's update
+            bonus = self.reward.bonus(next_frames(batch["next_obs"]))
+            if bonus is not None:
+                batch["reward"] = batch["reward"] + bonus.to(batch["reward"].dtype)
+                self._last_metrics["rnd_bonus"] = float(bonus.mean())
+            self._last_metrics.update(self.agent.update(batch, step))
         iv = self.reward.update_interval
         if iv and step % iv == 0 and len(self.replay.episodes):
             self._last_metrics.update(self.reward.update(self.replay.sample_frames(cfg.batch_size)))
@@ -352,6 +362,12 @@ class Workspace:
                    and getattr(c, k) is not None}
         if c.reward_shaping != "none":
             options["reward_shaping"] = c.reward_shaping
+        model = getattr(self.reward, "model", None)
+        if (getattr(model, "rnd", None) is not None and getattr(model.config, "expl_scale", 0) > 0
+                and type(self.reward).bonus is not RewardSource.bonus):
+            # the RND term is paid per sampled batch (RewardSource.bonus), not stored with the episodes as before:
+            # a run whose replay episodes hold it is not continued under this rule (with α = 0 nothing changed)
+            fp["rnd_bonus"] = "per_batch"
         if options:
             fp["reward_options"] = options
         # how the replay buffer is kept and sampled: a resume with others would train on a differently
@@ -410,6 +426,11 @@ class Workspace:
             if env is not None:  # None: construction failed before it was made
                 env.close()
         unlock_run_folder(self.cfg.out)  # the run folder's lock (start_run): another process may continue it
+
+
+def next_frames(next_obs: torch.Tensor) -> torch.Tensor:
+    """The newest frame of each stacked observation of a batch: uint8 ``[B, 3·k, H, W]`` → ``[B, H, W, 3]``."""
+    return next_obs[:, -3:].permute(0, 2, 3, 1)
 
 
 def train_rl(config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None) -> dict[str, Any]:
