@@ -2,7 +2,8 @@
 
 Each training step, for a batch of prompts (as ImageReward's ``refl.py``):
 
-1. set the scheduler to T = ``num_inference_steps`` (40) steps and draw t uniformly from
+1. set the scheduler (``DiffusionParts.from_pipeline``: a ``DDPMScheduler`` with the pipeline's
+   scheduler config, as ImageReward's ReFL) to T = ``num_inference_steps`` (40) steps and draw t uniformly from
    [``min_step``, ``max_step``] = [30, 39] — an index into the 40-step loop;
 2. run the loop from pure noise up to index t **without gradient**;
 3. at index t, run the UNet **with gradient**, take the predicted x0 (the scheduler's
@@ -19,6 +20,7 @@ evaluate with the full T-step loop.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -69,8 +71,12 @@ class DiffusionParts(nn.Module):
         self.latent_channels = unet.config.in_channels
 
     @classmethod
-    def from_pipeline(cls, pipe: Any) -> "DiffusionParts":
-        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+    def from_pipeline(cls, pipe: Any, scheduler: Any = None) -> "DiffusionParts":
+        """The parts of ``pipe``. ``scheduler`` defaults to :func:`refl_scheduler` of the pipeline's
+        scheduler — a ``DDPMScheduler`` with its config, the scheduler ImageReward's ReFL samples
+        and predicts x0 with; pass ``pipe.scheduler`` (or any other) to use that one instead."""
+        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+                   refl_scheduler(pipe.scheduler) if scheduler is None else scheduler)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -119,17 +125,32 @@ class DiffusionParts(nn.Module):
         uncond = self.encode_prompts([""] * len(prompts)) if config.guidance_scale != 1.0 else None
         self.scheduler.set_timesteps(config.num_inference_steps, device=cond.device)
         latents = self.noise(len(prompts), generator)
+        # a stochastic scheduler (DDPM, ReFL's) draws its step noise from the same seeded generator, so
+        # sample(seed=...) is the same images every call
+        extra = {"generator": generator} if generator is not None and "generator" in inspect.signature(
+            self.scheduler.step).parameters else {}
         steps = self.scheduler.timesteps
         for i, t in enumerate(steps):
             if stop_at is not None and i == stop_at:
                 pred = self._eps(unet, latents, t, cond, uncond, config.guidance_scale)  # with gradient
-                out = self.scheduler.step(pred, t, latents)
+                out = self.scheduler.step(pred, t, latents, **extra)
                 return self.decode(self._x0(out, pred, t, latents))
             with torch.no_grad():
                 pred = self._eps(unet, latents, t, cond, uncond, config.guidance_scale)
-                latents = self.scheduler.step(pred, t, latents).prev_sample
+                latents = self.scheduler.step(pred, t, latents, **extra).prev_sample
         with torch.no_grad():
             return self.decode(latents)
+
+
+def refl_scheduler(scheduler: Any) -> Any:
+    """A diffusers ``DDPMScheduler`` with ``scheduler``'s config (its betas, training steps, prediction
+    type). ImageReward's ReFL loads ``DDPMScheduler`` from the model's ``scheduler`` folder whatever
+    scheduler the pipeline samples with (Stable Diffusion 1.x ships a PNDM config): its 40-step loop,
+    the loop index t drawn from [30, 39] and the predicted x0 are the DDPM ones. A pipeline's PNDM
+    scheduler would instead take 41 steps (one timestep repeated), shifting the indices."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config)
 
 
 def refl_loss(parts: DiffusionParts, scorer: Any, config: ReFLConfig):

@@ -126,8 +126,11 @@ def pre_clipped_ratio(logprobs: Tensor, old_logprobs: Tensor, log_ratio_min: flo
 def stable_ppo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, action_mask: Tensor,
                     config: Optional[StableReinforceConfig] = None,
                     ref_logprobs: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
-    """Token-mean PPO-clip loss with pre-clip. ``logprobs`` / ``old_logprobs`` / ``action_mask``:
-    (B, L) (``action_mask`` marks generated tokens); ``advantages``: (B,) per sequence or (B, L)."""
+    """PPO-clip loss with pre-clip, averaged as R1-Reward's ``PolicyLoss`` (OpenRLHF) does: the mean
+    over each sequence's generated tokens, then the mean over the sequences (a short answer weighs as
+    much as a long one; sequences with no generated token are left out). ``logprobs`` /
+    ``old_logprobs`` / ``action_mask``: (B, L) (``action_mask`` marks generated tokens);
+    ``advantages``: (B,) per sequence or (B, L). The optional k3 KL term is averaged the same way."""
     cfg = config or StableReinforceConfig()
     if logprobs.shape != old_logprobs.shape or logprobs.shape != action_mask.shape or logprobs.dim() != 2:
         raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and action_mask "
@@ -146,7 +149,13 @@ def stable_ppo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     ratio = pre_clipped_ratio(logprobs, old, cfg.log_ratio_min, cfg.log_ratio_max)  # (B, L)
     adv = advantages.detach().to(logprobs.dtype)
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
-    loss = -(surr * mask).sum() / n
+    per_seq = mask.sum(-1)  # (B,) generated tokens of each sequence
+    rows = per_seq > 0
+
+    def seq_mean(x: Tensor) -> Tensor:  # masked mean over each sequence's tokens, then over the sequences
+        return ((x * mask).sum(-1)[rows] / per_seq[rows]).mean()
+
+    loss = -seq_mean(surr)
     clipped = ((ratio - 1).abs() > cfg.clip_eps).to(mask.dtype)
     metrics = {"pg_loss": float(loss.detach()), "clip_frac": float((clipped * mask).sum() / n),
                "ratio_max": float((ratio.detach() * mask).max())}
@@ -155,7 +164,7 @@ def stable_ppo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
             raise ValueError(f"ref_logprobs must have the logprobs' shape {tuple(logprobs.shape)}, "
                              f"got {tuple(ref_logprobs.shape)}")
         lr = torch.clamp(ref_logprobs.detach() - logprobs, cfg.log_ratio_min, cfg.log_ratio_max)
-        kl = ((torch.exp(lr) - lr - 1) * mask).sum() / n  # k3 estimator, pre-clipped too
+        kl = seq_mean(torch.exp(lr) - lr - 1)  # k3 estimator, pre-clipped too
         loss = loss + cfg.kl_coef * kl
         metrics["kl"] = float(kl.detach())
     return loss, metrics

@@ -314,7 +314,9 @@ class StepCollator:
 
 def step_loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
     loss, p = model(**batch)
-    acc = ((p >= 0.5) == (batch["step_labels"] > 0)).float().mean()
+    # the same rule as evaluate_visual_prm: predicted good = P(+) >= config.threshold (not a fixed 0.5)
+    threshold = getattr(getattr(model, "module", model), "config").threshold
+    acc = ((p >= threshold) == (batch["step_labels"] > 0)).float().mean()
     return loss, {"step_accuracy": float(acc)}
 
 

@@ -20,8 +20,8 @@ as one :class:`CLIPScorer` (``model_type`` ``clip_scorer``) on a transformers ``
   predictor's MLP next to the weights (``sac+logos+ava1-l14-linearMSE.pth`` or another
   improved-aesthetic-predictor ``*-l14-linearMSE.pth`` / ``*-reluMSE.pth``, on
   ``openai/clip-vit-large-patch14``), the aesthetic score DDPO and AlignProp train on: the MLP
-  (Linear 768→1024→128→64→16→1, ReLUs between them only in the ``reluMSE`` files) on the
-  L2-normalised projected image embedding;
+  (Linear 768→1024→128→64→16→1; the ``reluMSE`` files, saved from their own module layout, have a
+  ReLU after each of the first four linears) on the L2-normalised projected image embedding;
 * an HPSv2 checkpoint (``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt``: open_clip's
   ViT-H-14 state dict under ``state_dict``) and an open_clip folder (``open_clip_config.json`` +
   ``open_clip_pytorch_model.bin`` / ``open_clip_model.safetensors``): the open_clip weights are renamed
@@ -92,15 +92,25 @@ class CLIPScorerConfig:
         "help": "hidden widths of the aesthetic MLP (kind aesthetic), its input the projection width"})
     aesthetic_relu: bool = field(default=False, metadata={
         "help": "ReLUs between the aesthetic MLP's layers (the reluMSE predictors; linearMSE has none)"})
+    aesthetic_relu_dropout: bool = field(default=False, metadata={
+        "help": "the reluMSE predictors' own layout: a ReLU after each hidden linear and a dropout after the "
+                "first three (layers.0 / 3 / 6 / 9 / 11); off: one ReLU in each dropout's place (layers.0 … 7)"})
 
 
-def aesthetic_mlp(in_dim: int, dims: Sequence[int], relu: bool) -> nn.Sequential:
-    """The improved-aesthetic-predictor MLP with its module indices (``layers.0`` … ``layers.7``: a
-    dropout, or a ReLU, sits between the first four linears, and is the identity at inference)."""
+def aesthetic_mlp(in_dim: int, dims: Sequence[int], relu: bool, relu_dropout: bool = False) -> nn.Sequential:
+    """The improved-aesthetic-predictor MLP with its module indices. linearMSE (``layers.0`` …
+    ``layers.7``): a dropout between the first four linears, the identity at inference; ``relu``
+    puts a ReLU in each dropout's place. ``relu_dropout``: the reluMSE files' layout
+    (``avaclipmlp_inf_wds-relu.py``): Linear, ReLU, Dropout three times, then Linear, ReLU, Linear
+    (``layers.0`` / ``3`` / ``6`` / ``9`` / ``11``) — a ReLU after the fourth linear too."""
     mods: list[nn.Module] = []
     for i, width in enumerate(dims):
         mods.append(nn.Linear(in_dim if i == 0 else dims[i - 1], width))
-        if i < len(dims) - 1:
+        if relu_dropout:
+            mods.append(nn.ReLU())
+            if i < len(dims) - 1:
+                mods.append(nn.Identity())  # the dropout, the identity at inference
+        elif i < len(dims) - 1:
             mods.append(nn.ReLU() if relu else nn.Identity())
     mods.append(nn.Linear(dims[-1], 1))
     return nn.Sequential(*mods)
@@ -129,7 +139,7 @@ class CLIPScorer(ImageScorer):
         if config.kind == "aesthetic":
             self.aesthetic = nn.Module()
             self.aesthetic.layers = aesthetic_mlp(self.model.config.projection_dim, config.aesthetic_dims,
-                                                  config.aesthetic_relu)
+                                                  config.aesthetic_relu, config.aesthetic_relu_dropout)
 
     # ------------------------------------------------------------------ scoring
     def _tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -431,10 +441,19 @@ def _aesthetic_head(folder: str) -> Optional[str]:
     return found[0] if found else None
 
 
-def _load_aesthetic_head(model: CLIPScorer, path: str) -> None:
-    """The MLP's tensors (a ``torch.save`` state dict, read tensors-only) into ``model.aesthetic``."""
-    state = read_torch_state(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+def _read_aesthetic_head(path: str) -> dict:
+    """The MLP's tensors (a ``torch.save`` state dict, read tensors-only), without a ``module.`` prefix."""
+    return {k.removeprefix("module."): v for k, v in read_torch_state(path).items()}
+
+
+def _relu_dropout_layout(state: dict) -> bool:
+    """Whether an MLP state dict has the reluMSE files' Linear-ReLU-Dropout layout (``layers.3`` is the
+    second linear) rather than the linearMSE one (``layers.2``)."""
+    return "layers.3.weight" in state and "layers.2.weight" not in state
+
+
+def _load_aesthetic_head(model: CLIPScorer, path: str, state: dict) -> None:
+    """The MLP's tensors (read by :func:`_read_aesthetic_head`) into ``model.aesthetic``."""
     want = model.aesthetic.state_dict()
     if set(state) != set(want) or any(state[k].shape != want[k].shape for k in want):
         got = {k: tuple(v.shape) for k, v in state.items()}
@@ -486,10 +505,14 @@ def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: O
         raise CheckpointError(f"{folder}: the weights lack {len(info['missing_keys'])} CLIPModel tensor(s), e.g. "
                               f"{sorted(info['missing_keys'])[:4]}")
     relu = kind == "aesthetic" and "relu" in os.path.basename(head).lower()
-    config = CLIPScorerConfig(kind=kind, clip_config=clip.config.to_dict(), aesthetic_relu=relu, **pre)
+    head_state = _read_aesthetic_head(head) if kind == "aesthetic" else {}
+    # a reluMSE file as improved-aesthetic-predictor saves it: ReLU + dropout modules (layers.0 / 3 / 6 / 9 / 11)
+    relu_dropout = relu and _relu_dropout_layout(head_state)
+    config = CLIPScorerConfig(kind=kind, clip_config=clip.config.to_dict(), aesthetic_relu=relu,
+                              aesthetic_relu_dropout=relu_dropout, **pre)
     model = CLIPScorer(config, clip_tokenizer(folder), clip)
     if kind == "aesthetic":
-        _load_aesthetic_head(model, head)
+        _load_aesthetic_head(model, head, head_state)
     return finish_loading(model, resolve_device(device), resolve_dtype(dtype))
 
 
