@@ -6,13 +6,17 @@ diverging:
 * **pre-clip**: the log-ratio ``log π − log π_old`` is clamped to ``[log_ratio_min, log_ratio_max]``
   *before* ``exp`` (plain PPO computes ``exp`` first: a log-ratio of 100 overflows to inf and the
   clipped objective still yields NaN gradients). Then the usual clip to ``[1 − ε, 1 + ε]``.
-* **advantage filter**: non-finite advantages and ``|A| > adv_abs_max`` (default 10) are dropped
-  (set to 0); the rest are normalised with their mean / std, and values beyond mean ± 3σ
-  (``|z| > adv_sigma``) are set to 0 as well.
-* **consistency reward**: ``reward = 0.5·format + accuracy·(1 + 0.5·consistency)``; ``format`` = the
-  output is ``<think>…</think><answer>…</answer>`` naming answer 1 or 2; ``accuracy`` = it names the
+* **advantage filter** (R1-Reward's ``normalize``): advantages are normalised with the mean / std of the
+  finite ones; non-finite ones, those beyond mean ± 3σ (``|z| > adv_sigma``) and normalised values
+  with ``|z| > adv_abs_max`` (default 10) are set to 0 — the bounds apply to normalised advantages, so
+  a reward on any scale (0–1 or 0–100) filters alike.
+* **consistency reward**: ``reward = 0.5·format + accuracy·(1 + 0.5·(2·consistency − 1))``; ``format`` =
+  the output is ``<think>…</think><answer>…</answer>`` naming answer 1 or 2; ``accuracy`` = it names the
   preferred one; ``consistency`` (in [0, 1]) = a pluggable judge's verdict that the reasoning supports
-  the final answer (R1-Reward asks a separate MLLM; :func:`rule_consistency` is a rule-based default).
+  the final answer (R1-Reward asks a separate MLLM, whose +1 / −1 / 0 — consistent / contradicting / no
+  verdict — are consistency 1 / 0 / ½ here; :func:`rule_consistency` is a rule-based default). So a
+  right answer earns 1.5 with consistent reasoning, 1.0 without a verdict and 0.5 against its reasoning.
+  Unlike R1-Reward's server, an output failing the format check earns no accuracy.
 
 :func:`stable_reinforce_step` is one update for any causal LM / VLM judge (``policy(input_ids=…,
 attention_mask=…, **model_inputs).logits``); :func:`rollout` samples from a transformers policy and
@@ -35,7 +39,7 @@ class StableReinforceConfig:
     log_ratio_min: float = field(default=-math.log(1e3), metadata={"help": "pre-clip: lower bound of log π − log π_old before exp"})
     log_ratio_max: float = field(default=math.log(1e3), metadata={"help": "pre-clip: upper bound of log π − log π_old before exp"})
     adv_sigma: float = field(default=3.0, metadata={"help": "advantage filter: zero normalised advantages with |z| > this"})
-    adv_abs_max: float = field(default=10.0, metadata={"help": "advantage filter: drop raw advantages with |A| > this"})
+    adv_abs_max: float = field(default=10.0, metadata={"help": "advantage filter: drop normalised advantages with |z| > this"})
     normalize_advantages: bool = field(default=True, metadata={"help": "normalise kept advantages by their mean / std"})
     group_baseline: bool = field(default=True, metadata={"help": "subtract each group's (prompt's) mean reward when groups are given"})
     kl_coef: float = field(default=0.0, metadata={"help": "weight of the k3 KL penalty to ref_logprobs (0: off)"})
@@ -59,20 +63,22 @@ def filter_advantages(adv: Tensor, sigma: float = 3.0, abs_max: float = 10.0,
                       normalize: bool = True, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     """StableReinforce advantage filter on (B,) advantages → (filtered (B,), kept (B,) bool).
 
-    Dropped (→ 0): NaN / inf, ``|A| > abs_max``, and values beyond mean ± ``sigma``·std of the
-    remaining ones (population std). Kept values are ``(A − mean) / (std + eps)`` when ``normalize``."""
+    With mean and population std of the finite values, ``z = (A − mean) / (std + eps)``; dropped (→ 0):
+    NaN / inf, ``|z| > sigma`` and ``|z| > abs_max`` (R1-Reward bounds the normalised advantage: a raw
+    bound would zero most advantages of a reward on a 0–100 scale). Kept values are ``z`` when
+    ``normalize``, else ``A``."""
     if not isinstance(adv, Tensor) or adv.dim() != 1 or not adv.is_floating_point():
         got = f"a {adv.dtype} tensor of shape {tuple(adv.shape)}" if isinstance(adv, Tensor) else type(adv).__name__
         raise ValueError(f"advantages must be a 1-D float tensor, got {got}")
     a = adv.detach().double()
-    valid = torch.isfinite(a) & (a.abs() <= abs_max)
+    valid = torch.isfinite(a)
     out = torch.zeros_like(a)
     if int(valid.sum()) == 0:
         return out.to(adv.dtype), valid
     v = a[valid]
     mean, std = v.mean(), v.std(unbiased=False)
     z = (a - mean) / (std + eps)
-    kept = valid & (z.abs() <= sigma)
+    kept = valid & (z.abs() <= sigma) & (z.abs() <= abs_max)
     out[kept] = z[kept] if normalize else a[kept]
     return out.to(adv.dtype), kept
 
@@ -296,9 +302,10 @@ ConsistencyJudge = Callable[[R1Output], float]
 
 def r1_reward(text: str, preferred: int, consistency_judge: Optional[ConsistencyJudge] = None,
               config: Optional[StableReinforceConfig] = None) -> tuple[float, dict[str, Any]]:
-    """``format_weight·format + accuracy·(1 + consistency_weight·consistency)`` for one judge output;
-    ``preferred`` is the better answer (1 or 2). Returns the reward and its parts (with the reason
-    when the format check failed)."""
+    """``format_weight·format + accuracy·(1 + consistency_weight·(2·consistency − 1))`` for one judge
+    output (R1-Reward's reward: its referee's +1 / −1 / 0 are consistency 1 / 0 / ½); ``preferred`` is the
+    better answer (1 or 2). Returns the reward and its parts (with the reason when the format check
+    failed)."""
     cfg = config or StableReinforceConfig()
     if preferred not in (1, 2):
         raise ValueError(f"preferred must be 1 or 2, got {preferred!r}")
@@ -310,5 +317,5 @@ def r1_reward(text: str, preferred: int, consistency_judge: Optional[Consistency
         cons = float((consistency_judge or rule_consistency)(p))
         if not (0.0 <= cons <= 1.0):
             raise ValueError(f"consistency judge returned {cons}, expected a value in [0, 1]")
-    reward = cfg.format_weight * fmt + acc * (1.0 + cfg.consistency_weight * cons)
+    reward = cfg.format_weight * fmt + acc * (1.0 + cfg.consistency_weight * (2.0 * cons - 1.0))
     return reward, {"format": fmt, "accuracy": acc, "consistency": cons, "choice": p.choice, "reason": p.reason}

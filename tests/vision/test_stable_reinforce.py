@@ -23,18 +23,27 @@ from mmreward.vision.stable_reinforce import (
 def test_filter_drops_nan_large_and_three_sigma_outliers_by_hand():
     a = torch.tensor([0.0] * 10 + [5.0, float("nan"), 20.0, -float("inf")])
     out, kept = filter_advantages(a)
-    # NaN / inf and |A| = 20 > 10 are dropped; the rest: ten 0s and one 5
-    mean = 5 / 11
-    std = math.sqrt((10 * mean**2 + (5 - mean) ** 2) / 11)  # population std = 1.4374
-    assert (5 - mean) / std == pytest.approx(3.162, abs=1e-3)  # beyond mean + 3σ → dropped too
-    assert kept.tolist() == [True] * 10 + [False] * 4
-    assert torch.allclose(out[:10], torch.full((10,), -mean / std))
-    assert out[10:].tolist() == [0.0] * 4
+    # NaN / inf are dropped; mean / population std of the finite twelve (ten 0s, 5, 20)
+    mean = 25 / 12
+    std = math.sqrt((10 * mean**2 + (5 - mean) ** 2 + (20 - mean) ** 2) / 12)  # 5.5746
+    assert (20 - mean) / std == pytest.approx(3.214, abs=1e-3)  # beyond mean + 3σ → dropped
+    assert kept.tolist() == [True] * 11 + [False] * 3
+    assert torch.allclose(out[:10], torch.full((10,), -mean / std), atol=1e-6)
+    assert out[10].item() == pytest.approx((5 - mean) / std, abs=1e-6) and out[11:].tolist() == [0.0] * 3
     raw, kept2 = filter_advantages(a, normalize=False)
-    assert raw[:10].tolist() == [0.0] * 10 and kept2.tolist() == kept.tolist()
+    assert raw[:11].tolist() == [0.0] * 10 + [5.0] and kept2.tolist() == kept.tolist()
+    # the bounds apply to normalised advantages (R1-Reward): the same rewards ×10 filter alike
+    # (the raw bound |A| > 10 zeroed every advantage of a reward on a 0–100 scale)
+    out10, kept10 = filter_advantages(a * 10)
+    assert kept10.tolist() == kept.tolist() and torch.allclose(out10, out, atol=1e-6)
+    # abs_max bounds |z| too: at sigma = inf, |z| ≤ 0.5 keeps the ten 0s (|z| 0.37) and drops 5 (|z| 0.52)
+    _, kept_abs = filter_advantages(a, sigma=float("inf"), abs_max=0.5)
+    assert kept_abs.tolist() == [True] * 10 + [False] * 4
     # nothing valid → all zeros, nothing kept
-    out, kept = filter_advantages(torch.tensor([float("nan"), 50.0]))
+    out, kept = filter_advantages(torch.tensor([float("nan"), -float("inf")]))
     assert out.tolist() == [0.0, 0.0] and not kept.any()
+    out, kept = filter_advantages(torch.tensor([float("nan"), 50.0]))  # one finite value: z = 0, kept
+    assert out.tolist() == [0.0, 0.0] and kept.tolist() == [False, True]
     with pytest.raises(ValueError, match="1-D float"):
         filter_advantages(torch.tensor([[1.0]]))
 
@@ -126,14 +135,16 @@ def test_unparsable_outputs_get_format_zero_with_a_reason(text, reason):
 def test_reward_values():
     assert parse_r1_output(GOOD) == R1Output(True, "Answer 1 misses the cat. Answer 2 is better.",
                                              "Overall Judgment: Answer 2 is better", 2, "")
+    # R1-Reward: 0.5·format + accuracy·(1 + 0.5·conflict), its referee's conflict +1 / −1 / 0 (consistent /
+    # contradicting / no verdict) = consistency 1 / 0 / ½ here, mapped by 2c − 1
     assert r1_reward(GOOD, preferred=2)[0] == pytest.approx(0.5 + 1.5)  # format + accuracy·(1 + 0.5·1)
     assert r1_reward(GOOD, preferred=1)[0] == pytest.approx(0.5)  # wrong choice: format only
     inconsistent = GOOD.replace("Answer 2 is better.</think>", "Answer 1 is better.</think>")
-    assert r1_reward(inconsistent, preferred=2)[0] == pytest.approx(1.5)
+    assert r1_reward(inconsistent, preferred=2)[0] == pytest.approx(0.5 + 0.5)  # accuracy·(1 + 0.5·(−1))
     undecided = "<think>hmm</think><answer>2</answer>"
-    assert r1_reward(undecided, preferred=2)[0] == pytest.approx(0.5 + 1.25)
+    assert r1_reward(undecided, preferred=2)[0] == pytest.approx(0.5 + 1.0)  # accuracy·(1 + 0.5·0)
     judge = lambda p: 0.0 if "cat" in p.think else 1.0  # noqa: E731 (a pluggable judge)
-    assert r1_reward(GOOD, preferred=2, consistency_judge=judge)[0] == pytest.approx(1.5)
+    assert r1_reward(GOOD, preferred=2, consistency_judge=judge)[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         r1_reward(GOOD, preferred=2, consistency_judge=lambda p: 2.0)
     with pytest.raises(ValueError, match="preferred must be 1 or 2"):
