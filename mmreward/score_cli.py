@@ -84,16 +84,10 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
         if not isinstance(row, dict):
             raise DataError(f"{source}: row {i} must be a JSON object")
         if I.TextPair in types and "chosen" in row and "rejected" in row and "response" not in row:
-            stray = [k for k in ("messages", "conversations", "question", "problem", "instruction", "query")
-                     if k in row and "prompt" not in row]
-            if stray:  # it would be dropped: both responses scored without the prompt they answer
-                raise DataError(f"{source}: row {i}: a preference row takes its prompt from 'prompt' (a string or a "
-                                f"message list), not {stray[0]!r}; rename the field (or give whole conversations "
-                                f"as 'chosen' / 'rejected')")
-            for slot in ("chosen", "rejected"):
-                items.append(I.TextPair.from_record({"prompt": row.get("prompt"), "response": row[slot]},
-                                                    f"{source}: row {i} ({slot})"))
-                where.append((i, slot))
+            from mmreward.text.data import preference_inputs  # rows read as training reads them
+
+            items.extend(preference_inputs(row, i, source))
+            where.extend([(i, "chosen"), (i, "rejected")])
             continue
         kind = next((t for t in types if t.matches(row)), types[0])
         try:

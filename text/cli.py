@@ -152,26 +152,17 @@ def _config_from_json(path: str) -> Any:
 def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
     """TextPairs of the rows and, per input, ``(row, slot)``; slot: response | chosen | rejected.
     A row with ``chosen`` and ``rejected`` is scored twice (with its ``prompt``)."""
-    from mmreward.core.data import DataError
-    from mmreward.core.inputs import TextPair, _text
+    from mmreward.core.inputs import TextPair
 
-    from .data import required_field
+    from .data import preference_inputs
 
     items, where = [], []
     for i, r in enumerate(rows):
         at = f"{source}: row {i}"
         if isinstance(r, dict) and ("chosen" in r or "rejected" in r) and "response" not in r:
-            stray = [k for k in ("messages", "conversations", "question", "problem", "instruction", "query")
-                     if k in r and "prompt" not in r]
-            if stray:  # it would be dropped: both responses scored without the prompt they answer
-                raise DataError(f"{at}: a preference row takes its prompt from 'prompt' (a string or a message "
-                                f"list), not {stray[0]!r}; rename the field (or give whole conversations as "
-                                "'chosen' / 'rejected')")
-            prompt = r.get("prompt")
-            prompt = None if prompt is None else _text(prompt, f"{at}: field 'prompt'", allow_empty=True)
-            for slot in ("chosen", "rejected"):
-                items.append(TextPair(prompt, _text(required_field(r, slot, at), f"{at}: field {slot!r}", allow_empty=True)))
-                where.append((i, slot))
+            # read as training reads the row: its system turn, a prompt under another name, HelpSteer's layout
+            items.extend(preference_inputs(r, i, source))
+            where.extend([(i, "chosen"), (i, "rejected")])
         else:
             items.append(TextPair.from_record(r, at))
             where.append((i, "response"))

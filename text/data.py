@@ -13,6 +13,31 @@ Row formats (from a list of dicts or any source :func:`mmreward.core.data.read_r
   (RRM tie pairs, target probability ½; ``"target": 1`` is an ordinary pair). Other fields are kept
   in ``PreferencePair.meta`` (e.g. ``category`` / ``id`` for curation recipes).
 
+Published layouts read as their authors mean them (:func:`pair_from_row`):
+
+* ``"system": S`` (a non-empty string; Intel/orca_dpo_pairs) is the conversation's first turn, a
+  system turn: put before the prompt's turns, or before both conversations of an implicit-prompt row
+  (one that already opens with a system turn must hold the same text). A system field beside two bare
+  texts, with no prompt, is refused (it would be dropped);
+* no ``prompt`` but ``"question"`` (Intel/orca_dpo_pairs) or ``"input"``
+  (argilla/distilabel-intel-orca-dpo-pairs): that string is the prompt. Two single replies (bare texts
+  or one-turn lists) beside an ``instruction`` / ``query`` / ``problem`` / ``context`` / ``history`` /
+  ``messages`` / ``conversations`` field and no prompt are refused (the field would be dropped: rename
+  it ``prompt``);
+* ``"status": "tie"`` (argilla/distilabel-intel-orca-dpo-pairs: both responses rated the same) is a tie;
+* nvidia/HelpSteer2 preference rows ``{"prompt", "response_1", "response_2", "preference_strength"}``
+  and nvidia/HelpSteer3 rows ``{"context": [messages], "response1", "response2",
+  "overall_preference"}``: the strength runs from −3 (response 1 much better) to +3 (response 2 much
+  better), so a negative one makes response 1 ``chosen``, a positive one response 2, and 0 ("about
+  the same") is a tie pair (response 1 as ``chosen``). The strength stays in ``meta``;
+* rows whose field ``split`` names their split (HelpSteer2's preference file holds train and ``val``
+  rows together) are read one split at a time (:func:`load_preference_pairs`);
+* refused with the fields to give: PKU-SafeRLHF rows (``response_0`` / ``response_1`` with
+  ``better_response_id`` and ``safer_response_id``: two preferences, helpfulness and harmlessness —
+  pick one and give ``chosen`` / ``rejected``), other two-response rows without ``chosen`` /
+  ``rejected``, and RM-Bench rows (``chosen`` / ``rejected`` lists of three styled strings: the RM-Bench
+  harness, ``mmreward text eval --benchmark rm-bench``, reads them).
+
 Input formats (``input_format``), each tokenised once per text with the tokenizer's own special tokens:
 
 * ``chat`` — prompt + response as one message list (a string prompt is a user turn, a string
@@ -51,6 +76,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from mmreward.core.data import DataError, describe, read_records
+from mmreward.core.inputs import _listed
 from mmreward.core.inputs import _text as check_text
 
 Messages = list[dict]
@@ -95,13 +121,105 @@ def _number(row: dict, name: str, index: int) -> Optional[float]:
     return float(value)
 
 
+# published layouts (module docstring): the prompt under another name, fields that would be dropped, and the
+# rows that rate two responses on a -3..3 scale (negative: the first one is better)
+_PROMPT_FIELDS = ("question", "input")  # Intel/orca_dpo_pairs, argilla/distilabel-intel-orca-dpo-pairs
+_UNREAD_PROMPT_FIELDS = ("instruction", "query", "problem", "context", "history", "messages", "conversations")
+_STRENGTH_LAYOUTS = (("prompt", "response_1", "response_2", "preference_strength"),  # nvidia/HelpSteer2 preference
+                     ("context", "response1", "response2", "overall_preference"))  # nvidia/HelpSteer3 preference
+_TWO_RESPONSE_FIELDS = (("response_0", "response_1"), ("response_1", "response_2"), ("response1", "response2"),
+                        ("response_a", "response_b"), ("answer_a", "answer_b"), ("completion_a", "completion_b"),
+                        ("conversation_a", "conversation_b"))  # … lmsys/chatbot_arena_conversations
+
+
+def _published_layout(row: dict, index: int) -> dict:
+    """``row`` in the ``prompt`` / ``chosen`` / ``rejected`` layout: HelpSteer2 / HelpSteer3 preference rows
+    mapped by the sign of their strength, the prompt taken from ``question`` / ``input``; rows whose
+    preference cannot be read unambiguously are refused naming the fields to give."""
+    where = f"row {index}"
+    if "chosen" not in row and "rejected" not in row:
+        for prompt_key, first, second, strength in _STRENGTH_LAYOUTS:
+            if first in row and second in row and strength in row:
+                s = _number(row, strength, index)
+                if s is None:
+                    raise DataError(f"{where}: field {strength!r} is null")
+                if s not in (-3, -2, -1, 0, 1, 2, 3):
+                    raise DataError(f"{where}: field {strength!r} must be an integer from -3 ({first} much better) "
+                                    f"to 3 ({second} much better), got {s:g}")
+                out = {k: v for k, v in row.items() if k not in (prompt_key, first, second)}
+                out["prompt"] = required_field(row, prompt_key, where)
+                out["chosen"], out["rejected"] = (row[first], row[second]) if s <= 0 else (row[second], row[first])
+                if s == 0:  # "about the same": a tie, not a preference for response 1
+                    out["tie"] = True
+                return out
+        if "better_response_id" in row or "safer_response_id" in row:
+            raise DataError(f"{where}: a PKU-SafeRLHF row (response_0 / response_1 with better_response_id and "
+                            "safer_response_id) holds two preferences, helpfulness and harmlessness: pick one and "
+                            "give the response it names as 'chosen' and the other as 'rejected' (fields present: "
+                            f"{sorted(map(str, row))[:12]})")
+        two = next((pair for pair in _TWO_RESPONSE_FIELDS if pair[0] in row and pair[1] in row), None)
+        if two is not None:
+            raise DataError(f"{where}: fields {two[0]!r} and {two[1]!r} give two responses but not which one is "
+                            "preferred: give the preferred one as 'chosen' and the other as 'rejected' (fields "
+                            f"present: {sorted(map(str, row))[:12]})")
+    for side in ("chosen", "rejected"):
+        value = _listed(row.get(side))  # a list column read from parquet is a numpy array
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            raise DataError(f"{where}: field {side!r} is a list of {len(value)} strings, not one response (RM-Bench "
+                            "rows give each response in three styles: evaluate them with `mmreward text eval "
+                            "--benchmark rm-bench` / mmreward.text.eval.evaluate_rmbench, or give one string per "
+                            "side)")
+    if row.get("prompt") is None:
+        given = [k for k in _PROMPT_FIELDS if row.get(k) is not None]
+        if len(given) > 1 and row[given[0]] != row[given[1]]:
+            raise DataError(f"{where}: fields {given[0]!r} and {given[1]!r} both give the prompt, with different "
+                            "values: keep one (or give it as 'prompt')")
+        if given:  # consumed: not kept in meta as well
+            row = {**{k: v for k, v in row.items() if k not in given}, "prompt": row[given[0]]}
+    return row
+
+
+def _with_system(row: dict, index: int, prompt: Optional[TextLike], chosen: TextLike,
+                 rejected: TextLike) -> tuple[Optional[TextLike], TextLike, TextLike]:
+    """A row's ``system`` string (Intel/orca_dpo_pairs) as the first turn of the conversation: before the
+    prompt's turns, or before both conversations of an implicit-prompt row; ``""`` / null: none."""
+    system = row.get("system")
+    if system is None or (isinstance(system, str) and not system.strip()):
+        return prompt, chosen, rejected
+    if not isinstance(system, str):
+        raise DataError(f"row {index}: field 'system' must be a string (the system prompt), got {describe(system)}")
+    turn = {"role": "system", "content": system}
+
+    def opened(conv: Messages, name: str) -> Messages:
+        first = conv[0]
+        if first.get("role") != "system":
+            return [turn] + conv
+        if first.get("content", "").strip() != system.strip():
+            raise DataError(f"row {index}: field 'system' and the system turn that opens {name!r} differ: keep one")
+        return conv
+
+    if isinstance(prompt, str) and not prompt.strip():  # no question: the system turn alone
+        return [turn], chosen, rejected
+    if prompt is not None:
+        return opened([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt, "prompt"), \
+            chosen, rejected
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return None, opened(chosen, "chosen"), opened(rejected, "rejected")
+    raise DataError(f"row {index}: field 'system' would be dropped: 'chosen' and 'rejected' are bare texts with no "
+                    "prompt; give the prompt as 'prompt' (the system turn goes before it) or whole conversations")
+
+
 def pair_from_row(row: Any, index: int) -> PreferencePair:
-    """Validate one row (dict or PreferencePair); errors name the row index and the field."""
+    """Validate one row (dict or PreferencePair); errors name the row index and the field. The published
+    layouts of the module docstring (``system``, ``question`` / ``input``, ``status: "tie"``, HelpSteer2 /
+    HelpSteer3 preference rows) are read as their authors mean them; PKU-SafeRLHF, other two-response rows and
+    RM-Bench rows are refused naming the fields to give."""
     if isinstance(row, PreferencePair):
         row = {"prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected, "margin": row.margin,
                "tie": row.tie, **row.meta}
     if not isinstance(row, dict):
         raise DataError(f"row {index}: expected a dict with 'chosen' and 'rejected', got {type(row).__name__}")
+    row = _published_layout(row, index)
     chosen = check_text(required_field(row, "chosen", f"row {index}"), f"row {index}: field 'chosen'")
     rejected = check_text(required_field(row, "rejected", f"row {index}"), f"row {index}: field 'rejected'")
     prompt = row.get("prompt")
@@ -114,6 +232,13 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
             raise DataError(f"row {index}: field {conv!r} is a conversation whose earlier turns are the prompt, but "
                             f"field {single!r} is a single reply without them, so the two would be scored against "
                             "different prompts: give both as whole conversations, or the prompt as 'prompt'")
+        if not implicit[0]:  # bare texts / single turns: a prompt under another name would be dropped
+            stray = [k for k in _UNREAD_PROMPT_FIELDS if row.get(k) is not None]
+            if stray:
+                raise DataError(f"row {index}: field {stray[0]!r} would be dropped: 'chosen' and 'rejected' are single "
+                                "replies and the prompt they answer is read from 'prompt' (or 'question' / 'input'); "
+                                f"rename {stray[0]!r} to 'prompt' (or give whole texts / conversations without it)")
+    prompt, chosen, rejected = _with_system(row, index, prompt, chosen, rejected)
     tie = row.get("tie") or False
     if not isinstance(tie, (bool, int)) or tie not in (0, 1):
         raise DataError(f"row {index}: field 'tie' must be true / false, got {describe(tie)}")
@@ -122,21 +247,82 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
         if target not in (0.5, 1.0):
             raise DataError(f"row {index}: field 'target' must be 1 (chosen preferred) or 0.5 (tie), got {target}")
         tie = tie or target == 0.5
-    meta = {k: v for k, v in row.items() if k not in _KNOWN}
+    if row.get("status") == "tie":  # argilla/distilabel-intel-orca-dpo-pairs: both responses rated the same
+        tie = True
+    meta = {k: v for k, v in row.items() if k not in _KNOWN and k != "system"}
     return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=_number(row, "margin", index),
                           tie=bool(tie), meta=meta)
 
 
+def preference_inputs(row: Any, index: int, source: str) -> tuple[Any, Any]:
+    """The chosen and rejected responses of a preference row as two ``TextPair`` inputs with the row's prompt,
+    read as :func:`pair_from_row` reads rows for training (a ``system`` turn, the prompt as ``question`` /
+    ``input``, HelpSteer rows), so scoring a row scores what training on it learns from; errors name
+    ``source`` and the row."""
+    from mmreward.core.inputs import TextPair
+
+    try:
+        pair = pair_from_row(row, index)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
+    return TextPair(pair.prompt, pair.chosen), TextPair(pair.prompt, pair.rejected)
+
+
+def _row_splits(rows: list) -> dict:
+    """``{split name: number of rows}`` when every row names its split in a string field ``split``
+    (nvidia/HelpSteer2's preference file holds its train and validation rows together, told apart by it), else
+    ``{}``."""
+    if not rows or not all(isinstance(r, dict) and isinstance(r.get("split"), str) for r in rows):
+        return {}
+    counts: dict = {}
+    for r in rows:
+        counts[r["split"]] = counts.get(r["split"], 0) + 1
+    return counts
+
+
+def _read_pair_rows(source: Any, split: Optional[str], where: str) -> list:
+    """The rows of ``source``; rows of several splits named in their own ``split`` field are refused without
+    ``split`` (the validation rows would be trained on) and, with it, cut to the rows of that split — also
+    where the source itself has no splits (one file, a list)."""
+    try:
+        rows = read_records(source, split=split)
+    except DataError as e:
+        if not split or "[" in split:
+            raise
+        try:  # a source without that split (one file, a list, a one-split folder): its rows may name their splits
+            rows = read_records(source)
+        except (DataError, OSError):
+            raise e from None
+        counts = _row_splits(rows)
+        if not counts:
+            raise e from None
+        if split not in counts:
+            raise DataError(f"{where}no row has split {split!r}: the rows' field 'split' holds {counts}") from None
+    counts = _row_splits(rows)
+    if len(counts) > 1:
+        if not split:
+            raise DataError(f"{where}the rows belong to several splits (field 'split': {counts}): give split= "
+                            f"(--split) to read one, e.g. split={next(iter(counts))!r}, so that held-out rows are not "
+                            "trained on")
+        name = split.split("[", 1)[0]
+        if name not in counts:
+            raise DataError(f"{where}no row has split {name!r}: the rows' field 'split' holds {counts}")
+        rows = [r for r in rows if r["split"] == name]
+    return rows
+
+
 def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[PreferencePair]:
-    """Pairs from a path (.json / .jsonl / .parquet / dataset folder / hub id) or a list of dicts / PreferencePairs."""
-    if isinstance(source, (list, tuple)) and all(isinstance(r, PreferencePair) for r in source):
+    """Pairs from a path (.json / .jsonl / .parquet / dataset folder / hub id) or a list of dicts / PreferencePairs.
+    Rows that name their split in a ``split`` field (nvidia/HelpSteer2's preference file) are read one split at a
+    time: ``split=`` picks the rows whose field holds it; rows of several splits without ``split=`` are refused."""
+    named = isinstance(source, (str, os.PathLike))  # a path names itself in every error
+    where = f"{os.fspath(source)}: " if named else ""
+    if isinstance(source, (list, tuple)) and source and all(isinstance(r, PreferencePair) for r in source):
         rows = list(source)
     else:
-        rows = read_records(source, split=split)
-    named = isinstance(source, (str, os.PathLike))  # a path names itself in every error
+        rows = _read_pair_rows(source, split, where)
     if not rows:
         raise DataError(f"no preference pairs in {os.fspath(source) if named else 'the given data'}")
-    where = f"{os.fspath(source)}: " if named else ""
     out = []
     for i, r in enumerate(rows):
         try:
@@ -179,7 +365,10 @@ def drop_repeated_prompt(prompt: Optional[TextLike], response: TextLike) -> Text
     head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if not isinstance(head, list):
         return response
-    turns = lambda ms: [(m.get("role"), m.get("content")) if isinstance(m, dict) else m for m in ms]  # noqa: E731
+    def turns(ms: list) -> list:  # contents compared without their outer whitespace (" Hi\n" repeats "Hi")
+        return [(m.get("role"), m.get("content").strip() if isinstance(m.get("content"), str) else m.get("content"))
+                if isinstance(m, dict) else m for m in ms]
+
     if len(response) > len(head) and turns(response[:len(head)]) == turns(head):
         return response[len(head):]
     return response

@@ -193,8 +193,9 @@ class TextPair(ScoreInput):
     prompt: Optional[TextLike]
     response: TextLike
     required: ClassVar = ("response|messages|text",)
-    # "response" with "prompt", or a whole text / conversation as "messages" or "text" (no prompt)
-    row_keys: ClassVar = {"prompt": ("prompt",), "response": ("response", "messages", "text")}
+    # "response" with "prompt", or a whole text / conversation as "messages" or "text" (no prompt); "system"
+    # (a system prompt, as in Intel/orca_dpo_pairs) is the first turn of the prompt / conversation
+    row_keys: ClassVar = {"prompt": ("prompt", "system"), "response": ("response", "messages", "text")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "TextPair":
@@ -203,11 +204,11 @@ class TextPair(ScoreInput):
         given = [k for k in cls.row_keys["response"] if row.get(k) is not None]
         if len(given) > 1:  # one of them would be scored and the other silently dropped
             raise DataError(f"{where}: fields {given[0]!r} and {given[1]!r} both give the response: keep one")
-        prompt = _first(row, cls.row_keys["prompt"])
+        prompt = row.get("prompt")
         prompt = None if prompt is None else _text(prompt, f"{where}: field 'prompt'", allow_empty=True)
         if response in row:
-            return cls(prompt, _text(_field(row, (response,), where), f"{where}: field 'response'", allow_empty=True))
-        if any(k in row for k in whole):
+            pair = cls(prompt, _text(_field(row, (response,), where), f"{where}: field 'response'", allow_empty=True))
+        elif any(k in row for k in whole):
             key = next(k for k in whole if k in row)
             value = _field(row, (key,), where)
             if key == "messages" and not isinstance(value, (list, tuple)):  # a string here is a mistake, not a text
@@ -217,9 +218,41 @@ class TextPair(ScoreInput):
                 raise DataError(f"{where}: field 'prompt' would be ignored: {key!r} is scored whole, as the "
                                 f"conversation / text it holds; put the prompt in {key!r} (its first turns) or send "
                                 "'prompt' with 'response'")
-            return cls(None, value)
-        raise DataError(f"{where}: needs 'response' (with 'prompt'), 'messages' or 'text' "
-                        f"(fields present: {sorted(map(str, row))[:12]})")
+            pair = cls(None, value)
+        else:
+            two = [k for k in ("response_1", "response_2", "response1", "response2", "response_0", "response_a",
+                               "response_b", "chosen", "rejected") if k in row]
+            hint = (f"; {two[0]!r} is one of two responses of a preference row: score each as 'response' (with "
+                    "'prompt'), or evaluate the pairs (mmreward text eval / evaluate_pairs)") if two else ""
+            raise DataError(f"{where}: needs 'response' (with 'prompt'), 'messages' or 'text' "
+                            f"(fields present: {sorted(map(str, row))[:12]}){hint}")
+        return pair._with_system(row.get("system"), where)
+
+    def _with_system(self, system: Any, where: str) -> "TextPair":
+        """This input with a row's ``system`` string as the first turn of its prompt (a string prompt becomes
+        a user turn after it) or, without a prompt, of its conversation; ``""`` / None: unchanged. A
+        conversation that opens with a system turn must hold the same text; a bare text has no place for it."""
+        if system is None or (isinstance(system, str) and not system.strip()):
+            return self
+        if not isinstance(system, str):
+            raise DataError(f"{where}: field 'system' must be a string (the system prompt), got {describe(system)}")
+        turn = {"role": "system", "content": system}
+        if isinstance(self.prompt, str) and not self.prompt.strip():  # no question: the system turn alone
+            return type(self)([turn], self.response)
+        if self.prompt is not None:
+            turns, name = ([{"role": "user", "content": self.prompt}] if isinstance(self.prompt, str) else
+                           list(self.prompt)), "prompt"
+        elif isinstance(self.response, list):
+            turns, name = list(self.response), "messages"
+        else:
+            raise DataError(f"{where}: field 'system' would be dropped: a whole text (no 'prompt') has no turns to put "
+                            "it before; send the prompt as 'prompt' or the conversation as 'messages'")
+        if turns[0].get("role") == "system":
+            if turns[0]["content"].strip() != system.strip():
+                raise DataError(f"{where}: field 'system' and the system turn that opens {name!r} differ: keep one")
+        else:
+            turns = [turn] + turns
+        return type(self)(turns, self.response) if self.prompt is not None else type(self)(None, turns)
 
 
 @dataclass
@@ -236,6 +269,10 @@ class Comparison(ScoreInput):
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "Comparison":
         _need_dict(row, where)
+        if isinstance(row.get("system"), str) and row["system"].strip():  # a dataset's system prompt: not dropped
+            raise DataError(f"{where}: field 'system' would be dropped: a pairwise judge reads 'prompt', 'first' and "
+                            "'second'; put the system prompt in 'prompt' (a message list opening with a system turn) "
+                            "or leave it out")
         p = _text(_field(row, cls.row_keys["prompt"], where), f"{where}: field 'prompt'", allow_empty=True)
         a = _field(row, cls.row_keys["first"], where)
         b = _field(row, cls.row_keys["second"], where)
@@ -255,6 +292,15 @@ class StepSolution(ScoreInput):
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "StepSolution":
         _need_dict(row, where)
+        raw = None
+        if "input" in row and "label" in row and not any(k in row for k in cls.row_keys["problem"]):
+            raw = "a Math-Shepherd row (fields 'input' / 'label', steps ended by the tag 'ки')"
+        elif isinstance(row.get("question"), dict) and isinstance(row.get("label"), dict):
+            raw = "a raw PRM800K row (fields 'question': {'problem', ...} and 'label': {'steps', ...})"
+        if raw:  # the steps are inside a tagged text / the labelling record: the PRM data reader takes them out
+            raise DataError(f"{where}: {raw}: read it with `mmreward text prm score --data` / "
+                            "mmreward.text.prm.data.read_step_examples, or give the row as 'problem' (a string) and "
+                            "'steps' (a list of strings)")
         problem = _text(_field(row, cls.row_keys["problem"], where), f"{where}: field 'problem'",
                         allow_empty=True, messages=False)
         return cls(problem, _steps(_field(row, cls.row_keys["steps"], where), where))

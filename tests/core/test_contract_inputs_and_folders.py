@@ -250,7 +250,7 @@ def test_score_cli_refuses_a_preference_row_whose_prompt_it_would_drop(lin_type,
     rows.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}) + "\n")
     assert main(["score", "--model", str(tmp_path / "m"), "--data", str(rows)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "row 0: a preference row takes its prompt from 'prompt'" in err[0] and "'messages'" in err[0]
+    assert len(err) == 1 and "row 0: field 'messages' would be dropped" in err[0] and "rename 'messages' to 'prompt'" in err[0]
     rows.write_text(json.dumps({"prompt": [{"role": "user", "content": "q"}], "chosen": "ab", "rejected": "b"}) + "\n")
     assert main(["score", "--model", str(tmp_path / "m"), "--data", str(rows), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.splitlines()[0])

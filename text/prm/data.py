@@ -6,8 +6,10 @@ Formats (``format="auto"`` picks by the fields of each row):
   floats are soft (Monte-Carlo) labels in [0, 1].
 * **math_shepherd** — ``{"input": "problem … step 1 ки\\nstep 2 ки", "label": "… step 1 +\\nstep 2 -"}``:
   the step tag ``ки`` ends every step of ``input``; ``label`` is the same text with each tag replaced
-  by ``+`` (good) or ``-`` (bad). The problem is the text before ``Step 1`` (or before the first line
-  break of the first segment).
+  by ``+`` (good) or ``-`` (bad). The problem is the text before ``Step 1:`` / ``step 1:`` (tags
+  before it are annotation slips inside the problem: dropped with their labels), else up to the
+  first ``?``, else before the last line break of the first segment (TRL's trl-lib/math_shepherd
+  conversion splits the same way); steps keep their ``Step k:`` prefix.
 * **prm800k** — ratings −1 / 0 / +1: flat ``{"problem", "steps": [{"text", "rating"}, ...]}`` or the
   released nested layout ``{"question": {"problem"}, "label": {"steps": [{"completions": [{"text",
   "rating"}], "chosen_completion": i}]}}``. Neutral (0) steps are ignored, good or bad (``neutral=``).
@@ -129,14 +131,27 @@ def _from_math_shepherd(row: dict, where: str, tag: str = "ки") -> StepExample
         pos += len(tag)
         shift += len(tag) - 1
     segs = [p.strip() for p in parts[:-1]]
-    m = re.search(r"Step 1\s*:", parts[0])
-    if m:
-        problem, segs[0] = parts[0][: m.start()].strip(), parts[0][m.start():].strip()
+    # where the problem ends and step 1 begins, as TRL's conversion of the dataset (trl-lib/math_shepherd) finds it:
+    # at "Step 1:" / "step 1:", else after the question's "?"; a line break is the last resort
+    starts = [re.search(r"[Ss]tep 1\s*:", seg) for seg in parts[:-1]]
+    k = next((j for j, m in enumerate(starts) if m), None)
+    if k is not None and k > 0 and "?" not in parts[0] and "\n" not in parts[0].strip():
+        # a first segment that cannot be the problem and a first step: the tags before "Step 1:" sit inside the
+        # problem (annotation slips of a few released rows), are not steps, and their labels go with them
+        pieces = [p.strip() for p in parts[:k] + [parts[k][: starts[k].start()]]]
+        segs, labels = [parts[k][starts[k].start():].strip()] + segs[k + 1:], labels[k:]
+        return StepExample(" ".join(p for p in pieces if p), segs, labels, _first_error(labels))
+    if k is not None and k == 0:
+        problem, segs[0] = parts[0][: starts[0].start()].strip(), parts[0][starts[0].start():].strip()
+    elif "?" in parts[0] and parts[0].split("?", 1)[1].strip():
+        head, _, first = parts[0].partition("?")
+        problem, segs[0] = head.strip() + "?", first.strip()
     elif "\n" in parts[0].strip():
         head, _, first = parts[0].strip().rpartition("\n")
         problem, segs[0] = head.strip(), first.strip()
-    else:
-        problem = ""
+    else:  # the whole first segment would be read as step 1 of a solution with no problem
+        raise DataError(f"{where}: cannot tell where the problem ends and step 1 begins in input (no 'Step 1:', no "
+                        "'?' and no line break before the first tag); start the first step with 'Step 1:'")
     return StepExample(problem, segs, labels, _first_error(labels))
 
 
