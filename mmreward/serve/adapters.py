@@ -700,20 +700,58 @@ class OpenRLHFRewardFunction(_Rewarder):
         items = openrlhf_inputs(queries, prompts, spec, self.step_separator, self.split)
         return self._fill(openrlhf_response(self.local_rewards(items)), queries)
 
-    def as_function(self) -> Any:
+    def as_function(self, output: str = "lists") -> Any:
         """This reward function as a plain Python function ``reward_func(queries, prompts=None, labels=None,
-        **kwargs) -> dict``: what OpenRLHF 0.7.1 - 0.9.0 need (they pass the file's ``reward_func`` to
-        ``ray.remote``, which refuses callable objects; Ray's cloudpickle carries the function, and this object
-        with it, to its workers). Later releases take either."""
+        **kwargs)``: what OpenRLHF 0.7.1 - 0.9.0 need (they pass the file's ``reward_func`` to ``ray.remote``,
+        which refuses callable objects; Ray's cloudpickle carries the function, and this object with it, to its
+        workers). Later releases take either.
+
+        ``output`` is what it returns, as each release reads a reward function's answer:
+
+        * ``"lists"``: the ``/get_reward`` answer ``{"rewards": [...], "scores": [...], "extra_logs": {}}``
+          (OpenRLHF 0.8.11+ read it with ``torch.as_tensor`` / ``torch.tensor``);
+        * ``"tensors"``: the same dict with float32 tensors, as OpenRLHF's example ``reward_func`` returns it:
+          0.8.3 - 0.8.10 join the answers with ``torch.cat``, which refuses lists; later releases take it too;
+        * ``"tensor"``: the rewards tensor alone, what 0.7.1 - 0.8.2 expect (they ``torch.cat`` the answers).
+
+        A tensor cannot hold a missing reward (None): with ``"tensors"`` / ``"tensor"``, an input without a finite
+        reward and no ``missing_reward`` is a ValueError naming the query."""
+        if output not in _FUNCTION_OUTPUTS:
+            raise ValueError(f"output must be one of {list(_FUNCTION_OUTPUTS)}, got {output!r}")
         rewarder = self
 
         def reward_func(queries: Sequence[str], prompts: Optional[Sequence[str]] = None,
-                        labels: Optional[Sequence[Any]] = None, **kwargs: Any) -> dict:
-            return rewarder(queries, prompts, labels, **kwargs)
+                        labels: Optional[Sequence[Any]] = None, **kwargs: Any) -> Any:
+            answer = rewarder(queries, prompts, labels, **kwargs)
+            return answer if output == "lists" else _as_tensors(answer, queries, output)
 
         reward_func.__doc__ = f"OpenRLHF reward_func over {type(self).__name__}"
         reward_func.reward_function = self  # the object behind it (its client, model and settings)
         return reward_func
+
+
+_FUNCTION_OUTPUTS = ("lists", "tensors", "tensor")
+
+
+def _as_tensors(answer: dict, queries: Sequence[Any], output: str) -> Any:
+    """A ``/get_reward`` answer with float32 tensors (``output="tensors"``), or its rewards tensor alone
+    (``"tensor"``); a None reward (no finite reward, no ``missing_reward``) is a ValueError naming the query."""
+    import torch
+
+    missing = missing_indices(answer["rewards"])
+    if missing:
+        i = missing[0]
+        raise ValueError(f"query {i} {str(list(queries)[i])[:80]!r} ({len(missing)} of {len(answer['rewards'])}) "
+                         f"has no finite reward, which a tensor cannot hold (as_function(output={output!r})); pass "
+                         "missing_reward=VALUE (e.g. -1.0) to OpenRLHFRewardFunction")
+    rewards = torch.tensor(answer["rewards"], dtype=torch.float32)
+    if output == "tensor":
+        return rewards
+    out = dict(answer)
+    out["rewards"] = rewards
+    out["scores"] = torch.tensor(answer.get("scores", answer["rewards"]), dtype=torch.float32)
+    out["extra_logs"] = {k: torch.as_tensor(v) for k, v in (answer.get("extra_logs") or {}).items()}
+    return out
 
 
 class VerlRewardFunction(_Rewarder):
@@ -723,14 +761,23 @@ class VerlRewardFunction(_Rewarder):
     extra_infos) -> list[float]``. verl passes no prompt, so it is read from ``extra_info[prompt_key]``
     (``"question"``, where verl's example data keeps it; a string or chat messages); ``prompt_key=None``
     scores the response alone. ``data_source`` and ``ground_truth`` play no part in a learned reward.
-    A non-finite reward is NaN (verl writes rewards into a float tensor; TRL's None would fail there)."""
+    A non-finite reward is NaN (verl writes rewards into a float tensor; TRL's None would fail there), or
+    ``missing_reward`` when given: verl's advantages do not skip NaN (one NaN makes its GRPO group's mean, and
+    then the loss, NaN), so without it the first such sample is named in one ``RuntimeWarning``."""
 
     def __init__(self, model: Any, *, prompt_key: Optional[str] = "question", api_key: Optional[str] = None,
                  device: str = "cpu", batch_size: Optional[int] = None, step_separator: str = "\n\n",
-                 refine: Optional[dict] = None, timeout: float = 180.0):
+                 refine: Optional[dict] = None, timeout: float = 180.0, missing_reward: Optional[float] = None):
+        if missing_reward is not None and (isinstance(missing_reward, bool) or not isinstance(
+                missing_reward, (int, float)) or not math.isfinite(missing_reward)):
+            raise ValueError(f"missing_reward must be a finite number or None, got {missing_reward!r}")
+        if prompt_key is not None and not isinstance(prompt_key, str):
+            raise TypeError(f"prompt_key must be a string (a key of verl's extra_info) or None, got {prompt_key!r}")
         super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
                          refine=refine, timeout=timeout)
         self.prompt_key = prompt_key
+        self.missing_reward = None if missing_reward is None else float(missing_reward)
+        self._warned_missing = False
         self.__name__ = "compute_score"
 
     def _prompt(self, extra_info: Any, i: int) -> Any:
@@ -759,7 +806,20 @@ class VerlRewardFunction(_Rewarder):
         rewards = self.rewards_of([text_input(self._prompt(x, i), s, spec, self.step_separator, f"sample {i}")
                                    for i, (s, x) in enumerate(zip(solution_strs, extra_infos))])
         # verl writes each reward into a float tensor (reward_tensor[i, last] = reward): None, TRL's "no reward",
-        # fails there with "can't assign a NoneType"; a non-finite reward is NaN, as the model gave it
+        # fails there with "can't assign a NoneType"; a non-finite reward is NaN, as the model gave it, or
+        # missing_reward
+        missing = missing_indices(rewards)
+        if missing and self.missing_reward is not None:
+            return [self.missing_reward if r is None else r for r in rewards]
+        if missing and not self._warned_missing:
+            self._warned_missing = True
+            import warnings
+
+            warnings.warn(f"{type(self).__name__}: sample {missing[0]} {str(solution_strs[missing[0]])[:80]!r} "
+                          f"({len(missing)} of {len(rewards)} in this call) has no finite reward and is returned as "
+                          "NaN, which verl's advantages do not skip (its GRPO group, then the loss, becomes NaN); pass "
+                          "missing_reward=VALUE (e.g. -1.0) to return that instead. Warned once.", RuntimeWarning,
+                          stacklevel=3)
         return [float("nan") if r is None else r for r in rewards]
 
     def __call__(self, /, data_source: Any = None, solution_str: Any = None, ground_truth: Any = None,

@@ -219,6 +219,8 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
             check_query(request)
             data = await read_json(request)
             items = parse_openrlhf(data, spec, config)
+            if not items:  # OpenRLHF's empty shard for a second server (parse_openrlhf): no rewards, no error
+                return JSONResponse(openrlhf_response([]))
             refine = config.refine if spec.has_parts and TextPair not in spec.input_types else None
             results = await until_disconnect(request, backend.score(items, "parts" if refine else "scores"))
             metrics.items.inc(len(items))

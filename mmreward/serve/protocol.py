@@ -66,6 +66,9 @@ class ModelSpec:
     model_type: str
     input_types: tuple
     has_parts: bool
+    # the text model's tokenizer tokens an OpenRLHF query may carry (see :func:`clean_query`): its pad and eos
+    # tokens, and its bos token when the tokenizer puts one before every text itself (None: nothing to strip)
+    query_tokens: Optional[tuple] = None  # (pad, eos, bos), each a string or None
 
     @classmethod
     def of(cls, model: Any) -> "ModelSpec":
@@ -74,18 +77,27 @@ class ModelSpec:
             raise TypeError(f"{type(model).__name__} is not a reward model on the mmreward contract "
                             "(RewardScorer with input_types and score)")
         has_parts = getattr(type(model), "has_parts", None)
+        tokens = _query_tokens(getattr(model, "tokenizer", None)) if (TextPair in types or StepSolution in types) \
+            else None
         return cls(str(getattr(model, "model_type", "") or type(model).__name__), types,
-                   bool(has_parts()) if callable(has_parts) else False)
+                   bool(has_parts()) if callable(has_parts) else False, tokens)
 
     def to_json(self) -> dict:
-        return {"model_type": self.model_type, "inputs": [t.__name__ for t in self.input_types], "parts": self.has_parts}
+        out = {"model_type": self.model_type, "inputs": [t.__name__ for t in self.input_types], "parts": self.has_parts}
+        if self.query_tokens is not None:
+            out["query_tokens"] = dict(zip(("pad", "eos", "bos"), self.query_tokens))
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelSpec":
         unknown = [n for n in data["inputs"] if n not in _INPUT_CLASSES]
         if unknown:
             raise TypeError(f"input types {unknown} are not in mmreward.core.inputs")
-        return cls(data["model_type"], tuple(_INPUT_CLASSES[n] for n in data["inputs"]), bool(data["parts"]))
+        tokens = data.get("query_tokens")  # absent from older servers' /info
+        tokens = tuple(tokens.get(k) if isinstance(tokens.get(k), str) and tokens.get(k) else None
+                       for k in ("pad", "eos", "bos")) if isinstance(tokens, dict) else None
+        return cls(data["model_type"], tuple(_INPUT_CLASSES[n] for n in data["inputs"]), bool(data["parts"]),
+                   tokens if tokens and any(tokens) else None)
 
     def names(self) -> str:
         return " / ".join(t.__name__ for t in self.input_types)
@@ -94,6 +106,78 @@ class ModelSpec:
     def has_media(self) -> bool:
         """Whether its inputs carry images or frames (decoded from base64 by the server)."""
         return any(t in _MEDIA_FIELDS for t in self.input_types)
+
+
+def _query_tokens(tokenizer: Any) -> Optional[tuple]:
+    """``(pad, eos, bos)`` of a text model's tokenizer, for :func:`clean_query`: the pad and eos token strings,
+    and the bos string only when the tokenizer adds it to every text it encodes (a query decoded with its bos
+    would otherwise get a second one). None when the model has no such tokenizer."""
+    if tokenizer is None:
+        return None
+
+    def token(name: str) -> Optional[str]:
+        value = getattr(tokenizer, name, None)
+        return value if isinstance(value, str) and value else None
+
+    pad, eos, bos = token("pad_token"), token("eos_token"), token("bos_token")
+    if bos is not None:
+        try:  # does the tokenizer put bos before a text itself (Llama), or is it only a chat template's text?
+            bos_id = getattr(tokenizer, "bos_token_id", None)
+            with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+            plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+            adds = bos_id is not None and with_special[:1] == [bos_id] and plain[:1] != [bos_id]
+            if adds:  # as a decode writes it: "<s>a" (byte-level BPE) or "<s> a" (SentencePiece, word level)
+                joint = tokenizer.decode(with_special, skip_special_tokens=False)
+                gap = joint[len(bos):-1] if joint.startswith(bos) and joint.endswith("a") else ""
+                bos = bos + gap if gap.isspace() else bos  # kept with the bos: clean_query removes both
+        except Exception:  # noqa: BLE001 - not an HF tokenizer: leave bos alone
+            adds = False
+        bos = bos if adds else None
+    tokens = (pad, eos, bos)
+    return tokens if any(tokens) else None
+
+
+def clean_query(text: str, spec: "ModelSpec", bos: bool = True) -> str:
+    """An OpenRLHF query (``tokenizer.decode(prompt + response ids, skip_special_tokens=False)``) as the text
+    its model scores, as OpenRLHF's ``serve_rm`` reads it: the run of pad / eos tokens that left padding put
+    before the prompt is removed; a run of pad tokens after the response (right padding of OpenRLHF <= 0.8)
+    is removed when it follows the eos or holds two or more pads (one pad right after the text may be the
+    policy's own end token), and when pad and eos are one token the run becomes the one eos; a
+    leading bos is removed (unless ``bos=False``) when the model's tokenizer adds its own (``serve_rm``
+    tokenizes the query with ``add_special_tokens=False``; the model here encodes with its special tokens, so
+    the bos would be doubled). A query without them (OpenRLHF 0.9+) is unchanged."""
+    if spec.query_tokens is None:
+        return text
+    import re
+
+    pad, eos, bos_token = spec.query_tokens
+    edge = [re.escape(t) for t in dict.fromkeys((pad, eos)) if t]
+    if edge:  # with the spaces a decode writes between special tokens
+        text = re.sub("^(?:(?:" + "|".join(edge) + r")\s*)+", "", text)
+    if pad:
+        end, runs = len(text), 0
+        while True:  # indices, not a regex or slices: a long run of pads must not make this quadratic
+            at = end
+            while runs and at and text[at - 1].isspace():  # spaces between the pads, not before the run
+                at -= 1
+            if at < len(pad) or not text.startswith(pad, at - len(pad)):
+                break
+            end, runs = at - len(pad), runs + 1
+        out = text[:end]
+        if runs and pad == eos:
+            text = out + eos
+        elif runs >= 2 or (runs and eos and out.rstrip().endswith(eos)):
+            text = out  # padding after the response's eos, or more pads than a response ends with
+        # else one pad right after the text: the policy's own end token (e.g. Qwen's <|endoftext|>), kept as
+        # OpenRLHF 0.9+ sends it
+    if bos and bos_token:
+        core = bos_token.rstrip()  # the token, then the whitespace a decode writes after it (_query_tokens)
+        if text.startswith(core):
+            text = text[len(core):]
+            gap = bos_token[len(core):]
+            if gap and text.startswith(gap):
+                text = text[len(gap):]
+    return text
 
 
 def load_model(model: Any, device: Any = "cpu", dtype: Any = None) -> Any:
@@ -203,12 +287,14 @@ def _object(data: Any, allowed: Sequence[str], what: str) -> dict:
     return data
 
 
-def _list_field(data: dict, name: str, config: ServeConfig, required: bool = True) -> Optional[list]:
+def _list_field(data: dict, name: str, config: ServeConfig, required: bool = True,
+                allow_empty: bool = False) -> Optional[list]:
     value = data.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, list) or not value:
-        raise RequestError(400, f"field {name!r} must be a non-empty list, got {describe(value)}")
+    if not isinstance(value, list) or not (value or allow_empty):
+        raise RequestError(400, f"field {name!r} must be a {'' if allow_empty else 'non-empty '}list, got "
+                                f"{describe(value)}")
     if len(value) > config.max_items:
         raise RequestError(413, f"field {name!r} has {len(value)} items; the limit is {config.max_items} per request "
                                 "(--max-items)", "too_large")
@@ -543,8 +629,11 @@ def text_input(prompt: Any, response: Any, spec: ModelSpec, separator: str, wher
 def parse_openrlhf(data: Any, spec: ModelSpec, config: ServeConfig) -> list:
     """OpenRLHF's ``{"query", "prompts", "labels"}`` body → inputs (see :func:`openrlhf_inputs`)."""
     data = _object(data, ("query", "prompts", "labels"), "the request")
-    queries = _list_field(data, "query", config)
-    prompts = _list_field(data, "prompts", config, required=False)
+    # an empty list is a valid request: OpenRLHF shards each batch over its --remote_rm_url servers in
+    # ceil(n / servers) slices, so with one query per call (0.10+) every server after the first gets
+    # {"query": [], "prompts": [], "labels": []}, and any error there loses the reward of the whole call
+    queries = _list_field(data, "query", config, allow_empty=True)
+    prompts = _list_field(data, "prompts", config, required=False, allow_empty=True)
     return openrlhf_inputs(queries, prompts, spec, config.step_separator, config.openrlhf_split)
 
 
@@ -564,13 +653,15 @@ def openrlhf_inputs(queries: Sequence[Any], prompts: Optional[Sequence[Any]], sp
             raise RequestError(400, f"{where} must be a string, got {describe(q)}")
         if p is not None and not isinstance(p, str):
             raise RequestError(400, f"prompts[{i}] must be a string, got {describe(p)}")
+        # the batch padding around the query goes, and the bos the model's tokenizer adds again (clean_query)
+        q = clean_query(q, spec, bos=not split)
         try:
             if not split:
                 items.append(text_input(None, q, spec, separator, where))
             elif p is not None and q.startswith(p):
-                items.append(text_input(p, q[len(p):], spec, separator, where))
+                items.append(text_input(clean_query(p, spec), q[len(p):], spec, separator, where))
             elif p is None and TextPair not in spec.input_types:
-                items.append(text_input("", q, spec, separator, where))
+                items.append(text_input("", clean_query(q, spec), spec, separator, where))
             elif p is None:
                 raise RequestError(400, f"{where} has no prompt to cut the response after (--openrlhf-split): send "
                                         "'prompts', one per query, or serve without --openrlhf-split")
@@ -603,6 +694,6 @@ def fill_missing(rewards: list, missing_reward: Optional[float]) -> list:
 
 __all__ = ["ROW_FIELDS", "ModelSpec", "RequestError", "ScoreRequest", "check_row_fields", "decode_frames",
            "decode_image", "fill_missing", "finite", "image_from_bytes", "load_model", "missing_indices",
-           "openrlhf_inputs", "openrlhf_response",
+           "openrlhf_inputs", "openrlhf_response", "clean_query",
            "parse_image_upload", "parse_json", "parse_openrlhf", "parse_refine", "parse_score_request", "refine_parts",
            "score_response", "split_steps", "text_input"]
