@@ -435,6 +435,20 @@ class TextEncoder:
             raise ValueError(f"system_prompt applies to input_format='chat', not {input_format!r}")
         self.truncation, self.prompt_share, self.system_prompt = truncation, prompt_share, system_prompt
 
+    def _added_bos(self) -> Optional[str]:
+        """The BOS string when the tokenizer puts its BOS token before every text it encodes, else None."""
+        if not hasattr(self, "_bos_cache"):
+            bos, bos_id = getattr(self.tokenizer, "bos_token", None), getattr(self.tokenizer, "bos_token_id", None)
+            adds = False
+            if isinstance(bos, str) and bos and bos_id is not None:
+                try:
+                    adds = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])[:1] == [bos_id] \
+                        and list(self.tokenizer("a", add_special_tokens=False)["input_ids"])[:1] != [bos_id]
+                except Exception:  # noqa: BLE001 - a tokenizer that cannot say: leave texts as they are
+                    adds = False
+            self._bos_cache = bos if adds else None
+        return self._bos_cache
+
     # -------------------------------------------------------------- rendering
     def render(self, prompt: Optional[TextLike], response: TextLike) -> _Rendered:
         prompt, response = split_conversation(prompt, response)
@@ -444,6 +458,11 @@ class TextEncoder:
                             "the response, which is the last turn (give the reply as an 'assistant' turn or as "
                             "'response')")
         if prompt is None and isinstance(response, str):
+            # a whole text rendered elsewhere (a chat template's output, a decoded OpenRLHF query) may open with
+            # the BOS string, which the tokenizer adds again: it goes, as the chat path's does
+            bos = self._added_bos()
+            if bos and response.startswith(bos):
+                response = response[len(bos):]
             return _Rendered(response, spans=[(0, len(response), _RESPONSE)])
         if self.input_format == "chat":
             asked = [] if prompt is None else _as_messages(prompt, "user")

@@ -156,3 +156,25 @@ def test_pairs_whose_chosen_and_rejected_are_the_same_tokens_are_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no truncation, no equal inputs, the tie pair not named: silent
         encode_pairs(TextEncoder(tok), load_preference_pairs(rows[:3]))
+
+
+def test_a_whole_text_opening_with_the_bos_string_gets_one_bos():
+    """A text rendered elsewhere ("<s> a b", a chat template's output or a decoded query) was encoded with a
+    second BOS by a tokenizer that adds its own; one that adds none keeps the text as it is."""
+    import os
+    import sys
+
+    from mmreward.core.inputs import TextPair
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from text_rm_fixtures import word_tokenizer as fixture_tokenizer
+
+    tok = fixture_tokenizer(bos=True)
+    enc = TextEncoder(tok)
+    want = enc.encode([TextPair(None, "a b")])[0].ids
+    assert want[0] == tok.bos_token_id and want[1] != tok.bos_token_id
+    assert enc.encode([TextPair(None, "<s> a b")])[0].ids == want
+    assert enc.encode([TextPair(None, "<s>")])[0].ids == [tok.bos_token_id]
+    plain = fixture_tokenizer()  # "[CLS] a [SEP]": no BOS added, so a literal "<s>" is text (an unknown word)
+    got = TextEncoder(plain).encode([TextPair(None, "<s> a b")])[0].ids
+    assert len(got) == len(TextEncoder(plain).encode([TextPair(None, "a b")])[0].ids) + 1
