@@ -238,9 +238,20 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             ids = tok.encode(cfg.step_tag)
             if not ids:
                 raise ValueError(f"step_tag {cfg.step_tag!r} encodes to no tokens")
-            # the official code: Qwen encode("<extra_0>")[0]; Math-Shepherd encode("ки")[-1] (after BOS);
-            # Skywork encode(step_token)[-1]
-            self._tag_id = ids[0] if fmt == "qwen_prm" else ids[-1]
+            if fmt == "qwen_prm":
+                # the official code: step_sep_id = encode("<extra_0>")[0], the one special token the head was
+                # trained at. A tokenizer that splits the tag (one without <extra_0>: the base Qwen2.5 one) would
+                # put the scores at the tag's first piece ("<"), where the model never learned anything
+                alone = tok.encode(cfg.step_tag, add_special_tokens=False)
+                if len(alone) != 1:
+                    raise ValueError(f"the qwen_prm format scores each step at its {cfg.step_tag!r} token, but this "
+                                     f"tokenizer splits {cfg.step_tag!r} into {len(alone)} tokens {alone[:8]}: it is "
+                                     "not the PRM's tokenizer (Qwen2.5-Math-PRM's has '<extra_0>' as one special "
+                                     "token, id 151651)")
+                self._tag_id = alone[0]
+            else:
+                # the official code: Math-Shepherd encode("ки")[-1] (after BOS); Skywork encode(step_token)[-1]
+                self._tag_id = ids[-1]
         if cfg.head == "lm":
             self.label_ids = label_token_ids(tok, cfg)
 

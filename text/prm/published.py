@@ -182,6 +182,11 @@ def is_qwen_prm(folder: str, config: Optional[dict]) -> bool:
 
 
 def _qwen_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dict[str, torch.Tensor]:
+    tag = tok.encode(cfg.step_tag, add_special_tokens=False)
+    if len(tag) != 1:  # scores would be read at the tag's first piece, where the head learned nothing
+        raise CheckpointError(f"{folder}: its tokenizer splits the step tag {cfg.step_tag!r} into {len(tag)} tokens "
+                              f"{tag[:8]}; Qwen2.5-Math-PRM scores each step at '<extra_0>', one special token of its "
+                              "own tokenizer (id 151651): copy the PRM release's tokenizer files into the folder")
     w1, b1, w2, b2 = _take(weights, ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"), folder,
                            "Qwen2ForProcessRewardModel head (score = Linear → ReLU → Linear(2))")
     if w2.shape[0] != 2:
