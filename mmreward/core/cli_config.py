@@ -168,6 +168,17 @@ def add_split_options(parser: argparse.ArgumentParser, *data_flags: str) -> None
                                                    "'test', 'train[:1000]'; a .json object of lists)")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape_separator(text: str) -> str:
+    """A separator typed on a command line: ``\\n`` / ``\\t`` / ``\\r`` / ``\\\\`` become the characters they name
+    (``--step-separator '\\n\\n'`` is a blank line, not four characters); anything else stays as typed."""
+    import re
+
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
 def check_split_sources(args: argparse.Namespace, *data_flags: str) -> None:
     """A split of a data flag that was not given is an error (it would be silently ignored)."""
     for flag in data_flags:

@@ -28,6 +28,9 @@ def build_parser() -> CLIParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from mmreward.core.cli_config import unescape_separator
+
+    args.step_separator = unescape_separator(args.step_separator)  # '\\n\\n' typed is a blank line
     config = config_from_args(ServeConfig, args)
     ray_config = config_from_args(RayServeConfig, args)
     if not args.ray:  # --replicas 4 without --ray would serve one model in this process, silently

@@ -206,3 +206,38 @@ def test_id2label_naming_the_right_step_label_is_followed(tmp_path, qwen_token_p
     json.dump(cfg, open(cfg_path, "w"))
     with pytest.raises(CheckpointError, match="does not say which label is a right step"):
         mmreward.load(flipped)
+
+
+def test_prm_score_cli_takes_a_token_prms_step_separator(qwen_token_prm, tmp_path, capsys):
+    """`mmreward prm score` had no way to give a TRL classifier its run's separator (the folder does not record
+    it); `--step-separator '\\n\\n'` is that blank line, and a PRM that records its own format refuses it."""
+    from mmreward.cli import main
+
+    folder, model, _ = qwen_token_prm
+    rows = tmp_path / "sols.jsonl"
+    rows.write_text("".join(json.dumps({"problem": s.problem, "steps": s.steps}) + "\n" for s in SOLUTIONS))
+    assert main(["prm", "score", "--model", folder, "--data", str(rows), "--step-separator", "\\n\\n"]) == 0
+    got = [json.loads(line)["step_scores"] for line in capsys.readouterr().out.splitlines() if '"step_scores"' in line]
+    want = official_scores(model, folder, SOLUTIONS, "\n\n")
+    assert len(got) == len(SOLUTIONS)
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w.tolist(), abs=2e-6)
+    default = official_scores(model, folder, SOLUTIONS)
+    assert any(float((a - b).abs().max()) > 1e-3 for a, b in zip(want, default))  # the separator matters
+    shepherd = str(tmp_path / "math-shepherd-prm")
+    write_math_shepherd(shepherd)
+    capsys.readouterr()  # (the writer's progress bars)
+    assert main(["prm", "score", "--model", shepherd, "--data", str(rows), "--step-separator", "\\n"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--step-separator applies to token-classification PRMs" in err[0]
+
+
+def test_a_separator_typed_with_escapes_is_the_characters_they_name():
+    from mmreward.core.cli_config import unescape_separator
+    from mmreward.serve.cli import build_parser
+
+    assert unescape_separator("\\n\\n") == "\n\n" and unescape_separator("\n\n") == "\n\n"
+    assert unescape_separator("Step\\t|é") == "Step\t|é" and unescape_separator("a\\\\n") == "a\\n"
+    assert unescape_separator("x\\q") == "x\\q"  # not an escape: kept as typed
+    args = build_parser().parse_args(["--model", "m", "--step-separator", "\\n\\n"])
+    assert unescape_separator(args.step_separator) == "\n\n"

@@ -38,12 +38,21 @@ def _format(text: str) -> str:
     return text.replace("-", "_")
 
 
-def _load_prm(path: str, device: str, dtype: Optional[str] = None):
+def _load_prm(path: str, device: str, dtype: Optional[str] = None, step_separator: Optional[str] = None):
     import mmreward
 
     from .model import ProcessRewardModel
 
-    model = mmreward.load(path, device=device, dtype=dtype)
+    kw = {}
+    if step_separator is not None:  # only a TRL token-classification PRM leaves its separator unrecorded
+        from mmreward.registry import detect, resolve_folder
+
+        kind = detect(resolve_folder(path))[0]
+        if kind != "token-classification-prm":
+            raise ValueError(f"--step-separator applies to token-classification PRMs (TRL PRMTrainer), whose folders "
+                             f"do not record it; {path} is a {kind} PRM, scored with the step format it was saved with")
+        kw["step_separator"] = step_separator
+    model = mmreward.load(path, device=device, dtype=dtype, **kw)
     if not isinstance(model, ProcessRewardModel):
         raise TypeError(f"{path} holds a {type(model).__name__}, not a process reward model")
     return model
@@ -51,7 +60,7 @@ def _load_prm(path: str, device: str, dtype: Optional[str] = None):
 
 def _load_model(args: argparse.Namespace):
     """The PRM at ``--model`` on ``--device``; ``--aggregation`` / ``--truncate`` override its config."""
-    model = _load_prm(args.model, args.device, getattr(args, "dtype", None))
+    model = _load_prm(args.model, args.device, getattr(args, "dtype", None), getattr(args, "step_separator", None))
     overrides = {k: getattr(args, k, None) for k in ("aggregation", "truncate")}
     # replace() re-runs the config's checks (e.g. prod needs probabilities)
     model.config = dataclasses.replace(model.config, **{k: v for k, v in overrides.items() if v is not None})
@@ -268,7 +277,20 @@ def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
                    help="score only the steps that fit the model's max_length (default: the model's setting; off: "
                         "a longer input is an error)")
     p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
+    p.add_argument("--step-separator", type=_separator, default=None,
+                   help="a TRL PRMTrainer token-classification PRM's step separator, which its folder does not "
+                        "record (default: TRL's '\\n'; '\\n\\n' is a blank line)")
     _add_device(p)
+
+
+def _separator(text: str) -> str:
+    """``--step-separator``: ``\\n`` typed on a command line is a newline."""
+    from mmreward.core.cli_config import unescape_separator
+
+    value = unescape_separator(text)
+    if not value:
+        raise argparse.ArgumentTypeError("must be a non-empty string")
+    return value
 
 
 def _parser() -> CLIParser:
