@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from typing import Any, Callable, Optional
@@ -155,6 +156,21 @@ STARLING_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{
 OASST_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|prompter|>{% elif m['role'] == 'assistant' %}"
                   "<|assistant|>{% else %}<|system|>{% endif %}{{ m['content'] }}{{ eos_token }}{% endfor %}")
 
+# OpenRLHF's RewardDataset renders a conversation with the tokenizer's chat template (``--apply_chat_template``;
+# without it: prompt + response as they are), strips trailing newlines and appends " " + eos unless the text
+# already ends with the eos token; the reward is read at that last token. Wrapped around the tokenizer's own
+# template (or a plain concatenation of the contents), so the text mmreward tokenises is the one OpenRLHF trained on.
+OPENRLHF_CONCAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def openrlhf_template(template: Optional[str]) -> str:
+    """``template`` rendered as OpenRLHF's RewardDataset reads its output: trailing newlines stripped, then
+    ``" " + eos_token`` unless the text already ends with it."""
+    return ("{% set openrlhf_text %}" + (template or OPENRLHF_CONCAT_TEMPLATE) + "{% endset %}"
+            "{% set openrlhf_text = openrlhf_text.rstrip('\\n') %}{{ openrlhf_text }}"
+            "{% if eos_token and not openrlhf_text.endswith(eos_token) %} {{ eos_token }}{% endif %}")
+
+
 HEADED_DECODERS: dict[str, dict[str, Any]] = {
     # infly/INF-ORM-Llama3.1-70B: score = Linear(H, H) -> ReLU -> Linear(H, 1), Llama-3.1 chat template
     "INF-ORM": dict(prefix="model.", head={"pooler.weight": "score.0.weight", "pooler.bias": "score.0.bias",
@@ -173,6 +189,10 @@ HEADED_DECODERS: dict[str, dict[str, Any]] = {
     "OpenAssistant GPTNeoXRewardModel": dict(prefix="gpt_neox.", head={"head.weight": "out_proj.weight",
                                                                      "head.bias": "out_proj.bias"},
                                              template=OASST_TEMPLATE, model_type="gpt_neox"),
+    # reward models trained by OpenRLHF (get_llm_for_sequence_regression: architectures ["RewardModel"], the
+    # backbone under its base_model_prefix, a bias-free head under config.value_head_prefix, reward mean / std
+    # of its last evaluation in config.json); prefix and head names come from the folder (openrlhf_spec)
+    "OpenRLHF": dict(prefix=None, head=None, template=None, model_type=None),
 }
 
 
@@ -195,6 +215,14 @@ def headed_decoder_kind(folder: str, config: Optional[dict]) -> Optional[str]:
         return "OpenAssistant GPTNeoXRewardModel"
     if "EurusRewardModel" in archs:
         return "Eurus-RM"
+    if archs == ["RewardModel"] and not isinstance(config.get("auto_map"), dict) \
+            and any(k in config for k in ("value_head_prefix", "normalize_reward", "mean")):
+        return "OpenRLHF"  # the class get_llm_for_sequence_regression builds saves under the name RewardModel
+    if archs == ["CriticModel"] and not isinstance(config.get("auto_map"), dict) and "normalize_reward" in config:
+        return "OpenRLHF critic"  # refused by load_headed_decoder, with the reason
+    name = os.path.basename(os.path.normpath(folder)).lower()
+    if "nemotron" in name and "reward" in name and any(a.endswith("ForCausalLM") for a in archs):
+        return "Nemotron reward LM"  # refused by load_headed_decoder, with the reason
     if isinstance(config.get("auto_map"), dict) or not isinstance(config.get("model_type"), str):
         return None  # other remote-code models are not guessed at from their tensor names
     model_type = config.get("model_type")
@@ -213,10 +241,53 @@ def is_headed_decoder(folder: str, config: Optional[dict]) -> bool:
     return headed_decoder_kind(folder, config) is not None
 
 
-def load_headed_decoder(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer: Any = None) -> RewardModel:
+def openrlhf_spec(folder: str, raw: dict, hf: Any) -> dict[str, Any]:
+    """The :data:`HEADED_DECODERS` entry of an OpenRLHF reward model: the backbone under the base_model_prefix of
+    transformers' class for its ``model_type`` (``model.`` for Llama / Qwen2 / Mistral), the head under
+    ``value_head_prefix`` (OpenRLHF's default ``score``; older releases ``value_head``)."""
+    from transformers import AutoModel
+
+    head = raw.get("value_head_prefix", "score")
+    if "value_head_prefix" not in raw and "score.weight" not in (names := _weight_names_or_none(folder)) \
+            and "value_head.weight" in names:
+        head = "value_head"  # OpenRLHF's default before value_head_prefix was written into config.json
+    if not isinstance(head, str) or not head:
+        raise CheckpointError(f"{folder}/config.json: value_head_prefix must be a module name, got {head!r}")
+    try:
+        base = AutoModel._model_mapping[type(hf)].base_model_prefix
+    except (KeyError, AttributeError) as e:
+        raise CheckpointError(f"{folder}: transformers has no base model for model_type {hf.model_type!r}") from e
+    return dict(prefix=f"{base}.", head={"head.weight": f"{head}.weight"}, template=None, model_type=None)
+
+
+def _reward_stats(folder: str, raw: dict) -> tuple[float, float]:
+    """The reward mean / std OpenRLHF's trainer stores in config.json (its last evaluation's rewards)."""
+    mean, std = raw.get("mean"), raw.get("std")
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean, std))
+    if not ok or std <= 0:
+        raise CheckpointError(f"{folder}/config.json: normalize_reward=True needs the reward 'mean' and a positive "
+                              f"'std' OpenRLHF's trainer stores there; found mean={mean!r}, std={std!r}")
+    return float(mean), float(std)
+
+
+def _fold_normalization(folder: str, raw: dict, state: dict) -> None:
+    """OpenRLHF's ``normalize_reward``: ``(r - mean) / std`` with the mean / std its trainer stored in
+    config.json, folded into the head (weight / std, bias - mean / std)."""
+    mean, std = _reward_stats(folder, raw)
+    weight = state["head.weight"]
+    state["head.weight"] = (weight.double() / std).to(weight.dtype)
+    state["head.bias"] = ((state["head.bias"].double() - mean) / std).to(state["head.bias"].dtype)
+
+
+def load_headed_decoder(folder: str, *, device: Any = "cpu", dtype: Any = None, tokenizer: Any = None,
+                        normalize_reward: bool = False) -> RewardModel:
     """A decoder reward model of :data:`HEADED_DECODERS` as a :class:`RewardModel`: the backbone read by
     transformers' own class for its ``model_type``, the head (and INF-ORM's Linear → ReLU pooler) from
-    the release's tensors, the score at the last token of the official input format."""
+    the release's tensors, the score at the last token of the official input format.
+
+    ``normalize_reward=True`` (OpenRLHF reward models only): ``(r - mean) / std`` with the mean / std in
+    config.json, as OpenRLHF's ``normalize_reward`` (``serve_rm --reward.normalize_enable``, PPO's
+    ``--normalize_reward``) computes it; the default is the raw reward (OpenRLHF's default)."""
     from transformers import AutoModel
 
     from mmreward.core.weights import check_shapes, hf_config, read_weights
@@ -227,18 +298,51 @@ def load_headed_decoder(folder: str, *, device: Any = "cpu", dtype: Any = None, 
     kind = headed_decoder_kind(folder, raw)
     if kind is None:
         raise CheckpointError(f"{folder} is none of the layouts {', '.join(HEADED_DECODERS)}")
+    if kind == "OpenRLHF critic":
+        raise CheckpointError(f"{folder} holds an OpenRLHF critic (architectures ['CriticModel']): PPO's value model, "
+                              "which estimates a value at every token of a rollout, not a reward model; score with "
+                              "the reward model the run was trained against (architectures ['RewardModel'])")
+    if kind == "Nemotron reward LM":
+        raise CheckpointError(
+            f"{folder} holds an NVIDIA Nemotron reward model in causal-LM form ({', '.join(raw.get('architectures'))}): "
+            "its card reads the reward as the score of token id 0 that generate(max_new_tokens=1, output_scores=True) "
+            "gives after the conversation (scores processed by the generation config), not a reward head; "
+            "mmreward does not read this layout: score it with its card's code")
     spec = HEADED_DECODERS[kind]
+    if not isinstance(normalize_reward, bool):
+        raise TypeError(f"normalize_reward must be True or False, got {type(normalize_reward).__name__}")
+    if normalize_reward and kind != "OpenRLHF":
+        raise ValueError(f"normalize_reward applies to OpenRLHF reward models (their config.json holds the reward "
+                         f"mean / std); {folder} is {kind}")
+    if normalize_reward:
+        _reward_stats(folder, raw)  # refused before anything loads
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     backbone_type = spec["model_type"] or raw.get("model_type")
-    hf = hf_config({**{k: v for k, v in raw.items() if k != "pooling"}, "model_type": backbone_type}, folder)
+    drop = ("pooling",) + (("mean", "std", "normalize_reward", "value_head_prefix") if kind == "OpenRLHF" else ())
+    hf = hf_config({**{k: v for k, v in raw.items() if k not in drop}, "model_type": backbone_type}, folder)
+    if kind == "OpenRLHF":
+        spec = openrlhf_spec(folder, raw, hf)
     pooling = raw.get("pooling", "last") if kind.startswith("OpenAssistant") else "last"
     if pooling not in ("last", "mean"):
         raise CheckpointError(f"{folder}/config.json: pooling {pooling!r}; {kind} pools 'last' or 'mean'")
     if tokenizer is not None:
         tokenizer = copy.copy(_tokenizer_argument(tokenizer))  # the template below is set on our copy only
     else:
-        tokenizer = load_tokenizer(folder)
-    if spec["template"] is not None:
+        try:
+            tokenizer = load_tokenizer(folder)
+        except CheckpointError as e:
+            if kind != "Starling-RM":
+                raise
+            raise CheckpointError(f"{e}. Starling-RM-34B's card scores with the tokenizer of 01-ai/Yi-34B-Chat: pass "
+                                  "tokenizer= (that tokenizer or its folder)") from None
+    if kind == "OpenRLHF":
+        if not has_chat_template(tokenizer):
+            warnings.warn(f"{folder}: the tokenizer has no chat template, so the OpenRLHF reward model reads prompt + "
+                          "response as OpenRLHF trains without --apply_chat_template and --input_template (the two "
+                          "texts joined as they are, then ' ' + eos); if it was trained with an --input_template, "
+                          "pass tokenizer= with a chat template that writes it", stacklevel=2)
+        tokenizer.chat_template = openrlhf_template(tokenizer.chat_template if has_chat_template(tokenizer) else None)
+    elif spec["template"] is not None:
         tokenizer.chat_template = spec["template"]  # the card's input format; saved with the model
     elif not has_chat_template(tokenizer):
         raise CheckpointError(f"{folder}: {kind} scores chat conversations, and this tokenizer has no chat template")
@@ -259,6 +363,8 @@ def load_headed_decoder(folder: str, *, device: Any = "cpu", dtype: Any = None, 
     state = {ours: weights.pop(theirs) for ours, theirs in sources.items()}
     if "head.bias" not in state:
         state["head.bias"] = torch.zeros(1, dtype=head_weight.dtype)  # the release's head has no bias
+    if normalize_reward:
+        _fold_normalization(folder, raw, state)
     prefix = spec["prefix"]
     backbone = {f"backbone.{k[len(prefix):]}": v for k, v in weights.items() if k.startswith(prefix)}
     if not backbone:
@@ -403,6 +509,8 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
                               f"({sorted(map(str, getattr(config, 'id2label', {}).values()))[:4]}); a reward model has 1")
     check_classifier_weights(folder, config)
     tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else load_tokenizer(folder)
+    if "vhead_layer_type" in read_config(folder):
+        tokenizer = grm_tokenizer(tokenizer)
     with quiet_transformers():
         seq, report = AutoModelForSequenceClassification.from_pretrained(
             folder, dtype=dt or "auto", output_loading_info=True, ignore_mismatched_sizes=True)
@@ -428,7 +536,8 @@ def reward_model_from_classifier(seq: nn.Module, tokenizer: Any) -> RewardModel:
         base.pooler = None  # BERT keeps its pooler inside the base model: it becomes our pooler layer
     encoder = is_encoder(seq.config)
     input_format = ("chat" if has_chat_template(tokenizer) else
-                    "pair" if encoder and has_pair_template(tokenizer) else "joined")
+                    "pair" if (has_pair_template(tokenizer) if encoder else concatenating_pair(tokenizer)) else
+                    "joined")
     config = RewardModelConfig(backbone=seq.config.to_dict(), max_length=model_max_length(tokenizer, seq.config),
                                input_format=input_format, pooling=pooling, pooler_act=act)
     model = RewardModel(config, tokenizer, backbone=base)
@@ -441,10 +550,49 @@ def reward_model_from_classifier(seq: nn.Module, tokenizer: Any) -> RewardModel:
     return model
 
 
+def grm_tokenizer(tokenizer: Any) -> Any:
+    """GRM reward models (Ray2333's ``GRM-*-rewardmodel-ft``, whose config.json carries the ``vhead_*`` keys of
+    the GRM training code) are trained, evaluated and scored in their card as
+    ``tokenizer.encode_plus(tokenizer.apply_chat_template(conv, tokenize=False))``: a template that writes the
+    BOS (Gemma, Llama-3) gets a second one from the tokenizer. mmreward removes a rendered leading BOS before
+    tokenising (one BOS), so on a copy of the tokenizer the template writes it twice: the model sees the two
+    BOS tokens it was trained with. Other tokenizers are returned as they are."""
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if not has_chat_template(tokenizer) or not bos or bos_id is None:
+        return tokenizer
+    try:
+        adds = list(tokenizer("a")["input_ids"])[:1] == [bos_id] \
+            and list(tokenizer("a", add_special_tokens=False)["input_ids"])[:1] != [bos_id]
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": "a"},
+                                                  {"role": "assistant", "content": "b"}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses the probe: left as it is
+        return tokenizer
+    if not (adds and isinstance(rendered, str) and rendered.startswith(bos)):
+        return tokenizer
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    return tokenizer
+
+
+def concatenating_pair(tokenizer: Any) -> bool:
+    """Whether ``tokenizer(a, b)`` is ``tokenizer(a)`` followed by ``tokenizer(b)`` and adds no token of its own
+    (GPT-2 / GPT-NeoX style tokenizers). Decoder RMs without a chat template are scored by their cards as
+    ``tokenizer(question, answer)`` (Ray2333's GPT-2 RMs on Anthropic/hh-rlhf: the question ends with
+    "\\n\\nAssistant:"), so such a tokenizer reads (prompt, response) as that pair, not with a blank line
+    between (``joined``)."""
+    try:
+        single = [list(tokenizer(t, add_special_tokens=True, verbose=False)["input_ids"]) for t in ("a", "b")]
+        bare = list(tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"])
+        pair = list(tokenizer("a", "b", verbose=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - tokenizers without pair support
+        return False
+    return single[0] == bare and pair == single[0] + single[1]
+
+
 def _owns(parent: nn.Module, child: nn.Module) -> bool:
     return any(m is child for m in parent.modules())
 
 
-__all__ = ["ENCODER_HEADS", "HEADED_DECODERS", "headed_decoder_kind", "is_headed_decoder", "is_quantile_gating_rm", "refuse_quantile_gating_rm", "load_headed_decoder", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
+__all__ = ["ENCODER_HEADS", "HEADED_DECODERS", "concatenating_pair", "grm_tokenizer", "openrlhf_template", "headed_decoder_kind", "is_headed_decoder", "is_quantile_gating_rm", "refuse_quantile_gating_rm", "load_headed_decoder", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
            "is_sequence_classifier", "load_legacy_folder", "load_qwen_math_rm", "load_sequence_classifier",
            "reward_model_from_classifier"]
