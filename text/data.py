@@ -470,8 +470,10 @@ class TextEncoder:
                 asked = [{"role": "system", "content": self.system_prompt}] + asked
             msgs = asked + _as_messages(response, "assistant")
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
-            bos = getattr(self.tokenizer, "bos_token", None)
-            strip = len(bos) if bos and text.startswith(bos) else 0  # the tokenizer adds it again
+            # a template that writes the BOS string: dropped when the tokenizer adds its own (else it is doubled),
+            # kept when it does not (as apply_chat_template(tokenize=True) keeps it)
+            bos = self._added_bos()
+            strip = len(bos) if bos and text.startswith(bos) else 0
             return _Rendered(text[strip:], messages=msgs, n_prompt_messages=len(asked), strip=strip)
         p, r = ("" if prompt is None else _flatten(prompt)), _flatten(response)
         if self.input_format == "pair" and prompt is not None:

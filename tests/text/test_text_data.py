@@ -178,3 +178,27 @@ def test_a_whole_text_opening_with_the_bos_string_gets_one_bos():
     plain = fixture_tokenizer()  # "[CLS] a [SEP]": no BOS added, so a literal "<s>" is text (an unknown word)
     got = TextEncoder(plain).encode([TextPair(None, "<s> a b")])[0].ids
     assert len(got) == len(TextEncoder(plain).encode([TextPair(None, "a b")])[0].ids) + 1
+
+
+def test_a_chat_templates_bos_is_kept_unless_the_tokenizer_adds_its_own():
+    """The chat path dropped the template's BOS string whenever the template wrote one: right for a tokenizer
+    that adds BOS itself, but a tokenizer that adds none lost its BOS (apply_chat_template(tokenize=True), as
+    cards score, keeps it)."""
+    import os
+    import sys
+
+    from mmreward.core.inputs import TextPair
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from text_rm_fixtures import BOS_TEMPLATE
+    from text_rm_fixtures import word_tokenizer as fixture_tokenizer
+
+    msgs = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c"}]
+    adds = fixture_tokenizer(bos=True, chat_template=BOS_TEMPLATE)  # "<s> $A": adds its own BOS
+    ids = TextEncoder(adds, input_format="chat").encode([TextPair(msgs[:1], "c")])[0].ids
+    assert ids == list(adds.apply_chat_template(msgs, tokenize=True)["input_ids"]) and ids.count(adds.bos_token_id) == 1
+    plain = fixture_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    plain._tokenizer.post_processor = None  # the same vocabulary, adding no BOS: the template's is the only one
+    assert plain("a")["input_ids"][:1] != [plain.bos_token_id]
+    ids = TextEncoder(plain, input_format="chat").encode([TextPair(msgs[:1], "c")])[0].ids
+    assert ids == list(plain.apply_chat_template(msgs, tokenize=True)["input_ids"]) and ids[0] == plain.bos_token_id
