@@ -90,7 +90,8 @@ LAYOUTS: list[Layout] = [
     Layout("headed-decoder-rm", "mmreward.text.layouts:is_headed_decoder", "mmreward.text.layouts:load_headed_decoder",
            "decoder reward models whose head is written in their card, read without their code: INF-ORM "
            "(INFORMForSequenceClassification), UltraRM / Eurus-RM (regression_head), Starling-RM-34B (transformer + "
-           "v_head), OpenAssistant GPTNeoXRewardModel (gpt_neox + out_proj)"),
+           "v_head), OpenAssistant GPTNeoXRewardModel (gpt_neox + out_proj), OpenRLHF RewardModel (value_head_prefix; "
+           "OpenRLHF critics and Nemotron causal-LM reward models refused with the reason)"),
     Layout("transformers-sequence-classifier", "mmreward.text.layouts:is_sequence_classifier",
            "mmreward.text.layouts:load_sequence_classifier",
            "a transformers *ForSequenceClassification reward model with one label (Skywork-Reward, OpenAssistant DeBERTa, TRL)"),
