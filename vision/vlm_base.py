@@ -73,21 +73,47 @@ class VLMScorer(RewardScorer, nn.Module):
                       detail: Optional[Callable[[int, int], str]] = None) -> None:
         """DataError naming the first input whose tokens (text + image / video tokens) exceed the
         backbone's context: past its trained positions the scores would be garbage, and nothing is cut
-        (long conversations are not truncated), so such an input is refused. ``detail(i, limit)``: more
-        about input ``i`` for the message (a VisualPRM row: which steps lie past the context)."""
+        (long conversations are not truncated), so such an input is refused — unless the row's rotary
+        positions (:meth:`_positions_used`: M-RoPE backbones) stay within the context. ``detail(i,
+        limit)``: more about input ``i`` for the message (a VisualPRM row: which steps lie past it)."""
         limit, mask = self.context_length(), enc.get("attention_mask")
         if limit is None or not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] <= limit:
             return
         lengths = mask.sum(dim=1).tolist()
+        positions = None  # computed only when a row has more tokens than the context
         for i, (name, n) in enumerate(zip(names, lengths)):
             if n > limit:
+                if positions is None:
+                    positions = self._positions_used(enc) or [None] * len(lengths)
+                if positions[i] is not None and positions[i] <= limit:
+                    continue  # its image / video tokens share rotary positions (M-RoPE): it fits
                 ids = enc.get("input_ids")
                 n_image = sum(int((ids[i] == t).sum()) for t in self._vision_token_ids()) \
                     if isinstance(ids, torch.Tensor) else 0
                 more = detail(i, limit) if detail is not None else ""
+                used = f"; they span {positions[i]} rotary positions" if positions[i] is not None else ""
                 raise DataError(f"{name}: {int(n)} tokens ({n_image} of them image / video tokens) exceed the "
-                                f"model's context of {limit} tokens (max_position_embeddings){more}; shorten the "
+                                f"model's context of {limit} tokens (max_position_embeddings{used}){more}; shorten the "
                                 "conversation or give smaller images (the processor's max_pixels)")
+
+    def _positions_used(self, enc: dict) -> Optional[list[int]]:
+        """Per row, how many rotary positions the backbone's forward gives it (its largest position + 1),
+        from the backbone's own ``get_rope_index`` (Qwen2-VL / Qwen2.5-VL M-RoPE: an image's or a video's
+        tokens share positions, so a row spans fewer positions than it has tokens); None when the
+        backbone has none, or the row holds no image / video."""
+        import inspect
+
+        fn = getattr(self.backbone, "get_rope_index", None)
+        if fn is None or not any(k in enc for k in ("image_grid_thw", "video_grid_thw")):
+            return None
+        try:
+            params = inspect.signature(fn).parameters
+            with torch.no_grad():
+                pos = fn(**{k: v for k, v in enc.items() if k in params})[0]  # (3, B, T)
+            mask = enc["attention_mask"].bool()
+            return [int(pos[:, i][:, mask[i]].max()) + 1 for i in range(mask.shape[0])]
+        except Exception:  # another transformers' signature or layout: fall back to counting tokens
+            return None
 
     def check_rows_fit(self, examples: Sequence[Any], collate: Callable[[Sequence[Any]], Any],
                        batch_size: int, eval_examples: Optional[Sequence[Any]] = None,

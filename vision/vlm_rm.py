@@ -67,6 +67,9 @@ class VLMRewardModel(VLMScorer):
         h = out.last_hidden_state  # (N, T, H)
         last = D.last_token_index(attention_mask)  # (N,)
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (N, H)
+        return self._reward(h_last)
+
+    def _reward(self, h_last: Tensor) -> Tensor:  # (N, H) -> (N,) float32
         return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1).float()
 
     def encode(self, conversations: Sequence[Conversation], names: Optional[Sequence[str]] = None) -> dict[str, Tensor]:

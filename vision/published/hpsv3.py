@@ -159,6 +159,9 @@ class HPSv3RewardModel(QwenVLRewardModel):
                 raise DataError(f"{name}: the encoded input holds {self.config.reward_token} {n} times, not once")
         return enc
 
+    def _positions_used(self, enc: dict) -> None:
+        return None  # sequential positions (see mu_sigma): one per token, the token count is the measure
+
     # -------------------------------------------------------------- forward
     def mu_sigma(self, input_ids: Tensor, attention_mask: Tensor, **vision_inputs) -> Tensor:
         """``(N, outputs)``: rm_head at the reward token (HPSv3: ``[mu, sigma]``)."""

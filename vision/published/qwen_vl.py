@@ -45,6 +45,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 QWEN_PROCESSORS = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
 WHITE = (255, 255, 255)  # qwen-vl-utils' to_rgb pastes an RGBA image over white
+# qwen-vl-utils' fetch_image bounds an image to 4 .. 16384 merged patches (its IMAGE_MIN / MAX_TOKEN_NUM)
+FETCH_MIN_TOKENS, FETCH_MAX_TOKENS = 4, 16384
 # the 3-D rotary positions of Qwen2.5-VL follow wall-clock time (second_per_grid_ts); Qwen2-VL's do not
 TIME_ALIGNED = ("Qwen2_5_VLProcessor", "qwen2_5_vl")
 
@@ -70,6 +72,34 @@ class QwenVisionConfig:
     @property
     def factor(self) -> int:
         return self.patch_size * self.merge_size
+
+
+IMAGE_SETTINGS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
+
+
+@dataclass
+class QwenImage:
+    """An image with qwen-vl-utils' per-image settings (the ``min_pixels`` / ``max_pixels`` /
+    ``resized_height`` / ``resized_width`` of its ``{"type": "image", ...}`` message part): its first
+    resize (``fetch_image``) uses them instead of qwen-vl-utils' defaults; the processor's own
+    ``[min_pixels, max_pixels]`` resize follows as for any image."""
+
+    image: Any
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    resized_height: Optional[int] = None
+    resized_width: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for name in IMAGE_SETTINGS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ValueError(f"image setting {name!r} must be a positive int (pixels), got {v!r}")
+        if (self.resized_height is None) != (self.resized_width is None):
+            raise ValueError("image settings 'resized_height' and 'resized_width' go together (qwen-vl-utils reads "
+                             "them only as a pair): give both or neither")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"image setting min_pixels ({self.min_pixels}) is above max_pixels ({self.max_pixels})")
 
 
 @dataclass
@@ -152,16 +182,32 @@ def _normalise(x: torch.Tensor, cfg: QwenVisionConfig) -> torch.Tensor:
 
 
 def image_patches(image: Any, cfg: QwenVisionConfig, where: str = "image") -> tuple[torch.Tensor, list[int]]:
-    """One image -> its patches and grid: PIL bicubic resize (as the transformers image processor)."""
+    """One image -> its patches and grid. As in the official pipeline, the image is resized twice with
+    PIL bicubic: by qwen-vl-utils' ``fetch_image`` to ``smart_resize`` within its own bounds (4 to
+    16384 merged patches), then by the transformers image processor to its ``[min_pixels,
+    max_pixels]`` — a no-op unless the processor's bounds are narrower (a ``max_pixels`` below
+    ``16384 · 28²``: the second resize starts from the first one's pixels, not the original's). A
+    :class:`QwenImage` brings its message part's own bounds (or size) for the first resize."""
     from PIL import Image
 
-    pil = to_pil(image, where, WHITE)
+    settings = image if isinstance(image, QwenImage) else QwenImage(None)
+    pil = to_pil(settings.image if isinstance(image, QwenImage) else image, where, WHITE)
+    lo, hi = FETCH_MIN_TOKENS * cfg.factor ** 2, FETCH_MAX_TOKENS * cfg.factor ** 2
     try:
-        h, w = smart_resize(pil.height, pil.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+        if settings.resized_height is not None:  # qwen-vl-utils: that size, snapped with its default bounds
+            h, w = smart_resize(settings.resized_height, settings.resized_width, cfg.factor, lo, hi)
+        else:
+            lo = settings.min_pixels if settings.min_pixels is not None else lo
+            hi = settings.max_pixels if settings.max_pixels is not None else hi
+            if lo > hi:
+                raise ValueError(f"min_pixels {lo} is above max_pixels {hi}")
+            h, w = smart_resize(pil.height, pil.width, cfg.factor, lo, hi)
+        h2, w2 = smart_resize(h, w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
-    if (pil.height, pil.width) != (h, w):
-        pil = pil.resize((w, h), resample=Image.BICUBIC)
+    for size in ((h, w), (h2, w2)):
+        if (pil.height, pil.width) != size:
+            pil = pil.resize(size[::-1], resample=Image.BICUBIC)
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w)
     return patchify(_normalise(x, cfg), cfg)
 
@@ -359,6 +405,6 @@ def published_chat_template(folder: str) -> str:
                           "tokenizer_config.json's chat_template)")
 
 
-__all__ = ["QwenVLProcessor", "QwenVisionConfig", "QwenVideo", "read_video", "smart_resize", "sample_frame_indices",
-           "image_patches", "video_patches", "patchify", "is_qwen_vl_processor_folder", "published_vision_config",
-           "published_chat_template"]
+__all__ = ["QwenVLProcessor", "QwenVisionConfig", "QwenVideo", "QwenImage", "IMAGE_SETTINGS", "read_video",
+           "smart_resize", "sample_frame_indices", "image_patches", "video_patches", "patchify",
+           "is_qwen_vl_processor_folder", "published_vision_config", "published_chat_template"]

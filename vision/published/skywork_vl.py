@@ -13,7 +13,9 @@ Inputs:
 
 * :class:`~mmreward.core.inputs.Conversation` — turns ``{"role", "content"}`` where ``content`` is a
   string or Qwen's list of parts (``{"type": "text", "text"}``, ``{"type": "image", "image"}``,
-  ``{"type": "video", "video"}``); ``images`` go first in the first user turn;
+  ``{"type": "video", "video"}``); ``images`` go first in the first user turn. An image part's
+  qwen-vl-utils settings (``min_pixels`` / ``max_pixels``, or ``resized_height`` + ``resized_width``)
+  size that image as qwen-vl-utils does; other keys on a media part are refused;
 * :class:`~mmreward.core.inputs.ImagePrompt` / :class:`~mmreward.core.inputs.VideoPrompt` — the media is
   the answer to the prompt: ``[user: prompt, assistant: image | video]``.
 
@@ -24,6 +26,7 @@ Inputs:
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import torch
@@ -37,7 +40,7 @@ from mmreward.core.weights import quiet_transformers, refuse_mismatched
 
 from ..vlm_data import ROLES, name_failing_input, need_reply
 from ..vlm_rm import VLMRewardConfig, VLMRewardModel
-from .qwen_vl import WHITE, QwenVLProcessor, read_video
+from .qwen_vl import IMAGE_SETTINGS, WHITE, QwenImage, QwenVLProcessor, read_video
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
@@ -54,13 +57,36 @@ def _parts(content: Any, where: str) -> list[dict]:
     out = []
     for k, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image_url" or (kind == "image" and part.get("image") is None and "image_url" in part):
+            # Qwen's other spelling of an image part: qwen-vl-utils reads its path / URI string as the image
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) and set(url) == {"url"} else url
+            if not isinstance(url, str):
+                raise DataError(f"{where} part {k}: an 'image_url' part needs 'image_url': a path, file:// or data: "
+                                f"URI (or {{'url': ...}}), got {describe(part.get('image_url'))}")
+            part = {**{key: v for key, v in part.items() if key != "image_url"}, "type": "image", "image": url}
+            kind = "image"
         if kind == "text" and isinstance(part.get("text"), str):
             out.append(part)
         elif kind in MEDIA_PARTS and part.get(kind) is not None:
+            # qwen-vl-utils reads per-image sizes from the part: they are honoured (QwenImage), never dropped
+            allowed = ("type", kind) + (IMAGE_SETTINGS if kind == "image" else ())
+            extra = sorted(str(key) for key in part if key not in allowed)
+            if extra:
+                raise DataError(f"{where} part {k}: unsupported key(s) {extra} in a {kind!r} part (mmreward reads "
+                                + (f"{', '.join(IMAGE_SETTINGS)} there" if kind == "image" else
+                                   "a video's sampling and sizes from the model's video_preprocessor_config.json")
+                                + "); remove them")
+            if kind == "image" and any(key in part for key in IMAGE_SETTINGS):
+                try:
+                    QwenImage(None, **{key: part[key] for key in IMAGE_SETTINGS if key in part})
+                except ValueError as e:
+                    raise DataError(f"{where} part {k}: {e}") from e
             out.append(part)
         else:
             raise DataError(f"{where} part {k}: expected {{'type': 'text', 'text': str}} or {{'type': 'image' | "
-                            f"'video', 'image' | 'video': path or pixels}}, got {describe(part)}")
+                            f"'video', 'image' | 'video': path or pixels}} (or {{'type': 'image_url', 'image_url': "
+                            f"path}}), got {describe(part)}")
     return out
 
 
@@ -96,7 +122,8 @@ def _render(turns: list[dict], where: str) -> tuple[list[dict], list, list]:
     for turn in turns:
         content = turn["content"]
         if isinstance(content, list):
-            images += [p["image"] for p in content if p["type"] == "image"]
+            images += [QwenImage(p["image"], **{k: p[k] for k in IMAGE_SETTINGS if k in p})
+                       if any(k in p for k in IMAGE_SETTINGS) else p["image"] for p in content if p["type"] == "image"]
             videos += [p["video"] for p in content if p["type"] == "video"]
             content = [{"type": p["type"]} if p["type"] in MEDIA_PARTS else p for p in content]
         messages.append({"role": turn["role"], "content": content})
@@ -116,6 +143,25 @@ class QwenVLRewardModel(VLMRewardModel):
             raise TypeError(f"QwenVLRewardModel needs a QwenVLProcessor, got {type(processor).__name__}")
         super().__init__(config, backbone, processor)
 
+    def _reward(self, h_last: torch.Tensor) -> torch.Tensor:
+        """TRL's ``ValueHead`` (the model card's scorer) keeps its Linear in float32 and upcasts the hidden
+        state to it, whatever the backbone's dtype: so does this, also for a model loaded in bf16 / fp16."""
+        bias = self.head.bias.float() if self.head.bias is not None else None
+        return torch.nn.functional.linear(h_last.float(), self.head.weight.float(), bias).squeeze(-1)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "QwenVLRewardModel":
+        """``.to(half dtype)`` / ``.half()`` / ``.bfloat16()`` cast the backbone; the head's float32 weights
+        stay float32 (TRL's value head, HPSv3's rm_head: the official code keeps them so), on the new
+        device. Without this a bf16 load would round the head's weights to bf16."""
+        head = self._modules.get("head")
+        kept = [p.data for p in head.parameters()] if head is not None and recurse else []
+        super()._apply(fn, recurse)
+        if kept:
+            for p, old in zip(head.parameters(), kept):
+                if old.dtype == torch.float32 and p.dtype in (torch.float16, torch.bfloat16):
+                    p.data = old.to(device=p.device)
+        return self
+
     def encode(self, items: Sequence[Any], names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
         """Inputs -> padded model inputs; images and videos are decoded here, errors name ``names[i]``."""
         from ..images import to_pil
@@ -126,7 +172,8 @@ class QwenVLRewardModel(VLMRewardModel):
         for item, name in zip(items, names):
             messages, ims, vids = qwen_messages(item, name)
             texts.append(proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
-            images.append([to_pil(im, f"{name} image {j}", WHITE) for j, im in enumerate(ims)])
+            images.append([replace(im, image=to_pil(im.image, f"{name} image {j}", WHITE)) if isinstance(im, QwenImage)
+                           else to_pil(im, f"{name} image {j}", WHITE) for j, im in enumerate(ims)])
             videos.append([read_video(v, proc.vision, f"{name} video {j}") for j, v in enumerate(vids)])
 
         def run(idx: Sequence[int]) -> dict[str, torch.Tensor]:
