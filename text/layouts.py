@@ -336,12 +336,12 @@ def load_headed_decoder(folder: str, *, device: Any = "cpu", dtype: Any = None, 
             raise CheckpointError(f"{e}. Starling-RM-34B's card scores with the tokenizer of 01-ai/Yi-34B-Chat: pass "
                                   "tokenizer= (that tokenizer or its folder)") from None
     if kind == "OpenRLHF":
-        if not has_chat_template(tokenizer):
+        if default_template(tokenizer) is None:
             warnings.warn(f"{folder}: the tokenizer has no chat template, so the OpenRLHF reward model reads prompt + "
                           "response as OpenRLHF trains without --apply_chat_template and --input_template (the two "
                           "texts joined as they are, then ' ' + eos); if it was trained with an --input_template, "
                           "pass tokenizer= with a chat template that writes it", stacklevel=2)
-        tokenizer.chat_template = openrlhf_template(tokenizer.chat_template if has_chat_template(tokenizer) else None)
+        tokenizer.chat_template = openrlhf_template(default_template(tokenizer))
     elif spec["template"] is not None:
         tokenizer.chat_template = spec["template"]  # the card's input format; saved with the model
     elif not has_chat_template(tokenizer):
@@ -567,11 +567,22 @@ def grm_tokenizer(tokenizer: Any) -> Any:
                                                   {"role": "assistant", "content": "b"}], tokenize=False)
     except Exception:  # noqa: BLE001 - a template that refuses the probe: left as it is
         return tokenizer
-    if not (adds and isinstance(rendered, str) and rendered.startswith(bos)):
+    template = default_template(tokenizer)
+    if not (adds and isinstance(rendered, str) and rendered.startswith(bos)) or template is None:
         return tokenizer
     tokenizer = copy.copy(tokenizer)
-    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    tokenizer.chat_template = "{{ bos_token }}" + template
     return tokenizer
+
+
+def default_template(tokenizer: Any) -> Optional[str]:
+    """The chat template ``apply_chat_template`` uses by default: ``tokenizer.chat_template``, or its
+    ``"default"`` entry when the tokenizer holds several named templates (a dict: tokenizer_config.json's list
+    of templates, or ``additional_chat_templates``); None without one."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def concatenating_pair(tokenizer: Any) -> bool:
@@ -593,6 +604,6 @@ def _owns(parent: nn.Module, child: nn.Module) -> bool:
     return any(m is child for m in parent.modules())
 
 
-__all__ = ["ENCODER_HEADS", "HEADED_DECODERS", "concatenating_pair", "grm_tokenizer", "openrlhf_template", "headed_decoder_kind", "is_headed_decoder", "is_quantile_gating_rm", "refuse_quantile_gating_rm", "load_headed_decoder", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
+__all__ = ["ENCODER_HEADS", "HEADED_DECODERS", "concatenating_pair", "default_template", "grm_tokenizer", "openrlhf_template", "headed_decoder_kind", "is_headed_decoder", "is_quantile_gating_rm", "refuse_quantile_gating_rm", "load_headed_decoder", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
            "is_sequence_classifier", "load_legacy_folder", "load_qwen_math_rm", "load_sequence_classifier",
            "reward_model_from_classifier"]

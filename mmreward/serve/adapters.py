@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import time
 from typing import Any, Optional, Sequence
 
@@ -648,7 +649,7 @@ class OpenRLHFRewardFunction(_Rewarder):
                  batch_size: Optional[int] = None, step_separator: str = "\n\n", refine: Optional[dict] = None,
                  split: bool = False, timeout: float = 180.0, missing_reward: Optional[float] = None):
         if missing_reward is not None and (isinstance(missing_reward, bool) or not isinstance(
-                missing_reward, (int, float)) or not math.isfinite(missing_reward)):
+                missing_reward, numbers.Real) or not math.isfinite(missing_reward)):
             raise ValueError(f"missing_reward must be a finite number or None, got {missing_reward!r}")
         super().__init__(model, api_key=api_key, device=device, batch_size=batch_size, step_separator=step_separator,
                          refine=refine, timeout=timeout)
@@ -769,7 +770,7 @@ class VerlRewardFunction(_Rewarder):
                  device: str = "cpu", batch_size: Optional[int] = None, step_separator: str = "\n\n",
                  refine: Optional[dict] = None, timeout: float = 180.0, missing_reward: Optional[float] = None):
         if missing_reward is not None and (isinstance(missing_reward, bool) or not isinstance(
-                missing_reward, (int, float)) or not math.isfinite(missing_reward)):
+                missing_reward, numbers.Real) or not math.isfinite(missing_reward)):
             raise ValueError(f"missing_reward must be a finite number or None, got {missing_reward!r}")
         if prompt_key is not None and not isinstance(prompt_key, str):
             raise TypeError(f"prompt_key must be a string (a key of verl's extra_info) or None, got {prompt_key!r}")

@@ -94,8 +94,10 @@ class ModelSpec:
         if unknown:
             raise TypeError(f"input types {unknown} are not in mmreward.core.inputs")
         tokens = data.get("query_tokens")  # absent from older servers' /info
-        tokens = tuple(tokens.get(k) if isinstance(tokens.get(k), str) and tokens.get(k) else None
+        tokens = tuple(tokens.get(k) if isinstance(tokens.get(k), str) and tokens.get(k).strip() else None
                        for k in ("pad", "eos", "bos")) if isinstance(tokens, dict) else None
+        if tokens and tokens[0] is None:
+            tokens = (tokens[1],) + tokens[1:]  # no pad: padded with the eos, as _query_tokens reads it
         return cls(data["model_type"], tuple(_INPUT_CLASSES[n] for n in data["inputs"]), bool(data["parts"]),
                    tokens if tokens and any(tokens) else None)
 
@@ -117,9 +119,13 @@ def _query_tokens(tokenizer: Any) -> Optional[tuple]:
 
     def token(name: str) -> Optional[str]:
         value = getattr(tokenizer, name, None)
-        return value if isinstance(value, str) and value else None
+        # a token that is only whitespace (a pad set to " ") would strip the text's own spaces: not one
+        return value if isinstance(value, str) and value.strip() else None
 
     pad, eos, bos = token("pad_token"), token("eos_token"), token("bos_token")
+    # no pad token: OpenRLHF's get_tokenizer pads with the eos (pad_token = eos_token), so the batch padding of
+    # its queries is a run of eos tokens, which serve_rm strips as padding
+    pad = pad if pad is not None else eos
     if bos is not None:
         try:  # does the tokenizer put bos before a text itself (Llama), or is it only a chat template's text?
             bos_id = getattr(tokenizer, "bos_token_id", None)
@@ -151,7 +157,9 @@ def clean_query(text: str, spec: "ModelSpec", bos: bool = True) -> str:
     import re
 
     pad, eos, bos_token = spec.query_tokens
-    edge = [re.escape(t) for t in dict.fromkeys((pad, eos)) if t]
+    # longest first: a regex alternation takes the first that matches, so with a pad that opens the eos
+    # ("<|end|>" / "<|end|>x") the shorter would be cut off the longer and leave its tail as text
+    edge = [re.escape(t) for t in sorted({t for t in (pad, eos) if t}, key=len, reverse=True)]
     if edge:  # with the spaces a decode writes between special tokens
         text = re.sub("^(?:(?:" + "|".join(edge) + r")\s*)+", "", text)
     if pad:
@@ -660,6 +668,11 @@ def openrlhf_inputs(queries: Sequence[Any], prompts: Optional[Sequence[Any]], sp
                 items.append(text_input(None, q, spec, separator, where))
             elif p is not None and q.startswith(p):
                 items.append(text_input(clean_query(p, spec), q[len(p):], spec, separator, where))
+            elif p is not None and clean_query(q, spec).startswith(clean_query(p, spec)):
+                # the prompt sent with the batch padding / bos the query lost in clean_query (a prompt decoded
+                # from the same padded ids), or without the bos the query carries: both read without them
+                pc = clean_query(p, spec)
+                items.append(text_input(pc, clean_query(q, spec)[len(pc):], spec, separator, where))
             elif p is None and TextPair not in spec.input_types:
                 items.append(text_input("", clean_query(q, spec), spec, separator, where))
             elif p is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional, Sequence
@@ -47,6 +48,9 @@ QWEN_PROCESSORS = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
 WHITE = (255, 255, 255)  # qwen-vl-utils' to_rgb pastes an RGBA image over white
 # qwen-vl-utils' fetch_image bounds an image to 4 .. 16384 merged patches (its IMAGE_MIN / MAX_TOKEN_NUM)
 FETCH_MIN_TOKENS, FETCH_MAX_TOKENS = 4, 16384
+# the most pixels an image part's own settings may make its first resize (min_pixels / max_pixels far above
+# qwen-vl-utils' 16384 · 28² default): 2**27 (~400 MB of RGB) is refused above, not allocated
+FETCH_PIXEL_LIMIT = 2 ** 27
 # the 3-D rotary positions of Qwen2.5-VL follow wall-clock time (second_per_grid_ts); Qwen2-VL's do not
 TIME_ALIGNED = ("Qwen2_5_VLProcessor", "qwen2_5_vl")
 
@@ -93,8 +97,10 @@ class QwenImage:
     def __post_init__(self) -> None:
         for name in IMAGE_SETTINGS:
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v <= 0):
                 raise ValueError(f"image setting {name!r} must be a positive int (pixels), got {v!r}")
+            if v is not None:
+                setattr(self, name, int(v))  # a numpy integer (a row read from parquet / an array) as an int
         if (self.resized_height is None) != (self.resized_width is None):
             raise ValueError("image settings 'resized_height' and 'resized_width' go together (qwen-vl-utils reads "
                              "them only as a pair): give both or neither")
@@ -202,6 +208,11 @@ def image_patches(image: Any, cfg: QwenVisionConfig, where: str = "image") -> tu
             if lo > hi:
                 raise ValueError(f"min_pixels {lo} is above max_pixels {hi}")
             h, w = smart_resize(pil.height, pil.width, cfg.factor, lo, hi)
+            if h * w > max(FETCH_PIXEL_LIMIT, pil.height * pil.width):
+                raise ValueError(f"its min_pixels / max_pixels ({settings.min_pixels} / {settings.max_pixels}) would "
+                                 f"resize the {pil.width}x{pil.height} image to {w}x{h} ({h * w} pixels) before the "
+                                 f"processor's resize to at most {cfg.max_pixels}; more than {FETCH_PIXEL_LIMIT} "
+                                 "pixels is refused: give smaller image settings")
         h2, w2 = smart_resize(h, w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
