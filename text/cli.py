@@ -196,7 +196,12 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     from .reward_model import RewardModel
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    rows = read_records(args.data, split=args.split)
+    if args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
+        from .data import _read_pair_rows
+
+        rows = _read_pair_rows(args.data, args.split, f"{args.data}: ")
+    else:
+        rows = read_records(args.data)
     if not rows:
         raise ValueError(f"{args.data} holds no rows" + (f" in split {args.split!r}" if args.split else ""))
     items, where = score_items(rows, args.data)
@@ -225,7 +230,9 @@ def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[f
         out[i]["score" if slot == "response" else f"score_{slot}"] = s
     if as_json:
         for r, o in zip(rows, out):
-            print(json_text({**r, **o}, ensure_ascii=False))
+            # default=str: a parquet row's bytes / timestamp / decimal columns (no JSON type) are written as text,
+            # as `mmreward score` writes them, not a TypeError after every row was scored
+            print(json_text({**r, **o}, ensure_ascii=False, default=str))
         return
     print(f"{'row':>5}  {'score':>10}  {'rejected':>10}  prompt")
     for i, (r, o) in enumerate(zip(rows, out)):

@@ -75,8 +75,9 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from mmreward.core.data import DataError, describe, read_records
-from mmreward.core.inputs import _listed
+from mmreward.core.data import DataError, _in_window, _split_window, describe, read_records
+from mmreward.core.inputs import _PROMPT_ALIASES, _listed
+from mmreward.core.inputs import _UNREAD_PROMPT_FIELDS as _UNREAD_REPLY_PROMPT_FIELDS
 from mmreward.core.inputs import _text as check_text
 
 Messages = list[dict]
@@ -123,8 +124,10 @@ def _number(row: dict, name: str, index: int) -> Optional[float]:
 
 # published layouts (module docstring): the prompt under another name, fields that would be dropped, and the
 # rows that rate two responses on a -3..3 scale (negative: the first one is better)
-_PROMPT_FIELDS = ("question", "input")  # Intel/orca_dpo_pairs, argilla/distilabel-intel-orca-dpo-pairs
-_UNREAD_PROMPT_FIELDS = ("instruction", "query", "problem", "context", "history", "messages", "conversations")
+# the prompt under another name (Intel/orca_dpo_pairs, argilla/distilabel-intel-orca-dpo-pairs) and fields that would
+# be dropped, as a single reply's row reads them (core.inputs); beside two replies, "messages" is one too
+_PROMPT_FIELDS = _PROMPT_ALIASES
+_UNREAD_PROMPT_FIELDS = _UNREAD_REPLY_PROMPT_FIELDS + ("messages",)
 _STRENGTH_LAYOUTS = (("prompt", "response_1", "response_2", "preference_strength"),  # nvidia/HelpSteer2 preference
                      ("context", "response1", "response2", "overall_preference"))  # nvidia/HelpSteer3 preference
 _TWO_RESPONSE_FIELDS = (("response_0", "response_1"), ("response_1", "response_2"), ("response1", "response2"),
@@ -268,15 +271,24 @@ def preference_inputs(row: Any, index: int, source: str) -> tuple[Any, Any]:
     return TextPair(pair.prompt, pair.chosen), TextPair(pair.prompt, pair.rejected)
 
 
-def _row_splits(rows: list) -> dict:
+def _row_splits(rows: list, where: str = "", asked: Optional[str] = None) -> dict:
     """``{split name: number of rows}`` when every row names its split in a string field ``split``
     (nvidia/HelpSteer2's preference file holds its train and validation rows together, told apart by it), else
-    ``{}``."""
-    if not rows or not all(isinstance(r, dict) and isinstance(r.get("split"), str) for r in rows):
-        return {}
+    ``{}``. Rows of which only some name their split are refused when the named splits are several or the split
+    ``asked`` is to be picked by the field (a row without it would be trained on, or dropped, unseen)."""
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        return {}  # a row that is no object: the row reader reports it
     counts: dict = {}
     for r in rows:
-        counts[r["split"]] = counts.get(r["split"], 0) + 1
+        if isinstance(r.get("split"), str):
+            counts[r["split"]] = counts.get(r["split"], 0) + 1
+    missing = next((i for i, r in enumerate(rows) if not isinstance(r.get("split"), str)), None)
+    if counts and missing is not None:
+        if len(counts) > 1 or asked:
+            raise DataError(f"{where}row {missing} names no split (field 'split' is "
+                            f"{describe(rows[missing].get('split'))}) while other rows name theirs ({counts}): give "
+                            "every row a string 'split', or none")
+        return {}
     return counts
 
 
@@ -287,18 +299,21 @@ def _read_pair_rows(source: Any, split: Optional[str], where: str) -> list:
     try:
         rows = read_records(source, split=split)
     except DataError as e:
-        if not split or "[" in split:
+        if not split:
             raise
         try:  # a source without that split (one file, a list, a one-split folder): its rows may name their splits
             rows = read_records(source)
+            name, window, percent = _split_window(split, where.rstrip(": ") or "data")  # "val" / "val[:100]"
         except (DataError, OSError):
             raise e from None
-        counts = _row_splits(rows)
+        counts = _row_splits(rows, where, name)
         if not counts:
             raise e from None
-        if split not in counts:
-            raise DataError(f"{where}no row has split {split!r}: the rows' field 'split' holds {counts}") from None
-    counts = _row_splits(rows)
+        if name not in counts:
+            raise DataError(f"{where}no row has split {name!r}: the rows' field 'split' holds {counts}") from None
+        picked = [r for r in rows if r["split"] == name]
+        return _in_window(picked, window, percent, split, name, where.rstrip(": ") or "data")
+    counts = _row_splits(rows, where)
     if len(counts) > 1:
         if not split:
             raise DataError(f"{where}the rows belong to several splits (field 'split': {counts}): give split= "

@@ -21,8 +21,9 @@ Accepted layouts:
   ``test.jsonl``, a README's ``configs``; read by ``datasets.load_dataset``). Either needs ``split=``
   unless it has exactly one split; ``datasets`` is imported lazily.
 * a hub dataset id (``owner/name``) that is not a local path: ``datasets.load_dataset(id, split=...)``,
-  which downloads it (or reads the local cache under ``HF_HUB_OFFLINE=1``). For a repository folder or
-  a hub id ``split`` may slice (``"train[:1000]"``).
+  which downloads it (or reads the local cache under ``HF_HUB_OFFLINE=1``). For a repository folder, a
+  saved DatasetDict or a hub id ``split`` may slice (``"train[:1000]"``, ``"train[-10%:]"``); a window that
+  selects none of the split's rows (``"train[5:2]"``) or a percentage outside -100..100 is an error.
 
 Row indices in errors are 0-based positions in the returned list; JSONL errors also give the
 1-based line number.
@@ -60,7 +61,7 @@ def _no_splits(split: Optional[str], what: str) -> None:
 
 def _open_bytes(path: str):
     """The file's bytes as a binary stream: ``.gz`` files decompressed (their damage shows when read)."""
-    if path.endswith(".gz"):
+    if path.lower().endswith(".gz"):
         import gzip
 
         return gzip.open(path, "rb")
@@ -75,7 +76,7 @@ def _read_jsonl(path: str) -> list[dict]:
     try:
         return _read_jsonl_lines(path)
     except (EOFError, OSError) as e:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
-        if path.endswith(".gz") and not isinstance(e, FileNotFoundError):
+        if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
             raise _gzip_error(path, e) from None
         raise
 
@@ -111,7 +112,7 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
         with _open_bytes(path) as f:
             data = f.read()
     except (EOFError, OSError) as e:
-        if path.endswith(".gz") and not isinstance(e, FileNotFoundError):
+        if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
             raise _gzip_error(path, e) from None
         raise
     try:
@@ -130,6 +131,9 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
                 _no_splits(split, f"{path} holds JSON lines")
                 return rows
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    if isinstance(obj, dict) and split and "[" in split and not isinstance(obj.get(split), list):
+        name, window, percent = _split_window(split, path)  # "train[:1000]" of an object of lists
+        return _in_window(_read_json(path, name), window, percent, split, name, path)
     if isinstance(obj, dict):
         if split and not isinstance(obj.get(split), list):
             splits = sorted(k for k, v in obj.items() if isinstance(v, list))
@@ -185,22 +189,44 @@ def _read_parquet(path: str, split: Optional[str]) -> list[dict]:
         rows = pq.read_table(path).to_pylist()
     except (pyarrow.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
-    return [{k: _image_struct(v) for k, v in r.items()} for r in rows]
+    return [{k: _image_bytes(_image_struct(v)) if k in _IMAGE_FIELDS else _image_struct(v) for k, v in r.items()}
+            for r in rows]
+
+
+_IMAGE_FIELDS = ("image", "images")  # row fields the image readers take (a data: URI of raw bytes included)
+
+
+def _image_bytes(value: Any) -> Any:
+    """An image column stored as raw encoded bytes (a binary column, not the ``datasets`` struct) → a ``data:``
+    URI, which the image readers open (bytes themselves they refuse); lists of them likewise."""
+    if isinstance(value, list):
+        return [_image_bytes(v) for v in value]
+    if isinstance(value, (bytes, bytearray)) and value:
+        return _data_uri(bytes(value))
+    return value
+
+
+def _data_uri(data: bytes) -> str:
+    import base64
+
+    return f"data:{_image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _image_struct(value: Any) -> Any:
     """A ``datasets`` Image value as parquet stores it (``{"bytes": b, "path": p}``) → a ``data:`` URI of its
     bytes (or its path when it has no bytes), which the image readers open; lists of them likewise."""
-    if isinstance(value, list):
-        return [_image_struct(v) for v in value] if value and isinstance(value[0], dict) else value
+    if isinstance(value, list):  # a list column of images may hold nulls anywhere, the first included
+        return [_image_struct(v) for v in value] if any(isinstance(v, dict) for v in value) else value
     if not (isinstance(value, dict) and set(value) == {"bytes", "path"}):
         return value
     data, path = value["bytes"], value["path"]
     if isinstance(data, (bytes, bytearray)) and data:
-        import base64
-
-        return f"data:{_image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
-    return path if isinstance(path, str) and path else value
+        return _data_uri(bytes(data))
+    if isinstance(path, str) and path:
+        return path
+    if data in (None, b"") and path in (None, ""):  # a null image (datasets writes a missing one so): no image
+        return None
+    return value
 
 
 def _image_mime(data: bytes) -> str:
@@ -224,7 +250,7 @@ def _repo_data_files(path: str, limit: int = 8) -> list[str]:
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
-            if f.endswith(_REPO_DATA_SUFFIXES) and f not in _REPO_METADATA and not f.startswith("."):
+            if f.lower().endswith(_REPO_DATA_SUFFIXES) and f not in _REPO_METADATA and not f.startswith("."):
                 found.append(os.path.relpath(os.path.join(root, f), path))
                 if len(found) >= limit:
                     return found
@@ -275,6 +301,9 @@ def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
         raise DataError(f"{path}: not a readable dataset saved with `save_to_disk`: {e}") from None
     if isinstance(ds, datasets.Dataset):
         _no_splits(split, f"{path} is a dataset without splits")
+    if split and "[" in split and isinstance(ds, datasets.DatasetDict):  # "train[:1000]", as for a repository
+        name, window, percent = _split_window(split, path)
+        return _in_window(_rows_of(ds, name, path, datasets), window, percent, split, name, path)
     return _rows_of(ds, split, path, datasets)
 
 
@@ -319,7 +348,7 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
     names = list(files)
     if not names:
         raise DataError(f"{path}: no data files found for any split")
-    window, percent = slice(None), False
+    window, percent, original = slice(None), False, split
     if split:
         split, window, percent = _split_window(split, path)
     elif len(names) != 1:
@@ -331,10 +360,22 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
     rows: list[dict] = []
     for f in files[split]:
         rows.extend(read_records(f))
+    return _in_window(rows, window, percent, original, split, path)
+
+
+def _in_window(rows: list, window: slice, percent: bool, asked: Optional[str], split: str, what: str) -> list:
+    """The rows of split ``split`` that the window of ``asked`` (``"train[:1000]"``) selects, as datasets slices."""
+    if window == slice(None):
+        return rows
+    n = len(rows)
     if percent:
-        n = len(rows)
+        if any(x is not None and not -100 <= x <= 100 for x in (window.start, window.stop)):
+            raise DataError(f"{what}: split {asked!r}: a percentage must lie in -100%..100%")
         window = slice(*(None if x is None else round(n * x / 100) for x in (window.start, window.stop)))
-    return rows[window]
+    picked = rows[window]
+    if n and not picked:  # train[5:2], train[:0], train[200:] of 100 rows: an empty read is a mistyped window
+        raise DataError(f"{what}: split {asked!r} selects none of the {n} rows of split {split!r}")
+    return picked
 
 
 def data_path(path: Union[str, os.PathLike]) -> str:
@@ -353,15 +394,16 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
         if os.path.isdir(path):
             return _read_folder(path, split)
         if not os.path.exists(path):
-            if _HUB_ID.fullmatch(path) and not path.endswith(_REPO_DATA_SUFFIXES):
+            if _HUB_ID.fullmatch(path) and not path.lower().endswith(_REPO_DATA_SUFFIXES):
                 return _read_hub_dataset(path, split)
             raise FileNotFoundError(f"data file {path!r} does not exist")
-        if path.endswith(JSONL_SUFFIXES):
+        suffix = path.lower()  # "PAIRS.JSONL" (a Windows export) is JSON lines too
+        if suffix.endswith(JSONL_SUFFIXES):
             _no_splits(split, f"{path} is a JSON-lines file")
             return _read_jsonl(path)
-        if path.endswith(JSON_SUFFIXES):
+        if suffix.endswith(JSON_SUFFIXES):
             return _read_json(path, split)
-        if path.endswith(PARQUET_SUFFIXES):
+        if suffix.endswith(PARQUET_SUFFIXES):
             return _read_parquet(path, split)
         raise DataError(f"{path}: unknown data format (expected {_FORMATS})")
     if isinstance(source, dict):

@@ -207,6 +207,8 @@ class TextPair(ScoreInput):
         prompt = row.get("prompt")
         prompt = None if prompt is None else _text(prompt, f"{where}: field 'prompt'", allow_empty=True)
         if response in row:
+            if prompt is None:  # the prompt under a published dataset's name, read as preference rows read it
+                prompt = _other_prompt(row, where)
             pair = cls(prompt, _text(_field(row, (response,), where), f"{where}: field 'response'", allow_empty=True))
         elif any(k in row for k in whole):
             key = next(k for k in whole if k in row)
@@ -253,6 +255,26 @@ class TextPair(ScoreInput):
         else:
             turns = [turn] + turns
         return type(self)(turns, self.response) if self.prompt is not None else type(self)(None, turns)
+
+
+# a reply's prompt given under another name (Intel/orca_dpo_pairs' "question", argilla's "input"): read as the
+# prompt, as mmreward.text.data.pair_from_row reads preference rows; fields that would only be dropped: refused
+_PROMPT_ALIASES = ("question", "input")
+_UNREAD_PROMPT_FIELDS = ("instruction", "query", "problem", "context", "history", "conversations")
+
+
+def _other_prompt(row: dict, where: str) -> Any:
+    given = [k for k in _PROMPT_ALIASES if row.get(k) is not None]
+    if len(given) > 1 and not _same(row[given[0]], row[given[1]]):
+        raise DataError(f"{where}: fields {given[0]!r} and {given[1]!r} both give the prompt, with different values: "
+                        "keep one (or give it as 'prompt')")
+    if given:
+        return _text(row[given[0]], f"{where}: field {given[0]!r}", allow_empty=True)
+    stray = [k for k in _UNREAD_PROMPT_FIELDS if row.get(k) is not None]
+    if stray:
+        raise DataError(f"{where}: field {stray[0]!r} would be dropped: the prompt of 'response' is read from "
+                        f"'prompt' (or 'question' / 'input'); rename {stray[0]!r} to 'prompt'")
+    return None
 
 
 @dataclass
