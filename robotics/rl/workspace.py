@@ -85,7 +85,7 @@ class RLConfig:
     nstep: int = _help("n of the n-step return", default=3)
     batch_size: int = _help("replay batch size", default=256)
     update_every_steps: int = _help("agent steps between updates", default=2)
-    rnd_update_interval: int = _help("agent steps between RND predictor updates", default=100)
+    rnd_update_interval: int = _help("RND predictor step at the agent updates whose agent step is a multiple of this (1: every update, as the official Meta-World runs)", default=100)
     expl_scale: Optional[float] = _help("α, the RND weight of learned rewards (default: 0.95 diffusion, 0.5 viper)",
                                         default=None)
     reward_clip: Optional[float] = _help("lower bound on the learned reward's standardised term (default: none; "
@@ -264,6 +264,12 @@ class Workspace:
         """Runs before each environment step of a training episode: agent and RND updates."""
         cfg, step = self.cfg, self.global_step
         if self.global_frame >= cfg.num_seed_frames and step % cfg.update_every_steps == 0 and self.replay.can_sample():
+            # as the official Diffusion Reward workspace: at an agent update (after the seed frames), the reward's
+            # online part (RND) first takes a step when the agent step is a multiple of its interval, so
+            # `update_interval` 1 is one RND step per agent update, as the official `expl_update_interval` 1
+            iv = self.reward.update_interval
+            if iv and step % iv == 0:
+                self._last_metrics.update(self.reward.update(self.replay.sample_frames(cfg.batch_size)))
             batch = self.replay.sample(cfg.batch_size)
             # the exploration bonus (α·RND) of the n-step next observations with the predictor as it is now,
             # added to the stored n-step reward: the official Diffusion Reward agent's update
@@ -272,9 +278,6 @@ class Workspace:
                 batch["reward"] = batch["reward"] + bonus.to(batch["reward"].dtype)
                 self._last_metrics["rnd_bonus"] = float(bonus.mean())
             self._last_metrics.update(self.agent.update(batch, step))
-        iv = self.reward.update_interval
-        if iv and step % iv == 0 and len(self.replay.episodes):
-            self._last_metrics.update(self.reward.update(self.replay.sample_frames(cfg.batch_size)))
 
     def evaluate(self) -> dict[str, float]:
         cfg = self.cfg
