@@ -1,7 +1,8 @@
 """Image inputs -> float tensors or PIL images, and the CLIP-style preprocessing done in torch
 (differentiable).
 
-An image is given as a file path, a PIL image, a uint8 array ``[H, W, 3]`` (or ``[H, W]`` grey), a
+An image is given as a file path, encoded file bytes (PNG / JPEG ..., as a dataset's binary column holds
+them) or a ``datasets`` Image value ``{"bytes", "path"}``, a PIL image, a uint8 array ``[H, W, 3]`` (or ``[H, W]`` grey), a
 float array ``[H, W, 3]`` in [0, 1], or a tensor ``[3, H, W]`` (float in [0, 1] or uint8).
 :func:`to_tensor` turns any of them into a float ``[3, H, W]`` in [0, 1] (a float tensor stays the
 same tensor, so gradients flow); :func:`preprocess` then resizes (shortest side), centre-crops and
@@ -49,22 +50,48 @@ def _data_uri_image(uri: str, prefix: str):
     """The image a ``data:image/...;base64,`` URI holds (decoded locally: nothing is fetched)."""
     import base64
     import binascii
+
+    head, sep, payload = uri.partition(",")
+    # data:image/...;base64 and, as mmreward.core.data.read_records writes image bytes whose format it does
+    # not know by their first bytes, data:application/octet-stream;base64 (PIL finds the format itself)
+    if not sep or not head.lower().startswith(("data:image", "data:application/octet-stream")) \
+            or not head.lower().endswith(";base64"):
+        raise ImageLoadError(f"{prefix}image {uri[:40]!r}... is a data: URI that is not base64 image data "
+                             "(expected data:image/<type>;base64,<data>)")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageLoadError(f"{prefix}image data: URI {uri[:40]!r}... holds invalid base64: {e}") from e
+    return _bytes_image(data, prefix, f"data: URI {uri[:40]!r}...")
+
+
+def _bytes_image(data: bytes, prefix: str, what: str = "bytes"):
+    """The image that encoded file bytes (PNG, JPEG, ...) hold, decoded now."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    head, sep, payload = uri.partition(",")
-    if not sep or not head.lower().startswith("data:image") or not head.lower().endswith(";base64"):
-        raise ImageLoadError(f"{prefix}image {uri[:40]!r}... is a data: URI that is not base64 image data "
-                             "(expected data:image/<type>;base64,<data>)")
+    if not data:
+        raise ImageLoadError(f"{prefix}image {what} is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as im:
+        with Image.open(io.BytesIO(bytes(data))) as im:
             im.load()
             return im.copy()
-    except (binascii.Error, ValueError) as e:
-        raise ImageLoadError(f"{prefix}image data: URI {uri[:40]!r}... holds invalid base64: {e}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"{prefix}image data: URI {uri[:40]!r}... does not hold a readable image: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"{prefix}image {what} does not hold a readable image: {e}") from e
+
+
+def image_ref(x: Any) -> Any:
+    """An image as dataset rows give it -> what the image readers take: encoded bytes (a binary column, as
+    Pick-a-Pic's ``jpg_0`` / ``jpg_1``) and a ``datasets`` Image value ``{"bytes", "path"}`` become a base64
+    ``data:`` URI (its path when it has no bytes); anything else is returned as it is."""
+    if isinstance(x, dict) and set(x) == {"bytes", "path"}:
+        x = x["bytes"] if isinstance(x["bytes"], (bytes, bytearray)) and x["bytes"] else x["path"] or x
+    if isinstance(x, (bytes, bytearray, memoryview)) and len(x):
+        import base64
+
+        return "data:application/octet-stream;base64," + base64.b64encode(bytes(x)).decode("ascii")
+    return x
 
 
 def open_image(path: str, where: str = ""):
@@ -179,6 +206,7 @@ def to_tensor(x: Any, where: str = "image") -> torch.Tensor:
 
 
 def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
+    x = _decode_inline(x, where)
     if isinstance(x, (str, os.PathLike)):
         x = load_image(os.fspath(x), where)
     if isinstance(x, torch.Tensor):
@@ -193,7 +221,7 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
         return _check_range(_array_to_tensor(x, where), where)
     if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
         return _array_to_tensor(np.asarray(as_rgb(x, where=where)), where)
-    raise TypeError(f"{where}: expected a path, PIL image, array or tensor, got {type(x).__name__}")
+    raise TypeError(f"{where}: expected a path, image bytes, PIL image, array or tensor, got {type(x).__name__}")
 
 
 def to_pil(x: Any, where: str = "image", background: Optional[tuple] = None):
@@ -201,6 +229,7 @@ def to_pil(x: Any, where: str = "image", background: Optional[tuple] = None):
     ``background``: see :func:`as_rgb`."""
     from PIL import Image
 
+    x = _decode_inline(x, where)
     if isinstance(x, Image.Image):
         return as_rgb(_not_empty(x, where), background, where)
     if isinstance(x, (str, os.PathLike)):
@@ -219,11 +248,28 @@ def to_pil_any_mode(x: Any, where: str = "image"):
     resize before converting to RGB, as ImageReward's torchvision transform does), RGB otherwise."""
     from PIL import Image
 
+    x = _decode_inline(x, where)
     if isinstance(x, (str, os.PathLike)):
         x = open_image(os.fspath(x), where)
     if isinstance(x, Image.Image) and x.mode in RESIZABLE_MODES:
         return _not_empty(x, where)
     return to_pil(x, where)
+
+
+def _decode_inline(x: Any, where: str) -> Any:
+    """Encoded image bytes / a ``datasets`` Image value ``{"bytes", "path"}`` -> a PIL image (or its path);
+    other inputs unchanged."""
+    if isinstance(x, dict) and set(x) == {"bytes", "path"}:
+        data, path = x["bytes"], x["path"]
+        if isinstance(data, (bytes, bytearray)) and data:
+            x = data
+        elif isinstance(path, str) and path:
+            return path
+        else:
+            raise ValueError(f"{where}: image {{'bytes', 'path'}} holds neither bytes nor a path (a null image)")
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return _bytes_image(bytes(x), f"{where}: ", "bytes")
+    return x
 
 
 def _not_empty(im, where: str):

@@ -29,7 +29,7 @@ from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
 
 from . import synthetic
 from .image_reward import ConvTextConfig, ImageRewardModel
-from .images import ImageLoadError, as_image_list, preprocess, split_images
+from .images import ImageLoadError, as_image_list, image_ref, local_path, preprocess, split_images
 from .scoring import eval_mode, model_folder, user_path
 from .testing import tiny_clip_config, word_tokenizer
 
@@ -88,32 +88,171 @@ class RankedExample:
     ranks: np.ndarray  # (K,)
 
 
+RANKED_LAYOUTS = (
+    "{prompt, images, ranks} (mmreward; rank 0 = best)",
+    "{prompt, image | image_path | file_path: [...], rank: [...]} (HPDv2 test; lower rank = better)",
+    "{prompt, image | image_path | file_path: [...], human_preference: [...]} (HPDv2 train; 1 = preferred)",
+    "{prompt, generations: [...], ranking: [...]} (ImageReward's training json; 1 = best)",
+    "{caption, jpg_0, jpg_1, label_0, label_1[, has_label]} (Pick-a-Pic; label 1 = preferred, 0.5 = tie)",
+    "one row per image {prompt_id, prompt, image | image_path, rank} (ImageRewardDB; grouped by prompt_id)",
+)
+
+
+def _integral(values: Any) -> Optional[list[int]]:
+    """``values`` as a list of integers >= 0 (floats that are whole numbers included), else None."""
+    if not isinstance(values, (list, tuple)):
+        return None
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+                or v != int(v) or not 0 <= v < 2 ** 63:
+            return None
+        out.append(int(v))
+    return out
+
+
+def _first_list(row: dict, keys: Sequence[str]) -> tuple[Optional[str], Any]:
+    for k in keys:
+        v = row.get(k)
+        if isinstance(v, list) and v and not all(x is None for x in v):
+            return k, v
+    return None, None
+
+
+def _published_ranked_row(row: dict, where: str) -> Optional[dict]:
+    """One row of a published layout (see :data:`RANKED_LAYOUTS`) as ``{"prompt", "images", "ranks"}``;
+    None for a Pick-a-Pic row without a label (``has_label`` false: nothing to learn from)."""
+    if "images" in row or "ranks" in row:
+        return row
+    if "jpg_0" in row or "label_0" in row:  # Pick-a-Pic (yuvalkirstain/pickapic_v1 / v2)
+        missing = [k for k in ("caption", "jpg_0", "jpg_1", "label_0", "label_1") if row.get(k) is None]
+        if missing:
+            raise DataError(f"{where}: Pick-a-Pic row without field {missing[0]!r} (a Pick-a-Pic row has caption, "
+                            "jpg_0, jpg_1, label_0, label_1)")
+        if "has_label" in row and not row["has_label"]:
+            return None
+        labels = (row["label_0"], row["label_1"])
+        ranks = {(1, 0): [0, 1], (0, 1): [1, 0], (0.5, 0.5): [0, 0]}.get(
+            tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in labels))
+        if ranks is None:
+            raise DataError(f"{where}: Pick-a-Pic labels (label_0, label_1) must be (1, 0), (0, 1) or (0.5, 0.5) "
+                            f"(a tie), got {labels}")
+        return {"prompt": row["caption"], "images": [row["jpg_0"], row["jpg_1"]], "ranks": ranks}
+    if "generations" in row or "ranking" in row:  # ImageReward's train.json / test.json
+        return {"prompt": row.get("prompt"), "images": row.get("generations"), "ranks": row.get("ranking")}
+    key, images = _first_list(row, ("image", "image_path", "file_path"))
+    if key is not None and ("rank" in row or "human_preference" in row):  # HPDv2
+        rank = _integral(row.get("rank"))
+        if rank is not None and len(rank):
+            return {"prompt": row.get("prompt"), "images": images, "ranks": rank}
+        pref = _integral(row.get("human_preference"))
+        if pref is None or not pref:
+            raise DataError(f"{where}: HPDv2 row: field 'rank' (lower = better) or 'human_preference' (1 = "
+                            f"preferred) must be a list of integers >= 0, got rank {describe(row.get('rank'))}, "
+                            f"human_preference {describe(row.get('human_preference'))}")
+        return {"prompt": row.get("prompt"), "images": images, "ranks": [max(pref) - p for p in pref]}
+    raise DataError(f"{where}: not a ranked image set: missing field 'images' / 'ranks' (fields present: "
+                    f"{sorted(map(str, row))[:12]}); rename the fields to one of the layouts read: "
+                    + "; ".join(RANKED_LAYOUTS))
+
+
+def _group_per_image_rows(rows: list, path: str) -> Optional[list]:
+    """ImageRewardDB's per-image rows (``prompt_id``, ``prompt``, ``image`` / ``image_path``, ``rank``) -> one
+    ``{"prompt", "images", "ranks"}`` set per ``prompt_id`` (in order of first appearance); None when the
+    rows are not of that layout."""
+    def per_image(r: Any) -> bool:
+        return isinstance(r, dict) and "prompt_id" in r and "rank" in r and not isinstance(r["rank"], list) \
+            and "images" not in r
+    if not rows or not all(per_image(r) for r in rows):
+        if any(per_image(r) for r in rows):
+            i = next(i for i, r in enumerate(rows) if not per_image(r))
+            raise DataError(f"{path}: row {i}: rows of one image each (ImageRewardDB: prompt_id, prompt, image, "
+                            "rank) must all have fields 'prompt_id' and a single 'rank' (this one does not)")
+        return None
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        where = f"{path}: row {i} (prompt_id {r['prompt_id']!r})"
+        image = next((r[k] for k in ("image", "image_path", "file_path") if r.get(k) is not None), None)
+        if image is None:
+            raise DataError(f"{where}: field 'image' (or 'image_path') is missing")
+        rank = _integral([r["rank"]])
+        if rank is None:
+            raise DataError(f"{where}: field 'rank' must be an integer >= 0 (lower = better), got {describe(r['rank'])}")
+        g = groups.setdefault(str(r["prompt_id"]), {"prompt": r.get("prompt"), "images": [], "ranks": [], "row": i})
+        if r.get("prompt") != g["prompt"]:
+            raise DataError(f"{where}: field 'prompt' {describe(r.get('prompt'))} differs from row {g['row']}'s "
+                            f"{describe(g['prompt'])} of the same prompt_id")
+        g["images"].append(image)
+        g["ranks"].append(rank[0])
+    return [{"prompt": g["prompt"], "images": g["images"], "ranks": g["ranks"], "_prompt_id": pid}
+            for pid, g in groups.items()]
+
+
 def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExample]:
-    """Rows ``{"prompt", "images": [paths], "ranks"}`` of a JSON / JSONL file (image paths relative to
-    it; ``split``: one split of a saved DatasetDict / a .json object of lists); a bad row raises
-    DataError naming the file, row and field."""
+    """Ranked image sets of a data file (JSON / JSONL / parquet), a saved dataset folder or a downloaded
+    dataset repository (``split``: one split of it); a bad row raises DataError naming the file, row and field.
+
+    Rows: ``{"prompt", "images": [...], "ranks": [...]}`` (rank 0 = best, equal ranks form no pair) or one of
+    the published layouts below, read as their authors mean them (:data:`RANKED_LAYOUTS`):
+
+    * HPDv2 (``ymhao/HPDv2``, HPSv2's ``train.json`` / ``test.json``): ``prompt``, images in ``image`` (the
+      dataset's Image list) or ``image_path`` / ``file_path`` (paths), and ``rank`` (test: lower = better) or
+      ``human_preference`` (train: 1 = the preferred image, so ``[1, 0]`` reads as ranks ``[0, 1]``);
+    * ImageReward's ``train.json``: ``prompt``, ``generations`` (paths), ``ranking`` (1 = best);
+    * ImageRewardDB (``THUDM/ImageRewardDB``): one row per image, ``prompt_id``, ``prompt``, ``image`` (or
+      ``image_path``) and ``rank`` (1 = best), grouped into one set per ``prompt_id``;
+    * Pick-a-Pic (``yuvalkirstain/pickapic_v2``): ``caption``, ``jpg_0`` / ``jpg_1`` (image bytes),
+      ``label_0`` / ``label_1``: (1, 0) reads as ranks [0, 1], (0, 1) as [1, 0], (0.5, 0.5) (a tie) as
+      [0, 0], which forms no pair (PickScore instead fits ties to equal probabilities); rows with
+      ``has_label`` false are left out, with one warning counting them.
+
+    Images may be paths (relative to the data file), ``file://`` paths, base64 ``data:`` URIs, encoded
+    bytes or ``datasets`` Image values (``{"bytes", "path"}``)."""
     path = user_path(path)
     rows = read_records(path, split=split or None)
-    base, out = os.path.dirname(os.path.abspath(path)), []
-    for i, row in enumerate(rows):
-        where = f"{path}: row {i}"
+    base = os.path.abspath(path) if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    grouped = _group_per_image_rows(rows, path)
+    out, unlabelled = [], 0
+    for i, row in enumerate(grouped if grouped is not None else rows):
+        where = f"{path}: " + (f"prompt_id {row['_prompt_id']!r} (set {i})" if grouped is not None else f"row {i}")
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = _published_ranked_row(row, where)
+        if row is None:
+            unlabelled += 1
+            continue
         prompt, images, ranks = row.get("prompt"), row.get("images"), row.get("ranks")
         if not isinstance(prompt, str) or not prompt.strip():
             raise DataError(f"{where}: field 'prompt' must be a non-empty string, got {describe(prompt)}")
-        if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) for p in images):
-            raise DataError(f"{where}: field 'images' must be a list of >= 2 paths, got {describe(images)}")
+        images = [image_ref(p) for p in images] if isinstance(images, list) else images
+        if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) and p for p in images):
+            raise DataError(f"{where}: field 'images' must be a list of >= 2 paths (or data: URIs / image "
+                            f"bytes), got {describe(images)}")
         if not isinstance(ranks, list) or len(ranks) != len(images) or \
                 not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < 2 ** 63 for r in ranks):
             raise DataError(f"{where}: field 'ranks' must be {len(images)} integers >= 0 (one per image), "
                             f"got {describe(ranks)}")
-        paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
-        missing = [p for p in paths if not os.path.isfile(p)]
+        paths = [_resolve_image(p, base) for p in images]
+        missing = [p for p in paths if not p.startswith("data:") and not os.path.isfile(p)]
         if missing:
             raise DataError(f"{where}: image file {missing[0]!r} does not exist")
         out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64)))
+    if unlabelled:
+        warnings.warn(f"{path}: {unlabelled} Pick-a-Pic row(s) with has_label false (no preference) left out",
+                      stacklevel=2)
     if not out:
-        raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
+        raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else "")
+                        + (f" with a label ({unlabelled} have has_label false)" if unlabelled else ""))
     return out
+
+
+def _resolve_image(p: str, base: str) -> str:
+    """An image string of a row: a ``data:`` URI as it is, a ``file://`` path without its prefix, a relative
+    path joined to the data file's folder."""
+    if p[:5].lower() == "data:":
+        return p
+    p = local_path(p)
+    return p if os.path.isabs(p) else os.path.join(base, p)
 
 
 def as_ranked_sets(examples: Any, what: str = "examples") -> list[RankedExample]:
@@ -127,6 +266,12 @@ def as_ranked_sets(examples: Any, what: str = "examples") -> list[RankedExample]
     for i, e in enumerate(examples):
         where = f"{what}[{i}]"
         if isinstance(e, dict):
+            if "images" not in e and "ranks" not in e:  # a published layout (read_ranked_sets lists them)
+                mapped = _published_ranked_row(e, where)
+                if mapped is None:
+                    raise DataError(f"{where}: a Pick-a-Pic row with has_label false holds no preference")
+                e = {**mapped, "images": [image_ref(x) for x in mapped["images"]]
+                     if isinstance(mapped.get("images"), list) else mapped.get("images")}
             missing = [k for k in ("prompt", "images", "ranks") if k not in e]
             if missing:
                 raise DataError(f"{where}: missing field {missing[0]!r}")
@@ -301,6 +446,8 @@ def _data_digest(cfg: ImageRewardTrainConfig) -> dict:
     import hashlib
 
     h = hashlib.sha256()
+    if not os.path.exists(cfg.data):  # a hub dataset id (read_records read it): named by its id
+        return {"hub_dataset": cfg.data, **({"split": cfg.split} if cfg.split else {})}
     if os.path.isdir(cfg.data):  # a saved dataset: its files, in name order (opening the folder failed)
         files = sorted(os.path.relpath(os.path.join(root, n), cfg.data) for root, _, names in os.walk(cfg.data)
                        for n in names)

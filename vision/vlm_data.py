@@ -74,6 +74,38 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
     return out
 
 
+def published_pair_row(row: Any, where: str = "row") -> Any:
+    """A preference row of a published VLM layout -> mmreward's ``{"images", "conversations_chosen",
+    "conversations_rejected"}`` (other rows are returned as they are):
+
+    * RLAIF-V (``openbmb/RLAIF-V-Dataset``) and MM-RLHF (``yifanzhang114/MM-RLHF``): ``image`` (or
+      ``images`` / ``image_path``), ``question``, ``chosen``, ``rejected`` -> a user turn (the question, the
+      images at its start) followed by the chosen / rejected reply;
+    * VLFeedback (``MMInstruction/VLFeedback``: ``prompt``, ``completions`` with per-aspect ratings) has no
+      one chosen / rejected pair: refused with a DataError that names the fields to give."""
+    if not isinstance(row, dict) or "conversations_chosen" in row or "conversations_rejected" in row:
+        return row
+    if "completions" in row:
+        raise DataError(f"{where}: a VLFeedback-style row (completions with per-aspect ratings) names no chosen / "
+                        "rejected pair: pick the two responses and give fields image, question, chosen, rejected "
+                        "(or images, conversations_chosen, conversations_rejected)")
+    if "chosen" in row and "rejected" in row:
+        question = row.get("question", row.get("prompt"))
+        if not isinstance(question, str):
+            raise DataError(f"{where}: a chosen / rejected row needs the user's text in field 'question' (or "
+                            f"'prompt'), got {type(question).__name__}")
+        for k in ("chosen", "rejected"):
+            if not isinstance(row[k], str):
+                raise DataError(f"{where}: field {k!r} must be the reply text (a string), got {type(row[k]).__name__}")
+        images = next((row[k] for k in ("images", "image", "image_path") if row.get(k) is not None), None)
+        out = {k: v for k, v in row.items() if k not in ("images", "image", "image_path")}
+        out["images"] = images
+        for k in ("chosen", "rejected"):
+            out[f"conversations_{k}"] = [{"role": "user", "content": question}, {"role": "assistant", "content": row[k]}]
+        return out
+    return row
+
+
 def need_reply(last_role: str, what: str) -> None:
     """A reward model scores the assistant's reply: a conversation must end with one."""
     if last_role != "assistant":
