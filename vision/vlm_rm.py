@@ -108,6 +108,7 @@ class ConversationPair:
             return row
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = D.published_pair_row(row, where)  # RLAIF-V / MM-RLHF rows; VLFeedback refused naming the fields
         missing = [k for k in ("conversations_chosen", "conversations_rejected") if k not in row]
         if missing:
             raise DataError(f"{where}: missing field {missing[0]!r} (fields present: {sorted(map(str, row))[:12]})")

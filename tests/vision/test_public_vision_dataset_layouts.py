@@ -170,3 +170,18 @@ def test_a_hub_dataset_id_is_named_in_the_run_fingerprint():
 
     cfg = ImageRewardTrainConfig(data="yuvalkirstain/pickapic_v2", split="validation_unique")
     assert _data_digest(cfg) == {"hub_dataset": "yuvalkirstain/pickapic_v2", "split": "validation_unique"}
+
+
+def test_an_rlaif_v_row_reads_as_a_vlm_preference_pair(tmp_path):
+    """The mapping is what the VLM RM's pair reader uses: an RLAIF-V row becomes two conversations with its image;
+    a VLFeedback row is refused naming the fields, through the same reader."""
+    from mmreward.vision.vlm_rm import ConversationPair
+
+    uri = "data:image/png;base64," + base64.b64encode(png("red")).decode()
+    pair = ConversationPair.from_record({"image": uri, "question": "What is red?", "chosen": "The cube.",
+                                         "rejected": "The sky."}, "row 0")
+    for conv, reply in ((pair.chosen, "The cube."), (pair.rejected, "The sky.")):
+        assert conv.messages[-1]["content"] == reply and conv.messages[0]["role"] == "user"
+        assert len(conv.images) == 1
+    with pytest.raises(DataError, match="row 1: a VLFeedback-style row"):
+        ConversationPair.from_record({"prompt": "q", "image": uri, "completions": []}, "row 1")
