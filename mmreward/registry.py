@@ -340,7 +340,9 @@ def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = Non
         note = unfinished_run_note(path)  # a run continued past its model/ (running, or killed)
         if note is not None:
             warnings.warn(note, stacklevel=2)
-    _, loader = detect(folder)
+    what, loader = detect(folder)
+    if kwargs:
+        _check_load_options(what, loader, folder, kwargs)
     model = loader(folder, device=device, dtype=dtype, **kwargs)
     owner = getattr(loader, "__self__", None)
     from mmreward.core.model import Pretrained, check_finite_weights
@@ -349,6 +351,26 @@ def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = Non
         # a published checkpoint with NaN weights would score NaN for every input without an error
         check_finite_weights(model, folder, nan_only=dtype is not None)
     return model
+
+
+def _check_load_options(what: str, loader: Callable[..., Any], folder: str, kwargs: dict) -> None:
+    """A keyword of ``mmreward.load`` that this folder's loader does not take (``normalize_reward=`` on a
+    classifier, ``step_separator=`` on a Qwen PRM) is one error naming the option and the layout, not an
+    internal TypeError."""
+    import inspect
+
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a builtin / C loader: let the call itself say
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    taken = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+             and n not in ("device", "dtype")]
+    unknown = [k for k in kwargs if k not in params or k in ("folder", "path")]
+    if unknown:
+        raise ValueError(f"mmreward.load: {unknown[0]}= is not an option of {what} folders ({folder}); "
+                         + (f"they take {', '.join(taken)}" if taken else "they take no options besides device / dtype"))
 
 
 __all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "not_a_model_folder",

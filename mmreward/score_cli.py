@@ -79,13 +79,13 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
     from mmreward.core.data import DataError
 
     types = tuple(model.input_types)
+    if I.TextPair in types:
+        from mmreward.text.data import is_preference_row, preference_inputs
     items, where = [], []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"{source}: row {i} must be a JSON object")
-        if I.TextPair in types and "chosen" in row and "rejected" in row and "response" not in row:
-            from mmreward.text.data import preference_inputs  # rows read as training reads them
-
+        if I.TextPair in types and is_preference_row(row):  # read as training reads it (text.data.pair_from_row)
             items.extend(preference_inputs(row, i, source))
             where.extend([(i, "chosen"), (i, "rejected")])
             continue
@@ -147,7 +147,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # the inputs are read and checked before the model loads: a typo in a file name costs nothing
     if args.data:
-        rows = read_records(args.data, split=args.split)
+        if args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
+            from mmreward.text.data import _read_pair_rows
+
+            rows = _read_pair_rows(args.data, args.split, f"{args.data}: ")
+        else:
+            rows = read_records(args.data)
         if not rows:
             raise ValueError(f"{args.data} holds no rows" + (f" in split {args.split!r}" if args.split else ""))
     else:

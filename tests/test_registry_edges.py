@@ -1,6 +1,7 @@
 """Registrations that are wrong in ways found only at load time: a model_type registered by path to
 something that is not a model class, a registered layout whose detect function fails."""
 import json
+import os
 
 import pytest
 
@@ -102,3 +103,23 @@ def test_another_trainers_checkpoint_folders_are_not_called_an_unfinished_run(tm
     (tmp_path / "checkpoint-00000004").mkdir()
     (tmp_path / "checkpoint-00000004" / "state.safetensors").write_bytes(b"")
     assert "has not finished" in run_folder_problem(str(tmp_path))
+
+
+def test_a_load_option_the_folders_loader_does_not_take_is_one_error(tmp_path):
+    """mmreward.load(folder, normalize_reward=True) on a layout without that option raised the loader's internal
+    TypeError ("load_sequence_classifier() got an unexpected keyword argument")."""
+    import sys
+
+    pytest.importorskip("transformers")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "text"))
+    from text_rm_fixtures import bert_config, word_tokenizer
+
+    import mmreward
+    from mmreward.text import RewardModel
+
+    RewardModel.from_backbone(bert_config(), tokenizer=word_tokenizer(pair=True)).save_pretrained(str(tmp_path / "rm"))
+    for option in ("normalize_reward", "step_separator"):
+        with pytest.raises(ValueError, match=rf"mmreward.load: {option}= is not an option of text_reward_model "
+                                             r"folders .*they take tokenizer"):
+            mmreward.load(str(tmp_path / "rm"), **{option: True})
+    assert mmreward.load(str(tmp_path / "rm"), tokenizer=None) is not None  # an option it takes still works

@@ -154,12 +154,12 @@ def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, st
     A row with ``chosen`` and ``rejected`` is scored twice (with its ``prompt``)."""
     from mmreward.core.inputs import TextPair
 
-    from .data import preference_inputs
+    from .data import is_preference_row, preference_inputs
 
     items, where = [], []
     for i, r in enumerate(rows):
         at = f"{source}: row {i}"
-        if isinstance(r, dict) and ("chosen" in r or "rejected" in r) and "response" not in r:
+        if is_preference_row(r):
             # read as training reads the row: its system turn, a prompt under another name, HelpSteer's layout
             items.extend(preference_inputs(r, i, source))
             where.extend([(i, "chosen"), (i, "rejected")])

@@ -257,6 +257,16 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
                           tie=bool(tie), meta=meta)
 
 
+def is_preference_row(row: Any) -> bool:
+    """A row that holds two responses with a preference between them, in any layout :func:`pair_from_row` reads:
+    ``chosen`` / ``rejected``, or a HelpSteer2 / HelpSteer3 preference row."""
+    if not isinstance(row, dict) or "response" in row:
+        return False
+    if "chosen" in row or "rejected" in row:
+        return True
+    return any(all(k in row for k in layout[1:]) for layout in _STRENGTH_LAYOUTS)
+
+
 def preference_inputs(row: Any, index: int, source: str) -> tuple[Any, Any]:
     """The chosen and rejected responses of a preference row as two ``TextPair`` inputs with the row's prompt,
     read as :func:`pair_from_row` reads rows for training (a ``system`` turn, the prompt as ``question`` /

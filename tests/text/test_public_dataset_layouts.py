@@ -352,3 +352,34 @@ def test_score_commands_read_a_preference_row_as_training_does(tmp_path, capsys)
     assert where == [(0, "chosen"), (0, "rejected")]
     with pytest.raises(DataError, match=r"rows.jsonl: row 0: field 'query' would be dropped"):
         score_items([{"query": "q", "chosen": "a", "rejected": "b"}], "rows.jsonl")
+
+
+def test_score_commands_read_helpsteer_rows_and_their_split_field(tmp_path, capsys):
+    """HelpSteer2 rows trained but `mmreward score` / `text score` refused them ("needs 'response'"), and
+    `mmreward score --split val` refused a file whose rows name their split."""
+    from mmreward.text.cli import score_items
+
+    row = {"prompt": "p", "response_1": "one", "response_2": "two", "preference_strength": 2, "split": "val"}
+    items, where = score_items([row], "hs2.jsonl")
+    assert [(it.prompt, it.response) for it in items] == [("p", "two"), ("p", "one")]  # +2: response 2 preferred
+    assert where == [(0, "chosen"), (0, "rejected")]
+
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "core"))
+    from test_contract_inputs_and_folders import LinRM
+
+    from mmreward import registry
+    from mmreward.cli import main
+
+    registry.register_model(LinRM.model_type, "test_contract_inputs_and_folders:LinRM")
+    try:
+        LinRM().save_pretrained(str(tmp_path / "m"))
+        data = tmp_path / "hs2.jsonl"
+        data.write_text(json.dumps({**row, "split": "train", "prompt": "t"}) + "\n" + json.dumps(row) + "\n")
+        assert main(["score", "--model", str(tmp_path / "m"), "--data", str(data), "--split", "val", "--json"]) == 0
+        out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert [r["prompt"] for r in out] == ["p"] and "score_chosen" in out[0] and "score_rejected" in out[0]
+    finally:
+        registry.MODEL_TYPES.pop(LinRM.model_type, None)
