@@ -55,8 +55,9 @@ def _not_utf8(path: str, data: bytes, e: UnicodeDecodeError, lineno: Optional[in
 def _no_splits(split: Optional[str], what: str) -> None:
     """A split asked of a source that has none is an error, not silently the whole source."""
     if split:
-        raise DataError(f"{what}, not a set of splits: split {split!r} applies to a .json object of lists "
-                        "or a saved DatasetDict (leave the split out)")
+        raise DataError(f"{what}, not a set of splits: split {split!r} applies to a source of several splits (a "
+                        "dataset repository folder, a saved DatasetDict, a hub id, a .json object of lists) or to "
+                        "preference rows that name their split in a field 'split' (leave the split out)")
 
 
 def _open_bytes(path: str):

@@ -180,3 +180,11 @@ def test_gram_order_average_is_the_official_score():
     # gram_eval.py: score_chosen = mean(P(A | chosen first), P(B | chosen second))
     p_ab, p_ba = torch.tensor([0.8, 0.3]), torch.tensor([0.4, 0.9])  # P(first wins) in each order
     assert order_averaged(p_ab, p_ba).tolist() == pytest.approx([0.5 * (0.8 + 0.6), 0.5 * (0.3 + 0.1)])
+
+
+def test_rm_r1_tail_chars_with_a_paper_template_is_refused_not_ignored():
+    from mmreward.text.generative.rm_r1 import RMR1Config
+
+    with pytest.raises(ValueError, match="tail_chars=100 applies to template 'mmreward'"):
+        RMR1Config(template="paper", tail_chars=100)
+    assert RMR1Config(template="paper").tail_chars == 400 and RMR1Config(tail_chars=100).tail_chars == 100

@@ -24,7 +24,7 @@ the other letter's tag, else −1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
 import torch
@@ -175,6 +175,11 @@ class RMR1Config:
         check_sampling(self, "num_samples")
         if self.template not in RM_R1_TEMPLATES:
             raise ValueError(f"RMR1Config.template must be one of {sorted(RM_R1_TEMPLATES)}, got {self.template!r}")
+        default_tail = next(f.default for f in fields(self) if f.name == "tail_chars")
+        if RM_R1_TEMPLATES[self.template].exclusive and self.tail_chars != default_tail:
+            # it would be ignored: the paper protocols read the whole output, as RM-R1's harness does
+            raise ValueError(f"RMR1Config.tail_chars={self.tail_chars} applies to template 'mmreward'; template "
+                             f"{self.template!r} reads verdicts anywhere in the output (RM-R1's harness rule)")
 
 
 def chain_of_rubrics_messages(prompt: str, a: str, b: str, system_prompt: Optional[str] = None,
