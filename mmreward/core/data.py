@@ -18,7 +18,8 @@ Accepted layouts:
   ``datasets`` layout (``{"bytes", "path"}``) become ``data:`` URIs / paths the image readers take.
 * a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or a folder of
   data files as a dataset repository holds them (a downloaded hub dataset: ``data/train-*.parquet``,
-  ``test.jsonl``, a README's ``configs``; read by ``datasets.load_dataset``). Either needs ``split=``
+  ``test.jsonl``, a README's ``configs``: the splits and their files as ``datasets.load_dataset_builder``
+  resolves them, each file read by the readers here). Either needs ``split=``
   unless it has exactly one split; ``datasets`` is imported lazily.
 * a hub dataset id (``owner/name``) that is not a local path: ``datasets.load_dataset(id, split=...)``,
   which downloads it (or reads the local cache under ``HF_HUB_OFFLINE=1``). For a repository folder, a
