@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 import mmreward  # noqa: E402
 from mmreward.core.folders import CheckpointError  # noqa: E402
 from mmreward.core.inputs import TextPair  # noqa: E402
+from test_published_text_layouts_more import _randomise  # noqa: E402  (the same tiny-model fixture)
 
 CORPUS = ["\n\nHuman: what is two plus three?\n\nAssistant: five. Go back, you are wrong: six and seven!",
           "system user assistant Please reason step by step; the answer is a number."]
@@ -59,14 +60,6 @@ def _messages(prompt, response):
     p = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     r = [{"role": "assistant", "content": response}] if isinstance(response, str) else response
     return p + r
-
-
-def _randomise(model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
 
 
 def _llama_config(tok, **kw):

@@ -97,7 +97,7 @@ def test_train_on_jsonl(tmp_path, capsys):
     bad.write_text('{"prompt": "x"}\n')
     assert mmreward_main(["vision", "train", "--data", str(bad), "--out", str(tmp_path / "r2"), *QUIET]) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl: row 0: field 'images'" in err and len(err.strip().splitlines()) == 1
+    assert "bad.jsonl: row 0: not a ranked image set: missing field 'images'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_score_table_and_json(trained, tmp_path, capsys):
