@@ -82,16 +82,12 @@ def _bytes_image(data: bytes, prefix: str, what: str = "bytes"):
 
 
 def image_ref(x: Any) -> Any:
-    """An image as dataset rows give it -> what the image readers take: encoded bytes (a binary column, as
-    Pick-a-Pic's ``jpg_0`` / ``jpg_1``) and a ``datasets`` Image value ``{"bytes", "path"}`` become a base64
-    ``data:`` URI (its path when it has no bytes); anything else is returned as it is."""
-    if isinstance(x, dict) and set(x) == {"bytes", "path"}:
-        x = x["bytes"] if isinstance(x["bytes"], (bytes, bytearray)) and x["bytes"] else x["path"] or x
-    if isinstance(x, (bytes, bytearray, memoryview)) and len(x):
-        import base64
+    """An image as dataset rows give it -> what the image readers take (:func:`mmreward.core.data.inline_image`,
+    the conversion ``read_records`` applies to image columns): encoded bytes and ``datasets`` Image values
+    ``{"bytes", "path"}`` become ``data:`` URIs; anything else is returned as it is."""
+    from mmreward.core.data import inline_image
 
-        return "data:application/octet-stream;base64," + base64.b64encode(bytes(x)).decode("ascii")
-    return x
+    return inline_image(x)
 
 
 def open_image(path: str, where: str = ""):

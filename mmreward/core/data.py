@@ -208,6 +208,16 @@ def _image_bytes(value: Any) -> Any:
     return value
 
 
+def inline_image(value: Any) -> Any:
+    """One image as dataset rows give it → what the image readers take: a ``datasets`` Image value
+    (``{"bytes", "path"}``) or encoded bytes (a binary column, as Pick-a-Pic's ``jpg_0``) become a ``data:`` URI
+    (the value's path when it has no bytes; a null image None); anything else is returned as it is."""
+    value = _image_struct(value)
+    if isinstance(value, memoryview):
+        value = bytes(value)
+    return _image_bytes(value) if isinstance(value, (bytes, bytearray)) else value
+
+
 def _data_uri(data: bytes) -> str:
     import base64
 
