@@ -33,7 +33,8 @@ def _check_input_file(path: str) -> None:
     if "://" in path and not os.path.exists(path):
         raise FileNotFoundError(f"input {path!r} is a URL: mmreward score reads local files (download it first)")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"input file {path!r} does not exist")
+        raise FileNotFoundError(f"input file {path!r} does not exist (positional arguments are image / video / "
+                                f"episode files; text inputs go in --data rows)")
 
 
 def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> list:

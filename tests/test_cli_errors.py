@@ -39,6 +39,8 @@ COMMANDS = [
     (["robotics", "score", "--model", BAD, BAD], "nonexistent"),
     (["robotics", "train-rl", "--model", BAD, "--out", "{tmp}/o", "--device", "cuda:7"], "cuda"),
     (["score", "--model", BAD, "--data", BAD], "nonexistent"),
+    # words typed where files go (a text model's prompt and answer): the error says where text goes
+    (["score", "--model", BAD, "--prompt", "hi", "hello there"], "--data"),
     (["info", BAD], "nonexistent"),
     (["score-video", "--model", BAD, "--prompt", "x", BAD], "nonexistent"),
     (["serve", "--model", BAD], "nonexistent"),
