@@ -188,6 +188,18 @@ class RewardClient:
         if max_request_bytes is not None and (isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int)
                                               or max_request_bytes < 64):
             raise ValueError(f"max_request_bytes must be an integer >= 64 or None, got {max_request_bytes!r}")
+        if api_key is not None:
+            if not isinstance(api_key, str):
+                raise TypeError(f"api_key must be a string or None, got {type(api_key).__name__}")
+            # a key read from a file or a shell variable often ends in a newline: an HTTP header cannot carry it
+            # (httpx failed every try with "Illegal header value", reported as a lost connection), nor a key
+            # that is not printable ASCII (a UnicodeEncodeError); the server's keys are never either
+            api_key = api_key.strip()
+            if not api_key:
+                raise ValueError("api_key is empty: give the server's key, or None for a server without one")
+            if not (api_key.isascii() and api_key.isprintable() and api_key.split() == [api_key]):
+                raise ValueError("api_key must be printable ASCII without spaces (it travels as 'Authorization: "
+                                 "Bearer KEY', and the server accepts no other keys)")
         self.url, self.api_key, self.timeout, self.retries = url.rstrip("/"), api_key, timeout, retries
         self.max_request_bytes = max_request_bytes
         self._http = None
@@ -213,7 +225,14 @@ class RewardClient:
                 r = self._client().request(method, self.url + path, content=None if body is None else
                                            _json_bytes(body, "the request"),
                                            headers=None if body is None else {"content-type": "application/json"})
-            except httpx.TransportError as e:  # refused / reset / timed out: the server may be restarting
+            except httpx.ReadTimeout:
+                # the server took the request and has not answered in time (a slow model, a long queue): sending it
+                # again would score it again on the same busy server (each retry a full forward more) and keep the
+                # trainer waiting up to retries + 1 timeouts; a gateway's 504 or a lost connection is retried below
+                raise TimeoutError(f"{method} {self.url + path} got no answer within timeout={self.timeout:g} s "
+                                   "(not retried: the server may still be scoring it); raise timeout=, or send "
+                                   "fewer inputs per call") from None
+            except httpx.TransportError as e:  # refused / reset / connect timeout: the server may be restarting
                 last = f"{type(e).__name__}: {e}"
                 if attempt < self.retries:  # no wait after the last try
                     time.sleep(min(2.0 ** attempt * 0.1, 5.0))
@@ -790,6 +809,8 @@ class VerlRewardFunction(_Rewarder):
                              f"(it has {have}); put the prompt there, set prompt_key, or prompt_key=None to score "
                              "the response alone")
         prompt = extra_info[self.prompt_key]
+        if type(prompt).__module__ == "numpy" and getattr(prompt, "ndim", None) == 1 and prompt.dtype == object:
+            prompt = prompt.tolist()  # chat messages of a parquet row read with pandas / pyarrow: an object array
         if prompt is None:  # a missing question, not "no prompt": scoring the response alone would be silent
             raise ValueError(f"sample {i}: extra_info[{self.prompt_key!r}] is None; put the prompt there, or "
                              "prompt_key=None to score responses alone")

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from mmreward.core.inputs import TextPair
+from mmreward.core.inputs import StepSolution, TextPair
 
 from .batcher import DynamicBatcher, InputRejected, ModelFailure, QueueFull, WorkerDown
 from .config import ServeConfig
@@ -78,7 +78,8 @@ class LocalBackend:
 
 # ------------------------------------------------------------------ request helpers
 async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (415 when compressed)."""
+    _content_encoding(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body is {declared} bytes; the limit is {limit} (--max-request-mb)", "too_large")
@@ -129,10 +130,33 @@ def _authorized(request: Any, api_key: Optional[str]) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
+def check_model_options(spec: ModelSpec, config: ServeConfig) -> None:
+    """Server options the served model cannot use are a user error, not silently dropped: ``--refine-clip`` /
+    ``--refine-delta`` refine ``/get_reward``'s step scores, which only a text step model (a PRM scoring
+    :class:`StepSolution`) has."""
+    if config.refine is not None and not (spec.has_parts and StepSolution in spec.input_types
+                                          and TextPair not in spec.input_types):
+        given = " / ".join(flag for flag, on in (("--refine-clip", config.refine_clip is not None),
+                                                  ("--refine-delta", config.refine_delta)) if on)
+        verb = "refine" if " / " in given else "refines"
+        raise ValueError(f"{given} {verb} the step scores of a PRM on /get_reward, but this {spec.model_type} "
+                         f"model scores {spec.names()} and has no text step scores: leave {given} out (a step "
+                         "model's /score requests take their own 'refine' field)")
+
+
+def _content_encoding(request: Any) -> None:
+    """A compressed body (``Content-Encoding: gzip``) is refused by name: read as JSON it was "not UTF-8"."""
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise RequestError(415, f"Content-Encoding {coding!r} is not supported: send the body uncompressed "
+                                "(plain JSON, or an image's bytes)")
+
+
 # ------------------------------------------------------------------ the app
 def create_app(backend: Any, config: ServeConfig) -> Any:
     """The FastAPI app serving ``backend`` under ``config``'s limits and API key."""
     spec: ModelSpec = backend.spec
+    check_model_options(spec, config)
     metrics: ServeMetrics = backend.metrics
     missing_rewards = metrics.missing_rewards
     warned: list = []  # the null-reward warning is logged once per server
@@ -378,5 +402,5 @@ class BackgroundServer:
         self.stop()
 
 
-__all__ = ["BackgroundServer", "ClientGone", "LocalBackend", "bind", "create_app", "read_body", "serve",
-           "until_disconnect"]
+__all__ = ["BackgroundServer", "ClientGone", "LocalBackend", "bind", "check_model_options", "create_app", "read_body",
+           "serve", "until_disconnect"]

@@ -114,6 +114,9 @@ class ServeConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 0.0 <= self.refine_gamma <= 1.0:
             raise ValueError(f"refine_gamma must be in [0, 1], got {self.refine_gamma}")
+        if self.refine_gamma != 1.0 and self.refine is None:  # it discounts refined returns only: ignored alone
+            raise ValueError(f"refine_gamma ({self.refine_gamma:g}) discounts the refined step rewards: give "
+                             "refine_clip or refine_delta too (--refine-clip / --refine-delta), or leave it out")
         if not self.step_separator:
             raise ValueError("step_separator must not be empty")
         if self.api_key == "":

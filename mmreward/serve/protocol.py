@@ -642,7 +642,17 @@ def parse_openrlhf(data: Any, spec: ModelSpec, config: ServeConfig) -> list:
     # {"query": [], "prompts": [], "labels": []}, and any error there loses the reward of the whole call
     queries = _list_field(data, "query", config, allow_empty=True)
     prompts = _list_field(data, "prompts", config, required=False, allow_empty=True)
+    # labels are ignored, but OpenRLHF slices them with the queries: another length is a caller's bug (its
+    # labels no longer line up with its queries), refused as the adapters refuse it
+    labels = data.get("labels")
+    if labels is not None and (not isinstance(labels, list) or len(labels) != len(queries)):
+        raise RequestError(400, f"got {len(queries)} queries but {_describe_labels(labels)}: 'labels' must be null "
+                                "or a list with one label per query")
     return openrlhf_inputs(queries, prompts, spec, config.step_separator, config.openrlhf_split)
+
+
+def _describe_labels(labels: Any) -> str:
+    return f"{len(labels)} labels" if isinstance(labels, list) else f"labels {describe(labels)}"
 
 
 def openrlhf_inputs(queries: Sequence[Any], prompts: Optional[Sequence[Any]], spec: ModelSpec, separator: str,

@@ -28,7 +28,7 @@ from typing import Any, Optional
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
-from .app import create_app
+from .app import check_model_options, create_app
 from .batcher import Job, QueueFull, score_jobs
 from .config import RayServeConfig, ServeConfig
 from .metrics import ServeMetrics
@@ -150,7 +150,13 @@ def serve_ray(model_path: str, config: ServeConfig, ray_config: RayServeConfig) 
     from mmreward.registry import detect, resolve_folder
 
     folder = resolve_folder(model_path)
-    detect(folder)  # a folder no replica could load: one line now, not a failed deployment after Ray started
+    # a folder no replica could load: one line now, not a failed deployment after Ray started
+    _, loader = detect(folder)
+    cls = getattr(loader, "__self__", None)  # a model type's class (a published layout's loader is a function)
+    if isinstance(cls, type) and getattr(cls, "input_types", None) and callable(getattr(cls, "score", None)):
+        has_parts = getattr(cls, "has_parts", None)  # options the model cannot use: refused before Ray starts
+        check_model_options(ModelSpec(str(getattr(cls, "model_type", "") or cls.__name__), tuple(cls.input_types),
+                                      bool(has_parts()) if callable(has_parts) else False), config)
     ray.init(address=ray_config.ray_address, include_dashboard=False, ignore_reinit_error=True)
     serve.start(http_options={"host": config.host, "port": config.port})
     signal.signal(signal.SIGTERM, _interrupt)
