@@ -75,7 +75,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from mmreward.core.data import DataError, _in_window, _split_window, describe, read_records
+from mmreward.core.data import DataError, _in_window, _split_window, describe, in_memory_rows, read_records
 from mmreward.core.inputs import _PROMPT_ALIASES, _listed
 from mmreward.core.inputs import _UNREAD_PROMPT_FIELDS as _UNREAD_REPLY_PROMPT_FIELDS
 from mmreward.core.inputs import _text as check_text
@@ -337,11 +337,14 @@ def _read_pair_rows(source: Any, split: Optional[str], where: str) -> list:
 
 
 def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[PreferencePair]:
-    """Pairs from a path (.json / .jsonl / .parquet / dataset folder / hub id) or a list of dicts / PreferencePairs.
+    """Pairs from a path (.json / .jsonl / .parquet / dataset folder / hub id), a list of dicts / PreferencePairs,
+    a ``datasets.Dataset`` / ``DatasetDict`` (one split: ``split=``) or a pandas DataFrame.
     Rows that name their split in a ``split`` field (nvidia/HelpSteer2's preference file) are read one split at a
     time: ``split=`` picks the rows whose field holds it; rows of several splits without ``split=`` are refused."""
     named = isinstance(source, (str, os.PathLike))  # a path names itself in every error
     where = f"{os.fspath(source)}: " if named else ""
+    if not named:
+        source, split = in_memory_rows(source, split)
     if isinstance(source, (list, tuple)) and source and all(isinstance(r, PreferencePair) for r in source):
         rows = list(source)
     else:
@@ -378,6 +381,24 @@ def split_conversation(prompt: Optional[TextLike], response: TextLike) -> tuple[
     if prompt is None and isinstance(response, list) and len(response) > 1:
         return response[:-1], response[-1:]
     return prompt, drop_repeated_prompt(prompt, response)
+
+
+def explicit_prompt_row(row: Any, index: int, what: str) -> Any:
+    """A TRL implicit-prompt row (no ``prompt``; ``chosen`` / ``rejected`` whole conversations of 2+ turns) as an
+    explicit one, split as training splits it: the earlier turns, the same on both sides, become ``prompt``, the
+    last turns ``chosen`` / ``rejected`` (one-message lists). Any other row is returned as it is. For the
+    recipes, which need one prompt per row (RRM pairs a prompt with other rows' responses)."""
+    if not isinstance(row, dict) or row.get("prompt") is not None:
+        return row
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if not (isinstance(chosen, list) and isinstance(rejected, list) and len(chosen) > 1 and len(rejected) > 1):
+        return row
+    (p_c, c), (p_r, r) = split_conversation(None, chosen), split_conversation(None, rejected)
+    if p_c != p_r:
+        raise DataError(f"{what}: row {index}: the chosen and rejected conversations differ before their last turns, "
+                        "so the row has no one prompt (an implicit-prompt row repeats the same earlier turns on both "
+                        "sides); give it as prompt / chosen / rejected")
+    return {**row, "prompt": p_c, "chosen": c, "rejected": r}
 
 
 def drop_repeated_prompt(prompt: Optional[TextLike], response: TextLike) -> TextLike:

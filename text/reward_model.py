@@ -261,6 +261,15 @@ class RewardModel(RewardScorer, nn.Module):
         position table's size, None for rotary / relative positions."""
         return position_limit(self.backbone)
 
+    def check_max_length(self, max_length: Optional[int], what: str = "max_length") -> None:
+        """A ``max_length`` this backbone can read: at most :meth:`position_limit` tokens. Past it the model
+        would be saved promising to truncate at ``max_length``, then refuse every input longer than the
+        backbone's positions when scored."""
+        limit = self.position_limit()
+        if max_length is not None and limit is not None and max_length > limit:
+            raise ValueError(f"{what} {max_length} is more than the {limit} positions the "
+                             f"{type(self.backbone).__name__} backbone reads: use a max_length of at most {limit}")
+
     def check_fits(self, rows: Sequence[Encoded], names: Optional[Sequence[str]] = None) -> None:
         """Each tokenised input fits the backbone: at most :meth:`position_limit` tokens, and token ids
         below the size of its input embedding table. Past either the backbone fails deep inside with a
@@ -281,9 +290,19 @@ class RewardModel(RewardScorer, nn.Module):
 
     def score_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, *, progress: bool = False) -> Tensor:
         """Rewards of tokenised inputs: longest first in batches of ``batch_size``, each padded to its
-        own longest row, the input order restored."""
+        own longest row, the input order restored. Identical inputs (the same token ids and types) are
+        scored once and get the same reward: scored in two batches they could differ in the last bits
+        (batched kernels), and a pair whose chosen and rejected tokens are equal would then count as
+        right or wrong by chance."""
         self.check_fits(rows)
         device = self.head.weight.device
+        slot: dict = {}
+        inverse = [slot.setdefault((tuple(r.ids), None if r.types is None else tuple(r.types)), len(slot))
+                   for r in rows]  # (N,) index of each input's first occurrence among the distinct ones
+        if len(slot) < len(rows):
+            first = {j: i for i, j in reversed(list(enumerate(inverse)))}
+            distinct = [rows[first[j]] for j in range(len(slot))]
+            return self.score_encoded(distinct, batch_size, progress=progress)[torch.tensor(inverse)]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # (N,) length buckets
         out = torch.empty(len(rows), dtype=torch.float32)
         starts = range(0, len(order), batch_size)

@@ -238,6 +238,11 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the model has no tokenizer: build it with RewardModel.from_backbone(..., tokenizer=...)")
+    default_steps = RewardTrainConfig.__dataclass_fields__["max_steps"].default
+    if config.epochs is not None and config.max_steps != default_steps:
+        # epochs sets max_steps: the max_steps asked for would be replaced without a word (TRL lets max_steps win)
+        raise ValueError(f"both epochs ({config.epochs:g}) and max_steps ({config.max_steps}) are set, and epochs sets "
+                         "the number of steps: give one (--epochs N, or --max-steps N with --epochs none)")
     train = _named_pairs(train_pairs, "train_pairs")
     if not train:
         raise ValueError("train_pairs holds no pairs: nothing to train on")
@@ -260,6 +265,8 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
     if config.loss == "bt" and any(p.margin is not None for p in train):
         warnings.warn("the training pairs have margins but loss='bt' ignores them (use loss='margin')",
                       stacklevel=2 + _depth)
+    if config.max_length is not None and hasattr(model, "check_max_length"):  # it would be saved with the model
+        model.check_max_length(config.max_length, "max_length (--max-length)")
     old_max_length = model.config.max_length
     if config.max_length is not None:
         model.config.max_length = config.max_length  # the model is saved, scored and evaluated with it

@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = config_from_args(EvalConfig, args)
     if config.output and os.path.isdir(config.output):  # now, not after the whole evaluation has run
         raise ValueError(f"--out {config.output} is a folder: give the path of the result JSON file")
-    check_output_file(config.output, "--out", [("--data", config.data)])
+    check_output_file(config.output, "--out", [("--data", config.data)], folders=[("--model", config.model)])
     result = run_eval(config)
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text

@@ -289,7 +289,12 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, p
 def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 16, progress: bool = False,
                          split: Optional[str] = None) -> dict:
     """RewardBench evaluation of ``scorer`` on ``data`` (a path or a list of rows; ``split``: the split of
-    a path holding several, e.g. a saved ``DatasetDict``)."""
+    a path holding several, e.g. a saved ``DatasetDict``, or of an in-memory ``DatasetDict`` such as
+    ``load_dataset("allenai/reward-bench")``; a pandas DataFrame gives its rows)."""
+    if not isinstance(data, (str, os.PathLike)):
+        from mmreward.core.data import in_memory_rows
+
+        data, split = in_memory_rows(data, split)
     if isinstance(data, (str, os.PathLike)):
         rows = load_rewardbench(os.fspath(data), split)
     elif split is not None:

@@ -171,6 +171,9 @@ def evaluate_rmbench(scorer: Any, data: Any, *, batch_size: int = 16, merge_safe
     if isinstance(data, (str, os.PathLike)):
         items = load_rmbench(os.fspath(data), domains)
     else:
+        from mmreward.core.data import in_memory_rows
+
+        data, _ = in_memory_rows(data, None)  # a one-split DatasetDict, a pandas DataFrame: their rows
         if isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):  # a dict's keys would be the items
             raise TypeError(f"evaluate_rmbench: data must be a file / folder path or a list of items, got "
                             f"{type(data).__name__}" + ("; wrap a single item in a list" if isinstance(data, dict) else ""))

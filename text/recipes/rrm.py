@@ -53,19 +53,29 @@ def _threshold(value: Any, name: str) -> float:
     return float(value)
 
 
-def _check(pairs: Sequence[dict]) -> None:
+def _check(pairs: Sequence[dict]) -> list[dict]:
+    """The rows, checked; a TRL implicit-prompt row (whole conversations, no ``prompt``) split into its prompt
+    (the earlier turns) and last turns, as training reads it: RRM pairs each prompt with other rows' responses."""
+    from mmreward.text.data import explicit_prompt_row
+
     if not isinstance(pairs, (list, tuple)):
         raise TypeError(f"rrm_augment: pairs must be a list of dicts, got {type(pairs).__name__}")
     if len(pairs) < 3:
         raise ValueError(f"rrm_augment: needs at least 3 pairs (each example draws two others), got {len(pairs)}")
+    out = []
     for i, p in enumerate(pairs):
         if not isinstance(p, dict):
             raise TypeError(f"rrm_augment: row {i} is a {type(p).__name__}, expected a dict")
+        p = explicit_prompt_row(p, i, "rrm_augment")
         for k in ("prompt", "chosen", "rejected"):
-            if k not in p:
-                raise ValueError(f"rrm_augment: row {i} has no `{k}`")
+            if p.get(k) is None:
+                raise ValueError(f"rrm_augment: row {i} has no `{k}`" + (
+                    " (a row without a prompt needs chosen / rejected conversations of 2+ turns, the earlier turns "
+                    "being the prompt)" if k == "prompt" else ""))
         if p.get("tie"):
             raise ValueError(f"rrm_augment: row {i} is already a tie; augment the original preference data")
+        out.append(p)
+    return out
 
 
 def rrm_augment(pairs: Sequence[dict], config: Optional[RRMConfig] = None) -> list[dict]:
@@ -74,7 +84,7 @@ def rrm_augment(pairs: Sequence[dict], config: Optional[RRMConfig] = None) -> li
     Output rows: ``{prompt, chosen, rejected, tie, rrm}`` (plus ``margin`` on original rows that
     had one). Responses may be strings or message lists; they are copied, not parsed."""
     cfg = config or RRMConfig()
-    _check(pairs)
+    pairs = _check(pairs)
     if not (cfg.include_original or cfg.triplets or cfg.ties):
         raise ValueError("rrm_augment: include_original, triplets and ties are all off: no rows to make")
     rng = random.Random(cfg.seed)

@@ -29,16 +29,27 @@ import torch
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def _check_pairs(pairs: Sequence[dict], what: str) -> None:
+def _check_pairs(pairs: Sequence[dict], what: str) -> list[dict]:
+    """The rows, checked, as explicit prompt / chosen / rejected rows (a TRL implicit-prompt row's conversations
+    split into the shared earlier turns and the last turns, as training reads it) for reading; the functions
+    here return the caller's own rows."""
+    from mmreward.text.data import explicit_prompt_row
+
     if not isinstance(pairs, (list, tuple)):
         raise TypeError(f"{what}: pairs must be a list of dicts, got {type(pairs).__name__}")
+    out = []
     for i, p in enumerate(pairs):
         if not isinstance(p, dict):
             raise TypeError(f"{what}: row {i} is a {type(p).__name__}, expected a dict")
+        p = explicit_prompt_row(p, i, what)
         for k in ("prompt", "chosen", "rejected"):
             v = p.get(k)
             if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(m, dict) for m in v))):
-                raise ValueError(f"{what}: row {i}: `{k}` must be a string or a message list, got {type(v).__name__}")
+                raise ValueError(f"{what}: row {i}: `{k}` must be a string or a message list, got {type(v).__name__}"
+                                 + (" (a row without a prompt needs chosen / rejected conversations of 2+ turns, "
+                                    "the earlier turns being the prompt)" if k == "prompt" and v is None else ""))
+        out.append(p)
+    return out
 
 
 def _text(value: Any) -> str:
@@ -50,7 +61,7 @@ def pair_margins(pairs: Sequence[dict], scorer: Any, *, batch_size: int = 64) ->
     """``score(prompt, chosen) − score(prompt, rejected)`` for every pair: float32 [N]."""
     from mmreward.text.eval.rewardbench import score_responses
 
-    _check_pairs(pairs, "pair_margins")
+    pairs = _check_pairs(pairs, "pair_margins")
     if not pairs:
         return torch.empty(0)
     n = len(pairs)
@@ -113,7 +124,7 @@ def decontaminate(pairs: Sequence[dict], eval_texts: Iterable[str], *, n: int = 
 
     Returns ``(kept_pairs, removed_row_indices)``. A short text (< n words) is contaminated only by
     an identical short word sequence on the other side (it cannot contain an n-gram)."""
-    _check_pairs(pairs, "decontaminate")
+    rows = _check_pairs(pairs, "decontaminate")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"decontaminate: n must be an integer >= 1, got {n!r}")
     if isinstance(eval_texts, (str, bytes)):  # iterated, its characters would be the eval texts
@@ -127,10 +138,10 @@ def decontaminate(pairs: Sequence[dict], eval_texts: Iterable[str], *, n: int = 
             raise TypeError(f"decontaminate: eval text {j} is a {type(t).__name__}, expected str")
         banned |= word_ngrams(t, n)
     kept, removed = [], []
-    for i, p in enumerate(pairs):
+    for i, (p, row) in enumerate(zip(pairs, rows)):
         grams = set()
         for f in fields:
-            v = p.get(f)
+            v = row.get(f)
             if not isinstance(v, (str, list)):
                 raise ValueError(f"decontaminate: row {i}: field `{f}` must be a string or a message list")
             grams |= word_ngrams(_text(v), n)
