@@ -169,6 +169,28 @@ def model_folder(model: str, flag: str = "--model") -> str:
     return path
 
 
+def _check_gguf(folder: str, gguf_file: Optional[str], flag: str = "--model") -> None:
+    """A local folder's GGUF setup, checked before transformers reads it: a ``--gguf-file`` that is not in the
+    folder (transformers: "... Checkout 'https://huggingface.co//local/path/tree/main'"), a folder holding only
+    GGUF files given without ``--gguf-file`` ("Unrecognized model ... Should have a `model_type` key"), and the
+    ``gguf`` package missing (an ImportError after the command had started)."""
+    import importlib.util
+
+    local = os.path.isdir(folder)
+    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf")) if local else []
+    if not gguf_file:
+        if local and ggufs and not _holds_model(folder):
+            raise ValueError(f"{flag} {folder} has no config.json but holds GGUF file(s) {ggufs[:5]}: name the one to "
+                             f"load with --gguf-file (e.g. --gguf-file {ggufs[0]})")
+        return
+    if local and not os.path.isfile(os.path.join(folder, gguf_file)):
+        raise FileNotFoundError(f"--gguf-file {gguf_file}: no such file in {flag} {folder} (GGUF files there: "
+                                f"{ggufs[:5] if ggufs else 'none'})")
+    if importlib.util.find_spec("gguf") is None:
+        raise ValueError(f"--gguf-file {gguf_file}: reading a GGUF file needs the `gguf` package "
+                         "(pip install 'gguf>=0.10.0'), which is not installed")
+
+
 def load_model(method: str, model: str, gguf_file: Optional[str], device: str, flag: str = "--model",
                dtype: Optional[str] = None):
     """``(model, tokenizer)`` for ``method``: a causal LM (``critic_rm``: a ``ScalarHeadLM``) from a
@@ -183,6 +205,8 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
 
     torch_dtype = resolve_dtype(dtype)  # a bad name is refused before anything loads
     model = model_folder(model, flag)
+    if method != "critic_rm":
+        _check_gguf(model, gguf_file, flag)
     if not gguf_file:
         _refuse_other_mmreward_model(model)
     saved = None if gguf_file else _judge_type(model)
@@ -324,7 +348,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--limit must be >= 0 (0: all rows), got {args.limit}")
         if args.output and os.path.isdir(args.output):  # checked now, not after every row is judged
             raise ValueError(f"--out {args.output} is a folder: give the path of the result JSON file")
-        check_output_file(args.output, "--out", [("--data", args.data)])
+        # an existing file of a judge folder (its config.json, manifest.json, lm/…) would be replaced
+        check_output_file(args.output, "--out", [("--data", args.data)],
+                          folders=[("--model", args.model), ("--meta-rm", getattr(args, "meta_rm", None))])
         device = str(resolve_device(args.device))  # before loading: .to("cuda") failed as an unexpected error
         if args.method == "grm":
             _check_meta_flags(config, args.meta_rm)

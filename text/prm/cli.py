@@ -114,7 +114,7 @@ def _examples(args: argparse.Namespace, path: Optional[str], synthetic: int, see
     from .data import read_step_examples
 
     if path:
-        return read_step_examples(path, format=args.format, split=split)
+        return read_step_examples(path, format=args.format, neutral=args.neutral, split=split)
     if synthetic:
         from .synthetic import make_dataset
 
@@ -167,7 +167,7 @@ def _score_examples(args: argparse.Namespace):
         if given:  # one of the two would be scored and the other silently ignored
             raise ValueError(f"--data and {' / '.join(given)} both name what to score: give --data FILE or "
                              "--problem TEXT with its --step's, not both")
-        return read_step_examples(args.data, format=args.format, split=args.split)
+        return read_step_examples(args.data, format=args.format, neutral=args.neutral, split=args.split)
     check_split_sources(args, "--data")  # --split with --problem / --step: nothing to choose a split of
     if args.problem is not None and args.step:
         steps = [utf8_text(step, f"--step {i + 1}") for i, step in enumerate(args.step)]
@@ -189,11 +189,13 @@ def _processbench(parts, examples, threshold: float) -> Optional[dict]:
 def _score(args: argparse.Namespace) -> int:
     from mmreward.core.folders import atomic_write_text
 
-    from .train import solutions
+    from .train import check_threshold, solutions
 
-    check_output_file(args.out, "--out", [("--data", args.data)])  # before the work, not after it
+    # before the work, not after it; an existing file of the model folder would be replaced
+    check_output_file(args.out, "--out", [("--data", args.data)], folders=[("--model", args.model)])
     examples = _score_examples(args)  # bad data fails before the model loads
     model = _load_model(args)
+    check_threshold(model, args.threshold, "--threshold")  # before the scoring, not in a meaningless table
     parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
     agg = model.aggregate_parts(parts)
     rows = []
@@ -215,12 +217,14 @@ def _score(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .data import read_step_examples
-    from .train import check_labelled, solutions, step_metrics
+    from .train import check_labelled, check_threshold, solutions, step_metrics
 
-    check_output_file(args.out, "--out", [("--data", args.data)])  # before the work, not after it
-    examples = read_step_examples(args.data, format=args.format, split=args.split)
+    # before the work, not after it; an existing file of the model folder would be replaced
+    check_output_file(args.out, "--out", [("--data", args.data)], folders=[("--model", args.model)])
+    examples = read_step_examples(args.data, format=args.format, neutral=args.neutral, split=args.split)
     check_labelled(examples, args.data)  # before the model loads
     model = _load_model(args)
+    check_threshold(model, args.threshold, "--threshold")  # before the scoring, not in a meaningless table
     parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
     out: dict = step_metrics(parts, examples, args.threshold, sweep=args.sweep)
     report = _processbench(parts, examples, args.threshold)
@@ -241,7 +245,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.export and args.method == "best-of-n":  # the export holds MCTS traces: it would be written empty
         raise ValueError("--out writes MCTS self-training traces, but --method best-of-n runs no MCTS: use "
                          "--method mcts or both, or drop --out")
-    check_output_file(args.export, "--out")
+    check_output_file(args.export, "--out", folders=[("--model", args.model)])
     model = _load_model(args)
     out = compare_search(model, n_problems=args.synthetic, num_steps=args.num_steps, error_rate=args.policy_error_rate,
                          config=config_from_args(MCTSConfig, args), method=args.method, seed=args.seed,
@@ -270,6 +274,8 @@ def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--model", required=True, help="a saved PRM, a training run's folder or a published PRM folder")
     p.add_argument("--format", default="auto", type=_format, choices=FORMATS,
                    help="format of --data rows (default: by their fields)")
+    p.add_argument("--neutral", default="ignore", choices=("ignore", "good", "bad"),
+                   help="PRM800K steps rated 0 (neutral): left unlabelled, or labelled good / bad (default: ignore)")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"solutions per forward pass (default: {batch_size})")
     p.add_argument("--threshold", type=_finite_threshold, default=0.5,
                    help="ProcessBench: the first step scoring below this is the predicted error (default: 0.5)")
@@ -308,6 +314,8 @@ def _parser() -> CLIParser:
     add_split_options(p, "--data", "--eval-data")
     p.add_argument("--format", default="auto", type=_format, choices=FORMATS,
                    help="format of --data / --eval-data rows (default: by their fields)")
+    p.add_argument("--neutral", default="ignore", choices=("ignore", "good", "bad"),
+                   help="PRM800K steps rated 0 (neutral): left unlabelled, or labelled good / bad (default: ignore)")
     p.add_argument("--synthetic", type=int, default=0, help="instead of --data: N synthetic arithmetic chains")
     p.add_argument("--num-steps", type=int, default=4, help="steps per synthetic chain")
     p.add_argument("--max-value", type=int, default=9, help="synthetic chains' values stay in 0..MAX_VALUE")

@@ -157,7 +157,9 @@ def _from_math_shepherd(row: dict, where: str, tag: str = "ки") -> StepExample
 
 def _from_prm800k(row: dict, where: str, neutral: str) -> StepExample:
     rating_map = {1: 1.0, -1: 0.0, 0: {"ignore": IGNORE, "good": 1.0, "bad": 0.0}[neutral]}
+    field_name = "steps"
     if "question" in row and isinstance(row.get("label"), dict):  # released PRM800K layout
+        field_name = "label.steps"
         problem = (row["question"] or {}).get("problem") if isinstance(row["question"], dict) else None
         nested = row["label"].get("steps")
         if not isinstance(nested, list):
@@ -193,8 +195,13 @@ def _from_prm800k(row: dict, where: str, neutral: str) -> StepExample:
         problem, raw = row.get("problem"), row.get("steps")
     if not isinstance(problem, str):
         raise DataError(f"{where}: PRM800K rows need a problem string")
+    if isinstance(raw, str):  # a whole solution in one string: which separator splits it is the caller's call
+        raise DataError(f"{where}: field 'steps' is one string ({describe(raw)}), not a list of steps: split the "
+                        "solution into its steps first, e.g. [\"step 1\", \"step 2\"] (ProcessBench) or "
+                        "[{\"text\": ..., \"rating\": 1}, ...] (PRM800K)")
     if not isinstance(raw, list) or not raw:
-        raise DataError(f"{where}: PRM800K rows need a non-empty list of steps")
+        raise DataError(f"{where}: field {field_name!r} must be a non-empty list of steps (strings, or PRM800K "
+                        f"{{text, rating}} objects), got {describe(raw)}")
     steps, labels = [], []
     for k, st in enumerate(raw):
         if not isinstance(st, dict) or not isinstance(st.get("text"), str):

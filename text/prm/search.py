@@ -300,7 +300,8 @@ def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: C
 
 class HFStepPolicy:
     """A Hugging Face causal LM as a step policy: prompt = ``problem ⏎ step₁ ⏎ … ⏎``; samples until
-    ``separator`` (or ``max_new_tokens``) and returns the text before it."""
+    ``separator`` (or ``max_new_tokens``) and returns the text before it — the first non-blank piece, so
+    separators the model writes before its step are skipped (``""`` only when it wrote nothing else)."""
 
     def __init__(self, model, tokenizer, separator: str = "\n", max_new_tokens: int = 64, temperature: float = 0.7,
                  seed: int = 0):
@@ -343,7 +344,10 @@ class HFStepPolicy:
             torch.manual_seed(seed)
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         new = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        return new.split(self.separator, 1)[0].strip() if self.separator in new else new.strip()
+        # the step is the first non-blank piece: an instruct LM often opens with the separator itself (a blank
+        # line before its answer), and the text before it, "", was returned as the step (searches then chose
+        # solutions of empty steps). "" only when the model wrote nothing but separators / whitespace.
+        return next((piece.strip() for piece in new.split(self.separator) if piece.strip()), "")
 
 
 def self_training_records(result: SearchResult) -> dict[str, list[dict]]:

@@ -15,9 +15,10 @@ Objectives (all through the fused step ops, inside ``model.forward``):
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -126,6 +127,17 @@ def _step_examples(examples, what: str) -> list[StepExample]:
     return examples
 
 
+def check_threshold(model, threshold: Any, what: str = "threshold") -> None:
+    """A ProcessBench threshold outside [0, 1] for a PRM whose scores are probabilities (``score="sigmoid"``)
+    predicts every solution wrong (above 1) or right (below 0): a metric of nothing, e.g. ``50`` typed for the
+    paper's ×100 scale. Refused, naming ``what``; a raw-value PRM (``score="identity"``) takes any finite number."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"{what} must be a finite number, got {threshold!r}")
+    if getattr(getattr(model, "config", None), "score", "sigmoid") == "sigmoid" and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{what} {threshold!r} is outside [0, 1], the range of this PRM's step scores (P(good)): "
+                         "every solution would be predicted wrong (above 1) or right (below 0); e.g. 0.5")
+
+
 def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5, batch_size: int = 32,
                  sweep: bool = False) -> dict[str, float]:
     """:func:`step_metrics` of ``model``'s scores on ``examples`` (StepExamples, or a path / list of rows
@@ -134,6 +146,7 @@ def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5,
     if not examples:
         raise ValueError("evaluate_prm: no examples")
     check_labelled(examples, "evaluate_prm")
+    check_threshold(model, threshold, "evaluate_prm: threshold")
     return step_metrics(model.score_parts(solutions(examples), batch_size=batch_size), examples, threshold, sweep)
 
 
