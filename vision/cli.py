@@ -46,13 +46,19 @@ def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
     return resolve_media_paths(rows, path)
 
 
-def load_scorer(path: str, device: str, reads: type) -> Any:
-    """The reward model at ``path`` (``mmreward.load``), which must score ``reads`` inputs."""
+def load_scorer(path: str, device: str, reads: type, dtype: Optional[str] = None) -> Any:
+    """The reward model at ``path`` (``mmreward.load``, cast to ``dtype`` when given), which must score
+    ``reads`` inputs."""
     import mmreward
 
-    model = mmreward.load(path, device=device)
-    if reads not in getattr(model, "input_types", ()):
-        raise TypeError(f"--model {path} holds a {type(model).__name__}, which does not score {reads.__name__} inputs")
+    model = mmreward.load(path, device=device, dtype=dtype)
+    types = getattr(model, "input_types", ())
+    if reads not in types:
+        hint = ""
+        if any(t.__name__ == "Episode" for t in types):  # a robot reward (Diffusion Reward): a video is an episode
+            hint = f"; it scores robot episodes: `mmreward score --model {path} VIDEO` gives per-frame rewards"
+        raise TypeError(f"--model {path} holds a {type(model).__name__}, which does not score {reads.__name__} "
+                        f"inputs{hint}")
     return model
 
 
@@ -61,11 +67,12 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = CLIParser(prog="mmreward score-video", description="score a video's frames against a prompt")
     parser.add_argument("video", help="mp4 / gif / … file or a folder of frames")
     parser.add_argument("--model", required=True, help="an image reward model folder (save_pretrained output)")
-    parser.add_argument("--prompt", required=True, help="the text the video should match")
+    parser.add_argument("--prompt", help="the text the video should match (required)")
     parser.add_argument("--stride", type=int, default=1, help="score every N-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="score at most this many frames")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     add_device_option(parser)
+    parser.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
     parser.add_argument("--plot", default=None, help="write a PNG of the score over time here")
     parser.add_argument("--json", action="store_true", help="print JSON (per-frame scores and aggregates)")
     args = parser.parse_args(argv)
@@ -80,7 +87,9 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     check_batch_size(args.batch_size)
     if args.plot:
         check_plot_path(args.plot)
-    model = load_scorer(args.model, args.device, ImagePrompt)
+    model = load_scorer(args.model, args.device, ImagePrompt, args.dtype)
+    if args.prompt is None:  # checked after the model: a robot reward's video needs no prompt, and is told so
+        raise ValueError("--prompt is required: the text the video's frames should match")
     result = score_video(model, args.prompt, args.video, batch_size=args.batch_size, stride=args.stride,
                          max_frames=args.max_frames)
     if args.plot:
@@ -137,7 +146,8 @@ def eval_main(argv: Sequence[str]) -> int:
     from mmreward.core.model import check_batch_size
 
     check_batch_size(args.batch_size)  # before the model loads
-    check_output_file(args.out, "--out", [("--data", args.data), ("--model", args.model)])
+    check_output_file(args.out, "--out", [("--data", args.data), ("--model", args.model)],
+                      folders=[("--model", args.model)])
     from mmreward.vision.image_reward import ImageRewardModel
     from mmreward.vision.train import evaluate_image_reward, read_ranked_sets
     from mmreward.vision.visual_prm import VisualPRM, as_labelled, evaluate_visual_prm

@@ -44,7 +44,8 @@ from torch import nn
 
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import as_inputs
-from mmreward.core.model import check_batch_size, config_from_dict, config_to_dict, load_state_strict, load_weights
+from mmreward.core.model import (check_batch_size, check_ranges, config_from_dict, config_to_dict, load_state_strict,
+                                 load_weights)
 
 from .image_scorer import ImageScorer
 from .scoring import require_assets
@@ -65,6 +66,10 @@ class ImageRewardConfig:
     image_mean: tuple = field(default=CLIP_MEAN, metadata={"help": "per-channel mean for normalisation"})
     image_std: tuple = field(default=CLIP_STD, metadata={"help": "per-channel std for normalisation"})
     max_text_length: int = field(default=77, metadata={"help": "prompts longer than this (tokens) are truncated"})
+
+    def __post_init__(self) -> None:
+        # an image_size of 0 / -3 failed only when the first image was resized, inside torch's interpolate
+        check_ranges(self, counts=("image_size", "max_text_length"))
 
 
 @dataclass

@@ -111,7 +111,12 @@ class ImageScorer(RewardScorer, nn.Module):
         """Float ``[3, H, W]`` images in [0, 1] -> normalised ``[B, 3, S, S]`` on the model's device and
         in its dtype (differentiable)."""
         p, c = next(self.parameters()), self.config
-        return preprocess([t.to(p.device, p.dtype) for t in images], c.image_size, c.image_mean, c.image_std)
+        # half-precision models (dtype="bf16" / "fp16") get pixels preprocessed in float32 and then cast, as the
+        # official pipelines do: the antialiased bicubic resize has no bfloat16 kernel on CPU (a bf16 model
+        # could not score there at all) and resizing in 8 mantissa bits would shift the pixels
+        work = torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
+        pixels = preprocess([t.to(p.device, work) for t in images], c.image_size, c.image_mean, c.image_std)
+        return pixels.to(p.dtype)
 
     def pixel_batch(self, images: Sequence[Any], wheres: Sequence[str]) -> torch.Tensor:
         """Images as given (paths, PIL, arrays, tensors; ``wheres`` name them in errors) -> normalised
@@ -167,5 +172,8 @@ class ImageScorer(RewardScorer, nn.Module):
     def rank(self, prompt: str, images: Any, batch_size: Optional[int] = None) -> tuple[list[int], torch.Tensor]:
         """``(ranking, scores)`` of a batch of images (a tensor ``[B, 3, H, W]``, an array
         ``[B, H, W, 3]`` or a list) for one prompt: image indices best first, scores ``[B]`` in input order."""
-        scores = self.score([ImagePrompt(prompt, x) for x in split_images(images)], batch_size=batch_size)
+        items = [ImagePrompt(prompt, x) for x in split_images(images)]
+        if not items:
+            raise ValueError("rank: images is empty (give at least one image to rank)")
+        scores = self.score(items, batch_size=batch_size)
         return torch.argsort(scores, descending=True, stable=True).tolist(), scores

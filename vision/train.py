@@ -48,7 +48,8 @@ class ImageRewardTrainConfig:
     n_train: int = field(default=2000, metadata={"help": "synthetic: number of training sets"})
     n_eval: int = field(default=200, metadata={"help": "synthetic: number of held-out sets"})
     set_size: int = field(default=4, metadata={"help": "synthetic: images per ranked set (2..5)"})
-    image_size: int = field(default=32, metadata={"help": "synthetic: rendered image side in pixels"})
+    image_size: int = field(default=32, metadata={"help": "the scorer's input side in pixels (synthetic: also the rendered "
+                                                          "image side, >= 24)"})
     data_seed: int = field(default=0, metadata={"help": "synthetic: generator seed"})
     backbone: str = field(default="conv", metadata={
         "help": "conv | clip-tiny (random tiny CLIP + word tokenizer) | a transformers model folder | an ImageReward folder"})
@@ -67,7 +68,10 @@ class ImageRewardTrainConfig:
         self.data, self.eval_data = user_path(self.data), user_path(self.eval_data)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        check_ranges(self, counts=("n_train", "n_eval", "embed_dim"), naturals=("data_seed", "normalize_on"))
+        check_ranges(self, counts=("n_train", "n_eval", "embed_dim", "image_size"), naturals=("data_seed", "normalize_on"))
+        if self.data == "synthetic" and self.image_size < 24:  # refused by the renderer as "size", unnamed
+            raise ValueError(f"image_size must be >= 24 with data 'synthetic' (three shapes drawn in one half of "
+                             f"the image), got {self.image_size}")
         if self.normalize_on == 1:  # fit_normalization needs two images: found out only after the training
             raise ValueError("normalize_on must be 0 (skip) or >= 2 (a mean and a std need two scores), got 1")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -295,12 +299,12 @@ def as_ranked_sets(examples: Any, what: str = "examples") -> list[RankedExample]
     return out
 
 
-def require_ranked_pair(examples: Sequence[RankedExample], what: str) -> None:
+def require_ranked_pair(examples: Sequence[RankedExample], what: str, purpose: str = "to evaluate") -> None:
     """DataError unless some set ranks two images differently: with every rank equal there is no pair
     to learn from or to count, and the pairwise accuracy would read 0.0 instead of "undefined"."""
     if not any(len(np.unique(np.asarray(e.ranks)[np.asarray(e.ranks) >= 0])) > 1 for e in examples):
         raise DataError(f"{what}: no set ranks two images differently (every set's ranks are equal), so there is "
-                        "no ranked pair to evaluate")
+                        f"no ranked pair {purpose}")
 
 
 def warn_self_pairs(examples: Sequence[RankedExample], what: str, stacklevel: int = 3) -> None:
@@ -501,11 +505,11 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
         train = read_ranked_sets(cfg.data, cfg.split)
         # refused now, before the Trainer makes the run folder and trains up to the first evaluation
         # (training sets that are all ties would "train" on a zero loss and save an untrained scorer)
-        require_ranked_pair(train, cfg.data)
+        require_ranked_pair(train, f"training data {cfg.data}", "to train on")
         warn_self_pairs(train, cfg.data)
     if cfg.eval_data:  # the given held-out sets, with synthetic training data too (not silently the synthetic ones)
         held = read_ranked_sets(cfg.eval_data, cfg.eval_split)
-        require_ranked_pair(held, cfg.eval_data)
+        require_ranked_pair(held, f"held-out data {cfg.eval_data}")
     else:
         held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1) \
             if cfg.data == "synthetic" else []

@@ -160,6 +160,8 @@ def open_frames(path: str, stride: int = 1,
                 yield frame
 
         return folder_frames(), None
+    if os.path.getsize(path) == 0:  # an interrupted download / copy: say so, not "corrupt or unsupported"
+        raise VideoReadError(f"video file {path!r} is empty (0 bytes)")
     if path.lower().endswith(".gif"):
         from PIL import Image
 
@@ -177,7 +179,7 @@ def open_frames(path: str, stride: int = 1,
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         cap.release()
-        raise VideoReadError(f"cannot open video {path!r} (corrupt or unsupported format)")
+        raise VideoReadError(f"cannot open video {path!r} (corrupt, unsupported format or no video stream)")
     fps = cap.get(cv2.CAP_PROP_FPS) or None
     return _checked(_opencv_frames(cap, path, stride, limit), path), fps
 
@@ -202,13 +204,20 @@ def video_frames(video: Any, where: str = "video", stride: int = 1,
 
 def _in_memory_frames(video: Any, where: str, stride: int, max_frames: Optional[int]) -> Sequence:
     if isinstance(video, torch.Tensor):
-        if video.dim() != 4 or video.shape[1] != 3 or not video.is_floating_point():
-            raise ValueError(f"{where}: a video tensor must be float [T, 3, H, W] in [0, 1], got "
-                             f"{video.dtype} {tuple(video.shape)}")
+        # float [T, 3, H, W] in [0, 1] (its frames stay views: gradients flow), or uint8 [T, 3, H, W] /
+        # [T, H, W, 3] (torchvision.io.read_video's layout), each frame read as a uint8 image is
+        if video.dim() == 4 and video.dtype == torch.uint8 and video.shape[1] != 3 and video.shape[-1] == 3:
+            video = video.permute(0, 3, 1, 2)
+        if video.dim() != 4 or video.shape[1] != 3 or not (video.is_floating_point() or video.dtype == torch.uint8):
+            raise ValueError(f"{where}: a video tensor must be float [T, 3, H, W] in [0, 1] (or uint8 [T, 3, H, W] / "
+                             f"[T, H, W, 3]), got {video.dtype} {tuple(video.shape)}")
         frames: Sequence = list(video.unbind(0))
     elif isinstance(video, np.ndarray):
-        if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-            raise ValueError(f"{where}: a video array must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
+        # uint8 [T, H, W, 3], or float in [0, 1] as a float image array is (each frame's range is checked)
+        if video.ndim != 4 or video.shape[-1] != 3 or not (video.dtype == np.uint8
+                                                           or np.issubdtype(video.dtype, np.floating)):
+            raise ValueError(f"{where}: a video array must be uint8 [T, H, W, 3] (or float in [0, 1]), got "
+                             f"{video.dtype} {video.shape}")
         frames = video
     elif isinstance(video, (list, tuple)):
         frames = list(video)

@@ -197,8 +197,16 @@ class VisualPRM(VLMScorer):
                   reduce: Optional[str] = None, batch_size: Optional[int] = None) -> tuple[int, Tensor]:
         """Best-of-N: index of the candidate step list with the highest response score (``reduce``,
         default ``config.reduce``), and all scores (N,)."""
+        if isinstance(candidates, (str, bytes, dict)) or not hasattr(candidates, "__len__"):
+            raise TypeError(f"best_of_n: candidates must be a list of candidates (each a list of step strings), got "
+                            f"{type(candidates).__name__}")
         if not candidates:
             raise ValueError("best_of_n: no candidates")
+        for k, c in enumerate(candidates):  # list("a step") would score each character as a step
+            if isinstance(c, (str, bytes, dict)) or not hasattr(c, "__iter__"):
+                raise TypeError(f"best_of_n: candidate {k} must be a list of step strings, got {type(c).__name__} "
+                                f"{str(c)[:40]!r} (a one-step candidate is [text]; split a solution into its steps, "
+                                "e.g. text.split('\\n\\n'))")
         parts = self.score_parts([VisualSteps(question, list(c), images) for c in candidates], batch_size=batch_size)
         scores = reduce_step_scores(parts, reduce or self.config.reduce)
         return int(scores.argmax()), scores

@@ -145,6 +145,8 @@ def colour_data_main(argv: Sequence[str]) -> int:
                         help="preference rows (VLM RM) or step-labelled rows (VisualPRM)")
     parser.add_argument("--n", type=int, default=64, help="number of rows")
     parser.add_argument("--seed", type=int, default=0, help="generator seed: the same seed writes the same rows")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the rows.jsonl and images an --out folder already holds")
     args = parser.parse_args(argv)
     from PIL import Image
 
@@ -157,13 +159,31 @@ def colour_data_main(argv: Sequence[str]) -> int:
     from mmreward.core.cli_config import check_output_folder
 
     check_output_folder(args.out, "--out")
-    os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
-    lines = []
-    for i, row in enumerate(_synthetic(args.kind, args.n, args.seed)):
-        name = f"images/{i:05d}.png"
-        Image.fromarray(row.pop("images")[0]).save(os.path.join(args.out, name))
-        lines.append(json.dumps({"images": [name], **row}))
+    rows = _synthetic(args.kind, args.n, args.seed)
+    images = [row.pop("images")[0] for row in rows]
+    names = [f"images/{i:05d}.png" for i in range(len(rows))]
+    text = "\n".join(json.dumps({"images": [name], **row}) for name, row in zip(names, rows)) + "\n"
+    rows_path, image_dir = os.path.join(args.out, "rows.jsonl"), os.path.join(args.out, "images")
+    if os.path.lexists(rows_path) and not os.path.isfile(rows_path):
+        raise ValueError(f"--out {args.out}: {rows_path} exists and is not a file")
+    if os.path.exists(rows_path):
+        with open(rows_path, encoding="utf-8", errors="replace") as f:
+            same = f.read() == text  # the same command again: the same files, rewritten
+        if not same and not args.overwrite:
+            # writing the images would change those the folder's rows.jsonl names (its labels would then
+            # describe other pixels) and lose the rows written before
+            raise ValueError(f"--out {args.out} already holds a rows.jsonl of other rows (another colour-data run, or "
+                             "your data): name another folder, or add --overwrite to replace it and its images")
+        os.remove(rows_path)  # first: an interrupted rewrite leaves no rows naming changed images
+    if os.path.isdir(image_dir):  # numbered images of an earlier, larger set: named by no row now
+        keep = {os.path.basename(n) for n in names}
+        for f in os.listdir(image_dir):
+            if f.endswith(".png") and f[:-4].isdigit() and len(f) == 9 and f not in keep:
+                os.remove(os.path.join(image_dir, f))
+    os.makedirs(image_dir, exist_ok=True)
+    for name, img in zip(names, images):
+        Image.fromarray(img).save(os.path.join(args.out, name))
     # the rows are written last and atomically: a rows.jsonl never names an image that is not there
-    atomic_write_text(os.path.join(args.out, "rows.jsonl"), "\n".join(lines) + "\n")
+    atomic_write_text(rows_path, text)
     print(f"{args.n} {args.kind} rows: {os.path.join(args.out, 'rows.jsonl')}")
     return 0

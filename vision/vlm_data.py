@@ -60,6 +60,8 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
         text = turn.get("content", turn.get("value"))
         if role is None:
             raise DataError(f"{what} turn {t}: unknown role {turn.get('role', turn.get('from'))!r} (use {sorted(ROLES)})")
+        if isinstance(text, (list, tuple)):  # OpenAI / Qwen-style content parts
+            text = _content_text(text, f"{what} turn {t}")
         if not isinstance(text, str):
             raise DataError(f"{what} turn {t}: content must be a string, got {type(text).__name__}")
         if role == "user" and not placed:
@@ -72,6 +74,30 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
     if scored:
         need_reply(out[-1]["role"], what)
     return out
+
+
+def _content_text(parts: Sequence[Any], where: str) -> str:
+    """A turn's content given as a list of parts: its ``{"type": "text", "text": str}`` parts joined by
+    newlines (as :mod:`mmreward.core.inputs` and vLLM join them). An image / video part is refused naming
+    it: the images of a conversation are given in its ``images`` field (placed at the start of the first
+    user turn), never read from inside a turn, so such a part would otherwise be lost or misplaced."""
+    texts = []
+    for k, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("image", "image_url", "input_image", "video", "video_url") or (
+                isinstance(part, dict) and kind is None and ("image" in part or "video" in part)):
+            kind = kind or "image"
+            raise DataError(f"{where}: content part {k} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} part: give the "
+                            "conversation's images "
+                            "in its 'images' field (they go at the start of the first user turn) and only text in "
+                            "the turns")
+        else:
+            raise DataError(f"{where}: content part {k} must be {{'type': 'text', 'text': str}}, got {part!r:.80}")
+    if not texts:
+        raise DataError(f"{where}: content is an empty list of parts")
+    return "\n".join(texts)
 
 
 def published_pair_row(row: Any, where: str = "row") -> Any:

@@ -136,6 +136,11 @@ class CLIPScorer(ImageScorer):
             with quiet_transformers():
                 clip_model = CLIPModel(CLIPConfig(**config.clip_config))
         self.model = clip_model
+        # prompts are cut at the text tower's positions too: a CLIP whose text context is under 77 tokens (a
+        # small or distilled CLIP) would fail inside transformers on a long prompt instead of truncating it
+        positions = getattr(getattr(clip_model.config, "text_config", None), "max_position_embeddings", None)
+        self.text_limit = min(config.max_text_length, positions) if isinstance(positions, int) and positions > 0 \
+            else config.max_text_length
         if config.kind == "aesthetic":
             self.aesthetic = nn.Module()
             self.aesthetic.layers = aesthetic_mlp(self.model.config.projection_dim, config.aesthetic_dims,
@@ -145,7 +150,7 @@ class CLIPScorer(ImageScorer):
     def _tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.config.open_clip_text:  # open_clip's basic_clean / whitespace_clean (ftfy aside)
             prompts = [re.sub(r"\s+", " ", html.unescape(html.unescape(p)).strip()).strip() for p in prompts]
-        tok = tokenize_truncating(self.tokenizer, list(prompts), self.config.max_text_length)
+        tok = tokenize_truncating(self.tokenizer, list(prompts), self.text_limit)
         return {k: tok[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     def embeddings(self, prompts: Sequence[str], pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmreward.core.data import DataError
 from mmreward.core.folders import CheckpointError
 from mmreward.core.weights import read_json
 
@@ -148,7 +149,12 @@ def sample_frame_indices(total: int, source_fps: float, cfg: QwenVisionConfig) -
 def read_video(video: Any, cfg: QwenVisionConfig, where: str = "video") -> QwenVideo:
     """A video file with a frame rate is sampled at ``cfg.fps``; frames without one (a frame folder, an
     array, a tensor, a list) are taken as already sampled, at ``cfg.fps`` frames per second."""
-    frames, source_fps = video_frames(video, where)
+    try:
+        frames, source_fps = video_frames(video, where)
+    except DataError as e:  # a file's error names the file: add which input / video of the batch gave it
+        if str(e).startswith(where):
+            raise
+        raise type(e)(f"{where}: {e}") from e
     if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
         array = frames
     else:
