@@ -51,6 +51,12 @@ def _split_list(text: str) -> list[str]:
     return [x for x in text.replace(" ", ",").split(",") if x]
 
 
+def _split_tasks(text: str) -> list[str]:
+    """``--tasks``: comma-separated task labels, each kept whole: ``import-videos --task "my task"`` keeps a
+    free-form label with spaces, which a split at spaces made impossible to select."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _prepare(args: argparse.Namespace) -> Any:
     """Check ``--device``, set ``--threads`` and seed every RNG with ``--seed``, before any model is
     built; returns the device (None for commands without one)."""
@@ -230,9 +236,30 @@ def _stopped_early(args: argparse.Namespace, steps: int, more: str = "") -> bool
     "saved OUT/model" was printed for a folder that did not exist)."""
     if args.stop_at is None or int(args.stop_at) >= steps:
         return False
-    print(f"stopped at step {args.stop_at} of {steps}: the model is saved to {os.path.join(args.out, 'model')} when "
-          f"the run ends{more}; run again with --resume to continue")
+    # the step the run is at: a resumed run past --stop-at does not go back to it (one that had finished was
+    # reported as "stopped at step 400 of 20000 ... run again with --resume", its model saved all along)
+    reached = _run_step(args.out)
+    if reached is None:
+        reached = int(args.stop_at)
+    if reached >= steps:
+        return False
+    past = (f" (--stop-at {args.stop_at} is before the step the run had reached: nothing was trained)"
+            if reached > int(args.stop_at) else "")
+    print(f"stopped at step {reached} of {steps}{past}: the model is saved to {os.path.join(args.out, 'model')} "
+          f"when the run ends{more}; run again with --resume to continue")
     return True
+
+
+def _run_step(out: str) -> Optional[int]:
+    """The step of the newest snapshot in the run folder ``out`` (None: none)."""
+    import re
+
+    try:
+        names = os.listdir(out)
+    except OSError:
+        return None
+    steps = [int(m.group(1)) for n in names if (m := re.fullmatch(r"checkpoint-(\d+)", n))]
+    return max(steps) if steps else None
 
 
 def _train_codec(args: argparse.Namespace) -> int:
@@ -244,6 +271,10 @@ def _train_codec(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-frames must be >= 1, got {args.eval_frames}")
     device = _prepare(args)
     frames = _training_frames(args)
+    h, w = frames[0].shape[1:3]
+    if h != w:  # was "frames must be 32x32 pixels, got 32x48": a size the user never asked for
+        raise ValueError(f"--data episodes have {h}x{w} frames, but the codec takes square frames: import or collect "
+                         f"them with --size N (import-videos center-crops to a square)")
     preset = VQGANConfig.paper if args.preset == "paper" else VQGANConfig
     cfg = preset(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, VQGANConfig)})
     print(f"train-codec: {len(frames)} episodes, {sum(len(f) for f in frames)} frames, {args.preset} VQGAN "
@@ -609,7 +640,8 @@ def _add_data(p: argparse.ArgumentParser, policies_default: str = "expert,demo",
     if required:
         p.add_argument("--data", required=True,
                        help="episode folder (manifest.json + episode files); several: comma-separated")
-    p.add_argument("--tasks", type=_split_list, default=None, help="keep only these tasks (default: all)")
+    p.add_argument("--tasks", type=_split_tasks, default=None,
+                   help="keep only these tasks, comma-separated (default: all)")
     p.add_argument("--policies", type=_split_list, default=_split_list(policies_default),
                    help=f"keep only these policy kinds; 'all' keeps every episode (default: {policies_default})")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
@@ -769,8 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_collect)
 
     p = sub.add_parser("import-videos", help="store videos / frame folders as episodes (e.g. Adroit demos)",
-                       description="Store videos / frame folders (or folders of those) as unlabelled episodes.")
-    p.add_argument("sources", nargs="+", help="videos, frame folders, or folders of those (one episode each)")
+                       description="Store videos / frame folders / .npz frame arrays (or folders of those) as "
+                                   "unlabelled episodes.")
+    p.add_argument("sources", nargs="+", help="videos, frame folders, .npz files with uint8 'frames' [T, H, W, 3], "
+                                              "or folders of those (one episode each)")
     p.add_argument("--task", required=True, help="task id / label for these episodes, e.g. adroit-door")
     add_config_options(p, ImportConfig, skip=("task",))
     p.set_defaults(run=_import_videos)

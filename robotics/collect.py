@@ -327,16 +327,36 @@ def collect(config: CollectConfig) -> CollectSummary:
     return collect_episodes(**asdict(config))
 
 
+def _npz_frames(path: str, hw: tuple[int, int], stride: int) -> np.ndarray:
+    """The uint8 ``frames`` [T, H, W, 3] of an ``.npz`` (every ``stride``-th, center-cropped and resized
+    to ``hw``); other arrays are an error naming the file (never cast: float [0, 1] frames cast to uint8
+    would be all 0 / 1)."""
+    from mmreward.core.data import DataError
+
+    from .data.episodes import load_frames_npz
+    from .data.video import resize_frame
+
+    frames = load_frames_npz(path)[0]
+    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+            and frames.shape[-1] == 3 and frames.shape[0] >= 1 and min(frames.shape[1:3]) >= 1):
+        shape = list(getattr(frames, "shape", []))
+        raise DataError(f"{path}: 'frames' must be uint8 frames [T, H, W, 3] (channels last, 0..255) with T >= 1, "
+                        f"got {getattr(frames, 'dtype', type(frames).__name__)} {shape}")
+    frames = frames[::stride]
+    return np.ascontiguousarray(np.stack([resize_frame(f, hw) for f in frames]), dtype=np.uint8)
+
+
 def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64, stride: int = 1,
                   policy: str = "demo", progress: bool = True) -> CollectSummary:
-    """Store videos / frame folders as unlabelled episodes of ``task`` in ``out`` (one file each,
-    named ``<task>_<policy>_<source name>.npz``) and add them to the manifest (``policy`` label,
+    """Store videos / frame folders / ``.npz`` frame arrays as unlabelled episodes of ``task`` in ``out``
+    (one file each, named ``<task>_<policy>_<source name>.npz``) and add them to the manifest (``policy`` label,
     ``labelled: false``: videos carry no actions, rewards or success flags, so those arrays are stored
     with zero action dimensions and NaN rewards).
 
     ``sources``: any mix of video files (``.mp4`` / ``.avi`` / ``.mov`` / ``.mkv`` / ``.webm`` /
     ``.gif``), frame folders (one per episode; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` frames in
-    natural name order, ``frame_2.png`` before ``frame_10.png``) and parent folders of those (one
+    natural name order, ``frame_2.png`` before ``frame_10.png``), ``.npz`` files with a uint8 ``frames``
+    array ``[T, H, W, 3]`` (an episode file included) and parent folders of those (one
     episode each, in name order), e.g. your Adroit demonstrations::
 
         demos/adroit-door/
@@ -359,9 +379,16 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
         task = resolve_task(task)
     except (ValueError, ImportError):
         pass  # free-form labels are fine for user videos
-    paths = expand_sources(list(sources))
+    # .npz files (frames saved by the user's own code, or another folder's episode files) are demos too: a
+    # folder of mp4 and npz demos imported only its videos, without a word about the .npz files
+    paths = expand_sources(list(sources), npz=True)
     if not paths:
         raise ValueError("no videos or frame folders given")
+    target = os.path.realpath(out)
+    if any(os.path.realpath(src) == target for src in sources):
+        raise ValueError(f"--out {out!r} is one of the sources: its episode files would be imported again; "
+                         "name another output folder")
+    paths = [p for p in paths if os.path.realpath(p) != target]  # the output folder inside a source folder
     from .envs.base import parse_size
 
     hw = parse_size(size)
@@ -372,7 +399,8 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     start, entries, frames = time.perf_counter(), [], 0
     used = set()
     for path in tqdm(paths, desc="import", unit="video", disable=not progress):
-        video = load_frames(path, size=hw, stride=stride)
+        video = _npz_frames(path, hw, stride) if path.lower().endswith(".npz") else load_frames(path, size=hw,
+                                                                                              stride=stride)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
         name = f"{label}_{policy}_{stem}.npz"
         k = 1

@@ -22,6 +22,22 @@ from mmreward.core.trainer import TrainConfig
 FrameData = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 
 
+def frames_hint(frames: Any) -> str:
+    """How to turn the frames a caller gave into uint8 ``[T, H, W, 3]`` ("" when no common mistake
+    fits): float images (never cast here, as a [0, 1] image cast to uint8 is all 0 / 1), channels-first
+    ``[T, 3, H, W]`` (DrQ-style observations) and a single ``[H, W, 3]`` frame."""
+    dtype, shape = getattr(frames, "dtype", None), tuple(getattr(frames, "shape", ()))
+    if dtype is not None and (getattr(dtype, "is_floating_point", False)
+                              or (isinstance(dtype, np.dtype) and dtype.kind == "f")):
+        return ("; convert float images first: (x * 255).round() for values in [0, 1], x.round() for 0..255, "
+                "then clip to 0..255 and cast to uint8 (NaN frames have no such value)")
+    if len(shape) == 4 and shape[1] == 3 and shape[-1] != 3:
+        return "; channels-first [T, 3, H, W]? make them channels-last: x.permute(0, 2, 3, 1) (numpy: transpose)"
+    if len(shape) == 3 and shape[-1] == 3:
+        return "; one frame [H, W, 3]? pass x[None], an episode of 1 frame"
+    return ""
+
+
 def _as_uint8_tensor(x: Any, what: str) -> torch.Tensor:
     if hasattr(x, "frames") and not isinstance(x, (torch.Tensor, np.ndarray)):
         x = x.frames
@@ -30,14 +46,14 @@ def _as_uint8_tensor(x: Any, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a uint8 tensor / array, got {type(x).__name__}")
     if x.dtype != torch.uint8:
-        raise TypeError(f"{what} must be uint8 (pixel values 0..255), got {x.dtype}")
+        raise TypeError(f"{what} must be uint8 (pixel values 0..255), got {x.dtype}{frames_hint(x)}")
     return x
 
 
 def check_frames_uint8(frames: torch.Tensor, what: str = "frames", size: Optional[int] = None) -> None:
     """Raise a clear error unless ``frames`` is uint8 ``[T, H, W, 3]`` (H = W = ``size`` if given)."""
     if frames.dim() != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"{what} must be uint8 [T, H, W, 3], got shape {list(frames.shape)}")
+        raise ValueError(f"{what} must be uint8 [T, H, W, 3], got shape {list(frames.shape)}{frames_hint(frames)}")
     if size is not None and (frames.shape[1] != size or frames.shape[2] != size):
         raise ValueError(f"{what} must be {size}x{size} pixels, got {frames.shape[1]}x{frames.shape[2]}")
     if frames.shape[0] == 0:

@@ -229,11 +229,29 @@ def manifest_path(folder: str) -> str:
     return os.path.join(folder, MANIFEST_NAME)
 
 
+def _import_hint(folder: str) -> str:
+    """What the user's ``folder`` is instead of an episode folder, and how to make one of it."""
+    if not os.path.exists(folder):
+        return f": {folder} does not exist"
+    tip = ("mmreward robotics import-videos {src} --task <label> --out <episode folder> stores videos, frame folders and "
+           ".npz frame arrays as an episode folder")
+    if not os.path.isdir(folder):
+        return f": {folder} is a file, not a folder; " + tip.format(src=folder)
+    demos = (".npz", ".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".png", ".jpg", ".jpeg", ".bmp")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return ""
+    if any(n.lower().endswith(demos) or os.path.isdir(os.path.join(folder, n)) for n in names):
+        return "; for your own demos: " + tip.format(src=folder)
+    return ""
+
+
 def read_manifest(folder: str) -> list[dict]:
     """The manifest's episode entries (a folder without a manifest raises EpisodeFileError)."""
     path = manifest_path(folder)
     if not os.path.isfile(path):
-        raise EpisodeFileError(f"no {MANIFEST_NAME} in {folder} (not an episode folder?)")
+        raise EpisodeFileError(f"no {MANIFEST_NAME} in {folder} (not an episode folder?){_import_hint(folder)}")
     try:
         with open(path, encoding="utf-8") as f:
             body = json.load(f)

@@ -20,6 +20,7 @@ import torch
 from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Episode as EpisodeInput
 
+from ..training import frames_hint
 from .episodes import Episode, load_episode_folder, load_frames_npz, manifest_path
 
 
@@ -60,7 +61,7 @@ def as_frames(frames: Any, where: str, size: Optional[int] = None) -> torch.Tens
         raise DataError(f"{where} must be uint8 frames [T, H, W, 3] (tensor / array) or a path, got {describe(frames)}")
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise DataError(f"{where} must be uint8 frames [T, H, W, 3] with T >= 1, got {frames.dtype} "
-                        f"{list(frames.shape)}")
+                        f"{list(frames.shape)}{frames_hint(frames)}")
     if size is not None and tuple(frames.shape[1:3]) != (size, size):
         raise DataError(f"{where} has {frames.shape[1]}x{frames.shape[2]} frames; the model takes {size}x{size}")
     return frames

@@ -83,12 +83,33 @@ def _finish(frames: list, size: Any, stride: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(np.stack(frames), dtype=np.uint8)
 
 
+def _quiet(cv2: Any, call: Any) -> Any:
+    """``call()`` with OpenCV's own log silenced (a corrupt file is reported once, by our VideoError)."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:  # pragma: no cover - depends on the OpenCV build
+        return call()
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        return call()
+    except cv2.error:
+        return False, []
+    finally:
+        logging.setLogLevel(level)
+
+
 def read_video(path: str, size: Any = None, stride: int = 1) -> np.ndarray:
     """All frames of a video file as uint8 RGB ``[T, H, W, 3]`` (every ``stride``-th frame)."""
     cv2 = _cv2()
     check_stride(stride)
     if not os.path.isfile(path):
         raise VideoError(f"missing video file {path}")
+    if path.lower().endswith(".gif"):
+        # OpenCV >= 4.11 decodes a GIF through its image codec, and VideoCapture then returns only the first
+        # frame of an animated GIF (an 8-frame episode was scored as 1 frame, silently): read every frame
+        ok, images = _quiet(cv2, lambda: cv2.imreadmulti(path, flags=cv2.IMREAD_COLOR))
+        if ok and images:
+            return _finish([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in images], size, stride, f"video {path}")
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
@@ -152,17 +173,20 @@ def load_frames(source: str, size: Any = None, stride: int = 1) -> np.ndarray:
     return read_video(source, size, stride)
 
 
-def expand_sources(sources: Sequence[str]) -> list[str]:
+def expand_sources(sources: Sequence[str], npz: bool = False) -> list[str]:
     """Videos and frame folders named in ``sources``; a folder holding no images itself stands for
-    its videos and sub-folders (each one episode, in natural name order)."""
+    its videos and sub-folders (each one episode, in natural name order), and with ``npz`` also for
+    its ``.npz`` files (arrays of frames, as ``import-videos`` takes them)."""
+    exts = VIDEO_EXTS + ((".npz",) if npz else ())
     out: list[str] = []
     for src in sources:
         if os.path.isdir(src) and not frame_files(src):
             kids = sorted(os.listdir(src), key=natural_key)
             found = [os.path.join(src, k) for k in kids
-                     if k.lower().endswith(VIDEO_EXTS) or os.path.isdir(os.path.join(src, k))]
+                     if k.lower().endswith(exts) or os.path.isdir(os.path.join(src, k))]
             if not found:
-                raise VideoError(f"{src} holds no videos, frame folders or images")
+                raise VideoError(f"{src} holds no videos, {'.npz frame arrays, ' if npz else ''}frame folders "
+                                 "or images")
             out.extend(found)
         elif os.path.exists(src):
             out.append(src)

@@ -83,7 +83,7 @@ from mmreward.core.model import FORMAT_VERSION, Pretrained, config_from_dict, lo
 
 from ..codec.vqgan import VQGAN
 from ..data.inputs import as_success
-from ..training import as_frame_tensor, check_frames_uint8, episodes_from
+from ..training import as_frame_tensor, check_frames_uint8, episodes_from, frames_hint
 from ..video.vq_diffusion import ConditionalVQDiffusion, window_indices
 from .base import EpisodeScorer, help_field
 from .progress import ProgressModel
@@ -287,7 +287,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         numpy array or a list of ``[H, W, 3]`` frames)."""
         frames = as_frame_tensor(frames)
         if frames.dtype != torch.uint8:
-            raise TypeError(f"frames must be uint8 [T, H, W, 3] (0..255), got {frames.dtype}")
+            raise TypeError(f"frames must be uint8 [T, H, W, 3] (0..255), got {frames.dtype}{frames_hint(frames)}")
         check_frames_uint8(frames, "frames", self.codec.config.image_size)
         return self.codec.encode(frames).flatten(1)
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import as_frame_tensor, check_frames_uint8, config_to_dict, episodes_from
+from ..training import as_frame_tensor, check_frames_uint8, frames_hint, config_to_dict, episodes_from
 from .base import EpisodeScorer
 
 MODEL_TYPE = "progress_ranker"
@@ -149,7 +149,7 @@ class ProgressModel(EpisodeScorer, nn.Module):
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
         frames = as_frame_tensor(frames)  # a tensor, a numpy array or a list of frames, as DiffusionReward takes
         if frames.dtype != torch.uint8:
-            raise TypeError(f"ProgressModel takes uint8 frames [T, H, W, 3], got {frames.dtype}")
+            raise TypeError(f"ProgressModel takes uint8 frames [T, H, W, 3], got {frames.dtype}{frames_hint(frames)}")
         check_frames_uint8(frames, "frames", self.config.image_size)
         return frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training import as_frame_tensor, check_frames_uint8
+from ..training import as_frame_tensor, check_frames_uint8, frames_hint
 from .base import EpisodeScorer, help_field
 
 MODEL_TYPE = "rnd"
@@ -106,7 +106,7 @@ class RND(EpisodeScorer, nn.Module):
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         frames = as_frame_tensor(frames)  # a tensor, a numpy array or a list of frames, as DiffusionReward takes
         if frames.dtype != torch.uint8:
-            raise TypeError(f"RND takes uint8 frames [T, H, W, 3], got {frames.dtype}")
+            raise TypeError(f"RND takes uint8 frames [T, H, W, 3], got {frames.dtype}{frames_hint(frames)}")
         check_frames_uint8(frames, "frames", self.config.image_size)
         return frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0 - 0.5
 
