@@ -37,6 +37,17 @@ def _check_input_file(path: str) -> None:
                                 f"episode files; text inputs go in --data rows)")
 
 
+def _animated(path: str) -> bool:
+    """Whether the GIF at ``path`` has more than one frame (an unreadable file is left to the model's reader)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return bool(getattr(im, "is_animated", False))
+    except Exception:
+        return False
+
+
 def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> list:
     from mmreward.core import inputs as I
 
@@ -45,6 +56,14 @@ def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> lis
     for p in paths:
         _check_input_file(p)
         is_image = os.path.isfile(p) and p.lower().endswith(IMAGE_EXTS)
+        if is_image and p.lower().endswith(".gif") and _animated(p):
+            if I.VideoPrompt in types:  # scored as the video it is, as `mmreward score-video` scores it
+                is_image = False
+            elif I.ImagePrompt in types:
+                import warnings
+
+                warnings.warn(f"{p} is an animated GIF: this model scores images, so only its first frame is scored",
+                              stacklevel=2)
         if I.ImagePrompt in types and is_image:
             out.append(I.ImagePrompt(prompt if prompt is not None else "", p))
         elif I.VideoPrompt in types and not is_image:
@@ -90,7 +109,7 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
             items.extend(preference_inputs(row, i, source))
             where.extend([(i, "chosen"), (i, "rejected")])
             continue
-        kind = next((t for t in types if t.matches(row)), types[0])
+        kind = I.input_type_of(types, row)
         try:
             items.append(kind.from_record(row, f"row {i}"))
         except DataError as e:
@@ -144,7 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmreward.core.data import read_records, resolve_media_paths
 
     # an --out that is one of the inputs (or a folder) is refused before anything is read or scored
-    check_output_file(args.out, "--out", [("--data", args.data), ("input", args.files)])
+    check_output_file(args.out, "--out", [("--data", args.data), ("input", args.files)],
+                      folders=[("--model", args.model)])
 
     # the inputs are read and checked before the model loads: a typo in a file name costs nothing
     if args.data:

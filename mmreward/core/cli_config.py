@@ -188,11 +188,13 @@ def check_split_sources(args: argparse.Namespace, *data_flags: str) -> None:
 
 
 def check_output_file(path: Optional[str], flag: str = "--out",
-                      inputs: Sequence[tuple[str, Any]] = ()) -> None:
+                      inputs: Sequence[tuple[str, Any]] = (), folders: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse an output *file* a command would only fail to write (or write destructively) after all
-    its work: ``path`` is a folder, sits under a file, or is one of the ``inputs`` (``(flag, path)``
-    pairs, e.g. ``("--data", args.data)``), which the atomic write would replace with the results.
-    Raises ``ValueError`` naming the flag; call it before loading models or reading data."""
+    its work: ``path`` is a folder, sits under a file, is one of the ``inputs`` (``(flag, path)``
+    pairs, e.g. ``("--data", args.data)``), which the atomic write would replace with the results, or is an
+    existing file inside one of the ``folders`` (``("--model", args.model)``: its ``config.json``, a run's
+    ``metrics.csv``), which the write would break. Raises ``ValueError`` naming the flag; call it before
+    loading models or reading data."""
     if not path:
         return
     path = os.fspath(path)
@@ -200,6 +202,13 @@ def check_output_file(path: Optional[str], flag: str = "--out",
         raise ValueError(f"{flag} {path!r} is a folder: name a file to write")
     _check_creatable(os.path.dirname(os.path.abspath(path)), path, flag)
     exists = os.path.exists(path)
+    for in_flag, folder in folders:
+        if exists and folder and os.path.isdir(folder):
+            real = os.path.realpath(folder)
+            if os.path.commonpath([real, os.path.realpath(path)]) == real:
+                raise ValueError(f"{flag} {path!r} is a file of the {in_flag} folder {os.fspath(folder)!r}: writing "
+                                 "the results there would replace it and break what is saved there; name a file "
+                                 "outside that folder")
     for in_flag, source in inputs:
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or ())
         for s in sources:

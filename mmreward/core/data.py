@@ -399,8 +399,34 @@ def data_path(path: Union[str, os.PathLike]) -> str:
     return path
 
 
+def in_memory_rows(source: Any, split: Optional[str]) -> tuple[Any, Optional[str]]:
+    """(rows, split left to apply) of an in-memory ``datasets.DatasetDict`` (what ``load_dataset(id)`` returns
+    without ``split=``: one split picked, as from a saved DatasetDict folder) or a pandas DataFrame (its rows,
+    missing cells None); any other source unchanged."""
+    kind = type(source).__name__
+    if kind in ("DatasetDict", "IterableDatasetDict") and isinstance(source, dict):
+        names = list(source)
+        if split:
+            name, window, percent = _split_window(split, f"the {kind}")
+            if name not in source:
+                raise DataError(f"the {kind} has no split {name!r}; it has {names}")
+            return _in_window([dict(r) for r in source[name]], window, percent, split, name, f"the {kind}"), None
+        if len(names) != 1:
+            raise DataError(f"the {kind} holds splits {names}: pass one split (e.g. ds[{names[0]!r}], or "
+                            f"split={names[0]!r} where the function takes split=), so that held-out rows are not "
+                            "trained on or evaluated")
+        return source[names[0]], None
+    if kind == "DataFrame" and hasattr(source, "to_dict") and hasattr(source, "columns"):
+        # iterating a DataFrame gives its column names ("row 0 must be a dict, got str"); NaN is pandas' empty cell
+        return source.astype(object).where(source.notna(), None).to_dict("records"), split
+    return source, split
+
+
 def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[dict]:
-    """Rows of ``source`` (a path to .json / .jsonl / a saved dataset folder, or an iterable of dicts)."""
+    """Rows of ``source``: a path (.json / .jsonl / .parquet / a dataset folder / a hub dataset id), or in
+    memory a list of dicts, a ``datasets.Dataset`` / ``DatasetDict`` (one split) or a pandas DataFrame."""
+    if not isinstance(source, (str, os.PathLike)):
+        source, split = in_memory_rows(source, split)
     if isinstance(source, (str, os.PathLike)):
         path = data_path(source)
         if os.path.isdir(path):

@@ -182,8 +182,10 @@ class ScoreInput:
         raise NotImplementedError
 
     @classmethod
-    def matches(cls, row: dict) -> bool:
-        return all(any(a in row for a in alts.split("|")) for alts in cls.required)
+    def matches(cls, row: dict, given: bool = False) -> bool:
+        """``row`` has this type's required fields (``given``: each with a non-null value)."""
+        return all(any(a in row and (not given or row[a] is not None) for a in alts.split("|"))
+                   for alts in cls.required)
 
 
 @dataclass
@@ -320,12 +322,21 @@ class StepSolution(ScoreInput):
         elif isinstance(row.get("question"), dict) and isinstance(row.get("label"), dict):
             raw = "a raw PRM800K row (fields 'question': {'problem', ...} and 'label': {'steps', ...})"
         if raw:  # the steps are inside a tagged text / the labelling record: the PRM data reader takes them out
-            raise DataError(f"{where}: {raw}: read it with `mmreward text prm score --data` / "
+            raise DataError(f"{where}: {raw}: read it with `mmreward prm score --data` / "
                             "mmreward.text.prm.data.read_step_examples, or give the row as 'problem' (a string) and "
                             "'steps' (a list of strings)")
         problem = _text(_field(row, cls.row_keys["problem"], where), f"{where}: field 'problem'",
                         allow_empty=True, messages=False)
         return cls(problem, _steps(_field(row, cls.row_keys["steps"], where), where))
+
+
+def _one_medium(row: dict, where: str) -> None:
+    """An image row that also holds a video (or the reverse): one of them would be silently dropped."""
+    image = [k for k in ImagePrompt.row_keys["image"] if row.get(k) is not None]
+    video = [k for k in VideoPrompt.row_keys["video"] if row.get(k) is not None]
+    if image and video:
+        raise DataError(f"{where}: fields {image[0]!r} and {video[0]!r} both given; an input is one image or one "
+                        "video: keep one")
 
 
 @dataclass
@@ -340,6 +351,7 @@ class ImagePrompt(ScoreInput):
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "ImagePrompt":
         _need_dict(row, where)
+        _one_medium(row, where)
         prompt = _first(row, cls.row_keys["prompt"])
         return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
                          messages=False), _field(row, cls.row_keys["image"], where))
@@ -357,6 +369,7 @@ class VideoPrompt(ScoreInput):
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "VideoPrompt":
         _need_dict(row, where)
+        _one_medium(row, where)
         prompt = _first(row, cls.row_keys["prompt"])
         return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
                          messages=False), _field(row, cls.row_keys["video"], where))
@@ -500,6 +513,13 @@ def _as_list(inputs: Any, types: tuple, what: str) -> list:
     raise TypeError(f"{what} takes a list of inputs ({names}), got {type(inputs).__name__}{hint}")
 
 
+def input_type_of(types: Sequence[type], row: dict) -> type:
+    """The first of ``types`` whose required fields ``row`` gives (non-null: a table of mixed rows, such as a
+    parquet file with an image and a video column, leaves the other field null), else the first whose fields
+    it has, else ``types[0]`` (whose reader names what is missing)."""
+    return next((t for t in types if t.matches(row, given=True)), next((t for t in types if t.matches(row)), types[0]))
+
+
 def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str = "score") -> list:
     """A list of input dataclasses from a list (or any other iterable) of instances, dicts (JSON rows,
     pandas rows) or tuples (the dataclass fields in order). A dict becomes the first of
@@ -514,7 +534,7 @@ def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str =
         elif isinstance(item, ScoreInput):
             raise TypeError(f"{where} is {_a(type(item).__name__)}; this model scores {_type_list(types)}")
         elif isinstance(item, dict):
-            kind = next((t for t in types if t.matches(item)), types[0])
+            kind = input_type_of(types, item)
             out.append(kind.from_record(item, where))
         elif isinstance(item, tuple):
             kind = types[0]
@@ -532,4 +552,4 @@ def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str =
 
 
 __all__ = ["ScoreInput", "TextPair", "Comparison", "StepSolution", "ImagePrompt", "VideoPrompt", "Conversation",
-           "VisualSteps", "Episode", "INPUT_TYPES", "PART_INPUTS", "as_inputs"]
+           "VisualSteps", "Episode", "INPUT_TYPES", "PART_INPUTS", "as_inputs", "input_type_of"]
