@@ -238,7 +238,9 @@ def _stopped_early(args: argparse.Namespace, steps: int, more: str = "") -> bool
         return False
     # the step the run is at: a resumed run past --stop-at does not go back to it (one that had finished was
     # reported as "stopped at step 400 of 20000 ... run again with --resume", its model saved all along)
-    reached = _run_step(args.out)
+    from mmreward.core.checkpoint import newest_snapshot_step
+
+    reached = newest_snapshot_step(args.out) if os.path.isdir(args.out) else None
     if reached is None:
         reached = int(args.stop_at)
     if reached >= steps:
@@ -248,18 +250,6 @@ def _stopped_early(args: argparse.Namespace, steps: int, more: str = "") -> bool
     print(f"stopped at step {reached} of {steps}{past}: the model is saved to {os.path.join(args.out, 'model')} "
           f"when the run ends{more}; run again with --resume to continue")
     return True
-
-
-def _run_step(out: str) -> Optional[int]:
-    """The step of the newest snapshot in the run folder ``out`` (None: none)."""
-    import re
-
-    try:
-        names = os.listdir(out)
-    except OSError:
-        return None
-    steps = [int(m.group(1)) for n in names if (m := re.fullmatch(r"checkpoint-(\d+)", n))]
-    return max(steps) if steps else None
 
 
 def _train_codec(args: argparse.Namespace) -> int:
