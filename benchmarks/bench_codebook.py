@@ -27,14 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
+import sys
 import time
 
 import torch
 
 import mmreward.ops as mops
 from mmreward.ops import _backend
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import machine  # noqa: E402
 
 
 def _sync(device):
@@ -141,17 +145,40 @@ def run_case(op, B, L, K, cd, device, repeats, eager_repeats, results, bw_state,
     row = {"op": op, "B": B, "L": L, "K": K, "class_dim": cd, "layout": "[B,K,L]" if cd == 1 else "[B,L,K]"}
     impls = [("fused", fused(op), repeats), ("eager_f32", eager(op, torch.float32), eager_repeats),
              ("eager_f64", eager(op, torch.float64), eager_repeats)]
-    for name, fn, reps in impls:
-        xs = [x.detach().requires_grad_(False) for x in diff]
+    xs = [x.detach().requires_grad_(False) for x in diff]
+
+    def fwd(fn):
         with torch.no_grad():
-            t_fwd = timeit(lambda: fn(*xs, *rest, cd), device, reps)
+            return fn(*xs, *rest, cd)
+
+    def bwd_time(fn):
+        """Seconds of one backward (the graph is built outside the timed region)."""
         xg = [x.detach().clone().requires_grad_(True) for x in diff]
         out = fn(*xg, *rest, cd)
         go = torch.ones_like(out)
-        t_bwd = timeit(lambda out=out, xg=xg: torch.autograd.grad(out, xg, go, retain_graph=True), device, reps)
-        del out, xg
-        row[f"{name}_fwd_s"] = t_fwd
-        row[f"{name}_bwd_s"] = t_bwd
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.autograd.grad(out, xg, go)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    for _, fn, _ in impls:  # warm-up
+        fwd(fn)
+        bwd_time(fn)
+    times = {name: {"fwd": [], "bwd": []} for name, _, _ in impls}
+    for r in range(max(reps for _, _, reps in impls)):  # rounds interleave the implementations
+        for name, fn, reps in impls:
+            if r >= reps:
+                continue
+            _sync(device)
+            t0 = time.perf_counter()
+            fwd(fn)
+            _sync(device)
+            times[name]["fwd"].append(time.perf_counter() - t0)
+            times[name]["bwd"].append(bwd_time(fn))
+    for name, _, _ in impls:
+        row[f"{name}_fwd_s"] = statistics.median(times[name]["fwd"])
+        row[f"{name}_bwd_s"] = statistics.median(times[name]["bwd"])
     for d in ("fwd", "bwd"):
         row[f"speedup_{d}_vs_f64"] = row[f"eager_f64_{d}_s"] / row[f"fused_{d}_s"]
         row[f"speedup_{d}_vs_f32"] = row[f"eager_f32_{d}_s"] / row[f"fused_{d}_s"]
@@ -196,6 +223,7 @@ def main():
     print(f"device={device} backend={backend} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"copy bandwidth={bw_state['bw']/1e9:.1f} GB/s (read+write, best of 5; re-measured per case, max kept)  "
           f"B*L={B*L}")
+    machine_before = machine(device=str(device))
     results = []
     for op in args.ops.split(","):
         Ks = (1024, 1025) if op in ("kl", "logcat") else (1024,)
@@ -208,7 +236,10 @@ def main():
         "backend": backend,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": machine_before["cpu"],
+        "machine": machine_before,
+        "load_average_after": machine()["load_average"],
+        "rounds": "implementations interleaved round by round; median per implementation",
         "copy_bandwidth_GBps": bw / 1e9,
         "tokens": B * L,
         "quick": args.quick,

@@ -541,6 +541,17 @@ def pretrained_setup(path, codec, video) -> dict:
             "video_history": v.num_history, "codec_steps": None, "video_steps": None}
 
 
+def quick_outputs(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    """``--quick``: the work folder, JSON and plot get a ``_quick`` suffix; the default JSON and plot go
+    into that work folder, so a smoke run's figures stay out of benchmarks/results (what the docs cite)."""
+    args.work = args.work.rstrip("/") + "_quick"
+    for key, ext in (("json", ".json"), ("plot", ".png")):
+        path = getattr(args, key)
+        if path == ap.get_default(key):
+            path = os.path.join(args.work, os.path.basename(path))
+        setattr(args, key, path[:-len(ext)] + "_quick" + ext if path.endswith(ext) else path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/diffusion_reward_quality", help="cache folder for data, runs, rewards")
@@ -609,9 +620,7 @@ def main(argv=None) -> int:
         args.train_tasks, args.heldout_tasks = args.train_tasks[:2], args.heldout_tasks[:1]
         args.train_episodes, args.eval_episodes, args.max_steps, args.probe_seeds = 2, 2, 12, 1
         args.codec_steps, args.video_steps, args.video_dim, args.video_depth = 20, 20, 32, 1
-        args.work = args.work.rstrip("/") + "_quick"
-        args.json = args.json.replace(".json", "_quick.json")
-        args.plot = args.plot.replace(".png", "_quick.png")
+        quick_outputs(args, ap)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -60,8 +60,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 
@@ -70,6 +72,9 @@ import torch
 import torch.nn.functional as F
 
 from mmreward.robotics.codec.vqgan import VQGAN, VQGANConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import cpu_model, load_average  # noqa: E402
 from mmreward.robotics.reward.diffusion_reward import DiffusionReward, DiffusionRewardConfig
 from mmreward.robotics.video.vq_diffusion import ConditionalVQDiffusion, VQDiffusionConfig, window_indices
 
@@ -430,7 +435,7 @@ def main(argv=None) -> int:
         torch.cuda.set_device(dev)
         device_name = torch.cuda.get_device_name(dev)
     else:
-        device_name = platform.processor() or platform.machine()
+        device_name = cpu_model()
     torch.manual_seed(0)  # models are built on the CPU (same weights on every device), then moved
     codec = VQGAN(VQGANConfig.paper()).eval().to(dev)
     video = ConditionalVQDiffusion(VQDiffusionConfig.paper()).eval().to(dev)
@@ -471,6 +476,7 @@ def main(argv=None) -> int:
         out = ours_instrumented(r, frames, timers[k])
         assert out.shape == (T,) and torch.isfinite(out).all()
     # end-to-end, interleaved
+    load_before = load_average()
     fns = {"official": lambda: official(frames), **{k: (lambda r=r: r(frames)) for k, r in rewards.items()}}
     runs = {k: [] for k in fns}
     for _ in range(args.repeats):
@@ -503,8 +509,10 @@ def main(argv=None) -> int:
     out = {
         "benchmark": "diffusion_reward_speed", "frames": T, "repeats": args.repeats, "quick": args.quick,
         "threads": torch.get_num_threads(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu": cpu_model(),
+                    "logical_cpus": os.cpu_count(), "torch": torch.__version__,
                     "device": str(dev), "device_name": device_name, **cuda_info},
+        "load_average": {"before": load_before, "after": load_average()},
         "models": {"vqgan": "VQGANConfig.paper()", "video": "VQDiffusionConfig.paper()", "weights": "random (seed 0)",
                    "vqgan_params": n_codec, "video_params": n_video},
         "official_eager_s": med["official"], "ours_s": med["ours"], "speedup": med["official"] / med["ours"],
@@ -518,8 +526,6 @@ def main(argv=None) -> int:
             out.update({f"{k}_s": med[k], f"speedup_{k}": med["official"] / med[k], f"{k}_runs_s": runs[k],
                         f"breakdown_{k}_s": {kk: timers[k].t.get(kk, 0.0) for kk in keys}})
     if args.json:
-        import os
-
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

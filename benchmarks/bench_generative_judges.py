@@ -25,7 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
+import sys
 import time
 
 import torch
@@ -49,7 +49,13 @@ from mmreward.text.generative.parsing import RankingParse  # noqa: E402
 from mmreward.text.generative.rm_r1 import RMR1Config, RMR1Judge  # noqa: E402
 from mmreward.text.generative.runner import JudgeConfig, JudgeRunner  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import machine  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(default_rmbench_dir(), "chat.json")
+# the settings of the published runs (benchmarks/results/generative_judges{,_paper}.json)
+PUBLISHED = {"items": 8, "max_new_tokens": 192}
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -98,17 +104,37 @@ def roundtrip(judge, inputs, folder: str) -> dict:
             "save_s": round(t1 - t0, 1), "load_s": round(t2 - t1, 1)}
 
 
-def main() -> None:
+def output_path(args: argparse.Namespace, ap: argparse.ArgumentParser) -> str:
+    """``--json``, or the results file of ``--template`` for the published settings; a run with other
+    settings must name its own file (it must not replace a published figure)."""
+    if args.json:
+        return args.json
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    differ = [f"{flag(k)} {getattr(args, k)}" for k, v in PUBLISHED.items() if getattr(args, k) != v]
+    if differ:
+        published = ", ".join(f"{flag(k)} {v}" for k, v in PUBLISHED.items())
+        ap.error(f"--json is required with {', '.join(differ)}: the default results file holds the published run "
+                 f"({published})")
+    name = "generative_judges.json" if args.template == "mmreward" else f"generative_judges_{args.template}.json"
+    return os.path.join(HERE, "results", name)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=8, help="RM-Bench chat items")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="generation limit of the long-form judges")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core VM)")
-    ap.add_argument("--json", default="benchmarks/results/generative_judges.json", help="output file")
+    ap.add_argument("--json", default=None,
+                    help="output file (default: benchmarks/results/generative_judges.json, or generative_judges_paper.json "
+                         "with --template paper; only for the published --items / --max-new-tokens)")
     ap.add_argument("--template", default="mmreward", choices=("mmreward", "paper"),
                     help="prompt protocol of GRAM, RM-R1 and RewardAnything")
     ap.add_argument("--roundtrip-dir", default="/tmp/mmreward_bench_roundtrip",
                     help="scratch folder for the save_pretrained / mmreward.load check")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.items < 1 or args.max_new_tokens < 1:
+        ap.error("--items and --max-new-tokens must be at least 1")
+    args.json = output_path(args, ap)
     if not os.path.exists(DATA):
         raise SystemExit(f"RM-Bench data missing: {DATA}")
     torch.set_num_threads(args.threads)
@@ -122,8 +148,7 @@ def main() -> None:
     model, tok = load_smollm2()
     out = {"model": f"SmolLM2-135M-Instruct ({GGUF}, de-quantised fp32)", "template": args.template,
            "data": f"{DATA} first {len(items)} items, concise style",
-           "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s) "
-                      "(2-core VM CPU shared with other jobs)",
+           "machine": machine(args.threads),
            "torch": torch.__version__, "load_s": round(time.time() - t0, 1), "max_new_tokens": T, "judges": {}}
     print(f"loaded in {out['load_s']} s")
 
@@ -213,6 +238,7 @@ def main() -> None:
                                    "example": excerpt(crit[0][0][0])}, t)
 
     out["total_s"] = round(time.time() - t0, 1)
+    out["load_average_after"] = machine(args.threads)["load_average"]
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)

@@ -10,7 +10,8 @@ Cases (all forward + backward):
   head      B = 64k, H in {1024, 4096}: eager `nn.Linear(H, 1)` on h_c and h_r, then that loss
   listwise  B = 4096, K = 8:         eager all-pairs loss over [B, K, K] (masked logsigmoid)
 Implementations: eager, torch.compile(eager), and mmreward's kernels: `cpp` on CPU; `cuda` and
-`triton` on a GPU. Times are medians; ratios are eager time / implementation time (> 1: faster
+`triton` on a GPU. Times are medians (per implementation, the median over --case-rounds rounds, default
+3, in which the implementations take turns, each in a fresh subprocess); ratios are eager time / implementation time (> 1: faster
 than eager). Peak memory (the input grads included, as every implementation must produce them): on CPU, the
 peak resident-set growth above the inputs during one (post-warm-up) iteration, sampled every 0.2 ms in a fresh subprocess per case (resolution ~1 MB: small
 cases show ~0); on GPU, torch.cuda.max_memory_allocated above the inputs. `GB/s`: the bytes the
@@ -333,6 +334,21 @@ def _timed(fn, iters: int, sync=lambda: None) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def combine_rounds(runs: list[dict]) -> dict:
+    """One row from an implementation's rounds: the median of the rounds' medians (and its GB/s), the
+    fastest single run, the largest peak memory; every round's median is kept."""
+    import statistics
+
+    row = dict(runs[0])
+    row["median_s"] = statistics.median(r["median_s"] for r in runs)
+    row["min_s"] = min(r["min_s"] for r in runs)
+    row["peak_mem_bytes"] = max(r["peak_mem_bytes"] for r in runs)
+    row["reps"] = sum(r["reps"] for r in runs)
+    row["gbps"] = row["fused_bytes"] / row["median_s"] / 1e9
+    row["round_medians_s"] = [r["median_s"] for r in runs]
+    return row
+
+
 def machine_info() -> dict:
     import platform
 
@@ -405,6 +421,9 @@ def main() -> None:
     ap.add_argument("--overhead", action="store_true",
                     help="small batches: the default path vs eager in interleaved rounds (see the docstring)")
     ap.add_argument("--rounds", type=int, default=15, help="rounds of --overhead")
+    ap.add_argument("--case-rounds", type=int, default=3,
+                    help="rounds of the full / --quick run: every implementation once per round, interleaved "
+                         "(each in a fresh subprocess in the full run); median over rounds")
     ap.add_argument("--json", metavar="PATH", help="save the results as JSON")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -423,6 +442,8 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.case_rounds < 1 or args.rounds < 1:
+        ap.error("--case-rounds and --rounds must be at least 1")
     if args.hugepages is None:
         args.hugepages = "off" if os.environ.get("MMREWARD_CPU_HUGEPAGES") == "0" else "on"
     if args.worker:
@@ -460,28 +481,45 @@ def main() -> None:
               f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}; "
               f"system THP mode: {_thp_mode()}); mmreward CPU buffer cache: {args.buffer_cache}")
     results = []
+    rounds = max(1, args.case_rounds)
+    load_before = list(os.getloadavg())
     for case in cases:
+        op = {"loss": "pairwise_loss", "head": "reward_head_pairwise_loss", "listwise": "listwise_loss"}[case["kind"]]
+        done = {impl: None for impl in impls}
         for impl in impls:
-            op = {"loss": "pairwise_loss", "head": "reward_head_pairwise_loss", "listwise": "listwise_loss"}[case["kind"]]
             if impl in ("cpp", "cuda", "triton") and _backend.why_unavailable(impl, op, args.device):
-                results.append({"case": case, "impl": impl, "error": _backend.why_unavailable(impl, op, args.device)})
-                continue
-            if args.quick:
-                r = measure(case, impl, args.device, dtype, min(args.min_time, 0.3), 10)
+                done[impl] = {"case": case, "impl": impl, "error": _backend.why_unavailable(impl, op, args.device)}
+        runs = {impl: [] for impl in impls}
+        for rnd in range(rounds):  # implementations interleaved, the first one rotating from round to round
+            order = impls[rnd % len(impls):] + impls[:rnd % len(impls)]
+            for impl in order:
+                if done[impl] is not None:
+                    continue
+                if args.quick:
+                    r = measure(case, impl, args.device, dtype, min(args.min_time, 0.3), 10)
+                else:
+                    r = run_subprocess(case, impl, args)
+                if "median_s" not in r:
+                    done[impl] = r
+                    continue
+                runs[impl].append(r)
+                print(f"  {case_name(case):<28} {impl:<8} {r['median_s'] * 1e3:9.2f} ms"
+                      + (f"  (round {rnd + 1}/{rounds})" if rounds > 1 else ""), flush=True)
+        for impl in impls:
+            if done[impl] is not None:
+                print(f"  {case_name(case):<28} {impl:<8} error: {done[impl]['error']}", flush=True)
+                results.append(done[impl])
             else:
-                r = run_subprocess(case, impl, args)
-            results.append(r)
-            if "median_s" in r:
-                print(f"  {case_name(case):<28} {impl:<8} {r['median_s'] * 1e3:9.2f} ms", flush=True)
-            else:
-                print(f"  {case_name(case):<28} {impl:<8} error: {r['error']}", flush=True)
+                results.append(combine_rounds(runs[impl]))
     bw = copy_bandwidth(args.device)
     print_table(results, bw)
     if args.json:
         with open(args.json, "w") as f:  # noqa: PTH123
             json.dump({"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "copy_bandwidth_Bps": bw, "hugepages": args.hugepages,
-                       "buffer_cache": args.buffer_cache,
+                       "buffer_cache": args.buffer_cache, "machine": machine_info(),
+                       "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
+                       "case_rounds": rounds, "median_s": "median over rounds of each round's median",
                        "results": results}, f, indent=1)
         print(f"saved {args.json}")
 

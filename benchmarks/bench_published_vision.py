@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from machine_info import machine  # noqa: E402
 RUNNER = os.path.join(ROOT, "tests", "vision", "published_reference.py")
 PROMPT = "a photo of a cat"
 # task -> (runner arguments, how mmreward scores one image)
@@ -74,6 +77,9 @@ def main() -> None:
     from mmreward.core.inputs import Conversation, ImagePrompt
     from PIL import Image
 
+    if min(args.images, args.batch, args.repeat) < 1:
+        p.error("--images, --batch and --repeat must be at least 1")
+    machine_before = machine()
     work = tempfile.mkdtemp(prefix="bench_published_")
     rng = np.random.default_rng(0)
     paths = []
@@ -108,7 +114,10 @@ def main() -> None:
         from mmreward.core.folders import atomic_write_text
 
         atomic_write_text(args.out, json.dumps({"threads": torch.get_num_threads(), "images": args.images,
+                                                "machine": machine_before, "load_average_after": machine()["load_average"],
+                                                "order": "per model: the official loop (best of --repeat), then mmreward",
                                                 "rows": rows}, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)  # the generated images and model folders
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="CPU preset, 1 timed episode of 100 steps")
+    ap.add_argument("--json", default=None,
+                    help="write the results here (default: benchmarks/results/rl_throughput_<device>.json; "
+                         "a --quick run writes only where --json says)")
     args = ap.parse_args(argv)
     import torch
 
@@ -70,6 +73,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     presets = ["cpu"] if args.quick else [p for p in args.presets.split(",") if p]
     episodes, steps = (1, 100) if args.quick else (args.episodes, args.episode_steps)
+    sys.path.insert(0, HERE)
+    from machine_info import machine
+
+    machine_before = machine(device=args.device)
     results = []
     for preset in presets:
         for reward in [r for r in args.rewards.split(",") if r]:
@@ -84,10 +91,15 @@ def main(argv=None) -> int:
             print(f"{preset:>6} learned-reward cost: {by[(preset, 'diffusion')] / by[(preset, 'sparse')]:.2f}x "
                   "the sparse-reward loop's frames/s")
     out = {"benchmark": "rl_throughput", "quick": args.quick,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device},
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device,
+                       **machine_before},
+           "load_average_after": machine()["load_average"],
+           "settings": {"task": args.task, "episodes": episodes, "episode_steps": steps, "presets": presets,
+                        "rewards": [r for r in args.rewards.split(",") if r], "threads": torch.get_num_threads(),
+                        "order": "one setting after the other (not interleaved)"},
            "results": results}
-    if not args.quick:
-        path = os.path.join(HERE, "results", f"rl_throughput_{args.device}.json")
+    path = args.json or (None if args.quick else os.path.join(HERE, "results", f"rl_throughput_{args.device}.json"))
+    if path:
         with open(path, "w") as f:
             json.dump(out, f, indent=1)
         print(f"wrote {path}")

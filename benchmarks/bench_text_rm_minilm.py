@@ -254,6 +254,15 @@ def machine(threads: int) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
 
 
+def unpublished_settings(args: argparse.Namespace) -> list[str]:
+    """The flags in which a run differs from the one ``benchmarks/results/text_rm_minilm.json`` holds."""
+    differ = {"--limit": bool(args.limit), "--validation": args.validation, "--steps": bool(args.steps),
+              "--rrm": args.rrm, "--margin": args.margin is not None, "--flags": bool(args.flags.strip()),
+              "--seed": args.seed != 0, "--heldout-frac": args.heldout_frac != 0.2, "--name": bool(args.name),
+              "--no-baselines": args.no_baselines, "no --plain": not args.plain}
+    return [flag for flag, d in differ.items() if d]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=default_rmbench_dir(), help="RM-Bench folder (<domain>.json files)")
@@ -268,10 +277,14 @@ def main(argv=None) -> int:
     ap.add_argument("--plain", action="store_true", help="also run the plain TRL-style loop with the same budget")
     ap.add_argument("--no-baselines", action="store_true", help="skip the untrained head and the length baseline")
     ap.add_argument("--limit", type=int, default=0, help="keep the first N items of each domain (smoke runs)")
-    ap.add_argument("--out", default="", help="result JSON (default: benchmarks/results/text_rm_minilm.json)")
+    ap.add_argument("--out", default="", help="result JSON (default: benchmarks/results/text_rm_minilm.json, for the published settings only)")
     ap.add_argument("--name", default="", help="store the result under this key of --out, next to earlier runs")
     ap.add_argument("--run-dir", default="", help="keep the run here (default: a temporary folder, removed)")
     args = ap.parse_args(argv)
+    unpublished = unpublished_settings(args)
+    if unpublished and not args.out:  # a smoke or recipe run must not replace the README's figure
+        ap.error(f"--out is required with {', '.join(unpublished)}: the default, "
+                 "benchmarks/results/text_rm_minilm.json, holds the published run (--plain, held-out split, seed 0)")
     if not os.path.isdir(args.data):
         print(f"RM-Bench data not found at {args.data}", file=sys.stderr)
         return 2
