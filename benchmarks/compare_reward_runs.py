@@ -12,7 +12,7 @@ baseline.
         benchmarks/results/diffusion_reward_quality_progress.json \\
         benchmarks/results/diffusion_reward_quality_progress_eval16.json@8: \\
         benchmarks/results/diffusion_reward_quality_fresh3000.json \\
-        --save benchmarks/results/diffusion_reward_pooled.json
+        --save pooled.json
 
 ``PATH@LO:HI`` keeps episodes whose index within their group (the file name's ``_NNNN.npz``) is in
 [LO, HI); the sets must not share episodes (the script refuses repeated files).
