@@ -123,6 +123,12 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
             raise CheckpointError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json + its "
                                   f"shards, or pytorch_model.bin), which loading the {what} layout reads: the folder "
                                   "was copied or downloaded in part; copy the whole folder")
+    if what == "transformers-sequence-classifier" and not dangling:
+        # JSON and tensor names / shapes only: a model_type transformers lacks, 2+ labels, a base model
+        # without its head are named here, not reported as readable and refused by --load / mmreward.load
+        from mmreward.text.layouts import check_sequence_classifier_folder, classifier_config
+
+        (classifier_config if not load and _fetched(path) else check_sequence_classifier_folder)(folder)
     if not load:
         return out
     model = loader(folder, device=device, dtype=None)

@@ -216,6 +216,39 @@ def _shipped(name: str) -> Optional[str]:
     return here if os.path.isfile(os.path.join(here, "config.json")) else None
 
 
+def _hub_cache_snapshot(path: str) -> Optional[str]:
+    """The snapshot folder of a hub-cache repository folder (``…/hub/models--org--name``, which holds
+    ``blobs/``, ``refs/`` and ``snapshots/<commit>/``): the one ``refs/main`` names, else its only snapshot;
+    None for any other folder. Several snapshots and no ``refs/main`` is an error naming them."""
+    from mmreward.core.folders import CheckpointError
+
+    snapshots = os.path.join(path, "snapshots")
+    hub_like = (os.path.basename(os.path.normpath(path)).startswith("models--")
+                or os.path.isdir(os.path.join(path, "blobs")))
+    if not (hub_like and os.path.isdir(snapshots)):
+        return None  # a run folder that happens to hold a snapshots/ folder is not a hub cache entry
+    commits = sorted(n for n in os.listdir(snapshots) if os.path.isdir(os.path.join(snapshots, n)))
+    ref = os.path.join(path, "refs", "main")
+    if os.path.isfile(ref):
+        try:
+            with open(ref, encoding="utf-8") as f:
+                commit = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} is a hub-cache folder whose refs/main cannot be read: {e}") from e
+        if commit in commits:
+            return os.path.join(snapshots, commit)
+        raise CheckpointError(f"{path} is a hub-cache folder whose refs/main names snapshot {commit[:60]!r}, which "
+                              f"snapshots/ lacks (it holds {commits[:4]}): a download that did not finish; pass one "
+                              "snapshot folder or fetch the model again")
+    if len(commits) == 1:
+        return os.path.join(snapshots, commits[0])
+    if not commits:
+        raise CheckpointError(f"{path} is a hub-cache folder with no snapshot in snapshots/: a download that did not "
+                              "finish; fetch the model again")
+    raise CheckpointError(f"{path} is a hub-cache folder with {len(commits)} snapshots {commits[:4]} and no refs/main "
+                          "to pick one: pass the snapshot folder (…/snapshots/<commit>)")
+
+
 def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
     checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files;
@@ -233,7 +266,14 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     path = os.path.expanduser(path)  # "~/runs/rm": the user's folder, as a shell would read it
     recover_folder(path)
     if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")):
+        config = os.path.join(path, "config.json")
+        if os.path.islink(config) and not os.path.exists(config):  # a hub snapshot whose download stopped
+            raise CheckpointError(f"{config} is a link to {os.readlink(config)}, which does not exist: a download or "
+                                  "copy that did not finish; fetch the file again")
+        if not os.path.exists(config):
+            snapshot = _hub_cache_snapshot(path)
+            if snapshot is not None:
+                return resolve_folder(snapshot, weights)  # its own config.json checked as above
             from mmreward.core.checkpoint import pick_run_model
 
             # a training run's output folder: its model/, or its reward/ (train-video's model/ is the video model)

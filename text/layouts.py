@@ -487,10 +487,137 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
     """A published one-label ``*ForSequenceClassification`` as a :class:`RewardModel` computing
     exactly its ``logits[:, 0]``."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
+    config = check_sequence_classifier_folder(folder)
+    raw = read_config(folder)
+    # the config built above: AutoTokenizer would build a refused problem_type again; and never its prompt to run
+    # a tokenizer class shipped in the folder (tokenizer_config.json's auto_map)
+    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else _tokenizer_with_config(folder, config)
+    if "vhead_layer_type" in raw:
+        tokenizer = grm_tokenizer(tokenizer)
     with quiet_transformers():
-        config = AutoConfig.from_pretrained(folder)
+        seq, report = AutoModelForSequenceClassification.from_pretrained(
+            folder, config=config, dtype=dt or saved_dtype(folder) or "auto", output_loading_info=True,
+            ignore_mismatched_sizes=True, trust_remote_code=False)
+    # checked above from the files; this catches what transformers read differently (a tensor it
+    # leaves at its random initial value would give wrong scores without an error)
+    refuse_mismatched(report, folder, type(seq).__name__)
+    missing = sorted(report.get("missing_keys") or ())
+    if missing or report.get("error_msgs"):
+        raise CheckpointError(f"{folder}: transformers did not load {len(missing)} weight(s) of {type(seq).__name__} "
+                              f"from the files, e.g. {missing[:4]} {list(report.get('error_msgs') or [])[:2]}")
+    unused = sorted(k for k in report.get("unexpected_keys") or () if not k.endswith("position_ids"))
+    if unused:
+        warnings.warn(f"{folder}: {len(unused)} tensor(s) that {type(seq).__name__} does not use are ignored, "
+                      f"e.g. {unused[:4]}", stacklevel=2)
+    return finish_loading(reward_model_from_classifier(seq, tokenizer), dev, dt)
+
+
+# a training setting: transformers >= 5 refuses it with one label, which it does not change for scoring
+_CLASSIFICATION_PROBLEMS = ("single_label_classification", "multi_label_classification")
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def saved_dtype(folder: str) -> Optional[torch.dtype]:
+    """The floating dtype holding most elements of the folder's weights (safetensors headers; a ``torch.save``
+    file mapped, not read), None when it cannot be told. transformers' ``dtype="auto"`` follows config.json's
+    ``dtype`` / ``torch_dtype`` instead, so fp32 weights under a config naming float16 would be cast to fp16."""
+    from safetensors import safe_open
+
+    from mmreward.core.weights import SHARD_INDEXES, _index_shards, read_torch_state
+
+    def files() -> list[str]:
+        for single, index in SHARD_INDEXES:
+            if os.path.isfile(os.path.join(folder, single)):
+                return [os.path.join(folder, single)]
+            if os.path.isfile(os.path.join(folder, index)):
+                return [os.path.join(folder, shard) for shard in sorted(_index_shards(folder, index))]
+        return []
+
+    count: dict[torch.dtype, int] = {}
+    try:
+        for path in files():
+            if path.endswith(".safetensors"):
+                with safe_open(path, "pt") as f:
+                    for k in f.keys():
+                        piece = f.get_slice(k)
+                        dt = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+                        if dt is not None:
+                            count[dt] = count.get(dt, 0) + math.prod(piece.get_shape())
+            else:
+                for t in read_torch_state(path).values():
+                    if t.is_floating_point():
+                        count[t.dtype] = count.get(t.dtype, 0) + t.numel()
+    except Exception:  # noqa: BLE001 - a damaged file is named by the loading that follows
+        return None
+    return max(count, key=count.get) if count else None
+
+
+def classifier_config(folder: str) -> Any:
+    """The transformers config of a ``*ForSequenceClassification`` folder, or CheckpointError naming the folder
+    and the field when transformers cannot build it (a ``model_type`` it does not know, a value it refuses).
+    A one-label ``problem_type`` of ``single_label_classification`` / ``multi_label_classification`` (written by
+    older transformers, which allowed it; it only picks the training loss) is dropped with a warning."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw = read_config(folder)
+    archs = ", ".join(map(str, raw.get("architectures") or [])) or "?"
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        if isinstance(raw.get("auto_map"), dict):  # e.g. ChatGLMForSequenceClassification: its code is in the folder
+            from mmreward.core.remote_code import refuse_remote_code
+
+            refuse_remote_code(folder)
+        what = f"model_type {model_type!r}" if model_type is not None else "no model_type"
+        raise CheckpointError(f"{folder}: its config.json names {archs} with {what}, which "
+                              f"transformers {transformers.__version__} does not know; mmreward reads "
+                              "*ForSequenceClassification reward models that transformers builds (it never runs code "
+                              "from a model folder): a newer transformers may know this model type")
+    id2label = raw.get("id2label")
+    labels = raw.get("num_labels", len(id2label) if isinstance(id2label, dict) and id2label else None)
+    try:
+        with quiet_transformers():
+            if raw.get("problem_type") in _CLASSIFICATION_PROBLEMS and labels == 1:
+                warnings.warn(f"{folder}/config.json: problem_type {raw['problem_type']!r} with one label is ignored "
+                              "(it sets only the training loss; transformers >= 5 refuses it for one label); the "
+                              "one-output head is read as the reward", stacklevel=3)
+                body = {k: v for k, v in raw.items() if k != "problem_type"}
+                return CONFIG_MAPPING[model_type].from_dict(body)
+            return AutoConfig.from_pretrained(folder, trust_remote_code=False)  # never a prompt
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{folder}/config.json ({archs}): transformers cannot build its config: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def _tokenizer_with_config(folder: str, config: Any) -> Any:
+    """:func:`load_tokenizer` of ``folder`` with its model config given, not read from config.json again, and
+    ``trust_remote_code=False``: a tokenizer whose class ships in the folder is refused, never asked about on
+    the terminal (transformers' "Do you wish to run the custom code? [y/N]" would run it on a "y")."""
+    from transformers import AutoTokenizer
+
+    from .reward_model import TOKENIZER_FILES
+
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        load_tokenizer(folder)  # its error naming the tokenizer files
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(folder, config=config, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - as load_tokenizer: unreadable files
+        raise CheckpointError(f"cannot load the tokenizer {folder}: {type(e).__name__}: {e}") from e
+
+
+def check_sequence_classifier_folder(folder: str) -> Any:
+    """What :func:`load_sequence_classifier` checks before reading a tensor (also ``mmreward info``'s check of
+    such a folder): the config transformers builds, one label, and weight names and shapes that cover the
+    classifier. Returns the config."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = classifier_config(folder)
     if type(config) not in AutoModelForSequenceClassification._model_mapping:
         # e.g. VideoScore's Idefics2ForSequenceClassification: transformers' own error names a class, not the folder
         archs = ", ".join(map(str, read_config(folder).get("architectures") or [])) or "?"
@@ -508,24 +635,7 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
         raise CheckpointError(f"{folder} is a classifier with {config.num_labels} labels "
                               f"({sorted(map(str, getattr(config, 'id2label', {}).values()))[:4]}); a reward model has 1")
     check_classifier_weights(folder, config)
-    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else load_tokenizer(folder)
-    if "vhead_layer_type" in read_config(folder):
-        tokenizer = grm_tokenizer(tokenizer)
-    with quiet_transformers():
-        seq, report = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=dt or "auto", output_loading_info=True, ignore_mismatched_sizes=True)
-    # checked above from the files; this catches what transformers read differently (a tensor it
-    # leaves at its random initial value would give wrong scores without an error)
-    refuse_mismatched(report, folder, type(seq).__name__)
-    missing = sorted(report.get("missing_keys") or ())
-    if missing or report.get("error_msgs"):
-        raise CheckpointError(f"{folder}: transformers did not load {len(missing)} weight(s) of {type(seq).__name__} "
-                              f"from the files, e.g. {missing[:4]} {list(report.get('error_msgs') or [])[:2]}")
-    unused = sorted(k for k in report.get("unexpected_keys") or () if not k.endswith("position_ids"))
-    if unused:
-        warnings.warn(f"{folder}: {len(unused)} tensor(s) that {type(seq).__name__} does not use are ignored, "
-                      f"e.g. {unused[:4]}", stacklevel=2)
-    return finish_loading(reward_model_from_classifier(seq, tokenizer), dev, dt)
+    return config
 
 
 def reward_model_from_classifier(seq: nn.Module, tokenizer: Any) -> RewardModel:
@@ -606,4 +716,4 @@ def _owns(parent: nn.Module, child: nn.Module) -> bool:
 
 __all__ = ["ENCODER_HEADS", "HEADED_DECODERS", "concatenating_pair", "default_template", "grm_tokenizer", "openrlhf_template", "headed_decoder_kind", "is_headed_decoder", "is_quantile_gating_rm", "refuse_quantile_gating_rm", "load_headed_decoder", "LEGACY_META", "check_classifier_weights", "is_legacy_folder", "is_qwen_math_rm",
            "is_sequence_classifier", "load_legacy_folder", "load_qwen_math_rm", "load_sequence_classifier",
-           "reward_model_from_classifier"]
+           "reward_model_from_classifier", "classifier_config", "check_sequence_classifier_folder"]
