@@ -117,7 +117,7 @@ def load_tokenizer(source: str) -> Any:
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(source)
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - unreadable files, or a hub id that cannot be fetched
         raise CheckpointError(f"cannot load the tokenizer {source}: {type(e).__name__}: {e}") from e
 
@@ -475,9 +475,9 @@ def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:
 
     with quiet_transformers():
         try:
-            model, info = AutoModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True, **kwargs)
+            model, info = AutoModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True, **kwargs, trust_remote_code=False)
         except TypeError:
-            model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+            model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs, trust_remote_code=False)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         warnings.warn(f"{path}: {len(missing)} backbone weight(s) are not in the checkpoint and start at random, "

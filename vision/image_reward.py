@@ -189,8 +189,8 @@ class HFDualEncoder(nn.Module):
         if model_cls is None:
             raise CheckpointError(f"{folder}: unknown transformers class {class_name!r} in config.json "
                                   f"(transformers {transformers.__version__})")
-        config = transformers.AutoConfig.from_pretrained(os.path.join(folder, "backbone"))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
+        config = transformers.AutoConfig.from_pretrained(os.path.join(folder, "backbone"), trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)
         return cls(model_cls(config), tokenizer, max_text_length)
 
     @staticmethod
@@ -277,10 +277,10 @@ class ImageRewardModel(ImageScorer):
                 what = "has no config.json" if os.path.isdir(path) else "does not exist"
                 raise FileNotFoundError(f"backbone folder {path!r} {what}: give a local transformers model folder "
                                         "(nothing is downloaded)")
-            model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             _check_dual_encoder(model)
             tokenizer = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(
-                path, local_files_only=True)
+                path, local_files_only=True, trust_remote_code=False)
             pre = _read_preprocessor(path)
         elif isinstance(backbone, transformers.PretrainedConfig):
             model, pre = transformers.AutoModel.from_config(backbone), {}

@@ -219,7 +219,7 @@ def _with_lm_head(path):
     from transformers import AutoModelForImageTextToText
 
     try:
-        return AutoModelForImageTextToText.from_pretrained(path)
+        return AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False)
     except (ValueError, KeyError, OSError):  # not an image-text-to-text checkpoint: load the base model only
         return path
 

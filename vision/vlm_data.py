@@ -270,7 +270,7 @@ def build_backbone(spec: Any):
             raise ValueError(f"backbone folder {os.fspath(spec)!r} holds an mmreward "
                              f"{stored.get('model_type', 'reward')!r} model: open it with mmreward.load(folder) and "
                              "pass its .backbone (and .processor)")
-        return AutoModel.from_pretrained(spec, local_files_only=True)
+        return AutoModel.from_pretrained(spec, local_files_only=True, trust_remote_code=False)
     if isinstance(spec, torch.nn.Module):
         return spec.model if hasattr(spec, "lm_head") and hasattr(spec, "model") else spec
     raise TypeError(f"backbone must be a transformers config, a local path or an nn.Module, got {type(spec).__name__}")
@@ -398,4 +398,4 @@ def load_processor(folder: str):
         return QwenVLProcessor.from_pretrained(folder)
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(folder)
+    return AutoProcessor.from_pretrained(folder, trust_remote_code=False)

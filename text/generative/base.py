@@ -75,8 +75,8 @@ def load_causal_lm(folder: str) -> tuple[Any, Any]:
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise CheckpointError(f"{folder} has no config.json: not a causal LM folder")
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot load the causal LM in {folder}: {e}") from e
     if getattr(tokenizer, "chat_template", None) is None:

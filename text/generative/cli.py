@@ -224,15 +224,15 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
         m = ScalarHeadLM.from_pretrained(model, device=device)
         if torch_dtype is not None:
             m.backbone.to(torch_dtype)
-        return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"))
+        return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"), trust_remote_code=False)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model, **kw, **_dtype_kwarg(torch_dtype))
+        lm = AutoModelForCausalLM.from_pretrained(model, **kw, **_dtype_kwarg(torch_dtype), trust_remote_code=False)
     except OSError as e:
         if os.path.isdir(model):
             raise
         raise OSError(f"{flag} {model} is not a local folder, and as a hub id: {e}") from e
-    return lm.to(device).eval(), AutoTokenizer.from_pretrained(model, **kw)
+    return lm.to(device).eval(), AutoTokenizer.from_pretrained(model, **kw, trust_remote_code=False)
 
 
 def _dtype_kwarg(dtype: Any) -> dict:
@@ -258,7 +258,7 @@ def load_meta_rm(folder: str, judge_tokenizer: Any, device: str = "cpu") -> Any:
     folder = model_folder(folder, "--meta-rm")
     if not os.path.isdir(os.path.join(folder, "backbone")):
         raise ValueError(f"{folder}: not a meta-RM folder (no backbone/); train one with `mmreward text train-meta-rm`")
-    if not _same_vocab(AutoTokenizer.from_pretrained(os.path.join(folder, "backbone")), judge_tokenizer):
+    if not _same_vocab(AutoTokenizer.from_pretrained(os.path.join(folder, "backbone"), trust_remote_code=False), judge_tokenizer):
         raise ValueError(f"{folder}: the meta-RM was trained with another tokenizer than the judge's")
     return ScalarHeadLM.from_pretrained(folder, device=device).eval()
 

@@ -93,5 +93,5 @@ class ScalarHeadLM(nn.Module):
         if cfg.get("kind") != "ScalarHeadLM":
             raise ValueError(f"{folder}/head is not a ScalarHeadLM checkpoint (kind={cfg.get('kind')!r})")
         backbone = AutoModelForCausalLM.from_pretrained(os.path.join(folder, "backbone"), use_safetensors=True,
-                                                        local_files_only=True)
+                                                        local_files_only=True, trust_remote_code=False)
         return cls.with_head(backbone, state, folder).to(device)

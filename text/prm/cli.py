@@ -103,7 +103,7 @@ def _build_model(args: argparse.Namespace):
         return ProcessRewardModel.from_backbone(tiny_llama(tok, seed=args.seed), tok, **cfg)
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(args.backbone)
+    tok = AutoTokenizer.from_pretrained(args.backbone, trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     loader = AutoModelForCausalLM if cfg["head"] == "lm" else AutoModel

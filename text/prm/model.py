@@ -160,7 +160,7 @@ def load_tokenizer(path: str, folder: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # missing / corrupt tokenizer files raise many types
         raise CheckpointError(f"cannot load the tokenizer of {folder} from {path}: {type(e).__name__}: {e}") from e
 

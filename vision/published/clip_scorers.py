@@ -209,7 +209,7 @@ class CLIPScorer(ImageScorer):
 
         require_assets(folder, {TOKENIZER_DIR: "the CLIP tokenizer"})
         model = cls(config_from_dict(CLIPScorerConfig, body.get("config", {}), cls.model_type),
-                    AutoTokenizer.from_pretrained(os.path.join(folder, TOKENIZER_DIR)))
+                    AutoTokenizer.from_pretrained(os.path.join(folder, TOKENIZER_DIR), trust_remote_code=False))
         load_state_strict(model, load_weights(folder), folder)
         return model
 
@@ -262,7 +262,7 @@ def clip_tokenizer(folder: str):
     if os.path.isfile(os.path.join(folder, "tokenizer.json")) or os.path.isfile(os.path.join(folder, "merges.txt")):
         try:
             if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
-                return AutoTokenizer.from_pretrained(folder)
+                return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             return CLIPTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{folder}: cannot load the CLIP tokenizer: {e}") from e

@@ -262,7 +262,7 @@ class BLIPImageReward(ImageScorer):
 
         require_assets(folder, {TOKENIZER_DIR: "the BERT tokenizer"})
         model = cls(config_from_dict(BLIPImageRewardConfig, body.get("config", {}), cls.model_type),
-                    AutoTokenizer.from_pretrained(os.path.join(folder, TOKENIZER_DIR)))
+                    AutoTokenizer.from_pretrained(os.path.join(folder, TOKENIZER_DIR), trust_remote_code=False))
         load_state_strict(model, load_weights(folder), folder)
         return model
 

@@ -347,7 +347,7 @@ class QwenVLProcessor:
         else:
             vision, template = published_vision_config(folder), published_chat_template(folder)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{folder}: cannot load the tokenizer: {e}") from e
         try:

@@ -233,7 +233,7 @@ def load_skywork_vl(folder: str, *, device: Any = "cpu", dtype: Any = None) -> Q
     try:
         with quiet_transformers():
             backbone, info = AutoModel.from_pretrained(folder, dtype=dt or "auto", output_loading_info=True,
-                                                       ignore_mismatched_sizes=True)
+                                                       ignore_mismatched_sizes=True, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load the Qwen-VL weights: {e}") from e
     refuse_mismatched(info, folder, type(backbone).__name__)
