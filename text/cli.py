@@ -35,12 +35,6 @@ def _help(name: str) -> str:
 
 
 # ------------------------------------------------------------------ train
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _train_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
     p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / .parquet / dataset folder / hub dataset id (TRL preference format)")
@@ -103,7 +97,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(RewardTrainConfig, args)
 
     from mmreward.core.device import resolve_device
-    from mmreward.core.train import seed_everything
+    from mmreward.core.train import end_distributed, is_main_process, seed_everything
 
     from .data import load_preference_pairs
     from .train import evaluate_pairs, reward_trainer
@@ -121,14 +115,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     resumed = trainer.start()
     before = evaluate_pairs(model, evals, batch_size=cfg.eval_batch_size) if evals and not resumed else None
     history = trainer.fit()  # the Trainer saves the model into <out>/model/
-    if _is_main_process():
+    if is_main_process():
         print_training_summary(history, before if before is not None or not evals else {},
                                os.path.join(cfg.output_dir, "model"))
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    end_distributed()
     return 0
 
 

@@ -121,9 +121,13 @@ def train_main(argv: Sequence[str]) -> int:
     if cfg.backbone not in ("conv", "clip-tiny"):  # the run's files would land in the model it starts from
         check_output_folder(tcfg.output_dir, "--out", [("--backbone", user_path(cfg.backbone))])
     _, history = train_image_reward(cfg, tcfg)
-    last = history[-1] if history else {}
-    print(json.dumps({k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}))
-    print(f"model: {os.path.join(tcfg.output_dir, 'model')}")
+    from mmreward.core.train import end_distributed, is_main_process
+
+    if is_main_process():  # under torchrun: one summary, printed by the rank that wrote the model
+        last = history[-1] if history else {}
+        print(json.dumps({k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}))
+        print(f"model: {os.path.join(tcfg.output_dir, 'model')}")
+    end_distributed()
     return 0
 
 

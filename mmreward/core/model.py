@@ -28,14 +28,18 @@ dataclass config as ``self.config``, and implements:
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import operator
 import os
 import re
+import threading
 import types
 import typing
+import weakref
 from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
@@ -282,6 +286,49 @@ def _run_checking_dtype(model: Any, method: Any, items: list, batch_size: int, n
                         ".float())") from e
 
 
+_MODE_LOCK = threading.Lock()
+_SCORING: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()  # model -> [calls, modes]
+
+
+@contextlib.contextmanager
+def _eval_while_scoring(model: Any):
+    """``model`` in eval mode for the length of a ``score`` / ``score_parts`` call, whatever mode the caller
+    left it in (``model.train()`` while training), and each submodule's mode restored afterwards. Calls that
+    overlap (threads scoring one model) share one eval period: the first sets it, the last restores the modes,
+    so no call runs with dropout on because another one ended, and the caller's modes are never lost."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    with _MODE_LOCK:
+        entry = _SCORING.get(model)
+        if entry is None:
+            modes = {m: m.training for m in model.modules()}
+            entry = _SCORING[model] = [0, modes if any(modes.values()) else None]
+            if entry[1] is not None:
+                model.eval()
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                _SCORING.pop(model, None)
+                for m, training in (entry[1] or {}).items():
+                    m.training = training
+
+
+def _scoring_in_eval_mode(fn: Any) -> Any:
+    """``fn`` (a ``score`` / ``score_parts`` method) run under :func:`_eval_while_scoring`."""
+    @functools.wraps(fn)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _eval_while_scoring(self):
+            return fn(self, *args, **kwargs)
+
+    method._eval_while_scoring = True  # type: ignore[attr-defined]
+    return method
+
+
 # ------------------------------------------------------------------ the contract
 class Pretrained:
     """``save_pretrained`` / ``from_pretrained`` for a model built from one dataclass config held as
@@ -403,11 +450,21 @@ class RewardScorer(Pretrained):
     # where it counts something inside one input (an episode's frames or windows), left to the model's default
     batch_size_counts_inputs: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass's own score / score_parts (a text RM's, with a progress bar) keeps the contract's
+        # eval-mode scoring: dropout off, the caller's modes restored, threads sharing one eval period
+        super().__init_subclass__(**kwargs)
+        for name in ("score", "score_parts"):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "_eval_while_scoring", False):
+                setattr(cls, name, _scoring_in_eval_mode(fn))
+
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
-        out = _run_checking_dtype(self, self._score, items, size, "score")
+        with _eval_while_scoring(self):  # dropout never changes a score; the caller's train() mode is kept
+            out = _run_checking_dtype(self, self._score, items, size, "score")
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
             raise RuntimeError(f"{type(self).__name__}._score returned {getattr(out, 'shape', type(out))} "
                                f"for {len(items)} inputs")
@@ -419,7 +476,8 @@ class RewardScorer(Pretrained):
             RewardScorer._score_parts(self, [], 1)
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
-        out = _run_checking_dtype(self, self._score_parts, items, size, "score_parts")
+        with _eval_while_scoring(self):
+            out = _run_checking_dtype(self, self._score_parts, items, size, "score_parts")
         if not isinstance(out, (list, tuple)) or len(out) != len(items) \
                 or not all(isinstance(p, torch.Tensor) and p.dim() == 1 for p in out):
             got = ([getattr(p, "shape", type(p).__name__) for p in out] if isinstance(out, (list, tuple))

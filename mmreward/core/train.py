@@ -21,6 +21,23 @@ import numpy as np
 import torch
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job, or a single process: the one that writes models and prints summaries."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def end_distributed() -> None:
+    """Under ``torchrun``: wait until every rank is here (rank 0 has written the model), then close the
+    process group; a single process: nothing."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

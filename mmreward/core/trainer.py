@@ -24,16 +24,16 @@ A step is defined in one of two ways:
 
 Batches: ``collate_fn(examples)`` of ``train_dataset`` with every tensor moved to the model's
 device, or ``sample_batch()`` (a callable drawing a batch from the RNGs, whose state snapshots
-carry). Data order of a dataset: each epoch is a permutation drawn from ``seed + epoch``, padded to a
-multiple of the world size and sharded like ``DistributedSampler`` (rank r takes every world-th
-index); each rank cuts its shard into micro-batches of ``batch_size`` (the last incomplete one is
-dropped so that every optimizer step sees the same number of examples). With W processes the
-global batch is ``W * batch_size * grad_accum_steps``.
+carry; one process only: every rank would draw the same batches). Data order of a dataset: each
+epoch is a permutation drawn from ``seed + epoch``, padded to a multiple of the world size and
+sharded like ``DistributedSampler`` (rank r takes every world-th index); each rank cuts its shard
+into micro-batches of ``batch_size`` (the last incomplete one is dropped so that every optimizer
+step sees the same number of examples). With W processes the global batch is ``W * batch_size * grad_accum_steps``.
 
 DDP (``loss_fn`` steps): used when ``torch.distributed`` is initialised, or when ``WORLD_SIZE > 1``
 in the environment (``torchrun`` / ``accelerate launch``; the process group is then initialised
 here, gloo on CPU, nccl on CUDA). Every rank seeds its RNGs with the same seed; only rank 0 logs and
-writes snapshots.
+writes snapshots and the final model; ``fit()`` returns on every rank once they are written.
 
 Files in ``output_dir`` (rank 0): ``train_config.json`` (the settings and the run's fingerprint),
 ``metrics.csv`` (every step), TensorBoard events under ``tb/``, ``checkpoint-<step>/`` (the newest
@@ -81,6 +81,9 @@ from .model import Pretrained
 from .train import GeneratorState, rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
 
 AUTOCAST = ("none", "bf16", "fp16")
+# a collective's error when another rank of the run has stopped (gloo, NCCL, the TCP store)
+_PEER_LOST = re.compile(r"closed by peer|reset by peer|Broken pipe|communicator was aborted|Timed out waiting|"
+                        r"collective operation timeout|NCCL error|ProcessGroup.*abort", re.IGNORECASE)
 MODEL_DIR = "model"  # <output_dir>/model: the final model
 # what a run of this trainer leaves in output_dir besides its snapshots and train_config.json
 RUN_FILES = ("metrics.csv", "tb", "curves.png", MODEL_DIR, DIVERGED)
@@ -183,6 +186,21 @@ def _dist_setup() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
+def _error_kinds() -> dict[str, type]:
+    kinds = (CheckpointError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError,
+             IsADirectoryError, OSError, ValueError, TypeError)
+    return {k.__name__: k for k in kinds}
+
+
+_ERROR_KINDS = _error_kinds()
+
+
+def _error_kind(error: BaseException) -> Optional[str]:
+    """The name of the first of :data:`_ERROR_KINDS` ``error`` is an instance of (how rank 0's refusal to
+    start is raised on the other ranks), or None."""
+    return next((name for name, kind in _ERROR_KINDS.items() if isinstance(error, kind)), None)
+
+
 class Weighted(float):
     """A ``loss_fn`` metric with a weight: ``Weighted(value, weight)`` is ``value`` (a float) that a step
     averages over its micro-batches and ranks weighted by ``weight`` (e.g. the number of pairs the value
@@ -262,6 +280,13 @@ class Trainer:
             if config.grad_accum_steps != 1 or self.world_size != 1 or optimizer is not None:
                 raise ValueError("a step_fn runs its own optimizer steps in one process: grad_accum_steps must be 1, "
                                  "no optimizer is given (register_state it) and WORLD_SIZE must be 1")
+        if sample_batch is not None and self.world_size > 1:
+            # every rank seeds its RNGs alike, and a snapshot holds rank 0's RNG states alone: each rank would draw
+            # the same batches (a rank-specific stream too, once resumed), silently training on 1/W of the data
+            raise ValueError(f"sample_batch draws batches from RNGs that every rank seeds alike (and that a snapshot "
+                             f"holds for rank 0 only): under DDP (world size {self.world_size}) every rank would train "
+                             "on the same batches. Give train_dataset + collate_fn (sharded across the ranks), or run "
+                             "one process")
         if self.world_size > 1 and torch.cuda.is_available() and params[0].device.type == "cpu":
             local = int(os.environ.get("LOCAL_RANK", self.rank % max(1, torch.cuda.device_count())))
             torch.cuda.set_device(local)
@@ -450,8 +475,16 @@ class Trainer:
         if self._started is None:
             try:
                 self._started = self._start()
-            except BaseException:
+            except RuntimeError as e:
                 unlock_run_folder(self.config.output_dir)  # a refused run leaves the folder to others
+                if self.world_size > 1 and _PEER_LOST.search(str(e)):
+                    first = str(e).strip().splitlines()[0]
+                    raise RuntimeError(f"rank {self.rank} of {self.world_size}: another process of this run stopped "
+                                       "before the run started (its own error, and torchrun's 'Root Cause', say "
+                                       f"why) ({first})") from e
+                raise
+            except BaseException:
+                unlock_run_folder(self.config.output_dir)
                 raise
         return self._started
 
@@ -472,11 +505,14 @@ class Trainer:
         if self.world_size > 1:
             import torch.distributed as dist
 
-            box = [None if state is None else int(state["step"]), None if error is None else str(error)]
+            box = [None if state is None else int(state["step"]), None if error is None else str(error),
+                   None if error is None else _error_kind(error)]
             dist.broadcast_object_list(box, src=0)
             if not self.is_main:
                 if box[1] is not None:
-                    raise RuntimeError(f"rank 0 could not start the run: {box[1]}")
+                    # the kind rank 0 raised (a refused run is a user error: one line, exit 2 from a command on
+                    # every rank, not an "unexpected error" on the others)
+                    raise _ERROR_KINDS.get(box[2], RuntimeError)(f"rank 0 could not start the run: {box[1]}")
                 state = None if box[0] is None else Snapshots.read(self.snapshots.path(box[0]))
         if error is not None:
             raise error
@@ -550,8 +586,10 @@ class Trainer:
                 if not torch.isfinite(loss.detach()):
                     # under DDP the rank raises alone: torchrun ends the other ranks when one fails
                     where = f", rank {self.rank}" if self.world_size > 1 else ""
-                    raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {self.step + 1}, "
+                    err = TrainingDiverged(f"non-finite loss ({loss.item()}) at step {self.step + 1}, "
                                            f"micro-batch {micro}{where}: nothing of it is saved, {self._kept()}")
+                    err.rank_only = True  # met by this rank alone: it records the stop (rank 0 only sees a lost peer)
+                    raise err
                 scaled = loss.float() / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total_loss += loss.item()
@@ -668,11 +706,34 @@ class Trainer:
                     if cfg.plot and self.history:
                         self._plot()
                     self._save_final_model()
+            self._barrier()  # fit() returns on every rank once rank 0's snapshot and model/ are in place
         except TrainingDiverged as e:
-            if self.is_main:  # `mmreward.load` / `info` on the folder then say so, not "rerun with --resume"
+            # `mmreward.load` / `info` on the folder then say so, not "rerun with --resume". Rank 0 records it, or
+            # under DDP the rank that met a non-finite loss of its own shard (rank 0 only sees its peer vanish)
+            if self.is_main or getattr(e, "rank_only", False):
                 what = re.split(r"; |: nothing of it|: the step was not taken", str(e))[0]  # without the advice
-                atomic_write_text(os.path.join(cfg.output_dir, DIVERGED),
-                                  json.dumps({"steps_done": self.step, "error": what}, indent=2) + "\n")
+                try:
+                    atomic_write_text(os.path.join(cfg.output_dir, DIVERGED),
+                                      json.dumps({"steps_done": self.step, "error": what}, indent=2) + "\n")
+                except OSError:
+                    if self.is_main:
+                        raise
+                    # another rank on another machine may not see rank 0's folder: its error still stands
+            raise
+        except RuntimeError as e:
+            if self.world_size > 1 and _PEER_LOST.search(str(e)):
+                # a collective of this step failed because another rank stopped (its error says why): one line
+                # saying so, instead of gloo's "Connection closed by peer" as if this rank had failed
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                found = self._newest_snapshot()
+                where = (f"rerunning the same command continues from the newest snapshot ({found[1]}, step {found[0]})"
+                         if found else "no snapshot was written yet" if self.is_main else
+                         f"rerunning the same command continues from the newest checkpoint-<step> in rank 0's "
+                         f"{cfg.output_dir}")
+                when = f"during step {self.step + 1}" if self.step < end else f"after step {self.step}, as rank 0 saved it"
+                raise RuntimeError(f"rank {self.rank} of {self.world_size}: another process of this run stopped "
+                                   f"{when} (its own error, and torchrun's 'Root Cause', say why); {where} "
+                                   f"({first})") from e
             raise
         finally:
             if bar is not None:
@@ -683,12 +744,28 @@ class Trainer:
             self._last_batch = None  # not held (on the device) after the run
         return self.history
 
+    def _newest_snapshot(self) -> Optional[tuple[int, str]]:
+        """(step, path) of the run's newest snapshot, or None; rank 0 only: it writes them (another rank may
+        look while rank 0 is still writing the newest one, or on a machine that does not see the folder)."""
+        found = self.snapshots.list() if self.is_main else []
+        return found[0] if found else None
+
+    def _barrier(self) -> None:
+        """Under DDP, wait for every rank (rank 0 writes the snapshots and the final model: a caller on another
+        rank that loads ``<output_dir>/model`` once ``fit()`` returns must find this run's)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+
     def _kept(self) -> str:
         """Where a run stopped by a non-finite number can continue from (the end of its error message)."""
-        found = self.snapshots.list() if self.is_main else []
-        return ("rank 0 names the newest snapshot" if not self.is_main else
-                f"the newest snapshot ({found[0][1]}, step {found[0][0]}) holds the last good weights" if found
-                else "no snapshot was written yet") + \
+        found = self._newest_snapshot()
+        return (f"the newest snapshot ({found[1]}, step {found[0]}) holds the last good weights" if found
+                else "no snapshot was written yet" if self.is_main else
+                f"the newest checkpoint-<step> in rank 0's {self.config.output_dir} (step {self.step} at most) holds the "
+                 "last good weights") + \
             "; look for a bad example, set max_grad_norm, or lower the learning rate (lr, --lr: a resume keeps " \
             "the run's, so start again with overwrite / --overwrite or in another folder)"
 

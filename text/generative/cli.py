@@ -422,16 +422,13 @@ def _run_training(prog: str, work: Callable[[], tuple]) -> int:
         hist, before, output_dir, save = work()
     except _USER_ERRORS as e:
         return _user_error(prog, e)
-    folder = os.path.join(output_dir, "model")
-    import torch.distributed as dist
+    from mmreward.core.train import end_distributed, is_main_process
 
-    ddp = dist.is_available() and dist.is_initialized()
-    if not ddp or dist.get_rank() == 0:  # under torchrun one rank writes the folder (two swapping it raced)
+    folder = os.path.join(output_dir, "model")
+    if is_main_process():  # under torchrun one rank writes the folder (two swapping it raced)
         save(folder)
         print_training_summary(hist, before, folder)
-    if ddp:
-        dist.barrier()  # the other ranks end after the model is written
-        dist.destroy_process_group()
+    end_distributed()  # the other ranks end after the model is written
     return 0
 
 

@@ -124,7 +124,7 @@ def _examples(args: argparse.Namespace, path: Optional[str], synthetic: int, see
 
 def _train(args: argparse.Namespace) -> int:
     from mmreward.core.device import resolve_device
-    from mmreward.core.train import seed_everything
+    from mmreward.core.train import end_distributed, is_main_process, seed_everything
 
     from .data import read_pair_examples
     from .train import PRMTrainConfig, evaluate_prm, train_prm
@@ -151,11 +151,14 @@ def _train(args: argparse.Namespace) -> int:
     model = _build_model(args).to(device)
     history = train_prm(model, train, config, eval_examples=evals)
     out = os.path.join(config.output_dir, "model")
-    model.save_pretrained(out)
-    last = dict(history[-1]) if history else {}
-    if evals and config.objective != "ppm":
-        last.update({f"final_{k}": v for k, v in evaluate_prm(model, evals, config.eval_threshold, sweep=True).items()})
-    print(json_text({"model": out, **last}, indent=2))
+    if is_main_process():  # under torchrun one rank writes the folder and prints the summary
+        model.save_pretrained(out)
+        last = dict(history[-1]) if history else {}
+        if evals and config.objective != "ppm":
+            last.update({f"final_{k}": v
+                         for k, v in evaluate_prm(model, evals, config.eval_threshold, sweep=True).items()})
+        print(json_text({"model": out, **last}, indent=2))
+    end_distributed()
     return 0
 
 
