@@ -53,6 +53,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import machine  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -349,19 +352,6 @@ def combine_rounds(runs: list[dict]) -> dict:
     return row
 
 
-def machine_info() -> dict:
-    import platform
-
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:  # noqa: PTH123
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-
-
 def run_overhead(args) -> dict:
     """Interleaved rounds of eager vs the default mmreward path, forward + backward and forward only."""
     cases = OVERHEAD_CASES[:3] + OVERHEAD_CASES[5:7] if args.quick else OVERHEAD_CASES
@@ -410,7 +400,7 @@ def run_overhead(args) -> dict:
             v = row[mode]
             print(f"{case_name(row['case']):<24} {mode:<8} {v['eager_median_us']:>8.1f}us "
                   f"{v['mmreward_median_us']:>8.1f}us {v['ratio_median']:>6.2f}x {v['ratio_worst_round']:>6.2f}x")
-    return {"mode": "overhead", "device": args.device, "dtype": "float32", "machine": machine_info(),
+    return {"mode": "overhead", "device": args.device, "dtype": "float32", "machine": machine(),
             "load_average_before": load_before, "load_average_after": load_after, "rounds": rounds,
             "ratio": "eager time / mmreward time (> 1: mmreward faster)", "results": rows}
 
@@ -517,7 +507,7 @@ def main() -> None:
         with open(args.json, "w") as f:  # noqa: PTH123
             json.dump({"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "copy_bandwidth_Bps": bw, "hugepages": args.hugepages,
-                       "buffer_cache": args.buffer_cache, "machine": machine_info(),
+                       "buffer_cache": args.buffer_cache, "machine": machine(),
                        "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
                        "case_rounds": rounds, "median_s": "median over rounds of each round's median",
                        "results": results}, f, indent=1)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import subprocess
@@ -54,6 +53,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from mmreward.text.eval.rmbench import STYLES, default_rmbench_dir
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import machine  # noqa: E402
 
 # the flags docs/text.md ("Training recipe") tells users to pass to `mmreward text train`
 RECIPE = ["--epochs", "1", "--max-length", "256", "--autocast", "bf16", "--lr", "5e-5", "--warmup-steps", "50",
@@ -244,16 +246,6 @@ def recipe_value(flags: list[str], name: str, default):
 
 
 # ------------------------------------------------------------------ main
-def machine(threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
-
-
 def unpublished_settings(args: argparse.Namespace) -> list[str]:
     """The flags in which a run differs from the one ``benchmarks/results/text_rm_minilm.json`` holds."""
     differ = {"--limit": bool(args.limit), "--validation": args.validation, "--steps": bool(args.steps),

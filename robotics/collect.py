@@ -334,7 +334,7 @@ def _npz_frames(path: str, hw: tuple[int, int], stride: int) -> np.ndarray:
     from mmreward.core.data import DataError
 
     from .data.episodes import load_frames_npz
-    from .data.video import resize_frame
+    from .data.video import _finish
 
     frames = load_frames_npz(path)[0]
     if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
@@ -342,8 +342,7 @@ def _npz_frames(path: str, hw: tuple[int, int], stride: int) -> np.ndarray:
         shape = list(getattr(frames, "shape", []))
         raise DataError(f"{path}: 'frames' must be uint8 frames [T, H, W, 3] (channels last, 0..255) with T >= 1, "
                         f"got {getattr(frames, 'dtype', type(frames).__name__)} {shape}")
-    frames = frames[::stride]
-    return np.ascontiguousarray(np.stack([resize_frame(f, hw) for f in frames]), dtype=np.uint8)
+    return _finish(list(frames), hw, stride, path)
 
 
 def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64, stride: int = 1,
@@ -389,6 +388,10 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
         raise ValueError(f"--out {out!r} is one of the sources: its episode files would be imported again; "
                          "name another output folder")
     paths = [p for p in paths if os.path.realpath(p) != target]  # the output folder inside a source folder
+    inside = [p for p in paths if os.path.commonpath([target, os.path.realpath(p)]) == target]
+    if inside:  # a shell glob of the output folder's own files (data/mine/*.npz --out data/mine)
+        raise ValueError(f"{inside[0]} is inside --out {out!r}: its episode files would be imported again as new "
+                         "episodes; import from another folder")
     from .envs.base import parse_size
 
     hw = parse_size(size)

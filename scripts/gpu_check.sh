@@ -59,7 +59,7 @@ grep -c "^SKIPPED" "$OUT/tests.log" | sed 's/^/skipped lines: /'
     --json "$OUT/bench_pairwise_overhead_cuda.json"
   stamp "bench_pairwise (eager vs the CUDA and Triton kernels)"
   timeout "${PAIRWISE_S:-90}" $PY benchmarks/bench_pairwise.py --device cuda --min-time 0.3 \
-    --impls eager,cuda,triton --json "$OUT/bench_pairwise_cuda.json"
+    --impls eager,cuda,triton --case-rounds 1 --json "$OUT/bench_pairwise_cuda.json"
   stamp "bench_codebook"
   timeout "${CODEBOOK_S:-60}" $PY benchmarks/bench_codebook.py --device cuda --json "$OUT/bench_codebook_cuda.json"
   stamp "bench_step_reward"
@@ -70,6 +70,6 @@ grep -c "^SKIPPED" "$OUT/tests.log" | sed 's/^/skipped lines: /'
     --json "$OUT/bench_diffusion_reward_speed_cuda.json"
   stamp "bench_pairwise (eager vs torch.compile)"
   timeout "${COMPILE_S:-120}" $PY benchmarks/bench_pairwise.py --device cuda --min-time 0.3 \
-    --impls eager,compile --json "$OUT/bench_pairwise_compile_cuda.json"
+    --impls eager,compile --case-rounds 1 --json "$OUT/bench_pairwise_compile_cuda.json"
   stamp "done"
 } 2>&1 | tee "$OUT/bench.log"

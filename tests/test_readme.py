@@ -101,6 +101,9 @@ def test_readme_commands_and_snippets_run(workdir, monkeypatch, capsys):
             continue
         if key == ("text", "eval") and not os.path.isdir(args[args.index("--data") + 1]):
             continue  # the RM-Bench files are not on this machine
+        if "--max-steps" in SHORTEN.get(key, []) and "--epochs" in args:  # a step budget replaces the epochs
+            at = args.index("--epochs")
+            args = args[:at] + args[at + 2:]
         rc = main(args + SHORTEN.get(key, []))
         out = capsys.readouterr()
         assert rc == 0, f"README line failed: {line}\n{out.err[-2000:]}"

@@ -242,7 +242,7 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
     if config.epochs is not None and config.max_steps != default_steps:
         # epochs sets max_steps: the max_steps asked for would be replaced without a word (TRL lets max_steps win)
         raise ValueError(f"both epochs ({config.epochs:g}) and max_steps ({config.max_steps}) are set, and epochs sets "
-                         "the number of steps: give one (--epochs N, or --max-steps N with --epochs none)")
+                         "the number of steps: give one of them (--epochs N or --max-steps N)")
     train = _named_pairs(train_pairs, "train_pairs")
     if not train:
         raise ValueError("train_pairs holds no pairs: nothing to train on")

@@ -62,6 +62,21 @@ def load_scorer(path: str, device: str, reads: type, dtype: Optional[str] = None
     return model
 
 
+EPISODE_MODEL_TYPES = ("diffusion_reward", "progress_ranker", "rnd")  # robot rewards: a video is an episode
+
+
+def _episode_model(path: str) -> bool:
+    """Whether the folder ``path`` names (a shipped name or run folder too) holds a robot reward, read from its
+    ``config.json`` alone (nothing loads); False when it cannot be told."""
+    from mmreward.registry import resolve_folder
+
+    try:
+        with open(os.path.join(resolve_folder(path), "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("model_type") in EPISODE_MODEL_TYPES
+    except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported by the load
+        return False
+
+
 # ------------------------------------------------------------------ mmreward score / score-video
 def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = CLIParser(prog="mmreward score-video", description="score a video's frames against a prompt")
@@ -87,9 +102,9 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     check_batch_size(args.batch_size)
     if args.plot:
         check_plot_path(args.plot)
-    model = load_scorer(args.model, args.device, ImagePrompt, args.dtype)
-    if args.prompt is None:  # checked after the model: a robot reward's video needs no prompt, and is told so
+    if args.prompt is None and not _episode_model(args.model):  # a robot reward is refused below with its command
         raise ValueError("--prompt is required: the text the video's frames should match")
+    model = load_scorer(args.model, args.device, ImagePrompt, args.dtype)
     result = score_video(model, args.prompt, args.video, batch_size=args.batch_size, stride=args.stride,
                          max_frames=args.max_frames)
     if args.plot:

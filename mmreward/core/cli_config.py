@@ -187,6 +187,34 @@ def check_split_sources(args: argparse.Namespace, *data_flags: str) -> None:
             raise ValueError(f"{split_flag(flag)} {split} chooses a split of {flag}, which is not given")
 
 
+# files a model / run folder keeps at its top level (deeper files, in model/, checkpoint-*/, tb/, are all kept)
+_SAVED_NAMES = ("config.json", "manifest.json", "train_config.json", "metrics.csv", "diverged.json", "curves.png",
+                "generation_config.json", "preprocessor_config.json", "special_tokens_map.json", "merges.txt")
+_SAVED_PREFIXES = ("tokenizer", "vocab", "chat_template", "added_tokens", "video_preprocessor")
+_SAVED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".index.json")
+
+
+def _saved_file_of(folder: str, path: str) -> bool:
+    """Whether the existing file ``path`` is one that the model / run folder ``folder`` keeps (weights,
+    configs, tokenizer, logs, anything in a subfolder, anything its ``manifest.json`` lists), which a result
+    written there would replace; a results file of an earlier run of the same command is not."""
+    real = os.path.realpath(folder)
+    rel = os.path.relpath(os.path.realpath(path), real)
+    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        return False
+    if os.sep in rel:
+        return True
+    name = rel.lower()
+    if name in _SAVED_NAMES or name.startswith(_SAVED_PREFIXES) or name.endswith(_SAVED_SUFFIXES):
+        return True
+    try:
+        with open(os.path.join(real, "manifest.json"), encoding="utf-8") as f:
+            listed = json.load(f).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return rel in listed
+
+
 def check_output_file(path: Optional[str], flag: str = "--out",
                       inputs: Sequence[tuple[str, Any]] = (), folders: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse an output *file* a command would only fail to write (or write destructively) after all
@@ -203,12 +231,10 @@ def check_output_file(path: Optional[str], flag: str = "--out",
     _check_creatable(os.path.dirname(os.path.abspath(path)), path, flag)
     exists = os.path.exists(path)
     for in_flag, folder in folders:
-        if exists and folder and os.path.isdir(folder):
-            real = os.path.realpath(folder)
-            if os.path.commonpath([real, os.path.realpath(path)]) == real:
-                raise ValueError(f"{flag} {path!r} is a file of the {in_flag} folder {os.fspath(folder)!r}: writing "
-                                 "the results there would replace it and break what is saved there; name a file "
-                                 "outside that folder")
+        if exists and folder and os.path.isdir(folder) and _saved_file_of(os.fspath(folder), path):
+            raise ValueError(f"{flag} {path!r} is a file of the {in_flag} folder {os.fspath(folder)!r}: writing "
+                             "the results there would replace it and break what is saved there; name a file "
+                             "outside that folder")
     for in_flag, source in inputs:
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or ())
         for s in sources:

@@ -31,6 +31,7 @@ Row indices in errors are 0-based positions in the returned list; JSONL errors a
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -410,15 +411,25 @@ def in_memory_rows(source: Any, split: Optional[str]) -> tuple[Any, Optional[str
             name, window, percent = _split_window(split, f"the {kind}")
             if name not in source:
                 raise DataError(f"the {kind} has no split {name!r}; it has {names}")
+            if kind == "IterableDatasetDict" and window != slice(None):
+                # a stream has no length: read only the rows the window names (not the whole, maybe endless, stream)
+                if percent or any(x is not None and x < 0 for x in (window.start, window.stop)):
+                    raise DataError(f"the {kind}: split {split!r} counts from the end or in percent, which a "
+                                    "streaming split (no length) cannot: give row counts, e.g. 'train[:1000]'")
+                return _in_window([dict(r) for r in itertools.islice(source[name], window.start, window.stop)],
+                                  slice(None), False, split, name, f"the {kind}"), None
             return _in_window([dict(r) for r in source[name]], window, percent, split, name, f"the {kind}"), None
         if len(names) != 1:
             raise DataError(f"the {kind} holds splits {names}: pass one split (e.g. ds[{names[0]!r}], or "
                             f"split={names[0]!r} where the function takes split=), so that held-out rows are not "
                             "trained on or evaluated")
         return source[names[0]], None
-    if kind == "DataFrame" and hasattr(source, "to_dict") and hasattr(source, "columns"):
+    library = type(source).__module__.split(".")[0]
+    if kind == "DataFrame" and library == "pandas":
         # iterating a DataFrame gives its column names ("row 0 must be a dict, got str"); NaN is pandas' empty cell
         return source.astype(object).where(source.notna(), None).to_dict("records"), split
+    if kind == "DataFrame" and library == "polars":
+        return source.to_dicts(), split
     return source, split
 
 

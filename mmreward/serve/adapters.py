@@ -197,7 +197,9 @@ class RewardClient:
             api_key = api_key.strip()
             if not api_key:
                 raise ValueError("api_key is empty: give the server's key, or None for a server without one")
-            if not (api_key.isascii() and api_key.isprintable() and api_key.split() == [api_key]):
+            from .config import sendable_api_key
+
+            if not sendable_api_key(api_key):
                 raise ValueError("api_key must be printable ASCII without spaces (it travels as 'Authorization: "
                                  "Bearer KEY', and the server accepts no other keys)")
         self.url, self.api_key, self.timeout, self.retries = url.rstrip("/"), api_key, timeout, retries

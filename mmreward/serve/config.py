@@ -39,6 +39,12 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 MIN_LIMIT_BYTES = 1024  # the smallest --max-request-mb / --max-decoded-mb (1 KiB): below it no useful request fits
 
 
+def sendable_api_key(key: str) -> bool:
+    """Whether ``key`` can travel as ``Authorization: Bearer KEY``: printable ASCII without spaces (a header
+    strips surrounding spaces and cannot carry other characters; the server refuses any other key)."""
+    return key.isascii() and key.isprintable() and key.split() == [key]
+
+
 @dataclass
 class ServeConfig:
     """How the HTTP server batches, limits and guards requests."""
@@ -127,8 +133,7 @@ class ServeConfig:
             where = f"${API_KEY_ENV}"
         else:
             where = "api_key"
-        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
-                                             and self.api_key.split() == [self.api_key]):
+        if self.api_key is not None and not sendable_api_key(self.api_key):
             # a client sends the key in an HTTP header: surrounding spaces are stripped there and other
             # characters cannot be sent, so such a key would lock every client out
             raise ValueError(f"{where} must be printable ASCII without spaces (it travels as 'Authorization: "

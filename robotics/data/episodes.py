@@ -242,6 +242,8 @@ def _import_hint(folder: str) -> str:
         names = os.listdir(folder)
     except OSError:
         return ""
+    if "config.json" in names or "train_config.json" in names or any(n.startswith("checkpoint-") for n in names):
+        return f": {folder} is a model or training-run folder, not an episode folder"
     if any(n.lower().endswith(demos) or os.path.isdir(os.path.join(folder, n)) for n in names):
         return "; for your own demos: " + tip.format(src=folder)
     return ""

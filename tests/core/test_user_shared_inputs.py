@@ -69,6 +69,15 @@ def test_an_out_file_inside_a_model_folder_is_refused(tmp_path):
         check_output_file(str(tmp_path / "link" / "config.json"), "--out", folders=[("--model", str(model))])
     # a new file, or one beside the folder, is fine; a hub id (no such folder) is no folder to protect
     check_output_file(str(model / "scores.jsonl"), "--out", folders=[("--model", str(model))])
+    # the same command run again over its own results file; the model's other files are refused
+    (model / "scores.jsonl").write_text("{}\n")
+    check_output_file(str(model / "scores.jsonl"), "--out", folders=[("--model", str(model))])
+    for kept in ("model.safetensors", "tokenizer.json", "metrics.csv", "model/config.json", "listed.txt"):
+        (model / kept).parent.mkdir(exist_ok=True)
+        (model / kept).write_text("x")
+        (model / "manifest.json").write_text(json.dumps({"files": {"listed.txt": {"bytes": 1}}}))
+        with pytest.raises(ValueError, match="is a file of the --model folder"):
+            check_output_file(str(model / kept), "--out", folders=[("--model", str(model))])
     (tmp_path / "scores.jsonl").write_text("")
     check_output_file(str(tmp_path / "scores.jsonl"), "--out", folders=[("--model", str(model))])
     check_output_file(str(tmp_path / "scores.jsonl"), "--out", folders=[("--model", "owner/name"), ("--x", None)])
@@ -149,3 +158,20 @@ def test_score_video_names_the_command_for_a_robot_reward_and_needs_a_prompt_for
     assert main(["score-video", "--model", str(tmp_path / "m"), str(tmp_path / "clip.npy")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--prompt is required" in err[0]
+
+
+def test_a_window_of_a_streaming_split_reads_only_its_rows():
+    datasets = pytest.importorskip("datasets")
+    pulled = []
+
+    def rows():
+        for i in range(100_000):
+            pulled.append(i)
+            yield {"x": i}
+
+    stream = datasets.IterableDatasetDict({"train": datasets.IterableDataset.from_generator(rows)})
+    assert read_records(stream, split="train[2:5]") == [{"x": 2}, {"x": 3}, {"x": 4}]
+    assert len(pulled) < 100  # not the whole stream
+    for window in ("train[:10%]", "train[-5:]"):
+        with pytest.raises(DataError, match="streaming split"):
+            read_records(stream, split=window)

@@ -7,7 +7,7 @@ pytest.importorskip("cv2", reason="OpenCV (opencv-python) is not installed: vide
 
 from mmreward.core.data import DataError  # noqa: E402
 from mmreward.robotics.collect import import_videos  # noqa: E402
-from mmreward.robotics.data.episodes import load_episode, read_manifest  # noqa: E402
+from mmreward.robotics.data.episodes import EpisodeFileError, load_episode, read_manifest  # noqa: E402
 from mmreward.robotics.data.video import resize_frame, write_video  # noqa: E402
 
 
@@ -166,3 +166,26 @@ def test_train_codec_on_non_square_frames_names_their_size(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "--data episodes have 16x24 frames, but the codec takes square frames" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_or_model_folder_given_as_data_is_named_as_such(tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "train_config.json").write_text("{}")
+    (run / "model" / "config.json").write_text("{}")
+    for folder in (run, run / "model"):
+        with pytest.raises(EpisodeFileError, match="is a model or training-run folder, not an episode folder") as e:
+            read_manifest(str(folder))
+        assert "import-videos" not in str(e.value)
+
+
+def test_import_videos_refuses_files_of_its_own_output_folder(tmp_path):
+    out = tmp_path / "mine"
+    src = tmp_path / "demos"
+    src.mkdir()
+    np.savez(src / "a.npz", frames=_frames())
+    assert import_videos([str(src / "a.npz")], str(out), task="t", size=16, progress=False).episodes == 1
+    # a shell glob of the output folder's files (mine/*.npz --out mine) would import them again as new episodes
+    with pytest.raises(ValueError, match="is inside --out"):
+        import_videos([str(src / "a.npz"), str(out / "t_demo_a.npz")], str(out), task="t", size=16, progress=False)
+    assert [e["file"] for e in read_manifest(str(out))] == ["t_demo_a.npz"]

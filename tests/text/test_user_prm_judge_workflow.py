@@ -210,3 +210,7 @@ def test_prm_cli_takes_the_prm800k_neutral_choice_the_reader_has(prm_folder, tmp
     assert main(["score", "--model", str(prm_folder), "--data", data, "--neutral", "bad"]) == 0
     assert main(["train", "--data", data, "--neutral", "maybe", "--out", str(tmp_path / "r")]) == 2  # not a choice
     assert "--neutral" in capsys.readouterr().err
+    capsys.readouterr()
+    # with --problem / --step there are no labels for it to change: refused, not silently ignored
+    assert main(["score", "--model", str(prm_folder), "--problem", "1+1", "--step", "2", "--neutral", "good"]) == 2
+    assert "--neutral good chooses how PRM800K rows" in capsys.readouterr().err

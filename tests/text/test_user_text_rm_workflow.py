@@ -153,6 +153,6 @@ def test_epochs_and_max_steps_together_are_refused_not_silently_replaced(tmp_pat
     rm = _rm()
     rows = [{"prompt": "say a", "chosen": "a", "rejected": "b"}] * 8
     cfg = RewardTrainConfig(output_dir=str(tmp_path / "run"), epochs=1, max_steps=2, batch_size=2, progress=False)
-    with pytest.raises(ValueError, match=r"both epochs \(1\) and max_steps \(2\) are set.*--epochs none"):
+    with pytest.raises(ValueError, match=r"both epochs \(1\) and max_steps \(2\) are set.*give one of them"):
         train_reward_model(rm, rows, config=cfg)
     assert not (tmp_path / "run").exists()

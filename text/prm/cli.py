@@ -150,15 +150,15 @@ def _train(args: argparse.Namespace) -> int:
     seed_everything(config.seed)  # before the model: its new head (and a tiny backbone) draw from the RNGs
     model = _build_model(args).to(device)
     history = train_prm(model, train, config, eval_examples=evals)
-    out = os.path.join(config.output_dir, "model")
-    if is_main_process():  # under torchrun one rank writes the folder and prints the summary
-        model.save_pretrained(out)
+    out = os.path.join(config.output_dir, "model")  # written by the trainer (rank 0) as the run ends
+    main_process = is_main_process()  # read before the process group closes (every rank is "main" after)
+    end_distributed()  # the other ranks end here, not waiting out rank 0's evaluation below
+    if main_process:
         last = dict(history[-1]) if history else {}
         if evals and config.objective != "ppm":
             last.update({f"final_{k}": v
                          for k, v in evaluate_prm(model, evals, config.eval_threshold, sweep=True).items()})
         print(json_text({"model": out, **last}, indent=2))
-    end_distributed()
     return 0
 
 
@@ -172,6 +172,9 @@ def _score_examples(args: argparse.Namespace):
                              "--problem TEXT with its --step's, not both")
         return read_step_examples(args.data, format=args.format, neutral=args.neutral, split=args.split)
     check_split_sources(args, "--data")  # --split with --problem / --step: nothing to choose a split of
+    if args.neutral != "ignore":  # a choice about PRM800K's labels: --problem / --step carry no labels to read
+        raise ValueError(f"--neutral {args.neutral} chooses how PRM800K rows' neutral steps are labelled; "
+                         "--problem / --step have no labels: leave it out, or give --data")
     if args.problem is not None and args.step:
         steps = [utf8_text(step, f"--step {i + 1}") for i, step in enumerate(args.step)]
         return [StepExample(utf8_text(args.problem, "--problem"), steps, [-100.0] * len(steps))]
