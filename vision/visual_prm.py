@@ -202,12 +202,20 @@ class VisualPRM(VLMScorer):
                             f"{type(candidates).__name__}")
         if not candidates:
             raise ValueError("best_of_n: no candidates")
+        steps_of = []
         for k, c in enumerate(candidates):  # list("a step") would score each character as a step
             if isinstance(c, (str, bytes, dict)) or not hasattr(c, "__iter__"):
                 raise TypeError(f"best_of_n: candidate {k} must be a list of step strings, got {type(c).__name__} "
                                 f"{str(c)[:40]!r} (a one-step candidate is [text]; split a solution into its steps, "
                                 "e.g. text.split('\\n\\n'))")
-        parts = self.score_parts([VisualSteps(question, list(c), images) for c in candidates], batch_size=batch_size)
+            c = list(c)
+            if not c:
+                raise ValueError(f"best_of_n: candidate {k} has no steps (give at least one step string)")
+            for j, s in enumerate(c):
+                if not isinstance(s, str):
+                    raise TypeError(f"best_of_n: candidate {k} step {j} must be a string, got {describe(s)}")
+            steps_of.append(c)
+        parts = self.score_parts([VisualSteps(question, c, images) for c in steps_of], batch_size=batch_size)
         scores = reduce_step_scores(parts, reduce or self.config.reduce)
         return int(scores.argmax()), scores
 

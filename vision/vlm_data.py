@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -26,6 +27,10 @@ from mmreward.core.data import DataError
 from .images import local_path, to_pil
 
 IMAGE_TOKEN, VIDEO_TOKEN = "<|image_pad|>", "<|video_pad|>"
+# LLaVA / InternVL data mark an image's place in a user turn with "<image>": one per image, removed from the
+# text (with the line break after it) since the images go at the start of the first user turn
+IMAGE_PLACEHOLDER = "<image>"
+_PLACEHOLDER_RE = re.compile(r"<image>[ \t]*\n?")
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 SPECIAL_TOKENS = ["[UNK]", "<|pad|>", "<|im_start|>", "<|im_end|>", VISION_START, VISION_END, IMAGE_TOKEN, VIDEO_TOKEN]
 # Qwen2-VL's chat format (ChatML with vision tokens); content is a string or a list of parts.
@@ -52,7 +57,7 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
     end with the assistant's reply (a generation prompt need not)."""
     if not isinstance(conversation, (list, tuple)) or not conversation:
         raise DataError(f"{what}: conversation must be a non-empty list of turns, got {conversation!r:.80}")
-    out, placed = [], n_images == 0
+    out, placed, marks = [], n_images == 0, []
     for t, turn in enumerate(conversation):
         if not isinstance(turn, dict):
             raise DataError(f"{what} turn {t}: expected a dict with role/content, got {type(turn).__name__}")
@@ -64,11 +69,19 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
             text = _content_text(text, f"{what} turn {t}")
         if not isinstance(text, str):
             raise DataError(f"{what} turn {t}: content must be a string, got {type(text).__name__}")
+        if role == "user" and IMAGE_PLACEHOLDER in text:  # LLaVA / InternVL-style data: "<image>\nquestion"
+            marks.append((t, text.count(IMAGE_PLACEHOLDER)))
+            text = _PLACEHOLDER_RE.sub("", text)
         if role == "user" and not placed:
             out.append({"role": role, "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]})
             placed = True
         else:
             out.append({"role": role, "content": text})
+    if marks and sum(n for _, n in marks) != n_images:
+        where = ", ".join(f"turn {t}: {n}" for t, n in marks)
+        raise DataError(f"{what}: the user turns hold {sum(n for _, n in marks)} {IMAGE_PLACEHOLDER!r} placeholder(s) "
+                        f"({where}) but the row gives {n_images} image(s): give one image per placeholder, or no "
+                        "placeholders (the images go at the start of the first user turn)")
     if not placed:
         raise DataError(f"{what}: {n_images} image(s) but no user turn to put them in")
     if scored:
