@@ -255,8 +255,8 @@ def to_pil_any_mode(x: Any, where: str = "image"):
 def _decode_inline(x: Any, where: str) -> Any:
     """Encoded image bytes / a ``datasets`` Image value ``{"bytes", "path"}`` -> a PIL image (or its path);
     other inputs unchanged."""
-    if isinstance(x, dict) and set(x) == {"bytes", "path"}:
-        data, path = x["bytes"], x["path"]
+    if isinstance(x, dict) and x and set(x) <= {"bytes", "path"}:  # {"path": ...} alone too (a trimmed Image value)
+        data, path = x.get("bytes"), x.get("path")
         if isinstance(data, (bytes, bytearray)) and data:
             x = data
         elif isinstance(path, str) and path:

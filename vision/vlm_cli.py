@@ -166,7 +166,15 @@ def colour_data_main(argv: Sequence[str]) -> int:
     rows_path, image_dir = os.path.join(args.out, "rows.jsonl"), os.path.join(args.out, "images")
     if os.path.lexists(rows_path) and not os.path.isfile(rows_path):
         raise ValueError(f"--out {args.out}: {rows_path} exists and is not a file")
-    if os.path.exists(rows_path):
+    had_rows = os.path.exists(rows_path)
+    numbered = sorted(f for f in (os.listdir(image_dir) if os.path.isdir(image_dir) else [])
+                      if f.endswith(".png") and f[:-4].isdigit() and len(f) == 9)
+    if numbered and not had_rows and not args.overwrite:
+        # images no rows.jsonl of this command names: the user's own files, which the run would replace or delete
+        raise ValueError(f"--out {args.out}: {os.path.join(image_dir, numbered[0])} and its images/ folder hold "
+                         "images no colour-data rows.jsonl names (your files?): name another folder, or add "
+                         "--overwrite to replace them")
+    if had_rows:
         with open(rows_path, encoding="utf-8", errors="replace") as f:
             same = f.read() == text  # the same command again: the same files, rewritten
         if not same and not args.overwrite:
@@ -175,11 +183,10 @@ def colour_data_main(argv: Sequence[str]) -> int:
             raise ValueError(f"--out {args.out} already holds a rows.jsonl of other rows (another colour-data run, or "
                              "your data): name another folder, or add --overwrite to replace it and its images")
         os.remove(rows_path)  # first: an interrupted rewrite leaves no rows naming changed images
-    if os.path.isdir(image_dir):  # numbered images of an earlier, larger set: named by no row now
-        keep = {os.path.basename(n) for n in names}
-        for f in os.listdir(image_dir):
-            if f.endswith(".png") and f[:-4].isdigit() and len(f) == 9 and f not in keep:
-                os.remove(os.path.join(image_dir, f))
+    keep = {os.path.basename(n) for n in names}
+    for f in numbered:  # numbered images of an earlier, larger set (this command's, or --overwrite): named by no row now
+        if f not in keep:
+            os.remove(os.path.join(image_dir, f))
     os.makedirs(image_dir, exist_ok=True)
     for name, img in zip(names, images):
         Image.fromarray(img).save(os.path.join(args.out, name))

@@ -91,7 +91,8 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
 
 def _content_text(parts: Sequence[Any], where: str) -> str:
     """A turn's content given as a list of parts: its ``{"type": "text", "text": str}`` parts joined by
-    newlines (as :mod:`mmreward.core.inputs` and vLLM join them). An image / video part is refused naming
+    newlines (as :mod:`mmreward.core.inputs` and vLLM join them); a bare ``{"type": "image"}`` is a placeholder of
+    one of the row's images (TRL's VLM format), read as ``<image>``. An image / video part with a payload is refused naming
     it: the images of a conversation are given in its ``images`` field (placed at the start of the first
     user turn), never read from inside a turn, so such a part would otherwise be lost or misplaced."""
     texts = []
@@ -99,6 +100,10 @@ def _content_text(parts: Sequence[Any], where: str) -> str:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
+        elif kind == "image" and set(part) == {"type"}:
+            # TRL / transformers' VLM format: a bare {"type": "image"} marks where one of the row's images goes,
+            # as LLaVA's "<image>" does in text; counted against the row's images like it
+            texts.append(IMAGE_PLACEHOLDER)
         elif kind in ("image", "image_url", "input_image", "video", "video_url") or (
                 isinstance(part, dict) and kind is None and ("image" in part or "video" in part)):
             kind = kind or "image"

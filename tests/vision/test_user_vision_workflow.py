@@ -281,3 +281,33 @@ def test_bad_image_size_is_refused_by_name_before_the_run_folder(tmp_path, data,
     if size < 1:
         with pytest.raises(ValueError, match=f"ImageRewardConfig.image_size must be an integer >= 1, got {size}"):
             ImageRewardModel.from_backbone(ConvTextConfig(vocab=["a"]), image_size=size)
+
+
+def test_colour_data_never_replaces_images_no_rows_file_names(tmp_path, capsys):
+    """An --out whose images/ holds numbered PNGs but no rows.jsonl (the user's own files): refused, each file
+    untouched; --overwrite replaces them."""
+    from mmreward.cli import main
+
+    out = tmp_path / "mine"
+    (out / "images").mkdir(parents=True)
+    for name in ("00000.png", "00070.png"):
+        (out / "images" / name).write_bytes(b"user file " + name.encode())
+    assert main(["vision", "colour-data", "--out", str(out), "--n", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000.png", "00070.png"]
+    assert (out / "images" / "00000.png").read_bytes() == b"user file 00000.png"
+    assert main(["vision", "colour-data", "--out", str(out), "--n", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000.png", "00001.png"]
+    assert main(["vision", "colour-data", "--out", str(out), "--n", "2"]) == 0  # the same command again
+
+
+def test_an_image_value_with_only_a_path_reads_the_path(tmp_path):
+    from PIL import Image
+
+    from mmreward.vision.images import to_pil
+
+    Image.fromarray(np.full((4, 6, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    assert np.array_equal(np.asarray(to_pil({"path": str(tmp_path / "a.png")}, "x")), np.full((4, 6, 3), 7, np.uint8))
+    with pytest.raises(ValueError, match="neither bytes nor a path"):
+        to_pil({"path": None}, "x")

@@ -98,3 +98,22 @@ def test_best_of_n_names_the_bad_candidate(proc):
                              VisualSteps("what colour", ["it is blue"], [RED])])
     torch.testing.assert_close(scores, torch.stack([p.mean() for p in parts]))
     assert idx == int(scores.argmax())
+
+
+def test_trl_style_image_placeholder_parts_are_the_rows_images():
+    """TRL / transformers VLM rows: ``[{"type": "image"}, {"type": "text", ...}]`` in the user turn and the pictures
+    in ``images``: read as the row's images (the same messages as the plain question); a count that does not
+    match the images is refused, and a part that carries its own image is still named."""
+    from mmreward.core.data import DataError
+    from mmreward.vision.vlm_data import to_messages
+
+    plain = to_messages([{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Red."}], 1, "row 0")
+    parts = to_messages([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}], 1, "row 0")
+    assert parts == plain
+    with pytest.raises(DataError, match="2 '<image>' placeholder"):
+        to_messages([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                   {"type": "text", "text": "q"}]}], 1, "row 0")
+    with pytest.raises(DataError, match="content part 0 is an image part"):
+        to_messages([{"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                                   {"type": "text", "text": "q"}]}], 1, "row 0")
