@@ -104,6 +104,12 @@ def is_encoder(config: Any) -> bool:
     return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
 
 
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def load_tokenizer(source: str) -> Any:
     """The tokenizer saved in folder ``source`` (or a hub id); a folder without tokenizer files is
     refused, naming them."""
@@ -119,7 +125,16 @@ def load_tokenizer(source: str) -> Any:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - unreadable files, or a hub id that cannot be fetched
-        raise CheckpointError(f"cannot load the tokenizer {source}: {type(e).__name__}: {e}") from e
+        if os.path.isdir(source) and ("sentencepiece" in str(e).lower() or "tiktoken" in str(e).lower()) and \
+                not _has_module("sentencepiece") and \
+                os.path.isfile(os.path.join(source, "tokenizer.model")) and \
+                not os.path.isfile(os.path.join(source, "tokenizer.json")):
+            # transformers' several-paragraph "You need to have sentencepiece or tiktoken installed"
+            raise CheckpointError(f"cannot load the tokenizer {source}: it is a SentencePiece tokenizer.model only "
+                                  "(no tokenizer.json), which needs the sentencepiece package: pip install "
+                                  "sentencepiece") from e
+        raise CheckpointError(f"cannot load the tokenizer {source}: {type(e).__name__}: {' '.join(str(e).split())}") \
+            from e
 
 
 def _backbone_dict(backbone: nn.Module) -> dict:

@@ -283,3 +283,16 @@ def test_an_mmreward_folder_whose_tokenizer_class_ships_inside_is_refused_withou
     with pytest.raises(CheckpointError, match=r"cannot load the tokenizer .*: ValueError: .*custom code"):
         mmreward.load(str(tmp_path / "m"))
     assert asked == []
+
+
+def test_a_sentencepiece_only_tokenizer_without_the_package_says_what_to_install(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here")
+    from mmreward.text.reward_model import load_tokenizer
+
+    (tmp_path / "tokenizer.model").write_bytes(b"\x00" * 64)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    with pytest.raises(CheckpointError, match="pip install sentencepiece"):
+        load_tokenizer(str(tmp_path))
