@@ -66,6 +66,10 @@ def to_messages(conversation: Sequence[dict], n_images: int, what: str, *, score
         if role is None:
             raise DataError(f"{what} turn {t}: unknown role {turn.get('role', turn.get('from'))!r} (use {sorted(ROLES)})")
         if isinstance(text, (list, tuple)):  # OpenAI / Qwen-style content parts
+            if role != "user" and any(isinstance(p, dict) and p.get("type") == "image" and set(p) == {"type"}
+                                      for p in text):  # read as literal "<image>" text, with no image for it
+                raise DataError(f"{what} turn {t}: a {{'type': 'image'}} placeholder in a {role} turn: the row's "
+                                "images go in user turns")
             text = _content_text(text, f"{what} turn {t}")
         if not isinstance(text, str):
             raise DataError(f"{what} turn {t}: content must be a string, got {type(text).__name__}")

@@ -214,3 +214,14 @@ def test_prm_cli_takes_the_prm800k_neutral_choice_the_reader_has(prm_folder, tmp
     # with --problem / --step there are no labels for it to change: refused, not silently ignored
     assert main(["score", "--model", str(prm_folder), "--problem", "1+1", "--step", "2", "--neutral", "good"]) == 2
     assert "--neutral good chooses how PRM800K rows" in capsys.readouterr().err
+
+
+def test_critic_rm_refuses_a_gguf_file_it_would_not_read(tmp_path, capsys):
+    from mmreward.text.generative.cli import main as judge_main
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    (tmp_path / "m").mkdir()
+    assert judge_main(["critic-rm", "--model", str(tmp_path / "m"), "--gguf-file", "x.gguf",
+                       "--data", str(tmp_path / "rows.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gguf-file is not read by critic_rm" in err[0]

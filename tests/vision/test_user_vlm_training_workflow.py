@@ -117,3 +117,12 @@ def test_trl_style_image_placeholder_parts_are_the_rows_images():
     with pytest.raises(DataError, match="content part 0 is an image part"):
         to_messages([{"role": "user", "content": [{"type": "image", "image": "a.png"},
                                                    {"type": "text", "text": "q"}]}], 1, "row 0")
+
+
+def test_an_image_placeholder_part_outside_a_user_turn_is_refused():
+    from mmreward.core.data import DataError
+    from mmreward.vision.vlm_data import to_messages
+
+    with pytest.raises(DataError, match="turn 1: a {'type': 'image'} placeholder in a assistant turn"):
+        to_messages([{"role": "user", "content": "q"},
+                     {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "A"}]}], 0, "row 0")

@@ -205,6 +205,9 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
 
     torch_dtype = resolve_dtype(dtype)  # a bad name is refused before anything loads
     model = model_folder(model, flag)
+    if method == "critic_rm" and gguf_file:  # it reads a saved Critic-RM / ScalarHeadLM folder, never a GGUF file
+        raise ValueError("--gguf-file is not read by critic_rm, which judges with a Critic-RM folder (save_pretrained "
+                         "of train-critic-rm) or a ScalarHeadLM folder: leave --gguf-file out")
     if method != "critic_rm":
         _check_gguf(model, gguf_file, flag)
     if not gguf_file:

@@ -107,7 +107,7 @@ def _build_model(args: argparse.Namespace):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     loader = AutoModelForCausalLM if cfg["head"] == "lm" else AutoModel
-    return ProcessRewardModel.from_backbone(loader.from_pretrained(args.backbone), tok, **cfg)
+    return ProcessRewardModel.from_backbone(loader.from_pretrained(args.backbone, trust_remote_code=False), tok, **cfg)
 
 
 def _examples(args: argparse.Namespace, path: Optional[str], synthetic: int, seed: int, split: Optional[str] = None):
