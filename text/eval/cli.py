@@ -27,7 +27,7 @@ class EvalConfig:
     benchmark: str = field(default="rm-bench", metadata={"help": "rm-bench | rewardbench"})
     data: str = field(default="", metadata={"help": "data file / folder (rm-bench default: $MMREWARD_RM_BENCH)"})
     split: str = field(default="", metadata={"help": "rewardbench: split of --data when it holds several (a saved DatasetDict: raw | filtered)"})
-    domains: str = field(default="", metadata={"help": "rm-bench: comma-separated domains to keep (default: all)"})
+    domains: str = field(default="", metadata={"help": "rm-bench: comma-separated domains to keep, e.g. chat,safety (safety: both safety files; default: all)"})
     merge_safety: bool = field(default=False, metadata={"help": "rm-bench: pool safety-refuse + safety-response into 'safety'"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N items / pairs (0: all)"})
     batch_size: int = field(default=16, metadata={"help": "scoring batch size"})
@@ -105,6 +105,22 @@ def run_eval(config: EvalConfig, scorer=None) -> dict:
     return evaluate_rewardbench(scorer, rows, batch_size=config.batch_size, progress=config.progress)
 
 
+def _check_out_not_rmbench_data(config: EvalConfig) -> None:
+    """Refuse an ``--out`` that is one of the RM-Bench data files of the ``--data`` folder (``--out
+    rm-bench/chat.json`` replaced the benchmark's chat items with the result). A result file there (a rerun
+    into the same ``--out``) is fine: the folder reader skips it."""
+    from .rmbench import _is_eval_result
+
+    data = config.data or os.environ.get("MMREWARD_RM_BENCH", "")
+    out = config.output
+    if config.benchmark != "rm-bench" or not out or not data or not os.path.isdir(data) or not os.path.isfile(out):
+        return
+    if (os.path.realpath(os.path.dirname(os.path.abspath(out))) == os.path.realpath(data)
+            and out.endswith((".json", ".jsonl")) and not _is_eval_result(out)):
+        raise ValueError(f"--out {out} is an RM-Bench data file of the --data folder {data}: writing the result "
+                         "there would replace those items; name a file outside that folder")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .bias import format_bias
     from .rewardbench import format_rewardbench
@@ -117,6 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if config.output and os.path.isdir(config.output):  # now, not after the whole evaluation has run
         raise ValueError(f"--out {config.output} is a folder: give the path of the result JSON file")
     check_output_file(config.output, "--out", [("--data", config.data)], folders=[("--model", config.model)])
+    _check_out_not_rmbench_data(config)
     result = run_eval(config)
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text

@@ -180,6 +180,11 @@ def load_rewardbench(path: str, split: Optional[str] = None) -> list[dict]:
     rows = read_rows(path, split)
     if not rows:
         raise ValueError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
+    first = rows[0]
+    if isinstance(first, dict) and all(isinstance(first.get(k), list) and len(first[k]) == 3 for k in ("chosen", "rejected")):
+        # an RM-Bench item (three styles per side) would fail as "`chosen` must be a string, got list"
+        raise ValueError(f"{path}: row 0: `chosen` / `rejected` are lists of 3 responses (RM-Bench items, one per "
+                         "style), not the strings of a RewardBench pair: use --benchmark rm-bench / evaluate_rmbench")
     check_rows(rows, f"{path}: ", subset_required=True)
     return rows
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any, Optional, Sequence
 
@@ -52,11 +53,14 @@ def default_rmbench_dir() -> str:
 def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dict]:
     """Items from one RM-Bench file or a folder of ``<domain>.json`` files, each tagged with ``domain``.
 
-    ``domains`` keeps only those domains (error if one is asked for but absent)."""
+    ``domains`` keeps only those domains (error if one is asked for but absent; ``safety``, the paper's pooled
+    domain, keeps every ``safety-*`` domain). A result file written there by ``mmreward text eval --out`` is
+    skipped with a warning."""
     if path.startswith("~") and not os.path.exists(path):
         path = os.path.expanduser(path)
     if os.path.isdir(path):
         files = sorted(f for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
+        files = [f for f in files if not _is_eval_result(os.path.join(path, f))]
         if not files:
             raise FileNotFoundError(f"{path} holds no RM-Bench .json files")
         paths = [os.path.join(path, f) for f in files]
@@ -73,6 +77,26 @@ def load_rmbench(path: str, domains: Optional[Sequence[str]] = None) -> list[dic
     if not items:
         raise ValueError(f"{path} holds no RM-Bench items")
     return items
+
+
+def _is_eval_result(path: str) -> bool:
+    """Whether ``path`` is a result file that ``mmreward text eval --out`` wrote (a JSON object with the
+    run's ``config`` and its ``overall`` figures), not RM-Bench data: a result saved into the data folder
+    is skipped, with a warning, instead of failing every later evaluation of that folder."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+        if not head.startswith(b"{"):
+            return False
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return False  # read as data, so that the reader's error names the file
+    found = isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "overall" in obj and "domains" in obj
+    if found:
+        warnings.warn(f"RM-Bench: skipping {path}: an evaluation result (mmreward text eval --out), not RM-Bench "
+                      "items", stacklevel=3)
+    return found
 
 
 def _domain_of_file(stem: str) -> str:
@@ -118,10 +142,13 @@ def _keep_domains(items: list[dict], domains: Any, source: str) -> list[dict]:
     if domains is None:
         return items
     have = {it["domain"] for it in items}
-    missing = sorted(set(domains) - have)
+    # "safety": the paper's pooled domain (the name the table and ``overall_domains`` use) = every safety-* domain
+    pooled = {d for d in have if d.startswith("safety")} if "safety" not in have else set()
+    wanted = set(domains) | (pooled if "safety" in domains else set())
+    missing = sorted(d for d in set(domains) - have if not (d == "safety" and pooled))
     if missing:
         raise ValueError(f"domains {missing} not in {source} (it has {sorted(have)})")
-    return [it for it in items if it["domain"] in set(domains)]
+    return [it for it in items if it["domain"] in wanted]
 
 
 def _check_item(row: Any, where: str, default_domain: str) -> dict:
@@ -129,11 +156,15 @@ def _check_item(row: Any, where: str, default_domain: str) -> dict:
         raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
     if not isinstance(row.get("prompt"), str):
         raise ValueError(f"{where}: `prompt` must be a string")
+    out = dict(row)
     for k in ("chosen", "rejected"):
         v = row.get(k)
+        if isinstance(v, tuple):  # a Python user's tuple of the three styles
+            v = out[k] = list(v)
         if not isinstance(v, list) or len(v) != len(STYLES) or not all(isinstance(x, str) for x in v):
-            raise ValueError(f"{where}: `{k}` must be a list of {len(STYLES)} strings (one per style {STYLES})")
-    out = dict(row)
+            hint = ("; this looks like a RewardBench-style pair row (one chosen and one rejected string): use "
+                    "--benchmark rewardbench / evaluate_rewardbench" if isinstance(v, str) else "")
+            raise ValueError(f"{where}: `{k}` must be a list of {len(STYLES)} strings (one per style {STYLES}){hint}")
     out["domain"] = str(row.get("domain") or default_domain)
     return out
 

@@ -31,8 +31,14 @@ def _first_errors(values: Sequence, what: str, allow_none: bool = False) -> list
     """``values`` as first-error indices: integers >= −1 (−1: no wrong step). A float, a bool or −2 would
     otherwise be counted silently (1.5 as an erroneous sample no prediction can match, −2 as a correct one).
     ``allow_none``: None (a critic's verdict that could not be parsed) is kept."""
+    if isinstance(values, torch.Tensor):  # a tensor of indices: its items are 0-d tensors, not integers
+        if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+            raise ValueError(f"{what} must hold step indices (integers), got a {values.dtype} tensor")
+        values = values.reshape(-1).tolist()
     out = []
     for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not (v.dtype.is_floating_point or v.dtype == torch.bool):
+            v = int(v.item())
         if v is None and allow_none:
             out.append(None)
             continue
@@ -80,10 +86,20 @@ def _undefined_warning(where: str, note: str) -> None:
     warnings.warn(f"ProcessBench {where}: {note}", stacklevel=3)
 
 
+def _step_tensors(step_scores: Sequence) -> list:
+    """``step_scores`` as a list with one entry per sample (each checked to be a 1-D tensor by :func:`_pack`)."""
+    if isinstance(step_scores, (str, bytes, dict)) or not hasattr(step_scores, "__len__"):
+        raise TypeError(f"step scores must be a list with one 1-D tensor per sample, got {type(step_scores).__name__}")
+    return list(step_scores)
+
+
 def _pack(step_scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    step_scores = _step_tensors(step_scores)
     for i, s in enumerate(step_scores):
         if not isinstance(s, torch.Tensor) or s.dim() != 1:
-            raise ValueError(f"sample {i}: step scores must be a 1-D tensor, got {getattr(s, 'shape', type(s))}")
+            hint = (" (a list of numbers, as `prm score` writes step_scores: torch.tensor([float('nan') if x is None "
+                    "else x for x in row]))" if isinstance(s, (list, tuple)) else "")
+            raise ValueError(f"sample {i}: step scores must be a 1-D tensor, got {getattr(s, 'shape', type(s))}{hint}")
     values = torch.cat([s.detach().float().cpu() for s in step_scores]) if step_scores else torch.zeros(0)
     lengths = torch.tensor([s.numel() for s in step_scores], dtype=torch.long)
     return values, lengths
@@ -101,6 +117,7 @@ def predict_first_error(step_scores: Sequence[torch.Tensor], threshold: float = 
 
 def _check_labels(step_scores: Sequence[torch.Tensor], labels: Sequence[int]) -> list[int]:
     """``labels`` checked against the samples: first-error indices within each sample's steps, or −1."""
+    step_scores = _step_tensors(step_scores)
     if len(step_scores) != len(labels):
         raise ValueError(f"{len(step_scores)} score lists but {len(labels)} labels")
     _pack(step_scores)
@@ -115,6 +132,7 @@ def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int
                        thresholds: Optional[Sequence[float]] = None) -> dict:
     """F1 at every threshold; ``best`` = the threshold with the highest F1 and its metrics."""
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else tuple(thresholds)
+    step_scores = _step_tensors(step_scores)
     if not thresholds:
         raise ValueError("processbench_sweep: thresholds is empty")
     labels = _check_labels(step_scores, labels)
@@ -129,11 +147,19 @@ def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int
     return {"sweep": {str(t): m for t, m in sweep.items()}, "best_threshold": best_t, "best": sweep[best_t]}
 
 
-def processbench_report(step_scores: Sequence[torch.Tensor], labels: Sequence[int], subsets: Sequence[str],
-                        threshold: float = 0.5) -> dict:
+def processbench_report(step_scores: Sequence[torch.Tensor], labels: Sequence[int],
+                        subsets: Optional[Sequence[str]] = None, threshold: float = 0.5) -> dict:
     """The ProcessBench table: per subset ``acc_error`` / ``acc_correct`` / ``f1`` (fractions; the paper
     prints them ×100) and ``n_error`` / ``n_correct``, and ``average_f1``, the mean F1 over subsets.
-    Samples with an empty subset name are grouped as ``"all"``."""
+    Samples with an empty subset name are grouped as ``"all"`` (``subsets=None``: every sample)."""
+    step_scores = _step_tensors(step_scores)
+    if subsets is None:
+        subsets = [""] * len(step_scores)
+    elif isinstance(subsets, (bytes, dict)) or not hasattr(subsets, "__len__"):
+        raise TypeError(f"processbench_report: subsets must be a list of subset names (or None), got "
+                        f"{type(subsets).__name__}")
+    elif isinstance(subsets, str):  # one name for every sample, not one character per sample
+        subsets = [subsets] * len(step_scores)
     if not len(step_scores) == len(labels) == len(subsets):
         raise ValueError(f"{len(step_scores)} score lists, {len(labels)} labels, {len(subsets)} subsets")
     labels = _check_labels(step_scores, labels)
