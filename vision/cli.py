@@ -65,16 +65,22 @@ def load_scorer(path: str, device: str, reads: type, dtype: Optional[str] = None
 EPISODE_MODEL_TYPES = ("diffusion_reward", "progress_ranker", "rnd")  # robot rewards: a video is an episode
 
 
-def _episode_model(path: str) -> bool:
-    """Whether the folder ``path`` names (a shipped name or run folder too) holds a robot reward, read from its
-    ``config.json`` alone (nothing loads); False when it cannot be told."""
+def _saved_model_type(path: str) -> Optional[str]:
+    """The ``model_type`` in the ``config.json`` of the folder ``path`` names (a shipped name or run folder too),
+    read alone (nothing loads); None when it cannot be told (the load reports why)."""
     from mmreward.registry import resolve_folder
 
     try:
         with open(os.path.join(resolve_folder(path), "config.json"), encoding="utf-8") as f:
-            return json.load(f).get("model_type") in EPISODE_MODEL_TYPES
+            model_type = json.load(f).get("model_type")
     except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported by the load
-        return False
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
+def _episode_model(path: str) -> bool:
+    """Whether the folder ``path`` names holds a robot reward (from its ``config.json`` alone)."""
+    return _saved_model_type(path) in EPISODE_MODEL_TYPES
 
 
 # ------------------------------------------------------------------ mmreward score / score-video
@@ -172,20 +178,25 @@ def eval_main(argv: Sequence[str]) -> int:
     from mmreward.vision.visual_prm import VisualPRM, as_labelled, evaluate_visual_prm
     from mmreward.vision.vlm_rm import VLMRewardModel, as_pairs, evaluate_vlm_reward
 
-    evaluators = {ImageRewardModel: lambda m: evaluate_image_reward(m, read_ranked_sets(args.data, args.split),
-                                                                    args.batch_size),
-                  VLMRewardModel: lambda m: evaluate_vlm_reward(m, as_pairs(read_rows(args.data, args.split), args.data),
-                                                                args.batch_size),
-                  VisualPRM: lambda m: evaluate_visual_prm(m, as_labelled(read_rows(args.data, args.split), args.data),
-                                                           args.batch_size)}
+    readers = {ImageRewardModel: lambda: read_ranked_sets(args.data, args.split),
+               VLMRewardModel: lambda: as_pairs(read_rows(args.data, args.split), args.data),
+               VisualPRM: lambda: as_labelled(read_rows(args.data, args.split), args.data)}
+    evaluators = {ImageRewardModel: evaluate_image_reward, VLMRewardModel: evaluate_vlm_reward,
+                  VisualPRM: evaluate_visual_prm}
+    # the rows are read (and a bad one named) before the model loads, when its config.json says which it is
+    saved_type = _saved_model_type(args.model)
+    kind = next((c for c in readers if c.model_type == saved_type), None)
+    data = readers[kind]() if kind is not None else None
     import mmreward
 
     model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
-    evaluate = evaluators.get(type(model))
-    if evaluate is None:
+    if type(model) not in evaluators:
         raise TypeError(f"--model {args.model} holds a {type(model).__name__}; vision eval evaluates "
                         f"{', '.join(c.__name__ for c in evaluators)}")
-    text = json_text({"model_type": model.model_type, **{k: round(v, 4) for k, v in evaluate(model).items()}})
+    if kind is not type(model):
+        data = readers[type(model)]()
+    # the metrics as the Python evaluators return them (not rounded: the CLI and the API give the same numbers)
+    text = json_text({"model_type": model.model_type, **evaluators[type(model)](model, data, args.batch_size)})
     if args.out:
         from mmreward.core.folders import atomic_write_text
 

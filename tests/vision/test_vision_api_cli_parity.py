@@ -84,5 +84,4 @@ def test_cli_eval_matches_python(image_model, held, tmp_path, capsys):
                           "--batch-size", "2"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     want = evaluate_image_reward(image_model, read_ranked_sets(held), 2)
-    assert got["pairwise_accuracy"] == pytest.approx(want["pairwise_accuracy"], abs=1e-4)
-    assert got["top1_accuracy"] == pytest.approx(want["top1_accuracy"], abs=1e-4)
+    assert {k: v for k, v in got.items() if k != "model_type"} == want  # the same numbers, not rounded
