@@ -7,7 +7,6 @@ See docs/ops.md.
 from ._backend import (  # noqa: F401
     BACKENDS,
     BackendUnavailableError,
-    available_backends,
     cpu_cache_bytes,
     empty_cpu_cache,
     extension_error,
@@ -15,6 +14,7 @@ from ._backend import (  # noqa: F401
     use_backend,
 )
 from ._backend import select as select_backend  # noqa: F401
+from ._dispatch import available_backends  # noqa: F401  (also takes public function names)
 from ._validate import set_check_finite  # noqa: F401
 
 # The public ops of each family (its module's __all__; see docs/ops.md)

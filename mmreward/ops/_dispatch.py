@@ -29,6 +29,37 @@ from .library import OPS
 
 _RESOLVED: dict = {}
 
+# public functions whose op has another name (docs/ops.md), and those that run plain PyTorch (None)
+_PUBLIC_OPS = {
+    "pairwise_loss_and_accuracy": "pairwise_loss",
+    "reward_head_pairwise_loss_and_accuracy": "reward_head_pairwise_loss",
+    "step_scores": "step_head", "step_logits": "step_head", "step_values": "step_head",
+    "step_bce_loss": "step_head", "step_value_loss": "step_head",
+    "segment_reduce": "step_segment_reduce", "first_below": "step_first_below",
+    "refine_process_rewards": "step_refine",
+    "attention": "attention_heads",
+    "pairwise_accuracy": None, "pairs_from_groups": None, "step_positions": None, "pack_steps": None,
+    "unpack_steps": None, "frame_reduce": None,
+}
+
+
+def available_backends(op: str, device) -> list[str]:
+    """The backends that can run ``op`` on tensors of ``device`` ('cpu', 'cuda', 'meta' or a device)
+    here. ``op``: an op name (``mmreward.ops.library.OPS``, e.g. ``'attention_heads'``) or a public
+    function's name (``'attention'``, ``'step_scores'``); the functions that are plain PyTorch
+    (``pairwise_accuracy``, ``frame_reduce``, ...) list ``['reference']``. An unknown name is a
+    ``ValueError`` (it used to list ``['reference']``, as if the op had no kernels)."""
+    if not isinstance(op, str):
+        raise TypeError(f"available_backends: `op` must be an op or function name (str), got {type(op).__name__}")
+    name = _PUBLIC_OPS.get(op, op)
+    if name is None:
+        _backend._device_type(device)  # the device is still checked
+        return ["reference"]
+    if name not in OPS and not _backend.has_kernel(name, "cpu") and not _backend.has_kernel(name, "meta"):
+        known = sorted({n for n in OPS if not n.endswith("_backward")} | set(_PUBLIC_OPS))
+        raise ValueError(f"available_backends: unknown op {op!r}; use an op or public function name: {', '.join(known)}")
+    return _backend.available_backends(name, device)
+
 
 def call(op: str, device: torch.device, *args):
     if torch.compiler.is_compiling():

@@ -13,9 +13,12 @@ Differentiable w.r.t. ``q``, ``k`` and ``v``; accumulates in float32 (float64 fo
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import _backend, _dispatch, _validate
 from .library import attention as _lib  # noqa: F401  (defines the family's specs)
@@ -26,7 +29,8 @@ __all__ = ["attention"]
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None) -> torch.Tensor:
     """``softmax(scale · q kᵀ) v`` per (batch, head) as [B, Lq, H, Dv] in ``q``'s dtype.
 
-    ``q`` [B, H, Lq, D], ``k`` [B, H, Lk, D], ``v`` [B, H, Lk, Dv]: one floating dtype and device,
+    ``q`` [B, H, Lq, D], ``k`` [B, H, Lk, D], ``v`` [B, H, Lk, Dv]: one floating dtype (under autocast,
+    mixed dtypes are cast to the autocast dtype, as ``scaled_dot_product_attention`` does) and device,
     any strides (e.g. heads split off a fused projection by ``view`` + ``transpose``), Lk ≥ 1,
     D ≥ 1. ``scale`` defaults to 1/√D, as in ``scaled_dot_product_attention``.
     """
@@ -34,6 +38,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     for name, t in (("q", q), ("k", k), ("v", v)):
         _validate.check_tensor(op, name, t, ndim=(4,))
     _validate.check_same_device(op, q=q, k=k, v=v)
+    if not (q.dtype == k.dtype == v.dtype) and q.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(
+            q.device.type):
+        # under autocast, q from an autocast Linear (bf16) and k / v kept in fp32 are what
+        # scaled_dot_product_attention accepts (it casts all three to the autocast dtype): do the same
+        dt = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     B, H, Lq, D = q.shape
@@ -49,7 +59,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
         scale = D ** -0.5
     elif not _validate.is_real(scale) or not float(scale) == float(scale):
         raise ValueError(f"{op}: scale must be a real number, got {scale!r}")
-    out = _dispatch.call(op, q.device, q, k, v, float(scale))
+    with sdpa_kernel([SDPBackend.MATH]) if _higher_order_reference(q, k, v) else contextlib.nullcontext():
+        out = _dispatch.call(op, q.device, q, k, v, float(scale))
     if _nan_rows_may_be_lost(op, q, k, D):
         # PyTorch's CPU attention (the reference, and the C++ op's path for D > 8) returns a finite,
         # zero row for a query with a NaN score; the softmax formula, the D <= 8 kernel and the docs
@@ -58,6 +69,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
         ref = (torch.softmax(q.to(acc) @ k.to(acc).transpose(-1, -2) * float(scale), -1) @ v.to(acc)).transpose(1, 2)
         out = torch.where(torch.isnan(ref), ref, out)
     return out if out.dtype == q.dtype else out.to(q.dtype)
+
+
+def _higher_order_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The reference (PyTorch's SDPA) runs where higher-order or forward-mode gradients may be taken:
+    under torch.func transforms (hessian, jacfwd, jvp), with forward-AD dual tensors, or with the
+    reference forced and grads required (the backend the docs name for gradient penalties). SDPA's
+    fused CPU / GPU kernels have no double backward and no forward-mode formula ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"); its math
+    kernel, the formula written in ATen ops, has both."""
+    if torch.compiler.is_compiling():
+        return False
+    ts = (q, k, v)
+    if any(_dispatch._is_functorch(t) for t in ts):
+        return True
+    if _fwad._current_level >= 0 and any(_dispatch._has_tangent(t) for t in ts):
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts) and _backend.forced_backend() == "reference"
 
 
 def _nan_rows_may_be_lost(op: str, q: torch.Tensor, k: torch.Tensor, D: int) -> bool:

@@ -103,7 +103,9 @@ def _prep_target(op: str, target, B: int, L: int, K: int, device, mask) -> torch
         lo, hi = (int(v) for v in torch.aminmax(t))  # one host read
         if lo < 0 or hi >= K:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"{op}: `target` has index {bad} out of range [0, {K}) (K = number of codes)")
+            hint = ("; to ignore tokens (e.g. cross_entropy's ignore_index -100), pass `mask` with False there: "
+                    "masked tokens' targets may be anything") if lo < 0 else ""
+            raise ValueError(f"{op}: `target` has index {bad} out of range [0, {K}) (K = number of codes){hint}")
     return target
 
 

@@ -25,8 +25,8 @@ Semantics and conventions:
   A batch without any pair gives loss 0 (and zero gradients). The fused kernels never build the
   [B, K, K] pair tensor.
 * :func:`reward_head_pairwise_loss`: r = h·w + b from last-token hidden states ``h_chosen``,
-  ``h_rejected`` [B, H] and the head ``weight`` ([H] or nn.Linear's [1, H]) and ``bias`` (0-d, [1] or
-  None; an fp32 head over bf16 / fp16 hidden states is cast to their dtype), then the pairwise loss,
+  ``h_rejected`` [B, H] and the head ``weight`` ([H] or nn.Linear's [1, H]) and ``bias`` (0-d, [1], a
+  number or None; an fp32 head over bf16 / fp16 hidden states is cast to their dtype), then the pairwise loss,
   without materialising anything larger than [B] besides the grads.
   With reduction mean / sum and grad required, the gradients w.r.t. h, w and b are computed in the
   forward pass while each row of h is in cache and scaled by grad_output in backward (the Liger
@@ -216,7 +216,12 @@ def _head(op, h_chosen, h_rejected, weight, bias, margin, label_smoothing, cente
     elif weight.dtype != h_chosen.dtype:
         raise TypeError(f"{op}: `weight` is {weight.dtype} but `h_chosen` is {h_chosen.dtype} (only an fp32 head over "
                         "bf16 / fp16 hidden states is cast)")
+    if bias is not None and not isinstance(bias, torch.Tensor) and _validate.is_real(bias):
+        # a fixed number (as the step ops take): data, no gradient; was "`bias` must be a torch.Tensor"
+        bias = torch.tensor(float(bias), dtype=acc_dtype(h_chosen.dtype), device=h_chosen.device)
     if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{op}: `bias` must be a torch.Tensor, a number or None, got {type(bias).__name__}")
         _validate.check_tensor(op, "bias", bias, ndim=(0, 1))
         if bias.numel() != 1:
             raise ValueError(f"{op}: `bias` must hold one value (0-d or [1]), got shape {tuple(bias.shape)}")

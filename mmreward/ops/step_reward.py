@@ -33,7 +33,8 @@ losses, reductions, refined rewards) come back in that accumulation dtype, as in
 family; gradients have their inputs' dtypes.
 
 Bad values: NaN / inf in ``hidden`` or the head rows are not searched for; they make the affected
-steps' logits non-finite, so their scores and losses are NaN (never a finite number). Step indices,
+steps' logits non-finite, so their scores, BCE and pair losses are NaN (the MSE value loss NaN or +inf;
+never a finite number). Step indices,
 labels / targets (range, NaN) and segment lengths / offsets are checked and raise ``ValueError``
 (these checks read the values: one host read each, skipped for meta tensors), and so are NaN / inf
 per-step scores given to :func:`segment_reduce`, :func:`first_below` and
@@ -155,7 +156,8 @@ def _prepare_head(op, hidden, w, w_neg, b, b_neg, step_mask, step_index):
     V.check_same_device(op, hidden=hidden, w=w, w_neg=w_neg)
     index = step_positions(hidden.shape, step_mask, step_index, op=op)
     if index.device != hidden.device:
-        raise ValueError(f"{op}: step positions are on {index.device} but `hidden` is on {hidden.device}")
+        which = "step_mask" if step_mask is not None else "step_index"
+        raise ValueError(f"{op}: `{which}` is on {index.device} but `hidden` is on {hidden.device}")
     acc = acc_dtype(hidden.dtype)
     bias = None
     for name, bb, sign in (("b_good" if w_neg is not None else "bias", b, 1.0), ("b_bad", b_neg, -1.0)):
@@ -437,6 +439,10 @@ def step_pair_loss(
             weights = weights / counts.numel()
         weights = weights.contiguous()
     r = _dispatch.call("step_head", hidden.device, h2, index, w, None, b, None, _KIND_LOGIT, 0)[0]  # (S,) acc dtype
+    # a +inf positive (or -inf negative) value gave −log σ(+inf) = 0 and zero gradients: a finite loss
+    # from a non-finite hidden state / head. r − r is NaN exactly there (0 elsewhere, exact; gradient 1),
+    # so such a pair's loss and gradients are NaN, as everywhere else in the ops (no host read)
+    r = r + (r - r)
     return _dispatch.call("step_pair_loss", hidden.device, r, pos, neg, weights, red != 0)
 
 
