@@ -27,6 +27,7 @@ batches give the same rewards; encoders keep their own position convention and a
 from __future__ import annotations
 
 import inspect
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -104,12 +105,6 @@ def is_encoder(config: Any) -> bool:
     return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
 
 
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 def load_tokenizer(source: str) -> Any:
     """The tokenizer saved in folder ``source`` (or a hub id); a folder without tokenizer files is
     refused, naming them."""
@@ -126,7 +121,7 @@ def load_tokenizer(source: str) -> Any:
             return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - unreadable files, or a hub id that cannot be fetched
         if os.path.isdir(source) and ("sentencepiece" in str(e).lower() or "tiktoken" in str(e).lower()) and \
-                not _has_module("sentencepiece") and \
+                importlib.util.find_spec("sentencepiece") is None and \
                 os.path.isfile(os.path.join(source, "tokenizer.model")) and \
                 not os.path.isfile(os.path.join(source, "tokenizer.json")):
             # transformers' several-paragraph "You need to have sentencepiece or tiktoken installed"

@@ -68,11 +68,11 @@ EPISODE_MODEL_TYPES = ("diffusion_reward", "progress_ranker", "rnd")  # robot re
 def _saved_model_type(path: str) -> Optional[str]:
     """The ``model_type`` in the ``config.json`` of the folder ``path`` names (a shipped name or run folder too),
     read alone (nothing loads); None when it cannot be told (the load reports why)."""
+    from mmreward.core.model import read_config
     from mmreward.registry import resolve_folder
 
     try:
-        with open(os.path.join(resolve_folder(path), "config.json"), encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
+        model_type = read_config(resolve_folder(path)).get("model_type")
     except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported by the load
         return None
     return model_type if isinstance(model_type, str) else None
