@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from mmreward.core.data import DataError
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
-from mmreward.core.model import check_batch_size, check_ranges, finish_loading, load_state_strict, read_config
+from mmreward.core.model import (eval_while_scoring, check_batch_size, check_ranges, finish_loading,
+                                 load_state_strict, read_config)
 from mmreward.core.weights import backbone_state, check_shapes, hf_config, quiet_transformers, read_weights
 
 from .data import model_max_length, pad_batch, truncation_warning
@@ -133,17 +134,13 @@ class ArmoRewardModel(RewardModel):
         self.check_fits(rows)
         batch_size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         out = torch.empty(len(rows), self.config.num_objectives)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_while_scoring(self):  # threads share one eval period
             with torch.inference_mode():
                 for start in range(0, len(rows), batch_size):
                     ids, mask, _ = pad_batch(rows[start:start + batch_size], self.pad_id)
                     device = self.head.weight.device
                     out[start:start + len(ids)] = self.objectives_and_gate(ids.to(device), mask.to(device),
                                                                   transformed)[0].float().cpu()
-        finally:
-            self.train(was_training)
         return out
 
 

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from mmreward.core.folders import CheckpointError, local_path_only
 from mmreward.core.inputs import TextPair, as_inputs
-from mmreward.core.model import (RewardScorer, check_batch_size, check_finite_weights, config_from_dict, config_to_dict,
-                                 load_state_strict, load_weights, read_config, save_weights)
+from mmreward.core.model import (RewardScorer, eval_while_scoring, check_batch_size, check_finite_weights,
+                                 config_from_dict, config_to_dict, load_state_strict, load_weights, read_config, save_weights)
 from mmreward.core.weights import position_limit, quiet_transformers
 
 from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, has_chat_template, has_pair_template,
@@ -320,17 +320,13 @@ class RewardModel(RewardScorer, nn.Module):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="scoring", unit="batch", dynamic_ncols=True)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_while_scoring(self):  # threads share one eval period
             with torch.inference_mode():
                 for start in starts:
                     idx = order[start:start + batch_size]
                     ids, mask, types = pad_batch([rows[i] for i in idx], self.pad_id)
                     r = self(ids.to(device), mask.to(device), None if types is None else types.to(device))
                     out[torch.tensor(idx)] = r.float().cpu()
-        finally:
-            self.train(was_training)
         return out
 
     def best_of_n(self, prompt: TextLike, candidates: Sequence[TextLike], *,

@@ -13,7 +13,7 @@ from torch import nn
 
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import ImagePrompt
-from mmreward.core.model import RewardScorer
+from mmreward.core.model import RewardScorer, eval_while_scoring
 
 PixelScorer = Callable[[list, torch.Tensor], torch.Tensor]
 
@@ -76,13 +76,13 @@ def tokenize_truncating(tokenizer: Any, prompts: Sequence[str], max_length: int)
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Scores come from the model in eval mode (no dropout); its train / eval mode is restored after."""
-    was = module.training
-    module.eval()
-    try:
+    """Scores come from the model in eval mode (no dropout); the mode of each of its submodules is restored
+    after (a backbone the caller froze in eval mode inside a model in train mode stays so, where
+    ``module.train(was)`` would turn its dropout back on). Threads evaluating one model at once share one
+    eval period (the scoring contract's, :func:`mmreward.core.model.eval_while_scoring`): none of them runs
+    with dropout on because another one finished first."""
+    with eval_while_scoring(module):
         yield module
-    finally:
-        module.train(was)
 
 
 def require_assets(folder: str, assets: Mapping[str, str]) -> None:

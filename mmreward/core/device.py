@@ -1,7 +1,9 @@
 """``--device`` / ``dtype=`` requests checked against what this torch build and machine can do."""
 from __future__ import annotations
 
-from typing import Optional, Union
+import contextlib
+import threading
+from typing import Iterator, Optional, Union
 
 import torch
 
@@ -63,4 +65,19 @@ def resolve_dtype(spec: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     return _DTYPES[key]
 
 
-__all__ = ["DeviceError", "resolve_device", "resolve_dtype"]
+__all__ = ["DeviceError", "resolve_device", "resolve_dtype", "seeded_sampling"]
+
+
+_SAMPLING_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded_sampling(seed: int, device: Union[str, torch.device] = "cpu") -> Iterator[None]:
+    """Random draws inside the block (``model.generate(do_sample=True)``, which takes no generator) come from
+    ``torch.manual_seed(seed)`` in a forked RNG: the caller's global RNG is neither reseeded nor advanced.
+    torch's RNG is one per process, so blocks in different threads take turns — two threads sampling at once
+    would otherwise draw from each other's seeds and restore each other's saved states."""
+    device = torch.device(device)
+    with _SAMPLING_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

@@ -291,7 +291,7 @@ _SCORING: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDi
 
 
 @contextlib.contextmanager
-def _eval_while_scoring(model: Any):
+def eval_while_scoring(model: Any):
     """``model`` in eval mode for the length of a ``score`` / ``score_parts`` call, whatever mode the caller
     left it in (``model.train()`` while training), and each submodule's mode restored afterwards. Calls that
     overlap (threads scoring one model) share one eval period: the first sets it, the last restores the modes,
@@ -319,13 +319,13 @@ def _eval_while_scoring(model: Any):
 
 
 def _scoring_in_eval_mode(fn: Any) -> Any:
-    """``fn`` (a ``score`` / ``score_parts`` method) run under :func:`_eval_while_scoring`."""
+    """``fn`` (a ``score`` / ``score_parts`` method) run under :func:`eval_while_scoring`."""
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with _eval_while_scoring(self):
+        with eval_while_scoring(self):
             return fn(self, *args, **kwargs)
 
-    method._eval_while_scoring = True  # type: ignore[attr-defined]
+    method._runs_in_eval_mode = True  # type: ignore[attr-defined]
     return method
 
 
@@ -456,14 +456,14 @@ class RewardScorer(Pretrained):
         super().__init_subclass__(**kwargs)
         for name in ("score", "score_parts"):
             fn = cls.__dict__.get(name)
-            if callable(fn) and not getattr(fn, "_eval_while_scoring", False):
+            if callable(fn) and not getattr(fn, "_runs_in_eval_mode", False):
                 setattr(cls, name, _scoring_in_eval_mode(fn))
 
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
-        with _eval_while_scoring(self):  # dropout never changes a score; the caller's train() mode is kept
+        with eval_while_scoring(self):  # dropout never changes a score; the caller's train() mode is kept
             out = _run_checking_dtype(self, self._score, items, size, "score")
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
             raise RuntimeError(f"{type(self).__name__}._score returned {getattr(out, 'shape', type(out))} "
@@ -476,7 +476,7 @@ class RewardScorer(Pretrained):
             RewardScorer._score_parts(self, [], 1)
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
-        with _eval_while_scoring(self):
+        with eval_while_scoring(self):
             out = _run_checking_dtype(self, self._score_parts, items, size, "score_parts")
         if not isinstance(out, (list, tuple)) or len(out) != len(items) \
                 or not all(isinstance(p, torch.Tensor) and p.dim() == 1 for p in out):
@@ -619,6 +619,6 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
     return model
 
 
-__all__ = ["Pretrained", "RewardScorer", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
+__all__ = ["Pretrained", "RewardScorer", "eval_while_scoring", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
            "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading",
            "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict"]

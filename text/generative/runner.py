@@ -9,17 +9,22 @@ Prompts are either strings (already rendered) or chat message lists ``[{"role", 
 rendered with the tokenizer's chat template (generation prompt appended). Batches are left-padded
 (decoder-only generation). Sampling is deterministic: each batch is generated under
 ``torch.manual_seed(seed + first_row_index)`` inside a forked RNG, so a fixed (seed, batch_size)
-reproduces the same texts and the global RNG is left untouched.
+reproduces the same texts and the global RNG is left untouched — threads sampling at once included (they
+take turns: torch's RNG is one per process). Greedy decoding draws nothing and runs concurrently; the padding
+is done here, never by switching the shared tokenizer's ``padding_side``.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
+from mmreward.core.device import seeded_sampling
+from mmreward.core.model import eval_while_scoring
 from mmreward.core.weights import position_limit
 
 from .heads import last_token_logits
@@ -121,7 +126,8 @@ class JudgeRunner:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or JudgeConfig()
-        self._rows: Optional[Sequence[int]] = None  # the caller's numbers of the prompts (see `numbered`)
+        # per thread: the caller's numbers of the prompts (see `numbered`); a dict, so a runner still copies
+        self._rows_of: dict[int, Sequence[int]] = {}
         if tokenizer.pad_token_id is None:  # decoder-only tokenizers often lack one; pads are masked anyway
             if tokenizer.eos_token is None:
                 raise ValueError("tokenizer has neither a pad nor an eos token")
@@ -130,6 +136,18 @@ class JudgeRunner:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def _rows(self) -> Optional[Sequence[int]]:
+        return self._rows_of.get(threading.get_ident())
+
+    @_rows.setter
+    def _rows(self, rows: Optional[Sequence[int]]) -> None:
+        # per thread: a judge numbering its subset in one thread must not rename another thread's prompts
+        if rows is None:
+            self._rows_of.pop(threading.get_ident(), None)
+        else:
+            self._rows_of[threading.get_ident()] = rows
 
     @contextlib.contextmanager
     def numbered(self, rows: Sequence[int]) -> Iterator[None]:
@@ -166,12 +184,7 @@ class JudgeRunner:
         ``texts`` are prompts ``first_index``, ``first_index + 1``, … of the call (errors name them so), or
         ``rows[0]``, ``rows[1]``, … when given (a caller that runs a subset of its inputs names them by its own
         numbers); ``new_tokens``: positions generation will add after each prompt."""
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        try:
-            enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            self.tokenizer.padding_side = side
+        enc = self._left_padded(texts)
         lens = enc["attention_mask"].sum(1)
         lim = self.config.max_prompt_tokens
         name = (lambda i: first_index + i) if rows is None else (lambda i: rows[i])  # noqa: E731
@@ -183,6 +196,22 @@ class JudgeRunner:
             raise ValueError(f"prompt {name(i)} has {int(lens[i])} tokens > max_prompt_tokens={lim}")
         self._check_fits(enc["input_ids"], enc["attention_mask"], name, new_tokens)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _left_padded(self, texts: Sequence[str]) -> dict:
+        """``input_ids`` / ``attention_mask`` (N, T) of ``texts``, padded on the left here rather than by
+        switching the tokenizer's ``padding_side`` for the call: that attribute is shared, so a thread scoring at
+        the same time could tokenise right-padded (then generate after the padding) and the tokenizer could be
+        left with the wrong side for the caller's own use."""
+        ids = [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        width = max((len(x) for x in ids), default=0)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            if x:
+                input_ids[i, width - len(x):] = torch.tensor(x, dtype=torch.long)
+                mask[i, width - len(x):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def _check_fits(self, ids: torch.Tensor, mask: torch.Tensor, name: Callable[[int], int], new_tokens: int) -> None:
         """Every prompt is one the model can read, else an error naming it (the model would fail deep inside
@@ -221,9 +250,7 @@ class JudgeRunner:
         texts = self._check_prompts(prompts)
         cfg, out, bs = self.config, [], self._batch_size(batch_size)
         rows = self._rows if rows is None else rows
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_while_scoring(self.model):  # threads share one eval period
             for start in range(0, len(texts), bs):
                 enc = self.encode(texts[start:start + bs], start, cfg.max_new_tokens,
                                   None if rows is None else rows[start:start + bs])
@@ -233,15 +260,15 @@ class JudgeRunner:
                     kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
                 else:
                     kw.update(temperature=None, top_p=None, top_k=None)
-                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                    torch.manual_seed(cfg.seed + start)
-                    seqs = self.model.generate(**enc, **kw)  # (b·k, T_prompt + T_new)
+                if cfg.do_sample:  # threads sampling at once take turns (one RNG per process)
+                    with seeded_sampling(cfg.seed + start, self.device):
+                        seqs = self.model.generate(**enc, **kw)  # (b·k, T_prompt + T_new)
+                else:  # greedy: no random draws, so nothing to seed or to serialise
+                    seqs = self.model.generate(**enc, **kw)
                 new = seqs[:, enc["input_ids"].shape[1]:]
                 dec = self.tokenizer.batch_decode(new, skip_special_tokens=True)
                 k = cfg.num_samples
                 out.extend(dec[i * k:(i + 1) * k] for i in range(len(dec) // k))
-        finally:
-            self.model.train(was_training)
         return out
 
     def run(self, prompts: Sequence[Prompt], parser: Callable[[str], Parsed],
@@ -286,14 +313,10 @@ class JudgeRunner:
         bs = self._batch_size(batch_size)
         rows = self._rows if rows is None else rows
         ids = torch.tensor(self.token_ids(words), device=self.device)
-        was_training = self.model.training
-        self.model.eval()
         out = []
-        try:
+        with eval_while_scoring(self.model):
             for s in range(0, len(texts), bs):
                 enc = self.encode(texts[s:s + bs], s, rows=None if rows is None else rows[s:s + bs])
                 logits = last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], ids)  # (b, C)
                 out.append(torch.softmax(logits, dim=-1))
-        finally:
-            self.model.train(was_training)
         return torch.cat(out)

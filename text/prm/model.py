@@ -40,7 +40,8 @@ from mmreward import ops
 from mmreward.core.data import DataError
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import StepSolution
-from mmreward.core.model import RewardScorer, config_from_dict, load_state_strict, load_weights, save_weights
+from mmreward.core.model import (RewardScorer, eval_while_scoring, config_from_dict, load_state_strict, load_weights,
+                                 save_weights)
 
 __all__ = ["PRMConfig", "ProcessRewardModel", "AGGREGATIONS", "HEADS", "INPUT_FORMATS", "aggregate_steps",
            "label_token_ids", "load_tokenizer"]
@@ -598,9 +599,7 @@ class ProcessRewardModel(RewardScorer, nn.Module):
         rows = [self.encode_one(it.problem, it.steps, where=f"input {i}") for i, it in enumerate(items)]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         out: list[Optional[torch.Tensor]] = [None] * len(rows)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_while_scoring(self):  # threads share one eval period
             for start in range(0, len(order), batch_size):
                 chunk = order[start: start + batch_size]
                 scores = self(**self.collate([rows[i] for i in chunk])).float().cpu()
@@ -608,8 +607,6 @@ class ProcessRewardModel(RewardScorer, nn.Module):
                     full = torch.full((len(items[i].steps),), float("nan"))
                     full[: s.numel()] = s
                     out[i] = full
-        finally:
-            self.train(was_training)
         return out
 
     def aggregate_parts(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from mmreward.core.checkpoint import atomic_write_text
+from mmreward.core.device import seeded_sampling
 from mmreward.core.inputs import StepSolution
 from mmreward.core.model import check_ranges
 
@@ -339,9 +340,8 @@ class HFStepPolicy:
         if self.temperature > 0:
             kw["temperature"] = self.temperature
         # sampled under the policy's own seed inside a forked RNG: the caller's global RNG (its training,
-        # its data order) is neither reseeded nor advanced by a search
-        with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        # its data order) is neither reseeded nor advanced by a search; threads sampling at once take turns
+        with seeded_sampling(seed, ids.device):
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         new = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         # the step is the first non-blank piece: an instruct LM often opens with the separator itself (a blank
