@@ -99,6 +99,18 @@ def _check_model_out(flag: str, out: str, inputs: Sequence[tuple[str, Optional[s
                              "would replace it; name another folder")
 
 
+def _check_replaceable(flag: str, out: str) -> None:
+    """A model is saved to ``out`` only if it is new, empty or a folder mmreward saved: a folder of the
+    user's own files (videos, a project) was refused only when saving, after the statistics were fitted
+    (train-video: after the whole training run), so the work was lost. Checked before any work."""
+    from mmreward.core.folders import CheckpointError, check_replaceable
+
+    try:
+        check_replaceable(out)
+    except (ValueError, CheckpointError) as e:
+        raise ValueError(f"{flag} {out!r}: {e}") from None
+
+
 def _data_list(args: argparse.Namespace) -> list[str]:
     """The ``--data`` folders; one named twice (``d,d/``, or through a link) would count its episodes twice."""
     folders = [f for f in args.data.split(",") if f]
@@ -216,9 +228,16 @@ def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
     from .data.episodes import load_episode_folder
 
     folders = _data_list(args)
-    found = [(ep.frames, entry.get("task", f)) for f in folders for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
-    frames = [fr for fr, _ in found]
-    return (frames, [t for _, t in found]) if with_tasks else frames
+    found = [(ep.frames, entry.get("task", f), os.path.join(f, entry["file"])) for f in folders
+             for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
+    first = found[0]
+    for fr, _, path in found:  # was "episodes have different frame shapes: [(32, 32, 3), (48, 48, 3)]": which?
+        if fr.shape[1:3] != first[0].shape[1:3]:
+            raise ValueError(f"--data episodes have different frame sizes: {first[2]} has {first[0].shape[1]}x"
+                             f"{first[0].shape[2]} frames, {path} {fr.shape[1]}x{fr.shape[2]}; train on episodes of "
+                             "one size (import-videos / collect them with one --size)")
+    frames = [fr for fr, _, _ in found]
+    return (frames, [t for _, t, _ in found]) if with_tasks else frames
 
 
 def _check_frame_size(frames: list, codec, args: argparse.Namespace) -> None:
@@ -267,6 +286,7 @@ def _train_codec(args: argparse.Namespace) -> int:
                          f"them with --size N (import-videos center-crops to a square)")
     preset = VQGANConfig.paper if args.preset == "paper" else VQGANConfig
     cfg = preset(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, VQGANConfig)})
+    cfg.validate()  # before the banner ("10x10 tokens" was printed for 84 px frames the codec cannot take)
     print(f"train-codec: {len(frames)} episodes, {sum(len(f) for f in frames)} frames, {args.preset} VQGAN "
           f"({cfg.num_codes} codes, {cfg.latent_size}x{cfg.latent_size} tokens) -> {args.out}")
     tc = config_from_args(VQGANTrainConfig, args)
@@ -319,8 +339,10 @@ def _train_video(args: argparse.Namespace) -> int:
     device = _prepare(args)
     _reward_config(args)  # checked before training
     if args.fit_stats:
-        _check_model_out("--reward-out", args.reward_out or os.path.join(args.out, "reward"),
+        reward_out = args.reward_out or os.path.join(args.out, "reward")
+        _check_model_out("--reward-out", reward_out,
                          [("--out", args.out), *_model_inputs("--codec", args.codec, ("vqgan",)), *_data_folders(args)])
+        _check_replaceable("--reward-out", reward_out)
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     frames, tasks = _training_frames(args, with_tasks=True)
     _check_frame_size(frames, codec, args)
@@ -331,15 +353,47 @@ def _train_video(args: argparse.Namespace) -> int:
     tc = config_from_args(VideoTrainConfig, args)
     print(f"train-video: {len(frames)} episodes, {args.preset} VQ-Diffusion ({cfg.depth} blocks of width {cfg.dim}, "
           f"{cfg.num_history} history frames) -> {args.out}")
+    if args.overwrite:  # the run starts again: its reward model goes with its snapshots, logs and model
+        _drop_stale_reward(args)
     video = train_video_model(frames, cfg, args.out, tc, codec=codec, resume=args.resume, overwrite=args.overwrite,
                               stop_at=args.stop_at, progress_bar=args.progress, device=str(device))
     if _stopped_early(args, tc.steps, " (expert statistics not fitted yet)" if args.fit_stats else ""):
         return 0
     print(f"saved {os.path.join(args.out, 'model')}")
+    if not args.fit_stats or args.reward_out:
+        _drop_stale_reward(args, video)  # OUT/reward is not rewritten by this call
     if not args.fit_stats:
         return 0
     _save_reward_model(codec, video, frames, tasks, args, args.reward_out or os.path.join(args.out, "reward"))
     return 0
+
+
+def _drop_stale_reward(args: argparse.Namespace, video: Any = None) -> None:
+    """Remove the run's ``OUT/reward`` (what ``score --model OUT`` and ``train-rl --model OUT`` read) when it
+    holds a reward model of another video model than ``video`` (None: of any, the run starting again).
+    ``train-video --overwrite --no-fit-stats`` (or ``--resume`` to more steps) left the previous model's
+    reward there, and ``score --model OUT`` scored with it without a word. Only a folder mmreward saved."""
+    import torch
+
+    from mmreward.core.checkpoint import discard
+
+    folder = os.path.join(args.out, "reward")
+    if not (os.path.isfile(os.path.join(folder, "manifest.json"))
+            and os.path.isfile(os.path.join(folder, "video", "config.json"))):
+        return
+    if video is not None:
+        from .video.vq_diffusion import ConditionalVQDiffusion
+
+        try:
+            old = ConditionalVQDiffusion.from_pretrained(os.path.join(folder, "video")).state_dict()
+            new = video.state_dict()
+            if old.keys() == new.keys() and all(torch.equal(old[k].cpu(), new[k].cpu()) for k in old):
+                return  # the reward of this very model (a finished run called again): still right
+        except (OSError, ValueError, RuntimeError, KeyError):  # unreadable: not this run's reward model either
+            pass
+    discard(folder)  # never half-deleted under its name
+    print(f"removed {folder}: the reward model of the video model this run replaced (score --model {args.out} "
+          f"would have used it); mmreward robotics fit-stats builds one for the new model")
 
 
 def _fit_stats(args: argparse.Namespace) -> int:
@@ -351,6 +405,7 @@ def _fit_stats(args: argparse.Namespace) -> int:
     _reward_config(args)
     _check_model_out("--out", args.out, [*_model_inputs("--codec", args.codec, ("vqgan",)),
                                          *_model_inputs("--video", args.video, ("vq_diffusion",)), *_data_folders(args)])
+    _check_replaceable("--out", args.out)
     codec = VQGAN.from_pretrained(model_folder(args.codec, ("vqgan",)), device)
     video = ConditionalVQDiffusion.from_pretrained(model_folder(args.video, ("vq_diffusion",)), device)
     frames, tasks = _training_frames(args, with_tasks=True)
@@ -532,6 +587,12 @@ def _score(args: argparse.Namespace) -> int:
                          "task's goal)")
     found = find_episodes(args.inputs, tasks=args.tasks, policies=args.policies, with_success=args.success)
     names = _unique_names(found)
+    if args.success:  # videos and imported demos carry no flags: --success had no effect on them, without a word
+        flagless = [n for src, n in zip(found, names) if src.input.success is None]
+        if flagless:
+            shown = ", ".join(flagless[:3]) + (f" and {len(flagless) - 3} more" if len(flagless) > 3 else "")
+            print(f"--success: {len(flagless)} of {len(found)} episodes have no success flags (videos, frame folders "
+                  f"and imported demos are unlabelled): {shown} scored without the success term", file=sys.stderr)
     results = []
     bar = tqdm(list(zip(found, names)), desc="score", unit="ep", disable=not args.progress or len(found) < 2)
     for src, name in bar:
@@ -811,7 +872,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-rl", help="train a DrQ-v2 agent from pixels with a learned or sparse reward",
                        description="DrQ-v2 in Meta-World / Adroit with the chosen reward source; logs (CSV + "
                                    "TensorBoard), evaluation videos, learning curves and snapshots go to --out. "
-                                   "A run whose --out holds a snapshot continues from it (--no-resume: start again).")
+                                   "A run whose --out holds a snapshot continues from it (--no-resume: refuse instead; "
+                                   "--overwrite: start again).")
     run = p.add_argument_group("run (RLConfig)")
     add_config_options(run, RLConfig, skip=("checkpoint", "reward_clip"))
     # the same flags as the other commands for the reward model and its clip (old spellings still accepted)

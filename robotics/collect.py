@@ -187,6 +187,21 @@ def _check_frame_size(out: str, hw: tuple[int, int]) -> None:
                          "or another --out folder")
 
 
+def _check_not_a_run(out: str) -> None:
+    """Refuse an ``out`` that holds a training run or a saved model: the episodes and their manifest were
+    written among its snapshots and logs (and a train-rl run there was no longer resumable)."""
+    if not os.path.isdir(out):
+        return
+    names = os.listdir(out)
+    if "config.json" in names:
+        what = "a saved model (config.json)"
+    elif "train_config.json" in names or any(n.startswith("checkpoint-") for n in names):
+        what = "a training run (train_config.json / checkpoint-*)"
+    else:
+        return
+    raise ValueError(f"--out {out} holds {what}, not an episode folder: collect into a folder of its own")
+
+
 def _check_camera(tasks: Sequence[str], camera: Optional[str]) -> None:
     """Refuse, before the first episode, a ``camera`` that one of several tasks lacks (Meta-World's
     and Adroit's cameras differ, and so do Adroit's): each env checks its own model, but only when
@@ -279,6 +294,7 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
     experts = _trained_experts(resolved, policy, expert_model, action_repeat)
     from .envs.base import parse_size
 
+    _check_not_a_run(out)
     _check_frame_size(out, parse_size(size))
     from tqdm.auto import tqdm
 

@@ -35,6 +35,13 @@ def frames_hint(frames: Any) -> str:
         return "; channels-first [T, 3, H, W]? make them channels-last: x.permute(0, 2, 3, 1) (numpy: transpose)"
     if len(shape) == 3 and shape[-1] == 3:
         return "; one frame [H, W, 3]? pass x[None], an episode of 1 frame"
+    # frames are never recoloured here: say how to make grayscale / RGBA frames RGB
+    if len(shape) == 3:
+        return "; grayscale frames [T, H, W]? make them RGB: np.repeat(x[..., None], 3, axis=-1)"
+    if len(shape) == 4 and shape[-1] == 1:
+        return "; grayscale frames [T, H, W, 1]? make them RGB: np.repeat(x, 3, axis=-1)"
+    if len(shape) == 4 and shape[-1] == 4:
+        return "; RGBA frames? drop (or composite) the alpha channel: x[..., :3]"
     return ""
 
 
@@ -116,9 +123,10 @@ def episodes_from(data: FrameData) -> list[torch.Tensor]:
 def frame_pool(data: FrameData) -> torch.Tensor:
     """All frames of ``data`` as one uint8 ``[M, H, W, 3]`` tensor."""
     eps = episodes_from(data)
-    shapes = {tuple(e.shape[1:]) for e in eps}
-    if len(shapes) != 1:
-        raise ValueError(f"episodes have different frame shapes: {sorted(shapes)}")
+    for i, e in enumerate(eps):  # name the episode: "different frame shapes: [(16, 16, 3), (24, 24, 3)]" did not
+        if e.shape[1:] != eps[0].shape[1:]:
+            raise ValueError(f"episodes have different frame shapes: episode {i} has {e.shape[1]}x{e.shape[2]} frames, "
+                             f"episode 0 {eps[0].shape[1]}x{eps[0].shape[2]}; give frames of one size")
     return torch.cat([e.contiguous() for e in eps], 0)
 
 

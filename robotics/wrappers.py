@@ -63,8 +63,9 @@ class PixelGymEnv(gym.Env):
 
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
-        if frame_stack < 1:
-            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+        from .envs.base import whole
+
+        whole("frame_stack", frame_stack, 1)  # 2.5 / "3" failed after the simulator started (never closed)
         if isinstance(base_seed, bool) or not isinstance(base_seed, (int, np.integer)) or base_seed < 0:
             raise ValueError(f"base_seed must be an integer >= 0 (collect's --seed), got {base_seed!r}")
         self.base_seed = int(base_seed)
@@ -195,6 +196,9 @@ class DiffusionRewardWrapper(gym.Wrapper):
         super().__init__(env)
         if mode not in ("replace", "add"):
             raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
+        if isinstance(env_reward_scale, bool) or not isinstance(env_reward_scale, (int, float, np.number)) or \
+                not np.isfinite(env_reward_scale):  # NaN made every "add" reward NaN without a word
+            raise ValueError(f"env_reward_scale must be a finite number, got {env_reward_scale!r}")
         from .reward.diffusion_reward import DiffusionReward
 
         if not isinstance(reward_model, DiffusionReward):  # a ranker / RND has no video model to window

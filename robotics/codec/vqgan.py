@@ -84,8 +84,15 @@ class VQGANConfig:
         if len(self.channels) < 1 or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1
                                              for c in self.channels):
             raise ValueError(f"channels must be one or more widths >= 1 (one per level), got {list(self.channels)}")
-        if self.image_size % 2 ** (len(self.channels) - 1):
-            raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels) - 1}")
+        f = 2 ** (len(self.channels) - 1)
+        if self.image_size % f:
+            # frames of 84 px (DrQ's size) failed with only "not divisible by 2^3": say which sizes work
+            lo, hi = self.image_size // f * f, (self.image_size // f + 1) * f
+            sizes = f"{lo} or {hi}" if lo else f"{hi}"
+            raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.channels) - 1} = {f} (the "
+                             f"{len(self.channels)} levels of channels={list(self.channels)} halve the frame "
+                             f"{len(self.channels) - 1} times): use {sizes} px frames (import-videos / collect "
+                             "--size), or fewer levels (one channel width less halves it once less)")
         if self.num_codes < 2 or self.latent_dim < 1:
             raise ValueError("num_codes >= 2 and latent_dim >= 1 are required")
 
@@ -330,6 +337,32 @@ class VQGAN(Pretrained, nn.Module):
         """``x`` float ``[B, 3, H, W]`` in [−1, 1] → ``(reconstruction in [−1, 1], quantiser loss, tokens)``."""
         zq, qloss, idx = self.quantizer(self.encoder(x))
         return self.decoder(zq), qloss, idx
+
+    def token_digest(self) -> str:
+        """A short hash of what decides the tokens :meth:`encode` gives (the encoder's weights and the
+        codebook): a video model records its codec's, so that a codec retrained since (another
+        ``train-codec --overwrite`` / ``--resume`` into the same folder) is not paired with it silently.
+        Two hashes, ``"<bf16>-<fp16>"``, of the weights rounded to bfloat16 and to float16: rounding is
+        idempotent, so the same codec saved in float32, float64, bfloat16 or float16 (and reloaded in any
+        dtype, on any device) matches one of them (see :meth:`made_tokens_of`)."""
+        import hashlib
+
+        from mmreward.core.checkpoint import update_digest
+
+        parts = sorted((k, v) for k, v in self.state_dict().items() if k.startswith("encoder."))
+        parts.append(("quantizer.embedding", self.quantizer.embedding))
+        out = []
+        for dtype in (torch.bfloat16, torch.float16):
+            h = hashlib.sha256()
+            for name, value in parts:
+                h.update(name.encode())
+                update_digest(h, value.detach().to(dtype))
+            out.append(h.hexdigest()[:16])
+        return "-".join(out)
+
+    def made_tokens_of(self, digest: str) -> bool:
+        """Whether ``digest`` (a :meth:`token_digest` recorded earlier) is this codec's, in any saved dtype."""
+        return any(a == b for a, b in zip(self.token_digest().split("-"), str(digest).split("-")))
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -30,6 +30,15 @@ def read_frames(path: str, size: int) -> np.ndarray:
     from .video import load_frames, resize_frame
 
     if not path.lower().endswith(".npz"):
+        from .video import VideoError, frame_files
+
+        if os.path.isdir(path) and not frame_files(path):
+            # an episode folder (or a folder of videos) is many episodes, not one: "frame folder data/mw holds no
+            # .png/.jpg/.jpeg/.bmp images" did not say what to do (the CLI's score takes such folders)
+            what = "an episode folder (manifest.json)" if os.path.isfile(manifest_path(path)) else "a folder"
+            raise VideoError(f"{path} is {what} without frame images, not one episode: give one episode per input "
+                             "(an .npz, a video or a frame folder), or mmreward.robotics.find_episodes([folder]) "
+                             "for the inputs of every episode in it (as `mmreward robotics score` reads it)")
         return load_frames(path, size=(size, size))
     frames = load_frames_npz(path)[0]
     if (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3
@@ -113,6 +122,9 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
     ``with_success`` passes labelled episodes' success flags (per frame: the reset frame has none)."""
     from .video import VIDEO_EXTS, expand_sources, frame_files, natural_key
 
+    if isinstance(sources, (str, os.PathLike)):  # one folder / file: its characters were read as sources
+        sources = [sources]
+    sources = [os.fspath(s) for s in sources]
     found = []
 
     def add(src: str, top: bool) -> None:

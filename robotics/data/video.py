@@ -178,8 +178,10 @@ def expand_sources(sources: Sequence[str], npz: bool = False) -> list[str]:
     its videos and sub-folders (each one episode, in natural name order), and with ``npz`` also for
     its ``.npz`` files (arrays of frames, as ``import-videos`` takes them)."""
     exts = VIDEO_EXTS + ((".npz",) if npz else ())
+    if isinstance(sources, (str, os.PathLike)):  # one folder / file: its characters were read as sources
+        sources = [sources]
     out: list[str] = []
-    for src in sources:
+    for src in map(os.fspath, sources):
         if os.path.isdir(src) and not frame_files(src):
             kids = sorted(os.listdir(src), key=natural_key)
             found = [os.path.join(src, k) for k in kids

@@ -204,6 +204,13 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         if tuple(video.config.token_shape) != (s, s):
             raise ValueError(f"codec makes {s}x{s} tokens but the video model expects "
                              f"{tuple(video.config.token_shape)}")
+        trained_on = getattr(video.config, "codec_digest", "")
+        if trained_on and not codec.made_tokens_of(trained_on):
+            # a codec retrained into the same folder after train-video (same sizes, other tokens) gave rewards
+            # of unrelated token sequences, fitted statistics and all, without a word
+            raise ValueError(f"the video model was trained on the tokens of another codec (codec digest {trained_on}, "
+                             f"this codec's {codec.token_digest()}): pair it with the codec it was trained with, or "
+                             "train the video model again on this codec (train-video --codec ...)")
         if rnd is not None and rnd.config.image_size != codec.config.image_size:
             # built with RNDConfig()'s 64 px next to a 32 px codec: every score failed later ("frames must be
             # 64x64 pixels, got 32x32"), a model saved that way included
@@ -518,7 +525,10 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         expert episodes (any input :func:`~mmreward.robotics.training.episodes_from` takes); stored (and
         saved) with the model."""
         raws, unrealised, displaced, consistent = [], [], [], []
-        for ep in episodes_from(episodes):
+        episodes = episodes_from(episodes)
+        for i, ep in enumerate(episodes):  # all checked before any work, naming the episode ("frames must be
+            check_frames_uint8(ep, f"episode {i}", self.image_size)  # 32x32 pixels, got 48x48" said not which)
+        for ep in episodes:
             tok = self.tokenize(ep)
             raws.append(self.raw_reward_windows(tok))
             unrealised.append(self.unrealised_motion(*self.change_windows(tok)))

@@ -11,6 +11,7 @@ Observations are uint8 ``[C·stack, H, W]``; actions live in ``[-1, 1]^A``.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -42,6 +43,10 @@ class DrQV2Config:
     augment_pad: int = _help("random-shift augmentation padding in pixels (0 turns it off)", default=4)
 
     def validate(self) -> None:
+        for name in ("lr", "critic_target_tau", "stddev_clip", "discount"):  # "1e-4" failed in a comparison
+            v = getattr(self, name)  # naming nothing, True was taken for 1
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {v!r}")
         check_schedule(self.stddev_schedule)
         if not 0.0 < self.critic_target_tau <= 1.0:
             raise ValueError(f"critic_target_tau must be in (0, 1], got {self.critic_target_tau}")

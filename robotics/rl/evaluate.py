@@ -84,9 +84,16 @@ def _run_settings(path: str, rl_config: type, agent_config: type) -> tuple[Any, 
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not isinstance(saved.get("agent"), dict):
         if isinstance(saved, dict) and isinstance(saved.get("config_class"), str):  # the Trainer's runs say which
             what = f"those of a {saved['config_class']} run (train-codec, train-video, …)"
+        elif isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            what = "those of another command's run"
         else:
             what = f"no 'config' and 'agent' objects; it has {sorted(saved) if isinstance(saved, dict) else type(saved).__name__}"
         raise ValueError(f"{path} does not hold a train-rl run's settings ({what}): --run takes a train-rl output folder")
+    if "num_train_frames" not in saved["config"] and {"steps", "eval_every"} <= set(saved["config"]):
+        # was "its 'config' settings do not fit RLConfig (... unexpected keyword argument 'steps')"
+        run = os.path.dirname(path) or "."
+        raise ValueError(f"{run} is a train-expert run (a state-based SAC policy), not a train-rl run: evaluate it "
+                         f"with `mmreward robotics eval-expert --model {run}`")
     settings = []
     for key, cls in (("config", rl_config), ("agent", agent_config)):
         try:
@@ -116,6 +123,7 @@ def evaluate_run(run: str, *, episodes: int = 20, seed: int = 0, frame: Optional
             raise ValueError(f"{name} must be >= {least}, got {value}")
     if not isinstance(run, (str, os.PathLike)):
         raise TypeError(f"run must be a train-rl run folder (a path), got {type(run).__name__}")
+    run = os.fspath(run)  # the summary's "run" as a string (a pathlib.Path did not serialise)
     from mmreward.core.device import resolve_device
 
     device = resolve_device(device)  # an unknown / absent device named before the environment is built

@@ -184,6 +184,8 @@ class ExpertTrainer:
     def __init__(self, config: ExpertConfig, agent_config: Optional[SACConfig] = None,
                  make_env: Optional[Callable[[], Any]] = None):
         config.validate()
+        if isinstance(config.out, os.PathLike):  # a pathlib.Path failed at the first snapshot, after training
+            config = replace(config, out=os.fspath(config.out))
         device = resolve_device(config.device)  # a device this torch cannot use fails before any env starts
         self.cfg, self.agent_cfg = config, agent_config or SACConfig()
         self.agent_cfg.validate()
@@ -202,9 +204,18 @@ class ExpertTrainer:
         try:
             self.eval_env = make_env()
             self.task = self.train_env.task
+            limit = self.train_env.max_steps
+            if config.episode_steps is not None and config.episode_steps > limit:
+                # the environment caps episodes at the task's time limit: 300 ran 100-step episodes while
+                # train_config.json and the fingerprint said 300
+                raise ValueError(f"episode_steps ({config.episode_steps}) is longer than {self.task} allows: {limit} "
+                                 f"agent steps at action_repeat {config.action_repeat}; use --episode-steps <= {limit}")
             if config.out is None:
                 default_out = os.path.join("runs", "expert-" + self.task.removeprefix("adroit-"))
                 config = self.cfg = replace(config, out=default_out)
+            from .workspace import check_run_folder
+
+            check_run_folder(config.out, "train-expert")  # a train-rl run, an episode folder or a model: not its own
             env = self.train_env
             self.agent = SACAgent(env.obs_dim, env.action_dim, self.agent_cfg, seed=config.seed).to(device)
             self.replay = StateReplay(config.replay_size, env.obs_dim, env.action_dim, seed=config.seed)
@@ -218,6 +229,11 @@ class ExpertTrainer:
                                               overwrite=config.overwrite, run_files=RUN_FILES)
             if state is not None:
                 self._restore(state)
+                if self.global_step - self.train_env.max_steps >= config.steps:
+                    # past this target by a whole episode: it returned as is and re-saved final_model/
+                    raise ValueError(f"out {config.out!r} holds a run already at step {self.global_step}, past steps "
+                                     f"{config.steps}: pass --steps >= {self.global_step - self.train_env.max_steps + 1} "
+                                     f"to continue it, or --overwrite to start again")
         except BaseException:
             self.close()
             raise
@@ -379,6 +395,8 @@ def evaluate_expert(model: str, *, episodes: int = 50, seed: int = 0, reward: st
         raise ValueError(f"seed must be >= 0, got {seed}")
     if episode_steps is not None and episode_steps < 1:  # named as given here, not as the env's max_steps
         raise ValueError(f"episode_steps must be >= 1, got {episode_steps}")
+    if isinstance(model, os.PathLike):  # the summary's "model" as a string
+        model = os.fspath(model)
     folder = policy_folder(model)
     policy = StatePolicy.from_pretrained(folder)
     if make_env is None:

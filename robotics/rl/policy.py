@@ -10,6 +10,7 @@ policy was trained with) and the actor's weights. ``mmreward robotics collect --
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,4 +80,13 @@ def policy_folder(path: str) -> str:
     inner = os.path.join(path, "model")
     if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inner, "config.json")):
         return inner
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        try:  # a train-rl run folder (a pixel agent) was "has no config.json: not a saved model folder"
+            with open(os.path.join(path, "train_config.json"), encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict) and "num_train_frames" in saved["config"]:
+            raise ValueError(f"{path} is a train-rl run (a pixel DrQ-v2 agent), not a train-expert policy "
+                             f"(`mmreward robotics eval-rl --run {path}` evaluates it)")
     return path

@@ -218,15 +218,30 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
                              "collect them with `collect --policy expert`, or import demonstrations with `import-videos` "
                              "(its default --policy demo)")
         has_task = task in tasks
-        return [ep.frames for _, ep in load_episode_folder(expert_data, [task] if has_task else None, EXPERT_POLICIES)]
+        frames = [ep.frames for _, ep in load_episode_folder(expert_data, [task] if has_task else None, EXPERT_POLICIES)]
+        other = sorted({tuple(f.shape[1:3]) for f in frames} - {(size, size)})
+        if other:  # was "frames must be 64x64 pixels, got 32x32", naming neither the folder nor the fix
+            h, w = other[0]
+            raise ValueError(f"--expert-data {expert_data} holds {h}x{w} frames, but the reward model takes "
+                             f"{size}x{size}: collect its episodes with --size {size}")
+        return frames
     from ..collect import run_episode
     from ..envs import make_env
 
     out = []
     with make_env(task, size=size, action_repeat=action_repeat, seed=10_000, max_steps=max_steps) as env:
         if not env.has_expert:
-            raise ValueError(f"no expert statistics for this reward mode and no scripted expert for {task}: "
-                             "pass expert_data=<episode folder>")
+            from ..pretrained import shipped_expert
+
+            # was "pass expert_data=<episode folder>": neither the train-rl flag nor how to make one
+            how = f"mmreward robotics collect --tasks {task} --policy expert --size {size} --out data/{task}-experts"
+            if shipped_expert(task) is None:
+                short = task.removeprefix("adroit-")
+                how = (f"mmreward robotics train-expert --task {task} --out runs/expert-{short}`, then `{how} "
+                       f"--expert-model runs/expert-{short}/model")
+            raise ValueError(f"the reward's checkpoint has no expert statistics for this reward mode and {task} has no "
+                             f"scripted expert to fit them on: pass expert_data=<episode folder> (--expert-data) of "
+                             f"expert episodes of {task}, e.g. from `{how}`")
         for i in range(episodes):
             ep = run_episode(env, policy="expert", noise=0.0, seed=10_000 + i, rng=np.random.default_rng(i))
             out.append(ep.frames)

@@ -13,6 +13,7 @@ the agent (exploration, the policy samples of an update) comes from the agent's 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -43,6 +44,17 @@ class SACConfig:
     log_std_max: float = _help("upper bound of the actor's log standard deviation", default=2.0)
 
     def validate(self) -> None:
+        # whole numbers and finite reals first: hidden_dim=2.5 failed inside nn.Linear, "3e-4" in a comparison,
+        # and a NaN / inf temperature, target entropy or log-std bound trained a NaN policy without a word
+        for name in ("hidden_dim", "batch_size", "updates_per_step", "num_seed_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        for name in ("lr", "discount", "critic_target_tau", "init_temperature", "log_std_min", "log_std_max") + (
+                ("target_entropy",) if self.target_entropy is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         for name in ("hidden_dim", "batch_size", "updates_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

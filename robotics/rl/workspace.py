@@ -21,10 +21,11 @@ newest readable snapshot, a folder holding a run is refused without it, ``overwr
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -38,7 +39,7 @@ from mmreward.core.train import rng_state, seed_everything, set_rng_state
 from .drqv2 import MIN_FRAME_SIZE, DrQV2Agent, DrQV2Config
 from .recording import plot_learning_curves, write_eval_video
 from .replay import EpisodeRecord, ReplayBuffer, stack_frames
-from .rewards import LEARNED_OPTIONS, RewardSource, check_reward_options, env_reward_for, make_reward_source
+from .rewards import LEARNED_OPTIONS, SHAPINGS, RewardSource, check_reward_options, env_reward_for, make_reward_source
 
 
 # what a run leaves in its folder besides its snapshots and train_config.json
@@ -132,6 +133,37 @@ class RLConfig:
             raise ValueError(f"episode_steps must be >= 1, got {self.episode_steps}")
         if not 0 <= self.seed < 2 ** 32:  # numpy's and the environments' seed range
             raise ValueError(f"seed must be in [0, 2**32 - 1], got {self.seed}")
+        if self.reward_shaping not in SHAPINGS:  # was "shaping must be ...", after the environments had started
+            raise ValueError(f"reward_shaping must be one of {', '.join(SHAPINGS)}, got {self.reward_shaping!r}")
+
+
+# the settings only each command's train_config.json "config" holds
+_RUN_KINDS = {"train-rl": ("num_train_frames",), "train-expert": ("steps", "eval_every")}
+
+
+def check_run_folder(out: str, command: str = "train-rl") -> None:
+    """Refuse an ``out`` that holds an episode folder, a saved model or another command's run (``command``:
+    the one starting here): the run's logs and snapshots were written among them (``--overwrite`` would
+    leave them there), or the refusal listed setting differences between unrelated agents."""
+    out = os.fspath(out)
+    for name, what in (("manifest.json", "an episode folder (collect / import-videos) or a saved model"),
+                       ("config.json", "a saved model")):
+        if os.path.isfile(os.path.join(out, name)):
+            raise ValueError(f"out {out!r} holds {what} ({name}), not a {command} run: give the run a folder of "
+                             "its own (--out)")
+    try:
+        with open(os.path.join(out, "train_config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # none, or damaged: start_run names it
+    if not isinstance(saved, dict):
+        return
+    config = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    kind = next((k for k, keys in _RUN_KINDS.items() if all(key in config for key in keys)), None)
+    other = saved.get("config_class") if isinstance(saved.get("config_class"), str) else kind
+    if other is not None and other != command:
+        raise ValueError(f"out {out!r} holds a run of {other}, not of {command} (its train_config.json): give the "
+                         "run a folder of its own (--out)")
 
 
 def parse_task(task: str) -> str:
@@ -158,7 +190,17 @@ def parse_task(task: str) -> str:
 class Workspace:
     def __init__(self, config: RLConfig, agent_config: Optional[DrQV2Config] = None, reward: Any = None):
         config.validate()
+        # paths as strings: a pathlib.Path out failed only at the end of the run, when the snapshot (which
+        # records the settings) was written: "cannot checkpoint a value of type PosixPath", the run lost
+        config = replace(config, **{k: os.fspath(getattr(config, k)) for k in ("out", "checkpoint", "expert_data")
+                                    if isinstance(getattr(config, k), os.PathLike)})
         resolve_device(config.device)  # a device this torch cannot use is a clear error before any env starts
+        check_run_folder(config.out)
+        if reward is not None and not (isinstance(reward, str) and reward == config.reward):
+            # the reward the run is paid by, as train_config.json, the curves and eval-rl name it: a callable
+            # passed beside RLConfig's default reward="diffusion" was recorded and plotted as "diffusion"
+            label = reward if isinstance(reward, str) else getattr(reward, "name", None)
+            config = replace(config, reward=label if isinstance(label, str) and label != "?" else "callable")
         self.cfg, self.agent_cfg = config, agent_config or DrQV2Config()
         self.agent_cfg.validate()  # before any environment starts, as the run's own settings
         seed_everything(config.seed)
@@ -183,6 +225,13 @@ class Workspace:
         self.train_env = make_env(self.task, seed=config.seed, **env_kw)
         self.eval_env = make_env(self.task, seed=config.seed, **env_kw)
         episode = self.train_env.max_steps
+        if config.episode_steps is not None and config.episode_steps > episode:
+            # the environment caps its episodes at the task's time limit: 300 ran 250-step episodes while
+            # train_config.json, the fingerprint and the user said 300
+            limit = getattr(self.train_env, "max_env_steps", None)
+            within = f" ({limit} environment steps at action_repeat {config.action_repeat})" if limit else ""
+            raise ValueError(f"episode_steps ({config.episode_steps}) is longer than {self.task} allows: "
+                             f"{episode} agent steps{within}; use --episode-steps <= {episode}")
         if config.nstep > episode:  # no n-step return could ever be sampled: the agent would never update
             raise ValueError(f"nstep ({config.nstep}) is longer than an episode of {self.task} ({episode} agent steps): "
                              f"the agent would never update; use --nstep <= {episode} or longer --episode-steps")
@@ -212,6 +261,14 @@ class Workspace:
         self.snapshots, state = start_run(config.out, self._fingerprint(), resume=config.resume,
                                           overwrite=config.overwrite, run_files=RUN_FILES, defaults=defaults)
         replay_floor = None if state is None else self._restore(state)
+        episode_frames = episode * config.action_repeat
+        if state is not None and self.global_frame - episode_frames >= config.num_train_frames:
+            # a run already past this target (by a whole episode: a run stops at the first episode end at or
+            # after it): it returned as is, re-plotting its curves and reporting frames it was not asked for
+            raise ValueError(f"out {config.out!r} holds a run already at frame {self.global_frame}, past num_train_frames "
+                             f"{config.num_train_frames}: pass --num-train-frames >= "
+                             f"{self.global_frame - episode_frames + 1} to continue it (or evaluate it with "
+                             f"`mmreward robotics eval-rl --run {config.out}`), or --overwrite to start again")
         reward_model = getattr(self.reward, "model", None)  # the learned reward's effective terms (γ, δ, …), after
         # the reward source's and the checkpoint's defaults: None in `config` means "theirs"
         reward_cfg = asdict(reward_model.config) if is_dataclass(getattr(reward_model, "config", None)) else None
@@ -219,6 +276,9 @@ class Workspace:
                                                            "reward_model": reward_cfg, "resumed_at_frame": self.global_frame})
         for sub in ("replay", "eval", "eval_videos"):
             remove_leftovers(os.path.join(config.out, sub))
+        # videos of evaluations after the snapshot (a killed run's, whose eval.csv rows are cut below): with
+        # another evaluation schedule they stayed without a row, from a timeline this run does not continue
+        drop_videos_after(config.out, self.global_frame if state is not None else -1)
         # drop files of episodes no kept snapshot lists: written after the snapshot resumed from, or a
         # killed run's before its first snapshot
         self.replay.prune_store(keep_from=replay_floor)
@@ -429,6 +489,17 @@ class Workspace:
             if env is not None:  # None: construction failed before it was made
                 env.close()
         unlock_run_folder(self.cfg.out)  # the run folder's lock (start_run): another process may continue it
+
+
+def drop_videos_after(out: str, frame: int) -> None:
+    """Remove ``<out>/eval_videos/frame_<N>.mp4`` for every N > ``frame``."""
+    folder = os.path.join(out, "eval_videos")
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        stem, ext = os.path.splitext(name)
+        if ext == ".mp4" and stem.startswith("frame_") and stem[6:].isdigit() and int(stem[6:]) > frame:
+            os.remove(os.path.join(folder, name))
 
 
 def next_frames(next_obs: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,9 @@ class VQDiffusionConfig:
     mlp_type: str = "linear"  # 'linear' (two Linear layers per token) | 'conv' (two 3x3 convs over the token grid)
     activation: str = "gelu"  # MLP activation: 'gelu' | 'gelu2' (x * sigmoid(1.702 x), the official one)
     embedding: str = "mmreward"  # 'mmreward' | 'official' position / timestep / history embeddings (module doc)
+    # VQGAN.token_digest() of the codec whose tokens it was trained on ("" = unknown: trained on tokens, or
+    # saved before it was recorded); a DiffusionReward refuses another codec
+    codec_digest: str = ""
 
     @classmethod
     def paper(cls, **overrides) -> "VQDiffusionConfig":
@@ -115,6 +118,8 @@ class VQDiffusionConfig:
         if not isinstance(shape, (tuple, list)) or len(shape) != 2 or \
                 any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in shape):
             raise ValueError(f"token_shape must be two integers >= 1 (h, w), got {shape!r}")
+        if not isinstance(self.codec_digest, str):
+            raise ValueError(f"codec_digest must be a string (VQGAN.token_digest()), got {self.codec_digest!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.num_codes < 2 or self.num_history < 1 or self.frame_skip < 1 or self.depth < 1:
@@ -616,9 +621,16 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
             from ..training import episodes_from
 
             frame_eps = episodes_from(data)
+            # the codec these tokens come from: a DiffusionReward pairing the model with another codec (one
+            # retrained since into the same folder) scored every frame with unrelated tokens, without a word
+            cfg = dataclasses.replace(cfg, codec_digest=codec.token_digest())
             # the frames and the codec's weights, not the tokens: a GPU encoder need not give bit-identical
             # tokens on every call, and a resume must not be refused for that
             digest_of = [*frame_eps, *codec.state_dict().values()]
+            from ..training import check_frames_uint8
+
+            for i, ep in enumerate(frame_eps):  # was "frames must be 32x32 pixels, got 48x48": which episode?
+                check_frames_uint8(ep, f"episode {i}", codec.config.image_size)
             episodes = [codec.encode(ep) for ep in frame_eps]
         else:
             episodes = list(data)
