@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser
 
@@ -57,6 +57,34 @@ def ops_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+META_DEVICE_OK = ("env", "ops", "info")  # listing backends / describing a model without loading its weights
+
+
+def _meta_device(argv: Sequence[str]) -> Optional[str]:
+    """The ``--device`` value of ``argv`` when it names the meta device (shapes, no numbers), else None."""
+    for i, word in enumerate(argv):
+        value = argv[i + 1] if word == "--device" and i + 1 < len(argv) else \
+            word.split("=", 1)[1] if word.startswith("--device=") else None
+        if value is not None and value.strip().lower().split(":")[0] == "meta":
+            return value
+    return None
+
+
+def _refusing_meta(name: str, command: Callable[[list[str]], Optional[int]]) -> Callable[[list[str]], Optional[int]]:
+    """``command`` that first refuses ``--device meta``: scoring, training and serving on it failed as an
+    *unexpected* error ("Tensor.item() cannot be called on meta tensors", exit 1), after a training run had
+    made its output folder, and the server started, answering every request with an error."""
+    def run(argv: list[str]) -> Optional[int]:
+        value = _meta_device(argv) if name not in META_DEVICE_OK else None
+        if value is not None:
+            raise ValueError(f"--device {value}: the meta device holds tensor shapes but no numbers, so nothing can be "
+                             f"scored, trained or served on it; use cpu, cuda, cuda:N or auto (`mmreward info --load "
+                             f"--device meta` describes a model without reading its weights)")
+        return command(argv)
+
+    return run
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -77,7 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module, func, _ = COMMANDS[name]
     from mmreward.core.cli_config import run_cli
 
-    return run_cli(f"mmreward {name}", lambda a: getattr(importlib.import_module(module), func)(a), rest)
+    return run_cli(f"mmreward {name}", _refusing_meta(name, lambda a: getattr(importlib.import_module(module), func)(a)),
+                   rest)
 
 
 if __name__ == "__main__":

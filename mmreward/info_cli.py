@@ -186,9 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(prog="mmreward info", description="what a model folder holds and how mmreward reads it")
     p.add_argument("model", help="model folder, training run, shipped name or hub id")
     p.add_argument("--load", action="store_true", help="also load it: input type, parameters, dtype, settings")
-    p.add_argument("--device", default="cpu", help="device for --load (cpu, cuda, cuda:N, auto)")
+    p.add_argument("--device", default=None, help="device for --load (cpu, cuda, cuda:N, auto; default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.device is not None and not args.load:  # nothing is loaded without --load: it was silently ignored
+        p.error(f"--device {args.device} is where --load puts the model: add --load, or drop --device")
+    args.device = args.device or "cpu"
     info = describe_folder(args.model, load=args.load, device=args.device)
     if args.json:
         print(json_text(info, default=str))  # a config value of inf is null, not the non-JSON Infinity

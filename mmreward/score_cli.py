@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_split_options, json_text
+from mmreward.core.cli_config import CLIParser, add_split_options, json_text, output_path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON lines (row fields + scores) instead of a table")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal)")
-    p.add_argument("--out", help="write the JSON lines (--json's output) to this file instead of printing them; "
+    p.add_argument("--out", type=output_path, help="write the JSON lines (--json's output) to this file instead of printing them; "
                                  "written whole when scoring ends")
     args = p.parse_args(argv)
     if bool(args.files) == bool(args.data):
@@ -290,9 +290,9 @@ def _print(args: Any, rows: list[dict], out: list[dict]) -> None:
             label = r.get("file") or _summary(r)
             print(f"{i:>5}  {shown}  {extra}  {label}".rstrip())
     if pairs:
-        acc = sum(o["score_chosen"] > o["score_rejected"] for o in pairs) / len(pairs)
-        print(f"pairwise accuracy: {acc:.4f} over {len(pairs)} pairs",
-              file=sys.stderr if args.json or args.out else sys.stdout)
+        from mmreward.text.cli import pairwise_accuracy_line  # NaN pairs left out and counted, not read as wrong
+
+        print(pairwise_accuracy_line(pairs), file=sys.stderr if args.json or args.out else sys.stdout)
 
 
 def _ranking(args: Any, out: list[dict]) -> list[dict]:

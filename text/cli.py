@@ -65,7 +65,16 @@ def _start_model(args: argparse.Namespace) -> Any:
 
     new_head = {k: getattr(args, k) for k in _NEW_HEAD if getattr(args, k) is not None}
     if args.backbone_config:
-        return RewardModel.from_backbone(_config_from_json(args.backbone_config), tokenizer=args.tokenizer, **new_head)
+        config = _config_from_json(args.backbone_config)
+        try:
+            return RewardModel.from_backbone(config, tokenizer=args.tokenizer, **new_head)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a size torch cannot build (-32: "negative dimension") was exit 1
+            from mmreward.core.data import DataError
+
+            raise DataError(f"--backbone-config {args.backbone_config}: cannot build a {config.model_type} backbone "
+                            f"from it: {e}") from e
     folder = resolve_folder(args.model)
     try:
         detect(folder)
@@ -135,7 +144,32 @@ def _config_from_json(path: str) -> Any:
     if not isinstance(data, dict) or "model_type" not in data:
         raise DataError(f"{path}: a backbone config needs a 'model_type' field (e.g. \"bert\", \"llama\")")
     model_type = data.pop("model_type")
-    return AutoConfig.for_model(model_type, **data)
+    import difflib
+    import warnings
+
+    try:
+        defaults = AutoConfig.for_model(model_type)
+    except (ValueError, KeyError, TypeError):  # transformers' message lists every model type (thousands of characters)
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        near = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+        raise DataError(f"{path}: model_type {model_type!r} is not a transformers model type"
+                        + (f" (did you mean {' / '.join(map(repr, near))}?)" if near else "")) from None
+    # a key the config class does not know is kept as a plain attribute that no model reads: a misspelt
+    # "hiden_size" left hidden_size at its default, silently (a warning, not an error: published config.json
+    # files carry keys of older releases)
+    known = set(defaults.to_dict()) | set(vars(defaults)) | set(getattr(defaults, "attribute_map", {}))
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        hints = [f"{k!r}" + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(k, known, n=1, cutoff=0.8))
+                 for k in unknown]
+        warnings.warn(f"{path}: {', '.join(hints)} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
+                      f"{type(defaults).__name__}; no model reads {'it' if len(unknown) == 1 else 'them'}", stacklevel=2)
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except Exception as e:  # noqa: BLE001 - a wrong type ("hidden_size": "32") is huggingface_hub's
+        # StrictDataclassFieldValidationError, neither a ValueError nor a TypeError: it was an "unexpected error"
+        raise DataError(f"{path}: {e}") from None
 
 
 # ------------------------------------------------------------------ score
@@ -185,6 +219,12 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .reward_model import RewardModel
 
+    # before the rows are read and the model loads (minutes for a 7B model), not after
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    if args.max_length is not None and args.max_length < 2:
+        raise ValueError(f"--max-length {args.max_length}: max_length must be an integer >= 2 or None, got "
+                         f"{args.max_length} (leave it out for the model's own)")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     if args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
         from .data import _read_pair_rows
@@ -231,10 +271,25 @@ def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[f
         first = o.get("score", o.get("score_chosen"))
         second = f"{o['score_rejected']:10.4f}" if "score_rejected" in o else " " * 10
         print(f"{i:>5}  {first:10.4f}  {second}  {prompt[:60]}")
-    pairs = [o for o in out if "score_chosen" in o]
-    if pairs:
-        correct = sum(1 for o in pairs if o["score_chosen"] > o["score_rejected"])
-        print(f"pairwise accuracy: {correct / len(pairs):.4f} over {len(pairs)} pairs")
+    line = pairwise_accuracy_line([o for o in out if "score_chosen" in o])
+    if line:
+        print(line)
+
+
+def pairwise_accuracy_line(pairs: list[dict]) -> Optional[str]:
+    """``pairwise accuracy: A over N pairs`` of rows with ``score_chosen`` / ``score_rejected``; a pair with a
+    NaN / inf score (a model overflowing in fp16) is left out and counted, not read as a wrong pair."""
+    import math
+
+    finite = [o for o in pairs if math.isfinite(o["score_chosen"]) and math.isfinite(o["score_rejected"])]
+    dropped = len(pairs) - len(finite)
+    note = f" ({dropped} pair{'s' if dropped > 1 else ''} with a non-finite score left out)" if dropped else ""
+    if not pairs:
+        return None
+    if not finite:
+        return f"pairwise accuracy: undefined: every one of the {len(pairs)} pairs has a non-finite score"
+    correct = sum(1 for o in finite if o["score_chosen"] > o["score_rejected"])
+    return f"pairwise accuracy: {correct / len(finite):.4f} over {len(finite)} pairs{note}"
 
 
 # ------------------------------------------------------------------ dispatch

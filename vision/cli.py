@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from dataclasses import fields
 from typing import Any, Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, add_config_options, add_split_options, json_text
+from mmreward.core.cli_config import CLIParser, add_config_options, add_split_options, json_text, output_path
 
 # ------------------------------------------------------------------ shared by the vision commands
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +77,18 @@ def _saved_model_type(path: str) -> Optional[str]:
     return model_type if isinstance(model_type, str) else None
 
 
+def refuse_other_mmreward_model(flag: str, path: str, accepted: Sequence[str], wanted: str) -> None:
+    """Refuse a ``flag`` folder holding a model mmreward saved whose type is not in ``accepted``: transformers
+    cannot open it ("does not recognize this architecture ... pip install --upgrade transformers", or
+    "Unrecognized processing class"), which misleads more than it tells."""
+    from mmreward.registry import MODEL_TYPES
+
+    model_type = _saved_model_type(path)
+    if model_type in MODEL_TYPES and model_type not in accepted:
+        raise ValueError(f"{flag} {path} holds an mmreward {model_type!r} model, which is not a starting point here: "
+                         f"give {wanted}")
+
+
 def _episode_model(path: str) -> bool:
     """Whether the folder ``path`` names holds a robot reward (from its ``config.json`` alone)."""
     return _saved_model_type(path) in EPISODE_MODEL_TYPES
@@ -94,7 +105,7 @@ def score_video_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     add_device_option(parser)
     parser.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
-    parser.add_argument("--plot", default=None, help="write a PNG of the score over time here")
+    parser.add_argument("--plot", default=None, type=output_path, help="write a PNG of the score over time here")
     parser.add_argument("--json", action="store_true", help="print JSON (per-frame scores and aggregates)")
     args = parser.parse_args(argv)
     from mmreward.core.inputs import ImagePrompt
@@ -136,20 +147,41 @@ def train_main(argv: Sequence[str]) -> int:
     args = vars(parser.parse_args(argv))
     cfg = ImageRewardTrainConfig(**{f.name: args[f.name] for f in fields(ImageRewardTrainConfig)})
     tcfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig)})
+    _warn_unused_synthetic_options(cfg, parser)
     from mmreward.core.cli_config import check_output_folder
     from mmreward.vision.scoring import user_path
 
     if cfg.backbone not in ("conv", "clip-tiny"):  # the run's files would land in the model it starts from
         check_output_folder(tcfg.output_dir, "--out", [("--backbone", user_path(cfg.backbone))])
+        refuse_other_mmreward_model("--backbone", cfg.backbone, ("image_reward",),
+                                    "a transformers backbone folder or an image_reward folder to continue training")
     _, history = train_image_reward(cfg, tcfg)
     from mmreward.core.train import end_distributed, is_main_process
 
     if is_main_process():  # under torchrun: one summary, printed by the rank that wrote the model
         last = history[-1] if history else {}
-        print(json.dumps({k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}))
+        # json_text: a NaN metric (a held-out set of ties) is null, not NaN, which is not JSON
+        print(json_text({k: round(v, 4) for k, v in last.items() if k in ("step", "loss") or k.startswith("eval_")}))
         print(f"model: {os.path.join(tcfg.output_dir, 'model')}")
     end_distributed()
     return 0
+
+
+def _warn_unused_synthetic_options(cfg: Any, parser: argparse.ArgumentParser) -> None:
+    """The synthetic-data options (``--n-train``, ``--set-size`` …) given with a ``--data`` file (or ``--n-eval``
+    with ``--eval-data``) were silently ignored: a one-line warning names them (not an error: one list of
+    options is commonly reused for the synthetic and the file runs). A default value cannot be told from an
+    absent flag, so only values other than the default are named."""
+    import warnings
+
+    names = ("n_train", "n_eval", "set_size", "data_seed") if cfg.data != "synthetic" else \
+        ("n_eval",) if cfg.eval_data else ()
+    given = [f"--{n.replace('_', '-')} {getattr(cfg, n)}" for n in names if getattr(cfg, n) != parser.get_default(n)]
+    if given:
+        what = f"--data {cfg.data}" if cfg.data != "synthetic" else f"--eval-data {cfg.eval_data}"
+        warnings.warn(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up synthetic data, but {what} is a "
+                      f"file of ranked sets, used as it is: {'it is' if len(given) == 1 else 'they are'} ignored",
+                      stacklevel=2)
 
 
 def eval_main(argv: Sequence[str]) -> int:
@@ -162,7 +194,7 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     add_device_option(parser)
     parser.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
-    parser.add_argument("--out", help="also write the metrics (JSON) to this file")
+    parser.add_argument("--out", type=output_path, help="also write the metrics (JSON) to this file")
     args = parser.parse_args(argv)
     from mmreward.core.cli_config import check_output_file
     from mmreward.vision.scoring import user_path

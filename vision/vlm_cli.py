@@ -24,9 +24,9 @@ import os
 from typing import Any, Sequence
 
 from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_split_sources,
-                                      config_from_args, print_training_summary)
+                                      config_from_args, output_path, print_training_summary)
 
-from .cli import add_device_option, read_rows
+from .cli import add_device_option, read_rows, refuse_other_mmreward_model
 
 VLM_MODEL_TYPES = ("vlm_reward", "visual_prm")
 
@@ -52,6 +52,8 @@ def _backbone(spec: str) -> tuple[Any, Any]:
     spec = model_folder(spec)  # "~/…" and a train-vlm-rm run folder (its model/), as mmreward.load reads them
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"--backbone {spec!r} is neither 'tiny' nor a local model folder")
+    refuse_other_mmreward_model("--backbone", spec, VLM_MODEL_TYPES,
+                                "'tiny', a transformers VLM folder or a train-vlm-rm / train-visual-prm model folder")
     if os.path.isfile(os.path.join(spec, "config.json")):
         from mmreward.core.model import read_config
 
@@ -92,6 +94,9 @@ def _train(argv: Sequence[str], kind: str) -> int:
     ns = parser.parse_args(argv)
     if ns.n_train < 1:
         raise ValueError(f"--n-train must be >= 1, got {ns.n_train}")
+    if ns.data != "synthetic" and ns.n_train != parser.get_default("n_train"):  # it was silently ignored
+        raise ValueError(f"--n-train {ns.n_train} is the number of synthetic rows; --data {ns.data} is a file, "
+                         "whose rows are all used: drop --n-train, or use --data synthetic")
     if ns.split and ns.data == "synthetic":  # the generated rows have no splits: --split would be ignored
         raise ValueError(f"--split {ns.split} chooses a split of a --data file; --data synthetic has none")
     check_split_sources(ns, "--eval-data")
@@ -140,7 +145,7 @@ def train_visual_prm_main(argv: Sequence[str]) -> int:
 def colour_data_main(argv: Sequence[str]) -> int:
     parser = CLIParser(prog="mmreward vision colour-data",
                        description="write exactly-labelled colour rows (PNG images + rows.jsonl)")
-    parser.add_argument("--out", required=True, help="folder for the images and rows.jsonl")
+    parser.add_argument("--out", required=True, type=output_path, help="folder for the images and rows.jsonl")
     parser.add_argument("--kind", choices=("preference", "steps"), default="preference",
                         help="preference rows (VLM RM) or step-labelled rows (VisualPRM)")
     parser.add_argument("--n", type=int, default=64, help="number of rows")
@@ -156,6 +161,8 @@ def colour_data_main(argv: Sequence[str]) -> int:
     args.out = user_path(args.out, output=True)  # "~/colours": the home folder's, not a "./~" folder
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.seed < 0:  # numpy's generator said only "expected non-negative integer", naming no flag
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
     from mmreward.core.cli_config import check_output_folder
 
     check_output_folder(args.out, "--out")

@@ -37,8 +37,18 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 FLAG_NAMES = {"output_dir": "--out", "out_dir": "--out"}
 
 
+# a command-line word that is a negative number, not an option: argparse's own pattern knows only -1 and -0.5,
+# so `--missing-reward -1e3`, `--refine-clip -1e-3` or `--widen-below -inf` failed as "expected one argument"
+_NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
+
+
 class CLIParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors are one line: ``prog: error: message (see prog --help)``."""
+    """``argparse.ArgumentParser`` whose errors are one line: ``prog: error: message (see prog --help)``;
+    a negative number in any spelling float() reads (``-1e3``, ``-inf``) is a value, not an option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -321,6 +331,27 @@ def removing_new_folders_on_error(*paths: Optional[str]) -> Iterator[None]:
         raise
 
 
+def output_path(text: str) -> str:
+    """``type=`` of an output-path flag (``--out``, ``--plot``): an empty or blank value (``--out "$OUT"`` with
+    ``OUT`` unset) names nothing to write. Read as "no output", the results were silently not written; read as
+    a path, the files went into the working folder. Refused at parse time, naming the flag."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path names nothing to write, got {text!r}: name a path")
+    return text
+
+
+class _OutputPath(argparse.Action):
+    """:func:`output_path` as an action, for a config field whose default is ``""`` ("no output"): argparse runs
+    a ``type=`` on a string default too, while an action runs only when the flag is given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        try:
+            setattr(namespace, self.dest, output_path(values))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+
+
 def _split(text: str) -> list[str]:
     return [x for x in text.replace(" ", ",").split(",") if x]
 
@@ -377,13 +408,16 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, ski
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
+        writes = flag == "--out" and kind is str and not optional  # an output path: never empty (see output_path)
         if flag != long_flag:  # the long spelling still works, hidden from --help
             parser.add_argument(long_flag, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                                type=_or_none(kind) if optional else kind)
+                                **({"action": _OutputPath} if writes else {"type": _or_none(kind) if optional else kind}))
         if kind is list or typing.get_origin(kind) is list:
             kw["type"] = _split
         elif kind is tuple or typing.get_origin(kind) is tuple:
             kw["type"] = _numbers
+        elif writes:
+            kw["action"] = _OutputPath
         else:
             kw["type"] = _or_none(kind) if optional else kind
             if optional:
@@ -413,5 +447,5 @@ def print_training_summary(history: Sequence[Mapping[str, Any]], before: Optiona
     print(f"model: {model_folder}")
 
 
-__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "check_output_file", "check_output_folder", "config_from_args", "print_training_summary",
+__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "check_output_file", "check_output_folder", "config_from_args", "output_path", "print_training_summary",
            "removing_new_folders_on_error", "run_cli", "utf8_text"]

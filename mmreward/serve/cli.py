@@ -15,6 +15,10 @@ from mmreward.core.cli_config import CLIParser, add_config_options, config_from_
 from .config import RayServeConfig, ServeConfig
 
 
+# ServeConfig fields only the single-process server reads (mmreward.serve.app's batcher and uvicorn)
+LOCAL_SERVER_ONLY = ("bucket_batches", "shutdown_timeout_s", "log_level")
+
+
 def build_parser() -> CLIParser:
     parser = CLIParser(prog="mmreward serve", description="Serve a reward model over HTTP: POST /score (every "
                        "modality), POST /get_reward (OpenRLHF --remote_rm_url), GET /metrics, GET /healthz.")
@@ -38,6 +42,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  if getattr(ray_config, f.name) != getattr(RayServeConfig(), f.name)]
         if given:
             raise ValueError(f"{', '.join(given)} configure Ray Serve: add --ray")
+    if args.ray:  # settings of the single-process server that Ray Serve has no use for: silently ignored
+        defaults = {f.name: f.default for f in fields(ServeConfig)}
+        given = [f"--{name.replace('_', '-')}" for name in LOCAL_SERVER_ONLY if getattr(config, name) != defaults[name]]
+        if given:
+            raise ValueError(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the single-process server "
+                             "(its length-bucketing batcher / uvicorn); under --ray, Ray Serve batches and serves HTTP "
+                             "itself: drop " + ("it" if len(given) == 1 else "them") + " or leave out --ray")
     config.check_bind()
     if args.ray:
         from .ray import serve_ray

@@ -62,9 +62,10 @@ class ServeConfig:
                 "of compute (none: never split)"})
     max_queue: int = field(default=1024, metadata={"help": "most inputs waiting; beyond it requests get 503 + Retry-After"})
     max_items: int = field(default=256, metadata={"help": "most inputs in one request"})
-    max_request_mb: float = field(default=32.0, metadata={"help": "largest request body (MB)"})
+    max_request_mb: float = field(default=32.0, metadata={"help": "largest request body, in MB of 2^20 bytes (MiB)"})
     max_image_pixels: int = field(default=4096 * 4096, metadata={"help": "largest decoded image or video frame (pixels)"})
-    max_decoded_mb: float = field(default=512.0, metadata={"help": "most decoded image / frame bytes in one request (MB)"})
+    max_decoded_mb: float = field(default=512.0, metadata={
+        "help": "most decoded image / frame bytes in one request, in MB of 2^20 bytes (MiB)"})
     api_key: Optional[str] = field(default=None, metadata={
         "help": f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}); needed when binding beyond loopback"})
     step_separator: str = field(default="\n\n", metadata={

@@ -55,6 +55,8 @@ class EvalConfig:
         for name in ("limit", "max_length"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_length == 1:  # refused by the model's config only once it had loaded and the data was read
+            raise ValueError("max_length must be 0 (the model's own) or >= 2 tokens, got 1")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.benchmark != "rm-bench":  # RM-Bench's options: silently ignored on another benchmark

@@ -29,6 +29,11 @@ from mmreward.core.folders import CheckpointError, local_path_only
 
 _USER_ERRORS = (OSError, ValueError, TypeError, CheckpointError)  # one line on stderr, exit 2
 
+# config fields that judging never reads (training losses, GenRM-CoT's sampling: `judge` scores the direct
+# verifier): not offered by `text judge`, where they were silently ignored (the train-* commands keep them)
+JUDGE_UNUSED = {"genrm": ("lam", "cot_instruction", "num_rationales", "max_new_tokens", "temperature", "seed"),
+                "gram": ("label_smoothing",), "critic_rm": ("lam_start", "lam_end")}
+
 METHODS = {  # method -> (module, judge class, config class)
     "genrm": ("genrm", "GenRM", "GenRMConfig"),
     "gram": ("gram", "GRAM", "GRAMConfig"),
@@ -319,7 +324,8 @@ def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dic
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mmreward.core.cli_config import CLIParser, add_config_options, check_output_file, config_from_args
+    from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, config_from_args,
+                                          output_path)
     from mmreward.core.device import resolve_device
 
     ap = CLIParser(prog="mmreward text judge", description=__doc__.split("\n")[0])
@@ -336,17 +342,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
         p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
         p.add_argument("--dtype", default=None, help="cast the language model: fp32 | bf16 | fp16 (default: as saved)")
-        p.add_argument("--out", dest="output", help="write the result JSON here")
-        p.add_argument("--output", dest="output", help=argparse.SUPPRESS)
+        p.add_argument("--out", dest="output", type=output_path, help="write the result JSON here")
+        p.add_argument("--output", dest="output", type=output_path, help=argparse.SUPPRESS)
         if name == "grm":
             p.add_argument("--meta-rm", help="meta-RM folder from `mmreward text train-meta-rm` (with --k-meta)")
         config_cls = getattr(importlib.import_module(f"{__package__}.{mod}"), cfg)
-        add_config_options(p, config_cls, choices=_field_choices(config_cls))
+        add_config_options(p, config_cls, choices=_field_choices(config_cls), skip=JUDGE_UNUSED.get(name, ()))
     args = ap.parse_args(argv)
     args.method = args.method.replace("-", "_")  # an alias (critic-rm) is the method (critic_rm)
     mod, _, cfg = METHODS[args.method]
     try:
-        config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args)
+        config = config_from_args(getattr(importlib.import_module(f"{__package__}.{mod}"), cfg), args,
+                                  skip=JUDGE_UNUSED.get(args.method, ()))
         if args.limit < 0:  # argparse takes -1; it must not read as "all rows"
             raise ValueError(f"--limit must be >= 0 (0: all rows), got {args.limit}")
         if args.output and os.path.isdir(args.output):  # checked now, not after every row is judged
@@ -363,12 +370,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
     except _USER_ERRORS as e:
         return _user_error("mmreward text judge", e)
+    from mmreward.core.cli_config import json_text
+
+    # json_text: a judge's NaN probability (a diverged or overflowing LM) is null, not NaN, which is not JSON
     summary = {k: v for k, v in res.items() if not k.startswith("p_")}
-    print(json.dumps(summary, indent=1))
+    print(json_text(summary, indent=1))
     if args.output:
         from mmreward.core.checkpoint import atomic_write_text
 
-        atomic_write_text(args.output, json.dumps({"method": args.method, **res}, indent=1))
+        atomic_write_text(args.output, json_text({"method": args.method, **res}, indent=1))
     return 0
 
 

@@ -26,7 +26,8 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_output_file,
-                                      check_split_sources, config_from_args, json_text, run_cli, utf8_text)
+                                      check_split_sources, config_from_args, json_text, output_path, run_cli,
+                                      utf8_text)
 
 from .data import FORMATS
 
@@ -135,6 +136,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.synthetic and args.data:  # --data was trained on and --synthetic N silently ignored
         raise ValueError(f"--data {args.data} and --synthetic {args.synthetic} both name the training data: give one")
     check_split_sources(args, "--data", "--eval-data")
+    _refuse_unused_synthetic_flags(args)
+    _refuse_mmreward_backbone(args.backbone)
     device = resolve_device(args.device)
     if config.objective == "ppm":
         if not args.data:
@@ -162,8 +165,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_mmreward_backbone(backbone: str) -> None:
+    """``--backbone`` naming a model mmreward saved: transformers failed on it with "Couldn't instantiate the
+    backend tokenizer ..." (a saved PRM is continued with ``--model``)."""
+    if backbone == "tiny":
+        return
+    from mmreward.core.model import read_config
+    from mmreward.registry import MODEL_TYPES, resolve_folder
+
+    try:
+        model_type = read_config(resolve_folder(backbone)).get("model_type")
+    except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported when it loads
+        return
+    if model_type in MODEL_TYPES:
+        hint = (f"continue training it with --model {backbone}" if model_type == "process_reward_model" else
+                "give a transformers model folder (a causal LM or an encoder) or 'tiny'")
+        raise ValueError(f"--backbone {backbone} holds an mmreward {model_type!r} model, not a transformers "
+                         f"backbone: {hint}")
+
+
+def _refuse_unused_synthetic_flags(args: argparse.Namespace) -> None:
+    """``--num-steps`` without ``--synthetic``, and ``--max-value`` without it and without the tiny backbone
+    (whose tokenizer it sizes): each was silently ignored (a default value cannot be told from an absent flag,
+    so only other values are refused)."""
+    tiny = args.backbone == "tiny" and not args.model
+    model = f"--model {args.model}" if args.model else f"--backbone {args.backbone}"
+    unused = [("--num-steps", args.num_steps, 4, bool(args.data) and not args.synthetic, "shapes the --synthetic chains",
+               f"it trains on --data {args.data}"),
+              ("--max-value", args.max_value, 9, bool(args.data) and not args.synthetic and not tiny,
+               "bounds the --synthetic chains and the tiny backbone's tokenizer", f"it trains {model} on --data {args.data}")]
+    for flag, value, default, ignored, what, why in unused:
+        if ignored and value != default:
+            raise ValueError(f"{flag} {value} {what}, which this run does not use ({why}): drop {flag}")
+
+
+def _check_batch_size(args: argparse.Namespace) -> None:
+    """``--batch-size`` before the data is read and the model loads (the model's own check came after both)."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+
+
 def _score_examples(args: argparse.Namespace):
     from .data import StepExample, read_step_examples
+
+    if args.problem is not None:  # given twice, the last one won and took every --step (the first's too)
+        if len(args.problem) > 1:
+            raise ValueError(f"--problem is given {len(args.problem)} times: one command scores one problem, with "
+                             "its steps as --step's in order; score several solutions with --data rows")
+        args.problem = args.problem[0]
 
     if args.data:
         given = [flag for flag, value in (("--problem", args.problem), ("--step", args.step)) if value is not None]
@@ -198,6 +247,7 @@ def _score(args: argparse.Namespace) -> int:
     from .train import check_threshold, solutions
 
     # before the work, not after it; an existing file of the model folder would be replaced
+    _check_batch_size(args)
     check_output_file(args.out, "--out", [("--data", args.data)], folders=[("--model", args.model)])
     examples = _score_examples(args)  # bad data fails before the model loads
     model = _load_model(args)
@@ -207,8 +257,11 @@ def _score(args: argparse.Namespace) -> int:
     rows = []
     for e, p, a in zip(examples, parts, agg.tolist()):
         row = {"id": e.id} if e.id else {}
-        row["step_scores"] = [round(x, 6) if x == x else None for x in p.tolist()]  # None: not scored (truncate)
-        row["score"] = round(a, 6)
+        # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18 step
+        # probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one read as 0.0, tying
+        # the solutions a best-of-N pick compares
+        row["step_scores"] = [float(x) if x == x else None for x in p.tolist()]  # None: not scored (truncate)
+        row["score"] = float(a)
         rows.append(json_text(row))
     if args.out:
         atomic_write_text(args.out, "\n".join(rows) + "\n")
@@ -226,6 +279,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .train import check_labelled, check_threshold, solutions, step_metrics
 
     # before the work, not after it; an existing file of the model folder would be replaced
+    _check_batch_size(args)
     check_output_file(args.out, "--out", [("--data", args.data)], folders=[("--model", args.model)])
     examples = read_step_examples(args.data, format=args.format, neutral=args.neutral, split=args.split)
     check_labelled(examples, args.data)  # before the model loads
@@ -340,10 +394,10 @@ def _parser() -> CLIParser:
     _add_scoring(p, 16)
     p.add_argument("--data", help="solutions: ProcessBench / TRL / Math-Shepherd / PRM800K rows")
     add_split_options(p, "--data")
-    p.add_argument("--problem", help="instead of --data: one problem ...")
+    p.add_argument("--problem", action="append", help="instead of --data: one problem ...")
     p.add_argument("--step", action="append", help="... and its steps, one --step each, in order")
     p.add_argument("--aggregation", choices=AGGREGATIONS, help="a solution's score from its steps (default: the model's)")
-    p.add_argument("--out", help="write the score rows (JSONL) here instead of stdout")
+    p.add_argument("--out", type=output_path, help="write the score rows (JSONL) here instead of stdout")
     p.set_defaults(fn=_score)
 
     p = sub.add_parser("eval", help="ProcessBench F1 (per subset) and step macro-F1 on labelled data")
@@ -352,7 +406,7 @@ def _parser() -> CLIParser:
                                                  "TRL / Math-Shepherd / PRM800K rows")
     add_split_options(p, "--data")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=False, help="also report the best threshold")
-    p.add_argument("--out", help="also write the metrics (JSON) to this file")
+    p.add_argument("--out", type=output_path, help="also write the metrics (JSON) to this file")
     p.set_defaults(fn=_eval)
 
     p = sub.add_parser("search", help="PRM-guided MCTS vs Best-of-N on synthetic problems with a noisy policy")
@@ -367,8 +421,8 @@ def _parser() -> CLIParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the problems and the policy (default: 0)")
     p.add_argument("--aggregation", default="min", choices=AGGREGATIONS,
                    help="how best-of-N turns a solution's step scores into one (default: min)")
-    p.add_argument("--out", dest="export", help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
-    p.add_argument("--export", dest="export", help=argparse.SUPPRESS)
+    p.add_argument("--out", dest="export", type=output_path, help="write MCTS self-training data (value-target traces + PPM pairs) as JSONL")
+    p.add_argument("--export", dest="export", type=output_path, help=argparse.SUPPRESS)
     _add_device(p)
     add_config_options(p.add_argument_group("search"), MCTSConfig)
     p.set_defaults(fn=_search)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from mmreward.core.cli_config import CLIParser, check_output_folder, run_cli
+from mmreward.core.cli_config import CLIParser, check_output_folder, output_path, run_cli
 
 
 @dataclass
@@ -59,7 +59,7 @@ def merge(config: MergeConfig):
 def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = CLIParser(prog="mmreward text merge", description="WARM: weight-average reward models fine-tuned from one init")
     parser.add_argument("members", nargs="+", help=MergeConfig.__dataclass_fields__["members"].metadata["help"])
-    parser.add_argument("--out", required=True, help=MergeConfig.__dataclass_fields__["out"].metadata["help"])
+    parser.add_argument("--out", required=True, type=output_path, help=MergeConfig.__dataclass_fields__["out"].metadata["help"])
     parser.add_argument("--weights", type=float, nargs="+", default=None,
                         help=MergeConfig.__dataclass_fields__["weights"].metadata["help"])
     parser.add_argument("--check-init", action=argparse.BooleanOptionalAction, default=True,
@@ -67,11 +67,15 @@ def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-init-distance", type=float, default=0.8,
                         help=MergeConfig.__dataclass_fields__["max_init_distance"].metadata["help"])
     args = parser.parse_args(argv)
+    if not args.check_init and args.max_init_distance != parser.get_default("max_init_distance"):
+        # the bound of the init check that --no-check-init skips: silently ignored
+        raise ValueError(f"--max-init-distance {args.max_init_distance:g} bounds the init check, which --no-check-init "
+                         "turns off: give one of them")
     check_output_folder(args.out, "--out")  # before the members are loaded and averaged
     config = MergeConfig(members=args.members, out=args.out, weights=args.weights, check_init=args.check_init,
                          max_init_distance=args.max_init_distance)
     merge(config)
-    print(json.dumps({"out": config.out, "members": config.members, "weights": config.weights}))
+    print(json.dumps({"out": config.out, "members": config.members, "weights": config.weights}, ensure_ascii=False))
     return 0
 
 
