@@ -396,6 +396,9 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
         pass  # free-form labels are fine for user videos
     # .npz files (frames saved by the user's own code, or another folder's episode files) are demos too: a
     # folder of mp4 and npz demos imported only its videos, without a word about the .npz files
+    if isinstance(sources, (str, os.PathLike)):  # one folder or file: its characters were read as paths
+        sources = [sources]
+    sources = [os.fspath(src) for src in sources]
     paths = expand_sources(list(sources), npz=True)
     if not paths:
         raise ValueError("no videos or frame folders given")
@@ -417,13 +420,27 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     policy = re.sub(r"[^A-Za-z0-9._-]+", "-", policy) or "demo"
     start, entries, frames = time.perf_counter(), [], 0
     used = set()
+    # an episode an earlier import wrote (from another source: a/ep.mp4 then b/ep.mp4, or two names that are
+    # both "-" once made ASCII) or any other file of the folder keeps its name: the new one takes a -k suffix.
+    # The same source imported again replaces its own episode.
+    from .data.episodes import manifest_path, read_manifest
+
+    imported = {e["file"]: e.get("source") for e in read_manifest(out)} if os.path.isfile(manifest_path(out)) else {}
+
+    def taken(name: str, source: str) -> bool:
+        if name in used:
+            return True
+        if name in imported:
+            return imported[name] != source
+        return os.path.lexists(os.path.join(out, name))
+
     for path in tqdm(paths, desc="import", unit="video", disable=not progress):
         video = _npz_frames(path, hw, stride) if path.lower().endswith(".npz") else load_frames(path, size=hw,
                                                                                               stride=stride)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
         name = f"{label}_{policy}_{stem}.npz"
         k = 1
-        while name in used:
+        while taken(name, os.path.abspath(path)):
             k += 1
             name = f"{label}_{policy}_{stem}-{k}.npz"
         used.add(name)

@@ -151,6 +151,8 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
     if isinstance(obj, torch.dtype):
         return {"__dtype__": str(obj).removeprefix("torch.")}
+    if isinstance(obj, os.PathLike):  # a pathlib.Path setting (out=Path(...)) as its text: a run was lost to it
+        return os.fspath(obj)
     raise TypeError(f"cannot checkpoint a value of type {type(obj).__name__}")
 
 

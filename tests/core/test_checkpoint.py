@@ -211,3 +211,12 @@ def test_data_digest_tells_data_apart_by_value_shape_dtype_and_order():
         assert data_digest(changed)["sha256"] != data_digest(rows)["sha256"]
     assert data_digest([torch.ones(2, dtype=torch.bfloat16)]) != data_digest([torch.ones(2)])
     assert data_digest([{1: "x", "1": "y"}])["items"] == 1  # keys json cannot sort are read by repr
+
+
+def test_a_pathlib_setting_is_saved_as_its_text(tmp_path):
+    """``out=pathlib.Path(...)`` in a trainer's settings failed at the first snapshot ("cannot checkpoint a
+    value of type PosixPath"), after the training it could not save."""
+    import pathlib
+
+    ck.save_state(str(tmp_path / "state"), {"out": tmp_path / "run", "dirs": [pathlib.PurePosixPath("a/b")]})
+    assert ck.load_state(str(tmp_path / "state")) == {"out": str(tmp_path / "run"), "dirs": ["a/b"]}

@@ -177,3 +177,17 @@ def test_a_stride_that_is_not_a_positive_integer_is_named_before_any_work(tmp_pa
         with pytest.raises(ValueError, match=f"stride must be an integer >= 1.*got {stride!r}"):
             read()
     assert not (tmp_path / "out").exists()
+
+
+def test_an_import_of_another_source_of_the_same_name_keeps_the_earlier_episode(tmp_path):
+    """a/ep then b/ep into one folder (or two names that are both "-" once made ASCII) replaced the first
+    episode's file and manifest entry; the same source imported again still replaces its own episode. One
+    folder given as a string (not a list) was read character by character."""
+    for name, t in (("a", 3), ("b", 4), ("猫", 5), ("犬", 6)):
+        write_frame_folder(str(tmp_path / name / ("ep" if name in "ab" else name)), smooth_frames(t=t, h=16, w=16))
+    out = str(tmp_path / "out")
+    for name in ("a", "b", "猫", "犬", "a"):
+        import_videos(str(tmp_path / name), out, task="t", size=16, progress=False)
+    entries = read_manifest(out)
+    assert [e["file"] for e in entries] == ["t_demo_ep.npz", "t_demo_ep-2.npz", "t_demo_-.npz", "t_demo_--2.npz"]
+    assert [load_episode(f"{out}/{e['file']}").frames.shape[0] for e in entries] == [3, 4, 5, 6]
