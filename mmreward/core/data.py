@@ -320,9 +320,30 @@ def _read_saved_dataset(path: str, split: Optional[str]) -> list[dict]:
     return _rows_of(ds, split, path, datasets)
 
 
+def _model_folder_type(path: str) -> Optional[str]:
+    """The ``model_type`` (or architecture) of a model folder — its own ``config.json``, or a training run's
+    ``model/config.json`` — else None: given as data, its JSON files were read as rows ("manifest.json:
+    expected a list of objects"), a message that never said the folder is a model."""
+    for config in (os.path.join(path, "config.json"), os.path.join(path, "model", "config.json")):
+        try:
+            with open(config, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict):
+            kind = cfg.get("model_type") or (cfg.get("architectures") or [None])[0]
+            if isinstance(kind, str) and kind:
+                return kind
+    return None
+
+
 def _read_folder(path: str, split: Optional[str]) -> list[dict]:
     if _is_saved_dataset(path):
         return _read_saved_dataset(path, split)
+    kind = _model_folder_type(path)
+    if kind is not None:
+        raise DataError(f"{path} is a model folder ({kind}), not data: give it as the model (--model), and the "
+                        "data as a data file or dataset folder")
     if not _repo_data_files(path, limit=1):
         raise DataError(f"{path} is a folder with neither a saved dataset (save_to_disk) nor data files "
                         f"({', '.join(_REPO_DATA_SUFFIXES)}); give a data file or a dataset folder")

@@ -174,3 +174,20 @@ def test_upper_case_file_suffixes_are_read(tmp_path):
     (tmp_path / "D.JSON.GZ").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="D.JSON.GZ: not a readable gzip file"):
         read_records(str(tmp_path / "D.JSON.GZ"))
+
+
+def test_a_model_folder_or_training_run_given_as_data_is_named_a_model(tmp_path):
+    """``--data MODEL`` said "MODEL/manifest.json: expected a list of objects", not that the folder is a model."""
+    model, run = tmp_path / "rm", tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    model.mkdir()
+    for folder in (model, run / "model"):
+        (folder / "config.json").write_text(json.dumps({"model_type": "text-reward-model"}))
+        (folder / "manifest.json").write_text(json.dumps({"files": {}, "format_version": 1}))
+    for path in (model, run):
+        with pytest.raises(DataError, match=r"is a model folder \(text-reward-model\), not data: give it as the "
+                                            r"model \(--model\)"):
+            read_records(str(path))
+    (tmp_path / "rows").mkdir()  # a folder of data files is still data
+    (tmp_path / "rows" / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert read_records(str(tmp_path / "rows")) == [{"prompt": "p", "chosen": "a", "rejected": "b"}]
