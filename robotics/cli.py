@@ -353,46 +353,44 @@ def _train_video(args: argparse.Namespace) -> int:
     tc = config_from_args(VideoTrainConfig, args)
     print(f"train-video: {len(frames)} episodes, {args.preset} VQ-Diffusion ({cfg.depth} blocks of width {cfg.dim}, "
           f"{cfg.num_history} history frames) -> {args.out}")
-    if args.overwrite:  # the run starts again: its reward model goes with its snapshots, logs and model
-        _drop_stale_reward(args)
     video = train_video_model(frames, cfg, args.out, tc, codec=codec, resume=args.resume, overwrite=args.overwrite,
                               stop_at=args.stop_at, progress_bar=args.progress, device=str(device))
+    # after the run, never before: a run refused on its settings or data must leave the folder as it was
+    _drop_stale_reward(args)
     if _stopped_early(args, tc.steps, " (expert statistics not fitted yet)" if args.fit_stats else ""):
         return 0
     print(f"saved {os.path.join(args.out, 'model')}")
-    if not args.fit_stats or args.reward_out:
-        _drop_stale_reward(args, video)  # OUT/reward is not rewritten by this call
     if not args.fit_stats:
         return 0
     _save_reward_model(codec, video, frames, tasks, args, args.reward_out or os.path.join(args.out, "reward"))
     return 0
 
 
-def _drop_stale_reward(args: argparse.Namespace, video: Any = None) -> None:
+def _drop_stale_reward(args: argparse.Namespace) -> None:
     """Remove the run's ``OUT/reward`` (what ``score --model OUT`` and ``train-rl --model OUT`` read) when it
-    holds a reward model of another video model than ``video`` (None: of any, the run starting again).
-    ``train-video --overwrite --no-fit-stats`` (or ``--resume`` to more steps) left the previous model's
-    reward there, and ``score --model OUT`` scored with it without a word. Only a folder mmreward saved."""
+    holds the reward model of another video model than ``OUT/model`` (or ``OUT/model`` is gone: an
+    ``--overwrite`` run stopped early). ``train-video --overwrite --no-fit-stats`` (or ``--resume`` to more
+    steps) left the previous model's reward there, and ``score --model OUT`` scored with it without a word.
+    Only a folder mmreward saved."""
     import torch
 
     from mmreward.core.checkpoint import discard
+
+    from .video.vq_diffusion import ConditionalVQDiffusion
 
     folder = os.path.join(args.out, "reward")
     if not (os.path.isfile(os.path.join(folder, "manifest.json"))
             and os.path.isfile(os.path.join(folder, "video", "config.json"))):
         return
-    if video is not None:
-        from .video.vq_diffusion import ConditionalVQDiffusion
-
-        try:
-            old = ConditionalVQDiffusion.from_pretrained(os.path.join(folder, "video")).state_dict()
-            new = video.state_dict()
-            if old.keys() == new.keys() and all(torch.equal(old[k].cpu(), new[k].cpu()) for k in old):
-                return  # the reward of this very model (a finished run called again): still right
-        except (OSError, ValueError, RuntimeError, KeyError):  # unreadable: not this run's reward model either
-            pass
+    try:
+        old = ConditionalVQDiffusion.from_pretrained(os.path.join(folder, "video")).state_dict()
+        new = ConditionalVQDiffusion.from_pretrained(os.path.join(args.out, "model")).state_dict()
+        if old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old):
+            return  # the reward of this very model (a finished run called again): still right
+    except (OSError, ValueError, RuntimeError, KeyError):  # unreadable or no OUT/model: not its reward model
+        pass
     discard(folder)  # never half-deleted under its name
-    print(f"removed {folder}: the reward model of the video model this run replaced (score --model {args.out} "
+    print(f"removed {folder}: the reward model of a video model this run replaced (score --model {args.out} "
           f"would have used it); mmreward robotics fit-stats builds one for the new model")
 
 

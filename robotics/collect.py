@@ -356,8 +356,10 @@ def _npz_frames(path: str, hw: tuple[int, int], stride: int) -> np.ndarray:
     if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
             and frames.shape[-1] == 3 and frames.shape[0] >= 1 and min(frames.shape[1:3]) >= 1):
         shape = list(getattr(frames, "shape", []))
+        from .training import frames_hint
+
         raise DataError(f"{path}: 'frames' must be uint8 frames [T, H, W, 3] (channels last, 0..255) with T >= 1, "
-                        f"got {getattr(frames, 'dtype', type(frames).__name__)} {shape}")
+                        f"got {getattr(frames, 'dtype', type(frames).__name__)} {shape}{frames_hint(frames)}")
     return _finish(list(frames), hw, stride, path)
 
 

@@ -343,8 +343,9 @@ class VQGAN(Pretrained, nn.Module):
         codebook): a video model records its codec's, so that a codec retrained since (another
         ``train-codec --overwrite`` / ``--resume`` into the same folder) is not paired with it silently.
         Two hashes, ``"<bf16>-<fp16>"``, of the weights rounded to bfloat16 and to float16: rounding is
-        idempotent, so the same codec saved in float32, float64, bfloat16 or float16 (and reloaded in any
-        dtype, on any device) matches one of them (see :meth:`made_tokens_of`)."""
+        idempotent, so a digest recorded from the float32 (or float64) codec — as training records it —
+        matches that codec saved in float32, float64, bfloat16 or float16 and reloaded in any dtype, on any
+        device (see :meth:`made_tokens_of`); a bfloat16 and a float16 copy do not match each other."""
         import hashlib
 
         from mmreward.core.checkpoint import update_digest

@@ -209,7 +209,8 @@ class ExpertTrainer:
                 # the environment caps episodes at the task's time limit: 300 ran 100-step episodes while
                 # train_config.json and the fingerprint said 300
                 raise ValueError(f"episode_steps ({config.episode_steps}) is longer than {self.task} allows: {limit} "
-                                 f"agent steps at action_repeat {config.action_repeat}; use --episode-steps <= {limit}")
+                                 f"agent steps at action_repeat {config.action_repeat}; use --episode-steps <= {limit} (a run "
+                                 "that recorded a longer value ran the task's limit: start it again with --overwrite)")
             if config.out is None:
                 default_out = os.path.join("runs", "expert-" + self.task.removeprefix("adroit-"))
                 config = self.cfg = replace(config, out=default_out)

@@ -231,7 +231,8 @@ class Workspace:
             limit = getattr(self.train_env, "max_env_steps", None)
             within = f" ({limit} environment steps at action_repeat {config.action_repeat})" if limit else ""
             raise ValueError(f"episode_steps ({config.episode_steps}) is longer than {self.task} allows: "
-                             f"{episode} agent steps{within}; use --episode-steps <= {episode}")
+                             f"{episode} agent steps{within}; use --episode-steps <= {episode} (a run that recorded a longer "
+                             "value ran the task's limit: start it again with --overwrite)")
         if config.nstep > episode:  # no n-step return could ever be sampled: the agent would never update
             raise ValueError(f"nstep ({config.nstep}) is longer than an episode of {self.task} ({episode} agent steps): "
                              f"the agent would never update; use --nstep <= {episode} or longer --episode-steps")

@@ -670,10 +670,13 @@ def train_video_model(data: Any, config: Optional[VQDiffusionConfig] = None, out
     loop = loop_config(out_dir, steps=tc.steps, batch_size=batch_size, seed=tc.seed, log_every=tc.log_every,
                        save_every=tc.ckpt_every, resume=resume, overwrite=overwrite, progress_bar=progress_bar,
                        quiet=quiet)
+    must_match = resume_settings(tc, cfg, digest_of or (history, target))
+    # the codec's digest is not a setting a resume checks: the data digest already covers the codec's weights,
+    # and runs saved before it was recorded lack the key (they could no longer be resumed)
+    must_match["model"].pop("codec_digest", None)
     trainer = Trainer(model, loop, step_fn=step_fn, sample_batch=sample_batch, reseed=False,
                       save_model=lambda folder: model.save_pretrained(folder, state_dict=ema_weights()),
-                      settings={"video_train": config_to_dict(tc)},
-                      resume_settings=resume_settings(tc, cfg, digest_of or (history, target)))
+                      settings={"video_train": config_to_dict(tc)}, resume_settings=must_match)
     for name, obj in (("optimizer", opt), ("scheduler", sched), ("ema", ema)):
         trainer.register_state(name, obj)
     trainer.fit(stop_at)

@@ -264,3 +264,24 @@ def test_step_policies_sampling_in_threads_reproduce_their_serial_steps(judge_lm
         t.join()
     assert got == {seed: [w] * 3 for seed, w in want.items()}
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_gram_judge_and_critic_rm_reward_keep_the_callers_submodule_modes():
+    """``GRAM.judge`` and ``CriticRM.reward`` (public scoring helpers) restored ``model.train(was)``, turning a
+    part the caller froze in eval mode back to train (and, from two threads, dropout on under a running call)."""
+    from mmreward.text.generative.critic_rm import CriticRM, CriticRMConfig
+    from mmreward.text.generative.gram import GRAM, GRAMConfig
+    from mmreward.text.generative.heads import ScalarHeadLM
+    from mmreward.text.generative.tiny import tiny_llama, word_tokenizer
+
+    tok = word_tokenizer(["good bad q0 q1 Question : [A] [B] Which response is better ? Answer A or B . Critique"])
+    gram = GRAM(tiny_llama(len(tok), hidden=32, layers=1, heads=2), tok, GRAMConfig())
+    crm = CriticRM(ScalarHeadLM(tiny_llama(len(tok), hidden=32, layers=1, heads=2, seed=0)), tok,
+                   CriticRMConfig(request="Critique", max_new_tokens=2))
+    for model, call in ((gram.model, lambda: gram.judge(["q0"], ["good"], ["bad"])),
+                        (crm.model, lambda: crm.reward(["q0"], ["good"], ["Critique good"]))):
+        frozen = next(m for m in model.modules() if m is not model and list(m.parameters()))
+        model.train()
+        frozen.eval()
+        call()
+        assert model.training and not frozen.training

@@ -191,3 +191,15 @@ def test_an_import_of_another_source_of_the_same_name_keeps_the_earlier_episode(
     entries = read_manifest(out)
     assert [e["file"] for e in entries] == ["t_demo_ep.npz", "t_demo_ep-2.npz", "t_demo_-.npz", "t_demo_--2.npz"]
     assert [load_episode(f"{out}/{e['file']}").frames.shape[0] for e in entries] == [3, 4, 5, 6]
+
+
+def test_grayscale_and_rgba_npz_demos_are_refused_saying_how_to_convert(tmp_path):
+    """import-videos refused grayscale / RGBA ``.npz`` frames without the conversion the docs promise."""
+    from mmreward.core.data import DataError
+
+    rgb = smooth_frames(t=3, h=16, w=16)
+    for name, frames, hint in (("gray", rgb[..., 0], r"np.repeat\(x\[\.\.\., None\], 3"),
+                               ("rgba", np.concatenate([rgb, rgb[..., :1]], -1), r"x\[\.\.\., :3\]")):
+        np.savez(tmp_path / f"{name}.npz", frames=frames)
+        with pytest.raises(DataError, match=f"{name}.npz: 'frames' must be uint8 .*{hint}"):
+            import_videos([str(tmp_path / f"{name}.npz")], str(tmp_path / "out"), task="t", size=16, progress=False)

@@ -154,7 +154,14 @@ def test_a_retrained_video_model_does_not_leave_the_old_reward_model_in_its_run(
     assert main([*base, "--steps", "2", "--resume", "--no-fit-stats"]) == 0
     assert "removed" in capsys.readouterr().out and not os.path.exists(os.path.join(run, "reward"))
     assert main([*base, "--steps", "1", "--overwrite"]) == 0 and os.path.isdir(os.path.join(run, "reward"))
-    assert main([*base, "--steps", "1", "--overwrite", "--no-fit-stats"]) == 0
+    reward = os.path.join(run, "reward", "manifest.json")
+    before = open(reward).read()
+    # an --overwrite run refused on its settings leaves the folder as it was, its reward model included
+    assert main([*base, "--steps", "1", "--overwrite", "--set", "num_codes=2"]) == 2
+    assert open(reward).read() == before
+    # the same run again (same seed and data: the same model) keeps its reward; another seed's model does not
+    assert main([*base, "--steps", "1", "--overwrite", "--no-fit-stats"]) == 0 and open(reward).read() == before
+    assert main([*base, "--steps", "1", "--overwrite", "--no-fit-stats", "--seed", "1"]) == 0
     assert not os.path.exists(os.path.join(run, "reward"))
     assert main(["score", "--model", run, os.path.join(data, "expert_0.npz"), *QUIET]) == 2
     assert "no 'diffusion_reward'" in capsys.readouterr().err
@@ -206,3 +213,25 @@ def test_find_episodes_takes_one_folder_as_a_string_or_a_path(tmp_path):
     demos = tmp_path / "demos"
     write_video(str(demos / "a.mp4"), frames(3).numpy())
     assert expand_sources(str(demos)) == expand_sources(demos) == [str(demos / "a.mp4")]
+
+
+def test_a_video_run_saved_before_the_codec_digest_was_recorded_still_resumes(tmp_path, monkeypatch):
+    """The codec digest entered the settings a resume must match: a run saved before it (its snapshot has no
+    such key) was refused on --resume ("model.codec_digest: saved ..., now ...")."""
+    import mmreward.robotics.video.vq_diffusion as vq
+
+    codec = _codec(0)
+    eps = [frames(4, s).numpy() for s in range(2)]
+    recorded = vq.resume_settings
+
+    def as_before(*args, **kwargs):  # what a run of the earlier code saved: its model config had no such field
+        settings = recorded(*args, **kwargs)
+        settings["model"].pop("codec_digest")
+        return settings
+
+    monkeypatch.setattr(vq, "resume_settings", as_before)
+    kw = dict(codec=codec, batch_size=2, progress_bar=False, ckpt_every=1)
+    train_video_model(eps, VQDiffusionConfig(**VIDEO), str(tmp_path / "v"), steps=1, **kw)
+    monkeypatch.setattr(vq, "resume_settings", recorded)
+    video = train_video_model(eps, VQDiffusionConfig(**VIDEO), str(tmp_path / "v"), steps=2, resume=True, **kw)
+    assert video.config.codec_digest == codec.token_digest()

@@ -608,10 +608,10 @@ def train_meta_rm_main(argv: Optional[Sequence[str]] = None) -> int:
                 else:
                     raise ValueError("--model is a meta-RM folder: give --judge-model to judge the pairs")
                 judge = GRMJudge(jm, jt, gcfg)
-            was = meta.training
-            meta.eval()  # the judge may share the meta-RM's backbone: sample without dropout
-            rows, counts = build_meta_rm_rows(judge, rows)
-            meta.train(was)
+            from mmreward.core.model import eval_while_scoring
+
+            with eval_while_scoring(meta):  # the judge may share the meta-RM's backbone: sample without dropout
+                rows, counts = build_meta_rm_rows(judge, rows)
             print(json.dumps({what: counts}))
             if counts["correct_rate"] in (0.0, 1.0):
                 raise ValueError(f"{path}: every sampled judgement was {'right' if counts['correct_rate'] else 'wrong'} "

@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import TextPair
-from mmreward.core.model import check_batch_size, check_ranges, config_from_dict, load_weights, save_weights
+from mmreward.core.model import (check_batch_size, check_ranges, config_from_dict, eval_while_scoring, load_weights,
+                                  save_weights)
 from mmreward.core.weights import quiet_transformers
 from mmreward.ops import reward_head_pairwise_loss_and_accuracy
 
@@ -200,9 +201,7 @@ class CriticRM(GenerativeJudge):
         """(N,) the reward head after the given critiques, ``batch_size`` rows per forward."""
         _check_rows("CriticRM.reward", prompts, responses, critiques)
         bs = self.config.batch_size if batch_size is None else check_batch_size(batch_size)
-        was = self.model.training
-        self.model.eval()
-        try:
+        with eval_while_scoring(self.model):  # threads share one eval period; submodule modes kept
             dev = next(self.model.parameters()).device
             out = []
             for s in range(0, len(prompts), bs):
@@ -210,8 +209,6 @@ class CriticRM(GenerativeJudge):
                 h, _ = self.model.hidden(b["input_ids"].to(dev), b["attention_mask"].to(dev))  # (b, H)
                 out.append(self._head(h).float().cpu())  # (b,)
             return torch.cat(out)
-        finally:
-            self.model.train(was)
 
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
         """A greedy critique of each response, then the reward head after it."""
@@ -278,11 +275,8 @@ def evaluate_critic_rm(crm: CriticRM, rows: Sequence[dict], lam: Optional[float]
     rows = _critique_rows(rows, "evaluate_critic_rm")
     c = crm.config
     b = _pair_batches(crm, rows)
-    was = crm.model.training
-    crm.model.eval()
-    with torch.no_grad():  # only the two components are used: the joint loss is recombined at `lam` below
-        _, m = crm.loss(b["chosen"], b["rejected"], step=0, total_steps=1)
-    crm.model.train(was)
+    with torch.no_grad(), eval_while_scoring(crm.model):  # only the two components are used: the joint loss is
+        _, m = crm.loss(b["chosen"], b["rejected"], step=0, total_steps=1)  # recombined at `lam` below
     lam = c.lam_end if lam is None else lam
     joint = lam * m["loss_critique"] + (1 - lam) * m["loss_bt"]
     return {"loss": joint, "loss_critique": m["loss_critique"], "loss_bt": m["loss_bt"], "accuracy": m["accuracy"]}

@@ -170,11 +170,8 @@ def _verification_rows(rows: Sequence[Any], what: str) -> list[dict]:
 def evaluate_genrm(genrm: GenRM, rows: Sequence[dict]) -> dict:
     """Direct-verifier metrics on labelled rows: accuracy of P(Yes) > ½, ECE and Brier score."""
     rows = _verification_rows(rows, "evaluate_genrm")
-    was = genrm.model.training
-    genrm.model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # score() runs in eval mode
         p = genrm.score([TextPair(r["prompt"], r["response"]) for r in rows])
-    genrm.model.train(was)
     y = torch.tensor([float(r["correct"]) for r in rows])
     cal = calibration(p, y)
     return {"accuracy": float(((p > 0.5).float() == y).float().mean()), "ece": cal["ece"], "brier": cal["brier"]}

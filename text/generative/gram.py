@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mmreward.core.inputs import Comparison
-from mmreward.core.model import check_batch_size, check_ranges
+from mmreward.core.model import check_batch_size, check_ranges, eval_while_scoring
 from mmreward.ops import pairwise_loss_and_accuracy
 
 from .base import GenerativeJudge, judge_trainer, text_field, text_lists
@@ -140,13 +140,9 @@ class GRAM(GenerativeJudge):
         """(N,) P(first ≻ second) in one order."""
         prompts, first, second = text_lists("GRAM.judge", prompts=prompts, first=first, second=second)
         bs = self.config.batch_size if batch_size is None else check_batch_size(batch_size)
-        was = self.model.training
-        self.model.eval()
-        try:
+        with eval_while_scoring(self.model):  # threads share one eval period; submodule modes kept
             out = [torch.softmax(self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs], s), -1)[:, 0]
                    for s in range(0, len(prompts), bs)]
-        finally:
-            self.model.train(was)
         return torch.cat(out)
 
     def score_pair(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
@@ -200,11 +196,8 @@ def evaluate_gram(gram: GRAM, rows: Sequence[dict]) -> dict:
     rows = _pair_rows(rows, "evaluate_gram")
     p, c, r = ([x[k] for x in rows] for k in ("prompt", "chosen", "rejected"))
     res = gram.score_pair(p, c, r)
-    was = gram.model.training
-    gram.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_while_scoring(gram.model):
         sft = float(lm_loss(gram.model, stage1_batch(gram.tokenizer, p, c, r, gram.config.template)))
-    gram.model.train(was)
     return {"accuracy": float((res["p"] > 0.5).double().mean()), "consistency": float(res["consistency"]),
             "stage1_loss": sft}
 

@@ -25,7 +25,7 @@ import torch
 
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import TextPair
-from mmreward.core.model import check_ranges, config_from_dict, load_weights, save_weights
+from mmreward.core.model import check_ranges, config_from_dict, eval_while_scoring, load_weights, save_weights
 from mmreward.ops import step_bce_loss
 
 from .base import (LM_FOLDER, GenerativeJudge, check_sampling, load_causal_lm, save_causal_lm, text_field,
@@ -313,10 +313,7 @@ def train_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict], conf
 
 def evaluate_meta_rm(meta: ScalarHeadLM, tokenizer: Any, rows: Sequence[dict]) -> dict:
     """Held-out BCE and accuracy of the meta-RM on ``{"messages", "judgement", "correct"}`` rows (one batch)."""
-    was = meta.training
-    meta.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_while_scoring(meta):
         b = meta_rm_batch(tokenizer, [r["messages"] for r in rows], [r["judgement"] for r in rows])
         loss, m = meta_rm_loss(meta, b, torch.tensor([float(r["correct"]) for r in rows]))
-    meta.train(was)
     return {"loss": float(loss), "accuracy": m["accuracy"]}

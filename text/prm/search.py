@@ -15,6 +15,7 @@ rollouts), the unit Best-of-N is charged in too, so the two compare at equal gen
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -341,7 +342,8 @@ class HFStepPolicy:
             kw["temperature"] = self.temperature
         # sampled under the policy's own seed inside a forked RNG: the caller's global RNG (its training,
         # its data order) is neither reseeded nor advanced by a search; threads sampling at once take turns
-        with seeded_sampling(seed, ids.device):
+        sampling = seeded_sampling(seed, ids.device) if self.temperature > 0 else contextlib.nullcontext()
+        with sampling:  # greedy draws nothing: no seed, and threads need not take turns
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         new = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         # the step is the first non-blank piece: an instruct LM often opens with the separator itself (a blank

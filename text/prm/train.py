@@ -24,7 +24,7 @@ import torch
 
 from mmreward.core.data import DataError
 from mmreward.core.inputs import StepSolution
-from mmreward.core.model import config_to_dict
+from mmreward.core.model import config_to_dict, eval_while_scoring
 from mmreward.core.trainer import TrainConfig, Trainer
 
 from .data import IGNORE, PairCollator, PairExample, StepCollator, StepExample
@@ -291,9 +291,7 @@ class CachedPrefixCollator:
                              f"got {trainable_layers}")
         self.examples, self.collate, self.first = examples, collate, n_blocks - trainable_layers
         self.cache: list[list[torch.Tensor]] = []  # per example: one (T_r, H) tensor per collated row
-        was = model.training
-        model.eval()
-        try:
+        with eval_while_scoring(model):  # the frozen blocks' states without dropout; submodule modes kept
             for i in range(0, len(examples), batch_size):
                 b = collate(examples[i: i + batch_size])
                 h = model.prefix_states(b["input_ids"], b["attention_mask"], self.first).cpu()  # (R, T, H)
@@ -303,8 +301,6 @@ class CachedPrefixCollator:
                 self.cache += [rows[j: j + per] for j in range(0, len(rows), per)]
                 if i == 0:
                     self._check(model, b)
-        finally:
-            model.train(was)
         self.nbytes = sum(t.numel() * t.element_size() for rows in self.cache for t in rows)
         if verbose:
             print(f"cache_frozen: states entering block {self.first} of {n_blocks} cached for {len(examples)} "
