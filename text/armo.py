@@ -30,7 +30,7 @@ from mmreward.core.data import DataError
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import (eval_while_scoring, check_batch_size, check_ranges, finish_loading,
-                                 load_state_strict, read_config)
+                                 load_state_strict, read_config, refuse_meta)
 from mmreward.core.weights import backbone_state, check_shapes, hf_config, quiet_transformers, read_weights
 
 from .data import model_max_length, pad_batch, truncation_warning
@@ -132,6 +132,7 @@ class ArmoRewardModel(RewardModel):
         self.check_encoded(rows)
         truncation_warning(rows, self.encoder, stacklevel=3)  # as score(): one warning naming what was cut
         self.check_fits(rows)
+        refuse_meta(self, "objectives")
         batch_size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         out = torch.empty(len(rows), self.config.num_objectives)
         with eval_while_scoring(self):  # threads share one eval period

@@ -40,7 +40,7 @@ from mmreward.core.model import finish_loading, load_state_strict, load_weights,
 from mmreward.core.weights import quiet_transformers, refuse_mismatched, weight_shapes
 
 from .data import has_chat_template, has_pair_template, model_max_length
-from .reward_model import RewardModel, RewardModelConfig, _tokenizer_argument, is_encoder, load_tokenizer
+from .reward_model import RewardModel, RewardModelConfig, _tokenizer_argument, is_encoder, load_tokenizer, without_unused_pooler
 
 LEGACY_META = "mmreward_reward_model.json"
 LEGACY_MODEL_TYPE = "mmreward_reward_model"
@@ -86,7 +86,7 @@ def load_legacy_folder(folder: str, *, device: Any = "cpu", dtype: Any = None, t
     with quiet_transformers():
         model = RewardModel(config, tokenizer)
     model.config.max_length = model_max_length(tokenizer, model.backbone.config)
-    load_state_strict(model, load_weights(folder, "cpu"), folder)
+    load_state_strict(model, without_unused_pooler(model, load_weights(folder, "cpu")), folder)
     return finish_loading(model, dev, dt)
 
 

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from mmreward.core.folders import CheckpointError, local_path_only
 from mmreward.core.inputs import TextPair, as_inputs
 from mmreward.core.model import (RewardScorer, eval_while_scoring, check_batch_size, check_finite_weights,
-                                 config_from_dict, config_to_dict, load_state_strict, load_weights, read_config, save_weights)
+                                 config_from_dict, config_to_dict, load_state_strict, load_weights, read_config, refuse_meta,
+                                 save_weights)
 from mmreward.core.weights import position_limit, quiet_transformers
 
 from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, has_chat_template, has_pair_template,
@@ -96,6 +97,36 @@ def backbone_from_config(config: Any) -> nn.Module:
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_config(config)
+
+
+def drop_unused_pooler(backbone: nn.Module) -> bool:
+    """Remove the pooler a BERT-style base model keeps inside itself (``BertModel(cfg)``, whose
+    ``add_pooling_layer`` defaults to True): the reward model reads ``last_hidden_state`` only, so the pooler
+    never changes a score, but its weights would be saved under ``backbone.pooler.*`` while a folder is rebuilt
+    by :func:`backbone_from_config` without one (and DDP would flag its unused parameters). True when one was
+    removed. The module is changed in place, as ``add_pooling_layer=False`` would have built it."""
+    pooler = getattr(backbone, "pooler", None)
+    if not isinstance(pooler, nn.Module):
+        return False
+    try:
+        builds_without = "add_pooling_layer" in inspect.signature(type(backbone).__init__).parameters
+    except (TypeError, ValueError):
+        builds_without = False
+    if not builds_without:  # a pooler the class always has: its forward may need it
+        return False
+    backbone.pooler = None
+    if isinstance(getattr(backbone, "pooler_activation", None), nn.Module):  # ALBERT keeps the activation apart
+        backbone.pooler_activation = None
+    return True
+
+
+def without_unused_pooler(model: nn.Module, state: dict) -> dict:
+    """``state`` without the ``backbone.pooler.*`` tensors of a backbone that has no pooler: folders saved
+    before :func:`drop_unused_pooler` existed (a ``from_backbone(BertModel(cfg))``, mmreward 0.1) hold the
+    BERT pooler that never changed a score, and load as they scored."""
+    if getattr(getattr(model, "backbone", None), "pooler", None) is not None:
+        return state
+    return {k: v for k, v in state.items() if not k.startswith("backbone.pooler.")}
 
 
 def is_encoder(config: Any) -> bool:
@@ -168,6 +199,7 @@ class RewardModel(RewardScorer, nn.Module):
         if not isinstance(config, RewardModelConfig):
             raise TypeError(f"config must be a RewardModelConfig, got {type(config).__name__}")
         backbone = backbone if backbone is not None else backbone_from_config(config.backbone)
+        drop_unused_pooler(backbone)  # a BertModel(cfg) given as it is: its folder must load as it scores
         bc = getattr(backbone, "config", None)
         hidden = getattr(bc, "hidden_size", None) or getattr(bc, "d_model", None) or getattr(bc, "n_embd", None)
         if not isinstance(hidden, int):
@@ -305,6 +337,7 @@ class RewardModel(RewardScorer, nn.Module):
         (batched kernels), and a pair whose chosen and rejected tokens are equal would then count as
         right or wrong by chance."""
         self.check_fits(rows)
+        refuse_meta(self, "score")
         device = self.head.weight.device
         slot: dict = {}
         inverse = [slot.setdefault((tuple(r.ids), None if r.types is None else tuple(r.types)), len(slot))
@@ -348,7 +381,9 @@ class RewardModel(RewardScorer, nn.Module):
                       max_length: Optional[int] = None, input_format: Optional[str] = None,
                       truncation: str = "prompt_first", prompt_share: float = 0.25,
                       **from_pretrained_kw: Any) -> "RewardModel":
-        """A fresh head on a backbone given as a local path / hub id, a transformers config or a model.
+        """A fresh head on a backbone given as a local path / hub id, a transformers config or a model (a
+        model with an LM head, such as ``LlamaForCausalLM``, gives its base model; a BERT-style pooler inside
+        it, unused by the reward model, is removed in place, so the saved folder loads as it scored).
 
         Defaults: ``pooling`` ``last`` for decoders, ``mean`` for encoders; ``input_format`` ``chat``
         when the tokenizer has a chat template, ``pair`` for encoders whose tokenizer has a pair
@@ -363,7 +398,7 @@ class RewardModel(RewardScorer, nn.Module):
         elif isinstance(backbone, (PretrainedConfig, dict)):
             model = backbone_from_config(backbone)
         elif isinstance(backbone, nn.Module):
-            model = backbone
+            model = _base_of(backbone)
         else:
             raise TypeError(f"backbone must be a path, a transformers config or a model, got {type(backbone).__name__}")
         if isinstance(tokenizer, (str, os.PathLike)):
@@ -418,7 +453,7 @@ class RewardModel(RewardScorer, nn.Module):
             raise CheckpointError(f"{os.path.join(folder, 'config.json')}: config field 'backbone' (a "
                                   f"{config.backbone.get('model_type')!r} transformers config) cannot build the "
                                   f"backbone: {type(e).__name__}: {text[:300]}") from e
-        load_state_strict(model, load_weights(folder, "cpu"), folder)
+        load_state_strict(model, without_unused_pooler(model, load_weights(folder, "cpu")), folder)
         return model
 
     @classmethod
@@ -442,6 +477,24 @@ class RewardModel(RewardScorer, nn.Module):
         model = loader(path, device=device, dtype=dtype, tokenizer=tokenizer)
         check_finite_weights(model, path, nan_only=dtype is not None)
         return model
+
+
+def _base_of(module: nn.Module) -> nn.Module:
+    """The base model of a transformers model with a head (``LlamaForCausalLM(cfg)``, ``BertForMaskedLM``, an
+    SFT checkpoint loaded with ``AutoModelForCausalLM``): its ``last_hidden_state`` is what the reward head reads
+    (the LM head, tied to the embeddings or not, is left out: from_backbone puts a fresh head on). Scored as it
+    was, such a module failed with "'CausalLMOutputWithPast' object has no attribute 'last_hidden_state'". A
+    sequence classifier is refused: its trained head would be dropped without a word."""
+    base = getattr(module, "base_model", None)
+    if not isinstance(base, nn.Module) or base is module:
+        return module
+    kind = type(module).__name__
+    if kind.endswith("ForSequenceClassification") or kind.endswith("ForTokenClassification"):
+        raise TypeError(f"RewardModel.from_backbone: backbone is a {kind}, whose trained head from_backbone would "
+                        f"replace with a fresh one: save it (save_pretrained, with its tokenizer) and mmreward.load "
+                        f"the folder to keep its head, or pass its base model (.{module.base_model_prefix}) for a "
+                        f"fresh head")
+    return base
 
 
 def _tokenizer_argument(tokenizer: Any) -> Any:
@@ -492,4 +545,4 @@ def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = ["RewardModel", "RewardModelConfig", "MODEL_TYPE", "POOLINGS", "TOKENIZER_FILES", "backbone_from_config",
-           "is_encoder", "load_tokenizer"]
+           "drop_unused_pooler", "without_unused_pooler", "is_encoder", "load_tokenizer"]

@@ -313,9 +313,14 @@ def check_replaceable(target: str, foreign: bool = True) -> str:
     if cwd is not None and (path == cwd or cwd.startswith(path.rstrip(os.sep) + os.sep) or path == os.sep):
         raise ValueError(f"{target!r} is the working folder or holds it ({cwd}): saving there would replace it; "
                          "name a new folder")
-    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):  # before any writing
-        raise CheckpointError(f"{path} exists and is not a folder{' (a link)' if os.path.islink(path) else ''}: "
-                              "not replacing it; name a folder")
+    if os.path.islink(path):  # before any writing
+        # the swap would put a real folder in the link's place; the folder it points to would be left as it was
+        real = os.path.realpath(path)
+        raise CheckpointError(f"{path} is not a folder (a link): it points to {real}; saving swaps in a whole new "
+                              f"folder, which would replace the link, not what it points to: not replacing it; name "
+                              f"{real} itself or a new folder")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"{path} exists and is not a folder: not replacing it; name a folder")
     above = os.path.dirname(path)
     while not os.path.lexists(above):
         above = os.path.dirname(above)
@@ -325,8 +330,11 @@ def check_replaceable(target: str, foreign: bool = True) -> str:
         entries = [e for e in os.listdir(path) if not _TMP_RE.match(e)]
         if entries and MANIFEST_NAME not in entries:
             shown = ", ".join(sorted(entries)[:5]) + (" …" if len(entries) > 5 else "")
+            saved = sorted(e for e in entries if os.path.isfile(os.path.join(path, e, MANIFEST_NAME)))
+            hint = (f" (a training run's folder? its saved model folder is {os.path.join(path, saved[0])}: name "
+                    "that to replace the model)" if saved else "")
             raise CheckpointError(f"{path} holds files this library did not save ({shown}): saving a folder there "
-                                  "would replace all of them; name a new or empty folder")
+                                  f"would replace all of them; name a new or empty folder{hint}")
     return path
 
 

@@ -31,6 +31,7 @@ import collections.abc
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import operator
@@ -329,6 +330,32 @@ def _scoring_in_eval_mode(fn: Any) -> Any:
     return method
 
 
+def _on_meta(model: Any, state_dict: Optional[dict] = None) -> Optional[str]:
+    """The name of the first tensor of ``state_dict`` (default: the model's parameters and buffers) that is on
+    the meta device (shapes, no numbers: ``mmreward.load(folder, device="meta")``), else None."""
+    if state_dict is not None:
+        return next((k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_meta), None)
+    if not isinstance(model, torch.nn.Module):
+        return None
+    # every score call asks: the first tensor answers for a model loaded on meta, without naming them all
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is None or not first.is_meta:
+        return None
+    named = (*model.named_parameters(), *model.named_buffers())
+    return next((k for k, v in named if v.is_meta), None)
+
+
+def refuse_meta(model: Any, what: str, state_dict: Optional[dict] = None) -> None:
+    """A model on the meta device describes a model (``mmreward info --load --device meta``) but has no numbers
+    to score with or to save: one ValueError saying so, not torch's "Tensor.item() cannot be called on meta
+    tensors" from deep inside a forward, nor "Cannot copy out of meta tensor" while saving."""
+    name = _on_meta(model, state_dict)
+    if name is not None:
+        raise ValueError(f"{type(model).__name__}.{what}: tensor {name!r} is on the meta device, which holds shapes "
+                         f"but no numbers (a model loaded with device='meta' describes a model only): load it on "
+                         f"cpu or cuda (device='cpu' / 'cuda' / 'auto') to score or save it")
+
+
 # ------------------------------------------------------------------ the contract
 class Pretrained:
     """``save_pretrained`` / ``from_pretrained`` for a model built from one dataclass config held as
@@ -355,10 +382,14 @@ class Pretrained:
             raise TypeError(f"{type(self).__name__} has no model_type")
         if state_dict is not None:
             check_state_dict(self, state_dict)
+        refuse_meta(self, "save_pretrained", state_dict)
         path = _folder_path(folder, "save_pretrained")
         with atomic_folder(path, keep=_added_since_saved(path)) as tmp:
             extra = self._save(tmp, state_dict) or {}
             body = {"model_type": self.model_type, "format_version": FORMAT_VERSION, "config": self.config_dict()}
+            unsaved = unsaved_buffer_dtypes(self)
+            if unsaved:
+                body[UNSAVED_BUFFERS_KEY] = unsaved
             body.update(extra)
             try:
                 import mmreward
@@ -398,6 +429,7 @@ class Pretrained:
             raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from e
         if dt is None and cls.keep_saved_dtype:
             match_saved_dtypes(model, os.path.join(folder, WEIGHTS_NAME))
+            restore_unsaved_buffer_dtypes(model, body.get(UNSAVED_BUFFERS_KEY))
         # checked on the device (fast on a GPU), before a cast to ``dtype`` could turn a large weight into inf
         model = finish_loading(model, dev, None, cls.eval_after_load)
         check_finite_weights(model, folder)
@@ -463,6 +495,7 @@ class RewardScorer(Pretrained):
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
+        refuse_meta(self, "score")
         with eval_while_scoring(self):  # dropout never changes a score; the caller's train() mode is kept
             out = _run_checking_dtype(self, self._score, items, size, "score")
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
@@ -476,6 +509,7 @@ class RewardScorer(Pretrained):
             RewardScorer._score_parts(self, [], 1)
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
+        refuse_meta(self, "score_parts")
         with eval_while_scoring(self):
             out = _run_checking_dtype(self, self._score_parts, items, size, "score_parts")
         if not isinstance(out, (list, tuple)) or len(out) != len(items) \
@@ -550,6 +584,39 @@ def match_saved_dtypes(model: Any, path: str) -> None:
                 t.data = t.data.to(dtype)
 
 
+UNSAVED_BUFFERS_KEY = "unsaved_buffer_dtypes"  # config.json: {buffer name: dtype} of buffers not in the weights
+
+
+def unsaved_buffer_dtypes(model: Any) -> dict[str, str]:
+    """``{name: dtype}`` of the floating-point buffers a model computes itself and does not save (rotary
+    ``inv_freq``): a model built in bf16 keeps them in float32 (transformers computes them so), one cast with
+    ``.to(torch.bfloat16)`` has them in bf16, and the two score differently in the last bits. Recorded in
+    ``config.json`` so that loading the folder (``dtype=None``, as saved) rebuilds them as the saved model had
+    them and scores as it did."""
+    if not isinstance(model, torch.nn.Module):
+        return {}
+    saved = set(model.state_dict(keep_vars=True))
+    return {name: str(b.dtype).removeprefix("torch.") for name, b in model.named_buffers()
+            if b.is_floating_point() and name not in saved}
+
+
+def restore_unsaved_buffer_dtypes(model: Any, recorded: Any) -> None:
+    """Give the unsaved buffers of a freshly loaded model the dtypes :func:`unsaved_buffer_dtypes` recorded at
+    save time (buffers the model no longer has, or a record that is not a ``{name: dtype}`` object, are
+    ignored: the buffers stay as the model builds them)."""
+    if not isinstance(model, torch.nn.Module) or not isinstance(recorded, dict):
+        return
+    kinds = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    for name, b in list(model.named_buffers()):
+        want = kinds.get(recorded.get(name)) if isinstance(recorded.get(name), str) else None
+        if want is None or not b.is_floating_point() or b.dtype == want:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if owner._buffers.get(leaf) is b:
+            owner._buffers[leaf] = b.to(want)
+
+
 def check_state_dict(model: Any, state_dict: Any) -> None:
     """``save_pretrained(state_dict=...)`` (EMA weights, a trainer's copy) must hold a tensor for every
     entry of the model's own ``state_dict()`` under the same names and shapes: a partial or renamed one
@@ -621,4 +688,5 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
 
 __all__ = ["Pretrained", "RewardScorer", "eval_while_scoring", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
            "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading",
-           "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict"]
+           "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict", "refuse_meta",
+           "unsaved_buffer_dtypes", "restore_unsaved_buffer_dtypes", "UNSAVED_BUFFERS_KEY"]

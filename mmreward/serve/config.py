@@ -90,6 +90,11 @@ class ServeConfig:
 
     def __post_init__(self):
         check_types(self, loose=("device", "dtype"))  # torch.device / torch.dtype: mmreward.load checks them
+        if str(self.device).strip().lower().split(":")[0] == "meta":  # a str or a torch.device
+            # mmreward.load opens a model on the meta device (shapes, no numbers) to describe it; a server would
+            # start and then answer every request with an error (`mmreward serve --device meta` is refused too)
+            raise ValueError(f"ServeConfig.device {self.device!r}: the meta device holds tensor shapes but no "
+                             "numbers, so nothing can be served on it; use cpu, cuda, cuda:N or auto")
         for name in ("max_batch", "bucket_batches", "max_queue", "max_items", "max_image_pixels", "retry_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
