@@ -19,6 +19,7 @@ import io
 import math
 import os
 import time
+import warnings
 from typing import Any, Optional
 
 from .folders import atomic_write, atomic_write_text
@@ -62,6 +63,54 @@ def _read_rows(path: str, resume_step: int) -> tuple[list[str], list[dict[str, s
     return columns, rows
 
 
+def _prune_tensorboard(tb_dir: str, resume_step: int) -> None:
+    """Remove the events after ``resume_step`` from the TensorBoard event files in ``tb_dir``: each file that
+    holds any is rewritten atomically under its own name (the files keep their order; one of nothing else
+    keeps its header). The writer's ``purge_step`` alone leaves them on disk: TensorBoard's Python reader
+    drops them only when it reads the purging file after the stale one (not so when a killed run's file
+    sorts after the resumed run's: the same second, a larger pid), and other readers (tbparse, exports,
+    the Rust data server) keep them, showing two curves over the same steps. A file that cannot be read
+    is left as it is, with a warning."""
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+    except Exception:  # tensorboard not installed: nothing of it to prune
+        return
+    try:
+        names = sorted(os.listdir(tb_dir))
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(tb_dir, name)
+        if name.startswith(".") or "tfevents" not in name or not os.path.isfile(path):
+            continue
+        try:
+            records = list(RawEventFileLoader(path).Load())  # stops at a record a killed writer left cut off
+            events = [Event.FromString(r) for r in records]
+        except Exception as e:
+            warnings.warn(f"{path}: could not be read to drop the events after step {resume_step} ({e}); "
+                          "TensorBoard may show them beside the resumed run's", stacklevel=3)
+            continue
+        if not records:
+            if os.path.getsize(path):
+                warnings.warn(f"{path}: could not be read to drop the events after step {resume_step} (no event "
+                              "record in it); TensorBoard may show them beside the resumed run's", stacklevel=3)
+            continue
+        # the header stays: a file of nothing but stale events is cut back to it, like metrics.csv, not deleted
+        keep = [r for r, e in zip(records, events) if e.step <= resume_step or e.file_version]
+        if len(keep) == len(records) and os.path.getsize(path) == sum(len(r) + 16 for r in records):
+            continue  # nothing stale, nothing cut off
+
+        def write(tmp: str, keep: list = keep) -> None:
+            with open(tmp, "wb") as f:
+                w = RecordWriter(f)
+                for r in keep:
+                    w.write(r)
+
+        atomic_write(path, write)
+
+
 class MetricLogger:
     def __init__(self, folder: str, *, filename: str = "metrics.csv", tensorboard: bool = True,
                  resume_step: Optional[int] = None, console_every: int = 1, quiet: bool = False):
@@ -83,13 +132,17 @@ class MetricLogger:
         self._last_step = max(resume_step or 0, 0)
         self._t0 = time.time()
         self._tb = None
+        if resume_step is not None and os.path.isdir(os.path.join(folder, "tb")):
+            # also when this run logs no TensorBoard events: the folder's stale ones would still show
+            _prune_tensorboard(os.path.join(folder, "tb"), resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except Exception:  # tensorboard not installed: CSV only
                 self._tb = None
             else:
-                # purge_step drops events at steps >= it: those after the step the run resumes from
+                # the events after the step the run resumes from are removed from the files; purge_step (which
+                # drops events at steps >= it) also tells TensorBoard that the run restarted there
                 purge = None if resume_step is None else resume_step + 1
                 self._tb = SummaryWriter(log_dir=os.path.join(folder, "tb"), purge_step=purge)
 

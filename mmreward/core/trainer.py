@@ -50,10 +50,15 @@ folder; ``overwrite`` removes the old run first.
 
 Divergence (:class:`TrainingDiverged`, a FloatingPointError and a ValueError): a non-finite loss, or a
 non-finite gradient norm of a finite loss (without fp16 loss scaling, which skips such steps itself),
-stops the run at that step before the optimizer touches the weights; a snapshot or final model whose
+stops the run at that step before the optimizer touches the weights, as does a step that leaves a non-finite
+weight (checked after every update, before any evaluation or save); a snapshot or final model whose
 parameters are not finite is never written, nor (``check_saves``, on for the text RM, PRM, image-reward,
 VLM RM and VisualPRM trainers) one whose loss on the step's last micro-batch is not finite. The error names the
 step and the newest snapshot, which holds the last good weights.
+
+Stopping (:class:`TrainingInterrupted`, a KeyboardInterrupt): the first SIGINT (Ctrl-C) or SIGTERM (a
+scheduler's stop) during ``fit()`` finishes the step under way, snapshots it and stops; a second one acts at
+once. The progress bar is drawn only on a terminal; otherwise the console line every ``log_every`` steps.
 """
 from __future__ import annotations
 
@@ -64,6 +69,9 @@ import numbers
 import operator
 import os
 import re
+import signal
+import sys
+import threading
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -105,7 +113,7 @@ class TrainConfig:
     save_every: int = field(default=0, metadata={"help": "write a resumable snapshot every N steps (always at the end; 0: end only); the newest two are kept"})
     log_every: int = field(default=10, metadata={"help": "print / update the progress bar every N steps (CSV gets every step)"})
     seed: int = field(default=0, metadata={"help": "seed for data order and every RNG (seed_everything before building the model too)"})
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar (rank 0)"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar (rank 0) when stderr is a terminal; otherwise (CI, a scheduler's log file) print the console line every log_every steps"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard under output_dir/tb"})
     resume: bool = field(default=True, metadata={"help": "continue the run in output_dir from its newest snapshot (without: a folder holding a run is refused)"})
     overwrite: bool = field(default=False, metadata={"help": "start again in an output_dir that holds a run: its snapshots, logs and model are removed first"})
@@ -171,6 +179,13 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, a closed stream
+        return False
+
+
 def _dist_setup() -> tuple[int, int, bool]:
     """(rank, world_size, initialised_here); initialises the process group under torchrun."""
     import torch.distributed as dist
@@ -229,6 +244,15 @@ class TrainingDiverged(FloatingPointError, ValueError):
     """A non-finite loss, gradient or weight: the run stops at the step it happens, saving nothing of it.
     A FloatingPointError, and a ValueError so that a command reports it as a user error (one line, exit
     2): it comes from the data or the settings (the learning rate), not from a defect."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit()`` stopped by SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop): the step under way was finished and
+    a snapshot of it written, so rerunning the same command continues from there. ``signum`` is the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class Trainer:
@@ -630,7 +654,9 @@ class Trainer:
         self.step += 1
         keys, wkeys = sorted(sums), sorted(weighted)
         vals = self._reduce_mean([total_loss / cfg.grad_accum_steps] + [sums[k] / cfg.grad_accum_steps for k in keys]
-                                 + [x for k in wkeys for x in weighted[k]])
+                                 + [x for k in wkeys for x in weighted[k]]
+                                 + [1.0 if getattr(self, "_stop_signal", None) is not None else 0.0])
+        self._stop_now = vals.pop() > 0  # a stop signal met by any rank stops every rank after this step
         row = {"step": self.step, "loss": vals[0], "lr": lr, "grad_norm": grad_norm}
         row.update({k: v for k, v in zip(keys, vals[1:1 + len(keys)]) if k not in row})
         for i, k in enumerate(wkeys):  # the world-size factor of the mean cancels in the ratio
@@ -651,6 +677,7 @@ class Trainer:
             raise TrainingDiverged(f"non-finite loss ({row['loss']}) at step {self.step + 1}: nothing of it is "
                                    f"saved, {self._kept()}")
         self.step += 1
+        self._stop_now = getattr(self, "_stop_signal", None) is not None
         return row
 
     def fit(self, stop_at: Optional[int] = None) -> list[dict]:
@@ -676,18 +703,28 @@ class Trainer:
             if os.path.exists(os.path.join(cfg.output_dir, DIVERGED)):  # the run goes on: no longer stopped there
                 os.remove(os.path.join(cfg.output_dir, DIVERGED))
             # rows after the snapshot are cut (all of them without one: a run killed before its first)
+            # the bar only on a terminal: in a CI log or a scheduler's log file tqdm's carriage-return redraws pile up
+            # into one endless line; there the console line every log_every steps is printed instead
+            show_bar = cfg.progress and _is_terminal(sys.stderr)
             logger = MetricLogger(cfg.output_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else -1,
-                                  console_every=max(1, cfg.log_every), quiet=cfg.progress or cfg.log_every == 0)
-            if cfg.progress:
+                                  console_every=max(1, cfg.log_every), quiet=show_bar or cfg.log_every == 0)
+            if show_bar:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
         self.wrapped.train()
+        handlers = self._catch_stop_signals()
         try:
             while self.step < end:
                 row = self._loss_step() if self.loss_fn is not None else self._function_step()
                 final = self.step == cfg.max_steps
                 if self.eval_fn is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or final):
+                    # non-finite weights (an optimizer step that overflowed with its loss still finite: SGD, a huge
+                    # lr) or, with check_saves, weights that overflow in the forward: the run stops naming the step
+                    # (diverged.json), not with the eval_fn's own error about a NaN score. Checked here and before
+                    # each save, not after every step: the check reads every weight (a non-finite weight makes the
+                    # next step's loss non-finite, which stops the run anyway)
+                    self._check_finite("evaluation", done="run")
                     row.update(self._evaluate())
                 self.history.append(row)
                 if logger is not None:
@@ -697,9 +734,14 @@ class Trainer:
                     if cfg.log_every and (self.step % cfg.log_every == 0 or final):
                         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                                          if (k in ("loss", "lr") or k.startswith("eval_")) and isinstance(v, float)})
-                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end:
+                saved = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end
+                if saved:
                     self._check_finite("snapshot")
                     self.save_snapshot()
+                # under DDP the flag reduced with the step's metrics, so that every rank stops at the same step
+                stop = self._stop_now or (self.world_size == 1 and self._stop_signal is not None)
+                if stop and self.step < end:
+                    self._stop_on_signal(saved)
             if self.step >= cfg.max_steps:
                 self._check_finite("final model")
                 if self.is_main:
@@ -736,6 +778,9 @@ class Trainer:
                                    f"({first})") from e
             raise
         finally:
+            for signum, previous in handlers.items():
+                signal.signal(signum, previous)
+            self._stop_signal = None
             if bar is not None:
                 bar.close()
             if logger is not None:
@@ -743,6 +788,43 @@ class Trainer:
             unlock_run_folder(cfg.output_dir)  # the folder's next run may be another process's (a later fit() locks again)
             self._last_batch = None  # not held (on the device) after the run
         return self.history
+
+    def _catch_stop_signals(self) -> dict:
+        """While ``fit()`` runs (main thread): SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop, a ``kill``) end the
+        run after the step under way, with a snapshot of it (:class:`TrainingInterrupted`), instead of losing the
+        steps since the last snapshot; a second one acts at once (the handler that was there). A handler the
+        program installed itself, or an ignored signal, is left as it is. Returns the handlers replaced."""
+        self._stop_signal, self._stop_now, replaced = None, False, {}
+        if threading.current_thread() is not threading.main_thread():
+            return replaced
+
+        def on_signal(signum, frame):
+            self._stop_signal = signum
+            signal.signal(signum, replaced.get(signum, signal.SIG_DFL))  # the next one stops at once
+            if self.is_main:
+                print(f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with a snapshot "
+                      f"(send it again to stop at once, losing the steps since the last snapshot)",
+                      file=sys.stderr, flush=True)
+
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                replaced[signum] = default
+                signal.signal(signum, on_signal)
+        return replaced
+
+    def _stop_on_signal(self, saved: bool) -> None:
+        """A stop signal arrived during the step just done: snapshot it (unless just saved) and stop."""
+        signum = self._stop_signal or signal.SIGTERM  # another rank's signal: a scheduler stops every rank
+        if not saved:
+            self._check_finite("snapshot")
+            self.save_snapshot()
+        self._barrier()
+        name = signal.Signals(signum).name
+        message = (f"training stopped by {name} after step {self.step} of {self.config.max_steps}; the snapshot "
+                   f"{self.snapshots.path(self.step)} holds it: rerun the same command (resume) to continue")
+        if self.is_main:
+            print(message, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(message, signum)
 
     def _newest_snapshot(self) -> Optional[tuple[int, str]]:
         """(step, path) of the run's newest snapshot, or None; rank 0 only: it writes them (another rank may
@@ -759,6 +841,18 @@ class Trainer:
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
 
+    def _nonfinite_parameter(self) -> Optional[str]:
+        """The name of the first floating-point parameter holding a NaN / inf, or None: one host sync for all
+        of them (min / max per tensor: no copy of the weights; NaN and inf both show in them)."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.is_floating_point() and p.numel()]
+        if not named:
+            return None
+        dev = named[0][1].device
+        flags = torch.stack([torch.isfinite(torch.stack(torch.aminmax(p.detach()))).all().to(dev) for _, p in named])
+        if bool(flags.all()):
+            return None
+        return named[int((~flags).nonzero()[0])][0]
+
     def _kept(self) -> str:
         """Where a run stopped by a non-finite number can continue from (the end of its error message)."""
         found = self._newest_snapshot()
@@ -774,9 +868,9 @@ class Trainer:
         non-finite loss of the last micro-batch under the updated weights (weights that overflow in the
         forward are finite themselves). The check forward runs in eval mode without gradients and leaves
         every RNG as it found it, so a resumed run stays bit-identical."""
-        for name, p in self.model.named_parameters():
-            if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
-                return f"parameter {name!r} holds non-finite values"
+        name = self._nonfinite_parameter()
+        if name is not None:
+            return f"parameter {name!r} holds non-finite values"
         # the check forward runs on rank 0, the rank that saves (the weights are the same on every rank)
         if not (self.check_saves and self.is_main and self.loss_fn is not None
                 and getattr(self, "_last_batch", None) is not None):
@@ -792,13 +886,13 @@ class Trainer:
             set_rng_state(state)
         return None if math.isfinite(value) else f"its loss on step {self.step}'s last micro-batch is {value}"
 
-    def _check_finite(self, what: str) -> None:
-        """Refuse to save a diverged model (FloatingPointError naming the step). No collective: under DDP the
-        ranks hold the same weights, and torchrun ends the other ranks when one fails."""
+    def _check_finite(self, what: str, done: str = "written") -> None:
+        """Refuse to save (or evaluate) a diverged model (FloatingPointError naming the step). No collective:
+        under DDP the ranks hold the same weights, and torchrun ends the other ranks when one fails."""
         problem = self._model_problem()
         if problem is not None:
             raise TrainingDiverged(f"the model diverged at step {self.step}: {problem}; its {what} is not "
-                                   f"written, {self._kept()}")
+                                   f"{done}, {self._kept()}")
 
     @property
     def model_dir(self) -> str:
