@@ -108,3 +108,11 @@ def folder_without(folder, dst, key: str) -> str:
     os.remove(os.path.join(dst, "manifest.json"))
     save_weights(str(dst), weights)
     return str(dst)
+
+
+def one_line_error(capsys) -> str:
+    """The one line a CLI user error printed on stderr (asserted: one line, no traceback)."""
+    err = capsys.readouterr()[1]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -11,14 +11,9 @@ import pytest
 from mmreward.cli import main
 from mmreward.core.cli_config import check_output_file, check_output_folder, run_cli
 
+from helpers import one_line_error as _one_line
+
 BAD = "/nonexistent/mmreward-model"
-
-
-def _one_line(capsys) -> str:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture

@@ -13,14 +13,9 @@ import pytest
 from mmreward.cli import main
 from mmreward.core.cli_config import CLIParser
 
+from helpers import one_line_error as _one_line
+
 BAD = "/nonexistent/mmreward-model"
-
-
-def _one_line(capsys) -> str:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_negative_numbers_in_scientific_or_inf_spelling_are_values(monkeypatch, capsys):
