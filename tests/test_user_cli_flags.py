@@ -262,6 +262,12 @@ def test_a_backbone_torch_cannot_build_is_a_user_error(inputs, capsys):
     assert main(argv) == 2
     err = _one_line(capsys)
     assert f"--backbone-config {config}: cannot build a bert backbone from it: " in err and "negative" in err, err
+    (inputs / "emptytok").mkdir()  # a --tokenizer problem is named as such, not blamed on the config
+    argv[argv.index("--tokenizer") + 1] = str(inputs / "emptytok")
+    argv[argv.index("--backbone-config") + 1] = _bert_json(inputs / "ok.json")
+    assert main(argv) == 2
+    err = _one_line(capsys)
+    assert "emptytok has no tokenizer files" in err and "--backbone-config" not in err, err
 
 
 @pytest.mark.parametrize("argv", [

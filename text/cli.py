@@ -66,9 +66,11 @@ def _start_model(args: argparse.Namespace) -> Any:
     new_head = {k: getattr(args, k) for k in _NEW_HEAD if getattr(args, k) is not None}
     if args.backbone_config:
         config = _config_from_json(args.backbone_config)
+        from mmreward.core.folders import CheckpointError
+
         try:
             return RewardModel.from_backbone(config, tokenizer=args.tokenizer, **new_head)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OSError, CheckpointError):  # their own messages (a --tokenizer folder's too)
             raise
         except Exception as e:  # noqa: BLE001 - a size torch cannot build (-32: "negative dimension") was exit 1
             from mmreward.core.data import DataError

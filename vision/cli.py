@@ -71,7 +71,7 @@ def _saved_model_type(path: str) -> Optional[str]:
     from mmreward.registry import resolve_folder
 
     try:
-        model_type = read_config(resolve_folder(path)).get("model_type")
+        model_type = read_config(resolve_folder(path, weights=False)).get("model_type")
     except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported by the load
         return None
     return model_type if isinstance(model_type, str) else None

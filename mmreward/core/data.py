@@ -331,7 +331,8 @@ def _model_folder_type(path: str) -> Optional[str]:
         except (OSError, ValueError):
             continue
         if isinstance(cfg, dict):
-            kind = cfg.get("model_type") or (cfg.get("architectures") or [None])[0]
+            archs = cfg.get("architectures")
+            kind = cfg.get("model_type") or (archs[0] if isinstance(archs, list) and archs else None)
             if isinstance(kind, str) and kind:
                 return kind
     return None

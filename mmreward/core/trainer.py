@@ -705,7 +705,8 @@ class Trainer:
             # rows after the snapshot are cut (all of them without one: a run killed before its first)
             # the bar only on a terminal: in a CI log or a scheduler's log file tqdm's carriage-return redraws pile up
             # into one endless line; there the console line every log_every steps is printed instead
-            show_bar = cfg.progress and _is_terminal(sys.stderr)
+            # (a notebook's stderr is no terminal, but tqdm.auto draws its widget there)
+            show_bar = cfg.progress and (_is_terminal(sys.stderr) or "ipykernel" in sys.modules)
             logger = MetricLogger(cfg.output_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else -1,
                                   console_every=max(1, cfg.log_every), quiet=show_bar or cfg.log_every == 0)
             if show_bar:
@@ -780,13 +781,17 @@ class Trainer:
         finally:
             for signum, previous in handlers.items():
                 signal.signal(signum, previous)
-            self._stop_signal = None
+            pending, self._stop_signal = self._stop_signal, None
             if bar is not None:
                 bar.close()
             if logger is not None:
                 logger.close()
             unlock_run_folder(cfg.output_dir)  # the folder's next run may be another process's (a later fit() locks again)
             self._last_batch = None  # not held (on the device) after the run
+        if pending is not None:
+            # the signal came during the last step or the final save: everything is saved, and the caller (a loop
+            # of fit(stop_at=...) calls, a CLI's evaluation after training) must still stop, as the signal asks
+            signal.raise_signal(pending)
         return self.history
 
     def _catch_stop_signals(self) -> dict:
@@ -800,11 +805,11 @@ class Trainer:
 
         def on_signal(signum, frame):
             self._stop_signal = signum
-            signal.signal(signum, replaced.get(signum, signal.SIG_DFL))  # the next one stops at once
-            if self.is_main:
-                print(f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with a snapshot "
-                      f"(send it again to stop at once, losing the steps since the last snapshot)",
-                      file=sys.stderr, flush=True)
+            for kind, previous in replaced.items():  # the next one, of either kind, stops at once
+                signal.signal(kind, previous)
+            if self.is_main:  # os.write: print() here could re-enter a stderr write (tqdm's) under way
+                os.write(2, (f"\n{signal.Signals(signum).name}: stopping after the step under way, with a snapshot "
+                             f"(send it again to stop at once, losing the steps since the last snapshot)\n").encode())
 
         for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
             if signal.getsignal(signum) is default:

@@ -152,6 +152,21 @@ def test_ctrl_c_finishes_the_step_snapshots_it_and_the_resume_is_exact(tmp_path)
     assert [r["loss"] for r in hist] == [r["loss"] for r in full]
 
 
+def test_a_signal_in_the_last_step_still_stops_the_caller_after_the_run_is_saved(tmp_path):
+    """Ctrl-C during a call's last step was swallowed: fit() returned normally, and a loop of fit(stop_at=...)
+    calls, or a CLI's evaluation after training, went on. Now the run ends saved and the signal then acts."""
+    import signal
+
+    config = cfg(tmp_path, max_steps=8, save_every=5)
+    before = signal.getsignal(signal.SIGINT)
+    trainer = Trainer(make_model(), config, make_data(), collate, _loss_signalling_at_call(4, signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt) as info:
+        trainer.fit(stop_at=4)
+    assert type(info.value) is KeyboardInterrupt  # the program's own handler, after the run was saved
+    assert signal.getsignal(signal.SIGINT) is before
+    assert os.path.isdir(tmp_path / "checkpoint-00000004") and trainer.step == 4
+
+
 def test_sigterm_from_a_scheduler_snapshots_the_step_under_way(tmp_path):
     # in a forked child: without the handler, SIGTERM ends the process (here: pytest itself)
     import signal

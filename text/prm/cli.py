@@ -174,7 +174,7 @@ def _refuse_mmreward_backbone(backbone: str) -> None:
     from mmreward.registry import MODEL_TYPES, resolve_folder
 
     try:
-        model_type = read_config(resolve_folder(backbone)).get("model_type")
+        model_type = read_config(resolve_folder(backbone, weights=False)).get("model_type")
     except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported when it loads
         return
     if model_type in MODEL_TYPES:
