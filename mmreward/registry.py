@@ -293,6 +293,11 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
         patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
         return snapshot_download(path, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, no network, huggingface_hub missing
+        owner = path.split("/")[0]
+        if os.path.isdir(owner):  # "runs/rmm": a mistyped local folder far more likely than a hub repo
+            near = sorted(n for n in os.listdir(owner) if not n.startswith("."))[:8]
+            raise CheckpointError(f"model folder {path!r} does not exist ({owner}/ holds {near}), nor could it be "
+                                  f"fetched as a hub id ({type(e).__name__})") from e
         raise CheckpointError(f"{path!r} is not a local folder and could not be fetched from the hub: "
                               f"{type(e).__name__}: {e}") from e
 

@@ -123,3 +123,16 @@ def test_a_load_option_the_folders_loader_does_not_take_is_one_error(tmp_path):
                                              r"folders .*they take tokenizer"):
             mmreward.load(str(tmp_path / "rm"), **{option: True})
     assert mmreward.load(str(tmp_path / "rm"), tokenizer=None) is not None  # an option it takes still works
+
+
+def test_a_mistyped_local_folder_with_one_slash_is_named_as_a_local_folder(tmp_path, monkeypatch):
+    """``runs/rmm`` (one slash, a typo of runs/rm) was read as a hub id: "not a local folder and could not be
+    fetched from the hub ... set HF_HUB_OFFLINE=0" told the user to enable downloads."""
+    from mmreward.core.folders import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "rm").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"model folder 'runs/rmm' does not exist \(runs/ holds \['rm'\]\)"):
+        registry.resolve_folder("runs/rmm")
+    with pytest.raises(CheckpointError, match="could not be fetched from the hub"):  # no such local owner folder
+        registry.resolve_folder("no-such-org/no-such-reward-model")
