@@ -8,7 +8,8 @@
 Rows (``--data``, JSON / JSONL / saved dataset) carry the field names of the model's input type
 (:mod:`mmreward.core.inputs`): ``prompt`` + ``response`` for text RMs, ``problem`` + ``steps`` for
 PRMs, ``prompt`` + ``image`` for image scorers, ``messages`` + ``images`` for VLM RMs, ``frames``
-for episodes … A text row with ``chosen`` and ``rejected`` is scored twice and the pairwise accuracy
+for episodes … A text row with ``chosen`` and ``rejected`` (a VLM row: ``conversations_chosen`` and
+``conversations_rejected``, or a published layout's ``question`` / ``chosen`` / ``rejected``) is scored twice and the pairwise accuracy
 is reported. Relative paths in the fields ``image``, ``images``, ``video``, ``frames`` and
 ``episode`` are read against the data file's folder, as every other ``--data`` reads them (URLs and
 ``data:`` strings are left alone; the printed rows show the paths as written). Files given as
@@ -109,6 +110,12 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
             items.extend(preference_inputs(row, i, source))
             where.extend([(i, "chosen"), (i, "rejected")])
             continue
+        if I.Conversation in types and not I.Conversation.matches(row, given=True):
+            pair = _conversation_pair(row, i, source)  # a VLM RM's own preference rows, as `vision eval` reads them
+            if pair is not None:
+                items.extend(pair)
+                where.extend([(i, "chosen"), (i, "rejected")])
+                continue
         kind = I.input_type_of(types, row)
         try:
             items.append(kind.from_record(row, f"row {i}"))
@@ -116,6 +123,26 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
             raise DataError(f"{source}: {e}") from None
         where.append((i, "score"))
     return items, where
+
+
+def _conversation_pair(row: dict, i: int, source: str) -> Optional[list]:
+    """The chosen and rejected :class:`~mmreward.core.inputs.Conversation` of a VLM preference row (mmreward's
+    ``conversations_chosen`` / ``conversations_rejected`` + ``images``, or a published layout's ``question``,
+    ``chosen``, ``rejected``, ``image``), or None for another row."""
+    if not (("conversations_chosen" in row and "conversations_rejected" in row)
+            or ("chosen" in row and "rejected" in row)):
+        return None
+    from mmreward.core.data import DataError
+    from mmreward.core.inputs import Conversation
+    from mmreward.vision.vlm_data import published_pair_row
+
+    try:
+        row = published_pair_row(row, f"row {i}")
+        images = row.get("images")
+        return [Conversation.from_record({"messages": row[f"conversations_{k}"], "images": images},
+                                         f"row {i} ({k})") for k in ("chosen", "rejected")]
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
 
 
 def _to_list(t: Any) -> list:

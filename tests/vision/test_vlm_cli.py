@@ -75,6 +75,31 @@ def test_vision_eval_gives_the_training_figures(rm, data, capsys):
     assert low["accuracy"] >= 0.75 and low["loss"] == pytest.approx(out["loss"], abs=0.1), (low, out)
 
 
+def test_mmreward_score_reads_the_vlm_rms_own_preference_rows(rm, data, capsys):
+    """`mmreward score` on `colour-data --kind preference` rows (conversations_chosen / _rejected + images) failed
+    with "missing field 'messages'"; each row is now scored twice, with the pairwise accuracy `vision eval` gives."""
+    folder, summary = rm
+    held = str(data / "held" / "rows.jsonl")
+    assert mmreward_main(["score", "--model", str(folder), "--data", held, "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 64 and all({"score_chosen", "score_rejected"} <= set(r) for r in rows)
+    accuracy = sum(r["score_chosen"] > r["score_rejected"] for r in rows) / 64
+    assert accuracy == pytest.approx(summary["eval_accuracy"], abs=1e-3)
+    assert f"pairwise accuracy: {accuracy:.4f} over 64 pairs" in err
+    # a published layout (RLAIF-V / MM-RLHF: image, question, chosen, rejected) gives the same scores
+    published = data / "held" / "published.jsonl"
+    with open(published, "w") as f:
+        for line in open(held).read().splitlines()[:4]:
+            row = json.loads(line)
+            f.write(json.dumps({"image": row["images"][0], "question": row["conversations_chosen"][0]["content"],
+                                **{k: row[f"conversations_{k}"][-1]["content"] for k in ("chosen", "rejected")}}) + "\n")
+    assert mmreward_main(["score", "--model", str(folder), "--data", str(published), "--json"]) == 0
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["score_chosen"], r["score_rejected"]) for r in again] == \
+        [(r["score_chosen"], r["score_rejected"]) for r in rows[:4]]
+
+
 def test_train_visual_prm_from_the_cli_reward_model(rm, data, tmp_path, capsys):
     """VisualPRM fine-tunes the reward model's backbone (seed 0: macro-F1 0.43 → 0.81)."""
     folder, _ = rm
