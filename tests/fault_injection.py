@@ -331,7 +331,7 @@ SCENARIO_MODULES = {  # imported once by the parent, not again by every child
 
 
 # ------------------------------------------------------------------ trials
-def _in_child(fn: Callable[[], Any]) -> tuple[int, Any]:
+def in_child(fn: Callable[[], Any]) -> tuple[int, Any]:
     """Run ``fn`` in a forked child; ``(exit code or -signal, its JSON result or error text)``."""
     r, w = os.pipe()
     gc.freeze()  # the child's garbage collector leaves the parent's objects alone: no copy-on-write storm
@@ -400,20 +400,20 @@ def problems_in(folder: str) -> list[str]:
 
 def check_scenario(name: str, work: str, modes: tuple[str, ...]) -> dict:
     ref_dir = os.path.join(work, name, "reference")
-    code, ref = _in_child(lambda: _armed_run(name, ref_dir, float("inf"), "sigkill"))
+    code, ref = in_child(lambda: _armed_run(name, ref_dir, float("inf"), "sigkill"))
     if code != 0:
         return {"boundaries": 0, "trials": 0, "failures": [f"uninterrupted run failed: {ref}"]}
     total, failures, trials = ref["boundaries"], [], 0
     for mode in modes:
         for k in range(1, total + 1):
             out = os.path.join(work, name, f"{mode}-{k}")
-            code, first = _in_child(lambda out=out, k=k: _armed_run(name, out, k, mode))
+            code, first = in_child(lambda out=out, k=k: _armed_run(name, out, k, mode))
             expected = -signal.SIGKILL if mode == "sigkill" else 130
             trials += 1
             if code != expected:
                 failures.append(f"{mode} at boundary {k}: the killed run exited {code} ({first})")
                 continue
-            code, again = _in_child(lambda out=out: _run(name, out))
+            code, again = in_child(lambda out=out: _run(name, out))
             if code != 0:
                 failures.append(f"{mode} at boundary {k}: the resumed run failed: {again}")
             elif again != ref["result"]:

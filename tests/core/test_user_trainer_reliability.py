@@ -171,23 +171,11 @@ def test_sigterm_from_a_scheduler_snapshots_the_step_under_way(tmp_path):
     # in a forked child: without the handler, SIGTERM ends the process (here: pytest itself)
     import signal
 
+    from fault_injection import in_child
+
     config = cfg(tmp_path, max_steps=8, save_every=5)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code, message = 1, ""
-        try:
-            Trainer(make_model(), config, make_data(), collate, _loss_signalling_at_call(2, signal.SIGTERM)).fit()
-        except KeyboardInterrupt as e:
-            code, message = 130, str(e)
-        finally:
-            os.write(w, message.encode())
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        message = f.read()
-    _, status = os.waitpid(pid, 0)
-    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    code, message = in_child(lambda: Trainer(make_model(), config, make_data(), collate,
+                                             _loss_signalling_at_call(2, signal.SIGTERM)).fit() and None)
     assert code == 130 and "stopped by SIGTERM after step 2 of 8" in message
     assert os.path.isdir(tmp_path / "checkpoint-00000002")
     assert len(Trainer(make_model(), config, make_data(), collate, mse_loss).fit()) == 8
