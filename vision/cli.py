@@ -261,5 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if argv else 2
     if argv[0] not in SUBCOMMANDS:
         raise ValueError(f"unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}")
+    from mmreward.core.cli_config import entering_subcommand
+
+    entering_subcommand(argv[0])
     module, _, function = SUBCOMMANDS[argv[0]][0].partition(":")
     return getattr(importlib.import_module(module), function)(argv[1:])

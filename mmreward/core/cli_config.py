@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import json
 import math
 import numbers
@@ -97,6 +98,15 @@ def _one_line_warnings(prog: str) -> Callable[..., str]:
     return formatwarning
 
 
+_SUBCOMMAND: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar("mmreward_cli_subcommand", default=None)
+
+
+def entering_subcommand(name: str) -> None:
+    """Called by a command group (``mmreward text``, ``prm``, ``vision``) once it has dispatched to a valid
+    subcommand: an error it raises then reads ``mmreward text score: error: …``, naming the command run."""
+    _SUBCOMMAND.set(name)
+
+
 def run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequence[str]) -> int:
     """Run ``main(argv)``; exceptions become one line on stderr (see the module docstring), and so
     do warnings while it runs (``prog: warning: …``; the full form with ``MMREWARD_DEBUG=1``)."""
@@ -105,9 +115,11 @@ def run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequenc
     previous = warnings.formatwarning
     if os.environ.get("MMREWARD_DEBUG") != "1":
         warnings.formatwarning = _one_line_warnings(prog)
+    token = _SUBCOMMAND.set(None)
     try:
         return _run_cli(prog, main, argv)
     finally:
+        _SUBCOMMAND.reset(token)
         warnings.formatwarning = previous
 
 
@@ -132,6 +144,9 @@ def _run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequen
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, never a traceback
         if os.environ.get("MMREWARD_DEBUG") == "1":
             raise
+        sub = _SUBCOMMAND.get()
+        if sub and not prog.endswith(f" {sub}"):
+            prog = f"{prog} {sub}"
         user = isinstance(e, _user_error_types())
         hint = "" if user else " (unexpected error: MMREWARD_DEBUG=1 shows the traceback)"
         print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)

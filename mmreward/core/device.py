@@ -12,6 +12,10 @@ class DeviceError(ValueError):
     """A device or dtype request that cannot be met here (the message says why and what to use)."""
 
 
+# the same check serves the CLI's --device and the Python API's device= arguments
+_CPU = 'cpu (--device cpu, or device="cpu" in Python)'
+
+
 def resolve_device(spec: Union[None, int, str, torch.device] = "cpu") -> torch.device:
     """``"cpu"``, ``"cuda"``, ``"cuda:1"`` (or ``1``, as torch reads it), ``"auto"`` / None (CUDA when
     usable, else CPU) → a device this process can use, or :class:`DeviceError` naming the problem."""
@@ -27,15 +31,15 @@ def resolve_device(spec: Union[None, int, str, torch.device] = "cpu") -> torch.d
     if dev.type == "cuda":
         if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
             raise DeviceError(f"device {spec!r} requested, but this torch build ({torch.__version__}) has no CUDA "
-                              "support: use --device cpu, or install a CUDA build of torch")
+                              f"support: use {_CPU}, or install a CUDA build of torch")
         if not torch.cuda.is_available():
             raise DeviceError(f"device {spec!r} requested, but no CUDA GPU is visible to this process "
-                              "(check CUDA_VISIBLE_DEVICES / the driver): use --device cpu")
+                              f"(check CUDA_VISIBLE_DEVICES / the driver): use {_CPU}")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {spec!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError(f"device {spec!r} requested, but MPS is not available here: use --device cpu")
+            raise DeviceError(f"device {spec!r} requested, but MPS is not available here: use {_CPU}")
     elif dev.type not in ("cpu", "meta"):
         raise DeviceError(f"device type {dev.type!r} is not supported: use cpu or cuda")
     return dev

@@ -323,13 +323,35 @@ def update_manifest(folder: str, entries: Iterable[dict]) -> list[dict]:
     return out
 
 
+def match_tasks(tasks: Iterable[str], have: Iterable[str]) -> set:
+    """The labels of ``have`` that ``tasks`` select: each label as written, or, when the folder has no
+    such label, the task id it names (``door-open`` selects ``door-open-v3`` episodes, as ``collect`` and
+    ``import-videos`` store them); free-form labels are kept whole."""
+    have = set(have)
+    out = set()
+    for task in tasks:
+        if task not in have:
+            from ..envs import resolve_task
+
+            try:
+                task = resolve_task(task)
+            except (ValueError, ImportError):
+                pass  # a free-form label the folder does not have: selects nothing
+        out.add(task)
+    return out
+
+
 def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
                         policies: Optional[Sequence[str]] = None, *, frames: bool = True) -> list[tuple[dict, Episode]]:
     """``[(manifest entry, episode)]`` of an episode folder, keeping the listed tasks / policy kinds
     (``None`` or ``["all"]``: every episode); an empty selection is an error naming what the folder has.
     ``frames=False``: each file checked by :func:`check_episode_file` (pixels not read)."""
     everything = read_manifest(folder)
-    entries = [e for e in everything if not tasks or e["task"] in set(tasks)]
+    if tasks:
+        wanted = match_tasks(tasks, (e["task"] for e in everything))
+        entries = [e for e in everything if e["task"] in wanted]
+    else:
+        entries = list(everything)
     if policies and "all" not in policies:
         entries = [e for e in entries if e.get("policy") in set(policies)]
     if not entries:
@@ -380,8 +402,8 @@ class EpisodeDataset:
         self.n_history, self.skip, self.cache_size = int(n_history), int(skip), int(cache_size)
         entries = read_manifest(folder)
         if tasks is not None:
-            tasks = set(tasks)
-            entries = [e for e in entries if e["task"] in tasks]
+            wanted = match_tasks(tasks, (e["task"] for e in entries))
+            entries = [e for e in entries if e["task"] in wanted]
         if policies is not None:
             policies = set(policies)
             entries = [e for e in entries if e.get("policy") in policies]

@@ -24,9 +24,9 @@ def test_unknown_devices_say_what_to_use(spec, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
 def test_cuda_without_a_gpu_says_to_use_cpu():
-    with pytest.raises(DeviceError, match="use --device cpu"):
+    with pytest.raises(DeviceError, match=r"use cpu \(--device cpu, or device=\"cpu\" in Python\)"):
         resolve_device("CUDA:0")
-    with pytest.raises(DeviceError, match="use --device cpu"):
+    with pytest.raises(DeviceError, match=r"use cpu \(--device cpu, or device=\"cpu\" in Python\)"):
         resolve_device(0)  # torch reads a bare index as a CUDA device
 
 

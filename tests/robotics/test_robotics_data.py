@@ -281,3 +281,18 @@ def test_dataset_window_settings_must_be_integers(tmp_path, kw):
     (name, value), = kw.items()
     with pytest.raises(ValueError, match=f"EpisodeDataset: {name} must be an integer >= ., got {value!r}"):
         EpisodeDataset(str(tmp_path), **kw)
+
+
+def test_tasks_select_by_task_id_without_its_version_as_collect_stores_them(tmp_path):
+    # `collect --tasks door-open` and `import-videos --task door-open` store "door-open-v3"; selecting with the
+    # name the user typed there found nothing ("no episodes match tasks=['door-open']")
+    pytest.importorskip("metaworld")
+    from mmreward.robotics.data.episodes import load_episode_folder
+
+    write_folder(tmp_path, [("door-open-v3", "expert", 4), ("pick cup", "demo", 3), ("drawer-open-v3", "expert", 3)])
+    assert [e["task"] for e, _ in load_episode_folder(str(tmp_path), tasks=["door-open"])] == ["door-open-v3"]
+    assert len(EpisodeDataset(str(tmp_path), tasks=["door-open", "pick cup"])) > 0
+    assert {e["task"] for e in EpisodeDataset(str(tmp_path), tasks=["door-open", "pick cup"]).entries} == {
+        "door-open-v3", "pick cup"}
+    with pytest.raises(ValueError, match=r"match tasks=\['pick'\]"):  # free-form labels stay whole
+        load_episode_folder(str(tmp_path), tasks=["pick"])
