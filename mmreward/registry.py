@@ -23,7 +23,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 MODEL_TYPES: dict[str, str] = {
     # text
@@ -350,6 +350,28 @@ def not_a_model_folder(folder: Union[str, os.PathLike]) -> Optional[str]:
                     "the DeepSeek-GRM meta-RM), which is no reward model of its own: use it with `mmreward text "
                     f"judge grm --meta-rm {where}` (or as --model of `judge critic_rm` / `train-critic-rm`)")
     return None
+
+
+def saved_model_type(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The ``model_type`` in the ``config.json`` of the folder ``path`` names (a shipped name or a run folder
+    too), read alone (nothing loads); None when it cannot be told (the load reports why)."""
+    from mmreward.core.model import read_config
+
+    try:
+        model_type = read_config(resolve_folder(path, weights=False)).get("model_type")
+    except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported by the load
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
+def refuse_mmreward_model(flag: str, path: Union[str, os.PathLike], accepted: Sequence[str], wanted: str) -> None:
+    """Refuse a ``flag`` folder that holds a model mmreward saved whose type is not in ``accepted`` (a text RM
+    given where a backbone or a judge goes): transformers cannot open it and answers with a many-line
+    "Unrecognized configuration class ... pip install --upgrade transformers", which misleads."""
+    model_type = saved_model_type(path)
+    if model_type in MODEL_TYPES and model_type not in accepted:
+        raise ValueError(f"{flag} {os.fspath(path)} holds an mmreward {model_type!r} model, which is not a "
+                         f"starting point here: give {wanted}")
 
 
 def detect(folder: str) -> tuple[str, Callable[..., Any]]:

@@ -64,34 +64,11 @@ def load_scorer(path: str, device: str, reads: type, dtype: Optional[str] = None
 EPISODE_MODEL_TYPES = ("diffusion_reward", "progress_ranker", "rnd")  # robot rewards: a video is an episode
 
 
-def _saved_model_type(path: str) -> Optional[str]:
-    """The ``model_type`` in the ``config.json`` of the folder ``path`` names (a shipped name or run folder too),
-    read alone (nothing loads); None when it cannot be told (the load reports why)."""
-    from mmreward.core.model import read_config
-    from mmreward.registry import resolve_folder
-
-    try:
-        model_type = read_config(resolve_folder(path, weights=False)).get("model_type")
-    except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported by the load
-        return None
-    return model_type if isinstance(model_type, str) else None
-
-
-def refuse_other_mmreward_model(flag: str, path: str, accepted: Sequence[str], wanted: str) -> None:
-    """Refuse a ``flag`` folder holding a model mmreward saved whose type is not in ``accepted``: transformers
-    cannot open it ("does not recognize this architecture ... pip install --upgrade transformers", or
-    "Unrecognized processing class"), which misleads more than it tells."""
-    from mmreward.registry import MODEL_TYPES
-
-    model_type = _saved_model_type(path)
-    if model_type in MODEL_TYPES and model_type not in accepted:
-        raise ValueError(f"{flag} {path} holds an mmreward {model_type!r} model, which is not a starting point here: "
-                         f"give {wanted}")
-
-
 def _episode_model(path: str) -> bool:
     """Whether the folder ``path`` names holds a robot reward (from its ``config.json`` alone)."""
-    return _saved_model_type(path) in EPISODE_MODEL_TYPES
+    from mmreward.registry import saved_model_type
+
+    return saved_model_type(path) in EPISODE_MODEL_TYPES
 
 
 # ------------------------------------------------------------------ mmreward score / score-video
@@ -153,8 +130,10 @@ def train_main(argv: Sequence[str]) -> int:
 
     if cfg.backbone not in ("conv", "clip-tiny"):  # the run's files would land in the model it starts from
         check_output_folder(tcfg.output_dir, "--out", [("--backbone", user_path(cfg.backbone))])
-        refuse_other_mmreward_model("--backbone", cfg.backbone, ("image_reward",),
-                                    "a transformers backbone folder or an image_reward folder to continue training")
+        from mmreward.registry import refuse_mmreward_model
+
+        refuse_mmreward_model("--backbone", cfg.backbone, ("image_reward",),
+                              "a transformers backbone folder or an image_reward folder to continue training")
     _, history = train_image_reward(cfg, tcfg)
     from mmreward.core.train import end_distributed, is_main_process
 
@@ -216,7 +195,9 @@ def eval_main(argv: Sequence[str]) -> int:
     evaluators = {ImageRewardModel: evaluate_image_reward, VLMRewardModel: evaluate_vlm_reward,
                   VisualPRM: evaluate_visual_prm}
     # the rows are read (and a bad one named) before the model loads, when its config.json says which it is
-    saved_type = _saved_model_type(args.model)
+    from mmreward.registry import saved_model_type
+
+    saved_type = saved_model_type(args.model)
     kind = next((c for c in readers if c.model_type == saved_type), None)
     data = readers[kind]() if kind is not None else None
     import mmreward

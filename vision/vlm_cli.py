@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_split_sources,
                                       config_from_args, output_path, print_training_summary)
 
-from .cli import add_device_option, read_rows, refuse_other_mmreward_model
+from .cli import add_device_option, read_rows
 
 VLM_MODEL_TYPES = ("vlm_reward", "visual_prm")
 
@@ -52,8 +52,10 @@ def _backbone(spec: str) -> tuple[Any, Any]:
     spec = model_folder(spec)  # "~/…" and a train-vlm-rm run folder (its model/), as mmreward.load reads them
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"--backbone {spec!r} is neither 'tiny' nor a local model folder")
-    refuse_other_mmreward_model("--backbone", spec, VLM_MODEL_TYPES,
-                                "'tiny', a transformers VLM folder or a train-vlm-rm / train-visual-prm model folder")
+    from mmreward.registry import refuse_mmreward_model
+
+    refuse_mmreward_model("--backbone", spec, VLM_MODEL_TYPES,
+                          "'tiny', a transformers VLM folder or a train-vlm-rm / train-visual-prm model folder")
     if os.path.isfile(os.path.join(spec, "config.json")):
         from mmreward.core.model import read_config
 
