@@ -186,6 +186,12 @@ class GenerativeJudge(RewardScorer, torch.nn.Module):
     ``score`` batches by ``config.batch_size`` unless told otherwise."""
 
     def __init__(self, model: Any, tokenizer: Any, config: Any):
+        if getattr(tokenizer, "chat_template", None) is None:
+            # every judge writes its prompts as chat messages: refused now, not at the first batch with the
+            # runner's advice to "pass rendered strings", which a judge's caller cannot do
+            raise ValueError(f"{type(self).__name__}: the tokenizer has no chat template (tokenizer.chat_template is "
+                             "None) and the judge renders its prompts with it: use the model's chat / instruct "
+                             "tokenizer or set tokenizer.chat_template")
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer

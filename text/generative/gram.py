@@ -84,6 +84,12 @@ class GRAMConfig:
         check_ranges(self, counts=("batch_size",), fractions=("label_smoothing",))
         if self.template not in GRAM_TEMPLATES:
             raise ValueError(f"GRAMConfig.template must be one of {sorted(GRAM_TEMPLATES)}, got {self.template!r}")
+        # refused with the config (as GenRMConfig's yes / no), not after the model has loaded
+        for name in ("token_a", "token_b"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"GRAMConfig.{name} must be a non-empty verdict token, got {getattr(self, name)!r}")
+        if self.token_a.strip() == self.token_b.strip():  # P(A) would be ½ for every pair
+            raise ValueError(f"GRAMConfig: token_a and token_b must be different tokens, got {self.token_a!r} and {self.token_b!r}")
 
 
 def stage1_example(prompt: str, first: str, second: str, template: str = "mmreward") -> tuple[list[dict], str]:
@@ -143,7 +149,7 @@ class GRAM(GenerativeJudge):
         with eval_while_scoring(self.model):  # threads share one eval period; submodule modes kept
             out = [torch.softmax(self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs], s), -1)[:, 0]
                    for s in range(0, len(prompts), bs)]
-        return torch.cat(out)
+        return torch.cat(out).float().cpu()  # float32 on the CPU, as every judge's output (a bf16 LM gives bf16)
 
     def score_pair(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
         """Order-averaged P(a ≻ b) with both single-order probabilities and the swap consistency."""

@@ -189,7 +189,8 @@ class GRMJudge(GenerativeJudge):
             keep = None
             if self.config.k_meta:
                 keep = self._meta_keep(m, [r.text for r in row], [r.ok for r in row])
-            out.append(vote([r.value if r.ok else None for r in row], len(rs), keep))
+            # float32, as every judge's output (vote sums in float64; integer sums are exact in float32)
+            out.append(vote([r.value if r.ok else None for r in row], len(rs), keep).float())
             kept.append([r.ok and (keep is None or keep[j]) for j, r in enumerate(row)])
         self.last_kept = kept
         return out
@@ -215,7 +216,7 @@ class GRMJudge(GenerativeJudge):
         """Pairwise view: P(first ≻ second) = 1 / ½ / 0 from the voted scores (½ on ties or no verdict)."""
         prompts, first, second = text_lists("GRMJudge.judge", prompts=prompts, first=first, second=second)
         v = self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])
-        return torch.tensor([1.0 if s[0] > s[1] else 0.0 if s[0] < s[1] else 0.5 for s in v], dtype=torch.float64)
+        return torch.tensor([1.0 if s[0] > s[1] else 0.0 if s[0] < s[1] else 0.5 for s in v], dtype=torch.float32)
 
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
         """Each response judged alone: the mean score of the samples that voted (parsed and, with a meta-RM,
@@ -225,7 +226,7 @@ class GRMJudge(GenerativeJudge):
         v = self.judge_lists(prompts, responses, batch_size)
         # the vote sums only the kept samples, so it is divided by their count, not by every parsed one
         n_ok = torch.tensor([max(1, sum(row)) for row in self.last_kept], dtype=torch.float64)
-        return (torch.stack([x[0] for x in v]) / n_ok).float()
+        return (torch.stack([x[0] for x in v]).double() / n_ok).float()
 
     def metrics(self) -> dict:
         return parse_metrics(self.last_results)

@@ -19,6 +19,15 @@ well under 50 ms each). Formats, one per method:
 never the ``1`` or ``5, 1`` their digits start with; a number glued to letters (``7abc``) is not a
 number. The word ``score`` must stand alone (``Underscore: 5`` is not a score).
 
+**Reasoning is not the answer**: the parsers read the text after the reasoning. ``<think>…</think>``
+sections are dropped, as is text before a first ``</think>`` that no ``<think>`` opens (a chat template that
+opens the section in the prompt), and an output that ends inside an unclosed ``<think>`` (cut off while
+thinking) is no verdict ("output ends inside an unclosed <think> section"), unless an answer came before that
+``<think>``. The reasoning models of RM-R1 and RewardAnything answer after ``</think>``; a verdict written while
+thinking is a draft. :func:`parse_ab_rm_r1` and :func:`rewardanything_json` (and so :func:`parse_ranking`'s
+first reading) are those projects' own readers and read the whole output as published; ``exclusive=True``
+looks for both letters in the whole output too.
+
 **Conflicting verdicts**: a judge that states several verdicts has revised itself, so the last
 one counts — the last yes / no, the last ``Score: x``, the last ``\\boxed{…}`` group (else the last
 ``[[…]]`` group), the last JSON object, the last bare ``[[A]]`` / ``[[B]]``. Two exceptions, where
@@ -64,6 +73,29 @@ def _check_text(text: Any) -> Optional[Parsed]:
     return None
 
 
+def _answer_text(text: str) -> tuple[str, Optional[Parsed]]:
+    """``(the answer part of an output, None)``, or ``("", no verdict)`` when the output holds only reasoning.
+
+    The reasoning is dropped: every ``<think>…</think>`` section, text before a first ``</think>`` that no
+    ``<think>`` opens (the chat template opened the section in the prompt, as DeepSeek-R1-style templates do),
+    and a final ``<think>`` that is never closed (the output was cut off while thinking). A verdict written
+    there is a draft the model may still revise, not its answer; an answer written before a new, unfinished
+    ``<think>`` still counts. RM-R1's and RewardAnything's own readers (:func:`parse_ab_rm_r1`,
+    :func:`rewardanything_json`) are reproduced as published and do not use this."""
+    close, opened = text.find("</think>"), text.find("<think>")
+    if close >= 0 and (opened < 0 or close < opened):
+        text = text[close + 8:]
+    rest = _drop_think(text)
+    cut = rest.find("<think>")  # after _drop_think an opening tag left is one never closed
+    unclosed = cut >= 0
+    if unclosed:
+        rest = rest[:cut]
+    if not rest.strip():
+        return "", Parsed.fail("output ends inside an unclosed <think> section: no answer after the reasoning "
+                               "(raise max_new_tokens)" if unclosed else "no answer after the </think> reasoning")
+    return rest, None
+
+
 # ------------------------------------------------------------------ linear-time patterns
 _group_ids = itertools.count()
 
@@ -107,6 +139,9 @@ def parse_yes_no(text: str) -> Parsed:
     bad = _check_text(text)
     if bad:
         return bad
+    text, bad = _answer_text(text)  # the verdict follows the reasoning: a draft inside <think> is not it
+    if bad:
+        return bad
     hits = _YES_NO.findall(text)
     if not hits:
         return Parsed.fail("no Yes/No verdict found")
@@ -148,6 +183,9 @@ def parse_ab(text: str, tail_chars: Optional[int] = 400, exclusive: bool = False
         return bad
     if exclusive and {"A", "B"} <= _letters(text):
         return Parsed.fail("conflicting verdicts: both [[A]] and [[B]] in the output")
+    text, bad = _answer_text(text)  # the verdict follows the reasoning: a draft inside <think> is not it
+    if bad:
+        return bad
     tag = _last_answer_tag(text)
     if tag is not None:
         letters = _letters(tag)
@@ -210,6 +248,9 @@ def parse_scores(text: str, n: int, low: int = 1, high: int = 10) -> Parsed:
     bad = _check_text(text)
     if bad:
         return bad
+    text, bad = _answer_text(text)  # the verdict follows the reasoning: a draft inside <think> is not it
+    if bad:
+        return bad
     group = _last(_BOXED, text, "scores")  # boxed wins over brackets (the paper's format)
     if group is None:
         group = _last(_DOUBLE, text, "scores")
@@ -234,12 +275,13 @@ def parse_scores(text: str, n: int, low: int = 1, high: int = 10) -> Parsed:
 
 # ------------------------------------------------------------------ Critic-RM
 # "score" as a word, then spaces / markdown stars, an optional ":" or "=", more spaces / stars, and
-# a whole number not glued to letters or more digits
+# a whole number not glued to letters or more digits (nor to ",digits": "1,000" or a decimal comma "7,5" is no
+# number read whole, and its first digits are not the score)
 _SCORE = re.compile(r"score(?<![A-Za-z0-9_]score)" + _atomic(r"[\s*]*") + r"(?:[:=]" + _atomic(r"[\s*]*") + r")?"
-                    r"(?P<value>" + _atomic(_NUMBER) + r")(?![A-Za-z0-9_]|\.\d)", re.IGNORECASE)
+                    r"(?P<value>" + _atomic(_NUMBER) + r")(?![A-Za-z0-9_]|[.,]\d)", re.IGNORECASE)
 # "x/10". The number starts with a character class (which re scans for quickly) and then checks
 # what precedes it, so it starts only at the beginning of a digit run: a long run is tried once.
-_OVER = re.compile(r"(?P<value>[-+\d](?<![\w.][-+\d])" + _atomic(r"(?<=[-+])\d+(?:\.\d+)?|(?<=\d)\d*(?:\.\d+)?")
+_OVER = re.compile(r"(?P<value>[-+\d](?<![\w.][-+\d])(?<!\d,[-+\d])" + _atomic(r"(?<=[-+])\d+(?:\.\d+)?|(?<=\d)\d*(?:\.\d+)?")
                    + r")" + _atomic(r"\s*") + "/" + _atomic(r"\s*") + r"10(?!\.?\d)")
 
 
@@ -248,6 +290,9 @@ def parse_score(text: str, low: float = 1, high: float = 10) -> Parsed:
     ``**Score**: x``, ``Score: **x**``), else the last ``x/10``."""
     _check_bounds("parse_score", low, high)
     bad = _check_text(text)
+    if bad:
+        return bad
+    text, bad = _answer_text(text)  # the verdict follows the reasoning: a draft inside <think> is not it
     if bad:
         return bad
     literal = _last(_SCORE, text, "value") or _last(_OVER, text, "value")
@@ -278,6 +323,9 @@ def parse_json_object(text: str) -> Parsed:
     characters; code fences and prose around it are ignored. Balanced ``{…}`` spans are found left to
     right (an object nested in one already found is part of it) and the last 16 are decoded, last first."""
     bad = _check_text(text)
+    if bad:
+        return bad
+    text, bad = _answer_text(text)  # the verdict follows the reasoning: a draft inside <think> is not it
     if bad:
         return bad
     i = _OBJECT.groupindex["object"] - 1
@@ -392,10 +440,7 @@ def parse_ranking(text: str, names: Sequence[str]) -> Parsed:
     # after the thinking (a draft inside <think>…</think> is not the verdict)
     obj = rewardanything_json(text)
     if obj is None:
-        rest = _drop_think(text)
-        if not rest.strip():
-            return Parsed.fail("no JSON object after the <think> section")
-        p = parse_json_object(rest)
+        p = parse_json_object(text)  # (the reasoning dropped: see _answer_text)
         if not p.ok:
             return p
         obj = p.value

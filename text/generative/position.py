@@ -84,7 +84,7 @@ def both_orders(judge: PairJudge, prompts: Sequence[str], a: Sequence[str], b: S
 
 
 def judge_from_scores(score: Callable[[Sequence[str], Sequence[str]], torch.Tensor]) -> PairJudge:
-    """A pairwise judge from a pointwise scorer: P(first ≻ second) = 1 / ½ / 0 by comparing the two scores."""
+    """A pairwise judge from a pointwise scorer: P(first ≻ second) = 1 / ½ / 0 (float32) by comparing the two scores."""
     def judge(prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         for name, seq in (("prompts", prompts), ("first", first), ("second", second)):
             # a string (or a dict) has a length too: it would be judged one character (key) per row
@@ -103,7 +103,8 @@ def judge_from_scores(score: Callable[[Sequence[str], Sequence[str]], torch.Tens
             i = int(torch.isnan(s).nonzero()[0]) % n
             raise ValueError(f"judge: the scorer gave NaN for pair {i} (first or second response): it cannot be "
                              "compared")
-        return (s[:n] > s[n:]).double() + 0.5 * (s[:n] == s[n:]).double()
+        # float32, as every judge's output (0, ½ and 1 are exact in it)
+        return (s[:n] > s[n:]).float() + 0.5 * (s[:n] == s[n:]).float()
     return judge
 
 
@@ -127,6 +128,9 @@ def pairwise_judge_accuracy(p_chosen_first: torch.Tensor) -> float:
 def evaluate_pairs_with_judge(judge: PairJudge, rows: Sequence[dict], swap: bool = True) -> dict:
     """Pairwise accuracy of a judge on ``{prompt, chosen, rejected}`` rows (a generative verdict counts as a
     pairwise comparison), order-averaged when ``swap``; with the swap-consistency."""
+    if isinstance(rows, (dict, str, bytes)):  # one row's keys (a string's characters) were judged as the rows
+        raise TypeError(f"evaluate_pairs_with_judge: rows must be a list of {{prompt, chosen, rejected}} rows, got "
+                        f"{describe(rows)}" + ("; wrap a single row in a list" if isinstance(rows, dict) else ""))
     if not rows:
         raise ValueError("evaluate_pairs_with_judge: no rows")
     for i, r in enumerate(rows):
@@ -153,6 +157,9 @@ def rmbench_with_judge(judge: PairJudge, items: Sequence[dict], swap: bool = Tru
     ``num_ties`` counts the comparisons credited ½."""
     from ..eval.rmbench import DOMAINS, summarize_matrix
 
+    if isinstance(items, (dict, str, bytes)):  # one item's keys would be read as the items
+        raise TypeError(f"rmbench_with_judge: items must be a list of RM-Bench items, got {describe(items)}"
+                        + ("; wrap a single item in a list" if isinstance(items, dict) else ""))
     if not items:
         raise ValueError("rmbench_with_judge: no items")
     prompts, ca, rb = [], [], []  # 9 cells per item, chosen style i major

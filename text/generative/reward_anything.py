@@ -109,9 +109,22 @@ class RewardAnythingConfig:
         if self.template not in RA_TEMPLATES:
             raise ValueError(f"RewardAnythingConfig.template must be one of {sorted(RA_TEMPLATES)}, "
                              f"got {self.template!r}")
+        _check_principle(self.principle, "RewardAnythingConfig.principle")
+
+
+def _check_principle(principle: str, where: str) -> None:
+    """A principle is what the responses are judged by: an empty one leaves the judge nothing to follow."""
+    if not isinstance(principle, str) or not principle.strip():
+        raise ValueError(f"{where} must be a non-empty principle to judge the responses by, got {principle!r}")
 
 
 SCALE = (1.0, 5.0)  # the scores the prompts ask for
+
+
+def _on_scale(v: torch.Tensor) -> torch.Tensor:
+    """``v`` with scores off the 1–5 scale (7, 100, -2) as NaN: no score on it, like none — not a reward above any
+    answer's (``score`` gives them 0, the pairwise ``judge`` a tie, as it does a missing score)."""
+    return torch.where((v >= SCALE[0]) & (v <= SCALE[1]), v, torch.full_like(v, float("nan")))
 
 
 def build_input(principle: str, prompt: str, responses: Sequence[str], seed: int = 0) -> tuple[str, list[str]]:
@@ -186,7 +199,8 @@ def format_reward(parsed: Parsed) -> float:
 
 class RewardAnythingJudge(GenerativeJudge):
     """``judge_lists(prompts, responses, principles)`` → per query (n,) scores in the original order
-    (NaN for unscored names); ``judge(prompts, first, second)`` → P(first ≻ second) ∈ {0, ½, 1};
+    (NaN for unscored names; the scores as the judge wrote them, off-scale ones included);
+    ``judge(prompts, first, second)`` → P(first ≻ second) ∈ {0, ½, 1} (½: a score missing or off the 1–5 scale);
     ``score`` on :class:`TextPair` inputs → each response's score alone (0 without one)."""
 
     model_type = "reward_anything"
@@ -216,6 +230,8 @@ class RewardAnythingJudge(GenerativeJudge):
             principles = [self.config.principle] * len(prompts)
         else:  # one per query: a shorter list would drop the queries past its end
             (principles, _) = text_lists("RewardAnythingJudge", principles=principles, prompts=prompts)
+            for i, pr in enumerate(principles):
+                _check_principle(pr, f"RewardAnythingJudge: principles[{i}]")
         msgs, all_names = [], []
         for i, (p, rs, pr) in enumerate(zip(prompts, responses, principles)):
             m, names = self.messages(pr, p, rs, i)
@@ -227,22 +243,20 @@ class RewardAnythingJudge(GenerativeJudge):
             p = parse_ranking(row[0], names)
             res.append([JudgeResult(i, 0, row[0], p.value, p.reason)])
             sc = p.value.scores if isinstance(p.value, RankingParse) else {}
-            out.append(torch.tensor([sc.get(n, float("nan")) for n in names], dtype=torch.float64))
+            out.append(torch.tensor([sc.get(n, float("nan")) for n in names], dtype=torch.float32))  # as every judge
         self.last_results, self.last_names = res, all_names
         return out
 
     def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         prompts, first, second = text_lists("RewardAnythingJudge.judge", prompts=prompts, first=first, second=second)
-        v = self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])
+        v = [_on_scale(s) for s in self.judge_lists(prompts, [[a, b] for a, b in zip(first, second)])]
         return torch.tensor([0.5 if torch.isnan(s).any() or s[0] == s[1] else float(s[0] > s[1]) for s in v],
-                            dtype=torch.float64)
+                            dtype=torch.float32)
 
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
         prompts = [text_field(it.prompt, f"input {i}: field 'prompt'") for i, it in enumerate(items)]
         responses = [[text_field(it.response, f"input {i}: field 'response'")] for i, it in enumerate(items)]
-        v = torch.cat(self.judge_lists(prompts, responses, batch_size=batch_size))  # (N,), NaN: no score
-        # a score off the 1–5 scale (7, 100, -2) is no score on it: 0 like none, not a reward above any answer's
-        v = torch.where((v >= SCALE[0]) & (v <= SCALE[1]), v, torch.full_like(v, float("nan")))
+        v = _on_scale(torch.cat(self.judge_lists(prompts, responses, batch_size=batch_size)))  # (N,), NaN: no score
         return torch.nan_to_num(v, nan=0.0).float()
 
     def metrics(self) -> dict:

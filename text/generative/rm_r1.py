@@ -221,6 +221,13 @@ def rm_r1_reward(output: str, label: str, tail_chars: Optional[int] = None, excl
     return 1.0 if p.ok and p.value == label else -1.0
 
 
+def _end_thinking(text: str) -> str:
+    """``text`` with a ``<think>`` section it left open (cut off by ``max_new_tokens`` while reasoning) closed: the
+    forced answer prefix then follows the reasoning, where a reasoning model writes its verdict, rather than
+    continuing the reasoning as a draft."""
+    return text + "\n</think>\n" if text.rfind("<think>") > text.rfind("</think>") else text
+
+
 class RMR1Judge(GenerativeJudge):
     """``score`` on :class:`Comparison` inputs (and ``judge(prompts, first, second)``) → P(first ≻ second):
     the fraction of the k parsed verdicts for A (½ when nothing parsed, or with ``forced_verdict`` the
@@ -238,7 +245,7 @@ class RMR1Judge(GenerativeJudge):
             max_new_tokens=c.max_new_tokens, num_samples=c.num_samples, do_sample=c.num_samples > 1,
             temperature=c.temperature, batch_size=c.batch_size, seed=c.seed))
         self.last_results: list = []
-        self.last_strict = torch.zeros(0, dtype=torch.float64)
+        self.last_strict = torch.zeros(0, dtype=torch.float32)
         self.last_forced = torch.zeros(0, dtype=torch.bool)
 
     def messages(self, prompt: str, first: str, second: str) -> list[dict]:
@@ -257,17 +264,17 @@ class RMR1Judge(GenerativeJudge):
         for row in res:
             votes = [r.value for r in row if r.ok]
             out.append(float(verdict_prob(votes).mean()) if votes else 0.5)
-        p = torch.tensor(out, dtype=torch.float64)
+        p = torch.tensor(out, dtype=torch.float32)  # float32, as every judge's output
         self.last_strict = p.clone()  # parsed verdicts only (½ where none parsed)
         missing = [i for i, row in enumerate(res) if not any(r.ok for r in row)]
         self.last_forced = torch.zeros(len(res), dtype=torch.bool)
         if c.forced_verdict and missing:
             # a verdict the model never wrote: force the answer prefix after its own judgement and read
             # the A/B next-token probabilities (reported apart from the parse rate)
-            texts = [self.runner.render(msgs[i]) + res[i][0].text + "\n<answer>[[" for i in missing]
+            texts = [self.runner.render(msgs[i]) + _end_thinking(res[i][0].text) + "\n<answer>[[" for i in missing]
             try:
                 with self.runner.numbered(missing):
-                    pa = self.runner.choice_probs(texts, ["A", "B"], batch_size=batch_size)[:, 0].double().cpu()
+                    pa = self.runner.choice_probs(texts, ["A", "B"], batch_size=batch_size)[:, 0].float().cpu()
             except ValueError as e:  # name what was read: not the input as given, but its judgement + the prefix
                 raise ValueError(f"RMR1Judge forced verdict (the prompt + the model's judgement + '<answer>[['): {e}; "
                                  "lower max_new_tokens or set forced_verdict=False") from None

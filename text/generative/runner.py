@@ -127,11 +127,20 @@ class JudgeRunner:
         self.tokenizer = tokenizer
         self.config = config or JudgeConfig()
         # per thread: the caller's numbers of the prompts (see `numbered`); a dict, so a runner still copies
+        # (a copy starts with none of its own: see __getstate__)
         self._rows_of: dict[int, Sequence[int]] = {}
         if tokenizer.pad_token_id is None:  # decoder-only tokenizers often lack one; pads are masked anyway
             if tokenizer.eos_token is None:
                 raise ValueError("tokenizer has neither a pad nor an eos token")
             tokenizer.pad_token = tokenizer.eos_token
+
+    def __getstate__(self) -> dict:
+        # copy.copy / deepcopy / pickle: the copy gets its own numbering. A shared dict let one runner's
+        # `numbered` block rename the other's prompts in errors (same thread), and a copy made inside a block
+        # would keep that block's numbers for good.
+        state = dict(self.__dict__)
+        state["_rows_of"] = {}
+        return state
 
     @property
     def device(self) -> torch.device:
