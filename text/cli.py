@@ -37,7 +37,7 @@ def _help(name: str) -> str:
 # ------------------------------------------------------------------ train
 def _train_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text train", description="train a scalar reward model on preference pairs")
-    p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / .parquet / dataset folder / hub dataset id (TRL preference format)")
+    p.add_argument("--data", required=True, help="training pairs: .json / .jsonl / .csv / .parquet / dataset folder / hub dataset id (TRL preference format)")
     p.add_argument("--eval-data", help="held-out pairs: accuracy every --eval-every steps and at the end")
     add_split_options(p, "--data", "--eval-data")
     p.add_argument("--model", help="where training starts: a reward-model folder (continue training it) or a "
@@ -178,16 +178,18 @@ def _config_from_json(path: str) -> Any:
 def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
     """TextPairs of the rows and, per input, ``(row, slot)``; slot: response | chosen | rejected.
     A row with ``chosen`` and ``rejected`` is scored twice (with its ``prompt``)."""
+    from mmreward.core.data import row_origin
     from mmreward.core.inputs import TextPair
 
     from .data import is_preference_row, preference_inputs
 
     items, where = [], []
     for i, r in enumerate(rows):
-        at = f"{source}: row {i}"
+        file, row = row_origin(rows, i) or (source, i)  # a folder of shards: the shard and its row
+        at = f"{file}: row {row}"
         if is_preference_row(r):
             # read as training reads the row: its system turn, a prompt under another name, HelpSteer's layout
-            items.extend(preference_inputs(r, i, source))
+            items.extend(preference_inputs(r, row, file))
             where.extend([(i, "chosen"), (i, "rejected")])
         else:
             items.append(TextPair.from_record(r, at))
@@ -199,7 +201,7 @@ def _score_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text score", description="score prompt / response pairs with a text reward model")
     p.add_argument("--model", required=True, help="reward-model folder: saved by mmreward, a run folder, a 1-label "
                                                   "transformers sequence classifier, or a text judge")
-    p.add_argument("--data", required=True, help=".json / .jsonl / .parquet / dataset rows: prompt + response | prompt + chosen + rejected | "
+    p.add_argument("--data", required=True, help=".json / .jsonl / .csv / .parquet / dataset rows: prompt + response | prompt + chosen + rejected | "
                                                  "messages | text")
     add_split_options(p, "--data")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")
@@ -251,7 +253,12 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         scores = model.score(items, batch_size=args.batch_size, **kw).tolist()
     except ValueError as e:  # DataError included: "input K" is the K-th scored text, name the file's row
-        raise error_at_row(e, where, lambda i: f"{args.data}: row {i}", "response") from None
+        from mmreward.core.data import row_origin
+
+        def at(i: int) -> str:
+            file, row = row_origin(rows, i) or (args.data, i)
+            return f"{file}: row {row}"
+        raise error_at_row(e, where, at, "response") from None
     _print_scores(rows, where, scores, args.json)
     return 0
 

@@ -8,7 +8,8 @@ Row formats (from a list of dicts or any source :func:`mmreward.core.data.read_r
   (``[{"role": "user", "content": "..."}]``) and R a string or a message list (the assistant turn);
 * implicit prompt: ``{"chosen": C, "rejected": C}`` with C a whole conversation (message list) or a
   whole text; a prompt given *and* repeated at the start of ``chosen`` / ``rejected`` conversations
-  (UltraFeedback-binarized rows) counts once (:func:`drop_repeated_prompt`);
+  (UltraFeedback-binarized rows) counts once (:func:`drop_repeated_prompt`), also after a system turn that opens
+  the conversations and not the prompt (that turn then opens the prompt: :func:`split_conversation`);
 * optional ``"margin"`` (number, for the margin loss), optional ``"tie": true`` or ``"target": 0.5``
   (RRM tie pairs, target probability ½; ``"target": 1`` is an ordinary pair). Other fields are kept
   in ``PreferencePair.meta`` (e.g. ``category`` / ``id`` for curation recipes).
@@ -69,13 +70,15 @@ import math
 import numbers
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from mmreward.core.data import DataError, _in_window, _split_window, describe, in_memory_rows, read_records
+from mmreward.core.data import (DataError, _in_window, _split_window, describe, in_memory_rows, read_records,
+                                row_origin)
 from mmreward.core.inputs import _PROMPT_ALIASES, _listed
 from mmreward.core.inputs import _UNREAD_PROMPT_FIELDS as _UNREAD_REPLY_PROMPT_FIELDS
 from mmreward.core.inputs import _text as check_text
@@ -155,6 +158,13 @@ def _published_layout(row: dict, index: int) -> dict:
                 if s == 0:  # "about the same": a tie, not a preference for response 1
                     out["tie"] = True
                 return out
+        if "response" in row and row.get("response") is not None:
+            rated = [k for k in ("helpfulness", "correctness", "coherence", "complexity", "verbosity", "score",
+                                 "rating", "label", "reward") if k in row]
+            raise DataError(f"{where}: one response{' with its ratings (' + ', '.join(rated) + ')' if rated else ''}, "
+                            "not a pair: a reward model trains on pairs of responses to one prompt, 'chosen' (the "
+                            "preferred one) and 'rejected'; build them from two rated responses to the same prompt "
+                            "(HelpSteer2's per-response rows: its preference file gives the pairs)")
         if "better_response_id" in row or "safer_response_id" in row:
             raise DataError(f"{where}: a PKU-SafeRLHF row (response_0 / response_1 with better_response_id and "
                             "safer_response_id) holds two preferences, helpfulness and harmlessness: pick one and "
@@ -226,6 +236,13 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
     chosen = check_text(required_field(row, "chosen", f"row {index}"), f"row {index}: field 'chosen'")
     rejected = check_text(required_field(row, "rejected", f"row {index}"), f"row {index}: field 'rejected'")
     prompt = row.get("prompt")
+    for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        _check_roles(value, f"row {index}: field {name!r}")
+        if _is_written_message_list(value):
+            raise DataError(f"row {index}: field {name!r} is a message list written as text ({describe(value)}; a "
+                            "CSV cell, or a list column saved with str()), which the model would read as the "
+                            "characters of the list: give it as a list of messages (JSON lines, JSON, parquet) or "
+                            "give the turn's own text")
     if prompt is not None:
         prompt = check_text(prompt, f"row {index}: field 'prompt'", allow_empty=True)
     else:
@@ -255,6 +272,38 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
     meta = {k: v for k, v in row.items() if k not in _KNOWN and k != "system"}
     return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=_number(row, "margin", index),
                           tie=bool(tie), meta=meta)
+
+
+# roles of other conventions that chat templates would render as written (Qwen's and Llama's templates print
+# "<|im_start|>human"; a template that tests role == "user" drops the turn): ShareGPT's, HH-RLHF's, Gemma's rendering
+_ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
+               "chatbot": "assistant", "prompter": "user"}
+_ROLES = ("system", "user", "assistant", "tool", "function", "ipython", "developer")
+
+
+def _check_roles(value: Any, where: str) -> None:
+    """A message list's roles in the names chat templates take (``user`` / ``assistant`` / ``system`` …); another
+    convention's names (ShareGPT's ``human`` / ``gpt``, capitalised ``User``) are refused naming the turn."""
+    if not isinstance(value, list):
+        return
+    for k, m in enumerate(value):
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or role in _ROLES:
+            continue
+        meant = _ROLE_NAMES.get(role.strip().lower()) or (role.strip().lower() if role.strip().lower() in _ROLES
+                                                          else None)
+        if meant is not None:
+            raise DataError(f"{where}[{k}] has role {role!r}: chat templates render roles as written and tell the "
+                            f"reply by 'assistant': write it as {meant!r}")
+
+
+_WRITTEN_MESSAGES = re.compile(r"""\[\s*\{\s*["'](role|content)["']\s*:.*["'](role|content)["']\s*:.*\}\s*\]""", re.S)
+
+
+def _is_written_message_list(value: Any) -> bool:
+    """Whether a string is a whole message list written out (``[{'role': 'user', 'content': ...}, ...]``, as
+    pandas' ``to_csv`` writes a list column, or its JSON)."""
+    return isinstance(value, str) and bool(_WRITTEN_MESSAGES.fullmatch(value.strip()))
 
 
 def is_preference_row(row: Any) -> bool:
@@ -356,6 +405,9 @@ def load_preference_pairs(source: Any, *, split: Optional[str] = None) -> list[P
         try:
             out.append(pair_from_row(r, i))
         except DataError as e:
+            origin = row_origin(rows, i)  # a folder of shards: the shard and its row, not a row of all of them
+            if origin is not None and str(e).startswith(f"row {i}: "):
+                raise DataError(f"{origin[0]}: row {origin[1]}: {str(e)[len(f'row {i}: '):]}") from None
             raise DataError(f"{where}{e}") from None
     return out
 
@@ -380,6 +432,16 @@ def split_conversation(prompt: Optional[TextLike], response: TextLike) -> tuple[
     a response conversation that repeats the prompt's turns first loses them (:func:`drop_repeated_prompt`)."""
     if prompt is None and isinstance(response, list) and len(response) > 1:
         return response[:-1], response[-1:]
+    if prompt is not None and isinstance(response, list) and len(response) > 2 and isinstance(response[0], dict) \
+            and response[0].get("role") == "system":
+        # {"prompt": Q, "chosen": [system, user Q, assistant A]} (UltraFeedback-style rows whose conversations open
+        # with a system turn the prompt lacks): the system turn opens the prompt, and Q is shown once
+        head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if isinstance(head, list) and head and not (isinstance(head[0], dict) and head[0].get("role") == "system"):
+            tail = response[1:]
+            rest = drop_repeated_prompt(head, tail)
+            if rest is not tail:
+                return [response[0]] + list(head), rest
     return prompt, drop_repeated_prompt(prompt, response)
 
 
@@ -637,14 +699,51 @@ class TextEncoder:
 
 
 def truncation_warning(rows: Sequence[Encoded], encoder: TextEncoder, what: str = "inputs", stacklevel: int = 4) -> None:
-    """One warning for all truncated ``rows`` (``stacklevel``: the user's call that encoded them)."""
+    """One warning for all truncated ``rows`` (``stacklevel``: the user's call that encoded them), shown once per
+    calling line, model length and policy (:func:`_warn_once_per_site`)."""
     cut = [r.cut_prompt + r.cut_response for r in rows]
     n = sum(1 for c in cut if c)
     if n:
-        warnings.warn(f"truncated {n} of {len(rows)} {what} to max_length={encoder.max_length} tokens "
-                      f"({encoder.truncation}: {sum(r.cut_prompt for r in rows)} prompt and "
-                      f"{sum(r.cut_response for r in rows)} response tokens cut, up to {max(cut)} from one input; "
-                      f"special and template tokens kept)", stacklevel=stacklevel)
+        _warn_once_per_site(f"truncated {n} of {len(rows)} {what} to max_length={encoder.max_length} tokens "
+                            f"({encoder.truncation}: {sum(r.cut_prompt for r in rows)} prompt and "
+                            f"{sum(r.cut_response for r in rows)} response tokens cut, up to {max(cut)} from one "
+                            "input; special and template tokens kept); reported once per calling line unless "
+                            "warnings are set to 'always'", ("truncated", what, encoder.max_length,
+                                                                encoder.truncation), stacklevel)
+
+
+# (file, line, key) of a call whose warning was shown -> the warning filters it was shown under
+_WARNED: dict = {}
+
+
+def _warn_once_per_site(message: str, key: tuple, stacklevel: int) -> None:
+    """``warnings.warn(message, stacklevel=stacklevel)`` for a message whose counts change from call to call, shown
+    as Python shows a fixed message: once per calling line under the default filters (``key``: what makes it
+    another warning), each time under ``simplefilter("always")``, never under "ignore", raised under "error".
+    Plain ``warnings.warn`` would add one entry per distinct text to the caller's ``__warningregistry__`` (a
+    scoring call in an RL loop: one per call, without bound) and show nearly every call's warning."""
+    try:
+        frame = sys._getframe(stacklevel)
+    except ValueError:  # a stack shallower than stacklevel: warnings.warn names "sys" then
+        frame = None
+    # the user's line, past mmreward's own frames (the eval-mode wrapper of every score method, evaluate_pairs,
+    # the recipes): a fixed stacklevel named mmreward/core/model.py for every RewardModel.score call
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "mmreward":
+        frame = frame.f_back
+    if frame is None:
+        filename, lineno, module = "sys", 1, "sys"
+    else:
+        filename, lineno = frame.f_code.co_filename, frame.f_lineno
+        module = frame.f_globals.get("__name__", "<string>")
+    site = (filename, lineno, key)
+    filters = (id(warnings.filters), tuple(warnings.filters))  # catch_warnings / simplefilter change them
+    if _WARNED.get(site) == filters:
+        return
+    registry: dict = {}  # thrown away: the message's counts never enter a registry that lives on
+    # no module_globals: a module's loader that cannot give its source (a script read from stdin) raises there
+    warnings.warn_explicit(message, UserWarning, filename, lineno, module, registry)
+    if len(registry) > 1:  # beside its "version": a filter that shows a warning once ("default", "module", "once")
+        _WARNED[site] = filters
 
 
 def model_max_length(tokenizer: Any, config: Any = None) -> Optional[int]:
@@ -699,9 +798,10 @@ class EncodedPair:
 
 
 def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: str = "training inputs", *,
-                 stacklevel: int = 4) -> list[EncodedPair]:
+                 stacklevel: int = 4, names: Optional[Sequence[str]] = None) -> list[EncodedPair]:
     """Tokenise every chosen and rejected input once (one batched tokenizer call for all of them);
-    ``stacklevel``: of the truncation / equal-pair warnings (the default names the caller's caller)."""
+    ``stacklevel``: of the truncation / equal-pair warnings (the default names the caller's caller); ``names``:
+    what an error calls each pair (default ``training pair K``; :func:`pair_names` names a file's rows)."""
     n = len(pairs)
     try:
         rows = encoder.encode([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
@@ -710,25 +810,43 @@ def encode_pairs(encoder: TextEncoder, pairs: Sequence[PreferencePair], what: st
         if not m or int(m.group(1)) >= 2 * n:
             raise
         k = int(m.group(1))
-        raise DataError(f"{what.removesuffix(' inputs')} pair {k % n} ({'chosen' if k < n else 'rejected'})"
-                        f"{str(e)[m.end():]}") from None
+        name = names[k % n] if names is not None else f"{what.removesuffix(' inputs')} pair {k % n}"
+        raise DataError(f"{name} ({'chosen' if k < n else 'rejected'}){str(e)[m.end():]}") from None
     truncation_warning(rows, encoder, what, stacklevel=stacklevel)
-    same_tokens_warning(rows[:n], rows[n:], pairs, encoder, what, stacklevel=stacklevel)
+    same_tokens_warning(rows[:n], rows[n:], pairs, encoder, what, stacklevel=stacklevel, names=names)
     return [EncodedPair(rows[i], rows[n + i], p.margin, p.tie) for i, p in enumerate(pairs)]
 
 
+def pair_names(source: Any, indices: Sequence[int], what: str = "training") -> list[str]:
+    """What errors call the pairs at ``indices`` of the pairs loaded from ``source``: ``FILE: row I`` for a path
+    (the row of the file, also where tie pairs left out of an evaluation come before it), else ``{what} pair I``
+    (its place in the given list)."""
+    if isinstance(source, (str, os.PathLike)):
+        return [f"{os.fspath(source)}: row {i}" for i in indices]
+    return [f"{what} pair {i}" for i in indices]
+
+
 def same_tokens_warning(chosen: Sequence[Encoded], rejected: Sequence[Encoded], pairs: Sequence[PreferencePair],
-                        encoder: TextEncoder, what: str = "training inputs", stacklevel: int = 4) -> None:
+                        encoder: TextEncoder, what: str = "training inputs", stacklevel: int = 4,
+                        names: Optional[Sequence[str]] = None) -> None:
     """One warning for the non-tie pairs whose chosen and rejected inputs are the same tokens (equal
     texts, or texts that differ only in the part truncation cuts): such a pair gives no gradient and
     is always counted wrong, silently. Tie pairs are meant to score alike and are not named."""
     same = [i for i, (c, r, p) in enumerate(zip(chosen, rejected, pairs))
             if not p.tie and c.ids == r.ids and c.types == r.types]
     if same:
-        warnings.warn(f"{len(same)} of {len(pairs)} pairs of the {what} have chosen and rejected inputs of the same "
-                      f"tokens, first pair {same[0]} (equal texts, or texts that differ only where truncation to "
-                      f"max_length={encoder.max_length} cuts): such a pair gives no gradient and always counts as "
-                      "wrong", stacklevel=stacklevel)
+        hint = ""
+        if encoder.truncation == "prompt_first" and any(pairs[i].prompt is None and isinstance(pairs[i].chosen, str)
+                                                        and (chosen[i].cut_response or rejected[i].cut_response)
+                                                        for i in same):
+            # a whole text (HH-RLHF's "\n\nHuman: … \n\nAssistant: …") is all response: its end, the reply the
+            # two sides differ in, is what prompt_first cuts
+            hint = ("; whole texts (HH-RLHF dialogues) lose their end, the final reply, under truncation="
+                    "'prompt_first': truncation='keep_end' (--truncation keep_end) keeps it")
+        _warn_once_per_site(f"{len(same)} of {len(pairs)} pairs of the {what} have chosen and rejected inputs of the "
+                            f"same tokens, first {names[same[0]] if names is not None else f'pair {same[0]}'} (equal texts, or texts that differ only where "
+                            f"truncation to max_length={encoder.max_length} cuts): such a pair gives no gradient and "
+                            "always counts as wrong" + hint, ("same tokens", what, encoder.max_length), stacklevel)
 
 
 class PairCollator:

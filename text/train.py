@@ -29,7 +29,7 @@ import torch
 from mmreward.core.model import config_to_dict
 from mmreward.core.trainer import Trainer, TrainConfig, Weighted
 
-from .data import EncodedPair, PairCollator, encode_pairs, load_preference_pairs
+from .data import EncodedPair, PairCollator, encode_pairs, load_preference_pairs, pair_names
 
 LOSSES = ("bt", "margin")
 MEGA_BATCHES = 50  # group_by_length sorts chunks of this many global batches (as transformers' group_by_length)
@@ -92,10 +92,16 @@ def evaluate_pairs(model: Any, pairs: Any, *, batch_size: int = 32, progress: bo
     with the model's own layout and truncation: ``{"accuracy", "reward_gap", "n"}``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"evaluate_pairs: batch_size must be an integer >= 1, got {batch_size!r}")
-    kept = [p for p in load_preference_pairs(pairs) if not p.tie]
-    if not kept:
+    loaded = load_preference_pairs(pairs)
+    index = [i for i, p in enumerate(loaded) if not p.tie]  # errors name the row, not its place among non-ties
+    if not index:
         raise ValueError("evaluate_pairs: no non-tie pairs to evaluate")
-    return pair_metrics(model, encode_pairs(model.encoder, kept, "eval inputs"), batch_size=batch_size, progress=progress)
+    names = pair_names(pairs, index, "eval")
+    data = encode_pairs(model.encoder, [loaded[i] for i in index], "eval inputs", names=names)
+    if hasattr(model, "check_fits"):
+        model.check_fits([p.chosen for p in data] + [p.rejected for p in data],
+                         [f"{name} ({side})" for side in ("chosen", "rejected") for name in names])
+    return pair_metrics(model, data, batch_size=batch_size, progress=progress)
 
 
 # ------------------------------------------------------------------ loss
@@ -250,7 +256,12 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
         warnings.warn(f"train_pairs holds only tie pairs ({len(train)}): no pair has a preferred response, so the "
                       "run only pulls each pair's rewards together and its accuracy is NaN (RRM ties go beside "
                       "ordinary pairs)", stacklevel=2 + _depth)
-    evals = [p for p in _named_pairs(eval_pairs, "eval_pairs") if not p.tie] if eval_pairs is not None else None
+    train_names = pair_names(train_pairs, range(len(train)))
+    evals = eval_names = None
+    if eval_pairs is not None:  # tie pairs are left out of evaluation: errors still name each pair's own row
+        loaded = _named_pairs(eval_pairs, "eval_pairs")
+        index = [i for i, p in enumerate(loaded) if not p.tie]
+        evals, eval_names = [loaded[i] for i in index], pair_names(eval_pairs, index, "eval")
     if evals is not None and not evals:
         raise ValueError("eval_pairs holds no pairs with a preferred response (none, or only tie pairs): nothing "
                          "to measure accuracy on (pass eval_pairs=None, or leave out --eval-data, for no evaluation)")
@@ -271,7 +282,8 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
     if config.max_length is not None:
         model.config.max_length = config.max_length  # the model is saved, scored and evaluated with it
     try:
-        trainer = _started_trainer(model, train, evals, config, 5 + _depth)  # warnings name the user's call
+        trainer = _started_trainer(model, train, evals, config, 5 + _depth,  # warnings name the user's call
+                                   (train_names, eval_names))
     except BaseException:
         model.config.max_length = old_max_length  # a refused run leaves the model as it was
         raise
@@ -281,8 +293,10 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
 
 
 def _started_trainer(model: Any, train: list, evals: Optional[list], config: RewardTrainConfig,
-                     stacklevel: int) -> Trainer:
-    data = encode_pairs(model.encoder, train, stacklevel=stacklevel)
+                     stacklevel: int, names: tuple = (None, None)) -> Trainer:
+    train_names = names[0] or [f"training pair {i}" for i in range(len(train))]
+    eval_names = names[1] or ([f"eval pair {i}" for i in range(len(evals))] if evals is not None else None)
+    data = encode_pairs(model.encoder, train, stacklevel=stacklevel, names=train_names)
     if all(p.chosen.ids == p.rejected.ids and p.chosen.types == p.rejected.types for p in data):
         # every reward of a pair is computed from the same tokens: zero gradient, the run trains on nothing
         from mmreward.core.data import DataError
@@ -293,7 +307,7 @@ def _started_trainer(model: Any, train: list, evals: Optional[list], config: Rew
                         "on nothing (check the data's chosen / rejected fields, or raise max_length)")
     if hasattr(model, "check_fits"):  # before any step: the backbone's own error would name no pair
         model.check_fits([p.chosen for p in data] + [p.rejected for p in data],
-                         [f"training pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(data))])
+                         [f"{name} ({side})" for side in ("chosen", "rejected") for name in train_names])
     world = _world_size()
     per_epoch = math.ceil(len(data) / world) // config.batch_size  # micro-batches per rank in one pass
     if per_epoch == 0:
@@ -309,10 +323,10 @@ def _started_trainer(model: Any, train: list, evals: Optional[list], config: Rew
 
     eval_fn = None
     if evals is not None:
-        eval_data = encode_pairs(model.encoder, evals, "eval inputs", stacklevel=stacklevel)
+        eval_data = encode_pairs(model.encoder, evals, "eval inputs", stacklevel=stacklevel, names=eval_names)
         if hasattr(model, "check_fits"):  # now, not at the first evaluation after training steps
             model.check_fits([p.chosen for p in eval_data] + [p.rejected for p in eval_data],
-                             [f"eval pair {i} ({side})" for side in ("chosen", "rejected") for i in range(len(eval_data))])
+                             [f"{name} ({side})" for side in ("chosen", "rejected") for name in eval_names])
 
         def eval_fn(m):
             return pair_metrics(m, eval_data, batch_size=config.eval_batch_size)

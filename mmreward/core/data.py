@@ -14,6 +14,8 @@ Accepted layouts:
   ``examples`` / ``train`` (or ``split=``; an object holding several lists of rows needs it), or — when
   the whole file does not parse — JSON lines.
 * either of the two gzip-compressed (``.jsonl.gz``, ``.json.gz``: Anthropic HH-RLHF's files).
+* ``.csv`` / ``.tsv`` (either may be ``.gz``): a header line, then one row per record (:func:`_read_csv`: empty
+  cells are missing values, number and true / false columns typed as ``datasets`` types them).
 * ``.parquet`` (pyarrow, imported lazily): the files hub datasets are stored as. Image columns in the
   ``datasets`` layout (``{"bytes", "path"}``) become ``data:`` URIs / paths the image readers take.
 * a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or a folder of
@@ -52,6 +54,18 @@ def _not_utf8(path: str, data: bytes, e: UnicodeDecodeError, lineno: Optional[in
     column = e.start - data.rfind(b"\n", 0, e.start)
     return DataError(f"{path}: line {lineno} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at column "
                      f"{column}); re-save the file as UTF-8")
+
+
+def _utf8_text(path: str, data: bytes) -> str:
+    """A whole file's bytes as text; a leading byte-order mark (Windows editors, Excel's "UTF-8" exports) is no
+    data. It is cut before decoding, so a bad byte's position is counted in the file's own bytes ("utf-8-sig"
+    counts after the mark: the error named the byte three places before the bad one)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e) from None
 
 
 def _no_splits(split: Optional[str], what: str) -> None:
@@ -118,10 +132,7 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
         if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
             raise _gzip_error(path, e) from None
         raise
-    try:
-        text = data.decode("utf-8-sig")  # a leading byte-order mark is no data
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, data, e) from None
+    text = _utf8_text(path, data)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -171,11 +182,71 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.txt", ".jsonl.gz", ".ndjson.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
+CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 # files a dataset repository holds its rows in (what ``datasets.load_dataset`` reads from a folder)
-_REPO_DATA_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + (".arrow", ".csv", ".tsv")
+_REPO_DATA_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES + (".arrow",)
+# CSV columns kept as text even when every cell is a number: a response "4" is an answer, not a count
+CSV_TEXT_COLUMNS = ("prompt", "chosen", "rejected", "response", "text", "question", "input", "system", "context",
+                    "response_0", "response_1", "response_2", "response1", "response2", "answer", "solution",
+                    "completion", "instruction", "query", "problem")
+_CSV_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _read_csv(path: str, split: Optional[str]) -> list[dict]:
+    """Rows of a CSV (``.tsv``: tab-separated) file with a header line, as ``datasets`` / pandas read one: an
+    empty cell is a missing value (None), a column whose every cell is a number holds numbers (except
+    :data:`CSV_TEXT_COLUMNS`), one of ``true`` / ``false`` only holds booleans; every other cell is text."""
+    import csv
+    import io
+
+    _no_splits(split, f"{path} is a CSV file")
+    try:
+        with _open_bytes(path) as f:
+            data = f.read()
+    except (EOFError, OSError) as e:
+        if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
+            raise _gzip_error(path, e) from None
+        raise
+    text = _utf8_text(path, data)
+    delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        names = [h.strip() for h in header]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise DataError(f"{path}: line 1 is not a header of distinct column names: {names[:12]}")
+        rows, lines = [], []
+        for record in reader:
+            if not record or all(not c.strip() for c in record) and len(record) <= 1:  # a blank line
+                continue
+            if len(record) != len(names):
+                raise DataError(f"{path}: line {reader.line_num} (row {len(rows)}) has {len(record)} fields, the "
+                                f"header names {len(names)} ({', '.join(names[:12])}); quote a field that holds "
+                                f"{'a tab' if delimiter == chr(9) else 'a comma'} or a line break")
+            rows.append([c if c != "" else None for c in record])
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({e})") from None
+    for j, name in enumerate(names):
+        cells = [r[j] for r in rows if r[j] is not None]
+        if not cells or name in CSV_TEXT_COLUMNS:
+            continue
+        if all(c.strip().lower() in ("true", "false") for c in cells):
+            kind = "bool"
+        elif all(_CSV_NUMBER.fullmatch(c.strip()) for c in cells):
+            kind = "int" if all(re.fullmatch(r"[+-]?\d+", c.strip()) for c in cells) else "float"
+        else:
+            continue
+        for r in rows:
+            if r[j] is not None:
+                c = r[j].strip()
+                r[j] = c.lower() == "true" if kind == "bool" else int(c) if kind == "int" else float(c)
+    return [dict(zip(names, r)) for r in rows]
 # the metadata a dataset repository keeps beside its data files: not rows
 _REPO_METADATA = ("dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json")
-_FORMATS = ".json, .jsonl (either may be .gz), .parquet, a dataset folder or a hub dataset id"
+_FORMATS = ".json, .jsonl, .csv, .tsv (any of them may be .gz), .parquet, a dataset folder or a hub dataset id"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -392,10 +463,30 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
         split = names[0]
     if split not in files:
         raise DataError(f"{path} has no split {split!r}; it has {names}")
-    rows: list[dict] = []
+    rows = FileRows()
     for f in files[split]:
+        rows.files.append((len(rows), f))
         rows.extend(read_records(f))
     return _in_window(rows, window, percent, original, split, path)
+
+
+class FileRows(list):
+    """The rows of several files (a dataset folder's shards), with where each file's rows start (``files``:
+    ``(first row, path)``), so that an error about row 73,451 can name its shard and its row there."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.files: list[tuple[int, str]] = []
+
+
+def row_origin(rows: Any, index: int) -> Optional[tuple[str, int]]:
+    """``(file, row in that file)`` of ``rows[index]`` when ``rows`` came from several files (:class:`FileRows`),
+    else None (one file or rows in memory: the index is the row's own)."""
+    files = getattr(rows, "files", None)
+    if not files or len(files) < 2:
+        return None
+    start, path = max((f for f in files if f[0] <= index), key=lambda f: f[0])
+    return path, index - start
 
 
 def _in_window(rows: list, window: slice, percent: bool, asked: Optional[str], split: str, what: str) -> list:
@@ -476,6 +567,8 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
             return _read_json(path, split)
         if suffix.endswith(PARQUET_SUFFIXES):
             return _read_parquet(path, split)
+        if suffix.endswith(CSV_SUFFIXES):
+            return _read_csv(path, split)
         raise DataError(f"{path}: unknown data format (expected {_FORMATS})")
     if isinstance(source, dict):
         raise TypeError("expected a list of dicts or a path, got a single dict")

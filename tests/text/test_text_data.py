@@ -107,9 +107,9 @@ def test_file_errors_name_file_row_and_line(tmp_path):
     (tmp_path / "latin1.json").write_bytes(b'[{"prompt": "a"},\n {"prompt": "caf\xe9"}]')
     with pytest.raises(DataError, match="latin1.json: line 2 is not UTF-8 text"):
         read_records(str(tmp_path / "latin1.json"))
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.xlsx").write_text("a,b\n")
     with pytest.raises(DataError, match="unknown data format"):
-        read_records(str(tmp_path / "x.csv"))
+        read_records(str(tmp_path / "x.xlsx"))
     # the folder of all those files reads as a dataset repository: the first bad file is named
     with pytest.raises(DataError, match=r"bad.jsonl: line 3 \(row 1\) is not valid JSON"):
         read_records(str(tmp_path))
