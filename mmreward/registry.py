@@ -370,8 +370,7 @@ def refuse_mmreward_model(flag: str, path: Union[str, os.PathLike], accepted: Se
     "Unrecognized configuration class ... pip install --upgrade transformers", which misleads."""
     model_type = saved_model_type(path)
     if model_type in MODEL_TYPES and model_type not in accepted:
-        raise ValueError(f"{flag} {os.fspath(path)} holds an mmreward {model_type!r} model, which is not a "
-                         f"starting point here: give {wanted}")
+        raise ValueError(f"{flag} {os.fspath(path)} holds an mmreward {model_type!r} model: give {wanted}")
 
 
 def detect(folder: str) -> tuple[str, Callable[..., Any]]:

@@ -313,6 +313,9 @@ def _delegate(module: str, func: str, argv: Sequence[str], what: str) -> int:
     if not hasattr(mod, func):
         print(f"mmreward text {what}: {module} has no {func}()", file=sys.stderr)
         return 2
+    from mmreward.core.cli_config import entering_subcommand
+
+    entering_subcommand(what)
     return int(getattr(mod, func)(list(argv)) or 0)
 
 

@@ -65,7 +65,7 @@ def test_cli_errors_are_one_line_and_name_the_folder(saved, tmp_path, capsys, mo
     verify = tmp_path / "verify.jsonl"
     verify.write_text(json.dumps({"prompt": "q", "response": "good", "correct": True}) + "\n")
     pairs = str(saved / "pairs.jsonl")
-    named = f"{rm_folder} holds an mmreward 'text_reward_model' model, not a causal LM or a judge folder"
+    named = f"--model {rm_folder} holds an mmreward 'text_reward_model' model: give a causal LM"
     cases = [
         (["judge", "genrm", "--model", str(rm_folder), "--data", pairs], named),
         (["judge", "critic_rm", "--model", str(rm_folder), "--data", pairs], named),

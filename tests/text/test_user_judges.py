@@ -220,3 +220,15 @@ def test_rm_r1_forced_verdict_follows_the_reasoning_it_closes(tok, monkeypatch):
     assert judge.last_forced.tolist() == [True, True] and p.dtype == torch.float32
     assert seen[0].endswith("<think> A is\n</think>\n\n<answer>[[")
     assert seen[1].endswith("no verdict\n<answer>[[")
+
+
+def test_judges_read_a_conversation_that_opens_with_a_system_turn_as_reward_models_do():
+    """UltraFeedback-style rows ({"prompt": Q, "chosen": [system, user Q, assistant A]}): reward models put the
+    system turn first and show Q once; the judges' chat turns showed Q, the system turn, then Q again."""
+    from mmreward.text.generative.base import chat_turns
+
+    system = {"role": "system", "content": "be brief"}
+    conversation = [system, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert chat_turns("Q", conversation) == conversation
+    assert chat_turns("Q", conversation[1:]) == conversation[1:]  # the repeated prompt turn still dropped
+    assert chat_turns(None, conversation) == conversation

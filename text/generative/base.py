@@ -162,13 +162,18 @@ def _turns(value: Any, where: str) -> list[dict]:
 def chat_turns(prompt: Any, response: Any, where: str = "input") -> list[dict]:
     """``(x, y)`` as chat turns: the prompt (a string = one user turn, or earlier turns) and then the
     response (a string = the assistant's turn, or turns of its own)."""
+    if prompt is not None and isinstance(response, list):
+        from ..data import split_conversation
+
+        # as reward models read such rows: a response conversation that repeats the prompt's turns loses them,
+        # and one that opens with a system turn the prompt lacks puts it first ([system, user Q, assistant A]
+        # with prompt Q showed Q, then the system turn, then Q again)
+        prompt, response = split_conversation(prompt, response)
     turns = [] if prompt is None else (
         [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _turns(prompt, f"{where}: field 'prompt'"))
     if isinstance(response, str):
         return turns + [{"role": "assistant", "content": response}]
-    from ..data import drop_repeated_prompt  # a response conversation that repeats the prompt's turns loses them
-
-    return turns + _turns(drop_repeated_prompt(prompt, response), f"{where}: field 'response'")
+    return turns + _turns(response, f"{where}: field 'response'")
 
 
 def text_pairs(prompts: Sequence[Any], responses: Sequence[Any]) -> list[TextPair]:

@@ -135,19 +135,6 @@ def _judge_type(folder: str) -> Optional[str]:
     return model_type if model_type in METHODS else None
 
 
-def _refuse_other_mmreward_model(folder: str) -> None:
-    """A folder of another mmreward model (a text RM, a PRM, ...) is refused by name: transformers
-    would answer with a many-line "Unrecognized configuration class" advising an upgrade."""
-    from mmreward.core.model import read_config
-    from mmreward.registry import MODEL_TYPES
-
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        return
-    model_type = read_config(folder).get("model_type")
-    if model_type in MODEL_TYPES and model_type not in METHODS:
-        raise ValueError(f"{folder} holds an mmreward {model_type!r} model, not a causal LM or a judge folder")
-
-
 def _holds_model(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "config.json")) or os.path.isdir(os.path.join(folder, "backbone"))
 
@@ -216,7 +203,10 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
     if method != "critic_rm":
         _check_gguf(model, gguf_file, flag)
     if not gguf_file:
-        _refuse_other_mmreward_model(model)
+        from mmreward.registry import refuse_mmreward_model
+
+        refuse_mmreward_model(flag, model, tuple(METHODS), "a causal LM (a folder or a hub id) or a judge folder "
+                              "saved by train-genrm / train-gram / train-critic-rm")
     saved = None if gguf_file else _judge_type(model)
     if saved is not None:
         if method == "critic_rm" and saved != "critic_rm":
