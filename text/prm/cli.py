@@ -162,6 +162,7 @@ def _train(args: argparse.Namespace) -> int:
             last.update({f"final_{k}": v
                          for k, v in evaluate_prm(model, evals, config.eval_threshold, sweep=True).items()})
         print(json_text({"model": out, **last}, indent=2))
+        print(f"model: {out}")  # the last line, as `mmreward text train` / `vision train` end
     return 0
 
 
@@ -306,9 +307,15 @@ def _search(args: argparse.Namespace) -> int:
         raise ValueError("--out writes MCTS self-training traces, but --method best-of-n runs no MCTS: use "
                          "--method mcts or both, or drop --out")
     check_output_file(args.export, "--out", folders=[("--model", args.model)])
+    # the flags' own names, before the model loads (compare_search named n_problems / num_steps after it)
+    for flag, name, value in (("--synthetic", "n_problems", args.synthetic),
+                              ("--num-steps", "num_steps", args.num_steps)):
+        if value < 1:
+            raise ValueError(f"{flag}: {name} must be an integer >= 1, got {value}")
+    config = config_from_args(MCTSConfig, args)
     model = _load_model(args)
     out = compare_search(model, n_problems=args.synthetic, num_steps=args.num_steps, error_rate=args.policy_error_rate,
-                         config=config_from_args(MCTSConfig, args), method=args.method, seed=args.seed,
+                         config=config, method=args.method, seed=args.seed,
                          export=args.export, max_value=args.max_value, reduce=args.aggregation)
     print(json_text(out, indent=2))
     return 0

@@ -21,16 +21,27 @@ __all__ = ["monte_carlo_labels", "rest_mcts_values", "trace_value_targets", "Tre
 StepPolicy = Callable[[str, Sequence[str]], str]  # (problem, steps so far) -> next step
 
 
+def policy_step(policy: StepPolicy, problem: str, steps: Sequence[str]) -> str:
+    """``policy(problem, steps)``, checked: the next step's text. A blank step ("" — what :class:`HFStepPolicy`
+    returns when the model wrote only separators or ended at once) is an error: it was appended like any step,
+    scored, and searches returned solutions made of empty steps as their best answer."""
+    step = policy(problem, steps)
+    if not isinstance(step, str):
+        raise TypeError(f"policy must return the next step as a str, got {type(step).__name__}")
+    if not step.strip():
+        raise ValueError(f"policy returned a blank step ({step!r}) for problem {problem!r} after {len(steps)} steps; a "
+                         "step must hold text (an LM policy that wrote nothing: check its prompt, separator and "
+                         "max_new_tokens)")
+    return step
+
+
 def rollout(policy: StepPolicy, problem: str, steps: Sequence[str], is_terminal: Callable, max_steps: int = 64) -> list[str]:
     """Continue ``steps`` with ``policy`` until ``is_terminal`` (or ``max_steps`` steps in all)."""
     out = list(steps)
     while not is_terminal(problem, out):
         if len(out) >= max_steps:
             break
-        step = policy(problem, out)
-        if not isinstance(step, str):
-            raise TypeError(f"policy must return the next step as a str, got {type(step).__name__}")
-        out.append(step)
+        out.append(policy_step(policy, problem, out))
     return out
 
 

@@ -29,6 +29,7 @@ the scored ones).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -51,6 +52,7 @@ AGGREGATIONS = ("min", "prod", "last", "mean")
 HEADS = ("lm", "value", "mlp")
 INPUT_FORMATS = ("mmreward", "math_shepherd", "qwen_prm", "skywork_prm", "rlhflow_prm")
 TOKENIZER_DIR = "tokenizer"
+LOAD_OPTIONS = ("aggregation", "truncate")  # what mmreward.load(folder, ...) may set on a saved PRM
 
 
 @dataclass
@@ -166,11 +168,32 @@ def load_tokenizer(path: str, folder: str):
         raise CheckpointError(f"cannot load the tokenizer of {folder} from {path}: {type(e).__name__}: {e}") from e
 
 
+def _step_part(p: Any, i: int) -> torch.Tensor:
+    """One solution's step scores as a 1-D float tensor. A 2-D one was flattened into one solution's steps; a
+    ``None`` (how ``prm score`` writes an unscored step) failed inside torch ("must be real number")."""
+    if isinstance(p, (list, tuple)) and any(x is None for x in p):
+        raise ValueError(f"aggregate_steps: solution {i} has a None step score; write an unscored step as "
+                         "float('nan') (`prm score` rows print it as null: "
+                         "[float('nan') if x is None else x for x in row])")
+    try:
+        t = torch.as_tensor(p, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"aggregate_steps: solution {i}: step scores must be numbers (a 1-D tensor or list), got "
+                        f"{type(p).__name__} ({e})") from None
+    if t.dim() > 1:
+        raise ValueError(f"aggregate_steps: solution {i}: step scores must be 1-D (one per step), got shape "
+                         f"{tuple(t.shape)}")
+    return t.reshape(-1)
+
+
 def aggregate_steps(parts: Sequence[torch.Tensor], reduce: str) -> torch.Tensor:
     """``Tensor[N]``: each solution's scored steps (NaN = not scored) reduced by ``reduce``."""
     if reduce not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {reduce!r}")
-    parts = [torch.as_tensor(p, dtype=torch.float32).reshape(-1) for p in parts]
+    if isinstance(parts, (str, bytes, dict)):
+        raise TypeError(f"aggregate_steps: parts must be a list with one sequence of step scores per solution, got "
+                        f"{type(parts).__name__}")
+    parts = [_step_part(p, i) for i, p in enumerate(parts)]
     if not parts:
         return torch.zeros(0)
     kept = [p[~torch.isnan(p)] for p in parts]
@@ -297,7 +320,16 @@ class ProcessRewardModel(RewardScorer, nn.Module):
 
     @classmethod
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any) -> "ProcessRewardModel":
+        # per-run scoring settings may be given (as `prm score --aggregation / --truncate`); anything else
+        # (step_separator=, step_tag=, ...) would change the inputs the model was trained on. Every keyword used
+        # to be dropped without a word: mmreward.load(folder, aggregation="mean") scored with min
+        unknown = sorted(set(kwargs) - set(LOAD_OPTIONS))
+        if unknown:
+            raise ValueError(f"mmreward.load: {unknown[0]}= is not an option of {MODEL_TYPE} folders ({folder}); they "
+                             f"take {', '.join(LOAD_OPTIONS)} (the input format is the saved model's own)")
         cfg = config_from_dict(PRMConfig, body.get("config", {}), MODEL_TYPE)
+        if kwargs:  # replace() re-runs PRMConfig's checks (an unknown aggregation, prod on raw values)
+            cfg = dataclasses.replace(cfg, **kwargs)
         tok_dir = os.path.join(folder, TOKENIZER_DIR)
         if not os.path.isdir(tok_dir):
             raise CheckpointError(f"{folder} has no {TOKENIZER_DIR}/ folder: a PRM needs its tokenizer to score")
@@ -424,6 +456,14 @@ class ProcessRewardModel(RewardScorer, nn.Module):
                             f"{self._tag_id}) for {len(steps)} steps; the problem or a step contains the tag text")
         return ids, tags
 
+    def _length_limit(self) -> tuple[int, str]:
+        """The most tokens an input may have, and how to name that limit."""
+        limit, what = self.config.max_length, f"max_length={self.config.max_length}"
+        if self._position_limit is not None and self._position_limit < limit:
+            limit, what = self._position_limit, (f"the {self._position_limit} positions of the backbone's learned "
+                                                 f"position table (max_length={self.config.max_length})")
+        return limit, what
+
     def encode_one(self, problem: str, steps: Sequence[str], truncate: Optional[bool] = None,
                    where: str = "input") -> tuple[list[int], list[int]]:
         """Token ids and the positions of the step tags. An input longer than ``max_length`` is an
@@ -437,10 +477,7 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             if not isinstance(s, str):
                 raise TypeError(f"{where}: step {k} must be a str, got {type(s).__name__}")
         ids, tags = self._tagged(problem, steps, where)
-        limit, what = self.config.max_length, f"max_length={self.config.max_length}"
-        if self._position_limit is not None and self._position_limit < limit:
-            limit, what = self._position_limit, (f"the {self._position_limit} positions of the backbone's learned "
-                                                 f"position table (max_length={self.config.max_length})")
+        limit, what = self._length_limit()
         if len(ids) <= limit:
             return ids, tags
         fit = [t for t in tags if t < limit]
@@ -448,7 +485,8 @@ class ProcessRewardModel(RewardScorer, nn.Module):
             can_raise = self._position_limit is None or limit < self._position_limit
             ways = ["shorten it"] + (["raise max_length"] if can_raise else [])
             if fit:
-                ways.append(f"set truncate=True to score only the {len(fit)} steps that fit")
+                ways.append(f"set truncate=True to score only the {len(fit)} steps that fit (`prm score / eval "
+                            "--truncate`)")
             advice = ", ".join(ways[:-1]) + f" or {ways[-1]}" if len(ways) > 1 else ways[0]
             if not fit:
                 advice += " (not even the first step fits, so truncate=True cannot help)"
@@ -597,6 +635,7 @@ class ProcessRewardModel(RewardScorer, nn.Module):
         Every input is encoded (and checked) before the first forward; batches hold inputs of similar
         length, so little compute goes to padding."""
         rows = [self.encode_one(it.problem, it.steps, where=f"input {i}") for i, it in enumerate(items)]
+        self._warn_truncated(rows, items)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         out: list[Optional[torch.Tensor]] = [None] * len(rows)
         with eval_while_scoring(self):  # threads share one eval period
@@ -608,6 +647,23 @@ class ProcessRewardModel(RewardScorer, nn.Module):
                     full[: s.numel()] = s
                     out[i] = full
         return out
+
+    def _warn_truncated(self, rows: list, items: list) -> None:
+        """One warning when ``truncate`` left steps unscored: ``score`` aggregates the scored ones only, so without
+        it a solution cut after step 3 of 40 got a reward (with ``last``: step 3's score) that read as the whole
+        solution's, and nothing told the user."""
+        cut = [(i, len(tags), len(items[i].steps)) for i, (_, tags) in enumerate(rows)
+               if len(tags) < len(items[i].steps)]
+        if not cut:
+            return
+        from mmreward.text.data import _warn_once_per_site
+
+        i, k, n = cut[0]
+        _warn_once_per_site(
+            f"truncated {len(cut)} of {len(rows)} inputs to {self._length_limit()[1]} tokens (truncate=True): "
+            f"{sum(n - k for _, k, n in cut)} of their steps are unscored (NaN; first: input {i}, steps {k}..{n - 1} "
+            f"of {n}) and score() aggregates ({self.config.aggregation}) only the scored steps; reported once per "
+            "calling line unless warnings are set to 'always'", ("prm truncated", self.config.max_length), 4)
 
     def aggregate_parts(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         """``Tensor[N]``: what :meth:`score` returns, from :meth:`score_parts`' output (``config.aggregation``

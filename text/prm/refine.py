@@ -43,6 +43,8 @@ class RefineConfig:
         if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
                                       or not math.isfinite(self.clip)):
             raise ValueError(f"clip must be None or a finite number (η), got {self.clip!r}")
+        if not isinstance(self.delta, bool):  # "yes" / 1 passed here and failed only at the first reward call
+            raise ValueError(f"delta must be True or False, got {self.delta!r}")
         w = self.outcome_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"outcome_weight must be a finite number, got {w!r}")
@@ -56,6 +58,10 @@ class ProcessRewardFunction:
     (optional) returns a float outcome reward."""
 
     def __init__(self, prm, config: Optional[RefineConfig] = None, outcome_fn: Optional[Callable] = None, **kw):
+        # checked here: it failed at the first reward call ("'int' object is not callable")
+        if not hasattr(prm, "score_parts") and not callable(prm):
+            raise TypeError(f"ProcessRewardFunction: prm must be a ProcessRewardModel (score_parts) or a callable "
+                            f"(problem, steps) -> step scores, got {type(prm).__name__}")
         self.prm = prm
         if config is not None and kw:  # the keywords would be dropped silently in favour of `config`
             raise TypeError(f"ProcessRewardFunction: give either config or its fields as keywords, not both "

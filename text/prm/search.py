@@ -29,7 +29,7 @@ from mmreward.core.device import seeded_sampling
 from mmreward.core.inputs import StepSolution
 from mmreward.core.model import check_ranges
 
-from .labels import SearchTree, TreeNode, ppm_pairs, rollout, tree_value_targets
+from .labels import SearchTree, TreeNode, policy_step, ppm_pairs, rollout, tree_value_targets
 
 __all__ = ["MCTSConfig", "MCTS", "SearchResult", "best_of_n_search", "compare_search", "HFStepPolicy", "self_training_records",
            "write_jsonl"]
@@ -56,6 +56,9 @@ class MCTSConfig:
                 raise ValueError(f"{name} must be an integer, got {v!r}")
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.expansion_width > self.max_children:  # each expansion drew min(width, max_children): capped silently
+            raise ValueError(f"expansion_width={self.expansion_width} is more than max_children={self.max_children}, "
+                             "the most children a node gets: raise max_children or lower expansion_width")
         check_ranges(self, weights=("c_uct",), fractions=("rollout_weight",))
         if self.widen_below is not None and (isinstance(self.widen_below, bool) or not isinstance(
                 self.widen_below, (int, float)) or not math.isfinite(self.widen_below)):
@@ -205,10 +208,8 @@ class MCTS:
             for _ in range(min(cfg.expansion_width, cfg.max_children - len(leaf.children))):
                 if generated >= cfg.budget_steps:
                     break
-                step = self.policy(problem, prefix)
+                step = policy_step(self.policy, problem, prefix)
                 generated += 1
-                if not isinstance(step, str):
-                    raise TypeError(f"policy must return the next step as a str, got {type(step).__name__}")
                 if step not in new_steps and step not in known:  # identical candidates add nothing
                     new_steps.append(step)
             if not new_steps:
@@ -242,7 +243,7 @@ class MCTS:
         """Complete ``steps`` with the policy (within the budget) and mix its outcome into ``v``."""
         trace = list(steps)
         while not self._terminal(problem, trace) and generated < self.config.budget_steps:
-            trace.append(self.policy(problem, trace))
+            trace.append(policy_step(self.policy, problem, trace))  # checked as expansions are
             generated += 1
         if not self._terminal(problem, trace):
             return v, generated
@@ -274,6 +275,10 @@ def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: C
     # max_depth 0 (or less) would stop every sample before its first step, and the error would blame is_terminal
     if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Integral) or max_depth < 1:
         raise ValueError(f"max_depth must be an integer >= 1 (most steps per sampled solution), got {max_depth!r}")
+    if reduce == "prod" and getattr(getattr(prm, "config", None), "score", "sigmoid") != "sigmoid":
+        # as PRMConfig refuses it: a product of raw values (negative ones flip the sign) ranks nothing
+        raise ValueError("best_of_n_search: reduce='prod' needs probabilities, but this PRM gives raw values "
+                         "(score='identity'): use min, last or mean")
     _check_callable(policy=policy, is_terminal=is_terminal)
     traces = [rollout(policy, problem, [], is_terminal, max_depth) for _ in range(n)]
     if not all(traces):  # an empty solution has no step to score: aggregated it would be "no step wrong" = 1

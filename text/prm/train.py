@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -93,6 +94,37 @@ def step_metrics(scores: Sequence[torch.Tensor], examples: Sequence[StepExample]
     return out
 
 
+def check_step_example(e: StepExample, where: str, objective: Optional[str] = None) -> None:
+    """A StepExample built by hand (not by :func:`read_step_examples`, which checks its rows): one label per
+    step, each a finite number (bce: in [0, 1]) or -100, and a first error within the steps. A labels list of
+    another length was zipped with the steps: too long, the extra labels were dropped without a word; too short,
+    training failed at an op deep inside the run ("`labels` has shape (2,); expected (3,)") and evaluation paired
+    labels with the wrong steps."""
+    steps, labels = e.steps, e.labels
+    if isinstance(steps, str) or not isinstance(steps, (list, tuple)) or not steps:
+        raise DataError(f"{where}: steps must be a non-empty list of strings, got {type(steps).__name__}")
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+        raise DataError(f"{where}: labels must be a list with one label per step, got {type(labels).__name__}")
+    if len(labels) != len(steps):
+        raise DataError(f"{where}: {len(steps)} steps but {len(labels)} labels (one per step; -100 for a step "
+                        "without a label)")
+    for k, y in enumerate(labels):
+        if not isinstance(y, numbers.Real) and hasattr(y, "item") and getattr(y, "ndim", 0) == 0:
+            y = y.item()  # a 0-d tensor (list(torch.tensor([...]))); numpy scalars are numbers.Real already
+        ok = isinstance(y, numbers.Real) and not isinstance(y, bool) and math.isfinite(y)
+        if isinstance(y, bool):  # True / False read as 1 / 0, as read_step_examples reads them
+            ok = True
+        elif ok and y != IGNORE and objective != "mse" and not 0.0 <= y <= 1.0:
+            ok = False
+        if not ok:
+            want = "a finite value target" if objective == "mse" else "a number in [0, 1]"
+            raise DataError(f"{where}, step {k}: label {y!r} must be {want} or {IGNORE:g} (no label)")
+    fe = e.first_error
+    if isinstance(fe, bool) or not isinstance(fe, numbers.Integral) or not -2 <= fe < len(steps):
+        raise DataError(f"{where}: first_error {fe!r} must be the index of the first wrong step (0..{len(steps) - 1}), "
+                        "-1 (every step right) or -2 (unknown)")
+
+
 def check_labelled(examples: Sequence[StepExample], what: str) -> None:
     """Refuse examples that carry no label at all (no known first error, every step label ignored):
     :func:`step_metrics` would return no metric, an evaluation that reads as if it had run."""
@@ -145,6 +177,8 @@ def evaluate_prm(model, examples: Sequence[StepExample], threshold: float = 0.5,
     examples = _step_examples(examples, "evaluate_prm")
     if not examples:
         raise ValueError("evaluate_prm: no examples")
+    for i, e in enumerate(examples):
+        check_step_example(e, f"evaluate_prm: example {i}")
     check_labelled(examples, "evaluate_prm")
     check_threshold(model, threshold, "evaluate_prm: threshold")
     return step_metrics(model.score_parts(solutions(examples), batch_size=batch_size), examples, threshold, sweep)
@@ -167,10 +201,9 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
     for i, e in enumerate(train_examples):
         if not isinstance(e, want):
             raise TypeError(f"train example {i}: objective {config.objective!r} needs {want.__name__}, got {type(e).__name__}")
-    if config.objective == "bce":
+    if config.objective != "ppm":
         for i, e in enumerate(train_examples):
-            if any(y != -100 and not 0.0 <= y <= 1.0 for y in e.labels):
-                raise ValueError(f"train example {i}: bce labels must be in [0, 1] (or -100), got {e.labels}")
+            check_step_example(e, f"train example {i}", config.objective)
     if config.objective == "ppm" and all(e.chosen == e.rejected for e in train_examples):
         # both sides of every pair score the same text: a zero gradient, a run that trains on nothing
         raise DataError(f"train_prm: in all {len(train_examples)} PPM pairs the chosen and rejected steps are the "
@@ -189,6 +222,8 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
                 raise TypeError(f"eval example {i}: expected {kind.__name__ if i else 'StepExample or PairExample'} "
                                 f"(all of one kind), got {type(e).__name__}")
         if kind is StepExample:
+            for i, e in enumerate(eval_examples):
+                check_step_example(e, f"train_prm: eval example {i}")
             check_labelled(eval_examples, "train_prm: eval_examples")
     flags = [p.requires_grad for p in model.parameters()]
     try:
