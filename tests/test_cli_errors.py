@@ -59,6 +59,8 @@ def test_bad_paths_are_one_line_exit_2(argv, names, tmp_path, capsys):
     assert len(err) == 1 and "Traceback" not in err[0], f"{' '.join(argv)}: stderr was {err}"
     assert names in err[0], f"{' '.join(argv)}: the error does not name {names!r}: {err[0]}"
     assert err[0].startswith("mmreward"), err[0]
+    if argv[0] in ("text", "prm", "vision", "robotics"):  # the subcommand run is named, not only its group
+        assert err[0].startswith(f"mmreward {argv[0]} {argv[1]}"), err[0]
 
 
 def test_debug_env_shows_the_traceback(monkeypatch):

@@ -214,7 +214,7 @@ def test_eval_cli_rmbench_json(tmp_path, capsys):
     assert mmreward_main(["text", "eval", "--model", str(tmp_path / "rm"), "--benchmark", "rm-bench", "--data",
                           str(data), "--json", "--out", str(data)]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.strip() == (f"mmreward text: error: --out {data} is a folder: give "
+    assert captured.out == "" and captured.err.strip() == (f"mmreward text eval: error: --out {data} is a folder: give "
                                                            "the path of the result JSON file")
 
 

@@ -26,8 +26,8 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_output_file,
-                                      check_split_sources, config_from_args, json_text, output_path, run_cli,
-                                      utf8_text)
+                                      check_split_sources, config_from_args, entering_subcommand, json_text, output_path,
+                                      run_cli, utf8_text)
 
 from .data import FORMATS
 
@@ -171,13 +171,9 @@ def _refuse_mmreward_backbone(backbone: str) -> None:
     backend tokenizer ..." (a saved PRM is continued with ``--model``)."""
     if backbone == "tiny":
         return
-    from mmreward.core.model import read_config
-    from mmreward.registry import MODEL_TYPES, resolve_folder
+    from mmreward.registry import MODEL_TYPES, saved_model_type
 
-    try:
-        model_type = read_config(resolve_folder(backbone, weights=False)).get("model_type")
-    except Exception:  # noqa: BLE001 - a missing / unreadable folder is reported when it loads
-        return
+    model_type = saved_model_type(backbone)
     if model_type in MODEL_TYPES:
         hint = (f"continue training it with --model {backbone}" if model_type == "process_reward_model" else
                 "give a transformers model folder (a causal LM or an encoder) or 'tiny'")
@@ -438,6 +434,7 @@ def _parser() -> CLIParser:
 
 def _main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
+    entering_subcommand(args.command)
     return int(args.fn(args) or 0)
 
 
