@@ -421,6 +421,8 @@ class Pretrained:
                                   f"(mmreward.load picks the right class)")
         check_format_version(folder, body)
         check_weights_size(folder, body)
+        if kwargs:
+            cls._check_load_options(kwargs)
         try:
             model = cls._load(folder, body, dev, **kwargs)
         except CheckpointError as e:  # a config error names the field; this names the file
@@ -434,6 +436,28 @@ class Pretrained:
         model = finish_loading(model, dev, None, cls.eval_after_load)
         check_finite_weights(model, folder)
         return finish_loading(model, dev, dt, cls.eval_after_load) if dt is not None else model
+
+    @classmethod
+    def _check_load_options(cls, kwargs: dict) -> None:
+        """A keyword this class's ``_load`` does not take (``mmreward.load(rm_folder, foo=1)``) is one error
+        naming it and what the class takes, not a TypeError from inside the loader; a ``_load`` that takes
+        ``**kwargs`` hands them to the constructor (the default ``_load``) or checks them itself."""
+        import inspect
+
+        load = inspect.signature(cls._load).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in load.values()):
+            if cls._load.__func__ is not Pretrained._load.__func__:
+                return
+            load = inspect.signature(cls.__init__).parameters
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in load.values()):
+                return
+        fixed = ("self", "cls", "folder", "body", "device", "config")
+        taken = [n for n, p in load.items() if n not in fixed and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        unknown = [k for k in kwargs if k not in taken]
+        if unknown:
+            raise ValueError(f"{unknown[0]}= is not an option of {cls.model_type!r} models ({cls.__name__}); "
+                             + (f"they take {', '.join(taken)}" if taken else
+                                "they take no options besides device / dtype"))
 
     @classmethod
     def _run_model(cls, folder: str) -> str:

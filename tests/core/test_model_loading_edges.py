@@ -163,3 +163,15 @@ def test_resaving_keeps_files_a_user_added_to_the_saved_folder(tmp_path):
     assert not (folder / "extra.safetensors").exists()
     verify_folder(str(folder), checksums=True)  # the kept files are in the new manifest
     assert Edge.from_pretrained(str(folder)).config.width == 5
+
+
+
+def test_a_load_option_the_model_does_not_take_is_named(tmp_path, registered):
+    """`mmreward.load(folder, foo=1)` on a model with the default loader (image scorers, VLM RMs, Diffusion
+    Reward) ended in a TypeError from inside ``_load`` ("got an unexpected keyword argument 'foo'")."""
+    Edge().save_pretrained(str(tmp_path / "m"))
+    for load in (mmreward.load, Edge.from_pretrained):
+        with pytest.raises(ValueError, match=r"^foo= is not an option of 'edge_tiny' models \(Edge\); they take no "
+                                             r"options besides device / dtype$"):
+            load(tmp_path / "m", foo=1)
+    assert isinstance(mmreward.load(tmp_path / "m"), Edge)
