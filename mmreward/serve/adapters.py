@@ -45,7 +45,25 @@ _ROUTES = ("/score", "/get_reward", "/info", "/healthz", "/metrics")
 
 
 def _is_url(target: Any) -> bool:
-    return isinstance(target, str) and target.startswith(("http://", "https://"))
+    return isinstance(target, str) and target[:8].lower().startswith(("http://", "https://"))  # schemes: any case
+
+
+def _server_address_without_http(target: Any) -> Optional[str]:
+    """Why ``target`` names a server an adapter cannot reach as it is (``localhost:8000`` with no scheme, a
+    ``ws://`` URL), or None. Read as a model folder, it failed with "model folder 'localhost:8000' does not
+    exist" or a hub error about repo ids."""
+    import os
+    import re
+
+    if not isinstance(target, str) or _is_url(target) or os.path.exists(target):
+        return None
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", target)
+    if scheme:
+        return f"{target!r} is a {scheme.group(1)}:// URL: mmreward serve speaks HTTP (http:// or https://)"
+    if re.match(r"^[A-Za-z0-9.-]+:\d{1,5}(/.*)?$", target):
+        return (f"{target!r} looks like a server address without its scheme: give the URL, "
+                f"'http://{target.split('/')[0]}' (not a route), or the path of a model folder")
+    return None
 
 
 def _frames_field(value: Any, where: str) -> Any:
@@ -444,6 +462,9 @@ class _Rewarder:
 
     def __init__(self, model: Any, *, api_key: Optional[str], device: str, batch_size: Optional[int],
                  step_separator: str, refine: Optional[dict], timeout: float):
+        address = _server_address_without_http(model)
+        if address:
+            raise ValueError(address)
         if _is_url(model):
             self.client: Optional[RewardClient] = RewardClient(model, api_key=api_key, timeout=timeout)
             self.model = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import signal
 import socket
@@ -39,12 +40,15 @@ from mmreward.core.inputs import StepSolution, TextPair
 from .batcher import DynamicBatcher, InputRejected, ModelFailure, QueueFull, WorkerDown
 from .config import ServeConfig
 from .metrics import ServeMetrics
-from .protocol import ModelSpec, RequestError, finite, load_model, missing_indices, openrlhf_response, \
-    parse_image_upload, parse_json, parse_openrlhf, parse_score_request, score_response
+from .protocol import ModelSpec, RequestError, field_names, finite, load_model, missing_indices, \
+    openrlhf_response, parse_image_upload, parse_json, parse_openrlhf, parse_score_request, score_response
 
 logger = logging.getLogger("mmreward.serve")
 _JSON_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a thread, off the event loop
 BODY_IDLE_TIMEOUT_S = 60.0  # longest pause between two pieces of a request body before a 408
+ROUTES = ("POST /score, POST /get_reward (OpenRLHF's remote RM: --remote_rm_url http://HOST:PORT/get_reward), "
+          "GET /info, GET /healthz, GET /metrics")
+ERROR_LOG_INTERVAL_S = 30.0  # at most one log line per endpoint and status in this time (the rest are counted)
 
 
 class ClientGone(Exception):
@@ -72,8 +76,13 @@ class LocalBackend:
         """None while requests can be scored, else why not (``/healthz`` answers 503 with it)."""
         return self.batcher.health()
 
-    def close(self) -> None:
-        self.batcher.close()
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Finish the queued requests and stop the worker, waiting at most ``timeout`` s for it (None: as long as it
+        takes); a forward still running then is left to its daemon thread, so the process can exit."""
+        self.batcher.close(timeout)
+        if timeout is not None and self.batcher.running():
+            logger.warning("mmreward serve: a model forward still ran %g s after the shutdown began "
+                           "(--shutdown-timeout-s); stopping without it", timeout)
 
 
 # ------------------------------------------------------------------ request helpers
@@ -130,6 +139,18 @@ def _authorized(request: Any, api_key: Optional[str]) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
+def _auth_problem(request: Any) -> str:
+    """What was wrong with a refused request's credentials (never the key itself), so that a client without a
+    header (OpenRLHF's remote RM sends none), with another scheme or header, and with a wrong key are told apart."""
+    header = request.headers.get("authorization")
+    if header is None:
+        other = [h for h in ("x-api-key", "api-key") if h in request.headers]
+        return "the request has no Authorization header" + (f"; its {other[0]!r} header is not read" if other else "")
+    if header.partition(" ")[0].lower() != "bearer":
+        return "its Authorization header is not of the form 'Bearer KEY'"
+    return "the key is wrong"
+
+
 def check_model_options(spec: ModelSpec, config: ServeConfig) -> None:
     """Server options the served model cannot use are a user error, not silently dropped: ``--refine-clip`` /
     ``--refine-delta`` refine ``/get_reward``'s step scores, which only a text step model (a PRM scoring
@@ -160,10 +181,30 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
     metrics: ServeMetrics = backend.metrics
     missing_rewards = metrics.missing_rewards
     warned: list = []  # the null-reward warning is logged once per server
+    logged: dict = {}  # (endpoint, status) -> (time of its last log line, errors not logged since)
+
+    def log_refusal(endpoint: str, status: int, message: str) -> None:
+        """A refused request, in the server's log: OpenRLHF's remote-RM client (aiohttp's raise_for_status) and
+        requests' raise_for_status() show only "400, message='Bad Request'", so the server's log is where its user
+        reads why. Rate-limited: a trainer repeating one mistake on every rollout must not flood the log."""
+        now = time.monotonic()
+        last, skipped = logged.get((endpoint, status), (None, 0))
+        if last is not None and now - last < ERROR_LOG_INTERVAL_S:
+            logged[(endpoint, status)] = (last, skipped + 1)
+            return
+        logged[(endpoint, status)] = (now, 0)
+        logger.warning("%s answered %d: %s%s", endpoint, status, message[:500],
+                       f" ({skipped} more {status}s on {endpoint} since the last such line)" if skipped else "")
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        await asyncio.to_thread(backend.close)  # queued requests finish first
+        if isinstance(backend, LocalBackend):
+            # uvicorn has drained (or, after --shutdown-timeout-s, cancelled) every request: what is left is the
+            # forward in progress, waited for as long again; a hung one kept SIGTERM from ever exiting
+            await asyncio.to_thread(backend.close, config.shutdown_timeout_s)
+        else:
+            await asyncio.to_thread(backend.close)
 
     app = FastAPI(title="mmreward reward server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -175,7 +216,8 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         kind = None
         try:
             if not _authorized(request, config.api_key):
-                raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "auth")
+                raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
+                                        f"({_auth_problem(request)})", "auth")
             response = await work()
         except RequestError as e:
             kind, response = e.kind, error(e.status, str(e), {"WWW-Authenticate": "Bearer"} if e.status == 401 else None)
@@ -192,18 +234,33 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         except (ClientGone, ClientDisconnect):  # gone while we waited on the model, or while it sent the body
             metrics.cancelled.inc(endpoint=endpoint)
             kind, response = "client_gone", error(499, "client closed the connection")
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when --shutdown-timeout-s ends a SIGTERM's drain (nothing
+            # else cancels a handler of the local server); uncaught, the client got a plain-text 500 and the log a
+            # traceback per request. Its inputs have left the queue unscored: a JSON 503 + Retry-After says so, and
+            # a client that retries (RewardClient does) reaches the restarted server or another replica
+            if not isinstance(backend, LocalBackend):  # Ray Serve cancels the request of a client that left
+                raise
+            kind = "queue_full"
+            response = error(503, f"the server is shutting down: this request was not scored within "
+                                  f"--shutdown-timeout-s ({config.shutdown_timeout_s:g} s); retry",
+                             {"Retry-After": str(config.retry_after_s), "Connection": "close"})
         except Exception as e:  # noqa: BLE001 - one request's bug must not stop the server
             logger.exception("unexpected error on %s", endpoint)
             kind, response = "internal", error(500, f"internal error: {type(e).__name__}: {e}")
         if kind is not None:
             metrics.errors.inc(endpoint=endpoint, kind=kind)
+            if kind not in ("client_gone", "internal") or response.status_code == 503:  # internal 500s: logged above
+                log_refusal(endpoint, response.status_code, json.loads(response.body)["error"])
         metrics.requests.inc(endpoint=endpoint, code=str(response.status_code))
         metrics.latency.observe(time.perf_counter() - t0, endpoint=endpoint)
         return response
 
     async def read_json(request: Request) -> Any:
         body = await read_body(request, config.max_request_bytes)
-        return parse_json(body) if len(body) <= _JSON_INLINE_BYTES else await asyncio.to_thread(parse_json, body)
+        content_type = request.headers.get("content-type", "")
+        return parse_json(body, content_type) if len(body) <= _JSON_INLINE_BYTES else \
+            await asyncio.to_thread(parse_json, body, content_type)
 
     async def off_loop(fn: Callable, *args: Any) -> Any:
         """Image / frame decoding runs on a thread, never on the event loop (text is parsed in place)."""
@@ -214,11 +271,11 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         names = [name for name, _ in request.query_params.multi_items()]
         unknown = sorted(set(names) - set(allowed))
         if unknown:
-            raise RequestError(400, f"unknown query parameter(s) {unknown}: send options in the JSON body"
-                               + (f" (the query takes only {', '.join(allowed)})" if allowed else ""))
+            raise RequestError(400, f"unknown query parameter(s) {field_names(unknown)}: send options in the JSON "
+                                    "body" + (f" (the query takes only {', '.join(allowed)})" if allowed else ""))
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise RequestError(400, f"query parameter(s) {repeated} given more than once")
+            raise RequestError(400, f"query parameter(s) {field_names(repeated)} given more than once")
 
     @app.post("/score")
     async def score(request: Request):
@@ -229,6 +286,11 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
                 req = await asyncio.to_thread(parse_image_upload, body, request.query_params.get("prompt", ""), spec,
                                               config)
             else:
+                if "prompt" in request.query_params:  # an image body sent as application/octet-stream, or with none
+                    raise RequestError(400, "query parameter 'prompt' goes with a raw image body, which needs "
+                                            "'Content-Type: image/png' (or image/jpeg, image/webp); got Content-Type "
+                                            f"{request.headers.get('content-type', '(none)')!r}. A JSON body carries "
+                                            "the prompt in its input rows")
                 check_query(request)
                 req = await off_loop(parse_score_request, await read_json(request), spec, config)
             results = await until_disconnect(request, backend.score(req.items, req.output))
@@ -273,7 +335,7 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
 
         return await handle("/info", request, work)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: health checkers that read the status code only
     async def healthz():
         check = getattr(backend, "health", None)
         reason = check() if callable(check) else None
@@ -290,8 +352,17 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         return await handle("/metrics", request, work)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request, exc):  # unknown routes, wrong methods
-        return error(exc.status_code, str(exc.detail))
+    async def http_error(request, exc):  # unknown routes, wrong methods
+        path = request.url.path
+        where = f"{request.method} {path if len(path) <= 80 else path[:77] + '...'}"
+        if exc.status_code == 404:  # e.g. OpenRLHF given http://HOST:PORT, without the /get_reward its client posts to
+            message = f"no route {where}: the routes are {ROUTES}"
+        elif exc.status_code == 405:
+            message = f"{where} is not allowed (Allow: {(exc.headers or {}).get('Allow', '?')}); the routes are {ROUTES}"
+        else:
+            message = str(exc.detail)
+        log_refusal("(routing)", exc.status_code, message)  # one key: a scanner's paths must not grow the table
+        return error(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request, exc):

@@ -283,6 +283,10 @@ class DynamicBatcher:
                         self._queued_items -= len(job.items)
                         break
 
+    def running(self) -> bool:
+        """Whether the worker thread is still alive (after :meth:`close`: a forward it has not finished)."""
+        return self._worker.is_alive()
+
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop taking requests, finish the queued ones, stop the worker."""
         with self._cond:

@@ -19,8 +19,28 @@ from .config import RayServeConfig, ServeConfig
 LOCAL_SERVER_ONLY = ("bucket_batches", "shutdown_timeout_s", "log_level")
 
 
+class _ServeParser(CLIParser):
+    """:class:`CLIParser` that names the option a mistyped one most likely meant (``--max-batch-size`` as other
+    servers spell it is ``--max-batch`` here): argparse only says the argument is unrecognized."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+            hints = []
+            for token in message.split(":", 1)[1].split():
+                name = token.split("=", 1)[0]
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.75) if name.startswith("--") else []
+                if close:
+                    hints.append(f"did you mean {close[0]} (not {name})?")
+            if hints:
+                message += "; " + "; ".join(hints)
+        super().error(message)
+
+
 def build_parser() -> CLIParser:
-    parser = CLIParser(prog="mmreward serve", description="Serve a reward model over HTTP: POST /score (every "
+    parser = _ServeParser(prog="mmreward serve", description="Serve a reward model over HTTP: POST /score (every "
                        "modality), POST /get_reward (OpenRLHF --remote_rm_url), GET /metrics, GET /healthz.")
     parser.add_argument("--model", required=True, help="model folder (anything mmreward.load opens)")
     add_config_options(parser.add_argument_group("server"), ServeConfig)

@@ -122,6 +122,10 @@ class ServeConfig:
         if self.max_queue < self.max_items:
             raise ValueError(f"max_queue ({self.max_queue}) must hold at least one full request (max_items "
                              f"{self.max_items})")
+        if self.host.startswith("[") and self.host.endswith("]"):
+            # a URL's spelling of an IPv6 address: it resolves to nothing, and check_bind read it as a public host
+            raise ValueError(f"host {self.host!r}: give the IPv6 address without brackets (--host "
+                             f"{self.host[1:-1]}); brackets belong in URLs only")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 0.0 <= self.refine_gamma <= 1.0:

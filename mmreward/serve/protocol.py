@@ -206,7 +206,9 @@ class ScoreRequest:
 
 
 # ------------------------------------------------------------------ JSON
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, content_type: str = "") -> Any:
+    """A request body as JSON; ``content_type`` (the request's header) only sharpens the error of a body that
+    is no JSON at all."""
     if not body:
         raise RequestError(400, "empty request body: send a JSON object")
     try:
@@ -215,10 +217,10 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, f"malformed JSON: field {e.args[0]!r} is given twice in one object (only one "
                                 "would be read)") from None
     except UnicodeDecodeError:
-        raise RequestError(400, "request body is not UTF-8 JSON") from None
+        raise RequestError(400, "request body is not UTF-8 JSON" + _not_json_hint(body, content_type)) from None
     except json.JSONDecodeError as e:
-        raise RequestError(400, f"malformed JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}") \
-            from None
+        raise RequestError(400, f"malformed JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}"
+                           + _not_json_hint(body, content_type)) from None
     except RecursionError:  # [[[[...]]]] thousands deep: not a request body
         raise RequestError(400, "malformed JSON: nested too deeply") from None
     except ValueError as e:  # an integer of more than 4300 digits (Python's int-parsing limit)
@@ -231,6 +233,26 @@ def parse_json(body: bytes) -> Any:
         except RecursionError:
             raise RequestError(400, "malformed JSON: nested too deeply") from None
     return data
+
+
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"))
+
+
+def _not_json_hint(body: bytes, content_type: str) -> str:
+    """What a body that is not JSON was most likely meant as, for its 400: image bytes sent without their
+    ``image/*`` Content-Type (``requests.post(url, data=open("x.png", "rb"))`` sends none), or form data
+    (``requests.post(url, data={...})`` instead of ``json=``). Empty when there is nothing to say."""
+    kind = next((fmt for magic, fmt in _IMAGE_MAGIC if body.startswith(magic)), None)
+    if kind is None and body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        kind = "webp"
+    if kind is not None:
+        return (f": the body is a {kind.upper()} image; POST it to /score with 'Content-Type: image/{kind}' (and "
+                f"?prompt=...) for an image scorer, or send it base64 in a JSON input row")
+    media = content_type.split(";")[0].strip().lower()
+    if media in ("application/x-www-form-urlencoded", "multipart/form-data") and body.lstrip()[:1] not in (b"{", b"["):
+        return (f" (the body is form data, Content-Type {media}): send the JSON object itself, e.g. "
+                "requests.post(url, json=body), not data= / files=")
+    return ""
 
 
 def _utf8(body: bytes) -> bool:
@@ -286,12 +308,20 @@ def finite(value: Any) -> Any:
     return value if value is not None and math.isfinite(value) else None
 
 
+def field_names(names: Sequence[Any]) -> str:
+    """Field names a client sent, for an error message: at most 5 shown, each cut to 40 characters (a client
+    can send any key: a 100 KB one, or thousands, came back whole in the 400)."""
+    shown = ", ".join(describe(str(n), 40) for n in list(names)[:5])
+    return f"[{shown}{f', and {len(names) - 5} more' if len(names) > 5 else ''}]"
+
+
 def _object(data: Any, allowed: Sequence[str], what: str) -> dict:
     if not isinstance(data, dict):
         raise RequestError(400, f"{what} must be a JSON object, got {describe(data)}")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise RequestError(400, f"{what} has unknown field(s) {unknown}; fields: {', '.join(allowed)}")
+        raise RequestError(400, f"{what} has unknown field(s) {field_names(unknown)}; fields: "
+                                f"{', '.join(allowed)}")
     return data
 
 
@@ -379,6 +409,10 @@ def parse_refine(value: Any, spec: ModelSpec) -> Optional[dict]:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
         raise RequestError(400, f"refine.gamma must be a number in [0, 1], got {describe(gamma)}")
     if clip is None and not delta:
+        if gamma != 1.0:  # it discounts refined step rewards only: alone it was dropped, the raw parts answered
+            raise RequestError(400, f"refine.gamma ({gamma:g}) discounts the refined step rewards: give refine.clip "
+                                    "or refine.delta: true too, or leave gamma out (as --refine-gamma needs "
+                                    "--refine-clip / --refine-delta)")
         return None
     return {"clip": None if clip is None else float(clip), "delta": delta, "gamma": float(gamma)}
 
@@ -474,8 +508,8 @@ def check_row_fields(row: Any, where: str, spec: ModelSpec) -> None:
     allowed = {name for d in declared for name in d}
     unknown = sorted(map(str, set(row) - allowed))
     if unknown:
-        raise RequestError(400, f"{where} has unknown field(s) {unknown}; rows of {spec.names()} have "
-                                f"{', '.join(sorted(allowed))}")
+        raise RequestError(400, f"{where} has unknown field(s) {field_names(unknown)}; rows of {spec.names()} "
+                                f"have {', '.join(sorted(allowed))}")
 
 
 def decode_media(row: Any, where: str, spec: ModelSpec, budget: _DecodeBudget) -> Any:
@@ -510,6 +544,10 @@ def _b64(value: Any, where: str) -> bytes:
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
     try:
         return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:  # base64 wrapped in lines (`base64 FILE`, Python's base64.encodebytes, MIME): the line breaks carry no data
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, f"{where} is not valid base64 (the server takes image bytes as base64, never a file "
                                 "path or URL)") from None
@@ -716,7 +754,7 @@ def fill_missing(rewards: list, missing_reward: Optional[float]) -> list:
 
 
 __all__ = ["ROW_FIELDS", "ModelSpec", "RequestError", "ScoreRequest", "check_row_fields", "decode_frames",
-           "decode_image", "fill_missing", "finite", "image_from_bytes", "load_model", "missing_indices",
-           "openrlhf_inputs", "openrlhf_response", "clean_query",
+           "decode_image", "field_names", "fill_missing", "finite", "image_from_bytes", "load_model",
+           "missing_indices", "openrlhf_inputs", "openrlhf_response", "clean_query",
            "parse_image_upload", "parse_json", "parse_openrlhf", "parse_refine", "parse_score_request", "refine_parts",
            "score_response", "split_steps", "text_input"]

@@ -47,9 +47,10 @@ class TokSteps(ToyStepScorer):
 
 
 async def _openrlhf_fetch_rewards_via_http(endpoints, queries, prompts, labels):
-    """OpenRLHF 0.10 / 0.11 ``SingleTurnAgentExecutor._fetch_rewards_via_http``: the batch cut into
+    """OpenRLHF 0.10's ``SingleTurnAgentExecutor._fetch_rewards_via_http``: the batch cut into
     ceil(n / servers) slices, one POST per server (every server, also with an empty slice), aiohttp's
-    ``raise_for_status`` on each."""
+    ``raise_for_status`` on each. (0.11.2 rotates one-query calls over its URLs instead and sends no empty
+    slice: tests/serve/test_user_rl_trainer_clients.py runs that client itself.)"""
     aiohttp = pytest.importorskip("aiohttp")
     size = (len(queries) + len(endpoints) - 1) // len(endpoints)
 
