@@ -32,7 +32,6 @@ A saved folder holds ``config.json``, ``model.safetensors`` and, for a transform
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -277,7 +276,16 @@ class ImageRewardModel(ImageScorer):
                 what = "has no config.json" if os.path.isdir(path) else "does not exist"
                 raise FileNotFoundError(f"backbone folder {path!r} {what}: give a local transformers model folder "
                                         "(nothing is downloaded)")
-            model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            import pickle
+
+            from safetensors import SafetensorError
+
+            from .published.common import transformers_weights_error
+
+            try:
+                model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            except (pickle.UnpicklingError, SafetensorError) as e:  # a pickle holding code, a truncated file: named
+                raise transformers_weights_error(path, "backbone", e) from e
             _check_dual_encoder(model)
             tokenizer = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(
                 path, local_files_only=True, trust_remote_code=False)
@@ -345,11 +353,12 @@ class ImageRewardModel(ImageScorer):
 
 def _read_preprocessor(path: str) -> dict:
     """image_size / mean / std from a model folder's preprocessor_config.json (CLIP / SigLIP / BLIP)."""
+    from mmreward.core.weights import read_json
+
     f = os.path.join(path, "preprocessor_config.json")
-    if not os.path.exists(f):
+    if not os.path.lexists(f):
         return {}
-    with open(f, encoding="utf-8") as fh:
-        d = json.load(fh)
+    d = read_json(f, "the image processor settings")  # a corrupt file or broken link: CheckpointError naming it
     out = {}
     if "image_mean" in d:
         out["image_mean"], out["image_std"] = tuple(d["image_mean"]), tuple(d["image_std"])

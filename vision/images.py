@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmreward.core.data import DataError
+from mmreward.core.data import DataError, data_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -97,7 +97,7 @@ def open_image(path: str, where: str = ""):
     from PIL import Image, UnidentifiedImageError
 
     prefix = f"{where}: " if where else ""
-    path = local_path(path)
+    path = data_path(local_path(path))  # "~/a.png": the home folder's, as data files and model folders read it
     if not os.path.isfile(path):
         kind = _remote_kind(path)
         if kind == "a data: URI":
@@ -170,13 +170,34 @@ def _array_to_tensor(a: np.ndarray, where: str) -> torch.Tensor:
     if a.ndim == 2:  # grey -> RGB
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"{where}: image array must be [H, W, 3] (or [H, W]), got shape {a.shape}")
+        raise ValueError(f"{where}: image array must be [H, W, 3] (or [H, W]), got shape {a.shape}{_layout_hint(a.shape, 'array')}")
     a = np.ascontiguousarray(a[..., :3])  # PIL's array view is read-only; torch wants writable memory
     if a.dtype == np.uint8:
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255.0
     if np.issubdtype(a.dtype, np.floating):
         return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)
-    raise TypeError(f"{where}: image array must be uint8 or float, got {a.dtype}")
+    hint = " (16-bit: pass a / 65535 as float)" if a.dtype == np.uint16 else \
+        " (a mask: pass a.astype(np.uint8) * 255)" if a.dtype == bool else \
+        " (0-255 values: pass a.astype(np.uint8))" if np.issubdtype(a.dtype, np.integer) else ""
+    raise TypeError(f"{where}: image array must be uint8 or float, got {a.dtype}{hint}")
+
+
+def _layout_hint(shape: tuple, kind: str) -> str:
+    """What to do with an image of the other channel layout, one channel, or a batch of images (arrays are
+    channels last, tensors channels first, as PIL / numpy and torch give them)."""
+    if len(shape) == 4:  # a batch where one image goes
+        return (f"; that is a batch of {shape[0]} image(s): give one input per image "
+                f"({'x[0]' if shape[0] == 1 else 'x[i]'}, or list(x))")
+    if len(shape) != 3:
+        return ""
+    if kind == "array" and shape[0] in (1, 3) and shape[-1] not in (1, 3, 4):
+        return "; it looks channels-first: pass a.transpose(1, 2, 0)"
+    if kind == "tensor" and shape[-1] in (1, 3) and shape[0] not in (1, 3):
+        return "; it looks channels-last: pass x.permute(2, 0, 1)"
+    if (shape[-1] if kind == "array" else shape[0]) == 1:
+        return "; one channel: pass the grey image as [H, W] (a[..., 0])" if kind == "array" else \
+            "; one channel: pass x.expand(3, -1, -1)"
+    return ""
 
 
 def _check_range(t: torch.Tensor, where: str) -> torch.Tensor:
@@ -207,7 +228,8 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
         x = load_image(os.fspath(x), where)
     if isinstance(x, torch.Tensor):
         if x.dim() != 3 or x.shape[0] != 3:
-            raise ValueError(f"{where}: image tensor must be [3, H, W], got {tuple(x.shape)}")
+            raise ValueError(f"{where}: image tensor must be [3, H, W], got {tuple(x.shape)}"
+                             f"{_layout_hint(tuple(x.shape), 'tensor')}")
         if x.dtype == torch.uint8:
             return x.float() / 255.0
         if not x.is_floating_point():
@@ -216,7 +238,7 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return _check_range(_array_to_tensor(x, where), where)
     if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
-        return _array_to_tensor(np.asarray(as_rgb(x, where=where)), where)
+        return _array_to_tensor(np.asarray(as_rgb(_decoded(x, where), where=where)), where)
     raise TypeError(f"{where}: expected a path, image bytes, PIL image, array or tensor, got {type(x).__name__}")
 
 
@@ -268,7 +290,27 @@ def _decode_inline(x: Any, where: str) -> Any:
     return x
 
 
+def _decoded(im, where: str):
+    """A PIL image with its pixels decoded: ``Image.open`` reads them only when first used, so a file that is
+    truncated, or was closed (the image used after its ``with Image.open(...)`` block), fails here, naming
+    the input (PIL says "image file is truncated" or raises a bare AssertionError)."""
+    from PIL import Image
+
+    name = getattr(im, "filename", "") or ""
+    of = f" of {name!r}" if isinstance(name, str) and name else ""
+    if getattr(im, "fp", None) is None and getattr(im, "tile", None):  # opened lazily, then its file closed
+        raise ImageLoadError(f"{where}: PIL image{of} was used after its file was closed (outside its "
+                             "`with Image.open(...)` block): call .load() or .convert('RGB') inside the block, or "
+                             "pass the path")
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError, AssertionError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"{where}: cannot read the PIL image{of}: {e or type(e).__name__}") from e
+    return im
+
+
 def _not_empty(im, where: str):
+    im = _decoded(im, where)
     if im.width == 0 or im.height == 0:
         raise ValueError(f"{where}: image is empty ({im.height}x{im.width} pixels)")
     return im

@@ -40,6 +40,7 @@ import glob
 import gzip
 import html
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -56,7 +57,8 @@ from mmreward.core.weights import quiet_transformers, read_json, read_torch_stat
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets, tokenize_truncating
-from .common import longest_edge_pad, normalise, shortest_edge_crop_batch, split_by_grad
+from .common import (check_weight_file, longest_edge_pad, normalise, shortest_edge_crop_batch, split_by_grad,
+                     transformers_weights_error)
 
 KINDS = ("pickscore", "clip_score", "hpsv2", "aesthetic")
 # the improved-aesthetic-predictor MLP files (christophschuhmann/improved-aesthetic-predictor)
@@ -395,20 +397,38 @@ def _open_clip_config(folder: str) -> tuple[Optional[dict], dict]:
 
 
 # ------------------------------------------------------------------ the layouts
-def _hps_checkpoint(folder: str) -> Optional[str]:
-    found = sorted(p for pattern in HPS_CHECKPOINTS for p in glob.glob(os.path.join(folder, pattern)))
-    return found[0] if found else None
+def _hps_checkpoints(folder: str) -> list[str]:
+    return sorted(p for pattern in HPS_CHECKPOINTS for p in glob.glob(os.path.join(folder, pattern)))
+
+
+def _hps_checkpoint(folder: str, checkpoint: Optional[str] = None) -> str:
+    """The HPS checkpoint to load: the folder's only one, or ``checkpoint`` (a file name in it). Several and
+    no choice is an error: xswu/HPSv2 holds HPS_v2_compressed.pt and HPS_v2.1_compressed.pt (and so does a
+    hub cache that hpsv2 filled for both versions), two models whose scores differ."""
+    found = _hps_checkpoints(folder)
+    names = [os.path.basename(p) for p in found]
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str) or os.path.basename(checkpoint) not in names:
+            raise CheckpointError(f"{folder}: checkpoint={checkpoint!r} is not one of its HPS checkpoints {names}")
+        return os.path.join(folder, os.path.basename(checkpoint))
+    if len(found) > 1:
+        raise CheckpointError(f"{folder} holds {len(found)} HPS checkpoints ({', '.join(names)}), different models "
+                              f"(HPSv2.0 / HPSv2.1): pass mmreward.load(folder, checkpoint={names[0]!r}), or keep the "
+                              "one to score with in a folder of its own")
+    return found[0]
 
 
 def is_hpsv2(folder: str, config: Optional[dict]) -> bool:
-    return _hps_checkpoint(folder) is not None
+    return bool(_hps_checkpoints(folder))
 
 
-def load_hpsv2(folder: str, *, device: Any = "cpu", dtype: Any = None) -> CLIPScorer:
+def load_hpsv2(folder: str, *, device: Any = "cpu", dtype: Any = None, checkpoint: Optional[str] = None) -> CLIPScorer:
     """HPSv2 / HPSv2.1: ``HPS_v2*.pt`` (``{"state_dict": open_clip CLIP}``, read tensors-only), ViT-H-14
-    unless ``open_clip_config.json`` says otherwise."""
-    path = _hps_checkpoint(folder)
+    unless ``open_clip_config.json`` says otherwise; ``checkpoint`` names the file where the folder holds
+    several (xswu/HPSv2 has both versions)."""
+    path = _hps_checkpoint(folder, checkpoint)
     model_cfg, preprocess = _open_clip_config(folder)
+    check_weight_file(path)
     return _open_clip_scorer(folder, read_torch_state(path, "state_dict"), model_cfg or VIT_H_14, "hpsv2", path,
                              preprocess, device, dtype)
 
@@ -422,6 +442,7 @@ def load_open_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind:
     """An open_clip hub folder as a CLIP-score scorer (``kind`` overrides)."""
     model_cfg, preprocess = _open_clip_config(folder)
     path = next(os.path.join(folder, w) for w in OPEN_CLIP_WEIGHTS if os.path.isfile(os.path.join(folder, w)))
+    check_weight_file(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -448,6 +469,7 @@ def _aesthetic_head(folder: str) -> Optional[str]:
 
 def _read_aesthetic_head(path: str) -> dict:
     """The MLP's tensors (a ``torch.save`` state dict, read tensors-only), without a ``module.`` prefix."""
+    check_weight_file(path)
     return {k.removeprefix("module."): v for k, v in read_torch_state(path).items()}
 
 
@@ -468,14 +490,29 @@ def _load_aesthetic_head(model: CLIPScorer, path: str, state: dict) -> None:
     model.aesthetic.load_state_dict({k: v.float() for k, v in state.items()})
 
 
+def _repo_name(folder: str) -> str:
+    """The name a folder goes by: its own, or, for a hub-cache snapshot (``…/models--org--name/snapshots/<commit>``,
+    which ``snapshot_download`` and ``mmreward.load("org/name")`` give), the repository's."""
+    path = os.path.abspath(folder)
+    parent, grand = os.path.dirname(path), os.path.dirname(os.path.dirname(path))
+    if os.path.basename(parent) == "snapshots" and os.path.basename(grand).startswith("models--"):
+        return os.path.basename(grand)
+    return os.path.basename(path)
+
+
 def _kind_from_name(folder: str, config: dict) -> str:
-    names = f"{os.path.basename(os.path.abspath(folder))} {config.get('_name_or_path', '')}".lower()
+    names = f"{_repo_name(folder)} {config.get('_name_or_path', '')}".lower()
     return "pickscore" if "pickscore" in names else "clip_score"
 
 
 def _hf_preprocessing(folder: str) -> dict:
     """image_size / mean / std from a transformers ``preprocessor_config.json``."""
-    pre = read_json(os.path.join(folder, "preprocessor_config.json"), "the CLIP image processor settings")
+    path = os.path.join(folder, "preprocessor_config.json")
+    if not os.path.lexists(path):  # PickScore's README takes its processor from the CLIP it was trained from
+        raise CheckpointError(f"{folder} has no preprocessor_config.json (the CLIP image processor settings: image "
+                              "size, mean / std): put the one of the CLIP it was trained from next to the weights "
+                              "(PickScore_v1: laion/CLIP-ViT-H-14-laion2B-s32B-b79K's, as its README loads)")
+    pre = read_json(path, "the CLIP image processor settings")
     crop = pre.get("crop_size", pre.get("size"))
     crop = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
     size = pre.get("size")
@@ -490,6 +527,7 @@ def _hf_preprocessing(folder: str) -> dict:
 def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: Optional[str] = None) -> CLIPScorer:
     """A transformers ``CLIPModel`` folder as PickScore, CLIP score or, with an aesthetic predictor
     MLP file in it, the LAION aesthetic score (see the module docstring)."""
+    from safetensors import SafetensorError
     from transformers import CLIPModel
 
     config = read_json(os.path.join(folder, "config.json"))
@@ -503,8 +541,9 @@ def load_hf_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind: O
         with quiet_transformers():
             clip, info = CLIPModel.from_pretrained(folder, dtype=torch.float32, output_loading_info=True,
                                                    ignore_mismatched_sizes=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{folder}: cannot load the CLIP weights: {e}") from e
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
+        # a truncated / Git LFS pointer safetensors file, a pytorch_model.bin holding code: named, with what to do
+        raise transformers_weights_error(folder, "CLIP", e) from e
     refuse_mismatched(info, folder, "CLIPModel")
     if info.get("missing_keys"):
         raise CheckpointError(f"{folder}: the weights lack {len(info['missing_keys'])} CLIPModel tensor(s), e.g. "

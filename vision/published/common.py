@@ -4,11 +4,83 @@ image preprocessing of each family (PIL resizes as torchvision / transformers do
 so scores match the official code bit for bit on real images)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def weight_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a weights file although it is there, or None: empty, or a Git LFS pointer
+    (a clone made without ``git lfs``, a ~130-byte text file in the weights' place). torch / safetensors
+    only say they cannot parse such a file (torch even suggests saving it again another way)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError:
+        return None  # the reader names what is wrong
+    if not head:
+        return f"{path} is empty (0 bytes): a download or copy that did not finish; fetch the file again"
+    if head == LFS_POINTER:
+        return (f"{path} is a Git LFS pointer ({os.path.getsize(path)} bytes), not the weights: the repository was "
+                "cloned without Git LFS; run `git lfs pull` in it (or download the file itself)")
+    return None
+
+
+def check_weight_file(path: str) -> None:
+    """CheckpointError naming ``path`` when :func:`weight_file_problem` finds one (before it is parsed)."""
+    from mmreward.core.folders import CheckpointError
+
+    problem = weight_file_problem(path) if os.path.isfile(path) else None
+    if problem:
+        raise CheckpointError(problem)
+
+
+def transformers_weights_error(folder: str, what: str, e: Exception) -> Exception:
+    """The CheckpointError for a transformers ``from_pretrained`` of ``folder`` that failed with ``e``: an
+    empty / Git LFS pointer / truncated weights file or a missing shard named, a ``pytorch_model.bin`` that
+    holds more than tensors refused with what to do (transformers' own message says to load it with
+    ``weights_only=False``, which runs code from the file: mmreward never does), else ``e`` with the folder
+    and ``what`` it loads."""
+    import glob
+    import pickle
+
+    from mmreward.core.folders import CheckpointError
+
+    # the weights transformers reads (not a Trainer's pickled training_args.bin beside them)
+    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")) + glob.glob(os.path.join(folder, "pytorch_model*.bin")))
+    for path in files:
+        problem = weight_file_problem(path)
+        if problem:
+            return CheckpointError(problem)
+    for path in (p for p in files if p.endswith(".safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, "pt"):  # reads the header only: a truncated or damaged file fails here
+                pass
+        except Exception as bad:  # noqa: BLE001 - safetensors raises several types for a bad header
+            return CheckpointError(f"corrupt or truncated weights file {path} ({bad}): a download or copy that did "
+                                   "not finish; fetch the file again")
+    if isinstance(e, pickle.UnpicklingError):
+        bins = [os.path.basename(p) for p in files if p.endswith(".bin")]
+        return CheckpointError(f"{folder}: {' / '.join(bins) or 'the weights file'} holds pickled objects besides "
+                               "tensors, "
+                               "which mmreward does not unpickle (it could run code from the file): use the model's "
+                               ".safetensors release, or, where you trust the file, load it once with transformers and "
+                               "save_pretrained() it (safetensors)")
+    from mmreward.core.weights import weight_shapes
+
+    try:  # a shard its index names that is missing, or that lacks the tensors the index places in it
+        weight_shapes(folder)
+    except CheckpointError as found:
+        return found
+    return CheckpointError(f"{folder}: cannot load the {what} weights: {type(e).__name__}: {e}")
 
 
 def shortest_edge_crop(image: Any, size: int, crop_rounding: str) -> torch.Tensor:
@@ -124,5 +196,5 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x - m) / s
 
 
-__all__ = ["needs_grad", "split_by_grad",
+__all__ = ["needs_grad", "split_by_grad", "weight_file_problem", "check_weight_file", "transformers_weights_error",
            "shortest_edge_crop", "shortest_edge_crop_batch", "longest_edge_pad", "normalise"]

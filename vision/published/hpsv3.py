@@ -47,6 +47,7 @@ from mmreward.core.weights import quiet_transformers, read_json
 
 from ..vlm_data import name_failing_input
 from ..vlm_rm import VLMRewardConfig
+from .common import check_weight_file
 from .qwen_vl import QwenVLProcessor
 from .skywork_vl import QwenVLRewardModel
 
@@ -140,6 +141,9 @@ class HPSv3RewardModel(QwenVLRewardModel):
         for item, name in zip(items, names):
             if not isinstance(item, ImagePrompt):
                 raise DataError(f"{name}: HPSv3 scores ImagePrompt(prompt, image), got {describe(item)}")
+            if isinstance(item.prompt, str) and not item.prompt.strip():  # as every prompt-reading image scorer
+                raise DataError(f"{name}: no prompt: HPSv3 scores an image against the text it should match; give "
+                                "each image its prompt ('prompt' field, --prompt)")
             if self.config.reward_token in item.prompt:
                 raise DataError(f"{name}: the prompt contains {self.config.reward_token}, the token HPSv3 reads its "
                                 "score at: remove it from the prompt")
@@ -210,7 +214,7 @@ def add_reward_token(processor: QwenVLProcessor, token: str = REWARD_TOKEN) -> i
 # ------------------------------------------------------------------ the published layout
 def _checkpoint(folder: str) -> Optional[str]:
     for name in CHECKPOINT_FILES:
-        if os.path.isfile(os.path.join(folder, name)):
+        if os.path.lexists(os.path.join(folder, name)):  # a broken hub-cache link too: reading it says so
             return os.path.join(folder, name)
     return None
 
@@ -220,10 +224,16 @@ def is_hpsv3(folder: str, config: Optional[dict]) -> bool:
     archs = (config or {}).get("architectures") or []
     if isinstance(archs, list) and OFFICIAL_CLASS in archs:
         return True
-    return any(os.path.isfile(os.path.join(folder, n)) for n in CHECKPOINT_FILES[:2])
+    # lexists: a hub snapshot whose HPSv3.safetensors blob never arrived is still HPSv3 (not a Qwen-VL RM
+    # without its value head), and loading it names the broken link
+    return any(os.path.lexists(os.path.join(folder, n)) for n in CHECKPOINT_FILES[:2])
 
 
 def _read_state(path: str) -> dict[str, Tensor]:
+    if os.path.islink(path) and not os.path.exists(path):
+        raise CheckpointError(f"{path} is a link to {os.readlink(path)}, which does not exist: a download or copy "
+                              "that did not finish; fetch the file again")
+    check_weight_file(path)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

@@ -39,7 +39,7 @@ from ..image_reward import imagereward_head
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets, tokenize_truncating
-from .common import normalise, shortest_edge_crop_batch, split_by_grad
+from .common import check_weight_file, normalise, shortest_edge_crop_batch, split_by_grad
 
 CHECKPOINT, MED_CONFIG, TOKENIZER_DIR = "ImageReward.pt", "med_config.json", "tokenizer"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -269,7 +269,9 @@ class BLIPImageReward(ImageScorer):
 
 # ------------------------------------------------------------------ the published layout
 def is_imagereward(folder: str, config: Optional[dict]) -> bool:
-    return os.path.isfile(os.path.join(folder, CHECKPOINT))
+    # lexists: a hub snapshot whose ImageReward.pt link points at a blob that never arrived is still this
+    # layout, and reading it names the broken link (isfile would leave the folder unrecognised)
+    return os.path.lexists(os.path.join(folder, CHECKPOINT))
 
 
 def blip_tokenizer(folder: str):
@@ -305,8 +307,9 @@ def _head_hidden(state: dict, path: str) -> tuple:
     linear = sorted((int(k.split(".")[2]), v.shape[0]) for k, v in state.items()
                     if k.startswith("mlp.layers.") and k.endswith(".weight"))
     if len(linear) != 5:
+        have = sorted({k.split(".")[0] for k in state})[:8]  # another model's file says so by its names
         raise CheckpointError(f"{path} lacks the ImageReward MLP head (mlp.layers.{{0,2,4,6,7}}.weight/bias), "
-                              f"found {len(linear)} of its 5 linear layers")
+                              f"found {len(linear)} of its 5 linear layers (top-level names present: {have})")
     return tuple(width for _, width in linear[:-1])
 
 
@@ -315,7 +318,10 @@ def load_imagereward(folder: str, *, device: Any = "cpu", dtype: Any = None) -> 
     med = read_json(os.path.join(folder, MED_CONFIG), "ImageReward's BERT config")
     tokenizer = blip_tokenizer(folder)
     path = os.path.join(folder, CHECKPOINT)
-    state = read_torch_state(path)
+    check_weight_file(path)
+    # a checkpoint nested under "state_dict" (another model's .pt, a training checkpoint) is opened, so the
+    # error names the tensors it holds rather than "not a state dict of tensors"
+    state = read_torch_state(path, "state_dict")
     text = {k: med[k] for k in MED_FIELDS if k in med}
     config = BLIPImageRewardConfig(text_config=text, head_hidden=_head_hidden(state, path),
                                    **_vision_config(state, path))

@@ -338,8 +338,9 @@ class QwenVLProcessor:
         template in ``chat_template.json`` / ``chat_template.jinja`` / ``tokenizer_config.json``)."""
         from transformers import AutoTokenizer
 
-        if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
-            raise CheckpointError(f"{folder} has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+        if not any(_present(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+            raise CheckpointError(f"{folder} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): copy the tokenizer files "
+                                  f"of the Qwen-VL model it was trained from into it{BASE_EXAMPLE}")
         saved = os.path.join(folder, PROCESSOR_FILE)
         if os.path.isfile(saved):
             body = read_json(saved)
@@ -357,6 +358,18 @@ class QwenVLProcessor:
 
 
 # ------------------------------------------------------------------ published folders
+BASE_EXAMPLE = " (e.g. Qwen/Qwen2.5-VL-7B-Instruct's, or Qwen/Qwen2-VL-7B-Instruct's)"
+
+
+def _present(path: str) -> bool:
+    """Whether ``path`` is a file; a link to a missing file (a hub snapshot whose blob never arrived) is an
+    error naming both, not a file that is simply absent (whose message would send the user to copy it)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise CheckpointError(f"{path} is a link to {os.readlink(path)}, which does not exist: a download or copy "
+                              "that did not finish; fetch the file again")
+    return os.path.isfile(path)
+
+
 def _vision_config(data: dict) -> QwenVisionConfig:
     names = {f.name for f in fields(QwenVisionConfig)}
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
@@ -380,8 +393,9 @@ def published_vision_config(folder: str) -> QwenVisionConfig:
     mean / std) and, when present, ``video_preprocessor_config.json``; whether rotary positions follow
     time comes from the processor class or the model's ``config.json``."""
     path = os.path.join(folder, "preprocessor_config.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{folder} has no preprocessor_config.json (the Qwen-VL image processor settings)")
+    if not _present(path):
+        raise CheckpointError(f"{folder} has no preprocessor_config.json (the Qwen-VL image processor settings): copy "
+                              f"the one of the Qwen-VL model it was trained from into it{BASE_EXAMPLE}")
     pre = read_json(path)
     kw: dict[str, Any] = {k: pre[k] for k in ("patch_size", "merge_size", "temporal_patch_size") if k in pre}
     size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
@@ -391,7 +405,7 @@ def published_vision_config(folder: str) -> QwenVisionConfig:
         if k in pre:
             kw[k] = tuple(pre[k])
     video_path = os.path.join(folder, "video_preprocessor_config.json")
-    if os.path.isfile(video_path):
+    if _present(video_path):
         video = read_json(video_path)
         vsize = video.get("size") if isinstance(video.get("size"), dict) else {}
         kw["video_min_pixels"] = video.get("min_pixels", vsize.get("shortest_edge", QwenVisionConfig.video_min_pixels))
@@ -409,17 +423,18 @@ def published_chat_template(folder: str) -> str:
     """The chat template of a published folder: ``chat_template.jinja``, ``chat_template.json`` or the
     ``chat_template`` of ``tokenizer_config.json``."""
     jinja = os.path.join(folder, "chat_template.jinja")
-    if os.path.isfile(jinja):
+    if _present(jinja):
         with open(jinja, encoding="utf-8") as f:
             return f.read()
     for name in ("chat_template.json", "tokenizer_config.json"):
         path = os.path.join(folder, name)
-        if os.path.isfile(path):
+        if _present(path):
             template = read_json(path).get("chat_template")
             if isinstance(template, str) and template:
                 return template
     raise CheckpointError(f"{folder} has no chat template (chat_template.jinja, chat_template.json or "
-                          "tokenizer_config.json's chat_template)")
+                          "tokenizer_config.json's chat_template): copy the one of the Qwen-VL model it was trained "
+                          f"from into it{BASE_EXAMPLE}")
 
 
 __all__ = ["QwenVLProcessor", "QwenVisionConfig", "QwenVideo", "QwenImage", "IMAGE_SETTINGS", "read_video",

@@ -26,6 +26,7 @@ Inputs:
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import replace
 from typing import Any, Optional, Sequence
 
@@ -40,7 +41,8 @@ from mmreward.core.weights import quiet_transformers, refuse_mismatched
 
 from ..vlm_data import ROLES, name_failing_input, need_reply
 from ..vlm_rm import VLMRewardConfig, VLMRewardModel
-from .qwen_vl import IMAGE_SETTINGS, WHITE, QwenImage, QwenVLProcessor, read_video
+from .common import transformers_weights_error
+from .qwen_vl import IMAGE_SETTINGS, WHITE, QwenImage, QwenVLProcessor, _present, read_video
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
@@ -94,6 +96,11 @@ def qwen_messages(item: Any, where: str) -> tuple[list[dict], list, list]:
     """``(messages for the chat template, images, videos)`` of one input, media in order of appearance."""
     if isinstance(item, (ImagePrompt, VideoPrompt)):
         kind = "image" if isinstance(item, ImagePrompt) else "video"
+        if isinstance(item.prompt, str) and not item.prompt.strip():
+            # as the image scorers refuse it: an empty user turn scores the media as the answer to nothing (a
+            # forgotten --prompt), a number that looks like a reward
+            raise DataError(f"{where}: no prompt: a Qwen-VL reward model scores the {kind} as the answer to its prompt; "
+                            "give each input its prompt ('prompt' field, --prompt), or a Conversation")
         media = item.image if kind == "image" else item.video
         turns: list[dict] = [{"role": "user", "content": item.prompt},
                              {"role": "assistant", "content": [{"type": kind, kind: media}]}]
@@ -199,7 +206,7 @@ def read_value_head(folder: str, hidden_size: int) -> tuple[torch.Tensor, torch.
     from safetensors import safe_open
 
     path = os.path.join(folder, VALUE_HEAD_FILE)
-    if not os.path.isfile(path):
+    if not _present(path):
         raise CheckpointError(f"{folder} has no {VALUE_HEAD_FILE}: a Qwen-VL reward model keeps its value head "
                               f"({' / '.join(VALUE_HEAD_KEYS)}) there; without it the folder is a plain VLM")
     try:
@@ -221,10 +228,11 @@ def read_value_head(folder: str, hidden_size: int) -> tuple[torch.Tensor, torch.
 def load_skywork_vl(folder: str, *, device: Any = "cpu", dtype: Any = None) -> QwenVLRewardModel:
     """Skywork-VL-Reward (or any Qwen2-VL / Qwen2.5-VL folder with ``value_head.safetensors``) as a
     :class:`QwenVLRewardModel`; ``dtype`` None keeps the checkpoint's."""
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    if not os.path.isfile(os.path.join(folder, VALUE_HEAD_FILE)):  # said before the (7B) backbone loads
+    if not _present(os.path.join(folder, VALUE_HEAD_FILE)):  # said before the (7B) backbone loads
         raise CheckpointError(f"{folder} has no {VALUE_HEAD_FILE}: a Qwen-VL reward model keeps its value head "
                               f"({' / '.join(VALUE_HEAD_KEYS)}) there; without it the folder is a plain VLM or a "
                               "generative judge that writes its verdict as text (UnifiedReward, a VLM-as-a-judge), "
@@ -234,8 +242,9 @@ def load_skywork_vl(folder: str, *, device: Any = "cpu", dtype: Any = None) -> Q
         with quiet_transformers():
             backbone, info = AutoModel.from_pretrained(folder, dtype=dt or "auto", output_loading_info=True,
                                                        ignore_mismatched_sizes=True, trust_remote_code=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{folder}: cannot load the Qwen-VL weights: {e}") from e
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
+        # a truncated / Git LFS pointer shard, a pytorch_model.bin holding code: named, with what to do
+        raise transformers_weights_error(folder, "Qwen-VL", e) from e
     refuse_mismatched(info, folder, type(backbone).__name__)
     bad = list(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
     if bad:
