@@ -249,10 +249,27 @@ def _hub_cache_snapshot(path: str) -> Optional[str]:
                           "to pick one: pass the snapshot folder (…/snapshots/<commit>)")
 
 
+def _weight_patterns(repo_id: str) -> list[str]:
+    """The weight files of a hub repository to fetch: its ``.safetensors``, and the ``.pt`` / ``.pth``
+    checkpoints published scorers ship (ImageReward.pt, HPS_v2*_compressed.pt, the aesthetic MLP's .pth), which
+    were left out, so that those hub ids never had weights; ``pytorch_model*.bin`` only when the repository has
+    no ``.safetensors`` (most repositories carry both, and one copy is enough)."""
+    patterns = ["*.safetensors", "*.pt", "*.pth"]
+    try:
+        from huggingface_hub import list_repo_files
+
+        files = list_repo_files(repo_id)
+    except Exception:  # noqa: BLE001 - offline (the cache answers) or unknown: snapshot_download reports it
+        return patterns
+    if not any(f.endswith(".safetensors") for f in files):
+        patterns.append("*.bin")
+    return patterns
+
+
 def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     """A local model folder for ``path``: the folder itself, a run folder's ``model/``, a shipped
-    checkpoint name, or a hub id fetched into the cache (JSON / safetensors / tokenizer files;
-    ``weights=False``: no safetensors)."""
+    checkpoint name, or a hub id fetched into the cache (JSON, tokenizer and weight files, see
+    :func:`_weight_patterns`; ``weights=False``: no weights)."""
     from mmreward.core.folders import CheckpointError, local_path_only, recover_folder
 
     if not isinstance(path, (str, bytes, os.PathLike)):
@@ -290,7 +307,7 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
+        patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (_weight_patterns(path) if weights else [])
         return snapshot_download(path, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, no network, huggingface_hub missing
         owner = path.split("/")[0]

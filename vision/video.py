@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from mmreward.core.data import DataError
+from mmreward.core.data import DataError, data_path
 from mmreward.core.model import check_batch_size
 
 from .images import IMAGE_EXTENSIONS, _remote_kind, list_image_files, load_image, local_path, to_tensor
@@ -137,7 +137,7 @@ def open_frames(path: str, stride: int = 1,
     fails here; a file whose frames cannot be decoded fails while iterating. A file that decodes
     to fewer frames than its header declares warns (UserWarning) and yields the decoded ones."""
     check_sampling(stride, max_frames)
-    path = local_path(path)
+    path = data_path(local_path(path))  # "~/clip.mp4": the home folder's, as images, data files and model folders
     if not os.path.exists(path):
         if _remote_kind(path):
             raise VideoReadError(f"video {path[:80]!r} is {_remote_kind(path)}; videos are read from local files "

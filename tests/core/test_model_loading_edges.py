@@ -175,3 +175,32 @@ def test_a_load_option_the_model_does_not_take_is_named(tmp_path, registered):
                                              r"options besides device / dtype$"):
             load(tmp_path / "m", foo=1)
     assert isinstance(mmreward.load(tmp_path / "m"), Edge)
+
+
+@pytest.mark.parametrize("repo_files, fetched", [
+    (["ImageReward.pt", "med_config.json"], {"*.safetensors", "*.pt", "*.pth", "*.bin"}),   # a .pt checkpoint
+    (["config.json", "pytorch_model.bin"], {"*.safetensors", "*.pt", "*.pth", "*.bin"}),     # .bin only
+    (["config.json", "model.safetensors", "pytorch_model.bin"], {"*.safetensors", "*.pt", "*.pth"}),  # one copy
+    (None, {"*.safetensors", "*.pt", "*.pth"}),                                              # listing failed
+])
+def test_a_hub_id_fetches_the_weight_files_its_repository_has(monkeypatch, repo_files, fetched):
+    """`mmreward.load("THUDM/ImageReward")` fetched JSON and *.safetensors only: ImageReward.pt, HPSv2's
+    *_compressed.pt, the aesthetic MLP's .pth and .bin-only repositories arrived without their weights."""
+    import huggingface_hub
+
+    from mmreward.registry import resolve_folder
+
+    asked = []
+
+    def list_repo_files(repo_id, **kw):
+        if repo_files is None:
+            raise OSError("offline")
+        return repo_files
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None, **kw:
+                        asked.append(allow_patterns) or "/snapshot")
+    assert resolve_folder("org/scorer") == "/snapshot"
+    assert {p for p in asked[0] if p.startswith("*.") and p[2:] in ("safetensors", "pt", "pth", "bin")} == fetched
+    assert resolve_folder("org/scorer", weights=False) == "/snapshot"
+    assert not {"*.safetensors", "*.pt", "*.pth", "*.bin"} & set(asked[1])

@@ -107,3 +107,16 @@ def test_qwen_vl_video_frames_of_different_sizes_are_named():
     frames = [np.zeros((28, 28, 3), np.uint8), np.zeros((56, 28, 3), np.uint8)]
     with pytest.raises(ValueError, match=r"^input 0 video 1 frame 1 is 56x28 pixels, frame 0 28x28"):
         read_video(frames, QwenVisionConfig(), "input 0 video 1")
+
+
+def test_a_video_path_under_home_is_read(tmp_path, monkeypatch):
+    """"~/clip/" was "video '~/clip' does not exist", although images, data files and model folders given so
+    are the home folder's."""
+    from PIL import Image
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "clip").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((4, 4, 3), 50 * i, np.uint8)).save(tmp_path / "clip" / f"{i}.png")
+    frames, _ = read_frames("~/clip")
+    assert frames[:, 0, 0, 0].tolist() == [0, 50]
