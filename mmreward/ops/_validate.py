@@ -9,6 +9,7 @@ which ``MMREWARD_CHECK_FINITE=0`` or :func:`set_check_finite` switches off.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from typing import Iterable, Optional, Sequence
@@ -87,6 +88,18 @@ def check_finite_enabled() -> bool:
 def is_real(x) -> bool:
     """A real number, not a bool (fast path for the common float / int)."""
     return type(x) in (float, int) or (isinstance(x, numbers.Real) and not isinstance(x, bool))
+
+
+def is_finite_real(x) -> bool:
+    """A finite real number (not a bool, NaN or ±inf). Comparisons, not math.isfinite / math.isnan:
+    torch.compile(dynamic=True) cannot trace those even on a constant ("torch.* op returned
+    non-Tensor"), which broke fullgraph compilation of the ops that check their float options."""
+    return is_real(x) and -math.inf < float(x) < math.inf
+
+
+def is_nan_real(x) -> bool:
+    """A real number that is NaN (compile-safe, see :func:`is_finite_real`)."""
+    return is_real(x) and float(x) != float(x)
 
 
 def _where(op: str, name: str) -> str:

@@ -43,7 +43,6 @@ one (also from :func:`pairwise_accuracy`); a listwise row with a NaN / inf rewar
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
@@ -71,7 +70,7 @@ def _check_options(op: str, label_smoothing, center_coef, reduction) -> int:
     red = _validate.reduction_code(op, reduction)
     if not _validate.is_real(label_smoothing) or not (0.0 <= float(label_smoothing) < 1.0):
         raise ValueError(f"{op}: `label_smoothing` must be a number in [0, 1), got {label_smoothing!r}")
-    if not _validate.is_real(center_coef) or not math.isfinite(float(center_coef)):
+    if not _validate.is_finite_real(center_coef):
         raise ValueError(f"{op}: `center_coef` must be a finite number, got {center_coef!r}")
     return red
 

@@ -33,7 +33,7 @@ losses, reductions, refined rewards) come back in that accumulation dtype, as in
 family; gradients have their inputs' dtypes.
 
 Bad values: NaN / inf in ``hidden`` or the head rows are not searched for; they make the affected
-steps' logits non-finite, so their scores, BCE and pair losses are NaN (the MSE value loss NaN or +inf;
+steps' logits non-finite, so their scores and pair losses are NaN (the BCE and MSE losses NaN or +inf;
 never a finite number). Step indices,
 labels / targets (range, NaN) and segment lengths / offsets are checked and raise ``ValueError``
 (these checks read the values: one host read each, skipped for meta tensors), and so are NaN / inf
@@ -42,7 +42,6 @@ per-step scores given to :func:`segment_reduce`, :func:`first_below` and
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Optional, Union
 
@@ -97,8 +96,11 @@ def step_positions(
     dims = hidden_shape
     try:
         dims = tuple(hidden_shape)
-        hidden_shape = tuple(int(d) for d in dims)
-        if any(d != h or d < 0 for d, h in zip(hidden_shape, dims)):  # 2.5 silently became 2
+        # symbolic sizes (torch.export / torch.compile with dynamic shapes) stay symbolic: int() of one
+        # specialised the batch size to a constant ("You marked B as dynamic but your code specialized it")
+        hidden_shape = tuple(d if isinstance(d, torch.SymInt) else int(d) for d in dims)
+        if any(not isinstance(d, torch.SymInt) and (d != h or d < 0)
+               for d, h in zip(hidden_shape, dims)):  # 2.5 silently became 2
             raise ValueError
     except (TypeError, ValueError):
         raise TypeError(f"{op}: `hidden_shape` must be a shape such as (B, T, H) or (N, H) (non-negative integers), "
@@ -538,7 +540,7 @@ def unpack_steps(
     if not (isinstance(fill, numbers.Real) or (packed.dtype == torch.bool and isinstance(fill, bool))):
         raise TypeError(f"{op}: `fill` must be a number, got {fill!r}")
     if not (packed.is_floating_point() or packed.is_complex()) and not (
-            math.isfinite(float(fill)) and float(fill) == int(fill)):
+            V.is_finite_real(fill) and float(fill) == int(fill)):
         # new_full would silently truncate 0.5 to 0 in an integer tensor
         raise ValueError(f"{op}: `fill` {fill!r} cannot be stored in `packed` of dtype {packed.dtype} "
                          "(pass a float `packed` or an integer `fill`)")
@@ -595,7 +597,7 @@ def first_below(
     if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and threshold.dtype != torch.bool \
             and not threshold.is_complex():
         threshold = float(threshold)  # e.g. a quantile computed with torch (was refused)
-    if not V.is_real(threshold) or math.isnan(threshold):
+    if not V.is_real(threshold) or V.is_nan_real(threshold):
         raise ValueError(f"{op}: `threshold` must be a number (not NaN), got {threshold!r}")
     values, offs = _prepare_segments(op, scores, lengths, offsets, mask)
     with torch.no_grad():
@@ -621,7 +623,7 @@ def refine_process_rewards(
     values, offs = _prepare_segments(op, rewards, lengths, offsets, mask, name="rewards")
     clip, gamma = (float(x) if isinstance(x, torch.Tensor) and x.numel() == 1 and x.dtype != torch.bool
                    and not x.is_complex() else x for x in (clip, gamma))  # one-element tensors, as empty_value
-    if clip is not None and not (V.is_real(clip) and math.isfinite(clip)):
+    if clip is not None and not V.is_finite_real(clip):
         raise ValueError(f"{op}: `clip` must be a finite float (η) or None, got {clip!r}")
     if not (V.is_real(gamma) and 0.0 <= float(gamma) <= 1.0):
         raise ValueError(f"{op}: `gamma` must be a number in [0, 1], got {gamma!r}")

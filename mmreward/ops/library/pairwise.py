@@ -148,7 +148,9 @@ def _fake_listwise(rewards, ranks, reduction):
 
 
 def _fake_listwise_backward(grad, rewards, ranks, pair_counts, reduction):
-    return torch.empty_like(rewards)
+    # contiguous, as every kernel returns it: empty_like kept a transposed `rewards`' strides, and
+    # torch.compile (inductor) then failed on the real gradient ("expected ... stride 5==1")
+    return rewards.new_empty(rewards.shape)
 
 
 def _fake_head(h_chosen, h_rejected, weight, bias, margin, tie, label_smoothing, center_coef, reduction, grad_h,

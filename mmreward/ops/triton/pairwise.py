@@ -28,6 +28,15 @@ HEAD_BLOCK_H = 256
 HEAD_MAX_PROGRAMS = 128  # persistent grid for the head (bounds the [programs, H] grad_w partials)
 
 
+def _opts64(dt, dev, ls, cc, s_red, dummy):
+    """(p, cc, 1/B) as a float64 tensor for the float64 kernels: Triton passes a Python float as fp32,
+    which put errors of ~1e-8 into float64 losses and gradients (label smoothing 0.1, the mean of 3
+    pairs). Other dtypes take the float arguments (no extra device buffer)."""
+    if dt != torch.float64:
+        return dummy
+    return torch.tensor([1.0 - ls / 2.0, cc, s_red], dtype=torch.float64).to(dev)
+
+
 # ------------------------------------------------------------------------------------------------
 # shared device math
 # ------------------------------------------------------------------------------------------------
@@ -77,11 +86,15 @@ def _store_counts(counts_ptr, pid, win, counted, bad):
 @triton.jit
 def _pair_fwd_kernel(
     rc_ptr, rr_ptr, m_ptr, tie_ptr, g_ptr, loss_ptr, gc_ptr, gr_ptr, part_loss_ptr, part_counts_ptr,
-    B, p, cc, s_red,
+    B, p, cc, s_red, opts64_ptr,
     HAS_M: tl.constexpr, HAS_TIE: tl.constexpr, PER_PAIR_G: tl.constexpr, STORE_LOSS: tl.constexpr,
     STORE_GRAD: tl.constexpr, IS64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if IS64:  # the float options exactly (a Python float argument reaches the kernel as fp32)
+        p = tl.load(opts64_ptr)
+        cc = tl.load(opts64_ptr + 1)
+        s_red = tl.load(opts64_ptr + 2)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < B
     if IS64:
@@ -136,7 +149,7 @@ def _pair_launch(r_chosen, r_rejected, margin, tie, ls, cc, reduction, *, grad=N
     dummy = rc
     _pair_fwd_kernel[(nprog,)](
         rc, rr, margin if margin is not None else dummy, tie.view(torch.uint8) if tie is not None else dummy, g, loss,
-        gc, gr, part_loss, part_counts, B, 1.0 - ls / 2.0, cc, s_red,
+        gc, gr, part_loss, part_counts, B, 1.0 - ls / 2.0, cc, s_red, _opts64(dt, dev, ls, cc, s_red, dummy),
         HAS_M=margin is not None, HAS_TIE=tie is not None, PER_PAIR_G=per_pair_g, STORE_LOSS=store_loss,
         STORE_GRAD=store_grad, IS64=dt == torch.float64, BLOCK=BLOCK_PAIRS,
     )
@@ -294,13 +307,16 @@ def listwise_loss_backward(grad: Tensor, rewards: Tensor, ranks: Tensor, pair_co
 def _head_kernel(
     hc_ptr, hr_ptr, w_ptr, b_ptr, m_ptr, tie_ptr, g_ptr, loss_ptr, ghc_ptr, ghr_ptr, part_gw_ptr,
     part_loss_ptr, part_gb_ptr, part_counts_ptr,
-    B, H, p, cc, s_red, NPROG,
+    B, H, p, cc, s_red, opts64_ptr, NPROG,
     HAS_B: tl.constexpr, HAS_M: tl.constexpr, HAS_TIE: tl.constexpr, PER_PAIR_G: tl.constexpr,
     STORE_LOSS: tl.constexpr, GRAD_H: tl.constexpr, GRAD_WB: tl.constexpr, IS64: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if IS64:
+    if IS64:  # the float options exactly (a Python float argument reaches the kernel as fp32)
+        p = tl.load(opts64_ptr)
+        cc = tl.load(opts64_ptr + 1)
+        s_red = tl.load(opts64_ptr + 2)
         ACC = tl.float64
     else:
         ACC = tl.float32
@@ -403,7 +419,8 @@ def _head_launch(hc, hr, w, bias, margin, tie, ls, cc, reduction, grad_h, grad_w
     _head_kernel[(nprog,)](
         hc, hr, w, bias if bias is not None else dummy, margin if margin is not None else dummy,
         tie.view(torch.uint8) if tie is not None else dummy, g, loss, ghc, ghr, part_gw,
-        part_loss, part_gb, part_counts, B, H, 1.0 - ls / 2.0, cc, s_red, nprog,
+        part_loss, part_gb, part_counts, B, H, 1.0 - ls / 2.0, cc, s_red, _opts64(dt, dev, ls, cc, s_red, dummy),
+        nprog,
         HAS_B=bias is not None, HAS_M=margin is not None, HAS_TIE=tie is not None, PER_PAIR_G=per_pair_g,
         STORE_LOSS=store_loss, GRAD_H=grad_h, GRAD_WB=grad_wb, IS64=dt == torch.float64,
         BLOCK_B=HEAD_BLOCK_B, BLOCK_H=HEAD_BLOCK_H,
