@@ -97,10 +97,16 @@ class ArmoRewardModel(RewardModel):
             self._gate_at(row.ids, f"input {i}")
 
     def objectives_and_gate(self, input_ids: Tensor, attention_mask: Tensor,
-                            transformed: bool = True) -> tuple[Tensor, Tensor]:
+                            transformed: bool = True, *, inputs_embeds: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``(rewards @ reward_transform_matrix (N, K), gate (N, K))``; ``transformed=False``: the
-        regression layer's rewards as they are (the release's ``output.rewards``)."""
-        hidden, mask = self.token_states(input_ids, attention_mask)  # (N, T, H), (N, T)
+        regression layer's rewards as they are (the release's ``output.rewards``). With ``inputs_embeds``
+        the backbone reads them and ``input_ids`` (the same tokens) only locate the gate."""
+        if inputs_embeds is not None and not (isinstance(input_ids, Tensor)
+                                              and tuple(input_ids.shape) == tuple(inputs_embeds.shape[:2])):
+            raise ValueError("ArmoRM with inputs_embeds needs input_ids too, of shape (N, T): its gate reads the "
+                             "position of the prompt's end, which only the token ids show")
+        hidden, mask = self.token_states(None if inputs_embeds is not None else input_ids, attention_mask,
+                                         inputs_embeds=inputs_embeds)  # (N, T, H), (N, T)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         dtype = self.head.weight.dtype
         rewards = self.head(hidden[rows, last_positions(mask)].to(dtype))
@@ -113,11 +119,11 @@ class ArmoRewardModel(RewardModel):
         return rewards, gate
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
-                return_hidden: bool = False) -> Tensor:
+                return_hidden: bool = False, *, inputs_embeds: Optional[Tensor] = None) -> Tensor:
         if return_hidden:
             raise ValueError("ArmoRM's score is a gated mix of its objectives, not one linear head: train it with "
                              "the fused head loss off (fused_head=False, the default; no --fused-head)")
-        rewards, gate = self.objectives_and_gate(input_ids, attention_mask)
+        rewards, gate = self.objectives_and_gate(input_ids, attention_mask, inputs_embeds=inputs_embeds)
         return (gate * rewards).sum(1)  # (N,)
 
     def objectives(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None, transformed: bool = True) -> Tensor:

@@ -223,39 +223,62 @@ class RewardModel(RewardScorer, nn.Module):
         self._takes_token_types = "token_type_ids" in params
 
     # -------------------------------------------------------------- forward
-    def pooled_hidden(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
+    def pooled_hidden(self, input_ids: Optional[Tensor], attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
+                      *, inputs_embeds: Optional[Tensor] = None) -> Tensor:
         """The backbone's hidden state read by ``config.pooling``: (N, H)."""
-        hidden, mask = self.token_states(input_ids, attention_mask, token_type_ids)  # (N, T, H), (N, T)
+        hidden, mask = self.token_states(input_ids, attention_mask, token_type_ids,
+                                         inputs_embeds=inputs_embeds)  # (N, T, H), (N, T)
         if self.config.pooling == "mean":
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
             return (hidden * m).sum(1) / mask.sum(-1, keepdim=True).to(hidden.dtype)
         at = last_positions(mask) if self.config.pooling == "last" else mask.argmax(-1)  # first position with mask 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (N, H)
 
-    def token_states(self, input_ids: Tensor, attention_mask: Tensor,
-                     token_type_ids: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """The backbone's last hidden states (N, T, H) and the long attention mask (N, T)."""
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a (N, T) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
-        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+    def token_states(self, input_ids: Optional[Tensor], attention_mask: Tensor,
+                     token_type_ids: Optional[Tensor] = None, *,
+                     inputs_embeds: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The backbone's last hidden states (N, T, H) and the long attention mask (N, T). ``inputs_embeds``
+        (N, T, H) instead of ``input_ids``: the backbone reads them in place of its token embeddings, so
+        gradients reach them (differentiable rewards: soft tokens of a generator, ReFL / DRaFT-style)."""
+        if inputs_embeds is not None:
+            if input_ids is not None:
+                raise ValueError("give input_ids or inputs_embeds, not both (the backbone would read one of them)")
+            if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3 \
+                    or not inputs_embeds.is_floating_point():
+                raise ValueError(f"inputs_embeds must be a floating-point (N, T, H) tensor, got "
+                                 f"{getattr(inputs_embeds, 'shape', type(inputs_embeds))}")
+            if inputs_embeds.shape[-1] != self.head.in_features:
+                raise ValueError(f"inputs_embeds must be (N, T, {self.head.in_features}) (the backbone's hidden size), "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            shape = tuple(inputs_embeds.shape[:2])
+        else:
+            if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be a (N, T) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+            shape = tuple(input_ids.shape)
+        if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != shape:
+            what = "inputs_embeds' (N, T)" if inputs_embeds is not None else "input_ids"
+            raise ValueError(f"attention_mask must have the shape of {what} {shape}, "
                              f"got {getattr(attention_mask, 'shape', type(attention_mask))}")
         mask = attention_mask.to(torch.long)
         lengths = mask.sum(-1)  # (N,)
         if bool((lengths == 0).any()):
             raise ValueError(f"rows {torch.nonzero(lengths == 0).flatten().tolist()[:8]} have no tokens (all padding)")
-        kwargs = {"input_ids": input_ids, "attention_mask": mask}
+        kwargs = {"attention_mask": mask, **({"input_ids": input_ids} if inputs_embeds is None else
+                                             {"inputs_embeds": inputs_embeds})}
         if self._takes_position_ids:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # same positions for left / right padding
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         return self.backbone(**kwargs).last_hidden_state, mask  # (N, T, H)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
-                return_hidden: bool = False) -> Tensor:
+    def forward(self, input_ids: Optional[Tensor], attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
+                return_hidden: bool = False, *, inputs_embeds: Optional[Tensor] = None) -> Tensor:
         """Rewards (N,) in the head's dtype (float32 unless the model was cast); ``return_hidden=True``:
-        the (N, H) input of the head instead (for the fused head loss)."""
-        h = self.pooled_hidden(input_ids, attention_mask, token_type_ids).to(self.head.weight.dtype)
+        the (N, H) input of the head instead (for the fused head loss). Differentiable, unlike ``score``
+        (which runs under ``torch.inference_mode``): the entry point for gradients of a reward, with
+        ``inputs_embeds`` (N, T, H) in place of ``input_ids`` to reach a generator's soft tokens."""
+        h = self.pooled_hidden(input_ids, attention_mask, token_type_ids,
+                               inputs_embeds=inputs_embeds).to(self.head.weight.dtype)
         if self.pooler is not None:
             h = self.pooler_activation(self.pooler(h))
         return h if return_hidden else self.head(h).squeeze(-1)
@@ -283,7 +306,8 @@ class RewardModel(RewardScorer, nn.Module):
 
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None, progress: bool = False) -> Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input (TextPair, or a dict with its fields), in
-        input order; ``progress=True`` shows a progress bar."""
+        input order; ``progress=True`` shows a progress bar. Runs under ``torch.inference_mode``: for the
+        gradient of a reward call :meth:`forward` (``inputs_embeds`` for a generator's soft tokens)."""
         items = as_inputs(self.input_types, inputs, "RewardModel.score")
         return self._score(items, check_batch_size(self.default_batch_size if batch_size is None else batch_size), progress)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Sequence, Union
 
@@ -72,16 +73,59 @@ def _message(m: Any, where: str) -> dict:
     return dict(m)
 
 
+# roles of other conventions that chat templates would render as written (Qwen's and Llama's templates print
+# "<|im_start|>human"; a template that tests role == "user" drops the turn): ShareGPT's, HH-RLHF's, Gemma's rendering.
+# The same table and messages as the training data's checks (mmreward.text.data.pair_from_row), so a row refused
+# for training is refused for scoring too, not scored as written.
+_ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
+               "chatbot": "assistant", "prompter": "user"}
+_ROLES = ("system", "user", "assistant", "tool", "function", "ipython", "developer")
+_WRITTEN_MESSAGES = re.compile(r"""\[\s*\{\s*["'](role|content)["']\s*:.*["'](role|content)["']\s*:.*\}\s*\]""", re.S)
+
+
+def _check_roles(value: Any, where: str) -> None:
+    """A message list's roles in the names chat templates take (``user`` / ``assistant`` / ``system`` …); another
+    convention's names (ShareGPT's ``human`` / ``gpt``, capitalised ``User``) are refused naming the turn. Roles
+    no convention maps (an agent framework's own) are left to the chat template."""
+    if not isinstance(value, list):
+        return
+    for k, m in enumerate(value):
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or role in _ROLES:
+            continue
+        meant = _ROLE_NAMES.get(role.strip().lower()) or (role.strip().lower() if role.strip().lower() in _ROLES
+                                                          else None)
+        if meant is not None:
+            raise DataError(f"{where}[{k}] has role {role!r}: chat templates render roles as written and tell the "
+                            f"reply by 'assistant': write it as {meant!r}")
+
+
+def _is_written_message_list(value: Any) -> bool:
+    """Whether a string is a whole message list written out (``[{'role': 'user', 'content': ...}, ...]``, as
+    pandas' ``to_csv`` writes a list column, or its JSON)."""
+    return isinstance(value, str) and bool(_WRITTEN_MESSAGES.fullmatch(value.strip()))
+
+
 def _text(value: Any, where: str, *, allow_empty: bool = False, messages: bool = True) -> TextLike:
+    """A text field: a string or (``messages``) a message list. ``allow_empty``: ``""`` and whitespace are kept
+    as given (a policy may generate an empty reply, and RL needs its reward, not an error failing the batch).
+    Where a message list may stand, one written out as text and roles of other conventions are refused (the
+    model would read the list's characters, or a ``human`` turn), as training data refuses them."""
     if isinstance(value, str):
         if not value and not allow_empty:
             raise DataError(f"{where} is an empty string")
+        if messages and _is_written_message_list(value):
+            raise DataError(f"{where} is a message list written as text ({describe(value)}; a CSV cell, or a list "
+                            "column saved with str()), which the model would read as the characters of the list: "
+                            "give it as a list of messages (JSON lines, JSON, parquet) or give the turn's own text")
         return str(value)  # numpy's str_ (a row of a string array) becomes a plain str
     value = _listed(value)
     if messages and isinstance(value, (list, tuple)):
         if not value:
             raise DataError(f"{where} is an empty message list")
-        return [_message(m, f"{where}[{j}]") for j, m in enumerate(value)]
+        turns = [_message(m, f"{where}[{j}]") for j, m in enumerate(value)]
+        _check_roles(turns, where)
+        return turns
     kinds = "a string or a list of messages" if messages else "a string"
     raise DataError(f"{where} must be {kinds}, got {describe(value)}")
 

@@ -170,6 +170,21 @@ def load_weights(folder: str, device: Union[str, torch.device] = "cpu", name: st
     return _load_tensors(os.path.join(folder, name), str(device))
 
 
+# key prefixes a wrapper's state_dict adds: (prefix, the wrapper, the call that gives the model's own keys)
+_WRAPPER_PREFIXES = (("module.", "a DistributedDataParallel / DataParallel wrapper", "wrapper.module.state_dict()"),
+                     ("_orig_mod.", "a torch.compile'd module", "compiled._orig_mod.state_dict()"))
+
+
+def _wrapper_prefix(keys: Any, own: Any) -> Optional[tuple[str, str, str]]:
+    """The wrapper whose prefix every one of ``keys`` carries, and without which they are the model's own
+    ``own`` keys (a DDP or torch.compile state_dict), else None. Named in errors, never stripped silently."""
+    keys = list(keys)
+    for prefix, wrapper, call in _WRAPPER_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys) and {k[len(prefix):] for k in keys} == set(own):
+            return prefix, wrapper, call
+    return None
+
+
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
     """``load_state_dict`` whose mismatch error names the folder and the missing / unexpected keys."""
     missing, unexpected = [], []
@@ -182,6 +197,10 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], f
             parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[:4]}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:4]}")
+        wrapped = _wrapper_prefix(state, own)
+        if wrapped is not None:  # weights written from a wrapper's state_dict by hand (safetensors save_file)
+            parts.append(f"every key starts with {wrapped[0]!r}, the prefix of {wrapped[1]}'s state_dict: save "
+                         f"the model with save_pretrained, or its own state_dict() ({wrapped[2]})")
         raise CheckpointError(f"weights in {folder} do not match its config: {'; '.join(parts)}")
     bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
     if bad:
@@ -516,7 +535,9 @@ class RewardScorer(Pretrained):
                 setattr(cls, name, _scoring_in_eval_mode(fn))
 
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
-        """``Tensor[N]`` (float32, CPU): one reward per input, in input order."""
+        """``Tensor[N]`` (float32, CPU): one reward per input, in input order. Whether a gradient reaches
+        the scores is the model's to say (text RMs: no, their ``forward`` is the differentiable entry point;
+        image scorers: yes, for a float image that requires grad)."""
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         refuse_meta(self, "score")
@@ -656,10 +677,15 @@ def check_state_dict(model: Any, state_dict: Any) -> None:
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     if missing or unexpected:
+        # a wrapper's state_dict (DDP / DataParallel: "module.", torch.compile: "_orig_mod."): named with the
+        # call that gives the model's own, not stripped silently (a prefix the user did not mean would be too)
         parts = ([f"lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}"] if missing else []) + \
                 ([f"holds {len(unexpected)} the model does not have, e.g. {unexpected[:3]}"] if unexpected else [])
+        wrapped = _wrapper_prefix(state_dict, own)
+        hint = (f"every key starts with {wrapped[0]!r}, the prefix of {wrapped[1]}'s state_dict: pass {wrapped[2]}"
+                if wrapped is not None else f"give the whole state_dict(), in {type(model).__name__}'s own key names")
         raise ValueError(f"save_pretrained: state_dict {'; '.join(parts)}: the saved folder could not be loaded "
-                         f"(give the whole state_dict(), in {type(model).__name__}'s own key names)")
+                         f"({hint})")
     wrong = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
              if tuple(state_dict[k].shape) != tuple(v.shape)]
     if wrong:
