@@ -79,7 +79,7 @@ import torch
 
 from mmreward.core.data import (DataError, _in_window, _split_window, describe, in_memory_rows, read_records,
                                 row_origin)
-from mmreward.core.inputs import _PROMPT_ALIASES, _listed
+from mmreward.core.inputs import _PROMPT_ALIASES, _check_roles, _is_written_message_list, _listed
 from mmreward.core.inputs import _UNREAD_PROMPT_FIELDS as _UNREAD_REPLY_PROMPT_FIELDS
 from mmreward.core.inputs import _text as check_text
 
@@ -272,38 +272,6 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
     meta = {k: v for k, v in row.items() if k not in _KNOWN and k != "system"}
     return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=_number(row, "margin", index),
                           tie=bool(tie), meta=meta)
-
-
-# roles of other conventions that chat templates would render as written (Qwen's and Llama's templates print
-# "<|im_start|>human"; a template that tests role == "user" drops the turn): ShareGPT's, HH-RLHF's, Gemma's rendering
-_ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
-               "chatbot": "assistant", "prompter": "user"}
-_ROLES = ("system", "user", "assistant", "tool", "function", "ipython", "developer")
-
-
-def _check_roles(value: Any, where: str) -> None:
-    """A message list's roles in the names chat templates take (``user`` / ``assistant`` / ``system`` …); another
-    convention's names (ShareGPT's ``human`` / ``gpt``, capitalised ``User``) are refused naming the turn."""
-    if not isinstance(value, list):
-        return
-    for k, m in enumerate(value):
-        role = m.get("role") if isinstance(m, dict) else None
-        if not isinstance(role, str) or role in _ROLES:
-            continue
-        meant = _ROLE_NAMES.get(role.strip().lower()) or (role.strip().lower() if role.strip().lower() in _ROLES
-                                                          else None)
-        if meant is not None:
-            raise DataError(f"{where}[{k}] has role {role!r}: chat templates render roles as written and tell the "
-                            f"reply by 'assistant': write it as {meant!r}")
-
-
-_WRITTEN_MESSAGES = re.compile(r"""\[\s*\{\s*["'](role|content)["']\s*:.*["'](role|content)["']\s*:.*\}\s*\]""", re.S)
-
-
-def _is_written_message_list(value: Any) -> bool:
-    """Whether a string is a whole message list written out (``[{'role': 'user', 'content': ...}, ...]``, as
-    pandas' ``to_csv`` writes a list column, or its JSON)."""
-    return isinstance(value, str) and bool(_WRITTEN_MESSAGES.fullmatch(value.strip()))
 
 
 def is_preference_row(row: Any) -> bool:

@@ -41,15 +41,47 @@ def read_json(path: str, what: str = "") -> dict:
     return body
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def weight_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a weights file although it is there, or None: empty, or a Git LFS pointer
+    (a clone made without ``git lfs``, a ~130-byte text file in the weights' place). torch / safetensors
+    only say they cannot parse such a file (torch even suggests saving it again another way)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError:
+        return None  # the reader names what is wrong
+    if not head:
+        return f"{path} is empty (0 bytes): a download or copy that did not finish; fetch the file again"
+    if head == LFS_POINTER:
+        return (f"{path} is a Git LFS pointer ({os.path.getsize(path)} bytes), not the weights: the repository was "
+                "cloned without Git LFS; run `git lfs pull` in it (or download the file itself)")
+    return None
+
+
 def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Tensor]:
     """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (no code runs); ``key``
     picks a sub-dict (e.g. ``state_dict`` of a training checkpoint) when the file holds one.
     DataParallel's ``module.`` prefix is dropped, as the official loaders do."""
+    import zipfile
+
     if not _is_file(path):
         raise CheckpointError(f"missing weights file {path}")
+    problem = weight_file_problem(path)
+    if problem:
+        raise CheckpointError(problem)
+    zipped = zipfile.is_zipfile(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # a file of torch's legacy (pre-1.6, not zip) format cannot be memory-mapped, but reads whole
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as e:  # noqa: BLE001 - truncated files, pickles with code in them
+        if not zipped:  # torch's message ("… _use_new_zipfile_serialization …") says to save it again, which misleads
+            with open(path, "rb") as f:
+                head = f.read(24)
+            raise CheckpointError(f"{path} is not a torch.save file (it begins {head!r}): a web page or another file "
+                                  "saved under its name, or a download that did not finish? fetch it again") from e
         raise CheckpointError(f"cannot read {path} as a tensors-only torch file: {e}") from e
     if key is not None and isinstance(obj, dict) and isinstance(obj.get(key), dict):
         obj = obj[key]

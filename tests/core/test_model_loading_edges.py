@@ -204,3 +204,20 @@ def test_a_hub_id_fetches_the_weight_files_its_repository_has(monkeypatch, repo_
     assert {p for p in asked[0] if p.startswith("*.") and p[2:] in ("safetensors", "pt", "pth", "bin")} == fetched
     assert resolve_folder("org/scorer", weights=False) == "/snapshot"
     assert not {"*.safetensors", "*.pt", "*.pth", "*.bin"} & set(asked[1])
+
+
+def test_a_file_that_is_no_torch_save_file_is_named(tmp_path):
+    """An error page saved as `ImageReward.pt` got torch's "… use _use_new_zipfile_serialization=True" advice
+    (save it again another way), which cannot help; a legacy (pre-zip) torch file still reads."""
+    from mmreward.core.weights import read_torch_state
+
+    page = tmp_path / "ImageReward.pt"
+    page.write_text("<html><body>404 Not Found</body></html>")
+    with pytest.raises(CheckpointError, match=r"ImageReward.pt is not a torch.save file \(it begins b'<html><body>404"):
+        read_torch_state(str(page))
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.arange(3.0)}, legacy, _use_new_zipfile_serialization=False)
+    assert read_torch_state(str(legacy))["w"].tolist() == [0.0, 1.0, 2.0]
+    (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    with pytest.raises(CheckpointError, match="Git LFS pointer"):
+        read_torch_state(str(tmp_path / "lfs.pt"))

@@ -5,31 +5,14 @@ so scores match the official code bit for bit on real images)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-LFS_POINTER = b"version https://git-lfs.github.com/spec/"
-
-
-def weight_file_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be a weights file although it is there, or None: empty, or a Git LFS pointer
-    (a clone made without ``git lfs``, a ~130-byte text file in the weights' place). torch / safetensors
-    only say they cannot parse such a file (torch even suggests saving it again another way)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(LFS_POINTER))
-    except OSError:
-        return None  # the reader names what is wrong
-    if not head:
-        return f"{path} is empty (0 bytes): a download or copy that did not finish; fetch the file again"
-    if head == LFS_POINTER:
-        return (f"{path} is a Git LFS pointer ({os.path.getsize(path)} bytes), not the weights: the repository was "
-                "cloned without Git LFS; run `git lfs pull` in it (or download the file itself)")
-    return None
+from mmreward.core.weights import weight_file_problem  # noqa: F401 - the loaders here import it from this module
 
 
 def check_weight_file(path: str) -> None:
