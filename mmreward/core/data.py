@@ -124,7 +124,9 @@ def _read_jsonl_lines(path: str) -> list[dict]:
 _CHOOSE_SPLIT = "choose one with split=... (on the command line: --split for --data, --eval-split for --eval-data)"
 
 
-def _read_json(path: str, split: Optional[str]) -> list[dict]:
+def _read_text(path: str) -> str:
+    """The whole text of a (``.gz``: gzipped) UTF-8 file; a damaged gzip stream or a byte that is not UTF-8 is
+    named with where it is."""
     try:
         with _open_bytes(path) as f:
             data = f.read()
@@ -132,7 +134,11 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
         if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
             raise _gzip_error(path, e) from None
         raise
-    text = _utf8_text(path, data)
+    return _utf8_text(path, data)
+
+
+def _read_json(path: str, split: Optional[str]) -> list[dict]:
+    text = _read_text(path)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -200,14 +206,7 @@ def _read_csv(path: str, split: Optional[str]) -> list[dict]:
     import io
 
     _no_splits(split, f"{path} is a CSV file")
-    try:
-        with _open_bytes(path) as f:
-            data = f.read()
-    except (EOFError, OSError) as e:
-        if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
-            raise _gzip_error(path, e) from None
-        raise
-    text = _utf8_text(path, data)
+    text = _read_text(path)
     delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
