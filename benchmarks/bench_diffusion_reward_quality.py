@@ -552,6 +552,65 @@ def quick_outputs(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None
         setattr(args, key, path[:-len(ext)] + "_quick" + ext if path.endswith(ext) else path)
 
 
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Task lists → canonical ids, and the sizes, checked before any collection: a misspelt held-out task
+    failed inside a collection worker after the training tasks' episodes were collected, ``door-open``
+    collected a second cache next to ``door-open-v3``'s, and a task in both lists was summarised as held out."""
+    from mmreward.robotics.envs import resolve_task
+
+    lists = {}
+    for flag in ("train_tasks", "heldout_tasks"):
+        opt = "--" + flag.replace("_", "-")
+        out = []
+        for t in (x.strip() for x in getattr(args, flag).split(",")):
+            if not t:
+                continue
+            try:
+                task = resolve_task(t)
+            except (ValueError, TypeError) as e:
+                ap.error(f"{opt}: {e}")
+            if task in out:
+                ap.error(f"{opt}: {task} is listed twice")
+            out.append(task)
+        lists[flag] = out
+    args.train_tasks, args.heldout_tasks = lists["train_tasks"], lists["heldout_tasks"]
+    if not args.train_tasks:
+        ap.error("--train-tasks is empty: the models are trained (or, with --pretrained, the codec checked) on "
+                 "these tasks' expert episodes; give at least one")
+    both = [t for t in args.heldout_tasks if t in args.train_tasks]
+    if both:
+        ap.error(f"--heldout-tasks: {', '.join(both)} is also in --train-tasks; a held-out task must be one the "
+                 "models were not trained on")
+    for name in ("train_episodes", "eval_episodes", "max_steps", "size", "action_repeat", "workers", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.pretrained:  # was read after every episode had been collected: a typo cost the whole collection
+        from mmreward.robotics.pretrained import model_folder
+
+        try:  # a shipped name (metaworld-64) as the CLI's --model takes it, or a folder
+            args.pretrained = model_folder(args.pretrained, ("diffusion_reward",))
+            with open(os.path.join(args.pretrained, "codec", "config.json"), encoding="utf-8") as f:
+                size = json.load(f)["config"]["image_size"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--pretrained {args.pretrained!r}: {e}")
+        if size != args.size:
+            ap.error(f"--pretrained {args.pretrained} takes {size}x{size} frames, but --size is {args.size}: "
+                     f"use --size {size}")
+    if args.expert_model and "=" in args.expert_model:  # TASK=FOLDER keys spelt as the task lists may be
+        items = []
+        for item in args.expert_model.split(","):
+            task, sep, folder = item.partition("=")
+            if sep and task.strip():
+                try:
+                    task = resolve_task(task.strip())
+                except (ValueError, TypeError) as e:
+                    ap.error(f"--expert-model: {e}")
+                if task not in args.train_tasks + args.heldout_tasks:
+                    ap.error(f"--expert-model: {task} is in neither --train-tasks nor --heldout-tasks")
+            items.append(f"{task}{sep}{folder}")
+        args.expert_model = ",".join(items)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/diffusion_reward_quality", help="cache folder for data, runs, rewards")
@@ -614,8 +673,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.split == "ml10":
         args.train_tasks, args.heldout_tasks = ",".join(ML10_TRAIN), ",".join(ML10_TEST)
-    args.train_tasks = [t for t in args.train_tasks.split(",") if t]
-    args.heldout_tasks = [t for t in args.heldout_tasks.split(",") if t]
+    check_args(ap, args)
     if args.quick:
         args.train_tasks, args.heldout_tasks = args.train_tasks[:2], args.heldout_tasks[:1]
         args.train_episodes, args.eval_episodes, args.max_steps, args.probe_seeds = 2, 2, 12, 1

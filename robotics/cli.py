@@ -225,11 +225,15 @@ def _info(args: argparse.Namespace) -> int:
 def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
     """Frames of the ``--data`` episode folders (comma-separated; their episodes in that order);
     ``with_tasks``: also each episode's task (its manifest entry's, else its folder)."""
-    from .data.episodes import load_episode_folder
+    from .data.episodes import load_episode_folder, selects_any
 
     folders = _data_list(args)
-    found = [(ep.frames, entry.get("task", f), os.path.join(f, entry["file"])) for f in folders
+    # --tasks / --policies select from all the folders together: `--data data/mw,data/mine --tasks reach-v3,pick cup`
+    # was refused because data/mw has no "pick cup" episodes (each folder had to match on its own)
+    use = [f for f in folders if len(folders) == 1 or selects_any(f, args.tasks, args.policies)] or folders[:1]
+    found = [(ep.frames, entry.get("task", f), os.path.join(f, entry["file"])) for f in use
              for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
+    _check_each_task_selected(args.tasks, {t for _, t, _ in found}, folders, args.policies)
     first = found[0]
     for fr, _, path in found:  # was "episodes have different frame shapes: [(32, 32, 3), (48, 48, 3)]": which?
         if fr.shape[1:3] != first[0].shape[1:3]:
@@ -238,6 +242,27 @@ def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
                              "one size (import-videos / collect them with one --size)")
     frames = [fr for fr, _, _ in found]
     return (frames, [t for _, t, _ in found]) if with_tasks else frames
+
+
+def _check_each_task_selected(tasks: Optional[Sequence[str]], selected: set, folders: Sequence[str],
+                              policies: Optional[Sequence[str]]) -> None:
+    """Every ``--tasks`` label must select some episode: ``--tasks PlateSlide,reach`` trained on the reach
+    episodes alone, the label that matched nothing dropped without a word."""
+    from .data.episodes import match_tasks, read_manifest
+
+    for task in tasks or ():
+        if not match_tasks([task], selected) & selected:
+            # the folders and, for score, the episode folders a plain folder stands for
+            subs = [os.path.join(f, k) for f in folders if os.path.isdir(f) and not os.path.isfile(
+                os.path.join(f, "manifest.json")) for k in sorted(os.listdir(f))]
+            have = {str(e.get("task")) for f in [*folders, *subs] if os.path.isfile(os.path.join(f, "manifest.json"))
+                    for e in read_manifest(f)}
+            where = ", ".join(folders)
+            if match_tasks([task], have) & have:  # the task is there, not with these policies
+                raise ValueError(f"--tasks {task!r} selects no episodes with --policies {','.join(policies or ())} in "
+                                 f"{where}: add its episodes' policy to --policies (all: every policy)")
+            raise ValueError(f"--tasks {task!r} selects no episodes in {where} (their tasks: {', '.join(sorted(have))}):"
+                             " spell it as listed, or drop it from --tasks")
 
 
 def _check_frame_size(frames: list, codec, args: argparse.Namespace) -> None:
@@ -547,7 +572,13 @@ def _score(args: argparse.Namespace) -> int:
     _check_output_files(out=args.out, plot=args.plot)
     filters = [flag for flag, given in (("--tasks", args.tasks is not None), ("--policies", args.policies != ["all"]))
                if given]
-    if filters and not any(os.path.isfile(os.path.join(src, "manifest.json")) for src in args.inputs):
+
+    def episode_folders(src: str) -> bool:  # an episode folder, or a folder of them (it stands for its contents)
+        if os.path.isfile(os.path.join(src, "manifest.json")):
+            return True
+        return os.path.isdir(src) and any(os.path.isfile(os.path.join(src, k, "manifest.json")) for k in os.listdir(src))
+
+    if filters and not any(episode_folders(src) for src in args.inputs):
         raise ValueError(f"{' / '.join(filters)} select episodes of episode folders (by their manifest.json), but no "
                          "input is one: every input would be scored, unfiltered")
     sources = [("input", args.inputs), ("--goal", args.goal)]  # an episode .npz given as --out would be replaced
@@ -584,6 +615,8 @@ def _score(args: argparse.Namespace) -> int:
         raise ValueError("this model scores against a goal: give --goal DEMO (episodes whose last frames show the "
                          "task's goal)")
     found = find_episodes(args.inputs, tasks=args.tasks, policies=args.policies, with_success=args.success)
+    _check_each_task_selected(args.tasks, {s.meta["task"] for s in found if "task" in s.meta}, args.inputs,
+                              args.policies)
     names = _unique_names(found)
     if args.success:  # videos and imported demos carry no flags: --success had no effect on them, without a word
         flagless = [n for src, n in zip(found, names) if src.input.success is None]
@@ -883,6 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reward-clip", dest="reward_clip", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     # train-expert's spellings of the same settings
     _alias(run, "--eval-episodes", "num_eval_episodes")
+    # the data commands' spelling (collect / train-codec --tasks): one task here, several are refused by name
+    _alias(run, "--tasks", "task", str)
     _alias(run, "--replay-size", "replay_buffer_size")
     add_config_options(p.add_argument_group("agent (DrQV2Config)"), DrQV2Config)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -899,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, dest in (("--save-every", "snapshot_every"), ("--num-eval-episodes", "eval_episodes"),
                        ("--replay-buffer-size", "replay_size")):
         _alias(p, flag, dest)
+    _alias(p, "--tasks", "task", str)  # collect's spelling, as train-rl takes it: one task, several refused by name
     add_config_options(p.add_argument_group("agent (SACConfig)"), SACConfig)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(run=_train_expert)
@@ -906,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-expert", help="success rate of a trained Adroit expert on held-out scenes",
                        description="Runs a train-expert policy (deterministic actions, state observations, no "
                                    "rendering) on --episodes scenes no training episode used; prints the "
-                                   "success rate with its 95%% Wilson interval as JSON.")
+                                   "success rate with its 95% Wilson interval as JSON.")
     p.add_argument("--model", required=True, help="the policy folder (train-expert's OUT/model) or the run folder")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes")
     p.add_argument("--seed", type=int, default=0, help="which held-out scene set (reset seeds 1.5e9 + 1000·seed + i)")
@@ -920,9 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-rl", help="a trained pixel agent (train-rl) on held-out scenes",
                        description="Runs the newest (or --frame) snapshot's DrQ-v2 policy of a train-rl run "
                                    "(deterministic actions) on --episodes scenes no training or training-time "
-                                   "evaluation episode used; prints the success rate with its 95%% Wilson "
+                                   "evaluation episode used; prints the success rate with its 95% Wilson "
                                    "interval, the return and, on Adroit, progress (palm-object distance, door "
-                                   "angle) with 95%% intervals, as JSON.")
+                                   "angle) with 95% intervals, as JSON.")
     p.add_argument("--run", dest="run_dir", required=True, help="the train-rl output folder")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
     p.add_argument("--seed", type=int, default=0, help="which held-out scene set (reset seeds 1.5e9 + 1000·seed + i)")

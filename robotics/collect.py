@@ -51,8 +51,8 @@ class CollectConfig:
     camera: Optional[str] = _help("camera name (default: corner for Meta-World, vil_camera for Adroit)", default=None)
     action_repeat: int = _help("environment steps per agent step (one frame per agent step)", default=2)
     seed: int = _help("base seed: episode i uses seed + i", default=0)
-    max_steps: Optional[int] = _help("cap on agent steps per episode (default: the task's time limit / "
-                                     "action_repeat)", default=None)
+    max_steps: Optional[int] = _help("cap on agent steps per episode, at most the task's time limit / "
+                                     "action_repeat (default: that limit)", default=None)
     flip: str = _help("frame orientation fix: auto | none | vertical | horizontal | rot180", default="auto")
     progress: bool = _help("show a progress bar", default=True)
 
@@ -309,6 +309,13 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
             expert_meta = {} if expert is None else {"expert_model": expert_folder}
             env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=seed,
                            max_steps=max_steps, flip=flip)
+            if max_steps is not None and int(max_steps) > env.max_steps:
+                # the environment caps episodes at the task's time limit: --max-steps 300 at action repeat 2
+                # stored 250-step episodes without a word (train-rl refuses the same --episode-steps)
+                env.close()
+                raise ValueError(f"--max-steps {max_steps} is longer than {task} allows: {env.max_steps} agent steps "
+                                 f"({env.max_env_steps} environment steps at --action-repeat {action_repeat}); use "
+                                 f"--max-steps <= {env.max_steps}")
             try:
                 for i in range(episodes):
                     ep_seed = seed + i
@@ -392,6 +399,10 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     check_stride(stride)  # before the output folder is made
     if not isinstance(task, str) or not task.strip():
         raise ValueError(f"task must be a non-empty label, got {task!r}")
+    task = task.strip()  # --tasks strips each label: " pick cup " stored as typed could never be selected
+    if "," in task:  # --tasks splits at commas: the episodes of "pick,place" could never be selected again
+        raise ValueError(f"task label {task!r} contains a comma, which --tasks uses to separate labels: use another "
+                         "character (e.g. 'pick-place' or 'pick and place')")
     try:
         task = resolve_task(task)
     except (ValueError, ImportError):

@@ -341,6 +341,18 @@ def match_tasks(tasks: Iterable[str], have: Iterable[str]) -> set:
     return out
 
 
+def selects_any(folder: str, tasks: Optional[Sequence[str]] = None, policies: Optional[Sequence[str]] = None) -> bool:
+    """Whether ``tasks`` / ``policies`` select any episode of ``folder``, as :func:`load_episode_folder` selects
+    them (several folders are selected from together: one of them may hold none of the tasks)."""
+    entries = read_manifest(folder)
+    if tasks:
+        wanted = match_tasks(tasks, (e["task"] for e in entries))
+        entries = [e for e in entries if e["task"] in wanted]
+    if policies and "all" not in policies:
+        entries = [e for e in entries if e.get("policy") in set(policies)]
+    return bool(entries)
+
+
 def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
                         policies: Optional[Sequence[str]] = None, *, frames: bool = True) -> list[tuple[dict, Episode]]:
     """``[(manifest entry, episode)]`` of an episode folder, keeping the listed tasks / policy kinds

@@ -21,7 +21,7 @@ from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Episode as EpisodeInput
 
 from ..training import frames_hint
-from .episodes import Episode, load_episode_folder, load_frames_npz, manifest_path
+from .episodes import Episode, load_episode_folder, load_frames_npz, manifest_path, selects_any
 
 
 def read_frames(path: str, size: int) -> np.ndarray:
@@ -126,11 +126,14 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
         sources = [sources]
     sources = [os.fspath(s) for s in sources]
     found = []
+    several = len(sources) > 1
 
     def add(src: str, top: bool) -> None:
         # episode files are checked here without decompressing their frames (check_episode_file), and read
         # once, when scored
         if os.path.isdir(src) and os.path.isfile(manifest_path(src)):
+            if (several or not top) and (tasks or policies) and not selects_any(src, tasks, policies):
+                return  # the filters select from all the sources together: `score mw mine --tasks reach-v3`
             for entry, ep in load_episode_folder(src, tasks, policies, frames=False):
                 found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success))
         elif src.lower().endswith(".npz") and (top or os.path.isfile(src)):
@@ -162,6 +165,9 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
 
     for src in sources:
         add(src, True)
+    if not found and (tasks or (policies and "all" not in policies)):
+        raise DataError(f"no episodes in {', '.join(sources)} match tasks={list(tasks) if tasks else 'all'} "
+                        f"policies={list(policies) if policies else 'all'}")
     if not found:
         raise DataError("no episodes, videos or frame folders given")
     return found

@@ -50,7 +50,7 @@ def task_names() -> list[str]:
 
 def resolve_task(name: str) -> str:
     """Canonical task id: exact ids pass, ``door-open`` / ``door_open`` / ``Door-Open-V3`` / ``door-open-v2``
-    / ``metaworld/door-open-v3`` give ``door-open-v3`` (only v3 tasks are installed); anything else
+    / ``DoorOpen`` / ``DoorOpenV3`` / ``metaworld/door-open-v3`` give ``door-open-v3`` (only v3 tasks are installed); anything else
     raises :class:`UnknownTaskError` listing the closest ids (Adroit's among them: ``pen`` ->
     ``adroit-pen``)."""
     from .adroit import TASKS as ADROIT_TASKS, is_adroit
@@ -62,9 +62,12 @@ def resolve_task(name: str) -> str:
     if n in names:
         return n
     guess = n.lower().replace("_", "-")
-    for cand in (guess, guess + "-v3", re.sub(r"-v\d+$", "-v3", guess)):
-        if cand in names:
-            return cand
+    # CamelCase as Meta-World's own class names spell them (SawyerDoorOpenV3Policy): DoorOpen, DoorOpenV3
+    camel = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", n.replace("_", "-")).lower()
+    for base in dict.fromkeys((guess, camel)):
+        for cand in (base, base + "-v3", re.sub(r"-v\d+$", "-v3", base)):
+            if cand in names:
+                return cand
     close = difflib.get_close_matches(guess, names, n=5, cutoff=0.5)
     adroit = "adroit-" + re.sub(r"-v\d+$", "", guess)  # pen, relocate, door: the Adroit task of that name
     if suite is None and adroit in ADROIT_TASKS:

@@ -242,9 +242,18 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
             raise ValueError(f"the reward's checkpoint has no expert statistics for this reward mode and {task} has no "
                              f"scripted expert to fit them on: pass expert_data=<episode folder> (--expert-data) of "
                              f"expert episodes of {task}, e.g. from `{how}`")
+        failed = 0
         for i in range(episodes):
             ep = run_episode(env, policy="expert", noise=0.0, seed=10_000 + i, rng=np.random.default_rng(i))
             out.append(ep.frames)
+            failed += not ep.succeeded
+        if failed:  # `--episode-steps 10` cut the experts mid-task: their last frames were taken as the goal
+            import warnings
+
+            warnings.warn(f"{failed} of {episodes} scripted expert episodes of {task} did not succeed within "
+                          f"{env.max_steps} agent steps: the reward's expert statistics (and goal frames) come from "
+                          "unfinished demonstrations; give more --episode-steps, or --expert-data of finished ones",
+                          stacklevel=2)
     return out
 
 

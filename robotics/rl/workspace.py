@@ -173,6 +173,12 @@ def parse_task(task: str) -> str:
 
     if not isinstance(task, str):
         return resolve_task(task)  # its TypeError names the value
+    parts = [t.strip() for t in task.split(",") if t.strip()]
+    if len(parts) > 1:  # `--tasks reach-v3,push-v3` as collect takes them: was "unknown Meta-World task 'reach-v3,push-v3'"
+        raise ValueError(f"task {task!r} names several tasks: an agent trains on one task, so run the command once "
+                         f"per task (--task {parts[0]}, then --task {parts[1]} with another --out)")
+    if len(parts) == 1 and "," in task:  # "reach-v3," is one task, as collect reads it
+        task = parts[0]
     suite, _, name = task.strip().partition("/")  # "  adroit/door" from a config file: the suite is "adroit"
     suite, name = suite.strip().lower(), name.strip()
     if not name:
