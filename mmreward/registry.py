@@ -250,20 +250,21 @@ def _hub_cache_snapshot(path: str) -> Optional[str]:
 
 
 def _weight_patterns(repo_id: str) -> list[str]:
-    """The weight files of a hub repository to fetch: its ``.safetensors``, and the ``.pt`` / ``.pth``
+    """The weight files of a hub repository to fetch: its ``.safetensors``, and the top-level ``.pt`` / ``.pth``
     checkpoints published scorers ship (ImageReward.pt, HPS_v2*_compressed.pt, the aesthetic MLP's .pth), which
-    were left out, so that those hub ids never had weights; ``pytorch_model*.bin`` only when the repository has
-    no ``.safetensors`` (most repositories carry both, and one copy is enough)."""
-    patterns = ["*.safetensors", "*.pt", "*.pth"]
+    were left out, so that those hub ids had no weights; top-level ``.bin`` files only when the repository has no
+    ``.safetensors`` (most carry both). Named one by one: a pattern like ``*.pt`` would also fetch a Trainer's
+    ``checkpoint-*/optimizer.pt`` or Meta's ``original/consolidated.*.pth`` (gigabytes no loader reads)."""
+    patterns = ["*.safetensors"]
     try:
         from huggingface_hub import list_repo_files
 
         files = list_repo_files(repo_id)
     except Exception:  # noqa: BLE001 - offline (the cache answers) or unknown: snapshot_download reports it
         return patterns
-    if not any(f.endswith(".safetensors") for f in files):
-        patterns.append("*.bin")
-    return patterns
+    top = [f for f in files if "/" not in f]
+    endings = (".pt", ".pth") if any(f.endswith(".safetensors") for f in files) else (".pt", ".pth", ".bin")
+    return patterns + [f for f in top if f.endswith(endings)]
 
 
 def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:

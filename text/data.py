@@ -79,7 +79,7 @@ import torch
 
 from mmreward.core.data import (DataError, _in_window, _split_window, describe, in_memory_rows, read_records,
                                 row_origin)
-from mmreward.core.inputs import _PROMPT_ALIASES, _check_roles, _is_written_message_list, _listed
+from mmreward.core.inputs import _PROMPT_ALIASES, _listed
 from mmreward.core.inputs import _UNREAD_PROMPT_FIELDS as _UNREAD_REPLY_PROMPT_FIELDS
 from mmreward.core.inputs import _text as check_text
 
@@ -235,14 +235,7 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
     row = _published_layout(row, index)
     chosen = check_text(required_field(row, "chosen", f"row {index}"), f"row {index}: field 'chosen'")
     rejected = check_text(required_field(row, "rejected", f"row {index}"), f"row {index}: field 'rejected'")
-    prompt = row.get("prompt")
-    for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        _check_roles(value, f"row {index}: field {name!r}")
-        if _is_written_message_list(value):
-            raise DataError(f"row {index}: field {name!r} is a message list written as text ({describe(value)}; a "
-                            "CSV cell, or a list column saved with str()), which the model would read as the "
-                            "characters of the list: give it as a list of messages (JSON lines, JSON, parquet) or "
-                            "give the turn's own text")
+    prompt = row.get("prompt")  # every field's roles and written-out message lists are checked by check_text
     if prompt is not None:
         prompt = check_text(prompt, f"row {index}: field 'prompt'", allow_empty=True)
     else:

@@ -238,7 +238,7 @@ class RewardModel(RewardScorer, nn.Module):
                      token_type_ids: Optional[Tensor] = None, *,
                      inputs_embeds: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """The backbone's last hidden states (N, T, H) and the long attention mask (N, T). ``inputs_embeds``
-        (N, T, H) instead of ``input_ids``: the backbone reads them in place of its token embeddings, so
+        (N, T, E) instead of ``input_ids`` (E the input embeddings' width): the backbone reads them in place of its token embeddings, so
         gradients reach them (differentiable rewards: soft tokens of a generator, ReFL / DRaFT-style)."""
         if inputs_embeds is not None:
             if input_ids is not None:
@@ -247,9 +247,12 @@ class RewardModel(RewardScorer, nn.Module):
                     or not inputs_embeds.is_floating_point():
                 raise ValueError(f"inputs_embeds must be a floating-point (N, T, H) tensor, got "
                                  f"{getattr(inputs_embeds, 'shape', type(inputs_embeds))}")
-            if inputs_embeds.shape[-1] != self.head.in_features:
-                raise ValueError(f"inputs_embeds must be (N, T, {self.head.in_features}) (the backbone's hidden size), "
-                                 f"got {tuple(inputs_embeds.shape)}")
+            # the input embeddings' width, which is not the hidden size everywhere (ALBERT's embedding_size, OPT's
+            # word_embed_proj_dim)
+            width = self.backbone.get_input_embeddings().embedding_dim
+            if inputs_embeds.shape[-1] != width:
+                raise ValueError(f"inputs_embeds must be (N, T, {width}) (the width of the backbone's input "
+                                 f"embeddings), got {tuple(inputs_embeds.shape)}")
             shape = tuple(inputs_embeds.shape[:2])
         else:
             if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:

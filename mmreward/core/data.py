@@ -484,7 +484,8 @@ def row_origin(rows: Any, index: int) -> Optional[tuple[str, int]]:
     files = getattr(rows, "files", None)
     if not files or len(files) < 2:
         return None
-    start, path = max((f for f in files if f[0] <= index), key=lambda f: f[0])
+    # the last file starting at or before the row: an empty shard starts where the next one does
+    start, path = [f for f in files if f[0] <= index][-1]
     return path, index - start
 
 

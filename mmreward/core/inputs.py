@@ -80,7 +80,11 @@ def _message(m: Any, where: str) -> dict:
 _ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
                "chatbot": "assistant", "prompter": "user"}
 _ROLES = ("system", "user", "assistant", "tool", "function", "ipython", "developer")
-_WRITTEN_MESSAGES = re.compile(r"""\[\s*\{\s*["'](role|content)["']\s*:.*["'](role|content)["']\s*:.*\}\s*\]""", re.S)
+# a message list written out: it opens with `[{"role":` (or 'content'), names another such key, and ends with `}]`.
+# Three linear scans: one regex with two `.*` was quadratic in the length (seconds for a 512 KB response a client
+# sent to the server)
+_WRITTEN_MESSAGES_HEAD = re.compile(r"""\[\s*\{\s*["'](?:role|content)["']\s*:""")
+_MESSAGE_KEY = re.compile(r"""["'](?:role|content)["']\s*:""")
 
 
 def _check_roles(value: Any, where: str) -> None:
@@ -103,7 +107,13 @@ def _check_roles(value: Any, where: str) -> None:
 def _is_written_message_list(value: Any) -> bool:
     """Whether a string is a whole message list written out (``[{'role': 'user', 'content': ...}, ...]``, as
     pandas' ``to_csv`` writes a list column, or its JSON)."""
-    return isinstance(value, str) and bool(_WRITTEN_MESSAGES.fullmatch(value.strip()))
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    head = _WRITTEN_MESSAGES_HEAD.match(text)
+    if head is None or not text.endswith("]") or not text[:-1].rstrip().endswith("}"):
+        return False
+    return _MESSAGE_KEY.search(text, head.end()) is not None
 
 
 def _text(value: Any, where: str, *, allow_empty: bool = False, messages: bool = True) -> TextLike:

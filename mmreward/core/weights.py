@@ -77,11 +77,14 @@ def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Te
         # a file of torch's legacy (pre-1.6, not zip) format cannot be memory-mapped, but reads whole
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as e:  # noqa: BLE001 - truncated files, pickles with code in them
-        if not zipped:  # torch's message ("… _use_new_zipfile_serialization …") says to save it again, which misleads
-            with open(path, "rb") as f:
-                head = f.read(24)
+        with open(path, "rb") as f:
+            head = f.read(24)
+        # torch's message for a file that is neither of its formats ("… _use_new_zipfile_serialization …") says to
+        # save it again, which misleads: a zip or a legacy torch pickle (b"\x80\x02\x8a\n", the magic number
+        # first) is a torch file whose content is the problem; anything else is not one
+        if not zipped and not head.startswith((b"PK", b"\x80\x02\x8a\n")):
             raise CheckpointError(f"{path} is not a torch.save file (it begins {head!r}): a web page or another file "
-                                  "saved under its name, or a download that did not finish? fetch it again") from e
+                                  "saved under its name? fetch it again") from e
         raise CheckpointError(f"cannot read {path} as a tensors-only torch file: {e}") from e
     if key is not None and isinstance(obj, dict) and isinstance(obj.get(key), dict):
         obj = obj[key]

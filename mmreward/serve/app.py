@@ -241,7 +241,7 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
             # a client that retries (RewardClient does) reaches the restarted server or another replica
             if not isinstance(backend, LocalBackend):  # Ray Serve cancels the request of a client that left
                 raise
-            kind = "queue_full"
+            kind = "shutdown"
             response = error(503, f"the server is shutting down: this request was not scored within "
                                   f"--shutdown-timeout-s ({config.shutdown_timeout_s:g} s); retry",
                              {"Retry-After": str(config.retry_after_s), "Connection": "close"})

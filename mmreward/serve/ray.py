@@ -147,11 +147,13 @@ def serve_ray(model_path: str, config: ServeConfig, ray_config: RayServeConfig) 
     import ray
 
     config.check_bind()
-    # a port in use (or a host that does not resolve): one line now, as the single-process server says it, before
-    # Ray starts its cluster and HTTP proxy on that port
-    from .app import bind
+    if ray_config.ray_address is None:
+        # a port in use (or a host that does not resolve): one line now, as the single-process server says it,
+        # before Ray starts its cluster and HTTP proxy on that port. Not when joining a cluster: its Serve proxy
+        # may hold the port already (a redeploy), and with ray:// the port is the head's, not this machine's
+        from .app import bind
 
-    bind(config)[0].close()
+        bind(config)[0].close()
     from mmreward.registry import detect, resolve_folder
 
     folder = resolve_folder(model_path)

@@ -178,10 +178,12 @@ def test_a_load_option_the_model_does_not_take_is_named(tmp_path, registered):
 
 
 @pytest.mark.parametrize("repo_files, fetched", [
-    (["ImageReward.pt", "med_config.json"], {"*.safetensors", "*.pt", "*.pth", "*.bin"}),   # a .pt checkpoint
-    (["config.json", "pytorch_model.bin"], {"*.safetensors", "*.pt", "*.pth", "*.bin"}),     # .bin only
-    (["config.json", "model.safetensors", "pytorch_model.bin"], {"*.safetensors", "*.pt", "*.pth"}),  # one copy
-    (None, {"*.safetensors", "*.pt", "*.pth"}),                                              # listing failed
+    (["ImageReward.pt", "med_config.json"], {"ImageReward.pt"}),                              # a .pt checkpoint
+    (["config.json", "pytorch_model.bin", "training_args.bin"], {"pytorch_model.bin", "training_args.bin"}),
+    (["config.json", "model.safetensors", "pytorch_model.bin"], set()),                       # one copy is enough
+    (["model.safetensors", "aesthetic.pth", "checkpoint-9/optimizer.pt", "original/consolidated.00.pth"],
+     {"aesthetic.pth"}),                                                                     # top level only
+    (None, set()),                                                                           # listing failed
 ])
 def test_a_hub_id_fetches_the_weight_files_its_repository_has(monkeypatch, repo_files, fetched):
     """`mmreward.load("THUDM/ImageReward")` fetched JSON and *.safetensors only: ImageReward.pt, HPSv2's
@@ -201,9 +203,10 @@ def test_a_hub_id_fetches_the_weight_files_its_repository_has(monkeypatch, repo_
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None, **kw:
                         asked.append(allow_patterns) or "/snapshot")
     assert resolve_folder("org/scorer") == "/snapshot"
-    assert {p for p in asked[0] if p.startswith("*.") and p[2:] in ("safetensors", "pt", "pth", "bin")} == fetched
+    assert "*.safetensors" in asked[0] and {p for p in asked[0] if not p.startswith("*")} == fetched
+    assert not any(p.endswith((".pt", ".pth", ".bin")) for p in asked[0] if p.startswith("*"))
     assert resolve_folder("org/scorer", weights=False) == "/snapshot"
-    assert not {"*.safetensors", "*.pt", "*.pth", "*.bin"} & set(asked[1])
+    assert "*.safetensors" not in asked[1] and all(p.startswith("*") for p in asked[1])
 
 
 def test_a_file_that_is_no_torch_save_file_is_named(tmp_path):
@@ -221,3 +224,21 @@ def test_a_file_that_is_no_torch_save_file_is_named(tmp_path):
     (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
     with pytest.raises(CheckpointError, match="Git LFS pointer"):
         read_torch_state(str(tmp_path / "lfs.pt"))
+
+
+def test_a_torch_file_that_cannot_be_read_is_not_called_a_web_page(tmp_path):
+    """A truncated zip checkpoint and a legacy torch file that pickles an object are torch files: the error
+    says what is wrong with them (truncated, not tensors only), not "not a torch.save file"."""
+    import datetime
+
+    from mmreward.core.weights import read_torch_state
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(64.0)}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    torch.save({"w": torch.zeros(2), "o": datetime.date(2020, 1, 1)}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    for name in ("cut.pt", "legacy.pt"):
+        with pytest.raises(CheckpointError, match=r"cannot read .* as a tensors-only torch file") as info:
+            read_torch_state(str(tmp_path / name))
+        assert "not a torch.save file" not in str(info.value)

@@ -135,8 +135,28 @@ def test_forward_with_inputs_embeds_gives_the_score_and_its_gradient(kind):
         rm(ids, mask, inputs_embeds=embeds)
     with pytest.raises(ValueError, match=r"attention_mask must have the shape of inputs_embeds' \(N, T\)"):
         rm(None, mask[:, :-1], inputs_embeds=embeds)
-    with pytest.raises(ValueError, match=r"inputs_embeds must be \(N, T, 32\) \(the backbone's hidden size\)"):
+    with pytest.raises(ValueError, match=r"inputs_embeds must be \(N, T, 32\) \(the width of the backbone's input "
+                                         r"embeddings\)"):
         rm(None, mask, inputs_embeds=embeds[..., :8])
+
+
+def test_inputs_embeds_of_a_backbone_whose_embeddings_are_narrower_than_its_hidden_states():
+    """ALBERT embeds tokens in embedding_size (16 here) and projects them to the hidden size (32): its embeddings
+    were refused as not (N, T, 32), and 32-wide ones then failed inside ALBERT."""
+    from transformers import AlbertConfig
+
+    from text_rm_fixtures import vocab_size
+
+    torch.manual_seed(0)
+    config = AlbertConfig(vocab_size=vocab_size(), embedding_size=16, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=64)
+    rm = RewardModel.from_backbone(config, tokenizer=word_tokenizer(chat_template=CHATML)).eval()
+    ids, mask, types = pad_batch(rm.encode(ITEMS), rm.pad_id)
+    embeds = rm.backbone.get_input_embeddings()(ids).detach().requires_grad_(True)  # (N, T, 16)
+    reward = rm(None, mask, types, inputs_embeds=embeds)
+    torch.testing.assert_close(reward.detach(), rm.score(ITEMS), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"inputs_embeds must be \(N, T, 16\)"):
+        rm(None, mask, types, inputs_embeds=torch.zeros(*ids.shape, 32))
 
 
 def test_armo_forward_with_inputs_embeds_reads_the_gate_from_the_ids():
@@ -156,3 +176,17 @@ def test_armo_forward_with_inputs_embeds_reads_the_gate_from_the_ids():
     assert embeds.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="ArmoRM with inputs_embeds needs input_ids too"):
         armo(None, mask, inputs_embeds=embeds)
+
+
+def test_a_written_message_list_is_told_from_text_in_one_pass():
+    """The check runs on every string a client sends the server: it was one regex with two `.*`, quadratic in
+    the length (a 512 KB response of repeated '"role": ' took seconds); a 4 MB one is read in one pass now."""
+    from mmreward.core.inputs import _is_written_message_list as written
+
+    assert written("[{'role': 'user', 'content': 'hi'}]")
+    assert written(' [ {"content": "x", "role": "user"} ,\n {"role": "assistant", "content": "y"} ] ')
+    for text in ('[{"role": "user"}]', 'see [{"role": "user", "content": "x"}]', '[{"a": 1, "b": 2}]',
+                 '[{"role": "user", "content": "x"}] and more', "plain text", ""):
+        assert not written(text), text
+    long = '[{"role": ' + '"role": ' * (1 << 19)
+    assert not written(long) and written(long + "}]")

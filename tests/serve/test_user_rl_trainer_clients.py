@@ -260,6 +260,13 @@ def test_a_port_in_use_under_ray_is_one_line_exit_2_before_ray_starts(capsys, mo
     # was: "model folder '/nonexistent/rm' does not exist"; with a real folder, Ray started before the port was tried
     assert f"cannot listen on 127.0.0.1:{port} (--host / --port): Address already in use" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    with socket.socket() as taken:  # joining a cluster: its Serve proxy may hold the port already, not checked here
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "/nonexistent/rm", "--ray", "--ray-address", "auto", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen" not in err and "does not exist" in err, err
 
 
 @pytest.mark.parametrize("target, words", [

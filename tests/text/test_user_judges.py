@@ -232,3 +232,15 @@ def test_judges_read_a_conversation_that_opens_with_a_system_turn_as_reward_mode
     assert chat_turns("Q", conversation) == conversation
     assert chat_turns("Q", conversation[1:]) == conversation[1:]  # the repeated prompt turn still dropped
     assert chat_turns(None, conversation) == conversation
+
+
+def test_a_think_tag_mentioned_inside_the_answer_does_not_end_it():
+    """The answer may name the tag ("In the template you write `<think>` first ..."): everything after it was
+    thrown away as cut-off reasoning, and the verdict with it. A `<think>` that opens a line still is reasoning."""
+    from mmreward.text.generative.parsing import parse_ab
+
+    mentioned = "Reasoning models write `<think>` before they answer; the second answer explains it. [[B]]"
+    assert parse_ab(mentioned).value == "B"
+    cut = "[[A]] is my first guess.\n<think>\nWait, let me reconsider: maybe [[B]]"
+    assert parse_ab(cut).value == "A"  # the answer before an unfinished <think> counts, the draft inside does not
+    assert not parse_ab("<think>\nB looks better, so [[B]]").ok

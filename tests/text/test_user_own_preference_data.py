@@ -180,3 +180,12 @@ def test_hh_rlhf_dialogues_cut_to_the_same_tokens_point_to_keep_end():
         assert bool(same) == hinted, [str(w.message) for w in shown]
         assert result["reward_gap"] == 0.0 if hinted else result["reward_gap"] != 0.0  # the replies are read or not
         assert all("truncation='keep_end' (--truncation keep_end) keeps it" in m for m in same)
+
+
+def test_a_row_after_an_empty_shard_names_its_own_shard():
+    """An empty shard starts where the next one does: its name was given for the next shard's rows."""
+    from mmreward.core.data import FileRows, row_origin
+
+    rows = FileRows([{"a": 1}, {"a": 2}, {"a": 3}])
+    rows.files = [(0, "empty.jsonl"), (0, "b.jsonl"), (2, "c.jsonl")]
+    assert row_origin(rows, 0) == ("b.jsonl", 0) and row_origin(rows, 2) == ("c.jsonl", 0)

@@ -214,3 +214,19 @@ def test_best_of_n_refuses_a_product_of_raw_values():
     with pytest.raises(ValueError, match="reduce='prod' needs probabilities"):
         best_of_n_search("3 +1 -2", policy, Raw(), 2, task.is_terminal, reduce="prod")
     assert best_of_n_search("3 +1 -2", policy, Raw(), 2, task.is_terminal, reduce="min").steps == ["3+1=4", "4-2=2"]
+
+
+def test_labels_given_as_a_tensor_or_array_are_checked_as_a_list(prm):
+    """StepExample(..., torch.tensor([1., 0.])) trained before the label check, which then refused it ("labels
+    must be a list"); a tensor or array of the wrong length is still named."""
+    import numpy as np
+    import torch
+
+    from mmreward.text.prm.data import StepExample
+    from mmreward.text.prm.train import check_step_example
+
+    for labels in (torch.tensor([1.0, 0.0]), np.array([1.0, 0.0])):
+        check_step_example(StepExample("3 +1 -2", ["3+1=4", "4-2=2"], labels), "example 0", "bce")
+    with pytest.raises(DataError, match=r"example 0: 2 steps but 3 labels"):
+        check_step_example(StepExample("3 +1 -2", ["3+1=4", "4-2=2"], torch.tensor([1.0, 0.0, 1.0])), "example 0",
+                           "bce")

@@ -86,10 +86,12 @@ def _answer_text(text: str) -> tuple[str, Optional[Parsed]]:
     if close >= 0 and (opened < 0 or close < opened):
         text = text[close + 8:]
     rest = _drop_think(text)
-    cut = rest.find("<think>")  # after _drop_think an opening tag left is one never closed
-    unclosed = cut >= 0
+    # after _drop_think an opening tag left is one never closed: the output was cut off while thinking, when the tag
+    # opens a line (as reasoning models write it); a `<think>` inside a sentence is the answer mentioning the tag
+    opening = re.search(r"(?:^|\n)[ \t]*<think>", rest)
+    unclosed = opening is not None
     if unclosed:
-        rest = rest[:cut]
+        rest = rest[:opening.start()]
     if not rest.strip():
         return "", Parsed.fail("output ends inside an unclosed <think> section: no answer after the reasoning "
                                "(raise max_new_tokens)" if unclosed else "no answer after the </think> reasoning")

@@ -101,6 +101,8 @@ def check_step_example(e: StepExample, where: str, objective: Optional[str] = No
     training failed at an op deep inside the run ("`labels` has shape (2,); expected (3,)") and evaluation paired
     labels with the wrong steps."""
     steps, labels = e.steps, e.labels
+    if getattr(labels, "ndim", None) == 1 and hasattr(labels, "tolist"):  # a 1-D tensor / array, as collation takes
+        labels = labels.tolist()
     if isinstance(steps, str) or not isinstance(steps, (list, tuple)) or not steps:
         raise DataError(f"{where}: steps must be a non-empty list of strings, got {type(steps).__name__}")
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)):

@@ -428,7 +428,6 @@ def load_hpsv2(folder: str, *, device: Any = "cpu", dtype: Any = None, checkpoin
     several (xswu/HPSv2 has both versions)."""
     path = _hps_checkpoint(folder, checkpoint)
     model_cfg, preprocess = _open_clip_config(folder)
-    check_weight_file(path)
     return _open_clip_scorer(folder, read_torch_state(path, "state_dict"), model_cfg or VIT_H_14, "hpsv2", path,
                              preprocess, device, dtype)
 
@@ -469,7 +468,6 @@ def _aesthetic_head(folder: str) -> Optional[str]:
 
 def _read_aesthetic_head(path: str) -> dict:
     """The MLP's tensors (a ``torch.save`` state dict, read tensors-only), without a ``module.`` prefix."""
-    check_weight_file(path)
     return {k.removeprefix("module."): v for k, v in read_torch_state(path).items()}
 
 

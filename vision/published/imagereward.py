@@ -39,7 +39,7 @@ from ..image_reward import imagereward_head
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets, tokenize_truncating
-from .common import check_weight_file, normalise, shortest_edge_crop_batch, split_by_grad
+from .common import normalise, shortest_edge_crop_batch, split_by_grad
 
 CHECKPOINT, MED_CONFIG, TOKENIZER_DIR = "ImageReward.pt", "med_config.json", "tokenizer"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -318,7 +318,6 @@ def load_imagereward(folder: str, *, device: Any = "cpu", dtype: Any = None) -> 
     med = read_json(os.path.join(folder, MED_CONFIG), "ImageReward's BERT config")
     tokenizer = blip_tokenizer(folder)
     path = os.path.join(folder, CHECKPOINT)
-    check_weight_file(path)
     # a checkpoint nested under "state_dict" (another model's .pt, a training checkpoint) is opened, so the
     # error names the tensors it holds rather than "not a state dict of tensors"
     state = read_torch_state(path, "state_dict")
