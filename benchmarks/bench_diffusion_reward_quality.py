@@ -584,12 +584,21 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("train_episodes", "eval_episodes", "max_steps", "size", "action_repeat", "workers", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not getattr(args, "quick", False):  # --quick caps the episodes at 12 steps
+        from mmreward.robotics.envs import check_max_steps
+
+        try:  # the collection workers' environments cut longer episodes at the limit without a word
+            check_max_steps(args.train_tasks + args.heldout_tasks, args.max_steps, args.action_repeat)
+        except (ValueError, ImportError) as e:
+            ap.error(str(e))
+    args.pretrained_folder = None
     if args.pretrained:  # was read after every episode had been collected: a typo cost the whole collection
         from mmreward.robotics.pretrained import model_folder
 
         try:  # a shipped name (metaworld-64) as the CLI's --model takes it, or a folder
-            args.pretrained = model_folder(args.pretrained, ("diffusion_reward",))
-            with open(os.path.join(args.pretrained, "codec", "config.json"), encoding="utf-8") as f:
+            # the folder aside: the report names the model as given (metaworld-64), not this machine's path
+            args.pretrained_folder = model_folder(args.pretrained, ("diffusion_reward",))
+            with open(os.path.join(args.pretrained_folder, "codec", "config.json"), encoding="utf-8") as f:
                 size = json.load(f)["config"]["image_size"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             ap.error(f"--pretrained {args.pretrained!r}: {e}")
@@ -703,7 +712,7 @@ def main(argv=None) -> int:
     from mmreward.robotics.video.vq_diffusion import VQDiffusionConfig, train_video_model
 
     t0 = time.perf_counter()
-    pretrained = DiffusionReward.from_pretrained(args.pretrained) if args.pretrained else None
+    pretrained = DiffusionReward.from_pretrained(args.pretrained_folder) if args.pretrained else None
     if pretrained is not None:  # score a saved model: its codec and video model, no training
         pretrained.set_progress(None)  # its own ranker, if any, is not scored: --progress-steps trains one
         codec, video = pretrained.codec, pretrained.video

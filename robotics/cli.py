@@ -225,15 +225,29 @@ def _info(args: argparse.Namespace) -> int:
 def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
     """Frames of the ``--data`` episode folders (comma-separated; their episodes in that order);
     ``with_tasks``: also each episode's task (its manifest entry's, else its folder)."""
-    from .data.episodes import load_episode_folder, selects_any
+    from mmreward.core.data import DataError
+
+    from .data.episodes import holds_tasks, load_episode, select_entries
 
     folders = _data_list(args)
-    # --tasks / --policies select from all the folders together: `--data data/mw,data/mine --tasks reach-v3,pick cup`
-    # was refused because data/mw has no "pick cup" episodes (each folder had to match on its own)
-    use = [f for f in folders if len(folders) == 1 or selects_any(f, args.tasks, args.policies)] or folders[:1]
-    found = [(ep.frames, entry.get("task", f), os.path.join(f, entry["file"])) for f in use
-             for entry, ep in load_episode_folder(f, args.tasks, args.policies)]
-    _check_each_task_selected(args.tasks, {t for _, t, _ in found}, folders, args.policies)
+    # --tasks select from all the folders together: `--data data/mw,data/mine --tasks reach-v3,pick cup` was
+    # refused because data/mw has no "pick cup" episodes. Only a folder with none of the labels is left out: one
+    # that --policies alone empties (data/noisy, collected with --policy noisy) is refused, not dropped
+    use = [f for f in folders if not args.tasks or holds_tasks(f, args.tasks)]
+    # the labels are checked on the manifests, before any frame is read: a misspelt one was named only after
+    # every selected episode had been loaded
+    chosen, refused = [], None
+    for f in use:
+        try:
+            chosen.append((f, select_entries(f, args.tasks, args.policies)))
+        except DataError as e:  # named after the labels: a misspelt label is the likelier cause
+            refused = refused or e
+    _check_each_task_selected(args.tasks, {e["task"] for _, entries in chosen for e in entries}, folders,
+                              args.policies)
+    if refused is not None:
+        raise refused
+    found = [(load_episode(os.path.join(f, e["file"])).frames, e.get("task", f), os.path.join(f, e["file"]))
+             for f, entries in chosen for e in entries]
     first = found[0]
     for fr, _, path in found:  # was "episodes have different frame shapes: [(32, 32, 3), (48, 48, 3)]": which?
         if fr.shape[1:3] != first[0].shape[1:3]:
@@ -617,6 +631,10 @@ def _score(args: argparse.Namespace) -> int:
     found = find_episodes(args.inputs, tasks=args.tasks, policies=args.policies, with_success=args.success)
     _check_each_task_selected(args.tasks, {s.meta["task"] for s in found if "task" in s.meta}, args.inputs,
                               args.policies)
+    whole = [s for s in found if not s.from_folder]
+    if filters and whole:  # a loose .npz or video next to episode folders has no manifest entry to filter by
+        print(f"{' / '.join(filters)}: {len(whole)} of {len(found)} inputs are not in an episode folder (loose .npz "
+              "files, videos, frame folders) and are scored whole, unfiltered", file=sys.stderr)
     names = _unique_names(found)
     if args.success:  # videos and imported demos carry no flags: --success had no effect on them, without a word
         flagless = [n for src, n in zip(found, names) if src.input.success is None]

@@ -274,7 +274,7 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
     after, so an interrupted run (even a killed one) keeps everything it finished. Returns a summary (episodes,
     successes, frames, seconds, per-task successes).
     """
-    from .envs import make_env, resolve_task
+    from .envs import check_max_steps, make_env, resolve_task
 
     if isinstance(tasks, str):
         tasks = [t for t in re.split(r"[,\s]+", tasks) if t]
@@ -291,6 +291,9 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
         if task in resolved[:i]:
             raise ValueError(f"task {task} is listed twice (as {tasks[resolved.index(task)]!r} and {tasks[i]!r})")
     _check_camera(resolved, camera)
+    # the environment caps episodes at the task's time limit: --max-steps 300 at action repeat 2 stored 250-step
+    # episodes without a word; checked for every task here, not after the earlier tasks were collected
+    check_max_steps(resolved, max_steps, action_repeat)
     experts = _trained_experts(resolved, policy, expert_model, action_repeat)
     from .envs.base import parse_size
 
@@ -309,13 +312,6 @@ def collect_episodes(tasks: Sequence[str] | str = ("door-open-v3",), out: str = 
             expert_meta = {} if expert is None else {"expert_model": expert_folder}
             env = make_env(task, size=size, camera=camera, action_repeat=action_repeat, seed=seed,
                            max_steps=max_steps, flip=flip)
-            if max_steps is not None and int(max_steps) > env.max_steps:
-                # the environment caps episodes at the task's time limit: --max-steps 300 at action repeat 2
-                # stored 250-step episodes without a word (train-rl refuses the same --episode-steps)
-                env.close()
-                raise ValueError(f"--max-steps {max_steps} is longer than {task} allows: {env.max_steps} agent steps "
-                                 f"({env.max_env_steps} environment steps at --action-repeat {action_repeat}); use "
-                                 f"--max-steps <= {env.max_steps}")
             try:
                 for i in range(episodes):
                     ep_seed = seed + i

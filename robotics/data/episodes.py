@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -323,41 +324,44 @@ def update_manifest(folder: str, entries: Iterable[dict]) -> list[dict]:
     return out
 
 
+def _looks_like_task_id(label: str) -> bool:
+    """Whether a stored label has the form of a canonical task id (``door-open-v3``, ``adroit-door``), as
+    ``collect`` and ``import-videos`` store known tasks: only then can a spelling of it select it."""
+    return bool(re.search(r"-v\d+$", label)) or label.startswith("adroit-")
+
+
 def match_tasks(tasks: Iterable[str], have: Iterable[str]) -> set:
-    """The labels of ``have`` that ``tasks`` select: each label as written, or, when the folder has no
-    such label, the task id it names (``door-open`` selects ``door-open-v3`` episodes, as ``collect`` and
-    ``import-videos`` store them); free-form labels are kept whole."""
+    """The labels of ``have`` that ``tasks`` select: each label as written and the task id it names
+    (``door-open`` / ``DoorOpen`` select ``door-open-v3`` episodes, as ``collect`` and ``import-videos`` store
+    them); free-form labels are kept whole. Both, not the first found: a folder with ``PickPlace`` episodes
+    imported as typed and ``pick-place-v3`` ones imported since holds the one task under two labels."""
     have = set(have)
     out = set()
     for task in tasks:
-        if task not in have:
+        if task in have:
+            out.add(task)
+        # resolving imports the simulators (seconds, and sets MUJOCO_GL): only when a stored label it could
+        # name is there
+        if any(h != task and _looks_like_task_id(h) for h in have):
             from ..envs import resolve_task
 
             try:
-                task = resolve_task(task)
+                out.add(resolve_task(task))
             except (ValueError, ImportError):
-                pass  # a free-form label the folder does not have: selects nothing
-        out.add(task)
-    return out
+                pass  # a free-form label: itself or nothing
+    return out & have
 
 
-def selects_any(folder: str, tasks: Optional[Sequence[str]] = None, policies: Optional[Sequence[str]] = None) -> bool:
-    """Whether ``tasks`` / ``policies`` select any episode of ``folder``, as :func:`load_episode_folder` selects
-    them (several folders are selected from together: one of them may hold none of the tasks)."""
-    entries = read_manifest(folder)
-    if tasks:
-        wanted = match_tasks(tasks, (e["task"] for e in entries))
-        entries = [e for e in entries if e["task"] in wanted]
-    if policies and "all" not in policies:
-        entries = [e for e in entries if e.get("policy") in set(policies)]
-    return bool(entries)
+def holds_tasks(folder: str, tasks: Sequence[str]) -> bool:
+    """Whether the episode folder holds any of ``tasks`` (whatever their policies): with several folders
+    the labels select from all of them together, so one that holds none of them adds nothing."""
+    return bool(match_tasks(tasks, (e["task"] for e in read_manifest(folder))))
 
 
-def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
-                        policies: Optional[Sequence[str]] = None, *, frames: bool = True) -> list[tuple[dict, Episode]]:
-    """``[(manifest entry, episode)]`` of an episode folder, keeping the listed tasks / policy kinds
-    (``None`` or ``["all"]``: every episode); an empty selection is an error naming what the folder has.
-    ``frames=False``: each file checked by :func:`check_episode_file` (pixels not read)."""
+def select_entries(folder: str, tasks: Optional[Sequence[str]] = None,
+                   policies: Optional[Sequence[str]] = None) -> list[dict]:
+    """The manifest entries of ``folder`` that ``tasks`` / ``policies`` select (``None`` or ``["all"]``: every
+    episode), read from the manifest alone; an empty selection is an error naming what the folder has."""
     everything = read_manifest(folder)
     if tasks:
         wanted = match_tasks(tasks, (e["task"] for e in everything))
@@ -371,6 +375,15 @@ def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
         raise DataError(f"no episodes in {folder} match tasks={list(tasks) if tasks else 'all'} "
                         f"policies={list(policies) if policies else 'all'} (the folder has {have}; "
                         "--policies all uses every episode)")
+    return entries
+
+
+def load_episode_folder(folder: str, tasks: Optional[Sequence[str]] = None,
+                        policies: Optional[Sequence[str]] = None, *, frames: bool = True) -> list[tuple[dict, Episode]]:
+    """``[(manifest entry, episode)]`` of an episode folder, keeping the listed tasks / policy kinds
+    (``None`` or ``["all"]``: every episode); an empty selection is an error naming what the folder has.
+    ``frames=False``: each file checked by :func:`check_episode_file` (pixels not read)."""
+    entries = select_entries(folder, tasks, policies)
     read = load_episode if frames else check_episode_file
     return [(e, read(os.path.join(folder, e["file"]))) for e in entries]
 

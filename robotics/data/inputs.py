@@ -21,7 +21,7 @@ from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Episode as EpisodeInput
 
 from ..training import frames_hint
-from .episodes import Episode, load_episode_folder, load_frames_npz, manifest_path, selects_any
+from .episodes import Episode, holds_tasks, load_episode_folder, load_frames_npz, manifest_path
 
 
 def read_frames(path: str, size: int) -> np.ndarray:
@@ -113,6 +113,8 @@ class EpisodeSource:
     path: str
     input: EpisodeInput
     meta: dict = field(default_factory=dict)  # task, policy, noise, seed, success (from the manifest / file)
+    # listed by an episode folder's manifest: the only episodes --tasks / --policies select; the rest are scored whole
+    from_folder: bool = False
 
 
 def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = None,
@@ -132,10 +134,12 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
         # episode files are checked here without decompressing their frames (check_episode_file), and read
         # once, when scored
         if os.path.isdir(src) and os.path.isfile(manifest_path(src)):
-            if (several or not top) and (tasks or policies) and not selects_any(src, tasks, policies):
-                return  # the filters select from all the sources together: `score mw mine --tasks reach-v3`
+            if (several or not top) and tasks and not holds_tasks(src, tasks):
+                # --tasks select from all the sources together (`score mw mine --tasks reach-v3`); a folder that
+                # holds a task but none of it with --policies is refused below, not dropped
+                return
             for entry, ep in load_episode_folder(src, tasks, policies, frames=False):
-                found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success))
+                found.append(_stored(os.path.join(src, entry["file"]), ep, entry, with_success, from_folder=True))
         elif src.lower().endswith(".npz") and (top or os.path.isfile(src)):
             success, episode = _npz_source(src)
             if episode is not None:
@@ -200,7 +204,7 @@ def _npz_source(path: str) -> tuple[Optional[np.ndarray], Optional[Episode]]:
     return (None, check_episode_file(path)) if full else (success, None)
 
 
-def _stored(path: str, ep: Episode, entry: dict, with_success: bool) -> EpisodeSource:
+def _stored(path: str, ep: Episode, entry: dict, with_success: bool, from_folder: bool = False) -> EpisodeSource:
     meta = {k: entry[k] for k in ("task", "policy", "noise", "seed") if k in entry}
     success = None
     if ep.labelled:
@@ -208,7 +212,8 @@ def _stored(path: str, ep: Episode, entry: dict, with_success: bool) -> EpisodeS
         if with_success:
             success = np.concatenate([[False], ep.success])
     # the path, not the frames: read when scored (resized to the model's frame size), not all held at once
-    return EpisodeSource(os.path.splitext(os.path.basename(path))[0], path, EpisodeInput(path, success), meta)
+    return EpisodeSource(os.path.splitext(os.path.basename(path))[0], path, EpisodeInput(path, success), meta,
+                         from_folder)
 
 
 __all__ = ["EpisodeSource", "as_frames", "as_success", "episode_tensors", "find_episodes", "read_frames"]

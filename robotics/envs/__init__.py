@@ -5,12 +5,12 @@ environment is built.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .base import FLIPS, PixelEnv, Step, apply_flip, auto_flip, setup_mujoco_gl
 
 __all__ = ["FLIPS", "PixelEnv", "Step", "apply_flip", "auto_flip", "setup_mujoco_gl", "make_env", "resolve_task",
-           "suite_of", "list_tasks", "UnknownTaskError"]
+           "suite_of", "list_tasks", "time_limit", "check_max_steps", "UnknownTaskError"]
 
 
 def __getattr__(name: str):
@@ -52,6 +52,34 @@ def list_tasks() -> dict[str, list[str]]:
         out["metaworld"] = []
     out["adroit"] = adroit.task_names()
     return out
+
+
+def time_limit(task: str) -> int:
+    """Environment steps per episode of ``task`` (a canonical id), read from its registration without
+    building the environment (no renderer): Meta-World's ``max_path_length``, Adroit's ``max_episode_steps``."""
+    if suite_of(task) == "adroit":
+        from .adroit import EPISODE_STEPS, TASKS, _import_robotics
+
+        return int(_import_robotics().spec(TASKS[task]).max_episode_steps or EPISODE_STEPS)
+    from .metaworld import _import_metaworld
+
+    _import_metaworld()
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return int(ALL_V3_ENVIRONMENTS[task].max_path_length)
+
+
+def check_max_steps(tasks: Sequence[str], max_steps: Optional[int], action_repeat: int, flag: str = "--max-steps"):
+    """Refuse ``max_steps`` agent steps past any task's time limit (the environment would cut the episodes
+    there without a word), for every task before any of them is collected."""
+    if max_steps is None:
+        return
+    for task in tasks:
+        env_steps = time_limit(task)
+        if int(max_steps) > env_steps // int(action_repeat):
+            raise ValueError(f"{flag} {max_steps} is longer than {task} allows: {env_steps // int(action_repeat)} "
+                             f"agent steps ({env_steps} environment steps at --action-repeat {action_repeat}); use "
+                             f"{flag} <= {env_steps // int(action_repeat)}")
 
 
 def make_env(task: str, *, size: Any = 64, camera: Optional[str] = None, action_repeat: int = 1, seed: int = 0,

@@ -250,10 +250,12 @@ def _expert_frames(task: str, expert_data: Optional[str], size: int, action_repe
         if failed:  # `--episode-steps 10` cut the experts mid-task: their last frames were taken as the goal
             import warnings
 
+            # more steps help only below the task's limit: at it, the expert fails the scene whatever it is given
+            more = ("give more --episode-steps, or " if env.max_steps < env.max_env_steps // env.action_repeat
+                    else "")
             warnings.warn(f"{failed} of {episodes} scripted expert episodes of {task} did not succeed within "
                           f"{env.max_steps} agent steps: the reward's expert statistics (and goal frames) come from "
-                          "unfinished demonstrations; give more --episode-steps, or --expert-data of finished ones",
-                          stacklevel=2)
+                          f"unfinished demonstrations; {more}pass --expert-data of finished ones", stacklevel=2)
     return out
 
 

@@ -120,6 +120,8 @@ def test_import_label_blanks_are_stripped_so_tasks_selects_it(tmp_path):
     # --pretrained was first read after every episode had been collected
     (["--pretrained", "no-such-model"], "--pretrained 'no-such-model': model folder 'no-such-model' does not exist"),
     (["--pretrained", "metaworld-64", "--size", "48"], "takes 64x64 frames, but --size is 48: use --size 64"),
+    # the collection workers' environments cut the episodes at the limit without a word
+    (["--train-tasks", "reach", "--max-steps", "300"], "--max-steps 300 is longer than reach-v3 allows: 250 agent"),
 ])
 def test_quality_benchmark_checks_task_options_before_collecting(tmp_path, capsys, argv, message):
     mod = load_script("benchmarks/bench_diffusion_reward_quality.py")
@@ -139,7 +141,9 @@ def test_quality_benchmark_canonicalises_task_spellings():
                               workers=1, threads=1, pretrained="metaworld-64")
     mod.check_args(argparse.ArgumentParser(), args)
     assert (args.train_tasks, args.heldout_tasks) == (["door-open-v3", "reach-v3"], ["lever-pull-v3"])
-    assert os.path.isfile(os.path.join(args.pretrained, "manifest.json"))  # the shipped name, as --model takes it
+    # the shipped name, as --model takes it; the report names it as given, not as this machine's path
+    assert os.path.isfile(os.path.join(args.pretrained_folder, "manifest.json"))
+    assert args.pretrained == "metaworld-64"
 
 
 @pytest.mark.parametrize("command", ["eval-rl", "eval-expert"])
@@ -202,3 +206,123 @@ def test_score_tasks_select_across_episode_folders(tmp_path, capsys, layout):
     assert "plate-slide-v3_expert_0" in out and "reach-v3" not in out and "pick cup" not in out
     assert main(["score", *inputs, "--tasks", "nope-v9", "--no-progress"]) == 2
     assert "nope-v9" in one_line_error(capsys)
+
+
+def train_codec_argv(data, out):
+    return ["train-codec", "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "2", "--set",
+            "channels=8,8", "--set", "num_codes=8", "--no-progress"]
+
+
+@pytest.mark.parametrize("tasks", [[], ["--tasks", "reach-v3"]])
+def test_data_folder_that_policies_leave_empty_is_refused_not_dropped(tmp_path, capsys, tasks):
+    # `--data data/mw,data/noisy` (noisy collected with --policy noisy; default --policies expert,demo) trained
+    # on data/mw alone without a word; only a folder holding none of the --tasks labels may add nothing
+    write_folder(tmp_path / "mw", ["reach-v3"])
+    write_folder(tmp_path / "noisy", ["reach-v3"], policy="noisy")
+    rc = main(train_codec_argv(f"{tmp_path / 'mw'},{tmp_path / 'noisy'}", tmp_path / "run") + tasks)
+    line = one_line_error(capsys)
+    assert rc == 2 and f"no episodes in {tmp_path / 'noisy'} match" in line and "--policies all" in line
+    assert not os.path.exists(tmp_path / "run" / "model")
+
+
+def test_score_input_that_policies_leave_empty_is_refused_not_dropped(tmp_path):
+    from mmreward.robotics.data.inputs import find_episodes
+
+    from mmreward.core.data import DataError
+
+    write_folder(tmp_path / "mw", ["reach-v3"])
+    write_folder(tmp_path / "noisy", ["reach-v3"], policy="noisy")
+    with pytest.raises(DataError, match=f"no episodes in {tmp_path / 'noisy'} match"):
+        find_episodes([str(tmp_path / "mw"), str(tmp_path / "noisy")], policies=["expert"])
+    # a folder with none of the --tasks labels still adds nothing
+    write_folder(tmp_path / "mine", ["pick cup"], policy="demo")
+    found = find_episodes([str(tmp_path / "mw"), str(tmp_path / "mine")], tasks=["reach-v3"], policies=["expert"])
+    assert [s.meta["task"] for s in found] == ["reach-v3"]
+
+
+@needs_metaworld
+def test_task_label_selects_its_spelling_and_its_canonical_id(tmp_path):
+    # PickPlace episodes imported as typed, then pick-place-v3 ones since CamelCase resolves: --tasks PickPlace
+    # selected the old ones alone
+    from mmreward.robotics.data.episodes import load_episode_folder
+
+    write_folder(tmp_path, ["PickPlace", "pick-place-v3", "reach-v3"])
+    assert sorted(e["task"] for e, _ in load_episode_folder(str(tmp_path), tasks=["PickPlace"])) == [
+        "PickPlace", "pick-place-v3"]
+
+
+def test_match_tasks_resolves_only_when_a_stored_task_id_could_be_meant(monkeypatch):
+    # resolve_task imports metaworld / gymnasium (seconds) and sets MUJOCO_GL: free-form labels never need it
+    from mmreward.robotics import envs
+    from mmreward.robotics.data.episodes import match_tasks
+
+    calls = []
+    monkeypatch.setattr(envs, "resolve_task", lambda t: calls.append(t) or "door-open-v3")
+    assert match_tasks(["pick up"], {"pick cup", "stack"}) == set()
+    assert match_tasks(["reach-v3"], {"reach-v3"}) == {"reach-v3"}
+    assert calls == []
+    assert match_tasks(["DoorOpen"], {"door-open-v3", "pick cup"}) == {"door-open-v3"} and calls == ["DoorOpen"]
+
+
+def test_misspelt_task_label_is_refused_before_frames_are_loaded(tmp_path, capsys, monkeypatch):
+    # the label check ran after every selected episode had been read
+    from mmreward.robotics.data import episodes
+
+    loaded = []
+    real = episodes.load_episode
+    monkeypatch.setattr(episodes, "load_episode", lambda path: loaded.append(path) or real(path))
+    write_folder(tmp_path, ["reach-v3", "pick cup"])
+    rc = main(train_codec_argv(str(tmp_path), tmp_path / "run") + ["--tasks", "reach-v3,pick cop"])
+    assert rc == 2 and "--tasks 'pick cop' selects no episodes" in one_line_error(capsys)
+    assert loaded == []
+
+
+def test_score_names_inputs_scored_unfiltered(tmp_path, capsys):
+    # a loose .npz next to episode folders is scored whole whatever --tasks says: now said
+    write_folder(tmp_path / "data" / "mw", ["plate-slide-v3", "reach-v3"], steps=2)
+    np.savez(tmp_path / "data" / "clip.npz", frames=np.zeros((3, 16, 16, 3), np.uint8))
+    assert main(["score", str(tmp_path / "data"), "--tasks", "reach-v3", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "clip" in out and "plate-slide-v3" not in out
+    assert "--tasks: 1 of 2 inputs are not in an episode folder" in err and "scored whole, unfiltered" in err
+    assert main(["score", str(tmp_path / "data" / "mw"), "--tasks", "reach-v3", "--no-progress"]) == 0
+    assert "unfiltered" not in capsys.readouterr().err
+
+
+@needs_metaworld
+def test_collect_checks_every_task_limit_before_collecting(tmp_path):
+    # --max-steps past adroit-door's 200-step limit was refused after reach-v3's episodes had been written
+    from mmreward.robotics.collect import collect_episodes
+
+    pytest.importorskip("gymnasium_robotics")
+    with pytest.raises(ValueError, match=r"--max-steps 300 is longer than adroit-door allows: 200 agent steps"):
+        collect_episodes(["reach-v3", "adroit-door"], str(tmp_path / "out"), episodes=1, policy="random", size=16,
+                         action_repeat=1, max_steps=300, progress=False)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("steps, advice", [(3, True), (250, False)])
+def test_expert_warning_advises_more_steps_only_below_the_limit(monkeypatch, steps, advice):
+    # at the task's limit more --episode-steps cannot be given: the warning said to anyway
+    from mmreward.robotics import collect, envs
+    from mmreward.robotics.rl.rewards import _expert_frames
+
+    class Env:
+        has_expert, max_env_steps, action_repeat = True, 500, 2
+
+        def __init__(self, max_steps):
+            self.max_steps = 250 if max_steps is None else max_steps
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    failed = Episode(frames=np.zeros((2, 16, 16, 3), np.uint8), actions=np.zeros((1, 4), np.float32),
+                     rewards=np.zeros(1, np.float32), success=np.zeros(1, bool))
+    monkeypatch.setattr(envs, "make_env", lambda task, max_steps=None, **kw: Env(max_steps))
+    monkeypatch.setattr(collect, "run_episode", lambda env, **kw: failed)
+    with pytest.warns(UserWarning, match="did not succeed") as record:
+        _expert_frames("soccer-v3", None, size=16, action_repeat=2, episodes=1, max_steps=steps)
+    assert ("give more --episode-steps" in str(record[0].message)) == advice
