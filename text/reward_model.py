@@ -202,6 +202,9 @@ class RewardModel(RewardScorer, nn.Module):
         drop_unused_pooler(backbone)  # a BertModel(cfg) given as it is: its folder must load as it scores
         bc = getattr(backbone, "config", None)
         hidden = getattr(bc, "hidden_size", None) or getattr(bc, "d_model", None) or getattr(bc, "n_embd", None)
+        # OPT projects its last hidden states to word_embed_proj_dim (opt-350m: 1024 -> 512, TRL's classic RM
+        # backbone): a head of hidden_size failed at the first forward ("mat1 and mat2 shapes cannot be multiplied")
+        hidden = getattr(bc, "word_embed_proj_dim", None) or hidden
         if not isinstance(hidden, int):
             raise ValueError(f"cannot find the hidden size of backbone {type(backbone).__name__} "
                              "(config.hidden_size / d_model / n_embd)")

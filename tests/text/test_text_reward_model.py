@@ -212,3 +212,19 @@ def test_inputs_the_backbone_cannot_read_name_the_input(tmp_path, capsys):
                               "--max-length", max_length, "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_backbone_that_projects_its_output_gets_a_head_of_that_width():
+    """OPT projects its last hidden states to word_embed_proj_dim (facebook/opt-350m: 1024 -> 512): the head was
+    built from hidden_size and the first forward failed ("mat1 and mat2 shapes cannot be multiplied")."""
+    from transformers import OPTConfig
+
+    from text_rm_fixtures import vocab_size
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=vocab_size(), hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=1,
+                       num_attention_heads=4, max_position_embeddings=64)
+    rm = RewardModel.from_backbone(config, tokenizer=word_tokenizer(chat_template=CHATML)).eval()
+    assert rm.head.in_features == 16
+    scores = rm.score([TextPair("q", "good"), TextPair("q", "bad")])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
