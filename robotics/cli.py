@@ -774,10 +774,11 @@ def _add_training(p: argparse.ArgumentParser, train_config: type) -> None:
 
 
 def _add_reward_options(p: argparse.ArgumentParser) -> None:
-    from .reward.diffusion_reward import DiffusionRewardConfig
+    from .reward.diffusion_reward import REWARD_TYPES, DiffusionRewardConfig
 
     g = p.add_argument_group("reward model (DiffusionRewardConfig; its chain-noise seed is --seed)")
-    add_config_options(g, DiffusionRewardConfig, skip=("batch_size", "seed"))
+    # choices: --help lists them and a misspelt one is refused naming the flag (the config named its field)
+    add_config_options(g, DiffusionRewardConfig, skip=("batch_size", "seed"), choices={"reward_type": REWARD_TYPES})
     g.add_argument("--reward-batch-size", type=int, default=DiffusionRewardConfig.batch_size,
                    help=f"windows per video-model batch when the saved model scores "
                         f"(default: {DiffusionRewardConfig.batch_size})")
@@ -885,6 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .envs.base import FLIPS
     from .rl.drqv2 import DrQV2Config
     from .rl.expert import ExpertConfig
+    from .rl.rewards import REWARD_SOURCES
     from .rl.sac import SACConfig
     from .rl.workspace import RLConfig
 
@@ -924,7 +926,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "A run whose --out holds a snapshot continues from it (--no-resume: refuse instead; "
                                    "--overwrite: start again).")
     run = p.add_argument_group("run (RLConfig)")
-    add_config_options(run, RLConfig, skip=("checkpoint", "reward_clip"))
+    add_config_options(run, RLConfig, skip=("checkpoint", "reward_clip"),
+                       choices={"reward": REWARD_SOURCES})
     # the same flags as the other commands for the reward model and its clip (old spellings still accepted)
     run.add_argument("--model", dest="checkpoint", default=None, metavar="MODEL",
                      help="Diffusion Reward folder or shipped name (default: the shipped metaworld-64)")

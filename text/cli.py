@@ -25,7 +25,7 @@ from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_o
 
 from .data import INPUT_FORMATS, TRUNCATIONS
 from .reward_model import POOLINGS, RewardModelConfig
-from .train import RewardTrainConfig
+from .train import LOSSES, RewardTrainConfig
 
 _NEW_HEAD = ("pooling", "input_format", "truncation", "prompt_share")
 
@@ -53,7 +53,7 @@ def _train_parser() -> CLIParser:
                       "template, pair for encoders, else joined)")
     head.add_argument("--truncation", choices=TRUNCATIONS, help=_help("truncation") + " (default: prompt_first)")
     head.add_argument("--prompt-share", type=float, help=_help("prompt_share") + " (default: 0.25)")
-    add_config_options(p, RewardTrainConfig)
+    add_config_options(p, RewardTrainConfig, choices={"loss": LOSSES})  # --help lists them; a typo names --loss
     return p
 
 
