@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,14 @@ def merge(config: MergeConfig):
     """Average ``config.members`` (WARM) and save the result to ``config.out``; returns the model."""
     from .warm import warm_average
 
+    # a string's characters were taken for the members ("the model folder / is named twice"), and a string
+    # check_init ("no") was truthy: the check ran; True for max_init_distance read as a limit of 1
+    if isinstance(config.members, (str, bytes, os.PathLike)) or not isinstance(config.members, (list, tuple)):
+        raise TypeError(f"MergeConfig.members must be a list of model folders, got {config.members!r}")
+    if not isinstance(config.check_init, bool):
+        raise TypeError(f"MergeConfig.check_init must be True or False, got {config.check_init!r}")
+    if isinstance(config.max_init_distance, bool) or not isinstance(config.max_init_distance, numbers.Real):
+        raise TypeError(f"MergeConfig.max_init_distance must be a number, got {config.max_init_distance!r}")
     if len(config.members) < 2:
         raise ValueError(f"merge needs at least 2 model folders, got {len(config.members)}")
     if not config.out:

@@ -64,6 +64,13 @@ class RaftConfig:
                                               or not 0.0 < self.top_fraction <= 1.0):
             raise ValueError(f"RaftConfig.top_fraction must be a number in (0, 1] or None (1/samples_per_prompt), "
                              f"got {self.top_fraction!r}")
+        if self.top_fraction is not None and self.selection != "top_fraction":  # silently unused otherwise
+            raise ValueError(f"RaftConfig.top_fraction applies to selection='top_fraction' only, not "
+                             f"{self.selection!r}: set selection='top_fraction' or leave top_fraction out")
+        # overwrite="no" (a string) was truthy: the earlier run's folders were removed
+        for name in ("tensorboard", "progress", "keep_snapshots", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RaftConfig.{name} must be True or False, got {getattr(self, name)!r}")
         # checked here: a bad value would otherwise fail only at the first generate() / fine-tuning, after the
         # samples were drawn and scored and raft.csv was started (the folder then refuses the corrected run)
         for name, low, high in (("temperature", 0.0, math.inf), ("top_p", 0.0, 1.0), ("lr", 0.0, math.inf)):

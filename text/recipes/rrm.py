@@ -39,6 +39,12 @@ class RRMConfig:
     filter_threshold: Optional[float] = field(default=None, metadata={"help": "drop augmented rows the RM already gets right by this margin (None: keep all)"})
 
     def __post_init__(self) -> None:
+        # random.Random takes any hashable: seed="0" or 1.5 drew other examples than seed 0 / 1, without a word
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise TypeError(f"RRMConfig.seed must be an integer, got {self.seed!r}")
+        for name in ("include_original", "triplets", "ties"):  # "False" (a string) was on
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RRMConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.filter_threshold is not None:
             self.filter_threshold = _threshold(self.filter_threshold, "RRMConfig.filter_threshold")
 
@@ -160,6 +166,9 @@ def rrm_dataset(pairs: Sequence[dict], config: Optional[RRMConfig] = None, score
         if scorer is None:
             raise ValueError("rrm_dataset: filter_threshold is set but no scorer (current RM) was given")
         rows = filter_augmented(rows, scorer, cfg.filter_threshold)
+    elif scorer is not None:  # the RM was given to filter with, and every augmented row was kept without a word
+        raise ValueError("rrm_dataset: a scorer was given but RRMConfig.filter_threshold is None (no filter): set "
+                         "filter_threshold to filter with it, or leave the scorer out")
     return rows
 
 

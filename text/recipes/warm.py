@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 from typing import Any, Optional, Sequence
@@ -83,11 +84,37 @@ def _tokenizer_identity(tokenizer: Any) -> tuple:
     return vocab, getattr(tokenizer, "chat_template", None)
 
 
+# Backbone config keys that do not change what a trained model computes at inference: the run's provenance,
+# output switches, initialisation and dropout (WARM's members may be fine-tuned with different dropout).
+_BACKBONE_IGNORED = ("_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype", "use_cache",
+                     "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
+                     "problem_type", "initializer_range", "_attn_implementation", "_attn_implementation_autoset",
+                     "auto_map")
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_same_backbone(mine: Any, theirs: Any, name: str, ref_name: str) -> None:
+    """The same backbone settings: shape-neutral ones (``hidden_act`` gelu vs relu, ``layer_norm_eps``,
+    ``rope_theta``, ...) pass the key / shape check, and the merged model would compute with member 0's."""
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return
+    for k in ["model_type"] + sorted(set(mine) | set(theirs)):  # another model type: named as such, first
+        if k in _BACKBONE_IGNORED or "dropout" in k:
+            continue
+        if _as_json(mine.get(k)) != _as_json(theirs.get(k)):  # a tuple in memory is a list once saved
+            raise WARMInitError(f"{name}'s backbone has {k}={mine.get(k)!r} but {ref_name}'s {k}={theirs.get(k)!r}: "
+                                f"not the same architecture (the merged model would compute as {ref_name} does)")
+
+
 def check_same_inputs(models: Sequence[nn.Module], names: Optional[Sequence[str]] = None) -> None:
-    """Every member reads its inputs as member 0 does: equal config settings (all but the backbone's
-    transformers config, whose mismatches the key / shape check catches) and the same tokenizer.
+    """Every member reads its inputs as member 0 does: equal config settings (the backbone's transformers
+    config too, but for keys that do not change its outputs) and the same tokenizer.
     Same-shaped weights do not show this: two tokenizers of one size, or another ``max_length`` /
-    ``pooling``, average without error into a model that reads inputs as member 0 only. Raises
+    ``pooling`` (or backbone setting such as ``hidden_act``: dropout and provenance keys aside), average
+    without error into a model that reads inputs as member 0 only. Raises
     WARMInitError naming the setting and both values."""
     names = list(names) if names is not None else [f"member {i}" for i in range(len(models))]
     ref = models[0]
@@ -95,6 +122,8 @@ def check_same_inputs(models: Sequence[nn.Module], names: Optional[Sequence[str]
     for name, m in zip(names[1:], models[1:]):
         config = getattr(m, "config", None)
         if dataclasses.is_dataclass(ref_config) and dataclasses.is_dataclass(config):
+            _check_same_backbone(getattr(config, "backbone", None), getattr(ref_config, "backbone", None), name,
+                                 names[0])
             for f in dataclasses.fields(ref_config):
                 if f.name == "backbone":
                     continue
