@@ -420,6 +420,13 @@ class RewardModel(RewardScorer, nn.Module):
         layout, else ``joined``; ``max_length`` the tokenizer's / backbone's limit."""
         from transformers import PretrainedConfig
 
+        if from_pretrained_kw and not isinstance(backbone, (str, os.PathLike)):
+            # they go to from_pretrained, which only a backbone path runs: `pooler_act="tanh"` beside a config was
+            # dropped without a word (the model had no pooler)
+            raise TypeError(f"from_backbone: {', '.join(f'{k}=' for k in from_pretrained_kw)} would be ignored: extra "
+                            "keywords are from_pretrained options of a backbone path, and the backbone here is a "
+                            f"{type(backbone).__name__} (the reward model's own options: pooling, max_length, "
+                            "input_format, truncation, prompt_share)")
         if isinstance(backbone, (str, os.PathLike)):
             path = _backbone_path(os.fspath(backbone))
             model = _pretrained_backbone(path, **from_pretrained_kw)

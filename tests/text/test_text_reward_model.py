@@ -228,3 +228,10 @@ def test_a_backbone_that_projects_its_output_gets_a_head_of_that_width():
     assert rm.head.in_features == 16
     scores = rm.score([TextPair("q", "good"), TextPair("q", "bad")])
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_from_backbone_refuses_keywords_it_would_ignore():
+    """`from_backbone(BertConfig(...), tok, pooler_act="tanh")` dropped pooler_act without a word (extra keywords
+    are from_pretrained options, which only a backbone path uses): the model had no pooler."""
+    with pytest.raises(TypeError, match=r"from_backbone: pooler_act= would be ignored.*backbone here is a BertConfig"):
+        RewardModel.from_backbone(bert_config(), tokenizer=word_tokenizer(), pooler_act="tanh")
