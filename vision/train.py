@@ -90,6 +90,7 @@ class RankedExample:
     prompt: str
     images: Any  # uint8 [K, H, W, 3] array, list of paths, or float [K, 3, H, W]
     ranks: np.ndarray  # (K,)
+    where: str = field(default="", compare=False)  # "data.jsonl: row 3" (a set read from a file): a bad image names it
 
 
 RANKED_LAYOUTS = (
@@ -229,6 +230,12 @@ def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExamp
         if not isinstance(prompt, str) or not prompt.strip():
             raise DataError(f"{where}: field 'prompt' must be a non-empty string, got {describe(prompt)}")
         images = [image_ref(p) for p in images] if isinstance(images, list) else images
+        if isinstance(images, str) and images.lstrip().startswith("[") and \
+                path.lower().removesuffix(".gz").endswith((".csv", ".tsv")):
+            # a CSV cell is text: a list written into it is a string, never a list of paths
+            raise DataError(f"{where}: field 'images' is the text {describe(images)}: a CSV cell holds no list; "
+                            "write the ranked sets as JSON / JSONL / parquet, or as one row per image "
+                            "(prompt_id, prompt, image, rank: the ImageRewardDB layout), which a CSV file holds")
         if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) and p for p in images):
             raise DataError(f"{where}: field 'images' must be a list of >= 2 paths (or data: URIs / image "
                             f"bytes), got {describe(images)}")
@@ -237,10 +244,17 @@ def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExamp
             raise DataError(f"{where}: field 'ranks' must be {len(images)} integers >= 0 (one per image), "
                             f"got {describe(ranks)}")
         paths = [_resolve_image(p, base) for p in images]
-        missing = [p for p in paths if not p.startswith("data:") and not os.path.isfile(p)]
+        missing = [j for j, p in enumerate(paths) if not p.startswith("data:") and not os.path.isfile(p)]
         if missing:
-            raise DataError(f"{where}: image file {missing[0]!r} does not exist")
-        out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64)))
+            p = paths[missing[0]]
+            what = "is a folder, not an image file" if os.path.isdir(p) else "does not exist"
+            given = local_path(images[missing[0]])
+            if not os.path.isdir(p) and not os.path.isabs(given) and os.path.isfile(given):
+                # a path written relative to the working folder (where the command ran), not to the data file
+                what += (f" (image paths are read relative to the data file's folder {base}; {given!r} exists in the "
+                         "working folder: write the paths relative to the data file, or absolute)")
+            raise DataError(f"{where}: field 'images': image {missing[0]}: image file {p!r} {what}")
+        out.append(RankedExample(prompt, paths, np.asarray(ranks, np.int64), where))
     if unlabelled:
         warnings.warn(f"{path}: {unlabelled} Pick-a-Pic row(s) with has_label false (no preference) left out",
                       stacklevel=2)
@@ -256,6 +270,8 @@ def _resolve_image(p: str, base: str) -> str:
     if p[:5].lower() == "data:":
         return p
     p = local_path(p)
+    if p.startswith("~") and not os.path.exists(os.path.join(base, p)):
+        return os.path.expanduser(p)  # "~/pics/a.png": the home folder's, as an image given to score is read
     return p if os.path.isabs(p) else os.path.join(base, p)
 
 
@@ -326,6 +342,28 @@ def warn_self_pairs(examples: Sequence[RankedExample], what: str, stacklevel: in
                       stacklevel=stacklevel)
 
 
+def _set_key(e: RankedExample) -> Optional[tuple]:
+    if not (isinstance(e.images, (list, tuple)) and all(isinstance(p, str) for p in e.images)):
+        return None  # images in memory (the synthetic sets): not compared
+    import hashlib
+
+    # a data: URI (an image of a parquet file) by its digest: too large to keep twice
+    return e.prompt, tuple(sorted(hashlib.sha1(p.encode()).hexdigest() if p.startswith("data:") else os.path.realpath(p)
+                                  for p in e.images))
+
+
+def warn_shared_sets(train: Sequence[RankedExample], held: Sequence[RankedExample], what: str) -> None:
+    """One warning when held-out sets are also training sets (the same prompt and image files, e.g. the
+    training file given again as --eval-data): the held-out accuracy would then measure memorisation."""
+    seen = {k for k in map(_set_key, train) if k is not None}
+    shared = [e for e in held if _set_key(e) in seen]
+    if shared:
+        first = shared[0].where or f"prompt {shared[0].prompt!r}"
+        warnings.warn(f"held-out data {what}: {len(shared)} of its {len(held)} ranked sets are also training sets "
+                      f"(the same prompt and images; first: {first}): the held-out accuracy counts them "
+                      "as unseen, so it overstates how the scorer generalises", stacklevel=3)
+
+
 def synthetic_examples(n: int, set_size: int, image_size: int, seed: int) -> list[RankedExample]:
     return [RankedExample(s.prompt, s.images, s.ranks) for s in synthetic.ranked_sets(n, set_size, image_size, seed)]
 
@@ -344,7 +382,9 @@ def make_collate(model: ImageRewardModel):
             try:
                 pv = preprocess(as_image_list(e.images), c.image_size, c.image_mean, c.image_std)  # (k_b, 3, S, S)
             except ImageLoadError as err:
-                where = f"ranked set {start + b}" if start is not None else f"ranked set with prompt {e.prompt!r}"
+                # a set read from a file is named by its file and row (the Trainer's batches carry no index)
+                where = f"{e.where}: field 'images'" if e.where else \
+                    f"ranked set {start + b}" if start is not None else f"ranked set with prompt {e.prompt!r}"
                 raise ImageLoadError(f"{where}: {err}") from err
             pixels.append(torch.cat([pv, pv.new_zeros(k - len(pv), *pv.shape[1:])]))
             ranks[b, : len(e.ranks)] = torch.as_tensor(e.ranks)
@@ -510,6 +550,7 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
     if cfg.eval_data:  # the given held-out sets, with synthetic training data too (not silently the synthetic ones)
         held = read_ranked_sets(cfg.eval_data, cfg.eval_split)
         require_ranked_pair(held, f"held-out data {cfg.eval_data}")
+        warn_shared_sets(train, held, cfg.eval_data)
     else:
         held = synthetic_examples(cfg.n_eval, cfg.set_size, cfg.image_size, cfg.data_seed + 1) \
             if cfg.data == "synthetic" else []

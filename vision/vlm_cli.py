@@ -110,9 +110,13 @@ def _train(argv: Sequence[str], kind: str) -> int:
 
         check_output_folder(tcfg.output_dir, "--out", [("--backbone", user_path(ns.backbone))])
     synthetic = ns.data == "synthetic"
-    rows = as_examples(_synthetic(kind, ns.n_train, tcfg.seed) if synthetic else read_rows(ns.data, ns.split), ns.data)
+    raw = _synthetic(kind, ns.n_train, tcfg.seed) if synthetic else read_rows(ns.data, ns.split)
+    rows = as_examples(raw, ns.data)
     if ns.eval_data:
-        eval_rows = as_examples(read_rows(ns.eval_data, ns.eval_split), ns.eval_data)
+        raw_eval = read_rows(ns.eval_data, ns.eval_split)
+        eval_rows = as_examples(raw_eval, ns.eval_data)
+        if not synthetic:
+            _warn_shared_rows(raw, raw_eval, ns.eval_data)
     else:
         eval_rows = as_examples(_synthetic(kind, 64, tcfg.seed + 1), "synthetic eval rows") if synthetic else None
     backbone, processor = _backbone(ns.backbone)
@@ -134,6 +138,44 @@ def _train(argv: Sequence[str], kind: str) -> int:
     print_training_summary(history, before if before is not None or not eval_rows else {},
                            os.path.join(tcfg.output_dir, "model"))
     return 0
+
+
+def _warn_shared_rows(train: list, held: list, what: str) -> None:
+    """One warning when held-out rows are also training rows (the same fields, image paths resolved against
+    their files: e.g. the training file given again as --eval-data): the held-out figures would then measure
+    memorisation, not how the model generalises."""
+    import hashlib
+
+    from mmreward.core.data import MEDIA_PATH_FIELDS
+
+    def key(row: Any) -> str:
+        if isinstance(row, dict):  # "held/../red.png" and "red.png" beside the training file are one image
+            row = {k: ([_real(x) for x in v] if isinstance(v, list) else _real(v)) if k in MEDIA_PATH_FIELDS else v
+                   for k, v in row.items()}
+        # a digest: rows of a parquet file hold their images as data: URIs, too large to keep twice
+        try:
+            text = json.dumps(row, sort_keys=True, default=_plain)
+        except (TypeError, ValueError):  # keys of mixed types (rows built in Python): compared as written
+            text = repr(row)
+        return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
+
+    seen = {key(r) for r in train}
+    shared = [i for i, r in enumerate(held) if key(r) in seen]
+    if shared:
+        import warnings
+
+        warnings.warn(f"--eval-data {what}: {len(shared)} of its {len(held)} rows are also training rows (first: row "
+                      f"{shared[0]}): the held-out figures count them as unseen, so they overstate how the model "
+                      "generalises", stacklevel=3)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy array / scalar as a list / number (its str() elides the middle of a long array), else its str()."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _real(path: Any) -> Any:
+    return os.path.realpath(path) if isinstance(path, str) and os.path.isabs(path) else path
 
 
 def train_vlm_rm_main(argv: Sequence[str]) -> int:

@@ -198,7 +198,8 @@ def check_image_files(images: Any, where: str) -> None:
         if isinstance(im, (str, os.PathLike)):
             path = local_path(os.fspath(im))
             if not path[:5].lower() == "data:" and not os.path.isfile(path):  # a data: URI is read when scored
-                raise DataError(f"{where}: field 'images': image {j}: image file {path!r} does not exist")
+                what = "is a folder, not an image file" if os.path.isdir(path) else "does not exist"
+                raise DataError(f"{where}: field 'images': image {j}: image file {path!r} {what}")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
