@@ -42,30 +42,7 @@ def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
     rows = read_records(path, split=split)  # "~/rows.jsonl" included, its media paths next to it
     if not rows:
         raise DataError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
-    return resolve_media_paths(_home_media_paths(rows, path), path)
-
-
-def _home_media_paths(rows: list, path: str) -> list:
-    """Rows whose media paths starting with ``~`` ("~/pics/a.png") read as the home folder's, as an image
-    given to ``score`` is read (resolve_media_paths would join them to the data file's folder), unless the
-    data file's folder holds such a literal ``~`` path."""
-    from mmreward.core.data import MEDIA_PATH_FIELDS, data_path
-
-    base = data_path(path)
-    base = base if os.path.isdir(base) else os.path.dirname(os.path.abspath(base))
-
-    def home(v: Any) -> Any:
-        if isinstance(v, str) and v.startswith("~") and not os.path.exists(os.path.join(base, v)):
-            return os.path.expanduser(v)
-        return v
-
-    out = []
-    for row in rows:
-        if isinstance(row, dict) and any(k in row for k in MEDIA_PATH_FIELDS):
-            row = {k: ([home(x) for x in v] if isinstance(v, list) else home(v)) if k in MEDIA_PATH_FIELDS else v
-                   for k, v in row.items()}
-        out.append(row)
-    return out
+    return resolve_media_paths(rows, path)
 
 
 def load_scorer(path: str, device: str, reads: type, dtype: Optional[str] = None) -> Any:

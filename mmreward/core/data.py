@@ -605,7 +605,8 @@ def resolve_media_paths(rows: list, data: str) -> list:
     """Copies of ``rows`` whose relative media paths (:data:`MEDIA_PATH_FIELDS`; URLs and ``data:``
     strings left alone) point into the folder of the data file ``data``: rows written next to their
     images score from any working folder, and a same-named file in the working folder is never read
-    instead. Rows of a dataset folder resolve against the folder; of a hub dataset id, they stay as they are.
+    instead; ``~/…`` paths are the home folder's (unless the data file's folder holds that literal path). Rows
+    of a dataset folder resolve against the folder; of a hub dataset id, they stay as they are.
     Rows that are not objects pass through (their reader reports them)."""
     path = data_path(data)  # "~/rows.jsonl": its images are next to it there
     if os.path.isdir(path):
@@ -619,6 +620,8 @@ def resolve_media_paths(rows: list, data: str) -> list:
         if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value \
                 or value.startswith("data:"):
             return value
+        if value.startswith("~") and not os.path.exists(os.path.join(base, value)):
+            return os.path.expanduser(value)  # "~/pics/a.png": the home folder's, as an image given to score is read
         return os.path.join(base, value)
 
     out = []

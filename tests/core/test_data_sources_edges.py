@@ -191,3 +191,22 @@ def test_a_model_folder_or_training_run_given_as_data_is_named_a_model(tmp_path)
     (tmp_path / "rows").mkdir()  # a folder of data files is still data
     (tmp_path / "rows" / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     assert read_records(str(tmp_path / "rows")) == [{"prompt": "p", "chosen": "a", "rejected": "b"}]
+
+
+def test_media_paths_under_home_in_rows_are_the_home_folders(tmp_path, monkeypatch):
+    """`mmreward score --data d/rows.jsonl` with {"image": "~/pics/a.png"} read d/~/pics/a.png ("does not
+    exist"), although an image given to score as ~/pics/a.png is the home folder's."""
+    from mmreward.core.data import resolve_media_paths
+
+    home = tmp_path / "home"
+    (home / "pics").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    data = tmp_path / "d" / "rows.jsonl"
+    data.parent.mkdir()
+    data.write_text("{}\n")
+    rows = resolve_media_paths([{"image": "~/pics/a.png", "images": ["b.png", "~/pics/c.png"]}], str(data))
+    assert rows[0]["image"] == str(home / "pics" / "a.png")
+    assert rows[0]["images"] == [str(tmp_path / "d" / "b.png"), str(home / "pics" / "c.png")]
+    (tmp_path / "d" / "~").mkdir()  # a literal "~" folder beside the data file wins
+    (tmp_path / "d" / "~" / "x.png").write_bytes(b"")
+    assert resolve_media_paths([{"image": "~/x.png"}], str(data))[0]["image"] == str(tmp_path / "d" / "~" / "x.png")
