@@ -429,8 +429,16 @@ def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str,
                              now_defaults=defaults)
     else:
         diffs = ["no recorded settings"]
-    raise ValueError(f"{source} was written by a run with other settings ({'; '.join(diffs[:6])}): use another "
-                     "output folder, or overwrite=True (--overwrite) to start again there")
+    world = saved.get("world_size") if isinstance(saved, dict) else None
+    if isinstance(world, int) and world != fingerprint.get("world_size"):
+        # a pre-empted job restarted on another number of processes: the data order is sharded by it
+        diffs = [d + (f" (continue it with {world} processes, e.g. torchrun --nproc_per_node {world})" if world > 1
+                      else " (continue it as one process, without torchrun)") if d.startswith("world_size:") else d
+                 for d in diffs]
+    # the first way out is the one a rerun after a pre-emption wants: the saved settings (the same number of processes)
+    raise ValueError(f"{source} was written by a run with other settings ({'; '.join(diffs[:6])}): rerun with the "
+                     "saved values to continue it, use another output folder, or overwrite=True (--overwrite) to "
+                     "start again there")
 
 
 _HELD_LOCKS: dict[str, int] = {}  # real path of a run folder -> the descriptor holding its lock in this process

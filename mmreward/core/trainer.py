@@ -63,6 +63,7 @@ once. The progress bar is drawn only on a terminal; otherwise the console line e
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import numbers
@@ -82,8 +83,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import (DIVERGED, CheckpointError, Snapshots, atomic_write_text, fingerprint_text, start_run,
-                         unlock_run_folder, write_run_config)
+from .checkpoint import (DIVERGED, RUN_CONFIG, CheckpointError, Snapshots, atomic_write_text, fingerprint_text,
+                         start_run, unlock_run_folder, write_run_config)
 from .logging import MetricLogger, plot_curves
 from .model import Pretrained
 from .train import GeneratorState, rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
@@ -95,6 +96,12 @@ _PEER_LOST = re.compile(r"closed by peer|reset by peer|Broken pipe|communicator 
 MODEL_DIR = "model"  # <output_dir>/model: the final model
 # what a run of this trainer leaves in output_dir besides its snapshots and train_config.json
 RUN_FILES = ("metrics.csv", "tb", "curves.png", MODEL_DIR, DIVERGED)
+# settings that change the training of the steps still to come and that a resume accepts changed (with a warning);
+# max_steps (continuing a run further) and the intervals of logs, evaluations and snapshots change no step
+_RESUME_MAY_CHANGE = ("warmup_steps", "min_lr_ratio", "max_grad_norm", "autocast")
+# a write that fails for want of room or permission (a full disk, a quota, a folder made read-only): the run can
+# continue from its newest snapshot once that is fixed
+_NO_ROOM = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG") if hasattr(errno, n)}
 
 
 @dataclass
@@ -318,7 +325,6 @@ class Trainer:
         self.model = model  # the unwrapped module (what is saved / evaluated)
         self.device = next(model.parameters()).device
         self.optimizer = self.scheduler = self.scaler = None
-        self._own_optimizer = False
         if loss_fn is not None:
             self._init_optimizer(optimizer)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast]
@@ -364,7 +370,6 @@ class Trainer:
 
     def _init_optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
         cfg = self.config
-        built = optimizer is None
         if optimizer is None:
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             if not trainable:
@@ -374,7 +379,6 @@ class Trainer:
             groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
             optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
         self.optimizer = optimizer
-        self._own_optimizer = built  # its lr / weight_decay are the config's (checked on resume)
         self.scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=cfg.warmup_steps,
                                                  total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
 
@@ -435,7 +439,25 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if self.dataset is not None:
             state["data_size"] = len(self.dataset)  # the data order depends on it: checked on resume
-        return self.snapshots.save(self.step, state)
+        try:
+            return self.snapshots.save(self.step, state)
+        except OSError as e:
+            if e.errno not in _NO_ROOM:
+                raise
+            # a full disk or a folder made read-only mid-run: the bare "[Errno 28] No space left on device" names
+            # neither the step nor the snapshot a rerun continues from (the swap leaves the previous one intact)
+            raise self._write_error(e, f"writing the snapshot of step {self.step} ({path})") from e
+
+    def _write_error(self, e: OSError, what: str) -> OSError:
+        """``e`` (same type and errno) saying what failed and which snapshot a rerun continues from."""
+        found = self._newest_snapshot()
+        kept = (f"the newest snapshot is {found[1]} (step {found[0]})" if found else "no snapshot was written yet")
+        message = (f"{what} failed: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}; {kept}: free space in "
+                   f"{self.config.output_dir} or make it writable, then rerun the same command to continue from there")
+        try:
+            return type(e)(e.errno, message) if e.errno is not None else type(e)(message)
+        except TypeError:  # a subclass with another signature
+            return OSError(e.errno, message)
 
     def _check_resume_settings(self, state: dict, where: str) -> None:
         """Settings a snapshot carries outside the fingerprint: the number of training examples (another
@@ -448,7 +470,8 @@ class Trainer:
                              "it continues): use the same data to resume, another output folder, or overwrite=True "
                              "(--overwrite) to start again there")
         saved = state.get("optimizer")
-        if not (self._own_optimizer and isinstance(saved, dict) and isinstance(saved.get("param_groups"), list)):
+        # a caller's optimizer too: its lr / weight_decay are the caller's, and the saved ones would replace them
+        if not (self.optimizer is not None and isinstance(saved, dict) and isinstance(saved.get("param_groups"), list)):
             return
         groups = self.optimizer.param_groups
         if len(saved["param_groups"]) != len(groups):
@@ -547,6 +570,8 @@ class Trainer:
                              "output folder, or overwrite=True (--overwrite) to start again there")
         if state is not None:
             self._restore(state)
+            if self.is_main and not again and self.loss_fn is not None:  # a step_fn's settings are its own
+                self._warn_changed_settings()
         elif again:
             raise RuntimeError(f"fit() already ran on this Trainer (to step {self.step}) but {cfg.output_dir} holds "
                                "no snapshot to continue from, and its model and optimizer are no longer those of "
@@ -554,6 +579,24 @@ class Trainer:
         elif self.reseed:
             seed_everything(cfg.seed)
         return state is not None
+
+    def _warn_changed_settings(self) -> None:
+        """Warn when a resumed run goes on with other values of the optimisation settings a resume accepts (they
+        are not in the fingerprint: a run may be continued with them changed), compared with the run's
+        ``train_config.json`` of its last start (which this start rewrites): the change is then said, not silent."""
+        try:
+            with open(os.path.join(self.config.output_dir, RUN_CONFIG), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return
+        if not isinstance(record, dict):
+            return
+        changed = [f"{name}: was {record[name]!r}, now {getattr(self.config, name)!r}" for name in _RESUME_MAY_CHANGE
+                   if name in record and record[name] != getattr(self.config, name)]
+        if changed:
+            warnings.warn(f"{self.config.output_dir}: the run resumes at step {self.step} with other settings than it "
+                          f"last ran with ({'; '.join(changed)}): they apply from step {self.step + 1} on (give the "
+                          "old values to continue the run unchanged)", stacklevel=4)
 
     # -------------------------------------------------------------- loop
     def _autocast(self):
@@ -729,7 +772,12 @@ class Trainer:
                     row.update(self._evaluate())
                 self.history.append(row)
                 if logger is not None:
-                    logger.log(**row)
+                    try:
+                        logger.log(**row)
+                    except OSError as e:  # a full disk: say which step and where a rerun continues
+                        if e.errno not in _NO_ROOM:
+                            raise
+                        raise self._write_error(e, f"writing step {self.step}'s row of {logger.path}") from e
                 if bar is not None:
                     bar.update(1)
                     if cfg.log_every and (self.step % cfg.log_every == 0 or final):
@@ -904,10 +952,15 @@ class Trainer:
         return os.path.join(self.config.output_dir, MODEL_DIR)
 
     def _save_final_model(self) -> None:
-        if self.save_model is not None:
-            self.save_model(self.model_dir)
-        elif isinstance(self.model, Pretrained):
-            self.model.save_pretrained(self.model_dir)
+        try:
+            if self.save_model is not None:
+                self.save_model(self.model_dir)
+            elif isinstance(self.model, Pretrained):
+                self.model.save_pretrained(self.model_dir)
+        except OSError as e:  # the end's snapshot is written: a rerun only writes model/
+            if e.errno not in _NO_ROOM:
+                raise
+            raise self._write_error(e, f"writing the final model ({self.model_dir})") from e
 
     def _plot(self) -> None:
         curves = {}
