@@ -252,6 +252,15 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
                                 "replies and the prompt they answer is read from 'prompt' (or 'question' / 'input'); "
                                 f"rename {stray[0]!r} to 'prompt' (or give whole texts / conversations without it)")
     prompt, chosen, rejected = _with_system(row, index, prompt, chosen, rejected)
+    meta = {k: v for k, v in row.items() if k not in _KNOWN and k != "system"}
+    return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=_number(row, "margin", index),
+                          tie=row_is_tie(row, index), meta=meta)
+
+
+def row_is_tie(row: dict, index: int) -> bool:
+    """Whether a preference row is a tie pair (no preferred response): ``tie: true``, ``target: 0.5`` (RRM's
+    augmented rows; ``target`` 1 is a preference) or ``status: "tie"`` (argilla / distilabel rows whose two
+    responses were rated the same). Other values of ``tie`` / ``target`` are refused naming the row."""
     tie = row.get("tie") or False
     if not isinstance(tie, (bool, int)) or tie not in (0, 1):
         raise DataError(f"row {index}: field 'tie' must be true / false, got {describe(tie)}")
@@ -260,11 +269,7 @@ def pair_from_row(row: Any, index: int) -> PreferencePair:
         if target not in (0.5, 1.0):
             raise DataError(f"row {index}: field 'target' must be 1 (chosen preferred) or 0.5 (tie), got {target}")
         tie = tie or target == 0.5
-    if row.get("status") == "tie":  # argilla/distilabel-intel-orca-dpo-pairs: both responses rated the same
-        tie = True
-    meta = {k: v for k, v in row.items() if k not in _KNOWN and k != "system"}
-    return PreferencePair(chosen=chosen, rejected=rejected, prompt=prompt, margin=_number(row, "margin", index),
-                          tie=bool(tie), meta=meta)
+    return bool(tie) or row.get("status") == "tie"
 
 
 def is_preference_row(row: Any) -> bool:

@@ -348,7 +348,7 @@ def _set_key(e: RankedExample) -> Optional[tuple]:
     import hashlib
 
     # a data: URI (an image of a parquet file) by its digest: too large to keep twice
-    return e.prompt, tuple(sorted(hashlib.sha1(p.encode()).hexdigest() if p.startswith("data:") else os.path.realpath(p)
+    return e.prompt, tuple(sorted(hashlib.sha1(p.encode()).hexdigest() if p.startswith("data:") else os.path.abspath(p)
                                   for p in e.images))
 
 

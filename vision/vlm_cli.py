@@ -175,7 +175,7 @@ def _plain(value: Any) -> Any:
 
 
 def _real(path: Any) -> Any:
-    return os.path.realpath(path) if isinstance(path, str) and os.path.isabs(path) else path
+    return os.path.normpath(path) if isinstance(path, str) and os.path.isabs(path) else path
 
 
 def train_vlm_rm_main(argv: Sequence[str]) -> int:

@@ -75,7 +75,20 @@ def _write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: Option
             seen.add(ptr)
         clean[k] = (v.to("cpu").contiguous().clone() if v.is_cuda or not v.is_contiguous() or v._base is not None
                     or shared else v)
-    save_file(clean, path, metadata=metadata)
+    try:
+        save_file(clean, path, metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError is no OSError and has no errno
+        import re
+
+        # "Error while serializing: I/O error: No space left on device (os error 28)": an OSError with its errno,
+        # so that callers tell a full disk / quota from a bug and say what to do (Trainer._write_error)
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), path) from e
 
 
 def _load_tensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:

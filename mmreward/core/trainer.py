@@ -97,7 +97,8 @@ MODEL_DIR = "model"  # <output_dir>/model: the final model
 # what a run of this trainer leaves in output_dir besides its snapshots and train_config.json
 RUN_FILES = ("metrics.csv", "tb", "curves.png", MODEL_DIR, DIVERGED)
 # settings that change the training of the steps still to come and that a resume accepts changed (with a warning);
-# max_steps (continuing a run further) and the intervals of logs, evaluations and snapshots change no step
+# max_steps is accepted silently (continuing a run further is its point; it reshapes the remaining schedule), and
+# the intervals of logs, evaluations and snapshots change no step
 _RESUME_MAY_CHANGE = ("warmup_steps", "min_lr_ratio", "max_grad_norm", "autocast")
 # a write that fails for want of room or permission (a full disk, a quota, a folder made read-only): the run can
 # continue from its newest snapshot once that is fixed
@@ -432,7 +433,9 @@ class Trainer:
             return path
         state = {"step": self.step, "micro_step": self.micro_step, "model": self.model.state_dict(),
                  "rng": rng_state(), "history": self.history, "fingerprint": fingerprint_text(self._fingerprint()),
-                 "extra": {name: obj.state_dict() for name, obj in self._extra.items()}}
+                 "extra": {name: obj.state_dict() for name, obj in self._extra.items()},
+                 # the settings a resume may change, as the steps up to this snapshot ran with them
+                 "settings": {name: getattr(self.config, name) for name in _RESUME_MAY_CHANGE}}
         if self.optimizer is not None:
             state["optimizer"], state["scheduler"] = self.optimizer.state_dict(), self.scheduler.state_dict()
         if self.scaler is not None:
@@ -571,7 +574,7 @@ class Trainer:
         if state is not None:
             self._restore(state)
             if self.is_main and not again and self.loss_fn is not None:  # a step_fn's settings are its own
-                self._warn_changed_settings()
+                self._warn_changed_settings(state)
         elif again:
             raise RuntimeError(f"fit() already ran on this Trainer (to step {self.step}) but {cfg.output_dir} holds "
                                "no snapshot to continue from, and its model and optimizer are no longer those of "
@@ -580,15 +583,18 @@ class Trainer:
             seed_everything(cfg.seed)
         return state is not None
 
-    def _warn_changed_settings(self) -> None:
+    def _warn_changed_settings(self, state: dict) -> None:
         """Warn when a resumed run goes on with other values of the optimisation settings a resume accepts (they
-        are not in the fingerprint: a run may be continued with them changed), compared with the run's
-        ``train_config.json`` of its last start (which this start rewrites): the change is then said, not silent."""
-        try:
-            with open(os.path.join(self.config.output_dir, RUN_CONFIG), encoding="utf-8") as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            return
+        are not in the fingerprint: a run may be continued with them changed), compared with those the snapshot's
+        steps ran with (snapshots of older versions: the ``train_config.json`` of the run's last start, which a
+        start killed before its first snapshot may have rewritten): the change is then said, not silent."""
+        record = state.get("settings")
+        if not isinstance(record, dict):
+            try:
+                with open(os.path.join(self.config.output_dir, RUN_CONFIG), encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                return
         if not isinstance(record, dict):
             return
         changed = [f"{name}: was {record[name]!r}, now {getattr(self.config, name)!r}" for name in _RESUME_MAY_CHANGE

@@ -80,9 +80,9 @@ def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Te
         with open(path, "rb") as f:
             head = f.read(24)
         # torch's message for a file that is neither of its formats ("… _use_new_zipfile_serialization …") says to
-        # save it again, which misleads: a zip or a legacy torch pickle (b"\x80\x02\x8a\n", the magic number
-        # first) is a torch file whose content is the problem; anything else is not one
-        if not zipped and not head.startswith((b"PK", b"\x80\x02\x8a\n")):
+        # save it again, which misleads: a zip or a legacy torch pickle (a pickle opcode b"\x80" first, the magic
+        # number's protocol) is a torch file whose content is the problem; anything else is not one
+        if not zipped and not head.startswith((b"PK", b"\x80")):
             raise CheckpointError(f"{path} is not a torch.save file (it begins {head!r}): a web page or another file "
                                   "saved under its name? fetch it again") from e
         raise CheckpointError(f"cannot read {path} as a tensors-only torch file: {e}") from e

@@ -341,8 +341,8 @@ def match_tasks(tasks: Iterable[str], have: Iterable[str]) -> set:
         if task in have:
             out.add(task)
         # resolving imports the simulators (seconds, and sets MUJOCO_GL): only when a stored label it could
-        # name is there
-        if any(h != task and _looks_like_task_id(h) for h in have):
+        # name is there, and not for a stored task id (a canonical id resolves to itself)
+        if not (task in have and _looks_like_task_id(task)) and any(h != task and _looks_like_task_id(h) for h in have):
             from ..envs import resolve_task
 
             try:

@@ -204,3 +204,44 @@ def test_a_two_process_run_resumed_on_two_processes_equals_an_uninterrupted_one_
     with pytest.raises(ValueError, match=r"world_size: saved 2, now 1 \(continue it with 2 processes"):
         Trainer(make_model(), cfg(tmp_path / "run", max_steps=6, save_every=2, batch_size=4), make_data(30), collate,
                 mse_loss).fit()
+
+
+def test_a_full_disk_met_by_safetensors_is_named_like_any_other_write(tmp_path, monkeypatch):
+    """On a real full disk the tensors' write fails inside safetensors, whose SafetensorError is no OSError and
+    has no errno ("Error while serializing: I/O error: No space left on device (os error 28)"): the run stopped
+    with it, naming neither the step nor the snapshot to continue from."""
+    import safetensors
+    import safetensors.torch
+
+    real, calls = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:  # the second snapshot's tensors
+            raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device "
+                                              "(os error 28)")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as info:
+        Trainer(make_model(), cfg(out, max_steps=6, save_every=2), make_data(), collate, mse_loss).fit()
+    assert info.value.errno == errno.ENOSPC
+    assert "writing the snapshot of step 4" in str(info.value)
+    assert f"the newest snapshot is {out / 'checkpoint-00000002'} (step 2)" in str(info.value)
+
+
+def test_the_resume_warning_compares_with_the_settings_the_snapshots_steps_ran_with(tmp_path):
+    """A start with other settings killed before its first snapshot rewrote train_config.json: the next resume with
+    the run's own settings warned "was 3, now 0" (and advised changing the run), and one with the killed start's
+    settings said nothing although the snapshot's steps ran with others."""
+    Trainer(make_model(), cfg(tmp_path, max_steps=8), make_data(), collate, mse_loss).fit(stop_at=4)
+    with pytest.warns(UserWarning, match=r"warmup_steps: was 0, now 3"):
+        killed = Trainer(make_model(), cfg(tmp_path, max_steps=8, warmup_steps=3), make_data(), collate, mse_loss)
+        killed.start()  # ... and killed before its first snapshot
+    ck.unlock_run_folder(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(make_model(), cfg(tmp_path, max_steps=8), make_data(), collate, mse_loss).fit(stop_at=5)
+    with pytest.warns(UserWarning, match=r"warmup_steps: was 0, now 3"):
+        Trainer(make_model(), cfg(tmp_path, max_steps=8, warmup_steps=3), make_data(), collate, mse_loss).fit()

@@ -260,6 +260,7 @@ def test_match_tasks_resolves_only_when_a_stored_task_id_could_be_meant(monkeypa
     monkeypatch.setattr(envs, "resolve_task", lambda t: calls.append(t) or "door-open-v3")
     assert match_tasks(["pick up"], {"pick cup", "stack"}) == set()
     assert match_tasks(["reach-v3"], {"reach-v3"}) == {"reach-v3"}
+    assert match_tasks(["reach-v3"], {"reach-v3", "door-open-v3"}) == {"reach-v3"}  # a stored id is itself
     assert calls == []
     assert match_tasks(["DoorOpen"], {"door-open-v3", "pick cup"}) == {"door-open-v3"} and calls == ["DoorOpen"]
 

@@ -73,6 +73,9 @@ def test_rewardbench_tie_rows_are_left_out_not_counted_wrong(tmp_path):
         res = evaluate_rewardbench(length_scorer, str(path))
     assert res["num_pairs"] == 2 and res["accuracy"] == 1.0 and res["tie_rows_left_out"] == 2
     assert res["subsets"] == {"alpacaeval-easy": 1.0, "math-prm": 1.0}
+    assert res["rows_scored"] == [0, 3] and len(res["scores_chosen"]) == 2  # the scores' rows in the caller's list
+    with pytest.raises(ValueError, match=r"row 0: field 'target' must be 1 \(chosen preferred\) or 0.5"):
+        evaluate_rewardbench(length_scorer, [{**rows[0], "target": 0.3}])  # as training refuses it
     with pytest.raises(ValueError, match="all 2 rows are tie rows"):
         evaluate_rewardbench(length_scorer, [rows[1], rows[2]])
     with pytest.raises(ValueError, match="row 0: field 'tie' must be true / false"):
@@ -164,3 +167,23 @@ def test_rrm_dataset_refuses_a_scorer_it_would_not_use():
     assert len(rrm_dataset(pairs, RRMConfig(seed=0))) == 45
     kept = rrm_dataset(pairs, RRMConfig(seed=0, filter_threshold=0.0), scorer=length_scorer)
     assert 3 <= len(kept) < 45
+
+
+def test_warm_merges_one_model_saved_by_another_transformers_version(tmp_path):
+    """A member whose backbone config carries the keys transformers 4.x writes (max_length, num_beams, torchscript,
+    use_bfloat16, ...) was refused ("backbone has max_length=20 but model 0's max_length=None: not the same
+    architecture"): the configs are compared as the loaded models hold them, on the keys both have."""
+    import mmreward
+    from mmreward.text.recipes.warm import warm_average
+
+    a = _tiny_rm(0)
+    for name in ("a", "b"):
+        a.save_pretrained(str(tmp_path / name))
+    path = tmp_path / "b" / "config.json"
+    body = json.loads(path.read_text())
+    body["config"]["backbone"].update(max_length=20, num_beams=1, torchscript=False, use_bfloat16=False,
+                                      pruned_heads={}, tie_encoder_decoder=False)
+    path.write_text(json.dumps(body))
+    os.remove(tmp_path / "b" / "manifest.json")  # the file was edited on purpose
+    merged = warm_average([mmreward.load(tmp_path / "a"), mmreward.load(tmp_path / "b")])
+    torch.testing.assert_close(merged.score([("q", "good")]), a.score([("q", "good")]))

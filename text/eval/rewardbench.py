@@ -245,16 +245,6 @@ def _unsectioned(subsets: Sequence[str]) -> list[str]:
     return sorted(s for s in subsets if s not in known)
 
 
-def _is_tie_row(row: dict, index: int) -> bool:
-    """Whether ``row`` is a tie pair, as the training reader decides (``mmreward.text.data``)."""
-    tie = row.get("tie")
-    if tie is not None and (not isinstance(tie, (bool, int)) or tie not in (0, 1)):
-        raise ValueError(f"row {index}: field 'tie' must be true / false, got {tie!r}")
-    target = row.get("target")
-    half = isinstance(target, numbers.Real) and not isinstance(target, bool) and target == 0.5
-    return bool(tie) or half or row.get("status") == "tie"
-
-
 def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, progress: bool = False) -> dict:
     """Per-subset accuracy (``subset`` key, default ``all``), sections, overall and the bias probe.
 
@@ -263,7 +253,8 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, p
     are present (``overall`` is then the mean of fewer than four); ``unsectioned_subsets`` the subsets that
     count in no section although other subsets are RewardBench's (a warning names them);
     ``tie_rows_left_out`` the tie rows (``tie: true``, ``target: 0.5``, ``status: "tie"``) left out, with a
-    warning: they have no preferred response."""
+    warning: they have no preferred response; ``scores_chosen`` / ``scores_rejected`` are then those of the rows
+    ``rows_scored`` lists (their indices in ``rows``)."""
     if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Iterable):
         raise TypeError(f"evaluate_pairs: rows must be a list of {{prompt, chosen, rejected}} rows, got "
                         f"{type(rows).__name__}")
@@ -274,7 +265,9 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, p
     # tie rows (RRM's ``tie: true``, ``target: 0.5``, ``status: "tie"``) have no preferred response: scored as
     # pairs, each counted wrong unless its first response happened to score higher. Left out, as training's
     # evaluation leaves them out, and counted.
-    ties = [i for i, r in enumerate(rows) if _is_tie_row(r, i)]
+    from ..data import row_is_tie
+
+    ties = [i for i, r in enumerate(rows) if row_is_tie(r, i)]
     if ties:
         if len(ties) == len(rows):
             raise ValueError(f"evaluate_pairs: all {len(rows)} rows are tie rows (`tie` / `target: 0.5`): no pair has "
@@ -282,7 +275,8 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, p
         warnings.warn(f"RewardBench: left out {len(ties)} tie row(s) (first: row {ties[0]}): no preferred response "
                       "to score", stacklevel=2)
         tied = set(ties)
-        rows = [r for i, r in enumerate(rows) if i not in tied]
+        kept = [i for i in range(len(rows)) if i not in tied]
+        rows = [rows[i] for i in kept]
     n = len(rows)
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
@@ -305,7 +299,9 @@ def evaluate_pairs(scorer: Any, rows: Sequence[dict], *, batch_size: int = 16, p
         "scores_rejected": s[n:].tolist(),
     }
     if ties:
+        # scores_chosen / scores_rejected are those of the rows scored: rows_scored gives their places in `rows`
         result["tie_rows_left_out"] = len(ties)
+        result["rows_scored"] = kept
     missing = [k for k in SECTIONS if k not in sections]
     if len(missing) < len(SECTIONS) and missing:
         result["sections_missing"] = missing

@@ -96,12 +96,24 @@ def _as_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _backbone_settings(model: Any) -> Any:
+    """The backbone's transformers config as the loaded model holds it (``to_dict()``: a config saved by another
+    transformers version reads in this version's form, ``rope_theta`` as ``rope_parameters`` …), else the saved
+    ``config.backbone`` dict."""
+    config = getattr(getattr(model, "backbone", None), "config", None)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    return getattr(getattr(model, "config", None), "backbone", None)
+
+
 def _check_same_backbone(mine: Any, theirs: Any, name: str, ref_name: str) -> None:
     """The same backbone settings: shape-neutral ones (``hidden_act`` gelu vs relu, ``layer_norm_eps``,
-    ``rope_theta``, ...) pass the key / shape check, and the merged model would compute with member 0's."""
+    ``rope_theta``, ...) pass the key / shape check, and the merged model would compute with member 0's.
+    Keys only one side has are left out: a checkpoint saved by another transformers version carries keys of
+    that version (``max_length``, ``num_beams``, ``torchscript``, ``use_bfloat16`` of 4.x) the other lacks."""
     if not isinstance(mine, dict) or not isinstance(theirs, dict):
         return
-    for k in ["model_type"] + sorted(set(mine) | set(theirs)):  # another model type: named as such, first
+    for k in ["model_type"] + sorted(set(mine) & set(theirs)):  # another model type: named as such, first
         if k in _BACKBONE_IGNORED or "dropout" in k:
             continue
         if _as_json(mine.get(k)) != _as_json(theirs.get(k)):  # a tuple in memory is a list once saved
@@ -122,8 +134,7 @@ def check_same_inputs(models: Sequence[nn.Module], names: Optional[Sequence[str]
     for name, m in zip(names[1:], models[1:]):
         config = getattr(m, "config", None)
         if dataclasses.is_dataclass(ref_config) and dataclasses.is_dataclass(config):
-            _check_same_backbone(getattr(config, "backbone", None), getattr(ref_config, "backbone", None), name,
-                                 names[0])
+            _check_same_backbone(_backbone_settings(m), _backbone_settings(ref), name, names[0])
             for f in dataclasses.fields(ref_config):
                 if f.name == "backbone":
                     continue
