@@ -267,12 +267,9 @@ def read_ranked_sets(path: str, split: Optional[str] = None) -> list[RankedExamp
 def _resolve_image(p: str, base: str) -> str:
     """An image string of a row: a ``data:`` URI as it is, a ``file://`` path without its prefix, a relative
     path joined to the data file's folder."""
-    if p[:5].lower() == "data:":
-        return p
-    p = local_path(p)
-    if p.startswith("~") and not os.path.exists(os.path.join(base, p)):
-        return os.path.expanduser(p)  # "~/pics/a.png": the home folder's, as an image given to score is read
-    return p if os.path.isabs(p) else os.path.join(base, p)
+    from mmreward.core.data import media_path
+
+    return p if p[:5].lower() == "data:" else media_path(local_path(p), base)
 
 
 def as_ranked_sets(examples: Any, what: str = "examples") -> list[RankedExample]:

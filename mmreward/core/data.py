@@ -601,6 +601,17 @@ def _read_hub_dataset(repo_id: str, split: Optional[str]) -> list[dict]:
 MEDIA_PATH_FIELDS = ("image", "images", "video", "frames", "episode")
 
 
+def media_path(value: str, base: str) -> str:
+    """A media path of a data row, read against ``base``, the data file's folder: absolute paths, URLs and
+    ``data:`` strings as they are; ``~/…`` the home folder's, as an image given to ``score`` is read (unless
+    ``base`` holds that literal path); other paths joined to ``base``."""
+    if os.path.isabs(value) or "://" in value or value[:5].lower() == "data:":
+        return value
+    if value.startswith("~") and not os.path.exists(os.path.join(base, value)):
+        return os.path.expanduser(value)
+    return os.path.join(base, value)
+
+
 def resolve_media_paths(rows: list, data: str) -> list:
     """Copies of ``rows`` whose relative media paths (:data:`MEDIA_PATH_FIELDS`; URLs and ``data:``
     strings left alone) point into the folder of the data file ``data``: rows written next to their
@@ -617,12 +628,7 @@ def resolve_media_paths(rows: list, data: str) -> list:
         return list(rows)  # a hub dataset: no folder the paths could be relative to
 
     def resolve(value: Any) -> Any:
-        if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value \
-                or value.startswith("data:"):
-            return value
-        if value.startswith("~") and not os.path.exists(os.path.join(base, value)):
-            return os.path.expanduser(value)  # "~/pics/a.png": the home folder's, as an image given to score is read
-        return os.path.join(base, value)
+        return media_path(value, base) if isinstance(value, str) and value else value
 
     out = []
     for row in rows:

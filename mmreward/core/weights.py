@@ -97,11 +97,14 @@ def read_torch_state(path: str, key: Optional[str] = None) -> dict[str, torch.Te
 
 
 def read_weight_file(path: str) -> dict[str, torch.Tensor]:
-    """One safetensors or ``torch.save`` weights file."""
+    """One safetensors or ``torch.save`` weights file (an empty file or a Git LFS pointer named as such)."""
     if not path.endswith(".safetensors"):
         return read_torch_state(path)
     if not _is_file(path):
         raise CheckpointError(f"missing weights file {path}")
+    problem = weight_file_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     from safetensors.torch import load_file
 
     try:

@@ -52,12 +52,12 @@ from torch import nn
 from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.model import config_from_dict, finish_loading, load_state_strict, load_weights
-from mmreward.core.weights import quiet_transformers, read_json, read_torch_state, refuse_mismatched
+from mmreward.core.weights import quiet_transformers, read_json, read_torch_state, read_weight_file, refuse_mismatched
 
 from ..image_scorer import ImageScorer
 from ..images import resize_center_crop
 from ..scoring import require_assets, tokenize_truncating
-from .common import (check_weight_file, longest_edge_pad, normalise, shortest_edge_crop_batch, split_by_grad,
+from .common import (longest_edge_pad, normalise, shortest_edge_crop_batch, split_by_grad,
                      transformers_weights_error)
 
 KINDS = ("pickscore", "clip_score", "hpsv2", "aesthetic")
@@ -441,17 +441,7 @@ def load_open_clip(folder: str, *, device: Any = "cpu", dtype: Any = None, kind:
     """An open_clip hub folder as a CLIP-score scorer (``kind`` overrides)."""
     model_cfg, preprocess = _open_clip_config(folder)
     path = next(os.path.join(folder, w) for w in OPEN_CLIP_WEIGHTS if os.path.isfile(os.path.join(folder, w)))
-    check_weight_file(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(path)
-        except Exception as e:  # safetensors raises several types for bad headers
-            raise CheckpointError(f"corrupt or unreadable {path}: {e}") from e
-    else:
-        state = read_torch_state(path)
-    return _open_clip_scorer(folder, state, model_cfg, kind, path, preprocess, device, dtype)
+    return _open_clip_scorer(folder, read_weight_file(path), model_cfg, kind, path, preprocess, device, dtype)
 
 
 def is_hf_clip(folder: str, config: Optional[dict]) -> bool:

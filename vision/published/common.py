@@ -12,16 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
-from mmreward.core.weights import weight_file_problem  # noqa: F401 - the loaders here import it from this module
-
-
-def check_weight_file(path: str) -> None:
-    """CheckpointError naming ``path`` when :func:`weight_file_problem` finds one (before it is parsed)."""
-    from mmreward.core.folders import CheckpointError
-
-    problem = weight_file_problem(path) if os.path.isfile(path) else None
-    if problem:
-        raise CheckpointError(problem)
+from mmreward.core.weights import weight_file_problem
 
 
 def transformers_weights_error(folder: str, what: str, e: Exception) -> Exception:
@@ -179,5 +170,5 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x - m) / s
 
 
-__all__ = ["needs_grad", "split_by_grad", "weight_file_problem", "check_weight_file", "transformers_weights_error",
+__all__ = ["needs_grad", "split_by_grad", "weight_file_problem", "transformers_weights_error",
            "shortest_edge_crop", "shortest_edge_crop_batch", "longest_edge_pad", "normalise"]

@@ -43,11 +43,10 @@ from mmreward.core.device import resolve_device, resolve_dtype
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import ImagePrompt
 from mmreward.core.model import finish_loading
-from mmreward.core.weights import quiet_transformers, read_json
+from mmreward.core.weights import quiet_transformers, read_json, read_torch_state, read_weight_file
 
 from ..vlm_data import name_failing_input
 from ..vlm_rm import VLMRewardConfig
-from .common import check_weight_file
 from .qwen_vl import QwenVLProcessor
 from .skywork_vl import QwenVLRewardModel
 
@@ -233,21 +232,8 @@ def _read_state(path: str) -> dict[str, Tensor]:
     if os.path.islink(path) and not os.path.exists(path):
         raise CheckpointError(f"{path} is a link to {os.readlink(path)}, which does not exist: a download or copy "
                               "that did not finish; fetch the file again")
-    check_weight_file(path)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors / pickle raise several types for damaged files
-        raise CheckpointError(f"corrupt or unreadable {path}: {type(e).__name__}: {e}") from e
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return state
+    # a training checkpoint nests its state under "model"
+    return read_weight_file(path) if path.endswith(".safetensors") else read_torch_state(path, "model")
 
 
 _RENAMES = (  # official names (transformers < 4.52, then >= 4.52) -> Qwen2VLModel's
