@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mmreward.core.lora import AdapterOptions, BackboneSetup
 from mmreward.core.model import config_to_dict
 from mmreward.core.trainer import Trainer, TrainConfig, Weighted
 
@@ -36,7 +37,7 @@ MEGA_BATCHES = 50  # group_by_length sorts chunks of this many global batches (a
 
 
 @dataclass
-class RewardTrainConfig(TrainConfig):
+class RewardTrainConfig(AdapterOptions, TrainConfig):
     output_dir: str = field(default="runs/text_rm", metadata={"help": "folder for logs, snapshots, curves.png (and the CLI's final model/)"})
     epochs: Optional[float] = field(default=None, metadata={"help": "passes over the training pairs; when set, max_steps follows from it"})
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW)"})
@@ -67,6 +68,7 @@ class RewardTrainConfig(TrainConfig):
             raise ValueError(f"RewardTrainConfig.max_length must be an integer >= 2 or None, got {self.max_length!r}")
         if isinstance(self.eval_batch_size, bool) or not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ValueError(f"RewardTrainConfig.eval_batch_size must be an integer >= 1, got {self.eval_batch_size!r}")
+        self.check_adapter_options("RewardTrainConfig")
 
 
 # ------------------------------------------------------------------ evaluation
@@ -230,7 +232,10 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
     is saved in ``<output_dir>/model/``. Seed (``mmreward.core.train.seed_everything``) before building
     a new head to make the run reproducible. A run that is refused (another run's folder, other data or
     settings) leaves ``model`` as it was."""
-    return reward_trainer(model, train_pairs, eval_pairs, config, _depth=1).fit()
+    trainer = reward_trainer(model, train_pairs, eval_pairs, config, _depth=1)
+    history = trainer.fit()
+    trainer.backbone_setup.finish()  # LoRA folded in: the model is the plain one its folder holds
+    return history
 
 
 def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
@@ -238,7 +243,9 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
     """The started Trainer of :func:`train_reward_model` (``trainer.start()`` has decided: a fresh run,
     or resumed from the snapshot in ``output_dir``); ``trainer.fit()`` trains. Every refusal (bad data,
     inputs too long for the backbone, a folder whose run cannot be continued) comes before ``model`` is
-    changed: its ``max_length`` and dropout are set only once the run is accepted."""
+    changed: its ``max_length``, dropout, LoRA adapters and gradient checkpointing are set only once the
+    run is accepted. With ``lora_rank`` the model trains with adapters; ``trainer.backbone_setup.finish()``
+    after ``fit()`` folds them into its weights (the saved ``model/`` holds the folded weights either way)."""
     config = config if config is not None else RewardTrainConfig()
     if not isinstance(config, RewardTrainConfig):
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")
@@ -281,12 +288,17 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
     old_max_length = model.config.max_length
     if config.max_length is not None:
         model.config.max_length = config.max_length  # the model is saved, scored and evaluated with it
+    setup = None
     try:
+        setup = BackboneSetup(model, config)
         trainer = _started_trainer(model, train, evals, config, 5 + _depth,  # warnings name the user's call
                                    (train_names, eval_names))
     except BaseException:
         model.config.max_length = old_max_length  # a refused run leaves the model as it was
+        if setup is not None:
+            setup.undo()
         raise
+    trainer.backbone_setup = setup  # finish() after fit(): LoRA merged, checkpointing off
     if config.disable_dropout:
         disable_dropout(model)
     return trainer
@@ -339,7 +351,7 @@ def _started_trainer(model: Any, train: list, evals: Optional[list], config: Rew
     # ... and train on the same pairs with the same objective: resumed with other data or another loss it
     # would go on silently from weights trained for something else
     resume_inputs = {**run_inputs, "objective": {k: getattr(config, k) for k in ("loss", "label_smoothing", "center_coef")},
-                     "data": data_digest(data)}
+                     "data": data_digest(data), **config.adapter_record()}
     trainer = trainer_class(model, config, data, PairCollator(model.pad_id), pairwise_loss_fn(config), eval_fn,
                             settings=run_inputs, resume_settings=resume_inputs, check_saves=True)
     trainer.start()  # resumed, fresh or refused: decided before the model is touched any further

@@ -49,6 +49,7 @@ from .checkpoint import _load_tensors, _save_tensors
 from .device import resolve_device, resolve_dtype
 from .folders import MANIFEST_NAME, CheckpointError, atomic_folder, read_manifest, verify_folder
 from .inputs import as_inputs
+from .lora import has_lora, merged_state_dict
 from .weights import read_json
 
 CONFIG_NAME = "config.json"
@@ -401,6 +402,9 @@ class Pretrained:
             raise TypeError(f"{type(self).__name__} has no model_type")
         if state_dict is not None:
             check_state_dict(self, state_dict)
+        elif isinstance(self, torch.nn.Module) and has_lora(self):
+            # LoRA adapters are folded into the weights: a saved folder is a plain model, loaded by any reader
+            state_dict = merged_state_dict(self)
         refuse_meta(self, "save_pretrained", state_dict)
         path = _folder_path(folder, "save_pretrained")
         with atomic_folder(path, keep=_added_since_saved(path)) as tmp:
@@ -673,7 +677,7 @@ def check_state_dict(model: Any, state_dict: Any) -> None:
         raise TypeError(f"save_pretrained: state_dict[{bad!r}] must be a tensor, got {type(state_dict[bad]).__name__}")
     if not isinstance(model, torch.nn.Module):
         return
-    own = model.state_dict()
+    own = merged_state_dict(model) if has_lora(model) else model.state_dict()  # the names a saved folder holds
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     if missing or unexpected:

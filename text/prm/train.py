@@ -25,6 +25,7 @@ import torch
 
 from mmreward.core.data import DataError
 from mmreward.core.inputs import StepSolution
+from mmreward.core.lora import AdapterOptions, BackboneSetup
 from mmreward.core.model import config_to_dict, eval_while_scoring
 from mmreward.core.trainer import TrainConfig, Trainer
 
@@ -38,7 +39,7 @@ OBJECTIVES = ("bce", "mse", "ppm")
 
 
 @dataclass
-class PRMTrainConfig(TrainConfig):
+class PRMTrainConfig(AdapterOptions, TrainConfig):
     objective: str = field(default="bce", metadata={"help": "bce (step labels) | mse (value targets) | ppm (step pairs)"})
     eval_threshold: float = field(default=0.5, metadata={"help": "ProcessBench threshold for the eval F1 (first step below it = error)"})
     eval_batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating"})
@@ -61,6 +62,10 @@ class PRMTrainConfig(TrainConfig):
             raise ValueError(f"PRMTrainConfig.trainable_layers must be an int >= -1 (-1 = all), got {self.trainable_layers!r}")
         if self.cache_frozen and self.trainable_layers < 1:
             raise ValueError("PRMTrainConfig.cache_frozen needs trainable_layers >= 1 (the blocks below them are cached)")
+        self.check_adapter_options("PRMTrainConfig")
+        if self.lora_rank and self.trainable_layers != -1:
+            raise ValueError("PRMTrainConfig: lora_rank and trainable_layers both choose what trains (adapters on every "
+                             "block, or the top blocks in full): give one of them")
 
 
 def solutions(examples: Sequence) -> list[StepSolution]:
@@ -273,6 +278,18 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
     check_training_fits(model, train_examples, config.objective, stacklevel=4)
     if config.trainable_layers != -1:
         model.freeze_backbone(config.trainable_layers)
+    setup = BackboneSetup(model, config)  # LoRA / checkpointing; undone if the run is refused
+    try:
+        history = _fit_prm(model, train_examples, config, eval_examples, optimizer)
+    except BaseException:
+        setup.undo()
+        raise
+    setup.finish()  # the adapters folded into the weights: the model is the plain one its folder holds
+    return history
+
+
+def _fit_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence],
+             optimizer: Optional[torch.optim.Optimizer]) -> list[dict]:
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
     objective = config.objective
     dataset: list = list(train_examples)
@@ -294,7 +311,8 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
     run = {"prm": inputs, "objective": config.objective, "trainable_layers": config.trainable_layers,
            "cache_frozen": config.cache_frozen}
     trainer = Trainer(model, config, dataset, collate, loss_fn, eval_fn=eval_fn, optimizer=optimizer, settings=run,
-                      resume_settings={**run, "data": examples_digest(train_examples)}, check_saves=True)
+                      resume_settings={**run, "data": examples_digest(train_examples), **config.adapter_record()},
+                      check_saves=True)
     trainer.start()  # a refused run (another run's folder, data or settings) is refused before the cache is built
     if config.cache_frozen:
         trainer.collate_fn = CachedPrefixCollator(model, dataset, collate, config.trainable_layers,
