@@ -74,6 +74,7 @@ _LAZY = {
     "ProgressConfig": "mmreward.robotics.reward.progress:ProgressConfig",
     "train_progress": "mmreward.robotics.reward.progress:train_progress",
     "DiffusionRewardWrapper": "mmreward.robotics.wrappers:DiffusionRewardWrapper",
+    "DiffusionRewardVectorWrapper": "mmreward.robotics.wrappers:DiffusionRewardVectorWrapper",
     "MetaWorldPixelEnv": "mmreward.robotics.wrappers:MetaWorldPixelEnv",
     "PixelGymEnv": "mmreward.robotics.wrappers:PixelGymEnv",
     "relabel_episode": "mmreward.robotics.wrappers:relabel_episode",

@@ -62,7 +62,9 @@ def check_frames_uint8(frames: torch.Tensor, what: str = "frames", size: Optiona
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"{what} must be uint8 [T, H, W, 3], got shape {list(frames.shape)}{frames_hint(frames)}")
     if size is not None and (frames.shape[1] != size or frames.shape[2] != size):
-        raise ValueError(f"{what} must be {size}x{size} pixels, got {frames.shape[1]}x{frames.shape[2]}")
+        raise ValueError(f"{what} must be {size}x{size} pixels, got {frames.shape[1]}x{frames.shape[2]}; resize each "
+                         f"frame with mmreward.robotics.data.video.resize_frame(frame, {size}) (or read videos with "
+                         f"read_video(path, size={size}))")
     if frames.shape[0] == 0:
         raise ValueError(f"{what} is empty (T = 0)")
 

@@ -218,7 +218,7 @@ def test_robotics_exports_the_shipped_parts_and_no_names_of_other_domains():
     assert {"ProgressModel", "ProgressConfig", "DiffusionReward", "RND", "Episode"} <= ours
     assert not ours & exported(text) and not ours & exported(vision)
     assert robotics.Episode is inputs.Episode  # the score input, the same class as core's
-    optional = {"gymnasium": {"DiffusionRewardWrapper", "MetaWorldPixelEnv", "PixelGymEnv", "relabel_episode"}}
+    optional = {"gymnasium": {"DiffusionRewardWrapper", "DiffusionRewardVectorWrapper", "MetaWorldPixelEnv", "PixelGymEnv", "relabel_episode"}}
     missing = set().union(*(names for mod, names in optional.items() if importlib.util.find_spec(mod) is None))
     for name in sorted(ours - missing):
         assert getattr(robotics, name) is not None
