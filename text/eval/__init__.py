@@ -4,6 +4,7 @@ every RM kind.
 
 * :func:`evaluate_rmbench` — RM-Bench 3×3 style matrix → easy / normal / hard per domain;
 * :func:`evaluate_rewardbench` — RewardBench per-subset accuracy, section scores, overall;
+* :func:`evaluate_rewardbench2` — RewardBench 2 best-of-N accuracy per subset, the Ties score, overall;
 * :func:`bias_probe` — accuracy split by chosen longer / shorter and markdown (in every result).
 
 Names resolve lazily (no heavy imports at ``import mmreward.text.eval``).
@@ -21,6 +22,8 @@ _LAZY = {
     "evaluate_pairs": "mmreward.text.eval.rewardbench",
     "load_rewardbench": "mmreward.text.eval.rewardbench",
     "section_scores": "mmreward.text.eval.rewardbench",
+    "evaluate_rewardbench2": "mmreward.text.eval.rewardbench2",
+    "load_rewardbench2": "mmreward.text.eval.rewardbench2",
     "score_responses": "mmreward.text.eval.rewardbench",
     "as_scorer": "mmreward.text.eval.rewardbench",
     "bias_probe": "mmreward.text.eval.bias",

@@ -2,6 +2,7 @@
 
     mmreward text eval --model runs/rm --benchmark rm-bench --data /path/to/rm-bench [--json]
     mmreward text eval --model runs/rm --benchmark rewardbench --data reward-bench.jsonl --out eval.json
+    mmreward text eval --model runs/rm --benchmark rewardbench-2 --data reward-bench-2/ --split test
 
 Options map one to one onto :class:`EvalConfig`; :func:`run_eval` is the same code path from Python.
 The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not given.
@@ -18,15 +19,15 @@ from typing import Optional, Sequence
 from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, config_from_args, json_text,
                                       run_cli)
 
-BENCHMARKS = ("rm-bench", "rewardbench")
+BENCHMARKS = ("rm-bench", "rewardbench", "rewardbench-2")
 
 
 @dataclass
 class EvalConfig:
     model: str = field(default="", metadata={"help": "reward model folder (anything mmreward.load opens that scores text pairs)"})
-    benchmark: str = field(default="rm-bench", metadata={"help": "rm-bench | rewardbench"})
+    benchmark: str = field(default="rm-bench", metadata={"help": "rm-bench | rewardbench | rewardbench-2"})
     data: str = field(default="", metadata={"help": "data file / folder (rm-bench default: $MMREWARD_RM_BENCH)"})
-    split: str = field(default="", metadata={"help": "rewardbench: split of --data when it holds several (a saved DatasetDict: raw | filtered)"})
+    split: str = field(default="", metadata={"help": "rewardbench / rewardbench-2: split of --data when it holds several (a saved DatasetDict: raw | filtered; test)"})
     domains: str = field(default="", metadata={"help": "rm-bench: comma-separated domains to keep, e.g. chat,safety (safety: both safety files; default: all)"})
     merge_safety: bool = field(default=False, metadata={"help": "rm-bench: pool safety-refuse + safety-response into 'safety'"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N items / pairs (0: all)"})
@@ -65,7 +66,8 @@ class EvalConfig:
                 raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --benchmark rm-bench "
                                  f"only, not {self.benchmark}")
         elif self.split:  # RM-Bench is a folder of <domain>.json files (or one file): --domains picks among them
-            raise ValueError("--split applies to --benchmark rewardbench only; RM-Bench data is chosen with --domains")
+            raise ValueError("--split applies to --benchmark rewardbench / rewardbench-2 only; RM-Bench data is chosen "
+                             "with --domains")
 
 
 def load_scorer(config: EvalConfig):
@@ -86,6 +88,7 @@ def load_scorer(config: EvalConfig):
 def run_eval(config: EvalConfig, scorer=None) -> dict:
     """Evaluate ``scorer`` (default: the reward model in ``config.model``) as ``config`` says."""
     from .rewardbench import evaluate_rewardbench, load_rewardbench
+    from .rewardbench2 import evaluate_rewardbench2, load_rewardbench2
     from .rmbench import evaluate_rmbench, load_rmbench
 
     data = config.data or (os.environ.get("MMREWARD_RM_BENCH", "") if config.benchmark == "rm-bench" else "")
@@ -97,13 +100,16 @@ def run_eval(config: EvalConfig, scorer=None) -> dict:
         if config.limit:
             items = items[:config.limit]
     else:
-        rows = load_rewardbench(data, config.split or None)
+        load = load_rewardbench2 if config.benchmark == "rewardbench-2" else load_rewardbench
+        rows = load(data, config.split or None)
         if config.limit:
             rows = rows[:config.limit]
     scorer = scorer if scorer is not None else load_scorer(config)
     if config.benchmark == "rm-bench":
         return evaluate_rmbench(scorer, items, batch_size=config.batch_size, merge_safety=config.merge_safety,
                                 progress=config.progress)
+    if config.benchmark == "rewardbench-2":
+        return evaluate_rewardbench2(scorer, rows, batch_size=config.batch_size, progress=config.progress)
     return evaluate_rewardbench(scorer, rows, batch_size=config.batch_size, progress=config.progress)
 
 
@@ -126,9 +132,10 @@ def _check_out_not_rmbench_data(config: EvalConfig) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .bias import format_bias
     from .rewardbench import format_rewardbench
+    from .rewardbench2 import format_rewardbench2
     from .rmbench import format_rmbench
 
-    parser = CLIParser(prog="mmreward text eval", description="evaluate a reward model on RM-Bench / RewardBench")
+    parser = CLIParser(prog="mmreward text eval", description="evaluate a reward model on RM-Bench / RewardBench / RewardBench 2")
     add_config_options(parser, EvalConfig)
     args = parser.parse_args(argv)
     config = config_from_args(EvalConfig, args)
@@ -144,6 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if config.json:
         slim = {k: v for k, v in result.items() if not k.startswith("scores_")}
         print(json_text(slim, indent=2))
+        return 0
+    if config.benchmark == "rewardbench-2":  # best-of-N rows: no pairwise bias probe
+        print("\n".join(format_rewardbench2(result)))
         return 0
     lines = format_rmbench(result) if config.benchmark == "rm-bench" else format_rewardbench(result)
     print("\n".join(lines + format_bias(result["bias"])))

@@ -185,6 +185,10 @@ def load_rewardbench(path: str, split: Optional[str] = None) -> list[dict]:
         # an RM-Bench item (three styles per side) would fail as "`chosen` must be a string, got list"
         raise ValueError(f"{path}: row 0: `chosen` / `rejected` are lists of 3 responses (RM-Bench items, one per "
                          "style), not the strings of a RewardBench pair: use --benchmark rm-bench / evaluate_rmbench")
+    if isinstance(first, dict) and isinstance(first.get("chosen"), list) and isinstance(first.get("rejected"), list):
+        # RewardBench 2 (one chosen, three rejected; Ties: several chosen) would fail as "`chosen` must be a string"
+        raise ValueError(f"{path}: row 0: `chosen` / `rejected` are lists of completions (RewardBench 2 rows), not "
+                         "the strings of a RewardBench pair: use --benchmark rewardbench-2 / evaluate_rewardbench2")
     check_rows(rows, f"{path}: ", subset_required=True)
     return rows
 

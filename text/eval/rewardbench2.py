@@ -1,0 +1,216 @@
+"""RewardBench 2 evaluation: best-of-N accuracy per subset, the Ties score and the overall score.
+
+Data: rows of ``allenai/reward-bench-2`` (split ``test``) — ``prompt``, ``chosen`` (a list: one
+correct completion, several in Ties), ``rejected`` (a list: usually three), ``subset``
+(Factuality, Precise IF, Math, Safety, Focus, Ties), ``id``, and for Ties ``num_correct``; from a
+JSON list, JSONL, parquet, a dataset folder or the hub id, as RewardBench files are read.
+
+Scores follow RewardBench 2's own scoring (``reward-bench`` ``scripts/run_v2.py``,
+``reroll_and_score_dataset`` / ``process_single_model``):
+
+* a row outside Ties scores its completions, chosen first; it counts 1 when the first chosen
+  completion has the highest score of all, shared by the k completions tied at that score (1/k),
+  and 0 otherwise; a subset's score is the mean over its rows;
+* Ties rows come in pairs sharing a prompt number: ``ref:<n>`` (one correct answer) and
+  ``tied:<n>`` (several equally correct answers). Per row, *accurate* = every correct answer
+  outscores every incorrect one; the Ties score is 0.30·(tied accuracy) + 0.30·(ref accuracy) +
+  0.20·P(m_tied > d) + 0.20·P(min(m_ref, m_tied) > d) + 0.01·mean tanh(min(m_ref, m_tied) / d − 1)
+  over prompt numbers with both rows, where m = worst correct − best incorrect score and d = best
+  − worst correct score of the tied row (a NaN ratio, 0/0, counts 0);
+* ``overall`` is the mean of the subset scores.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from .rewardbench import _score_exact, read_rows
+
+SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
+TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_preferred": 0.20,
+                "correctness_preferred_hard": 0.20, "correctness_margin_score": 0.01}
+
+
+def is_rewardbench2_row(row: Any) -> bool:
+    """A row in RewardBench 2's layout: ``chosen`` and ``rejected`` are lists of completions."""
+    return isinstance(row, dict) and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
+
+
+def _is_ties(subset: str) -> bool:
+    return subset.lower() == "ties"
+
+
+def ties_id(row: dict, where: str) -> tuple[str, int]:
+    """``("ref" | "tied", n)`` from a Ties row's ``id`` (``ref:12`` / ``tied:12``)."""
+    rid = row.get("id")
+    kind, _, number = str(rid).partition(":") if isinstance(rid, (str, int)) else ("", "", "")
+    if kind not in ("ref", "tied") or not number.strip().lstrip("-").isdigit():
+        raise ValueError(f"{where}`id` of a Ties row must be 'ref:<n>' or 'tied:<n>' (a reference answer and its "
+                         f"tied answers share n), got {rid!r}")
+    return kind, int(number)
+
+
+def check_rows2(rows: list, where: str = "") -> None:
+    """Every row an object with a ``prompt`` string, non-empty ``chosen`` / ``rejected`` lists of strings
+    and a ``subset`` string; a Ties row also a ``ref:<n>`` / ``tied:<n>`` ``id`` and, when given,
+    ``num_correct`` equal to its number of chosen completions. The ValueError names row and field."""
+    for i, r in enumerate(rows):
+        at = f"{where}row {i}: "
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}row {i} is a {type(r).__name__}, expected an object")
+        if not isinstance(r.get("prompt"), str):
+            raise ValueError(f"{at}`prompt` must be a string, got {type(r.get('prompt')).__name__ if 'prompt' in r else 'missing'}")
+        if not isinstance(r.get("subset"), str):
+            raise ValueError(f"{at}`subset` must be a string (RewardBench 2's {', '.join(SUBSETS)}), got "
+                             f"{type(r.get('subset')).__name__ if 'subset' in r else 'missing'}")
+        for k in ("chosen", "rejected"):
+            v = r.get(k)
+            if isinstance(v, str):
+                raise ValueError(f"{at}`{k}` is one string: RewardBench 2 rows hold lists of completions (a RewardBench "
+                                 "v1 pair is evaluated with --benchmark rewardbench / evaluate_rewardbench)")
+            if not isinstance(v, list) or not v:
+                raise ValueError(f"{at}`{k}` must be a non-empty list of completions, got "
+                                 f"{'an empty list' if isinstance(v, list) else type(v).__name__ if k in r else 'missing'}")
+            bad = next((j for j, x in enumerate(v) if not isinstance(x, str)), None)
+            if bad is not None:
+                raise ValueError(f"{at}`{k}`[{bad}] must be a string, got {type(v[bad]).__name__}")
+        if _is_ties(r["subset"]):
+            kind, _ = ties_id(r, at)
+            if kind == "tied" and len(r["chosen"]) < 2:
+                raise ValueError(f"{at}a 'tied:' row holds several equally correct answers, got {len(r['chosen'])} "
+                                 "chosen completion")
+            n = r.get("num_correct")
+            if n is not None and n != len(r["chosen"]):
+                raise ValueError(f"{at}`num_correct` is {n!r} but the row has {len(r['chosen'])} chosen completions")
+
+
+def load_rewardbench2(path: str, split: Optional[str] = None) -> list[dict]:
+    """RewardBench 2 rows, validated row by row (``split``: ``test`` for the hub release when it holds several)."""
+    rows = read_rows(path, split)
+    if not rows:
+        raise ValueError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
+    check_rows2(rows, f"{path}: ")
+    return rows
+
+
+def _prompt_stats(correct: list[float], incorrect: list[float]) -> tuple[bool, Optional[float], float]:
+    """(accurate, best − worst correct (None with one correct answer), worst correct − best incorrect)."""
+    spread = max(correct) - min(correct) if len(correct) > 1 else None
+    margin = min(correct) - max(incorrect)
+    return margin > 0, spread, margin
+
+
+def ties_score(rows: list[dict], scores: list[list[float]]) -> dict:
+    """The Ties score of Ties rows (``scores[i]``: row i's chosen then rejected completions' scores) and
+    its parts (see the module docstring). Parts over no prompt are NaN."""
+    ref: dict[int, tuple] = {}
+    tied: dict[int, tuple] = {}
+    for i, (r, s) in enumerate(zip(rows, scores)):
+        kind, number = ties_id(r, f"Ties row {i}: ")
+        k = len(r["chosen"])
+        (ref if kind == "ref" else tied)[number] = _prompt_stats(s[:k], s[k:])
+    nan = float("nan")
+    mean = (lambda xs: sum(xs) / len(xs) if xs else nan)  # noqa: E731
+    out = {"ref_accuracy": mean([float(v[0]) for v in ref.values()]),
+           "tied_accuracy": mean([float(v[0]) for v in tied.values()])}
+    both = sorted(set(ref) & set(tied))
+    preferred, hard, margin_scores = [], [], []
+    for n in both:
+        spread, m_tied, m_ref = tied[n][1], tied[n][2], ref[n][2]
+        d, low = spread, min(m_ref, m_tied)  # a tied row has >= 2 correct answers (checked): d is a number
+        preferred.append(float(m_tied > d))
+        hard.append(float(low > d))
+        # numpy's division as the official code does it: x / 0 is ±inf (tanh ±1), 0 / 0 is NaN (counted 0)
+        ratio = low / d if d != 0 else (math.copysign(math.inf, low) if low != 0 else nan)
+        margin_scores.append(math.tanh(ratio - 1) if not math.isnan(ratio) else 0.0)
+    out["correctness_preferred"] = mean(preferred)
+    out["correctness_preferred_hard"] = mean(hard)
+    out["correctness_margin_score"] = mean(margin_scores)
+    out["prompts_with_both"] = len(both)
+    out["score"] = sum(w * out[k] for k, w in TIES_WEIGHTS.items())
+    return out
+
+
+def evaluate_rewardbench2(scorer: Any, data: Any, *, batch_size: int = 16, progress: bool = False,
+                          split: Optional[str] = None) -> dict:
+    """RewardBench 2 evaluation of ``scorer`` (a reward model scoring ``TextPair`` inputs or a callable
+    ``(prompts, responses) -> Tensor[N]``) on ``data`` (a path, or a list of rows): ``subsets`` (score per
+    subset), ``overall`` (their mean), ``ties`` (the Ties score's parts), ``subset_counts``, ``num_ties_at_max``
+    (rows whose best score is shared, counted 1/k), ``scores`` (per row: chosen then rejected scores)."""
+    if not isinstance(data, (str, os.PathLike)):
+        from mmreward.core.data import in_memory_rows
+
+        data, split = in_memory_rows(data, split)
+    if isinstance(data, (str, os.PathLike)):
+        rows = load_rewardbench2(os.fspath(data), split)
+    elif split is not None:
+        raise ValueError("evaluate_rewardbench2: split= chooses a split of a data path, not of a list of rows")
+    elif isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(f"evaluate_rewardbench2: data must be a file / folder path or a list of rows, got "
+                        f"{type(data).__name__}" + ("; wrap a single row in a list" if isinstance(data, dict) else ""))
+    else:
+        rows = list(data)
+        if not rows:
+            raise ValueError("evaluate_rewardbench2: no rows to evaluate")
+        check_rows2(rows)
+    prompts, responses, spans = [], [], []
+    for r in rows:
+        completions = list(r["chosen"]) + list(r["rejected"])
+        spans.append((len(responses), len(completions)))
+        prompts += [r["prompt"]] * len(completions)
+        responses += completions
+    flat = _score_exact(scorer, prompts, responses, batch_size=batch_size, progress=progress).tolist()
+    scores = [flat[s:s + n] for s, n in spans]
+    per_subset: dict[str, list[float]] = {}
+    ties_rows: dict[str, tuple[list, list]] = {}
+    shared = 0
+    for r, s in zip(rows, scores):
+        if _is_ties(r["subset"]):
+            group = ties_rows.setdefault(r["subset"], ([], []))
+            group[0].append(r)
+            group[1].append(s)
+            continue
+        best = max(s)
+        k = sum(1 for x in s if x == best)
+        shared += k > 1
+        per_subset.setdefault(r["subset"], []).append(1.0 / k if s[0] == best else 0.0)
+    subsets = {k: sum(v) / len(v) for k, v in per_subset.items()}
+    counts = {k: len(v) for k, v in per_subset.items()}
+    ties = {}
+    for name, (trows, tscores) in ties_rows.items():
+        ties = ties_score(trows, tscores)
+        subsets[name], counts[name] = ties["score"], len(trows)
+        if not ties["prompts_with_both"]:
+            warnings.warn(f"RewardBench 2: no prompt number of {name!r} has both its 'ref:' and its 'tied:' row, so "
+                          "its margin terms and score are NaN (left out of overall)", stacklevel=2)
+    order = sorted(subsets, key=lambda k: (SUBSETS.index(k) if k in SUBSETS else len(SUBSETS), k))
+    subsets = {k: subsets[k] for k in order}
+    scored = [v for v in subsets.values() if not math.isnan(v)]
+    result = {"num_rows": len(rows), "subsets": subsets, "subset_counts": {k: counts[k] for k in order},
+              "overall": sum(scored) / len(scored) if scored else float("nan"), "num_ties_at_max": shared,
+              "scores": scores}
+    if ties:
+        result["ties"] = ties
+    missing = [s for s in SUBSETS if s not in subsets]
+    if missing and len(missing) < len(SUBSETS):
+        result["subsets_missing"] = missing
+    return result
+
+
+def format_rewardbench2(result: dict) -> list[str]:
+    lines = [f"rows {result['num_rows']}  overall {result['overall']:.1%}" if not math.isnan(result["overall"])
+             else f"rows {result['num_rows']}  overall n/a"]
+    for k, v in result["subsets"].items():
+        shown = f"{v:6.1%}" if not math.isnan(v) else "   n/a"
+        lines.append(f"  {k:<12} {shown}  (n={result['subset_counts'][k]})")
+    ties = result.get("ties")
+    if ties:
+        lines.append("  Ties parts: " + ", ".join(f"{k} {ties[k]:.3f}" for k in TIES_WEIGHTS))
+    if result.get("subsets_missing"):
+        lines.append(f"overall is over the subsets present: no rows for {', '.join(result['subsets_missing'])}")
+    if result.get("num_ties_at_max"):
+        lines.append(f"rows whose best score is shared (counted 1/k): {result['num_ties_at_max']}")
+    return lines
