@@ -205,12 +205,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     enable_gradient_checkpointing(checkpointed)
     assert checkpointed.config.use_cache is False
     ids = torch.randint(0, 32, (2, 7))
-    grads = []
+    grads, calls = [], []
     for m in (plain, checkpointed):
         m.load_state_dict(plain.state_dict())
         m.zero_grad()
+        count = [0]
+        hook = m.layers[0].mlp.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         m(input_ids=ids).last_hidden_state.square().mean().backward()
+        hook.remove()
+        calls.append(count[0])
         grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad})
+    assert calls == [1, 2]  # checkpointing really recomputes the block in the backward pass
     assert grads[0] and sorted(grads[0]) == sorted(grads[1])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-6, atol=1e-7)
