@@ -16,14 +16,21 @@ is reported. Relative paths in the fields ``image``, ``images``, ``video``, ``fr
 arguments become the model's file input: images (with ``--prompt``), videos (with ``--prompt`` for
 image scorers), episode files or videos for robot rewards; their paths are read against the working
 folder.
+
+Large files are read, checked (every row, before any is scored), scored and written a chunk of rows at a time
+(:data:`CHUNK_ROWS`), so memory does not grow with the file; ``--resume`` keeps the rows scored so far in
+``OUT.partial`` and continues a stopped run from there.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import sys
-from typing import Any, Optional, Sequence
+import time
+from typing import Any, Callable, Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser, add_split_options, json_text, output_path
 
@@ -93,9 +100,12 @@ def _episode_files(paths: Sequence[str]) -> list[str]:
     return out
 
 
-def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[tuple[int, str]]]:
-    """Inputs for the model and, per input, (row index, slot) — slot ``chosen`` / ``rejected`` when a
-    preference row is scored twice by a single-response model."""
+def _row_inputs(model: Any, rows: list[dict], source: str, first: int = 0,
+                origin: Optional[Callable[[int], Optional[tuple[str, int]]]] = None) -> tuple[list, list[tuple[int, str]]]:
+    """Inputs for the model and, per input, (row index in ``rows``, slot) — slot ``chosen`` / ``rejected`` when a
+    preference row is scored twice by a single-response model. ``first``: the number of ``rows[0]`` among all rows
+    (rows read a chunk at a time); ``origin(i)``: ``(file, row in it)`` of row ``i`` read from several files (a
+    folder of shards), which errors name instead of ``source`` and ``i``."""
     from mmreward.core import inputs as I
     from mmreward.core.data import DataError
 
@@ -103,25 +113,26 @@ def _row_inputs(model: Any, rows: list[dict], source: str) -> tuple[list, list[t
     if I.TextPair in types:
         from mmreward.text.data import is_preference_row, preference_inputs
     items, where = [], []
-    for i, row in enumerate(rows):
+    for j, row in enumerate(rows):
+        file, i = (origin(first + j) if origin else None) or (source, first + j)
         if not isinstance(row, dict):
-            raise DataError(f"{source}: row {i} must be a JSON object")
+            raise DataError(f"{file}: row {i} must be a JSON object")
         if I.TextPair in types and is_preference_row(row):  # read as training reads it (text.data.pair_from_row)
-            items.extend(preference_inputs(row, i, source))
-            where.extend([(i, "chosen"), (i, "rejected")])
+            items.extend(preference_inputs(row, i, file))
+            where.extend([(j, "chosen"), (j, "rejected")])
             continue
         if I.Conversation in types and not I.Conversation.matches(row, given=True):
-            pair = _conversation_pair(row, i, source)  # a VLM RM's own preference rows, as `vision eval` reads them
+            pair = _conversation_pair(row, i, file)  # a VLM RM's own preference rows, as `vision eval` reads them
             if pair is not None:
                 items.extend(pair)
-                where.extend([(i, "chosen"), (i, "rejected")])
+                where.extend([(j, "chosen"), (j, "rejected")])
                 continue
         kind = I.input_type_of(types, row)
         try:
             items.append(kind.from_record(row, f"row {i}"))
         except DataError as e:
-            raise DataError(f"{source}: {e}") from None
-        where.append((i, "score"))
+            raise DataError(f"{file}: {e}") from None
+        where.append((j, "score"))
     return items, where
 
 
@@ -155,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(prog="mmreward score", description="score inputs with any reward model folder")
     p.add_argument("files", nargs="*", help="image / video / episode files (instead of --data rows)")
     p.add_argument("--model", required=True, help="model folder, run folder, shipped name (metaworld-64) or hub id")
-    p.add_argument("--data", help="rows to score: .json / .jsonl / .parquet / dataset folder / hub dataset id, fields of the model's input type")
+    p.add_argument("--data", help="rows to score: .json / .jsonl / .parquet / dataset folder / hub dataset id, fields "
+                                  "of the model's input type; - reads JSON lines from stdin")
     add_split_options(p, "--data")
     p.add_argument("--prompt", help="the text images / videos given as files should match")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward (default: the model's)")
@@ -166,8 +178,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON lines (row fields + scores) instead of a table")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal)")
-    p.add_argument("--out", type=output_path, help="write the JSON lines (--json's output) to this file instead of printing them; "
-                                 "written whole when scoring ends")
+    p.add_argument("--out", type=output_path, help="write the JSON lines (--json's output) to this file instead of printing them "
+                                 "(.gz: gzipped; - : stdout); the file appears whole when scoring ends")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows scored so far in OUT.partial, and continue the scoring a run that stopped left "
+                        "there (needs --out and --data)")
     args = p.parse_args(argv)
     if bool(args.files) == bool(args.data):
         p.error("give either --data ROWS or input files, not both / neither")
@@ -179,36 +194,90 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--batch-size must be an integer >= 1, got {args.batch_size}")
     if args.split and not args.data:
         p.error("--split chooses a split of --data rows; input files have none")
+    if args.split and args.data == "-":
+        p.error("--split chooses a split of a data source that has several; JSON lines on stdin have none")
+    if args.resume and (not args.out or args.out == "-" or not args.data):
+        p.error("--resume continues a file of scored rows: it needs --data rows and an --out file")
+    if args.out == "-":  # the usual name of stdout: what --json prints (a file named "-" was written)
+        args.out, args.json = None, True
     if args.out:
         args.out = os.path.expanduser(args.out)
+        kind = _other_format(args.out)
+        if kind:  # JSON lines under a .parquet / .csv name: a reader of that format fails on it, or misreads it
+            p.error(f"--out {args.out!r} names a {kind} file, but --out writes JSON lines (--json's output): name it "
+                    f".jsonl (or .jsonl.gz, gzipped) and convert it if you need {kind}")
     if args.data and args.prompt is not None:
         p.error("--prompt is the text that image / video files given as arguments should match; rows of --data "
                 "carry their own 'prompt' field")
     import mmreward
     from mmreward.core import inputs as I
     from mmreward.core.cli_config import check_output_file
-    from mmreward.core.data import read_records, resolve_media_paths
+    from mmreward.core.data import iter_records, jsonl_rows, read_records, resolve_media_paths, row_origin, streams
 
     # an --out that is one of the inputs (or a folder) is refused before anything is read or scored
-    check_output_file(args.out, "--out", [("--data", args.data), ("input", args.files)],
+    check_output_file(args.out, "--out", [("--data", None if args.data == "-" else args.data), ("input", args.files)],
                       folders=[("--model", args.model)])
 
-    # the inputs are read and checked before the model loads: a typo in a file name costs nothing
+    # the inputs are read and checked before the model loads: a typo in a file name costs nothing, and a line
+    # that is not JSON is named before any is scored
+    source: Optional[list] = None  # the rows in memory; None: read again from args.data at each pass
     if args.data:
-        if args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
+        if args.data == "-":  # read once, so held in memory; relative media paths are the working folder's
+            source = list(jsonl_rows(sys.stdin.buffer, "<stdin>"))
+        elif args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
             from mmreward.text.data import _read_pair_rows
 
-            rows = _read_pair_rows(args.data, args.split, f"{args.data}: ")
-        else:
-            rows = read_records(args.data)
-        if not rows:
+            source = _read_pair_rows(args.data, args.split, f"{args.data}: ")
+        elif not streams(args.data):
+            source = read_records(args.data)
+        n_rows = len(source) if source is not None else sum(1 for _ in iter_records(args.data))
+        if not n_rows:
             raise ValueError(f"{args.data} holds no rows" + (f" in split {args.split!r}" if args.split else ""))
     else:
         for f in args.files:
             _check_input_file(f)
     model = mmreward.load(args.model, device=args.device, dtype=args.dtype)
     if args.data:
-        items, where = _row_inputs(model, resolve_media_paths(rows, args.data), args.data)
+        # rows are read, checked and scored a chunk at a time: memory holds one chunk of rows and scores, not the
+        # file and all its results (a model whose batch counts something inside one input gets them all at once)
+        batch = args.batch_size or getattr(model, "default_batch_size", None) or 1
+        counts_inputs = getattr(model, "batch_size_counts_inputs", True)
+        size = -(-CHUNK_ROWS // batch) * batch if counts_inputs else max(n_rows, 1)
+
+        read: list = [source]  # the rows being read: where a folder's shards start
+
+        def chunks() -> Any:
+            rows = iter(source) if source is not None else iter_records(args.data)
+            read[0] = source if source is not None else rows
+            for start in range(0, n_rows, size):
+                chunk = list(itertools.islice(rows, size))
+                if chunk:
+                    yield start, chunk
+
+        def inputs(start: int, chunk: list) -> tuple[list, list]:
+            # the printed rows keep their paths as written; the model reads them against the data file's folder
+            rows = resolve_media_paths(chunk, "." if args.data == "-" else args.data)
+            return _row_inputs(model, rows, "<stdin>" if args.data == "-" else args.data, start, origin)
+
+        def origin(i: int) -> Optional[tuple[str, int]]:
+            return row_origin(read[0], i)  # a folder of shards: the shard and its row, not a row of all of them
+
+        def row_name(i: int) -> str:
+            return "{}: row {}".format(*(origin(i) or ("<stdin>" if args.data == "-" else args.data, i)))
+
+        # every row is checked before any is scored: a bad row 37,123 is named before hours of scoring, not after
+        from mmreward.core.cli_config import error_at_row
+
+        n_inputs, natural_parts = 0, False
+        for start, chunk in chunks():
+            items, where = inputs(start, chunk)
+            try:
+                _precheck(model, items)
+            except (ValueError, TypeError, FileNotFoundError) as e:
+                raise error_at_row(e, where, lambda j: row_name(start + j), "score") from None
+            n_inputs += len(items)
+            natural_parts = natural_parts or (type(model).has_parts() and any(isinstance(it, I.PART_INPUTS)
+                                                                              for it in items))
     else:
         if args.prompt is not None and not {I.ImagePrompt, I.VideoPrompt} & set(model.input_types):
             raise ValueError(f"--prompt is for image scorers; {type(model).__name__} scores "
@@ -217,67 +286,316 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.files = _episode_files(args.files)
         rows = [{"file": f} for f in args.files]
         items, where = _file_inputs(model, args.files, args.prompt), [(i, "score") for i in range(len(args.files))]
+        n_inputs = len(items)
+        natural_parts = type(model).has_parts() and any(isinstance(it, I.PART_INPUTS) for it in items)
+
+        def chunks() -> Any:
+            yield 0, rows
+
+        def inputs(start: int, chunk: list) -> tuple[list, list]:
+            return items, where
+
+        row_name = (lambda i: args.files[i])
 
     # per-part scores are shown by default where the parts are the point (steps, frames)
-    natural_parts = type(model).has_parts() and any(isinstance(it, I.PART_INPUTS) for it in items)
     parts = natural_parts if args.parts is None else args.parts
     if parts and not type(model).has_parts():
         raise ValueError(f"{type(model).__name__} scores whole inputs: it has no per-step or per-frame scores")
-    import torch
-
-    from mmreward.core.cli_config import error_at_row
-
-    row_name = (lambda i: f"{args.data}: row {i}") if args.data else (lambda i: args.files[i])
+    ranking = bool(args.files) and args.prompt is not None and not parts
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    try:
-        with torch.no_grad():
-            part_scores = _scored(model, items, args.batch_size, "score_parts", progress) if parts else None
-            scores = model.aggregate_parts(part_scores) if part_scores is not None else None
-            if scores is None:
-                scores = _scored(model, items, args.batch_size, "score", progress)
-    except (ValueError, TypeError) as e:  # DataError too: "input K" is the K-th scored input; name the file's
-        # row or the file (a preference row is two inputs)
-        raise error_at_row(e, where, row_name, "score") from None
-    out: list[dict] = [dict() for _ in rows]
-    for k, ((i, slot), s) in enumerate(zip(where, scores.tolist())):
-        out[i][slot if slot == "score" else f"score_{slot}"] = float(s)  # unrounded: the pairwise accuracy too
-        if part_scores is not None:
-            out[i]["parts" if slot == "score" else f"parts_{slot}"] = _to_list(part_scores[k])
-    _print(args, rows, out)
+    began = time.monotonic()
+    pairs: list[dict] = []  # the scores of preference rows only, for the pairwise accuracy
+    scored: list[dict] = []  # ranked files only: they are printed best first, once all are scored
+    new_inputs = [0]  # inputs scored by this run (--resume: not those an earlier run kept)
+
+    def score_all(write: Any, done: int = 0, kept: Any = None) -> None:
+        """Score every row from row ``done`` on; ``kept(start, rows)`` (rows before ``done``, scored by an earlier
+        run) checks them and returns how many inputs they were."""
+        import warnings
+
+        import torch
+
+        from mmreward.core.cli_config import error_at_row
+
+        bar = _bar(n_inputs) if progress else None
+        # each chunk's warnings are held and told once at the end, a truncation count summed over all chunks: once
+        # per calling line, it told the first chunk's count ("truncated 3 of 4096 inputs") for the whole file
+        held = warnings.catch_warnings(record=True)
+        caught = held.__enter__()
+        warnings.simplefilter("always")
+        try:
+            for start, chunk in chunks():
+                if start < done:
+                    cut = min(done - start, len(chunk))
+                    n = kept(start, chunk[:cut])
+                    if bar is not None:
+                        bar.update(n)
+                    chunk, start = chunk[cut:], start + cut
+                    if not chunk:
+                        continue
+                items, where = inputs(start, chunk)
+                new_inputs[0] += len(items)
+                try:
+                    with torch.no_grad():
+                        part_scores = _scored(model, items, args.batch_size, "score_parts", bar) if parts else None
+                        scores = model.aggregate_parts(part_scores) if part_scores is not None else None
+                        if scores is None:
+                            scores = _scored(model, items, args.batch_size, "score", bar if not parts else None)
+                except (ValueError, TypeError) as e:  # DataError too: "input K" is the K-th scored input of the
+                    # chunk; name the file's row or the file (a preference row is two inputs)
+                    raise error_at_row(e, where, lambda j: row_name(start + j), "score") from None
+                out: list[dict] = [dict() for _ in chunk]
+                for k, ((j, slot), s) in enumerate(zip(where, scores.tolist())):
+                    out[j][slot if slot == "score" else f"score_{slot}"] = float(s)  # unrounded: the pairwise accuracy too
+                    if part_scores is not None:
+                        out[j]["parts" if slot == "score" else f"parts_{slot}"] = _to_list(part_scores[k])
+                pairs.extend({k: o[k] for k in ("score_chosen", "score_rejected")} for o in out if "score_chosen" in o)
+                if ranking:
+                    scored.extend(out)
+                else:
+                    write(start, chunk, out)
+        finally:
+            if bar is not None:
+                bar.close()
+            held.__exit__(None, None, None)
+            _tell_warnings(caught, n_inputs)
+
+    if args.out and args.resume:
+        header = {"model": _identity(args.model), "data": _identity(args.data), "split": args.split,
+                  "dtype": args.dtype, "parts": parts, "rows": n_rows}
+        _write_resumable(args, score_all, header, pairs)
+    elif args.out:
+        _write_out(args, score_all, scored if ranking else None)
+    if args.out:
+        took = time.monotonic() - began
+        print(f"mmreward score: {n_inputs if args.files else n_rows} {'files' if args.files else 'rows'} scored "
+              f"({new_inputs[0]} inputs in {took:.1f} s, {new_inputs[0] / max(took, 1e-9):.1f} inputs/s), written to "
+              f"{args.out}",
+              file=sys.stderr)
+    elif args.json:
+        score_all(lambda start, chunk, out: sys.stdout.write(_json_lines(chunk, out)))
+        if ranking:
+            print(_ranking_json(args, scored))
+    else:
+        score_all(lambda start, chunk, out: _print_table(start, chunk, out))
+        if ranking:
+            _print_ranking(args, scored)
+    line = _pairwise_line(pairs)
+    if line:
+        print(line, file=sys.stderr if args.json or args.out else sys.stdout)
     return 0
 
 
+def _precheck(model: Any, items: list) -> None:
+    """The checks a text RM or PRM makes of every input before its first forward (a PRM solution longer than
+    max_length, a conversation a chat template refuses, token ids past the embeddings), made of every row before
+    any chunk is scored: found in chunk 9, they cost the scoring of chunks 0-8 (with --out, all of it)."""
+    from mmreward.core.inputs import StepSolution, TextPair
+
+    for i, it in enumerate(items):  # a media file named by a row that is not there: found when decoded, mid-run
+        for name in ("image", "images", "video", "frames"):
+            values = getattr(it, name, None)
+            for v in values if isinstance(values, list) else [values]:
+                if isinstance(v, str) and v and "://" not in v and v[:5].lower() != "data:" and not os.path.exists(v):
+                    raise FileNotFoundError(f"input {i}: field {name!r}: file {v!r} does not exist")
+    if callable(getattr(model, "encode_one", None)) and items and all(isinstance(it, StepSolution) for it in items):
+        for i, it in enumerate(items):
+            model.encode_one(it.problem, it.steps, where=f"input {i}")
+    elif callable(getattr(model, "encode", None)) and callable(getattr(model, "check_fits", None)) \
+            and items and all(isinstance(it, TextPair) for it in items):
+        rows = model.encode(items)
+        getattr(model, "check_encoded", lambda rows: None)(rows)
+        model.check_fits(rows)
+
+
+CHUNK_ROWS = 4096  # rows read, scored and written at a time (rounded up to whole batches)
 PROGRESS_CHUNK_BATCHES = 16  # batches per progress update
+# output names of formats other than JSON lines, which --out does not write
+_OTHER_FORMATS = {".parquet": "parquet", ".csv": "CSV", ".tsv": "TSV", ".arrow": "Arrow", ".feather": "Feather",
+                  ".xlsx": "Excel", ".xls": "Excel", ".pkl": "pickle", ".pickle": "pickle", ".npz": "numpy", ".npy": "numpy"}
 
 
-def _scored(model: Any, items: list, batch_size: Optional[int], method: str, progress: bool) -> Any:
-    """``model.score`` / ``model.score_parts`` of ``items``; with ``progress``, a bar on stderr. A model whose
-    ``score`` has its own bar (text RMs: it sorts all inputs by length first) gets one call; others are called
-    on consecutive chunks of whole batches (an error's "input K" counted in ``items``). Models whose batch
+def _other_format(path: str) -> Optional[str]:
+    """The format a file name promises when it is not JSON lines (``.parquet``, ``.csv`` …, also gzipped), else None."""
+    name = path.lower().removesuffix(".gz")
+    return next((kind for ext, kind in _OTHER_FORMATS.items() if name.endswith(ext)), None)
+
+
+# the warning text_encoder.truncation_warning gives for one call (mmreward.text.data)
+_TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tokens \((\S+): (\d+) prompt and "
+                        r"(\d+) response tokens cut, up to (\d+) from one input")
+
+
+def _tell_warnings(caught: list, n_inputs: int) -> None:
+    """The warnings of every chunk, each told once; truncation counts summed over the chunks (of ``n_inputs``)."""
+    import warnings
+
+    seen, cut = set(), {}
+    for w in caught:
+        m = _TRUNCATED.search(str(w.message))
+        if m:
+            key = (m[3], m[4], m[5])
+            n, total, prompt, response, most = cut.get(key, (0, 0, 0, 0, 0))
+            cut[key] = (n + int(m[1]), total + int(m[2]), prompt + int(m[6]), response + int(m[7]), max(most, int(m[8])))
+        elif (w.category, str(w.message)) not in seen:
+            seen.add((w.category, str(w.message)))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for (what, length, policy), (n, total, prompt, response, most) in cut.items():
+        warnings.warn(f"truncated {n} of {max(total, n_inputs)} {what} to max_length={length} tokens ({policy}: {prompt} prompt and "
+                      f"{response} response tokens cut, up to {most} from one input; special and template tokens "
+                      "kept)", UserWarning, stacklevel=2)
+
+
+def _bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="scoring", unit="input", dynamic_ncols=True, file=sys.stderr)
+
+
+def _pairwise_line(pairs: list[dict]) -> Optional[str]:
+    if not pairs:
+        return None
+    from mmreward.text.cli import pairwise_accuracy_line  # NaN pairs left out and counted, not read as wrong
+
+    return pairwise_accuracy_line(pairs)
+
+
+def _write_out(args: Any, score_all: Any, ranked: Optional[list]) -> None:
+    """Score into a hidden file beside ``--out``, renamed to it once every row is written (a killed run leaves no
+    half file under the name; the next write to it removes the leftover); ``.gz``: gzipped."""
+    from mmreward.core.folders import atomic_write
+
+    def write(tmp: str) -> None:
+        if args.out.lower().endswith(".gz"):
+            import gzip
+
+            f = gzip.open(tmp, "wt", encoding="utf-8")
+        else:
+            f = open(tmp, "w", encoding="utf-8")
+        with f:
+            score_all(lambda start, chunk, out: f.write(_json_lines(chunk, out)))
+            if ranked is not None:
+                f.write(_ranking_json(args, ranked) + "\n")
+
+    atomic_write(args.out, write)
+
+
+_SCORE_KEYS = ("score", "score_chosen", "score_rejected", "parts", "parts_chosen", "parts_rejected")
+_PARTIAL = "mmreward score partial"  # the key of a partial file's first line, which says what it is of
+
+
+def _identity(path: Optional[str]) -> Optional[str]:
+    return os.path.realpath(path) if path and os.path.exists(path) else path
+
+
+def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> None:
+    """``--resume``: rows scored into ``OUT.partial`` (a first line saying which model, data and settings; then
+    ``--out``'s lines, flushed to disk after each chunk), continued where an earlier run of the same command
+    stopped: the rows it kept are checked against the data, not scored again. Once every row is there, ``--out``
+    is written from it at once (gzipped for ``.gz``) and the partial file removed."""
+    import fcntl
+    import shutil
+
+    from mmreward.core.data import DataError
+    from mmreward.core.folders import atomic_write, file_mode
+
+    partial = args.out + ".partial"
+    f = os.fdopen(os.open(partial, os.O_RDWR | os.O_CREAT, file_mode()), "r+b")
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # two runs appending to one file would interleave rows
+        except OSError:
+            raise ValueError(f"{partial} is being written by another run of mmreward score") from None
+        first = f.readline()
+        if not first.endswith(b"\n"):  # new (or killed while writing its first line)
+            f.seek(0)
+            f.truncate()
+            f.write((json.dumps({_PARTIAL: header}) + "\n").encode())
+            done, end = 0, f.tell()
+        else:
+            try:
+                was = json.loads(first)[_PARTIAL]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{partial} is not a partial file of mmreward score --resume: delete or move it") \
+                    from None
+            if was != header:
+                diff = ", ".join(f"{k} {was.get(k)!r} then, {v!r} now" for k, v in header.items() if was.get(k) != v)
+                raise DataError(f"{partial} holds rows scored with other settings ({diff}): run that command again "
+                                "to continue it, or delete the file to start over")
+            done, end = 0, f.tell()
+            for line in f:
+                if not line.endswith(b"\n"):  # the line a killed run was writing
+                    break
+                done, end = done + 1, end + len(line)
+        f.seek(end)
+        f.truncate()  # a half-written last line goes; its row is scored again
+        reader = open(partial, "rb")
+        reader.readline()
+        if done:
+            print(f"mmreward score: continuing {partial}: {done} of {header['rows']} rows were scored", file=sys.stderr)
+
+        def kept(start: int, rows: list) -> int:
+            n = 0
+            for k, row in enumerate(rows, start):
+                got = json.loads(reader.readline())
+                want = json.loads(json_text(row, ensure_ascii=False, default=str))
+                if {a: b for a, b in got.items() if a not in _SCORE_KEYS} != \
+                        {a: b for a, b in want.items() if a not in _SCORE_KEYS}:
+                    raise DataError(f"{partial}: row {k} is not row {k} of {args.data} (the data changed since it "
+                                    "was scored): delete the file to start over")
+                if "score_chosen" in got:
+                    pairs.append({a: got[a] for a in ("score_chosen", "score_rejected")})
+                n += 2 if "score_chosen" in got else 1
+            return n
+
+        def write(start: int, chunk: list, out: list) -> None:
+            f.write(_json_lines(chunk, out).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+
+        try:
+            with reader:
+                score_all(write, done, kept)
+        except DataError:  # the data changed, or a row the model refuses: said as it is
+            raise
+        except BaseException:
+            print(f"mmreward score: the rows scored so far are kept in {partial}: run the same command again to "
+                  "continue", file=sys.stderr)
+            raise
+
+    def copy(tmp: str) -> None:
+        import gzip
+
+        with open(partial, "rb") as src, (gzip.open(tmp, "wb") if args.out.lower().endswith(".gz")
+                                          else open(tmp, "wb")) as dst:
+            src.readline()  # the partial file's own first line
+            shutil.copyfileobj(src, dst)
+
+    atomic_write(args.out, copy)
+    os.unlink(partial)
+
+
+def _scored(model: Any, items: list, batch_size: Optional[int], method: str, bar: Any) -> Any:
+    """``model.score`` / ``model.score_parts`` of ``items``; with a progress ``bar``, called on consecutive chunks
+    of whole batches (an error's "input K" counted in ``items``) and the bar moved after each. Models whose batch
     counts something inside one input (episode rewards) are scored in one call, as without a bar."""
-    import inspect
-
     import torch
 
     call = getattr(model, method)
-    if not progress or len(items) <= 1:
-        return call(items, batch_size=batch_size)
-    if "progress" in inspect.signature(call).parameters:
-        return call(items, batch_size=batch_size, progress=True)
-    if not getattr(model, "batch_size_counts_inputs", True):
-        return call(items, batch_size=batch_size)
-    from tqdm.auto import tqdm
-
+    if bar is None or not getattr(model, "batch_size_counts_inputs", True):
+        got = call(items, batch_size=batch_size)
+        if bar is not None:
+            bar.update(len(items))
+        return got
     chunk = (batch_size or model.default_batch_size) * PROGRESS_CHUNK_BATCHES
     out: list = []
-    with tqdm(total=len(items), desc="scoring", unit="input", dynamic_ncols=True, file=sys.stderr) as bar:
-        for start in range(0, len(items), chunk):
-            try:
-                got = call(items[start:start + chunk], batch_size=batch_size)
-            except (ValueError, TypeError) as e:
-                raise _shifted(e, start) from None
-            out += list(got) if method == "score_parts" else [got]
-            bar.update(min(chunk, len(items) - start))
+    for start in range(0, len(items), chunk):
+        try:
+            got = call(items[start:start + chunk], batch_size=batch_size)
+        except (ValueError, TypeError) as e:
+            raise _shifted(e, start) from None
+        out += list(got) if method == "score_parts" else [got]
+        bar.update(min(chunk, len(items) - start))
     return out if method == "score_parts" else torch.cat(out)
 
 
@@ -295,31 +613,13 @@ def _json_lines(rows: list[dict], out: list[dict]) -> str:
     return "".join(json_text({**r, **o}, ensure_ascii=False, default=str) + "\n" for r, o in zip(rows, out))
 
 
-def _print(args: Any, rows: list[dict], out: list[dict]) -> None:
-    pairs = [o for o in out if "score_chosen" in o]
-    ranking = args.files and args.prompt is not None and not any("parts" in o for o in out)
-    if args.out:
-        from mmreward.core.folders import atomic_write_text
-
-        atomic_write_text(args.out, _ranking_json(args, out) + "\n" if ranking else _json_lines(rows, out))
-        print(f"mmreward score: {len(out)} {'files' if args.files else 'rows'} scored, written to {args.out}",
-              file=sys.stderr)
-    elif ranking:
-        _print_ranking(args, out)
-        return
-    elif args.json:
-        print(_json_lines(rows, out), end="")
-    else:
-        for i, (r, o) in enumerate(zip(rows, out)):
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in o.items() if not k.startswith("parts"))
-            extra = "  ".join(f"{k}=[{', '.join(f'{x:.3f}' for x in v[:12])}{', …' if len(v) > 12 else ''}]"
-                              for k, v in o.items() if k.startswith("parts"))
-            label = r.get("file") or _summary(r)
-            print(f"{i:>5}  {shown}  {extra}  {label}".rstrip())
-    if pairs:
-        from mmreward.text.cli import pairwise_accuracy_line  # NaN pairs left out and counted, not read as wrong
-
-        print(pairwise_accuracy_line(pairs), file=sys.stderr if args.json or args.out else sys.stdout)
+def _print_table(start: int, rows: list[dict], out: list[dict]) -> None:
+    for i, (r, o) in enumerate(zip(rows, out), start):
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in o.items() if not k.startswith("parts"))
+        extra = "  ".join(f"{k}=[{', '.join(f'{x:.3f}' for x in v[:12])}{', …' if len(v) > 12 else ''}]"
+                          for k, v in o.items() if k.startswith("parts"))
+        label = r.get("file") or _summary(r)
+        print(f"{i:>5}  {shown}  {extra}  {label}".rstrip())
 
 
 def _ranking(args: Any, out: list[dict]) -> list[dict]:

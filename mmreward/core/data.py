@@ -30,6 +30,10 @@ Accepted layouts:
 
 Row indices in errors are 0-based positions in the returned list; JSONL errors also give the
 1-based line number.
+
+``iter_records(source)`` gives the same rows one at a time: JSON-lines and parquet files, and dataset folders of
+such shards, are then read as the rows are consumed (memory holds a row, not the file); other sources are read
+whole first (``streams(source)`` says which).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import itertools
 import json
 import os
 import re
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 RecordSource = Union[str, os.PathLike, Iterable[dict]]
 
@@ -90,34 +94,40 @@ def _gzip_error(path: str, e: Exception) -> DataError:
 
 
 def _read_jsonl(path: str) -> list[dict]:
+    return list(_iter_jsonl(path))
+
+
+def _iter_jsonl(path: str) -> Iterator[dict]:
+    """The rows of a JSON-lines file (``.gz``: gzipped) one at a time, as they are read."""
     try:
-        return _read_jsonl_lines(path)
+        with _open_bytes(path) as f:
+            yield from jsonl_rows(f, path)
     except (EOFError, OSError) as e:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
         if path.lower().endswith(".gz") and not isinstance(e, FileNotFoundError):
             raise _gzip_error(path, e) from None
         raise
 
 
-def _read_jsonl_lines(path: str) -> list[dict]:
-    rows = []
-    with _open_bytes(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                # utf-8-sig on the first line: a byte-order mark (Windows editors, Excel's "UTF-8" export) is no data
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise _not_utf8(path, raw, e, lineno) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno} (row {len(rows)}) is not valid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {lineno} (row {len(rows)}) must be a JSON object, "
-                                f"got {type(obj).__name__}")
-            rows.append(obj)
-    return rows
+def jsonl_rows(f: Iterable[bytes], path: str) -> Iterator[dict]:
+    """The JSON objects of the lines of the binary stream ``f`` (a file, ``sys.stdin.buffer``) named ``path`` in
+    errors, one at a time: blank lines skipped, each error naming the line and the row."""
+    row = 0
+    for lineno, raw in enumerate(f, 1):
+        try:
+            # utf-8-sig on the first line: a byte-order mark (Windows editors, Excel's "UTF-8" export) is no data
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, raw, e, lineno) from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {lineno} (row {row}) is not valid JSON: {e.msg}") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {lineno} (row {row}) must be a JSON object, got {type(obj).__name__}")
+        row += 1
+        yield obj
 
 
 # the flag is the caller's: the split of --eval-data is --eval-split (of --solutions, --solutions-split)
@@ -262,8 +272,24 @@ def _read_parquet(path: str, split: Optional[str]) -> list[dict]:
         rows = pq.read_table(path).to_pylist()
     except (pyarrow.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
-    return [{k: _image_bytes(_image_struct(v)) if k in _IMAGE_FIELDS else _image_struct(v) for k, v in r.items()}
-            for r in rows]
+    return [_parquet_row(r) for r in rows]
+
+
+def _parquet_row(r: dict) -> dict:
+    return {k: _image_bytes(_image_struct(v)) if k in _IMAGE_FIELDS else _image_struct(v) for k, v in r.items()}
+
+
+def _iter_parquet(path: str) -> Iterator[dict]:
+    """The rows of a parquet file a batch of rows at a time (not the whole table in memory)."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            yield from (_parquet_row(r) for r in batch.to_pylist())
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
 
 
 _IMAGE_FIELDS = ("image", "images")  # row fields the image readers take (a data: URI of raw bytes included)
@@ -443,6 +469,17 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
     """Rows of a dataset repository folder: its splits and their files as ``datasets`` resolves them (file-name
     patterns such as ``data/train-*``, or the README's ``configs``), each file read by the readers here, so
     an error names the file, row and line (and nothing is copied into the ``datasets`` cache)."""
+    files, name, window, percent = _repo_split_files(path, split)
+    rows = FileRows()
+    for f in files:
+        rows.files.append((len(rows), f))
+        rows.extend(read_records(f))
+    return _in_window(rows, window, percent, split, name, path)
+
+
+def _repo_split_files(path: str, split: Optional[str]) -> tuple[list[str], str, slice, bool]:
+    """(the data files of split ``split`` of a dataset repository folder, the split's name, the rows' window, whether
+    the window is in percent), as ``datasets`` resolves them."""
     datasets = _import_datasets(f"{path} is a dataset folder")
     try:
         files = datasets.load_dataset_builder(path).config.data_files or {}
@@ -453,7 +490,7 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
     names = list(files)
     if not names:
         raise DataError(f"{path}: no data files found for any split")
-    window, percent, original = slice(None), False, split
+    window, percent = slice(None), False
     if split:
         split, window, percent = _split_window(split, path)
     elif len(names) != 1:
@@ -462,11 +499,7 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
         split = names[0]
     if split not in files:
         raise DataError(f"{path} has no split {split!r}; it has {names}")
-    rows = FileRows()
-    for f in files[split]:
-        rows.files.append((len(rows), f))
-        rows.extend(read_records(f))
-    return _in_window(rows, window, percent, original, split, path)
+    return [str(f) for f in files[split]], split, window, percent
 
 
 class FileRows(list):
@@ -583,6 +616,74 @@ def read_records(source: RecordSource, *, split: Optional[str] = None) -> list[d
         if not isinstance(r, dict):
             raise DataError(f"row {i} must be a dict, got {type(r).__name__}")
     return rows
+
+
+_STREAMED = JSONL_SUFFIXES + PARQUET_SUFFIXES
+
+
+def _streamed_files(source: Any, split: Optional[str]) -> Optional[list[str]]:
+    """The files :func:`iter_records` reads one after the other as their rows are consumed: a JSON-lines file
+    (``.gz`` too), a parquet file, or a dataset repository folder of one split whose every shard is one of these;
+    None for any other source (or a split asked)."""
+    if split or not isinstance(source, (str, os.PathLike)):
+        return None
+    path = data_path(source)
+    if os.path.isfile(path):
+        return [path] if path.lower().endswith(_STREAMED) else None
+    if not os.path.isdir(path) or _is_saved_dataset(path) or _model_folder_type(path) is not None \
+            or not _repo_data_files(path, limit=1):
+        return None
+    try:
+        files = _repo_split_files(path, None)[0]
+    except DataError:  # read_records names what is wrong with the folder
+        return None
+    return files if files and all(f.lower().endswith(_STREAMED) for f in files) else None
+
+
+def streams(source: Any, split: Optional[str] = None) -> bool:
+    """Whether :func:`iter_records` reads ``source`` as its rows are consumed (a JSON-lines or parquet file, or a
+    folder of such shards, without a split): memory then holds one row (a parquet batch), and reading it again is
+    cheap."""
+    return _streamed_files(source, split) is not None
+
+
+class RecordStream:
+    """An iterator of the rows of files read one after the other, recording where each file's rows start
+    (``files``: ``(first row, path)``, as :class:`FileRows`), so that :func:`row_origin` names a shard's row."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.files: list[tuple[int, str]] = []
+        self._rows = self._read(paths)
+
+    def _read(self, paths: list[str]) -> Iterator[dict]:
+        n = 0
+        for path in paths:
+            self.files.append((n, path))
+            for row in _iter_parquet(path) if path.lower().endswith(PARQUET_SUFFIXES) else _iter_jsonl(path):
+                n += 1
+                yield row
+
+    def __iter__(self) -> "RecordStream":
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._rows)
+
+
+def iter_records(source: RecordSource, *, split: Optional[str] = None) -> Iterator[dict]:
+    """The rows of ``source`` one at a time, the same rows, in the same order and with the same errors as
+    :func:`read_records` gives: a source that :func:`streams` is read as the rows are consumed (a 10 GB JSON-lines
+    file scores in the memory of one chunk of rows; the result is a :class:`RecordStream`), any other is read
+    whole first."""
+    files = _streamed_files(source, split)
+    if files is None:
+        return iter(read_records(source, split=split))
+    if any(f.lower().endswith(PARQUET_SUFFIXES) for f in files):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise DataError(f"{files[0]}: reading parquet needs pyarrow (pip install pyarrow): {e}") from None
+    return RecordStream(files)
 
 
 def _read_hub_dataset(repo_id: str, split: Optional[str]) -> list[dict]:
