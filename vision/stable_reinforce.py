@@ -56,6 +56,18 @@ class StableReinforceConfig:
             value = getattr(self, name)
             if not value > 0:  # written so NaN fails too (NaN <= 0 is false); inf means "no bound"
                 raise ValueError(f"StableReinforceConfig.{name} must be a number > 0, got {value!r}")
+        g = self.max_grad_norm
+        # clip_grad_norm_ with a negative bound multiplies every gradient by a negative factor (the update climbs
+        # the loss), and 0 was read as "no clipping": only None means that, as in TrainConfig
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0):
+            raise ValueError(f"StableReinforceConfig.max_grad_norm must be > 0 or None (no clipping), got {g!r}")
+        if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            # a negative weight rewards drifting away from the reference policy
+            raise ValueError(f"StableReinforceConfig.kl_coef must be a finite number >= 0, got {self.kl_coef!r}")
+        for name in ("format_weight", "consistency_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"StableReinforceConfig.{name} must be a finite number, got {value!r}")
 
 
 # ------------------------------------------------------------------ advantages and loss
@@ -210,6 +222,15 @@ def stable_reinforce_step(policy: nn.Module, optimizer: torch.optim.Optimizer, s
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
+    if not (bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(gn))):
+        # clipping does not mend a NaN gradient (it scales it by NaN): the step would write NaN into every weight
+        from mmreward.core.trainer import TrainingDiverged
+
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"stable_reinforce_step: the loss ({float(loss.detach())}) or the gradient norm "
+                               f"({float(gn)}) is not finite; the update was not applied (the policy is unchanged): "
+                               "look for NaN / inf in old_logprobs / ref_logprobs or in the policy's logits (a "
+                               "lower learning rate, or fp32)")
     optimizer.step()
     metrics.update(loss=float(loss.detach()), grad_norm=float(gn), kept_frac=float(kept.float().mean()),
                    reward_mean=float(rewards.float().nanmean()))
@@ -252,7 +273,8 @@ def rollout(policy: nn.Module, input_ids: Tensor, attention_mask: Tensor, max_ne
 
 # ------------------------------------------------------------------ R1-Reward output format and reward
 _THINK_ANSWER = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$", re.S)
-_CHOICE = re.compile(r"(?<![\d.])([12])(?![\d.])")  # a lone digit 1 or 2
+# a lone digit 1 or 2: not part of a number ("12", "1.5", "0.2"); a full stop after it ends the sentence ("Answer 2.")
+_CHOICE = re.compile(r"(?<![\d.])([12])(?!\d|\.\d)")
 
 
 @dataclass
@@ -307,8 +329,8 @@ def r1_reward(text: str, preferred: int, consistency_judge: Optional[Consistency
     better answer (1 or 2). Returns the reward and its parts (with the reason when the format check
     failed)."""
     cfg = config or StableReinforceConfig()
-    if preferred not in (1, 2):
-        raise ValueError(f"preferred must be 1 or 2, got {preferred!r}")
+    if isinstance(preferred, bool) or preferred not in (1, 2):  # True == 1: a yes / no label is not an answer index
+        raise ValueError(f"preferred must be 1 or 2 (the better answer), got {preferred!r}")
     p = parse_r1_output(text)
     fmt = float(p.format_ok)
     acc = float(p.format_ok and p.choice == preferred)

@@ -12,12 +12,15 @@ step scores; :meth:`VisualPRM.best_of_n` picks the best of N candidate step list
 
     {"images": [img] | "image": img, "question": str, "steps": [str, …], "labels": [float, …]}
 
+or VisualPRM400K-Raw rows (``steps_with_score``: ``[{"step", "score", …}]``, :func:`published_step_row`).
+
 ``labels`` are Monte-Carlo estimates in [0, 1] (:func:`mc_step_labels`: the fraction of rollouts
 continued from the step that reach the right answer; hard label = mc > 0);
 :func:`evaluate_visual_prm` reports step loss, accuracy and macro-F1.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -58,9 +61,15 @@ class VisualPRMConfig:
 
 
 def label_token_id(processor: Any, token: str) -> int:
-    ids = processor.tokenizer(token, add_special_tokens=False)["input_ids"]
+    tok = processor.tokenizer
+    ids = tok(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ValueError(f"label token {token!r} must be one token, the tokenizer gives {ids}")
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is not None and int(ids[0]) == unk and token != getattr(tok, "unk_token", None):
+        # not in the vocabulary: every unknown word of a step would read as this label (and seed its row)
+        raise ValueError(f"label token {token!r} is not in the tokenizer's vocabulary (it becomes the unknown token "
+                         f"{getattr(tok, 'unk_token', unk)!r}): choose a token the tokenizer knows")
     return int(ids[0])
 
 
@@ -70,6 +79,15 @@ def reduce_step_scores(step_scores: Sequence[Tensor], reduce: str = "mean") -> T
 
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    step_scores = list(step_scores)
+    if not step_scores:
+        raise ValueError("reduce_step_scores: no responses (give one tensor of step scores per response)")
+    for k, p in enumerate(step_scores):
+        # an empty response would reduce to 1.0, the best score ("no step wrong"): Best-of-N would pick it
+        if not isinstance(p, Tensor) or p.dim() != 1 or p.numel() == 0:
+            got = f"shape {tuple(p.shape)}" if isinstance(p, Tensor) else type(p).__name__
+            raise ValueError(f"reduce_step_scores: response {k} must be a non-empty 1-D tensor of step scores "
+                             f"(as score_parts gives), got {got}")
     return segment_reduce(torch.cat(list(step_scores)), torch.tensor([p.numel() for p in step_scores]), reduce=reduce)
 
 
@@ -99,15 +117,19 @@ class VisualPRM(VLMScorer):
         self.b_bad = nn.Parameter(torch.zeros(()))
 
     # -------------------------------------------------------------- encoding
-    def _assistant_header(self) -> list[int]:
-        """Token ids that open an assistant turn (the generation prompt of the chat template)."""
+    def _assistant_header_text(self) -> str:
+        """The text that opens an assistant turn (the generation prompt of the chat template)."""
         proc = self.need_processor()
         msg = [{"role": "user", "content": "x"}]
         full = proc.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
         base = proc.apply_chat_template(msg, tokenize=False, add_generation_prompt=False)
         if not full.startswith(base) or full == base:
             raise ValueError("cannot find the assistant header of the processor's chat template")
-        return proc.tokenizer(full[len(base):], add_special_tokens=False)["input_ids"]
+        return full[len(base):]
+
+    def _assistant_header(self) -> list[int]:
+        """Token ids that open an assistant turn (the generation prompt of the chat template)."""
+        return self.need_processor().tokenizer(self._assistant_header_text(), add_special_tokens=False)["input_ids"]
 
     def encode(self, items: Sequence[VisualSteps], labels: Optional[Sequence[Sequence[float]]] = None,
                names: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
@@ -116,6 +138,9 @@ class VisualPRM(VLMScorer):
         ``names[i]`` (default ``input i``)."""
         proc, cfg = self.need_processor(), self.config
         good, bad = (label_token_id(proc, t) for t in (cfg.good_token, cfg.bad_token))
+        if good == bad:  # the label positions could not tell a good step's answer from a bad one's
+            raise ValueError(f"label tokens {cfg.good_token!r} and {cfg.bad_token!r} are one token ({good}) to the "
+                             "tokenizer: choose two tokens it tells apart")
         names = names or [f"input {i}" for i in range(len(items))]
         texts, imgs, n_steps, flat_labels = [], [], [], []
         for k, (item, name) in enumerate(zip(items, names)):
@@ -142,14 +167,26 @@ class VisualPRM(VLMScorer):
         b, t = hit.nonzero(as_tuple=True)
         counts = torch.bincount(b, minlength=len(items)).tolist()
         for name, c, k in zip(names, counts, n_steps):
-            if c != k:
-                raise ValueError(f"{name}: found {c} label positions for {k} steps (the tokenizer merges the label "
-                                 f"token with its neighbours, or the text was truncated)")
+            head = self._assistant_header_text() if c != k else ""
+            if c > k:  # the text itself holds an assistant header and a label: it would be read as a step's label
+                raise DataError(f"{name}: found {c} label positions for {k} steps: its question or a step holds the "
+                                f"chat template's assistant header followed by a label token "
+                                f"({head + cfg.good_token!r} or {head + cfg.bad_token!r}); remove the chat markup "
+                                "from the text")
+            if c < k:  # e.g. a template that renders "<think>…</think>" into the last assistant turns (Qwen3)
+                raise DataError(f"{name}: found {c} label positions for {k} steps: in the rendered chat a label token "
+                                f"({cfg.good_token!r} / {cfg.bad_token!r}) does not directly follow the assistant "
+                                f"header {head!r} (the chat template adds text before an assistant reply, or the "
+                                "tokenizer merges the label token with the text around it)")
         # label token at t + L; its place among the row's attended tokens (left or right padding)
         place = enc["attention_mask"].cumsum(1)[b, t + L] - 1
 
         def past(i: int, limit: int) -> str:  # the steps whose label lies past the context
-            over = [k for k, p in enumerate(place[b == i].tolist()) if p >= limit]
+            # M-RoPE backbones: an image's tokens share rotary positions, so a label's position (what the
+            # context bounds) is below its place among the tokens; counting places would name steps that fit
+            pos = self._rope_positions(enc)
+            at = (pos[b, t + L] if pos is not None else place)[b == i].tolist()
+            over = [k for k, p in enumerate(at) if p >= limit]
             if not over:
                 return f" (every one of its {n_steps[i]} steps is labelled within it; the text after the last is not)"
             return (f" (steps {over[0]}..{n_steps[i] - 1} of its {n_steps[i]}, counted from 0, lie past it)"
@@ -202,6 +239,9 @@ class VisualPRM(VLMScorer):
                             f"{type(candidates).__name__}")
         if not candidates:
             raise ValueError("best_of_n: no candidates")
+        reduce = self.config.reduce if reduce is None else reduce
+        if reduce not in REDUCTIONS:  # checked before N candidates are scored, not after ("" is not "the default")
+            raise ValueError(f"best_of_n: reduce must be one of {REDUCTIONS} or None (config.reduce), got {reduce!r}")
         steps_of = []
         for k, c in enumerate(candidates):  # list("a step") would score each character as a step
             if isinstance(c, (str, bytes, dict)) or not hasattr(c, "__iter__"):
@@ -216,7 +256,7 @@ class VisualPRM(VLMScorer):
                     raise TypeError(f"best_of_n: candidate {k} step {j} must be a string, got {describe(s)}")
             steps_of.append(c)
         parts = self.score_parts([VisualSteps(question, c, images) for c in steps_of], batch_size=batch_size)
-        scores = reduce_step_scores(parts, reduce or self.config.reduce)
+        scores = reduce_step_scores(parts, reduce)
         return int(scores.argmax()), scores
 
 
@@ -253,15 +293,65 @@ class LabelledSteps:
     def from_record(cls, row: Any, where: str = "row") -> "LabelledSteps":
         if isinstance(row, cls):
             return row
+        row = published_step_row(row, where)  # VisualPRM400K-Raw rows; its conversation rows refused naming the fields
         item = VisualSteps.from_record(row, where)
         D.check_image_files(item.images, where)
         n = len(_check_steps(item, where))
         lab = row.get("labels")
+        if getattr(lab, "ndim", None) == 1 and hasattr(lab, "tolist"):  # a numpy / torch vector (pandas, datasets)
+            lab = lab.tolist()
         if not isinstance(lab, (list, tuple)) or len(lab) != n:
             raise DataError(f"{where}: field 'labels' must be a list with one value per step ({n}), got {describe(lab)}")
-        if not all(isinstance(y, (int, float)) and not isinstance(y, bool) and 0.0 <= y <= 1.0 for y in lab):
+        # numbers.Real: numpy's float32 / int64 labels too (not a bool; numpy's bool_ is no numbers.Real)
+        if not all(isinstance(y, numbers.Real) and not isinstance(y, bool) and 0.0 <= y <= 1.0 for y in lab):
             raise DataError(f"{where}: field 'labels' must hold numbers in [0, 1] (Monte-Carlo estimates), got {lab}")
         return cls(item, [float(y) for y in lab], where)
+
+
+def published_step_row(row: Any, where: str = "row") -> Any:
+    """A step row of a published layout -> mmreward's ``{"image(s)", "question", "steps", "labels"}`` (other rows
+    are returned as they are):
+
+    * VisualPRM400K-Raw (``OpenGVLab/VisualPRM400K-Raw``, ``-v1.1-Raw``; VL-PRM300K has the same field):
+      ``steps_with_score``, a list of ``{"step": str, "score": mc, "num_mc_correct", "num_mc_total"}`` -> the steps
+      and their Monte-Carlo labels (``score``; ``num_mc_correct / num_mc_total`` when a step has no score);
+    * VisualPRM400K's conversation rows (steps rendered as user turns answered "+" / "-", the question and the
+      first step in one turn) hold no question apart from the first step: refused, naming the fields to give."""
+    if not isinstance(row, dict) or "steps" in row:
+        return row
+    if "conversations_chosen" in row or ("chosen" in row and "rejected" in row):  # said only "missing 'question'"
+        raise DataError(f"{where}: a preference row (chosen / rejected): a VisualPRM is trained and evaluated on step "
+                        "rows (image(s), question, steps, labels); preference rows are for a VLM reward model "
+                        "(train_vlm_reward, mmreward vision train-vlm-rm)")
+    if "steps_with_score" not in row:
+        if "conversations" in row and "question" not in row:
+            raise DataError(f"{where}: a conversation row (VisualPRM400K's steps as turns answered '+' / '-') does "
+                            "not separate the question from its first step: give fields image(s), question, steps, "
+                            "labels (VisualPRM400K-Raw rows with steps_with_score are read as they are)")
+        return row
+    scored = row["steps_with_score"]
+    if hasattr(scored, "tolist") and not isinstance(scored, (list, tuple)):  # a list column read by pandas / pyarrow
+        scored = scored.tolist()
+    if not isinstance(scored, (list, tuple)) or not scored:
+        raise DataError(f"{where}: field 'steps_with_score' must be a non-empty list of {{'step', 'score'}} objects, "
+                        f"got {describe(scored)}")
+    if "labels" in row:  # two sources of labels: which one is meant?
+        raise DataError(f"{where}: fields 'labels' and 'steps_with_score' both label the steps: give one of them")
+    steps, labels = [], []
+    for k, s in enumerate(scored):
+        if not isinstance(s, dict) or not isinstance(s.get("step"), str):
+            raise DataError(f"{where}: field 'steps_with_score': item {k} must be an object with a 'step' string, "
+                            f"got {describe(s)}")
+        score = s.get("score")
+        if score is None and s.get("num_mc_total"):  # the estimate from its counts
+            correct, total = s.get("num_mc_correct"), s.get("num_mc_total")
+            score = correct / total if isinstance(correct, numbers.Real) and isinstance(total, numbers.Real) else None
+        if isinstance(score, bool) or not isinstance(score, numbers.Real):
+            raise DataError(f"{where}: field 'steps_with_score': item {k} needs a 'score' number (its Monte-Carlo "
+                            f"estimate in [0, 1]), got {describe(s.get('score'))}")
+        steps.append(s["step"])
+        labels.append(score)
+    return {**{k: v for k, v in row.items() if k != "steps_with_score"}, "steps": steps, "labels": labels}
 
 
 def as_labelled(rows: Sequence[Any], what: str = "rows") -> list[LabelledSteps]:
@@ -283,8 +373,19 @@ def mc_step_labels(outcomes: Sequence[Sequence[Any]]) -> tuple[list[float], list
     for k, o in enumerate(outcomes):
         if len(o) == 0:
             raise ValueError(f"step {k}: no rollouts")
-        soft.append(sum(float(bool(x)) for x in o) / len(o))
+        soft.append(sum(_outcome(x, k, j) for j, x in enumerate(o)) / len(o))
     return soft, [int(s > 0) for s in soft]
+
+
+def _outcome(x: Any, step: int, rollout: int) -> float:
+    """One rollout's correctness as 1.0 / 0.0: a bool or 0 / 1 (numpy / torch scalars too). Anything else is
+    refused: bool("False"), bool("incorrect"), bool(0.5) and bool(NaN) are all True, which would label the step
+    good without a word."""
+    v = x.item() if hasattr(x, "item") and getattr(x, "ndim", 0) == 0 else x
+    if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
+        return float(v)
+    raise ValueError(f"step {step}, rollout {rollout}: an outcome must be True / False (or 1 / 0), got {x!r} (is_correct "
+                     "must return a bool)")
 
 
 def monte_carlo_labels(question: str, steps: Sequence[str], rollout_fn: Callable[[str, list[str], int], Sequence[str]],

@@ -101,6 +101,15 @@ class VLMScorer(RewardScorer, nn.Module):
         from the backbone's own ``get_rope_index`` (Qwen2-VL / Qwen2.5-VL M-RoPE: an image's or a video's
         tokens share positions, so a row spans fewer positions than it has tokens); None when the
         backbone has none, or the row holds no image / video."""
+        pos = self._rope_positions(enc)
+        if pos is None:
+            return None
+        mask = enc["attention_mask"].bool()
+        return [int(pos[i][mask[i]].max()) + 1 for i in range(mask.shape[0])]
+
+    def _rope_positions(self, enc: dict) -> Optional[torch.Tensor]:
+        """(B, T) rotary position of each token (the largest of M-RoPE's three axes) from the backbone's
+        ``get_rope_index``; None when it has none or the batch holds no image / video (positions = places)."""
         import inspect
 
         fn = getattr(self.backbone, "get_rope_index", None)
@@ -110,8 +119,9 @@ class VLMScorer(RewardScorer, nn.Module):
             params = inspect.signature(fn).parameters
             with torch.no_grad():
                 pos = fn(**{k: v for k, v in enc.items() if k in params})[0]  # (3, B, T)
-            mask = enc["attention_mask"].bool()
-            return [int(pos[:, i][:, mask[i]].max()) + 1 for i in range(mask.shape[0])]
+            if pos.dim() != 3 or tuple(pos.shape[1:]) != tuple(enc["attention_mask"].shape):
+                return None
+            return pos.amax(dim=0)
         except Exception:  # another transformers' signature or layout: fall back to counting tokens
             return None
 

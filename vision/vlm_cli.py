@@ -64,7 +64,14 @@ def _backbone(spec: str) -> tuple[Any, Any]:
 
             model = mmreward.load(spec)
             return model.backbone, model.processor
-    return spec, D.load_processor(spec)
+    else:  # a data or processor-only folder: transformers would only say it finds no processing class there
+        raise ValueError(f"--backbone {spec!r} has no config.json: give 'tiny', a transformers VLM folder (config.json, "
+                         "weights and processor files) or a train-vlm-rm / train-visual-prm model folder")
+    try:
+        return spec, D.load_processor(spec)
+    except (OSError, ValueError, KeyError) as e:  # a model folder without (or with broken) processor files
+        raise ValueError(f"--backbone {spec!r}: cannot load its processor (tokenizer, image processor, chat "
+                         f"template files): {e}") from e
 
 
 def _train(argv: Sequence[str], kind: str) -> int:

@@ -22,9 +22,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mmreward.core.data import DataError
+from mmreward.core.data import DataError, data_path
 
-from .images import local_path, to_pil
+from .images import _remote_kind, local_path, to_pil
 
 IMAGE_TOKEN, VIDEO_TOKEN = "<|image_pad|>", "<|video_pad|>"
 # LLaVA / InternVL data mark an image's place in a user turn with "<image>": one per image, removed from the
@@ -196,8 +196,11 @@ def check_image_files(images: Any, where: str) -> None:
     images = [] if images is None else images if isinstance(images, (list, tuple)) else [images]
     for j, im in enumerate(images):
         if isinstance(im, (str, os.PathLike)):
-            path = local_path(os.fspath(im))
+            path = data_path(local_path(os.fspath(im)))  # "~/a.png": the home folder's, as the image is read
             if not path[:5].lower() == "data:" and not os.path.isfile(path):  # a data: URI is read when scored
+                if _remote_kind(path) == "a URL":  # not "does not exist": nothing is ever fetched
+                    raise DataError(f"{where}: field 'images': image {j}: {path!r} is a URL; images are read from "
+                                    "local files only (download it and give its path)")
                 what = "is a folder, not an image file" if os.path.isdir(path) else "does not exist"
                 raise DataError(f"{where}: field 'images': image {j}: image file {path!r} {what}")
 

@@ -110,6 +110,11 @@ class ConversationPair:
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         row = D.published_pair_row(row, where)  # RLAIF-V / MM-RLHF rows; VLFeedback refused naming the fields
         missing = [k for k in ("conversations_chosen", "conversations_rejected") if k not in row]
+        if missing and ("steps" in row or "steps_with_score" in row):  # said only "missing 'conversations_chosen'"
+            raise DataError(f"{where}: missing field {missing[0]!r}: a step row (question, steps): a VLM reward model "
+                            "is trained and evaluated on preference rows (conversations_chosen / conversations_rejected, "
+                            "or question, chosen, rejected); step rows are for a VisualPRM (train_visual_prm, mmreward "
+                            "vision train-visual-prm)")
         if missing:
             raise DataError(f"{where}: missing field {missing[0]!r} (fields present: {sorted(map(str, row))[:12]})")
         images = row.get("images", row.get("image"))
@@ -207,11 +212,12 @@ def _image_digest(image: Any, h: Any, seen: dict) -> None:
     import numpy as np
 
     from mmreward.core.checkpoint import update_digest
+    from mmreward.core.data import data_path
 
     from .images import local_path
 
     if isinstance(image, (str, os.PathLike)):
-        path = local_path(os.fspath(image))
+        path = data_path(local_path(os.fspath(image)))  # "~/a.png" too: its bytes, not its name
         if os.path.isfile(path):
             st = os.stat(path)
             key = ("file", os.path.realpath(path), st.st_size, st.st_mtime_ns)

@@ -699,7 +699,7 @@ def _read_hub_dataset(repo_id: str, split: Optional[str]) -> list[dict]:
 
 
 # row fields that hold media paths (one path or a list of them)
-MEDIA_PATH_FIELDS = ("image", "images", "video", "frames", "episode")
+MEDIA_PATH_FIELDS = ("image", "images", "image_path", "video", "frames", "episode")  # image_path: RLAIF-V, MM-RLHF
 
 
 def media_path(value: str, base: str) -> str:

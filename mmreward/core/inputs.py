@@ -461,8 +461,14 @@ class VisualSteps(ScoreInput):
     def from_record(cls, row: Any, where: str = "row") -> "VisualSteps":
         _need_dict(row, where)
         q = _text(_field(row, cls.row_keys["question"], where), f"{where}: field 'question'", messages=False)
-        return cls(q, _steps(_field(row, cls.row_keys["steps"], where), where),
-                   _images(_first(row, cls.row_keys["images"], where), where))
+        scored = row.get("steps_with_score") if "steps" not in row else None
+        if hasattr(scored, "tolist") and not isinstance(scored, (list, tuple)):  # a list column read by pandas
+            scored = scored.tolist()
+        if isinstance(scored, (list, tuple)):  # VisualPRM400K-Raw: [{"step", "score", ...}]: scored by its steps
+            steps = [s.get("step") if isinstance(s, dict) else s for s in scored]
+        else:
+            steps = _field(row, cls.row_keys["steps"], where)
+        return cls(q, _steps(steps, where), _images(_first(row, cls.row_keys["images"], where), where))
 
 
 @dataclass
