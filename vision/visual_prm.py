@@ -494,9 +494,11 @@ def train_visual_prm(model: VisualPRM, rows: Sequence[Any], config, eval_rows: O
     resume = {"objective": {"loss": "step_bce", **objective}, "data": data_digest(examples),
               "processor": D.processor_fingerprint(model.need_processor())}
     collate = StepCollator(model)
-    trainer = Trainer(model, config, examples, collate, step_loss_fn, eval_fn=eval_fn,
-                      settings={"visual_prm": cfg}, resume_settings=resume, check_saves=True)
-    return model.fit_checked(trainer, examples, held, collate, EVAL_BATCH_SIZE)
+    def build(adapters: dict) -> Trainer:
+        return Trainer(model, config, examples, collate, step_loss_fn, eval_fn=eval_fn,
+                       settings={"visual_prm": cfg}, resume_settings={**resume, **adapters}, check_saves=True)
+
+    return model.fit_with_adapters(config, build, examples, held, collate, EVAL_BATCH_SIZE)
 
 
 def check_steps_fit(model: VisualPRM, examples: Sequence[LabelledSteps],

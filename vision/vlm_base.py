@@ -17,6 +17,7 @@ folder without either is refused with a message naming what is missing.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
@@ -24,12 +25,25 @@ from torch import nn
 
 from mmreward.core.data import DataError
 from mmreward.core.folders import CheckpointError
+from mmreward.core.lora import AdapterOptions, BackboneSetup
 from mmreward.core.model import RewardScorer, config_from_dict, load_state_strict, load_weights
+from mmreward.core.trainer import TrainConfig
 
 from . import vlm_data as D
 from .scoring import require_assets
 
 PROCESSOR_DIR = "processor"
+
+
+@dataclass
+class VLMTrainConfig(AdapterOptions, TrainConfig):
+    """:class:`~mmreward.core.trainer.TrainConfig` plus LoRA adapters / gradient checkpointing on the VLM backbone
+    (``lora_targets="all-linear"`` puts adapters on the vision tower's linear layers too; name the language
+    model's, e.g. ``q_proj,v_proj``, to leave it as the freeze settings say)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_adapter_options("VLMTrainConfig")
 
 
 class VLMScorer(RewardScorer, nn.Module):
@@ -153,6 +167,27 @@ class VLMScorer(RewardScorer, nn.Module):
         trainer.start()
         self.check_rows_fit(examples, collate, trainer.config.batch_size, eval_examples, eval_batch_size)
         return trainer.fit()
+
+    def fit_with_adapters(self, config: Any, build_trainer: Callable[[dict], Any], examples: Sequence[Any],
+                          eval_examples: Optional[Sequence[Any]], collate: Callable[[Sequence[Any]], Any],
+                          eval_batch_size: int) -> list[dict]:
+        """:meth:`fit_checked` of the Trainer ``build_trainer(more_resume_settings)`` builds, with the LoRA
+        adapters / gradient checkpointing a :class:`VLMTrainConfig` asks for on the backbone: put on before the
+        Trainer collects the trainable parameters, taken off again if the run is refused (before its first
+        step), folded into the weights when it ends (the model and its saved folder are plain ones)."""
+        setup = BackboneSetup(self, config) if isinstance(config, AdapterOptions) else None
+        try:
+            trainer = build_trainer(config.adapter_record() if setup is not None else {})
+            trainer.start()
+            self.check_rows_fit(examples, collate, trainer.config.batch_size, eval_examples, eval_batch_size)
+        except BaseException:
+            if setup is not None:
+                setup.undo()
+            raise
+        history = trainer.fit()
+        if setup is not None:
+            setup.finish()
+        return history
 
     def _vision_token_ids(self) -> list[int]:
         cfg = getattr(self.backbone, "config", None)

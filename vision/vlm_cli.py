@@ -9,7 +9,7 @@ Rows are JSON / JSONL (preference rows for :mod:`~mmreward.vision.vlm_rm`, step-
 :mod:`~mmreward.vision.visual_prm`); image paths are read relative to the file's folder.
 ``--data synthetic`` (and ``--backbone tiny``) train on exactly-labelled colour rows with a tiny
 Qwen2-VL built from a config, so the whole path runs offline in a minute. The options are generated
-from the model config and :class:`~mmreward.core.trainer.TrainConfig` (``--out``, ``--seed``,
+from the model config and :class:`~mmreward.vision.vlm_base.VLMTrainConfig` (TrainConfig + LoRA / checkpointing) (``--out``, ``--seed``,
 ``--batch-size`` …); the commands seed everything from ``--seed`` before building the model and call
 :func:`~mmreward.vision.vlm_rm.train_vlm_reward` / :func:`~mmreward.vision.visual_prm.train_visual_prm`,
 the functions a Python user calls. The trained model is saved to ``<out>/model``; score it with
@@ -77,7 +77,7 @@ def _backbone(spec: str) -> tuple[Any, Any]:
 def _train(argv: Sequence[str], kind: str) -> int:
     from mmreward.core.device import resolve_device
     from mmreward.core.train import seed_everything
-    from mmreward.core.trainer import TrainConfig
+    from mmreward.vision.vlm_base import VLMTrainConfig as TrainConfig
 
     if kind == "preference":
         from mmreward.vision.vlm_rm import VLMRewardConfig as Config, VLMRewardModel as Model

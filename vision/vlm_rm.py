@@ -299,9 +299,11 @@ def train_vlm_reward(model: VLMRewardModel, rows: Sequence[Any], config, eval_ro
               "data": data_digest(pairs),
               "processor": D.processor_fingerprint(model.need_processor())}
     collate = PreferenceCollator(model)
-    trainer = Trainer(model, config, pairs, collate, pairwise_loss_fn, eval_fn=eval_fn,
-                      settings={"vlm_reward": cfg}, resume_settings=resume, check_saves=True)
-    return model.fit_checked(trainer, pairs, held, collate, EVAL_BATCH_SIZE)
+    def build(adapters: dict) -> Trainer:
+        return Trainer(model, config, pairs, collate, pairwise_loss_fn, eval_fn=eval_fn,
+                       settings={"vlm_reward": cfg}, resume_settings={**resume, **adapters}, check_saves=True)
+
+    return model.fit_with_adapters(config, build, pairs, held, collate, EVAL_BATCH_SIZE)
 
 
 def check_pairs_fit(model: VLMRewardModel, pairs: Sequence[ConversationPair],
