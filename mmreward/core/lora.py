@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -168,9 +168,11 @@ def apply_lora(module: nn.Module, settings: LoraSettings) -> LoraApplied:
         raise TypeError(f"settings must be LoraSettings, got {type(settings).__name__}")
     if has_lora(module):
         raise ValueError("the model already has LoRA adapters (merge_lora(model) folds them into its weights)")
-    linear = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear) and n}
+    # exactly nn.Linear: a subclass may read its .weight itself (nn.MultiheadAttention's out_proj), past the adapter
+    linear = {n: m for n, m in module.named_modules() if type(m) is nn.Linear and n}
     if not linear:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear layers to put LoRA adapters on")
+        raise ValueError(f"{type(module).__name__} has no nn.Linear layers to put LoRA adapters on (GPT-2-style "
+                         "Conv1D projections are not adapted): train it without lora_rank")
     if settings.targets.strip() == ALL_LINEAR:
         # as PEFT's all-linear: not a language model's output layer (vocab × hidden, read through the logits)
         output = module.get_output_embeddings() if callable(getattr(module, "get_output_embeddings", None)) else None
@@ -202,19 +204,14 @@ def merge_lora(module: nn.Module) -> int:
     return len(layers)
 
 
-def merged_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    """``module.state_dict()`` with each adapter folded into its weight, in the key names of the model
-    without adapters (``….base.weight`` → ``….weight``; no ``lora_A`` / ``lora_B``). The model is not changed."""
-    layers = lora_layers(module)
-    state = module.state_dict()
-    if not layers:
-        return state
-    out: dict[str, Tensor] = {}
-    prefixes = {f"{name}.": layer for name, layer in layers.items()}
-    for key, value in state.items():
+def _plain_keys(module: nn.Module) -> dict[str, tuple[str, Optional[LoraLinear]]]:
+    """``{key without adapters: (key in module.state_dict(), its LoraLinear when it is an adapted weight)}``."""
+    prefixes = {f"{name}.": layer for name, layer in lora_layers(module).items()}
+    out: dict[str, tuple[str, Optional[LoraLinear]]] = {}
+    for key in module.state_dict(keep_vars=True):
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None:
-            out[key] = value
+            out[key] = (key, None)
             continue
         rest = key[len(prefix):]
         if rest in ("lora_A", "lora_B"):
@@ -222,11 +219,32 @@ def merged_state_dict(module: nn.Module) -> dict[str, Tensor]:
         if not rest.startswith("base."):  # pragma: no cover - LoraLinear holds only base + the factors
             raise RuntimeError(f"unexpected key {key!r} in a LoRA layer")
         rest = rest[len("base."):]
-        if rest == "weight":
-            layer = prefixes[prefix]
+        out[prefix + rest] = (key, prefixes[prefix] if rest == "weight" else None)
+    return out
+
+
+def plain_state_view(module: nn.Module) -> dict[str, Tensor]:
+    """The model's own tensors under the key names :func:`merged_state_dict` gives (adapted weights unfolded:
+    their names and shapes, computing nothing)."""
+    state = module.state_dict()
+    return {key: state[own] for key, (own, _) in _plain_keys(module).items()}
+
+
+def merged_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """``module.state_dict()`` with each adapter folded into its weight, in the key names of the model
+    without adapters (``….base.weight`` → ``….weight``; no ``lora_A`` / ``lora_B``). The model is not changed.
+    The folded weights are new tensors on the CPU, made one at a time (no second copy of the weights on the
+    accelerator: the end of a LoRA run on a small GPU has no room for one); the others are the model's own."""
+    if not has_lora(module):
+        return module.state_dict()
+    state = module.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, (own, layer) in _plain_keys(module).items():
+        value = state[own]
+        if layer is not None:
             with torch.no_grad():
-                value = (value.float() + layer.delta().to(value.device)).to(value.dtype)
-        out[prefix + rest] = value
+                value = (value.detach().to("cpu", torch.float32) + layer.delta().detach().cpu()).to(value.dtype)
+        out[key] = value
     return out
 
 
@@ -242,9 +260,8 @@ def enable_gradient_checkpointing(backbone: nn.Module) -> None:
         backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    config: Any = getattr(backbone, "config", None)
-    if config is not None and getattr(config, "use_cache", None):
-        config.use_cache = False  # a KV cache is useless in training and transformers warns about it per step
+    # config.use_cache is left as it is (transformers turns the cache off for checkpointed training steps itself):
+    # the saved folder's backbone config stays the model's own
 
 
 def gradient_checkpointing_on(backbone: nn.Module) -> bool:
@@ -302,8 +319,11 @@ class AdapterOptions:
         """The adapter settings a resumed run must share (its snapshot holds the adapters' tensors); {} without
         LoRA, so a run without adapters keeps the fingerprint it always had."""
         s = self.lora_settings()
-        return {} if s is None else {"lora": {"rank": s.rank, "alpha": float(s.alpha), "dropout": float(s.dropout),
-                                              "targets": s.targets}}
+        if s is None:
+            return {}
+        # "q_proj,v_proj" and "v_proj, q_proj" choose the same layers: the same run
+        targets = ALL_LINEAR if s.targets.strip() == ALL_LINEAR else sorted(set(target_names(s.targets)))
+        return {"lora": {"rank": s.rank, "alpha": float(s.alpha), "dropout": float(s.dropout), "targets": targets}}
 
 
 class BackboneSetup:

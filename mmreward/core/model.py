@@ -49,7 +49,7 @@ from .checkpoint import _load_tensors, _save_tensors
 from .device import resolve_device, resolve_dtype
 from .folders import MANIFEST_NAME, CheckpointError, atomic_folder, read_manifest, verify_folder
 from .inputs import as_inputs
-from .lora import has_lora, merged_state_dict
+from .lora import has_lora, merged_state_dict, plain_state_view
 from .weights import read_json
 
 CONFIG_NAME = "config.json"
@@ -677,7 +677,8 @@ def check_state_dict(model: Any, state_dict: Any) -> None:
         raise TypeError(f"save_pretrained: state_dict[{bad!r}] must be a tensor, got {type(state_dict[bad]).__name__}")
     if not isinstance(model, torch.nn.Module):
         return
-    own = merged_state_dict(model) if has_lora(model) else model.state_dict()  # the names a saved folder holds
+    # the names and shapes a saved folder holds (a model with LoRA adapters: without them)
+    own = plain_state_view(model) if has_lora(model) else model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     if missing or unexpected:

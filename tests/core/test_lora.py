@@ -203,7 +203,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         apply_lora(m, LoraSettings(2))
         m.train()
     enable_gradient_checkpointing(checkpointed)
-    assert checkpointed.config.use_cache is False
+    assert checkpointed.config.use_cache is True  # left as it is: the saved config stays the model's own
     ids = torch.randint(0, 32, (2, 7))
     grads, calls = [], []
     for m in (plain, checkpointed):
@@ -236,3 +236,27 @@ def test_all_linear_leaves_a_language_models_output_layer_out():
     lm2 = LlamaForCausalLM(cfg)
     apply_lora(lm2, LoraSettings(2, targets="lm_head"))  # named, it is given one
     assert list(lora_layers(lm2)) == ["lm_head"]
+
+
+def test_linear_subclasses_that_read_their_own_weight_are_left_alone():
+    """nn.MultiheadAttention's out_proj (NonDynamicallyQuantizableLinear) is read as .weight by F.multi_head_attention
+    _forward, past any adapter: only plain nn.Linear layers get one."""
+    net = nn.Module()
+    net.attn = nn.MultiheadAttention(8, 2)
+    net.proj = nn.Linear(8, 8)
+    apply_lora(net, LoraSettings(2))
+    assert list(lora_layers(net)) == ["proj"]
+
+
+def test_folded_weights_are_made_on_the_cpu_and_targets_are_recorded_in_one_spelling():
+    from mmreward.core.lora import AdapterOptions
+
+    torch.manual_seed(0)
+    net = Net()
+    apply_lora(net, LoraSettings(2))
+    state = merged_state_dict(net)
+    assert state["q_proj.weight"].device.type == "cpu" and state["q_proj.weight"].dtype == torch.float32
+    a = AdapterOptions(lora_rank=2, lora_targets="q_proj,v_proj").adapter_record()
+    b = AdapterOptions(lora_rank=2, lora_targets=" v_proj, q_proj ,q_proj").adapter_record()
+    assert a == b and a["lora"]["targets"] == ["q_proj", "v_proj"]
+    assert AdapterOptions().adapter_record() == {}

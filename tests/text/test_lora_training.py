@@ -178,3 +178,37 @@ def test_prm_trained_with_lora_learns(tmp_path):
     assert evaluate_prm(loaded, held_out)["processbench_f1"] == pytest.approx(after)
     with pytest.raises(ValueError, match="lora_rank and trainable_layers both choose"):
         PRMTrainConfig(output_dir=str(tmp_path), lora_rank=2, trainable_layers=1)
+
+
+def test_checkpointing_leaves_the_backbones_use_cache_as_it_was(tmp_path):
+    """Checkpointing turns the KV cache off for training; a refused and a finished run put the model's own setting
+    back (the saved backbone config held use_cache: false)."""
+    from test_text_train import word_tokenizer
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, use_cache=True)
+    rm = RewardModel.from_backbone(cfg, tokenizer=word_tokenizer())
+    pairs = keyword_pairs(16, seed=0)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        reward_trainer(rm, pairs, config=quiet(tmp_path / "a", max_steps=2, batch_size=64, gradient_checkpointing=True))
+    assert rm.backbone.config.use_cache is True and not rm.backbone.is_activation_checkpointing
+    train_reward_model(rm, pairs, config=quiet(tmp_path / "b", max_steps=2, batch_size=8, gradient_checkpointing=True))
+    assert rm.backbone.config.use_cache is True
+    assert json.loads((tmp_path / "b" / "model" / "config.json").read_text())["config"]["backbone"]["use_cache"] is True
+
+
+def test_an_optimizer_given_with_lora_is_refused_by_train_prm(tmp_path):
+    from mmreward.text.prm.data import read_step_examples
+    from mmreward.text.prm.model import ProcessRewardModel
+    from mmreward.text.prm.synthetic import char_tokenizer, make_dataset, tiny_llama
+    from mmreward.text.prm.train import PRMTrainConfig, train_prm
+
+    tok = char_tokenizer("step", max_value=5)
+    prm = ProcessRewardModel.from_backbone(tiny_llama(tok, hidden=32, layers=1, seed=0), tok, head="lm", max_length=64)
+    cfg = PRMTrainConfig(output_dir=str(tmp_path), max_steps=2, batch_size=4, lora_rank=2, progress=False,
+                         tensorboard=False, plot=False, log_every=0)
+    with pytest.raises(ValueError, match="cannot hold the LoRA adapters"):
+        train_prm(prm, read_step_examples(make_dataset(8, seed=1, max_value=5)), cfg,
+                  optimizer=torch.optim.AdamW(prm.parameters()))
+    assert not has_lora(prm)

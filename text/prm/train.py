@@ -202,6 +202,11 @@ def train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exam
     """Fit ``model`` on StepExamples (bce / mse) or PairExamples (ppm); returns per-step metrics."""
     if not isinstance(config, PRMTrainConfig):
         raise TypeError(f"config must be a PRMTrainConfig, got {type(config).__name__}")
+    if optimizer is not None and config.lora_rank:
+        # built before the adapters exist, it would hold none of them (and the weights LoRA freezes): the run
+        # would train the head alone without a word
+        raise ValueError("train_prm: an optimizer given with lora_rank cannot hold the LoRA adapters, which are made "
+                         "when the run starts: leave optimizer out (the Trainer builds AdamW over them)")
     if not train_examples:
         raise ValueError("train_prm: no training examples")
     want = PairExample if config.objective == "ppm" else StepExample
@@ -278,18 +283,21 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
     check_training_fits(model, train_examples, config.objective, stacklevel=4)
     if config.trainable_layers != -1:
         model.freeze_backbone(config.trainable_layers)
-    setup = BackboneSetup(model, config)  # LoRA / checkpointing; undone if the run is refused
+    setup = BackboneSetup(model, config)  # LoRA / checkpointing: undone if the run is refused before its first step
     try:
-        history = _fit_prm(model, train_examples, config, eval_examples, optimizer)
+        trainer = _started_prm_trainer(model, train_examples, config, eval_examples, optimizer)
     except BaseException:
         setup.undo()
         raise
+    # stopped mid-run (an interrupt, a diverged step), the model keeps its adapters as trained so far (the
+    # snapshot holds them too): merge_lora(model) folds them in
+    history = trainer.fit()
     setup.finish()  # the adapters folded into the weights: the model is the plain one its folder holds
     return history
 
 
-def _fit_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence],
-             optimizer: Optional[torch.optim.Optimizer]) -> list[dict]:
+def _started_prm_trainer(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence],
+                         optimizer: Optional[torch.optim.Optimizer]) -> Trainer:
     collate = PairCollator(model) if config.objective == "ppm" else StepCollator(model)
     objective = config.objective
     dataset: list = list(train_examples)
@@ -320,7 +328,7 @@ def _fit_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_examp
                                                   verbose=config.progress or config.log_every > 0)
         # the collator looks examples and their cached states up by index (as many: the same data order)
         trainer.dataset = list(range(len(dataset)))
-    return trainer.fit()
+    return trainer
 
 
 def examples_digest(examples: Sequence) -> dict:
