@@ -320,9 +320,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bar = _bar(n_inputs) if progress else None
         # each chunk's warnings are held and told once at the end, a truncation count summed over all chunks: once
         # per calling line, it told the first chunk's count ("truncated 3 of 4096 inputs") for the whole file
-        held = warnings.catch_warnings(record=True)
-        caught = held.__enter__()
+        held = warnings.catch_warnings()
+        held.__enter__()
         warnings.simplefilter("always")
+        tally = _WarningTally()  # tallied as they come: a list of every batch's warnings would grow with the file
+        warnings.showwarning = tally.add
         try:
             for start, chunk in chunks():
                 if start < done:
@@ -358,10 +360,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if bar is not None:
                 bar.close()
             held.__exit__(None, None, None)
-            _tell_warnings(caught, n_inputs)
+            tally.tell(n_inputs)
 
     if args.out and args.resume:
-        header = {"model": _identity(args.model), "data": _identity(args.data), "split": args.split,
+        header = {"model": _model_identity(args.model), "data": _identity(args.data), "split": args.split,
                   "dtype": args.dtype, "parts": parts, "rows": n_rows}
         _write_resumable(args, score_all, header, pairs)
     elif args.out:
@@ -426,24 +428,33 @@ _TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tok
                         r"(\d+) response tokens cut, up to (\d+) from one input")
 
 
-def _tell_warnings(caught: list, n_inputs: int) -> None:
-    """The warnings of every chunk, each told once; truncation counts summed over the chunks (of ``n_inputs``)."""
-    import warnings
+class _WarningTally:
+    """The warnings of every chunk, each kept once as it comes (truncation counts summed over the chunks), told
+    once at the end: memory does not grow with the number of batches that warn."""
 
-    seen, cut = set(), {}
-    for w in caught:
-        m = _TRUNCATED.search(str(w.message))
+    def __init__(self) -> None:
+        self.seen: dict[tuple, tuple] = {}  # (category, text) -> (message, category, filename, lineno), first seen
+        self.cut: dict[tuple, tuple] = {}  # (what, max_length, policy) -> summed counts
+
+    def add(self, message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        m = _TRUNCATED.search(str(message))
         if m:
             key = (m[3], m[4], m[5])
-            n, total, prompt, response, most = cut.get(key, (0, 0, 0, 0, 0))
-            cut[key] = (n + int(m[1]), total + int(m[2]), prompt + int(m[6]), response + int(m[7]), max(most, int(m[8])))
-        elif (w.category, str(w.message)) not in seen:
-            seen.add((w.category, str(w.message)))
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    for (what, length, policy), (n, total, prompt, response, most) in cut.items():
-        warnings.warn(f"truncated {n} of {max(total, n_inputs)} {what} to max_length={length} tokens ({policy}: {prompt} prompt and "
-                      f"{response} response tokens cut, up to {most} from one input; special and template tokens "
-                      "kept)", UserWarning, stacklevel=2)
+            n, total, prompt, response, most = self.cut.get(key, (0, 0, 0, 0, 0))
+            self.cut[key] = (n + int(m[1]), total + int(m[2]), prompt + int(m[6]), response + int(m[7]),
+                             max(most, int(m[8])))
+        else:
+            self.seen.setdefault((category, str(message)), (message, category, filename, lineno))
+
+    def tell(self, n_inputs: int) -> None:
+        import warnings
+
+        for message, category, filename, lineno in self.seen.values():
+            warnings.warn_explicit(message, category, filename, lineno)
+        for (what, length, policy), (n, total, prompt, response, most) in self.cut.items():
+            warnings.warn(f"truncated {n} of {max(total, n_inputs)} {what} to max_length={length} tokens ({policy}: "
+                          f"{prompt} prompt and {response} response tokens cut, up to {most} from one input; special "
+                          "and template tokens kept)", UserWarning, stacklevel=3)
 
 
 def _bar(total: int) -> Any:
@@ -488,6 +499,21 @@ def _identity(path: Optional[str]) -> Optional[str]:
     return os.path.realpath(path) if path and os.path.exists(path) else path
 
 
+def _model_identity(path: str) -> Any:
+    """The model folder's path and its files' sizes and modification times: a model retrained in place between
+    a stopped run and its ``--resume`` is another model, whose scores must not be mixed with the kept ones."""
+    where = _identity(path)
+    if not where or not os.path.isdir(where):
+        return where
+    files = {}
+    for d, _, names in os.walk(where):
+        for name in names:
+            if name.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")):
+                st = os.stat(os.path.join(d, name))
+                files[os.path.relpath(os.path.join(d, name), where)] = [st.st_size, st.st_mtime_ns]
+    return {"path": where, "files": dict(sorted(files.items()))}
+
+
 def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> None:
     """``--resume``: rows scored into ``OUT.partial`` (a first line saying which model, data and settings; then
     ``--out``'s lines, flushed to disk after each chunk), continued where an earlier run of the same command
@@ -519,7 +545,10 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
                 raise DataError(f"{partial} is not a partial file of mmreward score --resume: delete or move it") \
                     from None
             if was != header:
-                diff = ", ".join(f"{k} {was.get(k)!r} then, {v!r} now" for k, v in header.items() if was.get(k) != v)
+                diff = ", ".join("the model folder's files changed (retrained or replaced)"
+                                 if k == "model" and isinstance(v, dict) and isinstance(was.get(k), dict)
+                                 and was[k].get("path") == v.get("path") else f"{k} {was.get(k)!r} then, {v!r} now"
+                                 for k, v in header.items() if was.get(k) != v)
                 raise DataError(f"{partial} holds rows scored with other settings ({diff}): run that command again "
                                 "to continue it, or delete the file to start over")
             done, end = 0, f.tell()
@@ -543,8 +572,8 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
                         {a: b for a, b in want.items() if a not in _SCORE_KEYS}:
                     raise DataError(f"{partial}: row {k} is not row {k} of {args.data} (the data changed since it "
                                     "was scored): delete the file to start over")
-                if "score_chosen" in got:
-                    pairs.append({a: got[a] for a in ("score_chosen", "score_rejected")})
+                if "score_chosen" in got:  # a NaN score was written as null: NaN again, as the run gave it
+                    pairs.append({a: float("nan") if got[a] is None else got[a] for a in ("score_chosen", "score_rejected")})
                 n += 2 if "score_chosen" in got else 1
             return n
 

@@ -515,7 +515,7 @@ def row_origin(rows: Any, index: int) -> Optional[tuple[str, int]]:
     """``(file, row in that file)`` of ``rows[index]`` when ``rows`` came from several files (:class:`FileRows`),
     else None (one file or rows in memory: the index is the row's own)."""
     files = getattr(rows, "files", None)
-    if not files or len(files) < 2:
+    if not files or (len(files) < 2 and not getattr(rows, "several_files", False)):
         return None
     # the last file starting at or before the row: an empty shard starts where the next one does
     start, path = [f for f in files if f[0] <= index][-1]
@@ -653,6 +653,8 @@ class RecordStream:
 
     def __init__(self, paths: list[str]) -> None:
         self.files: list[tuple[int, str]] = []
+        # known from the start: a row of the first shard is named by its shard before the second is opened
+        self.several_files = len(paths) > 1
         self._rows = self._read(paths)
 
     def _read(self, paths: list[str]) -> Iterator[dict]:

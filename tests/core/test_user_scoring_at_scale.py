@@ -235,6 +235,19 @@ def test_a_folder_of_shards_is_streamed_and_a_bad_row_names_its_shard(rm_folder,
     assert main(["score", "--model", rm_folder, "--data", folder, "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{shard}: row 2:" in err[0], err
+    # a bad row of the FIRST shard, in a chunk read before the second shard is opened, names its shard too
+    first = _write_jsonl(tmp_path / "shards" / "data" / "train-00000-of-00003.jsonl", [rows[0], {"id": 1, "prompt": "a"}])
+    _write_jsonl(tmp_path / "shards" / "data" / "train-00002-of-00003.jsonl", rows[8:])
+    from mmreward import score_cli
+
+    chunk = score_cli.CHUNK_ROWS
+    score_cli.CHUNK_ROWS = 2
+    try:
+        assert main(["score", "--model", rm_folder, "--data", folder, "--json", "--batch-size", "2"]) == 2
+    finally:
+        score_cli.CHUNK_ROWS = chunk
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{first}: row 1:" in err[0], err
 
 
 def test_a_prm_solution_past_max_length_is_named_before_any_chunk_is_scored(tmp_path, monkeypatch, capsys):
@@ -348,7 +361,7 @@ def test_resume_refuses_a_partial_file_of_other_data_or_settings(rm_folder, tmp_
     data = _write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "scored.jsonl"
     partial = tmp_path / "scored.jsonl.partial"
-    header = {"mmreward score partial": {"model": os.path.realpath(rm_folder), "data": os.path.realpath(data),
+    header = {"mmreward score partial": {"model": score_cli._model_identity(rm_folder), "data": os.path.realpath(data),
                                          "split": None, "dtype": None, "parts": False, "rows": 12}}
     kept = [{**rows[0], "score": 0.5}, {**rows[1], "response": "edited", "score": 0.25}]
     partial.write_text("".join(json.dumps(r) + "\n" for r in [header, *kept]))
@@ -360,3 +373,12 @@ def test_resume_refuses_a_partial_file_of_other_data_or_settings(rm_folder, tmp_
     assert "other settings" in capsys.readouterr().err and partial.exists()
     assert main(["score", "--model", rm_folder, "--data", data, "--resume", "--json"]) == 2
     assert "--resume" in capsys.readouterr().err
+    # the model folder retrained in place since: its scores must not be mixed with the kept ones
+    weights = os.path.join(rm_folder, "model.safetensors")
+    st = os.stat(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        assert main(cmd) == 2
+        assert "the model folder's files changed" in capsys.readouterr().err and partial.exists()
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
