@@ -464,11 +464,35 @@ def _bar(total: int) -> Any:
 
 
 def _pairwise_line(pairs: list[dict]) -> Optional[str]:
+    return pairwise_accuracy_line(pairs) if pairs else None
+
+
+def pairwise_accuracy_line(pairs: list[dict]) -> Optional[str]:
+    """``pairwise accuracy: A over N pairs`` of rows with ``score_chosen`` / ``score_rejected``; a pair with a
+    NaN / inf score (a model overflowing in fp16; ``None``, as JSON writes NaN) is left out and counted, not read
+    as a wrong pair."""
+    import math
+
+    def finite(x: Any) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    kept = [o for o in pairs if finite(o["score_chosen"]) and finite(o["score_rejected"])]
+    dropped = len(pairs) - len(kept)
+    note = f" ({dropped} pair{'s' if dropped > 1 else ''} with a non-finite score left out)" if dropped else ""
     if not pairs:
         return None
-    from mmreward.text.cli import pairwise_accuracy_line  # NaN pairs left out and counted, not read as wrong
+    if not kept:
+        return f"pairwise accuracy: undefined: every one of the {len(pairs)} pairs has a non-finite score"
+    correct = sum(1 for o in kept if o["score_chosen"] > o["score_rejected"])
+    return f"pairwise accuracy: {correct / len(kept):.4f} over {len(kept)} pairs{note}"
 
-    return pairwise_accuracy_line(pairs)
+
+def _tell_warnings(caught: list, n_inputs: int) -> None:
+    """Recorded warnings (``warnings.catch_warnings(record=True)``), told as :class:`_WarningTally` tells them."""
+    tally = _WarningTally()
+    for w in caught:
+        tally.add(w.message, w.category, w.filename, w.lineno)
+    tally.tell(n_inputs)
 
 
 def _write_out(args: Any, score_all: Any, ranked: Optional[list]) -> None:

@@ -20,7 +20,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import (CLIParser, add_config_options, add_split_options, check_output_folder,
-                                      check_split_sources, config_from_args, error_at_row, json_text,
+                                      check_split_sources, config_from_args, error_at_row, output_path,
                                       print_training_summary, run_cli)
 
 from .data import INPUT_FORMATS, TRUNCATIONS
@@ -197,27 +197,52 @@ def score_items(rows: list[dict], source: str) -> tuple[list, list[tuple[int, st
     return items, where
 
 
+class _Chunk(list):
+    """Rows ``start ..`` of a file (or of a folder's shards, ``files`` as :class:`~mmreward.core.data.FileRows`
+    records them), so that :func:`~mmreward.core.data.row_origin` names a chunk's row by its file and its row there,
+    not by its place in the chunk."""
+
+    def __init__(self, rows: list, start: int, source: str, files: Optional[list]) -> None:
+        super().__init__(rows)
+        # row_origin reads `files` only when there are several: one file is listed with an end that no row reaches
+        self.files = [(first - start, path) for first, path in (files or [(0, source)])] + [(sys.maxsize, source)]
+
+
 def _score_parser() -> CLIParser:
     p = CLIParser(prog="mmreward text score", description="score prompt / response pairs with a text reward model")
     p.add_argument("--model", required=True, help="reward-model folder: saved by mmreward, a run folder, a 1-label "
                                                   "transformers sequence classifier, or a text judge")
     p.add_argument("--data", required=True, help=".json / .jsonl / .csv / .parquet / dataset rows: prompt + response | prompt + chosen + rejected | "
-                                                 "messages | text")
+                                                 "messages | text; - reads JSON lines from stdin")
     add_split_options(p, "--data")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's own)")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16: cast the model (default: as saved)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--json", action="store_true", help="print the rows with their scores as JSON lines")
+    p.add_argument("--out", type=output_path, help="write the JSON lines (--json's output) to this file instead of "
+                                                   "printing them (.gz: gzipped; - : stdout); the file appears whole "
+                                                   "when scoring ends")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows scored so far in OUT.partial, and continue the scoring a run that stopped left "
+                        "there (needs --out)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     return p
 
 
 def score_main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _score_parser().parse_args(argv)
+    """Rows are read, checked (every row, before any is scored), scored and written a chunk at a time with the
+    helpers of ``mmreward score`` (:mod:`mmreward.score_cli`): memory holds a chunk, not the file."""
+    p = _score_parser()
+    args = p.parse_args(argv)
+
+    import itertools
+    import time
+    import warnings
 
     import mmreward
-    from mmreward.core.data import read_records
+    from mmreward import score_cli
+    from mmreward.core.data import iter_records, jsonl_rows, read_records, streams
     from mmreward.core.device import resolve_device, resolve_dtype
     from mmreward.core.inputs import TextPair
 
@@ -229,76 +254,170 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max-length {args.max_length}: max_length must be an integer >= 2 or None, got "
                          f"{args.max_length} (leave it out for the model's own)")
+    if args.split and args.data == "-":
+        p.error("--split chooses a split of a data source that has several; JSON lines on stdin have none")
+    if args.resume and (not args.out or args.out == "-"):
+        p.error("--resume continues a file of scored rows: it needs an --out file")
+    if args.out == "-":  # the usual name of stdout: what --json prints
+        args.out, args.json = None, True
+    if args.out:
+        args.out = os.path.expanduser(args.out)
+        kind = score_cli._other_format(args.out)
+        if kind:  # JSON lines under a .parquet / .csv name: a reader of that format fails on it, or misreads it
+            p.error(f"--out {args.out!r} names a {kind} file, but --out writes JSON lines (--json's output): name it "
+                    f".jsonl (or .jsonl.gz, gzipped) and convert it if you need {kind}")
+    from mmreward.core.cli_config import check_output_file
+
+    args.data = os.path.expanduser(args.data)
+    check_output_file(args.out, "--out", [("--data", None if args.data == "-" else args.data)],
+                      folders=[("--model", args.model)])
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    if args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
+    name = "<stdin>" if args.data == "-" else args.data
+    source: Optional[list] = None  # the rows in memory; None: read again from --data at each pass
+    if args.data == "-":  # read once, so held in memory
+        source = list(jsonl_rows(sys.stdin.buffer, name))
+    elif args.split:  # a split may also be the rows' own field 'split' (HelpSteer2), as training reads it
         from .data import _read_pair_rows
 
-        rows = _read_pair_rows(args.data, args.split, f"{args.data}: ")
-    else:
-        rows = read_records(args.data)
-    if not rows:
+        source = _read_pair_rows(args.data, args.split, f"{args.data}: ")
+    elif not streams(args.data):
+        source = read_records(args.data)
+    size = -(-score_cli.CHUNK_ROWS // args.batch_size) * args.batch_size  # whole batches per chunk
+
+    def chunks() -> Any:
+        rows = iter(source) if source is not None else iter_records(args.data)
+        for start in itertools.count(0, size):
+            chunk = list(itertools.islice(rows, size))
+            if not chunk:
+                return
+            files = getattr(source if source is not None else rows, "files", None)  # a folder's shards
+            yield start, _Chunk(chunk, start, name, files)
+
+    def row_name(chunk: _Chunk, j: int) -> str:
+        from mmreward.core.data import row_origin
+
+        return "{}: row {}".format(*row_origin(chunk, j))
+
+    # every row is read as the model will get it before the model loads (a bad row costs nothing) ...
+    n_rows = n_inputs = 0
+    for start, chunk in chunks():
+        n_inputs += len(score_items(chunk, name)[0])
+        n_rows += len(chunk)
+    if not n_rows:
         raise ValueError(f"{args.data} holds no rows" + (f" in split {args.split!r}" if args.split else ""))
-    items, where = score_items(rows, args.data)
     model = mmreward.load(args.model, device=device, dtype=dtype)
     if TextPair not in tuple(getattr(model, "input_types", ())):
         raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not score prompt / response "
                          "pairs: use `mmreward score`")
-    kw = {}
     if isinstance(model, RewardModel):
-        kw["progress"] = args.progress
         if args.max_length is not None:  # replace() runs the config's own check (an integer >= 2)
             model.config = dataclasses.replace(model.config, max_length=args.max_length)
     elif args.max_length is not None:
         raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
-    try:
-        scores = model.score(items, batch_size=args.batch_size, **kw).tolist()
-    except ValueError as e:  # DataError included: "input K" is the K-th scored text, name the file's row
-        from mmreward.core.data import row_origin
+    # ... and checked against it (fits max_length, a chat template takes it) before any is scored: a bad row
+    # 37,123 is named before hours of scoring, not after
+    for start, chunk in chunks():
+        items, where = score_items(chunk, name)
+        try:
+            score_cli._precheck(model, items)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise error_at_row(e, where, lambda j: row_name(chunk, j), "response") from None
 
-        def at(i: int) -> str:
-            file, row = row_origin(rows, i) or (args.data, i)
-            return f"{file}: row {row}"
-        raise error_at_row(e, where, at, "response") from None
-    _print_scores(rows, where, scores, args.json)
+    began, pairs, done_inputs = time.monotonic(), [], [0]
+
+    def score_all(write: Any, done: int = 0, kept: Any = None) -> None:
+        """Score every row from row ``done`` on (``kept(start, rows)``: the rows before it, scored by an earlier
+        run, checked) and ``write(start, rows, scores)`` a chunk at a time, in the file's order."""
+        import torch
+
+        bar = score_cli._bar(n_inputs) if args.progress else None
+        # each chunk's warnings are told once at the end, a truncation count summed over the whole file
+        held = warnings.catch_warnings()
+        held.__enter__()
+        warnings.simplefilter("always")
+        tally = score_cli._WarningTally()  # tallied as they come: no list growing with the file
+        warnings.showwarning = tally.add
+        try:
+            for start, chunk in chunks():
+                if start < done:
+                    n = kept(start, chunk[:done - start])
+                    if bar is not None:
+                        bar.update(n)
+                    if done - start >= len(chunk):
+                        continue
+                    chunk = _Chunk(chunk[done - start:], done, name,
+                                   [(first + start, path) for first, path in chunk.files[:-1]])
+                    start = done
+                items, where = score_items(chunk, name)
+                try:
+                    with torch.no_grad():
+                        scores = score_cli._scored(model, items, args.batch_size, "score", bar).tolist()
+                except ValueError as e:  # DataError included: "input K" is the K-th text of the chunk
+                    raise error_at_row(e, where, lambda j: row_name(chunk, j), "response") from None
+                done_inputs[0] += len(items)
+                out = [dict() for _ in chunk]
+                for (j, slot), s in zip(where, scores):
+                    out[j]["score" if slot == "response" else f"score_{slot}"] = s
+                pairs.extend(o for o in out if "score_chosen" in o)
+                write(start, chunk, out)
+        finally:
+            if bar is not None:
+                bar.close()
+            held.__exit__(None, None, None)
+            tally.tell(n_inputs)
+
+    if args.out:
+        if args.resume:
+            header = {"model": score_cli._model_identity(args.model), "data": score_cli._identity(args.data),
+                      "split": args.split, "dtype": args.dtype, "max_length": args.max_length, "rows": n_rows}
+            score_cli._write_resumable(args, score_all, header, pairs)
+        else:
+            score_cli._write_out(args, score_all, None)
+        took = time.monotonic() - began
+        print(f"mmreward text score: {n_rows} rows scored ({done_inputs[0]} inputs in {took:.1f} s, "
+              f"{done_inputs[0] / max(took, 1e-9):.1f} inputs/s), written to {args.out}", file=sys.stderr)
+    elif args.json:
+        score_all(lambda start, chunk, out: sys.stdout.write(score_cli._json_lines(chunk, out)))
+    else:
+        print(_TABLE_HEADER)
+        score_all(lambda start, chunk, out: _print_table(start, chunk, out))
+    line = score_cli.pairwise_accuracy_line(pairs)
+    if line:  # the table's last line; beside JSON lines it goes to stderr, which they do not share
+        print(line, file=sys.stdout if not (args.json or args.out) else sys.stderr)
     return 0
 
 
-def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[float], as_json: bool) -> None:
-    out = [dict() for _ in rows]
-    for (i, slot), s in zip(where, scores):
-        out[i]["score" if slot == "response" else f"score_{slot}"] = s
-    if as_json:
-        for r, o in zip(rows, out):
-            # default=str: a parquet row's bytes / timestamp / decimal columns (no JSON type) are written as text,
-            # as `mmreward score` writes them, not a TypeError after every row was scored
-            print(json_text({**r, **o}, ensure_ascii=False, default=str))
-        return
-    print(f"{'row':>5}  {'score':>10}  {'rejected':>10}  prompt")
-    for i, (r, o) in enumerate(zip(rows, out)):
+_TABLE_HEADER = f"{'row':>5}  {'score':>10}  {'rejected':>10}  prompt"
+
+
+def _print_table(start: int, rows: list[dict], out: list[dict]) -> None:
+    for i, (r, o) in enumerate(zip(rows, out), start):
         prompt = r.get("prompt", r.get("messages", r.get("text", "")))
         prompt = (prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)).replace("\n", " ")
         first = o.get("score", o.get("score_chosen"))
         second = f"{o['score_rejected']:10.4f}" if "score_rejected" in o else " " * 10
         print(f"{i:>5}  {first:10.4f}  {second}  {prompt[:60]}")
+
+
+def _print_scores(rows: list[dict], where: list[tuple[int, str]], scores: list[float], as_json: bool) -> None:
+    """The rows with their scores: a table ending with the pairwise accuracy, or JSON lines."""
+    from mmreward.score_cli import _json_lines
+
+    out = [dict() for _ in rows]
+    for (i, slot), s in zip(where, scores):
+        out[i]["score" if slot == "response" else f"score_{slot}"] = s
+    if as_json:
+        # default=str: a parquet row's bytes / timestamp / decimal columns (no JSON type) are written as text,
+        # as `mmreward score` writes them, not a TypeError after every row was scored
+        sys.stdout.write(_json_lines(rows, out))
+        return
+    print(_TABLE_HEADER)
+    _print_table(0, rows, out)
+    from mmreward.score_cli import pairwise_accuracy_line
+
     line = pairwise_accuracy_line([o for o in out if "score_chosen" in o])
     if line:
         print(line)
-
-
-def pairwise_accuracy_line(pairs: list[dict]) -> Optional[str]:
-    """``pairwise accuracy: A over N pairs`` of rows with ``score_chosen`` / ``score_rejected``; a pair with a
-    NaN / inf score (a model overflowing in fp16) is left out and counted, not read as a wrong pair."""
-    import math
-
-    finite = [o for o in pairs if math.isfinite(o["score_chosen"]) and math.isfinite(o["score_rejected"])]
-    dropped = len(pairs) - len(finite)
-    note = f" ({dropped} pair{'s' if dropped > 1 else ''} with a non-finite score left out)" if dropped else ""
-    if not pairs:
-        return None
-    if not finite:
-        return f"pairwise accuracy: undefined: every one of the {len(pairs)} pairs has a non-finite score"
-    correct = sum(1 for o in finite if o["score_chosen"] > o["score_rejected"])
-    return f"pairwise accuracy: {correct / len(finite):.4f} over {len(finite)} pairs{note}"
 
 
 # ------------------------------------------------------------------ dispatch

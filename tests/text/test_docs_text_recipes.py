@@ -51,7 +51,7 @@ def test_score_and_eval_commands_take_a_split_of_their_data(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["num_pairs"] == 3
     # RM-Bench picks its data with --domains; a split there is refused, not ignored
     assert main(["text", "eval", "--model", rm, "--benchmark", "rm-bench", "--data", data, "--split", "raw"]) == 2
-    assert "--split applies to --benchmark rewardbench only" in capsys.readouterr().err
+    assert "--split applies to --benchmark rewardbench / rewardbench-2 only" in capsys.readouterr().err
 
 
 def test_implicit_prompt_pair_with_one_side_not_a_conversation_is_refused():

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import sys
 from typing import Any, Optional, Sequence
 
@@ -202,8 +203,22 @@ def _check_batch_size(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
 
 
-def _score_examples(args: argparse.Namespace):
-    from .data import StepExample, read_step_examples
+def _processbench(parts, examples, threshold: float) -> Optional[dict]:
+    """The ProcessBench table of the examples that carry a first-error label, if any do."""
+    from .eval import processbench_report
+
+    known = [(p, e) for p, e in zip(parts, examples) if e.first_error >= -1]
+    if not known:
+        return None
+    return processbench_report([p for p, _ in known], [e.first_error for _, e in known], [e.subset for _, e in known],
+                               threshold)
+
+
+def _score_sources(args: argparse.Namespace):
+    """A function giving the rows ``prm score`` scores, again at each pass: one at a time
+    for a file that :func:`~mmreward.core.data.streams` (memory holds a chunk, not the file); ``--problem`` /
+    ``--step`` are one row."""
+    from mmreward.core.data import iter_records, read_records, streams
 
     if args.problem is not None:  # given twice, the last one won and took every --step (the first's too)
         if len(args.problem) > 1:
@@ -216,56 +231,216 @@ def _score_examples(args: argparse.Namespace):
         if given:  # one of the two would be scored and the other silently ignored
             raise ValueError(f"--data and {' / '.join(given)} both name what to score: give --data FILE or "
                              "--problem TEXT with its --step's, not both")
-        return read_step_examples(args.data, format=args.format, neutral=args.neutral, split=args.split)
+        if not args.split and streams(args.data):
+            return lambda: iter_records(args.data)
+        rows = read_records(args.data, split=args.split)
+        return lambda: iter(rows)
     check_split_sources(args, "--data")  # --split with --problem / --step: nothing to choose a split of
     if args.neutral != "ignore":  # a choice about PRM800K's labels: --problem / --step carry no labels to read
         raise ValueError(f"--neutral {args.neutral} chooses how PRM800K rows' neutral steps are labelled; "
                          "--problem / --step have no labels: leave it out, or give --data")
     if args.problem is not None and args.step:
         steps = [utf8_text(step, f"--step {i + 1}") for i, step in enumerate(args.step)]
-        return [StepExample(utf8_text(args.problem, "--problem"), steps, [-100.0] * len(steps))]
+        from .data import StepExample
+
+        example = StepExample(utf8_text(args.problem, "--problem"), steps, [-100.0] * len(steps))
+        return lambda: iter([example])
     raise ValueError("pass --data FILE or --problem TEXT with one --step per step")
 
 
-def _processbench(parts, examples, threshold: float) -> Optional[dict]:
-    """The ProcessBench table of the examples that carry a first-error label, if any do."""
-    from .eval import processbench_report
+def _example_chunks(args: argparse.Namespace, read: Any, size: int):
+    """``(examples, where)`` a chunk of ``size`` solutions at a time, in the file's order: the StepExamples of the
+    rows (MCTS exports' PPM pair rows left out, as :func:`~.data.read_step_examples` reads them) and, per example,
+    ``"file: row k"`` for errors (a folder's shards named by shard)."""
+    from mmreward.core.data import DataError, row_origin
 
-    known = [(p, e) for p, e in zip(parts, examples) if e.first_error >= -1]
-    if not known:
-        return None
-    return processbench_report([p for p, _ in known], [e.first_error for _, e in known], [e.subset for _, e in known],
-                               threshold)
+    from .data import StepExample, parse_row
+
+    rows = read()
+    examples, where = [], []
+    for i, r in enumerate(rows):
+        if isinstance(r, dict) and r.get("type") == "pair":
+            continue
+        file, k = row_origin(rows, i) or (args.data, i)
+        try:
+            examples.append(r if isinstance(r, StepExample) else parse_row(r, k, args.format, args.neutral))
+        except DataError as e:
+            raise DataError(f"{file}" + (f" (split {args.split!r})" if args.split else "") + f": {e}") from None
+        where.append(f"{file}: row {k}" if args.data else f"input {i}")  # --problem / --step: the one input
+        if len(examples) == size:
+            yield examples, where
+            examples, where = [], []
+    if examples:
+        yield examples, where
+
+
+class _ProcessBenchTally:
+    """The ProcessBench table of the labelled rows, counted a chunk at a time (per subset: erroneous / correct
+    samples and how many of each the PRM got right), so that memory does not grow with the file; the same table
+    as :func:`~.eval.processbench_report` of all rows at once."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold, self.counts = threshold, {}
+
+    def add(self, parts: list, examples: list) -> None:
+        from .eval import predict_first_error
+
+        known = [(p, e) for p, e in zip(parts, examples) if e.first_error >= -1]
+        if not known:
+            return
+        for pred, (_, e) in zip(predict_first_error([p for p, _ in known], self.threshold), known):
+            c = self.counts.setdefault(e.subset or "all", [0, 0, 0, 0])  # erroneous, right; correct, right
+            side = 0 if e.first_error >= 0 else 2
+            c[side] += 1
+            c[side + 1] += pred == e.first_error
+
+    def report(self) -> Optional[dict]:
+        if not self.counts:
+            return None
+        from .eval import processbench_f1
+
+        # per subset, the F1 of a stand-in sample list with the same counts (the official formula, its notes and
+        # NaNs kept in one place: eval.processbench_f1); a sample list per subset, not the file's step scores
+        table = {}
+        for name, (n_err, right_err, n_ok, right_ok) in self.counts.items():
+            pred = [0] * right_err + [-1] * (n_err - right_err) + [-1] * right_ok + [0] * (n_ok - right_ok)
+            table[name] = processbench_f1(pred, [0] * n_err + [-1] * n_ok)
+        defined = [m["f1"] for m in table.values() if not math.isnan(m["f1"])]
+        out = {"threshold": self.threshold, "subsets": table,
+               "average_f1": sum(defined) / len(defined) if defined else math.nan}
+        undefined = [name for name, m in table.items() if math.isnan(m["f1"])]
+        if undefined:
+            from .eval import _undefined_warning
+
+            out["note"] = (f"F1 undefined (NaN) for subset(s) {', '.join(map(repr, undefined))}, which lack erroneous "
+                           "or correct samples; average_f1 is " + ("over the other subsets" if defined else "undefined"))
+            _undefined_warning("report", out["note"])
+        return out
+
+
+# the warning ProcessRewardModel._warn_truncated gives for one call (one chunk of solutions)
+_TRUNCATED = re.compile(r"truncated (\d+) of \d+ inputs to (.+?) tokens \(truncate=True\): (\d+) of their steps are "
+                        r"unscored \(NaN; first: input (\d+), (steps \S+ of \d+)\) and score\(\) aggregates \((\w+)\)")
+
+
+def _truncation_counted(caught: list, where: list[str], cut: list) -> list:
+    """``caught`` (the warnings of one chunk) less its truncation warning, whose counts are added to ``cut``
+    (``[solutions, steps, first (file: row, steps), length, aggregation]``): told once for the whole file at the end
+    (a chunk's "truncated 3 of 4096 inputs, first: input 17" was told as if of the file, once per chunk)."""
+    rest = []
+    for w in caught:
+        m = _TRUNCATED.search(str(w.message))
+        if not m:
+            rest.append(w)
+        elif cut:
+            cut[0], cut[1] = cut[0] + int(m[1]), cut[1] + int(m[3])
+        else:
+            cut[:] = [int(m[1]), int(m[3]), f"{where[int(m[4])]}, {m[5]}", m[2], m[6]]
+    return rest
+
+
+def _at_row(error: Exception, where: list[str]) -> Exception:
+    """``error`` with its leading ``input K`` (the K-th solution of a chunk) told as ``where[K]``, the file and row
+    of --data."""
+    from mmreward.core.cli_config import error_at_row
+
+    return error_at_row(error, [(j, "score") for j in range(len(where))], where.__getitem__, "score")
 
 
 def _score(args: argparse.Namespace) -> int:
-    from mmreward.core.folders import atomic_write_text
+    """Solutions read, checked (every one, before any is scored), scored and written a chunk at a time with the
+    helpers of ``mmreward score`` (:mod:`mmreward.score_cli`): memory holds a chunk of rows, not the file."""
+    import time
+    import warnings
+
+    import torch
+
+    from mmreward import score_cli
 
     from .train import check_threshold, solutions
 
     # before the work, not after it; an existing file of the model folder would be replaced
     _check_batch_size(args)
+    if args.out == "-":  # the usual name of stdout
+        args.out = None
+    if args.out:
+        args.out = os.path.expanduser(args.out)
+        kind = score_cli._other_format(args.out)
+        if kind:  # JSON lines under a .parquet / .csv name: a reader of that format fails on it, or misreads it
+            raise ValueError(f"--out {args.out!r} names a {kind} file, but --out writes the score rows as JSON lines: "
+                             f"name it .jsonl (or .jsonl.gz, gzipped) and convert it if you need {kind}")
     check_output_file(args.out, "--out", [("--data", args.data)], folders=[("--model", args.model)])
-    examples = _score_examples(args)  # bad data fails before the model loads
+    read = _score_sources(args)
+    size = -(-score_cli.CHUNK_ROWS // args.batch_size) * args.batch_size  # whole batches per chunk
+    n = 0
+    for examples, _ in _example_chunks(args, read, size):  # bad data fails before the model loads
+        n += len(examples)
+    if not n:  # else the first use fails far from here ("score_parts got no inputs")
+        from mmreward.core.data import DataError
+
+        if next(read(), None) is None:
+            raise DataError(f"{args.data}: no rows" + (f" in split {args.split!r}" if args.split else ""))
+        raise DataError(f"{args.data}: holds only PPM pair rows (type 'pair'), no stepwise solutions: read them with "
+                        "read_pair_examples (CLI: prm train --objective ppm)")
     model = _load_model(args)
     check_threshold(model, args.threshold, "--threshold")  # before the scoring, not in a meaningless table
-    parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
-    agg = model.aggregate_parts(parts)
-    rows = []
-    for e, p, a in zip(examples, parts, agg.tolist()):
-        row = {"id": e.id} if e.id else {}
-        # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18 step
-        # probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one read as 0.0, tying
-        # the solutions a best-of-N pick compares
-        row["step_scores"] = [float(x) if x == x else None for x in p.tolist()]  # None: not scored (truncate)
-        row["score"] = float(a)
-        rows.append(json_text(row))
+    for examples, where in _example_chunks(args, read, size):  # every solution fits (or --truncate) before any is scored
+        try:
+            score_cli._precheck(model, solutions(examples))
+        except (ValueError, TypeError) as e:
+            raise _at_row(e, where) from None
+
+    tally, began = _ProcessBenchTally(args.threshold), time.monotonic()
+
+    def score_all(write: Any) -> None:
+        held = warnings.catch_warnings(record=True)  # told once at the end, truncation counted over the file
+        caught = held.__enter__()
+        warnings.simplefilter("always")
+        cut: list = []  # --truncate: the solutions and steps cut, over every chunk
+        try:
+            start = 0
+            for examples, where in _example_chunks(args, read, size):
+                seen = len(caught)
+                try:
+                    with torch.no_grad():
+                        parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
+                except (ValueError, TypeError) as e:
+                    raise _at_row(e, where) from None
+                agg = model.aggregate_parts(parts).tolist()
+                rows, out = [], []
+                for e, p, a in zip(examples, parts, agg):
+                    rows.append({"id": e.id} if e.id else {})
+                    # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18
+                    # step probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one
+                    # read as 0.0, tying the solutions a best-of-N pick compares
+                    out.append({"step_scores": [float(x) if x == x else None for x in p.tolist()],  # None: truncated
+                                "score": float(a)})
+                tally.add(parts, examples)
+                caught[seen:] = _truncation_counted(caught[seen:], where, cut)
+                unique: dict = {}  # each warning once: the list does not grow with the number of chunks
+                for w in caught:
+                    unique.setdefault((w.category, str(w.message)), w)
+                caught[:] = list(unique.values())
+                write(start, rows, out)
+                start += len(rows)
+        finally:
+            held.__exit__(None, None, None)
+            score_cli._tell_warnings(caught, n)
+            if cut:
+                n_cut, steps, first, length, aggregation = cut
+                warnings.warn(f"truncated {n_cut} of {n} solutions to {length} tokens (truncate=True): {steps} of their "
+                              f"steps are unscored (null in step_scores; first: {first}) and each score aggregates "
+                              f"({aggregation}) only the scored steps", UserWarning, stacklevel=2)
+
     if args.out:
-        atomic_write_text(args.out, "\n".join(rows) + "\n")
-        print(f"wrote {len(rows)} rows to {args.out}")
+        score_cli._write_out(args, score_all, None)
+        print(f"wrote {n} rows to {args.out}")
+        took = time.monotonic() - began
+        print(f"mmreward prm score: {n} solutions in {took:.1f} s ({n / max(took, 1e-9):.1f} solutions/s)",
+              file=sys.stderr)
     else:
-        print("\n".join(rows))
-    report = _processbench(parts, examples, args.threshold)
+        score_all(lambda start, rows, out: sys.stdout.write(score_cli._json_lines(rows, out)))
+    report = tally.report()
     if report is not None:
         print(json_text({"processbench": report}))
     return 0
@@ -400,7 +575,8 @@ def _parser() -> CLIParser:
     p.add_argument("--problem", action="append", help="instead of --data: one problem ...")
     p.add_argument("--step", action="append", help="... and its steps, one --step each, in order")
     p.add_argument("--aggregation", choices=AGGREGATIONS, help="a solution's score from its steps (default: the model's)")
-    p.add_argument("--out", type=output_path, help="write the score rows (JSONL) here instead of stdout")
+    p.add_argument("--out", type=output_path, help="write the score rows (JSON lines) here instead of stdout (.gz: "
+                                                   "gzipped; - : stdout); the file appears whole when scoring ends")
     p.set_defaults(fn=_score)
 
     p = sub.add_parser("eval", help="ProcessBench F1 (per subset) and step macro-F1 on labelled data")
