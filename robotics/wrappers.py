@@ -186,9 +186,20 @@ def _checked_frame(frame: Any, where: str) -> np.ndarray:
     return frame
 
 
-def _check_online_model(reward_model, use_success: bool) -> None:
-    """Refuse a reward model the online wrappers cannot score frame by frame."""
+def _check_online_model(reward_model, use_success: bool, *, mode: str = "replace", env_reward_scale: Any = 1.0,
+                        success_key: Any = "success", with_rnd: Any = True) -> None:
+    """Refuse options and a reward model the online wrappers cannot score frame by frame with."""
     from .reward.diffusion_reward import DiffusionReward
+
+    if not isinstance(success_key, str):
+        raise TypeError(f"success_key must be the info key of the success flag (a str), got {success_key!r}")
+    if not isinstance(with_rnd, bool):
+        raise TypeError(f"with_rnd must be True or False, got {with_rnd!r}")
+    if mode not in ("replace", "add"):
+        raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
+    if isinstance(env_reward_scale, bool) or not isinstance(env_reward_scale, (int, float, np.number)) or \
+            not np.isfinite(env_reward_scale):  # NaN made every "add" reward NaN without a word
+        raise ValueError(f"env_reward_scale must be a finite number, got {env_reward_scale!r}")
 
     if not isinstance(reward_model, DiffusionReward):  # a ranker / RND has no video model to window
         raise TypeError(f"reward_model must be a DiffusionReward (e.g. mmreward.load('metaworld-64')), got "
@@ -261,16 +272,8 @@ class DiffusionRewardWrapper(gym.Wrapper):
                             "episode's): wrap each sub-env, e.g. gym.vector.SyncVectorEnv([lambda: "
                             "DiffusionRewardWrapper(make_env(), reward) for _ in range(n)])")
         super().__init__(env)
-        if not isinstance(success_key, str):
-            raise TypeError(f"success_key must be the info key of the success flag (a str), got {success_key!r}")
-        if not isinstance(with_rnd, bool):
-            raise TypeError(f"with_rnd must be True or False, got {with_rnd!r}")
-        if mode not in ("replace", "add"):
-            raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
-        if isinstance(env_reward_scale, bool) or not isinstance(env_reward_scale, (int, float, np.number)) or \
-                not np.isfinite(env_reward_scale):  # NaN made every "add" reward NaN without a word
-            raise ValueError(f"env_reward_scale must be a finite number, got {env_reward_scale!r}")
-        _check_online_model(reward_model, use_success)
+        _check_online_model(reward_model, use_success, mode=mode, env_reward_scale=env_reward_scale,
+                            success_key=success_key, with_rnd=with_rnd)
         self.reward_model = reward_model.eval()
         self.mode, self.env_reward_scale, self.use_success = mode, float(env_reward_scale), bool(use_success)
         self.success_key, self.with_rnd = success_key, with_rnd
@@ -361,16 +364,8 @@ class DiffusionRewardVectorWrapper(gym.vector.VectorWrapper):
             raise TypeError(f"env must be a gymnasium.vector.VectorEnv (use DiffusionRewardWrapper for one env), "
                             f"got {type(env).__name__}")
         super().__init__(env)
-        if mode not in ("replace", "add"):
-            raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
-        if isinstance(env_reward_scale, bool) or not isinstance(env_reward_scale, (int, float, np.number)) or \
-                not np.isfinite(env_reward_scale):
-            raise ValueError(f"env_reward_scale must be a finite number, got {env_reward_scale!r}")
-        if not isinstance(success_key, str):
-            raise TypeError(f"success_key must be the info key of the success flag (a str), got {success_key!r}")
-        if not isinstance(with_rnd, bool):
-            raise TypeError(f"with_rnd must be True or False, got {with_rnd!r}")
-        _check_online_model(reward_model, use_success)
+        _check_online_model(reward_model, use_success, mode=mode, env_reward_scale=env_reward_scale,
+                            success_key=success_key, with_rnd=with_rnd)
         from gymnasium.vector import AutoresetMode
 
         self.autoreset_mode = AutoresetMode(env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP))

@@ -140,10 +140,12 @@ def test_full_layout_with_ties_and_a_reward_model(tmp_path):
      "several equally correct answers"),
     ({"prompt": "p", "subset": "Ties", "id": "tied:3", "num_correct": 3, "chosen": ["a", "c"], "rejected": ["b"]},
      "`num_correct` is 3 but the row has 2"),
+    ({"prompt": "p", "subset": "Ties", "id": "ref:0", "chosen": ["a"], "rejected": ["b"]}, "also row 0's"),
 ])
 def test_bad_rows_are_named(row, match):
+    first = {"prompt": "ok", "subset": "Ties", "id": "ref:0", "chosen": ["a"], "rejected": ["b"]}
     with pytest.raises(ValueError, match=r"row 1: .*" + match):
-        check_rows2([{"prompt": "ok", "subset": "Math", "chosen": ["a"], "rejected": ["b"]}, row])
+        check_rows2([first, row])
 
 
 def test_cli(tmp_path, capsys):

@@ -57,6 +57,7 @@ def check_rows2(rows: list, where: str = "") -> None:
     """Every row an object with a ``prompt`` string, non-empty ``chosen`` / ``rejected`` lists of strings
     and a ``subset`` string; a Ties row also a ``ref:<n>`` / ``tied:<n>`` ``id`` and, when given,
     ``num_correct`` equal to its number of chosen completions. The ValueError names row and field."""
+    seen: dict[tuple, int] = {}  # Ties ids: ref:<n> / tied:<n> each once
     for i, r in enumerate(rows):
         at = f"{where}row {i}: "
         if not isinstance(r, dict):
@@ -78,7 +79,11 @@ def check_rows2(rows: list, where: str = "") -> None:
             if bad is not None:
                 raise ValueError(f"{at}`{k}`[{bad}] must be a string, got {type(v[bad]).__name__}")
         if _is_ties(r["subset"]):
-            kind, _ = ties_id(r, at)
+            kind, number = ties_id(r, at)
+            if (r["subset"], kind, number) in seen:  # its stats would replace the first row's without a word
+                raise ValueError(f"{at}`id` {r['id']!r} is also row {seen[(r['subset'], kind, number)]}'s: each Ties "
+                                 "id names one row")
+            seen[(r["subset"], kind, number)] = i
             if kind == "tied" and len(r["chosen"]) < 2:
                 raise ValueError(f"{at}a 'tied:' row holds several equally correct answers, got {len(r['chosen'])} "
                                  "chosen completion")
