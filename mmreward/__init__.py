@@ -1,12 +1,15 @@
 """mmreward: reward models of every modality on fused kernels.
 
-`import mmreward` is light: it imports torch and nothing else heavy. Sub-packages load on first use:
+`import mmreward` is light: it imports no heavy package, not even torch. Sub-packages load on first use:
 
     import mmreward
     rm = mmreward.load("runs/rm")                      # any saved / published reward model folder
     rm.score([{"prompt": "2+2?", "response": "4"}])    # Tensor[N], one reward per input
     mmreward.ops.pairwise_loss(r_chosen, r_rejected)   # fused ops (C++ / CUDA / Triton / reference)
     mmreward.text, mmreward.vision, mmreward.robotics  # domain packages (optional dependencies)
+
+A package of an extra that is not installed is an ImportError naming the extra to install
+(``pip install 'mmreward[text]'``, see :mod:`mmreward.core.extras`).
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ Every command runs inside `core.cli_config.run_cli`: a user error is one line on
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -24,6 +25,51 @@ COMMANDS = {
     "score-video": ("mmreward.vision.cli", "score_video_main", "score a video's frames against a prompt"),
     "serve": ("mmreward.serve.cli", "main", "serve any reward model over HTTP with dynamic batching (OpenRLHF / TRL)"),
 }
+
+# the extra whose packages a command group imports: a missing one is named with it (`mmreward score` / `info`
+# name the extra of the model they load, see mmreward.registry.extra_of)
+COMMAND_EXTRAS = {"text": "text", "prm": "text", "vision": "vision", "score-video": "vision", "robotics": "robotics",
+                  "serve": "serve"}
+
+
+def _required(name: str, argv: Sequence[str]) -> tuple[str, ...]:
+    """Packages ``mmreward name argv`` imports whatever it is asked to do, checked before it starts: without
+    them a training run would fail after reading its data, and ``serve`` after loading the model (uvicorn is
+    imported only then). ``--help`` needs none of them."""
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        return ()
+    if name in ("text", "prm"):  # every text / PRM command builds or loads a transformers model
+        return ("transformers", "tokenizers")
+    if name == "serve":
+        return ("fastapi",) + (("ray",) if "--ray" in argv else ("uvicorn",))  # Ray Serve runs its own HTTP server
+    return ()
+
+
+def _with_extras(name: str, command: Callable[[list[str]], Optional[int]]) -> Callable[[list[str]], Optional[int]]:
+    """``command`` whose missing optional package is one line naming the extra to install (``mmreward text
+    train: error: transformers is not installed: pip install 'mmreward[text]'``, exit 2), checked first for
+    the packages the command always needs (:func:`_required`): Python's bare "No module named 'transformers'"
+    said neither that it is optional nor what to install."""
+    def run(argv: list[str]) -> Optional[int]:
+        from mmreward.core.cli_config import _SUBCOMMAND
+        from mmreward.core.extras import missing_extra, require
+
+        extra = COMMAND_EXTRAS.get(name)
+        try:
+            require(*_required(name, argv), extra=extra)
+            return command(argv)
+        except ImportError as e:
+            err = missing_extra(e, extra)  # also a domain's ImportError raised from the missing package
+            if err is None and "pip install 'mmreward[" in str(e):
+                err = e  # a domain's own message that already names the extra: without the "ImportError:" prefix
+            if err is None or os.environ.get("MMREWARD_DEBUG") == "1":
+                raise
+            sub = _SUBCOMMAND.get() or (argv[0] if argv and name in ("text", "prm", "vision", "robotics")
+                                        and not argv[0].startswith("-") else None)
+            prog = f"mmreward {name}" + (f" {sub}" if sub else "")
+            raise SystemExit(f"{prog}: error: {' '.join(str(err).split())}") from None
+
+    return run
 
 
 def env_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -89,8 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmreward <command> [options]\n\ncommands:")
+        width = max(map(len, COMMANDS))  # `score-video` is 11 characters: its help started a column late
         for name, (_, _, help_text) in COMMANDS.items():
-            print(f"  {name:<10} {help_text}")
+            print(f"  {name:<{width}}  {help_text}")
         print("\n`mmreward <command> --help` for a command's options.")
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
@@ -105,8 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module, func, _ = COMMANDS[name]
     from mmreward.core.cli_config import run_cli
 
-    return run_cli(f"mmreward {name}", _refusing_meta(name, lambda a: getattr(importlib.import_module(module), func)(a)),
-                   rest)
+    command = _with_extras(name, lambda a: getattr(importlib.import_module(module), func)(a))
+    return run_cli(f"mmreward {name}", _refusing_meta(name, command), rest)
 
 
 if __name__ == "__main__":

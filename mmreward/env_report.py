@@ -11,7 +11,28 @@ from mmreward.core.cli_config import CLIParser
 
 OPTIONAL = ("numpy", "triton", "transformers", "tokenizers", "datasets", "diffusers", "safetensors",
             "gymnasium", "mujoco", "metaworld", "gymnasium-robotics", "opencv-python", "tensorboard",
-            "matplotlib", "ninja")
+            "matplotlib", "ninja",
+            # the serve / vision / published / robotics extras' packages too: a report without them could not
+            # tell why `mmreward serve` or an image scorer failed
+            "pillow", "imageio", "scipy", "jinja2", "pyarrow", "fastapi", "uvicorn", "httpx", "aiohttp", "trl", "ray")
+
+EXTRAS = ("text", "vision", "published", "robotics", "serve", "serve-ray", "triton")
+
+
+def extras_status() -> dict:
+    """``{extra: "ok" | "missing a, b"}``: which ``pip install 'mmreward[extra]'`` sets are complete here
+    (whether each package can be imported, as the commands will try)."""
+    from mmreward.core.extras import INCLUDES, PACKAGES, installed
+
+    def members(extra: str) -> list[tuple[str, str]]:
+        own = [(module, dist) for module, (dist, extras) in PACKAGES.items() if extra in extras]
+        return own + [m for inner in INCLUDES.get(extra, ()) for m in members(inner)]
+
+    status = {}
+    for extra in EXTRAS:
+        missing = sorted({dist for module, dist in members(extra) if not installed(module)})
+        status[extra] = "ok" if not missing else "missing " + ", ".join(missing)
+    return status
 
 
 def _version(dist: str):
@@ -38,6 +59,7 @@ def collect() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "packages": {name: _version(name) for name in OPTIONAL},
+        "extras": extras_status(),
         "extension": {"loaded": _backend.extension_loaded(), "error": _backend.extension_error()},
         "env": {k: os.environ.get(k) for k in ("MMREWARD_BACKEND", "TRITON_INTERPRET", "MMREWARD_CHECK_FINITE",
                                                "MMREWARD_CPU_BUFFER_CACHE_MB")},
@@ -80,6 +102,9 @@ def format_report(r: dict) -> str:
     lines.append("packages:")
     for name, ver in r["packages"].items():
         lines.append(f"  {name:<18} {ver or '-'}")
+    lines.append("extras (pip install 'mmreward[extra]'):")
+    for name, state in r.get("extras", {}).items():
+        lines.append(f"  {name:<18} {state}")
     lines.append("backends:")
     for name, state in r["backends"].items():
         lines.append(f"  {name:<10} {state}")

@@ -88,13 +88,18 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
     from mmreward.core.folders import read_manifest, verify_folder
     from mmreward.core.checkpoint import unfinished_run_note
     from mmreward.core.model import Pretrained, check_finite_weights
-    from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, resolve_folder
+    from mmreward.core.extras import needs_extra
+    from mmreward.registry import LAYOUTS, MODEL_TYPES, detect, extra_of, resolve_folder
 
     folder = resolve_folder(path, weights=load)
     # a run continued past its model/ (running, or killed); detect() names a snapshot or an unfinished run
     note = unfinished_run_note(path) if os.path.isdir(os.path.expanduser(os.fsdecode(os.fspath(path)))) else None
     files, nbytes, dangling = _files(folder)
-    what, loader = detect(folder)  # LoadError (one line) when nothing reads it
+    with needs_extra(what=folder):
+        what, loader = detect(folder)  # LoadError (one line) when nothing reads it
+    # a package the reader needs that is not installed: one error naming the extra of this model type
+    # (transformers for a text RM: 'mmreward[text]'), not Python's bare "No module named 'transformers'"
+    reader_needs = lambda: needs_extra(extra_of(what), what=f"{what} ({folder})")  # noqa: E731
     layout = next((x for x in LAYOUTS if x.name == what), None)
     out: dict[str, Any] = {
         "path": path, "folder": folder, "files": files, "bytes": nbytes,
@@ -128,10 +133,12 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
         # without its head are named here, not reported as readable and refused by --load / mmreward.load
         from mmreward.text.layouts import check_sequence_classifier_folder, classifier_config
 
-        (classifier_config if not load and _fetched(path) else check_sequence_classifier_folder)(folder)
+        with reader_needs():
+            (classifier_config if not load and _fetched(path) else check_sequence_classifier_folder)(folder)
     if not load:
         return out
-    model = loader(folder, device=device, dtype=None)
+    with reader_needs():
+        model = loader(folder, device=device, dtype=None)
     owner = getattr(loader, "__self__", None)
     if not (isinstance(owner, type) and issubclass(owner, Pretrained)):  # as mmreward.load refuses it
         check_finite_weights(model, folder)

@@ -202,6 +202,16 @@ def model_class(model_type: str) -> type:
     return cls
 
 
+def extra_of(what: str) -> Optional[str]:
+    """The extra of ``pip install 'mmreward[...]'`` whose packages the model type or layout ``what`` (as
+    :func:`detect` names it) needs, from the package its class / loader lives in; None for one registered
+    from outside mmreward (its own package says what it needs)."""
+    from mmreward.core.extras import extra_of_module
+
+    target = MODEL_TYPES.get(what) or next((x.load for x in LAYOUTS if x.name == what), "")
+    return extra_of_module(target.partition(":")[0])
+
+
 def _shipped(name: str) -> Optional[str]:
     """Folder of a checkpoint shipped inside the package (e.g. ``metaworld-64``), if any."""
     if os.sep in name or "/" in name:
@@ -316,6 +326,11 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
             near = sorted(n for n in os.listdir(owner) if not n.startswith("."))[:8]
             raise CheckpointError(f"model folder {path!r} does not exist ({owner}/ holds {near}), nor could it be "
                                   f"fetched as a hub id ({type(e).__name__})") from e
+        from mmreward.core.extras import missing_extra
+
+        missing = missing_extra(e, what=f"fetching {path!r} from the hub")  # not a network problem: say what to install
+        if missing is not None:
+            raise missing from e
         raise CheckpointError(f"{path!r} is not a local folder and could not be fetched from the hub: "
                               f"{type(e).__name__}: {e}") from e
 
@@ -405,7 +420,9 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
     for layout in LAYOUTS:
         if _detects(layout, folder, config):
             return layout.name, _resolve(layout.load, f"layout {layout.name!r}")
-    what = f"model_type {config.get('model_type')!r}" if config else "no config.json"
+    # a config.json of {} (or without model_type) is not "no config.json", which sent users looking for a file
+    what = "no config.json" if config is None else f"model_type {config.get('model_type')!r}" \
+        if "model_type" in config else "a config.json without model_type"
     if config is None:
         problem = not_a_model_folder(folder)
         if problem is not None:
@@ -424,10 +441,14 @@ def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = Non
         note = unfinished_run_note(path)  # a run continued past its model/ (running, or killed)
         if note is not None:
             warnings.warn(note, stacklevel=2)
-    what, loader = detect(folder)
+    from mmreward.core.extras import needs_extra
+
+    with needs_extra(what=folder):  # a layout's detect function that needs a package not installed
+        what, loader = detect(folder)
     if kwargs:
         _check_load_options(what, loader, folder, kwargs)
-    model = loader(folder, device=device, dtype=dtype, **kwargs)
+    with needs_extra(extra_of(what), what=f"{what} ({folder})"):  # transformers for a text RM: 'mmreward[text]'
+        model = loader(folder, device=device, dtype=dtype, **kwargs)
     owner = getattr(loader, "__self__", None)
     from mmreward.core.model import Pretrained, check_finite_weights
 
@@ -457,5 +478,5 @@ def _check_load_options(what: str, loader: Callable[..., Any], folder: str, kwar
                          + (f"they take {', '.join(taken)}" if taken else "they take no options besides device / dtype"))
 
 
-__all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "load", "model_class", "not_a_model_folder",
+__all__ = ["LoadError", "MODEL_TYPES", "LAYOUTS", "Layout", "detect", "extra_of", "load", "model_class", "not_a_model_folder",
            "register_layout", "register_model", "resolve_folder"]

@@ -83,7 +83,8 @@ def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, KeyError) and len(e.args) == 1:
         text = f"missing key {e.args[0]!r}"
-    if isinstance(e, (ImportError, OSError)) and not isinstance(e, FileNotFoundError) and type(e).__name__ not in text:
+    if isinstance(e, (ImportError, OSError)) and not isinstance(e, FileNotFoundError) and type(e).__name__ not in text \
+            and "pip install 'mmreward[" not in text:
         text = f"{type(e).__name__}: {text}"
     return text if len(text) <= 2000 else text[:2000] + " …"
 
@@ -147,6 +148,12 @@ def _run_cli(prog: str, main: Callable[[list[str]], Optional[int]], argv: Sequen
         sub = _SUBCOMMAND.get()
         if sub and not prog.endswith(f" {sub}"):
             prog = f"{prog} {sub}"
+        from .extras import missing_extra
+
+        missing = missing_extra(e)  # an optional package not installed: the extra to install, a user's fix
+        if missing is not None:
+            print(f"{prog}: error: {' '.join(str(missing).split())}", file=sys.stderr)
+            return 2
         user = isinstance(e, _user_error_types())
         hint = "" if user else " (unexpected error: MMREWARD_DEBUG=1 shows the traceback)"
         print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)

@@ -265,7 +265,7 @@ def _read_parquet(path: str, split: Optional[str]) -> list[dict]:
         import pyarrow
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow): {e}") from None
+        raise DataError(f"{path}: reading parquet needs pyarrow (pip install 'mmreward[published]'): {e}") from None
     try:
         # pyarrow directly: datasets would copy the file into its cache first, and fail there on a damaged
         # file with an error that does not name it
@@ -370,7 +370,7 @@ def _import_datasets(what: str):
     try:
         import datasets
     except ImportError as e:
-        raise DataError(f"{what}: reading it needs the `datasets` package (pip install datasets): {e}") from None
+        raise DataError(f"{what}: reading it needs the `datasets` package (pip install 'mmreward[text]'): {e}") from None
     return datasets
 
 
@@ -684,7 +684,7 @@ def iter_records(source: RecordSource, *, split: Optional[str] = None) -> Iterat
         try:
             import pyarrow  # noqa: F401
         except ImportError as e:
-            raise DataError(f"{files[0]}: reading parquet needs pyarrow (pip install pyarrow): {e}") from None
+            raise DataError(f"{files[0]}: reading parquet needs pyarrow (pip install 'mmreward[published]'): {e}") from None
     return RecordStream(files)
 
 

@@ -446,8 +446,12 @@ class Pretrained:
         check_weights_size(folder, body)
         if kwargs:
             cls._check_load_options(kwargs)
+        from .extras import extra_of_module, needs_extra
+
         try:
-            model = cls._load(folder, body, dev, **kwargs)
+            # a package of the model's extra that is not installed: named with the extra, not "No module named"
+            with needs_extra(extra_of_module(cls.__module__), what=f"{cls.__name__} ({folder})"):
+                model = cls._load(folder, body, dev, **kwargs)
         except CheckpointError as e:  # a config error names the field; this names the file
             if folder in str(e):
                 raise

@@ -157,7 +157,7 @@ def why_unavailable(backend: str, op: str, device_type) -> Optional[str]:
             return f"mmreward._C has no {want.upper()} kernel for {op!r} (built without it?)"
         return None
     if not triton_installed():
-        return "triton is not installed (pip install triton)"
+        return "triton is not installed (pip install 'mmreward[triton]')"
     if not extension_loaded():
         return f"the Triton ops use the compiled extension's schemas and autograd ({extension_error()})"
     if device_type == "cuda" or (device_type == "cpu" and triton_interpret()):

@@ -27,7 +27,10 @@ _NAMES = {
 
 def __getattr__(name: str):
     if name in _NAMES:
-        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+        from mmreward.core.extras import needs_extra
+
+        with needs_extra("serve-ray" if _NAMES[name] == "ray" else "serve", what=f"mmreward.serve.{name}"):
+            return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

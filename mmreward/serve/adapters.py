@@ -230,14 +230,20 @@ class RewardClient:
 
     def _client(self) -> Any:
         if self._http is None:
-            import httpx
+            from mmreward.core.extras import needs_extra
+
+            with needs_extra("serve", what="a reward-server URL"):
+                import httpx
 
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._http = httpx.Client(timeout=self.timeout, headers=headers)
         return self._http
 
     def _request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
-        import httpx
+        from mmreward.core.extras import needs_extra
+
+        with needs_extra("serve", what="a reward-server URL"):
+            import httpx
 
         last = ""
         for attempt in range(self.retries + 1):

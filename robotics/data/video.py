@@ -33,8 +33,10 @@ def _cv2():
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
     try:
         import cv2
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(f"video I/O needs OpenCV: pip install opencv-python ({e})") from e
+    except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
+        from mmreward.core.extras import MissingExtraError
+
+        raise MissingExtraError("cv2", "robotics", "video I/O") from e
     return cv2
 
 
