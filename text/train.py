@@ -233,9 +233,8 @@ def train_reward_model(model: Any, train_pairs: Any, eval_pairs: Any = None,
     a new head to make the run reproducible. A run that is refused (another run's folder, other data or
     settings) leaves ``model`` as it was."""
     trainer = reward_trainer(model, train_pairs, eval_pairs, config, _depth=1)
-    history = trainer.fit()
-    trainer.backbone_setup.finish()  # LoRA folded in: the model is the plain one its folder holds
-    return history
+    # LoRA folded in (also when stopped mid-run: the snapshot holds the adapters): the model is a plain one
+    return trainer.backbone_setup.fit(trainer)
 
 
 def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
@@ -245,7 +244,8 @@ def reward_trainer(model: Any, train_pairs: Any, eval_pairs: Any = None,
     inputs too long for the backbone, a folder whose run cannot be continued) comes before ``model`` is
     changed: its ``max_length``, dropout, LoRA adapters and gradient checkpointing are set only once the
     run is accepted. With ``lora_rank`` the model trains with adapters; ``trainer.backbone_setup.finish()``
-    after ``fit()`` folds them into its weights (the saved ``model/`` holds the folded weights either way)."""
+    after ``fit()`` folds them into its weights (the saved ``model/`` holds the folded weights either way), and
+    ``trainer.backbone_setup.fit(trainer)`` does both, folding them in also when ``fit()`` stops with an error."""
     config = config if config is not None else RewardTrainConfig()
     if not isinstance(config, RewardTrainConfig):
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")

@@ -184,10 +184,8 @@ class VLMScorer(RewardScorer, nn.Module):
             if setup is not None:
                 setup.undo()
             raise
-        history = trainer.fit()
-        if setup is not None:
-            setup.finish()
-        return history
+        # folded in also when stopped mid-run (the snapshot holds the adapters): the model is a plain one again
+        return setup.fit(trainer) if setup is not None else trainer.fit()
 
     def _vision_token_ids(self) -> list[int]:
         cfg = getattr(self.backbone, "config", None)

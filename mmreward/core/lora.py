@@ -184,8 +184,24 @@ def apply_lora(module: nn.Module, settings: LoraSettings) -> LoraApplied:
         missing = [t for t in wanted if t not in found]
         if missing:
             names = sorted({n.rsplit(".", 1)[-1] for n in linear})
-            raise ValueError(f"LoRA targets {missing} match no linear layer of {type(module).__name__}; its linear "
-                             f"layers are named {names[:20]}{' …' if len(names) > 20 else ''} (or give {ALL_LINEAR!r})")
+            # a layer of that name that is no plain nn.Linear (Conv1D, a quantised or fused linear): say why it is
+            # not adapted, rather than list names it is not among
+            other = sorted({f"{n.rsplit('.', 1)[-1]}: {type(m).__name__}" for n, m in module.named_modules()
+                            if n and n.rsplit(".", 1)[-1] in missing and type(m) is not nn.Linear})
+            why = (f" ({', '.join(other[:5])}: only plain nn.Linear layers get adapters)" if other else "")
+            raise ValueError(f"LoRA targets {missing} match no linear layer of {type(module).__name__}{why}; its "
+                             f"linear layers are named {names[:20]}{' …' if len(names) > 20 else ''} (or give "
+                             f"{ALL_LINEAR!r})")
+    # a weight tied to another parameter (an output layer sharing the input embeddings): folding the update into
+    # it would untie the two, and a model rebuilt with the tie would load one of them over the other
+    names_of: dict[int, list[str]] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(n)
+    tied = {n: names_of[id(linear[n].weight)] for n in chosen if len(names_of.get(id(linear[n].weight), ())) > 1}
+    if tied:
+        shared = next(iter(tied.values()))
+        raise ValueError(f"LoRA targets include {sorted(tied)}, whose weight is tied to another "
+                         f"({' = '.join(shared)}): its folded update would untie them; leave it out of lora_targets")
     requires_grad = {n: p.requires_grad for n, p in module.named_parameters()}
     for p in module.parameters():
         p.requires_grad_(False)
@@ -336,9 +352,13 @@ class BackboneSetup:
     def __init__(self, model: nn.Module, config: AdapterOptions):
         self.backbone = model.backbone
         settings = config.lora_settings()
-        if settings is not None and has_lora(model):
-            raise ValueError("the model already has LoRA adapters (from an earlier run): merge them first "
-                             "(mmreward.core.lora.merge_lora(model)) or train it with lora_rank=0")
+        if has_lora(model):
+            # lora_rank=0 included: the adapters' apply_lora froze every other backbone weight, so the run would
+            # train the adapters and the head alone, not the full fine-tuning asked for, without a word
+            raise ValueError("the model already has LoRA adapters, and every other backbone weight frozen (from "
+                             "apply_lora, or a reward_trainer(...).fit() that stopped before its end): fold them in "
+                             "first with trainer.backbone_setup.finish() (the weights trainable as they were) or "
+                             "mmreward.core.lora.merge_lora(model) (the weights stay frozen)")
         self.adapters = apply_lora(self.backbone, settings) if settings is not None else None
         self.checkpointing = bool(config.gradient_checkpointing) and not gradient_checkpointing_on(self.backbone)
         if self.checkpointing:
@@ -356,10 +376,23 @@ class BackboneSetup:
         self._checkpointing_off()
 
     def finish(self) -> None:
+        """After a run (finished, or stopped by an error or an interrupt: its snapshot holds the adapters): fold
+        the adapters into the weights, restore every ``requires_grad`` flag, turn checkpointing off."""
         if self.adapters is not None:
             self.adapters.merge()
             self.adapters = None
         self._checkpointing_off()
+
+    def fit(self, trainer) -> list[dict]:
+        """``trainer.fit()``, then :meth:`finish` whether it ends or stops (Ctrl-C, a diverged step): a model
+        left with adapters and a frozen backbone would train only those in a next run that asked for more."""
+        try:
+            history = trainer.fit()
+        except BaseException:
+            self.finish()
+            raise
+        self.finish()
+        return history
 
     def _checkpointing_off(self) -> None:
         if self.checkpointing:

@@ -289,11 +289,9 @@ def _train_prm(model, train_examples: Sequence, config: PRMTrainConfig, eval_exa
     except BaseException:
         setup.undo()
         raise
-    # stopped mid-run (an interrupt, a diverged step), the model keeps its adapters as trained so far (the
-    # snapshot holds them too): merge_lora(model) folds them in
-    history = trainer.fit()
-    setup.finish()  # the adapters folded into the weights: the model is the plain one its folder holds
-    return history
+    # the adapters folded into the weights, also when stopped mid-run (an interrupt, a diverged step; the snapshot
+    # holds them): the model is the plain one its folder holds, trainable as it came
+    return setup.fit(trainer)
 
 
 def _started_prm_trainer(model, train_examples: Sequence, config: PRMTrainConfig, eval_examples: Optional[Sequence],
