@@ -257,7 +257,7 @@ def test_vlm_lora_target_names_reach_a_llava_vision_tower_as_vision_vlm_md_says(
     from mmreward.core.lora import LoraSettings, apply_lora, lora_layers
     from mmreward.vision import testing as T
 
-    text = _read("docs/vision_vlm.md")
+    text = " ".join(_read("docs/vision_vlm.md").split())
     assert "`q_proj,v_proj` adapts only the language model, but a LLaVA-style" in text
     qwen = Qwen2VLForConditionalGeneration(T.tiny_qwen2vl_config(T.tiny_processor(["red", "green"])))
     assert sorted({n.rsplit(".", 1)[-1] for n, m in qwen.named_modules()
@@ -271,3 +271,32 @@ def test_vlm_lora_target_names_reach_a_llava_vision_tower_as_vision_vlm_md_says(
                                 num_attention_heads=2, num_key_value_heads=1), image_token_index=3))
     apply_lora(llava, LoraSettings(2, targets="q_proj,v_proj"))
     assert [n for n in lora_layers(llava) if "vision_tower" in n]
+
+
+def test_freeze_vision_tower_keeps_lora_off_a_llava_tower():
+    """vision_vlm.md: with freeze_vision_tower the tower's layers get no adapters (they stay as the freeze setting
+    says), though their names match the targets; a LLaVA tower was adapted through its own q_proj / v_proj."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from mmreward.core.lora import AdapterOptions, BackboneSetup, lora_layers
+    from mmreward.vision import vlm_data as D
+
+    assert "set `freeze_vision_tower` to keep it out" in " ".join(_read("docs/vision_vlm.md").split())
+    llava = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=28, patch_size=14),
+        text_config=LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=1), image_token_index=3))
+    D.freeze_vision(llava, vision_tower=True, projector=False)
+
+    class Holder(torch.nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+    holder = Holder(llava)
+    setup = BackboneSetup(holder, AdapterOptions(lora_rank=2, lora_targets="q_proj,v_proj"))
+    names = list(lora_layers(llava))
+    assert names and not [n for n in names if "vision_tower" in n]
+    setup.undo()
+    assert not any(p.requires_grad for n, p in llava.named_parameters() if "vision_tower" in n)

@@ -38,8 +38,8 @@ PROCESSOR_DIR = "processor"
 @dataclass
 class VLMTrainConfig(AdapterOptions, TrainConfig):
     """:class:`~mmreward.core.trainer.TrainConfig` plus LoRA adapters / gradient checkpointing on the VLM backbone
-    (``lora_targets="all-linear"`` puts adapters on the vision tower's linear layers too; name the language
-    model's, e.g. ``q_proj,v_proj``, to leave it as the freeze settings say)."""
+    (layers the freeze settings freeze get none: with ``freeze_vision_tower`` the vision tower stays as it is;
+    without it, ``all-linear`` adapts the vision tower's linear layers too)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -323,10 +323,15 @@ def hidden_size(backbone) -> int:
 
 
 def _find(module, names):
-    for n in names:
-        sub = getattr(module, n, None)
-        if isinstance(sub, torch.nn.Module):
-            return sub
+    """The first of ``names`` on ``module`` or, for a ``…ForConditionalGeneration`` (transformers 5 keeps the
+    vision tower on its inner ``model``), on ``module.model``."""
+    for owner in (module, getattr(module, "model", None)):
+        if not isinstance(owner, torch.nn.Module):
+            continue
+        for n in names:
+            sub = getattr(owner, n, None)
+            if isinstance(sub, torch.nn.Module):
+                return sub
     return None
 
 

@@ -158,21 +158,24 @@ class LoraApplied:
                 params[name].requires_grad_(flag)
 
 
-def apply_lora(module: nn.Module, settings: LoraSettings) -> LoraApplied:
+def apply_lora(module: nn.Module, settings: LoraSettings, *, trainable_only: bool = False) -> LoraApplied:
     """Wrap ``module``'s target ``nn.Linear`` layers in :class:`LoraLinear` (in place) and freeze every
     parameter of ``module`` but the adapters. Targets: every ``nn.Linear`` (``"all-linear"``; a language
     model's output layer, ``get_output_embeddings()``, left out), or those
     whose name's last part is one of the comma-separated names. A target name that matches no linear
-    layer is an error naming the layer names there are."""
+    layer is an error naming the layer names there are. ``trainable_only``: layers whose weight is frozen
+    (``requires_grad=False``: a vision tower frozen by ``freeze_vision_tower``) get no adapter either."""
     if not isinstance(settings, LoraSettings):
         raise TypeError(f"settings must be LoraSettings, got {type(settings).__name__}")
     if has_lora(module):
         raise ValueError("the model already has LoRA adapters (merge_lora(model) folds them into its weights)")
     # exactly nn.Linear: a subclass may read its .weight itself (nn.MultiheadAttention's out_proj), past the adapter
-    linear = {n: m for n, m in module.named_modules() if type(m) is nn.Linear and n}
+    linear = {n: m for n, m in module.named_modules() if type(m) is nn.Linear and n
+              and (m.weight.requires_grad or not trainable_only)}
     if not linear:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear layers to put LoRA adapters on (GPT-2-style "
-                         "Conv1D projections are not adapted): train it without lora_rank")
+        raise ValueError(f"{type(module).__name__} has no {'trainable ' if trainable_only else ''}nn.Linear layers "
+                         "to put LoRA adapters on (GPT-2-style Conv1D projections are not adapted): train it "
+                         "without lora_rank")
     if settings.targets.strip() == ALL_LINEAR:
         # as PEFT's all-linear: not a language model's output layer (vocab × hidden, read through the logits)
         output = module.get_output_embeddings() if callable(getattr(module, "get_output_embeddings", None)) else None
@@ -189,6 +192,9 @@ def apply_lora(module: nn.Module, settings: LoraSettings) -> LoraApplied:
             other = sorted({f"{n.rsplit('.', 1)[-1]}: {type(m).__name__}" for n, m in module.named_modules()
                             if n and n.rsplit(".", 1)[-1] in missing and type(m) is not nn.Linear})
             why = (f" ({', '.join(other[:5])}: only plain nn.Linear layers get adapters)" if other else "")
+            if trainable_only and not why and any(n.rsplit(".", 1)[-1] in missing for n, m in module.named_modules()
+                                                  if type(m) is nn.Linear):
+                why = " that trains (those of that name are frozen, e.g. by freeze_vision_tower)"
             raise ValueError(f"LoRA targets {missing} match no linear layer of {type(module).__name__}{why}; its "
                              f"linear layers are named {names[:20]}{' …' if len(names) > 20 else ''} (or give "
                              f"{ALL_LINEAR!r})")
@@ -359,7 +365,8 @@ class BackboneSetup:
                              "apply_lora, or a reward_trainer(...).fit() that stopped before its end): fold them in "
                              "first with trainer.backbone_setup.finish() (the weights trainable as they were) or "
                              "mmreward.core.lora.merge_lora(model) (the weights stay frozen)")
-        self.adapters = apply_lora(self.backbone, settings) if settings is not None else None
+        # frozen layers (a VLM's vision tower under freeze_vision_tower) stay as the freeze settings say
+        self.adapters = apply_lora(self.backbone, settings, trainable_only=True) if settings is not None else None
         self.checkpointing = bool(config.gradient_checkpointing) and not gradient_checkpointing_on(self.backbone)
         if self.checkpointing:
             try:
