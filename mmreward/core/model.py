@@ -400,6 +400,12 @@ class Pretrained:
         overrides the live weights (e.g. EMA weights)."""
         if not self.model_type:
             raise TypeError(f"{type(self).__name__} has no model_type")
+        if state_dict is None and isinstance(self, torch.nn.Module):
+            compiled = next((n for n, m in self.named_modules() if n and hasattr(m, "_orig_mod")), None)
+            if compiled is not None:  # its weights would be written as "<name>._orig_mod.*", a folder no load reads
+                raise ValueError(f"save_pretrained: {compiled!r} is a torch.compile wrapper (model.{compiled} = "
+                                 f"torch.compile(...)): compile in place instead (model.{compiled}.compile() or "
+                                 f"model.compile()), or put the uncompiled module back before saving")
         if state_dict is not None:
             check_state_dict(self, state_dict)
         elif isinstance(self, torch.nn.Module) and has_lora(self):
@@ -692,7 +698,10 @@ def check_state_dict(model: Any, state_dict: Any) -> None:
                 ([f"holds {len(unexpected)} the model does not have, e.g. {unexpected[:3]}"] if unexpected else [])
         wrapped = _wrapper_prefix(state_dict, own)
         hint = (f"every key starts with {wrapped[0]!r}, the prefix of {wrapped[1]}'s state_dict: pass {wrapped[2]}"
-                if wrapped is not None else f"give the whole state_dict(), in {type(model).__name__}'s own key names")
+                if wrapped is not None else
+                "the model has LoRA adapters: pass mmreward.core.lora.merged_state_dict(model) (the adapters folded in, "
+                "the names of the model without them)" if has_lora(model) else
+                f"give the whole state_dict(), in {type(model).__name__}'s own key names")
         raise ValueError(f"save_pretrained: state_dict {'; '.join(parts)}: the saved folder could not be loaded "
                          f"({hint})")
     wrong = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()

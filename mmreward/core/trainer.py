@@ -959,10 +959,12 @@ class Trainer:
 
     def _save_final_model(self) -> None:
         try:
+            # a torch.compile(model) wrapper: the model it compiled is the one saved (its model/ was left unwritten)
+            model = getattr(self.model, "_orig_mod", self.model)
             if self.save_model is not None:
                 self.save_model(self.model_dir)
-            elif isinstance(self.model, Pretrained):
-                self.model.save_pretrained(self.model_dir)
+            elif isinstance(model, Pretrained):
+                model.save_pretrained(self.model_dir)
         except OSError as e:  # the end's snapshot is written: a rerun only writes model/
             if e.errno not in _NO_ROOM:
                 raise

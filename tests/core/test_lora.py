@@ -260,3 +260,25 @@ def test_folded_weights_are_made_on_the_cpu_and_targets_are_recorded_in_one_spel
     b = AdapterOptions(lora_rank=2, lora_targets=" v_proj, q_proj ,q_proj").adapter_record()
     assert a == b and a["lora"]["targets"] == ["q_proj", "v_proj"]
     assert AdapterOptions().adapter_record() == {}
+
+
+def test_compiled_models_save_their_weights_under_their_own_names(tmp_path):
+    """A compiled sub-module would save '<name>._orig_mod.*' keys no load reads: refused with the call to use; a
+    LoRA model's own state_dict given to save_pretrained is named with the call that gives the saved names."""
+    pytest.importorskip("transformers")
+    from helpers import word_tokenizer
+    from transformers import BertConfig
+
+    from mmreward.text import RewardModel
+
+    cfg = BertConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     max_position_embeddings=16)
+    rm = RewardModel.from_backbone(cfg, tokenizer=word_tokenizer(["a", "b"], model_max_length=16))
+    backbone = rm.backbone
+    rm.backbone = torch.compile(backbone)
+    with pytest.raises(ValueError, match=r"'backbone' is a torch.compile wrapper .*model.backbone.compile\(\)"):
+        rm.save_pretrained(tmp_path / "c")
+    rm.backbone = backbone
+    apply_lora(rm.backbone, LoraSettings(2))
+    with pytest.raises(ValueError, match=r"pass mmreward.core.lora.merged_state_dict\(model\)"):
+        rm.save_pretrained(tmp_path / "d", state_dict=rm.state_dict())

@@ -489,3 +489,21 @@ def test_the_run_folder_lock_is_released_when_fit_ends_or_the_run_is_refused(tmp
     with pytest.raises(ValueError, match="holds a training run"):
         Trainer(make_model(), cfg(tmp_path, max_steps=2, resume=False), data, collate, mse_loss).fit()
     assert not held()
+
+
+def test_a_compiled_model_run_writes_the_model_it_compiled(tmp_path):
+    """Trainer(torch.compile(model), ...) ended without model/ (the wrapper is no Pretrained), and mmreward.load of the
+    run then said the run saved no model. The compiled module (a wrapper with _orig_mod, as torch.compile's) is saved."""
+    class Compiled(nn.Module):  # torch.compile's OptimizedModule without the compile time: the same _orig_mod
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    torch.manual_seed(0)
+    inner = TinyRegressor()
+    Trainer(Compiled(inner), cfg(tmp_path, max_steps=3), make_data(32), collate, mse_loss).fit()
+    loaded = TinyRegressor.from_pretrained(str(tmp_path / "model"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), inner.state_dict().values()))
