@@ -311,7 +311,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def score_all(write: Any, done: int = 0, kept: Any = None) -> None:
         """Score every row from row ``done`` on; ``kept(start, rows)`` (rows before ``done``, scored by an earlier
         run) checks them and returns how many inputs they were."""
-        import warnings
 
         import torch
 
@@ -320,11 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bar = _bar(n_inputs) if progress else None
         # each chunk's warnings are held and told once at the end, a truncation count summed over all chunks: once
         # per calling line, it told the first chunk's count ("truncated 3 of 4096 inputs") for the whole file
-        held = warnings.catch_warnings()
-        held.__enter__()
-        warnings.simplefilter("always")
-        tally = _WarningTally()  # tallied as they come: a list of every batch's warnings would grow with the file
-        warnings.showwarning = tally.add
+        held = tallied_warnings()  # tallied as they come: a list of every batch's warnings would grow with the file
+        tally = held.__enter__()
         try:
             for start, chunk in chunks():
                 if start < done:
@@ -426,6 +422,23 @@ def _other_format(path: str) -> Optional[str]:
 # the warning text_encoder.truncation_warning gives for one call (mmreward.text.data)
 _TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tokens \((\S+): (\d+) prompt and "
                         r"(\d+) response tokens cut, up to (\d+) from one input")
+
+
+def tallied_warnings() -> Any:
+    """A context manager: inside it every warning goes to the :class:`_WarningTally` it gives (``tally.tell(n)``
+    after it says each once); Python's own warning state is restored at its exit."""
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def held() -> Any:
+        tally = _WarningTally()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = tally.add
+            yield tally
+
+    return held()
 
 
 class _WarningTally:

@@ -238,7 +238,6 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
 
     import itertools
     import time
-    import warnings
 
     import mmreward
     from mmreward import score_cli
@@ -332,11 +331,8 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
 
         bar = score_cli._bar(n_inputs) if args.progress else None
         # each chunk's warnings are told once at the end, a truncation count summed over the whole file
-        held = warnings.catch_warnings()
-        held.__enter__()
-        warnings.simplefilter("always")
-        tally = score_cli._WarningTally()  # tallied as they come: no list growing with the file
-        warnings.showwarning = tally.add
+        held = score_cli.tallied_warnings()  # tallied as they come: no list growing with the file
+        tally = held.__enter__()
         try:
             for start, chunk in chunks():
                 if start < done:
