@@ -60,8 +60,11 @@ def _with_extras(name: str, command: Callable[[list[str]], Optional[int]]) -> Ca
             return command(argv)
         except ImportError as e:
             err = missing_extra(e, extra)  # also a domain's ImportError raised from the missing package
-            if err is None and "pip install 'mmreward[" in str(e):
-                err = e  # a domain's own message that already names the extra: without the "ImportError:" prefix
+            if err is None and "pip install 'mmreward[" in str(e) and e.__cause__ is not None \
+                    and missing_extra(e.__cause__) is not None:
+                # a domain's own message naming the extra, raised from a package that really is missing (not from
+                # a broken install of it): shown without the "ImportError:" prefix
+                err = e
             if err is None or os.environ.get("MMREWARD_DEBUG") == "1":
                 raise
             sub = _SUBCOMMAND.get() or (argv[0] if argv and name in ("text", "prm", "vision", "robotics")

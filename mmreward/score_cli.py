@@ -542,6 +542,8 @@ def _model_identity(path: str) -> Any:
     where = _identity(path)
     if not where or not os.path.isdir(where):
         return where
+    if not os.path.isfile(os.path.join(where, "config.json")) and os.path.isdir(os.path.join(where, "model")):
+        where = os.path.join(where, "model")  # a run folder: the model it loads, not its snapshots
     files = {}
     for d, _, names in os.walk(where):
         for name in names:

@@ -305,3 +305,18 @@ def test_missing_extra_error_survives_pickling():
     e = MissingExtraError("transformers", "text", "text_reward_model (runs/rm)")
     back = pickle.loads(pickle.dumps(e))
     assert str(back) == str(e) and back.extra == "text" and back.name == "transformers" and isinstance(back, ImportError)
+
+
+def test_a_broken_installed_package_is_not_reported_as_a_missing_extra(tmp_path, monkeypatch):
+    """A module missing INSIDE an installed cv2 (a numpy ABI mismatch: No module named 'numpy._core') is that
+    error: told to install the extra, a user would reinstall it and change nothing."""
+    from mmreward.core.extras import MissingExtraError
+    from mmreward.robotics.data import video
+
+    (tmp_path / "cv2").mkdir()
+    (tmp_path / "cv2" / "__init__.py").write_text("import numpy._no_such_core\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv2", raising=False)
+    with pytest.raises(ModuleNotFoundError) as info:
+        video._cv2()
+    assert not isinstance(info.value, MissingExtraError) and info.value.name == "numpy._no_such_core"

@@ -173,9 +173,12 @@ def apply_lora(module: nn.Module, settings: LoraSettings, *, trainable_only: boo
     linear = {n: m for n, m in module.named_modules() if type(m) is nn.Linear and n
               and (m.weight.requires_grad or not trainable_only)}
     if not linear:
-        raise ValueError(f"{type(module).__name__} has no {'trainable ' if trainable_only else ''}nn.Linear layers "
-                         "to put LoRA adapters on (GPT-2-style Conv1D projections are not adapted): train it "
-                         "without lora_rank")
+        if trainable_only and any(type(m) is nn.Linear for m in module.modules()):
+            raise ValueError(f"every nn.Linear layer of {type(module).__name__} is frozen (requires_grad=False), so "
+                             "none takes an adapter: unfreeze the layers to adapt (e.g. module.requires_grad_(True) "
+                             "after merge_lora, which leaves them frozen)")
+        raise ValueError(f"{type(module).__name__} has no nn.Linear layers to put LoRA adapters on (GPT-2-style "
+                         "Conv1D projections are not adapted): train it without lora_rank")
     if settings.targets.strip() == ALL_LINEAR:
         # as PEFT's all-linear: not a language model's output layer (vocab × hidden, read through the logits)
         output = module.get_output_embeddings() if callable(getattr(module, "get_output_embeddings", None)) else None
@@ -396,7 +399,13 @@ class BackboneSetup:
         try:
             history = trainer.fit()
         except BaseException:
-            self.finish()
+            try:
+                self.finish()
+            except Exception as folding:  # noqa: BLE001 - the run's own error (an OOM, Ctrl-C) is the one to see
+                import warnings
+
+                warnings.warn(f"the adapters could not be folded in after the run stopped ({folding}); the model "
+                              "still holds them: the newest snapshot has the run's state", stacklevel=2)
             raise
         self.finish()
         return history

@@ -31,12 +31,12 @@ def _cv2():
     # FFmpeg inside OpenCV prints its own decoder errors ("moov atom not found") to stderr; the
     # VideoError raised below says it once, so keep FFmpeg to fatal messages unless the user set a level
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
-    try:
-        import cv2
-    except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
-        from mmreward.core.extras import MissingExtraError
+    from mmreward.core.extras import needs_extra
 
-        raise MissingExtraError("cv2", "robotics", "video I/O") from e
+    # cv2 itself missing: the extra to install; a module missing inside an installed cv2 (a numpy ABI mismatch)
+    # is that error, as it is
+    with needs_extra("robotics", what="video I/O"):
+        import cv2
     return cv2
 
 

@@ -282,3 +282,11 @@ def test_compiled_models_save_their_weights_under_their_own_names(tmp_path):
     apply_lora(rm.backbone, LoraSettings(2))
     with pytest.raises(ValueError, match=r"pass mmreward.core.lora.merged_state_dict\(model\)"):
         rm.save_pretrained(tmp_path / "d", state_dict=rm.state_dict())
+
+
+def test_a_fully_frozen_module_is_named_as_frozen():
+    net = Net()
+    net.requires_grad_(False)
+    with pytest.raises(ValueError, match="every nn.Linear layer of Net is frozen"):
+        apply_lora(net, LoraSettings(2), trainable_only=True)
+    apply_lora(net, LoraSettings(2))  # without trainable_only (apply_lora by hand), frozen layers are adapted
