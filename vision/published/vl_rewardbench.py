@@ -126,10 +126,10 @@ def read_vl_rewardbench(path: str, limit: Optional[int] = None, split: Optional[
     if path.endswith(".parquet"):
         if split:
             raise DataError(f"{path} is a parquet file, not a set of splits: leave the split out")
-        try:
+        from mmreward.core.extras import needs_extra
+
+        with needs_extra("published", what="reading the parquet release"):  # a broken pyarrow: its own error
             import pyarrow.parquet as pq
-        except ImportError as e:
-            raise ImportError("reading the parquet release needs pyarrow (pip install 'mmreward[published]')") from e
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for corrupt files
