@@ -149,7 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         atomic_write_text(config.output, json_text({"config": asdict(config), **result}, indent=2) + "\n")
     if config.json:
-        slim = {k: v for k, v in result.items() if not k.startswith("scores_")}
+        # the per-response scores (RewardBench 2: `scores`, a list per row) go to --out only, as for every benchmark
+        slim = {k: v for k, v in result.items() if not k.startswith("scores_") and k != "scores"}
         print(json_text(slim, indent=2))
         return 0
     if config.benchmark == "rewardbench-2":  # best-of-N rows: no pairwise bias probe

@@ -171,7 +171,13 @@ def check_rows(rows: Sequence[Any], where: str = "", subset_required: bool = Fal
                 continue
             if not isinstance(r.get(k), str):
                 got = "missing" if k not in r else type(r[k]).__name__
-                raise ValueError(f"{where}row {i}: `{k}` must be a string, got {got}")
+                hint = ""
+                if k in ("chosen", "rejected") and not isinstance(r[k], (str, bytes, dict)) and hasattr(r[k], "__len__"):
+                    # lists of completions: a RewardBench 2 row or an RM-Bench item given in memory, where a path's
+                    # reader (load_rewardbench) names the benchmark
+                    hint = (": a list of completions (RewardBench 2 rows: evaluate_rewardbench2 / --benchmark "
+                            "rewardbench-2; RM-Bench items, 3 per side: evaluate_rmbench / --benchmark rm-bench)")
+                raise ValueError(f"{where}row {i}: `{k}` must be a string, got {got}{hint}")
 
 
 def load_rewardbench(path: str, split: Optional[str] = None) -> list[dict]:

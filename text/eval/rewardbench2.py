@@ -3,7 +3,8 @@
 Data: rows of ``allenai/reward-bench-2`` (split ``test``) — ``prompt``, ``chosen`` (a list: one
 correct completion, several in Ties), ``rejected`` (a list: usually three), ``subset``
 (Factuality, Precise IF, Math, Safety, Focus, Ties), ``id``, and for Ties ``num_correct``; from a
-JSON list, JSONL, parquet, a dataset folder or the hub id, as RewardBench files are read.
+JSON list, JSONL, parquet, a dataset folder or the hub id, as RewardBench files are read, or in memory (a
+pandas DataFrame's numpy-array list cells read as lists). A ``prompt`` may be a conversation (messages).
 
 Scores follow RewardBench 2's own scoring (``reward-bench`` ``scripts/run_v2.py``,
 ``reroll_and_score_dataset`` / ``process_single_model``):
@@ -18,6 +19,9 @@ Scores follow RewardBench 2's own scoring (``reward-bench`` ``scripts/run_v2.py`
   over prompt numbers with both rows, where m = worst correct − best incorrect score and d = best
   − worst correct score of the tied row (a NaN ratio, 0/0, counts 0);
 * ``overall`` is the mean of the subset scores.
+
+Said, not silently scored: Ties rows whose partner row is absent (``ties["unpaired"]``; ``--limit`` may cut a
+pair) and subsets outside the six (``unknown_subsets``) warn.
 """
 from __future__ import annotations
 
@@ -39,6 +43,27 @@ def is_rewardbench2_row(row: Any) -> bool:
     return isinstance(row, dict) and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
 
 
+def _is_prompt(p: Any) -> bool:
+    """A prompt a text scorer takes: a string, or a conversation (a non-empty list of role / content messages)."""
+    return isinstance(p, str) or (isinstance(p, list) and bool(p) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in p))
+
+
+def as_rows2(rows: list) -> list:
+    """Rows whose list fields came as numpy arrays (a pandas DataFrame read from the hub's parquet,
+    ``Dataset.to_pandas()``) or tuples, with those fields as lists; other rows and fields as given."""
+    from mmreward.core.inputs import _listed
+
+    out = []
+    for r in rows:
+        if isinstance(r, dict):
+            fix = {k: list(_listed(r[k])) for k in ("prompt", "chosen", "rejected")
+                   if k in r and (isinstance(r[k], tuple) or _listed(r[k]) is not r[k])}
+            r = {**r, **fix} if fix else r
+        out.append(r)
+    return out
+
+
 def _is_ties(subset: str) -> bool:
     return subset.lower() == "ties"
 
@@ -54,16 +79,22 @@ def ties_id(row: dict, where: str) -> tuple[str, int]:
 
 
 def check_rows2(rows: list, where: str = "") -> None:
-    """Every row an object with a ``prompt`` string, non-empty ``chosen`` / ``rejected`` lists of strings
-    and a ``subset`` string; a Ties row also a ``ref:<n>`` / ``tied:<n>`` ``id`` and, when given,
+    """Every row an object with a ``prompt`` (a string or a list of role / content messages), non-empty
+    ``chosen`` / ``rejected`` lists of strings, a ``subset`` string and, when given, ``total_completions`` equal
+    to its number of completions; a Ties row also a ``ref:<n>`` / ``tied:<n>`` ``id`` and, when given,
     ``num_correct`` equal to its number of chosen completions. The ValueError names row and field."""
     seen: dict[tuple, int] = {}  # Ties ids: ref:<n> / tied:<n> each once
     for i, r in enumerate(rows):
         at = f"{where}row {i}: "
         if not isinstance(r, dict):
             raise ValueError(f"{where}row {i} is a {type(r).__name__}, expected an object")
-        if not isinstance(r.get("prompt"), str):
-            raise ValueError(f"{at}`prompt` must be a string, got {type(r.get('prompt')).__name__ if 'prompt' in r else 'missing'}")
+        if not _is_prompt(r.get("prompt")):
+            raise ValueError(f"{at}`prompt` must be a string or a non-empty list of {{'role': str, 'content': str}} "
+                             f"messages, got {type(r.get('prompt')).__name__ if 'prompt' in r else 'missing'}")
+        if "subset" not in r and all(isinstance(r.get(k), list) and len(r[k]) == 3 for k in ("chosen", "rejected")):
+            # an RM-Bench item (three styles per side, no subset) would fail as "`subset` must be a string"
+            raise ValueError(f"{at}no `subset`, and `chosen` / `rejected` are lists of 3 responses: RM-Bench items "
+                             "(one per style)? use --benchmark rm-bench / evaluate_rmbench")
         if not isinstance(r.get("subset"), str):
             raise ValueError(f"{at}`subset` must be a string (RewardBench 2's {', '.join(SUBSETS)}), got "
                              f"{type(r.get('subset')).__name__ if 'subset' in r else 'missing'}")
@@ -87,9 +118,16 @@ def check_rows2(rows: list, where: str = "") -> None:
             if kind == "tied" and len(r["chosen"]) < 2:
                 raise ValueError(f"{at}a 'tied:' row holds several equally correct answers, got {len(r['chosen'])} "
                                  "chosen completion")
-            n = r.get("num_correct")
-            if n is not None and n != len(r["chosen"]):
-                raise ValueError(f"{at}`num_correct` is {n!r} but the row has {len(r['chosen'])} chosen completions")
+        # the counts the official code scores by, when given, agree with the lists: it splits a Ties row's scores
+        # into correct / incorrect by num_correct and regroups every row's scores by total_completions, so a row
+        # whose lists lost or gained completions (a broken export) would be scored otherwise than published
+        counts = [("total_completions", len(r["chosen"]) + len(r["rejected"]), "chosen + rejected")]
+        if _is_ties(r["subset"]):
+            counts.append(("num_correct", len(r["chosen"]), "chosen"))
+        for k, have, what in counts:
+            n = r.get(k)
+            if n is not None and n != have:
+                raise ValueError(f"{at}`{k}` is {n!r} but the row has {have} {what} completions")
 
 
 def load_rewardbench2(path: str, split: Optional[str] = None) -> list[dict]:
@@ -97,6 +135,7 @@ def load_rewardbench2(path: str, split: Optional[str] = None) -> list[dict]:
     rows = read_rows(path, split)
     if not rows:
         raise ValueError(f"{path} holds no rows" + (f" in split {split!r}" if split else ""))
+    rows = as_rows2(rows)
     check_rows2(rows, f"{path}: ")
     return rows
 
@@ -122,6 +161,9 @@ def ties_score(rows: list[dict], scores: list[list[float]]) -> dict:
     out = {"ref_accuracy": mean([float(v[0]) for v in ref.values()]),
            "tied_accuracy": mean([float(v[0]) for v in tied.values()])}
     both = sorted(set(ref) & set(tied))
+    # rows whose partner is absent (--limit or a filter cut the pair): in the accuracies, not in the margin terms
+    out["unpaired"] = sorted([f"ref:{n}" for n in set(ref) - set(tied)] + [f"tied:{n}" for n in set(tied) - set(ref)],
+                             key=lambda x: (int(x.partition(":")[2]), x))
     preferred, hard, margin_scores = [], [], []
     for n in both:
         spread, m_tied, m_ref = tied[n][1], tied[n][2], ref[n][2]
@@ -157,7 +199,7 @@ def evaluate_rewardbench2(scorer: Any, data: Any, *, batch_size: int = 16, progr
         raise TypeError(f"evaluate_rewardbench2: data must be a file / folder path or a list of rows, got "
                         f"{type(data).__name__}" + ("; wrap a single row in a list" if isinstance(data, dict) else ""))
     else:
-        rows = list(data)
+        rows = as_rows2(list(data))
         if not rows:
             raise ValueError("evaluate_rewardbench2: no rows to evaluate")
         check_rows2(rows)
@@ -191,6 +233,11 @@ def evaluate_rewardbench2(scorer: Any, data: Any, *, batch_size: int = 16, progr
         if not ties["prompts_with_both"]:
             warnings.warn(f"RewardBench 2: no prompt number of {name!r} has both its 'ref:' and its 'tied:' row, so "
                           "its margin terms and score are NaN (left out of overall)", stacklevel=2)
+        elif ties["unpaired"]:
+            # the score is then not the published one's: its accuracies and its margin terms cover other prompts
+            warnings.warn(f"RewardBench 2: {len(ties['unpaired'])} {name!r} row(s) lack their 'ref:' / 'tied:' partner "
+                          f"(first: {ties['unpaired'][0]}; did --limit cut a pair?): they count in the ref / tied "
+                          "accuracy but not in the margin terms", stacklevel=2)
     order = sorted(subsets, key=lambda k: (SUBSETS.index(k) if k in SUBSETS else len(SUBSETS), k))
     subsets = {k: subsets[k] for k in order}
     scored = [v for v in subsets.values() if not math.isnan(v)]
@@ -202,6 +249,13 @@ def evaluate_rewardbench2(scorer: Any, data: Any, *, batch_size: int = 16, progr
     missing = [s for s in SUBSETS if s not in subsets]
     if missing and len(missing) < len(SUBSETS):
         result["subsets_missing"] = missing
+    odd = [k for k in subsets if k not in SUBSETS]
+    if odd and len(missing) < len(SUBSETS):
+        # a renamed or extra subset next to RewardBench 2's ("math" beside "Math", "precise_if") counts in overall
+        # as a subset of its own: overall is then not the leaderboard's figure
+        result["unknown_subsets"] = odd
+        warnings.warn(f"RewardBench 2: subset(s) {odd} are not RewardBench 2's ({', '.join(SUBSETS)}): each counts "
+                      "in overall as one more subset", stacklevel=2)
     return result
 
 
@@ -216,6 +270,8 @@ def format_rewardbench2(result: dict) -> list[str]:
         lines.append("  Ties parts: " + ", ".join(f"{k} {ties[k]:.3f}" for k in TIES_WEIGHTS))
     if result.get("subsets_missing"):
         lines.append(f"overall is over the subsets present: no rows for {', '.join(result['subsets_missing'])}")
+    if result.get("unknown_subsets"):
+        lines.append(f"not RewardBench 2 subsets (each counted in overall): {', '.join(result['unknown_subsets'])}")
     if result.get("num_ties_at_max"):
         lines.append(f"rows whose best score is shared (counted 1/k): {result['num_ties_at_max']}")
     return lines

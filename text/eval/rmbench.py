@@ -152,6 +152,8 @@ def _keep_domains(items: list[dict], domains: Any, source: str) -> list[dict]:
 
 
 def _check_item(row: Any, where: str, default_domain: str) -> dict:
+    from mmreward.core.inputs import _listed
+
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
     if not isinstance(row.get("prompt"), str):
@@ -161,6 +163,8 @@ def _check_item(row: Any, where: str, default_domain: str) -> dict:
         v = row.get(k)
         if isinstance(v, tuple):  # a Python user's tuple of the three styles
             v = out[k] = list(v)
+        elif _listed(v) is not v:  # a numpy array: a pandas DataFrame's list column (pd.read_parquet, to_pandas())
+            v = out[k] = _listed(v)
         if not isinstance(v, list) or len(v) != len(STYLES) or not all(isinstance(x, str) for x in v):
             hint = ("; this looks like a RewardBench-style pair row (one chosen and one rejected string): use "
                     "--benchmark rewardbench / evaluate_rewardbench" if isinstance(v, str) else "")
