@@ -306,6 +306,11 @@ def resolve_folder(path: Union[str, os.PathLike], weights: bool = True) -> str:
 
             # a training run's output folder: its model/, or its reward/ (train-video's model/ is the video model)
             return pick_run_model(path, lambda model_type: model_type in MODEL_TYPES) or path
+        from mmreward.core.folders import verify_folder
+
+        # a saved folder's manifest (its paths, links out, sizes) is checked before its config.json is read: a
+        # config.json linked to a file elsewhere is named as such, not parsed (checksums come with the load)
+        verify_folder(path, checksums=False)
         return path
     shipped = _shipped(path)
     if shipped:
@@ -361,7 +366,7 @@ def _scalar_head_lm(folder: str) -> bool:
     try:
         with open(head, encoding="utf-8") as f:
             body = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: deeply nested arrays
         return False
     return isinstance(body, dict) and "ScalarHeadLM" in json.dumps(body)
 

@@ -96,6 +96,11 @@ def _load_tensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
 
     if not os.path.exists(path):
         raise CheckpointError(f"missing weights file {path}")
+    from .weights import weight_file_problem
+
+    problem = weight_file_problem(path)  # empty, a Git LFS pointer, a pickle under the safetensors name
+    if problem:
+        raise CheckpointError(problem)
     try:
         return load_file(path, device=device)
     except Exception as e:  # safetensors raises several error types for bad headers / truncation
@@ -108,8 +113,8 @@ def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"corrupt JSON in {path}: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deeply nested arrays
+        raise CheckpointError(f"corrupt JSON in {path}: {str(e)[:200]}") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
@@ -328,10 +333,20 @@ class Snapshots:
     @staticmethod
     def read(path: str, device: str = "cpu") -> Any:
         """The state of one snapshot folder, after checking every file against its manifest."""
+        if os.path.islink(path.rstrip(os.sep)):  # snapshots are written in place, never linked: this one came from elsewhere
+            raise CheckpointError(f"{path} is a link to {os.path.realpath(path)}: a snapshot is never a link (one into "
+                                  "another run would resume that run's weights); not reading it")
         if read_manifest(path) is None:
             raise CheckpointError(f"{path} has no manifest.json: not a complete snapshot")
         verify_folder(path, checksums=True)
-        return load_state(os.path.join(path, SNAPSHOT_STATE), device)
+        state = load_state(os.path.join(path, SNAPSHOT_STATE), device)
+        digits = os.path.basename(path.rstrip(os.sep))[len(SNAPSHOT_PREFIX):]
+        step = state.get("step") if isinstance(state, dict) else None
+        if digits.isdigit() and isinstance(step, int) and not isinstance(step, bool) and step != int(digits):
+            # a snapshot renamed or copied in from another run would resume at the wrong step with its metrics
+            raise CheckpointError(f"{path} holds the state of step {step}, not of step {int(digits)} its name gives: "
+                                  "renamed or copied from another run")
+        return state
 
     def load_latest(self, device: str = "cpu") -> Optional[tuple[int, str, Any]]:
         """``(step, path, state)`` of the newest readable snapshot, or None when there is none. Newer
@@ -592,7 +607,7 @@ def pick_run_model(run: str, accept: Any) -> Optional[str]:
         try:
             with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8-sig") as f:
                 model_type = json.load(f).get("model_type")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested arrays
             continue
         if isinstance(model_type, str) and accept(model_type):
             return folder
@@ -610,7 +625,7 @@ def _read_json_object(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return record if isinstance(record, dict) else {}
 

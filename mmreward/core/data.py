@@ -124,6 +124,8 @@ def jsonl_rows(f: Iterable[bytes], path: str) -> Iterator[dict]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {lineno} (row {row}) is not valid JSON: {e.msg}") from None
+        except RecursionError:  # 100 000 nested brackets: Python's parser gives up
+            raise DataError(f"{path}: line {lineno} (row {row}) is nested too deeply to be read") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {lineno} (row {row}) must be a JSON object, got {type(obj).__name__}")
         row += 1
@@ -151,6 +153,8 @@ def _read_json(path: str, split: Optional[str]) -> list[dict]:
     text = _read_text(path)
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be read as JSON") from None
     except json.JSONDecodeError as e:
         if text.lstrip().startswith("{") and "\n" in text.strip():
             try:

@@ -191,11 +191,34 @@ def read_manifest(folder: str) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt {MANIFEST_NAME} in {folder}: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: a crafted file of deeply nested arrays
+        raise CheckpointError(f"corrupt {MANIFEST_NAME} in {folder}: {str(e)[:200]}") from e
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise CheckpointError(f"{folder}/{MANIFEST_NAME} is not a manifest")
+    for rel, entry in data["files"].items():
+        problem = _manifest_entry_problem(rel, entry)
+        if problem:
+            raise CheckpointError(f"{path}: entry {rel[:200]!r} {problem}: the manifest was edited or not written "
+                                  "by mmreward; not reading the folder")
     return data
+
+
+def _manifest_entry_problem(rel: str, entry: object) -> Optional[str]:
+    """Why one ``files`` entry of a manifest cannot be one mmreward wrote, or None. Its path must stay inside
+    the folder: a ``../`` or absolute path would have loading stat (and, with checksums, read whole) a file
+    elsewhere on the machine, and the size error would tell an uploader that file's size."""
+    parts = rel.split("/")
+    if (not rel or (os.sep != "/" and os.sep in rel) or "\0" in rel or rel.startswith("/") or os.path.isabs(rel)
+            or any(p in ("", ".", "..") for p in parts)):
+        return "is not a plain relative path inside the folder"
+    if not isinstance(entry, dict):
+        return f"must be an object with the file's bytes, got {type(entry).__name__}"
+    size = entry.get("bytes")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return f"records bytes={size!r}, not a file size"
+    if "sha256" in entry and not (isinstance(entry["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+        return "records a sha256 that is not 64 hex digits"
+    return None
 
 
 def verify_folder(folder: str, checksums: Optional[bool] = None) -> Optional[dict]:
@@ -207,8 +230,18 @@ def verify_folder(folder: str, checksums: Optional[bool] = None) -> Optional[dic
         return None
     if checksums is None:
         checksums = os.environ.get("MMREWARD_VERIFY_CHECKSUMS", "0") == "1"
+    root = os.path.realpath(folder)
+    # a hub-cache snapshot (``<repo>/snapshots/<rev>``) links its files to ``<repo>/blobs``: that is inside the repo
+    blobs = (os.path.join(os.path.dirname(os.path.dirname(root)), "blobs")
+             if os.path.basename(os.path.dirname(root)) == "snapshots" else None)
     for rel, entry in manifest["files"].items():
         path = os.path.join(folder, rel)
+        real = os.path.realpath(path)
+        if not _inside(real, root) and not (blobs and _inside(real, blobs)):
+            # save_pretrained never writes links: one reaching out of the folder was added afterwards, and
+            # following it would read (and score with) a file of someone else's, e.g. an uploaded folder's
+            raise CheckpointError(f"{path} is a link to {real}, outside the saved folder {folder}: mmreward does not "
+                                  "follow links out of a folder it saved; copy the file itself in (cp -L)")
         if not os.path.isfile(path):
             raise CheckpointError(f"{folder} is incomplete: {rel} is missing")
         size = os.path.getsize(path)
@@ -219,6 +252,10 @@ def verify_folder(folder: str, checksums: Optional[bool] = None) -> Optional[dic
         if checksums and "sha256" in entry and _sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{path} does not match its SHA-256 in the manifest: the file is corrupt")
     return manifest
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 # ------------------------------------------------------------------ whole folders

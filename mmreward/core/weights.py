@@ -34,8 +34,8 @@ def read_json(path: str, what: str = "") -> dict:
     try:
         with open(path, encoding="utf-8-sig") as f:  # a BOM (a file edited in Notepad) is not an error
             body = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt {path}{label}: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: a crafted file of deeply nested arrays
+        raise CheckpointError(f"corrupt {path}{label}: {str(e)[:200]}") from e
     if not isinstance(body, dict):
         raise CheckpointError(f"{path}{label} must hold a JSON object, got {type(body).__name__}")
     return body
@@ -55,6 +55,11 @@ def weight_file_problem(path: str) -> Optional[str]:
         return None  # the reader names what is wrong
     if not head:
         return f"{path} is empty (0 bytes): a download or copy that did not finish; fetch the file again"
+    if path.endswith(".safetensors") and head.startswith((b"PK\x03\x04", b"\x80")) and head[8:9] != b"{":
+        # a torch.save zip or a pickle under the safetensors name (a real one has its JSON header's "{" at byte 8,
+        # after the 8-byte length): said so, and never handed to torch.load
+        return (f"{path} is a pickle / torch.save file, not safetensors (it begins {head[:8]!r}): mmreward does not "
+                "unpickle files named .safetensors; convert it to safetensors where you trust its origin")
     if head == LFS_POINTER:
         return (f"{path} is a Git LFS pointer ({os.path.getsize(path)} bytes), not the weights: the repository was "
                 "cloned without Git LFS; run `git lfs pull` in it (or download the file itself)")
