@@ -210,8 +210,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], f
                               f"expects {want} ({len(bad)} tensor(s) differ)")
     # load_state_dict casts silently: integer or boolean values in a floating-point weight become
     # whole numbers (a corrupted or hand-written file would load and score as garbage)
+    # and complex (the imaginary part dropped) or 8-bit float values (a cast that loses all but 3-4 bits) in a
+    # weight the model holds in a wider float are no weights it was saved with either
     kinds = [(k, state[k].dtype, v.dtype) for k, v in own.items()
-             if v.is_floating_point() and not (state[k].is_floating_point() or state[k].is_complex())]
+             if v.is_floating_point() and (not state[k].is_floating_point() or state[k].is_complex()
+                                           or (state[k].element_size() == 1 and v.element_size() > 1))]
     if kinds:
         k, got, want = kinds[0]
         raise CheckpointError(f"weights in {folder} do not match its config: {k} is {str(got).removeprefix('torch.')}, "

@@ -185,3 +185,17 @@ def test_deeply_nested_data_rows_are_a_data_error_naming_the_line(tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(DataError, match=r"deep.json: nested too deeply"):
         read_records(str(tmp_path / "deep.json"))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float8_e4m3fn])
+def test_complex_or_8_bit_float_weights_are_not_loaded_as_float32(tmp_path, dtype):
+    """An F8_E4M3 or C64 tensor where the model holds float32 loaded silently (complex: the imaginary part dropped)."""
+    from torch import nn
+
+    from mmreward.core.folders import CheckpointError
+    from mmreward.core.model import load_state_strict
+
+    net = nn.Linear(3, 2)
+    state = {k: v.to(dtype) for k, v in net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"weight is (complex64|float8_e4m3fn), the model expects a floating-point"):
+        load_state_strict(net, state, str(tmp_path))
