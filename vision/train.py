@@ -480,8 +480,10 @@ def _top1(r: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return (best_score > other_score) & has_pair, has_pair
 
 
-def _data_digest(cfg: ImageRewardTrainConfig) -> dict:
-    """What identifies the training sets: the synthetic generator's settings, or the data file's bytes."""
+def _data_digest(cfg: ImageRewardTrainConfig, train: Sequence[RankedExample] = ()) -> dict:
+    """What identifies the training sets: the synthetic generator's settings, or the data file's bytes and
+    the bytes of the image files its rows name (``train``): images regenerated under the same names are
+    other training data, which a resume must not mix into the run."""
     if cfg.data == "synthetic":
         return {"synthetic": {k: getattr(cfg, k) for k in ("n_train", "set_size", "image_size", "data_seed")}}
     import hashlib
@@ -501,6 +503,10 @@ def _data_digest(cfg: ImageRewardTrainConfig) -> dict:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     digest = {"file_sha256": h.hexdigest()[:16]}
+    if train:
+        from .vlm_rm import rows_digest  # local files by their bytes (a moved copy still resumes), pixels as pixels
+
+        digest["images_sha256"] = rows_digest(train, lambda e: ([], [e.images]))["sha256"]
     return {**digest, "split": cfg.split} if cfg.split else digest  # runs without a split: as before
 
 
@@ -530,7 +536,9 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
                        model: Optional[ImageRewardModel] = None) -> tuple[ImageRewardModel, list[dict]]:
     """Train (or continue training) a scorer; returns ``(model, history)``. The final eval metrics are in
     ``history[-1]`` (``eval_pairwise_accuracy``, ``eval_top1_accuracy``); the final scorer, its score
-    normalisation fitted on ``normalize_on`` training images, is saved to ``<output_dir>/model``."""
+    normalisation fitted on ``normalize_on`` training images, is saved to ``<output_dir>/model``. Without
+    ``model`` the scorer is built right after ``seed_everything(train_cfg.seed)``, from the training prompts'
+    words; a ``model`` you pass is trained as it is (build it after ``seed_everything`` for a reproducible run)."""
     if not isinstance(cfg, ImageRewardTrainConfig):  # the two configs given the other way round read as a bare
         raise TypeError(f"cfg must be an ImageRewardTrainConfig, got {type(cfg).__name__}")  # AttributeError
     if not isinstance(train_cfg, TrainConfig):
@@ -553,7 +561,10 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
             if cfg.data == "synthetic" else []
     if model is None:  # initialised from the run's seed: the same command gives the same model
         seed_everything(train_cfg.seed)
-        model = build_model(cfg, [e.prompt for e in train + held])
+        # the vocabulary of the training prompts only: with the held-out ones' words too, another --eval-data
+        # gave another embedding table and so other initial weights and another trained scorer (a word seen
+        # only in evaluation gets no training either way: it reads as the unknown word)
+        model = build_model(cfg, [e.prompt for e in train])
     model.to(device).train()
 
     def normalize() -> None:
@@ -581,7 +592,7 @@ def train_image_reward(cfg: ImageRewardTrainConfig, train_cfg: TrainConfig,
     # with a state-dict size mismatch)
     resume = {"image_reward": config_to_dict(model.config), "objective": {"loss": cfg.loss,
                                                                          "label_smoothing": cfg.label_smoothing},
-              "data": _data_digest(cfg)}
+              "data": _data_digest(cfg, train)}
     trainer = Trainer(model, train_cfg, train, make_collate(model), ranked_loss(cfg.loss, cfg.label_smoothing),
                       eval_fn=(lambda m: evaluate_image_reward(m, held)) if held else None, save_model=save,
                       settings={"image_reward_train": config_to_dict(cfg)}, resume_settings=resume,

@@ -435,7 +435,9 @@ class Trainer:
                  "rng": rng_state(), "history": self.history, "fingerprint": fingerprint_text(self._fingerprint()),
                  "extra": {name: obj.state_dict() for name, obj in self._extra.items()},
                  # the settings a resume may change, as the steps up to this snapshot ran with them
-                 "settings": {name: getattr(self.config, name) for name in _RESUME_MAY_CHANGE}}
+                 "settings": {name: getattr(self.config, name) for name in _RESUME_MAY_CHANGE},
+                 # CPU kernels sum in an order that depends on the thread count: a resume with another warns
+                 "cpu_threads": torch.get_num_threads()}
         if self.optimizer is not None:
             state["optimizer"], state["scheduler"] = self.optimizer.state_dict(), self.scheduler.state_dict()
         if self.scaler is not None:
@@ -575,6 +577,13 @@ class Trainer:
             self._restore(state)
             if self.is_main and not again and self.loss_fn is not None:  # a step_fn's settings are its own
                 self._warn_changed_settings(state)
+            threads = state.get("cpu_threads")
+            if (self.is_main and not again and self.device.type == "cpu" and isinstance(threads, int)
+                    and threads != torch.get_num_threads()):
+                warnings.warn(f"{cfg.output_dir}: the run resumes at step {self.step} with {torch.get_num_threads()} "
+                              f"CPU threads, its steps so far ran with {threads}: CPU kernels sum in another order, "
+                              "so it continues to float rounding, not bit for bit like the straight run (set "
+                              f"OMP_NUM_THREADS={threads} or torch.set_num_threads({threads}) for that)", stacklevel=3)
         elif again:
             raise RuntimeError(f"fit() already ran on this Trainer (to step {self.step}) but {cfg.output_dir} holds "
                                "no snapshot to continue from, and its model and optimizer are no longer those of "
@@ -620,11 +629,17 @@ class Trainer:
         return (t / self.world_size).tolist()
 
     def _evaluate(self) -> dict[str, float]:
-        was_training = self.model.training
+        # the global RNGs are put back after the eval_fn: one that draws from them (sampled generations, a random
+        # subset) would otherwise shift every later step's dropout / batches, so eval_every or the presence of
+        # held-out data (which change no step) would change the trained weights
+        was_training, state = self.model.training, rng_state()
         self.model.eval()
-        with torch.no_grad():
-            out = self.eval_fn(self.model)
-        self.model.train(was_training)
+        try:
+            with torch.no_grad():
+                out = self.eval_fn(self.model)
+        finally:
+            self.model.train(was_training)
+            set_rng_state(state)
         if not isinstance(out, dict):
             raise TypeError(f"eval_fn must return a dict of floats, got {type(out).__name__}")
         row = {}

@@ -268,6 +268,8 @@ class Workspace:
         self.snapshots, state = start_run(config.out, self._fingerprint(), resume=config.resume,
                                           overwrite=config.overwrite, run_files=RUN_FILES, defaults=defaults)
         replay_floor = None if state is None else self._restore(state)
+        if state is not None:
+            self._check_seed_frames(state, config)
         episode_frames = episode * config.action_repeat
         if state is not None and self.global_frame - episode_frames >= config.num_train_frames:
             # a run already past this target (by a whole episode: a run stops at the first episode end at or
@@ -490,6 +492,19 @@ class Workspace:
             c["last_eval_frame"], c["last_snapshot_frame"], c["train_time"])
         self._snapshot_replay_first = self.replay.first_serial
         return int(st["replay_floor"])
+
+    def _check_seed_frames(self, state: dict, config: RLConfig) -> None:
+        """Refuse another ``num_seed_frames`` when it moves the first agent update of the frames still to come: the
+        run would then update where the straight run does not (or not where it does). Not in the fingerprint: once
+        the run is past both values it changes nothing, and may be given either."""
+        saved = state.get("config", {}).get("num_seed_frames") if isinstance(state.get("config"), dict) else None
+        if not isinstance(saved, int) or saved == config.num_seed_frames:
+            return
+        if max(saved, config.num_seed_frames) > self.global_frame:
+            raise ValueError(f"{self.snapshots.path(self.global_frame)} was written by a run with other settings "
+                             f"(num_seed_frames: saved {saved}, now {config.num_seed_frames}; the run is at frame "
+                             f"{self.global_frame}, so its agent updates would start elsewhere): rerun with the saved "
+                             "value to continue it, use another output folder, or --overwrite to start again there")
 
     def close(self) -> None:
         for env in (self.train_env, self.eval_env):
