@@ -403,12 +403,8 @@ class Pretrained:
         overrides the live weights (e.g. EMA weights)."""
         if not self.model_type:
             raise TypeError(f"{type(self).__name__} has no model_type")
-        if state_dict is None and isinstance(self, torch.nn.Module):
-            compiled = next((n for n, m in self.named_modules() if n and hasattr(m, "_orig_mod")), None)
-            if compiled is not None:  # its weights would be written as "<name>._orig_mod.*", a folder no load reads
-                raise ValueError(f"save_pretrained: {compiled!r} is a torch.compile wrapper (model.{compiled} = "
-                                 f"torch.compile(...)): compile in place instead (model.{compiled}.compile() or "
-                                 f"model.compile()), or put the uncompiled module back before saving")
+        if state_dict is None:
+            check_no_compiled_submodule(self, "save_pretrained")
         if state_dict is not None:
             check_state_dict(self, state_dict)
         elif isinstance(self, torch.nn.Module) and has_lora(self):
@@ -677,6 +673,19 @@ def restore_unsaved_buffer_dtypes(model: Any, recorded: Any) -> None:
         owner = model.get_submodule(owner_name) if owner_name else model
         if owner._buffers.get(leaf) is b:
             owner._buffers[leaf] = b.to(want)
+
+
+def check_no_compiled_submodule(model: Any, what: str) -> None:
+    """Refuse a model with a ``torch.compile`` wrapper as a sub-module (``model.backbone = torch.compile(...)``): its
+    weights would be saved (and snapshotted) as ``<name>._orig_mod.*``, a folder no load reads and a snapshot the
+    uncompiled model cannot resume. ``model.<name>.compile()`` compiles in place and keeps the names."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    compiled = next((n for n, m in model.named_modules() if n and hasattr(m, "_orig_mod")), None)
+    if compiled is not None:
+        raise ValueError(f"{what}: {compiled!r} is a torch.compile wrapper (model.{compiled} = torch.compile(...)): "
+                         f"compile in place instead (model.{compiled}.compile() or model.compile()), or put the "
+                         "uncompiled module back")
 
 
 def check_state_dict(model: Any, state_dict: Any) -> None:

@@ -86,7 +86,7 @@ from torch import Tensor, nn
 from .checkpoint import (DIVERGED, RUN_CONFIG, CheckpointError, Snapshots, atomic_write_text, fingerprint_text,
                          start_run, unlock_run_folder, write_run_config)
 from .logging import MetricLogger, plot_curves
-from .model import Pretrained
+from .model import Pretrained, check_no_compiled_submodule
 from .train import GeneratorState, rng_state, seed_everything, set_rng_state, warmup_cosine_scheduler
 
 AUTOCAST = ("none", "bf16", "fp16")
@@ -308,6 +308,8 @@ class Trainer:
         params = list(model.parameters())
         if not params:
             raise ValueError("model has no parameters")
+        if isinstance(getattr(model, "_orig_mod", model), Pretrained):  # before any step: it could not be saved
+            check_no_compiled_submodule(getattr(model, "_orig_mod", model), "Trainer")
         if step_fn is not None:
             if config.grad_accum_steps != 1 or self.world_size != 1 or optimizer is not None:
                 raise ValueError("a step_fn runs its own optimizer steps in one process: grad_accum_steps must be 1, "
@@ -763,7 +765,8 @@ class Trainer:
                               "config_class": type(cfg).__name__, "resumed_at_step": self.step,
                               "settings": self.settings,
                               # whether the run ends by writing model/ (a run without one is finished, not killed)
-                              "saves_model": self.save_model is not None or isinstance(self.model, Pretrained)})
+                              "saves_model": self.save_model is not None
+                                             or isinstance(getattr(self.model, "_orig_mod", self.model), Pretrained)})
             if os.path.exists(os.path.join(cfg.output_dir, DIVERGED)):  # the run goes on: no longer stopped there
                 os.remove(os.path.join(cfg.output_dir, DIVERGED))
             # rows after the snapshot are cut (all of them without one: a run killed before its first)

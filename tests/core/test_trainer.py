@@ -507,3 +507,21 @@ def test_a_compiled_model_run_writes_the_model_it_compiled(tmp_path):
     Trainer(Compiled(inner), cfg(tmp_path, max_steps=3), make_data(32), collate, mse_loss).fit()
     loaded = TinyRegressor.from_pretrained(str(tmp_path / "model"))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), inner.state_dict().values()))
+
+
+def test_a_compiled_sub_module_is_refused_before_any_step(tmp_path):
+    """model.net = torch.compile(model.net): all steps ran, then model/ could not be written and the snapshot (keys
+    net._orig_mod.*) could not resume the uncompiled model. Refused before the first step."""
+    class Compiled(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    model = TinyRegressor()
+    model.net = Compiled(model.net)
+    with pytest.raises(ValueError, match=r"Trainer: 'net' is a torch.compile wrapper .*model.net.compile\(\)"):
+        Trainer(model, cfg(tmp_path, max_steps=3), make_data(32), collate, mse_loss)
+    assert not (tmp_path / "metrics.csv").exists()
