@@ -328,20 +328,27 @@ def evaluate_rewardbench(scorer: Any, data: Any, *, batch_size: int = 16, progre
     """RewardBench evaluation of ``scorer`` on ``data`` (a path or a list of rows; ``split``: the split of
     a path holding several, e.g. a saved ``DatasetDict``, or of an in-memory ``DatasetDict`` such as
     ``load_dataset("allenai/reward-bench")``; a pandas DataFrame gives its rows)."""
+    rows, _ = benchmark_rows(data, split, load_rewardbench, "evaluate_rewardbench")
+    return evaluate_pairs(scorer, rows, batch_size=batch_size, progress=progress)
+
+
+def benchmark_rows(data: Any, split: Optional[str], load: Callable[[str, Optional[str]], list],
+                   what: str) -> tuple[list, bool]:
+    """``(rows, read_from_a_path)`` of an evaluator's ``data``: a path read by ``load(path, split)``; a list of rows,
+    an in-memory ``DatasetDict`` (``split`` picks one), a ``datasets.Dataset`` or a pandas DataFrame as its rows
+    (checked by the caller)."""
     if not isinstance(data, (str, os.PathLike)):
         from mmreward.core.data import in_memory_rows
 
         data, split = in_memory_rows(data, split)
     if isinstance(data, (str, os.PathLike)):
-        rows = load_rewardbench(os.fspath(data), split)
-    elif split is not None:
-        raise ValueError("evaluate_rewardbench: split= chooses a split of a data path, not of a list of rows")
-    elif isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):  # a dict's keys would be the rows
-        raise TypeError(f"evaluate_rewardbench: data must be a file / folder path or a list of rows, got "
+        return load(os.fspath(data), split), True
+    if split is not None:
+        raise ValueError(f"{what}: split= chooses a split of a data path, not of a list of rows")
+    if isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):  # a dict's keys would be the rows
+        raise TypeError(f"{what}: data must be a file / folder path or a list of rows, got "
                         f"{type(data).__name__}" + ("; wrap a single row in a list" if isinstance(data, dict) else ""))
-    else:
-        rows = list(data)
-    return evaluate_pairs(scorer, rows, batch_size=batch_size, progress=progress)
+    return list(data), False
 
 
 def format_rewardbench(result: dict) -> list[str]:

@@ -26,12 +26,10 @@ pair) and subsets outside the six (``unknown_subsets``) warn.
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from collections.abc import Iterable
 from typing import Any, Optional
 
-from .rewardbench import _score_exact, read_rows
+from .rewardbench import _score_exact, benchmark_rows, read_rows
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_preferred": 0.20,
@@ -187,19 +185,9 @@ def evaluate_rewardbench2(scorer: Any, data: Any, *, batch_size: int = 16, progr
     ``(prompts, responses) -> Tensor[N]``) on ``data`` (a path, or a list of rows): ``subsets`` (score per
     subset), ``overall`` (their mean), ``ties`` (the Ties score's parts), ``subset_counts``, ``num_ties_at_max``
     (rows whose best score is shared, counted 1/k), ``scores`` (per row: chosen then rejected scores)."""
-    if not isinstance(data, (str, os.PathLike)):
-        from mmreward.core.data import in_memory_rows
-
-        data, split = in_memory_rows(data, split)
-    if isinstance(data, (str, os.PathLike)):
-        rows = load_rewardbench2(os.fspath(data), split)
-    elif split is not None:
-        raise ValueError("evaluate_rewardbench2: split= chooses a split of a data path, not of a list of rows")
-    elif isinstance(data, (dict, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(f"evaluate_rewardbench2: data must be a file / folder path or a list of rows, got "
-                        f"{type(data).__name__}" + ("; wrap a single row in a list" if isinstance(data, dict) else ""))
-    else:
-        rows = as_rows2(list(data))
+    rows, from_path = benchmark_rows(data, split, load_rewardbench2, "evaluate_rewardbench2")
+    if not from_path:
+        rows = as_rows2(rows)
         if not rows:
             raise ValueError("evaluate_rewardbench2: no rows to evaluate")
         check_rows2(rows)
