@@ -500,14 +500,6 @@ def pairwise_accuracy_line(pairs: list[dict]) -> Optional[str]:
     return f"pairwise accuracy: {correct / len(kept):.4f} over {len(kept)} pairs{note}"
 
 
-def _tell_warnings(caught: list, n_inputs: int) -> None:
-    """Recorded warnings (``warnings.catch_warnings(record=True)``), told as :class:`_WarningTally` tells them."""
-    tally = _WarningTally()
-    for w in caught:
-        tally.add(w.message, w.category, w.filename, w.lineno)
-    tally.tell(n_inputs)
-
-
 def _write_out(args: Any, score_all: Any, ranked: Optional[list]) -> None:
     """Score into a hidden file beside ``--out``, renamed to it once every row is written (a killed run leaves no
     half file under the name; the next write to it removes the leftover); ``.gz``: gzipped."""

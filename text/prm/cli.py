@@ -297,7 +297,7 @@ class _ProcessBenchTally:
     def report(self) -> Optional[dict]:
         if not self.counts:
             return None
-        from .eval import processbench_f1
+        from .eval import processbench_f1, processbench_table
 
         # per subset, the F1 of a stand-in sample list with the same counts (the official formula, its notes and
         # NaNs kept in one place: eval.processbench_f1); a sample list per subset, not the file's step scores
@@ -305,17 +305,7 @@ class _ProcessBenchTally:
         for name, (n_err, right_err, n_ok, right_ok) in self.counts.items():
             pred = [0] * right_err + [-1] * (n_err - right_err) + [-1] * right_ok + [0] * (n_ok - right_ok)
             table[name] = processbench_f1(pred, [0] * n_err + [-1] * n_ok)
-        defined = [m["f1"] for m in table.values() if not math.isnan(m["f1"])]
-        out = {"threshold": self.threshold, "subsets": table,
-               "average_f1": sum(defined) / len(defined) if defined else math.nan}
-        undefined = [name for name, m in table.items() if math.isnan(m["f1"])]
-        if undefined:
-            from .eval import _undefined_warning
-
-            out["note"] = (f"F1 undefined (NaN) for subset(s) {', '.join(map(repr, undefined))}, which lack erroneous "
-                           "or correct samples; average_f1 is " + ("over the other subsets" if defined else "undefined"))
-            _undefined_warning("report", out["note"])
-        return out
+        return processbench_table(table, self.threshold)
 
 
 # the warning ProcessRewardModel._warn_truncated gives for one call (one chunk of solutions)
@@ -393,19 +383,21 @@ def _score(args: argparse.Namespace) -> int:
     tally, began = _ProcessBenchTally(args.threshold), time.monotonic()
 
     def score_all(write: Any) -> None:
-        held = warnings.catch_warnings(record=True)  # told once at the end, truncation counted over the file
-        caught = held.__enter__()
-        warnings.simplefilter("always")
+        held = score_cli.tallied_warnings()  # each warning told once at the end, truncation counted over the file
+        told = held.__enter__()
         cut: list = []  # --truncate: the solutions and steps cut, over every chunk
         try:
             start = 0
             for examples, where in _example_chunks(args, read, size):
-                seen = len(caught)
-                try:
-                    with torch.no_grad():
-                        parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
-                except (ValueError, TypeError) as e:
-                    raise _at_row(e, where) from None
+                with warnings.catch_warnings(record=True) as caught:  # this chunk's: its truncation is counted
+                    warnings.simplefilter("always")
+                    try:
+                        with torch.no_grad():
+                            parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
+                    except (ValueError, TypeError) as e:
+                        raise _at_row(e, where) from None
+                for w in _truncation_counted(caught, where, cut):
+                    told.add(w.message, w.category, w.filename, w.lineno)
                 agg = model.aggregate_parts(parts).tolist()
                 rows, out = [], []
                 for e, p, a in zip(examples, parts, agg):
@@ -416,16 +408,11 @@ def _score(args: argparse.Namespace) -> int:
                     out.append({"step_scores": [float(x) if x == x else None for x in p.tolist()],  # None: truncated
                                 "score": float(a)})
                 tally.add(parts, examples)
-                caught[seen:] = _truncation_counted(caught[seen:], where, cut)
-                unique: dict = {}  # each warning once: the list does not grow with the number of chunks
-                for w in caught:
-                    unique.setdefault((w.category, str(w.message)), w)
-                caught[:] = list(unique.values())
                 write(start, rows, out)
                 start += len(rows)
         finally:
             held.__exit__(None, None, None)
-            score_cli._tell_warnings(caught, n)
+            told.tell(n)
             if cut:
                 n_cut, steps, first, length, aggregation = cut
                 warnings.warn(f"truncated {n_cut} of {n} solutions to {length} tokens (truncate=True): {steps} of their "

@@ -168,6 +168,12 @@ def processbench_report(step_scores: Sequence[torch.Tensor], labels: Sequence[in
     for i, name in enumerate(subsets):
         groups.setdefault(name or "all", []).append(i)
     table = {name: processbench_f1([pred[i] for i in idx], [labels[i] for i in idx]) for name, idx in groups.items()}
+    return processbench_table(table, threshold)
+
+
+def processbench_table(table: dict, threshold: float) -> dict:
+    """The report of per-subset ProcessBench metrics (``processbench_f1`` each): ``average_f1`` over the subsets
+    whose F1 is defined, and a ``note`` (and warning) naming those whose F1 is NaN."""
     defined = [m["f1"] for m in table.values() if not math.isnan(m["f1"])]
     out = {"threshold": threshold, "subsets": table,
            "average_f1": sum(defined) / len(defined) if defined else NAN}
