@@ -24,13 +24,14 @@ Large files are read, checked (every row, before any is scored), scored and writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from mmreward.core.cli_config import CLIParser, add_split_options, json_text, output_path
 
@@ -311,17 +312,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def score_all(write: Any, done: int = 0, kept: Any = None) -> None:
         """Score every row from row ``done`` on; ``kept(start, rows)`` (rows before ``done``, scored by an earlier
         run) checks them and returns how many inputs they were."""
-
         import torch
 
         from mmreward.core.cli_config import error_at_row
 
-        bar = _bar(n_inputs) if progress else None
         # each chunk's warnings are held and told once at the end, a truncation count summed over all chunks: once
         # per calling line, it told the first chunk's count ("truncated 3 of 4096 inputs") for the whole file
-        held = tallied_warnings()  # tallied as they come: a list of every batch's warnings would grow with the file
-        tally = held.__enter__()
-        try:
+        with scoring(n_inputs, progress) as (bar, _):
             for start, chunk in chunks():
                 if start < done:
                     cut = min(done - start, len(chunk))
@@ -352,11 +349,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     scored.extend(out)
                 else:
                     write(start, chunk, out)
-        finally:
-            if bar is not None:
-                bar.close()
-            held.__exit__(None, None, None)
-            tally.tell(n_inputs)
 
     if args.out and args.resume:
         header = {"model": _model_identity(args.model), "data": _identity(args.data), "split": args.split,
@@ -424,21 +416,24 @@ _TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tok
                         r"(\d+) response tokens cut, up to (\d+) from one input")
 
 
-def tallied_warnings() -> Any:
-    """A context manager: inside it every warning goes to the :class:`_WarningTally` it gives (``tally.tell(n)``
-    after it says each once); Python's own warning state is restored at its exit."""
-    import contextlib
+@contextlib.contextmanager
+def scoring(n_inputs: int, progress: bool) -> Iterator[tuple[Any, "_WarningTally"]]:
+    """``(bar, tally)`` for scoring ``n_inputs`` inputs a chunk at a time: a progress bar on stderr (None without
+    ``progress``) and a :class:`_WarningTally` every warning goes to; at the exit (an error's too) the bar closes,
+    Python's warning state is restored and each warning is told once, truncation summed over ``n_inputs``."""
     import warnings
 
-    @contextlib.contextmanager
-    def held() -> Any:
-        tally = _WarningTally()
+    tally = _WarningTally()
+    bar = _bar(n_inputs) if progress else None
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = tally.add
-            yield tally
-
-    return held()
+            yield bar, tally
+    finally:
+        if bar is not None:
+            bar.close()
+        tally.tell(n_inputs)
 
 
 class _WarningTally:

@@ -329,11 +329,8 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
         run, checked) and ``write(start, rows, scores)`` a chunk at a time, in the file's order."""
         import torch
 
-        bar = score_cli._bar(n_inputs) if args.progress else None
         # each chunk's warnings are told once at the end, a truncation count summed over the whole file
-        held = score_cli.tallied_warnings()  # tallied as they come: no list growing with the file
-        tally = held.__enter__()
-        try:
+        with score_cli.scoring(n_inputs, args.progress) as (bar, _):
             for start, chunk in chunks():
                 if start < done:
                     n = kept(start, chunk[:done - start])
@@ -356,11 +353,6 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
                     out[j]["score" if slot == "response" else f"score_{slot}"] = s
                 pairs.extend(o for o in out if "score_chosen" in o)
                 write(start, chunk, out)
-        finally:
-            if bar is not None:
-                bar.close()
-            held.__exit__(None, None, None)
-            tally.tell(n_inputs)
 
     if args.out:
         if args.resume:

@@ -383,36 +383,33 @@ def _score(args: argparse.Namespace) -> int:
     tally, began = _ProcessBenchTally(args.threshold), time.monotonic()
 
     def score_all(write: Any) -> None:
-        held = score_cli.tallied_warnings()  # each warning told once at the end, truncation counted over the file
-        told = held.__enter__()
         cut: list = []  # --truncate: the solutions and steps cut, over every chunk
         try:
-            start = 0
-            for examples, where in _example_chunks(args, read, size):
-                with warnings.catch_warnings(record=True) as caught:  # this chunk's: its truncation is counted
-                    warnings.simplefilter("always")
-                    try:
-                        with torch.no_grad():
-                            parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
-                    except (ValueError, TypeError) as e:
-                        raise _at_row(e, where) from None
-                for w in _truncation_counted(caught, where, cut):
-                    told.add(w.message, w.category, w.filename, w.lineno)
-                agg = model.aggregate_parts(parts).tolist()
-                rows, out = [], []
-                for e, p, a in zip(examples, parts, agg):
-                    rows.append({"id": e.id} if e.id else {})
-                    # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18
-                    # step probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one
-                    # read as 0.0, tying the solutions a best-of-N pick compares
-                    out.append({"step_scores": [float(x) if x == x else None for x in p.tolist()],  # None: truncated
-                                "score": float(a)})
-                tally.add(parts, examples)
-                write(start, rows, out)
-                start += len(rows)
-        finally:
-            held.__exit__(None, None, None)
-            told.tell(n)
+            with score_cli.scoring(n, False) as (_, told):  # each warning told once at the end
+                start = 0
+                for examples, where in _example_chunks(args, read, size):
+                    with warnings.catch_warnings(record=True) as caught:  # this chunk's: its truncation is counted
+                        warnings.simplefilter("always")
+                        try:
+                            with torch.no_grad():
+                                parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
+                        except (ValueError, TypeError) as e:
+                            raise _at_row(e, where) from None
+                    for w in _truncation_counted(caught, where, cut):
+                        told.add(w.message, w.category, w.filename, w.lineno)
+                    agg = model.aggregate_parts(parts).tolist()
+                    rows, out = [], []
+                    for e, p, a in zip(examples, parts, agg):
+                        rows.append({"id": e.id} if e.id else {})
+                        # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18
+                        # step probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one
+                        # read as 0.0, tying the solutions a best-of-N pick compares
+                        out.append({"step_scores": [float(x) if x == x else None for x in p.tolist()],  # None: truncated
+                                    "score": float(a)})
+                    tally.add(parts, examples)
+                    write(start, rows, out)
+                    start += len(rows)
+        finally:  # after the other warnings, as the last line
             if cut:
                 n_cut, steps, first, length, aggregation = cut
                 warnings.warn(f"truncated {n_cut} of {n} solutions to {length} tokens (truncate=True): {steps} of their "
