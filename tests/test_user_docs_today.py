@@ -27,21 +27,17 @@ def _read(rel: str) -> str:
 
 
 def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+    from text_rm_fixtures import write_jsonl
+
+    return write_jsonl(path, rows)
 
 
 @pytest.fixture(scope="module")
 def rm_folder(tmp_path_factory):
     """A tiny Llama text RM saved as a folder."""
-    from text_rm_fixtures import llama_config, word_tokenizer
+    from text_rm_fixtures import save_tiny_rm
 
-    from mmreward.text import RewardModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("rm") / "m"
-    RewardModel.from_backbone(llama_config(), tokenizer=word_tokenizer()).save_pretrained(str(folder))
-    return str(folder)
+    return save_tiny_rm(tmp_path_factory.mktemp("rm") / "m")
 
 
 def _rows(n):

@@ -23,14 +23,9 @@ WORDS = "what is the answer to two plus three five six seven a b c d e f g h say
 @pytest.fixture(scope="module")
 def rm_folder(tmp_path_factory):
     """A tiny Llama text RM (max_length 64) saved as a folder."""
-    from text_rm_fixtures import llama_config, word_tokenizer
+    from text_rm_fixtures import save_tiny_rm
 
-    from mmreward.text import RewardModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("rm") / "m"
-    RewardModel.from_backbone(llama_config(), tokenizer=word_tokenizer()).save_pretrained(str(folder))
-    return str(folder)
+    return save_tiny_rm(tmp_path_factory.mktemp("rm") / "m")
 
 
 def _rows(n, long=(), meta=0):
@@ -45,23 +40,17 @@ def _rows(n, long=(), meta=0):
 
 
 def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+    from text_rm_fixtures import write_jsonl
+
+    return write_jsonl(path, rows)
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """The number of inputs of each call of the text RM's scoring."""
-    from mmreward.text import RewardModel
+    from text_rm_fixtures import count_score_calls
 
-    seen, real = [], RewardModel._score
-
-    def counted(self, items, batch_size, progress=False):
-        seen.append(len(items))
-        return real(self, items, batch_size, progress)
-
-    monkeypatch.setattr(RewardModel, "_score", counted)
-    return seen
+    return count_score_calls(monkeypatch)
 
 
 def test_rows_are_scored_a_chunk_at_a_time_in_input_order(rm_folder, tmp_path, calls, monkeypatch, capsys):

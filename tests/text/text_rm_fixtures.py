@@ -140,3 +140,32 @@ def save_legacy_folder(folder, model):
             "hidden_size": model.head.in_features, "backbone_class": type(model.backbone).__name__}
     with open(os.path.join(folder, "mmreward_reward_model.json"), "w") as f:
         json.dump(meta, f)
+
+
+def save_tiny_rm(folder) -> str:
+    """A tiny Llama text RM (word tokenizer, max_length 64), drawn from seed 0 and saved in ``folder``."""
+    from mmreward.text import RewardModel
+
+    torch.manual_seed(0)
+    RewardModel.from_backbone(llama_config(), tokenizer=word_tokenizer()).save_pretrained(str(folder))
+    return str(folder)
+
+
+def write_jsonl(path, rows) -> str:
+    """``rows`` as JSON lines in ``path``; returns the path as a string."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def count_score_calls(monkeypatch) -> list:
+    """The number of inputs of each call of the text RM's ``_score`` (appended as the calls come)."""
+    from mmreward.text import RewardModel
+
+    seen, real = [], RewardModel._score
+
+    def counted(self, items, batch_size, progress=False):
+        seen.append(len(items))
+        return real(self, items, batch_size, progress)
+
+    monkeypatch.setattr(RewardModel, "_score", counted)
+    return seen
