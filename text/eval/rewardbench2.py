@@ -36,11 +36,6 @@ TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_prefer
                 "correctness_preferred_hard": 0.20, "correctness_margin_score": 0.01}
 
 
-def is_rewardbench2_row(row: Any) -> bool:
-    """A row in RewardBench 2's layout: ``chosen`` and ``rejected`` are lists of completions."""
-    return isinstance(row, dict) and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
-
-
 def _is_prompt(p: Any) -> bool:
     """A prompt a text scorer takes: a string, or a conversation (a non-empty list of role / content messages)."""
     return isinstance(p, str) or (isinstance(p, list) and bool(p) and all(
