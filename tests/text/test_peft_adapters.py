@@ -1,0 +1,258 @@
+"""PEFT LoRA adapter folders of reward models (TRL RewardTrainer + peft_config) load with ``mmreward.load``.
+
+The reference is peft itself: the adapted classifier's ``logits[:, 0]`` (peft's forward, adapters unmerged) on
+the token ids mmreward feeds, and peft's ``merge_and_unload`` saved as a plain classifier folder."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from mmreward.core.folders import CheckpointError
+
+from text_rm_fixtures import BOS_TEMPLATE, qwen2_config, roberta_config, vocab_size, word_tokenizer
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+ROWS = [{"prompt": "what is two plus three", "response": "five"},
+        {"prompt": "what is two plus three", "response": "six a b c d e"},
+        {"prompt": "say a", "response": "b"}]
+
+
+def _randomize_adapter(model, seed=3):
+    """peft starts lora_B at zero (no change to the base): give every trainable tensor random values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def _adapter_folder(tmp_path, config, tokenizer, lora, *, base_cls="causal", seed=1, name="adapter"):
+    """Save a base model, wrap its sequence classifier with ``lora`` (a peft LoraConfig), randomise the adapter
+    and the head, save the adapter folder. Returns (adapter folder, base folder, the peft model)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModel
+
+    base = tmp_path / f"base_{name}"
+    torch.manual_seed(seed)
+    config.initializer_range = 0.3
+    cls = {"causal": AutoModelForCausalLM, "encoder": AutoModel}[base_cls]
+    cls.from_config(config).save_pretrained(str(base))
+    tokenizer.save_pretrained(str(base))
+    seq = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    seq.config.pad_token_id = tokenizer.pad_token_id
+    model = peft.get_peft_model(seq, lora)
+    _randomize_adapter(model)
+    folder = tmp_path / name
+    model.save_pretrained(str(folder))
+    return str(folder), str(base), model.eval()
+
+
+def _peft_scores(model, rm, rows):
+    """The peft model's logits[:, 0] on exactly the token ids mmreward's reward model feeds, one row at a time."""
+    out = []
+    with torch.no_grad():
+        for enc in rm.encode(rows):
+            batch = {"input_ids": torch.tensor([enc.ids])}
+            if enc.types is not None:
+                batch["token_type_ids"] = torch.tensor([enc.types])
+            out.append(model(**batch).logits[0, 0].float())
+    return torch.stack(out)
+
+
+def _merged_folder(model, tokenizer, folder):
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+def _qwen_lora(**kw):
+    args = dict(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    args.update(kw)
+    return peft.LoraConfig(**args)
+
+
+def test_qwen2_adapter_scores_as_peft_and_as_its_merge(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, base, model = _adapter_folder(
+        tmp_path, qwen2_config(), tok,
+        _qwen_lora(use_rslora=True, rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 3}, bias="lora_only"))
+    rm = mmreward.load(folder)
+    assert type(rm).__name__ == "RewardModel"
+    got = rm.score(ROWS)
+    assert torch.allclose(got, _peft_scores(model, rm, ROWS), atol=1e-5), got
+    merged = mmreward.load(_merged_folder(model, tok, tmp_path / "merged")).score(ROWS)
+    assert torch.allclose(got, merged, atol=1e-5)
+    assert got.std() > 0.05  # the inputs score differently: the comparison means something
+
+
+def test_adapter_with_lora_bias(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, _, model = _adapter_folder(tmp_path, qwen2_config(), tok,
+                                       _qwen_lora(target_modules=["q_proj", "v_proj"], lora_bias=True))
+    rm = mmreward.load(folder)
+    assert torch.allclose(rm.score(ROWS), _peft_scores(model, rm, ROWS), atol=1e-5)
+
+
+def test_adapter_on_embeddings_with_added_tokens(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    cfg = qwen2_config()
+    cfg.initializer_range = 0.3
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(str(base))
+    tok.save_pretrained(str(base))
+    tok.add_tokens(["seventeen", "eighteen"])  # the run added words: peft saves the resized embedding matrix
+    seq = transformers.AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    seq.resize_token_embeddings(len(tok))
+    model = peft.get_peft_model(seq, _qwen_lora(target_modules=["embed_tokens", "q_proj"]))
+    _randomize_adapter(model)
+    folder = tmp_path / "adapter"
+    model.save_pretrained(str(folder), save_embedding_layers=True)
+    tok.save_pretrained(str(folder))  # TRL saves the tokenizer beside the adapter
+    rows = ROWS + [{"prompt": "say seventeen", "response": "eighteen"}]
+    rm = mmreward.load(str(folder))
+    got = rm.score(rows)
+    assert torch.allclose(got, _peft_scores(model.eval(), rm, rows), atol=1e-5)
+    assert max(rm.encode(rows[-1:])[0].ids) >= vocab_size()  # the added tokens are read, not [UNK]
+
+
+def test_gpt2_conv1d_adapter(tmp_path):
+    import mmreward
+
+    cfg = transformers.GPT2Config(vocab_size=vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                  pad_token_id=0)
+    tok = word_tokenizer(bos=True)
+    folder, _, model = _adapter_folder(tmp_path, cfg, tok, peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=16, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
+    rm = mmreward.load(folder)
+    assert torch.allclose(rm.score(ROWS), _peft_scores(model, rm, ROWS), atol=1e-5)
+
+
+def test_encoder_adapter_with_its_classification_head(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(pair=True, types=False)
+    folder, _, model = _adapter_folder(tmp_path, roberta_config(), tok, peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"], bias="all"),
+        base_cls="encoder")
+    names = set(__import__("safetensors.torch").torch.load_file(os.path.join(folder, "adapter_model.safetensors")))
+    assert any("classifier.dense" in n for n in names) and any("classifier.out_proj" in n for n in names)
+    rm = mmreward.load(folder)
+    assert torch.allclose(rm.score(ROWS), _peft_scores(model, rm, ROWS), atol=1e-5)
+
+
+def test_keys_without_peft_prefix_and_a_bin_file(tmp_path):
+    """transformers' own adapter integration saves keys without ``base_model.model.``; older runs a .bin file."""
+    import mmreward
+    from safetensors.torch import load_file
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, _, model = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    want = mmreward.load(folder).score(ROWS)
+    path = os.path.join(folder, "adapter_model.safetensors")
+    state = load_file(path)
+    os.remove(path)
+    torch.save({k.removeprefix("base_model.model."): v for k, v in state.items()},
+               os.path.join(folder, "adapter_model.bin"))
+    assert torch.allclose(mmreward.load(folder).score(ROWS), want, atol=1e-6)
+
+
+def test_moved_base_model_is_named_and_base_model_option_reads_it(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, base, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    want = mmreward.load(folder).score(ROWS)
+    moved = str(tmp_path / "elsewhere")
+    shutil.move(base, moved)
+    with pytest.raises(CheckpointError, match=r"base model .*base_model_name_or_path.*base_model="):
+        mmreward.load(folder)
+    assert torch.allclose(mmreward.load(folder, base_model=moved).score(ROWS), want)
+
+
+def _edit_config(folder, **changes):
+    path = os.path.join(folder, "adapter_config.json")
+    with open(path) as f:
+        body = json.load(f)
+    body.update(changes)
+    with open(path, "w") as f:
+        json.dump(body, f)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(use_dora=True), r"use_dora .*no plain W \+ s·BA"),
+    (dict(task_type="TOKEN_CLS"), r"TOKEN_CLS.*PRMTrainer.*merge_and_unload"),
+    (dict(task_type="CAUSAL_LM"), r"causal language model"),
+    (dict(peft_type="IA3"), r"'IA3' adapter; mmreward reads LoRA"),
+    (dict(r=8), r"rank 4 but adapter_config.json says 8"),
+    (dict(init_lora_weights="pissa_niter_4"), r"changed the base weights"),
+    (dict(some_future_option={"x": 1}), r"some_future_option.*does not know"),
+    (dict(lora_alpha=float("nan")), r"lora_alpha must be a positive number"),
+    (dict(base_model_name_or_path=None), r"names no base model"),
+])
+def test_adapters_mmreward_cannot_fold_are_refused(tmp_path, changes, message):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    _edit_config(folder, **changes)
+    with pytest.raises(CheckpointError, match=message):
+        mmreward.load(folder)
+
+
+def test_adapter_of_another_base_or_without_head_is_refused(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    other = tmp_path / "wider"
+    wider = qwen2_config()
+    wider.hidden_size = 48
+    transformers.AutoModelForCausalLM.from_config(wider).save_pretrained(str(other))
+    tok.save_pretrained(str(other))
+    with pytest.raises(CheckpointError, match=r"another base model"):
+        mmreward.load(folder, base_model=str(other))
+    # an adapter saved without its head (modules_to_save emptied) over a causal LM: no trained head anywhere
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(folder, "adapter_model.safetensors")
+    save_file({k: v for k, v in load_file(path).items() if not k.endswith("score.weight")}, path)
+    with pytest.raises(CheckpointError, match=r"reward head score.weight is neither in the adapter"):
+        mmreward.load(folder)
+
+
+def test_folder_with_model_and_adapter_is_refused(tmp_path):
+    import mmreward
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, base, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    shutil.copy(os.path.join(base, "config.json"), folder)
+    with pytest.raises(CheckpointError, match=r"both a model .*and a PEFT adapter"):
+        mmreward.load(folder)
+
+
+def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
+    from mmreward.cli import main
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    assert main(["info", folder]) == 0
+    assert "peft-lora-adapter" in capsys.readouterr().out
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert main(["score", "--model", folder, "--data", str(data), "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    import mmreward
+
+    want = mmreward.load(folder).score(ROWS)
+    assert torch.allclose(torch.tensor([x["score"] for x in lines]), want, atol=1e-5)

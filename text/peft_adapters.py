@@ -1,0 +1,311 @@
+"""Text reward models saved as PEFT LoRA adapters, read without peft.
+
+TRL's ``RewardTrainer`` with a ``peft_config`` (or ``get_peft_model`` + ``save_pretrained``) writes a folder
+holding ``adapter_config.json`` and ``adapter_model.safetensors`` (older runs: ``adapter_model.bin``): the
+low-rank factors of the targeted layers, the tensors of ``modules_to_save`` (the ``score`` / ``classifier``
+head, trained in full) and, with ``bias="all"`` / ``"lora_only"`` or ``save_embedding_layers``, the trained
+biases and embeddings. The base model is the one ``base_model_name_or_path`` names.
+
+:func:`load_peft_adapter` builds the base's ``*ForSequenceClassification``, puts the saved tensors in and
+folds each adapter into its layer as ``peft``'s ``merge_and_unload`` does::
+
+    W ← W + s · B A            (nn.Linear; transformers' Conv1D: W ← W + s · (B A)ᵀ)
+    E ← E + s · (B A)ᵀ          (nn.Embedding: lora_embedding_A (r, V), lora_embedding_B (D, r))
+    b ← b + s · b_B             (lora_bias=True)
+    s = α / r,  or α / √r with use_rslora;  r and α per layer from rank_pattern / alpha_pattern
+
+so the reward model scores exactly as the adapted model's ``logits[:, 0]``. Adapter kinds whose merge is not
+this formula (DoRA, QA-LoRA, activated LoRA, trainable tokens, LoRA on parameters, initialisations that
+changed the base weights such as PiSSA / OLoRA / LoftQ, other PEFT methods) are refused with the reason.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from mmreward.core.device import resolve_device, resolve_dtype
+from mmreward.core.folders import CheckpointError
+from mmreward.core.model import finish_loading, read_config
+from mmreward.core.weights import quiet_transformers, read_json, read_weight_file
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+PEFT_PREFIX = "base_model.model."
+
+# adapter_config.json fields that change what the adapter computes beyond W + s·BA: refused when set
+_VARIANTS = ("use_dora", "use_qalora", "use_bdlora", "alora_invocation_tokens", "trainable_token_indices",
+             "target_parameters", "layer_replication", "arrow_config", "kasa_config", "monteclora_config",
+             "velora_config", "astra_config")
+# fields that only steer training (initialisation of A / B, dropout, which layers are targeted) or record facts
+_KNOWN = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version",
+          "auto_mapping", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "modules_to_save",
+          "fan_in_fan_out", "bias", "use_rslora", "rank_pattern", "alpha_pattern", "layers_to_transform",
+          "layers_pattern", "lora_bias", "init_lora_weights", "loftq_config", "eva_config", "corda_config",
+          "lora_ga_config", "megatron_config", "megatron_core", "qalora_group_size", "ensure_weight_tying",
+          "modules_to_tie", "runtime_config", *_VARIANTS}
+# initialisations that rewrite the base weights (the adapter holds the rest of them): merged onto the
+# original base they give another model unless peft converted the adapter when it was saved
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
+_MERGE_HINT = ("merge it with peft (PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(out)) "
+               "and load the merged folder")
+
+
+def adapter_weights_file(folder: str) -> Optional[str]:
+    return next((os.path.join(folder, n) for n in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(folder, n))), None)
+
+
+def is_peft_adapter(folder: str, config: Optional[dict]) -> bool:
+    return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)) and adapter_weights_file(folder) is not None
+
+
+def read_adapter_config(folder: str) -> dict:
+    """``adapter_config.json``, checked: a LoRA adapter of a sequence classifier whose merge is W + s·BA."""
+    path = os.path.join(folder, ADAPTER_CONFIG)
+    spec = read_json(path, "PEFT adapter config")
+    peft_type = spec.get("peft_type")
+    if peft_type != "LORA":
+        raise CheckpointError(f"{path}: a {peft_type!r} adapter; mmreward reads LoRA adapters (peft_type 'LORA'): "
+                              + _MERGE_HINT)
+    for key in _VARIANTS:
+        if spec.get(key):
+            raise CheckpointError(f"{path} sets {key} = {spec[key]!r}: that adapter is no plain W + s·BA update, "
+                                  "which is what mmreward folds in; " + _MERGE_HINT)
+    unknown = sorted(k for k, v in spec.items() if k not in _KNOWN and v not in (None, False, {}, [], ""))
+    if unknown:
+        raise CheckpointError(f"{path} sets {unknown[:3]}, PEFT option(s) mmreward does not know, so it cannot tell "
+                              "that the adapter is a plain W + s·BA update; " + _MERGE_HINT)
+    init = spec.get("init_lora_weights")
+    if (isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS)) or spec.get("loftq_config"):
+        raise CheckpointError(f"{path}: init_lora_weights {init!r} changed the base weights when training began, "
+                              "so this adapter belongs to those changed weights, not to the base model; save it "
+                              "with peft's path_initial_model_for_weight_conversion (a plain LoRA adapter), or "
+                              + _MERGE_HINT)
+    task = spec.get("task_type")
+    if task != "SEQ_CLS":
+        what = {"TOKEN_CLS": "a token classifier (a PRM trained with TRL's PRMTrainer)",
+                "CAUSAL_LM": "a causal language model (a generative judge or a policy, no reward head)",
+                None: "a model of no recorded task"}.get(task, f"a {task} model")
+        raise CheckpointError(f"{path}: task_type {task!r}, the adapter of {what}; mmreward reads LoRA adapters of "
+                              "reward models (task_type 'SEQ_CLS', as TRL's RewardTrainer trains them): " + _MERGE_HINT)
+    for key in ("r", "lora_alpha"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise CheckpointError(f"{path}: {key} must be a positive number, got {value!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = spec.get(key) or {}
+        if not isinstance(pattern, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pattern.values()):
+            raise CheckpointError(f"{path}: {key} must map layer names to positive numbers, got {pattern!r}")
+    return spec
+
+
+def _base_folder(folder: str, spec: dict, base_model: Any) -> str:
+    from mmreward.registry import resolve_folder
+
+    name = base_model if base_model is not None else spec.get("base_model_name_or_path")
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        raise CheckpointError(f"{folder}/{ADAPTER_CONFIG} names no base model (base_model_name_or_path): pass the "
+                              "folder or hub id of the model the adapter was trained on (mmreward.load(folder, "
+                              "base_model=...))")
+    try:
+        return resolve_folder(name)
+    except CheckpointError as e:
+        given = "base_model" if base_model is not None else f"{ADAPTER_CONFIG}'s base_model_name_or_path"
+        raise CheckpointError(f"{folder} is a LoRA adapter whose base model {os.fspath(name)!r} ({given}) cannot be "
+                              f"opened: {e}; pass the base model the adapter was trained on (mmreward.load(folder, "
+                              "base_model=...))") from e
+
+
+def _pattern_value(pattern: dict, layer: str, default: float) -> float:
+    """peft's ``get_pattern_key``: the first pattern key that matches the layer name's end, else ``default``."""
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", layer):
+            return pattern[key]
+    return default
+
+
+def split_adapter_state(state: dict[str, torch.Tensor], path: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``({layer: {"A", "B", "B_bias"?, "embedding"?}}, {parameter name: tensor})`` of an adapter file: the
+    low-rank factors per layer, and the tensors that replace the base's (heads, biases, embeddings)."""
+    if any(k.startswith(PEFT_PREFIX) for k in state):
+        outside = [k for k in state if not k.startswith(PEFT_PREFIX)]
+        if outside:
+            raise CheckpointError(f"{path}: tensors both under {PEFT_PREFIX!r} (a PeftModel's) and outside it, e.g. "
+                                  f"{outside[:3]}")
+        state = {k[len(PEFT_PREFIX):]: v for k, v in state.items()}
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    replaced: dict[str, torch.Tensor] = {}
+    suffixes = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_B.bias": "B_bias",
+                ".lora_embedding_A": "embedding_A", ".lora_embedding_B": "embedding_B"}
+    # bias="all" saves a modules_to_save layer's biases three times: under the layer's own name (what peft
+    # loads), under its trained copy (…modules_to_save.<adapter>.…) and under the frozen original
+    # (…original_module.…); only a trained copy whose own name is missing is read
+    copies = {k: re.sub(r"\.modules_to_save\.[^.]+\.", ".", k) for k in state if ".modules_to_save." in k}
+    state = {copies.get(k, k): v for k, v in state.items() if ".original_module." not in k
+             and (k not in copies or copies[k] not in state)}
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: {key} is no floating-point tensor")
+        suffix = next((s for s in suffixes if key.endswith(s)), None)
+        if suffix is not None:
+            factors.setdefault(key[:-len(suffix)], {})[suffixes[suffix]] = tensor
+        elif ".lora_" in key or "modules_to_save" in key or "token_adapter" in key:
+            # DoRA magnitudes, an adapter name left in the keys, trainable-token deltas: no W + s·BA
+            raise CheckpointError(f"{path}: tensor {key} is not one of a plain LoRA adapter; " + _MERGE_HINT)
+        else:
+            replaced[key.replace(".base_layer.", ".")] = tensor
+    for layer, parts in factors.items():
+        pair = ("embedding_A", "embedding_B") if "embedding_A" in parts or "embedding_B" in parts else ("A", "B")
+        if not all(p in parts for p in pair) or (pair[0] == "embedding_A" and ("A" in parts or "B" in parts)):
+            raise CheckpointError(f"{path}: layer {layer} has LoRA tensors {sorted(parts)}; it needs both factors")
+        a, b = parts[pair[0]], parts[pair[1]]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise CheckpointError(f"{path}: layer {layer}'s LoRA factors have shapes {tuple(a.shape)} and "
+                                  f"{tuple(b.shape)}, which do not share a rank")
+    return factors, replaced
+
+
+def _lora_delta(layer: str, module: nn.Module, parts: dict[str, torch.Tensor], scale: float, path: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The float32 update of ``module.weight`` (and of its bias) that the layer's factors make."""
+    from transformers.pytorch_utils import Conv1D
+
+    weight = module.weight
+    if "embedding_A" in parts:
+        if not isinstance(module, nn.Embedding):
+            raise CheckpointError(f"{path}: layer {layer} has embedding factors but the base model's {layer} is a "
+                                  f"{type(module).__name__}")
+        delta = (parts["embedding_B"].float() @ parts["embedding_A"].float()).T * scale  # (V, D)
+    elif isinstance(module, nn.Linear):
+        delta = (parts["B"].float() @ parts["A"].float()) * scale  # (out, in)
+    elif isinstance(module, Conv1D):  # GPT-2: weight (in, out), peft's fan_in_fan_out
+        delta = (parts["B"].float() @ parts["A"].float()).T * scale
+    else:
+        raise CheckpointError(f"{path}: layer {layer} is a {type(module).__name__} in the base model; mmreward folds "
+                              "LoRA into Linear, Conv1D and Embedding layers: " + _MERGE_HINT)
+    if tuple(delta.shape) != tuple(weight.shape):
+        raise CheckpointError(f"{path}: layer {layer}'s LoRA update has shape {tuple(delta.shape)} but the base "
+                              f"model's weight has {tuple(weight.shape)}: an adapter trained on another base model")
+    bias_delta = None
+    if "B_bias" in parts:
+        if getattr(module, "bias", None) is None:
+            raise CheckpointError(f"{path}: layer {layer} has a lora_B bias (lora_bias=True) but no bias in the base")
+        bias_delta = parts["B_bias"].float() * scale
+    return delta, bias_delta
+
+
+def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, base_model: Any = None,
+                      tokenizer: Any = None):
+    """The reward model of a PEFT LoRA adapter folder (TRL ``RewardTrainer`` + ``peft_config``) over its base
+    model (``base_model=`` when ``adapter_config.json``'s ``base_model_name_or_path`` is not where it is now):
+    the adapters folded in, scoring as the adapted classifier's ``logits[:, 0]``."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .layouts import (_tokenizer_argument, _tokenizer_with_config, classifier_config, reward_model_from_classifier,
+                          saved_dtype)
+    from .reward_model import TOKENIZER_FILES
+
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    spec = read_adapter_config(folder)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        raise CheckpointError(f"{folder} holds both a model (config.json) and a PEFT adapter ({ADAPTER_CONFIG}); "
+                              "keep the merged model and the adapter in separate folders")
+    weights_path = adapter_weights_file(folder)
+    factors, replaced = split_adapter_state(read_weight_file(weights_path), weights_path)
+    base = _base_folder(folder, spec, base_model)
+    if os.path.isfile(os.path.join(base, ADAPTER_CONFIG)):
+        raise CheckpointError(f"{folder}: its base model {base} is itself a PEFT adapter; give the model it adapts")
+    config = classifier_config(base)
+    if type(config) not in AutoModelForSequenceClassification._model_mapping:
+        raise CheckpointError(f"{folder}: its base model {base} is a {config.model_type!r} model, for which "
+                              "transformers has no sequence-classification class")
+    raw_base = read_config(base)
+    with torch.device("meta"), quiet_transformers():
+        probe = AutoModelForSequenceClassification.from_config(config)
+    head_out = _head_of_name(probe)
+    if head_out in replaced:
+        labels = replaced[head_out].shape[0]
+    elif any(a.endswith("ForSequenceClassification") for a in raw_base.get("architectures") or []):
+        labels = config.num_labels
+    else:
+        raise CheckpointError(f"{folder}: the reward head {head_out} is neither in the adapter (peft's "
+                              f"modules_to_save) nor in the base model {base} "
+                              f"({', '.join(map(str, raw_base.get('architectures') or ['?']))}): the adapter holds "
+                              "no trained head")
+    if labels != 1:
+        raise CheckpointError(f"{folder}: its head has {labels} outputs; a reward model has 1")
+    config.num_labels = 1
+    tok_source = folder if any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES) else base
+    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else _tokenizer_with_config(tok_source, config)
+    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id  # as TRL sets it on the model it trains
+    with quiet_transformers():
+        seq, report = AutoModelForSequenceClassification.from_pretrained(
+            base, config=config, dtype=dt or saved_dtype(base) or "auto", output_loading_info=True,
+            ignore_mismatched_sizes=True, trust_remote_code=False)
+    mismatched = {str(k) for k, _, _ in report.get("mismatched_keys") or ()}
+    unfilled = sorted((set(report.get("missing_keys") or ()) | mismatched) - set(replaced))
+    if unfilled or report.get("error_msgs"):
+        raise CheckpointError(f"{folder}: {len(unfilled)} weight(s) of {type(seq).__name__} are neither in the base "
+                              f"model {base} nor in the adapter, e.g. {unfilled[:4]} "
+                              f"{list(report.get('error_msgs') or [])[:2]}")
+    _fold_adapter(seq, factors, replaced, spec, weights_path)
+    return finish_loading(reward_model_from_classifier(seq, tokenizer), dev, dt)
+
+
+def _head_of_name(seq: nn.Module) -> str:
+    from .layouts import _head_of
+
+    out = _head_of(seq)[1]
+    return next(f"{n}.weight" for n, m in seq.named_modules() if m is out)
+
+
+@torch.no_grad()
+def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, path: str) -> None:
+    """Put the adapter's full tensors into ``seq`` and fold its low-rank updates into the weights."""
+    params = dict(seq.named_parameters())
+    embedding = seq.get_input_embeddings()
+    embedding_name = next((f"{n}.weight" for n, m in seq.named_modules() if m is embedding), None)
+    rows = replaced.get(embedding_name)
+    if rows is not None and rows.dim() == 2 and rows.shape[0] != embedding.weight.shape[0] \
+            and rows.shape[1] == embedding.weight.shape[1]:
+        seq.resize_token_embeddings(rows.shape[0])  # tokens added while training (peft saves the whole matrix)
+        params = dict(seq.named_parameters())
+    for name, tensor in replaced.items():
+        if name not in params:
+            raise CheckpointError(f"{path}: tensor {name} names no parameter of the base model's "
+                                  f"{type(seq).__name__}: an adapter trained on another base model")
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)} but the base model's has "
+                                  f"{tuple(params[name].shape)}: an adapter trained on another base model")
+        params[name].copy_(tensor.to(params[name].dtype))
+    r_default, alpha_default = spec["r"], spec["lora_alpha"]
+    rank_pattern, alpha_pattern = spec.get("rank_pattern") or {}, spec.get("alpha_pattern") or {}
+    for layer, parts in factors.items():
+        try:
+            module = seq.get_submodule(layer)
+        except AttributeError:
+            raise CheckpointError(f"{path}: LoRA tensors of layer {layer}, which the base model's "
+                                  f"{type(seq).__name__} does not have: an adapter trained on another base model") from None
+        rank = (parts.get("A") if "A" in parts else parts["embedding_A"]).shape[0]
+        stated = _pattern_value(rank_pattern, layer, r_default)
+        if rank != stated:
+            raise CheckpointError(f"{path}: layer {layer}'s LoRA factors have rank {rank} but {ADAPTER_CONFIG} says "
+                                  f"{stated} (r / rank_pattern), which sets its scale")
+        alpha = _pattern_value(alpha_pattern, layer, alpha_default)
+        scale = alpha / math.sqrt(rank) if spec.get("use_rslora") else alpha / rank
+        delta, bias_delta = _lora_delta(layer, module, parts, scale, path)
+        merged = module.weight.float() + delta
+        if not torch.isfinite(merged).all():
+            raise CheckpointError(f"{path}: folding layer {layer}'s adapter gives non-finite weights")
+        module.weight.copy_(merged.to(module.weight.dtype))
+        if bias_delta is not None:
+            module.bias.copy_((module.bias.float() + bias_delta).to(module.bias.dtype))
+
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "is_peft_adapter", "load_peft_adapter", "read_adapter_config",
+           "split_adapter_state"]
