@@ -6,15 +6,17 @@ low-rank factors of the targeted layers, the tensors of ``modules_to_save`` (the
 head, trained in full) and, with ``bias="all"`` / ``"lora_only"`` or ``save_embedding_layers``, the trained
 biases and embeddings. The base model is the one ``base_model_name_or_path`` names.
 
-:func:`load_peft_adapter` builds the base's ``*ForSequenceClassification``, puts the saved tensors in and
-folds each adapter into its layer as ``peft``'s ``merge_and_unload`` does::
+TRL's ``PRMTrainer`` saves the same for a ``*ForTokenClassification`` PRM (``task_type`` ``TOKEN_CLS``).
+:func:`load_peft_adapter` builds the base as that classifier, puts the saved tensors in and folds each
+adapter into its layer as ``peft``'s ``merge_and_unload`` does::
 
     W ← W + s · B A            (nn.Linear; transformers' Conv1D: W ← W + s · (B A)ᵀ)
     E ← E + s · (B A)ᵀ          (nn.Embedding: lora_embedding_A (r, V), lora_embedding_B (D, r))
     b ← b + s · b_B             (lora_bias=True)
     s = α / r,  or α / √r with use_rslora;  r and α per layer from rank_pattern / alpha_pattern
 
-so the reward model scores exactly as the adapted model's ``logits[:, 0]``. Adapter kinds whose merge is not
+so the reward model scores exactly as the adapted model's ``logits[:, 0]`` (a PRM's steps as the adapted token
+classifier's softmax at each step separator). Adapter kinds whose merge is not
 this formula (DoRA, QA-LoRA, activated LoRA, trainable tokens, LoRA on parameters, initialisations that
 changed the base weights such as PiSSA / OLoRA / LoftQ, other PEFT methods) are refused with the reason.
 """
@@ -86,12 +88,12 @@ def read_adapter_config(folder: str) -> dict:
                               "with peft's path_initial_model_for_weight_conversion (a plain LoRA adapter), or "
                               + _MERGE_HINT)
     task = spec.get("task_type")
-    if task != "SEQ_CLS":
-        what = {"TOKEN_CLS": "a token classifier (a PRM trained with TRL's PRMTrainer)",
-                "CAUSAL_LM": "a causal language model (a generative judge or a policy, no reward head)",
+    if task not in ("SEQ_CLS", "TOKEN_CLS"):
+        what = {"CAUSAL_LM": "a causal language model (a generative judge or a policy, no reward head)",
                 None: "a model of no recorded task"}.get(task, f"a {task} model")
         raise CheckpointError(f"{path}: task_type {task!r}, the adapter of {what}; mmreward reads LoRA adapters of "
-                              "reward models (task_type 'SEQ_CLS', as TRL's RewardTrainer trains them): " + _MERGE_HINT)
+                              "reward models (task_type 'SEQ_CLS', as TRL's RewardTrainer trains them) and of "
+                              "process reward models ('TOKEN_CLS', TRL's PRMTrainer): " + _MERGE_HINT)
     for key in ("r", "lora_alpha"):
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -199,18 +201,24 @@ def _lora_delta(layer: str, module: nn.Module, parts: dict[str, torch.Tensor], s
 
 
 def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, base_model: Any = None,
-                      tokenizer: Any = None):
-    """The reward model of a PEFT LoRA adapter folder (TRL ``RewardTrainer`` + ``peft_config``) over its base
-    model (``base_model=`` when ``adapter_config.json``'s ``base_model_name_or_path`` is not where it is now):
-    the adapters folded in, scoring as the adapted classifier's ``logits[:, 0]``."""
-    from transformers import AutoModelForSequenceClassification
+                      tokenizer: Any = None, step_separator: Optional[str] = None):
+    """The reward model of a PEFT LoRA adapter folder over its base model (``base_model=`` when
+    ``adapter_config.json``'s ``base_model_name_or_path`` is not where it is now), the adapters folded in:
 
-    from .layouts import (_tokenizer_argument, _tokenizer_with_config, classifier_config, reward_model_from_classifier,
-                          saved_dtype)
+    * ``task_type`` ``SEQ_CLS`` (TRL ``RewardTrainer`` + ``peft_config``): a :class:`RewardModel` scoring as the
+      adapted classifier's ``logits[:, 0]``;
+    * ``TOKEN_CLS`` (TRL ``PRMTrainer`` + ``peft_config``): a process reward model read as
+      :func:`mmreward.text.prm.published.load_token_classification_prm` reads a merged folder
+      (``step_separator=``: the run's ``PRMConfig.step_separator``, default ``"\\n"``)."""
+    from .layouts import _tokenizer_argument, _tokenizer_with_config, reward_model_from_classifier
     from .reward_model import TOKENIZER_FILES
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     spec = read_adapter_config(folder)
+    token_level = spec.get("task_type") == "TOKEN_CLS"
+    if step_separator is not None and not token_level:
+        raise ValueError(f"mmreward.load: step_separator= is an option of token-classification PRM adapters "
+                         f"(task_type TOKEN_CLS); {folder} is a {spec.get('task_type')} adapter")
     if os.path.isfile(os.path.join(folder, "config.json")):
         raise CheckpointError(f"{folder} holds both a model (config.json) and a PEFT adapter ({ADAPTER_CONFIG}); "
                               "keep the merged model and the adapter in separate folders")
@@ -219,49 +227,94 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
     base = _base_folder(folder, spec, base_model)
     if os.path.isfile(os.path.join(base, ADAPTER_CONFIG)):
         raise CheckpointError(f"{folder}: its base model {base} is itself a PEFT adapter; give the model it adapts")
-    config = classifier_config(base)
-    if type(config) not in AutoModelForSequenceClassification._model_mapping:
-        raise CheckpointError(f"{folder}: its base model {base} is a {config.model_type!r} model, for which "
-                              "transformers has no sequence-classification class")
-    raw_base = read_config(base)
-    with torch.device("meta"), quiet_transformers():
-        probe = AutoModelForSequenceClassification.from_config(config)
-    head_out = _head_of_name(probe)
-    if head_out in replaced:
-        labels = replaced[head_out].shape[0]
-    elif any(a.endswith("ForSequenceClassification") for a in raw_base.get("architectures") or []):
-        labels = config.num_labels
-    else:
-        raise CheckpointError(f"{folder}: the reward head {head_out} is neither in the adapter (peft's "
-                              f"modules_to_save) nor in the base model {base} "
-                              f"({', '.join(map(str, raw_base.get('architectures') or ['?']))}): the adapter holds "
-                              "no trained head")
-    if labels != 1:
-        raise CheckpointError(f"{folder}: its head has {labels} outputs; a reward model has 1")
-    config.num_labels = 1
+    config, labels = _classifier_config(folder, base, replaced, token_level)
     tok_source = folder if any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES) else base
     tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else _tokenizer_with_config(tok_source, config)
     if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id  # as TRL sets it on the model it trains
+    classifier = _adapted_classifier(folder, base, config, factors, replaced, spec, weights_path, token_level, dt)
+    if not token_level:
+        return finish_loading(reward_model_from_classifier(classifier, tokenizer), dev, dt)
+    from .prm.published import TRL_STEP_SEPARATOR, LoadedSource, token_classification_prm
+
+    raw = {**classifier.config.to_dict(), "architectures": [type(classifier).__name__]}
+    source = LoadedSource(config=raw, tokenizer=tokenizer, weights=classifier.state_dict())
+    del classifier
+    return token_classification_prm(folder, source, device=device, dtype=dtype,
+                                    step_separator=TRL_STEP_SEPARATOR if step_separator is None else step_separator)
+
+
+def _auto_class(token_level: bool) -> Any:
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+
+
+def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool) -> tuple[Any, int]:
+    """The base model's config as the classifier the adapter was trained on (its number of labels from the
+    head the adapter saved, else the base's own classifier head): a reward head of 1 output, a PRM's of 2."""
+    from .layouts import classifier_config
+
+    auto = _auto_class(token_level)
+    kind = "token" if token_level else "sequence"
+    config = classifier_config(base)
+    if type(config) not in auto._model_mapping:
+        raise CheckpointError(f"{folder}: its base model {base} is a {config.model_type!r} model, for which "
+                              f"transformers has no {kind}-classification class")
+    with torch.device("meta"), quiet_transformers():
+        probe = auto.from_config(config)
+    head = _head_weight_name(probe, token_level)
+    archs = [str(a) for a in read_config(base).get("architectures") or []]
+    if head in replaced:
+        labels = replaced[head].shape[0]
+    elif any(a.endswith("ForTokenClassification" if token_level else "ForSequenceClassification") for a in archs):
+        labels = config.num_labels
+    else:
+        raise CheckpointError(f"{folder}: the {'PRM' if token_level else 'reward'} head {head} is neither in the "
+                              f"adapter (peft's modules_to_save) nor in the base model {base} "
+                              f"({', '.join(archs) or '?'}): the adapter holds no trained head")
+    wanted = 2 if token_level else 1
+    if labels != wanted:
+        raise CheckpointError(f"{folder}: its head has {labels} outputs; a "
+                              + ("token-classification PRM has 2 (step wrong / right)" if token_level
+                                 else "reward model has 1"))
+    config.num_labels = wanted
+    return config, labels
+
+
+def _adapted_classifier(folder: str, base: str, config: Any, factors: dict, replaced: dict, spec: dict,
+                        weights_path: str, token_level: bool, dt: Optional[torch.dtype]) -> nn.Module:
+    """The base model built as the adapter's classifier, the saved tensors put in and the adapters folded in."""
+    from .layouts import saved_dtype
+
     with quiet_transformers():
-        seq, report = AutoModelForSequenceClassification.from_pretrained(
+        classifier, report = _auto_class(token_level).from_pretrained(
             base, config=config, dtype=dt or saved_dtype(base) or "auto", output_loading_info=True,
             ignore_mismatched_sizes=True, trust_remote_code=False)
     mismatched = {str(k) for k, _, _ in report.get("mismatched_keys") or ()}
     unfilled = sorted((set(report.get("missing_keys") or ()) | mismatched) - set(replaced))
     if unfilled or report.get("error_msgs"):
-        raise CheckpointError(f"{folder}: {len(unfilled)} weight(s) of {type(seq).__name__} are neither in the base "
-                              f"model {base} nor in the adapter, e.g. {unfilled[:4]} "
+        raise CheckpointError(f"{folder}: {len(unfilled)} weight(s) of {type(classifier).__name__} are neither in "
+                              f"the base model {base} nor in the adapter, e.g. {unfilled[:4]} "
                               f"{list(report.get('error_msgs') or [])[:2]}")
-    _fold_adapter(seq, factors, replaced, spec, weights_path)
-    return finish_loading(reward_model_from_classifier(seq, tokenizer), dev, dt)
+    _fold_adapter(classifier, factors, replaced, spec, weights_path)
+    return classifier
 
 
-def _head_of_name(seq: nn.Module) -> str:
+def _head_weight_name(classifier: nn.Module, token_level: bool) -> str:
+    """The name of the output layer's weight: a sequence classifier's as :mod:`.layouts` reads it, a token
+    classifier's the one weight outside its base model."""
+    if token_level:
+        prefix = classifier.base_model_prefix + "."
+        heads = sorted(k for k in classifier.state_dict() if not k.startswith(prefix) and k.endswith(".weight"))
+        if len(heads) != 1:
+            raise CheckpointError(f"{type(classifier).__name__} has head weights {heads}; mmreward reads a "
+                                  "token-classification PRM whose head is one Linear(H, 2)")
+        return heads[0]
     from .layouts import _head_of
 
-    out = _head_of(seq)[1]
-    return next(f"{n}.weight" for n, m in seq.named_modules() if m is out)
+    out = _head_of(classifier)[1]
+    return next(f"{n}.weight" for n, m in classifier.named_modules() if m is out)
 
 
 @torch.no_grad()

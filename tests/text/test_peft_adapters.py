@@ -191,7 +191,7 @@ def _edit_config(folder, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(use_dora=True), r"use_dora .*no plain W \+ s·BA"),
-    (dict(task_type="TOKEN_CLS"), r"TOKEN_CLS.*PRMTrainer.*merge_and_unload"),
+    (dict(task_type="SEQ_2_SEQ_LM"), r"SEQ_2_SEQ_LM.*merge_and_unload"),
     (dict(task_type="CAUSAL_LM"), r"causal language model"),
     (dict(peft_type="IA3"), r"'IA3' adapter; mmreward reads LoRA"),
     (dict(r=8), r"rank 4 but adapter_config.json says 8"),
@@ -256,3 +256,38 @@ def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
 
     want = mmreward.load(folder).score(ROWS)
     assert torch.allclose(torch.tensor([x["score"] for x in lines]), want, atol=1e-5)
+
+
+def test_token_classification_prm_adapter_scores_as_trl_prm_trainer_reads_it(tmp_path):
+    """TRL PRMTrainer + peft_config: a TOKEN_CLS adapter of a causal LM; each step's score is the adapted token
+    classifier's softmax(·)[1] at the last token of step + separator, on PRMTrainer.tokenize_row's ids."""
+    import mmreward
+    from mmreward.text.prm.model import ProcessRewardModel
+    from test_prm_contract import SOLUTIONS, _qwen2_config, _qwen_tokenizer, _randomise
+    from test_published_prms_more import official_scores
+
+    tok = _qwen_tokenizer()
+    base = tmp_path / "base"
+    causal = transformers.Qwen2ForCausalLM(_qwen2_config(tok, pad_token_id=tok.pad_token_id))
+    _randomise(causal, 5)
+    causal.save_pretrained(str(base))
+    tok.save_pretrained(str(base))
+    tc = transformers.AutoModelForTokenClassification.from_pretrained(str(base), num_labels=2)
+    model = peft.get_peft_model(tc, peft.LoraConfig(task_type="TOKEN_CLS", r=4, lora_alpha=8,
+                                                    target_modules=["q_proj", "v_proj", "up_proj"]))
+    _randomize_adapter(model, seed=7)
+    folder = tmp_path / "prm-adapter"
+    model.save_pretrained(str(folder))
+    model.eval()
+    prm = mmreward.load(str(folder))
+    assert isinstance(prm, ProcessRewardModel)
+    for sep in ("\n", "\n\n"):
+        prm = mmreward.load(str(folder), step_separator=sep) if sep != "\n" else prm
+        ours = prm.score_parts(SOLUTIONS, batch_size=2)
+        ref = official_scores(model, str(base), SOLUTIONS, sep)
+        for a, b in zip(ours, ref):
+            assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5
+    assert float(torch.cat(ours).std()) > 0.01
+    rm_folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), word_tokenizer(bos=True), _qwen_lora())
+    with pytest.raises(ValueError, match=r"step_separator= is an option of token-classification PRM adapters"):
+        mmreward.load(rm_folder, step_separator="\n")

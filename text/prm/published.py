@@ -36,6 +36,7 @@ it trains, searches and saves (``save_pretrained`` → our own format) like any 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -94,19 +95,29 @@ def _check_head_shape(tensor: torch.Tensor, want: tuple, name: str, raw: dict, f
 
 
 # ------------------------------------------------------------------ the shared loader
+@dataclass
+class LoadedSource:
+    """A published folder's ``config.json`` body, tokenizer and weights, already in memory."""
+
+    config: dict
+    tokenizer: Any
+    weights: dict
+
+
 def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input_format: str,
           head_state: Callable[..., dict[str, torch.Tensor]], ignore: tuple[str, ...] = (),
-          default_type: Optional[str] = None, **config: Any):
+          default_type: Optional[str] = None, source: Optional[LoadedSource] = None, **config: Any):
     """Build a ProcessRewardModel from a published folder. ``head_state(weights, raw_config, tokenizer,
     prm_config, folder)`` pops the head tensors out of ``weights`` and returns them under our names; what is left
-    must be the backbone under ``model.`` (keys starting with one of ``ignore`` are dropped)."""
+    must be the backbone under ``model.`` (keys starting with one of ``ignore`` are dropped). ``source``: the
+    config, tokenizer and weights already in memory (a PEFT adapter folded into its base), not read from ``folder``."""
     from transformers import AutoModel
 
     from .model import PRMConfig, ProcessRewardModel, _drop_pooler, building_for_weights, weights_dtype
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    raw = read_config(folder)
-    tok = _tokenizer(folder, layout)
+    raw = read_config(folder) if source is None else source.config
+    tok = _tokenizer(folder, layout) if source is None else source.tokenizer
     if input_format in CHAT_FORMATS and not getattr(tok, "chat_template", None):
         raise CheckpointError(f"{folder}: the {layout} layout renders each solution with the tokenizer's chat template, "
                               "and this tokenizer has none (chat_template.jinja, or chat_template in "
@@ -114,7 +125,7 @@ def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input
     hf_cfg = hf_config(raw, folder, default_type)
     cfg = PRMConfig(head=head, input_format=input_format, max_length=int(getattr(hf_cfg, "max_position_embeddings", 4096)),
                     **config)
-    weights = read_weights(folder)
+    weights = read_weights(folder) if source is None else dict(source.weights)
     dtype_of_weights = weights_dtype(weights)
     state = head_state(weights, raw, tok, cfg, folder)
     backbone = backbone_state(weights, folder, layout, ignore)
@@ -294,9 +305,15 @@ def load_token_classification_prm(folder: str, *, device: Any = "cpu", dtype: An
     (``mmreward.load(folder, step_separator="\\n\\n")``).
 
     The classifier's two rows become one value head (sigmoid(h·(w₁ − w₀) + b₁ − b₀) = softmax(h·W + b)[1])."""
+    return token_classification_prm(folder, None, device=device, dtype=dtype, step_separator=step_separator)
+
+
+def token_classification_prm(folder: str, source: Optional[LoadedSource], *, device: Any, dtype: Any,
+                             step_separator: str):
+    """:func:`load_token_classification_prm` of ``folder``, or of ``source`` when given."""
     if not isinstance(step_separator, str) or not step_separator:
         raise ValueError(f"step_separator must be a non-empty str (trl PRMConfig.step_separator), got {step_separator!r}")
-    raw = read_config(folder)
+    raw = read_config(folder) if source is None else source.config
     n = _num_labels(raw)
     archs = _architectures(raw)
     if n != 2:
@@ -327,7 +344,7 @@ def load_token_classification_prm(folder: str, *, device: Any = "cpu", dtype: An
                 weights["model." + k[len(prefix) + 1:]] = weights.pop(k)
         return {"value_weight": (w[good] - w[1 - good]).clone(), "value_bias": b.reshape(()).clone()}
 
-    tok = _tokenizer(folder, "token-classification PRM")
+    tok = _tokenizer(folder, "token-classification PRM") if source is None else source.tokenizer
     if tok.bos_token_id is None and getattr(tok, "cls_token_id", None) is not None:
         raise CheckpointError(f"{folder}: its tokenizer has a CLS token but no BOS; TRL's PRMTrainer starts the input "
                               "with BOS only, mmreward's step format with BOS or else CLS, so the scores would differ")
@@ -336,7 +353,7 @@ def load_token_classification_prm(folder: str, *, device: Any = "cpu", dtype: An
     # the mmreward format with no text between the problem and the first step, and the separator as each
     # step's tag, is tokenize_row's sequence token for token
     return _load(folder, "token-classification PRM", device=device, dtype=dtype, head="value", input_format="mmreward",
-                 head_state=head_state, step_tag=step_separator, step_separator="")
+                 head_state=head_state, step_tag=step_separator, step_separator="", source=source)
 
 
 _GOOD_NAMES = {"1", "true", "correct", "good", "positive", "pos", "+", "right", "yes"}
