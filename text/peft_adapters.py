@@ -106,21 +106,23 @@ def read_adapter_config(folder: str) -> dict:
     return spec
 
 
+_BASE_HINT = ("(mmreward.load(folder, base_model=...); for the command line, as base_model_name_or_path in "
+              f"{ADAPTER_CONFIG})")
+
+
 def _base_folder(folder: str, spec: dict, base_model: Any) -> str:
     from mmreward.registry import resolve_folder
 
     name = base_model if base_model is not None else spec.get("base_model_name_or_path")
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
-        raise CheckpointError(f"{folder}/{ADAPTER_CONFIG} names no base model (base_model_name_or_path): pass the "
-                              "folder or hub id of the model the adapter was trained on (mmreward.load(folder, "
-                              "base_model=...))")
+        raise CheckpointError(f"{folder}/{ADAPTER_CONFIG} names no base model (base_model_name_or_path): give the "
+                              "folder or hub id of the model the adapter was trained on " + _BASE_HINT)
     try:
         return resolve_folder(name)
     except CheckpointError as e:
         given = "base_model" if base_model is not None else f"{ADAPTER_CONFIG}'s base_model_name_or_path"
         raise CheckpointError(f"{folder} is a LoRA adapter whose base model {os.fspath(name)!r} ({given}) cannot be "
-                              f"opened: {e}; pass the base model the adapter was trained on (mmreward.load(folder, "
-                              "base_model=...))") from e
+                              f"opened: {e}; give the base model the adapter was trained on " + _BASE_HINT) from e
 
 
 def _pattern_value(pattern: dict, layer: str, default: float) -> float:

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import one_line_error
 from mmreward.core.folders import CheckpointError
 
 from text_rm_fixtures import BOS_TEMPLATE, qwen2_config, roberta_config, vocab_size, word_tokenizer
@@ -245,7 +246,7 @@ def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
     from mmreward.cli import main
 
     tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
-    folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    folder, base, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
     assert main(["info", folder]) == 0
     assert "peft-lora-adapter" in capsys.readouterr().out
     data = tmp_path / "rows.jsonl"
@@ -256,6 +257,10 @@ def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
 
     want = mmreward.load(folder).score(ROWS)
     assert torch.allclose(torch.tensor([x["score"] for x in lines]), want, atol=1e-5)
+    shutil.move(base, str(tmp_path / "moved"))  # the base model moved: one line naming it and what to do
+    assert main(["score", "--model", folder, "--data", str(data)]) == 2
+    line = one_line_error(capsys)
+    assert "base_model_name_or_path in adapter_config.json" in line and base in line
 
 
 def test_token_classification_prm_adapter_scores_as_trl_prm_trainer_reads_it(tmp_path):
