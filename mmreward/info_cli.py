@@ -135,6 +135,10 @@ def describe_folder(path: str, load: bool = False, device: str = "cpu") -> dict[
 
         with reader_needs():
             (classifier_config if not load and _fetched(path) else check_sequence_classifier_folder)(folder)
+    if what == "peft-lora-adapter":
+        from mmreward.text.peft_adapters import adapter_summary
+
+        out["adapter"] = adapter_summary(folder)  # an adapter mmreward cannot fold is refused here, with the reason
     if not load:
         return out
     with reader_needs():
@@ -173,6 +177,12 @@ def _print(info: dict[str, Any]) -> None:
         print(f"  note     {info['note']}")
     for name in info.get("missing_files", ()):
         print(f"  missing  {name}: a link to a file that is not there (a download that did not finish)")
+    adapter = info.get("adapter")
+    if adapter:
+        scale = "α/√r" if adapter["use_rslora"] else "α/r"
+        print(f"  adapter  LoRA {adapter['task_type']}, r {adapter['r']}, α {adapter['lora_alpha']} (scale {scale}), "
+              f"targets {adapter['target_modules']}")
+        print(f"  base     {adapter['base_model']!r}: {adapter['base_model_here']}")
     if "model_class" not in info:
         print("  (--load for its input type, parameters and settings)")
         return

@@ -66,8 +66,9 @@ class Layout:
 LAYOUTS: list[Layout] = [
     Layout("peft-lora-adapter", "mmreward.text.peft_adapters:is_peft_adapter",
            "mmreward.text.peft_adapters:load_peft_adapter",
-           "a PEFT LoRA adapter of a sequence-classification reward model (adapter_config.json + adapter_model."
-           "safetensors, as TRL's RewardTrainer with peft_config saves it) over the base model it names, folded in"),
+           "a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) of a sequence-classification "
+           "reward model or a token-classification PRM, as TRL's RewardTrainer / PRMTrainer with peft_config save "
+           "them, over the base model it names, folded in"),
     Layout("qwen2.5-math-prm", "mmreward.text.prm.published:is_qwen_prm", "mmreward.text.prm.published:load_qwen_prm",
            "Qwen2.5-Math-PRM (Qwen2ForProcessRewardModel: <extra_0> step tags, 2-class head)"),
     Layout("skywork-o1-open-prm", "mmreward.text.prm.published:is_skywork_prm",

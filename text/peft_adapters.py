@@ -125,6 +125,18 @@ def _base_folder(folder: str, spec: dict, base_model: Any) -> str:
                               f"opened: {e}; give the base model the adapter was trained on " + _BASE_HINT) from e
 
 
+def adapter_summary(folder: str) -> dict[str, Any]:
+    """What ``mmreward info`` shows of an adapter folder without loading it: its checked config's task, rank,
+    scale rule, targets, and the base model it names (and whether that is a local folder here)."""
+    spec = read_adapter_config(folder)
+    base = spec.get("base_model_name_or_path")
+    local = isinstance(base, str) and os.path.isdir(os.path.expanduser(base))
+    return {"task_type": spec.get("task_type"), "r": spec["r"], "lora_alpha": spec["lora_alpha"],
+            "use_rslora": bool(spec.get("use_rslora")), "target_modules": spec.get("target_modules"),
+            "modules_to_save": spec.get("modules_to_save"), "base_model": base,
+            "base_model_here": "a local folder" if local else "not a local folder (a hub id is fetched on load)"}
+
+
 def _pattern_value(pattern: dict, layer: str, default: float) -> float:
     """peft's ``get_pattern_key``: the first pattern key that matches the layer name's end, else ``default``."""
     for key in pattern:
@@ -362,5 +374,5 @@ def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, pat
             module.bias.copy_((module.bias.float() + bias_delta).to(module.bias.dtype))
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "is_peft_adapter", "load_peft_adapter", "read_adapter_config",
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "adapter_summary", "is_peft_adapter", "load_peft_adapter", "read_adapter_config",
            "split_adapter_state"]

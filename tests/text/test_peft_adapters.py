@@ -4,6 +4,7 @@ The reference is peft itself: the adapted classifier's ``logits[:, 0]`` (peft's 
 the token ids mmreward feeds, and peft's ``merge_and_unload`` saved as a plain classifier folder."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -201,14 +202,19 @@ def _edit_config(folder, **changes):
     (dict(lora_alpha=float("nan")), r"lora_alpha must be a positive number"),
     (dict(base_model_name_or_path=None), r"names no base model"),
 ])
-def test_adapters_mmreward_cannot_fold_are_refused(tmp_path, changes, message):
+def test_adapters_mmreward_cannot_fold_are_refused(tmp_path, changes, message, capsys):
     import mmreward
+    from mmreward.cli import main
 
     tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
     folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
     _edit_config(folder, **changes)
     with pytest.raises(CheckpointError, match=message):
         mmreward.load(folder)
+    if "r" not in changes and "base_model_name_or_path" not in changes:  # info reads the config alone
+        capsys.readouterr()
+        assert main(["info", folder]) == 2
+        assert re.search(message, one_line_error(capsys))
 
 
 def test_adapter_of_another_base_or_without_head_is_refused(tmp_path):
@@ -248,7 +254,8 @@ def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
     tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
     folder, base, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
     assert main(["info", folder]) == 0
-    assert "peft-lora-adapter" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "peft-lora-adapter" in out and "LoRA SEQ_CLS, r 4, α 8 (scale α/r)" in out and f"{base!r}: a local folder" in out
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     assert main(["score", "--model", folder, "--data", str(data), "--json"]) == 0
@@ -258,6 +265,7 @@ def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
     want = mmreward.load(folder).score(ROWS)
     assert torch.allclose(torch.tensor([x["score"] for x in lines]), want, atol=1e-5)
     shutil.move(base, str(tmp_path / "moved"))  # the base model moved: one line naming it and what to do
+    capsys.readouterr()
     assert main(["score", "--model", folder, "--data", str(data)]) == 2
     line = one_line_error(capsys)
     assert "base_model_name_or_path in adapter_config.json" in line and base in line
