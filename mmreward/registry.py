@@ -416,6 +416,25 @@ def refuse_mmreward_model(flag: str, path: Union[str, os.PathLike], accepted: Se
         raise ValueError(f"{flag} {os.fspath(path)} holds an mmreward {model_type!r} model: give {wanted}")
 
 
+def _trainer_checkpoints_problem(folder: str) -> Optional[str]:
+    """A transformers ``Trainer`` output folder (TRL's trainers) that holds ``checkpoint-<step>/`` folders but no
+    model of its own (the run stopped before its final save, or saves only checkpoints): which to load."""
+    import re
+
+    steps = []
+    for name in os.listdir(folder):
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        where = os.path.join(folder, name)
+        if match and any(os.path.isfile(os.path.join(where, f)) for f in ("config.json", "adapter_config.json")):
+            steps.append((int(match.group(1)), name))
+    if not steps:
+        return None
+    names = [n for _, n in sorted(steps)]
+    shown = ", ".join(names[-4:]) + (f" (and {len(names) - 4} earlier)" if len(names) > 4 else "")
+    return (f"{folder} is a training output folder with checkpoints {shown} but no model of its own: load one of "
+            f"them, e.g. the newest, {os.path.join(folder, names[-1])}")
+
+
 def detect(folder: str) -> tuple[str, Callable[..., Any]]:
     """``(what, loader)`` for a local folder: ``loader(folder, device=..., dtype=...)``."""
     from mmreward.core.model import read_config
@@ -434,7 +453,7 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
     what = "no config.json" if config is None else f"model_type {config.get('model_type')!r}" \
         if "model_type" in config else "a config.json without model_type"
     if config is None:
-        problem = not_a_model_folder(folder)
+        problem = not_a_model_folder(folder) or _trainer_checkpoints_problem(folder)
         if problem is not None:
             raise LoadError(problem)
     raise LoadError(f"{folder}: cannot tell which reward model this is ({what}); mmreward reads its own "

@@ -304,3 +304,21 @@ def test_token_classification_prm_adapter_scores_as_trl_prm_trainer_reads_it(tmp
     rm_folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), word_tokenizer(bos=True), _qwen_lora())
     with pytest.raises(ValueError, match=r"step_separator= is an option of token-classification PRM adapters"):
         mmreward.load(rm_folder, step_separator="\n")
+
+
+def test_trainer_output_folder_with_checkpoints_names_them(tmp_path):
+    """TRL's output_dir of a run that saved only checkpoints: which folder to load, not "no config.json"."""
+    import mmreward
+    from mmreward.registry import LoadError
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    run = tmp_path / "trl-run"
+    run.mkdir()
+    for step in (500, 1000, 50):
+        folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora(), name=f"ad{step}")
+        shutil.move(folder, str(run / f"checkpoint-{step}"))
+    (run / "runs").mkdir()  # TensorBoard logs beside them
+    with pytest.raises(LoadError, match=r"checkpoints checkpoint-50, checkpoint-500, checkpoint-1000 but no model of "
+                                        r"its own: .*newest, .*checkpoint-1000$"):
+        mmreward.load(str(run))
+    assert mmreward.load(str(run / "checkpoint-1000")).score(ROWS).shape == (3,)
