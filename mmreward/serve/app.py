@@ -206,7 +206,10 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         else:
             await asyncio.to_thread(backend.close)
 
-    app = FastAPI(title="mmreward reward server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # redirect_slashes: Starlette answers POST /score/ with a 307 to /score, which httpx (and so TRL-side clients
+    # built on it) does not follow; every route is registered with and without the slash instead (below)
+    app = FastAPI(title="mmreward reward server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
 
     def error(status: int, message: str, headers: Optional[dict] = None) -> Any:
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
@@ -362,12 +365,19 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         else:
             message = str(exc.detail)
         log_refusal("(routing)", exc.status_code, message)  # one key: a scanner's paths must not grow the table
+        # counted under the one endpoint "(routing)" for the same reason: a trainer posting to a wrong URL shows
+        metrics.errors.inc(endpoint="(routing)", kind="no_route" if exc.status_code == 404 else "wrong_method")
+        metrics.requests.inc(endpoint="(routing)", code=str(exc.status_code))
         return error(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request, exc):
         return error(400, str(exc))
 
+    from fastapi.routing import APIRoute
+
+    for route in [r for r in app.router.routes if isinstance(r, APIRoute)]:  # /score/ as /score (see above)
+        app.add_api_route(route.path + "/", route.endpoint, methods=sorted(route.methods), include_in_schema=False)
     return app
 
 

@@ -106,7 +106,8 @@ class ServeMetrics:
         self.requests = Counter(p + "requests_total", "HTTP requests by endpoint and status code")
         self.errors = Counter(p + "errors_total", "failed requests by endpoint and kind (bad_request, auth, "
                                                    "too_large, queue_full, shutdown, input_rejected, "
-                                                   "model_error, client_gone, internal)")
+                                                   "model_error, client_gone, internal; no_route / wrong_method under "
+                                                   "endpoint (routing))")
         self.items = Counter(p + "items_total", "inputs scored")
         self.cancelled = Counter(p + "cancelled_total", "requests whose client disconnected before the answer")
         self.latency = Histogram(p + "request_seconds", "request latency by endpoint (seconds)", LATENCY_BUCKETS)

@@ -325,3 +325,17 @@ def test_a_wrong_route_names_the_routes_and_is_logged(text_url, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "mmreward.serve"]
     assert [line.split(":")[0] for line in lines] == ["(routing) answered 404", "(routing) answered 405"]
     assert httpx.post(text_url + "/get_reward", json={"query": ["a"]}).status_code == 200
+
+
+def test_routes_answer_with_a_trailing_slash_and_wrong_routes_are_counted(text_url):
+    """httpx does not follow the 307 Starlette answers POST /score/ with: the trainer saw a bare 307."""
+    r = httpx.post(text_url + "/score/", json={"inputs": [{"prompt": "a", "response": "b"}]})
+    assert r.status_code == 200 and len(r.json()["scores"]) == 1
+    assert httpx.post(text_url + "/get_reward/", json={"query": ["a"]}).status_code == 200
+    assert httpx.get(text_url + "/healthz/").status_code == 200
+    assert httpx.post(text_url + "/get_rewards", json={"query": ["a"]}).status_code == 404
+    assert httpx.get(text_url + "/score").status_code == 405
+    metrics = httpx.get(text_url + "/metrics").text
+    assert 'mmreward_serve_errors_total{endpoint="(routing)",kind="no_route"} 1' in metrics
+    assert 'mmreward_serve_errors_total{endpoint="(routing)",kind="wrong_method"} 1' in metrics
+    assert 'mmreward_serve_requests_total{code="404",endpoint="(routing)"} 1' in metrics
