@@ -318,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         # each chunk's warnings are held and told once at the end, a truncation count summed over all chunks: once
         # per calling line, it told the first chunk's count ("truncated 3 of 4096 inputs") for the whole file
-        with scoring(n_inputs, progress) as (bar, _):
+        with scoring(n_inputs, progress) as (bar, tally):
             for start, chunk in chunks():
                 if start < done:
                     cut = min(done - start, len(chunk))
@@ -330,12 +330,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         continue
                 items, where = inputs(start, chunk)
                 new_inputs[0] += len(items)
+                # a warning about input i of this chunk (a PRM's first truncated solution) names its row
+                tally.name = (lambda i, start=start, where=where: row_name(start + where[i][0]))
                 try:
                     with torch.no_grad():
-                        part_scores = _scored(model, items, args.batch_size, "score_parts", bar) if parts else None
+                        part_scores = (_scored(model, items, args.batch_size, "score_parts", bar, tally) if parts
+                                       else None)
                         scores = model.aggregate_parts(part_scores) if part_scores is not None else None
                         if scores is None:
-                            scores = _scored(model, items, args.batch_size, "score", bar if not parts else None)
+                            scores = _scored(model, items, args.batch_size, "score", bar if not parts else None, tally)
                 except (ValueError, TypeError) as e:  # DataError too: "input K" is the K-th scored input of the
                     # chunk; name the file's row or the file (a preference row is two inputs)
                     raise error_at_row(e, where, lambda j: row_name(start + j), "score") from None
@@ -374,6 +377,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if line:
         print(line, file=sys.stderr if args.json or args.out else sys.stdout)
     return 0
+
+
+def _prechecks(model: Any) -> bool:
+    """Whether :func:`_precheck` checks anything of a text model's inputs beyond their fields (a PRM's or a text
+    RM's encoding): a pass over the file for it is wasted on others (a generative judge)."""
+    return callable(getattr(model, "encode_one", None)) or (callable(getattr(model, "encode", None))
+                                                            and callable(getattr(model, "check_fits", None)))
 
 
 def _precheck(model: Any, items: list) -> None:
@@ -416,6 +426,12 @@ _TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tok
                         r"(\d+) response tokens cut, up to (\d+) from one input")
 
 
+# the warning ProcessRewardModel._warn_truncated gives for one call (mmreward.text.prm.model)
+_PRM_TRUNCATED = re.compile(r"truncated (\d+) of \d+ inputs to (.+?) tokens \(truncate=True\): (\d+) of their steps "
+                            r"are unscored \(NaN; first: input (\d+), (steps \S+ of \d+)\) and score\(\) aggregates "
+                            r"\((\w+)\)")
+
+
 @contextlib.contextmanager
 def scoring(n_inputs: int, progress: bool) -> Iterator[tuple[Any, "_WarningTally"]]:
     """``(bar, tally)`` for scoring ``n_inputs`` inputs a chunk at a time: a progress bar on stderr (None without
@@ -437,22 +453,38 @@ def scoring(n_inputs: int, progress: bool) -> Iterator[tuple[Any, "_WarningTally
 
 
 class _WarningTally:
-    """The warnings of every chunk, each kept once as it comes (truncation counts summed over the chunks), told
-    once at the end: memory does not grow with the number of batches that warn."""
+    """The warnings of every chunk, each kept once as it comes (truncation counts summed over the chunks: a text
+    encoder's and a PRM's with ``truncate=True``), told once at the end: memory does not grow with the number of
+    batches that warn. ``name(i)``: what input ``offset + i`` of the current call is (the file's row), set by the
+    caller for each call, so that the first truncated solution is named by its row, not its place in a chunk."""
 
     def __init__(self) -> None:
         self.seen: dict[tuple, tuple] = {}  # (category, text) -> (message, category, filename, lineno), first seen
         self.cut: dict[tuple, tuple] = {}  # (what, max_length, policy) -> summed counts
+        self.steps: dict[tuple, list] = {}  # (max_length, aggregation) -> [solutions, steps, first]
+        self.name: Optional[Callable[[int], str]] = None
+        self.offset = 0
 
     def add(self, message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         m = _TRUNCATED.search(str(message))
-        if m:
+        s = None if m else _PRM_TRUNCATED.search(str(message))
+        if s:
+            i = self.offset + int(s[4])
+            where = self.name(i) if self.name else f"input {i}"
+            self.add_cut_steps(s[2], s[6], int(s[1]), int(s[3]), f"{where}, {s[5]}")
+        elif m:
             key = (m[3], m[4], m[5])
             n, total, prompt, response, most = self.cut.get(key, (0, 0, 0, 0, 0))
             self.cut[key] = (n + int(m[1]), total + int(m[2]), prompt + int(m[6]), response + int(m[7]),
                              max(most, int(m[8])))
         else:
             self.seen.setdefault((category, str(message)), (message, category, filename, lineno))
+
+    def add_cut_steps(self, length: str, aggregation: str, n: int, steps: int, first: str) -> None:
+        """``n`` more solutions cut to ``length`` tokens, ``steps`` of their steps unscored; ``first``: where the first
+        one is (kept if one was counted before)."""
+        tally = self.steps.setdefault((length, aggregation), [0, 0, first])
+        tally[0], tally[1] = tally[0] + n, tally[1] + steps
 
     def tell(self, n_inputs: int) -> None:
         import warnings
@@ -463,6 +495,10 @@ class _WarningTally:
             warnings.warn(f"truncated {n} of {max(total, n_inputs)} {what} to max_length={length} tokens ({policy}: "
                           f"{prompt} prompt and {response} response tokens cut, up to {most} from one input; special "
                           "and template tokens kept)", UserWarning, stacklevel=3)
+        for (length, aggregation), (n, steps, first) in self.steps.items():
+            warnings.warn(f"truncated {n} of {n_inputs} solutions to {length} tokens (truncate=True): {steps} of their "
+                          f"steps are unscored (NaN; null in JSON lines; first: {first}) and each score aggregates "
+                          f"({aggregation}) only the scored steps", UserWarning, stacklevel=3)
 
 
 def _bar(total: int) -> Any:
@@ -524,27 +560,59 @@ def _identity(path: Optional[str]) -> Optional[str]:
 
 
 def _model_identity(path: str) -> Any:
-    """The model folder's path and its files' sizes and modification times: a model retrained in place between
-    a stopped run and its ``--resume`` is another model, whose scores must not be mixed with the kept ones."""
+    """What the model folder holds, by content: each weight / config / tokenizer file's size and SHA-256. A model
+    retrained in place between a stopped run and its ``--resume`` is another model, whose scores must not be mixed
+    with the kept ones; a ``touch`` or a copy of the same files is the same model (file times refused it). Whole
+    files are hashed: a sample of blocks misses a retrained head of a few KB in a multi-GB file, and reading the
+    weights once more costs about what loading them does. The folder's path is kept to say which folder changed,
+    not compared."""
     where = _identity(path)
     if not where or not os.path.isdir(where):
         return where
     if not os.path.isfile(os.path.join(where, "config.json")) and os.path.isdir(os.path.join(where, "model")):
         where = os.path.join(where, "model")  # a run folder: the model it loads, not its snapshots
     files = {}
-    for d, _, names in os.walk(where):
+    for d, subdirs, names in os.walk(where):
+        subdirs.sort()
         for name in names:
-            if name.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")):
-                st = os.stat(os.path.join(d, name))
-                files[os.path.relpath(os.path.join(d, name), where)] = [st.st_size, st.st_mtime_ns]
+            if name.endswith(_MODEL_FILES):
+                full = os.path.join(d, name)
+                files[os.path.relpath(full, where)] = [os.path.getsize(full), _content_hash(full)]
     return {"path": where, "files": dict(sorted(files.items()))}
 
 
-def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> None:
+_MODEL_FILES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".gguf", ".txt", ".model", ".jinja")
+def _content_hash(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_run(was: Any, now: Any) -> bool:
+    """Whether two partial-file headers are of the same command: the model compared by its files' content, not by
+    the folder it is in."""
+    def files(header: Any) -> Any:
+        if not isinstance(header, dict):
+            return header
+        model = header.get("model")
+        return {**header, "model": model.get("files") if isinstance(model, dict) else model}
+
+    return files(was) == files(now)
+
+
+def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list, prog: str = "mmreward score",
+                     score_keys: Sequence[str] = ()) -> None:
     """``--resume``: rows scored into ``OUT.partial`` (a first line saying which model, data and settings; then
     ``--out``'s lines, flushed to disk after each chunk), continued where an earlier run of the same command
-    stopped: the rows it kept are checked against the data, not scored again. Once every row is there, ``--out``
-    is written from it at once (gzipped for ``.gz``) and the partial file removed."""
+    stopped: the rows it kept are checked against the data (every field but the scores: :data:`_SCORE_KEYS` and
+    ``score_keys``), not scored again; ``kept(start, rows, lines)`` also appends each kept line, read back, to
+    ``lines`` when given (a caller that tallies the scores of every row). Once every row is there, ``--out`` is
+    written from it at once (gzipped for ``.gz``) and the partial file removed. ``prog`` names the command in
+    messages."""
     import fcntl
     import shutil
 
@@ -557,7 +625,7 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # two runs appending to one file would interleave rows
         except OSError:
-            raise ValueError(f"{partial} is being written by another run of mmreward score") from None
+            raise ValueError(f"{partial} is being written by another run of {prog}") from None
         first = f.readline()
         if not first.endswith(b"\n"):  # new (or killed while writing its first line)
             f.seek(0)
@@ -568,13 +636,13 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
             try:
                 was = json.loads(first)[_PARTIAL]
             except (ValueError, KeyError, TypeError):
-                raise DataError(f"{partial} is not a partial file of mmreward score --resume: delete or move it") \
+                raise DataError(f"{partial} is not a partial file of {prog} --resume: delete or move it") \
                     from None
-            if was != header:
+            if not _same_run(was, header):
                 diff = ", ".join("the model folder's files changed (retrained or replaced)"
                                  if k == "model" and isinstance(v, dict) and isinstance(was.get(k), dict)
-                                 and was[k].get("path") == v.get("path") else f"{k} {was.get(k)!r} then, {v!r} now"
-                                 for k, v in header.items() if was.get(k) != v)
+                                 else f"{k} {was.get(k)!r} then, {v!r} now"
+                                 for k, v in header.items() if not _same_run({k: was.get(k)}, {k: v}))
                 raise DataError(f"{partial} holds rows scored with other settings ({diff}): run that command again "
                                 "to continue it, or delete the file to start over")
             done, end = 0, f.tell()
@@ -587,15 +655,18 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
         reader = open(partial, "rb")
         reader.readline()
         if done:
-            print(f"mmreward score: continuing {partial}: {done} of {header['rows']} rows were scored", file=sys.stderr)
+            print(f"{prog}: continuing {partial}: {done} of {header['rows']} rows were scored", file=sys.stderr)
+        ignored = set(_SCORE_KEYS) | set(score_keys)
 
-        def kept(start: int, rows: list) -> int:
+        def kept(start: int, rows: list, lines: Optional[list] = None) -> int:
             n = 0
             for k, row in enumerate(rows, start):
                 got = json.loads(reader.readline())
                 want = json.loads(json_text(row, ensure_ascii=False, default=str))
-                if {a: b for a, b in got.items() if a not in _SCORE_KEYS} != \
-                        {a: b for a, b in want.items() if a not in _SCORE_KEYS}:
+                if lines is not None:
+                    lines.append(got)
+                if {a: b for a, b in got.items() if a not in ignored} != \
+                        {a: b for a, b in want.items() if a not in ignored}:
                     raise DataError(f"{partial}: row {k} is not row {k} of {args.data} (the data changed since it "
                                     "was scored): delete the file to start over")
                 if "score_chosen" in got:  # a NaN score was written as null: NaN again, as the run gave it
@@ -614,7 +685,7 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
         except DataError:  # the data changed, or a row the model refuses: said as it is
             raise
         except BaseException:
-            print(f"mmreward score: the rows scored so far are kept in {partial}: run the same command again to "
+            print(f"{prog}: the rows scored so far are kept in {partial}: run the same command again to "
                   "continue", file=sys.stderr)
             raise
 
@@ -630,13 +701,23 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list) -> No
     os.unlink(partial)
 
 
-def _scored(model: Any, items: list, batch_size: Optional[int], method: str, bar: Any) -> Any:
+def _scored(model: Any, items: list, batch_size: Optional[int], method: str, bar: Any,
+            tally: Optional[_WarningTally] = None) -> Any:
     """``model.score`` / ``model.score_parts`` of ``items``; with a progress ``bar``, called on consecutive chunks
     of whole batches (an error's "input K" counted in ``items``) and the bar moved after each. Models whose batch
-    counts something inside one input (episode rewards) are scored in one call, as without a bar."""
+    counts something inside one input (episode rewards) are scored in one call, as without a bar; so are generative
+    judges (their sampling seeds and name shuffles count the inputs of a call: a call cut in pieces would judge
+    otherwise than without a bar), whose ``scoring_progress`` moves the bar as their prompts are read. ``tally``:
+    told where each call starts in ``items``."""
     import torch
 
     call = getattr(model, method)
+    if tally is not None:
+        tally.offset = 0
+    progress = getattr(model, "scoring_progress", None)
+    if bar is not None and callable(progress):
+        with progress(bar, len(items)):
+            return call(items, batch_size=batch_size)
     if bar is None or not getattr(model, "batch_size_counts_inputs", True):
         got = call(items, batch_size=batch_size)
         if bar is not None:
@@ -645,6 +726,8 @@ def _scored(model: Any, items: list, batch_size: Optional[int], method: str, bar
     chunk = (batch_size or model.default_batch_size) * PROGRESS_CHUNK_BATCHES
     out: list = []
     for start in range(0, len(items), chunk):
+        if tally is not None:
+            tally.offset = start
         try:
             got = call(items[start:start + chunk], batch_size=batch_size)
         except (ValueError, TypeError) as e:

@@ -215,7 +215,8 @@ def _score_parser() -> CLIParser:
     p.add_argument("--data", required=True, help=".json / .jsonl / .csv / .parquet / dataset rows: prompt + response | prompt + chosen + rejected | "
                                                  "messages | text; - reads JSON lines from stdin")
     add_split_options(p, "--data")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward (default: 16)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="inputs per forward (default: the model's own: 16, a generative judge's saved batch_size)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's own)")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16: cast the model (default: as saved)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -248,7 +249,7 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     from .reward_model import RewardModel
 
     # before the rows are read and the model loads (minutes for a 7B model), not after
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
     if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max-length {args.max_length}: max_length must be an integer >= 2 or None, got "
@@ -281,7 +282,7 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
         source = _read_pair_rows(args.data, args.split, f"{args.data}: ")
     elif not streams(args.data):
         source = read_records(args.data)
-    size = -(-score_cli.CHUNK_ROWS // args.batch_size) * args.batch_size  # whole batches per chunk
+    size = score_cli.CHUNK_ROWS  # rows per chunk; whole batches of the model's once it has loaded
 
     def chunks() -> Any:
         rows = iter(source) if source is not None else iter_records(args.data)
@@ -313,14 +314,18 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
             model.config = dataclasses.replace(model.config, max_length=args.max_length)
     elif args.max_length is not None:
         raise ValueError(f"--max-length applies to scalar reward models, not to a {type(model).__name__}")
+    batch = args.batch_size or getattr(model, "default_batch_size", None) or 16
+    size = -(-score_cli.CHUNK_ROWS // batch) * batch  # whole batches per chunk
     # ... and checked against it (fits max_length, a chat template takes it) before any is scored: a bad row
-    # 37,123 is named before hours of scoring, not after
-    for start, chunk in chunks():
-        items, where = score_items(chunk, name)
-        try:
-            score_cli._precheck(model, items)
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            raise error_at_row(e, where, lambda j: row_name(chunk, j), "response") from None
+    # 37,123 is named before hours of scoring, not after. A model that checks nothing ahead (a judge) is spared
+    # reading the file once more for it
+    if score_cli._prechecks(model):
+        for start, chunk in chunks():
+            items, where = score_items(chunk, name)
+            try:
+                score_cli._precheck(model, items)
+            except (ValueError, TypeError, FileNotFoundError) as e:
+                raise error_at_row(e, where, lambda j: row_name(chunk, j), "response") from None
 
     began, pairs, done_inputs = time.monotonic(), [], [0]
 
@@ -358,7 +363,7 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
         if args.resume:
             header = {"model": score_cli._model_identity(args.model), "data": score_cli._identity(args.data),
                       "split": args.split, "dtype": args.dtype, "max_length": args.max_length, "rows": n_rows}
-            score_cli._write_resumable(args, score_all, header, pairs)
+            score_cli._write_resumable(args, score_all, header, pairs, prog="mmreward text score")
         else:
             score_cli._write_out(args, score_all, None)
         took = time.monotonic() - began

@@ -364,10 +364,13 @@ def test_resume_refuses_a_partial_file_of_other_data_or_settings(rm_folder, tmp_
     assert "--resume" in capsys.readouterr().err
     # the model folder retrained in place since: its scores must not be mixed with the kept ones
     weights = os.path.join(rm_folder, "model.safetensors")
-    st = os.stat(weights)
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with open(weights, "rb") as f:
+        original = f.read()
+    with open(weights, "wb") as f:  # one byte of the last tensor's data changed: other weights, same size
+        f.write(original[:-1] + bytes([original[-1] ^ 1]))
     try:
         assert main(cmd) == 2
         assert "the model folder's files changed" in capsys.readouterr().err and partial.exists()
     finally:
-        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with open(weights, "wb") as f:
+            f.write(original)

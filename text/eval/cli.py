@@ -9,6 +9,7 @@ The RM-Bench folder defaults to ``$MMREWARD_RM_BENCH`` when ``--data`` is not gi
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import numbers
 import os
@@ -85,8 +86,11 @@ def load_scorer(config: EvalConfig):
     return model
 
 
-def run_eval(config: EvalConfig, scorer=None) -> dict:
-    """Evaluate ``scorer`` (default: the reward model in ``config.model``) as ``config`` says."""
+def run_eval(config: EvalConfig, scorer=None, *, own_batch_size: bool = False) -> dict:
+    """Evaluate ``scorer`` (default: the reward model in ``config.model``) as ``config`` says. ``own_batch_size``
+    (the CLI without ``--batch-size``): a model with a batch size of its own (``default_batch_size``: a generative
+    judge's saved ``batch_size``) scores with it, and ``config.batch_size`` is set to it; ``config.batch_size`` is
+    for the others."""
     from .rewardbench import evaluate_rewardbench, load_rewardbench
     from .rewardbench2 import evaluate_rewardbench2, load_rewardbench2
     from .rmbench import evaluate_rmbench, load_rmbench
@@ -105,6 +109,9 @@ def run_eval(config: EvalConfig, scorer=None) -> dict:
         if config.limit:
             rows = rows[:config.limit]
     scorer = scorer if scorer is not None else load_scorer(config)
+    own = getattr(scorer, "default_batch_size", None) if own_batch_size else None
+    if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
+        config.batch_size = own  # what the result file's config records is what was used
     if config.benchmark == "rm-bench":
         return evaluate_rmbench(scorer, items, batch_size=config.batch_size, merge_safety=config.merge_safety,
                                 progress=config.progress)
@@ -137,13 +144,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = CLIParser(prog="mmreward text eval", description="evaluate a reward model on RM-Bench / RewardBench / RewardBench 2")
     add_config_options(parser, EvalConfig)
+    parser.set_defaults(batch_size=None)  # None: not given, the model's own (a judge's 16 replaced its saved one)
+    for action in parser._actions:
+        if action.dest == "batch_size" and action.help != argparse.SUPPRESS:
+            action.help = "scoring batch size (default: the model's own: 16, a generative judge's saved batch_size)"
     args = parser.parse_args(argv)
+    own_batch_size = args.batch_size is None
+    if own_batch_size:
+        args.batch_size = EvalConfig.batch_size
     config = config_from_args(EvalConfig, args)
     if config.output and os.path.isdir(config.output):  # now, not after the whole evaluation has run
         raise ValueError(f"--out {config.output} is a folder: give the path of the result JSON file")
     check_output_file(config.output, "--out", [("--data", config.data)], folders=[("--model", config.model)])
     _check_out_not_rmbench_data(config)
-    result = run_eval(config)
+    result = run_eval(config, own_batch_size=own_batch_size)
     if config.output:
         from mmreward.core.checkpoint import atomic_write_text
 

@@ -134,8 +134,22 @@ def _score_exact(scorer: Any, prompts: Sequence[str], responses: Sequence[str], 
     if _scores_text_pairs(scorer):
         from mmreward.core.inputs import TextPair
 
-        kw = {"progress": progress} if "progress" in inspect.signature(scorer.score).parameters else {}
-        out = _check_scores(scorer.score([TextPair(p, r) for p, r in unique], batch_size=batch_size, **kw), unique, 0)
+        items = [TextPair(p, r) for p, r in unique]
+        if "progress" in inspect.signature(scorer.score).parameters:
+            got = scorer.score(items, batch_size=batch_size, progress=progress)
+        elif progress and callable(getattr(scorer, "scoring_progress", None)):
+            # a generative judge (hours on a benchmark): its bar moves as its prompts are read, in one call
+            from mmreward.score_cli import _bar
+
+            bar = _bar(len(items))
+            try:
+                with scorer.scoring_progress(bar, len(items)):
+                    got = scorer.score(items, batch_size=batch_size)
+            finally:
+                bar.close()
+        else:
+            got = scorer.score(items, batch_size=batch_size)
+        out = _check_scores(got, unique, 0)
         return out[torch.tensor(where, dtype=torch.long)]
     fn = as_scorer(scorer)
     out = torch.empty(len(unique), dtype=torch.float64)

@@ -206,6 +206,14 @@ class GenerativeJudge(RewardScorer, torch.nn.Module):
     def default_batch_size(self) -> int:  # type: ignore[override]
         return self.config.batch_size
 
+    def scoring_progress(self, bar: Any, n: int) -> Any:
+        """A context in which ``score`` / ``judge`` calls on ``n`` inputs move the progress ``bar`` by ``n`` as their
+        prompts are read (``mmreward score``, ``text score`` and ``text eval`` use it: a judge's call is not cut
+        in pieces for the bar, which would change what it samples)."""
+        from .runner import bar_progress
+
+        return bar_progress(bar, n)
+
     @property
     def causal_lm(self) -> Any:
         """The transformers causal LM saved as ``lm/``."""

@@ -276,8 +276,10 @@ def _check_meta_flags(config: Any, meta_rm: Optional[str]) -> None:
 
 
 def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dict], swap: bool = True,
-        meta_rm: Any = None) -> dict:
-    """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python; ``meta_rm``: grm only)."""
+        meta_rm: Any = None, progress: bool = False) -> dict:
+    """Judge ``rows`` with ``method`` (the CLI's whole job, usable from Python; ``meta_rm``: grm only);
+    ``progress``: a bar on stderr counting the verdicts (each row's two with ``swap``) as the judge's prompts are
+    read, the judge's one call left whole (cut in pieces, a sampling judge would draw other samples)."""
     from .position import evaluate_pairs_with_judge
 
     if not isinstance(method, str) or method.replace("-", "_") not in METHODS:  # was a bare KeyError
@@ -302,7 +304,20 @@ def run(method: str, config: Any, model: Any, tokenizer: Any, rows: Sequence[dic
         per_row.append(p.double().tolist())
         return p
 
-    out = evaluate_pairs_with_judge(recording, rows, swap=swap)
+    if progress:
+        from tqdm.auto import tqdm
+
+        from .runner import bar_progress
+
+        bar = tqdm(total=len(rows) * (2 if swap else 1), desc="judging", unit="verdict", dynamic_ncols=True,
+                   file=sys.stderr)
+        try:
+            with bar_progress(bar, bar.total):
+                out = evaluate_pairs_with_judge(recording, rows, swap=swap)
+        finally:
+            bar.close()
+    else:
+        out = evaluate_pairs_with_judge(recording, rows, swap=swap)
     if hasattr(judge, "metrics"):
         out["parse"] = judge.metrics()
     p = per_row[0]
@@ -332,6 +347,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="judge both orders")
         p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
         p.add_argument("--dtype", default=None, help="cast the language model: fp32 | bf16 | fp16 (default: as saved)")
+        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="a progress bar on stderr (default: when stderr is a terminal)")
         p.add_argument("--out", dest="output", type=output_path, help="write the result JSON here")
         p.add_argument("--output", dest="output", type=output_path, help=argparse.SUPPRESS)
         if name == "grm":
@@ -357,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = load_rows(args.data, args.limit, args.split)
         model, tok = load_model(args.method, args.model, args.gguf_file, device, dtype=args.dtype)
         meta = load_meta_rm(args.meta_rm, tok, device) if getattr(args, "meta_rm", None) else None
-        res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta)
+        res = run(args.method, config, model, tok, rows, swap=args.swap, meta_rm=meta,
+                  progress=sys.stderr.isatty() if args.progress is None else args.progress)
     except _USER_ERRORS as e:
         return _user_error("mmreward text judge", e)
     from mmreward.core.cli_config import json_text

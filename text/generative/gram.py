@@ -28,7 +28,7 @@ from mmreward.ops import pairwise_loss_and_accuracy
 from .base import GenerativeJudge, judge_trainer, text_field, text_lists
 from .heads import last_token_logits
 from .position import both_orders
-from .runner import JudgeConfig, JudgeRunner
+from .runner import JudgeConfig, JudgeRunner, progress_begins, progress_expect, progress_read
 from .sft import sft_batch
 
 __all__ = ["GRAMConfig", "GRAM", "GRAMTemplate", "GRAM_TEMPLATES", "stage1_example", "stage1_batch", "gram_stage2_loss",
@@ -146,9 +146,13 @@ class GRAM(GenerativeJudge):
         """(N,) P(first ≻ second) in one order."""
         prompts, first, second = text_lists("GRAM.judge", prompts=prompts, first=first, second=second)
         bs = self.config.batch_size if batch_size is None else check_batch_size(batch_size)
+        progress_begins(len(prompts))
+        out = []
         with eval_while_scoring(self.model):  # threads share one eval period; submodule modes kept
-            out = [torch.softmax(self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs], s), -1)[:, 0]
-                   for s in range(0, len(prompts), bs)]
+            for s in range(0, len(prompts), bs):
+                logits = self.logits(prompts[s:s + bs], first[s:s + bs], second[s:s + bs], s)
+                out.append(torch.softmax(logits, -1)[:, 0])
+                progress_read(len(out[-1]))
         return torch.cat(out).float().cpu()  # float32 on the CPU, as every judge's output (a bf16 LM gives bf16)
 
     def score_pair(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict:
@@ -158,7 +162,8 @@ class GRAM(GenerativeJudge):
     def _score(self, items: list, batch_size: int) -> torch.Tensor:
         p, a, b = ([text_field(getattr(it, f), f"input {i}: field {f!r}") for i, it in enumerate(items)]
                    for f in ("prompt", "first", "second"))
-        return both_orders(lambda *x: self.judge(*x, batch_size=batch_size), p, a, b)["p"].float().cpu()
+        with progress_expect(2 * len(items)):  # both orders: one progress bar's worth
+            return both_orders(lambda *x: self.judge(*x, batch_size=batch_size), p, a, b)["p"].float().cpu()
 
 
 def gram_stage2_loss(gram: GRAM, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],

@@ -32,7 +32,74 @@ from .parsing import Parsed
 
 Prompt = Union[str, Sequence[dict]]
 
-__all__ = ["JudgeConfig", "JudgeResult", "JudgeRunner", "parse_metrics", "render_prompt", "position_limit"]
+__all__ = ["JudgeConfig", "JudgeResult", "JudgeRunner", "parse_metrics", "render_prompt", "position_limit",
+           "prompt_progress"]
+
+_PROGRESS = threading.local()  # this thread's prompt_progress report, if any
+
+
+@contextlib.contextmanager
+def prompt_progress(report: Callable[[int, int], None]) -> Iterator[None]:
+    """Within the block, in this thread, ``report(done, total)`` after each batch of prompts a judge reads
+    (:meth:`JudgeRunner.generate` / :meth:`JudgeRunner.choice_probs`, GRAM's forward): ``total`` counts the prompts
+    of every such call begun in the block so far, ``done`` those read. A progress bar without cutting a judge's call
+    in pieces, which would change what it samples (seeds count the prompts of a call)."""
+    old = getattr(_PROGRESS, "state", None)
+    _PROGRESS.state = [report, 0, 0, 0]  # report, prompts read, prompts begun, depth of progress_expect blocks
+    try:
+        yield
+    finally:
+        _PROGRESS.state = old
+
+
+@contextlib.contextmanager
+def progress_expect(n: int) -> Iterator[None]:
+    """Calls of ``n`` prompts in all begin within the block (GRAM's two orders): counted now, so that a bar does not
+    read as done when the first of them is."""
+    state = getattr(_PROGRESS, "state", None)
+    if state is None:
+        yield
+        return
+    progress_begins(n)
+    state[3] += 1
+    try:
+        yield
+    finally:
+        state[3] -= 1
+
+
+@contextlib.contextmanager
+def bar_progress(bar: Any, n: int) -> Iterator[None]:
+    """Move the progress ``bar`` by ``n`` units over the block (a judge's call on ``n`` inputs), in step with the
+    share of its prompts read so far (:func:`prompt_progress`); never backwards (a call that begins late, e.g. RM-R1's
+    second look at unparsed verdicts, adds prompts to the total). On an error the bar stays where it was."""
+    start = bar.n
+
+    def report(done: int, total: int) -> None:
+        target = start + (n * done // total if total else 0)
+        if target > bar.n:
+            bar.update(target - bar.n)
+
+    with prompt_progress(report):
+        yield
+    if bar.n < start + n:
+        bar.update(start + n - bar.n)
+
+
+def progress_begins(n: int) -> None:
+    """A call of ``n`` prompts begins (see :func:`prompt_progress`)."""
+    state = getattr(_PROGRESS, "state", None)
+    if state is not None and not state[3]:
+        state[2] += n
+        state[0](state[1], state[2])
+
+
+def progress_read(n: int) -> None:
+    """``n`` more prompts were read (see :func:`prompt_progress`)."""
+    state = getattr(_PROGRESS, "state", None)
+    if state is not None:
+        state[1] += n
+        state[0](state[1], state[2])
 
 
 @dataclass
@@ -259,6 +326,7 @@ class JudgeRunner:
         texts = self._check_prompts(prompts)
         cfg, out, bs = self.config, [], self._batch_size(batch_size)
         rows = self._rows if rows is None else rows
+        progress_begins(len(texts))
         with eval_while_scoring(self.model):  # threads share one eval period
             for start in range(0, len(texts), bs):
                 enc = self.encode(texts[start:start + bs], start, cfg.max_new_tokens,
@@ -278,6 +346,7 @@ class JudgeRunner:
                 dec = self.tokenizer.batch_decode(new, skip_special_tokens=True)
                 k = cfg.num_samples
                 out.extend(dec[i * k:(i + 1) * k] for i in range(len(dec) // k))
+                progress_read(len(dec) // k)
         return out
 
     def run(self, prompts: Sequence[Prompt], parser: Callable[[str], Parsed],
@@ -323,9 +392,11 @@ class JudgeRunner:
         rows = self._rows if rows is None else rows
         ids = torch.tensor(self.token_ids(words), device=self.device)
         out = []
+        progress_begins(len(texts))
         with eval_while_scoring(self.model):
             for s in range(0, len(texts), bs):
                 enc = self.encode(texts[s:s + bs], s, rows=None if rows is None else rows[s:s + bs])
                 logits = last_token_logits(self.model, enc["input_ids"], enc["attention_mask"], ids)  # (b, C)
                 out.append(torch.softmax(logits, dim=-1))
+                progress_read(len(logits))
         return torch.cat(out)

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import sys
 from typing import Any, Optional, Sequence
 
@@ -308,27 +307,6 @@ class _ProcessBenchTally:
         return processbench_table(table, self.threshold)
 
 
-# the warning ProcessRewardModel._warn_truncated gives for one call (one chunk of solutions)
-_TRUNCATED = re.compile(r"truncated (\d+) of \d+ inputs to (.+?) tokens \(truncate=True\): (\d+) of their steps are "
-                        r"unscored \(NaN; first: input (\d+), (steps \S+ of \d+)\) and score\(\) aggregates \((\w+)\)")
-
-
-def _truncation_counted(caught: list, where: list[str], cut: list) -> list:
-    """``caught`` (the warnings of one chunk) less its truncation warning, whose counts are added to ``cut``
-    (``[solutions, steps, first (file: row, steps), length, aggregation]``): told once for the whole file at the end
-    (a chunk's "truncated 3 of 4096 inputs, first: input 17" was told as if of the file, once per chunk)."""
-    rest = []
-    for w in caught:
-        m = _TRUNCATED.search(str(w.message))
-        if not m:
-            rest.append(w)
-        elif cut:
-            cut[0], cut[1] = cut[0] + int(m[1]), cut[1] + int(m[3])
-        else:
-            cut[:] = [int(m[1]), int(m[3]), f"{where[int(m[4])]}, {m[5]}", m[2], m[6]]
-    return rest
-
-
 def _at_row(error: Exception, where: list[str]) -> Exception:
     """``error`` with its leading ``input K`` (the K-th solution of a chunk) told as ``where[K]``, the file and row
     of --data."""
@@ -339,9 +317,10 @@ def _at_row(error: Exception, where: list[str]) -> Exception:
 
 def _score(args: argparse.Namespace) -> int:
     """Solutions read, checked (every one, before any is scored), scored and written a chunk at a time with the
-    helpers of ``mmreward score`` (:mod:`mmreward.score_cli`): memory holds a chunk of rows, not the file."""
+    helpers of ``mmreward score`` (:mod:`mmreward.score_cli`): memory holds a chunk of rows, not the file.
+    ``--resume`` keeps the rows scored so far in ``OUT.partial`` and continues a stopped run from there, as
+    ``mmreward score --resume`` does."""
     import time
-    import warnings
 
     import torch
 
@@ -353,6 +332,8 @@ def _score(args: argparse.Namespace) -> int:
     _check_batch_size(args)
     if args.out == "-":  # the usual name of stdout
         args.out = None
+    if args.resume and (not args.out or not args.data):
+        raise ValueError("--resume continues a file of scored rows: it needs --data rows and an --out file")
     if args.out:
         args.out = os.path.expanduser(args.out)
         kind = score_cli._other_format(args.out)
@@ -380,54 +361,82 @@ def _score(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as e:
             raise _at_row(e, where) from None
 
-    tally, began = _ProcessBenchTally(args.threshold), time.monotonic()
+    tally, began, new = _ProcessBenchTally(args.threshold), time.monotonic(), [0]
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
 
-    def score_all(write: Any) -> None:
-        cut: list = []  # --truncate: the solutions and steps cut, over every chunk
-        try:
-            with score_cli.scoring(n, False) as (_, told):  # each warning told once at the end
-                start = 0
-                for examples, where in _example_chunks(args, read, size):
-                    with warnings.catch_warnings(record=True) as caught:  # this chunk's: its truncation is counted
-                        warnings.simplefilter("always")
-                        try:
-                            with torch.no_grad():
-                                parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
-                        except (ValueError, TypeError) as e:
-                            raise _at_row(e, where) from None
-                    for w in _truncation_counted(caught, where, cut):
-                        told.add(w.message, w.category, w.filename, w.lineno)
-                    agg = model.aggregate_parts(parts).tolist()
-                    rows, out = [], []
-                    for e, p, a in zip(examples, parts, agg):
-                        rows.append({"id": e.id} if e.id else {})
-                        # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18
-                        # step probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one
-                        # read as 0.0, tying the solutions a best-of-N pick compares
-                        out.append({"step_scores": [float(x) if x == x else None for x in p.tolist()],  # None: truncated
-                                    "score": float(a)})
-                    tally.add(parts, examples)
-                    write(start, rows, out)
-                    start += len(rows)
-        finally:  # after the other warnings, as the last line
-            if cut:
-                n_cut, steps, first, length, aggregation = cut
-                warnings.warn(f"truncated {n_cut} of {n} solutions to {length} tokens (truncate=True): {steps} of their "
-                              f"steps are unscored (null in step_scores; first: {first}) and each score aggregates "
-                              f"({aggregation}) only the scored steps", UserWarning, stacklevel=2)
+    def score_all(write: Any, done: int = 0, kept: Any = None) -> None:
+        """Score every solution from ``done`` on (``kept(start, rows, lines)``: those before it, scored by an earlier
+        run, checked and read back for the ProcessBench table) and ``write(start, rows, scores)`` a chunk at a time."""
+        # each warning told once at the end, --truncate's count summed over the file and its first solution named
+        with score_cli.scoring(n, progress) as (bar, told):
+            start = 0
+            for examples, where in _example_chunks(args, read, size):
+                rows = [{"id": e.id} if e.id else {} for e in examples]
+                if start < done:
+                    cut = min(done - start, len(examples))
+                    lines: list = []
+                    kept(start, rows[:cut], lines)
+                    tally.add([_kept_steps(line, e, at, args, told, model) for line, e, at in
+                               zip(lines, examples, where)], examples[:cut])
+                    if bar is not None:
+                        bar.update(cut)
+                    examples, where, rows, start = examples[cut:], where[cut:], rows[cut:], start + cut
+                    if not examples:
+                        continue
+                told.name = where.__getitem__  # "first: input 17" of a call is its file and row
+                try:
+                    with torch.no_grad():
+                        parts = score_cli._scored(model, solutions(examples), args.batch_size, "score_parts", bar, told)
+                except (ValueError, TypeError) as e:
+                    raise _at_row(e, where) from None
+                new[0] += len(examples)
+                agg = model.aggregate_parts(parts).tolist()
+                # the model's own values, as `mmreward score` prints them: rounded to 6 places, a product of 18
+                # step probabilities (1.2e-6, --aggregation prod) lost a fifth of its value, and a smaller one
+                # read as 0.0, tying the solutions a best-of-N pick compares
+                out = [{"step_scores": [float(x) if x == x else None for x in p.tolist()],  # None: truncated
+                        "score": float(a)} for p, a in zip(parts, agg)]
+                tally.add(parts, examples)
+                write(start, rows, out)
+                start += len(rows)
 
-    if args.out:
+    if args.out and args.resume:
+        header = {"model": score_cli._model_identity(args.model), "data": score_cli._identity(args.data),
+                  "split": args.split, "format": args.format, "neutral": args.neutral, "dtype": args.dtype,
+                  "aggregation": model.config.aggregation, "truncate": model.config.truncate,
+                  "step_separator": args.step_separator, "rows": n}
+        score_cli._write_resumable(args, score_all, header, [], prog="mmreward prm score", score_keys=("step_scores",))
+    elif args.out:
         score_cli._write_out(args, score_all, None)
-        print(f"wrote {n} rows to {args.out}")
-        took = time.monotonic() - began
-        print(f"mmreward prm score: {n} solutions in {took:.1f} s ({n / max(took, 1e-9):.1f} solutions/s)",
-              file=sys.stderr)
     else:
         score_all(lambda start, rows, out: sys.stdout.write(score_cli._json_lines(rows, out)))
+    if args.out:
+        print(f"wrote {n} rows to {args.out}")
+        took = time.monotonic() - began
+        print(f"mmreward prm score: {n} solutions ({new[0]} scored in {took:.1f} s, {new[0] / max(took, 1e-9):.1f} "
+              "solutions/s)", file=sys.stderr)
     report = tally.report()
     if report is not None:
         print(json_text({"processbench": report}))
     return 0
+
+
+def _kept_steps(line: dict, example: Any, where: str, args: argparse.Namespace, told: Any, model: Any) -> Any:
+    """The step scores of a solution an earlier ``--resume`` run kept (null: a step truncation left unscored, counted
+    in the truncation warning as if scored now), checked against the solution it is of."""
+    import torch
+
+    from mmreward.core.data import DataError
+
+    steps = line.get("step_scores")
+    if not isinstance(steps, list) or len(steps) != len(example.steps):
+        raise DataError(f"{args.out}.partial: {where} has {len(example.steps)} steps, but its kept scores are of "
+                        f"another solution (the data changed since it was scored): delete the file to start over")
+    if None in steps:
+        first = steps.index(None)
+        told.add_cut_steps(model._length_limit()[1], model.config.aggregation, 1, steps.count(None),
+                           f"{where}, steps {first}..{len(steps) - 1} of {len(steps)}")
+    return torch.tensor([float("nan") if x is None else x for x in steps], dtype=torch.float32)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -441,7 +450,11 @@ def _eval(args: argparse.Namespace) -> int:
     check_labelled(examples, args.data)  # before the model loads
     model = _load_model(args)
     check_threshold(model, args.threshold, "--threshold")  # before the scoring, not in a meaningless table
-    parts = model.score_parts(solutions(examples), batch_size=args.batch_size)
+    from mmreward import score_cli
+
+    # a bar on a terminal, as `prm score` shows it (a large file scored silently for hours)
+    with score_cli.scoring(len(examples), sys.stderr.isatty() if args.progress is None else args.progress) as (bar, _):
+        parts = score_cli._scored(model, solutions(examples), args.batch_size, "score_parts", bar)
     out: dict = step_metrics(parts, examples, args.threshold, sweep=args.sweep)
     report = _processbench(parts, examples, args.threshold)
     if report is not None:
@@ -505,6 +518,8 @@ def _add_scoring(p: argparse.ArgumentParser, batch_size: int) -> None:
                    help="score only the steps that fit the model's max_length (default: the model's setting; off: "
                         "a longer input is an error)")
     p.add_argument("--dtype", default=None, help="cast the model: fp32 | bf16 | fp16 (default: as saved)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--step-separator", type=_separator, default=None,
                    help="a TRL PRMTrainer token-classification PRM's step separator, which its folder does not "
                         "record (default: TRL's '\\n'; '\\n\\n' is a blank line)")
@@ -561,6 +576,9 @@ def _parser() -> CLIParser:
     p.add_argument("--aggregation", choices=AGGREGATIONS, help="a solution's score from its steps (default: the model's)")
     p.add_argument("--out", type=output_path, help="write the score rows (JSON lines) here instead of stdout (.gz: "
                                                    "gzipped; - : stdout); the file appears whole when scoring ends")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows scored so far in OUT.partial, and continue the scoring a run that stopped left "
+                        "there (needs --out and --data)")
     p.set_defaults(fn=_score)
 
     p = sub.add_parser("eval", help="ProcessBench F1 (per subset) and step macro-F1 on labelled data")
