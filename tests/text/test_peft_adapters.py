@@ -322,3 +322,26 @@ def test_trainer_output_folder_with_checkpoints_names_them(tmp_path):
                                         r"its own: .*newest, .*checkpoint-1000$"):
         mmreward.load(str(run))
     assert mmreward.load(str(run / "checkpoint-1000")).score(ROWS).shape == (3,)
+
+
+def test_prm_score_takes_the_step_separator_of_a_token_prm_adapter(tmp_path, capsys):
+    """`prm score --step-separator` was refused for an adapter folder ("is a peft-lora-adapter PRM")."""
+    from mmreward.cli import main
+    from test_prm_contract import SOLUTIONS, _qwen2_config, _qwen_tokenizer, _randomise
+
+    tok = _qwen_tokenizer()
+    base = tmp_path / "base"
+    causal = transformers.Qwen2ForCausalLM(_qwen2_config(tok, pad_token_id=tok.pad_token_id))
+    _randomise(causal, 5)
+    causal.save_pretrained(str(base))
+    tok.save_pretrained(str(base))
+    tc = transformers.AutoModelForTokenClassification.from_pretrained(str(base), num_labels=2)
+    model = peft.get_peft_model(tc, peft.LoraConfig(task_type="TOKEN_CLS", r=2, target_modules=["q_proj"]))
+    _randomize_adapter(model)
+    model.save_pretrained(str(tmp_path / "prm-adapter"))
+    data = tmp_path / "steps.jsonl"
+    data.write_text("".join(json.dumps({"problem": s.problem, "steps": list(s.steps)}) + "\n" for s in SOLUTIONS))
+    capsys.readouterr()
+    assert main(["prm", "score", "--model", str(tmp_path / "prm-adapter"), "--data", str(data),
+                 "--step-separator", "\n\n", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -48,7 +48,12 @@ def _load_prm(path: str, device: str, dtype: Optional[str] = None, step_separato
     if step_separator is not None:  # only a TRL token-classification PRM leaves its separator unrecorded
         from mmreward.registry import detect, resolve_folder
 
-        kind = detect(resolve_folder(path))[0]
+        folder = resolve_folder(path)
+        kind = detect(folder)[0]
+        if kind == "peft-lora-adapter":  # a LoRA adapter of a TRL token-classification PRM reads as one
+            from ..peft_adapters import read_adapter_config
+
+            kind = "token-classification-prm" if read_adapter_config(folder).get("task_type") == "TOKEN_CLS" else kind
         if kind != "token-classification-prm":
             raise ValueError(f"--step-separator applies to token-classification PRMs (TRL PRMTrainer), whose folders "
                              f"do not record it; {path} is a {kind} PRM, scored with the step format it was saved with")
