@@ -47,7 +47,8 @@ def _check_input_file(path: str) -> None:
 
 
 def _animated(path: str) -> bool:
-    """Whether the GIF at ``path`` has more than one frame (an unreadable file is left to the model's reader)."""
+    """Whether the image at ``path`` (GIF, WebP, APNG …) has more than one frame (an unreadable file is left to the
+    model's reader)."""
     try:
         from PIL import Image
 
@@ -65,14 +66,14 @@ def _file_inputs(model: Any, paths: Sequence[str], prompt: Optional[str]) -> lis
     for p in paths:
         _check_input_file(p)
         is_image = os.path.isfile(p) and p.lower().endswith(IMAGE_EXTS)
-        if is_image and p.lower().endswith(".gif") and _animated(p):
+        if is_image and p.lower().endswith((".gif", ".webp", ".png")) and _animated(p):
             if I.VideoPrompt in types:  # scored as the video it is, as `mmreward score-video` scores it
                 is_image = False
             elif I.ImagePrompt in types:
                 import warnings
 
-                warnings.warn(f"{p} is an animated GIF: this model scores images, so only its first frame is scored",
-                              stacklevel=2)
+                warnings.warn(f"{p} is an animated image: this model scores images, so only its first frame is "
+                              "scored", stacklevel=2)
         if I.ImagePrompt in types and is_image:
             out.append(I.ImagePrompt(prompt if prompt is not None else "", p))
         elif I.VideoPrompt in types and not is_image:
@@ -427,6 +428,9 @@ _TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tok
 
 
 # the warning ProcessRewardModel._warn_truncated gives for one call (mmreward.text.prm.model)
+# vision scorers' note of animated images read by their first frame (vision/scoring.py): summed over the chunks
+_ANIMATED = re.compile(r"^(\d+) animated image\(s\) were read by their first frame only \(first: (.*?)\): ")
+
 _PRM_TRUNCATED = re.compile(r"truncated (\d+) of \d+ inputs to (.+?) tokens \(truncate=True\): (\d+) of their steps "
                             r"are unscored \(NaN; first: input (\d+), (steps \S+ of \d+)\) and score\(\) aggregates "
                             r"\((\w+)\)")
@@ -464,11 +468,16 @@ class _WarningTally:
         self.steps: dict[tuple, list] = {}  # (max_length, aggregation) -> [solutions, steps, first]
         self.name: Optional[Callable[[int], str]] = None
         self.offset = 0
+        self.animated: list = [0, None, None]  # images read by their first frame, the first one, its warning's text
 
     def add(self, message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         m = _TRUNCATED.search(str(message))
         s = None if m else _PRM_TRUNCATED.search(str(message))
-        if s:
+        a = None if m or s else _ANIMATED.search(str(message))
+        if a:
+            self.animated[0] += int(a[1])
+            self.animated[1:] = self.animated[1:] if self.animated[1] else [a[2], str(message)[a.end():]]
+        elif s:
             i = self.offset + int(s[4])
             where = self.name(i) if self.name else f"input {i}"
             self.add_cut_steps(s[2], s[6], int(s[1]), int(s[3]), f"{where}, {s[5]}")
@@ -495,6 +504,10 @@ class _WarningTally:
             warnings.warn(f"truncated {n} of {max(total, n_inputs)} {what} to max_length={length} tokens ({policy}: "
                           f"{prompt} prompt and {response} response tokens cut, up to {most} from one input; special "
                           "and template tokens kept)", UserWarning, stacklevel=3)
+        if self.animated[0]:
+            n, first, advice = self.animated
+            warnings.warn(f"{n} animated image(s) were read by their first frame only (first: {first}): {advice}",
+                          UserWarning, stacklevel=3)
         for (length, aggregation), (n, steps, first) in self.steps.items():
             warnings.warn(f"truncated {n} of {n_inputs} solutions to {length} tokens (truncate=True): {steps} of their "
                           f"steps are unscored (NaN; null in JSON lines; first: {first}) and each score aggregates "

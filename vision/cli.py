@@ -240,6 +240,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {name:<18} {text}")
         print("\nalso: `mmreward score …` (images) and `mmreward score-video …` (videos)")
         return 0 if argv else 2
+    if argv[0] in ("score", "score-video"):  # scoring is the top-level command every model shares
+        raise ValueError(f"`mmreward vision {argv[0]}` is `mmreward {argv[0]}`: images, videos and VLM rows are "
+                         f"scored with `mmreward score --model MODEL --data rows.jsonl` (or image files with --prompt)"
+                         + (", a video's frames with `mmreward score-video`" if argv[0] == "score-video" else ""))
     if argv[0] not in SUBCOMMANDS:
         raise ValueError(f"unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}")
     from mmreward.core.cli_config import entering_subcommand

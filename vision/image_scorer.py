@@ -31,7 +31,7 @@ from mmreward.core.inputs import ImagePrompt, VideoPrompt
 from mmreward.core.model import RewardScorer
 
 from .images import open_image, preprocess, split_images, to_tensor
-from .scoring import eval_mode
+from .scoring import eval_mode, summed_notes
 from .video import batches, stream_video_frames
 
 RewardFn = Callable[[list, torch.Tensor], torch.Tensor]
@@ -154,7 +154,9 @@ class ImageScorer(RewardScorer, nn.Module):
                                                for it in items)
         reward = reward or self.reward
         out = []
-        with eval_mode(self), (contextlib.nullcontext() if grad else torch.no_grad()):
+        # each batch's warnings (a prompt cut, an animated image) told once for the call, counted over its inputs
+        with summed_notes([it.prompt for it in items]), eval_mode(self), \
+                (contextlib.nullcontext() if grad else torch.no_grad()):
             for chunk in batches(frames(), batch_size):
                 prompts = [_prompt(p, where) for p, _, where in chunk]
                 pixels = self.pixel_batch([x for _, x, _ in chunk], [where for _, _, where in chunk])  # (b, 3, S, S)

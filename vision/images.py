@@ -108,12 +108,44 @@ def open_image(path: str, where: str = ""):
         if os.path.isdir(path):
             raise ImageLoadError(f"{prefix}image {path!r} is a folder, not an image file")
         raise ImageLoadError(f"{prefix}image file {path!r} does not exist")
+    if os.path.getsize(path) == 0:  # a generation or copy that stopped before writing: say so, not "cannot identify"
+        raise ImageLoadError(f"{prefix}image file {path!r} is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with _open_file(path, prefix) as im:
+            animated = getattr(im, "is_animated", False)  # asked before the first frame is decoded (it seeks)
             im.load()
+            if animated:  # GIF / WebP / APNG: told, not silently cut to one frame
+                from .scoring import note_animated
+
+                note_animated(path, where)
             return im.copy()  # the first frame of an animated file; the file is closed after
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"{prefix}cannot read image {path!r}: {e}") from e
+
+
+def _open_file(path: str, prefix: str):
+    """``Image.open(path)``, and a warning naming the file and its size when it is past PIL's decompression-bomb
+    limit (``Image.MAX_IMAGE_PIXELS``; it is then decoded in full): PIL's own warning names neither, so one huge
+    image among thousands scored could not be found. (PIL's warning is not caught and replaced: a
+    ``catch_warnings`` per image would reset Python's once-per-line registry, repeating other warnings.)"""
+    import warnings
+
+    from PIL import Image
+
+    im = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        from .scoring import _user_stacklevel
+
+        try:
+            warnings.warn(f"{prefix}image {path!r} is {im.width}x{im.height} pixels, past PIL's decompression-bomb "
+                          f"limit of {limit} pixels: it is decoded in full (about {im.width * im.height * 12 / 1e9:.1f} "
+                          "GB as float pixels); shrink it, or set PIL.Image.MAX_IMAGE_PIXELS if such images are "
+                          "expected", Image.DecompressionBombWarning, stacklevel=_user_stacklevel())
+        except BaseException:  # raised under an "error" filter: the file is closed
+            im.close()
+            raise
+    return im
 
 
 def load_image(path: str, where: str = "", background: Optional[tuple] = None):
@@ -239,7 +271,9 @@ def _any_to_tensor(x: Any, where: str) -> torch.Tensor:
         return _check_range(_array_to_tensor(x, where), where)
     if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
         return _array_to_tensor(np.asarray(as_rgb(_decoded(x, where), where=where)), where)
-    raise TypeError(f"{where}: expected a path, image bytes, PIL image, array or tensor, got {type(x).__name__}")
+    hint = f" of {len(x)}: an image is one file or array (a list of frames is a video: the 'video' field, " \
+        "VideoPrompt)" if isinstance(x, (list, tuple)) else ""
+    raise TypeError(f"{where}: expected a path, image bytes, PIL image, array or tensor, got {type(x).__name__}{hint}")
 
 
 def to_pil(x: Any, where: str = "image", background: Optional[tuple] = None):

@@ -4,7 +4,9 @@ holds every asset a model needs to score, and the adapter that turns an image re
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import sys
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -52,13 +54,87 @@ def model_folder(path: Any) -> Any:
 
 def warn_truncated(prompts: Sequence[str], lengths: Sequence[int], limit: int, stacklevel: int = 4) -> None:
     """Warn when prompts (``lengths``: their token counts untruncated) exceed the text encoder's ``limit``
-    and are cut to it, naming how many and the first one (its start and its length)."""
+    and are cut to it, naming how many and the first one (its start and its length). Inside
+    :func:`summed_notes` (a scoring call, batch after batch) the cut prompts are held instead, and told
+    once, summed over the call's inputs."""
     long = [i for i, n in enumerate(lengths) if n > limit]
+    held = _NOTES.get()
+    if long and held is not None:
+        for i in long:
+            held.cut.setdefault(prompts[i], (int(lengths[i]), int(limit)))
+        return
     if long:
         first = prompts[long[0]]
-        text = first if len(first) <= 50 else first[:50] + "..."
         warnings.warn(f"{len(long)} prompt(s) exceed the text encoder's limit of {limit} tokens and were truncated "
-                      f"(first: {text!r}, {lengths[long[0]]} tokens)", stacklevel=stacklevel)
+                      f"(first: {_start(first)!r}, {lengths[long[0]]} tokens)", stacklevel=stacklevel)
+
+
+def _start(text: str) -> str:
+    return text if len(text) <= 50 else text[:50] + "..."
+
+
+def note_animated(path: str, where: str) -> None:
+    """An animated file (GIF / WebP / APNG) opened as one image, of which only the first frame is read: told
+    by :func:`summed_notes` once per scoring call (a warning of its own outside one), never silently."""
+    held = _NOTES.get()
+    if held is not None:
+        held.animated[0] += 1
+        held.animated[1] = held.animated[1] or path
+        return
+    warnings.warn(f"{where + ': ' if where else ''}{path!r} is an animated image: only its first "
+                  "frame is read as an image; give it as a video ('video' field, VideoPrompt) to score every frame",
+                  stacklevel=_user_stacklevel())
+
+
+class _Notes:
+    """What the batches of one scoring call would each warn about, summed: the prompts cut (prompt ->
+    (length, limit)) and the animated files read as one image ([count, the first one's path])."""
+
+    def __init__(self) -> None:
+        self.cut: dict[str, tuple[int, int]] = {}
+        self.animated: list = [0, None]
+
+
+_NOTES: contextvars.ContextVar = contextvars.ContextVar("mmreward_vision_notes", default=None)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that names, in a warning its caller gives, the first line outside mmreward (the user's
+    scoring call), so that Python's once-per-line warning filter sees the user's line, not mmreward's own."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in ("mmreward", "contextlib"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+@contextlib.contextmanager
+def summed_notes(prompts: Sequence[str]) -> Iterator[None]:
+    """Hold the warnings the batches of one scoring call give (:func:`warn_truncated`, :func:`note_animated`)
+    and warn once for the call, counted over its inputs (``prompts``: each input's prompt). A call scored in
+    batches of 16 warned once per batch ("1 prompt(s) exceed …" hundreds of times over a file, none with the
+    count). The truncation warning also says ``truncated N of M prompts to max_length=L tokens (…)``, the form
+    ``mmreward score`` sums over the chunks of a file into one line."""
+    held = _Notes()
+    token = _NOTES.set(held)
+    try:
+        yield
+    finally:
+        _NOTES.reset(token)
+    level = _user_stacklevel()
+    if held.cut:
+        cuts = [held.cut[p][0] - held.cut[p][1] for p in prompts if isinstance(p, str) and p in held.cut]
+        if not cuts:  # a scorer that cut prompts of its own making: count those
+            cuts = [n - limit for n, limit in held.cut.values()]
+        first = next((p for p in prompts if isinstance(p, str) and p in held.cut), next(iter(held.cut)))
+        limit = held.cut[first][1]
+        warnings.warn(f"{len(cuts)} prompt(s) exceed the text encoder's limit of {limit} tokens and were truncated "
+                      f"(first: {_start(first)!r}, {held.cut[first][0]} tokens): truncated {len(cuts)} of "
+                      f"{len(prompts)} prompts to max_length={limit} tokens (right: {sum(cuts)} prompt and 0 "
+                      f"response tokens cut, up to {max(cuts)} from one input)", stacklevel=level)
+    if held.animated[0]:
+        n, path = held.animated
+        warnings.warn(f"{n} animated image(s) were read by their first frame only (first: {path!r}): give an "
+                      "animated file as a video ('video' field, VideoPrompt) to score every frame", stacklevel=level)
 
 
 def tokenize_truncating(tokenizer: Any, prompts: Sequence[str], max_length: int) -> dict:

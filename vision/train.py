@@ -30,7 +30,7 @@ from mmreward.ops import listwise_loss, pairwise_loss_and_accuracy
 from . import synthetic
 from .image_reward import ConvTextConfig, ImageRewardModel
 from .images import ImageLoadError, as_image_list, image_ref, local_path, preprocess, split_images
-from .scoring import eval_mode, model_folder, user_path
+from .scoring import eval_mode, model_folder, summed_notes, user_path
 from .testing import tiny_clip_config, word_tokenizer
 
 LOSSES = ("listwise", "pairwise")
@@ -441,7 +441,8 @@ def evaluate_image_reward(model: ImageRewardModel, examples: Sequence[RankedExam
     require_ranked_pair(examples, "evaluate_image_reward")
     collate, correct, pairs, top1, ranked_sets = make_collate(model), 0, 0, 0, 0
     dtype = next(model.parameters()).dtype  # a model loaded with dtype="bf16" computes in it
-    with eval_mode(model), torch.no_grad():
+    # prompts cut at the text limit: one warning for the evaluation, counted over its sets (not one per batch)
+    with summed_notes([ex.prompt for ex in examples]), eval_mode(model), torch.no_grad():
         for s in range(0, len(examples), batch_size):
             batch = collate(examples[s:s + batch_size], start=s)
             ranks = batch["ranks"].to(model.device)

@@ -33,7 +33,7 @@ from mmreward.core.inputs import VisualSteps
 from mmreward.core.model import check_batch_size
 
 from . import vlm_data as D
-from .scoring import eval_mode
+from .scoring import eval_mode, summed_notes
 from .vlm_base import VLMScorer
 
 REDUCTIONS = ("mean", "min", "max")
@@ -218,7 +218,7 @@ class VisualPRM(VLMScorer):
 
     def _score_parts(self, items: list, batch_size: int) -> list[Tensor]:
         out: list[Tensor] = []
-        with eval_mode(self), torch.no_grad():
+        with summed_notes(()), eval_mode(self), torch.no_grad():  # an animated image: told once per call
             for s in range(0, len(items), batch_size):
                 chunk = items[s:s + batch_size]
                 enc = self.encode(chunk, names=[f"input {s + k}" for k in range(len(chunk))])

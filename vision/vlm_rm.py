@@ -31,7 +31,7 @@ from mmreward.core.inputs import Conversation
 from mmreward.core.model import check_batch_size
 
 from . import vlm_data as D
-from .scoring import eval_mode
+from .scoring import eval_mode, summed_notes
 from .vlm_base import VLMScorer
 
 
@@ -83,7 +83,7 @@ class VLMRewardModel(VLMScorer):
 
     def _score(self, items: list, batch_size: int) -> Tensor:
         out = []
-        with eval_mode(self), torch.no_grad():
+        with summed_notes(()), eval_mode(self), torch.no_grad():  # an animated image: told once per call
             for s in range(0, len(items), batch_size):
                 chunk = items[s:s + batch_size]
                 names = [f"input {s + k}" for k in range(len(chunk))]

@@ -142,7 +142,9 @@ def sample_frame_indices(total: int, source_fps: float, cfg: QwenVisionConfig) -
     n = min(max(total / source_fps * cfg.fps, lo), hi, total)
     n = math.floor(n / tp) * tp
     if n < tp:
-        raise ValueError(f"a video needs at least {tp} frames, got {total}")
+        raise ValueError(f"a video needs at least {tp} frames, got {total}" + (
+            " (Qwen-VL reads frames in pairs; qwen-vl-utils refuses one too): a one-frame clip is scored as the image "
+            "it is ({'type': 'image', 'image': …} / ImagePrompt)" if total == 1 else ""))
     return torch.linspace(0, total - 1, n).round().long().numpy()
 
 
