@@ -399,8 +399,10 @@ class ImagePrompt(ScoreInput):
 
     prompt: str
     image: Any
-    required: ClassVar = ("image",)
-    row_keys: ClassVar = {"prompt": ("prompt",), "image": ("image",)}
+    required: ClassVar = ("image|file_name|image_path",)
+    # Hugging Face imagefolder's metadata.jsonl names the image file_name and its caption text (or caption);
+    # ImageRewardDB names it image_path
+    row_keys: ClassVar = {"prompt": ("prompt", "caption", "text"), "image": ("image", "file_name", "image_path")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "ImagePrompt":
@@ -418,7 +420,7 @@ class VideoPrompt(ScoreInput):
     prompt: str
     video: Any
     required: ClassVar = ("video",)
-    row_keys: ClassVar = {"prompt": ("prompt",), "video": ("video", "frames")}
+    row_keys: ClassVar = {"prompt": ("prompt", "caption", "text"), "video": ("video", "frames")}
 
     @classmethod
     def from_record(cls, row: Any, where: str = "row") -> "VideoPrompt":

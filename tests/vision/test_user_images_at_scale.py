@@ -318,3 +318,20 @@ def test_animated_images_over_many_chunks_are_one_summed_line_and_webp_arguments
     still = _png(str(tmp_path / "still.png"))
     got = score_cli._file_inputs(mmreward.load(scorer), [webp, still], "a red circle")
     assert [type(x) for x in got] == [VideoPrompt, ImagePrompt]
+
+
+def test_huggingface_imagefolder_metadata_rows_score(scorer, tmp_path):
+    """imagefolder's metadata.jsonl ({"file_name", "text"}) and ImageRewardDB's image_path were refused as
+    "missing field 'image'"; they are the same image + prompt, scored alike."""
+    from mmreward.core.data import DataError
+
+    png = _png(str(tmp_path / "0001.png"))
+    model = mmreward.load(scorer)
+    want = model.score([ImagePrompt("a red circle", png)])
+    for row in ({"file_name": png, "text": "a red circle"}, {"image_path": png, "caption": "a red circle"},
+                {"image": png, "prompt": "a red circle", "text": "a red circle"}):
+        assert torch.equal(model.score([row]), want), row
+    with pytest.raises(DataError, match="fields 'prompt' and 'text' both give 'prompt', with different values"):
+        model.score([{"image": png, "prompt": "a red circle", "text": "a blue square"}])
+    data = _jsonl(tmp_path / "metadata.jsonl", [{"file_name": png, "text": "a red circle"}])
+    assert mmreward_main(["score", "--model", scorer, "--data", data]) == 0
