@@ -222,9 +222,10 @@ def _info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Diffusion Reward: train-codec, train-video, fit-stats, train-progress, score
 # ---------------------------------------------------------------------------------------------
-def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
+def _training_frames(args: argparse.Namespace, with_tasks: bool = False, with_paths: bool = False):
     """Frames of the ``--data`` episode folders (comma-separated; their episodes in that order);
-    ``with_tasks``: also each episode's task (its manifest entry's, else its folder)."""
+    ``with_tasks``: also each episode's task (its manifest entry's, else its folder); ``with_paths``: then
+    also each episode's file."""
     from mmreward.core.data import DataError
 
     from .data.episodes import holds_tasks, load_episode, select_entries
@@ -255,6 +256,8 @@ def _training_frames(args: argparse.Namespace, with_tasks: bool = False):
                              f"{first[0].shape[2]} frames, {path} {fr.shape[1]}x{fr.shape[2]}; train on episodes of "
                              "one size (import-videos / collect them with one --size)")
     frames = [fr for fr, _, _ in found]
+    if with_paths:
+        return frames, [t for _, t, _ in found], [p for _, _, p in found]
     return (frames, [t for _, t, _ in found]) if with_tasks else frames
 
 
@@ -468,7 +471,19 @@ def _train_progress(args: argparse.Namespace) -> int:
         _check_model_out("--attach-out", args.attach_out or os.path.join(args.out, "reward"),
                          [("--out", args.out), *_model_inputs("--attach", args.attach, ("diffusion_reward",)),
                           *_data_folders(args)])
-    frames, tasks = _training_frames(args, with_tasks=True)
+    frames, tasks, paths = _training_frames(args, with_paths=True)
+    short = [p for f, p in zip(frames, paths) if len(f) < 2]
+    if short and len(short) < len(frames):
+        # a 1-frame demo (import-videos of a still image / a 1-frame clip) trains the codec and the video model
+        # (no window) but failed the ranker with "episode 1 has 1 frame", naming no file the user could leave out
+        print(f"train-progress: left out {len(short)} episode{'s' if len(short) > 1 else ''} of 1 frame "
+              f"({short[0]}{' …' if len(short) > 1 else ''}): the ranker needs a first and a last frame",
+              file=sys.stderr)
+        kept = [k for k, f in enumerate(frames) if len(f) >= 2]
+        frames, tasks = [frames[k] for k in kept], [tasks[k] for k in kept]
+    elif short:
+        raise ValueError(f"every --data episode has 1 frame ({short[0]} …): the progress ranker needs episodes of at "
+                         "least 2 frames (a first and a last)")
     cfg = ProgressConfig(**{"image_size": int(frames[0].shape[1]), **_overrides(args.set, ProgressConfig)})
     reward = None
     scale = 1.0 if args.progress_scale is None else float(args.progress_scale)

@@ -373,11 +373,12 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     ``labelled: false``: videos carry no actions, rewards or success flags, so those arrays are stored
     with zero action dimensions and NaN rewards).
 
-    ``sources``: any mix of video files (``.mp4`` / ``.avi`` / ``.mov`` / ``.mkv`` / ``.webm`` /
-    ``.gif``), frame folders (one per episode; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` frames in
-    natural name order, ``frame_2.png`` before ``frame_10.png``), ``.npz`` files with a uint8 ``frames``
-    array ``[T, H, W, 3]`` (an episode file included) and parent folders of those (one
-    episode each, in name order), e.g. your Adroit demonstrations::
+    ``sources``: any mix of video files (``.mp4`` / ``.m4v`` / ``.avi`` / ``.mov`` / ``.mkv`` / ``.webm`` /
+    ``.mpg`` / ``.mpeg`` / ``.gif``), frame folders (one per episode; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp``
+    frames in natural name order, ``frame_2.png`` before ``frame_10.png``), ``.npz`` files with a uint8
+    ``frames`` array ``[T, H, W, 3]`` (an episode file included) and parent folders of those (one episode
+    each, in name order; a sub-folder without images is such a parent folder in turn; hidden names are
+    skipped), e.g. your Adroit demonstrations::
 
         demos/adroit-door/
           episode_000.mp4
@@ -399,6 +400,12 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     if "," in task:  # --tasks splits at commas: the episodes of "pick,place" could never be selected again
         raise ValueError(f"task label {task!r} contains a comma, which --tasks uses to separate labels: use another "
                          "character (e.g. 'pick-place' or 'pick and place')")
+    # "human demo" was stored as "human-demo" (and "" as "demo") without a word: `--policies "human demo"` then
+    # selected nothing. The label names the files and --policies splits at commas and blanks
+    if not isinstance(policy, str) or re.fullmatch(r"[A-Za-z0-9._-]+", policy) is None:
+        raise ValueError(f"policy label {policy!r} may hold only letters, digits, '.', '_' and '-' (it names the "
+                         "episode files, and --policies splits at commas and blanks): e.g. "
+                         f"{re.sub(r'[^A-Za-z0-9._-]+', '-', str(policy)).strip('-') or 'demo'!r}")
     try:
         task = resolve_task(task)
     except (ValueError, ImportError):
@@ -408,9 +415,21 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     if isinstance(sources, (str, os.PathLike)):  # one folder or file: its characters were read as paths
         sources = [sources]
     sources = [os.fspath(src) for src in sources]
-    paths = expand_sources(list(sources), npz=True)
+    paths = expand_sources(list(sources), npz=True, skip=[out])  # out inside a source: not imported again
     if not paths:
         raise ValueError("no videos or frame folders given")
+    from .data.video import VIDEO_EXTS, VideoError, format_hint
+
+    seen: dict = {}
+    for p in paths:  # `import-videos demos demos/ep_0.mp4`: ep_0 was stored twice (…_ep_0-2.npz), trained on twice
+        first = seen.setdefault(os.path.realpath(p), p)
+        if first is not p:
+            also = f"also as {first}" if first != p else "by itself and inside a source folder, or twice"
+            raise ValueError(f"{p} is given twice ({also}): give each demo once, or its episode would be stored twice")
+    other = [p for p in paths if os.path.isfile(p) and not p.lower().endswith((*VIDEO_EXTS, ".npz"))]
+    if other:  # named before any episode is stored, not when the import reaches it
+        raise VideoError(f"{other[0]} is neither a video ({', '.join(VIDEO_EXTS)}), an .npz of frames nor a frame "
+                         f"folder{format_hint(other[0])}")
     target = os.path.realpath(out)
     if any(os.path.realpath(src) == target for src in sources):
         raise ValueError(f"--out {out!r} is one of the sources: its episode files would be imported again; "
@@ -426,7 +445,6 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
     _check_frame_size(out, hw)
     os.makedirs(out, exist_ok=True)
     label = _file_label(task)  # the manifest keeps the task as given
-    policy = re.sub(r"[^A-Za-z0-9._-]+", "-", policy) or "demo"
     start, entries, frames = time.perf_counter(), [], 0
     used = set()
     # an episode an earlier import wrote (from another source: a/ep.mp4 then b/ep.mp4, or two names that are
@@ -443,24 +461,34 @@ def import_videos(sources: Sequence[str], out: str, *, task: str, size: Any = 64
             return imported[name] != source
         return os.path.lexists(os.path.join(out, name))
 
-    for path in tqdm(paths, desc="import", unit="video", disable=not progress):
-        video = _npz_frames(path, hw, stride) if path.lower().endswith(".npz") else load_frames(path, size=hw,
-                                                                                              stride=stride)
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
-        name = f"{label}_{policy}_{stem}.npz"
-        k = 1
-        while taken(name, os.path.abspath(path)):
-            k += 1
-            name = f"{label}_{policy}_{stem}-{k}.npz"
-        used.add(name)
-        steps = video.shape[0] - 1
-        ep = Episode(frames=video, actions=np.zeros((steps, 0), np.float32), rewards=np.full(steps, np.nan, np.float32),
-                     success=np.zeros(steps, bool), labelled=False)
-        save_episode(os.path.join(out, name), ep)
-        entries.append(episode_entry(name, ep, task=task, suite="video", policy=policy, noise=0.0, seed=None,
-                                     camera=None, action_repeat=None, stride=stride,
-                                     source=os.path.abspath(path)))
-        frames += video.shape[0]
+    try:
+        for path in tqdm(paths, desc="import", unit="video", disable=not progress):
+            video = _npz_frames(path, hw, stride) if path.lower().endswith(".npz") else load_frames(path, size=hw,
+                                                                                                  stride=stride)
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
+            name = f"{label}_{policy}_{stem}.npz"
+            k = 1
+            while taken(name, os.path.abspath(path)):
+                k += 1
+                name = f"{label}_{policy}_{stem}-{k}.npz"
+            used.add(name)
+            steps = video.shape[0] - 1
+            ep = Episode(frames=video, actions=np.zeros((steps, 0), np.float32),
+                         rewards=np.full(steps, np.nan, np.float32), success=np.zeros(steps, bool), labelled=False)
+            save_episode(os.path.join(out, name), ep)
+            entries.append(episode_entry(name, ep, task=task, suite="video", policy=policy, noise=0.0, seed=None,
+                                         camera=None, action_repeat=None, stride=stride,
+                                         source=os.path.abspath(path)))
+            frames += video.shape[0]
+    except BaseException as e:
+        # the episodes stored before a corrupt source (or Ctrl-C) were files the manifest did not list: a rerun
+        # took their names as another source's and stored every demo again as "…-2.npz"
+        if entries:
+            update_manifest(out, entries)
+            if isinstance(e, ValueError) and len(e.args) == 1 and isinstance(e.args[0], str):
+                e.args = (f"{e.args[0]} ({len(entries)} of {len(paths)} sources were imported into {out} before it; "
+                          "fix or remove it and run the same import again: it replaces their episodes)",)
+        raise
     update_manifest(out, entries)
     return CollectSummary(out=out, episodes=len(entries), successes=0, frames=frames,
                           seconds=time.perf_counter() - start, per_task={task: (len(entries), 0)},

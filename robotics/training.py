@@ -31,6 +31,12 @@ def frames_hint(frames: Any) -> str:
                               or (isinstance(dtype, np.dtype) and dtype.kind == "f")):
         return ("; convert float images first: (x * 255).round() for values in [0, 1], x.round() for 0..255, "
                 "then clip to 0..255 and cast to uint8 (NaN frames have no such value)")
+    # np.array(list of frames) of Python ints is int64, a 16-bit PNG uint16: "got torch.int64" said nothing more
+    if (dtype is not None and dtype not in (np.uint8, torch.uint8)
+            and ((isinstance(dtype, torch.dtype) and not dtype.is_floating_point and not dtype.is_complex
+                  and dtype != torch.bool) or (isinstance(dtype, np.dtype) and dtype.kind in "iu"))):
+        return ("; integer frames? values 0..255: x.astype(np.uint8) (torch: x.to(torch.uint8)); 16-bit images "
+                "(0..65535): (x // 257).astype(np.uint8)")
     if len(shape) == 4 and shape[1] == 3 and shape[-1] != 3:
         return "; channels-first [T, 3, H, W]? make them channels-last: x.permute(0, 2, 3, 1) (numpy: transpose)"
     if len(shape) == 3 and shape[-1] == 3:
@@ -45,13 +51,25 @@ def frames_hint(frames: Any) -> str:
     return ""
 
 
+def pil_hint(x: Any) -> str:
+    """How to pass PIL images (a list of them, or one) as frames ("" for anything else)."""
+    items = x if isinstance(x, (list, tuple)) and x else [x]
+    if all(type(i).__module__.startswith("PIL.") for i in items):
+        return "; PIL images? np.stack([np.asarray(im.convert('RGB')) for im in images])"
+    return ""
+
+
 def _as_uint8_tensor(x: Any, what: str) -> torch.Tensor:
     if hasattr(x, "frames") and not isinstance(x, (torch.Tensor, np.ndarray)):
         x = x.frames
+    if isinstance(x, (list, tuple)) and x and all(isinstance(f, (torch.Tensor, np.ndarray)) for f in x):
+        # the frames an RL loop collects, which the scorers take: "episode 0 must be a uint8 tensor / array, got list"
+        x = as_frame_tensor(x, what)
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a uint8 tensor / array, got {type(x).__name__}")
+        raise TypeError(f"{what} must be a uint8 tensor / array (or a list of [H, W, 3] frames), got "
+                        f"{type(x).__name__}{pil_hint(x)}")
     if x.dtype != torch.uint8:
         raise TypeError(f"{what} must be uint8 (pixel values 0..255), got {x.dtype}{frames_hint(x)}")
     return x

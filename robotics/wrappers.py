@@ -176,13 +176,20 @@ def _checked_frame(frame: Any, where: str) -> np.ndarray:
         frame = frame.detach().cpu().numpy()
     frame = np.asarray(frame)
     if frame.dtype != np.uint8:
+        hint = ("convert float images first, e.g. (x * 255).round().astype(np.uint8) for values in [0, 1]"
+                if frame.dtype.kind == "f" else "values 0..255: x.astype(np.uint8); 16-bit (0..65535): "
+                "(x // 257).astype(np.uint8)" if frame.dtype.kind in "iu" else "")
         raise TypeError(f"{where} must give a uint8 frame [H, W, 3] (0..255), got {frame.dtype} "
-                        f"{list(frame.shape)}; convert float images first, e.g. (x * 255).round().astype(np.uint8) "
-                        "for values in [0, 1]")
+                        f"{list(frame.shape)}" + (f"; {hint}" if hint else ""))
     if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ValueError(f"{where} must give one uint8 frame [H, W, 3], got shape {list(frame.shape)}"
-                         + (": channels-first? frame_fn=lambda obs, env: obs.transpose(1, 2, 0)"
-                            if frame.ndim == 3 and frame.shape[0] == 3 else ""))
+        # a grayscale or RGBA render said only "got shape [48, 64, 4]": say the conversion, never apply it
+        hint = (": channels-first? frame_fn=lambda obs, env: obs.transpose(1, 2, 0)"
+                if frame.ndim == 3 and frame.shape[0] == 3 else
+                ": RGBA? drop (or composite) the alpha channel in frame_fn: frame[..., :3]"
+                if frame.ndim == 3 and frame.shape[-1] == 4 else
+                ": grayscale? make it RGB in frame_fn: np.repeat(frame.reshape(*frame.shape[:2], 1), 3, axis=-1)"
+                if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[-1] == 1) else "")
+        raise ValueError(f"{where} must give one uint8 frame [H, W, 3], got shape {list(frame.shape)}{hint}")
     return frame
 
 

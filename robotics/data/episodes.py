@@ -238,7 +238,9 @@ def _import_hint(folder: str) -> str:
            ".npz frame arrays as an episode folder")
     if not os.path.isdir(folder):
         return f": {folder} is a file, not a folder; " + tip.format(src=folder)
-    demos = (".npz", ".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".png", ".jpg", ".jpeg", ".bmp")
+    from .video import IMAGE_EXTS, VIDEO_EXTS
+
+    demos = (".npz", *VIDEO_EXTS, *IMAGE_EXTS)
     try:
         names = os.listdir(folder)
     except OSError:

@@ -20,7 +20,7 @@ import torch
 from mmreward.core.data import DataError, describe
 from mmreward.core.inputs import Episode as EpisodeInput
 
-from ..training import frames_hint
+from ..training import frames_hint, pil_hint
 from .episodes import Episode, holds_tasks, load_episode_folder, load_frames_npz, manifest_path
 
 
@@ -67,12 +67,16 @@ def as_frames(frames: Any, where: str, size: Optional[int] = None) -> torch.Tens
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
-        raise DataError(f"{where} must be uint8 frames [T, H, W, 3] (tensor / array) or a path, got {describe(frames)}")
+        raise DataError(f"{where} must be uint8 frames [T, H, W, 3] (tensor / array) or a path, got {describe(frames)}"
+                        f"{pil_hint(frames)}")
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise DataError(f"{where} must be uint8 frames [T, H, W, 3] with T >= 1, got {frames.dtype} "
                         f"{list(frames.shape)}{frames_hint(frames)}")
     if size is not None and tuple(frames.shape[1:3]) != (size, size):
-        raise DataError(f"{where} has {frames.shape[1]}x{frames.shape[2]} frames; the model takes {size}x{size}")
+        # the conversion, as the trainers and the wrappers say it (never applied to arrays: files are resized)
+        raise DataError(f"{where} has {frames.shape[1]}x{frames.shape[2]} frames; the model takes {size}x{size}: "
+                        f"resize each frame with mmreward.robotics.data.video.resize_frame(frame, {size}) (center crop "
+                        "to a square, then resize), or pass the video / .npz path, which is resized when read")
     return frames
 
 
@@ -122,7 +126,7 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
     """Score inputs for episode ``.npz`` files, episode folders (``manifest.json``; filtered by
     ``tasks`` / ``policies``), videos and frame folders (decoded when scored, at the model's size).
     ``with_success`` passes labelled episodes' success flags (per frame: the reset frame has none)."""
-    from .video import VIDEO_EXTS, expand_sources, frame_files, natural_key
+    from .video import VIDEO_EXTS, expand_sources, frame_files, listing
 
     if isinstance(sources, (str, os.PathLike)):  # one folder / file: its characters were read as sources
         sources = [sources]
@@ -150,22 +154,25 @@ def find_episodes(sources: Sequence[str], *, tasks: Optional[Sequence[str]] = No
         elif top and os.path.isdir(src) and not frame_files(src):
             # a plain folder stands for its episode .npz files, videos, frame folders and episode folders
             # (.npz files were skipped without a word, and a folder of them was "no videos")
-            kids = [os.path.join(src, k) for k in sorted(os.listdir(src), key=natural_key)
+            kids = [os.path.join(src, k) for k in listing(src)
                     if k.lower().endswith((".npz", *VIDEO_EXTS)) or os.path.isdir(os.path.join(src, k))]
             if not kids:
                 raise DataError(f"{src} holds no episode .npz files, videos, frame folders or images")
             for kid in kids:
                 add(kid, False)
         elif not top and os.path.isdir(src) and not frame_files(src) and any(
-                k.lower().endswith(".npz") for k in os.listdir(src)):
+                k.lower().endswith(".npz") for k in listing(src)):
             # a plain sub-folder of episode .npz files (data/a/ep.npz, data/b/ep.npz): its .npz files and
             # videos (was "holds no videos, frame folders or images"); deeper folders are not searched
-            for k in sorted(os.listdir(src), key=natural_key):
+            for k in listing(src):
                 if k.lower().endswith((".npz", *VIDEO_EXTS)) and os.path.isfile(os.path.join(src, k)):
                     add(os.path.join(src, k), False)
         else:
             for path in expand_sources([src]):
-                found.append(EpisodeSource(os.path.basename(os.path.normpath(path)), path, EpisodeInput(path)))
+                if os.path.isfile(manifest_path(path)):  # an episode folder deeper in (demos/robot_a/episodes/)
+                    add(path, False)
+                else:
+                    found.append(EpisodeSource(os.path.basename(os.path.normpath(path)), path, EpisodeInput(path)))
 
     for src in sources:
         add(src, True)

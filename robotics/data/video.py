@@ -2,9 +2,14 @@
 
 Readable sources:
 
-* video files: ``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.gif`` (OpenCV's decoders);
+* video files: ``.mp4``, ``.m4v``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.mpg``, ``.mpeg``, ``.gif``
+  (OpenCV's decoders);
 * frame folders: ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` files, ordered by name with digit runs
   compared as numbers (``f2.png`` < ``f10.png``); other files are ignored.
+
+Hidden names (starting with ``.``) and ``__MACOSX`` are left out wherever a folder is listed: macOS writes
+``._clip.mp4`` metadata files and ``.DS_Store`` next to copied videos (``__MACOSX/`` in a zip), notebooks
+``.ipynb_checkpoints/``; none is an episode. A hidden file named as a source itself is read.
 
 With ``size`` set, each frame is center-cropped to the target aspect ratio and resized (area
 interpolation when shrinking). Unreadable or empty sources raise :class:`VideoError` naming the path.
@@ -19,7 +24,8 @@ import numpy as np
 
 from mmreward.core.data import DataError
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+# .m4v (a phone / ffmpeg export) and MPEG files were skipped in a folder without a word (or it "held no videos")
+VIDEO_EXTS = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -133,9 +139,15 @@ def read_video(path: str, size: Any = None, stride: int = 1) -> np.ndarray:
     return _finish(frames, size, stride, f"video {path}")
 
 
+def listing(folder: str) -> list[str]:
+    """The names in ``folder`` a listing of episodes considers, in natural order: hidden ones (``._clip.mp4``
+    that macOS copies carry, ``.ipynb_checkpoints/``) and the ``__MACOSX/`` folder of an unzipped macOS archive
+    failed the whole folder as unreadable videos / empty frame folders."""
+    return sorted((n for n in os.listdir(folder) if not n.startswith(".") and n != "__MACOSX"), key=natural_key)
+
+
 def frame_files(folder: str) -> list[str]:
-    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS)), key=natural_key)
-    return [os.path.join(folder, n) for n in names]
+    return [os.path.join(folder, n) for n in listing(folder) if n.lower().endswith(IMAGE_EXTS)]
 
 
 def read_frame_folder(folder: str, size: Any = None, stride: int = 1) -> np.ndarray:
@@ -146,6 +158,11 @@ def read_frame_folder(folder: str, size: Any = None, stride: int = 1) -> np.ndar
         raise VideoError(f"missing frame folder {folder}")
     files = frame_files(folder)
     if not files:
+        if any(n.lower().endswith(VIDEO_EXTS + (".npz",)) or os.path.isdir(os.path.join(folder, n))
+               for n in listing(folder)):  # a folder of episodes: "holds no images" did not say what it is
+            raise VideoError(f"{folder} holds no {'/'.join(IMAGE_EXTS)} images but videos, .npz files or folders: "
+                             "it is a folder of episodes, not one frame folder; give it as a source of its own "
+                             "(import-videos, score), or list its episodes with expand_sources([folder])")
         raise VideoError(f"frame folder {folder} holds no {'/'.join(IMAGE_EXTS)} images")
     frames = []
     for path in files[::stride]:
@@ -171,27 +188,56 @@ def load_frames(source: str, size: Any = None, stride: int = 1) -> np.ndarray:
     if not os.path.exists(source):
         raise VideoError(f"missing video or frame folder {source}")
     if not source.lower().endswith(VIDEO_EXTS):
-        raise VideoError(f"{source} is neither a frame folder nor a video ({', '.join(VIDEO_EXTS)})")
+        raise VideoError(f"{source} is neither a frame folder nor a video ({', '.join(VIDEO_EXTS)})"
+                         + format_hint(source))
     return read_video(source, size, stride)
 
 
-def expand_sources(sources: Sequence[str], npz: bool = False) -> list[str]:
+def format_hint(path: str) -> str:
+    """How to bring a file of another format in ("" when none fits): HDF5 demos (robomimic, LIBERO) are read
+    by no mmreward command, but an ``.npz`` of their frames is."""
+    if path.lower().endswith((".h5", ".hdf5", ".hdf")):
+        return ("; HDF5 is not read: save each demo's uint8 frames [T, H, W, 3] as an .npz, e.g. with h5py: "
+                "np.savez('demo_0.npz', frames=f['data/demo_0/obs/agentview_image'][:])")
+    return ""
+
+
+def expand_sources(sources: Sequence[str], npz: bool = False, skip: Sequence[str] = ()) -> list[str]:
     """Videos and frame folders named in ``sources``; a folder holding no images itself stands for
     its videos and sub-folders (each one episode, in natural name order), and with ``npz`` also for
-    its ``.npz`` files (arrays of frames, as ``import-videos`` takes them)."""
+    its ``.npz`` files (arrays of frames, as ``import-videos`` takes them). A sub-folder holding no images
+    is such a folder in turn (``demos/robot_a/clip.mp4``), at any depth; hidden names and the folders
+    ``skip`` (an output folder inside a source) are left out of a folder's contents."""
     exts = VIDEO_EXTS + ((".npz",) if npz else ())
     if isinstance(sources, (str, os.PathLike)):  # one folder / file: its characters were read as sources
         sources = [sources]
+
+    skipped = {os.path.realpath(f) for f in skip}
+
+    def contents(folder: str) -> list[str]:
+        found = []
+        for k in listing(folder):
+            path = os.path.join(folder, k)
+            if os.path.realpath(path) in skipped:
+                continue
+            episode_folder = os.path.isfile(os.path.join(path, "manifest.json"))
+            if os.path.isdir(path) and not frame_files(path) and not episode_folder:
+                # demos/robot_a/clip.mp4: import-videos read robot_a as a frame folder ("holds no images") while
+                # score took its videos; an empty sub-folder is named below. An episode folder is kept whole (score
+                # reads it by its manifest)
+                found.extend(contents(path))
+            elif k.lower().endswith(exts) or os.path.isdir(path):
+                found.append(path)
+        if not found:
+            hints = [format_hint(n) for n in listing(folder) if format_hint(n)]
+            raise VideoError(f"{folder} holds no videos, {'.npz frame arrays, ' if npz else ''}frame folders "
+                             f"or images{hints[0] if hints else ''}")
+        return found
+
     out: list[str] = []
     for src in map(os.fspath, sources):
         if os.path.isdir(src) and not frame_files(src):
-            kids = sorted(os.listdir(src), key=natural_key)
-            found = [os.path.join(src, k) for k in kids
-                     if k.lower().endswith(exts) or os.path.isdir(os.path.join(src, k))]
-            if not found:
-                raise VideoError(f"{src} holds no videos, {'.npz frame arrays, ' if npz else ''}frame folders "
-                                 "or images")
-            out.extend(found)
+            out.extend(contents(src))
         elif os.path.exists(src):
             out.append(src)
         else:  # checked up front, so a typo fails before any work (and before a progress bar) starts
@@ -210,6 +256,10 @@ def write_video(path: str, frames: np.ndarray, fps: float = 10.0) -> None:
     fourcc = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "mp4v"}.get(ext)
     if fourcc is None:
         raise ValueError(f"write_video writes .mp4 / .avi / .mov / .mkv, not {path}")
+    # fps 0 / NaN (a recording's unknown rate) failed as "codec mp4v unavailable", under FFmpeg's own error lines
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not 0 < float(fps) <= 65535:
+        raise ValueError(f"fps must be a number in (0, 65535], got {fps!r} (the rate is metadata only: mmreward reads "
+                         "every frame as one step)")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp{ext}")

@@ -523,13 +523,14 @@ def token_windows(episodes: Sequence[torch.Tensor], num_history: int = 2, frame_
     and ``target [N, L]``. Target frame j's history is frames ``j − skip·(H..1)``; with
     ``pad_start`` frames before the episode start repeat frame 0 (as at reward time) and every
     j ≥ 1 is a target, otherwise only j ≥ H·skip."""
-    hs, ts = [], []
+    hs, ts, lengths = [], [], []
     for i, ep in enumerate(episodes):
         ep = torch.as_tensor(ep)
         ep = ep.flatten(1) if ep.dim() == 3 else ep
         if ep.dim() != 2:
             raise ValueError(f"token episode {i} must be [T, h, w] or [T, L], got {list(ep.shape)}")
         T = ep.shape[0]
+        lengths.append(T)
         first = 1 if pad_start else num_history * frame_skip
         if T <= first:
             continue
@@ -538,7 +539,11 @@ def token_windows(episodes: Sequence[torch.Tensor], num_history: int = 2, frame_
         hs.append(ep[idx])
         ts.append(ep[j])
     if not hs:
-        raise ValueError("no episode is long enough to make a training window")
+        # a folder of 1-frame demos (stills) said not how long an episode must be
+        first = 1 if pad_start else num_history * frame_skip
+        raise ValueError(f"no episode is long enough to make a training window: each of the {len(lengths)} has at "
+                         f"most {max(lengths, default=0)} frame(s), a window needs {first + 1} (a history and a next "
+                         "frame); give longer episodes")
     return torch.cat(hs).long(), torch.cat(ts).long()
 
 
