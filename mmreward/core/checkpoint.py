@@ -463,10 +463,16 @@ def _check_fingerprint(saved_text: Any, fingerprint: dict, source: str,
         diffs = [d + (f" (continue it with {world} processes, e.g. torchrun --nproc_per_node {world})" if world > 1
                       else " (continue it as one process, without torchrun)") if d.startswith("world_size:") else d
                  for d in diffs]
+    data = [d for d in diffs if d.startswith(("data.", "data:"))]
+    settings = [d for d in diffs if d not in data]
+    # a digest of the training data is no setting to "rerun with": said as data (examples added, removed, changed)
+    what = "; ".join(([f"other settings ({'; '.join(settings[:6])})"] if settings else [])
+                     + ([f"other training data (examples added, removed or changed: {'; '.join(data[:2])})"]
+                        if data else []))
+    again = " and ".join((["the saved values"] if settings else []) + (["the run's data"] if data else []))
     # the first way out is the one a rerun after a pre-emption wants: the saved settings (the same number of processes)
-    raise ValueError(f"{source} was written by a run with other settings ({'; '.join(diffs[:6])}): rerun with the "
-                     "saved values to continue it, use another output folder, or overwrite=True (--overwrite) to "
-                     "start again there")
+    raise ValueError(f"{source} was written by a run with {what}: rerun with {again} to continue it, use another "
+                     "output folder, or overwrite=True (--overwrite) to start again there")
 
 
 _HELD_LOCKS: dict[str, int] = {}  # real path of a run folder -> the descriptor holding its lock in this process

@@ -74,7 +74,7 @@ def test_robotics_trainers_refuse_to_continue_with_other_settings_or_data(tmp_pa
                           (dict(config=VQDiffusionConfig(**{**TINY_VIDEO, "num_steps": 20})), "model.num_steps"),
                           (dict(data=(hist, (tgt + 1) % 8)), "data.sha256")]:
         args = {**kw, **change}
-        with pytest.raises(ValueError, match=f"other settings.*{named}"):
+        with pytest.raises(ValueError, match=f"other (settings|training data).*{named}"):
             train_video_model(args.pop("data", (hist, tgt)), args.pop("config", cfg), str(tmp_path / "v"), **args)
     # the same settings continue (log / snapshot intervals and the length may change)
     train_video_model((hist, tgt), cfg, str(tmp_path / "v"), log_every=1, ckpt_every=1, **{**kw, "steps": 4})
@@ -82,8 +82,9 @@ def test_robotics_trainers_refuse_to_continue_with_other_settings_or_data(tmp_pa
     ranker = ProgressConfig(**TINY_RANKER)
     train_progress(_episodes(3), ranker, str(tmp_path / "p"), steps=3, stop_at=2, show_progress=False)
     for eps, config, named in [(_episodes(3), ProgressConfig(**{**TINY_RANKER, "min_gap": 4}), "model.min_gap"),
-                               (_episodes(4), ranker, "data.items: saved 3, now 4")]:
-        with pytest.raises(ValueError, match=f"other settings.*{named}"):
+                               (_episodes(4), ranker, r"other training data \(examples added, removed or changed: "
+                                                                 r"data.items: saved 3, now 4")]:
+        with pytest.raises(ValueError, match=f"other (settings|training data).*{named}"):
             train_progress(eps, config, str(tmp_path / "p"), steps=3, show_progress=False)
     _, metrics = train_progress(_episodes(3), ranker, str(tmp_path / "p"), steps=3, show_progress=False, stop_at=3)
     assert metrics["steps"] == 3

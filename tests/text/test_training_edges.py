@@ -65,7 +65,7 @@ def test_cli_train_refuses_before_evaluating(tmp_path, capsys, monkeypatch):
     write_pairs(tmp_path / "train.jsonl", 20, 5)  # other data: the run in `out` cannot be continued
     rc = run_cli("mmreward text", text_main, args + ["--out", out, "--max-steps", "4"])
     err = capsys.readouterr().err
-    assert rc == 2 and "other settings" in err and "Traceback" not in err
+    assert rc == 2 and "other training data" in err and "Traceback" not in err
     assert calls == []  # refused before the held-out evaluation
     # the same data: the run continues (finished: nothing to train), without a "before" of a fresh model
     write_pairs(tmp_path / "train.jsonl", 16, 0)
@@ -228,7 +228,7 @@ def test_prm_cache_frozen_run_is_refused_before_the_cache_is_built(tmp_path, mon
                         prm_train.PRMTrainConfig(output_dir=out, **cfg))
     assert built == [1]
     model = prm()
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other training data"):
         prm_train.train_prm(model, read_step_examples(make_dataset(12, seed=2, max_value=5)),
                             prm_train.PRMTrainConfig(output_dir=out, **dict(cfg, max_steps=2)))
     assert built == [1]  # refused before the frozen blocks ran over every example

@@ -16,11 +16,13 @@ from mmreward.text.prm.train import PRMTrainConfig, train_prm  # noqa: E402
 def test_reward_model_resume_with_other_pairs_or_loss_is_refused(tmp_path):
     data, out = keyword_pairs(16, seed=0), tmp_path / "run"
     train_reward_model(tiny_rm(), data, None, quiet(out, max_steps=2, batch_size=4))
-    with pytest.raises(ValueError, match=r"other settings \(data\.pairs: saved 16, now 40; data\.sha256"):
+    with pytest.raises(ValueError, match=r"other training data \(examples added, removed or changed: data\.pairs: saved 16, "
+                                           r"now 40; data\.sha256.*rerun with the run's data"):
         train_reward_model(tiny_rm(), keyword_pairs(40, seed=3), None, quiet(out, max_steps=4, batch_size=4))
     edited = [dict(p) for p in data]
     edited[5]["chosen"] = edited[5]["rejected"] + " w1"  # same count, one pair changed
-    with pytest.raises(ValueError, match=r"other settings \(data\.sha256: saved '[0-9a-f]+', now '[0-9a-f]+'\)"):
+    with pytest.raises(ValueError, match=r"other training data \(examples added, removed or changed: data\.sha256: saved "
+                                           r"'[0-9a-f]+', now '[0-9a-f]+'\)"):
         train_reward_model(tiny_rm(), edited, None, quiet(out, max_steps=4, batch_size=4))
     for change, named in (({"label_smoothing": 0.2}, "objective.label_smoothing: saved 0.0, now 0.2"),
                           ({"center_coef": 0.01}, "objective.center_coef: saved 0.0, now 0.01")):
@@ -58,7 +60,7 @@ def test_prm_resume_with_other_objective_layers_or_examples_is_refused(tmp_path)
     with pytest.raises(ValueError, match=r"other settings \(trainable_layers: saved -1, now 1\)"):
         train_prm(model, examples, _prm_cfg(out, max_steps=4, trainable_layers=1))
     assert all(p.requires_grad for p in model.parameters())  # the refused run leaves nothing frozen
-    with pytest.raises(ValueError, match=r"other settings \(data\.examples: saved 24, now 16"):
+    with pytest.raises(ValueError, match=r"other training data \(examples added, removed or changed: data\.examples: saved 24, now 16"):
         train_prm(_prm(), examples[:16], _prm_cfg(out, max_steps=4))
     assert len(train_prm(_prm(), examples, _prm_cfg(out, max_steps=3))) == 3
 

@@ -62,7 +62,7 @@ def test_resuming_with_another_objective_scorer_or_data_is_refused(tmp_path, cha
     --embed-dim failed with a state-dict size-mismatch dump)."""
     base = dict(n_train=8, n_eval=4, embed_dim=8, normalize_on=0)
     train_image_reward(ImageRewardTrainConfig(**base), quiet(tmp_path, max_steps=2, batch_size=4))
-    with pytest.raises(ValueError, match=f"other settings.*{named}"):
+    with pytest.raises(ValueError, match=f"other (settings|training data).*{named}"):
         train_image_reward(ImageRewardTrainConfig(**{**base, **change}), quiet(tmp_path, max_steps=4, batch_size=4))
     # the same settings continue it
     _, history = train_image_reward(ImageRewardTrainConfig(**base), quiet(tmp_path, max_steps=3, batch_size=4))
@@ -75,7 +75,7 @@ def test_resuming_with_an_edited_data_file_is_refused(tmp_path):
     train_image_reward(cfg, quiet(tmp_path / "run", max_steps=1, batch_size=1))
     rows = open(data).read().splitlines()
     open(data, "w").write("\n".join(rows[:2]) + "\n")  # one set dropped
-    with pytest.raises(ValueError, match="other settings.*data.file_sha256"):
+    with pytest.raises(ValueError, match="other training data .*data.file_sha256"):
         train_image_reward(cfg, quiet(tmp_path / "run", max_steps=2, batch_size=1))
 
 
