@@ -578,6 +578,9 @@ def classifier_config(folder: str) -> Any:
                               f"transformers {transformers.__version__} does not know; mmreward reads "
                               "*ForSequenceClassification reward models that transformers builds (it never runs code "
                               "from a model folder): a newer transformers may know this model type")
+    from mmreward.core.weights import check_published_config
+
+    check_published_config(raw, folder)  # before transformers (or a meta build) runs on a stranger's numbers
     id2label = raw.get("id2label")
     labels = raw.get("num_labels", len(id2label) if isinstance(id2label, dict) and id2label else None)
     try:

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from mmreward.core.folders import CheckpointError, local_path_only
 from mmreward.core.inputs import TextPair, as_inputs
-from mmreward.core.model import (RewardScorer, eval_while_scoring, check_batch_size, check_finite_weights,
+from mmreward.core.model import (RewardScorer, build_for_weights, eval_while_scoring, check_batch_size,
+                                 check_finite_weights,
                                  config_from_dict, config_to_dict, load_state_strict, load_weights, read_config, refuse_meta,
                                  save_weights)
 from mmreward.core.weights import position_limit, quiet_transformers
@@ -482,7 +483,9 @@ class RewardModel(RewardScorer, nn.Module):
             tokenizer = load_tokenizer(tok_dir)
         try:
             with quiet_transformers():
-                model = cls(config, tokenizer)
+                # built on the meta device first: a config.json whose sizes its weights do not have is refused
+                # naming the tensor, before building it could allocate far more memory than the weights take
+                model = build_for_weights(lambda: cls(config, tokenizer), folder, saved_names=without_unused_pooler)
         except (CheckpointError, ImportError):
             raise
         except Exception as e:  # noqa: BLE001 - transformers' config checks raise several types
@@ -569,6 +572,10 @@ def _pretrained_backbone(path: str, **kwargs: Any) -> nn.Module:
     (initialised at random) are named in one warning."""
     from transformers import AutoModel
 
+    if os.path.isdir(path):  # a folder someone shared: its config is checked against its weights before the build
+        from mmreward.core.weights import check_published_config, read_json
+
+        check_published_config(read_json(os.path.join(path, "config.json")), path)
     with quiet_transformers():
         try:
             model, info = AutoModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True, **kwargs, trust_remote_code=False)

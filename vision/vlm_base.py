@@ -26,7 +26,7 @@ from torch import nn
 from mmreward.core.data import DataError
 from mmreward.core.folders import CheckpointError
 from mmreward.core.lora import AdapterOptions, BackboneSetup
-from mmreward.core.model import RewardScorer, config_from_dict, load_state_strict, load_weights
+from mmreward.core.model import RewardScorer, build_for_weights, config_from_dict, load_state_strict, load_weights
 from mmreward.core.trainer import TrainConfig
 
 from . import vlm_data as D
@@ -211,10 +211,19 @@ class VLMScorer(RewardScorer, nn.Module):
             data = {k: v for k, v in data.items() if k not in cls.retired_config_fields}
         config = config_from_dict(cls.config_class, data, cls.model_type)
         try:
-            backbone = D.backbone_from_dict(body["backbone_config"])
             processor = D.load_processor(os.path.join(folder, PROCESSOR_DIR))
         except (ValueError, OSError, KeyError) as e:
             raise CheckpointError(f"{folder}: cannot rebuild the backbone / processor: {e}") from e
-        model = cls(config, backbone, processor)
+
+        def build() -> "VLMScorer":
+            try:
+                backbone = D.backbone_from_dict(body["backbone_config"])
+            except (ValueError, OSError, KeyError) as e:
+                raise CheckpointError(f"{folder}: cannot rebuild the backbone / processor: {e}") from e
+            return cls(config, backbone, processor)
+
+        # built on the meta device first and its shapes compared with the weights' header: a hostile text_config
+        # size is refused before it is allocated
+        model = build_for_weights(build, folder)
         load_state_strict(model, load_weights(folder), folder)
         return model

@@ -108,11 +108,53 @@ def _iter_jsonl(path: str) -> Iterator[dict]:
         raise
 
 
+# the longest JSON line read (bytes): a line is read whole before it is parsed, so a file of one multi-GB line (a
+# JSON array saved with a .jsonl name, a broken export, a hostile upload) would take that much memory, and then
+# several times more as text and objects; a real row (a long conversation, an inline image) is far below it
+MAX_LINE_BYTES_ENV = "MMREWARD_MAX_LINE_BYTES"
+DEFAULT_MAX_LINE_BYTES = 256 << 20
+
+
+def max_line_bytes() -> int:
+    """The longest JSON line read: ``$MMREWARD_MAX_LINE_BYTES`` (bytes), else 256 MiB."""
+    value = os.environ.get(MAX_LINE_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_LINE_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DataError(f"{MAX_LINE_BYTES_ENV} must be a whole number of bytes >= 1, got {value!r}")
+    return limit
+
+
+def _lines_upto(f: Iterable[bytes], limit: int) -> Iterable[bytes]:
+    """The lines of ``f``, none read past ``limit + 1`` bytes (a longer line comes in pieces: the first one, of
+    ``limit + 1`` bytes without its newline, says the line is too long before the rest of it is read)."""
+    readline = getattr(f, "readline", None)
+    if readline is None:  # an iterable of lines already in memory
+        return f
+    import functools
+
+    return iter(functools.partial(readline, limit + 1), b"")  # C-level calls: as fast as iterating the file
+
+
+def _too_long(path: str, lineno: int, limit: int) -> DataError:
+    return DataError(f"{path}: line {lineno} is longer than {limit} bytes (the most one JSON line may hold): not a "
+                     "JSON-lines file (one JSON object per line), or a row far larger than any input; set "
+                     f"{MAX_LINE_BYTES_ENV} (bytes) to read longer lines")
+
+
 def jsonl_rows(f: Iterable[bytes], path: str) -> Iterator[dict]:
     """The JSON objects of the lines of the binary stream ``f`` (a file, ``sys.stdin.buffer``) named ``path`` in
-    errors, one at a time: blank lines skipped, each error naming the line and the row."""
+    errors, one at a time: blank lines skipped, each error naming the line and the row. A line longer than
+    :func:`max_line_bytes` is an error naming it (read no further than the limit)."""
     row = 0
-    for lineno, raw in enumerate(f, 1):
+    limit = max_line_bytes()
+    for lineno, raw in enumerate(_lines_upto(f, limit), 1):
+        if len(raw) > limit and not raw.endswith(b"\n"):  # limit bytes and the newline are limit + 1
+            raise _too_long(path, lineno, limit)
         try:
             # utf-8-sig on the first line: a byte-order mark (Windows editors, Excel's "UTF-8" export) is no data
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -223,6 +265,10 @@ def _read_csv(path: str, split: Optional[str]) -> list[dict]:
     text = _read_text(path)
     delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # csv's own cap on one cell is 128 KiB: a long answer or an inline image (a data: URI) that a JSON line holds
+    # was refused in a CSV ("field larger than field limit"); a cell may be as long as a JSON line (the whole file
+    # is in memory already). The cap is csv's global setting: set for this read, then put back
+    limit = csv.field_size_limit(max_line_bytes())
     try:
         header = next(reader, None)
         if header is None:
@@ -242,6 +288,8 @@ def _read_csv(path: str, split: Optional[str]) -> list[dict]:
             lines.append(reader.line_num)
     except csv.Error as e:
         raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
     for j, name in enumerate(names):
         cells = [r[j] for r in rows if r[j] is not None]
         if not cells or name in CSV_TEXT_COLUMNS:

@@ -184,10 +184,16 @@ def build_manifest(folder: str, checksums: bool = True) -> dict:
     return {"format_version": 1, "files": files}
 
 
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100 000 files is about 15 MB; an uploaded folder may hold gigabytes
+
+
 def read_manifest(folder: str) -> Optional[dict]:
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.exists(path):
         return None
+    if os.path.isfile(path) and os.path.getsize(path) > MAX_MANIFEST_BYTES:  # json.load would read it whole
+        raise CheckpointError(f"{path} is {os.path.getsize(path)} bytes, more than any manifest mmreward writes "
+                              f"({MAX_MANIFEST_BYTES} bytes at most): not reading the folder")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -41,7 +41,7 @@ import threading
 import types
 import typing
 import weakref
-from typing import Any, ClassVar, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import torch
 
@@ -186,28 +186,86 @@ def _wrapper_prefix(keys: Any, own: Any) -> Optional[tuple[str, str, str]]:
     return None
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
-    """``load_state_dict`` whose mismatch error names the folder and the missing / unexpected keys."""
-    missing, unexpected = [], []
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def check_state_shapes(own: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]], folder: str) -> None:
+    """The names and shapes of a model's ``state_dict`` (``own``) against those of its weights (``saved``): a
+    mismatch is one CheckpointError naming the folder and the missing / unexpected / reshaped tensors."""
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[:4]}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:4]}")
-        wrapped = _wrapper_prefix(state, own)
+        wrapped = _wrapper_prefix(saved, own)
         if wrapped is not None:  # weights written from a wrapper's state_dict by hand (safetensors save_file)
             parts.append(f"every key starts with {wrapped[0]!r}, the prefix of {wrapped[1]}'s state_dict: save "
                          f"the model with save_pretrained, or its own state_dict() ({wrapped[2]})")
         raise CheckpointError(f"weights in {folder} do not match its config: {'; '.join(parts)}")
-    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
+    bad = [(k, tuple(saved[k]), tuple(v)) for k, v in own.items() if tuple(saved[k]) != tuple(v)]
     if bad:
         k, got, want = bad[0]
         raise CheckpointError(f"weights in {folder} do not match its config: {k} has shape {got}, the model "
                               f"expects {want} ({len(bad)} tensor(s) differ)")
+
+
+def header_shapes(folder: str, name: str = WEIGHTS_NAME) -> Optional[dict[str, tuple[int, ...]]]:
+    """Name -> shape of the tensors of ``folder/name`` from its safetensors header (nothing is read), or None
+    when the file is missing or unreadable (an empty file, a Git LFS pointer, a damaged header: loading the
+    weights names the problem)."""
+    from .weights import tensor_shapes, weight_file_problem
+
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path) or weight_file_problem(path):
+        return None
+    try:
+        return tensor_shapes(path)
+    except CheckpointError:
+        return None
+
+
+def build_for_weights(build: Callable[[], Any], folder: str, shapes: Optional[dict[str, tuple[int, ...]]] = None,
+                      saved_names: Optional[Callable[[Any, dict], dict]] = None) -> Any:
+    """``build()`` (a model from a folder's config.json) once on the meta device — shapes, no memory — and its
+    ``state_dict`` compared with the weights' ``shapes`` (default: ``model.safetensors``' header; ``saved_names``
+    maps them to the model's names) before it is built for real: a config that does not match its weights (a
+    hostile ``intermediate_size``, an edited ``vocab_size``) is one CheckpointError naming the tensor, not tens of
+    GB allocated (or the process killed) before ``load_state_strict`` could say so. Buffers the model computes
+    rather than loads (not in the weights) may not need far more memory than the weights. A model whose build
+    cannot run on the meta device is built as it always was."""
+    from .weights import FIT_FACTOR, FIT_SLACK
+
+    if shapes is None:
+        shapes = header_shapes(folder)
+    if shapes is not None:
+        try:
+            with torch.device("meta"):
+                probe = build()
+        except CheckpointError:
+            raise
+        except Exception:  # noqa: BLE001 - an op the meta device lacks: the real build (and its errors) decide
+            probe = None
+        if isinstance(probe, torch.nn.Module):
+            own = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+            check_state_shapes(own, saved_names(probe, shapes) if saved_names else shapes, folder)
+            stored = sum(math.prod(s) for s in shapes.values())
+            unsaved = sorted(((b.numel(), n, tuple(b.shape)) for n, b in probe.named_buffers() if n not in own),
+                             reverse=True)
+            if unsaved and sum(n for n, _, _ in unsaved) > FIT_FACTOR * stored + FIT_SLACK:
+                numel, name, shape = unsaved[0]
+                raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: the model its config describes computes "
+                                      f"buffer {name!r} of shape {shape} ({numel:.3g} elements), far more than its "
+                                      f"weights hold ({stored:.3g}): the config was edited or is another model's; "
+                                      "refused before building the model")
+            del probe
+    return build()
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
+    """``load_state_dict`` whose mismatch error names the folder and the missing / unexpected keys."""
+    own = module.state_dict()
+    check_state_shapes({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in state.items()},
+                       folder)
     # load_state_dict casts silently: integer or boolean values in a floating-point weight become
     # whole numbers (a corrupted or hand-written file would load and score as garbage)
     # and complex (the imaginary part dropped) or 8-bit float values (a cast that loses all but 3-4 bits) in a
@@ -449,6 +507,7 @@ class Pretrained:
                                   f"(mmreward.load picks the right class)")
         check_format_version(folder, body)
         check_weights_size(folder, body)
+        cls._check_config_before_building(folder, body)
         if kwargs:
             cls._check_load_options(kwargs)
         from .extras import extra_of_module, needs_extra
@@ -468,6 +527,26 @@ class Pretrained:
         model = finish_loading(model, dev, None, cls.eval_after_load)
         check_finite_weights(model, folder)
         return finish_loading(model, dev, dt, cls.eval_after_load) if dt is not None else model
+
+    @classmethod
+    def _check_config_before_building(cls, folder: str, body: dict) -> None:
+        """Before anything is built from a folder's ``config.json`` (one a stranger uploaded, or edited by hand): a
+        NaN anywhere, or an impossible value of a transformers config (a NaN / inf / negative ``layer_norm_eps``,
+        zero attention heads) is refused naming the field, not loaded to score NaN for every input; and where
+        ``model.safetensors`` holds the whole model, a transformers config whose sizes it cannot hold by far
+        (``num_hidden_layers`` 10**6, ``vocab_size`` 10**12) is refused from the file's header, before building
+        would allocate that memory (see :func:`mmreward.core.weights.check_config_fits_weights`)."""
+        from .weights import check_config_fits_weights, check_config_numbers
+
+        where = os.path.join(folder, CONFIG_NAME)
+        # fields of the model's config named as config_from_dict names them ('backbone.layer_norm_eps'), the rest
+        # of config.json (a VLM's backbone_config) by their own path
+        parts = (body.get("config"), {k: v for k, v in body.items() if k != "config"})
+        for part in parts:
+            check_config_numbers(part, where)
+        shapes = header_shapes(folder) if WEIGHTS_NAME in cls.required_files(body) else None
+        for part in parts if shapes else ():
+            check_config_fits_weights(part, shapes, where, os.path.join(folder, WEIGHTS_NAME))
 
     @classmethod
     def _check_load_options(cls, kwargs: dict) -> None:
@@ -524,7 +603,14 @@ class Pretrained:
     def _load(cls, folder: str, body: dict, device: torch.device, **kwargs: Any):
         if cls.config_class is None:
             raise TypeError(f"{cls.__name__} must set config_class or override _load")
-        model = cls(config_from_dict(cls.config_class, body.get("config", {}), cls.model_type), **kwargs)
+        config = config_from_dict(cls.config_class, body.get("config", {}), cls.model_type)
+        shapes = header_shapes(folder)
+        if shapes:  # the whole model is in model.safetensors: its own config's layer counts and sizes too
+            from .weights import check_config_fits_weights
+
+            check_config_fits_weights(body.get("config", {}), shapes, os.path.join(folder, CONFIG_NAME),
+                                      os.path.join(folder, WEIGHTS_NAME), all_dicts=True)
+        model = build_for_weights(lambda: cls(config, **kwargs), folder, shapes)
         load_state_strict(model, load_weights(folder, "cpu"), folder)
         return model
 
@@ -768,5 +854,5 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
 
 __all__ = ["Pretrained", "RewardScorer", "eval_while_scoring", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
            "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading",
-           "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict", "refuse_meta",
+           "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict", "refuse_meta", "build_for_weights", "check_state_shapes", "header_shapes",
            "unsaved_buffer_dtypes", "restore_unsaved_buffer_dtypes", "UNSAVED_BUFFERS_KEY"]

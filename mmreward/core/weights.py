@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -26,11 +28,20 @@ def _is_file(path: str) -> bool:
     return os.path.isfile(path)
 
 
+# the largest config / weight index read (a 600-B-parameter model's index is about 9 MB): a folder a stranger
+# uploads may hold a multi-GB "config.json"
+MAX_JSON_BYTES = 64 << 20
+
+
 def read_json(path: str, what: str = "") -> dict:
     """A JSON object from ``path`` (CheckpointError naming the file and ``what`` it is otherwise)."""
     label = f" ({what})" if what else ""
     if not _is_file(path):
         raise CheckpointError(f"{path}{label} does not exist")
+    size = os.path.getsize(path)
+    if size > MAX_JSON_BYTES:  # json.load reads it whole, then holds several times that as objects
+        raise CheckpointError(f"{path}{label} is {size} bytes, more than the {MAX_JSON_BYTES} bytes any JSON config "
+                              "or index needs: not a settings file (weights or data saved under its name?)")
     try:
         with open(path, encoding="utf-8-sig") as f:  # a BOM (a file edited in Notepad) is not an error
             body = json.load(f)
@@ -132,6 +143,12 @@ def _index_shards(folder: str, index: str) -> dict[str, list[str]]:
     for name, shard in _read_index(os.path.join(folder, index)).items():
         if not isinstance(shard, str):
             raise CheckpointError(f"{os.path.join(folder, index)}: weight_map[{name!r}] must be a file name, got {shard!r}")
+        parts = shard.replace("\\", "/").split("/")
+        if os.path.isabs(shard) or ".." in parts:
+            # an uploaded index must not make the loader open files outside the folder (another model's
+            # weights, or any file, whose first bytes an error message would then quote)
+            raise CheckpointError(f"{os.path.join(folder, index)}: weight_map[{name!r}] names {shard!r}, not a file "
+                                  "inside the folder: an index lists its shards by their names in the folder")
         shards.setdefault(shard, []).append(name)
     absent = sorted(s for s in shards if not _is_file(os.path.join(folder, s)))
     if absent:
@@ -223,6 +240,144 @@ def weight_shapes(folder: str) -> Optional[dict[str, tuple[int, ...]]]:
     return None
 
 
+def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of one weights file, from its header (safetensors) or mapped
+    (``torch.save``): no tensor is read."""
+    return _file_shapes(path)
+
+
+# config.json fields checked before anything is built from them (a config a stranger uploads, or one edited by
+# hand): a NaN or an impossible value would load and score NaN for every input; a size far beyond the weights
+# would make the build allocate (tens of GB, or hang building a million layers) before the shapes are compared
+_EPS_FIELD = re.compile(r"(?:^|_)(?:eps|epsilon)$")  # layer_norm_eps, rms_norm_eps, norm_epsilon, …
+_HEADS_FIELD = re.compile(r"^(?:num_attention_heads|num_key_value_heads|num_heads|n_heads?|\w+_attention_heads)$")
+_LAYERS_FIELD = re.compile(r"^(?:num_hidden_layers|num_(?:encoder_|decoder_)?layers|n_layers?|(?:en|de)coder_layers)$")
+_WIDTH_FIELDS = ("hidden_size", "d_model", "n_embd")
+_FFN_FIELDS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim")
+_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
+_COUNT_FIELDS = ("vocab_size", "num_labels", "head_dim", *_WIDTH_FIELDS, *_FFN_FIELDS)
+# a config's implied parameter count may exceed the stored tensors' (factorised or shared layers: ALBERT) but not
+# by this much; the exact comparison is the shapes' (a build on the meta device), this bounds what precedes it
+FIT_FACTOR, FIT_SLACK = 8, 1 << 24
+_LAYER_SLACK = 64  # layers beyond the numbered blocks the weights hold (shared layers: ALBERT's 12 over 1 group)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _config_problem(key: str, v: Any, transformers: bool) -> Optional[str]:
+    """What a config field ``key`` holding the number ``v`` must be, where ``v`` is not that (else None);
+    ``transformers``: the field is part of a transformers config, whose field names say what they are."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if v != v and not key.startswith("initializer"):  # initializer_range only draws weights that are then loaded
+        return "a number, not NaN"
+    if not transformers:
+        return None
+    if _EPS_FIELD.search(key) and not (math.isfinite(v) and v >= 0):
+        return "a finite number >= 0 (it is added to a variance: NaN, inf or a negative value gives NaN scores)"
+    if key == "rope_theta" and not (math.isfinite(v) and v > 0):
+        return "a finite number > 0"
+    if _HEADS_FIELD.match(key) and _is_int(v) and v < 1:
+        return "an integer >= 1"
+    if (key in _COUNT_FIELDS or _LAYERS_FIELD.match(key)) and _is_int(v) and v < (1 if key in _COUNT_FIELDS else 0):
+        return f"an integer >= {1 if key in _COUNT_FIELDS else 0}"
+    return None
+
+
+def check_config_numbers(config: Any, where: str, prefix: str = "", transformers: bool = False) -> None:
+    """Refuse a config tree (nested dicts and lists, as in ``config.json``) holding a NaN anywhere, or, in a
+    transformers config (a dict with a ``model_type``, and what it nests; ``transformers``: the top one is one),
+    a non-finite or negative ``*_eps``, a ``rope_theta`` <= 0, zero attention heads, or a size < 1: one
+    CheckpointError naming the field by its path (``config.backbone.layer_norm_eps``) and ``where`` (the file),
+    never a model that loads and scores NaN for every input or fails deep inside its build."""
+    stack = [(prefix, config, transformers)]
+    while stack:
+        path, node, strict = stack.pop()
+        if isinstance(node, dict):
+            strict = strict or isinstance(node.get("model_type"), str)
+            items = node.items()
+        else:
+            items = enumerate(node) if isinstance(node, list) else ()
+        for key, v in items:
+            sub = _join(path, key) if isinstance(node, dict) else f"{path}[{key}]"
+            if isinstance(v, (dict, list)):
+                stack.append((sub, v, strict))
+                continue
+            problem = _config_problem(str(key) if isinstance(node, dict) else "", v, strict)
+            if problem is not None:
+                raise CheckpointError(f"{where}: config field {sub!r} must be {problem}, got {v!r}: the file was "
+                                      "edited or damaged; fix that field (the value the model was trained with)")
+
+
+def _config_dicts(node: Any, path: str, every: bool) -> Iterator[tuple[str, dict]]:
+    """Every dict of a config tree (``every``) or every transformers config in it (a dict with a ``model_type``),
+    with its path; iterative (a crafted file may nest a thousand levels deep)."""
+    stack = [(path, node)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            if every or isinstance(node.get("model_type"), str):
+                yield path, node
+            stack.extend((_join(path, k), v) for k, v in node.items() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node) if isinstance(v, (dict, list)))
+
+
+def check_config_fits_weights(config: Any, shapes: dict[str, tuple[int, ...]], where: str, weights: str,
+                              prefix: str = "", all_dicts: bool = False) -> None:
+    """Refuse, before anything is built (or allocated), a config whose sizes the weights in ``weights`` (their
+    header ``shapes``) cannot hold by far: more layers than the numbered blocks stored (plus a margin for shared
+    layers), or an implied parameter count (``vocab_size`` x ``hidden_size``, layers x ``hidden_size``²,
+    layers x ``intermediate_size`` x ``hidden_size``) over :data:`FIT_FACTOR` times the stored elements. Checked in
+    every transformers config of the tree (``all_dicts``: in every dict). One CheckpointError naming the field(s)."""
+    total = sum(math.prod(s) for s in shapes.values())
+    blocks = max((int(p) + 1 for name in shapes for p in name.split(".") if p.isdigit()), default=0)
+    for path, d in _config_dicts(config, prefix, all_dicts):
+        for k, v in d.items():
+            if _LAYERS_FIELD.match(str(k)) and _is_int(v) and v > 2 * blocks + _LAYER_SLACK:
+                raise CheckpointError(
+                    f"{where}: config field {_join(path, k)!r} is {v}, but the weights in {weights} hold "
+                    + (f"numbered blocks 0..{blocks - 1} only" if blocks else "no numbered blocks")
+                    + f" ({len(shapes)} tensors): the config was edited or is another model's; refused before "
+                    "building the model")
+        width = next(((f, d[f]) for f in _WIDTH_FIELDS if _is_int(d.get(f))), None)
+        if width is None:
+            continue
+        layers = max(((k, v) for k, v in d.items() if _LAYERS_FIELD.match(str(k)) and _is_int(v)),
+                     key=lambda kv: kv[1], default=None)
+        ffn = next(((f, d[f]) for f in _FFN_FIELDS if _is_int(d.get(f))), None)
+        needs = [((width[0],), width[1])]
+        if _is_int(d.get("vocab_size")):
+            needs.append((("vocab_size", width[0]), d["vocab_size"] * width[1]))
+        if layers is not None:
+            needs.append(((layers[0], width[0]), layers[1] * width[1] ** 2))
+            if ffn is not None:
+                needs.append(((layers[0], ffn[0], width[0]), layers[1] * ffn[1] * width[1]))
+                experts = next(((f, d[f]) for f in _EXPERT_FIELDS if _is_int(d.get(f))), None)
+                if experts is not None:  # expert weights: (experts, ffn, hidden) per layer, each its own ffn if set
+                    each = ("moe_intermediate_size", d["moe_intermediate_size"]) \
+                        if _is_int(d.get("moe_intermediate_size")) else ffn
+                    needs.append(((layers[0], experts[0], each[0], width[0]),
+                                  layers[1] * experts[1] * each[1] * width[1]))
+            heads = next(((k, v) for k, v in d.items() if k == "num_attention_heads" and _is_int(v)), None)
+            if heads is not None and _is_int(d.get("head_dim")):  # an explicit head_dim sizes the projections
+                needs.append(((layers[0], heads[0], "head_dim", width[0]),
+                              layers[1] * heads[1] * d["head_dim"] * width[1]))
+        fields, need = max(needs, key=lambda n: n[1])
+        if need > FIT_FACTOR * total + FIT_SLACK:
+            named = " x ".join(f"{f}={d[f]}" for f in fields)
+            raise CheckpointError(
+                f"{where}: config fields {', '.join(repr(_join(path, f)) for f in fields)} ({named}) imply about "
+                f"{need:.3g} parameters, but the weights in {weights} hold {total:.3g} elements: the config was "
+                "edited or is another model's; refused before building the model (it would allocate that much memory)")
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
 def require_tensors(state: dict, names: Sequence[str], path: str, what: str) -> None:
     """CheckpointError naming the first missing tensors of ``what`` (e.g. the MLP head)."""
     missing = [n for n in names if n not in state]
@@ -237,6 +392,23 @@ _CONFIG_ONLY_KEYS = ("architectures", "auto_map", "model_type", "transformers_ve
                      "torch_dtype", "dtype")
 
 
+def check_published_config(raw: dict, folder: str) -> None:
+    """A published folder's ``config.json`` (``raw``, a transformers config) checked before transformers builds
+    anything from it (a folder a stranger uploads): its numbers (:func:`check_config_numbers`: a NaN eps would
+    score NaN for every input), and its sizes against the safetensors headers of the folder's weights
+    (:func:`check_config_fits_weights`: 10**6 layers would not finish building, a 10**12 vocabulary would
+    allocate before any shape is compared). One CheckpointError naming the field."""
+    where = os.path.join(folder, "config.json")
+    check_config_numbers(raw, where, transformers=True)
+    try:  # safetensors headers only (a legacy torch file would be read whole, twice)
+        shapes = weight_shapes(folder) if any(_is_file(os.path.join(folder, n)) for n in SHARD_INDEXES[0]) else None
+    except CheckpointError:  # a missing shard, a damaged header: the loader reads the weights and says so
+        shapes = None
+    if shapes:
+        check_config_fits_weights(raw if isinstance(raw.get("model_type"), str) else {**raw, "model_type": "?"},
+                                  shapes, where, folder)
+
+
 def hf_config(raw: dict, folder: str, default_type: Optional[str] = None):
     """The transformers config of a published folder's ``config.json`` (``raw``) for its backbone,
     built by ``model_type`` without the architecture / ``auto_map`` entries (whose classes may live in
@@ -246,6 +418,7 @@ def hf_config(raw: dict, folder: str, default_type: Optional[str] = None):
     model_type = raw.get("model_type") or default_type
     if not model_type:
         raise CheckpointError(f"{folder}/config.json has no model_type")
+    check_published_config({**raw, "model_type": model_type}, folder)
     try:
         with quiet_transformers():
             return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k not in _CONFIG_ONLY_KEYS})
@@ -313,7 +486,7 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["backbone_state", "check_shapes", "hf_config", "position_limit", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "refuse_mismatched", "require_tensors",
+__all__ = ["backbone_state", "check_config_fits_weights", "check_config_numbers", "check_published_config", "check_shapes", "tensor_shapes", "hf_config", "position_limit", "quiet_transformers", "read_json", "read_torch_state", "read_weight_file", "read_weights", "refuse_mismatched", "require_tensors",
            "weight_names", "weight_shapes"]
 
 

@@ -74,6 +74,10 @@ def load_causal_lm(folder: str) -> tuple[Any, Any]:
 
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise CheckpointError(f"{folder} has no config.json: not a causal LM folder")
+    from mmreward.core.weights import check_published_config, read_json
+
+    # a judge folder a stranger uploaded: its numbers and sizes checked before transformers builds from them
+    check_published_config(read_json(os.path.join(folder, "config.json")), folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)

@@ -41,8 +41,8 @@ from mmreward import ops
 from mmreward.core.data import DataError
 from mmreward.core.folders import CheckpointError
 from mmreward.core.inputs import StepSolution
-from mmreward.core.model import (RewardScorer, eval_while_scoring, config_from_dict, load_state_strict, load_weights,
-                                 save_weights)
+from mmreward.core.model import (RewardScorer, build_for_weights, eval_while_scoring, config_from_dict, load_state_strict,
+                                 load_weights, save_weights)
 
 __all__ = ["PRMConfig", "ProcessRewardModel", "AGGREGATIONS", "HEADS", "INPUT_FORMATS", "aggregate_steps",
            "label_token_ids", "load_tokenizer"]
@@ -336,7 +336,9 @@ class ProcessRewardModel(RewardScorer, nn.Module):
         tok = load_tokenizer(tok_dir, folder)
         state = load_weights(folder, "cpu")
         with building_for_weights(weights_dtype(state)):
-            model = cls(cfg, tok)
+            # built on the meta device first: a config.json whose sizes its weights do not have is refused naming
+            # the tensor, before building it could allocate far more memory than the weights take
+            model = build_for_weights(lambda: cls(cfg, tok), folder, {k: tuple(v.shape) for k, v in state.items()})
         load_state_strict(model, state, folder)
         return model
 
