@@ -13,12 +13,17 @@ adapter into its layer as ``peft``'s ``merge_and_unload`` does::
     W ← W + s · B A            (nn.Linear; transformers' Conv1D: W ← W + s · (B A)ᵀ)
     E ← E + s · (B A)ᵀ          (nn.Embedding: lora_embedding_A (r, V), lora_embedding_B (D, r))
     b ← b + s · b_B             (lora_bias=True)
+    W ← m / ‖W + ΔW‖ · (W + ΔW)  (DoRA, use_dora=True: each output unit's row rescaled to its trained magnitude)
+    E[ids] ← rows               (trainable tokens: TRL's chat_template_path adds tokens and trains their rows)
     s = α / r,  or α / √r with use_rslora;  r and α per layer from rank_pattern / alpha_pattern
 
 so the reward model scores exactly as the adapted model's ``logits[:, 0]`` (a PRM's steps as the adapted token
-classifier's softmax at each step separator). Adapter kinds whose merge is not
-this formula (DoRA, QA-LoRA, activated LoRA, trainable tokens, LoRA on parameters, initialisations that
-changed the base weights such as PiSSA / OLoRA / LoftQ, other PEFT methods) are refused with the reason.
+classifier's softmax at each step separator). Adapter kinds whose merge is none of these (QA-LoRA, activated
+LoRA, DoRA on embeddings, LoRA on parameters, initialisations that changed the base weights such as PiSSA /
+OLoRA / LoftQ, other PEFT methods) are refused with the reason. A config without ``task_type`` (TRL's docs pass
+``LoraConfig(modules_to_save=["score"])``) is read by the classifier class peft recorded in ``auto_mapping``.
+Unless ``dtype=`` says otherwise the model computes in the dtype of the model the run trained (that of the full
+tensors the adapter saved, e.g. the head), not the base's saved one: TRL loads bfloat16 bases in float32.
 """
 from __future__ import annotations
 
@@ -39,17 +44,16 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_PREFIX = "base_model.model."
 
-# adapter_config.json fields that change what the adapter computes beyond W + s·BA: refused when set
-_VARIANTS = ("use_dora", "use_qalora", "use_bdlora", "alora_invocation_tokens", "trainable_token_indices",
-             "target_parameters", "layer_replication", "arrow_config", "kasa_config", "monteclora_config",
-             "velora_config", "astra_config")
+# adapter_config.json fields that change what the adapter computes beyond what _fold_adapter folds: refused when set
+_VARIANTS = ("use_qalora", "use_bdlora", "alora_invocation_tokens", "target_parameters", "layer_replication",
+             "arrow_config", "kasa_config", "monteclora_config", "velora_config", "astra_config")
 # fields that only steer training (initialisation of A / B, dropout, which layers are targeted) or record facts
 _KNOWN = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version",
           "auto_mapping", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "modules_to_save",
           "fan_in_fan_out", "bias", "use_rslora", "rank_pattern", "alpha_pattern", "layers_to_transform",
           "layers_pattern", "lora_bias", "init_lora_weights", "loftq_config", "eva_config", "corda_config",
           "lora_ga_config", "megatron_config", "megatron_core", "qalora_group_size", "ensure_weight_tying",
-          "modules_to_tie", "runtime_config", *_VARIANTS}
+          "modules_to_tie", "runtime_config", "trainable_token_indices", "use_dora", *_VARIANTS}
 # initialisations that rewrite the base weights (the adapter holds the rest of them): merged onto the
 # original base they give another model unless peft converted the adapter when it was saved
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
@@ -87,11 +91,20 @@ def read_adapter_config(folder: str) -> dict:
                               "so this adapter belongs to those changed weights, not to the base model; save it "
                               "with peft's path_initial_model_for_weight_conversion (a plain LoRA adapter), or "
                               + _MERGE_HINT)
-    task = spec.get("task_type")
+    task = told = spec.get("task_type")
+    if task is None:
+        # LoraConfig() without task_type (TRL's RewardTrainer docs pass none): peft records the class it wrapped
+        wrapped = (spec.get("auto_mapping") or {}).get("base_model_class") \
+            if isinstance(spec.get("auto_mapping"), dict) else None
+        task = _task_of_class(wrapped)
+        told = f"no task_type, auto_mapping {wrapped!r}" if task else "no task_type"
+        spec = {**spec, "task_type": task} if task else spec
+    else:
+        told = f"task_type {task!r}"
     if task not in ("SEQ_CLS", "TOKEN_CLS"):
         what = {"CAUSAL_LM": "a causal language model (a generative judge or a policy, no reward head)",
                 None: "a model of no recorded task"}.get(task, f"a {task} model")
-        raise CheckpointError(f"{path}: task_type {task!r}, the adapter of {what}; mmreward reads LoRA adapters of "
+        raise CheckpointError(f"{path}: {told}: the adapter of {what}; mmreward reads LoRA adapters of "
                               "reward models (task_type 'SEQ_CLS', as TRL's RewardTrainer trains them) and of "
                               "process reward models ('TOKEN_CLS', TRL's PRMTrainer): " + _MERGE_HINT)
     for key in ("r", "lora_alpha"):
@@ -104,6 +117,18 @@ def read_adapter_config(folder: str) -> dict:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pattern.values()):
             raise CheckpointError(f"{path}: {key} must map layer names to positive numbers, got {pattern!r}")
     return spec
+
+
+def _task_of_class(name: Any) -> Optional[str]:
+    """The task of the model class peft wrapped (``auto_mapping.base_model_class``), None when not told."""
+    if isinstance(name, str):
+        if name.endswith("ForSequenceClassification"):
+            return "SEQ_CLS"
+        if name.endswith("ForTokenClassification"):
+            return "TOKEN_CLS"
+        if name.endswith("ForCausalLM"):  # SFTTrainer / DPOTrainer + LoraConfig(): refused as CAUSAL_LM below
+            return "CAUSAL_LM"
+    return None
 
 
 _BASE_HINT = ("(mmreward.load(folder, base_model=...); for the command line, as base_model_name_or_path in "
@@ -130,11 +155,32 @@ def adapter_summary(folder: str) -> dict[str, Any]:
     scale rule, targets, and the base model it names (and whether that is a local folder here)."""
     spec = read_adapter_config(folder)
     base = spec.get("base_model_name_or_path")
-    local = isinstance(base, str) and os.path.isdir(os.path.expanduser(base))
+    targets = spec.get("target_modules")
+    if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        # peft writes target_modules="all-linear" as every matched layer's full name: one entry per kind of layer
+        targets = sorted({t.rsplit(".", 1)[-1] for t in targets})
     return {"task_type": spec.get("task_type"), "r": spec["r"], "lora_alpha": spec["lora_alpha"],
-            "use_rslora": bool(spec.get("use_rslora")), "target_modules": spec.get("target_modules"),
+            "use_rslora": bool(spec.get("use_rslora")), "use_dora": bool(spec.get("use_dora")),
+            "target_modules": targets,
             "modules_to_save": spec.get("modules_to_save"), "base_model": base,
-            "base_model_here": "a local folder" if local else "not a local folder (a hub id is fetched on load)"}
+            "base_model_here": _where_base_is(base, spec.get("revision"))}
+
+
+def _where_base_is(base: Any, revision: Any) -> str:
+    """Whether the base model an adapter names is here: a local folder, a hub id in the local HF cache, or not."""
+    if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
+        return "a local folder"
+    cached = None
+    if isinstance(base, str) and base.count("/") == 1 and not os.path.isabs(base):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "config.json", revision=revision if isinstance(revision, str) else None)
+        except Exception:  # noqa: BLE001 - not a valid repo id, no huggingface_hub: told as not found here
+            cached = None
+    if isinstance(cached, str):
+        return f"a hub id, in the local HF cache ({os.path.dirname(cached)})"
+    return "neither a local folder nor in the local HF cache (a hub id is fetched on load; offline, the load fails)"
 
 
 def _pattern_value(pattern: dict, layer: str, default: float) -> float:
@@ -157,7 +203,10 @@ def split_adapter_state(state: dict[str, torch.Tensor], path: str) -> tuple[dict
     factors: dict[str, dict[str, torch.Tensor]] = {}
     replaced: dict[str, torch.Tensor] = {}
     suffixes = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_B.bias": "B_bias",
-                ".lora_embedding_A": "embedding_A", ".lora_embedding_B": "embedding_B"}
+                ".lora_embedding_A": "embedding_A", ".lora_embedding_B": "embedding_B",
+                ".lora_magnitude_vector": "magnitude",  # DoRA (use_dora=True, TRL's --use_dora)
+                # trainable tokens (TRL's chat_template_path adds tokens and trains their rows): the new rows
+                ".token_adapter.trainable_tokens_delta": "tokens"}
     # bias="all" saves a modules_to_save layer's biases three times: under the layer's own name (what peft
     # loads), under its trained copy (…modules_to_save.<adapter>.…) and under the frozen original
     # (…original_module.…); only a trained copy whose own name is missing is read
@@ -170,13 +219,24 @@ def split_adapter_state(state: dict[str, torch.Tensor], path: str) -> tuple[dict
         suffix = next((s for s in suffixes if key.endswith(s)), None)
         if suffix is not None:
             factors.setdefault(key[:-len(suffix)], {})[suffixes[suffix]] = tensor
+        elif key.endswith(".token_adapter.base_layer.weight"):  # the resized embedding the rows go into
+            replaced[key[:-len(".token_adapter.base_layer.weight")] + ".weight"] = tensor
         elif ".lora_" in key or "modules_to_save" in key or "token_adapter" in key:
-            # DoRA magnitudes, an adapter name left in the keys, trainable-token deltas: no W + s·BA
+            # an adapter name left in the keys, other parts of a token adapter: nothing mmreward folds
             raise CheckpointError(f"{path}: tensor {key} is not one of a plain LoRA adapter; " + _MERGE_HINT)
         else:
             replaced[key.replace(".base_layer.", ".")] = tensor
     for layer, parts in factors.items():
+        if "tokens" in parts:
+            if len(parts) > 1 or parts["tokens"].dim() != 2:
+                raise CheckpointError(f"{path}: layer {layer} has trainable-token rows of shape "
+                                      f"{tuple(parts['tokens'].shape)} beside LoRA tensors {sorted(parts)}; "
+                                      + _MERGE_HINT)
+            continue
         pair = ("embedding_A", "embedding_B") if "embedding_A" in parts or "embedding_B" in parts else ("A", "B")
+        if "magnitude" in parts and (pair[0] == "embedding_A" or "B_bias" in parts):
+            raise CheckpointError(f"{path}: layer {layer} is a DoRA adapter of an embedding or with a lora_B bias, "
+                                  "which mmreward does not fold; " + _MERGE_HINT)
         if not all(p in parts for p in pair) or (pair[0] == "embedding_A" and ("A" in parts or "B" in parts)):
             raise CheckpointError(f"{path}: layer {layer} has LoRA tensors {sorted(parts)}; it needs both factors")
         a, b = parts[pair[0]], parts[pair[1]]
@@ -214,6 +274,19 @@ def _lora_delta(layer: str, module: nn.Module, parts: dict[str, torch.Tensor], s
     return delta, bias_delta
 
 
+def _dora_rescale(layer: str, module: nn.Module, merged: torch.Tensor, magnitude: torch.Tensor, path: str) -> torch.Tensor:
+    """DoRA merged as peft merges it: each output unit's row of W + ΔW rescaled to the trained magnitude,
+    W' = m / ‖W + ΔW‖ · (W + ΔW), the norm over the unit's inputs (Conv1D's weight is stored transposed)."""
+    from transformers.pytorch_utils import Conv1D
+
+    rows = merged.T if isinstance(module, Conv1D) else merged  # (out, in)
+    if tuple(magnitude.shape) != (rows.shape[0],):
+        raise CheckpointError(f"{path}: layer {layer}'s DoRA magnitude has shape {tuple(magnitude.shape)}, not "
+                              f"({rows.shape[0]},) as its weight's outputs: an adapter trained on another base model")
+    rows = rows * (magnitude.float() / rows.norm(p=2, dim=1)).unsqueeze(1)
+    return rows.T if isinstance(module, Conv1D) else rows
+
+
 def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, base_model: Any = None,
                       tokenizer: Any = None, step_separator: Optional[str] = None):
     """The reward model of a PEFT LoRA adapter folder over its base model (``base_model=`` when
@@ -238,6 +311,8 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
                               "keep the merged model and the adapter in separate folders")
     weights_path = adapter_weights_file(folder)
     factors, replaced = split_adapter_state(read_weight_file(weights_path), weights_path)
+    if dt is None:
+        dt = run_dtype(replaced)
     base = _base_folder(folder, spec, base_model)
     if os.path.isfile(os.path.join(base, ADAPTER_CONFIG)):
         raise CheckpointError(f"{folder}: its base model {base} is itself a PEFT adapter; give the model it adapts")
@@ -254,8 +329,19 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
     raw = {**classifier.config.to_dict(), "architectures": [type(classifier).__name__]}
     source = LoadedSource(config=raw, tokenizer=tokenizer, weights=classifier.state_dict())
     del classifier
-    return token_classification_prm(folder, source, device=device, dtype=dtype,
+    return token_classification_prm(folder, source, device=device, dtype=dt,
                                     step_separator=TRL_STEP_SEPARATOR if step_separator is None else step_separator)
+
+
+def run_dtype(replaced: dict[str, torch.Tensor]) -> Optional[torch.dtype]:
+    """The dtype of the model the run trained: that of the full tensors peft saved beside the factors (the
+    ``modules_to_save`` head, biases, embeddings are copies of the trained model's), None without them.
+
+    TRL loads a base in float32 unless told otherwise (``model_init_kwargs={"dtype": ...}``), whatever dtype the
+    base was saved in (hub bases: bfloat16), and peft keeps the LoRA factors in float32 either way: folding the
+    adapter into the base's own bfloat16 would score another model than the run's."""
+    dtypes = {t.dtype for t in replaced.values() if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def _auto_class(token_level: bool) -> Any:
@@ -278,6 +364,13 @@ def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool
     with torch.device("meta"), quiet_transformers():
         probe = auto.from_config(config)
     head = _head_weight_name(probe, token_level)
+    embedding = probe.get_input_embeddings()
+    name = next((f"{n}.weight" for n, m in probe.named_modules() if m is embedding), None)
+    rows = replaced.get(name)
+    if rows is not None and rows.dim() == 2 and rows.shape[0] > getattr(config, "vocab_size", rows.shape[0]):
+        # the run added tokens (a pad token, most often) and peft saved the grown matrix: built at that size, the
+        # classifier takes a pad_token_id past the base's vocabulary (nn.Embedding's padding_idx)
+        config.vocab_size = int(rows.shape[0])
     archs = [str(a) for a in read_config(base).get("architectures") or []]
     if head in replaced:
         labels = replaced[head].shape[0]
@@ -286,7 +379,10 @@ def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool
     else:
         raise CheckpointError(f"{folder}: the {'PRM' if token_level else 'reward'} head {head} is neither in the "
                               f"adapter (peft's modules_to_save) nor in the base model {base} "
-                              f"({', '.join(archs) or '?'}): the adapter holds no trained head")
+                              f"({', '.join(archs) or '?'}): the adapter holds no trained head (the run's head "
+                              f"was left out of the adapter; train with LoraConfig(task_type="
+                              f"{'TOKEN_CLS' if token_level else 'SEQ_CLS'!r}) or modules_to_save="
+                              f"[{head.split('.')[0]!r}], which save it)")
     wanted = 2 if token_level else 1
     if labels != wanted:
         raise CheckpointError(f"{folder}: its head has {labels} outputs; a "
@@ -307,6 +403,17 @@ def _adapted_classifier(folder: str, base: str, config: Any, factors: dict, repl
             ignore_mismatched_sizes=True, trust_remote_code=False)
     mismatched = {str(k) for k, _, _ in report.get("mismatched_keys") or ()}
     unfilled = sorted((set(report.get("missing_keys") or ()) | mismatched) - set(replaced))
+    prefix = classifier.base_model_prefix + "."
+    if unfilled and not report.get("error_msgs") and not any(k.startswith(prefix) for k in unfilled):
+        # DeBERTa's pooler, a head layer outside modules_to_save: made at random when the run built its
+        # classifier, frozen, never saved, so no folder holds the values the run trained with
+        fresh = sorted({k.split(".")[0] for k in unfilled})
+        raise CheckpointError(f"{folder}: {type(classifier).__name__}'s {', '.join(fresh)} ({', '.join(unfilled[:4])}) "
+                              f"are not in the base model {base}, so the run initialised them at random, and the "
+                              f"adapter did not save them (peft saves the modules_to_save "
+                              f"{spec.get('modules_to_save')!r}): train with modules_to_save listing "
+                              f"{fresh!r} too, or merge the adapter in the run's own process "
+                              "(trainer.model.merge_and_unload().save_pretrained(out)) and load that folder")
     if unfilled or report.get("error_msgs"):
         raise CheckpointError(f"{folder}: {len(unfilled)} weight(s) of {type(classifier).__name__} are neither in "
                               f"the base model {base} nor in the adapter, e.g. {unfilled[:4]} "
@@ -331,6 +438,35 @@ def _head_weight_name(classifier: nn.Module, token_level: bool) -> str:
     return next(f"{n}.weight" for n, m in classifier.named_modules() if m is out)
 
 
+def _token_indices(spec: dict, layer: str, is_input_embedding: bool, path: str) -> list[int]:
+    """The token ids whose rows layer ``layer``'s trainable tokens hold: ``trainable_token_indices`` as peft reads
+    it (a list: the input embedding's; a dict: per layer name, matched as ``target_modules`` are)."""
+    given = spec.get("trainable_token_indices")
+    if isinstance(given, dict):
+        found = [v for k, v in given.items() if re.fullmatch(rf"(.*\.)?{re.escape(str(k))}", layer)]
+        indices = found[0] if len(found) == 1 else None
+    else:
+        indices = given if is_input_embedding else None
+    if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        raise CheckpointError(f"{path}: layer {layer} has trainable-token rows but {ADAPTER_CONFIG}'s "
+                              f"trainable_token_indices {given!r} gives no list of token ids for it")
+    return indices
+
+
+def _put_token_rows(layer: str, module: nn.Module, rows: torch.Tensor, indices: list[int], path: str) -> None:
+    """peft's trainable tokens merged: the trained rows replace those of their token ids (no low-rank update)."""
+    if not isinstance(module, nn.Embedding):
+        raise CheckpointError(f"{path}: layer {layer} has trainable-token rows but the base model's {layer} is a "
+                              f"{type(module).__name__}, not an embedding")
+    vocab, width = module.weight.shape
+    if rows.shape != (len(indices), width) or len(set(indices)) != len(indices) \
+            or any(not 0 <= i < vocab for i in indices):
+        raise CheckpointError(f"{path}: layer {layer} has {tuple(rows.shape)} trainable-token rows for token ids "
+                              f"{indices[:5]}{'…' if len(indices) > 5 else ''} ({len(indices)}), which do not fit its "
+                              f"({vocab}, {width}) embedding: an adapter trained on another base model")
+    module.weight.index_copy_(0, torch.tensor(indices), rows.to(module.weight.dtype))
+
+
 @torch.no_grad()
 def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, path: str) -> None:
     """Put the adapter's full tensors into ``seq`` and fold its low-rank updates into the weights."""
@@ -341,7 +477,7 @@ def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, pat
     if rows is not None and rows.dim() == 2 and rows.shape[0] != embedding.weight.shape[0] \
             and rows.shape[1] == embedding.weight.shape[1]:
         seq.resize_token_embeddings(rows.shape[0])  # tokens added while training (peft saves the whole matrix)
-        params = dict(seq.named_parameters())
+        params, embedding = dict(seq.named_parameters()), seq.get_input_embeddings()
     for name, tensor in replaced.items():
         if name not in params:
             raise CheckpointError(f"{path}: tensor {name} names no parameter of the base model's "
@@ -358,6 +494,14 @@ def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, pat
         except AttributeError:
             raise CheckpointError(f"{path}: LoRA tensors of layer {layer}, which the base model's "
                                   f"{type(seq).__name__} does not have: an adapter trained on another base model") from None
+        if "tokens" in parts:
+            _put_token_rows(layer, module, parts["tokens"], _token_indices(spec, layer, module is embedding, path), path)
+            continue
+        if bool(spec.get("use_dora")) != ("magnitude" in parts):
+            raise CheckpointError(f"{path}: layer {layer} " + ("has no DoRA magnitude (lora_magnitude_vector) but "
+                                  f"{ADAPTER_CONFIG} sets use_dora" if spec.get("use_dora") else "has a DoRA magnitude "
+                                  f"(lora_magnitude_vector) but {ADAPTER_CONFIG} does not set use_dora")
+                                  + ": the weights and the config are of different adapters")
         rank = (parts.get("A") if "A" in parts else parts["embedding_A"]).shape[0]
         stated = _pattern_value(rank_pattern, layer, r_default)
         if rank != stated:
@@ -367,6 +511,8 @@ def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, pat
         scale = alpha / math.sqrt(rank) if spec.get("use_rslora") else alpha / rank
         delta, bias_delta = _lora_delta(layer, module, parts, scale, path)
         merged = module.weight.float() + delta
+        if "magnitude" in parts:
+            merged = _dora_rescale(layer, module, merged, parts["magnitude"], path)
         if not torch.isfinite(merged).all():
             raise CheckpointError(f"{path}: folding layer {layer}'s adapter gives non-finite weights")
         module.weight.copy_(merged.to(module.weight.dtype))

@@ -192,9 +192,13 @@ def _edit_config(folder, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(use_dora=True), r"use_dora .*no plain W \+ s·BA"),
+    (dict(use_dora=True), r"no DoRA magnitude .*sets use_dora"),
+    (dict(use_qalora=True), r"use_qalora .*no plain W \+ s·BA"),
     (dict(task_type="SEQ_2_SEQ_LM"), r"SEQ_2_SEQ_LM.*merge_and_unload"),
     (dict(task_type="CAUSAL_LM"), r"causal language model"),
+    # SFTTrainer + LoraConfig() without task_type: the class peft wrapped, recorded in auto_mapping, tells
+    (dict(task_type=None, auto_mapping={"base_model_class": "Qwen2ForCausalLM", "parent_library": "x"}),
+     r"no task_type, auto_mapping 'Qwen2ForCausalLM': the adapter of a causal language model"),
     (dict(peft_type="IA3"), r"'IA3' adapter; mmreward reads LoRA"),
     (dict(r=8), r"rank 4 but adapter_config.json says 8"),
     (dict(init_lora_weights="pissa_niter_4"), r"changed the base weights"),
@@ -211,7 +215,7 @@ def test_adapters_mmreward_cannot_fold_are_refused(tmp_path, changes, message, c
     _edit_config(folder, **changes)
     with pytest.raises(CheckpointError, match=message):
         mmreward.load(folder)
-    if "r" not in changes and "base_model_name_or_path" not in changes:  # info reads the config alone
+    if not {"r", "base_model_name_or_path", "use_dora"} & set(changes):  # info reads the config alone
         capsys.readouterr()
         assert main(["info", folder]) == 2
         assert re.search(message, one_line_error(capsys))
