@@ -180,7 +180,7 @@ def _print(info: dict[str, Any]) -> None:
     adapter = info.get("adapter")
     if adapter:
         scale = "α/√r" if adapter["use_rslora"] else "α/r"
-        print(f"  adapter  LoRA {adapter['task_type']}, r {adapter['r']}, α {adapter['lora_alpha']} (scale {scale}), "
+        print(f"  adapter  {'DoRA' if adapter.get('use_dora') else 'LoRA'} {adapter['task_type']}, r {adapter['r']}, α {adapter['lora_alpha']} (scale {scale}), "
               f"targets {adapter['target_modules']}")
         print(f"  base     {adapter['base_model']!r}: {adapter['base_model_here']}")
     if "model_class" not in info:
