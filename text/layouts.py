@@ -473,7 +473,7 @@ def _head_of(seq: nn.Module) -> tuple[Optional[nn.Linear], nn.Linear, Optional[s
     """``(dense, output, activation, pooling)`` of a loaded sequence classifier."""
     score = getattr(seq, "score", None)
     if isinstance(score, nn.Linear):  # decoders: one linear layer at the last token
-        return None, score, None, "last"
+        return None, score, None, "last_non_pad"  # as transformers reads it (the last token not the pad id)
     spec = ENCODER_HEADS.get(seq.config.model_type)
     if spec is None:
         raise CheckpointError(f"{type(seq).__name__}: mmreward reads decoder classifiers with a linear `score` head "

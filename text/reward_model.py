@@ -49,7 +49,7 @@ from .data import (INPUT_FORMATS, TRUNCATIONS, Encoded, TextEncoder, TextLike, h
 
 MODEL_TYPE = "text_reward_model"
 TOKENIZER_DIR = "tokenizer"
-POOLINGS = ("last", "first", "mean")
+POOLINGS = ("last", "first", "mean", "last_non_pad")
 ENCODER_POOLING = "mean"  # default for encoders: see docs/text.md ("Where the score is read")
 # files of which a tokenizer folder needs at least one (a folder with only tokenizer_config.json
 # loads as an empty tokenizer that maps every word to [UNK])
@@ -64,7 +64,7 @@ class RewardModelConfig:
     input_format: str = field(default="joined", metadata={"help": "chat (the tokenizer's chat template) | pair (tokenizer(prompt, response)) | joined (prompt + blank line + response)"})
     truncation: str = field(default="prompt_first", metadata={"help": "prompt_first (the prompt loses its start, then the response its end) | keep_end (the first content tokens go)"})
     prompt_share: float = field(default=0.25, metadata={"help": "prompt_first: share of the content budget the end of a long prompt keeps against a long response"})
-    pooling: str = field(default="last", metadata={"help": "where the score is read: last (last token) | first (first token, [CLS]) | mean (mean over tokens)"})
+    pooling: str = field(default="last", metadata={"help": "where the score is read: last (last token) | first (first token, [CLS]) | mean (mean over tokens) | last_non_pad (the last token that is not the backbone config's pad_token_id, as transformers' decoder classifiers read it)"})
     pooler_act: Optional[str] = field(default=None, metadata={"help": "activation of a dense H→H layer before the head (tanh: BERT / RoBERTa, gelu: DeBERTa); None: no such layer"})
     system_prompt: str = field(default="", metadata={"help": "chat format: a system turn put before conversations that have none (Qwen2.5-Math-RM's card uses one); '': none"})
 
@@ -186,6 +186,19 @@ def last_positions(mask: Tensor) -> Tensor:
     return (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)
 
 
+def last_non_pad_positions(input_ids: Tensor, mask: Tensor, pad_id: Optional[int]) -> Tensor:
+    """(N,) index of each row's last position with mask 1 whose token is not ``pad_id``: where transformers'
+    ``*ForSequenceClassification`` decoders read the score (the last token that is not the config's pad id). It
+    differs from :func:`last_positions` when a text ends with the pad token itself, as when pad = eos (TRL's
+    default for tokenizers without a pad token) and the chat template ends turns with eos: such a model was
+    trained reading the token before those eos. A row of pad tokens only reads its last position."""
+    if pad_id is None:
+        return last_positions(mask)
+    keep = mask * (input_ids != pad_id).to(mask.dtype)  # (N, T)
+    at = (torch.arange(mask.shape[1], device=mask.device) * keep).argmax(-1)
+    return torch.where(keep.any(-1), at, last_positions(mask))
+
+
 # ------------------------------------------------------------------ the model
 class RewardModel(RewardScorer, nn.Module):
     """``backbone`` + optional ``pooler`` (dense + activation) + ``head`` (H → 1); ``tokenizer`` is
@@ -235,7 +248,12 @@ class RewardModel(RewardScorer, nn.Module):
         if self.config.pooling == "mean":
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
             return (hidden * m).sum(1) / mask.sum(-1, keepdim=True).to(hidden.dtype)
-        at = last_positions(mask) if self.config.pooling == "last" else mask.argmax(-1)  # first position with mask 1
+        if self.config.pooling == "last_non_pad" and input_ids is not None:
+            at = last_non_pad_positions(input_ids, mask, self.config.backbone.get("pad_token_id"))
+        elif self.config.pooling in ("last", "last_non_pad"):  # inputs_embeds: no token ids, read the last position
+            at = last_positions(mask)
+        else:
+            at = mask.argmax(-1)  # first position with mask 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (N, H)
 
     def token_states(self, input_ids: Optional[Tensor], attention_mask: Tensor,

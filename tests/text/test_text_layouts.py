@@ -71,7 +71,7 @@ def test_sequence_classifier_parity(tmp_path, name):
     assert got.dtype == torch.float32 and expected.std() > 1e-3  # the inputs are told apart
     assert (got - expected).abs().max().item() <= 1e-4, (got, expected)
     assert rm.config.input_format == ("pair" if name in ENCODERS else "chat")
-    assert rm.config.pooling == ("first" if name in ENCODERS else "last")
+    assert rm.config.pooling == ("first" if name in ENCODERS else "last_non_pad")
 
 
 def _rewrite_weights(folder, fn):
@@ -310,3 +310,26 @@ def test_a_classifier_transformers_cannot_build_is_named(tmp_path):
                                               r"but transformers has no sequence-classification class for model_type "
                                               r"'idefics2'"):
         mmreward.load(str(folder))
+
+
+def test_a_decoder_classifier_with_pad_eos_reads_where_transformers_reads(tmp_path):
+    """TRL pads with eos when the tokenizer has no pad token (Llama, Mistral, GPT-2) and sets the model's
+    pad_token_id to it; with a chat template that ends turns with eos, transformers' classifier (the one the run
+    trained) reads the token before those eos. mmreward read the last token: another score (0.90 vs 0.74)."""
+    from text_rm_fixtures import BOS_TEMPLATE, llama_config, save_classifier, word_tokenizer
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    tok.pad_token = tok.eos_token
+    cfg = llama_config()
+    cfg.pad_token_id = tok.eos_token_id
+    seq = save_classifier(tmp_path / "rm", cfg, tok)
+    rm = mmreward.load(str(tmp_path / "rm"))
+    rows = [{"prompt": "what is two plus three", "response": "five"}, {"prompt": "say a", "response": "b c d e"}]
+    encoded = rm.encode(rows)
+    assert all(e.ids[-1] == tok.eos_token_id for e in encoded)  # the texts end with the pad (= eos) token
+    with torch.no_grad():
+        want = torch.stack([seq(input_ids=torch.tensor([e.ids])).logits[0, 0] for e in encoded])
+    torch.testing.assert_close(rm.score(rows, batch_size=2), want, atol=1e-5, rtol=0)
+    again = tmp_path / "saved"
+    rm.save_pretrained(str(again))  # the reading rule is kept when the model is saved as mmreward's own
+    torch.testing.assert_close(mmreward.load(str(again)).score(rows), want, atol=1e-5, rtol=0)
