@@ -69,8 +69,9 @@ def is_peft_adapter(folder: str, config: Optional[dict]) -> bool:
     return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)) and adapter_weights_file(folder) is not None
 
 
-def read_adapter_config(folder: str) -> dict:
-    """``adapter_config.json``, checked: a LoRA adapter of a sequence classifier whose merge is W + s·BA."""
+def read_adapter_config(folder: str, tasks: tuple[str, ...] = ("SEQ_CLS", "TOKEN_CLS")) -> dict:
+    """``adapter_config.json``, checked: a LoRA adapter of one of ``tasks`` (peft's ``task_type``) whose merge is
+    one :func:`_fold_adapter` folds."""
     path = os.path.join(folder, ADAPTER_CONFIG)
     spec = read_json(path, "PEFT adapter config")
     peft_type = spec.get("peft_type")
@@ -101,10 +102,15 @@ def read_adapter_config(folder: str) -> dict:
         spec = {**spec, "task_type": task} if task else spec
     else:
         told = f"task_type {task!r}"
-    if task not in ("SEQ_CLS", "TOKEN_CLS"):
+    if task not in tasks:
         what = {"CAUSAL_LM": "a causal language model (a generative judge or a policy, no reward head)",
                 None: "a model of no recorded task"}.get(task, f"a {task} model")
-        raise CheckpointError(f"{path}: {told}: the adapter of {what}; mmreward reads LoRA adapters of "
+        if tasks == ("CAUSAL_LM",):
+            raise CheckpointError(f"{path}: {told}: the adapter of {what}, not of a causal language model; load it "
+                                  "with mmreward.load (a reward model or PRM)")
+        judge = (" (a generative judge reads it as its language model: mmreward text judge METHOD --model "
+                 f"{folder})") if task == "CAUSAL_LM" else ""
+        raise CheckpointError(f"{path}: {told}: the adapter of {what}{judge}; mmreward.load reads LoRA adapters of "
                               "reward models (task_type 'SEQ_CLS', as TRL's RewardTrainer trains them) and of "
                               "process reward models ('TOKEN_CLS', TRL's PRMTrainer): " + _MERGE_HINT)
     for key in ("r", "lora_alpha"):
@@ -393,12 +399,13 @@ def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool
 
 
 def _adapted_classifier(folder: str, base: str, config: Any, factors: dict, replaced: dict, spec: dict,
-                        weights_path: str, token_level: bool, dt: Optional[torch.dtype]) -> nn.Module:
-    """The base model built as the adapter's classifier, the saved tensors put in and the adapters folded in."""
+                        weights_path: str, token_level: bool, dt: Optional[torch.dtype], auto: Any = None) -> nn.Module:
+    """The base model built as the adapter's classifier (``auto``: another transformers auto class, a causal LM),
+    the saved tensors put in and the adapters folded in."""
     from .layouts import saved_dtype
 
     with quiet_transformers():
-        classifier, report = _auto_class(token_level).from_pretrained(
+        classifier, report = (auto or _auto_class(token_level)).from_pretrained(
             base, config=config, dtype=dt or saved_dtype(base) or "auto", output_loading_info=True,
             ignore_mismatched_sizes=True, trust_remote_code=False)
     mismatched = {str(k) for k, _, _ in report.get("mismatched_keys") or ()}
@@ -420,6 +427,33 @@ def _adapted_classifier(folder: str, base: str, config: Any, factors: dict, repl
                               f"{list(report.get('error_msgs') or [])[:2]}")
     _fold_adapter(classifier, factors, replaced, spec, weights_path)
     return classifier
+
+
+def load_causal_lm_adapter(folder: str, *, dtype: Any = None, base_model: Any = None) -> tuple[nn.Module, Any]:
+    """``(causal LM, tokenizer)`` of a PEFT LoRA adapter of a causal language model (``task_type`` ``CAUSAL_LM``: a
+    judge fine-tuned with TRL's ``SFTTrainer`` + ``peft_config``), folded into the base model it names, as
+    :func:`load_peft_adapter` folds a reward model's; the tokenizer is the adapter folder's when it holds one."""
+    from transformers import AutoModelForCausalLM
+
+    from mmreward.core.weights import hf_config
+
+    from .layouts import _tokenizer_with_config
+    from .reward_model import TOKENIZER_FILES
+
+    spec = read_adapter_config(folder, tasks=("CAUSAL_LM",))
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        raise CheckpointError(f"{folder} holds both a model (config.json) and a PEFT adapter ({ADAPTER_CONFIG}); "
+                              "keep the merged model and the adapter in separate folders")
+    weights_path = adapter_weights_file(folder)
+    factors, replaced = split_adapter_state(read_weight_file(weights_path), weights_path)
+    dt = resolve_dtype(dtype) or run_dtype(replaced)
+    base = _base_folder(folder, spec, base_model)
+    config = hf_config(read_config(base), base)  # checked (numbers, sizes) before anything is built
+    tok_source = folder if any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES) else base
+    tokenizer = _tokenizer_with_config(tok_source, config)
+    lm = _adapted_classifier(folder, base, config, factors, replaced, spec, weights_path, False, dt,
+                             auto=AutoModelForCausalLM)
+    return lm.eval(), tokenizer
 
 
 def _head_weight_name(classifier: nn.Module, token_level: bool) -> str:
@@ -520,5 +554,5 @@ def _fold_adapter(seq: nn.Module, factors: dict, replaced: dict, spec: dict, pat
             module.bias.copy_((module.bias.float() + bias_delta).to(module.bias.dtype))
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "adapter_summary", "is_peft_adapter", "load_peft_adapter", "read_adapter_config",
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "adapter_summary", "is_peft_adapter", "load_causal_lm_adapter", "load_peft_adapter", "read_adapter_config",
            "split_adapter_state"]

@@ -349,3 +349,34 @@ def test_prm_score_takes_the_step_separator_of_a_token_prm_adapter(tmp_path, cap
     assert main(["prm", "score", "--model", str(tmp_path / "prm-adapter"), "--data", str(data),
                  "--step-separator", "\n\n", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_a_judge_lm_trained_as_a_causal_lm_adapter_is_folded_for_the_judges(tmp_path, capsys):
+    """SFTTrainer + peft_config leaves a CAUSAL_LM adapter: `text judge --model ADAPTER` judges with the base + the
+    folded adapter (peft's own forward as the reference); mmreward.load says where such an adapter goes."""
+    import mmreward
+    from mmreward.text.generative.cli import load_model, main
+    from mmreward.text.generative.tiny import tiny_llama
+    from mmreward.text.generative.tiny import word_tokenizer as judge_tokenizer
+
+    tok = judge_tokenizer(["good bad q Yes No A B [[A]] [[B]] Score : 5"])
+    base = tmp_path / "lm"
+    tiny_llama(len(tok), hidden=32, layers=1, heads=2).save_pretrained(str(base))
+    tok.save_pretrained(str(base))
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(base))
+    model = peft.get_peft_model(lm, peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                                    target_modules=["q_proj", "v_proj", "up_proj"]))
+    _randomize_adapter(model)
+    folder = tmp_path / "judge-adapter"
+    model.save_pretrained(str(folder))
+    folded, got_tok = load_model("genrm", str(folder), None, "cpu")
+    ids = torch.tensor([got_tok("q good Yes")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(input_ids=ids).logits, model.eval()(input_ids=ids).logits,
+                                   atol=1e-5, rtol=0)
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text(json.dumps({"prompt": "q", "chosen": "good", "rejected": "bad"}) + "\n")
+    assert main(["gram", "--model", str(folder), "--data", str(rows), "--batch-size", "2"]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=r"task_type 'CAUSAL_LM'.*mmreward text judge METHOD --model"):
+        mmreward.load(str(folder))

@@ -223,6 +223,14 @@ def load_model(method: str, model: str, gguf_file: Optional[str], device: str, f
         if torch_dtype is not None:
             m.backbone.to(torch_dtype)
         return m, AutoTokenizer.from_pretrained(os.path.join(model, "backbone"), trust_remote_code=False)
+    from ..peft_adapters import is_peft_adapter
+
+    if not gguf_file and os.path.isdir(model) and is_peft_adapter(model, None):
+        # a judge fine-tuned as a LoRA adapter (SFTTrainer + peft_config): folded into its base, without peft
+        from ..peft_adapters import load_causal_lm_adapter
+
+        lm, tokenizer = load_causal_lm_adapter(model, dtype=torch_dtype)
+        return lm.to(device).eval(), tokenizer
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         lm = AutoModelForCausalLM.from_pretrained(model, **kw, **_dtype_kwarg(torch_dtype), trust_remote_code=False)
