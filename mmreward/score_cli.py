@@ -591,7 +591,36 @@ def _model_identity(path: str) -> Any:
             if name.endswith(_MODEL_FILES):
                 full = os.path.join(d, name)
                 files[os.path.relpath(full, where)] = [os.path.getsize(full), _content_hash(full)]
-    return {"path": where, "files": dict(sorted(files.items()))}
+    identity = {"path": where, "files": dict(sorted(files.items()))}
+    if os.path.isfile(os.path.join(where, "adapter_config.json")) and not os.path.isfile(os.path.join(where, "config.json")):
+        # a LoRA adapter scores as its base model + the adapter: a base changed in place is another model too
+        identity["base_model"] = _adapter_base_identity(where)
+    return identity
+
+
+def _adapter_base_identity(folder: str) -> Any:
+    """The identity of the base model a PEFT adapter folder names: its local folder's (or its snapshot in the
+    local HF cache), else the name as written."""
+    try:
+        with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None  # the load reports an unreadable config
+    if not isinstance(base, str) or not base:
+        return base
+    local = os.path.expanduser(base)
+    if not os.path.isdir(local) and base.count("/") == 1:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "config.json")
+            local = os.path.dirname(cached) if isinstance(cached, str) else local
+        except Exception:  # noqa: BLE001 - not a repo id, no huggingface_hub: compared by its name
+            pass
+    if not os.path.isdir(local) or os.path.isfile(os.path.join(local, "adapter_config.json")):
+        return base
+    found = _model_identity(local)
+    return {"name": base, "files": found["files"]} if isinstance(found, dict) else base
 
 
 _MODEL_FILES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".gguf", ".txt", ".model", ".jinja")
@@ -612,7 +641,7 @@ def _same_run(was: Any, now: Any) -> bool:
         if not isinstance(header, dict):
             return header
         model = header.get("model")
-        return {**header, "model": model.get("files") if isinstance(model, dict) else model}
+        return {**header, "model": [model.get("files"), model.get("base_model")] if isinstance(model, dict) else model}
 
     return files(was) == files(now)
 
@@ -652,7 +681,9 @@ def _write_resumable(args: Any, score_all: Any, header: dict, pairs: list, prog:
                 raise DataError(f"{partial} is not a partial file of {prog} --resume: delete or move it") \
                     from None
             if not _same_run(was, header):
-                diff = ", ".join("the model folder's files changed (retrained or replaced)"
+                diff = ", ".join(("the model folder's files changed (retrained or replaced)"
+                                  if v.get("files") != was[k].get("files") else
+                                  "the base model of the LoRA adapter changed (retrained or replaced)")
                                  if k == "model" and isinstance(v, dict) and isinstance(was.get(k), dict)
                                  else f"{k} {was.get(k)!r} then, {v!r} now"
                                  for k, v in header.items() if not _same_run({k: was.get(k)}, {k: v}))
@@ -798,7 +829,8 @@ def _print_ranking(args: Any, out: list[dict]) -> None:
 
 
 def _summary(row: dict) -> str:
-    for key in ("prompt", "problem", "question", "messages", "text", "image", "video", "frames", "episode"):
+    for key in ("prompt", "problem", "question", "messages", "text", "caption", "image", "file_name", "image_path",
+                "video", "frames", "episode"):
         if key in row:
             v = row[key]
             text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)

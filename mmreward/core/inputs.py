@@ -408,7 +408,7 @@ class ImagePrompt(ScoreInput):
     def from_record(cls, row: Any, where: str = "row") -> "ImagePrompt":
         _need_dict(row, where)
         _one_medium(row, where)
-        prompt = _first(row, cls.row_keys["prompt"])
+        prompt = _first(row, cls.row_keys["prompt"], where)
         return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
                          messages=False), _field(row, cls.row_keys["image"], where))
 
@@ -426,7 +426,7 @@ class VideoPrompt(ScoreInput):
     def from_record(cls, row: Any, where: str = "row") -> "VideoPrompt":
         _need_dict(row, where)
         _one_medium(row, where)
-        prompt = _first(row, cls.row_keys["prompt"])
+        prompt = _first(row, cls.row_keys["prompt"], where)
         return cls(_text(prompt if prompt is not None else "", f"{where}: field 'prompt'", allow_empty=True,
                          messages=False), _field(row, cls.row_keys["video"], where))
 
@@ -487,7 +487,7 @@ class Episode(ScoreInput):
     def from_record(cls, row: Any, where: str = "row") -> "Episode":
         _need_dict(row, where)
         # the per-frame success flags are checked where the frame count is known (the robotics domain)
-        return cls(_field(row, cls.row_keys["frames"], where), _first(row, cls.row_keys["success"]))
+        return cls(_field(row, cls.row_keys["frames"], where), _first(row, cls.row_keys["success"], where))
 
 
 def _opens_with(whole: TextLike, prompt: TextLike) -> bool:

@@ -380,3 +380,40 @@ def test_a_judge_lm_trained_as_a_causal_lm_adapter_is_folded_for_the_judges(tmp_
     assert '"accuracy"' in capsys.readouterr().out
     with pytest.raises(CheckpointError, match=r"task_type 'CAUSAL_LM'.*mmreward text judge METHOD --model"):
         mmreward.load(str(folder))
+
+
+def test_resume_refuses_rows_scored_over_another_base_model(tmp_path, capsys, monkeypatch):
+    """--resume compared the adapter folder's files only: a base model changed in place between a stopped run and
+    its resume mixed the scores of two models into one output."""
+    from mmreward import score_cli
+    from mmreward.cli import main
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, base, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    monkeypatch.setattr(score_cli, "CHUNK_ROWS", 2)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 2))
+    out, partial = tmp_path / "scores.jsonl", tmp_path / "scores.jsonl.partial"
+    cmd = ["score", "--model", folder, "--data", str(data), "--out", str(out), "--resume", "--no-progress",
+           "--batch-size", "1"]  # chunks of 2 rows
+    from mmreward.text import RewardModel
+
+    real, calls = RewardModel._score, []
+
+    def score_then_stop(self, *a, **k):  # killed (Ctrl-C) while scoring the second chunk
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(RewardModel, "_score", score_then_stop)
+    assert main(cmd) == 130 and partial.exists() and not out.exists()
+    monkeypatch.setattr(RewardModel, "_score", real)
+    weights = os.path.join(base, "model.safetensors")
+    original = open(weights, "rb").read()
+    open(weights, "wb").write(original[:-1] + bytes([original[-1] ^ 1]))  # the base retrained in place
+    capsys.readouterr()
+    assert main(cmd) == 2
+    assert "the base model of the LoRA adapter changed" in capsys.readouterr().err and partial.exists()
+    open(weights, "wb").write(original)  # the same base again: the run continues
+    assert main(cmd) == 0 and out.exists() and not partial.exists()

@@ -349,7 +349,9 @@ def token_classification_prm(folder: str, source: Optional[LoadedSource], *, dev
         raise CheckpointError(f"{folder}: its tokenizer has a CLS token but no BOS; TRL's PRMTrainer starts the input "
                               "with BOS only, mmreward's step format with BOS or else CLS, so the scores would differ")
     if not tok.encode(step_separator, add_special_tokens=False):
-        raise ValueError(f"step_separator {step_separator!r} encodes to no tokens with {folder}'s tokenizer")
+        raise ValueError(f"step_separator {step_separator!r} encodes to no tokens with {folder}'s tokenizer: give the "
+                         "run's own separator (mmreward.load(folder, step_separator=...), or --step-separator of "
+                         "mmreward prm score / prm eval)")
     # the mmreward format with no text between the problem and the first step, and the separator as each
     # step's tag, is tokenize_row's sequence token for token
     return _load(folder, "token-classification PRM", device=device, dtype=dtype, head="value", input_format="mmreward",
