@@ -522,10 +522,13 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
     patterns such as ``data/train-*``, or the README's ``configs``), each file read by the readers here, so
     an error names the file, row and line (and nothing is copied into the ``datasets`` cache)."""
     files, name, window, percent = _repo_split_files(path, split)
+    metadata = [f for f in files if os.path.basename(f).lower() in _FOLDER_METADATA]
+    if metadata:  # an imagefolder: its rows are in the metadata files, each naming media beside it (file_name)
+        files = metadata
     rows = FileRows()
     for f in files:
         rows.files.append((len(rows), f))
-        rows.extend(read_records(f))
+        rows.extend(resolve_media_paths(read_records(f), f) if metadata else read_records(f))
     return _in_window(rows, window, percent, split, name, path)
 
 
@@ -753,7 +756,11 @@ def _read_hub_dataset(repo_id: str, split: Optional[str]) -> list[dict]:
 
 
 # row fields that hold media paths (one path or a list of them)
-MEDIA_PATH_FIELDS = ("image", "images", "image_path", "video", "frames", "episode")  # image_path: RLAIF-V, MM-RLHF
+# image_path: RLAIF-V, MM-RLHF, ImageRewardDB; file_name: Hugging Face imagefolder's metadata files
+MEDIA_PATH_FIELDS = ("image", "images", "image_path", "file_name", "video", "frames", "episode")
+# the metadata files of a Hugging Face imagefolder / videofolder (beside the media they describe, which datasets
+# lists among the folder's data files too)
+_FOLDER_METADATA = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
 def media_path(value: str, base: str) -> str:

@@ -335,3 +335,21 @@ def test_huggingface_imagefolder_metadata_rows_score(scorer, tmp_path):
         model.score([{"image": png, "prompt": "a red circle", "text": "a blue square"}])
     data = _jsonl(tmp_path / "metadata.jsonl", [{"file_name": png, "text": "a red circle"}])
     assert mmreward_main(["score", "--model", scorer, "--data", data]) == 0
+
+
+def test_an_imagefolder_scores_from_its_folder_or_its_metadata_file(scorer, tmp_path, monkeypatch):
+    """A Hugging Face imagefolder (train/metadata.jsonl naming images beside it by file_name): the folder was read
+    as data files of unknown format (its images), and the metadata file looked for the images in the working
+    folder."""
+    folder = tmp_path / "imf" / "train"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        _png(str(folder / f"img{i}.png"), seed=i)
+    _jsonl(folder / "metadata.jsonl", [{"file_name": f"img{i}.png", "text": "a red circle"} for i in range(3)])
+    monkeypatch.chdir(tmp_path)  # neither the folder of the images nor of the metadata
+    want = mmreward.load(scorer).score([ImagePrompt("a red circle", str(folder / f"img{i}.png")) for i in range(3)])
+    for data in (str(folder / "metadata.jsonl"), str(tmp_path / "imf")):
+        out = tmp_path / "out.jsonl"
+        assert mmreward_main(["score", "--model", scorer, "--data", data, "--out", str(out)]) == 0
+        got = [json.loads(x)["score"] for x in out.read_text().splitlines()]
+        assert torch.allclose(torch.tensor(got), want, atol=1e-6), data
