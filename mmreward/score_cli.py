@@ -586,9 +586,11 @@ def _model_identity(path: str) -> Any:
         where = os.path.join(where, "model")  # a run folder: the model it loads, not its snapshots
     files = {}
     for d, subdirs, names in os.walk(where):
-        subdirs.sort()
+        # a Trainer's checkpoint-N/ folders, logs and optimizer / RNG states are not read by the load: not hashed
+        # (a TRL output folder holds gigabytes of them)
+        subdirs[:] = sorted(n for n in subdirs if not _NOT_MODEL_DIRS.fullmatch(n))
         for name in names:
-            if name.endswith(_MODEL_FILES):
+            if name.endswith(_MODEL_FILES) and name not in _TRAINING_STATE_FILES and not name.startswith("rng_state"):
                 full = os.path.join(d, name)
                 files[os.path.relpath(full, where)] = [os.path.getsize(full), _content_hash(full)]
     identity = {"path": where, "files": dict(sorted(files.items()))}
@@ -624,6 +626,8 @@ def _adapter_base_identity(folder: str) -> Any:
 
 
 _MODEL_FILES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".gguf", ".txt", ".model", ".jinja")
+_NOT_MODEL_DIRS = re.compile(r"checkpoint-\d+|runs|logs|\.git|\.cache|__pycache__")
+_TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
 def _content_hash(path: str) -> str:
     import hashlib
 

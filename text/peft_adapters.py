@@ -56,7 +56,7 @@ _KNOWN = {"peft_type", "task_type", "base_model_name_or_path", "revision", "infe
           "modules_to_tie", "runtime_config", "trainable_token_indices", "use_dora", *_VARIANTS}
 # initialisations that rewrite the base weights (the adapter holds the rest of them): merged onto the
 # original base they give another model unless peft converted the adapter when it was saved
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "astra")  # peft's own list, and LoftQ
 _MERGE_HINT = ("merge it with peft (PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(out)) "
                "and load the merged folder")
 

@@ -243,18 +243,39 @@ class RewardModel(RewardScorer, nn.Module):
     def pooled_hidden(self, input_ids: Optional[Tensor], attention_mask: Tensor, token_type_ids: Optional[Tensor] = None,
                       *, inputs_embeds: Optional[Tensor] = None) -> Tensor:
         """The backbone's hidden state read by ``config.pooling``: (N, H)."""
-        hidden, mask = self.token_states(input_ids, attention_mask, token_type_ids,
+        # ids beside embeddings: only to locate a last_non_pad read (the backbone reads the embeddings)
+        locate = input_ids if inputs_embeds is not None and self.config.pooling == "last_non_pad" else None
+        if locate is not None and (not isinstance(locate, Tensor) or tuple(locate.shape) != tuple(inputs_embeds.shape[:2])):
+            raise ValueError(f"input_ids given with inputs_embeds locate the score: they must be (N, T) = "
+                             f"{tuple(inputs_embeds.shape[:2])}, got {getattr(locate, 'shape', type(locate))}")
+        hidden, mask = self.token_states(None if locate is not None else input_ids, attention_mask, token_type_ids,
                                          inputs_embeds=inputs_embeds)  # (N, T, H), (N, T)
         if self.config.pooling == "mean":
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
             return (hidden * m).sum(1) / mask.sum(-1, keepdim=True).to(hidden.dtype)
-        if self.config.pooling == "last_non_pad" and input_ids is not None:
-            at = last_non_pad_positions(input_ids, mask, self.config.backbone.get("pad_token_id"))
-        elif self.config.pooling in ("last", "last_non_pad"):  # inputs_embeds: no token ids, read the last position
+        if self.config.pooling == "last_non_pad":
+            ids = locate if inputs_embeds is not None else input_ids
+            pad = self.score_pad_id
+            if ids is None and pad is not None:
+                raise ValueError("this model reads its score at the last token that is not its pad id "
+                                 f"({pad}, pooling='last_non_pad', as transformers' classifiers read it): pass "
+                                 "input_ids with inputs_embeds to locate it: rm(ids, mask, inputs_embeds=embeds)")
+            at = last_positions(mask) if ids is None else last_non_pad_positions(ids, mask, pad)
+        elif self.config.pooling == "last":
             at = last_positions(mask)
         else:
             at = mask.argmax(-1)  # first position with mask 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (N, H)
+
+    @property
+    def score_pad_id(self) -> Optional[int]:
+        """The pad id a ``last_non_pad`` model skips: its backbone config's (a composite config's text part), as
+        transformers' classifiers read ``config.get_text_config().pad_token_id``."""
+        bc = self.config.backbone
+        pad = bc.get("pad_token_id")
+        if pad is None and isinstance(bc.get("text_config"), dict):
+            pad = bc["text_config"].get("pad_token_id")
+        return pad if isinstance(pad, int) and not isinstance(pad, bool) else None
 
     def token_states(self, input_ids: Optional[Tensor], attention_mask: Tensor,
                      token_type_ids: Optional[Tensor] = None, *,

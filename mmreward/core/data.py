@@ -41,6 +41,7 @@ import itertools
 import json
 import os
 import re
+import threading
 from typing import Any, Iterable, Iterator, Optional, Union
 
 RecordSource = Union[str, os.PathLike, Iterable[dict]]
@@ -254,6 +255,9 @@ CSV_TEXT_COLUMNS = ("prompt", "chosen", "rejected", "response", "text", "questio
 _CSV_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
 def _read_csv(path: str, split: Optional[str]) -> list[dict]:
     """Rows of a CSV (``.tsv``: tab-separated) file with a header line, as ``datasets`` / pandas read one: an
     empty cell is a missing value (None), a column whose every cell is a number holds numbers (except
@@ -267,8 +271,11 @@ def _read_csv(path: str, split: Optional[str]) -> list[dict]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     # csv's own cap on one cell is 128 KiB: a long answer or an inline image (a data: URI) that a JSON line holds
     # was refused in a CSV ("field larger than field limit"); a cell may be as long as a JSON line (the whole file
-    # is in memory already). The cap is csv's global setting: set for this read, then put back
-    limit = csv.field_size_limit(max_line_bytes())
+    # is in memory already). The cap is csv's global setting: raised (never lowered, so that concurrent reads in
+    # other threads keep theirs), under a lock
+    with _CSV_LIMIT_LOCK:
+        if csv.field_size_limit() < max_line_bytes():
+            csv.field_size_limit(max_line_bytes())
     try:
         header = next(reader, None)
         if header is None:
@@ -288,8 +295,6 @@ def _read_csv(path: str, split: Optional[str]) -> list[dict]:
             lines.append(reader.line_num)
     except csv.Error as e:
         raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({e})") from None
-    finally:
-        csv.field_size_limit(limit)
     for j, name in enumerate(names):
         cells = [r[j] for r in rows if r[j] is not None]
         if not cells or name in CSV_TEXT_COLUMNS:
@@ -523,8 +528,12 @@ def _read_repo_folder(path: str, split: Optional[str]) -> list[dict]:
     an error names the file, row and line (and nothing is copied into the ``datasets`` cache)."""
     files, name, window, percent = _repo_split_files(path, split)
     metadata = [f for f in files if os.path.basename(f).lower() in _FOLDER_METADATA]
-    if metadata:  # an imagefolder: its rows are in the metadata files, each naming media beside it (file_name)
+    if metadata and all(f in metadata or not f.lower().endswith(_REPO_DATA_SUFFIXES) for f in files):
+        # an imagefolder: its rows are in the metadata files, each naming media beside it (file_name); a folder of
+        # data files that holds a metadata.jsonl as well is read whole, as before
         files = metadata
+    else:
+        metadata = []
     rows = FileRows()
     for f in files:
         rows.files.append((len(rows), f))

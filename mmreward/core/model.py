@@ -224,6 +224,9 @@ def header_shapes(folder: str, name: str = WEIGHTS_NAME) -> Optional[dict[str, t
         return None
 
 
+UNSAVED_FLOOR = 1 << 30  # bytes of computed (unsaved) buffers build_for_weights accepts whatever the weights' size
+
+
 def build_for_weights(build: Callable[[], Any], folder: str, shapes: Optional[dict[str, tuple[int, ...]]] = None,
                       saved_names: Optional[Callable[[Any, dict], dict]] = None) -> Any:
     """``build()`` (a model from a folder's config.json) once on the meta device — shapes, no memory — and its
@@ -249,13 +252,16 @@ def build_for_weights(build: Callable[[], Any], folder: str, shapes: Optional[di
             own = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
             check_state_shapes(own, saved_names(probe, shapes) if saved_names else shapes, folder)
             stored = sum(math.prod(s) for s in shapes.values())
-            unsaved = sorted(((b.numel(), n, tuple(b.shape)) for n, b in probe.named_buffers() if n not in own),
-                             reverse=True)
-            if unsaved and sum(n for n, _, _ in unsaved) > FIT_FACTOR * stored + FIT_SLACK:
-                numel, name, shape = unsaved[0]
+            unsaved = sorted(((b.numel() * b.element_size(), n, tuple(b.shape)) for n, b in probe.named_buffers()
+                              if n not in own), reverse=True)
+            # in bytes, with a floor: GPT-Neo's per-layer bool causal masks (max_positions² each) hold more elements
+            # than a tiny model's weights, at no real cost; a hostile max_position_embeddings makes terabytes
+            if unsaved and sum(n for n, _, _ in unsaved) > max(FIT_FACTOR * 4 * stored + FIT_SLACK, UNSAVED_FLOOR):
+                nbytes, name, shape = unsaved[0]
                 raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: the model its config describes computes "
-                                      f"buffer {name!r} of shape {shape} ({numel:.3g} elements), far more than its "
-                                      f"weights hold ({stored:.3g}): the config was edited or is another model's; "
+                                      f"buffer {name!r} of shape {shape} ({nbytes:.3g} bytes), far more than its "
+                                      f"weights hold ({stored:.3g} elements): the config was edited or is another "
+                                      "model's; "
                                       "refused before building the model")
             del probe
     return build()

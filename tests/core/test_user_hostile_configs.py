@@ -312,11 +312,12 @@ def test_a_csv_cell_as_long_as_a_json_line_may_be_is_read(tmp_path):
     import csv
 
     # csv's own cap is 128 KiB a cell: a long answer (or an inline image's data: URI) that reads from JSON lines
-    # was refused from a CSV; the cap is csv's global setting, put back after the read
+    # was refused from a CSV; the cap is csv's global setting: raised to the JSON-line limit, never lowered (a
+    # limit put back after each read raced with reads in other threads)
     (tmp_path / "long.csv").write_text("prompt,response\nhi," + "x" * 200_000 + "\n")
     before = csv.field_size_limit()
     assert len(D.read_records(str(tmp_path / "long.csv"))[0]["response"]) == 200_000
-    assert csv.field_size_limit() == before
+    assert csv.field_size_limit() >= max(before, D.max_line_bytes())
 
 
 @pytest.mark.parametrize("fields,named", [
@@ -440,3 +441,20 @@ def test_a_manifest_of_gigabytes_is_refused_by_its_size_not_read(bert_rm, tmp_pa
     monkeypatch.setattr(F, "MAX_MANIFEST_BYTES", 64)  # the real cap is 64 MiB
     with pytest.raises(CheckpointError, match=r"manifest\.json is \d+ bytes, more than any manifest mmreward writes"):
         mmreward.load(str(folder))
+
+
+def test_large_computed_buffers_of_a_valid_config_are_not_refused_but_terabytes_are(tmp_path):
+    """The bound on computed (unsaved) buffers counted elements: a valid GPT-Neo (a bool causal mask of
+    max_positions² per layer, 50 M elements against a tiny model's 2 M weights) was refused."""
+    from mmreward.core.model import build_for_weights
+
+    class Masked(torch.nn.Module):
+        def __init__(self, positions):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(4, 4))
+            self.register_buffer("bias", torch.ones(positions, positions, dtype=torch.bool), persistent=False)
+
+    shapes = {"weight": (4, 4)}
+    assert isinstance(build_for_weights(lambda: Masked(5000), str(tmp_path), shapes), Masked)  # 25 MB of bools
+    with pytest.raises(CheckpointError, match=r"computes buffer 'bias' of shape \(1000000, 1000000\)"):
+        build_for_weights(lambda: Masked(10**6), str(tmp_path), shapes)

@@ -202,6 +202,8 @@ def _edit_config(folder, **changes):
     (dict(peft_type="IA3"), r"'IA3' adapter; mmreward reads LoRA"),
     (dict(r=8), r"rank 4 but adapter_config.json says 8"),
     (dict(init_lora_weights="pissa_niter_4"), r"changed the base weights"),
+    (dict(init_lora_weights="lora_ga"), r"changed the base weights"),
+    (dict(init_lora_weights="astra"), r"changed the base weights"),
     (dict(some_future_option={"x": 1}), r"some_future_option.*does not know"),
     (dict(lora_alpha=float("nan")), r"lora_alpha must be a positive number"),
     (dict(base_model_name_or_path=None), r"names no base model"),
@@ -417,3 +419,19 @@ def test_resume_refuses_rows_scored_over_another_base_model(tmp_path, capsys, mo
     assert "the base model of the LoRA adapter changed" in capsys.readouterr().err and partial.exists()
     open(weights, "wb").write(original)  # the same base again: the run continues
     assert main(cmd) == 0 and out.exists() and not partial.exists()
+
+
+def test_resume_identity_leaves_out_a_trainer_folders_checkpoints_and_optimizer_states(tmp_path):
+    """The identity hashed every file below the model folder: a TRL output folder's checkpoint-N/ (optimizer states,
+    gigabytes for a large model) was read whole before any row was scored."""
+    from mmreward import score_cli
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), tok, _qwen_lora())
+    before = score_cli._model_identity(folder)["files"]
+    os.makedirs(os.path.join(folder, "checkpoint-500"))
+    for name in ("checkpoint-500/optimizer.pt", "checkpoint-500/adapter_model.safetensors", "optimizer.pt",
+                 "training_args.bin", "trainer_state.json", "rng_state_0.pth"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"x" * 64)
+    assert score_cli._model_identity(folder)["files"] == before

@@ -333,3 +333,27 @@ def test_a_decoder_classifier_with_pad_eos_reads_where_transformers_reads(tmp_pa
     again = tmp_path / "saved"
     rm.save_pretrained(str(again))  # the reading rule is kept when the model is saved as mmreward's own
     torch.testing.assert_close(mmreward.load(str(again)).score(rows), want, atol=1e-5, rtol=0)
+
+
+def test_soft_token_rewards_of_a_last_non_pad_model_read_the_token_score_reads(tmp_path):
+    """inputs_embeds alone read the last mask position (the trailing eos of a pad = eos model) while score read the
+    token before it: the differentiable reward differed from score. Ids beside the embeddings locate it."""
+    from text_rm_fixtures import BOS_TEMPLATE, llama_config, save_classifier, word_tokenizer
+
+    from mmreward.text.data import pad_batch
+
+    tok = word_tokenizer(bos=True, chat_template=BOS_TEMPLATE)
+    tok.pad_token = tok.eos_token
+    cfg = llama_config()
+    cfg.pad_token_id = tok.eos_token_id
+    save_classifier(tmp_path / "rm", cfg, tok)
+    rm = mmreward.load(str(tmp_path / "rm")).requires_grad_(False)
+    rows = [{"prompt": "what is two plus three", "response": "five"}, {"prompt": "say a", "response": "b c d e"}]
+    ids, mask, _ = pad_batch(rm.encode(rows), rm.pad_id)
+    embeds = rm.backbone.get_input_embeddings()(ids).clone().requires_grad_(True)
+    soft = rm(ids, mask, inputs_embeds=embeds)
+    torch.testing.assert_close(soft.detach(), rm.score(rows), atol=1e-5, rtol=0)
+    soft.sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"pass input_ids with inputs_embeds to locate it"):
+        rm(None, mask, inputs_embeds=embeds)

@@ -353,3 +353,15 @@ def test_an_imagefolder_scores_from_its_folder_or_its_metadata_file(scorer, tmp_
         assert mmreward_main(["score", "--model", scorer, "--data", data, "--out", str(out)]) == 0
         got = [json.loads(x)["score"] for x in out.read_text().splitlines()]
         assert torch.allclose(torch.tensor(got), want, atol=1e-6), data
+
+
+def test_a_data_folder_holding_a_metadata_file_besides_its_data_is_read_whole(tmp_path):
+    """Only a folder of media + metadata files is an imagefolder: rows in data.jsonl beside a metadata.jsonl were
+    dropped for the metadata file's one row."""
+    from mmreward.core.data import read_records
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    _jsonl(folder / "data.jsonl", [{"prompt": "p", "response": f"r{i}"} for i in range(3)])
+    _jsonl(folder / "metadata.jsonl", [{"about": "this dataset"}])
+    assert len(read_records(str(folder))) == 4
