@@ -117,9 +117,9 @@ def test_user_docs_tell_what_is_not_how_it_changed(name):
     assert not found, f"docs/{name}.md: {found}"
 
 
-def test_serving_md_says_unknown_routes_are_logged_not_counted(monkeypatch):
-    """A user who points a trainer at a wrong route looks in /metrics for the 404s: they are not there (on
-    purpose: a scanner's paths would add label values), and the page says where they are instead."""
+def test_serving_md_says_how_unknown_routes_are_counted(monkeypatch):
+    """A user who points a trainer at a wrong route looks in /metrics for the 404s: they are counted under the one
+    endpoint "(routing)" (a scanner's paths add no label values), as the page says."""
     import httpx
 
     from mmreward.serve import BackgroundServer, ServeConfig
@@ -128,10 +128,13 @@ def test_serving_md_says_unknown_routes_are_logged_not_counted(monkeypatch):
 
     with BackgroundServer(ToyTextScorer(), ServeConfig(port=0)) as url:
         assert httpx.post(url + "/get_rewards", json={"query": ["a"]}).status_code == 404
+        assert httpx.post(url + "/no/such/" + "x" * 40, json={}).status_code == 404
         assert httpx.get(url + "/score").status_code == 405
         metrics = httpx.get(url + "/metrics").text
-    assert 'code="404"' not in metrics and 'code="405"' not in metrics
-    assert "not counted in these metrics" in _doc("serving")
+    assert 'requests_total{code="404",endpoint="(routing)"} 2' in metrics
+    assert 'requests_total{code="405",endpoint="(routing)"} 1' in metrics
+    assert "/get_rewards" not in metrics and "no/such" not in metrics  # no label value per path
+    assert "counted under the one endpoint `(routing)`" in _doc("serving")
 
 
 def test_text_md_says_how_a_bad_rows_place_is_named(tmp_path):
