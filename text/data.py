@@ -86,7 +86,9 @@ from mmreward.core.inputs import _text as check_text
 Messages = list[dict]
 TextLike = Union[str, Messages]
 
-INPUT_FORMATS = ("chat", "pair", "joined")
+# concat_eos: TRL RewardTrainer's rendering of rows that are no conversations: prompt + response as written, then
+# the tokenizer's eos string (unless the text ends with it), tokenised with special tokens
+INPUT_FORMATS = ("chat", "pair", "joined", "concat_eos")
 TRUNCATIONS = ("prompt_first", "keep_end")
 _KNOWN = ("prompt", "chosen", "rejected", "margin", "tie", "target")
 _PROMPT, _RESPONSE = 1, 2  # token regions; 0: special / template token (never cut)
@@ -523,6 +525,11 @@ class TextEncoder:
             self._bos_cache = bos if adds else None
         return self._bos_cache
 
+    def _eos_after(self, text: str) -> str:
+        """``concat_eos``: the eos string to append to ``text`` (none when it ends with it, or in other formats)."""
+        eos = getattr(self.tokenizer, "eos_token", None) if self.input_format == "concat_eos" else None
+        return eos if isinstance(eos, str) and eos and not text.endswith(eos) else ""
+
     # -------------------------------------------------------------- rendering
     def render(self, prompt: Optional[TextLike], response: TextLike) -> _Rendered:
         prompt, response = split_conversation(prompt, response)
@@ -537,7 +544,7 @@ class TextEncoder:
             bos = self._added_bos()
             if bos and response.startswith(bos):
                 response = response[len(bos):]
-            return _Rendered(response, spans=[(0, len(response), _RESPONSE)])
+            return _Rendered(response + self._eos_after(response), spans=[(0, len(response), _RESPONSE)])
         if self.input_format == "chat":
             asked = [] if prompt is None else _as_messages(prompt, "user")
             if self.system_prompt and not (asked and asked[0].get("role") == "system"):  # a given system turn wins
@@ -552,6 +559,9 @@ class TextEncoder:
         p, r = ("" if prompt is None else _flatten(prompt)), _flatten(response)
         if self.input_format == "pair" and prompt is not None:
             return _Rendered(p, second=r)
+        if self.input_format == "concat_eos":
+            spans = ([(0, len(p), _PROMPT)] if p else []) + [(len(p), len(p) + len(r), _RESPONSE)]
+            return _Rendered(p + r + self._eos_after(p + r), spans=spans)
         if not p:
             return _Rendered(r, spans=[(0, len(r), _RESPONSE)])
         return _Rendered(p + "\n\n" + r, spans=[(0, len(p), _PROMPT), (len(p) + 2, len(p) + 2 + len(r), _RESPONSE)])

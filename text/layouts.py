@@ -28,6 +28,7 @@ import copy
 import json
 import math
 import os
+import re
 import warnings
 from typing import Any, Callable, Optional
 
@@ -511,7 +512,7 @@ def load_sequence_classifier(folder: str, *, device: Any = "cpu", dtype: Any = N
     if unused:
         warnings.warn(f"{folder}: {len(unused)} tensor(s) that {type(seq).__name__} does not use are ignored, "
                       f"e.g. {unused[:4]}", stacklevel=2)
-    return finish_loading(reward_model_from_classifier(seq, tokenizer), dev, dt)
+    return finish_loading(reward_model_from_classifier(seq, tokenizer, trl_reward_run(folder)), dev, dt)
 
 
 # a training setting: transformers >= 5 refuses it with one label, which it does not change for scoring
@@ -641,14 +642,42 @@ def check_sequence_classifier_folder(folder: str) -> Any:
     return config
 
 
-def reward_model_from_classifier(seq: nn.Module, tokenizer: Any) -> RewardModel:
-    """Move a loaded sequence classifier's backbone and head into a :class:`RewardModel`."""
+def trl_reward_run(folder: str) -> bool:
+    """Whether ``folder`` was saved by TRL's ``RewardTrainer``: its ``README.md`` front matter lists the tag
+    ``reward-trainer`` (TRL tags the model it trains; transformers and peft write the tags into the card), or, for
+    a ``checkpoint-N`` folder (which gets no card), its run folder's does."""
+    if _tagged_by_trl(os.path.join(folder, "README.md")):
+        return True
+    parent = os.path.dirname(os.path.abspath(folder))
+    return bool(re.fullmatch(r"checkpoint-\d+", os.path.basename(os.path.abspath(folder)))) \
+        and _tagged_by_trl(os.path.join(parent, "README.md"))
+
+
+def _tagged_by_trl(path: str) -> bool:
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > (1 << 20):
+            return False
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    if not text.startswith("---"):
+        return False
+    front = text[3:].split("\n---", 1)[0]
+    return any(line.strip() in ("- reward-trainer", "- 'reward-trainer'", '- "reward-trainer"')
+               for line in front.splitlines())
+
+
+def reward_model_from_classifier(seq: nn.Module, tokenizer: Any, trl_run: bool = False) -> RewardModel:
+    """Move a loaded sequence classifier's backbone and head into a :class:`RewardModel`. ``trl_run``: saved by
+    TRL's ``RewardTrainer`` (:func:`trl_reward_run`), which renders rows as its tokenizer allows: a tokenizer
+    without a chat template only ever saw prompt + response + eos (``concat_eos``)."""
     dense, out, act, pooling = _head_of(seq)
     base = getattr(seq, seq.base_model_prefix)
     if dense is not None and getattr(base, "pooler", None) is not None and _owns(base.pooler, dense):
         base.pooler = None  # BERT keeps its pooler inside the base model: it becomes our pooler layer
     encoder = is_encoder(seq.config)
-    input_format = ("chat" if has_chat_template(tokenizer) else
+    input_format = ("chat" if has_chat_template(tokenizer) else "concat_eos" if trl_run else
                     "pair" if (has_pair_template(tokenizer) if encoder else concatenating_pair(tokenizer)) else
                     "joined")
     config = RewardModelConfig(backbone=seq.config.to_dict(), max_length=model_max_length(tokenizer, seq.config),

@@ -303,7 +303,7 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
     * ``TOKEN_CLS`` (TRL ``PRMTrainer`` + ``peft_config``): a process reward model read as
       :func:`mmreward.text.prm.published.load_token_classification_prm` reads a merged folder
       (``step_separator=``: the run's ``PRMConfig.step_separator``, default ``"\\n"``)."""
-    from .layouts import _tokenizer_argument, _tokenizer_with_config, reward_model_from_classifier
+    from .layouts import _tokenizer_argument, _tokenizer_with_config, reward_model_from_classifier, trl_reward_run
     from .reward_model import TOKENIZER_FILES
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -329,7 +329,7 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
         config.pad_token_id = tokenizer.pad_token_id  # as TRL sets it on the model it trains
     classifier = _adapted_classifier(folder, base, config, factors, replaced, spec, weights_path, token_level, dt)
     if not token_level:
-        return finish_loading(reward_model_from_classifier(classifier, tokenizer), dev, dt)
+        return finish_loading(reward_model_from_classifier(classifier, tokenizer, trl_reward_run(folder)), dev, dt)
     from .prm.published import TRL_STEP_SEPARATOR, LoadedSource, token_classification_prm
 
     raw = {**classifier.config.to_dict(), "architectures": [type(classifier).__name__]}

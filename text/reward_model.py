@@ -61,7 +61,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
 class RewardModelConfig:
     backbone: dict = field(default_factory=dict, metadata={"help": "the backbone's transformers config (config.to_dict(), with model_type)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "tokens per input, special tokens included (None: no limit)"})
-    input_format: str = field(default="joined", metadata={"help": "chat (the tokenizer's chat template) | pair (tokenizer(prompt, response)) | joined (prompt + blank line + response)"})
+    input_format: str = field(default="joined", metadata={"help": "chat (the tokenizer's chat template) | pair (tokenizer(prompt, response)) | joined (prompt + blank line + response) | concat_eos (prompt + response + eos, as TRL's RewardTrainer renders rows that are no conversations)"})
     truncation: str = field(default="prompt_first", metadata={"help": "prompt_first (the prompt loses its start, then the response its end) | keep_end (the first content tokens go)"})
     prompt_share: float = field(default=0.25, metadata={"help": "prompt_first: share of the content budget the end of a long prompt keeps against a long response"})
     pooling: str = field(default="last", metadata={"help": "where the score is read: last (last token) | first (first token, [CLS]) | mean (mean over tokens) | last_non_pad (the last token that is not the backbone config's pad_token_id, as transformers' decoder classifiers read it)"})

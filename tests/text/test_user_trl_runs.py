@@ -309,3 +309,45 @@ def test_prm_adapter_without_task_type_over_a_bf16_base(tmp_path):
     ours = prm.score_parts(SOLUTIONS, batch_size=2)
     for a, b in zip(ours, official_scores(model.eval(), base, SOLUTIONS)):
         assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5
+
+
+def test_a_run_on_plain_text_rows_scores_prompt_response_and_eos_as_trl_trained(tmp_path):
+    """TRL renders rows that are no conversations as prompt + chosen + eos (its tokenizer has no chat template, so
+    no run of it saw anything else); mmreward read such a folder with its own "joined" layout (a blank line between,
+    no eos): a score at another token than the run trained. TRL's README tag tells the folder apart."""
+    import mmreward
+
+    tok = word_tokenizer(bos=True)  # no chat template
+    plain = [{"prompt": "what is two plus three ", "chosen": "five", "rejected": "six a b"}] * 4
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    final, _, _, trainer = _train(tmp_path, "plain", llama_config(), tok, lora, data=plain)
+    rm = mmreward.load(final)
+    assert rm.config.input_format == "concat_eos"
+    rows = [{"prompt": "what is two plus three ", "response": "five"}, {"prompt": "say a ", "response": "b c d e"}]
+    trl_ids = [tok(r["prompt"] + r["response"] + tok.eos_token)["input_ids"] for r in rows]  # RewardTrainer's rows
+    assert [e.ids for e in rm.encode(rows)] == trl_ids
+    torch.testing.assert_close(rm.score(rows), _model_scores(trainer.model, rm, rows), atol=1e-5, rtol=0)
+    # the same weights without TRL's tag (a folder from elsewhere) keep the blank-line layout
+    readme = os.path.join(final, "README.md")
+    with open(readme) as f:
+        text = f.read()
+    with open(readme, "w") as f:
+        f.write(text.replace("reward-trainer", "something-else"))
+    assert mmreward.load(final).config.input_format == "joined"
+
+
+def test_a_full_fine_tune_on_plain_text_reads_its_layout_from_the_run_card(tmp_path):
+    """A run without peft: trainer.save_model() writes the model and TRL's card into output_dir; its checkpoint-N
+    folders get no card of their own and are read by their run's."""
+    import mmreward
+
+    tok = word_tokenizer(bos=True)
+    plain = [{"prompt": "what is two plus three ", "chosen": "five", "rejected": "six a b"}] * 4
+    _, run, _, trainer = _train(tmp_path, "full", llama_config(), tok, None, data=plain)
+    trainer.save_model()  # into output_dir, beside the card
+    rows = [{"prompt": "what is two plus three ", "response": "five"}]
+    for folder in (run, os.path.join(run, "checkpoint-2")):
+        rm = mmreward.load(folder)
+        assert rm.config.input_format == "concat_eos", folder
+    torch.testing.assert_close(mmreward.load(run).score(rows), _model_scores(trainer.model, rm, rows),
+                               atol=1e-5, rtol=0)
