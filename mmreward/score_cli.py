@@ -579,6 +579,8 @@ def _model_identity(path: str) -> Any:
     files are hashed: a sample of blocks misses a retrained head of a few KB in a multi-GB file, and reading the
     weights once more costs about what loading them does. The folder's path is kept to say which folder changed,
     not compared."""
+    from mmreward.core.folders import file_sha256
+
     where = _identity(path)
     if not where or not os.path.isdir(where):
         return where
@@ -592,7 +594,7 @@ def _model_identity(path: str) -> Any:
         for name in names:
             if name.endswith(_MODEL_FILES) and name not in _TRAINING_STATE_FILES and not name.startswith("rng_state"):
                 full = os.path.join(d, name)
-                files[os.path.relpath(full, where)] = [os.path.getsize(full), _content_hash(full)]
+                files[os.path.relpath(full, where)] = [os.path.getsize(full), file_sha256(full)]
     identity = {"path": where, "files": dict(sorted(files.items()))}
     if os.path.isfile(os.path.join(where, "adapter_config.json")) and not os.path.isfile(os.path.join(where, "config.json")):
         # a LoRA adapter scores as its base model + the adapter: a base changed in place is another model too
@@ -628,15 +630,6 @@ def _adapter_base_identity(folder: str) -> Any:
 _MODEL_FILES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".gguf", ".txt", ".model", ".jinja")
 _NOT_MODEL_DIRS = re.compile(r"checkpoint-\d+|runs|logs|\.git|\.cache|__pycache__")
 _TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
-def _content_hash(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _same_run(was: Any, now: Any) -> bool:
     """Whether two partial-file headers are of the same command: the model compared by its files' content, not by

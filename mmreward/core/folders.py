@@ -153,7 +153,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 # ------------------------------------------------------------------ manifests
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -179,7 +179,7 @@ def build_manifest(folder: str, checksums: bool = True) -> dict:
         path = os.path.join(folder, rel)
         entry = {"bytes": os.path.getsize(path)}
         if checksums:
-            entry["sha256"] = _sha256(path)
+            entry["sha256"] = file_sha256(path)
         files[rel] = entry
     return {"format_version": 1, "files": files}
 
@@ -255,7 +255,7 @@ def verify_folder(folder: str, checksums: Optional[bool] = None) -> Optional[dic
             raise CheckpointError(f"{path} has {size} bytes but the manifest records {entry.get('bytes')}: "
                                   "truncated, edited after saving or from another save (a file edited on purpose "
                                   f"needs its entry in {MANIFEST_NAME} updated, or the manifest removed)")
-        if checksums and "sha256" in entry and _sha256(path) != entry["sha256"]:
+        if checksums and "sha256" in entry and file_sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{path} does not match its SHA-256 in the manifest: the file is corrupt")
     return manifest
 

@@ -55,7 +55,7 @@ def test_a_manifest_path_outside_the_folder_is_refused_before_that_file_is_read(
     secret.write_text("x" * 1234)
     _edit_manifest(saved, lambda files: files.update({entry.replace("/SECRET", str(secret)): {"bytes": 1}}))
     hashed = []
-    monkeypatch.setattr(F, "_sha256", lambda p: hashed.append(p) or "0" * 64)
+    monkeypatch.setattr(F, "file_sha256", lambda p: hashed.append(p) or "0" * 64)
     monkeypatch.setenv("MMREWARD_VERIFY_CHECKSUMS", "1")
     with pytest.raises(CheckpointError, match=r"manifest\.json: entry .* not a plain relative path inside the folder") as e:
         mmreward.load(str(saved))

@@ -13,7 +13,7 @@ import torch
 from helpers import one_line_error
 from mmreward.core.folders import CheckpointError
 
-from text_rm_fixtures import BOS_TEMPLATE, qwen2_config, roberta_config, vocab_size, word_tokenizer
+from text_rm_fixtures import BOS_TEMPLATE, classifier_logits, qwen2_config, roberta_config, vocab_size, word_tokenizer
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -52,16 +52,7 @@ def _adapter_folder(tmp_path, config, tokenizer, lora, *, base_cls="causal", see
     return str(folder), str(base), model.eval()
 
 
-def _peft_scores(model, rm, rows):
-    """The peft model's logits[:, 0] on exactly the token ids mmreward's reward model feeds, one row at a time."""
-    out = []
-    with torch.no_grad():
-        for enc in rm.encode(rows):
-            batch = {"input_ids": torch.tensor([enc.ids])}
-            if enc.types is not None:
-                batch["token_type_ids"] = torch.tensor([enc.types])
-            out.append(model(**batch).logits[0, 0].float())
-    return torch.stack(out)
+_peft_scores = classifier_logits  # the peft model's logits[:, 0] on the ids mmreward feeds
 
 
 def _merged_folder(model, tokenizer, folder):
@@ -277,13 +268,10 @@ def test_cli_info_and_score_read_an_adapter_folder(tmp_path, capsys):
     assert "base_model_name_or_path in adapter_config.json" in line and base in line
 
 
-def test_token_classification_prm_adapter_scores_as_trl_prm_trainer_reads_it(tmp_path):
-    """TRL PRMTrainer + peft_config: a TOKEN_CLS adapter of a causal LM; each step's score is the adapted token
-    classifier's softmax(·)[1] at the last token of step + separator, on PRMTrainer.tokenize_row's ids."""
-    import mmreward
-    from mmreward.text.prm.model import ProcessRewardModel
-    from test_prm_contract import SOLUTIONS, _qwen2_config, _qwen_tokenizer, _randomise
-    from test_published_prms_more import official_scores
+def _prm_adapter(tmp_path, lora, seed=3):
+    """A TOKEN_CLS adapter of a Qwen2 causal LM (saved as the base), as a PRMTrainer run leaves it: (folder, the
+    adapted peft model, the base folder)."""
+    from test_prm_contract import _qwen2_config, _qwen_tokenizer, _randomise
 
     tok = _qwen_tokenizer()
     base = tmp_path / "base"
@@ -292,12 +280,23 @@ def test_token_classification_prm_adapter_scores_as_trl_prm_trainer_reads_it(tmp
     causal.save_pretrained(str(base))
     tok.save_pretrained(str(base))
     tc = transformers.AutoModelForTokenClassification.from_pretrained(str(base), num_labels=2)
-    model = peft.get_peft_model(tc, peft.LoraConfig(task_type="TOKEN_CLS", r=4, lora_alpha=8,
-                                                    target_modules=["q_proj", "v_proj", "up_proj"]))
-    _randomize_adapter(model, seed=7)
+    model = peft.get_peft_model(tc, lora)
+    _randomize_adapter(model, seed=seed)
     folder = tmp_path / "prm-adapter"
     model.save_pretrained(str(folder))
-    model.eval()
+    return str(folder), model.eval(), str(base)
+
+
+def test_token_classification_prm_adapter_scores_as_trl_prm_trainer_reads_it(tmp_path):
+    """TRL PRMTrainer + peft_config: a TOKEN_CLS adapter of a causal LM; each step's score is the adapted token
+    classifier's softmax(·)[1] at the last token of step + separator, on PRMTrainer.tokenize_row's ids."""
+    import mmreward
+    from mmreward.text.prm.model import ProcessRewardModel
+    from test_prm_contract import SOLUTIONS
+    from test_published_prms_more import official_scores
+
+    folder, model, base = _prm_adapter(tmp_path, peft.LoraConfig(task_type="TOKEN_CLS", r=4, lora_alpha=8,
+                                                                 target_modules=["q_proj", "v_proj", "up_proj"]), 7)
     prm = mmreward.load(str(folder))
     assert isinstance(prm, ProcessRewardModel)
     for sep in ("\n", "\n\n"):
@@ -333,18 +332,9 @@ def test_trainer_output_folder_with_checkpoints_names_them(tmp_path):
 def test_prm_score_takes_the_step_separator_of_a_token_prm_adapter(tmp_path, capsys):
     """`prm score --step-separator` was refused for an adapter folder ("is a peft-lora-adapter PRM")."""
     from mmreward.cli import main
-    from test_prm_contract import SOLUTIONS, _qwen2_config, _qwen_tokenizer, _randomise
+    from test_prm_contract import SOLUTIONS
 
-    tok = _qwen_tokenizer()
-    base = tmp_path / "base"
-    causal = transformers.Qwen2ForCausalLM(_qwen2_config(tok, pad_token_id=tok.pad_token_id))
-    _randomise(causal, 5)
-    causal.save_pretrained(str(base))
-    tok.save_pretrained(str(base))
-    tc = transformers.AutoModelForTokenClassification.from_pretrained(str(base), num_labels=2)
-    model = peft.get_peft_model(tc, peft.LoraConfig(task_type="TOKEN_CLS", r=2, target_modules=["q_proj"]))
-    _randomize_adapter(model)
-    model.save_pretrained(str(tmp_path / "prm-adapter"))
+    _prm_adapter(tmp_path, peft.LoraConfig(task_type="TOKEN_CLS", r=2, target_modules=["q_proj"]))
     data = tmp_path / "steps.jsonl"
     data.write_text("".join(json.dumps({"problem": s.problem, "steps": list(s.steps)}) + "\n" for s in SOLUTIONS))
     capsys.readouterr()

@@ -16,6 +16,7 @@ from helpers import one_line_error
 from text_rm_fixtures import (
     BOS_TEMPLATE,
     WORDS,
+    classifier_logits,
     llama_config,
     roberta_config,
     vocab_size,
@@ -62,16 +63,7 @@ def _train(root, name, config, tok, lora, *, data=CONV, base_dtype=None, encoder
     return str(folder / "final"), str(folder / "run"), str(base), trainer
 
 
-def _model_scores(model, rm, rows):
-    """The trained model's logits[:, 0] on exactly the token ids mmreward's reward model feeds, row by row."""
-    out = []
-    with torch.no_grad():
-        for enc in rm.encode(rows):
-            batch = {"input_ids": torch.tensor([enc.ids])}
-            if enc.types is not None:
-                batch["token_type_ids"] = torch.tensor([enc.types])
-            out.append(model(**batch).logits[0, 0].float())
-    return torch.stack(out)
+_model_scores = classifier_logits  # the trained model's logits[:, 0] on the ids mmreward feeds
 
 
 def _config(folder):

@@ -125,6 +125,19 @@ def save_classifier(folder, config, tokenizer, seed=1):
     return seq
 
 
+def classifier_logits(model, rm, rows):
+    """A transformers / peft classifier's ``logits[:, 0]`` on exactly the token ids mmreward's reward model ``rm``
+    feeds, one row at a time (the reference a loaded folder's scores are compared with)."""
+    out = []
+    with torch.no_grad():
+        for enc in rm.encode(rows):
+            batch = {"input_ids": torch.tensor([enc.ids])}
+            if enc.types is not None:
+                batch["token_type_ids"] = torch.tensor([enc.types])
+            out.append(model(**batch).logits[0, 0].float())
+    return torch.stack(out)
+
+
 def save_legacy_folder(folder, model):
     """The folder layout of mmreward 0.1: backbone config.json, model.safetensors (backbone.* + head.*),
     tokenizer files and mmreward_reward_model.json with the weights' byte size."""
