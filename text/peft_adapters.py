@@ -122,6 +122,12 @@ def read_adapter_config(folder: str, tasks: tuple[str, ...] = ("SEQ_CLS", "TOKEN
         if not isinstance(pattern, dict) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pattern.values()):
             raise CheckpointError(f"{path}: {key} must map layer names to positive numbers, got {pattern!r}")
+        for name in pattern:  # peft matches them as regular expressions against the layer names
+            try:
+                re.compile(rf"(.*\.)?({name})$")
+            except re.error as e:
+                raise CheckpointError(f"{path}: rank_pattern / alpha_pattern key {name!r} is not a regular "
+                                      f"expression ({e})") from None
     return spec
 
 
@@ -191,15 +197,16 @@ def _where_base_is(base: Any, revision: Any) -> str:
 
 def _pattern_value(pattern: dict, layer: str, default: float) -> float:
     """peft's ``get_pattern_key``: the first pattern key that matches the layer name's end, else ``default``."""
-    for key in pattern:
+    for key in pattern:  # each compiled in read_adapter_config
         if re.match(rf"(.*\.)?({key})$", layer):
             return pattern[key]
     return default
 
 
 def split_adapter_state(state: dict[str, torch.Tensor], path: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """``({layer: {"A", "B", "B_bias"?, "embedding"?}}, {parameter name: tensor})`` of an adapter file: the
-    low-rank factors per layer, and the tensors that replace the base's (heads, biases, embeddings)."""
+    """``({layer: {"A", "B", "B_bias"?, "magnitude"?} | {"embedding_A", "embedding_B"} | {"tokens"}},
+    {parameter name: tensor})`` of an adapter file: the low-rank factors (DoRA magnitudes, trainable-token rows)
+    per layer, and the tensors that replace the base's (heads, biases, embeddings)."""
     if any(k.startswith(PEFT_PREFIX) for k in state):
         outside = [k for k in state if not k.startswith(PEFT_PREFIX)]
         if outside:

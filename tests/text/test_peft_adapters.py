@@ -198,6 +198,7 @@ def _edit_config(folder, **changes):
     (dict(some_future_option={"x": 1}), r"some_future_option.*does not know"),
     (dict(lora_alpha=float("nan")), r"lora_alpha must be a positive number"),
     (dict(base_model_name_or_path=None), r"names no base model"),
+    (dict(rank_pattern={"v_proj(": 2}), r"rank_pattern / alpha_pattern key 'v_proj\(' is not a regular expression"),
 ])
 def test_adapters_mmreward_cannot_fold_are_refused(tmp_path, changes, message, capsys):
     import mmreward
