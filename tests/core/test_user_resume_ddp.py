@@ -183,6 +183,10 @@ SCRIPT = textwrap.dedent("""
     assert [r["loss"] for r in again] == [r["loss"] for r in ref], (again, ref)
     with open(os.path.join(out, f"rank{trainer.rank}.txt"), "w") as f:  # the ranks' prints interleave
         f.write(str(trainer.micro_step))
+    # as docs/training.md says a script of one's own ends: a rank exiting with the gloo group open could abort
+    # ("terminate called without an active exception", SIGABRT) under load
+    from mmreward.core.train import end_distributed
+    end_distributed()
 """)
 
 
