@@ -1,6 +1,7 @@
 """A user who needs bit-reproducible runs: things that should not matter (how often the run evaluates, which
 held-out data it evaluates on) must not change the trained weights."""
 import json
+import os
 import random
 
 import numpy as np
@@ -133,37 +134,14 @@ def test_vision_train_resume_refuses_images_regenerated_under_the_same_names(tmp
 
 
 # ------------------------------------------------------------------ train-rl: num_seed_frames on resume
-class _StubEnv:
-    """A pixel env without MuJoCo (as tests/robotics/test_user_visual_rl.py's): 4 agent steps an episode."""
-
-    max_env_steps = 500
-
-    def __init__(self, *args, max_steps=None, action_repeat=2, **kw):
-        import types
-
-        self.action_space = types.SimpleNamespace(low=-np.ones(4, np.float32), high=np.ones(4, np.float32))
-        self.action_dim, self.max_steps = 4, min(max_steps or 250, 250)
-
-    def reset(self, seed):
-        self.t, self.frame = 0, np.full((16, 16, 3), seed % 251, np.uint8)
-        return np.zeros(4, np.float32), self.frame
-
-    def step(self, action):
-        from mmreward.robotics.envs.base import Step
-
-        self.t += 1
-        return Step(obs=np.zeros(4, np.float32), frame=(self.frame + self.t).astype(np.uint8),
-                    reward=float(np.sum(action)), success=False, done=self.t >= self.max_steps)
-
-    def close(self):
-        pass
-
-
 def test_train_rl_resume_refuses_num_seed_frames_that_move_the_first_update(tmp_path, monkeypatch):
     """Before: a resume with another num_seed_frames was taken silently; when the run had not passed the new
     value, the agent stopped (or started) updating where the straight run did not: other weights, no word."""
     import mmreward.robotics.envs as envs
     from mmreward.robotics.rl import DrQV2Config, RLConfig, train_rl
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "robotics"))
+    from test_user_visual_rl import _StubEnv  # a pixel env without MuJoCo
 
     monkeypatch.setattr(envs, "make_env", _StubEnv)
     agent = DrQV2Config(hidden_dim=8, feature_dim=4, num_expl_steps=0)

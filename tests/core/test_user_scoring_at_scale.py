@@ -7,7 +7,6 @@ import io
 import json
 import os
 import sys
-import tracemalloc
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "text"))
 
 from mmreward.cli import main  # noqa: E402
+from text_rm_fixtures import peak_memory_of_command, stop_text_scoring_at  # noqa: E402
 
 WORDS = "what is the answer to two plus three five six seven a b c d e f g h say".split()
 
@@ -85,13 +85,8 @@ def test_memory_does_not_grow_with_the_number_of_rows(rm_folder, tmp_path, monke
 
     def peak(n):
         data = _write_jsonl(tmp_path / f"rows{n}.jsonl", _rows(n, meta=4000))
-        tracemalloc.start()
-        try:
-            assert main(["score", "--model", rm_folder, "--data", data, "--out", str(tmp_path / f"o{n}.jsonl"),
-                         "--no-progress"]) == 0
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        return peak_memory_of_command(lambda: main(["score", "--model", rm_folder, "--data", data, "--out",
+                                                    str(tmp_path / f"o{n}.jsonl"), "--no-progress"]))
 
     small, large = peak(120), peak(1200)
     assert large < small + 2_000_000, (small, large)  # the whole file's rows would be 5+ MB more
@@ -319,14 +314,7 @@ def test_resume_continues_an_interrupted_run_without_scoring_its_rows_again(rm_f
     cmd = ["score", "--model", rm_folder, "--data", data, "--out", str(out), "--batch-size", "4", "--resume"]
     assert main(["score", "--model", rm_folder, "--data", data, "--json", "--batch-size", "4"]) == 0
     whole = capsys.readouterr()
-    real = RewardModel._score
-
-    def stopped(self, items, batch_size, progress=False):
-        if len(calls) == 2:  # in the third chunk
-            raise KeyboardInterrupt
-        return real(self, items, batch_size, progress)
-
-    monkeypatch.setattr(RewardModel, "_score", stopped)
+    real = stop_text_scoring_at(monkeypatch, calls, 2)  # a Ctrl-C in the third chunk
     calls.clear()
     assert main(cmd) == 130
     assert "kept in" in capsys.readouterr().err and not out.exists()

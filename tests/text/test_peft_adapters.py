@@ -13,7 +13,8 @@ import torch
 from helpers import one_line_error
 from mmreward.core.folders import CheckpointError
 
-from text_rm_fixtures import BOS_TEMPLATE, classifier_logits, qwen2_config, roberta_config, vocab_size, word_tokenizer
+from text_rm_fixtures import (BOS_TEMPLATE, classifier_logits, count_score_calls, qwen2_config, roberta_config,
+                              stop_text_scoring_at, vocab_size, word_tokenizer)
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -391,15 +392,7 @@ def test_resume_refuses_rows_scored_over_another_base_model(tmp_path, capsys, mo
            "--batch-size", "1"]  # chunks of 2 rows
     from mmreward.text import RewardModel
 
-    real, calls = RewardModel._score, []
-
-    def score_then_stop(self, *a, **k):  # killed (Ctrl-C) while scoring the second chunk
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(RewardModel, "_score", score_then_stop)
+    real = stop_text_scoring_at(monkeypatch, count_score_calls(monkeypatch), 1)  # a Ctrl-C in the second chunk
     assert main(cmd) == 130 and partial.exists() and not out.exists()
     monkeypatch.setattr(RewardModel, "_score", real)
     weights = os.path.join(base, "model.safetensors")

@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import sys
-import tracemalloc
 
 import pytest
 
@@ -14,6 +13,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from mmreward.cli import main  # noqa: E402
+from text_rm_fixtures import peak_memory_of_command, stop_text_scoring_at  # noqa: E402
 
 WORDS = "what is the answer to two plus three five six seven a b c d e f g h say".split()
 
@@ -121,13 +121,8 @@ def test_text_score_memory_does_not_grow_with_the_number_of_rows(rm_folder, tmp_
 
     def peak(n):
         data = _write_jsonl(tmp_path / f"rows{n}.jsonl", _rows(n, meta=4000))
-        tracemalloc.start()
-        try:
-            assert main(["text", "score", "--model", rm_folder, "--data", data, "--out",
-                         str(tmp_path / f"o{n}.jsonl"), "--no-progress"]) == 0
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        return peak_memory_of_command(lambda: main(["text", "score", "--model", rm_folder, "--data", data, "--out",
+                                                    str(tmp_path / f"o{n}.jsonl"), "--no-progress"]))
 
     small, large = peak(120), peak(1200)
     assert large < small + 2_000_000, (small, large)  # the whole file's rows would be 5+ MB more
@@ -182,14 +177,7 @@ def test_text_score_resume_continues_a_stopped_run(rm_folder, tmp_path, calls, m
            "--no-progress"]
     assert main(["text", "score", "--model", rm_folder, "--data", data, "--json", "--batch-size", "4"]) == 0
     whole = capsys.readouterr().out
-    real = RewardModel._score
-
-    def stopped(self, items, batch_size, progress=False):
-        if len(calls) == 2:  # in the third chunk
-            raise KeyboardInterrupt
-        return real(self, items, batch_size, progress)
-
-    monkeypatch.setattr(RewardModel, "_score", stopped)
+    real = stop_text_scoring_at(monkeypatch, calls, 2)  # a Ctrl-C in the third chunk
     calls.clear()
     assert main(cmd) == 130
     assert "kept in" in capsys.readouterr().err and not out.exists()
@@ -255,13 +243,8 @@ def test_prm_score_memory_does_not_grow_with_the_number_of_rows(prm_folder, tmp_
 
     def peak(n):
         data = _write_jsonl(tmp_path / f"steps{n}.jsonl", _steps(n, meta=4000))
-        tracemalloc.start()
-        try:
-            assert main(["prm", "score", "--model", prm_folder, "--data", data, "--out",
-                         str(tmp_path / f"o{n}.jsonl")]) == 0
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        return peak_memory_of_command(lambda: main(["prm", "score", "--model", prm_folder, "--data", data, "--out",
+                                                    str(tmp_path / f"o{n}.jsonl")]))
 
     small, large = peak(120), peak(1200)
     assert large < small + 2_000_000, (small, large)  # the whole file's rows would be 5+ MB more

@@ -182,3 +182,32 @@ def count_score_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(RewardModel, "_score", counted)
     return seen
+
+
+def peak_memory_of_command(run) -> int:
+    """Peak Python memory (tracemalloc) while ``run()`` (a CLI call) runs; it must return exit status 0."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        assert run() == 0
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def stop_text_scoring_at(monkeypatch, calls: list, at: int = 2):
+    """``RewardModel._score`` raising KeyboardInterrupt (a Ctrl-C) once ``calls`` (from :func:`count_score_calls`)
+    holds ``at`` entries: a run stopped in a later chunk. Returns the unpatched method to put back."""
+    from mmreward.text import RewardModel
+
+    real = RewardModel._score
+
+    def stopped(self, items, batch_size, progress=False):
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(self, items, batch_size, progress)
+
+    monkeypatch.setattr(RewardModel, "_score", stopped)
+    return real
+

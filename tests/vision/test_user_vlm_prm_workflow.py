@@ -16,16 +16,12 @@ from mmreward.core.inputs import VisualSteps  # noqa: E402
 from mmreward.vision import synthetic as S  # noqa: E402
 from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config  # noqa: E402
 from mmreward.vision.visual_prm import VisualPRM, VisualPRMConfig, as_labelled, evaluate_visual_prm  # noqa: E402
+from test_visual_prm import new_prm  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def proc():
     return tiny_processor(S.COLOUR_WORDS)
-
-
-def new_prm(proc, **kw):
-    torch.manual_seed(0)
-    return VisualPRM(VisualPRMConfig(**kw), tiny_qwen2vl_config(proc), proc)
 
 
 RED = np.zeros((56, 56, 3), np.uint8)
