@@ -427,10 +427,10 @@ _TRUNCATED = re.compile(r"truncated (\d+) of (\d+) (\w+) to max_length=(\S+) tok
                         r"(\d+) response tokens cut, up to (\d+) from one input")
 
 
-# the warning ProcessRewardModel._warn_truncated gives for one call (mmreward.text.prm.model)
 # vision scorers' note of animated images read by their first frame (vision/scoring.py): summed over the chunks
 _ANIMATED = re.compile(r"^(\d+) animated image\(s\) were read by their first frame only \(first: (.*?)\): ")
 
+# the warning ProcessRewardModel._warn_truncated gives for one call (mmreward.text.prm.model)
 _PRM_TRUNCATED = re.compile(r"truncated (\d+) of \d+ inputs to (.+?) tokens \(truncate=True\): (\d+) of their steps "
                             r"are unscored \(NaN; first: input (\d+), (steps \S+ of \d+)\) and score\(\) aggregates "
                             r"\((\w+)\)")
@@ -605,23 +605,16 @@ def _model_identity(path: str) -> Any:
 def _adapter_base_identity(folder: str) -> Any:
     """The identity of the base model a PEFT adapter folder names: its local folder's (or its snapshot in the
     local HF cache), else the name as written."""
+    from mmreward.text.peft_adapters import local_base_folder
+
     try:
         with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
-            base = json.load(f).get("base_model_name_or_path")
+            spec = json.load(f)
+        base, revision = spec.get("base_model_name_or_path"), spec.get("revision")
     except (OSError, ValueError, AttributeError):
         return None  # the load reports an unreadable config
-    if not isinstance(base, str) or not base:
-        return base
-    local = os.path.expanduser(base)
-    if not os.path.isdir(local) and base.count("/") == 1:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(base, "config.json")
-            local = os.path.dirname(cached) if isinstance(cached, str) else local
-        except Exception:  # noqa: BLE001 - not a repo id, no huggingface_hub: compared by its name
-            pass
-    if not os.path.isdir(local) or os.path.isfile(os.path.join(local, "adapter_config.json")):
+    local = local_base_folder(base, revision)
+    if local is None or os.path.isfile(os.path.join(local, "adapter_config.json")):
         return base
     found = _model_identity(local)
     return {"name": base, "files": found["files"]} if isinstance(found, dict) else base
@@ -630,6 +623,7 @@ def _adapter_base_identity(folder: str) -> Any:
 _MODEL_FILES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".gguf", ".txt", ".model", ".jinja")
 _NOT_MODEL_DIRS = re.compile(r"checkpoint-\d+|runs|logs|\.git|\.cache|__pycache__")
 _TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
+
 
 def _same_run(was: Any, now: Any) -> bool:
     """Whether two partial-file headers are of the same command: the model compared by its files' content, not by

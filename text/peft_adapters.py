@@ -178,21 +178,30 @@ def adapter_summary(folder: str) -> dict[str, Any]:
             "base_model_here": _where_base_is(base, spec.get("revision"))}
 
 
+def local_base_folder(base: Any, revision: Any = None) -> Optional[str]:
+    """The folder here of the base model an adapter names (``base_model_name_or_path``): the local folder itself,
+    or a hub id's snapshot in the local HF cache; None when it is neither (a hub id is fetched on load)."""
+    if not isinstance(base, str) or not base:
+        return None
+    if os.path.isdir(os.path.expanduser(base)):
+        return os.path.expanduser(base)
+    if base.count("/") != 1 or os.path.isabs(base):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base, "config.json", revision=revision if isinstance(revision, str) else None)
+    except Exception:  # noqa: BLE001 - not a valid repo id, no huggingface_hub: not here
+        return None
+    return os.path.dirname(cached) if isinstance(cached, str) else None
+
+
 def _where_base_is(base: Any, revision: Any) -> str:
     """Whether the base model an adapter names is here: a local folder, a hub id in the local HF cache, or not."""
-    if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
-        return "a local folder"
-    cached = None
-    if isinstance(base, str) and base.count("/") == 1 and not os.path.isabs(base):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(base, "config.json", revision=revision if isinstance(revision, str) else None)
-        except Exception:  # noqa: BLE001 - not a valid repo id, no huggingface_hub: told as not found here
-            cached = None
-    if isinstance(cached, str):
-        return f"a hub id, in the local HF cache ({os.path.dirname(cached)})"
-    return "neither a local folder nor in the local HF cache (a hub id is fetched on load; offline, the load fails)"
+    here = local_base_folder(base, revision)
+    if here is None:
+        return "neither a local folder nor in the local HF cache (a hub id is fetched on load; offline, the load fails)"
+    return "a local folder" if os.path.isdir(os.path.expanduser(base)) else f"a hub id, in the local HF cache ({here})"
 
 
 def _pattern_value(pattern: dict, layer: str, default: float) -> float:
@@ -311,7 +320,6 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
       :func:`mmreward.text.prm.published.load_token_classification_prm` reads a merged folder
       (``step_separator=``: the run's ``PRMConfig.step_separator``, default ``"\\n"``)."""
     from .layouts import _tokenizer_argument, _tokenizer_with_config, reward_model_from_classifier, trl_reward_run
-    from .reward_model import TOKENIZER_FILES
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     spec = read_adapter_config(folder)
@@ -319,19 +327,10 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
     if step_separator is not None and not token_level:
         raise ValueError(f"mmreward.load: step_separator= is an option of token-classification PRM adapters "
                          f"(task_type TOKEN_CLS); {folder} is a {spec.get('task_type')} adapter")
-    if os.path.isfile(os.path.join(folder, "config.json")):
-        raise CheckpointError(f"{folder} holds both a model (config.json) and a PEFT adapter ({ADAPTER_CONFIG}); "
-                              "keep the merged model and the adapter in separate folders")
-    weights_path = adapter_weights_file(folder)
-    factors, replaced = split_adapter_state(read_weight_file(weights_path), weights_path)
-    if dt is None:
-        dt = run_dtype(replaced)
-    base = _base_folder(folder, spec, base_model)
-    if os.path.isfile(os.path.join(base, ADAPTER_CONFIG)):
-        raise CheckpointError(f"{folder}: its base model {base} is itself a PEFT adapter; give the model it adapts")
-    config, labels = _classifier_config(folder, base, replaced, token_level)
-    tok_source = folder if any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES) else base
-    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else _tokenizer_with_config(tok_source, config)
+    factors, replaced, weights_path, base, dt = _adapter_and_base(folder, spec, dt, base_model)
+    config = _classifier_config(folder, base, replaced, token_level)
+    tokenizer = _tokenizer_argument(tokenizer) if tokenizer is not None else \
+        _tokenizer_with_config(_tokenizer_folder(folder, base), config)
     if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id  # as TRL sets it on the model it trains
     classifier = _adapted_classifier(folder, base, config, factors, replaced, spec, weights_path, token_level, dt)
@@ -344,6 +343,29 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
     del classifier
     return token_classification_prm(folder, source, device=device, dtype=dt,
                                     step_separator=TRL_STEP_SEPARATOR if step_separator is None else step_separator)
+
+
+def _adapter_and_base(folder: str, spec: dict, dt: Optional[torch.dtype], base_model: Any
+                      ) -> tuple[dict, dict, str, str, Optional[torch.dtype]]:
+    """``(factors, replaced tensors, weights file, base model folder, compute dtype)`` of an adapter folder whose
+    config ``spec`` was read: what every adapter loader starts from (``dt`` None: the run's, :func:`run_dtype`)."""
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        raise CheckpointError(f"{folder} holds both a model (config.json) and a PEFT adapter ({ADAPTER_CONFIG}); "
+                              "keep the merged model and the adapter in separate folders")
+    weights_path = adapter_weights_file(folder)
+    factors, replaced = split_adapter_state(read_weight_file(weights_path), weights_path)
+    base = _base_folder(folder, spec, base_model)
+    if os.path.isfile(os.path.join(base, ADAPTER_CONFIG)):
+        raise CheckpointError(f"{folder}: its base model {base} is itself a PEFT adapter; give the model it adapts")
+    return factors, replaced, weights_path, base, dt or run_dtype(replaced)
+
+
+def _tokenizer_folder(folder: str, base: str) -> str:
+    """The adapter folder when it holds tokenizer files (TRL saves the run's tokenizer beside the adapter), else
+    the base model's."""
+    from .reward_model import TOKENIZER_FILES
+
+    return folder if any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES) else base
 
 
 def run_dtype(replaced: dict[str, torch.Tensor]) -> Optional[torch.dtype]:
@@ -363,7 +385,7 @@ def _auto_class(token_level: bool) -> Any:
     return AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
 
 
-def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool) -> tuple[Any, int]:
+def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool) -> Any:
     """The base model's config as the classifier the adapter was trained on (its number of labels from the
     head the adapter saved, else the base's own classifier head): a reward head of 1 output, a PRM's of 2."""
     from .layouts import classifier_config
@@ -402,7 +424,7 @@ def _classifier_config(folder: str, base: str, replaced: dict, token_level: bool
                               + ("token-classification PRM has 2 (step wrong / right)" if token_level
                                  else "reward model has 1"))
     config.num_labels = wanted
-    return config, labels
+    return config
 
 
 def _adapted_classifier(folder: str, base: str, config: Any, factors: dict, replaced: dict, spec: dict,
@@ -445,19 +467,11 @@ def load_causal_lm_adapter(folder: str, *, dtype: Any = None, base_model: Any = 
     from mmreward.core.weights import hf_config
 
     from .layouts import _tokenizer_with_config
-    from .reward_model import TOKENIZER_FILES
 
     spec = read_adapter_config(folder, tasks=("CAUSAL_LM",))
-    if os.path.isfile(os.path.join(folder, "config.json")):
-        raise CheckpointError(f"{folder} holds both a model (config.json) and a PEFT adapter ({ADAPTER_CONFIG}); "
-                              "keep the merged model and the adapter in separate folders")
-    weights_path = adapter_weights_file(folder)
-    factors, replaced = split_adapter_state(read_weight_file(weights_path), weights_path)
-    dt = resolve_dtype(dtype) or run_dtype(replaced)
-    base = _base_folder(folder, spec, base_model)
+    factors, replaced, weights_path, base, dt = _adapter_and_base(folder, spec, resolve_dtype(dtype), base_model)
     config = hf_config(read_config(base), base)  # checked (numbers, sizes) before anything is built
-    tok_source = folder if any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES) else base
-    tokenizer = _tokenizer_with_config(tok_source, config)
+    tokenizer = _tokenizer_with_config(_tokenizer_folder(folder, base), config)
     lm = _adapted_classifier(folder, base, config, factors, replaced, spec, weights_path, False, dt,
                              auto=AutoModelForCausalLM)
     return lm.eval(), tokenizer
