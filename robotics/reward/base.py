@@ -64,8 +64,12 @@ class EpisodeScorer(RewardScorer):
     def from_pretrained(cls, folder: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,
                         dtype: Union[None, str, torch.dtype] = None, **kwargs: Any):
         if resolve_dtype(dtype) not in (None, torch.float32):
+            # the documented bfloat16 option is an autocast setting of the config: say so rather than only "no"
+            hint = ("; for bfloat16 matmuls and convolutions set model.config.compute_dtype = 'bfloat16' after "
+                    "loading (an autocast: docs/diffusion_reward.md, Speed)"
+                    if "compute_dtype" in getattr(cls.config_class, "__dataclass_fields__", {}) else "")
             raise DeviceError(f"{cls.__name__} computes in float32 (its statistics and log-probabilities need it), "
-                              f"not {dtype}: leave dtype unset")
+                              f"not {dtype}: leave dtype unset{hint}")
         return super().from_pretrained(folder, device, dtype=None, **kwargs)
 
 

@@ -19,7 +19,8 @@ frame under a conditional VQ-Diffusion model of expert videos.
    embedded once (:class:`~mmreward.robotics.video.ContextCache`) and reused by the 11 denoising
    calls of the fast chain (T = 100, ``skip_step`` = 9);
 4. the raw reward is z-scored with the mean / std measured on expert episodes
-   (:meth:`DiffusionReward.fit_statistics`, saved with the model), and mixed:
+   (:meth:`DiffusionReward.fit_statistics`, saved with the model together with the ``reward_type``,
+   ``entropy_estimator`` and ``skip_step`` they were fitted for: scoring with others is refused), and mixed:
    ``r = (1 − α)·z(r_ce) + α·r_RND + r_sparse`` with α = ``expl_scale`` (official 0.95), the RND
    novelty of frame i normalised by its running std, and ``r_sparse`` the success indicator the
    caller passes (``success=``). Without an RND module, ``r = z(r_ce) + r_sparse``.
@@ -93,6 +94,10 @@ MODEL_TYPE = "diffusion_reward"
 REWARD_TYPES = ("entropy", "likelihood", "relative_likelihood")
 # [std, frames] of the terms added after the first release; folders saved before a term lack its entry
 _OPTIONAL_STATISTICS = ("motion_statistics", "goal_statistics", "displacement_statistics", "consistency_statistics")
+# the config fields that define the raw reward the expert mean / std were fitted on (entropy_estimator only
+# where an entropy is computed): with another value the z-score reads a different estimate on the old scale.
+# compute_dtype is not one: bfloat16 is documented as a switch on a fitted model (the same estimate, rounded)
+FITTED_FIELDS = ("reward_type", "entropy_estimator", "skip_step")
 
 
 @dataclass
@@ -136,6 +141,22 @@ class DiffusionRewardConfig:
                                     "bit-identical (docs/diffusion_reward.md, Speed)", default="float32")
 
     def validate(self) -> None:
+        # kinds first: "4" / None where a number belongs failed in math.isfinite naming no field, and a flag
+        # set to "false" (a truthy string) or 1.0 was taken as on without a word
+        for name in ("use_std", "noise", "use_sparse"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("expl_scale", "progress_scale", "motion_scale", "goal_scale", "displacement_scale",
+                     "consistency_scale", "success_scale", "clip_min", "displacement_cap"):
+            value = getattr(self, name)
+            if (value is None and name in ("clip_min", "displacement_cap")) or (
+                    isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))):
+                continue
+            none = " or None" if name in ("clip_min", "displacement_cap") else ""
+            raise ValueError(f"{name} must be a number{none}, got {value!r}")
+        for name in ("reward_type", "entropy_estimator", "compute_dtype"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.reward_type not in REWARD_TYPES:
             raise ValueError(f"reward_type must be one of {', '.join(REWARD_TYPES)}, got {self.reward_type!r}")
         if self.entropy_estimator not in ("vlb", "x0_entropy"):
@@ -154,8 +175,8 @@ class DiffusionRewardConfig:
             raise ValueError(f"displacement_cap must be a finite number > 0 or None, got {self.displacement_cap}")
         if not (math.isfinite(self.consistency_scale) and self.consistency_scale >= 0):
             raise ValueError(f"consistency_scale must be a finite number >= 0, got {self.consistency_scale}")
-        if isinstance(self.consistency_grid, bool) or not isinstance(self.consistency_grid, int) \
-                or self.consistency_grid < 1:
+        if isinstance(self.consistency_grid, bool) or not isinstance(self.consistency_grid, numbers.Integral) \
+                or self.consistency_grid < 1:  # a numpy integer as batch_size / skip_step take it
             raise ValueError(f"consistency_grid must be an integer >= 1, got {self.consistency_grid!r}")
         if not (math.isfinite(self.success_scale) and self.success_scale >= 0):
             raise ValueError(f"success_scale must be a finite number >= 0, got {self.success_scale}")
@@ -237,6 +258,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         self.register_buffer("displacement_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
         # expert std of the motion consistency, frames (0 = not fitted)
         self.register_buffer("consistency_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
+        # FITTED_FIELDS as they were when the statistics were fitted (None: unknown, e.g. copied in by hand)
+        self.fitted_with: Optional[dict] = None
 
     @property
     def device(self) -> torch.device:
@@ -402,10 +425,19 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         if frames is None:
             self.goal_tokens = self.goal_tokens[:0]
         else:
-            frames = _frame_batch(frames)
+            frames = self._goal_frames(frames, "goal frames")
             self.goal_tokens = self.tokenize(frames)
         if ranker is not None:
             ranker.set_goal(frames)
+
+    def _goal_frames(self, frames: Any, what: str) -> torch.Tensor:
+        """Goal frames as uint8 ``[G, H, W, 3]`` of the model's size, or an error naming ``what`` (the checks of
+        :meth:`tokenize` said "frames must be 64x64 pixels": not that the goal frames were meant)."""
+        frames = _frame_batch(frames, what)
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"{what} must be uint8 [G, H, W, 3] (0..255), got {frames.dtype}{frames_hint(frames)}")
+        check_frames_uint8(frames, what, self.image_size)
+        return frames
 
     def goal_distance(self, tokens: torch.Tensor, goal_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Share ``[T]`` of each frame's tokens (``tokens [T, L]``) that differ from those of the nearest
@@ -430,7 +462,10 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             raise TypeError(f"goals must be a list of goal frame sets, one per episode, got {type(goals).__name__}")
         if len(goals) != len(eps):
             raise ValueError(f"{len(goals)} goals for {len(eps)} episodes: give one goal set per episode")
-        return self._store_std("goal", torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(_frame_batch(g)))
+        goals = [self._goal_frames(g, f"goals[{k}]") for k, g in enumerate(goals)]  # all checked before any work,
+        for k, ep in enumerate(eps):  # naming the goal set / episode ("frames must be 64x64 pixels" said not which)
+            check_frames_uint8(ep, f"episode {k}", self.image_size)
+        return self._store_std("goal", torch.cat([self.goal_distance(self.tokenize(ep), self.tokenize(g))
                                                   for ep, g in zip(eps, goals)]))
 
     # -------------------------------------------------------------- displacement
@@ -510,9 +545,48 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             raise RuntimeError(f"DiffusionReward has no {term} statistics: call {fit_call}, or set {term}_scale=0")
         return std
 
+    def _check_fitted_with(self) -> None:
+        """The raw-reward settings must be those the expert statistics were fitted with: the documented way
+        to change a field is ``dr.config.skip_step = 19``, and the shipped relative-likelihood mean / std
+        then z-scored an entropy or a coarser chain's bound as if it were the fitted reward, without a word."""
+        if not self.config.use_std or self.fitted_with is None or int(self.statistics[2]) == 0:
+            return
+        wanted = _fitted_fields(self.config)
+        changed = [f"{k} {v!r} (fitted with {self.fitted_with[k]!r})" for k, v in wanted.items()
+                   if k in self.fitted_with and self.fitted_with[k] != v]  # no estimator: reward_type differs
+        if changed:
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in wanted.items())
+            if self.config.compute_dtype != "float32":
+                flags += f" --compute-dtype {self.config.compute_dtype}"
+            raise ValueError(f"DiffusionReward.config: {', '.join(changed)}: the expert statistics z-score the reward "
+                             f"they were fitted on; refit them with fit_statistics(expert_episodes) (mmreward robotics "
+                             f"fit-stats {flags}), set the field back, or set use_std=False")
+
+    def _check_terms_ready(self) -> None:
+        """The optional terms' statistics (and goal frames) are there before any work: a missing one was
+        found only after the video model had scored every window of the episode."""
+        cfg = self.config
+        if cfg.use_std and int(self.statistics[2]) == 0:
+            self.standardize(torch.zeros(0))  # the error of the missing expert statistics
+        if cfg.motion_scale > 0:
+            self._fitted_std("motion", "fit_statistics(expert_episodes)")
+        if cfg.goal_scale > 0:
+            if self.goal_tokens.shape[0] == 0:
+                self.goal_distance(self.goal_tokens)  # the error of the missing goal frames
+            self._fitted_std("goal", "fit_goal_statistics(expert_episodes, goals)")
+        if cfg.displacement_scale > 0:
+            self._fitted_std("displacement", "fit_statistics or fit_displacement_statistics(expert_episodes)")
+        if cfg.consistency_scale > 0:
+            self._fitted_std("consistency", "fit_statistics or fit_consistency_statistics(expert_episodes)")
+        ranker = self.progress
+        if ranker is not None and ranker.config.goal_conditioned and ranker.goal.shape[0] == 0:
+            raise RuntimeError("the progress ranker is goal-conditioned: call set_goal(goal_frames) first (e.g. the "
+                               "last frames of demonstrations of the task), or set_progress(None)")
+
     def standardize(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.config.use_std:
             return raw
+        self._check_fitted_with()
         mean, std, n = self.statistics.tolist()
         if n == 0:
             raise RuntimeError("DiffusionReward has no expert statistics: call fit_statistics(expert_episodes) "
@@ -538,6 +612,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         _check_spread(raws, "reward")
         mean, std = float(raws.mean()), _std(raws)
         self.statistics.copy_(torch.tensor([mean, std, float(raws.numel())], dtype=torch.float64))
+        self.fitted_with = _fitted_fields(self.config)
         return ({"mean": mean, "std": std, "frames": raws.numel()} | self._store_std("motion", torch.cat(unrealised))
                 | self._store_std("displacement", torch.cat(displaced))
                 | self._store_std("consistency", torch.cat(consistent)))
@@ -553,6 +628,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         official RL loop adds it when a transition is sampled: :meth:`exploration_bonus`)."""
         self._checked_config()
         self._batch(batch_size)  # before any work
+        self._check_fitted_with()
+        self._check_terms_ready()
         if not isinstance(frames, torch.Tensor):
             frames = as_frame_tensor(frames).to(self.device)
         tok = self.tokenize(frames)
@@ -659,6 +736,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             term_std, term_n = getattr(self, name).tolist()
             term = name.removesuffix("_statistics")
             stats |= {f"{term}_std": term_std, f"{term}_frames": int(term_n)}
+        if self.fitted_with is not None:
+            stats["fitted_with"] = dict(self.fitted_with)
         return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None, "statistics": stats}
 
     @classmethod
@@ -684,6 +763,16 @@ class DiffusionReward(EpisodeScorer, nn.Module):
                     part("rnd", RND) if body.get("has_rnd") else None,
                     part("progress", ProgressModel) if body.get("has_progress") else None)
         model.statistics.copy_(stats.double())
+        saved = body.get("statistics") if isinstance(body.get("statistics"), dict) else {}
+        fitted_with = saved.get("fitted_with")
+        if fitted_with is None:  # saved before mmreward recorded it (the shipped folders): fitted with their config
+            model.fitted_with = _fitted_fields(config) if int(model.statistics[2]) > 0 else None
+        else:
+            if not (isinstance(fitted_with, dict) and set(fitted_with) <= set(FITTED_FIELDS)
+                    and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in fitted_with.values())):
+                raise CheckpointError(f"{folder}/config.json: statistics.fitted_with must map some of "
+                                      f"{', '.join(FITTED_FIELDS)} to their values, got {fitted_with!r}")
+            model.fitted_with = dict(fitted_with)
         for name in _OPTIONAL_STATISTICS:  # folders saved before these terms have none (not fitted)
             if name in weights:
                 getattr(model, name).copy_(weights[name].double())
@@ -712,6 +801,15 @@ def _frame_batch(frames: Any, what: str = "goal frames") -> torch.Tensor:
                         f"got {type(frames).__name__}")
     frames = torch.as_tensor(frames)
     return frames[None] if frames.dim() == 3 else frames
+
+
+def _fitted_fields(config: DiffusionRewardConfig) -> dict:
+    """The :data:`FITTED_FIELDS` of ``config`` that shape its raw reward (no estimator in likelihood mode)."""
+    out = {name: getattr(config, name) for name in FITTED_FIELDS}
+    out["skip_step"] = int(out["skip_step"])
+    if config.reward_type == "likelihood":
+        del out["entropy_estimator"]
+    return out
 
 
 def _statistics_problem(stats: list) -> Optional[str]:
@@ -753,4 +851,4 @@ def _write_part(part: Pretrained, folder: str) -> None:
     write_config(folder, body)
 
 
-__all__ = ["DiffusionReward", "DiffusionRewardConfig", "REWARD_TYPES"]
+__all__ = ["DiffusionReward", "DiffusionRewardConfig", "FITTED_FIELDS", "REWARD_TYPES"]

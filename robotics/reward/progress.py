@@ -128,7 +128,7 @@ class ProgressModel(EpisodeScorer, nn.Module):
             raise ValueError("this ranker is not goal-conditioned (ProgressConfig.goal_conditioned): pass no goal")
         return self.head(self.trunk(x - 0.5)).squeeze(1)
 
-    def set_goal(self, frames: Optional[torch.Tensor]) -> None:
+    def set_goal(self, frames: Optional[torch.Tensor], what: str = "goal frames") -> None:
         """Goal frames uint8 ``[G, H, W, 3]`` (e.g. the last frames of demonstrations of the task) the
         score of a goal-conditioned ranker is computed against (the mean over the G goals); ``None``
         clears them."""
@@ -141,16 +141,16 @@ class ProgressModel(EpisodeScorer, nn.Module):
             frames = torch.from_numpy(frames)
         if isinstance(frames, torch.Tensor) and frames.dim() == 3:
             frames = frames[None]
-        x = self._pixels(frames)
+        x = self._pixels(frames, what)  # "frames must be 64x64 pixels" did not say the goal frames were meant
         if x.shape[0] == 0:
             raise ValueError("set_goal needs at least one goal frame")
         self.goal = x
 
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        frames = as_frame_tensor(frames)  # a tensor, a numpy array or a list of frames, as DiffusionReward takes
+    def _pixels(self, frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
+        frames = as_frame_tensor(frames, what)  # a tensor, a numpy array or a list of frames, as DiffusionReward takes
         if frames.dtype != torch.uint8:
-            raise TypeError(f"ProgressModel takes uint8 frames [T, H, W, 3], got {frames.dtype}{frames_hint(frames)}")
-        check_frames_uint8(frames, "frames", self.config.image_size)
+            raise TypeError(f"ProgressModel takes uint8 {what} [T, H, W, 3], got {frames.dtype}{frames_hint(frames)}")
+        check_frames_uint8(frames, what, self.config.image_size)
         return frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0
 
     @torch.no_grad()
@@ -224,8 +224,8 @@ class ProgressModel(EpisodeScorer, nn.Module):
         kept = self.goal
         try:
             out = []
-            for ep, g in zip(episodes, goals):
-                self.set_goal(g)
+            for k, (ep, g) in enumerate(zip(episodes, goals)):
+                self.set_goal(g, f"goals[{k}]")
                 out.append(self.raw_score(ep).double())
             return out
         finally:
