@@ -462,7 +462,20 @@ def detect(folder: str) -> tuple[str, Callable[..., Any]]:
 
 
 def load(path: Union[str, os.PathLike], *, device: Any = "cpu", dtype: Any = None, **kwargs: Any) -> Any:
-    """The reward model saved at ``path`` (see :func:`resolve_folder`), on ``device``, in eval mode."""
+    """The reward model saved at ``path``, on ``device``, in eval mode: the class its ``config.json`` names
+    (``model_type``), or the loader of the published layout the folder holds (see ``mmreward info FOLDER``).
+
+    ``path``: a folder (``str`` / ``pathlib.Path``; ``~`` is the home folder), a training run's output folder
+    (its ``model/``), a checkpoint name shipped with mmreward (``"metaworld-64"``) or a hub id (``"org/name"``,
+    fetched into the hub cache). Each call builds a model of its own: two loads share no tensor.
+    ``device``: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``.
+    ``dtype``: ``None`` / ``"auto"`` (as saved), ``"fp32"``, ``"bf16"``, ``"fp16"``, ``"fp64"`` or a floating
+    ``torch.dtype``. Other keywords are options of the folder's loader (``step_separator=`` of a PRM layout …);
+    one it does not take is an error naming it.
+
+    The model's ``score(inputs)`` takes a list of the inputs of ``type(model).input_types`` (``help(model.score)``
+    names them) and returns ``Tensor[N]``, float32 on the CPU.
+    """
     folder = resolve_folder(path)
     if os.path.isdir(os.path.expanduser(os.fsdecode(os.fspath(path)))):
         from mmreward.core.checkpoint import unfinished_run_note

@@ -53,7 +53,7 @@ def test_a_run_folder_resolves_to_the_reward_model_it_holds(tmp_path):
     assert resolve_folder(str(solo)) == str(solo / "model")  # the only candidate: read, refused with its reason
 
 
-def test_a_snapshot_folder_and_a_missing_folder_are_named_as_such(tmp_path):
+def test_a_snapshot_folder_and_a_missing_folder_are_named_as_such(tmp_path, monkeypatch):
     from mmreward.core.folders import CheckpointError
     from mmreward.registry import LoadError, load
 
@@ -62,7 +62,9 @@ def test_a_snapshot_folder_and_a_missing_folder_are_named_as_such(tmp_path):
     (snap / "state.safetensors").write_bytes(b"")
     with pytest.raises(LoadError, match=r"is a training snapshot \(step 4 .*not a model folder.*--resume"):
         load(str(snap))
-    # a trailing separator or a space makes a path a folder, not an owner/name hub id (no hub lookup)
+    # a trailing separator or a space makes a path a folder, not an owner/name hub id (no hub lookup); relative to
+    # an empty folder (a checkout's own runs/ would exist)
+    monkeypatch.chdir(tmp_path)
     for missing in ("runs/", "my runs/rm", "runs/rm v2"):
         with pytest.raises(CheckpointError, match="does not exist"):
             load(missing)

@@ -569,10 +569,79 @@ def _as_list(inputs: Any, types: tuple, what: str) -> list:
     if isinstance(inputs, collections.abc.Set):  # no order: the scores could not be matched to the inputs
         raise TypeError(f"{what} takes a list of inputs ({names}), got a {type(inputs).__name__}, which has no order")
     single = isinstance(inputs, (str, bytes, dict, ScoreInput, collections.abc.Mapping))
+    columns = _columns_of(inputs)
+    if columns is not None:  # a datasets.Dataset slice (ds[:8]) or a dict of lists: rows transposed
+        raise TypeError(f"{what} takes a list of inputs ({names}), got a dict of columns ({columns}), as a "
+                        "datasets.Dataset slice ds[:n] gives: pass the Dataset itself, a pandas DataFrame, or the "
+                        "rows as a list ([dict(zip(d, row)) for row in zip(*d.values())]); one input given alone goes "
+                        "in a list")
+    if _pandas_one_row(inputs, types):  # df.iloc[0]: listing it would give its cells as inputs
+        raise TypeError(f"{what} takes a list of inputs ({names}), got a pandas Series holding one row (fields "
+                        f"{[str(k) for k in inputs.index][:8]}): wrap it in a list ([row]), or pass the DataFrame")
     if not single and inputs is not None and isinstance(inputs, collections.abc.Iterable):
         return list(inputs)
     hint = "; wrap a single input in a list" if single else ""
     raise TypeError(f"{what} takes a list of inputs ({names}), got {type(inputs).__name__}{hint}")
+
+
+def _columns_of(inputs: Any) -> Optional[str]:
+    """``"'prompt': 8 values, 'response': 8 values"`` for a mapping whose values are all lists / tuples / 1-d
+    arrays of one length (columns, not one input), else None. A single input whose fields are all lists
+    (a Conversation of one turn and one image) reads as columns too: the error then names both ways out."""
+    if not isinstance(inputs, collections.abc.Mapping) or not inputs:
+        return None
+    lengths = set()
+    for v in inputs.values():
+        if isinstance(v, (list, tuple)) or (_is_array(v) and getattr(v, "ndim", None) == 1):
+            lengths.add(len(v))
+        else:
+            return None
+    if len(lengths) != 1 or 0 in lengths:
+        return None
+    return ", ".join(f"{k!r}: {len(v)} values" for k, v in list(inputs.items())[:4])
+
+
+def _pandas_one_row(inputs: Any, types: tuple) -> bool:
+    """Whether ``inputs`` is a pandas Series whose index names the fields of one of ``types`` (one row of a
+    DataFrame, ``df.iloc[0]``), not a column of inputs."""
+    if type(inputs).__module__.split(".")[0] != "pandas" or getattr(inputs, "ndim", None) != 1 \
+            or not hasattr(inputs, "index") or hasattr(inputs, "columns"):
+        return False
+    keys = {str(k) for k in inputs.index}
+    return any(t.matches(dict.fromkeys(keys)) for t in types)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one inserted, deleted or replaced character, or two swapped neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+def _check_misspelt_fields(kind: type, row: dict, where: str) -> None:
+    """A key of a row that is one typo (or a change of case) away from a field of ``kind`` the row does not give
+    (``promt``, ``Prompt``, ``respone``) is refused naming both: other keys of a row are ignored (a DataFrame's ids,
+    scores), so this one would be silently dropped, and the input scored without its prompt."""
+    fields = kind.row_fields()
+    if fields is None:
+        return
+    # the prompt of a TextPair may also come under a published dataset's name (read by _other_prompt)
+    extra = {"prompt": _PROMPT_ALIASES} if kind is TextPair else {}
+    missing = [a for name, aliases in kind.row_keys.items()
+               if not any(row.get(k) is not None for k in (*aliases, *extra.get(name, ()))) for a in aliases]
+    for key in row:
+        if not isinstance(key, str) or key in fields or len(key) < 4:
+            continue
+        near = next((a for a in missing if key.lower() == a.lower() or _one_edit_apart(key.lower(), a)), None)
+        if near is not None:
+            raise DataError(f"{where}: field {key!r} is not one {kind.__name__} reads (did you mean {near!r}?): it "
+                            f"would be ignored and the input scored without it; rename it (the fields: "
+                            f"{', '.join(fields)})")
 
 
 def input_type_of(types: Sequence[type], row: dict) -> type:
@@ -597,6 +666,7 @@ def as_inputs(input_types: Union[type, Sequence[type]], inputs: Any, what: str =
             raise TypeError(f"{where} is {_a(type(item).__name__)}; this model scores {_type_list(types)}")
         elif isinstance(item, dict):
             kind = input_type_of(types, item)
+            _check_misspelt_fields(kind, item, where)
             out.append(kind.from_record(item, where))
         elif isinstance(item, tuple):
             kind = types[0]

@@ -406,10 +406,30 @@ def eval_while_scoring(model: Any):
                     m.training = training
 
 
+def check_config_attributes(model: Any, what: str) -> None:
+    """Refuse a ``model.config`` that holds an attribute none of its fields is (``dr.config.motion_scael = 4.0``, a
+    typo in a notebook): nothing reads it, so the score would be unchanged without a word and ``save_pretrained``
+    would drop it. A config class keeps no other attributes of its own (private ``_names`` are let through)."""
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, type) or not dataclasses.is_dataclass(cfg) or not hasattr(cfg, "__dict__"):
+        return
+    names = [f.name for f in dataclasses.fields(cfg)]
+    extra = [k for k in vars(cfg) if k not in names and not k.startswith("_")]
+    if extra:
+        import difflib
+
+        near = difflib.get_close_matches(extra[0], names, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise AttributeError(f"{type(model).__name__}.{what}: {type(model).__name__}.config has no field {extra[0]!r} "
+                             f"(set on it, nothing reads it: {hint}its fields are {', '.join(names)}); delete it "
+                             f"(del model.config.{extra[0]}) and set the field meant")
+
+
 def _scoring_in_eval_mode(fn: Any) -> Any:
     """``fn`` (a ``score`` / ``score_parts`` method) run under :func:`eval_while_scoring`."""
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check_config_attributes(self, fn.__name__)
         with eval_while_scoring(self):
             return fn(self, *args, **kwargs)
 
@@ -441,6 +461,33 @@ def refuse_meta(model: Any, what: str, state_dict: Optional[dict] = None) -> Non
         raise ValueError(f"{type(model).__name__}.{what}: tensor {name!r} is on the meta device, which holds shapes "
                          f"but no numbers (a model loaded with device='meta' describes a model only): load it on "
                          f"cpu or cuda (device='cpu' / 'cuda' / 'auto') to score or save it")
+
+
+def _documented(fn: Any, cls: type, name: str) -> Any:
+    """The contract's ``score`` / ``score_parts`` for ``cls``, with a docstring naming the inputs it takes."""
+    from .inputs import _type_list
+
+    @functools.wraps(fn)
+    def method(self: Any, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> Any:
+        return fn(self, inputs, batch_size=batch_size)
+
+    default = cls.__dict__.get("default_batch_size", getattr(cls, "default_batch_size", None))
+    counted = "inputs" if cls.batch_size_counts_inputs else "frames / windows of an input"
+    head = ("``Tensor[N]`` (float32, CPU): one reward per input" if name == "score" else
+            "``list[Tensor[K_i]]`` (float32, CPU): one tensor per input, the score of each of its steps / frames")
+    method.__doc__ = (
+        f"{head}, in input order.\n\n"
+        f"``inputs``: a list (or any ordered iterable: a generator, a pandas DataFrame) of "
+        f"{_type_list(tuple(cls.input_types), fields=True)} (``mmreward.core.inputs``), or of dicts with those field "
+        f"names (JSON rows), or of tuples of the fields in order; one input alone goes in a list.\n"
+        f"``batch_size``: {counted} per forward pass"
+        + (f" (default {default})" if isinstance(default, int) else " (default: the model's default_batch_size)")
+        + ".\n\nRuns in eval mode whatever mode the model is in (its modes are restored afterwards)."
+        + (" Whether a gradient reaches the scores is the model's to say (image scorers: yes, for a float image "
+           "that requires grad)." if name == "score" else ""))
+    method._contract = fn  # type: ignore[attr-defined]
+    method._runs_in_eval_mode = True  # type: ignore[attr-defined]  # the contract's score sets eval mode itself
+    return method
 
 
 # ------------------------------------------------------------------ the contract
@@ -476,6 +523,8 @@ class Pretrained:
             state_dict = merged_state_dict(self)
         refuse_meta(self, "save_pretrained", state_dict)
         path = _folder_path(folder, "save_pretrained")
+        check_config_attributes(self, "save_pretrained")
+        self._check_config_loads()
         with atomic_folder(path, keep=_added_since_saved(path)) as tmp:
             extra = self._save(tmp, state_dict) or {}
             body = {"model_type": self.model_type, "format_version": FORMAT_VERSION, "config": self.config_dict()}
@@ -494,6 +543,24 @@ class Pretrained:
     def _save(self, folder: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> Optional[dict]:
         save_weights(folder, state_dict if state_dict is not None else self.state_dict())
         return None
+
+    def _check_config_loads(self) -> None:
+        """Refuse to save a config that loading would refuse: ``model.config`` is a plain dataclass that a notebook
+        edits (``dr.config.motion_scale = 4.0``), and a value of the wrong kind or out of range (``"4"``, NaN, -1)
+        was written, swapping an unloadable folder in over a good one and found only at the next load. The config is
+        read back from its JSON as loading reads it (types, then the class's own checks)."""
+        cfg, config_class = getattr(self, "config", None), type(self).config_class
+        if config_class is None or not isinstance(cfg, config_class) or not dataclasses.is_dataclass(cfg):
+            return
+        data = json.loads(json.dumps(self.config_dict(), default=_json_default))
+        try:
+            rebuilt = config_from_dict(config_class, data, self.model_type)
+            if callable(getattr(rebuilt, "validate", None)):  # checks a config class runs at load, not at build
+                rebuilt.validate()
+        except (CheckpointError, ValueError, TypeError) as e:
+            raise ValueError(f"save_pretrained: {type(self).__name__}.config would not load from the saved folder "
+                             f"({e}): set a valid value (model.config.<field> = ...) and save again; nothing was "
+                             "written") from None
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,
@@ -638,6 +705,13 @@ class RewardScorer(Pretrained):
             fn = cls.__dict__.get(name)
             if callable(fn) and not getattr(fn, "_runs_in_eval_mode", False):
                 setattr(cls, name, _scoring_in_eval_mode(fn))
+        # help(model.score) names what this model scores (ImagePrompt(prompt, image) ...), not only "inputs"
+        if cls.__dict__.get("input_types"):
+            for name in ("score", "score_parts") if cls.has_parts() else ("score",):
+                fn = getattr(cls, name)
+                contract = getattr(fn, "_contract", fn)
+                if name not in cls.__dict__ and contract is getattr(RewardScorer, name):
+                    setattr(cls, name, _documented(contract, cls, name))
 
     def score(self, inputs: Sequence[Any], *, batch_size: Optional[int] = None) -> torch.Tensor:
         """``Tensor[N]`` (float32, CPU): one reward per input, in input order. Whether a gradient reaches
@@ -646,6 +720,7 @@ class RewardScorer(Pretrained):
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         refuse_meta(self, "score")
+        check_config_attributes(self, "score")
         with eval_while_scoring(self):  # dropout never changes a score; the caller's train() mode is kept
             out = _run_checking_dtype(self, self._score, items, size, "score")
         if not isinstance(out, torch.Tensor) or out.shape != (len(items),):
@@ -660,6 +735,7 @@ class RewardScorer(Pretrained):
         items = as_inputs(self.input_types, inputs, f"{type(self).__name__}.score_parts")
         size = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
         refuse_meta(self, "score_parts")
+        check_config_attributes(self, "score_parts")
         with eval_while_scoring(self):
             out = _run_checking_dtype(self, self._score_parts, items, size, "score_parts")
         if not isinstance(out, (list, tuple)) or len(out) != len(items) \
@@ -858,7 +934,7 @@ def finish_loading(model: Any, device: torch.device, dtype: Optional[torch.dtype
     return model
 
 
-__all__ = ["Pretrained", "RewardScorer", "eval_while_scoring", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
+__all__ = ["Pretrained", "RewardScorer", "eval_while_scoring", "check_config_attributes", "check_format_version", "config_from_dict", "config_to_dict", "check_weights_size", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "read_config", "write_config",
            "save_weights", "load_weights", "load_state_strict", "check_batch_size", "finish_loading",
            "match_saved_dtypes", "saved_dtypes", "check_finite_weights", "check_state_dict", "refuse_meta", "build_for_weights", "check_state_shapes", "header_shapes",
            "unsaved_buffer_dtypes", "restore_unsaved_buffer_dtypes", "UNSAVED_BUFFERS_KEY"]
