@@ -369,6 +369,17 @@ class SimpleVLMProcessor:
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token")
 
+    def __getstate__(self) -> dict:
+        # a compiled jinja2 Template does not pickle (copy.deepcopy / pickle of a VLM model failed): rebuilt from
+        # its source on the way back
+        return {k: v for k, v in self.__dict__.items() if k != "_template"}
+
+    def __setstate__(self, state: dict) -> None:
+        import jinja2
+
+        self.__dict__.update(state)
+        self._template = jinja2.Environment().from_string(self.chat_template)
+
     def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False, **_) -> str:
         if tokenize:
             raise ValueError("SimpleVLMProcessor.apply_chat_template only renders text (tokenize=False)")

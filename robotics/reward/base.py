@@ -70,6 +70,11 @@ class EpisodeScorer(RewardScorer):
                     if "compute_dtype" in getattr(cls.config_class, "__dataclass_fields__", {}) else "")
             raise DeviceError(f"{cls.__name__} computes in float32 (its statistics and log-probabilities need it), "
                               f"not {dtype}: leave dtype unset{hint}")
+        if isinstance(folder, (str, os.PathLike)) and not os.path.exists(os.path.expanduser(os.fspath(folder))):
+            from mmreward.registry import resolve_folder
+
+            # a shipped name ("metaworld-64") or a hub id, read as mmreward.load reads it (it said "does not exist")
+            folder = resolve_folder(folder)
         return super().from_pretrained(folder, device, dtype=None, **kwargs)
 
 

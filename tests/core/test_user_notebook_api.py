@@ -187,3 +187,35 @@ def test_a_text_rm_with_its_own_score_checks_its_config_attributes_too():
     m.config.scael = 2.0
     with pytest.raises(AttributeError, match="has no field 'scael'"):
         m.score([TextPair("a", "bc")])
+
+
+def test_a_vlm_reward_model_deep_copies_and_pickles_with_its_processor():
+    """docs/models.md promises copy.deepcopy / pickle of a model, processor included: the VLM processor's
+    compiled chat template did not pickle (Template.__new__() missing 'source')."""
+    import copy
+    import pickle
+
+    from mmreward.vision.synthetic import COLOUR_WORDS
+    from mmreward.vision.testing import tiny_processor, tiny_qwen2vl_config
+    from mmreward.vision.vlm_rm import VLMRewardConfig, VLMRewardModel
+
+    processor = tiny_processor(COLOUR_WORDS)
+    torch.manual_seed(0)
+    model = VLMRewardModel(VLMRewardConfig(), tiny_qwen2vl_config(processor), processor)
+    messages = [{"role": "user", "content": "red"}, {"role": "assistant", "content": "blue"}]
+    want = processor.apply_chat_template(messages)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.processor.apply_chat_template(messages) == want
+        assert twin.processor is not processor
+
+
+def test_a_shipped_name_opens_through_the_class_as_through_load():
+    """mmreward.load("metaworld-64") worked, DiffusionReward.from_pretrained("metaworld-64") said the folder did not
+    exist (RewardModel.from_pretrained reads shipped names)."""
+    from mmreward.core.folders import CheckpointError
+    from mmreward.robotics.reward.diffusion_reward import DiffusionReward
+
+    model = DiffusionReward.from_pretrained("metaworld-64")
+    assert isinstance(model, DiffusionReward) and int(model.statistics[2]) > 0
+    with pytest.raises(CheckpointError, match="does not exist"):
+        DiffusionReward.from_pretrained("no-such-shipped-name")
