@@ -350,8 +350,19 @@ def _reward_config(args: argparse.Namespace):
 
     cfg = config_from_args(DiffusionRewardConfig, args, skip=("batch_size", "seed"),
                            batch_size=args.reward_batch_size, seed=args.seed)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as e:  # the config names its field ("batch_size must be …"): the command line knows a flag
+        raise ValueError(_named_by_flag(str(e), cfg, {"batch_size": "--reward-batch-size"})) from None
     return cfg
+
+
+def _named_by_flag(message: str, config: Any, flags: Optional[dict] = None) -> str:
+    """``message`` of a config check with its leading field name spelt as the flag that sets it."""
+    name = message.split(" ", 1)[0]
+    if name not in getattr(config, "__dataclass_fields__", {}):
+        return message
+    return (flags or {}).get(name, "--" + name.replace("_", "-")) + message[len(name):]
 
 
 def _save_reward_model(codec, video, frames: list, tasks: list, args: argparse.Namespace, out: str) -> None:
@@ -626,13 +637,19 @@ def _score(args: argparse.Namespace) -> int:
         model.config.seed = int(args.seed)
     for flag, field in (("--motion-scale", "motion_scale"), ("--goal-scale", "goal_scale"),
                         ("--displacement-scale", "displacement_scale"), ("--displacement-cap", "displacement_cap"),
-                        ("--consistency-scale", "consistency_scale")):
+                        ("--consistency-scale", "consistency_scale"), ("--compute-dtype", "compute_dtype")):
         value = getattr(args, field)
         if value is not None:
             if not hasattr(model.config, field):
                 raise ValueError(f"{flag} applies to Diffusion Reward models; {folder} holds a {model.model_type}")
-            setattr(model.config, field, float(value))
-            model.config.validate()
+            setattr(model.config, field, value if field == "compute_dtype" else float(value))
+            try:
+                model.config.validate()
+            except ValueError as e:
+                raise ValueError(_named_by_flag(str(e), model.config)) from None
+    if args.displacement_cap is not None and model.config.displacement_scale == 0:  # it bounds a term that is off
+        raise ValueError("--displacement-cap bounds the displacement term, which this model has off "
+                         "(displacement_scale 0): give --displacement-scale DELTA too")
     for term in ("motion", "displacement", "consistency"):  # terms fitted from expert frames alone
         if getattr(model.config, f"{term}_scale", 0) > 0 and int(getattr(model, f"{term}_statistics")[1]) == 0:
             how = "fit_statistics" if term == "motion" else f"fit_{term}_statistics"
@@ -793,7 +810,9 @@ def _add_reward_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("reward model (DiffusionRewardConfig; its chain-noise seed is --seed)")
     # choices: --help lists them and a misspelt one is refused naming the flag (the config named its field)
-    add_config_options(g, DiffusionRewardConfig, skip=("batch_size", "seed"), choices={"reward_type": REWARD_TYPES})
+    add_config_options(g, DiffusionRewardConfig, skip=("batch_size", "seed"),
+                       choices={"reward_type": REWARD_TYPES, "entropy_estimator": ("vlb", "x0_entropy"),
+                                "compute_dtype": ("float32", "bfloat16")})
     g.add_argument("--reward-batch-size", type=int, default=DiffusionRewardConfig.batch_size,
                    help=f"windows per video-model batch when the saved model scores "
                         f"(default: {DiffusionRewardConfig.batch_size})")
@@ -890,6 +909,9 @@ def _add_model_commands(sub) -> None:
                    help="bound on the displacement in expert stds before δ (default: the model's displacement_cap)")
     p.add_argument("--consistency-scale", type=float, default=None, metavar="KAPPA",
                    help="κ of a Diffusion Reward model's motion consistency (default: the model's consistency_scale)")
+    p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="a Diffusion Reward model's matmuls / convolutions in bfloat16 (an autocast: faster on CPUs "
+                        "with AVX512-BF16 / AMX, not bit-identical; default: the model's compute_dtype)")
     _add_data(p, policies_default="all", required=False)
     _add_runtime(p)
     p.set_defaults(run=_score)

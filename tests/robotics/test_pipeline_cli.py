@@ -300,10 +300,10 @@ def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, cap
         p = reward.displacement(reward.tokenize(e)).numpy() / float(reward.displacement_statistics[0])
         np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) + 1.5 * np.minimum(p, 0.5), atol=1e-4)
     assert main(["score", "--model", video, data, "--displacement-cap", "0", *QUIET]) == 2
-    assert "displacement_cap" in capsys.readouterr().err
+    assert "--displacement-cap must be" in capsys.readouterr().err
     assert main(["score", "--model", video, data, "--displacement-scale", "-1", *QUIET]) == 2
     err = capsys.readouterr().err
-    assert "displacement_scale" in err and len(err.strip().splitlines()) == 1
+    assert "--displacement-scale" in err and len(err.strip().splitlines()) == 1
     # the motion consistency (frames only, at the video model's frame skip), its statistics fitted with the others
     assert int(reward.consistency_statistics[1]) == 12
     assert main(["score", "--model", video, data, "--json", "--consistency-scale", "3", *QUIET]) == 0
@@ -313,7 +313,7 @@ def test_score_with_goal_frames_subtracts_the_scaled_goal_distance(tmp_path, cap
         np.testing.assert_allclose(np.array(b["rewards"]), np.array(a["rewards"]) + 3.0 * c, atol=1e-4)
     assert main(["score", "--model", video, data, "--consistency-scale", "inf", *QUIET]) == 2
     err = capsys.readouterr().err
-    assert "consistency_scale" in err and len(err.strip().splitlines()) == 1
+    assert "--consistency-scale" in err and len(err.strip().splitlines()) == 1
 
 
 def _fake_run(folder, model_type, sub="model"):

@@ -187,3 +187,44 @@ def test_loading_in_bfloat16_points_to_compute_dtype(tmp_path):
     ranker.save_pretrained(str(tmp_path / "r"))
     with pytest.raises(DeviceError, match="leave dtype unset$"):
         mmreward.load(str(tmp_path / "r"), dtype=torch.bfloat16)
+
+
+def test_score_command_names_flags_takes_compute_dtype_and_refuses_a_cap_without_its_term(tmp_path, capsys):
+    """`robotics score` said "motion_scale must be …" for --motion-scale -1 (a field, not the flag given), had no
+    --compute-dtype (the documented bfloat16 switch was reachable from fit-stats only), and took a
+    --displacement-cap on a model whose displacement term is off, changing nothing."""
+    from mmreward.robotics.cli import main
+
+    folder = str(tmp_path / "dr")
+    fitted(batch_size=4).save_pretrained(folder)
+    episode = str(tmp_path / "ep.npz")
+    np.savez(episode, frames=frames(6, 3).numpy())
+    quiet = ["--threads", "1"]
+    assert main(["score", "--model", folder, episode, "--motion-scale", "-1", *quiet]) == 2
+    assert capsys.readouterr().err.strip().endswith("--motion-scale must be a finite number >= 0, got -1.0")
+    assert main(["score", "--model", folder, episode, "--displacement-cap", "3", *quiet]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--displacement-cap" in err and "--displacement-scale" in err
+    seen = []
+    real = DiffusionReward.score_parts
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.config.compute_dtype)
+        return real(self, *args, **kwargs)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(DiffusionReward, "score_parts", spy):
+        assert main(["score", "--model", folder, episode, "--compute-dtype", "bfloat16", "--json", *quiet]) == 0
+    assert seen == ["bfloat16"]
+    assert len(json.loads(capsys.readouterr().out)["episodes"][0]["rewards"]) == 6
+
+
+def test_fit_stats_names_the_reward_batch_size_flag(tmp_path, capsys):
+    from mmreward.robotics.cli import main
+
+    # checked before any folder is read: the folders need not exist
+    assert main(["fit-stats", "--codec", str(tmp_path / "c"), "--video", str(tmp_path / "v"), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "o"), "--reward-batch-size", "0", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--reward-batch-size" in err, err
