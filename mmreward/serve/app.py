@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import signal
 import socket
 import sys
@@ -49,6 +50,8 @@ BODY_IDLE_TIMEOUT_S = 60.0  # longest pause between two pieces of a request body
 ROUTES = ("POST /score, POST /get_reward (OpenRLHF's remote RM: --remote_rm_url http://HOST:PORT/get_reward), "
           "GET /info, GET /healthz, GET /metrics")
 ERROR_LOG_INTERVAL_S = 30.0  # at most one log line per endpoint and status in this time (the rest are counted)
+MAX_HEAD_BYTES = 64 * 1024  # longest request line + headers (--max-request-mb bounds the body only)
+HEAD_TIMEOUT_S = 60.0  # longest wait for a new connection's request line + headers before a 408
 
 
 class ClientGone(Exception):
@@ -77,8 +80,10 @@ class LocalBackend:
         return self.batcher.health()
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Finish the queued requests and stop the worker, waiting at most ``timeout`` s for it (None: as long as it
-        takes); a forward still running then is left to its daemon thread, so the process can exit."""
+        """Finish the queued requests and stop the worker, waiting at most ``timeout`` s for it (None or inf: as long
+        as it takes); a forward still running then is left to its daemon thread, so the process can exit."""
+        if timeout is not None and math.isinf(timeout):  # --shutdown-timeout-s inf: Thread.join(inf) overflows
+            timeout = None
         self.batcher.close(timeout)
         if timeout is not None and self.batcher.running():
             logger.warning("mmreward serve: a model forward still ran %g s after the shutdown began "
@@ -151,6 +156,22 @@ def _auth_problem(request: Any) -> str:
     return "the key is wrong"
 
 
+def _request_id(request: Any) -> Optional[str]:
+    """The request's ``X-Request-ID`` (a client's, or the one a proxy such as Envoy or nginx adds), when it is a
+    short printable ASCII token; anything else (a newline would forge log lines) is not repeated."""
+    value = request.headers.get("x-request-id")
+    return value if value and len(value) <= 200 and value.isascii() and value.isprintable() else None
+
+
+def _echo_request_id(request: Any, response: Any) -> Any:
+    """``response`` with the request's X-Request-ID, so that a client's error and the server's log line about it
+    can be matched (the log line names it too)."""
+    request_id = _request_id(request)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
 def check_model_options(spec: ModelSpec, config: ServeConfig) -> None:
     """Server options the served model cannot use are a user error, not silently dropped: ``--refine-clip`` /
     ``--refine-delta`` refine ``/get_reward``'s step scores, which only a text step model (a PRM scoring
@@ -183,18 +204,23 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
     warned: list = []  # the null-reward warning is logged once per server
     logged: dict = {}  # (endpoint, status) -> (time of its last log line, errors not logged since)
 
-    def log_refusal(endpoint: str, status: int, message: str) -> None:
+    def log_refusal(endpoint: str, status: int, message: str, model_traceback: Optional[str] = None,
+                    request_id: Optional[str] = None) -> None:
         """A refused request, in the server's log: OpenRLHF's remote-RM client (aiohttp's raise_for_status) and
         requests' raise_for_status() show only "400, message='Bad Request'", so the server's log is where its user
-        reads why. Rate-limited: a trainer repeating one mistake on every rollout must not flood the log."""
+        reads why. Rate-limited: a trainer repeating one mistake on every rollout must not flood the log.
+        ``model_traceback`` (the model's own exception behind a 500, or a 422 that is not a ValueError) follows the
+        line: the message alone does not say where in the model it was raised. ``request_id`` (the request's X-Request-ID) ties the line to the client's request."""
         now = time.monotonic()
         last, skipped = logged.get((endpoint, status), (None, 0))
         if last is not None and now - last < ERROR_LOG_INTERVAL_S:
             logged[(endpoint, status)] = (last, skipped + 1)
             return
         logged[(endpoint, status)] = (now, 0)
-        logger.warning("%s answered %d: %s%s", endpoint, status, message[:500],
-                       f" ({skipped} more {status}s on {endpoint} since the last such line)" if skipped else "")
+        logger.warning("%s answered %d%s: %s%s%s", endpoint, status,
+                       f" (X-Request-ID {request_id})" if request_id else "", message[:500],
+                       f" ({skipped} more {status}s on {endpoint} since the last such line)" if skipped else "",
+                       f"\n{model_traceback}" if model_traceback else "")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -216,7 +242,7 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
 
     async def handle(endpoint: str, request: Request, work: Callable[[], Awaitable[Any]]) -> Any:
         t0 = time.perf_counter()
-        kind = None
+        kind, model_traceback = None, None
         try:
             if not _authorized(request, config.api_key):
                 raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
@@ -230,8 +256,10 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
                              {"Retry-After": str(config.retry_after_s)})
         except InputRejected as e:
             kind, response = "input_rejected", error(422, f"the model rejected {e}")  # "input 3: ..."
+            model_traceback = e.model_traceback  # a KeyError / IndexError / TypeError: as often a bug in the model
         except ModelFailure as e:
             kind, response = "model_error", error(500, f"the model failed on this request: {e}")
+            model_traceback = e.model_traceback
         except WorkerDown as e:  # no Retry-After: waiting does not help, a restart does
             kind, response = "internal", error(503, f"the server cannot score: {e}")
         except (ClientGone, ClientDisconnect):  # gone while we waited on the model, or while it sent the body
@@ -254,9 +282,11 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
         if kind is not None:
             metrics.errors.inc(endpoint=endpoint, kind=kind)
             if kind not in ("client_gone", "internal") or response.status_code == 503:  # internal 500s: logged above
-                log_refusal(endpoint, response.status_code, json.loads(response.body)["error"])
+                log_refusal(endpoint, response.status_code, json.loads(response.body)["error"], model_traceback,
+                            _request_id(request))
         metrics.requests.inc(endpoint=endpoint, code=str(response.status_code))
         metrics.latency.observe(time.perf_counter() - t0, endpoint=endpoint)
+        _echo_request_id(request, response)
         return response
 
     async def read_json(request: Request) -> Any:
@@ -364,11 +394,12 @@ def create_app(backend: Any, config: ServeConfig) -> Any:
             message = f"{where} is not allowed (Allow: {(exc.headers or {}).get('Allow', '?')}); the routes are {ROUTES}"
         else:
             message = str(exc.detail)
-        log_refusal("(routing)", exc.status_code, message)  # one key: a scanner's paths must not grow the table
+        # one key: a scanner's paths must not grow the table
+        log_refusal("(routing)", exc.status_code, message, request_id=_request_id(request))
         # counted under the one endpoint "(routing)" for the same reason: a trainer posting to a wrong URL shows
         metrics.errors.inc(endpoint="(routing)", kind="no_route" if exc.status_code == 404 else "wrong_method")
         metrics.requests.inc(endpoint="(routing)", code=str(exc.status_code))
-        return error(exc.status_code, message, getattr(exc, "headers", None))
+        return _echo_request_id(request, error(exc.status_code, message, getattr(exc, "headers", None)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request, exc):
@@ -399,9 +430,87 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
                 self.stopped_by_sigterm = signal.SIGTERM in self._captured_signals
                 self._captured_signals[:] = [s for s in self._captured_signals if s != signal.SIGTERM]
 
+    timeout = config.shutdown_timeout_s if math.isfinite(config.shutdown_timeout_s) else None  # None: no limit
+    # access_log: uvicorn's access logger logs at info, so --log-level info (the help: "info logs every request")
+    # shows one line per request and the default (warning) none
     return Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                 timeout_graceful_shutdown=config.shutdown_timeout_s, access_log=False,
-                                 lifespan="on"))
+                                 timeout_graceful_shutdown=timeout, access_log=True, lifespan="on",
+                                 http=_http_protocol(), h11_max_incomplete_event_size=MAX_HEAD_BYTES))
+
+
+def _http_protocol() -> Any:
+    """uvicorn's HTTP protocol with a bounded request head: the request line + headers of at most
+    :data:`MAX_HEAD_BYTES` (else 431), and a new connection's first head complete within :data:`HEAD_TIMEOUT_S`
+    (else 408). Its httptools protocol (the one uvicorn picks when httptools is installed) has neither: one
+    connection sending an endless header grew the server's memory by its size (200 MB: +400 MB), and connections
+    that send nothing, or a header byte now and then, were held for ever (each an open file: enough of them and
+    the server accepts no trainer) — both before any API key is checked. Without httptools, uvicorn's h11 protocol
+    takes the size bound as ``h11_max_incomplete_event_size``."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "h11"
+
+    class BoundedHeadProtocol(HttpToolsProtocol):
+        # bytes received since the last request ended (or the connection opened); None once the headers are
+        # complete, -1 once the request was refused (what the client still sends is read and dropped)
+        head_bytes: Optional[int] = 0
+        head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self.head_timed_out)
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self.stop_head_timer()
+            super().connection_lost(exc)
+
+        def stop_head_timer(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def on_headers_complete(self) -> None:
+            self.head_bytes = None
+            self.stop_head_timer()  # later requests of a kept-alive connection: uvicorn's keep-alive timeout
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.head_bytes = 0  # the next request's head (keep-alive) starts
+
+        def data_received(self, data: bytes) -> None:
+            if self.head_bytes == -1:
+                return
+            if self.head_bytes is not None:
+                self.head_bytes += len(data)
+            super().data_received(data)
+            # checked after parsing: a chunk that completes the headers may carry much of the body too
+            if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES:
+                self.refuse(431, "Request Header Fields Too Large",
+                            f"the request line and headers pass {MAX_HEAD_BYTES} bytes")
+
+        def head_timed_out(self) -> None:
+            self.head_timer = None
+            if self.head_bytes is not None and self.head_bytes != -1:
+                self.refuse(408, "Request Timeout", f"the request line and headers did not arrive within "
+                                                    f"{HEAD_TIMEOUT_S:g} s of connecting")
+
+        def refuse(self, status: int, reason: str, message: str) -> None:
+            """Answer ``status`` (JSON, as every error of the server) and end the connection."""
+            if self.transport.is_closing():
+                return
+            self.head_bytes = -1
+            self.stop_head_timer()
+            body = json.dumps({"error": message, "status": status}).encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+            # half-close, reading on: closed with unread bytes, the socket would send a reset that can destroy the
+            # answer before the client reads it. The connection ends when the client closes, or in 10 s
+            self.transport.write_eof()
+            self.loop.call_later(10.0, self.transport.close)
+
+    return BoundedHeadProtocol
 
 
 def bind(config: ServeConfig) -> tuple[socket.socket, str]:
@@ -421,10 +530,26 @@ def bind(config: ServeConfig) -> tuple[socket.socket, str]:
     return sock, f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{port}"
 
 
+def _log_at(level: str) -> None:
+    """The ``mmreward.serve`` logger (refused requests, model failures) at ``--log-level``, its lines formatted as
+    uvicorn's (``WARNING:  /score answered 422: …``). Without a handler they reached Python's last-resort handler:
+    bare lines without their level, shown whatever ``--log-level`` said (``critical`` silenced uvicorn only). An
+    application that configured logging itself keeps its handlers."""
+    from uvicorn.config import LOG_LEVELS
+    from uvicorn.logging import DefaultFormatter
+
+    logger.setLevel(LOG_LEVELS[level])
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()  # stderr, as uvicorn's
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        logger.addHandler(handler)
+
+
 def serve(model: Union[str, Any], config: Optional[ServeConfig] = None) -> None:
     """Load ``model`` (a folder, or a RewardScorer) and serve it until SIGTERM / Ctrl-C."""
     config = config or ServeConfig()
     config.check_bind()
+    _log_at(config.log_level)
     sock, url = bind(config)
     try:
         backend = LocalBackend(load_model(model, config.device, config.dtype), config)

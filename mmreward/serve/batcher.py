@@ -28,6 +28,7 @@ import logging
 import re
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -59,9 +60,13 @@ class QueueFull(RuntimeError):
 class InputRejected(ValueError):
     """The model refused an input of this request (the message is the model's)."""
 
+    model_traceback: Optional[str] = None  # where in the model it was raised, unless a ValueError (see _as_failure)
+
 
 class ModelFailure(RuntimeError):
     """The model failed on this request for a reason not attributed to its inputs."""
+
+    model_traceback: Optional[str] = None  # the model's exception with its traceback, for the server's log
 
 
 class WorkerDown(RuntimeError):
@@ -132,7 +137,18 @@ def _as_failure(e: BaseException, index: int) -> Exception:
         message = f"input {index}" + message[len("input 0"):]
     else:
         message = f"input {index}: " + (message if isinstance(e, _INPUT_ERRORS) else f"{type(e).__name__}: {message}")
-    return InputRejected(message) if isinstance(e, _INPUT_ERRORS) else ModelFailure(message)
+    failure = InputRejected(message) if isinstance(e, _INPUT_ERRORS) else ModelFailure(message)
+    if not isinstance(e, ValueError):  # a ValueError / DataError is the model refusing the input: its message says it
+        # all; anything else (a KeyError as much as a RuntimeError) is as likely a bug in the model, and the server's
+        # log is the only place its user can see where it was raised
+        failure.model_traceback = _traceback_text(e)
+    return failure
+
+
+def _traceback_text(e: BaseException) -> str:
+    """``e`` with its traceback, as text: the exception itself is not kept, since its frames hold the forward's
+    tensors (GPU memory) until the garbage collector reaches them."""
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
 
 
 def _chunks(jobs: list[Job], max_batch: int, max_padding: Optional[float]) -> list[list[tuple[int, int]]]:
@@ -349,8 +365,11 @@ class DynamicBatcher:
                 score_jobs(self.model, jobs, self.max_batch, self.max_padding,
                            on_done=lambda j, out: _settle(jobs[j], out), on_forward=self._record_forward)
             except BaseException as e:  # noqa: BLE001 - never leave a caller waiting
+                text = _traceback_text(e)  # logged by the server
                 for job in jobs:
-                    _settle(job, ModelFailure(f"{type(e).__name__}: {e}"))
+                    failure = ModelFailure(f"{type(e).__name__}: {e}")
+                    failure.model_traceback = text
+                    _settle(job, failure)
 
     def _record_forward(self, size: int, seconds: float) -> None:
         if self.metrics is not None:

@@ -5,6 +5,7 @@ import ipaddress
 import math
 import numbers
 import os
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -82,11 +83,14 @@ class ServeConfig:
         "help": "/get_reward: the reward sent for an input the model gives no finite reward (a judge without a "
                 "verdict, a PRM solution with no scored step); default none: null, which OpenRLHF cannot read "
                 "(its torch.tensor(rewards) fails), so set it when serving OpenRLHF, e.g. -1.0"})
-    retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 503 when the queue is full"})
+    retry_after_s: int = field(default=1, metadata={
+        "help": "Retry-After seconds sent with a 503: the queue is full, or the shutdown cut the request off"})
     shutdown_timeout_s: float = field(default=30.0, metadata={
-        "help": "on SIGTERM, how long in-flight requests may take before the server stops anyway"})
+        "help": "on SIGTERM / Ctrl-C, how long in-flight and queued requests may take before the server answers "
+                "them 503 and stops (inf: wait for them however long it takes)"})
     log_level: str = field(default="warning", metadata={
-        "help": f"uvicorn log level: {' | '.join(LOG_LEVELS)} (info logs every request)"})
+        "help": f"log level of the server (uvicorn and mmreward.serve): {' | '.join(LOG_LEVELS)} (info logs every "
+                "request; warning logs refused requests and model failures)"})
 
     def __post_init__(self):
         check_types(self, loose=("device", "dtype"))  # torch.device / torch.dtype: mmreward.load checks them
@@ -104,6 +108,10 @@ class ServeConfig:
         check_batching(self.max_batch, self.max_wait_ms)
         if not self.shutdown_timeout_s >= 0:
             raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s!r}")
+        if math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > threading.TIMEOUT_MAX:
+            # waiting for the model worker that long overflows the platform's clock (OverflowError at shutdown)
+            raise ValueError(f"shutdown_timeout_s must be at most {threading.TIMEOUT_MAX:.0f} s, got "
+                             f"{self.shutdown_timeout_s!r}; inf waits for every request however long it takes")
         for name in ("max_request_mb", "max_decoded_mb"):  # 0 would refuse every request; inf breaks int() per request
             value = getattr(self, name)
             if not math.isfinite(value):
