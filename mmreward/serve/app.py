@@ -585,15 +585,22 @@ class BackgroundServer:
         self.url = ""
 
     def start(self) -> str:
-        self._sock, self.url = bind(self.config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
-                                        name="mmreward-serve-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the reward server did not start on {self.url}")
-            time.sleep(0.01)
+        try:
+            self._sock, self.url = bind(self.config)
+            self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                            name="mmreward-serve-http", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + 30
+            while not self.server.started:
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the reward server did not start on {self.url}")
+                time.sleep(0.01)
+        except BaseException:
+            # a port in use (or a server that never started) left the model's worker thread running, holding the
+            # model: with `with BackgroundServer(...)`, __exit__ does not run when __enter__ raises
+            self.stop(timeout=5.0)
+            self.backend.close(timeout=5.0)
+            raise
         return self.url
 
     def stop(self, timeout: float = 60.0) -> None:

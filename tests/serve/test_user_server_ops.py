@@ -206,3 +206,25 @@ def test_a_connection_that_sends_no_request_is_answered_408_and_closed(start_ser
     with httpx.Client(timeout=10) as client:
         for _ in range(2):
             assert client.post(url + "/score", json={"inputs": [{"prompt": "a", "response": "b"}]}).status_code == 200
+
+
+def test_a_background_server_that_cannot_bind_stops_its_model_worker():
+    """A port in use made BackgroundServer.start() raise with the batcher's worker thread still running (and holding
+    the model): `with BackgroundServer(...)` does not reach __exit__ when __enter__ raises."""
+    import socket
+
+    from mmreward.serve.app import BackgroundServer
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        server = BackgroundServer(ToyTextScorer(), ServeConfig(port=busy.getsockname()[1]))
+        assert server.backend.batcher._worker.is_alive()
+        with pytest.raises(Exception, match="in use|cannot listen|address"):
+            with server:
+                pass
+        server.backend.batcher._worker.join(5)
+        assert not server.backend.batcher._worker.is_alive()
+    finally:
+        busy.close()
