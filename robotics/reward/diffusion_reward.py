@@ -260,6 +260,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         self.register_buffer("consistency_statistics", torch.tensor([1.0, 0.0], dtype=torch.float64))
         # FITTED_FIELDS as they were when the statistics were fitted (None: unknown, e.g. copied in by hand)
         self.fitted_with: Optional[dict] = None
+        # consistency_grid when the consistency std was fitted (None: unknown): C of another grid has another spread
+        self.consistency_fitted_grid: Optional[int] = None
 
     @property
     def device(self) -> torch.device:
@@ -536,6 +538,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         _check_spread(values, term)
         std = _std(values.double())
         getattr(self, f"{term}_statistics").copy_(torch.tensor([std, float(values.numel())], dtype=torch.float64))
+        if term == "consistency":
+            self.consistency_fitted_grid = int(self.config.consistency_grid)
         return {f"{term}_std": std, f"{term}_frames": values.numel()}
 
     def _fitted_std(self, term: str, fit_call: str) -> float:
@@ -543,6 +547,11 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         std, n = getattr(self, f"{term}_statistics").tolist()
         if n == 0:
             raise RuntimeError(f"DiffusionReward has no {term} statistics: call {fit_call}, or set {term}_scale=0")
+        fitted, grid = self.consistency_fitted_grid, int(self.config.consistency_grid)
+        if term == "consistency" and fitted is not None and fitted != grid:
+            # the std of a 4 × 4 grid's consistency is not that of a 16 × 16 one (0.36 against 0.25 on one episode)
+            raise ValueError(f"DiffusionReward.config.consistency_grid {grid}: the consistency statistics were fitted "
+                             f"on a {fitted} × {fitted} grid; call {fit_call} again, or set the grid back")
         return std
 
     def _check_fitted_with(self) -> None:
@@ -738,6 +747,8 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             stats |= {f"{term}_std": term_std, f"{term}_frames": int(term_n)}
         if self.fitted_with is not None:
             stats["fitted_with"] = dict(self.fitted_with)
+        if self.consistency_fitted_grid is not None:
+            stats["consistency_grid"] = self.consistency_fitted_grid
         return {"has_rnd": self.rnd is not None, "has_progress": self.progress is not None, "statistics": stats}
 
     @classmethod
@@ -776,6 +787,11 @@ class DiffusionReward(EpisodeScorer, nn.Module):
         for name in _OPTIONAL_STATISTICS:  # folders saved before these terms have none (not fitted)
             if name in weights:
                 getattr(model, name).copy_(weights[name].double())
+        grid = saved.get("consistency_grid", config.consistency_grid)  # unrecorded: fitted on the saved grid
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+            raise CheckpointError(f"{folder}/config.json: statistics.consistency_grid must be an integer >= 1, "
+                                  f"got {grid!r}")
+        model.consistency_fitted_grid = grid if int(model.consistency_statistics[1]) > 0 else None
         for name in ("statistics",) + _OPTIONAL_STATISTICS:
             problem = _statistics_problem(getattr(model, name).tolist())
             if problem:  # a std of 0 / inf / < 0 would z-score every reward to inf / 0 / its negative, silently

@@ -228,3 +228,26 @@ def test_fit_stats_names_the_reward_batch_size_flag(tmp_path, capsys):
                  "--out", str(tmp_path / "o"), "--reward-batch-size", "0", "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--reward-batch-size" in err, err
+
+
+def test_a_consistency_grid_changed_after_fitting_is_refused_until_refitted(tmp_path):
+    """The consistency std fitted on one grid z-scored another grid's consistency (0.36 at grid 4 against 0.25 at
+    16 on one episode), without a word."""
+    dr = fitted(consistency_scale=2.0, consistency_grid=4, batch_size=4)
+    ep = frames(6, 3)
+    want = dr(ep)
+    dr.config.consistency_grid = 8
+    with pytest.raises(ValueError, match="consistency_grid 8: the consistency statistics were fitted on a 4 × 4"):
+        dr(ep)
+    dr.config.consistency_grid = 4
+    dr.save_pretrained(str(tmp_path / "m"))
+    loaded = DiffusionReward.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(loaded(ep), want)
+    loaded.config.consistency_grid = 8
+    with pytest.raises(ValueError, match="fitted on a 4 × 4"):
+        loaded(ep)
+    loaded.fit_consistency_statistics([frames(5, 1), frames(4, 2)])
+    assert loaded(ep).shape == (6,)
+    loaded.config.consistency_scale = 0.0  # the term off: its grid does not matter
+    loaded.config.consistency_grid = 2
+    assert loaded(ep).shape == (6,)
