@@ -442,8 +442,10 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, ski
             kw["action"] = _OutputPath
         else:
             kw["type"] = _or_none(kind) if optional else kind
-            if optional:
-                kw["help"] += "; 'none' for none"
+            if optional:  # what 'none' means, unless the help says it (a field's metadata may: "none_help")
+                none_help = f.metadata.get("none_help", "'none' for none")
+                if none_help and not re.search(r"'none'|\bnone:", kw["help"], re.IGNORECASE):
+                    kw["help"] += f"; {none_help}"
         if choices and f.name in choices:
             kw["choices"] = tuple(choices[f.name])
         parser.add_argument(flag, **kw)

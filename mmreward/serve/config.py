@@ -68,7 +68,8 @@ class ServeConfig:
     max_decoded_mb: float = field(default=512.0, metadata={
         "help": "most decoded image / frame bytes in one request, in MB of 2^20 bytes (MiB)"})
     api_key: Optional[str] = field(default=None, metadata={
-        "help": f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}); needed when binding beyond loopback"})
+        "help": f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}); needed when binding beyond loopback",
+        "none_help": f"'none' is the default (${API_KEY_ENV}, else no key)"})
     step_separator: str = field(default="\n\n", metadata={
         "help": "splits a text response into steps for step models (PRMs) on /get_reward and the TRL adapter"})
     openrlhf_split: bool = field(default=False, metadata={

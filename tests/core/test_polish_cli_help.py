@@ -47,3 +47,20 @@ def test_the_serve_help_shows_its_step_separator_on_one_line(monkeypatch):
     lines = text.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("  --step-separator"))
     assert lines[at + 1].endswith(r"(default: '\n\n')"), text  # was "(default: )": argparse folds whitespace
+
+
+def test_what_none_means_is_said_once_and_truly():
+    """Optional flags got "; 'none' for none" appended even where their help already said what none means
+    ("(None: off)"), and --api-key's none is not "no key" but the environment's key."""
+    import re as _re
+
+    from mmreward.serve.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    api = text[text.index("--api-key API_KEY require"):][:260]
+    assert "'none' for none" not in api and "MMREWARD_SERVE_API_KEY, else no key" in api
+    for flag in ("--max-padding MAX_PADDING", "--refine-clip REFINE_CLIP", "--max-replicas MAX_REPLICAS"):
+        entry = text[text.index(flag):][:400]
+        following = _re.search(r" --[a-z]", entry[len(flag):])
+        entry = entry[:following.start() + len(flag)] if following else entry
+        assert "'none' for none" not in entry, entry
