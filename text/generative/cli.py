@@ -391,6 +391,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # json_text: a judge's NaN probability (a diverged or overflowing LM) is null, not NaN, which is not JSON
     summary = {k: v for k, v in res.items() if not k.startswith("p_")}
     print(json_text(summary, indent=1))
+    parse = res.get("parse")
+    if isinstance(parse, dict) and parse.get("n_parsed", 0) < parse.get("n", 0):
+        # an unparsed verdict counts as a tie (0.5): say so, or a 0.5 accuracy of unread outputs passes for a result
+        print(f"mmreward text judge: warning: {parse['n'] - parse['n_parsed']} of {parse['n']} judge outputs had no "
+              "verdict (scored 0.5, as ties); see \"parse\" → \"reasons\" (raise --max-new-tokens if cut off)",
+              file=sys.stderr)
     if args.output:
         from mmreward.core.checkpoint import atomic_write_text
 

@@ -133,7 +133,8 @@ def _in_range(literal: str, value: float, low: float, high: float) -> Optional[P
 
 
 # ------------------------------------------------------------------ GenRM
-_YES_NO = re.compile(r"(?<![A-Za-z0-9_])(yes|no)(?![A-Za-z0-9_])", re.IGNORECASE)
+# a hyphen joining letters makes one word ("yes-man", "no-brainer"): not a verdict
+_YES_NO = re.compile(r"(?<![A-Za-z0-9_])(?<![A-Za-z]-)(yes|no)(?![A-Za-z0-9_])(?!-[A-Za-z])", re.IGNORECASE)
 
 
 def parse_yes_no(text: str) -> Parsed:
@@ -276,10 +277,10 @@ def parse_scores(text: str, n: int, low: int = 1, high: int = 10) -> Parsed:
 
 
 # ------------------------------------------------------------------ Critic-RM
-# "score" as a word, then spaces / markdown stars, an optional ":" or "=", more spaces / stars, and
+# "score" as a word, then spaces / markdown stars, an optional ":" or "=" (or the full-width "：" of CJK text), more spaces / stars, and
 # a whole number not glued to letters or more digits (nor to ",digits": "1,000" or a decimal comma "7,5" is no
 # number read whole, and its first digits are not the score)
-_SCORE = re.compile(r"score(?<![A-Za-z0-9_]score)" + _atomic(r"[\s*]*") + r"(?:[:=]" + _atomic(r"[\s*]*") + r")?"
+_SCORE = re.compile(r"score(?<![A-Za-z0-9_]score)" + _atomic(r"[\s*]*") + r"(?:[:=：]" + _atomic(r"[\s*]*") + r")?"
                     r"(?P<value>" + _atomic(_NUMBER) + r")(?![A-Za-z0-9_]|[.,]\d)", re.IGNORECASE)
 # "x/10". The number starts with a character class (which re scans for quickly) and then checks
 # what precedes it, so it starts only at the beginning of a digit run: a long run is tried once.
