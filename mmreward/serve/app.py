@@ -452,10 +452,11 @@ def _http_protocol() -> Any:
         return "h11"
 
     class BoundedHeadProtocol(HttpToolsProtocol):
-        # bytes received since the last request ended (or the connection opened); None once the headers are
+        # bytes received since the last response ended (or the connection opened); None once the headers are
         # complete, -1 once the request was refused (what the client still sends is read and dropped)
         head_bytes: Optional[int] = 0
         head_timer: Any = None
+        answered = False  # a response was sent on this connection (the next head is timed from it)
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -472,12 +473,16 @@ def _http_protocol() -> Any:
 
         def on_headers_complete(self) -> None:
             self.head_bytes = None
-            self.stop_head_timer()  # later requests of a kept-alive connection: uvicorn's keep-alive timeout
+            self.stop_head_timer()  # restarted once the response is sent (a kept-alive connection's next head)
             super().on_headers_complete()
 
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self.head_bytes = 0  # the next request's head (keep-alive) starts
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.answered = True
+            if not self.transport.is_closing():  # the next request's head (keep-alive) starts: counted and timed
+                self.head_bytes = 0
+                self.stop_head_timer()
+                self.head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self.head_timed_out)
 
         def data_received(self, data: bytes) -> None:
             if self.head_bytes == -1:
@@ -493,13 +498,15 @@ def _http_protocol() -> Any:
         def head_timed_out(self) -> None:
             self.head_timer = None
             if self.head_bytes is not None and self.head_bytes != -1:
+                since = "the last response" if self.answered else "connecting"
                 self.refuse(408, "Request Timeout", f"the request line and headers did not arrive within "
-                                                    f"{HEAD_TIMEOUT_S:g} s of connecting")
+                                                    f"{HEAD_TIMEOUT_S:g} s of {since}")
 
         def refuse(self, status: int, reason: str, message: str) -> None:
             """Answer ``status`` (JSON, as every error of the server) and end the connection."""
-            if self.transport.is_closing():
-                return
+            cycle = getattr(self, "cycle", None)
+            if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
+                return  # a request being answered (a pipelined head parsed early): its response is not cut off
             self.head_bytes = -1
             self.stop_head_timer()
             body = json.dumps({"error": message, "status": status}).encode()

@@ -206,6 +206,25 @@ def test_a_connection_that_sends_no_request_is_answered_408_and_closed(start_ser
     with httpx.Client(timeout=10) as client:
         for _ in range(2):
             assert client.post(url + "/score", json={"inputs": [{"prompt": "a", "response": "b"}]}).status_code == 200
+    # a kept-alive connection's next head is timed from the last response (a header byte now and then held it)
+    body = json.dumps({"inputs": [{"prompt": "a", "response": "b"}]}).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /score HTTP/1.1\r\nHost: rm\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        s.sendall(b"POST /score HTTP/1.1\r\nHost: rm\r\n")
+        answer = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert json.loads(rest)["error"].endswith("within 0.2 s of the last response")
 
 
 def test_a_background_server_that_cannot_bind_stops_its_model_worker():
