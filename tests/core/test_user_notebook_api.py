@@ -219,3 +219,21 @@ def test_a_shipped_name_opens_through_the_class_as_through_load():
     assert isinstance(model, DiffusionReward) and int(model.statistics[2]) > 0
     with pytest.raises(CheckpointError, match="does not exist"):
         DiffusionReward.from_pretrained("no-such-shipped-name")
+
+
+@pytest.mark.parametrize("kind,row", [
+    # rows as public datasets spell them: extra columns one edit from nothing the row lacks are not refused
+    ("Comparison", {"prompt": "q", "chosen": "a", "rejected": "b", "chosen_model": "m", "rejected_model": "n",
+                    "subset": "chat", "id": 3}),                                     # RewardBench
+    ("Comparison", {"prompt": "q", "prompt_id": "x", "chosen": "a", "rejected": "b", "messages": [],
+                    "score_chosen": 8.0, "score_rejected": 3.0}),                    # UltraFeedback binarized
+    ("TextPair", {"prompt": "q", "response": "a", "responses": ["a", "b"], "label": 1}),
+    ("StepSolution", {"problem": "q", "steps": ["a", "b"], "label": [1, 0], "labels": [True, False]}),
+    ("StepSolution", {"question": "q", "steps": ["a"], "step": 0, "answer": "a"}),  # PRM800K-style extras
+    ("ImagePrompt", {"caption": "c", "image": "a.png", "images": ["a.png"], "jpg_0": "x", "label_0": 1}),
+])
+def test_real_dataset_rows_are_not_taken_for_typos(kind, row):
+    import mmreward.core.inputs as inputs
+
+    item, = inputs.as_inputs(getattr(inputs, kind), [row], "score")
+    assert type(item).__name__ == kind
