@@ -87,6 +87,8 @@ def _steps(v: Any, where: str) -> list[str]:
 
 
 def _first_error(labels: list[float]) -> int:
+    if all(y == IGNORE for y in labels):  # nothing judged: unknown, as a ProcessBench row without labels, not -1
+        return UNKNOWN  # (-1 counted a TRL / PRM800K row of neutral steps as a correct ProcessBench sample)
     for k, y in enumerate(labels):
         if y != IGNORE and y < 0.5:
             return k
@@ -242,6 +244,21 @@ def _from_processbench(row: dict, where: str) -> StepExample:
     return StepExample(problem, steps, labels, first, rid, subset)
 
 
+def _plain(v: Any) -> Any:
+    """``v`` with numpy arrays as lists and numpy scalars as Python numbers, at any depth. A DataFrame read from
+    Parquet (``pd.read_parquet``, ``Dataset.to_pandas()``: how ProcessBench / PRM800K exports come back) holds its
+    list columns as numpy arrays, and every row was refused ("steps must be a non-empty list ..., got array([...])");
+    a label from ``np.argmax`` (numpy int64) was refused as "label 1 must be ... 0..1"."""
+    if type(v).__module__ == "numpy" and hasattr(v, "tolist"):  # arrays, and scalars (np.argmax's int64 label)
+        v = v.tolist()
+        return [_plain(x) for x in v] if isinstance(v, list) else v
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
 def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignore", tag: str = "ки") -> StepExample:
     """One record → :class:`StepExample` (``format``: auto | trl | math_shepherd | prm800k | processbench)."""
     where = f"row {index}"
@@ -251,6 +268,7 @@ def parse_row(row: dict, index: int, format: str = "auto", neutral: str = "ignor
         raise ValueError(f"neutral must be ignore | good | bad, got {neutral!r}")
     if not isinstance(row, dict):
         raise DataError(f"{where}: must be an object, got {describe(row)}")
+    row = _plain(row)
     if format == "auto":
         if "completions" in row:
             format = "trl"

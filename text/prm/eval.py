@@ -131,6 +131,10 @@ def _check_labels(step_scores: Sequence[torch.Tensor], labels: Sequence[int]) ->
 def processbench_sweep(step_scores: Sequence[torch.Tensor], labels: Sequence[int],
                        thresholds: Optional[Sequence[float]] = None) -> dict:
     """F1 at every threshold; ``best`` = the threshold with the highest F1 and its metrics."""
+    if isinstance(thresholds, (str, bytes, numbers.Number)) or (thresholds is not None and not hasattr(thresholds, "__iter__")):
+        # tuple(0.5) failed with "'float' object is not iterable"; tuple("0.5") swept '0', '.', '5'
+        raise TypeError(f"processbench_sweep: thresholds must be a list of numbers (or None: {DEFAULT_THRESHOLDS[0]} "
+                        f"… {DEFAULT_THRESHOLDS[-1]}), got {thresholds!r}; for one threshold use processbench_report")
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else tuple(thresholds)
     step_scores = _step_tensors(step_scores)
     if not thresholds:

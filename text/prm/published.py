@@ -104,6 +104,15 @@ class LoadedSource:
     weights: dict
 
 
+def _run_options(aggregation: Any, truncate: Any) -> dict:
+    """``aggregation`` / ``truncate`` of ``mmreward.load(published_folder, ...)``: how this run scores, not the
+    published input format, so they are taken as for a folder mmreward saved (``prm score --aggregation / --truncate``
+    already set them; in Python they were refused, e.g. the mean RLHFlow's README ranks by)."""
+    if not isinstance(truncate, bool):
+        raise ValueError(f"truncate must be True or False, got {truncate!r}")
+    return {"aggregation": aggregation, "truncate": truncate}
+
+
 def _load(folder: str, layout: str, *, device: Any, dtype: Any, head: str, input_format: str,
           head_state: Callable[..., dict[str, torch.Tensor]], ignore: tuple[str, ...] = (),
           default_type: Optional[str] = None, source: Optional[LoadedSource] = None, **config: Any):
@@ -180,10 +189,12 @@ def _lm_label_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) ->
             "label_bias": bias[good_bad].clone() if bias is not None else torch.zeros(2, dtype=lm_head.dtype)}
 
 
-def load_math_shepherd(folder: str, *, device: Any = "cpu", dtype: Any = None):
+def load_math_shepherd(folder: str, *, device: Any = "cpu", dtype: Any = None, aggregation: str = "min",
+                       truncate: bool = False):
     """Math-Shepherd (peiyi9979/math-shepherd-mistral-7b-prm): input ``f"{problem} {step₁} ки\\n{step₂} ки…"``
     tokenized whole, P(+) from the ``+`` / ``-`` logits at each ``ки``."""
-    return _load(folder, "Math-Shepherd", device=device, dtype=dtype, head="lm", input_format="math_shepherd",
+    return _load(folder, "Math-Shepherd", device=device, dtype=dtype, **_run_options(aggregation, truncate),
+                 head="lm", input_format="math_shepherd",
                  head_state=_lm_label_head, step_tag="ки", step_separator="\n", good_token="+", bad_token="-")
 
 
@@ -210,10 +221,12 @@ def _qwen_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> dic
             "label_bias": b2[[1, 0]].clone()}
 
 
-def load_qwen_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
+def load_qwen_prm(folder: str, *, device: Any = "cpu", dtype: Any = None, aggregation: str = "min",
+                  truncate: bool = False):
     """Qwen2.5-Math-PRM-7B / -72B (``Qwen2ForProcessRewardModel``): the chat template over system / problem /
     steps joined by ``<extra_0>``, P(positive) of the 2-class head at each ``<extra_0>``."""
-    return _load(folder, "Qwen2.5-Math-PRM", device=device, dtype=dtype, head="mlp", input_format="qwen_prm",
+    return _load(folder, "Qwen2.5-Math-PRM", device=device, dtype=dtype, **_run_options(aggregation, truncate),
+                 head="mlp", input_format="qwen_prm",
                  head_state=_qwen_head, ignore=("lm_head.",), default_type="qwen2", step_tag="<extra_0>",
                  step_separator="", system_prompt=QWEN_PRM_SYSTEM)
 
@@ -234,10 +247,12 @@ def _skywork_head(weights: dict, raw: dict, tok: Any, cfg: Any, folder: str) -> 
     return {"value_weight": w[0].clone(), "value_bias": b.reshape(()).clone()}
 
 
-def load_skywork_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
+def load_skywork_prm(folder: str, *, device: Any = "cpu", dtype: Any = None, aggregation: str = "min",
+                     truncate: bool = False):
     """Skywork-o1-Open-PRM-Qwen-2.5 (1.5B / 7B): BOS + problem + ``\\n``, then every step followed by the
     ``\\n`` token; sigmoid of the value head at each of those tokens."""
-    return _load(folder, "Skywork-o1-Open-PRM", device=device, dtype=dtype, head="value", input_format="skywork_prm",
+    return _load(folder, "Skywork-o1-Open-PRM", device=device, dtype=dtype, **_run_options(aggregation, truncate),
+                 head="value", input_format="skywork_prm",
                  head_state=_skywork_head, ignore=("lm_head.",), default_type="qwen2", step_tag="\n",
                  step_separator="\n")
 
@@ -251,11 +266,13 @@ def is_rlhflow_prm(folder: str, config: Optional[dict]) -> bool:
                                       or "-prm-deepseek-data" in n for n in _names(folder, config))
 
 
-def load_rlhflow_prm(folder: str, *, device: Any = "cpu", dtype: Any = None):
+def load_rlhflow_prm(folder: str, *, device: Any = "cpu", dtype: Any = None, aggregation: str = "min",
+                     truncate: bool = False):
     """RLHFlow's Llama-3.1 PRMs: a chat of one user turn per step (the problem + " " before the first),
     each answered by an assistant ``+``; a step's score is P(+) against P(-) at the token before its ``+``
     (RLHF-Reward-Modeling ``math/prm_evaluate.py``). One forward scores every step."""
-    return _load(folder, "RLHFlow PRM", device=device, dtype=dtype, head="lm", input_format="rlhflow_prm",
+    return _load(folder, "RLHFlow PRM", device=device, dtype=dtype, **_run_options(aggregation, truncate),
+                 head="lm", input_format="rlhflow_prm",
                  head_state=_lm_label_head, step_tag="+", step_separator=" ", good_token="+", bad_token="-")
 
 
@@ -296,7 +313,8 @@ def _token_classifier_layout(raw: dict, folder: str) -> tuple[str, list[str]]:
 
 
 def load_token_classification_prm(folder: str, *, device: Any = "cpu", dtype: Any = None,
-                                  step_separator: str = TRL_STEP_SEPARATOR):
+                                  step_separator: str = TRL_STEP_SEPARATOR, aggregation: str = "min",
+                                  truncate: bool = False):
     """A 2-label ``*ForTokenClassification`` PRM as TRL's ``PRMTrainer`` trains it: the input is [BOS, when
     the tokenizer has one] + problem + Σ (step + ``step_separator``), every piece tokenized on its own
     without special tokens (``PRMTrainer.tokenize_row``), and a step's score is softmax(logits)[1] (label
@@ -305,11 +323,12 @@ def load_token_classification_prm(folder: str, *, device: Any = "cpu", dtype: An
     (``mmreward.load(folder, step_separator="\\n\\n")``).
 
     The classifier's two rows become one value head (sigmoid(h·(w₁ − w₀) + b₁ − b₀) = softmax(h·W + b)[1])."""
-    return token_classification_prm(folder, None, device=device, dtype=dtype, step_separator=step_separator)
+    return token_classification_prm(folder, None, device=device, dtype=dtype, step_separator=step_separator,
+                                    **_run_options(aggregation, truncate))
 
 
 def token_classification_prm(folder: str, source: Optional[LoadedSource], *, device: Any, dtype: Any,
-                             step_separator: str):
+                             step_separator: str, aggregation: str = "min", truncate: bool = False):
     """:func:`load_token_classification_prm` of ``folder``, or of ``source`` when given."""
     if not isinstance(step_separator, str) or not step_separator:
         raise ValueError(f"step_separator must be a non-empty str (trl PRMConfig.step_separator), got {step_separator!r}")
@@ -355,7 +374,8 @@ def token_classification_prm(folder: str, source: Optional[LoadedSource], *, dev
     # the mmreward format with no text between the problem and the first step, and the separator as each
     # step's tag, is tokenize_row's sequence token for token
     return _load(folder, "token-classification PRM", device=device, dtype=dtype, head="value", input_format="mmreward",
-                 head_state=head_state, step_tag=step_separator, step_separator="", source=source)
+                 head_state=head_state, step_tag=step_separator, step_separator="", source=source,
+                 **_run_options(aggregation, truncate))
 
 
 _GOOD_NAMES = {"1", "true", "correct", "good", "positive", "pos", "+", "right", "yes"}

@@ -301,7 +301,15 @@ def best_of_n_search(problem: str, policy: Callable, prm, n: int, is_terminal: C
         if bool(torch.isnan(s).all()):
             raise ValueError(f"best_of_n_search: the PRM scored none of the {len(t)} steps of a sampled solution")
     agg = aggregate_steps([torch.as_tensor(s, dtype=torch.float32) for s in per], reduce).tolist()
-    i = max(range(n), key=lambda j: agg[j])
+    rank = agg
+    if reduce == "prod":
+        # ranked by the sum of log scores in float64: the float32 product of a long solution's step scores
+        # underflows to 0 (0.5 ** 300), and solutions that all read 0 tied, the first one winning
+        rank = []
+        for s in per:
+            s = torch.as_tensor(s, dtype=torch.float64)
+            rank.append(float(torch.log(s[~torch.isnan(s)]).sum()))
+    i = max(range(n), key=lambda j: rank[j])
     return SearchResult(traces[i], 2 * agg[i] - 1, generated, None, [(t, 2 * a - 1) for t, a in zip(traces, agg)])
 
 
