@@ -310,7 +310,8 @@ def _dora_rescale(layer: str, module: nn.Module, merged: torch.Tensor, magnitude
 
 
 def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, base_model: Any = None,
-                      tokenizer: Any = None, step_separator: Optional[str] = None):
+                      tokenizer: Any = None, step_separator: Optional[str] = None, aggregation: Optional[str] = None,
+                      truncate: Optional[bool] = None):
     """The reward model of a PEFT LoRA adapter folder over its base model (``base_model=`` when
     ``adapter_config.json``'s ``base_model_name_or_path`` is not where it is now), the adapters folded in:
 
@@ -318,14 +319,17 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
       adapted classifier's ``logits[:, 0]``;
     * ``TOKEN_CLS`` (TRL ``PRMTrainer`` + ``peft_config``): a process reward model read as
       :func:`mmreward.text.prm.published.load_token_classification_prm` reads a merged folder
-      (``step_separator=``: the run's ``PRMConfig.step_separator``, default ``"\\n"``)."""
+      (``step_separator=``: the run's ``PRMConfig.step_separator``, default ``"\\n"``; ``aggregation=`` /
+      ``truncate=`` as for a merged folder)."""
     from .layouts import _tokenizer_argument, _tokenizer_with_config, reward_model_from_classifier, trl_reward_run
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     spec = read_adapter_config(folder)
     token_level = spec.get("task_type") == "TOKEN_CLS"
-    if step_separator is not None and not token_level:
-        raise ValueError(f"mmreward.load: step_separator= is an option of token-classification PRM adapters "
+    given = [name for name, value in (("step_separator", step_separator), ("aggregation", aggregation),
+                                       ("truncate", truncate)) if value is not None]
+    if given and not token_level:
+        raise ValueError(f"mmreward.load: {given[0]}= is an option of token-classification PRM adapters "
                          f"(task_type TOKEN_CLS); {folder} is a {spec.get('task_type')} adapter")
     factors, replaced, weights_path, base, dt = _adapter_and_base(folder, spec, dt, base_model)
     config = _classifier_config(folder, base, replaced, token_level)
@@ -336,13 +340,15 @@ def load_peft_adapter(folder: str, *, device: Any = "cpu", dtype: Any = None, ba
     classifier = _adapted_classifier(folder, base, config, factors, replaced, spec, weights_path, token_level, dt)
     if not token_level:
         return finish_loading(reward_model_from_classifier(classifier, tokenizer, trl_reward_run(folder)), dev, dt)
-    from .prm.published import TRL_STEP_SEPARATOR, LoadedSource, token_classification_prm
+    from .prm.published import TRL_STEP_SEPARATOR, LoadedSource, _run_options, token_classification_prm
 
     raw = {**classifier.config.to_dict(), "architectures": [type(classifier).__name__]}
     source = LoadedSource(config=raw, tokenizer=tokenizer, weights=classifier.state_dict())
     del classifier
+    options = _run_options("min" if aggregation is None else aggregation, False if truncate is None else truncate)
     return token_classification_prm(folder, source, device=device, dtype=dt,
-                                    step_separator=TRL_STEP_SEPARATOR if step_separator is None else step_separator)
+                                    step_separator=TRL_STEP_SEPARATOR if step_separator is None else step_separator,
+                                    **options)
 
 
 def _adapter_and_base(folder: str, spec: dict, dt: Optional[torch.dtype], base_model: Any

@@ -419,3 +419,23 @@ def test_resume_identity_leaves_out_a_trainer_folders_checkpoints_and_optimizer_
         with open(os.path.join(folder, name), "wb") as f:
             f.write(b"x" * 64)
     assert score_cli._model_identity(folder)["files"] == before
+
+
+def test_a_token_prm_adapter_takes_the_run_options_of_published_prm_folders(tmp_path):
+    """mmreward.load(published PRM folder, aggregation="mean") works; the same options of a TOKEN_CLS adapter folder
+    were refused ("unexpected keyword")."""
+    import mmreward
+    from test_prm_contract import SOLUTIONS
+
+    _prm_adapter(tmp_path, peft.LoraConfig(task_type="TOKEN_CLS", r=2, target_modules=["q_proj"]))
+    folder = str(tmp_path / "prm-adapter")
+    steps = mmreward.load(folder).score_parts(SOLUTIONS)
+    prm = mmreward.load(folder, aggregation="mean", truncate=True)
+    assert (prm.config.aggregation, prm.config.truncate) == ("mean", True)
+    want = torch.stack([s.mean() for s in steps])
+    assert torch.allclose(prm.score(SOLUTIONS), want, atol=1e-6)
+    with pytest.raises(ValueError, match="aggregation"):
+        mmreward.load(folder, aggregation="median")
+    rm_folder, _, _ = _adapter_folder(tmp_path, qwen2_config(), word_tokenizer(bos=True), _qwen_lora())
+    with pytest.raises(ValueError, match=r"aggregation= is an option of token-classification PRM adapters"):
+        mmreward.load(rm_folder, aggregation="mean")
