@@ -128,15 +128,19 @@ def diffusion_reward_speed() -> list[str]:
 
 def adroit() -> list[str]:
     e = _load("adroit_door_expert.json")
+    h = _load("adroit_hammer_expert.json")
     d = _load("diffusion_reward_pooled_adroit64.json")
     ours = d["pooled"]["dr_relative_likelihood+progress+motion2"]["train_tasks"]
     nn = d["pooled"]["nn_expert"]["train_tasks"]
     lo, hi = e["success_rate_ci95"]
-    return [f"| Adroit | shipped door expert (SAC on state) on {e['episodes']} held-out scenes; shipped `adroit-64` "
-            f"on {d['episodes']} eval episodes: success AUC / expert-vs-random | **{e['success_rate']:.2f}** "
-            f"[{lo:.2f}, {hi:.2f}]; **{ours['success_auc_mean']:.2f} / {ours['expert_vs_random_auc_mean']:.2f}**, "
+    h_lo, h_hi = h["success_rate_ci95"]
+    return [f"| Adroit | shipped door / hammer experts (SAC on state) on {e['episodes']} / {h['episodes']} held-out "
+            f"scenes; shipped `adroit-64` on {d['episodes']} eval episodes: success AUC / expert-vs-random "
+            f"| **{e['success_rate']:.2f}** [{lo:.2f}, {hi:.2f}] / **{h['success_rate']:.2f}** [{h_lo:.2f}, {h_hi:.2f}]; "
+            f"**{ours['success_auc_mean']:.2f} / {ours['expert_vs_random_auc_mean']:.2f}**, "
             f"nearest-neighbour baseline {nn['success_auc_mean']:.2f} / {nn['expert_vs_random_auc_mean']:.2f} "
-            f"| {_link('adroit_door_expert.json')}, {_link('diffusion_reward_pooled_adroit64.json')} |"]
+            f"| {_link('adroit_door_expert.json')}, {_link('adroit_hammer_expert.json')}, "
+            f"{_link('diffusion_reward_pooled_adroit64.json')} |"]
 
 
 def visual_rl() -> list[str]:

@@ -170,8 +170,8 @@ def test_adroit_random_episode_same_format(tmp_path):
     assert summary.frames == 6 and ep.frames.shape == (6, 64, 64, 3) and ep.actions.shape == (5, 28)
     assert entry["suite"] == "adroit" and entry["camera"] == "vil_camera" and entry["flip"] == "none"
     assert ep.frames.std() > 10
-    with pytest.raises(ValueError, match="no expert ships for adroit-hammer"):
-        collect_episodes(["AdroitHandHammer-v1"], str(tmp_path), episodes=1, policy="expert", progress=False)
+    with pytest.raises(ValueError, match="no expert ships for adroit-pen"):
+        collect_episodes(["AdroitHandPen-v1"], str(tmp_path), episodes=1, policy="expert", progress=False)
 
 
 def _frames(env, n: int, seed: int = 0) -> list:

@@ -213,7 +213,7 @@ def test_eval_commands_name_the_command_for_the_other_kind_of_run(tmp_path, stub
 
 
 def test_an_adroit_task_without_expert_statistics_says_how_to_get_expert_episodes():
-    """Before: "no expert statistics for this reward mode and no scripted expert for adroit-hammer: pass
+    """Before: "no expert statistics for this reward mode and no scripted expert for adroit-pen: pass
     expert_data=<episode folder>": not the train-rl flag, nor how to make such a folder."""
     pytest.importorskip("gymnasium_robotics")
     from mmreward.robotics.envs.base import offscreen_render_problem, setup_mujoco_gl
@@ -222,9 +222,9 @@ def test_an_adroit_task_without_expert_statistics_says_how_to_get_expert_episode
     setup_mujoco_gl()
     if offscreen_render_problem() is not None:
         pytest.skip("no offscreen rendering")
-    with pytest.raises(ValueError, match=r"\(--expert-data\) of expert episodes of adroit-hammer, e\.g\. from "
-                                         r"`mmreward robotics train-expert --task adroit-hammer"):
-        _expert_frames("adroit-hammer", None, size=32, action_repeat=2, episodes=3, max_steps=5)
+    with pytest.raises(ValueError, match=r"\(--expert-data\) of expert episodes of adroit-pen, e\.g\. from "
+                                         r"`mmreward robotics train-expert --task adroit-pen"):
+        _expert_frames("adroit-pen", None, size=32, action_repeat=2, episodes=3, max_steps=5)
     with pytest.raises(ValueError, match=r"collect --tasks adroit-door --policy expert --size 32 --out "
                                          r"data/adroit-door-experts`$"):  # the shipped door expert collects them
         _expert_frames("adroit-door", None, size=32, action_repeat=2, episodes=3, max_steps=5)
