@@ -42,7 +42,7 @@ from dataclasses import asdict, fields
 from typing import Any, Optional, Sequence
 
 from mmreward.core.cli_config import (CLIParser, add_config_options, check_output_file, check_output_folder,
-                                      config_from_args, json_text, removing_new_folders_on_error, run_cli)
+                                      config_from_args, flag_named, json_text, removing_new_folders_on_error, run_cli)
 
 PRESETS = ("small", "paper")
 
@@ -353,16 +353,8 @@ def _reward_config(args: argparse.Namespace):
     try:
         cfg.validate()
     except ValueError as e:  # the config names its field ("batch_size must be …"): the command line knows a flag
-        raise ValueError(_named_by_flag(str(e), cfg, {"batch_size": "--reward-batch-size"})) from None
+        raise ValueError(flag_named(str(e), cfg, {"batch_size": "--reward-batch-size"})) from None
     return cfg
-
-
-def _named_by_flag(message: str, config: Any, flags: Optional[dict] = None) -> str:
-    """``message`` of a config check with its leading field name spelt as the flag that sets it."""
-    name = message.split(" ", 1)[0]
-    if name not in getattr(config, "__dataclass_fields__", {}):
-        return message
-    return (flags or {}).get(name, "--" + name.replace("_", "-")) + message[len(name):]
 
 
 def _save_reward_model(codec, video, frames: list, tasks: list, args: argparse.Namespace, out: str) -> None:
@@ -646,7 +638,7 @@ def _score(args: argparse.Namespace) -> int:
             try:
                 model.config.validate()
             except ValueError as e:
-                raise ValueError(_named_by_flag(str(e), model.config)) from None
+                raise ValueError(flag_named(str(e), model.config)) from None
     if args.displacement_cap is not None and model.config.displacement_scale == 0:  # it bounds a term that is off
         raise ValueError("--displacement-cap bounds the displacement term, which this model has off "
                          "(displacement_scale 0): give --displacement-scale DELTA too")

@@ -410,6 +410,22 @@ def _shown_default(default: Any) -> str:
     return text.replace("%", "%%")
 
 
+def flag_of(field: Any) -> str:
+    """The command-line flag of a config dataclass field, as :func:`add_config_options` adds it."""
+    return field.metadata.get("flag") or FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
+
+
+def flag_named(message: str, config: Any, flags: Optional[Mapping[str, str]] = None) -> str:
+    """``message`` of a config check (``"batch_size must be …"``) with its leading field name spelt as the flag
+    that sets it (``flags`` for fields a command spells otherwise); other messages unchanged."""
+    name = message.split(" ", 1)[0]
+    field = next((f for f in fields(config) if f.name == name), None) if hasattr(config, "__dataclass_fields__") \
+        else None
+    if field is None:
+        return message
+    return (flags or {}).get(name, flag_of(field)) + message[len(name):]
+
+
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, skip: Sequence[str] = (),
                        choices: Optional[Mapping[str, Sequence[Any]]] = None) -> None:
     """Add one ``--field-name`` option per field of ``config_cls`` (``parser`` may be an argument group)."""
@@ -418,7 +434,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, *, ski
         if f.name in skip:
             continue
         long_flag = "--" + f.name.replace("_", "-")
-        flag = f.metadata.get("flag") or FLAG_NAMES.get(f.name, long_flag)
+        flag = flag_of(f)
         default = f.default if f.default is not MISSING else f.default_factory()
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -471,5 +487,5 @@ def print_training_summary(history: Sequence[Mapping[str, Any]], before: Optiona
     print(f"model: {model_folder}")
 
 
-__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "check_output_file", "check_output_folder", "config_from_args", "output_path", "print_training_summary",
+__all__ = ["CLIParser", "FLAG_NAMES", "add_config_options", "flag_named", "flag_of", "check_output_file", "check_output_folder", "config_from_args", "output_path", "print_training_summary",
            "removing_new_folders_on_error", "run_cli", "utf8_text"]

@@ -549,7 +549,7 @@ class DiffusionReward(EpisodeScorer, nn.Module):
             raise RuntimeError(f"DiffusionReward has no {term} statistics: call {fit_call}, or set {term}_scale=0")
         fitted, grid = self.consistency_fitted_grid, int(self.config.consistency_grid)
         if term == "consistency" and fitted is not None and fitted != grid:
-            # the std of a 4 × 4 grid's consistency is not that of a 16 × 16 one (0.36 against 0.25 on one episode)
+            # the std of a 4 × 4 grid's consistency is not that of a 16 × 16 one: another spread
             raise ValueError(f"DiffusionReward.config.consistency_grid {grid}: the consistency statistics were fitted "
                              f"on a {fitted} × {fitted} grid; call {fit_call} again, or set the grid back")
         return std

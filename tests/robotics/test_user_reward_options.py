@@ -24,6 +24,12 @@ def fitted(**cfg):
     return dr
 
 
+def reloaded(dr, tmp_path):
+    """``dr`` saved and loaded again."""
+    dr.save_pretrained(str(tmp_path / "m"))
+    return DiffusionReward.from_pretrained(str(tmp_path / "m"))
+
+
 def no_video_model(*args, **kwargs):
     raise AssertionError("the video model ran before the error")
 
@@ -73,8 +79,7 @@ def test_statistics_fitted_for_another_reward_are_refused_not_misread(tmp_path):
     assert dr(ep).shape == (5,)
     dr.config.compute_dtype = "float32"
 
-    dr.save_pretrained(str(tmp_path / "m"))
-    loaded = DiffusionReward.from_pretrained(str(tmp_path / "m"))
+    loaded = reloaded(dr, tmp_path)
     assert torch.equal(loaded(ep), want)
     loaded.config.skip_step = 9
     with pytest.raises(ValueError, match="skip_step 9 \\(fitted with 4\\)"):
@@ -240,8 +245,7 @@ def test_a_consistency_grid_changed_after_fitting_is_refused_until_refitted(tmp_
     with pytest.raises(ValueError, match="consistency_grid 8: the consistency statistics were fitted on a 4 × 4"):
         dr(ep)
     dr.config.consistency_grid = 4
-    dr.save_pretrained(str(tmp_path / "m"))
-    loaded = DiffusionReward.from_pretrained(str(tmp_path / "m"))
+    loaded = reloaded(dr, tmp_path)
     assert torch.equal(loaded(ep), want)
     loaded.config.consistency_grid = 8
     with pytest.raises(ValueError, match="fitted on a 4 × 4"):
